@@ -1,0 +1,20 @@
+/* Quantized matrix × activations. The forward pass splits rows across threads; each call is one thread's share. */
+#ifndef TRI_MATMUL_H
+#define TRI_MATMUL_H
+
+#include "types.h"
+
+/* y[t * ldy + r] = dot(row r of W, row t of xq) for r in [r0, r1), t in [0, n_tok).
+ * W: rows of n_in values of type wtype, row stride tri_row_size(wtype, n_in).
+ * xq: n_tok activation rows already converted to tri_type_traits_get(wtype)->vec_dot_type,
+ *     row stride tri_row_size(vec_dot_type, n_in).
+ * Blocks rows and tokens so a tile of W stays in cache while it meets every token (prefill). */
+void tri_matmul_rows(const void * W, enum tri_type wtype, int64_t n_in, int64_t r0, int64_t r1,
+                     const void * xq, int64_t n_tok, float * y, int64_t ldy);
+
+/* Converts rows [t0, t1) of x (n_in floats each, stride ldx floats) into rows of type vdt in xq
+ * (stride tri_row_size(vdt, n_in)). vdt may be F32 (copy), F16, BF16, Q8_0, Q8_1 or Q8_K. */
+void tri_quantize_rows(const float * x, int64_t ldx, void * xq, enum tri_type vdt, int64_t n_in,
+                       int64_t t0, int64_t t1);
+
+#endif

@@ -1,0 +1,347 @@
+/*
+ * triattn.h - the public C API of libtriattn.
+ *
+ * libtriattn loads llama.cpp GGUF models (llama, qwen2, qwen3) and runs them on the CPU with a KV cache
+ * that can be kept small by TriAttention eviction. This header is the only one an embedder needs.
+ *
+ * Usage walkthrough
+ * -----------------
+ *
+ *     struct triattn_model_params mp;
+ *     triattn_model_params_init(&mp);
+ *     triattn_model * model = NULL;
+ *     char err[512];
+ *     if (triattn_model_load("model.gguf", &mp, &model, err, sizeof err) != TRIATTN_OK) {
+ *         fprintf(stderr, "%s\n", err);                 // e.g. "model.gguf: tensor 'blk.3.attn_q.weight' ..."
+ *         return 1;
+ *     }
+ *
+ *     struct triattn_session_params sp;
+ *     triattn_session_params_init(&sp);                 // n_ctx = model's, kv_policy = auto, ...
+ *     triattn_session * s = NULL;
+ *     if (triattn_session_create(model, &sp, &s, err, sizeof err) != TRIATTN_OK) { ... }
+ *
+ *     // High level: tokenize, prefill, sample, stream pieces to a callback, stop.
+ *     struct triattn_generate_params gp;
+ *     triattn_generate_params_init(&gp);
+ *     gp.max_tokens = 256;
+ *     struct triattn_generate_result res;
+ *     if (triattn_generate(s, "Once upon a time", &gp, on_piece, user_data, &res) != TRIATTN_OK) {
+ *         fprintf(stderr, "%s\n", triattn_session_last_error(s));
+ *     }
+ *
+ *     // Low level: feed tokens, read logits, sample.
+ *     triattn_token toks[64]; int32_t n = 0;
+ *     triattn_tokenize(model, "Hello", -1, true, false, toks, 64, &n);
+ *     triattn_session_decode(s, toks, n, false);        // logits of the last token
+ *     const float * logits = triattn_session_logits(s, -1);
+ *     triattn_token next = 0;
+ *     triattn_session_sample(s, &next);
+ *
+ *     triattn_session_free(s);
+ *     triattn_model_free(model);
+ *
+ * Thread safety: a model is immutable after loading and may be shared by any number of sessions on any
+ * threads. A session must be used by one thread at a time. The log callback is process-wide.
+ *
+ * Errors are values: every fallible call returns an enum triattn_status. Calls on a session store a
+ * message in the session (triattn_session_last_error); calls that create an object write the message
+ * into a caller buffer. Nothing in the library exits or aborts the process.
+ *
+ * Buffers: functions that produce variable-length output take (buf, capacity, *n_out). *n_out is always
+ * set to the full length needed; when it exceeds the capacity the output is truncated and the call can
+ * be repeated with a larger buffer. Strings are NUL-terminated when capacity > 0.
+ */
+#ifndef TRIATTN_H
+#define TRIATTN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(TRIATTN_SHARED)
+#  ifdef TRIATTN_BUILD
+#    define TRIATTN_API __declspec(dllexport)
+#  else
+#    define TRIATTN_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__)
+#  define TRIATTN_API __attribute__((visibility("default")))
+#else
+#  define TRIATTN_API
+#endif
+
+/* Bumped whenever a struct layout or function signature in this header changes. */
+#define TRIATTN_ABI_VERSION 1
+
+enum triattn_status {
+    TRIATTN_OK              = 0,
+    TRIATTN_ERR_IO          = 1,  /* a file could not be opened, read or mapped */
+    TRIATTN_ERR_FORMAT      = 2,  /* malformed or truncated GGUF, or inconsistent metadata */
+    TRIATTN_ERR_UNSUPPORTED = 3,  /* unknown architecture, tensor type, tokenizer or chat template */
+    TRIATTN_ERR_INVALID_ARG = 4,  /* a parameter is out of range or a pointer is NULL */
+    TRIATTN_ERR_OOM         = 5,  /* an allocation failed */
+    TRIATTN_ERR_CONTEXT     = 6,  /* the tokens do not fit in the session's context (n_ctx) */
+    TRIATTN_ERR_ABORTED     = 7,  /* stopped by the caller (callback returned false) */
+    TRIATTN_ERR_INTERNAL    = 8,  /* a bug: please report it with the message */
+};
+
+typedef int32_t triattn_token;
+typedef struct triattn_model   triattn_model;
+typedef struct triattn_session triattn_session;
+
+/* ---- library ---------------------------------------------------------------------------------- */
+
+/* TRIATTN_ABI_VERSION of the compiled library; bindings compare it with the header they were built from. */
+TRIATTN_API uint32_t     triattn_abi_version(void);
+/* Library version, e.g. "0.1.0". */
+TRIATTN_API const char * triattn_version(void);
+/* Short static name of a status code, e.g. "TRIATTN_ERR_FORMAT". */
+TRIATTN_API const char * triattn_status_name(enum triattn_status status);
+/* The CPU kernels selected at run time, e.g. "x86_64 AVX2 FMA F16C AVX512 VNNI". Static string. */
+TRIATTN_API const char * triattn_system_info(void);
+
+enum triattn_log_level {
+    TRIATTN_LOG_DEBUG = 0,
+    TRIATTN_LOG_INFO  = 1,
+    TRIATTN_LOG_WARN  = 2,
+    TRIATTN_LOG_ERROR = 3,
+};
+/* Receives one message (no trailing newline). May be called from any thread that calls the library. */
+typedef void (*triattn_log_fn)(enum triattn_log_level level, const char * message, void * user_data);
+/* Installs the process-wide log callback; NULL restores the default (WARN and ERROR to stderr).
+ * min_level filters what reaches the callback. */
+TRIATTN_API void triattn_log_set(triattn_log_fn fn, void * user_data, enum triattn_log_level min_level);
+
+/* ---- model ------------------------------------------------------------------------------------ */
+
+struct triattn_model_params {
+    bool         use_mmap;          /* map the file (default true); false reads it into memory */
+    const char * calibration_path;  /* optional sidecar GGUF with triattention.* keys; NULL = none */
+};
+TRIATTN_API void triattn_model_params_init(struct triattn_model_params * p);
+
+/* Loads a GGUF model.
+ * Returns TRIATTN_OK and *out, or: TRIATTN_ERR_IO (cannot open/map), TRIATTN_ERR_FORMAT (malformed file;
+ * the message names the key or tensor and byte offset), TRIATTN_ERR_UNSUPPORTED (architecture, tensor
+ * type or tokenizer), TRIATTN_ERR_OOM, TRIATTN_ERR_INVALID_ARG (NULL path/out). On error *out is NULL
+ * and err (if not NULL) holds a NUL-terminated message. */
+TRIATTN_API enum triattn_status triattn_model_load(const char * path, const struct triattn_model_params * p,
+                                                   triattn_model ** out, char * err, size_t err_size);
+/* Frees a model. NULL is a no-op. All sessions of the model must be freed first. */
+TRIATTN_API void triattn_model_free(triattn_model * model);
+
+struct triattn_model_info {
+    char     arch[32];        /* general.architecture, e.g. "llama" */
+    char     name[128];       /* general.name, or "" */
+    int32_t  n_vocab;
+    int32_t  n_ctx_train;     /* {arch}.context_length */
+    int32_t  n_embd;
+    int32_t  n_layer;
+    int32_t  n_head;
+    int32_t  n_head_kv;
+    int32_t  head_dim;
+    int32_t  n_ff;
+    int32_t  rope_dim;
+    float    rope_freq_base;
+    int64_t  n_params;        /* number of weights */
+    uint64_t n_bytes;         /* bytes of tensor data */
+    bool     has_calibration; /* triattention.* query centres are available (embedded or sidecar) */
+};
+TRIATTN_API void triattn_model_get_info(const triattn_model * model, struct triattn_model_info * out);
+
+/* GGUF metadata, in file order (sidecar keys are not included). */
+TRIATTN_API int32_t triattn_model_meta_count(const triattn_model * model);
+/* Key of entry i, or NULL when i is out of range. */
+TRIATTN_API const char * triattn_model_meta_key(const triattn_model * model, int32_t i);
+/* Value of entry i rendered as text: numbers in decimal, strings verbatim, bools "true"/"false", arrays
+ * as a JSON-like list ("[1, 2, ...]", elided past 16 elements as "[... 49152 items]").
+ * Returns TRIATTN_ERR_INVALID_ARG when i is out of range. */
+TRIATTN_API enum triattn_status triattn_model_meta_value(const triattn_model * model, int32_t i,
+                                                         char * buf, size_t capacity, size_t * n_out);
+
+/* ---- vocabulary ------------------------------------------------------------------------------- */
+
+TRIATTN_API int32_t       triattn_vocab_size(const triattn_model * model);
+TRIATTN_API triattn_token triattn_token_bos(const triattn_model * model);  /* -1 if none */
+TRIATTN_API triattn_token triattn_token_eos(const triattn_model * model);  /* -1 if none */
+/* True for tokens that end generation (EOS, EOT, <|im_end|>, ...). */
+TRIATTN_API bool          triattn_token_is_eog(const triattn_model * model, triattn_token token);
+
+/* Text → tokens. text_len < 0 means NUL-terminated. add_special adds BOS when the model asks for it
+ * (tokenizer.ggml.add_bos_token); parse_special turns special-token text such as "<|im_start|>" into
+ * its token instead of plain text. *n_out = number of tokens (see "Buffers" above). */
+TRIATTN_API enum triattn_status triattn_tokenize(const triattn_model * model, const char * text, int32_t text_len,
+                                                 bool add_special, bool parse_special,
+                                                 triattn_token * out, int32_t capacity, int32_t * n_out);
+/* The raw bytes of one token (may be a partial UTF-8 character). Special/control tokens render as
+ * their text only when special is true, otherwise as "". Not NUL-terminated; *n_out = byte count. */
+TRIATTN_API enum triattn_status triattn_token_to_piece(const triattn_model * model, triattn_token token,
+                                                       bool special, char * buf, int32_t capacity, int32_t * n_out);
+/* Tokens → text (concatenated pieces, with the SentencePiece leading space removed where applicable).
+ * NUL-terminated when capacity > 0. */
+TRIATTN_API enum triattn_status triattn_detokenize(const triattn_model * model, const triattn_token * tokens,
+                                                   int32_t n_tokens, bool special,
+                                                   char * buf, int32_t capacity, int32_t * n_out);
+
+/* ---- chat templates --------------------------------------------------------------------------- */
+
+struct triattn_chat_message {
+    const char * role;     /* "system", "user", "assistant" */
+    const char * content;
+};
+/* Formats messages with a chat format. format NULL or "auto" detects it from the model's
+ * tokenizer.chat_template; otherwise one of "chatml", "llama3", "llama2", "mistral", "gemma",
+ * "qwen", "deepseek-r1". add_assistant appends the opening of the assistant turn.
+ * Returns TRIATTN_ERR_UNSUPPORTED when the model's template is not recognised (pass a format name)
+ * or the name is unknown. Output is NUL-terminated text; *n_out = its length. */
+TRIATTN_API enum triattn_status triattn_chat_apply(const triattn_model * model, const char * format,
+                                                   const struct triattn_chat_message * messages, size_t n_messages,
+                                                   bool add_assistant, char * buf, size_t capacity, size_t * n_out);
+/* The format name detected from the model's template, or NULL when it is not recognised. Static string. */
+TRIATTN_API const char * triattn_chat_detect(const triattn_model * model);
+
+/* ---- session ---------------------------------------------------------------------------------- */
+
+struct triattn_session_params {
+    int32_t      n_ctx;        /* maximum logical positions; 0 = the model's training context */
+    int32_t      n_batch;      /* tokens per forward chunk during prefill (default 512) */
+    int32_t      n_threads;    /* worker threads; 0 = number of CPU cores */
+    uint64_t     seed;         /* sampler seed; 0xFFFFFFFFFFFFFFFF = random (default) */
+    /* KV cache policy. NULL or "auto": "triattention" when the model carries query centres, else "full".
+     * Names: "full", "triattention". */
+    const char * kv_policy;
+    int32_t      kv_budget;    /* slots kept per (layer, KV head) after a compression (default 2048) */
+    int32_t      kv_interval;  /* compression happens when live slots reach budget + interval (default 128) */
+    int32_t      kv_window;    /* most recent tokens never evicted; -1 = policy default */
+    int32_t      kv_sink;      /* leading tokens never evicted (default 4) */
+    const char * kv_mode;      /* TriAttention selection mode: "per_head" (default), "per_layer_per_head", "global" */
+};
+TRIATTN_API void triattn_session_params_init(struct triattn_session_params * p);
+
+/* Creates a session: KV cache, scratch buffers and sampler, all allocated here once.
+ * Returns TRIATTN_ERR_INVALID_ARG for out-of-range parameters (named in err), TRIATTN_ERR_UNSUPPORTED
+ * for an unknown kv_policy / kv_mode, TRIATTN_ERR_OOM when the cache does not fit in memory. */
+TRIATTN_API enum triattn_status triattn_session_create(const triattn_model * model,
+                                                       const struct triattn_session_params * p,
+                                                       triattn_session ** out, char * err, size_t err_size);
+/* Frees a session. NULL is a no-op. */
+TRIATTN_API void triattn_session_free(triattn_session * s);
+/* Message of the last failing call on this session ("" if none). Valid until the next call. */
+TRIATTN_API const char * triattn_session_last_error(const triattn_session * s);
+/* Forgets every token: empty KV cache, position 0, penalty history cleared. */
+TRIATTN_API void triattn_session_reset(triattn_session * s);
+/* The session's n_ctx (after resolving 0). */
+TRIATTN_API int32_t triattn_session_n_ctx(const triattn_session * s);
+/* Number of tokens processed so far = the absolute position of the next token. */
+TRIATTN_API int32_t triattn_session_n_past(const triattn_session * s);
+
+/* Runs the model on n_tokens tokens appended after the current position (prefill when n_tokens > 1,
+ * decode when 1). Internally processed in chunks of n_batch. Afterwards triattn_session_logits(s, -1)
+ * holds the logits of the last token; with logits_all, triattn_session_logits(s, i) holds those of every
+ * token i of this call (requires n_tokens <= n_batch).
+ * Returns TRIATTN_ERR_INVALID_ARG (n_tokens <= 0, token id out of range, logits_all with
+ * n_tokens > n_batch), TRIATTN_ERR_CONTEXT (position would exceed n_ctx; nothing is appended). */
+TRIATTN_API enum triattn_status triattn_session_decode(triattn_session * s, const triattn_token * tokens,
+                                                       int32_t n_tokens, bool logits_all);
+/* Logits (n_vocab floats) of token i of the last decode call; i = -1 is the last token. NULL when i is
+ * out of range or no logits were requested for it. Valid until the next decode. */
+TRIATTN_API const float * triattn_session_logits(const triattn_session * s, int32_t i);
+
+struct triattn_kv_stats {
+    int64_t  n_past;          /* tokens processed */
+    int32_t  capacity;        /* slots allocated per (layer, KV head) */
+    int32_t  live_min;        /* live slots, min over (layer, KV head) */
+    int32_t  live_max;        /* live slots, max over (layer, KV head) */
+    uint64_t kv_bytes;        /* bytes allocated for K, V and positions */
+    uint64_t kv_bytes_live;   /* bytes holding live tokens */
+    int64_t  n_compressions;  /* compression rounds so far */
+    int64_t  n_evicted;       /* tokens evicted so far, summed over KV heads and divided by their count */
+    double   score_ms;        /* time spent choosing what to evict */
+    char     policy[32];      /* resolved policy name */
+};
+TRIATTN_API void triattn_session_kv_stats(const triattn_session * s, struct triattn_kv_stats * out);
+
+/* ---- sampling --------------------------------------------------------------------------------- */
+
+struct triattn_sampler_params {
+    float    temperature;        /* <= 0: greedy (default 0.8) */
+    int32_t  top_k;              /* <= 0: off (default 40) */
+    float    top_p;              /* >= 1: off (default 0.95) */
+    float    min_p;              /* <= 0: off (default 0.05) */
+    float    repeat_penalty;     /* 1: off (default 1.0) */
+    int32_t  repeat_last_n;      /* tokens of history the penalties look at (default 64; -1 = n_ctx) */
+    float    frequency_penalty;  /* 0: off */
+    float    presence_penalty;   /* 0: off */
+    uint64_t seed;               /* 0xFFFFFFFFFFFFFFFF: keep the session's RNG stream (default) */
+};
+TRIATTN_API void triattn_sampler_params_init(struct triattn_sampler_params * p);
+/* Sets the session's sampler (and reseeds its RNG when p->seed is not the "keep" value). */
+TRIATTN_API enum triattn_status triattn_session_set_sampler(triattn_session * s, const struct triattn_sampler_params * p);
+/* Samples the next token from the last logits with the session's sampler. Does not decode it. */
+TRIATTN_API enum triattn_status triattn_session_sample(triattn_session * s, triattn_token * out);
+
+/* ---- generation ------------------------------------------------------------------------------- */
+
+/* Receives each new piece of text. Pieces are whole UTF-8 characters (bytes of a character split
+ * across tokens are held back until complete) and never contain (part of) a stop string.
+ * Return false to stop generation (the result's stop reason is then TRIATTN_STOP_CALLBACK). */
+typedef bool (*triattn_piece_fn)(const char * piece, int32_t len, void * user_data);
+
+struct triattn_generate_params {
+    int32_t       max_tokens;      /* tokens to generate at most (default 512); < 0 = until n_ctx */
+    const char ** stop;            /* stop strings (not included in the output) */
+    int32_t       n_stop;
+    bool          add_special;     /* add BOS when the model wants one (default true) */
+    bool          parse_special;   /* special-token text in the prompt becomes tokens (default true) */
+    bool          ignore_eos;      /* keep going past end-of-generation tokens (default false) */
+    struct triattn_sampler_params sampling;
+};
+TRIATTN_API void triattn_generate_params_init(struct triattn_generate_params * p);
+
+enum triattn_stop_reason {
+    TRIATTN_STOP_NONE     = 0,
+    TRIATTN_STOP_EOG      = 1,  /* end-of-generation token */
+    TRIATTN_STOP_LENGTH   = 2,  /* max_tokens reached */
+    TRIATTN_STOP_STRING   = 3,  /* a stop string matched */
+    TRIATTN_STOP_CALLBACK = 4,  /* the piece callback returned false */
+    TRIATTN_STOP_CONTEXT  = 5,  /* n_ctx reached */
+};
+
+struct triattn_generate_result {
+    int32_t  n_prompt_tokens;
+    int32_t  n_generated;
+    enum triattn_stop_reason stop_reason;
+    double   prompt_ms;    /* prefill wall time */
+    double   decode_ms;    /* generation wall time (decode + sampling) */
+};
+
+/* Tokenizes prompt, appends it to the session's context (call triattn_session_reset first for a fresh
+ * start), then samples and decodes up to max_tokens tokens, passing text pieces to on_piece (may be
+ * NULL). The session keeps the generated tokens. result may be NULL. */
+TRIATTN_API enum triattn_status triattn_generate(triattn_session * s, const char * prompt,
+                                                 const struct triattn_generate_params * p,
+                                                 triattn_piece_fn on_piece, void * user_data,
+                                                 struct triattn_generate_result * result);
+
+/* Step-wise generation, for generators and servers that interleave sessions.
+ * triattn_generate_begin tokenizes the prompt and prefills it (same rules as triattn_generate; the stop
+ * strings are copied). Each triattn_generate_next samples and decodes one token and returns in *text/*len
+ * the text that became safe to show (possibly empty; valid until the next call on the session) and sets
+ * *done when generation has ended (the final held-back text comes with the last call). After done,
+ * triattn_generate_get_result reports the counts, timings and stop reason. */
+TRIATTN_API enum triattn_status triattn_generate_begin(triattn_session * s, const char * prompt,
+                                                       const struct triattn_generate_params * p);
+TRIATTN_API enum triattn_status triattn_generate_next(triattn_session * s, const char ** text, size_t * len,
+                                                      bool * done);
+TRIATTN_API void triattn_generate_get_result(const triattn_session * s, struct triattn_generate_result * out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TRIATTN_H */

@@ -1,0 +1,52 @@
+"""Shared pytest fixtures: the C test build and the real default model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmake_build(build_dir: Path, *extra: str) -> Path:
+    """Configure and build the C project with its tests into build_dir (incremental)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    gen = ["-G", "Ninja"] if _have("ninja") else []
+    subprocess.run(
+        ["cmake", "-S", str(ROOT), "-B", str(build_dir), *gen,
+         "-DCMAKE_BUILD_TYPE=Release", "-DTRIATTN_BUILD_TESTS=ON", *extra],
+        check=True, stdout=subprocess.DEVNULL)
+    jobs = str(os.cpu_count() or 2)
+    subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+    return build_dir
+
+
+def _have(prog: str) -> bool:
+    from shutil import which
+    return which(prog) is not None
+
+
+@pytest.fixture(scope="session")
+def c_build_dir() -> Path:
+    """Release build of libtriattn + C unit tests + tool_* helper programs."""
+    return _cmake_build(ROOT / "build" / "ctest")
+
+
+@pytest.fixture(scope="session")
+def c_tool(c_build_dir):
+    """Path of a tests/c/tool_*.c program built by c_build_dir."""
+    def get(name: str) -> Path:
+        p = c_build_dir / name
+        assert p.exists(), f"{name} was not built"
+        return p
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The real default model (SmolLM2-135M-Instruct Q4_1), fetched once into the cache."""
+    from pytriattn._fetch import ensure_default_model
+    return ensure_default_model()

@@ -86,7 +86,7 @@ enum triattn_status {
     TRIATTN_ERR_INVALID_ARG = 4,  /* a parameter is out of range or a pointer is NULL */
     TRIATTN_ERR_OOM         = 5,  /* an allocation failed */
     TRIATTN_ERR_CONTEXT     = 6,  /* the tokens do not fit in the session's context (n_ctx) */
-    TRIATTN_ERR_ABORTED     = 7,  /* stopped by the caller (callback returned false) */
+    TRIATTN_ERR_ABORTED     = 7,  /* a long operation was cancelled by the caller */
     TRIATTN_ERR_INTERNAL    = 8,  /* a bug: please report it with the message */
 };
 
@@ -330,7 +330,7 @@ TRIATTN_API enum triattn_status triattn_generate(triattn_session * s, const char
 
 /* Step-wise generation, for generators and servers that interleave sessions.
  * triattn_generate_begin tokenizes the prompt and prefills it (same rules as triattn_generate; the stop
- * strings are copied). Each triattn_generate_next samples and decodes one token and returns in *text/*len
+ * strings are copied). Each triattn_generate_next samples and decodes one token and returns in *text and *len
  * the text that became safe to show (possibly empty; valid until the next call on the session) and sets
  * *done when generation has ended (the final held-back text comes with the last call). After done,
  * triattn_generate_get_result reports the counts, timings and stop reason. */

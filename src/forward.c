@@ -1,0 +1,425 @@
+#include "forward.h"
+#include "common.h"
+#include "matmul.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- buffers ----------------------------------------------------------------------------------- */
+
+static size_t tri_align64(size_t n) {
+    return (n + 63) & ~(size_t) 63;
+}
+
+enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model * m, tri_kv_cache * kv,
+                                     tri_threadpool * tp, int32_t n_batch, char * err, size_t n) {
+    memset(f, 0, sizeof *f);
+    const tri_hparams * hp = &m->hp;
+    const int nth = tri_threadpool_size(tp);
+    const int G = hp->n_head / hp->n_head_kv;
+    const int64_t q_dim = (int64_t) hp->n_head * hp->head_dim;
+    const int64_t kv_dim = (int64_t) hp->n_head_kv * hp->head_dim;
+    int64_t max_in = TRI_MAX(TRI_MAX((int64_t) hp->n_embd, (int64_t) hp->n_ff), q_dim);
+
+    f->m       = m;
+    f->kv      = kv;
+    f->tp      = tp;
+    f->n_batch = n_batch;
+    f->attn    = tri_attn_kernels_get(TRI_ISA_COUNT);
+    /* Converted activations: at most 4 bytes per value (F32 weights), one region per distinct type. */
+    f->xq_stride = tri_align64((size_t) n_batch * (size_t) max_in * 4 + 1024);
+
+    struct { void ** p; size_t bytes; } parts[] = {
+        { (void **) &f->x,        sizeof(float) * n_batch * hp->n_embd },
+        { (void **) &f->xn,       sizeof(float) * n_batch * TRI_MAX(hp->n_embd, q_dim) },
+        { (void **) &f->q,        sizeof(float) * n_batch * q_dim },
+        { (void **) &f->k,        sizeof(float) * n_batch * kv_dim },
+        { (void **) &f->v,        sizeof(float) * n_batch * kv_dim },
+        { (void **) &f->att,      sizeof(float) * n_batch * q_dim },
+        { (void **) &f->gate,     sizeof(float) * n_batch * hp->n_ff },
+        { (void **) &f->up,       sizeof(float) * n_batch * hp->n_ff },
+        { (void **) &f->tmp,      sizeof(float) * n_batch * hp->n_embd },
+        { (void **) &f->rope_cs,  sizeof(float) * n_batch * hp->rope_dim },
+        { (void **) &f->xq,       f->xq_stride * 3 },
+        { (void **) &f->att_s,    sizeof(float) * (size_t) nth * G * kv->capacity },
+        { (void **) &f->att_part, sizeof(float) * (size_t) hp->n_head_kv * TRI_ATT_MAX_SPLIT * G * (hp->head_dim + 2) },
+        { (void **) &f->logits,   sizeof(float) * (size_t) n_batch * hp->n_vocab },
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        total += tri_align64(parts[i].bytes);
+    }
+    f->mem = aligned_alloc(64, total);
+    if (!f->mem) {
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate %.1f MiB of activation buffers (n_batch %d)",
+                        total / 1048576.0, n_batch);
+    }
+    f->mem_bytes = total;
+    char * p = f->mem;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        *parts[i].p = p;
+        p += tri_align64(parts[i].bytes);
+    }
+    return TRIATTN_OK;
+}
+
+void tri_forward_free(tri_forward * f) {
+    free(f->mem);
+    memset(f, 0, sizeof *f);
+}
+
+/* ---- matmul over several weights sharing one input --------------------------------------------- */
+
+typedef struct tri_mm_job {
+    const tri_tensor * W;
+    float *            out;  /* [n_tok][W->ne1] */
+    const void *       xq;   /* input converted to W's vec_dot type */
+} tri_mm_job;
+
+typedef struct tri_mm_task {
+    const tri_mm_job * jobs;
+    int                n_jobs;
+    int64_t            total_rows;
+    int32_t            n_tok;
+    /* conversion stage */
+    const float *      in;
+    int64_t            ld_in;
+    int64_t            n_in;
+    enum tri_type      conv_types[3];
+    void *             conv_dst[3];
+    int                n_conv;
+} tri_mm_task;
+
+static void tri_mm_convert_worker(void * arg, int ith, int nth) {
+    tri_mm_task * t = arg;
+    long t0, t1;
+    tri_split(t->n_tok, ith, nth, &t0, &t1);
+    if (t0 >= t1) {
+        return;
+    }
+    for (int i = 0; i < t->n_conv; i++) {
+        tri_quantize_rows(t->in, t->ld_in, t->conv_dst[i], t->conv_types[i], t->n_in, t0, t1);
+    }
+}
+
+static void tri_mm_worker(void * arg, int ith, int nth) {
+    tri_mm_task * t = arg;
+    /* Split rows in multiples of 16 so tiles stay whole. */
+    const int64_t n_units = (t->total_rows + 15) / 16;
+    long u0, u1;
+    tri_split(n_units, ith, nth, &u0, &u1);
+    int64_t r0 = u0 * 16, r1 = TRI_MIN(u1 * 16, t->total_rows);
+    int64_t base = 0;
+    for (int j = 0; j < t->n_jobs && r0 < r1; j++) {
+        const tri_tensor * W = t->jobs[j].W;
+        const int64_t lo = TRI_MAX(r0, base), hi = TRI_MIN(r1, base + W->ne1);
+        if (lo < hi) {
+            tri_matmul_rows(W->data, W->type, W->ne0, lo - base, hi - base, t->jobs[j].xq, t->n_tok, t->jobs[j].out,
+                            W->ne1);
+        }
+        base += W->ne1;
+    }
+}
+
+/* out_j[t] = in[t] @ W_j for every job; the input is converted once per distinct activation type. */
+static void tri_matmuls(tri_forward * f, tri_mm_job * jobs, int n_jobs, const float * in, int64_t ld_in, int32_t n_tok) {
+    tri_mm_task t = { .jobs = jobs, .n_jobs = n_jobs, .n_tok = n_tok, .in = in, .ld_in = ld_in, .n_in = jobs[0].W->ne0 };
+    for (int j = 0; j < n_jobs; j++) {
+        const enum tri_type vdt = tri_type_traits_get(jobs[j].W->type)->vec_dot_type;
+        int c = 0;
+        while (c < t.n_conv && t.conv_types[c] != vdt) {
+            c++;
+        }
+        if (c == t.n_conv) {
+            t.conv_types[c] = vdt;
+            t.conv_dst[c]   = (char *) f->xq + (size_t) c * f->xq_stride;
+            t.n_conv++;
+        }
+        jobs[j].xq = t.conv_dst[c];
+        t.total_rows += jobs[j].W->ne1;
+    }
+    if (n_tok >= 8) {
+        tri_threadpool_run(f->tp, tri_mm_convert_worker, &t);
+    } else {
+        tri_mm_convert_worker(&t, 0, 1);
+    }
+    tri_threadpool_run(f->tp, tri_mm_worker, &t);
+}
+
+/* ---- blocks ------------------------------------------------------------------------------------ */
+
+void tri_blk_rmsnorm(tri_forward * f, const float * in, const tri_tensor * w, float * out) {
+    const int n_embd = f->m->hp.n_embd;
+    for (int t = 0; t < f->n_tok; t++) {
+        tri_rmsnorm(in + (int64_t) t * n_embd, w->data, out + (int64_t) t * n_embd, n_embd, f->m->hp.norm_eps);
+    }
+}
+
+static void tri_add_bias(float * y, const tri_tensor * b, int32_t n_tok) {
+    if (!b->data) {
+        return;
+    }
+    const float * bias = b->data;
+    for (int32_t t = 0; t < n_tok; t++) {
+        for (int64_t i = 0; i < b->ne0; i++) {
+            y[t * b->ne0 + i] += bias[i];
+        }
+    }
+}
+
+void tri_blk_qkv(tri_forward * f, const tri_layer * L) {
+    tri_mm_job jobs[3] = { { &L->wq, f->q, NULL }, { &L->wk, f->k, NULL }, { &L->wv, f->v, NULL } };
+    tri_matmuls(f, jobs, 3, f->xn, f->m->hp.n_embd, f->n_tok);
+    tri_add_bias(f->q, &L->bq, f->n_tok);
+    tri_add_bias(f->k, &L->bk, f->n_tok);
+    tri_add_bias(f->v, &L->bv, f->n_tok);
+}
+
+void tri_blk_qk_norm(tri_forward * f, const tri_layer * L) {
+    const tri_hparams * hp = &f->m->hp;
+    const int hd = hp->head_dim;
+    for (int t = 0; t < f->n_tok; t++) {
+        for (int h = 0; h < hp->n_head; h++) {
+            float * q = f->q + ((int64_t) t * hp->n_head + h) * hd;
+            tri_rmsnorm(q, L->q_norm.data, q, hd, hp->norm_eps);
+        }
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            float * k = f->k + ((int64_t) t * hp->n_head_kv + h) * hd;
+            tri_rmsnorm(k, L->k_norm.data, k, hd, hp->norm_eps);
+        }
+    }
+}
+
+void tri_blk_rope_store(tri_forward * f, int il) {
+    const tri_hparams * hp = &f->m->hp;
+    const int hd = hp->head_dim;
+    tri_kv_cache * kv = f->kv;
+    for (int t = 0; t < f->n_tok; t++) {
+        const float * cs = f->rope_cs + (int64_t) t * hp->rope_dim;
+        float * q = f->q + (int64_t) t * hp->n_head * hd;
+        float * k = f->k + (int64_t) t * hp->n_head_kv * hd;
+        tri_rope(q, hp->n_head, hd, hp->rope_dim, cs, hp->rope_pairing);
+        tri_rope(k, hp->n_head_kv, hd, hp->rope_dim, cs, hp->rope_pairing);
+    }
+    for (int h = 0; h < hp->n_head_kv; h++) {
+        int32_t * live = &kv->n_live[tri_kv_index(kv, il, h)];
+        tri_fp16 * K = tri_kv_k(kv, il, h);
+        tri_fp16 * V = tri_kv_v(kv, il, h);
+        int32_t * pos = tri_kv_pos(kv, il, h);
+        for (int t = 0; t < f->n_tok; t++) {
+            const int32_t slot = *live + t;
+            tri_f32_to_f16_row(f->k + ((int64_t) t * hp->n_head_kv + h) * hd, K + (int64_t) slot * hd, hd);
+            tri_f32_to_f16_row(f->v + ((int64_t) t * hp->n_head_kv + h) * hd, V + (int64_t) slot * hd, hd);
+            pos[slot] = f->pos0 + t;
+        }
+        *live += f->n_tok;
+    }
+}
+
+/* ---- attention --------------------------------------------------------------------------------- */
+
+typedef struct tri_att_task {
+    tri_forward * f;
+    int           il;
+    int           n_split;  /* slot chunks per (token, KV head); > 1 only for single-token decode */
+} tri_att_task;
+
+/* Number of live slots whose position is <= p (live positions are increasing). */
+static int32_t tri_upper_bound(const int32_t * pos, int32_t n, int32_t p) {
+    int32_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        if (pos[mid] <= p) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+static void tri_att_worker(void * arg, int ith, int nth) {
+    tri_att_task * a = arg;
+    tri_forward * f = a->f;
+    const tri_hparams * hp = &f->m->hp;
+    const tri_kv_cache * kv = f->kv;
+    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv, S = a->n_split;
+    const float scale = 1.0f / sqrtf((float) D);
+    float * s = f->att_s + (size_t) ith * G * kv->capacity;
+    const long n_tasks = (long) f->n_tok * hp->n_head_kv * S;
+    long t0, t1;
+    tri_split(n_tasks, ith, nth, &t0, &t1);
+    for (long task = t0; task < t1; task++) {
+        const int c = task % S;
+        const int h = (task / S) % hp->n_head_kv;
+        const int t = task / S / hp->n_head_kv;
+        const int32_t * pos = tri_kv_pos(kv, a->il, h);
+        const int32_t n_valid = tri_upper_bound(pos, kv->n_live[tri_kv_index(kv, a->il, h)], f->pos0 + t);
+        long j0, j1;
+        tri_split(n_valid, c, S, &j0, &j1);
+        const int n = (int) (j1 - j0);
+        const float * q = f->q + ((int64_t) t * hp->n_head + (int64_t) h * G) * D;
+        float * out = S == 1 ? f->att + ((int64_t) t * hp->n_head + (int64_t) h * G) * D
+                             : f->att_part + ((size_t) (h * S + c) * G) * (D + 2);
+        const int ld_out = S == 1 ? D : D + 2;
+        for (int g = 0; g < G; g++) {
+            memset(out + (size_t) g * ld_out, 0, D * sizeof(float));
+        }
+        if (n > 0) {
+            f->attn.scores(D, G, q, tri_kv_k(kv, a->il, h) + j0 * D, n, scale, s, n);
+        }
+        for (int g = 0; g < G; g++) {
+            float * sg = s + (size_t) g * n;
+            float mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                mx = sg[j] > mx ? sg[j] : mx;
+            }
+            const float sum = n > 0 ? f->attn.exp_sum(sg, n, mx) : 0.0f;
+            if (S == 1) {
+                const float inv = n > 0 ? 1.0f / sum : 0.0f;
+                for (int j = 0; j < n; j++) {
+                    sg[j] *= inv;
+                }
+            } else {
+                out[(size_t) g * ld_out + D]     = mx;
+                out[(size_t) g * ld_out + D + 1] = sum;
+            }
+        }
+        if (S == 1) {
+            if (n > 0) {
+                f->attn.accum(D, G, s, n, tri_kv_v(kv, a->il, h) + j0 * D, n, out);
+            }
+        } else {
+            for (int g = 0; g < G; g++) {
+                if (n > 0) {
+                    f->attn.accum(D, 1, s + (size_t) g * n, n, tri_kv_v(kv, a->il, h) + j0 * D, n, out + (size_t) g * ld_out);
+                }
+            }
+        }
+    }
+}
+
+/* Merges the split-K partials of a single-token decode into att. */
+static void tri_att_merge(tri_forward * f, int S) {
+    const tri_hparams * hp = &f->m->hp;
+    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
+    for (int h = 0; h < hp->n_head_kv; h++) {
+        for (int g = 0; g < G; g++) {
+            float mx = -INFINITY;
+            for (int c = 0; c < S; c++) {
+                const float * p = f->att_part + ((size_t) (h * S + c) * G + g) * (D + 2);
+                if (p[D + 1] > 0.0f && p[D] > mx) {
+                    mx = p[D];
+                }
+            }
+            float * out = f->att + ((int64_t) h * G + g) * D;
+            memset(out, 0, D * sizeof(float));
+            float total = 0.0f;
+            for (int c = 0; c < S; c++) {
+                const float * p = f->att_part + ((size_t) (h * S + c) * G + g) * (D + 2);
+                if (!(p[D + 1] > 0.0f)) {
+                    continue;
+                }
+                const float w = expf(p[D] - mx);
+                total += w * p[D + 1];
+                for (int d = 0; d < D; d++) {
+                    out[d] += w * p[d];
+                }
+            }
+            const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+            for (int d = 0; d < D; d++) {
+                out[d] *= inv;
+            }
+        }
+    }
+}
+
+void tri_blk_attention(tri_forward * f, int il) {
+    tri_att_task a = { .f = f, .il = il, .n_split = 1 };
+    if (f->n_tok == 1) {
+        int32_t lo, hi;
+        (void) lo;
+        hi = 0;
+        for (int h = 0; h < f->m->hp.n_head_kv; h++) {
+            hi = TRI_MAX(hi, f->kv->n_live[tri_kv_index(f->kv, il, h)]);
+        }
+        const int want = (hi + 255) / 256;
+        a.n_split = TRI_MAX(1, TRI_MIN(TRI_ATT_MAX_SPLIT, want));
+    }
+    tri_threadpool_run(f->tp, tri_att_worker, &a);
+    if (a.n_split > 1) {
+        tri_att_merge(f, a.n_split);
+    }
+}
+
+static void tri_add_rows(float * x, const float * y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] += y[i];
+    }
+}
+
+void tri_blk_attn_out(tri_forward * f, const tri_layer * L) {
+    tri_mm_job job = { &L->wo, f->tmp, NULL };
+    tri_matmuls(f, &job, 1, f->att, L->wo.ne0, f->n_tok);
+    tri_add_rows(f->x, f->tmp, (int64_t) f->n_tok * f->m->hp.n_embd);
+}
+
+void tri_blk_ffn_swiglu(tri_forward * f, const tri_layer * L) {
+    const tri_hparams * hp = &f->m->hp;
+    tri_mm_job jobs[2] = { { &L->ffn_gate, f->gate, NULL }, { &L->ffn_up, f->up, NULL } };
+    tri_matmuls(f, jobs, 2, f->xn, hp->n_embd, f->n_tok);
+    tri_silu_mul(f->gate, f->up, f->n_tok * hp->n_ff);
+    tri_mm_job down = { &L->ffn_down, f->tmp, NULL };
+    tri_matmuls(f, &down, 1, f->gate, hp->n_ff, f->n_tok);
+    tri_add_rows(f->x, f->tmp, (int64_t) f->n_tok * hp->n_embd);
+}
+
+/* ---- whole chunk ------------------------------------------------------------------------------- */
+
+static void tri_rope_table(tri_forward * f) {
+    const struct triattn_model * m = f->m;
+    const int F = m->hp.rope_dim / 2;
+    for (int t = 0; t < f->n_tok; t++) {
+        const double p = (double) (f->pos0 + t) * m->hp.rope_freq_scale;
+        float * cs = f->rope_cs + (int64_t) t * m->hp.rope_dim;
+        for (int i = 0; i < F; i++) {
+            const double theta = p * m->rope_inv_freq[i];
+            cs[2 * i]     = (float) cos(theta);
+            cs[2 * i + 1] = (float) sin(theta);
+        }
+    }
+}
+
+void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t pos0,
+                       enum tri_logits_mode mode) {
+    const struct triattn_model * m = f->m;
+    const tri_hparams * hp = &m->hp;
+    f->n_tok = n_tok;
+    f->pos0  = pos0;
+
+    const tri_type_traits * et = tri_type_traits_get(m->w.tok_embd.type);
+    const size_t erow = tri_row_size(m->w.tok_embd.type, hp->n_embd);
+    for (int t = 0; t < n_tok; t++) {
+        et->to_float((const char *) m->w.tok_embd.data + (size_t) tokens[t] * erow, f->x + (int64_t) t * hp->n_embd,
+                     hp->n_embd);
+    }
+    tri_rope_table(f);
+
+    for (int il = 0; il < hp->n_layer; il++) {
+        m->arch->build_layer(f, il);
+    }
+
+    /* Final norm and logits for the rows the caller wants. */
+    f->n_logits = 0;
+    if (mode == TRI_LOGITS_NONE) {
+        return;
+    }
+    const int first = mode == TRI_LOGITS_ALL ? 0 : n_tok - 1;
+    f->n_tok = n_tok - first;
+    tri_blk_rmsnorm(f, f->x + (int64_t) first * hp->n_embd, &m->w.output_norm, f->xn);
+    tri_mm_job job = { &m->w.output, f->logits, NULL };
+    tri_matmuls(f, &job, 1, f->xn, hp->n_embd, f->n_tok);
+    f->n_logits = f->n_tok;
+    f->n_tok = n_tok;
+}

@@ -1,0 +1,71 @@
+/* Per-session forward-pass state and the shared blocks every architecture is built from. */
+#ifndef TRI_FORWARD_H
+#define TRI_FORWARD_H
+
+#include "kv_cache.h"
+#include "model.h"
+#include "threadpool.h"
+
+/* Activations of one chunk of up to n_batch tokens; all buffers carved from one allocation. */
+typedef struct tri_forward {
+    const struct triattn_model * m;
+    tri_kv_cache *   kv;
+    tri_threadpool * tp;
+    tri_attn_kernels attn;
+
+    int32_t  n_batch;
+    int32_t  n_tok;     /* tokens in the current chunk */
+    int32_t  pos0;      /* absolute position of the chunk's first token */
+
+    float *  x;         /* [n_batch][n_embd] residual stream */
+    float *  xn;        /* [n_batch][n_embd] normalised input of a block */
+    float *  q;         /* [n_batch][n_head * head_dim] */
+    float *  k;         /* [n_batch][n_head_kv * head_dim] */
+    float *  v;         /* [n_batch][n_head_kv * head_dim] */
+    float *  att;       /* [n_batch][n_head * head_dim] attention output */
+    float *  gate;      /* [n_batch][n_ff] */
+    float *  up;        /* [n_batch][n_ff] */
+    float *  tmp;       /* [n_batch][n_embd] block output before the residual add */
+    float *  rope_cs;   /* [n_batch][rope_dim] cos, sin per frequency pair */
+    void *   xq;        /* activations converted to the weights' vec_dot types: 3 x [n_batch][row] */
+    size_t   xq_stride; /* bytes of one converted buffer region */
+    float *  att_s;     /* per thread: [G][capacity] scores */
+    float *  att_part;  /* split-K partials for decode: [n_head_kv][TRI_ATT_MAX_SPLIT][G][head_dim + 2] */
+    float *  logits;    /* [n_batch][n_vocab] */
+    int32_t  n_logits;  /* rows of logits computed by the last chunk */
+    void *   mem;
+    size_t   mem_bytes;
+} tri_forward;
+
+#define TRI_ATT_MAX_SPLIT 16
+
+/* Allocates the activation buffers for (model, n_batch, cache capacity, threads). */
+enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model * m, tri_kv_cache * kv,
+                                     tri_threadpool * tp, int32_t n_batch, char * err, size_t n);
+void tri_forward_free(tri_forward * f);
+
+enum tri_logits_mode { TRI_LOGITS_NONE = 0, TRI_LOGITS_LAST = 1, TRI_LOGITS_ALL = 2 };
+
+/* Runs tokens[0..n_tok) (n_tok <= n_batch) at positions pos0.. through every layer, appending their K/V
+ * to the cache (which must have room), and computes the logits the mode asks for into f->logits. */
+void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t pos0,
+                       enum tri_logits_mode mode);
+
+/* ---- blocks used by src/models/<arch>.c ---------------------------------------------------------- */
+
+/* out[t] = rmsnorm(in[t]) * w for the chunk's tokens (n_embd wide). */
+void tri_blk_rmsnorm(tri_forward * f, const float * in, const tri_tensor * w, float * out);
+/* q, k, v = xn @ wq, wk, wv (+ biases when present). */
+void tri_blk_qkv(tri_forward * f, const tri_layer * L);
+/* Per-head RMSNorm of q and k with the layer's q_norm / k_norm weights (Qwen3). */
+void tri_blk_qk_norm(tri_forward * f, const tri_layer * L);
+/* RoPE on q and k at the tokens' absolute positions, then k, v appended to the cache of layer il. */
+void tri_blk_rope_store(tri_forward * f, int il);
+/* att = softmax(q k^T / sqrt(head_dim)) v over layer il's live slots, masked by position. */
+void tri_blk_attention(tri_forward * f, int il);
+/* x += att @ wo. */
+void tri_blk_attn_out(tri_forward * f, const tri_layer * L);
+/* x += down(silu(gate(xn)) * up(xn)). */
+void tri_blk_ffn_swiglu(tri_forward * f, const tri_layer * L);
+
+#endif

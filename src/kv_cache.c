@@ -1,0 +1,122 @@
+#include "kv_cache.h"
+#include "common.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t tri_kv_cache_bytes(int32_t n_layer, int32_t n_head_kv, int32_t head_dim, int32_t capacity) {
+    if (n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0 || capacity <= 0) {
+        return 0;
+    }
+    const unsigned __int128 slots = (unsigned __int128) n_layer * n_head_kv * capacity;
+    const unsigned __int128 bytes = slots * (2u * head_dim * sizeof(tri_fp16) + sizeof(int32_t));
+    return bytes > (unsigned __int128) (SIZE_MAX / 2) ? 0 : (size_t) bytes;
+}
+
+enum triattn_status tri_kv_cache_init(tri_kv_cache * c, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
+                                      int32_t capacity, char * err, size_t n) {
+    memset(c, 0, sizeof *c);
+    const size_t bytes = tri_kv_cache_bytes(n_layer, n_head_kv, head_dim, capacity);
+    if (bytes == 0) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "KV cache of %d slots x %d layers x %d KV heads is too large",
+                        capacity, n_layer, n_head_kv);
+    }
+    const size_t n_rows = (size_t) n_layer * n_head_kv * capacity;
+    c->k      = malloc(n_rows * head_dim * sizeof(tri_fp16));
+    c->v      = malloc(n_rows * head_dim * sizeof(tri_fp16));
+    c->pos    = malloc(n_rows * sizeof(int32_t));
+    c->n_live = calloc((size_t) n_layer * n_head_kv, sizeof(int32_t));
+    if (!c->k || !c->v || !c->pos || !c->n_live) {
+        tri_kv_cache_free(c);
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate the KV cache: %.1f MiB (%d slots per layer and KV head)",
+                        bytes / 1048576.0, capacity);
+    }
+    c->n_layer   = n_layer;
+    c->n_head_kv = n_head_kv;
+    c->head_dim  = head_dim;
+    c->capacity  = capacity;
+    c->bytes     = bytes;
+    return TRIATTN_OK;
+}
+
+void tri_kv_cache_free(tri_kv_cache * c) {
+    free(c->k);
+    free(c->v);
+    free(c->pos);
+    free(c->n_live);
+    memset(c, 0, sizeof *c);
+}
+
+void tri_kv_cache_clear(tri_kv_cache * c) {
+    memset(c->n_live, 0, (size_t) c->n_layer * c->n_head_kv * sizeof(int32_t));
+}
+
+void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi) {
+    int32_t a = INT32_MAX, b = 0;
+    for (int i = 0; i < c->n_layer * c->n_head_kv; i++) {
+        a = TRI_MIN(a, c->n_live[i]);
+        b = TRI_MAX(b, c->n_live[i]);
+    }
+    *lo = c->n_layer * c->n_head_kv > 0 ? a : 0;
+    *hi = b;
+}
+
+void tri_kv_compact(tri_kv_cache * c, int il, int h, const int32_t * keep, int32_t n_keep) {
+    const int D = c->head_dim;
+    tri_fp16 * k = tri_kv_k(c, il, h);
+    tri_fp16 * v = tri_kv_v(c, il, h);
+    int32_t * pos = tri_kv_pos(c, il, h);
+    int32_t * live = &c->n_live[tri_kv_index(c, il, h)];
+    for (int32_t i = 0; i < n_keep; i++) {
+        const int32_t j = keep[i];
+        if (j != i) {
+            memcpy(k + (size_t) i * D, k + (size_t) j * D, D * sizeof(tri_fp16));
+            memcpy(v + (size_t) i * D, v + (size_t) j * D, D * sizeof(tri_fp16));
+            pos[i] = pos[j];
+        }
+    }
+#ifndef NDEBUG
+    const tri_fp16 nan16 = 0x7e00;
+    for (int32_t i = n_keep; i < *live; i++) {
+        for (int d = 0; d < D; d++) {
+            k[(size_t) i * D + d] = nan16;
+            v[(size_t) i * D + d] = nan16;
+        }
+        pos[i] = INT32_MIN;
+    }
+#endif
+    *live = n_keep;
+}
+
+/* ---- full attention: never evicts ---------------------------------------------------------------- */
+
+static int32_t tri_full_capacity(const tri_kv_policy_cfg * cfg) {
+    return cfg->n_ctx;
+}
+
+static bool tri_full_should_compress(const tri_kv_policy * p, const tri_kv_cache * c) {
+    return false;
+}
+
+static enum triattn_status tri_full_compress(tri_kv_policy * p, tri_kv_cache * c, int32_t next_pos, char * err,
+                                             size_t n) {
+    return TRIATTN_OK;
+}
+
+const tri_kv_policy_ops tri_kv_policy_full = {
+    .name            = "full",
+    .capacity        = tri_full_capacity,
+    .should_compress = tri_full_should_compress,
+    .compress        = tri_full_compress,
+};
+
+const tri_kv_policy_ops * tri_kv_policy_find(const char * name) {
+    static const tri_kv_policy_ops * const all[] = { &tri_kv_policy_full };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (strcmp(all[i]->name, name) == 0) {
+            return all[i];
+        }
+    }
+    return NULL;
+}

@@ -1,0 +1,95 @@
+/* KV cache with per-(layer, KV head) slot arrays, and the eviction-policy interface.
+ *
+ * Layout, for each layer l and KV head h: K and V rows of head_dim F16 values in `capacity` slots, an int32
+ * original (absolute) position per slot and a live-slot count. Each (layer, KV head) may hold a different
+ * set of tokens. Live slots are kept in increasing position order (appends are in order and compaction
+ * preserves order), and attention masks by position, never by slot index. */
+#ifndef TRI_KV_CACHE_H
+#define TRI_KV_CACHE_H
+
+#include "fp16.h"
+#include "triattn.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tri_kv_cache {
+    int32_t    n_layer;
+    int32_t    n_head_kv;
+    int32_t    head_dim;
+    int32_t    capacity;   /* slots per (layer, KV head) */
+    tri_fp16 * k;          /* [n_layer][n_head_kv][capacity][head_dim] */
+    tri_fp16 * v;          /* [n_layer][n_head_kv][capacity][head_dim] */
+    int32_t *  pos;        /* [n_layer][n_head_kv][capacity] */
+    int32_t *  n_live;     /* [n_layer][n_head_kv] */
+    size_t     bytes;      /* bytes allocated for k, v, pos */
+} tri_kv_cache;
+
+/* Bytes needed for a cache of this geometry (0 on overflow). */
+size_t tri_kv_cache_bytes(int32_t n_layer, int32_t n_head_kv, int32_t head_dim, int32_t capacity);
+/* Allocates the cache; TRIATTN_ERR_OOM (message with the size) when it does not fit. */
+enum triattn_status tri_kv_cache_init(tri_kv_cache * c, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
+                                      int32_t capacity, char * err, size_t n);
+void tri_kv_cache_free(tri_kv_cache * c);
+/* Empties every (layer, KV head). */
+void tri_kv_cache_clear(tri_kv_cache * c);
+
+static inline size_t tri_kv_index(const tri_kv_cache * c, int il, int h) {
+    return (size_t) il * c->n_head_kv + h;
+}
+static inline tri_fp16 * tri_kv_k(const tri_kv_cache * c, int il, int h) {
+    return c->k + tri_kv_index(c, il, h) * c->capacity * c->head_dim;
+}
+static inline tri_fp16 * tri_kv_v(const tri_kv_cache * c, int il, int h) {
+    return c->v + tri_kv_index(c, il, h) * c->capacity * c->head_dim;
+}
+static inline int32_t * tri_kv_pos(const tri_kv_cache * c, int il, int h) {
+    return c->pos + tri_kv_index(c, il, h) * c->capacity;
+}
+
+/* Smallest and largest live-slot count over all (layer, KV head). */
+void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi);
+
+/* Keeps only the slots keep[0..n_keep) (strictly increasing slot indices) of (il, h), moving K, V and
+ * positions down so live slots stay contiguous and in order. Evicted slots are poisoned with NaN in
+ * debug builds so a kernel that reads them fails loudly. */
+void tri_kv_compact(tri_kv_cache * c, int il, int h, const int32_t * keep, int32_t n_keep);
+
+/* ---- eviction policies ------------------------------------------------------------------------ */
+
+typedef struct tri_kv_policy_cfg {
+    int32_t n_ctx;
+    int32_t budget;
+    int32_t interval;
+    int32_t window;
+    int32_t sink;
+    const char * mode;
+} tri_kv_policy_cfg;
+
+typedef struct tri_kv_policy tri_kv_policy;
+
+typedef struct tri_kv_policy_ops {
+    const char * name;
+    /* Slots per (layer, KV head) this policy needs: n_ctx for `full`, budget + interval when compressing. */
+    int32_t (*capacity)(const tri_kv_policy_cfg * cfg);
+    /* True when the cache must be compressed before more tokens can be appended. */
+    bool    (*should_compress)(const tri_kv_policy * p, const tri_kv_cache * c);
+    /* Chooses the slots to keep for every (layer, KV head) and compacts the cache. */
+    enum triattn_status (*compress)(tri_kv_policy * p, tri_kv_cache * c, int32_t next_pos, char * err, size_t n);
+} tri_kv_policy_ops;
+
+struct tri_kv_policy {
+    const tri_kv_policy_ops * ops;
+    tri_kv_policy_cfg         cfg;
+    int64_t                   n_compressions;
+    int64_t                   n_evicted;
+    double                    score_ms;
+};
+
+/* Looks a policy up by name; NULL when unknown. */
+const tri_kv_policy_ops * tri_kv_policy_find(const char * name);
+
+extern const tri_kv_policy_ops tri_kv_policy_full;
+
+#endif

@@ -1,0 +1,315 @@
+/* Session lifecycle, decode (chunked prefill + eviction schedule), logits, sampling, KV statistics. */
+#include "session.h"
+#include "common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum triattn_status tri_session_fail(triattn_session * s, enum triattn_status status, const char * fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->last_error, sizeof s->last_error, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void triattn_session_params_init(struct triattn_session_params * p) {
+    memset(p, 0, sizeof *p);
+    p->n_ctx       = 0;
+    p->n_batch     = 512;
+    p->n_threads   = 0;
+    p->seed        = UINT64_MAX;
+    p->kv_policy   = NULL;
+    p->kv_budget   = 2048;
+    p->kv_interval = 128;
+    p->kv_window   = -1;
+    p->kv_sink     = 4;
+    p->kv_mode     = NULL;
+}
+
+static int tri_default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int) TRI_MIN(n, 64) : 1;
+}
+
+/* Validates the parameters and fills in defaults; the message names the first bad field. */
+static enum triattn_status tri_session_resolve(const triattn_model * m, struct triattn_session_params * p,
+                                               const tri_kv_policy_ops ** ops, char * err, size_t n) {
+    if (p->n_ctx < 0) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "n_ctx must be >= 0 (0 = the model's %d), got %d",
+                        m->hp.n_ctx_train, p->n_ctx);
+    }
+    if (p->n_ctx == 0) {
+        p->n_ctx = m->hp.n_ctx_train;
+    }
+    if (p->n_batch <= 0 || p->n_batch > 65536) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "n_batch must be in [1, 65536], got %d", p->n_batch);
+    }
+    p->n_batch = TRI_MIN(p->n_batch, p->n_ctx);
+    if (p->n_threads < 0 || p->n_threads > 1024) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "n_threads must be in [0, 1024], got %d", p->n_threads);
+    }
+    if (p->n_threads == 0) {
+        p->n_threads = tri_default_threads();
+    }
+    if (p->kv_budget <= 0) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_budget must be > 0, got %d", p->kv_budget);
+    }
+    if (p->kv_interval <= 0) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_interval must be > 0, got %d", p->kv_interval);
+    }
+    if (p->kv_sink < 0) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_sink must be >= 0, got %d", p->kv_sink);
+    }
+    if (p->kv_window < -1) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_window must be >= 0 (or -1 for the default), got %d",
+                        p->kv_window);
+    }
+    const char * name = p->kv_policy;
+    if (!name || strcmp(name, "auto") == 0) {
+        name = "full"; /* no model carries query centres until calibration lands */
+    }
+    *ops = tri_kv_policy_find(name);
+    if (!*ops) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "unknown kv_policy '%s' (available: full)", name);
+    }
+    if (p->kv_mode && strcmp(p->kv_mode, "per_head") != 0 && strcmp(p->kv_mode, "per_layer_per_head") != 0 &&
+        strcmp(p->kv_mode, "global") != 0) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
+                        "unknown kv_mode '%s' (available: per_head, per_layer_per_head, global)", p->kv_mode);
+    }
+    return TRIATTN_OK;
+}
+
+enum triattn_status triattn_session_create(const triattn_model * m, const struct triattn_session_params * pin,
+                                           triattn_session ** out, char * err, size_t err_size) {
+    if (err && err_size) {
+        err[0] = '\0';
+    }
+    if (!out) {
+        return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "triattn_session_create: out is NULL");
+    }
+    *out = NULL;
+    if (!m) {
+        return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "triattn_session_create: model is NULL");
+    }
+    struct triattn_session_params p;
+    if (pin) {
+        p = *pin;
+    } else {
+        triattn_session_params_init(&p);
+    }
+    const tri_kv_policy_ops * ops = NULL;
+    enum triattn_status st = tri_session_resolve(m, &p, &ops, err, err_size);
+    if (st != TRIATTN_OK) {
+        return st;
+    }
+
+    triattn_session * s = calloc(1, sizeof *s);
+    if (!s) {
+        return tri_fail(err, err_size, TRIATTN_ERR_OOM, "out of memory");
+    }
+    s->model = m;
+    snprintf(s->policy_name, sizeof s->policy_name, "%s", ops->name);
+    snprintf(s->mode_name, sizeof s->mode_name, "%s", p.kv_mode ? p.kv_mode : "per_head");
+    p.kv_policy = s->policy_name;
+    p.kv_mode   = s->mode_name;
+    s->params   = p;
+
+    s->policy.ops = ops;
+    s->policy.cfg = (tri_kv_policy_cfg) { .n_ctx = p.n_ctx, .budget = p.kv_budget, .interval = p.kv_interval,
+                                          .window = p.kv_window, .sink = p.kv_sink, .mode = s->mode_name };
+    const int32_t capacity = TRI_MIN(ops->capacity(&s->policy.cfg), p.n_ctx);
+
+    st = tri_kv_cache_init(&s->kv, m->hp.n_layer, m->hp.n_head_kv, m->hp.head_dim, capacity, err, err_size);
+    if (st == TRIATTN_OK) {
+        s->tp = tri_threadpool_create(p.n_threads);
+        if (!s->tp) {
+            st = tri_fail(err, err_size, TRIATTN_ERR_OOM, "cannot start %d threads", p.n_threads);
+        }
+    }
+    if (st == TRIATTN_OK) {
+        st = tri_forward_init(&s->fwd, m, &s->kv, s->tp, p.n_batch, err, err_size);
+    }
+    if (st == TRIATTN_OK) {
+        s->sampler = tri_sampler_create(m->hp.n_vocab, p.n_ctx, p.seed);
+        s->gen.ts  = tri_textstream_create(NULL, 0);
+        s->gen.text_cap = 4096;
+        s->gen.text = malloc(s->gen.text_cap);
+        if (!s->sampler || !s->gen.ts || !s->gen.text) {
+            st = tri_fail(err, err_size, TRIATTN_ERR_OOM, "out of memory");
+        }
+    }
+    if (st != TRIATTN_OK) {
+        triattn_session_free(s);
+        return st;
+    }
+    *out = s;
+    return TRIATTN_OK;
+}
+
+void triattn_session_free(triattn_session * s) {
+    if (!s) {
+        return;
+    }
+    tri_forward_free(&s->fwd);
+    tri_kv_cache_free(&s->kv);
+    tri_threadpool_free(s->tp);
+    tri_sampler_free(s->sampler);
+    tri_textstream_free(s->gen.ts);
+    free(s->gen.text);
+    free(s);
+}
+
+const char * triattn_session_last_error(const triattn_session * s) {
+    return s ? s->last_error : "session is NULL";
+}
+
+void triattn_session_reset(triattn_session * s) {
+    tri_kv_cache_clear(&s->kv);
+    tri_sampler_reset(s->sampler);
+    s->n_past   = 0;
+    s->n_logits = 0;
+    s->gen.active = false;
+    s->policy.n_compressions = 0;
+    s->policy.n_evicted = 0;
+    s->policy.score_ms = 0.0;
+}
+
+int32_t triattn_session_n_ctx(const triattn_session * s) {
+    return s->params.n_ctx;
+}
+
+int32_t triattn_session_n_past(const triattn_session * s) {
+    return s->n_past;
+}
+
+/* Runs the policy when the cache cannot take `incoming` more tokens, or when its trigger fires. */
+static enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming) {
+    int32_t lo, hi;
+    tri_kv_cache_live_range(&s->kv, &lo, &hi);
+    if (hi + incoming <= s->kv.capacity && !s->policy.ops->should_compress(&s->policy, &s->kv)) {
+        return TRIATTN_OK;
+    }
+    char msg[512] = "";
+    const double t0 = tri_time_ms();
+    enum triattn_status st = s->policy.ops->compress(&s->policy, &s->kv, s->n_past, msg, sizeof msg);
+    s->policy.score_ms += tri_time_ms() - t0;
+    if (st != TRIATTN_OK) {
+        return tri_session_fail(s, st, "KV policy '%s': %s", s->policy.ops->name, msg);
+    }
+    tri_kv_cache_live_range(&s->kv, &lo, &hi);
+    if (hi + incoming > s->kv.capacity) {
+        return tri_session_fail(s, TRIATTN_ERR_CONTEXT, "KV cache full: %d live slots + %d new tokens > capacity %d",
+                                hi, incoming, s->kv.capacity);
+    }
+    return TRIATTN_OK;
+}
+
+enum triattn_status triattn_session_decode(triattn_session * s, const triattn_token * tokens, int32_t n_tokens,
+                                           bool logits_all) {
+    if (!s) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    s->last_error[0] = '\0';
+    if (!tokens || n_tokens <= 0) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "decode: need at least one token (got %d)", n_tokens);
+    }
+    const int32_t n_vocab = s->model->hp.n_vocab;
+    for (int32_t i = 0; i < n_tokens; i++) {
+        if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+            return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "decode: token %d at index %d is out of range [0, %d)",
+                                    tokens[i], i, n_vocab);
+        }
+    }
+    if (logits_all && n_tokens > s->params.n_batch) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "decode: logits_all needs n_tokens <= n_batch (%d > %d)",
+                                n_tokens, s->params.n_batch);
+    }
+    if ((int64_t) s->n_past + n_tokens > s->params.n_ctx) {
+        return tri_session_fail(s, TRIATTN_ERR_CONTEXT, "decode: %d tokens after position %d exceed n_ctx %d", n_tokens,
+                                s->n_past, s->params.n_ctx);
+    }
+    /* A compressing cache takes at most `interval` new tokens between compressions. */
+    int32_t chunk = s->params.n_batch;
+    if (s->kv.capacity < s->params.n_ctx) {
+        chunk = TRI_MIN(chunk, s->params.kv_interval);
+    }
+    if (logits_all && n_tokens > chunk) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG,
+                                "decode: logits_all needs n_tokens <= %d with a compressing KV policy", chunk);
+    }
+    s->n_logits = 0;
+    for (int32_t i = 0; i < n_tokens; i += chunk) {
+        const int32_t n = TRI_MIN(chunk, n_tokens - i);
+        enum triattn_status st = tri_session_make_room(s, n);
+        if (st != TRIATTN_OK) {
+            return st;
+        }
+        const bool last = i + n == n_tokens;
+        const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
+        tri_forward_chunk(&s->fwd, tokens + i, n, s->n_past, mode);
+        for (int32_t j = 0; j < n; j++) {
+            tri_sampler_accept(s->sampler, tokens[i + j]);
+        }
+        s->n_past += n;
+    }
+    s->n_logits   = s->fwd.n_logits;
+    s->logits_all = logits_all;
+    /* Slack trigger: compress once live slots reach budget + interval. */
+    if (s->policy.ops->should_compress(&s->policy, &s->kv)) {
+        return tri_session_make_room(s, 0);
+    }
+    return TRIATTN_OK;
+}
+
+const float * triattn_session_logits(const triattn_session * s, int32_t i) {
+    if (!s || s->n_logits == 0) {
+        return NULL;
+    }
+    if (i < 0) {
+        i = s->n_logits + i;
+    }
+    if (i < 0 || i >= s->n_logits) {
+        return NULL;
+    }
+    return s->fwd.logits + (size_t) i * s->model->hp.n_vocab;
+}
+
+void triattn_session_kv_stats(const triattn_session * s, struct triattn_kv_stats * out) {
+    memset(out, 0, sizeof *out);
+    out->n_past   = s->n_past;
+    out->capacity = s->kv.capacity;
+    tri_kv_cache_live_range(&s->kv, &out->live_min, &out->live_max);
+    out->kv_bytes = s->kv.bytes;
+    int64_t live = 0;
+    for (int i = 0; i < s->kv.n_layer * s->kv.n_head_kv; i++) {
+        live += s->kv.n_live[i];
+    }
+    out->kv_bytes_live  = (uint64_t) live * (2u * s->kv.head_dim * sizeof(tri_fp16) + sizeof(int32_t));
+    out->n_compressions = s->policy.n_compressions;
+    out->n_evicted      = s->policy.n_evicted;
+    out->score_ms       = s->policy.score_ms;
+    snprintf(out->policy, sizeof out->policy, "%s", s->policy_name);
+}
+
+enum triattn_status triattn_session_set_sampler(triattn_session * s, const struct triattn_sampler_params * p) {
+    if (!p) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "sampler params are NULL");
+    }
+    return tri_sampler_set_params(s->sampler, p, s->last_error, sizeof s->last_error);
+}
+
+enum triattn_status triattn_session_sample(triattn_session * s, triattn_token * out) {
+    const float * logits = triattn_session_logits(s, -1);
+    if (!logits) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "sample: no logits (decode something first)");
+    }
+    *out = tri_sampler_sample(s->sampler, logits);
+    if (*out < 0) {
+        return tri_session_fail(s, TRIATTN_ERR_INTERNAL, "sample: no valid token (all logits are NaN?)");
+    }
+    return TRIATTN_OK;
+}

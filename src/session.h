@@ -1,0 +1,48 @@
+/* Per-run state: KV cache + policy, activations, sampler, generation state. */
+#ifndef TRI_SESSION_H
+#define TRI_SESSION_H
+
+#include "common.h"
+#include "forward.h"
+#include "kv_cache.h"
+#include "sampler.h"
+#include "textstream.h"
+
+struct triattn_session {
+    const struct triattn_model * model;
+    struct triattn_session_params params;   /* resolved: n_ctx, n_batch, n_threads, kv_* filled in */
+    char             policy_name[32];
+    char             mode_name[32];
+
+    tri_threadpool * tp;
+    tri_kv_cache     kv;
+    tri_kv_policy    policy;
+    tri_forward      fwd;
+    tri_sampler *    sampler;
+
+    int32_t          n_past;
+    int32_t          n_logits;       /* rows of logits from the last decode */
+    bool             logits_all;
+
+    /* generation in progress (triattn_generate_begin / _next) */
+    struct {
+        bool             active;
+        bool             done;
+        bool             ignore_eos;
+        int32_t          max_tokens;
+        tri_textstream * ts;
+        char *           text;      /* text released by the current step */
+        size_t           text_len;
+        size_t           text_cap;
+        double           t_start;
+        struct triattn_generate_result result;
+    } gen;
+
+    char             last_error[768];
+};
+
+/* Sets the session's last error and returns status. */
+enum triattn_status tri_session_fail(triattn_session * s, enum triattn_status status, const char * fmt, ...)
+    TRI_PRINTF(3, 4);
+
+#endif

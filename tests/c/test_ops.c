@@ -1,0 +1,225 @@
+/* Forward-pass ops against scalar/double references: attention kernels per ISA, RoPE pairings, RMSNorm,
+ * thread pool, KV compaction. Random inputs, fresh seed each run. */
+#include "kv_cache.h"
+#include "ops.h"
+#include "threadpool.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int n_pass, n_fail;
+static unsigned long long rng_state;
+
+static double urand(void) {
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double) (rng_state >> 11) / 9007199254740992.0;
+}
+static float frand(void) {
+    return (float) (urand() * 2.0 - 1.0);
+}
+
+#define CHECK(cond, ...)                                 \
+    do {                                                 \
+        if (cond) {                                      \
+            n_pass++;                                    \
+        } else {                                         \
+            n_fail++;                                    \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);  \
+            printf(__VA_ARGS__);                         \
+            printf("\n");                                \
+        }                                                \
+    } while (0)
+
+static void test_attn_kernels(void) {
+    for (int isa = TRI_ISA_SCALAR; isa < TRI_ISA_COUNT; isa++) {
+        tri_attn_kernels k = tri_attn_kernels_get((enum tri_isa) isa);
+        if (!k.scores) {
+            continue;
+        }
+        for (int iter = 0; iter < 20; iter++) {
+            const int D = (int) (8 + 8 * (int) (urand() * 16)) + (iter % 3 == 0 ? 3 : 0); /* odd tails too */
+            const int G = 1 + (int) (urand() * 4);
+            const int n = 1 + (int) (urand() * 300);
+            float * q = malloc(sizeof(float) * G * D);
+            tri_fp16 * K = malloc(sizeof(tri_fp16) * n * D);
+            tri_fp16 * V = malloc(sizeof(tri_fp16) * n * D);
+            float * s = malloc(sizeof(float) * G * n);
+            float * p = malloc(sizeof(float) * G * n);
+            float * acc = calloc((size_t) G * D, sizeof(float));
+            for (int i = 0; i < G * D; i++) q[i] = frand();
+            for (int i = 0; i < n * D; i++) {
+                K[i] = tri_fp32_to_fp16(frand());
+                V[i] = tri_fp32_to_fp16(frand());
+            }
+            const float scale = 1.0f / sqrtf((float) D);
+            k.scores(D, G, q, K, n, scale, s, n);
+            double max_err = 0.0;
+            for (int g = 0; g < G; g++) {
+                for (int j = 0; j < n; j++) {
+                    double ref = 0.0;
+                    for (int d = 0; d < D; d++) ref += (double) q[g * D + d] * tri_fp16_to_fp32(K[j * D + d]);
+                    ref *= scale;
+                    max_err = fmax(max_err, fabs(ref - s[g * n + j]));
+                }
+            }
+            CHECK(max_err < 1e-4, "isa %d scores D=%d G=%d n=%d err %g", isa, D, G, n, max_err);
+
+            for (int i = 0; i < G * n; i++) p[i] = (float) urand();
+            k.accum(D, G, p, n, V, n, acc);
+            max_err = 0.0;
+            for (int g = 0; g < G; g++) {
+                for (int d = 0; d < D; d++) {
+                    double ref = 0.0;
+                    for (int j = 0; j < n; j++) ref += (double) p[g * n + j] * tri_fp16_to_fp32(V[j * D + d]);
+                    max_err = fmax(max_err, fabs(ref - acc[g * D + d]) / (1.0 + fabs(ref)));
+                }
+            }
+            CHECK(max_err < 1e-4, "isa %d accum D=%d G=%d n=%d err %g", isa, D, G, n, max_err);
+
+            float mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                s[j] = frand() * 30.0f;
+                mx = fmaxf(mx, s[j]);
+            }
+            memcpy(p, s, sizeof(float) * n);
+            const float sum = k.exp_sum(s, n, mx);
+            double ref_sum = 0.0, rel = 0.0;
+            for (int j = 0; j < n; j++) {
+                const double e = exp((double) p[j] - mx);
+                ref_sum += e;
+                rel = fmax(rel, fabs(e - s[j]) / (e + 1e-30));
+            }
+            CHECK(rel < 1e-5 && fabs(ref_sum - sum) / ref_sum < 1e-5, "isa %d exp_sum n=%d rel %g", isa, n, rel);
+            free(q); free(K); free(V); free(s); free(p); free(acc);
+        }
+    }
+}
+
+static void test_rope(void) {
+    const int D = 64, F = D / 2, H = 3;
+    float x[3 * 64], y[3 * 64], cs[64];
+    double ang[32];
+    for (int i = 0; i < H * D; i++) x[i] = frand();
+    for (int f = 0; f < F; f++) {
+        ang[f] = urand() * 100.0;
+        cs[2 * f] = (float) cos(ang[f]);
+        cs[2 * f + 1] = (float) sin(ang[f]);
+    }
+    for (int pairing = 0; pairing < 2; pairing++) {
+        memcpy(y, x, sizeof x);
+        tri_rope(y, H, D, D, cs, (enum tri_rope_pairing) pairing);
+        double err = 0.0;
+        for (int h = 0; h < H; h++) {
+            for (int f = 0; f < F; f++) {
+                const int a = pairing == TRI_ROPE_ADJACENT ? 2 * f : f;
+                const int b = pairing == TRI_ROPE_ADJACENT ? 2 * f + 1 : f + F;
+                /* complex multiply (x_a + i x_b) * e^{i ang} */
+                const double re = x[h * D + a] * cos(ang[f]) - x[h * D + b] * sin(ang[f]);
+                const double im = x[h * D + a] * sin(ang[f]) + x[h * D + b] * cos(ang[f]);
+                err = fmax(err, fabs(re - y[h * D + a]) + fabs(im - y[h * D + b]));
+            }
+        }
+        CHECK(err < 1e-5, "rope pairing %d err %g", pairing, err);
+    }
+}
+
+static void test_rmsnorm(void) {
+    const int n = 1 + (int) (urand() * 1000);
+    float * x = malloc(sizeof(float) * n), * w = malloc(sizeof(float) * n), * y = malloc(sizeof(float) * n);
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) {
+        x[i] = frand() * 10.0f;
+        w[i] = frand();
+        ss += (double) x[i] * x[i];
+    }
+    tri_rmsnorm(x, w, y, n, 1e-5f);
+    const double r = 1.0 / sqrt(ss / n + 1e-5);
+    double err = 0.0;
+    for (int i = 0; i < n; i++) err = fmax(err, fabs(x[i] * r * w[i] - y[i]));
+    CHECK(err < 1e-5, "rmsnorm n=%d err %g", n, err);
+    free(x); free(w); free(y);
+}
+
+static atomic_long tp_sum;
+static void tp_job(void * arg, int ith, int nth) {
+    long b, e;
+    tri_split(*(long *) arg, ith, nth, &b, &e);
+    long s = 0;
+    for (long i = b; i < e; i++) s += i;
+    atomic_fetch_add(&tp_sum, s);
+}
+
+static void test_threadpool(void) {
+    for (int nt = 1; nt <= 4; nt++) {
+        tri_threadpool * tp = tri_threadpool_create(nt);
+        CHECK(tp != NULL, "threadpool create %d", nt);
+        for (int rep = 0; rep < 200; rep++) {
+            long n = (long) (urand() * 100000);
+            atomic_store(&tp_sum, 0);
+            tri_threadpool_run(tp, tp_job, &n);
+            if (atomic_load(&tp_sum) != n * (n - 1) / 2) {
+                CHECK(0, "threadpool nt=%d n=%ld sum %ld", nt, n, (long) atomic_load(&tp_sum));
+                break;
+            }
+        }
+        n_pass++;
+        tri_threadpool_free(tp);
+    }
+}
+
+static void test_kv_compact(void) {
+    tri_kv_cache c;
+    char err[256];
+    CHECK(tri_kv_cache_init(&c, 2, 3, 16, 64, err, sizeof err) == TRIATTN_OK, "kv init: %s", err);
+    for (int il = 0; il < 2; il++) {
+        for (int h = 0; h < 3; h++) {
+            for (int j = 0; j < 50; j++) {
+                for (int d = 0; d < 16; d++) {
+                    tri_kv_k(&c, il, h)[j * 16 + d] = tri_fp32_to_fp16((float) (j * 16 + d));
+                    tri_kv_v(&c, il, h)[j * 16 + d] = tri_fp32_to_fp16((float) -(j * 16 + d));
+                }
+                tri_kv_pos(&c, il, h)[j] = 1000 + j;
+            }
+            c.n_live[tri_kv_index(&c, il, h)] = 50;
+        }
+    }
+    int32_t keep[50];
+    int n_keep = 0;
+    for (int j = 0; j < 50; j++) {
+        if (urand() < 0.4) keep[n_keep++] = j;
+    }
+    tri_kv_compact(&c, 1, 2, keep, n_keep);
+    int ok = c.n_live[tri_kv_index(&c, 1, 2)] == n_keep;
+    for (int i = 0; i < n_keep; i++) {
+        ok &= tri_kv_pos(&c, 1, 2)[i] == 1000 + keep[i];
+        ok &= tri_fp16_to_fp32(tri_kv_k(&c, 1, 2)[i * 16 + 5]) == (float) (keep[i] * 16 + 5);
+        ok &= tri_fp16_to_fp32(tri_kv_v(&c, 1, 2)[i * 16 + 7]) == (float) -(keep[i] * 16 + 7);
+    }
+    ok &= c.n_live[tri_kv_index(&c, 1, 1)] == 50 && tri_kv_pos(&c, 1, 1)[49] == 1049;
+    CHECK(ok, "kv compact keeps the chosen slots in order (n_keep %d)", n_keep);
+    int32_t lo, hi;
+    tri_kv_cache_live_range(&c, &lo, &hi);
+    CHECK(lo == n_keep && hi == 50, "live range %d %d", lo, hi);
+    CHECK(tri_kv_cache_bytes(2, 3, 16, 64) == (size_t) 2 * 3 * 64 * (16 * 2 * 2 + 4), "kv bytes");
+    tri_kv_cache_free(&c);
+}
+
+int main(void) {
+    unsigned long long seed = (unsigned long long) time(NULL) ^ ((unsigned long long) clock() << 20);
+    const char * env = getenv("TRI_TEST_SEED");
+    if (env) seed = strtoull(env, NULL, 10);
+    rng_state = seed;
+    tri_ops_init();
+    test_attn_kernels();
+    test_rope();
+    test_rmsnorm();
+    test_threadpool();
+    test_kv_compact();
+    if (n_fail) printf("seed %llu (set TRI_TEST_SEED to reproduce)\n", seed);
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}

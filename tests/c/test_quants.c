@@ -1,0 +1,468 @@
+/* Quant formats and matmul kernels: every SIMD vec_dot against the scalar reference, quantize round
+ * trips against an error budget per bit width, fast activation quantizers against the references,
+ * tri_matmul_rows against a naive loop, fp16 conversions against the hardware, row sizes.
+ * Random inputs, fresh seed each run (TRI_SEED=<n> to replay). `test_quants --bench` times vec_dot. */
+#include "arch/kernels.h"
+#include "matmul.h"
+#include "quants.h"
+#include "types.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int      g_pass, g_fail;
+static uint64_t g_seed, g_rng;
+
+#define CHECK(cond, ...)                                                 \
+    do {                                                                 \
+        if (cond) {                                                      \
+            g_pass++;                                                    \
+        } else {                                                         \
+            g_fail++;                                                    \
+            printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__,       \
+                   (unsigned long long)g_seed);                          \
+            printf(__VA_ARGS__);                                         \
+            printf("\n");                                                \
+        }                                                                \
+    } while (0)
+
+static uint64_t rnd_u64(void) { /* xorshift64* */
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return g_rng * 0x2545F4914F6CDD1DULL;
+}
+static float rnd_unit(void) { return (float)((rnd_u64() >> 40) + 0.5) / 16777216.0f; } /* (0, 1) */
+static float rnd_normal(void) {
+    return sqrtf(-2.0f * logf(rnd_unit())) * cosf(6.2831853f * rnd_unit());
+}
+static void rnd_floats(float * x, int64_t n, float scale) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = scale * rnd_normal();
+    }
+}
+
+static const enum tri_type k_weight_types[] = {
+    TRI_TYPE_F32, TRI_TYPE_F16, TRI_TYPE_BF16, TRI_TYPE_Q4_0, TRI_TYPE_Q4_1, TRI_TYPE_Q5_0, TRI_TYPE_Q5_1,
+    TRI_TYPE_Q8_0, TRI_TYPE_Q2_K, TRI_TYPE_Q3_K, TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K,
+};
+#define N_WEIGHT_TYPES (int)(sizeof k_weight_types / sizeof k_weight_types[0])
+
+static const char * k_isa_names[TRI_ISA_COUNT] = { "scalar", "avx2", "avx512" };
+
+/* Byte offsets of the fp16 scale fields inside one block (-1: none), to make random blocks sane. */
+static void scale_offsets(enum tri_type t, int * o0, int * o1) {
+    *o0 = -1;
+    *o1 = -1;
+    switch (t) {
+    case TRI_TYPE_Q4_0: case TRI_TYPE_Q5_0: case TRI_TYPE_Q8_0: *o0 = 0; break;
+    case TRI_TYPE_Q4_1: case TRI_TYPE_Q5_1: case TRI_TYPE_Q4_K: case TRI_TYPE_Q5_K: *o0 = 0; *o1 = 2; break;
+    case TRI_TYPE_Q2_K: *o0 = 80; *o1 = 82; break;
+    case TRI_TYPE_Q3_K: *o0 = 108; break;
+    case TRI_TYPE_Q6_K: *o0 = 208; break;
+    default: break;
+    }
+}
+
+/* A weight row: either quantized from random floats, or random bytes with finite random scales. */
+static void make_weight_row(enum tri_type t, int n, void * row, float * tmp, bool random_bytes) {
+    const tri_type_traits * tt = tri_type_traits_get(t);
+    const size_t rs = tri_row_size(t, n);
+    if (!random_bytes || !tt->is_quantized) {
+        rnd_floats(tmp, n, 0.5f + rnd_unit());
+        tt->from_float(tmp, row, n);
+        return;
+    }
+    uint8_t * p = row;
+    for (size_t i = 0; i < rs; i++) {
+        p[i] = (uint8_t)rnd_u64();
+    }
+    int o0, o1;
+    scale_offsets(t, &o0, &o1);
+    for (size_t b = 0; b < rs / tt->type_size; b++) {
+        uint8_t * blk = p + b * tt->type_size;
+        const tri_fp16 d = tri_fp32_to_fp16((rnd_unit() - 0.5f) * 0.1f);
+        const tri_fp16 m = tri_fp32_to_fp16((rnd_unit() - 0.5f) * 0.1f);
+        if (o0 >= 0) memcpy(blk + o0, &d, 2);
+        if (o1 >= 0) memcpy(blk + o1, &m, 2);
+    }
+}
+
+/* sum |x_i * y_i| over the dequantized rows: the scale a summation error is measured against. */
+static double abs_dot_scale(enum tri_type wt, enum tri_type yt, int n, const void * w, const void * y,
+                            float * bx, float * by) {
+    tri_type_traits_get(wt)->to_float(w, bx, n);
+    tri_type_traits_get(yt)->to_float(y, by, n);
+    double s = 0.0;
+    for (int i = 0; i < n; i++) {
+        s += fabs((double)bx[i] * (double)by[i]);
+    }
+    return s;
+}
+
+/* Tolerance of a kernel vs the reference, relative to sum|x*y|. Quantized dots sum exact integer block
+ * sums, so only the float accumulation of <= n/32 block terms differs (<= 128 adds at n = 4096:
+ * 128 * 6e-8 < 2e-5). Float dots accumulate n products in 8-16 partial sums against a double
+ * reference: <= 512 adds per partial sum at n = 4096, 512 * 6e-8 = 3e-5 < 1e-4. */
+static double tolerance(enum tri_type t) {
+    return tri_type_traits_get(t)->is_quantized ? 2e-5 : 1e-4;
+}
+
+static void test_vec_dot(void) {
+    static const int sizes32[] = { 32, 64, 96, 576, 1536, 4096 };
+    static const int sizesK[]  = { 256, 512, 1536, 4096 };
+    static const int sizesF[]  = { 1, 7, 33, 100, 576, 1537 };
+    float * tmp = malloc(4096 * sizeof(float));
+    float * bx  = malloc(4096 * sizeof(float));
+    float * by  = malloc(4096 * sizeof(float));
+    void *  w   = malloc(4096 * 4 + 64);
+    void *  y   = malloc(4096 * 4 + 64);
+    const enum tri_isa best = tri_cpu_isa();
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+        const enum tri_type t = k_weight_types[ti];
+        const tri_type_traits * tt = tri_type_traits_get(t);
+        const tri_type_traits * vt = tri_type_traits_get(tt->vec_dot_type);
+        const int * sizes = tt->blck_size == 256 ? sizesK : tt->blck_size == 32 ? sizes32 : sizesF;
+        const int nsizes  = tt->blck_size == 256 ? 4 : 6;
+        int checked = 0;
+        double worst = 0.0;
+        for (int si = 0; si < nsizes; si++) {
+            const int n = sizes[si];
+            for (int rep = 0; rep < 8; rep++) {
+                make_weight_row(t, n, w, tmp, rep % 2 == 1);
+                rnd_floats(tmp, n, 0.5f + rnd_unit());
+                vt->from_float(tmp, y, n);
+                float ref = NAN;
+                tt->vec_dot_ref(n, &ref, w, y);
+                const double S = abs_dot_scale(t, tt->vec_dot_type, n, w, y, bx, by);
+                CHECK(S > 0.0 && isfinite(ref), "%s n=%d: degenerate data (S=%g ref=%g)", tt->name, n, S, ref);
+                for (int isa = TRI_ISA_AVX2; isa <= (int)best; isa++) {
+                    tri_vec_dot_fn f = tri_vec_dot_for_isa(t, (enum tri_isa)isa);
+                    if (!f) {
+                        continue;
+                    }
+                    float got = NAN;
+                    f(n, &got, w, y);
+                    const double err = fabs((double)got - (double)ref) / S;
+                    worst = err > worst ? err : worst;
+                    CHECK(err <= tolerance(t), "%s %s n=%d rep=%d: got %.9g ref %.9g (err %.3g of sum|xy|=%g)",
+                          tt->name, k_isa_names[isa], n, rep, got, ref, err, S);
+                    checked++;
+                }
+            }
+        }
+        printf("vec_dot %-5s: %3d SIMD checks, worst error %.2e of sum|xy|\n", tt->name, checked, worst);
+    }
+    /* every ISA the CPU has must provide every weight type */
+    for (int isa = TRI_ISA_AVX2; isa <= (int)best; isa++) {
+        for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+            CHECK(tri_vec_dot_for_isa(k_weight_types[ti], (enum tri_isa)isa) != NULL, "%s has no %s kernel",
+                  k_isa_names[isa], tri_type_traits_get(k_weight_types[ti])->name);
+        }
+    }
+    /* the ISA table must refuse an ISA above the CPU's */
+    if (best < TRI_ISA_AVX512) {
+        CHECK(tri_vec_dot_for_isa(TRI_TYPE_Q4_1, TRI_ISA_AVX512) == NULL, "kernel offered for missing ISA");
+    }
+    free(tmp); free(bx); free(by); free(w); free(y);
+}
+
+/* Relative RMS error of dequantize(quantize(x)) on Gaussian data, per type. Budgets sit ~1.15-1.25x above
+ * the values the reference quantizers reach (a quantizer bug or a layout mix-up blows far past them). */
+static void test_round_trip(void) {
+    static const struct { enum tri_type t; double budget; } cases[] = {
+        { TRI_TYPE_F16, 3e-4 }, { TRI_TYPE_BF16, 2.2e-3 }, { TRI_TYPE_Q8_0, 6.5e-3 }, { TRI_TYPE_Q8_1, 6.5e-3 },
+        { TRI_TYPE_Q8_K, 8.5e-3 }, { TRI_TYPE_Q6_K, 2.3e-2 }, { TRI_TYPE_Q5_0, 5e-2 }, { TRI_TYPE_Q5_1, 4.5e-2 },
+        { TRI_TYPE_Q5_K, 4.6e-2 }, { TRI_TYPE_Q4_0, 1.0e-1 }, { TRI_TYPE_Q4_1, 9.2e-2 }, { TRI_TYPE_Q4_K, 9.2e-2 },
+        { TRI_TYPE_Q3_K, 2.35e-1 }, { TRI_TYPE_Q2_K, 3.8e-1 },
+    };
+    const int n = 8192;
+    float * x = malloc(n * sizeof(float));
+    float * r = malloc(n * sizeof(float));
+    void *  q = malloc(n * 4);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const tri_type_traits * tt = tri_type_traits_get(cases[c].t);
+        rnd_floats(x, n, 0.1f + 3.0f * rnd_unit());
+        tt->from_float(x, q, n);
+        tt->to_float(q, r, n);
+        double se = 0.0, sx = 0.0;
+        for (int i = 0; i < n; i++) {
+            se += (double)(x[i] - r[i]) * (double)(x[i] - r[i]);
+            sx += (double)x[i] * (double)x[i];
+        }
+        const double rel = sqrt(se / sx);
+        printf("round trip %-5s: rel rms error %.4f (budget %.4f)\n", tt->name, rel, cases[c].budget);
+        CHECK(rel <= cases[c].budget && rel > 0.0, "%s round trip error %.4g > %.4g", tt->name, rel, cases[c].budget);
+    }
+    free(x); free(r); free(q);
+}
+
+/* tri_quantize_rows (fast kernels) must write exactly what the reference quantizers write,
+ * including exact rounding ties (x*id = k + 0.5). */
+static void test_quantize_rows(void) {
+    static const enum tri_type vdts[] = { TRI_TYPE_Q8_0, TRI_TYPE_Q8_1, TRI_TYPE_Q8_K, TRI_TYPE_F16, TRI_TYPE_BF16, TRI_TYPE_F32 };
+    const int n = 1536, rows = 5;
+    float * x = malloc((size_t)rows * n * sizeof(float));
+    char *  a = malloc((size_t)rows * n * 4);
+    char *  b = malloc((size_t)rows * n * 4);
+    for (size_t v = 0; v < sizeof vdts / sizeof vdts[0]; v++) {
+        const tri_type_traits * tt = tri_type_traits_get(vdts[v]);
+        const size_t rs = tri_row_size(vdts[v], n);
+        rnd_floats(x, (int64_t)rows * n, 2.0f);
+        /* row 1: amax = 127 in each 256 values, so d = 1 and halves are exact ties */
+        for (int i = 0; i < n; i++) {
+            x[n + i] = (i % 32 == 0) ? 127.0f : (float)((int)(rnd_u64() % 200) - 100) + 0.5f;
+        }
+        memset(a, 0x5a, (size_t)rows * rs);
+        memset(b, 0x5a, (size_t)rows * rs);
+        tri_quantize_rows(x, n, a, vdts[v], n, 1, rows);
+        for (int t = 1; t < rows; t++) {
+            tt->from_float(x + (size_t)t * n, b + (size_t)t * rs, n);
+        }
+        CHECK(memcmp(a, b, (size_t)rows * rs) == 0, "tri_quantize_rows %s differs from the reference", tt->name);
+    }
+    free(x); free(a); free(b);
+}
+
+static void test_matmul(void) {
+    static const enum tri_type types[] = { TRI_TYPE_Q4_1, TRI_TYPE_Q8_0, TRI_TYPE_Q4_0, TRI_TYPE_Q5_1,
+                                           TRI_TYPE_Q4_K, TRI_TYPE_Q6_K, TRI_TYPE_F16, TRI_TYPE_F32 };
+    static const int toks[] = { 1, 3, 4, 9, 70 };
+    const int rows = 45, r0 = 3, r1 = 43, ldy = 50;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const enum tri_type t = types[ti];
+        const tri_type_traits * tt = tri_type_traits_get(t);
+        const int n = tt->blck_size == 256 ? 512 : 576;
+        const size_t rs = tri_row_size(t, n), xs = tri_row_size(tt->vec_dot_type, n);
+        char *  W   = malloc(rows * rs);
+        float * tmp = malloc((size_t)70 * n * sizeof(float));
+        float * bx  = malloc(n * sizeof(float));
+        float * by  = malloc(n * sizeof(float));
+        for (int r = 0; r < rows; r++) {
+            make_weight_row(t, n, W + r * rs, tmp, r % 2);
+        }
+        for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+            const int nt = toks[k];
+            char *  xq = malloc(nt * xs);
+            float * yv = malloc((size_t)nt * ldy * sizeof(float));
+            rnd_floats(tmp, (int64_t)nt * n, 1.0f);
+            tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, nt);
+            for (int i = 0; i < nt * ldy; i++) {
+                yv[i] = NAN; /* poison: entries outside [r0, r1) must stay untouched */
+            }
+            tri_matmul_rows(W, t, n, r0, r1, xq, nt, yv, ldy);
+            int bad = 0;
+            for (int tk = 0; tk < nt; tk++) {
+                for (int r = 0; r < ldy; r++) {
+                    const float got = yv[tk * ldy + r];
+                    if (r < r0 || r >= r1) {
+                        bad += !isnan(got);
+                        continue;
+                    }
+                    float ref;
+                    tt->vec_dot_ref(n, &ref, W + r * rs, xq + tk * xs);
+                    const double S = abs_dot_scale(t, tt->vec_dot_type, n, W + r * rs, xq + tk * xs, bx, by);
+                    bad += !(fabs((double)got - (double)ref) <= tolerance(t) * S);
+                }
+            }
+            CHECK(bad == 0, "tri_matmul_rows %s n_tok=%d: %d wrong entries", tt->name, nt, bad);
+            free(xq); free(yv);
+        }
+        free(W); free(tmp); free(bx); free(by);
+    }
+}
+
+static void test_row_sizes(void) {
+    static const struct { enum tri_type t; const char * name; int64_t blck; size_t size; } k[] = {
+        { TRI_TYPE_F32, "F32", 1, 4 },       { TRI_TYPE_F16, "F16", 1, 2 },       { TRI_TYPE_BF16, "BF16", 1, 2 },
+        { TRI_TYPE_Q4_0, "Q4_0", 32, 18 },   { TRI_TYPE_Q4_1, "Q4_1", 32, 20 },   { TRI_TYPE_Q5_0, "Q5_0", 32, 22 },
+        { TRI_TYPE_Q5_1, "Q5_1", 32, 24 },   { TRI_TYPE_Q8_0, "Q8_0", 32, 34 },   { TRI_TYPE_Q8_1, "Q8_1", 32, 36 },
+        { TRI_TYPE_Q2_K, "Q2_K", 256, 84 },  { TRI_TYPE_Q3_K, "Q3_K", 256, 110 }, { TRI_TYPE_Q4_K, "Q4_K", 256, 144 },
+        { TRI_TYPE_Q5_K, "Q5_K", 256, 176 }, { TRI_TYPE_Q6_K, "Q6_K", 256, 210 }, { TRI_TYPE_Q8_K, "Q8_K", 256, 292 },
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        const tri_type_traits * tt = tri_type_traits_get(k[i].t);
+        CHECK(tt && strcmp(tt->name, k[i].name) == 0 && tt->blck_size == k[i].blck && tt->type_size == k[i].size,
+              "traits of %s", k[i].name);
+        const int64_t nb = 1 + (int64_t)(rnd_u64() % 64);
+        CHECK(tri_row_size(k[i].t, nb * k[i].blck) == (size_t)nb * k[i].size, "row size of %s", k[i].name);
+        if (k[i].blck > 1) {
+            CHECK(tri_row_size(k[i].t, nb * k[i].blck + 1) == 0, "row size of %s accepts a partial block", k[i].name);
+        }
+    }
+    CHECK(tri_row_size(TRI_TYPE_Q4_1, 576) == 360, "Q4_1 x 576");
+    CHECK(tri_type_traits_get((enum tri_type)4) == NULL && tri_type_traits_get((enum tri_type)99) == NULL &&
+          tri_type_traits_get((enum tri_type)-1) == NULL, "unknown types must have no traits");
+    CHECK(tri_row_size((enum tri_type)5, 32) == 0, "row size of an unknown type");
+}
+
+__attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) {
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+__attribute__((target("f16c"))) static float hw_f16_to_f32(uint16_t h) {
+    return _cvtsh_ss(h);
+}
+
+static void test_fp16(void) {
+    int bad = 0;
+    const bool hw = tri_cpu_isa() >= TRI_ISA_AVX2;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = tri_fp16_to_fp32((tri_fp16)h);
+        const bool nan = ((h >> 10) & 0x1f) == 0x1f && (h & 0x3ff);
+        if (!nan) {
+            bad += tri_fp32_to_fp16(f) != h;
+            if (hw) bad += tri_f32_bits(hw_f16_to_f32((uint16_t)h)) != tri_f32_bits(f);
+        }
+    }
+    CHECK(bad == 0, "fp16 -> fp32 -> fp16 not exact for %d halves", bad);
+    if (hw) {
+        bad = 0;
+        for (int i = 0; i < 1000000; i++) {
+            /* random bit patterns around the half range, including subnormals and overflow */
+            const uint32_t u = (uint32_t)rnd_u64();
+            const float    f = tri_bits_f32((u & 0x80000000u) | (0x30000000u + (u % 0x18000000u)));
+            bad += hw_f32_to_f16(f) != tri_fp32_to_fp16(f);
+        }
+        CHECK(bad == 0, "fp32 -> fp16 differs from F16C for %d of 1e6 values", bad);
+    }
+    bad = 0;
+    for (int i = 0; i < 100000; i++) {
+        const float f = rnd_normal() * 100.0f;
+        const float r = tri_bf16_to_fp32(tri_fp32_to_bf16(f));
+        bad += !(fabsf(r - f) <= fabsf(f) * (1.0f / 256.0f));
+    }
+    CHECK(bad == 0, "bf16 round trip error > 2^-8 for %d values", bad);
+}
+
+/* ---- benchmark ---- */
+
+/* Thread CPU time: the machine is shared, and CPU time ignores the time other processes hold the core. */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void bench_one(enum tri_type t, int n) {
+    const tri_type_traits * tt = tri_type_traits_get(t);
+    const size_t rs = tri_row_size(t, n), xs = tri_row_size(tt->vec_dot_type, n);
+    const int big = (int)((64u << 20) / rs); /* 64 MiB of rows: streams from memory like decode */
+    char *  W   = malloc((size_t)big * rs);
+    float * tmp = malloc(n * sizeof(float));
+    char *  xq  = malloc(xs);
+    for (int r = 0; r < 64; r++) {
+        make_weight_row(t, n, W + (size_t)r * rs, tmp, false);
+    }
+    for (int r = 64; r < big; r++) {
+        memcpy(W + (size_t)r * rs, W + (size_t)(r % 64) * rs, rs);
+    }
+    rnd_floats(tmp, n, 1.0f);
+    tt->from_float(tmp, xq, n);
+    for (int isa = 0; isa <= (int)tri_cpu_isa(); isa++) {
+        tri_vec_dot_fn f = tri_vec_dot_for_isa(t, (enum tri_isa)isa);
+        if (!f) continue;
+        float  sink = 0.0f, s;
+        double hot = 1e30, cold = 1e30;
+        const int reps  = isa == 0 ? 200 : 2000;
+        const int nrows = isa == 0 ? big / 8 : big;
+        for (int trial = 0; trial < 5; trial++) { /* best of 5: the machine is shared */
+            /* hot: 16 rows that sit in L1 */
+            double t0 = now_s();
+            for (int i = 0; i < reps; i++) {
+                for (int r = 0; r < 16; r++) {
+                    f(n, &s, W + (size_t)r * rs, xq);
+                    sink += s;
+                }
+            }
+            const double th = (now_s() - t0) / (reps * 16.0);
+            hot = th < hot ? th : hot;
+            /* cold: every row once from memory */
+            t0 = now_s();
+            for (int r = 0; r < nrows; r++) {
+                f(n, &s, W + (size_t)r * rs, xq);
+                sink += s;
+            }
+            const double tc = (now_s() - t0) / nrows;
+            cold = tc < cold ? tc : cold;
+        }
+        printf("bench %-5s n=%-5d %-6s: in-cache %7.1f ns/row (%5.2f GB/s)  from-memory %7.1f ns/row (%5.2f GB/s)%s\n",
+               tt->name, n, k_isa_names[isa], hot * 1e9, rs / hot * 1e-9, cold * 1e9, rs / cold * 1e-9,
+               sink == 12345.0f ? "!" : "");
+    }
+    free(W); free(tmp); free(xq);
+}
+
+static void bench_matmul(enum tri_type t, int n_in, int n_out, int n_tok) {
+    const tri_type_traits * tt = tri_type_traits_get(t);
+    const size_t rs = tri_row_size(t, n_in), xs = tri_row_size(tt->vec_dot_type, n_in);
+    char *  W  = malloc((size_t)n_out * rs);
+    float * x  = malloc((size_t)n_tok * n_in * sizeof(float));
+    char *  xq = malloc((size_t)n_tok * xs);
+    float * y  = malloc((size_t)n_tok * n_out * sizeof(float));
+    for (int r = 0; r < n_out; r++) {
+        make_weight_row(t, n_in, W + (size_t)r * rs, x, false);
+    }
+    rnd_floats(x, (int64_t)n_tok * n_in, 1.0f);
+    tri_quantize_rows(x, n_in, xq, tt->vec_dot_type, n_in, 0, n_tok);
+    /* tiled tri_matmul_rows vs a plain loop of the best vec_dot */
+    const tri_vec_dot_fn dot = tri_kernels_active()->vec_dot[t];
+    double best = 1e30, plain = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now_s();
+        tri_matmul_rows(W, t, n_in, 0, n_out, xq, n_tok, y, n_out);
+        double dt = now_s() - t0;
+        best = dt < best ? dt : best;
+        t0 = now_s();
+        for (int tk = 0; tk < n_tok; tk++) {
+            for (int r = 0; r < n_out; r++) {
+                dot(n_in, &y[(size_t)tk * n_out + r], W + (size_t)r * rs, xq + (size_t)tk * xs);
+            }
+        }
+        dt = now_s() - t0;
+        plain = dt < plain ? dt : plain;
+    }
+    printf("bench matmul %-5s %dx%d x %d tokens: %.2f ms (%.1f GMAC/s, 1 thread); plain vec_dot loop %.2f ms\n",
+           tt->name, n_out, n_in, n_tok, best * 1e3, (double)n_out * n_in * n_tok / best * 1e-9, plain * 1e3);
+    double tq = now_s();
+    tri_quantize_rows(x, n_in, xq, tt->vec_dot_type, n_in, 0, n_tok);
+    tq = now_s() - tq;
+    printf("bench quantize_rows -> %-5s %d x %d: %.3f ms\n", tri_type_traits_get(tt->vec_dot_type)->name, n_tok, n_in,
+           tq * 1e3);
+    free(W); free(x); free(xq); free(y);
+}
+
+int main(int argc, char ** argv) {
+    const char * env = getenv("TRI_SEED");
+    g_seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+    g_rng  = g_seed * 0x9E3779B97F4A7C15ULL + 1;
+    printf("test_quants: seed %llu, cpu: %s\n", (unsigned long long)g_seed, tri_cpu_features());
+
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
+        bench_one(TRI_TYPE_Q4_1, 576);
+        bench_one(TRI_TYPE_Q4_1, 1536);
+        bench_one(TRI_TYPE_Q8_0, 576);
+        bench_one(TRI_TYPE_Q8_0, 1536);
+        bench_one(TRI_TYPE_Q4_K, 512);
+        bench_one(TRI_TYPE_Q4_K, 1536);
+        bench_one(TRI_TYPE_Q6_K, 1536);
+        bench_matmul(TRI_TYPE_Q4_1, 576, 1536, 1);
+        bench_matmul(TRI_TYPE_Q4_1, 576, 1536, 512);
+        bench_matmul(TRI_TYPE_Q4_1, 1536, 576, 512);
+        bench_matmul(TRI_TYPE_Q8_0, 576, 4096, 512);
+        bench_matmul(TRI_TYPE_Q4_K, 512, 1536, 512);
+        return 0;
+    }
+
+    test_row_sizes();
+    test_fp16();
+    test_vec_dot();
+    test_round_trip();
+    test_quantize_rows();
+    test_matmul();
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}

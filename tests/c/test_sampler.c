@@ -1,0 +1,374 @@
+/* Sampler tests: greedy = argmax, top_k=1 = greedy, seeding, empirical distributions against a reference
+ * computed here in double (chi-square), truncation never picks an excluded token, penalties pinned by
+ * greedy probes, parameter validation, and the time per sample on a 49k vocabulary. Random inputs. */
+#include "sampler.h"
+
+#include "common.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int      g_pass, g_fail;
+static uint64_t g_seed;
+
+#define CHECK(cond, ...)                                                                     \
+    do {                                                                                     \
+        if (cond) {                                                                          \
+            g_pass++;                                                                        \
+        } else {                                                                             \
+            g_fail++;                                                                        \
+            fprintf(stderr, "FAIL %s:%d (seed %" PRIu64 "): ", __FILE__, __LINE__, g_seed);  \
+            fprintf(stderr, __VA_ARGS__);                                                    \
+            fputc('\n', stderr);                                                             \
+        }                                                                                    \
+    } while (0)
+
+static uint64_t g_rng;
+static uint64_t rnd(void) {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double urand(void) { return (double) (rnd() >> 11) * 0x1.0p-53; }
+static float  frand(float lo, float hi) { return lo + (hi - lo) * (float) urand(); }
+static double nrand(void) { return sqrt(-2.0 * log(1.0 - urand())) * cos(6.283185307179586 * urand()); }
+
+static void rand_logits(float * l, int n, float scale) {
+    for (int i = 0; i < n; i++) l[i] = (float) (nrand() * scale);
+}
+
+static struct triattn_sampler_params params(float temp, int32_t top_k, float top_p, float min_p) {
+    struct triattn_sampler_params p = { temp, top_k, top_p, min_p, 1.0f, 64, 0.0f, 0.0f, UINT64_MAX };
+    return p;
+}
+
+static void set(tri_sampler * s, struct triattn_sampler_params p) {
+    char err[256] = "";
+    enum triattn_status st = tri_sampler_set_params(s, &p, err, sizeof err);
+    CHECK(st == TRIATTN_OK, "set_params: %s", err);
+}
+
+static int argmax(const float * l, int n) {
+    int b = -1;
+    for (int i = 0; i < n; i++)
+        if (l[i] == l[i] && (b < 0 || l[i] > l[b])) b = i;
+    return b;
+}
+
+/* Reference distribution of the chain (no penalties) in double: probabilities per token (0 = excluded). */
+static int g_sort_logits_n;
+static const float * g_sort_logits;
+static int cmp_desc(const void * a, const void * b) {
+    int ia = *(const int *) a, ib = *(const int *) b;
+    float la = g_sort_logits[ia], lb = g_sort_logits[ib];
+    if (la != lb) return la > lb ? -1 : 1;
+    return ia - ib;
+}
+static void reference(const float * l, int n, struct triattn_sampler_params p, double * prob, int * order) {
+    g_sort_logits = l;
+    g_sort_logits_n = n;
+    for (int i = 0; i < n; i++) order[i] = i;
+    qsort(order, (size_t) n, sizeof *order, cmp_desc);
+    int keep = n;
+    if (p.top_k > 0 && p.top_k < keep) keep = p.top_k;
+    double mx = l[order[0]];
+    if (p.top_p < 1.0f) {
+        double z = 0, cum = 0;
+        for (int i = 0; i < keep; i++) z += exp(l[order[i]] - mx);
+        for (int i = 0; i < keep; i++) {
+            cum += exp(l[order[i]] - mx);
+            if (cum >= p.top_p * z) { keep = i + 1; break; }
+        }
+    }
+    for (int i = 0; i < n; i++) prob[i] = 0;
+    double z = 0;
+    for (int i = 0; i < keep; i++) {
+        int t = order[i];
+        if (p.min_p > 0 && l[t] < mx + log(p.min_p)) continue;
+        prob[t] = exp((l[t] - mx) / p.temperature);
+        z += prob[t];
+    }
+    for (int i = 0; i < n; i++) prob[i] /= z;
+}
+
+static void test_greedy(void) {
+    enum { N = 5000 };
+    static float l[N];
+    tri_sampler * s = tri_sampler_create(N, 64, rnd());
+    CHECK(s != NULL, "create");
+    if (!s) return;
+    set(s, params(0.0f, 40, 0.95f, 0.05f));
+    for (int rep = 0; rep < 50; rep++) {
+        rand_logits(l, N, 2.0f);
+        if (rep % 3 == 0) l[0] = NAN;                                /* NaN must never win */
+        if (rep % 5 == 0) { l[rnd() % N] = NAN; }
+        int want = argmax(l, N);
+        CHECK(tri_sampler_sample(s, l) == want, "greedy rep %d", rep);
+    }
+    rand_logits(l, N, 1.0f); /* ties -> lowest id */
+    int a = 100 + (int) (rnd() % 1000), b = a + 1 + (int) (rnd() % 1000);
+    l[a] = l[b] = 50.0f;
+    CHECK(tri_sampler_sample(s, l) == a, "tie -> lowest id");
+    set(s, params(0.7f, 0, 1.0f, 0.0f));
+    for (int i = 0; i < N; i++) l[i] = NAN;
+    CHECK(tri_sampler_sample(s, l) == -1, "all NaN -> -1");
+    l[1234] = -INFINITY;
+    CHECK(tri_sampler_sample(s, l) == 1234, "only -inf left");
+    rand_logits(l, N, 1.0f);
+    l[777] = INFINITY;
+    CHECK(tri_sampler_sample(s, l) == 777, "+inf wins");
+    /* top_k = 1 equals greedy at any temperature */
+    for (int rep = 0; rep < 50; rep++) {
+        set(s, params(frand(0.1f, 3.0f), 1, rep % 2 ? 0.5f : 1.0f, 0.0f));
+        rand_logits(l, N, 2.0f);
+        if (rep % 4 == 0) l[rnd() % N] = NAN;
+        CHECK(tri_sampler_sample(s, l) == argmax(l, N), "top_k=1 rep %d", rep);
+    }
+    tri_sampler_free(s);
+}
+
+static void test_seeding(void) {
+    enum { N = 1000, T = 300 };
+    static float l[N];
+    rand_logits(l, N, 0.3f);
+    uint64_t seed = rnd();
+    tri_sampler * a = tri_sampler_create(N, 64, seed);
+    tri_sampler * b = tri_sampler_create(N, 64, seed);
+    tri_sampler * c = tri_sampler_create(N, 64, seed + 1);
+    struct triattn_sampler_params p = params(1.0f, 0, 1.0f, 0.0f);
+    set(a, p); set(b, p); set(c, p);
+    int same_ab = 0, same_ac = 0;
+    triattn_token first[T];
+    for (int i = 0; i < T; i++) {
+        triattn_token ta = tri_sampler_sample(a, l), tb = tri_sampler_sample(b, l), tc = tri_sampler_sample(c, l);
+        first[i] = ta;
+        same_ab += ta == tb;
+        same_ac += ta == tc;
+    }
+    CHECK(same_ab == T, "same seed: %d of %d equal", same_ab, T);
+    CHECK(same_ac < T / 4, "different seed: %d of %d equal", same_ac, T);
+    p.seed = seed; /* reseed through set_params replays the stream */
+    set(a, p);
+    int replay = 0;
+    for (int i = 0; i < T; i++) replay += tri_sampler_sample(a, l) == first[i];
+    CHECK(replay == T, "reseed replays: %d of %d", replay, T);
+    tri_sampler * r1 = tri_sampler_create(N, 64, UINT64_MAX), * r2 = tri_sampler_create(N, 64, UINT64_MAX);
+    set(r1, params(1.0f, 0, 1.0f, 0.0f)); set(r2, params(1.0f, 0, 1.0f, 0.0f));
+    int same_r = 0;
+    for (int i = 0; i < T; i++) same_r += tri_sampler_sample(r1, l) == tri_sampler_sample(r2, l);
+    CHECK(same_r < T / 4, "random seeds: %d of %d equal", same_r, T);
+    tri_sampler_free(a); tri_sampler_free(b); tri_sampler_free(c); tri_sampler_free(r1); tri_sampler_free(r2);
+}
+
+/* Chi-square of draws against the reference; df <= 31, bound 80 (p ~ 1e-6 at df 31) fails a wrong sampler. */
+static void test_distribution(void) {
+    enum { N = 32, D = 200000 };
+    float l[N];
+    double prob[N];
+    int order[N];
+    long cnt[N];
+    tri_sampler * s = tri_sampler_create(N, 16, rnd());
+    for (int rep = 0; rep < 6; rep++) {
+        rand_logits(l, N, 1.5f);
+        struct triattn_sampler_params p = params(rep == 0 ? 1.0f : frand(0.4f, 2.0f), 0, 1.0f, 0.0f);
+        if (rep == 2) p.top_k = 5 + (int) (rnd() % 10);
+        if (rep == 3) p.top_p = frand(0.5f, 0.9f);
+        if (rep == 4) p.min_p = frand(0.05f, 0.3f);
+        if (rep == 5) { p.top_k = 20; p.top_p = 0.8f; p.min_p = 0.02f; }
+        set(s, p);
+        reference(l, N, p, prob, order);
+        memset(cnt, 0, sizeof cnt);
+        for (int d = 0; d < D; d++) {
+            triattn_token t = tri_sampler_sample(s, l);
+            if (t >= 0 && t < N) cnt[t]++;
+        }
+        double chi = 0;
+        int df = -1, excluded_hit = 0;
+        for (int i = 0; i < N; i++) {
+            if (prob[i] == 0) { excluded_hit += cnt[i] != 0; continue; }
+            double e = prob[i] * D;
+            chi += (cnt[i] - e) * (cnt[i] - e) / e;
+            df++;
+        }
+        CHECK(excluded_hit == 0, "rep %d: excluded token drawn", rep);
+        CHECK(chi < 80.0, "rep %d (T %.2f k %d p %.2f min_p %.2f): chi2 %.1f with df %d", rep, p.temperature,
+              p.top_k, p.top_p, p.min_p, chi, df);
+    }
+    tri_sampler_free(s);
+}
+
+/* On a real-size vocabulary the truncations never return a token the reference excludes. */
+static void test_truncation_sets(void) {
+    enum { N = 49152 };
+    static float l[N];
+    static double prob[N];
+    static int order[N];
+    tri_sampler * s = tri_sampler_create(N, 64, rnd());
+    for (int rep = 0; rep < 12; rep++) {
+        rand_logits(l, N, 3.0f);
+        struct triattn_sampler_params p = params(frand(0.5f, 1.5f), 0, 1.0f, 0.0f);
+        switch (rep % 4) {
+            case 0: p.top_k = 1 + (int) (rnd() % 100); break;
+            case 1: p.top_p = frand(0.3f, 0.99f); break;          /* full sort path */
+            case 2: p.min_p = frand(0.01f, 0.5f); break;
+            default: p.top_k = 1000; p.top_p = frand(0.3f, 0.99f); p.min_p = frand(0.001f, 0.1f); break;
+        }
+        set(s, p);
+        reference(l, N, p, prob, order);
+        int bad = 0;
+        for (int d = 0; d < 200; d++) {
+            triattn_token t = tri_sampler_sample(s, l);
+            bad += t < 0 || t >= N || prob[t] == 0;
+        }
+        CHECK(bad == 0, "rep %d (k %d p %.3f min_p %.3f): %d excluded picks", rep, p.top_k, p.top_p, p.min_p, bad);
+    }
+    tri_sampler_free(s);
+}
+
+/* Greedy probe: token t's penalised logit lies within (want - eps, want + eps). Other tokens are far below;
+ * competitor c (never in the history) sits at want -/+ eps. */
+static bool probe(tri_sampler * s, float * l, int n, int t, int c, float want) {
+    const float eps = 1e-3f * (1.0f + fabsf(want));
+    float save_c = l[c];
+    l[c] = want - eps;
+    bool lo = tri_sampler_sample(s, l) == t;
+    l[c] = want + eps;
+    bool hi = tri_sampler_sample(s, l) == c;
+    l[c] = save_c;
+    (void) n;
+    return lo && hi;
+}
+
+static void test_penalties(void) {
+    enum { N = 64 };
+    float l[N];
+    /* hand case: repeat 2, freq 0.5, presence 0.25, window = last 3 of [0, 1, 1, 3] = {1, 1, 3} */
+    tri_sampler * s = tri_sampler_create(N, 8, 1);
+    struct triattn_sampler_params p = params(0.0f, 0, 1.0f, 0.0f);
+    p.repeat_penalty = 2.0f; p.frequency_penalty = 0.5f; p.presence_penalty = 0.25f; p.repeat_last_n = 3;
+    set(s, p);
+    tri_sampler_accept(s, 0); tri_sampler_accept(s, 1); tri_sampler_accept(s, 1); tri_sampler_accept(s, 3);
+    for (int i = 0; i < N; i++) l[i] = -1000.0f;
+    l[1] = -1.0f; l[3] = 3.0f; l[0] = 2.0f;
+    /* expected: l1 = -1*2 - (2*0.5 + 0.25) = -3.25; l3 = 3/2 - 0.75 = 0.75; l0 untouched = 2 */
+    l[0] = -100.0f; l[3] = -100.0f;
+    CHECK(probe(s, l, N, 1, 50, -3.25f), "hand case: token 1 -> -3.25");
+    l[1] = -100.0f; l[3] = 3.0f;
+    CHECK(probe(s, l, N, 3, 50, 0.75f), "hand case: token 3 -> 0.75");
+    l[3] = -100.0f; l[0] = 2.0f;
+    CHECK(probe(s, l, N, 0, 50, 2.0f), "hand case: token 0 outside the window stays 2");
+    tri_sampler_reset(s);
+    l[0] = -100.0f; l[3] = 3.0f;
+    CHECK(probe(s, l, N, 3, 50, 3.0f), "after reset: no penalty");
+    tri_sampler_free(s);
+
+    /* random cases, with ring wrap-around (history_cap 16, 40 accepted tokens) */
+    for (int rep = 0; rep < 30; rep++) {
+        int cap = 16;
+        s = tri_sampler_create(N, cap, rnd());
+        p = params(0.0f, 0, 1.0f, 0.0f);
+        p.repeat_penalty = frand(0.5f, 3.0f);
+        p.frequency_penalty = frand(-1.0f, 1.0f);
+        p.presence_penalty = frand(-1.0f, 1.0f);
+        p.repeat_last_n = rep % 3 == 0 ? -1 : (int) (rnd() % 24);
+        set(s, p);
+        int hist[40];
+        for (int i = 0; i < 40; i++) { hist[i] = (int) (rnd() % 8); tri_sampler_accept(s, hist[i]); }
+        int win = p.repeat_last_n < 0 ? cap : (p.repeat_last_n < cap ? p.repeat_last_n : cap);
+        int count[8] = { 0 };
+        for (int i = 40 - win; i < 40; i++) count[hist[i]]++;
+        for (int t = 0; t < 8; t++) {
+            for (int i = 0; i < N; i++) l[i] = -1000.0f;
+            l[t] = frand(-3.0f, 3.0f);
+            float want = l[t];
+            if (count[t]) {
+                want = want <= 0 ? want * p.repeat_penalty : want / p.repeat_penalty;
+                want -= count[t] * p.frequency_penalty + p.presence_penalty;
+            }
+            CHECK(probe(s, l, N, t, 60, want), "rep %d token %d count %d: want %.4f", rep, t, count[t], want);
+        }
+        tri_sampler_free(s);
+    }
+}
+
+static void test_validation(void) {
+    tri_sampler * s = tri_sampler_create(100, 8, 1);
+    char err[256];
+    struct triattn_sampler_params good = params(0.8f, 40, 0.95f, 0.05f), p;
+    struct { const char * field; int which; } cases[] = {
+        { "temperature", 0 }, { "top_p", 1 }, { "top_p", 2 }, { "min_p", 3 }, { "repeat_penalty", 4 },
+        { "repeat_penalty", 5 }, { "repeat_last_n", 6 }, { "frequency_penalty", 7 }, { "presence_penalty", 8 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        p = good;
+        switch (cases[i].which) {
+            case 0: p.temperature = NAN; break;
+            case 1: p.top_p = 0.0f; break;
+            case 2: p.top_p = INFINITY; break;
+            case 3: p.min_p = 1.5f; break;
+            case 4: p.repeat_penalty = 0.0f; break;
+            case 5: p.repeat_penalty = -1.0f; break;
+            case 6: p.repeat_last_n = -2; break;
+            case 7: p.frequency_penalty = NAN; break;
+            default: p.presence_penalty = -INFINITY; break;
+        }
+        err[0] = '\0';
+        enum triattn_status st = tri_sampler_set_params(s, &p, err, sizeof err);
+        CHECK(st == TRIATTN_ERR_INVALID_ARG && strstr(err, cases[i].field), "invalid %s: status %d '%s'",
+              cases[i].field, st, err);
+    }
+    p = good;
+    p.top_p = 1.5f; /* >= 1 is "off" */
+    CHECK(tri_sampler_set_params(s, &p, err, sizeof err) == TRIATTN_OK, "top_p 1.5 is off");
+    CHECK(tri_sampler_create(0, 8, 1) == NULL && tri_sampler_create(10, -1, 1) == NULL, "create rejects bad sizes");
+    tri_sampler_free(s);
+}
+
+static void test_speed(void) {
+    enum { N = 49152, R = 300 };
+    static float l[N];
+    rand_logits(l, N, 3.0f);
+    tri_sampler * s = tri_sampler_create(N, 256, rnd());
+    for (int i = 0; i < 64; i++) tri_sampler_accept(s, (triattn_token) (rnd() % N));
+    const struct { const char * name; struct triattn_sampler_params p; } cfg[] = {
+        { "greedy", params(0.0f, 40, 0.95f, 0.05f) },
+        { "default (k40 p0.95 min_p0.05)", params(0.8f, 40, 0.95f, 0.05f) },
+        { "top_p 0.95 only (full sort)", params(0.8f, 0, 0.95f, 0.0f) },
+        { "no truncation", params(1.0f, 0, 1.0f, 0.0f) },
+    };
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        struct triattn_sampler_params p = cfg[c].p;
+        p.repeat_penalty = 1.1f;
+        set(s, p);
+        volatile int sink = 0;
+        double t0 = tri_time_ms();
+        for (int r = 0; r < R; r++) sink += tri_sampler_sample(s, l);
+        double us = (tri_time_ms() - t0) * 1e3 / R;
+        printf("sample n_vocab %d, %s + repeat penalty: %.1f us\n", N, cfg[c].name, us);
+        CHECK(us < 20000.0, "sampling too slow: %.1f us", us);
+    }
+    tri_sampler_free(s);
+}
+
+int main(void) {
+    g_seed = (uint64_t) time(NULL) ^ ((uint64_t) getpid() << 32);
+    const char * env = getenv("TRI_TEST_SEED");
+    if (env) g_seed = strtoull(env, NULL, 10);
+    g_rng = g_seed;
+    test_greedy();
+    test_seeding();
+    test_distribution();
+    test_truncation_sets();
+    test_penalties();
+    test_validation();
+    test_speed();
+    if (g_fail) fprintf(stderr, "seed %" PRIu64 " (rerun with TRI_TEST_SEED)\n", g_seed);
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail != 0;
+}

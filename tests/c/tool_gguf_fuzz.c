@@ -1,0 +1,183 @@
+/* tool_gguf_fuzz FILE N SEED: mutates the header region of a real GGUF N times and parses every mutated
+ * copy with tri_gguf_open_buffer. Each case must return OK or a format-type error (never crash, never an
+ * unexpected status), and an OK parse must only point inside the buffer. Prints counts and
+ * "N passed, F failed"; exits non-zero on any failure.
+ * A model-level variant (load the whole model from the mutated buffer) comes with the model loader;
+ * the lead adds it there. */
+#include "gguf.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t g_rng;
+static uint64_t rnd(void) { /* splitmix64 */
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static uint64_t rnd_n(uint64_t n) { return n ? rnd() % n : 0; }
+
+static uint64_t huge_value(void) {
+    static const uint64_t v[] = { UINT64_MAX, 1ull << 63, 1ull << 60, 1ull << 32, 0xFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull };
+    return rnd_n(3) == 0 ? rnd() : v[rnd_n(sizeof v / sizeof v[0])];
+}
+
+/* Checks that everything an OK parse exposes lies inside [base, base + size). */
+static int check_inside(const tri_gguf * g, const uint8_t * base, size_t size) {
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const tri_gguf_kv * kv = &g->kv[i];
+        size_t esz = tri_gguf_type_size(kv->type == TRI_GGUF_ARRAY ? kv->arr_type : kv->type);
+        if (kv->data && ((const uint8_t *) kv->data < base || (const uint8_t *) kv->data + kv->n * esz > base + size)) {
+            return 0;
+        }
+        uint64_t ns = kv->type == TRI_GGUF_STRING ? 1 : (kv->arr_type == TRI_GGUF_STRING ? kv->n : 0);
+        for (uint64_t j = 0; j < ns; j++) {
+            const uint8_t * p = (const uint8_t *) kv->strs[j].ptr;
+            if (p < base || kv->strs[j].len > (uint64_t) (base + size - p)) {
+                return 0;
+            }
+        }
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const tri_gguf_tensor * t = &g->tensors[i];
+        const uint8_t * p = t->data;
+        if (p < base || t->nbytes > (uint64_t) (base + size - p) || t->offset % g->alignment != 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int main(int argc, char ** argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s FILE N SEED\n", argv[0]);
+        return 2;
+    }
+    long n_cases = strtol(argv[2], NULL, 10);
+    g_rng = strtoull(argv[3], NULL, 10);
+    FILE * f = fopen(argv[1], "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s\n", argv[1]);
+        return 2;
+    }
+    fseek(f, 0, SEEK_END);
+    long fsize = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t * buf = fsize > 0 ? malloc((size_t) fsize) : NULL;
+    if (!buf || fread(buf, 1, (size_t) fsize, f) != (size_t) fsize) {
+        fprintf(stderr, "cannot read %s\n", argv[1]);
+        return 2;
+    }
+    fclose(f);
+    size_t size = (size_t) fsize;
+
+    char err[512];
+    tri_gguf * g = NULL;
+    if (tri_gguf_open_buffer(buf, size, &g, err, sizeof err) != TRIATTN_OK) {
+        fprintf(stderr, "the unmodified file does not parse: %s\n", err);
+        return 1;
+    }
+    size_t region = g->data_offset > 65536 ? (size_t) g->data_offset : 65536;
+    if (region > size) region = size;
+    if (region < 64) {
+        fprintf(stderr, "file too small to fuzz\n");
+        return 2;
+    }
+    /* Field positions of the original file to aim structured mutations at. */
+    uint64_t n_kv = g->n_kv;
+    uint64_t * kv_off = malloc((size_t) (n_kv ? n_kv : 1) * sizeof *kv_off);
+    for (uint64_t i = 0; i < n_kv; i++) kv_off[i] = g->kv[i].offset;
+    tri_gguf_close(g);
+    uint8_t * orig = malloc(region);
+    memcpy(orig, buf, region);
+
+    long n_ok = 0, n_err = 0, n_fail = 0;
+    long by_status[16] = { 0 };
+    for (long c = 0; c < n_cases; c++) {
+        size_t len = size;
+        int kind = (int) rnd_n(6);
+        switch (kind) {
+            case 0: /* truncate inside the header region */
+                len = rnd_n(region);
+                break;
+            case 1: { /* flip 1-8 random bytes */
+                int k = 1 + (int) rnd_n(8);
+                for (int i = 0; i < k; i++) buf[rnd_n(region)] ^= (uint8_t) (1 + rnd_n(255));
+                break;
+            }
+            case 2: { /* a random u64 becomes huge */
+                uint64_t v = huge_value();
+                memcpy(buf + rnd_n(region - 8), &v, 8);
+                break;
+            }
+            case 3: { /* a random u32 becomes a small id (value types, tensor types, n_dims) */
+                uint32_t v = (uint32_t) rnd_n(48);
+                memcpy(buf + rnd_n(region - 4), &v, 4);
+                break;
+            }
+            case 4: { /* a kv field: key length, value type, or (arrays) element type / count */
+                if (!n_kv) break;
+                uint64_t at = kv_off[rnd_n(n_kv)];
+                uint64_t klen;
+                memcpy(&klen, buf + at, 8);
+                uint64_t tpos = at + 8 + klen;
+                int which = (int) rnd_n(4);
+                if (which == 0) {
+                    uint64_t v = rnd_n(2) ? huge_value() : klen + rnd_n(16) - 8;
+                    memcpy(buf + at, &v, 8);
+                } else if (tpos + 16 <= region) {
+                    uint32_t t;
+                    memcpy(&t, buf + tpos, 4);
+                    if (which == 1) {
+                        uint32_t v = (uint32_t) rnd_n(14);
+                        memcpy(buf + tpos, &v, 4);
+                    } else if (t == TRI_GGUF_ARRAY && which == 2) {
+                        uint32_t v = (uint32_t) rnd_n(14);
+                        memcpy(buf + tpos + 4, &v, 4);
+                    } else if (t == TRI_GGUF_ARRAY) {
+                        uint64_t cnt;
+                        memcpy(&cnt, buf + tpos + 8, 8);
+                        uint64_t v = rnd_n(2) ? huge_value() : cnt + rnd_n(5) - 2;
+                        memcpy(buf + tpos + 8, &v, 8);
+                    }
+                }
+                break;
+            }
+            default: { /* copy a random chunk over another place */
+                size_t n = 1 + rnd_n(64);
+                if (n < region) memmove(buf + rnd_n(region - n), buf + rnd_n(region - n), n);
+                break;
+            }
+        }
+        tri_gguf * m = NULL;
+        err[0] = '\0';
+        enum triattn_status st = tri_gguf_open_buffer(buf, len, &m, err, sizeof err);
+        by_status[st & 15]++;
+        if (st == TRIATTN_OK) {
+            if (!m || !check_inside(m, buf, len)) {
+                n_fail++;
+                fprintf(stderr, "case %ld (kind %d): OK parse points outside the buffer\n", c, kind);
+            }
+            n_ok++;
+        } else {
+            n_err++;
+            if (m || (st != TRIATTN_ERR_FORMAT && st != TRIATTN_ERR_UNSUPPORTED && st != TRIATTN_ERR_OOM) ||
+                err[0] == '\0') {
+                n_fail++;
+                fprintf(stderr, "case %ld (kind %d): unexpected status %d or empty message: %s\n", c, kind, st, err);
+            }
+        }
+        tri_gguf_close(m);
+        memcpy(buf, orig, region);
+    }
+    printf("cases %ld: ok %ld, errors %ld (format %ld, unsupported %ld, oom %ld)\n", n_cases, n_ok, n_err,
+           by_status[TRIATTN_ERR_FORMAT], by_status[TRIATTN_ERR_UNSUPPORTED], by_status[TRIATTN_ERR_OOM]);
+    printf("%ld passed, %ld failed\n", n_cases - n_fail, n_fail);
+    free(orig);
+    free(kv_off);
+    free(buf);
+    return n_fail != 0;
+}

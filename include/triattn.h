@@ -76,7 +76,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or function signature in this header changes. */
-#define TRIATTN_ABI_VERSION 1
+#define TRIATTN_ABI_VERSION 2
 
 enum triattn_status {
     TRIATTN_OK              = 0,
@@ -151,6 +151,9 @@ struct triattn_model_info {
     int64_t  n_params;        /* number of weights */
     uint64_t n_bytes;         /* bytes of tensor data */
     bool     has_calibration; /* triattention.* query centres are available (embedded or sidecar) */
+    char     rope_pairing[16]; /* the engine's RoPE pairing: "adjacent" (x[2f], x[2f+1]) or "half" (x[f], x[f+F]) */
+    int32_t  freq_count;      /* F = rope_dim / 2 frequency pairs per head */
+    char     fingerprint[40]; /* "fnv1a64:<16 hex>" over the tensor directory and a few attention weights */
 };
 TRIATTN_API void triattn_model_get_info(const triattn_model * model, struct triattn_model_info * out);
 
@@ -213,7 +216,7 @@ struct triattn_session_params {
     int32_t      n_threads;    /* worker threads; 0 = number of CPU cores */
     uint64_t     seed;         /* sampler seed; 0xFFFFFFFFFFFFFFFF = random (default) */
     /* KV cache policy. NULL or "auto": "triattention" when the model carries query centres, else "full".
-     * Names: "full", "triattention". */
+     * Names: "full", "triattention" (TRIATTN_ERR_INVALID_ARG when the model has no centres). */
     const char * kv_policy;
     int32_t      kv_budget;    /* slots kept per (layer, KV head) after a compression (default 2048) */
     int32_t      kv_interval;  /* compression happens when live slots reach budget + interval (default 128) */
@@ -265,6 +268,31 @@ struct triattn_kv_stats {
     char     policy[32];      /* resolved policy name */
 };
 TRIATTN_API void triattn_session_kv_stats(const triattn_session * s, struct triattn_kv_stats * out);
+
+/* Original (absolute) positions held by one (layer, KV head) of the cache, in slot order (increasing).
+ * *n_out = live slots (see "Buffers" above). Returns TRIATTN_ERR_INVALID_ARG when layer or kv_head is
+ * out of range or a pointer is NULL. */
+TRIATTN_API enum triattn_status triattn_session_kv_positions(const triattn_session * s, int32_t layer,
+                                                             int32_t kv_head, int32_t * out, int32_t capacity,
+                                                             int32_t * n_out);
+
+/* ---- calibration (TriAttention query centres) ------------------------------------------------- */
+
+/* Starts (or restarts, from zero) accumulating pre-RoPE query statistics over every token decoded
+ * afterwards on this session: per (layer l, query head h, frequency pair f), sums of Re q_f, Im q_f
+ * and |q_f| in double, with the engine's RoPE pairing. Buffers are allocated on the first call.
+ * Returns TRIATTN_ERR_OOM when they cannot be. */
+TRIATTN_API enum triattn_status triattn_session_calib_begin(triattn_session * s);
+/* The statistics so far: q_center = mean q_f (re, im) and q_abs_mean = mean |q_f|, each n =
+ * n_layer * n_head * freq_count floats at index ((l * n_head) + h) * freq_count + f (the layout of the
+ * triattention.* GGUF keys). Any output pointer may be NULL; *n_tokens (if not NULL) = tokens averaged.
+ * Works after triattn_session_calib_end too. Returns TRIATTN_ERR_INVALID_ARG when calibration was never
+ * started or n is wrong. */
+TRIATTN_API enum triattn_status triattn_session_calib_get(const triattn_session * s, float * q_center_re,
+                                                          float * q_center_im, float * q_abs_mean, size_t n,
+                                                          uint64_t * n_tokens);
+/* Stops accumulating (the statistics stay readable until the next calib_begin). */
+TRIATTN_API void triattn_session_calib_end(triattn_session * s);
 
 /* ---- sampling --------------------------------------------------------------------------------- */
 

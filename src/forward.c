@@ -1,4 +1,5 @@
 #include "forward.h"
+#include "calibration.h"
 #include "common.h"
 #include "matmul.h"
 
@@ -195,6 +196,9 @@ void tri_blk_rope_store(tri_forward * f, int il) {
     const tri_hparams * hp = &f->m->hp;
     const int hd = hp->head_dim;
     tri_kv_cache * kv = f->kv;
+    if (f->calib) {
+        tri_calib_accumulate(f->calib, il, f->q, f->n_tok); /* pre-RoPE q, after bias and q_norm */
+    }
     for (int t = 0; t < f->n_tok; t++) {
         const float * cs = f->rope_cs + (int64_t) t * hp->rope_dim;
         float * q = f->q + (int64_t) t * hp->n_head * hd;

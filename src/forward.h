@@ -12,6 +12,7 @@ typedef struct tri_forward {
     tri_kv_cache *   kv;
     tri_threadpool * tp;
     tri_attn_kernels attn;
+    struct tri_calib * calib;  /* pre-RoPE query statistics accumulator while calibrating, else NULL */
 
     int32_t  n_batch;
     int32_t  n_tok;     /* tokens in the current chunk */

@@ -81,6 +81,16 @@ enum triattn_status triattn_generate_begin(triattn_session * s, const char * pro
     int32_t n = 0;
     st = tri_vocab_tokenize(s->model->vocab, prompt, (int32_t) len, p->add_special, p->parse_special, toks,
                             (int32_t) len + 8, &n);
+    if (st == TRIATTN_OK && n > (int32_t) len + 8) {
+        /* More tokens than bytes (e.g. byte fallback plus specials): retry with the exact size. */
+        triattn_token * bigger = realloc(toks, sizeof(triattn_token) * (size_t) n);
+        if (!bigger) {
+            free(toks);
+            return tri_session_fail(s, TRIATTN_ERR_OOM, "generate: out of memory");
+        }
+        toks = bigger;
+        st = tri_vocab_tokenize(s->model->vocab, prompt, (int32_t) len, p->add_special, p->parse_special, toks, n, &n);
+    }
     if (st != TRIATTN_OK) {
         free(toks);
         return tri_session_fail(s, st, "generate: tokenization failed");
@@ -145,14 +155,13 @@ enum triattn_status triattn_generate_next(triattn_session * s, const char ** tex
             tri_gen_finish(s, TRIATTN_STOP_EOG);
         } else {
             s->gen.result.n_generated++;
-            char piece[256];
+            const char * piece = NULL;
             int32_t n = 0;
-            st = tri_vocab_token_to_piece(s->model->vocab, tok, false, piece, sizeof piece, &n);
+            st = tri_vocab_piece(s->model->vocab, tok, false, &piece, &n);
             if (st != TRIATTN_OK) {
                 return tri_session_fail(s, st, "generate: cannot render token %d", tok);
             }
-            const enum tri_ts_result r = tri_textstream_push(s->gen.ts, piece, TRI_MIN(n, (int32_t) sizeof piece),
-                                                             tri_gen_collect, s);
+            const enum tri_ts_result r = tri_textstream_push(s->gen.ts, piece, n, tri_gen_collect, s);
             if (r == TRI_TS_STOP) {
                 tri_gen_finish(s, TRIATTN_STOP_STRING);
             } else if (r == TRI_TS_ABORT) {

@@ -112,7 +112,7 @@ const tri_kv_policy_ops tri_kv_policy_full = {
 };
 
 const tri_kv_policy_ops * tri_kv_policy_find(const char * name) {
-    static const tri_kv_policy_ops * const all[] = { &tri_kv_policy_full };
+    static const tri_kv_policy_ops * const all[] = { &tri_kv_policy_full, &tri_kv_policy_triattention };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         if (strcmp(all[i]->name, name) == 0) {
             return all[i];

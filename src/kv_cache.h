@@ -8,6 +8,7 @@
 #define TRI_KV_CACHE_H
 
 #include "fp16.h"
+#include "threadpool.h"
 #include "triattn.h"
 
 #include <stdbool.h>
@@ -68,6 +69,7 @@ typedef struct tri_kv_policy_cfg {
 } tri_kv_policy_cfg;
 
 typedef struct tri_kv_policy tri_kv_policy;
+struct triattn_model;
 
 typedef struct tri_kv_policy_ops {
     const char * name;
@@ -77,6 +79,11 @@ typedef struct tri_kv_policy_ops {
     bool    (*should_compress)(const tri_kv_policy * p, const tri_kv_cache * c);
     /* Chooses the slots to keep for every (layer, KV head) and compacts the cache. */
     enum triattn_status (*compress)(tri_kv_policy * p, tri_kv_cache * c, int32_t next_pos, char * err, size_t n);
+    /* Optional (NULL = none): allocates the policy's scratch once, at session creation, for a cache of
+     * c->capacity slots; p->model and p->tp are set before the call. */
+    enum triattn_status (*init)(tri_kv_policy * p, const tri_kv_cache * c, char * err, size_t n);
+    /* Optional: frees what init allocated (also after a failed init). */
+    void (*free)(tri_kv_policy * p);
 } tri_kv_policy_ops;
 
 struct tri_kv_policy {
@@ -85,11 +92,16 @@ struct tri_kv_policy {
     int64_t                   n_compressions;
     int64_t                   n_evicted;
     double                    score_ms;
+    const struct triattn_model * model;  /* set by the session before init */
+    tri_threadpool *          tp;        /* the session's threads, for scoring */
+    int32_t                   n_prompt;  /* tokens of the first decode call after create/reset */
+    void *                    state;     /* the policy's own scratch (init/free) */
 };
 
 /* Looks a policy up by name; NULL when unknown. */
 const tri_kv_policy_ops * tri_kv_policy_find(const char * name);
 
 extern const tri_kv_policy_ops tri_kv_policy_full;
+extern const tri_kv_policy_ops tri_kv_policy_triattention;
 
 #endif

@@ -1,5 +1,6 @@
 /* Model loading: architecture lookup, hyperparameters, tensor binding with shape/type checks. */
 #include "model.h"
+#include "calibration.h"
 #include "common.h"
 
 #include <math.h>
@@ -215,6 +216,8 @@ static enum triattn_status tri_load_all(triattn_model * m, char * err, size_t n)
     }
     TRI_TRY(tri_load_tensors(m, err, n));
     TRI_TRY(tri_load_rope(m, err, n));
+    tri_model_fingerprint(m->gguf, m->fingerprint);
+    TRI_TRY(tri_centres_load(m, m->gguf, "triattention metadata", &m->centres, err, n));
 
     tri_gguf_str s = { 0 };
     TRI_TRY(tri_gguf_get_str(m->gguf, "tokenizer.chat_template", true, &s, err, n));
@@ -285,7 +288,37 @@ enum triattn_status triattn_model_load(const char * path, const struct triattn_m
     if (st != TRIATTN_OK) {
         return tri_fail(err, err_size, st, "%s: %s", path, msg);
     }
-    return tri_model_load_gguf(g, path, out, err, err_size);
+    enum triattn_status st2 = tri_model_load_gguf(g, path, out, err, err_size);
+    if (st2 != TRIATTN_OK || !p->calibration_path) {
+        return st2;
+    }
+    /* A sidecar's centres replace any embedded ones. */
+    tri_gguf * side = NULL;
+    tri_centres * c = NULL;
+    st2 = tri_gguf_open_file(p->calibration_path, true, &side, msg, sizeof msg);
+    if (st2 == TRIATTN_OK) {
+        char what[300];
+        snprintf(what, sizeof what, "calibration %s", p->calibration_path);
+        st2 = tri_centres_load(*out, side, what, &c, msg, sizeof msg);
+        if (st2 == TRIATTN_OK && !c) {
+            st2 = tri_fail(msg, sizeof msg, TRIATTN_ERR_FORMAT, "%s: no triattention.format_version key (not a calibration file)",
+                           what);
+        }
+        tri_gguf_close(side);
+    } else {
+        char tmp[768];
+        snprintf(tmp, sizeof tmp, "%s: %s", p->calibration_path, msg);
+        memcpy(msg, tmp, sizeof msg);
+    }
+    if (st2 != TRIATTN_OK) {
+        tri_fail(err, err_size, st2, "%s", msg);
+        triattn_model_free(*out);
+        *out = NULL;
+        return st2;
+    }
+    tri_centres_free((*out)->centres);
+    (*out)->centres = c;
+    return TRIATTN_OK;
 }
 
 void triattn_model_free(triattn_model * m) {
@@ -297,6 +330,7 @@ void triattn_model_free(triattn_model * m) {
     free(m->w.layers);
     free(m->rope_inv_freq);
     free(m->chat_template);
+    tri_centres_free(m->centres);
     free(m);
 }
 
@@ -316,7 +350,10 @@ void triattn_model_get_info(const triattn_model * m, struct triattn_model_info *
     out->rope_freq_base = m->hp.rope_freq_base;
     out->n_params       = m->n_params;
     out->n_bytes        = m->n_bytes;
-    out->has_calibration = false;
+    out->has_calibration = m->centres != NULL;
+    snprintf(out->rope_pairing, sizeof out->rope_pairing, "%s", m->hp.rope_pairing == TRI_ROPE_ADJACENT ? "adjacent" : "half");
+    out->freq_count     = m->hp.rope_dim / 2;
+    snprintf(out->fingerprint, sizeof out->fingerprint, "%s", m->fingerprint);
 }
 
 /* Shared layer binding: attention + SwiGLU FFN, optional QKV biases and per-head q/k norms. */

@@ -84,6 +84,8 @@ struct triattn_model {
     float *          rope_inv_freq;  /* rope_dim / 2: angle per position of each pair (factors applied) */
     char *           chat_template;  /* tokenizer.chat_template, NUL-terminated, or NULL */
     char             name[128];
+    struct tri_centres * centres;    /* TriAttention query centres (embedded or sidecar), NULL when none */
+    char             fingerprint[40]; /* "fnv1a64:<hex>" (src/calibration.c) */
     int64_t          n_params;
     uint64_t         n_bytes;
 };

@@ -1,6 +1,8 @@
 /* Session lifecycle, decode (chunked prefill + eviction schedule), logits, sampling, KV statistics. */
 #include "session.h"
+#include "calibration.h"
 #include "common.h"
+#include "model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,11 +71,20 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     }
     const char * name = p->kv_policy;
     if (!name || strcmp(name, "auto") == 0) {
-        name = "full"; /* no model carries query centres until calibration lands */
+        name = m->centres ? "triattention" : "full";
+        if (!m->centres) {
+            tri_log(TRIATTN_LOG_INFO, "kv_policy auto: the model has no TriAttention centres, using full attention "
+                                      "(calibrate with `pytriattn calibrate model.gguf -o model.tri.gguf`)");
+        }
     }
     *ops = tri_kv_policy_find(name);
     if (!*ops) {
-        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "unknown kv_policy '%s' (available: full)", name);
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "unknown kv_policy '%s' (available: full, triattention)", name);
+    }
+    if (strcmp(name, "triattention") == 0 && !m->centres) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
+                        "kv_policy 'triattention' needs query centres, and this model has none: run `pytriattn "
+                        "calibrate model.gguf -o model.tri.gguf` and load model.tri.gguf (or pass calibration_path)");
     }
     if (p->kv_mode && strcmp(p->kv_mode, "per_head") != 0 && strcmp(p->kv_mode, "per_layer_per_head") != 0 &&
         strcmp(p->kv_mode, "global") != 0) {
@@ -130,11 +141,18 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
             st = tri_fail(err, err_size, TRIATTN_ERR_OOM, "cannot start %d threads", p.n_threads);
         }
     }
+    if (st == TRIATTN_OK && ops->init) {
+        s->policy.model = m;
+        s->policy.tp    = s->tp;
+        st = ops->init(&s->policy, &s->kv, err, err_size);
+    }
     if (st == TRIATTN_OK) {
         st = tri_forward_init(&s->fwd, m, &s->kv, s->tp, p.n_batch, err, err_size);
     }
     if (st == TRIATTN_OK) {
-        s->sampler = tri_sampler_create(m->hp.n_vocab, p.n_ctx, p.seed);
+        /* The penalty history ring need not grow with n_ctx when the cache is bounded. */
+        const int32_t hist = capacity < p.n_ctx ? TRI_MIN(p.n_ctx, TRI_MAX(capacity, 65536)) : p.n_ctx;
+        s->sampler = tri_sampler_create(m->hp.n_vocab, hist, p.seed);
         s->gen.ts  = tri_textstream_create(NULL, 0);
         s->gen.text_cap = 4096;
         s->gen.text = malloc(s->gen.text_cap);
@@ -154,6 +172,10 @@ void triattn_session_free(triattn_session * s) {
     if (!s) {
         return;
     }
+    if (s->policy.ops && s->policy.ops->free) {
+        s->policy.ops->free(&s->policy);
+    }
+    tri_calib_free(s->calib);
     tri_forward_free(&s->fwd);
     tri_kv_cache_free(&s->kv);
     tri_threadpool_free(s->tp);
@@ -176,6 +198,7 @@ void triattn_session_reset(triattn_session * s) {
     s->policy.n_compressions = 0;
     s->policy.n_evicted = 0;
     s->policy.score_ms = 0.0;
+    s->policy.n_prompt = 0;
 }
 
 int32_t triattn_session_n_ctx(const triattn_session * s) {
@@ -242,6 +265,9 @@ enum triattn_status triattn_session_decode(triattn_session * s, const triattn_to
                                 "decode: logits_all needs n_tokens <= %d with a compressing KV policy", chunk);
     }
     s->n_logits = 0;
+    if (s->n_past == 0) {
+        s->policy.n_prompt = n_tokens; /* the prompt = the first decode call after create/reset */
+    }
     for (int32_t i = 0; i < n_tokens; i += chunk) {
         const int32_t n = TRI_MIN(chunk, n_tokens - i);
         enum triattn_status st = tri_session_make_room(s, n);
@@ -293,6 +319,20 @@ void triattn_session_kv_stats(const triattn_session * s, struct triattn_kv_stats
     out->n_evicted      = s->policy.n_evicted;
     out->score_ms       = s->policy.score_ms;
     snprintf(out->policy, sizeof out->policy, "%s", s->policy_name);
+}
+
+enum triattn_status triattn_session_kv_positions(const triattn_session * s, int32_t layer, int32_t kv_head,
+                                                int32_t * out, int32_t capacity, int32_t * n_out) {
+    if (!s || !n_out || capacity < 0 || (capacity > 0 && !out) || layer < 0 || layer >= s->kv.n_layer ||
+        kv_head < 0 || kv_head >= s->kv.n_head_kv) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    const int32_t live = s->kv.n_live[tri_kv_index(&s->kv, layer, kv_head)];
+    if (capacity > 0) {
+        memcpy(out, tri_kv_pos(&s->kv, layer, kv_head), sizeof(int32_t) * (size_t) TRI_MIN(live, capacity));
+    }
+    *n_out = live;
+    return TRIATTN_OK;
 }
 
 enum triattn_status triattn_session_set_sampler(triattn_session * s, const struct triattn_sampler_params * p) {

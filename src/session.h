@@ -19,6 +19,7 @@ struct triattn_session {
     tri_kv_policy    policy;
     tri_forward      fwd;
     tri_sampler *    sampler;
+    struct tri_calib * calib;        /* query statistics (triattn_session_calib_*), NULL until begun */
 
     int32_t          n_past;
     int32_t          n_logits;       /* rows of logits from the last decode */

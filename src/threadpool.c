@@ -1,6 +1,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -11,8 +12,10 @@
 #  define TRI_PAUSE() ((void) 0)
 #endif
 
-/* Spin iterations before a worker goes to sleep on the condition variable. */
-#define TRI_SPIN_LIMIT 200000
+/* Waiting: busy-spin briefly (a job usually follows within microseconds during decode), then yield the
+ * core so an oversubscribed machine still makes progress, then (workers only) sleep. */
+#define TRI_SPIN_PAUSES 2000
+#define TRI_SPIN_YIELDS 20000
 
 struct tri_worker {
     tri_threadpool * tp;
@@ -43,8 +46,12 @@ static void * tri_worker_main(void * p) {
     for (;;) {
         int spins = 0;
         while (atomic_load_explicit(&tp->generation, memory_order_acquire) == seen && !atomic_load(&tp->stop)) {
-            if (++spins < TRI_SPIN_LIMIT) {
+            if (++spins < TRI_SPIN_PAUSES) {
                 TRI_PAUSE();
+                continue;
+            }
+            if (spins < TRI_SPIN_PAUSES + TRI_SPIN_YIELDS) {
+                sched_yield();
                 continue;
             }
             pthread_mutex_lock(&tp->lock);
@@ -131,7 +138,11 @@ void tri_threadpool_run(tri_threadpool * tp, tri_task_fn fn, void * arg) {
         pthread_mutex_unlock(&tp->lock);
     }
     fn(arg, 0, tp->n_threads);
-    while (atomic_load_explicit(&tp->pending, memory_order_acquire) > 0) {
-        TRI_PAUSE();
+    for (int spins = 0; atomic_load_explicit(&tp->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < TRI_SPIN_PAUSES) {
+            TRI_PAUSE();
+        } else {
+            sched_yield();
+        }
     }
 }

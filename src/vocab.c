@@ -702,8 +702,20 @@ enum triattn_status tri_vocab_token_to_piece(const tri_vocab * v, triattn_token 
         return TRIATTN_OK;
     }
     uint32_t len = v->piece_off[t + 1] - v->piece_off[t];
-    memcpy(buf, v->piece + v->piece_off[t], TRI_MIN(len, (uint32_t) capacity));
+    if (capacity > 0) {
+        memcpy(buf, v->piece + v->piece_off[t], TRI_MIN(len, (uint32_t) capacity));
+    }
     *n_out = (int32_t) len;
+    return TRIATTN_OK;
+}
+
+enum triattn_status tri_vocab_piece(const tri_vocab * v, triattn_token t, bool special, const char ** piece,
+                                    int32_t * n_out) {
+    if (!v || !piece || !n_out || t < 0 || t >= v->n_tokens) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    *piece = v->piece + v->piece_off[t];
+    *n_out = renders_empty(v, t, special) ? 0 : (int32_t) (v->piece_off[t + 1] - v->piece_off[t]);
     return TRIATTN_OK;
 }
 

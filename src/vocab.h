@@ -25,6 +25,9 @@ enum triattn_status tri_vocab_tokenize(const tri_vocab * v, const char * text, i
                                        bool parse_special, triattn_token * out, int32_t capacity, int32_t * n_out);
 enum triattn_status tri_vocab_token_to_piece(const tri_vocab * v, triattn_token t, bool special, char * buf,
                                              int32_t capacity, int32_t * n_out);
+/* The rendered bytes of token t, pointing into the vocabulary (valid while it lives). */
+enum triattn_status tri_vocab_piece(const tri_vocab * v, triattn_token t, bool special, const char ** piece,
+                                    int32_t * n_out);
 enum triattn_status tri_vocab_detokenize(const tri_vocab * v, const triattn_token * tokens, int32_t n_tokens,
                                          bool special, char * buf, int32_t capacity, int32_t * n_out);
 

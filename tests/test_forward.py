@@ -9,11 +9,15 @@ PROMPT_MARGIN logits at every position (logit std is ~8): the 8-bit activation r
 engine moves logits by well under that (see test_tinymodels.py::test_emulated_engine_rounding_*),
 while any real bug does not stay within it.
 
-The real default model is compared on fixed prompts. Its natural-text logits have near ties (top-1
-leads by 0.003 at some steps), which no 8-bit-activation engine can be expected to break the same way
-as float64, so there the top-1 must match unless the reference ranks the engine's choice within
-REAL_TIE_TOL of its own top-1; greedy continuations are checked step by step against the reference
-fed the engine's own tokens, and the counting prompt, which has no near ties, must match exactly.
+The real default model (30 layers, Q4_1) is compared on fixed prompts. Its natural-text logits have
+near ties (top-1 leads by 0.003 at some greedy steps), which no 8-bit-activation engine can be expected
+to break the same way as float64, so there the top-1 must match unless the reference ranks the engine's
+choice within REAL_TIE_TOL of its own top-1. Greedy continuations are checked step by step against the
+reference fed the engine's own tokens; the counting prompt, which has no near ties, must match exactly.
+Per-position cosine >= 0.999 is not attainable there: reference.Q8Emulation (a faithful 8-bit-activation
+engine: Q8 activations, f16 KV) reaches only 0.987 at its worst positions (rows whose logits are centred
+near 0), mean ~0.999. So the real model needs REAL_MIN_COS at every position, REAL_MEAN_COS on average,
+and an rms logit error within REAL_ERR_RATIO of the emulation's on the same tokens.
 """
 from __future__ import annotations
 
@@ -24,13 +28,16 @@ import zlib
 import numpy as np
 import pytest
 
-from reference import Reference, compare_logits, cosine_rows
+from reference import Q8Emulation, Reference, compare_logits, cosine_rows
 from tinymodels import ARCHS, write_tiny_model
 
 BASE_SEED = int(os.environ.get("TRIATTN_TEST_SEED", time.time_ns() % 2**31))
 PROMPT_MARGIN = 1.5    # reference top-1 lead at every position of the tiny-model prompts
 MIN_COS = 0.999
 REAL_TIE_TOL = 0.15    # real model: a top-1 within this many logits of the reference's counts as a tie
+REAL_MIN_COS = 0.98    # real model, every position (see the module docstring)
+REAL_MEAN_COS = 0.998  # real model, mean over positions
+REAL_ERR_RATIO = 1.25  # real model: rms logit error at most this times that of Q8Emulation
 N_THREADS = 2
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -84,10 +91,23 @@ def _tiny(tmp_path, name, arch, kw):
     return path, Reference(path)
 
 
-def _check(ref_rows, eng_rows, name, what, tie_tol=0.0):
-    bad, ties = compare_logits(ref_rows, eng_rows, min_cos=MIN_COS, tie_tol=tie_tol)
+def _check(ref_rows, eng_rows, name, what, tie_tol=0.0, min_cos=MIN_COS):
+    bad, ties = compare_logits(ref_rows, eng_rows, min_cos=min_cos, tie_tol=tie_tol)
     assert not bad, f"{what} {ctx(name)}:\n  " + "\n  ".join(bad[:12])
     return ties
+
+
+def _check_real(ref_rows, eng_rows, emu_rows, what):
+    """Real model: near-tie-tolerant top-1, per-position and mean cosine, and an rms error no larger
+    than REAL_ERR_RATIO times that of the emulated 8-bit engine on the same tokens."""
+    ties = _check(ref_rows, eng_rows, "default model", what, tie_tol=REAL_TIE_TOL, min_cos=REAL_MIN_COS)
+    cos = cosine_rows(ref_rows, eng_rows)
+    assert cos.mean() >= REAL_MEAN_COS, f"{what}: mean cosine {cos.mean():.6f} < {REAL_MEAN_COS}"
+    err = float(np.sqrt(np.mean((eng_rows - ref_rows) ** 2)))
+    err_emu = float(np.sqrt(np.mean((emu_rows - ref_rows) ** 2)))
+    assert err <= REAL_ERR_RATIO * err_emu, (
+        f"{what}: rms logit error {err:.4f} > {REAL_ERR_RATIO} x emulated 8-bit engine's {err_emu:.4f}")
+    return ties, f"cosine min {cos.min():.6f} mean {cos.mean():.6f}, rms error {err:.4f} (emulated {err_emu:.4f})"
 
 
 # ---- tiny random models -----------------------------------------------------------------------------
@@ -172,22 +192,22 @@ COUNTING = "1, 2, 3, 4, 5,"  # no near ties along its greedy continuation: must 
 @pytest.fixture(scope="module")
 def real(default_model, Llama):
     ref = Reference(default_model)
+    emu = Q8Emulation(default_model)
+    emu._w = ref._w  # share the dequantized weights
     llm = Llama(str(default_model), n_ctx=256, n_threads=N_THREADS, kv_policy="full")
-    yield ref, llm
+    yield ref, emu, llm
     llm.close()
 
 
 @pytest.mark.parametrize("prompt", REAL_PROMPTS, ids=["chat", "code", "prose"])
 def test_real_model_logits(real, prompt):
-    ref, llm = real
+    ref, emu, llm = real
     ids = llm.tokenize(prompt, True, True)
     assert len(ids) >= 4
-    want = ref.logits(ids)
     llm.reset()
     got = llm.eval(ids)
-    ties = _check(want, got, "default model", f"prompt {prompt!r} {ids}", tie_tol=REAL_TIE_TOL)
-    print(f"{prompt!r}: {len(ids)} tokens, min cosine {cosine_rows(want, got).min():.6f}, "
-          f"near-tie top-1 swaps {ties}")
+    ties, stats = _check_real(ref.logits(ids), got, emu.logits(ids), f"prompt {prompt!r} {ids}")
+    print(f"{prompt!r}: {len(ids)} tokens, {stats}, near-tie top-1 swaps {ties}")
 
 
 def _engine_greedy(llm, ids, n_new):
@@ -205,15 +225,17 @@ def _engine_greedy(llm, ids, n_new):
 
 @pytest.mark.parametrize("prompt", [CHAT, REAL_PROMPTS[1], COUNTING], ids=["chat", "code", "counting"])
 def test_real_model_greedy_32(real, prompt):
-    ref, llm = real
+    ref, emu, llm = real
     ids = llm.tokenize(prompt, True, True)
     gen, rows = _engine_greedy(llm, ids, 32)
     # The reference fed the engine's own tokens: every engine choice must be the reference's top-1 or a
     # near tie of it, and the logits along the way must agree.
-    want = ref.logits(ids + gen)[len(ids) - 1: len(ids) - 1 + 32]
-    ties = _check(want, rows, "default model", f"greedy after {prompt!r}", tie_tol=REAL_TIE_TOL)
+    span = slice(len(ids) - 1, len(ids) - 1 + 32)
+    ties, stats = _check_real(ref.logits(ids + gen)[span], rows, emu.logits(ids + gen)[span],
+                              f"greedy after {prompt!r}")
     ref_gen = ref.greedy(ids, 32)
     n_same = next((i for i, (a, b) in enumerate(zip(gen, ref_gen)) if a != b), 32)
-    print(f"{prompt!r}: engine {gen}\n  identical to the reference for {n_same}/32 tokens, near ties {ties}")
+    print(f"{prompt!r}: engine {gen}\n  identical to the reference for {n_same}/32 tokens, near ties {ties}, "
+          f"{stats}")
     if prompt == COUNTING:
         assert gen == ref_gen, f"engine {gen} != reference {ref_gen}"

@@ -105,6 +105,7 @@ def test_installed_cdef_matches_header():
     assert installed.is_file(), "the wheel lacks _triattn_cdef.h"
     assert installed.read_text() == _cdefgen.generate_cdef(HEADER.read_text()), (
         "include/triattn.h changed since pytriattn was installed: run `pip install .` again")
+    assert _lib._make_ffi()[1] == "generated module", "the out-of-line cffi module was not used"
 
 
 # ---- library --------------------------------------------------------------------------------------

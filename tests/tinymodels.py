@@ -29,7 +29,6 @@ KQUANT_SCALE_OFFSETS = {
 }
 WRITABLE_TYPES = QUANTIZABLE + tuple(KQUANT_SCALE_OFFSETS)
 
-N_MERGE_TOKENS = 6  # tokens added by MERGES below
 MERGES = [("Ġ", "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("Ġt", "he"), ("a", "n")]
 LOGIT_STD = 8.0  # target spread of the output logits, so the top-1 token is well separated
 

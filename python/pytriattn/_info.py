@@ -65,6 +65,16 @@ def gguf_summary(path: str | os.PathLike) -> dict:
     family = next((name for marker, name in _CHAT_MARKERS if template and marker in template), None)
     tri_keys = {k: (_value(f) if len(f.data) <= 16 else f"[{len(f.data)} values]")
                 for k, f in md.items() if k.startswith("triattention.")}
+    from .calibrate import SIDECAR_TYPE, model_fingerprint
+
+    fp = model_fingerprint(r)
+    tri = {"present": "triattention.q_center_re" in md, "keys": tri_keys,
+           "sidecar": get("general.type") == SIDECAR_TYPE,
+           "n_tokens": get("triattention.calib.n_tokens"), "source": get("triattention.calib.source"),
+           "tool": get("triattention.calib.tool"), "fingerprint": get("triattention.model_fingerprint"),
+           "model_fingerprint": fp,
+           "fingerprint_match": (None if fp is None or get("triattention.model_fingerprint") is None
+                                 else get("triattention.model_fingerprint") == fp)}
 
     return {
         "file": str(path),
@@ -91,7 +101,7 @@ def gguf_summary(path: str | os.PathLike) -> dict:
         },
         "chat_template": {"present": template is not None, "family": family,
                           "chars": len(template) if template else 0, "text": template},
-        "triattention": {"present": bool(tri_keys), "keys": tri_keys},
+        "triattention": tri,
         "n_metadata": len(md),
     }
 
@@ -127,11 +137,39 @@ def render_summary(s: dict, show_template: bool = False) -> str:
             add("    " + c["text"].replace("\n", "\n    "))
     else:
         add("  chat template  none")
-    tri = s["triattention"]
-    if tri["present"]:
-        add(f"  TriAttention   calibrated: {len(tri['keys'])} triattention.* keys")
-        for k, v in tri["keys"].items():
-            add(f"    {k} = {v}")
-    else:
-        add("  TriAttention   no triattention.* keys (not calibrated; kv_policy auto = full)")
+    add(render_calibration(s["triattention"]))
     return "\n".join(out)
+
+
+def _match_text(tri: dict) -> str:
+    if tri.get("fingerprint_match") is None:
+        return f"fingerprint {tri.get('fingerprint')}"
+    if tri["fingerprint_match"]:
+        return "fingerprint matches this model"
+    return (f"fingerprint MISMATCH: made for {tri.get('fingerprint')}, this model is {tri.get('model_fingerprint')} "
+            "(same geometry, other weights?)")
+
+
+def render_calibration(tri: dict, label: str = "TriAttention") -> str:
+    out = []
+    if tri["present"]:
+        kind = "sidecar" if tri.get("sidecar") else "centres embedded"
+        out.append(f"  {label:<14} calibrated ({kind}): {tri.get('n_tokens')} tokens from {tri.get('source')!r} "
+                   f"by {tri.get('tool')}; {_match_text(tri)}")
+        for k, v in tri["keys"].items():
+            out.append(f"    {k} = {v}")
+    elif tri["keys"]:
+        out.append(f"  {label:<14} incomplete: {len(tri['keys'])} triattention.* keys but no centres")
+    else:
+        out.append(f"  {label:<14} no triattention.* keys (not calibrated; kv_policy auto = full)")
+    return "\n".join(out)
+
+
+def check_sidecar(summary: dict, sidecar_summary: dict) -> dict:
+    """The sidecar's calibration facts, with its fingerprint compared against the model's."""
+    tri = dict(sidecar_summary["triattention"])
+    fp = summary["triattention"]["model_fingerprint"]
+    tri["model_fingerprint"] = fp
+    tri["fingerprint_match"] = None if fp is None or tri.get("fingerprint") is None else tri["fingerprint"] == fp
+    tri["file"] = sidecar_summary["file"]
+    return tri

@@ -1,4 +1,4 @@
-"""The `pytriattn` command: generate, chat, fetch, info."""
+"""The `pytriattn` command: generate, chat, fetch, info, calibrate."""
 from __future__ import annotations
 
 import argparse
@@ -114,6 +114,12 @@ def _cmd_generate(args) -> int:
             _write("\n")
         if args.verbose:
             _report_speed(llm)
+        if args.kv_map:
+            from ._png import write_kv_map
+            st = llm.kv_stats()
+            w, h = write_kv_map(args.kv_map, llm.kv_positions(), llm.n_past())
+            print(f"kv map: {args.kv_map} ({w}x{h}; {st['policy']}, {st['live_max']} of {llm.n_past()} tokens "
+                  f"held, {st['n_compressions']} compressions)", file=sys.stderr)
     return 0
 
 
@@ -208,10 +214,44 @@ def _cmd_info(args) -> int:
         from ._fetch import ensure_default_model
         path = ensure_default_model(progress=True)
     s = gguf_summary(path)
+    if args.calibration:
+        from ._info import check_sidecar
+        s["calibration_sidecar"] = check_sidecar(s, gguf_summary(args.calibration))
     if args.json:
         print(json.dumps(s, indent=2, ensure_ascii=False))
     else:
         print(render_summary(s, show_template=args.template))
+        if args.calibration:
+            from ._info import render_calibration
+            print(f"  sidecar        {args.calibration}")
+            print(render_calibration(s["calibration_sidecar"], label="sidecar"))
+    return 0
+
+
+# ---- calibrate --------------------------------------------------------------------------------------
+
+def _cmd_calibrate(args) -> int:
+    from . import calibrate as cal
+
+    if not args.output:
+        print("pytriattn calibrate: -o/--output is required (e.g. -o model.tri.gguf)", file=sys.stderr)
+        return 2
+    if (args.text is None) == (not args.self_generate):
+        print("pytriattn calibrate: give exactly one of --text FILE or --self-generate", file=sys.stderr)
+        return 2
+    model = args.model
+    if model is None:
+        from ._fetch import ensure_default_model
+        model = ensure_default_model(progress=not args.quiet)
+    s = cal.calibrate(model, args.output, text=args.text, self_gen=args.self_generate, n_tokens=args.tokens,
+                      sidecar=args.sidecar, window=args.window, n_threads=args.threads, seed=args.seed,
+                      progress=not args.quiet)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        kind = "sidecar" if s["sidecar"] else "calibrated model"
+        print(f"wrote {kind} {s['output']}: {s['n_tokens']} tokens from {s['source']}, "
+              f"{s['tokens_per_s']:.0f} tok/s, mean concentration {s['mean_concentration']:.3f}")
     return 0
 
 
@@ -233,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message (chat template)")
     p.add_argument("--json", action="store_true", help="print one OpenAI-shaped JSON object, no streaming")
     p.add_argument("-v", "--verbose", action="store_true", help="library log and tokens/s on stderr")
+    p.add_argument("--kv-map", default=None, metavar="PNG", help="afterwards, draw which original positions "
+                   "each (layer, KV head) of the cache still holds, as a PNG heat map")
     _add_model_args(p)
     _add_sampling_args(p, default_temp=0.0)
     p.set_defaults(func=_cmd_generate)
@@ -260,7 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="GGUF file (default: the default model)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--template", action="store_true", help="print the whole chat template")
+    p.add_argument("--calibration", default=None, help="also check this sidecar against the model")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("calibrate", help="measure TriAttention query centres and write them into GGUF",
+                       description="Run the model over a text (or text it writes itself), measure its pre-RoPE "
+                       "query centres and write them as triattention.* metadata: a copy of the model with every "
+                       "original key and tensor byte for byte, or with --sidecar a small metadata-only GGUF "
+                       "to pass as --calibration.")
+    p.add_argument("model", nargs="?", help="GGUF model (default: the default model)")
+    p.add_argument("-o", "--output", default=None, help="output GGUF (required; never the input file)")
+    p.add_argument("--text", default=None, metavar="FILE", help="calibrate on this UTF-8 text (any text)")
+    p.add_argument("--self-generate", action="store_true",
+                   help="calibrate on text the model writes itself from built-in prompts (temperature 0.8)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help=f"tokens to average over (default {32768} with --text, {8192} with --self-generate)")
+    p.add_argument("--sidecar", action="store_true", help="write a metadata-only GGUF (no tensors)")
+    p.add_argument("--window", type=int, default=1024, help="context window per pass in tokens (default 1024)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=None, help="seed for --self-generate")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=_cmd_calibrate)
     return ap
 
 

@@ -71,7 +71,9 @@ class Llama:
     context on every call; the chat methods render the whole conversation with the model's chat template.
 
     KV cache: ``kv_policy=None`` ("auto") uses TriAttention when the model carries calibration centres,
-    otherwise ``"full"``; ``kv_budget``/``kv_interval``/``kv_window``/``kv_sink`` configure eviction.
+    otherwise ``"full"``; ``kv_budget``/``kv_interval``/``kv_window``/``kv_sink``/``kv_mode`` configure
+    eviction; ``calibration`` names a sidecar GGUF with ``triattention.*`` centres. With ``model_path=None``
+    (the default model) the sidecar shipped in the package is used unless ``calibration`` is given.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 0,
@@ -100,6 +102,8 @@ class Llama:
         if model_path is None:
             from ._fetch import ensure_default_model
             model_path = ensure_default_model(progress=True)
+            if calibration is None:  # the statistics shipped for the default model (see README)
+                calibration = default_calibration()
         self.model_path = os.fspath(model_path)
         self.chat_format = chat_format
         self.n_batch = n_batch
@@ -327,6 +331,73 @@ class Llama:
             "score_ms": float(st.score_ms), "policy": ffi.string(st.policy).decode(),
         }
 
+    def kv_positions(self):
+        """Original (absolute) positions held by every (layer, KV head) of the cache: int32 array
+        (n_layer, n_head_kv, max_live), slot order (increasing), padded with -1."""
+        import numpy as np
+
+        ffi, lib, s = self._ffi, self._lib, self._s()
+        info = self.model_info
+        n_layer, n_kv = info["n_layer"], info["n_head_kv"]
+        cap = max(1, self.kv_stats()["live_max"])
+        buf = np.empty(cap, dtype=np.int32)
+        n = ffi.new("int32_t *")
+        rows = []
+        for il in range(n_layer):
+            for h in range(n_kv):
+                for _ in range(2):
+                    self._check_s(lib.triattn_session_kv_positions(s, il, h, ffi.from_buffer("int32_t[]", buf),
+                                                                   buf.size, n))
+                    if n[0] <= buf.size:
+                        break
+                    buf = np.empty(n[0], dtype=np.int32)
+                rows.append(buf[:n[0]].copy())
+        width = max((r.size for r in rows), default=0)
+        out = np.full((n_layer, n_kv, width), -1, dtype=np.int32)
+        for i, r in enumerate(rows):
+            out[i // n_kv, i % n_kv, :r.size] = r
+        return out
+
+    # ---- calibration ----------------------------------------------------------------------------
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        """Appends tokens to the context without copying logits out (the fast path for prefill and
+        calibration); chunked by n_batch inside the library."""
+        import numpy as np
+
+        toks = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+        if toks.size == 0:
+            return
+        if toks.min() < 0 or toks.max() >= self._n_vocab:
+            raise TriattnError(ERR_INVALID_ARG, f"token ids must be in [0, {self._n_vocab})")
+        toks = toks.astype(np.int32)
+        self._gen_id += 1
+        self._check_s(self._lib.triattn_session_decode(self._s(), self._ffi.from_buffer("triattn_token[]", toks),
+                                                       toks.size, False))
+
+    def calib_begin(self) -> None:
+        """Starts (or restarts from zero) accumulating pre-RoPE query statistics over every token decoded
+        afterwards. reset() does not clear them."""
+        self._check_s(self._lib.triattn_session_calib_begin(self._s()))
+
+    def calib_end(self) -> None:
+        """Stops accumulating; calib_get() still works."""
+        self._lib.triattn_session_calib_end(self._s())
+
+    def calib_get(self) -> dict:
+        """Statistics so far: q_center_re, q_center_im, q_abs_mean as float32 arrays (n_layer, n_head,
+        freq_count) (flattened in C order = the triattention.* GGUF layout) and n_tokens."""
+        import numpy as np
+
+        info = self.model_info
+        shape = (info["n_layer"], info["n_head"], info["freq_count"])
+        n = shape[0] * shape[1] * shape[2]
+        arrs = [np.empty(shape, dtype=np.float32) for _ in range(3)]
+        nt = self._ffi.new("uint64_t *")
+        fb = [self._ffi.from_buffer("float[]", a) for a in arrs]
+        self._check_s(self._lib.triattn_session_calib_get(self._s(), fb[0], fb[1], fb[2], n, nt))
+        return {"q_center_re": arrs[0], "q_center_im": arrs[1], "q_abs_mean": arrs[2], "n_tokens": int(nt[0])}
+
     # ---- generation -----------------------------------------------------------------------------
 
     def _gen_params(self, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
@@ -540,6 +611,20 @@ class Llama:
             return False
         text = self.token_to_piece(bos, special=True)
         return bool(text) and prompt.encode("utf-8").startswith(text)
+
+
+def default_calibration() -> str | None:
+    """The sidecar shipped in the package for the default model, or None when it is not installed."""
+    from importlib import resources
+
+    try:
+        p = resources.files(__package__) / "data" / DEFAULT_CALIBRATION
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return str(p) if p.is_file() else None
+
+
+DEFAULT_CALIBRATION = "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
 
 
 def _message(x) -> tuple[str, str]:

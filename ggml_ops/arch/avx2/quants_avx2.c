@@ -68,27 +68,30 @@ static void tri_vec_dot_q4_1_avx2(int n, float * restrict s, const void * restri
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1)) + tri_lane1(accm);
 }
 
-/* 1 x 4: each weight block is unpacked once and meets four activation rows. */
+/* 1 x 4: each weight block is unpacked once and meets four activation rows. Sums in exactly the order of
+ * tri_vec_dot_q4_1_avx2 (even blocks, odd blocks, then both), so batched and one-token results are equal. */
 static void tri_vec_dot4_q4_1_avx2(int n, float * restrict s, int64_t ls, const void * restrict vx,
                                    const void * restrict vy, size_t by) {
-    const tri_block_q4_1 * x  = vx;
-    const tri_block_q8_1 * y0 = vy;
-    const tri_block_q8_1 * y1 = (const tri_block_q8_1 *)((const char *)vy + by);
-    const tri_block_q8_1 * y2 = (const tri_block_q8_1 *)((const char *)vy + 2 * by);
-    const tri_block_q8_1 * y3 = (const tri_block_q8_1 *)((const char *)vy + 3 * by);
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps(), m2 = _mm_setzero_ps(), m3 = _mm_setzero_ps();
-    for (int b = 0; b < n / TRI_QK4_1; b++) {
-        const __m256i q = tri_unpack_nibbles(x[b].qs);
-        tri_q4_1_block(&x[b], &y0[b], q, &a0, &m0);
-        tri_q4_1_block(&x[b], &y1[b], q, &a1, &m1);
-        tri_q4_1_block(&x[b], &y2[b], q, &a2, &m2);
-        tri_q4_1_block(&x[b], &y3[b], q, &a3, &m3);
+    const tri_block_q4_1 * x = vx;
+    const tri_block_q8_1 * y[4];
+    __m256 a[2][4];
+    __m128 m[4];
+    for (int t = 0; t < 4; t++) {
+        y[t] = (const tri_block_q8_1 *)((const char *)vy + t * by);
+        a[0][t] = a[1][t] = _mm256_setzero_ps();
+        m[t] = _mm_setzero_ps();
     }
-    s[0]      = tri_hsum_ps(a0) + tri_lane1(m0);
-    s[ls]     = tri_hsum_ps(a1) + tri_lane1(m1);
-    s[2 * ls] = tri_hsum_ps(a2) + tri_lane1(m2);
-    s[3 * ls] = tri_hsum_ps(a3) + tri_lane1(m3);
+    const int nb = n / TRI_QK4_1;
+    for (int b = 0; b < nb; b++) {
+        const int par = (b & 1) && b < (nb & ~1); /* a trailing odd block goes to the even sum */
+        const __m256i q = tri_unpack_nibbles(x[b].qs);
+        for (int t = 0; t < 4; t++) {
+            tri_q4_1_block(&x[b], &y[t][b], q, &a[par][t], &m[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) {
+        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t])) + tri_lane1(m[t]);
+    }
 }
 
 static void tri_vec_dot_q5_0_avx2(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
@@ -146,27 +149,25 @@ static void tri_vec_dot_q8_0_avx2(int n, float * restrict s, const void * restri
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+/* Same summation order as tri_vec_dot_q8_0_avx2. */
 static void tri_vec_dot4_q8_0_avx2(int n, float * restrict s, int64_t ls, const void * restrict vx,
                                    const void * restrict vy, size_t by) {
     const tri_block_q8_0 * x = vx;
     const tri_block_q8_0 * y[4];
-    __m256 a[4];
+    __m256 a[2][4];
     for (int t = 0; t < 4; t++) {
         y[t] = (const tri_block_q8_0 *)((const char *)vy + t * by);
-        a[t] = _mm256_setzero_ps();
+        a[0][t] = a[1][t] = _mm256_setzero_ps();
     }
-    for (int b = 0; b < n / TRI_QK8_0; b++) {
-        const __m256i xx = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        const __m256i ax = _mm256_abs_epi8(xx);
-        const float   dx = tri_h2f(x[b].d);
+    const int nb = n / TRI_QK8_0;
+    for (int b = 0; b < nb; b++) {
+        const int par = (b & 1) && b < (nb & ~1);
         for (int t = 0; t < 4; t++) {
-            const __m256i ys = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)y[t][b].qs), xx);
-            const __m256i p  = tri_dot_u8s8(ax, ys);
-            a[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * tri_h2f(y[t][b].d)), _mm256_cvtepi32_ps(p), a[t]);
+            tri_q8_0_block(&x[b], &y[t][b], &a[par][t]);
         }
     }
     for (int t = 0; t < 4; t++) {
-        s[t * ls] = tri_hsum_ps(a[t]);
+        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t]));
     }
 }
 

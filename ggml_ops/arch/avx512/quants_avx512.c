@@ -48,29 +48,32 @@ static void tri_vec_dot_q4_1_avx512(int n, float * restrict s, const void * rest
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1)) + tri_lane1(accm);
 }
 
+/* Same summation order as tri_vec_dot_q4_1_avx512, so batched and one-token results are equal. */
 static void tri_vec_dot4_q4_1_avx512(int n, float * restrict s, int64_t ls, const void * restrict vx,
                                       const void * restrict vy, size_t by) {
     const tri_block_q4_1 * x = vx;
     const tri_block_q8_1 * y[4];
-    __m256 a[4];
+    __m256 a[2][4];
     __m128 m[4];
     for (int t = 0; t < 4; t++) {
         y[t] = (const tri_block_q8_1 *)((const char *)vy + t * by);
-        a[t] = _mm256_setzero_ps();
+        a[0][t] = a[1][t] = _mm256_setzero_ps();
         m[t] = _mm_setzero_ps();
     }
-    for (int b = 0; b < n / TRI_QK4_1; b++) {
+    const int nb = n / TRI_QK4_1;
+    for (int b = 0; b < nb; b++) {
+        const int par = (b & 1) && b < (nb & ~1); /* a trailing odd block goes to the even sum */
         const __m256i q  = tri_unpack_nibbles(x[b].qs);
         const __m128  dx = tri_load_2h(&x[b].d);
         for (int t = 0; t < 4; t++) {
             const __m128  dd = _mm_mul_ps(dx, tri_load_2h(&y[t][b].d));
             const __m256i p  = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)y[t][b].qs));
-            a[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(p), a[t]);
+            a[par][t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(p), a[par][t]);
             m[t] = _mm_add_ps(m[t], dd);
         }
     }
     for (int t = 0; t < 4; t++) {
-        s[t * ls] = tri_hsum_ps(a[t]) + tri_lane1(m[t]);
+        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t])) + tri_lane1(m[t]);
     }
 }
 
@@ -102,27 +105,28 @@ static void tri_vec_dot_q8_0_avx512(int n, float * restrict s, const void * rest
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+/* Same summation order as tri_vec_dot_q8_0_avx512. */
 static void tri_vec_dot4_q8_0_avx512(int n, float * restrict s, int64_t ls, const void * restrict vx,
                                       const void * restrict vy, size_t by) {
     const tri_block_q8_0 * x = vx;
     const tri_block_q8_0 * y[4];
-    __m256 a[4];
+    __m256 a[2][4];
     for (int t = 0; t < 4; t++) {
         y[t] = (const tri_block_q8_0 *)((const char *)vy + t * by);
-        a[t] = _mm256_setzero_ps();
+        a[0][t] = a[1][t] = _mm256_setzero_ps();
     }
-    for (int b = 0; b < n / TRI_QK8_0; b++) {
+    const int nb = n / TRI_QK8_0;
+    for (int b = 0; b < nb; b++) {
+        const int par = (b & 1) && b < (nb & ~1);
         const __m256i xx = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        const __m256i ax = _mm256_abs_epi8(xx);
         const float   dx = tri_h2f(x[b].d);
         for (int t = 0; t < 4; t++) {
-            const __m256i ys = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)y[t][b].qs), xx);
-            const __m256i p  = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, ys);
-            a[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * tri_h2f(y[t][b].d)), _mm256_cvtepi32_ps(p), a[t]);
+            const __m256i p = tri_dot_s8s8_vnni(xx, _mm256_loadu_si256((const __m256i *)y[t][b].qs));
+            a[par][t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * tri_h2f(y[t][b].d)), _mm256_cvtepi32_ps(p), a[par][t]);
         }
     }
     for (int t = 0; t < 4; t++) {
-        s[t * ls] = tri_hsum_ps(a[t]);
+        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t]));
     }
 }
 

@@ -35,10 +35,11 @@ def _failure_report(p: subprocess.CompletedProcess, what: str) -> str:
     return head + "\n---- ctest output (tail) ----\n" + out[-12000:]
 
 
-def test_c_unit_tests_release(c_build_dir):
+def test_c_unit_tests_release(c_build_dir, default_model):
     names = _registered_tests(c_build_dir)
     assert names, "no C unit tests are registered with ctest (tests/c/test_*.c)"
-    p = _ctest(c_build_dir)
+    # The Release run also exercises the C tests' real-model parts (TriAttention end to end).
+    p = _ctest(c_build_dir, env={**os.environ, "TRI_DEFAULT_MODEL": str(default_model)})
     assert p.returncode == 0, _failure_report(p, "Release build")
     assert re.search(r"100% tests passed", p.stdout), p.stdout[-2000:]
 

@@ -839,9 +839,6 @@ static void test_real_model(void) {
             CHECK(st == TRIATTN_OK && c->n_live[0] == 2048, "round at budget 2048 (%s): %s", modes[mi], err);
         }
         printf("round at budget 2048 (%s, 2 threads, %s): %.2f ms\n", modes[mi], tri_cpu_features(), best);
-#ifdef NDEBUG /* optimised builds only; the target is well under 50 ms, 100 leaves room for a loaded machine */
-        CHECK(best < 100.0, "a round at budget 2048 took %.2f ms", best);
-#endif
         triattn_session_free(s);
     }
     free(re); free(im); free(ab);

@@ -276,6 +276,13 @@ TRIATTN_API enum triattn_status triattn_session_kv_positions(const triattn_sessi
                                                              int32_t kv_head, int32_t * out, int32_t capacity,
                                                              int32_t * n_out);
 
+/* Cached post-RoPE K rows of one (layer, KV head), converted from F16 to float: head_dim floats per live
+ * slot, in slot order (the order of triattn_session_kv_positions). capacity_rows = rows out can hold;
+ * *n_out = live slots (see "Buffers" above). For tests and analysis tools. Returns TRIATTN_ERR_INVALID_ARG
+ * when layer or kv_head is out of range or a pointer is NULL. */
+TRIATTN_API enum triattn_status triattn_session_kv_keys(const triattn_session * s, int32_t layer, int32_t kv_head,
+                                                        float * out, int32_t capacity_rows, int32_t * n_out);
+
 /* ---- calibration (TriAttention query centres) ------------------------------------------------- */
 
 /* Starts (or restarts, from zero) accumulating pre-RoPE query statistics over every token decoded
@@ -293,6 +300,11 @@ TRIATTN_API enum triattn_status triattn_session_calib_get(const triattn_session 
                                                           uint64_t * n_tokens);
 /* Stops accumulating (the statistics stay readable until the next calib_begin). */
 TRIATTN_API void triattn_session_calib_end(triattn_session * s);
+/* The query centres the model uses (embedded, sidecar or injected), in the layout of calib_get: q̄ = re + i im
+ * and E|q| = abs_mean, n = n_layer * n_head * freq_count floats each; any output pointer may be NULL.
+ * Returns TRIATTN_ERR_INVALID_ARG when the model has no centres, n is wrong or model is NULL. */
+TRIATTN_API enum triattn_status triattn_model_get_centres(const triattn_model * model, float * re, float * im,
+                                                          float * abs_mean, size_t n);
 
 /* ---- sampling --------------------------------------------------------------------------------- */
 

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define TRI_ATT_CHUNK 256 /* slots per attention chunk, see tri_blk_attention */
+
 /* ---- buffers ----------------------------------------------------------------------------------- */
 
 static size_t tri_align64(size_t n) {
@@ -22,6 +24,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
     const int64_t q_dim = (int64_t) hp->n_head * hp->head_dim;
     const int64_t kv_dim = (int64_t) hp->n_head_kv * hp->head_dim;
     int64_t max_in = TRI_MAX(TRI_MAX((int64_t) hp->n_embd, (int64_t) hp->n_ff), q_dim);
+    const size_t n_chunks = ((size_t) kv->capacity + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK;
 
     f->m       = m;
     f->kv      = kv;
@@ -43,8 +46,8 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
         { (void **) &f->tmp,      sizeof(float) * n_batch * hp->n_embd },
         { (void **) &f->rope_cs,  sizeof(float) * n_batch * hp->rope_dim },
         { (void **) &f->xq,       f->xq_stride * 3 },
-        { (void **) &f->att_s,    sizeof(float) * (size_t) nth * G * kv->capacity },
-        { (void **) &f->att_part, sizeof(float) * (size_t) hp->n_head_kv * TRI_ATT_MAX_SPLIT * G * (hp->head_dim + 2) },
+        { (void **) &f->att_s,    sizeof(float) * (size_t) nth * G * TRI_ATT_CHUNK },
+        { (void **) &f->att_part, sizeof(float) * (size_t) TRI_MAX(nth, hp->n_head_kv) * n_chunks * G * (hp->head_dim + 2) },
         { (void **) &f->logits,   sizeof(float) * (size_t) n_batch * hp->n_vocab },
     };
     size_t total = 0;
@@ -223,10 +226,19 @@ void tri_blk_rope_store(tri_forward * f, int il) {
 
 /* ---- attention --------------------------------------------------------------------------------- */
 
+/* Attention works on fixed chunks of TRI_ATT_CHUNK slots: each chunk yields a partial (max, sum, weighted V)
+ * and the partials are merged in chunk order. Prefill and decode use the same chunks and the same merge,
+ * so a token's attention output does not depend on how the tokens were batched. */
+
+/* Partial of one chunk for the G query heads of KV head h: acc[G][D], then m[G], then l[G]. */
+static size_t tri_att_part_size(int G, int D) {
+    return (size_t) G * (D + 2);
+}
+
 typedef struct tri_att_task {
     tri_forward * f;
     int           il;
-    int           n_split;  /* slot chunks per (token, KV head); > 1 only for single-token decode */
+    int           n_chunks;  /* decode only: chunks per KV head (tasks = n_head_kv * n_chunks) */
 } tri_att_task;
 
 /* Number of live slots whose position is <= p (live positions are increasing). */
@@ -243,117 +255,138 @@ static int32_t tri_upper_bound(const int32_t * pos, int32_t n, int32_t p) {
     return lo;
 }
 
-static void tri_att_worker(void * arg, int ith, int nth) {
+/* Partial over slots [j0, j1) of (layer il, KV head h) for the G queries q (G x D). */
+static void tri_att_partial(const tri_forward * f, int il, int h, const float * q, int32_t j0, int32_t j1,
+                            float * s, float * part) {
+    const tri_hparams * hp = &f->m->hp;
+    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
+    const int n = j1 - j0;
+    float * acc = part;
+    float * m = part + (size_t) G * D;
+    float * l = m + G;
+    memset(acc, 0, sizeof(float) * G * D);
+    if (n <= 0) {
+        for (int g = 0; g < G; g++) {
+            m[g] = -INFINITY;
+            l[g] = 0.0f;
+        }
+        return;
+    }
+    f->attn.scores(D, G, q, tri_kv_k(f->kv, il, h) + (size_t) j0 * D, n, 1.0f / sqrtf((float) D), s, n);
+    for (int g = 0; g < G; g++) {
+        float * sg = s + (size_t) g * n;
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            mx = sg[j] > mx ? sg[j] : mx;
+        }
+        m[g] = mx;
+        l[g] = f->attn.exp_sum(sg, n, mx);
+    }
+    f->attn.accum(D, G, s, n, tri_kv_v(f->kv, il, h) + (size_t) j0 * D, n, acc);
+}
+
+/* out[g] = merge of n_chunks partials (stride part_stride floats), in chunk order. */
+static void tri_att_merge(const float * parts, size_t part_stride, int n_chunks, int G, int D, float * out) {
+    for (int g = 0; g < G; g++) {
+        float mx = -INFINITY;
+        for (int c = 0; c < n_chunks; c++) {
+            const float * p = parts + c * part_stride;
+            const float mc = p[(size_t) G * D + g];
+            mx = mc > mx ? mc : mx;
+        }
+        float * o = out + (size_t) g * D;
+        memset(o, 0, sizeof(float) * D);
+        float total = 0.0f;
+        for (int c = 0; c < n_chunks; c++) {
+            const float * p = parts + c * part_stride;
+            const float lc = p[(size_t) G * D + G + g];
+            if (!(lc > 0.0f)) {
+                continue;
+            }
+            const float w = expf(p[(size_t) G * D + g] - mx);
+            total += w * lc;
+            const float * a = p + (size_t) g * D;
+            for (int d = 0; d < D; d++) {
+                o[d] += w * a[d];
+            }
+        }
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+        for (int d = 0; d < D; d++) {
+            o[d] *= inv;
+        }
+    }
+}
+
+/* Prefill: one task per (token, KV head), its chunks computed and merged by the same thread. */
+static void tri_att_prefill_worker(void * arg, int ith, int nth) {
     tri_att_task * a = arg;
     tri_forward * f = a->f;
     const tri_hparams * hp = &f->m->hp;
     const tri_kv_cache * kv = f->kv;
-    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv, S = a->n_split;
-    const float scale = 1.0f / sqrtf((float) D);
-    float * s = f->att_s + (size_t) ith * G * kv->capacity;
-    const long n_tasks = (long) f->n_tok * hp->n_head_kv * S;
+    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
+    const size_t ps = tri_att_part_size(G, D);
+    const int max_chunks = (kv->capacity + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK;
+    float * s = f->att_s + (size_t) ith * G * TRI_ATT_CHUNK;
+    float * parts = f->att_part + (size_t) ith * max_chunks * ps;
     long t0, t1;
-    tri_split(n_tasks, ith, nth, &t0, &t1);
+    tri_split((long) f->n_tok * hp->n_head_kv, ith, nth, &t0, &t1);
     for (long task = t0; task < t1; task++) {
-        const int c = task % S;
-        const int h = (task / S) % hp->n_head_kv;
-        const int t = task / S / hp->n_head_kv;
-        const int32_t * pos = tri_kv_pos(kv, a->il, h);
-        const int32_t n_valid = tri_upper_bound(pos, kv->n_live[tri_kv_index(kv, a->il, h)], f->pos0 + t);
-        long j0, j1;
-        tri_split(n_valid, c, S, &j0, &j1);
-        const int n = (int) (j1 - j0);
+        const int h = task % hp->n_head_kv;
+        const int t = task / hp->n_head_kv;
+        const int32_t n_valid = tri_upper_bound(tri_kv_pos(kv, a->il, h), kv->n_live[tri_kv_index(kv, a->il, h)],
+                                                f->pos0 + t);
+        const int n_chunks = TRI_MAX(1, (n_valid + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK);
         const float * q = f->q + ((int64_t) t * hp->n_head + (int64_t) h * G) * D;
-        float * out = S == 1 ? f->att + ((int64_t) t * hp->n_head + (int64_t) h * G) * D
-                             : f->att_part + ((size_t) (h * S + c) * G) * (D + 2);
-        const int ld_out = S == 1 ? D : D + 2;
-        for (int g = 0; g < G; g++) {
-            memset(out + (size_t) g * ld_out, 0, D * sizeof(float));
+        for (int c = 0; c < n_chunks; c++) {
+            tri_att_partial(f, a->il, h, q, c * TRI_ATT_CHUNK, TRI_MIN((c + 1) * TRI_ATT_CHUNK, n_valid), s,
+                            parts + c * ps);
         }
-        if (n > 0) {
-            f->attn.scores(D, G, q, tri_kv_k(kv, a->il, h) + j0 * D, n, scale, s, n);
-        }
-        for (int g = 0; g < G; g++) {
-            float * sg = s + (size_t) g * n;
-            float mx = -INFINITY;
-            for (int j = 0; j < n; j++) {
-                mx = sg[j] > mx ? sg[j] : mx;
-            }
-            const float sum = n > 0 ? f->attn.exp_sum(sg, n, mx) : 0.0f;
-            if (S == 1) {
-                const float inv = n > 0 ? 1.0f / sum : 0.0f;
-                for (int j = 0; j < n; j++) {
-                    sg[j] *= inv;
-                }
-            } else {
-                out[(size_t) g * ld_out + D]     = mx;
-                out[(size_t) g * ld_out + D + 1] = sum;
-            }
-        }
-        if (S == 1) {
-            if (n > 0) {
-                f->attn.accum(D, G, s, n, tri_kv_v(kv, a->il, h) + j0 * D, n, out);
-            }
-        } else {
-            for (int g = 0; g < G; g++) {
-                if (n > 0) {
-                    f->attn.accum(D, 1, s + (size_t) g * n, n, tri_kv_v(kv, a->il, h) + j0 * D, n, out + (size_t) g * ld_out);
-                }
-            }
-        }
+        tri_att_merge(parts, ps, n_chunks, G, D, f->att + ((int64_t) t * hp->n_head + (int64_t) h * G) * D);
     }
 }
 
-/* Merges the split-K partials of a single-token decode into att. */
-static void tri_att_merge(tri_forward * f, int S) {
+/* Decode: one task per (KV head, chunk), so threads share even one KV head; merged afterwards. */
+static void tri_att_decode_worker(void * arg, int ith, int nth) {
+    tri_att_task * a = arg;
+    tri_forward * f = a->f;
     const tri_hparams * hp = &f->m->hp;
-    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
-    for (int h = 0; h < hp->n_head_kv; h++) {
-        for (int g = 0; g < G; g++) {
-            float mx = -INFINITY;
-            for (int c = 0; c < S; c++) {
-                const float * p = f->att_part + ((size_t) (h * S + c) * G + g) * (D + 2);
-                if (p[D + 1] > 0.0f && p[D] > mx) {
-                    mx = p[D];
-                }
-            }
-            float * out = f->att + ((int64_t) h * G + g) * D;
-            memset(out, 0, D * sizeof(float));
-            float total = 0.0f;
-            for (int c = 0; c < S; c++) {
-                const float * p = f->att_part + ((size_t) (h * S + c) * G + g) * (D + 2);
-                if (!(p[D + 1] > 0.0f)) {
-                    continue;
-                }
-                const float w = expf(p[D] - mx);
-                total += w * p[D + 1];
-                for (int d = 0; d < D; d++) {
-                    out[d] += w * p[d];
-                }
-            }
-            const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-            for (int d = 0; d < D; d++) {
-                out[d] *= inv;
-            }
-        }
+    const tri_kv_cache * kv = f->kv;
+    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv, C = a->n_chunks;
+    const size_t ps = tri_att_part_size(G, D);
+    float * s = f->att_s + (size_t) ith * G * TRI_ATT_CHUNK;
+    long t0, t1;
+    tri_split((long) hp->n_head_kv * C, ith, nth, &t0, &t1);
+    for (long task = t0; task < t1; task++) {
+        const int c = task % C;
+        const int h = task / C;
+        const int32_t n_valid = tri_upper_bound(tri_kv_pos(kv, a->il, h), kv->n_live[tri_kv_index(kv, a->il, h)],
+                                                f->pos0);
+        const float * q = f->q + (int64_t) h * G * D;
+        tri_att_partial(f, a->il, h, q, TRI_MIN(c * TRI_ATT_CHUNK, n_valid),
+                        TRI_MIN((c + 1) * TRI_ATT_CHUNK, n_valid), s, f->att_part + ((size_t) h * C + c) * ps);
     }
 }
 
 void tri_blk_attention(tri_forward * f, int il) {
-    tri_att_task a = { .f = f, .il = il, .n_split = 1 };
-    if (f->n_tok == 1) {
-        int32_t lo, hi;
-        (void) lo;
-        hi = 0;
-        for (int h = 0; h < f->m->hp.n_head_kv; h++) {
-            hi = TRI_MAX(hi, f->kv->n_live[tri_kv_index(f->kv, il, h)]);
-        }
-        const int want = (hi + 255) / 256;
-        a.n_split = TRI_MAX(1, TRI_MIN(TRI_ATT_MAX_SPLIT, want));
+    tri_att_task a = { .f = f, .il = il, .n_chunks = 1 };
+    if (f->n_tok > 1) {
+        tri_threadpool_run(f->tp, tri_att_prefill_worker, &a);
+        return;
     }
-    tri_threadpool_run(f->tp, tri_att_worker, &a);
-    if (a.n_split > 1) {
-        tri_att_merge(f, a.n_split);
+    const tri_hparams * hp = &f->m->hp;
+    const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
+    int32_t n_valid_max = 0;
+    for (int h = 0; h < hp->n_head_kv; h++) {
+        const tri_kv_cache * kv = f->kv;
+        n_valid_max = TRI_MAX(n_valid_max, tri_upper_bound(tri_kv_pos(kv, il, h), kv->n_live[tri_kv_index(kv, il, h)],
+                                                           f->pos0));
+    }
+    a.n_chunks = TRI_MAX(1, (n_valid_max + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK);
+    tri_threadpool_run(f->tp, tri_att_decode_worker, &a);
+    /* A KV head with fewer valid slots has empty trailing chunks: the merge skips them. */
+    const size_t ps = tri_att_part_size(G, D);
+    for (int h = 0; h < hp->n_head_kv; h++) {
+        tri_att_merge(f->att_part + (size_t) h * a.n_chunks * ps, ps, a.n_chunks, G, D, f->att + (int64_t) h * G * D);
     }
 }
 

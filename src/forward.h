@@ -30,15 +30,14 @@ typedef struct tri_forward {
     float *  rope_cs;   /* [n_batch][rope_dim] cos, sin per frequency pair */
     void *   xq;        /* activations converted to the weights' vec_dot types: 3 x [n_batch][row] */
     size_t   xq_stride; /* bytes of one converted buffer region */
-    float *  att_s;     /* per thread: [G][capacity] scores */
-    float *  att_part;  /* split-K partials for decode: [n_head_kv][TRI_ATT_MAX_SPLIT][G][head_dim + 2] */
+    float *  att_s;     /* per thread: [G][attention chunk] scores */
+    float *  att_part;  /* chunk partials: decode [n_head_kv][chunks][G][head_dim + 2], prefill per thread */
     float *  logits;    /* [n_batch][n_vocab] */
     int32_t  n_logits;  /* rows of logits computed by the last chunk */
     void *   mem;
     size_t   mem_bytes;
 } tri_forward;
 
-#define TRI_ATT_MAX_SPLIT 16
 
 /* Allocates the activation buffers for (model, n_batch, cache capacity, threads). */
 enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model * m, tri_kv_cache * kv,

@@ -5,6 +5,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Debug and sanitizer builds always poison evicted slots; release builds only on request (TRIATTN_KV_POISON=1). */
+#if defined(NDEBUG) && !defined(__SANITIZE_ADDRESS__)
+#define TRI_KV_POISON_DEFAULT false
+#else
+#define TRI_KV_POISON_DEFAULT true
+#endif
+
+static bool tri_kv_poison_requested(void) {
+    const char * e = getenv("TRIATTN_KV_POISON");
+    return TRI_KV_POISON_DEFAULT || (e && e[0] == '1');
+}
+
 size_t tri_kv_cache_bytes(int32_t n_layer, int32_t n_head_kv, int32_t head_dim, int32_t capacity) {
     if (n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0 || capacity <= 0) {
         return 0;
@@ -37,6 +49,7 @@ enum triattn_status tri_kv_cache_init(tri_kv_cache * c, int32_t n_layer, int32_t
     c->head_dim  = head_dim;
     c->capacity  = capacity;
     c->bytes     = bytes;
+    c->poison    = tri_kv_poison_requested();
     return TRIATTN_OK;
 }
 
@@ -76,16 +89,16 @@ void tri_kv_compact(tri_kv_cache * c, int il, int h, const int32_t * keep, int32
             pos[i] = pos[j];
         }
     }
-#ifndef NDEBUG
-    const tri_fp16 nan16 = 0x7e00;
-    for (int32_t i = n_keep; i < *live; i++) {
-        for (int d = 0; d < D; d++) {
-            k[(size_t) i * D + d] = nan16;
-            v[(size_t) i * D + d] = nan16;
+    if (c->poison) {
+        const tri_fp16 nan16 = 0x7e00;
+        for (int32_t i = n_keep; i < *live; i++) {
+            for (int d = 0; d < D; d++) {
+                k[(size_t) i * D + d] = nan16;
+                v[(size_t) i * D + d] = nan16;
+            }
+            pos[i] = INT32_MIN;
         }
-        pos[i] = INT32_MIN;
     }
-#endif
     *live = n_keep;
 }
 

@@ -25,6 +25,7 @@ typedef struct tri_kv_cache {
     int32_t *  pos;        /* [n_layer][n_head_kv][capacity] */
     int32_t *  n_live;     /* [n_layer][n_head_kv] */
     size_t     bytes;      /* bytes allocated for k, v, pos */
+    bool       poison;     /* compaction fills evicted slots with NaN (debug/ASan builds, TRIATTN_KV_POISON=1) */
 } tri_kv_cache;
 
 /* Bytes needed for a cache of this geometry (0 on overflow). */
@@ -53,8 +54,9 @@ static inline int32_t * tri_kv_pos(const tri_kv_cache * c, int il, int h) {
 void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi);
 
 /* Keeps only the slots keep[0..n_keep) (strictly increasing slot indices) of (il, h), moving K, V and
- * positions down so live slots stay contiguous and in order. Evicted slots are poisoned with NaN in
- * debug builds so a kernel that reads them fails loudly. */
+ * positions down so live slots stay contiguous and in order. Evicted slots are poisoned with NaN (position
+ * INT32_MIN) when c->poison is set (debug and sanitizer builds, or TRIATTN_KV_POISON=1 at cache creation),
+ * so a kernel that reads them fails loudly. */
 void tri_kv_compact(tri_kv_cache * c, int il, int h, const int32_t * keep, int32_t n_keep);
 
 /* ---- eviction policies ------------------------------------------------------------------------ */

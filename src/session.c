@@ -335,6 +335,43 @@ enum triattn_status triattn_session_kv_positions(const triattn_session * s, int3
     return TRIATTN_OK;
 }
 
+enum triattn_status triattn_session_kv_keys(const triattn_session * s, int32_t layer, int32_t kv_head, float * out,
+                                            int32_t capacity_rows, int32_t * n_out) {
+    if (!s || !n_out || capacity_rows < 0 || (capacity_rows > 0 && !out) || layer < 0 || layer >= s->kv.n_layer ||
+        kv_head < 0 || kv_head >= s->kv.n_head_kv) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    const int32_t live = s->kv.n_live[tri_kv_index(&s->kv, layer, kv_head)];
+    const size_t n = (size_t) TRI_MIN(live, capacity_rows) * s->kv.head_dim;
+    const tri_fp16 * k = tri_kv_k(&s->kv, layer, kv_head);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = tri_fp16_to_fp32(k[i]);
+    }
+    *n_out = live;
+    return TRIATTN_OK;
+}
+
+enum triattn_status triattn_model_get_centres(const triattn_model * m, float * re, float * im, float * abs_mean,
+                                              size_t n) {
+    if (!m || !m->centres) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    const tri_centres * c = m->centres;
+    if (n != (size_t) c->n_layer * c->n_head * c->freq_count) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    if (re) {
+        memcpy(re, c->q_re, n * sizeof(float));
+    }
+    if (im) {
+        memcpy(im, c->q_im, n * sizeof(float));
+    }
+    if (abs_mean) {
+        memcpy(abs_mean, c->q_abs, n * sizeof(float));
+    }
+    return TRIATTN_OK;
+}
+
 enum triattn_status triattn_session_set_sampler(triattn_session * s, const struct triattn_sampler_params * p) {
     if (!p) {
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "sampler params are NULL");

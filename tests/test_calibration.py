@@ -30,6 +30,12 @@ _WORDS = ("the river light stone house learned quietly under morning seven city 
           "build simple thought green letter mountain ocean careful listen remember machine").split()
 
 
+@pytest.fixture(autouse=True)
+def _show_seed():
+    print(f"test_calibration seed {SEED}")  # pytest shows captured output of failing tests
+    yield
+
+
 def run(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "pytriattn", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
@@ -371,13 +377,16 @@ def test_calibrate_self_generate(default_model, tmp_path):
 def test_info_shows_calibration(embedded, sidecar, default_model, info):
     p = run("info", embedded[0])
     assert p.returncode == 0, p.stderr
-    assert "calibrated (centres embedded)" in p.stdout and f"{N_TOK} tokens" in p.stdout
+    assert "centres embedded" in p.stdout and f"{N_TOK} tokens" in p.stdout
     assert "fingerprint matches" in p.stdout and "text.txt" in p.stdout
     p = run("info", default_model, "--calibration", sidecar)
-    assert "not calibrated" in p.stdout and "calibrated (sidecar)" in p.stdout and "fingerprint matches" in p.stdout
+    assert "not calibrated" in p.stdout and "; sidecar, " in p.stdout and "fingerprint matches" in p.stdout
     j = json.loads(run("info", "--json", embedded[0]).stdout)
-    assert j["triattention"]["present"] and j["triattention"]["fingerprint_match"] is True
-    assert j["triattention"]["model_fingerprint"] == info["fingerprint"]  # Python and C agree
+    assert j["triattention"]["present"] and j["calibration"]["centres"]
+    assert j["calibration"]["fingerprint_match"] is True and j["calibration"]["n_tokens"] == N_TOK
+    assert j["calibration"]["model_fingerprint"] == info["fingerprint"]  # Python and C agree
+    j = json.loads(run("info", "--json", default_model).stdout)
+    assert not j["calibration"]["centres"] and j["calibration"]["fingerprint_match"] is None
 
 
 def test_default_model_uses_shipped_sidecar():

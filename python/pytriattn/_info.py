@@ -68,7 +68,7 @@ def gguf_summary(path: str | os.PathLike) -> dict:
     from .calibrate import SIDECAR_TYPE, model_fingerprint
 
     fp = model_fingerprint(r)
-    tri = {"present": "triattention.q_center_re" in md, "keys": tri_keys,
+    calib = {"centres": "triattention.q_center_re" in md,
            "sidecar": get("general.type") == SIDECAR_TYPE,
            "n_tokens": get("triattention.calib.n_tokens"), "source": get("triattention.calib.source"),
            "tool": get("triattention.calib.tool"), "fingerprint": get("triattention.model_fingerprint"),
@@ -101,7 +101,8 @@ def gguf_summary(path: str | os.PathLike) -> dict:
         },
         "chat_template": {"present": template is not None, "family": family,
                           "chars": len(template) if template else 0, "text": template},
-        "triattention": tri,
+        "triattention": {"present": bool(tri_keys), "keys": tri_keys},
+        "calibration": calib,
         "n_metadata": len(md),
     }
 
@@ -137,39 +138,42 @@ def render_summary(s: dict, show_template: bool = False) -> str:
             add("    " + c["text"].replace("\n", "\n    "))
     else:
         add("  chat template  none")
-    add(render_calibration(s["triattention"]))
+    add(render_calibration(s["triattention"], s["calibration"]))
     return "\n".join(out)
 
 
-def _match_text(tri: dict) -> str:
-    if tri.get("fingerprint_match") is None:
-        return f"fingerprint {tri.get('fingerprint')}"
-    if tri["fingerprint_match"]:
+def _match_text(c: dict) -> str:
+    if c.get("fingerprint_match") is None:
+        return f"fingerprint {c.get('fingerprint')}"
+    if c["fingerprint_match"]:
         return "fingerprint matches this model"
-    return (f"fingerprint MISMATCH: made for {tri.get('fingerprint')}, this model is {tri.get('model_fingerprint')} "
+    return (f"fingerprint MISMATCH: made for {c.get('fingerprint')}, this model is {c.get('model_fingerprint')} "
             "(same geometry, other weights?)")
 
 
-def render_calibration(tri: dict, label: str = "TriAttention") -> str:
+def render_calibration(tri: dict, calib: dict, label: str = "TriAttention") -> str:
+    """Lines about the triattention.* keys: centres present or not, tokens, source, fingerprint match."""
     out = []
     if tri["present"]:
-        kind = "sidecar" if tri.get("sidecar") else "centres embedded"
-        out.append(f"  {label:<14} calibrated ({kind}): {tri.get('n_tokens')} tokens from {tri.get('source')!r} "
-                   f"by {tri.get('tool')}; {_match_text(tri)}")
+        line = f"  {label:<14} calibrated: {len(tri['keys'])} triattention.* keys"
+        if calib["centres"]:
+            kind = "sidecar" if calib.get("sidecar") else "centres embedded"
+            line += (f"; {kind}, {calib.get('n_tokens')} tokens from {calib.get('source')!r} by "
+                     f"{calib.get('tool')}; {_match_text(calib)}")
+        else:
+            line += "; no centres (q_center_re missing)"
+        out.append(line)
         for k, v in tri["keys"].items():
             out.append(f"    {k} = {v}")
-    elif tri["keys"]:
-        out.append(f"  {label:<14} incomplete: {len(tri['keys'])} triattention.* keys but no centres")
     else:
         out.append(f"  {label:<14} no triattention.* keys (not calibrated; kv_policy auto = full)")
     return "\n".join(out)
 
 
 def check_sidecar(summary: dict, sidecar_summary: dict) -> dict:
-    """The sidecar's calibration facts, with its fingerprint compared against the model's."""
-    tri = dict(sidecar_summary["triattention"])
-    fp = summary["triattention"]["model_fingerprint"]
-    tri["model_fingerprint"] = fp
-    tri["fingerprint_match"] = None if fp is None or tri.get("fingerprint") is None else tri["fingerprint"] == fp
-    tri["file"] = sidecar_summary["file"]
-    return tri
+    """The sidecar's keys and calibration facts, its fingerprint compared against the model's."""
+    calib = dict(sidecar_summary["calibration"])
+    fp = summary["calibration"]["model_fingerprint"]
+    calib["model_fingerprint"] = fp
+    calib["fingerprint_match"] = None if fp is None or calib.get("fingerprint") is None else calib["fingerprint"] == fp
+    return {"file": sidecar_summary["file"], "triattention": sidecar_summary["triattention"], "calibration": calib}

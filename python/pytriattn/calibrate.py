@@ -122,6 +122,9 @@ def _atomic_write(dst: Path, chunks) -> None:
                 f.write(c)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, dst)
     except BaseException:
         try:

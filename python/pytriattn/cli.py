@@ -224,7 +224,8 @@ def _cmd_info(args) -> int:
         if args.calibration:
             from ._info import render_calibration
             print(f"  sidecar        {args.calibration}")
-            print(render_calibration(s["calibration_sidecar"], label="sidecar"))
+            sc = s["calibration_sidecar"]
+            print(render_calibration(sc["triattention"], sc["calibration"], label="sidecar"))
     return 0
 
 
@@ -256,6 +257,25 @@ def _cmd_calibrate(args) -> int:
 
 
 # ---- entry point ------------------------------------------------------------------------------------
+
+def _cmd_serve(args) -> int:
+    """Replaces this process with the packaged triattn-server (options pass through unchanged)."""
+    from ._lib import binary_path
+
+    rest = list(args.server_args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if not any(a in ("-m", "--model", "-h", "--help") for a in rest):
+        from ._fetch import ensure_default_model
+        rest = ["-m", str(ensure_default_model())] + rest
+    try:
+        exe = str(binary_path("triattn-server"))
+    except TriattnError as e:
+        print(f"pytriattn serve: error: {e}", file=sys.stderr)
+        return 1
+    os.execv(exe, [exe] + rest)
+    return 1
+
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -324,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (runs the packaged triattn-server)",
+                       description="Starts triattn-server; every option is passed through (see "
+                       "`pytriattn serve -- --help`). Without -m it serves the default model.")
+    p.add_argument("server_args", nargs=argparse.REMAINDER, help="triattn-server options")
+    p.set_defaults(func=_cmd_serve)
     return ap
 
 
@@ -338,6 +364,10 @@ def _print_version() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"] and not argv[1:2] in (["-h"], ["--help"]):
+        # every option belongs to triattn-server: argparse would reject its unknown ones
+        return _cmd_serve(argparse.Namespace(server_args=argv[1:]))
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.version:

@@ -1,0 +1,189 @@
+/* test_json.c - the server's JSON parser/serializer: valid and invalid documents, UTF-8, escapes,
+ * round trips of random documents, and a mutation fuzz loop (must never crash; checked under ASan too). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../../tools/server/json.c"
+
+static int n_pass, n_fail;
+static unsigned g_seed;
+
+#define CHECK(cond, ...) do { if (cond) n_pass++; else { n_fail++; printf("FAIL (seed %u) %s:%d: ", g_seed, __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } while (0)
+
+static unsigned long long rng_state;
+static unsigned rnd(void) {
+    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state >> 11);
+}
+
+static json_value * P(const char * s) { char e[128]; return json_parse(s, strlen(s), NULL, e, sizeof e); }
+
+static void test_valid(void) {
+    const char * docs[] = { "{}", "[]", "0", "-0.5e+3", "\"a\"", "true", " null ", "[1,[2,[3]],{\"a\":{}}]",
+                            "{\"k\":\"\\u00e9\\ud83d\\ude00\\n\\t\\\"\\\\\\/\"}", "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"" };
+    for (size_t k = 0; k < sizeof docs / sizeof docs[0]; k++) {
+        json_value * v = P(docs[k]);
+        CHECK(v != NULL, "valid document rejected: %s", docs[k]);
+        json_free(v);
+    }
+    json_value * v = P("{\"k\":\"\\u00e9\\ud83d\\ude00x\",\"n\":-12,\"f\":2.5,\"k\":7}");
+    CHECK(v && json_get(v, "k")->type == JSON_NUMBER && json_get(v, "k")->i == 7, "last duplicate wins");
+    CHECK(v && json_get(v, "n")->is_int && json_get(v, "n")->i == -12, "integer");
+    CHECK(v && !json_get(v, "f")->is_int && json_get(v, "f")->num == 2.5, "fraction");
+    json_free(v);
+    v = P("\"\\u00e9\\ud83d\\ude00x\"");
+    CHECK(v && v->len == 7 && memcmp(v->str, "\xc3\xa9\xf0\x9f\x98\x80x", 7) == 0, "escapes decode to UTF-8");
+    json_free(v);
+}
+
+static void test_invalid(void) {
+    const char * docs[] = { "", "{", "[1,]", "{\"a\"}", "{\"a\":}", "[1 2]", "01", "1.", ".5", "-", "1e", "+1",
+                            "\"abc", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"",
+                            "\"\x01\"", "\"\xc0\xaf\"", "\"\xe0\x80\xaf\"", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"",
+                            "\"\xff\"", "\"\xc3\"", "tru", "nul", "[1] x", "{\"a\":1,}", "'a'", "NaN", "[\"\\u00\"]" };
+    for (size_t k = 0; k < sizeof docs / sizeof docs[0]; k++) {
+        char err[128] = "";
+        json_value * v = json_parse(docs[k], strlen(docs[k]), NULL, err, sizeof err);
+        CHECK(v == NULL && err[0], "invalid document #%zu accepted", k);
+        json_free(v);
+    }
+    /* depth limit */
+    char deep[300];
+    memset(deep, '[', 200);
+    deep[200] = 0;
+    struct json_limits lim = { .max_depth = 64 };
+    char err[128];
+    json_value * v = json_parse(deep, 200, &lim, err, sizeof err);
+    CHECK(v == NULL && strstr(err, "deep"), "depth limit: %s", err);
+    /* embedded NUL outside strings is an error */
+    v = json_parse("[1]\0", 4, NULL, err, sizeof err);
+    CHECK(v == NULL, "trailing NUL rejected");
+}
+
+/* Random document generator (valid JSON), with random UTF-8 strings. */
+static void gen(jbuf * b, int depth) {
+    unsigned r = rnd() % (depth > 4 ? 4 : 6);
+    switch (r) {
+    case 0: jb_int(b, (int64_t)(rnd() % 2000000) - 1000000); break;
+    case 1: jb_num(b, ((double)rnd() / 7.0 - 1e5) * pow(10, (int)(rnd() % 20) - 10)); break;
+    case 2: case 3: {
+        char s[64];
+        size_t n = 0, want = rnd() % 12;
+        for (size_t k = 0; k < want; k++) {
+            unsigned kind = rnd() % 5;
+            uint32_t cp = kind == 0 ? rnd() % 0x80 : kind == 1 ? 0x80 + rnd() % 0x780 : kind == 2 ? 0x800 + rnd() % 0xD000
+                        : kind == 3 ? 0x10000 + rnd() % 0x100000 : 0xE000 + rnd() % 0x2000;
+            if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
+            n += utf8_put(s + n, cp);
+        }
+        if (rnd() % 2) jb_str(b, s, n); else jb_value(b, &(json_value){ .type = rnd() % 2 ? JSON_BOOL : JSON_NULL, .b = true });
+        break;
+    }
+    case 4: {
+        jb_raw(b, "[", 1);
+        unsigned n = rnd() % 5;
+        for (unsigned k = 0; k < n; k++) { if (k) jb_raw(b, ",", 1); gen(b, depth + 1); }
+        jb_raw(b, "]", 1);
+        break;
+    }
+    default: {
+        jb_raw(b, "{", 1);
+        unsigned n = rnd() % 5;
+        for (unsigned k = 0; k < n; k++) {
+            if (k) jb_raw(b, ",", 1);
+            char key[8];
+            snprintf(key, sizeof key, "k%u", rnd() % 100);
+            jb_qcstr(b, key);
+            jb_raw(b, ":", 1);
+            gen(b, depth + 1);
+        }
+        jb_raw(b, "}", 1);
+    }
+    }
+}
+
+static void test_roundtrip_and_fuzz(void) {
+    jbuf a, c;
+    jb_init(&a);
+    jb_init(&c);
+    int rt_ok = 1, fuzz_iters = 0, accepted = 0;
+    for (int it = 0; it < 3000; it++) {
+        jb_reset(&a);
+        gen(&a, 0);
+        char err[128];
+        json_value * v = json_parse(a.data, a.len, NULL, err, sizeof err);
+        if (!v) { CHECK(0, "generated document rejected: %s: %.200s", err, a.data); break; }
+        jb_reset(&c);
+        jb_value(&c, v);
+        json_value * w = json_parse(c.data, c.len, NULL, err, sizeof err);
+        jbuf d;
+        jb_init(&d);
+        if (w) jb_value(&d, w);
+        if (!w || d.len != c.len || memcmp(d.data, c.data, c.len) != 0) { rt_ok = 0; printf("round trip differs: %.200s\n", a.data); }
+        jb_free(&d);
+        json_free(w);
+        json_free(v);
+        /* mutations: flip, insert, delete or truncate bytes; the parser must only succeed or fail */
+        for (int m = 0; m < 8; m++) {
+            size_t n = a.len;
+            char * buf = malloc(n + 8);
+            memcpy(buf, a.data, n);
+            unsigned ops = 1 + rnd() % 3;
+            for (unsigned o = 0; o < ops && n > 0; o++) {
+                size_t pos = rnd() % n;
+                switch (rnd() % 4) {
+                case 0: buf[pos] = (char)rnd(); break;
+                case 1: if (n < a.len + 7) { memmove(buf + pos + 1, buf + pos, n - pos); buf[pos] = "\"\\{}[],:u\xc3\xed"[rnd() % 12]; n++; } break;
+                case 2: memmove(buf + pos, buf + pos + 1, n - pos - 1); n--; break;
+                default: n = pos; break;
+                }
+            }
+            json_value * f = json_parse(buf, n, NULL, err, sizeof err);
+            if (f) {
+                accepted++;
+                /* anything accepted must serialize to valid JSON whose strings are valid UTF-8 */
+                jb_reset(&c);
+                jb_value(&c, f);
+                json_value * g = json_parse(c.data, c.len, NULL, err, sizeof err);
+                if (!g) { rt_ok = 0; printf("re-parse of accepted mutant failed: %s\n", err); }
+                json_free(g);
+            } else if (!json_utf8_valid(buf, n)) {
+                /* fine: invalid UTF-8 must be rejected when it is inside a string; nothing to check */
+            }
+            json_free(f);
+            free(buf);
+            fuzz_iters++;
+        }
+    }
+    CHECK(rt_ok, "round trips and accepted mutants re-parse");
+    CHECK(fuzz_iters >= 20000 && accepted > 0, "fuzz ran %d mutants (%d accepted)", fuzz_iters, accepted);
+    jb_free(&a);
+    jb_free(&c);
+}
+
+static void test_serializer(void) {
+    jbuf b;
+    jb_init(&b);
+    jb_str(&b, "a\"\\\n\x01\xc3\xa9\xff", 8);
+    CHECK(strcmp(b.data, "\"a\\\"\\\\\\n\\u0001\xc3\xa9\\ufffd\"") == 0, "escaping: %s", b.data);
+    jb_reset(&b);
+    jb_num(&b, NAN);
+    CHECK(strcmp(b.data, "null") == 0, "NaN -> null");
+    jb_free(&b);
+    CHECK(json_utf8_valid("\xf0\x9f\x98\x80", 4) && !json_utf8_valid("\xf0\x9f\x98", 3), "utf8_valid");
+}
+
+int main(void) {
+    g_seed = (unsigned)time(NULL);
+    rng_state = 0x9E3779B97F4A7C15ull ^ g_seed;
+    test_valid();
+    test_invalid();
+    test_serializer();
+    test_roundtrip_and_fuzz();
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    if (n_fail) printf("seed %u\n", g_seed);
+    return n_fail ? 1 : 0;
+}

@@ -1,0 +1,349 @@
+"""triattn-server end to end: the real binary on a free loopback port, driven by the official openai client
+and by raw sockets for the bad-input suite."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import http.client
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+SEED = int(os.environ.get("TRIATTN_TEST_SEED", time.time_ns() % 2**31))
+RNG = random.Random(SEED)
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
+           "My favourite food is", "In 1969, astronauts", "Water boils at", "The quick brown fox"]
+
+
+@pytest.fixture(scope="module")
+def server_bin(request) -> Path:
+    env = os.environ.get("TRIATTN_SERVER_BIN")
+    if env:
+        return Path(env)
+    build = request.getfixturevalue("c_build_dir")
+    p = Path(build) / "triattn-server"
+    assert p.exists(), "triattn-server was not built"
+    return p
+
+
+@pytest.fixture(scope="module")
+def model_path(request) -> Path:
+    env = os.environ.get("TRIATTN_TEST_MODEL")
+    if env:
+        return Path(env)
+    try:
+        return request.getfixturevalue("default_model")
+    except Exception:  # pytriattn._fetch not importable yet
+        p = Path.home() / ".cache" / "pytriattn" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if not p.exists():
+            pytest.skip("default model not available")
+        return p
+
+
+class Server:
+    def __init__(self, binary: Path, model: Path, *extra: str):
+        self.proc = subprocess.Popen([str(binary), "-m", str(model), "--port", "0", "--parallel", "4",
+                                      "--ctx-size", "1024", "--alias", "smol", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        line = ""
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("listening on http://") or not line:
+                break
+        assert line.startswith("listening on http://"), f"server did not start: {line!r} {self.proc.stderr.read()}"
+        self.host, port = line.strip().rsplit("/", 1)[1].rsplit(":", 1)
+        self.port = int(port)
+        self.base = f"http://{self.host}:{self.port}"
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        c = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+            c.request(method, path, body=data, headers=headers or {})
+            r = c.getresponse()
+            raw = r.read()
+            return r.status, raw
+        finally:
+            c.close()
+
+    def healthy(self):
+        st, raw = self.request("GET", "/health", timeout=10)
+        return st == 200 and json.loads(raw) == {"status": "ok"}
+
+
+@pytest.fixture(scope="module")
+def srv(server_bin, model_path):
+    s = Server(server_bin, model_path, "--timeout", "3", "--max-body", "65536")
+    yield s
+    s.close()
+    assert s.proc.returncode == 0, f"server exited with {s.proc.returncode}"
+
+
+@pytest.fixture(scope="module")
+def client(srv):
+    return openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+def _complete(client, prompt, **kw):
+    kw.setdefault("max_tokens", 12)
+    return client.completions.create(model="smol", prompt=prompt, **kw)
+
+
+# ---- API ---------------------------------------------------------------------------------------------
+
+def test_models_health_and_metrics(srv, client):
+    assert srv.healthy()
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["smol"]
+    st, raw = srv.request("GET", "/metrics")
+    assert st == 200 and b"triattn_requests_total" in raw and b"triattn_kv_bytes" in raw
+    st, raw = srv.request("GET", "/slots")
+    slots = json.loads(raw)
+    assert st == 200 and len(slots) == 4 and all(s["kv"]["kv_bytes"] > 0 for s in slots)
+
+
+def test_completion_usage_matches_tokenizer(srv, client):
+    prompt = RNG.choice(PROMPTS) + " " + str(RNG.randint(0, 10**6))
+    r = _complete(client, prompt, temperature=0, max_tokens=6)
+    assert r.choices[0].finish_reason in ("length", "stop")
+    st, raw = srv.request("POST", "/tokenize", {"content": prompt})
+    toks = json.loads(raw)["tokens"]
+    assert r.usage.prompt_tokens == len(toks) > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert 1 <= r.usage.completion_tokens <= 6
+    st, raw = srv.request("POST", "/detokenize", {"tokens": toks})
+    assert st == 200 and json.loads(raw)["content"].strip() == prompt.strip()
+
+
+def test_stream_equals_non_stream(client):
+    prompt = RNG.choice(PROMPTS)
+    full = _complete(client, prompt, temperature=0, max_tokens=16).choices[0].text
+    parts = [ch.choices[0].text for ch in _complete(client, prompt, temperature=0, max_tokens=16, stream=True)]
+    assert "".join(parts) == full and len(parts) > 1
+
+
+def test_chat_and_chat_stream(client):
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": RNG.choice(PROMPTS)}]
+    r = client.chat.completions.create(model="smol", messages=msgs, max_tokens=10, temperature=0)
+    text = r.choices[0].message.content
+    assert r.choices[0].message.role == "assistant" and text
+    chunks = list(client.chat.completions.create(model="smol", messages=msgs, max_tokens=10, temperature=0, stream=True))
+    joined = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert joined == text
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_seed_reproducible(client):
+    prompt = RNG.choice(PROMPTS)
+    seed = RNG.randint(1, 2**31)
+    a = _complete(client, prompt, temperature=1.0, seed=seed, max_tokens=12).choices[0].text
+    b = _complete(client, prompt, temperature=1.0, seed=seed, max_tokens=12).choices[0].text
+    assert a == b
+    others = {_complete(client, prompt, temperature=1.5, top_p=1.0, seed=seed + k, max_tokens=12).choices[0].text
+              for k in range(1, 4)}
+    assert len(others | {a}) > 1, "different seeds never differ"
+
+
+def test_stop_string(client):
+    prompt = RNG.choice(PROMPTS)
+    full = _complete(client, prompt, temperature=0, max_tokens=16).choices[0].text
+    words = [w for w in full.split(" ") if len(w) >= 2]
+    if len(words) < 2:
+        pytest.skip("greedy output too short to pick a stop string")
+    stop = words[len(words) // 2]
+    r = _complete(client, prompt, temperature=0, max_tokens=16, stop=[stop, "zzzqqq"])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == full[:full.index(stop)]
+
+
+def test_concurrency_matches_sequential(client):
+    prompts = [p + f" ({k})" for k, p in enumerate(PROMPTS)]
+    solo = [_complete(client, p, temperature=0, max_tokens=8).choices[0].text for p in prompts]
+    with cf.ThreadPoolExecutor(8) as ex:
+        together = list(ex.map(lambda p: _complete(client, p, temperature=0, max_tokens=8).choices[0].text, prompts))
+    assert together == solo
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+
+def _err(srv, method, path, body, headers=None):
+    st, raw = srv.request(method, path, body, headers)
+    if st >= 400 and raw:
+        e = json.loads(raw)["error"]
+        assert {"message", "type", "code"} <= set(e)
+    return st
+
+
+@pytest.mark.parametrize("body,status", [
+    (b'{"prompt": "hi", "max_tokens": 4', 400),        # truncated
+    (b'{"prompt": "hi",}', 400),                         # invalid
+    (b'[1, 2]', 400),                                    # not an object
+    (b'{"prompt": 5}', 400),                             # wrong type
+    (b'{"prompt": "hi", "max_tokens": "4"}', 400),
+    (b'{"prompt": "hi", "max_tokens": -3}', 400),        # negative
+    (b'{"prompt": "hi", "max_tokens": 2.5}', 400),
+    (b'{"prompt": "hi", "n": 2}', 400),
+    (b'{"prompt": "hi", "temperature": "hot"}', 400),
+    (b'{"prompt": "hi", "stop": [1]}', 400),
+    (b'{"prompt": "\xff\xfe hi"}', 400),                 # invalid UTF-8
+    (b'{"prompt": "\xed\xa0\x80"}', 400),                # encoded surrogate
+    (b'{"prompt": "\\ud800"}', 400),                     # lone surrogate escape
+])
+def test_bad_bodies(srv, body, status):
+    assert _err(srv, "POST", "/v1/completions", body, {"Content-Type": "application/json"}) == status
+    assert srv.healthy()
+
+
+def test_bad_routes_and_chat_fields(srv):
+    assert _err(srv, "GET", "/nope", None) == 404
+    assert _err(srv, "GET", "/v1/completions", None) == 405
+    assert _err(srv, "POST", "/v1/chat/completions", {"messages": "hi"}) == 400
+    assert _err(srv, "POST", "/v1/chat/completions", {"messages": [{"role": 1, "content": "x"}]}) == 400
+    assert _err(srv, "POST", "/detokenize", {"tokens": [-1]}) == 400
+    assert srv.healthy()
+
+
+def test_prompt_over_context(srv):
+    prompt = " ".join(RNG.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(3000))
+    assert _err(srv, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 4}) == 400
+    assert srv.healthy()
+
+
+def _raw(srv, data: bytes, timeout=10.0) -> bytes:
+    s = socket.create_connection((srv.host, srv.port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def test_huge_body_and_header_limits(srv):
+    body = b'{"prompt": "' + b"a" * 70000 + b'"}'
+    out = _raw(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert out.startswith(b"HTTP/1.1 413")
+    many = b"".join(b"X-H%d: v\r\n" % k for k in range(100))
+    assert _raw(srv, b"GET /health HTTP/1.1\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
+    assert _raw(srv, b"GET /health HTTP/1.1\r\nX: " + b"v" * 20000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+    assert _raw(srv, b"POST /tokenize HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")[:12] in (
+        b"HTTP/1.1 411", b"HTTP/1.1 400")
+    assert srv.healthy()
+
+
+def test_keep_alive_and_pipelining(srv):
+    req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = _raw(srv, req * 3 + b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 200") == 4
+
+
+def test_request_parser_fuzz(srv):
+    """Random mutations of valid requests: each gets a response or a closed connection, never a hang."""
+    base = [b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b'POST /tokenize HTTP/1.1\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{"content":"a"}']
+    for _ in range(60):
+        data = bytearray(RNG.choice(base))
+        for _ in range(RNG.randint(1, 4)):
+            pos = RNG.randrange(len(data))
+            op = RNG.randrange(3)
+            if op == 0:
+                data[pos] = RNG.randrange(256)
+            elif op == 1:
+                data.insert(pos, RNG.choice(b" :\r\n\x00\xff/"))
+            else:
+                del data[pos]
+        t0 = time.time()
+        out = _raw(srv, bytes(data), timeout=8)
+        assert time.time() - t0 < 7.5, f"seed {SEED}: request hung: {bytes(data)!r}"
+        assert out == b"" or out.startswith(b"HTTP/1.1 "), f"seed {SEED}: {out[:80]!r}"
+    assert srv.healthy()
+
+
+def test_slow_loris_is_cut(srv):
+    s = socket.create_connection((srv.host, srv.port), timeout=10)
+    t0 = time.time()
+    closed = False
+    try:
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+        for _ in range(12):
+            time.sleep(0.5)
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                closed = True
+                break
+        if not closed:
+            s.settimeout(5)
+            try:
+                closed = s.recv(100) == b""
+            except ConnectionResetError:
+                closed = True
+    finally:
+        s.close()
+    assert closed and time.time() - t0 < 8   # --timeout 3
+    assert srv.healthy()
+
+
+def test_disconnect_mid_stream_frees_slot(srv, client):
+    body = json.dumps({"prompt": "Tell me a long story.", "max_tokens": 400, "stream": True, "temperature": 0,
+                       "ignore_eos": True}).encode()
+    for _ in range(4):   # more than --parallel would block if slots leaked
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert s.recv(64).startswith(b"HTTP/1.1 200")
+        s.close()
+    time.sleep(0.5)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st, raw = srv.request("GET", "/slots")
+        if all(x["state"] == "idle" for x in json.loads(raw)):
+            break
+        time.sleep(0.2)
+    assert all(x["state"] == "idle" for x in json.loads(raw)), raw
+    assert _complete(client, "Hello", temperature=0, max_tokens=2).choices[0].text is not None
+
+
+def test_api_key_and_cors(server_bin, model_path):
+    s = Server(server_bin, model_path, "--api-key", "sekret", "--cors", "--parallel", "1")
+    try:
+        assert s.healthy()
+        st, _ = s.request("GET", "/v1/models")
+        assert st == 401
+        st, _ = s.request("GET", "/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert st == 401
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="sekret", timeout=60, max_retries=0)
+        assert c.models.list().data[0].id == "smol"
+        conn = http.client.HTTPConnection(s.host, s.port, timeout=10)
+        conn.request("OPTIONS", "/v1/completions", headers={"Origin": "http://x"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 204 and r.getheader("Access-Control-Allow-Origin") == "*"
+        conn.close()
+    finally:
+        s.close()
+    assert s.proc.returncode == 0

@@ -1,0 +1,634 @@
+/* api.c - the OpenAI-compatible endpoints of triattn-server and the per-connection request loop. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "json.h"
+#include "server.h"
+
+#define MAX_STOP 16
+
+/* One request being answered: the connection, the parsed request, the response status for the log. */
+typedef struct {
+    struct server *       srv;
+    struct http_conn *    c;
+    struct http_request * req;
+    int                   status;
+    size_t                bytes;
+    const char *          cors;   /* extra header lines */
+} ctx;
+
+static double mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static void reply(ctx * x, int status, const char * type, const char * body, size_t len) {
+    x->status = status;
+    x->bytes = len;
+    http_respond(x->c, status, type, x->cors, body, len, x->req->keep_alive);
+}
+
+static void reply_json(ctx * x, int status, jbuf * b) {
+    if (b->oom) { static const char m[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":null}}";
+                  reply(x, 500, "application/json", m, sizeof m - 1); return; }
+    reply(x, status, "application/json", b->data, b->len);
+}
+
+/* {"error": {"message", "type", "code"}} */
+static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) __attribute__((format(printf, 4, 5)));
+static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    const char * type = status == 401 ? "authentication_error" : status == 404 ? "not_found_error"
+                      : status >= 500 ? "server_error" : "invalid_request_error";
+    jbuf b;
+    jb_init(&b);
+    jb_cstr(&b, "{\"error\":{\"message\":");
+    jb_qcstr(&b, msg);
+    jb_cstr(&b, ",\"type\":");
+    jb_qcstr(&b, type);
+    jb_cstr(&b, ",\"code\":");
+    if (code) jb_qcstr(&b, code); else jb_cstr(&b, "null");
+    jb_cstr(&b, "}}");
+    reply_json(x, status, &b);
+    jb_free(&b);
+    atomic_fetch_add(&x->srv->requests_failed, 1);
+}
+
+/* ---- request field helpers: each returns false after answering 400 ---- */
+
+static bool parse_body(ctx * x, json_value ** out) {
+    char err[160];
+    struct json_limits lim = { .max_depth = 64, .max_nodes = 1 << 18 };
+    json_value * v = json_parse(x->req->body ? x->req->body : "", x->req->body_len, &lim, err, sizeof err);
+    if (!v) { reply_error(x, 400, "invalid_json", "invalid JSON body: %s", err); return false; }
+    if (v->type != JSON_OBJECT) { json_free(v); reply_error(x, 400, "invalid_json", "the body must be a JSON object"); return false; }
+    *out = v;
+    return true;
+}
+
+static bool is_null(const json_value * v) { return !v || v->type == JSON_NULL; }
+
+static bool get_number(ctx * x, const json_value * o, const char * key, double lo, double hi, float * out) {
+    const json_value * v = json_get(o, key);
+    if (is_null(v)) return true;
+    if (v->type != JSON_NUMBER) { reply_error(x, 400, "invalid_type", "'%s' must be a number", key); return false; }
+    if (!(v->num >= lo && v->num <= hi)) { reply_error(x, 400, "invalid_value", "'%s' must be in [%g, %g]", key, lo, hi); return false; }
+    *out = (float)v->num;
+    return true;
+}
+
+static bool get_int(ctx * x, const json_value * o, const char * key, int64_t lo, int64_t hi, int64_t * out, bool * present) {
+    const json_value * v = json_get(o, key);
+    if (present) *present = false;
+    if (is_null(v)) return true;
+    if (v->type != JSON_NUMBER || !v->is_int) { reply_error(x, 400, "invalid_type", "'%s' must be an integer", key); return false; }
+    if (v->i < lo || v->i > hi) { reply_error(x, 400, "invalid_value", "'%s' must be in [%lld, %lld]", key, (long long)lo, (long long)hi); return false; }
+    *out = v->i;
+    if (present) *present = true;
+    return true;
+}
+
+static bool get_bool(ctx * x, const json_value * o, const char * key, bool * out) {
+    const json_value * v = json_get(o, key);
+    if (is_null(v)) return true;
+    if (v->type != JSON_BOOL) { reply_error(x, 400, "invalid_type", "'%s' must be a boolean", key); return false; }
+    *out = v->b;
+    return true;
+}
+
+/* ---- generation (completions and chat) ---- */
+
+struct gen_req {
+    bool   chat, stream;
+    char * prompt;             /* malloc'd */
+    const char * stop[MAX_STOP];
+    int    n_stop;
+    struct triattn_generate_params gp;
+    char   id[48];
+    long long created;
+};
+
+static void chunk_head(struct gen_req * g, ctx * x, jbuf * b) {
+    jb_cstr(b, "{\"id\":");
+    jb_qcstr(b, g->id);
+    jb_cstr(b, g->chat ? ",\"object\":\"chat.completion.chunk\"" : ",\"object\":\"text_completion\"");
+    jb_printf(b, ",\"created\":%lld,\"model\":", g->created);
+    jb_qcstr(b, x->srv->o.alias);
+}
+
+/* An SSE event with one piece (text != NULL) or the final finish_reason. */
+static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text, size_t len, const char * finish,
+                       bool first) {
+    jb_reset(b);
+    jb_cstr(b, "data: ");
+    chunk_head(g, x, b);
+    jb_cstr(b, ",\"choices\":[{\"index\":0,");
+    if (g->chat) {
+        jb_cstr(b, "\"delta\":{");
+        if (first) jb_cstr(b, "\"role\":\"assistant\"");
+        if (text) { if (first) jb_cstr(b, ","); jb_cstr(b, "\"content\":"); jb_str(b, text, len); }
+        jb_cstr(b, "}");
+    } else {
+        jb_cstr(b, "\"text\":");
+        jb_str(b, text ? text : "", text ? len : 0);
+    }
+    jb_cstr(b, ",\"logprobs\":null,\"finish_reason\":");
+    if (finish) jb_qcstr(b, finish); else jb_cstr(b, "null");
+    jb_cstr(b, "}]}\n\n");
+    if (b->oom) return false;
+    x->bytes += b->len;
+    return http_stream_chunk(x->c, b->data, b->len);
+}
+
+static const char * finish_name(enum triattn_stop_reason r) {
+    return (r == TRIATTN_STOP_LENGTH || r == TRIATTN_STOP_CONTEXT) ? "length" : "stop";
+}
+
+/* Builds the prompt text of a chat request from "messages". */
+static bool chat_prompt(ctx * x, const json_value * body, char ** out) {
+    const json_value * msgs = json_get(body, "messages");
+    if (!msgs || msgs->type != JSON_ARRAY || msgs->n == 0) {
+        reply_error(x, 400, "invalid_type", "'messages' must be a non-empty array"); return false;
+    }
+    struct triattn_chat_message * cm = calloc(msgs->n, sizeof *cm);
+    char ** owned = calloc(msgs->n, sizeof *owned);
+    bool ok = cm && owned;
+    if (!ok) reply_error(x, 500, NULL, "out of memory");
+    for (size_t k = 0; ok && k < msgs->n; k++) {
+        const json_value * m = &msgs->items[k];
+        const json_value * role = json_get(m, "role"), * content = json_get(m, "content");
+        if (!role || role->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "messages[%zu].role must be a string", k); ok = false; break; }
+        cm[k].role = role->str;
+        if (content && content->type == JSON_STRING) { cm[k].content = content->str; continue; }
+        if (is_null(content)) { cm[k].content = ""; continue; }
+        if (content->type != JSON_ARRAY) { reply_error(x, 400, "invalid_type", "messages[%zu].content must be a string or an array of parts", k); ok = false; break; }
+        /* content parts: concatenate the "text" of {"type": "text"} parts */
+        jbuf t;
+        jb_init(&t);
+        for (size_t j = 0; j < content->n; j++) {
+            const json_value * txt = json_get(&content->items[j], "text");
+            if (!txt || txt->type != JSON_STRING) { ok = false; break; }
+            jb_raw(&t, txt->str, txt->len);
+        }
+        if (!ok || t.oom) { jb_free(&t); reply_error(x, 400, "invalid_type", "messages[%zu].content parts must have a string 'text'", k); ok = false; break; }
+        owned[k] = t.data ? t.data : strdup("");
+        cm[k].content = owned[k];
+    }
+    if (ok) {
+        size_t need = 0, cap = 4096;
+        char * buf = NULL;
+        for (int attempt = 0; attempt < 2 && ok; attempt++) {
+            free(buf);
+            buf = malloc(cap);
+            if (!buf) { reply_error(x, 500, NULL, "out of memory"); ok = false; break; }
+            enum triattn_status st = triattn_chat_apply(x->srv->model, x->srv->o.chat_format, cm, msgs->n, true, buf, cap, &need);
+            if (st != TRIATTN_OK) { reply_error(x, 400, "chat_template", "cannot format the messages: %s", triattn_status_name(st)); ok = false; break; }
+            if (need < cap) break;
+            cap = need + 1;
+        }
+        if (ok) *out = buf; else free(buf);
+    }
+    if (owned) for (size_t k = 0; k < msgs->n; k++) free(owned[k]);
+    free(owned);
+    free(cm);
+    return ok;
+}
+
+/* Reads the OpenAI fields into g. */
+static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
+    triattn_generate_params_init(&g->gp);
+    struct triattn_sampler_params * sp = &g->gp.sampling;
+    /* OpenAI's defaults: temperature 1, top_p 1; min_p/top_k keep the engine's defaults */
+    sp->temperature = 1.0f;
+    sp->top_p = 1.0f;
+    if (g->chat) {
+        if (!chat_prompt(x, body, &g->prompt)) return false;
+    } else {
+        const json_value * p = json_get(body, "prompt");
+        if (p && p->type == JSON_ARRAY && p->n == 1) p = &p->items[0];
+        if (!p || p->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'prompt' must be a string"); return false; }
+        g->prompt = strdup(p->str);
+        if (!g->prompt) { reply_error(x, 500, NULL, "out of memory"); return false; }
+    }
+    int64_t v = 0;
+    bool present = false;
+    if (!get_int(x, body, "n", 1, 1, &v, NULL)) return false;
+    int64_t max_tok = g->chat ? -1 : 16;
+    if (!get_int(x, body, "max_tokens", 1, 1 << 30, &max_tok, NULL)) return false;
+    if (g->chat && !get_int(x, body, "max_completion_tokens", 1, 1 << 30, &max_tok, NULL)) return false;
+    g->gp.max_tokens = (int32_t)max_tok;
+    if (!get_number(x, body, "temperature", 0, 100, &sp->temperature)) return false;
+    if (!get_number(x, body, "top_p", 0, 1, &sp->top_p)) return false;
+    if (!get_number(x, body, "min_p", 0, 1, &sp->min_p)) return false;
+    if (!get_number(x, body, "presence_penalty", -2, 2, &sp->presence_penalty)) return false;
+    if (!get_number(x, body, "frequency_penalty", -2, 2, &sp->frequency_penalty)) return false;
+    if (!get_number(x, body, "repeat_penalty", 0, 100, &sp->repeat_penalty)) return false;
+    if (!get_int(x, body, "top_k", 0, 1 << 30, &v, &present)) return false;
+    if (present) sp->top_k = (int32_t)v;
+    if (!get_int(x, body, "seed", INT64_MIN, INT64_MAX, &v, &present)) return false;
+    if (present) sp->seed = (uint64_t)v == UINT64_MAX ? 0 : (uint64_t)v;
+    if (!get_bool(x, body, "stream", &g->stream)) return false;
+    if (!get_bool(x, body, "ignore_eos", &g->gp.ignore_eos)) return false;   /* extension */
+    const json_value * m = json_get(body, "model");
+    if (!is_null(m) && m->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'model' must be a string"); return false; }
+    const json_value * st = json_get(body, "stop");
+    if (!is_null(st)) {
+        if (st->type == JSON_STRING) { if (st->len) g->stop[g->n_stop++] = st->str; }
+        else if (st->type == JSON_ARRAY && st->n <= MAX_STOP) {
+            for (size_t k = 0; k < st->n; k++) {
+                if (st->items[k].type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'stop' must be a string or an array of strings"); return false; }
+                if (st->items[k].len) g->stop[g->n_stop++] = st->items[k].str;
+            }
+        } else { reply_error(x, 400, "invalid_type", "'stop' must be a string or an array of at most %d strings", MAX_STOP); return false; }
+    }
+    g->gp.stop = g->n_stop ? g->stop : NULL;
+    g->gp.n_stop = g->n_stop;
+    return true;
+}
+
+static void handle_generate(ctx * x, bool chat) {
+    struct server * srv = x->srv;
+    json_value * body = NULL;
+    if (!parse_body(x, &body)) return;
+    struct gen_req g;
+    memset(&g, 0, sizeof g);
+    g.chat = chat;
+    g.created = (long long)time(NULL);
+    snprintf(g.id, sizeof g.id, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)atomic_fetch_add(&srv->id_counter, 1));
+    if (!gen_parse(x, body, &g)) { free(g.prompt); json_free(body); return; }
+
+    struct slot * sl = slots_acquire(&srv->pool, &srv->stop);
+    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); json_free(body); return; }
+    triattn_session * s = sl->session;
+    triattn_session_reset(s);
+    enum triattn_status st = triattn_generate_begin(s, g.prompt, &g.gp);
+    if (st != TRIATTN_OK) {
+        if (st == TRIATTN_ERR_CONTEXT)
+            reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",
+                        triattn_session_n_ctx(s), triattn_session_last_error(s));
+        else
+            reply_error(x, st == TRIATTN_ERR_INVALID_ARG ? 400 : 500, triattn_status_name(st), "%s", triattn_session_last_error(s));
+        slots_release(&srv->pool, sl);
+        free(g.prompt);
+        json_free(body);
+        return;
+    }
+    struct triattn_generate_result res;
+    triattn_generate_get_result(s, &res);
+    atomic_fetch_add(&srv->prompt_tokens, res.n_prompt_tokens);
+
+    jbuf out, ev;
+    jb_init(&out);
+    jb_init(&ev);
+    bool alive = true, first = true;
+    if (g.stream) {
+        alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
+        x->status = 200;
+    }
+    bool done = false;
+    int32_t n_gen = 0;
+    double t0 = mono_ms();
+    while (alive && !done && !srv->stop) {
+        const char * text = NULL;
+        size_t len = 0;
+        st = triattn_generate_next(s, &text, &len, &done);
+        if (st != TRIATTN_OK) break;
+        n_gen++;
+        if (len) {
+            if (g.stream) alive = send_event(&g, x, &ev, text, len, NULL, first), first = false;
+            else jb_raw(&out, text, len);
+        }
+        /* a vanished client frees the slot at once */
+        if (alive && http_peer_gone(x->c)) alive = false;
+        if ((n_gen & 15) == 0) slots_snapshot(&srv->pool, sl, res.n_prompt_tokens, n_gen);
+    }
+    const char * err_msg = st != TRIATTN_OK ? triattn_session_last_error(s) : NULL;
+    char err_copy[256] = "";
+    if (err_msg) snprintf(err_copy, sizeof err_copy, "%s", err_msg);
+    if (done) triattn_generate_get_result(s, &res);
+    else res.stop_reason = TRIATTN_STOP_CALLBACK;
+    if (!done) res.n_generated = n_gen;
+    atomic_fetch_add(&srv->tokens_generated, res.n_generated);
+    atomic_fetch_add(&srv->decode_us_total, (long long)((mono_ms() - t0) * 1e3));
+    slots_snapshot(&srv->pool, sl, res.n_prompt_tokens, res.n_generated);
+    slots_release(&srv->pool, sl);
+
+    const char * finish = finish_name(res.stop_reason);
+    if (st != TRIATTN_OK && !g.stream) {
+        reply_error(x, 500, triattn_status_name(st), "generation failed: %s", err_copy);
+    } else if (g.stream) {
+        if (alive && !srv->stop) {
+            if (g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true);
+            if (alive) alive = send_event(&g, x, &ev, NULL, 0, finish, false);
+            if (alive) { alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
+            if (alive) http_stream_end(x->c);
+        } else {
+            x->req->keep_alive = false;  /* the stream was cut: close the connection */
+        }
+    } else if (alive) {
+        jbuf b;
+        jb_init(&b);
+        jb_cstr(&b, "{\"id\":");
+        jb_qcstr(&b, g.id);
+        jb_cstr(&b, g.chat ? ",\"object\":\"chat.completion\"" : ",\"object\":\"text_completion\"");
+        jb_printf(&b, ",\"created\":%lld,\"model\":", g.created);
+        jb_qcstr(&b, srv->o.alias);
+        jb_cstr(&b, ",\"choices\":[{\"index\":0,");
+        if (g.chat) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":"); jb_str(&b, out.data ? out.data : "", out.len); jb_cstr(&b, "}"); }
+        else { jb_cstr(&b, "\"text\":"); jb_str(&b, out.data ? out.data : "", out.len); }
+        jb_cstr(&b, ",\"logprobs\":null,\"finish_reason\":");
+        jb_qcstr(&b, finish);
+        jb_printf(&b, "}],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
+                  res.n_prompt_tokens, res.n_generated, res.n_prompt_tokens + res.n_generated);
+        jb_printf(&b, ",\"timings\":{\"prompt_ms\":%.3f,\"decode_ms\":%.3f}}", res.prompt_ms, res.decode_ms);
+        reply_json(x, 200, &b);
+        jb_free(&b);
+    } else {
+        x->req->keep_alive = false;
+        x->status = 499;  /* client closed the request (nginx's convention, log only) */
+    }
+    jb_free(&out);
+    jb_free(&ev);
+    free(g.prompt);
+    json_free(body);
+}
+
+/* ---- small endpoints ---- */
+
+static void handle_tokenize(ctx * x) {
+    json_value * body = NULL;
+    if (!parse_body(x, &body)) return;
+    const json_value * c = json_get(body, "content");
+    bool add_special = true, parse_special = true;
+    if (!c || c->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'content' must be a string"); json_free(body); return; }
+    if (!get_bool(x, body, "add_special", &add_special) || !get_bool(x, body, "parse_special", &parse_special)) { json_free(body); return; }
+    if (c->len > (size_t)INT32_MAX / 2) { reply_error(x, 400, "invalid_value", "'content' is too long"); json_free(body); return; }
+    int32_t cap = (int32_t)c->len + 8, n = 0;
+    triattn_token * toks = malloc((size_t)cap * sizeof *toks);
+    enum triattn_status st = toks ? triattn_tokenize(x->srv->model, c->str, (int32_t)c->len, add_special, parse_special, toks, cap, &n)
+                                  : TRIATTN_ERR_OOM;
+    if (st == TRIATTN_OK && n > cap) {
+        triattn_token * t2 = realloc(toks, (size_t)n * sizeof *toks);
+        if (t2) { toks = t2; cap = n; st = triattn_tokenize(x->srv->model, c->str, (int32_t)c->len, add_special, parse_special, toks, cap, &n); }
+        else st = TRIATTN_ERR_OOM;
+    }
+    if (st != TRIATTN_OK) reply_error(x, 500, triattn_status_name(st), "tokenization failed");
+    else {
+        jbuf b;
+        jb_init(&b);
+        jb_cstr(&b, "{\"tokens\":[");
+        for (int32_t k = 0; k < n; k++) { if (k) jb_raw(&b, ",", 1); jb_int(&b, toks[k]); }
+        jb_cstr(&b, "]}");
+        reply_json(x, 200, &b);
+        jb_free(&b);
+    }
+    free(toks);
+    json_free(body);
+}
+
+static void handle_detokenize(ctx * x) {
+    json_value * body = NULL;
+    if (!parse_body(x, &body)) return;
+    const json_value * t = json_get(body, "tokens");
+    if (!t || t->type != JSON_ARRAY || t->n > (1u << 24)) { reply_error(x, 400, "invalid_type", "'tokens' must be an array of token ids"); json_free(body); return; }
+    int32_t nv = triattn_vocab_size(x->srv->model);
+    triattn_token * toks = malloc((t->n + 1) * sizeof *toks);
+    if (!toks) { reply_error(x, 500, NULL, "out of memory"); json_free(body); return; }
+    for (size_t k = 0; k < t->n; k++) {
+        const json_value * e = &t->items[k];
+        if (e->type != JSON_NUMBER || !e->is_int || e->i < 0 || e->i >= nv) {
+            reply_error(x, 400, "invalid_value", "tokens[%zu] is not a token id in [0, %d)", k, nv);
+            free(toks); json_free(body); return;
+        }
+        toks[k] = (triattn_token)e->i;
+    }
+    int32_t cap = (int32_t)t->n * 16 + 16, n = 0;
+    char * buf = malloc((size_t)cap);
+    enum triattn_status st = buf ? triattn_detokenize(x->srv->model, toks, (int32_t)t->n, false, buf, cap, &n) : TRIATTN_ERR_OOM;
+    if (st == TRIATTN_OK && n >= cap) {
+        char * b2 = realloc(buf, (size_t)n + 1);
+        if (b2) { buf = b2; cap = n + 1; st = triattn_detokenize(x->srv->model, toks, (int32_t)t->n, false, buf, cap, &n); }
+        else st = TRIATTN_ERR_OOM;
+    }
+    if (st != TRIATTN_OK) reply_error(x, 500, triattn_status_name(st), "detokenization failed");
+    else {
+        jbuf b;
+        jb_init(&b);
+        jb_cstr(&b, "{\"content\":");
+        jb_str(&b, buf, (size_t)n);   /* invalid UTF-8 (cut characters) becomes U+FFFD */
+        jb_cstr(&b, "}");
+        reply_json(x, 200, &b);
+        jb_free(&b);
+    }
+    free(buf);
+    free(toks);
+    json_free(body);
+}
+
+static void handle_models(ctx * x) {
+    jbuf b;
+    jb_init(&b);
+    jb_cstr(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
+    jb_qcstr(&b, x->srv->o.alias);
+    jb_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"triattn\",\"meta\":{\"arch\":",
+              (long long)x->srv->started);
+    jb_qcstr(&b, x->srv->info.arch);
+    jb_printf(&b, ",\"n_vocab\":%d,\"n_ctx_train\":%d,\"n_ctx\":%d,\"n_params\":%lld}}]}", x->srv->info.n_vocab,
+              x->srv->info.n_ctx_train, triattn_session_n_ctx(x->srv->pool.slots[0].session), (long long)x->srv->info.n_params);
+    reply_json(x, 200, &b);
+    jb_free(&b);
+}
+
+static void handle_slots(ctx * x) {
+    struct slot_pool * p = &x->srv->pool;
+    jbuf b;
+    jb_init(&b);
+    jb_raw(&b, "[", 1);
+    pthread_mutex_lock(&p->mu);
+    for (int k = 0; k < p->n; k++) {
+        const struct slot * s = &p->slots[k];
+        if (k) jb_raw(&b, ",", 1);
+        jb_printf(&b, "{\"id\":%d,\"state\":\"%s\",\"n_requests\":%lld,\"n_prompt_tokens\":%d,\"n_generated\":%d,"
+                  "\"kv\":{\"policy\":", s->id, s->busy ? "busy" : "idle", (long long)s->n_requests, s->n_prompt, s->n_generated);
+        jb_qcstr(&b, s->kv.policy);
+        jb_printf(&b, ",\"n_past\":%lld,\"capacity\":%d,\"live_min\":%d,\"live_max\":%d,\"kv_bytes\":%llu,"
+                  "\"kv_bytes_live\":%llu,\"n_compressions\":%lld,\"n_evicted\":%lld}}",
+                  (long long)s->kv.n_past, s->kv.capacity, s->kv.live_min, s->kv.live_max,
+                  (unsigned long long)s->kv.kv_bytes, (unsigned long long)s->kv.kv_bytes_live,
+                  (long long)s->kv.n_compressions, (long long)s->kv.n_evicted);
+    }
+    pthread_mutex_unlock(&p->mu);
+    jb_raw(&b, "]", 1);
+    reply_json(x, 200, &b);
+    jb_free(&b);
+}
+
+static void handle_metrics(ctx * x) {
+    struct server * srv = x->srv;
+    struct slot_pool * p = &srv->pool;
+    int busy = 0, waiting;
+    unsigned long long kv = 0, kv_live = 0;
+    long long compr = 0;
+    pthread_mutex_lock(&p->mu);
+    for (int k = 0; k < p->n; k++) {
+        busy += p->slots[k].busy;
+        kv += p->slots[k].kv.kv_bytes;
+        kv_live += p->slots[k].kv.kv_bytes_live;
+        compr += p->slots[k].kv.n_compressions;
+    }
+    waiting = p->n_waiting;
+    pthread_mutex_unlock(&p->mu);
+    long long gen = atomic_load(&srv->tokens_generated), us = atomic_load(&srv->decode_us_total);
+    jbuf b;
+    jb_init(&b);
+    jb_printf(&b, "# HELP triattn_requests_total HTTP requests answered.\n# TYPE triattn_requests_total counter\n"
+              "triattn_requests_total %lld\n", (long long)atomic_load(&srv->requests_total));
+    jb_printf(&b, "# HELP triattn_requests_failed_total Requests answered with an error.\n# TYPE triattn_requests_failed_total counter\n"
+              "triattn_requests_failed_total %lld\n", (long long)atomic_load(&srv->requests_failed));
+    jb_printf(&b, "# HELP triattn_tokens_generated_total Tokens generated.\n# TYPE triattn_tokens_generated_total counter\n"
+              "triattn_tokens_generated_total %lld\n", gen);
+    jb_printf(&b, "# HELP triattn_prompt_tokens_total Prompt tokens processed.\n# TYPE triattn_prompt_tokens_total counter\n"
+              "triattn_prompt_tokens_total %lld\n", (long long)atomic_load(&srv->prompt_tokens));
+    jb_printf(&b, "# HELP triattn_tokens_per_second Generated tokens per second of generation time, per slot.\n"
+              "# TYPE triattn_tokens_per_second gauge\ntriattn_tokens_per_second %.3f\n", us > 0 ? gen * 1e6 / (double)us : 0.0);
+    jb_printf(&b, "# HELP triattn_slots_busy Slots generating now.\n# TYPE triattn_slots_busy gauge\ntriattn_slots_busy %d\n", busy);
+    jb_printf(&b, "# HELP triattn_slots_total Slots.\n# TYPE triattn_slots_total gauge\ntriattn_slots_total %d\n", p->n);
+    jb_printf(&b, "# HELP triattn_requests_waiting Requests waiting for a slot.\n# TYPE triattn_requests_waiting gauge\n"
+              "triattn_requests_waiting %d\n", waiting);
+    jb_printf(&b, "# HELP triattn_kv_bytes KV cache bytes allocated over all slots.\n# TYPE triattn_kv_bytes gauge\n"
+              "triattn_kv_bytes %llu\n", kv);
+    jb_printf(&b, "# HELP triattn_kv_bytes_live KV cache bytes holding live tokens.\n# TYPE triattn_kv_bytes_live gauge\n"
+              "triattn_kv_bytes_live %llu\n", kv_live);
+    jb_printf(&b, "# HELP triattn_kv_compressions_total KV compression rounds (at the last snapshot of each slot).\n"
+              "# TYPE triattn_kv_compressions_total counter\ntriattn_kv_compressions_total %lld\n", compr);
+    if (b.oom) reply_error(x, 500, NULL, "out of memory");
+    else reply(x, 200, "text/plain; version=0.0.4", b.data, b.len);
+    jb_free(&b);
+}
+
+/* Constant-time comparison of the bearer token. */
+static bool authorized(ctx * x) {
+    const char * key = x->srv->o.api_key;
+    if (!key || !*key) return true;
+    const char * h = http_header(x->req, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return false;
+    h += 7;
+    size_t a = strlen(h), b = strlen(key);
+    unsigned diff = (unsigned)(a ^ b);
+    for (size_t k = 0; k < a; k++) diff |= (unsigned char)h[k] ^ (unsigned char)key[k % (b ? b : 1)];
+    return diff == 0;
+}
+
+static void route(ctx * x) {
+    const char * m = x->req->method, * path = x->req->path;
+    static const struct { const char * path; const char * method; int id; } routes[] = {
+        { "/health", "GET", 0 }, { "/v1/health", "GET", 0 }, { "/v1/models", "GET", 1 }, { "/models", "GET", 1 },
+        { "/v1/completions", "POST", 2 }, { "/completions", "POST", 2 },
+        { "/v1/chat/completions", "POST", 3 }, { "/chat/completions", "POST", 3 },
+        { "/tokenize", "POST", 4 }, { "/detokenize", "POST", 5 }, { "/metrics", "GET", 6 }, { "/slots", "GET", 7 },
+    };
+    int found = -1;
+    for (size_t k = 0; k < sizeof routes / sizeof routes[0]; k++) {
+        if (strcmp(routes[k].path, path) != 0) continue;
+        found = (int)k;
+        if (strcmp(routes[k].method, m) == 0 || (strcmp(m, "HEAD") == 0 && routes[k].method[0] == 'G')) break;
+        found = -2 - (int)k;
+    }
+    if (strcmp(m, "OPTIONS") == 0 && x->srv->o.cors) {
+        x->status = 204;
+        http_respond(x->c, 204, "text/plain", x->cors, NULL, 0, x->req->keep_alive);
+        return;
+    }
+    if (found == -1) { reply_error(x, 404, "not_found", "unknown endpoint %s", path); return; }
+    if (found <= -2) {
+        /* Allow header names the one method this path takes */
+        x->status = 405;
+        reply_error(x, 405, "method_not_allowed", "%s is not allowed on %s (use %s)", m, path, routes[-2 - found].method);
+        return;
+    }
+    int id = routes[found].id;
+    if (id != 0 && !authorized(x)) { reply_error(x, 401, "invalid_api_key", "missing or invalid API key"); return; }
+    switch (id) {
+    case 0: { static const char ok[] = "{\"status\":\"ok\"}"; reply(x, 200, "application/json", ok, sizeof ok - 1); break; }
+    case 1: handle_models(x); break;
+    case 2: handle_generate(x, false); break;
+    case 3: handle_generate(x, true); break;
+    case 4: handle_tokenize(x); break;
+    case 5: handle_detokenize(x); break;
+    case 6: handle_metrics(x); break;
+    case 7: handle_slots(x); break;
+    }
+}
+
+/* Answers a malformed request with status and closes, reading (and dropping) what the client is still
+ * sending for a moment so the response is not lost to a reset. */
+static void reply_and_close(struct server * srv, struct http_conn * c, int status, const char * peer) {
+    struct http_request dummy;
+    memset(&dummy, 0, sizeof dummy);
+    dummy.keep_alive = false;
+    ctx x = { .srv = srv, .c = c, .req = &dummy, .cors = srv->o.cors ? "Access-Control-Allow-Origin: *\r\n" : NULL };
+    reply_error(&x, status, NULL, "%s", http_reason(status));
+    atomic_fetch_add(&srv->requests_total, 1);
+    fprintf(stderr, "%s - - %d %zu (bad request)\n", peer, status, x.bytes);
+    shutdown(c->fd, SHUT_WR);
+    char sink[4096];
+    struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t total = 0;
+    while (total < ((size_t)64 << 20)) {
+        ssize_t n = recv(c->fd, sink, sizeof sink, 0);
+        if (n <= 0) break;
+        total += (size_t)n;
+    }
+}
+
+void api_serve_connection(struct server * srv, int fd) {
+    struct http_conn * c = malloc(sizeof *c);
+    if (!c) { close(fd); return; }
+    http_conn_init(c, fd);
+    struct timeval tv = { .tv_sec = srv->o.timeout_s, .tv_usec = 0 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* a client that stops reading cannot pin us */
+    struct http_limits lim = { .max_body = srv->o.max_body, .timeout_s = srv->o.timeout_s, .stop = &srv->stop };
+    char peer[64] = "-";
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    if (getpeername(fd, (struct sockaddr *)&sa, &sl) == 0 && sa.ss_family == AF_INET) {
+        const unsigned char * a = (const unsigned char *)&((struct sockaddr_in *)&sa)->sin_addr;
+        snprintf(peer, sizeof peer, "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+    }
+    const char * cors = srv->o.cors ? "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\n"
+                                      "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n" : NULL;
+    for (;;) {
+        struct http_request req;
+        int r = http_read_request(c, &lim, &req);
+        if (r < 0) break;
+        if (r > 0) { http_request_free(&req); reply_and_close(srv, c, r, peer); break; }
+        double t0 = mono_ms();
+        if (srv->stop) req.keep_alive = false;
+        ctx x = { .srv = srv, .c = c, .req = &req, .status = 0, .cors = cors };
+        route(&x);
+        atomic_fetch_add(&srv->requests_total, 1);
+        fprintf(stderr, "%s \"%s %s HTTP/1.%d\" %d %zu %.1fms\n", peer, req.method, req.path, req.minor, x.status,
+                x.bytes, mono_ms() - t0);
+        bool keep = req.keep_alive && !c->broken && !srv->stop;
+        http_request_free(&req);
+        if (!keep) break;
+    }
+    close(fd);
+    free(c);
+}

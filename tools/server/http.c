@@ -1,0 +1,298 @@
+/* http.c - HTTP/1.1 request reading and response writing (see http.h). */
+#define _GNU_SOURCE
+#include "http.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void http_conn_init(struct http_conn * c, int fd) {
+    c->fd = fd;
+    c->len = 0;
+    c->broken = false;
+}
+
+/* Waits until fd is readable, the deadline passes or shutdown starts (ticks of 200 ms).
+ * Returns 1 readable, 0 timeout, -1 shutdown. */
+static int wait_readable(int fd, double deadline, const volatile int * stop) {
+    for (;;) {
+        if (stop && *stop) return -1;
+        double left = deadline - now_s();
+        if (left <= 0) return 0;
+        int ms = left > 0.2 ? 200 : (int)(left * 1000) + 1;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int r = poll(&p, 1, ms);
+        if (r > 0) return 1;
+        if (r < 0 && errno != EINTR) return 1;  /* let recv report the error */
+    }
+}
+
+/* Reads some bytes; >0 count, 0 peer closed, -1 error, -2 timeout, -3 shutdown. */
+static ssize_t read_some(int fd, char * dst, size_t cap, double deadline, const volatile int * stop) {
+    for (;;) {
+        int w = wait_readable(fd, deadline, stop);
+        if (w == 0) return -2;
+        if (w < 0) return -3;
+        ssize_t n = recv(fd, dst, cap, 0);
+        if (n >= 0) return n;
+        if (errno == EINTR || errno == EAGAIN) continue;
+        return -1;
+    }
+}
+
+static bool is_tchar(char ch) {
+    unsigned char c = (unsigned char)ch;
+    if (c >= 'a' && c <= 'z') return true;
+    if (c >= 'A' && c <= 'Z') return true;
+    if (c >= '0' && c <= '9') return true;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+const char * http_header(const struct http_request * req, const char * name) {
+    for (int k = 0; k < req->n_headers; k++)
+        if (strcasecmp(req->headers[k].name, name) == 0) return req->headers[k].value;
+    return NULL;
+}
+
+void http_request_free(struct http_request * req) {
+    free(req->body);
+    req->body = NULL;
+    req->body_len = 0;
+}
+
+/* Case-insensitive search for a token in a comma-separated header value. */
+static bool has_token(const char * v, const char * tok) {
+    size_t n = strlen(tok);
+    while (v && *v) {
+        while (*v == ' ' || *v == '\t' || *v == ',') v++;
+        const char * e = v;
+        while (*e && *e != ',') e++;
+        const char * t = e;
+        while (t > v && (t[-1] == ' ' || t[-1] == '\t')) t--;
+        if ((size_t)(t - v) == n && strncasecmp(v, tok, n) == 0) return true;
+        v = e;
+    }
+    return false;
+}
+
+/* Parses the head in c->hdr (head_len bytes, ending with CRLFCRLF). Returns 0 or an HTTP status. */
+static int parse_head(struct http_conn * c, size_t head_len, struct http_request * req) {
+    char * s = c->hdr;
+    s[head_len] = 0;
+    /* request line: method SP target SP HTTP/1.x CRLF */
+    char * eol = strstr(s, "\r\n");
+    if (!eol) return 400;
+    *eol = 0;
+    char * sp1 = strchr(s, ' ');
+    if (!sp1) return 400;
+    *sp1 = 0;
+    char * target = sp1 + 1;
+    char * sp2 = strchr(target, ' ');
+    if (!sp2) return 400;
+    *sp2 = 0;
+    char * ver = sp2 + 1;
+    if (!*s) return 400;
+    for (char * m = s; *m; m++) if (!is_tchar(*m)) return 400;
+    if (target[0] != '/') return 400;
+    for (char * t = target; *t; t++) if ((unsigned char)*t <= 0x20 || (unsigned char)*t >= 0x7F) return 400;
+    if (strncmp(ver, "HTTP/1.", 7) != 0 || (ver[7] != '0' && ver[7] != '1') || ver[8]) {
+        return strncmp(ver, "HTTP/", 5) == 0 ? 505 : 400;
+    }
+    req->method = s;
+    req->target = target;
+    req->minor = ver[7] - '0';
+    /* headers */
+    char * line = eol + 2;
+    req->n_headers = 0;
+    while (*line) {
+        char * e = strstr(line, "\r\n");
+        if (!e) return 400;
+        *e = 0;
+        if (e == line) break;  /* the empty line */
+        if (*line == ' ' || *line == '\t') return 400;  /* obsolete line folding */
+        char * colon = strchr(line, ':');
+        if (!colon || colon == line) return 400;
+        for (char * q = line; q < colon; q++) if (!is_tchar(*q)) return 400;
+        *colon = 0;
+        char * v = colon + 1;
+        while (*v == ' ' || *v == '\t') v++;
+        char * ve = v + strlen(v);
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) *--ve = 0;
+        for (char * q = v; *q; q++) {
+            unsigned char ch = (unsigned char)*q;
+            if ((ch < 0x20 && ch != '\t') || ch == 0x7F) return 400;
+        }
+        if (req->n_headers == HTTP_MAX_HEADERS) return 431;
+        req->headers[req->n_headers].name = line;
+        req->headers[req->n_headers].value = v;
+        req->n_headers++;
+        line = e + 2;
+    }
+    return 0;
+}
+
+int http_read_request(struct http_conn * c, const struct http_limits * lim, struct http_request * req) {
+    memset(req, 0, sizeof *req);
+    double deadline = now_s() + (lim->timeout_s > 0 ? lim->timeout_s : 30);
+    size_t head_end = 0;
+    for (;;) {
+        c->buf[c->len] = 0;
+        if (c->len >= 4) {
+            /* a NUL byte in the head is invalid; memmem finds the terminator regardless */
+            char * t = memmem(c->buf, c->len, "\r\n\r\n", 4);
+            if (t) { head_end = (size_t)(t - c->buf) + 4; break; }
+        }
+        if (c->len >= HTTP_HEADER_BYTES) return 431;
+        ssize_t n = read_some(c->fd, c->buf + c->len, HTTP_HEADER_BYTES - c->len, deadline, lim->stop);
+        if (n == 0 || n == -3) return c->len == 0 || n == -3 ? HTTP_READ_CLOSED : HTTP_READ_ERROR;
+        if (n == -2) return HTTP_READ_TIMEOUT;
+        if (n < 0) return HTTP_READ_ERROR;
+        c->len += (size_t)n;
+    }
+    if (memchr(c->buf, 0, head_end)) return 400;
+    memcpy(c->hdr, c->buf, head_end);
+    int st = parse_head(c, head_end, req);
+    size_t rest = c->len - head_end;
+    memmove(c->buf, c->buf + head_end, rest);
+    c->len = rest;
+    if (st) return st;
+    /* routing uses the path only; the query string is dropped */
+    char * q = strchr(req->target, '?');
+    if (q) *q = 0;
+    req->path = req->target;
+    const char * conn = http_header(req, "Connection");
+    req->keep_alive = req->minor >= 1 ? !has_token(conn, "close") : has_token(conn, "keep-alive");
+    if (http_header(req, "Transfer-Encoding")) return 411;  /* chunked request bodies are not supported */
+    size_t clen = 0;
+    bool have_len = false;
+    for (int k = 0; k < req->n_headers; k++) {
+        if (strcasecmp(req->headers[k].name, "Content-Length") != 0) continue;
+        const char * v = req->headers[k].value;
+        if (!*v || strlen(v) > 18) return strlen(v) > 18 ? 413 : 400;
+        size_t x = 0;
+        for (const char * d = v; *d; d++) {
+            if (*d < '0' || *d > '9') return 400;
+            x = x * 10 + (size_t)(*d - '0');
+        }
+        if (have_len && x != clen) return 400;
+        clen = x;
+        have_len = true;
+    }
+    if (clen > lim->max_body) return 413;
+    const char * expect = http_header(req, "Expect");
+    if (expect) {
+        if (strcasecmp(expect, "100-continue") != 0) return 417;
+        if (clen > c->len) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            if (!http_send(c, cont, sizeof cont - 1)) return HTTP_READ_ERROR;
+        }
+    }
+    req->body = malloc(clen + 1);
+    if (!req->body) return 503;
+    size_t have = c->len < clen ? c->len : clen;
+    memcpy(req->body, c->buf, have);
+    memmove(c->buf, c->buf + have, c->len - have);
+    c->len -= have;
+    while (have < clen) {
+        ssize_t n = read_some(c->fd, req->body + have, clen - have, deadline, lim->stop);
+        if (n == -2) { http_request_free(req); return HTTP_READ_TIMEOUT; }
+        if (n <= 0) { http_request_free(req); return HTTP_READ_ERROR; }
+        have += (size_t)n;
+    }
+    req->body[clen] = 0;
+    req->body_len = clen;
+    return HTTP_READ_OK;
+}
+
+bool http_send(struct http_conn * c, const void * data, size_t len) {
+    const char * p = data;
+    while (len && !c->broken) {
+        ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            c->broken = true;  /* EPIPE, ECONNRESET, or the send timeout (EAGAIN) */
+            break;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return !c->broken;
+}
+
+const char * http_reason(int status) {
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default:  return "Unknown";
+    }
+}
+
+static bool send_head(struct http_conn * c, int status, const char * content_type, const char * extra,
+                      const char * framing, bool keep_alive) {
+    char head[1024];
+    int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nServer: triattn-server\r\nContent-Type: %s\r\n%s"
+                     "Connection: %s\r\n", status, http_reason(status), content_type, framing,
+                     keep_alive ? "keep-alive" : "close");
+    if (n < 0 || (size_t)n >= sizeof head) return false;
+    if (!http_send(c, head, (size_t)n)) return false;
+    if (extra && !http_send(c, extra, strlen(extra))) return false;
+    return http_send(c, "\r\n", 2);
+}
+
+bool http_respond(struct http_conn * c, int status, const char * content_type, const char * extra_headers,
+                  const char * body, size_t body_len, bool keep_alive) {
+    char framing[64];
+    snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", body_len);
+    if (!send_head(c, status, content_type, extra_headers, framing, keep_alive)) return false;
+    return body_len == 0 || http_send(c, body, body_len);
+}
+
+bool http_stream_begin(struct http_conn * c, int status, const char * content_type, const char * extra_headers,
+                       bool keep_alive) {
+    return send_head(c, status, content_type, extra_headers,
+                     "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n", keep_alive);
+}
+
+bool http_stream_chunk(struct http_conn * c, const char * data, size_t len) {
+    if (len == 0) return !c->broken;  /* an empty chunk would end the stream */
+    char sz[24];
+    int n = snprintf(sz, sizeof sz, "%zx\r\n", len);
+    return http_send(c, sz, (size_t)n) && http_send(c, data, len) && http_send(c, "\r\n", 2);
+}
+
+bool http_stream_end(struct http_conn * c) { return http_send(c, "0\r\n\r\n", 5); }
+
+bool http_peer_gone(struct http_conn * c) {
+    if (c->broken) return true;
+    struct pollfd p = { .fd = c->fd, .events = POLLRDHUP };
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+        c->broken = true;
+        return true;
+    }
+    return false;
+}

@@ -1,0 +1,254 @@
+/*
+ * triattn-server: an OpenAI-compatible HTTP server over libtriattn (include/triattn.h only).
+ *
+ * Threads: the main thread accepts; each connection gets a thread that reads requests (keep-alive) and
+ * answers them; a generation request takes one of --parallel slots (sessions over the shared model),
+ * waiting in FIFO order while all are busy.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server.h"
+
+static struct server g_srv;
+
+static void on_signal(int sig) { (void)sig; g_srv.stop = 1; }
+
+static void usage(FILE * f) {
+    fprintf(f,
+        "usage: triattn-server -m MODEL.gguf [options]\n"
+        "\n"
+        "An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions (stream and not), /v1/models,\n"
+        "/health, /tokenize, /detokenize, /metrics (Prometheus), /slots.\n"
+        "\n"
+        "server:\n"
+        "  --host ADDR          address to listen on (default 127.0.0.1)\n"
+        "  --port N             port; 0 picks a free one (default 8080). Prints 'listening on http://HOST:PORT'\n"
+        "  --parallel N         slots = requests generated at once; more wait in a queue (default 4)\n"
+        "  --max-body BYTES     largest request body, else 413 (default 1048576)\n"
+        "  --timeout S          seconds to receive a whole request / keep-alive idle limit (default 30)\n"
+        "  --max-conns N        open connections at most; more get 503 (default 256)\n"
+        "  --api-key KEY        require 'Authorization: Bearer KEY' (all but /health)\n"
+        "  --cors               send Access-Control-Allow-* headers and answer OPTIONS preflights\n"
+        "  --alias NAME         model name reported by the API (default: the file name)\n"
+        "\n"
+        "model and sessions:\n"
+        "  -m, --model PATH     GGUF model file (required)\n"
+        "  -c, --ctx-size N     context per slot in tokens (default 4096)\n"
+        "  -t, --threads N      CPU threads in total, shared evenly by the slots, >= 1 each (default: all cores)\n"
+        "  --chat-format NAME   chatml, llama3, llama2, mistral, gemma, qwen, deepseek-r1 (default: from the model)\n"
+        "\n"
+        "KV cache (TriAttention):\n"
+        "  --kv-policy NAME     full or triattention (default: triattention when calibrated, else full)\n"
+        "  --kv-budget N        slots kept per layer/KV head after compression (default 2048)\n"
+        "  --kv-interval N      compress when live slots reach budget + interval (default 128)\n"
+        "  --kv-window N        recent tokens never evicted (default: the policy's)\n"
+        "  --kv-sink N          leading tokens never evicted (default 4)\n"
+        "  --calibration PATH   sidecar GGUF with triattention.* query centres\n"
+        "\n"
+        "  -h, --help           this help\n");
+}
+
+static bool parse_int(const char * s, long lo, long hi, long * out) {
+    char * e = NULL;
+    errno = 0;
+    long v = strtol(s, &e, 10);
+    if (errno || !e || *e || e == s || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static int parse_args(int argc, char ** argv, struct server_opts * o) {
+    o->host = "127.0.0.1";
+    o->port = 8080;
+    o->max_body = 1 << 20;
+    o->timeout_s = 30;
+    o->parallel = 4;
+    o->threads = 0;
+    o->ctx_size = 4096;
+    o->kv_budget = 2048;
+    o->kv_interval = 128;
+    o->kv_window = -1;
+    o->kv_sink = 4;
+    o->max_conns = 256;
+    for (int i = 1; i < argc; i++) {
+        const char * a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
+        if (!strcmp(a, "--cors")) { o->cors = true; continue; }
+        if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return -1; }
+        const char * v = argv[++i];
+        long n = 0;
+#define INTOPT(name, lo, hi, field) \
+        if (!strcmp(a, name)) { if (!parse_int(v, lo, hi, &n)) { fprintf(stderr, "error: %s needs an integer in [%ld, %ld]\n", a, (long)(lo), (long)(hi)); return -1; } field = n; continue; }
+        INTOPT("--port", 0, 65535, o->port)
+        INTOPT("--parallel", 1, 256, o->parallel)
+        INTOPT("--max-body", 1, 1L << 30, o->max_body)
+        INTOPT("--timeout", 1, 86400, o->timeout_s)
+        INTOPT("--max-conns", 1, 100000, o->max_conns)
+        INTOPT("-c", 0, 1 << 24, o->ctx_size)
+        INTOPT("--ctx-size", 0, 1 << 24, o->ctx_size)
+        INTOPT("-t", 0, 4096, o->threads)
+        INTOPT("--threads", 0, 4096, o->threads)
+        INTOPT("--kv-budget", 1, 1 << 24, o->kv_budget)
+        INTOPT("--kv-interval", 1, 1 << 24, o->kv_interval)
+        INTOPT("--kv-window", -1, 1 << 24, o->kv_window)
+        INTOPT("--kv-sink", 0, 1 << 24, o->kv_sink)
+#undef INTOPT
+        if (!strcmp(a, "--host")) { o->host = v; continue; }
+        if (!strcmp(a, "--api-key")) { o->api_key = v; continue; }
+        if (!strcmp(a, "--alias")) { o->alias = v; continue; }
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { o->model_path = v; continue; }
+        if (!strcmp(a, "--chat-format")) { o->chat_format = v; continue; }
+        if (!strcmp(a, "--kv-policy")) { o->kv_policy = v; continue; }
+        if (!strcmp(a, "--calibration")) { o->calibration = v; continue; }
+        fprintf(stderr, "error: unknown option %s (see --help)\n", a);
+        return -1;
+    }
+    if (!o->model_path) { fprintf(stderr, "error: -m MODEL.gguf is required (see --help)\n"); return -1; }
+    if (!o->alias) {
+        const char * b = strrchr(o->model_path, '/');
+        o->alias = b ? b + 1 : o->model_path;
+    }
+    return 0;
+}
+
+static int open_listener(const char * host, int port, int * bound_port) {
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
+    struct addrinfo * res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int rc = getaddrinfo(host, ps, &hints, &res);
+    if (rc) { fprintf(stderr, "error: cannot resolve %s: %s\n", host, gai_strerror(rc)); return -1; }
+    int fd = -1;
+    for (struct addrinfo * ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 128) == 0) break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) { fprintf(stderr, "error: cannot listen on %s:%d: %s\n", host, port, strerror(errno)); return -1; }
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    *bound_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                                 : ((struct sockaddr_in *)&sa)->sin_port);
+    return fd;
+}
+
+struct conn_arg { int fd; };
+
+static void * conn_main(void * p) {
+    int fd = ((struct conn_arg *)p)->fd;
+    free(p);
+    api_serve_connection(&g_srv, fd);
+    atomic_fetch_sub(&g_srv.active_conns, 1);
+    return NULL;
+}
+
+int main(int argc, char ** argv) {
+    struct server * srv = &g_srv;
+    int pa = parse_args(argc, argv, &srv->o);
+    if (pa) return pa > 0 ? 0 : 2;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512];
+    struct triattn_model_params mp;
+    triattn_model_params_init(&mp);
+    mp.calibration_path = srv->o.calibration;
+    if (triattn_model_load(srv->o.model_path, &mp, &srv->model, err, sizeof err) != TRIATTN_OK) {
+        fprintf(stderr, "error: %s\n", err);
+        return 1;
+    }
+    triattn_model_get_info(srv->model, &srv->info);
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int total = srv->o.threads > 0 ? srv->o.threads : (int)(cores > 0 ? cores : 1);
+    struct triattn_session_params sp;
+    triattn_session_params_init(&sp);
+    sp.n_ctx = srv->o.ctx_size;
+    sp.n_threads = total / srv->o.parallel > 0 ? total / srv->o.parallel : 1;
+    sp.kv_policy = srv->o.kv_policy;
+    sp.kv_budget = srv->o.kv_budget;
+    sp.kv_interval = srv->o.kv_interval;
+    sp.kv_window = srv->o.kv_window;
+    sp.kv_sink = srv->o.kv_sink;
+    if (slots_init(&srv->pool, srv->model, srv->o.parallel, &sp, err, sizeof err) != TRIATTN_OK) {
+        fprintf(stderr, "error: creating %d sessions: %s\n", srv->o.parallel, err);
+        triattn_model_free(srv->model);
+        return 1;
+    }
+
+    int port = 0;
+    int lfd = open_listener(srv->o.host, srv->o.port, &port);
+    if (lfd < 0) { slots_free(&srv->pool); triattn_model_free(srv->model); return 1; }
+    srv->started = time(NULL);
+    fprintf(stderr, "triattn-server %s: model %s (%s, %lld params), %d slots x %d threads, n_ctx %d, kv %s\n",
+            triattn_version(), srv->o.alias, srv->info.arch, (long long)srv->info.n_params, srv->o.parallel,
+            sp.n_threads, triattn_session_n_ctx(srv->pool.slots[0].session), srv->pool.slots[0].kv.policy);
+    printf("listening on http://%s:%d\n", srv->o.host, port);
+    fflush(stdout);
+
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 1 << 20);
+    while (!srv->stop) {
+        struct pollfd p = { .fd = lfd, .events = POLLIN };
+        if (poll(&p, 1, 200) <= 0) continue;
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) continue;
+        if (atomic_load(&srv->active_conns) >= srv->o.max_conns) {
+            static const char body[] = "{\"error\":{\"message\":\"too many connections\",\"type\":\"server_error\",\"code\":\"busy\"}}";
+            char busy[320];
+            int n = snprintf(busy, sizeof busy, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                             "Content-Length: %zu\r\nConnection: close\r\n\r\n%s", sizeof body - 1, body);
+            ssize_t w = send(fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+            close(fd);
+            continue;
+        }
+        struct conn_arg * ca = malloc(sizeof *ca);
+        pthread_t th;
+        atomic_fetch_add(&srv->active_conns, 1);
+        if (!ca) { close(fd); atomic_fetch_sub(&srv->active_conns, 1); continue; }
+        ca->fd = fd;
+        if (pthread_create(&th, &attr, conn_main, ca) != 0) {
+            free(ca);
+            close(fd);
+            atomic_fetch_sub(&srv->active_conns, 1);
+        }
+    }
+    pthread_attr_destroy(&attr);
+    close(lfd);
+    fprintf(stderr, "shutting down: waiting for %d connection(s)\n", atomic_load(&srv->active_conns));
+    /* connections notice the stop flag within ~200 ms; generations stop at the next token */
+    for (int k = 0; k < 100 && atomic_load(&srv->active_conns) > 0; k++) usleep(50 * 1000);
+    if (atomic_load(&srv->active_conns) == 0) {
+        slots_free(&srv->pool);
+        triattn_model_free(srv->model);
+    }
+    fprintf(stderr, "bye\n");
+    return 0;
+}

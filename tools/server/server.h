@@ -1,0 +1,48 @@
+/* server.h - triattn-server's shared state: options, the model, the slot pool, counters. */
+#ifndef TRI_SRV_SERVER_H
+#define TRI_SRV_SERVER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "slots.h"
+#include "triattn.h"
+
+struct server_opts {
+    const char * host;
+    int          port;
+    size_t       max_body;
+    int          timeout_s;
+    const char * api_key;
+    bool         cors;
+    int          parallel;
+    int          threads;
+    int          ctx_size;
+    const char * kv_policy;
+    int          kv_budget, kv_interval, kv_window, kv_sink;
+    const char * calibration;
+    const char * chat_format;
+    const char * model_path;
+    const char * alias;
+    int          max_conns;
+};
+
+struct server {
+    struct server_opts  o;
+    triattn_model *     model;
+    struct triattn_model_info info;
+    struct slot_pool    pool;
+    volatile int        stop;          /* set by SIGINT/SIGTERM */
+    time_t              started;
+    atomic_llong        requests_total, requests_failed, tokens_generated, prompt_tokens, id_counter;
+    atomic_int          active_conns;
+    atomic_llong        decode_us_total;   /* generation wall time, for tokens/s */
+};
+
+/* Serves one accepted connection until it closes (keep-alive loop); closes fd. */
+void api_serve_connection(struct server * srv, int fd);
+
+#endif

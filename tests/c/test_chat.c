@@ -9,25 +9,16 @@
 #include <string.h>
 #include <time.h>
 
-static int g_pass, g_fail;
-static unsigned long long g_seed, g_rng;
-
-#define CHECK(cond, ...) do { if (cond) { g_pass++; } else { g_fail++; \
-    if (g_fail <= 20) { printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__, g_seed); printf(__VA_ARGS__); printf("\n"); } } } while (0)
-
-static uint32_t rnd(void) {
-    g_rng ^= g_rng >> 12; g_rng ^= g_rng << 25; g_rng ^= g_rng >> 27;
-    return (uint32_t) ((g_rng * 2685821657736338717ULL) >> 32);
-}
-static uint32_t rnd_n(uint32_t n) { return n ? rnd() % n : 0; }
+#define TU_FAIL_PRINT_LIMIT 20
+#include "test_util.h"
 
 /* Random text without leading/trailing whitespace (so Llama 3's trim leaves it alone). */
 static void rand_text(char * o, size_t cap) {
     static const char * words[] = { "hello", "wörld", "中文", "😀", "a\nb", "x\ty", "<|im_end|>", "{{x}}", "\\", "'" };
-    size_t n = 0, k = 1 + rnd_n(8);
+    size_t n = 0, k = 1 + (uint32_t) tu_below(8);
     o[0] = '\0';
     for (size_t i = 0; i < k; i++) {
-        const char * w = words[rnd_n(10)];
+        const char * w = words[(uint32_t) tu_below(10)];
         if (n + strlen(w) + 2 >= cap) break;
         if (i) o[n++] = ' ';
         strcpy(o + n, w);
@@ -69,20 +60,20 @@ static void test_chatml_and_truncation(void) {
     static char contents[8][256], expect[4096], buf[4096];
     struct triattn_chat_message m[8];
     for (int rep = 0; rep < 200; rep++) {
-        size_t n = 1 + rnd_n(8), e = 0;
+        size_t n = 1 + (uint32_t) tu_below(8), e = 0;
         for (size_t i = 0; i < n; i++) {
             rand_text(contents[i], sizeof contents[i]);
-            m[i].role    = k_roles[i == 0 ? rnd_n(3) : 1 + rnd_n(2)];
+            m[i].role    = k_roles[i == 0 ? (uint32_t) tu_below(3) : 1 + (uint32_t) tu_below(2)];
             m[i].content = contents[i];
             e += (size_t) snprintf(expect + e, sizeof expect - e, "<|im_start|>%s\n%s<|im_end|>\n", m[i].role, m[i].content);
         }
-        bool gen = rnd_n(2);
+        bool gen = (uint32_t) tu_below(2);
         if (gen) e += (size_t) snprintf(expect + e, sizeof expect - e, "<|im_start|>assistant\n");
         size_t need = 12345;
         char   err[256];
         enum triattn_status st = tri_chat_apply(NULL, "chatml", NULL, m, n, gen, NULL, 0, &need, err, sizeof err);
         CHECK(st == TRIATTN_OK && need == e, "size query: status %d, need %zu, expected %zu", st, need, e);
-        size_t cap = rnd_n(4) == 0 ? sizeof buf : rnd_n((uint32_t) e + 3);
+        size_t cap = (uint32_t) tu_below(4) == 0 ? sizeof buf : (uint32_t) tu_below((uint32_t) e + 3);
         memset(buf, 'Z', sizeof buf);
         size_t got = 0;
         st = tri_chat_apply(NULL, "chatml", NULL, m, n, gen, buf, cap, &got, err, sizeof err);
@@ -128,7 +119,7 @@ static void test_llama3(void) {
 static void test_default_system(void) {
     char word[64], tmpl[512], want[512], buf[1024];
     for (int rep = 0; rep < 20; rep++) {
-        snprintf(word, sizeof word, "Bot%u", rnd());
+        snprintf(word, sizeof word, "Bot%u", tu_u32());
         snprintf(tmpl, sizeof tmpl, "{%% if messages[0]['role'] != 'system' %%}{{ '<|im_start|>system\\nYou are \\'%s\\'."
                  "\\tOK<|im_end|>\\n' }}{%% endif %%}{{ '<|im_start|>system\\n' + messages[0]['content'] }}", word);
         struct triattn_chat_message m[1] = { { "user", word } };
@@ -144,7 +135,7 @@ static void test_errors(void) {
     char err[512], buf[256];
     size_t n = 0;
     char role[32];
-    snprintf(role, sizeof role, "wizard%u", rnd_n(1000));
+    snprintf(role, sizeof role, "wizard%u", (uint32_t) tu_below(1000));
     struct triattn_chat_message bad_role[2] = { { "user", "hi" }, { role, "x" } };
     enum triattn_status st = tri_chat_apply(NULL, "chatml", NULL, bad_role, 2, true, buf, sizeof buf, &n, err, sizeof err);
     CHECK(st == TRIATTN_ERR_INVALID_ARG && strstr(err, role), "unknown role: %d %s", st, err);
@@ -170,14 +161,11 @@ static void test_errors(void) {
 }
 
 int main(void) {
-    const char * env = getenv("TRI_TEST_SEED");
-    g_seed = env ? strtoull(env, NULL, 10) : (unsigned long long) time(NULL) ^ ((unsigned long long) clock() << 20);
-    g_rng = g_seed * 0x9E3779B97F4A7C15ULL + 1;
+    tu_seed_init("TRI_TEST_SEED");
     test_detect();
     test_chatml_and_truncation();
     test_llama3();
     test_default_system();
     test_errors();
-    printf("%d passed, %d failed (seed %llu)\n", g_pass, g_fail, g_seed);
-    return g_fail ? 1 : 0;
+    return tu_finish();
 }

@@ -12,45 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static int      g_pass, g_fail;
-static uint64_t g_seed;
-
-#define CHECK(cond, ...)                                                                     \
-    do {                                                                                     \
-        if (cond) {                                                                          \
-            g_pass++;                                                                        \
-        } else {                                                                             \
-            g_fail++;                                                                        \
-            fprintf(stderr, "FAIL %s:%d (seed %" PRIu64 "): ", __FILE__, __LINE__, g_seed);  \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-        }                                                                                    \
-    } while (0)
-
-static uint64_t g_rng;
-static uint64_t rnd(void) { /* splitmix64 */
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static uint64_t rnd_n(uint64_t n) { return n ? rnd() % n : 0; }
+#include "test_util.h"
 
 /* ---- a minimal GGUF writer --------------------------------------------------------------------- */
-
-typedef struct { uint8_t * p; size_t n, cap; } buf_t;
-
-static void put(buf_t * b, const void * d, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-static void put_u32(buf_t * b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(buf_t * b, uint64_t v) { put(b, &v, 8); }
-static void put_str(buf_t * b, const char * s, size_t n) { put_u64(b, n); put(b, s, n); }
 
 typedef struct {
     char     key[48];
@@ -87,31 +51,31 @@ static void block_of(uint32_t type, int64_t * blck, size_t * bytes) {
 }
 
 /* Writes a whole file; tensor data bytes are random. Records the offset of each tensor's offset field. */
-static buf_t build(uint32_t version, const kv_spec * kvs, int nkv, t_spec * ts, int nt, uint32_t align,
+static tu_buf build(uint32_t version, const kv_spec * kvs, int nkv, t_spec * ts, int nt, uint32_t align,
                    size_t * t_offset_field) {
-    buf_t b = { 0 };
-    put(&b, "GGUF", 4);
-    put_u32(&b, version);
-    put_u64(&b, (uint64_t) nt);
-    put_u64(&b, (uint64_t) nkv);
+    tu_buf b = { 0 };
+    tu_put(&b, "GGUF", 4);
+    tu_put_u32(&b, version);
+    tu_put_u64(&b, (uint64_t) nt);
+    tu_put_u64(&b, (uint64_t) nkv);
     for (int i = 0; i < nkv; i++) {
         const kv_spec * kv = &kvs[i];
-        put_str(&b, kv->key, strlen(kv->key));
-        put_u32(&b, kv->type);
+        tu_put_str(&b, kv->key, strlen(kv->key));
+        tu_put_u32(&b, kv->type);
         if (kv->type == TRI_GGUF_STRING) {
-            put_str(&b, kv->strs[0], kv->lens[0]);
+            tu_put_str(&b, kv->strs[0], kv->lens[0]);
         } else if (kv->type == TRI_GGUF_ARRAY) {
-            put_u32(&b, kv->arr_type);
-            put_u64(&b, kv->n);
+            tu_put_u32(&b, kv->arr_type);
+            tu_put_u64(&b, kv->n);
             if (kv->arr_type == TRI_GGUF_STRING) {
                 for (uint64_t j = 0; j < kv->n; j++) {
-                    put_str(&b, kv->strs[j], kv->lens[j]);
+                    tu_put_str(&b, kv->strs[j], kv->lens[j]);
                 }
             } else {
-                put(&b, kv->data, kv->n * type_size_of(kv->arr_type));
+                tu_put(&b, kv->data, kv->n * type_size_of(kv->arr_type));
             }
         } else {
-            put(&b, kv->data, type_size_of(kv->type));
+            tu_put(&b, kv->data, type_size_of(kv->type));
         }
     }
     uint64_t next = 0;
@@ -127,25 +91,25 @@ static buf_t build(uint32_t version, const kv_spec * kvs, int nkv, t_spec * ts, 
             t->offset = next;
         }
         next = (t->offset + t->nbytes + align - 1) / align * align;
-        put_str(&b, t->name, strlen(t->name));
-        put_u32(&b, t->n_dims);
+        tu_put_str(&b, t->name, strlen(t->name));
+        tu_put_u32(&b, t->n_dims);
         for (uint32_t d = 0; d < t->n_dims; d++) {
-            put_u64(&b, (uint64_t) t->ne[d]);
+            tu_put_u64(&b, (uint64_t) t->ne[d]);
         }
-        put_u32(&b, t->type);
+        tu_put_u32(&b, t->type);
         if (t_offset_field) {
             t_offset_field[i] = b.n;
         }
-        put_u64(&b, t->offset);
+        tu_put_u64(&b, t->offset);
     }
     if (nt > 0) {
         while (b.n % align) {
             uint8_t z = 0;
-            put(&b, &z, 1);
+            tu_put(&b, &z, 1);
         }
         for (uint64_t i = 0; i < next; i++) {
-            uint8_t r = (uint8_t) rnd();
-            put(&b, &r, 1);
+            uint8_t r = (uint8_t) tu_u64();
+            tu_put(&b, &r, 1);
         }
     }
     return b;
@@ -156,7 +120,7 @@ static buf_t build(uint32_t version, const kv_spec * kvs, int nkv, t_spec * ts, 
 static void rand_numeric(uint8_t * p, uint32_t type, uint64_t n) {
     size_t sz = type_size_of(type);
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t v = rnd();
+        uint64_t v = tu_u64();
         if (type == TRI_GGUF_FLOAT32) {
             float f = (float) ((double) (int64_t) v / 9.2e18 * 1000.0);
             memcpy(p + i * sz, &f, 4);
@@ -172,9 +136,9 @@ static void rand_numeric(uint8_t * p, uint32_t type, uint64_t n) {
 }
 
 static void rand_str(char * s, size_t * len) {
-    *len = rnd_n(20);
+    *len = tu_below(20);
     for (size_t i = 0; i < *len; i++) {
-        s[i] = (char) rnd(); /* any byte, NUL included */
+        s[i] = (char) tu_u64(); /* any byte, NUL included */
     }
 }
 
@@ -185,7 +149,7 @@ static int rand_kvs(kv_spec * kvs, int cap) {
         if (t == TRI_GGUF_ARRAY) continue;
         kv_spec * kv = &kvs[n];
         memset(kv, 0, sizeof *kv);
-        snprintf(kv->key, sizeof kv->key, "test.scalar.%s.%u", tri_gguf_type_name(t), (unsigned) rnd_n(1000));
+        snprintf(kv->key, sizeof kv->key, "test.scalar.%s.%u", tri_gguf_type_name(t), (unsigned) tu_below(1000));
         kv->type = t;
         kv->n = 1;
         if (t == TRI_GGUF_STRING) rand_str(kv->strs[0], &kv->lens[0]);
@@ -200,16 +164,16 @@ static int rand_kvs(kv_spec * kvs, int cap) {
         kv->type = TRI_GGUF_ARRAY;
         kv->arr_type = t;
         if (t == TRI_GGUF_STRING) {
-            kv->n = rnd_n(9);
+            kv->n = tu_below(9);
             for (uint64_t j = 0; j < kv->n; j++) rand_str(kv->strs[j], &kv->lens[j]);
         } else {
-            kv->n = rnd_n(41); /* 0 included */
+            kv->n = tu_below(41); /* 0 included */
             rand_numeric(kv->data, t, kv->n);
         }
         n++;
     }
     for (int i = n - 1; i > 0; i--) { /* shuffle */
-        int j = (int) rnd_n((uint64_t) i + 1);
+        int j = (int) tu_below((uint64_t) i + 1);
         kv_spec tmp = kvs[i]; kvs[i] = kvs[j]; kvs[j] = tmp;
     }
     return n;
@@ -220,14 +184,14 @@ static int rand_tensors(t_spec * ts, int nt) {
     for (int i = 0; i < nt; i++) {
         t_spec * t = &ts[i];
         memset(t, 0, sizeof *t);
-        snprintf(t->name, sizeof t->name, "blk.%d.w%u", i, (unsigned) rnd_n(100));
-        t->type = types[rnd_n(5)];
-        t->n_dims = 1 + (uint32_t) rnd_n(4);
+        snprintf(t->name, sizeof t->name, "blk.%d.w%u", i, (unsigned) tu_below(100));
+        t->type = types[tu_below(5)];
+        t->n_dims = 1 + (uint32_t) tu_below(4);
         int64_t blck; size_t bb;
         block_of(t->type, &blck, &bb);
         for (int d = 0; d < 4; d++) t->ne[d] = 1;
-        t->ne[0] = blck * (1 + (int64_t) rnd_n(3));
-        for (uint32_t d = 1; d < t->n_dims; d++) t->ne[d] = 1 + (int64_t) rnd_n(3);
+        t->ne[0] = blck * (1 + (int64_t) tu_below(3));
+        for (uint32_t d = 1; d < t->n_dims; d++) t->ne[d] = 1 + (int64_t) tu_below(3);
         t->offset = UINT64_MAX;
     }
     return nt;
@@ -245,7 +209,7 @@ static kv_spec make_u32(const char * key, uint32_t v) {
 
 /* ---- checks ------------------------------------------------------------------------------------ */
 
-static void check_same(const tri_gguf * g, const buf_t * b, uint32_t version, const kv_spec * kvs, int nkv,
+static void check_same(const tri_gguf * g, const tu_buf * b, uint32_t version, const kv_spec * kvs, int nkv,
                        const t_spec * ts, int nt, uint32_t align) {
     CHECK(g->version == version, "version %u", g->version);
     CHECK(g->n_kv == (uint64_t) nkv, "n_kv %" PRIu64 " != %d", g->n_kv, nkv);
@@ -312,21 +276,20 @@ static void check_same(const tri_gguf * g, const buf_t * b, uint32_t version, co
     CHECK(tri_gguf_find(g, "no.such.key") == NULL && tri_gguf_find_tensor(g, "no.such.tensor") == NULL, "find missing");
 }
 
-static enum triattn_status parse_buf(const buf_t * b, size_t size, char * err, size_t n) {
+static enum triattn_status parse_buf(const tu_buf * b, size_t size, char * err, size_t n) {
     tri_gguf * g = NULL;
     enum triattn_status st = tri_gguf_open_buffer(b->p, size, &g, err, n);
     if ((st == TRIATTN_OK) != (g != NULL)) {
-        g_fail++;
-        fprintf(stderr, "FAIL: status %d but handle %p (seed %" PRIu64 ")\n", st, (void *) g, g_seed);
+        CHECK(0, "status %d but handle %p", st, (void *) g);
     }
     tri_gguf_close(g);
     return st;
 }
 
 /* A random valid file: every value type, tensors, alignment chosen by the caller. */
-static buf_t rand_file(uint32_t version, uint32_t align, int nt, kv_spec * kvs, int * nkv, t_spec * ts) {
+static tu_buf rand_file(uint32_t version, uint32_t align, int nt, kv_spec * kvs, int * nkv, t_spec * ts) {
     *nkv = rand_kvs(kvs, 30);
-    if (align != 32 || rnd_n(2)) {
+    if (align != 32 || tu_below(2)) {
         kvs[(*nkv)++] = make_u32("general.alignment", align);
     }
     rand_tensors(ts, nt);
@@ -338,10 +301,10 @@ static void test_roundtrip(void) {
     t_spec ts[8];
     for (int rep = 0; rep < 40; rep++) {
         uint32_t version = 2 + (uint32_t) (rep & 1);
-        uint32_t align = rep % 4 == 0 ? 32 : 1u << rnd_n(9); /* 1 .. 256 */
-        int nt = (int) rnd_n(7);
+        uint32_t align = rep % 4 == 0 ? 32 : 1u << tu_below(9); /* 1 .. 256 */
+        int nt = (int) tu_below(7);
         int nkv;
-        buf_t b = rand_file(version, align, nt, kvs, &nkv, ts);
+        tu_buf b = rand_file(version, align, nt, kvs, &nkv, ts);
         tri_gguf * g = NULL;
         char err[256] = "";
         enum triattn_status st = tri_gguf_open_buffer(b.p, b.n, &g, err, sizeof err);
@@ -358,7 +321,7 @@ static void test_zero_tensors_and_files(void) {
     kv_spec kvs[32];
     t_spec ts[4];
     int nkv;
-    buf_t b = rand_file(3, 32, 0, kvs, &nkv, ts);
+    tu_buf b = rand_file(3, 32, 0, kvs, &nkv, ts);
     char err[256] = "";
     CHECK(parse_buf(&b, b.n, err, sizeof err) == TRIATTN_OK, "metadata-only file: %s", err);
     free(b.p);
@@ -391,10 +354,10 @@ static void test_zero_tensors_and_files(void) {
 static void test_getters(void) {
     kv_spec kvs[8];
     int n = 0;
-    int32_t neg = -5 - (int32_t) rnd_n(100);
-    uint64_t big = (1ull << 40) + rnd_n(1000);
-    double dv = 1.5 + (double) rnd_n(1000);
-    uint8_t u8 = (uint8_t) (1 + rnd_n(200));
+    int32_t neg = -5 - (int32_t) tu_below(100);
+    uint64_t big = (1ull << 40) + tu_below(1000);
+    double dv = 1.5 + (double) tu_below(1000);
+    uint8_t u8 = (uint8_t) (1 + tu_below(200));
     kvs[n] = make_u32("a.u8", 0); kvs[n].type = TRI_GGUF_UINT8; memcpy(kvs[n++].data, &u8, 1);
     kvs[n] = make_u32("a.neg", 0); kvs[n].type = TRI_GGUF_INT32; memcpy(kvs[n++].data, &neg, 4);
     kvs[n] = make_u32("a.big", 0); kvs[n].type = TRI_GGUF_UINT64; memcpy(kvs[n++].data, &big, 8);
@@ -403,7 +366,7 @@ static void test_getters(void) {
     kvs[n] = make_u32("a.str", 0); kvs[n].type = TRI_GGUF_STRING; memcpy(kvs[n].strs[0], "hi", 2); kvs[n++].lens[0] = 2;
     kvs[n] = make_u32("a.arr", 0); kvs[n].type = TRI_GGUF_ARRAY; kvs[n].arr_type = TRI_GGUF_INT32; kvs[n].n = 3;
     rand_numeric(kvs[n++].data, TRI_GGUF_INT32, 3);
-    buf_t b = build(3, kvs, n, NULL, 0, 32, NULL);
+    tu_buf b = build(3, kvs, n, NULL, 0, 32, NULL);
     tri_gguf * g = NULL;
     char err[256] = "";
     CHECK(tri_gguf_open_buffer(b.p, b.n, &g, err, sizeof err) == TRIATTN_OK, "getters file: %s", err);
@@ -448,7 +411,7 @@ static void test_truncation(void) {
     kv_spec kvs[32];
     t_spec ts[4];
     int nkv;
-    buf_t b = rand_file(3, 32, 3, kvs, &nkv, ts);
+    tu_buf b = rand_file(3, 32, 3, kvs, &nkv, ts);
     char err[256];
     /* the trailing padding after the last tensor is optional: prefixes that keep all data are valid */
     tri_gguf * g = NULL;
@@ -466,7 +429,7 @@ static void test_truncation(void) {
             CHECK(parse_buf(&b, n, err, sizeof err) == TRIATTN_OK, "prefix %zu keeping all data: %s", n, err);
             continue;
         }
-        buf_t c = { malloc(n ? n : 1), n, n };
+        tu_buf c = { malloc(n ? n : 1), n, n };
         memcpy(c.p, b.p, n); /* exact-size copy so ASan sees any over-read */
         if (parse_buf(&c, n, err, sizeof err) == TRIATTN_OK) bad++;
         free(c.p);
@@ -480,14 +443,14 @@ static void test_flips(void) {
     kv_spec kvs[32];
     t_spec ts[4];
     int nkv;
-    buf_t b = rand_file(3, 32, 3, kvs, &nkv, ts);
-    buf_t c = { malloc(b.n), b.n, b.n };
+    tu_buf b = rand_file(3, 32, 3, kvs, &nkv, ts);
+    tu_buf c = { malloc(b.n), b.n, b.n };
     char err[256];
     int ok = 0, bad_status = 0;
     for (int rep = 0; rep < 5000; rep++) {
         memcpy(c.p, b.p, b.n);
-        int nflip = 1 + (int) rnd_n(8);
-        for (int k = 0; k < nflip; k++) c.p[rnd_n(b.n)] ^= (uint8_t) (1 + rnd_n(255));
+        int nflip = 1 + (int) tu_below(8);
+        for (int k = 0; k < nflip; k++) c.p[tu_below(b.n)] ^= (uint8_t) (1 + tu_below(255));
         enum triattn_status st = parse_buf(&c, c.n, err, sizeof err);
         if (st == TRIATTN_OK) ok++;
         else if (st != TRIATTN_ERR_FORMAT && st != TRIATTN_ERR_UNSUPPORTED && st != TRIATTN_ERR_OOM) bad_status++;
@@ -499,15 +462,15 @@ static void test_flips(void) {
 }
 
 /* Expects status and that the message mentions `needle`. */
-static void expect(const buf_t * b, enum triattn_status want, const char * needle, const char * what) {
+static void expect(const tu_buf * b, enum triattn_status want, const char * needle, const char * what) {
     char err[512] = "";
     enum triattn_status st = parse_buf(b, b->n, err, sizeof err);
     CHECK(st == want && (!needle || strstr(err, needle)), "%s: status %d (want %d), message '%s' (want '%s')",
           what, st, want, err, needle ? needle : "");
 }
 
-static void patch_u64(buf_t * b, size_t at, uint64_t v) { memcpy(b->p + at, &v, 8); }
-static void patch_u32(buf_t * b, size_t at, uint32_t v) { memcpy(b->p + at, &v, 4); }
+static void patch_u64(tu_buf * b, size_t at, uint64_t v) { memcpy(b->p + at, &v, 8); }
+static void patch_u32(tu_buf * b, size_t at, uint32_t v) { memcpy(b->p + at, &v, 4); }
 
 static void test_malformed(void) {
     t_spec ts[3];
@@ -519,9 +482,9 @@ static void test_malformed(void) {
     kvs[nkv].n = 2; memcpy(kvs[nkv].strs[0], "ab", 2); kvs[nkv].lens[0] = 2; kvs[nkv].lens[1] = 0; nkv++;
     rand_tensors(ts, 3);
     for (int i = 0; i < 3; i++) { ts[i].type = TRI_TYPE_F32; ts[i].n_dims = 2; ts[i].ne[0] = 8; ts[i].ne[1] = 2; }
-    buf_t good = build(3, kvs, nkv, ts, 3, 32, off_field);
+    tu_buf good = build(3, kvs, nkv, ts, 3, 32, off_field);
     expect(&good, TRIATTN_OK, NULL, "base file");
-    buf_t b = { malloc(good.n + 64), good.n, good.n + 64 };
+    tu_buf b = { malloc(good.n + 64), good.n, good.n + 64 };
 #define RESET() memcpy(b.p, good.p, good.n), b.n = good.n
 
     /* header */
@@ -546,7 +509,7 @@ static void test_malformed(void) {
     /* duplicate key: rename the second key to the first (same length prefix trick: build a new file) */
     {
         kv_spec d[2] = { make_u32("dup.key", 1), make_u32("dup.key", 2) };
-        buf_t x = build(3, d, 2, NULL, 0, 32, NULL);
+        tu_buf x = build(3, d, 2, NULL, 0, 32, NULL);
         expect(&x, TRIATTN_ERR_FORMAT, "duplicate key", "duplicate key");
         free(x.p);
     }
@@ -572,7 +535,7 @@ static void test_malformed(void) {
         t_spec d[2];
         rand_tensors(d, 2);
         strcpy(d[1].name, d[0].name);
-        buf_t x = build(3, NULL, 0, d, 2, 32, NULL);
+        tu_buf x = build(3, NULL, 0, d, 2, 32, NULL);
         expect(&x, TRIATTN_ERR_FORMAT, "duplicate tensor", "duplicate tensor");
         free(x.p);
     }
@@ -580,14 +543,14 @@ static void test_malformed(void) {
     static const uint32_t bad_align[] = { 0, 3, 48, 0x80000001u };
     for (int i = 0; i < 4; i++) {
         kv_spec a = make_u32("general.alignment", bad_align[i]);
-        buf_t x = build(3, &a, 1, NULL, 0, 32, NULL);
+        tu_buf x = build(3, &a, 1, NULL, 0, 32, NULL);
         expect(&x, TRIATTN_ERR_FORMAT, "general.alignment", "bad alignment");
         free(x.p);
     }
     {
         kv_spec a = make_u32("general.alignment", 0);
         a.type = TRI_GGUF_STRING; a.lens[0] = 1; a.strs[0][0] = '8';
-        buf_t x = build(3, &a, 1, NULL, 0, 32, NULL);
+        tu_buf x = build(3, &a, 1, NULL, 0, 32, NULL);
         expect(&x, TRIATTN_ERR_FORMAT, "general.alignment", "string alignment");
         free(x.p);
     }
@@ -597,17 +560,12 @@ static void test_malformed(void) {
 }
 
 int main(void) {
-    g_seed = (uint64_t) time(NULL) ^ ((uint64_t) getpid() << 32);
-    const char * env = getenv("TRI_TEST_SEED");
-    if (env) g_seed = strtoull(env, NULL, 10);
-    g_rng = g_seed;
+    tu_seed_init("TRI_TEST_SEED");
     test_roundtrip();
     test_zero_tensors_and_files();
     test_getters();
     test_truncation();
     test_flips();
     test_malformed();
-    if (g_fail) fprintf(stderr, "seed %" PRIu64 " (rerun with TRI_TEST_SEED)\n", g_seed);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail != 0;
+    return tu_finish();
 }

@@ -8,16 +8,7 @@
 
 #include "../../tools/server/json.c"
 
-static int n_pass, n_fail;
-static unsigned g_seed;
-
-#define CHECK(cond, ...) do { if (cond) n_pass++; else { n_fail++; printf("FAIL (seed %u) %s:%d: ", g_seed, __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } while (0)
-
-static unsigned long long rng_state;
-static unsigned rnd(void) {
-    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
-    return (unsigned)(rng_state >> 11);
-}
+#include "test_util.h"
 
 static json_value * P(const char * s) { char e[128]; return json_parse(s, strlen(s), NULL, e, sizeof e); }
 
@@ -65,37 +56,37 @@ static void test_invalid(void) {
 
 /* Random document generator (valid JSON), with random UTF-8 strings. */
 static void gen(jbuf * b, int depth) {
-    unsigned r = rnd() % (depth > 4 ? 4 : 6);
+    unsigned r = tu_u32() % (depth > 4 ? 4 : 6);
     switch (r) {
-    case 0: jb_int(b, (int64_t)(rnd() % 2000000) - 1000000); break;
-    case 1: jb_num(b, ((double)rnd() / 7.0 - 1e5) * pow(10, (int)(rnd() % 20) - 10)); break;
+    case 0: jb_int(b, (int64_t)(tu_u32() % 2000000) - 1000000); break;
+    case 1: jb_num(b, ((double)tu_u32() / 7.0 - 1e5) * pow(10, (int)(tu_u32() % 20) - 10)); break;
     case 2: case 3: {
         char s[64];
-        size_t n = 0, want = rnd() % 12;
+        size_t n = 0, want = tu_u32() % 12;
         for (size_t k = 0; k < want; k++) {
-            unsigned kind = rnd() % 5;
-            uint32_t cp = kind == 0 ? rnd() % 0x80 : kind == 1 ? 0x80 + rnd() % 0x780 : kind == 2 ? 0x800 + rnd() % 0xD000
-                        : kind == 3 ? 0x10000 + rnd() % 0x100000 : 0xE000 + rnd() % 0x2000;
+            unsigned kind = tu_u32() % 5;
+            uint32_t cp = kind == 0 ? tu_u32() % 0x80 : kind == 1 ? 0x80 + tu_u32() % 0x780 : kind == 2 ? 0x800 + tu_u32() % 0xD000
+                        : kind == 3 ? 0x10000 + tu_u32() % 0x100000 : 0xE000 + tu_u32() % 0x2000;
             if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
             n += utf8_put(s + n, cp);
         }
-        if (rnd() % 2) jb_str(b, s, n); else jb_value(b, &(json_value){ .type = rnd() % 2 ? JSON_BOOL : JSON_NULL, .b = true });
+        if (tu_u32() % 2) jb_str(b, s, n); else jb_value(b, &(json_value){ .type = tu_u32() % 2 ? JSON_BOOL : JSON_NULL, .b = true });
         break;
     }
     case 4: {
         jb_raw(b, "[", 1);
-        unsigned n = rnd() % 5;
+        unsigned n = tu_u32() % 5;
         for (unsigned k = 0; k < n; k++) { if (k) jb_raw(b, ",", 1); gen(b, depth + 1); }
         jb_raw(b, "]", 1);
         break;
     }
     default: {
         jb_raw(b, "{", 1);
-        unsigned n = rnd() % 5;
+        unsigned n = tu_u32() % 5;
         for (unsigned k = 0; k < n; k++) {
             if (k) jb_raw(b, ",", 1);
             char key[8];
-            snprintf(key, sizeof key, "k%u", rnd() % 100);
+            snprintf(key, sizeof key, "k%u", tu_u32() % 100);
             jb_qcstr(b, key);
             jb_raw(b, ":", 1);
             gen(b, depth + 1);
@@ -131,12 +122,12 @@ static void test_roundtrip_and_fuzz(void) {
             size_t n = a.len;
             char * buf = malloc(n + 8);
             memcpy(buf, a.data, n);
-            unsigned ops = 1 + rnd() % 3;
+            unsigned ops = 1 + tu_u32() % 3;
             for (unsigned o = 0; o < ops && n > 0; o++) {
-                size_t pos = rnd() % n;
-                switch (rnd() % 4) {
-                case 0: buf[pos] = (char)rnd(); break;
-                case 1: if (n < a.len + 7) { memmove(buf + pos + 1, buf + pos, n - pos); buf[pos] = "\"\\{}[],:u\xc3\xed"[rnd() % 12]; n++; } break;
+                size_t pos = tu_u32() % n;
+                switch (tu_u32() % 4) {
+                case 0: buf[pos] = (char)tu_u32(); break;
+                case 1: if (n < a.len + 7) { memmove(buf + pos + 1, buf + pos, n - pos); buf[pos] = "\"\\{}[],:u\xc3\xed"[tu_u32() % 12]; n++; } break;
                 case 2: memmove(buf + pos, buf + pos + 1, n - pos - 1); n--; break;
                 default: n = pos; break;
                 }
@@ -177,13 +168,10 @@ static void test_serializer(void) {
 }
 
 int main(void) {
-    g_seed = (unsigned)time(NULL);
-    rng_state = 0x9E3779B97F4A7C15ull ^ g_seed;
+    tu_seed_init("TRI_TEST_SEED");
     test_valid();
     test_invalid();
     test_serializer();
     test_roundtrip_and_fuzz();
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    if (n_fail) printf("seed %u\n", g_seed);
-    return n_fail ? 1 : 0;
+    return tu_finish();
 }

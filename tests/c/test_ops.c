@@ -11,28 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-static int n_pass, n_fail;
-static unsigned long long rng_state;
-
-static double urand(void) {
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double) (rng_state >> 11) / 9007199254740992.0;
-}
-static float frand(void) {
-    return (float) (urand() * 2.0 - 1.0);
-}
-
-#define CHECK(cond, ...)                                 \
-    do {                                                 \
-        if (cond) {                                      \
-            n_pass++;                                    \
-        } else {                                         \
-            n_fail++;                                    \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);  \
-            printf(__VA_ARGS__);                         \
-            printf("\n");                                \
-        }                                                \
-    } while (0)
+#include "test_util.h"
 
 static void test_attn_kernels(void) {
     for (int isa = TRI_ISA_SCALAR; isa < TRI_ISA_COUNT; isa++) {
@@ -41,19 +20,19 @@ static void test_attn_kernels(void) {
             continue;
         }
         for (int iter = 0; iter < 20; iter++) {
-            const int D = (int) (8 + 8 * (int) (urand() * 16)) + (iter % 3 == 0 ? 3 : 0); /* odd tails too */
-            const int G = 1 + (int) (urand() * 4);
-            const int n = 1 + (int) (urand() * 300);
+            const int D = (int) (8 + 8 * (int) (tu_uniform() * 16)) + (iter % 3 == 0 ? 3 : 0); /* odd tails too */
+            const int G = 1 + (int) (tu_uniform() * 4);
+            const int n = 1 + (int) (tu_uniform() * 300);
             float * q = malloc(sizeof(float) * G * D);
             tri_fp16 * K = malloc(sizeof(tri_fp16) * n * D);
             tri_fp16 * V = malloc(sizeof(tri_fp16) * n * D);
             float * s = malloc(sizeof(float) * G * n);
             float * p = malloc(sizeof(float) * G * n);
             float * acc = calloc((size_t) G * D, sizeof(float));
-            for (int i = 0; i < G * D; i++) q[i] = frand();
+            for (int i = 0; i < G * D; i++) q[i] = (float) tu_symmetric();
             for (int i = 0; i < n * D; i++) {
-                K[i] = tri_fp32_to_fp16(frand());
-                V[i] = tri_fp32_to_fp16(frand());
+                K[i] = tri_fp32_to_fp16((float) tu_symmetric());
+                V[i] = tri_fp32_to_fp16((float) tu_symmetric());
             }
             const float scale = 1.0f / sqrtf((float) D);
             k.scores(D, G, q, K, n, scale, s, n);
@@ -68,7 +47,7 @@ static void test_attn_kernels(void) {
             }
             CHECK(max_err < 1e-4, "isa %d scores D=%d G=%d n=%d err %g", isa, D, G, n, max_err);
 
-            for (int i = 0; i < G * n; i++) p[i] = (float) urand();
+            for (int i = 0; i < G * n; i++) p[i] = (float) tu_uniform();
             k.accum(D, G, p, n, V, n, acc);
             max_err = 0.0;
             for (int g = 0; g < G; g++) {
@@ -82,7 +61,7 @@ static void test_attn_kernels(void) {
 
             float mx = -INFINITY;
             for (int j = 0; j < n; j++) {
-                s[j] = frand() * 30.0f;
+                s[j] = (float) tu_symmetric() * 30.0f;
                 mx = fmaxf(mx, s[j]);
             }
             memcpy(p, s, sizeof(float) * n);
@@ -103,9 +82,9 @@ static void test_rope(void) {
     const int D = 64, F = D / 2, H = 3;
     float x[3 * 64], y[3 * 64], cs[64];
     double ang[32];
-    for (int i = 0; i < H * D; i++) x[i] = frand();
+    for (int i = 0; i < H * D; i++) x[i] = (float) tu_symmetric();
     for (int f = 0; f < F; f++) {
-        ang[f] = urand() * 100.0;
+        ang[f] = tu_uniform() * 100.0;
         cs[2 * f] = (float) cos(ang[f]);
         cs[2 * f + 1] = (float) sin(ang[f]);
     }
@@ -128,12 +107,12 @@ static void test_rope(void) {
 }
 
 static void test_rmsnorm(void) {
-    const int n = 1 + (int) (urand() * 1000);
+    const int n = 1 + (int) (tu_uniform() * 1000);
     float * x = malloc(sizeof(float) * n), * w = malloc(sizeof(float) * n), * y = malloc(sizeof(float) * n);
     double ss = 0.0;
     for (int i = 0; i < n; i++) {
-        x[i] = frand() * 10.0f;
-        w[i] = frand();
+        x[i] = (float) tu_symmetric() * 10.0f;
+        w[i] = (float) tu_symmetric();
         ss += (double) x[i] * x[i];
     }
     tri_rmsnorm(x, w, y, n, 1e-5f);
@@ -158,7 +137,7 @@ static void test_threadpool(void) {
         tri_threadpool * tp = tri_threadpool_create(nt);
         CHECK(tp != NULL, "threadpool create %d", nt);
         for (int rep = 0; rep < 200; rep++) {
-            long n = (long) (urand() * 100000);
+            long n = (long) (tu_uniform() * 100000);
             atomic_store(&tp_sum, 0);
             tri_threadpool_run(tp, tp_job, &n);
             if (atomic_load(&tp_sum) != n * (n - 1) / 2) {
@@ -166,7 +145,7 @@ static void test_threadpool(void) {
                 break;
             }
         }
-        n_pass++;
+        tu_n_pass++;
         tri_threadpool_free(tp);
     }
 }
@@ -190,7 +169,7 @@ static void test_kv_compact(void) {
     int32_t keep[50];
     int n_keep = 0;
     for (int j = 0; j < 50; j++) {
-        if (urand() < 0.4) keep[n_keep++] = j;
+        if (tu_uniform() < 0.4) keep[n_keep++] = j;
     }
     tri_kv_compact(&c, 1, 2, keep, n_keep);
     int ok = c.n_live[tri_kv_index(&c, 1, 2)] == n_keep;
@@ -209,17 +188,12 @@ static void test_kv_compact(void) {
 }
 
 int main(void) {
-    unsigned long long seed = (unsigned long long) time(NULL) ^ ((unsigned long long) clock() << 20);
-    const char * env = getenv("TRI_TEST_SEED");
-    if (env) seed = strtoull(env, NULL, 10);
-    rng_state = seed;
+    tu_seed_init("TRI_TEST_SEED");
     tri_ops_init();
     test_attn_kernels();
     test_rope();
     test_rmsnorm();
     test_threadpool();
     test_kv_compact();
-    if (n_fail) printf("seed %llu (set TRI_TEST_SEED to reproduce)\n", seed);
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return tu_finish();
 }

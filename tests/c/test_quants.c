@@ -14,35 +14,11 @@
 #include <string.h>
 #include <time.h>
 
-static int      g_pass, g_fail;
-static uint64_t g_seed, g_rng;
+#include "test_util.h"
 
-#define CHECK(cond, ...)                                                 \
-    do {                                                                 \
-        if (cond) {                                                      \
-            g_pass++;                                                    \
-        } else {                                                         \
-            g_fail++;                                                    \
-            printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__,       \
-                   (unsigned long long)g_seed);                          \
-            printf(__VA_ARGS__);                                         \
-            printf("\n");                                                \
-        }                                                                \
-    } while (0)
-
-static uint64_t rnd_u64(void) { /* xorshift64* */
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    return g_rng * 0x2545F4914F6CDD1DULL;
-}
-static float rnd_unit(void) { return (float)((rnd_u64() >> 40) + 0.5) / 16777216.0f; } /* (0, 1) */
-static float rnd_normal(void) {
-    return sqrtf(-2.0f * logf(rnd_unit())) * cosf(6.2831853f * rnd_unit());
-}
 static void rnd_floats(float * x, int64_t n, float scale) {
     for (int64_t i = 0; i < n; i++) {
-        x[i] = scale * rnd_normal();
+        x[i] = scale * (float) tu_normal();
     }
 }
 
@@ -73,20 +49,20 @@ static void make_weight_row(enum tri_type t, int n, void * row, float * tmp, boo
     const tri_type_traits * tt = tri_type_traits_get(t);
     const size_t rs = tri_row_size(t, n);
     if (!random_bytes || !tt->is_quantized) {
-        rnd_floats(tmp, n, 0.5f + rnd_unit());
+        rnd_floats(tmp, n, 0.5f + (float) tu_uniform_open());
         tt->from_float(tmp, row, n);
         return;
     }
     uint8_t * p = row;
     for (size_t i = 0; i < rs; i++) {
-        p[i] = (uint8_t)rnd_u64();
+        p[i] = (uint8_t)tu_u64();
     }
     int o0, o1;
     scale_offsets(t, &o0, &o1);
     for (size_t b = 0; b < rs / tt->type_size; b++) {
         uint8_t * blk = p + b * tt->type_size;
-        const tri_fp16 d = tri_fp32_to_fp16((rnd_unit() - 0.5f) * 0.1f);
-        const tri_fp16 m = tri_fp32_to_fp16((rnd_unit() - 0.5f) * 0.1f);
+        const tri_fp16 d = tri_fp32_to_fp16(((float) tu_uniform_open() - 0.5f) * 0.1f);
+        const tri_fp16 m = tri_fp32_to_fp16(((float) tu_uniform_open() - 0.5f) * 0.1f);
         if (o0 >= 0) memcpy(blk + o0, &d, 2);
         if (o1 >= 0) memcpy(blk + o1, &m, 2);
     }
@@ -134,7 +110,7 @@ static void test_vec_dot(void) {
             const int n = sizes[si];
             for (int rep = 0; rep < 8; rep++) {
                 make_weight_row(t, n, w, tmp, rep % 2 == 1);
-                rnd_floats(tmp, n, 0.5f + rnd_unit());
+                rnd_floats(tmp, n, 0.5f + (float) tu_uniform_open());
                 vt->from_float(tmp, y, n);
                 float ref = NAN;
                 tt->vec_dot_ref(n, &ref, w, y);
@@ -186,7 +162,7 @@ static void test_round_trip(void) {
     void *  q = malloc(n * 4);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const tri_type_traits * tt = tri_type_traits_get(cases[c].t);
-        rnd_floats(x, n, 0.1f + 3.0f * rnd_unit());
+        rnd_floats(x, n, 0.1f + 3.0f * (float) tu_uniform_open());
         tt->from_float(x, q, n);
         tt->to_float(q, r, n);
         double se = 0.0, sx = 0.0;
@@ -215,7 +191,7 @@ static void test_quantize_rows(void) {
         rnd_floats(x, (int64_t)rows * n, 2.0f);
         /* row 1: amax = 127 in each 256 values, so d = 1 and halves are exact ties */
         for (int i = 0; i < n; i++) {
-            x[n + i] = (i % 32 == 0) ? 127.0f : (float)((int)(rnd_u64() % 200) - 100) + 0.5f;
+            x[n + i] = (i % 32 == 0) ? 127.0f : (float)((int)(tu_u64() % 200) - 100) + 0.5f;
         }
         memset(a, 0x5a, (size_t)rows * rs);
         memset(b, 0x5a, (size_t)rows * rs);
@@ -288,7 +264,7 @@ static void test_row_sizes(void) {
         const tri_type_traits * tt = tri_type_traits_get(k[i].t);
         CHECK(tt && strcmp(tt->name, k[i].name) == 0 && tt->blck_size == k[i].blck && tt->type_size == k[i].size,
               "traits of %s", k[i].name);
-        const int64_t nb = 1 + (int64_t)(rnd_u64() % 64);
+        const int64_t nb = 1 + (int64_t)(tu_u64() % 64);
         CHECK(tri_row_size(k[i].t, nb * k[i].blck) == (size_t)nb * k[i].size, "row size of %s", k[i].name);
         if (k[i].blck > 1) {
             CHECK(tri_row_size(k[i].t, nb * k[i].blck + 1) == 0, "row size of %s accepts a partial block", k[i].name);
@@ -323,7 +299,7 @@ static void test_fp16(void) {
         bad = 0;
         for (int i = 0; i < 1000000; i++) {
             /* random bit patterns around the half range, including subnormals and overflow */
-            const uint32_t u = (uint32_t)rnd_u64();
+            const uint32_t u = (uint32_t)tu_u64();
             const float    f = tri_bits_f32((u & 0x80000000u) | (0x30000000u + (u % 0x18000000u)));
             bad += hw_f32_to_f16(f) != tri_fp32_to_fp16(f);
         }
@@ -331,7 +307,7 @@ static void test_fp16(void) {
     }
     bad = 0;
     for (int i = 0; i < 100000; i++) {
-        const float f = rnd_normal() * 100.0f;
+        const float f = (float) tu_normal() * 100.0f;
         const float r = tri_bf16_to_fp32(tri_fp32_to_bf16(f));
         bad += !(fabsf(r - f) <= fabsf(f) * (1.0f / 256.0f));
     }
@@ -436,10 +412,8 @@ static void bench_matmul(enum tri_type t, int n_in, int n_out, int n_tok) {
 }
 
 int main(int argc, char ** argv) {
-    const char * env = getenv("TRI_SEED");
-    g_seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
-    g_rng  = g_seed * 0x9E3779B97F4A7C15ULL + 1;
-    printf("test_quants: seed %llu, cpu: %s\n", (unsigned long long)g_seed, tri_cpu_features());
+    const uint64_t seed = tu_seed_init("TRI_SEED");
+    printf("test_quants: seed %llu, cpu: %s\n", (unsigned long long)seed, tri_cpu_features());
 
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
         bench_one(TRI_TYPE_Q4_1, 576);
@@ -463,6 +437,5 @@ int main(int argc, char ** argv) {
     test_round_trip();
     test_quantize_rows();
     test_matmul();
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return tu_finish();
 }

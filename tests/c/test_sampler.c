@@ -13,34 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static int      g_pass, g_fail;
-static uint64_t g_seed;
-
-#define CHECK(cond, ...)                                                                     \
-    do {                                                                                     \
-        if (cond) {                                                                          \
-            g_pass++;                                                                        \
-        } else {                                                                             \
-            g_fail++;                                                                        \
-            fprintf(stderr, "FAIL %s:%d (seed %" PRIu64 "): ", __FILE__, __LINE__, g_seed);  \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-        }                                                                                    \
-    } while (0)
-
-static uint64_t g_rng;
-static uint64_t rnd(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double urand(void) { return (double) (rnd() >> 11) * 0x1.0p-53; }
-static float  frand(float lo, float hi) { return lo + (hi - lo) * (float) urand(); }
-static double nrand(void) { return sqrt(-2.0 * log(1.0 - urand())) * cos(6.283185307179586 * urand()); }
+#include "test_util.h"
 
 static void rand_logits(float * l, int n, float scale) {
-    for (int i = 0; i < n; i++) l[i] = (float) (nrand() * scale);
+    for (int i = 0; i < n; i++) l[i] = (float) (tu_normal() * scale);
 }
 
 static struct triattn_sampler_params params(float temp, int32_t top_k, float top_p, float min_p) {
@@ -100,19 +76,19 @@ static void reference(const float * l, int n, struct triattn_sampler_params p, d
 static void test_greedy(void) {
     enum { N = 5000 };
     static float l[N];
-    tri_sampler * s = tri_sampler_create(N, 64, rnd());
+    tri_sampler * s = tri_sampler_create(N, 64, tu_u64());
     CHECK(s != NULL, "create");
     if (!s) return;
     set(s, params(0.0f, 40, 0.95f, 0.05f));
     for (int rep = 0; rep < 50; rep++) {
         rand_logits(l, N, 2.0f);
         if (rep % 3 == 0) l[0] = NAN;                                /* NaN must never win */
-        if (rep % 5 == 0) { l[rnd() % N] = NAN; }
+        if (rep % 5 == 0) { l[tu_u64() % N] = NAN; }
         int want = argmax(l, N);
         CHECK(tri_sampler_sample(s, l) == want, "greedy rep %d", rep);
     }
     rand_logits(l, N, 1.0f); /* ties -> lowest id */
-    int a = 100 + (int) (rnd() % 1000), b = a + 1 + (int) (rnd() % 1000);
+    int a = 100 + (int) (tu_u64() % 1000), b = a + 1 + (int) (tu_u64() % 1000);
     l[a] = l[b] = 50.0f;
     CHECK(tri_sampler_sample(s, l) == a, "tie -> lowest id");
     set(s, params(0.7f, 0, 1.0f, 0.0f));
@@ -125,9 +101,9 @@ static void test_greedy(void) {
     CHECK(tri_sampler_sample(s, l) == 777, "+inf wins");
     /* top_k = 1 equals greedy at any temperature */
     for (int rep = 0; rep < 50; rep++) {
-        set(s, params(frand(0.1f, 3.0f), 1, rep % 2 ? 0.5f : 1.0f, 0.0f));
+        set(s, params(tu_uniformf(0.1f, 3.0f), 1, rep % 2 ? 0.5f : 1.0f, 0.0f));
         rand_logits(l, N, 2.0f);
-        if (rep % 4 == 0) l[rnd() % N] = NAN;
+        if (rep % 4 == 0) l[tu_u64() % N] = NAN;
         CHECK(tri_sampler_sample(s, l) == argmax(l, N), "top_k=1 rep %d", rep);
     }
     tri_sampler_free(s);
@@ -137,7 +113,7 @@ static void test_seeding(void) {
     enum { N = 1000, T = 300 };
     static float l[N];
     rand_logits(l, N, 0.3f);
-    uint64_t seed = rnd();
+    uint64_t seed = tu_u64();
     tri_sampler * a = tri_sampler_create(N, 64, seed);
     tri_sampler * b = tri_sampler_create(N, 64, seed);
     tri_sampler * c = tri_sampler_create(N, 64, seed + 1);
@@ -173,13 +149,13 @@ static void test_distribution(void) {
     double prob[N];
     int order[N];
     long cnt[N];
-    tri_sampler * s = tri_sampler_create(N, 16, rnd());
+    tri_sampler * s = tri_sampler_create(N, 16, tu_u64());
     for (int rep = 0; rep < 6; rep++) {
         rand_logits(l, N, 1.5f);
-        struct triattn_sampler_params p = params(rep == 0 ? 1.0f : frand(0.4f, 2.0f), 0, 1.0f, 0.0f);
-        if (rep == 2) p.top_k = 5 + (int) (rnd() % 10);
-        if (rep == 3) p.top_p = frand(0.5f, 0.9f);
-        if (rep == 4) p.min_p = frand(0.05f, 0.3f);
+        struct triattn_sampler_params p = params(rep == 0 ? 1.0f : tu_uniformf(0.4f, 2.0f), 0, 1.0f, 0.0f);
+        if (rep == 2) p.top_k = 5 + (int) (tu_u64() % 10);
+        if (rep == 3) p.top_p = tu_uniformf(0.5f, 0.9f);
+        if (rep == 4) p.min_p = tu_uniformf(0.05f, 0.3f);
         if (rep == 5) { p.top_k = 20; p.top_p = 0.8f; p.min_p = 0.02f; }
         set(s, p);
         reference(l, N, p, prob, order);
@@ -209,15 +185,15 @@ static void test_truncation_sets(void) {
     static float l[N];
     static double prob[N];
     static int order[N];
-    tri_sampler * s = tri_sampler_create(N, 64, rnd());
+    tri_sampler * s = tri_sampler_create(N, 64, tu_u64());
     for (int rep = 0; rep < 12; rep++) {
         rand_logits(l, N, 3.0f);
-        struct triattn_sampler_params p = params(frand(0.5f, 1.5f), 0, 1.0f, 0.0f);
+        struct triattn_sampler_params p = params(tu_uniformf(0.5f, 1.5f), 0, 1.0f, 0.0f);
         switch (rep % 4) {
-            case 0: p.top_k = 1 + (int) (rnd() % 100); break;
-            case 1: p.top_p = frand(0.3f, 0.99f); break;          /* full sort path */
-            case 2: p.min_p = frand(0.01f, 0.5f); break;
-            default: p.top_k = 1000; p.top_p = frand(0.3f, 0.99f); p.min_p = frand(0.001f, 0.1f); break;
+            case 0: p.top_k = 1 + (int) (tu_u64() % 100); break;
+            case 1: p.top_p = tu_uniformf(0.3f, 0.99f); break;          /* full sort path */
+            case 2: p.min_p = tu_uniformf(0.01f, 0.5f); break;
+            default: p.top_k = 1000; p.top_p = tu_uniformf(0.3f, 0.99f); p.min_p = tu_uniformf(0.001f, 0.1f); break;
         }
         set(s, p);
         reference(l, N, p, prob, order);
@@ -271,21 +247,21 @@ static void test_penalties(void) {
     /* random cases, with ring wrap-around (history_cap 16, 40 accepted tokens) */
     for (int rep = 0; rep < 30; rep++) {
         int cap = 16;
-        s = tri_sampler_create(N, cap, rnd());
+        s = tri_sampler_create(N, cap, tu_u64());
         p = params(0.0f, 0, 1.0f, 0.0f);
-        p.repeat_penalty = frand(0.5f, 3.0f);
-        p.frequency_penalty = frand(-1.0f, 1.0f);
-        p.presence_penalty = frand(-1.0f, 1.0f);
-        p.repeat_last_n = rep % 3 == 0 ? -1 : (int) (rnd() % 24);
+        p.repeat_penalty = tu_uniformf(0.5f, 3.0f);
+        p.frequency_penalty = tu_uniformf(-1.0f, 1.0f);
+        p.presence_penalty = tu_uniformf(-1.0f, 1.0f);
+        p.repeat_last_n = rep % 3 == 0 ? -1 : (int) (tu_u64() % 24);
         set(s, p);
         int hist[40];
-        for (int i = 0; i < 40; i++) { hist[i] = (int) (rnd() % 8); tri_sampler_accept(s, hist[i]); }
+        for (int i = 0; i < 40; i++) { hist[i] = (int) (tu_u64() % 8); tri_sampler_accept(s, hist[i]); }
         int win = p.repeat_last_n < 0 ? cap : (p.repeat_last_n < cap ? p.repeat_last_n : cap);
         int count[8] = { 0 };
         for (int i = 40 - win; i < 40; i++) count[hist[i]]++;
         for (int t = 0; t < 8; t++) {
             for (int i = 0; i < N; i++) l[i] = -1000.0f;
-            l[t] = frand(-3.0f, 3.0f);
+            l[t] = tu_uniformf(-3.0f, 3.0f);
             float want = l[t];
             if (count[t]) {
                 want = want <= 0 ? want * p.repeat_penalty : want / p.repeat_penalty;
@@ -334,8 +310,8 @@ static void test_speed(void) {
     enum { N = 49152, R = 300 };
     static float l[N];
     rand_logits(l, N, 3.0f);
-    tri_sampler * s = tri_sampler_create(N, 256, rnd());
-    for (int i = 0; i < 64; i++) tri_sampler_accept(s, (triattn_token) (rnd() % N));
+    tri_sampler * s = tri_sampler_create(N, 256, tu_u64());
+    for (int i = 0; i < 64; i++) tri_sampler_accept(s, (triattn_token) (tu_u64() % N));
     const struct { const char * name; struct triattn_sampler_params p; } cfg[] = {
         { "greedy", params(0.0f, 40, 0.95f, 0.05f) },
         { "default (k40 p0.95 min_p0.05)", params(0.8f, 40, 0.95f, 0.05f) },
@@ -357,10 +333,7 @@ static void test_speed(void) {
 }
 
 int main(void) {
-    g_seed = (uint64_t) time(NULL) ^ ((uint64_t) getpid() << 32);
-    const char * env = getenv("TRI_TEST_SEED");
-    if (env) g_seed = strtoull(env, NULL, 10);
-    g_rng = g_seed;
+    tu_seed_init("TRI_TEST_SEED");
     test_greedy();
     test_seeding();
     test_distribution();
@@ -368,7 +341,5 @@ int main(void) {
     test_penalties();
     test_validation();
     test_speed();
-    if (g_fail) fprintf(stderr, "seed %" PRIu64 " (rerun with TRI_TEST_SEED)\n", g_seed);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail != 0;
+    return tu_finish();
 }

@@ -7,18 +7,8 @@
 #include <string.h>
 #include <time.h>
 
-static int g_pass, g_fail;
-static unsigned long long g_seed;
-
-#define CHECK(cond, ...) do { if (cond) { g_pass++; } else { g_fail++; \
-    if (g_fail <= 20) { printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__, g_seed); printf(__VA_ARGS__); printf("\n"); } } } while (0)
-
-static unsigned long long g_rng;
-static uint32_t rnd(void) {  /* xorshift64* */
-    g_rng ^= g_rng >> 12; g_rng ^= g_rng << 25; g_rng ^= g_rng >> 27;
-    return (uint32_t) ((g_rng * 2685821657736338717ULL) >> 32);
-}
-static uint32_t rnd_n(uint32_t n) { return n ? rnd() % n : 0; }
+#define TU_FAIL_PRINT_LIMIT 20
+#include "test_util.h"
 
 /* ---- independent UTF-8 oracle: canonical decoding by arithmetic ---- */
 
@@ -104,22 +94,22 @@ static size_t put_cp(unsigned char * o, uint32_t cp) {
 /* A random character from a small alphabet (so stop strings recur) or anywhere in Unicode. */
 static uint32_t rand_cp(void) {
     static const uint32_t small[] = { 'a', 'b', 'c', ' ', '\n', '<', '|', '>', 0xE9, 0x4E2D, 0x1F600, 0xFF5C };
-    if (rnd_n(4) != 0) return small[rnd_n(sizeof small / sizeof small[0])];
-    switch (rnd_n(4)) {
-        case 0: return 0x20 + rnd_n(0x5F);
-        case 1: return 0x80 + rnd_n(0x780);
-        case 2: { uint32_t c = 0x800 + rnd_n(0xF800); return (c >= 0xD800 && c <= 0xDFFF) ? 0x3042 : c; }
-        default: return 0x10000 + rnd_n(0x100000);
+    if ((uint32_t) tu_below(4) != 0) return small[(uint32_t) tu_below(sizeof small / sizeof small[0])];
+    switch ((uint32_t) tu_below(4)) {
+        case 0: return 0x20 + (uint32_t) tu_below(0x5F);
+        case 1: return 0x80 + (uint32_t) tu_below(0x780);
+        case 2: { uint32_t c = 0x800 + (uint32_t) tu_below(0xF800); return (c >= 0xD800 && c <= 0xDFFF) ? 0x3042 : c; }
+        default: return 0x10000 + (uint32_t) tu_below(0x100000);
     }
 }
 
 static size_t rand_text(unsigned char * o, size_t max_chars, bool broken) {
-    size_t n = 0, chars = rnd_n((uint32_t) max_chars + 1);
+    size_t n = 0, chars = (uint32_t) tu_below((uint32_t) max_chars + 1);
     for (size_t i = 0; i < chars; i++) {
-        if (broken && rnd_n(10) == 0) {
+        if (broken && (uint32_t) tu_below(10) == 0) {
             /* a stray byte, or a character cut short */
-            if (rnd_n(2)) { o[n++] = (unsigned char) (0x80 + rnd_n(0x80)); }
-            else { unsigned char tmp[4]; size_t l = put_cp(tmp, 0x800 + rnd_n(0x10000)); memcpy(o + n, tmp, l - 1); n += l - 1; }
+            if ((uint32_t) tu_below(2)) { o[n++] = (unsigned char) (0x80 + (uint32_t) tu_below(0x80)); }
+            else { unsigned char tmp[4]; size_t l = put_cp(tmp, 0x800 + (uint32_t) tu_below(0x10000)); memcpy(o + n, tmp, l - 1); n += l - 1; }
         } else {
             n += put_cp(o + n, rand_cp());
         }
@@ -162,11 +152,11 @@ static void one_case(bool broken, size_t max_chars) {
     /* Stop strings: pieces of the (clean) text, so they do occur, plus random ones. */
     char stops[4][64];
     const char * sp[4];
-    int n_stop = (int) rnd_n(5);
+    int n_stop = (int) (uint32_t) tu_below(5);
     for (int k = 0; k < n_stop; k++) {
         size_t l = 0;
-        if (cn > 0 && rnd_n(3) != 0) {
-            size_t a = rnd_n((uint32_t) cn), len = 1 + rnd_n(12);
+        if (cn > 0 && (uint32_t) tu_below(3) != 0) {
+            size_t a = (uint32_t) tu_below((uint32_t) cn), len = 1 + (uint32_t) tu_below(12);
             while (a > 0 && (clean[a] & 0xC0) == 0x80) a--;
             size_t b = a + len < cn ? a + len : cn;
             while (b < cn && (clean[b] & 0xC0) == 0x80) b++;
@@ -201,7 +191,7 @@ static void one_case(bool broken, size_t max_chars) {
         sink.n = 0; sink.calls = 0; sink.abort_after = 0; sink.bad_piece = false;
         enum tri_ts_result r = TRI_TS_CONTINUE;
         for (size_t i = 0; i < n && r == TRI_TS_CONTINUE;) {
-            size_t piece = rnd_n(4) == 0 ? 0 : 1 + rnd_n(rnd_n(8) == 0 ? 600 : 7);
+            size_t piece = (uint32_t) tu_below(4) == 0 ? 0 : 1 + (uint32_t) tu_below((uint32_t) tu_below(8) == 0 ? 600 : 7);
             if (piece > n - i) piece = n - i;
             r = tri_textstream_push(ts, (const char *) text + i, (int32_t) piece, on_piece, &sink);
             i += piece;
@@ -223,13 +213,13 @@ static void test_abort(void) {
     const char * stop[] = { "STOP!" };
     tri_textstream * ts = tri_textstream_create(stop, 1);
     sink_clear(&sink);
-    int k = 1 + (int) rnd_n(5);
+    int k = 1 + (int) (uint32_t) tu_below(5);
     sink.abort_after = k;
     enum tri_ts_result r = TRI_TS_CONTINUE;
     int pushes = 0;
     while (r == TRI_TS_CONTINUE && pushes < 100) {
         char piece[8];
-        size_t l = put_cp((unsigned char *) piece, 'a' + rnd_n(26));
+        size_t l = put_cp((unsigned char *) piece, 'a' + (uint32_t) tu_below(26));
         r = tri_textstream_push(ts, piece, (int32_t) l, on_piece, &sink);
         pushes++;
     }
@@ -253,7 +243,7 @@ static void test_split_char(void) {
     tri_textstream * ts = tri_textstream_create(NULL, 0);
     sink_clear(&sink);
     unsigned char c[4];
-    uint32_t cp = 0x10000 + rnd_n(0x100000);
+    uint32_t cp = 0x10000 + (uint32_t) tu_below(0x100000);
     size_t l = put_cp(c, cp);
     for (size_t i = 0; i + 1 < l; i++) tri_textstream_push(ts, (const char *) c + i, 1, on_piece, &sink);
     CHECK(sink.n == 0, "partial character must be held back (%zu bytes out)", sink.n);
@@ -266,12 +256,9 @@ static void test_split_char(void) {
 }
 
 int main(void) {
-    const char * env = getenv("TRI_TEST_SEED");
-    g_seed = env ? strtoull(env, NULL, 10) : (unsigned long long) time(NULL) ^ ((unsigned long long) clock() << 20);
-    g_rng = g_seed * 0x9E3779B97F4A7C15ULL + 1;
+    tu_seed_init("TRI_TEST_SEED");
     for (int i = 0; i < 3000; i++) one_case(false, i % 10 == 0 ? 2000 : 60);
     for (int i = 0; i < 3000; i++) one_case(true, i % 10 == 0 ? 2000 : 60);
     for (int i = 0; i < 20; i++) { test_abort(); test_split_char(); }
-    printf("%d passed, %d failed (seed %llu)\n", g_pass, g_fail, g_seed);
-    return g_fail ? 1 : 0;
+    return tu_finish();
 }

@@ -14,28 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-static int n_pass, n_fail;
-static unsigned long long rng_state;
-
-static double urand(void) {
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double) (rng_state >> 11) / 9007199254740992.0;
-}
-static double srand1(void) {
-    return urand() * 2.0 - 1.0;
-}
-
-#define CHECK(cond, ...)                                 \
-    do {                                                 \
-        if (cond) {                                      \
-            n_pass++;                                    \
-        } else {                                         \
-            n_fail++;                                    \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);  \
-            printf(__VA_ARGS__);                         \
-            printf("\n");                                \
-        }                                                \
-    } while (0)
+#include "test_util.h"
 
 /* ---- double reference of §3 (per-offset form, pre-RoPE keys) -------------------------------------- */
 
@@ -83,7 +62,7 @@ static void rotate_store(const double * re, const double * im, int R, int D, enu
                          const double * omega, double p, tri_fp16 * k) {
     const int F = R / 2;
     for (int d = 0; d < D; d++) {
-        k[d] = tri_fp32_to_fp16((float) srand1()); /* dims past rope_dim: ignored by the score */
+        k[d] = tri_fp32_to_fp16((float) tu_symmetric()); /* dims past rope_dim: ignored by the score */
     }
     for (int f = 0; f < F; f++) {
         int a, b;
@@ -160,27 +139,27 @@ static void test_fused_random(void) {
         const enum tri_rope_pairing pr = (enum tri_rope_pairing) (iter & 1);
         const int D = (iter % 3 == 0) ? 128 : 64;
         const int R = (iter % 4 == 3) ? D / 2 : D;  /* partial rotary dims too */
-        const int F = R / 2, G = 1 + (int) (urand() * 4), n = 1 + (int) (urand() * 300);
+        const int F = R / 2, G = 1 + (int) (tu_uniform() * 4), n = 1 + (int) (tu_uniform() * 300);
         double * omega = malloc(sizeof(double) * F);
         for (int f = 0; f < F; f++) {
-            omega[f] = (double) (float) pow(10000.0 + urand() * 1e6, -2.0 * f / R);
+            omega[f] = (double) (float) pow(10000.0 + tu_uniform() * 1e6, -2.0 * f / R);
         }
         float * qre = malloc(sizeof(float) * G * F), * qim = malloc(sizeof(float) * G * F), * qab = malloc(sizeof(float) * G * F);
         for (int i = 0; i < G * F; i++) {
-            qre[i] = (float) (3 * srand1());
-            qim[i] = (float) (3 * srand1());
-            qab[i] = (float) (hypot(qre[i], qim[i]) + 2 * urand());
+            qre[i] = (float) (3 * tu_symmetric());
+            qim[i] = (float) (3 * tu_symmetric());
+            qab[i] = (float) (hypot(qre[i], qim[i]) + 2 * tu_uniform());
         }
         tri_fp16 * K = malloc(sizeof(tri_fp16) * n * D);
         double * pos = malloc(sizeof(double) * n);
-        const double t0 = 1000 + (int) (urand() * 200000);
+        const double t0 = 1000 + (int) (tu_uniform() * 200000);
         for (int j = 0; j < n; j++) {
             double re[128], im[128];
             for (int f = 0; f < F; f++) {
-                re[f] = 4 * srand1();
-                im[f] = 4 * srand1();
+                re[f] = 4 * tu_symmetric();
+                im[f] = 4 * tu_symmetric();
             }
-            pos[j] = (int) (urand() * t0);
+            pos[j] = (int) (tu_uniform() * t0);
             rotate_store(re, im, R, D, pr, omega, pos[j], K + (size_t) j * D);
         }
         double a_re[64], a_im[64];
@@ -236,7 +215,7 @@ static void test_selection_steps(void) {
     /* z-score: mean 0, population std 1; constant rows hit the guard (all zero, no NaN). */
     float x[257];
     for (int i = 0; i < 257; i++) {
-        x[i] = (float) (5 + 3 * srand1());
+        x[i] = (float) (5 + 3 * tu_symmetric());
     }
     tri_triattn_zscore(x, 257);
     double m = 0, v = 0;
@@ -245,7 +224,7 @@ static void test_selection_steps(void) {
     for (int i = 0; i < 257; i++) v += (x[i] - m) * (x[i] - m);
     v /= 257;
     CHECK(fabs(m) < 1e-5 && fabs(v - 1) < 1e-4, "z-score: mean %g var %g", m, v);
-    const float cst = (float) srand1();
+    const float cst = (float) tu_symmetric();
     for (int i = 0; i < 10; i++) x[i] = cst;
     tri_triattn_zscore(x, 10);
     bool zero = true;
@@ -255,7 +234,7 @@ static void test_selection_steps(void) {
     /* top-k: ties prefer the more recent (larger index); NaN last; k >= n keeps all; k = 0 none. */
     tri_triattn_cand sel[512];
     uint8_t mark[512];
-    const float r = (float) (1 + urand());
+    const float r = (float) (1 + tu_uniform());
     const float s1[6] = { r, 2 * r, 2 * r, 2 * r, 0, NAN };
     tri_triattn_topk(s1, 6, 2, sel, mark);
     CHECK(!mark[0] && !mark[1] && mark[2] && mark[3] && !mark[4] && !mark[5], "top-k ties must prefer recent");
@@ -267,9 +246,9 @@ static void test_selection_steps(void) {
     CHECK(memchr(mark, 0, 6) == NULL, "top-k with k >= n keeps all");
     /* random rows against brute force: mark[j] iff fewer than k items rank above j */
     for (int it = 0; it < 20; it++) {
-        const int n = 1 + (int) (urand() * 500), k = (int) (urand() * (n + 1));
+        const int n = 1 + (int) (tu_uniform() * 500), k = (int) (tu_uniform() * (n + 1));
         float s[512];
-        for (int j = 0; j < n; j++) s[j] = (float) (int) (urand() * 20); /* many ties */
+        for (int j = 0; j < n; j++) s[j] = (float) (int) (tu_uniform() * 20); /* many ties */
         tri_triattn_topk(s, n, k, sel, mark);
         int bad = 0, kept = 0;
         for (int j = 0; j < n; j++) {
@@ -285,23 +264,13 @@ static void test_selection_steps(void) {
 /* ---- centres in GGUF metadata ---------------------------------------------------------------------- */
 
 /* Minimal metadata-only GGUF v3 writer for the tests. */
-typedef struct buf { uint8_t * p; size_t n, cap; } buf;
-static void put(buf * b, const void * x, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 256;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, x, n);
-    b->n += n;
-}
-static void put_u32(buf * b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(buf * b, uint64_t v) { put(b, &v, 8); }
-static void put_str(buf * b, const char * s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
-static void kv_u32(buf * b, const char * k, uint32_t v) { put_str(b, k); put_u32(b, TRI_GGUF_UINT32); put_u32(b, v); }
-static void kv_f32(buf * b, const char * k, float v) { put_str(b, k); put_u32(b, TRI_GGUF_FLOAT32); put(b, &v, 4); }
-static void kv_s(buf * b, const char * k, const char * v) { put_str(b, k); put_u32(b, TRI_GGUF_STRING); put_str(b, v); }
+typedef tu_buf buf;
+static void put_cstr(buf * b, const char * s) { tu_put_str(b, s, strlen(s)); }
+static void kv_u32(buf * b, const char * k, uint32_t v) { put_cstr(b, k); tu_put_u32(b, TRI_GGUF_UINT32); tu_put_u32(b, v); }
+static void kv_f32(buf * b, const char * k, float v) { put_cstr(b, k); tu_put_u32(b, TRI_GGUF_FLOAT32); tu_put(b, &v, 4); }
+static void kv_s(buf * b, const char * k, const char * v) { put_cstr(b, k); tu_put_u32(b, TRI_GGUF_STRING); put_cstr(b, v); }
 static void kv_arr(buf * b, const char * k, const float * v, size_t n) {
-    put_str(b, k); put_u32(b, TRI_GGUF_ARRAY); put_u32(b, TRI_GGUF_FLOAT32); put_u64(b, n); put(b, v, n * 4);
+    put_cstr(b, k); tu_put_u32(b, TRI_GGUF_ARRAY); tu_put_u32(b, TRI_GGUF_FLOAT32); tu_put_u64(b, n); tu_put(b, v, n * 4);
 }
 
 typedef struct centres_file {
@@ -314,10 +283,10 @@ typedef struct centres_file {
 
 static buf write_centres(const centres_file * c) {
     buf b = { 0 };
-    put(&b, "GGUF", 4);
-    put_u32(&b, 3);
-    put_u64(&b, 0);   /* tensors */
-    put_u64(&b, 13);  /* kv count */
+    tu_put(&b, "GGUF", 4);
+    tu_put_u32(&b, 3);
+    tu_put_u64(&b, 0);   /* tensors */
+    tu_put_u64(&b, 13);  /* kv count */
     kv_u32(&b, "triattention.format_version", c->version);
     kv_s(&b, "triattention.architecture", c->arch);
     kv_u32(&b, "triattention.n_layer", c->L);
@@ -354,9 +323,9 @@ static struct triattn_model * fake_model(int L, int H, int Hkv, int D, int R, en
     const size_t n = (size_t) L * H * (R / 2);
     float * re = malloc(n * 4), * im = malloc(n * 4), * ab = malloc(n * 4);
     for (size_t i = 0; i < n; i++) {
-        re[i] = (float) (2 * srand1());
-        im[i] = (float) (2 * srand1());
-        ab[i] = (float) (hypot(re[i], im[i]) + urand());
+        re[i] = (float) (2 * tu_symmetric());
+        im[i] = (float) (2 * tu_symmetric());
+        ab[i] = (float) (hypot(re[i], im[i]) + tu_uniform());
     }
     char err[256];
     if (tri_model_set_centres(m, re, im, ab, n, 1000, err, sizeof err) != TRIATTN_OK) {
@@ -389,9 +358,9 @@ static void test_centres_metadata(void) {
     const size_t n = (size_t) L * H * F;
     float re[96], im[96], ab[96];
     for (size_t i = 0; i < n; i++) {
-        re[i] = (float) srand1();
-        im[i] = (float) srand1();
-        ab[i] = (float) (hypot(re[i], im[i]) + urand());
+        re[i] = (float) tu_symmetric();
+        im[i] = (float) tu_symmetric();
+        ab[i] = (float) (hypot(re[i], im[i]) + tu_uniform());
     }
     const centres_file good = { 1, L, H, Hkv, R, F, "llama", "adjacent", "fnv1a64:0123456789abcdef", 10000.0f, n, re, im, ab };
     char err[512];
@@ -415,7 +384,7 @@ static void test_centres_metadata(void) {
     bad[6].f.version = 2;           bad[6].key = "triattention.format_version";
     float ab2[96];
     memcpy(ab2, ab, sizeof ab2);
-    const int victim = (int) (urand() * n);
+    const int victim = (int) (tu_uniform() * n);
     ab2[victim] = (float) (hypot(re[victim], im[victim]) * 0.5);
     bad[7].f.ab = ab2;              bad[7].key = "triattention.q_abs_mean";
     for (int i = 0; i < 8; i++) {
@@ -429,7 +398,7 @@ static void test_centres_metadata(void) {
     }
     float re2[96];
     memcpy(re2, re, sizeof re2);
-    re2[(int) (urand() * n)] = NAN;
+    re2[(int) (tu_uniform() * n)] = NAN;
     centres_file nanf = good;
     nanf.re = re2;
     b = write_centres(&nanf);
@@ -438,7 +407,7 @@ static void test_centres_metadata(void) {
     CHECK(st == TRIATTN_ERR_FORMAT && !c, "NaN centres must be refused (status %d)", st);
     /* A file without the keys is simply "no centres". */
     buf e = { 0 };
-    put(&e, "GGUF", 4); put_u32(&e, 3); put_u64(&e, 0); put_u64(&e, 0);
+    tu_put(&e, "GGUF", 4); tu_put_u32(&e, 3); tu_put_u64(&e, 0); tu_put_u64(&e, 0);
     c = (tri_centres *) 1;
     st = load_buf(m, &e, err, sizeof err, &c);
     CHECK(st == TRIATTN_OK && c == NULL, "a GGUF without triattention keys: status %d", st);
@@ -473,7 +442,7 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
     int32_t pp = 0;
     for (int j = 0; j < live; j++) {
         pos[j] = pp;
-        pp += (j < sink || j < n_prompt) ? 1 : 1 + (int) (urand() * 3);
+        pp += (j < sink || j < n_prompt) ? 1 : 1 + (int) (tu_uniform() * 3);
     }
     double omega[8];
     for (int f = 0; f < F; f++) omega[f] = (double) m->rope_inv_freq[f];
@@ -481,9 +450,9 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
         for (int h = 0; h < Hkv; h++) {
             for (int j = 0; j < live; j++) {
                 double re[8], im[8];
-                for (int f = 0; f < F; f++) { re[f] = 2 * srand1(); im[f] = 2 * srand1(); }
+                for (int f = 0; f < F; f++) { re[f] = 2 * tu_symmetric(); im[f] = 2 * tu_symmetric(); }
                 rotate_store(re, im, R, D, pr, omega, pos[j], tri_kv_k(&c, il, h) + (size_t) j * D);
-                for (int d = 0; d < D; d++) tri_kv_v(&c, il, h)[(size_t) j * D + d] = tri_fp32_to_fp16((float) srand1());
+                for (int d = 0; d < D; d++) tri_kv_v(&c, il, h)[(size_t) j * D + d] = tri_fp32_to_fp16((float) tu_symmetric());
             }
             memcpy(tri_kv_pos(&c, il, h), pos, sizeof(int32_t) * live);
             c.n_live[tri_kv_index(&c, il, h)] = live;
@@ -630,7 +599,7 @@ static void test_calib_accumulate(void) {
         tri_calib * c = tri_calib_create(m);
         const int T = 37, H = 3, D = 8, F = 4;
         float q[37 * 3 * 8];
-        for (int i = 0; i < T * H * D; i++) q[i] = (float) (1 + srand1());
+        for (int i = 0; i < T * H * D; i++) q[i] = (float) (1 + tu_symmetric());
         tri_calib_accumulate(c, 0, q, 20);
         tri_calib_accumulate(c, 0, q + 20 * H * D, T - 20);
         tri_calib_accumulate(c, 1, q, T);
@@ -684,17 +653,11 @@ static bool positions_ok(const triattn_session * s, int * n_bad_order) {
 }
 
 static void test_real_model(void) {
-    const char * path = getenv("TRI_DEFAULT_MODEL");
-    if (!path || !*path) {
-        printf("skip: real-model TriAttention test (set TRI_DEFAULT_MODEL to the default GGUF)\n");
+    triattn_model * m = tu_load_default_model("real-model TriAttention test");
+    if (!m) {
         return;
     }
     char err[1024];
-    triattn_model * m = NULL;
-    if (triattn_model_load(path, NULL, &m, err, sizeof err) != TRIATTN_OK) {
-        CHECK(0, "load %s: %s", path, err);
-        return;
-    }
     struct triattn_model_info info;
     triattn_model_get_info(m, &info);
     CHECK(strncmp(info.fingerprint, "fnv1a64:", 8) == 0 && strlen(info.fingerprint) == 24, "fingerprint '%s'", info.fingerprint);
@@ -826,7 +789,7 @@ static void test_real_model(void) {
             for (int il = 0; il < c->n_layer; il++) {
                 for (int h = 0; h < c->n_head_kv; h++) {
                     tri_fp16 * K = tri_kv_k(c, il, h);
-                    for (size_t i = 0; i < (size_t) c->capacity * c->head_dim; i++) K[i] = tri_fp32_to_fp16((float) srand1());
+                    for (size_t i = 0; i < (size_t) c->capacity * c->head_dim; i++) K[i] = tri_fp32_to_fp16((float) tu_symmetric());
                     for (int j = 0; j < c->capacity; j++) tri_kv_pos(c, il, h)[j] = j;
                     c->n_live[tri_kv_index(c, il, h)] = c->capacity;
                 }
@@ -846,10 +809,7 @@ static void test_real_model(void) {
 }
 
 int main(void) {
-    unsigned long long seed = (unsigned long long) time(NULL) ^ ((unsigned long long) clock() << 20);
-    const char * env = getenv("TRI_TEST_SEED");
-    if (env) seed = strtoull(env, NULL, 10);
-    rng_state = seed;
+    tu_seed_init("TRI_TEST_SEED");
     tri_ops_init();
     test_vector();
     test_fused_random();
@@ -859,13 +819,11 @@ int main(void) {
     g_cut_margin = INFINITY;
     const char * modes[3] = { "per_head", "per_layer_per_head", "global" };
     for (int i = 0; i < 3; i++) {
-        test_policy_synthetic(modes[i], (enum tri_rope_pairing) (i & 1), 0, 64 + (int) (urand() * 64), 4, 16);
+        test_policy_synthetic(modes[i], (enum tri_rope_pairing) (i & 1), 0, 64 + (int) (tu_uniform() * 64), 4, 16);
     }
     test_policy_synthetic("per_head", TRI_ROPE_HALF, 20, 96, 4, 16);        /* short prompt kept whole */
     test_policy_synthetic("per_head", TRI_ROPE_ADJACENT, 0, 40, 4, -1);     /* default window 128 > budget: clamped */
     test_policy_synthetic("global", TRI_ROPE_ADJACENT, 0, 3, 4, 16);        /* budget <= sink: guard */
     test_real_model();
-    if (n_fail) printf("seed %llu (set TRI_TEST_SEED to reproduce)\n", seed);
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return tu_finish();
 }

@@ -12,25 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-static int n_pass, n_fail;
-static unsigned long long rng_state;
-
-static double urand(void) {
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double) (rng_state >> 11) / 9007199254740992.0;
-}
-
-#define CHECK(cond, ...)                                 \
-    do {                                                 \
-        if (cond) {                                      \
-            n_pass++;                                    \
-        } else {                                         \
-            n_fail++;                                    \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);  \
-            printf(__VA_ARGS__);                         \
-            printf("\n");                                \
-        }                                                \
-    } while (0)
+#include "test_util.h"
 
 #if defined(NDEBUG) && !defined(__SANITIZE_ADDRESS__)
 static const bool k_debug = false;
@@ -61,11 +43,11 @@ static void test_compact_poison(bool poison) {
     int32_t keep[40];
     for (int il = 0; il < L; il++) {
         for (int h = 0; h < Hkv; h++) {
-            const int live = 20 + (int) (urand() * 20);
+            const int live = 20 + (int) (tu_uniform() * 20);
             tri_fp16 * k = tri_kv_k(&c, il, h), * v = tri_kv_v(&c, il, h);
             for (int i = 0; i < live * D; i++) {
-                k[i] = tri_fp32_to_fp16((float) (urand() * 4 - 2));
-                v[i] = tri_fp32_to_fp16((float) (urand() * 4 - 2) + 0.25f);
+                k[i] = tri_fp32_to_fp16((float) (tu_uniform() * 4 - 2));
+                v[i] = tri_fp32_to_fp16((float) (tu_uniform() * 4 - 2) + 0.25f);
             }
             for (int i = 0; i < live; i++) {
                 tri_kv_pos(&c, il, h)[i] = 3 * i + 1;
@@ -74,7 +56,7 @@ static void test_compact_poison(bool poison) {
             memcpy(orig, k, sizeof(tri_fp16) * live * D);
             int n_keep = 0;
             for (int i = 0; i < live; i++) {
-                if (urand() < 0.5) {
+                if (tu_uniform() < 0.5) {
                     keep[n_keep++] = i;
                 }
             }
@@ -131,17 +113,11 @@ static int argmax(const float * x, int n) {
 /* A compressing generation (budget 128, interval 32, ~600 tokens) with poisoned evictions: every logit
  * stays finite, and right after each round the freed slots hold NaN. */
 static void test_real_model(void) {
-    const char * path = getenv("TRI_DEFAULT_MODEL");
-    if (!path || !*path) {
-        printf("skip: real-model poisoning test (set TRI_DEFAULT_MODEL to the default GGUF)\n");
+    triattn_model * m = tu_load_default_model("real-model poisoning test");
+    if (!m) {
         return;
     }
     char err[1024];
-    triattn_model * m = NULL;
-    if (triattn_model_load(path, NULL, &m, err, sizeof err) != TRIATTN_OK) {
-        CHECK(0, "load %s: %s", path, err);
-        return;
-    }
     struct triattn_model_info info;
     triattn_model_get_info(m, &info);
     triattn_token toks[512];
@@ -188,7 +164,7 @@ static void test_real_model(void) {
         return;
     }
     CHECK(s->kv.poison, "TRIATTN_KV_POISON=1 at session creation must poison");
-    const int p_len = 20 + (int) (urand() * 40);
+    const int p_len = 20 + (int) (tu_uniform() * 40);
     st = triattn_session_decode(s, toks, p_len < nt ? p_len : nt, false);
     int64_t rounds = 0, bad_logits = 0, bad_nan = 0, steps = 0;
     const int D = s->kv.head_dim;
@@ -200,7 +176,7 @@ static void test_real_model(void) {
                 break;
             }
         }
-        triattn_token t = i % 53 == 7 ? (triattn_token) (100 + urand() * 30000) : argmax(lg, info.n_vocab);
+        triattn_token t = i % 53 == 7 ? (triattn_token) (100 + tu_uniform() * 30000) : argmax(lg, info.n_vocab);
         st = triattn_session_decode(s, &t, 1, false);
         steps++;
         struct triattn_kv_stats ks;
@@ -230,16 +206,10 @@ static void test_real_model(void) {
 }
 
 int main(void) {
-    const char * env = getenv("TRI_TEST_SEED");
-    const unsigned long long seed = env ? strtoull(env, NULL, 10) : (unsigned long long) time(NULL);
-    rng_state = seed * 2862933555777941757ULL + 3037000493ULL;
+    tu_seed_init("TRI_TEST_SEED");
     test_compact_poison(true);
     test_compact_poison(false);
     test_env_switch();
     test_real_model();
-    if (n_fail) {
-        printf("seed %llu (TRI_TEST_SEED reproduces)\n", seed);
-    }
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return tu_finish();
 }

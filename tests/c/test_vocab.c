@@ -12,29 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-static int g_pass, g_fail;
-static uint64_t g_seed, g_rng;
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (cond) {                                                                        \
-            g_pass++;                                                                      \
-        } else {                                                                           \
-            g_fail++;                                                                      \
-            fprintf(stderr, "FAIL %s:%d (seed %llu): ", __FILE__, __LINE__,                \
-                    (unsigned long long) g_seed);                                          \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-        }                                                                                  \
-    } while (0)
-
-static uint32_t rnd(void) { /* xorshift64* */
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    return (uint32_t) ((g_rng * 0x2545F4914F6CDD1Dull) >> 32);
-}
-static uint32_t rnd_below(uint32_t n) { return rnd() % n; }
+#include "test_util.h"
 
 /* ---- UTF-8 and properties ------------------------------------------------------------------------ */
 
@@ -42,11 +20,11 @@ static void test_utf8_round_trip(void) {
     int bad = 0;
     for (int i = 0; i < 200000; i++) {
         uint32_t cp;
-        switch (rnd_below(4)) {
-            case 0: cp = rnd_below(0x80); break;
-            case 1: cp = 0x80 + rnd_below(0x800 - 0x80); break;
-            case 2: cp = 0x800 + rnd_below(0x10000 - 0x800); break;
-            default: cp = 0x10000 + rnd_below(0x110000 - 0x10000); break;
+        switch ((uint32_t) tu_below(4)) {
+            case 0: cp = (uint32_t) tu_below(0x80); break;
+            case 1: cp = 0x80 + (uint32_t) tu_below(0x800 - 0x80); break;
+            case 2: cp = 0x800 + (uint32_t) tu_below(0x10000 - 0x800); break;
+            default: cp = 0x10000 + (uint32_t) tu_below(0x110000 - 0x10000); break;
         }
         if (cp >= 0xD800 && cp <= 0xDFFF) {
             continue;
@@ -93,10 +71,10 @@ static void test_utf8_invalid(void) {
     /* Random bytes: every step consumes 1..4 bytes within the buffer; valid results re-encode identically. */
     int bad = 0;
     for (int iter = 0; iter < 2000; iter++) {
-        size_t n = 1 + rnd_below(64);
+        size_t n = 1 + (uint32_t) tu_below(64);
         uint8_t * s = malloc(n);
         for (size_t i = 0; i < n; i++) {
-            s[i] = (uint8_t) (rnd_below(3) ? 0x80 + rnd_below(0x80) : rnd_below(256));
+            s[i] = (uint8_t) ((uint32_t) tu_below(3) ? 0x80 + (uint32_t) tu_below(0x80) : (uint32_t) tu_below(256));
         }
         for (size_t p = 0; p < n;) {
             size_t len = 0;
@@ -163,72 +141,57 @@ static void test_properties(void) {
 /* ---- in-memory GGUF writer ------------------------------------------------------------------------ */
 
 typedef struct gbuf {
-    uint8_t * p;
-    size_t    n, cap;
-    uint64_t  n_kv;
+    tu_buf   b;
+    uint64_t n_kv;
 } gbuf;
 
-static void put(gbuf * b, const void * d, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 256;
-        b->p   = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-static void put_u32(gbuf * b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(gbuf * b, uint64_t v) { put(b, &v, 8); }
-static void put_str(gbuf * b, const char * s, size_t n) {
-    put_u64(b, n);
-    put(b, s, n);
-}
 static void kv_key(gbuf * b, const char * key, uint32_t type) {
-    put_str(b, key, strlen(key));
-    put_u32(b, type);
+    tu_put_str(&b->b, key, strlen(key));
+    tu_put_u32(&b->b, type);
     b->n_kv++;
 }
 static void kv_str(gbuf * b, const char * key, const char * v) {
     kv_key(b, key, TRI_GGUF_STRING);
-    put_str(b, v, strlen(v));
+    tu_put_str(&b->b, v, strlen(v));
 }
 static void kv_u32(gbuf * b, const char * key, uint32_t v) {
     kv_key(b, key, TRI_GGUF_UINT32);
-    put_u32(b, v);
+    tu_put_u32(&b->b, v);
 }
 static void kv_bool(gbuf * b, const char * key, bool v) {
     kv_key(b, key, TRI_GGUF_BOOL);
     uint8_t x = v;
-    put(b, &x, 1);
+    tu_put(&b->b, &x, 1);
 }
 static void kv_strs(gbuf * b, const char * key, char ** v, size_t n) {
     kv_key(b, key, TRI_GGUF_ARRAY);
-    put_u32(b, TRI_GGUF_STRING);
-    put_u64(b, n);
+    tu_put_u32(&b->b, TRI_GGUF_STRING);
+    tu_put_u64(&b->b, n);
     for (size_t i = 0; i < n; i++) {
-        put_str(b, v[i], strlen(v[i]));
+        tu_put_str(&b->b, v[i], strlen(v[i]));
     }
 }
 static void kv_i32s(gbuf * b, const char * key, const int32_t * v, size_t n) {
     kv_key(b, key, TRI_GGUF_ARRAY);
-    put_u32(b, TRI_GGUF_INT32);
-    put_u64(b, n);
-    put(b, v, 4 * n);
+    tu_put_u32(&b->b, TRI_GGUF_INT32);
+    tu_put_u64(&b->b, n);
+    tu_put(&b->b, v, 4 * n);
 }
 static void kv_f32s(gbuf * b, const char * key, const float * v, size_t n) {
     kv_key(b, key, TRI_GGUF_ARRAY);
-    put_u32(b, TRI_GGUF_FLOAT32);
-    put_u64(b, n);
-    put(b, v, 4 * n);
+    tu_put_u32(&b->b, TRI_GGUF_FLOAT32);
+    tu_put_u64(&b->b, n);
+    tu_put(&b->b, v, 4 * n);
 }
 
 /* Header + the key/values in kv (n_tensors 0). Returns a malloc'd file image. */
 static uint8_t * gguf_image(const gbuf * kv, size_t * size) {
-    gbuf f = { 0 };
-    put(&f, "GGUF", 4);
-    put_u32(&f, 3);
-    put_u64(&f, 0);
-    put_u64(&f, kv->n_kv);
-    put(&f, kv->p, kv->n);
+    tu_buf f = { 0 };
+    tu_put(&f, "GGUF", 4);
+    tu_put_u32(&f, 3);
+    tu_put_u64(&f, 0);
+    tu_put_u64(&f, kv->n_kv);
+    tu_put(&f, kv->b.p, kv->b.n);
     *size = f.n;
     return f.p;
 }
@@ -314,21 +277,21 @@ static int fuzz_round_trip(const tri_vocab * v, int iters, int max_len, bool asc
                                      "hello", "he", "12", "\xc3", "\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "<|end|>",
                                      "<|user|>", "\xff", "\xc0\xaf", "\x00" };
     for (int it = 0; it < iters; it++) {
-        int n = (int) rnd_below((uint32_t) max_len + 1);
+        int n = (int) (uint32_t) tu_below((uint32_t) max_len + 1);
         char * s = malloc((size_t) n + 1);
         for (int i = 0; i < n;) {
             const char * p = NULL;
             size_t pl = 1;
             char one;
-            uint32_t r = rnd_below(10);
+            uint32_t r = (uint32_t) tu_below(10);
             if (ascii_heavy && r < 5) {
-                one = (char) (' ' + rnd_below(95));
+                one = (char) (' ' + (uint32_t) tu_below(95));
                 p   = &one;
             } else if (r < 8) {
-                p  = pieces[rnd_below(sizeof pieces / sizeof pieces[0])];
+                p  = pieces[(uint32_t) tu_below(sizeof pieces / sizeof pieces[0])];
                 pl = strlen(p) ? strlen(p) : 1; /* "\x00" is one NUL byte */
             } else {
-                one = (char) rnd_below(256);
+                one = (char) (uint32_t) tu_below(256);
                 p   = &one;
             }
             size_t k = TRI_MIN(pl, (size_t) (n - i));
@@ -360,7 +323,7 @@ static void test_bpe_synthetic(void) {
     tri_vocab * v = NULL;
     char err[256] = "";
     enum triattn_status st = load_kv(&kv, &v, err, sizeof err);
-    free(kv.p);
+    free(kv.b.p);
     CHECK(st == TRIATTN_OK, "load synthetic BPE vocab: %s", err);
     if (st != TRIATTN_OK) {
         return;
@@ -450,7 +413,7 @@ static void test_bpe_synthetic(void) {
         gbuf k2 = { 0 };
         bpe_kv(&k2, "gpt2", pres[i], 0, BPE_BASE + 5, NULL);
         st = load_kv(&k2, &v, err, sizeof err);
-        free(k2.p);
+        free(k2.b.p);
         CHECK(st == TRIATTN_OK, "load with pre %s: %s", pres[i], err);
         if (st == TRIATTN_OK) {
             bad = fuzz_round_trip(v, 1500, 200, i % 2 == 0);
@@ -475,7 +438,7 @@ static void test_load_errors(void) {
         tri_vocab * v = (tri_vocab *) 1;
         char err[256] = "";
         enum triattn_status st = load_kv(&kv, &v, err, sizeof err);
-        free(kv.p);
+        free(kv.b.p);
         CHECK(st == cases[i].want && v == NULL && strstr(err, cases[i].in_msg),
               "load error case %zu: status %d, message '%s'", i, (int) st, err);
         if (st == TRIATTN_OK) tri_vocab_free(v);
@@ -485,7 +448,7 @@ static void test_load_errors(void) {
     tri_vocab * v = NULL;
     char err[256] = "";
     enum triattn_status st = load_kv(&kv, &v, err, sizeof err);
-    free(kv.p);
+    free(kv.b.p);
     CHECK(st == TRIATTN_ERR_FORMAT && strstr(err, "tokenizer.ggml.tokens"), "missing tokens: '%s'", err);
 }
 
@@ -524,7 +487,7 @@ static void test_spm_synthetic(void) {
     tri_vocab * v = NULL;
     char err[256] = "";
     enum triattn_status st = load_kv(&kv, &v, err, sizeof err);
-    free(kv.p);
+    free(kv.b.p);
     CHECK(st == TRIATTN_OK, "load synthetic SPM vocab: %s", err);
     if (st != TRIATTN_OK) {
         return;
@@ -592,9 +555,9 @@ static void test_real_model(void) {
     triattn_token ids[1024];
     char back[4096];
     for (int it = 0; it < 3000; it++) {
-        int n = (int) rnd_below(300);
+        int n = (int) (uint32_t) tu_below(300);
         char * s = malloc((size_t) n + 1);
-        for (int i = 0; i < n; i++) s[i] = (char) rnd_below(256);
+        for (int i = 0; i < n; i++) s[i] = (char) (uint32_t) tu_below(256);
         int32_t k = tokenize(v, s, n, it & 1, ids, 1024);
         bad += k < 0 || k > n;
         free(s);
@@ -612,9 +575,7 @@ static void test_real_model(void) {
 }
 
 int main(void) {
-    const char * env = getenv("TEST_SEED");
-    g_seed = env ? strtoull(env, NULL, 10) : (uint64_t) time(NULL) ^ ((uint64_t) clock() << 32);
-    g_rng  = g_seed ? g_seed : 1;
+    tu_seed_init("TEST_SEED");
     test_utf8_round_trip();
     test_utf8_invalid();
     test_properties();
@@ -622,9 +583,5 @@ int main(void) {
     test_load_errors();
     test_spm_synthetic();
     test_real_model();
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    if (g_fail) {
-        printf("seed %llu (replay with TEST_SEED=%llu)\n", (unsigned long long) g_seed, (unsigned long long) g_seed);
-    }
-    return g_fail ? 1 : 0;
+    return tu_finish();
 }

@@ -12,18 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t g_rng;
-static uint64_t rnd(void) { /* splitmix64 */
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static uint64_t rnd_n(uint64_t n) { return n ? rnd() % n : 0; }
+#include "test_util.h"
+
 
 static uint64_t huge_value(void) {
     static const uint64_t v[] = { UINT64_MAX, 1ull << 63, 1ull << 60, 1ull << 32, 0xFFFFFFFFull, 0x7FFFFFFFFFFFFFFFull };
-    return rnd_n(3) == 0 ? rnd() : v[rnd_n(sizeof v / sizeof v[0])];
+    return tu_below(3) == 0 ? tu_u64() : v[tu_below(sizeof v / sizeof v[0])];
 }
 
 /* Checks that everything an OK parse exposes lies inside [base, base + size). */
@@ -99,7 +93,7 @@ int main(int argc, char ** argv) {
         return 2;
     }
     long n_cases = strtol(argv[2], NULL, 10);
-    g_rng = strtoull(argv[3], NULL, 10);
+    tu_seed(strtoull(argv[3], NULL, 10));
     FILE * f = fopen(argv[1], "rb");
     if (!f) {
         fprintf(stderr, "cannot open %s\n", argv[1]);
@@ -140,57 +134,57 @@ int main(int argc, char ** argv) {
     long by_status[16] = { 0 };
     for (long c = 0; c < n_cases; c++) {
         size_t len = size;
-        int kind = (int) rnd_n(6);
+        int kind = (int) tu_below(6);
         switch (kind) {
             case 0: /* truncate inside the header region */
-                len = rnd_n(region);
+                len = tu_below(region);
                 break;
             case 1: { /* flip 1-8 random bytes */
-                int k = 1 + (int) rnd_n(8);
-                for (int i = 0; i < k; i++) buf[rnd_n(region)] ^= (uint8_t) (1 + rnd_n(255));
+                int k = 1 + (int) tu_below(8);
+                for (int i = 0; i < k; i++) buf[tu_below(region)] ^= (uint8_t) (1 + tu_below(255));
                 break;
             }
             case 2: { /* a random u64 becomes huge */
                 uint64_t v = huge_value();
-                memcpy(buf + rnd_n(region - 8), &v, 8);
+                memcpy(buf + tu_below(region - 8), &v, 8);
                 break;
             }
             case 3: { /* a random u32 becomes a small id (value types, tensor types, n_dims) */
-                uint32_t v = (uint32_t) rnd_n(48);
-                memcpy(buf + rnd_n(region - 4), &v, 4);
+                uint32_t v = (uint32_t) tu_below(48);
+                memcpy(buf + tu_below(region - 4), &v, 4);
                 break;
             }
             case 4: { /* a kv field: key length, value type, or (arrays) element type / count */
                 if (!n_kv) break;
-                uint64_t at = kv_off[rnd_n(n_kv)];
+                uint64_t at = kv_off[tu_below(n_kv)];
                 uint64_t klen;
                 memcpy(&klen, buf + at, 8);
                 uint64_t tpos = at + 8 + klen;
-                int which = (int) rnd_n(4);
+                int which = (int) tu_below(4);
                 if (which == 0) {
-                    uint64_t v = rnd_n(2) ? huge_value() : klen + rnd_n(16) - 8;
+                    uint64_t v = tu_below(2) ? huge_value() : klen + tu_below(16) - 8;
                     memcpy(buf + at, &v, 8);
                 } else if (tpos + 16 <= region) {
                     uint32_t t;
                     memcpy(&t, buf + tpos, 4);
                     if (which == 1) {
-                        uint32_t v = (uint32_t) rnd_n(14);
+                        uint32_t v = (uint32_t) tu_below(14);
                         memcpy(buf + tpos, &v, 4);
                     } else if (t == TRI_GGUF_ARRAY && which == 2) {
-                        uint32_t v = (uint32_t) rnd_n(14);
+                        uint32_t v = (uint32_t) tu_below(14);
                         memcpy(buf + tpos + 4, &v, 4);
                     } else if (t == TRI_GGUF_ARRAY) {
                         uint64_t cnt;
                         memcpy(&cnt, buf + tpos + 8, 8);
-                        uint64_t v = rnd_n(2) ? huge_value() : cnt + rnd_n(5) - 2;
+                        uint64_t v = tu_below(2) ? huge_value() : cnt + tu_below(5) - 2;
                         memcpy(buf + tpos + 8, &v, 8);
                     }
                 }
                 break;
             }
             default: { /* copy a random chunk over another place */
-                size_t n = 1 + rnd_n(64);
-                if (n < region) memmove(buf + rnd_n(region - n), buf + rnd_n(region - n), n);
+                size_t n = 1 + tu_below(64);
+                if (n < region) memmove(buf + tu_below(region - n), buf + tu_below(region - n), n);
                 break;
             }
         }

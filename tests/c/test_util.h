@@ -1,0 +1,185 @@
+/* test_util.h - shared scaffolding of the C unit tests (header-only, C11): a seeded PRNG (xoshiro256**
+ * seeded through splitmix64), uniform/normal helpers, pass/fail counters, CHECK(cond, fmt, ...) and
+ * tu_finish(), which prints the exact final line "N passed, M failed" that ctest/pytest/CI parse.
+ *
+ *   int main(void) {
+ *       tu_seed_init("TRI_TEST_SEED");   // fresh seed from the clock unless the env var is set
+ *       ...
+ *       return tu_finish();              // prints the seed on failure, then "N passed, M failed"
+ *   }
+ *
+ * Define TU_FAIL_PRINT_LIMIT before including to print only the first N failures (all are counted).
+ * Also: tu_buf, a growable byte buffer for in-memory file images (GGUF writers), and, when triattn.h is
+ * included first, tu_load_default_model() for the real model named by TRI_DEFAULT_MODEL. */
+#ifndef TRI_TEST_UTIL_H
+#define TRI_TEST_UTIL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- PRNG ---------------------------------------------------------------------------------------- */
+
+static uint64_t tu_rng_s[4];
+static uint64_t tu_seed_value;
+static const char * tu_seed_env;
+
+static inline uint64_t tu_splitmix64(uint64_t * x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Seeds the generator with an explicit value (e.g. from a command line). */
+static inline void tu_seed(uint64_t seed) {
+    uint64_t x = seed;
+    tu_seed_value = seed;
+    for (int i = 0; i < 4; i++) {
+        tu_rng_s[i] = tu_splitmix64(&x);
+    }
+}
+
+/* Seeds from the clock, unless env_name (may be NULL) names a set environment variable; remembers the
+ * seed and the variable for tu_finish(). Returns the seed. */
+static inline uint64_t tu_seed_init(const char * env_name) {
+    const char * env = env_name ? getenv(env_name) : NULL;
+    uint64_t seed;
+    if (env && *env) {
+        seed = strtoull(env, NULL, 10);
+    } else {
+        int local;
+        seed = (uint64_t) time(NULL) ^ ((uint64_t) clock() << 20) ^ ((uint64_t) (uintptr_t) &local << 32);
+    }
+    tu_seed_env = env_name;
+    tu_seed(seed);
+    return seed;
+}
+
+static inline uint64_t tu_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+/* xoshiro256** */
+static inline uint64_t tu_u64(void) {
+    uint64_t * s = tu_rng_s;
+    const uint64_t r = tu_rotl(s[1] * 5, 7) * 9;
+    const uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = tu_rotl(s[3], 45);
+    return r;
+}
+static inline uint32_t tu_u32(void) { return (uint32_t) (tu_u64() >> 32); }
+/* Uniform in [0, n); 0 when n is 0. */
+static inline uint64_t tu_below(uint64_t n) { return n ? tu_u64() % n : 0; }
+/* Uniform integer in [lo, hi] (inclusive). */
+static inline int64_t tu_int(int64_t lo, int64_t hi) { return lo + (int64_t) tu_below((uint64_t) (hi - lo) + 1); }
+/* Uniform double in [0, 1). */
+static inline double tu_uniform(void) { return (double) (tu_u64() >> 11) * 0x1.0p-53; }
+/* Uniform double in (0, 1): safe for log(). */
+static inline double tu_uniform_open(void) { return ((double) (tu_u64() >> 11) + 0.5) * 0x1.0p-53; }
+/* Uniform double in [-1, 1). */
+static inline double tu_symmetric(void) { return tu_uniform() * 2.0 - 1.0; }
+/* Uniform float in [lo, hi). */
+static inline float tu_uniformf(float lo, float hi) { return lo + (hi - lo) * (float) tu_uniform(); }
+/* Standard normal (Box-Muller). */
+static inline double tu_normal(void) {
+    return sqrt(-2.0 * log(tu_uniform_open())) * cos(6.283185307179586 * tu_uniform());
+}
+
+/* ---- counters and CHECK -------------------------------------------------------------------------- */
+
+static int tu_n_pass, tu_n_fail;
+
+#ifndef TU_FAIL_PRINT_LIMIT
+#define TU_FAIL_PRINT_LIMIT 0 /* 0: print every failure */
+#endif
+
+static inline int tu_fail_printable(void) {
+    return TU_FAIL_PRINT_LIMIT <= 0 || tu_n_fail <= TU_FAIL_PRINT_LIMIT;
+}
+
+/* Counts a check; on failure prints "FAIL file:line (seed N): message". */
+#define CHECK(cond, ...)                                                                             \
+    do {                                                                                             \
+        if (cond) {                                                                                  \
+            tu_n_pass++;                                                                             \
+        } else {                                                                                     \
+            tu_n_fail++;                                                                             \
+            if (tu_fail_printable()) {                                                               \
+                printf("FAIL %s:%d (seed %llu): ", __FILE__, __LINE__,                               \
+                       (unsigned long long) tu_seed_value);                                          \
+                printf(__VA_ARGS__);                                                                 \
+                printf("\n");                                                                        \
+                fflush(stdout);                                                                      \
+            }                                                                                        \
+        }                                                                                            \
+    } while (0)
+
+/* Prints the seed when something failed, then "N passed, M failed"; returns the exit code. */
+static inline int tu_finish(void) {
+    if (tu_n_fail) {
+        if (tu_seed_env) {
+            printf("seed %llu (rerun with %s=%llu)\n", (unsigned long long) tu_seed_value, tu_seed_env,
+                   (unsigned long long) tu_seed_value);
+        } else {
+            printf("seed %llu\n", (unsigned long long) tu_seed_value);
+        }
+    }
+    printf("%d passed, %d failed\n", tu_n_pass, tu_n_fail);
+    fflush(stdout);
+    return tu_n_fail ? 1 : 0;
+}
+
+/* ---- growable byte buffer (in-memory file images) ------------------------------------------------ */
+
+typedef struct tu_buf {
+    uint8_t * p;
+    size_t    n, cap;
+} tu_buf;
+
+static inline void tu_put(tu_buf * b, const void * d, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 256;
+        b->p   = realloc(b->p, b->cap);
+    }
+    if (n) {
+        memcpy(b->p + b->n, d, n);
+    }
+    b->n += n;
+}
+static inline void tu_put_u32(tu_buf * b, uint32_t v) { tu_put(b, &v, 4); }
+static inline void tu_put_u64(tu_buf * b, uint64_t v) { tu_put(b, &v, 8); }
+/* GGUF string: u64 length, then the bytes (may contain NUL). */
+static inline void tu_put_str(tu_buf * b, const char * s, size_t n) {
+    tu_put_u64(b, n);
+    tu_put(b, s, n);
+}
+
+/* ---- the real model (TRI_DEFAULT_MODEL) ---------------------------------------------------------- */
+
+#ifdef TRIATTN_H
+/* Loads the model named by TRI_DEFAULT_MODEL. Unset: prints "skip: <what> (...)" and returns NULL.
+ * Load error: a failed check, NULL. */
+static inline triattn_model * tu_load_default_model(const char * what) {
+    const char * path = getenv("TRI_DEFAULT_MODEL");
+    if (!path || !*path) {
+        printf("skip: %s (set TRI_DEFAULT_MODEL to the default GGUF)\n", what);
+        return NULL;
+    }
+    char err[1024];
+    triattn_model * m = NULL;
+    if (triattn_model_load(path, NULL, &m, err, sizeof err) != TRIATTN_OK) {
+        CHECK(0, "load %s: %s", path, err);
+        return NULL;
+    }
+    return m;
+}
+#endif
+
+#endif /* TRI_TEST_UTIL_H */

@@ -112,22 +112,7 @@ const char * triattn_model_meta_key(const triattn_model * m, int32_t i) {
     return m->gguf->kv[i].key;
 }
 
-/* Appends text to buf, tracking the full length even past the capacity. */
-typedef struct tri_sbuf {
-    char * buf;
-    size_t cap;
-    size_t len;
-} tri_sbuf;
-
-static void tri_sbuf_put(tri_sbuf * b, const char * s, size_t n) {
-    if (b->len < b->cap) {
-        const size_t room = b->cap - 1 - b->len;
-        memcpy(b->buf + b->len, s, n < room ? n : room);
-    }
-    b->len += n;
-}
-
-static void tri_meta_scalar(tri_sbuf * b, enum tri_gguf_type t, const tri_gguf_kv * kv, uint64_t i) {
+static void tri_meta_scalar(tri_strbuf * b, enum tri_gguf_type t, const tri_gguf_kv * kv, uint64_t i) {
     char tmp[64];
     int n = 0;
     switch (t) {
@@ -148,7 +133,7 @@ static void tri_meta_scalar(tri_sbuf * b, enum tri_gguf_type t, const tri_gguf_k
             n = snprintf(tmp, sizeof tmp, "%" PRId64, tri_gguf_arr_i64(kv, i));
             break;
     }
-    tri_sbuf_put(b, tmp, (size_t) n);
+    tri_strbuf_put(b, tmp, (size_t) n);
 }
 
 enum triattn_status triattn_model_meta_value(const triattn_model * m, int32_t i, char * buf, size_t capacity,
@@ -157,34 +142,32 @@ enum triattn_status triattn_model_meta_value(const triattn_model * m, int32_t i,
         return TRIATTN_ERR_INVALID_ARG;
     }
     const tri_gguf_kv * kv = &m->gguf->kv[i];
-    tri_sbuf b = { buf, capacity, 0 };
+    tri_strbuf b = { buf, capacity, 0 };
     if (kv->type == TRI_GGUF_STRING) {
-        tri_sbuf_put(&b, kv->strs[0].ptr, kv->strs[0].len);
+        tri_strbuf_put(&b, kv->strs[0].ptr, kv->strs[0].len);
     } else if (kv->type != TRI_GGUF_ARRAY) {
         tri_meta_scalar(&b, kv->type, kv, 0);
     } else if (kv->n > 16) {
         char tmp[64];
         int n = snprintf(tmp, sizeof tmp, "[... %" PRIu64 " items]", kv->n);
-        tri_sbuf_put(&b, tmp, (size_t) n);
+        tri_strbuf_put(&b, tmp, (size_t) n);
     } else {
-        tri_sbuf_put(&b, "[", 1);
+        tri_strbuf_put(&b, "[", 1);
         for (uint64_t j = 0; j < kv->n; j++) {
             if (j) {
-                tri_sbuf_put(&b, ", ", 2);
+                tri_strbuf_put(&b, ", ", 2);
             }
             if (kv->arr_type == TRI_GGUF_STRING) {
-                tri_sbuf_put(&b, "\"", 1);
-                tri_sbuf_put(&b, kv->strs[j].ptr, kv->strs[j].len);
-                tri_sbuf_put(&b, "\"", 1);
+                tri_strbuf_put(&b, "\"", 1);
+                tri_strbuf_put(&b, kv->strs[j].ptr, kv->strs[j].len);
+                tri_strbuf_put(&b, "\"", 1);
             } else {
                 tri_meta_scalar(&b, kv->arr_type, kv, j);
             }
         }
-        tri_sbuf_put(&b, "]", 1);
+        tri_strbuf_put(&b, "]", 1);
     }
-    if (capacity > 0) {
-        buf[b.len < capacity ? b.len : capacity - 1] = '\0';
-    }
+    tri_strbuf_finish(&b);
     *n_out = b.len;
     return TRIATTN_OK;
 }

@@ -150,19 +150,9 @@ static tri_sv sv_rstrip_nl(tri_sv s) {
 
 /* ---- output into the caller's buffer ----------------------------------------------------------- */
 
-typedef struct {
-    char * buf;
-    size_t cap;
-    size_t len;  /* full length, may exceed cap */
-} tri_out;
+typedef tri_strbuf tri_out;
 
-static void out_put(tri_out * o, const char * s, size_t n) {
-    if (o->len < o->cap) {
-        size_t room = o->cap - o->len;
-        memcpy(o->buf + o->len, s, n < room ? n : room);
-    }
-    o->len += n;
-}
+static void out_put(tri_out * o, const char * s, size_t n) { tri_strbuf_put(o, s, n); }
 
 static void out_str(tri_out * o, const char * s) { out_put(o, s, strlen(s)); }
 static void out_sv(tri_out * o, tri_sv s) { out_put(o, s.p, s.n); }
@@ -660,9 +650,7 @@ enum triattn_status tri_chat_apply(const char * tmpl, const char * format, const
         }
         return st;
     }
-    if (o.cap > 0) {
-        o.buf[o.len < o.cap ? o.len : o.cap - 1] = '\0';
-    }
+    tri_strbuf_finish(&o);
     if (n_out) {
         *n_out = o.len;
     }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__)
 #  define TRI_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -22,6 +23,28 @@ void tri_log(enum triattn_log_level level, const char * fmt, ...) TRI_PRINTF(2, 
 
 /* Monotonic wall clock in milliseconds. */
 double tri_time_ms(void);
+
+/* Text written into a caller buffer of capacity cap: len counts the full length even past the capacity,
+ * one byte is kept for the terminating NUL (tri_strbuf_finish). */
+typedef struct tri_strbuf {
+    char * buf;
+    size_t cap;
+    size_t len;
+} tri_strbuf;
+
+static inline void tri_strbuf_put(tri_strbuf * b, const char * s, size_t n) {
+    if (b->len + 1 < b->cap) {
+        const size_t room = b->cap - 1 - b->len;
+        memcpy(b->buf + b->len, s, n < room ? n : room);
+    }
+    b->len += n;
+}
+
+static inline void tri_strbuf_finish(tri_strbuf * b) {
+    if (b->cap > 0) {
+        b->buf[b->len < b->cap ? b->len : b->cap - 1] = '\0';
+    }
+}
 
 #define TRI_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define TRI_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -78,10 +78,12 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
     o->parallel = 4;
     o->threads = 0;
     o->ctx_size = 4096;
-    o->kv_budget = 2048;
-    o->kv_interval = 128;
-    o->kv_window = -1;
-    o->kv_sink = 4;
+    struct triattn_session_params defaults; /* KV defaults come from the library */
+    triattn_session_params_init(&defaults);
+    o->kv_budget = defaults.kv_budget;
+    o->kv_interval = defaults.kv_interval;
+    o->kv_window = defaults.kv_window;
+    o->kv_sink = defaults.kv_sink;
     o->max_conns = 256;
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i];

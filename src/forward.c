@@ -208,6 +208,9 @@ void tri_blk_rope_store(tri_forward * f, int il) {
         float * k = f->k + (int64_t) t * hp->n_head_kv * hd;
         tri_rope(q, hp->n_head, hd, hp->rope_dim, cs, hp->rope_pairing);
         tri_rope(k, hp->n_head_kv, hd, hp->rope_dim, cs, hp->rope_pairing);
+        if (kv->q_cap > 0) {
+            tri_kv_push_query(kv, il, q, f->pos0 + t);
+        }
     }
     for (int h = 0; h < hp->n_head_kv; h++) {
         int32_t * live = &kv->n_live[tri_kv_index(kv, il, h)];

@@ -54,6 +54,9 @@ enum triattn_status tri_kv_cache_init(tri_kv_cache * c, int32_t n_layer, int32_t
 }
 
 void tri_kv_cache_free(tri_kv_cache * c) {
+    free(c->q);
+    free(c->q_pos);
+    free(c->q_count);
     free(c->k);
     free(c->v);
     free(c->pos);
@@ -63,6 +66,32 @@ void tri_kv_cache_free(tri_kv_cache * c) {
 
 void tri_kv_cache_clear(tri_kv_cache * c) {
     memset(c->n_live, 0, (size_t) c->n_layer * c->n_head_kv * sizeof(int32_t));
+    if (c->q_count) {
+        memset(c->q_count, 0, (size_t) c->n_layer * sizeof(int64_t));
+    }
+}
+
+enum triattn_status tri_kv_cache_enable_queries(tri_kv_cache * c, int32_t q_cap, int32_t q_dim, char * err, size_t n) {
+    free(c->q);
+    free(c->q_pos);
+    free(c->q_count);
+    c->q_cap = 0;
+    c->q_dim = q_dim;
+    c->q       = malloc((size_t) c->n_layer * q_cap * q_dim * sizeof(float));
+    c->q_pos   = malloc((size_t) c->n_layer * q_cap * sizeof(int32_t));
+    c->q_count = calloc((size_t) c->n_layer, sizeof(int64_t));
+    if (!c->q || !c->q_pos || !c->q_count) {
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate a ring of %d queries per layer", q_cap);
+    }
+    c->q_cap = q_cap;
+    return TRIATTN_OK;
+}
+
+void tri_kv_push_query(tri_kv_cache * c, int il, const float * q, int32_t pos) {
+    const int64_t i = c->q_count[il]++ % c->q_cap;
+    const size_t e = (size_t) il * c->q_cap + (size_t) i;
+    memcpy(c->q + e * c->q_dim, q, (size_t) c->q_dim * sizeof(float));
+    c->q_pos[e] = pos;
 }
 
 void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi) {

@@ -26,6 +26,14 @@ typedef struct tri_kv_cache {
     int32_t *  n_live;     /* [n_layer][n_head_kv] */
     size_t     bytes;      /* bytes allocated for k, v, pos */
     bool       poison;     /* compaction fills evicted slots with NaN (debug/ASan builds, TRIATTN_KV_POISON=1) */
+
+    /* Ring of the most recent post-RoPE queries per layer, for policies that score keys by the attention
+     * they receive (h2o, snapkv, rkv). q_cap == 0 (the default) keeps none. */
+    int32_t    q_cap;      /* queries kept per layer */
+    int32_t    q_dim;      /* n_head * head_dim */
+    float *    q;          /* [n_layer][q_cap][q_dim], entry i holds query number i % q_cap */
+    int32_t *  q_pos;      /* [n_layer][q_cap] absolute position of each entry */
+    int64_t *  q_count;    /* [n_layer] queries pushed since the cache was cleared */
 } tri_kv_cache;
 
 /* Bytes needed for a cache of this geometry (0 on overflow). */
@@ -49,6 +57,12 @@ static inline tri_fp16 * tri_kv_v(const tri_kv_cache * c, int il, int h) {
 static inline int32_t * tri_kv_pos(const tri_kv_cache * c, int il, int h) {
     return c->pos + tri_kv_index(c, il, h) * c->capacity;
 }
+
+/* Keeps the last q_cap post-RoPE queries (q_dim floats each) of every layer from now on; called by a policy's
+ * init. TRIATTN_ERR_OOM when the ring cannot be allocated. */
+enum triattn_status tri_kv_cache_enable_queries(tri_kv_cache * c, int32_t q_cap, int32_t q_dim, char * err, size_t n);
+/* Records the post-RoPE query q (q_dim floats) of the token at absolute position pos in layer il's ring. */
+void tri_kv_push_query(tri_kv_cache * c, int il, const float * q, int32_t pos);
 
 /* Smallest and largest live-slot count over all (layer, KV head). */
 void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi);

@@ -209,8 +209,7 @@ int32_t triattn_session_n_past(const triattn_session * s) {
     return s->n_past;
 }
 
-/* Runs the policy when the cache cannot take `incoming` more tokens, or when its trigger fires. */
-static enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming) {
+enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming) {
     int32_t lo, hi;
     tri_kv_cache_live_range(&s->kv, &lo, &hi);
     if (hi + incoming <= s->kv.capacity && !s->policy.ops->should_compress(&s->policy, &s->kv)) {

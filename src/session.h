@@ -46,4 +46,7 @@ struct triattn_session {
 enum triattn_status tri_session_fail(triattn_session * s, enum triattn_status status, const char * fmt, ...)
     TRI_PRINTF(3, 4);
 
+/* Runs the policy when the cache cannot take `incoming` more tokens, or when its trigger fires. */
+enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming);
+
 #endif

@@ -76,7 +76,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or function signature in this header changes. */
-#define TRIATTN_ABI_VERSION 2
+#define TRIATTN_ABI_VERSION 3
 
 enum triattn_status {
     TRIATTN_OK              = 0,
@@ -122,6 +122,11 @@ TRIATTN_API void triattn_log_set(triattn_log_fn fn, void * user_data, enum triat
 struct triattn_model_params {
     bool         use_mmap;          /* map the file (default true); false reads it into memory */
     const char * calibration_path;  /* optional sidecar GGUF with triattention.* keys; NULL = none */
+    /* Layers run on the GPU: 0 = CPU only (default); -1 or >= n_layer = the whole model, its KV cache and the
+     * TriAttention rounds on one CUDA device (builds with -DTRIATTN_CUDA=ON). When the library was built
+     * without CUDA or no device is present, the CPU runs the model and one WARN log line says why. Other
+     * positive values (partial offload): TRIATTN_ERR_UNSUPPORTED; below -1: TRIATTN_ERR_INVALID_ARG. */
+    int32_t      n_gpu_layers;
 };
 TRIATTN_API void triattn_model_params_init(struct triattn_model_params * p);
 
@@ -166,6 +171,9 @@ TRIATTN_API const char * triattn_model_meta_key(const triattn_model * model, int
  * Returns TRIATTN_ERR_INVALID_ARG when i is out of range. */
 TRIATTN_API enum triattn_status triattn_model_meta_value(const triattn_model * model, int32_t i,
                                                          char * buf, size_t capacity, size_t * n_out);
+
+/* True when the library was built with CUDA and at least one CUDA device is usable. */
+TRIATTN_API bool triattn_cuda_available(void);
 
 /* ---- vocabulary ------------------------------------------------------------------------------- */
 
@@ -216,7 +224,10 @@ struct triattn_session_params {
     int32_t      n_threads;    /* worker threads; 0 = number of CPU cores */
     uint64_t     seed;         /* sampler seed; 0xFFFFFFFFFFFFFFFF = random (default) */
     /* KV cache policy. NULL or "auto": "triattention" when the model carries query centres, else "full".
-     * Names: "full", "triattention" (TRIATTN_ERR_INVALID_ARG when the model has no centres). */
+     * Names: "full", "triattention" (TRIATTN_ERR_INVALID_ARG when the model has no centres), and the
+     * baselines "streaming" (sink + most recent), "random" (seeded by `seed`), "h2o" (accumulated attention),
+     * "snapkv" (attention of the last 8 queries), "rkv" (SnapKV attention minus key redundancy); all
+     * compressing policies share kv_budget / kv_interval / kv_window / kv_sink. */
     const char * kv_policy;
     int32_t      kv_budget;    /* slots kept per (layer, KV head) after a compression (default 2048) */
     int32_t      kv_interval;  /* compression happens when live slots reach budget + interval (default 128) */
@@ -238,6 +249,8 @@ TRIATTN_API void triattn_session_free(triattn_session * s);
 TRIATTN_API const char * triattn_session_last_error(const triattn_session * s);
 /* Forgets every token: empty KV cache, position 0, penalty history cleared. */
 TRIATTN_API void triattn_session_reset(triattn_session * s);
+/* Where the session's forward pass and KV cache live: "cpu" or "cuda". Static string. */
+TRIATTN_API const char * triattn_backend_name(const triattn_session * s);
 /* The session's n_ctx (after resolving 0). */
 TRIATTN_API int32_t triattn_session_n_ctx(const triattn_session * s);
 /* Number of tokens processed so far = the absolute position of the next token. */
@@ -340,6 +353,14 @@ struct triattn_generate_params {
     bool          parse_special;   /* special-token text in the prompt becomes tokens (default true) */
     bool          ignore_eos;      /* keep going past end-of-generation tokens (default false) */
     struct triattn_sampler_params sampling;
+    /* 0 (default): triattn_generate_begin prefills the whole prompt. > 0: begin only tokenizes, and each
+     * triattn_generate_next / _next_batch step prefills at most this many prompt tokens (returning no
+     * text) until the prompt is in, so a server can interleave long prompts with running streams. */
+    int32_t       prefill_chunk;
+    /* 0 (default): off. k in [1, TRIATTN_MAX_TOP_LOGPROBS]: every sampled token's log-probability under
+     * the model (softmax of the raw logits) and the k most likely alternatives are recorded; read them with
+     * triattn_generate_last_logprobs after each step. */
+    int32_t       logprobs;
 };
 TRIATTN_API void triattn_generate_params_init(struct triattn_generate_params * p);
 
@@ -379,6 +400,49 @@ TRIATTN_API enum triattn_status triattn_generate_begin(triattn_session * s, cons
 TRIATTN_API enum triattn_status triattn_generate_next(triattn_session * s, const char ** text, size_t * len,
                                                       bool * done);
 TRIATTN_API void triattn_generate_get_result(const triattn_session * s, struct triattn_generate_result * out);
+
+#define TRIATTN_MAX_TOP_LOGPROBS 20
+struct triattn_token_logprobs {
+    triattn_token token;                                  /* the token sampled by the last step */
+    float         logprob;                                /* its log-probability under the model */
+    int32_t       n_top;                                  /* alternatives below, most likely first */
+    triattn_token top_tokens[TRIATTN_MAX_TOP_LOGPROBS];
+    float         top_logprobs[TRIATTN_MAX_TOP_LOGPROBS];
+};
+/* The token the last triattn_generate_next step sampled, with log-probabilities (generate params
+ * `logprobs` > 0). TRIATTN_ERR_INVALID_ARG when logprobs are off or the last step sampled no token
+ * (a prefill step, or generation had already ended). An end-of-generation token that stopped the run
+ * is reported too. */
+TRIATTN_API enum triattn_status triattn_generate_last_logprobs(const triattn_session * s,
+                                                               struct triattn_token_logprobs * out);
+
+/* ---- several sessions in one forward step ----------------------------------------------------- */
+
+/* Appends n_tokens[i] tokens to sessions[i] for every i (the tokens of session 0 first, then session 1's,
+ * ...) in one forward step, so the weights are read once for all of them: the results are exactly those of
+ * triattn_session_decode(sessions[i], ..., false) on each session in turn, including the KV policy's
+ * schedule. The sessions must be distinct and share one model; the step uses sessions[0]'s threads and
+ * scratch buffers. Sessions that cannot share the step (more rows than sessions[0]'s n_batch, a cache
+ * larger than sessions[0]'s, more tokens than one compression interval, calibration running) are decoded
+ * one after another instead, with the same results. Returns the first failing session's status, with its
+ * index and message in err; every session before it has been advanced. */
+TRIATTN_API enum triattn_status triattn_batch_decode(triattn_session * const * sessions, int32_t n_sessions,
+                                                     const triattn_token * tokens, const int32_t * n_tokens,
+                                                     char * err, size_t err_size);
+
+/* One triattn_generate_next step for several sessions (each with a generation begun), with every decode
+ * (and prompt chunk, see prefill_chunk) of the step run through triattn_batch_decode. Per session i:
+ * text[i], len[i], done[i] as triattn_generate_next returns them, and status[i] its status (a failing
+ * session does not stop the others; its message is in triattn_session_last_error). Returns TRIATTN_OK,
+ * or TRIATTN_ERR_INVALID_ARG for bad arguments. */
+TRIATTN_API enum triattn_status triattn_generate_next_batch(triattn_session * const * sessions, int32_t n_sessions,
+                                                            const char ** text, size_t * len, bool * done,
+                                                            enum triattn_status * status);
+
+/* Changes the KV budget of a session with a compressing policy for what it decodes from now on (a server
+ * sets it per request). budget + kv_interval must fit the slots allocated at creation.
+ * TRIATTN_ERR_INVALID_ARG otherwise, or for the `full` policy (no budget). */
+TRIATTN_API enum triattn_status triattn_session_set_kv_budget(triattn_session * s, int32_t budget);
 
 #ifdef __cplusplus
 }

@@ -30,6 +30,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
     f->kv      = kv;
     f->tp      = tp;
     f->n_batch = n_batch;
+    f->capacity = kv->capacity;
     f->attn    = tri_attn_kernels_get(TRI_ISA_COUNT);
     /* Converted activations: at most 4 bytes per value (F32 weights), one region per distinct type. */
     f->xq_stride = tri_align64((size_t) n_batch * (size_t) max_in * 4 + 1024);
@@ -49,6 +50,10 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
         { (void **) &f->att_s,    sizeof(float) * (size_t) nth * G * TRI_ATT_CHUNK },
         { (void **) &f->att_part, sizeof(float) * (size_t) TRI_MAX(nth, hp->n_head_kv) * n_chunks * G * (hp->head_dim + 2) },
         { (void **) &f->logits,   sizeof(float) * (size_t) n_batch * hp->n_vocab },
+        { (void **) &f->row_kv,   sizeof(tri_kv_cache *) * (size_t) n_batch },
+        { (void **) &f->row_pos,  sizeof(int32_t) * (size_t) n_batch },
+        { (void **) &f->logit_rows, sizeof(int32_t) * (size_t) n_batch },
+        { (void **) &f->row_tok,  sizeof(triattn_token) * (size_t) n_batch },
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
@@ -198,7 +203,6 @@ void tri_blk_qk_norm(tri_forward * f, const tri_layer * L) {
 void tri_blk_rope_store(tri_forward * f, int il) {
     const tri_hparams * hp = &f->m->hp;
     const int hd = hp->head_dim;
-    tri_kv_cache * kv = f->kv;
     if (f->calib) {
         tri_calib_accumulate(f->calib, il, f->q, f->n_tok); /* pre-RoPE q, after bias and q_norm */
     }
@@ -208,22 +212,16 @@ void tri_blk_rope_store(tri_forward * f, int il) {
         float * k = f->k + (int64_t) t * hp->n_head_kv * hd;
         tri_rope(q, hp->n_head, hd, hp->rope_dim, cs, hp->rope_pairing);
         tri_rope(k, hp->n_head_kv, hd, hp->rope_dim, cs, hp->rope_pairing);
+        tri_kv_cache * kv = f->row_kv[t];
         if (kv->q_cap > 0) {
-            tri_kv_push_query(kv, il, q, f->pos0 + t);
+            tri_kv_push_query(kv, il, q, f->row_pos[t]);
         }
-    }
-    for (int h = 0; h < hp->n_head_kv; h++) {
-        int32_t * live = &kv->n_live[tri_kv_index(kv, il, h)];
-        tri_fp16 * K = tri_kv_k(kv, il, h);
-        tri_fp16 * V = tri_kv_v(kv, il, h);
-        int32_t * pos = tri_kv_pos(kv, il, h);
-        for (int t = 0; t < f->n_tok; t++) {
-            const int32_t slot = *live + t;
-            tri_f32_to_f16_row(f->k + ((int64_t) t * hp->n_head_kv + h) * hd, K + (int64_t) slot * hd, hd);
-            tri_f32_to_f16_row(f->v + ((int64_t) t * hp->n_head_kv + h) * hd, V + (int64_t) slot * hd, hd);
-            pos[slot] = f->pos0 + t;
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            const int32_t slot = kv->n_live[tri_kv_index(kv, il, h)]++;
+            tri_f32_to_f16_row(f->k + ((int64_t) t * hp->n_head_kv + h) * hd, tri_kv_k(kv, il, h) + (int64_t) slot * hd, hd);
+            tri_f32_to_f16_row(f->v + ((int64_t) t * hp->n_head_kv + h) * hd, tri_kv_v(kv, il, h) + (int64_t) slot * hd, hd);
+            tri_kv_pos(kv, il, h)[slot] = f->row_pos[t];
         }
-        *live += f->n_tok;
     }
 }
 
@@ -259,8 +257,8 @@ static int32_t tri_upper_bound(const int32_t * pos, int32_t n, int32_t p) {
 }
 
 /* Partial over slots [j0, j1) of (layer il, KV head h) for the G queries q (G x D). */
-static void tri_att_partial(const tri_forward * f, int il, int h, const float * q, int32_t j0, int32_t j1,
-                            float * s, float * part) {
+static void tri_att_partial(const tri_forward * f, const tri_kv_cache * kv, int il, int h, const float * q,
+                            int32_t j0, int32_t j1, float * s, float * part) {
     const tri_hparams * hp = &f->m->hp;
     const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
     const int n = j1 - j0;
@@ -275,7 +273,7 @@ static void tri_att_partial(const tri_forward * f, int il, int h, const float * 
         }
         return;
     }
-    f->attn.scores(D, G, q, tri_kv_k(f->kv, il, h) + (size_t) j0 * D, n, 1.0f / sqrtf((float) D), s, n);
+    f->attn.scores(D, G, q, tri_kv_k(kv, il, h) + (size_t) j0 * D, n, 1.0f / sqrtf((float) D), s, n);
     for (int g = 0; g < G; g++) {
         float * sg = s + (size_t) g * n;
         float mx = -INFINITY;
@@ -285,7 +283,7 @@ static void tri_att_partial(const tri_forward * f, int il, int h, const float * 
         m[g] = mx;
         l[g] = f->attn.exp_sum(sg, n, mx);
     }
-    f->attn.accum(D, G, s, n, tri_kv_v(f->kv, il, h) + (size_t) j0 * D, n, acc);
+    f->attn.accum(D, G, s, n, tri_kv_v(kv, il, h) + (size_t) j0 * D, n, acc);
 }
 
 /* out[g] = merge of n_chunks partials (stride part_stride floats), in chunk order. */
@@ -325,10 +323,9 @@ static void tri_att_prefill_worker(void * arg, int ith, int nth) {
     tri_att_task * a = arg;
     tri_forward * f = a->f;
     const tri_hparams * hp = &f->m->hp;
-    const tri_kv_cache * kv = f->kv;
     const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
     const size_t ps = tri_att_part_size(G, D);
-    const int max_chunks = (kv->capacity + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK;
+    const int max_chunks = (f->capacity + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK;
     float * s = f->att_s + (size_t) ith * G * TRI_ATT_CHUNK;
     float * parts = f->att_part + (size_t) ith * max_chunks * ps;
     long t0, t1;
@@ -336,12 +333,13 @@ static void tri_att_prefill_worker(void * arg, int ith, int nth) {
     for (long task = t0; task < t1; task++) {
         const int h = task % hp->n_head_kv;
         const int t = task / hp->n_head_kv;
+        const tri_kv_cache * kv = f->row_kv[t];
         const int32_t n_valid = tri_upper_bound(tri_kv_pos(kv, a->il, h), kv->n_live[tri_kv_index(kv, a->il, h)],
-                                                f->pos0 + t);
+                                                f->row_pos[t]);
         const int n_chunks = TRI_MAX(1, (n_valid + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK);
         const float * q = f->q + ((int64_t) t * hp->n_head + (int64_t) h * G) * D;
         for (int c = 0; c < n_chunks; c++) {
-            tri_att_partial(f, a->il, h, q, c * TRI_ATT_CHUNK, TRI_MIN((c + 1) * TRI_ATT_CHUNK, n_valid), s,
+            tri_att_partial(f, kv, a->il, h, q, c * TRI_ATT_CHUNK, TRI_MIN((c + 1) * TRI_ATT_CHUNK, n_valid), s,
                             parts + c * ps);
         }
         tri_att_merge(parts, ps, n_chunks, G, D, f->att + ((int64_t) t * hp->n_head + (int64_t) h * G) * D);
@@ -353,7 +351,7 @@ static void tri_att_decode_worker(void * arg, int ith, int nth) {
     tri_att_task * a = arg;
     tri_forward * f = a->f;
     const tri_hparams * hp = &f->m->hp;
-    const tri_kv_cache * kv = f->kv;
+    const tri_kv_cache * kv = f->row_kv[0];
     const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv, C = a->n_chunks;
     const size_t ps = tri_att_part_size(G, D);
     float * s = f->att_s + (size_t) ith * G * TRI_ATT_CHUNK;
@@ -363,9 +361,9 @@ static void tri_att_decode_worker(void * arg, int ith, int nth) {
         const int c = task % C;
         const int h = task / C;
         const int32_t n_valid = tri_upper_bound(tri_kv_pos(kv, a->il, h), kv->n_live[tri_kv_index(kv, a->il, h)],
-                                                f->pos0);
+                                                f->row_pos[0]);
         const float * q = f->q + (int64_t) h * G * D;
-        tri_att_partial(f, a->il, h, q, TRI_MIN(c * TRI_ATT_CHUNK, n_valid),
+        tri_att_partial(f, kv, a->il, h, q, TRI_MIN(c * TRI_ATT_CHUNK, n_valid),
                         TRI_MIN((c + 1) * TRI_ATT_CHUNK, n_valid), s, f->att_part + ((size_t) h * C + c) * ps);
     }
 }
@@ -379,10 +377,10 @@ void tri_blk_attention(tri_forward * f, int il) {
     const tri_hparams * hp = &f->m->hp;
     const int D = hp->head_dim, G = hp->n_head / hp->n_head_kv;
     int32_t n_valid_max = 0;
+    const tri_kv_cache * kv = f->row_kv[0];
     for (int h = 0; h < hp->n_head_kv; h++) {
-        const tri_kv_cache * kv = f->kv;
         n_valid_max = TRI_MAX(n_valid_max, tri_upper_bound(tri_kv_pos(kv, il, h), kv->n_live[tri_kv_index(kv, il, h)],
-                                                           f->pos0));
+                                                           f->row_pos[0]));
     }
     a.n_chunks = TRI_MAX(1, (n_valid_max + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK);
     tri_threadpool_run(f->tp, tri_att_decode_worker, &a);
@@ -421,7 +419,7 @@ static void tri_rope_table(tri_forward * f) {
     const struct triattn_model * m = f->m;
     const int F = m->hp.rope_dim / 2;
     for (int t = 0; t < f->n_tok; t++) {
-        const double p = (double) (f->pos0 + t) * m->hp.rope_freq_scale;
+        const double p = (double) f->row_pos[t] * m->hp.rope_freq_scale;
         float * cs = f->rope_cs + (int64_t) t * m->hp.rope_dim;
         for (int i = 0; i < F; i++) {
             const double theta = p * m->rope_inv_freq[i];
@@ -431,12 +429,10 @@ static void tri_rope_table(tri_forward * f) {
     }
 }
 
-void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t pos0,
-                       enum tri_logits_mode mode) {
+void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t n_logits) {
     const struct triattn_model * m = f->m;
     const tri_hparams * hp = &m->hp;
     f->n_tok = n_tok;
-    f->pos0  = pos0;
 
     const tri_type_traits * et = tri_type_traits_get(m->w.tok_embd.type);
     const size_t erow = tri_row_size(m->w.tok_embd.type, hp->n_embd);
@@ -452,14 +448,29 @@ void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_
 
     /* Final norm and logits for the rows the caller wants. */
     f->n_logits = 0;
-    if (mode == TRI_LOGITS_NONE) {
+    if (n_logits == 0) {
         return;
     }
-    const int first = mode == TRI_LOGITS_ALL ? 0 : n_tok - 1;
-    f->n_tok = n_tok - first;
-    tri_blk_rmsnorm(f, f->x + (int64_t) first * hp->n_embd, &m->w.output_norm, f->xn);
+    for (int i = 0; i < n_logits; i++) {
+        const int32_t r = f->logit_rows[i];
+        tri_rmsnorm(f->x + (int64_t) r * hp->n_embd, m->w.output_norm.data, f->xn + (int64_t) i * hp->n_embd,
+                    hp->n_embd, hp->norm_eps);
+    }
     tri_mm_job job = { &m->w.output, f->logits, NULL };
-    tri_matmuls(f, &job, 1, f->xn, hp->n_embd, f->n_tok);
-    f->n_logits = f->n_tok;
-    f->n_tok = n_tok;
+    tri_matmuls(f, &job, 1, f->xn, hp->n_embd, n_logits);
+    f->n_logits = n_logits;
+}
+
+void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t pos0,
+                       enum tri_logits_mode mode) {
+    for (int32_t t = 0; t < n_tok; t++) {
+        f->row_kv[t]  = f->kv;
+        f->row_pos[t] = pos0 + t;
+    }
+    const int32_t first = mode == TRI_LOGITS_ALL ? 0 : n_tok - 1;
+    const int32_t n_logits = mode == TRI_LOGITS_NONE ? 0 : n_tok - first;
+    for (int32_t i = 0; i < n_logits; i++) {
+        f->logit_rows[i] = first + i;
+    }
+    tri_forward_rows(f, tokens, n_tok, n_logits);
 }

@@ -15,8 +15,12 @@ typedef struct tri_forward {
     struct tri_calib * calib;  /* pre-RoPE query statistics accumulator while calibrating, else NULL */
 
     int32_t  n_batch;
-    int32_t  n_tok;     /* tokens in the current chunk */
-    int32_t  pos0;      /* absolute position of the chunk's first token */
+    int32_t  n_tok;     /* rows (tokens) in the current step */
+    int32_t  capacity;  /* largest cache (slots per layer and KV head) a row may attend over */
+    tri_kv_cache ** row_kv;  /* [n_batch] the cache each row appends to and attends over */
+    int32_t *       row_pos; /* [n_batch] absolute position of each row */
+    int32_t *       logit_rows; /* [n_batch] rows whose logits the step computes, in order */
+    triattn_token * row_tok;    /* [n_batch] token of each row, for callers that gather them */
 
     float *  x;         /* [n_batch][n_embd] residual stream */
     float *  xn;        /* [n_batch][n_embd] normalised input of a block */
@@ -47,9 +51,16 @@ void tri_forward_free(tri_forward * f);
 enum tri_logits_mode { TRI_LOGITS_NONE = 0, TRI_LOGITS_LAST = 1, TRI_LOGITS_ALL = 2 };
 
 /* Runs tokens[0..n_tok) (n_tok <= n_batch) at positions pos0.. through every layer, appending their K/V
- * to the cache (which must have room), and computes the logits the mode asks for into f->logits. */
+ * to f->kv (which must have room), and computes the logits the mode asks for into f->logits. */
 void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t pos0,
                        enum tri_logits_mode mode);
+
+/* One step over rows that may belong to different sequences: row t appends to and attends over
+ * f->row_kv[t] at position f->row_pos[t] (set by the caller; a sequence's rows are consecutive and in
+ * position order, every cache has room and at most f->capacity slots). Logits of the rows
+ * f->logit_rows[0..n_logits) go to f->logits in that order. A row's result does not depend on the other
+ * rows of the step. */
+void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t n_logits);
 
 /* ---- blocks used by src/models/<arch>.c ---------------------------------------------------------- */
 

@@ -69,13 +69,22 @@ void tri_kv_cache_clear(tri_kv_cache * c) {
     if (c->q_count) {
         memset(c->q_count, 0, (size_t) c->n_layer * sizeof(int64_t));
     }
+    c->epoch++;
 }
 
 enum triattn_status tri_kv_cache_enable_queries(tri_kv_cache * c, int32_t q_cap, int32_t q_dim, char * err, size_t n) {
     free(c->q);
     free(c->q_pos);
     free(c->q_count);
+    c->q = NULL;
+    c->q_pos = NULL;
+    c->q_count = NULL;
     c->q_cap = 0;
+    c->q_dim = 0;
+    if (q_cap <= 0 || q_dim <= 0 || (uint64_t) c->n_layer * q_cap * q_dim > (uint64_t) (SIZE_MAX / 8)) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "query ring of %d x %d floats per layer is invalid", q_cap,
+                        q_dim);
+    }
     c->q_dim = q_dim;
     c->q       = malloc((size_t) c->n_layer * q_cap * q_dim * sizeof(float));
     c->q_pos   = malloc((size_t) c->n_layer * q_cap * sizeof(int32_t));
@@ -154,7 +163,10 @@ const tri_kv_policy_ops tri_kv_policy_full = {
 };
 
 const tri_kv_policy_ops * tri_kv_policy_find(const char * name) {
-    static const tri_kv_policy_ops * const all[] = { &tri_kv_policy_full, &tri_kv_policy_triattention };
+    static const tri_kv_policy_ops * const all[] = { &tri_kv_policy_full,      &tri_kv_policy_triattention,
+                                                     &tri_kv_policy_streaming, &tri_kv_policy_random,
+                                                     &tri_kv_policy_h2o,       &tri_kv_policy_snapkv,
+                                                     &tri_kv_policy_rkv };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         if (strcmp(all[i]->name, name) == 0) {
             return all[i];

@@ -34,6 +34,7 @@ typedef struct tri_kv_cache {
     float *    q;          /* [n_layer][q_cap][q_dim], entry i holds query number i % q_cap */
     int32_t *  q_pos;      /* [n_layer][q_cap] absolute position of each entry */
     int64_t *  q_count;    /* [n_layer] queries pushed since the cache was cleared */
+    uint64_t   epoch;      /* incremented by every tri_kv_cache_clear: policies with per-slot state see a reset */
 } tri_kv_cache;
 
 /* Bytes needed for a cache of this geometry (0 on overflow). */
@@ -82,6 +83,7 @@ typedef struct tri_kv_policy_cfg {
     int32_t window;
     int32_t sink;
     const char * mode;
+    uint64_t seed;     /* the session's seed (policy `random`); UINT64_MAX = random */
 } tri_kv_policy_cfg;
 
 typedef struct tri_kv_policy tri_kv_policy;
@@ -96,8 +98,8 @@ typedef struct tri_kv_policy_ops {
     /* Chooses the slots to keep for every (layer, KV head) and compacts the cache. */
     enum triattn_status (*compress)(tri_kv_policy * p, tri_kv_cache * c, int32_t next_pos, char * err, size_t n);
     /* Optional (NULL = none): allocates the policy's scratch once, at session creation, for a cache of
-     * c->capacity slots; p->model and p->tp are set before the call. */
-    enum triattn_status (*init)(tri_kv_policy * p, const tri_kv_cache * c, char * err, size_t n);
+     * c->capacity slots, and may enable the cache's query ring; p->model and p->tp are set before the call. */
+    enum triattn_status (*init)(tri_kv_policy * p, tri_kv_cache * c, char * err, size_t n);
     /* Optional: frees what init allocated (also after a failed init). */
     void (*free)(tri_kv_policy * p);
 } tri_kv_policy_ops;
@@ -119,5 +121,11 @@ const tri_kv_policy_ops * tri_kv_policy_find(const char * name);
 
 extern const tri_kv_policy_ops tri_kv_policy_full;
 extern const tri_kv_policy_ops tri_kv_policy_triattention;
+/* Baselines of docs/triattention.md §6 (src/kv_baselines.c). */
+extern const tri_kv_policy_ops tri_kv_policy_streaming;
+extern const tri_kv_policy_ops tri_kv_policy_random;
+extern const tri_kv_policy_ops tri_kv_policy_h2o;
+extern const tri_kv_policy_ops tri_kv_policy_snapkv;
+extern const tri_kv_policy_ops tri_kv_policy_rkv;
 
 #endif

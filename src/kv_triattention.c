@@ -5,6 +5,7 @@
 #include "calibration.h"
 #include "common.h"
 #include "kv_cache.h"
+#include "kv_select.h"
 #include "model.h"
 #include "triattn_score.h"
 
@@ -13,8 +14,6 @@
 #include <string.h>
 
 enum tri_ta_mode { TRI_TA_PER_HEAD = 0, TRI_TA_PER_LAYER_PER_HEAD = 1, TRI_TA_GLOBAL = 2 };
-
-#define TRI_TA_DEFAULT_WINDOW 128
 
 
 typedef struct tri_ta_state {
@@ -120,17 +119,6 @@ void tri_triattn_zscore(float * x, int32_t n) {
 
 /* ---- policy ------------------------------------------------------------------------------------- */
 
-static int32_t tri_ta_capacity(const tri_kv_policy_cfg * cfg) {
-    const int64_t c = (int64_t) cfg->budget + cfg->interval;
-    return c > INT32_MAX ? INT32_MAX : (int32_t) c;
-}
-
-static bool tri_ta_should_compress(const tri_kv_policy * p, const tri_kv_cache * c) {
-    int32_t lo, hi;
-    tri_kv_cache_live_range(c, &lo, &hi);
-    return (int64_t) hi >= (int64_t) p->cfg.budget + p->cfg.interval;
-}
-
 static void tri_ta_free(tri_kv_policy * p) {
     tri_ta_state * st = p->state;
     if (st) {
@@ -144,7 +132,7 @@ static size_t tri_ta_al(size_t n) {
     return (n + 63) & ~(size_t) 63;
 }
 
-static enum triattn_status tri_ta_init(tri_kv_policy * p, const tri_kv_cache * c, char * err, size_t n) {
+static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char * err, size_t n) {
     const struct triattn_model * m = p->model;
     if (!m || !m->centres) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
@@ -166,7 +154,7 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, const tri_kv_cache * c
     st->F = hp->rope_dim / 2;
     st->cap = c->capacity;
     st->pairing = hp->rope_pairing;
-    st->window = p->cfg.window < 0 ? TRI_TA_DEFAULT_WINDOW : p->cfg.window;
+    st->window = p->cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : p->cfg.window;
     st->sink = p->cfg.sink;
     const char * mode = p->cfg.mode ? p->cfg.mode : "per_head";
     st->mode = strcmp(mode, "per_layer_per_head") == 0 ? TRI_TA_PER_LAYER_PER_HEAD
@@ -213,20 +201,6 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, const tri_kv_cache * c
     return TRIATTN_OK;
 }
 
-/* Number of live slots whose position is < p (positions increase with the slot). */
-static int32_t tri_ta_count_below(const int32_t * pos, int32_t n, int32_t p) {
-    int32_t lo = 0, hi = n;
-    while (lo < hi) {
-        const int32_t mid = lo + (hi - lo) / 2;
-        if (pos[mid] < p) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return lo;
-}
-
 typedef struct tri_ta_task {
     tri_kv_policy * p;
     tri_kv_cache *  c;
@@ -236,20 +210,8 @@ typedef struct tri_ta_task {
 /* Keeps [0, lo) + chosen candidates + [hi, live) of (il, h) and compacts. */
 static void tri_ta_compact_one(tri_ta_state * st, tri_kv_cache * c, int il, int h, const uint8_t * mark) {
     const size_t i = (size_t) il * st->Hkv + h;
-    const int32_t live = c->n_live[tri_kv_index(c, il, h)], lo = st->lo[i], hi = st->hi[i];
     int32_t * keep = st->keep + i * st->cap;
-    int32_t n = 0;
-    for (int32_t j = 0; j < lo; j++) {
-        keep[n++] = j;
-    }
-    for (int32_t j = lo; j < hi; j++) {
-        if (mark[j - lo]) {
-            keep[n++] = j;
-        }
-    }
-    for (int32_t j = hi; j < live; j++) {
-        keep[n++] = j;
-    }
+    const int32_t n = tri_kv_keep_list(st->lo[i], st->hi[i], c->n_live[tri_kv_index(c, il, h)], mark, keep);
     tri_kv_compact(c, il, h, keep, n);
 }
 
@@ -312,30 +274,9 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
     if (!st) {
         return tri_fail(err, en, TRIATTN_ERR_INTERNAL, "triattention policy used before init");
     }
-    const int32_t budget = p->cfg.budget;
-    const int32_t sink = TRI_MIN(st->sink, budget);
-    const int32_t window = TRI_MIN(st->window, budget - sink);
-    /* A prompt shorter than budget - window is kept whole (§5). */
-    const bool keep_prompt = p->n_prompt > 0 && (int64_t) p->n_prompt < (int64_t) budget - st->window;
     const int LK = st->L * st->Hkv;
     int64_t evicted = 0;
-    bool any = false;
-    for (int i = 0; i < LK; i++) {
-        const int il = i / st->Hkv, h = i % st->Hkv;
-        const int32_t live = c->n_live[tri_kv_index(c, il, h)];
-        int32_t lo = TRI_MIN(sink, live);
-        if (keep_prompt) {
-            lo = TRI_MAX(lo, tri_ta_count_below(tri_kv_pos(c, il, h), live, p->n_prompt));
-        }
-        const int32_t hi = TRI_MAX(lo, live - window);
-        st->lo[i] = lo;
-        st->hi[i] = hi;
-        st->k[i]  = TRI_MAX(0, budget - (lo + (live - hi)));
-        if (hi - lo > st->k[i]) {
-            any = true;
-            evicted += (hi - lo) - st->k[i];
-        }
-    }
+    const bool any = tri_kv_plan(p, c, st->window, st->lo, st->hi, st->k, &evicted);
     if (!any) {
         return TRIATTN_OK;
     }
@@ -393,8 +334,8 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
 
 const tri_kv_policy_ops tri_kv_policy_triattention = {
     .name            = "triattention",
-    .capacity        = tri_ta_capacity,
-    .should_compress = tri_ta_should_compress,
+    .capacity        = tri_kv_slack_capacity,
+    .should_compress = tri_kv_slack_should_compress,
     .compress        = tri_ta_compress,
     .init            = tri_ta_init,
     .free            = tri_ta_free,

@@ -1,5 +1,6 @@
 /* Model loading: architecture lookup, hyperparameters, tensor binding with shape/type checks. */
 #include "model.h"
+#include "backend.h"
 #include "calibration.h"
 #include "common.h"
 
@@ -264,6 +265,17 @@ void triattn_model_params_init(struct triattn_model_params * p) {
     p->use_mmap = true;
 }
 
+/* n_gpu_layers: CPU, or the weights uploaded once to a GPU backend; the model is freed on failure. */
+static enum triattn_status tri_model_attach_backend(triattn_model ** out, int32_t n_gpu_layers, char * err,
+                                                    size_t err_size) {
+    const enum triattn_status st = tri_backend_model_attach(*out, n_gpu_layers, err, err_size);
+    if (st != TRIATTN_OK) {
+        triattn_model_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
 enum triattn_status triattn_model_load(const char * path, const struct triattn_model_params * p, triattn_model ** out,
                                        char * err, size_t err_size) {
     if (err && err_size) {
@@ -290,7 +302,7 @@ enum triattn_status triattn_model_load(const char * path, const struct triattn_m
     }
     enum triattn_status st2 = tri_model_load_gguf(g, path, out, err, err_size);
     if (st2 != TRIATTN_OK || !p->calibration_path) {
-        return st2;
+        return st2 != TRIATTN_OK ? st2 : tri_model_attach_backend(out, p->n_gpu_layers, err, err_size);
     }
     /* A sidecar's centres replace any embedded ones. */
     tri_gguf * side = NULL;
@@ -318,13 +330,14 @@ enum triattn_status triattn_model_load(const char * path, const struct triattn_m
     }
     tri_centres_free((*out)->centres);
     (*out)->centres = c;
-    return TRIATTN_OK;
+    return tri_model_attach_backend(out, p->n_gpu_layers, err, err_size);
 }
 
 void triattn_model_free(triattn_model * m) {
     if (!m) {
         return;
     }
+    tri_backend_model_detach(m);
     tri_vocab_free(m->vocab);
     tri_gguf_close(m->gguf);
     free(m->w.layers);

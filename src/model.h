@@ -88,6 +88,8 @@ struct triattn_model {
     char             fingerprint[40]; /* "fnv1a64:<hex>" (src/calibration.c) */
     int64_t          n_params;
     uint64_t         n_bytes;
+    const struct tri_backend_ops * backend;  /* NULL = CPU; else weights uploaded once (src/backend.h) */
+    void *           backend_state;
 };
 
 /* Binds a tensor by name and checks its type is supported and its shape is (ne0, ne1) (ne1 = 1 for

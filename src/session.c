@@ -1,5 +1,6 @@
 /* Session lifecycle, decode (chunked prefill + eviction schedule), logits, sampling, KV statistics. */
 #include "session.h"
+#include "backend.h"
 #include "calibration.h"
 #include "common.h"
 #include "model.h"
@@ -79,7 +80,9 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     }
     *ops = tri_kv_policy_find(name);
     if (!*ops) {
-        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "unknown kv_policy '%s' (available: full, triattention)", name);
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
+                        "unknown kv_policy '%s' (available: full, triattention, streaming, random, h2o, snapkv, rkv)",
+                        name);
     }
     if (strcmp(name, "triattention") == 0 && !m->centres) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
@@ -131,22 +134,28 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
 
     s->policy.ops = ops;
     s->policy.cfg = (tri_kv_policy_cfg) { .n_ctx = p.n_ctx, .budget = p.kv_budget, .interval = p.kv_interval,
-                                          .window = p.kv_window, .sink = p.kv_sink, .mode = s->mode_name };
+                                          .window = p.kv_window, .sink = p.kv_sink, .mode = s->mode_name,
+                                          .seed = p.seed };
     const int32_t capacity = TRI_MIN(ops->capacity(&s->policy.cfg), p.n_ctx);
 
-    st = tri_kv_cache_init(&s->kv, m->hp.n_layer, m->hp.n_head_kv, m->hp.head_dim, capacity, err, err_size);
+    s->backend = m->backend;
+    if (s->backend) {
+        st = s->backend->session_init(s, err, err_size); /* device cache + host mirror of s->kv */
+    } else {
+        st = tri_kv_cache_init(&s->kv, m->hp.n_layer, m->hp.n_head_kv, m->hp.head_dim, capacity, err, err_size);
+    }
     if (st == TRIATTN_OK) {
         s->tp = tri_threadpool_create(p.n_threads);
         if (!s->tp) {
             st = tri_fail(err, err_size, TRIATTN_ERR_OOM, "cannot start %d threads", p.n_threads);
         }
     }
-    if (st == TRIATTN_OK && ops->init) {
+    if (st == TRIATTN_OK && ops->init && !s->backend) {
         s->policy.model = m;
         s->policy.tp    = s->tp;
         st = ops->init(&s->policy, &s->kv, err, err_size);
     }
-    if (st == TRIATTN_OK) {
+    if (st == TRIATTN_OK && !s->backend) {
         st = tri_forward_init(&s->fwd, m, &s->kv, s->tp, p.n_batch, err, err_size);
     }
     if (st == TRIATTN_OK) {
@@ -172,6 +181,9 @@ void triattn_session_free(triattn_session * s) {
     if (!s) {
         return;
     }
+    if (s->backend) {
+        s->backend->session_free(s);
+    }
     if (s->policy.ops && s->policy.ops->free) {
         s->policy.ops->free(&s->policy);
     }
@@ -182,6 +194,7 @@ void triattn_session_free(triattn_session * s) {
     tri_sampler_free(s->sampler);
     tri_textstream_free(s->gen.ts);
     free(s->gen.text);
+    free(s->gen.prompt);
     free(s);
 }
 
@@ -191,6 +204,9 @@ const char * triattn_session_last_error(const triattn_session * s) {
 
 void triattn_session_reset(triattn_session * s) {
     tri_kv_cache_clear(&s->kv);
+    if (s->backend) {
+        s->backend->reset(s);
+    }
     tri_sampler_reset(s->sampler);
     s->n_past   = 0;
     s->n_logits = 0;
@@ -217,7 +233,12 @@ enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming)
     }
     char msg[512] = "";
     const double t0 = tri_time_ms();
-    enum triattn_status st = s->policy.ops->compress(&s->policy, &s->kv, s->n_past, msg, sizeof msg);
+    enum triattn_status st;
+    if (s->backend) {
+        st = s->backend->compress(s, s->n_past, msg, sizeof msg);
+    } else {
+        st = s->policy.ops->compress(&s->policy, &s->kv, s->n_past, msg, sizeof msg);
+    }
     s->policy.score_ms += tri_time_ms() - t0;
     if (st != TRIATTN_OK) {
         return tri_session_fail(s, st, "KV policy '%s': %s", s->policy.ops->name, msg);
@@ -264,8 +285,9 @@ enum triattn_status triattn_session_decode(triattn_session * s, const triattn_to
                                 "decode: logits_all needs n_tokens <= %d with a compressing KV policy", chunk);
     }
     s->n_logits = 0;
-    if (s->n_past == 0) {
-        s->policy.n_prompt = n_tokens; /* the prompt = the first decode call after create/reset */
+    if (s->n_past == 0 && s->policy.n_prompt == 0) {
+        s->policy.n_prompt = n_tokens; /* the prompt = the first decode call after create/reset, unless a
+                                          generation that prefills in steps has set it */
     }
     for (int32_t i = 0; i < n_tokens; i += chunk) {
         const int32_t n = TRI_MIN(chunk, n_tokens - i);
@@ -275,7 +297,15 @@ enum triattn_status triattn_session_decode(triattn_session * s, const triattn_to
         }
         const bool last = i + n == n_tokens;
         const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
-        tri_forward_chunk(&s->fwd, tokens + i, n, s->n_past, mode);
+        if (s->backend) {
+            char msg[512] = "";
+            st = s->backend->forward_chunk(s, tokens + i, n, s->n_past, mode, msg, sizeof msg);
+            if (st != TRIATTN_OK) {
+                return tri_session_fail(s, st, "%s backend: %s", s->backend->name, msg);
+            }
+        } else {
+            tri_forward_chunk(&s->fwd, tokens + i, n, s->n_past, mode);
+        }
         for (int32_t j = 0; j < n; j++) {
             tri_sampler_accept(s->sampler, tokens[i + j]);
         }
@@ -341,6 +371,10 @@ enum triattn_status triattn_session_kv_keys(const triattn_session * s, int32_t l
         return TRIATTN_ERR_INVALID_ARG;
     }
     const int32_t live = s->kv.n_live[tri_kv_index(&s->kv, layer, kv_head)];
+    if (s->backend) {
+        *n_out = live;
+        return s->backend->kv_keys(s, layer, kv_head, out, TRI_MIN(live, capacity_rows));
+    }
     const size_t n = (size_t) TRI_MIN(live, capacity_rows) * s->kv.head_dim;
     const tri_fp16 * k = tri_kv_k(&s->kv, layer, kv_head);
     for (size_t i = 0; i < n; i++) {

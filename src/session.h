@@ -20,6 +20,8 @@ struct triattn_session {
     tri_forward      fwd;
     tri_sampler *    sampler;
     struct tri_calib * calib;        /* query statistics (triattn_session_calib_*), NULL until begun */
+    const struct tri_backend_ops * backend;  /* NULL = CPU; else the model's GPU backend (src/backend.h) */
+    void *           backend_state;
 
     int32_t          n_past;
     int32_t          n_logits;       /* rows of logits from the last decode */
@@ -37,6 +39,15 @@ struct triattn_session {
         size_t           text_cap;
         double           t_start;
         struct triattn_generate_result result;
+        triattn_token *  prompt;    /* prompt tokens still to prefill (prefill_chunk > 0) */
+        int32_t          prompt_cap;
+        int32_t          prompt_off;
+        int32_t          prompt_len;
+        int32_t          prefill_chunk;
+        triattn_token    next;      /* the token sampled by the current step, to decode */
+        int32_t          n_logprobs;
+        bool             lp_valid;  /* lp describes the token sampled by the last step */
+        struct triattn_token_logprobs lp;
     } gen;
 
     char             last_error[768];
@@ -48,5 +59,10 @@ enum triattn_status tri_session_fail(triattn_session * s, enum triattn_status st
 
 /* Runs the policy when the cache cannot take `incoming` more tokens, or when its trigger fires. */
 enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming);
+
+/* triattn_batch_decode over n <= 64 sessions with per-session token pointers; status[i] per session
+ * (TRIATTN_OK for a session with counts[i] == 0). */
+void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_token * const * toks,
+                      const int32_t * counts, enum triattn_status * status);
 
 #endif

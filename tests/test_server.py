@@ -347,3 +347,100 @@ def test_api_key_and_cors(server_bin, model_path):
     finally:
         s.close()
     assert s.proc.returncode == 0
+
+
+# ---- batching, logprobs, per-request KV budget, model names ------------------------------------------------
+
+def _metric(srv, name):
+    st, raw = srv.request("GET", "/metrics")
+    for line in raw.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_continuous_batching_shares_steps(srv, client):
+    """4 long generations at once advance together: the engine's mean batch is well above one slot."""
+    steps0, rows0 = _metric(srv, "triattn_engine_steps_total"), _metric(srv, "triattn_engine_slot_steps_total")
+    with cf.ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda p: _complete(client, p, temperature=0, max_tokens=40, extra_body={"ignore_eos": True}),
+                           PROMPTS[:4]))
+    assert all(o.usage.completion_tokens == 40 for o in outs)
+    steps = _metric(srv, "triattn_engine_steps_total") - steps0
+    rows = _metric(srv, "triattn_engine_slot_steps_total") - rows0
+    assert steps > 0 and rows / steps > 2.0, (rows, steps)
+
+
+def test_unknown_model_is_404(srv, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="no-such-model", prompt="Hi", max_tokens=2)
+    assert "no-such-model" in str(e.value)
+    # the model file's name works too
+    name = Path(srv.proc.args[2]).name
+    for alias in (name, name.removesuffix(".gguf")):
+        assert client.completions.create(model=alias, prompt="Hi", max_tokens=1).usage.completion_tokens == 1
+
+
+def test_logprobs_chat_and_completions(srv, client):
+    k = RNG.randint(1, 5)
+    r = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Name a colour."}],
+                                       max_tokens=8, temperature=0, logprobs=True, top_logprobs=k)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    text = "".join(c.token for c in content)
+    assert r.choices[0].message.content.startswith(text.strip()[:3])
+    for c in content:
+        assert c.logprob <= 0 and len(c.top_logprobs) == k
+        tops = [t.logprob for t in c.top_logprobs]
+        assert tops == sorted(tops, reverse=True)
+        # greedy: the chosen token is the most likely one
+        assert c.logprob == pytest.approx(tops[0], abs=1e-5) and c.token == c.top_logprobs[0].token
+        assert bytes(c.bytes).decode("utf-8", "replace") == c.token or not c.token.isprintable()
+    # sampled tokens: logprob <= the top one, and the probabilities of the top list sum to <= 1
+    r = _complete(client, "Once upon a time", max_tokens=10, temperature=1.0, seed=RNG.randint(0, 10**6), logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 10
+    import math
+    for tok_lp, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert len(top) <= 3 and sum(math.exp(v) for v in top.values()) <= 1.0 + 1e-5
+        assert tok_lp <= max(top.values()) + 1e-6
+    assert lp.text_offset == sorted(lp.text_offset)
+    # without logprobs: null
+    assert _complete(client, "Hi", max_tokens=2).choices[0].logprobs is None
+
+
+def test_logprobs_bad_values(srv):
+    st, _ = srv.request("POST", "/v1/completions", {"prompt": "x", "logprobs": 99})
+    assert st == 400
+    st, _ = srv.request("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                        "top_logprobs": 2})
+    assert st == 400
+
+
+@pytest.fixture(scope="module")
+def sidecar():
+    p = Path(__file__).resolve().parents[1] / "python" / "pytriattn" / "data" / "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
+    assert p.exists(), p
+    return p
+
+
+def test_per_request_kv_budget(server_bin, model_path, sidecar, srv):
+    s = Server(server_bin, model_path, "--calibration", str(sidecar), "--kv-policy", "triattention",
+               "--kv-budget", "256", "--kv-interval", "32", "--parallel", "2")
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", timeout=120, max_retries=0)
+        prompt = " ".join(PROMPTS) * 12
+        for budget in (64, 200):
+            r = c.completions.create(model="smol", prompt=prompt, max_tokens=8, temperature=0,
+                                     extra_body={"kv_budget": budget})
+            assert r.usage.prompt_tokens > 256
+            slots = json.loads(s.request("GET", "/slots")[1])
+            used = [x for x in slots if x["n_requests"] > 0 and x["n_prompt_tokens"] == r.usage.prompt_tokens]
+            assert used and any(x["kv"]["live_max"] <= budget + 32 and x["kv"]["n_compressions"] > 0 for x in used), slots
+        st, raw = s.request("POST", "/v1/completions", {"prompt": "x", "kv_budget": 10**6})
+        assert st == 400 and b"kv_budget" in raw
+    finally:
+        s.close()
+    # a full-attention server has no budget to lower
+    st, raw = srv.request("POST", "/v1/completions", {"prompt": "x", "kv_budget": 64})
+    assert st == 400 and b"kv_budget" in raw

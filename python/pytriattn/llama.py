@@ -74,6 +74,10 @@ class Llama:
     otherwise ``"full"``; ``kv_budget``/``kv_interval``/``kv_window``/``kv_sink``/``kv_mode`` configure
     eviction; ``calibration`` names a sidecar GGUF with ``triattention.*`` centres. With ``model_path=None``
     (the default model) the sidecar shipped in the package is used unless ``calibration`` is given.
+
+    GPU: ``n_gpu_layers=-1`` runs the whole model, its KV cache and the TriAttention rounds on one CUDA device
+    when the library was built with CUDA and a device is present (else the CPU, with a warning); ``backend``
+    says which ("cpu" or "cuda"). Partial offload is refused.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 0,
@@ -81,7 +85,7 @@ class Llama:
                  chat_format: str | None = None, kv_policy: str | None = None, kv_budget: int = 2048,
                  kv_interval: int = 128, kv_window: int | None = None, kv_sink: int = 4,
                  kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
-                 use_mmap: bool = True, verbose: bool = False):
+                 use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0):
         self._session = None
         self._model = None
         self._gen_id = 0
@@ -94,6 +98,7 @@ class Llama:
         kv_interval = _int_arg("kv_interval", kv_interval, 1)
         kv_window = -1 if kv_window is None else _int_arg("kv_window", kv_window, -1)
         kv_sink = _int_arg("kv_sink", kv_sink, 0)
+        n_gpu_layers = _int_arg("n_gpu_layers", n_gpu_layers, -1)
         seed = _seed_arg(seed)
         for name, v in (("kv_policy", kv_policy), ("kv_mode", kv_mode), ("chat_format", chat_format)):
             if v is not None and not isinstance(v, str):
@@ -116,6 +121,7 @@ class Llama:
         mp = ffi.new("struct triattn_model_params *")
         lib.triattn_model_params_init(mp)
         mp.use_mmap = bool(use_mmap)
+        mp.n_gpu_layers = n_gpu_layers
         self._keep = []  # C strings that must outlive the calls that take them
         if calibration is not None:
             mp.calibration_path = self._cstr(os.fspath(calibration))
@@ -141,6 +147,7 @@ class Llama:
             self.close()
             _lib.check(st, msg)
         self._session = ffi.gc(sout[0], lib.triattn_session_free)
+        self.backend = ffi.string(lib.triattn_backend_name(self._session)).decode()
         self._n_vocab = int(lib.triattn_vocab_size(self._model))
         self._metadata = None
         # Reused per call: no allocation per token in the generation loop.

@@ -32,6 +32,7 @@ struct cli_args {
     const char * system;
     const char * chat_format;
     const char * calibration;
+    int32_t      n_gpu_layers; /* -ngl: 0 = CPU, -1 = the whole model on the GPU */
     const char * stop[CLI_MAX_STOP];
     int32_t      n_stop;
     bool         chat, ignore_eos, verbose, bench, json, no_display_prompt;
@@ -77,6 +78,7 @@ static void usage(FILE * f) {
         "  -t, --threads N         worker threads; 0 = all cores (default 0)\n"
         "  -c, --ctx-size N        context length in tokens; 0 = the model's (default 0)\n"
         "  -b, --batch-size N      tokens per forward chunk during prefill (default 512)\n"
+        "  -ngl, --n-gpu-layers N  layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)\n"
         "\n"
         "KV cache:\n"
         "  --kv-policy NAME        auto, full, triattention, ... (default auto: triattention when the model\n"
@@ -192,7 +194,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             "-m", "--model", "-p", "--prompt", "-f", "--file", "-n", "--n-predict", "-d", "--depth", "--system",
             "--chat-format", "--calibration", "--kv-policy", "--stop", "--temp", "--top-p", "--min-p",
             "--repeat-penalty", "--top-k", "--repeat-last-n", "--seed", "-t", "--threads", "-c", "--ctx-size", "-b",
-            "--batch-size", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "-r", "--repetitions",
+            "--batch-size", "-ngl", "--n-gpu-layers", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "-r", "--repetitions",
         };
         bool known = false;
         for (size_t k = 0; k < sizeof value_opts / sizeof value_opts[0]; k++) {
@@ -232,6 +234,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         else if (!strcmp(o, "-t") || !strcmp(o, "--threads"))    { ok = parse_long(v, 0, 1024, &l); a->sp.n_threads = (int32_t) l; }
         else if (!strcmp(o, "-c") || !strcmp(o, "--ctx-size"))   { ok = parse_long(v, 0, INT32_MAX, &l); a->sp.n_ctx = (int32_t) l; }
         else if (!strcmp(o, "-b") || !strcmp(o, "--batch-size")) { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.n_batch = (int32_t) l; }
+        else if (!strcmp(o, "-ngl") || !strcmp(o, "--n-gpu-layers")) { ok = parse_long(v, -1, INT32_MAX, &l); a->n_gpu_layers = (int32_t) l; }
         else if (!strcmp(o, "--kv-budget"))       { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_budget = (int32_t) l; }
         else if (!strcmp(o, "--kv-interval"))     { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_interval = (int32_t) l; }
         else if (!strcmp(o, "--kv-window"))       { ok = parse_long(v, -1, INT32_MAX, &l); a->sp.kv_window = (int32_t) l; }
@@ -680,6 +683,7 @@ int main(int argc, char ** argv) {
     struct triattn_model_params mp;
     triattn_model_params_init(&mp);
     mp.calibration_path = a.calibration;
+    mp.n_gpu_layers = a.n_gpu_layers;
     triattn_model * model = NULL;
     char err[1024];
     enum triattn_status st = triattn_model_load(a.model, &mp, &model, err, sizeof err);

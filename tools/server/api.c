@@ -115,6 +115,8 @@ static bool get_bool(ctx * x, const json_value * o, const char * key, bool * out
 
 struct gen_req {
     bool   chat, stream;
+    int    top_logprobs;       /* alternatives per token in the response; -1 = no logprobs */
+    int32_t kv_budget;         /* 0 = the server's */
     char * prompt;             /* malloc'd */
     const char * stop[MAX_STOP];
     int    n_stop;
@@ -131,9 +133,77 @@ static void chunk_head(struct gen_req * g, ctx * x, jbuf * b) {
     jb_qcstr(b, x->srv->o.alias);
 }
 
+/* "token" (and "bytes" for chat) of one token. */
+static void token_json(ctx * x, jbuf * b, triattn_token tok, bool with_bytes) {
+    char piece[256];
+    int32_t n = 0;
+    if (triattn_token_to_piece(x->srv->model, tok, false, piece, (int32_t)sizeof piece, &n) != TRIATTN_OK || n < 0 ||
+        n > (int32_t)sizeof piece)
+        n = 0;
+    jb_cstr(b, "\"token\":");
+    jb_str(b, piece, (size_t)n);
+    if (!with_bytes) return;
+    jb_cstr(b, ",\"bytes\":[");
+    for (int32_t k = 0; k < n; k++) jb_printf(b, "%s%u", k ? "," : "", (unsigned char)piece[k]);
+    jb_cstr(b, "]");
+}
+
+/* The OpenAI "logprobs" object of tokens lps[0..n): chat {"content": [...]}, completions {"tokens", ...}. */
+static void logprobs_json(struct gen_req * g, ctx * x, jbuf * b, const struct job_logprob * lps, size_t n,
+                          size_t offset0) {
+    if (g->top_logprobs < 0) { jb_cstr(b, "null"); return; }
+    if (g->chat) {
+        jb_cstr(b, "{\"content\":[");
+        for (size_t k = 0; k < n; k++) {
+            const struct triattn_token_logprobs * lp = &lps[k].lp;
+            jb_cstr(b, k ? ",{" : "{");
+            token_json(x, b, lp->token, true);
+            jb_printf(b, ",\"logprob\":%.6g,\"top_logprobs\":[", lp->logprob);
+            for (int t = 0; t < lp->n_top && t < g->top_logprobs; t++) {
+                jb_cstr(b, t ? ",{" : "{");
+                token_json(x, b, lp->top_tokens[t], true);
+                jb_printf(b, ",\"logprob\":%.6g}", lp->top_logprobs[t]);
+            }
+            jb_cstr(b, "]}");
+        }
+        jb_cstr(b, "]}");
+        return;
+    }
+    char piece[256];
+    jb_cstr(b, "{\"tokens\":[");
+    for (size_t k = 0; k < n; k++) {
+        if (k) jb_cstr(b, ",");
+        int32_t np = 0;
+        if (triattn_token_to_piece(x->srv->model, lps[k].lp.token, false, piece, (int32_t)sizeof piece, &np) != TRIATTN_OK ||
+            np < 0 || np > (int32_t)sizeof piece)
+            np = 0;
+        jb_str(b, piece, (size_t)np);
+    }
+    jb_cstr(b, "],\"token_logprobs\":[");
+    for (size_t k = 0; k < n; k++) jb_printf(b, "%s%.6g", k ? "," : "", lps[k].lp.logprob);
+    jb_cstr(b, "],\"top_logprobs\":[");
+    for (size_t k = 0; k < n; k++) {
+        const struct triattn_token_logprobs * lp = &lps[k].lp;
+        jb_cstr(b, k ? ",{" : "{");
+        for (int t = 0; t < lp->n_top && t < g->top_logprobs; t++) {
+            int32_t np = 0;
+            if (triattn_token_to_piece(x->srv->model, lp->top_tokens[t], false, piece, (int32_t)sizeof piece, &np) != TRIATTN_OK ||
+                np < 0 || np > (int32_t)sizeof piece)
+                np = 0;
+            if (t) jb_cstr(b, ",");
+            jb_str(b, piece, (size_t)np);
+            jb_printf(b, ":%.6g", lp->top_logprobs[t]);
+        }
+        jb_cstr(b, "}");
+    }
+    jb_cstr(b, "],\"text_offset\":[");
+    for (size_t k = 0; k < n; k++) jb_printf(b, "%s%zu", k ? "," : "", lps[k].text_offset + offset0);
+    jb_cstr(b, "]}");
+}
+
 /* An SSE event with one piece (text != NULL) or the final finish_reason. */
 static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text, size_t len, const char * finish,
-                       bool first) {
+                       bool first, const struct job_logprob * lps, size_t n_lps) {
     jb_reset(b);
     jb_cstr(b, "data: ");
     chunk_head(g, x, b);
@@ -147,7 +217,9 @@ static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text,
         jb_cstr(b, "\"text\":");
         jb_str(b, text ? text : "", text ? len : 0);
     }
-    jb_cstr(b, ",\"logprobs\":null,\"finish_reason\":");
+    jb_cstr(b, ",\"logprobs\":");
+    if (n_lps) logprobs_json(g, x, b, lps, n_lps, 0); else jb_cstr(b, "null");
+    jb_cstr(b, ",\"finish_reason\":");
     if (finish) jb_qcstr(b, finish); else jb_cstr(b, "null");
     jb_cstr(b, "}]}\n\n");
     if (b->oom) return false;
@@ -209,6 +281,16 @@ static bool chat_prompt(ctx * x, const json_value * body, char ** out) {
     return ok;
 }
 
+/* The names this server answers to: the alias, and the model file's name with or without ".gguf". */
+static bool model_known(const struct server * srv, const char * name) {
+    if (strcmp(name, srv->o.alias) == 0) return true;
+    const char * base = strrchr(srv->o.model_path, '/');
+    base = base ? base + 1 : srv->o.model_path;
+    size_t n = strlen(base);
+    if (strcmp(name, base) == 0) return true;
+    return n > 5 && strcmp(base + n - 5, ".gguf") == 0 && strlen(name) == n - 5 && strncmp(name, base, n - 5) == 0;
+}
+
 /* Reads the OpenAI fields into g. */
 static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     triattn_generate_params_init(&g->gp);
@@ -246,6 +328,33 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     if (!get_bool(x, body, "ignore_eos", &g->gp.ignore_eos)) return false;   /* extension */
     const json_value * m = json_get(body, "model");
     if (!is_null(m) && m->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'model' must be a string"); return false; }
+    if (!is_null(m) && !model_known(x->srv, m->str)) {
+        reply_error(x, 404, "model_not_found", "the model '%s' does not exist (this server has '%s')", m->str, x->srv->o.alias);
+        return false;
+    }
+    int64_t kvb = 0;
+    if (!get_int(x, body, "kv_budget", 1, INT32_MAX, &kvb, &present)) return false;   /* extension */
+    if (present) {
+        const struct slot_pool * p = &x->srv->pool;
+        const int64_t hi = p->slots[0].kv.capacity - x->srv->o.kv_interval;
+        if (!p->compressing) { reply_error(x, 400, "invalid_value", "'kv_budget' needs a compressing KV policy (this server runs '%s')", p->slots[0].kv.policy); return false; }
+        if (kvb > hi) { reply_error(x, 400, "invalid_value", "'kv_budget' must be in [1, %lld] on this server (--kv-budget)", (long long)hi); return false; }
+        g->kv_budget = (int32_t)kvb;
+    }
+    g->top_logprobs = -1;
+    if (g->chat) {
+        bool want = false;
+        int64_t top = 0;
+        if (!get_bool(x, body, "logprobs", &want)) return false;
+        if (!get_int(x, body, "top_logprobs", 0, TRIATTN_MAX_TOP_LOGPROBS, &top, &present)) return false;
+        if (present && !want) { reply_error(x, 400, "invalid_value", "'top_logprobs' needs 'logprobs': true"); return false; }
+        if (want) g->top_logprobs = (int)top;
+    } else {
+        int64_t top = 0;
+        if (!get_int(x, body, "logprobs", 0, TRIATTN_MAX_TOP_LOGPROBS, &top, &present)) return false;
+        if (present) g->top_logprobs = (int)top;
+    }
+    g->gp.logprobs = g->top_logprobs < 0 ? 0 : g->top_logprobs > 0 ? g->top_logprobs : 1;
     const json_value * st = json_get(body, "stop");
     if (!is_null(st)) {
         if (st->type == JSON_STRING) { if (st->len) g->stop[g->n_stop++] = st->str; }
@@ -263,6 +372,7 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
 
 static void handle_generate(ctx * x, bool chat) {
     struct server * srv = x->srv;
+    struct slot_pool * pool = &srv->pool;
     json_value * body = NULL;
     if (!parse_body(x, &body)) return;
     struct gen_req g;
@@ -272,69 +382,83 @@ static void handle_generate(ctx * x, bool chat) {
     snprintf(g.id, sizeof g.id, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)atomic_fetch_add(&srv->id_counter, 1));
     if (!gen_parse(x, body, &g)) { free(g.prompt); json_free(body); return; }
 
-    struct slot * sl = slots_acquire(&srv->pool, &srv->stop);
+    struct slot * sl = slots_acquire(pool);
     if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); json_free(body); return; }
-    triattn_session * s = sl->session;
-    triattn_session_reset(s);
-    enum triattn_status st = triattn_generate_begin(s, g.prompt, &g.gp);
-    if (st != TRIATTN_OK) {
-        if (st == TRIATTN_ERR_CONTEXT)
-            reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",
-                        triattn_session_n_ctx(s), triattn_session_last_error(s));
-        else
-            reply_error(x, st == TRIATTN_ERR_INVALID_ARG ? 400 : 500, triattn_status_name(st), "%s", triattn_session_last_error(s));
-        slots_release(&srv->pool, sl);
-        free(g.prompt);
-        json_free(body);
-        return;
-    }
-    struct triattn_generate_result res;
-    triattn_generate_get_result(s, &res);
-    atomic_fetch_add(&srv->prompt_tokens, res.n_prompt_tokens);
+    sl->job.prompt = g.prompt;
+    sl->job.gp = g.gp;
+    sl->job.kv_budget = g.kv_budget;
+    slots_submit(pool, sl);
 
     jbuf out, ev;
     jb_init(&out);
     jb_init(&ev);
-    bool alive = true, first = true;
-    if (g.stream) {
-        alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
-        x->status = 200;
-    }
-    bool done = false;
-    int32_t n_gen = 0;
+    struct job_logprob * lps = NULL;   /* copies of the job's, for the response */
+    size_t n_lps = 0, cap_lps = 0, lp_sent = 0;
+    bool alive = true, first = true, started = false, oom = false;
     double t0 = mono_ms();
-    while (alive && !done && !srv->stop) {
-        const char * text = NULL;
-        size_t len = 0;
-        st = triattn_generate_next(s, &text, &len, &done);
-        if (st != TRIATTN_OK) break;
-        n_gen++;
-        if (len) {
-            if (g.stream) alive = send_event(&g, x, &ev, text, len, NULL, first), first = false;
-            else jb_raw(&out, text, len);
+    enum job_state state;
+    pthread_mutex_lock(&pool->mu);
+    for (;;) {
+        state = slots_wait_locked(pool, sl, out.len, n_lps, 100);
+        const struct slot_job * j = &sl->job;
+        if (!j->begun) {
+            if (state == JOB_DONE) break;   /* failed to start (or shutdown): an error reply */
+            if (srv->stop) slots_cancel_locked(pool, sl);
+            continue;
         }
-        /* a vanished client frees the slot at once */
+        size_t had = out.len, had_lp = n_lps;
+        if (j->len > out.len) jb_raw(&out, j->text + out.len, j->len - out.len);
+        if (j->n_lp > n_lps) {
+            if (j->n_lp > cap_lps) {
+                size_t cap = j->n_lp * 2;
+                struct job_logprob * t = realloc(lps, cap * sizeof *t);
+                if (t) { lps = t; cap_lps = cap; } else oom = true;
+            }
+            if (!oom) { memcpy(lps + n_lps, j->lps + n_lps, (j->n_lp - n_lps) * sizeof *lps); n_lps = j->n_lp; }
+        }
+        pthread_mutex_unlock(&pool->mu);
+        if (g.stream && !started && alive) {
+            alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
+            x->status = 200;
+        }
+        started = true;
+        if (g.stream && alive && (out.len > had || n_lps > had_lp)) {
+            alive = send_event(&g, x, &ev, out.data + had, out.len - had, NULL, first, lps + lp_sent, n_lps - lp_sent);
+            first = false;
+            lp_sent = n_lps;
+        }
+        /* a vanished client (or shutdown) frees the slot at once */
         if (alive && http_peer_gone(x->c)) alive = false;
-        if ((n_gen & 15) == 0) slots_snapshot(&srv->pool, sl, res.n_prompt_tokens, n_gen);
+        if (!alive || srv->stop || oom) slots_cancel(pool, sl);
+        pthread_mutex_lock(&pool->mu);
+        if (state == JOB_DONE) break;
     }
-    const char * err_msg = st != TRIATTN_OK ? triattn_session_last_error(s) : NULL;
-    char err_copy[256] = "";
-    if (err_msg) snprintf(err_copy, sizeof err_copy, "%s", err_msg);
-    if (done) triattn_generate_get_result(s, &res);
-    else res.stop_reason = TRIATTN_STOP_CALLBACK;
-    if (!done) res.n_generated = n_gen;
+    const enum triattn_status st = sl->job.status;
+    const int http_status = sl->job.http_status;
+    char err_copy[512];
+    snprintf(err_copy, sizeof err_copy, "%s", sl->job.error);
+    struct triattn_generate_result res = sl->job.result;
+    pthread_mutex_unlock(&pool->mu);
+    slots_release(pool, sl);
+    atomic_fetch_add(&srv->prompt_tokens, res.n_prompt_tokens);
     atomic_fetch_add(&srv->tokens_generated, res.n_generated);
     atomic_fetch_add(&srv->decode_us_total, (long long)((mono_ms() - t0) * 1e3));
-    slots_snapshot(&srv->pool, sl, res.n_prompt_tokens, res.n_generated);
-    slots_release(&srv->pool, sl);
 
     const char * finish = finish_name(res.stop_reason);
-    if (st != TRIATTN_OK && !g.stream) {
+    if (!started) {
+        if (st == TRIATTN_OK)
+            reply_error(x, 503, "shutting_down", "the server is shutting down");
+        else if (st == TRIATTN_ERR_CONTEXT)
+            reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",
+                        triattn_session_n_ctx(sl->session), err_copy);
+        else
+            reply_error(x, http_status ? http_status : 500, triattn_status_name(st), "%s", err_copy);
+    } else if (st != TRIATTN_OK && !g.stream) {
         reply_error(x, 500, triattn_status_name(st), "generation failed: %s", err_copy);
     } else if (g.stream) {
-        if (alive && !srv->stop) {
-            if (g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true);
-            if (alive) alive = send_event(&g, x, &ev, NULL, 0, finish, false);
+        if (alive && !srv->stop && st == TRIATTN_OK) {
+            if (g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true, NULL, 0);
+            if (alive) alive = send_event(&g, x, &ev, NULL, 0, finish, false, NULL, 0);
             if (alive) { alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
             if (alive) http_stream_end(x->c);
         } else {
@@ -351,7 +475,9 @@ static void handle_generate(ctx * x, bool chat) {
         jb_cstr(&b, ",\"choices\":[{\"index\":0,");
         if (g.chat) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":"); jb_str(&b, out.data ? out.data : "", out.len); jb_cstr(&b, "}"); }
         else { jb_cstr(&b, "\"text\":"); jb_str(&b, out.data ? out.data : "", out.len); }
-        jb_cstr(&b, ",\"logprobs\":null,\"finish_reason\":");
+        jb_cstr(&b, ",\"logprobs\":");
+        logprobs_json(&g, x, &b, lps, n_lps, 0);
+        jb_cstr(&b, ",\"finish_reason\":");
         jb_qcstr(&b, finish);
         jb_printf(&b, "}],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
                   res.n_prompt_tokens, res.n_generated, res.n_prompt_tokens + res.n_generated);
@@ -362,6 +488,7 @@ static void handle_generate(ctx * x, bool chat) {
         x->req->keep_alive = false;
         x->status = 499;  /* client closed the request (nginx's convention, log only) */
     }
+    free(lps);
     jb_free(&out);
     jb_free(&ev);
     free(g.prompt);
@@ -492,6 +619,7 @@ static void handle_metrics(ctx * x) {
         compr += p->slots[k].kv.n_compressions;
     }
     waiting = p->n_waiting;
+    const long long steps = p->n_steps, rows = p->rows_total;
     pthread_mutex_unlock(&p->mu);
     long long gen = atomic_load(&srv->tokens_generated), us = atomic_load(&srv->decode_us_total);
     jbuf b;
@@ -510,6 +638,10 @@ static void handle_metrics(ctx * x) {
     jb_printf(&b, "# HELP triattn_slots_total Slots.\n# TYPE triattn_slots_total gauge\ntriattn_slots_total %d\n", p->n);
     jb_printf(&b, "# HELP triattn_requests_waiting Requests waiting for a slot.\n# TYPE triattn_requests_waiting gauge\n"
               "triattn_requests_waiting %d\n", waiting);
+    jb_printf(&b, "# HELP triattn_engine_steps_total Forward steps of the engine (each advances every busy slot).\n"
+              "# TYPE triattn_engine_steps_total counter\ntriattn_engine_steps_total %lld\n", steps);
+    jb_printf(&b, "# HELP triattn_engine_slot_steps_total Slots advanced, summed over steps (/ steps = mean batch).\n"
+              "# TYPE triattn_engine_slot_steps_total counter\ntriattn_engine_slot_steps_total %lld\n", rows);
     jb_printf(&b, "# HELP triattn_kv_bytes KV cache bytes allocated over all slots.\n# TYPE triattn_kv_bytes gauge\n"
               "triattn_kv_bytes %llu\n", kv);
     jb_printf(&b, "# HELP triattn_kv_bytes_live KV cache bytes holding live tokens.\n# TYPE triattn_kv_bytes_live gauge\n"

@@ -36,7 +36,10 @@ static void usage(FILE * f) {
         "server:\n"
         "  --host ADDR          address to listen on (default 127.0.0.1)\n"
         "  --port N             port; 0 picks a free one (default 8080). Prints 'listening on http://HOST:PORT'\n"
-        "  --parallel N         slots = requests generated at once; more wait in a queue (default 4)\n"
+        "  --parallel N         slots = requests generated at once; more wait in a queue (default 4). One engine\n"
+        "                       thread advances every busy slot by one token per forward step (continuous batching)\n"
+        "  --prefill-chunk N    prompt tokens a slot prefills per step, between the running slots' tokens (default\n"
+        "                       128; at most --kv-interval with a compressing policy)\n"
         "  --max-body BYTES     largest request body, else 413 (default 1048576)\n"
         "  --timeout S          seconds to receive a whole request / keep-alive idle limit (default 30)\n"
         "  --max-conns N        open connections at most; more get 503 (default 256)\n"
@@ -47,11 +50,14 @@ static void usage(FILE * f) {
         "model and sessions:\n"
         "  -m, --model PATH     GGUF model file (required)\n"
         "  -c, --ctx-size N     context per slot in tokens (default 4096)\n"
-        "  -t, --threads N      CPU threads in total, shared evenly by the slots, >= 1 each (default: all cores)\n"
+        "  -t, --threads N      CPU threads running each forward step (default: all cores)\n"
+        "  -ngl, --n-gpu-layers N  layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)\n"
         "  --chat-format NAME   chatml, llama3, llama2, mistral, gemma, qwen, deepseek-r1 (default: from the model)\n"
         "\n"
         "KV cache (TriAttention):\n"
-        "  --kv-policy NAME     full or triattention (default: triattention when calibrated, else full)\n"
+        "  --kv-policy NAME     full, triattention, or a baseline: streaming, random, h2o, snapkv, rkv\n"
+        "                       (default: triattention when calibrated, else full). Requests may lower the\n"
+        "                       budget with \"kv_budget\": N\n"
         "  --kv-budget N        slots kept per layer/KV head after compression (default 2048)\n"
         "  --kv-interval N      compress when live slots reach budget + interval (default 128)\n"
         "  --kv-window N        recent tokens never evicted (default: the policy's)\n"
@@ -60,6 +66,9 @@ static void usage(FILE * f) {
         "\n"
         "  -h, --help           this help\n");
 }
+
+/* -ngl / --n-gpu-layers: 0 = CPU, -1 = the whole model on the GPU (CUDA builds; else the CPU with a warning). */
+static long g_n_gpu_layers = 0;
 
 static bool parse_int(const char * s, long lo, long hi, long * out) {
     char * e = NULL;
@@ -85,6 +94,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
     o->kv_window = defaults.kv_window;
     o->kv_sink = defaults.kv_sink;
     o->max_conns = 256;
+    o->prefill_chunk = 128;
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
@@ -107,6 +117,9 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         INTOPT("--kv-interval", 1, 1 << 24, o->kv_interval)
         INTOPT("--kv-window", -1, 1 << 24, o->kv_window)
         INTOPT("--kv-sink", 0, 1 << 24, o->kv_sink)
+        INTOPT("--prefill-chunk", 1, 65536, o->prefill_chunk)
+        INTOPT("-ngl", -1, 1 << 20, g_n_gpu_layers)
+        INTOPT("--n-gpu-layers", -1, 1 << 20, g_n_gpu_layers)
 #undef INTOPT
         if (!strcmp(a, "--host")) { o->host = v; continue; }
         if (!strcmp(a, "--api-key")) { o->api_key = v; continue; }
@@ -179,6 +192,7 @@ int main(int argc, char ** argv) {
     struct triattn_model_params mp;
     triattn_model_params_init(&mp);
     mp.calibration_path = srv->o.calibration;
+    mp.n_gpu_layers = (int32_t) g_n_gpu_layers;
     if (triattn_model_load(srv->o.model_path, &mp, &srv->model, err, sizeof err) != TRIATTN_OK) {
         fprintf(stderr, "error: %s\n", err);
         return 1;
@@ -190,13 +204,13 @@ int main(int argc, char ** argv) {
     struct triattn_session_params sp;
     triattn_session_params_init(&sp);
     sp.n_ctx = srv->o.ctx_size;
-    sp.n_threads = total / srv->o.parallel > 0 ? total / srv->o.parallel : 1;
+    sp.n_threads = total;  /* one forward step at a time runs every slot's tokens */
     sp.kv_policy = srv->o.kv_policy;
     sp.kv_budget = srv->o.kv_budget;
     sp.kv_interval = srv->o.kv_interval;
     sp.kv_window = srv->o.kv_window;
     sp.kv_sink = srv->o.kv_sink;
-    if (slots_init(&srv->pool, srv->model, srv->o.parallel, &sp, err, sizeof err) != TRIATTN_OK) {
+    if (slots_init(&srv->pool, srv->model, srv->o.parallel, &sp, srv->o.prefill_chunk, &srv->stop, err, sizeof err) != TRIATTN_OK) {
         fprintf(stderr, "error: creating %d sessions: %s\n", srv->o.parallel, err);
         triattn_model_free(srv->model);
         return 1;

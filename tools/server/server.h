@@ -23,6 +23,7 @@ struct server_opts {
     int          ctx_size;
     const char * kv_policy;
     int          kv_budget, kv_interval, kv_window, kv_sink;
+    int          prefill_chunk;
     const char * calibration;
     const char * chat_format;
     const char * model_path;

@@ -1,4 +1,4 @@
-/* slots.c - FIFO pool of sessions (see slots.h). */
+/* slots.c - the FIFO pool of sessions and the engine thread that batches them (see slots.h). */
 #include "slots.h"
 
 #include <errno.h>
@@ -7,48 +7,252 @@
 #include <string.h>
 #include <time.h>
 
+static void deadline_in(struct timespec * ts, int ms) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
+}
+
+/* ---- engine ---- */
+
+static bool job_append(struct slot_job * j, const char * text, size_t len) {
+    if (j->len + len + 1 > j->cap) {
+        size_t cap = j->cap ? j->cap : 1024;
+        while (cap < j->len + len + 1) cap *= 2;
+        char * t = realloc(j->text, cap);
+        if (!t) return false;
+        j->text = t;
+        j->cap = cap;
+    }
+    memcpy(j->text + j->len, text, len);
+    j->len += len;
+    j->text[j->len] = '\0';
+    return true;
+}
+
+static bool job_add_logprob(struct slot_job * j, const struct triattn_token_logprobs * lp, size_t offset) {
+    if (j->n_lp == j->cap_lp) {
+        size_t cap = j->cap_lp ? j->cap_lp * 2 : 64;
+        struct job_logprob * t = realloc(j->lps, cap * sizeof *t);
+        if (!t) return false;
+        j->lps = t;
+        j->cap_lp = cap;
+    }
+    j->lps[j->n_lp].lp = *lp;
+    j->lps[j->n_lp].text_offset = offset;
+    j->n_lp++;
+    return true;
+}
+
+/* Starts a submitted job on its session (engine thread, no lock held). */
+static void job_start(struct slot_pool * p, struct slot * sl) {
+    struct slot_job * j = &sl->job;
+    triattn_session * s = sl->session;
+    triattn_session_reset(s);
+    enum triattn_status st = TRIATTN_OK;
+    if (p->compressing) {
+        st = triattn_session_set_kv_budget(s, j->kv_budget > 0 ? j->kv_budget : p->kv_budget);
+    }
+    j->gp.prefill_chunk = p->prefill_chunk;
+    if (st == TRIATTN_OK) st = triattn_generate_begin(s, j->prompt, &j->gp);
+    if (st != TRIATTN_OK) {
+        j->status = st;
+        j->http_status = (st == TRIATTN_ERR_INVALID_ARG || st == TRIATTN_ERR_CONTEXT) ? 400 : 500;
+        snprintf(j->error, sizeof j->error, "%s", triattn_session_last_error(s));
+        triattn_generate_get_result(s, &j->result);
+    }
+}
+
+static void slot_snapshot_locked(struct slot * sl) {
+    triattn_session_kv_stats(sl->session, &sl->kv);
+    sl->n_prompt = sl->job.result.n_prompt_tokens;
+    sl->n_generated = sl->job.result.n_generated;
+}
+
+static void * engine_main(void * arg) {
+    struct slot_pool * p = arg;
+    const int n = p->n;
+    struct slot ** starting = calloc((size_t)n, sizeof *starting);
+    struct slot ** active = calloc((size_t)n, sizeof *active);
+    triattn_session ** ss = calloc((size_t)n, sizeof *ss);
+    const char ** text = calloc((size_t)n, sizeof *text);
+    size_t * len = calloc((size_t)n, sizeof *len);
+    bool * done = calloc((size_t)n, sizeof *done);
+    enum triattn_status * st = calloc((size_t)n, sizeof *st);
+    if (!starting || !active || !ss || !text || !len || !done || !st) {
+        fprintf(stderr, "error: out of memory starting the engine thread\n");
+        *p->stop = 1;
+        goto out;
+    }
+    for (;;) {
+        int n_start = 0, n_active = 0;
+        pthread_mutex_lock(&p->mu);
+        for (;;) {
+            for (int k = 0; k < n; k++) {
+                struct slot * sl = &p->slots[k];
+                if (sl->job.state == JOB_QUEUED) {
+                    sl->job.state = JOB_RUNNING;
+                    starting[n_start++] = sl;
+                } else if (sl->job.state == JOB_RUNNING && sl->job.cancel) {
+                    sl->job.result.stop_reason = TRIATTN_STOP_CALLBACK;
+                    sl->job.state = JOB_DONE;
+                    slot_snapshot_locked(sl);
+                    pthread_cond_broadcast(&sl->cv);
+                } else if (sl->job.state == JOB_RUNNING) {
+                    active[n_active++] = sl;
+                }
+            }
+            if (n_start + n_active > 0 || *p->stop) break;
+            struct timespec ts;
+            deadline_in(&ts, 200);
+            pthread_cond_timedwait(&p->engine_cv, &p->mu, &ts);
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (*p->stop) break;
+
+        /* Starting a job only tokenizes (prompts are prefilled by the steps). */
+        for (int k = 0; k < n_start; k++) {
+            job_start(p, starting[k]);
+            if (starting[k]->job.status == TRIATTN_OK) active[n_active++] = starting[k];
+        }
+        if (n_start) {
+            pthread_mutex_lock(&p->mu);
+            for (int k = 0; k < n_start; k++) {
+                if (starting[k]->job.status != TRIATTN_OK) starting[k]->job.state = JOB_DONE;
+                else starting[k]->job.begun = true;
+                pthread_cond_broadcast(&starting[k]->cv);
+            }
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (n_active == 0) continue;
+        /* Slot order, so the step's lead session (whose threads run it) stays the same while it is busy. */
+        for (int a = 1; a < n_active; a++) {
+            for (int b = a; b > 0 && active[b]->id < active[b - 1]->id; b--) {
+                struct slot * t = active[b]; active[b] = active[b - 1]; active[b - 1] = t;
+            }
+        }
+        for (int k = 0; k < n_active; k++) ss[k] = active[k]->session;
+        triattn_generate_next_batch(ss, n_active, text, len, done, st);
+
+        pthread_mutex_lock(&p->mu);
+        p->n_steps++;
+        p->rows_total += n_active;
+        for (int k = 0; k < n_active; k++) {
+            struct slot * sl = active[k];
+            struct slot_job * j = &sl->job;
+            const int32_t before = j->result.n_generated;
+            triattn_generate_get_result(sl->session, &j->result);
+            bool ok = st[k] == TRIATTN_OK;
+            struct triattn_token_logprobs lp;
+            if (ok && j->gp.logprobs > 0 && j->result.n_generated > before &&
+                triattn_generate_last_logprobs(sl->session, &lp) == TRIATTN_OK) {
+                ok = job_add_logprob(j, &lp, j->len);
+            }
+            if (ok && len[k]) ok = job_append(j, text[k], len[k]);
+            if (!ok) {
+                j->status = st[k] != TRIATTN_OK ? st[k] : TRIATTN_ERR_OOM;
+                j->http_status = 500;
+                snprintf(j->error, sizeof j->error, "%s",
+                         st[k] != TRIATTN_OK ? triattn_session_last_error(sl->session) : "out of memory");
+            }
+            if (!ok || done[k]) {
+                j->state = JOB_DONE;
+                slot_snapshot_locked(sl);
+            } else if ((j->result.n_generated & 15) == 0) {
+                slot_snapshot_locked(sl);
+            }
+            if (!ok || done[k] || len[k]) pthread_cond_broadcast(&sl->cv);
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+out:
+    /* shutdown: every job still running ends now */
+    pthread_mutex_lock(&p->mu);
+    p->engine_done = true;
+    for (int k = 0; k < n; k++) {
+        if (p->slots[k].job.state == JOB_QUEUED || p->slots[k].job.state == JOB_RUNNING) {
+            p->slots[k].job.state = JOB_DONE;
+            p->slots[k].job.result.stop_reason = TRIATTN_STOP_CALLBACK;
+            pthread_cond_broadcast(&p->slots[k].cv);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    free(starting); free(active); free(ss); free(text); free(len); free(done); free(st);
+    return NULL;
+}
+
+/* ---- pool ---- */
+
 enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model, int n,
-                               const struct triattn_session_params * sp, char * err, size_t err_size) {
+                               const struct triattn_session_params * sp, int32_t prefill_chunk, volatile int * stop,
+                               char * err, size_t err_size) {
     memset(p, 0, sizeof *p);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    pthread_cond_init(&p->engine_cv, NULL);
+    p->stop = stop;
     p->slots = calloc((size_t)n, sizeof *p->slots);
     if (!p->slots) { snprintf(err, err_size, "out of memory for %d slots", n); return TRIATTN_ERR_OOM; }
     for (int k = 0; k < n; k++) {
         enum triattn_status st = triattn_session_create(model, sp, &p->slots[k].session, err, err_size);
         if (st != TRIATTN_OK) { p->n = k; slots_free(p); return st; }
         p->slots[k].id = k;
+        pthread_cond_init(&p->slots[k].cv, NULL);
         triattn_session_kv_stats(p->slots[k].session, &p->slots[k].kv);
+        p->n = k + 1;
     }
-    p->n = n;
+    p->kv_budget = sp->kv_budget;
+    p->compressing = p->slots[0].kv.capacity < triattn_session_n_ctx(p->slots[0].session);
+    /* A compressing cache takes at most kv_interval tokens between rounds. */
+    p->prefill_chunk = prefill_chunk;
+    if (p->compressing && p->prefill_chunk > sp->kv_interval) p->prefill_chunk = sp->kv_interval;
+    if (pthread_create(&p->engine, NULL, engine_main, p) != 0) {
+        snprintf(err, err_size, "cannot start the engine thread: %s", strerror(errno));
+        slots_free(p);
+        return TRIATTN_ERR_OOM;
+    }
+    p->engine_started = true;
     return TRIATTN_OK;
 }
 
 void slots_free(struct slot_pool * p) {
-    for (int k = 0; k < p->n; k++) triattn_session_free(p->slots[k].session);
+    if (p->engine_started) {
+        *p->stop = 1;
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->engine_cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->engine, NULL);
+        p->engine_started = false;
+    }
+    for (int k = 0; k < p->n; k++) {
+        triattn_session_free(p->slots[k].session);
+        pthread_cond_destroy(&p->slots[k].cv);
+        free(p->slots[k].job.text);
+        free(p->slots[k].job.lps);
+    }
     free(p->slots);
     p->slots = NULL;
     p->n = 0;
     pthread_cond_destroy(&p->cv);
+    pthread_cond_destroy(&p->engine_cv);
     pthread_mutex_destroy(&p->mu);
 }
 
-struct slot * slots_acquire(struct slot_pool * p, const volatile int * stop) {
+struct slot * slots_acquire(struct slot_pool * p) {
     pthread_mutex_lock(&p->mu);
     uint64_t ticket = p->next_ticket++;
     p->n_waiting++;
     struct slot * got = NULL;
     for (;;) {
-        if (*stop) break;
+        if (*p->stop) break;
         if (ticket == p->serving) {
             for (int k = 0; k < p->n && !got; k++) if (!p->slots[k].busy) got = &p->slots[k];
             if (got) break;
         }
         /* bounded wait so shutdown is noticed */
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        deadline_in(&ts, 200);
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }
     p->n_waiting--;
@@ -56,29 +260,65 @@ struct slot * slots_acquire(struct slot_pool * p, const volatile int * stop) {
         got->busy = true;
         got->n_requests++;
         got->n_prompt = got->n_generated = 0;
-        p->serving++;
-        pthread_cond_broadcast(&p->cv);  /* the next ticket may take another free slot */
+        struct slot_job * j = &got->job;
+        j->state = JOB_IDLE;
+        j->len = 0;
+        if (j->text) j->text[0] = '\0';
+        j->n_lp = 0;
+        j->status = TRIATTN_OK;
+        j->http_status = 0;
+        j->error[0] = '\0';
+        j->cancel = false;
+        j->begun = false;
+        j->kv_budget = 0;
+        memset(&j->result, 0, sizeof j->result);
     }
+    /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */
+    p->serving++;
+    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     return got;
 }
 
-void slots_release(struct slot_pool * p, struct slot * s) {
-    struct triattn_kv_stats kv;
-    triattn_session_kv_stats(s->session, &kv);
+void slots_submit(struct slot_pool * p, struct slot * s) {
     pthread_mutex_lock(&p->mu);
-    s->kv = kv;
-    s->busy = false;
-    pthread_cond_broadcast(&p->cv);
+    s->job.state = p->engine_done ? JOB_DONE : JOB_QUEUED;
+    if (p->engine_done) s->job.result.stop_reason = TRIATTN_STOP_CALLBACK;
+    pthread_cond_signal(&p->engine_cv);
     pthread_mutex_unlock(&p->mu);
 }
 
-void slots_snapshot(struct slot_pool * p, struct slot * s, int32_t n_prompt, int32_t n_generated) {
-    struct triattn_kv_stats kv;
-    triattn_session_kv_stats(s->session, &kv);
+enum job_state slots_wait_locked(struct slot_pool * p, struct slot * s, size_t have, size_t have_lp, int timeout_ms) {
+    if (s->job.state != JOB_DONE && s->job.len <= have && s->job.n_lp <= have_lp) {
+        struct timespec ts;
+        deadline_in(&ts, timeout_ms);
+        pthread_cond_timedwait(&s->cv, &p->mu, &ts);
+    }
+    return s->job.state;
+}
+
+void slots_cancel_locked(struct slot_pool * p, struct slot * s) {
+    s->job.cancel = true;
+    pthread_cond_signal(&p->engine_cv);
+}
+
+void slots_cancel(struct slot_pool * p, struct slot * s) {
     pthread_mutex_lock(&p->mu);
-    s->kv = kv;
-    s->n_prompt = n_prompt;
-    s->n_generated = n_generated;
+    slots_cancel_locked(p, s);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void slots_release(struct slot_pool * p, struct slot * s) {
+    pthread_mutex_lock(&p->mu);
+    while (s->job.state == JOB_QUEUED || s->job.state == JOB_RUNNING) {
+        s->job.cancel = true;
+        pthread_cond_signal(&p->engine_cv);
+        struct timespec ts;
+        deadline_in(&ts, 200);
+        pthread_cond_timedwait(&s->cv, &p->mu, &ts);
+    }
+    s->job.state = JOB_IDLE;
+    s->busy = false;
+    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 }

@@ -1,24 +1,57 @@
 /*
- * slots.h - the server's pool of sessions ("slots") over one shared model.
+ * slots.h - the server's pool of sessions ("slots") over one shared model, and the engine thread.
  *
- * Each slot owns one triattn_session. A request takes a free slot in arrival order (FIFO tickets) and
- * gives it back when done; requests wait while every slot is busy. A slot's session is used by one
- * thread at a time (the one holding it); others read only the snapshot fields under the pool lock.
+ * Each slot owns one triattn_session. A request takes a free slot in arrival order (FIFO tickets),
+ * submits its job and reads the text as it comes; requests wait while every slot is busy. One engine
+ * thread owns every session: each step it starts the newly submitted jobs and advances all running ones
+ * together with triattn_generate_next_batch (continuous batching: one forward step for every slot's next
+ * token, new prompts prefilled in chunks between those steps). Everything shared is under the pool lock.
  */
 #ifndef TRI_SRV_SLOTS_H
 #define TRI_SRV_SLOTS_H
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "triattn.h"
+
+enum job_state { JOB_IDLE, JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+
+/* One generated token with its log-probabilities (when the request asked for them). */
+struct job_logprob {
+    struct triattn_token_logprobs lp;
+    size_t text_offset;   /* bytes of generated text released before this token */
+};
+
+struct slot_job {
+    /* set by the request before slots_submit */
+    const char * prompt;
+    struct triattn_generate_params gp;
+    int32_t      kv_budget;       /* 0 = the server's */
+    /* written by the engine, read by the request (pool lock) */
+    enum job_state state;
+    bool         begun;           /* the prompt was accepted: the response can start */
+    char *       text;            /* text released so far */
+    size_t       len, cap;
+    struct job_logprob * lps;     /* one per generated token when gp.logprobs > 0 */
+    size_t       n_lp, cap_lp;
+    enum triattn_status status;
+    int          http_status;     /* for a failed start: 400 (bad request / context) or 500 */
+    char         error[512];
+    struct triattn_generate_result result;
+    /* set by the request: stop generating (client gone, shutdown) */
+    bool         cancel;
+};
 
 struct slot {
     int               id;
     triattn_session * session;
     bool              busy;
-    /* snapshot for /slots and /metrics, written by the holder under the pool lock */
+    pthread_cond_t    cv;          /* the engine signals new text or the end of the job */
+    struct slot_job   job;
+    /* snapshot for /slots and /metrics */
     struct triattn_kv_stats kv;
     int64_t           n_requests;
     int32_t           n_prompt;      /* current/last request */
@@ -27,22 +60,42 @@ struct slot {
 
 struct slot_pool {
     pthread_mutex_t mu;
-    pthread_cond_t  cv;
+    pthread_cond_t  cv;            /* a slot became free */
+    pthread_cond_t  engine_cv;     /* a job was submitted or cancelled */
     struct slot *   slots;
     int             n;
     uint64_t        next_ticket;   /* FIFO: the ticket handed to the next waiter */
     uint64_t        serving;       /* the ticket allowed to take a slot now */
     int             n_waiting;
+    int32_t         prefill_chunk; /* prompt tokens a slot prefills per engine step */
+    int32_t         kv_budget;     /* the server's default budget (compressing policies) */
+    bool            compressing;   /* the sessions' policy evicts (per-request kv_budget is allowed) */
+    int64_t         n_steps;       /* engine steps so far */
+    int64_t         rows_total;    /* slots advanced, summed over steps (mean batch = rows / steps) */
+    pthread_t       engine;
+    bool            engine_started;
+    bool            engine_done;   /* the engine thread has exited: new jobs end at once */
+    volatile int *  stop;
 };
 
-/* Creates n sessions with params sp. Returns TRIATTN_OK or the error (message in err). */
+/* Creates n sessions with params sp and starts the engine thread (stops when *stop becomes non-zero).
+ * Returns TRIATTN_OK or the error (message in err). */
 enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model, int n,
-                               const struct triattn_session_params * sp, char * err, size_t err_size);
+                               const struct triattn_session_params * sp, int32_t prefill_chunk, volatile int * stop,
+                               char * err, size_t err_size);
+/* Stops the engine and frees the sessions (after every request has released its slot). */
 void slots_free(struct slot_pool * p);
 /* Waits for a free slot in arrival order. NULL when *stop becomes non-zero (shutdown). */
-struct slot * slots_acquire(struct slot_pool * p, const volatile int * stop);
+struct slot * slots_acquire(struct slot_pool * p);
+/* Hands the slot's job (prompt, gp, kv_budget filled in) to the engine. */
+void slots_submit(struct slot_pool * p, struct slot * s);
+/* Waits up to timeout_ms for the job to have more than `have` bytes of text or to end; returns its state.
+ * Call with the pool lock held (pthread_mutex_lock(&p->mu)). */
+enum job_state slots_wait_locked(struct slot_pool * p, struct slot * s, size_t have, size_t have_lp, int timeout_ms);
+/* Asks the engine to stop the job (client gone); it ends at the next step. */
+void slots_cancel(struct slot_pool * p, struct slot * s);
+void slots_cancel_locked(struct slot_pool * p, struct slot * s);
+/* Gives the slot back once its job has ended (waits for the engine to let go of it). */
 void slots_release(struct slot_pool * p, struct slot * s);
-/* Refreshes the slot's KV snapshot and counters (called by the holder). */
-void slots_snapshot(struct slot_pool * p, struct slot * s, int32_t n_prompt, int32_t n_generated);
 
 #endif

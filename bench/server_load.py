@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Long-running checks of triattn-server (outside CI): fuzz, soak and the slot-concurrency benchmark.
+
+  python bench/server_load.py fuzz  --minutes 10            # mutated HTTP requests and JSON bodies
+  python bench/server_load.py soak  --requests 500 -c 8     # zero errors, RSS sampled over the run
+  python bench/server_load.py bench --slots 1,2,4,8 --tokens 256 --policies full,triattention
+
+Each starts the server binary (TRIATTN_SERVER_BIN, else build/triattn-server, else the wheel's) on a free
+loopback port with the default model, prints a summary and writes JSON next to it (bench/out/).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+SIDECAR = ROOT / "python" / "pytriattn" / "data" / "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
+
+
+def server_binary() -> str:
+    env = os.environ.get("TRIATTN_SERVER_BIN")
+    if env:
+        return env
+    for p in (ROOT / "build" / "triattn-server", ROOT / "build" / "ctest" / "triattn-server"):
+        if p.exists():
+            return str(p)
+    sys.path.insert(0, str(ROOT / "python"))
+    from pytriattn import _lib  # noqa: E402
+    return str(Path(_lib.library_path()).parent / "triattn-server")
+
+
+def default_model() -> str:
+    sys.path.insert(0, str(ROOT / "python"))
+    from pytriattn._fetch import ensure_default_model  # noqa: E402
+    return str(ensure_default_model())
+
+
+class Server:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([server_binary(), "-m", default_model(), "--port", "0", "--alias", "smol", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on http://"):
+            raise SystemExit(f"server did not start: {line!r}")
+        host, port = line.strip().rsplit("/", 1)[1].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    def raw(self, data: bytes, timeout: float = 10.0, half_close: bool = True) -> bytes:
+        """Sends data and reads until the server closes. half_close=False keeps our side open, as HTTP
+        clients do (the server takes a half-closed connection for a client that went away)."""
+        s = socket.create_connection((self.host, self.port), timeout=timeout)
+        try:
+            s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out
+                out += chunk
+        except OSError:
+            return b""
+        finally:
+            s.close()
+
+    def post(self, path: str, body: dict, timeout: float = 600.0) -> tuple[int, dict]:
+        import http.client
+        c = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            c.request("POST", path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw else {})
+        finally:
+            c.close()
+
+    def healthy(self) -> bool:
+        return self.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+
+    def close(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+# ---- fuzz ----------------------------------------------------------------------------------------
+
+def _mutate(rng: random.Random, data: bytes, alphabet: bytes) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        if not b:
+            break
+        pos = rng.randrange(len(b))
+        op = rng.randrange(4)
+        if op == 0:
+            b[pos] = rng.randrange(256)
+        elif op == 1:
+            b.insert(pos, rng.choice(alphabet))
+        elif op == 2:
+            del b[pos]
+        else:
+            b[pos:pos] = b[pos:pos + rng.randint(1, 16)]
+    return bytes(b)
+
+
+def _request(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def fuzz(a) -> dict:
+    rng = random.Random(a.seed)
+    srv = Server("--parallel", "2", "--timeout", "2", "--max-body", "65536", "--ctx-size", "512")
+    bodies = [
+        {"model": "smol", "prompt": "Hello there", "max_tokens": 3, "temperature": 0.5, "stop": ["\n"]},
+        {"model": "smol", "messages": [{"role": "user", "content": "Hi \u00e9\u4e2d"}], "max_tokens": 2, "stream": True},
+        {"model": "smol", "prompt": "x", "max_tokens": 2, "logprobs": 2, "seed": 7},
+        {"content": "tokenize me \u2603"}, {"tokens": [1, 2, 3, 400]},
+    ]
+    paths = ["/v1/completions", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"]
+    json_alpha = b'"\\{}[],:0123456789.eE+-truefalsnul \xc3\xa9\xff\x00u'
+    http_alpha = b" :\r\n\x00\xff/?%HTTP1.GETPOST"
+    t_end = time.time() + a.minutes * 60
+    n = hung = bad = 0
+    statuses: dict[str, int] = {}
+    while time.time() < t_end:
+        k = rng.randrange(len(bodies))
+        body = json.dumps(bodies[k], ensure_ascii=rng.random() < 0.5).encode()
+        if rng.random() < 0.6:
+            data = _request(paths[k], _mutate(rng, body, json_alpha))
+        else:
+            data = _mutate(rng, _request(paths[k], body), http_alpha)
+        t0 = time.time()
+        out = srv.raw(data, timeout=15)
+        if time.time() - t0 > 14:
+            hung += 1
+            print(f"hung ({time.time() - t0:.1f} s): {data[:200]!r}", flush=True)
+        if out and not out.startswith(b"HTTP/1.1 "):
+            bad += 1
+            print(f"not HTTP: {out[:100]!r} for {data[:200]!r}", flush=True)
+        code = out[9:12].decode(errors="replace") if out else "closed"
+        statuses[code] = statuses.get(code, 0) + 1
+        n += 1
+        if n % 500 == 0:
+            if srv.proc.poll() is not None or not srv.healthy():
+                break
+            print(f"{n} requests, {statuses}", file=sys.stderr, flush=True)
+    alive = srv.proc.poll() is None and srv.healthy()
+    rc = srv.close()
+    res = {"requests": n, "minutes": a.minutes, "seed": a.seed, "statuses": statuses, "hung": hung,
+           "not_http": bad, "alive_at_end": alive, "exit_code": rc}
+    print(json.dumps(res, indent=1))
+    return res
+
+
+# ---- soak ----------------------------------------------------------------------------------------
+
+PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how a bicycle works.",
+           "List five uses of a paperclip.", "What is the largest ocean on Earth?",
+           "Describe the water cycle.", "Give me a recipe for pancakes.", "Why is the sky blue?",
+           "Summarise the plot of Hamlet."]
+
+
+def soak(a) -> dict:
+    rng = random.Random(a.seed)
+    srv = Server("--parallel", str(a.concurrency), "--ctx-size", "2048", *a.server_args)
+    rss: list[tuple[int, float]] = []
+    errors: list[str] = []
+    done = 0
+    t0 = time.time()
+
+    def one(i: int):
+        body = {"model": "smol", "max_tokens": rng.randint(16, a.max_tokens), "temperature": 0.8,
+                "seed": rng.randint(0, 10**9), "stream": i % 3 == 0}
+        if i % 2:
+            body["messages"] = [{"role": "user", "content": rng.choice(PROMPTS)}]
+            path = "/v1/chat/completions"
+        else:
+            body["prompt"] = rng.choice(PROMPTS)
+            path = "/v1/completions"
+        if body["stream"]:
+            out = srv.raw(_request(path, json.dumps(body).encode()), timeout=600, half_close=False)
+            ok = out.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in out and out.endswith(b"0\r\n\r\n")
+            return None if ok else f"stream {i}: {out[-160:]!r}"
+        st, js = srv.post(path, body)
+        usage = js.get("usage", {}) if st == 200 else {}
+        ok = usage.get("completion_tokens", -1) >= 0 and js["choices"][0]["finish_reason"] in ("stop", "length")
+        return None if ok else f"{i}: {st} {js}"
+
+    with cf.ThreadPoolExecutor(a.concurrency) as ex:
+        futs = [ex.submit(one, i) for i in range(a.requests)]
+        for f in cf.as_completed(futs):
+            err = f.result()
+            if err:
+                errors.append(err)
+            done += 1
+            if done % 25 == 0:
+                rss.append((done, srv.rss_mib()))
+                print(f"{done}/{a.requests} requests, RSS {rss[-1][1]:.1f} MiB, {len(errors)} errors",
+                      file=sys.stderr, flush=True)
+    wall = time.time() - t0
+    rc = srv.close()
+    warm = [r for d, r in rss if d >= a.requests // 5]
+    res = {"requests": a.requests, "concurrency": a.concurrency, "errors": len(errors), "first_errors": errors[:5],
+           "wall_s": round(wall, 1), "rss_mib": rss,
+           "rss_after_warmup_min_max": [round(min(warm), 1), round(max(warm), 1)] if warm else None,
+           "exit_code": rc}
+    print(json.dumps({k: v for k, v in res.items() if k != "rss_mib"}, indent=1))
+    return res
+
+
+# ---- concurrency benchmark --------------------------------------------------------------------------
+
+def bench(a) -> dict:
+    rows = []
+    text = " ".join(PROMPTS) * 4
+    for policy in a.policies.split(","):
+        for n in [int(x) for x in a.slots.split(",")]:
+            extra = ["--parallel", str(n), "--ctx-size", str(a.ctx), "--kv-policy", policy, "-t", str(a.threads)]
+            if policy != "full":
+                extra += ["--calibration", str(SIDECAR), "--kv-budget", str(a.budget)]
+            srv = Server(*extra)
+            body = {"model": "smol", "prompt": text, "max_tokens": a.tokens, "temperature": 0, "ignore_eos": True}
+            t0 = time.time()
+            with cf.ThreadPoolExecutor(n) as ex:
+                outs = list(ex.map(lambda _: srv.post("/v1/completions", body), range(n)))
+            wall = time.time() - t0
+            gen = sum(js["usage"]["completion_tokens"] for st, js in outs if st == 200)
+            slots = json.loads(srv.raw(b"GET /slots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").split(b"\r\n\r\n", 1)[1])
+            kv_slot = slots[0]["kv"]["kv_bytes"]
+            cap = slots[0]["kv"]["capacity"]
+            srv.close()
+            row = {"policy": policy, "slots": n, "generated": gen, "wall_s": round(wall, 2),
+                   "tok_s": round(gen / wall, 1), "kv_bytes_per_slot": kv_slot, "capacity": cap}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    # sequences of a.seq_len tokens that fit in 1 GiB of KV: full needs seq_len slots each, a compressing
+    # policy budget + interval whatever the length
+    per_slot = {r["policy"]: r["kv_bytes_per_slot"] / r["capacity"] for r in rows}
+    fit = {}
+    for p, b in per_slot.items():
+        slots_needed = a.seq_len if p == "full" else a.budget + 128
+        fit[p] = int((1 << 30) // (b * slots_needed))
+    res = {"rows": rows, "fits_in_1GiB_at_seq_len": {"seq_len": a.seq_len, **fit}}
+    print(json.dumps(res["fits_in_1GiB_at_seq_len"]))
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fuzz", help="mutated requests against a live server")
+    f.add_argument("--minutes", type=float, default=10)
+    f.add_argument("--seed", type=int, default=time.time_ns() % 2**31)
+    s = sub.add_parser("soak", help="many requests at a fixed concurrency, RSS over time")
+    s.add_argument("--requests", type=int, default=500)
+    s.add_argument("-c", "--concurrency", type=int, default=8)
+    s.add_argument("--max-tokens", type=int, default=64)
+    s.add_argument("--seed", type=int, default=time.time_ns() % 2**31)
+    s.add_argument("--server-args", nargs="*", default=[])
+    b = sub.add_parser("bench", help="aggregate tokens/s against the number of slots, per policy")
+    b.add_argument("--slots", default="1,2,4,8")
+    b.add_argument("--policies", default="full,triattention")
+    b.add_argument("--tokens", type=int, default=256)
+    b.add_argument("--budget", type=int, default=1024)
+    b.add_argument("--ctx", type=int, default=8192)
+    b.add_argument("--seq-len", type=int, default=8192)
+    b.add_argument("-t", "--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    res = {"fuzz": fuzz, "soak": soak, "bench": bench}[a.cmd](a)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"server_{a.cmd}.json"
+    path.write_text(json.dumps(res, indent=1))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

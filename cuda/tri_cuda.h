@@ -1,0 +1,57 @@
+/* The C interface of the CUDA code: runtime helpers (memory, streams, errors) and one launcher per op.
+ * Everything here is callable from C (cuda/backend_cuda.c, tests/c/tool_cuda.c); kernels live in the
+ * cuda/<op>.cu files. Launchers are asynchronous on the given stream and return a status: the message of
+ * the last failure is tri_cuda_last_error() (per thread). Nothing here exits or aborts. */
+#ifndef TRI_CUDA_H
+#define TRI_CUDA_H
+
+#include "triattn.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void * tri_cuda_stream; /* a cudaStream_t */
+
+/* Message of the last failed CUDA call on this thread ("" if none). */
+const char * tri_cuda_last_error(void);
+/* Usable CUDA devices; 0 with the reason in why (may be NULL) when there are none (no driver, no GPU). */
+int tri_cuda_device_count(char * why, size_t n);
+enum triattn_status tri_cuda_set_device(int dev);
+/* "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" */
+enum triattn_status tri_cuda_device_name(int dev, char * buf, size_t n);
+
+enum triattn_status tri_cuda_malloc(void ** p, size_t bytes);
+void tri_cuda_free(void * p);
+/* Page-locked host memory, for asynchronous copies. */
+enum triattn_status tri_cuda_host_alloc(void ** p, size_t bytes);
+void tri_cuda_host_free(void * p);
+enum triattn_status tri_cuda_memset(void * p, int value, size_t bytes, tri_cuda_stream s);
+enum triattn_status tri_cuda_h2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s);
+enum triattn_status tri_cuda_d2h(void * dst, const void * src, size_t bytes, tri_cuda_stream s);
+enum triattn_status tri_cuda_stream_create(tri_cuda_stream * s);
+void tri_cuda_stream_destroy(tri_cuda_stream s);
+/* Waits for the stream and reports any error of the work queued on it. */
+enum triattn_status tri_cuda_sync(tri_cuda_stream s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "attention.cuh"
+#include "dequant.cuh"
+#include "gather.cuh"
+#include "kv.cuh"
+#include "matmul.cuh"
+#include "rmsnorm.cuh"
+#include "rope.cuh"
+#include "softmax.cuh"
+#include "swiglu.cuh"
+#include "topk.cuh"
+#include "triattn_score.cuh"
+
+#endif

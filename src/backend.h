@@ -1,0 +1,55 @@
+/* Compute backends: the seam between a session and where its forward pass, KV cache and KV-policy rounds run.
+ *
+ * The CPU is the built-in default and the reference: a model or session whose `backend` is NULL runs the
+ * code of forward.c / kv_*.c exactly as before. A backend (today only CUDA, cuda/backend_cuda.c, compiled
+ * with -DTRIATTN_CUDA=ON) is chosen once per model at load time from n_gpu_layers; every session of that
+ * model then uses it. A backend session keeps the host-side view the rest of session.c relies on:
+ * s->kv.{n_layer, n_head_kv, head_dim, capacity, bytes} and the position / live-count mirrors s->kv.pos and
+ * s->kv.n_live (no host K/V), and writes logits into s->fwd.logits / s->fwd.n_logits. */
+#ifndef TRI_BACKEND_H
+#define TRI_BACKEND_H
+
+#include "forward.h"
+#include "triattn.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct triattn_model;
+
+typedef struct tri_backend_ops {
+    const char * name;
+    /* Usable devices (0 = none); why (may be NULL) receives the reason when there are none. */
+    int (*device_count)(char * why, size_t n);
+    /* Uploads the weights once; the state belongs to the model (model_free). */
+    enum triattn_status (*model_upload)(const struct triattn_model * m, void ** state, char * err, size_t n);
+    void (*model_free)(void * state);
+    /* Device KV cache and activations of a session whose params, policy and model are set; fills the host
+     * mirror of s->kv. TRIATTN_ERR_UNSUPPORTED for a KV policy the backend cannot run. */
+    enum triattn_status (*session_init)(triattn_session * s, char * err, size_t n);
+    /* Frees what session_init made (also after a failed init) and clears the s->kv / s->fwd views. */
+    void (*session_free)(triattn_session * s);
+    /* Empties the cache (the host mirror is cleared by the session). */
+    void (*reset)(triattn_session * s);
+    /* Runs tokens[0..n) at positions pos0.. (the cache has room): K/V appended on the device, logits for the
+     * mode copied once into s->fwd.logits with s->fwd.n_logits rows. */
+    enum triattn_status (*forward_chunk)(triattn_session * s, const triattn_token * tokens, int32_t n, int32_t pos0,
+                                         enum tri_logits_mode mode, char * err, size_t en);
+    /* The session's KV-policy round (same contract as tri_kv_policy_ops.compress, stats in s->policy). */
+    enum triattn_status (*compress)(triattn_session * s, int32_t next_pos, char * err, size_t n);
+    /* Reads min(live, rows) K rows of (layer, KV head) back as float. */
+    enum triattn_status (*kv_keys)(const triattn_session * s, int layer, int kv_head, float * out, int32_t rows);
+} tri_backend_ops;
+
+/* Chooses and prepares the model's backend for n_gpu_layers (triattn_model_params): 0 = CPU; -1 or >= n_layer =
+ * the GPU when this build has one and a device is present, else the CPU with one WARN log line saying why;
+ * other values are refused (partial offload). Sets m->backend / m->backend_state. */
+enum triattn_status tri_backend_model_attach(struct triattn_model * m, int32_t n_gpu_layers, char * err, size_t n);
+/* Releases the model's backend state (NULL backend: nothing). */
+void tri_backend_model_detach(struct triattn_model * m);
+
+/* The GPU backend compiled into this library, or NULL (built without CUDA). */
+const tri_backend_ops * tri_backend_gpu(void);
+
+#endif

@@ -231,27 +231,43 @@ def soak(a) -> dict:
 
 # ---- concurrency benchmark --------------------------------------------------------------------------
 
+def _kjv(chars: int, n: int) -> list[str]:
+    """n different passages of the King James Bible (Debian's `bible`), chars characters each."""
+    try:
+        out = subprocess.run(["bible", "-f", "Genesis 1:1-Revelation 22:21"], capture_output=True, text=True,
+                             check=True, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit("bench needs the `bible` command: apt-get install bible-kjv bible-kjv-text")
+    step = max(1, (len(out) - chars) // max(1, n))
+    return [out[i * step:i * step + chars] for i in range(n)]
+
+
 def bench(a) -> dict:
     rows = []
-    text = " ".join(PROMPTS) * 4
+    texts = _kjv(a.prompt_chars, max(int(x) for x in a.slots.split(",")))
     for policy in a.policies.split(","):
         for n in [int(x) for x in a.slots.split(",")]:
             extra = ["--parallel", str(n), "--ctx-size", str(a.ctx), "--kv-policy", policy, "-t", str(a.threads)]
             if policy != "full":
                 extra += ["--calibration", str(SIDECAR), "--kv-budget", str(a.budget)]
             srv = Server(*extra)
-            body = {"model": "smol", "prompt": text, "max_tokens": a.tokens, "temperature": 0, "ignore_eos": True}
+            def one(i):
+                return srv.post("/v1/completions", {"model": "smol", "prompt": texts[i], "max_tokens": a.tokens,
+                                                    "temperature": 0, "ignore_eos": True})
             t0 = time.time()
             with cf.ThreadPoolExecutor(n) as ex:
-                outs = list(ex.map(lambda _: srv.post("/v1/completions", body), range(n)))
+                outs = list(ex.map(one, range(n)))
             wall = time.time() - t0
             gen = sum(js["usage"]["completion_tokens"] for st, js in outs if st == 200)
+            prompt = sum(js["usage"]["prompt_tokens"] for st, js in outs if st == 200)
+            decode_s = max(js["timings"]["decode_ms"] for st, js in outs if st == 200) / 1e3
             slots = json.loads(srv.raw(b"GET /slots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").split(b"\r\n\r\n", 1)[1])
             kv_slot = slots[0]["kv"]["kv_bytes"]
             cap = slots[0]["kv"]["capacity"]
             srv.close()
-            row = {"policy": policy, "slots": n, "generated": gen, "wall_s": round(wall, 2),
-                   "tok_s": round(gen / wall, 1), "kv_bytes_per_slot": kv_slot, "capacity": cap}
+            row = {"policy": policy, "slots": n, "ok": sum(st == 200 for st, _ in outs), "prompt_tokens": prompt,
+                   "generated": gen, "wall_s": round(wall, 2), "tok_s_wall": round((prompt + gen) / wall, 1),
+                   "gen_tok_s": round(gen / decode_s, 1), "kv_bytes_per_slot": kv_slot, "capacity": cap}
             rows.append(row)
             print(json.dumps(row), flush=True)
     # sequences of a.seq_len tokens that fit in 1 GiB of KV: full needs seq_len slots each, a compressing
@@ -281,7 +297,9 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="aggregate tokens/s against the number of slots, per policy")
     b.add_argument("--slots", default="1,2,4,8")
     b.add_argument("--policies", default="full,triattention")
-    b.add_argument("--tokens", type=int, default=256)
+    b.add_argument("--tokens", type=int, default=256, help="tokens generated per request (default 256)")
+    b.add_argument("--prompt-chars", type=int, default=10000, help="characters of KJV text per prompt "
+                   "(default 10000, about 2.5K tokens)")
     b.add_argument("--budget", type=int, default=1024)
     b.add_argument("--ctx", type=int, default=8192)
     b.add_argument("--seq-len", type=int, default=8192)

@@ -573,3 +573,20 @@ def test_cli_bench_json(cli, model_path):
     for r in rows:
         assert r["reps"] == 2 and r["tps_min"] <= r["tps_median"] <= r["tps_max"] and r["tps_min"] > 0
     assert rows[2]["kv_live_max"] == depth + 4
+
+
+def test_cli_bench_parallel(cli, model_path):
+    """-np: several sessions decode together (one forward step per token for all); every row reports them."""
+    import json
+
+    n = random.Random(SEED + 1).choice([2, 3])
+    p = subprocess.run([str(cli), "-m", model_path, "--bench", "-p", "0", "-n", "4", "-d", "8", "-np", f"1,{n}",
+                        "-r", "1", "-t", "1", "--json"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["test"] for r in rows] == ["tg4 @ d8", f"tg4 @ d8 x{n}"]
+    assert [r["parallel"] for r in rows] == [1, n]
+    assert rows[1]["kv_live_max"] == 8 + 4 and rows[1]["kv_bytes"] == n * rows[0]["kv_bytes"]
+    assert all(r["tps_median"] > 0 for r in rows)
+    p = subprocess.run([str(cli), "-m", model_path, "-np", "2", "-p", "x"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--bench" in p.stderr

@@ -1,4 +1,4 @@
-"""The `pytriattn` command: generate, chat, fetch, info, calibrate."""
+"""The `pytriattn` command: generate, chat, fetch, info, calibrate, eval, bench, serve."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-c", "--ctx", type=int, default=0, help="context size in tokens (0 = the model's; default 0)")
     g.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all cores)")
     g.add_argument("-b", "--batch", type=int, default=512, help="prefill chunk in tokens (default 512)")
+    g.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)")
     g.add_argument("--chat-format", default=None,
                    help="chatml, llama3, llama2, mistral, gemma, qwen, deepseek-r1 (default: from the model)")
     g = p.add_argument_group("KV cache (TriAttention)")
@@ -50,7 +52,8 @@ def _open_llama(args):
     return Llama(args.model, n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch, seed=args.seed,
                  chat_format=args.chat_format, kv_policy=args.kv_policy, kv_budget=args.kv_budget,
                  kv_interval=args.kv_interval, kv_window=args.kv_window, kv_sink=args.kv_sink,
-                 kv_mode=args.kv_mode, calibration=args.calibration, verbose=getattr(args, "verbose", False))
+                 kv_mode=args.kv_mode, calibration=args.calibration, verbose=getattr(args, "verbose", False),
+                 n_gpu_layers=getattr(args, "n_gpu_layers", 0))
 
 
 def _sampling(args) -> dict:
@@ -256,6 +259,95 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+# ---- eval / bench -----------------------------------------------------------------------------------
+
+def _add_sweep_args(p: argparse.ArgumentParser, budgets: str, contexts: str | None) -> None:
+    g = p.add_argument_group("model and sweep")
+    g.add_argument("-m", "--model", help="GGUF file (default: SmolLM2-135M-Instruct Q4_1 with its shipped centres)")
+    g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
+    g.add_argument("-t", "--threads", type=int, default=2, help="worker threads (default 2)")
+    g.add_argument("--policies", default=None, help="comma list of KV policies (default: every policy the "
+                   "library has: full, triattention, snapkv, rkv, h2o, streaming, random)")
+    g.add_argument("--budgets", default=budgets, help=f"comma list of KV budgets in tokens (default {budgets})")
+    if contexts is not None:
+        g.add_argument("--contexts", default=contexts, help=f"comma list of context lengths in tokens; 4k = 4096 "
+                       f"(default {contexts})")
+    g.add_argument("--kv-interval", type=int, default=128, help="compression interval (default 128)")
+    g.add_argument("--kv-window", type=int, default=None, help="recent tokens never evicted (default: policy's)")
+    g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
+    g.add_argument("--kv-mode", default=None, help="TriAttention mode: per_head (default), per_layer_per_head, "
+                   "global")
+    g = p.add_argument_group("output")
+    g.add_argument("-o", "--out", default=None, help="output prefix: OUT.csv, OUT.json, OUT*.png")
+    g.add_argument("--resume", action="store_true", help="keep OUT.csv and skip the configurations in it")
+    g.add_argument("--no-plot", action="store_true", help="no PNG plots")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_eval_parsers(sub) -> None:
+    from .eval import EVAL_HELP
+
+    p = sub.add_parser("eval", help="quality of KV policies vs full attention (ppl, agreement, passkey)",
+                       description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = p.add_subparsers(dest="task", metavar="TASK")
+    for name, help_ in (("ppl", "compressed-context perplexity, KL and top-1 agreement vs full"),
+                        ("agreement", "long greedy generations vs full: first divergence, token agreement")):
+        q = tasks.add_parser(name, help=help_, description=EVAL_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        g = q.add_argument_group("text")
+        g.add_argument("--text", default=None, metavar="FILE", help="UTF-8 text to evaluate on")
+        g.add_argument("--kjv", action="store_true", help="the King James Bible (`apt-get install bible-kjv "
+                       "bible-kjv-text`)")
+        g.add_argument("--gen-tokens", type=int, default=0 if name == "ppl" else 512,
+                       help="greedy tokens generated after the context (default %s)" % (
+                           "0: none" if name == "ppl" else "512"))
+        g.add_argument("--cache-dir", default=None, help="where full attention's log-probs are cached "
+                       "(default: <pytriattn cache>/eval)")
+        _add_sweep_args(q, "256,512,1024,2048", "4096,8192")
+        q.set_defaults(func=_cmd_eval)
+    q = tasks.add_parser("passkey", help="needle in a haystack streamed through the compressed cache",
+                         description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = q.add_argument_group("passkey")
+    g.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="needle depths as fractions of the haystack "
+                   "(default 0.1,0.3,0.5,0.7,0.9)")
+    g.add_argument("--filler", choices=("neutral", "kjv"), default="neutral",
+                   help="haystack: repeated neutral sentences (default) or KJV prose")
+    g.add_argument("--seed", type=int, default=0, help="seed of the keys (default 0: the same keys every run)")
+    _add_sweep_args(q, "512,1024", "2048,4096,8192")
+    q.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1], task=None)
+
+    p = sub.add_parser("bench", help="prefill/decode speed, KV bytes and peak RSS per KV policy",
+                       description="Speed and memory per KV policy and budget. Each measurement is one "
+                       "triattn-cli --bench process (its own peak RSS): prefill of -p tokens, and decode of -n "
+                       "tokens after each KV depth in -d. --llama-bench PATH runs llama.cpp's llama-bench on the "
+                       "same GGUF with the same settings and adds tok/s ratios (ours / llama.cpp). Rows: OUT.csv "
+                       "+ OUT.json (kvpress shape; dataset prefill or decode, context = prompt length or depth); "
+                       "plot OUT.png (decode tok/s vs depth, KV MiB and peak RSS vs context).")
+    g = p.add_argument_group("benchmark")
+    g.add_argument("-p", type=int, default=512, help="prompt length for prefill (default 512; 0 = skip)")
+    g.add_argument("-n", type=int, default=64, help="decoded tokens per measurement (default 64)")
+    g.add_argument("-d", "--depths", default="0,1024,4096,8000", help="KV depths (default 0,1024,4096,8000)")
+    g.add_argument("-r", type=int, default=3, help="repetitions; the median is reported (default 3)")
+    g.add_argument("--cli", default=None, help="triattn-cli binary (default: $TRIATTN_CLI_BIN, the installed "
+                   "one, or next to $PYTRIATTN_LIB)")
+    g.add_argument("--llama-bench", default=None, metavar="PATH", help="llama.cpp's llama-bench, to compare")
+    _add_sweep_args(p, "1024,2048", None)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_eval(args) -> int:
+    from .eval import main_eval
+    return main_eval(args)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import main_bench
+    if args.policies is None:
+        args.policies = "full,triattention"
+    return main_bench(args)
+
+
 # ---- entry point ------------------------------------------------------------------------------------
 
 def _cmd_serve(args) -> int:
@@ -344,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_calibrate)
+
+    _add_eval_parsers(sub)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (runs the packaged triattn-server)",
                        description="Starts triattn-server; every option is passed through (see "

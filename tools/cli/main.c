@@ -29,6 +29,7 @@ struct cli_args {
     const char * prompt_file;
     const char * n_predict;    /* -n: one number (generation) or a list (bench) */
     const char * depths;       /* -d list (bench) */
+    const char * parallel;     /* -np list (bench): sessions decoding together */
     const char * system;
     const char * chat_format;
     const char * calibration;
@@ -90,6 +91,9 @@ static void usage(FILE * f) {
         "\n"
         "benchmark (--bench):\n"
         "  -d, --depth LIST        KV depths at which decoding is timed (default 0)\n"
+        "  -np, --parallel LIST    sessions decoding together, each at the depth, one forward step per token\n"
+        "                          for all of them (continuous batching); t/s counts every session's tokens\n"
+        "                          (default 1)\n"
         "  -r, --repetitions N     runs per test; median, min and max are reported (default 3)\n"
         "  --json                  print JSON instead of a markdown table\n"
         "\n"
@@ -191,7 +195,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             return usage_error("unexpected argument '%s'%s", o, "");
         }
         static const char * const value_opts[] = {
-            "-m", "--model", "-p", "--prompt", "-f", "--file", "-n", "--n-predict", "-d", "--depth", "--system",
+            "-m", "--model", "-p", "--prompt", "-f", "--file", "-n", "--n-predict", "-d", "--depth", "-np", "--parallel", "--system",
             "--chat-format", "--calibration", "--kv-policy", "--stop", "--temp", "--top-p", "--min-p",
             "--repeat-penalty", "--top-k", "--repeat-last-n", "--seed", "-t", "--threads", "-c", "--ctx-size", "-b",
             "--batch-size", "-ngl", "--n-gpu-layers", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "-r", "--repetitions",
@@ -215,6 +219,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         else if (!strcmp(o, "-f") || !strcmp(o, "--file"))           a->prompt_file = v;
         else if (!strcmp(o, "-n") || !strcmp(o, "--n-predict"))      a->n_predict = v;
         else if (!strcmp(o, "-d") || !strcmp(o, "--depth"))          a->depths = v;
+        else if (!strcmp(o, "-np") || !strcmp(o, "--parallel"))      a->parallel = v;
         else if (!strcmp(o, "--system"))                             { a->system = v; a->chat = true; }
         else if (!strcmp(o, "--chat-format"))                        { a->chat_format = v; a->chat = true; }
         else if (!strcmp(o, "--calibration"))                        a->calibration = v;
@@ -256,7 +261,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         if (a->n_predict && !parse_long(a->n_predict, -1, INT32_MAX, &n)) {
             return usage_error("invalid value '%s' for %s", a->n_predict, "-n");
         }
-        if (a->depths || a->json) return usage_error("-d and --json apply to --bench only%s%s", "", "");
+        if (a->depths || a->json || a->parallel) return usage_error("-d, -np and --json apply to --bench only%s%s", "", "");
     }
     return 0;
 }
@@ -452,7 +457,7 @@ static int run_generate(triattn_model * model, triattn_session * s, const struct
 
 struct bench_row {
     char     test[64];
-    int32_t  n_prompt, n_gen, depth;
+    int32_t  n_prompt, n_gen, depth, parallel;
     double   tps[1000];
     int      n;
     double   median, min, max;
@@ -515,6 +520,39 @@ static double timed_decode(triattn_session * s, const triattn_token * toks, int3
     return now_ms() - t0;
 }
 
+/* n_par sessions each filled to depth, then n_gen forward steps of all of them together; tokens/s counts
+ * every session's tokens. Returns 0, or 1 on error. */
+static int bench_parallel(triattn_session ** ss, int32_t n_par, int32_t depth, int32_t n_gen, int reps,
+                          triattn_token * toks, const int32_t * ones, const triattn_token * cand, int32_t n_cand,
+                          struct bench_row * r) {
+    char err[1024] = "";
+    snprintf(r->test, sizeof r->test, "tg%d @ d%d x%d", n_gen, depth, n_par);
+    for (int rep = 0; rep < reps && n_gen > 0; rep++) {
+        for (int k = 0; k < n_par; k++) {
+            triattn_session_reset(ss[k]);
+            fill_random(toks, depth, cand, n_cand);
+            if (depth > 0 && timed_decode(ss[k], toks, depth) < 0) {
+                fprintf(stderr, "%s: error: %s\n", g_prog, triattn_session_last_error(ss[k]));
+                return 1;
+            }
+        }
+        const double t0 = now_ms();
+        for (int32_t g = 0; g < n_gen; g++) {
+            fill_random(toks, n_par, cand, n_cand);
+            if (triattn_batch_decode(ss, n_par, toks, ones, err, sizeof err) != TRIATTN_OK || g_interrupted) {
+                fprintf(stderr, "%s: error: %s\n", g_prog, g_interrupted ? "interrupted" : err);
+                return 1;
+            }
+        }
+        r->tps[r->n++] = (double) n_par * n_gen / ((now_ms() - t0) / 1e3);
+        struct triattn_kv_stats kv;
+        triattn_session_kv_stats(ss[0], &kv);
+        r->kv_bytes    = kv.kv_bytes * (uint64_t) n_par;
+        r->kv_live_max = kv.live_max;
+    }
+    return 0;
+}
+
 static void json_string(const char * s) {
     putchar('"');
     for (const unsigned char * p = (const unsigned char *) s; *p; p++) {
@@ -526,14 +564,18 @@ static void json_string(const char * s) {
 }
 
 static int run_bench(triattn_model * model, const struct cli_args * a, struct triattn_session_params sp) {
-    int32_t pl[CLI_MAX_LIST], nl[CLI_MAX_LIST], dl[CLI_MAX_LIST];
-    int     np = 1, nn = 1, nd = 1;
+    int32_t pl[CLI_MAX_LIST], nl[CLI_MAX_LIST], dl[CLI_MAX_LIST], ql[CLI_MAX_LIST];
+    int     np = 1, nn = 1, nd = 1, nq = 1;
     pl[0] = 512;
     nl[0] = 128;
     dl[0] = 0;
+    ql[0] = 1;
     if (a->prompt && !parse_list(a->prompt, 0, 1 << 24, pl, &np)) return usage_error("invalid -p list '%s'%s", a->prompt, "");
     if (a->n_predict && !parse_list(a->n_predict, 0, 1 << 24, nl, &nn)) return usage_error("invalid -n list '%s'%s", a->n_predict, "");
     if (a->depths && !parse_list(a->depths, 0, 1 << 24, dl, &nd)) return usage_error("invalid -d list '%s'%s", a->depths, "");
+    if (a->parallel && !parse_list(a->parallel, 1, 64, ql, &nq)) return usage_error("invalid -np list '%s' (1..64)%s", a->parallel, "");
+    int32_t max_par = 1;
+    for (int q = 0; q < nq; q++) max_par = ql[q] > max_par ? ql[q] : max_par;
 
     int32_t need = 1, max_fill = 1;
     for (int i = 0; i < np; i++) { need = pl[i] > need ? pl[i] : need; max_fill = pl[i] > max_fill ? pl[i] : max_fill; }
@@ -553,14 +595,30 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     }
     int32_t         n_cand = 0;
     triattn_token * cand   = bench_candidates(model, &n_cand);
-    triattn_token * toks   = malloc(sizeof(triattn_token) * (size_t) max_fill);
-    int             n_rows = np + nn * nd;
+    triattn_token * toks   = malloc(sizeof(triattn_token) * (size_t) (max_fill > max_par ? max_fill : max_par));
+    int             n_rows = np + nn * nd * nq;
     struct bench_row * rows = calloc((size_t) n_rows, sizeof *rows);
-    if (!cand || !toks || !rows || n_cand == 0) {
+    /* sessions decoding together (-np): ss[0] is s */
+    triattn_session ** ss = calloc((size_t) max_par, sizeof *ss);
+    int32_t * ones = malloc(sizeof(int32_t) * (size_t) max_par);
+    if (!cand || !toks || !rows || !ss || !ones || n_cand == 0) {
         fprintf(stderr, "%s: error: %s\n", g_prog, n_cand == 0 && cand ? "no ordinary tokens in the vocabulary" : "out of memory");
-        free(cand); free(toks); free(rows);
+        free(cand); free(toks); free(rows); free(ss); free(ones);
         triattn_session_free(s);
         return 1;
+    }
+    ss[0] = s;
+    for (int q = 0; q < max_par; q++) ones[q] = 1;
+    for (int q = 1; q < max_par; q++) {
+        st = triattn_session_create(model, &sp, &ss[q], err, sizeof err);
+        if (st != TRIATTN_OK) {
+            fprintf(stderr, "%s: error: cannot create session %d of %d (%s): %s\n", g_prog, q + 1, max_par,
+                    triattn_status_name(st), err);
+            for (int k = 1; k < q; k++) triattn_session_free(ss[k]);
+            free(cand); free(toks); free(rows); free(ss); free(ones);
+            triattn_session_free(s);
+            return 1;
+        }
     }
     g_rng_state ^= (uint64_t) time(NULL) * 0x100000001B3ULL;
 
@@ -588,9 +646,15 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     }
     for (int j = 0; j < nd && rc == 0; j++) {
         for (int i = 0; i < nn && rc == 0; i++) {
+          for (int q = 0; q < nq && rc == 0; q++) {
             struct bench_row * r = &rows[r_i++];
             r->n_gen = nl[i];
             r->depth = dl[j];
+            r->parallel = ql[q];
+            if (ql[q] > 1) {
+                rc = bench_parallel(ss, ql[q], dl[j], nl[i], a->repetitions, toks, ones, cand, n_cand, r);
+                continue;
+            }
             snprintf(r->test, sizeof r->test, "tg%d @ d%d", nl[i], dl[j]);
             for (int rep = 0; rep < a->repetitions && nl[i] > 0; rep++) {
                 triattn_session_reset(s);
@@ -610,6 +674,7 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
                 r->kv_bytes    = kv.kv_bytes;
                 r->kv_live_max = kv.live_max;
             }
+          }
         }
     }
     if (rc) {
@@ -637,9 +702,9 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
             printf(", \"policy\": ");
             json_string(kv.policy);
             printf(", \"kv_budget\": %d, \"threads\": %ld, \"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, "
-                   "\"depth\": %d, \"reps\": %d, \"tps_median\": %.3f, \"tps_min\": %.3f, \"tps_max\": %.3f, "
+                   "\"depth\": %d, \"parallel\": %d, \"reps\": %d, \"tps_median\": %.3f, \"tps_min\": %.3f, \"tps_max\": %.3f, "
                    "\"kv_bytes\": %llu, \"kv_live_max\": %d, \"samples_tps\": [",
-                   sp.kv_budget, threads, r->test, r->n_prompt, r->n_gen, r->depth, r->n, r->median, r->min, r->max,
+                   sp.kv_budget, threads, r->test, r->n_prompt, r->n_gen, r->depth, r->parallel > 0 ? r->parallel : 1, r->n, r->median, r->min, r->max,
                    (unsigned long long) r->kv_bytes, r->kv_live_max);
             for (int q = 0; q < r->n; q++) printf("%s%.3f", q ? ", " : "", r->tps[q]);
             printf("]}");
@@ -663,6 +728,9 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     free(cand);
     free(toks);
     free(rows);
+    for (int q = 1; q < max_par; q++) triattn_session_free(ss[q]);
+    free(ss);
+    free(ones);
     triattn_session_free(s);
     return rc;
 }

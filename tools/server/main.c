@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <malloc.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -180,6 +181,10 @@ int main(int argc, char ** argv) {
     struct server * srv = &g_srv;
     int pa = parse_args(argc, argv, &srv->o);
     if (pa) return pa > 0 ? 0 : 2;
+
+    /* Connection threads come and go: two malloc arenas keep their freed buffers reusable instead of
+     * spreading them over one arena per thread (RSS stays flat under load). */
+    mallopt(M_ARENA_MAX, 2);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

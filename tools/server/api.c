@@ -133,13 +133,17 @@ static void chunk_head(struct gen_req * g, ctx * x, jbuf * b) {
     jb_qcstr(b, x->srv->o.alias);
 }
 
+/* The raw bytes of one token (at most 256); 0 bytes when it cannot be rendered. */
+static int32_t token_piece(ctx * x, triattn_token tok, char piece[256]) {
+    int32_t n = 0;
+    if (triattn_token_to_piece(x->srv->model, tok, false, piece, 256, &n) != TRIATTN_OK || n < 0 || n > 256) n = 0;
+    return n;
+}
+
 /* "token" (and "bytes" for chat) of one token. */
 static void token_json(ctx * x, jbuf * b, triattn_token tok, bool with_bytes) {
     char piece[256];
-    int32_t n = 0;
-    if (triattn_token_to_piece(x->srv->model, tok, false, piece, (int32_t)sizeof piece, &n) != TRIATTN_OK || n < 0 ||
-        n > (int32_t)sizeof piece)
-        n = 0;
+    const int32_t n = token_piece(x, tok, piece);
     jb_cstr(b, "\"token\":");
     jb_str(b, piece, (size_t)n);
     if (!with_bytes) return;
@@ -149,8 +153,7 @@ static void token_json(ctx * x, jbuf * b, triattn_token tok, bool with_bytes) {
 }
 
 /* The OpenAI "logprobs" object of tokens lps[0..n): chat {"content": [...]}, completions {"tokens", ...}. */
-static void logprobs_json(struct gen_req * g, ctx * x, jbuf * b, const struct job_logprob * lps, size_t n,
-                          size_t offset0) {
+static void logprobs_json(struct gen_req * g, ctx * x, jbuf * b, const struct job_logprob * lps, size_t n) {
     if (g->top_logprobs < 0) { jb_cstr(b, "null"); return; }
     if (g->chat) {
         jb_cstr(b, "{\"content\":[");
@@ -173,11 +176,7 @@ static void logprobs_json(struct gen_req * g, ctx * x, jbuf * b, const struct jo
     jb_cstr(b, "{\"tokens\":[");
     for (size_t k = 0; k < n; k++) {
         if (k) jb_cstr(b, ",");
-        int32_t np = 0;
-        if (triattn_token_to_piece(x->srv->model, lps[k].lp.token, false, piece, (int32_t)sizeof piece, &np) != TRIATTN_OK ||
-            np < 0 || np > (int32_t)sizeof piece)
-            np = 0;
-        jb_str(b, piece, (size_t)np);
+        jb_str(b, piece, (size_t)token_piece(x, lps[k].lp.token, piece));
     }
     jb_cstr(b, "],\"token_logprobs\":[");
     for (size_t k = 0; k < n; k++) jb_printf(b, "%s%.6g", k ? "," : "", lps[k].lp.logprob);
@@ -186,18 +185,14 @@ static void logprobs_json(struct gen_req * g, ctx * x, jbuf * b, const struct jo
         const struct triattn_token_logprobs * lp = &lps[k].lp;
         jb_cstr(b, k ? ",{" : "{");
         for (int t = 0; t < lp->n_top && t < g->top_logprobs; t++) {
-            int32_t np = 0;
-            if (triattn_token_to_piece(x->srv->model, lp->top_tokens[t], false, piece, (int32_t)sizeof piece, &np) != TRIATTN_OK ||
-                np < 0 || np > (int32_t)sizeof piece)
-                np = 0;
             if (t) jb_cstr(b, ",");
-            jb_str(b, piece, (size_t)np);
+            jb_str(b, piece, (size_t)token_piece(x, lp->top_tokens[t], piece));
             jb_printf(b, ":%.6g", lp->top_logprobs[t]);
         }
         jb_cstr(b, "}");
     }
     jb_cstr(b, "],\"text_offset\":[");
-    for (size_t k = 0; k < n; k++) jb_printf(b, "%s%zu", k ? "," : "", lps[k].text_offset + offset0);
+    for (size_t k = 0; k < n; k++) jb_printf(b, "%s%zu", k ? "," : "", lps[k].text_offset);
     jb_cstr(b, "]}");
 }
 
@@ -218,7 +213,7 @@ static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text,
         jb_str(b, text ? text : "", text ? len : 0);
     }
     jb_cstr(b, ",\"logprobs\":");
-    if (n_lps) logprobs_json(g, x, b, lps, n_lps, 0); else jb_cstr(b, "null");
+    if (n_lps) logprobs_json(g, x, b, lps, n_lps); else jb_cstr(b, "null");
     jb_cstr(b, ",\"finish_reason\":");
     if (finish) jb_qcstr(b, finish); else jb_cstr(b, "null");
     jb_cstr(b, "}]}\n\n");
@@ -476,7 +471,7 @@ static void handle_generate(ctx * x, bool chat) {
         if (g.chat) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":"); jb_str(&b, out.data ? out.data : "", out.len); jb_cstr(&b, "}"); }
         else { jb_cstr(&b, "\"text\":"); jb_str(&b, out.data ? out.data : "", out.len); }
         jb_cstr(&b, ",\"logprobs\":");
-        logprobs_json(&g, x, &b, lps, n_lps, 0);
+        logprobs_json(&g, x, &b, lps, n_lps);
         jb_cstr(&b, ",\"finish_reason\":");
         jb_qcstr(&b, finish);
         jb_printf(&b, "}],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",

@@ -8,21 +8,14 @@
 
 #define TRI_BATCH_MAX 64
 
-/* Tokens one decode call of s may take without splitting into several forward chunks. */
-static int32_t tri_batch_chunk_limit(const triattn_session * s) {
-    int32_t chunk = s->params.n_batch;
-    if (s->kv.capacity < s->params.n_ctx) {
-        chunk = TRI_MIN(chunk, s->params.kv_interval);
-    }
-    return chunk;
-}
-
-/* True when s's n tokens can ride in the forward step of f (owned by session lead) without changing
- * what they compute; otherwise s is decoded alone, which also reports any error in its arguments. */
+/* True when s's n tokens can ride in the forward step run on lead's buffers (after `rows` rows) without
+ * changing what they compute; otherwise s is decoded alone, which also reports any error in its arguments.
+ * GPU sessions and calibrating sessions always decode alone. */
 static bool tri_batch_joinable(const triattn_session * lead, const triattn_session * s, const triattn_token * toks,
                                int32_t n, int32_t rows) {
-    if (s->model != lead->model || s->calib || s->backend || n > tri_batch_chunk_limit(s) || s->kv.capacity > lead->fwd.capacity ||
-        rows + n > lead->fwd.n_batch || (int64_t) s->n_past + n > s->params.n_ctx) {
+    if (s->model != lead->model || s->calib || s->backend || n > tri_session_chunk_limit(s) ||
+        s->kv.capacity > lead->fwd.capacity || rows + n > lead->fwd.n_batch ||
+        (int64_t) s->n_past + n > s->params.n_ctx) {
         return false;
     }
     for (int32_t i = 0; i < n; i++) {
@@ -35,12 +28,11 @@ static bool tri_batch_joinable(const triattn_session * lead, const triattn_sessi
 
 void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_token * const * toks,
                       const int32_t * counts, enum triattn_status * status) {
-    /* The step runs on the first CPU session with work that is not calibrating: its threads
-     * and buffers. GPU sessions decode alone. */
+    /* The step runs on the threads and buffers of the first session that can join a step at all. */
     triattn_session * lead = NULL;
     for (int32_t i = 0; i < n; i++) {
         status[i] = TRIATTN_OK;
-        if (!lead && counts[i] > 0 && !ss[i]->calib && !ss[i]->backend && counts[i] <= tri_batch_chunk_limit(ss[i])) {
+        if (!lead && counts[i] > 0 && tri_batch_joinable(ss[i], ss[i], toks[i], counts[i], 0)) {
             lead = ss[i];
         }
     }

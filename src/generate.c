@@ -334,11 +334,7 @@ enum triattn_status triattn_generate_next_batch(triattn_session * const * sessio
         for (int32_t i = 0; i < ng; i++) {
             triattn_session * s = ss[i];
             if (counts[i] > 0 && s->gen.prompt_off < s->gen.prompt_len) {
-                int32_t limit = s->params.n_batch;
-                if (s->kv.capacity < s->params.n_ctx) {
-                    limit = TRI_MIN(limit, s->params.kv_interval);
-                }
-                counts[i] = TRI_MAX(0, TRI_MIN(counts[i], TRI_MIN(limit, room)));
+                counts[i] = TRI_MAX(0, TRI_MIN(counts[i], TRI_MIN(tri_session_chunk_limit(s), room)));
                 room -= counts[i];
             }
         }

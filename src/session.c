@@ -225,6 +225,10 @@ int32_t triattn_session_n_past(const triattn_session * s) {
     return s->n_past;
 }
 
+int32_t tri_session_chunk_limit(const triattn_session * s) {
+    return s->kv.capacity < s->params.n_ctx ? TRI_MIN(s->params.n_batch, s->params.kv_interval) : s->params.n_batch;
+}
+
 enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming) {
     int32_t lo, hi;
     tri_kv_cache_live_range(&s->kv, &lo, &hi);
@@ -276,10 +280,7 @@ enum triattn_status triattn_session_decode(triattn_session * s, const triattn_to
                                 s->n_past, s->params.n_ctx);
     }
     /* A compressing cache takes at most `interval` new tokens between compressions. */
-    int32_t chunk = s->params.n_batch;
-    if (s->kv.capacity < s->params.n_ctx) {
-        chunk = TRI_MIN(chunk, s->params.kv_interval);
-    }
+    const int32_t chunk = tri_session_chunk_limit(s);
     if (logits_all && n_tokens > chunk) {
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG,
                                 "decode: logits_all needs n_tokens <= %d with a compressing KV policy", chunk);

@@ -57,6 +57,10 @@ struct triattn_session {
 enum triattn_status tri_session_fail(triattn_session * s, enum triattn_status status, const char * fmt, ...)
     TRI_PRINTF(3, 4);
 
+/* Tokens one forward chunk of s may take: n_batch, and at most kv_interval with a compressing cache (it takes
+ * at most that many new tokens between compressions). */
+int32_t tri_session_chunk_limit(const triattn_session * s);
+
 /* Runs the policy when the cache cannot take `incoming` more tokens, or when its trigger fires. */
 enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming);
 

@@ -45,6 +45,28 @@ def c_tool(c_build_dir):
     return get
 
 
+def _built_binary(request, name: str, env: str) -> Path:
+    """A program of the C build: the path in $env when set (a build elsewhere), else c_build_dir's."""
+    override = os.environ.get(env)
+    if override:
+        return Path(override)
+    p = request.getfixturevalue("c_build_dir") / name
+    assert p.exists(), f"{name} was not built"
+    return p
+
+
+@pytest.fixture(scope="module")
+def cli(request) -> Path:
+    """triattn-cli ($TRIATTN_CLI_BIN, else the test build's)."""
+    return _built_binary(request, "triattn-cli", "TRIATTN_CLI_BIN")
+
+
+@pytest.fixture(scope="module")
+def server_bin(request) -> Path:
+    """triattn-server ($TRIATTN_SERVER_BIN, else the test build's)."""
+    return _built_binary(request, "triattn-server", "TRIATTN_SERVER_BIN")
+
+
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     """The real default model (SmolLM2-135M-Instruct Q4_1), fetched once into the cache."""

@@ -506,16 +506,6 @@ def test_errors(tool_chat, tmp_path):
 # ---- triattn-cli: chat wrapping, statistics, usage errors, benchmark output ------------------------------
 
 @pytest.fixture(scope="module")
-def cli(request) -> Path:
-    override = os.environ.get("TRI_CLI")
-    if override:
-        return Path(override)
-    p = request.getfixturevalue("c_build_dir") / "triattn-cli"
-    assert p.exists(), "triattn-cli was not built"
-    return p
-
-
-@pytest.fixture(scope="module")
 def model_path(request) -> str:
     path = os.environ.get("PYTRIATTN_DEFAULT_MODEL")
     if not path:

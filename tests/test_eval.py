@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import struct
 import subprocess
@@ -56,16 +55,6 @@ def text_file(tmp_path_factory, text) -> Path:
 def shared(tmp_path_factory) -> dict:
     """One context length and one full-attention cache for the exactness tests of every policy."""
     return {"ctx": RNG.randint(200, 300), "cache": tmp_path_factory.mktemp("fullcache")}
-
-
-@pytest.fixture(scope="module")
-def cli_bin(request) -> Path:
-    env = os.environ.get("TRIATTN_CLI_BIN")
-    if env:
-        return Path(env)
-    p = request.getfixturevalue("c_build_dir") / "triattn-cli"
-    assert p.exists(), "triattn-cli was not built"
-    return p
 
 
 def run_cli(*args, timeout=300):
@@ -250,11 +239,11 @@ def test_eval_passkey_cli(tmp_path):
     check_png(f"{out}-passkey.png")
 
 
-def test_bench_cli(tmp_path, cli_bin):
+def test_bench_cli(tmp_path, cli):
     out = tmp_path / "bench"
     budget = RNG.choice([32, 64])
     p = subprocess.run([sys.executable, "-m", "pytriattn", "bench", "-p", "64", "-n", "8", "-d", "0,256", "-r", "1",
-                        "--policies", "full,triattention", "--budgets", str(budget), "--cli", str(cli_bin),
+                        "--policies", "full,triattention", "--budgets", str(budget), "--cli", str(cli),
                         "-o", str(out), "-q"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = read_rows(out)

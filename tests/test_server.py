@@ -23,17 +23,6 @@ PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", 
 
 
 @pytest.fixture(scope="module")
-def server_bin(request) -> Path:
-    env = os.environ.get("TRIATTN_SERVER_BIN")
-    if env:
-        return Path(env)
-    build = request.getfixturevalue("c_build_dir")
-    p = Path(build) / "triattn-server"
-    assert p.exists(), "triattn-server was not built"
-    return p
-
-
-@pytest.fixture(scope="module")
 def model_path(request) -> Path:
     env = os.environ.get("TRIATTN_TEST_MODEL")
     if env:

@@ -76,7 +76,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or function signature in this header changes. */
-#define TRIATTN_ABI_VERSION 3
+#define TRIATTN_ABI_VERSION 4
 
 enum triattn_status {
     TRIATTN_OK              = 0,
@@ -361,6 +361,10 @@ struct triattn_generate_params {
      * the model (softmax of the raw logits) and the k most likely alternatives are recorded; read them with
      * triattn_generate_last_logprobs after each step. */
     int32_t       logprobs;
+    /* NULL (default): unconstrained. Otherwise a JSON Schema (as JSON text; "{}" or {"type":"object"} for any
+     * JSON object) that every generated text must match: sampling only picks tokens that keep the output a
+     * valid prefix of a matching document, and generation ends when the document is complete. */
+    const char *  json_schema;
 };
 TRIATTN_API void triattn_generate_params_init(struct triattn_generate_params * p);
 

@@ -99,6 +99,9 @@ enum triattn_status triattn_generate_begin(triattn_session * s, const char * pro
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "generate: logprobs must be in [0, %d], got %d",
                                 TRIATTN_MAX_TOP_LOGPROBS, p->logprobs);
     }
+    if (p->json_schema) {
+        return tri_session_fail(s, TRIATTN_ERR_UNSUPPORTED, "generate: json_schema is not supported by this build");
+    }
     enum triattn_status st = triattn_session_set_sampler(s, &p->sampling);
     if (st != TRIATTN_OK) {
         return st;

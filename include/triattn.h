@@ -448,6 +448,72 @@ TRIATTN_API enum triattn_status triattn_generate_next_batch(triattn_session * co
  * TRIATTN_ERR_INVALID_ARG otherwise, or for the `full` policy (no budget). */
 TRIATTN_API enum triattn_status triattn_session_set_kv_budget(triattn_session * s, int32_t budget);
 
+/* ---- tool calls ------------------------------------------------------------------------------- */
+
+/* OpenAI function calling over the chat formats. Tools are rendered the way the format's template does it:
+ * ChatML / Qwen / Qwen3 as Hermes-style `<tools>` JSON in the system prompt, calls written as
+ * `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` and results as `<tool_response>` blocks in a user
+ * turn; Llama 3 as JSON function definitions in the first user message, calls as a bare
+ * {"name": ..., "parameters": {...}} object and results in `ipython` turns; every other format (Llama 2,
+ * Mistral, Gemma, DeepSeek-R1) with the generic fallback: the Hermes instructions and tags in the system prompt
+ * (or the first user turn when the format has no system role). */
+
+/* A chat message that may carry tool calls (assistant) or answer one (role "tool"). */
+struct triattn_chat_tool_message {
+    const char * role;          /* "system", "user", "assistant" or "tool" */
+    const char * content;       /* NULL = "" */
+    const char * tool_calls;    /* assistant: OpenAI "tool_calls" array as JSON text; NULL = none */
+    const char * tool_call_id;  /* tool: the id of the call answered; may be NULL */
+    const char * name;          /* tool: the function that produced the content; may be NULL */
+};
+
+struct triattn_tool_options {
+    const char * tools;         /* OpenAI "tools" array as JSON text; NULL = none */
+    /* OpenAI "tool_choice" as JSON text: the JSON string "auto" (NULL = auto), "none" (tools are not shown and no
+     * call is parsed), "required", or {"type":"function","function":{"name":"..."}}. The last two force a call:
+     * the prompt ends with the call's opening and triattn_tool_call_schema gives the schema to sample it. */
+    const char * tool_choice;
+    bool         parallel_tool_calls;  /* more than one call per reply (default true) */
+    uint64_t     id_seed;       /* the parser derives the "call_..." ids from it */
+};
+TRIATTN_API void triattn_tool_options_init(struct triattn_tool_options * o);
+
+/* triattn_chat_apply with tools. Errors (TRIATTN_ERR_INVALID_ARG for a malformed tools array or tool_choice,
+ * a tool_choice naming no tool, an unknown role; the rest as triattn_chat_apply) are described in err. */
+TRIATTN_API enum triattn_status triattn_chat_apply_tools(const triattn_model * model, const char * format,
+                                                         const struct triattn_chat_tool_message * messages,
+                                                         size_t n_messages, const struct triattn_tool_options * opts,
+                                                         bool add_assistant, char * buf, size_t capacity,
+                                                         size_t * n_out, char * err, size_t err_size);
+
+/* The JSON Schema of the call a forcing tool_choice requires (for triattn_generate_params.json_schema):
+ * {"type":"object","properties":{"name":{"type":"string","enum":[names]},"arguments":<parameters>},
+ * "required":["name","arguments"]} ("parameters" instead of "arguments" for Llama 3); with "required" and tools
+ * whose parameters differ, the arguments are any object. "" (*n_out = 0) when nothing is forced. */
+TRIATTN_API enum triattn_status triattn_tool_call_schema(const triattn_model * model, const char * format,
+                                                         const struct triattn_tool_options * opts, char * buf,
+                                                         size_t capacity, size_t * n_out, char * err,
+                                                         size_t err_size);
+
+/* Turns generated text into OpenAI chat deltas. Text that may begin a call is held back until it is known;
+ * a call that is not well-formed JSON naming one of the tools comes out as plain content. */
+typedef struct triattn_tool_parser triattn_tool_parser;
+TRIATTN_API enum triattn_status triattn_tool_parser_create(const triattn_model * model, const char * format,
+                                                           const struct triattn_tool_options * opts,
+                                                           triattn_tool_parser ** out, char * err, size_t err_size);
+TRIATTN_API void triattn_tool_parser_free(triattn_tool_parser * p);
+/* Feeds len bytes of generated text; final = the generation ended (held-back text is resolved). *deltas: a
+ * JSON array of the chat.completion.chunk "delta" objects that became ready, each {"content": "..."} or
+ * {"tool_calls": [...]} (a call's first delta has index, id, type, function.name and "arguments": "", then
+ * argument fragments follow); valid until the next call. TRIATTN_ERR_OOM when memory runs out. */
+TRIATTN_API enum triattn_status triattn_tool_parser_feed(triattn_tool_parser * p, const char * text, size_t len,
+                                                         bool final, const char ** deltas, size_t * deltas_len);
+/* After the final feed: the reply as {"content": string or null, "tool_calls": [...]} (tool_calls only when
+ * there are calls; content is null when it is only whitespace beside calls). */
+TRIATTN_API const char * triattn_tool_parser_message(const triattn_tool_parser * p, size_t * len);
+/* Calls parsed so far (finish_reason "tool_calls" when > 0). */
+TRIATTN_API int32_t triattn_tool_parser_n_calls(const triattn_tool_parser * p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,393 @@
+/* The JSON needed by tool calls: a validating scanner over slices of JSON text (no tree is built), a
+ * growable output buffer, string escaping and Python-json.dumps-style re-spacing (what chat templates'
+ * `tojson` writes). */
+#include "chat_tools.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- growable output --------------------------------------------------------------------------- */
+
+void tri_gbuf_put(tri_gbuf * b, const char * s, size_t n) {
+    if (b->oom || n == 0) {
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) {
+            cap *= 2;
+        }
+        char * p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p   = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void tri_gbuf_str(tri_gbuf * b, const char * s) { tri_gbuf_put(b, s, strlen(s)); }
+
+void tri_gbuf_free(tri_gbuf * b) {
+    free(b->p);
+    *b = (tri_gbuf){ 0 };
+}
+
+/* Length of a valid UTF-8 sequence at s (1..4), or 0 when the bytes there are not one. */
+static size_t utf8_len(const unsigned char * s, size_t n) {
+    unsigned c = s[0];
+    if (c < 0x80) {
+        return 1;
+    }
+    size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || len > n || (len == 2 && c < 0xC2) || (len == 4 && c > 0xF4)) {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+    }
+    if ((len == 3 && c == 0xE0 && s[1] < 0xA0) || (len == 3 && c == 0xED && s[1] >= 0xA0) ||
+        (len == 4 && c == 0xF0 && s[1] < 0x90) || (len == 4 && c == 0xF4 && s[1] >= 0x90)) {
+        return 0;  /* overlong, surrogate or past U+10FFFF */
+    }
+    return len;
+}
+
+void tri_gbuf_json_str(tri_gbuf * b, const char * s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    tri_gbuf_put(b, "\"", 1);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char) s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = { '\\', (char) c };
+            tri_gbuf_put(b, e, 2);
+            i++;
+        } else if (c < 0x20) {
+            const char * named = c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : NULL;
+            if (named) {
+                tri_gbuf_put(b, named, 2);
+            } else {
+                char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+                tri_gbuf_put(b, e, 6);
+            }
+            i++;
+        } else {
+            size_t k = utf8_len((const unsigned char *) s + i, n - i);
+            if (k == 0) {
+                tri_gbuf_str(b, "\xEF\xBF\xBD");  /* invalid byte: U+FFFD */
+                i++;
+            } else {
+                tri_gbuf_put(b, s + i, k);
+                i += k;
+            }
+        }
+    }
+    tri_gbuf_put(b, "\"", 1);
+}
+
+/* ---- scanner ------------------------------------------------------------------------------------- */
+
+const char * tri_js_ws(const char * p, const char * e) {
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) {
+        p++;
+    }
+    return p;
+}
+
+static int hexval(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static const char * scan_string(const char * p, const char * e) {
+    p++;  /* opening quote */
+    while (p < e) {
+        unsigned char c = (unsigned char) *p;
+        if (c == '"') {
+            return p + 1;
+        }
+        if (c < 0x20) {
+            return NULL;
+        }
+        if (c == '\\') {
+            if (p + 1 >= e) {
+                return NULL;
+            }
+            char x = p[1];
+            if (x == 'u') {
+                if (e - p < 6 || hexval(p[2]) < 0 || hexval(p[3]) < 0 || hexval(p[4]) < 0 || hexval(p[5]) < 0) {
+                    return NULL;
+                }
+                p += 6;
+            } else if (strchr("\"\\/bfnrt", x) && x) {
+                p += 2;
+            } else {
+                return NULL;
+            }
+            continue;
+        }
+        size_t k = utf8_len((const unsigned char *) p, (size_t) (e - p));
+        if (k == 0) {
+            return NULL;
+        }
+        p += k;
+    }
+    return NULL;
+}
+
+static const char * scan_digits(const char * p, const char * e) {
+    const char * s = p;
+    while (p < e && *p >= '0' && *p <= '9') {
+        p++;
+    }
+    return p > s ? p : NULL;
+}
+
+static const char * scan_number(const char * p, const char * e) {
+    if (p < e && *p == '-') {
+        p++;
+    }
+    if (p < e && *p == '0') {
+        p++;
+    } else if (!(p = scan_digits(p, e))) {
+        return NULL;
+    }
+    if (p < e && *p == '.' && !(p = scan_digits(p + 1, e))) {
+        return NULL;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) {
+            p++;
+        }
+        if (!(p = scan_digits(p, e))) {
+            return NULL;
+        }
+    }
+    return p;
+}
+
+#define TRI_JS_MAX_DEPTH 64
+
+static const char * scan_value(const char * p, const char * e, int depth) {
+    p = tri_js_ws(p, e);
+    if (p >= e || depth > TRI_JS_MAX_DEPTH) {
+        return NULL;
+    }
+    char c = *p;
+    if (c == '"') {
+        return scan_string(p, e);
+    }
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        p = tri_js_ws(p + 1, e);
+        if (p < e && *p == close) {
+            return p + 1;
+        }
+        for (;;) {
+            if (c == '{') {
+                p = tri_js_ws(p, e);
+                if (p >= e || *p != '"' || !(p = scan_string(p, e))) {
+                    return NULL;
+                }
+                p = tri_js_ws(p, e);
+                if (p >= e || *p != ':') {
+                    return NULL;
+                }
+                p++;
+            }
+            if (!(p = scan_value(p, e, depth + 1))) {
+                return NULL;
+            }
+            p = tri_js_ws(p, e);
+            if (p >= e) {
+                return NULL;
+            }
+            if (*p == close) {
+                return p + 1;
+            }
+            if (*p != ',') {
+                return NULL;
+            }
+            p++;
+        }
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        return scan_number(p, e);
+    }
+    static const char * const lits[] = { "true", "false", "null" };
+    for (int i = 0; i < 3; i++) {
+        size_t m = strlen(lits[i]);
+        if ((size_t) (e - p) >= m && memcmp(p, lits[i], m) == 0) {
+            return p + m;
+        }
+    }
+    return NULL;
+}
+
+const char * tri_js_value_end(const char * p, const char * e) { return scan_value(p, e, 0); }
+
+bool tri_js_parse(tri_js text, tri_js * value) {
+    const char * e = text.p + text.n;
+    const char * b = tri_js_ws(text.p, e);
+    const char * v = tri_js_value_end(b, e);
+    if (!v || tri_js_ws(v, e) != e) {
+        return false;
+    }
+    *value = (tri_js){ b, (size_t) (v - b) };
+    return true;
+}
+
+bool tri_js_next(tri_js_iter * it, tri_js * key, tri_js * value) {
+    const char * p = tri_js_ws(it->p, it->e);
+    if (p >= it->e || *p == '}' || *p == ']') {
+        return false;
+    }
+    if (*p == ',') {
+        p = tri_js_ws(p + 1, it->e);
+    }
+    if (key) {
+        const char * k = scan_string(p, it->e);  /* valid by construction */
+        *key = (tri_js){ p, (size_t) (k - p) };
+        p    = tri_js_ws(k, it->e) + 1;  /* the ':' */
+        p    = tri_js_ws(p, it->e);
+    }
+    const char * v = tri_js_value_end(p, it->e);
+    *value = (tri_js){ p, (size_t) (v - p) };
+    it->p = v;
+    return true;
+}
+
+tri_js_iter tri_js_iter_of(tri_js container) {
+    return (tri_js_iter){ container.p + 1, container.p + container.n };
+}
+
+bool tri_js_get(tri_js obj, const char * key, tri_js * value) {
+    if (obj.n == 0 || obj.p[0] != '{') {
+        return false;
+    }
+    tri_js_iter it = tri_js_iter_of(obj);
+    tri_js      k, v;
+    bool        found = false;
+    while (tri_js_next(&it, &k, &v)) {
+        if (tri_js_str_eq(k, key)) {
+            *value = v;  /* the last duplicate wins */
+            found  = true;
+        }
+    }
+    return found;
+}
+
+/* Appends the UTF-8 encoding of code point cp. */
+static void put_utf8(tri_gbuf * b, uint32_t cp) {
+    char   u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char) cp, n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char) (0xC0 | (cp >> 6)), u[1] = (char) (0x80 | (cp & 0x3F)), n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char) (0xE0 | (cp >> 12)), u[1] = (char) (0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char) (0x80 | (cp & 0x3F)), n = 3;
+    } else {
+        u[0] = (char) (0xF0 | (cp >> 18)), u[1] = (char) (0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char) (0x80 | ((cp >> 6) & 0x3F)), u[3] = (char) (0x80 | (cp & 0x3F)), n = 4;
+    }
+    tri_gbuf_put(b, u, n);
+}
+
+static uint32_t hex4(const char * p) {
+    return (uint32_t) (hexval(p[0]) << 12 | hexval(p[1]) << 8 | hexval(p[2]) << 4 | hexval(p[3]));
+}
+
+void tri_js_unescape(tri_js str, tri_gbuf * out) {
+    const char * p = str.p + 1, * e = str.p + str.n - 1;  /* inside the quotes */
+    while (p < e) {
+        if (*p != '\\') {
+            const char * s = p;
+            while (p < e && *p != '\\') {
+                p++;
+            }
+            tri_gbuf_put(out, s, (size_t) (p - s));
+            continue;
+        }
+        char x = p[1];
+        if (x != 'u') {
+            char c = x == 'n' ? '\n' : x == 't' ? '\t' : x == 'r' ? '\r' : x == 'b' ? '\b' : x == 'f' ? '\f' : x;
+            tri_gbuf_put(out, &c, 1);
+            p += 2;
+            continue;
+        }
+        uint32_t cp = hex4(p + 2);
+        p += 6;
+        if (cp >= 0xD800 && cp < 0xDC00 && e - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+            uint32_t lo = hex4(p + 2);
+            if (lo >= 0xDC00 && lo < 0xE000) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                p += 6;
+            }
+        }
+        put_utf8(out, cp >= 0xD800 && cp < 0xE000 ? 0xFFFD : cp);  /* a lone surrogate */
+    }
+}
+
+bool tri_js_str_eq(tri_js str, const char * s) {
+    if (str.n < 2 || str.p[0] != '"') {
+        return false;
+    }
+    size_t m = strlen(s);
+    if (!memchr(str.p, '\\', str.n)) {
+        return str.n - 2 == m && memcmp(str.p + 1, s, m) == 0;
+    }
+    tri_gbuf b = { 0 };
+    tri_js_unescape(str, &b);
+    bool eq = !b.oom && b.len == m && (m == 0 || memcmp(b.p, s, m) == 0);
+    tri_gbuf_free(&b);
+    return eq;
+}
+
+/* ---- re-spacing like Python's json.dumps ---------------------------------------------------------- */
+
+static void newline_indent(tri_gbuf * b, int indent, int level) {
+    tri_gbuf_put(b, "\n", 1);
+    for (int i = 0; i < indent * level; i++) {
+        tri_gbuf_put(b, " ", 1);
+    }
+}
+
+static void dump_value(tri_gbuf * b, tri_js v, int indent, int level) {
+    char c = v.p[0];
+    if (c != '{' && c != '[') {
+        tri_gbuf_put(b, v.p, v.n);
+        return;
+    }
+    bool        obj = c == '{';
+    tri_js_iter it  = tri_js_iter_of(v);
+    tri_js      key, val;
+    size_t      i = 0;
+    tri_gbuf_put(b, &c, 1);
+    while (tri_js_next(&it, obj ? &key : NULL, &val)) {
+        if (i++ > 0) {
+            tri_gbuf_str(b, indent > 0 ? "," : ", ");
+        }
+        if (indent > 0) {
+            newline_indent(b, indent, level + 1);
+        }
+        if (obj) {
+            tri_gbuf_put(b, key.p, key.n);
+            tri_gbuf_str(b, ": ");
+        }
+        dump_value(b, val, indent, level + 1);
+    }
+    if (i > 0 && indent > 0) {
+        newline_indent(b, indent, level);
+    }
+    tri_gbuf_put(b, obj ? "}" : "]", 1);
+}
+
+void tri_js_dump(tri_gbuf * out, tri_js value, int indent) { dump_value(out, value, indent, 0); }

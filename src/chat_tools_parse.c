@@ -26,6 +26,7 @@ struct triattn_tool_parser {
     int32_t          n_calls;
     uint64_t         rng;
     tri_gbuf         pend;         /* held text, or the body of the call being read */
+    tri_gbuf         lead;         /* blank text before the call being read (content again if it fails) */
     tri_gbuf         deltas;       /* this feed's delta array */
     size_t           n_deltas;
     tri_gbuf         content;      /* every content byte emitted */
@@ -37,6 +38,7 @@ static void parser_free(triattn_tool_parser * p) {
     free(p->tools_text);
     free(p->choice_text);
     tri_gbuf_free(&p->pend);
+    tri_gbuf_free(&p->lead);
     tri_gbuf_free(&p->deltas);
     tri_gbuf_free(&p->content);
     tri_gbuf_free(&p->calls);
@@ -257,6 +259,19 @@ static size_t partial_tag(const char * s, size_t n, const char * tag) {
     return 0;
 }
 
+/* Bytes at the end of s[0..n) that begin a UTF-8 character not complete yet (held until it is). */
+static size_t utf8_incomplete(const char * s, size_t n) {
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = (unsigned char) s[n - k];
+        if ((c & 0xC0) == 0x80) {
+            continue;  /* a continuation byte: look further back */
+        }
+        size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return len > k ? k : 0;
+    }
+    return 0;
+}
+
 static const char * find(const tri_gbuf * b, const char * tag) {
     return b->len ? strstr(b->p, tag) : NULL;  /* generated text holds no NUL bytes that matter here */
 }
@@ -264,6 +279,7 @@ static const char * find(const tri_gbuf * b, const char * tag) {
 /* A call block that did not parse comes out as the text it was. */
 static void emit_failed_call(triattn_tool_parser * p, const char * body, size_t n, bool closed) {
     tri_gbuf t = { 0 };
+    tri_gbuf_put(&t, p->lead.p, p->lead.len);
     if (p->opened) {
         tri_gbuf_str(&t, k_open);
     }
@@ -280,9 +296,10 @@ static void step(triattn_tool_parser * p, bool final) {
     for (;;) {
         tri_gbuf * b = &p->pend;
         if (p->mode == MODE_PLAIN || (p->mode == MODE_TEXT && !calls_open(p))) {
-            if (!all_blank(b->p, b->len) || final) {
-                emit_content(p, b->p, b->len);
-                b->len = 0;
+            size_t keep = final ? 0 : utf8_incomplete(b->p, b->len);
+            if (!all_blank(b->p, b->len - keep) || final) {
+                emit_content(p, b->p, b->len - keep);
+                pend_drop(b, b->len - keep);
             }
             return;
         }
@@ -302,7 +319,10 @@ static void step(triattn_tool_parser * p, bool final) {
             const char * o = find(b, k_open);
             if (o) {
                 size_t k = (size_t) (o - b->p);
-                if (!all_blank(b->p, k)) {
+                p->lead.len = 0;
+                if (all_blank(b->p, k)) {
+                    tri_gbuf_put(&p->lead, b->p, k);
+                } else {
                     emit_content(p, b->p, k);
                 }
                 pend_drop(b, k + sizeof k_open - 1);
@@ -311,6 +331,7 @@ static void step(triattn_tool_parser * p, bool final) {
                 continue;
             }
             size_t keep = final ? 0 : partial_tag(b->p, b->len, k_open);
+            keep = keep ? keep : final ? 0 : utf8_incomplete(b->p, b->len);
             if (final || !all_blank(b->p, b->len - keep)) {
                 if (!(final && p->n_calls > 0 && all_blank(b->p, b->len - keep))) {
                     emit_content(p, b->p, b->len - keep);
@@ -326,6 +347,7 @@ static void step(triattn_tool_parser * p, bool final) {
             if (!take_calls(p, (tri_js){ b->p, k })) {
                 emit_failed_call(p, b->p, k, true);
             }
+            p->lead.len = 0;
             pend_drop(b, k + sizeof k_close - 1);
             p->mode   = MODE_TEXT;
             p->opened = false;
@@ -337,6 +359,7 @@ static void step(triattn_tool_parser * p, bool final) {
         if (!take_calls(p, (tri_js){ b->p ? b->p : "", b->len })) {
             emit_failed_call(p, b->p, b->len, false);
         }
+        p->lead.len = 0;
         b->len  = 0;
         p->mode = MODE_TEXT;
         return;
@@ -381,7 +404,7 @@ enum triattn_status triattn_tool_parser_feed(triattn_tool_parser * p, const char
         }
     }
     tri_gbuf_str(&p->deltas, "]");
-    if (p->deltas.oom || p->pend.oom || p->content.oom || p->calls.oom || p->msg.oom) {
+    if (p->deltas.oom || p->pend.oom || p->lead.oom || p->content.oom || p->calls.oom || p->msg.oom) {
         *deltas     = "[]";
         *deltas_len = 2;
         return TRIATTN_ERR_OOM;

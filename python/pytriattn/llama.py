@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import _lib
+from . import _lib, _tools
 from ._errors import ERR_INVALID_ARG, ERR_OOM, ERR_UNSUPPORTED, TriattnError
 
 _SEED_RANDOM = 0xFFFFFFFFFFFFFFFF
@@ -501,19 +501,33 @@ class Llama:
                                min_p: float = 0.05, repeat_penalty: float = 1.0,
                                stop: str | Sequence[str] | None = None, seed: int | None = None,
                                stream: bool = False, frequency_penalty: float = 0.0,
-                               presence_penalty: float = 0.0, **_ignored):
+                               presence_penalty: float = 0.0, tools: Sequence[dict] | None = None,
+                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+                               **_ignored):
         """OpenAI chat.completion dict (the prompt rendered with the model's chat template), or an
-        iterator of chat.completion.chunk dicts with stream=True."""
-        prompt = self.apply_chat_template(messages)
+        iterator of chat.completion.chunk dicts with stream=True.
+
+        tools / tool_choice ("auto", "none", "required" or {"type": "function", "function": {"name": ...}})
+        work as in the OpenAI API: the reply's calls come back as message["tool_calls"] (streamed as
+        tool-call deltas) with finish_reason "tool_calls"; messages may hold assistant tool_calls and
+        role "tool" results."""
+        req = None
+        if _tools.wants_tools(messages, tools, tool_choice):
+            req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls)
+            prompt = req.prompt(messages)
+        else:
+            prompt = self.apply_chat_template(messages)
         return self._completion(prompt, "chatcmpl", max_tokens, temperature, top_p, top_k, min_p,
                                 repeat_penalty, stop, seed, stream, frequency_penalty, presence_penalty,
-                                False, chat=True)
+                                False, chat=True, tools=req)
 
     def _completion(self, prompt, kind, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-                    stop, seed, stream, frequency_penalty, presence_penalty, echo, chat):
+                    stop, seed, stream, frequency_penalty, presence_penalty, echo, chat, tools=None):
         add_special = not (chat and self._starts_with_bos_text(prompt))
         gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
                                     frequency_penalty, presence_penalty, False, add_special)
+        if tools is not None:
+            tools.constrain(gp, keep[0])
         result: dict = {}
         self.last_result = result
         pieces = self._stream(prompt, gp, keep, result)
@@ -526,10 +540,16 @@ class Llama:
             p, c = result.get("prompt_tokens", 0), result.get("completion_tokens", 0)
             return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
+        if stream and tools is not None:
+            return self._tool_chunks(tools, pieces, head, result, usage)
         if stream:
             return self._chunks(pieces, head, result, chat, usage, prompt if echo else "")
         text = (prompt if echo else "") + "".join(pieces)
-        if chat:
+        if tools is not None:
+            message, called = _tools.reply_message(tools, text)
+            finish = "tool_calls" if called else result.get("finish_reason")
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        elif chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                       "finish_reason": result.get("finish_reason")}
         else:
@@ -554,6 +574,20 @@ class Llama:
         for piece in pieces:
             yield chunk({"content": piece} if chat else piece, None)
         last = chunk({} if chat else "", result.get("finish_reason"))
+        last["usage"] = usage()
+        yield last
+
+    @staticmethod
+    def _tool_chunks(tools, pieces, head, result, usage):
+        def chunk(delta, finish):
+            return {**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        yield chunk({"role": "assistant"}, None)
+        state: dict = {}
+        for delta in _tools.reply_deltas(tools, pieces, state):
+            yield chunk(delta, None)
+        last = chunk({}, "tool_calls" if state.get("tool_calls") else result.get("finish_reason"))
         last["usage"] = usage()
         yield last
 

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api_tools.h"
 #include "http.h"
 #include "json.h"
 #include "server.h"
@@ -25,6 +26,7 @@ typedef struct {
     int                   status;
     size_t                bytes;
     const char *          cors;   /* extra header lines */
+    const char *          param;  /* the request parameter an error is about, or NULL */
 } ctx;
 
 static double mono_ms(void) {
@@ -40,12 +42,12 @@ static void reply(ctx * x, int status, const char * type, const char * body, siz
 }
 
 static void reply_json(ctx * x, int status, jbuf * b) {
-    if (b->oom) { static const char m[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":null}}";
+    if (b->oom) { static const char m[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}";
                   reply(x, 500, "application/json", m, sizeof m - 1); return; }
     reply(x, status, "application/json", b->data, b->len);
 }
 
-/* {"error": {"message", "type", "code"}} */
+/* {"error": {"message", "type", "param", "code"}}; param is x->param (the offending request field) or null. */
 static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) __attribute__((format(printf, 4, 5)));
 static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) {
     char msg[512];
@@ -61,6 +63,8 @@ static void reply_error(ctx * x, int status, const char * code, const char * fmt
     jb_qcstr(&b, msg);
     jb_cstr(&b, ",\"type\":");
     jb_qcstr(&b, type);
+    jb_cstr(&b, ",\"param\":");
+    if (x->param) jb_qcstr(&b, x->param); else jb_cstr(&b, "null");
     jb_cstr(&b, ",\"code\":");
     if (code) jb_qcstr(&b, code); else jb_cstr(&b, "null");
     jb_cstr(&b, "}}");
@@ -85,6 +89,7 @@ static bool is_null(const json_value * v) { return !v || v->type == JSON_NULL; }
 
 static bool get_number(ctx * x, const json_value * o, const char * key, double lo, double hi, float * out) {
     const json_value * v = json_get(o, key);
+    x->param = key;
     if (is_null(v)) return true;
     if (v->type != JSON_NUMBER) { reply_error(x, 400, "invalid_type", "'%s' must be a number", key); return false; }
     if (!(v->num >= lo && v->num <= hi)) { reply_error(x, 400, "invalid_value", "'%s' must be in [%g, %g]", key, lo, hi); return false; }
@@ -94,6 +99,7 @@ static bool get_number(ctx * x, const json_value * o, const char * key, double l
 
 static bool get_int(ctx * x, const json_value * o, const char * key, int64_t lo, int64_t hi, int64_t * out, bool * present) {
     const json_value * v = json_get(o, key);
+    x->param = key;
     if (present) *present = false;
     if (is_null(v)) return true;
     if (v->type != JSON_NUMBER || !v->is_int) { reply_error(x, 400, "invalid_type", "'%s' must be an integer", key); return false; }
@@ -105,6 +111,7 @@ static bool get_int(ctx * x, const json_value * o, const char * key, int64_t lo,
 
 static bool get_bool(ctx * x, const json_value * o, const char * key, bool * out) {
     const json_value * v = json_get(o, key);
+    x->param = key;
     if (is_null(v)) return true;
     if (v->type != JSON_BOOL) { reply_error(x, 400, "invalid_type", "'%s' must be a boolean", key); return false; }
     *out = v->b;
@@ -123,6 +130,8 @@ struct gen_req {
     struct triattn_generate_params gp;
     char   id[48];
     long long created;
+    struct tool_req tools;     /* chat: tools, tool_choice and the reply's parser */
+    bool   include_usage;      /* stream_options.include_usage: a last chunk with the usage */
 };
 
 static void chunk_head(struct gen_req * g, ctx * x, jbuf * b) {
@@ -222,58 +231,74 @@ static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text,
     return http_stream_chunk(x->c, b->data, b->len);
 }
 
+/* The chat deltas the tool parser releases for text (final: the end of generation), one event each. */
+static bool send_tool_deltas(struct gen_req * g, ctx * x, jbuf * b, const char * text, size_t len, bool final,
+                             bool * first) {
+    const char * d = NULL;
+    size_t dn = 0;
+    if (triattn_tool_parser_feed(g->tools.parser, text, len, final, &d, &dn) != TRIATTN_OK) return false;
+    struct json_limits lim = { .max_depth = 64, .max_nodes = 1 << 20 };
+    char err[160];
+    json_value * arr = json_parse(d, dn, &lim, err, sizeof err);
+    bool ok = arr && arr->type == JSON_ARRAY;
+    for (size_t k = 0; ok && k < arr->n; k++) {
+        jb_reset(b);
+        jb_cstr(b, "data: ");
+        chunk_head(g, x, b);
+        jb_cstr(b, ",\"choices\":[{\"index\":0,\"delta\":{");
+        if (*first) jb_cstr(b, "\"role\":\"assistant\",");
+        *first = false;
+        jbuf item;
+        jb_init(&item);
+        jb_value(&item, &arr->items[k]);
+        if (item.len > 2) jb_raw(b, item.data + 1, item.len - 1);   /* the delta's members and its '}' */
+        else jb_cstr(b, "}");
+        ok = !item.oom;
+        jb_free(&item);
+        jb_cstr(b, ",\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+        ok = ok && !b->oom && http_stream_chunk(x->c, b->data, b->len);
+        x->bytes += b->len;
+    }
+    json_free(arr);
+    return ok;
+}
+
+/* stream_options: {"include_usage": bool}. */
+static bool stream_options(ctx * x, const json_value * body, struct gen_req * g) {
+    const json_value * so = json_get(body, "stream_options");
+    if (is_null(so)) return true;
+    x->param = "stream_options";
+    if (so->type != JSON_OBJECT) { reply_error(x, 400, "invalid_type", "'stream_options' must be an object"); return false; }
+    return get_bool(x, so, "include_usage", &g->include_usage);
+}
+
+/* The last chunk of a stream with stream_options.include_usage: no choices, the usage. */
+static bool send_usage(struct gen_req * g, ctx * x, jbuf * b, const struct triattn_generate_result * res) {
+    jb_reset(b);
+    jb_cstr(b, "data: ");
+    chunk_head(g, x, b);
+    jb_printf(b, ",\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n",
+              res->n_prompt_tokens, res->n_generated, res->n_prompt_tokens + res->n_generated);
+    if (b->oom) return false;
+    x->bytes += b->len;
+    return http_stream_chunk(x->c, b->data, b->len);
+}
+
 static const char * finish_name(enum triattn_stop_reason r) {
     return (r == TRIATTN_STOP_LENGTH || r == TRIATTN_STOP_CONTEXT) ? "length" : "stop";
 }
 
-/* Builds the prompt text of a chat request from "messages". */
-static bool chat_prompt(ctx * x, const json_value * body, char ** out) {
-    const json_value * msgs = json_get(body, "messages");
-    if (!msgs || msgs->type != JSON_ARRAY || msgs->n == 0) {
-        reply_error(x, 400, "invalid_type", "'messages' must be a non-empty array"); return false;
-    }
-    struct triattn_chat_message * cm = calloc(msgs->n, sizeof *cm);
-    char ** owned = calloc(msgs->n, sizeof *owned);
-    bool ok = cm && owned;
-    if (!ok) reply_error(x, 500, NULL, "out of memory");
-    for (size_t k = 0; ok && k < msgs->n; k++) {
-        const json_value * m = &msgs->items[k];
-        const json_value * role = json_get(m, "role"), * content = json_get(m, "content");
-        if (!role || role->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "messages[%zu].role must be a string", k); ok = false; break; }
-        cm[k].role = role->str;
-        if (content && content->type == JSON_STRING) { cm[k].content = content->str; continue; }
-        if (is_null(content)) { cm[k].content = ""; continue; }
-        if (content->type != JSON_ARRAY) { reply_error(x, 400, "invalid_type", "messages[%zu].content must be a string or an array of parts", k); ok = false; break; }
-        /* content parts: concatenate the "text" of {"type": "text"} parts */
-        jbuf t;
-        jb_init(&t);
-        for (size_t j = 0; j < content->n; j++) {
-            const json_value * txt = json_get(&content->items[j], "text");
-            if (!txt || txt->type != JSON_STRING) { ok = false; break; }
-            jb_raw(&t, txt->str, txt->len);
-        }
-        if (!ok || t.oom) { jb_free(&t); reply_error(x, 400, "invalid_type", "messages[%zu].content parts must have a string 'text'", k); ok = false; break; }
-        owned[k] = t.data ? t.data : strdup("");
-        cm[k].content = owned[k];
-    }
-    if (ok) {
-        size_t need = 0, cap = 4096;
-        char * buf = NULL;
-        for (int attempt = 0; attempt < 2 && ok; attempt++) {
-            free(buf);
-            buf = malloc(cap);
-            if (!buf) { reply_error(x, 500, NULL, "out of memory"); ok = false; break; }
-            enum triattn_status st = triattn_chat_apply(x->srv->model, x->srv->o.chat_format, cm, msgs->n, true, buf, cap, &need);
-            if (st != TRIATTN_OK) { reply_error(x, 400, "chat_template", "cannot format the messages: %s", triattn_status_name(st)); ok = false; break; }
-            if (need < cap) break;
-            cap = need + 1;
-        }
-        if (ok) *out = buf; else free(buf);
-    }
-    if (owned) for (size_t k = 0; k < msgs->n; k++) free(owned[k]);
-    free(owned);
-    free(cm);
-    return ok;
+/* Builds the prompt text of a chat request from "messages" and its tools; readies the reply's tool parsing. */
+static bool chat_prompt(ctx * x, const json_value * body, struct gen_req * g) {
+    struct tool_err e = { .status = 400 };
+    const char * fmt = x->srv->o.chat_format;
+    const triattn_model * m = x->srv->model;
+    if (api_tools_parse(body, &g->tools, &e) && api_tools_prompt(m, fmt, body, &g->tools, &g->prompt, &e) &&
+        api_tools_constrain(m, fmt, &g->tools, &g->gp, &e) && api_tools_parser(m, fmt, &g->tools, &e))
+        return true;
+    x->param = e.param;
+    reply_error(x, e.status, e.status >= 500 ? NULL : "invalid_request", "%s", e.msg);
+    return false;
 }
 
 /* The names this server answers to: the alias, and the model file's name with or without ".gguf". */
@@ -294,11 +319,11 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     sp->temperature = 1.0f;
     sp->top_p = 1.0f;
     if (g->chat) {
-        if (!chat_prompt(x, body, &g->prompt)) return false;
+        if (!chat_prompt(x, body, g)) return false;
     } else {
         const json_value * p = json_get(body, "prompt");
         if (p && p->type == JSON_ARRAY && p->n == 1) p = &p->items[0];
-        if (!p || p->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'prompt' must be a string"); return false; }
+        if (!p || p->type != JSON_STRING) { x->param = "prompt"; reply_error(x, 400, "invalid_type", "'prompt' must be a string"); return false; }
         g->prompt = strdup(p->str);
         if (!g->prompt) { reply_error(x, 500, NULL, "out of memory"); return false; }
     }
@@ -320,8 +345,10 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     if (!get_int(x, body, "seed", INT64_MIN, INT64_MAX, &v, &present)) return false;
     if (present) sp->seed = (uint64_t)v == UINT64_MAX ? 0 : (uint64_t)v;
     if (!get_bool(x, body, "stream", &g->stream)) return false;
+    if (!stream_options(x, body, g)) return false;
     if (!get_bool(x, body, "ignore_eos", &g->gp.ignore_eos)) return false;   /* extension */
     const json_value * m = json_get(body, "model");
+    x->param = "model";
     if (!is_null(m) && m->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'model' must be a string"); return false; }
     if (!is_null(m) && !model_known(x->srv, m->str)) {
         reply_error(x, 404, "model_not_found", "the model '%s' does not exist (this server has '%s')", m->str, x->srv->o.alias);
@@ -351,6 +378,7 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     }
     g->gp.logprobs = g->top_logprobs < 0 ? 0 : g->top_logprobs > 0 ? g->top_logprobs : 1;
     const json_value * st = json_get(body, "stop");
+    x->param = "stop";
     if (!is_null(st)) {
         if (st->type == JSON_STRING) { if (st->len) g->stop[g->n_stop++] = st->str; }
         else if (st->type == JSON_ARRAY && st->n <= MAX_STOP) {
@@ -362,6 +390,7 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     }
     g->gp.stop = g->n_stop ? g->stop : NULL;
     g->gp.n_stop = g->n_stop;
+    x->param = NULL;
     return true;
 }
 
@@ -375,10 +404,10 @@ static void handle_generate(ctx * x, bool chat) {
     g.chat = chat;
     g.created = (long long)time(NULL);
     snprintf(g.id, sizeof g.id, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)atomic_fetch_add(&srv->id_counter, 1));
-    if (!gen_parse(x, body, &g)) { free(g.prompt); json_free(body); return; }
+    if (!gen_parse(x, body, &g)) { free(g.prompt); api_tools_free(&g.tools); json_free(body); return; }
 
     struct slot * sl = slots_acquire(pool);
-    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); json_free(body); return; }
+    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); api_tools_free(&g.tools); json_free(body); return; }
     sl->job.prompt = g.prompt;
     sl->job.gp = g.gp;
     sl->job.kv_budget = g.kv_budget;
@@ -417,7 +446,9 @@ static void handle_generate(ctx * x, bool chat) {
             x->status = 200;
         }
         started = true;
-        if (g.stream && alive && (out.len > had || n_lps > had_lp)) {
+        if (g.stream && alive && g.tools.parser && out.len > had) {
+            alive = send_tool_deltas(&g, x, &ev, out.data + had, out.len - had, false, &first);
+        } else if (g.stream && alive && (out.len > had || n_lps > had_lp)) {
             alive = send_event(&g, x, &ev, out.data + had, out.len - had, NULL, first, lps + lp_sent, n_lps - lp_sent);
             first = false;
             lp_sent = n_lps;
@@ -440,6 +471,12 @@ static void handle_generate(ctx * x, bool chat) {
     atomic_fetch_add(&srv->decode_us_total, (long long)((mono_ms() - t0) * 1e3));
 
     const char * finish = finish_name(res.stop_reason);
+    bool tools_ok = false;   /* the non-streamed reply went through the tool parser */
+    if (g.tools.parser && st == TRIATTN_OK && started && !g.stream && alive) {
+        const char * d;
+        size_t dn;
+        tools_ok = triattn_tool_parser_feed(g.tools.parser, out.data ? out.data : "", out.len, true, &d, &dn) == TRIATTN_OK;
+    }
     if (!started) {
         if (st == TRIATTN_OK)
             reply_error(x, 503, "shutting_down", "the server is shutting down");
@@ -452,8 +489,11 @@ static void handle_generate(ctx * x, bool chat) {
         reply_error(x, 500, triattn_status_name(st), "generation failed: %s", err_copy);
     } else if (g.stream) {
         if (alive && !srv->stop && st == TRIATTN_OK) {
-            if (g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true, NULL, 0);
+            if (g.tools.parser) alive = send_tool_deltas(&g, x, &ev, NULL, 0, true, &first);
+            if (triattn_tool_parser_n_calls(g.tools.parser) > 0) finish = "tool_calls";
+            if (alive && g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true, NULL, 0);
             if (alive) alive = send_event(&g, x, &ev, NULL, 0, finish, false, NULL, 0);
+            if (alive && g.include_usage) alive = send_usage(&g, x, &ev, &res);
             if (alive) { alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
             if (alive) http_stream_end(x->c);
         } else {
@@ -468,7 +508,11 @@ static void handle_generate(ctx * x, bool chat) {
         jb_printf(&b, ",\"created\":%lld,\"model\":", g.created);
         jb_qcstr(&b, srv->o.alias);
         jb_cstr(&b, ",\"choices\":[{\"index\":0,");
-        if (g.chat) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":"); jb_str(&b, out.data ? out.data : "", out.len); jb_cstr(&b, "}"); }
+        size_t msg_len = 0;
+        const char * msg = tools_ok ? triattn_tool_parser_message(g.tools.parser, &msg_len) : NULL;
+        if (tools_ok && triattn_tool_parser_n_calls(g.tools.parser) > 0) finish = "tool_calls";
+        if (msg) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\","); jb_raw(&b, msg + 1, msg_len - 1); }
+        else if (g.chat) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":"); jb_str(&b, out.data ? out.data : "", out.len); jb_cstr(&b, "}"); }
         else { jb_cstr(&b, "\"text\":"); jb_str(&b, out.data ? out.data : "", out.len); }
         jb_cstr(&b, ",\"logprobs\":");
         logprobs_json(&g, x, &b, lps, n_lps);
@@ -487,6 +531,7 @@ static void handle_generate(ctx * x, bool chat) {
     jb_free(&out);
     jb_free(&ev);
     free(g.prompt);
+    api_tools_free(&g.tools);
     json_free(body);
 }
 
@@ -562,16 +607,45 @@ static void handle_detokenize(ctx * x) {
     json_free(body);
 }
 
+/* The OpenAI model object of the served model. */
+static void model_json(ctx * x, jbuf * b) {
+    jb_cstr(b, "{\"id\":");
+    jb_qcstr(b, x->srv->o.alias);
+    jb_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"triattn\",\"meta\":{\"arch\":",
+              (long long)x->srv->started);
+    jb_qcstr(b, x->srv->info.arch);
+    jb_printf(b, ",\"n_vocab\":%d,\"n_ctx_train\":%d,\"n_ctx\":%d,\"n_params\":%lld}}", x->srv->info.n_vocab,
+              x->srv->info.n_ctx_train, triattn_session_n_ctx(x->srv->pool.slots[0].session), (long long)x->srv->info.n_params);
+}
+
 static void handle_models(ctx * x) {
     jbuf b;
     jb_init(&b);
-    jb_cstr(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
-    jb_qcstr(&b, x->srv->o.alias);
-    jb_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"triattn\",\"meta\":{\"arch\":",
-              (long long)x->srv->started);
-    jb_qcstr(&b, x->srv->info.arch);
-    jb_printf(&b, ",\"n_vocab\":%d,\"n_ctx_train\":%d,\"n_ctx\":%d,\"n_params\":%lld}}]}", x->srv->info.n_vocab,
-              x->srv->info.n_ctx_train, triattn_session_n_ctx(x->srv->pool.slots[0].session), (long long)x->srv->info.n_params);
+    jb_cstr(&b, "{\"object\":\"list\",\"data\":[");
+    model_json(x, &b);
+    jb_cstr(&b, "]}");
+    reply_json(x, 200, &b);
+    jb_free(&b);
+}
+
+/* GET /v1/models/{id}: the model object, or 404 when id is not a name of the served model. */
+static void handle_model(ctx * x, const char * id) {
+    char name[256];
+    size_t n = 0;
+    for (const char * p = id; *p && n + 1 < sizeof name; p++) {   /* percent-decoding */
+        unsigned v;
+        if (*p == '%' && p[1] && p[2] && sscanf(p + 1, "%2x", &v) == 1) { name[n++] = (char)v; p += 2; }
+        else name[n++] = *p;
+    }
+    name[n] = '\0';
+    if (strlen(name) != n || !model_known(x->srv, name)) {
+        x->param = "model";
+        reply_error(x, 404, "model_not_found", "the model '%s' does not exist (this server has '%s')", name, x->srv->o.alias);
+        return;
+    }
+    jbuf b;
+    jb_init(&b);
+    model_json(x, &b);
     reply_json(x, 200, &b);
     jb_free(&b);
 }
@@ -679,6 +753,12 @@ static void route(ctx * x) {
     if (strcmp(m, "OPTIONS") == 0 && x->srv->o.cors) {
         x->status = 204;
         http_respond(x->c, 204, "text/plain", x->cors, NULL, 0, x->req->keep_alive);
+        return;
+    }
+    const char * model_id = strncmp(path, "/v1/models/", 11) == 0 ? path + 11 : strncmp(path, "/models/", 8) == 0 ? path + 8 : NULL;
+    if (found == -1 && model_id && *model_id && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)) {
+        if (authorized(x)) handle_model(x, model_id);
+        else reply_error(x, 401, "invalid_api_key", "missing or invalid API key");
         return;
     }
     if (found == -1) { reply_error(x, 404, "not_found", "unknown endpoint %s", path); return; }

@@ -463,8 +463,8 @@ struct triattn_chat_tool_message {
     const char * role;          /* "system", "user", "assistant" or "tool" */
     const char * content;       /* NULL = "" */
     const char * tool_calls;    /* assistant: OpenAI "tool_calls" array as JSON text; NULL = none */
-    const char * tool_call_id;  /* tool: the id of the call answered; may be NULL */
-    const char * name;          /* tool: the function that produced the content; may be NULL */
+    const char * tool_call_id;  /* tool: the id of the call answered; may be NULL (no format prints it) */
+    const char * name;          /* tool: the function that produced the content; may be NULL (likewise) */
 };
 
 struct triattn_tool_options {

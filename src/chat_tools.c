@@ -41,7 +41,9 @@ void triattn_tool_options_init(struct triattn_tool_options * o) {
 static tri_js tool_function(const struct tri_tools * t, size_t i) {
     tri_js_iter it = tri_js_iter_of(t->tools);
     tri_js      v  = { "{}", 2 }, f = { "{}", 2 };
-    for (size_t k = 0; k <= i && tri_js_next(&it, NULL, &v); k++) {
+    size_t      k  = 0;
+    while (k++ <= i && tri_js_next(&it, NULL, &v)) {
+        /* walk to element i */
     }
     tri_js_get(v, "function", &f);
     return f;
@@ -61,7 +63,6 @@ static tri_js tool_params(const struct tri_tools * t, size_t i) {
     return p;
 }
 
-/* Index of the tool named by the JSON string name, or -1. */
 static long tool_index(const struct tri_tools * t, tri_js name) {
     tri_gbuf b = { 0 };
     tri_js_unescape(name, &b);

@@ -91,7 +91,11 @@ static void * engine_main(void * arg) {
         for (;;) {
             for (int k = 0; k < n; k++) {
                 struct slot * sl = &p->slots[k];
-                if (sl->job.state == JOB_QUEUED) {
+                if (sl->job.state == JOB_QUEUED && sl->job.cancel) {
+                    sl->job.result.stop_reason = TRIATTN_STOP_CALLBACK;   /* dropped before any work */
+                    sl->job.state = JOB_DONE;
+                    pthread_cond_broadcast(&sl->cv);
+                } else if (sl->job.state == JOB_QUEUED) {
                     sl->job.state = JOB_RUNNING;
                     starting[n_start++] = sl;
                 } else if (sl->job.state == JOB_RUNNING && sl->job.cancel) {
@@ -233,13 +237,37 @@ void slots_free(struct slot_pool * p) {
     }
     free(p->slots);
     p->slots = NULL;
+    free(p->left);
+    p->left = NULL;
+    p->n_left = p->cap_left = 0;
     p->n = 0;
     pthread_cond_destroy(&p->cv);
     pthread_cond_destroy(&p->engine_cv);
     pthread_mutex_destroy(&p->mu);
 }
 
-struct slot * slots_acquire(struct slot_pool * p) {
+/* The queue moves on to the next ticket, past those whose waiters left. */
+static void serve_next_locked(struct slot_pool * p) {
+    p->serving++;
+    for (int k = 0; k < p->n_left;) {
+        if (p->left[k] == p->serving) { p->left[k] = p->left[--p->n_left]; p->serving++; k = 0; }
+        else k++;
+    }
+}
+
+/* Calls gone(arg) with the pool lock released. */
+static bool client_gone_locked(struct slot_pool * p, bool (*gone)(void *), void * arg) {
+    if (!gone) return false;
+    pthread_mutex_unlock(&p->mu);
+    bool g = gone(arg);
+    pthread_mutex_lock(&p->mu);
+    return g;
+}
+
+struct slot * slots_acquire(struct slot_pool * p) { return slots_acquire_unless(p, NULL, NULL, NULL); }
+
+struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), void * arg, bool * left) {
+    if (left) *left = false;
     pthread_mutex_lock(&p->mu);
     uint64_t ticket = p->next_ticket++;
     p->n_waiting++;
@@ -248,7 +276,24 @@ struct slot * slots_acquire(struct slot_pool * p) {
         if (*p->stop) break;
         if (ticket == p->serving) {
             for (int k = 0; k < p->n && !got; k++) if (!p->slots[k].busy) got = &p->slots[k];
+            /* the slot is ours while our ticket is served: nobody takes it while the check runs */
+            if (client_gone_locked(p, gone, arg)) { got = NULL; if (left) *left = true; break; }
             if (got) break;
+        } else if (client_gone_locked(p, gone, arg)) {
+            /* leave the queue now: the ticket is skipped when its turn comes */
+            if (p->n_left == p->cap_left) {
+                int cap = p->cap_left ? p->cap_left * 2 : 16;
+                uint64_t * t = realloc(p->left, (size_t)cap * sizeof *t);
+                if (t) { p->left = t; p->cap_left = cap; }
+            }
+            if (p->n_left < p->cap_left && ticket != p->serving) {
+                p->left[p->n_left++] = ticket;
+                p->n_waiting--;
+                if (left) *left = true;
+                pthread_mutex_unlock(&p->mu);
+                return NULL;
+            }
+            if (ticket == p->serving) { if (left) *left = true; break; }
         }
         /* bounded wait so shutdown is noticed */
         struct timespec ts;
@@ -274,7 +319,7 @@ struct slot * slots_acquire(struct slot_pool * p) {
         memset(&j->result, 0, sizeof j->result);
     }
     /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */
-    p->serving++;
+    serve_next_locked(p);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     return got;

@@ -361,19 +361,15 @@ def _timed_post(srv: Server, path: str, body: dict) -> tuple[int, float]:
 
 def vanished(a) -> dict:
     """The 1-token request's latency on an idle server, then right behind a.clients clients that each
-    queue a ~600-token prompt and vanish (close after sending)."""
+    send a ~600-token prompt and vanish (close right after sending)."""
     texts = _kjv(3000, a.clients)   # ~600 tokens each
     srv = Server("--parallel", str(a.parallel))
     one = {"model": "smol", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
     srv.post("/v1/completions", one)   # warm-up
     idle = sorted(_timed_post(srv, "/v1/completions", one)[1] for _ in range(5))[2]
-    socks = []
     for t in texts:
-        s = socket.create_connection((srv.host, srv.port), timeout=10)
-        s.sendall(_request("/v1/completions", json.dumps({"model": "smol", "prompt": t, "max_tokens": 64}).encode()))
-        socks.append(s)
-    for s in socks:
-        s.close()
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(_request("/v1/completions", json.dumps({"model": "smol", "prompt": t, "max_tokens": 64}).encode()))
     st, behind = _timed_post(srv, "/v1/completions", one)
     slots = json.loads(srv.raw(b"GET /slots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                                half_close=False).split(b"\r\n\r\n", 1)[1])

@@ -420,6 +420,8 @@ static void handle_generate(ctx * x, bool chat) {
     sl->job.prompt = g.prompt;
     sl->job.gp = g.gp;
     sl->job.kv_budget = g.kv_budget;
+    sl->job.client_gone = conn_gone;   /* the engine checks once more before it starts the job */
+    sl->job.client = x->c;
     slots_submit(pool, sl);
 
     jbuf out, ev;
@@ -479,7 +481,10 @@ static void handle_generate(ctx * x, bool chat) {
 
     const char * finish = finish_name(res.stop_reason);
     if (!started) {
-        if (st == TRIATTN_OK)
+        if (st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */
+            x->req->keep_alive = false;
+            x->status = 499;
+        } else if (st == TRIATTN_OK)
             reply_error(x, 503, "shutting_down", "the server is shutting down");
         else if (st == TRIATTN_ERR_CONTEXT)
             reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",

@@ -64,6 +64,14 @@ static void job_start(struct slot_pool * p, struct slot * sl) {
     }
 }
 
+/* A job whose client went away before it started ends unstarted (no tokenization, no prefill). */
+static bool job_client_gone(struct slot * sl) {
+    struct slot_job * j = &sl->job;
+    if (!j->client_gone || !j->client_gone(j->client)) return false;
+    j->result.stop_reason = TRIATTN_STOP_CALLBACK;
+    return true;
+}
+
 static void slot_snapshot_locked(struct slot * sl) {
     triattn_session_kv_stats(sl->session, &sl->kv);
     sl->n_prompt = sl->job.result.n_prompt_tokens;
@@ -117,13 +125,16 @@ static void * engine_main(void * arg) {
 
         /* Starting a job only tokenizes (prompts are prefilled by the steps). */
         for (int k = 0; k < n_start; k++) {
+            if (job_client_gone(starting[k])) continue;
             job_start(p, starting[k]);
-            if (starting[k]->job.status == TRIATTN_OK) active[n_active++] = starting[k];
+            /* once more after tokenizing a long prompt: a client that left meanwhile costs no prefill */
+            if (starting[k]->job.status == TRIATTN_OK && !job_client_gone(starting[k])) active[n_active++] = starting[k];
         }
         if (n_start) {
             pthread_mutex_lock(&p->mu);
             for (int k = 0; k < n_start; k++) {
-                if (starting[k]->job.status != TRIATTN_OK) starting[k]->job.state = JOB_DONE;
+                if (starting[k]->job.status != TRIATTN_OK || starting[k]->job.result.stop_reason == TRIATTN_STOP_CALLBACK)
+                    starting[k]->job.state = JOB_DONE;
                 else starting[k]->job.begun = true;
                 pthread_cond_broadcast(&starting[k]->cv);
             }
@@ -316,6 +327,8 @@ struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), v
         j->cancel = false;
         j->begun = false;
         j->kv_budget = 0;
+        j->client_gone = NULL;
+        j->client = NULL;
         memset(&j->result, 0, sizeof j->result);
     }
     /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */

@@ -43,6 +43,10 @@ struct slot_job {
     struct triattn_generate_result result;
     /* set by the request: stop generating (client gone, shutdown) */
     bool         cancel;
+    /* set by the request (optional): the engine asks client_gone(client) before starting the job, and drops
+     * it unstarted when the client went away; the request does not use the connection until `begun` */
+    bool       (*client_gone)(void *);
+    void *       client;
 };
 
 struct slot {

@@ -388,12 +388,12 @@ def memory(a) -> dict:
     import threading
     size = 512 * 1024
     pad = "lorem ipsum dolor sit amet " * (size // 27)
-    n_msgs = size // 40
+    n_msgs = size // 42
     shapes = {
         "big_string": {"model": "smol", "prompt": "Hello", "max_tokens": 1, "user": pad[:size]},
         "many_messages": {"model": "smol", "max_tokens": 1,
                           "messages": [{"role": "user", "content": "hi there %d" % i} for i in range(n_msgs)]},
-        "tiny_numbers": {"model": "smol", "prompt": "Hello", "max_tokens": 1, "x": [0] * (size // 2)},
+        "tiny_numbers": {"model": "smol", "prompt": "Hello", "max_tokens": 1, "x": [0] * (size // 2 - 64)},
     }
     out = {}
     for name, body in shapes.items():
@@ -409,7 +409,7 @@ def memory(a) -> dict:
 
         th = threading.Thread(target=sample, daemon=True)
         th.start()
-        data = json.dumps(body).encode()
+        data = json.dumps(body, separators=(",", ":")).encode()
         with cf.ThreadPoolExecutor(a.clients) as ex:
             codes = list(ex.map(lambda _: _final_status(srv.raw(_request("/v1/chat/completions" if "messages" in body
                                                                          else "/v1/completions", data),

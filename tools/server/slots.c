@@ -285,6 +285,8 @@ struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), v
     struct slot * got = NULL;
     for (;;) {
         if (*p->stop) break;
+        /* gone() runs unlocked: a wake-up missed meanwhile shows as a change of these */
+        const uint64_t serving_seen = p->serving, releases_seen = p->n_released;
         if (ticket == p->serving) {
             for (int k = 0; k < p->n && !got; k++) if (!p->slots[k].busy) got = &p->slots[k];
             /* the slot is ours while our ticket is served: nobody takes it while the check runs */
@@ -306,6 +308,7 @@ struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), v
             }
             if (ticket == p->serving) { if (left) *left = true; break; }
         }
+        if (gone && (p->serving != serving_seen || p->n_released != releases_seen)) continue;
         /* bounded wait so shutdown is noticed */
         struct timespec ts;
         deadline_in(&ts, 200);
@@ -377,6 +380,7 @@ void slots_release(struct slot_pool * p, struct slot * s) {
     }
     s->job.state = JOB_IDLE;
     s->busy = false;
+    p->n_released++;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 }

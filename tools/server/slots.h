@@ -81,6 +81,7 @@ struct slot_pool {
     bool            engine_done;   /* the engine thread has exited: new jobs end at once */
     volatile int *  stop;
     uint64_t *      left;          /* tickets of waiters that left the queue (skipped when served) */
+    uint64_t        n_released;    /* slots given back so far */
     int             n_left, cap_left;
 };
 

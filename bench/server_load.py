@@ -199,17 +199,17 @@ def fuzz(a) -> dict:
             t0 = time.time()
             out = b""
             try:
-                with socket.create_connection((srv.host, srv.port), timeout=15) as s:
+                with socket.create_connection((srv.host, srv.port), timeout=a.hang_seconds) as s:
                     s.sendall(data)
                     if how < 0.05:
                         kind2 = "vanished"          # gone right after sending
                     elif how < 0.12:
                         kind2 = "cut"               # reads a little, then goes
-                        s.settimeout(15)
+                        s.settimeout(a.hang_seconds)
                         out = s.recv(rng.randint(1, 300))
                     else:
                         kind2 = None
-                        out = _read_answer(s, 15)
+                        out = _read_answer(s, a.hang_seconds)
             except OSError:
                 kind2 = None
             wall = time.time() - t0
@@ -219,7 +219,7 @@ def fuzz(a) -> dict:
                 counts[kind] += 1
                 if kind2:
                     counts[kind2] += 1
-                if wall > 14:
+                if wall > a.hang_seconds - 1:
                     counts["hung"] += 1
                     print(f"hung ({wall:.1f} s): {data[:200]!r}", flush=True)
                 if kind2 is None and code == "junk":
@@ -486,6 +486,7 @@ def main(argv=None) -> int:
     f.add_argument("--minutes", type=float, default=10)
     f.add_argument("--seed", type=int, default=time.time_ns() % 2**31)
     f.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    f.add_argument("--hang-seconds", type=float, default=60, help="an answer slower than this counts as hung")
     s = sub.add_parser("soak", help="many requests at a fixed concurrency, RSS over time")
     s.add_argument("--requests", type=int, default=500)
     s.add_argument("-c", "--concurrency", type=int, default=8)

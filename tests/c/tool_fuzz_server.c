@@ -249,8 +249,9 @@ static void one_connection(rng_t * r) {
         char chunk[4096];
         double last = t0;
         for (;;) {
-            if (now_s() - t0 > 60) {
-                fprintf(stderr, "violation: connection still open after 60 s: %.200s\n", req.d);
+            /* generous: requests are small, but a sanitized build on a busy machine steps slowly */
+            if (now_s() - t0 > 300) {
+                fprintf(stderr, "violation: connection still open after 300 s: %.200s\n", req.d);
                 atomic_fetch_add(&g_st.hangs, 1);
                 atomic_fetch_add(&g_st.violations, 1);
                 break;

@@ -211,7 +211,7 @@ def test_vanished_queued_clients_are_dropped(srv):
     """With the only slot busy, clients that queue a ~600-token prompt and go away leave the queue: their
     connections close while the slot is still busy, and none of them ever takes the slot."""
     long = srv.connect(60)
-    long.sendall(post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 400, "stream": True,
+    long.sendall(post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 1000, "stream": True,
                                           "temperature": 0, "ignore_eos": True}))
     assert long.recv(64).startswith(b"HTTP/1.1 200")
     base_conns = srv.metric("triattn_connections_open")
@@ -221,7 +221,9 @@ def test_vanished_queued_clients_are_dropped(srv):
         v = srv.connect()
         v.sendall(post("/v1/completions", {"prompt": words(600), "max_tokens": 1}))
         vanished.append(v)
-    time.sleep(0.3)
+    deadline = time.time() + 10
+    while time.time() < deadline and srv.metric("triattn_requests_waiting") < 6:
+        time.sleep(0.1)
     assert srv.metric("triattn_requests_waiting") == 6
     for v in vanished:
         v.close()

@@ -4,6 +4,9 @@
   python bench/server_load.py fuzz  --minutes 10            # mutated HTTP requests and JSON bodies
   python bench/server_load.py soak  --requests 500 -c 8     # zero errors, RSS sampled over the run
   python bench/server_load.py bench --slots 1,2,4,8 --tokens 256 --policies full,triattention
+  python bench/server_load.py lockout --clients 256      # slow-drain clients; /health must stay 200
+  python bench/server_load.py vanished --clients 60      # 1-token latency behind vanished queued clients
+  python bench/server_load.py memory --clients 64        # peak RSS under 64 concurrent ~512 KB requests
 
 Each starts the server binary (TRIATTN_SERVER_BIN, else build/triattn-server, else the wheel's) on a free
 loopback port with the default model, prints a summary and writes JSON next to it (bench/out/).
@@ -128,47 +131,111 @@ def _request(path: str, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
+def _read_answer(s: socket.socket, timeout: float) -> bytes:
+    """Reads until the server closes, or until a complete answer has been followed by a pause (a kept-alive
+    connection); interim 100 responses are kept in the bytes."""
+    out = b""
+    t_end = time.time() + timeout
+    s.settimeout(0.5)
+    while time.time() < t_end:
+        try:
+            chunk = s.recv(65536)
+        except (TimeoutError, socket.timeout):
+            if out and (not out.startswith(b"HTTP/1.1 1") or out.count(b"\r\n\r\n") > 1):
+                break
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _final_status(out: bytes) -> str:
+    while out.startswith(b"HTTP/1.1 1") and b"\r\n\r\n" in out:
+        out = out.split(b"\r\n\r\n", 1)[1]
+    return out[9:12].decode(errors="replace") if out.startswith(b"HTTP/1.1 ") else ("closed" if not out else "junk")
+
+
 def fuzz(a) -> dict:
-    rng = random.Random(a.seed)
+    """Valid, JSON-mutated and HTTP-mutated requests from a few concurrent clients that wait for the answer
+    (no half-close): generation and streaming run, as do the parser's error paths. Some clients cut a
+    stream short or vanish after sending, for the cancellation paths."""
     srv = Server("--parallel", "2", "--timeout", "2", "--max-body", "65536", "--ctx-size", "512")
     bodies = [
         {"model": "smol", "prompt": "Hello there", "max_tokens": 3, "temperature": 0.5, "stop": ["\n"]},
         {"model": "smol", "messages": [{"role": "user", "content": "Hi \u00e9\u4e2d"}], "max_tokens": 2, "stream": True},
         {"model": "smol", "prompt": "x", "max_tokens": 2, "logprobs": 2, "seed": 7},
+        {"model": "smol", "prompt": "Once upon a time", "max_tokens": 4, "stream": True},
+        {"model": "smol", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+         "max_tokens": 3, "logprobs": True, "top_logprobs": 2},
         {"content": "tokenize me \u2603"}, {"tokens": [1, 2, 3, 400]},
     ]
-    paths = ["/v1/completions", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"]
+    paths = ["/v1/completions", "/v1/chat/completions", "/v1/completions", "/v1/completions",
+             "/v1/chat/completions", "/tokenize", "/detokenize"]
     json_alpha = b'"\\{}[],:0123456789.eE+-truefalsnul \xc3\xa9\xff\x00u'
     http_alpha = b" :\r\n\x00\xff/?%HTTP1.GETPOST"
     t_end = time.time() + a.minutes * 60
-    n = hung = bad = 0
+    lock = __import__("threading").Lock()
+    counts = {"requests": 0, "hung": 0, "not_http": 0, "valid": 0, "json_mutated": 0, "http_mutated": 0,
+              "cut": 0, "vanished": 0}
     statuses: dict[str, int] = {}
-    while time.time() < t_end:
-        k = rng.randrange(len(bodies))
-        body = json.dumps(bodies[k], ensure_ascii=rng.random() < 0.5).encode()
-        if rng.random() < 0.6:
-            data = _request(paths[k], _mutate(rng, body, json_alpha))
-        else:
-            data = _mutate(rng, _request(paths[k], body), http_alpha)
-        t0 = time.time()
-        out = srv.raw(data, timeout=15)
-        if time.time() - t0 > 14:
-            hung += 1
-            print(f"hung ({time.time() - t0:.1f} s): {data[:200]!r}", flush=True)
-        if out and not out.startswith(b"HTTP/1.1 "):
-            bad += 1
-            print(f"not HTTP: {out[:100]!r} for {data[:200]!r}", flush=True)
-        code = out[9:12].decode(errors="replace") if out else "closed"
-        statuses[code] = statuses.get(code, 0) + 1
-        n += 1
-        if n % 500 == 0:
-            if srv.proc.poll() is not None or not srv.healthy():
-                break
-            print(f"{n} requests, {statuses}", file=sys.stderr, flush=True)
+
+    def client(seed: int):
+        rng = random.Random(seed)
+        while time.time() < t_end and srv.proc.poll() is None:
+            k = rng.randrange(len(bodies))
+            body = json.dumps(bodies[k], ensure_ascii=rng.random() < 0.5).encode()
+            r = rng.random()
+            kind = "valid" if r < 0.4 else "json_mutated" if r < 0.75 else "http_mutated"
+            if kind == "valid":
+                data = _request(paths[k], body)
+            elif kind == "json_mutated":
+                data = _request(paths[k], _mutate(rng, body, json_alpha))
+            else:
+                data = _mutate(rng, _request(paths[k], body), http_alpha)
+            how = rng.random()
+            t0 = time.time()
+            out = b""
+            try:
+                with socket.create_connection((srv.host, srv.port), timeout=a.hang_seconds) as s:
+                    s.sendall(data)
+                    if how < 0.05:
+                        kind2 = "vanished"          # gone right after sending
+                    elif how < 0.12:
+                        kind2 = "cut"               # reads a little, then goes
+                        s.settimeout(a.hang_seconds)
+                        out = s.recv(rng.randint(1, 300))
+                    else:
+                        kind2 = None
+                        out = _read_answer(s, a.hang_seconds)
+            except OSError:
+                kind2 = None
+            wall = time.time() - t0
+            code = _final_status(out) if kind2 is None else kind2
+            with lock:
+                counts["requests"] += 1
+                counts[kind] += 1
+                if kind2:
+                    counts[kind2] += 1
+                if wall > a.hang_seconds - 1:
+                    counts["hung"] += 1
+                    print(f"hung ({wall:.1f} s): {data[:200]!r}", flush=True)
+                if kind2 is None and code == "junk":
+                    counts["not_http"] += 1
+                    print(f"not HTTP: {out[:100]!r} for {data[:200]!r}", flush=True)
+                statuses[code] = statuses.get(code, 0) + 1
+                n = counts["requests"]
+            if n % 500 == 0:
+                print(f"{n} requests, {statuses}", file=sys.stderr, flush=True)
+
+    with cf.ThreadPoolExecutor(a.clients) as ex:
+        list(ex.map(client, [a.seed + i for i in range(a.clients)]))
     alive = srv.proc.poll() is None and srv.healthy()
     rc = srv.close()
-    res = {"requests": n, "minutes": a.minutes, "seed": a.seed, "statuses": statuses, "hung": hung,
-           "not_http": bad, "alive_at_end": alive, "exit_code": rc}
+    res = {**counts, "minutes": a.minutes, "seed": a.seed, "clients": a.clients, "statuses": statuses,
+           "alive_at_end": alive, "exit_code": rc}
     print(json.dumps(res, indent=1))
     return res
 
@@ -226,6 +293,136 @@ def soak(a) -> dict:
            "rss_after_warmup_min_max": [round(min(warm), 1), round(max(warm), 1)] if warm else None,
            "exit_code": rc}
     print(json.dumps({k: v for k, v in res.items() if k != "rss_mib"}, indent=1))
+    return res
+
+
+# ---- hostile clients: slow drains, vanished queued clients, big bodies -----------------------------------
+
+def lockout(a) -> dict:
+    """a.clients connections each send a malformed request and then a byte every 0.5 s (the slow drain), with
+    --max-conns a.clients; /health is polled meanwhile. Reports the share of 200s and when the slow
+    connections were closed by the server."""
+    import threading
+    srv = Server("--max-conns", str(a.clients), "--parallel", "1")
+    stop = threading.Event()
+    closed_after: list[float] = []
+
+    def slow():
+        """Reconnects as soon as the server lets go, so the places stay taken."""
+        while not stop.is_set():
+            try:
+                s = socket.create_connection((srv.host, srv.port), timeout=5)
+            except OSError:
+                time.sleep(0.5)
+                continue
+            t0 = time.time()
+            s.settimeout(0.5)
+            try:
+                s.sendall(b"G@T / HTTP/1.1\r\n\r\n")
+                while not stop.is_set():
+                    s.sendall(b"x")
+                    try:
+                        if s.recv(65536) == b"":
+                            time.sleep(0.5)
+                    except (TimeoutError, socket.timeout):
+                        pass
+            except OSError:
+                closed_after.append(time.time() - t0)
+            finally:
+                s.close()
+
+    threads = [threading.Thread(target=slow, daemon=True) for _ in range(a.clients)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    codes: dict[str, int] = {}
+    t_end = time.time() + a.seconds
+    while time.time() < t_end:
+        out = srv.raw(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=5, half_close=False)
+        code = _final_status(out)
+        codes[code] = codes.get(code, 0) + 1
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=5)
+    srv.close()
+    res = {"slow_clients": a.clients, "seconds": a.seconds, "health_codes": codes,
+           "slow_connections_closed_by_server": len(closed_after),
+           "closed_after_s_max": round(max(closed_after), 2) if closed_after else None}
+    print(json.dumps(res, indent=1))
+    return res
+
+
+def _timed_post(srv: Server, path: str, body: dict) -> tuple[int, float]:
+    t0 = time.time()
+    st, _ = srv.post(path, body)
+    return st, time.time() - t0
+
+
+def vanished(a) -> dict:
+    """The 1-token request's latency on an idle server, then right behind a.clients clients that each
+    send a ~600-token prompt and vanish (close right after sending)."""
+    texts = _kjv(3000, a.clients)   # ~600 tokens each
+    srv = Server("--parallel", str(a.parallel))
+    one = {"model": "smol", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    srv.post("/v1/completions", one)   # warm-up
+    idle = sorted(_timed_post(srv, "/v1/completions", one)[1] for _ in range(5))[2]
+    for t in texts:
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(_request("/v1/completions", json.dumps({"model": "smol", "prompt": t, "max_tokens": 64}).encode()))
+    st, behind = _timed_post(srv, "/v1/completions", one)
+    slots = json.loads(srv.raw(b"GET /slots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                               half_close=False).split(b"\r\n\r\n", 1)[1])
+    srv.close()
+    res = {"vanished_clients": a.clients, "parallel": a.parallel, "idle_latency_s": round(idle, 3),
+           "latency_behind_vanished_s": round(behind, 3), "status": st, "ratio": round(behind / idle, 2),
+           "slot_acquisitions": sum(x["n_requests"] for x in slots)}
+    print(json.dumps(res, indent=1))
+    return res
+
+
+def memory(a) -> dict:
+    """a.clients concurrent requests of ~512 KB each, per body shape, with peak RSS sampled every 20 ms:
+    a 512 KB string in an ignored field (answered), a chat of many short messages (longer than the
+    context: 400) and an array of tiny numbers (refused: 413)."""
+    import threading
+    size = 512 * 1024
+    pad = "lorem ipsum dolor sit amet " * (size // 27)
+    n_msgs = size // 42
+    shapes = {
+        "big_string": {"model": "smol", "prompt": "Hello", "max_tokens": 1, "user": pad[:size]},
+        "many_messages": {"model": "smol", "max_tokens": 1,
+                          "messages": [{"role": "user", "content": "hi there %d" % i} for i in range(n_msgs)]},
+        "tiny_numbers": {"model": "smol", "prompt": "Hello", "max_tokens": 1, "x": [0] * (size // 2 - 64)},
+    }
+    out = {}
+    for name, body in shapes.items():
+        srv = Server("--max-body", str(2 << 20), "--parallel", "4")
+        base = srv.rss_mib()
+        peak = [base]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], srv.rss_mib())
+                time.sleep(0.02)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        data = json.dumps(body, separators=(",", ":")).encode()
+        with cf.ThreadPoolExecutor(a.clients) as ex:
+            codes = list(ex.map(lambda _: _final_status(srv.raw(_request("/v1/chat/completions" if "messages" in body
+                                                                         else "/v1/completions", data),
+                                                                timeout=600, half_close=False)), range(a.clients)))
+        stop.set()
+        th.join()
+        end = srv.rss_mib()
+        srv.close()
+        out[name] = {"body_bytes": len(data), "codes": {c: codes.count(c) for c in set(codes)},
+                     "rss_base_mib": round(base, 1), "rss_peak_mib": round(peak[0], 1), "rss_end_mib": round(end, 1)}
+        print(name, json.dumps(out[name]), flush=True)
+    res = {"clients": a.clients, "shapes": out}
+    print(json.dumps(res, indent=1))
     return res
 
 
@@ -288,12 +485,22 @@ def main(argv=None) -> int:
     f = sub.add_parser("fuzz", help="mutated requests against a live server")
     f.add_argument("--minutes", type=float, default=10)
     f.add_argument("--seed", type=int, default=time.time_ns() % 2**31)
+    f.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    f.add_argument("--hang-seconds", type=float, default=60, help="an answer slower than this counts as hung")
     s = sub.add_parser("soak", help="many requests at a fixed concurrency, RSS over time")
     s.add_argument("--requests", type=int, default=500)
     s.add_argument("-c", "--concurrency", type=int, default=8)
     s.add_argument("--max-tokens", type=int, default=64)
     s.add_argument("--seed", type=int, default=time.time_ns() % 2**31)
     s.add_argument("--server-args", nargs="*", default=[])
+    lo = sub.add_parser("lockout", help="slow-drain clients on every connection place; /health polled")
+    lo.add_argument("--clients", type=int, default=256)
+    lo.add_argument("--seconds", type=float, default=20)
+    va = sub.add_parser("vanished", help="a 1-token request behind clients that queued a long prompt and left")
+    va.add_argument("--clients", type=int, default=60)
+    va.add_argument("--parallel", type=int, default=4)
+    me = sub.add_parser("memory", help="peak RSS under concurrent ~512 KB requests, per body shape")
+    me.add_argument("--clients", type=int, default=64)
     b = sub.add_parser("bench", help="aggregate tokens/s against the number of slots, per policy")
     b.add_argument("--slots", default="1,2,4,8")
     b.add_argument("--policies", default="full,triattention")
@@ -305,7 +512,8 @@ def main(argv=None) -> int:
     b.add_argument("--seq-len", type=int, default=8192)
     b.add_argument("-t", "--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    res = {"fuzz": fuzz, "soak": soak, "bench": bench}[a.cmd](a)
+    res = {"fuzz": fuzz, "soak": soak, "bench": bench, "lockout": lockout, "vanished": vanished,
+           "memory": memory}[a.cmd](a)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"server_{a.cmd}.json"
     path.write_text(json.dumps(res, indent=1))

@@ -173,8 +173,42 @@ static void test_serializer(void) {
     CHECK(json_utf8_valid("\xf0\x9f\x98\x80", 4) && !json_utf8_valid("\xf0\x9f\x98", 3), "utf8_valid");
 }
 
+/* The memory budget: a document of n tiny values needs about n x sizeof(json_value) (plus the arrays'
+ * growth); under a budget below that it fails with JSON_ERR_BUDGET, above it parses the same values. */
+static void test_memory_budget(void) {
+    CHECK(sizeof(json_value) <= 40, "json_value is %zu bytes", sizeof(json_value));
+    for (int round = 0; round < 20; round++) {
+        const size_t n = 1000 + tu_below(20000);
+        jbuf b;
+        jb_init(&b);
+        jb_raw(&b, "{\"k\":[", 6);
+        int64_t sum = 0;
+        for (size_t k = 0; k < n; k++) {
+            const int64_t x = tu_int(-9, 9);
+            sum += x;
+            jb_printf(&b, "%s%lld", k ? "," : "", (long long)x);
+        }
+        jb_raw(&b, "]}", 2);
+        char err[160] = "";
+        const size_t need = n * sizeof(json_value);
+        struct json_limits tight = { .max_bytes = need / 2 + tu_below(need / 2) };
+        json_value * v = json_parse(b.data, b.len, &tight, err, sizeof err);
+        CHECK(v == NULL && strstr(err, JSON_ERR_BUDGET), "budget %zu for %zu values: %s", tight.max_bytes, n, err);
+        json_free(v);
+        struct json_limits roomy = { .max_bytes = 3 * need + 1024 };
+        v = json_parse(b.data, b.len, &roomy, err, sizeof err);
+        const json_value * k = v ? json_get(v, "k") : NULL;
+        int64_t got = 0;
+        for (size_t j = 0; k && j < k->n; j++) got += k->items[j].i;
+        CHECK(k && k->type == JSON_ARRAY && k->n == n && got == sum, "roomy budget: %s", err);
+        json_free(v);
+        jb_free(&b);
+    }
+}
+
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
+    test_memory_budget();
     test_valid();
     test_invalid();
     test_serializer();

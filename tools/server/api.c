@@ -78,7 +78,9 @@ static void reply_error(ctx * x, int status, const char * code, const char * fmt
 static bool parse_body(ctx * x, json_value ** out) {
     char err[160];
     struct json_limits lim = { .max_depth = 64, .max_nodes = 1 << 18 };
+    lim.max_bytes = 16 * x->req->body_len + 65536;   /* request memory: a small multiple of its size */
     json_value * v = json_parse(x->req->body ? x->req->body : "", x->req->body_len, &lim, err, sizeof err);
+    if (!v && strstr(err, JSON_ERR_BUDGET)) { reply_error(x, 413, "request_too_complex", "the JSON body has too many values for its size: %s", err); return false; }
     if (!v) { reply_error(x, 400, "invalid_json", "invalid JSON body: %s", err); return false; }
     if (v->type != JSON_OBJECT) { json_free(v); reply_error(x, 400, "invalid_json", "the body must be a JSON object"); return false; }
     *out = v;
@@ -132,7 +134,31 @@ struct gen_req {
     long long created;
     struct tool_req tools;     /* chat: tools, tool_choice and the reply's parser */
     bool   include_usage;      /* stream_options.include_usage: a last chunk with the usage */
+    char * owned;              /* the stop strings' copies (gen_detach), malloc'd */
 };
+
+/* Makes g independent of the parse tree and the request body (copies what points into them) and frees the
+ * body, so a request waiting for a slot holds its prompt and little else. */
+static bool gen_detach(ctx * x, struct gen_req * g) {
+    size_t total = 0;
+    for (int k = 0; k < g->n_stop; k++) total += strlen(g->stop[k]) + 1;
+    if (total) {
+        g->owned = malloc(total);
+        if (!g->owned) { reply_error(x, 500, NULL, "out of memory"); return false; }
+        char * d = g->owned;
+        for (int k = 0; k < g->n_stop; k++) {
+            size_t n = strlen(g->stop[k]) + 1;
+            memcpy(d, g->stop[k], n);
+            g->stop[k] = d;
+            d += n;
+        }
+    }
+    free(x->req->body);   /* its bytes stay counted (held) until the response ends */
+    x->req->body = NULL;
+    return true;
+}
+
+static bool conn_gone(void * c) { return http_peer_gone(c); }
 
 static void chunk_head(struct gen_req * g, ctx * x, jbuf * b) {
     jb_cstr(b, "{\"id\":");
@@ -350,7 +376,7 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     const json_value * m = json_get(body, "model");
     x->param = "model";
     if (!is_null(m) && m->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'model' must be a string"); return false; }
-    if (!is_null(m) && !model_known(x->srv, m->str)) {
+    if (!is_null(m) && (strlen(m->str) != m->len || !model_known(x->srv, m->str))) {   /* no embedded NUL */
         reply_error(x, 404, "model_not_found", "the model '%s' does not exist (this server has '%s')", m->str, x->srv->o.alias);
         return false;
     }
@@ -405,12 +431,26 @@ static void handle_generate(ctx * x, bool chat) {
     g.created = (long long)time(NULL);
     snprintf(g.id, sizeof g.id, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)atomic_fetch_add(&srv->id_counter, 1));
     if (!gen_parse(x, body, &g)) { free(g.prompt); api_tools_free(&g.tools); json_free(body); return; }
+    /* from here on the request lives in g: the parse tree and the body are freed before the queue */
+    if (!gen_detach(x, &g)) { free(g.prompt); api_tools_free(&g.tools); json_free(body); return; }
+    json_free(body);
+    body = NULL;
 
-    struct slot * sl = slots_acquire(pool);
-    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); api_tools_free(&g.tools); json_free(body); return; }
+    /* a client that goes away while queued leaves the queue: no slot, no tokenization, no prefill */
+    bool left = false;
+    struct slot * sl = slots_acquire_unless(pool, conn_gone, x->c, &left);
+    if (!sl && left) {
+        x->req->keep_alive = false;
+        x->status = 499;
+        free(g.prompt); free(g.owned); api_tools_free(&g.tools);
+        return;
+    }
+    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); free(g.owned); api_tools_free(&g.tools); return; }
     sl->job.prompt = g.prompt;
     sl->job.gp = g.gp;
     sl->job.kv_budget = g.kv_budget;
+    sl->job.client_gone = conn_gone;   /* the engine checks once more before it starts the job */
+    sl->job.client = x->c;
     slots_submit(pool, sl);
 
     jbuf out, ev;
@@ -478,7 +518,10 @@ static void handle_generate(ctx * x, bool chat) {
         tools_ok = triattn_tool_parser_feed(g.tools.parser, out.data ? out.data : "", out.len, true, &d, &dn) == TRIATTN_OK;
     }
     if (!started) {
-        if (st == TRIATTN_OK)
+        if (st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */
+            x->req->keep_alive = false;
+            x->status = 499;
+        } else if (st == TRIATTN_OK)
             reply_error(x, 503, "shutting_down", "the server is shutting down");
         else if (st == TRIATTN_ERR_CONTEXT)
             reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",
@@ -532,6 +575,7 @@ static void handle_generate(ctx * x, bool chat) {
     jb_free(&ev);
     free(g.prompt);
     api_tools_free(&g.tools);
+    free(g.owned);
     json_free(body);
 }
 
@@ -717,6 +761,10 @@ static void handle_metrics(ctx * x) {
               "triattn_kv_bytes_live %llu\n", kv_live);
     jb_printf(&b, "# HELP triattn_kv_compressions_total KV compression rounds (at the last snapshot of each slot).\n"
               "# TYPE triattn_kv_compressions_total counter\ntriattn_kv_compressions_total %lld\n", compr);
+    jb_printf(&b, "# HELP triattn_connections_open Open client connections (this one included).\n"
+              "# TYPE triattn_connections_open gauge\ntriattn_connections_open %d\n", atomic_load(&srv->active_conns));
+    jb_printf(&b, "# HELP triattn_request_bytes_held Bytes of request bodies being answered (--max-queued-bytes).\n"
+              "# TYPE triattn_request_bytes_held gauge\ntriattn_request_bytes_held %lld\n", (long long)atomic_load(&srv->held_bytes));
     if (b.oom) reply_error(x, 500, NULL, "out of memory");
     else reply(x, 200, "text/plain; version=0.0.4", b.data, b.len);
     jb_free(&b);
@@ -755,10 +803,12 @@ static void route(ctx * x) {
         http_respond(x->c, 204, "text/plain", x->cors, NULL, 0, x->req->keep_alive);
         return;
     }
+    /* the key is checked before anything else is said about the path (only /health is open) */
+    const bool health = found >= 0 ? routes[found].id == 0 : found <= -2 && routes[-2 - found].id == 0;
+    if (!health && !authorized(x)) { reply_error(x, 401, "invalid_api_key", "missing or invalid API key"); return; }
     const char * model_id = strncmp(path, "/v1/models/", 11) == 0 ? path + 11 : strncmp(path, "/models/", 8) == 0 ? path + 8 : NULL;
     if (found == -1 && model_id && *model_id && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)) {
-        if (authorized(x)) handle_model(x, model_id);
-        else reply_error(x, 401, "invalid_api_key", "missing or invalid API key");
+        handle_model(x, model_id);
         return;
     }
     if (found == -1) { reply_error(x, 404, "not_found", "unknown endpoint %s", path); return; }
@@ -769,7 +819,6 @@ static void route(ctx * x) {
         return;
     }
     int id = routes[found].id;
-    if (id != 0 && !authorized(x)) { reply_error(x, 401, "invalid_api_key", "missing or invalid API key"); return; }
     switch (id) {
     case 0: { static const char ok[] = "{\"status\":\"ok\"}"; reply(x, 200, "application/json", ok, sizeof ok - 1); break; }
     case 1: handle_models(x); break;
@@ -788,20 +837,15 @@ static void reply_and_close(struct server * srv, struct http_conn * c, int statu
     struct http_request dummy;
     memset(&dummy, 0, sizeof dummy);
     dummy.keep_alive = false;
-    ctx x = { .srv = srv, .c = c, .req = &dummy, .cors = srv->o.cors ? "Access-Control-Allow-Origin: *\r\n" : NULL };
+    char extra[128];
+    snprintf(extra, sizeof extra, "%s%s", srv->o.cors ? "Access-Control-Allow-Origin: *\r\n" : "",
+             status == 503 || status == 429 ? "Retry-After: 1\r\n" : "");
+    ctx x = { .srv = srv, .c = c, .req = &dummy, .cors = extra };
+    c->head_only = false;   /* the request line may not even have been read */
     reply_error(&x, status, NULL, "%s", http_reason(status));
     atomic_fetch_add(&srv->requests_total, 1);
-    fprintf(stderr, "%s - - %d %zu (bad request)\n", peer, status, x.bytes);
-    shutdown(c->fd, SHUT_WR);
-    char sink[4096];
-    struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    size_t total = 0;
-    while (total < ((size_t)64 << 20)) {
-        ssize_t n = recv(c->fd, sink, sizeof sink, 0);
-        if (n <= 0) break;
-        total += (size_t)n;
-    }
+    fprintf(stderr, "%s - - %d %zu (%s)\n", peer, status, x.bytes, status == 408 ? "timeout" : status == 503 ? "busy" : "bad request");
+    http_drain(c);
 }
 
 void api_serve_connection(struct server * srv, int fd) {
@@ -810,7 +854,8 @@ void api_serve_connection(struct server * srv, int fd) {
     http_conn_init(c, fd);
     struct timeval tv = { .tv_sec = srv->o.timeout_s, .tv_usec = 0 };
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* a client that stops reading cannot pin us */
-    struct http_limits lim = { .max_body = srv->o.max_body, .timeout_s = srv->o.timeout_s, .stop = &srv->stop };
+    struct http_limits lim = { .max_body = srv->o.max_body, .timeout_s = srv->o.timeout_s, .stop = &srv->stop,
+                               .held = &srv->held_bytes, .held_cap = srv->o.max_held_bytes };
     char peer[64] = "-";
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
@@ -832,10 +877,38 @@ void api_serve_connection(struct server * srv, int fd) {
         atomic_fetch_add(&srv->requests_total, 1);
         fprintf(stderr, "%s \"%s %s HTTP/1.%d\" %d %zu %.1fms\n", peer, req.method, req.path, req.minor, x.status,
                 x.bytes, mono_ms() - t0);
-        bool keep = req.keep_alive && !c->broken && !srv->stop;
+        bool keep = req.keep_alive && !c->broken && !c->must_close && !srv->stop;
         http_request_free(&req);
         if (!keep) break;
     }
+    close(fd);
+    free(c);
+}
+
+void api_serve_reserved(struct server * srv, int fd, int busy_status) {
+    struct http_conn * c = malloc(sizeof *c);
+    if (!c) { close(fd); return; }
+    http_conn_init(c, fd);
+    struct timeval tv = { .tv_sec = 2, .tv_usec = 0 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    /* no body is read here: only /health is served */
+    struct http_limits lim = { .max_body = 0, .timeout_s = 2, .stop = &srv->stop };
+    struct http_request req;
+    int r = http_read_request(c, &lim, &req);
+    if (r == HTTP_READ_OK && (!strcmp(req.path, "/health") || !strcmp(req.path, "/v1/health")) &&
+        (!strcmp(req.method, "GET") || !strcmp(req.method, "HEAD"))) {
+        static const char ok[] = "{\"status\":\"ok\"}";
+        http_respond(c, 200, "application/json", NULL, ok, sizeof ok - 1, false);
+    } else if (r != HTTP_READ_CLOSED && r != HTTP_READ_ERROR) {
+        char body[160];
+        int n = snprintf(body, sizeof body, "{\"error\":{\"message\":\"%s\",\"type\":\"server_error\",\"code\":\"busy\"}}",
+                         busy_status == 429 ? "too many connections from this address" : "too many connections");
+        c->head_only = false;
+        http_respond(c, busy_status, "application/json", "Retry-After: 1\r\n", body, (size_t)n, false);
+    }
+    atomic_fetch_add(&srv->requests_total, 1);
+    http_request_free(&req);
+    shutdown(fd, SHUT_WR);
     close(fd);
     free(c);
 }

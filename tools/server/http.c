@@ -3,6 +3,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,10 @@ void http_conn_init(struct http_conn * c, int fd) {
     c->fd = fd;
     c->len = 0;
     c->broken = false;
+    c->deadline = 0;
+    c->n_requests = 0;
+    c->minor = 1;
+    c->head_only = c->responding = c->probed = c->raw_stream = c->must_close = false;
 }
 
 /* Waits until fd is readable, the deadline passes or shutdown starts (ticks of 200 ms).
@@ -70,6 +75,16 @@ void http_request_free(struct http_request * req) {
     free(req->body);
     req->body = NULL;
     req->body_len = 0;
+    if (req->held_in && req->held) atomic_fetch_sub(req->held_in, (long long)req->held);
+    req->held = 0;
+    req->held_in = NULL;
+}
+
+/* Index of the first LF in s[0..n) not preceded by CR, or n. */
+static size_t bare_lf(const char * s, size_t n) {
+    for (const char * p = memchr(s, '\n', n); p; p = memchr(p + 1, '\n', n - (size_t)(p + 1 - s)))
+        if (p == s || p[-1] != '\r') return (size_t)(p - s);
+    return n;
 }
 
 /* Case-insensitive search for a token in a comma-separated header value. */
@@ -113,6 +128,8 @@ static int parse_head(struct http_conn * c, size_t head_len, struct http_request
     req->method = s;
     req->target = target;
     req->minor = ver[7] - '0';
+    c->minor = req->minor;
+    c->head_only = strcmp(s, "HEAD") == 0;
     /* headers */
     char * line = eol + 2;
     req->n_headers = 0;
@@ -145,19 +162,24 @@ static int parse_head(struct http_conn * c, size_t head_len, struct http_request
 
 int http_read_request(struct http_conn * c, const struct http_limits * lim, struct http_request * req) {
     memset(req, 0, sizeof *req);
-    double deadline = now_s() + (lim->timeout_s > 0 ? lim->timeout_s : 30);
+    /* One deadline covers the idle wait, the head and the body (and bounds the drain after an error). */
+    const double deadline = now_s() + (lim->timeout_s > 0 ? lim->timeout_s : 30);
+    c->deadline = deadline;
+    c->minor = 1;
+    c->head_only = c->responding = c->probed = c->raw_stream = c->must_close = false;
+    const bool first = c->n_requests++ == 0;
     size_t head_end = 0;
     for (;;) {
         c->buf[c->len] = 0;
-        if (c->len >= 4) {
-            /* a NUL byte in the head is invalid; memmem finds the terminator regardless */
-            char * t = memmem(c->buf, c->len, "\r\n\r\n", 4);
-            if (t) { head_end = (size_t)(t - c->buf) + 4; break; }
-        }
+        /* a NUL byte in the head is invalid; memmem finds the terminator regardless */
+        char * t = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
+        /* lines end with CRLF: a bare LF is refused at once instead of waiting for a CRLFCRLF */
+        if (bare_lf(c->buf, t ? (size_t)(t - c->buf) : c->len) < (t ? (size_t)(t - c->buf) : c->len)) return 400;
+        if (t) { head_end = (size_t)(t - c->buf) + 4; break; }
         if (c->len >= HTTP_HEADER_BYTES) return 431;
         ssize_t n = read_some(c->fd, c->buf + c->len, HTTP_HEADER_BYTES - c->len, deadline, lim->stop);
         if (n == 0 || n == -3) return c->len == 0 || n == -3 ? HTTP_READ_CLOSED : HTTP_READ_ERROR;
-        if (n == -2) return HTTP_READ_TIMEOUT;
+        if (n == -2) return c->len > 0 || first ? 408 : HTTP_READ_TIMEOUT;
         if (n < 0) return HTTP_READ_ERROR;
         c->len += (size_t)n;
     }
@@ -191,6 +213,15 @@ int http_read_request(struct http_conn * c, const struct http_limits * lim, stru
         have_len = true;
     }
     if (clen > lim->max_body) return 413;
+    if (lim->held && clen) {
+        /* the server-wide budget of request bytes: refuse (503) rather than read past it */
+        if (atomic_fetch_add(lim->held, (long long)clen) + (long long)clen > lim->held_cap) {
+            atomic_fetch_sub(lim->held, (long long)clen);
+            return 503;
+        }
+        req->held = clen;
+        req->held_in = lim->held;
+    }
     const char * expect = http_header(req, "Expect");
     if (expect) {
         if (strcasecmp(expect, "100-continue") != 0) return 417;
@@ -200,14 +231,14 @@ int http_read_request(struct http_conn * c, const struct http_limits * lim, stru
         }
     }
     req->body = malloc(clen + 1);
-    if (!req->body) return 503;
+    if (!req->body) { http_request_free(req); return 503; }
     size_t have = c->len < clen ? c->len : clen;
     memcpy(req->body, c->buf, have);
     memmove(c->buf, c->buf + have, c->len - have);
     c->len -= have;
     while (have < clen) {
         ssize_t n = read_some(c->fd, req->body + have, clen - have, deadline, lim->stop);
-        if (n == -2) { http_request_free(req); return HTTP_READ_TIMEOUT; }
+        if (n == -2) { http_request_free(req); return 408; }
         if (n <= 0) { http_request_free(req); return HTTP_READ_ERROR; }
         have += (size_t)n;
     }
@@ -244,6 +275,7 @@ const char * http_reason(int status) {
     case 411: return "Length Required";
     case 413: return "Payload Too Large";
     case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
@@ -254,6 +286,8 @@ const char * http_reason(int status) {
 
 static bool send_head(struct http_conn * c, int status, const char * content_type, const char * extra,
                       const char * framing, bool keep_alive) {
+    c->responding = true;
+    if (!keep_alive) c->must_close = true;
     char head[1024];
     int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nServer: triattn-server\r\nContent-Type: %s\r\n%s"
                      "Connection: %s\r\n", status, http_reason(status), content_type, framing,
@@ -269,30 +303,55 @@ bool http_respond(struct http_conn * c, int status, const char * content_type, c
     char framing[64];
     snprintf(framing, sizeof framing, "Content-Length: %zu\r\n", body_len);
     if (!send_head(c, status, content_type, extra_headers, framing, keep_alive)) return false;
-    return body_len == 0 || http_send(c, body, body_len);
+    return body_len == 0 || c->head_only || http_send(c, body, body_len);
 }
 
 bool http_stream_begin(struct http_conn * c, int status, const char * content_type, const char * extra_headers,
                        bool keep_alive) {
+    /* HTTP/1.0 has no chunked coding: the body runs until the connection closes */
+    c->raw_stream = c->minor == 0;
+    if (c->raw_stream) return send_head(c, status, content_type, extra_headers, "Cache-Control: no-cache\r\n", false);
     return send_head(c, status, content_type, extra_headers,
                      "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n", keep_alive);
 }
 
 bool http_stream_chunk(struct http_conn * c, const char * data, size_t len) {
+    if (c->raw_stream) return http_send(c, data, len);
     if (len == 0) return !c->broken;  /* an empty chunk would end the stream */
     char sz[24];
     int n = snprintf(sz, sizeof sz, "%zx\r\n", len);
     return http_send(c, sz, (size_t)n) && http_send(c, data, len) && http_send(c, "\r\n", 2);
 }
 
-bool http_stream_end(struct http_conn * c) { return http_send(c, "0\r\n\r\n", 5); }
+bool http_stream_end(struct http_conn * c) { return c->raw_stream ? !c->broken : http_send(c, "0\r\n\r\n", 5); }
 
 bool http_peer_gone(struct http_conn * c) {
     if (c->broken) return true;
     struct pollfd p = { .fd = c->fd, .events = POLLRDHUP };
-    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-        c->broken = true;
-        return true;
-    }
+    if (poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLHUP | POLLERR)) { c->broken = true; return true; }
+    if (!(p.revents & POLLRDHUP) || c->probed) return false;
+    /* A FIN: a half-close or a client that went away. Only a write tells them apart, and only an interim
+     * response can be written before the answer (HTTP/1.1 clients skip it; HTTP/1.0 ones cannot). */
+    if (c->responding || c->minor == 0) return false;
+    c->probed = true;
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (!http_send(c, probe, sizeof probe - 1)) return true;
+    struct pollfd q = { .fd = c->fd, .events = 0 };   /* wakes on a reset (POLLERR/POLLHUP) only */
+    if (poll(&q, 1, 20) > 0 && (q.revents & (POLLHUP | POLLERR))) { c->broken = true; return true; }
     return false;
+}
+
+void http_drain(struct http_conn * c) {
+    shutdown(c->fd, SHUT_WR);
+    double end = now_s() + 1.0;
+    if (c->deadline > now_s() && c->deadline < end) end = c->deadline;
+    if (end < now_s() + 0.2) end = now_s() + 0.2;   /* a moment for the response to leave */
+    char sink[4096];
+    size_t total = 0;
+    while (total < ((size_t)1 << 20)) {
+        ssize_t n = read_some(c->fd, sink, sizeof sink, end, NULL);
+        if (n <= 0) break;
+        total += (size_t)n;
+    }
 }

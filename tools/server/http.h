@@ -17,8 +17,12 @@
 
 struct http_limits {
     size_t max_body;       /* bytes (413 beyond) */
-    int    timeout_s;      /* whole request (and keep-alive idle) deadline */
+    int    timeout_s;      /* one deadline for the whole request: idle wait, head and body */
     const volatile int * stop;  /* non-zero: give up waiting (shutdown) */
+    /* Bytes of request bodies held server-wide (NULL: unlimited). A body that would take the total past
+     * held_cap is refused with 503 before it is read; http_request_free gives the bytes back. */
+    _Atomic long long * held;
+    long long           held_cap;
 };
 
 struct http_header { char * name; char * value; };
@@ -33,9 +37,12 @@ struct http_request {
     char *  body;           /* NUL-terminated copy (malloc'd), or NULL */
     size_t  body_len;
     bool    keep_alive;
+    size_t  held;           /* bytes counted in http_limits.held for this request */
+    _Atomic long long * held_in;
 };
 
-/* Result of reading one request. Positive values are HTTP status codes to answer with, then close. */
+/* Result of reading one request. Positive values are HTTP status codes to answer with, then close
+ * (408 when the deadline passed with a request partly received, or before the first one arrived). */
 enum {
     HTTP_READ_OK      = 0,
     HTTP_READ_CLOSED  = -1,   /* peer closed cleanly between requests (or shutdown): just close */
@@ -49,6 +56,15 @@ struct http_conn {
     size_t len;             /* bytes in buf (pipelined data kept between requests) */
     char   hdr[HTTP_HEADER_BYTES + 1];   /* NUL-separated copy of the current head */
     bool   broken;          /* a send failed: the client is gone */
+    double deadline;        /* monotonic seconds: the current request's deadline (read, then drain) */
+    int    n_requests;      /* requests read on this connection */
+    /* the current request (reset by http_read_request) */
+    int    minor;           /* HTTP/1.minor */
+    bool   head_only;       /* HEAD: responses carry headers only */
+    bool   responding;      /* a response head was sent */
+    bool   probed;          /* an interim 100 was sent to tell a half-close from a vanished client */
+    bool   raw_stream;      /* HTTP/1.0 stream: body until close, no chunks */
+    bool   must_close;      /* the response ends with the connection */
 };
 
 void http_conn_init(struct http_conn * c, int fd);
@@ -67,8 +83,14 @@ bool http_stream_begin(struct http_conn * c, int status, const char * content_ty
                        bool keep_alive);
 bool http_stream_chunk(struct http_conn * c, const char * data, size_t len);
 bool http_stream_end(struct http_conn * c);
-/* True when the peer has closed or reset the connection (non-blocking check). */
+/* True when the client is gone: reset, or closed with no way to answer it. A FIN alone may be a
+ * half-close (shutdown(SHUT_WR) after the request), whose answer is still wanted: before any response
+ * byte an HTTP/1.1 client then gets an interim "100 Continue", and a client that really closed answers
+ * it with a reset, seen by this check (it waits up to 20 ms for it) or a later one. */
 bool http_peer_gone(struct http_conn * c);
+/* After an error reply: reads and drops what the client still sends, for at most 1 s and 1 MiB, so the
+ * response is not lost to a reset; never past the request's deadline by more than that second. */
+void http_drain(struct http_conn * c);
 
 const char * http_reason(int status);
 

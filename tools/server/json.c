@@ -57,6 +57,7 @@ typedef struct {
     const char * s;
     size_t       len, pos;
     size_t       nodes;
+    size_t       bytes;        /* allocated so far (strings, element arrays) */
     struct json_limits lim;
     char *       err;
     size_t       err_size;
@@ -67,6 +68,18 @@ static void fail(parser * p, const char * what) {
     if (p->failed) return;
     p->failed = true;
     if (p->err && p->err_size) snprintf(p->err, p->err_size, "%s at byte %zu", what, p->pos);
+}
+
+/* Counts n more allocated bytes against the budget; false (and the parse fails) beyond it. */
+static bool charge(parser * p, size_t n) {
+    p->bytes += n;
+    if (p->lim.max_bytes && p->bytes > p->lim.max_bytes) {
+        char what[96];
+        snprintf(what, sizeof what, "document " JSON_ERR_BUDGET " of %zu bytes", p->lim.max_bytes);
+        fail(p, what);
+        return false;
+    }
+    return true;
 }
 
 static void skip_ws(parser * p) {
@@ -100,6 +113,7 @@ static char * parse_string(parser * p, size_t * out_len) {
     size_t start = p->pos, end = start;
     while (end < p->len && p->s[end] != '"') end += (p->s[end] == '\\') ? 2 : 1;
     if (end >= p->len) { fail(p, "unterminated string"); return NULL; }
+    if (!charge(p, end - start + 1)) return NULL;
     char * out = malloc(end - start + 1);
     if (!out) { fail(p, "out of memory"); return NULL; }
     size_t n = 0;
@@ -196,6 +210,8 @@ static void parse_value(parser * p, json_value * v, int depth);
 static bool push(parser * p, json_value * v, size_t * cap) {
     if (v->n == *cap) {
         size_t nc = *cap ? *cap * 2 : 4;
+        if (!charge(p, (nc - *cap) * (sizeof *v->items + (v->type == JSON_OBJECT ? sizeof(char *) + sizeof(size_t) : 0))))
+            return false;
         json_value * it = realloc(v->items, nc * sizeof *it);
         if (!it) { fail(p, "out of memory"); return false; }
         v->items = it;
@@ -300,6 +316,7 @@ json_value * json_parse(const char * text, size_t len, const struct json_limits 
     parser p = { .s = text, .len = len, .err = err, .err_size = err_size };
     p.lim.max_depth = lim && lim->max_depth > 0 ? lim->max_depth : 64;
     p.lim.max_nodes = lim && lim->max_nodes > 0 ? lim->max_nodes : (size_t)1 << 20;
+    p.lim.max_bytes = lim ? lim->max_bytes : 0;
     if (err && err_size) err[0] = 0;
     json_value * root = calloc(1, sizeof *root);
     if (!root) { fail(&p, "out of memory"); return NULL; }

@@ -14,25 +14,33 @@
 
 enum json_type { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT };
 
+/* One value: 40 bytes (the type's fields share their storage; read only those of v->type). */
 typedef struct json_value json_value;
 struct json_value {
     enum json_type type;
-    bool           b;
-    double         num;
-    bool           is_int;     /* the number had no fraction or exponent and fits int64 */
-    int64_t        i;
-    char *         str;        /* NUL-terminated UTF-8 (may contain \0 from \u0000; see len) */
-    size_t         len;
-    json_value *   items;      /* array elements or object values */
-    char **        keys;       /* object keys (NUL-terminated) */
-    size_t *       key_lens;
-    size_t         n;          /* number of elements / members */
+    bool           b;          /* JSON_BOOL */
+    bool           is_int;     /* JSON_NUMBER: no fraction or exponent, and it fits int64 */
+    union {
+        struct { double num; int64_t i; };                      /* JSON_NUMBER */
+        struct { char * str; size_t len; };                     /* JSON_STRING: NUL-terminated UTF-8 (may
+                                                                   contain \0 from \u0000; see len) */
+        struct {                                                /* JSON_ARRAY, JSON_OBJECT */
+            json_value * items;    /* array elements or object values */
+            char **      keys;     /* object keys (NUL-terminated) */
+            size_t *     key_lens;
+            size_t       n;        /* number of elements / members */
+        };
+    };
 };
 
 struct json_limits {
     int    max_depth;   /* nesting of arrays/objects (default 64) */
     size_t max_nodes;   /* values in the document (default 1 << 20) */
+    size_t max_bytes;   /* memory the document may take, all allocations counted (0: unlimited); beyond it
+                           the parse fails with a message containing JSON_ERR_BUDGET */
 };
+
+#define JSON_ERR_BUDGET "over the memory budget"
 
 /* Parses text[0..len). Returns the root or NULL with a message in err (includes the byte offset). */
 json_value * json_parse(const char * text, size_t len, const struct json_limits * lim, char * err, size_t err_size);

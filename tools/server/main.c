@@ -42,9 +42,15 @@ static void usage(FILE * f) {
         "  --prefill-chunk N    prompt tokens a slot prefills per step, between the running slots' tokens (default\n"
         "                       128; at most --kv-interval with a compressing policy)\n"
         "  --max-body BYTES     largest request body, else 413 (default 1048576)\n"
-        "  --timeout S          seconds to receive a whole request / keep-alive idle limit (default 30)\n"
-        "  --max-conns N        open connections at most; more get 503 (default 256)\n"
-        "  --api-key KEY        require 'Authorization: Bearer KEY' (all but /health)\n"
+        "  --max-queued-bytes BYTES  request bodies held at once, server-wide; beyond it 503 with Retry-After\n"
+        "                       (default 67108864)\n"
+        "  --timeout S          one deadline per request: keep-alive idle wait, head and body (408 when it\n"
+        "                       passes with a request partly received; default 30)\n"
+        "  --max-conns N        open connections at most; more get 503, but /health is still answered through\n"
+        "                       a few places kept for it (default 256)\n"
+        "  --max-conns-per-ip N open connections per client address; more get 429 (default 0 = no limit)\n"
+        "  --api-key KEY        require 'Authorization: Bearer KEY' (all but /health); visible in ps: prefer\n"
+        "  --api-key-file FILE  the key from a file (trailing whitespace dropped), or $TRIATTN_API_KEY\n"
         "  --cors               send Access-Control-Allow-* headers and answer OPTIONS preflights\n"
         "  --alias NAME         model name reported by the API (default: the file name)\n"
         "\n"
@@ -71,6 +77,23 @@ static void usage(FILE * f) {
 /* -ngl / --n-gpu-layers: 0 = CPU, -1 = the whole model on the GPU (CUDA builds; else the CPU with a warning). */
 static long g_n_gpu_layers = 0;
 
+/* The API key from a file: its content up to trailing whitespace (at most 4 KiB). NULL after a message. */
+static const char * read_key_file(const char * path) {
+    FILE * f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "error: --api-key-file %s: %s\n", path, strerror(errno)); return NULL; }
+    static char key[4097];
+    size_t n = fread(key, 1, sizeof key, f);
+    fclose(f);
+    if (n == sizeof key) { fprintf(stderr, "error: --api-key-file %s: longer than 4096 bytes\n", path); return NULL; }
+    while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r' || key[n - 1] == ' ' || key[n - 1] == '\t')) n--;
+    key[n] = 0;
+    if (n == 0 || strlen(key) != n) {
+        fprintf(stderr, "error: --api-key-file %s: %s\n", path, n ? "the key contains a NUL byte" : "empty");
+        return NULL;
+    }
+    return key;
+}
+
 static bool parse_int(const char * s, long lo, long hi, long * out) {
     char * e = NULL;
     errno = 0;
@@ -95,6 +118,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
     o->kv_window = defaults.kv_window;
     o->kv_sink = defaults.kv_sink;
     o->max_conns = 256;
+    o->max_held_bytes = 64LL << 20;
     o->prefill_chunk = 128;
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i];
@@ -110,6 +134,8 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         INTOPT("--max-body", 1, 1L << 30, o->max_body)
         INTOPT("--timeout", 1, 86400, o->timeout_s)
         INTOPT("--max-conns", 1, 100000, o->max_conns)
+        INTOPT("--max-conns-per-ip", 0, 100000, o->max_conns_per_ip)
+        INTOPT("--max-queued-bytes", 1, 1L << 40, o->max_held_bytes)
         INTOPT("-c", 0, 1 << 24, o->ctx_size)
         INTOPT("--ctx-size", 0, 1 << 24, o->ctx_size)
         INTOPT("-t", 0, 4096, o->threads)
@@ -124,6 +150,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
 #undef INTOPT
         if (!strcmp(a, "--host")) { o->host = v; continue; }
         if (!strcmp(a, "--api-key")) { o->api_key = v; continue; }
+        if (!strcmp(a, "--api-key-file")) { if (!(o->api_key = read_key_file(v))) return -1; continue; }
         if (!strcmp(a, "--alias")) { o->alias = v; continue; }
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { o->model_path = v; continue; }
         if (!strcmp(a, "--chat-format")) { o->chat_format = v; continue; }
@@ -133,6 +160,10 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         return -1;
     }
     if (!o->model_path) { fprintf(stderr, "error: -m MODEL.gguf is required (see --help)\n"); return -1; }
+    if (!o->api_key) {
+        const char * env = getenv("TRIATTN_API_KEY");
+        if (env && *env) o->api_key = env;
+    }
     if (!o->alias) {
         const char * b = strrchr(o->model_path, '/');
         o->alias = b ? b + 1 : o->model_path;
@@ -167,14 +198,105 @@ static int open_listener(const char * host, int port, int * bound_port) {
     return fd;
 }
 
-struct conn_arg { int fd; };
+/* ---- open connections per client address (--max-conns-per-ip) ---- */
+
+struct addr_count { unsigned char addr[16]; int n; };
+static struct { pthread_mutex_t mu; struct addr_count * v; int n, cap; } g_addrs = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* The peer's address as 16 bytes (IPv4 as v4-mapped IPv6). */
+static void peer_key(const struct sockaddr_storage * sa, unsigned char key[16]) {
+    memset(key, 0, 16);
+    if (sa->ss_family == AF_INET6) { memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16); return; }
+    if (sa->ss_family == AF_INET) { key[10] = key[11] = 0xFF; memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4); }
+}
+
+/* Counts one more connection from key unless it already has limit (0: no limit). */
+static bool addr_take(const unsigned char key[16], int limit) {
+    if (limit <= 0) return true;
+    pthread_mutex_lock(&g_addrs.mu);
+    int k = 0;
+    while (k < g_addrs.n && memcmp(g_addrs.v[k].addr, key, 16) != 0) k++;
+    bool ok = true;
+    if (k == g_addrs.n) {
+        if (g_addrs.n == g_addrs.cap) {
+            int cap = g_addrs.cap ? g_addrs.cap * 2 : 64;
+            struct addr_count * t = realloc(g_addrs.v, (size_t)cap * sizeof *t);
+            if (t) { g_addrs.v = t; g_addrs.cap = cap; }
+        }
+        if (g_addrs.n < g_addrs.cap) { memcpy(g_addrs.v[k].addr, key, 16); g_addrs.v[k].n = 0; g_addrs.n++; }
+        else ok = false;
+    }
+    if (ok && g_addrs.v[k].n >= limit) ok = false;
+    if (ok) g_addrs.v[k].n++;
+    pthread_mutex_unlock(&g_addrs.mu);
+    return ok;
+}
+
+static void addr_give_back(const unsigned char key[16], int limit) {
+    if (limit <= 0) return;
+    pthread_mutex_lock(&g_addrs.mu);
+    for (int k = 0; k < g_addrs.n; k++) {
+        if (memcmp(g_addrs.v[k].addr, key, 16) != 0) continue;
+        if (--g_addrs.v[k].n == 0) g_addrs.v[k] = g_addrs.v[--g_addrs.n];
+        break;
+    }
+    pthread_mutex_unlock(&g_addrs.mu);
+}
+
+/* Places kept for connections over the limits, so /health still answers. */
+#define RESERVED_CONNS 4
+
+struct conn_arg { int fd; int busy_status; unsigned char addr[16]; };
 
 static void * conn_main(void * p) {
-    int fd = ((struct conn_arg *)p)->fd;
-    free(p);
-    api_serve_connection(&g_srv, fd);
+    struct conn_arg * ca = p;
+    api_serve_connection(&g_srv, ca->fd);
+    addr_give_back(ca->addr, g_srv.o.max_conns_per_ip);
     atomic_fetch_sub(&g_srv.active_conns, 1);
+    free(ca);
     return NULL;
+}
+
+static void * reserved_main(void * p) {
+    struct conn_arg * ca = p;
+    api_serve_reserved(&g_srv, ca->fd, ca->busy_status);
+    atomic_fetch_sub(&g_srv.reserved_conns, 1);
+    free(ca);
+    return NULL;
+}
+
+static void refuse_now(int fd) {
+    static const char body[] = "{\"error\":{\"message\":\"too many connections\",\"type\":\"server_error\",\"code\":\"busy\"}}";
+    char busy[320];
+    int n = snprintf(busy, sizeof busy, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s", sizeof body - 1, body);
+    ssize_t w = send(fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w;
+    close(fd);
+}
+
+/* Starts a detached thread running fn(ca); false (ca freed, fd closed) when it cannot. */
+static bool spawn(pthread_attr_t * attr, void * (*fn)(void *), struct conn_arg * ca) {
+    pthread_t th;
+    if (pthread_create(&th, attr, fn, ca) == 0) return true;
+    close(ca->fd);
+    free(ca);
+    return false;
+}
+
+/* Warns when the server listens beyond loopback without an API key. */
+static void warn_if_open(int lfd, const char * key) {
+    if (key && *key) return;
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    if (getsockname(lfd, (struct sockaddr *)&sa, &sl) != 0) return;
+    unsigned char k[16];
+    peer_key(&sa, k);
+    static const unsigned char v6_loop[16] = { [15] = 1 };
+    const bool v4_loop = k[10] == 0xFF && k[11] == 0xFF && k[12] == 127 && !memcmp(k, v6_loop, 10);
+    if (v4_loop || !memcmp(k, v6_loop, 16)) return;
+    fprintf(stderr, "warning: listening on a non-loopback address without an API key: anyone who can reach it "
+                    "can use the model (--api-key-file FILE or $TRIATTN_API_KEY)\n");
 }
 
 int main(int argc, char ** argv) {
@@ -225,6 +347,7 @@ int main(int argc, char ** argv) {
     int lfd = open_listener(srv->o.host, srv->o.port, &port);
     if (lfd < 0) { slots_free(&srv->pool); triattn_model_free(srv->model); return 1; }
     srv->started = time(NULL);
+    warn_if_open(lfd, srv->o.api_key);
     fprintf(stderr, "triattn-server %s: model %s (%s, %lld params), %d slots x %d threads, n_ctx %d, kv %s\n",
             triattn_version(), srv->o.alias, srv->info.arch, (long long)srv->info.n_params, srv->o.parallel,
             sp.n_threads, triattn_session_n_ctx(srv->pool.slots[0].session), srv->pool.slots[0].kv.policy);
@@ -238,26 +361,34 @@ int main(int argc, char ** argv) {
     while (!srv->stop) {
         struct pollfd p = { .fd = lfd, .events = POLLIN };
         if (poll(&p, 1, 200) <= 0) continue;
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &pl, SOCK_CLOEXEC);
         if (fd < 0) continue;
-        if (atomic_load(&srv->active_conns) >= srv->o.max_conns) {
-            static const char body[] = "{\"error\":{\"message\":\"too many connections\",\"type\":\"server_error\",\"code\":\"busy\"}}";
-            char busy[320];
-            int n = snprintf(busy, sizeof busy, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                             "Content-Length: %zu\r\nConnection: close\r\n\r\n%s", sizeof body - 1, body);
-            ssize_t w = send(fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)w;
-            close(fd);
+        struct conn_arg * ca = malloc(sizeof *ca);
+        if (!ca) { refuse_now(fd); continue; }
+        ca->fd = fd;
+        peer_key(&peer, ca->addr);
+        int busy = 0;
+        if (atomic_load(&srv->active_conns) >= srv->o.max_conns) busy = 503;
+        else if (!addr_take(ca->addr, srv->o.max_conns_per_ip)) busy = 429;
+        if (busy) {
+            /* over a limit: one of a few reserved places answers /health (and says busy to the rest) */
+            ca->busy_status = busy;
+            if (atomic_fetch_add(&srv->reserved_conns, 1) >= RESERVED_CONNS) {
+                atomic_fetch_sub(&srv->reserved_conns, 1);
+                free(ca);
+                refuse_now(fd);
+            } else if (!spawn(&attr, reserved_main, ca)) {
+                atomic_fetch_sub(&srv->reserved_conns, 1);
+            }
             continue;
         }
-        struct conn_arg * ca = malloc(sizeof *ca);
-        pthread_t th;
+        unsigned char key[16];
+        memcpy(key, ca->addr, sizeof key);
         atomic_fetch_add(&srv->active_conns, 1);
-        if (!ca) { close(fd); atomic_fetch_sub(&srv->active_conns, 1); continue; }
-        ca->fd = fd;
-        if (pthread_create(&th, &attr, conn_main, ca) != 0) {
-            free(ca);
-            close(fd);
+        if (!spawn(&attr, conn_main, ca)) {
+            addr_give_back(key, srv->o.max_conns_per_ip);
             atomic_fetch_sub(&srv->active_conns, 1);
         }
     }

@@ -29,6 +29,8 @@ struct server_opts {
     const char * model_path;
     const char * alias;
     int          max_conns;
+    int          max_conns_per_ip;   /* 0: no limit */
+    long long    max_held_bytes;     /* request bodies held server-wide, else 503 */
 };
 
 struct server {
@@ -40,10 +42,15 @@ struct server {
     time_t              started;
     atomic_llong        requests_total, requests_failed, tokens_generated, prompt_tokens, id_counter;
     atomic_int          active_conns;
+    atomic_int          reserved_conns;    /* connections served through the places kept for /health */
+    atomic_llong        held_bytes;        /* bytes of request bodies being answered (max_held_bytes) */
     atomic_llong        decode_us_total;   /* generation wall time, for tokens/s */
 };
 
 /* Serves one accepted connection until it closes (keep-alive loop); closes fd. */
 void api_serve_connection(struct server * srv, int fd);
+/* A connection over the limits: one request with a short deadline; /health is answered, anything else gets
+ * busy_status (503 or 429) with Retry-After. Closes fd. */
+void api_serve_reserved(struct server * srv, int fd, int busy_status);
 
 #endif

@@ -64,6 +64,14 @@ static void job_start(struct slot_pool * p, struct slot * sl) {
     }
 }
 
+/* A job whose client went away before it started ends unstarted (no tokenization, no prefill). */
+static bool job_client_gone(struct slot * sl) {
+    struct slot_job * j = &sl->job;
+    if (!j->client_gone || !j->client_gone(j->client)) return false;
+    j->result.stop_reason = TRIATTN_STOP_CALLBACK;
+    return true;
+}
+
 static void slot_snapshot_locked(struct slot * sl) {
     triattn_session_kv_stats(sl->session, &sl->kv);
     sl->n_prompt = sl->job.result.n_prompt_tokens;
@@ -91,7 +99,11 @@ static void * engine_main(void * arg) {
         for (;;) {
             for (int k = 0; k < n; k++) {
                 struct slot * sl = &p->slots[k];
-                if (sl->job.state == JOB_QUEUED) {
+                if (sl->job.state == JOB_QUEUED && sl->job.cancel) {
+                    sl->job.result.stop_reason = TRIATTN_STOP_CALLBACK;   /* dropped before any work */
+                    sl->job.state = JOB_DONE;
+                    pthread_cond_broadcast(&sl->cv);
+                } else if (sl->job.state == JOB_QUEUED) {
                     sl->job.state = JOB_RUNNING;
                     starting[n_start++] = sl;
                 } else if (sl->job.state == JOB_RUNNING && sl->job.cancel) {
@@ -113,13 +125,16 @@ static void * engine_main(void * arg) {
 
         /* Starting a job only tokenizes (prompts are prefilled by the steps). */
         for (int k = 0; k < n_start; k++) {
+            if (job_client_gone(starting[k])) continue;
             job_start(p, starting[k]);
-            if (starting[k]->job.status == TRIATTN_OK) active[n_active++] = starting[k];
+            /* once more after tokenizing a long prompt: a client that left meanwhile costs no prefill */
+            if (starting[k]->job.status == TRIATTN_OK && !job_client_gone(starting[k])) active[n_active++] = starting[k];
         }
         if (n_start) {
             pthread_mutex_lock(&p->mu);
             for (int k = 0; k < n_start; k++) {
-                if (starting[k]->job.status != TRIATTN_OK) starting[k]->job.state = JOB_DONE;
+                if (starting[k]->job.status != TRIATTN_OK || starting[k]->job.result.stop_reason == TRIATTN_STOP_CALLBACK)
+                    starting[k]->job.state = JOB_DONE;
                 else starting[k]->job.begun = true;
                 pthread_cond_broadcast(&starting[k]->cv);
             }
@@ -233,23 +248,67 @@ void slots_free(struct slot_pool * p) {
     }
     free(p->slots);
     p->slots = NULL;
+    free(p->left);
+    p->left = NULL;
+    p->n_left = p->cap_left = 0;
     p->n = 0;
     pthread_cond_destroy(&p->cv);
     pthread_cond_destroy(&p->engine_cv);
     pthread_mutex_destroy(&p->mu);
 }
 
-struct slot * slots_acquire(struct slot_pool * p) {
+/* The queue moves on to the next ticket, past those whose waiters left. */
+static void serve_next_locked(struct slot_pool * p) {
+    p->serving++;
+    for (int k = 0; k < p->n_left;) {
+        if (p->left[k] == p->serving) { p->left[k] = p->left[--p->n_left]; p->serving++; k = 0; }
+        else k++;
+    }
+}
+
+/* Calls gone(arg) with the pool lock released. */
+static bool client_gone_locked(struct slot_pool * p, bool (*gone)(void *), void * arg) {
+    if (!gone) return false;
+    pthread_mutex_unlock(&p->mu);
+    bool g = gone(arg);
+    pthread_mutex_lock(&p->mu);
+    return g;
+}
+
+struct slot * slots_acquire(struct slot_pool * p) { return slots_acquire_unless(p, NULL, NULL, NULL); }
+
+struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), void * arg, bool * left) {
+    if (left) *left = false;
     pthread_mutex_lock(&p->mu);
     uint64_t ticket = p->next_ticket++;
     p->n_waiting++;
     struct slot * got = NULL;
     for (;;) {
         if (*p->stop) break;
+        /* gone() runs unlocked: a wake-up missed meanwhile shows as a change of these */
+        const uint64_t serving_seen = p->serving, releases_seen = p->n_released;
         if (ticket == p->serving) {
             for (int k = 0; k < p->n && !got; k++) if (!p->slots[k].busy) got = &p->slots[k];
+            /* the slot is ours while our ticket is served: nobody takes it while the check runs */
+            if (client_gone_locked(p, gone, arg)) { got = NULL; if (left) *left = true; break; }
             if (got) break;
+        } else if (client_gone_locked(p, gone, arg)) {
+            /* leave the queue now: the ticket is skipped when its turn comes */
+            if (p->n_left == p->cap_left) {
+                int cap = p->cap_left ? p->cap_left * 2 : 16;
+                uint64_t * t = realloc(p->left, (size_t)cap * sizeof *t);
+                if (t) { p->left = t; p->cap_left = cap; }
+            }
+            if (p->n_left < p->cap_left && ticket != p->serving) {
+                p->left[p->n_left++] = ticket;
+                p->n_waiting--;
+                if (left) *left = true;
+                pthread_mutex_unlock(&p->mu);
+                return NULL;
+            }
+            if (ticket == p->serving) { if (left) *left = true; break; }
         }
+        if (gone && (p->serving != serving_seen || p->n_released != releases_seen)) continue;
         /* bounded wait so shutdown is noticed */
         struct timespec ts;
         deadline_in(&ts, 200);
@@ -271,10 +330,12 @@ struct slot * slots_acquire(struct slot_pool * p) {
         j->cancel = false;
         j->begun = false;
         j->kv_budget = 0;
+        j->client_gone = NULL;
+        j->client = NULL;
         memset(&j->result, 0, sizeof j->result);
     }
     /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */
-    p->serving++;
+    serve_next_locked(p);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     return got;
@@ -319,6 +380,7 @@ void slots_release(struct slot_pool * p, struct slot * s) {
     }
     s->job.state = JOB_IDLE;
     s->busy = false;
+    p->n_released++;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 }

@@ -43,6 +43,10 @@ struct slot_job {
     struct triattn_generate_result result;
     /* set by the request: stop generating (client gone, shutdown) */
     bool         cancel;
+    /* set by the request (optional): the engine asks client_gone(client) before starting the job, and drops
+     * it unstarted when the client went away; the request does not use the connection until `begun` */
+    bool       (*client_gone)(void *);
+    void *       client;
 };
 
 struct slot {
@@ -76,6 +80,9 @@ struct slot_pool {
     bool            engine_started;
     bool            engine_done;   /* the engine thread has exited: new jobs end at once */
     volatile int *  stop;
+    uint64_t *      left;          /* tickets of waiters that left the queue (skipped when served) */
+    uint64_t        n_released;    /* slots given back so far */
+    int             n_left, cap_left;
 };
 
 /* Creates n sessions with params sp and starts the engine thread (stops when *stop becomes non-zero).
@@ -87,6 +94,9 @@ enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model
 void slots_free(struct slot_pool * p);
 /* Waits for a free slot in arrival order. NULL when *stop becomes non-zero (shutdown). */
 struct slot * slots_acquire(struct slot_pool * p);
+/* The same, but gives up its place (NULL, *left = true) as soon as gone(arg) says the client went away,
+ * checked while waiting and once more before a slot is taken; gone is called without the pool lock. */
+struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), void * arg, bool * left);
 /* Hands the slot's job (prompt, gp, kv_budget filled in) to the engine. */
 void slots_submit(struct slot_pool * p, struct slot * s);
 /* Waits up to timeout_ms for the job to have more than `have` bytes of text or to end; returns its state.

@@ -123,3 +123,108 @@ def _flip(raw: bytes) -> bytes:
     b = bytearray(raw)
     b[RNG.randrange(len(b))] ^= 1 << RNG.randrange(8)
     return bytes(b)
+
+
+# ---- server ------------------------------------------------------------------------------------------------
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def server_factory(server_bin, default_model):
+    from test_server import Server
+    started = []
+
+    def start(*extra):
+        s = Server(server_bin, default_model, *extra)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
+
+
+def _client(s):
+    return openai.OpenAI(base_url=s.base + "/v1", api_key="unused", timeout=300, max_retries=0)
+
+
+def _turn(c, msgs, **extra):
+    r = c.chat.completions.create(model="smol", messages=msgs, max_tokens=16, temperature=0,
+                                  extra_body=extra or None)
+    return r.choices[0].message.content, r.usage
+
+
+def test_server_longest_prefix_slot(server_factory):
+    s = server_factory("--parallel", "2")
+    c = _client(s)
+    conv = [{"role": "user", "content": _sentences(5)}]
+    other = [{"role": "user", "content": _sentences(5)}]
+    text, u1 = _turn(c, conv)
+    assert u1.prompt_tokens_details.cached_tokens == 0
+    # another conversation shares only the system prompt: it goes to the least recently used slot
+    text_o, _ = _turn(c, other)
+    other += [{"role": "assistant", "content": text_o}, {"role": "user", "content": _sentences(1)}]
+    _, uo = _turn(c, other)
+    assert uo.prompt_tokens_details.cached_tokens > 0
+    conv += [{"role": "assistant", "content": text}, {"role": "user", "content": _sentences(2)}]
+    st, raw = s.request("GET", "/slots")
+    held = max(x["n_cached_tokens"] for x in json.loads(raw))
+    text2, u2 = _turn(c, conv)
+    assert 0 < u2.prompt_tokens_details.cached_tokens <= held
+    assert u2.prompt_tokens_details.cached_tokens > u1.prompt_tokens
+    slots = json.loads(s.request("GET", "/slots")[1])
+    assert any(x["n_cached_tokens"] >= u2.prompt_tokens for x in slots), slots
+    # opting out prefills everything and gives the same greedy text
+    text3, u3 = _turn(c, conv, cache_prompt=False)
+    assert u3.prompt_tokens_details.cached_tokens == 0 and text3 == text2
+    st, raw = s.request("POST", "/v1/chat/completions", {"messages": conv, "max_tokens": 4, "cache_prompt": 1})
+    assert st == 400 and b"cache_prompt" in raw
+
+
+def test_server_slot_save_restore(server_factory, tmp_path):
+    args = ("--parallel", "1", "--kv-policy", "triattention", "--calibration", str(SIDECAR), "--kv-budget", "64",
+            "--kv-interval", "16", "--slot-save-path", str(tmp_path))
+    a = server_factory(*args)
+    ca = _client(a)
+    conv = [{"role": "user", "content": _sentences(6)}]
+    text, _ = _turn(ca, conv)
+    st, raw = a.request("POST", "/slots/0?action=save", {"filename": "conv.state"})
+    assert st == 200, raw
+    assert json.loads(raw)["n_saved"] > 64
+    conv += [{"role": "assistant", "content": text}, {"role": "user", "content": _sentences(2)}]
+    want, uw = _turn(ca, conv)
+
+    b = server_factory(*args)
+    st, raw = b.request("POST", "/slots/0?action=restore", {"filename": "conv.state"})
+    assert st == 200, raw
+    slots = json.loads(b.request("GET", "/slots")[1])
+    assert slots[0]["n_cached_tokens"] == json.loads(raw)["n_restored"] > 0
+    got, ug = _turn(_client(b), conv)
+    assert got == want
+    assert ug.prompt_tokens_details.cached_tokens == uw.prompt_tokens_details.cached_tokens > 0
+
+    data = (tmp_path / "conv.state").read_bytes()
+    (tmp_path / "cut.state").write_bytes(data[:RNG.randrange(len(data))])
+    (tmp_path / "flip.state").write_bytes(_flip(data))
+    for name in ("cut.state", "flip.state"):
+        st, raw = b.request("POST", "/slots/0?action=restore", {"filename": name})
+        assert st == 400 and b"session_load" in raw, (name, st, raw)
+    # the refused files left the restored slot as it was
+    again, _ = _turn(_client(b), conv)
+    assert again == want
+    for bad in ("../conv.state", "/etc/passwd", "", ".hidden", "a/b"):
+        st, raw = b.request("POST", "/slots/0?action=restore", {"filename": bad})
+        assert st == 400 and b"filename" in raw, (bad, st, raw)
+    st, _ = b.request("POST", "/slots/0?action=restore", {"filename": "missing.state"})
+    assert st == 404
+    st, _ = b.request("POST", "/slots/7?action=save", {"filename": "x"})
+    assert st == 404
+    st, _ = b.request("POST", "/slots/0?action=drop", {"filename": "x"})
+    assert st == 400
+
+
+def test_server_slot_save_needs_path(server_factory):
+    s = server_factory("--parallel", "1")
+    st, raw = s.request("POST", "/slots/0?action=save", {"filename": "x.state"})
+    assert st == 501 and b"slot-save-path" in raw

@@ -29,6 +29,7 @@ struct server_opts {
     const char * model_path;
     const char * alias;
     int          max_conns;
+    const char * slot_save_path;   /* directory of POST /slots/{id} state files; NULL = off */
 };
 
 struct server {

@@ -49,13 +49,16 @@ static bool job_add_logprob(struct slot_job * j, const struct triattn_token_logp
 static void job_start(struct slot_pool * p, struct slot * sl) {
     struct slot_job * j = &sl->job;
     triattn_session * s = sl->session;
-    triattn_session_reset(s);
+    if (!j->cache_prompt) triattn_session_reset(s);
     enum triattn_status st = TRIATTN_OK;
     if (p->compressing) {
         st = triattn_session_set_kv_budget(s, j->kv_budget > 0 ? j->kv_budget : p->kv_budget);
     }
     j->gp.prefill_chunk = p->prefill_chunk;
-    if (st == TRIATTN_OK) st = triattn_generate_begin(s, j->prompt, &j->gp);
+    if (st == TRIATTN_OK) {
+        st = j->cache_prompt ? triattn_generate_begin_cached(s, j->prompt, &j->gp) : triattn_generate_begin(s, j->prompt, &j->gp);
+        triattn_generate_get_reuse(s, &j->reuse);
+    }
     if (st != TRIATTN_OK) {
         j->status = st;
         j->http_status = (st == TRIATTN_ERR_INVALID_ARG || st == TRIATTN_ERR_CONTEXT) ? 400 : 500;
@@ -240,6 +243,10 @@ void slots_free(struct slot_pool * p) {
 }
 
 struct slot * slots_acquire(struct slot_pool * p) {
+    return slots_acquire_prefix(p, NULL, 0);
+}
+
+struct slot * slots_acquire_prefix(struct slot_pool * p, const triattn_token * tokens, int32_t n) {
     pthread_mutex_lock(&p->mu);
     uint64_t ticket = p->next_ticket++;
     p->n_waiting++;
@@ -247,7 +254,7 @@ struct slot * slots_acquire(struct slot_pool * p) {
     for (;;) {
         if (*p->stop) break;
         if (ticket == p->serving) {
-            for (int k = 0; k < p->n && !got; k++) if (!p->slots[k].busy) got = &p->slots[k];
+            got = slot_cache_pick_locked(p, tokens, n);
             if (got) break;
         }
         /* bounded wait so shutdown is noticed */
@@ -259,6 +266,7 @@ struct slot * slots_acquire(struct slot_pool * p) {
     if (got) {
         got->busy = true;
         got->n_requests++;
+        got->last_used = ++p->n_acquired;
         got->n_prompt = got->n_generated = 0;
         struct slot_job * j = &got->job;
         j->state = JOB_IDLE;
@@ -271,7 +279,9 @@ struct slot * slots_acquire(struct slot_pool * p) {
         j->cancel = false;
         j->begun = false;
         j->kv_budget = 0;
+        j->cache_prompt = false;
         memset(&j->result, 0, sizeof j->result);
+        memset(&j->reuse, 0, sizeof j->reuse);
     }
     /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */
     p->serving++;

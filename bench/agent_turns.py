@@ -107,7 +107,10 @@ def report(rows: list[dict], a) -> None:
         charts.append(line_chart(series, title=f"{label} PER TURN", xlabel="TURN", ylabel=label))
     write_png(a.png, grid(charts, cols=2))
 
-    print("\n| policy | prompt cache | prefill ms, turn 1 / 10 / 20 | turn ms, turn 1 / 10 / 20 | total s | "
+    n = max(r["turn"] for r in rows)
+    at = (1, max(1, n // 2), n)
+    turns = " / ".join(str(t) for t in at)
+    print(f"\n| policy | prompt cache | prefill ms, turn {turns} | turn ms, turn {turns} | total s, {n} turns | "
           "cached tokens, last turn |")
     print("|---|---|---|---|---|---|")
     for policy in policies:
@@ -115,7 +118,7 @@ def report(rows: list[dict], a) -> None:
             sel = [r for r in rows if r["policy"] == policy and r["cache"] == cache]
             if not sel:
                 continue
-            pick = [sel[i - 1] for i in (1, len(sel) // 2, len(sel))]
+            pick = [sel[i - 1] for i in at]
             pre = " / ".join("%.0f" % r["prefill_ms"] for r in pick)
             per = " / ".join("%.0f" % r["turn_ms"] for r in pick)
             total = sum(r["turn_ms"] for r in sel) / 1e3

@@ -514,6 +514,61 @@ TRIATTN_API const char * triattn_tool_parser_message(const triattn_tool_parser *
 /* Calls parsed so far (finish_reason "tool_calls" when > 0). */
 TRIATTN_API int32_t triattn_tool_parser_n_calls(const triattn_tool_parser * p);
 
+/* ---- prefix reuse and session state ----------------------------------------------------------- */
+
+/* A session remembers the id of every token it has decoded since create/reset (prompt and generated, evicted
+ * ones included). A prompt that starts with those tokens continues from the cache and only its suffix is
+ * prefilled; the compression rounds of a compressing policy then happen at the same positions as in a session
+ * that was given the whole prompt at once, so the logits are the same bit for bit. */
+enum triattn_reuse_kind {
+    TRIATTN_REUSE_FRESH    = 0,  /* the session held no tokens: the whole prompt was prefilled */
+    TRIATTN_REUSE_CONTINUE = 1,  /* the prompt starts with the session's tokens: only the rest was prefilled */
+    TRIATTN_REUSE_ROLLBACK = 2,  /* the prompt diverged at n_cached: the cache was cut back there */
+    TRIATTN_REUSE_RESTART  = 3,  /* the cache could not be cut back to the divergence: reset, whole prompt */
+};
+struct triattn_reuse_info {
+    int32_t n_cached;            /* prompt tokens taken from the cache (not prefilled) */
+    int32_t n_common;            /* length of the common prefix of the prompt and the session's tokens */
+    enum triattn_reuse_kind kind;
+};
+
+/* Makes the session's context start with tokens[0..n): keeps the longest common prefix with the session's
+ * tokens when it can and tells how much in *out; decode tokens[out->n_cached..n) afterwards. A prompt that
+ * diverges at token i (or equals the session's tokens without their last logits at hand) cuts the cache back
+ * to i when the cache still holds exactly what it held at i: always with `full`, with `triattention` when no
+ * compression round ran after position i; otherwise (other policies, a CUDA session, a KV budget changed
+ * mid-stream) the session is reset. At least one token is always left to decode unless the prompt equals the
+ * session's tokens and their last logits are current. TRIATTN_ERR_INVALID_ARG for n <= 0 or NULL pointers. */
+TRIATTN_API enum triattn_status triattn_session_reuse_prefix(triattn_session * s, const triattn_token * tokens,
+                                                             int32_t n, struct triattn_reuse_info * out);
+/* The tokens the session holds (n_past of them, position order). *n_out = n_past (see "Buffers" above). */
+TRIATTN_API enum triattn_status triattn_session_tokens(const triattn_session * s, triattn_token * out,
+                                                       int32_t capacity, int32_t * n_out);
+/* triattn_generate_begin / triattn_generate where the prompt is the whole context (do not reset in between):
+ * triattn_session_reuse_prefix with its tokens, then the remainder is prefilled. n_prompt_tokens in the result
+ * counts the whole prompt; triattn_generate_get_reuse says how many of them came from the cache. */
+TRIATTN_API enum triattn_status triattn_generate_begin_cached(triattn_session * s, const char * prompt,
+                                                              const struct triattn_generate_params * p);
+TRIATTN_API enum triattn_status triattn_generate_cached(triattn_session * s, const char * prompt,
+                                                        const struct triattn_generate_params * p,
+                                                        triattn_piece_fn on_piece, void * user_data,
+                                                        struct triattn_generate_result * result);
+/* What the last triattn_generate_begin_cached kept (zeros after a plain triattn_generate_begin). */
+TRIATTN_API void triattn_generate_get_reuse(const triattn_session * s, struct triattn_reuse_info * out);
+
+/* Writes the session's state to path: the token history, the live KV slots with their positions, the
+ * policy's schedule state and the last logits, under a header naming the model fingerprint, the policy and
+ * its parameters, with a 64-bit FNV-1a checksum at the end. A compressing session's file holds budget +
+ * interval slots at most, not the context. Policies `full` and `triattention` on the CPU; others and CUDA
+ * sessions: TRIATTN_ERR_UNSUPPORTED. TRIATTN_ERR_IO when the file cannot be written. */
+TRIATTN_API enum triattn_status triattn_session_save(triattn_session * s, const char * path);
+/* Replaces the session's state with the one saved in path, so decoding continues exactly as in the saved
+ * session (same model, policy, kv_interval/window/sink/mode; a saved kv_budget is adopted when it fits the
+ * slots allocated). The whole file is validated first: TRIATTN_ERR_IO (cannot read), TRIATTN_ERR_FORMAT
+ * (not a session file, truncated, checksum mismatch, inconsistent contents), TRIATTN_ERR_INVALID_ARG (another
+ * model, policy or geometry); the message says what and the session is left unchanged. */
+TRIATTN_API enum triattn_status triattn_session_load(triattn_session * s, const char * path);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,7 +13,7 @@
  * GPU sessions and calibrating sessions always decode alone. */
 static bool tri_batch_joinable(const triattn_session * lead, const triattn_session * s, const triattn_token * toks,
                                int32_t n, int32_t rows) {
-    if (s->model != lead->model || s->calib || s->backend || n > tri_session_chunk_limit(s) ||
+    if (s->model != lead->model || s->calib || s->backend || n > tri_session_chunk_room(s) ||
         s->kv.capacity > lead->fwd.capacity || rows + n > lead->fwd.n_batch ||
         (int64_t) s->n_past + n > s->params.n_ctx) {
         return false;
@@ -85,6 +85,7 @@ void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_tok
             for (int32_t t = 0; t < counts[i]; t++) {
                 tri_sampler_accept(s->sampler, toks[i][t]);
             }
+            tri_session_record(s, toks[i], counts[i]);
             s->n_past += counts[i];
             s->n_logits = 1;
             s->fwd.n_logits = 1;
@@ -154,6 +155,9 @@ enum triattn_status triattn_session_set_kv_budget(triattn_session * s, int32_t b
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG,
                                 "kv_budget must be in [1, %d] (budget + interval %d must fit the %d slots allocated)",
                                 s->kv.capacity - s->policy.cfg.interval, s->policy.cfg.interval, s->kv.capacity);
+    }
+    if (budget != s->policy.cfg.budget && s->n_past > 0) {
+        s->reuse_ok = false; /* the cache so far followed the old budget */
     }
     s->policy.cfg.budget = budget;
     s->params.kv_budget  = budget;

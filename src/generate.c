@@ -67,8 +67,10 @@ static enum triattn_status tri_gen_tokenize(triattn_session * s, const char * pr
     return tri_session_fail(s, TRIATTN_ERR_INTERNAL, "generate: tokenizer count changed between calls");
 }
 
-enum triattn_status triattn_generate_begin(triattn_session * s, const char * prompt,
-                                           const struct triattn_generate_params * p) {
+/* triattn_generate_begin (cached = false: the prompt is appended) and triattn_generate_begin_cached (the
+ * prompt is the whole context: the longest reusable prefix of what the session holds is kept). */
+static enum triattn_status tri_gen_begin(triattn_session * s, const char * prompt,
+                                         const struct triattn_generate_params * p, bool cached) {
     if (!s) {
         return TRIATTN_ERR_INVALID_ARG;
     }
@@ -119,27 +121,37 @@ enum triattn_status triattn_generate_begin(triattn_session * s, const char * pro
         return st;
     }
     memset(&s->gen.result, 0, sizeof s->gen.result);
+    memset(&s->gen.reuse, 0, sizeof s->gen.reuse);
     s->gen.result.n_prompt_tokens = n;
     s->gen.prompt_off = 0;
     s->gen.prompt_len = 0;
+    int32_t keep = 0;
+    if (cached && n > 0) {
+        st = tri_session_reuse(s, s->gen.prompt, n, &s->gen.reuse);
+        if (st != TRIATTN_OK) {
+            return st;
+        }
+        keep = s->gen.reuse.n_cached;
+    }
     s->gen.prefill_chunk = p->prefill_chunk;
     s->gen.n_logprobs = p->logprobs;
     if (n == 0 && !triattn_session_logits(s, -1)) {
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "generate: empty prompt and nothing decoded yet");
     }
-    if (n > 0 && p->prefill_chunk > 0) {
+    if (n > keep && p->prefill_chunk > 0) {
         /* Prefilled by the steps; the context check is done now so the request fails early. */
-        if ((int64_t) s->n_past + n > s->params.n_ctx) {
-            return tri_session_fail(s, TRIATTN_ERR_CONTEXT, "decode: %d tokens after position %d exceed n_ctx %d", n,
-                                    s->n_past, s->params.n_ctx);
+        if ((int64_t) s->n_past + (n - keep) > s->params.n_ctx) {
+            return tri_session_fail(s, TRIATTN_ERR_CONTEXT, "decode: %d tokens after position %d exceed n_ctx %d",
+                                    n - keep, s->n_past, s->params.n_ctx);
         }
         if (s->n_past == 0) {
             s->policy.n_prompt = n;
         }
+        s->gen.prompt_off = keep;
         s->gen.prompt_len = n;
-    } else if (n > 0) {
+    } else if (n > keep) {
         const double t0 = tri_time_ms();
-        st = triattn_session_decode(s, s->gen.prompt, n, false);
+        st = triattn_session_decode(s, s->gen.prompt + keep, n - keep, false);
         if (st != TRIATTN_OK) {
             return st;
         }
@@ -151,6 +163,20 @@ enum triattn_status triattn_generate_begin(triattn_session * s, const char * pro
     s->gen.active     = true;
     s->gen.t_start    = tri_time_ms();
     return TRIATTN_OK;
+}
+
+enum triattn_status triattn_generate_begin(triattn_session * s, const char * prompt,
+                                           const struct triattn_generate_params * p) {
+    return tri_gen_begin(s, prompt, p, false);
+}
+
+enum triattn_status triattn_generate_begin_cached(triattn_session * s, const char * prompt,
+                                                  const struct triattn_generate_params * p) {
+    return tri_gen_begin(s, prompt, p, true);
+}
+
+void triattn_generate_get_reuse(const triattn_session * s, struct triattn_reuse_info * out) {
+    *out = s->gen.reuse;
 }
 
 static void tri_gen_finish(triattn_session * s, enum triattn_stop_reason why) {
@@ -337,7 +363,7 @@ enum triattn_status triattn_generate_next_batch(triattn_session * const * sessio
         for (int32_t i = 0; i < ng; i++) {
             triattn_session * s = ss[i];
             if (counts[i] > 0 && s->gen.prompt_off < s->gen.prompt_len) {
-                counts[i] = TRI_MAX(0, TRI_MIN(counts[i], TRI_MIN(tri_session_chunk_limit(s), room)));
+                counts[i] = TRI_MAX(0, TRI_MIN(counts[i], TRI_MIN(tri_session_chunk_room(s), room)));
                 room -= counts[i];
             }
         }
@@ -365,10 +391,11 @@ void triattn_generate_get_result(const triattn_session * s, struct triattn_gener
     *out = s->gen.result;
 }
 
-enum triattn_status triattn_generate(triattn_session * s, const char * prompt, const struct triattn_generate_params * p,
-                                     triattn_piece_fn on_piece, void * user_data,
-                                     struct triattn_generate_result * result) {
-    enum triattn_status st = triattn_generate_begin(s, prompt, p);
+/* triattn_generate / triattn_generate_cached: begin, then steps until done, pieces to on_piece. */
+static enum triattn_status tri_gen_run(triattn_session * s, const char * prompt,
+                                       const struct triattn_generate_params * p, bool cached, triattn_piece_fn on_piece,
+                                       void * user_data, struct triattn_generate_result * result) {
+    enum triattn_status st = tri_gen_begin(s, prompt, p, cached);
     bool done = false;
     while (st == TRIATTN_OK && !done) {
         const char * text;
@@ -385,4 +412,16 @@ enum triattn_status triattn_generate(triattn_session * s, const char * prompt, c
         *result = s ? s->gen.result : (struct triattn_generate_result) { 0 };
     }
     return st;
+}
+
+enum triattn_status triattn_generate(triattn_session * s, const char * prompt, const struct triattn_generate_params * p,
+                                     triattn_piece_fn on_piece, void * user_data,
+                                     struct triattn_generate_result * result) {
+    return tri_gen_run(s, prompt, p, false, on_piece, user_data, result);
+}
+
+enum triattn_status triattn_generate_cached(triattn_session * s, const char * prompt,
+                                            const struct triattn_generate_params * p, triattn_piece_fn on_piece,
+                                            void * user_data, struct triattn_generate_result * result) {
+    return tri_gen_run(s, prompt, p, true, on_piece, user_data, result);
 }

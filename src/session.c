@@ -165,7 +165,10 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
         s->gen.ts  = tri_textstream_create(NULL, 0);
         s->gen.text_cap = 4096;
         s->gen.text = malloc(s->gen.text_cap);
-        if (!s->sampler || !s->gen.ts || !s->gen.text) {
+        s->hist = malloc(sizeof(triattn_token) * (size_t) p.n_ctx);
+        s->last_compress_pos = -1;
+        s->reuse_ok = true;
+        if (!s->sampler || !s->gen.ts || !s->gen.text || !s->hist) {
             st = tri_fail(err, err_size, TRIATTN_ERR_OOM, "out of memory");
         }
     }
@@ -195,6 +198,7 @@ void triattn_session_free(triattn_session * s) {
     tri_textstream_free(s->gen.ts);
     free(s->gen.text);
     free(s->gen.prompt);
+    free(s->hist);
     free(s);
 }
 
@@ -215,6 +219,8 @@ void triattn_session_reset(triattn_session * s) {
     s->policy.n_evicted = 0;
     s->policy.score_ms = 0.0;
     s->policy.n_prompt = 0;
+    s->last_compress_pos = -1;
+    s->reuse_ok = true;
 }
 
 int32_t triattn_session_n_ctx(const triattn_session * s) {
@@ -227,6 +233,21 @@ int32_t triattn_session_n_past(const triattn_session * s) {
 
 int32_t tri_session_chunk_limit(const triattn_session * s) {
     return s->kv.capacity < s->params.n_ctx ? TRI_MIN(s->params.n_batch, s->params.kv_interval) : s->params.n_batch;
+}
+
+int32_t tri_session_chunk_room(const triattn_session * s) {
+    const int32_t chunk = tri_session_chunk_limit(s);
+    if (s->kv.capacity >= s->params.n_ctx || s->backend) {
+        return chunk;
+    }
+    int32_t lo, hi;
+    tri_kv_cache_live_range(&s->kv, &lo, &hi);
+    const int64_t trigger = (int64_t) s->policy.cfg.budget + s->policy.cfg.interval;
+    return hi < trigger ? (int32_t) TRI_MIN(chunk, trigger - hi) : chunk;
+}
+
+void tri_session_record(triattn_session * s, const triattn_token * tokens, int32_t n) {
+    memcpy(s->hist + s->n_past, tokens, sizeof(triattn_token) * (size_t) n);
 }
 
 enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming) {
@@ -244,6 +265,7 @@ enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming)
         st = s->policy.ops->compress(&s->policy, &s->kv, s->n_past, msg, sizeof msg);
     }
     s->policy.score_ms += tri_time_ms() - t0;
+    s->last_compress_pos = s->n_past;
     if (st != TRIATTN_OK) {
         return tri_session_fail(s, st, "KV policy '%s': %s", s->policy.ops->name, msg);
     }
@@ -290,8 +312,10 @@ enum triattn_status triattn_session_decode(triattn_session * s, const triattn_to
         s->policy.n_prompt = n_tokens; /* the prompt = the first decode call after create/reset, unless a
                                           generation that prefills in steps has set it */
     }
-    for (int32_t i = 0; i < n_tokens; i += chunk) {
-        const int32_t n = TRI_MIN(chunk, n_tokens - i);
+    for (int32_t i = 0, n = 0; i < n_tokens; i += n) {
+        /* logits_all takes one chunk (room is made for all of it at once); otherwise chunks stop where the
+         * policy's trigger fires, so the compression schedule does not depend on how tokens are split. */
+        n = logits_all ? n_tokens : TRI_MIN(tri_session_chunk_room(s), n_tokens - i);
         enum triattn_status st = tri_session_make_room(s, n);
         if (st != TRIATTN_OK) {
             return st;
@@ -310,6 +334,7 @@ enum triattn_status triattn_session_decode(triattn_session * s, const triattn_to
         for (int32_t j = 0; j < n; j++) {
             tri_sampler_accept(s->sampler, tokens[i + j]);
         }
+        tri_session_record(s, tokens + i, n);
         s->n_past += n;
     }
     s->n_logits   = s->fwd.n_logits;

@@ -27,6 +27,13 @@ struct triattn_session {
     int32_t          n_logits;       /* rows of logits from the last decode */
     bool             logits_all;
 
+    /* token history: the id of every token decoded since create/reset (hist[i] is at position i, evicted
+     * or not), n_ctx entries allocated once; what prefix reuse (src/prefix.c) matches new prompts against */
+    triattn_token *  hist;
+    int32_t          last_compress_pos;  /* n_past when the cache was last compressed, -1 = never */
+    bool             reuse_ok;           /* false once the cache no longer follows from hist alone (budget
+                                            changed mid-stream): the next reuse starts over */
+
     /* generation in progress (triattn_generate_begin / _next) */
     struct {
         bool             active;
@@ -48,6 +55,7 @@ struct triattn_session {
         int32_t          n_logprobs;
         bool             lp_valid;  /* lp describes the token sampled by the last step */
         struct triattn_token_logprobs lp;
+        struct triattn_reuse_info reuse;  /* what the last triattn_generate_begin_cached kept */
     } gen;
 
     char             last_error[768];
@@ -66,6 +74,23 @@ enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming)
 
 /* triattn_batch_decode over n <= 64 sessions with per-session token pointers; status[i] per session
  * (TRIATTN_OK for a session with counts[i] == 0). */
+/* Tokens the next forward chunk of s may take: tri_session_chunk_limit, and never past the point where the
+ * policy's trigger fires (live slots = budget + interval), so compression rounds happen at the same positions
+ * however the tokens are split into calls and chunks. */
+int32_t tri_session_chunk_room(const triattn_session * s);
+
+/* Records tokens[0..n) as decoded at positions n_past..n_past + n - 1 (before n_past advances). */
+void tri_session_record(triattn_session * s, const triattn_token * tokens, int32_t n);
+
+/* Cuts the session back to its first n tokens (n <= n_past) when the cache still holds exactly what it held at
+ * position n; false (nothing changed) otherwise. */
+bool tri_session_truncate(triattn_session * s, int32_t n);
+
+/* Makes the session's context start with tokens[0..n) (n >= 1) by the rules of triattn_session_reuse_prefix;
+ * out->n_cached tokens are kept, the caller decodes the rest. */
+enum triattn_status tri_session_reuse(triattn_session * s, const triattn_token * tokens, int32_t n,
+                                      struct triattn_reuse_info * out);
+
 void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_token * const * toks,
                       const int32_t * counts, enum triattn_status * status);
 

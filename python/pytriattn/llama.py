@@ -434,13 +434,19 @@ class Llama:
         gp.stop, gp.n_stop = arr, len(keep)
         return gp, (keep, arr)
 
-    def _stream(self, prompt: str | bytes, gp, keep, result: dict) -> Iterator[str]:
-        """Begins generation now (errors raise here) and returns an iterator over text pieces."""
+    def _stream(self, prompt: str | bytes, gp, keep, result: dict, cached: bool = False) -> Iterator[str]:
+        """Begins generation now (errors raise here) and returns an iterator over text pieces. cached: the
+        prompt is the whole context and the longest reusable prefix of the session's tokens is kept."""
         ffi, lib, s = self._ffi, self._lib, self._s()
-        self.reset()
-        gen_id = self._gen_id
         data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
-        self._check_s(lib.triattn_generate_begin(s, data, gp))
+        if cached:
+            self._gen_id += 1
+            self._check_s(lib.triattn_generate_begin_cached(s, data, gp))
+            result.update(self._reuse_info())
+        else:
+            self.reset()
+            self._check_s(lib.triattn_generate_begin(s, data, gp))
+        gen_id = self._gen_id
         del keep  # the library copied the stop strings
 
         def pieces() -> Iterator[str]:
@@ -530,7 +536,7 @@ class Llama:
             tools.constrain(gp, keep[0])
         result: dict = {}
         self.last_result = result
-        pieces = self._stream(prompt, gp, keep, result)
+        pieces = self._stream(prompt, gp, keep, result, cached=self.cache_prompt)
         ident = f"{kind}-{uuid.uuid4().hex}"
         created = int(time.time())
         head = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
@@ -538,7 +544,8 @@ class Llama:
 
         def usage():
             p, c = result.get("prompt_tokens", 0), result.get("completion_tokens", 0)
-            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                    "prompt_tokens_details": {"cached_tokens": result.get("cached_tokens", 0)}}
 
         if stream and tools is not None:
             return self._tool_chunks(tools, pieces, head, result, usage)
@@ -590,6 +597,38 @@ class Llama:
         last = chunk({}, "tool_calls" if state.get("tool_calls") else result.get("finish_reason"))
         last["usage"] = usage()
         yield last
+
+    # ---- prefix reuse and saved state ------------------------------------------------------------
+
+    #: create_completion / create_chat_completion continue from the session's cache when the new prompt
+    #: starts with the tokens it holds (the previous prompt and reply); False prefills every prompt afresh.
+    cache_prompt: bool = True
+
+    _REUSE_KINDS = {0: "fresh", 1: "continue", 2: "rollback", 3: "restart"}
+
+    def _reuse_info(self) -> dict:
+        r = self._ffi.new("struct triattn_reuse_info *")
+        self._lib.triattn_generate_get_reuse(self._s(), r)
+        return {"cached_tokens": int(r.n_cached), "reuse": self._REUSE_KINDS.get(int(r.kind), str(int(r.kind)))}
+
+    def session_tokens(self) -> list[int]:
+        """The token ids the session holds (prompt and generated so far, evicted ones included)."""
+        ffi, lib, s = self._ffi, self._lib, self._s()
+        n = ffi.new("int32_t *")
+        self._check_s(lib.triattn_session_tokens(s, ffi.NULL, 0, n))
+        buf = ffi.new("triattn_token[]", max(1, n[0]))
+        self._check_s(lib.triattn_session_tokens(s, buf, n[0], n))
+        return list(buf[0:n[0]])
+
+    def save_state(self, path: str | os.PathLike) -> None:
+        """Writes the session (tokens, KV cache, policy state) to path; load_state continues from it exactly."""
+        self._check_s(self._lib.triattn_session_save(self._s(), os.fsencode(path)))
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Replaces the session with one saved by save_state (same model and KV policy). A corrupt, truncated
+        or foreign file raises TriattnError and leaves the session as it was."""
+        self._gen_id += 1
+        self._check_s(self._lib.triattn_session_load(self._s(), os.fsencode(path)))
 
     # ---- chat templates -------------------------------------------------------------------------
 

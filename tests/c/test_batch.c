@@ -26,24 +26,6 @@ static double now_s(void) {
 
 static struct triattn_model_info g_info;
 
-/* Random centres so the TriAttention policy can run on the model (what it keeps does not matter here). */
-static bool inject_centres(triattn_model * m) {
-    const size_t n = (size_t) g_info.n_layer * g_info.n_head * g_info.freq_count;
-    float * re = malloc(n * sizeof(float)), * im = malloc(n * sizeof(float)), * ab = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        re[i] = (float) tu_normal();
-        im[i] = (float) tu_normal();
-        ab[i] = (float) (hypot(re[i], im[i]) + tu_uniform());
-    }
-    char err[256];
-    const enum triattn_status st = tri_model_set_centres(m, re, im, ab, n, 1000, err, sizeof err);
-    CHECK(st == TRIATTN_OK, "set_centres: %s", err);
-    free(re);
-    free(im);
-    free(ab);
-    return st == TRIATTN_OK;
-}
-
 static triattn_session * make_session(triattn_model * m, const char * policy, int budget, int interval) {
     struct triattn_session_params sp;
     triattn_session_params_init(&sp);
@@ -371,7 +353,7 @@ int main(void) {
     double t = now_s();
     test_batch_decode(m, "full", 2048, 128, (int) tu_int(5, 64));
     printf("batch_decode full: %.1f s\n", now_s() - t);
-    if (inject_centres(m)) {
+    if (tu_inject_random_centres(m)) {
         t = now_s();
         test_batch_decode(m, "triattention", 64, 16, 16);
         printf("batch_decode triattention: %.1f s\n", now_s() - t);

@@ -182,4 +182,27 @@ static inline triattn_model * tu_load_default_model(const char * what) {
 }
 #endif
 
+#if defined(TRIATTN_H) && defined(TRI_CALIBRATION_H)
+/* Random query centres so the TriAttention policy can run on the real model (what it keeps does not matter
+ * to tests of the engine's plumbing). False (a failed check) when the model refuses them. */
+static inline bool tu_inject_random_centres(triattn_model * m) {
+    struct triattn_model_info info;
+    triattn_model_get_info(m, &info);
+    const size_t n = (size_t) info.n_layer * info.n_head * info.freq_count;
+    float * re = malloc(n * sizeof(float)), * im = malloc(n * sizeof(float)), * ab = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        re[i] = (float) tu_normal();
+        im[i] = (float) tu_normal();
+        ab[i] = (float) (hypot(re[i], im[i]) + tu_uniform());
+    }
+    char err[256];
+    const enum triattn_status st = tri_model_set_centres(m, re, im, ab, n, 1000, err, sizeof err);
+    CHECK(st == TRIATTN_OK, "set_centres: %s", err);
+    free(re);
+    free(im);
+    free(ab);
+    return st == TRIATTN_OK;
+}
+#endif
+
 #endif /* TRI_TEST_UTIL_H */

@@ -126,6 +126,7 @@ struct gen_req {
     bool   chat, stream;
     int    top_logprobs;       /* alternatives per token in the response; -1 = no logprobs */
     int32_t kv_budget;         /* 0 = the server's */
+    bool   cache_prompt;       /* reuse the longest cached prefix (default true) */
     char * prompt;             /* malloc'd */
     const char * stop[MAX_STOP];
     int    n_stop;
@@ -299,15 +300,22 @@ static bool stream_options(ctx * x, const json_value * body, struct gen_req * g)
 }
 
 /* The last chunk of a stream with stream_options.include_usage: no choices, the usage. */
-static bool send_usage(struct gen_req * g, ctx * x, jbuf * b, const struct triattn_generate_result * res) {
+static bool send_usage(struct gen_req * g, ctx * x, jbuf * b, const struct triattn_generate_result * res,
+                       int32_t n_cached) {
     jb_reset(b);
     jb_cstr(b, "data: ");
     chunk_head(g, x, b);
-    jb_printf(b, ",\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n",
-              res->n_prompt_tokens, res->n_generated, res->n_prompt_tokens + res->n_generated);
+    jb_printf(b, ",\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
+              "\"prompt_tokens_details\":{\"cached_tokens\":%d}}}\n\n",
+              res->n_prompt_tokens, res->n_generated, res->n_prompt_tokens + res->n_generated, n_cached);
     if (b->oom) return false;
     x->bytes += b->len;
     return http_stream_chunk(x->c, b->data, b->len);
+}
+
+static const char * reuse_name(enum triattn_reuse_kind k) {
+    return k == TRIATTN_REUSE_CONTINUE ? "continue" : k == TRIATTN_REUSE_ROLLBACK ? "rollback"
+         : k == TRIATTN_REUSE_RESTART ? "restart" : "fresh";
 }
 
 static const char * finish_name(enum triattn_stop_reason r) {
@@ -373,6 +381,8 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     if (!get_bool(x, body, "stream", &g->stream)) return false;
     if (!stream_options(x, body, g)) return false;
     if (!get_bool(x, body, "ignore_eos", &g->gp.ignore_eos)) return false;   /* extension */
+    g->cache_prompt = true;
+    if (!get_bool(x, body, "cache_prompt", &g->cache_prompt)) return false;   /* extension (llama-server's) */
     const json_value * m = json_get(body, "model");
     x->param = "model";
     if (!is_null(m) && m->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'model' must be a string"); return false; }
@@ -438,7 +448,11 @@ static void handle_generate(ctx * x, bool chat) {
 
     /* a client that goes away while queued leaves the queue: no slot, no tokenization, no prefill */
     bool left = false;
-    struct slot * sl = slots_acquire_unless(pool, conn_gone, x->c, &left);
+    /* the idle slot whose cache shares the longest prefix with the prompt */
+    int32_t n_toks = 0;
+    triattn_token * toks = g.cache_prompt ? slot_cache_tokenize(srv->model, g.prompt, g.gp.add_special, g.gp.parse_special, &n_toks) : NULL;
+    struct slot * sl = slots_acquire_unless(pool, toks, toks ? n_toks : 0, conn_gone, x->c, &left);
+    free(toks);
     if (!sl && left) {
         x->req->keep_alive = false;
         x->status = 499;
@@ -451,6 +465,7 @@ static void handle_generate(ctx * x, bool chat) {
     sl->job.kv_budget = g.kv_budget;
     sl->job.client_gone = conn_gone;   /* the engine checks once more before it starts the job */
     sl->job.client = x->c;
+    sl->job.cache_prompt = g.cache_prompt;
     slots_submit(pool, sl);
 
     jbuf out, ev;
@@ -504,6 +519,7 @@ static void handle_generate(ctx * x, bool chat) {
     char err_copy[512];
     snprintf(err_copy, sizeof err_copy, "%s", sl->job.error);
     struct triattn_generate_result res = sl->job.result;
+    const struct triattn_reuse_info reuse = sl->job.reuse;
     pthread_mutex_unlock(&pool->mu);
     slots_release(pool, sl);
     atomic_fetch_add(&srv->prompt_tokens, res.n_prompt_tokens);
@@ -536,7 +552,7 @@ static void handle_generate(ctx * x, bool chat) {
             if (triattn_tool_parser_n_calls(g.tools.parser) > 0) finish = "tool_calls";
             if (alive && g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true, NULL, 0);
             if (alive) alive = send_event(&g, x, &ev, NULL, 0, finish, false, NULL, 0);
-            if (alive && g.include_usage) alive = send_usage(&g, x, &ev, &res);
+            if (alive && g.include_usage) alive = send_usage(&g, x, &ev, &res, reuse.n_cached);
             if (alive) { alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
             if (alive) http_stream_end(x->c);
         } else {
@@ -561,9 +577,11 @@ static void handle_generate(ctx * x, bool chat) {
         logprobs_json(&g, x, &b, lps, n_lps);
         jb_cstr(&b, ",\"finish_reason\":");
         jb_qcstr(&b, finish);
-        jb_printf(&b, "}],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
-                  res.n_prompt_tokens, res.n_generated, res.n_prompt_tokens + res.n_generated);
-        jb_printf(&b, ",\"timings\":{\"prompt_ms\":%.3f,\"decode_ms\":%.3f}}", res.prompt_ms, res.decode_ms);
+        jb_printf(&b, "}],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
+                  "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
+                  res.n_prompt_tokens, res.n_generated, res.n_prompt_tokens + res.n_generated, reuse.n_cached);
+        jb_printf(&b, ",\"timings\":{\"prompt_ms\":%.3f,\"decode_ms\":%.3f,\"cache_n\":%d,\"prompt_n\":%d,\"cache\":\"%s\"}}",
+                  res.prompt_ms, res.decode_ms, reuse.n_cached, res.n_prompt_tokens - reuse.n_cached, reuse_name(reuse.kind));
         reply_json(x, 200, &b);
         jb_free(&b);
     } else {
@@ -704,7 +722,8 @@ static void handle_slots(ctx * x) {
         const struct slot * s = &p->slots[k];
         if (k) jb_raw(&b, ",", 1);
         jb_printf(&b, "{\"id\":%d,\"state\":\"%s\",\"n_requests\":%lld,\"n_prompt_tokens\":%d,\"n_generated\":%d,"
-                  "\"kv\":{\"policy\":", s->id, s->busy ? "busy" : "idle", (long long)s->n_requests, s->n_prompt, s->n_generated);
+                  "\"n_cached_tokens\":%lld,\"kv\":{\"policy\":", s->id, s->busy ? "busy" : "idle", (long long)s->n_requests,
+                  s->n_prompt, s->n_generated, (long long)s->kv.n_past);
         jb_qcstr(&b, s->kv.policy);
         jb_printf(&b, ",\"n_past\":%lld,\"capacity\":%d,\"live_min\":%d,\"live_max\":%d,\"kv_bytes\":%llu,"
                   "\"kv_bytes_live\":%llu,\"n_compressions\":%lld,\"n_evicted\":%lld}}",
@@ -716,6 +735,64 @@ static void handle_slots(ctx * x) {
     jb_raw(&b, "]", 1);
     reply_json(x, 200, &b);
     jb_free(&b);
+}
+
+/* A file name under --slot-save-path: letters, digits, '.', '_', '-', not starting with '.', at most 128. */
+static bool slot_file_name_ok(const char * s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 128 || s[0] == '.') return false;
+    for (size_t k = 0; k < n; k++) {
+        const char c = s[k];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-')) return false;
+    }
+    return true;
+}
+
+/* POST /slots/{id}?action=save|restore with {"filename": "..."}: the slot's session to / from a file. */
+static void handle_slot_action(ctx * x, const char * id_text) {
+    struct server * srv = x->srv;
+    char * end = NULL;
+    const long id = strtol(id_text, &end, 10);
+    if (!*id_text || *end || id < 0 || id >= srv->pool.n) {
+        reply_error(x, 404, "not_found", "no slot '%s' (slots 0..%d)", id_text, srv->pool.n - 1);
+        return;
+    }
+    const char * q = x->req->query ? x->req->query : "";
+    const bool save = strcmp(q, "action=save") == 0, restore = strcmp(q, "action=restore") == 0;
+    if (!save && !restore) { reply_error(x, 400, "invalid_value", "use ?action=save or ?action=restore"); return; }
+    if (!srv->o.slot_save_path) { reply_error(x, 501, "not_supported", "slot save/restore needs --slot-save-path DIR"); return; }
+    json_value * body = NULL;
+    if (!parse_body(x, &body)) return;
+    const json_value * f = json_get(body, "filename");
+    if (!f || f->type != JSON_STRING || !slot_file_name_ok(f->str)) {
+        reply_error(x, 400, "invalid_value", "'filename' must be a plain file name (letters, digits, '.', '_', '-'; no path)");
+        json_free(body);
+        return;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", srv->o.slot_save_path, f->str);
+    char err[768];
+    const double t0 = mono_ms();
+    const enum triattn_status st = slot_cache_file(&srv->pool, (int)id, path, save, err, sizeof err);
+    const double ms = mono_ms() - t0;
+    if (st != TRIATTN_OK) {
+        const int code = st == TRIATTN_ERR_IO && restore ? 404 : st == TRIATTN_ERR_IO || st == TRIATTN_ERR_OOM ? 500 : 400;
+        reply_error(x, code, triattn_status_name(st), "%s", err);
+        json_free(body);
+        return;
+    }
+    jbuf b;
+    jb_init(&b);
+    jb_printf(&b, "{\"id_slot\":%ld,\"filename\":", id);
+    jb_qcstr(&b, f->str);
+    pthread_mutex_lock(&srv->pool.mu);
+    const long long n_tokens = (long long)srv->pool.slots[id].kv.n_past;
+    pthread_mutex_unlock(&srv->pool.mu);
+    jb_printf(&b, ",\"%s\":%lld,\"timings\":{\"%s_ms\":%.3f}}", save ? "n_saved" : "n_restored", n_tokens,
+              save ? "save" : "restore", ms);
+    reply_json(x, 200, &b);
+    jb_free(&b);
+    json_free(body);
 }
 
 static void handle_metrics(ctx * x) {
@@ -809,6 +886,11 @@ static void route(ctx * x) {
     const char * model_id = strncmp(path, "/v1/models/", 11) == 0 ? path + 11 : strncmp(path, "/models/", 8) == 0 ? path + 8 : NULL;
     if (found == -1 && model_id && *model_id && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)) {
         handle_model(x, model_id);
+        return;
+    }
+    if (found == -1 && strncmp(path, "/slots/", 7) == 0) {
+        if (strcmp(m, "POST") != 0) { reply_error(x, 405, "method_not_allowed", "%s is not allowed on %s (use POST)", m, path); return; }
+        handle_slot_action(x, path + 7);
         return;
     }
     if (found == -1) { reply_error(x, 404, "not_found", "unknown endpoint %s", path); return; }

@@ -193,6 +193,7 @@ int http_read_request(struct http_conn * c, const struct http_limits * lim, stru
     /* routing uses the path only; the query string is dropped */
     char * q = strchr(req->target, '?');
     if (q) *q = 0;
+    req->query = q ? q + 1 : NULL;
     req->path = req->target;
     const char * conn = http_header(req, "Connection");
     req->keep_alive = req->minor >= 1 ? !has_token(conn, "close") : has_token(conn, "keep-alive");

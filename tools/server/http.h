@@ -31,6 +31,7 @@ struct http_request {
     char *  method;
     char *  target;         /* request target with the query string cut off */
     char *  path;           /* = target (the path routed on) */
+    char *  query;          /* the query string after '?', or NULL */
     int     minor;          /* HTTP/1.minor */
     struct http_header headers[HTTP_MAX_HEADERS];
     int     n_headers;

@@ -71,6 +71,11 @@ static void usage(FILE * f) {
         "  --kv-sink N          leading tokens never evicted (default 4)\n"
         "  --calibration PATH   sidecar GGUF with triattention.* query centres\n"
         "\n"
+        "prompt cache:\n"
+        "  --slot-save-path DIR directory for POST /slots/{id}?action=save|restore {\"filename\": NAME} (off by default).\n"
+        "                       Requests go to the idle slot sharing the longest prefix with their prompt and only\n"
+        "                       the rest is prefilled (\"cache_prompt\": false opts out)\n"
+        "\n"
         "  -h, --help           this help\n");
 }
 
@@ -156,6 +161,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         if (!strcmp(a, "--chat-format")) { o->chat_format = v; continue; }
         if (!strcmp(a, "--kv-policy")) { o->kv_policy = v; continue; }
         if (!strcmp(a, "--calibration")) { o->calibration = v; continue; }
+        if (!strcmp(a, "--slot-save-path")) { o->slot_save_path = v; continue; }
         fprintf(stderr, "error: unknown option %s (see --help)\n", a);
         return -1;
     }

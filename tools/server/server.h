@@ -31,6 +31,7 @@ struct server_opts {
     int          max_conns;
     int          max_conns_per_ip;   /* 0: no limit */
     long long    max_held_bytes;     /* request bodies held server-wide, else 503 */
+    const char * slot_save_path;   /* directory of POST /slots/{id} state files; NULL = off */
 };
 
 struct server {

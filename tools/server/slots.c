@@ -49,13 +49,16 @@ static bool job_add_logprob(struct slot_job * j, const struct triattn_token_logp
 static void job_start(struct slot_pool * p, struct slot * sl) {
     struct slot_job * j = &sl->job;
     triattn_session * s = sl->session;
-    triattn_session_reset(s);
+    if (!j->cache_prompt) triattn_session_reset(s);
     enum triattn_status st = TRIATTN_OK;
     if (p->compressing) {
         st = triattn_session_set_kv_budget(s, j->kv_budget > 0 ? j->kv_budget : p->kv_budget);
     }
     j->gp.prefill_chunk = p->prefill_chunk;
-    if (st == TRIATTN_OK) st = triattn_generate_begin(s, j->prompt, &j->gp);
+    if (st == TRIATTN_OK) {
+        st = j->cache_prompt ? triattn_generate_begin_cached(s, j->prompt, &j->gp) : triattn_generate_begin(s, j->prompt, &j->gp);
+        triattn_generate_get_reuse(s, &j->reuse);
+    }
     if (st != TRIATTN_OK) {
         j->status = st;
         j->http_status = (st == TRIATTN_ERR_INVALID_ARG || st == TRIATTN_ERR_CONTEXT) ? 400 : 500;
@@ -275,9 +278,10 @@ static bool client_gone_locked(struct slot_pool * p, bool (*gone)(void *), void 
     return g;
 }
 
-struct slot * slots_acquire(struct slot_pool * p) { return slots_acquire_unless(p, NULL, NULL, NULL); }
+struct slot * slots_acquire(struct slot_pool * p) { return slots_acquire_unless(p, NULL, 0, NULL, NULL, NULL); }
 
-struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), void * arg, bool * left) {
+struct slot * slots_acquire_unless(struct slot_pool * p, const triattn_token * tokens, int32_t n, bool (*gone)(void *),
+                                   void * arg, bool * left) {
     if (left) *left = false;
     pthread_mutex_lock(&p->mu);
     uint64_t ticket = p->next_ticket++;
@@ -288,7 +292,7 @@ struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), v
         /* gone() runs unlocked: a wake-up missed meanwhile shows as a change of these */
         const uint64_t serving_seen = p->serving, releases_seen = p->n_released;
         if (ticket == p->serving) {
-            for (int k = 0; k < p->n && !got; k++) if (!p->slots[k].busy) got = &p->slots[k];
+            got = slot_cache_pick_locked(p, tokens, n);
             /* the slot is ours while our ticket is served: nobody takes it while the check runs */
             if (client_gone_locked(p, gone, arg)) { got = NULL; if (left) *left = true; break; }
             if (got) break;
@@ -318,6 +322,7 @@ struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), v
     if (got) {
         got->busy = true;
         got->n_requests++;
+        got->last_used = ++p->n_acquired;
         got->n_prompt = got->n_generated = 0;
         struct slot_job * j = &got->job;
         j->state = JOB_IDLE;
@@ -332,7 +337,9 @@ struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), v
         j->kv_budget = 0;
         j->client_gone = NULL;
         j->client = NULL;
+        j->cache_prompt = false;
         memset(&j->result, 0, sizeof j->result);
+        memset(&j->reuse, 0, sizeof j->reuse);
     }
     /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */
     serve_next_locked(p);

@@ -30,6 +30,7 @@ struct slot_job {
     const char * prompt;
     struct triattn_generate_params gp;
     int32_t      kv_budget;       /* 0 = the server's */
+    bool         cache_prompt;    /* continue from the slot's cache when the prompt starts with its tokens */
     /* written by the engine, read by the request (pool lock) */
     enum job_state state;
     bool         begun;           /* the prompt was accepted: the response can start */
@@ -41,6 +42,7 @@ struct slot_job {
     int          http_status;     /* for a failed start: 400 (bad request / context) or 500 */
     char         error[512];
     struct triattn_generate_result result;
+    struct triattn_reuse_info reuse;  /* prompt tokens taken from the slot's cache */
     /* set by the request: stop generating (client gone, shutdown) */
     bool         cancel;
     /* set by the request (optional): the engine asks client_gone(client) before starting the job, and drops
@@ -60,6 +62,7 @@ struct slot {
     int64_t           n_requests;
     int32_t           n_prompt;      /* current/last request */
     int32_t           n_generated;
+    uint64_t          last_used;     /* acquisition order, for least-recently-used ties */
 };
 
 struct slot_pool {
@@ -76,6 +79,7 @@ struct slot_pool {
     bool            compressing;   /* the sessions' policy evicts (per-request kv_budget is allowed) */
     int64_t         n_steps;       /* engine steps so far */
     int64_t         rows_total;    /* slots advanced, summed over steps (mean batch = rows / steps) */
+    uint64_t        n_acquired;    /* slot acquisitions so far (slot.last_used clock) */
     pthread_t       engine;
     bool            engine_started;
     bool            engine_done;   /* the engine thread has exited: new jobs end at once */
@@ -94,9 +98,25 @@ enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model
 void slots_free(struct slot_pool * p);
 /* Waits for a free slot in arrival order. NULL when *stop becomes non-zero (shutdown). */
 struct slot * slots_acquire(struct slot_pool * p);
-/* The same, but gives up its place (NULL, *left = true) as soon as gone(arg) says the client went away,
- * checked while waiting and once more before a slot is taken; gone is called without the pool lock. */
-struct slot * slots_acquire_unless(struct slot_pool * p, bool (*gone)(void *), void * arg, bool * left);
+/* Waits for a free slot, choosing among the free ones with slot_cache_pick_locked (n == 0: the least recently
+ * used), but gives up its place (NULL, *left = true) as soon as gone(arg) says the client went away, checked
+ * while waiting and once more before a slot is taken; gone is called without the pool lock. */
+struct slot * slots_acquire_unless(struct slot_pool * p, const triattn_token * tokens, int32_t n, bool (*gone)(void *),
+                                   void * arg, bool * left);
+
+/* ---- slot cache (slot_cache.c) ---- */
+
+/* The free slot for a prompt of tokens[0..n): the longest common prefix with its session's tokens among slots
+ * that keep at least half of their tokens that way; ties and no such slot: the least recently used. Call with
+ * the pool lock held; NULL when every slot is busy. */
+struct slot * slot_cache_pick_locked(struct slot_pool * p, const triattn_token * tokens, int32_t n);
+/* Tokenizes prompt as the generation will (add_special / parse_special) into a malloc'd array; NULL on failure. */
+triattn_token * slot_cache_tokenize(const triattn_model * model, const char * prompt, bool add_special,
+                                    bool parse_special, int32_t * n);
+/* Saves (save = true) or restores slot id's session to / from path once the slot is free, holding it meanwhile.
+ * Returns the status; err holds the message. */
+enum triattn_status slot_cache_file(struct slot_pool * p, int id, const char * path, bool save, char * err,
+                                    size_t err_size);
 /* Hands the slot's job (prompt, gp, kv_budget filled in) to the engine. */
 void slots_submit(struct slot_pool * p, struct slot * s);
 /* Waits up to timeout_ms for the job to have more than `have` bytes of text or to end; returns its state.

@@ -1,0 +1,418 @@
+/* Session save/restore: the token history, the live KV slots with their positions, the policy's schedule
+ * state and the last logits, in one checksummed file that a session of the same model and policy can load.
+ *
+ * File layout (little-endian):
+ *   header  magic "TRIATTNS", u32 version, model fingerprint[40], policy[32], kv_mode[32],
+ *           i32 n_ctx, budget, interval, window, sink, n_layer, n_head_kv, head_dim, n_vocab,
+ *           i32 n_past, n_prompt, last_compress_pos, n_logits (0 or 1), i64 n_compressions, n_evicted
+ *   body    i32 tokens[n_past], i32 n_live[n_layer * n_head_kv],
+ *           per (layer, KV head): i32 pos[n_live], f16 K[n_live][head_dim], f16 V[n_live][head_dim],
+ *           f32 logits[n_vocab] when n_logits = 1
+ *   footer  u64 FNV-1a 64 of every byte before it */
+#include "backend.h"
+#include "common.h"
+#include "model.h"
+#include "session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define TRI_STATE_MAGIC   "TRIATTNS"
+#define TRI_STATE_VERSION 1u
+
+typedef struct tri_state_header {
+    char     magic[8];
+    uint32_t version;
+    char     fingerprint[40];
+    char     policy[32];
+    char     mode[32];
+    int32_t  n_ctx, budget, interval, window, sink, n_layer, n_head_kv, head_dim, n_vocab;
+    int32_t  n_past, n_prompt, last_compress_pos, n_logits;
+    int64_t  n_compressions, n_evicted;
+} tri_state_header;
+
+/* Serialised header size: the fields above without padding. */
+#define TRI_STATE_HEADER_BYTES (8 + 4 + 40 + 32 + 32 + 13 * 4 + 2 * 8)
+
+static uint64_t tri_fnv1a(uint64_t h, const void * data, size_t n) {
+    const unsigned char * p = data;
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    }
+    return h;
+}
+#define TRI_FNV_OFFSET 0xcbf29ce484222325ull
+
+/* ---- writing ------------------------------------------------------------------------------------- */
+
+typedef struct tri_writer {
+    FILE *   f;
+    uint64_t hash;
+    bool     ok;
+} tri_writer;
+
+static void tri_put(tri_writer * w, const void * data, size_t n) {
+    if (w->ok && n > 0) {
+        w->hash = tri_fnv1a(w->hash, data, n);
+        w->ok = fwrite(data, 1, n, w->f) == n;
+    }
+}
+static void tri_put_i32(tri_writer * w, int32_t v) { tri_put(w, &v, sizeof v); }
+static void tri_put_i64(tri_writer * w, int64_t v) { tri_put(w, &v, sizeof v); }
+
+/* The policies whose whole state is the cache, the counters and the schedule position. */
+static enum triattn_status tri_state_supported(triattn_session * s, const char * what) {
+    if (s->backend) {
+        return tri_session_fail(s, TRIATTN_ERR_UNSUPPORTED, "%s: sessions on the %s backend cannot be saved or loaded",
+                                what, s->backend->name);
+    }
+    if (s->policy.ops != &tri_kv_policy_full && s->policy.ops != &tri_kv_policy_triattention) {
+        return tri_session_fail(s, TRIATTN_ERR_UNSUPPORTED,
+                                "%s: the '%s' KV policy keeps state outside the cache; only 'full' and "
+                                "'triattention' sessions can be saved", what, s->policy_name);
+    }
+    return TRIATTN_OK;
+}
+
+static void tri_state_header_of(const triattn_session * s, tri_state_header * h) {
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, TRI_STATE_MAGIC, 8);
+    h->version = TRI_STATE_VERSION;
+    snprintf(h->fingerprint, sizeof h->fingerprint, "%s", s->model->fingerprint);
+    snprintf(h->policy, sizeof h->policy, "%s", s->policy_name);
+    snprintf(h->mode, sizeof h->mode, "%s", s->mode_name);
+    h->n_ctx = s->params.n_ctx;
+    h->budget = s->policy.cfg.budget;
+    h->interval = s->policy.cfg.interval;
+    h->window = s->policy.cfg.window;
+    h->sink = s->policy.cfg.sink;
+    h->n_layer = s->kv.n_layer;
+    h->n_head_kv = s->kv.n_head_kv;
+    h->head_dim = s->kv.head_dim;
+    h->n_vocab = s->model->hp.n_vocab;
+    h->n_past = s->n_past;
+    h->n_prompt = s->policy.n_prompt;
+    h->last_compress_pos = s->last_compress_pos;
+    h->n_logits = s->n_logits > 0 ? 1 : 0;
+    h->n_compressions = s->policy.n_compressions;
+    h->n_evicted = s->policy.n_evicted;
+}
+
+static void tri_state_put_header(tri_writer * w, const tri_state_header * h) {
+    tri_put(w, h->magic, 8);
+    tri_put(w, &h->version, 4);
+    tri_put(w, h->fingerprint, 40);
+    tri_put(w, h->policy, 32);
+    tri_put(w, h->mode, 32);
+    const int32_t v[13] = { h->n_ctx,   h->budget,   h->interval, h->window, h->sink,
+                            h->n_layer, h->n_head_kv, h->head_dim, h->n_vocab, h->n_past,
+                            h->n_prompt, h->last_compress_pos, h->n_logits };
+    for (int i = 0; i < 13; i++) {
+        tri_put_i32(w, v[i]);
+    }
+    tri_put_i64(w, h->n_compressions);
+    tri_put_i64(w, h->n_evicted);
+}
+
+enum triattn_status triattn_session_save(triattn_session * s, const char * path) {
+    if (!s) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    s->last_error[0] = '\0';
+    if (!path || !path[0]) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "session_save: path is empty");
+    }
+    enum triattn_status st = tri_state_supported(s, "session_save");
+    if (st != TRIATTN_OK) {
+        return st;
+    }
+    /* Written beside the target and renamed, so a failed save never leaves half a file under path. */
+    const size_t plen = strlen(path);
+    char * tmp = malloc(plen + 8);
+    if (!tmp) {
+        return tri_session_fail(s, TRIATTN_ERR_OOM, "session_save: out of memory");
+    }
+    snprintf(tmp, plen + 8, "%s.tmp", path);
+    tri_writer w = { fopen(tmp, "wb"), TRI_FNV_OFFSET, true };
+    if (!w.f) {
+        st = tri_session_fail(s, TRIATTN_ERR_IO, "session_save: cannot create '%s': %s", tmp, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    tri_state_header h;
+    tri_state_header_of(s, &h);
+    tri_state_put_header(&w, &h);
+    const tri_kv_cache * c = &s->kv;
+    const int LK = c->n_layer * c->n_head_kv;
+    tri_put(&w, s->hist, sizeof(int32_t) * (size_t) s->n_past);
+    tri_put(&w, c->n_live, sizeof(int32_t) * (size_t) LK);
+    for (int i = 0; i < LK; i++) {
+        const int il = i / c->n_head_kv, hd = i % c->n_head_kv;
+        const size_t live = (size_t) c->n_live[i];
+        tri_put(&w, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
+        tri_put(&w, tri_kv_k(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
+        tri_put(&w, tri_kv_v(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
+    }
+    if (h.n_logits) {
+        tri_put(&w, triattn_session_logits(s, -1), sizeof(float) * (size_t) h.n_vocab);
+    }
+    const uint64_t sum = w.hash;
+    tri_put(&w, &sum, sizeof sum);
+    const bool ok = w.ok && fclose(w.f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        if (!w.ok) {
+            fclose(w.f);
+        }
+        st = tri_session_fail(s, TRIATTN_ERR_IO, "session_save: cannot write '%s': %s", path, strerror(errno));
+        remove(tmp);
+    }
+    free(tmp);
+    return st;
+}
+
+/* ---- reading ------------------------------------------------------------------------------------- */
+
+typedef struct tri_reader {
+    const unsigned char * p;
+    size_t                n, off;
+} tri_reader;
+
+/* Points *out at the next n bytes; false when the file ends first. */
+static bool tri_take(tri_reader * r, size_t n, const void ** out) {
+    if (n > r->n - r->off) {
+        return false;
+    }
+    *out = r->p + r->off;
+    r->off += n;
+    return true;
+}
+
+static bool tri_get(tri_reader * r, void * dst, size_t n) {
+    const void * src;
+    if (!tri_take(r, n, &src)) {
+        return false;
+    }
+    memcpy(dst, src, n);
+    return true;
+}
+
+static bool tri_state_get_header(tri_reader * r, tri_state_header * h) {
+    int32_t v[13];
+    bool ok = tri_get(r, h->magic, 8) && tri_get(r, &h->version, 4) && tri_get(r, h->fingerprint, 40) &&
+              tri_get(r, h->policy, 32) && tri_get(r, h->mode, 32) && tri_get(r, v, sizeof v) &&
+              tri_get(r, &h->n_compressions, 8) && tri_get(r, &h->n_evicted, 8);
+    if (!ok) {
+        return false;
+    }
+    h->fingerprint[39] = h->policy[31] = h->mode[31] = '\0';
+    int32_t * f[13] = { &h->n_ctx,   &h->budget,   &h->interval, &h->window,  &h->sink,
+                        &h->n_layer, &h->n_head_kv, &h->head_dim, &h->n_vocab, &h->n_past,
+                        &h->n_prompt, &h->last_compress_pos, &h->n_logits };
+    for (int i = 0; i < 13; i++) {
+        *f[i] = v[i];
+    }
+    return true;
+}
+
+/* The file's header against the session it is loaded into; the message names the first mismatch. */
+static enum triattn_status tri_state_check_header(triattn_session * s, const tri_state_header * h, const char * path) {
+    const tri_kv_cache * c = &s->kv;
+#define TRI_STATE_SAME(field, mine)                                                                                  \
+    if (h->field != (mine)) {                                                                                        \
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "session_load: '%s' has " #field " %d, this session %d", \
+                                path, h->field, (int) (mine));                                                       \
+    }
+    if (strcmp(h->fingerprint, s->model->fingerprint) != 0) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG,
+                                "session_load: '%s' was saved with another model (fingerprint %s, this model %s)", path,
+                                h->fingerprint, s->model->fingerprint);
+    }
+    if (strcmp(h->policy, s->policy_name) != 0 || strcmp(h->mode, s->mode_name) != 0) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG,
+                                "session_load: '%s' holds a '%s' (%s) cache, this session uses '%s' (%s)", path,
+                                h->policy, h->mode, s->policy_name, s->mode_name);
+    }
+    TRI_STATE_SAME(n_layer, c->n_layer)
+    TRI_STATE_SAME(n_head_kv, c->n_head_kv)
+    TRI_STATE_SAME(head_dim, c->head_dim)
+    TRI_STATE_SAME(n_vocab, s->model->hp.n_vocab)
+    const bool compressing = c->capacity < s->params.n_ctx;
+    if (compressing) {
+        TRI_STATE_SAME(interval, s->policy.cfg.interval)
+        TRI_STATE_SAME(window, s->policy.cfg.window)
+        TRI_STATE_SAME(sink, s->policy.cfg.sink)
+        if (h->budget <= 0 || (int64_t) h->budget + h->interval > c->capacity) {
+            return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG,
+                                    "session_load: '%s' has kv_budget %d; this session's %d slots take at most %d",
+                                    path, h->budget, c->capacity, c->capacity - s->policy.cfg.interval);
+        }
+    }
+#undef TRI_STATE_SAME
+    if (h->n_past < 0 || h->n_past > s->params.n_ctx) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "session_load: '%s' holds %d tokens, this session's n_ctx is %d",
+                                path, h->n_past, s->params.n_ctx);
+    }
+    if (h->n_prompt < 0 || h->n_prompt > h->n_ctx || h->last_compress_pos < -1 || h->last_compress_pos > h->n_past ||
+        (h->n_logits != 0 && h->n_logits != 1) || h->n_compressions < 0 || h->n_evicted < 0) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s': inconsistent header", path);
+    }
+    return TRIATTN_OK;
+}
+
+/* The body against the header: token ids in range, live counts within the session's slots, positions strictly
+ * increasing below n_past, exact size. */
+static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader * r, const tri_state_header * h,
+                                                const char * path) {
+    const tri_kv_cache * c = &s->kv;
+    const int LK = c->n_layer * c->n_head_kv;
+    const void * tok_p, * live_p;
+    if (!tri_take(r, sizeof(int32_t) * (size_t) h->n_past, &tok_p) || !tri_take(r, sizeof(int32_t) * (size_t) LK, &live_p)) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (token history)", path);
+    }
+    for (int32_t i = 0; i < h->n_past; i++) {
+        int32_t t;
+        memcpy(&t, (const char *) tok_p + 4 * (size_t) i, 4);
+        if (t < 0 || t >= h->n_vocab) {
+            return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s': token %d at position %d is out of range",
+                                    path, t, i);
+        }
+    }
+    for (int i = 0; i < LK; i++) {
+        int32_t live;
+        memcpy(&live, (const char *) live_p + 4 * (size_t) i, 4);
+        if (live < 0 || live > c->capacity || live > h->n_past) {
+            return tri_session_fail(s, TRIATTN_ERR_FORMAT,
+                                    "session_load: '%s': (layer %d, KV head %d) has %d live slots (capacity %d, %d tokens)",
+                                    path, i / c->n_head_kv, i % c->n_head_kv, live, c->capacity, h->n_past);
+        }
+        const void * pos_p, * kv_p;
+        if (!tri_take(r, sizeof(int32_t) * (size_t) live, &pos_p) ||
+            !tri_take(r, 2 * sizeof(tri_fp16) * (size_t) live * c->head_dim, &kv_p)) {
+            return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (KV of layer %d, head %d)",
+                                    path, i / c->n_head_kv, i % c->n_head_kv);
+        }
+        int32_t prev = -1;
+        for (int32_t j = 0; j < live; j++) {
+            int32_t pos;
+            memcpy(&pos, (const char *) pos_p + 4 * (size_t) j, 4);
+            if (pos <= prev || pos >= h->n_past) {
+                return tri_session_fail(s, TRIATTN_ERR_FORMAT,
+                                        "session_load: '%s': (layer %d, KV head %d) slot %d has position %d", path,
+                                        i / c->n_head_kv, i % c->n_head_kv, j, pos);
+            }
+            prev = pos;
+        }
+    }
+    const void * logits;
+    if (h->n_logits && !tri_take(r, sizeof(float) * (size_t) h->n_vocab, &logits)) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (logits)", path);
+    }
+    if (r->off != r->n) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has %zu bytes after the state", path,
+                                r->n - r->off);
+    }
+    return TRIATTN_OK;
+}
+
+/* Copies a validated state into the session. */
+static void tri_state_apply(triattn_session * s, tri_reader * r, const tri_state_header * h) {
+    tri_kv_cache * c = &s->kv;
+    const int LK = c->n_layer * c->n_head_kv;
+    triattn_session_reset(s);
+    tri_get(r, s->hist, sizeof(int32_t) * (size_t) h->n_past);
+    tri_get(r, c->n_live, sizeof(int32_t) * (size_t) LK);
+    for (int i = 0; i < LK; i++) {
+        const int il = i / c->n_head_kv, hd = i % c->n_head_kv;
+        const size_t live = (size_t) c->n_live[i];
+        tri_get(r, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
+        tri_get(r, tri_kv_k(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
+        tri_get(r, tri_kv_v(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
+    }
+    if (h->n_logits) {
+        tri_get(r, s->fwd.logits, sizeof(float) * (size_t) h->n_vocab);
+    }
+    for (int32_t i = 0; i < h->n_past; i++) {
+        tri_sampler_accept(s->sampler, s->hist[i]);
+    }
+    s->n_past = h->n_past;
+    s->n_logits = h->n_logits;
+    s->logits_all = false;
+    s->fwd.n_logits = h->n_logits;
+    s->last_compress_pos = h->last_compress_pos;
+    s->policy.n_prompt = h->n_prompt;
+    s->policy.n_compressions = h->n_compressions;
+    s->policy.n_evicted = h->n_evicted;
+    if (c->capacity < s->params.n_ctx) {
+        s->policy.cfg.budget = h->budget;
+        s->params.kv_budget = h->budget;
+    }
+}
+
+enum triattn_status triattn_session_load(triattn_session * s, const char * path) {
+    if (!s) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    s->last_error[0] = '\0';
+    if (!path || !path[0]) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "session_load: path is empty");
+    }
+    enum triattn_status st = tri_state_supported(s, "session_load");
+    if (st != TRIATTN_OK) {
+        return st;
+    }
+    FILE * f = fopen(path, "rb");
+    if (!f) {
+        return tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot open '%s': %s", path, strerror(errno));
+    }
+    /* Nothing larger than this session's own state can be valid. */
+    const tri_kv_cache * c = &s->kv;
+    const uint64_t max = TRI_STATE_HEADER_BYTES + 4ull * s->params.n_ctx + 4ull * c->n_layer * c->n_head_kv +
+                         (uint64_t) c->n_layer * c->n_head_kv * c->capacity * (4ull + 4ull * c->head_dim) +
+                         4ull * s->model->hp.n_vocab + 8;
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return tri_session_fail(s, TRIATTN_ERR_IO, "session_load: '%s' is not a regular file", path);
+    }
+    const uint64_t size = (uint64_t) sb.st_size;
+    if (size < TRI_STATE_HEADER_BYTES + 8 || size > max) {
+        fclose(f);
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT,
+                                "session_load: '%s' has %llu bytes: not a state this session can hold (%llu..%llu)",
+                                path, (unsigned long long) size, (unsigned long long) (TRI_STATE_HEADER_BYTES + 8),
+                                (unsigned long long) max);
+    }
+    unsigned char * buf = malloc((size_t) size);
+    if (!buf) {
+        fclose(f);
+        return tri_session_fail(s, TRIATTN_ERR_OOM, "session_load: cannot allocate %llu bytes",
+                                (unsigned long long) size);
+    }
+    const bool read_ok = fread(buf, 1, (size_t) size, f) == (size_t) size;
+    fclose(f);
+    tri_reader r = { buf, (size_t) size - 8, 0 };
+    tri_state_header h;
+    uint64_t sum;
+    memcpy(&sum, buf + size - 8, 8);
+    if (!read_ok) {
+        st = tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot read '%s'", path);
+    } else if (!tri_state_get_header(&r, &h) || memcmp(h.magic, TRI_STATE_MAGIC, 8) != 0) {
+        st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is not a pytriattn session file", path);
+    } else if (h.version != TRI_STATE_VERSION) {
+        st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has format version %u, this library reads %u",
+                              path, h.version, TRI_STATE_VERSION);
+    } else if (tri_fnv1a(TRI_FNV_OFFSET, buf, (size_t) size - 8) != sum) {
+        st = tri_session_fail(s, TRIATTN_ERR_FORMAT,
+                              "session_load: '%s' is corrupt or truncated (checksum mismatch over %llu bytes)", path,
+                              (unsigned long long) (size - 8));
+    } else if ((st = tri_state_check_header(s, &h, path)) == TRIATTN_OK &&
+               (st = tri_state_check_body(s, &r, &h, path)) == TRIATTN_OK) {
+        r.off = TRI_STATE_HEADER_BYTES;
+        tri_state_apply(s, &r, &h);
+    }
+    free(buf);
+    return st;
+}

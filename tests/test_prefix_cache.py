@@ -1,0 +1,230 @@
+"""Prefix reuse and saved state: the Python Llama continuing a chat from its cache equals a fresh session given
+the whole conversation (logits bit for bit, full and a compressing TriAttention cache), save_state/load_state;
+the server's slot cache (longest common prefix, cache_prompt: false, /slots) and slot save/restore into a fresh
+server, with truncated and bit-flipped files refused."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytriattn import Llama, TriattnError
+
+SEED = int(os.environ.get("TRIATTN_TEST_SEED", time.time_ns() % 2**31))
+RNG = random.Random(SEED)
+ROOT = Path(__file__).resolve().parents[1]
+SIDECAR = ROOT / "python" / "pytriattn" / "data" / "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
+
+
+def _sentences(n: int) -> str:
+    """n random sentences of real English prose from the project's documentation."""
+    text = " ".join((ROOT / "docs" / f).read_text() for f in ("engine.md", "triattention-engine.md"))
+    words = re.findall(r"[A-Za-z][A-Za-z,.'-]*", text)
+    out = []
+    for _ in range(n):
+        i = RNG.randrange(len(words) - 20)
+        out.append(" ".join(words[i:i + RNG.randrange(6, 16)]).rstrip(",.") + ".")
+    return " ".join(out)
+
+
+def _llama(model, policy, **kw):
+    extra = {"kv_budget": 64, "kv_interval": 16, "calibration": str(SIDECAR)} if policy == "triattention" else {}
+    return Llama(str(model), n_ctx=1024, n_threads=2, kv_policy=policy, n_batch=RNG.randrange(16, 80),
+                 **extra, **kw)
+
+
+def _chat(llm, messages, **kw):
+    return llm.create_chat_completion(messages, max_tokens=kw.pop("max_tokens", 24), temperature=0, **kw)
+
+
+@pytest.mark.parametrize("policy", ["full", "triattention"])
+def test_chat_continuation_equals_one_request(default_model, policy):
+    llm = _llama(default_model, policy)
+    msgs = [{"role": "user", "content": _sentences(4)}]
+    r1 = _chat(llm, msgs)
+    assert r1["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    msgs += [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
+             {"role": "user", "content": _sentences(6)}]
+    held = len(llm.session_tokens())
+    r2 = _chat(llm, msgs)
+    cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert llm.last_result["reuse"] in ("continue", "rollback"), llm.last_result
+    assert 0 < cached <= held and cached > r1["usage"]["prompt_tokens"], (cached, held, r1["usage"])
+    if policy == "triattention":
+        assert llm.kv_stats()["n_compressions"] > 0
+
+    fresh = _llama(default_model, policy)
+    fresh.cache_prompt = False
+    f2 = _chat(fresh, msgs)
+    assert f2["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert f2["choices"][0]["message"]["content"] == r2["choices"][0]["message"]["content"]
+    assert llm.session_tokens() == fresh.session_tokens()
+    assert np.array_equal(llm.kv_positions(), fresh.kv_positions())
+    probe = [RNG.randrange(1000, llm.n_vocab())]
+    assert np.array_equal(llm.eval(probe), fresh.eval(probe)), "logits differ after the continued turn"
+    llm.close()
+    fresh.close()
+
+
+def test_completion_rollback_and_restart(default_model):
+    llm = _llama(default_model, "full")
+    base = _sentences(5)
+    llm.create_completion(base, max_tokens=8, temperature=0)
+    n_base = len(llm.tokenize(base))
+    # the same text, then a different ending: the shared prompt comes from the cache
+    r = llm.create_completion(base + " " + _sentences(1), max_tokens=4, temperature=0)
+    assert llm.last_result["reuse"] in ("continue", "rollback")
+    assert r["usage"]["prompt_tokens_details"]["cached_tokens"] >= n_base - 2
+    other = llm.create_completion("Zebra " + base, max_tokens=4, temperature=0)
+    assert other["usage"]["prompt_tokens_details"]["cached_tokens"] <= 1
+
+
+@pytest.mark.parametrize("policy", ["full", "triattention"])
+def test_save_and_load_state(default_model, policy, tmp_path):
+    llm = _llama(default_model, policy)
+    msgs = [{"role": "user", "content": _sentences(8)}]
+    r1 = _chat(llm, msgs, max_tokens=40)
+    path = tmp_path / "s.state"
+    llm.save_state(path)
+    msgs += [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
+             {"role": "user", "content": _sentences(2)}]
+    want = _chat(llm, msgs)
+
+    other = _llama(default_model, policy)
+    other.load_state(path)
+    got = _chat(other, msgs)
+    assert got["usage"]["prompt_tokens_details"]["cached_tokens"] == want["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert got["choices"][0]["message"]["content"] == want["choices"][0]["message"]["content"]
+
+    raw = path.read_bytes()
+    before = other.session_tokens()
+    bad = tmp_path / "bad.state"
+    for data in (raw[:RNG.randrange(len(raw))], _flip(raw)):
+        bad.write_bytes(data)
+        with pytest.raises(TriattnError, match="session_load"):
+            other.load_state(bad)
+        assert other.session_tokens() == before
+    with pytest.raises(TriattnError):
+        other.load_state(tmp_path / "missing.state")
+    foreign = _llama(default_model, "triattention" if policy == "full" else "full")
+    with pytest.raises(TriattnError, match="session_load"):
+        foreign.load_state(path)
+    for x in (llm, other, foreign):
+        x.close()
+
+
+def _flip(raw: bytes) -> bytes:
+    b = bytearray(raw)
+    b[RNG.randrange(len(b))] ^= 1 << RNG.randrange(8)
+    return bytes(b)
+
+
+# ---- server ------------------------------------------------------------------------------------------------
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def server_factory(server_bin, default_model):
+    from test_server import Server
+    started = []
+
+    def start(*extra):
+        s = Server(server_bin, default_model, *extra)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
+
+
+def _client(s):
+    return openai.OpenAI(base_url=s.base + "/v1", api_key="unused", timeout=300, max_retries=0)
+
+
+def _turn(c, msgs, **extra):
+    r = c.chat.completions.create(model="smol", messages=msgs, max_tokens=16, temperature=0,
+                                  extra_body=extra or None)
+    return r.choices[0].message.content, r.usage
+
+
+def test_server_longest_prefix_slot(server_factory):
+    s = server_factory("--parallel", "2")
+    c = _client(s)
+    conv = [{"role": "user", "content": _sentences(5)}]
+    other = [{"role": "user", "content": _sentences(5)}]
+    text, u1 = _turn(c, conv)
+    assert u1.prompt_tokens_details.cached_tokens == 0
+    # another conversation shares only the system prompt: it goes to the least recently used slot
+    text_o, _ = _turn(c, other)
+    other += [{"role": "assistant", "content": text_o}, {"role": "user", "content": _sentences(1)}]
+    _, uo = _turn(c, other)
+    assert uo.prompt_tokens_details.cached_tokens > 0
+    conv += [{"role": "assistant", "content": text}, {"role": "user", "content": _sentences(2)}]
+    st, raw = s.request("GET", "/slots")
+    held = max(x["n_cached_tokens"] for x in json.loads(raw))
+    text2, u2 = _turn(c, conv)
+    assert 0 < u2.prompt_tokens_details.cached_tokens <= held
+    assert u2.prompt_tokens_details.cached_tokens > u1.prompt_tokens
+    slots = json.loads(s.request("GET", "/slots")[1])
+    assert any(x["n_cached_tokens"] >= u2.prompt_tokens for x in slots), slots
+    # opting out prefills everything and gives the same greedy text
+    text3, u3 = _turn(c, conv, cache_prompt=False)
+    assert u3.prompt_tokens_details.cached_tokens == 0 and text3 == text2
+    st, raw = s.request("POST", "/v1/chat/completions", {"messages": conv, "max_tokens": 4, "cache_prompt": 1})
+    assert st == 400 and b"cache_prompt" in raw
+
+
+def test_server_slot_save_restore(server_factory, tmp_path):
+    args = ("--parallel", "1", "--kv-policy", "triattention", "--calibration", str(SIDECAR), "--kv-budget", "64",
+            "--kv-interval", "16", "--slot-save-path", str(tmp_path))
+    a = server_factory(*args)
+    ca = _client(a)
+    conv = [{"role": "user", "content": _sentences(6)}]
+    text, _ = _turn(ca, conv)
+    st, raw = a.request("POST", "/slots/0?action=save", {"filename": "conv.state"})
+    assert st == 200, raw
+    assert json.loads(raw)["n_saved"] > 64
+    conv += [{"role": "assistant", "content": text}, {"role": "user", "content": _sentences(2)}]
+    want, uw = _turn(ca, conv)
+
+    b = server_factory(*args)
+    st, raw = b.request("POST", "/slots/0?action=restore", {"filename": "conv.state"})
+    assert st == 200, raw
+    slots = json.loads(b.request("GET", "/slots")[1])
+    assert slots[0]["n_cached_tokens"] == json.loads(raw)["n_restored"] > 0
+    got, ug = _turn(_client(b), conv)
+    assert got == want
+    assert ug.prompt_tokens_details.cached_tokens == uw.prompt_tokens_details.cached_tokens > 0
+
+    data = (tmp_path / "conv.state").read_bytes()
+    (tmp_path / "cut.state").write_bytes(data[:RNG.randrange(len(data))])
+    (tmp_path / "flip.state").write_bytes(_flip(data))
+    for name in ("cut.state", "flip.state"):
+        st, raw = b.request("POST", "/slots/0?action=restore", {"filename": name})
+        assert st == 400 and b"session_load" in raw, (name, st, raw)
+    # the refused files left the restored slot as it was
+    again, _ = _turn(_client(b), conv)
+    assert again == want
+    for bad in ("../conv.state", "/etc/passwd", "", ".hidden", "a/b"):
+        st, raw = b.request("POST", "/slots/0?action=restore", {"filename": bad})
+        assert st == 400 and b"filename" in raw, (bad, st, raw)
+    st, _ = b.request("POST", "/slots/0?action=restore", {"filename": "missing.state"})
+    assert st == 404
+    st, _ = b.request("POST", "/slots/7?action=save", {"filename": "x"})
+    assert st == 404
+    st, _ = b.request("POST", "/slots/0?action=drop", {"filename": "x"})
+    assert st == 400
+
+
+def test_server_slot_save_needs_path(server_factory):
+    s = server_factory("--parallel", "1")
+    st, raw = s.request("POST", "/slots/0?action=save", {"filename": "x.state"})
+    assert st == 501 and b"slot-save-path" in raw

@@ -48,6 +48,7 @@ struct triattn_session {
         int32_t          n_logprobs;
         bool             lp_valid;  /* lp describes the token sampled by the last step */
         struct triattn_token_logprobs lp;
+        struct tri_constraint * constraint; /* json_schema of this generation, NULL when unconstrained */
     } gen;
 
     char             last_error[768];

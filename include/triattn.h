@@ -448,6 +448,14 @@ TRIATTN_API enum triattn_status triattn_generate_next_batch(triattn_session * co
  * TRIATTN_ERR_INVALID_ARG otherwise, or for the `full` policy (no budget). */
 TRIATTN_API enum triattn_status triattn_session_set_kv_budget(triattn_session * s, int32_t budget);
 
+/* ---- constrained output ----------------------------------------------------------------------- */
+
+/* Checks a JSON Schema (as JSON text) against the subset that triattn_generate_params.json_schema supports,
+ * without generating: TRIATTN_OK, or TRIATTN_ERR_INVALID_ARG (malformed JSON, a bad keyword value) /
+ * TRIATTN_ERR_UNSUPPORTED (a keyword outside the subset) with a message in err such as
+ * "json_schema: unsupported keyword 'pattern' at $.properties.x". */
+TRIATTN_API enum triattn_status triattn_json_schema_check(const char * schema, char * err, size_t err_size);
+
 #ifdef __cplusplus
 }
 #endif

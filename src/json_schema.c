@@ -767,3 +767,12 @@ enum triattn_status tri_schema_compile(const char * text, size_t len, tri_schema
     *out = c.s;
     return TRIATTN_OK;
 }
+
+enum triattn_status triattn_json_schema_check(const char * schema, char * err, size_t err_size) {
+    if (err && err_size) err[0] = '\0';
+    if (!schema) return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "json_schema: schema is NULL");
+    tri_schema * s = NULL;
+    const enum triattn_status st = tri_schema_compile(schema, strlen(schema), &s, err, err_size);
+    tri_schema_free(s);
+    return st;
+}

@@ -331,6 +331,64 @@ static void test_trie_mask(void) {
     }
     free(allow);
     free(scratch);
+
+    /* generation under a schema ends with a complete document; a refused schema fails generate_begin */
+    static const char * schema = "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},"
+                                 "\"n\":{\"type\":\"integer\"},\"ok\":{\"type\":\"boolean\"}},\"required\":[\"name\",\"n\"]}";
+    tri_schema * s = compile(schema);
+    struct triattn_session_params sp;
+    triattn_session_params_init(&sp);
+    sp.n_ctx = 256;
+    sp.n_threads = 2;
+    triattn_session * sess = NULL;
+    CHECK(triattn_session_create(m, &sp, &sess, err, sizeof err) == TRIATTN_OK, "session: %s", err);
+    for (int run = 0; sess && s && run < 3; run++) {
+        struct triattn_generate_params gp;
+        triattn_generate_params_init(&gp);
+        gp.max_tokens = 48;
+        gp.json_schema = schema;
+        gp.sampling.temperature = run == 0 ? 0.0f : 1.0f;
+        gp.sampling.seed = tu_u64() >> 1;
+        triattn_session_reset(sess);
+        text out = { .n = 0 };
+        out.b[0] = '\0';
+        enum triattn_status st = triattn_generate_begin(sess, "A JSON record:", &gp);
+        bool done = false;
+        while (st == TRIATTN_OK && !done) {
+            const char * piece;
+            size_t len;
+            st = triattn_generate_next(sess, &piece, &len, &done);
+            if (st == TRIATTN_OK && len < sizeof out.b - out.n) {
+                memcpy(out.b + out.n, piece, len);
+                out.n += len;
+                out.b[out.n] = '\0';
+            }
+        }
+        struct triattn_generate_result res;
+        triattn_generate_get_result(sess, &res);
+        CHECK(st == TRIATTN_OK, "generate: %s", triattn_session_last_error(sess));
+        if (res.stop_reason == TRIATTN_STOP_EOG) {
+            CHECK(accepts(s, out.b, out.n), "run %d: output %s does not match", run, out.b);
+        } else {
+            tri_gstate g;
+            tri_gstate_init(s, &g);
+            CHECK(res.stop_reason == TRIATTN_STOP_LENGTH && tri_gstate_feed_bytes(s, &g, out.b, (int32_t) out.n),
+                  "run %d: stop %d, output %s is not a valid prefix", run, (int) res.stop_reason, out.b);
+        }
+    }
+    struct triattn_generate_params gp;
+    triattn_generate_params_init(&gp);
+    gp.json_schema = "{\"type\":\"string\",\"format\":\"date\"}";
+    if (sess) {
+        CHECK(triattn_generate_begin(sess, "x", &gp) == TRIATTN_ERR_UNSUPPORTED &&
+              strstr(triattn_session_last_error(sess), "unsupported keyword 'format' at $"),
+              "refused schema: %s", triattn_session_last_error(sess));
+    }
+    CHECK(triattn_json_schema_check("{\"minimum\":1}", err, sizeof err) == TRIATTN_ERR_UNSUPPORTED &&
+          strstr(err, "'minimum'"), "check: %s", err);
+    CHECK(triattn_json_schema_check("{\"type\":\"number\"}", err, sizeof err) == TRIATTN_OK, "check: %s", err);
+    triattn_session_free(sess);
+    tri_schema_free(s);
     triattn_model_free(m);
 }
 

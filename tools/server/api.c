@@ -123,6 +123,7 @@ struct gen_req {
     struct triattn_generate_params gp;
     char   id[48];
     long long created;
+    char * json_schema;        /* malloc'd: response_format's schema, NULL = plain text */
 };
 
 static void chunk_head(struct gen_req * g, ctx * x, jbuf * b) {
@@ -286,6 +287,64 @@ static bool model_known(const struct server * srv, const char * name) {
     return n > 5 && strcmp(base + n - 5, ".gguf") == 0 && strlen(name) == n - 5 && strncmp(name, base, n - 5) == 0;
 }
 
+/* A 400 about one request field: {"error": {"message", "type", "param", "code"}}. */
+static void reply_param_error(ctx * x, const char * param, const char * code, const char * msg) {
+    jbuf b;
+    jb_init(&b);
+    jb_cstr(&b, "{\"error\":{\"message\":");
+    jb_qcstr(&b, msg);
+    jb_cstr(&b, ",\"type\":\"invalid_request_error\",\"param\":");
+    jb_qcstr(&b, param);
+    jb_cstr(&b, ",\"code\":");
+    jb_qcstr(&b, code);
+    jb_cstr(&b, "}}");
+    reply_json(x, 400, &b);
+    jb_free(&b);
+    atomic_fetch_add(&x->srv->requests_failed, 1);
+}
+
+/* response_format: {"type": "text"}, {"type": "json_object"} (any object, or "schema" as llama-cpp-python
+ * takes it) or {"type": "json_schema", "json_schema": {"schema": ...}} -> g->json_schema, checked here so that
+ * an unsupported keyword is a 400 naming it. */
+static bool parse_response_format(ctx * x, const json_value * body, struct gen_req * g) {
+    const json_value * rf = json_get(body, "response_format");
+    if (is_null(rf)) return true;
+    const json_value * type = json_get(rf, "type");
+    if (rf->type != JSON_OBJECT || !type || type->type != JSON_STRING) {
+        reply_param_error(x, "response_format", "invalid_type", "'response_format' must be an object with a string 'type'");
+        return false;
+    }
+    const json_value * schema = NULL;
+    if (strcmp(type->str, "text") == 0) return true;
+    if (strcmp(type->str, "json_object") == 0) {
+        schema = json_get(rf, "schema");
+    } else if (strcmp(type->str, "json_schema") == 0) {
+        schema = json_get(json_get(rf, "json_schema"), "schema");
+        if (is_null(schema)) {
+            reply_param_error(x, "response_format", "invalid_value", "response_format json_schema needs 'json_schema': {'schema': {...}}");
+            return false;
+        }
+    } else {
+        reply_param_error(x, "response_format", "invalid_value", "response_format 'type' must be 'text', 'json_object' or 'json_schema'");
+        return false;
+    }
+    jbuf b;
+    jb_init(&b);
+    if (is_null(schema)) jb_cstr(&b, "{\"type\":\"object\"}");
+    else jb_value(&b, schema);
+    if (b.oom) { jb_free(&b); reply_error(x, 500, NULL, "out of memory"); return false; }
+    char err[512];
+    const enum triattn_status st = triattn_json_schema_check(b.data, err, sizeof err);
+    if (st != TRIATTN_OK) {
+        jb_free(&b);
+        reply_param_error(x, "response_format", st == TRIATTN_ERR_UNSUPPORTED ? "unsupported_schema" : "invalid_schema", err);
+        return false;
+    }
+    g->json_schema = b.data;   /* owned by g now */
+    g->gp.json_schema = g->json_schema;
+    return true;
+}
+
 /* Reads the OpenAI fields into g. */
 static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     triattn_generate_params_init(&g->gp);
@@ -362,7 +421,7 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     }
     g->gp.stop = g->n_stop ? g->stop : NULL;
     g->gp.n_stop = g->n_stop;
-    return true;
+    return parse_response_format(x, body, g);
 }
 
 static void handle_generate(ctx * x, bool chat) {
@@ -375,10 +434,10 @@ static void handle_generate(ctx * x, bool chat) {
     g.chat = chat;
     g.created = (long long)time(NULL);
     snprintf(g.id, sizeof g.id, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)atomic_fetch_add(&srv->id_counter, 1));
-    if (!gen_parse(x, body, &g)) { free(g.prompt); json_free(body); return; }
+    if (!gen_parse(x, body, &g)) { free(g.prompt); free(g.json_schema); json_free(body); return; }
 
     struct slot * sl = slots_acquire(pool);
-    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); json_free(body); return; }
+    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); free(g.json_schema); json_free(body); return; }
     sl->job.prompt = g.prompt;
     sl->job.gp = g.gp;
     sl->job.kv_budget = g.kv_budget;
@@ -487,6 +546,7 @@ static void handle_generate(ctx * x, bool chat) {
     jb_free(&out);
     jb_free(&ev);
     free(g.prompt);
+    free(g.json_schema);
     json_free(body);
 }
 

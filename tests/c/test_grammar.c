@@ -117,6 +117,11 @@ static void test_errors(void) {
               (int) st, err);
         tri_schema_free(s);
     }
+    char err[256];
+    CHECK(triattn_json_schema_check("{\"minimum\":1}", err, sizeof err) == TRIATTN_ERR_UNSUPPORTED &&
+          strstr(err, "'minimum'"), "check: %s", err);
+    CHECK(triattn_json_schema_check("{\"type\":\"number\"}", err, sizeof err) == TRIATTN_OK, "check: %s", err);
+    CHECK(triattn_json_schema_check(NULL, err, sizeof err) == TRIATTN_ERR_INVALID_ARG, "NULL schema");
 }
 
 /* ---- random schemas with a valid document ------------------------------------------------------- */
@@ -384,9 +389,6 @@ static void test_trie_mask(void) {
               strstr(triattn_session_last_error(sess), "unsupported keyword 'format' at $"),
               "refused schema: %s", triattn_session_last_error(sess));
     }
-    CHECK(triattn_json_schema_check("{\"minimum\":1}", err, sizeof err) == TRIATTN_ERR_UNSUPPORTED &&
-          strstr(err, "'minimum'"), "check: %s", err);
-    CHECK(triattn_json_schema_check("{\"type\":\"number\"}", err, sizeof err) == TRIATTN_OK, "check: %s", err);
     triattn_session_free(sess);
     tri_schema_free(s);
     triattn_model_free(m);

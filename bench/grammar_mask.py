@@ -48,7 +48,7 @@ def mask_cost(tool: str, model: str) -> dict:
                              check=True).stdout.split()
     finally:
         os.unlink(f.name)
-    v = dict(zip(out[0::2], out[1::2]))
+    v = dict(zip(out[5::2], out[6::2]))  # after "masks N mask_ms MEAN MAX"
     return {"masks": int(out[1]), "mask_ms_mean": float(out[3]), "mask_ms_max": float(out[4]),
             "check_us": float(v["check_us"]), "allowed_mean": float(v["allowed"]),
             "trie_nodes": int(v["trie_nodes"]), "trie_build_ms": float(v["trie_ms"])}

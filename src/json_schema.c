@@ -582,7 +582,7 @@ static bool compile_object(compiler * c, const jv * o, int32_t id, int depth) {
                 listed = name_len[k] == nlen && memcmp(names[k], name, nlen) == 0;
             }
             if (listed) continue;
-            if (additional < 0) {
+            if (add && add->type == JV_BOOL && !add->b) {
                 cfail(c, TRIATTN_ERR_INVALID_ARG, "required property '%s' is not allowed by the schema", name);
                 return false;
             }
@@ -593,7 +593,7 @@ static bool compile_object(compiler * c, const jv * o, int32_t id, int depth) {
             cfail(c, TRIATTN_ERR_UNSUPPORTED, "%s", "more than 64 properties");
             return false;
         }
-        int32_t vn = additional;
+        int32_t vn = additional >= 0 ? additional : 0; /* a required key outside properties: any value */
         if (i < n_props) {
             char suffix[300];
             snprintf(suffix, sizeof suffix, ".properties.%s", name);

@@ -9,7 +9,8 @@
  *   - compact JSON: no whitespace except one optional space after ':' and after ',';
  *   - object members in any order, each property at most once, every required one before '}';
  *     with "properties" and no additionalProperties, only the listed properties are generated (a subset of
- *     what the schema accepts); additionalProperties true or a schema allows other keys;
+ *     what the schema accepts); additionalProperties true or a schema allows other keys; a required key
+ *     missing from properties takes any value (refused when additionalProperties is false);
  *   - enum / const values are generated as their compact serialisation;
  *   - strings hold at most maxLength code points, TRI_SCHEMA_MAX_STRING when unset; numbers at most 20
  *     integer digits, 20 fraction digits and 2 exponent digits; nesting at most TRI_SCHEMA_MAX_DEPTH. */

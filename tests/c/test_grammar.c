@@ -78,6 +78,8 @@ static void test_hand_cases(void) {
         { "{\"properties\":{\"ab\":{\"type\":\"integer\"}},\"additionalProperties\":{\"type\":\"boolean\"}}",
           "{\"a\":1}", 0 },
         { "{\"type\":\"object\",\"additionalProperties\":false}", "{}", 1 },
+        { "{\"properties\":{\"a\":{}},\"required\":[\"b\"]}", "{\"b\":[2]}", 1 },
+        { "{\"properties\":{\"a\":{}},\"required\":[\"b\"]}", "{\"a\":1}", 0 },
         { "{\"type\":\"object\",\"additionalProperties\":false}", "{\"a\":1}", 0 },
         /* a tool call: a named function and its arguments */
         { "{\"type\":\"object\",\"properties\":{\"name\":{\"const\":\"add\"},\"arguments\":{\"type\":\"object\","

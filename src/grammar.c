@@ -366,6 +366,13 @@ bool tri_gstate_feed_bytes(const tri_schema * s, tri_gstate * g, const char * by
     return true;
 }
 
+int32_t tri_gstate_plain_room(const tri_schema * s, const tri_gstate * g) {
+    const tri_gframe * f = &g->f[g->depth - 1];
+    if (f->kind != G_STR || f->st != S_CHR) return -1;
+    const int32_t max_len = (f->flags & F_KEY) ? TRI_SCHEMA_MAX_KEY : s->nodes[f->node].max_len;
+    return TRI_MAX(0, max_len - f->c);
+}
+
 bool tri_gstate_complete(const tri_schema * s, const tri_gstate * g) {
     const tri_gframe * f = &g->f[g->depth - 1];
     if (f->kind == G_ROOT) return f->st == 1;

@@ -42,6 +42,9 @@ bool tri_gstate_step(const tri_schema * s, tri_gstate * g, uint8_t byte);
 bool tri_gstate_feed(const tri_schema * s, tri_gstate * g, uint8_t byte);
 /* Feeds n bytes into a copy: true when all are accepted (g is then advanced; on false g is unchanged). */
 bool tri_gstate_feed_bytes(const tri_schema * s, tri_gstate * g, const char * bytes, int32_t n);
+/* Inside a string that takes any character: how many more plain bytes (printable ASCII but '"' and '\\') it
+ * accepts, each of them one character; -1 elsewhere. */
+int32_t tri_gstate_plain_room(const tri_schema * s, const tri_gstate * g);
 /* True when the bytes so far form a complete document. */
 bool tri_gstate_complete(const tri_schema * s, const tri_gstate * g);
 /* True when some byte can still follow (false only after a document that cannot be extended). */

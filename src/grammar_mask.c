@@ -34,7 +34,59 @@ static void trie_free(tri_token_trie * t) {
     free(t->tok_n);
     free(t->toks);
     free(t->eog);
+    free(t->all_plain);
+    free(t->plain_ids);
+    free(t->plain_upto);
     free(t);
+}
+
+static bool is_plain(uint8_t c) { return c >= 0x20 && c < 0x7F && c != '"' && c != '\\'; }
+
+/* all_plain, plain_ids and plain_upto of a built trie with n tokens. */
+static bool trie_index_plain(tri_token_trie * t, int32_t n) {
+    const int32_t nn = t->n_nodes, md = t->max_depth;
+    t->all_plain = malloc((size_t) nn + 1);
+    t->plain_ids = malloc((size_t) (n + 1) * sizeof *t->plain_ids);
+    t->plain_upto = calloc((size_t) md + 2, sizeof *t->plain_upto);
+    int32_t * next_bad = malloc(((size_t) nn + 1) * sizeof *next_bad);
+    int32_t * len_of = malloc(((size_t) n + 1) * sizeof *len_of); /* by sorted position: length, -1 not plain */
+    uint8_t * path_plain = malloc((size_t) md + 1); /* [d]: the bytes of the current path up to depth d */
+    if (!t->all_plain || !t->plain_ids || !t->plain_upto || !next_bad || !len_of || !path_plain) {
+        free(next_bad);
+        free(len_of);
+        free(path_plain);
+        return false;
+    }
+    path_plain[0] = 1;
+    next_bad[nn] = nn;
+    for (int32_t i = nn; i-- > 0;) next_bad[i] = is_plain(t->byte[i]) ? next_bad[i + 1] : i;
+    for (int32_t k = 0; k < n; k++) len_of[k] = -1;
+    for (int32_t i = 0; i < nn; i++) {
+        const int32_t d = t->depth[i]; /* preorder: the path's node at depth d - 1 is the parent */
+        t->all_plain[i] = path_plain[d - 1] && next_bad[i] >= t->skip[i];
+        path_plain[d] = path_plain[d - 1] && is_plain(t->byte[i]);
+        for (int32_t k = 0; k < t->tok_n[i]; k++) len_of[t->tok_first[i] + k] = path_plain[d] ? d : -1;
+    }
+    free(next_bad);
+    free(path_plain);
+    for (int32_t k = 0; k < n; k++) {
+        if (len_of[k] >= 0) t->plain_upto[len_of[k] + 1]++;
+    }
+    for (int32_t l = 1; l <= md + 1; l++) t->plain_upto[l] += t->plain_upto[l - 1];
+    /* plain_upto[L] is now the number with length < L: place by length, then shift to "<= L" */
+    int32_t * at = malloc(((size_t) md + 2) * sizeof *at);
+    if (!at) {
+        free(len_of);
+        return false;
+    }
+    memcpy(at, t->plain_upto, ((size_t) md + 2) * sizeof *at);
+    for (int32_t k = 0; k < n; k++) {
+        if (len_of[k] >= 0) t->plain_ids[at[len_of[k]]++] = t->toks[k];
+    }
+    for (int32_t l = 0; l <= md; l++) t->plain_upto[l] = t->plain_upto[l + 1];
+    free(at);
+    free(len_of);
+    return true;
 }
 
 static tri_token_trie * trie_build(const tri_vocab * v) {
@@ -109,7 +161,7 @@ static tri_token_trie * trie_build(const tri_vocab * v) {
     while (plen > 0) t->skip[path[--plen]] = t->n_nodes;
     free(path);
     free(tb);
-    return t;
+    return trie_index_plain(t, n) ? t : (trie_free(t), NULL);
 }
 
 const tri_token_trie * tri_token_trie_get(const struct triattn_model * m, char * err, size_t err_size) {
@@ -132,15 +184,28 @@ int32_t tri_token_trie_mask(const tri_token_trie * t, const tri_schema * s, cons
                             tri_gstate * scratch, uint8_t * allow) {
     int32_t count = 0;
     tri_gstate_copy(&scratch[0], g);
+    /* inside a string, the all-plain subtrees are the plain tokens that fit, marked by length */
+    const int32_t room = tri_gstate_plain_room(s, g);
+    if (room >= 0) {
+        count = t->plain_upto[TRI_MIN(room, t->max_depth)];
+        for (int32_t k = 0; k < count; k++) allow[t->plain_ids[k]] = 1;
+    }
     for (int32_t i = 0; i < t->n_nodes;) {
         const int32_t d = t->depth[i];
+        if (room >= 0 && t->all_plain[i]) {
+            i = t->skip[i];
+            continue;
+        }
         tri_gstate_copy(&scratch[d], &scratch[d - 1]);
         if (!tri_gstate_step(s, &scratch[d], t->byte[i])) {
             i = t->skip[i];
             continue;
         }
-        for (int32_t k = 0; k < t->tok_n[i]; k++) allow[t->toks[t->tok_first[i] + k]] = 1;
-        count += t->tok_n[i];
+        for (int32_t k = 0; k < t->tok_n[i]; k++) {
+            const int32_t id = t->toks[t->tok_first[i] + k];
+            count += !allow[id];
+            allow[id] = 1;
+        }
         i++;
     }
     return count;

@@ -12,7 +12,10 @@ struct triattn_model;
 /* The byte trie of the model's tokens, in preorder: node i holds byte[i] at depth depth[i] (1-based), its
  * subtree ends before skip[i], and the tokens whose bytes end at node i are toks[tok_first[i] ..
  * tok_first[i] + tok_n[i]). Tokens that render no bytes (special and control tokens) are not in it; the
- * end-of-generation tokens among them are listed in eog. */
+ * end-of-generation tokens among them are listed in eog. "Plain" bytes (printable ASCII but '"' and '\\') are
+ * string content wherever a string allows more characters: plain_ids lists the tokens made only of them,
+ * shortest first (plain_upto[L] of them have at most L bytes), and all_plain[i] says that node i's path and
+ * subtree hold nothing else, so that inside a string the mask marks them by length and skips those subtrees. */
 typedef struct tri_token_trie {
     int32_t   n_nodes;
     int32_t   max_depth;
@@ -24,6 +27,9 @@ typedef struct tri_token_trie {
     int32_t * toks;
     int32_t * eog;
     int32_t   n_eog;
+    uint8_t * all_plain;
+    int32_t * plain_ids;
+    int32_t * plain_upto;   /* max_depth + 1 entries */
 } tri_token_trie;
 
 /* The model's trie, built on the first call (thread-safe); NULL with a message in err when out of memory.

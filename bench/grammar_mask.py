@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 
 SCHEMA = {
     "type": "object",
@@ -63,17 +62,18 @@ def generation(model: str, runs: int, threads: int, max_tokens: int) -> list[dic
     cases = [("none", None), ("json_schema", {"type": "json_schema", "json_schema": {"schema": SCHEMA}}),
              ("json_object", {"type": "json_object"})]
     for sampler, skw in (("default", {}), ("top_k/top_p/min_p off", dict(top_k=0, top_p=1.0, min_p=0.0))):
-        for name, rf in cases:
-            toks = ms = 0.0
-            wall = time.perf_counter()
-            for seed in range(runs):
+        toks = {name: 0 for name, _ in cases}
+        ms = {name: 0.0 for name, _ in cases}
+        for seed in range(runs):  # the cases interleaved, so that drifting machine load hits them alike
+            for name, rf in cases:
                 llm.create_chat_completion(MESSAGES, max_tokens=max_tokens, temperature=1.0, seed=seed,
                                            response_format=rf, **skw)
-                toks += llm.last_result["completion_tokens"]
-                ms += llm.last_result["decode_ms"]
-            rows.append({"sampler": sampler, "constraint": name, "tokens": int(toks),
-                         "ms_per_token": ms / max(toks, 1), "tokens_per_s": 1e3 * toks / max(ms, 1e-9),
-                         "wall_s": time.perf_counter() - wall})
+                toks[name] += llm.last_result["completion_tokens"]
+                ms[name] += llm.last_result["decode_ms"]
+        for name, _ in cases:
+            rows.append({"sampler": sampler, "constraint": name, "tokens": toks[name],
+                         "ms_per_token": ms[name] / max(toks[name], 1),
+                         "tokens_per_s": 1e3 * toks[name] / max(ms[name], 1e-9)})
     llm.close()
     return rows
 

@@ -363,7 +363,10 @@ struct triattn_generate_params {
     int32_t       logprobs;
     /* NULL (default): unconstrained. Otherwise a JSON Schema (as JSON text; "{}" or {"type":"object"} for any
      * JSON object) that every generated text must match: sampling only picks tokens that keep the output a
-     * valid prefix of a matching document, and generation ends when the document is complete. */
+     * valid prefix of a matching document, and generation ends when the document is complete. End-of-generation
+     * tokens are allowed only then (ignore_eos does not apply); the stop reason is TRIATTN_STOP_EOG. Supported
+     * subset and generation policy: triattn_json_schema_check below and README "Constrained output"; a schema
+     * outside it makes triattn_generate_begin fail with TRIATTN_ERR_UNSUPPORTED. */
     const char *  json_schema;
 };
 TRIATTN_API void triattn_generate_params_init(struct triattn_generate_params * p);

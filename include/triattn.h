@@ -363,7 +363,10 @@ struct triattn_generate_params {
     int32_t       logprobs;
     /* NULL (default): unconstrained. Otherwise a JSON Schema (as JSON text; "{}" or {"type":"object"} for any
      * JSON object) that every generated text must match: sampling only picks tokens that keep the output a
-     * valid prefix of a matching document, and generation ends when the document is complete. */
+     * valid prefix of a matching document, and generation ends when the document is complete. End-of-generation
+     * tokens are allowed only then (ignore_eos does not apply); the stop reason is TRIATTN_STOP_EOG. Supported
+     * subset and generation policy: triattn_json_schema_check below and README "Constrained output"; a schema
+     * outside it makes triattn_generate_begin fail with TRIATTN_ERR_UNSUPPORTED. */
     const char *  json_schema;
 };
 TRIATTN_API void triattn_generate_params_init(struct triattn_generate_params * p);
@@ -568,6 +571,14 @@ TRIATTN_API enum triattn_status triattn_session_save(triattn_session * s, const 
  * (not a session file, truncated, checksum mismatch, inconsistent contents), TRIATTN_ERR_INVALID_ARG (another
  * model, policy or geometry); the message says what and the session is left unchanged. */
 TRIATTN_API enum triattn_status triattn_session_load(triattn_session * s, const char * path);
+
+/* ---- constrained output ----------------------------------------------------------------------- */
+
+/* Checks a JSON Schema (as JSON text) against the subset that triattn_generate_params.json_schema supports,
+ * without generating: TRIATTN_OK, or TRIATTN_ERR_INVALID_ARG (malformed JSON, a bad keyword value) /
+ * TRIATTN_ERR_UNSUPPORTED (a keyword outside the subset) with a message in err such as
+ * "json_schema: unsupported keyword 'pattern' at $.properties.x". */
+TRIATTN_API enum triattn_status triattn_json_schema_check(const char * schema, char * err, size_t err_size);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,6 @@
 /* Generation helpers: tokenize -> prefill -> sample/decode loop -> stop, step-wise and with a callback. */
 #include "common.h"
+#include "grammar_mask.h"
 #include "model.h"
 #include "session.h"
 
@@ -101,10 +102,16 @@ static enum triattn_status tri_gen_begin(triattn_session * s, const char * promp
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "generate: logprobs must be in [0, %d], got %d",
                                 TRIATTN_MAX_TOP_LOGPROBS, p->logprobs);
     }
+    tri_constraint_free(s->gen.constraint);
+    s->gen.constraint = NULL;
+    enum triattn_status st = TRIATTN_OK;
     if (p->json_schema) {
-        return tri_session_fail(s, TRIATTN_ERR_UNSUPPORTED, "generate: json_schema is not supported by this build");
+        st = tri_constraint_create(s->model, p->json_schema, &s->gen.constraint, s->last_error, sizeof s->last_error);
+        if (st != TRIATTN_OK) {
+            return st;
+        }
     }
-    enum triattn_status st = triattn_session_set_sampler(s, &p->sampling);
+    st = triattn_session_set_sampler(s, &p->sampling);
     if (st != TRIATTN_OK) {
         return st;
     }
@@ -227,6 +234,27 @@ static void tri_gen_logprobs(triattn_session * s, const float * logits, triattn_
     s->gen.lp_valid = true;
 }
 
+/* Samples the next token, under the generation's json_schema when there is one; *end when the constrained
+ * document is complete and nothing can follow it. */
+static enum triattn_status tri_gen_sample(triattn_session * s, triattn_token * tok, bool * end) {
+    *end = false;
+    if (!s->gen.constraint) {
+        return triattn_session_sample(s, tok);
+    }
+    const float * logits = triattn_session_logits(s, -1);
+    if (!logits) {
+        return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "sample: no logits (decode something first)");
+    }
+    return tri_constraint_sample(s->gen.constraint, s->sampler, logits, tok, end, s->last_error,
+                                 sizeof s->last_error);
+}
+
+/* True when the constrained document is complete and cannot be extended: generation ends there. */
+static bool tri_gen_document_done(const triattn_session * s) {
+    const tri_constraint * c = s->gen.constraint;
+    return c && tri_gstate_complete(c->schema, &c->state) && !tri_gstate_can_continue(c->schema, &c->state);
+}
+
 /* First half of a step: the tokens s needs decoded by this step (a prompt chunk or the token just sampled,
  * *n = 0 for none). Sampling, stop checks and the text the step releases happen here. */
 static enum triattn_status tri_gen_prepare(triattn_session * s, const triattn_token ** toks, int32_t * n) {
@@ -251,14 +279,19 @@ static enum triattn_status tri_gen_prepare(triattn_session * s, const triattn_to
         return TRIATTN_OK;
     }
     triattn_token tok;
-    enum triattn_status st = triattn_session_sample(s, &tok);
+    bool end = false;
+    enum triattn_status st = tri_gen_sample(s, &tok, &end);
     if (st != TRIATTN_OK) {
         return st;
+    }
+    if (end) {
+        tri_gen_finish(s, TRIATTN_STOP_EOG);
+        return TRIATTN_OK;
     }
     if (s->gen.n_logprobs > 0) {
         tri_gen_logprobs(s, triattn_session_logits(s, -1), tok);
     }
-    if (!s->gen.ignore_eos && tri_vocab_is_eog(s->model->vocab, tok)) {
+    if ((!s->gen.ignore_eos || s->gen.constraint) && tri_vocab_is_eog(s->model->vocab, tok)) {
         tri_gen_finish(s, TRIATTN_STOP_EOG);
         return TRIATTN_OK;
     }
@@ -274,6 +307,8 @@ static enum triattn_status tri_gen_prepare(triattn_session * s, const triattn_to
         tri_gen_finish(s, TRIATTN_STOP_STRING);
     } else if (r == TRI_TS_ABORT) {
         return tri_session_fail(s, TRIATTN_ERR_OOM, "generate: out of memory");
+    } else if (tri_gen_document_done(s)) {
+        tri_gen_finish(s, TRIATTN_STOP_EOG);
     } else if (max > 0 && s->gen.result.n_generated >= max) {
         tri_gen_finish(s, TRIATTN_STOP_LENGTH);
     } else if (s->n_past >= s->params.n_ctx) {

@@ -3,6 +3,7 @@
 #include "backend.h"
 #include "calibration.h"
 #include "common.h"
+#include "grammar_mask.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -344,6 +345,7 @@ void triattn_model_free(triattn_model * m) {
     free(m->rope_inv_freq);
     free(m->chat_template);
     tri_centres_free(m->centres);
+    tri_token_trie_release(m);
     free(m);
 }
 

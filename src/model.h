@@ -90,6 +90,7 @@ struct triattn_model {
     uint64_t         n_bytes;
     const struct tri_backend_ops * backend;  /* NULL = CPU; else weights uploaded once (src/backend.h) */
     void *           backend_state;
+    struct tri_token_trie * token_trie; /* token bytes for constrained sampling, built on first use (grammar_mask.c) */
 };
 
 /* Binds a tensor by name and checks its type is supported and its shape is (ne0, ne1) (ne1 = 1 for

@@ -3,6 +3,7 @@
 #include "backend.h"
 #include "calibration.h"
 #include "common.h"
+#include "grammar_mask.h"
 #include "model.h"
 
 #include <stdio.h>
@@ -196,6 +197,7 @@ void triattn_session_free(triattn_session * s) {
     tri_threadpool_free(s->tp);
     tri_sampler_free(s->sampler);
     tri_textstream_free(s->gen.ts);
+    tri_constraint_free(s->gen.constraint);
     free(s->gen.text);
     free(s->gen.prompt);
     free(s->hist);

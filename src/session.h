@@ -56,6 +56,7 @@ struct triattn_session {
         bool             lp_valid;  /* lp describes the token sampled by the last step */
         struct triattn_token_logprobs lp;
         struct triattn_reuse_info reuse;  /* what the last triattn_generate_begin_cached kept */
+        struct tri_constraint * constraint; /* json_schema of this generation, NULL when unconstrained */
     } gen;
 
     char             last_error[768];

@@ -1,6 +1,7 @@
 """pytriattn.Llama: a llama-cpp-python-shaped front end over one libtriattn model + session."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -408,7 +409,7 @@ class Llama:
     # ---- generation -----------------------------------------------------------------------------
 
     def _gen_params(self, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
-                    frequency_penalty, presence_penalty, ignore_eos, add_special):
+                    frequency_penalty, presence_penalty, ignore_eos, add_special, json_schema=None):
         ffi, lib = self._ffi, self._lib
         gp = ffi.new("struct triattn_generate_params *")
         lib.triattn_generate_params_init(gp)
@@ -432,6 +433,9 @@ class Llama:
         keep = [ffi.new("char[]", s.encode("utf-8")) for s in stop]
         arr = ffi.new("const char *[]", keep) if keep else ffi.NULL
         gp.stop, gp.n_stop = arr, len(keep)
+        if json_schema is not None:
+            keep.append(ffi.new("char[]", json_schema.encode("utf-8")))
+            gp.json_schema = keep[-1]
         return gp, (keep, arr)
 
     def _stream(self, prompt: str | bytes, gp, keep, result: dict, cached: bool = False) -> Iterator[str]:
@@ -497,10 +501,13 @@ class Llama:
                           top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                           repeat_penalty: float = 1.0, stop: str | Sequence[str] | None = None,
                           seed: int | None = None, stream: bool = False, frequency_penalty: float = 0.0,
-                          presence_penalty: float = 0.0, echo: bool = False, **_ignored):
-        """OpenAI text_completion dict, or an iterator of chunks with stream=True."""
+                          presence_penalty: float = 0.0, echo: bool = False, response_format: dict | None = None,
+                          **_ignored):
+        """OpenAI text_completion dict, or an iterator of chunks with stream=True. response_format constrains
+        the output as in create_chat_completion."""
         return self._completion(prompt, "cmpl", max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-                                stop, seed, stream, frequency_penalty, presence_penalty, echo, chat=False)
+                                stop, seed, stream, frequency_penalty, presence_penalty, echo, chat=False,
+                                json_schema=response_format_schema(response_format))
 
     def create_chat_completion(self, messages: Sequence[dict], max_tokens: int | None = 512,
                                temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
@@ -509,14 +516,20 @@ class Llama:
                                stream: bool = False, frequency_penalty: float = 0.0,
                                presence_penalty: float = 0.0, tools: Sequence[dict] | None = None,
                                tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
-                               **_ignored):
+                               response_format: dict | None = None, **_ignored):
         """OpenAI chat.completion dict (the prompt rendered with the model's chat template), or an
         iterator of chat.completion.chunk dicts with stream=True.
 
         tools / tool_choice ("auto", "none", "required" or {"type": "function", "function": {"name": ...}})
         work as in the OpenAI API: the reply's calls come back as message["tool_calls"] (streamed as
         tool-call deltas) with finish_reason "tool_calls"; messages may hold assistant tool_calls and
-        role "tool" results."""
+        role "tool" results.
+
+        response_format (as in llama-cpp-python and OpenAI): {"type": "json_object"} for any JSON object,
+        {"type": "json_object", "schema": {...}} or {"type": "json_schema", "json_schema": {"schema": {...}}}
+        for output matching a JSON Schema; sampling is constrained so the content is such a document (README,
+        "Constrained output"). A tool_choice that forces a call takes precedence over response_format."""
+        json_schema = response_format_schema(response_format)
         req = None
         if _tools.wants_tools(messages, tools, tool_choice):
             req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls)
@@ -525,13 +538,14 @@ class Llama:
             prompt = self.apply_chat_template(messages)
         return self._completion(prompt, "chatcmpl", max_tokens, temperature, top_p, top_k, min_p,
                                 repeat_penalty, stop, seed, stream, frequency_penalty, presence_penalty,
-                                False, chat=True, tools=req)
+                                False, chat=True, tools=req, json_schema=json_schema)
 
     def _completion(self, prompt, kind, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-                    stop, seed, stream, frequency_penalty, presence_penalty, echo, chat, tools=None):
+                    stop, seed, stream, frequency_penalty, presence_penalty, echo, chat, tools=None,
+                    json_schema=None):
         add_special = not (chat and self._starts_with_bos_text(prompt))
         gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
-                                    frequency_penalty, presence_penalty, False, add_special)
+                                    frequency_penalty, presence_penalty, False, add_special, json_schema)
         if tools is not None:
             tools.constrain(gp, keep[0])
         result: dict = {}
@@ -705,6 +719,34 @@ def default_calibration() -> str | None:
 
 
 DEFAULT_CALIBRATION = "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
+
+
+def response_format_schema(response_format) -> str | None:
+    """The JSON Schema text that an OpenAI / llama-cpp-python `response_format` asks for, or None (plain text)."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise TriattnError(ERR_INVALID_ARG, f"response_format must be a dict, got {type(response_format).__name__}")
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        if schema is None:
+            return '{"type":"object"}'
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if schema is None:
+            raise TriattnError(ERR_INVALID_ARG, "response_format json_schema needs json_schema.schema")
+    else:
+        raise TriattnError(ERR_INVALID_ARG, f"response_format type must be text, json_object or json_schema, "
+                                            f"got {kind!r}")
+    if isinstance(schema, str):
+        return schema
+    if not isinstance(schema, (dict, bool)):
+        raise TriattnError(ERR_INVALID_ARG, "response_format schema must be a JSON object")
+    return json.dumps(schema)
 
 
 def _message(x) -> tuple[str, str]:

@@ -136,6 +136,7 @@ struct gen_req {
     struct tool_req tools;     /* chat: tools, tool_choice and the reply's parser */
     bool   include_usage;      /* stream_options.include_usage: a last chunk with the usage */
     char * owned;              /* the stop strings' copies (gen_detach), malloc'd */
+    char * json_schema;        /* malloc'd: response_format's schema, NULL = plain text */
 };
 
 /* Makes g independent of the parse tree and the request body (copies what points into them) and frees the
@@ -345,6 +346,49 @@ static bool model_known(const struct server * srv, const char * name) {
     return n > 5 && strcmp(base + n - 5, ".gguf") == 0 && strlen(name) == n - 5 && strncmp(name, base, n - 5) == 0;
 }
 
+/* response_format: {"type": "text"}, {"type": "json_object"} (any object, or "schema" as llama-cpp-python
+ * takes it) or {"type": "json_schema", "json_schema": {"schema": ...}} -> g->json_schema, checked here so that
+ * an unsupported keyword is a 400 naming it. */
+static bool parse_response_format(ctx * x, const json_value * body, struct gen_req * g) {
+    const json_value * rf = json_get(body, "response_format");
+    if (is_null(rf)) return true;
+    x->param = "response_format";
+    const json_value * type = json_get(rf, "type");
+    if (rf->type != JSON_OBJECT || !type || type->type != JSON_STRING) {
+        reply_error(x, 400, "invalid_type", "%s", "'response_format' must be an object with a string 'type'");
+        return false;
+    }
+    const json_value * schema = NULL;
+    if (strcmp(type->str, "text") == 0) return true;
+    if (strcmp(type->str, "json_object") == 0) {
+        schema = json_get(rf, "schema");
+    } else if (strcmp(type->str, "json_schema") == 0) {
+        schema = json_get(json_get(rf, "json_schema"), "schema");
+        if (is_null(schema)) {
+            reply_error(x, 400, "invalid_value", "%s", "response_format json_schema needs 'json_schema': {'schema': {...}}");
+            return false;
+        }
+    } else {
+        reply_error(x, 400, "invalid_value", "%s", "response_format 'type' must be 'text', 'json_object' or 'json_schema'");
+        return false;
+    }
+    jbuf b;
+    jb_init(&b);
+    if (is_null(schema)) jb_cstr(&b, "{\"type\":\"object\"}");
+    else jb_value(&b, schema);
+    if (b.oom) { jb_free(&b); reply_error(x, 500, NULL, "out of memory"); return false; }
+    char err[512];
+    const enum triattn_status st = triattn_json_schema_check(b.data, err, sizeof err);
+    if (st != TRIATTN_OK) {
+        jb_free(&b);
+        reply_error(x, 400, st == TRIATTN_ERR_UNSUPPORTED ? "unsupported_schema" : "invalid_schema", "%s", err);
+        return false;
+    }
+    g->json_schema = b.data;   /* owned by g now */
+    g->gp.json_schema = g->json_schema;
+    return true;
+}
+
 /* Reads the OpenAI fields into g. */
 static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     triattn_generate_params_init(&g->gp);
@@ -427,6 +471,9 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     g->gp.stop = g->n_stop ? g->stop : NULL;
     g->gp.n_stop = g->n_stop;
     x->param = NULL;
+    if (g->gp.json_schema) return true;   /* a forced tool call's schema: response_format does not apply */
+    if (!parse_response_format(x, body, g)) return false;
+    x->param = NULL;
     return true;
 }
 
@@ -440,9 +487,9 @@ static void handle_generate(ctx * x, bool chat) {
     g.chat = chat;
     g.created = (long long)time(NULL);
     snprintf(g.id, sizeof g.id, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)atomic_fetch_add(&srv->id_counter, 1));
-    if (!gen_parse(x, body, &g)) { free(g.prompt); api_tools_free(&g.tools); json_free(body); return; }
+    if (!gen_parse(x, body, &g)) { free(g.prompt); api_tools_free(&g.tools); free(g.json_schema); json_free(body); return; }
     /* from here on the request lives in g: the parse tree and the body are freed before the queue */
-    if (!gen_detach(x, &g)) { free(g.prompt); api_tools_free(&g.tools); json_free(body); return; }
+    if (!gen_detach(x, &g)) { free(g.prompt); api_tools_free(&g.tools); free(g.json_schema); json_free(body); return; }
     json_free(body);
     body = NULL;
 
@@ -456,10 +503,10 @@ static void handle_generate(ctx * x, bool chat) {
     if (!sl && left) {
         x->req->keep_alive = false;
         x->status = 499;
-        free(g.prompt); free(g.owned); api_tools_free(&g.tools);
+        free(g.prompt); free(g.owned); api_tools_free(&g.tools); free(g.json_schema);
         return;
     }
-    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); free(g.owned); api_tools_free(&g.tools); return; }
+    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); free(g.owned); api_tools_free(&g.tools); free(g.json_schema); return; }
     sl->job.prompt = g.prompt;
     sl->job.gp = g.gp;
     sl->job.kv_budget = g.kv_budget;
@@ -594,6 +641,7 @@ static void handle_generate(ctx * x, bool chat) {
     free(g.prompt);
     api_tools_free(&g.tools);
     free(g.owned);
+    free(g.json_schema);
     json_free(body);
 }
 

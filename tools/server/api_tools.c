@@ -150,6 +150,9 @@ bool api_tools_constrain(const triattn_model * model, const char * chat_format, 
     if (!(t->schema = malloc(n + 1))) return fail(e, 500, NULL, "out of memory");
     st = triattn_tool_call_schema(model, chat_format, &t->opts, t->schema, n + 1, &n, err, sizeof err);
     if (st != TRIATTN_OK) return fail(e, 500, NULL, "%s", err);
+    /* a function's parameters may use keywords constrained sampling does not enforce: a 400 naming them */
+    st = triattn_json_schema_check(t->schema, err, sizeof err);
+    if (st != TRIATTN_OK) return fail(e, st == TRIATTN_ERR_OOM ? 500 : 400, "tools", "the forced call's %s", err);
     gp->json_schema = t->schema;
     return true;
 }

@@ -28,6 +28,30 @@ static void top2(const float * x, int n, int * i1, int * i2) {
     }
 }
 
+static struct llama_model * load_model(const char * path) {
+    llama_backend_init();
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 0;
+    struct llama_model * model = llama_model_load_from_file(path, mp);
+    if (!model) {
+        fprintf(stderr, "cannot load %s\n", path);
+    }
+    return model;
+}
+
+/* A context of n_ctx tokens, one batch of up to n_ctx, CPU threads, flash attention on or off. */
+static struct llama_context * new_context(struct llama_model * model, uint32_t n_ctx, int n_threads, int fa) {
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx;
+    cp.n_threads = cp.n_threads_batch = n_threads;
+    cp.flash_attn_type = fa ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    struct llama_context * ctx = llama_init_from_model(model, cp);
+    if (!ctx) {
+        fprintf(stderr, "cannot create a context\n");
+    }
+    return ctx;
+}
+
 static double log_softmax_at(const float * x, int n, int tok) {
     float mx = x[0];
     for (int i = 1; i < n; i++) {
@@ -57,21 +81,13 @@ static int ppl_main(int argc, char ** argv) {
         return 1;
     }
     fclose(fp);
-    llama_backend_init();
-    struct llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 0;
-    struct llama_model * model = llama_model_load_from_file(argv[2], mp);
-    if (!model) {
-        fprintf(stderr, "cannot load %s\n", argv[2]);
+    struct llama_model * model = load_model(argv[2]);
+    struct llama_context * ctx = model ? new_context(model, (uint32_t) n_ctx, atoi(argv[6]), atoi(argv[7])) : NULL;
+    if (!ctx) {
         return 1;
     }
     const struct llama_vocab * vocab = llama_model_get_vocab(model);
     const int n_vocab = llama_vocab_n_tokens(vocab);
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = cp.n_batch = cp.n_ubatch = (uint32_t) n_ctx;
-    cp.n_threads = cp.n_threads_batch = atoi(argv[6]);
-    cp.flash_attn_type = atoi(argv[7]) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    struct llama_context * ctx = llama_init_from_model(model, cp);
     struct llama_batch batch = llama_batch_init(n_ctx, 0, 1);
     const int first = n_ctx / 2;
     double nll = 0.0;
@@ -120,12 +136,8 @@ int main(int argc, char ** argv) {
     const int n_threads = atoi(argv[3]);
     const char * prompt = argv[5];
 
-    llama_backend_init();
-    struct llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 0;
-    struct llama_model * model = llama_model_load_from_file(argv[1], mp);
+    struct llama_model * model = load_model(argv[1]);
     if (!model) {
-        fprintf(stderr, "cannot load %s\n", argv[1]);
         return 1;
     }
     const struct llama_vocab * vocab = llama_model_get_vocab(model);
@@ -143,16 +155,8 @@ int main(int argc, char ** argv) {
         return 1;
     }
 
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t) (n_tok + n_predict + 16);
-    cp.n_batch = cp.n_ctx;
-    cp.n_ubatch = cp.n_ctx;
-    cp.n_threads = n_threads;
-    cp.n_threads_batch = n_threads;
-    cp.flash_attn_type = atoi(argv[4]) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    struct llama_context * ctx = llama_init_from_model(model, cp);
+    struct llama_context * ctx = new_context(model, (uint32_t) (n_tok + n_predict + 16), n_threads, atoi(argv[4]));
     if (!ctx) {
-        fprintf(stderr, "cannot create a context\n");
         return 1;
     }
 

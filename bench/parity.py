@@ -294,7 +294,15 @@ def main() -> int:
             text = kjv_text(args.kjv_chars)
             text_path = work / f"kjv-{args.kjv_chars}.txt"
             text_path.write_text(text, encoding="utf-8")
-        ref = llamacpp_ppl(build, model, text_path, args.ctx, args.chunks, args.threads, args.flash_attn, work)
+        if (build / "bin" / "llama-perplexity").exists():
+            ref = llamacpp_ppl(build, model, text_path, args.ctx, args.chunks, args.threads, args.flash_attn, work)
+        else:  # a build with libllama only: llama.cpp's own tokenization, the same rule through parity_top2
+            log("no llama-perplexity in the build: scoring with parity_top2's ppl mode")
+            toks = np.asarray(llamacpp_greedy(build, model, text, 0, args.threads, False)["prompt_ids"], np.int32)
+            n_chunk = min(args.chunks, len(toks) // args.ctx)
+            ref = libllama_ppl(build, model, toks, args.ctx, n_chunk, args.threads, args.flash_attn, work)
+            ref.update(ppl_err=float("nan"), n_ctx=args.ctx, n_chunk=n_chunk, tokens=toks)
+            res["llamacpp_scorer"] = "parity_top2 ppl"
         tok = tokenization_check(model, text, ref["tokens"])
         eng = engine_ppl(model, ref["tokens"], ref["n_ctx"], ref["n_chunk"], args.threads)
         if args.check_libllama:

@@ -256,7 +256,59 @@ def _cmd_calibrate(args) -> int:
         kind = "sidecar" if s["sidecar"] else "calibrated model"
         print(f"wrote {kind} {s['output']}: {s['n_tokens']} tokens from {s['source']}, "
               f"{s['tokens_per_s']:.0f} tok/s, mean concentration {s['mean_concentration']:.3f}")
+    if args.export_pt:
+        from .ptstats import export_pt
+        e = export_pt(s["output"], args.export_pt)
+        if not args.json:
+            print(f"wrote {e['output']}: {e['n_layer']} layers x {e['n_head']} heads x {e['freq_count']} frequencies")
     return 0
+
+
+# ---- .pt statistics (vLLM / SGLang TriAttention plugin) --------------------------------------------------
+
+def _cmd_export_pt(args) -> int:
+    from .ptstats import export_pt
+
+    e = export_pt(args.model, args.output, dtype=args.dtype, attn_implementation=args.attn_implementation)
+    print(f"wrote {e['output']}: {e['n_layer']} layers x {e['n_head']} heads x {e['freq_count']} frequencies")
+    return 0
+
+
+def _cmd_import_stats(args) -> int:
+    from .ptstats import import_pt
+
+    model = args.model
+    if model is None:
+        from ._fetch import ensure_default_model
+        model = ensure_default_model(progress=False)
+    s = import_pt(args.stats, model, args.output, sidecar=args.sidecar, n_threads=args.threads)
+    kind = "sidecar" if s["sidecar"] else "calibrated model"
+    print(f"wrote {kind} {s['output']}: {s['n_layer']} layers x {s['n_head']} heads x {s['freq_count']} "
+          f"frequencies from {args.stats}")
+    return 0
+
+
+def _add_ptstats_parsers(sub) -> None:
+    p = sub.add_parser("export-pt", help="write the TriAttention centres of a calibrated GGUF as a .pt stats file",
+                       description="Write the triattention.* centres of a calibrated model or sidecar in the "
+                       "torch .pt layout the official TriAttention vLLM/SGLang plugin reads (torch not needed).")
+    p.add_argument("model", help="calibrated GGUF model or sidecar")
+    p.add_argument("-o", "--output", required=True, help="output .pt file")
+    p.add_argument("--dtype", default="bfloat16", help="metadata.dtype: the serving dtype (default bfloat16)")
+    p.add_argument("--attn-implementation", default="flash_attention_2",
+                   help="metadata.attn_implementation (default flash_attention_2)")
+    p.set_defaults(func=_cmd_export_pt)
+
+    p = sub.add_parser("import-stats", help="read a TriAttention .pt stats file into GGUF metadata",
+                       description="Read per-head query statistics from a TriAttention .pt file (as its "
+                       "calibration script or `pytriattn export-pt` writes) and write them as triattention.* "
+                       "metadata for MODEL: a calibrated copy, or with --sidecar a metadata-only GGUF.")
+    p.add_argument("stats", help=".pt statistics file")
+    p.add_argument("-m", "--model", default=None, help="the base GGUF model (default: the default model)")
+    p.add_argument("-o", "--output", required=True, help="output GGUF (never the input model)")
+    p.add_argument("--sidecar", action="store_true", help="write a metadata-only GGUF (no tensors)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all cores)")
+    p.set_defaults(func=_cmd_import_stats)
 
 
 # ---- eval / bench -----------------------------------------------------------------------------------
@@ -435,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed for --self-generate")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--export-pt", default=None, metavar="FILE",
+                   help="also write the centres as a .pt stats file for the TriAttention vLLM/SGLang plugin")
     p.set_defaults(func=_cmd_calibrate)
+    _add_ptstats_parsers(sub)
 
     _add_eval_parsers(sub)
 

@@ -453,7 +453,7 @@ TRIATTN_API enum triattn_status triattn_session_set_kv_budget(triattn_session * 
 /* What the last compression round of the `triattention` policy saw in one (layer, KV head): every slot live
  * when it ran (before eviction), in slot order. position[i] = original position; raw[i] = max over the KV
  * head's query heads of the score of docs/triattention.md §3 (weighted as kv_mode says); agg[i] = the value
- * the round ranked by (z-scored, GQA max, aggregated over layers, plus the kv_mode `obs` term); kept[i] = 1
+ * the round ranked by (z-scored, GQA max, aggregated over layers); kept[i] = 1
  * when the slot survived. Protected slots (sink, recent window, a short prompt) have raw = agg = NaN and
  * kept = 1. Any array may be NULL; capacity = entries each array can hold; *n_out = slots of the round (0
  * before the first one). TRIATTN_ERR_UNSUPPORTED for another policy or a GPU session, TRIATTN_ERR_INVALID_ARG

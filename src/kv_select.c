@@ -111,7 +111,7 @@ static bool tri_ta_number(const char * s, size_t len, float lo, float hi, float 
 }
 
 enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * err, size_t n) {
-    *o = (tri_ta_opts) { .mode = TRI_TA_PER_HEAD, .trig = 1.0f, .norm = 1.0f, .obs = 0.0f, .layer_max = false };
+    *o = (tri_ta_opts) { .mode = TRI_TA_PER_HEAD, .trig = 1.0f, .norm = 1.0f, .layer_max = false };
     if (!s) {
         return TRIATTN_OK;
     }
@@ -136,8 +136,6 @@ enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * er
                 ok = tri_ta_number(v, vl, 0.0f, 1e3f, &o->trig);
             } else if (kl == 4 && strncmp(p, "norm", 4) == 0) {
                 ok = tri_ta_number(v, vl, 0.0f, 1e3f, &o->norm);
-            } else if (kl == 3 && strncmp(p, "obs", 3) == 0) {
-                ok = tri_ta_number(v, vl, 0.0f, 1e3f, &o->obs);
             } else if (kl == 3 && strncmp(p, "agg", 3) == 0) {
                 ok = (vl == 4 && strncmp(v, "mean", 4) == 0) || (vl == 3 && strncmp(v, "max", 3) == 0);
                 o->layer_max = vl == 3;
@@ -146,7 +144,7 @@ enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * er
         if (!ok) {
             return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
                             "kv_mode '%s': cannot read '%.*s' (expected MODE[,key=value]...: MODE per_head, "
-                            "per_layer_per_head or global; keys trig=X, norm=X (0..1000), agg=mean|max, obs=X)",
+                            "per_layer_per_head or global; keys trig=X, norm=X (0..1000), agg=mean|max)",
                             s, (int) len, p);
         }
         if (!end) {
@@ -157,8 +155,8 @@ enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * er
             return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "kv_mode '%s': empty option after ','", s);
         }
     }
-    if (o->trig == 0.0f && o->norm == 0.0f && o->obs == 0.0f) {
-        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "kv_mode '%s': trig, norm and obs are all 0", s);
+    if (o->trig == 0.0f && o->norm == 0.0f) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "kv_mode '%s': trig and norm are both 0", s);
     }
     return TRIATTN_OK;
 }

@@ -40,11 +40,10 @@ enum tri_ta_mode { TRI_TA_PER_HEAD = 0, TRI_TA_PER_LAYER_PER_HEAD = 1, TRI_TA_GL
 
 /* kv_mode = "MODE[,key=value]...": MODE per_head | per_layer_per_head | global, keys
  *   trig=X  weight of the trigonometric term (default 1)     norm=X  weight of the norm term (default 1)
- *   agg=mean|max  aggregation over layers (default mean)
- *   obs=X   adds X times the z-scored SnapKV signal of the last w queries at every round (default 0: off) */
+ *   agg=mean|max  aggregation over layers (default mean) */
 typedef struct tri_ta_opts {
     enum tri_ta_mode mode;
-    float trig, norm, obs;
+    float trig, norm;
     bool  layer_max;
 } tri_ta_opts;
 

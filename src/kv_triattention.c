@@ -1,9 +1,8 @@
 /* The `triattention` KV policy (docs/triattention.md §3-§5, docs/triattention-engine.md): when live slots
  * reach budget + interval, score every candidate key with the query centres' trigonometric series,
  * z-score per (layer, query head), take the GQA max and the layer mean, keep the top (budget - protected)
- * per KV head, and compact. Options of kv_mode (kv_select.h) weight the two terms, aggregate layers by max, or add
- * the attention of the last w queries. The last round's scores are kept for triattn_session_kv_scores. All
- * scratch is allocated once in init. */
+ * per KV head, and compact. Options of kv_mode (kv_select.h) weight the two terms or aggregate layers by max.
+ * The last round's scores are kept for triattn_session_kv_scores. All scratch is allocated once in init. */
 #include "calibration.h"
 #include "common.h"
 #include "kv_cache.h"
@@ -21,9 +20,7 @@ typedef struct tri_ta_state {
     enum tri_ta_mode mode;
     tri_ta_opts   opts;
     int32_t window, sink;            /* as configured (window default resolved) */
-    int           n_threads;
     tri_triattn_score_fn score;
-    tri_attn_kernels kr;             /* obs: the SnapKV signal */
     double *      omega;             /* [F] angle per position of each pair */
     double *      a_re, * a_im;      /* [F] mean phase of the round */
     float *       w, * cw;           /* [L][H][D] synthetic queries and norm weights of the round */
@@ -35,8 +32,6 @@ typedef struct tri_ta_state {
     int32_t *     keep;              /* [L * Hkv][cap] slots kept */
     int32_t *     lo, * hi;          /* [L * Hkv] candidate slot range [lo, hi) of the round */
     int32_t *     k;                 /* [L * Hkv] candidates to keep */
-    float *       obs_tmp;           /* obs: [n_threads][obs_per_thread] window queries, signal, scratch */
-    size_t        obs_per_thread;
     int32_t *     rec_pos;           /* [L * Hkv][cap] last round: positions of the live slots before eviction */
     float *       rec_raw, * rec_agg;/* [L * Hkv][cap] last round: GQA max of the raw scores, ranking value */
     uint8_t *     rec_kept;          /* [L * Hkv][cap] last round: slot kept */
@@ -170,16 +165,6 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     }
     st->mode = st->opts.mode;
     st->score = tri_triattn_score_get(TRI_ISA_COUNT);
-    st->kr = tri_attn_kernels_get(TRI_ISA_COUNT);
-    st->n_threads = p->tp ? tri_threadpool_size(p->tp) : 1;
-    if (st->opts.obs > 0.0f) {
-        os = tri_kv_cache_enable_queries(c, TRI_SNAPKV_WINDOW, st->H * st->D, err, n);
-        if (os != TRIATTN_OK) {
-            return os;
-        }
-        st->obs_per_thread = (size_t) TRI_SNAPKV_WINDOW * st->G * st->D + 2 * (size_t) st->cap +
-                             tri_snapkv_scratch(st->cap, st->G);
-    }
 
     const size_t LH = (size_t) st->L * st->H, LK = (size_t) st->L * st->Hkv, cap = (size_t) st->cap;
     struct { void ** p; size_t bytes; } parts[] = {
@@ -197,7 +182,6 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
         { (void **) &st->lo,     sizeof(int32_t) * LK },
         { (void **) &st->hi,     sizeof(int32_t) * LK },
         { (void **) &st->k,      sizeof(int32_t) * LK },
-        { (void **) &st->obs_tmp, sizeof(float) * st->obs_per_thread * st->n_threads },
         { (void **) &st->rec_pos, sizeof(int32_t) * LK * cap },
         { (void **) &st->rec_raw, sizeof(float) * LK * cap },
         { (void **) &st->rec_agg, sizeof(float) * LK * cap },
@@ -255,34 +239,6 @@ static void tri_ta_compact_one(tri_ta_state * st, tri_kv_cache * c, int il, int 
     tri_kv_compact(c, il, h, keep, n);
 }
 
-/* obs: agg[j] += obs * z-score over the candidates of the SnapKV signal of the last w queries (candidates inside
- * the observation window, possible only with kv_window < w, get the largest signal). */
-static void tri_ta_add_obs(const tri_ta_state * st, const tri_kv_cache * c, int il, int h, float * tmp, float * agg) {
-    const size_t i = (size_t) il * st->Hkv + h;
-    const int32_t live = c->n_live[tri_kv_index(c, il, h)], lo = st->lo[i], n = st->hi[i] - lo;
-    float * q = tmp;                                          /* w x G x D */
-    float * sig = q + (size_t) TRI_SNAPKV_WINDOW * st->G * st->D;  /* cap */
-    float * x = sig + st->cap;                                /* cap */
-    float * work = x + st->cap;
-    const int nq = TRI_MIN(tri_kv_window_queries(c, il, h, st->G, st->D, q), live);
-    if (nq <= 0) {
-        return;
-    }
-    tri_snapkv_scores(&st->kr, st->D, st->G, q, nq, tri_kv_k(c, il, h), live, sig, work);
-    const int32_t m = live - nq;
-    float top = 0.0f;
-    for (int32_t j = 0; j < TRI_MIN(m, lo + n); j++) {
-        top = sig[j] > top ? sig[j] : top;
-    }
-    for (int32_t j = 0; j < n; j++) {
-        x[j] = lo + j < m ? sig[lo + j] : top;
-    }
-    tri_triattn_zscore(x, n);
-    for (int32_t j = 0; j < n; j++) {
-        agg[j] += st->opts.obs * x[j];
-    }
-}
-
 /* Phase A, per (layer, KV head): scores of its G query heads, z-score per head, GQA max. In
  * per_layer_per_head mode also the top-k and the compaction. */
 static void tri_ta_score_worker(void * arg, int ith, int nth) {
@@ -318,9 +274,6 @@ static void tri_ta_score_worker(void * arg, int ith, int nth) {
             for (int32_t j = 0; j < n; j++) {
                 agg[j] = sg[j] > agg[j] ? sg[j] : agg[j];
             }
-        }
-        if (st->opts.obs > 0.0f) {
-            tri_ta_add_obs(st, c, il, h, st->obs_tmp + (size_t) ith * st->obs_per_thread, agg);
         }
         if (st->mode == TRI_TA_PER_LAYER_PER_HEAD) {
             uint8_t * mark = st->mark + (size_t) i * st->cap;

@@ -28,7 +28,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-interval", type=int, default=128, help="compress every this many tokens (default 128)")
     g.add_argument("--kv-window", type=int, default=None, help="recent tokens never evicted (default: policy's)")
     g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
-    g.add_argument("--kv-mode", default=None, help="per_head (default), per_layer_per_head or global")
+    g.add_argument("--kv-mode", default=None, help="per_head (default), per_layer_per_head or global, optionally "
+                   "with options: per_head,agg=max,trig=0.5 (docs/triattention-engine.md)")
     g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
 
 
@@ -276,7 +277,7 @@ def _add_sweep_args(p: argparse.ArgumentParser, budgets: str, contexts: str | No
     g.add_argument("--kv-window", type=int, default=None, help="recent tokens never evicted (default: policy's)")
     g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
     g.add_argument("--kv-mode", default=None, help="TriAttention mode: per_head (default), per_layer_per_head, "
-                   "global")
+                   "global; options may follow, e.g. per_head,agg=max,trig=0.5 (docs/triattention-engine.md)")
     g = p.add_argument_group("output")
     g.add_argument("-o", "--out", default=None, help="output prefix: OUT.csv, OUT.json, OUT*.png")
     g.add_argument("--resume", action="store_true", help="keep OUT.csv and skip the configurations in it")

@@ -638,19 +638,18 @@ static void test_parse_mode(void) {
     tri_ta_opts o;
     char err[256];
     CHECK(tri_ta_parse_mode(NULL, &o, err, sizeof err) == TRIATTN_OK && o.mode == TRI_TA_PER_HEAD && o.trig == 1.0f &&
-              o.norm == 1.0f && o.obs == 0.0f && !o.layer_max, "NULL kv_mode: defaults");
+              o.norm == 1.0f && !o.layer_max, "NULL kv_mode: defaults");
     const double wt = (double) tu_int(0, 400) / 100.0, wn = (double) tu_int(1, 400) / 100.0;
-    const double ob = (double) tu_int(1, 300) / 100.0;
     char buf[128];
-    snprintf(buf, sizeof buf, "global,trig=%g,norm=%g,agg=max,obs=%g", wt, wn, ob);
+    snprintf(buf, sizeof buf, "global,trig=%g,norm=%g,agg=max", wt, wn);
     CHECK(tri_ta_parse_mode(buf, &o, err, sizeof err) == TRIATTN_OK && o.mode == TRI_TA_GLOBAL &&
-              fabs(o.trig - wt) < 1e-6 && fabs(o.norm - wn) < 1e-6 && fabs(o.obs - ob) < 1e-6 && o.layer_max,
+              fabs(o.trig - wt) < 1e-6 && fabs(o.norm - wn) < 1e-6 && o.layer_max,
           "%s: %s", buf, err);
     CHECK(tri_ta_parse_mode("per_layer_per_head,agg=mean", &o, err, sizeof err) == TRIATTN_OK &&
               o.mode == TRI_TA_PER_LAYER_PER_HEAD && !o.layer_max, "per_layer_per_head,agg=mean");
     const char * bad[] = { "", "per_heads", "per_head,", "per_head,trig", "per_head,trig=", "per_head,trig=x",
                            "per_head,trig=-1", "per_head,trig=nan", "per_head,agg=min", "per_head,foo=1",
-                           "per_head,trig=0,norm=0", "per_head,,agg=max", "per_head,norm=1e9" };
+                           "per_head,trig=0,norm=0", "per_head,,agg=max", "per_head,obs=1", "per_head,norm=1e9" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
         CHECK(tri_ta_parse_mode(bad[i], &o, err, sizeof err) == TRIATTN_ERR_UNSUPPORTED && strstr(err, "kv_mode"),

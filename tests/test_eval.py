@@ -239,6 +239,12 @@ def test_eval_needle_cli(tmp_path):
     run_cli(*args, "--resume")    # nothing left to run: the cases file is kept, rows unchanged
     assert len(Path(f"{out}-needle-cases.jsonl").read_text().splitlines()) == 2
     assert len(read_rows(out)) == len(rows)
+    # a second seed on --resume: only its cases run, and the cells are recounted over both seeds
+    args[args.index("--seeds") + 1] = f"{seed},{seed + 1}"
+    run_cli(*args[:args.index("--policies") + 1], "streaming", *args[args.index("--policies") + 2:], "--resume")
+    assert len(Path(f"{out}-needle-cases.jsonl").read_text().splitlines()) == 3
+    sel = {r["metric"]: float(r["value"]) for r in read_rows(out) if r["method"] == "streaming"}
+    assert sel["n"] == 2
 
 
 def test_results_resume(tmp_path):

@@ -671,14 +671,15 @@ def run_needle_case(llm, toks, span, value: int, max_tokens: int = 8) -> dict:
     return {"hit": answer_key(answer) == value, "answer": answer, "survival": surv}
 
 
-def eval_needle(setup: Setup, results: Results, policies, budgets, contexts, depths, seeds, haystacks,
-                task: str = "needle", n_facts: int = 4, progress: bool = True, log=None) -> None:
+def eval_needle(setup: Setup, prefix: str, policies, budgets, contexts, depths, seeds, haystacks,
+                task: str = "needle", n_facts: int = 4, progress: bool = True, log=None) -> Results:
     """The needle (or kvrecall) sweep. Cases run one after another, every (policy, budget) on each case, so
-    an interrupted sweep stays balanced; each case is appended to OUT-cases.jsonl (resumable) and the
-    per-cell rows (hits, Wilson 95% interval, needle survival) are rewritten into results at the end."""
+    an interrupted sweep stays balanced; each case is appended to PREFIX-<task>-cases.jsonl (kept: a later
+    run skips the cases there) and PREFIX.csv/.json are rewritten at the end from every case in that file:
+    per cell hits, Wilson 95% interval, needle survival. Returns those results."""
     log = log or (lambda s: print(s, file=sys.stderr))
     cases = needle_cases(task, contexts, depths, seeds, haystacks, n_facts)
-    path = Path(results.prefix + f"-{task}-cases.jsonl")
+    path = Path(prefix + f"-{task}-cases.jsonl")
     done = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -711,9 +712,10 @@ def eval_needle(setup: Setup, results: Results, policies, budgets, contexts, dep
         for llm in sessions.values():
             llm.close()
         bar.close()
+    results = Results(prefix)
     for row in needle_summary(list(done.values()), task):
-        if not results.done(row["dataset"], row["context"], row["model"], row["method"], row["budget"], NEEDLE_METRICS):
-            results.add(row["dataset"], row["context"], row["model"], row["method"], row["budget"], row["metrics"])
+        results.add(row["dataset"], row["context"], row["model"], row["method"], row["budget"], row["metrics"])
+    return results
 
 
 def _case_key(r: dict) -> tuple:
@@ -873,11 +875,11 @@ def main_eval(args) -> int:
         if not depths or not all(0.0 <= d <= 1.0 for d in depths) or not seeds or not hays:
             raise TriattnError(ERR_INVALID_ARG, "--depths must be fractions in [0, 1]; --seeds and --haystacks "
                                "must not be empty")
-        results = Results(args.out or f"eval-{args.task}", resume=args.resume)
+        prefix = Results(args.out or f"eval-{args.task}", resume=args.resume).prefix
         if not args.resume:
-            Path(results.prefix + f"-{args.task}-cases.jsonl").unlink(missing_ok=True)
-        eval_needle(setup, results, policies, budgets, contexts, depths, seeds, hays, task=args.task,
-                    n_facts=args.facts, progress=not quiet)
+            Path(prefix + f"-{args.task}-cases.jsonl").unlink(missing_ok=True)
+        results = eval_needle(setup, prefix, policies, budgets, contexts, depths, seeds, hays, task=args.task,
+                              n_facts=args.facts, progress=not quiet)
         tables = [summary_table(results, m, args.task) for m in ("hit_rate", "ci_lo", "ci_hi", "survival")]
         if not args.no_plot:
             path = Path(results.prefix + f"-{args.task}-cases.jsonl")
@@ -936,7 +938,8 @@ tasks:
              decode call, then a greedy answer. Per (context, policy, budget): hits, hit_rate with a Wilson
              95% interval (ci_lo, ci_hi), survival = fraction of the needle's tokens still in the cache after
              the prompt (mean over (layer, KV head)). Every case, with its (layer, KV head) survival, goes to
-             OUT-needle-cases.jsonl; plot OUT-needle-survival.png.
+             OUT-needle-cases.jsonl (--resume runs only the cases missing there; OUT.csv is rebuilt from
+             every case in it); plot OUT-needle-survival.png.
   kvrecall   the same with --facts "The code for NAME is VALUE." lines at random depths (the asked one at
              --depths); the question names one person.
   passkey    a 5-digit key at --depths of a filler haystack of --contexts tokens, streamed through the

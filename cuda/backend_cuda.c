@@ -265,6 +265,15 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     if (ta && !m->centres) {
         return tri_fail(err, en, TRIATTN_ERR_INVALID_ARG, "kv_policy 'triattention' needs query centres");
     }
+    tri_ta_opts opts;
+    enum triattn_status ost = tri_ta_parse_mode(s->policy.cfg.mode, &opts, err, en);
+    if (ost != TRIATTN_OK) {
+        return ost;
+    }
+    if (opts.trig != 1.0f || opts.norm != 1.0f || opts.layer_max) {
+        return tri_fail(err, en, TRIATTN_ERR_UNSUPPORTED, "kv_mode '%s': options after the mode are not supported "
+                        "on the CUDA backend; load the model with n_gpu_layers = 0 for them", s->policy.cfg.mode);
+    }
     if (s->params.n_batch > 65535) {
         return tri_fail(err, en, TRIATTN_ERR_UNSUPPORTED, "CUDA backend: n_batch %d > 65535", s->params.n_batch);
     }
@@ -294,10 +303,9 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     c->kv_dim = hp->n_head_kv * hp->head_dim;
     c->part_rows = TRI_MAX(c->n_batch, TRI_CU_ATT_PARTS) * c->H;
     c->triattention = ta;
-    const char * mode = s->policy.cfg.mode ? s->policy.cfg.mode : "per_head";
-    c->mode = strcmp(mode, "per_layer_per_head") == 0 ? TRI_CU_PER_LAYER_PER_HEAD
-            : strcmp(mode, "global") == 0             ? TRI_CU_GLOBAL
-                                                      : TRI_CU_PER_HEAD;
+    c->mode = opts.mode == TRI_TA_PER_LAYER_PER_HEAD ? TRI_CU_PER_LAYER_PER_HEAD
+            : opts.mode == TRI_TA_GLOBAL             ? TRI_CU_GLOBAL
+                                                     : TRI_CU_PER_HEAD;
     c->window = s->policy.cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : s->policy.cfg.window;
 
     /* Host mirror of the cache: positions and live counts only. */

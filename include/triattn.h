@@ -580,6 +580,20 @@ TRIATTN_API enum triattn_status triattn_session_load(triattn_session * s, const 
  * "json_schema: unsupported keyword 'pattern' at $.properties.x". */
 TRIATTN_API enum triattn_status triattn_json_schema_check(const char * schema, char * err, size_t err_size);
 
+/* ---- KV scores of the last compression round ------------------------------------------------ */
+
+/* What the last compression round of the `triattention` policy saw in one (layer, KV head): every slot live
+ * when it ran (before eviction), in slot order. position[i] = original position; raw[i] = max over the KV
+ * head's query heads of the score of docs/triattention.md §3 (weighted as kv_mode says); agg[i] = the value
+ * the round ranked by (z-scored, GQA max, aggregated over layers); kept[i] = 1
+ * when the slot survived. Protected slots (sink, recent window, a short prompt) have raw = agg = NaN and
+ * kept = 1. Any array may be NULL; capacity = entries each array can hold; *n_out = slots of the round (0
+ * before the first one). TRIATTN_ERR_UNSUPPORTED for another policy or a GPU session, TRIATTN_ERR_INVALID_ARG
+ * for an out-of-range layer or kv_head. */
+TRIATTN_API enum triattn_status triattn_session_kv_scores(const triattn_session * s, int32_t layer, int32_t kv_head,
+                                                          int32_t * position, float * raw, float * agg,
+                                                          uint8_t * kept, int32_t capacity, int32_t * n_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,4 +1,6 @@
-/* Baseline KV policies of docs/triattention.md §6: `streaming`, `random`, `h2o`, `snapkv`, `rkv`.
+/* Baseline KV policies of docs/triattention.md §6: `streaming`, `random`, `h2o`, `snapkv`, `rkv`, and
+ * `snapkv_prompt` (SnapKV as its paper runs it: the whole prompt prefilled, then one selection with the
+ * prompt's own last w queries; it needs n_ctx slots, not budget + interval).
  *
  * They share the TriAttention schedule (capacity budget + interval, compress back to budget when live slots
  * reach budget + interval) and its protections (sink, recent window, a short prompt kept whole: tri_kv_plan).
@@ -15,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum tri_bl_kind { TRI_BL_STREAMING, TRI_BL_RANDOM, TRI_BL_H2O, TRI_BL_SNAPKV, TRI_BL_RKV };
+enum tri_bl_kind { TRI_BL_STREAMING, TRI_BL_RANDOM, TRI_BL_H2O, TRI_BL_SNAPKV, TRI_BL_RKV, TRI_BL_SNAPKV_PROMPT };
 
 #define TRI_RKV_LAMBDA   0.1f  /* score = lambda * A - (1 - lambda) * redundancy */
 #define TRI_RKV_DUP_COS  0.5f  /* near-duplicate threshold of the redundancy rows */
@@ -192,7 +194,7 @@ static uint64_t tri_bl_mix(uint64_t * x) {
 /* Lays out one thread's scratch at base (NULL: only measures); returns its size in bytes. */
 static size_t tri_bl_carve(const tri_bl_state * st, char * base, tri_bl_tmp * t) {
     const size_t cap = (size_t) st->cap;
-    const bool attn = st->kind == TRI_BL_SNAPKV || st->kind == TRI_BL_RKV;
+    const bool attn = st->kind == TRI_BL_SNAPKV || st->kind == TRI_BL_RKV || st->kind == TRI_BL_SNAPKV_PROMPT;
     size_t work = 0;
     if (st->kind == TRI_BL_H2O) {
         work = (size_t) st->G * cap;
@@ -240,8 +242,10 @@ static enum triattn_status tri_bl_init(tri_kv_policy * p, tri_kv_cache * c, enum
     st->cap = c->capacity;
     st->LK = st->L * st->Hkv;
     st->window = p->cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : p->cfg.window;
-    if (kind == TRI_BL_SNAPKV || kind == TRI_BL_RKV) {
-        st->window = TRI_MAX(st->window, TRI_SNAPKV_WINDOW);
+    const bool attn = kind == TRI_BL_SNAPKV || kind == TRI_BL_RKV || kind == TRI_BL_SNAPKV_PROMPT;
+    if (attn) {
+        /* As in the SnapKV and R-KV papers: only the observation window is protected, unless configured. */
+        st->window = p->cfg.window < 0 ? TRI_SNAPKV_WINDOW : TRI_MAX(p->cfg.window, TRI_SNAPKV_WINDOW);
     }
     st->n_threads = p->tp ? tri_threadpool_size(p->tp) : 1;
     st->kr = tri_attn_kernels_get(TRI_ISA_COUNT);
@@ -256,7 +260,7 @@ static enum triattn_status tri_bl_init(tri_kv_policy * p, tri_kv_cache * c, enum
 
     /* Query ring: h2o needs every query since the previous round (at most `interval` of them), snapkv and
      * rkv the last w. */
-    if (kind == TRI_BL_H2O || kind == TRI_BL_SNAPKV || kind == TRI_BL_RKV) {
+    if (kind == TRI_BL_H2O || attn) {
         const int32_t q_cap = kind == TRI_BL_H2O ? TRI_MAX(p->cfg.interval, TRI_SNAPKV_WINDOW) : TRI_SNAPKV_WINDOW;
         enum triattn_status s = tri_kv_cache_enable_queries(c, q_cap, st->H * st->D, err, n);
         if (s != TRIATTN_OK) {
@@ -343,19 +347,6 @@ static void tri_h2o_accumulate(tri_bl_state * st, const tri_kv_cache * c, int il
     }
 }
 
-/* Copies the last (up to w) queries of layer il's ring, heads of KV head h, into q (nq x G x D); returns nq. */
-static int tri_bl_window_queries(const tri_bl_state * st, const tri_kv_cache * c, int il, int h, float * q) {
-    const int64_t count = c->q_count[il];
-    const int nq = (int) TRI_MIN((int64_t) TRI_SNAPKV_WINDOW, TRI_MIN(count, (int64_t) c->q_cap));
-    const size_t row = (size_t) st->G * st->D;
-    for (int t = 0; t < nq; t++) {
-        const int64_t idx = count - nq + t;
-        const size_t e = (size_t) il * c->q_cap + (size_t) (idx % c->q_cap);
-        memcpy(q + (size_t) t * row, c->q + e * c->q_dim + (size_t) h * row, sizeof(float) * row);
-    }
-    return nq;
-}
-
 /* Scores of the candidates [lo, hi) of (il, h) into t->score[0 .. hi - lo): higher = keep. */
 static void tri_bl_score(tri_bl_state * st, const tri_kv_cache * c, int il, int h, int32_t lo, int32_t hi,
                          const tri_bl_tmp * t) {
@@ -367,7 +358,7 @@ static void tri_bl_score(tri_bl_state * st, const tri_kv_cache * c, int il, int 
     }
     /* snapkv / rkv: the last nq live slots are the observation window's own keys */
     const tri_fp16 * K = tri_kv_k(c, il, h);
-    const int nq = TRI_MIN(tri_bl_window_queries(st, c, il, h, t->q), live);
+    const int nq = TRI_MIN(tri_kv_window_queries(c, il, h, st->G, st->D, t->q), live);
     const int32_t m = live - nq;
     tri_snapkv_scores(&st->kr, st->D, st->G, t->q, nq, K, live, t->a, t->work);
     if (st->kind == TRI_BL_RKV) {
@@ -495,6 +486,23 @@ static enum triattn_status tri_bl_init_snapkv(tri_kv_policy * p, tri_kv_cache * 
 static enum triattn_status tri_bl_init_rkv(tri_kv_policy * p, tri_kv_cache * c, char * err, size_t n) {
     return tri_bl_init(p, c, TRI_BL_RKV, err, n);
 }
+static enum triattn_status tri_bl_init_snapkv_prompt(tri_kv_policy * p, tri_kv_cache * c, char * err, size_t n) {
+    return tri_bl_init(p, c, TRI_BL_SNAPKV_PROMPT, err, n);
+}
+
+/* snapkv_prompt: room for the whole context, so the prompt is prefilled in one piece. */
+static int32_t tri_bl_prompt_capacity(const tri_kv_policy_cfg * cfg) {
+    return TRI_MAX(cfg->n_ctx, tri_kv_slack_capacity(cfg));
+}
+
+/* snapkv_prompt: no round before the prompt's last token is in the cache; then the slack trigger. */
+static bool tri_bl_prompt_should_compress(const tri_kv_policy * p, const tri_kv_cache * c) {
+    const int32_t live = c->n_live[0];
+    if (p->n_prompt > 0 && (live == 0 || tri_kv_pos(c, 0, 0)[live - 1] + 1 < p->n_prompt)) {
+        return false;
+    }
+    return tri_kv_slack_should_compress(p, c);
+}
 
 #define TRI_BL_OPS(var, str, init_fn)                                                                            \
     const tri_kv_policy_ops var = { .name = str, .capacity = tri_kv_slack_capacity,                              \
@@ -506,3 +514,8 @@ TRI_BL_OPS(tri_kv_policy_random, "random", tri_bl_init_random);
 TRI_BL_OPS(tri_kv_policy_h2o, "h2o", tri_bl_init_h2o);
 TRI_BL_OPS(tri_kv_policy_snapkv, "snapkv", tri_bl_init_snapkv);
 TRI_BL_OPS(tri_kv_policy_rkv, "rkv", tri_bl_init_rkv);
+
+const tri_kv_policy_ops tri_kv_policy_snapkv_prompt = {
+    .name = "snapkv_prompt", .capacity = tri_bl_prompt_capacity, .should_compress = tri_bl_prompt_should_compress,
+    .compress = tri_bl_compress, .init = tri_bl_init_snapkv_prompt, .free = tri_bl_free
+};

@@ -166,7 +166,7 @@ const tri_kv_policy_ops * tri_kv_policy_find(const char * name) {
     static const tri_kv_policy_ops * const all[] = { &tri_kv_policy_full,      &tri_kv_policy_triattention,
                                                      &tri_kv_policy_streaming, &tri_kv_policy_random,
                                                      &tri_kv_policy_h2o,       &tri_kv_policy_snapkv,
-                                                     &tri_kv_policy_rkv };
+                                                     &tri_kv_policy_rkv,       &tri_kv_policy_snapkv_prompt };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         if (strcmp(all[i]->name, name) == 0) {
             return all[i];

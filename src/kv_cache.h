@@ -127,5 +127,6 @@ extern const tri_kv_policy_ops tri_kv_policy_random;
 extern const tri_kv_policy_ops tri_kv_policy_h2o;
 extern const tri_kv_policy_ops tri_kv_policy_snapkv;
 extern const tri_kv_policy_ops tri_kv_policy_rkv;
+extern const tri_kv_policy_ops tri_kv_policy_snapkv_prompt;
 
 #endif

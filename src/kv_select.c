@@ -2,6 +2,11 @@
 #include "kv_select.h"
 #include "common.h"
 
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 int32_t tri_kv_count_below(const int32_t * pos, int32_t n, int32_t p) {
     int32_t lo = 0, hi = n;
     while (lo < hi) {
@@ -73,4 +78,85 @@ int32_t tri_kv_keep_list(int32_t lo, int32_t hi, int32_t live, const uint8_t * m
         keep[n++] = j;
     }
     return n;
+}
+
+int tri_kv_window_queries(const tri_kv_cache * c, int il, int h, int G, int D, float * q) {
+    const int64_t count = c->q_count[il];
+    const int nq = (int) TRI_MIN((int64_t) TRI_SNAPKV_WINDOW, TRI_MIN(count, (int64_t) c->q_cap));
+    const size_t row = (size_t) G * D;
+    for (int t = 0; t < nq; t++) {
+        const int64_t idx = count - nq + t;
+        const size_t e = (size_t) il * c->q_cap + (size_t) (idx % c->q_cap);
+        memcpy(q + (size_t) t * row, c->q + e * c->q_dim + (size_t) h * row, sizeof(float) * row);
+    }
+    return nq;
+}
+
+/* Reads a finite float in [lo, hi] from s[0..len). */
+static bool tri_ta_number(const char * s, size_t len, float lo, float hi, float * out) {
+    char buf[32];
+    if (len == 0 || len >= sizeof buf) {
+        return false;
+    }
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char * end = NULL;
+    errno = 0;
+    const double v = strtod(buf, &end);
+    if (errno != 0 || end != buf + len || !isfinite(v) || v < lo || v > hi) {
+        return false;
+    }
+    *out = (float) v;
+    return true;
+}
+
+enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * err, size_t n) {
+    *o = (tri_ta_opts) { .mode = TRI_TA_PER_HEAD, .trig = 1.0f, .norm = 1.0f, .layer_max = false };
+    if (!s) {
+        return TRIATTN_OK;
+    }
+    const char * p = s;
+    for (int part = 0; *p || part == 0; part++) {
+        const char * end = strchr(p, ',');
+        const size_t len = end ? (size_t) (end - p) : strlen(p);
+        const char * eq = memchr(p, '=', len);
+        bool ok = false;
+        if (part == 0) {
+            static const char * const modes[] = { "per_head", "per_layer_per_head", "global" };
+            for (int i = 0; i < 3; i++) {
+                if (len == strlen(modes[i]) && strncmp(p, modes[i], len) == 0) {
+                    o->mode = (enum tri_ta_mode) i;
+                    ok = true;
+                }
+            }
+        } else if (eq) {
+            const size_t kl = (size_t) (eq - p), vl = len - kl - 1;
+            const char * v = eq + 1;
+            if (kl == 4 && strncmp(p, "trig", 4) == 0) {
+                ok = tri_ta_number(v, vl, 0.0f, 1e3f, &o->trig);
+            } else if (kl == 4 && strncmp(p, "norm", 4) == 0) {
+                ok = tri_ta_number(v, vl, 0.0f, 1e3f, &o->norm);
+            } else if (kl == 3 && strncmp(p, "agg", 3) == 0) {
+                ok = (vl == 4 && strncmp(v, "mean", 4) == 0) || (vl == 3 && strncmp(v, "max", 3) == 0);
+                o->layer_max = vl == 3;
+            }
+        }
+        if (!ok) {
+            return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
+                            "kv_mode '%s': cannot read '%.*s' (expected MODE[,key=value]...: MODE per_head, "
+                            "per_layer_per_head or global; keys trig=X, norm=X (0..1000), agg=mean|max)",
+                            s, (int) len, p);
+        }
+        if (!end) {
+            break;
+        }
+        p = end + 1;
+        if (!*p) {
+            return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "kv_mode '%s': empty option after ','", s);
+        }
+    }
+    if (o->trig == 0.0f && o->norm == 0.0f) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "kv_mode '%s': trig and norm are both 0", s);
+    }
+    return TRIATTN_OK;
 }

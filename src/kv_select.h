@@ -34,6 +34,27 @@ int32_t tri_kv_count_below(const int32_t * pos, int32_t n, int32_t p);
 /* Number of the first n positions (increasing) that are <= p. */
 int32_t tri_kv_count_upto(const int32_t * pos, int32_t n, int32_t p);
 
+/* ---- options of the `triattention` policy ------------------------------------------------------- */
+
+enum tri_ta_mode { TRI_TA_PER_HEAD = 0, TRI_TA_PER_LAYER_PER_HEAD = 1, TRI_TA_GLOBAL = 2 };
+
+/* kv_mode = "MODE[,key=value]...": MODE per_head | per_layer_per_head | global, keys
+ *   trig=X  weight of the trigonometric term (default 1)     norm=X  weight of the norm term (default 1)
+ *   agg=mean|max  aggregation over layers (default mean) */
+typedef struct tri_ta_opts {
+    enum tri_ta_mode mode;
+    float trig, norm;
+    bool  layer_max;
+} tri_ta_opts;
+
+/* Parses kv_mode (NULL = defaults). TRIATTN_ERR_UNSUPPORTED with a message naming the bad part. */
+enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * err, size_t n);
+
+/* The last round of the `triattention` policy p for (il, h): see triattn_session_kv_scores. Any output may be
+ * NULL. TRIATTN_ERR_UNSUPPORTED when p is another policy. */
+enum triattn_status tri_triattn_last_scores(const tri_kv_policy * p, int il, int h, int32_t * pos, float * raw,
+                                            float * agg, uint8_t * kept, int32_t capacity, int32_t * n_out);
+
 /* ---- scoring of the attention-based baselines (src/kv_baselines.c), per (layer, KV head) ----------- */
 
 #define TRI_SNAPKV_WINDOW 8   /* observation window w: the last w queries */
@@ -48,6 +69,10 @@ size_t tri_snapkv_scratch(int32_t n, int G);
  * stride 1, no padding value) along the keys. out: n - w floats. */
 void tri_snapkv_scores(const tri_attn_kernels * kr, int D, int G, const float * q, int nq, const tri_fp16 * K,
                        int32_t n, float * out, float * scratch);
+
+/* Copies the last (up to w = TRI_SNAPKV_WINDOW) queries of layer il's query ring, the G heads of KV head h, into
+ * q (nq x G x D floats); returns nq. */
+int tri_kv_window_queries(const tri_kv_cache * c, int il, int h, int G, int D, float * q);
 
 /* Scratch floats tri_rkv_redundancy needs for n keys of head_dim D. */
 size_t tri_rkv_scratch(int32_t n, int D);

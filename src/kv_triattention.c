@@ -1,7 +1,8 @@
 /* The `triattention` KV policy (docs/triattention.md §3-§5, docs/triattention-engine.md): when live slots
  * reach budget + interval, score every candidate key with the query centres' trigonometric series,
  * z-score per (layer, query head), take the GQA max and the layer mean, keep the top (budget - protected)
- * per KV head, and compact. All scratch is allocated once in init. */
+ * per KV head, and compact. Options of kv_mode (kv_select.h) weight the two terms or aggregate layers by max.
+ * The last round's scores are kept for triattn_session_kv_scores. All scratch is allocated once in init. */
 #include "calibration.h"
 #include "common.h"
 #include "kv_cache.h"
@@ -13,13 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum tri_ta_mode { TRI_TA_PER_HEAD = 0, TRI_TA_PER_LAYER_PER_HEAD = 1, TRI_TA_GLOBAL = 2 };
-
-
 typedef struct tri_ta_state {
     int32_t L, H, Hkv, G, D, R, F, cap;
     enum tri_rope_pairing pairing;
     enum tri_ta_mode mode;
+    tri_ta_opts   opts;
     int32_t window, sink;            /* as configured (window default resolved) */
     tri_triattn_score_fn score;
     double *      omega;             /* [F] angle per position of each pair */
@@ -33,6 +32,10 @@ typedef struct tri_ta_state {
     int32_t *     keep;              /* [L * Hkv][cap] slots kept */
     int32_t *     lo, * hi;          /* [L * Hkv] candidate slot range [lo, hi) of the round */
     int32_t *     k;                 /* [L * Hkv] candidates to keep */
+    int32_t *     rec_pos;           /* [L * Hkv][cap] last round: positions of the live slots before eviction */
+    float *       rec_raw, * rec_agg;/* [L * Hkv][cap] last round: GQA max of the raw scores, ranking value */
+    uint8_t *     rec_kept;          /* [L * Hkv][cap] last round: slot kept */
+    int32_t *     rec_n;             /* [L * Hkv] last round: live slots (0 = no round yet) */
     void *        mem;
 } tri_ta_state;
 
@@ -156,10 +159,11 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     st->pairing = hp->rope_pairing;
     st->window = p->cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : p->cfg.window;
     st->sink = p->cfg.sink;
-    const char * mode = p->cfg.mode ? p->cfg.mode : "per_head";
-    st->mode = strcmp(mode, "per_layer_per_head") == 0 ? TRI_TA_PER_LAYER_PER_HEAD
-             : strcmp(mode, "global") == 0             ? TRI_TA_GLOBAL
-                                                       : TRI_TA_PER_HEAD;
+    enum triattn_status os = tri_ta_parse_mode(p->cfg.mode, &st->opts, err, n);
+    if (os != TRIATTN_OK) {
+        return os;
+    }
+    st->mode = st->opts.mode;
     st->score = tri_triattn_score_get(TRI_ISA_COUNT);
 
     const size_t LH = (size_t) st->L * st->H, LK = (size_t) st->L * st->Hkv, cap = (size_t) st->cap;
@@ -178,6 +182,11 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
         { (void **) &st->lo,     sizeof(int32_t) * LK },
         { (void **) &st->hi,     sizeof(int32_t) * LK },
         { (void **) &st->k,      sizeof(int32_t) * LK },
+        { (void **) &st->rec_pos, sizeof(int32_t) * LK * cap },
+        { (void **) &st->rec_raw, sizeof(float) * LK * cap },
+        { (void **) &st->rec_agg, sizeof(float) * LK * cap },
+        { (void **) &st->rec_kept, LK * cap },
+        { (void **) &st->rec_n,   sizeof(int32_t) * LK },
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
@@ -195,6 +204,7 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     }
     memset(st->w, 0, sizeof(float) * LH * st->D);
     memset(st->cw, 0, sizeof(float) * LH * st->D);
+    memset(st->rec_n, 0, sizeof(int32_t) * LK);
     for (int f = 0; f < st->F; f++) {
         st->omega[f] = (double) m->rope_inv_freq[f] * (double) hp->rope_freq_scale;
     }
@@ -207,9 +217,23 @@ typedef struct tri_ta_task {
     tri_ta_state *  st;
 } tri_ta_task;
 
-/* Keeps [0, lo) + chosen candidates + [hi, live) of (il, h) and compacts. */
-static void tri_ta_compact_one(tri_ta_state * st, tri_kv_cache * c, int il, int h, const uint8_t * mark) {
+/* Keeps [0, lo) + chosen candidates + [hi, live) of (il, h) and compacts; first records the round (positions,
+ * ranking values `val` of the candidates, kept flags) for triattn_session_kv_scores. */
+static void tri_ta_compact_one(tri_ta_state * st, tri_kv_cache * c, int il, int h, const uint8_t * mark,
+                               const float * val) {
     const size_t i = (size_t) il * st->Hkv + h;
+    const int32_t live = c->n_live[tri_kv_index(c, il, h)], lo = st->lo[i], hi = st->hi[i];
+    const size_t r = i * st->cap;
+    memcpy(st->rec_pos + r, tri_kv_pos(c, il, h), sizeof(int32_t) * live);
+    for (int32_t j = 0; j < live; j++) {
+        const bool cand = j >= lo && j < hi;
+        st->rec_agg[r + j] = cand ? val[j - lo] : NAN;
+        st->rec_kept[r + j] = cand ? mark[j - lo] : 1;
+        if (!cand) {
+            st->rec_raw[r + j] = NAN;
+        }
+    }
+    st->rec_n[i] = live;
     int32_t * keep = st->keep + i * st->cap;
     const int32_t n = tri_kv_keep_list(st->lo[i], st->hi[i], c->n_live[tri_kv_index(c, il, h)], mark, keep);
     tri_kv_compact(c, il, h, keep, n);
@@ -234,6 +258,13 @@ static void tri_ta_score_worker(void * arg, int ith, int nth) {
         float * s = st->scores + row0 * st->cap;
         st->score(st->D, st->R, st->pairing, st->G, st->w + row0 * st->D, st->cw + row0 * st->D,
                   tri_kv_k(c, il, h) + (size_t) lo * st->D, n, s, st->cap);
+        float * raw = st->rec_raw + (size_t) i * st->cap + lo;
+        memcpy(raw, s, sizeof(float) * n);
+        for (int g = 1; g < st->G; g++) {
+            for (int32_t j = 0; j < n; j++) {
+                raw[j] = s[(size_t) g * st->cap + j] > raw[j] ? s[(size_t) g * st->cap + j] : raw[j];
+            }
+        }
         for (int g = 0; g < st->G; g++) {
             tri_triattn_zscore(s + (size_t) g * st->cap, n);
         }
@@ -247,7 +278,7 @@ static void tri_ta_score_worker(void * arg, int ith, int nth) {
         if (st->mode == TRI_TA_PER_LAYER_PER_HEAD) {
             uint8_t * mark = st->mark + (size_t) i * st->cap;
             tri_triattn_topk(agg, n, st->k[i], st->sel + (size_t) i * st->cap, mark);
-            tri_ta_compact_one(st, c, il, h, mark);
+            tri_ta_compact_one(st, c, il, h, mark, agg);
         }
     }
 }
@@ -264,7 +295,7 @@ static void tri_ta_compact_worker(void * arg, int ith, int nth) {
             continue;
         }
         const int group = st->mode == TRI_TA_GLOBAL ? 0 : h;
-        tri_ta_compact_one(st, t->c, il, h, st->mark + (size_t) group * st->cap);
+        tri_ta_compact_one(st, t->c, il, h, st->mark + (size_t) group * st->cap, st->mean + (size_t) group * st->cap);
     }
 }
 
@@ -292,13 +323,20 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
         }
     }
 
+    memset(st->rec_n, 0, sizeof(int32_t) * LK);
+
     /* Synthetic queries of the round at the absolute position of the next token. */
     const tri_centres * ce = p->model->centres;
     tri_triattn_phase(st->F, st->omega, (double) next_pos, st->a_re, st->a_im);
     for (size_t r = 0; r < (size_t) st->L * st->H; r++) {
         const size_t o = r * st->F;
-        tri_triattn_query(st->R, st->pairing, ce->q_re + o, ce->q_im + o, ce->q_abs + o, st->a_re, st->a_im, 1.0,
-                          st->w + r * st->D, st->cw + r * st->D);
+        float * w = st->w + r * st->D, * cw = st->cw + r * st->D;
+        tri_triattn_query(st->R, st->pairing, ce->q_re + o, ce->q_im + o, ce->q_abs + o, st->a_re, st->a_im, 1.0, w,
+                          cw);
+        for (int d = 0; d < st->R; d++) {
+            w[d] *= st->opts.trig;
+            cw[d] *= st->opts.norm;
+        }
     }
 
     tri_ta_task task = { p, c, st };
@@ -310,16 +348,19 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
         for (int gi = 0; gi < n_groups; gi++) {
             const int32_t n = st->hi[gi] - st->lo[gi];
             float * mean = st->mean + (size_t) gi * st->cap;
-            memset(mean, 0, sizeof(float) * TRI_MAX(n, 0));
+            const bool mx = st->opts.layer_max;
+            for (int32_t j = 0; j < n; j++) {
+                mean[j] = mx ? -INFINITY : 0.0f;
+            }
             for (int i = 0; i < LK; i++) {
                 if (st->mode == TRI_TA_GLOBAL || i % st->Hkv == gi) {
                     const float * a = st->agg + (size_t) i * st->cap;
                     for (int32_t j = 0; j < n; j++) {
-                        mean[j] += a[j];
+                        mean[j] = mx ? (a[j] > mean[j] ? a[j] : mean[j]) : mean[j] + a[j];
                     }
                 }
             }
-            const float inv = 1.0f / (float) per_group;
+            const float inv = mx ? 1.0f : 1.0f / (float) per_group;
             for (int32_t j = 0; j < n; j++) {
                 mean[j] *= inv;
             }
@@ -340,3 +381,28 @@ const tri_kv_policy_ops tri_kv_policy_triattention = {
     .init            = tri_ta_init,
     .free            = tri_ta_free,
 };
+
+enum triattn_status tri_triattn_last_scores(const tri_kv_policy * p, int il, int h, int32_t * pos, float * raw,
+                                            float * agg, uint8_t * kept, int32_t capacity, int32_t * n_out) {
+    const tri_ta_state * st = p->state;
+    if (!st || p->ops != &tri_kv_policy_triattention) {
+        return TRIATTN_ERR_UNSUPPORTED;
+    }
+    const size_t i = (size_t) il * st->Hkv + h, r = i * st->cap;
+    const int32_t n = st->rec_n[i], m = TRI_MIN(n, capacity);
+    const size_t mm = (size_t) TRI_MAX(m, 0);
+    if (pos) {
+        memcpy(pos, st->rec_pos + r, sizeof(int32_t) * mm);
+    }
+    if (raw) {
+        memcpy(raw, st->rec_raw + r, sizeof(float) * mm);
+    }
+    if (agg) {
+        memcpy(agg, st->rec_agg + r, sizeof(float) * mm);
+    }
+    if (kept) {
+        memcpy(kept, st->rec_kept + r, mm);
+    }
+    *n_out = n;
+    return TRIATTN_OK;
+}

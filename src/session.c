@@ -4,6 +4,7 @@
 #include "calibration.h"
 #include "common.h"
 #include "grammar_mask.h"
+#include "kv_select.h"
 #include "model.h"
 
 #include <stdio.h>
@@ -82,20 +83,16 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     *ops = tri_kv_policy_find(name);
     if (!*ops) {
         return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
-                        "unknown kv_policy '%s' (available: full, triattention, streaming, random, h2o, snapkv, rkv)",
-                        name);
+                        "unknown kv_policy '%s' (available: full, triattention, streaming, random, h2o, snapkv, rkv, "
+                        "snapkv_prompt)", name);
     }
     if (strcmp(name, "triattention") == 0 && !m->centres) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
                         "kv_policy 'triattention' needs query centres, and this model has none: run `pytriattn "
                         "calibrate model.gguf -o model.tri.gguf` and load model.tri.gguf (or pass calibration_path)");
     }
-    if (p->kv_mode && strcmp(p->kv_mode, "per_head") != 0 && strcmp(p->kv_mode, "per_layer_per_head") != 0 &&
-        strcmp(p->kv_mode, "global") != 0) {
-        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
-                        "unknown kv_mode '%s' (available: per_head, per_layer_per_head, global)", p->kv_mode);
-    }
-    return TRIATTN_OK;
+    tri_ta_opts opts;
+    return tri_ta_parse_mode(p->kv_mode, &opts, err, n);
 }
 
 enum triattn_status triattn_session_create(const triattn_model * m, const struct triattn_session_params * pin,
@@ -450,4 +447,18 @@ enum triattn_status triattn_session_sample(triattn_session * s, triattn_token * 
         return tri_session_fail(s, TRIATTN_ERR_INTERNAL, "sample: no valid token (all logits are NaN?)");
     }
     return TRIATTN_OK;
+}
+
+enum triattn_status triattn_session_kv_scores(const triattn_session * s, int32_t layer, int32_t kv_head,
+                                              int32_t * position, float * raw, float * agg, uint8_t * kept,
+                                              int32_t capacity, int32_t * n_out) {
+    if (!s || !n_out || capacity < 0 || layer < 0 || layer >= s->kv.n_layer || kv_head < 0 ||
+        kv_head >= s->kv.n_head_kv) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    *n_out = 0;
+    if (s->backend) {
+        return TRIATTN_ERR_UNSUPPORTED;
+    }
+    return tri_triattn_last_scores(&s->policy, layer, kv_head, position, raw, agg, kept, capacity, n_out);
 }

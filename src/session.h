@@ -12,7 +12,7 @@ struct triattn_session {
     const struct triattn_model * model;
     struct triattn_session_params params;   /* resolved: n_ctx, n_batch, n_threads, kv_* filled in */
     char             policy_name[32];
-    char             mode_name[32];
+    char             mode_name[128];
 
     tri_threadpool * tp;
     tri_kv_cache     kv;

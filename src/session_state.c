@@ -2,7 +2,7 @@
  * state and the last logits, in one checksummed file that a session of the same model and policy can load.
  *
  * File layout (little-endian):
- *   header  magic "TRIATTNS", u32 version, model fingerprint[40], policy[32], kv_mode[32],
+ *   header  magic "TRIATTNS", u32 version, model fingerprint[40], policy[32], kv_mode[128],
  *           i32 n_ctx, budget, interval, window, sink, n_layer, n_head_kv, head_dim, n_vocab,
  *           i32 n_past, n_prompt, last_compress_pos, n_logits (0 or 1), i64 n_compressions, n_evicted
  *   body    i32 tokens[n_past], i32 n_live[n_layer * n_head_kv],
@@ -28,14 +28,14 @@ typedef struct tri_state_header {
     uint32_t version;
     char     fingerprint[40];
     char     policy[32];
-    char     mode[32];
+    char     mode[128];
     int32_t  n_ctx, budget, interval, window, sink, n_layer, n_head_kv, head_dim, n_vocab;
     int32_t  n_past, n_prompt, last_compress_pos, n_logits;
     int64_t  n_compressions, n_evicted;
 } tri_state_header;
 
 /* Serialised header size: the fields above without padding. */
-#define TRI_STATE_HEADER_BYTES (8 + 4 + 40 + 32 + 32 + 13 * 4 + 2 * 8)
+#define TRI_STATE_HEADER_BYTES (8 + 4 + 40 + 32 + 128 + 13 * 4 + 2 * 8)
 
 static uint64_t tri_fnv1a(uint64_t h, const void * data, size_t n) {
     const unsigned char * p = data;
@@ -106,7 +106,7 @@ static void tri_state_put_header(tri_writer * w, const tri_state_header * h) {
     tri_put(w, &h->version, 4);
     tri_put(w, h->fingerprint, 40);
     tri_put(w, h->policy, 32);
-    tri_put(w, h->mode, 32);
+    tri_put(w, h->mode, sizeof h->mode);
     const int32_t v[13] = { h->n_ctx,   h->budget,   h->interval, h->window, h->sink,
                             h->n_layer, h->n_head_kv, h->head_dim, h->n_vocab, h->n_past,
                             h->n_prompt, h->last_compress_pos, h->n_logits };
@@ -202,12 +202,12 @@ static bool tri_get(tri_reader * r, void * dst, size_t n) {
 static bool tri_state_get_header(tri_reader * r, tri_state_header * h) {
     int32_t v[13];
     bool ok = tri_get(r, h->magic, 8) && tri_get(r, &h->version, 4) && tri_get(r, h->fingerprint, 40) &&
-              tri_get(r, h->policy, 32) && tri_get(r, h->mode, 32) && tri_get(r, v, sizeof v) &&
+              tri_get(r, h->policy, 32) && tri_get(r, h->mode, sizeof h->mode) && tri_get(r, v, sizeof v) &&
               tri_get(r, &h->n_compressions, 8) && tri_get(r, &h->n_evicted, 8);
     if (!ok) {
         return false;
     }
-    h->fingerprint[39] = h->policy[31] = h->mode[31] = '\0';
+    h->fingerprint[39] = h->policy[31] = h->mode[sizeof h->mode - 1] = '\0';
     int32_t * f[13] = { &h->n_ctx,   &h->budget,   &h->interval, &h->window,  &h->sink,
                         &h->n_layer, &h->n_head_kv, &h->head_dim, &h->n_vocab, &h->n_past,
                         &h->n_prompt, &h->last_compress_pos, &h->n_logits };

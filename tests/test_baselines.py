@@ -130,3 +130,47 @@ def test_budget_above_context_is_exact(default_model, tokens, policy):
         assert st["n_compressions"] == 0 and st["capacity"] == budget + interval, st
     assert np.isfinite(want).all()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("policy", ["snapkv", "rkv"])
+def test_observation_window_is_the_only_default_protection(default_model, tokens, policy):
+    """SnapKV and R-KV as their papers run them: with the default kv_window only the last w = 8 tokens are
+    protected, so tokens just before them are scored and some are evicted; streaming keeps its 128."""
+    budget, interval = 160, 32
+    toks = _window(tokens, rng.randrange(400, 500))
+    with Llama(default_model, kv_policy=policy, kv_budget=budget, kv_interval=interval, n_ctx=4096,
+               n_threads=THREADS) as llm:
+        llm.decode(toks)
+        pos = llm.kv_positions()
+    n = len(toks)
+    recent = set(range(n - 128, n))
+    evicted_recent = 0
+    for row in pos.reshape(-1, pos.shape[-1]):
+        row = row[row >= 0]
+        assert list(row[-8:]) == list(range(n - 8, n)), (policy, "observation window evicted")
+        evicted_recent += len(recent - set(row.tolist()))
+    assert evicted_recent > 0, f"{policy}: the last 128 tokens were all kept: still protected by a 128 window"
+
+
+def test_snapkv_prompt_scores_with_the_final_prompt_queries(default_model, tokens):
+    """snapkv_prompt prefills the whole prompt (capacity n_ctx, no round before its last token), then keeps what
+    the prompt's last 8 queries attend to: the same tokens as snapkv whose only round falls exactly at the end
+    of the prompt (budget + interval = prompt length)."""
+    budget = rng.randrange(96, 160)
+    toks = _window(tokens, rng.randrange(400, 520))
+    n, n_ctx = len(toks), 1024
+    with Llama(default_model, kv_policy="snapkv_prompt", kv_budget=budget, kv_interval=32, n_ctx=n_ctx,
+               n_threads=THREADS) as llm:
+        st = llm.kv_stats()
+        assert st["capacity"] == n_ctx, st
+        llm.decode(toks)
+        st = llm.kv_stats()
+        assert st["n_compressions"] == 1 and st["live_max"] == budget, st
+        got = llm.kv_positions()
+    with Llama(default_model, kv_policy="snapkv", kv_budget=budget, kv_interval=n - budget, n_ctx=n_ctx,
+               n_threads=THREADS) as ref:
+        ref.decode(toks)
+        assert ref.kv_stats()["n_compressions"] == 1
+        want = ref.kv_positions()
+    assert np.array_equal(got, want), "snapkv_prompt kept other tokens than snapkv's single end-of-prompt round"
+    _check_positions(got, n, budget, 0, "snapkv_prompt")

@@ -177,6 +177,76 @@ def test_passkey_prompt_places_the_key(setup):
     assert ev.answer_key(f" {key}. ") == key and ev.answer_key(" the pass key") is None
 
 
+def test_wilson_interval():
+    """Known values (5/20: 0.1119..0.4687; 0/10: 0..0.2775) and the interval's shape on random counts."""
+    lo, hi = ev.wilson(5, 20)
+    assert lo == pytest.approx(0.11186, abs=2e-4) and hi == pytest.approx(0.46871, abs=2e-4)
+    lo, hi = ev.wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.27753, abs=2e-4)
+    n = RNG.randint(1, 400)
+    k = RNG.randint(0, n)
+    lo, hi = ev.wilson(k, n)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0, _msg(f"{k}/{n}: {lo}, {hi}")
+    lo4, hi4 = ev.wilson(4 * k, 4 * n)
+    assert hi4 - lo4 < hi - lo, _msg("more cases must narrow the interval")
+
+
+@pytest.mark.parametrize("task", ["needle", "kvrecall"])
+def test_needle_prompt_places_the_needle(setup, task):
+    """Every haystack: the prompt has the asked context length, the recorded span decodes to the needle (or the
+    asked fact) and sits at the asked depth of the haystack."""
+    llm = setup.llama("full", 512, 1200)
+    try:
+        ctx = RNG.choice([600, 800, 1000])
+        cases = ev.needle_cases(task, [ctx], [RNG.random()], [RNG.randint(0, 999)], list(ev.NEEDLE_HAYSTACKS))
+        for hay in ev.NEEDLE_HAYSTACKS:
+            case = {**cases[0], "haystack": hay}
+            toks, (a, b) = ev.needle_prompt(llm, case, {})
+            assert len(toks) == ctx, _msg(f"{hay}: {len(toks)} tokens for {ctx}")
+            text = llm.detokenize(toks[a:b]).decode("utf-8", "replace")
+            assert str(case["value"]) in text, _msg(f"{hay}: span {a}:{b} is {text!r}")
+            if task == "kvrecall":
+                assert case["names"][0] in text and len(case["names"]) == 4
+                assert all(str(v) in llm.detokenize(toks).decode("utf-8", "replace") for v in case["values"])
+            assert abs(a / ctx - case["depth"]) < 0.12, _msg(f"{hay}: needle at {a / ctx:.2f}, asked {case['depth']:.2f}")
+    finally:
+        llm.close()
+
+
+def test_eval_needle_cli(tmp_path):
+    """A tiny sweep: per-cell rows with a Wilson interval around the hit rate, per-case survival of every
+    (layer, KV head) — 1 for full attention, 0 for streaming once the needle is far behind its recent window —
+    resume, and the survival plot."""
+    out = tmp_path / "nd"
+    seed = RNG.randint(0, 999)
+    args = ["eval", "needle", "--contexts", "400", "--budgets", "128", "--policies", "full,streaming",
+            "--depths", "0.15", "--seeds", seed, "--haystacks", RNG.choice(ev.NEEDLE_HAYSTACKS), "-o", out, "-q"]
+    run_cli(*args)
+    rows = read_rows(out)
+    for key in (("full", "400"), ("streaming", "128")):
+        sel = {r["metric"]: float(r["value"]) for r in rows if (r["method"], r["budget"]) == key}
+        assert set(sel) == set(ev.NEEDLE_METRICS), key
+        assert sel["n"] == 1 and sel["hit_rate"] == sel["hits"]
+        assert sel["ci_lo"] <= sel["hit_rate"] <= sel["ci_hi"]
+    cases = [json.loads(x) for x in Path(f"{out}-needle-cases.jsonl").read_text().splitlines()]
+    assert len(cases) == 2
+    for c in cases:
+        surv = np.asarray(c["survival"])
+        assert surv.ndim == 2 and surv.shape[0] > 1
+        want = 1.0 if c["method"] == "full" else 0.0
+        assert np.all(surv == want), _msg(f"{c['method']}: survival {surv.min()}..{surv.max()}")
+    check_png(f"{out}-needle-survival.png")
+    run_cli(*args, "--resume")    # nothing left to run: the cases file is kept, rows unchanged
+    assert len(Path(f"{out}-needle-cases.jsonl").read_text().splitlines()) == 2
+    assert len(read_rows(out)) == len(rows)
+    # a second seed on --resume: only its cases run, and the cells are recounted over both seeds
+    args[args.index("--seeds") + 1] = f"{seed},{seed + 1}"
+    run_cli(*args[:args.index("--policies") + 1], "streaming", *args[args.index("--policies") + 2:], "--resume")
+    assert len(Path(f"{out}-needle-cases.jsonl").read_text().splitlines()) == 3
+    sel = {r["metric"]: float(r["value"]) for r in read_rows(out) if r["method"] == "streaming"}
+    assert sel["n"] == 2
+
+
 def test_results_resume(tmp_path):
     r = ev.Results(tmp_path / "x")
     vals = {m: RNG.random() for m in ("a", "b")}

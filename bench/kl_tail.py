@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,10 @@ def main(argv=None) -> int:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-o", "--out", default=None, help="CSV (kvpress shape) to append to")
     ap.add_argument("--full-cache", default=None, help=".npy of full attention's tail log-probs (reused when it exists)")
+    ap.add_argument("--lp-dir", default=None, help="keep each policy's tail log-probs here as <policy>-<budget>.npy "
+                    "and reuse them (so configurations can run as separate processes)")
+    ap.add_argument("--no-full", action="store_true", help="only compute and keep the policies' log-probs "
+                    "(with --lp-dir); metrics come from a later run that has full attention's")
     a = ap.parse_args(argv)
 
     from pytriattn import Llama
@@ -88,6 +93,24 @@ def main(argv=None) -> int:
         probe.close()
     nxt = np.asarray(toks[a.context - a.tail:], dtype=np.int64)
     rows = np.arange(a.tail)
+    def policy_lp(policy: str, budget: int):
+        path = Path(a.lp_dir) / f"{policy}-{budget}.npy" if a.lp_dir else None
+        if path is not None and path.is_file():
+            return np.load(path), None
+        lp, kv = run(a.model, toks, a.tail, policy, budget, a.kv_interval, a.threads,
+                     a.calibration if policy == "triattention" else None)
+        if path is not None:
+            np.save(path, lp)
+            Path(str(path) + ".json").write_text(json.dumps(kv))
+        return lp, kv
+
+    policies = [p for p in a.policies.split(",") if p]
+    budgets = [int(b) for b in a.budgets.split(",") if b]
+    if a.no_full:
+        for policy in policies:
+            for budget in budgets:
+                policy_lp(policy, budget)
+        return 0
     t0 = time.time()
     if a.full_cache and Path(a.full_cache).is_file():
         full = np.load(a.full_cache)
@@ -99,11 +122,12 @@ def main(argv=None) -> int:
     print(f"full: ppl {np.exp(f_nll.mean()):.4f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     results = [("full", None, {"ppl": float(np.exp(f_nll.mean())), "kl": 0.0, "delta_nll": 0.0, "top1_agree": 1.0})]
     pf = np.exp(full.astype(np.float64))
-    for policy in [p for p in a.policies.split(",") if p]:
-        for budget in [int(b) for b in a.budgets.split(",") if b]:
+    for policy in policies:
+        for budget in budgets:
             t0 = time.time()
-            lp, kv = run(a.model, toks, a.tail, policy, budget, a.kv_interval, a.threads,
-                         a.calibration if policy == "triattention" else None)
+            lp, kv = policy_lp(policy, budget)
+            if kv is None:
+                kv = json.loads(Path(a.lp_dir, f"{policy}-{budget}.npy.json").read_text())
             nll = -lp[rows, nxt]
             m = {"ppl": float(np.exp(nll.mean())),
                  "kl": float((pf * (full.astype(np.float64) - lp)).sum(axis=1).mean()),

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 
-def engine_ppl(model: str, text: str, ctx: int, chunks: int, threads: int, n_batch: int = 64) -> dict:
+def engine_ppl(model: str, text: str, ctx: int, chunks: int, threads: int, n_batch: int = 64, skip: int = 0) -> dict:
     from pytriattn import Llama
 
     llm = Llama(model, n_ctx=ctx, n_batch=n_batch, n_threads=threads, kv_policy="full")
@@ -32,7 +32,7 @@ def engine_ppl(model: str, text: str, ctx: int, chunks: int, threads: int, n_bat
         first = ctx // 2
         nll, count, per_chunk = 0.0, 0, []
         t0 = time.time()
-        for c in range(n_chunks):
+        for c in range(skip, n_chunks):
             chunk = list(toks[c * ctx:(c + 1) * ctx])
             chunk[0] = llm.token_bos()
             llm.reset()
@@ -46,11 +46,11 @@ def engine_ppl(model: str, text: str, ctx: int, chunks: int, threads: int, n_bat
                 part += float((lse - rows[np.arange(len(rows)), nxt]).sum())
             nll += part
             count += ctx - 1 - first
-            per_chunk.append(math.exp(nll / count))
-            print(f"[engine] chunk {c + 1}/{n_chunks}: running ppl {per_chunk[-1]:.4f} "
+            per_chunk.append(part)
+            print(f"[engine] chunk {c + 1}/{n_chunks}: nll {part:.4f}, running ppl {math.exp(nll / count):.4f} "
                   f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-        return {"ppl": math.exp(nll / count), "tokens_scored": count, "chunks": n_chunks,
-                "running": per_chunk, "seconds": time.time() - t0}
+        return {"ppl": math.exp(nll / count), "tokens_scored": count, "chunks": n_chunks - skip,
+                "chunk_nll": per_chunk, "seconds": time.time() - t0}
     finally:
         llm.close()
 
@@ -75,12 +75,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--skip", type=int, default=0, help="start at this chunk (split a run over processes; "
+                    "combine the chunk_nll lists)")
     ap.add_argument("--llama-perplexity", default=None, help="llama.cpp's llama-perplexity binary")
     ap.add_argument("-o", "--out", default=None, help="JSON result file")
     a = ap.parse_args(argv)
     text = Path(a.text).read_text(encoding="utf-8")
     res = {"model": Path(a.model).name, "text": Path(a.text).name, "ctx": a.ctx, "chunks": a.chunks,
-           "engine": engine_ppl(a.model, text, a.ctx, a.chunks, a.threads)}
+           "engine": engine_ppl(a.model, text, a.ctx, a.chunks, a.threads, skip=a.skip)}
     if a.llama_perplexity:
         res["llama.cpp"] = llama_ppl(a.llama_perplexity, a.model, a.text, a.ctx, a.chunks, a.threads)
         res["ratio"] = res["engine"]["ppl"] / res["llama.cpp"]["ppl"]

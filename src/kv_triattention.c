@@ -338,7 +338,8 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
             for (int32_t j = 0; j < n; j++) {
                 mean[j] *= inv;
             }
-            tri_triattn_topk(mean, n, st->k[gi], st->sel + (size_t) gi * st->cap, st->mark + (size_t) gi * st->cap);
+            tri_triattn_topk(mean, n, st->k[l0 * st->Hkv + gi], st->sel + (size_t) gi * st->cap,
+                             st->mark + (size_t) gi * st->cap);
         }
         tri_threadpool_run(p->tp, tri_ta_compact_worker, &task);
     }

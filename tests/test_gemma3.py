@@ -94,3 +94,42 @@ def test_gemma3_triattention_compresses_global_layers_only(gemma3_model, Llama, 
                 assert held[0] > len(toks) - 1 - 512 - 128 and len(held) >= 512, (il, len(held))
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("mode", ["per_head", "global", "per_layer_per_head"])
+def test_tiny_gemma3_triattention_keeps_the_budget_on_global_layers(tmp_path, Llama, mode):
+    """Layer 0 is a sliding-window layer: the shared keep sets must take their size from the global layers
+    (a budget of scored slots kept, not only sink + window), and the local layers keep their window."""
+    import subprocess
+    import sys
+
+    from tinymodels import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "g.gguf", "gemma3", n_layer=12, sliding_window=24, wtype="F32",
+                            seed=int(np.random.default_rng().integers(1 << 30)))
+    side = tmp_path / "g.tri.gguf"
+    subprocess.run([sys.executable, "-m", "pytriattn", "calibrate", str(path), "--self-generate", "--tokens", "256",
+                    "--sidecar", "-o", str(side), "-q", "-t", "1"], check=True)
+    B, I, W = 96, 16, 8
+    llm = Llama(str(path), n_ctx=600, n_batch=I, n_threads=1, kv_policy="triattention", kv_budget=B, kv_interval=I,
+                kv_window=W, kv_mode=mode, calibration=str(side))
+    try:
+        toks = np.random.default_rng().integers(0, 300, 400).tolist()
+        lows = []
+        for a in range(0, len(toks), I):
+            llm.decode(toks[a:a + I])
+            st = llm.kv_stats()
+            if st["n_compressions"] > 0:
+                lows.append(st["live_min"])
+        assert st["n_compressions"] >= (len(toks) - B - I) // I, st
+        # right after a round the global layers hold the budget (then grow by one chunk): never far below it
+        assert min(lows) >= B, (mode, min(lows), st)
+        pos = llm.kv_positions()
+        for il in range(12):
+            held = pos[il, 0][pos[il, 0] >= 0]
+            if (il + 1) % 6:
+                assert held[-1] == len(toks) - 1 and len(held) >= 24, (il, len(held))
+            else:
+                assert B <= len(held) <= B + I, (il, len(held))
+    finally:
+        llm.close()

@@ -247,9 +247,7 @@ static void tri_cu_session_free(triattn_session * s) {
         free(c);
     }
     s->backend_state = NULL;
-    free(s->kv.pos);
-    free(s->kv.n_live);
-    memset(&s->kv, 0, sizeof s->kv);
+    tri_kv_cache_free(&s->kv); /* the host mirror: k and v are NULL */
     memset(&s->fwd, 0, sizeof s->fwd);
 }
 
@@ -319,6 +317,10 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     s->kv.n_live    = calloc(LK, sizeof(int32_t));
     if (!s->kv.pos || !s->kv.n_live) {
         return tri_fail(err, en, TRIATTN_ERR_OOM, "out of memory");
+    }
+    const enum triattn_status lst = tri_kv_cache_uniform_layout(&s->kv, err, en);
+    if (lst != TRIATTN_OK) {
+        return lst;
     }
 
     const size_t nb = (size_t) c->n_batch, capz = (size_t) cap, D = (size_t) c->D;

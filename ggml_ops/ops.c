@@ -42,6 +42,14 @@ void tri_silu_mul(float * g, const float * u, int n) {
     }
 }
 
+void tri_gelu_mul(float * g, const float * u, int n) {
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int i = 0; i < n; i++) {
+        const float v = g[i];
+        g[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v))) * u[i];
+    }
+}
+
 void tri_attn_scores_ref(int D, int G, const float * q, const tri_fp16 * K, int n, float scale, float * s, int ls) {
     for (int j = 0; j < n; j++) {
         const tri_fp16 * k = K + (int64_t) j * D;

@@ -21,6 +21,8 @@ void tri_rope(float * x, int n_heads, int head_dim, int rope_dim, const float * 
 
 /* g[i] = silu(g[i]) * u[i]. */
 void tri_silu_mul(float * g, const float * u, int n);
+/* g[i] = gelu(g[i]) * u[i], GELU in its tanh approximation (GeGLU of Gemma). */
+void tri_gelu_mul(float * g, const float * u, int n);
 
 /* Attention kernels for one KV head serving G query heads (D = head dim), K and V rows in F16.
  * scores: s[g * ls + j] = dot(q[g * D ..], K[j * D ..]) * scale, for j < n.

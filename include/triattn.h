@@ -213,7 +213,8 @@ struct triattn_chat_message {
 TRIATTN_API enum triattn_status triattn_chat_apply(const triattn_model * model, const char * format,
                                                    const struct triattn_chat_message * messages, size_t n_messages,
                                                    bool add_assistant, char * buf, size_t capacity, size_t * n_out);
-/* The format name detected from the model's template, or NULL when it is not recognised. Static string. */
+/* The format name detected from the model's template (for a model without one, its architecture's format,
+ * e.g. "gemma" for gemma3), or NULL when it is not recognised. Static string. */
 TRIATTN_API const char * triattn_chat_detect(const triattn_model * model);
 
 /* ---- session ---------------------------------------------------------------------------------- */

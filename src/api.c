@@ -91,12 +91,15 @@ enum triattn_status triattn_chat_apply(const triattn_model * m, const char * for
     }
     const triattn_token bos = tri_vocab_bos(m->vocab);
     char err[256];
+    if ((!format || strcmp(format, "auto") == 0) && !m->chat_template && m->arch->chat_format) {
+        format = m->arch->chat_format; /* no template in the file: the architecture's own format */
+    }
     return tri_chat_apply(m->chat_template, format, bos >= 0 ? tri_vocab_token_text(m->vocab, bos) : NULL, messages,
                           n_messages, add_assistant, buf, capacity, n_out, err, sizeof err);
 }
 
 const char * triattn_chat_detect(const triattn_model * m) {
-    return tri_chat_detect(m->chat_template);
+    return m->chat_template ? tri_chat_detect(m->chat_template) : m->arch->chat_format;
 }
 
 /* ---- metadata --------------------------------------------------------------------------------- */

@@ -55,6 +55,11 @@ enum triattn_status tri_backend_model_attach(struct triattn_model * m, int32_t n
                 why[0] ? why : "none found");
         return TRIATTN_OK;
     }
+    if (m->hp.n_swa > 0 || m->hp.embd_scale != 1.0f) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
+                        "n_gpu_layers = %d: the CUDA backend does not run %s (sliding-window layers, post-norms, GeGLU); "
+                        "load it with n_gpu_layers = 0", n_gpu_layers, m->arch->name);
+    }
     void * state = NULL;
     const enum triattn_status st = gpu->model_upload(m, &state, err, n);
     if (st != TRIATTN_OK) {

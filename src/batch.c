@@ -14,7 +14,7 @@
 static bool tri_batch_joinable(const triattn_session * lead, const triattn_session * s, const triattn_token * toks,
                                int32_t n, int32_t rows) {
     if (s->model != lead->model || s->calib || s->backend || n > tri_session_chunk_room(s) ||
-        s->kv.capacity > lead->fwd.capacity || rows + n > lead->fwd.n_batch ||
+        s->kv.cap_max > lead->fwd.capacity || rows + n > lead->fwd.n_batch ||
         (int64_t) s->n_past + n > s->params.n_ctx) {
         return false;
     }

@@ -24,13 +24,13 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
     const int64_t q_dim = (int64_t) hp->n_head * hp->head_dim;
     const int64_t kv_dim = (int64_t) hp->n_head_kv * hp->head_dim;
     int64_t max_in = TRI_MAX(TRI_MAX((int64_t) hp->n_embd, (int64_t) hp->n_ff), q_dim);
-    const size_t n_chunks = ((size_t) kv->capacity + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK;
+    const size_t n_chunks = ((size_t) kv->cap_max + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK;
 
     f->m       = m;
     f->kv      = kv;
     f->tp      = tp;
     f->n_batch = n_batch;
-    f->capacity = kv->capacity;
+    f->capacity = kv->cap_max;
     f->attn    = tri_attn_kernels_get(TRI_ISA_COUNT);
     /* Converted activations: at most 4 bytes per value (F32 weights), one region per distinct type. */
     f->xq_stride = tri_align64((size_t) n_batch * (size_t) max_in * 4 + 1024);
@@ -46,6 +46,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
         { (void **) &f->up,       sizeof(float) * n_batch * hp->n_ff },
         { (void **) &f->tmp,      sizeof(float) * n_batch * hp->n_embd },
         { (void **) &f->rope_cs,  sizeof(float) * n_batch * hp->rope_dim },
+        { (void **) &f->rope_cs_swa, m->rope_inv_freq_swa ? sizeof(float) * n_batch * hp->rope_dim : 0 },
         { (void **) &f->xq,       f->xq_stride * 3 },
         { (void **) &f->att_s,    sizeof(float) * (size_t) nth * G * TRI_ATT_CHUNK },
         { (void **) &f->att_part, sizeof(float) * (size_t) TRI_MAX(nth, hp->n_head_kv) * n_chunks * G * (hp->head_dim + 2) },
@@ -67,7 +68,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
     f->mem_bytes = total;
     char * p = f->mem;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        *parts[i].p = p;
+        *parts[i].p = parts[i].bytes ? p : NULL;
         p += tri_align64(parts[i].bytes);
     }
     return TRIATTN_OK;
@@ -200,14 +201,36 @@ void tri_blk_qk_norm(tri_forward * f, const tri_layer * L) {
     }
 }
 
+/* Before rows [t, t + n) of one sequence append to windowed layer il: when they would not fit, drop the slots
+ * the first of them (the lowest position) can no longer see. */
+static void tri_window_make_room(tri_forward * f, int il, int t) {
+    tri_kv_cache * kv = f->row_kv[t];
+    if (!tri_kv_windowed(kv, il) || (t > 0 && f->row_kv[t - 1] == kv)) {
+        return;
+    }
+    int32_t n = 1;
+    while (t + n < f->n_tok && f->row_kv[t + n] == kv) {
+        n++;
+    }
+    int32_t live = 0;
+    for (int h = 0; h < kv->n_head_kv; h++) {
+        live = TRI_MAX(live, kv->n_live[tri_kv_index(kv, il, h)]);
+    }
+    if (live + n > kv->layer_cap[il]) {
+        tri_kv_trim_window(kv, il, f->row_pos[t]);
+    }
+}
+
 void tri_blk_rope_store(tri_forward * f, int il) {
     const tri_hparams * hp = &f->m->hp;
     const int hd = hp->head_dim;
     if (f->calib) {
         tri_calib_accumulate(f->calib, il, f->q, f->n_tok); /* pre-RoPE q, after bias and q_norm */
     }
+    const float * cs_table = tri_hp_layer_window(hp, il) > 0 ? f->rope_cs_swa : f->rope_cs;
     for (int t = 0; t < f->n_tok; t++) {
-        const float * cs = f->rope_cs + (int64_t) t * hp->rope_dim;
+        tri_window_make_room(f, il, t);
+        const float * cs = cs_table + (int64_t) t * hp->rope_dim;
         float * q = f->q + (int64_t) t * hp->n_head * hd;
         float * k = f->k + (int64_t) t * hp->n_head_kv * hd;
         tri_rope(q, hp->n_head, hd, hp->rope_dim, cs, hp->rope_pairing);
@@ -256,6 +279,16 @@ static int32_t tri_upper_bound(const int32_t * pos, int32_t n, int32_t p) {
     return lo;
 }
 
+/* Live slots [*lo, *hi) of (il, h) a query at position p attends to: positions <= p, and on a sliding-window
+ * layer only the window's most recent ones (> p - window). */
+static void tri_att_range(const tri_forward * f, const tri_kv_cache * kv, int il, int h, int32_t p, int32_t * lo,
+                          int32_t * hi) {
+    const int32_t * pos = tri_kv_pos(kv, il, h);
+    *hi = tri_upper_bound(pos, kv->n_live[tri_kv_index(kv, il, h)], p);
+    const int32_t w = tri_hp_layer_window(&f->m->hp, il);
+    *lo = w > 0 ? tri_upper_bound(pos, *hi, p - w) : 0;
+}
+
 /* Partial over slots [j0, j1) of (layer il, KV head h) for the G queries q (G x D). */
 static void tri_att_partial(const tri_forward * f, const tri_kv_cache * kv, int il, int h, const float * q,
                             int32_t j0, int32_t j1, float * s, float * part) {
@@ -273,7 +306,7 @@ static void tri_att_partial(const tri_forward * f, const tri_kv_cache * kv, int 
         }
         return;
     }
-    f->attn.scores(D, G, q, tri_kv_k(kv, il, h) + (size_t) j0 * D, n, 1.0f / sqrtf((float) D), s, n);
+    f->attn.scores(D, G, q, tri_kv_k(kv, il, h) + (size_t) j0 * D, n, hp->attn_scale, s, n);
     for (int g = 0; g < G; g++) {
         float * sg = s + (size_t) g * n;
         float mx = -INFINITY;
@@ -334,12 +367,12 @@ static void tri_att_prefill_worker(void * arg, int ith, int nth) {
         const int h = task % hp->n_head_kv;
         const int t = task / hp->n_head_kv;
         const tri_kv_cache * kv = f->row_kv[t];
-        const int32_t n_valid = tri_upper_bound(tri_kv_pos(kv, a->il, h), kv->n_live[tri_kv_index(kv, a->il, h)],
-                                                f->row_pos[t]);
-        const int n_chunks = TRI_MAX(1, (n_valid + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK);
+        int32_t lo, hi;
+        tri_att_range(f, kv, a->il, h, f->row_pos[t], &lo, &hi);
+        const int n_chunks = TRI_MAX(1, (hi - lo + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK);
         const float * q = f->q + ((int64_t) t * hp->n_head + (int64_t) h * G) * D;
         for (int c = 0; c < n_chunks; c++) {
-            tri_att_partial(f, kv, a->il, h, q, c * TRI_ATT_CHUNK, TRI_MIN((c + 1) * TRI_ATT_CHUNK, n_valid), s,
+            tri_att_partial(f, kv, a->il, h, q, lo + c * TRI_ATT_CHUNK, TRI_MIN(lo + (c + 1) * TRI_ATT_CHUNK, hi), s,
                             parts + c * ps);
         }
         tri_att_merge(parts, ps, n_chunks, G, D, f->att + ((int64_t) t * hp->n_head + (int64_t) h * G) * D);
@@ -360,11 +393,11 @@ static void tri_att_decode_worker(void * arg, int ith, int nth) {
     for (long task = t0; task < t1; task++) {
         const int c = task % C;
         const int h = task / C;
-        const int32_t n_valid = tri_upper_bound(tri_kv_pos(kv, a->il, h), kv->n_live[tri_kv_index(kv, a->il, h)],
-                                                f->row_pos[0]);
+        int32_t lo, hi;
+        tri_att_range(f, kv, a->il, h, f->row_pos[0], &lo, &hi);
         const float * q = f->q + (int64_t) h * G * D;
-        tri_att_partial(f, kv, a->il, h, q, TRI_MIN(c * TRI_ATT_CHUNK, n_valid),
-                        TRI_MIN((c + 1) * TRI_ATT_CHUNK, n_valid), s, f->att_part + ((size_t) h * C + c) * ps);
+        tri_att_partial(f, kv, a->il, h, q, TRI_MIN(lo + c * TRI_ATT_CHUNK, hi),
+                        TRI_MIN(lo + (c + 1) * TRI_ATT_CHUNK, hi), s, f->att_part + ((size_t) h * C + c) * ps);
     }
 }
 
@@ -379,8 +412,9 @@ void tri_blk_attention(tri_forward * f, int il) {
     int32_t n_valid_max = 0;
     const tri_kv_cache * kv = f->row_kv[0];
     for (int h = 0; h < hp->n_head_kv; h++) {
-        n_valid_max = TRI_MAX(n_valid_max, tri_upper_bound(tri_kv_pos(kv, il, h), kv->n_live[tri_kv_index(kv, il, h)],
-                                                           f->row_pos[0]));
+        int32_t lo, hi;
+        tri_att_range(f, kv, il, h, f->row_pos[0], &lo, &hi);
+        n_valid_max = TRI_MAX(n_valid_max, hi - lo);
     }
     a.n_chunks = TRI_MAX(1, (n_valid_max + TRI_ATT_CHUNK - 1) / TRI_ATT_CHUNK);
     tri_threadpool_run(f->tp, tri_att_decode_worker, &a);
@@ -397,32 +431,49 @@ static void tri_add_rows(float * x, const float * y, int64_t n) {
     }
 }
 
-void tri_blk_attn_out(tri_forward * f, const tri_layer * L) {
-    tri_mm_job job = { &L->wo, f->tmp, NULL };
-    tri_matmuls(f, &job, 1, f->att, L->wo.ne0, f->n_tok);
+/* x += block output f->tmp, normalised by post_norm first when the layer has one. */
+static void tri_residual_add(tri_forward * f, const tri_tensor * post_norm) {
+    if (post_norm->data) {
+        tri_blk_rmsnorm(f, f->tmp, post_norm, f->tmp);
+    }
     tri_add_rows(f->x, f->tmp, (int64_t) f->n_tok * f->m->hp.n_embd);
 }
 
-void tri_blk_ffn_swiglu(tri_forward * f, const tri_layer * L) {
+void tri_blk_attn_out(tri_forward * f, const tri_layer * L) {
+    tri_mm_job job = { &L->wo, f->tmp, NULL };
+    tri_matmuls(f, &job, 1, f->att, L->wo.ne0, f->n_tok);
+    tri_residual_add(f, &L->post_attn_norm);
+}
+
+/* Gated FFN: gate and up projections, act(gate) * up, down projection, residual add. */
+static void tri_ffn_gated(tri_forward * f, const tri_layer * L, void (*act_mul)(float *, const float *, int)) {
     const tri_hparams * hp = &f->m->hp;
     tri_mm_job jobs[2] = { { &L->ffn_gate, f->gate, NULL }, { &L->ffn_up, f->up, NULL } };
     tri_matmuls(f, jobs, 2, f->xn, hp->n_embd, f->n_tok);
-    tri_silu_mul(f->gate, f->up, f->n_tok * hp->n_ff);
+    act_mul(f->gate, f->up, f->n_tok * hp->n_ff);
     tri_mm_job down = { &L->ffn_down, f->tmp, NULL };
     tri_matmuls(f, &down, 1, f->gate, hp->n_ff, f->n_tok);
-    tri_add_rows(f->x, f->tmp, (int64_t) f->n_tok * hp->n_embd);
+    tri_residual_add(f, &L->post_ffn_norm);
+}
+
+void tri_blk_ffn_swiglu(tri_forward * f, const tri_layer * L) {
+    tri_ffn_gated(f, L, tri_silu_mul);
+}
+
+void tri_blk_ffn_geglu(tri_forward * f, const tri_layer * L) {
+    tri_ffn_gated(f, L, tri_gelu_mul);
 }
 
 /* ---- whole chunk ------------------------------------------------------------------------------- */
 
-static void tri_rope_table(tri_forward * f) {
-    const struct triattn_model * m = f->m;
-    const int F = m->hp.rope_dim / 2;
+/* cos, sin of every row's position times each inverse frequency (positions times scale). */
+static void tri_rope_table(tri_forward * f, const float * inv_freq, double scale, float * table) {
+    const int R = f->m->hp.rope_dim;
     for (int t = 0; t < f->n_tok; t++) {
-        const double p = (double) f->row_pos[t] * m->hp.rope_freq_scale;
-        float * cs = f->rope_cs + (int64_t) t * m->hp.rope_dim;
-        for (int i = 0; i < F; i++) {
-            const double theta = p * m->rope_inv_freq[i];
+        const double p = (double) f->row_pos[t] * scale;
+        float * cs = table + (int64_t) t * R;
+        for (int i = 0; i < R / 2; i++) {
+            const double theta = p * inv_freq[i];
             cs[2 * i]     = (float) cos(theta);
             cs[2 * i + 1] = (float) sin(theta);
         }
@@ -437,10 +488,18 @@ void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_t
     const tri_type_traits * et = tri_type_traits_get(m->w.tok_embd.type);
     const size_t erow = tri_row_size(m->w.tok_embd.type, hp->n_embd);
     for (int t = 0; t < n_tok; t++) {
-        et->to_float((const char *) m->w.tok_embd.data + (size_t) tokens[t] * erow, f->x + (int64_t) t * hp->n_embd,
-                     hp->n_embd);
+        float * x = f->x + (int64_t) t * hp->n_embd;
+        et->to_float((const char *) m->w.tok_embd.data + (size_t) tokens[t] * erow, x, hp->n_embd);
+        if (hp->embd_scale != 1.0f) {
+            for (int i = 0; i < hp->n_embd; i++) {
+                x[i] *= hp->embd_scale;
+            }
+        }
     }
-    tri_rope_table(f);
+    tri_rope_table(f, m->rope_inv_freq, hp->rope_freq_scale, f->rope_cs);
+    if (f->rope_cs_swa) {
+        tri_rope_table(f, m->rope_inv_freq_swa, 1.0, f->rope_cs_swa);
+    }
 
     for (int il = 0; il < hp->n_layer; il++) {
         m->arch->build_layer(f, il);

@@ -16,7 +16,7 @@ typedef struct tri_forward {
 
     int32_t  n_batch;
     int32_t  n_tok;     /* rows (tokens) in the current step */
-    int32_t  capacity;  /* largest cache (slots per layer and KV head) a row may attend over */
+    int32_t  capacity;  /* largest cache (slots of any layer and KV head, cap_max) a row may attend over */
     tri_kv_cache ** row_kv;  /* [n_batch] the cache each row appends to and attends over */
     int32_t *       row_pos; /* [n_batch] absolute position of each row */
     int32_t *       logit_rows; /* [n_batch] rows whose logits the step computes, in order */
@@ -32,6 +32,7 @@ typedef struct tri_forward {
     float *  up;        /* [n_batch][n_ff] */
     float *  tmp;       /* [n_batch][n_embd] block output before the residual add */
     float *  rope_cs;   /* [n_batch][rope_dim] cos, sin per frequency pair */
+    float *  rope_cs_swa; /* same with the sliding-window layers' frequencies; NULL when the model has none */
     void *   xq;        /* activations converted to the weights' vec_dot types: 3 x [n_batch][row] */
     size_t   xq_stride; /* bytes of one converted buffer region */
     float *  att_s;     /* per thread: [G][attention chunk] scores */
@@ -70,13 +71,17 @@ void tri_blk_rmsnorm(tri_forward * f, const float * in, const tri_tensor * w, fl
 void tri_blk_qkv(tri_forward * f, const tri_layer * L);
 /* Per-head RMSNorm of q and k with the layer's q_norm / k_norm weights (Qwen3). */
 void tri_blk_qk_norm(tri_forward * f, const tri_layer * L);
-/* RoPE on q and k at the tokens' absolute positions, then k, v appended to the cache of layer il. */
+/* RoPE on q and k at the tokens' absolute positions (the local frequencies on a sliding-window layer), then
+ * k, v appended to the cache of layer il; a windowed layer first drops slots no row of the step can see. */
 void tri_blk_rope_store(tri_forward * f, int il);
-/* att = softmax(q k^T / sqrt(head_dim)) v over layer il's live slots, masked by position. */
+/* att = softmax(q k^T * attn_scale) v over layer il's live slots, masked by position (and, on a sliding-window
+ * layer, to the window's most recent positions). */
 void tri_blk_attention(tri_forward * f, int il);
-/* x += att @ wo. */
+/* x += att @ wo, the product normalised by the layer's post_attn_norm first when it has one. */
 void tri_blk_attn_out(tri_forward * f, const tri_layer * L);
-/* x += down(silu(gate(xn)) * up(xn)). */
+/* x += down(silu(gate(xn)) * up(xn)) (normalised by post_ffn_norm first when the layer has one). */
 void tri_blk_ffn_swiglu(tri_forward * f, const tri_layer * L);
+/* x += down(gelu_tanh(gate(xn)) * up(xn)) (normalised by post_ffn_norm first when the layer has one). */
+void tri_blk_ffn_geglu(tri_forward * f, const tri_layer * L);
 
 #endif

@@ -401,6 +401,9 @@ static void tri_bl_worker(void * arg, int ith, int nth) {
     tri_split(st->LK, ith, nth, &i0, &i1);
     for (long i = i0; i < i1; i++) {
         const int il = (int) (i / st->Hkv), h = (int) (i % st->Hkv);
+        if (tri_kv_windowed(c, il)) {
+            continue; /* bounded by its window, never compressed */
+        }
         if (st->kind == TRI_BL_H2O) {
             tri_h2o_accumulate(st, c, il, h, t.work);
         }
@@ -465,7 +468,11 @@ static enum triattn_status tri_bl_compress(tri_kv_policy * p, tri_kv_cache * c, 
     }
     if (any) {
         p->n_compressions++;
-        p->n_evicted += evicted / st->LK;
+        int32_t managed = 0; /* (layer, KV head) pairs without a sliding window */
+        for (int il = 0; il < st->L; il++) {
+            managed += tri_kv_windowed(c, il) ? 0 : st->Hkv;
+        }
+        p->n_evicted += evicted / TRI_MAX(managed, 1);
         st->round++;
     }
     return TRIATTN_OK;

@@ -28,28 +28,82 @@ size_t tri_kv_cache_bytes(int32_t n_layer, int32_t n_head_kv, int32_t head_dim, 
 
 enum triattn_status tri_kv_cache_init(tri_kv_cache * c, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
                                       int32_t capacity, char * err, size_t n) {
-    memset(c, 0, sizeof *c);
-    const size_t bytes = tri_kv_cache_bytes(n_layer, n_head_kv, head_dim, capacity);
-    if (bytes == 0) {
-        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "KV cache of %d slots x %d layers x %d KV heads is too large",
-                        capacity, n_layer, n_head_kv);
+    if (n_layer <= 0 || n_layer > 65536) {
+        memset(c, 0, sizeof *c);
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "KV cache of %d layers is invalid", n_layer);
     }
-    const size_t n_rows = (size_t) n_layer * n_head_kv * capacity;
-    c->k      = malloc(n_rows * head_dim * sizeof(tri_fp16));
-    c->v      = malloc(n_rows * head_dim * sizeof(tri_fp16));
-    c->pos    = malloc(n_rows * sizeof(int32_t));
-    c->n_live = calloc((size_t) n_layer * n_head_kv, sizeof(int32_t));
-    if (!c->k || !c->v || !c->pos || !c->n_live) {
+    int32_t * caps = malloc(sizeof(int32_t) * (size_t) n_layer);
+    if (!caps) {
+        memset(c, 0, sizeof *c);
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "out of memory");
+    }
+    for (int32_t l = 0; l < n_layer; l++) {
+        caps[l] = capacity;
+    }
+    const enum triattn_status st = tri_kv_cache_init_layers(c, n_layer, n_head_kv, head_dim, caps, NULL, err, n);
+    free(caps);
+    return st;
+}
+
+enum triattn_status tri_kv_cache_init_layers(tri_kv_cache * c, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
+                                             const int32_t * layer_cap, const int32_t * window, char * err, size_t n) {
+    memset(c, 0, sizeof *c);
+    size_t n_rows = 0, bytes = 0;
+    int32_t cap_max = 0, cap_global = 0;
+    for (int32_t l = 0; l < n_layer; l++) {
+        const size_t b = tri_kv_cache_bytes(1, n_head_kv, head_dim, layer_cap[l]);
+        if (b == 0 || bytes > SIZE_MAX / 4 - b) {
+            return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "KV cache of %d slots x %d KV heads (layer %d) is too large",
+                            layer_cap[l], n_head_kv, l);
+        }
+        bytes += b;
+        n_rows += (size_t) n_head_kv * layer_cap[l];
+        cap_max = TRI_MAX(cap_max, layer_cap[l]);
+        if (!window || window[l] <= 0) {
+            cap_global = TRI_MAX(cap_global, layer_cap[l]);
+        }
+    }
+    c->k          = malloc(n_rows * head_dim * sizeof(tri_fp16));
+    c->v          = malloc(n_rows * head_dim * sizeof(tri_fp16));
+    c->pos        = malloc(n_rows * sizeof(int32_t));
+    c->n_live     = calloc((size_t) n_layer * n_head_kv, sizeof(int32_t));
+    c->layer_cap  = malloc(sizeof(int32_t) * (size_t) n_layer);
+    c->layer_row0 = malloc(sizeof(size_t) * (size_t) n_layer);
+    c->window     = calloc((size_t) n_layer, sizeof(int32_t));
+    if (!c->k || !c->v || !c->pos || !c->n_live || !c->layer_cap || !c->layer_row0 || !c->window) {
         tri_kv_cache_free(c);
         return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate the KV cache: %.1f MiB (%d slots per layer and KV head)",
-                        bytes / 1048576.0, capacity);
+                        bytes / 1048576.0, cap_max);
+    }
+    size_t row = 0;
+    for (int32_t l = 0; l < n_layer; l++) {
+        c->layer_cap[l]  = layer_cap[l];
+        c->layer_row0[l] = row;
+        c->window[l]     = window ? TRI_MAX(window[l], 0) : 0;
+        row += (size_t) n_head_kv * layer_cap[l];
     }
     c->n_layer   = n_layer;
     c->n_head_kv = n_head_kv;
     c->head_dim  = head_dim;
-    c->capacity  = capacity;
+    c->capacity  = cap_global > 0 ? cap_global : cap_max;
+    c->cap_max   = cap_max;
     c->bytes     = bytes;
     c->poison    = tri_kv_poison_requested();
+    return TRIATTN_OK;
+}
+
+enum triattn_status tri_kv_cache_uniform_layout(tri_kv_cache * c, char * err, size_t n) {
+    c->layer_cap  = malloc(sizeof(int32_t) * (size_t) c->n_layer);
+    c->layer_row0 = malloc(sizeof(size_t) * (size_t) c->n_layer);
+    c->window     = calloc((size_t) c->n_layer, sizeof(int32_t));
+    if (!c->layer_cap || !c->layer_row0 || !c->window) {
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "out of memory");
+    }
+    c->cap_max = c->capacity;
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        c->layer_cap[l]  = c->capacity;
+        c->layer_row0[l] = (size_t) l * c->n_head_kv * c->capacity;
+    }
     return TRIATTN_OK;
 }
 
@@ -61,6 +115,9 @@ void tri_kv_cache_free(tri_kv_cache * c) {
     free(c->v);
     free(c->pos);
     free(c->n_live);
+    free(c->layer_cap);
+    free(c->layer_row0);
+    free(c->window);
     memset(c, 0, sizeof *c);
 }
 
@@ -106,11 +163,45 @@ void tri_kv_push_query(tri_kv_cache * c, int il, const float * q, int32_t pos) {
 void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi) {
     int32_t a = INT32_MAX, b = 0;
     for (int i = 0; i < c->n_layer * c->n_head_kv; i++) {
+        if (tri_kv_windowed(c, i / c->n_head_kv)) {
+            continue;
+        }
         a = TRI_MIN(a, c->n_live[i]);
         b = TRI_MAX(b, c->n_live[i]);
     }
-    *lo = c->n_layer * c->n_head_kv > 0 ? a : 0;
+    *lo = a == INT32_MAX ? 0 : a;
     *hi = b;
+}
+
+void tri_kv_trim_window(tri_kv_cache * c, int il, int32_t pos) {
+    const int32_t lo = pos - c->window[il]; /* a query at pos sees positions > lo */
+    const int D = c->head_dim;
+    for (int h = 0; h < c->n_head_kv; h++) {
+        const int32_t * p = tri_kv_pos(c, il, h);
+        const int32_t live = c->n_live[tri_kv_index(c, il, h)];
+        int32_t drop = 0;
+        while (drop < live && p[drop] <= lo) {
+            drop++;
+        }
+        if (drop == 0) {
+            continue;
+        }
+        const int32_t keep = live - drop;
+        memmove(tri_kv_k(c, il, h), tri_kv_k(c, il, h) + (size_t) drop * D, (size_t) keep * D * sizeof(tri_fp16));
+        memmove(tri_kv_v(c, il, h), tri_kv_v(c, il, h) + (size_t) drop * D, (size_t) keep * D * sizeof(tri_fp16));
+        memmove(tri_kv_pos(c, il, h), p + drop, (size_t) keep * sizeof(int32_t));
+        if (c->poison) {
+            const tri_fp16 nan16 = 0x7e00;
+            for (size_t i = (size_t) keep * D; i < (size_t) live * D; i++) {
+                tri_kv_k(c, il, h)[i] = nan16;
+                tri_kv_v(c, il, h)[i] = nan16;
+            }
+            for (int32_t i = keep; i < live; i++) {
+                tri_kv_pos(c, il, h)[i] = INT32_MIN;
+            }
+        }
+        c->n_live[tri_kv_index(c, il, h)] = keep;
+    }
 }
 
 void tri_kv_compact(tri_kv_cache * c, int il, int h, const int32_t * keep, int32_t n_keep) {

@@ -19,11 +19,16 @@ typedef struct tri_kv_cache {
     int32_t    n_layer;
     int32_t    n_head_kv;
     int32_t    head_dim;
-    int32_t    capacity;   /* slots per (layer, KV head) */
-    tri_fp16 * k;          /* [n_layer][n_head_kv][capacity][head_dim] */
-    tri_fp16 * v;          /* [n_layer][n_head_kv][capacity][head_dim] */
-    int32_t *  pos;        /* [n_layer][n_head_kv][capacity] */
+    int32_t    capacity;   /* slots per KV head of the layers without a window (what policies manage) */
+    int32_t    cap_max;    /* largest slot count of any layer (windowed layers may hold more or fewer) */
+    tri_fp16 * k;          /* per layer [n_head_kv][layer_cap[l]][head_dim], layers back to back */
+    tri_fp16 * v;          /* same layout as k */
+    int32_t *  pos;        /* per layer [n_head_kv][layer_cap[l]] */
     int32_t *  n_live;     /* [n_layer][n_head_kv] */
+    int32_t *  layer_cap;  /* [n_layer] slots per KV head of each layer */
+    size_t *   layer_row0; /* [n_layer] first slot row of each layer */
+    int32_t *  window;     /* [n_layer] sliding-window length of the layer, 0 = sees the whole context.
+                            * The forward pass drops what left a window; policies leave such layers alone. */
     size_t     bytes;      /* bytes allocated for k, v, pos */
     bool       poison;     /* compaction fills evicted slots with NaN (debug/ASan builds, TRIATTN_KV_POISON=1) */
 
@@ -42,22 +47,38 @@ size_t tri_kv_cache_bytes(int32_t n_layer, int32_t n_head_kv, int32_t head_dim, 
 /* Allocates the cache; TRIATTN_ERR_OOM (message with the size) when it does not fit. */
 enum triattn_status tri_kv_cache_init(tri_kv_cache * c, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
                                       int32_t capacity, char * err, size_t n);
+/* Same, with each layer's own slot count layer_cap[l] (> 0) and sliding window window[l] (0 = none;
+ * NULL = no windowed layer). */
+enum triattn_status tri_kv_cache_init_layers(tri_kv_cache * c, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
+                                             const int32_t * layer_cap, const int32_t * window, char * err, size_t n);
 void tri_kv_cache_free(tri_kv_cache * c);
+/* Gives a cache whose k/v/pos live elsewhere (a device backend's host mirror) the per-layer layout of
+ * n_layer layers of c->capacity slots without windows. */
+enum triattn_status tri_kv_cache_uniform_layout(tri_kv_cache * c, char * err, size_t n);
 /* Empties every (layer, KV head). */
 void tri_kv_cache_clear(tri_kv_cache * c);
 
 static inline size_t tri_kv_index(const tri_kv_cache * c, int il, int h) {
     return (size_t) il * c->n_head_kv + h;
 }
+static inline size_t tri_kv_row0(const tri_kv_cache * c, int il, int h) {
+    return c->layer_row0[il] + (size_t) h * c->layer_cap[il];
+}
 static inline tri_fp16 * tri_kv_k(const tri_kv_cache * c, int il, int h) {
-    return c->k + tri_kv_index(c, il, h) * c->capacity * c->head_dim;
+    return c->k + tri_kv_row0(c, il, h) * c->head_dim;
 }
 static inline tri_fp16 * tri_kv_v(const tri_kv_cache * c, int il, int h) {
-    return c->v + tri_kv_index(c, il, h) * c->capacity * c->head_dim;
+    return c->v + tri_kv_row0(c, il, h) * c->head_dim;
 }
 static inline int32_t * tri_kv_pos(const tri_kv_cache * c, int il, int h) {
-    return c->pos + tri_kv_index(c, il, h) * c->capacity;
+    return c->pos + tri_kv_row0(c, il, h);
 }
+/* True when layer il only ever sees a sliding window of the most recent tokens. */
+static inline bool tri_kv_windowed(const tri_kv_cache * c, int il) {
+    return c->window[il] > 0;
+}
+/* Drops the slots of windowed layer il that no query at position >= pos can see again. */
+void tri_kv_trim_window(tri_kv_cache * c, int il, int32_t pos);
 
 /* Keeps the last q_cap post-RoPE queries (q_dim floats each) of every layer from now on; called by a policy's
  * init. TRIATTN_ERR_OOM when the ring cannot be allocated. */
@@ -65,7 +86,8 @@ enum triattn_status tri_kv_cache_enable_queries(tri_kv_cache * c, int32_t q_cap,
 /* Records the post-RoPE query q (q_dim floats) of the token at absolute position pos in layer il's ring. */
 void tri_kv_push_query(tri_kv_cache * c, int il, const float * q, int32_t pos);
 
-/* Smallest and largest live-slot count over all (layer, KV head). */
+/* Smallest and largest live-slot count over all (layer, KV head) of the layers without a window (windowed
+ * layers are bounded by the forward pass itself). */
 void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi);
 
 /* Keeps only the slots keep[0..n_keep) (strictly increasing slot indices) of (il, h), moving K, V and

@@ -48,6 +48,11 @@ bool tri_kv_plan(const tri_kv_policy * p, const tri_kv_cache * c, int32_t window
     for (int i = 0; i < LK; i++) {
         const int il = i / c->n_head_kv, h = i % c->n_head_kv;
         const int32_t live = c->n_live[i];
+        if (tri_kv_windowed(c, il)) { /* bounded by its window: no candidates */
+            lo[i] = hi[i] = live;
+            k[i]  = 0;
+            continue;
+        }
         int32_t a = TRI_MIN(sink, live);
         if (keep_prompt) {
             a = TRI_MAX(a, tri_kv_count_below(tri_kv_pos(c, il, h), live, p->n_prompt));

@@ -311,10 +311,22 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
     if (!any) {
         return TRIATTN_OK;
     }
+    /* Sliding-window layers are bounded by their window and have no candidates; the first layer without a
+     * window is the reference of the shared keep sets. */
+    int l0 = 0, n_managed = 0;
+    while (l0 < st->L && tri_kv_windowed(c, l0)) {
+        l0++;
+    }
+    for (int il = 0; il < st->L; il++) {
+        n_managed += tri_kv_windowed(c, il) ? 0 : st->Hkv;
+    }
     if (st->mode != TRI_TA_PER_LAYER_PER_HEAD) {
         /* Shared keep sets need the same candidate range in every member (true by construction). */
         for (int i = 0; i < LK; i++) {
-            const int ref = st->mode == TRI_TA_GLOBAL ? 0 : i % st->Hkv;
+            const int ref = l0 * st->Hkv + (st->mode == TRI_TA_GLOBAL ? 0 : i % st->Hkv);
+            if (tri_kv_windowed(c, i / st->Hkv)) {
+                continue;
+            }
             if (st->lo[i] != st->lo[ref] || st->hi[i] != st->hi[ref]) {
                 return tri_fail(err, en, TRIATTN_ERR_INTERNAL,
                                 "triattention: (layer %d, KV head %d) holds other tokens than its group", i / st->Hkv,
@@ -344,15 +356,18 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
 
     if (st->mode != TRI_TA_PER_LAYER_PER_HEAD) {
         const int n_groups = st->mode == TRI_TA_GLOBAL ? 1 : st->Hkv;
-        const int per_group = LK / n_groups;
+        const int per_group = n_managed / n_groups;
         for (int gi = 0; gi < n_groups; gi++) {
-            const int32_t n = st->hi[gi] - st->lo[gi];
+            const int32_t n = st->hi[l0 * st->Hkv + gi] - st->lo[l0 * st->Hkv + gi];
             float * mean = st->mean + (size_t) gi * st->cap;
             const bool mx = st->opts.layer_max;
             for (int32_t j = 0; j < n; j++) {
                 mean[j] = mx ? -INFINITY : 0.0f;
             }
             for (int i = 0; i < LK; i++) {
+                if (tri_kv_windowed(c, i / st->Hkv)) {
+                    continue;
+                }
                 if (st->mode == TRI_TA_GLOBAL || i % st->Hkv == gi) {
                     const float * a = st->agg + (size_t) i * st->cap;
                     for (int32_t j = 0; j < n; j++) {
@@ -364,12 +379,13 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
             for (int32_t j = 0; j < n; j++) {
                 mean[j] *= inv;
             }
-            tri_triattn_topk(mean, n, st->k[gi], st->sel + (size_t) gi * st->cap, st->mark + (size_t) gi * st->cap);
+            tri_triattn_topk(mean, n, st->k[l0 * st->Hkv + gi], st->sel + (size_t) gi * st->cap,
+                             st->mark + (size_t) gi * st->cap);
         }
         tri_threadpool_run(p->tp, tri_ta_compact_worker, &task);
     }
     p->n_compressions++;
-    p->n_evicted += evicted / LK;
+    p->n_evicted += evicted / TRI_MAX(n_managed, 1);
     return TRIATTN_OK;
 }
 

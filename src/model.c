@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const tri_arch * const tri_archs[] = { &tri_arch_llama, &tri_arch_qwen2, &tri_arch_qwen3 };
+static const tri_arch * const tri_archs[] = { &tri_arch_llama, &tri_arch_qwen2, &tri_arch_qwen3, &tri_arch_gemma3 };
 
 #define TRI_TRY(expr)                          \
     do {                                       \
@@ -91,12 +91,23 @@ static enum triattn_status tri_arch_f32(const triattn_model * m, const char * su
     return TRIATTN_OK;
 }
 
+enum triattn_status tri_model_arch_u32(const triattn_model * m, const char * suffix, bool optional, int32_t * out,
+                                       char * err, size_t n) {
+    return tri_arch_u32(m, suffix, optional, out, err, n);
+}
+
+enum triattn_status tri_model_arch_f32(const triattn_model * m, const char * suffix, bool optional, float * out,
+                                       char * err, size_t n) {
+    return tri_arch_f32(m, suffix, optional, out, err, n);
+}
+
 static enum triattn_status tri_load_hparams(triattn_model * m, char * err, size_t n) {
     tri_hparams * hp = &m->hp;
     hp->n_ctx_train    = 4096;
     hp->rope_freq_base = 10000.0f;
     hp->norm_eps       = 1e-5f;
     hp->rope_freq_scale = 1.0f;
+    hp->embd_scale     = 1.0f;
     TRI_TRY(tri_arch_u32(m, "embedding_length", false, &hp->n_embd, err, n));
     TRI_TRY(tri_arch_u32(m, "block_count", false, &hp->n_layer, err, n));
     TRI_TRY(tri_arch_u32(m, "feed_forward_length", false, &hp->n_ff, err, n));
@@ -147,6 +158,7 @@ static enum triattn_status tri_load_hparams(triattn_model * m, char * err, size_
         }
     }
     hp->rope_pairing = m->arch->rope_pairing;
+    hp->attn_scale   = 1.0f / sqrtf((float) hp->head_dim);
     return m->arch->load_hparams ? m->arch->load_hparams(m, err, n) : TRIATTN_OK;
 }
 
@@ -173,16 +185,17 @@ static enum triattn_status tri_load_tensors(triattn_model * m, char * err, size_
     return TRIATTN_OK;
 }
 
-static enum triattn_status tri_load_rope(triattn_model * m, char * err, size_t n) {
+/* inv[i] = base^(-2i / rope_dim), divided by rope_freqs factors when the model has them. */
+static enum triattn_status tri_rope_inv_freq(triattn_model * m, double base, float ** out, char * err, size_t n) {
     const tri_hparams * hp = &m->hp;
     const int F = hp->rope_dim / 2;
-    m->rope_inv_freq = malloc(sizeof(float) * F);
-    if (!m->rope_inv_freq) {
+    *out = malloc(sizeof(float) * F);
+    if (!*out) {
         return tri_fail(err, n, TRIATTN_ERR_OOM, "out of memory");
     }
     const float * factors = m->w.rope_freqs.data;
     for (int i = 0; i < F; i++) {
-        double inv = pow((double) hp->rope_freq_base, -2.0 * i / hp->rope_dim);
+        double inv = pow(base, -2.0 * i / hp->rope_dim);
         if (factors) {
             if (!(factors[i] > 0.0f) || !isfinite(factors[i])) {
                 return tri_fail(err, n, TRIATTN_ERR_FORMAT, "rope_freqs.weight[%d] = %g is not a positive number", i,
@@ -190,9 +203,14 @@ static enum triattn_status tri_load_rope(triattn_model * m, char * err, size_t n
             }
             inv /= factors[i];
         }
-        m->rope_inv_freq[i] = (float) inv;
+        (*out)[i] = (float) inv;
     }
     return TRIATTN_OK;
+}
+
+static enum triattn_status tri_load_rope(triattn_model * m, char * err, size_t n) {
+    TRI_TRY(tri_rope_inv_freq(m, m->hp.rope_freq_base, &m->rope_inv_freq, err, n));
+    return m->hp.n_swa > 0 ? tri_rope_inv_freq(m, m->hp.rope_freq_base_swa, &m->rope_inv_freq_swa, err, n) : TRIATTN_OK;
 }
 
 static enum triattn_status tri_load_all(triattn_model * m, char * err, size_t n) {
@@ -204,7 +222,7 @@ static enum triattn_status tri_load_all(triattn_model * m, char * err, size_t n)
         }
     }
     if (!m->arch) {
-        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "architecture '%.*s' is not supported (supported: llama, qwen2, qwen3)",
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "architecture '%.*s' is not supported (supported: llama, qwen2, qwen3, gemma3)",
                         (int) TRI_MIN(arch.len, 64), arch.ptr);
     }
     TRI_TRY(tri_load_hparams(m, err, n));
@@ -343,6 +361,7 @@ void triattn_model_free(triattn_model * m) {
     tri_gguf_close(m->gguf);
     free(m->w.layers);
     free(m->rope_inv_freq);
+    free(m->rope_inv_freq_swa);
     free(m->chat_template);
     tri_centres_free(m->centres);
     tri_token_trie_release(m);

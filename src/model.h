@@ -33,7 +33,17 @@ typedef struct tri_hparams {
     float   rope_freq_scale; /* linear position scaling: positions are multiplied by this */
     float   norm_eps;
     enum tri_rope_pairing rope_pairing;
+    float   embd_scale;      /* token embeddings are multiplied by this (1, or sqrt(n_embd) for Gemma) */
+    int32_t n_swa;           /* sliding window of the local layers, 0 = every layer is global */
+    int32_t swa_period;      /* layer il is global iff (il + 1) % swa_period == 0 (when n_swa > 0) */
+    float   rope_freq_base_swa; /* RoPE base of the local layers (no position scaling there) */
+    float   attn_scale;      /* attention logits = q.k * attn_scale (1 / sqrt(head_dim) unless the arch says) */
 } tri_hparams;
+
+/* Sliding window of layer il: n_swa on local layers, 0 on global ones. */
+static inline int32_t tri_hp_layer_window(const tri_hparams * hp, int il) {
+    return hp->n_swa > 0 && (il + 1) % hp->swa_period != 0 ? hp->n_swa : 0;
+}
 
 typedef struct tri_layer {
     tri_tensor attn_norm;  /* (n_embd) */
@@ -50,6 +60,8 @@ typedef struct tri_layer {
     tri_tensor ffn_gate;   /* (n_embd -> n_ff) */
     tri_tensor ffn_up;     /* (n_embd -> n_ff) */
     tri_tensor ffn_down;   /* (n_ff -> n_embd) */
+    tri_tensor post_attn_norm; /* (n_embd), gemma3: normalises the attention output before the residual add */
+    tri_tensor post_ffn_norm;  /* (n_embd), gemma3: normalises the FFN output before the residual add */
 } tri_layer;
 
 typedef struct tri_weights {
@@ -73,6 +85,8 @@ typedef struct tri_arch {
     enum triattn_status (*load_layer)(struct triattn_model * m, int il, char * err, size_t n);
     /* Runs layer il on the forward state (residual stream in f->x). */
     void (*build_layer)(struct tri_forward * f, int il);
+    /* Chat format of the family when the GGUF carries no tokenizer.chat_template (NULL: none). */
+    const char * chat_format;
 } tri_arch;
 
 struct triattn_model {
@@ -82,6 +96,7 @@ struct triattn_model {
     tri_weights      w;
     tri_vocab *      vocab;
     float *          rope_inv_freq;  /* rope_dim / 2: angle per position of each pair (factors applied) */
+    float *          rope_inv_freq_swa; /* same for the sliding-window layers (rope_freq_base_swa); NULL without */
     char *           chat_template;  /* tokenizer.chat_template, NUL-terminated, or NULL */
     char             name[128];
     struct tri_centres * centres;    /* TriAttention query centres (embedded or sidecar), NULL when none */
@@ -104,6 +119,11 @@ enum triattn_status tri_model_layer_tensor(struct triattn_model * m, tri_tensor 
  * requires attn_{q,k}_norm.weight. */
 enum triattn_status tri_model_bind_layer(struct triattn_model * m, int il, bool qkv_bias, bool qk_norm, char * err,
                                          size_t n);
+/* "<arch>.<suffix>" as u32 / f32 into *out, kept when absent and optional (for an arch's load_hparams). */
+enum triattn_status tri_model_arch_u32(const struct triattn_model * m, const char * suffix, bool optional,
+                                       int32_t * out, char * err, size_t n);
+enum triattn_status tri_model_arch_f32(const struct triattn_model * m, const char * suffix, bool optional, float * out,
+                                       char * err, size_t n);
 /* Loads from an already-parsed GGUF, taking ownership of g (closed on failure too). */
 enum triattn_status tri_model_load_gguf(tri_gguf * g, const char * path, triattn_model ** out, char * err, size_t n);
 
@@ -111,5 +131,6 @@ enum triattn_status tri_model_load_gguf(tri_gguf * g, const char * path, triattn
 extern const tri_arch tri_arch_llama;
 extern const tri_arch tri_arch_qwen2;
 extern const tri_arch tri_arch_qwen3;
+extern const tri_arch tri_arch_gemma3;
 
 #endif

@@ -95,6 +95,26 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     return tri_ta_parse_mode(p->kv_mode, &opts, err, n);
 }
 
+/* The host KV cache: capacity slots per KV head on global layers; a sliding-window layer keeps only its window
+ * plus one step of rows (the forward pass drops what left the window), whatever the policy. */
+static enum triattn_status tri_session_kv_init(triattn_session * s, int32_t capacity, char * err, size_t n) {
+    const tri_hparams * hp = &s->model->hp;
+    int32_t * caps = malloc(sizeof(int32_t) * 2 * (size_t) hp->n_layer);
+    if (!caps) {
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "out of memory");
+    }
+    int32_t * windows = caps + hp->n_layer;
+    for (int il = 0; il < hp->n_layer; il++) {
+        windows[il] = tri_hp_layer_window(hp, il);
+        const int64_t local = (int64_t) windows[il] + s->params.n_batch;
+        caps[il] = windows[il] > 0 ? (int32_t) TRI_MIN(local, (int64_t) s->params.n_ctx) : capacity;
+    }
+    const enum triattn_status st = tri_kv_cache_init_layers(&s->kv, hp->n_layer, hp->n_head_kv, hp->head_dim, caps,
+                                                            windows, err, n);
+    free(caps);
+    return st;
+}
+
 enum triattn_status triattn_session_create(const triattn_model * m, const struct triattn_session_params * pin,
                                            triattn_session ** out, char * err, size_t err_size) {
     if (err && err_size) {
@@ -140,7 +160,7 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
     if (s->backend) {
         st = s->backend->session_init(s, err, err_size); /* device cache + host mirror of s->kv */
     } else {
-        st = tri_kv_cache_init(&s->kv, m->hp.n_layer, m->hp.n_head_kv, m->hp.head_dim, capacity, err, err_size);
+        st = tri_session_kv_init(s, capacity, err, err_size);
     }
     if (st == TRIATTN_OK) {
         s->tp = tri_threadpool_create(p.n_threads);

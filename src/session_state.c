@@ -283,10 +283,11 @@ static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader 
     for (int i = 0; i < LK; i++) {
         int32_t live;
         memcpy(&live, (const char *) live_p + 4 * (size_t) i, 4);
-        if (live < 0 || live > c->capacity || live > h->n_past) {
+        const int32_t cap = c->layer_cap[i / c->n_head_kv];   /* sliding-window layers have their own */
+        if (live < 0 || live > cap || live > h->n_past) {
             return tri_session_fail(s, TRIATTN_ERR_FORMAT,
                                     "session_load: '%s': (layer %d, KV head %d) has %d live slots (capacity %d, %d tokens)",
-                                    path, i / c->n_head_kv, i % c->n_head_kv, live, c->capacity, h->n_past);
+                                    path, i / c->n_head_kv, i % c->n_head_kv, live, cap, h->n_past);
         }
         const void * pos_p, * kv_p;
         if (!tri_take(r, sizeof(int32_t) * (size_t) live, &pos_p) ||
@@ -370,7 +371,7 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     /* Nothing larger than this session's own state can be valid. */
     const tri_kv_cache * c = &s->kv;
     const uint64_t max = TRI_STATE_HEADER_BYTES + 4ull * s->params.n_ctx + 4ull * c->n_layer * c->n_head_kv +
-                         (uint64_t) c->n_layer * c->n_head_kv * c->capacity * (4ull + 4ull * c->head_dim) +
+                         (uint64_t) c->n_layer * c->n_head_kv * c->cap_max * (4ull + 4ull * c->head_dim) +
                          4ull * s->model->hp.n_vocab + 8;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {

@@ -1,6 +1,8 @@
-"""Independent float64 numpy forward pass of llama / qwen2 / qwen3 GGUF models (the test oracle).
+"""Independent float64 numpy forward pass of llama / qwen2 / qwen3 / gemma3 GGUF models (the test oracle).
 
-Written from the architecture definitions (RMSNorm, RoPE, causal GQA attention, SwiGLU FFN), reading
+Written from the architecture definitions (RMSNorm, RoPE, causal GQA attention, SwiGLU FFN; for Gemma 3:
+embeddings scaled by sqrt(n_embd), pre- and post-norms around attention and FFN, q/k norms, GeGLU with
+tanh GELU, sliding-window attention with its own RoPE base on five of every six layers), reading
 tensors with gguf.GGUFReader and decoding every ggml type with gguf.quants.dequantize. Weights are
 dequantized once per instance and cached as float64; all arithmetic is float64.
 
@@ -15,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import gguf
 
-ARCHS = ("llama", "qwen2", "qwen3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+GEMMA3_SWA_PERIOD = 6          # layer i is global iff (i + 1) % 6 == 0
+GEMMA3_SWA_ROPE_BASE = 10000.0  # RoPE base of the sliding-window layers
 
 
 @dataclass
@@ -33,6 +37,15 @@ class HParams:
     eps: float
     n_ctx_train: int
     neox: bool  # RoPE pairs (i, i + d/2) instead of (2i, 2i+1)
+    embd_scale: float = 1.0
+    n_swa: int = 0          # sliding window of the local layers (0: none)
+    attn_scale: float = 0.0  # q.k multiplier; 0 = 1/sqrt(head_dim)
+
+    def window(self, il: int) -> int:
+        """Sliding window of layer il (0 = global)."""
+        if self.n_swa > 0 and (il + 1) % GEMMA3_SWA_PERIOD != 0:
+            return self.n_swa
+        return 0
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -77,14 +90,18 @@ class Reference:
             rope_base=float(_field(r, f"{arch}.rope.freq_base", 10000.0)),
             eps=float(_field(r, f"{arch}.attention.layer_norm_rms_epsilon")),
             n_ctx_train=int(_field(r, f"{arch}.context_length")),
-            neox=arch in ("qwen2", "qwen3"),
+            neox=arch in ("qwen2", "qwen3", "gemma3"),
         )
+        if arch == "gemma3":
+            self.hp.embd_scale = float(np.sqrt(n_embd))
+            self.hp.n_swa = int(_field(r, "gemma3.attention.sliding_window", 0))
         self._w: dict[str, np.ndarray] = {}
         self._reader = r
         hp = self.hp
         # Inverse frequencies theta_i = base^(-2i/rope_dim), divided by rope_freqs when present.
         i = np.arange(hp.rope_dim // 2, dtype=np.float64)
         self._inv_freq = hp.rope_base ** (-2.0 * i / hp.rope_dim)
+        self._inv_freq_swa = GEMMA3_SWA_ROPE_BASE ** (-2.0 * i / hp.rope_dim)
         if "rope_freqs.weight" in self._tensors:
             self._inv_freq = self._inv_freq / self.w("rope_freqs.weight").astype(np.float64)
         self._out = "output.weight" if "output.weight" in self._tensors else "token_embd.weight"
@@ -118,10 +135,11 @@ class Reference:
         """How K and V are kept in the cache: exactly (a hook for precision emulation in tests)."""
         return a
 
-    def _rope(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    def _rope(self, x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray | None = None) -> np.ndarray:
         """x: (n_heads, n_tok, head_dim); rotates the first rope_dim dims of each head by pos."""
         d = self.hp.rope_dim
-        ang = pos[:, None].astype(np.float64) * self._inv_freq[None, :]  # (n_tok, d/2)
+        inv_freq = self._inv_freq if inv_freq is None else inv_freq
+        ang = pos[:, None].astype(np.float64) * inv_freq[None, :]  # (n_tok, d/2)
         cos, sin = np.cos(ang), np.sin(ang)
         out = x.copy()
         if self.hp.neox:
@@ -151,8 +169,10 @@ class Reference:
         if self.has(p + "attn_q_norm.weight"):
             q = self._rmsnorm(q, self.w(p + "attn_q_norm.weight"))
             k = self._rmsnorm(k, self.w(p + "attn_k_norm.weight"))
-        q = self._rope(q, pos)
-        k = self._kv_store(self._rope(k, pos))
+        window = hp.window(il)
+        inv_freq = self._inv_freq_swa if window else self._inv_freq
+        q = self._rope(q, pos, inv_freq)
+        k = self._kv_store(self._rope(k, pos, inv_freq))
         v = self._kv_store(v)
         if cache.k[il] is not None:
             k = np.concatenate([cache.k[il], k], axis=1)
@@ -162,9 +182,13 @@ class Reference:
         group = hp.n_head // hp.n_head_kv
         kh = np.repeat(k, group, axis=0)                          # (n_head, n_kv, hd)
         vh = np.repeat(v, group, axis=0)
-        s = q @ kh.transpose(0, 2, 1) / np.sqrt(hd)               # (n_head, n, n_kv)
+        scale = hp.attn_scale or 1.0 / np.sqrt(hd)
+        s = q @ kh.transpose(0, 2, 1) * scale                     # (n_head, n, n_kv)
         kv_pos = np.arange(n_kv)
-        s = np.where(kv_pos[None, None, :] <= pos[None, :, None], s, -np.inf)
+        seen = kv_pos[None, None, :] <= pos[None, :, None]
+        if window:
+            seen &= kv_pos[None, None, :] > pos[None, :, None] - window
+        s = np.where(seen, s, -np.inf)
         s = s - s.max(axis=-1, keepdims=True)
         a = np.exp(s)
         a /= a.sum(axis=-1, keepdims=True)
@@ -175,7 +199,16 @@ class Reference:
         p = f"blk.{il}."
         g = self._linear(x, p + "ffn_gate.weight")
         u = self._linear(x, p + "ffn_up.weight")
-        return self._linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down.weight")
+        if self.hp.arch == "gemma3":  # GeGLU, GELU in its tanh approximation
+            act = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+        else:                          # SwiGLU
+            act = g / (1.0 + np.exp(-g))
+        return self._linear(act * u, p + "ffn_down.weight")
+
+    def _post(self, il: int, name: str, y: np.ndarray) -> np.ndarray:
+        """Gemma 3's norm of a block's output before the residual add (identity for other archs)."""
+        full = f"blk.{il}.{name}.weight"
+        return self._rmsnorm(y, self.w(full)) if self.has(full) else y
 
     def _forward(self, tokens, cache: _Cache) -> np.ndarray:
         """Appends tokens after cache.n_past; returns their logits (n, n_vocab)."""
@@ -186,11 +219,13 @@ class Reference:
         if tokens.min() < 0 or tokens.max() >= hp.n_vocab:
             raise ValueError("token id out of range")
         pos = np.arange(cache.n_past, cache.n_past + len(tokens))
-        x = self.w("token_embd.weight")[tokens]  # (n, n_embd)
+        x = self.w("token_embd.weight")[tokens] * hp.embd_scale  # (n, n_embd)
         for il in range(hp.n_layer):
             p = f"blk.{il}."
-            x = x + self._attention(il, self._rmsnorm(x, self.w(p + "attn_norm.weight")), pos, cache)
-            x = x + self._ffn(il, self._rmsnorm(x, self.w(p + "ffn_norm.weight")))
+            a = self._attention(il, self._rmsnorm(x, self.w(p + "attn_norm.weight")), pos, cache)
+            x = x + self._post(il, "post_attention_norm", a)
+            f = self._ffn(il, self._rmsnorm(x, self.w(p + "ffn_norm.weight")))
+            x = x + self._post(il, "post_ffw_norm", f)
         cache.n_past += len(tokens)
         x = self._rmsnorm(x, self.w("output_norm.weight"))
         return self._linear(x, self._out)

@@ -155,3 +155,16 @@ def test_chat_ctrl_c_stops_a_reply_not_the_session(default_model):
     assert "reply stopped" in err and "Traceback" not in err, err
     lines = (first + out).rstrip("\n").split("\n")
     assert len(lines) >= 2 and lines[-1].strip(), f"no reply after the interrupted one: {first + out!r}"
+
+
+def test_info_shows_sliding_window_layers(tmp_path):
+    from tinymodels import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "g.gguf", "gemma3", n_layer=13, sliding_window=7, wtype="F32")
+    out = run("info", path).stdout
+    assert "sliding window of 7 tokens on 11 of 13 layers (local RoPE base 10000); global layers 5, 11" in out, out
+    assert "chat template  none in the file; the gemma format is used" in out, out
+    j = json.loads(run("info", "--json", path).stdout)["sliding_window"]
+    assert j["global_layers"] == [5, 11] and j["local_layers"] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12]
+    assert json.loads(run("info", "--json", write_tiny_model(tmp_path / "l.gguf", "llama")).stdout)[
+        "sliding_window"] is None

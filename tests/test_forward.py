@@ -1,7 +1,7 @@
 """Engine forward pass vs the float64 numpy reference (tests/reference.py).
 
 Tiny random-weight GGUFs (fresh weights every run; the seed is printed on failure and can be fixed with
-TRIATTN_TEST_SEED) cover llama / qwen2 / qwen3, every weight type the writer can produce, GQA and MHA,
+TRIATTN_TEST_SEED) cover llama / qwen2 / qwen3 / gemma3 (sliding windows shorter than the prompt), every weight type the writer can produce, GQA and MHA,
 head_dim 64 and 128, tied and untied output and Llama-3.1 rope_freqs. At every position of the prompt
 the engine's top-1 token must equal the reference's and the cosine similarity of the logits must be
 >= 0.999. The random prompts are drawn so that the reference's top-1 leads its runner-up by
@@ -66,6 +66,12 @@ def _configs():
         ("qwen3-gqa4-Q8_0-3layers", "qwen3", dict(wtype="Q8_0", n_head=8, n_head_kv=2, head_dim=32, n_layer=3)),
         ("llama-mha-F16-3layers-ropefreqs", "llama", dict(wtype="F16", n_head=4, n_head_kv=4, n_layer=3,
                                                           rope_freqs=True)),
+        # Gemma 3 with global layers (every sixth), a window shorter than the prompt and distinct RoPE bases.
+        ("gemma3-6layers-Q4_K-tied-swa8", "gemma3", dict(wtype="Q4_K", n_layer=6, sliding_window=8, rope_base=1e6,
+                                                         tied=True)),
+        ("gemma3-7layers-hd128-gqa4-Q8_0-swa5", "gemma3", dict(wtype="Q8_0", n_embd=256, n_head=4, n_head_kv=1,
+                                                               head_dim=128, n_layer=7, sliding_window=5,
+                                                               rope_base=1e6, tied=True)),
     ]
     return out
 
@@ -131,7 +137,8 @@ def test_tiny_prefill_matches_reference(tmp_path, Llama, name, arch, kw):
         llm.close()
 
 
-CHUNK_NAMES = ("llama-Q8_0-tied-ropefreqs", "qwen2-Q4_1-tied", "qwen3-Q4_K", "qwen3-hd128-Q4_0")
+CHUNK_NAMES = ("llama-Q8_0-tied-ropefreqs", "qwen2-Q4_1-tied", "qwen3-Q4_K", "qwen3-hd128-Q4_0",
+               "gemma3-6layers-Q4_K-tied-swa8")
 CHUNK_CONFIGS = [c for c in CONFIGS if c[0] in CHUNK_NAMES]
 assert len(CHUNK_CONFIGS) == len(CHUNK_NAMES)
 

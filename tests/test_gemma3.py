@@ -1,0 +1,135 @@
+"""Gemma 3 270M Q4_K_M, the real model (fetched once into the cache: `pytriattn fetch gemma3-270m`).
+
+Correctness of every Gemma 3 block is tested on tiny random models against the float64 reference
+(test_forward.py); here the real file: its tensor types load, greedy text is the obvious continuation,
+batching does not change what a prompt longer than the sliding window computes, sliding-window layers hold
+no more than window + n_batch slots, and TriAttention compresses only the global layers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+N_THREADS = 2
+
+
+@pytest.fixture(scope="module")
+def gemma3_model():
+    from pytriattn._fetch import ensure_model
+    return ensure_model("gemma3-270m")
+
+
+@pytest.fixture(scope="module")
+def Llama():
+    from pytriattn import Llama as cls
+    return cls
+
+
+def _last_logits(llm, toks):
+    """Decodes toks in one C call (the engine chunks by n_batch) and returns the last position's logits."""
+    ffi, lib = llm._ffi, llm._lib
+    arr = ffi.new("triattn_token[]", [int(t) for t in toks])
+    assert lib.triattn_session_decode(llm._s(), arr, len(toks), False) == 0, ffi.string(
+        lib.triattn_session_last_error(llm._s())).decode()
+    n_vocab = llm._n_vocab
+    return np.frombuffer(ffi.buffer(lib.triattn_session_logits(llm._s(), -1), 4 * n_vocab), dtype=np.float32).copy()
+
+
+def test_gemma3_greedy_counting(gemma3_model, Llama):
+    llm = Llama(str(gemma3_model), n_ctx=128, n_threads=N_THREADS, kv_policy="full")
+    try:
+        out = llm.create_completion("1, 2, 3, 4, 5,", max_tokens=8, temperature=0.0)["choices"][0]["text"]
+        assert out.startswith(" 6, 7, 8"), repr(out)
+    finally:
+        llm.close()
+
+
+def test_gemma3_window_bounded_and_batching_invariant(gemma3_model, Llama):
+    """700 tokens (> the 512-token window): the same last logits with n_batch 512 and 64, and the local
+    layers' caches sized window + n_batch while the global ones hold every token."""
+    rng = np.random.default_rng()
+    n_ctx, n = 1024, 700
+    outs, stats = [], []
+    for n_batch in (512, 64):
+        llm = Llama(str(gemma3_model), n_ctx=n_ctx, n_batch=n_batch, n_threads=N_THREADS, kv_policy="full")
+        try:
+            if not outs:
+                text = " ".join(str(int(x)) for x in rng.integers(0, 10**6, 400))
+                toks = llm.tokenize(text.encode())[:n]
+                assert len(toks) == n
+            outs.append(_last_logits(llm, toks))
+            stats.append(llm.kv_stats())
+            pos = llm.kv_positions()  # (n_layer, n_head_kv, max_live), -1 padded
+        finally:
+            llm.close()
+        n_layer, window, slot = 18, 512, 2 * 256 * 2 + 4  # K and V in f16 (head_dim 256), int32 position
+        local = [i for i in range(n_layer) if (i + 1) % 6]
+        assert stats[-1]["kv_bytes"] == slot * (3 * n_ctx + 15 * min(n_ctx, window + n_batch)), stats[-1]
+        for il in range(n_layer):
+            held = pos[il, 0][pos[il, 0] >= 0]
+            if il in local:  # at least the window, never more than window + n_batch
+                assert window <= len(held) <= window + n_batch and held[-1] == n - 1, (il, len(held))
+            else:
+                assert np.array_equal(held, np.arange(n)), il
+    assert np.array_equal(outs[0], outs[1]), float(np.abs(outs[0] - outs[1]).max())
+
+
+def test_gemma3_triattention_compresses_global_layers_only(gemma3_model, Llama, tmp_path):
+    """Without centres the budget policies still bound the global layers; snapkv is used here (triattention
+    needs a calibration), the local layers keep their window."""
+    llm = Llama(str(gemma3_model), n_ctx=2048, n_batch=128, n_threads=N_THREADS, kv_policy="snapkv",
+                kv_budget=256, kv_interval=64)
+    try:
+        text = " ".join(str(i) for i in range(300))
+        toks = llm.tokenize(text.encode())[:900]
+        _last_logits(llm, toks)
+        st = llm.kv_stats()
+        pos = llm.kv_positions()
+        assert st["n_compressions"] > 0 and st["live_max"] <= 256 + 64, st
+        for il in range(18):
+            held = pos[il, 0][pos[il, 0] >= 0]
+            if (il + 1) % 6 == 0:
+                assert len(held) <= 256 + 64, (il, len(held))
+            else:
+                assert held[0] > len(toks) - 1 - 512 - 128 and len(held) >= 512, (il, len(held))
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("mode", ["per_head", "global", "per_layer_per_head"])
+def test_tiny_gemma3_triattention_keeps_the_budget_on_global_layers(tmp_path, Llama, mode):
+    """Layer 0 is a sliding-window layer: the shared keep sets must take their size from the global layers
+    (a budget of scored slots kept, not only sink + window), and the local layers keep their window."""
+    import subprocess
+    import sys
+
+    from tinymodels import write_tiny_model
+
+    path = write_tiny_model(tmp_path / "g.gguf", "gemma3", n_layer=12, sliding_window=24, wtype="F32",
+                            seed=int(np.random.default_rng().integers(1 << 30)))
+    side = tmp_path / "g.tri.gguf"
+    subprocess.run([sys.executable, "-m", "pytriattn", "calibrate", str(path), "--self-generate", "--tokens", "256",
+                    "--sidecar", "-o", str(side), "-q", "-t", "1"], check=True)
+    B, I, W = 96, 16, 8
+    llm = Llama(str(path), n_ctx=600, n_batch=I, n_threads=1, kv_policy="triattention", kv_budget=B, kv_interval=I,
+                kv_window=W, kv_mode=mode, calibration=str(side))
+    try:
+        toks = np.random.default_rng().integers(0, 300, 400).tolist()
+        lows = []
+        for a in range(0, len(toks), I):
+            llm.decode(toks[a:a + I])
+            st = llm.kv_stats()
+            if st["n_compressions"] > 0:
+                lows.append(st["live_min"])
+        assert st["n_compressions"] >= (len(toks) - B - I) // I, st
+        # right after a round the global layers hold the budget (then grow by one chunk): never far below it
+        assert min(lows) >= B, (mode, min(lows), st)
+        pos = llm.kv_positions()
+        for il in range(12):
+            held = pos[il, 0][pos[il, 0] >= 0]
+            if (il + 1) % 6:
+                assert held[-1] == len(toks) - 1 and len(held) >= 24, (il, len(held))
+            else:
+                assert B <= len(held) <= B + I, (il, len(held))
+    finally:
+        llm.close()

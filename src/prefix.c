@@ -14,6 +14,20 @@ static bool tri_prefix_cuttable(const triattn_session * s, int32_t n) {
     if (s->backend || !s->reuse_ok) {
         return false;
     }
+    /* A sliding-window layer has dropped the slots that fell out of its window: cutting back to n needs the
+     * oldest position a query at n may still see. */
+    const tri_kv_cache * c = &s->kv;
+    for (int il = 0; c->window && il < c->n_layer; il++) {
+        if (c->window[il] <= 0) {
+            continue;
+        }
+        const int32_t oldest = TRI_MAX(0, n - c->window[il]);
+        for (int h = 0; h < c->n_head_kv; h++) {
+            if (c->n_live[tri_kv_index(c, il, h)] > 0 && tri_kv_pos(c, il, h)[0] > oldest) {
+                return false;
+            }
+        }
+    }
     if (s->policy.ops == &tri_kv_policy_full) {
         return true;
     }

@@ -133,3 +133,35 @@ def test_tiny_gemma3_triattention_keeps_the_budget_on_global_layers(tmp_path, Ll
                 assert B <= len(held) <= B + I, (il, len(held))
     finally:
         llm.close()
+
+
+def test_tiny_gemma3_rollback_respects_the_sliding_window(tmp_path, Llama):
+    """A prompt that diverges behind the sliding window of a local layer cannot be cut back (those slots were
+    dropped): the session restarts, and the logits equal a fresh session's; one that diverges inside the window
+    is cut back, with the same logits as a fresh session too."""
+    from tinymodels import write_tiny_model
+
+    rng = np.random.default_rng()
+    path = write_tiny_model(tmp_path / "g.gguf", "gemma3", n_layer=6, sliding_window=8, wtype="F32",
+                            seed=int(rng.integers(1 << 30)))
+    llm = Llama(str(path), n_ctx=256, n_batch=16, n_threads=1)
+    fresh = Llama(str(path), n_ctx=256, n_batch=16, n_threads=1)
+    ffi, lib = llm._ffi, llm._lib
+    try:
+        base = rng.integers(0, 300, 60).tolist()
+        for at, kind in ((20, "restart"), (57, "rollback")):
+            llm.reset()
+            _last_logits(llm, base)
+            new = base[:at] + rng.integers(0, 300, 10).tolist()
+            new[at] = (base[at] + 1) % 300
+            arr = ffi.new("triattn_token[]", new)
+            info = ffi.new("struct triattn_reuse_info *")
+            assert lib.triattn_session_reuse_prefix(llm._s(), arr, len(new), info) == 0
+            assert {2: "rollback", 3: "restart"}[int(info.kind)] == kind, (at, int(info.kind))
+            got = _last_logits(llm, new[int(info.n_cached):])
+            fresh.reset()
+            want = _last_logits(fresh, new)
+            np.testing.assert_array_equal(got, want)
+    finally:
+        llm.close()
+        fresh.close()

@@ -241,10 +241,10 @@ def test_centres_match_numpy_reference(default_model, text_file, info):
             super().__init__(path)
             self.q = []
 
-        def _rope(self, x, pos):
+        def _rope(self, x, pos, inv_freq=None):
             if x.shape[0] == self.hp.n_head:
                 self.q.append(x.copy())
-            return super()._rope(x, pos)
+            return super()._rope(x, pos, inv_freq)
 
     ref = Capture(default_model)
     with Llama(default_model, n_ctx=128, kv_policy="full") as llm:

@@ -54,8 +54,13 @@ def test_chat_continuation_equals_one_request(default_model, policy):
     held = len(llm.session_tokens())
     r2 = _chat(llm, msgs)
     cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
-    assert llm.last_result["reuse"] in ("continue", "rollback"), llm.last_result
-    assert 0 < cached <= held and cached > r1["usage"]["prompt_tokens"], (cached, held, r1["usage"])
+    # The re-rendered reply may tokenize differently from the sampled tokens; a TriAttention cache cannot be
+    # cut back behind a compression round, so there (only) the session starts over.
+    if llm.last_result["reuse"] == "restart":
+        assert policy == "triattention" and cached == 0, llm.last_result
+    else:
+        assert llm.last_result["reuse"] in ("continue", "rollback"), llm.last_result
+        assert 0 < cached <= held and cached > r1["usage"]["prompt_tokens"], (cached, held, r1["usage"])
     if policy == "triattention":
         assert llm.kv_stats()["n_compressions"] > 0
 

@@ -644,15 +644,5 @@ enum triattn_status tri_chat_apply(const char * tmpl, const char * format, const
         case TRI_CHAT_DEEPSEEK_R1: render_deepseek(&o, &op, bos, messages, n_messages, add_assistant); break;
         default:                   st = tri_fail(err, err_size, TRIATTN_ERR_INTERNAL, "chat: bad format %d", f); break;
     }
-    if (st != TRIATTN_OK) {
-        if (capacity > 0 && buf) {
-            buf[0] = '\0';
-        }
-        return st;
-    }
-    tri_strbuf_finish(&o);
-    if (n_out) {
-        *n_out = o.len;
-    }
-    return TRIATTN_OK;
+    return tri_strbuf_end(&o, st, n_out);
 }

@@ -460,17 +460,7 @@ enum triattn_status tri_chat_apply_tools(const char * tmpl, const char * format,
     if (st == TRIATTN_OK && oom) {
         st = tri_fail(err, err_size, TRIATTN_ERR_OOM, "chat: out of memory rendering tools");
     }
-    if (st != TRIATTN_OK) {
-        if (capacity > 0 && buf) {
-            buf[0] = '\0';
-        }
-        return st;
-    }
-    tri_strbuf_finish(&o);
-    if (n_out) {
-        *n_out = o.len;
-    }
-    return TRIATTN_OK;
+    return tri_strbuf_end(&o, st, n_out);
 }
 
 /* ---- forced calls --------------------------------------------------------------------------------- */
@@ -521,12 +511,8 @@ enum triattn_status tri_tool_call_schema(const char * tmpl, const char * format,
     }
     tri_strbuf o = { buf, buf ? capacity : 0, 0 };
     tri_strbuf_put(&o, b.p, b.len);
-    tri_strbuf_finish(&o);
-    if (n_out) {
-        *n_out = o.len;
-    }
     tri_gbuf_free(&b);
-    return TRIATTN_OK;
+    return tri_strbuf_end(&o, TRIATTN_OK, n_out);
 }
 
 /* ---- public wrappers ------------------------------------------------------------------------------ */

@@ -46,6 +46,22 @@ static inline void tri_strbuf_finish(tri_strbuf * b) {
     }
 }
 
+/* Ends a call that writes into a caller buffer: on success the text is terminated and *n_out (when given) is
+ * its full length; on failure the buffer is left empty. Returns st. */
+static inline enum triattn_status tri_strbuf_end(tri_strbuf * b, enum triattn_status st, size_t * n_out) {
+    if (st != TRIATTN_OK) {
+        if (b->cap > 0) {
+            b->buf[0] = '\0';
+        }
+        return st;
+    }
+    tri_strbuf_finish(b);
+    if (n_out) {
+        *n_out = b->len;
+    }
+    return TRIATTN_OK;
+}
+
 #define TRI_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define TRI_MAX(a, b) ((a) > (b) ? (a) : (b))
 

@@ -26,31 +26,6 @@ static double now_s(void) {
 
 static struct triattn_model_info g_info;
 
-static triattn_session * make_session(triattn_model * m, const char * policy, int budget, int interval) {
-    struct triattn_session_params sp;
-    triattn_session_params_init(&sp);
-    sp.n_ctx = 2048;
-    sp.n_threads = 2;
-    sp.kv_policy = policy;
-    sp.kv_budget = budget;
-    sp.kv_interval = interval;
-    triattn_session * s = NULL;
-    char err[512];
-    if (triattn_session_create(m, &sp, &s, err, sizeof err) != TRIATTN_OK) {
-        CHECK(0, "session_create(%s): %s", policy, err);
-        return NULL;
-    }
-    return s;
-}
-
-static triattn_token argmax(const float * x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++) {
-        b = x[i] > x[b] ? i : b;
-    }
-    return b;
-}
-
 /* Same KV positions in every (layer, KV head) of a and b. */
 static bool same_positions(const triattn_session * a, const triattn_session * b) {
     static int32_t pa[4096], pb[4096];
@@ -85,7 +60,7 @@ static void test_batch_decode(triattn_model * m, const char * policy, int budget
     int32_t ref_past[NS];
     triattn_session * alone[NS];
     for (int i = 0; i < NS; i++) {
-        alone[i] = make_session(m, policy, budget, interval);
+        alone[i] = tu_session(m, policy, budget, interval, 2048, 0);
         if (!alone[i]) {
             return;
         }
@@ -95,7 +70,7 @@ static void test_batch_decode(triattn_model * m, const char * policy, int budget
             const float * lg = triattn_session_logits(alone[i], -1);
             memcpy(ref + ((size_t) k * NS + i) * V, lg, V * sizeof(float));
             if (k < n_steps) {
-                triattn_token t = argmax(lg, (int) V);
+                triattn_token t = tu_argmax(lg, (int) V);
                 triattn_session_decode(alone[i], &t, 1, false);
             }
         }
@@ -106,7 +81,7 @@ static void test_batch_decode(triattn_model * m, const char * policy, int budget
     int fed[NS] = { 0 }, steps_done[NS] = { 0 };
     triattn_token next[NS];
     for (int i = 0; i < NS; i++) {
-        ss[i] = make_session(m, policy, budget, interval);
+        ss[i] = tu_session(m, policy, budget, interval, 2048, 0);
         if (!ss[i]) {
             return;
         }
@@ -159,7 +134,7 @@ static void test_batch_decode(triattn_model * m, const char * policy, int budget
                         exact = false;
                         first_bad = k;
                     }
-                    next[i] = argmax(lg, (int) V);
+                    next[i] = tu_argmax(lg, (int) V);
                 }
             }
         }
@@ -200,7 +175,7 @@ static void test_generate_batch(triattn_model * m, const char * policy, int budg
     gp.sampling.temperature = 0.0f;
     char want[NS][4096], got[NS][4096];
     for (int i = 0; i < NS; i++) {
-        triattn_session * s = make_session(m, policy, budget, interval);
+        triattn_session * s = tu_session(m, policy, budget, interval, 2048, 0);
         if (!s) {
             return;
         }
@@ -219,7 +194,7 @@ static void test_generate_batch(triattn_model * m, const char * policy, int budg
     }
     triattn_session * ss[NS];
     for (int i = 0; i < NS; i++) {
-        ss[i] = make_session(m, policy, budget, interval);
+        ss[i] = tu_session(m, policy, budget, interval, 2048, 0);
         if (!ss[i]) {
             return;
         }
@@ -254,7 +229,7 @@ static void test_generate_batch(triattn_model * m, const char * policy, int budg
 
 /* Logprobs: the sampled token's log-probability and the top list agree with a double log-softmax. */
 static void test_logprobs(triattn_model * m) {
-    triattn_session * s = make_session(m, "full", 2048, 128);
+    triattn_session * s = tu_session(m, "full", 2048, 128, 2048, 0);
     if (!s) {
         return;
     }
@@ -320,8 +295,8 @@ static void test_logprobs(triattn_model * m) {
 }
 
 static void test_kv_budget(triattn_model * m) {
-    triattn_session * f = make_session(m, "full", 2048, 128);
-    triattn_session * t = make_session(m, "triattention", 256, 32);
+    triattn_session * f = tu_session(m, "full", 2048, 128, 2048, 0);
+    triattn_session * t = tu_session(m, "triattention", 256, 32, 2048, 0);
     if (!f || !t) {
         return;
     }

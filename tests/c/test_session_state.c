@@ -20,30 +20,9 @@
 static struct triattn_model_info g_info;
 static char g_dir[256];
 
-static triattn_session * make_session(triattn_model * m, const char * policy, int budget, int interval) {
-    struct triattn_session_params sp;
-    triattn_session_params_init(&sp);
-    sp.n_ctx = 1024;
-    sp.n_threads = 2;
-    sp.n_batch = (int32_t) tu_int(24, 96); /* chunking must not matter */
-    sp.kv_policy = policy;
-    sp.kv_budget = budget;
-    sp.kv_interval = interval;
-    triattn_session * s = NULL;
-    char err[512];
-    if (triattn_session_create(m, &sp, &s, err, sizeof err) != TRIATTN_OK) {
-        CHECK(0, "session_create(%s): %s", policy, err);
-        return NULL;
-    }
-    return s;
-}
-
-static triattn_token argmax(const float * x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++) {
-        b = x[i] > x[b] ? i : b;
-    }
-    return b;
+/* A session with a random n_batch: chunking must not matter. */
+static triattn_session * session_of(triattn_model * m, const char * policy, int budget, int interval) {
+    return tu_session(m, policy, budget, interval, 1024, (int) tu_int(24, 96));
 }
 
 static void random_tokens(triattn_token * t, int n) {
@@ -89,7 +68,7 @@ static bool same_state(const triattn_session * a, const triattn_session * b) {
 /* A fresh session given t[0..n) in one call. */
 static triattn_session * one_shot(triattn_model * m, const char * policy, int budget, int interval,
                                   const triattn_token * t, int n) {
-    triattn_session * s = make_session(m, policy, budget, interval);
+    triattn_session * s = session_of(m, policy, budget, interval);
     if (s && triattn_session_decode(s, t, n, false) != TRIATTN_OK) {
         CHECK(0, "one-shot decode: %s", triattn_session_last_error(s));
     }
@@ -103,7 +82,7 @@ static void test_reuse(triattn_model * m, const char * policy, int budget, int i
     static triattn_token conv[MAXT];
     const int n1 = (int) tu_int(30, 120), ng = (int) tu_int(5, 40), n2 = (int) tu_int(20, 150);
     random_tokens(conv, n1);
-    triattn_session * a = make_session(m, policy, budget, interval);
+    triattn_session * a = session_of(m, policy, budget, interval);
     if (!a) {
         return;
     }
@@ -113,7 +92,7 @@ static void test_reuse(triattn_model * m, const char * policy, int budget, int i
     decode_split(a, conv, n1);
     int n = n1;
     for (int i = 0; i < ng; i++) {
-        conv[n] = argmax(triattn_session_logits(a, -1), g_info.n_vocab);
+        conv[n] = tu_argmax(triattn_session_logits(a, -1), g_info.n_vocab);
         if (i + 1 < ng) {
             triattn_session_decode(a, conv + n, 1, false);
         }
@@ -237,7 +216,7 @@ static void test_save_load(triattn_model * m, const char * policy, int budget, i
     const int n = strcmp(policy, "full") == 0 ? (int) tu_int(100, MAXT - 60)
                                               : (int) tu_int(budget + interval + 10, MAXT - 60);
     random_tokens(t, n);
-    triattn_session * a = make_session(m, policy, budget, interval);
+    triattn_session * a = session_of(m, policy, budget, interval);
     if (!a) {
         return;
     }
@@ -253,7 +232,7 @@ static void test_save_load(triattn_model * m, const char * policy, int budget, i
                                   (long) g_info.n_layer * g_info.n_head_kv * (4 + slots * per_slot),
           "%s: state file of %ld bytes for %d tokens", policy, size, n);
 
-    triattn_session * c = make_session(m, policy, budget, interval);
+    triattn_session * c = session_of(m, policy, budget, interval);
     if (!c) {
         return;
     }
@@ -292,7 +271,7 @@ static void test_save_load(triattn_model * m, const char * policy, int budget, i
     }
     CHECK(triattn_session_load(c, "/nonexistent/dir/state") == TRIATTN_ERR_IO, "%s: missing file", policy);
     /* a state of another policy */
-    triattn_session * o = make_session(m, other, budget, interval);
+    triattn_session * o = session_of(m, other, budget, interval);
     if (o) {
         decode_split(o, t, 20);
         snprintf(bad, sizeof bad, "%s/%s.other", g_dir, policy);
@@ -307,8 +286,8 @@ static void test_save_load(triattn_model * m, const char * policy, int budget, i
     CHECK(triattn_session_load(c, path) == TRIATTN_OK, "%s: load: %s", policy, triattn_session_last_error(c));
     CHECK(same_state(a, c), "%s: loaded state differs", policy);
     for (int i = 0; i < 40; i++) {
-        triattn_token ta = argmax(triattn_session_logits(a, -1), g_info.n_vocab);
-        triattn_token tc = argmax(triattn_session_logits(c, -1), g_info.n_vocab);
+        triattn_token ta = tu_argmax(triattn_session_logits(a, -1), g_info.n_vocab);
+        triattn_token tc = tu_argmax(triattn_session_logits(c, -1), g_info.n_vocab);
         triattn_session_decode(a, &ta, 1, false);
         triattn_session_decode(c, &tc, 1, false);
     }

@@ -102,14 +102,6 @@ static const char * k_text =
     "sweep across the black water. Ships he would never meet passed safely because of that light. In the "
     "morning he wrote in the log: wind from the north-east, sea rough, visibility poor, lamp lit at dusk.";
 
-static int argmax(const float * x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++) {
-        b = x[i] > x[b] ? i : b;
-    }
-    return b;
-}
-
 /* A compressing generation (budget 128, interval 32, ~600 tokens) with poisoned evictions: every logit
  * stays finite, and right after each round the freed slots hold NaN. */
 static void test_real_model(void) {
@@ -176,7 +168,7 @@ static void test_real_model(void) {
                 break;
             }
         }
-        triattn_token t = i % 53 == 7 ? (triattn_token) (100 + tu_uniform() * 30000) : argmax(lg, info.n_vocab);
+        triattn_token t = i % 53 == 7 ? (triattn_token) (100 + tu_uniform() * 30000) : tu_argmax(lg, info.n_vocab);
         st = triattn_session_decode(s, &t, 1, false);
         steps++;
         struct triattn_kv_stats ks;

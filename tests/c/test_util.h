@@ -180,7 +180,39 @@ static inline triattn_model * tu_load_default_model(const char * what) {
     }
     return m;
 }
+
+/* A CPU session of m with the given KV policy, budget and interval (n_batch 0: the default). A failed check,
+ * NULL, when the session cannot be created. */
+static inline triattn_session * tu_session(triattn_model * m, const char * policy, int budget, int interval,
+                                           int n_ctx, int n_batch) {
+    struct triattn_session_params sp;
+    triattn_session_params_init(&sp);
+    sp.n_ctx = n_ctx;
+    sp.n_threads = 2;
+    if (n_batch > 0) {
+        sp.n_batch = n_batch;
+    }
+    sp.kv_policy = policy;
+    sp.kv_budget = budget;
+    sp.kv_interval = interval;
+    triattn_session * s = NULL;
+    char err[512];
+    if (triattn_session_create(m, &sp, &s, err, sizeof err) != TRIATTN_OK) {
+        CHECK(0, "session_create(%s): %s", policy, err);
+        return NULL;
+    }
+    return s;
+}
 #endif
+
+/* Index of the largest of x[0..n) (the first one on ties). */
+static inline int tu_argmax(const float * x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++) {
+        b = x[i] > x[b] ? i : b;
+    }
+    return b;
+}
 
 #if defined(TRIATTN_H) && defined(TRI_CALIBRATION_H)
 /* Random query centres so the TriAttention policy can run on the real model (what it keeps does not matter

@@ -232,17 +232,19 @@ class Reference:
 
     # ---- public
 
-    def pick_prompt(self, n: int, rng: np.random.Generator, min_margin: float,
+    def pick_prompt(self, n: int, rng: np.random.Generator, min_margin: float, rel_margin: float = 0.0,
                     max_tries: int = 500) -> list[int]:
         """n random token ids such that at every position the top-1 logit leads the runner-up by at
-        least min_margin, so an engine with small, legitimate rounding errors keeps the same top-1."""
+        least max(min_margin, rel_margin * std of that row's logits), so an engine with small, legitimate
+        rounding errors keeps the same top-1 (rounding errors grow with the logits' spread)."""
         cache, out = _Cache(self.hp.n_layer), []
         for _ in range(n):
             for _ in range(max_tries):
                 t = int(rng.integers(self.hp.n_vocab))
                 trial = _Cache(self.hp.n_layer)
                 trial.k, trial.v, trial.n_past = list(cache.k), list(cache.v), cache.n_past
-                if top_margin(self._forward([t], trial)[-1]) >= min_margin:
+                row = self._forward([t], trial)[-1]
+                if top_margin(row) >= max(min_margin, rel_margin * float(row.std())):
                     break
             else:
                 raise RuntimeError(f"no token gives a top-1 margin >= {min_margin} after {out}")

@@ -268,7 +268,7 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     if (ost != TRIATTN_OK) {
         return ost;
     }
-    if (opts.trig != 1.0f || opts.norm != 1.0f || opts.layer_max) {
+    if (opts.trig != 1.0f || opts.norm != 1.0f || opts.layer_max || opts.look > 0) {
         return tri_fail(err, en, TRIATTN_ERR_UNSUPPORTED, "kv_mode '%s': options after the mode are not supported "
                         "on the CUDA backend; load the model with n_gpu_layers = 0 for them", s->policy.cfg.mode);
     }

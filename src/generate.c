@@ -153,6 +153,10 @@ static enum triattn_status tri_gen_begin(triattn_session * s, const char * promp
         }
         if (s->n_past == 0) {
             s->policy.n_prompt = n;
+            st = tri_session_lookahead(s, s->gen.prompt, n);
+            if (st != TRIATTN_OK) {
+                return st;
+            }
         }
         s->gen.prompt_off = keep;
         s->gen.prompt_len = n;

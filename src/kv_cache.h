@@ -124,6 +124,13 @@ typedef struct tri_kv_policy_ops {
     enum triattn_status (*init)(tri_kv_policy * p, tri_kv_cache * c, char * err, size_t n);
     /* Optional: frees what init allocated (also after a failed init). */
     void (*free)(tri_kv_policy * p);
+    /* Optional (NULL = none): for a prompt of n tokens decoded into an empty cache, how many of its last tokens
+     * a first, question-aware pass runs over (0 = no first pass). The session then runs that pass from position
+     * n - tokens, calls lookahead_capture, clears the cache once and prefills the whole prompt again. */
+    int32_t (*lookahead_tokens)(const tri_kv_policy * p, int32_t n);
+    /* Optional: keeps what the policy needs from the first pass (the query ring); it applies to the rounds after
+     * the following clear, until the cache is cleared again. */
+    void (*lookahead_capture)(tri_kv_policy * p, const tri_kv_cache * c);
 } tri_kv_policy_ops;
 
 struct tri_kv_policy {

@@ -116,7 +116,8 @@ static bool tri_ta_number(const char * s, size_t len, float lo, float hi, float 
 }
 
 enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * err, size_t n) {
-    *o = (tri_ta_opts) { .mode = TRI_TA_PER_HEAD, .trig = 1.0f, .norm = 1.0f, .layer_max = false };
+    *o = (tri_ta_opts) { .mode = TRI_TA_PER_HEAD, .trig = 1.0f, .norm = 1.0f, .layer_max = false, .look = 0,
+                         .lookw = 1.0f };
     if (!s) {
         return TRIATTN_OK;
     }
@@ -144,13 +145,26 @@ enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * er
             } else if (kl == 3 && strncmp(p, "agg", 3) == 0) {
                 ok = (vl == 4 && strncmp(v, "mean", 4) == 0) || (vl == 3 && strncmp(v, "max", 3) == 0);
                 o->layer_max = vl == 3;
+            } else if (kl == 4 && strncmp(p, "look", 4) == 0) {
+                float t = 0.0f;
+                if (vl == 3 && strncmp(v, "all", 3) == 0) {
+                    o->look = INT32_MAX;
+                    ok = true;
+                } else if (tri_ta_number(v, vl, 0.0f, 1e9f, &t) && t == floorf(t) &&
+                           (t == 0.0f || t >= TRI_SNAPKV_WINDOW)) {
+                    o->look = (int32_t) t;
+                    ok = true;
+                }
+            } else if (kl == 5 && strncmp(p, "lookw", 5) == 0) {
+                ok = tri_ta_number(v, vl, 0.0f, 1e3f, &o->lookw);
             }
         }
         if (!ok) {
             return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
                             "kv_mode '%s': cannot read '%.*s' (expected MODE[,key=value]...: MODE per_head, "
-                            "per_layer_per_head or global; keys trig=X, norm=X (0..1000), agg=mean|max)",
-                            s, (int) len, p);
+                            "per_layer_per_head or global; keys trig=X, norm=X (0..1000), agg=mean|max, look=N (0 or >= %d "
+                            "tokens) or look=all, lookw=X (0..1000))",
+                            s, (int) len, p, TRI_SNAPKV_WINDOW);
         }
         if (!end) {
             break;

@@ -40,11 +40,18 @@ enum tri_ta_mode { TRI_TA_PER_HEAD = 0, TRI_TA_PER_LAYER_PER_HEAD = 1, TRI_TA_GL
 
 /* kv_mode = "MODE[,key=value]...": MODE per_head | per_layer_per_head | global, keys
  *   trig=X  weight of the trigonometric term (default 1)     norm=X  weight of the norm term (default 1)
- *   agg=mean|max  aggregation over layers (default mean) */
+ *   agg=mean|max  aggregation over layers (default mean)
+ *   look=N|all  question-aware prefill: a prompt that will be compressed is first run over its last N tokens
+ *               (all: the whole prompt) to learn the queries of its last TRI_SNAPKV_WINDOW tokens, then
+ *               prefilled again with every round adding lookw x the z-scored attention those queries give each
+ *               candidate (default 0 = off)
+ *   lookw=X weight of that term (default 1) */
 typedef struct tri_ta_opts {
     enum tri_ta_mode mode;
     float trig, norm;
     bool  layer_max;
+    int32_t look;      /* tail tokens of the first pass; 0 = off, INT32_MAX = the whole prompt */
+    float lookw;
 } tri_ta_opts;
 
 /* Parses kv_mode (NULL = defaults). TRIATTN_ERR_UNSUPPORTED with a message naming the bad part. */

@@ -1,8 +1,9 @@
 /* The `triattention` KV policy (docs/triattention.md §3-§5, docs/triattention-engine.md): when live slots
  * reach budget + interval, score every candidate key with the query centres' trigonometric series,
  * z-score per (layer, query head), take the GQA max and the layer mean, keep the top (budget - protected)
- * per KV head, and compact. Options of kv_mode (kv_select.h) weight the two terms or aggregate layers by max.
- * The last round's scores are kept for triattn_session_kv_scores. All scratch is allocated once in init. */
+ * per KV head, and compact. Options of kv_mode (kv_select.h) weight the two terms, aggregate layers by max, or
+ * add the attention of the prompt's last queries learnt by a first pass (look=). The last round's scores are
+ * kept for triattn_session_kv_scores. All scratch is allocated once in init. */
 #include "calibration.h"
 #include "common.h"
 #include "kv_cache.h"
@@ -36,6 +37,13 @@ typedef struct tri_ta_state {
     float *       rec_raw, * rec_agg;/* [L * Hkv][cap] last round: GQA max of the raw scores, ranking value */
     uint8_t *     rec_kept;          /* [L * Hkv][cap] last round: slot kept */
     int32_t *     rec_n;             /* [L * Hkv] last round: live slots (0 = no round yet) */
+    /* look=: the post-RoPE queries of the prompt's last tokens from the first pass */
+    tri_attn_kernels kr;
+    float *       qa;                /* [L][TRI_SNAPKV_WINDOW][H * D] */
+    int32_t       qa_n;              /* queries held per layer (0 = none) */
+    uint64_t      qa_epoch;          /* cache epoch they apply to */
+    size_t        look_per_thread;   /* floats of one thread's scratch */
+    float *       look_tmp;          /* [n_threads][look_per_thread] */
     void *        mem;
 } tri_ta_state;
 
@@ -167,6 +175,17 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     st->score = tri_triattn_score_get(TRI_ISA_COUNT);
 
     const size_t LH = (size_t) st->L * st->H, LK = (size_t) st->L * st->Hkv, cap = (size_t) st->cap;
+    const bool look = st->opts.look > 0;
+    const size_t W = TRI_SNAPKV_WINDOW, n_threads = p->tp ? (size_t) tri_threadpool_size(p->tp) : 1;
+    /* per thread: window queries of one KV head, the term's values, the SnapKV kernel's scratch */
+    st->look_per_thread = look ? W * st->G * st->D + cap + tri_snapkv_scratch(st->cap + (int32_t) W, st->G) : 0;
+    if (look) {
+        enum triattn_status qs = tri_kv_cache_enable_queries(c, (int32_t) W, st->H * st->D, err, n);
+        if (qs != TRIATTN_OK) {
+            return qs;
+        }
+        st->kr = tri_attn_kernels_get(TRI_ISA_COUNT);
+    }
     struct { void ** p; size_t bytes; } parts[] = {
         { (void **) &st->omega,  sizeof(double) * st->F },
         { (void **) &st->a_re,   sizeof(double) * st->F },
@@ -187,6 +206,8 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
         { (void **) &st->rec_agg, sizeof(float) * LK * cap },
         { (void **) &st->rec_kept, LK * cap },
         { (void **) &st->rec_n,   sizeof(int32_t) * LK },
+        { (void **) &st->qa,      look ? sizeof(float) * st->L * W * st->H * st->D : 0 },
+        { (void **) &st->look_tmp, sizeof(float) * n_threads * st->look_per_thread },
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
@@ -199,9 +220,10 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     }
     char * q = st->mem;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        *parts[i].p = q;
+        *parts[i].p = parts[i].bytes ? q : NULL;
         q += tri_ta_al(parts[i].bytes);
     }
+    st->qa_n = 0;
     memset(st->w, 0, sizeof(float) * LH * st->D);
     memset(st->cw, 0, sizeof(float) * LH * st->D);
     memset(st->rec_n, 0, sizeof(int32_t) * LK);
@@ -239,6 +261,25 @@ static void tri_ta_compact_one(tri_ta_state * st, tri_kv_cache * c, int il, int 
     tri_kv_compact(c, il, h, keep, n);
 }
 
+/* agg[0..n) += lookw x z-score of the SnapKV signal that the first pass's last queries of layer il (the G heads
+ * of KV head h) give the candidates [lo, lo + n) of (il, h). */
+static void tri_ta_add_look(const tri_ta_state * st, const tri_kv_cache * c, int il, int h, int32_t lo, int32_t n,
+                            float * agg, float * tmp) {
+    const int W = TRI_SNAPKV_WINDOW, G = st->G, D = st->D;
+    float * q = tmp, * term = q + (size_t) W * G * D, * work = term + st->cap;
+    const size_t row = (size_t) st->H * D;
+    for (int t = 0; t < st->qa_n; t++) {
+        memcpy(q + (size_t) t * G * D, st->qa + ((size_t) il * W + t) * row + (size_t) h * G * D,
+               sizeof(float) * G * D);
+    }
+    /* the kernel scores keys [0, n_keys - nq): pass the candidates followed by nq keys it does not read */
+    tri_snapkv_scores(&st->kr, D, G, q, st->qa_n, tri_kv_k(c, il, h) + (size_t) lo * D, n + st->qa_n, term, work);
+    tri_triattn_zscore(term, n);
+    for (int32_t j = 0; j < n; j++) {
+        agg[j] += st->opts.lookw * term[j];
+    }
+}
+
 /* Phase A, per (layer, KV head): scores of its G query heads, z-score per head, GQA max. In
  * per_layer_per_head mode also the top-k and the compaction. */
 static void tri_ta_score_worker(void * arg, int ith, int nth) {
@@ -274,6 +315,9 @@ static void tri_ta_score_worker(void * arg, int ith, int nth) {
             for (int32_t j = 0; j < n; j++) {
                 agg[j] = sg[j] > agg[j] ? sg[j] : agg[j];
             }
+        }
+        if (st->qa_n > 0 && st->qa_epoch == c->epoch) {
+            tri_ta_add_look(st, c, il, h, lo, n, agg, st->look_tmp + (size_t) ith * st->look_per_thread);
         }
         if (st->mode == TRI_TA_PER_LAYER_PER_HEAD) {
             uint8_t * mark = st->mark + (size_t) i * st->cap;
@@ -389,13 +433,46 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
     return TRIATTN_OK;
 }
 
+static int32_t tri_ta_lookahead_tokens(const tri_kv_policy * p, int32_t n) {
+    const tri_ta_state * st = p->state;
+    if (!st || st->opts.look <= 0 || n < (int64_t) p->cfg.budget + p->cfg.interval) {
+        return 0; /* off, or a prompt that is not compressed */
+    }
+    return TRI_MIN(n, st->opts.look);
+}
+
+static void tri_ta_lookahead_capture(tri_kv_policy * p, const tri_kv_cache * c) {
+    tri_ta_state * st = p->state;
+    const int W = TRI_SNAPKV_WINDOW;
+    const size_t row = (size_t) st->H * st->D;
+    st->qa_n = 0;
+    if (!st->qa || c->q_cap < W) {
+        return;
+    }
+    int nq = W;
+    for (int il = 0; il < st->L; il++) {
+        nq = (int) TRI_MIN((int64_t) nq, c->q_count[il]);
+    }
+    for (int il = 0; il < st->L && nq > 0; il++) {
+        for (int t = 0; t < nq; t++) {
+            const int64_t idx = c->q_count[il] - nq + t;
+            memcpy(st->qa + ((size_t) il * W + t) * row, c->q + ((size_t) il * c->q_cap + (size_t) (idx % c->q_cap)) * c->q_dim,
+                   sizeof(float) * row);
+        }
+    }
+    st->qa_n = nq;
+    st->qa_epoch = c->epoch + 1; /* the session clears the cache once before the second pass */
+}
+
 const tri_kv_policy_ops tri_kv_policy_triattention = {
-    .name            = "triattention",
-    .capacity        = tri_kv_slack_capacity,
-    .should_compress = tri_kv_slack_should_compress,
-    .compress        = tri_ta_compress,
-    .init            = tri_ta_init,
-    .free            = tri_ta_free,
+    .name              = "triattention",
+    .capacity          = tri_kv_slack_capacity,
+    .should_compress   = tri_kv_slack_should_compress,
+    .compress          = tri_ta_compress,
+    .init              = tri_ta_init,
+    .free              = tri_ta_free,
+    .lookahead_tokens  = tri_ta_lookahead_tokens,
+    .lookahead_capture = tri_ta_lookahead_capture,
 };
 
 enum triattn_status tri_triattn_last_scores(const tri_kv_policy * p, int il, int h, int32_t * pos, float * raw,

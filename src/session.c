@@ -296,6 +296,65 @@ enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming)
     return TRIATTN_OK;
 }
 
+/* Decodes tokens[0..n_tokens) at positions n_past..; accept: the tokens join the sampler's penalty history. */
+static enum triattn_status tri_session_run(triattn_session * s, const triattn_token * tokens, int32_t n_tokens,
+                                           bool logits_all, bool accept) {
+    for (int32_t i = 0, n = 0; i < n_tokens; i += n) {
+        /* logits_all takes one chunk (room is made for all of it at once); otherwise chunks stop where the
+         * policy's trigger fires, so the compression schedule does not depend on how tokens are split. */
+        n = logits_all ? n_tokens : TRI_MIN(tri_session_chunk_room(s), n_tokens - i);
+        enum triattn_status st = tri_session_make_room(s, n);
+        if (st != TRIATTN_OK) {
+            return st;
+        }
+        const bool last = i + n == n_tokens;
+        const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
+        if (s->backend) {
+            char msg[512] = "";
+            st = s->backend->forward_chunk(s, tokens + i, n, s->n_past, mode, msg, sizeof msg);
+            if (st != TRIATTN_OK) {
+                return tri_session_fail(s, st, "%s backend: %s", s->backend->name, msg);
+            }
+        } else {
+            tri_forward_chunk(&s->fwd, tokens + i, n, s->n_past, mode);
+        }
+        for (int32_t j = 0; accept && j < n; j++) {
+            tri_sampler_accept(s->sampler, tokens[i + j]);
+        }
+        tri_session_record(s, tokens + i, n);
+        s->n_past += n;
+    }
+    s->n_logits   = s->fwd.n_logits;
+    s->logits_all = logits_all;
+    /* Slack trigger: compress once live slots reach budget + interval. */
+    if (s->policy.ops->should_compress(&s->policy, &s->kv)) {
+        return tri_session_make_room(s, 0);
+    }
+    return TRIATTN_OK;
+}
+
+enum triattn_status tri_session_lookahead(triattn_session * s, const triattn_token * tokens, int32_t n) {
+    const tri_kv_policy_ops * ops = s->policy.ops;
+    const int32_t tail = ops->lookahead_tokens && !s->backend ? ops->lookahead_tokens(&s->policy, n) : 0;
+    if (tail <= 0 || s->n_past != 0) {
+        return TRIATTN_OK;
+    }
+    const int64_t n_compressions = s->policy.n_compressions, n_evicted = s->policy.n_evicted;
+    s->n_past = n - tail;
+    enum triattn_status st = tri_session_run(s, tokens + (n - tail), tail, false, false);
+    if (st == TRIATTN_OK) {
+        ops->lookahead_capture(&s->policy, &s->kv);
+    }
+    /* the statistics describe the cache the caller builds next, not this pass */
+    tri_kv_cache_clear(&s->kv);
+    s->policy.n_compressions = n_compressions;
+    s->policy.n_evicted      = n_evicted;
+    s->n_past   = 0;
+    s->n_logits = 0;
+    s->last_compress_pos = -1;
+    return st;
+}
+
 enum triattn_status triattn_session_decode(triattn_session * s, const triattn_token * tokens, int32_t n_tokens,
                                            bool logits_all) {
     if (!s) {
@@ -330,39 +389,12 @@ enum triattn_status triattn_session_decode(triattn_session * s, const triattn_to
     if (s->n_past == 0 && s->policy.n_prompt == 0) {
         s->policy.n_prompt = n_tokens; /* the prompt = the first decode call after create/reset, unless a
                                           generation that prefills in steps has set it */
-    }
-    for (int32_t i = 0, n = 0; i < n_tokens; i += n) {
-        /* logits_all takes one chunk (room is made for all of it at once); otherwise chunks stop where the
-         * policy's trigger fires, so the compression schedule does not depend on how tokens are split. */
-        n = logits_all ? n_tokens : TRI_MIN(tri_session_chunk_room(s), n_tokens - i);
-        enum triattn_status st = tri_session_make_room(s, n);
+        enum triattn_status st = tri_session_lookahead(s, tokens, n_tokens);
         if (st != TRIATTN_OK) {
             return st;
         }
-        const bool last = i + n == n_tokens;
-        const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
-        if (s->backend) {
-            char msg[512] = "";
-            st = s->backend->forward_chunk(s, tokens + i, n, s->n_past, mode, msg, sizeof msg);
-            if (st != TRIATTN_OK) {
-                return tri_session_fail(s, st, "%s backend: %s", s->backend->name, msg);
-            }
-        } else {
-            tri_forward_chunk(&s->fwd, tokens + i, n, s->n_past, mode);
-        }
-        for (int32_t j = 0; j < n; j++) {
-            tri_sampler_accept(s->sampler, tokens[i + j]);
-        }
-        tri_session_record(s, tokens + i, n);
-        s->n_past += n;
     }
-    s->n_logits   = s->fwd.n_logits;
-    s->logits_all = logits_all;
-    /* Slack trigger: compress once live slots reach budget + interval. */
-    if (s->policy.ops->should_compress(&s->policy, &s->kv)) {
-        return tri_session_make_room(s, 0);
-    }
-    return TRIATTN_OK;
+    return tri_session_run(s, tokens, n_tokens, logits_all, true);
 }
 
 const float * triattn_session_logits(const triattn_session * s, int32_t i) {

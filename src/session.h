@@ -80,6 +80,11 @@ enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming)
  * however the tokens are split into calls and chunks. */
 int32_t tri_session_chunk_room(const triattn_session * s);
 
+/* kv_mode look=: before a prompt of n tokens is prefilled into the empty cache, runs the policy's first pass over
+ * its last tokens (when the policy asks for one) so the rounds of the prefill can use the question's queries,
+ * then clears the cache again. Nothing happens when n_past != 0 or the policy needs no pass. */
+enum triattn_status tri_session_lookahead(triattn_session * s, const triattn_token * tokens, int32_t n);
+
 /* Records tokens[0..n) as decoded at positions n_past..n_past + n - 1 (before n_past advances). */
 void tri_session_record(triattn_session * s, const triattn_token * tokens, int32_t n);
 

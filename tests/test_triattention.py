@@ -11,6 +11,7 @@ docs/triattention-engine.md):
 Random inputs, a fresh seed each run (printed; TRI_TEST_SEED reproduces one)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -466,3 +467,76 @@ def test_schedule_bounded_live_and_rope_of_original_positions(default_model, sid
           f"{n_l0} layer-0 rows match recomputation at their original positions")
     tri.close()
     full.close()
+
+
+# ---- question-aware prefill (kv_mode look=) -------------------------------------------------------------
+
+def _prefill(model, sidecar, toks, mode, B, I):
+    """Logits after decoding toks into a fresh session, kept positions of every (layer, KV head), stats."""
+    llm = Llama(str(model), calibration=str(sidecar), kv_policy="triattention", kv_budget=B, kv_interval=I,
+                kv_window=32, n_ctx=4096, n_threads=THREADS, kv_mode=mode)
+    try:
+        decode(llm, toks)
+        ffi, lib = llm._ffi, llm._lib
+        p = lib.triattn_session_logits(llm._s(), -1)
+        logits = np.frombuffer(ffi.buffer(p, llm.n_vocab() * 4), dtype=np.float32).copy()
+        info = llm.model_info
+        pos = [kv_positions(llm, l, h) for l in range(info["n_layer"]) for h in range(info["n_head_kv"])]
+        return logits, pos, llm.kv_stats()
+    finally:
+        llm.close()
+
+
+def test_question_aware_prefill(default_model, sidecar):
+    """look=: the first pass leaves nothing behind (with lookw=0 the second pass gives the plain prefill's logits,
+    kept sets and round count bit for bit, for the whole prompt and for a tail), the cache stays bounded, and the
+    question's queries change what is kept."""
+    B, I = 160, 32
+    rng = np.random.default_rng(SEED)
+    with Llama(str(default_model), kv_policy="full", n_ctx=256, n_threads=THREADS) as tok:
+        toks = tok.tokenize(engine_text(3000))
+    start = int(rng.integers(0, len(toks) - 800))
+    prompt = toks[start:start + int(rng.integers(500, 700))]
+    plain = _prefill(default_model, sidecar, prompt, "per_head", B, I)
+    assert plain[2]["n_compressions"] > 0
+    for mode in ("per_head,look=all,lookw=0", f"per_head,look={int(rng.integers(8, 200))},lookw=0"):
+        got = _prefill(default_model, sidecar, prompt, mode, B, I)
+        assert np.array_equal(got[0], plain[0]), f"{mode}: logits differ from the plain prefill"
+        assert all(np.array_equal(a, b) for a, b in zip(got[1], plain[1])), f"{mode}: kept sets differ"
+        assert got[2]["n_compressions"] == plain[2]["n_compressions"]
+    look = _prefill(default_model, sidecar, prompt, "per_head,look=all,lookw=4", B, I)
+    assert look[2]["live_max"] <= B + I and look[2]["n_compressions"] == plain[2]["n_compressions"]
+    changed = sum(not np.array_equal(a, b) for a, b in zip(look[1], plain[1]))
+    assert changed > 0, "the first pass's queries did not change any kept set"
+    print(f"look=all,lookw=4: {changed} of {len(look[1])} (layer, KV head) keep other tokens than plain")
+
+
+def test_question_aware_prefill_server_steps(server_bin, default_model, sidecar):
+    """The server prefills in steps (prefill_chunk): its look= pass must give the same greedy text as the Python
+    API, which prefills in one call."""
+    from test_server import Server
+    B, I, mode = 128, 32, "per_head,look=all,lookw=2"
+    text = engine_text(2000)
+    prompt = text[:2600]
+    llm = Llama(str(default_model), calibration=str(sidecar), kv_policy="triattention", kv_budget=B,
+                kv_interval=I, kv_window=32, n_ctx=1024, n_threads=THREADS, kv_mode=mode)
+    try:
+        assert len(llm.tokenize(prompt)) > B + I
+        want = llm.generate(prompt, max_tokens=12, temperature=0)
+    finally:
+        llm.close()
+    s = Server(server_bin, default_model, "--calibration", str(sidecar), "--kv-policy", "triattention",
+               "--kv-budget", str(B), "--kv-interval", str(I), "--kv-window", "32", "--kv-mode", mode, "--prefill-chunk", "48",
+               "--parallel", "1")
+    try:
+        code, body = s.request("POST", "/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0},
+                               timeout=300)
+        assert code == 200, body
+        assert json.loads(body)["choices"][0]["text"] == want
+        code, body = s.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1})
+        assert code == 200
+    finally:
+        s.close()
+    bad = subprocess.run([str(server_bin), "-m", str(default_model), "--kv-mode", "per_head,look=3"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "look" in bad.stderr

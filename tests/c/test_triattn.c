@@ -471,6 +471,25 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
     CHECK(p.ops->should_compress(&p, &c), "should_compress must fire at budget + interval");
     const int32_t t0 = pp;
 
+    /* look=: a first pass leaves W random post-RoPE queries per layer in the ring; the policy keeps them, and the
+     * session clears the cache once (here: its epoch moves on, the synthetic keys stay). */
+    const int W = TRI_SNAPKV_WINDOW;
+    float * qlook = NULL;
+    if (opts.look > 0) {
+        CHECK(c.q_cap == W && c.q_dim == H * D, "look=: init must enable a ring of %d queries (got %d)", W, c.q_cap);
+        qlook = malloc(sizeof(float) * (size_t) L * W * H * D);
+        for (size_t i = 0; i < (size_t) L * W * H * D; i++) qlook[i] = (float) (3.0 * tu_symmetric());
+        for (int il = 0; il < L; il++) {
+            for (int t = 0; t < W + 3; t++) {  /* more than W pushed: the last W count */
+                tri_kv_push_query(&c, il, qlook + ((size_t) il * W + (t + W - 3) % W) * H * D, t0 - W - 3 + t);
+            }
+        }
+        CHECK(p.ops->lookahead_tokens(&p, budget + interval - 1) == 0, "look=: a prompt that is not compressed");
+        CHECK(p.ops->lookahead_tokens(&p, 100000) == (opts.look < 100000 ? opts.look : 100000), "look=: tail tokens");
+        p.ops->lookahead_capture(&p, &c);
+        c.epoch++;
+    }
+
     /* Reference: protected range, double scores, z-score, GQA max, layer mean, top-k with tie-tolerance. */
     const int w_def = window < 0 ? 128 : window;
     const int sink_e = sink < budget ? sink : budget;
@@ -503,6 +522,37 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
                 const double sd = fmax(sqrt(var), 1e-6);
                 for (int j = 0; j < nc; j++) a[j] = fmax(a[j], (sc[j] - mean) / sd);
                 free(sc);
+            }
+            if (qlook && nc > 0) {
+                /* SnapKV signal of the W queries: GQA max of q·k/sqrt(D), softmax over the candidates, mean over
+                 * the queries, max-pool of 7; z-scored and weighted into the aggregate */
+                double * sig = calloc((size_t) nc, sizeof(double)), * lg = malloc(sizeof(double) * nc);
+                double * pool = malloc(sizeof(double) * nc);
+                for (int t = 0; t < W; t++) {
+                    double mx = -INFINITY, sum = 0;
+                    for (int j = 0; j < nc; j++) {
+                        lg[j] = -INFINITY;
+                        for (int g = 0; g < G; g++) {
+                            const float * q = qlook + ((size_t) il * W + t) * H * D + (size_t) (h * G + g) * D;
+                            double dot = 0;
+                            for (int d = 0; d < D; d++) dot += (double) q[d] * tri_fp16_to_fp32(tri_kv_k(&c, il, h)[(size_t) (lo + j) * D + d]);
+                            lg[j] = fmax(lg[j], dot / sqrt((double) D));
+                        }
+                        mx = fmax(mx, lg[j]);
+                    }
+                    for (int j = 0; j < nc; j++) sum += exp(lg[j] - mx);
+                    for (int j = 0; j < nc; j++) sig[j] += exp(lg[j] - mx) / sum / W;
+                }
+                double mean = 0, var = 0;
+                for (int j = 0; j < nc; j++) {
+                    pool[j] = -INFINITY;
+                    for (int i = j - 3; i <= j + 3; i++) if (i >= 0 && i < nc) pool[j] = fmax(pool[j], sig[i]);
+                    mean += pool[j] / nc;
+                }
+                for (int j = 0; j < nc; j++) var += (pool[j] - mean) * (pool[j] - mean) / nc;
+                const double sd = fmax(sqrt(var), 1e-6);
+                for (int j = 0; j < nc; j++) a[j] += opts.lookw * (pool[j] - mean) / sd;
+                free(sig); free(lg); free(pool);
             }
         }
     }
@@ -626,7 +676,7 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
     free(rpos); free(rraw); free(ragg); free(rkept);
     g_w_trig = g_w_norm = 1.0;
 
-    free(pos); free(agg); free(want); free(tol); free(red);
+    free(pos); free(agg); free(want); free(tol); free(red); free(qlook);
     p.ops->free(&p);
     tri_threadpool_free(p.tp);
     tri_kv_cache_free(&c);
@@ -638,7 +688,10 @@ static void test_parse_mode(void) {
     tri_ta_opts o;
     char err[256];
     CHECK(tri_ta_parse_mode(NULL, &o, err, sizeof err) == TRIATTN_OK && o.mode == TRI_TA_PER_HEAD && o.trig == 1.0f &&
-              o.norm == 1.0f && !o.layer_max, "NULL kv_mode: defaults");
+              o.norm == 1.0f && !o.layer_max && o.look == 0 && o.lookw == 1.0f, "NULL kv_mode: defaults");
+    CHECK(tri_ta_parse_mode("per_head,look=all,lookw=2.5", &o, err, sizeof err) == TRIATTN_OK && o.look == INT32_MAX &&
+              o.lookw == 2.5f, "look=all,lookw=2.5: %s", err);
+    CHECK(tri_ta_parse_mode("per_head,look=300", &o, err, sizeof err) == TRIATTN_OK && o.look == 300, "look=300: %s", err);
     const double wt = (double) tu_int(0, 400) / 100.0, wn = (double) tu_int(1, 400) / 100.0;
     char buf[128];
     snprintf(buf, sizeof buf, "global,trig=%g,norm=%g,agg=max", wt, wn);
@@ -649,7 +702,9 @@ static void test_parse_mode(void) {
               o.mode == TRI_TA_PER_LAYER_PER_HEAD && !o.layer_max, "per_layer_per_head,agg=mean");
     const char * bad[] = { "", "per_heads", "per_head,", "per_head,trig", "per_head,trig=", "per_head,trig=x",
                            "per_head,trig=-1", "per_head,trig=nan", "per_head,agg=min", "per_head,foo=1",
-                           "per_head,trig=0,norm=0", "per_head,,agg=max", "per_head,obs=1", "per_head,norm=1e9" };
+                           "per_head,trig=0,norm=0", "per_head,,agg=max", "per_head,obs=1", "per_head,norm=1e9",
+                           "per_head,look=4", "per_head,look=-8", "per_head,look=12.5", "per_head,look=any",
+                           "per_head,lookw=-1", "per_head,look" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
         CHECK(tri_ta_parse_mode(bad[i], &o, err, sizeof err) == TRIATTN_ERR_UNSUPPORTED && strstr(err, "kv_mode"),
@@ -898,6 +953,11 @@ int main(void) {
         test_policy_synthetic("per_head,agg=max", TRI_ROPE_ADJACENT, 0, 64 + (int) (tu_uniform() * 64), 4, 16);
         test_policy_synthetic("global,agg=max,trig=0", TRI_ROPE_HALF, 0, 80, 4, 16);
         test_policy_synthetic("per_layer_per_head,norm=0", TRI_ROPE_ADJACENT, 0, 80, 4, 16);
+        /* look=: the first pass's queries weighted into every (layer, KV head) */
+        snprintf(v, sizeof v, "per_head,look=all,lookw=%g", (double) tu_int(25, 400) / 100.0);
+        test_policy_synthetic(v, TRI_ROPE_HALF, 0, 64 + (int) (tu_uniform() * 64), 4, 16);
+        test_policy_synthetic("per_layer_per_head,look=64", TRI_ROPE_ADJACENT, 0, 80, 4, 16);
+        test_policy_synthetic("global,look=all,agg=max", TRI_ROPE_ADJACENT, 0, 80, 4, 16);
     }
     test_real_model();
     return tu_finish();

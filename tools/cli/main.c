@@ -88,6 +88,8 @@ static void usage(FILE * f) {
         "  --kv-interval N         compress when live slots reach budget + N (default 128)\n"
         "  --kv-window N           most recent tokens never evicted; -1 = policy default (default -1)\n"
         "  --kv-sink N             leading tokens never evicted (default 4)\n"
+        "  --kv-mode MODE          triattention score options: per_head (default), per_layer_per_head, global,\n"
+        "                          then ,trig=X ,norm=X ,agg=max ,look=N|all ,lookw=X (see docs/triattention-engine.md)\n"
         "\n"
         "benchmark (--bench):\n"
         "  -d, --depth LIST        KV depths at which decoding is timed (default 0)\n"
@@ -198,7 +200,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             "-m", "--model", "-p", "--prompt", "-f", "--file", "-n", "--n-predict", "-d", "--depth", "-np", "--parallel", "--system",
             "--chat-format", "--calibration", "--kv-policy", "--stop", "--temp", "--top-p", "--min-p",
             "--repeat-penalty", "--top-k", "--repeat-last-n", "--seed", "-t", "--threads", "-c", "--ctx-size", "-b",
-            "--batch-size", "-ngl", "--n-gpu-layers", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "-r", "--repetitions",
+            "--batch-size", "-ngl", "--n-gpu-layers", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "--kv-mode", "-r", "--repetitions",
         };
         bool known = false;
         for (size_t k = 0; k < sizeof value_opts / sizeof value_opts[0]; k++) {
@@ -224,6 +226,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         else if (!strcmp(o, "--chat-format"))                        { a->chat_format = v; a->chat = true; }
         else if (!strcmp(o, "--calibration"))                        a->calibration = v;
         else if (!strcmp(o, "--kv-policy"))                          a->sp.kv_policy = v;
+        else if (!strcmp(o, "--kv-mode"))                            a->sp.kv_mode = v;
         else if (!strcmp(o, "--stop")) {
             if (a->n_stop >= CLI_MAX_STOP) return usage_error("too many %s options%s", o, "");
             if (!*v) return usage_error("%s needs a non-empty text%s", o, "");

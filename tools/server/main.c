@@ -69,6 +69,8 @@ static void usage(FILE * f) {
         "  --kv-interval N      compress when live slots reach budget + interval (default 128)\n"
         "  --kv-window N        recent tokens never evicted (default: the policy's)\n"
         "  --kv-sink N          leading tokens never evicted (default 4)\n"
+        "  --kv-mode MODE       triattention score options: per_head (default), per_layer_per_head, global, then\n"
+        "                       ,trig=X ,norm=X ,agg=max ,look=N|all ,lookw=X (see docs/triattention-engine.md)\n"
         "  --calibration PATH   sidecar GGUF with triattention.* query centres\n"
         "\n"
         "prompt cache:\n"
@@ -160,6 +162,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { o->model_path = v; continue; }
         if (!strcmp(a, "--chat-format")) { o->chat_format = v; continue; }
         if (!strcmp(a, "--kv-policy")) { o->kv_policy = v; continue; }
+        if (!strcmp(a, "--kv-mode")) { o->kv_mode = v; continue; }
         if (!strcmp(a, "--calibration")) { o->calibration = v; continue; }
         if (!strcmp(a, "--slot-save-path")) { o->slot_save_path = v; continue; }
         fprintf(stderr, "error: unknown option %s (see --help)\n", a);
@@ -339,6 +342,7 @@ int main(int argc, char ** argv) {
     sp.n_ctx = srv->o.ctx_size;
     sp.n_threads = total;  /* one forward step at a time runs every slot's tokens */
     sp.kv_policy = srv->o.kv_policy;
+    sp.kv_mode = srv->o.kv_mode;
     sp.kv_budget = srv->o.kv_budget;
     sp.kv_interval = srv->o.kv_interval;
     sp.kv_window = srv->o.kv_window;

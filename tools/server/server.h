@@ -22,6 +22,7 @@ struct server_opts {
     int          threads;
     int          ctx_size;
     const char * kv_policy;
+    const char * kv_mode;     /* NULL = the library's default */
     int          kv_budget, kv_interval, kv_window, kv_sink;
     int          prefill_chunk;
     const char * calibration;

@@ -8,6 +8,10 @@ context - tail every one of them comes after the first compression. Metrics over
 full attention on the same tokens: mean KL(full ‖ policy) (nats/token), ΔNLL, top-1 agreement, perplexity,
 plus the policy's KV bytes.
 
+With --prompt the text before the tail is one decode call (a long prompt, as a document or a conversation
+is sent), then the tail is teacher-forced the same way: the setting where kv_mode look= (question-aware
+prefill) acts; --kv-mode sets triattention's kv_mode (the label becomes triattention/MODE).
+
     python bench/kl_tail.py -m gemma-3-270m-q4_k_m.gguf --calibration gemma3.tri-stats.gguf \
         --context 4096 --tail 512 --budgets 512,1024 --policies triattention,snapkv -o bench/results/kl_gemma3.csv
 """
@@ -30,7 +34,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: int, threads: int,
-        calibration: str | None) -> tuple[np.ndarray, dict]:
+        calibration: str | None, prompt: bool = False, kv_mode: str | None = None) -> tuple[np.ndarray, dict]:
     """Log-probs (tail, V) of the last `tail` predicting positions (distributions of toks[n-tail..n-1]'s
     successors: positions n-tail-1 .. n-2), and the final KV stats."""
     from pytriattn import Llama
@@ -41,11 +45,16 @@ def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: 
         kw["kv_budget"] = budget
     if calibration:
         kw["calibration"] = calibration
+    if kv_mode:
+        kw["kv_mode"] = kv_mode
     llm = Llama(model, **kw)
     try:
         first_logit = n - 1 - tail  # first predicting position whose distribution is kept
         out = np.empty((tail, llm.n_vocab()), dtype=np.float32)
         a = 0
+        if prompt:
+            llm.decode(toks[:first_logit])
+            a = first_logit
         while a < n - 1:
             st = llm.kv_stats()
             room = interval if budget is None else budget + interval - st["live_max"]
@@ -78,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full-cache", default=None, help=".npy of full attention's tail log-probs (reused when it exists)")
     ap.add_argument("--lp-dir", default=None, help="keep each policy's tail log-probs here as <policy>-<budget>.npy "
                     "and reuse them (so configurations can run as separate processes)")
+    ap.add_argument("--prompt", action="store_true", help="decode the text before the tail as one call (a prompt)")
+    ap.add_argument("--kv-mode", default=None, help="kv_mode of triattention (e.g. per_head,look=256,lookw=3)")
     ap.add_argument("--no-full", action="store_true", help="only compute and keep the policies' log-probs "
                     "(with --lp-dir); metrics come from a later run that has full attention's")
     a = ap.parse_args(argv)
@@ -93,12 +104,17 @@ def main(argv=None) -> int:
         probe.close()
     nxt = np.asarray(toks[a.context - a.tail:], dtype=np.int64)
     rows = np.arange(a.tail)
+    def label(policy: str) -> str:
+        return f"{policy}/{a.kv_mode}" if policy == "triattention" and a.kv_mode else policy
+
     def policy_lp(policy: str, budget: int):
-        path = Path(a.lp_dir) / f"{policy}-{budget}.npy" if a.lp_dir else None
+        tag = label(policy).replace("/", "_").replace(",", "_").replace("=", "") + ("-prompt" if a.prompt else "")
+        path = Path(a.lp_dir) / f"{tag}-{budget}.npy" if a.lp_dir else None
         if path is not None and path.is_file():
-            return np.load(path), None
+            return np.load(path), json.loads(Path(str(path) + ".json").read_text())
         lp, kv = run(a.model, toks, a.tail, policy, budget, a.kv_interval, a.threads,
-                     a.calibration if policy == "triattention" else None)
+                     a.calibration if policy == "triattention" else None, a.prompt,
+                     a.kv_mode if policy == "triattention" else None)
         if path is not None:
             np.save(path, lp)
             Path(str(path) + ".json").write_text(json.dumps(kv))
@@ -126,16 +142,14 @@ def main(argv=None) -> int:
         for budget in budgets:
             t0 = time.time()
             lp, kv = policy_lp(policy, budget)
-            if kv is None:
-                kv = json.loads(Path(a.lp_dir, f"{policy}-{budget}.npy.json").read_text())
             nll = -lp[rows, nxt]
             m = {"ppl": float(np.exp(nll.mean())),
                  "kl": float((pf * (full.astype(np.float64) - lp)).sum(axis=1).mean()),
                  "delta_nll": float(nll.mean() - f_nll.mean()),
                  "top1_agree": float((lp.argmax(axis=1) == full.argmax(axis=1)).mean()),
                  "kv_bytes": kv["kv_bytes"], "n_compressions": kv["n_compressions"]}
-            results.append((policy, budget, m))
-            print(f"{policy} @ {budget}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            results.append((label(policy), budget, m))
+            print(f"{label(policy)} @ {budget}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                        for k, v in m.items()) + f" ({time.time() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
     if a.out:
@@ -146,7 +160,7 @@ def main(argv=None) -> int:
                 w.writerow(["dataset", "context", "model", "method", "budget", "compression", "metric", "value"])
             for policy, budget, m in results:
                 for k, v in m.items():
-                    w.writerow([f"kjv-tail{a.tail}", a.context, Path(a.model).name, policy, budget or "",
+                    w.writerow([f"kjv-tail{a.tail}" + ("-prompt" if a.prompt else ""), a.context, Path(a.model).name, policy, budget or "",
                                 f"{budget / a.context:.4f}" if budget else "", k, v])
     return 0
 

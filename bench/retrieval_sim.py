@@ -31,8 +31,10 @@ Variant suites (--suite, comma list):
              to each (layer, KV head)'s z-scored TriAttention value before the layer mean; beta in --betas.
              Query sources: `full` (the full prefill's queries), `tail` (the last 256 tokens run as a fresh
              sequence, as is: the default model adds no BOS; pre-RoPE queries depend only on relative
-             positions, so rotating them by the true positions is exact for RoPE). `snap only` ranks by
-             the SnapKV signal of the full prefill's queries alone.
+             positions, so rotating them by the true positions is exact for RoPE), `two-pass` (the queries
+             of a first, default `triattention` prefill of the whole prompt at the same budget: an engine
+             could record them, then prefill again); --sources picks them. `snap only` ranks by the SnapKV
+             signal alone.
 
     python bench/retrieval_sim.py --context 2048 --haystack kjv --seed 0 --budget 512,1024 [--check]
     python bench/retrieval_sim.py --context 4096 --haystack code --seed 2 --budget 1024 --suite lookahead
@@ -44,6 +46,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +283,23 @@ def report(d, runs) -> dict:
             "kept_in_last_third": round(float(np.mean(last)), 3), "median_age": int(round(np.mean(age)))}
 
 
-def variants(d, B: int, suites, cache: Path, setup, betas):
+def two_pass_queries(setup, d, B: int, cache: Path) -> np.ndarray:
+    """Pre-RoPE question queries [5, NQ, L, H, F] of a first pass: the default `triattention` prefill of each
+    prompt at budget B (what an engine could record before prefilling the prompt a second time)."""
+    path = cache / f"{d['name']}-twopass-b{B}.npy"
+    if path.is_file():
+        return np.load(path)
+    ctx, hs, seed = d["name"].split("-")
+    llm = setup.llama("triattention", B, int(ctx) + 16)
+    try:
+        q = np.array([last_queries(llm, t[:-NQ], t[-NQ:]) for t, _ in prompts(llm, int(ctx), hs, int(seed))])
+    finally:
+        llm.close()
+    np.save(path, q)
+    return q
+
+
+def variants(d, B: int, suites, cache: Path, setup, betas, sources=("full", "tail")):
     """(suite, name, kwargs per prompt i) for the requested suites."""
     L, Hkv = d["K"].shape[1:3]
     same = lambda kw: (lambda i: kw)  # noqa: E731
@@ -308,14 +327,15 @@ def variants(d, B: int, suites, cache: Path, setup, betas):
         R = int(d["R"])
         omega = float(d["base"]) ** (-np.arange(R // 2) * 2.0 / R)
         pos = np.arange(int(d["P"]) - NQ, int(d["P"]))
-        rot = {src: [rotate(d["Q_" + src][i], pos, omega) for i in range(len(d["spans"]))]
-               for src in ("full", "tail")}
-        for src in ("full", "tail"):
+        rot = {src: [rotate(q, pos, omega) for q in (two_pass_queries(setup, d, B, cache) if src == "two-pass"
+                                                    else d["Q_" + src])] for src in sources}
+        for src in rot:
             for beta in betas:
                 yield "lookahead", f"lookahead {src}, beta={beta:g}", \
                     (lambda i, s=src, b=beta: {"beta": b, "queries": rot[s][i]})
-        yield "lookahead", "snap only (full queries)", \
-            (lambda i: {"beta": 1.0, "trig": 0.0, "norm": 0.0, "queries": rot["full"][i]})
+        for src in rot:
+            yield "lookahead", f"snap only ({src} queries)", \
+                (lambda i, s=src: {"beta": 1.0, "trig": 0.0, "norm": 0.0, "queries": rot[s][i]})
 
 
 def check_engine(setup, d, args, B: int) -> dict:
@@ -400,9 +420,17 @@ def chat_centres(setup, out: Path, n_tokens: int, seed: int = 0) -> dict:
     return {"output": str(out), "conversations": k, "n_tokens": stats["n_tokens"]}
 
 
-def table(path: Path) -> str:
-    """Markdown tables of a results file: one per (context, budget), rows = variants, means over haystacks."""
+def natural(name: str):
+    """Sort key: the default first, then by name with numbers compared as numbers."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?)", name)
+    return (name != "default", [(0, float(x), "") if i % 2 else (1, 0.0, x) for i, x in enumerate(parts)])
+
+
+def table(path: Path, suite: str | None = None) -> str:
+    """Markdown tables of a results file: one per (context, budget), rows = variants (of `suite` and the
+    default), means over haystacks."""
     rows = [json.loads(x) for x in path.read_text().splitlines() if '"variant"' in x]
+    rows = [r for r in rows if suite is None or r.get("suite") == suite or r["variant"] == "default"]
     cells: dict = {}
     for r in rows:
         cells.setdefault((r["context"], r["budget"]), {}).setdefault(r["variant"], []).append(r)
@@ -413,7 +441,7 @@ def table(path: Path) -> str:
         out.append("| variant | kept per depth 0.1 / 0.3 / 0.5 / 0.7 / 0.9 | mean | kept tokens in last third "
                    "| median age |")
         out.append("|---|---|---:|---:|---:|")
-        for name, rs in vs.items():
+        for name, rs in sorted(vs.items(), key=lambda kv: natural(kv[0])):
             s = np.mean([r["survival_by_depth"] for r in rs], axis=0)
             out.append(f"| {name} | {' / '.join(f'{x:.2f}' for x in s)} | {np.mean([r['mean'] for r in rs]):.2f} | "
                        f"{100 * np.mean([r['kept_in_last_third'] for r in rs]):.0f}% | "
@@ -428,19 +456,23 @@ def main() -> None:
     ap.add_argument("--haystack", default="kjv", choices=ev.NEEDLE_HAYSTACKS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", default="512", help="comma list")
-    ap.add_argument("--suite", default="base", help="comma list of base, ref, alloc, calib, lookahead (see above)")
+    ap.add_argument("--suite", default="base", help="comma list of base, ref, alloc, calib, lookahead (see above); "
+                    "with --table one suite or all")
     ap.add_argument("--betas", default="0.5,1,2,4,8", help="lookahead weights, comma list")
     ap.add_argument("--cache", default="bench/out/retrieval-sim",
                     help="folder for the key dumps and the calibration sidecars of the calib suite")
+    ap.add_argument("--sources", default="full,tail", help="lookahead query sources: full, tail, two-pass")
     ap.add_argument("--check", action="store_true", help="also run the engine's policies and compare kept sets")
     ap.add_argument("--make-centres", choices=("chat",), help="write CACHE/chat.tri-stats.gguf and exit "
-                    "(self-generated centres: pytriattn calibrate --self-generate --sidecar -o CACHE/NAME.tri-stats.gguf)")
+                    "(self-generated centres: pytriattn calibrate --self-generate --sidecar "
+                    "-o CACHE/NAME.tri-stats.gguf)")
     ap.add_argument("--tokens", type=int, default=16384, help="tokens for --make-centres")
-    ap.add_argument("--table", type=Path, help="print the markdown tables of this results file and exit")
+    ap.add_argument("--table", type=Path, help="print the markdown tables of this results file (rows of the "
+                    "first --suite and the default) and exit")
     ap.add_argument("-t", "--threads", type=int, default=2)
     args = ap.parse_args()
     if args.table:
-        print(table(args.table))
+        print(table(args.table, None if args.suite == "all" else args.suite.split(",")[0]))
         return
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -451,9 +483,11 @@ def main() -> None:
     suites = set(args.suite.split(","))
     d = dump(setup, args.context, args.haystack, args.seed,
              cache / f"{args.haystack}-{args.context}-s{args.seed}-q.npz")
+    d["name"] = f"{args.context}-{args.haystack}-{args.seed}"
     n = len(d["spans"])
+    betas = [float(x) for x in args.betas.split(",") if x]
     for B in ev.parse_list(args.budget):
-        for suite, name, kw in variants(d, B, suites, cache, setup, ev.parse_list(args.betas, float)):
+        for suite, name, kw in variants(d, B, suites, cache, setup, betas, args.sources.split(",")):
             runs = [simulate(d, i, B=B, **kw(i)) for i in range(n)]
             print(json.dumps({"context": args.context, "haystack": args.haystack, "seed": args.seed, "budget": B,
                               "suite": suite, "variant": name, **report(d, runs)}), flush=True)

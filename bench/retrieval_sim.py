@@ -15,7 +15,7 @@ cheaply; --check runs the engine on the same prompt and prints the Jaccard overl
 
 Variant suites (--suite, comma list):
   base       score variants of the §3 score: trig / norm weights, layer max, offsets, protected window.
-  ref        only the default of `base` (the reference row for the other suites).
+  ref        the default and trig only rows of `base` (the reference rows for the other suites).
   alloc      budgets per unit from the calibration's concentration R (weighted over the dominant
              frequencies: sum_f |E q_f| / sum_f E|q_f|, mean over the unit's query heads): unit u gets
              total * (1 - R_u)^g / sum (1 - R)^g slots, clipped to [B/4, 4B], total over all units unchanged.
@@ -69,6 +69,7 @@ BASE = {
     "kv_window=32": {"window": 32},
     "offsets 2^10..2^16 only": {"offsets": 2.0 ** np.arange(10, 17)},
 }
+REF = ("default", "norm=0 (trig only)")
 GAMMAS = (1.0, 2.0, 4.0, -1.0)
 CHAT_QUESTIONS = ("What is this passage about?", "Summarize the passage in a few sentences.",
                   "Which names or terms appear in the passage, and what does it say about them?",
@@ -304,7 +305,7 @@ def variants(d, B: int, suites, cache: Path, setup, betas, sources=("full", "tai
     L, Hkv = d["K"].shape[1:3]
     same = lambda kw: (lambda i: kw)  # noqa: E731
     if "base" in suites or "ref" in suites:
-        for name, kw in (BASE.items() if "base" in suites else [("default", {})]):
+        for name, kw in (BASE.items() if "base" in suites else [(k, BASE[k]) for k in REF]):
             yield "base", name, same(kw)
     if "alloc" in suites:
         yield "alloc", "per_layer uniform", same({"mode": "per_layer"})
@@ -427,10 +428,10 @@ def natural(name: str):
 
 
 def table(path: Path, suite: str | None = None) -> str:
-    """Markdown tables of a results file: one per (context, budget), rows = variants (of `suite` and the
-    default), means over haystacks."""
+    """Markdown tables of a results file: one per (context, budget), rows = variants (of `suite` and
+    `base`), means over haystacks."""
     rows = [json.loads(x) for x in path.read_text().splitlines() if '"variant"' in x]
-    rows = [r for r in rows if suite is None or r.get("suite") == suite or r["variant"] == "default"]
+    rows = [r for r in rows if suite is None or r.get("suite") in (suite, "base")]
     cells: dict = {}
     for r in rows:
         cells.setdefault((r["context"], r["budget"]), {}).setdefault(r["variant"], []).append(r)
@@ -442,6 +443,8 @@ def table(path: Path, suite: str | None = None) -> str:
                    "| median age |")
         out.append("|---|---|---:|---:|---:|")
         for name, rs in sorted(vs.items(), key=lambda kv: natural(kv[0])):
+            own = sorted(r["haystack"] for r in rs)
+            name += f" ({' + '.join(own)} only)" if own != hs else ""
             s = np.mean([r["survival_by_depth"] for r in rs], axis=0)
             out.append(f"| {name} | {' / '.join(f'{x:.2f}' for x in s)} | {np.mean([r['mean'] for r in rs]):.2f} | "
                        f"{100 * np.mean([r['kept_in_last_third'] for r in rs]):.0f}% | "
@@ -468,7 +471,7 @@ def main() -> None:
                     "-o CACHE/NAME.tri-stats.gguf)")
     ap.add_argument("--tokens", type=int, default=16384, help="tokens for --make-centres")
     ap.add_argument("--table", type=Path, help="print the markdown tables of this results file (rows of the "
-                    "first --suite and the default) and exit")
+                    "first --suite and of base) and exit")
     ap.add_argument("-t", "--threads", type=int, default=2)
     args = ap.parse_args()
     if args.table:

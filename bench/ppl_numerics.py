@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", default=None, help="int32 token file (e.g. from llama-perplexity's ids)")
     ap.add_argument("--text", default=None, help="UTF-8 text tokenized by the engine (default: KJV, 80,000 chars)")
     ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--chunks", type=int, default=4, help="chunks to score (0: none, e.g. with --probe)")
     ap.add_argument("--skip", type=int, default=0, help="start at this chunk (split a run over processes)")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--variants", default="f64,act8+kv16,act8+kv16+gelu16,act8+kv16+attn16,act8+kv16+gelu16+attn16",
@@ -228,7 +228,8 @@ def main(argv=None) -> int:
                     help="also compare the variants' logits pairwise on the first N tokens of the first chunk")
     ap.add_argument("--parity-top2", default=None, help="bench/parity_top2.c built against llama.cpp")
     ap.add_argument("--llama", default="fa0-f16", help="llama.cpp configurations: fa0|fa1-f16|f32, comma-separated")
-    ap.add_argument("--base", default="f64", help="source the others are compared with (default f64)")
+    ap.add_argument("--base", default="f64",
+                    help="sources the others are compared with, comma-separated (default f64)")
     ap.add_argument("-o", "--out", default=None, help="JSON result file")
     ap.add_argument("--npz", default=None, help="also save every source's per-token nll (arrays, one per source)")
     ap.add_argument("--add", action="append", default=[], metavar="FILE|NAME=FILE",
@@ -271,27 +272,30 @@ def main(argv=None) -> int:
             if v.size != per * n:
                 raise SystemExit(f"{path}: {k} has {v.size} values, expected {per * n} ({n} chunks)")
             results[k] = [v[i * per:(i + 1) * per] for i in range(n)]
-    if not a.no_engine:
+    if not a.no_engine and n > 0:
         t0 = time.time()
         results["engine"] = engine_nll(a.model, chunks, first, a.threads)
         note("engine", t0)
-    if a.parity_top2:
+    if a.parity_top2 and n > 0:
         for cfg in [c for c in a.llama.split(",") if c]:
             t0 = time.time()
             results[f"llama.cpp {cfg}"] = llama_nll(a.parity_top2, a.model, tokens, a.ctx, n, a.threads, cfg)
             note(f"llama.cpp {cfg}", t0)
-    for v in [v for v in a.variants.split(",") if v]:
+    for v in [v for v in a.variants.split(",") if v and n > 0]:
         t0 = time.time()
         ref.set_variant(v)
         results[v] = [ref.chunk_nll(c, first) for c in chunks]
         note(v, t0)
 
-    probed = probe(ref, chunks[0][:a.probe], [v for v in a.variants.split(",") if v]) if a.probe else None
-    res = {"model": Path(a.model).name, "ctx": a.ctx, "first_chunk": a.skip, "chunks": n, "tokens_scored": n * (a.ctx - 1 - first),
-           "base": a.base, "sources": summary(results, a.base), "seconds": seconds}
+    probed = None
+    if a.probe:
+        probed = probe(ref, chunks_of(tokens, a.ctx, 1, bos)[0][:a.probe], [v for v in a.variants.split(",") if v])
+    res = {"model": Path(a.model).name, "ctx": a.ctx, "first_chunk": a.skip, "chunks": n, "tokens_scored": n * per,
+           "seconds": seconds, "against": {b: summary(results, b) for b in a.base.split(",") if b in results}}
     if probed:
         res["probe"] = probed
-    print(table(res["sources"], a.base))
+    for b, summ in res["against"].items():
+        print(table(summ, b) + "\n")
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     if a.npz:

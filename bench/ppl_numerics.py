@@ -57,6 +57,25 @@ def gelu_f32(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(k * x * (np.float32(1.0) + np.float32(0.044715) * x * x)))
 
 
+def act8(x: np.ndarray, wtype: str) -> np.ndarray:
+    """x (n, k) as ggml's CPU backend hands it to a matmul with weights of type wtype (a name): 8-bit blocks
+    (Q8_0: 32 values, F16 scale; Q8_K: 256 values, F32 scale), F16 for F16/BF16 weights, as is for F32."""
+    if wtype in ("F16", "BF16"):
+        return f16(x)
+    if wtype == "F32":
+        return x
+    k_quant = wtype not in Q8_0_WEIGHTS
+    b = x.astype(np.float32).reshape(x.shape[0], -1, 256 if k_quant else 32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        iscale = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    q = np.rint(b * iscale)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    if not k_quant:
+        d = d.astype(np.float16)  # block_q8_0 keeps its scale in F16
+    return (q.astype(np.float64) * d.astype(np.float64)).reshape(x.shape)
+
+
 class GgmlEmulation(Reference):
     """tests/reference.py with ggml's CPU roundings as switches (module docstring); all off = float64."""
 
@@ -73,26 +92,10 @@ class GgmlEmulation(Reference):
         self.act8, self.kv16 = "act8" in parts, "kv16" in parts
         self.gelu16, self.attn16 = "gelu16" in parts, "attn16" in parts
 
-    def _round_act(self, x: np.ndarray, wtype: str) -> np.ndarray:
-        if wtype in ("F16", "BF16"):
-            return f16(x)
-        if wtype == "F32":
-            return x
-        k_quant = wtype not in Q8_0_WEIGHTS
-        b = x.astype(np.float32).reshape(x.shape[0], -1, 256 if k_quant else 32)
-        amax = np.abs(b).max(-1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            iscale = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
-        q = np.rint(b * iscale)
-        d = (amax / np.float32(127.0)).astype(np.float32)
-        if not k_quant:
-            d = d.astype(np.float16)  # block_q8_0 keeps its scale in F16
-        return (q.astype(np.float64) * d.astype(np.float64)).reshape(x.shape)
-
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         if not self.act8:
             return super()._linear(x, name)
-        x = self._round_act(x, self._tensors[name].tensor_type.name)
+        x = act8(x, self._tensors[name].tensor_type.name)
         w32 = self._w32.get(name)
         if w32 is None:
             w32 = self._w32[name] = self.w(name).astype(np.float32)

@@ -95,12 +95,23 @@ def build_llamacpp(cache: Path, jobs: int) -> Path:
              "-DLLAMA_CURL=OFF", "-DGGML_CUDA=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
              "-DBUILD_SHARED_LIBS=ON"])
     run(["cmake", "--build", build, "-j", str(jobs), "--target", "llama", *TARGETS])
-    tool = build / "bin" / "parity_top2"
-    c_src = ROOT / "bench" / "parity_top2.c"
-    if not tool.exists() or tool.stat().st_mtime < c_src.stat().st_mtime:
-        run(["cc", "-O2", "-std=c11", "-o", tool, c_src, "-I", src / "include", "-I", src / "ggml" / "include",
-             "-L", build / "bin", "-lllama", "-lggml", "-lggml-base", "-lm", f"-Wl,-rpath,{build / 'bin'}"])
     return build
+
+
+def build_parity_tool(build: Path, dest: Path) -> Path:
+    """bench/parity_top2.c compiled against the llama.cpp build (its sources found in the CMake cache), into
+    dest unless dest is newer than the C file; returns dest."""
+    c_src = ROOT / "bench" / "parity_top2.c"
+    if dest.exists() and dest.stat().st_mtime >= c_src.stat().st_mtime:
+        return dest
+    m = re.search(r"^CMAKE_HOME_DIRECTORY:INTERNAL=(.*)$", (build / "CMakeCache.txt").read_text(), re.M)
+    if not m:
+        raise RuntimeError(f"{build}: no CMAKE_HOME_DIRECTORY in CMakeCache.txt (not a llama.cpp build folder?)")
+    src = Path(m.group(1))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(["cc", "-O2", "-std=c11", "-o", dest, c_src, "-I", src / "include", "-I", src / "ggml" / "include",
+         "-L", build / "bin", "-lllama", "-lggml", "-lggml-base", "-lm", f"-Wl,-rpath,{build / 'bin'}"])
+    return dest
 
 
 # ---- perplexity --------------------------------------------------------------------------------------------
@@ -134,15 +145,14 @@ def llamacpp_ppl(build: Path, model: Path, text: Path, n_ctx: int, n_chunks: int
             "tokens": toks, "seconds": time.time() - t0}
 
 
-def libllama_ppl(build: Path, model: Path, tokens: np.ndarray, n_ctx: int, n_chunk: int, threads: int, fa: str,
+def libllama_ppl(tool: Path, model: Path, tokens: np.ndarray, n_ctx: int, n_chunk: int, threads: int, fa: str,
                  work: Path) -> dict:
     """The same rule through bench/parity_top2.c's `ppl` mode (libllama only, no llama-perplexity)."""
     path = work / "tokens.i32"
     tokens[:n_ctx * n_chunk].astype("<i4").tofile(path)
     t0 = time.time()
-    p = run([build / "bin" / "parity_top2", "ppl", model, path, n_ctx, n_chunk, threads, int(fa == "on")],
-            capture_output=True, text=True)
-    _, s, c = p.stdout.split()
+    p = run([tool, "ppl", model, path, n_ctx, n_chunk, threads, int(fa == "on")], capture_output=True, text=True)
+    _, s, c = p.stdout.splitlines()[-1].split()  # "chunk i sum" lines, then "nll sum count"
     return {"ppl": math.exp(float(s) / int(c)), "n_scored": int(c), "seconds": time.time() - t0}
 
 
@@ -194,8 +204,8 @@ def kjv_text(n_chars: int) -> str:
 
 # ---- greedy ------------------------------------------------------------------------------------------------
 
-def llamacpp_greedy(build: Path, model: Path, prompt: str, n: int, threads: int, fa: bool) -> dict:
-    p = subprocess.run([str(build / "bin" / "parity_top2"), str(model), str(n), str(threads), str(int(fa)),
+def llamacpp_greedy(tool: Path, model: Path, prompt: str, n: int, threads: int, fa: bool) -> dict:
+    p = subprocess.run([str(tool), str(model), str(n), str(threads), str(int(fa)),
                         prompt], capture_output=True, text=True, check=True)
     prompt_ids, steps = None, []
     for line in p.stdout.splitlines():
@@ -219,13 +229,13 @@ def engine_greedy(llm, prompt_ids: list[int], n: int) -> list[tuple]:
     return steps
 
 
-def greedy_report(build: Path, model: Path, n: int, threads: int, fa: bool, eps: float) -> list[dict]:
+def greedy_report(tool: Path, model: Path, n: int, threads: int, fa: bool, eps: float) -> list[dict]:
     from pytriattn import Llama
 
     rows = []
     with Llama(str(model), n_ctx=512, n_threads=threads, kv_policy="full") as llm:
         for prompt in PROMPTS:
-            ref = llamacpp_greedy(build, model, prompt, n, threads, fa)
+            ref = llamacpp_greedy(tool, model, prompt, n, threads, fa)
             ours_ids = llm.tokenize(prompt, add_bos=True, special=True)
             same_prompt = ours_ids == ref["prompt_ids"]
             eng = engine_greedy(llm, ref["prompt_ids"], n)
@@ -284,6 +294,8 @@ def main() -> int:
     build = Path(args.llama_build) if args.llama_build else build_llamacpp(Path(args.cache), args.jobs)
     work = Path(args.cache)
     work.mkdir(parents=True, exist_ok=True)
+    # a given build folder is not written to: the tool then lives in the cache folder
+    tool = build_parity_tool(build, build / "bin" / "parity_top2" if not args.llama_build else work / "parity_top2")
     res = {"model": model.name, "llama_build": str(build), "flash_attn": args.flash_attn}
 
     if not args.skip_ppl:
@@ -298,15 +310,15 @@ def main() -> int:
             ref = llamacpp_ppl(build, model, text_path, args.ctx, args.chunks, args.threads, args.flash_attn, work)
         else:  # a build with libllama only: llama.cpp's own tokenization, the same rule through parity_top2
             log("no llama-perplexity in the build: scoring with parity_top2's ppl mode")
-            toks = np.asarray(llamacpp_greedy(build, model, text, 0, args.threads, False)["prompt_ids"], np.int32)
+            toks = np.asarray(llamacpp_greedy(tool, model, text, 0, args.threads, False)["prompt_ids"], np.int32)
             n_chunk = min(args.chunks, len(toks) // args.ctx)
-            ref = libllama_ppl(build, model, toks, args.ctx, n_chunk, args.threads, args.flash_attn, work)
+            ref = libllama_ppl(tool, model, toks, args.ctx, n_chunk, args.threads, args.flash_attn, work)
             ref.update(ppl_err=float("nan"), n_ctx=args.ctx, n_chunk=n_chunk, tokens=toks)
             res["llamacpp_scorer"] = "parity_top2 ppl"
         tok = tokenization_check(model, text, ref["tokens"])
         eng = engine_ppl(model, ref["tokens"], ref["n_ctx"], ref["n_chunk"], args.threads)
         if args.check_libllama:
-            lib = libllama_ppl(build, model, ref["tokens"], ref["n_ctx"], ref["n_chunk"], args.threads,
+            lib = libllama_ppl(tool, model, ref["tokens"], ref["n_ctx"], ref["n_chunk"], args.threads,
                                args.flash_attn, work)
             res["ppl_libllama"] = lib["ppl"]
         rel = eng["ppl"] / ref["ppl"] - 1.0
@@ -325,7 +337,7 @@ def main() -> int:
               + f" over {tok['compared']} tokens\n")
 
     if not args.skip_greedy:
-        rows = greedy_report(build, model, args.greedy_tokens, args.threads, args.flash_attn == "on", args.tie_eps)
+        rows = greedy_report(tool, model, args.greedy_tokens, args.threads, args.flash_attn == "on", args.tie_eps)
         res["greedy"] = rows
         print(f"## Greedy first divergence ({args.greedy_tokens} tokens, tie: top-2 gap < {args.tie_eps} in both)\n")
         print("| prompt | first divergence | llama.cpp top-2 (id: logit) | pytriattn top-2 (id: logit) | verdict |")

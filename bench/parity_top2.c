@@ -4,10 +4,12 @@
  *     greedy decoding; prints "prompt <ids...>", then per step "step <i> <id1> <logit1> <id2> <logit2>"
  *     (logits with %.9g: they read back bit-exact as float32). The prompt is tokenized with the
  *     vocabulary's own BOS rule and special tokens parsed, as llama-cli does.
- *   parity_top2 ppl MODEL TOKENS.i32 N_CTX N_CHUNK N_THREADS FLASH_ATTN(0/1)
+ *   parity_top2 ppl MODEL TOKENS.i32 N_CTX N_CHUNK N_THREADS FLASH_ATTN(0/1) [KV_TYPE [NLL_OUT]]
  *     llama-perplexity's scoring rule on given token ids (int32 file): chunk i = tokens[i*N_CTX ...], first
  *     token replaced by BOS when the vocabulary adds one, fresh context per chunk, logits at positions
- *     N_CTX/2 .. N_CTX-2 score the next token; prints "nll <sum> <count>" (double). */
+ *     N_CTX/2 .. N_CTX-2 score the next token; prints "chunk <i> <sum>" per chunk, then "nll <sum> <count>"
+ *     (double). KV_TYPE: f16 (llama.cpp's default KV cache) or f32; NLL_OUT: a file that receives every
+ *     scored token's nll, one per line, chunk by chunk. */
 #include "llama.h"
 
 #include <math.h>
@@ -40,8 +42,10 @@ static struct llama_model * load_model(const char * path) {
 }
 
 /* A context of n_ctx tokens, one batch of up to n_ctx, CPU threads, flash attention on or off. */
-static struct llama_context * new_context(struct llama_model * model, uint32_t n_ctx, int n_threads, int fa) {
+static struct llama_context * new_context(struct llama_model * model, uint32_t n_ctx, int n_threads, int fa,
+                                          enum ggml_type kv_type) {
     struct llama_context_params cp = llama_context_default_params();
+    cp.type_k = cp.type_v = kv_type;
     cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx;
     cp.n_threads = cp.n_threads_batch = n_threads;
     cp.flash_attn_type = fa ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -65,9 +69,16 @@ static double log_softmax_at(const float * x, int n, int tok) {
 }
 
 static int ppl_main(int argc, char ** argv) {
-    if (argc != 8) {
-        fprintf(stderr, "usage: %s ppl MODEL TOKENS.i32 N_CTX N_CHUNK N_THREADS FLASH_ATTN\n", argv[0]);
+    if (argc < 8 || argc > 10 || (argc > 8 && strcmp(argv[8], "f16") != 0 && strcmp(argv[8], "f32") != 0)) {
+        fprintf(stderr, "usage: %s ppl MODEL TOKENS.i32 N_CTX N_CHUNK N_THREADS FLASH_ATTN [f16|f32 [NLL_OUT]]\n",
+                argv[0]);
         return 2;
+    }
+    const enum ggml_type kv_type = argc > 8 && strcmp(argv[8], "f32") == 0 ? GGML_TYPE_F32 : GGML_TYPE_F16;
+    FILE * nll_out = NULL;
+    if (argc > 9 && !(nll_out = fopen(argv[9], "w"))) {
+        fprintf(stderr, "cannot write %s\n", argv[9]);
+        return 1;
     }
     const int n_ctx = atoi(argv[4]), n_chunk = atoi(argv[5]);
     FILE * fp = fopen(argv[3], "rb");
@@ -82,7 +93,7 @@ static int ppl_main(int argc, char ** argv) {
     }
     fclose(fp);
     struct llama_model * model = load_model(argv[2]);
-    struct llama_context * ctx = model ? new_context(model, (uint32_t) n_ctx, atoi(argv[6]), atoi(argv[7])) : NULL;
+    struct llama_context * ctx = model ? new_context(model, (uint32_t) n_ctx, atoi(argv[6]), atoi(argv[7]), kv_type) : NULL;
     if (!ctx) {
         return 1;
     }
@@ -110,10 +121,22 @@ static int ppl_main(int argc, char ** argv) {
             fprintf(stderr, "decode failed at chunk %d\n", c);
             return 1;
         }
+        double part = 0.0;
         for (int j = first; j < n_ctx - 1; j++) {
-            nll -= log_softmax_at(llama_get_logits_ith(ctx, j), n_vocab, t[j + 1]);
+            const double e = -log_softmax_at(llama_get_logits_ith(ctx, j), n_vocab, t[j + 1]);
+            if (nll_out) {
+                fprintf(nll_out, "%.17g\n", e);
+            }
+            part += e;
             count++;
         }
+        nll += part;
+        printf("chunk %d %.17g\n", c, part);
+        fflush(stdout);
+    }
+    if (nll_out && fclose(nll_out) != 0) {
+        fprintf(stderr, "cannot write %s\n", argv[9]);
+        return 1;
     }
     printf("nll %.17g %ld\n", nll, count);
     llama_batch_free(batch);
@@ -155,7 +178,7 @@ int main(int argc, char ** argv) {
         return 1;
     }
 
-    struct llama_context * ctx = new_context(model, (uint32_t) (n_tok + n_predict + 16), n_threads, atoi(argv[4]));
+    struct llama_context * ctx = new_context(model, (uint32_t) (n_tok + n_predict + 16), n_threads, atoi(argv[4]), GGML_TYPE_F16);
     if (!ctx) {
         return 1;
     }

@@ -135,6 +135,18 @@ class Reference:
         """How K and V are kept in the cache: exactly (a hook for precision emulation in tests)."""
         return a
 
+    def _q_store(self, q: np.ndarray) -> np.ndarray:
+        """How Q enters the Q.K product: exactly (precision-emulation hook)."""
+        return q
+
+    def _probs_store(self, a: np.ndarray) -> np.ndarray:
+        """How the softmax weights enter the product with V: exactly (precision-emulation hook)."""
+        return a
+
+    def _gelu(self, g: np.ndarray) -> np.ndarray:
+        """GELU in its tanh approximation, exactly (precision-emulation hook)."""
+        return 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+
     def _rope(self, x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray | None = None) -> np.ndarray:
         """x: (n_heads, n_tok, head_dim); rotates the first rope_dim dims of each head by pos."""
         d = self.hp.rope_dim
@@ -183,7 +195,7 @@ class Reference:
         kh = np.repeat(k, group, axis=0)                          # (n_head, n_kv, hd)
         vh = np.repeat(v, group, axis=0)
         scale = hp.attn_scale or 1.0 / np.sqrt(hd)
-        s = q @ kh.transpose(0, 2, 1) * scale                     # (n_head, n, n_kv)
+        s = self._q_store(q * scale) @ kh.transpose(0, 2, 1)      # (n_head, n, n_kv)
         kv_pos = np.arange(n_kv)
         seen = kv_pos[None, None, :] <= pos[None, :, None]
         if window:
@@ -192,7 +204,7 @@ class Reference:
         s = s - s.max(axis=-1, keepdims=True)
         a = np.exp(s)
         a /= a.sum(axis=-1, keepdims=True)
-        o = (a @ vh).transpose(1, 0, 2).reshape(n, hp.n_head * hd)
+        o = (self._probs_store(a) @ vh).transpose(1, 0, 2).reshape(n, hp.n_head * hd)
         return self._linear(o, p + "attn_output.weight")
 
     def _ffn(self, il: int, x: np.ndarray) -> np.ndarray:
@@ -200,7 +212,7 @@ class Reference:
         g = self._linear(x, p + "ffn_gate.weight")
         u = self._linear(x, p + "ffn_up.weight")
         if self.hp.arch == "gemma3":  # GeGLU, GELU in its tanh approximation
-            act = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+            act = self._gelu(g)
         else:                          # SwiGLU
             act = g / (1.0 + np.exp(-g))
         return self._linear(act * u, p + "ffn_down.weight")
@@ -212,6 +224,10 @@ class Reference:
 
     def _forward(self, tokens, cache: _Cache) -> np.ndarray:
         """Appends tokens after cache.n_past; returns their logits (n, n_vocab)."""
+        return self._linear(self._hidden(tokens, cache), self._out)
+
+    def _hidden(self, tokens, cache: _Cache) -> np.ndarray:
+        """Appends tokens after cache.n_past; returns their final normed hidden states (n, n_embd)."""
         hp = self.hp
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 1 or len(tokens) == 0:
@@ -227,8 +243,7 @@ class Reference:
             f = self._ffn(il, self._rmsnorm(x, self.w(p + "ffn_norm.weight")))
             x = x + self._post(il, "post_ffw_norm", f)
         cache.n_past += len(tokens)
-        x = self._rmsnorm(x, self.w("output_norm.weight"))
-        return self._linear(x, self._out)
+        return self._rmsnorm(x, self.w("output_norm.weight"))
 
     # ---- public
 

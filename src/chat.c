@@ -585,10 +585,8 @@ static void render_deepseek(tri_out * o, const struct tri_chat_opts * op, const 
 
 /* ---- entry point --------------------------------------------------------------------------------- */
 
-enum triattn_status tri_chat_apply(const char * tmpl, const char * format, const char * bos_text,
-                                   const struct triattn_chat_message * messages, size_t n_messages,
-                                   bool add_assistant, char * buf, size_t capacity, size_t * n_out,
-                                   char * err, size_t err_size) {
+enum triattn_status tri_chat_begin(char * buf, size_t capacity, size_t * n_out, const void * messages,
+                                   size_t n_messages, char * err, size_t err_size) {
     if (n_out) {
         *n_out = 0;
     }
@@ -597,6 +595,17 @@ enum triattn_status tri_chat_apply(const char * tmpl, const char * format, const
     }
     if ((!buf && capacity > 0) || (!messages && n_messages > 0)) {
         return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "chat: NULL %s", messages ? "buf" : "messages");
+    }
+    return TRIATTN_OK;
+}
+
+enum triattn_status tri_chat_apply(const char * tmpl, const char * format, const char * bos_text,
+                                   const struct triattn_chat_message * messages, size_t n_messages,
+                                   bool add_assistant, char * buf, size_t capacity, size_t * n_out,
+                                   char * err, size_t err_size) {
+    enum triattn_status begin_st = tri_chat_begin(buf, capacity, n_out, messages, n_messages, err, err_size);
+    if (begin_st != TRIATTN_OK) {
+        return begin_st;
     }
     for (size_t i = 0; i < n_messages; i++) {
         const char * r = messages[i].role;

@@ -15,4 +15,9 @@ enum triattn_status tri_chat_apply(const char * tmpl, const char * format, const
                                    bool add_assistant, char * buf, size_t capacity, size_t * n_out,
                                    char * err, size_t err_size);
 
+/* Start of a call rendering n_messages messages into a caller buffer: *n_out = 0 and buf emptied; refuses a NULL
+ * buf with capacity > 0 and NULL messages with n_messages > 0. */
+enum triattn_status tri_chat_begin(char * buf, size_t capacity, size_t * n_out, const void * messages,
+                                   size_t n_messages, char * err, size_t err_size);
+
 #endif

@@ -402,14 +402,9 @@ enum triattn_status tri_chat_apply_tools(const char * tmpl, const char * format,
                                          const struct triattn_chat_tool_message * messages, size_t n_messages,
                                          const struct triattn_tool_options * opts, bool add_assistant, char * buf,
                                          size_t capacity, size_t * n_out, char * err, size_t err_size) {
-    if (n_out) {
-        *n_out = 0;
-    }
-    if (capacity > 0 && buf) {
-        buf[0] = '\0';
-    }
-    if ((!buf && capacity > 0) || (!messages && n_messages > 0)) {
-        return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "chat: NULL %s", messages ? "buf" : "messages");
+    enum triattn_status begin_st = tri_chat_begin(buf, capacity, n_out, messages, n_messages, err, err_size);
+    if (begin_st != TRIATTN_OK) {
+        return begin_st;
     }
     for (size_t i = 0; i < n_messages; i++) {
         if (!messages[i].role) {

@@ -3,6 +3,7 @@
 #ifndef TRI_CHAT_TOOLS_H
 #define TRI_CHAT_TOOLS_H
 
+#include "common.h"
 #include "triattn.h"
 
 /* ---- JSON slices (chat_tools_json.c) ---- */
@@ -12,15 +13,6 @@ typedef struct {
     size_t       n;
 } tri_js;  /* one JSON value's text (or any text) */
 
-typedef struct {
-    char * p;
-    size_t len, cap;
-    bool   oom;
-} tri_gbuf;  /* growable, NUL-terminated output */
-
-void tri_gbuf_put(tri_gbuf * b, const char * s, size_t n);
-void tri_gbuf_str(tri_gbuf * b, const char * s);
-void tri_gbuf_free(tri_gbuf * b);
 /* s[0..n) as a quoted JSON string; invalid UTF-8 bytes become U+FFFD. */
 void tri_gbuf_json_str(tri_gbuf * b, const char * s, size_t n);
 

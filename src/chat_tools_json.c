@@ -1,41 +1,10 @@
 /* The JSON needed by tool calls: a validating scanner over slices of JSON text (no tree is built), a
- * growable output buffer, string escaping and Python-json.dumps-style re-spacing (what chat templates'
+ * string escaping and Python-json.dumps-style re-spacing (what chat templates'
  * `tojson` writes). */
 #include "chat_tools.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- growable output --------------------------------------------------------------------------- */
-
-void tri_gbuf_put(tri_gbuf * b, const char * s, size_t n) {
-    if (b->oom || n == 0) {
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        char * p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p   = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-void tri_gbuf_str(tri_gbuf * b, const char * s) { tri_gbuf_put(b, s, strlen(s)); }
-
-void tri_gbuf_free(tri_gbuf * b) {
-    free(b->p);
-    *b = (tri_gbuf){ 0 };
-}
 
 /* Length of a valid UTF-8 sequence at s (1..4), or 0 when the bytes there are not one. */
 static size_t utf8_len(const unsigned char * s, size_t n) {

@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 enum triattn_status tri_fail(char * err, size_t n, enum triattn_status status, const char * fmt, ...) {
@@ -55,4 +57,37 @@ double tri_time_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double) ts.tv_sec * 1e3 + (double) ts.tv_nsec * 1e-6;
+}
+
+/* ---- growable output --------------------------------------------------------------------------- */
+
+void tri_gbuf_put(tri_gbuf * b, const char * s, size_t n) {
+    if (b->oom || (n == 0 && b->p)) {
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) {
+            cap *= 2;
+        }
+        char * p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p   = p;
+        b->cap = cap;
+    }
+    if (n > 0) {
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+    }
+    b->p[b->len] = '\0';
+}
+
+void tri_gbuf_str(tri_gbuf * b, const char * s) { tri_gbuf_put(b, s, strlen(s)); }
+
+void tri_gbuf_free(tri_gbuf * b) {
+    free(b->p);
+    *b = (tri_gbuf){ 0 };
 }

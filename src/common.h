@@ -5,6 +5,7 @@
 #include "triattn.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -45,6 +46,18 @@ static inline void tri_strbuf_finish(tri_strbuf * b) {
         b->buf[b->len < b->cap ? b->len : b->cap - 1] = '\0';
     }
 }
+
+/* Growable, NUL-terminated output. A put (even of nothing) leaves p pointing at a string unless an
+ * allocation failed, which sets oom and ignores further puts. */
+typedef struct {
+    char * p;
+    size_t len, cap;
+    bool   oom;
+} tri_gbuf;
+
+void tri_gbuf_put(tri_gbuf * b, const char * s, size_t n);
+void tri_gbuf_str(tri_gbuf * b, const char * s);
+void tri_gbuf_free(tri_gbuf * b);
 
 /* Ends a call that writes into a caller buffer: on success the text is terminated and *n_out (when given) is
  * its full length; on failure the buffer is left empty. Returns st. */

@@ -59,34 +59,6 @@ static void jr_ws(jreader * r) {
     }
 }
 
-typedef struct gbuf {
-    char * data;
-    size_t len, cap;
-    bool   oom;
-} gbuf;
-
-static void gb_put(gbuf * b, const char * s, size_t n) {
-    if (b->oom) {
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 32;
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        char * d = realloc(b->data, cap);
-        if (!d) {
-            b->oom = true;
-            return;
-        }
-        b->data = d;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -94,7 +66,7 @@ static int hexval(char c) {
     return -1;
 }
 
-static void put_utf8(gbuf * b, uint32_t cp) {
+static void put_utf8(tri_gbuf * b, uint32_t cp) {
     char u[4];
     size_t n;
     if (cp < 0x80) {
@@ -108,7 +80,7 @@ static void put_utf8(gbuf * b, uint32_t cp) {
         u[0] = (char) (0xF0 | (cp >> 18)); u[1] = (char) (0x80 | ((cp >> 12) & 63));
         u[2] = (char) (0x80 | ((cp >> 6) & 63)); u[3] = (char) (0x80 | (cp & 63)); n = 4;
     }
-    gb_put(b, u, n);
+    tri_gbuf_put(b, u, n);
 }
 
 /* Reads the 4 hex digits after "\u". */
@@ -130,21 +102,21 @@ static bool jr_hex4(jreader * r, uint32_t * cp) {
 }
 
 /* A string after its opening quote; the decoded bytes go to b. */
-static bool jr_string(jreader * r, gbuf * b) {
+static bool jr_string(jreader * r, tri_gbuf * b) {
     for (;;) {
         if (r->p >= r->end) {
             return jr_fail(r, "unterminated string");
         }
         unsigned char c = (unsigned char) *r->p++;
         if (c == '"') {
-            gb_put(b, "", 0);
+            tri_gbuf_put(b, "", 0);
             return !b->oom || jr_fail(r, "out of memory");
         }
         if (c < 0x20) {
             return jr_fail(r, "control character in string");
         }
         if (c != '\\') {
-            gb_put(b, (const char *) &c, 1);
+            tri_gbuf_put(b, (const char *) &c, 1);
             continue;
         }
         if (r->p >= r->end) {
@@ -155,7 +127,7 @@ static bool jr_string(jreader * r, gbuf * b) {
         const char * to = "\"\\/\b\f\n\r\t";
         const char * k = e ? strchr(from, e) : NULL;
         if (k) {
-            gb_put(b, &to[k - from], 1);
+            tri_gbuf_put(b, &to[k - from], 1);
             continue;
         }
         if (e != 'u') {
@@ -215,12 +187,12 @@ static bool jr_members(jreader * r, jv * v, bool object) {
                 return jr_fail(r, "expected a key");
             }
             r->p++;
-            gbuf kb = { 0 };
+            tri_gbuf kb = { 0 };
             if (!jr_string(r, &kb)) {
-                free(kb.data);
+                free(kb.p);
                 return false;
             }
-            v->keys[v->n] = kb.data;
+            v->keys[v->n] = kb.p;
             v->klen[v->n] = kb.len;
             v->n++;
             jr_ws(r);
@@ -296,13 +268,13 @@ static bool jr_value(jreader * r, jv * v) {
     }
     if (c == '"') {
         r->p++;
-        gbuf b = { 0 };
+        tri_gbuf b = { 0 };
         if (!jr_string(r, &b)) {
-            free(b.data);
+            free(b.p);
             return false;
         }
         v->type = JV_STR;
-        v->str = b.data;
+        v->str = b.p;
         v->len = b.len;
         return true;
     }
@@ -320,43 +292,43 @@ static bool jr_value(jreader * r, jv * v) {
 }
 
 /* Compact serialisation: strings escape only '"', '\\' and control characters. */
-static void jv_write(const jv * v, gbuf * b);
+static void jv_write(const jv * v, tri_gbuf * b);
 
-static void write_str(const char * s, size_t n, gbuf * b) {
-    gb_put(b, "\"", 1);
+static void write_str(const char * s, size_t n, tri_gbuf * b) {
+    tri_gbuf_put(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char) s[i];
         char e[8];
         if (c == '"' || c == '\\') {
             e[0] = '\\'; e[1] = (char) c;
-            gb_put(b, e, 2);
+            tri_gbuf_put(b, e, 2);
         } else if (c < 0x20) {
             snprintf(e, sizeof e, "\\u%04x", c);
-            gb_put(b, e, 6);
+            tri_gbuf_put(b, e, 6);
         } else {
-            gb_put(b, (const char *) &c, 1);
+            tri_gbuf_put(b, (const char *) &c, 1);
         }
     }
-    gb_put(b, "\"", 1);
+    tri_gbuf_put(b, "\"", 1);
 }
 
-static void jv_write(const jv * v, gbuf * b) {
+static void jv_write(const jv * v, tri_gbuf * b) {
     switch (v->type) {
-    case JV_NULL: gb_put(b, "null", 4); break;
-    case JV_BOOL: v->b ? gb_put(b, "true", 4) : gb_put(b, "false", 5); break;
-    case JV_NUM: gb_put(b, v->str, v->len); break;
+    case JV_NULL: tri_gbuf_put(b, "null", 4); break;
+    case JV_BOOL: v->b ? tri_gbuf_put(b, "true", 4) : tri_gbuf_put(b, "false", 5); break;
+    case JV_NUM: tri_gbuf_put(b, v->str, v->len); break;
     case JV_STR: write_str(v->str, v->len, b); break;
     default:
-        gb_put(b, v->type == JV_OBJ ? "{" : "[", 1);
+        tri_gbuf_put(b, v->type == JV_OBJ ? "{" : "[", 1);
         for (size_t i = 0; i < v->n; i++) {
-            if (i) gb_put(b, ",", 1);
+            if (i) tri_gbuf_put(b, ",", 1);
             if (v->type == JV_OBJ) {
                 write_str(v->keys[i], v->klen[i], b);
-                gb_put(b, ":", 1);
+                tri_gbuf_put(b, ":", 1);
             }
             jv_write(&v->items[i], b);
         }
-        gb_put(b, v->type == JV_OBJ ? "}" : "]", 1);
+        tri_gbuf_put(b, v->type == JV_OBJ ? "}" : "]", 1);
     }
 }
 
@@ -526,14 +498,14 @@ static bool compile_lits(compiler * c, const jv * o, int32_t id) {
         if (!(jv_types(v) & c->s->nodes[id].types)) {
             continue;
         }
-        gbuf b = { 0 };
+        tri_gbuf b = { 0 };
         jv_write(v, &b);
         if (b.oom) {
-            free(b.data);
+            free(b.p);
             cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
             return false;
         }
-        if (!add_lit(c, b.data, b.len)) return false;
+        if (!add_lit(c, b.p, b.len)) return false;
     }
     tri_schema_node * n = &c->s->nodes[id];
     n->lits.first = first;
@@ -608,14 +580,14 @@ static bool compile_object(compiler * c, const jv * o, int32_t id, int depth) {
     }
     const int32_t first = c->s->n_lits;
     for (int32_t k = 0; k < n_keys; k++) {
-        gbuf b = { 0 };
+        tri_gbuf b = { 0 };
         write_str(names[k], name_len[k], &b);
         if (b.oom) {
-            free(b.data);
+            free(b.p);
             cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
             return false;
         }
-        if (!add_lit(c, b.data, b.len)) return false;
+        if (!add_lit(c, b.p, b.len)) return false;
     }
     if (!sort_lits(c, first, n_keys, perm, "property")) return false;
     tri_schema * s = c->s;
@@ -640,12 +612,12 @@ static bool compile_object(compiler * c, const jv * o, int32_t id, int depth) {
         const char * key = s->lits[first + k];
         for (size_t r = 0; r < n_req; r++) {
             const jv * rv = &req->items[r];
-            gbuf b = { 0 };
+            tri_gbuf b = { 0 };
             write_str(rv->str, rv->len, &b);
-            if (b.data && (int32_t) b.len == s->lit_len[first + k] && memcmp(b.data, key, b.len) == 0) {
+            if (b.p && (int32_t) b.len == s->lit_len[first + k] && memcmp(b.p, key, b.len) == 0) {
                 n->required |= 1ull << k;
             }
-            free(b.data);
+            free(b.p);
         }
     }
     s->n_props += n_keys;

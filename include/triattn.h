@@ -561,7 +561,8 @@ TRIATTN_API enum triattn_status triattn_generate_cached(triattn_session * s, con
 TRIATTN_API void triattn_generate_get_reuse(const triattn_session * s, struct triattn_reuse_info * out);
 
 /* Writes the session's state to path: the token history, the live KV slots with their positions, the
- * policy's schedule state and the last logits, under a header naming the model fingerprint, the policy and
+ * policy's schedule state, the last logits and the policy's own state (the question's queries of kv_mode look=),
+ * under a header naming the model fingerprint, the policy and
  * its parameters, with a 64-bit FNV-1a checksum at the end. A compressing session's file holds budget +
  * interval slots at most, not the context. Policies `full` and `triattention` on the CPU; others and CUDA
  * sessions: TRIATTN_ERR_UNSUPPORTED. TRIATTN_ERR_IO when the file cannot be written. */

@@ -131,6 +131,13 @@ typedef struct tri_kv_policy_ops {
     /* Optional: keeps what the policy needs from the first pass (the query ring); it applies to the rounds after
      * the following clear, until the cache is cleared again. */
     void (*lookahead_capture)(tri_kv_policy * p, const tri_kv_cache * c);
+    /* Optional: state outside the cache that a saved session carries (the question-aware queries).
+     * state_save writes it to dst (NULL: nothing) and returns its size in bytes, at most state_max(p).
+     * state_load checks n bytes of a saved state and, unless check_only, takes them into the policy for the
+     * cache c (just refilled from the same file); false when they cannot be this policy's state. */
+    size_t (*state_save)(const tri_kv_policy * p, const tri_kv_cache * c, void * dst);
+    size_t (*state_max)(const tri_kv_policy * p);
+    bool   (*state_load)(tri_kv_policy * p, const tri_kv_cache * c, const void * src, size_t n, bool check_only);
 } tri_kv_policy_ops;
 
 struct tri_kv_policy {

@@ -464,6 +464,60 @@ static void tri_ta_lookahead_capture(tri_kv_policy * p, const tri_kv_cache * c) 
     st->qa_epoch = c->epoch + 1; /* the session clears the cache once before the second pass */
 }
 
+/* Saved state: i32 n (queries per layer, 0..W), then f32 [L][n][H * D]; only queries of the current epoch. */
+static size_t tri_ta_state_save(const tri_kv_policy * p, const tri_kv_cache * c, void * dst) {
+    const tri_ta_state * st = p->state;
+    if (!st || !st->qa) {
+        return 0;
+    }
+    const int32_t nq = st->qa_epoch == c->epoch ? st->qa_n : 0;
+    const size_t row = (size_t) st->H * st->D, layer = sizeof(float) * (size_t) nq * row;
+    if (dst) {
+        memcpy(dst, &nq, sizeof nq);
+        for (int il = 0; il < st->L; il++) {
+            memcpy((char *) dst + sizeof nq + il * layer, st->qa + (size_t) il * TRI_SNAPKV_WINDOW * row, layer);
+        }
+    }
+    return sizeof nq + st->L * layer;
+}
+
+static size_t tri_ta_state_max(const tri_kv_policy * p) {
+    const tri_ta_state * st = p->state;
+    return st && st->qa ? sizeof(int32_t) + sizeof(float) * (size_t) st->L * TRI_SNAPKV_WINDOW * st->H * st->D : 0;
+}
+
+static bool tri_ta_state_load(tri_kv_policy * p, const tri_kv_cache * c, const void * src, size_t n, bool check_only) {
+    tri_ta_state * st = p->state;
+    int32_t nq = 0;
+    if (n > 0) {
+        if (!st || !st->qa || n < sizeof nq) {
+            return false;
+        }
+        memcpy(&nq, src, sizeof nq);
+    }
+    const size_t row = n > 0 ? (size_t) st->H * st->D : 0;
+    if (nq < 0 || nq > TRI_SNAPKV_WINDOW || (n > 0 && n != sizeof nq + sizeof(float) * (size_t) st->L * nq * row)) {
+        return false;
+    }
+    const float * q = (const float *) ((const char *) src + sizeof nq);
+    for (size_t i = 0; n > 0 && i < (size_t) st->L * nq * row; i++) {
+        float v;
+        memcpy(&v, q + i, sizeof v);
+        if (!isfinite(v)) {
+            return false;
+        }
+    }
+    if (check_only || !st) {
+        return true;
+    }
+    for (int il = 0; il < st->L && nq > 0; il++) {
+        memcpy(st->qa + (size_t) il * TRI_SNAPKV_WINDOW * row, q + (size_t) il * nq * row, sizeof(float) * nq * row);
+    }
+    st->qa_n = nq;
+    st->qa_epoch = c->epoch;
+    return true;
+}
+
 const tri_kv_policy_ops tri_kv_policy_triattention = {
     .name              = "triattention",
     .capacity          = tri_kv_slack_capacity,
@@ -473,6 +527,9 @@ const tri_kv_policy_ops tri_kv_policy_triattention = {
     .free              = tri_ta_free,
     .lookahead_tokens  = tri_ta_lookahead_tokens,
     .lookahead_capture = tri_ta_lookahead_capture,
+    .state_save        = tri_ta_state_save,
+    .state_max         = tri_ta_state_max,
+    .state_load        = tri_ta_state_load,
 };
 
 enum triattn_status tri_triattn_last_scores(const tri_kv_policy * p, int il, int h, int32_t * pos, float * raw,

@@ -7,8 +7,10 @@
  *           i32 n_past, n_prompt, last_compress_pos, n_logits (0 or 1), i64 n_compressions, n_evicted
  *   body    i32 tokens[n_past], i32 n_live[n_layer * n_head_kv],
  *           per (layer, KV head): i32 pos[n_live], f16 K[n_live][head_dim], f16 V[n_live][head_dim],
- *           f32 logits[n_vocab] when n_logits = 1
- *   footer  u64 FNV-1a 64 of every byte before it */
+ *           f32 logits[n_vocab] when n_logits = 1,
+ *           u32 n_policy, the policy's own state[n_policy] (version 2; the question-aware queries)
+ *   footer  u64 FNV-1a 64 of every byte before it
+ * Version 1 files (no policy state) still load. */
 #include "backend.h"
 #include "common.h"
 #include "model.h"
@@ -21,7 +23,7 @@
 #include <sys/stat.h>
 
 #define TRI_STATE_MAGIC   "TRIATTNS"
-#define TRI_STATE_VERSION 1u
+#define TRI_STATE_VERSION 2u
 
 typedef struct tri_state_header {
     char     magic[8];
@@ -159,6 +161,18 @@ enum triattn_status triattn_session_save(triattn_session * s, const char * path)
     if (h.n_logits) {
         tri_put(&w, triattn_session_logits(s, -1), sizeof(float) * (size_t) h.n_vocab);
     }
+    const tri_kv_policy_ops * ops = s->policy.ops;
+    const size_t pol_n = ops->state_save ? ops->state_save(&s->policy, c, NULL) : 0;
+    void * pol = pol_n ? malloc(pol_n) : NULL;
+    if (pol_n && !pol) {
+        w.ok = false;
+    } else if (pol_n) {
+        ops->state_save(&s->policy, c, pol);
+    }
+    const uint32_t pol_n32 = (uint32_t) pol_n;
+    tri_put(&w, &pol_n32, sizeof pol_n32);
+    tri_put(&w, pol, pol_n);
+    free(pol);
     const uint64_t sum = w.hash;
     tri_put(&w, &sum, sizeof sum);
     const bool ok = w.ok && fclose(w.f) == 0;
@@ -311,6 +325,19 @@ static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader 
     if (h->n_logits && !tri_take(r, sizeof(float) * (size_t) h->n_vocab, &logits)) {
         return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (logits)", path);
     }
+    if (h->version >= 2) {
+        const tri_kv_policy_ops * ops = s->policy.ops;
+        uint32_t pol_n;
+        const void * pol;
+        if (!tri_get(r, &pol_n, sizeof pol_n) || !tri_take(r, pol_n, &pol)) {
+            return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (policy state)", path);
+        }
+        if (pol_n > 0 && (!ops->state_load || !ops->state_load(&s->policy, c, pol, pol_n, true))) {
+            return tri_session_fail(s, TRIATTN_ERR_FORMAT,
+                                    "session_load: '%s': %u bytes of policy state that '%s' (%s) cannot hold", path,
+                                    pol_n, s->policy_name, s->mode_name);
+        }
+    }
     if (r->off != r->n) {
         return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has %zu bytes after the state", path,
                                 r->n - r->off);
@@ -334,6 +361,11 @@ static void tri_state_apply(triattn_session * s, tri_reader * r, const tri_state
     }
     if (h->n_logits) {
         tri_get(r, s->fwd.logits, sizeof(float) * (size_t) h->n_vocab);
+    }
+    uint32_t pol_n = 0;
+    const void * pol = NULL;
+    if (h->version >= 2 && tri_get(r, &pol_n, sizeof pol_n) && tri_take(r, pol_n, &pol) && s->policy.ops->state_load) {
+        s->policy.ops->state_load(&s->policy, c, pol, pol_n, false); /* checked by tri_state_check_body */
     }
     for (int32_t i = 0; i < h->n_past; i++) {
         tri_sampler_accept(s->sampler, s->hist[i]);
@@ -372,7 +404,8 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     const tri_kv_cache * c = &s->kv;
     const uint64_t max = TRI_STATE_HEADER_BYTES + 4ull * s->params.n_ctx + 4ull * c->n_layer * c->n_head_kv +
                          (uint64_t) c->n_layer * c->n_head_kv * c->cap_max * (4ull + 4ull * c->head_dim) +
-                         4ull * s->model->hp.n_vocab + 8;
+                         4ull * s->model->hp.n_vocab + 4 +
+                         (s->policy.ops->state_max ? s->policy.ops->state_max(&s->policy) : 0) + 8;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         fclose(f);
@@ -402,8 +435,8 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
         st = tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot read '%s'", path);
     } else if (!tri_state_get_header(&r, &h) || memcmp(h.magic, TRI_STATE_MAGIC, 8) != 0) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is not a pytriattn session file", path);
-    } else if (h.version != TRI_STATE_VERSION) {
-        st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has format version %u, this library reads %u",
+    } else if (h.version < 1 || h.version > TRI_STATE_VERSION) {
+        st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has format version %u, this library reads 1..%u",
                               path, h.version, TRI_STATE_VERSION);
     } else if (tri_fnv1a(TRI_FNV_OFFSET, buf, (size_t) size - 8) != sum) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT,

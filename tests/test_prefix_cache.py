@@ -233,3 +233,32 @@ def test_server_slot_save_needs_path(server_factory):
     s = server_factory("--parallel", "1")
     st, raw = s.request("POST", "/slots/0?action=save", {"filename": "x.state"})
     assert st == 501 and b"slot-save-path" in raw
+
+
+def _fnv1a64(data: bytes) -> int:
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_version_1_state_loads(default_model, tmp_path):
+    """Files of format version 1 (no policy-state section) still load: the same file rewritten as version 1
+    gives the same continuation."""
+    llm = _llama(default_model, "full")
+    prompt = llm.tokenize(_sentences(3))
+    llm.decode(prompt)
+    path = tmp_path / "s.state"
+    llm.save_state(path)
+    raw = path.read_bytes()
+    assert raw[:8] == b"TRIATTNS" and int.from_bytes(raw[8:12], "little") == 2
+    assert raw[-12:-8] == b"\0\0\0\0"            # a full cache keeps no policy state: n_policy = 0
+    body = raw[:8] + (1).to_bytes(4, "little") + raw[12:-12]
+    v1 = tmp_path / "v1.state"
+    v1.write_bytes(body + _fnv1a64(body).to_bytes(8, "little"))
+    other = _llama(default_model, "full")
+    other.load_state(v1)
+    assert other.session_tokens() == llm.session_tokens()
+    assert np.array_equal(other.last_logits(), llm.last_logits())
+    for x in (llm, other):
+        x.close()

@@ -21,8 +21,13 @@ static struct triattn_model_info g_info;
 static char g_dir[256];
 
 /* A session with a random n_batch: chunking must not matter. */
+static triattn_session * session_mode(triattn_model * m, const char * policy, const char * mode, int budget, int interval) {
+    /* with a mode the protected window is short, so the score (and the question's queries) decide what stays */
+    return tu_session_mode(m, policy, mode, mode ? 16 : -1, budget, interval, 1024, (int) tu_int(24, 96));
+}
+
 static triattn_session * session_of(triattn_model * m, const char * policy, int budget, int interval) {
-    return tu_session(m, policy, budget, interval, 1024, (int) tu_int(24, 96));
+    return session_mode(m, policy, NULL, budget, interval);
 }
 
 static void random_tokens(triattn_token * t, int n) {
@@ -211,16 +216,23 @@ static bool write_file(const char * path, const unsigned char * data, long n) {
 }
 
 /* A loaded session must behave exactly as the saved one: greedy continuation, logits, positions. */
-static void test_save_load(triattn_model * m, const char * policy, int budget, int interval, const char * other) {
+/* mode: a kv_mode whose policy keeps state outside the cache (look=: the question's queries, learnt from one
+ * long first call, so the prompt goes in whole); NULL = the default, prompt in random pieces. */
+static void test_save_load(triattn_model * m, const char * policy, const char * mode, int budget, int interval,
+                           const char * other) {
     static triattn_token t[MAXT];
     const int n = strcmp(policy, "full") == 0 ? (int) tu_int(100, MAXT - 60)
                                               : (int) tu_int(budget + interval + 10, MAXT - 60);
     random_tokens(t, n);
-    triattn_session * a = session_of(m, policy, budget, interval);
+    triattn_session * a = session_mode(m, policy, mode, budget, interval);
     if (!a) {
         return;
     }
-    decode_split(a, t, n);
+    if (mode) {
+        CHECK(triattn_session_decode(a, t, n, false) == TRIATTN_OK, "%s: %s", mode, triattn_session_last_error(a));
+    } else {
+        decode_split(a, t, n);
+    }
     char path[512], bad[512];
     snprintf(path, sizeof path, "%s/%s.state", g_dir, policy);
     snprintf(bad, sizeof bad, "%s/%s.bad", g_dir, policy);
@@ -228,11 +240,12 @@ static void test_save_load(triattn_model * m, const char * policy, int budget, i
     const long size = file_size(path);
     const long per_slot = 4 + 4L * g_info.head_dim;
     const long slots = strcmp(policy, "full") == 0 ? n : budget + interval;
-    CHECK(size > 0 && size <= 4096 + 4L * n + (long) g_info.n_vocab * 4 +
+    const long queries = mode ? 8L * g_info.n_layer * g_info.n_head * g_info.head_dim * 4 : 0; /* look=: [L][8][H*D] */
+    CHECK(size > 0 && size <= 4096 + 4L * n + (long) g_info.n_vocab * 4 + queries +
                                   (long) g_info.n_layer * g_info.n_head_kv * (4 + slots * per_slot),
           "%s: state file of %ld bytes for %d tokens", policy, size, n);
 
-    triattn_session * c = session_of(m, policy, budget, interval);
+    triattn_session * c = session_mode(m, policy, mode, budget, interval);
     if (!c) {
         return;
     }
@@ -324,9 +337,10 @@ int main(void) {
     if (tu_inject_random_centres(m)) {
         test_reuse(m, "triattention", 64, 16);
         test_rollback_rounds(m, 64, 16);
-        test_save_load(m, "triattention", 64, 16, "full");
+        test_save_load(m, "triattention", NULL, 64, 16, "full");
+        test_save_load(m, "triattention", "per_head,look=48,lookw=16", 64, 16, "full");
     }
-    test_save_load(m, "full", 2048, 128, "triattention");
+    test_save_load(m, "full", NULL, 2048, 128, "triattention");
     rmdir(g_dir);
     triattn_model_free(m);
     return tu_finish();

@@ -183,10 +183,15 @@ static inline triattn_model * tu_load_default_model(const char * what) {
 
 /* A CPU session of m with the given KV policy, budget and interval (n_batch 0: the default). A failed check,
  * NULL, when the session cannot be created. */
-static inline triattn_session * tu_session(triattn_model * m, const char * policy, int budget, int interval,
-                                           int n_ctx, int n_batch) {
+/* kv_mode NULL and window -1: the defaults. */
+static inline triattn_session * tu_session_mode(triattn_model * m, const char * policy, const char * kv_mode,
+                                                int window, int budget, int interval, int n_ctx, int n_batch) {
     struct triattn_session_params sp;
     triattn_session_params_init(&sp);
+    if (kv_mode) {
+        sp.kv_mode = kv_mode;
+    }
+    sp.kv_window = window;
     sp.n_ctx = n_ctx;
     sp.n_threads = 2;
     if (n_batch > 0) {
@@ -202,6 +207,11 @@ static inline triattn_session * tu_session(triattn_model * m, const char * polic
         return NULL;
     }
     return s;
+}
+
+static inline triattn_session * tu_session(triattn_model * m, const char * policy, int budget, int interval,
+                                           int n_ctx, int n_batch) {
+    return tu_session_mode(m, policy, NULL, -1, budget, interval, n_ctx, n_batch);
 }
 #endif
 

@@ -4,7 +4,8 @@ Tiny random-weight GGUFs (fresh weights every run; the seed is printed on failur
 TRIATTN_TEST_SEED) cover llama / qwen2 / qwen3 / gemma3 (sliding windows shorter than the prompt), every weight type the writer can produce, GQA and MHA,
 head_dim 64 and 128, tied and untied output and Llama-3.1 rope_freqs. At every position of the prompt
 the engine's top-1 token must equal the reference's and the cosine similarity of the logits must be
->= 0.999. The random prompts are drawn so that the reference's top-1 leads its runner-up by
+>= 0.999; a rare row below that (a rounding tail) passes only if its rms logit error is within
+TINY_ERR_RATIO of reference.Q8Emulation's on the same row. The random prompts are drawn so that the reference's top-1 leads its runner-up by
 max(PROMPT_MARGIN, PROMPT_REL_MARGIN x the row's logit std) at every position (logit std is ~8 for most
 configurations, ~20 for some head_dim-128 ones): the 8-bit activation rounding of a correct engine moves
 logits by well under that (see test_tinymodels.py::test_emulated_engine_rounding_*),
@@ -36,6 +37,8 @@ BASE_SEED = int(os.environ.get("TRIATTN_TEST_SEED", time.time_ns() % 2**31))
 PROMPT_MARGIN = 1.5    # reference top-1 lead at every position of the tiny-model prompts, in logits ...
 PROMPT_REL_MARGIN = 0.2  # ... and in units of the row's logit std, whichever is larger
 MIN_COS = 0.999
+TINY_ERR_RATIO = 2.0   # a tiny-model row below MIN_COS still passes when its rms logit error is at most this
+                       # times the emulated 8-bit engine's on the same row (rounding tails, ~1 row in 1,000)
 REAL_TIE_TOL = 0.4     # real model: a top-1 within this many logits of the reference's counts as a tie
                        # (8-bit activations move single logits of this model by 0.2-0.5 rms at worst)
 REAL_MIN_COS = 0.98    # real model, every position (see the module docstring)
@@ -100,8 +103,17 @@ def _tiny(tmp_path, name, arch, kw):
     return path, Reference(path)
 
 
-def _check(ref_rows, eng_rows, name, what, tie_tol=0.0, min_cos=MIN_COS):
-    bad, ties = compare_logits(ref_rows, eng_rows, min_cos=min_cos, tie_tol=tie_tol)
+def _row_rms(a, b):
+    return np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2, axis=1))
+
+
+def _check(ref_rows, eng_rows, name, what, tie_tol=0.0, min_cos=MIN_COS, emu=None):
+    """emu: a callable giving reference.Q8Emulation's logits for the same rows, built only when a row misses
+    min_cos; such a row passes if its rms error is within TINY_ERR_RATIO of the emulation's."""
+    excused = None
+    if emu is not None and (cosine_rows(ref_rows, eng_rows) < min_cos).any():
+        excused = _row_rms(eng_rows, ref_rows) <= TINY_ERR_RATIO * _row_rms(emu(), ref_rows)
+    bad, ties = compare_logits(ref_rows, eng_rows, min_cos=min_cos, tie_tol=tie_tol, cos_excused=excused)
     assert not bad, f"{what} {ctx(name)}:\n  " + "\n  ".join(bad[:12])
     return ties
 
@@ -130,7 +142,7 @@ def test_tiny_prefill_matches_reference(tmp_path, Llama, name, arch, kw):
     try:
         got = llm.eval(toks)
         assert got.shape == want.shape and got.dtype == np.float32
-        _check(want, got, name, "prefill of 24 tokens")
+        _check(want, got, name, "prefill of 24 tokens", emu=lambda: Q8Emulation(path).logits(toks))
         # reset really forgets: the same prompt again gives the same logits
         llm.reset()
         again = llm.eval(toks)
@@ -158,15 +170,21 @@ def test_tiny_chunked_prefill_and_decode(tmp_path, Llama, name, arch, kw):
     toks = ref.pick_prompt(n, np.random.default_rng(seed_for(name) + 1), PROMPT_MARGIN, PROMPT_REL_MARGIN)
     want = ref.logits(toks)
     llm = Llama(str(path), n_ctx=128, n_threads=N_THREADS, n_batch=n_batch, kv_policy="full")
+    emu_rows = []
+
+    def emu():
+        if not emu_rows:
+            emu_rows.append(Q8Emulation(path).logits(toks))
+        return emu_rows[0]
     try:
         # 40 tokens in chunks of 16 (positions continue across chunks)
         chunked = llm.eval(toks)
-        _check(want, chunked, name, f"prefill of {n} tokens in chunks of {n_batch}")
+        _check(want, chunked, name, f"prefill of {n} tokens in chunks of {n_batch}", emu=emu)
 
         # one token at a time == prefill
         llm.reset()
         single = np.stack([llm.eval([t])[0] for t in toks])
-        _check(want, single, name, "decode one token at a time")
+        _check(want, single, name, "decode one token at a time", emu=emu)
         # batching never changes results: same kernels' summation order, fixed attention chunks
         assert np.array_equal(single, chunked), (
             f"decode vs prefill differ by {_engine_close(single, chunked, want):.4f} x logit std {ctx(name)}")
@@ -186,7 +204,8 @@ def test_tiny_chunked_prefill_and_decode(tmp_path, Llama, name, arch, kw):
         assert lib.triattn_session_n_past(llm._s()) == n
         last = np.frombuffer(ffi.buffer(lib.triattn_session_logits(llm._s(), -1), 4 * want.shape[1]),
                              dtype=np.float32).copy()
-        _check(want[-1:], last[None], name, "internally chunked prefill, last position")
+        _check(want[-1:], last[None], name, "internally chunked prefill, last position",
+               emu=lambda: emu()[-1:])
         assert np.array_equal(last, chunked[-1]), (
             f"internal vs Python-side chunking differ by {_engine_close(last[None], chunked[-1:], want[-1:]):.4f} "
             f"x logit std {ctx(name)}")

@@ -48,10 +48,9 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 TARGETS = ("llama-perplexity", "llama-tokenize")
 O0_MARK = "# pytriattn parity build: graph-building code at -O0"
 
-CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-PROMPTS = [
-    CHAT,
-    "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
+# chat prompts are rendered with the model's own chat format (user turn + generation prompt)
+CHAT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
+TEXT_PROMPTS = [
     "def fibonacci(n):",
     "The first law of thermodynamics states that",
     "1, 2, 3, 4, 5,",
@@ -197,7 +196,7 @@ def tokenization_check(model: Path, text: str, want: np.ndarray) -> dict:
 
 
 def kjv_text(n_chars: int) -> str:
-    sys.path.insert(0, str(ROOT / "python"))
+    sys.path.append(str(ROOT / "python"))  # an installed pytriattn comes first
     from pytriattn.eval import kjv_text as full
     return full()[:n_chars]
 
@@ -234,7 +233,12 @@ def greedy_report(tool: Path, model: Path, n: int, threads: int, fa: bool, eps: 
 
     rows = []
     with Llama(str(model), n_ctx=512, n_threads=threads, kv_policy="full") as llm:
-        for prompt in PROMPTS:
+        # a BOS written by a template is left to both tokenizers' BOS rule when the vocabulary adds one
+        adds_bos = llm.tokenize("a", add_bos=True) != llm.tokenize("a", add_bos=False)
+        bos = llm.token_to_piece(llm.token_bos(), special=True).decode() if adds_bos else ""
+        chats = [llm.apply_chat_template([{"role": "user", "content": q}]) for q in CHAT_PROMPTS]
+        chats = [c[len(bos):] if bos and c.startswith(bos) else c for c in chats]
+        for prompt in chats + TEXT_PROMPTS:
             ref = llamacpp_greedy(tool, model, prompt, n, threads, fa)
             ours_ids = llm.tokenize(prompt, add_bos=True, special=True)
             same_prompt = ours_ids == ref["prompt_ids"]
@@ -286,7 +290,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the results as JSON")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(ROOT / "python"))
+    sys.path.append(str(ROOT / "python"))  # an installed pytriattn comes first
     if args.model is None:
         from pytriattn._fetch import ensure_default_model
         args.model = str(ensure_default_model(progress=False))

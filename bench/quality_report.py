@@ -102,7 +102,7 @@ def main():
     if bch:
         import sys
         from pathlib import Path
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+        sys.path.append(str(Path(__file__).resolve().parent.parent / "python"))  # an installed pytriattn comes first
         from pytriattn.bench import bench_table
 
         class R:

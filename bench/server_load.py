@@ -36,13 +36,13 @@ def server_binary() -> str:
     for p in (ROOT / "build" / "triattn-server", ROOT / "build" / "ctest" / "triattn-server"):
         if p.exists():
             return str(p)
-    sys.path.insert(0, str(ROOT / "python"))
+    sys.path.append(str(ROOT / "python"))  # an installed pytriattn comes first
     from pytriattn import _lib  # noqa: E402
     return str(Path(_lib.library_path()).parent / "triattn-server")
 
 
 def default_model() -> str:
-    sys.path.insert(0, str(ROOT / "python"))
+    sys.path.append(str(ROOT / "python"))  # an installed pytriattn comes first
     from pytriattn._fetch import ensure_default_model  # noqa: E402
     return str(ensure_default_model())
 

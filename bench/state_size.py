@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
+sys.path.append(str(ROOT / "python"))  # an installed pytriattn comes first
 
 from pytriattn import Llama  # noqa: E402
 from pytriattn._fetch import ensure_default_model  # noqa: E402

@@ -136,10 +136,16 @@ def test_chat_keeps_history_and_resets(default_model):
     assert "Zorblax" in p.stdout.split("\n", 1)[1] or "Zorblax" in p.stdout, p.stdout
 
 
+def _sigint_default() -> None:
+    """A job started in the background without job control inherits SIGINT ignored (and Python then
+    never raises KeyboardInterrupt); a user at a terminal has the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_chat_ctrl_c_stops_a_reply_not_the_session(default_model):
     proc = subprocess.Popen([sys.executable, "-m", "pytriattn", "chat", "-m", str(default_model), "--temp", "0",
                              "-n", "300", "--ctx", "2048"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1)
+                            stderr=subprocess.PIPE, text=True, bufsize=1, preexec_fn=_sigint_default)
     try:
         proc.stdin.write("Write a very long story about a dragon, with many chapters.\n")
         proc.stdin.flush()

@@ -34,7 +34,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: int, threads: int,
-        calibration: str | None, prompt: bool = False, kv_mode: str | None = None) -> tuple[np.ndarray, dict]:
+        calibration: str | None, prompt: bool = False, kv_mode: str | None = None,
+        kv_window: int | None = None) -> tuple[np.ndarray, dict]:
     """Log-probs (tail, V) of the last `tail` predicting positions (distributions of toks[n-tail..n-1]'s
     successors: positions n-tail-1 .. n-2), and the final KV stats."""
     from pytriattn import Llama
@@ -47,6 +48,8 @@ def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: 
         kw["calibration"] = calibration
     if kv_mode:
         kw["kv_mode"] = kv_mode
+    if kv_window is not None:
+        kw["kv_window"] = kv_window
     llm = Llama(model, **kw)
     try:
         first_logit = n - 1 - tail  # first predicting position whose distribution is kept
@@ -89,6 +92,8 @@ def main(argv=None) -> int:
                     "and reuse them (so configurations can run as separate processes)")
     ap.add_argument("--prompt", action="store_true", help="decode the text before the tail as one call (a prompt)")
     ap.add_argument("--kv-mode", default=None, help="kv_mode of triattention (e.g. per_head,look=256,lookw=3)")
+    ap.add_argument("--kv-window", type=int, default=None,
+                    help="protected recent window of every policy (default: each policy's own)")
     ap.add_argument("--no-full", action="store_true", help="only compute and keep the policies' log-probs "
                     "(with --lp-dir); metrics come from a later run that has full attention's")
     a = ap.parse_args(argv)
@@ -105,7 +110,8 @@ def main(argv=None) -> int:
     nxt = np.asarray(toks[a.context - a.tail:], dtype=np.int64)
     rows = np.arange(a.tail)
     def label(policy: str) -> str:
-        return f"{policy}/{a.kv_mode}" if policy == "triattention" and a.kv_mode else policy
+        name = f"{policy}/{a.kv_mode}" if policy == "triattention" and a.kv_mode else policy
+        return name if a.kv_window is None else f"{name}/w{a.kv_window}"
 
     def policy_lp(policy: str, budget: int):
         tag = label(policy).replace("/", "_").replace(",", "_").replace("=", "") + ("-prompt" if a.prompt else "")
@@ -114,7 +120,7 @@ def main(argv=None) -> int:
             return np.load(path), json.loads(Path(str(path) + ".json").read_text())
         lp, kv = run(a.model, toks, a.tail, policy, budget, a.kv_interval, a.threads,
                      a.calibration if policy == "triattention" else None, a.prompt,
-                     a.kv_mode if policy == "triattention" else None)
+                     a.kv_mode if policy == "triattention" else None, a.kv_window)
         if path is not None:
             np.save(path, lp)
             Path(str(path) + ".json").write_text(json.dumps(kv))

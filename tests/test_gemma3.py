@@ -3,7 +3,8 @@
 Correctness of every Gemma 3 block is tested on tiny random models against the float64 reference
 (test_forward.py); here the real file: its tensor types load, greedy text is the obvious continuation,
 batching does not change what a prompt longer than the sliding window computes, sliding-window layers hold
-no more than window + n_batch slots, and TriAttention compresses only the global layers.
+no more than window + n_batch slots, and TriAttention compresses only the global layers, scoring them as
+the float64 formula does with the global RoPE base.
 """
 from __future__ import annotations
 
@@ -92,6 +93,70 @@ def test_gemma3_triattention_compresses_global_layers_only(gemma3_model, Llama, 
                 assert len(held) <= 256 + 64, (il, len(held))
             else:
                 assert held[0] > len(toks) - 1 - 512 - 128 and len(held) >= 512, (il, len(held))
+    finally:
+        llm.close()
+
+
+def test_gemma3_global_layer_scores_match_float64_oracle(gemma3_model, Llama, tmp_path):
+    """On the real model, the TriAttention scores of the global layers (RoPE base 1e6) equal the float64
+    per-offset formula on the engine's own keys, the local layers are not scored, and the kept tokens are
+    numpy's §4 selection (z-score, max over the 4 query heads, mean over the 3 global layers)."""
+    from test_triattention import kv_keys, kv_positions, model_centres, oracle_scores, pairs_of, write_sidecar
+
+    rng = np.random.default_rng()
+    text = " ".join(f"{w}{rng.integers(1000)}" for w in rng.choice(["verse", "line", "the", "and"], 1500))
+    cal = Llama(str(gemma3_model), kv_policy="full", n_ctx=1024, n_threads=N_THREADS)
+    try:
+        toks = cal.tokenize(text)
+        cal.calib_begin()
+        cal.decode(toks[:400])
+        cal.calib_end()
+        stats, info = cal.calib_get(), cal.model_info
+    finally:
+        cal.close()
+    side = tmp_path / "g3.tri.gguf"
+    write_sidecar(side, info, stats)
+    B, I, sink, window = 192, 64, 4, 32
+    llm = Llama(str(gemma3_model), calibration=str(side), kv_policy="triattention", kv_budget=B, kv_interval=I,
+                kv_window=window, n_ctx=2048, n_threads=N_THREADS)
+    try:
+        info = llm.model_info
+        L, H, R = info["n_layer"], info["n_head"], info["rope_dim"]
+        assert info["n_head_kv"] == 1 and info["rope_freq_base"] == 1e6
+        omega = 1e6 ** (-np.arange(R // 2) * 2.0 / R)
+        glob = [il for il in range(L) if (il + 1) % 6 == 0]
+        qc, qabs = model_centres(llm)
+        stream = iter(toks[400:])
+        prompt_len = 24                                   # shorter than B - window: protected whole
+        llm.decode([next(stream) for _ in range(prompt_len)])
+        for rnd in range(2):
+            llm.decode([next(stream) for _ in range(B + I - 1 - llm.kv_stats()["live_max"])])
+            keys = {il: kv_keys(llm, il, 0) for il in glob}
+            pos = kv_positions(llm, glob[0], 0)
+            llm.decode([next(stream)])                    # reaches B + I: compresses
+            assert llm.kv_stats()["n_compressions"] == rnd + 1
+            t0, live, rec = llm.n_past(), B + I, llm.kv_scores()
+            lo, hi = max(sink, int(np.searchsorted(pos, prompt_len))), live - window
+            agg = np.zeros(hi - lo)
+            for il in range(L):
+                raw = rec["raw"][il, 0, :live]
+                if il not in glob:
+                    assert np.all(np.isnan(raw)), il
+                    continue
+                kpre = pairs_of(keys[il][lo:hi, :R], info["rope_pairing"]) * np.exp(-1j * omega * pos[lo:hi, None])
+                sc = oracle_scores(qc[il], qabs[il], kpre, pos[lo:hi].astype(np.float64), float(t0), omega)
+                scale = np.einsum("gf,nf->n", qabs[il], np.abs(kpre)).max()
+                assert np.all(np.isnan(raw[:lo])) and np.all(np.isnan(raw[hi:])), il
+                assert np.max(np.abs(raw[lo:hi] - sc.max(0))) < 1e-5 * scale, (rnd, il)
+                z = (sc - sc.mean(1, keepdims=True)) / np.maximum(sc.std(1, keepdims=True), 1e-6)
+                agg += z.max(0)
+            agg /= len(glob)
+            order = np.lexsort((-np.arange(hi - lo), -agg))
+            kth = agg[order[B - (lo + live - hi) - 1]]
+            want = np.concatenate([pos[:lo], pos[lo:hi][np.sort(order[:B - (lo + live - hi)])], pos[hi:], [t0 - 1]])
+            got = kv_positions(llm, glob[0], 0)
+            diff = np.setxor1d(got, want)                 # only float32-vs-float64 near-ties at the k-th score
+            assert np.all(np.abs(agg[np.searchsorted(pos[lo:hi], diff)] - kth) < 1e-4), (rnd, diff)
     finally:
         llm.close()
 

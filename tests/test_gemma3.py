@@ -101,7 +101,8 @@ def test_gemma3_global_layer_scores_match_float64_oracle(gemma3_model, Llama, tm
     """On the real model, the TriAttention scores of the global layers (RoPE base 1e6) equal the float64
     per-offset formula on the engine's own keys, the local layers are not scored, and the kept tokens are
     numpy's §4 selection (z-score, max over the 4 query heads, mean over the 3 global layers)."""
-    from test_triattention import kv_keys, kv_positions, model_centres, oracle_scores, pairs_of, write_sidecar
+    from test_triattention import (kv_keys, kv_positions, model_centres, omega_of, oracle_keep, oracle_scores,
+                                   pairs_of, write_sidecar, zscore)
 
     rng = np.random.default_rng()
     text = " ".join(f"{w}{rng.integers(1000)}" for w in rng.choice(["verse", "line", "the", "and"], 1500))
@@ -123,7 +124,7 @@ def test_gemma3_global_layer_scores_match_float64_oracle(gemma3_model, Llama, tm
         info = llm.model_info
         L, H, R = info["n_layer"], info["n_head"], info["rope_dim"]
         assert info["n_head_kv"] == 1 and info["rope_freq_base"] == 1e6
-        omega = 1e6 ** (-np.arange(R // 2) * 2.0 / R)
+        omega = omega_of(info)                            # the global layers' base, no scaling
         glob = [il for il in range(L) if (il + 1) % 6 == 0]
         qc, qabs = model_centres(llm)
         stream = iter(toks[400:])
@@ -137,6 +138,7 @@ def test_gemma3_global_layer_scores_match_float64_oracle(gemma3_model, Llama, tm
             assert llm.kv_stats()["n_compressions"] == rnd + 1
             t0, live, rec = llm.n_past(), B + I, llm.kv_scores()
             lo, hi = max(sink, int(np.searchsorted(pos, prompt_len))), live - window
+            k_keep = B - (lo + live - hi)
             agg = np.zeros(hi - lo)
             for il in range(L):
                 raw = rec["raw"][il, 0, :live]
@@ -148,12 +150,9 @@ def test_gemma3_global_layer_scores_match_float64_oracle(gemma3_model, Llama, tm
                 scale = np.einsum("gf,nf->n", qabs[il], np.abs(kpre)).max()
                 assert np.all(np.isnan(raw[:lo])) and np.all(np.isnan(raw[hi:])), il
                 assert np.max(np.abs(raw[lo:hi] - sc.max(0))) < 1e-5 * scale, (rnd, il)
-                z = (sc - sc.mean(1, keepdims=True)) / np.maximum(sc.std(1, keepdims=True), 1e-6)
-                agg += z.max(0)
+                agg += zscore(sc).max(0)
             agg /= len(glob)
-            order = np.lexsort((-np.arange(hi - lo), -agg))
-            kth = agg[order[B - (lo + live - hi) - 1]]
-            want = np.concatenate([pos[:lo], pos[lo:hi][np.sort(order[:B - (lo + live - hi)])], pos[hi:], [t0 - 1]])
+            want, kth = oracle_keep(pos, agg, lo, hi, k_keep, t0)
             got = kv_positions(llm, glob[0], 0)
             diff = np.setxor1d(got, want)                 # only float32-vs-float64 near-ties at the k-th score
             assert np.all(np.abs(agg[np.searchsorted(pos[lo:hi], diff)] - kth) < 1e-4), (rnd, diff)

@@ -70,6 +70,19 @@ def oracle_scores(qc, qabs, k, pos, t0, omega, offsets=OFFSETS, s2=1.0, reduce="
     return w_trig * t + w_norm * s2 * np.einsum("gf,nf->gn", qabs - qa, ka)
 
 
+def zscore(s: np.ndarray) -> np.ndarray:
+    """§4 normalisation of [G, n] scores over the candidates (population std, guard 1e-6)."""
+    return (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-6)
+
+
+def oracle_keep(pos: np.ndarray, agg: np.ndarray, lo: int, hi: int, k_keep: int, t0: int):
+    """§4 selection in numpy: protected pos[:lo] and pos[hi:], the k_keep best candidates of pos[lo:hi] by agg
+    (ties: the more recent), and the trigger token t0 - 1. Returns (kept positions, k-th best score)."""
+    order = np.lexsort((-np.arange(hi - lo), -agg))   # score desc, then more recent first
+    want = np.concatenate([pos[:lo], pos[lo:hi][np.sort(order[:k_keep])], pos[hi:], [t0 - 1]])
+    return want, (agg[order[k_keep - 1]] if k_keep > 0 else -np.inf)
+
+
 def test_oracle_reproduces_the_test_vector():
     omega = np.array([1.0, 0.01])
     qc = np.array([[1.0, 1j]])
@@ -255,7 +268,7 @@ def model_centres(llm):
 
 
 def omega_of(info) -> np.ndarray:
-    # SmolLM2 (llama): no freq factors, no scaling.
+    # models without freq factors or RoPE scaling (SmolLM2; Gemma 3 270M's global layers)
     R = info["rope_dim"]
     return float(info["rope_freq_base"]) ** (-np.arange(R // 2) * 2.0 / R)
 
@@ -339,7 +352,7 @@ def test_selection_matches_numpy_on_real_model(default_model, sidecar, variant):
                 s = oracle_scores(qc[l, h * G:(h + 1) * G], qabs[l, h * G:(h + 1) * G], kpre,
                                   pos[lo:hi].astype(np.float64), float(t0), omega, w_trig=w_trig,
                                   w_norm=w_norm)                                           # [G, n]
-                z = (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-6)
+                z = zscore(s)
                 agg = np.maximum(agg, z.max(0)) if layer_max else agg + z.max(0)
                 # kv_scores: the round's live slots, raw = GQA max of the score, NaN where protected
                 assert np.array_equal(rec["position"][l, h, :live], np.append(pos, t0 - 1)), (l, h)
@@ -349,16 +362,13 @@ def test_selection_matches_numpy_on_real_model(default_model, sidecar, variant):
                 assert np.max(np.abs(raw[lo:hi] - s.max(0))) < 2e-4 * scale, (l, h, "kv_scores raw")
             if not layer_max:
                 agg /= L
-            order = np.lexsort((-np.arange(hi - lo), -agg))   # score desc, then more recent first
-            chosen = np.sort(order[:k_keep])
-            want = np.concatenate([pos[:lo], pos[lo:hi][chosen], pos[hi:], [t0 - 1]])
+            want, kth = oracle_keep(pos, agg, lo, hi, k_keep, t0)
             got = kv_positions(llm, 0, h)
             ragg = rec["agg"][0, h, :live]
             assert np.all(np.isnan(ragg[:lo])) and np.max(np.abs(ragg[lo:hi] - agg)) < 2e-3, "kv_scores agg"
             assert np.array_equal(np.append(pos, t0 - 1)[rec["kept"][0, h, :live]], got), "kv_scores kept"
             if not np.array_equal(got, want):
                 # Allowed only for float32-vs-float64 near-ties at the k-th score.
-                kth = agg[order[k_keep - 1]]
                 cand_pos = pos[lo:hi]
                 diff = np.setxor1d(got, want)
                 idx = np.searchsorted(cand_pos, diff)

@@ -125,6 +125,8 @@ def test_gemma3_global_layer_scores_match_float64_oracle(gemma3_model, Llama, tm
         L, H, R = info["n_layer"], info["n_head"], info["rope_dim"]
         assert info["n_head_kv"] == 1 and info["rope_freq_base"] == 1e6
         omega = omega_of(info)                            # the global layers' base, no scaling
+        omega_local = omega_of({**info, "rope_freq_base": 1e4})  # the sliding-window layers' base: for the report
+        worst, local_dev = 0.0, []
         glob = [il for il in range(L) if (il + 1) % 6 == 0]
         qc, qabs = model_centres(llm)
         stream = iter(toks[400:])
@@ -149,13 +151,19 @@ def test_gemma3_global_layer_scores_match_float64_oracle(gemma3_model, Llama, tm
                 sc = oracle_scores(qc[il], qabs[il], kpre, pos[lo:hi].astype(np.float64), float(t0), omega)
                 scale = np.einsum("gf,nf->n", qabs[il], np.abs(kpre)).max()
                 assert np.all(np.isnan(raw[:lo])) and np.all(np.isnan(raw[hi:])), il
-                assert np.max(np.abs(raw[lo:hi] - sc.max(0))) < 1e-5 * scale, (rnd, il)
+                err = np.max(np.abs(raw[lo:hi] - sc.max(0))) / scale
+                assert err < 1e-5, (rnd, il, err)
+                worst = max(worst, err)
+                wrong = oracle_scores(qc[il], qabs[il], kpre, pos[lo:hi].astype(np.float64), float(t0), omega_local)
+                local_dev.append(np.max(np.abs(raw[lo:hi] - wrong.max(0))) / scale)
                 agg += zscore(sc).max(0)
             agg /= len(glob)
             want, kth = oracle_keep(pos, agg, lo, hi, k_keep, t0)
             got = kv_positions(llm, glob[0], 0)
             diff = np.setxor1d(got, want)                 # only float32-vs-float64 near-ties at the k-th score
             assert np.all(np.abs(agg[np.searchsorted(pos[lo:hi], diff)] - kth) < 1e-4), (rnd, diff)
+        print(f"gemma3 global-layer scores vs float64 (base 1e6): max rel err {worst:.2g} of the score scale; "
+              f"the same keys scored with base 1e4 would differ by {min(local_dev):.2g}-{max(local_dev):.2g}")
     finally:
         llm.close()
 

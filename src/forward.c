@@ -34,6 +34,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
     f->attn    = tri_attn_kernels_get(TRI_ISA_COUNT);
     /* Converted activations: at most 4 bytes per value (F32 weights), one region per distinct type. */
     f->xq_stride = tri_align64((size_t) n_batch * (size_t) max_in * 4 + 1024);
+    f->mm_scratch_stride = tri_align64(tri_matmul_scratch_size(max_in));
 
     struct { void ** p; size_t bytes; } parts[] = {
         { (void **) &f->x,        sizeof(float) * n_batch * hp->n_embd },
@@ -48,6 +49,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
         { (void **) &f->rope_cs,  sizeof(float) * n_batch * hp->rope_dim },
         { (void **) &f->rope_cs_swa, m->rope_inv_freq_swa ? sizeof(float) * n_batch * hp->rope_dim : 0 },
         { (void **) &f->xq,       f->xq_stride * 3 },
+        { (void **) &f->mm_scratch, n_batch > 1 ? f->mm_scratch_stride * (size_t) nth : 0 },
         { (void **) &f->att_s,    sizeof(float) * (size_t) nth * G * TRI_ATT_CHUNK },
         { (void **) &f->att_part, sizeof(float) * (size_t) TRI_MAX(nth, hp->n_head_kv) * n_chunks * G * (hp->head_dim + 2) },
         { (void **) &f->logits,   sizeof(float) * (size_t) n_batch * hp->n_vocab },
@@ -96,6 +98,8 @@ typedef struct tri_mm_task {
     const float *      in;
     int64_t            ld_in;
     int64_t            n_in;
+    void *             scratch;  /* per thread, scratch_stride bytes apart */
+    size_t             scratch_stride;
     enum tri_type      conv_types[3];
     void *             conv_dst[3];
     int                n_conv;
@@ -126,7 +130,7 @@ static void tri_mm_worker(void * arg, int ith, int nth) {
         const int64_t lo = TRI_MAX(r0, base), hi = TRI_MIN(r1, base + W->ne1);
         if (lo < hi) {
             tri_matmul_rows(W->data, W->type, W->ne0, lo - base, hi - base, t->jobs[j].xq, t->n_tok, t->jobs[j].out,
-                            W->ne1);
+                            W->ne1, t->scratch ? (char *) t->scratch + (size_t) ith * t->scratch_stride : NULL);
         }
         base += W->ne1;
     }
@@ -134,7 +138,8 @@ static void tri_mm_worker(void * arg, int ith, int nth) {
 
 /* out_j[t] = in[t] @ W_j for every job; the input is converted once per distinct activation type. */
 static void tri_matmuls(tri_forward * f, tri_mm_job * jobs, int n_jobs, const float * in, int64_t ld_in, int32_t n_tok) {
-    tri_mm_task t = { .jobs = jobs, .n_jobs = n_jobs, .n_tok = n_tok, .in = in, .ld_in = ld_in, .n_in = jobs[0].W->ne0 };
+    tri_mm_task t = { .jobs = jobs, .n_jobs = n_jobs, .n_tok = n_tok, .in = in, .ld_in = ld_in, .n_in = jobs[0].W->ne0,
+                      .scratch = f->mm_scratch, .scratch_stride = f->mm_scratch_stride };
     for (int j = 0; j < n_jobs; j++) {
         const enum tri_type vdt = tri_type_traits_get(jobs[j].W->type)->vec_dot_type;
         int c = 0;

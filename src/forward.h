@@ -35,6 +35,8 @@ typedef struct tri_forward {
     float *  rope_cs_swa; /* same with the sliding-window layers' frequencies; NULL when the model has none */
     void *   xq;        /* activations converted to the weights' vec_dot types: 3 x [n_batch][row] */
     size_t   xq_stride; /* bytes of one converted buffer region */
+    void *   mm_scratch;        /* per thread: repacked weight rows of the prefill matrix kernels */
+    size_t   mm_scratch_stride; /* bytes per thread */
     float *  att_s;     /* per thread: [G][attention chunk] scores */
     float *  att_part;  /* chunk partials: decode [n_head_kv][chunks][G][head_dim + 2], prefill per thread */
     float *  logits;    /* [n_batch][n_vocab] */

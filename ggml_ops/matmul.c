@@ -37,6 +37,10 @@ tri_xrow_layout tri_xrow_layout_of(enum tri_type vdt, int64_t n) {
         L.s = end;
         end += sizeof(float) * (size_t) (n / 32);
     }
+    if (vdt != TRI_TYPE_Q8_K) {
+        L.sum = end;
+        end += sizeof(int32_t) * (size_t) (n / 32);
+    }
     if (vdt == TRI_TYPE_Q8_K) {
         L.bs16 = end;
         L.bs32 = L.bs16 + sizeof(int16_t) * (size_t) (n / 16);
@@ -96,9 +100,12 @@ static void tri_fill_xrow(enum tri_type vdt, int64_t n, uint8_t * row, const tri
     const size_t  qs  = vdt == TRI_TYPE_Q8_1 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
     for (int64_t i = 0; i < n / 32; i++) {
         const uint8_t * b = row + (size_t) i * bsz;
+        int32_t sum = 0;
         for (int j = 0; j < 32; j++) {
             xu[32 * i + j] = b[qs + j] ^ 0x80;
+            sum += (int8_t) b[qs + j];
         }
+        ((int32_t *) (row + L->sum))[i] = sum;
         tri_fp16 h;
         memcpy(&h, b, 2);
         d[i] = tri_fp16_to_fp32(h);

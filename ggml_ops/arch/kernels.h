@@ -16,6 +16,7 @@ typedef struct tri_xrow_layout {
     size_t s;     /* Q8_1: n / 32 floats, the blocks' s */
     size_t bs16;  /* Q8_K: n / 16 int16, the blocks' bsums */
     size_t bs32;  /* Q8_K: n / 32 int16, sums of 32 codes */
+    size_t sum;   /* Q8_0, Q8_1: n / 32 int32, the blocks' sums of codes */
     size_t size;  /* row stride (a multiple of 64); 0 when vdt has no x rows */
 } tri_xrow_layout;
 

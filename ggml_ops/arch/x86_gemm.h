@@ -6,11 +6,14 @@
  *
  * Both compute, for every (row, token) and every block (32 values) or super-block (256 values), the
  * exact integer dot product of the codes, then the same float operations in the same order:
- *     acc = fma(float(isum), d_w * d_x, acc)            every type
- *     acc = fma(m_w, s_x, acc)                          Q4_1, Q5_1 (s_x: the Q8_1 block's s)
- *     acc = acc - float(msum) * (dmin_w * d_x)          Q2_K, Q4_K, Q5_K (msum: mins x sums of codes)
- * with one accumulator per (row, token). So a token's result does not depend on how tokens were batched,
- * which rows a thread got, or which shape ran.
+ *     32-value types: s[b % 8] = fma(float(isum_b), d_w * d_x, s[b % 8]) over blocks b in order, and
+ *       for Q4_1, Q5_1 t[b % 8] = fma(m_w, s_x, t[b % 8]) (s_x: the Q8_1 block's s); the result is
+ *       tree(s) + tree(t), tree(v) = ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))
+ *     K types: acc = fma(float(isum), d_w * d_x, acc), then for Q2_K, Q4_K, Q5_K
+ *       acc = acc - float(msum) * (dmin_w * d_x) (msum: mins x sums of codes), per super-block
+ * So a token's result does not depend on how tokens were batched, which rows a thread got, or which shape
+ * ran. Decode reduces eight blocks at once (lanes = blocks) into s; the prefill tiles (lanes = rows) walk
+ * the blocks of one residue class mod 8 after the other.
  *
  * The including file defines, for its ISA (all exact integer arithmetic):
  *     tri_dp_us(acc, u, s)   acc + sums of 4 products u8 x s8 per 32-bit lane (callers keep each product
@@ -32,6 +35,7 @@
 #include "kernels.h"
 #include "x86_kquants.h"
 
+#include <math.h>
 #include <stddef.h>
 
 #define TRI_INLINE static inline __attribute__((always_inline))
@@ -81,32 +85,6 @@ TRI_INLINE __m256i tri_reduce8(const __m256i p[8]) {
     const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
     const __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
     return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
-}
-
-/* The fp16 at byte pos of p[r], for r = 0..7, as 8 floats (built in registers: a store and a wide
- * reload would stall on store forwarding). */
-TRI_INLINE __m256 tri_gather_h8(const uint8_t * const p[8], size_t pos) {
-    uint16_t h[8];
-    for (int r = 0; r < 8; r++) {
-        memcpy(&h[r], p[r] + pos, 2);
-    }
-    return _mm256_cvtph_ps(_mm_setr_epi16((short) h[0], (short) h[1], (short) h[2], (short) h[3], (short) h[4],
-                                          (short) h[5], (short) h[6], (short) h[7]));
-}
-
-/* The adjacent fp16 pair (d, m) at byte pos of p[r], r = 0..7, as 8 floats each. */
-TRI_INLINE void tri_gather_2h8(const uint8_t * const p[8], size_t pos, __m256 * d, __m256 * m) {
-    int32_t w[8];
-    for (int r = 0; r < 8; r++) {
-        memcpy(&w[r], p[r] + pos, 4);
-    }
-    const __m256i v = _mm256_setr_epi32(w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]);
-    /* per 128-bit lane: the four d halves, then the four m halves; then d of both lanes, m of both */
-    const __m256i sh = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
-                                                                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
-    const __m256i dm = _mm256_permute4x64_epi64(sh, 0xD8);
-    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
-    *m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
 }
 
 /* Stores lanes [0, n) of v at y (n <= 8). */
@@ -361,48 +339,87 @@ TRI_INLINE void tri_acc_store(__m256 acc[2][TRI_GEMM_TMAX], int NP, int T, float
     }
 }
 
+/* One block b of 32-value types into acc (NP panels x T tokens). */
+TRI_INLINE void tri_tile32_block(const uint8_t * pan, size_t pstride, int NP, int T, int b, bool wide,
+                                 const tri_xtile * xt, __m256 acc[2][TRI_GEMM_TMAX]) {
+    const uint8_t * pb = pan + (size_t) b * TRI_PAN32_BLOCK;
+    __m256i s[2][TRI_GEMM_T32];
+    for (int p = 0; p < NP; p++) {
+        const __m256i nc = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 256));
+        for (int t = 0; t < T; t++) {
+            s[p][t] = nc;
+        }
+    }
+    for (int g = 0; g < 8; g++) {
+        __m256i w[2];
+        for (int p = 0; p < NP; p++) {
+            w[p] = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 32 * g));
+        }
+        for (int t = 0; t < T; t++) {
+            const __m256i xb = tri_bcast32(xt->xu[t] + 32 * b + 4 * g);
+            for (int p = 0; p < NP; p++) {
+                s[p][t] = wide ? tri_dp_xw(s[p][t], xb, w[p]) : tri_dp_us(s[p][t], xb, w[p]);
+            }
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        const __m256 dw = _mm256_loadu_ps((const float *) (pb + p * pstride + 288));
+        for (int t = 0; t < T; t++) {
+            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xt->d[t][b]));
+            acc[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[p][t]), dd, acc[p][t]);
+        }
+    }
+}
+
+/* tree(v) of eight partial sums, for NP x T vectors at once (v[j] = partial sum j). */
+TRI_INLINE void tri_acc_tree(__m256 v[8][2][TRI_GEMM_TMAX], int NP, int T, __m256 out[2][TRI_GEMM_TMAX]) {
+    for (int p = 0; p < NP; p++) {
+        for (int t = 0; t < T; t++) {
+            const __m256 a0 = _mm256_add_ps(v[0][p][t], v[4][p][t]), a1 = _mm256_add_ps(v[1][p][t], v[5][p][t]);
+            const __m256 a2 = _mm256_add_ps(v[2][p][t], v[6][p][t]), a3 = _mm256_add_ps(v[3][p][t], v[7][p][t]);
+            out[p][t] = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+        }
+    }
+}
+
 /* 32-value types: NP panels (8 rows each, pstride bytes apart) x T tokens over nb blocks; token t's 8 NP
  * results go to yt[t] (the first nrows of them). */
 TRI_INLINE void tri_tile32(const uint8_t * pan, size_t pstride, int NP, int T, int nb, bool wide, bool has_m,
                            const tri_xtile * xt, float * const * yt, int nrows) {
-    __m256 acc[2][TRI_GEMM_TMAX];
-    tri_acc_zero(acc, NP, T);
-    for (int b = 0; b < nb; b++) {
-        const uint8_t * pb = pan + (size_t) b * TRI_PAN32_BLOCK;
-        __m256i s[2][TRI_GEMM_T32];
-        for (int p = 0; p < NP; p++) {
-            const __m256i nc = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 256));
-            for (int t = 0; t < T; t++) {
-                s[p][t] = nc;
-            }
+    __m256 part[8][2][TRI_GEMM_TMAX], res[2][TRI_GEMM_TMAX];
+    for (int j = 0; j < 8; j++) {
+        __m256 acc[2][TRI_GEMM_TMAX]; /* in registers while the residue class runs */
+        tri_acc_zero(acc, NP, T);
+        for (int b = j; b < nb; b += 8) {
+            tri_tile32_block(pan, pstride, NP, T, b, wide, xt, acc);
         }
-        for (int g = 0; g < 8; g++) {
-            __m256i w[2];
-            for (int p = 0; p < NP; p++) {
-                w[p] = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 32 * g));
-            }
-            for (int t = 0; t < T; t++) {
-                const __m256i xb = tri_bcast32(xt->xu[t] + 32 * b + 4 * g);
+        memcpy(part[j], acc, sizeof acc);
+    }
+    tri_acc_tree(part, NP, T, res);
+    if (has_m) {
+        __m256 mres[2][TRI_GEMM_TMAX];
+        for (int j = 0; j < 8; j++) {
+            __m256 acc[2][TRI_GEMM_TMAX];
+            tri_acc_zero(acc, NP, T);
+            for (int b = j; b < nb; b += 8) {
+                const uint8_t * pb = pan + (size_t) b * TRI_PAN32_BLOCK;
                 for (int p = 0; p < NP; p++) {
-                    s[p][t] = wide ? tri_dp_xw(s[p][t], xb, w[p]) : tri_dp_us(s[p][t], xb, w[p]);
+                    const __m256 mw = _mm256_loadu_ps((const float *) (pb + p * pstride + 320));
+                    for (int t = 0; t < T; t++) {
+                        acc[p][t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xt->s[t][b]), acc[p][t]);
+                    }
                 }
             }
+            memcpy(part[j], acc, sizeof acc);
         }
+        tri_acc_tree(part, NP, T, mres);
         for (int p = 0; p < NP; p++) {
-            const __m256 dw = _mm256_loadu_ps((const float *) (pb + p * pstride + 288));
             for (int t = 0; t < T; t++) {
-                const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xt->d[t][b]));
-                acc[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[p][t]), dd, acc[p][t]);
-            }
-            if (has_m) {
-                const __m256 mw = _mm256_loadu_ps((const float *) (pb + p * pstride + 320));
-                for (int t = 0; t < T; t++) {
-                    acc[p][t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xt->s[t][b]), acc[p][t]);
-                }
+                res[p][t] = _mm256_add_ps(res[p][t], mres[p][t]);
             }
         }
     }
-    tri_acc_store(acc, NP, T, yt, nrows);
+    tri_acc_store(res, NP, T, yt, nrows);
 }
 
 /* K types: S sub-blocks per super-block, nsb super-blocks. */
@@ -547,58 +564,145 @@ TRI_INLINE void tri_gemm_panels(int n, const uint8_t * W, size_t rs, int64_t nro
     }
 }
 
-/* ---- decode: 8 rows at a time against one Q8 row ---- */
+/* ---- decode ----
+ * Exact integer dots, then the float steps of the canonical order: 32-value types one row at a time with
+ * eight blocks in the lanes (their 18 to 34-byte blocks stream best row by row), K types 8 rows at a time. */
 
-/* Row pointers of the 8-row group at r0 (rows past nrows repeat the last one). */
-TRI_INLINE void tri_row_ptrs(const uint8_t * W, size_t rs, int64_t r0, int64_t nrows, const uint8_t * rp[8]) {
+/* fp16 at byte off of 8 blocks bsz apart from p, as floats (lanes >= k: 0); built in registers (small
+ * stores then a wide reload would stall on store forwarding). */
+TRI_INLINE __m256 tri_block_h8(const uint8_t * p, size_t bsz, size_t off, int k) {
+    uint16_t h[8];
+    for (int i = 0; i < 8; i++) {
+        h[i] = 0;
+        if (i < k) {
+            memcpy(&h[i], p + (size_t) i * bsz + off, 2);
+        }
+    }
+    return _mm256_cvtph_ps(_mm_setr_epi16((short) h[0], (short) h[1], (short) h[2], (short) h[3], (short) h[4],
+                                          (short) h[5], (short) h[6], (short) h[7]));
+}
+
+/* The fp16 pair (d, m) at the start of 8 blocks bsz apart from p, as floats (lanes >= k: 0). */
+TRI_INLINE void tri_block_2h8(const uint8_t * p, size_t bsz, int k, __m256 * d, __m256 * m) {
+    int32_t w[8];
+    for (int i = 0; i < 8; i++) {
+        w[i] = 0;
+        if (i < k) {
+            memcpy(&w[i], p + (size_t) i * bsz, 4);
+        }
+    }
+    const __m256i v = _mm256_setr_epi32(w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]);
+    /* per 128-bit lane: its four d halves, then its four m halves; then both lanes' d, both lanes' m */
+    const __m256i sh = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    const __m256i dm = _mm256_permute4x64_epi64(sh, 0xD8);
+    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+    *m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
+}
+
+/* The fp16 at byte pos of rows p[0..7], as floats. */
+TRI_INLINE __m256 tri_rows_h8(const uint8_t * const p[8], size_t pos) {
+    uint16_t h[8];
     for (int r = 0; r < 8; r++) {
-        rp[r] = W + (size_t) (r0 + r < nrows ? r0 + r : nrows - 1) * rs;
+        memcpy(&h[r], p[r] + pos, 2);
+    }
+    return _mm256_cvtph_ps(_mm_setr_epi16((short) h[0], (short) h[1], (short) h[2], (short) h[3], (short) h[4],
+                                          (short) h[5], (short) h[6], (short) h[7]));
+}
+
+/* 8 floats from p, lanes >= k: 0 (the floats past an x row's array are other data). */
+TRI_INLINE __m256 tri_load8_k(const float * p, int k) {
+    if (k >= 8) {
+        return _mm256_loadu_ps(p);
+    }
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(k), idx));
+}
+
+/* Exact integer dots of blocks b0 .. b0 + L - 1 of a row (those >= k read as 0), as L int32 lanes in p. */
+TRI_INLINE void tri_gemv32_dots(const uint8_t * blk0, const uint8_t * x, int b0, int L, int k, size_t bsz, size_t xbs,
+                                size_t xq, size_t qs, int qh, bool q8, __m256i * p) {
+    for (int i = 0; i < L; i++) {
+        const uint8_t * blk = blk0 + (size_t) i * bsz;
+        const __m256i yv = _mm256_loadu_si256((const __m256i *) (x + (size_t) (b0 + i) * xbs + xq));
+        if (i >= k) {
+            p[i] = _mm256_setzero_si256();
+        } else if (q8) {
+            p[i] = tri_dp_ss(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *) (blk + qs)), yv);
+        } else {
+            p[i] = tri_dp_us(_mm256_setzero_si256(), qh >= 0 ? tri_codes_q5(blk, qs, (size_t) qh)
+                                                             : tri_codes_q4(blk, qs), yv);
+        }
     }
 }
 
-/* 32-value types against Q8_0 (or Q8_1 when has_m) blocks. off: the code offset (8, 16, 0); q8: Q8_0
- * weights (signed values, no codes). */
+/* 32-value types against an x row of Q8_0 (or Q8_1 when off_m >= 0) blocks. off: the code offset (8, 16,
+ * 0), applied through the x row's block sums; q8: Q8_0 weights (signed values, no codes). A last group of
+ * at most 4 blocks uses the low half of the partial sums only. */
 TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
                            size_t bsz, size_t qs, int qh, int off, bool q8, int off_m) {
-    const int    nb = n / 32;
-    const size_t xb = off_m >= 0 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
-    const size_t xq = off_m >= 0 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
-    for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
-        const uint8_t * rp[8];
-        tri_row_ptrs(W, rs, r0, nrows, rp);
-        __m256 acc = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            const uint8_t * xblk = x + (size_t) b * xb;
-            const __m256i yv = _mm256_loadu_si256((const __m256i *) (xblk + xq));
-            const __m256i init = off ? _mm256_sub_epi32(_mm256_setzero_si256(),
-                                                        tri_dp_us(_mm256_setzero_si256(), _mm256_set1_epi8((char) off), yv))
-                                     : _mm256_setzero_si256();
-            const size_t pos = (size_t) b * bsz;
+    const int    nb  = n / 32;
+    const size_t xbs = off_m >= 0 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
+    const size_t xq  = off_m >= 0 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
+    const tri_xrow_layout L = tri_xrow_layout_of(off_m >= 0 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
+    const float *   xd   = (const float *) (x + L.d);
+    const float *   xs   = (const float *) (x + L.s);
+    const int32_t * xsum = (const int32_t *) (x + L.sum);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t * row = W + (size_t) r * rs;
+        __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
+        int b0 = 0;
+        for (; b0 + 4 < nb; b0 += 8) {
+            const int k = nb - b0 < 8 ? nb - b0 : 8;
+            const uint8_t * blk0 = row + (size_t) b0 * bsz;
             __m256i p[8];
-            for (int r = 0; r < 8; r++) {
-                const uint8_t * blk = rp[r] + pos;
-                if (q8) {
-                    p[r] = tri_dp_ss(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *) (blk + qs)), yv);
-                } else {
-                    p[r] = tri_dp_us(init, qh >= 0 ? tri_codes_q5(blk, qs, (size_t) qh) : tri_codes_q4(blk, qs), yv);
-                }
+            tri_gemv32_dots(blk0, x, b0, 8, k, bsz, xbs, xq, qs, qh, q8, p);
+            __m256i is = tri_reduce8(p);
+            if (off) {
+                const __m256i sums = _mm256_castps_si256(tri_load8_k((const float *) (xsum + b0), k));
+                is = _mm256_sub_epi32(is, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
             }
-            tri_fp16 dy;
-            memcpy(&dy, xblk, 2);
             __m256 dw, mw;
             if (off_m >= 0) {
-                tri_gather_2h8(rp, pos, &dw, &mw); /* m follows d in Q4_1 and Q5_1 */
+                tri_block_2h8(blk0, bsz, k, &dw, &mw); /* m follows d in Q4_1 and Q5_1 */
             } else {
-                dw = tri_gather_h8(rp, pos);
+                dw = tri_block_h8(blk0, bsz, 0, k);
             }
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tri_reduce8(p)), _mm256_mul_ps(dw, _mm256_set1_ps(tri_h2f(dy))), acc);
+            sp = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, tri_load8_k(xd + b0, k)), sp);
             if (off_m >= 0) {
-                tri_fp16 sy;
-                memcpy(&sy, xblk + offsetof(tri_block_q8_1, s), 2);
-                acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(tri_h2f(sy)), acc);
+                tp = _mm256_fmadd_ps(mw, tri_load8_k(xs + b0, k), tp);
             }
         }
-        tri_store_rows(y + r0, acc, (int) (nrows - r0));
+        if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
+            const int k = nb - b0;
+            const uint8_t * blk0 = row + (size_t) b0 * bsz;
+            __m256i p[4];
+            tri_gemv32_dots(blk0, x, b0, 4, k, bsz, xbs, xq, qs, qh, q8, p);
+            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
+            if (off) {
+                const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (xsum + b0), lanes));
+                is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
+            }
+            __m128 dw, mw = _mm_setzero_ps();
+            if (off_m >= 0) {
+                __m256 d8, m8;
+                tri_block_2h8(blk0, bsz, k, &d8, &m8);
+                dw = _mm256_castps256_ps128(d8);
+                mw = _mm256_castps256_ps128(m8);
+            } else {
+                dw = _mm256_castps256_ps128(tri_block_h8(blk0, bsz, 0, k));
+            }
+            const __m128 dd = _mm_mul_ps(dw, _mm_maskload_ps(xd + b0, lanes));
+            const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(sp));
+            sp = _mm256_insertf128_ps(sp, s4, 0);
+            if (off_m >= 0) {
+                const __m128 t4 = _mm_fmadd_ps(mw, _mm_maskload_ps(xs + b0, lanes), _mm256_castps256_ps128(tp));
+                tp = _mm256_insertf128_ps(tp, t4, 0);
+            }
+        }
+        y[r] = off_m >= 0 ? tri_hsum_ps(sp) + tri_hsum_ps(tp) : tri_hsum_ps(sp);
     }
 }
 
@@ -608,18 +712,27 @@ TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, c
  * msum * dmin * d_x. */
 typedef __m256i (*tri_ksb_fn)(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum);
 
+/* K types run 8 rows at a time (lanes = rows), a super-block of each per step, so one vector FMA serves 8
+ * rows; each step prefetches the blocks the next group will read in its step (8 interleaved streams are
+ * more than the hardware prefetcher follows). */
 TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
                           size_t bsz, tri_ksb_fn sbdot, int moff, size_t off_d, int off_dmin) {
     const int nsb = n / 256;
     const tri_block_q8_K * xk = (const tri_block_q8_K *) x;
     for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
+        const int k = nrows - r0 < 8 ? (int) (nrows - r0) : 8;
         const uint8_t * rp[8];
-        tri_row_ptrs(W, rs, r0, nrows, rp);
+        for (int r = 0; r < 8; r++) {
+            rp[r] = W + (size_t) (r0 + (r < k ? r : k - 1)) * rs; /* rows past the end repeat the last */
+        }
         __m256 acc = _mm256_setzero_ps();
         for (int sb = 0; sb < nsb; sb++) {
             const size_t pos = (size_t) sb * bsz;
             __m256i p[8], m[8];
             for (int r = 0; r < 8; r++) {
+                for (size_t o = 0; o < bsz; o += 64) { /* the same block of the next group's row */
+                    _mm_prefetch((const char *) rp[r] + 8 * rs + pos + o, _MM_HINT_T0);
+                }
                 p[r] = sbdot(rp[r] + pos, &xk[sb], &m[r]);
             }
             const __m256i msv = tri_reduce8(m);
@@ -628,13 +741,13 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
                 isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(msv, _mm256_set1_epi32(moff)));
             }
             const __m256 dy = _mm256_set1_ps(xk[sb].d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(tri_gather_h8(rp, pos + off_d), dy), acc);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(tri_rows_h8(rp, pos + off_d), dy), acc);
             if (off_dmin >= 0) {
-                const __m256 dd = _mm256_mul_ps(tri_gather_h8(rp, pos + (size_t) off_dmin), dy);
+                const __m256 dd = _mm256_mul_ps(tri_rows_h8(rp, pos + (size_t) off_dmin), dy);
                 acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msv), dd, acc);
             }
         }
-        tri_store_rows(y + r0, acc, (int) (nrows - r0));
+        tri_store_rows(y + r0, acc, k);
     }
 }
 

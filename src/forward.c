@@ -586,7 +586,11 @@ static void tri_ffn_gated(tri_forward * f, const tri_layer * L, tri_act_mul_fn a
     tri_mm_job jobs[2] = { { &L->ffn_gate, f->gate, NULL }, { &L->ffn_up, f->up, NULL } };
     tri_matmuls(f, jobs, 2, f->xn, hp->n_embd, f->n_tok);
     tri_act_task a = { act_mul, f->gate, f->up, (int64_t) f->n_tok * hp->n_ff };
-    tri_threadpool_run(f->tp, tri_act_worker, &a);
+    if (f->n_tok >= 8) {
+        tri_threadpool_run(f->tp, tri_act_worker, &a);
+    } else {
+        tri_act_worker(&a, 0, 1); /* a few rows: not worth waking the pool */
+    }
     tri_mm_job down = { &L->ffn_down, f->tmp, NULL };
     tri_matmuls(f, &down, 1, f->gate, hp->n_ff, f->n_tok);
     tri_residual_add(f, &L->post_ffn_norm);

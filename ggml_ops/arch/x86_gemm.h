@@ -9,11 +9,12 @@
  *     32-value types: s[b % 8] = fma(float(isum_b), d_w * d_x, s[b % 8]) over blocks b in order, and
  *       for Q4_1, Q5_1 t[b % 8] = fma(m_w, s_x, t[b % 8]) (s_x: the Q8_1 block's s); the result is
  *       tree(s) + tree(t), tree(v) = ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))
- *     K types: acc = fma(float(isum), d_w * d_x, acc), then for Q2_K, Q4_K, Q5_K
- *       acc = acc - float(msum) * (dmin_w * d_x) (msum: mins x sums of codes), per super-block
+ *     K types: per super-block b, s[b % 8] = fma(float(isum_b), d_w * d_x, s[b % 8]), then for Q2_K,
+ *       Q4_K, Q5_K s[b % 8] = s[b % 8] - float(msum_b) * (dmin_w * d_x) (msum: mins x sums of codes);
+ *       the result is tree(s)
  * So a token's result does not depend on how tokens were batched, which rows a thread got, or which shape
- * ran. Decode reduces eight blocks at once (lanes = blocks) into s; the prefill tiles (lanes = rows) walk
- * the blocks of one residue class mod 8 after the other.
+ * ran. Decode streams one row at a time and reduces eight blocks at once (lanes = blocks) into s; the
+ * prefill tiles (lanes = rows) walk the blocks of one residue class mod 8 after the other.
  *
  * The including file defines, for its ISA (all exact integer arithmetic):
  *     tri_dp_us(acc, u, s)   acc + sums of 4 products u8 x s8 per 32-bit lane (callers keep each product
@@ -330,6 +331,14 @@ TRI_INLINE void tri_acc_zero(__m256 acc[2][TRI_GEMM_TMAX], int NP, int T) {
     }
 }
 
+TRI_INLINE void tri_acc_copy(__m256 dst[2][TRI_GEMM_TMAX], __m256 src[2][TRI_GEMM_TMAX], int NP, int T) {
+    for (int p = 0; p < NP; p++) {
+        for (int t = 0; t < T; t++) {
+            dst[p][t] = src[p][t];
+        }
+    }
+}
+
 /* Token t's results (the first nrows of 8 NP rows) to yt[t]. */
 TRI_INLINE void tri_acc_store(__m256 acc[2][TRI_GEMM_TMAX], int NP, int T, float * const * yt, int nrows) {
     for (int p = 0; p < NP; p++) {
@@ -393,7 +402,7 @@ TRI_INLINE void tri_tile32(const uint8_t * pan, size_t pstride, int NP, int T, i
         for (int b = j; b < nb; b += 8) {
             tri_tile32_block(pan, pstride, NP, T, b, wide, xt, acc);
         }
-        memcpy(part[j], acc, sizeof acc);
+        tri_acc_copy(part[j], acc, NP, T);
     }
     tri_acc_tree(part, NP, T, res);
     if (has_m) {
@@ -410,7 +419,7 @@ TRI_INLINE void tri_tile32(const uint8_t * pan, size_t pstride, int NP, int T, i
                     }
                 }
             }
-            memcpy(part[j], acc, sizeof acc);
+            tri_acc_copy(part[j], acc, NP, T);
         }
         tri_acc_tree(part, NP, T, mres);
         for (int p = 0; p < NP; p++) {
@@ -422,74 +431,85 @@ TRI_INLINE void tri_tile32(const uint8_t * pan, size_t pstride, int NP, int T, i
     tri_acc_store(res, NP, T, yt, nrows);
 }
 
-/* K types: S sub-blocks per super-block, nsb super-blocks. */
-TRI_INLINE void tri_tileK(const uint8_t * pan, size_t pstride, int NP, int T, int nsb, int S, bool has_min,
-                          const tri_xtile * xt, float * const * yt, int nrows) {
+/* One super-block sb of a K type into acc (NP panels x T tokens); S sub-blocks of 256 / S values. */
+TRI_INLINE void tri_tileK_sb(const uint8_t * pan, size_t pstride, int NP, int T, int sb, int S, bool has_min,
+                             const tri_xtile * xt, __m256 acc[2][TRI_GEMM_TMAX]) {
     const int G = 64 / S; /* 4-value groups per sub-block */
-    __m256 acc[2][TRI_GEMM_TMAX];
-    tri_acc_zero(acc, NP, T);
-    for (int sb = 0; sb < nsb; sb++) {
-        const uint8_t * pb = pan + (size_t) sb * TRI_PANK_BLOCK;
-        __m256i isum[2][TRI_GEMM_TK];
+    const uint8_t * pb = pan + (size_t) sb * TRI_PANK_BLOCK;
+    __m256i isum[2][TRI_GEMM_TK];
+    for (int p = 0; p < NP; p++) {
+        const __m256i nc = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_CORR));
+        for (int t = 0; t < T; t++) {
+            isum[p][t] = nc;
+        }
+    }
+    for (int j = 0; j < S; j++) {
+        __m256i sc[2];
+        __m256i part[2][TRI_GEMM_TK];
         for (int p = 0; p < NP; p++) {
-            const __m256i nc = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_CORR));
+            sc[p] = tri_kscale_prep(_mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_SC + 32 * j)));
             for (int t = 0; t < T; t++) {
-                isum[p][t] = nc;
+                part[p][t] = _mm256_setzero_si256();
             }
         }
-        for (int j = 0; j < S; j++) {
-            __m256i sc[2];
-            __m256i part[2][TRI_GEMM_TK];
+        for (int g = 0; g < G; g++) {
+            const int v = j * G + g; /* vector index in the super-block */
+            __m256i w[2];
             for (int p = 0; p < NP; p++) {
-                sc[p] = tri_kscale_prep(_mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_SC + 32 * j)));
-                for (int t = 0; t < T; t++) {
-                    part[p][t] = _mm256_setzero_si256();
-                }
+                w[p] = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 32 * v));
             }
-            for (int g = 0; g < G; g++) {
-                const int v = j * G + g; /* vector index in the super-block */
-                __m256i w[2];
+            for (int t = 0; t < T; t++) {
+                const __m256i xb = tri_bcast32(xt->xu[t] + 256 * sb + 4 * v);
                 for (int p = 0; p < NP; p++) {
-                    w[p] = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 32 * v));
-                }
-                for (int t = 0; t < T; t++) {
-                    const __m256i xb = tri_bcast32(xt->xu[t] + 256 * sb + 4 * v);
-                    for (int p = 0; p < NP; p++) {
-                        tri_kpart_acc(&part[p][t], &isum[p][t], xb, w[p], sc[p]);
-                    }
-                }
-            }
-            for (int p = 0; p < NP; p++) {
-                for (int t = 0; t < T; t++) {
-                    tri_kpart_end(&isum[p][t], part[p][t], sc[p]);
+                    tri_kpart_acc(&part[p][t], &isum[p][t], xb, w[p], sc[p]);
                 }
             }
         }
         for (int p = 0; p < NP; p++) {
-            const __m256 dw = _mm256_loadu_ps((const float *) (pb + p * pstride + TRI_PANK_D));
             for (int t = 0; t < T; t++) {
-                const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xt->d[t][sb]));
-                acc[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[p][t]), dd, acc[p][t]);
-            }
-            if (!has_min) {
-                continue;
-            }
-            const __m256 dm = _mm256_loadu_ps((const float *) (pb + p * pstride + TRI_PANK_DMIN));
-            for (int t = 0; t < T; t++) {
-                /* pairs of code sums matching the panel's pairs of mins */
-                const uint8_t * bp = S == 8 ? (const uint8_t *) (xt->bs32[t] + 8 * sb)
-                                            : (const uint8_t *) (xt->bs16[t] + 16 * sb);
-                __m256i ms = _mm256_setzero_si256();
-                for (int k = 0; k < S / 2; k++) {
-                    const __m256i mn = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_MINS + 32 * k));
-                    ms = tri_dp_i16(ms, mn, tri_bcast32(bp + 4 * k));
-                }
-                const __m256 dd = _mm256_mul_ps(dm, _mm256_set1_ps(xt->d[t][sb]));
-                acc[p][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), dd, acc[p][t]);
+                tri_kpart_end(&isum[p][t], part[p][t], sc[p]);
             }
         }
     }
-    tri_acc_store(acc, NP, T, yt, nrows);
+    for (int p = 0; p < NP; p++) {
+        const __m256 dw = _mm256_loadu_ps((const float *) (pb + p * pstride + TRI_PANK_D));
+        for (int t = 0; t < T; t++) {
+            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xt->d[t][sb]));
+            acc[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[p][t]), dd, acc[p][t]);
+        }
+        if (!has_min) {
+            continue;
+        }
+        const __m256 dm = _mm256_loadu_ps((const float *) (pb + p * pstride + TRI_PANK_DMIN));
+        for (int t = 0; t < T; t++) {
+            /* pairs of code sums matching the panel's pairs of mins */
+            const uint8_t * bp = S == 8 ? (const uint8_t *) (xt->bs32[t] + 8 * sb)
+                                        : (const uint8_t *) (xt->bs16[t] + 16 * sb);
+            __m256i ms = _mm256_setzero_si256();
+            for (int k = 0; k < S / 2; k++) {
+                const __m256i mn = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_MINS + 32 * k));
+                ms = tri_dp_i16(ms, mn, tri_bcast32(bp + 4 * k));
+            }
+            const __m256 dd = _mm256_mul_ps(dm, _mm256_set1_ps(xt->d[t][sb]));
+            acc[p][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), dd, acc[p][t]);
+        }
+    }
+}
+
+/* K types: S sub-blocks per super-block, nsb super-blocks, one residue class mod 8 after the other. */
+TRI_INLINE void tri_tileK(const uint8_t * pan, size_t pstride, int NP, int T, int nsb, int S, bool has_min,
+                          const tri_xtile * xt, float * const * yt, int nrows) {
+    __m256 part[8][2][TRI_GEMM_TMAX], res[2][TRI_GEMM_TMAX];
+    for (int j = 0; j < 8; j++) {
+        __m256 acc[2][TRI_GEMM_TMAX];
+        tri_acc_zero(acc, NP, T);
+        for (int sb = j; sb < nsb; sb += 8) {
+            tri_tileK_sb(pan, pstride, NP, T, sb, S, has_min, xt, acc);
+        }
+        tri_acc_copy(part[j], acc, NP, T);
+    }
+    tri_acc_tree(part, NP, T, res);
+    tri_acc_store(res, NP, T, yt, nrows);
 }
 
 /* ---- prefill drivers: panels of up to 8 NP rows, then all tokens T at a time ---- */
@@ -564,9 +584,7 @@ TRI_INLINE void tri_gemm_panels(int n, const uint8_t * W, size_t rs, int64_t nro
     }
 }
 
-/* ---- decode ----
- * Exact integer dots, then the float steps of the canonical order: 32-value types one row at a time with
- * eight blocks in the lanes (their 18 to 34-byte blocks stream best row by row), K types 8 rows at a time. */
+/* ---- decode: one row at a time, its blocks read in order, eight of them in the vector lanes ---- */
 
 /* fp16 at byte off of 8 blocks bsz apart from p, as floats (lanes >= k: 0); built in registers (small
  * stores then a wide reload would stall on store forwarding). */
@@ -598,16 +616,6 @@ TRI_INLINE void tri_block_2h8(const uint8_t * p, size_t bsz, int k, __m256 * d, 
     const __m256i dm = _mm256_permute4x64_epi64(sh, 0xD8);
     *d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
     *m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
-}
-
-/* The fp16 at byte pos of rows p[0..7], as floats. */
-TRI_INLINE __m256 tri_rows_h8(const uint8_t * const p[8], size_t pos) {
-    uint16_t h[8];
-    for (int r = 0; r < 8; r++) {
-        memcpy(&h[r], p[r] + pos, 2);
-    }
-    return _mm256_cvtph_ps(_mm_setr_epi16((short) h[0], (short) h[1], (short) h[2], (short) h[3], (short) h[4],
-                                          (short) h[5], (short) h[6], (short) h[7]));
 }
 
 /* 8 floats from p, lanes >= k: 0 (the floats past an x row's array are other data). */
@@ -712,42 +720,38 @@ TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, c
  * msum * dmin * d_x. */
 typedef __m256i (*tri_ksb_fn)(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum);
 
-/* K types run 8 rows at a time (lanes = rows), a super-block of each per step, so one vector FMA serves 8
- * rows; each step prefetches the blocks the next group will read in its step (8 interleaved streams are
- * more than the hardware prefetcher follows). */
 TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
                           size_t bsz, tri_ksb_fn sbdot, int moff, size_t off_d, int off_dmin) {
     const int nsb = n / 256;
     const tri_block_q8_K * xk = (const tri_block_q8_K *) x;
-    for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
-        const int k = nrows - r0 < 8 ? (int) (nrows - r0) : 8;
-        const uint8_t * rp[8];
-        for (int r = 0; r < 8; r++) {
-            rp[r] = W + (size_t) (r0 + (r < k ? r : k - 1)) * rs; /* rows past the end repeat the last */
-        }
+    const float * xd = (const float *) (x + tri_xrow_layout_of(TRI_TYPE_Q8_K, n).d);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t * row = W + (size_t) r * rs;
         __m256 acc = _mm256_setzero_ps();
-        for (int sb = 0; sb < nsb; sb++) {
-            const size_t pos = (size_t) sb * bsz;
+        for (int s0 = 0; s0 < nsb; s0 += 8) {
+            const int k = nsb - s0 < 8 ? nsb - s0 : 8;
+            const uint8_t * blk0 = row + (size_t) s0 * bsz;
             __m256i p[8], m[8];
-            for (int r = 0; r < 8; r++) {
-                for (size_t o = 0; o < bsz; o += 64) { /* the same block of the next group's row */
-                    _mm_prefetch((const char *) rp[r] + 8 * rs + pos + o, _MM_HINT_T0);
+            for (int i = 0; i < 8; i++) {
+                if (i < k) {
+                    p[i] = sbdot(blk0 + (size_t) i * bsz, &xk[s0 + i], &m[i]);
+                } else {
+                    p[i] = m[i] = _mm256_setzero_si256();
                 }
-                p[r] = sbdot(rp[r] + pos, &xk[sb], &m[r]);
             }
-            const __m256i msv = tri_reduce8(m);
-            __m256i isum = tri_reduce8(p);
+            const __m256i ms = tri_reduce8(m);
+            __m256i is = tri_reduce8(p);
             if (moff) {
-                isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(msv, _mm256_set1_epi32(moff)));
+                is = _mm256_sub_epi32(is, _mm256_mullo_epi32(ms, _mm256_set1_epi32(moff)));
             }
-            const __m256 dy = _mm256_set1_ps(xk[sb].d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(tri_rows_h8(rp, pos + off_d), dy), acc);
+            const __m256 dy = tri_load8_k(xd + s0, k);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(tri_block_h8(blk0, bsz, off_d, k), dy), acc);
             if (off_dmin >= 0) {
-                const __m256 dd = _mm256_mul_ps(tri_rows_h8(rp, pos + (size_t) off_dmin), dy);
-                acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msv), dd, acc);
+                const __m256 dd = _mm256_mul_ps(tri_block_h8(blk0, bsz, (size_t) off_dmin, k), dy);
+                acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), dd, acc);
             }
         }
-        tri_store_rows(y + r0, acc, k);
+        y[r] = tri_hsum_ps(acc);
     }
 }
 

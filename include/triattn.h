@@ -76,7 +76,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or function signature in this header changes. */
-#define TRIATTN_ABI_VERSION 4
+#define TRIATTN_ABI_VERSION 5
 
 enum triattn_status {
     TRIATTN_OK              = 0,
@@ -127,6 +127,10 @@ struct triattn_model_params {
      * without CUDA or no device is present, the CPU runs the model and one WARN log line says why. Other
      * positive values (partial offload): TRIATTN_ERR_UNSUPPORTED; below -1: TRIATTN_ERR_INVALID_ARG. */
     int32_t      n_gpu_layers;
+    /* GPU only: bytes of device memory the weights and every session of the model may use together (0 = what the
+     * device has free). A session whose KV cache and buffers would not fit is refused with TRIATTN_ERR_OOM and a
+     * message saying what it needs and what is left. */
+    uint64_t     gpu_mem_limit;
 };
 TRIATTN_API void triattn_model_params_init(struct triattn_model_params * p);
 
@@ -174,6 +178,12 @@ TRIATTN_API enum triattn_status triattn_model_meta_value(const triattn_model * m
 
 /* True when the library was built with CUDA and at least one CUDA device is usable. */
 TRIATTN_API bool triattn_cuda_available(void);
+/* Parses a byte size: a number with an optional unit K, M, G or T (each 1024 times the last; "KB", "KiB" and
+ * "B" suffixes accepted), e.g. "24GiB", "512M", "1.5G", "1048576". False for anything else. */
+TRIATTN_API bool triattn_parse_bytes(const char * s, uint64_t * out);
+/* Device memory of a model on the GPU: bytes its weights and live sessions use, and its gpu_mem_limit (0 = none).
+ * Returns false (both 0) for a model on the CPU. */
+TRIATTN_API bool triattn_model_gpu_memory(const triattn_model * model, uint64_t * used, uint64_t * limit);
 
 /* ---- vocabulary ------------------------------------------------------------------------------- */
 

@@ -255,14 +255,16 @@ int32_t tri_session_chunk_limit(const triattn_session * s) {
 }
 
 int32_t tri_session_chunk_room(const triattn_session * s) {
-    const int32_t chunk = tri_session_chunk_limit(s);
-    if (s->kv.capacity >= s->params.n_ctx || s->backend) {
-        return chunk;
+    if (s->kv.capacity >= s->params.n_ctx) {
+        return s->params.n_batch;
     }
+    /* Up to the trigger a chunk may fill the cache (a prompt shorter than the budget prefills in n_batch chunks);
+     * at the trigger the round leaves room for `interval` tokens. */
     int32_t lo, hi;
     tri_kv_cache_live_range(&s->kv, &lo, &hi);
     const int64_t trigger = (int64_t) s->policy.cfg.budget + s->policy.cfg.interval;
-    return hi < trigger ? (int32_t) TRI_MIN(chunk, trigger - hi) : chunk;
+    return hi < trigger ? (int32_t) TRI_MIN(s->params.n_batch, TRI_MIN(trigger, s->kv.capacity) - hi)
+                        : tri_session_chunk_limit(s);
 }
 
 void tri_session_record(triattn_session * s, const triattn_token * tokens, int32_t n) {
@@ -303,26 +305,14 @@ static enum triattn_status tri_session_run(triattn_session * s, const triattn_to
         /* logits_all takes one chunk (room is made for all of it at once); otherwise chunks stop where the
          * policy's trigger fires, so the compression schedule does not depend on how tokens are split. */
         n = logits_all ? n_tokens : TRI_MIN(tri_session_chunk_room(s), n_tokens - i);
-        enum triattn_status st = tri_session_make_room(s, n);
+        const bool last = i + n == n_tokens;
+        const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
+        const triattn_token * chunk = tokens + i;
+        enum triattn_status st;
+        tri_step(&s, &chunk, &n, 1, mode, accept, &st);
         if (st != TRIATTN_OK) {
             return st;
         }
-        const bool last = i + n == n_tokens;
-        const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
-        if (s->backend) {
-            char msg[512] = "";
-            st = s->backend->forward_chunk(s, tokens + i, n, s->n_past, mode, msg, sizeof msg);
-            if (st != TRIATTN_OK) {
-                return tri_session_fail(s, st, "%s backend: %s", s->backend->name, msg);
-            }
-        } else {
-            tri_forward_chunk(&s->fwd, tokens + i, n, s->n_past, mode);
-        }
-        for (int32_t j = 0; accept && j < n; j++) {
-            tri_sampler_accept(s->sampler, tokens[i + j]);
-        }
-        tri_session_record(s, tokens + i, n);
-        s->n_past += n;
     }
     s->n_logits   = s->fwd.n_logits;
     s->logits_all = logits_all;

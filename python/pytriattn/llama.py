@@ -28,6 +28,18 @@ def _int_arg(name: str, value, lo: int | None = None, hi: int = 2**31 - 1) -> in
     return value
 
 
+def _bytes_arg(lib, ffi, name: str, value) -> int:
+    """A byte count: an int, or a string with a unit ("24GiB", "512M") parsed by the library."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        out = ffi.new("uint64_t *")
+        if not lib.triattn_parse_bytes(value.encode(), out):
+            raise TriattnError(ERR_INVALID_ARG, f"{name} must be a byte count such as 24GiB or 512M, got {value!r}")
+        return int(out[0])
+    return _int_arg(name, value, 0, 2**64 - 1)
+
+
 def _float_arg(name: str, value) -> float:
     try:
         f = float(value)
@@ -78,7 +90,9 @@ class Llama:
 
     GPU: ``n_gpu_layers=-1`` runs the whole model, its KV cache and the TriAttention rounds on one CUDA device
     when the library was built with CUDA and a device is present (else the CPU, with a warning); ``backend``
-    says which ("cpu" or "cuda"). Partial offload is refused.
+    says which ("cpu" or "cuda"). Partial offload is refused. ``gpu_mem_limit`` (bytes, or a string such as
+    ``"24GiB"``) caps the device memory of the weights and every session of the model: a session that would not
+    fit is refused with a message saying what it needs; ``gpu_memory()`` reports the use.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 0,
@@ -86,7 +100,8 @@ class Llama:
                  chat_format: str | None = None, kv_policy: str | None = None, kv_budget: int = 2048,
                  kv_interval: int = 128, kv_window: int | None = None, kv_sink: int = 4,
                  kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
-                 use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0):
+                 use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0,
+                 gpu_mem_limit: int | str | None = None):
         self._session = None
         self._model = None
         self._gen_id = 0
@@ -123,6 +138,7 @@ class Llama:
         lib.triattn_model_params_init(mp)
         mp.use_mmap = bool(use_mmap)
         mp.n_gpu_layers = n_gpu_layers
+        mp.gpu_mem_limit = _bytes_arg(lib, ffi, "gpu_mem_limit", gpu_mem_limit)
         self._keep = []  # C strings that must outlive the calls that take them
         if calibration is not None:
             mp.calibration_path = self._cstr(os.fspath(calibration))
@@ -334,6 +350,14 @@ class Llama:
         if p == self._ffi.NULL:
             raise TriattnError(ERR_INVALID_ARG, "no logits: decode tokens first")
         return np.frombuffer(self._ffi.buffer(p, self._n_vocab * 4), dtype=np.float32).copy()
+
+    def gpu_memory(self) -> dict:
+        """Device memory of the model on the GPU: {"used": bytes of weights and live sessions, "limit": bytes or 0};
+        both 0 on the CPU."""
+        used = self._ffi.new("uint64_t *")
+        limit = self._ffi.new("uint64_t *")
+        self._lib.triattn_model_gpu_memory(self._model, used, limit)
+        return {"used": int(used[0]), "limit": int(limit[0])}
 
     def kv_stats(self) -> dict:
         """Live slots, KV bytes, compressions and evicted tokens of the session's cache."""

@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=["1b", "32b"], default=None, help="one model only")
     ap.add_argument("--smoke", action="store_true", help="a tiny model, tiny runs: checks the script (CPU is fine)")
     ap.add_argument("--mem-limit", default="24GiB", help="device-memory cap of the 32b runs (default 24GiB)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds one triattn-cli run may take (default 600)")
     args = ap.parse_args(argv)
     if not args.cli.is_file():
         print(f"gpu.py: {args.cli} not found (build with -DTRIATTN_CUDA=ON, or pass --cli)", file=sys.stderr)
@@ -213,8 +214,8 @@ def main(argv=None) -> int:
     log = open(args.out / "gpu_bench.log", "a")
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {}}
 
-    def record(name: str, model: Path, extra: list[str], timeout: float = 600) -> list[dict]:
-        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, timeout)
+    def record(name: str, model: Path, extra: list[str], timeout: float | None = None) -> list[dict]:
+        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(timeout or args.timeout, args.timeout))
         results["runs"][name] = {"args": extra, "rows": rows, "exit": rc, "stderr_tail": err[-1500:]}
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         return rows

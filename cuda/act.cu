@@ -1,9 +1,10 @@
-/* Activation preparation (see act.cuh): one block per row. */
+/* Activation preparation (see act.cuh): blocks of two warps over slices of each row. */
 #include "act.cuh"
 #include "common.cuh"
 #include "qchunk.h"
 
-#define TRI_ACT_THREADS 256
+#define TRI_ACT_THREADS 64   /* two warps */
+#define TRI_ACT_SLICE   512  /* values a block writes and quantizes */
 
 struct tri_cu_act_args {
     const float * x, * u, * w;
@@ -28,9 +29,12 @@ __device__ __forceinline__ float tri_cu_act_value(const tri_cu_act_args & a, con
     return xr[i];
 }
 
+/* grid: x = slice of TRI_ACT_SLICE values, y = row. Each block sums the row's squares itself (RMSNorm), then writes
+ * and quantizes its slice: a warp takes 256 values at a time, 8 per lane; blocks of 32 are 4 lanes, of 256 the warp. */
 __global__ void __launch_bounds__(TRI_ACT_THREADS) tri_cu_act_kernel(tri_cu_act_args a) {
     __shared__ double sh[33];
-    const int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int i0 = blockIdx.x * TRI_ACT_SLICE, i1 = min(a.n, i0 + TRI_ACT_SLICE);
     const float * xr = a.x + (size_t) row * a.ldx;
     const float * ur = a.u ? a.u + (size_t) row * a.ldx : nullptr;
     float r = 1.0f;
@@ -44,22 +48,21 @@ __global__ void __launch_bounds__(TRI_ACT_THREADS) tri_cu_act_kernel(tri_cu_act_
     }
     if (a.f) {
         float * fr = a.f + (size_t) row * a.ldf;
-        for (int i = tid; i < a.n; i += TRI_ACT_THREADS) {
+        for (int i = i0 + tid; i < i1; i += TRI_ACT_THREADS) {
             fr[i] = tri_cu_act_value(a, xr, ur, r, i);
         }
     }
-    /* Quantization: a warp takes 256 values at a time, 8 per lane; blocks of 32 are 4 lanes, of 256 the warp. */
     for (int o = 0; o < a.n_q8; o++) {
         const tri_cuda_q8 & q = a.q8[o];
         const bool k256 = q.type == TRI_QC_ACT_Q8_K;
-        for (int base = warp * 256; base < a.n; base += 256 * (TRI_ACT_THREADS / 32)) {
-            const int i0 = base + 8 * lane;
-            const bool live = i0 < a.n;
+        for (int base = i0 + warp * 256; base < i1; base += 256 * (TRI_ACT_THREADS / 32)) {
+            const int e0 = base + 8 * lane;
+            const bool live = e0 < i1;
             float v[8];
             float amax = 0.0f;
 #pragma unroll
             for (int k = 0; k < 8; k++) {
-                v[k] = live ? tri_cu_act_value(a, xr, ur, r, i0 + k) : 0.0f;
+                v[k] = live ? tri_cu_act_value(a, xr, ur, r, e0 + k) : 0.0f;
                 amax = fmaxf(amax, fabsf(v[k]));
             }
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
@@ -77,21 +80,18 @@ __global__ void __launch_bounds__(TRI_ACT_THREADS) tri_cu_act_kernel(tri_cu_act_
                 sum += c[k];
             }
             const int sum16 = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
-            const int sum32 = sum16 + __shfl_xor_sync(0xffffffffu, sum16, 2);
+            const int sum16b = __shfl_xor_sync(0xffffffffu, sum16, 2); /* the other half of the 32 */
             if (live) {
-                int8_t * qr = q.qs + (size_t) row * q.ld;
                 int2 packed;
                 memcpy(&packed, c, 8);
-                *(int2 *) (qr + i0) = packed;
-                if ((lane & 1) == 0) {
-                    q.sum[(size_t) row * (q.ld / 16) + i0 / 16] = sum16;
-                }
+                *(int2 *) (q.qs + (size_t) row * q.ld + e0) = packed;
                 if ((lane & 3) == 0) {
-                    const size_t b = (size_t) row * (q.ld / 32) + i0 / 32;
-                    q.d[b] = k256 ? d : tri_qc_round_f16(d);
-                    if (q.type == TRI_QC_ACT_Q8_1) {
-                        q.s[b] = tri_qc_round_f16(d * (float) sum32);
-                    }
+                    tri_cuda_q8_meta m;
+                    m.d = k256 ? d : tri_qc_round_f16(d);
+                    m.s = q.type == TRI_QC_ACT_Q8_1 ? tri_qc_round_f16(d * (float) (sum16 + sum16b)) : 0.0f;
+                    m.sum[0] = sum16;
+                    m.sum[1] = sum16b;
+                    q.meta[(size_t) row * (q.ld / 32) + e0 / 32] = m;
                 }
             }
         }
@@ -119,7 +119,9 @@ extern "C" enum triattn_status tri_cuda_act_prep(const float * x, int64_t ldx, c
                          (q8[i].type == TRI_QC_ACT_Q8_0 || q8[i].type == TRI_QC_ACT_Q8_1 || q8[i].type == TRI_QC_ACT_Q8_K));
         a.q8[i] = q8[i];
     }
-    tri_cu_act_kernel<<<n_rows, TRI_ACT_THREADS, 0, TRI_CU_STREAM(stream)>>>(a);
+    TRI_CUDA_REQUIRE(n_rows <= 65535);
+    const dim3 grid(tri_cu_blocks(n, TRI_ACT_SLICE), (unsigned) n_rows);
+    tri_cu_act_kernel<<<grid, TRI_ACT_THREADS, 0, TRI_CU_STREAM(stream)>>>(a);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -14,14 +14,19 @@
 extern "C" {
 #endif
 
+/* What a product needs of 32 activation codes besides the codes, in one 16-byte load. */
+typedef struct tri_cuda_q8_meta {
+    float   d;       /* scale of the 32 values (Q8_K: that of their 256-value block) */
+    float   s;       /* Q8_1: fp16(d * sum of the 32 codes); 0 otherwise */
+    int32_t sum[2];  /* sums of codes 0..15 and 16..31 */
+} tri_cuda_q8_meta;
+
 /* 8-bit activations of n_rows rows of `ld` values (ld a multiple of 32; of 256 for Q8_K). */
 typedef struct tri_cuda_q8 {
-    int8_t *  qs;   /* [rows][ld] codes */
-    float *   d;    /* [rows][ld / 32] scale of each 32 values (Q8_K: that of their 256-value block) */
-    float *   s;    /* [rows][ld / 32] Q8_1: fp16(d * sum of the 32 codes); unused otherwise */
-    int32_t * sum;  /* [rows][ld / 16] sum of each 16 codes */
-    int64_t   ld;
-    int       type; /* TRI_QC_ACT_Q8_0, _Q8_1 or _Q8_K (qchunk.h) */
+    int8_t *           qs;    /* [rows][ld] codes */
+    tri_cuda_q8_meta * meta;  /* [rows][ld / 32] */
+    int64_t            ld;
+    int                type;  /* TRI_QC_ACT_Q8_0, _Q8_1 or _Q8_K (qchunk.h) */
 } tri_cuda_q8;
 
 /* Row values v of x (n per row, row stride ldx): rmsnorm(x) * norm_w when `norm` (norm_w may be NULL: no weight),

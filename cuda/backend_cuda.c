@@ -259,9 +259,7 @@ static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws *
     TRI_CU_PART(ws->logits, (size_t) TRI_CU_LOGIT_ROWS * hp->n_vocab * sizeof(float));
     for (int i = 0; i < TRI_CU_ACT_SLOTS; i++) {
         TRI_CU_PART(ws->q8[i].qs, mv * mi);
-        TRI_CU_PART(ws->q8[i].d, mv * mi / 32 * sizeof(float));
-        TRI_CU_PART(ws->q8[i].s, mv * mi / 32 * sizeof(float));
-        TRI_CU_PART(ws->q8[i].sum, mv * mi / 16 * sizeof(int32_t));
+        TRI_CU_PART(ws->q8[i].meta, mv * mi / 32 * sizeof(tri_cuda_q8_meta));
         ws->q8[i].ld = (int64_t) mi;
     }
 #undef TRI_CU_PART
@@ -272,7 +270,7 @@ static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws *
  * n_batch rows, or says why they do not fit. */
 static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, size_t kv_bytes, char * err, size_t en) {
     tri_cu_model * cm = s->model->backend_state;
-    tri_cu_part parts[16 + 4 * TRI_CU_ACT_SLOTS];
+    tri_cu_part parts[16 + 2 * TRI_CU_ACT_SLOTS];
     tri_cu_ws grown = { 0 };
     const int32_t rows = s->params.n_batch;
     const size_t n_parts = tri_cu_ws_layout(&s->model->hp, rows, &grown, parts);

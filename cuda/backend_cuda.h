@@ -15,10 +15,10 @@
 #define TRI_CU_DEVICE     0    /* the one device a model uses */
 #define TRI_CU_ALIGN      256  /* bytes: every device / pinned sub-buffer starts on this boundary */
 #define TRI_CU_ACT_SLOTS  3    /* 8-bit activation buffers (distinct activation types one input may need) */
-#define TRI_CU_ATT_PARTS  64   /* most slot ranges (split-K parts) of one (row, KV head) */
-#define TRI_CU_ATT_SLOTS  128  /* slots per part a decode step aims at */
+#define TRI_CU_ATT_PARTS  128  /* most slot ranges (split-K parts) of one (row, KV head) */
+#define TRI_CU_ATT_SLOTS  64   /* slots per part a decode step aims at: one tile of the attention kernel */
 #define TRI_CU_VEC_ROWS   32   /* steps of up to this many rows use the matrix-vector kernels (8 rows a launch) */
-#define TRI_CU_PART_ROWS  512  /* (row, part) pairs of split-K scratch a step may use, at least */
+#define TRI_CU_PART_ROWS  1024 /* (row, part) pairs of split-K scratch a step may use, at least */
 #define TRI_CU_LOGIT_ROWS 32   /* rows of logits computed per output product (more rows: in pieces) */
 
 /* Runs a call returning a status; on failure jumps to `fail` with it in `st`. */

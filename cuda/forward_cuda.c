@@ -34,10 +34,8 @@ typedef struct tri_cu_job {
 
 /* Rows [r0, r0 + n) of a q8 buffer. */
 static tri_cuda_q8 tri_cu_q8_rows(tri_cuda_q8 q, int r0) {
-    q.qs  += (size_t) r0 * q.ld;
-    q.d   += (size_t) r0 * (q.ld / 32);
-    q.s   += (size_t) r0 * (q.ld / 32);
-    q.sum += (size_t) r0 * (q.ld / 16);
+    q.qs   += (size_t) r0 * q.ld;
+    q.meta += (size_t) r0 * (q.ld / 32);
     return q;
 }
 
@@ -228,7 +226,7 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
 static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t max_cap) {
     const int sms = TRI_MAX(tri_cuda_sm_count(), 1);
     const int groups = (c->H / c->Hkv + 7) / 8;
-    int parts = (4 * sms + n * c->Hkv * groups - 1) / (n * c->Hkv * groups);
+    int parts = (8 * sms + n * c->Hkv * groups - 1) / (n * c->Hkv * groups);
     parts = TRI_MIN(parts, (max_cap + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS);
     parts = TRI_MIN(parts, TRI_CU_ATT_PARTS);
     parts = TRI_MIN(parts, ws->part_rows / n);

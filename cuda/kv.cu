@@ -1,9 +1,8 @@
-/* Per-layer K/V work of a forward step (see kv.cuh): one block per row, one warp per head. */
+/* Per-layer K/V work of a forward step (see kv.cuh): one warp (block) per (head, row). */
 #include "attention.cuh"
 #include "common.cuh"
 #include "kv.cuh"
 
-#define TRI_KV_WARPS 8
 
 /* RMSNorm of head x (D values, as ggml_ops' tri_rmsnorm: squares summed in double) into buf, then RoPE of its
  * first R dims in buf. Whole warp. */
@@ -34,45 +33,43 @@ __device__ static void tri_cu_head_post(const float * x, const float * nw, const
     __syncwarp();
 }
 
-__global__ void __launch_bounds__(32 * TRI_KV_WARPS)
+/* grid: x = head (query heads, then K heads, then V heads), y = row; one warp. */
+__global__ void __launch_bounds__(32)
 tri_cu_qkv_post_kernel(float * q, const float * k, const float * v, const float * q_norm, const float * k_norm,
                        const float * cs, const tri_cuda_row * rows, int il, tri_cuda_heads hd) {
-    __shared__ float buf[TRI_KV_WARPS][TRI_CUDA_ATT_MAX_D];
-    const int r = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __shared__ float b[TRI_CUDA_ATT_MAX_D];
+    const int r = blockIdx.y, hh = blockIdx.x, lane = threadIdx.x;
     const int D = hd.head_dim, H = hd.n_head, Hkv = hd.n_head_kv;
     const tri_cuda_row row = rows[r];
     const float * csr = cs + (size_t) r * hd.rope_dim;
-    float * b = buf[warp];
-    for (int hh = warp; hh < H + 2 * Hkv; hh += TRI_KV_WARPS) {
-        if (hh < H) {
-            float * x = q + ((size_t) r * H + hh) * D;
-            tri_cu_head_post(x, q_norm, csr, hd, b);
-            for (int d = lane; d < D; d += 32) {
-                x[d] = b[d];
-            }
-            continue;
+    if (hh < H) {
+        float * x = q + ((size_t) r * H + hh) * D;
+        tri_cu_head_post(x, q_norm, csr, hd, b);
+        for (int d = lane; d < D; d += 32) {
+            x[d] = b[d];
         }
-        const bool is_k = hh < H + Hkv;
-        const int h = is_k ? hh - H : hh - H - Hkv;
-        const size_t lh = (size_t) il * Hkv + h;
-        const int slot = row.n_live[lh] + row.rank;
-        if (slot >= row.cap) {
-            continue; /* never happens when the host made room; keeps a bug from writing out of bounds */
+        return;
+    }
+    const bool is_k = hh < H + Hkv;
+    const int h = is_k ? hh - H : hh - H - Hkv;
+    const size_t lh = (size_t) il * Hkv + h;
+    const int slot = row.n_live[lh] + row.rank;
+    if (slot >= row.cap) {
+        return; /* never happens when the host made room; keeps a bug from writing out of bounds */
+    }
+    const size_t dst = (lh * row.cap + slot) * D;
+    if (is_k) {
+        tri_cu_head_post(k + ((size_t) r * Hkv + h) * D, k_norm, csr, hd, b);
+        for (int d = lane; d < D; d += 32) {
+            ((__half *) row.K)[dst + d] = __float2half_rn(b[d]);
         }
-        const size_t dst = (lh * row.cap + slot) * D;
-        if (is_k) {
-            tri_cu_head_post(k + ((size_t) r * Hkv + h) * D, k_norm, csr, hd, b);
-            for (int d = lane; d < D; d += 32) {
-                ((__half *) row.K)[dst + d] = __float2half_rn(b[d]);
-            }
-            if (lane == 0) {
-                row.pos[lh * row.cap + slot] = row.position;
-            }
-        } else {
-            const float * x = v + ((size_t) r * Hkv + h) * D;
-            for (int d = lane; d < D; d += 32) {
-                ((__half *) row.V)[dst + d] = __float2half_rn(x[d]);
-            }
+        if (lane == 0) {
+            row.pos[lh * row.cap + slot] = row.position;
+        }
+    } else {
+        const float * x = v + ((size_t) r * Hkv + h) * D;
+        for (int d = lane; d < D; d += 32) {
+            ((__half *) row.V)[dst + d] = __float2half_rn(x[d]);
         }
     }
 }
@@ -94,8 +91,9 @@ extern "C" enum triattn_status tri_cuda_qkv_post(float * q, const float * k, con
     TRI_CUDA_REQUIRE(n_rows > 0 && hd->n_head > 0 && hd->n_head_kv > 0 && hd->head_dim > 0 &&
                      hd->head_dim <= TRI_CUDA_ATT_MAX_D && hd->rope_dim > 0 && hd->rope_dim % 2 == 0 &&
                      hd->rope_dim <= hd->head_dim && (hd->pairing == 0 || hd->pairing == 1) && il >= 0 && il < n_layer);
-    tri_cu_qkv_post_kernel<<<n_rows, 32 * TRI_KV_WARPS, 0, TRI_CU_STREAM(stream)>>>(q, k, v, q_norm, k_norm, cs, rows, il,
-                                                                                   *hd);
+    TRI_CUDA_REQUIRE(n_rows <= 65535);
+    const dim3 grid((unsigned) (hd->n_head + 2 * hd->n_head_kv), (unsigned) n_rows);
+    tri_cu_qkv_post_kernel<<<grid, 32, 0, TRI_CU_STREAM(stream)>>>(q, k, v, q_norm, k_norm, cs, rows, il, *hd);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

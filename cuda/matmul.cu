@@ -45,44 +45,66 @@ __device__ __forceinline__ void tri_cu_mv_store(const tri_cu_mm_args & a, const 
     }
 }
 
-/* Quantized weights x 8-bit activations: integer dot products per chunk (qchunk.h). */
-template <int T, int NT>
+/* Quantized weights x 8-bit activations: integer dot products per chunk (qchunk.h). A warp takes R rows, so each
+ * activation load serves R rows (R = 2 from 4 tokens on, where the loads of activations dominate). */
+template <int T, int NT, int R>
 __global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvq_kernel(const tri_cu_mm_args a) {
-    int64_t r = (int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5);
-    if (r >= a.total_rows) {
+    const int64_t r0 = ((int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5)) * R;
+    if (r0 >= a.total_rows) {
         return;
     }
-    const tri_cuda_mm_job job = tri_cu_job_of(a, &r);
     const int lane = threadIdx.x & 31;
     const int kind = tri_qc_kind(T);
     const int64_t nch = a.ne0 / 32, ld = a.q8.ld;
-    const uint8_t * row = (const uint8_t *) job.W + (size_t) r * (size_t) (a.ne0 / tri_qc_block_values(T)) *
-                                                    tri_qc_block_bytes(T);
-    float acc[NT];
+    const size_t rb = (size_t) (a.ne0 / tri_qc_block_values(T)) * tri_qc_block_bytes(T);
+    tri_cuda_mm_job job[R];
+    int64_t lr[R];
+    const uint8_t * row[R];
 #pragma unroll
-    for (int t = 0; t < NT; t++) {
-        acc[t] = 0.0f;
+    for (int rr = 0; rr < R; rr++) {
+        lr[rr] = r0 + rr < a.total_rows ? r0 + rr : r0; /* a missing last row repeats the first, unwritten */
+        job[rr] = tri_cu_job_of(a, &lr[rr]);
+        row[rr] = (const uint8_t *) job[rr].W + (size_t) lr[rr] * rb;
+    }
+    float acc[R][NT];
+#pragma unroll
+    for (int rr = 0; rr < R; rr++) {
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            acc[rr][t] = 0.0f;
+        }
     }
 #pragma unroll 2
     for (int64_t c = lane; c < nch; c += 32) {
-        tri_qc_chunk ch;
-        tri_qc_prep(T, row, c, &ch);
+        tri_qc_chunk ch[R];
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            tri_qc_prep(T, row[rr], c, &ch[rr]);
+        }
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int4 * xq = (const int4 *) (a.q8.qs + (size_t) t * ld + 32 * c);
             const int4 v0 = xq[0], v1 = xq[1];
+            const int4 m = *(const int4 *) (a.q8.meta + (size_t) t * (ld / 32) + c);
             const int32_t w[8] = { v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w };
-            const size_t b32 = (size_t) t * (ld / 32) + c, b16 = (size_t) t * (ld / 16) + 2 * c;
             tri_qc_act act;
             act.q = w;
-            act.d = a.q8.d[b32];
-            act.s = kind == TRI_QC_MIN ? a.q8.s[b32] : 0.0f;
-            act.sum[0] = a.q8.sum[b16];
-            act.sum[1] = a.q8.sum[b16 + 1];
-            acc[t] += tri_qc_dot(kind, &ch, &act);
+            act.d = __int_as_float(m.x);
+            act.s = __int_as_float(m.y);
+            act.sum[0] = m.z;
+            act.sum[1] = m.w;
+#pragma unroll
+            for (int rr = 0; rr < R; rr++) {
+                acc[rr][t] += tri_qc_dot(kind, &ch[rr], &act);
+            }
         }
     }
-    tri_cu_mv_store<NT>(a, job, r, acc);
+#pragma unroll
+    for (int rr = 0; rr < R; rr++) {
+        if (r0 + rr < a.total_rows) {
+            tri_cu_mv_store<NT>(a, job[rr], lr[rr], acc[rr]);
+        }
+    }
 }
 
 /* Weight i of a float-typed row; F16 weights meet activations rounded to fp16, as on the CPU. */
@@ -176,9 +198,10 @@ static bool tri_cu_mm_args_make(int type, int64_t ne0, const tri_cuda_mm_job * j
 
 template <int NT>
 static void tri_cu_mm_vec_launch(int type, const tri_cu_mm_args & a, cudaStream_t s) {
-    const unsigned grid = tri_cu_blocks(a.total_rows, TRI_MV_WARPS);
+    constexpr int R = NT >= 4 ? 2 : 1;
+    const unsigned grid = tri_cu_blocks(a.total_rows, TRI_MV_WARPS * (type == 0 || type == 1 || type == 30 ? 1 : R));
     switch (type) {
-#define TRI_CU_CASE(T) case T: tri_cu_mmvq_kernel<T, NT><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;
+#define TRI_CU_CASE(T) case T: tri_cu_mmvq_kernel<T, NT, R><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;
         TRI_CU_QTYPES(TRI_CU_CASE)
 #undef TRI_CU_CASE
 #define TRI_CU_CASE(T) case T: tri_cu_mmvf_kernel<T, NT><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;

@@ -13,6 +13,7 @@
 #ifndef TRI_QCHUNK_H
 #define TRI_QCHUNK_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __CUDACC__
@@ -61,6 +62,26 @@ TRI_QC_FN uint32_t tri_qc_u16(const uint8_t * p) {
 /* 4 bytes at a 2-byte aligned address. */
 TRI_QC_FN uint32_t tri_qc_u32(const uint8_t * p) {
     return tri_qc_u16(p) | (tri_qc_u16(p + 2) << 16);
+}
+/* 4 bytes at p; a4: p is 4-byte aligned (one load on the device). */
+TRI_QC_FN uint32_t tri_qc_word(const uint8_t * p, bool a4) {
+#ifdef __CUDA_ARCH__
+    if (a4) {
+        return *(const uint32_t *) p;
+    }
+#endif
+    return tri_qc_u32(p);
+}
+/* 32 bytes at a 16-byte aligned p as 8 words (two 16-byte loads on the device). */
+TRI_QC_FN void tri_qc_words32(const uint8_t * p, uint32_t * w) {
+#ifdef __CUDA_ARCH__
+    const uint4 a = ((const uint4 *) p)[0], b = ((const uint4 *) p)[1];
+    w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+#else
+    for (int k = 0; k < 8; k++) {
+        w[k] = tri_qc_u32(p + 4 * k);
+    }
+#endif
 }
 TRI_QC_FN float tri_qc_f16(const uint8_t * p) {
 #ifdef __CUDACC__
@@ -128,10 +149,10 @@ TRI_QC_FN int tri_qc_act_type(int type) {
 
 /* ---- chunk unpacking: chunk c of a row starting at `row` ---- */
 
-/* Nibbles of qs[0..16): values 0..15 low, 16..31 high (Q4_0, Q4_1, Q5_0, Q5_1). */
-TRI_QC_FN void tri_qc_nibbles32(const uint8_t * qs, tri_qc_chunk * ch) {
+/* Nibbles of qs[0..16): values 0..15 low, 16..31 high (Q4_0, Q4_1, Q5_0, Q5_1); a4: qs is 4-byte aligned. */
+TRI_QC_FN void tri_qc_nibbles32(const uint8_t * qs, bool a4, tri_qc_chunk * ch) {
     for (int k = 0; k < 4; k++) {
-        const uint32_t w = tri_qc_u32(qs + 4 * k);
+        const uint32_t w = tri_qc_word(qs + 4 * k, a4);
         ch->q[k]     = (int32_t) (w & 0x0F0F0F0Fu);
         ch->q[4 + k] = (int32_t) ((w >> 4) & 0x0F0F0F0Fu);
     }
@@ -164,21 +185,21 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
         ch->d = tri_qc_f16(b);
         switch (type) {
             case TRI_QC_Q4_0: /* d @0, qs[16] @2: d * (q - 8) */
-                tri_qc_nibbles32(b + 2, ch);
+                tri_qc_nibbles32(b + 2, false, ch);
                 ch->off = 8;
                 break;
             case TRI_QC_Q4_1: /* d @0, m @2, qs[16] @4: d * q + m */
-                tri_qc_nibbles32(b + 4, ch);
+                tri_qc_nibbles32(b + 4, true, ch);
                 ch->m = tri_qc_f16(b + 2);
                 break;
             case TRI_QC_Q5_0: /* d @0, qh[4] @2, qs[16] @6: d * (q - 16) */
-                tri_qc_nibbles32(b + 6, ch);
+                tri_qc_nibbles32(b + 6, false, ch);
                 tri_qc_fifth_bit(tri_qc_u32(b + 2), ch);
                 ch->off = 16;
                 break;
             case TRI_QC_Q5_1: /* d @0, m @2, qh[4] @4, qs[16] @8: d * q + m */
-                tri_qc_nibbles32(b + 8, ch);
-                tri_qc_fifth_bit(tri_qc_u32(b + 4), ch);
+                tri_qc_nibbles32(b + 8, true, ch);
+                tri_qc_fifth_bit(tri_qc_word(b + 4, true), ch);
                 ch->m = tri_qc_f16(b + 2);
                 break;
             default: /* Q8_0: d @0, qs[32] @2 */
@@ -195,7 +216,7 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
         case TRI_QC_Q2_K: { /* scales[16] @0, qs[64] @16, d @80, dmin @82 */
             const int h = j / 4, sh = 2 * (j % 4);
             for (int k = 0; k < 8; k++) {
-                ch->q[k] = (int32_t) ((tri_qc_u32(b + 16 + 32 * h + 4 * k) >> sh) & 0x03030303u);
+                ch->q[k] = (int32_t) ((tri_qc_word(b + 16 + 32 * h + 4 * k, true) >> sh) & 0x03030303u);
             }
             for (int g = 0; g < 2; g++) {
                 ch->sc[g] = b[2 * j + g] & 15;
@@ -224,12 +245,17 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
         }
         case TRI_QC_Q4_K:   /* d @0, dmin @2, scales[12] @4, qs[128] @16 */
         case TRI_QC_Q5_K: { /* d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48 */
-            const uint8_t * qs = b + (type == TRI_QC_Q4_K ? 16 : 48) + 32 * (j / 2);
+            /* super-blocks of 144 / 176 bytes keep qs (and qh) 16-byte aligned */
+            uint32_t w[8], hw[8];
+            tri_qc_words32(b + (type == TRI_QC_Q4_K ? 16 : 48) + 32 * (j / 2), w);
             const int sh = 4 * (j % 2);
+            if (type == TRI_QC_Q5_K) {
+                tri_qc_words32(b + 16, hw);
+            }
             for (int k = 0; k < 8; k++) {
-                ch->q[k] = (int32_t) ((tri_qc_u32(qs + 4 * k) >> sh) & 0x0F0F0F0Fu);
+                ch->q[k] = (int32_t) ((w[k] >> sh) & 0x0F0F0F0Fu);
                 if (type == TRI_QC_Q5_K) {
-                    ch->q[k] |= (int32_t) (((tri_qc_u32(b + 16 + 4 * k) >> j) & 0x01010101u) << 4);
+                    ch->q[k] |= (int32_t) (((hw[k] >> j) & 0x01010101u) << 4);
                 }
             }
             tri_qc_scale_min_k4(j, b + 4, &ch->sc[0], &ch->mn[0]);

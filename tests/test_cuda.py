@@ -84,13 +84,15 @@ def _run_py(lib: Path, code: str, *args, timeout: int = 600) -> tuple[dict, str]
     return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
 
 
-# Greedy continuation of a random prompt with n_gpu_layers = 0 and then = ngl, in one process.
+# Greedy continuation of a random prompt with n_gpu_layers = 0, then the same tokens fed with n_gpu_layers = ngl
+# (teacher-forced, so one near-tie cannot derail the rest), in one process.
 GREEDY = r"""
 import json, random, sys
 import numpy as np
 from pytriattn import Llama, TriattnError
 path, ngl, n_gen, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 out = {}
+ref = None
 for name, layers in (("cpu", 0), ("req", ngl)):
     try:
         llm = Llama(path, n_ctx=512, n_batch=64, kv_policy="full", n_gpu_layers=layers)
@@ -101,11 +103,13 @@ for name, layers in (("cpu", 0), ("req", ngl)):
     prompt = [rng.randrange(llm.n_vocab()) for _ in range(40)]
     logits = llm.eval(prompt)
     toks, rows = [], [logits[-1]]
-    for _ in range(n_gen):
-        t = int(np.argmax(rows[-1]))
+    for i in range(n_gen):
+        t = int(np.argmax(rows[-1])) if ref is None else ref[i]
         toks.append(t)
         rows.append(llm.eval([t])[0])
-    out[name] = {"backend": llm.backend, "tokens": toks, "prefill": logits.tolist(), "last": rows[-1].tolist()}
+    ref = ref or toks
+    out[name] = {"backend": llm.backend, "tokens": toks, "prefill": logits.tolist(),
+                 "rows": np.array(rows).tolist(), "last": rows[-1].tolist()}
     llm.close()
 print(json.dumps(out))
 """
@@ -220,13 +224,17 @@ E2E_CASES = [
 
 @pytest.mark.parametrize("arch,wtype", E2E_CASES, ids=[f"{a}-{w}" for a, w in E2E_CASES])
 def test_cuda_greedy_matches_cpu_tiny(cuda_build, cuda_device, tmp_path, arch, wtype):
+    """The GPU's next-token choice on the CPU's greedy text equals the CPU's at every step, except where the CPU's
+    own top two logits nearly tie (the two differ by rounding: fp16 tensor-core prefill, float summation order)."""
     model = _tiny(tmp_path, arch, wtype, tied=wtype in ("Q8_0", "Q6_K"), rope_freqs=wtype == "Q4_K")
     res, _ = _run_py(cuda_build / "libtriattn.so", GREEDY, model, -1, 24, SEED)
     cpu, gpu = res["cpu"], res["req"]
     assert gpu["backend"] == "cuda"
-    assert _cos(cpu["prefill"], gpu["prefill"]) > 0.995, f"seed {SEED}"
-    assert gpu["tokens"] == cpu["tokens"], f"seed {SEED}"
-    assert _cos(cpu["last"], gpu["last"]) > 0.995, f"seed {SEED}"
+    assert _cos(cpu["prefill"], gpu["prefill"]) > 0.9995, f"seed {SEED}"
+    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=0.25)
+    print(f"{arch}-{wtype}: top-1 agreement {agree:.3f}, rows cosine {_cos(cpu['rows'], gpu['rows']):.7f}")
+    assert not big_gaps, f"seed {SEED}: the GPU's choice differs where the CPU's top-2 gap is {big_gaps}"
+    assert _cos(cpu["rows"], gpu["rows"]) > 0.9995, f"seed {SEED}"
 
 
 # Real weights without a download on the device: the default model cut to its first layers (real tensors, its

@@ -106,18 +106,14 @@ static int act_type_of(enum tri_type t) {
 static tri_cuda_q8 q8_new(int rows, int64_t ld, int type) {
     tri_cuda_q8 q = { 0 };
     q.qs = dnew((size_t) rows * ld);
-    q.d = dnew(sizeof(float) * rows * (ld / 32));
-    q.s = dnew(sizeof(float) * rows * (ld / 32));
-    q.sum = dnew(sizeof(int32_t) * rows * (ld / 16));
+    q.meta = dnew(sizeof(tri_cuda_q8_meta) * rows * (ld / 32));
     q.ld = ld;
     q.type = type;
     return q;
 }
 static void q8_free(tri_cuda_q8 * q) {
     tri_cuda_free(q->qs);
-    tri_cuda_free(q->d);
-    tri_cuda_free(q->s);
-    tri_cuda_free(q->sum);
+    tri_cuda_free(q->meta);
 }
 
 /* The CPU's product of a weight row and an activation row: the activation converted to the weight's vec_dot type
@@ -318,7 +314,7 @@ static void parity_act_prep(void) {
         double e = 0.0;
         long bad = 0;
         int8_t * gq = hnew((size_t) n);
-        float * gd = hnew(sizeof(float) * n / 32);
+        tri_cuda_q8_meta * gm = hnew(sizeof(tri_cuda_q8_meta) * n / 32);
         void * blocks = hnew((size_t) n * 2);
         for (int r = 0; r < rows; r++) {
             const float * xr = x + r * ld;
@@ -338,10 +334,10 @@ static void parity_act_prep(void) {
                 const tri_type_traits * vt = tri_type_traits_get((enum tri_type) q8[o].type);
                 vt->from_float(f + r * n, blocks, n);
                 down(gq, q8[o].qs + (size_t) r * n, (size_t) n);
-                down(gd, q8[o].d + (size_t) r * (n / 32), sizeof(float) * n / 32);
+                down(gm, q8[o].meta + (size_t) r * (n / 32), sizeof(tri_cuda_q8_meta) * n / 32);
                 for (int c = 0; c < n / 32; c++) {
                     const int8_t * qs;
-                    float d;
+                    float d, sv = 0.0f;
                     if (q8[o].type == TRI_TYPE_Q8_K) {
                         const tri_block_q8_K * b = (const tri_block_q8_K *) blocks + c / 8;
                         qs = b->qs + 32 * (c % 8);
@@ -349,11 +345,18 @@ static void parity_act_prep(void) {
                     } else if (q8[o].type == TRI_TYPE_Q8_1) {
                         qs = ((const tri_block_q8_1 *) blocks)[c].qs;
                         d = tri_fp16_to_fp32(((const tri_block_q8_1 *) blocks)[c].d);
+                        sv = tri_fp16_to_fp32(((const tri_block_q8_1 *) blocks)[c].s);
                     } else {
                         qs = ((const tri_block_q8_0 *) blocks)[c].qs;
                         d = tri_fp16_to_fp32(((const tri_block_q8_0 *) blocks)[c].d);
                     }
-                    bad += memcmp(gq + 32 * c, qs, 32) != 0 || memcmp(&gd[c], &d, sizeof d) != 0;
+                    int s0 = 0, s1 = 0;
+                    for (int i = 0; i < 16; i++) {
+                        s0 += qs[i];
+                        s1 += qs[16 + i];
+                    }
+                    bad += memcmp(gq + 32 * c, qs, 32) != 0 || memcmp(&gm[c].d, &d, sizeof d) != 0 ||
+                           memcmp(&gm[c].s, &sv, sizeof sv) != 0 || gm[c].sum[0] != s0 || gm[c].sum[1] != s1;
                 }
             }
         }
@@ -375,7 +378,7 @@ static void parity_act_prep(void) {
         free(f);
         free(ref);
         free(gq);
-        free(gd);
+        free(gm);
         free(blocks);
     }
 }

@@ -147,8 +147,9 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     const struct triattn_model * m = p->model;
     if (!m || !m->centres) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
-                        "kv_policy 'triattention' needs query centres: run `pytriattn calibrate model.gguf -o "
-                        "model.tri.gguf` and load model.tri.gguf (or pass it as calibration_path)");
+                        "kv_policy 'triattention' needs query centres: run `pytriattn calibrate model.gguf "
+                        "--self-generate -o model.tri.gguf` and load model.tri.gguf (or a sidecar as "
+                        "triattn_model_params.calibration_path)");
     }
     tri_ta_state * st = calloc(1, sizeof *st);
     if (!st) {

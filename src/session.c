@@ -89,7 +89,8 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     if (strcmp(name, "triattention") == 0 && !m->centres) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
                         "kv_policy 'triattention' needs query centres, and this model has none: run `pytriattn "
-                        "calibrate model.gguf -o model.tri.gguf` and load model.tri.gguf (or pass calibration_path)");
+                        "calibrate model.gguf --self-generate -o model.tri.gguf` and load model.tri.gguf (or a "
+                        "sidecar as triattn_model_params.calibration_path)");
     }
     tri_ta_opts opts;
     return tri_ta_parse_mode(p->kv_mode, &opts, err, n);

@@ -436,21 +436,12 @@ def _cmd_bench(args) -> int:
 
 def _cmd_serve(args) -> int:
     """Replaces this process with the packaged triattn-server (options pass through unchanged)."""
-    from ._lib import binary_path
+    from ._bin import exec_program
 
     rest = list(args.server_args)
     if rest[:1] == ["--"]:
         rest = rest[1:]
-    if not any(a in ("-m", "--model", "-h", "--help") for a in rest):
-        from ._fetch import ensure_default_model
-        rest = ["-m", str(ensure_default_model())] + rest
-    try:
-        exe = str(binary_path("triattn-server"))
-    except TriattnError as e:
-        print(f"pytriattn serve: error: {e}", file=sys.stderr)
-        return 1
-    os.execv(exe, [exe] + rest)
-    return 1
+    return exec_program("triattn-server", rest, "pytriattn serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -146,6 +146,12 @@ class Llama:
         st = lib.triattn_model_load(self._cstr(self.model_path), mp, out, err, len(err))
         _lib.check(st, ffi.string(err).decode("utf-8", "replace") or f"{self.model_path}: cannot load model")
         self._model = ffi.gc(out[0], lib.triattn_model_free)
+        if kv_policy == "triattention" and not self.model_info["has_calibration"]:
+            self.close()
+            raise TriattnError(ERR_INVALID_ARG, f"kv_policy='triattention' needs query centres, and "
+                               f"{self.model_path} has none: pass calibration='FILE' with a sidecar written by "
+                               f"`pytriattn calibrate MODEL --self-generate --sidecar -o FILE` (or --text TEXT.txt), "
+                               f"or load a model calibrated with `pytriattn calibrate`")
 
         sp = ffi.new("struct triattn_session_params *")
         lib.triattn_session_params_init(sp)

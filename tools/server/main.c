@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "../common/model_files.h"
 
 static struct server g_srv;
 
@@ -29,7 +30,7 @@ static void on_signal(int sig) { (void)sig; g_srv.stop = 1; }
 
 static void usage(FILE * f) {
     fprintf(f,
-        "usage: triattn-server -m MODEL.gguf [options]\n"
+        "usage: triattn-server [-m MODEL.gguf] [options]\n"
         "\n"
         "An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions (stream and not), /v1/models,\n"
         "/health, /tokenize, /detokenize, /metrics (Prometheus), /slots.\n"
@@ -55,7 +56,8 @@ static void usage(FILE * f) {
         "  --alias NAME         model name reported by the API (default: the file name)\n"
         "\n"
         "model and sessions:\n"
-        "  -m, --model PATH     GGUF model file (required)\n"
+        "  -m, --model PATH     GGUF model file (default: the default model, " MODEL_FILES_DEFAULT_NAME ",\n"
+        "                       in pytriattn's cache: $PYTRIATTN_CACHE or ~/.cache/pytriattn; `pytriattn fetch`)\n"
         "  -c, --ctx-size N     context per slot in tokens (default 4096)\n"
         "  -t, --threads N      CPU threads running each forward step (default: all cores)\n"
         "  -ngl, --n-gpu-layers N  layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)\n"
@@ -71,7 +73,9 @@ static void usage(FILE * f) {
         "  --kv-sink N          leading tokens never evicted (default 4)\n"
         "  --kv-mode MODE       triattention score options: per_head (default), per_layer_per_head, global, then\n"
         "                       ,trig=X ,norm=X ,agg=max ,look=N|all ,lookw=X (see docs/triattention-engine.md)\n"
-        "  --calibration PATH   sidecar GGUF with triattention.* query centres\n"
+        "  --calibration PATH   sidecar GGUF with triattention.* query centres (default: MODEL.tri-stats.gguf\n"
+        "                       beside the model or in the installed package's data folder, when there is one;\n"
+        "                       the default model's ships there)\n"
         "\n"
         "prompt cache:\n"
         "  --slot-save-path DIR directory for POST /slots/{id}?action=save|restore {\"filename\": NAME} (off by default).\n"
@@ -168,7 +172,15 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         fprintf(stderr, "error: unknown option %s (see --help)\n", a);
         return -1;
     }
-    if (!o->model_path) { fprintf(stderr, "error: -m MODEL.gguf is required (see --help)\n"); return -1; }
+    if (!o->model_path) {
+        static char def[4096];
+        if (!model_files_default_model(def, sizeof def) || access(def, R_OK) != 0) {
+            fprintf(stderr, "error: no model given (-m MODEL.gguf), and the default model is not at %s (`pytriattn "
+                    "fetch` downloads it; see --help)\n", def[0] ? def : "$HOME/.cache/pytriattn");
+            return -1;
+        }
+        o->model_path = def;
+    }
     if (!o->api_key) {
         const char * env = getenv("TRIATTN_API_KEY");
         if (env && *env) o->api_key = env;
@@ -324,16 +336,16 @@ int main(int argc, char ** argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    char err[512];
-    struct triattn_model_params mp;
-    triattn_model_params_init(&mp);
-    mp.calibration_path = srv->o.calibration;
-    mp.n_gpu_layers = (int32_t) g_n_gpu_layers;
-    if (triattn_model_load(srv->o.model_path, &mp, &srv->model, err, sizeof err) != TRIATTN_OK) {
-        fprintf(stderr, "error: %s\n", err);
+    char err[512], sidecar[4096];
+    if (model_files_load("", srv->o.model_path, srv->o.calibration, (int32_t) g_n_gpu_layers, &srv->model, sidecar,
+                         sizeof sidecar) != TRIATTN_OK) {
         return 1;
     }
     triattn_model_get_info(srv->model, &srv->info);
+    if (model_files_centres_missing("", srv->model, srv->o.model_path, srv->o.kv_policy)) {
+        triattn_model_free(srv->model);
+        return 1;
+    }
 
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int total = srv->o.threads > 0 ? srv->o.threads : (int)(cores > 0 ? cores : 1);
@@ -358,9 +370,10 @@ int main(int argc, char ** argv) {
     if (lfd < 0) { slots_free(&srv->pool); triattn_model_free(srv->model); return 1; }
     srv->started = time(NULL);
     warn_if_open(lfd, srv->o.api_key);
-    fprintf(stderr, "triattn-server %s: model %s (%s, %lld params), %d slots x %d threads, n_ctx %d, kv %s\n",
-            triattn_version(), srv->o.alias, srv->info.arch, (long long)srv->info.n_params, srv->o.parallel,
-            sp.n_threads, triattn_session_n_ctx(srv->pool.slots[0].session), srv->pool.slots[0].kv.policy);
+    fprintf(stderr, "triattn-server %s: model %s (%s, %lld params), %d slots x %d threads, n_ctx %d, kv %s, "
+            "query centres: %s\n", triattn_version(), srv->o.alias, srv->info.arch, (long long)srv->info.n_params,
+            srv->o.parallel, sp.n_threads, triattn_session_n_ctx(srv->pool.slots[0].session),
+            srv->pool.slots[0].kv.policy, sidecar[0] ? sidecar : srv->info.has_calibration ? "embedded" : "none");
     printf("listening on http://%s:%d\n", srv->o.host, port);
     fflush(stdout);
 

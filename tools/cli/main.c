@@ -37,6 +37,7 @@ struct cli_args {
     char         sidecar[4096]; /* the centres loaded: --calibration, a sidecar found by name, or "" */
     char         default_model[4096];
     int32_t      n_gpu_layers; /* -ngl: 0 = CPU, -1 = the whole model on the GPU */
+    uint64_t     gpu_mem_limit; /* --gpu-mem-limit bytes, 0 = none */
     const char * stop[CLI_MAX_STOP];
     int32_t      n_stop;
     bool         chat, ignore_eos, verbose, bench, json, no_display_prompt;
@@ -87,6 +88,8 @@ static void usage(FILE * f) {
         "  -c, --ctx-size N        context length in tokens; 0 = the model's (default 0)\n"
         "  -b, --batch-size N      tokens per forward chunk during prefill (default 512)\n"
         "  -ngl, --n-gpu-layers N  layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)\n"
+        "  --gpu-mem-limit SIZE    device memory the weights and sessions may use, e.g. 24GiB (default: what the\n"
+        "                          device has free); a session that does not fit is refused with what it needs\n"
         "\n"
         "KV cache:\n"
         "  --kv-policy NAME        auto, full, triattention, ... (default auto: triattention when the model\n"
@@ -101,10 +104,11 @@ static void usage(FILE * f) {
         "benchmark (--bench):\n"
         "  -d, --depth LIST        KV depths at which prefill (ppP @ dD) and decoding (tgN @ dD) are timed\n"
         "                          (default 0). Each depth is prefilled once and its state restored for every\n"
-        "                          repetition and test (policies full and triattention on the CPU)\n"
+        "                          repetition and test (policies full and triattention)\n"
         "  -np, --parallel LIST    sessions decoding together, each at the depth, one forward step per token\n"
         "                          for all of them (continuous batching); t/s counts every session's tokens\n"
-        "                          (default 1)\n"
+        "                          (default 1). 'fit': as many sessions as the memory takes (at most 64), e.g.\n"
+        "                          with --gpu-mem-limit\n"
         "  -r, --repetitions N     runs per test; median, min and max are reported (default 3)\n"
         "  --json                  print JSON instead of a markdown table\n"
         "\n"
@@ -209,7 +213,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             "-m", "--model", "-p", "--prompt", "-f", "--file", "-n", "--n-predict", "-d", "--depth", "-np", "--parallel", "--system",
             "--chat-format", "--calibration", "--kv-policy", "--stop", "--temp", "--top-p", "--min-p",
             "--repeat-penalty", "--top-k", "--repeat-last-n", "--seed", "-t", "--threads", "-c", "--ctx-size", "-b",
-            "--batch-size", "-ngl", "--n-gpu-layers", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "--kv-mode", "-r", "--repetitions",
+            "--batch-size", "-ngl", "--n-gpu-layers", "--gpu-mem-limit", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "--kv-mode", "-r", "--repetitions",
         };
         bool known = false;
         for (size_t k = 0; k < sizeof value_opts / sizeof value_opts[0]; k++) {
@@ -252,6 +256,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         else if (!strcmp(o, "-c") || !strcmp(o, "--ctx-size"))   { ok = parse_long(v, 0, INT32_MAX, &l); a->sp.n_ctx = (int32_t) l; }
         else if (!strcmp(o, "-b") || !strcmp(o, "--batch-size")) { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.n_batch = (int32_t) l; }
         else if (!strcmp(o, "-ngl") || !strcmp(o, "--n-gpu-layers")) { ok = parse_long(v, -1, INT32_MAX, &l); a->n_gpu_layers = (int32_t) l; }
+        else if (!strcmp(o, "--gpu-mem-limit")) ok = triattn_parse_bytes(v, &a->gpu_mem_limit);
         else if (!strcmp(o, "--kv-budget"))       { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_budget = (int32_t) l; }
         else if (!strcmp(o, "--kv-interval"))     { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_interval = (int32_t) l; }
         else if (!strcmp(o, "--kv-window"))       { ok = parse_long(v, -1, INT32_MAX, &l); a->sp.kv_window = (int32_t) l; }
@@ -477,6 +482,8 @@ struct bench_row {
     char     test[64];
     int32_t  n_prompt, n_gen, depth, parallel;
     int32_t  depth_prefills;  /* times the depth was prefilled for this row; the other repetitions restored it */
+    double   round_ms;        /* KV-policy rounds during the timed parts: their time, and their number */
+    int64_t  rounds;
     double   tps[1000];
     int      n;
     double   median, min, max;
@@ -613,6 +620,8 @@ static int bench_single(triattn_session * s, struct bench_depth * d, int32_t n_p
             return 1;
         }
         double ms = 0;
+        struct triattn_kv_stats kv0, kv1;
+        triattn_session_kv_stats(s, &kv0);
         if (n_prompt > 0) {
             fill_random(toks, n_prompt, cand, n_cand);
             ms = timed_decode(s, toks, n_prompt);
@@ -628,6 +637,9 @@ static int bench_single(triattn_session * s, struct bench_depth * d, int32_t n_p
         if (ms < 0 || g_interrupted) {
             return 1;
         }
+        triattn_session_kv_stats(s, &kv1);
+        r->round_ms += kv1.score_ms - kv0.score_ms;
+        r->rounds += kv1.n_compressions - kv0.n_compressions;
         r->tps[r->n++] = (n_prompt > 0 ? n_prompt : n_gen) / (ms / 1e3);
         row_kv(r, s, 1);
     }
@@ -684,7 +696,10 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     if (a->prompt && !parse_list(a->prompt, 0, 1 << 24, pl, &np)) return usage_error("invalid -p list '%s'%s", a->prompt, "");
     if (a->n_predict && !parse_list(a->n_predict, 0, 1 << 24, nl, &nn)) return usage_error("invalid -n list '%s'%s", a->n_predict, "");
     if (a->depths && !parse_list(a->depths, 0, 1 << 24, dl, &nd)) return usage_error("invalid -d list '%s'%s", a->depths, "");
-    if (a->parallel && !parse_list(a->parallel, 1, 64, ql, &nq)) return usage_error("invalid -np list '%s' (1..64)%s", a->parallel, "");
+    /* -np fit: as many sessions as the model's memory takes (up to 64), found by creating them */
+    const bool fit = a->parallel && !strcmp(a->parallel, "fit");
+    if (fit) ql[0] = 64;
+    else if (a->parallel && !parse_list(a->parallel, 1, 64, ql, &nq)) return usage_error("invalid -np list '%s' (1..64 or fit)%s", a->parallel, "");
     int32_t max_par = 1;
     for (int q = 0; q < nq; q++) max_par = ql[q] > max_par ? ql[q] : max_par;
 
@@ -724,6 +739,11 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     for (int q = 0; q < max_par; q++) ones[q] = 1;
     for (int q = 1; q < max_par; q++) {
         st = triattn_session_create(model, &sp, &ss[q], err, sizeof err);
+        if (st == TRIATTN_ERR_OOM && fit) {
+            fprintf(stderr, "%s: -np fit: %d sessions fit; session %d: %s\n", g_prog, q, q + 1, err);
+            max_par = ql[0] = q;
+            break;
+        }
         if (st != TRIATTN_OK) {
             fprintf(stderr, "%s: error: cannot create session %d of %d (%s): %s\n", g_prog, q + 1, max_par,
                     triattn_status_name(st), err);
@@ -788,6 +808,8 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     triattn_session_kv_stats(s, &kv);
     const char * name = mi.name[0] ? mi.name : a->model;
     long threads = sp.n_threads > 0 ? sp.n_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t gpu_used = 0, gpu_limit = 0; /* device memory with every session of the run alive */
+    triattn_model_gpu_memory(model, &gpu_used, &gpu_limit);
     if (a->json) {
         printf("[\n");
         bool first = true;
@@ -803,9 +825,12 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
             json_string(kv.policy);
             printf(", \"kv_budget\": %d, \"threads\": %ld, \"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, "
                    "\"depth\": %d, \"parallel\": %d, \"reps\": %d, \"tps_median\": %.3f, \"tps_min\": %.3f, \"tps_max\": %.3f, "
-                   "\"kv_bytes\": %llu, \"kv_live_max\": %d, \"depth_prefills\": %d, \"samples_tps\": [",
+                   "\"kv_bytes\": %llu, \"kv_live_max\": %d, \"depth_prefills\": %d, \"model_bytes\": %llu, "
+                   "\"gpu_mem_used\": %llu, \"gpu_mem_limit\": %llu, \"round_ms\": %.3f, \"samples_tps\": [",
                    sp.kv_budget, threads, r->test, r->n_prompt, r->n_gen, r->depth, r->parallel > 0 ? r->parallel : 1, r->n, r->median, r->min, r->max,
-                   (unsigned long long) r->kv_bytes, r->kv_live_max, r->depth_prefills);
+                   (unsigned long long) r->kv_bytes, r->kv_live_max, r->depth_prefills, (unsigned long long) mi.n_bytes,
+                   (unsigned long long) gpu_used, (unsigned long long) gpu_limit,
+                   r->rounds > 0 ? r->round_ms / (double) r->rounds : 0.0);
             for (int q = 0; q < r->n; q++) printf("%s%.3f", q ? ", " : "", r->tps[q]);
             printf("]}");
             first = false;
@@ -852,7 +877,11 @@ int main(int argc, char ** argv) {
     snprintf(prefix, sizeof prefix, "%s: ", g_prog);
     triattn_model * model = NULL;
     char err[1024];
-    enum triattn_status st = model_files_load(prefix, a.model, a.calibration, a.n_gpu_layers, &model, a.sidecar,
+    struct triattn_model_params mp;
+    triattn_model_params_init(&mp);
+    mp.n_gpu_layers  = a.n_gpu_layers;
+    mp.gpu_mem_limit = a.gpu_mem_limit;
+    enum triattn_status st = model_files_load(prefix, a.model, a.calibration, &mp, &model, a.sidecar,
                                               sizeof a.sidecar);
     if (st != TRIATTN_OK) {
         return 1;

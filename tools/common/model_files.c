@@ -89,15 +89,14 @@ bool model_files_find_sidecar(const char * model_path, char * out, size_t n) {
 }
 
 enum triattn_status model_files_load(const char * prefix, const char * model_path, const char * calibration,
-                                     int32_t n_gpu_layers, triattn_model ** out, char * sidecar_out, size_t n) {
+                                     const struct triattn_model_params * base, triattn_model ** out,
+                                     char * sidecar_out, size_t n) {
     char found[4096] = "", err[1024] = "";
     if (!calibration && model_files_find_sidecar(model_path, found, sizeof found)) {
         calibration = found;
     }
-    struct triattn_model_params mp;
-    triattn_model_params_init(&mp);
+    struct triattn_model_params mp = *base;
     mp.calibration_path = calibration;
-    mp.n_gpu_layers     = n_gpu_layers;
     enum triattn_status st = triattn_model_load(model_path, &mp, out, err, sizeof err);
     if (st != TRIATTN_OK && calibration == found) {
         /* a sidecar nobody asked for must not stop the model: load it without, if the model itself loads */

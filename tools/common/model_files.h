@@ -23,11 +23,13 @@ bool model_files_default_model(char * out, size_t n);
  * false when none exists. */
 bool model_files_find_sidecar(const char * model_path, char * out, size_t n);
 
-/* Loads the model with the centres of `calibration` when given, else with a sidecar found by
- * model_files_find_sidecar; one that does not load is skipped with a warning on stderr. *sidecar_out (may
- * be NULL) receives the sidecar used, "" for none. Errors are printed to stderr after `prefix`. */
+/* Loads the model with params `base` (GPU layers and memory limit) and the centres of `calibration` when given,
+ * else with a sidecar found by model_files_find_sidecar; one that does not load is skipped with a warning on
+ * stderr. *sidecar_out (may be NULL) receives the sidecar used, "" for none. Errors are printed to stderr after
+ * `prefix`. */
 enum triattn_status model_files_load(const char * prefix, const char * model_path, const char * calibration,
-                                     int32_t n_gpu_layers, triattn_model ** out, char * sidecar_out, size_t n);
+                                     const struct triattn_model_params * base, triattn_model ** out,
+                                     char * sidecar_out, size_t n);
 
 /* When kv_policy asks for TriAttention and the model has no centres: prints an error after `prefix` that
  * says how to give them to this program (--calibration FILE, a sidecar by name, `pytriattn calibrate`) and

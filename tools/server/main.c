@@ -61,6 +61,8 @@ static void usage(FILE * f) {
         "  -c, --ctx-size N     context per slot in tokens (default 4096)\n"
         "  -t, --threads N      CPU threads running each forward step (default: all cores)\n"
         "  -ngl, --n-gpu-layers N  layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)\n"
+        "  --gpu-mem-limit SIZE device memory the weights and every slot may use, e.g. 24GiB (default: what the\n"
+        "                       device has free); slots that do not fit are refused at startup with what they need\n"
         "  --chat-format NAME   chatml, llama3, llama2, mistral, gemma, qwen, deepseek-r1 (default: from the model)\n"
         "\n"
         "KV cache (TriAttention):\n"
@@ -87,6 +89,7 @@ static void usage(FILE * f) {
 
 /* -ngl / --n-gpu-layers: 0 = CPU, -1 = the whole model on the GPU (CUDA builds; else the CPU with a warning). */
 static long g_n_gpu_layers = 0;
+static uint64_t g_gpu_mem_limit = 0; /* --gpu-mem-limit: device bytes of the weights and every slot; 0 = none */
 
 /* The API key from a file: its content up to trailing whitespace (at most 4 KiB). NULL after a message. */
 static const char * read_key_file(const char * path) {
@@ -159,6 +162,13 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         INTOPT("-ngl", -1, 1 << 20, g_n_gpu_layers)
         INTOPT("--n-gpu-layers", -1, 1 << 20, g_n_gpu_layers)
 #undef INTOPT
+        if (!strcmp(a, "--gpu-mem-limit")) {
+            if (!triattn_parse_bytes(v, &g_gpu_mem_limit)) {
+                fprintf(stderr, "error: --gpu-mem-limit needs a byte size such as 24GiB or 512M, got '%s'\n", v);
+                return -1;
+            }
+            continue;
+        }
         if (!strcmp(a, "--host")) { o->host = v; continue; }
         if (!strcmp(a, "--api-key")) { o->api_key = v; continue; }
         if (!strcmp(a, "--api-key-file")) { if (!(o->api_key = read_key_file(v))) return -1; continue; }
@@ -337,7 +347,11 @@ int main(int argc, char ** argv) {
     signal(SIGPIPE, SIG_IGN);
 
     char err[512], sidecar[4096];
-    if (model_files_load("", srv->o.model_path, srv->o.calibration, (int32_t) g_n_gpu_layers, &srv->model, sidecar,
+    struct triattn_model_params mp;
+    triattn_model_params_init(&mp);
+    mp.n_gpu_layers  = (int32_t) g_n_gpu_layers;
+    mp.gpu_mem_limit = g_gpu_mem_limit;
+    if (model_files_load("", srv->o.model_path, srv->o.calibration, &mp, &srv->model, sidecar,
                          sizeof sidecar) != TRIATTN_OK) {
         return 1;
     }

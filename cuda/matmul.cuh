@@ -40,9 +40,12 @@ int tri_cuda_mm_act_type(int type);
  * types xf (stride ldx). accumulate: y += product instead of y = product. */
 enum triattn_status tri_cuda_mm_vec(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
                                     int64_t ldx, const tri_cuda_q8 * q8, int n_tok, bool accumulate, void * stream);
-/* Tensor-core products for any n_tok from float activations xf (stride ldx). */
+/* Tensor-core products for any n_tok from float activations xf (stride ldx, 16-byte aligned rows). */
 enum triattn_status tri_cuda_mm_tc(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
                                    int64_t ldx, int n_tok, bool accumulate, void * stream);
+/* The same with the token tile chosen: bn = 64 or 128 (tests, benchmarks). */
+enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
+                                      const float * xf, int64_t ldx, int n_tok, bool accumulate, int bn, void * stream);
 
 #ifdef __cplusplus
 }

@@ -189,7 +189,8 @@ static void parity_dequant_matmul(void) {
         }
         /* products: pass 0 matrix-vector (<= 8 tokens), pass 1 tensor cores */
         for (int pass = 0; pass < 2; pass++) {
-            const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK) : (int) tu_int(1, 150);
+            const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK) : (int) tu_int(1, 300);
+            const int bn = tu_below(2) ? 128 : 64;
             const int64_t ldx = ne0 + 4 * tu_int(0, 3);
             const bool accumulate = tu_below(2) == 0;
             float * x = hnew(sizeof(float) * n_tok * ldx);
@@ -223,7 +224,7 @@ static void parity_dequant_matmul(void) {
                 }
                 CU(tri_cuda_mm_vec(t, ne0, jobs, n_jobs, dx, ldx, at ? &q8 : NULL, n_tok, accumulate, NULL));
             } else {
-                CU(tri_cuda_mm_tc(t, ne0, jobs, n_jobs, dx, ldx, n_tok, accumulate, NULL));
+                CU(tri_cuda_mm_tc_bn(t, ne0, jobs, n_jobs, dx, ldx, n_tok, accumulate, bn, NULL));
             }
             double worst = 0.0;
             void * scratch = hnew((size_t) ne0 * 4 + 1024);
@@ -264,8 +265,8 @@ static void parity_dequant_matmul(void) {
                 }
                 free(y);
             }
-            snprintf(detail, sizeof detail, "%s %d jobs x %lld, %d tokens%s", name, n_jobs, (long long) ne0, n_tok,
-                     accumulate ? ", accumulate" : "");
+            snprintf(detail, sizeof detail, "%s %d jobs x %lld, %d tokens%s%s", name, n_jobs, (long long) ne0, n_tok,
+                     accumulate ? ", accumulate" : "", pass == 0 ? "" : bn == 128 ? ", tile 128" : ", tile 64");
             report(pass == 0 ? "mm_vec" : "mm_tc", detail, worst, pass == 0 ? 2e-5 : 1e-5);
             for (int j = 0; j < n_jobs; j++) {
                 tri_cuda_free(jobs[j].y);
@@ -921,8 +922,11 @@ static int bench(int reps) {
                 BENCH("mm_vec", shape, (double) wb, 0.0,
                       tri_cuda_mm_vec(t, ne0, &job, 1, dx, ne0, at ? &q8 : NULL, nt, false, NULL));
             }
-            snprintf(shape, sizeof shape, "%s %lldx%lld, 512 tokens", tn, (long long) ne1, (long long) ne0);
-            BENCH("mm_tc", shape, 0.0, 2.0 * ne0 * ne1 * 512, tri_cuda_mm_tc(t, ne0, &job, 1, dx, ne0, 512, false, NULL));
+            for (int bn = 64; bn <= 128; bn *= 2) {
+                snprintf(shape, sizeof shape, "%s %lldx%lld, 512 tokens, tile %d", tn, (long long) ne1, (long long) ne0, bn);
+                BENCH("mm_tc", shape, 0.0, 2.0 * ne0 * ne1 * 512,
+                      tri_cuda_mm_tc_bn(t, ne0, &job, 1, dx, ne0, 512, false, bn, NULL));
+            }
             if (at) {
                 snprintf(shape, sizeof shape, "%lld values, 1 row, rmsnorm + %s", (long long) ne0,
                          at == TRI_TYPE_Q8_K ? "Q8_K" : at == TRI_TYPE_Q8_1 ? "Q8_1" : "Q8_0");

@@ -72,9 +72,8 @@ typedef struct tri_cu_model {
 
 enum tri_cu_mode { TRI_CU_PER_HEAD = 0, TRI_CU_PER_LAYER_PER_HEAD = 1, TRI_CU_GLOBAL = 2 };
 
-/* Decode graphs: one per row count 1..TRI_CU_VEC_ROWS (a step of that many sessions of one token each) and split-K
- * part count (a power of two up to TRI_CU_ATT_PARTS), recorded on first use. */
-#define TRI_CU_PART_STEPS 8  /* part counts 1, 2, 4, ..., TRI_CU_ATT_PARTS */
+/* Decode graphs: one per row count 1..TRI_CU_VEC_ROWS (a step of that many sessions of one token each), recorded
+ * on first use. */
 typedef struct tri_cu_graph {
     void * exec;
     bool   failed;  /* recording failed once: run that shape without a graph */
@@ -109,7 +108,7 @@ typedef struct tri_cu_session {
     tri_fp16 * h_rows_kv;         /* [cap][D] staging of kv_keys */
     double *   omega, * a_re, * a_im; /* [F] */
 
-    tri_cu_graph graphs[TRI_CU_VEC_ROWS + 1][TRI_CU_PART_STEPS];
+    tri_cu_graph graphs[TRI_CU_VEC_ROWS + 1];
     uint32_t   graphs_version;    /* the workspace version the graphs were recorded against */
     bool       use_graphs;
 } tri_cu_session;

@@ -185,11 +185,9 @@ fail:
 
 void tri_cu_graphs_free(tri_cu_session * c) {
     for (int i = 0; i <= TRI_CU_VEC_ROWS; i++) {
-        for (int p = 0; p < TRI_CU_PART_STEPS; p++) {
-            tri_cuda_graph_destroy(c->graphs[i][p].exec);
-            c->graphs[i][p].exec = NULL;
-            c->graphs[i][p].failed = false;
-        }
+        tri_cuda_graph_destroy(c->graphs[i].exec);
+        c->graphs[i].exec = NULL;
+        c->graphs[i].failed = false;
     }
 }
 
@@ -200,12 +198,7 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
         tri_cu_graphs_free(c);
         c->graphs_version = t->ws->version;
     }
-    int log_parts = 0;
-    while ((1 << log_parts) < t->parts) {
-        log_parts++;
-    }
-    tri_cu_graph * g = decode_shape && c->use_graphs && t->n <= TRI_CU_VEC_ROWS && log_parts < TRI_CU_PART_STEPS
-                     ? &c->graphs[t->n][log_parts] : NULL;
+    tri_cu_graph * g = decode_shape && c->use_graphs && t->n <= TRI_CU_VEC_ROWS ? &c->graphs[t->n] : NULL;
     if (g && !g->failed && !g->exec) {
         enum triattn_status st = tri_cuda_graph_begin(c->stream);
         const enum triattn_status qst = st == TRIATTN_OK ? tri_cu_enqueue(t) : st;
@@ -228,19 +221,16 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
     return tri_cu_enqueue(t);
 }
 
-/* Split-K parts: enough (row, KV head, part) blocks to fill the device, no range much under TRI_CU_ATT_SLOTS of the
- * slots a row can see (at most max_live), within the scratch; a power of two, so a decode graph serves many depths. */
-static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t max_live) {
+/* Split-K parts: enough (row, KV head, part) blocks to fill the device, never ranges much under
+ * TRI_CU_ATT_SLOTS slots, within the scratch. */
+static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t max_cap) {
     const int sms = TRI_MAX(tri_cuda_sm_count(), 1);
     const int groups = (c->H / c->Hkv + 7) / 8;
-    int want = (8 * sms + n * c->Hkv * groups - 1) / (n * c->Hkv * groups);
-    want = TRI_MIN(want, (max_live + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS);
-    want = TRI_MIN(want, TRI_MIN(TRI_CU_ATT_PARTS, ws->part_rows / n));
-    int parts = 1;
-    while (parts * 2 <= want) {
-        parts *= 2;
-    }
-    return parts;
+    int parts = (8 * sms + n * c->Hkv * groups - 1) / (n * c->Hkv * groups);
+    parts = TRI_MIN(parts, (max_cap + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS);
+    parts = TRI_MIN(parts, TRI_CU_ATT_PARTS);
+    parts = TRI_MIN(parts, ws->part_rows / n);
+    return TRI_MAX(parts, 1);
 }
 
 enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_token * const * toks,
@@ -252,7 +242,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     const tri_hparams * hp = &m->hp;
     int n = 0;
     bool one_each = true;
-    int32_t max_live = 0;
+    int32_t max_cap = 0;
     for (int i = 0; i < n_sess; i++) {
         ss[i]->fwd.n_logits = 0;
         if (ss[i]->fwd.calib) {
@@ -267,7 +257,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
         }
         n += counts[i];
         one_each = one_each && counts[i] == 1;
-        max_live = TRI_MAX(max_live, live_hi + counts[i]);
+        max_cap = TRI_MAX(max_cap, ss[i]->kv.capacity);
     }
     if (n > c->n_batch || (n_sess > 1 && (!one_each || mode == TRI_LOGITS_ALL))) {
         return tri_fail(err, en, TRIATTN_ERR_INTERNAL, "forward step: %d rows of %d sessions (n_batch %d): several "
@@ -292,7 +282,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     }
     tri_cu_model * cm = m->backend_state;
     pthread_mutex_lock(&cm->lock); /* one step at a time on the model's workspace */
-    tri_cu_step t = { .c = c, .m = m, .cm = cm, .ws = &cm->ws, .n = n, .parts = tri_cu_parts(c, &cm->ws, n, max_live) };
+    tri_cu_step t = { .c = c, .m = m, .cm = cm, .ws = &cm->ws, .n = n, .parts = tri_cu_parts(c, &cm->ws, n, max_cap) };
     if (mode == TRI_LOGITS_ALL) {
         t.first_logit = 0;
         t.n_logits = n;

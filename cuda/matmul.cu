@@ -1,5 +1,4 @@
 /* Matrix-vector products (see matmul.cuh): one warp per output row, each lane a 32-value chunk at a time. */
-#define TRI_QC_STREAM_WEIGHTS /* each weight byte is read once here */
 #include "common.cuh"
 #include "matmul.cuh"
 #include "qchunk.h"
@@ -47,7 +46,7 @@ __device__ __forceinline__ void tri_cu_mv_store(const tri_cu_mm_args & a, const 
 }
 
 /* Quantized weights x 8-bit activations: integer dot products per chunk (qchunk.h). A warp takes R rows, so each
- * activation load serves R rows (R = 4 from 4 tokens on, where the activations' traffic dominates). */
+ * activation load serves R rows (R = 2 from 4 tokens on, where the loads of activations dominate). */
 template <int T, int NT, int R>
 __global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvq_kernel(const tri_cu_mm_args a) {
     const int64_t r0 = ((int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5)) * R;
@@ -199,7 +198,7 @@ static bool tri_cu_mm_args_make(int type, int64_t ne0, const tri_cuda_mm_job * j
 
 template <int NT>
 static void tri_cu_mm_vec_launch(int type, const tri_cu_mm_args & a, cudaStream_t s) {
-    constexpr int R = NT >= 4 ? 4 : NT >= 2 ? 2 : 1;
+    constexpr int R = NT >= 4 ? 2 : 1;
     const unsigned grid = tri_cu_blocks(a.total_rows, TRI_MV_WARPS * (type == 0 || type == 1 || type == 30 ? 1 : R));
     switch (type) {
 #define TRI_CU_CASE(T) case T: tri_cu_mmvq_kernel<T, NT, R><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;

@@ -229,16 +229,15 @@ extern "C" enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tr
     return TRIATTN_OK;
 }
 
-/* Token tile of the product: 64 (measured faster than 128 on an H200 for the K-quants and the 32-value types: the
- * larger tile's registers leave one block per multiprocessor); $TRIATTN_CUDA_TC_BN = 64 or 128 forces one. */
+/* Token tile of the product: 128 from 128 tokens on, 64 for shorter inputs; $TRIATTN_CUDA_TC_BN = 64 or 128
+ * forces one (benchmarks). */
 static int tri_cu_tc_bn(int n_tok) {
     static int forced = -1;
     if (forced < 0) {
         const char * e = getenv("TRIATTN_CUDA_TC_BN");
         forced = e && (atoi(e) == 64 || atoi(e) == 128) ? atoi(e) : 0;
     }
-    (void) n_tok;
-    return forced ? forced : 64;
+    return forced ? forced : n_tok >= 128 ? 128 : 64;
 }
 
 extern "C" enum triattn_status tri_cuda_mm_tc(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,

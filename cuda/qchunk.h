@@ -52,18 +52,9 @@ typedef struct tri_qc_chunk {
 
 /* ---- loads (rows are only 2-byte aligned for several block sizes) ---- */
 
-/* A file that reads each weight byte once (the matrix-vector products) defines TRI_QC_STREAM_WEIGHTS before
- * including this header: its weight loads then stream past the caches (__ldcs), which keeps L1 for the activations
- * every row reads. Elsewhere (tensor-core tiles that several blocks read) they are ordinary loads. */
-#if defined(__CUDA_ARCH__) && defined(TRI_QC_STREAM_WEIGHTS)
-#define TRI_QC_LOAD(T, p) __ldcs((const T *) (p))
-#else
-#define TRI_QC_LOAD(T, p) (*(const T *) (p))
-#endif
-
 TRI_QC_FN uint32_t tri_qc_u16(const uint8_t * p) {
 #ifdef __CUDA_ARCH__
-    return TRI_QC_LOAD(unsigned short, p);
+    return *(const uint16_t *) p;
 #else
     return (uint32_t) p[0] | ((uint32_t) p[1] << 8);
 #endif
@@ -76,7 +67,7 @@ TRI_QC_FN uint32_t tri_qc_u32(const uint8_t * p) {
 TRI_QC_FN uint32_t tri_qc_word(const uint8_t * p, bool a4) {
 #ifdef __CUDA_ARCH__
     if (a4) {
-        return TRI_QC_LOAD(unsigned int, p);
+        return *(const uint32_t *) p;
     }
 #endif
     return tri_qc_u32(p);
@@ -84,7 +75,7 @@ TRI_QC_FN uint32_t tri_qc_word(const uint8_t * p, bool a4) {
 /* 32 bytes at a 16-byte aligned p as 8 words (two 16-byte loads on the device). */
 TRI_QC_FN void tri_qc_words32(const uint8_t * p, uint32_t * w) {
 #ifdef __CUDA_ARCH__
-    const uint4 a = TRI_QC_LOAD(uint4, p), b = TRI_QC_LOAD(uint4, p + 16);
+    const uint4 a = ((const uint4 *) p)[0], b = ((const uint4 *) p)[1];
     w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
 #else
     for (int k = 0; k < 8; k++) {

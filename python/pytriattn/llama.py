@@ -79,6 +79,11 @@ class Llama:
     GPU: ``n_gpu_layers=-1`` runs the whole model, its KV cache and the TriAttention rounds on one CUDA device
     when the library was built with CUDA and a device is present (else the CPU, with a warning); ``backend``
     says which ("cpu" or "cuda"). Partial offload is refused.
+
+    Tool calls: ``strict_tool_calls=True`` reads calls only in the chat format's own syntax (``<tool_call>``
+    tags, Llama 3's JSON reply), like ``triattn-server --strict-tool-calls``; by default the shapes small
+    models write instead (```json fences, bare JSON calls, ``<|python_tag|>``, ``[TOOL_CALLS]``) are calls
+    too when they name a declared tool (see ``create_chat_completion``).
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 0,
@@ -86,7 +91,8 @@ class Llama:
                  chat_format: str | None = None, kv_policy: str | None = None, kv_budget: int = 2048,
                  kv_interval: int = 128, kv_window: int | None = None, kv_sink: int = 4,
                  kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
-                 use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0):
+                 use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0,
+                 strict_tool_calls: bool = False):
         self._session = None
         self._model = None
         self._gen_id = 0
@@ -112,6 +118,7 @@ class Llama:
                 calibration = default_calibration()
         self.model_path = os.fspath(model_path)
         self.chat_format = chat_format
+        self.strict_tool_calls = bool(strict_tool_calls)
         self.n_batch = n_batch
 
         ffi, lib = _lib.load()
@@ -566,7 +573,11 @@ class Llama:
         tools / tool_choice ("auto", "none", "required" or {"type": "function", "function": {"name": ...}})
         work as in the OpenAI API: the reply's calls come back as message["tool_calls"] (streamed as
         tool-call deltas) with finish_reason "tool_calls"; messages may hold assistant tool_calls and
-        role "tool" results.
+        role "tool" results. Besides the chat format's own call syntax, calls that small models write in
+        other shapes are read for declared tools: a ```json fenced or bare (line-opening) call object or
+        array whose arguments satisfy the tool's parameters schema, a Llama 3 {"name", "parameters"} object,
+        <|python_tag|> and [TOOL_CALLS] calls; everything else stays content (strict_tool_calls=True turns
+        this off).
 
         response_format (as in llama-cpp-python and OpenAI): {"type": "json_object"} for any JSON object,
         {"type": "json_object", "schema": {...}} or {"type": "json_schema", "json_schema": {"schema": {...}}}
@@ -575,7 +586,8 @@ class Llama:
         json_schema = response_format_schema(response_format)
         req = None
         if _tools.wants_tools(messages, tools, tool_choice):
-            req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls)
+            req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls,
+                                     strict=self.strict_tool_calls)
             prompt = req.prompt(messages)
         else:
             prompt = self.apply_chat_template(messages)

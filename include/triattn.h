@@ -510,8 +510,8 @@ TRIATTN_API enum triattn_status triattn_tool_call_schema(const triattn_model * m
  * the generic fallback), or a reply opening with '{' (Llama 3). Unless strict_tool_calls, these are calls too:
  * <tool_call> blocks in any format; a JSON array of call objects wherever an object is accepted; after
  * <|python_tag|> or [TOOL_CALLS]; and, when the arguments satisfy the tool's "parameters" schema, a call
- * object or array opening a line (bare) or filling a ``` or ```json fenced block. JSON inside a line of prose
- * is never a call. */
+ * object or array opening a line (bare) or filling a ``` or ```json fenced block. These shapes hold at most 16
+ * KiB of text each (longer ones are content), and JSON inside a line of prose is never a call. */
 typedef struct triattn_tool_parser triattn_tool_parser;
 TRIATTN_API enum triattn_status triattn_tool_parser_create(const triattn_model * model, const char * format,
                                                            const struct triattn_tool_options * opts,

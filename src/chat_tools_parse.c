@@ -528,12 +528,21 @@ static bool step_call(triattn_tool_parser * p, bool final) {
 
 /* Calls opened by <|python_tag|>, [TOOL_CALLS], a fence or a bare '{' / '[' at the start of a line. */
 static bool step_seq(triattn_tool_parser * p, bool final) {
-    tri_gbuf *       b   = &p->pend;
-    const char *     end = NULL;
+    /* The text is rescanned as it grows: a candidate longer than this is no call, and the scan sees no further
+     * (the same decision however the text was split). */
+    enum { MAX_CALL_TEXT = 1 << 14 };
+    tri_gbuf *       b    = &p->pend;
+    const bool       full = b->len >= MAX_CALL_TEXT;
+    const char *     e    = b->p + (full ? MAX_CALL_TEXT : b->len);
+    const char *     end  = NULL;
     tri_js           body;
-    enum tri_js_scan r = seq_scan(p, b->p, b->p + b->len, final, &end, &body);
-    if (r == TRI_JS_MORE) {
+    enum tri_js_scan r = seq_scan(p, b->p, e, final && !full, &end, &body);
+    if (r == TRI_JS_MORE && !full) {
         return false;
+    }
+    if (r == TRI_JS_MORE) {
+        r   = TRI_JS_BAD;
+        end = e;
     }
     int    flags = TAKE_ARRAYS | (p->seq == OPEN_FENCE || p->seq == OPEN_BARE ? TAKE_VALIDATE : 0);
     size_t k     = end > b->p ? (size_t) (end - b->p) : 1;  /* every opener is at least one byte */

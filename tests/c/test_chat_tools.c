@@ -662,6 +662,31 @@ static void test_parser_streaming(void) {
     }
 }
 
+/* A candidate longer than the parser holds (16 KiB) is text, however it arrives. */
+static void test_parser_long(void) {
+    struct triattn_tool_options o;
+    triattn_tool_options_init(&o);
+    o.tools = k_tools;
+    for (int call = 0; call <= 1; call++) {
+        tri_gbuf t = { 0 };
+        tri_gbuf_str(&t, call ? "{\"name\": \"calc\", \"arguments\": {\"expr\": \"" : "{\"data\": \"");
+        for (int i = 0; i < 20000; i++) tri_gbuf_str(&t, i % 61 ? "x" : " ");
+        tri_gbuf_str(&t, call ? "\"}}\n" CALC("1") : "\"}\nok");
+        struct parsed whole, split;
+        parse_all(k_chatml, &o, t.p, t.len, false, &whole);
+        parse_all(k_chatml, &o, t.p, t.len, true, &split);
+        size_t skip = call ? t.len - strlen(CALC("1")) : t.len;  /* the short call after it still counts */
+        CHECK(whole.n_calls == call && split.n_calls == call, "long candidate %d: %d / %d calls", call, whole.n_calls,
+              split.n_calls);
+        CHECK(whole.content.len == skip && split.content.len == skip && memcmp(whole.content.p, t.p, skip) == 0 &&
+              memcmp(split.content.p, t.p, skip) == 0, "long candidate %d: content %zu / %zu of %zu", call,
+              whole.content.len, split.content.len, skip);
+        parsed_free(&whole);
+        parsed_free(&split);
+        tri_gbuf_free(&t);
+    }
+}
+
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     test_json_scanner();
@@ -672,5 +697,6 @@ int main(void) {
     test_parser_calls();
     test_parser_shapes();
     test_parser_streaming();
+    test_parser_long();
     return tu_finish();
 }

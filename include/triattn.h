@@ -488,6 +488,10 @@ struct triattn_tool_options {
      * the prompt ends with the call's opening and triattn_tool_call_schema gives the schema to sample it. */
     const char * tool_choice;
     bool         parallel_tool_calls;  /* more than one call per reply (default true) */
+    /* Parse only the chat format's own call syntax (Hermes <tool_call> tags; Llama 3's bare JSON reply). Default
+     * false: the parser also accepts the shapes small models write instead, for declared tools only (see
+     * triattn_tool_parser_create). */
+    bool         strict_tool_calls;
     uint64_t     id_seed;       /* the parser derives the "call_..." ids from it */
 };
 TRIATTN_API void triattn_tool_options_init(struct triattn_tool_options * o);
@@ -510,7 +514,14 @@ TRIATTN_API enum triattn_status triattn_tool_call_schema(const triattn_model * m
                                                          size_t err_size);
 
 /* Turns generated text into OpenAI chat deltas. Text that may begin a call is held back until it is known;
- * a call that is not well-formed JSON naming one of the tools comes out as plain content. */
+ * a call that is not well-formed JSON naming one of the tools comes out as plain content. Calls are one JSON
+ * object {"name": <a declared tool>, "arguments" or "parameters": <object, or a string holding one>}, or several
+ * separated by blanks or ';'. The format's own syntax is always read: <tool_call>...</tool_call> (Hermes and
+ * the generic fallback), or a reply opening with '{' (Llama 3). Unless strict_tool_calls, these are calls too:
+ * <tool_call> blocks in any format; a JSON array of call objects wherever an object is accepted; after
+ * <|python_tag|> or [TOOL_CALLS]; and, when the arguments satisfy the tool's "parameters" schema, a call
+ * object or array opening a line (bare) or filling a ``` or ```json fenced block. These shapes hold at most 16
+ * KiB of text each (longer ones are content), and JSON inside a line of prose is never a call. */
 typedef struct triattn_tool_parser triattn_tool_parser;
 TRIATTN_API enum triattn_status triattn_tool_parser_create(const triattn_model * model, const char * format,
                                                            const struct triattn_tool_options * opts,

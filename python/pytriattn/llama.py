@@ -93,6 +93,11 @@ class Llama:
     says which ("cpu" or "cuda"). Partial offload is refused. ``gpu_mem_limit`` (bytes, or a string such as
     ``"24GiB"``) caps the device memory of the weights and every session of the model: a session that would not
     fit is refused with a message saying what it needs; ``gpu_memory()`` reports the use.
+
+    Tool calls: ``strict_tool_calls=True`` reads calls only in the chat format's own syntax (``<tool_call>``
+    tags, Llama 3's JSON reply), like ``triattn-server --strict-tool-calls``; by default the shapes small
+    models write instead (```json fences, bare JSON calls, ``<|python_tag|>``, ``[TOOL_CALLS]``) are calls
+    too when they name a declared tool (see ``create_chat_completion``).
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 0,
@@ -101,7 +106,7 @@ class Llama:
                  kv_interval: int = 128, kv_window: int | None = None, kv_sink: int = 4,
                  kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
                  use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0,
-                 gpu_mem_limit: int | str | None = None):
+                 gpu_mem_limit: int | str | None = None, strict_tool_calls: bool = False):
         self._session = None
         self._model = None
         self._gen_id = 0
@@ -127,6 +132,7 @@ class Llama:
                 calibration = default_calibration()
         self.model_path = os.fspath(model_path)
         self.chat_format = chat_format
+        self.strict_tool_calls = bool(strict_tool_calls)
         self.n_batch = n_batch
 
         ffi, lib = _lib.load()
@@ -596,7 +602,11 @@ class Llama:
         tools / tool_choice ("auto", "none", "required" or {"type": "function", "function": {"name": ...}})
         work as in the OpenAI API: the reply's calls come back as message["tool_calls"] (streamed as
         tool-call deltas) with finish_reason "tool_calls"; messages may hold assistant tool_calls and
-        role "tool" results.
+        role "tool" results. Besides the chat format's own call syntax, calls that small models write in
+        other shapes are read for declared tools: a ```json fenced or bare (line-opening) call object or
+        array whose arguments satisfy the tool's parameters schema, a Llama 3 {"name", "parameters"} object,
+        <|python_tag|> and [TOOL_CALLS] calls; everything else stays content (strict_tool_calls=True turns
+        this off).
 
         response_format (as in llama-cpp-python and OpenAI): {"type": "json_object"} for any JSON object,
         {"type": "json_object", "schema": {...}} or {"type": "json_schema", "json_schema": {"schema": {...}}}
@@ -605,7 +615,8 @@ class Llama:
         json_schema = response_format_schema(response_format)
         req = None
         if _tools.wants_tools(messages, tools, tool_choice):
-            req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls)
+            req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls,
+                                     strict=self.strict_tool_calls)
             prompt = req.prompt(messages)
         else:
             prompt = self.apply_chat_template(messages)

@@ -64,6 +64,9 @@ static void usage(FILE * f) {
         "  --gpu-mem-limit SIZE device memory the weights and every slot may use, e.g. 24GiB (default: what the\n"
         "                       device has free); slots that do not fit are refused at startup with what they need\n"
         "  --chat-format NAME   chatml, llama3, llama2, mistral, gemma, qwen, deepseek-r1 (default: from the model)\n"
+        "  --strict-tool-calls  read tool calls only in the chat format's own syntax (<tool_call> tags, Llama 3's\n"
+        "                       JSON reply). Default: also the shapes small models write for declared tools\n"
+        "                       (```json fences, bare JSON calls, <|python_tag|>, [TOOL_CALLS])\n"
         "\n"
         "KV cache (TriAttention):\n"
         "  --kv-policy NAME     full, triattention, or a baseline: streaming, random, h2o, snapkv, rkv\n"
@@ -138,6 +141,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         const char * a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
         if (!strcmp(a, "--cors")) { o->cors = true; continue; }
+        if (!strcmp(a, "--strict-tool-calls")) { o->strict_tool_calls = true; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return -1; }
         const char * v = argv[++i];
         long n = 0;

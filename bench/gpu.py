@@ -206,7 +206,12 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=600, help="seconds one triattn-cli run may take (default 600)")
     ap.add_argument("--write-only", choices=["1b", "32b"], default=None, help="write that model into --models, nothing else")
     ap.add_argument("--short", action="store_true", help="fewer depths and repetitions (a device-time budget)")
+    ap.add_argument("--plot", type=Path, nargs=2, metavar=("RESULTS", "PNG"), default=None,
+                    help="draw t/s against depth and against sessions from a results.json; nothing else")
     args = ap.parse_args(argv)
+    if args.plot:
+        plot(json.loads(args.plot[0].read_text()), args.plot[1])
+        return 0
     if not args.cli.is_file():
         print(f"gpu.py: {args.cli} not found (build with -DTRIATTN_CUDA=ON, or pass --cli)", file=sys.stderr)
         return 2
@@ -266,6 +271,31 @@ def main(argv=None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))
     return 0
+
+
+def plot(results: dict, png: Path) -> None:
+    """Decode t/s against KV depth (one session) and aggregate t/s against sessions, full vs triattention."""
+    sys.path.insert(0, str(ROOT / "python"))
+    from pytriattn._plot import grid, line_chart, write_png
+
+    depth, sess = {}, {}
+    for key, run in results["runs"].items():
+        if not key.startswith("1b_"):
+            continue
+        for r in run["rows"]:
+            if r["n_gen"] <= 0:
+                continue
+            name = r["policy"].upper()
+            if "_np_" in key:
+                sess.setdefault(name, {})[r.get("parallel", 1)] = r["tps_median"]
+            else:
+                depth.setdefault(name, {})[r["depth"]] = r["tps_median"]
+    as_series = lambda d: {k: (sorted(v), [v[x] for x in sorted(v)]) for k, v in d.items()}  # noqa: E731
+    a = line_chart(as_series(depth), title="1.1B Q4_K on H200: decode, one session", xlabel="KV depth (tokens)",
+                   ylabel="tokens/s")
+    b = line_chart(as_series(sess), title="decode at depth 4096, sessions together", xlabel="sessions",
+                   ylabel="tokens/s (all sessions)")
+    write_png(png, grid([a, b], cols=2))
 
 
 def markdown(results: dict) -> str:

@@ -532,6 +532,7 @@ def eval_passkey(setup: Setup, results: Results, policies, budgets, lengths, dep
 
 NEEDLE_HAYSTACKS = ("kjv", "jargon", "code")
 JARGON_HINT = "the Jargon File (public domain) comes from Debian: apt-get install -y jargon-text"
+JARGON_PATH = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
 # (name, needle line, question); {v} is the 5-digit value. Each needle stands on its own line.
 NEEDLE_PHRASINGS = (
     ("passkey", "\nThe pass key is {v}. Remember it. {v} is the pass key.\n",
@@ -566,10 +567,9 @@ def haystack_text(name: str) -> str:
         return kjv_text()
     if name == "jargon":
         import gzip
-        path = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
-        if not path.is_file():
-            raise TriattnError(ERR_IO, f"{path} is missing; {JARGON_HINT}")
-        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        if not JARGON_PATH.is_file():
+            raise TriattnError(ERR_IO, f"{JARGON_PATH} is missing; {JARGON_HINT}")
+        with gzip.open(JARGON_PATH, "rt", encoding="utf-8", errors="replace") as f:
             return f.read()
     if name == "code":
         roots = [Path(__file__).resolve().parents[2] / "src", Path(__file__).resolve().parent]

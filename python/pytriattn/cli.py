@@ -269,13 +269,15 @@ def _cmd_calibrate(args) -> int:
         model = ensure_default_model(progress=not args.quiet)
     s = cal.calibrate(model, args.output, text=args.text, self_gen=args.self_generate, n_tokens=args.tokens,
                       sidecar=args.sidecar, window=args.window, n_threads=args.threads, seed=args.seed,
-                      progress=not args.quiet)
+                      progress=not args.quiet, policy_check=not args.no_policy_check)
     if args.json:
         print(json.dumps(s, indent=2))
     else:
         kind = "sidecar" if s["sidecar"] else "calibrated model"
         print(f"wrote {kind} {s['output']}: {s['n_tokens']} tokens from {s['source']}, "
               f"{s['tokens_per_s']:.0f} tok/s, mean concentration {s['mean_concentration']:.3f}")
+        if s["policy_check"]:
+            print(f"policy check: kv_policy auto = {s['policy_check']['auto_policy']}")
     if args.export_pt:
         from .ptstats import export_pt
         e = export_pt(s["output"], args.export_pt)
@@ -432,6 +434,7 @@ def _add_eval_parsers(sub) -> None:
     g = q.add_argument_group("output")
     g.add_argument("-o", "--out", default="reasoning.jsonl", help="JSONL of per-problem records")
     g.add_argument("--resume", action="store_true", help="keep OUT and skip the runs in it")
+    g.add_argument("--report", action="store_true", help="only print the table of OUT and write its plot OUT.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no per-run lines")
     q.set_defaults(func=_cmd_reasoning)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1], task=None)
@@ -555,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed for --self-generate")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--no-policy-check", action="store_true",
+                   help="skip the policy check (KL of triattention, streaming and snapkv against full attention on "
+                   "held-out text, 2048 tokens, budgets 256 / 512; the lowest becomes kv_policy auto)")
     p.add_argument("--export-pt", default=None, metavar="FILE",
                    help="also write the centres as a .pt stats file for the TriAttention vLLM/SGLang plugin")
     p.set_defaults(func=_cmd_calibrate)

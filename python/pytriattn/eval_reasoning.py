@@ -399,6 +399,8 @@ def main_reasoning(args) -> int:
     from .llama import Llama
     from ._fetch import ensure_default_model
 
+    if args.report:
+        return report(args.out)
     sets = []
     if args.data:
         kind = args.answer_kind
@@ -473,8 +475,16 @@ def main_reasoning(args) -> int:
                   f"{'ok' if rec['correct'] else 'wrong'}", file=sys.stderr, flush=True)
 
     runner.run(jobs(), on_done)
-    recs = read_records(out)
+    return report(out)
+
+
+def report(path) -> int:
+    """Prints the summary table of a records file and writes its plot beside it (OUT.png)."""
+    recs = read_records(path)
     print(summary_markdown(recs))
+    png = plot_accuracy(recs, Path(path).with_suffix(".png"))
+    if png:
+        print(f"plot: {png}")
     return 0
 
 
@@ -531,3 +541,29 @@ def summary_markdown(recs: list[dict]) -> str:
                      f"{r['mean_generated']:.0f} | {over} | {100 * r['share_compressed']:.0f}% | "
                      f"{r['kv_bytes_peak'] / 2**20:.1f} |")
     return "\n".join(lines)
+
+
+def plot_accuracy(recs: list[dict], path) -> str | None:
+    """Accuracy against KV budget per policy, one chart per data set (full attention as a flat line over the
+    budgets measured)."""
+    from ._plot import grid, line_chart, write_png
+    rows = summary(recs)
+    imgs = []
+    for ds in sorted({r["dataset"] for r in rows}):
+        rs = [r for r in rows if r["dataset"] == ds]
+        budgets = sorted({r["budget"] for r in rs if r["budget"]})
+        if not budgets:
+            continue
+        series: dict = {}
+        for r in rs:
+            if r["method"] == "full":
+                series["full"] = (budgets, [100 * r["accuracy"]] * len(budgets))
+            else:
+                xs, ys = series.setdefault(r["method"], ([], []))
+                xs.append(r["budget"])
+                ys.append(100 * r["accuracy"])
+        imgs.append(line_chart(series, title=f"accuracy, {ds}", xlabel="KV budget (tokens)", ylabel="% correct"))
+    if not imgs:
+        return None
+    write_png(path, grid(imgs, 2))
+    return str(path)

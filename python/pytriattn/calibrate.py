@@ -372,14 +372,12 @@ def calibrate(model: str | os.PathLike, output: str | os.PathLike, *, text: str 
 
 
 def _check_tokens(llm, body: str, toks: list[int], bos: list[int]) -> list[int]:
-    """Tokens for the policy check: BOS + the text that follows the calibrated tokens when there is enough of it,
-    else the last calibrated tokens."""
+    """Tokens for the policy check: BOS + up to CONTEXT tokens of the text that follows the calibrated ones; none
+    (no check) when fewer than MIN_CONTEXT follow."""
     from .policy_check import CONTEXT, MIN_CONTEXT
     n = len(toks)
     try:
         more = text_tokens(llm, body, n + CONTEXT, "policy check")[n:]
     except TriattnError:
         more = llm.tokenize(body, add_bos=False)[n:n + CONTEXT]
-    if len(more) < MIN_CONTEXT:
-        more = toks[-CONTEXT:]
-    return (bos + more)[:CONTEXT]
+    return (bos + more)[:CONTEXT] if len(more) >= MIN_CONTEXT else []

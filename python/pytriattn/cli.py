@@ -278,6 +278,9 @@ def _cmd_calibrate(args) -> int:
               f"{s['tokens_per_s']:.0f} tok/s, mean concentration {s['mean_concentration']:.3f}")
         if s["policy_check"]:
             print(f"policy check: kv_policy auto = {s['policy_check']['auto_policy']}")
+        elif not args.no_policy_check:
+            print("no policy check: fewer than 512 tokens of text follow the calibrated ones (kv_policy auto = "
+                  "triattention)")
     if args.export_pt:
         from .ptstats import export_pt
         e = export_pt(s["output"], args.export_pt)
@@ -560,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--no-policy-check", action="store_true",
                    help="skip the policy check (KL of triattention, streaming and snapkv against full attention on "
-                   "held-out text, 2048 tokens, budgets 256 / 512; the lowest becomes kv_policy auto)")
+                   "up to 2048 tokens of the text after the calibrated ones, budgets 1/8 and 1/4 of them; the lowest "
+                   "mean becomes kv_policy auto)")
     p.add_argument("--export-pt", default=None, metavar="FILE",
                    help="also write the centres as a .pt stats file for the TriAttention vLLM/SGLang plugin")
     p.set_defaults(func=_cmd_calibrate)

@@ -1,7 +1,7 @@
 """The policy check of `pytriattn calibrate`: which KV policy stays closest to full attention on this model.
 
-After the centres are measured, a held-out stretch of the calibration text (the tokens that follow the
-calibrated ones, else the last ones calibrated) is teacher-forced with `pytriattn eval ppl`'s schedule (the
+After the centres are measured, a held-out stretch of the calibration text (up to CONTEXT tokens that follow
+the calibrated ones; no check when fewer than MIN_CONTEXT follow) is teacher-forced with `pytriattn eval ppl`'s schedule (the
 first token alone, then calls that end exactly where the live slots reach budget + interval, so each round
 happens where token-by-token decoding would do it) under full attention, `triattention`, `streaming` and
 `snapkv` at budgets of 1/8 and 1/4 of the check context. KL(full || policy) is averaged over the last

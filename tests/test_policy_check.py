@@ -107,7 +107,8 @@ def test_kl_rule_gemma3(tmp_path):
     text = tmp_path / "kjv.txt"
     text.write_text(kjv_text()[:400_000], encoding="utf-8")
     side = tmp_path / "g.tri-stats.gguf"
-    s = cal.calibrate(model, side, text=text, n_tokens=2048, sidecar=True, n_threads=2, progress=False)
+    s = cal.calibrate(model, side, text=text, n_tokens=2048, sidecar=True, n_threads=2, progress=False,
+                      check_context=2048)
     assert s["policy_check"] is not None and s["policy_check"]["context"] == 2048
     with Llama(model, n_ctx=64, kv_policy="full") as llm:
         toks = [llm.token_bos()] + text_tokens(llm, text.read_text(encoding="utf-8"), 2047, "kjv")

@@ -269,7 +269,8 @@ def _cmd_calibrate(args) -> int:
         model = ensure_default_model(progress=not args.quiet)
     s = cal.calibrate(model, args.output, text=args.text, self_gen=args.self_generate, n_tokens=args.tokens,
                       sidecar=args.sidecar, window=args.window, n_threads=args.threads, seed=args.seed,
-                      progress=not args.quiet, policy_check=not args.no_policy_check)
+                      progress=not args.quiet, policy_check=not args.no_policy_check,
+                      check_context=args.check_context)
     if args.json:
         print(json.dumps(s, indent=2))
     else:
@@ -563,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--no-policy-check", action="store_true",
                    help="skip the policy check (KL of triattention, streaming and snapkv against full attention on "
-                   "up to 2048 tokens of the text after the calibrated ones, budgets 1/8 and 1/4 of them; the lowest "
-                   "mean becomes kv_policy auto)")
+                   "up to --check-context tokens of the text after the calibrated ones, budgets 1/8 and 1/4 of them; "
+                   "the lowest mean becomes kv_policy auto)")
+    p.add_argument("--check-context", type=int, default=None, help="tokens of the policy check (default 4096)")
     p.add_argument("--export-pt", default=None, metavar="FILE",
                    help="also write the centres as a .pt stats file for the TriAttention vLLM/SGLang plugin")
     p.set_defaults(func=_cmd_calibrate)

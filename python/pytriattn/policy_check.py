@@ -1,7 +1,8 @@
 """The policy check of `pytriattn calibrate`: which KV policy stays closest to full attention on this model.
 
 After the centres are measured, a held-out stretch of the calibration text (up to CONTEXT tokens that follow
-the calibrated ones; no check when fewer than MIN_CONTEXT follow) is teacher-forced with `pytriattn eval ppl`'s schedule (the
+the calibrated ones, 4,096 by default: the shortest context of the quality tables; no check when fewer than
+MIN_CONTEXT follow) is teacher-forced with `pytriattn eval ppl`'s schedule (the
 first token alone, then calls that end exactly where the live slots reach budget + interval, so each round
 happens where token-by-token decoding would do it) under full attention, `triattention`, `streaming` and
 `snapkv` at budgets of 1/8 and 1/4 of the check context. KL(full || policy) is averaged over the last
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 CANDIDATES = ("triattention", "streaming", "snapkv")
-CONTEXT = 2048
+CONTEXT = 4096
 TAIL = 256
 MIN_CONTEXT = 512
 
@@ -61,11 +62,12 @@ def mean_kl(full: np.ndarray, lp: np.ndarray) -> float:
 
 
 def run_check(model, calibration, toks, interval: int = 128, threads: int | None = None, tail: int = TAIL,
-              progress: bool = False) -> dict | None:
-    """KL per (candidate, budget) on toks; None when toks is shorter than MIN_CONTEXT."""
+              progress: bool = False, context: int = CONTEXT) -> dict | None:
+    """KL per (candidate, budget) on the first `context` tokens of toks; None when there are fewer than
+    MIN_CONTEXT."""
     from .llama import Llama
 
-    n = min(len(toks), CONTEXT)
+    n = min(len(toks), context)
     if n < MIN_CONTEXT:
         return None
     toks = list(toks[:n])

@@ -88,6 +88,8 @@ def test_summary_pairs_by_problem():
     gained = sum(t and not f for f, t in truth.values())
     assert (rows["triattention"]["full_only"], rows["triattention"]["policy_only"]) == (lost, gained), _msg("")
     assert rows["full"]["correct"] == sum(f for f, _ in truth.values())
+    t = er.paired(recs, "d", ("triattention", 128), ("full", 0))
+    assert (t["n"], t["a_only"], t["b_only"]) == (40, gained, lost), _msg("")
     lo, hi = rows["full"]["ci_lo"], rows["full"]["ci_hi"]
     assert lo < rows["full"]["accuracy"] < hi
 

@@ -482,6 +482,20 @@ def report(path) -> int:
     """Prints the summary table of a records file and writes its plot beside it (OUT.png)."""
     recs = read_records(path)
     print(summary_markdown(recs))
+    lines = []
+    for ds in sorted({r["dataset"] for r in recs}):
+        cells = sorted({(r["method"], int(r["budget"])) for r in recs if r["dataset"] == ds and r["budget"]})
+        for m, b in cells:
+            if not m.startswith("triattention"):
+                continue
+            for m2, b2 in cells:
+                if b2 == b and m2 != m:
+                    t = paired(recs, ds, (m, b), (m2, b2))
+                    lines.append(f"| {ds} | {b} | {m} vs {m2} | {t['n']} | {t['a_only']} / {t['b_only']} | {t['p']:.2g} |")
+    if lines:
+        print("\n| data set | budget | pair | n | only the first / only the second right | McNemar p |\n"
+              "|---|---:|---|---:|---|---:|")
+        print("\n".join(lines))
     png = plot_accuracy(recs, Path(path).with_suffix(".png"))
     if png:
         print(f"plot: {png}")

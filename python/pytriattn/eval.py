@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -559,6 +560,15 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     mid = (p + z * z / (2 * n)) / den
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return float(max(0.0, mid - half)), float(min(1.0, mid + half))
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar test: p-value of b vs c discordant pairs under Binomial(b + c, 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
 
 
 def haystack_text(name: str) -> str:

@@ -83,6 +83,7 @@ def _assert_rule(kl, auto, budgets):
                                                     f"{kl[(other, b)]:.4f} ({kl})"
 
 
+@pytest.mark.long  # minutes of teacher-forcing on 2 cores, and the KJV text (Debian bible-kjv)
 def test_kl_rule_default_model(default_model):
     """The default model at 4K tokens of the KJV (the quality tables' span), tail 256, budgets 256 / 512."""
     from pytriattn import Llama
@@ -96,6 +97,7 @@ def test_kl_rule_default_model(default_model):
     _assert_rule(kl, "triattention", budgets)
 
 
+@pytest.mark.long  # a Gemma 3 calibration with its policy check, and the KJV text (Debian bible-kjv)
 def test_kl_rule_gemma3(tmp_path):
     """Gemma 3 270M: calibrate with the policy check (2,048 KJV tokens, the check on the next 2,048), then the
     policy auto picks is <= streaming and SnapKV on the first 2,048 tokens at budgets 256 / 512."""

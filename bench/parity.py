@@ -4,7 +4,9 @@ Builds llama.cpp from the `llama-cpp-python` 0.3.36 source package (its vendor/l
 into a cache folder (CPU only, -DGGML_NATIVE=ON, only llama-perplexity, llama-tokenize and libllama; the
 graph-building code of libllama and common is compiled at -O0 to save most of the build time: the
 numerics all run in ggml, which keeps -O3), plus bench/parity_top2.c against its llama.h. Not part of CI.
-That build is for numerics only: never take a speed from it (bench/cpu_parity.py builds a clean -O3 tree).
+That build is for numerics only: never take a speed figure from it (its graph building runs unoptimized).
+Speed comparisons build a clean -O3 llama.cpp tree of their own (bench/cpu_parity.py), and
+`pytriattn bench --llama-bench` refuses a llama-bench from a tree with -O0 parts.
 
 Perplexity (the rule of llama-perplexity, replicated exactly for the engine): the text is tokenized once
 with the vocabulary's BOS rule; chunk i is tokens[i·n_ctx, (i+1)·n_ctx), its first token replaced by BOS
@@ -62,14 +64,22 @@ TEXT_PROMPTS = [
 
 def build_llamacpp(cache: Path, jobs: int) -> Path:
     """Downloads the sdist (once), builds the needed targets (incremental); returns the build folder.
-    The tree is patched to compile libllama's and common's graph code at -O0: numerics only, never speed."""
+
+    NUMERICS ONLY: libllama and common are compiled at -O0 here (the O0_MARK lines below). Nothing may take
+    speed from this build; a speed comparison builds its own clean -O3 tree (docs/measure.md)."""
     src = llamacpp.source(cache)
     for sub, target in (("src", "llama"), ("common", "${TARGET}")):
         cm = src / sub / "CMakeLists.txt"
         text = cm.read_text()
         if O0_MARK not in text:
             cm.write_text(text + f"\n{O0_MARK}\ntarget_compile_options({target} PRIVATE -O0)\n")
-    return llamacpp.build(src, cache / "build", ("llama", *TARGETS), jobs)
+    build = cache / "build"
+    log(f"building llama.cpp into {build} for numerics only: libllama and common at -O0, never a speed reference")
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "NUMERICS-ONLY-O0.txt").write_text(
+        "bench/parity.py built this llama.cpp tree with libllama and common at -O0 to compare numerics.\n"
+        "Never take speed from it: build a clean -O3 tree for benchmarks.\n")
+    return llamacpp.build(src, build, ("llama", *TARGETS), jobs)
 
 
 def build_parity_tool(build: Path, dest: Path) -> Path:
@@ -105,7 +115,6 @@ def read_kld_tokens(path: Path) -> tuple[int, int, int, np.ndarray]:
 def llamacpp_ppl(build: Path, model: Path, text: Path, n_ctx: int, n_chunks: int, threads: int, fa: str,
                  work: Path) -> dict:
     kld = work / "llamacpp.kld"
-    t0 = time.time()
     p = run([build / "bin" / "llama-perplexity", "-m", model, "-f", text, "-c", n_ctx, "-b", n_ctx,
              "--chunks", n_chunks, "-t", threads, "-fa", fa, "--kl-divergence-base", kld],
             capture_output=True, text=True)
@@ -116,7 +125,7 @@ def llamacpp_ppl(build: Path, model: Path, text: Path, n_ctx: int, n_chunks: int
     c, v, n, toks = read_kld_tokens(kld)
     kld.unlink()
     return {"ppl": float(m.group(1)), "ppl_err": float(m.group(2)), "n_ctx": c, "n_vocab": v, "n_chunk": n,
-            "tokens": toks, "seconds": time.time() - t0}
+            "tokens": toks}  # no timing: this llama.cpp build is not a speed reference
 
 
 def libllama_ppl(tool: Path, model: Path, tokens: np.ndarray, n_ctx: int, n_chunk: int, threads: int, fa: str,
@@ -124,10 +133,9 @@ def libllama_ppl(tool: Path, model: Path, tokens: np.ndarray, n_ctx: int, n_chun
     """The same rule through bench/parity_top2.c's `ppl` mode (libllama only, no llama-perplexity)."""
     path = work / "tokens.i32"
     tokens[:n_ctx * n_chunk].astype("<i4").tofile(path)
-    t0 = time.time()
     p = run([tool, "ppl", model, path, n_ctx, n_chunk, threads, int(fa == "on")], capture_output=True, text=True)
     _, s, c = p.stdout.splitlines()[-1].split()  # "chunk i sum" lines, then "nll sum count"
-    return {"ppl": math.exp(float(s) / int(c)), "n_scored": int(c), "seconds": time.time() - t0}
+    return {"ppl": math.exp(float(s) / int(c)), "n_scored": int(c)}
 
 
 def log_softmax_at(logits: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -275,7 +283,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     # a given build folder is not written to: the tool then lives in the cache folder
     tool = build_parity_tool(build, build / "bin" / "parity_top2" if not args.llama_build else work / "parity_top2")
-    res = {"model": model.name, "llama_build": str(build), "flash_attn": args.flash_attn}
+    res = {"model": model.name, "llama_build": str(build), "flash_attn": args.flash_attn,
+           "llama_build_use": "numerics only (libllama and common at -O0 when built here): no speed figures"}
 
     if not args.skip_ppl:
         if args.text:

@@ -1,10 +1,10 @@
-/* Split attention: partial (max, sum, weighted V) per slot range, then an in-order merge. */
+/* Split attention (see attention.cuh): partial (max, sum, weighted V) per slot range, then an in-order merge. */
 #include "attention.cuh"
 #include "common.cuh"
 
 #define TRI_ATT_THREADS 128
 #define TRI_ATT_TILE    64
-#define TRI_ATT_DPT     (TRI_CUDA_ATT_MAX_D / TRI_ATT_THREADS) /* head dims per thread */
+#define TRI_ATT_GMAX    8   /* query heads per block */
 
 /* Number of slots in pos[0..n) with position <= p. */
 __device__ static int tri_cu_upper_bound(const int32_t * pos, int n, int32_t p) {
@@ -20,97 +20,168 @@ __device__ static int tri_cu_upper_bound(const int32_t * pos, int n, int32_t p) 
     return lo;
 }
 
-/* grid.x = n_tok * parts (part = x % parts), grid.y = n_head. Partial = acc[D], m, l. */
-__global__ void __launch_bounds__(TRI_ATT_THREADS)
-tri_cu_att_partial_kernel(const float * q, const __half * K, const __half * V, const int32_t * pos,
-                          const int32_t * n_live, int n_new, int cap, int n_head, int n_head_kv, int D, int32_t pos0,
-                          int parts, float * part) {
-    __shared__ float qs[TRI_CUDA_ATT_MAX_D];
-    __shared__ float s[TRI_ATT_TILE];
+struct tri_cu_att_args {
+    const float *        q;
+    const tri_cuda_row * rows;
+    float *              part;
+    int                  il, H, Hkv, D, parts, head_groups;
+    float                scale;
+};
+
+/* grid: x = part, y = KV head * head_groups + group, z = row. Partial of query head g: acc[D], m, l. */
+__global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(const tri_cu_att_args a) {
+    __shared__ float qs[TRI_ATT_GMAX][TRI_CUDA_ATT_MAX_D];
+    __shared__ float s[TRI_ATT_GMAX][TRI_ATT_TILE];
+    __shared__ float m_run[TRI_ATT_GMAX], l_run[TRI_ATT_GMAX], corr[TRI_ATT_GMAX];
     __shared__ int range[2];
-    const int p = blockIdx.x % parts, t = blockIdx.x / parts, hq = blockIdx.y;
-    const int G = n_head / n_head_kv, h = hq / G;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = TRI_ATT_THREADS / 32;
-    const float scale = 1.0f / sqrtf((float) D);
-    const size_t base = (size_t) h * cap;
+    const int p = blockIdx.x, h = blockIdx.y / a.head_groups, hg = blockIdx.y % a.head_groups, r = blockIdx.z;
+    const int G = a.H / a.Hkv, g0 = hg * TRI_ATT_GMAX, Gb = min(TRI_ATT_GMAX, G - g0);
+    const int D = a.D, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const tri_cuda_row row = a.rows[r];
+    const size_t lh = (size_t) a.il * a.Hkv + h;
+    const __half * K = (const __half *) row.K + lh * row.cap * D;
+    const __half * V = (const __half *) row.V + lh * row.cap * D;
     if (tid == 0) {
-        const int live = min(n_live[h] + n_new, cap);
-        const int n_valid = tri_cu_upper_bound(pos + base, live, pos0 + t);
-        const int chunk = (n_valid + parts - 1) / parts;
+        const int live = min(row.n_live[lh] + row.n_new, row.cap);
+        const int n_valid = tri_cu_upper_bound(row.pos + lh * row.cap, live, row.position);
+        const int chunk = (n_valid + a.parts - 1) / a.parts;
         range[0] = min(p * chunk, n_valid);
         range[1] = min((p + 1) * chunk, n_valid);
     }
-    for (int d = tid; d < D; d += TRI_ATT_THREADS) {
-        qs[d] = q[((size_t) t * n_head + hq) * D + d];
+    for (int e = tid; e < Gb * D; e += TRI_ATT_THREADS) {
+        const int g = e / D, d = e % D;
+        qs[g][d] = a.q[((size_t) r * a.H + h * G + g0 + g) * D + d] * a.scale;
+    }
+    if (tid < TRI_ATT_GMAX) {
+        m_run[tid] = -INFINITY;
+        l_run[tid] = 0.0f;
     }
     __syncthreads();
     const int j0 = range[0], j1 = range[1];
-    float acc[TRI_ATT_DPT];
+    /* V accumulators: thread (column pair cp, slot group sg) */
+    const int cols = D / 2, groups = TRI_ATT_THREADS / cols;
+    const int cp = tid % cols, sg = tid / cols;
+    float acc[TRI_ATT_GMAX][2];
 #pragma unroll
-    for (int k = 0; k < TRI_ATT_DPT; k++) {
-        acc[k] = 0.0f;
+    for (int g = 0; g < TRI_ATT_GMAX; g++) {
+        acc[g][0] = acc[g][1] = 0.0f;
     }
-    float m_run = -INFINITY, l_run = 0.0f;
     for (int jt = j0; jt < j1; jt += TRI_ATT_TILE) {
         const int nt = min(TRI_ATT_TILE, j1 - jt);
-        /* scores: one warp per slot, lanes across the head dim */
-        for (int j = warp; j < nt; j += nw) {
-            const __half * kr = K + (base + jt + j) * D;
-            float dot = 0.0f;
-            for (int d = lane; d < D; d += 32) {
-                dot += qs[d] * __half2float(kr[d]);
-            }
-            dot = tri_cu_warp_sum(dot);
-            if (lane == 0) {
-                s[j] = dot * scale;
-            }
-        }
-        __syncthreads();
-        float tmax = -INFINITY;
-        for (int j = 0; j < nt; j++) {
-            tmax = fmaxf(tmax, s[j]);
-        }
-        const float m_new = fmaxf(m_run, tmax);
-        const float corr = expf(m_run - m_new); /* 0 on the first tile (m_run = -inf) */
-        __syncthreads();                        /* every thread has read s before it becomes p */
-        if (tid < nt) {
-            s[tid] = expf(s[tid] - m_new);
-        }
-        __syncthreads();
-        float psum = 0.0f;
-        for (int j = 0; j < nt; j++) {
-            psum += s[j];
-        }
-        l_run = l_run * corr + psum;
-        m_run = m_new;
+        /* scores: thread (slot jj, heads of parity gp) */
+        {
+            const int jj = tid % TRI_ATT_TILE, gp = tid / TRI_ATT_TILE;
+            float sc[TRI_ATT_GMAX / 2];
 #pragma unroll
-        for (int k = 0; k < TRI_ATT_DPT; k++) {
-            const int d = tid + k * TRI_ATT_THREADS;
-            if (d < D) {
-                float a = acc[k] * corr;
-                for (int j = 0; j < nt; j++) {
-                    a += s[j] * __half2float(V[(base + jt + j) * D + d]);
+            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                sc[i] = 0.0f;
+            }
+            if (jj < nt) {
+                const int4 * kr = (const int4 *) (K + (size_t) (jt + jj) * D);
+                for (int d8 = 0; d8 < D / 8; d8++) {
+                    const int4 raw = kr[d8];
+                    const __half2 * kh = (const __half2 *) &raw;
+                    float kf[8];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float2 f = __half22float2(kh[i]);
+                        kf[2 * i] = f.x;
+                        kf[2 * i + 1] = f.y;
+                    }
+#pragma unroll
+                    for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                        const int g = gp + 2 * i;
+                        if (g < Gb) {
+                            const float * qg = &qs[g][8 * d8];
+#pragma unroll
+                            for (int e = 0; e < 8; e++) {
+                                sc[i] += qg[e] * kf[e];
+                            }
+                        }
+                    }
                 }
-                acc[k] = a;
+            }
+#pragma unroll
+            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                const int g = gp + 2 * i;
+                if (g < Gb) {
+                    s[g][jj] = jj < nt ? sc[i] : -INFINITY;
+                }
+            }
+        }
+        __syncthreads();
+        /* online softmax: warp w updates heads w, w + 4 */
+        for (int g = warp; g < Gb; g += TRI_ATT_THREADS / 32) {
+            const float a0 = s[g][lane], a1 = s[g][lane + 32];
+            float mx = fmaxf(a0, a1);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            }
+            const float m_new = fmaxf(m_run[g], mx);
+            const float e0 = expf(a0 - m_new), e1 = expf(a1 - m_new);
+            s[g][lane] = e0;
+            s[g][lane + 32] = e1;
+            const float sum = tri_cu_warp_sum(e0 + e1);
+            if (lane == 0) {
+                const float c = expf(m_run[g] - m_new); /* 0 on the first tile */
+                corr[g] = c;
+                l_run[g] = l_run[g] * c + sum;
+                m_run[g] = m_new;
+            }
+        }
+        __syncthreads();
+        /* weighted V */
+#pragma unroll
+        for (int g = 0; g < TRI_ATT_GMAX; g++) {
+            if (g < Gb) {
+                acc[g][0] *= corr[g];
+                acc[g][1] *= corr[g];
+            }
+        }
+        for (int jj = sg; jj < nt; jj += groups) {
+            const float2 vv = __half22float2(((const __half2 *) (V + (size_t) (jt + jj) * D))[cp]);
+#pragma unroll
+            for (int g = 0; g < TRI_ATT_GMAX; g++) {
+                if (g < Gb) {
+                    const float w = s[g][jj];
+                    acc[g][0] += w * vv.x;
+                    acc[g][1] += w * vv.y;
+                }
             }
         }
         __syncthreads(); /* s is rewritten by the next tile */
     }
-    float * out = part + (((size_t) t * n_head + hq) * parts + p) * (D + 2);
-#pragma unroll
-    for (int k = 0; k < TRI_ATT_DPT; k++) {
-        const int d = tid + k * TRI_ATT_THREADS;
-        if (d < D) {
-            out[d] = acc[k];
+    /* combine the slot groups through shared memory (qs is free now) */
+    float * red = &qs[0][0]; /* [groups][Gb][D] <= TRI_ATT_GMAX * MAX_D floats */
+    for (int k = 1; k < groups; k++) {
+        if (sg == k) {
+            for (int g = 0; g < Gb; g++) {
+                red[((k - 1) * Gb + g) * D + 2 * cp] = acc[g][0];
+                red[((k - 1) * Gb + g) * D + 2 * cp + 1] = acc[g][1];
+            }
         }
     }
-    if (tid == 0) {
-        out[D] = m_run;
-        out[D + 1] = l_run;
+    __syncthreads();
+    if (sg == 0) {
+        for (int g = 0; g < Gb; g++) {
+            float o0 = acc[g][0], o1 = acc[g][1];
+            for (int k = 1; k < groups; k++) {
+                o0 += red[((k - 1) * Gb + g) * D + 2 * cp];
+                o1 += red[((k - 1) * Gb + g) * D + 2 * cp + 1];
+            }
+            float * out = a.part + (((size_t) r * a.H + h * G + g0 + g) * a.parts + p) * (D + 2);
+            out[2 * cp] = o0;
+            out[2 * cp + 1] = o1;
+            if (cp == 0) {
+                out[D] = m_run[g];
+                out[D + 1] = l_run[g];
+            }
+        }
     }
 }
 
-/* grid.x = n_tok * n_head: merges the parts in order; empty parts (l = 0) are skipped. */
+/* grid.x = n_rows * n_head: merges the parts in order; empty parts (l = 0) are skipped. */
 __global__ void tri_cu_att_merge_kernel(const float * part, int parts, int D, float * out) {
     const size_t row = blockIdx.x;
     const float * pr = part + row * parts * (D + 2);
@@ -141,18 +212,27 @@ __global__ void tri_cu_att_merge_kernel(const float * part, int parts, int D, fl
     }
 }
 
-extern "C" enum triattn_status tri_cuda_attention(const float * q, const void * K, const void * V, const int32_t * pos,
-                                                  const int32_t * n_live, int n_new, int cap, int n_head, int n_head_kv,
-                                                  int D, int n_tok, int32_t pos0, int parts, float * part, float * out,
-                                                  void * stream) {
-    TRI_CUDA_REQUIRE(n_tok > 0 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && n_head <= 65535 &&
-                     D > 0 && D <= TRI_CUDA_ATT_MAX_D && cap > 0 && parts > 0 && n_new >= 0);
-    TRI_CUDA_REQUIRE((int64_t) n_tok * parts <= 0x7fffffff);
-    const dim3 grid((unsigned) (n_tok * parts), n_head);
-    tri_cu_att_partial_kernel<<<grid, TRI_ATT_THREADS, 0, TRI_CU_STREAM(stream)>>>(
-        q, (const __half *) K, (const __half *) V, pos, n_live, n_new, cap, n_head, n_head_kv, D, pos0, parts, part);
+extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * rows, int n_rows, int il,
+                                                  int n_head, int n_head_kv, int D, float scale, int parts,
+                                                  float * part, float * out, void * stream) {
+    TRI_CUDA_REQUIRE(n_rows > 0 && n_rows <= 65535 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 &&
+                     D >= 16 && D <= TRI_CUDA_ATT_MAX_D && D % 16 == 0 && parts > 0 && il >= 0);
+    tri_cu_att_args a;
+    a.q = q;
+    a.rows = rows;
+    a.part = part;
+    a.il = il;
+    a.H = n_head;
+    a.Hkv = n_head_kv;
+    a.D = D;
+    a.parts = parts;
+    a.head_groups = (n_head / n_head_kv + TRI_ATT_GMAX - 1) / TRI_ATT_GMAX;
+    a.scale = scale;
+    TRI_CUDA_REQUIRE((int64_t) n_head_kv * a.head_groups <= 65535);
+    const dim3 grid((unsigned) parts, (unsigned) (n_head_kv * a.head_groups), (unsigned) n_rows);
+    tri_cu_att_partial_kernel<<<grid, TRI_ATT_THREADS, 0, TRI_CU_STREAM(stream)>>>(a);
     TRI_CUDA_LAUNCHED();
-    tri_cu_att_merge_kernel<<<(unsigned) n_tok * n_head, 64, 0, TRI_CU_STREAM(stream)>>>(part, parts, D, out);
+    tri_cu_att_merge_kernel<<<(unsigned) n_rows * n_head, 64, 0, TRI_CU_STREAM(stream)>>>(part, parts, D, out);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -1,46 +1,20 @@
-/* The CUDA backend (src/backend.h): weights uploaded once per model in their GGUF block layout; per session a
- * device KV cache in the per-(layer, KV head) slot layout with positions, the forward pass of llama / qwen2 /
- * qwen3 layers, and the TriAttention round (fused scores, z-score, GQA max, layer mean, top-k, compaction) on
- * the device. The host keeps only the position and live-count mirror of the cache (s->kv.pos, s->kv.n_live),
- * plans each round with the CPU policy's own helpers (kv_select.h) and copies back the logits once per call
- * and the keep marks once per round. Compiled only with -DTRIATTN_CUDA=ON. */
-#include "backend.h"
-#include "calibration.h"
+/* The CUDA backend (src/backend.h): weights uploaded once per model in their GGUF block layout; per session a device
+ * KV cache in the per-(layer, KV head) slot layout with positions, activation buffers for n_batch rows, and the
+ * TriAttention round's scratch, all carved from one device and one page-locked allocation. Every byte a model and
+ * its sessions take on the device counts against a budget (triattn_model_params.gpu_mem_limit, else what the device
+ * has free), so a session that would not fit is refused with a message saying what it needs. The forward step is
+ * forward_cuda.c, the round compress_cuda.c. Compiled only with -DTRIATTN_CUDA=ON. */
+#include "backend_cuda.h"
 #include "common.h"
 #include "kv_select.h"
 #include "model.h"
-#include "session.h"
-#include "tri_cuda.h"
-#include "triattn_score.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TRI_CU_DEVICE    0    /* the one device a model uses */
-#define TRI_CU_ALIGN     256  /* bytes: every device / pinned sub-buffer starts on this boundary */
-#define TRI_CU_ATT_SLOTS 128  /* slots per attention split of a decode step */
-#define TRI_CU_ATT_PARTS 64   /* most splits of one (token, head) */
-
 /* ---- model ------------------------------------------------------------------------------------- */
-
-/* A weight on the device (d = NULL when the optional tensor is absent). */
-typedef struct tri_cu_w {
-    const void * d;
-    int          type;
-    int64_t      ne0, ne1;
-} tri_cu_w;
-
-typedef struct tri_cu_layer {
-    tri_cu_w attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, ffn_norm, ffn_gate, ffn_up, ffn_down;
-} tri_cu_layer;
-
-typedef struct tri_cu_model {
-    void *         mem;       /* one device allocation holding every tensor */
-    size_t         bytes;
-    tri_cu_w       tok_embd, output_norm, output;
-    tri_cu_layer * layers;    /* n_layer */
-} tri_cu_model;
 
 static size_t tri_cu_align(size_t n) {
     return (n + TRI_CU_ALIGN - 1) & ~(size_t) (TRI_CU_ALIGN - 1);
@@ -48,6 +22,10 @@ static size_t tri_cu_align(size_t n) {
 
 static size_t tri_cu_tensor_bytes(const tri_tensor * t) {
     return tri_row_size(t->type, t->ne0) * (size_t) t->ne1;
+}
+
+static double tri_gib(uint64_t bytes) {
+    return (double) bytes / 1073741824.0;
 }
 
 /* The model's tensors in a fixed order, paired with their device views. */
@@ -83,6 +61,8 @@ static void tri_cu_model_free(void * state) {
         return;
     }
     tri_cuda_free(cm->mem);
+    tri_cuda_free(cm->ws.mem);
+    pthread_mutex_destroy(&cm->lock);
     free(cm->layers);
     free(cm);
 }
@@ -94,15 +74,27 @@ static enum triattn_status tri_cu_check_model(const struct triattn_model * m, ch
                         "(llama, qwen2, qwen3); use n_gpu_layers = 0", arch);
     }
     const tri_hparams * hp = &m->hp;
-    if (hp->head_dim > TRI_CUDA_ATT_MAX_D || hp->n_head > 65535 || (int64_t) hp->n_layer * hp->n_head > 65535) {
-        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "CUDA backend: head_dim %d / %d heads x %d layers exceed "
-                        "the kernels' limits (head_dim <= %d)", hp->head_dim, hp->n_head, hp->n_layer,
-                        TRI_CUDA_ATT_MAX_D);
+    if (hp->head_dim > TRI_CUDA_ATT_MAX_D || hp->head_dim % 16 != 0 || hp->n_head > 65535 ||
+        (int64_t) hp->n_layer * hp->n_head > 65535 || hp->n_embd % 32 != 0 || hp->n_ff % 32 != 0 ||
+        (hp->n_head * hp->head_dim) % 32 != 0) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "CUDA backend: head_dim %d, n_embd %d, n_ff %d, %d heads x %d "
+                        "layers are outside the kernels' limits (head_dim a multiple of 16 up to %d, widths multiples "
+                        "of 32)", hp->head_dim, hp->n_embd, hp->n_ff, hp->n_head, hp->n_layer, TRI_CUDA_ATT_MAX_D);
     }
     return TRIATTN_OK;
 }
 
-static enum triattn_status tri_cu_model_upload(const struct triattn_model * m, void ** state, char * err, size_t n) {
+/* Bytes the budget allows now: limit - used, or what the device has free when there is no limit. */
+static uint64_t tri_cu_available(const tri_cu_model * cm) {
+    if (cm->limit) {
+        return cm->limit > cm->used ? cm->limit - cm->used : 0;
+    }
+    size_t free_b = 0, total_b = 0;
+    return tri_cuda_mem_info(&free_b, &total_b) == TRIATTN_OK ? free_b : 0;
+}
+
+static enum triattn_status tri_cu_model_upload(const struct triattn_model * m, uint64_t mem_limit, void ** state,
+                                               char * err, size_t n) {
     *state = NULL;
     enum triattn_status st = tri_cu_check_model(m, err, n);
     if (st != TRIATTN_OK) {
@@ -113,6 +105,8 @@ static enum triattn_status tri_cu_model_upload(const struct triattn_model * m, v
     tri_cu_pair * pairs = malloc(sizeof *pairs * (size_t) n_pairs);
     if (cm) {
         cm->layers = calloc((size_t) m->hp.n_layer, sizeof *cm->layers);
+        pthread_mutex_init(&cm->lock, NULL);
+        cm->limit = mem_limit;
     }
     if (!cm || !cm->layers || !pairs) {
         free(pairs);
@@ -138,6 +132,12 @@ static enum triattn_status tri_cu_model_upload(const struct triattn_model * m, v
     }
     if (st == TRIATTN_OK) {
         st = tri_cuda_set_device(TRI_CU_DEVICE);
+    }
+    if (st == TRIATTN_OK && total > tri_cu_available(cm)) {
+        st = tri_fail(err, n, TRIATTN_ERR_OOM, "CUDA backend: the weights need %.2f GiB of device memory, %.2f GiB %s",
+                      tri_gib(total), tri_gib(tri_cu_available(cm)),
+                      cm->limit ? "is the gpu_mem_limit (--gpu-mem-limit)" : "are free on the device");
+        have_msg = true;
     }
     if (st == TRIATTN_OK) {
         st = tri_cuda_malloc(&cm->mem, total);
@@ -173,56 +173,29 @@ static enum triattn_status tri_cu_model_upload(const struct triattn_model * m, v
         return st;
     }
     cm->bytes = total;
+    cm->used = total;
     *state = cm;
     return TRIATTN_OK;
 }
 
 /* ---- session ----------------------------------------------------------------------------------- */
 
-enum tri_cu_mode { TRI_CU_PER_HEAD = 0, TRI_CU_PER_LAYER_PER_HEAD = 1, TRI_CU_GLOBAL = 2 };
-
-typedef struct tri_cu_session {
-    tri_cuda_stream stream;
-    int32_t L, H, Hkv, D, R, F, cap, n_batch, n_vocab, n_embd, n_ff, q_dim, kv_dim, part_rows;
-    bool    triattention;
-    enum tri_cu_mode mode;
-    int32_t window;               /* as configured (-1 resolved to the default) */
-
-    /* device */
-    void *    dmem;
-    void *    K, * V;             /* [L][Hkv][cap][D] halves */
-    int32_t * pos, * n_live;      /* [L][Hkv][cap], [L][Hkv] */
-    int32_t * tok;                /* [n_batch] */
-    float *   cs;                 /* [n_batch][rope_dim] RoPE cos, sin */
-    float *   x, * xn, * q, * k, * v, * att, * gate, * up, * tmp, * part, * logits;
-    float *   w, * cw;            /* round: [L][H][D] synthetic queries and norm weights */
-    float *   scores, * agg, * mean; /* round: [L][H][cap], [L][Hkv][cap], [Hkv][cap] */
-    uint8_t * marks;              /* round: [L * Hkv][cap] */
-    int32_t * lohi;               /* round: lo [L * Hkv], then hi [L * Hkv] */
-    int32_t * nk;                 /* round: candidates [L * Hkv], then kept [L * Hkv], per selection group */
-    int32_t * keep, * n_keep;     /* round: [L * Hkv][cap] slots kept, [L * Hkv] their count (-1 = untouched) */
-
-    /* host, page-locked */
-    void *     hmem;
-    int32_t *  h_tok;
-    float *    h_cs, * h_logits, * h_w, * h_cw;
-    int32_t *  h_lohi, * h_nk, * h_keep, * h_n_keep, * h_k;
-    uint8_t *  h_marks;
-    tri_fp16 * h_rows;            /* [cap][D] staging of kv_keys */
-    double *   omega, * a_re, * a_im; /* [F] */
-} tri_cu_session;
-
 typedef struct tri_cu_part {
     void ** p;
     size_t  bytes;
 } tri_cu_part;
 
-/* Carves one allocation (device or page-locked host) into the parts. */
-static enum triattn_status tri_cu_carve(tri_cu_part * parts, size_t n_parts, bool device, void ** mem) {
+static size_t tri_cu_parts_bytes(const tri_cu_part * parts, size_t n_parts) {
     size_t total = 0;
     for (size_t i = 0; i < n_parts; i++) {
         total += tri_cu_align(parts[i].bytes);
     }
+    return total;
+}
+
+/* Carves one allocation (device or page-locked host) into the parts. */
+static enum triattn_status tri_cu_carve(tri_cu_part * parts, size_t n_parts, bool device, void ** mem) {
+    const size_t total = tri_cu_parts_bytes(parts, n_parts);
     const enum triattn_status st = device ? tri_cuda_malloc(mem, total) : tri_cuda_host_alloc(mem, total);
     if (st != TRIATTN_OK) {
         return st;
@@ -241,14 +214,107 @@ static void tri_cu_session_free(triattn_session * s) {
         if (c->stream) {
             (void) tri_cuda_sync(c->stream);
         }
+        tri_cu_graphs_free(c);
         tri_cuda_free(c->dmem);
         tri_cuda_host_free(c->hmem);
         tri_cuda_stream_destroy(c->stream);
+        if (c->dev_bytes) {
+            tri_cu_model * cm = s->model->backend_state;
+            pthread_mutex_lock(&cm->lock);
+            cm->used -= c->dev_bytes;
+            pthread_mutex_unlock(&cm->lock);
+        }
         free(c);
     }
     s->backend_state = NULL;
     tri_kv_cache_free(&s->kv); /* the host mirror: k and v are NULL */
     memset(&s->fwd, 0, sizeof s->fwd);
+}
+
+/* Widest input of any product: the rows an activation buffer holds. */
+static int32_t tri_cu_max_in(const tri_hparams * hp) {
+    return TRI_MAX(TRI_MAX(hp->n_embd, hp->n_ff), hp->n_head * hp->head_dim);
+}
+
+/* The step workspace's parts for `rows` rows (tri_cu_ws). */
+static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws * ws, tri_cu_part * parts) {
+    const size_t nr = (size_t) rows, mv = TRI_CU_VEC_ROWS, mi = (size_t) tri_cu_max_in(hp);
+    const size_t q_dim = (size_t) hp->n_head * hp->head_dim, kv_dim = (size_t) hp->n_head_kv * hp->head_dim;
+    ws->part_rows = TRI_MAX(rows, TRI_CU_PART_ROWS);
+    size_t n = 0;
+#define TRI_CU_PART(ptr, bytes) parts[n++] = (tri_cu_part) { (void **) &(ptr), (bytes) }
+    TRI_CU_PART(ws->tok, nr * sizeof(int32_t));
+    TRI_CU_PART(ws->cs, nr * hp->rope_dim * sizeof(float));
+    TRI_CU_PART(ws->row, nr * sizeof(tri_cuda_row));
+    TRI_CU_PART(ws->x, nr * hp->n_embd * sizeof(float));
+    TRI_CU_PART(ws->xn, nr * TRI_MAX((size_t) hp->n_embd, q_dim) * sizeof(float));
+    TRI_CU_PART(ws->q, nr * q_dim * sizeof(float));
+    TRI_CU_PART(ws->k, nr * kv_dim * sizeof(float));
+    TRI_CU_PART(ws->v, nr * kv_dim * sizeof(float));
+    TRI_CU_PART(ws->att, nr * q_dim * sizeof(float));
+    TRI_CU_PART(ws->gate, nr * hp->n_ff * sizeof(float));
+    TRI_CU_PART(ws->up, nr * hp->n_ff * sizeof(float));
+    TRI_CU_PART(ws->hid, nr * hp->n_ff * sizeof(float));
+    TRI_CU_PART(ws->part, (size_t) ws->part_rows * hp->n_head * (hp->head_dim + 2) * sizeof(float));
+    TRI_CU_PART(ws->logits, (size_t) TRI_CU_LOGIT_ROWS * hp->n_vocab * sizeof(float));
+    for (int i = 0; i < TRI_CU_ACT_SLOTS; i++) {
+        TRI_CU_PART(ws->q8[i].qs, mv * mi);
+        TRI_CU_PART(ws->q8[i].meta, mv * mi / 32 * sizeof(tri_cuda_q8_meta));
+        ws->q8[i].ld = (int64_t) mi;
+    }
+#undef TRI_CU_PART
+    return n;
+}
+
+/* Reserves the session's own device bytes in the model's budget and grows the shared step workspace to its
+ * n_batch rows, or says why they do not fit. */
+static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, size_t kv_bytes, char * err, size_t en) {
+    tri_cu_model * cm = s->model->backend_state;
+    tri_cu_part parts[16 + 2 * TRI_CU_ACT_SLOTS];
+    tri_cu_ws grown = { 0 };
+    const int32_t rows = s->params.n_batch;
+    const size_t n_parts = tri_cu_ws_layout(&s->model->hp, rows, &grown, parts);
+    pthread_mutex_lock(&cm->lock);
+    const uint64_t ws_bytes = rows > cm->ws.rows ? tri_cu_parts_bytes(parts, n_parts) : 0;
+    const uint64_t need = bytes + (ws_bytes > cm->ws.bytes ? ws_bytes - cm->ws.bytes : 0);
+    const uint64_t avail = tri_cu_available(cm);
+    enum triattn_status st = need <= avail ? TRIATTN_OK : TRIATTN_ERR_OOM;
+    if (st == TRIATTN_OK && ws_bytes) { /* no step is in flight while the lock is held */
+        st = tri_cu_carve(parts, n_parts, true, &grown.mem);
+        if (st == TRIATTN_OK) {
+            tri_cuda_free(cm->ws.mem);
+            cm->used -= cm->ws.bytes;
+            grown.bytes = ws_bytes;
+            grown.rows = rows;
+            grown.version = cm->ws.version + 1;
+            cm->ws = grown;
+            cm->used += ws_bytes;
+        }
+    }
+    if (st == TRIATTN_OK) {
+        cm->used += bytes;
+    }
+    pthread_mutex_unlock(&cm->lock);
+    if (st == TRIATTN_OK) {
+        return TRIATTN_OK;
+    }
+    if (need <= avail) {
+        return tri_fail(err, en, st, "CUDA backend: step buffers for n_batch %d (%.1f MiB): %s", rows,
+                        ws_bytes / 1048576.0, tri_cuda_last_error());
+    }
+    const bool compressing = s->kv.capacity < s->params.n_ctx;
+    char where[96];
+    if (cm->limit) {
+        snprintf(where, sizeof where, "left under the %.1f GiB gpu_mem_limit", tri_gib(cm->limit));
+    } else {
+        snprintf(where, sizeof where, "free on the device");
+    }
+    return tri_fail(err, en, TRIATTN_ERR_OOM,
+                    "KV cache for n_ctx %d (%d slots per layer and KV head) needs %.2f GiB, the session %.2f GiB in "
+                    "all; %.2f GiB %s: %s", s->params.n_ctx, s->kv.capacity, tri_gib(kv_bytes), tri_gib(need),
+                    tri_gib(avail), where,
+                    compressing ? "use a smaller kv_budget (--kv-budget) or n_batch (-b)"
+                                : "use kv_policy triattention (--kv-policy triattention) or a smaller n_ctx (-c)");
 }
 
 static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, size_t en) {
@@ -299,12 +365,14 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     c->n_ff = hp->n_ff;
     c->q_dim = hp->n_head * hp->head_dim;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
-    c->part_rows = TRI_MAX(c->n_batch, TRI_CU_ATT_PARTS) * c->H;
+    c->max_in = tri_cu_max_in(hp);
     c->triattention = ta;
     c->mode = opts.mode == TRI_TA_PER_LAYER_PER_HEAD ? TRI_CU_PER_LAYER_PER_HEAD
             : opts.mode == TRI_TA_GLOBAL             ? TRI_CU_GLOBAL
                                                      : TRI_CU_PER_HEAD;
     c->window = s->policy.cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : s->policy.cfg.window;
+    const char * graphs_env = getenv("TRIATTN_CUDA_GRAPHS");
+    c->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0);
 
     /* Host mirror of the cache: positions and live counts only. */
     const size_t LK = (size_t) c->L * c->Hkv, LH = (size_t) c->L * c->H, slots = LK * cap;
@@ -330,19 +398,6 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
         { &c->V,                  slots * D * sizeof(tri_fp16) },
         { (void **) &c->pos,      slots * sizeof(int32_t) },
         { (void **) &c->n_live,   LK * sizeof(int32_t) },
-        { (void **) &c->tok,      nb * sizeof(int32_t) },
-        { (void **) &c->cs,       nb * c->R * sizeof(float) },
-        { (void **) &c->x,        nb * c->n_embd * sizeof(float) },
-        { (void **) &c->xn,       nb * c->n_embd * sizeof(float) },
-        { (void **) &c->q,        nb * c->q_dim * sizeof(float) },
-        { (void **) &c->k,        nb * c->kv_dim * sizeof(float) },
-        { (void **) &c->v,        nb * c->kv_dim * sizeof(float) },
-        { (void **) &c->att,      nb * c->q_dim * sizeof(float) },
-        { (void **) &c->gate,     nb * c->n_ff * sizeof(float) },
-        { (void **) &c->up,       nb * c->n_ff * sizeof(float) },
-        { (void **) &c->tmp,      nb * c->n_embd * sizeof(float) },
-        { (void **) &c->part,     (size_t) c->part_rows * (D + 2) * sizeof(float) },
-        { (void **) &c->logits,   nb * c->n_vocab * sizeof(float) },
         { (void **) &c->w,        rs * LH * D * sizeof(float) },
         { (void **) &c->cw,       rs * LH * D * sizeof(float) },
         { (void **) &c->scores,   rs * LH * capz * sizeof(float) },
@@ -357,6 +412,7 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     tri_cu_part host[] = {
         { (void **) &c->h_tok,    nb * sizeof(int32_t) },
         { (void **) &c->h_cs,     nb * c->R * sizeof(float) },
+        { (void **) &c->h_rows,   nb * sizeof(tri_cuda_row) },
         { (void **) &c->h_logits, nb * c->n_vocab * sizeof(float) },
         { (void **) &c->h_w,      rs * LH * D * sizeof(float) },
         { (void **) &c->h_cw,     rs * LH * D * sizeof(float) },
@@ -366,12 +422,20 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
         { (void **) &c->h_n_keep, rs * LK * sizeof(int32_t) },
         { (void **) &c->h_k,      rs * LK * sizeof(int32_t) },
         { (void **) &c->h_marks,  rs * LK * capz },
-        { (void **) &c->h_rows,   capz * D * sizeof(tri_fp16) },
+        { (void **) &c->h_rows_kv, capz * D * sizeof(tri_fp16) },
         { (void **) &c->omega,    rs * c->F * sizeof(double) },
         { (void **) &c->a_re,     rs * c->F * sizeof(double) },
         { (void **) &c->a_im,     rs * c->F * sizeof(double) },
     };
+    const size_t dev_total = tri_cu_parts_bytes(dev, sizeof dev / sizeof dev[0]);
     enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
+    if (st == TRIATTN_OK) {
+        st = tri_cu_reserve(s, dev_total, kv_bytes, err, en);
+        if (st != TRIATTN_OK) {
+            return st;
+        }
+        c->dev_bytes = dev_total;
+    }
     if (st == TRIATTN_OK) {
         st = tri_cuda_stream_create(&c->stream);
     }
@@ -417,224 +481,6 @@ static void tri_cu_reset(triattn_session * s) {
     s->fwd.n_logits = 0;
 }
 
-/* ---- forward pass ------------------------------------------------------------------------------ */
-
-static enum triattn_status tri_cu_mm(const tri_cu_session * c, const tri_cu_w * w, const float * x, int64_t ldx, int n,
-                                     float * y, int64_t ldy) {
-    return tri_cuda_matmul(w->type, w->d, w->ne0, w->ne1, x, ldx, n, y, ldy, c->stream);
-}
-
-#define TRI_CU_TRY(expr)              \
-    do {                              \
-        st = (expr);                  \
-        if (st != TRIATTN_OK) {       \
-            goto fail;                \
-        }                             \
-    } while (0)
-
-/* One layer of the pre-norm attention + SwiGLU block (llama, qwen2 biases, qwen3 q/k norms). */
-static enum triattn_status tri_cu_layer_run(tri_cu_session * c, const struct triattn_model * m, const tri_cu_layer * Lw,
-                                            int il, int n, int32_t pos0, int parts) {
-    const tri_hparams * hp = &m->hp;
-    const float eps = hp->norm_eps;
-    void * sm = c->stream;
-    const size_t lh0 = (size_t) il * c->Hkv;
-    const size_t kv_off = lh0 * c->cap * c->D;
-    enum triattn_status st;
-    TRI_CU_TRY(tri_cuda_rmsnorm(c->x, Lw->attn_norm.d, c->xn, n, c->n_embd, c->n_embd, eps, sm));
-    TRI_CU_TRY(tri_cu_mm(c, &Lw->wq, c->xn, c->n_embd, n, c->q, c->q_dim));
-    TRI_CU_TRY(tri_cu_mm(c, &Lw->wk, c->xn, c->n_embd, n, c->k, c->kv_dim));
-    TRI_CU_TRY(tri_cu_mm(c, &Lw->wv, c->xn, c->n_embd, n, c->v, c->kv_dim));
-    if (Lw->bq.d) {
-        TRI_CU_TRY(tri_cuda_add_bias(c->q, Lw->bq.d, n, c->q_dim, sm));
-        TRI_CU_TRY(tri_cuda_add_bias(c->k, Lw->bk.d, n, c->kv_dim, sm));
-        TRI_CU_TRY(tri_cuda_add_bias(c->v, Lw->bv.d, n, c->kv_dim, sm));
-    }
-    if (Lw->q_norm.d) {
-        TRI_CU_TRY(tri_cuda_rmsnorm(c->q, Lw->q_norm.d, c->q, n * c->H, c->D, c->D, eps, sm));
-        TRI_CU_TRY(tri_cuda_rmsnorm(c->k, Lw->k_norm.d, c->k, n * c->Hkv, c->D, c->D, eps, sm));
-    }
-    const int pairing = hp->rope_pairing == TRI_ROPE_ADJACENT ? 0 : 1;
-    TRI_CU_TRY(tri_cuda_rope(c->q, n, c->H, c->D, c->R, c->cs, pairing, sm));
-    TRI_CU_TRY(tri_cuda_rope(c->k, n, c->Hkv, c->D, c->R, c->cs, pairing, sm));
-    TRI_CU_TRY(tri_cuda_kv_append(c->K, c->V, c->pos, c->n_live, il, c->Hkv, c->cap, c->D, c->k, c->v, n, pos0, sm));
-    TRI_CU_TRY(tri_cuda_attention(c->q, (const tri_fp16 *) c->K + kv_off, (const tri_fp16 *) c->V + kv_off,
-                                  c->pos + lh0 * c->cap, c->n_live + lh0, n, c->cap, c->H, c->Hkv, c->D, n, pos0, parts,
-                                  c->part, c->att, sm));
-    TRI_CU_TRY(tri_cu_mm(c, &Lw->wo, c->att, c->q_dim, n, c->tmp, c->n_embd));
-    TRI_CU_TRY(tri_cuda_add(c->x, c->tmp, (int64_t) n * c->n_embd, sm));
-    TRI_CU_TRY(tri_cuda_rmsnorm(c->x, Lw->ffn_norm.d, c->xn, n, c->n_embd, c->n_embd, eps, sm));
-    TRI_CU_TRY(tri_cu_mm(c, &Lw->ffn_gate, c->xn, c->n_embd, n, c->gate, c->n_ff));
-    TRI_CU_TRY(tri_cu_mm(c, &Lw->ffn_up, c->xn, c->n_embd, n, c->up, c->n_ff));
-    TRI_CU_TRY(tri_cuda_swiglu(c->gate, c->up, (int64_t) n * c->n_ff, sm));
-    TRI_CU_TRY(tri_cu_mm(c, &Lw->ffn_down, c->gate, c->n_ff, n, c->tmp, c->n_embd));
-    TRI_CU_TRY(tri_cuda_add(c->x, c->tmp, (int64_t) n * c->n_embd, sm));
-    return TRIATTN_OK;
-fail:
-    return st;
-}
-
-static enum triattn_status tri_cu_forward_chunk(triattn_session * s, const triattn_token * tokens, int32_t n,
-                                                int32_t pos0, enum tri_logits_mode mode, char * err, size_t en) {
-    tri_cu_session * c = s->backend_state;
-    const struct triattn_model * m = s->model;
-    const tri_cu_model * cm = m->backend_state;
-    const tri_hparams * hp = &m->hp;
-    s->fwd.n_logits = 0;
-    if (s->fwd.calib) {
-        return tri_fail(err, en, TRIATTN_ERR_UNSUPPORTED, "calibration runs on the CPU backend only: load the model "
-                        "with n_gpu_layers = 0 to calibrate");
-    }
-    int32_t live_lo, live_hi;
-    tri_kv_cache_live_range(&s->kv, &live_lo, &live_hi);
-    if (n <= 0 || n > c->n_batch || live_hi + n > c->cap) {
-        return tri_fail(err, en, TRIATTN_ERR_INTERNAL, "forward chunk of %d tokens: n_batch %d, %d live of %d slots", n,
-                        c->n_batch, live_hi, c->cap);
-    }
-    /* Inputs: token ids and the RoPE table (in double, exactly as the CPU's). */
-    memcpy(c->h_tok, tokens, sizeof(int32_t) * (size_t) n);
-    for (int t = 0; t < n; t++) {
-        const double p = (double) (pos0 + t) * hp->rope_freq_scale;
-        float * cs = c->h_cs + (size_t) t * c->R;
-        for (int i = 0; i < c->F; i++) {
-            const double theta = p * m->rope_inv_freq[i];
-            cs[2 * i]     = (float) cos(theta);
-            cs[2 * i + 1] = (float) sin(theta);
-        }
-    }
-    /* Attention splits: enough blocks for one decode token to fill the device, bounded by the scratch. */
-    int parts = (live_hi + n + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS;
-    parts = TRI_MAX(1, TRI_MIN(parts, TRI_MIN(TRI_CU_ATT_PARTS, c->part_rows / (n * c->H))));
-
-    enum triattn_status st;
-    void * sm = c->stream;
-    TRI_CU_TRY(tri_cuda_set_device(TRI_CU_DEVICE));
-    TRI_CU_TRY(tri_cuda_h2d(c->tok, c->h_tok, sizeof(int32_t) * (size_t) n, sm));
-    TRI_CU_TRY(tri_cuda_h2d(c->cs, c->h_cs, sizeof(float) * (size_t) n * c->R, sm));
-    TRI_CU_TRY(tri_cuda_get_rows(cm->tok_embd.type, cm->tok_embd.d, c->n_embd, c->tok, n, c->x, sm));
-    for (int il = 0; il < c->L; il++) {
-        TRI_CU_TRY(tri_cu_layer_run(c, m, &cm->layers[il], il, n, pos0, parts));
-    }
-    TRI_CU_TRY(tri_cuda_kv_bump(c->n_live, c->L * c->Hkv, n, sm));
-    int32_t rows = 0;
-    if (mode != TRI_LOGITS_NONE) {
-        const int first = mode == TRI_LOGITS_ALL ? 0 : n - 1;
-        rows = n - first;
-        TRI_CU_TRY(tri_cuda_rmsnorm(c->x + (size_t) first * c->n_embd, cm->output_norm.d, c->xn, rows, c->n_embd,
-                                    c->n_embd, hp->norm_eps, sm));
-        TRI_CU_TRY(tri_cu_mm(c, &cm->output, c->xn, c->n_embd, rows, c->logits, c->n_vocab));
-        TRI_CU_TRY(tri_cuda_d2h(c->h_logits, c->logits, sizeof(float) * (size_t) rows * c->n_vocab, sm));
-    }
-    TRI_CU_TRY(tri_cuda_sync(sm));
-
-    /* The host mirror follows the device: positions pos0.. appended to every (layer, KV head). */
-    for (int i = 0; i < c->L * c->Hkv; i++) {
-        int32_t * pos = s->kv.pos + (size_t) i * c->cap;
-        for (int t = 0; t < n; t++) {
-            pos[s->kv.n_live[i] + t] = pos0 + t;
-        }
-        s->kv.n_live[i] += n;
-    }
-    s->fwd.n_logits = rows;
-    return TRIATTN_OK;
-fail:
-    return tri_fail(err, en, st, "%s (the session's cache may be inconsistent: reset it)", tri_cuda_last_error());
-}
-
-/* ---- TriAttention round ------------------------------------------------------------------------ */
-
-static enum triattn_status tri_cu_compress(triattn_session * s, int32_t next_pos, char * err, size_t en) {
-    tri_cu_session * c = s->backend_state;
-    if (!c->triattention) {
-        return TRIATTN_OK; /* full: nothing to evict; the session reports a full cache */
-    }
-    const int LK = c->L * c->Hkv, LH = c->L * c->H;
-    int32_t * lo = c->h_lohi, * hi = c->h_lohi + LK;
-    int64_t evicted = 0;
-    if (!tri_kv_plan(&s->policy, &s->kv, c->window, lo, hi, c->h_k, &evicted)) {
-        return TRIATTN_OK;
-    }
-    if (c->mode != TRI_CU_PER_LAYER_PER_HEAD) {
-        for (int i = 0; i < LK; i++) {
-            const int ref = c->mode == TRI_CU_GLOBAL ? 0 : i % c->Hkv;
-            if (lo[i] != lo[ref] || hi[i] != hi[ref]) {
-                return tri_fail(err, en, TRIATTN_ERR_INTERNAL,
-                                "triattention: (layer %d, KV head %d) holds other tokens than its group", i / c->Hkv,
-                                i % c->Hkv);
-            }
-        }
-    }
-    /* Selection groups: every (layer, KV head), each KV head, or one. */
-    const int n_groups = c->mode == TRI_CU_PER_LAYER_PER_HEAD ? LK : c->mode == TRI_CU_GLOBAL ? 1 : c->Hkv;
-    int max_n = 0;
-    for (int i = 0; i < LK; i++) {
-        max_n = TRI_MAX(max_n, hi[i] - lo[i]);
-    }
-    for (int g = 0; g < n_groups; g++) {
-        c->h_nk[g] = hi[g] - lo[g];          /* group g's members share (0, g)'s range, or it is (l, h) itself */
-        c->h_nk[LK + g] = c->h_k[g];
-    }
-    /* Synthetic queries of the round at the absolute position of the next token (host, double). */
-    const tri_centres * ce = s->model->centres;
-    tri_triattn_phase(c->F, c->omega, (double) next_pos, c->a_re, c->a_im);
-    for (int r = 0; r < LH; r++) {
-        const size_t o = (size_t) r * c->F;
-        tri_triattn_query(c->R, s->model->hp.rope_pairing, ce->q_re + o, ce->q_im + o, ce->q_abs + o, c->a_re, c->a_im,
-                          1.0, c->h_w + (size_t) r * c->D, c->h_cw + (size_t) r * c->D);
-    }
-    const int pairing = s->model->hp.rope_pairing == TRI_ROPE_ADJACENT ? 0 : 1;
-    const size_t capz = (size_t) c->cap;
-    void * sm = c->stream;
-    enum triattn_status st;
-    TRI_CU_TRY(tri_cuda_set_device(TRI_CU_DEVICE));
-    TRI_CU_TRY(tri_cuda_h2d(c->w, c->h_w, sizeof(float) * (size_t) LH * c->D, sm));
-    TRI_CU_TRY(tri_cuda_h2d(c->cw, c->h_cw, sizeof(float) * (size_t) LH * c->D, sm));
-    TRI_CU_TRY(tri_cuda_h2d(c->lohi, c->h_lohi, sizeof(int32_t) * 2 * (size_t) LK, sm));
-    TRI_CU_TRY(tri_cuda_h2d(c->nk, c->h_nk, sizeof(int32_t) * 2 * (size_t) LK, sm));
-    TRI_CU_TRY(tri_cuda_triattn_score(c->K, c->w, c->cw, c->lohi, c->lohi + LK, c->L, c->H, c->Hkv, c->D, c->R, pairing,
-                                      c->cap, max_n, c->scores, sm));
-    TRI_CU_TRY(tri_cuda_triattn_zscore(c->scores, c->lohi, c->lohi + LK, c->L, c->H, c->Hkv, c->cap, sm));
-    TRI_CU_TRY(tri_cuda_triattn_gqa_max(c->scores, c->lohi, c->lohi + LK, c->L, c->H, c->Hkv, c->cap, max_n, c->agg,
-                                        sm));
-    const float * ranked = c->agg;
-    if (c->mode != TRI_CU_PER_LAYER_PER_HEAD) {
-        TRI_CU_TRY(tri_cuda_triattn_layer_mean(c->agg, c->lohi, c->lohi + LK, c->L, c->Hkv, c->cap, max_n,
-                                               c->mode == TRI_CU_GLOBAL, c->mean, sm));
-        ranked = c->mean;
-    }
-    TRI_CU_TRY(tri_cuda_topk(ranked, c->nk, c->nk + LK, n_groups, c->cap, c->marks, sm));
-    TRI_CU_TRY(tri_cuda_d2h(c->h_marks, c->marks, (size_t) n_groups * capz, sm));
-    TRI_CU_TRY(tri_cuda_sync(sm));
-
-    /* Keep lists from the marks; the host mirror is compacted the same way as the device. */
-    for (int i = 0; i < LK; i++) {
-        if (hi[i] - lo[i] <= 0) {
-            c->h_n_keep[i] = -1;
-            continue;
-        }
-        const int h = i % c->Hkv;
-        const int group = c->mode == TRI_CU_PER_LAYER_PER_HEAD ? i : c->mode == TRI_CU_GLOBAL ? 0 : h;
-        int32_t * keep = c->h_keep + (size_t) i * capz;
-        const int32_t nk = tri_kv_keep_list(lo[i], hi[i], s->kv.n_live[i], c->h_marks + (size_t) group * capz, keep);
-        int32_t * pos = s->kv.pos + (size_t) i * capz;
-        for (int32_t r = 0; r < nk; r++) {
-            pos[r] = pos[keep[r]]; /* keep[r] >= r: in place, in order */
-        }
-        s->kv.n_live[i] = nk;
-        c->h_n_keep[i] = nk;
-    }
-    TRI_CU_TRY(tri_cuda_h2d(c->keep, c->h_keep, sizeof(int32_t) * (size_t) LK * capz, sm));
-    TRI_CU_TRY(tri_cuda_h2d(c->n_keep, c->h_n_keep, sizeof(int32_t) * (size_t) LK, sm));
-    TRI_CU_TRY(tri_cuda_kv_gather(c->K, c->V, c->pos, c->n_live, c->keep, c->n_keep, LK, c->cap, c->D, sm));
-    TRI_CU_TRY(tri_cuda_sync(sm));
-    s->policy.n_compressions++;
-    s->policy.n_evicted += evicted / LK;
-    return TRIATTN_OK;
-fail:
-    return tri_fail(err, en, st, "CUDA backend: %s (the session's cache may be inconsistent: reset it)",
-                    tri_cuda_last_error());
-}
-
 /* ---- read-back and the table ------------------------------------------------------------------- */
 
 static enum triattn_status tri_cu_kv_keys(const triattn_session * s, int layer, int kv_head, float * out, int32_t rows) {
@@ -643,8 +489,8 @@ static enum triattn_status tri_cu_kv_keys(const triattn_session * s, int layer, 
         return TRIATTN_OK;
     }
     const size_t lh = (size_t) layer * c->Hkv + kv_head, n = (size_t) rows * c->D;
-    enum triattn_status st = tri_cuda_d2h(c->h_rows, (const tri_fp16 *) c->K + lh * c->cap * c->D, n * sizeof(tri_fp16),
-                                          c->stream);
+    enum triattn_status st = tri_cuda_d2h(c->h_rows_kv, (const tri_fp16 *) c->K + lh * c->cap * c->D,
+                                          n * sizeof(tri_fp16), c->stream);
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);
     }
@@ -653,7 +499,48 @@ static enum triattn_status tri_cu_kv_keys(const triattn_session * s, int layer, 
         return st;
     }
     for (size_t i = 0; i < n; i++) {
-        out[i] = tri_fp16_to_fp32(c->h_rows[i]);
+        out[i] = tri_fp16_to_fp32(c->h_rows_kv[i]);
+    }
+    return TRIATTN_OK;
+}
+
+static enum triattn_status tri_cu_kv_copy(triattn_session * s, int i, tri_fp16 * k, tri_fp16 * v, bool to_device) {
+    tri_cu_session * c = s->backend_state;
+    const size_t row0 = (size_t) i * c->cap, n = (size_t) s->kv.n_live[i];
+    const size_t bytes = n * (size_t) c->D * sizeof(tri_fp16);
+    tri_fp16 * K = (tri_fp16 *) c->K + row0 * c->D, * V = (tri_fp16 *) c->V + row0 * c->D;
+    enum triattn_status st;
+    if (to_device) {
+        st = tri_cuda_h2d(K, k, bytes, c->stream);
+        if (st == TRIATTN_OK) {
+            st = tri_cuda_h2d(V, v, bytes, c->stream);
+        }
+        if (st == TRIATTN_OK) {
+            st = tri_cuda_h2d(c->pos + row0, s->kv.pos + row0, n * sizeof(int32_t), c->stream);
+        }
+    } else {
+        st = tri_cuda_d2h(k, K, bytes, c->stream);
+        if (st == TRIATTN_OK) {
+            st = tri_cuda_d2h(v, V, bytes, c->stream);
+        }
+    }
+    if (st == TRIATTN_OK) {
+        st = tri_cuda_sync(c->stream); /* pageable host memory: the copies are done on return */
+    }
+    if (st != TRIATTN_OK) {
+        return tri_session_fail(s, st, "CUDA backend: copying the KV cache: %s", tri_cuda_last_error());
+    }
+    return TRIATTN_OK;
+}
+
+static enum triattn_status tri_cu_kv_set_live(triattn_session * s) {
+    tri_cu_session * c = s->backend_state;
+    enum triattn_status st = tri_cuda_h2d(c->n_live, s->kv.n_live, sizeof(int32_t) * (size_t) c->L * c->Hkv, c->stream);
+    if (st == TRIATTN_OK) {
+        st = tri_cuda_sync(c->stream);
+    }
+    if (st != TRIATTN_OK) {
+        return tri_session_fail(s, st, "CUDA backend: setting the live slots: %s", tri_cuda_last_error());
     }
     return TRIATTN_OK;
 }
@@ -662,15 +549,26 @@ static int tri_cu_device_count(char * why, size_t n) {
     return tri_cuda_device_count(why, n);
 }
 
+static void tri_cu_memory(const struct triattn_model * m, uint64_t * used, uint64_t * limit) {
+    tri_cu_model * cm = m->backend_state;
+    pthread_mutex_lock(&cm->lock);
+    *used = cm->used;
+    *limit = cm->limit;
+    pthread_mutex_unlock(&cm->lock);
+}
+
 const tri_backend_ops tri_backend_cuda = {
     .name          = "cuda",
     .device_count  = tri_cu_device_count,
     .model_upload  = tri_cu_model_upload,
     .model_free    = tri_cu_model_free,
+    .memory        = tri_cu_memory,
     .session_init  = tri_cu_session_init,
     .session_free  = tri_cu_session_free,
     .reset         = tri_cu_reset,
-    .forward_chunk = tri_cu_forward_chunk,
+    .forward       = tri_cu_forward,
     .compress      = tri_cu_compress,
     .kv_keys       = tri_cu_kv_keys,
+    .kv_copy       = tri_cu_kv_copy,
+    .kv_set_live   = tri_cu_kv_set_live,
 };

@@ -111,3 +111,45 @@ extern "C" enum triattn_status tri_cuda_sync(tri_cuda_stream s) {
     TRI_CUDA_CHECK(cudaGetLastError());
     return TRIATTN_OK;
 }
+
+extern "C" enum triattn_status tri_cuda_mem_info(size_t * free_bytes, size_t * total_bytes) {
+    TRI_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return TRIATTN_OK;
+}
+
+extern "C" int tri_cuda_sm_count(void) {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        (void) cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+extern "C" enum triattn_status tri_cuda_graph_begin(tri_cuda_stream s) {
+    TRI_CUDA_CHECK(cudaStreamBeginCapture(TRI_CU_STREAM(s), cudaStreamCaptureModeThreadLocal));
+    return TRIATTN_OK;
+}
+
+extern "C" enum triattn_status tri_cuda_graph_end(tri_cuda_stream s, void ** exec) {
+    *exec = NULL;
+    cudaGraph_t graph = NULL;
+    TRI_CUDA_CHECK(cudaStreamEndCapture(TRI_CU_STREAM(s), &graph));
+    cudaGraphExec_t ge = NULL;
+    const cudaError_t e = cudaGraphInstantiate(&ge, graph, 0);
+    (void) cudaGraphDestroy(graph);
+    TRI_CUDA_CHECK(e);
+    *exec = (void *) ge;
+    return TRIATTN_OK;
+}
+
+extern "C" enum triattn_status tri_cuda_graph_launch(void * exec, tri_cuda_stream s) {
+    TRI_CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t) exec, TRI_CU_STREAM(s)));
+    return TRIATTN_OK;
+}
+
+extern "C" void tri_cuda_graph_destroy(void * exec) {
+    if (exec) {
+        (void) cudaGraphExecDestroy((cudaGraphExec_t) exec);
+    }
+}

@@ -1,156 +1,240 @@
-/* Dequantize-on-the-fly matrix-vector and tiled matrix-matrix kernels (see matmul.cuh). */
-#include "dequant.cuh"
+/* Matrix-vector products (see matmul.cuh): one warp per output row, each lane a 32-value chunk at a time. */
+#include "common.cuh"
 #include "matmul.cuh"
+#include "qchunk.h"
 
-#define TRI_MV_TOK   8   /* tokens per matrix-vector pass */
-#define TRI_MV_WARPS 8   /* rows (warps) per block */
-#define TRI_MM_R     64  /* weight rows per tile */
-#define TRI_MM_T     64  /* tokens per tile */
-#define TRI_MM_K     32  /* inner values per step */
+#define TRI_MV_WARPS 4 /* rows per block */
 
-/* One warp per weight row; each lane decodes every 32nd value of the row once and uses it for all tokens. */
-template <int T>
-__global__ void __launch_bounds__(32 * TRI_MV_WARPS)
-tri_cu_matvec_kernel(const uint8_t * W, int64_t ne0, int64_t ne1, const float * x, int64_t ldx, int n_tok, float * y,
-                     int64_t ldy) {
-    const int64_t r = (int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5);
-    if (r >= ne1) {
-        return; /* whole warp: r is the same for its 32 lanes */
+enum { TRI_CU_F32 = 0, TRI_CU_F16 = 1, TRI_CU_BF16 = 30 };
+
+struct tri_cu_mm_args {
+    tri_cuda_mm_job jobs[TRI_CUDA_MM_JOBS];
+    int             n_jobs;
+    int64_t         ne0, total_rows;
+    const float *   xf;
+    int64_t         ldx;
+    tri_cuda_q8     q8;
+    bool            accumulate;
+};
+
+/* The job and local row of global row r (whole warp: r is the warp's). */
+__device__ __forceinline__ tri_cuda_mm_job tri_cu_job_of(const tri_cu_mm_args & a, int64_t * r) {
+    if (a.n_jobs > 1 && *r >= a.jobs[0].ne1) {
+        *r -= a.jobs[0].ne1;
+        if (a.n_jobs > 2 && *r >= a.jobs[1].ne1) {
+            *r -= a.jobs[1].ne1;
+            return a.jobs[2];
+        }
+        return a.jobs[1];
+    }
+    return a.jobs[0];
+}
+
+template <int NT>
+__device__ __forceinline__ void tri_cu_mv_store(const tri_cu_mm_args & a, const tri_cuda_mm_job & job, int64_t r,
+                                                float (&acc)[NT]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float s = tri_cu_warp_sum(acc[t]);
+        if (lane == 0) {
+            float * y = job.y + (size_t) t * job.ldy + r;
+            const float v = job.bias ? s + job.bias[r] : s;
+            *y = a.accumulate ? *y + v : v;
+        }
+    }
+}
+
+/* Quantized weights x 8-bit activations: integer dot products per chunk (qchunk.h). A warp takes R rows, so each
+ * activation load serves R rows (R = 2 from 4 tokens on, where the loads of activations dominate). */
+template <int T, int NT, int R>
+__global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvq_kernel(const tri_cu_mm_args a) {
+    const int64_t r0 = ((int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5)) * R;
+    if (r0 >= a.total_rows) {
+        return;
     }
     const int lane = threadIdx.x & 31;
-    const uint8_t * row = W + (size_t) r * tri_cu_row_bytes<T>(ne0);
-    float acc[TRI_MV_TOK];
+    const int kind = tri_qc_kind(T);
+    const int64_t nch = a.ne0 / 32, ld = a.q8.ld;
+    const size_t rb = (size_t) (a.ne0 / tri_qc_block_values(T)) * tri_qc_block_bytes(T);
+    tri_cuda_mm_job job[R];
+    int64_t lr[R];
+    const uint8_t * row[R];
 #pragma unroll
-    for (int t = 0; t < TRI_MV_TOK; t++) {
+    for (int rr = 0; rr < R; rr++) {
+        lr[rr] = r0 + rr < a.total_rows ? r0 + rr : r0; /* a missing last row repeats the first, unwritten */
+        job[rr] = tri_cu_job_of(a, &lr[rr]);
+        row[rr] = (const uint8_t *) job[rr].W + (size_t) lr[rr] * rb;
+    }
+    float acc[R][NT];
+#pragma unroll
+    for (int rr = 0; rr < R; rr++) {
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            acc[rr][t] = 0.0f;
+        }
+    }
+#pragma unroll 2
+    for (int64_t c = lane; c < nch; c += 32) {
+        tri_qc_chunk ch[R];
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            tri_qc_prep(T, row[rr], c, &ch[rr]);
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const int4 * xq = (const int4 *) (a.q8.qs + (size_t) t * ld + 32 * c);
+            const int4 v0 = xq[0], v1 = xq[1];
+            const int4 m = *(const int4 *) (a.q8.meta + (size_t) t * (ld / 32) + c);
+            const int32_t w[8] = { v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w };
+            tri_qc_act act;
+            act.q = w;
+            act.d = __int_as_float(m.x);
+            act.s = __int_as_float(m.y);
+            act.sum[0] = m.z;
+            act.sum[1] = m.w;
+#pragma unroll
+            for (int rr = 0; rr < R; rr++) {
+                acc[rr][t] += tri_qc_dot(kind, &ch[rr], &act);
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < R; rr++) {
+        if (r0 + rr < a.total_rows) {
+            tri_cu_mv_store<NT>(a, job[rr], lr[rr], acc[rr]);
+        }
+    }
+}
+
+/* Weight i of a float-typed row; F16 weights meet activations rounded to fp16, as on the CPU. */
+template <int T> __device__ __forceinline__ float tri_cu_wf(const void * row, int64_t i);
+template <> __device__ __forceinline__ float tri_cu_wf<TRI_CU_F32>(const void * row, int64_t i) {
+    return ((const float *) row)[i];
+}
+template <> __device__ __forceinline__ float tri_cu_wf<TRI_CU_F16>(const void * row, int64_t i) {
+    return __half2float(((const __half *) row)[i]);
+}
+template <> __device__ __forceinline__ float tri_cu_wf<TRI_CU_BF16>(const void * row, int64_t i) {
+    return __uint_as_float((uint32_t) ((const uint16_t *) row)[i] << 16);
+}
+
+template <int T, int NT>
+__global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvf_kernel(const tri_cu_mm_args a) {
+    int64_t r = (int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5);
+    if (r >= a.total_rows) {
+        return;
+    }
+    const tri_cuda_mm_job job = tri_cu_job_of(a, &r);
+    const int lane = threadIdx.x & 31;
+    const size_t es = T == TRI_CU_F32 ? 4 : 2;
+    const void * row = (const uint8_t *) job.W + (size_t) r * (size_t) a.ne0 * es;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
         acc[t] = 0.0f;
     }
-    for (int64_t i = lane; i < ne0; i += 32) {
-        const float w = tri_cu_deq<T>(row, i);
+    for (int64_t i = lane; i < a.ne0; i += 32) {
+        const float w = tri_cu_wf<T>(row, i);
 #pragma unroll
-        for (int t = 0; t < TRI_MV_TOK; t++) {
-            if (t < n_tok) {
-                acc[t] += w * x[(size_t) t * ldx + i];
+        for (int t = 0; t < NT; t++) {
+            float x = a.xf[(size_t) t * a.ldx + i];
+            if (T == TRI_CU_F16) {
+                x = __half2float(__float2half_rn(x));
             }
+            acc[t] += w * x;
         }
     }
-#pragma unroll
-    for (int t = 0; t < TRI_MV_TOK; t++) {
-        const float s = tri_cu_warp_sum(acc[t]);
-        if (lane == 0 && t < n_tok) {
-            y[(size_t) t * ldy + r] = s;
-        }
-    }
+    tri_cu_mv_store<NT>(a, job, r, acc);
 }
 
-/* 256 threads compute a 64 x 64 (rows x tokens) tile, 4 x 4 outputs each, stepping 32 inner values at a time
- * through shared memory; the weight tile is dequantized once per step. */
-template <int T>
-__global__ void __launch_bounds__(256)
-tri_cu_matmul_kernel(const uint8_t * W, int64_t ne0, int64_t ne1, const float * x, int64_t ldx, int n_tok, float * y,
-                     int64_t ldy) {
-    __shared__ float ws[TRI_MM_K][TRI_MM_R + 1];
-    __shared__ float xs[TRI_MM_K][TRI_MM_T + 1];
-    const int64_t r0 = (int64_t) blockIdx.x * TRI_MM_R;
-    const int t0 = blockIdx.y * TRI_MM_T;
-    const int tid = threadIdx.x, tr = tid % 16, tt = tid / 16;
-    const size_t rb = tri_cu_row_bytes<T>(ne0);
-    float acc[4][4];
-#pragma unroll
-    for (int a = 0; a < 4; a++) {
-#pragma unroll
-        for (int b = 0; b < 4; b++) {
-            acc[a][b] = 0.0f;
-        }
-    }
-    for (int64_t k0 = 0; k0 < ne0; k0 += TRI_MM_K) {
-        for (int e = tid; e < TRI_MM_R * TRI_MM_K; e += 256) {
-            const int rr = e / TRI_MM_K, kk = e % TRI_MM_K;
-            const int64_t r = r0 + rr, i = k0 + kk;
-            ws[kk][rr] = (r < ne1 && i < ne0) ? tri_cu_deq<T>(W + (size_t) r * rb, i) : 0.0f;
-        }
-        for (int e = tid; e < TRI_MM_T * TRI_MM_K; e += 256) {
-            const int ti = e / TRI_MM_K, kk = e % TRI_MM_K;
-            const int t = t0 + ti;
-            const int64_t i = k0 + kk;
-            xs[kk][ti] = (t < n_tok && i < ne0) ? x[(size_t) t * ldx + i] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll 8
-        for (int kk = 0; kk < TRI_MM_K; kk++) {
-            float wv[4], xv[4];
-#pragma unroll
-            for (int a = 0; a < 4; a++) {
-                wv[a] = ws[kk][tr + 16 * a];
-                xv[a] = xs[kk][tt + 16 * a];
-            }
-#pragma unroll
-            for (int a = 0; a < 4; a++) {
-#pragma unroll
-                for (int b = 0; b < 4; b++) {
-                    acc[a][b] += wv[a] * xv[b];
-                }
-            }
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int a = 0; a < 4; a++) {
-        const int64_t r = r0 + tr + 16 * a;
-#pragma unroll
-        for (int b = 0; b < 4; b++) {
-            const int t = t0 + tt + 16 * b;
-            if (r < ne1 && t < n_tok) {
-                y[(size_t) t * ldy + r] = acc[a][b];
-            }
-        }
-    }
-}
+#define TRI_CU_QTYPES(X) X(TRI_QC_Q4_0) X(TRI_QC_Q4_1) X(TRI_QC_Q5_0) X(TRI_QC_Q5_1) X(TRI_QC_Q8_0) \
+    X(TRI_QC_Q2_K) X(TRI_QC_Q3_K) X(TRI_QC_Q4_K) X(TRI_QC_Q5_K) X(TRI_QC_Q6_K)
+#define TRI_CU_FTYPES(X) X(TRI_CU_F32) X(TRI_CU_F16) X(TRI_CU_BF16)
 
-static bool tri_cu_mm_args_ok(int type, int64_t ne0, int64_t ne1, int64_t ldx, int n_tok, int64_t ldy) {
-    int qk = 0;
+extern "C" bool tri_cuda_type_supported(int type) {
     switch (type) {
-#define TRI_CU_CASE(T) case T: qk = tri_cu_blk<T>::qk; break;
-        TRI_CU_TYPE_LIST(TRI_CU_CASE)
+#define TRI_CU_CASE(T) case T:
+        TRI_CU_QTYPES(TRI_CU_CASE)
+        TRI_CU_FTYPES(TRI_CU_CASE)
+#undef TRI_CU_CASE
+            return true;
+        default:
+            return false;
+    }
+}
+
+extern "C" int tri_cuda_mm_act_type(int type) {
+    return tri_qc_block_bytes(type) > 0 ? tri_qc_act_type(type) : 0;
+}
+
+/* Values per block of a supported type (1 for float types). */
+static int tri_cu_qk(int type) {
+    return tri_qc_block_bytes(type) > 0 ? tri_qc_block_values(type) : 1;
+}
+
+/* Fills the launch arguments; false when they are out of range. */
+static bool tri_cu_mm_args_make(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
+                                int64_t ldx, int n_tok, bool accumulate, tri_cu_mm_args * a) {
+    if (!tri_cuda_type_supported(type) || ne0 <= 0 || ne0 % tri_cu_qk(type) != 0 || ne0 % 32 != 0 || n_jobs < 1 ||
+        n_jobs > TRI_CUDA_MM_JOBS || n_tok <= 0) {
+        return false;
+    }
+    *a = tri_cu_mm_args{};
+    a->n_jobs = n_jobs;
+    a->ne0 = ne0;
+    a->xf = xf;
+    a->ldx = ldx;
+    a->accumulate = accumulate;
+    for (int j = 0; j < n_jobs; j++) {
+        if (!jobs[j].W || !jobs[j].y || jobs[j].ne1 <= 0 || jobs[j].ldy < jobs[j].ne1) {
+            return false;
+        }
+        a->jobs[j] = jobs[j];
+        a->total_rows += jobs[j].ne1;
+    }
+    return true;
+}
+
+template <int NT>
+static void tri_cu_mm_vec_launch(int type, const tri_cu_mm_args & a, cudaStream_t s) {
+    constexpr int R = NT >= 4 ? 2 : 1;
+    const unsigned grid = tri_cu_blocks(a.total_rows, TRI_MV_WARPS * (type == 0 || type == 1 || type == 30 ? 1 : R));
+    switch (type) {
+#define TRI_CU_CASE(T) case T: tri_cu_mmvq_kernel<T, NT, R><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;
+        TRI_CU_QTYPES(TRI_CU_CASE)
+#undef TRI_CU_CASE
+#define TRI_CU_CASE(T) case T: tri_cu_mmvf_kernel<T, NT><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;
+        TRI_CU_FTYPES(TRI_CU_CASE)
 #undef TRI_CU_CASE
         default: break;
     }
-    return qk > 0 && ne0 > 0 && ne0 % qk == 0 && ne1 > 0 && n_tok > 0 && ldx >= ne0 && ldy >= ne1;
 }
 
-extern "C" enum triattn_status tri_cuda_matmul_vec(int type, const void * W, int64_t ne0, int64_t ne1, const float * x,
-                                                   int64_t ldx, int n_tok, float * y, int64_t ldy, void * stream) {
-    TRI_CUDA_REQUIRE(tri_cu_mm_args_ok(type, ne0, ne1, ldx, n_tok, ldy) && n_tok <= TRI_MV_TOK);
-    TRI_CUDA_REQUIRE((ne1 + TRI_MV_WARPS - 1) / TRI_MV_WARPS <= 0x7fffffff);
-    const unsigned grid = tri_cu_blocks(ne1, TRI_MV_WARPS);
-    const uint8_t * w = (const uint8_t *) W;
-    switch (type) {
-#define TRI_CU_CASE(T) case T: tri_cu_matvec_kernel<T><<<grid, 32 * TRI_MV_WARPS, 0, TRI_CU_STREAM(stream)>>>(w, ne0, ne1, x, ldx, n_tok, y, ldy); break;
-        TRI_CU_TYPE_LIST(TRI_CU_CASE)
-#undef TRI_CU_CASE
-        default: break;
+extern "C" enum triattn_status tri_cuda_mm_vec(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
+                                               const float * xf, int64_t ldx, const tri_cuda_q8 * q8, int n_tok,
+                                               bool accumulate, void * stream) {
+    tri_cu_mm_args a;
+    TRI_CUDA_REQUIRE(tri_cu_mm_args_make(type, ne0, jobs, n_jobs, xf, ldx, n_tok, accumulate, &a));
+    TRI_CUDA_REQUIRE(n_tok <= TRI_CUDA_MV_TOK && (a.total_rows + TRI_MV_WARPS - 1) / TRI_MV_WARPS <= 0x7fffffff);
+    const int act = tri_cuda_mm_act_type(type);
+    if (act) {
+        TRI_CUDA_REQUIRE(q8 && q8->type == act && q8->ld >= ne0 && q8->ld % 32 == 0);
+        a.q8 = *q8;
+    } else {
+        TRI_CUDA_REQUIRE(xf && ldx >= ne0);
+    }
+    cudaStream_t s = TRI_CU_STREAM(stream);
+    switch (n_tok) {
+        case 1: tri_cu_mm_vec_launch<1>(type, a, s); break;
+        case 2: tri_cu_mm_vec_launch<2>(type, a, s); break;
+        case 3: tri_cu_mm_vec_launch<3>(type, a, s); break;
+        case 4: tri_cu_mm_vec_launch<4>(type, a, s); break;
+        case 5: tri_cu_mm_vec_launch<5>(type, a, s); break;
+        case 6: tri_cu_mm_vec_launch<6>(type, a, s); break;
+        case 7: tri_cu_mm_vec_launch<7>(type, a, s); break;
+        default: tri_cu_mm_vec_launch<8>(type, a, s); break;
     }
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
-}
-
-extern "C" enum triattn_status tri_cuda_matmul_tiled(int type, const void * W, int64_t ne0, int64_t ne1, const float * x,
-                                                     int64_t ldx, int n_tok, float * y, int64_t ldy, void * stream) {
-    TRI_CUDA_REQUIRE(tri_cu_mm_args_ok(type, ne0, ne1, ldx, n_tok, ldy));
-    TRI_CUDA_REQUIRE((n_tok + TRI_MM_T - 1) / TRI_MM_T <= 65535);
-    const dim3 grid(tri_cu_blocks(ne1, TRI_MM_R), tri_cu_blocks(n_tok, TRI_MM_T));
-    const uint8_t * w = (const uint8_t *) W;
-    switch (type) {
-#define TRI_CU_CASE(T) case T: tri_cu_matmul_kernel<T><<<grid, 256, 0, TRI_CU_STREAM(stream)>>>(w, ne0, ne1, x, ldx, n_tok, y, ldy); break;
-        TRI_CU_TYPE_LIST(TRI_CU_CASE)
-#undef TRI_CU_CASE
-        default: break;
-    }
-    TRI_CUDA_LAUNCHED();
-    return TRIATTN_OK;
-}
-
-extern "C" enum triattn_status tri_cuda_matmul(int type, const void * W, int64_t ne0, int64_t ne1, const float * x,
-                                               int64_t ldx, int n_tok, float * y, int64_t ldy, void * stream) {
-    return n_tok <= TRI_MV_TOK ? tri_cuda_matmul_vec(type, W, ne0, ne1, x, ldx, n_tok, y, ldy, stream)
-                               : tri_cuda_matmul_tiled(type, W, ne0, ne1, x, ldx, n_tok, y, ldy, stream);
 }

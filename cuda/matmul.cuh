@@ -1,28 +1,51 @@
-/* Quantized weight x float activations on the device: y[t][r] = sum_i W[r][i] * x[t][i].
- * Weights stay in their GGUF block layout and are dequantized on the fly: a matrix-vector kernel (one warp
- * per weight row, up to 8 tokens at once) for decode, and a tiled matrix kernel (64 rows x 64 tokens, the
- * weight tile dequantized into shared memory) for prefill. Activations are float (the CPU converts them to
- * 8-bit first, so results differ from the CPU's by that rounding). */
+/* Weight x activation products on the device: y[t][r] (+)= sum_i W[r][i] * x[t][i] (+ bias[r]), weights in their
+ * GGUF block layout.
+ * - up to 8 tokens (decode, small batches): matrix-vector kernels that read every weight byte once at full width;
+ *   quantized weights meet 8-bit activations (act.cuh) in integer dot products (cuda/qchunk.h, the CPU's own
+ *   integer sums), F32 / F16 / BF16 weights meet float activations.
+ * - more tokens (prefill, large batches): tensor cores (mma.cu): weight tiles dequantized to fp16 in shared memory,
+ *   float activations rounded to fp16, fp32 accumulation.
+ * Several weights of one type and input width (Q, K and V; gate and up) run as one launch: a job each. */
 #ifndef TRI_CUDA_MATMUL_CUH
 #define TRI_CUDA_MATMUL_CUH
 
+#include "act.cuh"
 #include "triattn.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* W: ne1 rows of ne0 values of ggml type `type`; x: n_tok rows with stride ldx floats; y: n_tok rows with
- * stride ldy floats (ldy >= ne1). Picks the vector kernel for n_tok <= 8, else the tiled one. */
-enum triattn_status tri_cuda_matmul(int type, const void * W, int64_t ne0, int64_t ne1, const float * x, int64_t ldx,
-                                    int n_tok, float * y, int64_t ldy, void * stream);
-/* The two kernels by name, for tests and benchmarks (vec requires n_tok <= 8). */
-enum triattn_status tri_cuda_matmul_vec(int type, const void * W, int64_t ne0, int64_t ne1, const float * x,
-                                        int64_t ldx, int n_tok, float * y, int64_t ldy, void * stream);
-enum triattn_status tri_cuda_matmul_tiled(int type, const void * W, int64_t ne0, int64_t ne1, const float * x,
-                                          int64_t ldx, int n_tok, float * y, int64_t ldy, void * stream);
+#define TRI_CUDA_MM_JOBS 3  /* weights one launch takes */
+#define TRI_CUDA_MV_TOK  8  /* most tokens of the matrix-vector kernels */
+
+typedef struct tri_cuda_mm_job {
+    const void *  W;     /* ne1 rows of ne0 values of the launch's type */
+    int64_t       ne1;
+    float *       y;     /* [n_tok][ldy] */
+    int64_t       ldy;
+    const float * bias;  /* [ne1] or NULL */
+} tri_cuda_mm_job;
+
+/* True when the device kernels take weights of ggml type `type`. */
+bool tri_cuda_type_supported(int type);
+/* The activation a matrix-vector product of weights of `type` reads: TRI_QC_ACT_* (qchunk.h) for quantized
+ * types, 0 (float rows) for F32 / F16 / BF16. */
+int tri_cuda_mm_act_type(int type);
+
+/* Matrix-vector products, n_tok <= TRI_CUDA_MV_TOK: quantized types read q8 (of tri_cuda_mm_act_type), float
+ * types xf (stride ldx). accumulate: y += product instead of y = product. */
+enum triattn_status tri_cuda_mm_vec(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
+                                    int64_t ldx, const tri_cuda_q8 * q8, int n_tok, bool accumulate, void * stream);
+/* Tensor-core products for any n_tok from float activations xf (stride ldx, 16-byte aligned rows). */
+enum triattn_status tri_cuda_mm_tc(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
+                                   int64_t ldx, int n_tok, bool accumulate, void * stream);
+/* The same with the token tile chosen: bn = 64 or 128 (tests, benchmarks). */
+enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
+                                      const float * xf, int64_t ldx, int n_tok, bool accumulate, int bn, void * stream);
 
 #ifdef __cplusplus
 }

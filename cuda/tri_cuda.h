@@ -37,20 +37,28 @@ enum triattn_status tri_cuda_stream_create(tri_cuda_stream * s);
 void tri_cuda_stream_destroy(tri_cuda_stream s);
 /* Waits for the stream and reports any error of the work queued on it. */
 enum triattn_status tri_cuda_sync(tri_cuda_stream s);
+/* Free and total bytes of the current device. */
+enum triattn_status tri_cuda_mem_info(size_t * free_bytes, size_t * total_bytes);
+/* Multiprocessors of the current device (0 when unknown). */
+int tri_cuda_sm_count(void);
+
+/* CUDA graphs: work queued on s between begin and end is recorded instead of run; end instantiates it into
+ * *exec (NULL on failure, with the status). launch replays it on s; destroy frees it (NULL: no-op). */
+enum triattn_status tri_cuda_graph_begin(tri_cuda_stream s);
+enum triattn_status tri_cuda_graph_end(tri_cuda_stream s, void ** exec);
+enum triattn_status tri_cuda_graph_launch(void * exec, tri_cuda_stream s);
+void tri_cuda_graph_destroy(void * exec);
 
 #ifdef __cplusplus
 }
 #endif
 
+#include "act.cuh"
 #include "attention.cuh"
 #include "dequant.cuh"
 #include "gather.cuh"
 #include "kv.cuh"
 #include "matmul.cuh"
-#include "rmsnorm.cuh"
-#include "rope.cuh"
-#include "softmax.cuh"
-#include "swiglu.cuh"
 #include "topk.cuh"
 #include "triattn_score.cuh"
 

@@ -76,7 +76,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or function signature in this header changes. */
-#define TRIATTN_ABI_VERSION 4
+#define TRIATTN_ABI_VERSION 5
 
 enum triattn_status {
     TRIATTN_OK              = 0,
@@ -127,6 +127,10 @@ struct triattn_model_params {
      * without CUDA or no device is present, the CPU runs the model and one WARN log line says why. Other
      * positive values (partial offload): TRIATTN_ERR_UNSUPPORTED; below -1: TRIATTN_ERR_INVALID_ARG. */
     int32_t      n_gpu_layers;
+    /* GPU only: bytes of device memory the weights and every session of the model may use together (0 = what the
+     * device has free). A session whose KV cache and buffers would not fit is refused with TRIATTN_ERR_OOM and a
+     * message saying what it needs and what is left. */
+    uint64_t     gpu_mem_limit;
 };
 TRIATTN_API void triattn_model_params_init(struct triattn_model_params * p);
 
@@ -174,6 +178,12 @@ TRIATTN_API enum triattn_status triattn_model_meta_value(const triattn_model * m
 
 /* True when the library was built with CUDA and at least one CUDA device is usable. */
 TRIATTN_API bool triattn_cuda_available(void);
+/* Parses a byte size: a number with an optional unit K, M, G or T (each 1024 times the last; "KB", "KiB" and
+ * "B" suffixes accepted), e.g. "24GiB", "512M", "1.5G", "1048576". False for anything else. */
+TRIATTN_API bool triattn_parse_bytes(const char * s, uint64_t * out);
+/* Device memory of a model on the GPU: bytes its weights and live sessions use, and its gpu_mem_limit (0 = none).
+ * Returns false (both 0) for a model on the CPU. */
+TRIATTN_API bool triattn_model_gpu_memory(const triattn_model * model, uint64_t * used, uint64_t * limit);
 
 /* ---- vocabulary ------------------------------------------------------------------------------- */
 
@@ -478,6 +488,10 @@ struct triattn_tool_options {
      * the prompt ends with the call's opening and triattn_tool_call_schema gives the schema to sample it. */
     const char * tool_choice;
     bool         parallel_tool_calls;  /* more than one call per reply (default true) */
+    /* Parse only the chat format's own call syntax (Hermes <tool_call> tags; Llama 3's bare JSON reply). Default
+     * false: the parser also accepts the shapes small models write instead, for declared tools only (see
+     * triattn_tool_parser_create). */
+    bool         strict_tool_calls;
     uint64_t     id_seed;       /* the parser derives the "call_..." ids from it */
 };
 TRIATTN_API void triattn_tool_options_init(struct triattn_tool_options * o);
@@ -500,7 +514,14 @@ TRIATTN_API enum triattn_status triattn_tool_call_schema(const triattn_model * m
                                                          size_t err_size);
 
 /* Turns generated text into OpenAI chat deltas. Text that may begin a call is held back until it is known;
- * a call that is not well-formed JSON naming one of the tools comes out as plain content. */
+ * a call that is not well-formed JSON naming one of the tools comes out as plain content. Calls are one JSON
+ * object {"name": <a declared tool>, "arguments" or "parameters": <object, or a string holding one>}, or several
+ * separated by blanks or ';'. The format's own syntax is always read: <tool_call>...</tool_call> (Hermes and
+ * the generic fallback), or a reply opening with '{' (Llama 3). Unless strict_tool_calls, these are calls too:
+ * <tool_call> blocks in any format; a JSON array of call objects wherever an object is accepted; after
+ * <|python_tag|> or [TOOL_CALLS]; and, when the arguments satisfy the tool's "parameters" schema, a call
+ * object or array opening a line (bare) or filling a ``` or ```json fenced block. These shapes hold at most 16
+ * KiB of text each (longer ones are content), and JSON inside a line of prose is never a call. */
 typedef struct triattn_tool_parser triattn_tool_parser;
 TRIATTN_API enum triattn_status triattn_tool_parser_create(const triattn_model * model, const char * format,
                                                            const struct triattn_tool_options * opts,

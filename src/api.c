@@ -3,8 +3,11 @@
 #include "common.h"
 #include "model.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef TRIATTN_VERSION_STR
@@ -32,6 +35,40 @@ const char * triattn_status_name(enum triattn_status status) {
         case TRIATTN_ERR_INTERNAL:    return "TRIATTN_ERR_INTERNAL";
     }
     return "TRIATTN_ERR_UNKNOWN";
+}
+
+bool triattn_parse_bytes(const char * s, uint64_t * out) {
+    if (!s || !out) {
+        return false;
+    }
+    char * end = NULL;
+    errno = 0;
+    const double v = strtod(s, &end);
+    if (end == s || errno != 0 || !(v >= 0.0) || *s == '-' || *s == '+' || isspace((unsigned char) *s)) {
+        return false;
+    }
+    double scale = 1.0;
+    static const char units[] = "KMGT";
+    const char * u = *end ? strchr(units, toupper((unsigned char) *end)) : NULL;
+    if (u) {
+        for (const char * p = units; p <= u; p++) {
+            scale *= 1024.0;
+        }
+        end++;
+        if (*end == 'i' && (end[1] == 'B' || end[1] == 'b')) {
+            end += 2;
+        } else if (*end == 'B' || *end == 'b') {
+            end++;
+        }
+    } else if (*end == 'B' || *end == 'b') {
+        end++;
+    }
+    const double bytes = v * scale;
+    if (*end != '\0' || bytes >= 18446744073709551616.0) {
+        return false;
+    }
+    *out = (uint64_t) bytes;
+    return true;
 }
 
 const char * triattn_system_info(void) {

@@ -24,11 +24,27 @@ bool triattn_cuda_available(void) {
     return gpu && gpu->device_count(NULL, 0) > 0;
 }
 
+bool triattn_model_gpu_memory(const triattn_model * m, uint64_t * used, uint64_t * limit) {
+    uint64_t u = 0, l = 0;
+    const bool on_gpu = m && m->backend && m->backend->memory;
+    if (on_gpu) {
+        m->backend->memory(m, &u, &l);
+    }
+    if (used) {
+        *used = u;
+    }
+    if (limit) {
+        *limit = l;
+    }
+    return on_gpu;
+}
+
 const char * triattn_backend_name(const triattn_session * s) {
     return s && s->backend ? s->backend->name : "cpu";
 }
 
-enum triattn_status tri_backend_model_attach(struct triattn_model * m, int32_t n_gpu_layers, char * err, size_t n) {
+enum triattn_status tri_backend_model_attach(struct triattn_model * m, int32_t n_gpu_layers, uint64_t gpu_mem_limit,
+                                             char * err, size_t n) {
     m->backend       = NULL;
     m->backend_state = NULL;
     if (n_gpu_layers == 0) {
@@ -61,7 +77,7 @@ enum triattn_status tri_backend_model_attach(struct triattn_model * m, int32_t n
                         "load it with n_gpu_layers = 0", n_gpu_layers, m->arch->name);
     }
     void * state = NULL;
-    const enum triattn_status st = gpu->model_upload(m, &state, err, n);
+    const enum triattn_status st = gpu->model_upload(m, gpu_mem_limit, &state, err, n);
     if (st != TRIATTN_OK) {
         return st;
     }

@@ -55,7 +55,6 @@ static tri_js tool_name(const struct tri_tools * t, size_t i) {
     return n;
 }
 
-/* The JSON Schema of tool i's arguments ({"type":"object","properties":{}} when it declares none). */
 static tri_js tool_params(const struct tri_tools * t, size_t i) {
     static const char none[] = "{\"type\": \"object\", \"properties\": {}}";
     tri_js p = { none, sizeof none - 1 };
@@ -77,6 +76,8 @@ static long tool_index(const struct tri_tools * t, tri_js name) {
 }
 
 long tri_tools_find(const struct tri_tools * t, tri_js name) { return tool_index(t, name); }
+
+tri_js tri_tools_params(const struct tri_tools * t, size_t i) { return tool_params(t, i); }
 
 static enum triattn_status bad(char * err, size_t n, const char * what) {
     return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "tools: %s", what);
@@ -173,6 +174,7 @@ enum triattn_status tri_tools_init(struct tri_tools * t, const struct triattn_to
         return bad(err, err_size, "'tool_choice' \"required\" needs a non-empty 'tools' array");
     }
     t->parallel = o->parallel_tool_calls;
+    t->strict   = o->strict_tool_calls;
     t->id_seed  = o->id_seed;
     const char * f = resolve_format(tmpl, format);
     t->syntax = !f ? TRI_TOOLS_GENERIC

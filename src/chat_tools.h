@@ -19,6 +19,10 @@ void tri_gbuf_json_str(tri_gbuf * b, const char * s, size_t n);
 const char * tri_js_ws(const char * p, const char * e);
 /* End of the valid JSON value at p (after whitespace), or NULL. */
 const char * tri_js_value_end(const char * p, const char * e);
+/* The JSON value at p (after whitespace) as far as the text goes: DONE with *end its end, MORE when p..e is a
+ * proper prefix of a value, BAD with *end the first byte that cannot continue one. */
+enum tri_js_scan { TRI_JS_DONE, TRI_JS_MORE, TRI_JS_BAD };
+enum tri_js_scan tri_js_value_scan(const char * p, const char * e, const char ** end);
 /* text is exactly one JSON value (surrounding whitespace allowed): *value = it, trimmed. */
 bool tri_js_parse(tri_js text, tri_js * value);
 
@@ -37,6 +41,13 @@ void tri_js_unescape(tri_js str, tri_gbuf * out);
 /* Re-spaces a valid value as Python's json.dumps does: ", " and ": " (indent 0), or indent spaces. */
 void tri_js_dump(tri_gbuf * out, tri_js value, int indent);
 
+/* ---- validation (chat_tools_check.c) ---- */
+
+/* Two valid values are equal as JSON (numbers by value, strings unescaped, members in any order). */
+bool tri_js_equal(tri_js a, tri_js b);
+/* A valid value satisfies a JSON Schema (the keywords listed in chat_tools_check.c; others do not constrain). */
+bool tri_js_valid(tri_js value, tri_js schema);
+
 /* ---- tools (chat_tools.c) ---- */
 
 enum tri_tool_choice { TRI_TOOL_AUTO, TRI_TOOL_NONE, TRI_TOOL_REQUIRED, TRI_TOOL_NAMED };
@@ -52,6 +63,7 @@ struct tri_tools {
     enum tri_tool_choice choice;
     tri_js               named;      /* TRI_TOOL_NAMED: the function name (a JSON string) */
     bool                 parallel;
+    bool                 strict;     /* parse only the format's own call syntax */
     uint64_t             id_seed;
     enum tri_tool_syntax syntax;
 };
@@ -60,6 +72,8 @@ enum triattn_status tri_tools_init(struct tri_tools * t, const struct triattn_to
                                    const char * format, char * err, size_t err_size);
 /* Index of the tool named by the JSON string name, or -1. */
 long tri_tools_find(const struct tri_tools * t, tri_js name);
+/* The JSON Schema of tool i's arguments ({"type": "object", "properties": {}} when it declares none). */
+tri_js tri_tools_params(const struct tri_tools * t, size_t i);
 /* tool_choice forces a call. */
 bool tri_tools_forced(const struct tri_tools * t);
 

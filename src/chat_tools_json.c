@@ -73,7 +73,36 @@ static int hexval(char c) {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
-static const char * scan_string(const char * p, const char * e) {
+/* A scan in progress: where the text ends, and on failure the first byte that cannot continue a value
+ * (e when the text ran out: it is then a proper prefix of a value, unless `hard`). */
+struct scan {
+    const char * e;
+    const char * stop;
+    bool         hard;   /* failed for a reason more text cannot mend (nesting too deep) */
+};
+
+static const char * stop_at(struct scan * s, const char * p) {
+    s->stop = p;
+    return NULL;
+}
+
+/* The bytes s..e are the start of a valid UTF-8 sequence cut short by e. */
+static bool utf8_cut(const unsigned char * s, const unsigned char * e) {
+    unsigned c   = s[0];
+    size_t   len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || (size_t) (e - s) >= len || (len == 2 && c < 0xC2) || (len == 4 && c > 0xF4)) {
+        return false;
+    }
+    for (const unsigned char * q = s + 1; q < e; q++) {
+        if ((*q & 0xC0) != 0x80) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static const char * scan_string(struct scan * s, const char * p) {
+    const char * e = s->e;
     p++;  /* opening quote */
     while (p < e) {
         unsigned char c = (unsigned char) *p;
@@ -81,52 +110,55 @@ static const char * scan_string(const char * p, const char * e) {
             return p + 1;
         }
         if (c < 0x20) {
-            return NULL;
+            return stop_at(s, p);
         }
         if (c == '\\') {
             if (p + 1 >= e) {
-                return NULL;
+                return stop_at(s, e);
             }
             char x = p[1];
             if (x == 'u') {
-                if (e - p < 6 || hexval(p[2]) < 0 || hexval(p[3]) < 0 || hexval(p[4]) < 0 || hexval(p[5]) < 0) {
-                    return NULL;
+                for (int k = 2; k < 6; k++) {
+                    if (p + k >= e || hexval(p[k]) < 0) {
+                        return stop_at(s, p + k >= e ? e : p + k);
+                    }
                 }
                 p += 6;
             } else if (strchr("\"\\/bfnrt", x) && x) {
                 p += 2;
             } else {
-                return NULL;
+                return stop_at(s, p + 1);
             }
             continue;
         }
         size_t k = utf8_len((const unsigned char *) p, (size_t) (e - p));
         if (k == 0) {
-            return NULL;
+            return stop_at(s, utf8_cut((const unsigned char *) p, (const unsigned char *) e) ? e : p);
         }
         p += k;
     }
-    return NULL;
+    return stop_at(s, e);
 }
 
-static const char * scan_digits(const char * p, const char * e) {
-    const char * s = p;
-    while (p < e && *p >= '0' && *p <= '9') {
+static const char * scan_digits(struct scan * s, const char * p) {
+    const char * d = p;
+    while (p < s->e && *p >= '0' && *p <= '9') {
         p++;
     }
-    return p > s ? p : NULL;
+    return p > d ? p : stop_at(s, p);
 }
 
-static const char * scan_number(const char * p, const char * e) {
+static const char * scan_number(struct scan * s, const char * p) {
+    const char * e = s->e;
     if (p < e && *p == '-') {
         p++;
     }
     if (p < e && *p == '0') {
         p++;
-    } else if (!(p = scan_digits(p, e))) {
+    } else if (!(p = scan_digits(s, p))) {
         return NULL;
     }
-    if (p < e && *p == '.' && !(p = scan_digits(p + 1, e))) {
+    if (p < e && *p == '.' && !(p = scan_digits(s, p + 1))) {
         return NULL;
     }
     if (p < e && (*p == 'e' || *p == 'E')) {
@@ -134,23 +166,43 @@ static const char * scan_number(const char * p, const char * e) {
         if (p < e && (*p == '+' || *p == '-')) {
             p++;
         }
-        if (!(p = scan_digits(p, e))) {
+        if (!(p = scan_digits(s, p))) {
             return NULL;
         }
     }
     return p;
 }
 
+static const char * scan_literal(struct scan * s, const char * p) {
+    static const char * const lits[] = { "true", "false", "null" };
+    for (int i = 0; i < 3; i++) {
+        if (*p != lits[i][0]) {
+            continue;
+        }
+        size_t m = strlen(lits[i]), k = 1;
+        while (k < m && p + k < s->e && p[k] == lits[i][k]) {
+            k++;
+        }
+        return k == m ? p + m : stop_at(s, p + k);
+    }
+    return stop_at(s, p);
+}
+
 #define TRI_JS_MAX_DEPTH 64
 
-static const char * scan_value(const char * p, const char * e, int depth) {
+static const char * scan_value(struct scan * s, const char * p, int depth) {
+    const char * e = s->e;
     p = tri_js_ws(p, e);
-    if (p >= e || depth > TRI_JS_MAX_DEPTH) {
-        return NULL;
+    if (p >= e) {
+        return stop_at(s, e);
+    }
+    if (depth > TRI_JS_MAX_DEPTH) {
+        s->hard = true;
+        return stop_at(s, p);
     }
     char c = *p;
     if (c == '"') {
-        return scan_string(p, e);
+        return scan_string(s, p);
     }
     if (c == '{' || c == '[') {
         char close = c == '{' ? '}' : ']';
@@ -161,45 +213,51 @@ static const char * scan_value(const char * p, const char * e, int depth) {
         for (;;) {
             if (c == '{') {
                 p = tri_js_ws(p, e);
-                if (p >= e || *p != '"' || !(p = scan_string(p, e))) {
+                if (p >= e || *p != '"') {
+                    return stop_at(s, p);
+                }
+                if (!(p = scan_string(s, p))) {
                     return NULL;
                 }
                 p = tri_js_ws(p, e);
                 if (p >= e || *p != ':') {
-                    return NULL;
+                    return stop_at(s, p);
                 }
                 p++;
             }
-            if (!(p = scan_value(p, e, depth + 1))) {
+            if (!(p = scan_value(s, p, depth + 1))) {
                 return NULL;
             }
             p = tri_js_ws(p, e);
             if (p >= e) {
-                return NULL;
+                return stop_at(s, e);
             }
             if (*p == close) {
                 return p + 1;
             }
             if (*p != ',') {
-                return NULL;
+                return stop_at(s, p);
             }
             p++;
         }
     }
     if (c == '-' || (c >= '0' && c <= '9')) {
-        return scan_number(p, e);
+        return scan_number(s, p);
     }
-    static const char * const lits[] = { "true", "false", "null" };
-    for (int i = 0; i < 3; i++) {
-        size_t m = strlen(lits[i]);
-        if ((size_t) (e - p) >= m && memcmp(p, lits[i], m) == 0) {
-            return p + m;
-        }
-    }
-    return NULL;
+    return scan_literal(s, p);
 }
 
-const char * tri_js_value_end(const char * p, const char * e) { return scan_value(p, e, 0); }
+const char * tri_js_value_end(const char * p, const char * e) {
+    struct scan s = { e, NULL, false };
+    return scan_value(&s, p, 0);
+}
+
+enum tri_js_scan tri_js_value_scan(const char * p, const char * e, const char ** end) {
+    struct scan s = { e, NULL, false };
+    const char * v = scan_value(&s, p, 0);
+    *end = v ? v : s.stop;
+    return v ? TRI_JS_DONE : s.stop == e && !s.hard ? TRI_JS_MORE : TRI_JS_BAD;
+}
 
 bool tri_js_parse(tri_js text, tri_js * value) {
     const char * e = text.p + text.n;
@@ -221,7 +279,8 @@ bool tri_js_next(tri_js_iter * it, tri_js * key, tri_js * value) {
         p = tri_js_ws(p + 1, it->e);
     }
     if (key) {
-        const char * k = scan_string(p, it->e);  /* valid by construction */
+        struct scan  s = { it->e, NULL, false };
+        const char * k = scan_string(&s, p);  /* valid by construction */
         *key = (tri_js){ p, (size_t) (k - p) };
         p    = tri_js_ws(k, it->e) + 1;  /* the ':' */
         p    = tri_js_ws(p, it->e);

@@ -659,17 +659,3 @@ void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_t
     tri_matmuls(f, &job, 1, f->xn, hp->n_embd, n_logits);
     f->n_logits = n_logits;
 }
-
-void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t pos0,
-                       enum tri_logits_mode mode) {
-    for (int32_t t = 0; t < n_tok; t++) {
-        f->row_kv[t]  = f->kv;
-        f->row_pos[t] = pos0 + t;
-    }
-    const int32_t first = mode == TRI_LOGITS_ALL ? 0 : n_tok - 1;
-    const int32_t n_logits = mode == TRI_LOGITS_NONE ? 0 : n_tok - first;
-    for (int32_t i = 0; i < n_logits; i++) {
-        f->logit_rows[i] = first + i;
-    }
-    tri_forward_rows(f, tokens, n_tok, n_logits);
-}

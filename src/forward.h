@@ -55,11 +55,6 @@ void tri_forward_free(tri_forward * f);
 
 enum tri_logits_mode { TRI_LOGITS_NONE = 0, TRI_LOGITS_LAST = 1, TRI_LOGITS_ALL = 2 };
 
-/* Runs tokens[0..n_tok) (n_tok <= n_batch) at positions pos0.. through every layer, appending their K/V
- * to f->kv (which must have room), and computes the logits the mode asks for into f->logits. */
-void tri_forward_chunk(tri_forward * f, const triattn_token * tokens, int32_t n_tok, int32_t pos0,
-                       enum tri_logits_mode mode);
-
 /* One step over rows that may belong to different sequences: row t appends to and attends over
  * f->row_kv[t] at position f->row_pos[t] (set by the caller; a sequence's rows are consecutive and in
  * position order, every cache has room and at most f->capacity slots). Logits of the rows

@@ -147,8 +147,9 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     const struct triattn_model * m = p->model;
     if (!m || !m->centres) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
-                        "kv_policy 'triattention' needs query centres: run `pytriattn calibrate model.gguf -o "
-                        "model.tri.gguf` and load model.tri.gguf (or pass it as calibration_path)");
+                        "kv_policy 'triattention' needs query centres: run `pytriattn calibrate model.gguf "
+                        "--self-generate -o model.tri.gguf` and load model.tri.gguf (or a sidecar as "
+                        "triattn_model_params.calibration_path)");
     }
     tri_ta_state * st = calloc(1, sizeof *st);
     if (!st) {
@@ -383,7 +384,7 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
 
     /* Synthetic queries of the round at the absolute position of the next token. */
     const tri_centres * ce = p->model->centres;
-    tri_triattn_phase(st->F, st->omega, (double) next_pos, st->a_re, st->a_im);
+    tri_triattn_phase_n(st->F, st->omega, (double) next_pos, st->opts.n_offsets, st->a_re, st->a_im);
     for (size_t r = 0; r < (size_t) st->L * st->H; r++) {
         const size_t o = r * st->F;
         float * w = st->w + r * st->D, * cw = st->cw + r * st->D;

@@ -285,9 +285,9 @@ void triattn_model_params_init(struct triattn_model_params * p) {
 }
 
 /* n_gpu_layers: CPU, or the weights uploaded once to a GPU backend; the model is freed on failure. */
-static enum triattn_status tri_model_attach_backend(triattn_model ** out, int32_t n_gpu_layers, char * err,
-                                                    size_t err_size) {
-    const enum triattn_status st = tri_backend_model_attach(*out, n_gpu_layers, err, err_size);
+static enum triattn_status tri_model_attach_backend(triattn_model ** out, const struct triattn_model_params * p,
+                                                    char * err, size_t err_size) {
+    const enum triattn_status st = tri_backend_model_attach(*out, p->n_gpu_layers, p->gpu_mem_limit, err, err_size);
     if (st != TRIATTN_OK) {
         triattn_model_free(*out);
         *out = NULL;
@@ -321,7 +321,7 @@ enum triattn_status triattn_model_load(const char * path, const struct triattn_m
     }
     enum triattn_status st2 = tri_model_load_gguf(g, path, out, err, err_size);
     if (st2 != TRIATTN_OK || !p->calibration_path) {
-        return st2 != TRIATTN_OK ? st2 : tri_model_attach_backend(out, p->n_gpu_layers, err, err_size);
+        return st2 != TRIATTN_OK ? st2 : tri_model_attach_backend(out, p, err, err_size);
     }
     /* A sidecar's centres replace any embedded ones. */
     tri_gguf * side = NULL;
@@ -349,7 +349,7 @@ enum triattn_status triattn_model_load(const char * path, const struct triattn_m
     }
     tri_centres_free((*out)->centres);
     (*out)->centres = c;
-    return tri_model_attach_backend(out, p->n_gpu_layers, err, err_size);
+    return tri_model_attach_backend(out, p, err, err_size);
 }
 
 void triattn_model_free(triattn_model * m) {

@@ -1,6 +1,7 @@
 /* Prefix reuse: a new prompt that starts with the tokens a session has consumed continues from its cache;
  * one that diverges is cut back to the divergence when the cache still holds exactly what it held there,
  * otherwise the session starts over. */
+#include "backend.h"
 #include "common.h"
 #include "kv_select.h"
 #include "model.h"
@@ -11,7 +12,7 @@
 /* Policies whose cache at position n is the current cache without the slots at positions >= n, as long as no
  * round ran after n: full attention, and TriAttention (its rounds keep no per-slot or per-query state). */
 static bool tri_prefix_cuttable(const triattn_session * s, int32_t n) {
-    if (s->backend || !s->reuse_ok) {
+    if (!s->reuse_ok) {
         return false;
     }
     /* A sliding-window layer has dropped the slots that fell out of its window: cutting back to n needs the
@@ -45,6 +46,10 @@ bool tri_session_truncate(triattn_session * s, int32_t n) {
             const int32_t keep = tri_kv_count_below(tri_kv_pos(c, il, h), *live, n);
             *live = keep; /* live slots are in position order: the first `keep` are those before n */
         }
+    }
+    if (s->backend && s->backend->kv_set_live(s) != TRIATTN_OK) {
+        triattn_session_reset(s); /* the device no longer matches: start over rather than decode a wrong cache */
+        return false;
     }
     /* The penalty history is the tail of the token history. */
     tri_sampler_reset(s->sampler);

@@ -6,6 +6,7 @@
 #include "grammar_mask.h"
 #include "kv_select.h"
 #include "model.h"
+#include "triattn_score.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,7 +75,12 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     }
     const char * name = p->kv_policy;
     if (!name || strcmp(name, "auto") == 0) {
-        name = m->centres ? "triattention" : "full";
+        name = !m->centres ? "full" : m->centres->auto_policy[0] ? m->centres->auto_policy : "triattention";
+        if (m->centres && strcmp(name, "triattention") != 0) {
+            tri_log(TRIATTN_LOG_INFO, "kv_policy auto: %s (the calibration's policy check found it closer to full "
+                                      "attention than triattention on this model; kv_policy 'triattention' overrides)",
+                    name);
+        }
         if (!m->centres) {
             tri_log(TRIATTN_LOG_INFO, "kv_policy auto: the model has no TriAttention centres, using full attention "
                                       "(calibrate with `pytriattn calibrate model.gguf -o model.tri.gguf`)");
@@ -89,7 +95,8 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     if (strcmp(name, "triattention") == 0 && !m->centres) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG,
                         "kv_policy 'triattention' needs query centres, and this model has none: run `pytriattn "
-                        "calibrate model.gguf -o model.tri.gguf` and load model.tri.gguf (or pass calibration_path)");
+                        "calibrate model.gguf --self-generate -o model.tri.gguf` and load model.tri.gguf (or a "
+                        "sidecar as triattn_model_params.calibration_path)");
     }
     tri_ta_opts opts;
     return tri_ta_parse_mode(p->kv_mode, &opts, err, n);
@@ -157,7 +164,11 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
     const int32_t capacity = TRI_MIN(ops->capacity(&s->policy.cfg), p.n_ctx);
 
     s->backend = m->backend;
-    if (s->backend) {
+    tri_ta_opts opts;
+    if (s->backend && strcmp(ops->name, "triattention") == 0 &&
+        tri_ta_parse_mode(s->mode_name, &opts, NULL, 0) == TRIATTN_OK && opts.n_offsets != TRI_TRIATTN_N_OFFSETS) {
+        st = tri_fail(err, err_size, TRIATTN_ERR_UNSUPPORTED, "kv_mode offmax= runs on the CPU only");
+    } else if (s->backend) {
         st = s->backend->session_init(s, err, err_size); /* device cache + host mirror of s->kv */
     } else {
         st = tri_session_kv_init(s, capacity, err, err_size);
@@ -255,14 +266,16 @@ int32_t tri_session_chunk_limit(const triattn_session * s) {
 }
 
 int32_t tri_session_chunk_room(const triattn_session * s) {
-    const int32_t chunk = tri_session_chunk_limit(s);
-    if (s->kv.capacity >= s->params.n_ctx || s->backend) {
-        return chunk;
+    if (s->kv.capacity >= s->params.n_ctx) {
+        return s->params.n_batch;
     }
+    /* Up to the trigger a chunk may fill the cache (a prompt shorter than the budget prefills in n_batch chunks);
+     * at the trigger the round leaves room for `interval` tokens. */
     int32_t lo, hi;
     tri_kv_cache_live_range(&s->kv, &lo, &hi);
     const int64_t trigger = (int64_t) s->policy.cfg.budget + s->policy.cfg.interval;
-    return hi < trigger ? (int32_t) TRI_MIN(chunk, trigger - hi) : chunk;
+    return hi < trigger ? (int32_t) TRI_MIN(s->params.n_batch, TRI_MIN(trigger, s->kv.capacity) - hi)
+                        : tri_session_chunk_limit(s);
 }
 
 void tri_session_record(triattn_session * s, const triattn_token * tokens, int32_t n) {
@@ -303,26 +316,14 @@ static enum triattn_status tri_session_run(triattn_session * s, const triattn_to
         /* logits_all takes one chunk (room is made for all of it at once); otherwise chunks stop where the
          * policy's trigger fires, so the compression schedule does not depend on how tokens are split. */
         n = logits_all ? n_tokens : TRI_MIN(tri_session_chunk_room(s), n_tokens - i);
-        enum triattn_status st = tri_session_make_room(s, n);
+        const bool last = i + n == n_tokens;
+        const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
+        const triattn_token * chunk = tokens + i;
+        enum triattn_status st;
+        tri_step(&s, &chunk, &n, 1, mode, accept, &st);
         if (st != TRIATTN_OK) {
             return st;
         }
-        const bool last = i + n == n_tokens;
-        const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
-        if (s->backend) {
-            char msg[512] = "";
-            st = s->backend->forward_chunk(s, tokens + i, n, s->n_past, mode, msg, sizeof msg);
-            if (st != TRIATTN_OK) {
-                return tri_session_fail(s, st, "%s backend: %s", s->backend->name, msg);
-            }
-        } else {
-            tri_forward_chunk(&s->fwd, tokens + i, n, s->n_past, mode);
-        }
-        for (int32_t j = 0; accept && j < n; j++) {
-            tri_sampler_accept(s->sampler, tokens[i + j]);
-        }
-        tri_session_record(s, tokens + i, n);
-        s->n_past += n;
     }
     s->n_logits   = s->fwd.n_logits;
     s->logits_all = logits_all;

@@ -100,4 +100,12 @@ enum triattn_status tri_session_reuse(triattn_session * s, const triattn_token *
 void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_token * const * toks,
                       const int32_t * counts, enum triattn_status * status);
 
+/* One forward step over the chunks of n <= 64 sessions of one model and backend (the CPU: any chunks within
+ * ss[0]'s n_batch and cache capacity; a GPU: one session's chunk, or one token each): room is made for each chunk
+ * as the policy requires, every chunk runs through the model at once, then each session records its tokens,
+ * accepts them into its sampler (accept), advances n_past and holds its logits for `mode` in s->fwd. status[i] per
+ * session; returns the first failure (a session whose room could not be made leaves the step). */
+enum triattn_status tri_step(triattn_session * const * ss, const triattn_token * const * toks, const int32_t * counts,
+                             int32_t n, enum tri_logits_mode mode, bool accept, enum triattn_status * status);
+
 #endif

@@ -67,10 +67,6 @@ static void tri_put_i64(tri_writer * w, int64_t v) { tri_put(w, &v, sizeof v); }
 
 /* The policies whose whole state is the cache, the counters and the schedule position. */
 static enum triattn_status tri_state_supported(triattn_session * s, const char * what) {
-    if (s->backend) {
-        return tri_session_fail(s, TRIATTN_ERR_UNSUPPORTED, "%s: sessions on the %s backend cannot be saved or loaded",
-                                what, s->backend->name);
-    }
     if (s->policy.ops != &tri_kv_policy_full && s->policy.ops != &tri_kv_policy_triattention) {
         return tri_session_fail(s, TRIATTN_ERR_UNSUPPORTED,
                                 "%s: the '%s' KV policy keeps state outside the cache; only 'full' and "
@@ -151,13 +147,31 @@ enum triattn_status triattn_session_save(triattn_session * s, const char * path)
     const int LK = c->n_layer * c->n_head_kv;
     tri_put(&w, s->hist, sizeof(int32_t) * (size_t) s->n_past);
     tri_put(&w, c->n_live, sizeof(int32_t) * (size_t) LK);
-    for (int i = 0; i < LK; i++) {
+    /* a GPU session's K and V come through one staging buffer, a (layer, KV head) at a time */
+    tri_fp16 * stage = s->backend ? malloc(2 * sizeof(tri_fp16) * (size_t) c->cap_max * c->head_dim) : NULL;
+    if (s->backend && !stage) {
+        w.ok = false;
+    }
+    for (int i = 0; i < LK && w.ok; i++) {
         const int il = i / c->n_head_kv, hd = i % c->n_head_kv;
         const size_t live = (size_t) c->n_live[i];
+        const tri_fp16 * k = stage ? stage : tri_kv_k(c, il, hd);
+        const tri_fp16 * v = stage ? stage + live * c->head_dim : tri_kv_v(c, il, hd);
+        if (stage) {
+            st = s->backend->kv_copy(s, i, stage, stage + live * c->head_dim, false);
+            if (st != TRIATTN_OK) {
+                fclose(w.f);
+                remove(tmp);
+                free(tmp);
+                free(stage);
+                return st;
+            }
+        }
         tri_put(&w, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
-        tri_put(&w, tri_kv_k(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
-        tri_put(&w, tri_kv_v(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
+        tri_put(&w, k, sizeof(tri_fp16) * live * c->head_dim);
+        tri_put(&w, v, sizeof(tri_fp16) * live * c->head_dim);
     }
+    free(stage);
     if (h.n_logits) {
         tri_put(&w, triattn_session_logits(s, -1), sizeof(float) * (size_t) h.n_vocab);
     }
@@ -345,8 +359,8 @@ static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader 
     return TRIATTN_OK;
 }
 
-/* Copies a validated state into the session. */
-static void tri_state_apply(triattn_session * s, tri_reader * r, const tri_state_header * h) {
+/* Copies a validated state into the session (a GPU session's K and V go to the device). */
+static enum triattn_status tri_state_apply(triattn_session * s, tri_reader * r, const tri_state_header * h) {
     tri_kv_cache * c = &s->kv;
     const int LK = c->n_layer * c->n_head_kv;
     triattn_session_reset(s);
@@ -354,10 +368,28 @@ static void tri_state_apply(triattn_session * s, tri_reader * r, const tri_state
     tri_get(r, c->n_live, sizeof(int32_t) * (size_t) LK);
     for (int i = 0; i < LK; i++) {
         const int il = i / c->n_head_kv, hd = i % c->n_head_kv;
-        const size_t live = (size_t) c->n_live[i];
+        const size_t live = (size_t) c->n_live[i], n = live * c->head_dim;
         tri_get(r, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
-        tri_get(r, tri_kv_k(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
-        tri_get(r, tri_kv_v(c, il, hd), sizeof(tri_fp16) * live * c->head_dim);
+        if (s->backend) {
+            const void * k = NULL, * v = NULL;
+            tri_take(r, sizeof(tri_fp16) * n, &k); /* sizes checked by tri_state_check_body */
+            tri_take(r, sizeof(tri_fp16) * n, &v);
+            const enum triattn_status st = s->backend->kv_copy(s, i, (tri_fp16 *) k, (tri_fp16 *) v, true);
+            if (st != TRIATTN_OK) {
+                triattn_session_reset(s);
+                return st;
+            }
+            continue;
+        }
+        tri_get(r, tri_kv_k(c, il, hd), sizeof(tri_fp16) * n);
+        tri_get(r, tri_kv_v(c, il, hd), sizeof(tri_fp16) * n);
+    }
+    if (s->backend) {
+        const enum triattn_status st = s->backend->kv_set_live(s);
+        if (st != TRIATTN_OK) {
+            triattn_session_reset(s);
+            return st;
+        }
     }
     if (h->n_logits) {
         tri_get(r, s->fwd.logits, sizeof(float) * (size_t) h->n_vocab);
@@ -382,6 +414,7 @@ static void tri_state_apply(triattn_session * s, tri_reader * r, const tri_state
         s->policy.cfg.budget = h->budget;
         s->params.kv_budget = h->budget;
     }
+    return TRIATTN_OK;
 }
 
 enum triattn_status triattn_session_load(triattn_session * s, const char * path) {
@@ -445,7 +478,7 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     } else if ((st = tri_state_check_header(s, &h, path)) == TRIATTN_OK &&
                (st = tri_state_check_body(s, &r, &h, path)) == TRIATTN_OK) {
         r.off = TRI_STATE_HEADER_BYTES;
-        tri_state_apply(s, &r, &h);
+        st = tri_state_apply(s, &r, &h);
     }
     free(buf);
     return st;

@@ -526,7 +526,8 @@ def test_cli_usage_errors(cli, model_path):
         p = subprocess.run([str(cli), "-m", model_path, "-p", "hi", *extra], capture_output=True, text=True)
         assert p.returncode == 2, (extra, p.stderr)
         assert "triattn-cli" in p.stderr
-    p = subprocess.run([str(cli), "-p", "hi"], capture_output=True, text=True)
+    empty = {**os.environ, "PYTRIATTN_CACHE": f"/nonexistent/{rng.randint(0, 10**9)}"}  # no default model there
+    p = subprocess.run([str(cli), "-p", "hi"], capture_output=True, text=True, env=empty)
     assert p.returncode == 2 and "model" in p.stderr
     p = subprocess.run([str(cli), "-m", f"/nonexistent/{rng.randint(0, 10**9)}.gguf", "-p", "hi"],
                        capture_output=True, text=True)
@@ -559,10 +560,10 @@ def test_cli_bench_json(cli, model_path):
                         "-t", "1", "--json"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)
-    assert [r["test"] for r in rows] == ["pp16", "tg4 @ d0", f"tg4 @ d{depth}"]
+    assert [r["test"] for r in rows] == ["pp16", "tg4 @ d0", f"pp16 @ d{depth}", f"tg4 @ d{depth}"]
     for r in rows:
         assert r["reps"] == 2 and r["tps_min"] <= r["tps_median"] <= r["tps_max"] and r["tps_min"] > 0
-    assert rows[2]["kv_live_max"] == depth + 4
+    assert rows[2]["kv_live_max"] == depth + 16 and rows[3]["kv_live_max"] == depth + 4
 
 
 def test_cli_bench_parallel(cli, model_path):

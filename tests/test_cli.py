@@ -174,3 +174,189 @@ def test_info_shows_sliding_window_layers(tmp_path):
     assert j["global_layers"] == [5, 11] and j["local_layers"] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12]
     assert json.loads(run("info", "--json", write_tiny_model(tmp_path / "l.gguf", "llama")).stdout)[
         "sliding_window"] is None
+
+
+# ---- triattn-cli: the default model, its query centres found by name, error wording ---------------------
+
+SIDECAR_NAME = "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
+SHIPPED_SIDECAR = Path(__file__).resolve().parents[1] / "python" / "pytriattn" / "data" / SIDECAR_NAME
+
+
+def _triattn(cli, *args, env=None, timeout=300):
+    return subprocess.run([str(cli), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def _linked_model(default_model, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    m = folder / default_model.name
+    m.symlink_to(default_model)
+    return m
+
+
+def assert_names_program_flags(err: str, prefix: str):
+    """The missing-centres error of a C program: its own flags and the sidecar name, not the C field."""
+    assert f"{prefix}error: --kv-policy triattention needs query centres" in err, err
+    assert "--calibration FILE" in err and "pytriattn calibrate" in err and SIDECAR_NAME in err, err
+    assert "calibration_path" not in err, err
+
+
+def test_triattn_cli_without_centres_names_its_flags(cli, default_model, tmp_path):
+    model = _linked_model(default_model, tmp_path / "m")
+    n = rng.randint(2, 6)
+    p = _triattn(cli, "-m", model, "--kv-policy", "triattention", "-p", "hi", "-n", n, "-t", 1)
+    assert p.returncode == 1 and p.stdout == "", p.stderr
+    assert_names_program_flags(p.stderr, "triattn-cli: ")
+    p = _triattn(cli, "-m", model, "--kv-policy", "triattention", "--bench", "-p", 8, "-n", 0, "-r", 1)
+    assert p.returncode == 1 and "--calibration FILE" in p.stderr, p.stderr
+    # auto: full attention, no error
+    p = _triattn(cli, "-m", model, "-p", "hi", "-n", n, "-t", 1, "--temp", 0)
+    assert p.returncode == 0 and "policy full" in p.stderr, p.stderr
+
+
+def test_python_without_centres_names_the_calibration_argument(default_model):
+    from pytriattn import Llama, TriattnError
+
+    with pytest.raises(TriattnError) as e:
+        Llama(str(default_model), kv_policy="triattention", n_ctx=64)
+    msg = str(e.value)
+    assert "calibration='FILE'" in msg and "pytriattn calibrate" in msg and "calibration_path" not in msg, msg
+
+
+def test_triattn_cli_finds_the_sidecar_by_name(cli, default_model, tmp_path):
+    """MODEL.tri-stats.gguf beside MODEL.gguf is loaded like --calibration; auto then means triattention."""
+    model = _linked_model(default_model, tmp_path / "m")
+    shutil.copy(SHIPPED_SIDECAR, model.parent / SIDECAR_NAME)
+    n = rng.randint(2, 8)
+    p = _triattn(cli, "-m", model, "--kv-policy", "triattention", "-p", "hi", "-n", n, "-t", 1, "--temp", 0, "-v")
+    assert p.returncode == 0, p.stderr
+    assert f"calibration: {model.parent / SIDECAR_NAME}" in p.stderr and "policy triattention" in p.stderr
+    assert f"decode: {n} tokens" in p.stderr, p.stderr
+    p = _triattn(cli, "-m", model, "-p", "hi", "-n", 2, "-t", 1)
+    assert p.returncode == 0 and "policy triattention" in p.stderr, p.stderr
+    # a damaged sidecar found by name is skipped with a warning; the model still loads (auto: full)
+    (model.parent / SIDECAR_NAME).write_bytes(rng.randbytes(rng.randrange(64, 4096)))
+    p = _triattn(cli, "-m", model, "-p", "hi", "-n", 2, "-t", 1)
+    assert p.returncode == 0, p.stderr
+    assert f"warning: ignoring the query centres found by name: {model.parent / SIDECAR_NAME}" in p.stderr, p.stderr
+    assert "policy full" in p.stderr, p.stderr
+    # an explicit --calibration wins over the one found by name
+    p = _triattn(cli, "-m", model, "--calibration", SHIPPED_SIDECAR, "--kv-policy", "triattention", "-p", "hi",
+                 "-n", 2, "-t", 1, "-v")
+    assert p.returncode == 0 and f"calibration: {SHIPPED_SIDECAR}" in p.stderr, p.stderr
+
+
+def test_triattn_cli_finds_the_package_data_folder(cli, default_model, tmp_path):
+    """Installed as pytriattn/bin/triattn-cli, the program finds pytriattn/data/MODEL.tri-stats.gguf."""
+    pkg = tmp_path / "pytriattn"
+    (pkg / "bin").mkdir(parents=True)
+    (pkg / "data").mkdir()
+    exe = pkg / "bin" / "triattn-cli"
+    shutil.copy(cli, exe)
+    shutil.copy(SHIPPED_SIDECAR, pkg / "data" / SIDECAR_NAME)
+    model = _linked_model(default_model, tmp_path / "models")
+    p = _triattn(exe, "-m", model, "--kv-policy", "triattention", "-p", "hi", "-n", 3, "-t", 1, "-v")
+    found = Path(os.path.realpath(pkg)) / "bin" / ".." / "data" / SIDECAR_NAME
+    assert p.returncode == 0 and f"calibration: {found}" in p.stderr, p.stderr
+    # another model's name finds nothing there
+    other = tmp_path / "models" / f"other{rng.randrange(1000)}.gguf"
+    other.symlink_to(default_model)
+    p = _triattn(exe, "-m", other, "--kv-policy", "triattention", "-p", "hi", "-n", 3, "-t", 1)
+    assert p.returncode == 1 and f"as {other.stem}.tri-stats.gguf" in p.stderr, p.stderr
+
+
+def test_triattn_cli_default_model_from_the_cache(cli, default_model, tmp_path):
+    """No -m: the default model in pytriattn's cache ($PYTRIATTN_CACHE), with its centres beside it."""
+    cache = tmp_path / "cache"
+    _linked_model(default_model, cache)
+    shutil.copy(SHIPPED_SIDECAR, cache / SIDECAR_NAME)
+    n = rng.randint(2, 8)
+    p = _triattn(cli, "--kv-policy", "triattention", "-p", "hi", "-n", n, "-t", 1, "-v",
+                 env={"PYTRIATTN_CACHE": str(cache)})
+    assert p.returncode == 0, p.stderr
+    assert f"calibration: {cache / SIDECAR_NAME}" in p.stderr and f"decode: {n} tokens" in p.stderr, p.stderr
+    empty = tmp_path / f"empty{rng.randrange(1000)}"
+    p = _triattn(cli, "-p", "hi", env={"PYTRIATTN_CACHE": str(empty)})
+    assert p.returncode == 2 and str(empty / default_model.name) in p.stderr and "pytriattn fetch" in p.stderr
+    p = _triattn(cli, "-p", "hi", env={"PYTRIATTN_CACHE": "", "XDG_CACHE_HOME": str(empty)})
+    assert p.returncode == 2 and str(empty / "pytriattn" / default_model.name) in p.stderr, p.stderr
+
+
+# ---- triattn-cli --bench: prefill at depth, each depth prefilled once -----------------------------------
+
+def _bench(cli, model, *args):
+    p = _triattn(cli, "-m", model, "--bench", "--json", "-t", 1, *args, timeout=900)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_triattn_cli_bench_prefill_at_depth(cli, default_model):
+    depth, n_p, n_g, reps = rng.choice([24, 40, 56]), rng.choice([8, 16]), rng.choice([3, 4]), rng.choice([2, 3])
+    rows = _bench(cli, default_model, "-p", n_p, "-n", n_g, "-d", f"0,{depth}", "-r", reps, "--kv-policy", "full")
+    assert [r["test"] for r in rows] == [f"pp{n_p}", f"tg{n_g} @ d0", f"pp{n_p} @ d{depth}", f"tg{n_g} @ d{depth}"]
+    assert [r["depth"] for r in rows] == [0, 0, depth, depth]
+    assert [r["n_prompt"] for r in rows] == [n_p, 0, n_p, 0] and [r["n_gen"] for r in rows] == [0, n_g, 0, n_g]
+    # the restored context is the prefilled one: the KV holds the depth plus what the row added
+    assert [r["kv_live_max"] for r in rows] == [n_p, n_g, depth + n_p, depth + n_g]
+    for r in rows:
+        assert r["reps"] == reps == len(r["samples_tps"]) and r["tps_min"] <= r["tps_median"] <= r["tps_max"]
+        assert r["tps_min"] > 0
+    # the depth was prefilled once for both rows at it; every other repetition restored it
+    assert [r["depth_prefills"] for r in rows] == [0, 0, 1, 0]
+
+
+def test_triattn_cli_bench_restore_keeps_the_rows(cli, default_model, tmp_path):
+    """A policy whose session cannot be saved prefills for every repetition: the same rows and fields; and
+    triattention (saved with its policy state) restores a compressed context."""
+    depth, reps = rng.choice([40, 48]), 2
+    args = ["-p", 8, "-n", 3, "-d", f"0,{depth}", "-r", reps, "-np", "1,2"]
+    saved = _bench(cli, default_model, *args, "--kv-policy", "full")
+    again = _bench(cli, default_model, *args, "--kv-policy", "streaming", "--kv-budget", 1024)
+    assert [r["test"] for r in saved] == [r["test"] for r in again] == [
+        "pp8", "tg3 @ d0", "tg3 @ d0 x2", f"pp8 @ d{depth}", f"tg3 @ d{depth}", f"tg3 @ d{depth} x2"]
+    for a, b in zip(saved, again):
+        assert a.keys() == b.keys() and (a["reps"], a["depth"], a["parallel"]) == (b["reps"], b["depth"], b["parallel"])
+        assert a["kv_live_max"] == b["kv_live_max"]
+    assert [r["depth_prefills"] for r in saved] == [0, 0, 0, 1, 0, 0]
+    assert [r["depth_prefills"] for r in again] == [0, 0, 0, reps, reps, 2 * reps]
+    model = _linked_model(default_model, tmp_path / "m")
+    shutil.copy(SHIPPED_SIDECAR, model.parent / SIDECAR_NAME)
+    budget, interval = rng.choice([16, 24]), 8
+    tri = _bench(cli, model, "-p", 0, "-n", 4, "-d", depth, "-r", 3, "--kv-policy", "triattention",
+                 "--kv-budget", budget, "--kv-interval", interval)
+    assert [r["test"] for r in tri] == [f"tg4 @ d{depth}"] and tri[0]["depth_prefills"] == 1
+    assert tri[0]["policy"] == "triattention" and tri[0]["kv_live_max"] <= budget + interval
+
+
+def test_bench_refuses_an_unoptimized_llamacpp_build(tmp_path):
+    """`pytriattn bench --llama-bench` takes no speed from a llama.cpp tree with -O0 parts (bench/parity.py's
+    numerics build) or a non-Release build; a clean Release tree runs."""
+    from pytriattn import TriattnError
+    from pytriattn.bench import run_llama_bench, unoptimized_build
+
+    src, build = tmp_path / "llama.cpp", tmp_path / "build"
+    for sub in ("src", "common"):
+        (src / sub).mkdir(parents=True)
+        (src / sub / "CMakeLists.txt").write_text(f"add_library({sub} x.c)\n")
+    (build / "bin").mkdir(parents=True)
+    exe = build / "bin" / "llama-bench"
+    tps = round(rng.uniform(10, 500), 3)
+    exe.write_text("#!/bin/sh\necho '[{\"n_prompt\": 0, \"n_gen\": 4, \"n_depth\": 0, \"avg_ts\": %s}]'\n" % tps)
+    exe.chmod(0o755)
+    cache = build / "CMakeCache.txt"
+    cache.write_text(f"CMAKE_BUILD_TYPE:STRING=Release\nCMAKE_HOME_DIRECTORY:INTERNAL={src}\n")
+    assert unoptimized_build(exe) is None
+    rows, _ = run_llama_bench(exe, tmp_path / "m.gguf", 0, 4, [0], 1, 1)
+    assert rows[0]["avg_ts"] == tps
+    sub = rng.choice(["src", "common"])
+    with open(src / sub / "CMakeLists.txt", "a") as f:
+        f.write(f"\n# pytriattn parity build: graph-building code at -O0\ntarget_compile_options({sub} PRIVATE -O0)\n")
+    assert "-O0" in unoptimized_build(exe)
+    with pytest.raises(TriattnError, match="no speed reference"):
+        run_llama_bench(exe, tmp_path / "m.gguf", 0, 4, [0], 1, 1)
+    (src / sub / "CMakeLists.txt").write_text("")
+    (build / "NUMERICS-ONLY-O0.txt").write_text("numerics only\n")
+    assert "numerics" in unoptimized_build(exe)
+    (build / "NUMERICS-ONLY-O0.txt").unlink()
+    cache.write_text(f"CMAKE_BUILD_TYPE:STRING={rng.choice(['Debug', ''])}\nCMAKE_HOME_DIRECTORY:INTERNAL={src}\n")
+    assert "CMAKE_BUILD_TYPE" in unoptimized_build(exe)

@@ -42,7 +42,11 @@ def _nvcc() -> str | None:
 
 @pytest.fixture(scope="session")
 def cuda_build() -> Path:
-    """build/cuda with -DTRIATTN_CUDA=ON (incremental: .ci/run has usually built it already)."""
+    """build/cuda with -DTRIATTN_CUDA=ON (incremental: .ci/run has usually built it already), or the folder of
+    libtriattn.so, tool_cuda and triattn-cli named by $TRIATTN_CUDA_BUILD_DIR (a build made elsewhere)."""
+    prebuilt = os.environ.get("TRIATTN_CUDA_BUILD_DIR")
+    if prebuilt:
+        return Path(prebuilt).resolve()
     nvcc = _nvcc()
     if not nvcc:
         pytest.skip("nvcc not found: the CUDA backend cannot be compiled on this machine")
@@ -80,13 +84,15 @@ def _run_py(lib: Path, code: str, *args, timeout: int = 600) -> tuple[dict, str]
     return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
 
 
-# Greedy continuation of a random prompt with n_gpu_layers = 0 and then = ngl, in one process.
+# Greedy continuation of a random prompt with n_gpu_layers = 0, then the same tokens fed with n_gpu_layers = ngl
+# (teacher-forced, so one near-tie cannot derail the rest), in one process.
 GREEDY = r"""
 import json, random, sys
 import numpy as np
 from pytriattn import Llama, TriattnError
 path, ngl, n_gen, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 out = {}
+ref = None
 for name, layers in (("cpu", 0), ("req", ngl)):
     try:
         llm = Llama(path, n_ctx=512, n_batch=64, kv_policy="full", n_gpu_layers=layers)
@@ -97,11 +103,13 @@ for name, layers in (("cpu", 0), ("req", ngl)):
     prompt = [rng.randrange(llm.n_vocab()) for _ in range(40)]
     logits = llm.eval(prompt)
     toks, rows = [], [logits[-1]]
-    for _ in range(n_gen):
-        t = int(np.argmax(rows[-1]))
+    for i in range(n_gen):
+        t = int(np.argmax(rows[-1])) if ref is None else ref[i]
         toks.append(t)
         rows.append(llm.eval([t])[0])
-    out[name] = {"backend": llm.backend, "tokens": toks, "prefill": logits.tolist(), "last": rows[-1].tolist()}
+    ref = ref or toks
+    out[name] = {"backend": llm.backend, "tokens": toks, "prefill": logits.tolist(),
+                 "rows": np.array(rows).tolist(), "last": rows[-1].tolist()}
     llm.close()
 print(json.dumps(out))
 """
@@ -132,6 +140,22 @@ def test_cpu_build_gpu_request_runs_on_cpu_and_refuses_partial_offload(c_build_d
     assert res["req"]["error"] == 3 and "partial offload is not supported" in res["req"]["message"]
     res, _ = _run_py(lib, GREEDY, model, -2, 2, SEED)
     assert res["req"]["error"] == 4
+
+
+def test_gpu_bench_script_smoke(c_build_dir, tmp_path):
+    """bench/gpu.py end to end on a tiny model (the CPU runs it where no GPU is present): the model writer makes a
+    loadable file and every run of the smoke table yields rows."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--cli",
+                        str(c_build_dir / "triattn-cli"), "--out", str(tmp_path)], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["runs"]) == {"smoke_full", "smoke_triattention", "smoke_np"}
+    for name, run in res["runs"].items():
+        assert run["exit"] == 0 and run["rows"], (name, run["stderr_tail"])
+    tests = {r["test"] for r in res["runs"]["smoke_np"]["rows"]}
+    assert tests == {"tg4 @ d32", "tg4 @ d32 x3"}, tests
+    assert "| smoke_triattention | pp64 | triattention |" in p.stdout
 
 
 # ---- with nvcc: the CUDA build ------------------------------------------------------------------------------
@@ -185,7 +209,7 @@ def test_cuda_op_parity(cuda_build, cuda_device):
     print(p.stdout)
     assert p.returncode == 0 and re.search(r"^\d+ passed, 0 failed$", p.stdout, re.M), p.stdout + p.stderr
     ops = {json.loads(line)["op"] for line in p.stdout.splitlines() if line.startswith("{")}
-    for op in ("dequantize", "matmul_vec", "matmul_tiled", "get_rows", "rmsnorm", "rope", "softmax", "attention",
+    for op in ("dequantize", "mm_vec", "mm_tc", "get_rows", "act_prep", "act_prep_q8", "qkv_post", "attention",
                "kv_append", "kv_gather", "triattn_score", "triattn_zscore", "triattn_gqa_max", "triattn_layer_mean",
                "topk"):
         assert op in ops, f"{op} was not checked"
@@ -200,22 +224,54 @@ E2E_CASES = [
 
 @pytest.mark.parametrize("arch,wtype", E2E_CASES, ids=[f"{a}-{w}" for a, w in E2E_CASES])
 def test_cuda_greedy_matches_cpu_tiny(cuda_build, cuda_device, tmp_path, arch, wtype):
+    """The GPU's next-token choice on the CPU's greedy text equals the CPU's at every step, except where the CPU's
+    own top two logits nearly tie (the two differ by rounding: fp16 tensor-core prefill, float summation order)."""
     model = _tiny(tmp_path, arch, wtype, tied=wtype in ("Q8_0", "Q6_K"), rope_freqs=wtype == "Q4_K")
     res, _ = _run_py(cuda_build / "libtriattn.so", GREEDY, model, -1, 24, SEED)
     cpu, gpu = res["cpu"], res["req"]
     assert gpu["backend"] == "cuda"
-    assert _cos(cpu["prefill"], gpu["prefill"]) > 0.995, f"seed {SEED}"
-    assert gpu["tokens"] == cpu["tokens"], f"seed {SEED}"
-    assert _cos(cpu["last"], gpu["last"]) > 0.995, f"seed {SEED}"
+    assert _cos(cpu["prefill"], gpu["prefill"]) > 0.9995, f"seed {SEED}"
+    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=0.5)
+    print(f"{arch}-{wtype}: top-1 agreement {agree:.3f}, rows cosine {_cos(cpu['rows'], gpu['rows']):.7f}")
+    assert not big_gaps, f"seed {SEED}: the GPU's choice differs where the CPU's top-2 gap is {big_gaps}"
+    assert _cos(cpu["rows"], gpu["rows"]) > 0.9995, f"seed {SEED}"
 
 
-# The default model, teacher-forced on the CPU's greedy text so one near-tie cannot derail the comparison; with
-# TriAttention a small budget makes the rounds run on the device while the prompt is prefilled and generated.
-DEFAULT_E2E = r"""
+# Real weights without a download on the device: the default model cut to its first layers (real tensors, its
+# shipped centres for those layers embedded), written once into the model cache from the cached default model.
+CUT_LAYERS = 3
+
+
+@pytest.fixture(scope="session")
+def cut_model() -> Path:
+    from pytriattn._fetch import cache_dir, default_model_path, ensure_default_model
+    from pytriattn.llama import default_calibration
+    from tinymodels import cut_model as write_cut
+
+    path = cache_dir() / f"SmolLM2-135M-Instruct.Q4_1.first{CUT_LAYERS}.gguf"
+    if not path.is_file():
+        src = default_model_path() if default_model_path().is_file() else ensure_default_model()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_cut(src, path, CUT_LAYERS, calibration=default_calibration())
+    return path
+
+
+def test_cut_model_is_real_and_small(cut_model):
+    import gguf
+    r = gguf.GGUFReader(str(cut_model))
+    names = {t.name for t in r.tensors}
+    assert f"blk.{CUT_LAYERS - 1}.attn_q.weight" in names and f"blk.{CUT_LAYERS}.attn_q.weight" not in names
+    assert cut_model.stat().st_size < 42e6
+    assert int(r.fields["triattention.n_layer"].parts[-1][0]) == CUT_LAYERS
+
+
+# Teacher-forced on the CPU's greedy text, so one near-tie cannot derail the comparison; with TriAttention a small
+# budget makes the rounds run on the device while the prompt is prefilled and generated.
+REAL_E2E = r"""
 import json, sys
 import numpy as np
 from pytriattn import Llama
-policy, n_gen = sys.argv[1], int(sys.argv[2])
+path, policy, n_gen = sys.argv[1], sys.argv[2], int(sys.argv[3])
 kw = dict(n_ctx=4096, n_batch=128, kv_policy=policy)
 if policy == "triattention":
     kw.update(kv_budget=96, kv_interval=32, kv_window=16, kv_sink=4)
@@ -224,7 +280,7 @@ text = ("The old lighthouse keeper climbed the spiral stairs every evening to li
 res = {}
 ref_tokens = None
 for name, ngl in (("cpu", 0), ("gpu", -1)):
-    llm = Llama(None, n_gpu_layers=ngl, **kw)
+    llm = Llama(path, n_gpu_layers=ngl, **kw)
     prompt = llm.tokenize(text)
     llm.decode(prompt[:-1])                # chunked prefill (with rounds between chunks under a small budget)
     rows = [llm.eval(prompt[-1:])[0]]
@@ -252,14 +308,15 @@ def _agreement(cpu_rows, gpu_rows, margin: float) -> tuple[float, list[float]]:
 
 
 @pytest.mark.parametrize("policy", ["full", "triattention"])
-def test_cuda_default_model(cuda_build, cuda_device, default_model, policy):
-    res, _ = _run_py(cuda_build / "libtriattn.so", DEFAULT_E2E, policy, 80)
+def test_cuda_real_weights(cuda_build, cuda_device, cut_model, policy):
+    res, _ = _run_py(cuda_build / "libtriattn.so", REAL_E2E, cut_model, policy, 80)
     cpu, gpu = res["cpu"], res["gpu"]
     assert gpu["backend"] == "cuda"
-    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=1.0)
-    print(f"default model, {policy}: top-1 agreement {agree:.3f}, stats cpu {cpu['stats']} gpu {gpu['stats']}")
-    assert _cos(cpu["rows"], gpu["rows"]) > 0.98
-    assert agree >= 0.9 and not big_gaps, (agree, big_gaps)
+    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=0.5)
+    print(f"real weights ({CUT_LAYERS} layers), {policy}: top-1 agreement {agree:.3f}, cosine "
+          f"{_cos(cpu['rows'], gpu['rows']):.6f}, stats cpu {cpu['stats']} gpu {gpu['stats']}")
+    assert _cos(cpu["rows"], gpu["rows"]) > 0.999
+    assert agree >= 0.95 and not big_gaps, (agree, big_gaps)
     for key in ("n_past", "capacity", "live_min", "live_max", "n_compressions"):
         assert cpu["stats"][key] == gpu["stats"][key], key
     if policy == "triattention":
@@ -270,7 +327,210 @@ def test_cuda_default_model(cuda_build, cuda_device, default_model, policy):
             for ch, gh in zip(cl, gl):
                 a, b = {p for p in ch if p >= 0}, {p for p in gh if p >= 0}
                 overlaps.append(len(a & b) / max(1, len(a | b)))
-        assert sum(overlaps) / len(overlaps) > 0.8
+        assert sum(overlaps) / len(overlaps) > 0.9
+
+
+# N sessions of one model decoding together on the device (one step, every weight read once) against each session
+# decoded alone, and against the CPU; the same steps with CUDA graphs off (TRIATTN_CUDA_GRAPHS=0) give the same
+# logits bit for bit.
+BATCH = r"""
+import json, os, sys
+import numpy as np
+from pytriattn import _lib
+path, ngl, n_sess, n_gen, policy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+ffi, lib = _lib.load()
+err = ffi.new("char[]", 1024)
+mp = ffi.new("struct triattn_model_params *")
+lib.triattn_model_params_init(mp)
+mp.n_gpu_layers = ngl
+out = ffi.new("triattn_model **")
+assert lib.triattn_model_load(path.encode(), mp, out, err, 1024) == 0, ffi.string(err)
+model = out[0]
+V = lib.triattn_vocab_size(model)
+keep = []
+def session():
+    sp = ffi.new("struct triattn_session_params *")
+    lib.triattn_session_params_init(sp)
+    sp.n_ctx, sp.n_batch = 1024, 64
+    pol = ffi.new("char[]", policy.encode())
+    keep.append(pol)
+    sp.kv_policy = pol
+    if policy == "triattention":
+        sp.kv_budget, sp.kv_interval, sp.kv_window = 48, 16, 8
+    o = ffi.new("triattn_session **")
+    assert lib.triattn_session_create(model, sp, o, err, 1024) == 0, ffi.string(err)
+    return o[0]
+rng = np.random.default_rng(int(os.environ.get("TRI_TEST_SEED", "1")))
+prompts = [rng.integers(0, V, size=int(rng.integers(45, 70))).tolist() for _ in range(n_sess)]
+forced = json.loads(sys.argv[6]) if len(sys.argv) > 6 else None  # tokens to feed instead of the greedy ones
+def logits(s):
+    p = lib.triattn_session_logits(s, -1)
+    return np.frombuffer(ffi.buffer(p, 4 * V), dtype=np.float32).copy()
+def run(batched):
+    ss = [session() for _ in range(n_sess)]
+    for s, pr in zip(ss, prompts):
+        t = ffi.new("triattn_token[]", pr)
+        assert lib.triattn_session_decode(s, t, len(pr), False) == 0
+    rows = [[logits(s)] for s in ss]
+    toks = [[int(r[0].argmax()) if forced is None else forced[i][0]] for i, r in enumerate(rows)]
+    arr = ffi.new("triattn_session *[]", ss)
+    ones = ffi.new("int32_t[]", [1] * n_sess)
+    for step in range(n_gen):
+        cur = ffi.new("triattn_token[]", [t[-1] for t in toks])
+        if batched:
+            assert lib.triattn_batch_decode(arr, n_sess, cur, ones, err, 1024) == 0, ffi.string(err)
+        else:
+            for i, s in enumerate(ss):
+                assert lib.triattn_session_decode(s, cur + i, 1, False) == 0
+        for i, s in enumerate(ss):
+            rows[i].append(logits(s))
+            toks[i].append(int(rows[i][-1].argmax()) if forced is None else forced[i][step + 1])
+    stats = []
+    for s in ss:
+        st = ffi.new("struct triattn_kv_stats *")
+        lib.triattn_session_kv_stats(s, st)
+        stats.append(int(st.n_compressions))
+        lib.triattn_session_free(s)
+    return rows, toks, stats
+rb, tb, sb = run(True)
+ra, ta, sa = run(False)
+diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(rb, ra))
+print(json.dumps({"tokens_batched": tb, "tokens_alone": ta, "max_diff": diff, "compressions": sb,
+                  "rows": [np.asarray(r).tolist() for r in rb]}))
+"""
+
+
+@pytest.mark.parametrize("policy", ["full", "triattention"])
+def test_cuda_batched_decode(cuda_build, cuda_device, cut_model, policy):
+    lib = cuda_build / "libtriattn.so"
+    cpu, _ = _run_py(lib, BATCH, cut_model, 0, 11, 40, policy)
+    forced = json.dumps(cpu["tokens_batched"])  # the GPU runs are fed the CPU's greedy text
+    gpu, _ = _run_py(lib, BATCH, cut_model, -1, 11, 40, policy, forced)
+    assert gpu["max_diff"] < 1e-3, gpu["max_diff"]  # batched = alone on the device
+    if policy == "triattention":
+        assert min(gpu["compressions"]) >= 2
+    agree = [_agreement(c, g, 0.5) for c, g in zip(cpu["rows"], gpu["rows"])]
+    assert all(a >= 0.9 and not gaps for a, gaps in agree), agree
+    env_graphs_off = dict(os.environ, TRIATTN_CUDA_GRAPHS="0")
+    p = subprocess.run([sys.executable, "-c", BATCH, str(cut_model), "-1", "11", "40", policy, forced], capture_output=True,
+                       text=True, timeout=600, env=dict(env_graphs_off, PYTRIATTN_LIB=str(lib), TRI_TEST_SEED=str(SEED),
+                       PYTHONPATH=str(ROOT / "python")))
+    assert p.returncode == 0, p.stderr
+    nog = json.loads(p.stdout.strip().splitlines()[-1])
+    assert nog["rows"] == gpu["rows"], "CUDA graphs changed the logits"
+
+
+# Saved sessions and prefix reuse on the device: a GPU session's state reloads into a fresh GPU session bit for bit
+# and into a CPU session, a CPU session's state into a GPU session; a diverging prompt rolls the device cache back.
+STATE = r"""
+import json, sys
+import numpy as np
+from pytriattn import Llama
+path, state, policy = sys.argv[1], sys.argv[2], sys.argv[3]
+kw = dict(n_ctx=2048, kv_policy=policy)
+if policy == "triattention":
+    kw.update(kv_budget=64, kv_interval=16, kv_window=8)
+text = ("In the beginning the lamp was lit each evening, and the keeper wrote the weather in his book. " * 6)
+def open_(ngl):
+    return Llama(path, n_gpu_layers=ngl, **kw)
+a = open_(-1)
+toks = a.tokenize(text)
+a.decode(toks)
+a.save_state(state)
+nxt = [toks[5], toks[9]]
+la = a.eval(nxt)
+out = {"n_past": a.n_past()}
+b = open_(-1)
+b.load_state(state)
+out["gpu_gpu_equal"] = bool(np.array_equal(la, b.eval(nxt)))
+c = open_(0)
+c.load_state(state)
+lc = c.eval(nxt)
+out["gpu_cpu_cos"] = float((la * lc).sum() / np.linalg.norm(la) / np.linalg.norm(lc))
+c.reset(); c.decode(toks); c.save_state(state)
+d = open_(-1)
+d.load_state(state)
+ld = d.eval(nxt)
+out["cpu_gpu_cos"] = float((lc * ld).sum() / np.linalg.norm(lc) / np.linalg.norm(ld))
+# rollback: the second prompt shares a prefix with the first and diverges
+g = open_(-1)
+p1 = text + " The storm came at night."
+p2 = text + " A ship passed in the fog."
+g.create_completion(p1, max_tokens=6, temperature=0)
+g.create_completion(p2, max_tokens=1, temperature=0)
+out["reuse"] = g.last_result["reuse"]
+lg = g.last_logits()
+f = open_(-1)
+f.create_completion(p2, max_tokens=1, temperature=0)
+lf = f.last_logits()
+out["rollback_cos"] = float((lg * lf).sum() / np.linalg.norm(lg) / np.linalg.norm(lf))
+out["rollback_top1"] = int(lg.argmax()) == int(lf.argmax())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("policy", ["full", "triattention"])
+def test_cuda_save_restore_and_rollback(cuda_build, cuda_device, cut_model, tmp_path, policy):
+    res, _ = _run_py(cuda_build / "libtriattn.so", STATE, cut_model, tmp_path / "s.state", policy)
+    assert res["gpu_gpu_equal"], res
+    assert res["gpu_cpu_cos"] > 0.999 and res["cpu_gpu_cos"] > 0.999, res
+    if policy == "full":
+        assert res["reuse"] == "rollback", res
+    # on the device a step's numerics depend on its row count (8-bit products up to 32 rows, tensor cores beyond),
+    # so the rolled-back cache matches a fresh prefill closely rather than bit for bit
+    assert res["rollback_cos"] > 0.999 and res["rollback_top1"], res
+
+
+# Device-memory cap: the weights and every session count; a session that does not fit is refused with what it needs.
+MEMCAP = r"""
+import json, sys
+from pytriattn import Llama, TriattnError
+path, limit = sys.argv[1], sys.argv[2]
+out = {}
+try:
+    llm = Llama(path, n_gpu_layers=-1, gpu_mem_limit=limit, n_ctx=8192, kv_policy="full")
+    out["full"] = llm.gpu_memory()
+    llm.close()
+except TriattnError as e:
+    out["full_error"] = [e.code, e.message]
+try:
+    llm = Llama(path, n_gpu_layers=-1, gpu_mem_limit=limit, n_ctx=8192, kv_policy="triattention", kv_budget=256)
+    out["tri"] = llm.gpu_memory()
+    out["tri_text"] = llm.generate("Once upon a time", max_tokens=8, temperature=0)
+    llm.close()
+except TriattnError as e:
+    out["tri_error"] = [e.code, e.message]
+print(json.dumps(out))
+"""
+
+
+def test_cuda_memory_limit(cuda_build, cuda_device, cut_model):
+    lib = cuda_build / "libtriattn.so"
+    # 3 layers x 3 KV heads x 64 dims x 2 bytes x (K, V) = 2.25 KiB per token: full attention at 8192 needs 18 MiB
+    res, _ = _run_py(lib, MEMCAP, cut_model, "60MiB")
+    assert "full_error" in res and res["full_error"][0] == 5, res     # TRIATTN_ERR_OOM
+    msg = res["full_error"][1]
+    assert "KV cache for n_ctx 8192" in msg and "gpu_mem_limit" in msg and "triattention" in msg, msg
+    assert "tri" in res and 0 < res["tri"]["used"] <= res["tri"]["limit"] == 60 * 2**20, res
+    res, _ = _run_py(lib, MEMCAP, cut_model, "10MiB")                  # not even the weights
+    assert res["full_error"][0] == 5 and "weights need" in res["full_error"][1], res
+
+
+def test_gpu_mem_limit_parse(c_build_dir, tmp_path):
+    code = r"""
+import json
+from pytriattn import _lib
+ffi, lib = _lib.load()
+out = ffi.new("uint64_t *")
+res = {}
+for s in ["24GiB", "24G", "512M", "512MB", "1.5G", "1048576", "7B", "2T", "1KiB", "24Gx", "", "-1G", "G", " 1G"]:
+    res[s] = int(out[0]) if lib.triattn_parse_bytes(s.encode(), out) else None
+print(json.dumps(res))
+"""
+    res, _ = _run_py(c_build_dir / "libtriattn.so", code)
+    assert res == {"24GiB": 24 << 30, "24G": 24 << 30, "512M": 512 << 20, "512MB": 512 << 20, "1.5G": 3 << 29,
+                   "1048576": 1048576, "7B": 7, "2T": 2 << 40, "1KiB": 1024, "24Gx": None, "": None, "-1G": None,
+                   "G": None, " 1G": None}
 
 
 def test_cuda_bench(cuda_build, cuda_device):
@@ -279,6 +539,7 @@ def test_cuda_bench(cuda_build, cuda_device):
     rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     print(f"\n{cuda_device['device0']}")
     for r in rows:
-        print(f"  {r['op']:<20} {r['shape']:<56} {r['us']:9.2f} us")
-    assert {r["op"] for r in rows} >= {"matmul_vec", "matmul_tiled", "attention", "triattn_score", "topk"}
+        extra = f"{r['gb_s']:8.1f} GB/s" if r["gb_s"] else f"{r['tflop_s']:8.2f} TFLOP/s" if r["tflop_s"] else ""
+        print(f"  {r['op']:<20} {r['shape']:<56} {r['us']:9.2f} us {extra}")
+    assert {r["op"] for r in rows} >= {"mm_vec", "mm_tc", "act_prep", "attention", "triattn_score", "topk"}
     assert all(r["us"] > 0 for r in rows)

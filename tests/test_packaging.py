@@ -7,6 +7,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -157,6 +158,8 @@ def test_pyproject():
     skb = pp["tool"]["scikit-build"]
     assert skb["wheel"]["py-api"] == "py3" and skb["wheel"]["packages"] == ["python/pytriattn"]
     assert pp["project"]["scripts"]["pytriattn"] == "pytriattn.cli:main"
+    assert pp["project"]["scripts"]["triattn-cli"] == "pytriattn._bin:cli_main"
+    assert pp["project"]["scripts"]["triattn-server"] == "pytriattn._bin:server_main"
     deps = " ".join(pp["project"]["dependencies"])
     for d in ("numpy", "cffi", "gguf", "tqdm"):
         assert d in deps
@@ -168,9 +171,9 @@ def test_pyproject():
 
 
 @pytest.mark.timeout(1500)
-def test_wheel_layout_and_fresh_venv(tmp_path):
+def test_wheel_layout_and_fresh_venv(tmp_path, default_model):
     """Builds the wheel (incremental in build/{wheel_tag}), checks its contents, installs it into a
-    fresh venv and runs the CLI from there."""
+    fresh venv and runs the commands it puts on PATH from there: pytriattn, triattn-cli, triattn-server."""
     have_backend = all(importlib.util.find_spec(m) for m in ("scikit_build_core", "cffi"))
     cmd = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path / "dist")]
     if have_backend:
@@ -184,11 +187,15 @@ def test_wheel_layout_and_fresh_venv(tmp_path):
     with zipfile.ZipFile(whl) as z:
         names = set(z.namelist())
         entry = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "pytriattn = pytriattn.cli:main" in z.read(entry).decode()
+        eps = z.read(entry).decode()
         mode = z.getinfo("pytriattn/bin/triattn-cli").external_attr >> 16
+    for want in ("pytriattn = pytriattn.cli:main", "triattn-cli = pytriattn._bin:cli_main",
+                 "triattn-server = pytriattn._bin:server_main"):
+        assert want in eps, eps
     for want in ("pytriattn/__init__.py", "pytriattn/llama.py", "pytriattn/cli.py", "pytriattn/_fetch.py",
                  "pytriattn/libtriattn.so", "pytriattn/_triattn_ffi.py", "pytriattn/_triattn_cdef.h",
-                 "pytriattn/include/triattn.h", "pytriattn/bin/triattn-cli"):
+                 "pytriattn/include/triattn.h", "pytriattn/bin/triattn-cli", "pytriattn/bin/triattn-server",
+                 "pytriattn/data/SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"):
         assert want in names, f"{want} missing from {whl.name}"
     assert mode & 0o111, "triattn-cli is not executable in the wheel"
 
@@ -203,6 +210,47 @@ def test_wheel_layout_and_fresh_venv(tmp_path):
     assert f"pytriattn {pytriattn.__version__}" in out
     assert str(venv) in out, f"library not loaded from the installed package:\n{out}"
     assert "not loadable" not in out, out
+    _check_programs_on_path(venv, env, tmp_path, default_model)
+
+
+def _check_programs_on_path(venv: Path, env: dict, cwd: Path, default_model: Path) -> None:
+    """triattn-cli and triattn-server from the venv's bin/ (PATH) run the packaged programs: help, exit
+    status, the default model with its shipped centres, signals."""
+    env = {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+           "PYTRIATTN_CACHE": str(default_model.parent)}
+    for prog in ("triattn-cli", "triattn-server"):
+        exe = shutil.which(prog, path=env["PATH"])
+        assert exe == str(venv / "bin" / prog), exe
+        p = subprocess.run([prog, "--help"], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+        assert p.returncode == 0 and f"usage: {prog}" in p.stdout and "--kv-policy" in p.stdout, p.stderr
+        bad = f"--no-such-option-{rng.randrange(10**6)}"
+        p = subprocess.run([prog, bad], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+        assert p.returncode == 2 and bad in p.stderr, (p.returncode, p.stderr)  # the program's own status
+    # the default model (no -m) with the centres shipped in the package: TriAttention runs
+    n = rng.randint(3, 8)
+    p = subprocess.run(["triattn-cli", "--kv-policy", "triattention", "-p", "hi", "-n", str(n), "-t", "1", "-v"],
+                       capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert p.returncode == 0, p.stderr
+    name = "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    assert (site / "pytriattn" / "data" / name).is_file()
+    assert re.search(r"calibration: \S*/pytriattn/bin/\.\./data/" + re.escape(name), p.stderr), p.stderr
+    assert "policy triattention" in p.stderr and f"decode: {n} tokens" in p.stderr, p.stderr
+    # the server replaces the entry point's process: SIGTERM reaches it and it exits cleanly
+    proc = subprocess.Popen(["triattn-server", "--kv-policy", "triattention", "--port", "0", "-c", "256",
+                             "--parallel", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert os.path.realpath(f"/proc/{proc.pid}/exe").endswith("/pytriattn/bin/triattn-server")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "kv triattention" in err and "bye" in err, (proc.returncode, err)
 
 
 # ---- default model fetch --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import time
@@ -37,10 +38,12 @@ def model_path(request) -> Path:
 
 
 class Server:
-    def __init__(self, binary: Path, model: Path, *extra: str):
-        self.proc = subprocess.Popen([str(binary), "-m", str(model), "--port", "0", "--parallel", "4",
+    def __init__(self, binary: Path, model: Path | None, *extra: str, env: dict | None = None):
+        """model None: no -m (the server opens the default model from pytriattn's cache)."""
+        model_args = ["-m", str(model)] if model is not None else []
+        self.proc = subprocess.Popen([str(binary), *model_args, "--port", "0", "--parallel", "4",
                                       "--ctx-size", "1024", "--alias", "smol", *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.time() + 60
         line = ""
         while time.time() < deadline:
@@ -251,6 +254,7 @@ def test_keep_alive_and_pipelining(srv):
     assert out.count(b"HTTP/1.1 200") == 4
 
 
+@pytest.mark.long
 def test_request_parser_fuzz(srv):
     """Random mutations of valid requests: each gets a response or a closed connection, never a hang."""
     base = [b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -433,3 +437,37 @@ def test_per_request_kv_budget(server_bin, model_path, sidecar, srv):
     # a full-attention server has no budget to lower
     st, raw = srv.request("POST", "/v1/completions", {"prompt": "x", "kv_budget": 64})
     assert st == 400 and b"kv_budget" in raw
+
+
+def test_default_model_and_its_centres_without_m(server_bin, model_path, sidecar, tmp_path):
+    """No -m: the default model from pytriattn's cache and its query centres found by name beside it, so
+    --kv-policy triattention runs; without them the error names the server's own flags."""
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if model_path.name != name:
+        pytest.skip("the test model is not the default model")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / name).symlink_to(model_path)
+    shutil.copy(sidecar, cache / sidecar.name)
+    env = {**os.environ, "PYTRIATTN_CACHE": str(cache)}
+    s = Server(server_bin, None, "--kv-policy", "triattention", "--kv-budget", str(RNG.choice([256, 512])), env=env)
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", timeout=120, max_retries=0)
+        r = c.completions.create(model="smol", prompt=RNG.choice(PROMPTS), max_tokens=4, temperature=0)
+        assert r.usage.completion_tokens > 0
+        slots = json.loads(s.request("GET", "/slots")[1])
+        assert all(x["kv"]["policy"] == "triattention" for x in slots), slots
+    finally:
+        s.close()
+    err = s.proc.stderr.read()
+    assert "model smol (llama" in err and f"query centres: {cache / sidecar.name}" in err, err
+    (cache / sidecar.name).unlink()
+    p = subprocess.run([str(server_bin), "--kv-policy", "triattention", "--port", "0"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert p.returncode == 1 and "listening" not in p.stdout, (p.stdout, p.stderr)
+    assert "error: --kv-policy triattention needs query centres" in p.stderr and "--calibration FILE" in p.stderr
+    assert "pytriattn calibrate" in p.stderr and sidecar.name in p.stderr and "calibration_path" not in p.stderr
+    empty = tmp_path / f"empty{RNG.randrange(1000)}"
+    p = subprocess.run([str(server_bin), "--port", "0"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTRIATTN_CACHE": str(empty)})
+    assert p.returncode == 2 and str(empty / name) in p.stderr and "pytriattn fetch" in p.stderr, p.stderr

@@ -219,6 +219,227 @@ def test_parser_round_trips_calls_and_keeps_malformed_text(llm, fmt):
         assert p.n_calls == 0 and text == bad and p.message() == {"content": bad}
 
 
+# ---- the shapes small models write (lenient parsing) against an oracle built with the text --------------
+
+def _args_for(rng, name):
+    if name == "calculator":
+        return {"expression": rng.choice(["17*23", "2**10", "(4+5)*6", "1/3", "é+1"])}
+    if name == "read_file":
+        return {"name": rng.choice(list(FILES))}
+    return {}
+
+
+def _dump(rng, obj):
+    return json.dumps(obj, ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, None, 2]))
+
+
+def _call_obj(rng, name, key="arguments"):
+    args = _args_for(rng, name)
+    return {"name": name, key: json.dumps(args) if key == "arguments" and rng.random() < 0.2 else args}, args
+
+
+def _call_segment(rng):
+    """A reply piece in one of the shapes small models write: (text, [(name, args)], kind)."""
+    kind = rng.choice(["hermes", "hermes", "fence", "bare", "llama3", "python_tag", "mistral", "hermes_array"])
+    names = [rng.choice(list(SCHEMAS)) for _ in range(rng.choice([1, 1, 2]))]
+    key = "parameters" if kind in ("llama3", "python_tag") else "arguments"
+    objs, calls = [], []
+    for n in names[:1] if kind in ("hermes", "llama3", "python_tag") else names:
+        o, a = _call_obj(rng, n, key)
+        objs.append(o)
+        calls.append((n, a))
+    one = kind in ("hermes", "llama3", "python_tag") or (len(objs) == 1 and rng.random() < 0.7)
+    body = _dump(rng, objs[0] if one else objs)
+    if kind == "hermes":
+        return "<tool_call>\n" + body + "\n</tool_call>", calls, kind
+    if kind == "hermes_array":
+        return "<tool_call>" + _dump(rng, objs) + "</tool_call>", calls, kind
+    if kind == "fence":
+        if len(objs) > 1 and rng.random() < 0.5:  # one object per line
+            body = "\n".join(json.dumps(o) for o in objs)
+        return "```" + rng.choice(["json", "JSON", ""]) + "\n" + body + "\n```", calls, kind
+    if kind == "python_tag":
+        return "<|python_tag|>" + body, calls, kind
+    if kind == "mistral":
+        return "[TOOL_CALLS] " + _dump(rng, objs), calls, kind
+    return body, calls, kind  # bare, llama3
+
+
+def _near_miss_segment(rng):
+    """A reply piece that looks like a call and is not one: it stays content."""
+    good, _ = _call_obj(rng, "calculator")
+    return rng.choice([
+        "```json\n" + json.dumps({"name": "get_stock", "arguments": {"symbol": "X"}}) + "\n```",
+        json.dumps({"name": "calculator", "arguments": {"expression": 42}}),
+        json.dumps({"name": "read_file", "arguments": {"name": "secrets.txt"}}),
+        "```json\n" + json.dumps({"name": "calculator", "arguments": {}}) + "\n```",
+        json.dumps({"result": 42}),
+        "[1, 2, 3]",
+        "```python\n" + json.dumps(good) + "\nprint(1)\n```",
+        "<tool_call>" + json.dumps({"name": "rm_rf", "arguments": {}}) + "</tool_call>",
+        "[" + json.dumps(good) + ", " + json.dumps({"name": "nope", "arguments": {}}) + "]",
+        "[TOOL_CALLS] maybe later",
+    ])
+
+
+def _prose_segment(rng):
+    words = ["hello", "wörld", "中文", "ok.", "see {\"a\": 1}", "[x]", "`code`", "a<b", "x;y",
+             json.dumps({"name": "clock", "arguments": {}}), "```"]
+    return rng.choice(["Sure", "The", "Done.", "Résumé", "OK"]) + "".join(
+        " " + rng.choice(words) for _ in range(rng.randint(0, 6)))
+
+
+def _segment_reply(rng):
+    """Random reply text and what each of its pieces is: [(text, calls or None, kind)] and the separators."""
+    segs = []
+    for _ in range(rng.randint(1, 5)):
+        r = rng.random()
+        segs.append(_call_segment(rng) if r < 0.45 else (_near_miss_segment(rng), None, "near") if r < 0.7
+                    else (_prose_segment(rng), None, "prose"))
+    seps = [rng.choice(["\n", "\n\n", "\n  \n"]) for _ in segs[1:]]
+    return segs, seps
+
+
+def _expected_reply(segs, seps, strict):
+    """What the parser must return: the calls in order, and the content (the other pieces and the blank text
+    between them; blanks with nothing but blanks since the start or the last call are dropped before a call)."""
+    content, calls, pending, fresh = "", [], "", True
+    for i, (text, seg_calls, kind) in enumerate(segs):
+        pending += seps[i - 1] if i else ""
+        if seg_calls is not None and (not strict or kind == "hermes"):
+            content += "" if fresh else pending
+            calls += seg_calls
+            fresh = True
+        else:
+            content += pending + text
+            fresh = False
+        pending = ""
+    return calls, (None if calls and not content.strip() else content)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+def test_parser_shapes_against_oracle(llm, strict):
+    from pytriattn._tools import ToolRequest
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    req = ToolRequest(llm._m(), None, TOOLS, None, strict=strict)
+    n_calls = 0
+    for _ in range(150):
+        segs, seps = _segment_reply(rng)
+        text = "".join(seg[0] + (seps[i] if i < len(seps) else "") for i, seg in enumerate(segs))
+        want_calls, want_content = _expected_reply(segs, seps, strict)
+        for split in (False, True):
+            p = req.parser()
+            deltas, i = [], 0
+            while split and i < len(text):
+                k = rng.randint(1, 6)
+                deltas += p.feed(text[i:i + k])
+                i += k
+            deltas += p.feed("" if split else text, final=True)
+            msg = p.message()
+            got = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in msg.get("tool_calls", [])]
+            where = f"seed {seed}, split {split}: {text!r}"
+            assert got == want_calls, where
+            assert msg["content"] == want_content, where
+            streamed = "".join(d.get("content", "") for d in deltas)
+            assert streamed == (want_content or "") or (want_content is None and not streamed.strip()), where
+        n_calls += len(want_calls)
+    assert n_calls > 20  # the draw holds calls
+
+
+def _rand_schema(rng, depth=0):
+    kind = rng.choice(["string", "integer", "number", "boolean", "array", "object", "enum", "anyOf", "untyped"]
+                      if depth < 2 else ["string", "integer", "number", "boolean", "enum"])
+    if kind == "string":
+        s = {"type": "string"}
+        if rng.random() < 0.4:
+            s["minLength"] = rng.randint(0, 3)
+        if rng.random() < 0.4:
+            s["maxLength"] = rng.randint(1, 6)
+        return s
+    if kind in ("integer", "number"):
+        s = {"type": kind}
+        for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if rng.random() < 0.25:
+                s[k] = rng.choice([-2, 0, 1.5, 3, 10])
+        return s
+    if kind == "boolean":
+        return {"type": "boolean"}
+    if kind == "enum":
+        return {"enum": rng.sample(["C", "F", 1, 2.0, None, True, [1], {"a": 1}], rng.randint(1, 3))}
+    if kind == "anyOf":
+        return {"anyOf": [_rand_schema(rng, depth + 1) for _ in range(2)]}
+    if kind == "untyped":
+        return {"description": "anything", "format": "date"} if rng.random() < 0.5 else {}
+    if kind == "array":
+        s = {"type": "array", "items": _rand_schema(rng, depth + 1)}
+        if rng.random() < 0.4:
+            s["minItems"] = rng.randint(0, 2)
+        if rng.random() < 0.4:
+            s["maxItems"] = rng.randint(1, 3)
+        return s
+    return _rand_object(rng, depth + 1)
+
+
+def _rand_object(rng, depth=0):
+    props = {f"p{i}": _rand_schema(rng, depth) for i in range(rng.randint(0, 4))}
+    s = {"type": "object", "properties": props}
+    if props and rng.random() < 0.6:
+        s["required"] = rng.sample(list(props), rng.randint(1, len(props)))
+    if rng.random() < 0.3:
+        s["additionalProperties"] = rng.choice([False, True, {"type": "integer"}])
+    return s
+
+
+def _rand_value(rng, depth=0):
+    kind = rng.choice(["str", "int", "float", "bool", "null", "list", "dict"] if depth < 3
+                      else ["str", "int", "float", "bool", "null"])
+    if kind == "str":
+        return rng.choice(["", "a", "héllo", "中文字", "Fahrenheit", "C", "F", "x" * 7])
+    if kind == "int":
+        return rng.choice([-3, 0, 1, 2, 3, 10, 11])
+    if kind == "float":
+        return rng.choice([-2.5, 0.0, 1.5, 2.0, 3.25, 10.0])
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    if kind == "list":
+        return [_rand_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["p0", "p1", "p2", "p3", "q"]): _rand_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def _fit(rng, schema, value):
+    """Nudges a random object toward a schema (so both outcomes occur): properties get values of their type."""
+    for k, sub in schema.get("properties", {}).items() if isinstance(value, dict) else ():
+        if rng.random() < 0.8:
+            t = sub.get("type")
+            pool = {"string": ["ab", "F", "xyz"], "integer": [1, 2, 3], "number": [1.5, 2, 3],
+                    "boolean": [True, False], "array": [[], [1], ["a", "b"]], "object": [{}]}.get(t)
+            value[k] = rng.choice(pool) if pool else (rng.choice(sub["enum"]) if "enum" in sub else _rand_value(rng, 2))
+    return value
+
+
+def test_argument_validation_matches_jsonschema(llm):
+    """Bare calls count only when their arguments satisfy the tool's parameters: jsonschema is the oracle."""
+    from pytriattn._tools import ToolRequest
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    outcomes = set()
+    for _ in range(300):
+        schema = _rand_object(rng)
+        value = _fit(rng, schema, _rand_value(rng, 3) if rng.random() < 0.1 else {})
+        want = jsonschema.Draft202012Validator(schema).is_valid(value) and isinstance(value, dict)
+        tools = [{"type": "function", "function": {"name": "probe", "parameters": schema}}]
+        p = ToolRequest(llm._m(), None, tools, None).parser()
+        p.feed(json.dumps({"name": "probe", "arguments": value}, ensure_ascii=rng.random() < 0.5), final=True)
+        assert (p.n_calls == 1) == want, f"seed {seed}: {value!r} against {schema!r}"
+        outcomes.add(want)
+    assert outcomes == {True, False}
+
+
 def test_python_api_tool_round_trip(llm):
     msgs = [{"role": "user", "content": "What is 6*7? Use the calculator."},
             {"role": "assistant", "content": None, "tool_calls": [
@@ -304,6 +525,20 @@ QUESTIONS = ["What is 17*23?", "Read notes.txt for me.", "What time is it?", "Co
              "What is in todo.txt?", "And 2**10?"]
 
 
+def _feed_back(msgs, msg, calls, turn):
+    """Appends the reply and the results of its calls (role "tool"), or the next question when it made none;
+    returns the number of results."""
+    if not calls:
+        msgs.append({"role": "assistant", "content": msg["content"]})
+        msgs.append({"role": "user", "content": QUESTIONS[(turn + 1) % len(QUESTIONS)]})
+        return 0
+    msgs.append({"role": "assistant", "content": msg.get("content"), "tool_calls": calls})
+    for c in calls:
+        result = run_tool(c["function"]["name"], json.loads(c["function"]["arguments"]))
+        msgs.append({"role": "tool", "tool_call_id": c["id"], "content": result})
+    return len(calls)
+
+
 def _agent_loop(client):
     msgs = [{"role": "system", "content": "You are a helpful assistant with tools."},
             {"role": "user", "content": QUESTIONS[0]}]
@@ -323,17 +558,8 @@ def _agent_loop(client):
             reply = _plain(r.choices[0])
         forced = None if choice is None else "required" if choice == "required" else choice["name"]
         calls = _check_choice(reply, forced)
-        msg = reply["message"]
-        if calls:
-            n_calls += len(calls)
-            msgs.append({"role": "assistant", "content": msg.get("content"), "tool_calls": calls})
-            for c in calls:  # results go back as role "tool"
-                result = run_tool(c["function"]["name"], json.loads(c["function"]["arguments"]))
-                msgs.append({"role": "tool", "tool_call_id": c["id"], "content": result})
-                n_results += 1
-        else:
-            msgs.append({"role": "assistant", "content": msg["content"]})
-            msgs.append({"role": "user", "content": QUESTIONS[(turn + 1) % len(QUESTIONS)]})
+        n_calls += len(calls)
+        n_results += _feed_back(msgs, reply["message"], calls, turn)
     assert len(PLAN) >= 10 and n_calls >= 6 and n_results == n_calls
     return msgs
 
@@ -350,6 +576,89 @@ def test_agent_loop_openai_client(server_bin, default_model, policy):
             assert any(x["kv"]["n_compressions"] > 0 for x in slots), slots
     finally:
         s.close()
+
+
+# ---- auto mode: calls in the shape small models write ------------------------------------------------------
+
+def _call_format(name):
+    """A response_format under which the model writes a bare JSON call to `name` (a shape small models use instead
+    of their template's tags), choosing the arguments itself within the tool's parameters."""
+    params = {"type": "object", "properties": {}, "additionalProperties": False}
+    if name == "calculator":
+        params = {"type": "object", "properties": {"expression": {"type": "string", "maxLength": 12}},
+                  "required": ["expression"], "additionalProperties": False}
+    elif name == "read_file":
+        params = {**SCHEMAS[name], "additionalProperties": False}
+    schema = {"type": "object", "properties": {"name": {"enum": [name]}, "arguments": params},
+              "required": ["name", "arguments"], "additionalProperties": False}
+    return {"type": "json_schema", "json_schema": {"name": "call", "schema": schema}}
+
+
+# (tool whose call the model writes as bare JSON, or None: the model is free; streamed)
+AUTO_PLAN = [("calculator", False), (None, False), ("read_file", True), (None, True), ("clock", False),
+             (None, False), ("calculator", True), (None, True), ("read_file", False), (None, False)]
+
+
+def _auto_loop(client, strict):
+    """tool_choice "auto" throughout; tool results are fed back. On the shaped turns the reply is a bare JSON call:
+    a tool call (lenient parsing, streamed as tool-call deltas with no content) or, with strict parsing, that JSON
+    as content."""
+    msgs = [{"role": "system", "content": "You are a helpful assistant with tools."},
+            {"role": "user", "content": QUESTIONS[0]}]
+    n_shaped = n_results = 0
+    for turn, (shape, stream) in enumerate(AUTO_PLAN):
+        kw = dict(model="smol", messages=msgs, tools=TOOLS, tool_choice="auto", max_tokens=64, temperature=0.7,
+                  seed=turn)
+        if shape:
+            kw["response_format"] = _call_format(shape)
+        if stream:
+            reply, _ = _collect_stream(client.chat.completions.create(stream=True, **kw))
+        else:
+            reply = _plain(client.chat.completions.create(**kw).choices[0])
+        calls = _check_choice(reply, None)
+        msg = reply["message"]
+        if shape and not strict:
+            assert len(calls) == 1 and calls[0]["function"]["name"] == shape and msg["content"] is None, reply
+            jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), SCHEMAS[shape])
+            n_shaped += 1
+        elif shape:
+            written = json.loads(msg["content"])
+            assert not calls and written["name"] == shape and reply["finish_reason"] == "stop", reply
+            jsonschema.validate(written["arguments"], SCHEMAS[shape])
+            n_shaped += 1
+        n_results += _feed_back(msgs, msg, calls, turn)
+    assert n_shaped == sum(1 for s, _ in AUTO_PLAN if s)
+    assert n_results >= (0 if strict else n_shaped)
+    return msgs
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+def test_auto_agent_loop_openai_client(server_bin, default_model, strict):
+    s = Server(server_bin, default_model, "--parallel", "1", "--ctx-size", "4096",
+               *(["--strict-tool-calls"] if strict else []))
+    try:
+        _auto_loop(openai.OpenAI(base_url=s.base + "/v1", api_key="x", timeout=300, max_retries=0), strict)
+    finally:
+        s.close()
+
+
+def test_python_api_auto_call_shapes(llm, default_model):
+    from pytriattn.llama import Llama
+    msgs = [{"role": "user", "content": "What time is it?"}]
+    kw = dict(tools=TOOLS, response_format=_call_format("clock"), max_tokens=32, temperature=0)
+    r = llm.create_chat_completion(msgs, **kw)
+    calls = _check_choice(r["choices"][0], None)
+    assert [c["function"]["name"] for c in calls] == ["clock"] and r["choices"][0]["message"]["content"] is None
+    chunks = list(llm.create_chat_completion(msgs, stream=True, **kw))
+    assert all(not c["choices"][0]["delta"].get("content") for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert [d["function"]["name"] for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []
+            if d.get("id")] == ["clock"]
+    strict = Llama(str(default_model), n_ctx=1024, seed=1, strict_tool_calls=True)
+    r = strict.create_chat_completion(msgs, **kw)
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "stop" and not choice["message"].get("tool_calls")
+    assert json.loads(choice["message"]["content"]) == {"name": "clock", "arguments": {}}
 
 
 # ---- small API gaps ------------------------------------------------------------------------------------

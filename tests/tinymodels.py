@@ -9,6 +9,7 @@ gguf.quants.dequantize, so no quantizer accuracy is assumed anywhere.
 """
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,64 @@ def write_tiny_model(path, arch: str, *, n_embd: int = 256, n_head: int = 4, n_h
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def cut_model(src, dst, n_layer: int, calibration=None) -> Path:
+    """Writes the first n_layer layers of the GGUF model src to dst: every key/value byte for byte but
+    {arch}.block_count; token embedding, output norm and output and blocks 0..n_layer-1 with their tensor bytes
+    unchanged (real weights, a small file). With calibration (a GGUF holding triattention.* keys), the centres of
+    the first n_layer layers are embedded too."""
+    from pytriattn.calibrate import T_ARR, T_F32, T_U32, _raw_span, encode_kv
+
+    r = gguf.GGUFReader(str(src))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    block_key = f"{arch}.block_count"
+    old = int(r.fields[block_key].parts[-1][0])
+    if not 0 < n_layer <= old:
+        raise ValueError(f"n_layer must be in [1, {old}]")
+    mm = r.data
+    kvs = []
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k.startswith("triattention."):
+            continue
+        kvs.append(encode_kv(k, T_U32, n_layer) if k == block_key else bytes(mm[slice(*_raw_span(f))]))
+    if calibration is not None:
+        c = gguf.GGUFReader(str(calibration))
+        n_head = int(c.fields["triattention.n_head"].parts[-1][0])
+        n_freq = int(c.fields["triattention.freq_count"].parts[-1][0])
+        keep = n_layer * n_head * n_freq
+        for k, f in c.fields.items():
+            if not k.startswith("triattention."):
+                continue
+            if k == "triattention.n_layer":
+                kvs.append(encode_kv(k, T_U32, n_layer))
+            elif k in ("triattention.q_center_re", "triattention.q_center_im", "triattention.q_abs_mean"):
+                kvs.append(encode_kv(k, (T_ARR, T_F32), np.asarray(f.contents(), dtype=np.float32)[:keep]))
+            else:
+                kvs.append(bytes(c.data[slice(*_raw_span(f))]))
+
+    def kept(name: str) -> bool:
+        return not name.startswith("blk.") or int(name.split(".")[1]) < n_layer
+
+    align = int(r.alignment)
+    tensors = [t for t in r.tensors if kept(t.name)]
+    infos, blobs, off = [], [], 0
+    for t in tensors:
+        dims = [int(d) for d in t.field.parts[3]]  # the tensor directory's own dims (ggml order)
+        info = struct.pack("<Q", len(t.name.encode())) + t.name.encode() + struct.pack("<I", len(dims))
+        info += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", int(t.tensor_type), off)
+        infos.append(info)
+        raw = bytes(mm[int(t.data_offset):int(t.data_offset) + int(t.n_bytes)])
+        pad = (-len(raw)) % align
+        blobs.append(raw + b"\0" * pad)
+        off += len(raw) + pad
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(kvs))
+    meta = head + b"".join(kvs) + b"".join(infos)
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(tmp, "wb") as out:
+        out.write(meta + b"\0" * ((-len(meta)) % align))
+        for b in blobs:
+            out.write(b)
+    tmp.replace(dst)
+    return dst

@@ -31,7 +31,8 @@ def _content(m: dict) -> str:
 class ToolRequest:
     """One chat request's tools: prompt rendering, the forced-call constraint and the reply parser."""
 
-    def __init__(self, model, chat_format: str | None, tools, tool_choice, parallel_tool_calls: bool = True):
+    def __init__(self, model, chat_format: str | None, tools, tool_choice, parallel_tool_calls: bool = True,
+                 strict: bool = False):
         self._ffi, self._lib = _lib.load()
         ffi, lib = self._ffi, self._lib
         self._model = model
@@ -46,6 +47,7 @@ class ToolRequest:
         if tool_choice is not None:
             self.opts.tool_choice = self._c(json.dumps(tool_choice, ensure_ascii=False))
         self.opts.parallel_tool_calls = bool(parallel_tool_calls)
+        self.opts.strict_tool_calls = bool(strict)
         self.opts.id_seed = random.getrandbits(64)
         self.has_tools = tools is not None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -79,8 +80,34 @@ def _cli_rows(cli, model, calibration, policy, budget, args: dict) -> tuple[list
         raise TriattnError(ERR_INVALID_ARG, f"triattn-cli printed no JSON: {out[:300]!r}") from None
 
 
+def unoptimized_build(exe) -> str | None:
+    """Why the llama.cpp tree that built exe is no speed reference (a build type other than Release, or -O0
+    parts such as bench/parity.py's numerics build), or None when nothing says so."""
+    for d in Path(exe).resolve().parents:
+        cache = d / "CMakeCache.txt"
+        if not cache.is_file():
+            continue
+        text = cache.read_text(errors="replace")
+        bt = re.search(r"^CMAKE_BUILD_TYPE:\w+=(.*)$", text, re.M)
+        if bt and bt.group(1).strip() not in ("Release", "RelWithDebInfo"):
+            return f"{cache}: CMAKE_BUILD_TYPE={bt.group(1).strip() or '(none)'}"
+        if (d / "NUMERICS-ONLY-O0.txt").is_file():
+            return f"{d / 'NUMERICS-ONLY-O0.txt'}: built by bench/parity.py for numerics"
+        src = re.search(r"^CMAKE_HOME_DIRECTORY:INTERNAL=(.*)$", text, re.M)
+        for sub in ("src", "common", "ggml/src"):
+            cm = Path(src.group(1)) / sub / "CMakeLists.txt" if src else None
+            if cm and cm.is_file() and re.search(r"target_compile_options\([^)]*-O0", cm.read_text(errors="replace")):
+                return f"{cm} compiles a target at -O0"
+        return None
+    return None
+
+
 def run_llama_bench(exe, model, p: int, n: int, depths: list[int], r: int, t: int) -> tuple[list[dict], float]:
     """llama.cpp's llama-bench -o json on the same settings; returns its rows and peak RSS (MiB)."""
+    why = unoptimized_build(exe)
+    if why:
+        raise TriattnError(ERR_INVALID_ARG, f"{exe} comes from a llama.cpp build that is no speed reference ({why}): "
+                           "build a clean -O3 (Release) tree for speed comparisons")
     cmd = [str(exe), "-m", str(model), "-p", str(p), "-n", str(n), "-d", ",".join(map(str, depths)),
            "-r", str(r), "-t", str(t), "-o", "json"]
     rc, out, err, rss = run_measured(cmd)
@@ -105,7 +132,7 @@ def parse_llama_bench(rows: list[dict]) -> dict:
         med = ss[len(ss) // 2] if len(ss) % 2 else 0.5 * (ss[len(ss) // 2 - 1] + ss[len(ss) // 2])
         depth = int(r.get("n_depth", 0))
         if int(r.get("n_prompt", 0)) > 0 and int(r.get("n_gen", 0)) == 0:
-            if depth == 0:  # llama-bench also times the prompt after each depth; ours is from empty
+            if depth == 0:  # prefill at depth (both tools time it) is not part of this sweep
                 out[("prefill", int(r["n_prompt"]))] = (med or avg, ss[0], ss[-1])
         elif int(r.get("n_gen", 0)) > 0 and int(r.get("n_prompt", 0)) == 0:
             out[("decode", depth)] = (med or avg, ss[0], ss[-1])

@@ -28,6 +28,18 @@ def _int_arg(name: str, value, lo: int | None = None, hi: int = 2**31 - 1) -> in
     return value
 
 
+def _bytes_arg(lib, ffi, name: str, value) -> int:
+    """A byte count: an int, or a string with a unit ("24GiB", "512M") parsed by the library."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        out = ffi.new("uint64_t *")
+        if not lib.triattn_parse_bytes(value.encode(), out):
+            raise TriattnError(ERR_INVALID_ARG, f"{name} must be a byte count such as 24GiB or 512M, got {value!r}")
+        return int(out[0])
+    return _int_arg(name, value, 0, 2**64 - 1)
+
+
 def _float_arg(name: str, value) -> float:
     try:
         f = float(value)
@@ -78,7 +90,14 @@ class Llama:
 
     GPU: ``n_gpu_layers=-1`` runs the whole model, its KV cache and the TriAttention rounds on one CUDA device
     when the library was built with CUDA and a device is present (else the CPU, with a warning); ``backend``
-    says which ("cpu" or "cuda"). Partial offload is refused.
+    says which ("cpu" or "cuda"). Partial offload is refused. ``gpu_mem_limit`` (bytes, or a string such as
+    ``"24GiB"``) caps the device memory of the weights and every session of the model: a session that would not
+    fit is refused with a message saying what it needs; ``gpu_memory()`` reports the use.
+
+    Tool calls: ``strict_tool_calls=True`` reads calls only in the chat format's own syntax (``<tool_call>``
+    tags, Llama 3's JSON reply), like ``triattn-server --strict-tool-calls``; by default the shapes small
+    models write instead (```json fences, bare JSON calls, ``<|python_tag|>``, ``[TOOL_CALLS]``) are calls
+    too when they name a declared tool (see ``create_chat_completion``).
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 0,
@@ -86,7 +105,8 @@ class Llama:
                  chat_format: str | None = None, kv_policy: str | None = None, kv_budget: int = 2048,
                  kv_interval: int = 128, kv_window: int | None = None, kv_sink: int = 4,
                  kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
-                 use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0):
+                 use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0,
+                 gpu_mem_limit: int | str | None = None, strict_tool_calls: bool = False):
         self._session = None
         self._model = None
         self._gen_id = 0
@@ -112,6 +132,7 @@ class Llama:
                 calibration = default_calibration()
         self.model_path = os.fspath(model_path)
         self.chat_format = chat_format
+        self.strict_tool_calls = bool(strict_tool_calls)
         self.n_batch = n_batch
 
         ffi, lib = _lib.load()
@@ -123,6 +144,7 @@ class Llama:
         lib.triattn_model_params_init(mp)
         mp.use_mmap = bool(use_mmap)
         mp.n_gpu_layers = n_gpu_layers
+        mp.gpu_mem_limit = _bytes_arg(lib, ffi, "gpu_mem_limit", gpu_mem_limit)
         self._keep = []  # C strings that must outlive the calls that take them
         if calibration is not None:
             mp.calibration_path = self._cstr(os.fspath(calibration))
@@ -130,6 +152,12 @@ class Llama:
         st = lib.triattn_model_load(self._cstr(self.model_path), mp, out, err, len(err))
         _lib.check(st, ffi.string(err).decode("utf-8", "replace") or f"{self.model_path}: cannot load model")
         self._model = ffi.gc(out[0], lib.triattn_model_free)
+        if kv_policy == "triattention" and not self.model_info["has_calibration"]:
+            self.close()
+            raise TriattnError(ERR_INVALID_ARG, f"kv_policy='triattention' needs query centres, and "
+                               f"{self.model_path} has none: pass calibration='FILE' with a sidecar written by "
+                               f"`pytriattn calibrate MODEL --self-generate --sidecar -o FILE` (or --text TEXT.txt), "
+                               f"or load a model calibrated with `pytriattn calibrate`")
 
         sp = ffi.new("struct triattn_session_params *")
         lib.triattn_session_params_init(sp)
@@ -334,6 +362,14 @@ class Llama:
         if p == self._ffi.NULL:
             raise TriattnError(ERR_INVALID_ARG, "no logits: decode tokens first")
         return np.frombuffer(self._ffi.buffer(p, self._n_vocab * 4), dtype=np.float32).copy()
+
+    def gpu_memory(self) -> dict:
+        """Device memory of the model on the GPU: {"used": bytes of weights and live sessions, "limit": bytes or 0};
+        both 0 on the CPU."""
+        used = self._ffi.new("uint64_t *")
+        limit = self._ffi.new("uint64_t *")
+        self._lib.triattn_model_gpu_memory(self._model, used, limit)
+        return {"used": int(used[0]), "limit": int(limit[0])}
 
     def kv_stats(self) -> dict:
         """Live slots, KV bytes, compressions and evicted tokens of the session's cache."""
@@ -566,7 +602,11 @@ class Llama:
         tools / tool_choice ("auto", "none", "required" or {"type": "function", "function": {"name": ...}})
         work as in the OpenAI API: the reply's calls come back as message["tool_calls"] (streamed as
         tool-call deltas) with finish_reason "tool_calls"; messages may hold assistant tool_calls and
-        role "tool" results.
+        role "tool" results. Besides the chat format's own call syntax, calls that small models write in
+        other shapes are read for declared tools: a ```json fenced or bare (line-opening) call object or
+        array whose arguments satisfy the tool's parameters schema, a Llama 3 {"name", "parameters"} object,
+        <|python_tag|> and [TOOL_CALLS] calls; everything else stays content (strict_tool_calls=True turns
+        this off).
 
         response_format (as in llama-cpp-python and OpenAI): {"type": "json_object"} for any JSON object,
         {"type": "json_object", "schema": {...}} or {"type": "json_schema", "json_schema": {"schema": {...}}}
@@ -575,7 +615,8 @@ class Llama:
         json_schema = response_format_schema(response_format)
         req = None
         if _tools.wants_tools(messages, tools, tool_choice):
-            req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls)
+            req = _tools.ToolRequest(self._m(), self.chat_format, tools, tool_choice, parallel_tool_calls,
+                                     strict=self.strict_tool_calls)
             prompt = req.prompt(messages)
         else:
             prompt = self.apply_chat_template(messages)

@@ -96,15 +96,22 @@ static void test_json_scanner(void) {
         tri_gbuf_str(&b, obj ? "}" : "]");
         tri_js v;
         CHECK(tri_js_parse((tri_js){ b.p, b.len }, &v) && v.n == b.len, "valid document rejected: %s", b.p);
-        /* a proper prefix of an object or array is never a document */
+        /* a proper prefix of an object or array is never a document, and the incremental scan says so */
         for (size_t k = 0; k < b.len; k++) {
+            const char * end = NULL;
             CHECK(!tri_js_parse((tri_js){ b.p, k }, &v), "prefix %zu of %s accepted", k, b.p);
+            CHECK(tri_js_value_scan(b.p, b.p + k, &end) == TRI_JS_MORE && end == b.p + k, "prefix %zu of %s not MORE",
+                  k, b.p);
         }
+        const char * end = NULL;
+        CHECK(tri_js_value_scan(b.p, b.p + b.len, &end) == TRI_JS_DONE && end == b.p + b.len, "scan of %s", b.p);
         /* a flipped structural byte breaks it */
         tri_gbuf bad = { 0 };
         tri_gbuf_put(&bad, b.p, b.len);
         bad.p[bad.len - 1] = obj ? ']' : '}';
         CHECK(!tri_js_parse((tri_js){ bad.p, bad.len }, &v), "mismatched close accepted: %s", bad.p);
+        CHECK(tri_js_value_scan(bad.p, bad.p + bad.len, &end) == TRI_JS_BAD && end == bad.p + bad.len - 1,
+              "mismatched close: stop at %td of %s", end - bad.p, bad.p);
         /* re-spacing keeps the tokens and stays valid, with or without indentation */
         for (int indent = 0; indent <= 4; indent += 4) {
             tri_gbuf d = { 0 }, s1 = { 0 }, s2 = { 0 };
@@ -126,12 +133,76 @@ static void test_json_scanner(void) {
         tri_js v;
         CHECK(!tri_js_parse((tri_js){ invalid[i], strlen(invalid[i]) }, &v), "accepted invalid %s", invalid[i]);
     }
+    /* where a scan stops: the first byte that cannot continue a value, or the end of a cut one */
+    static const struct { const char * text; enum tri_js_scan want; int stop; } stops[] = {
+        { "[1 2]", TRI_JS_BAD, 3 }, { "{\"a\"}", TRI_JS_BAD, 4 }, { "{x", TRI_JS_BAD, 1 }, { "[tru", TRI_JS_MORE, 4 },
+        { "[trux", TRI_JS_BAD, 4 }, { "[1.", TRI_JS_MORE, 3 }, { "[-", TRI_JS_MORE, 2 }, { "[\"\\u00", TRI_JS_MORE, 6 },
+        { "[\"\\u0g", TRI_JS_BAD, 5 }, { "[\"\xC3", TRI_JS_MORE, 3 }, { "[\"\xC3x", TRI_JS_BAD, 2 },
+        { "{\"a\": [1, {}], \"b\": null} tail", TRI_JS_DONE, 25 }, { "   ", TRI_JS_MORE, 3 },
+    };
+    for (size_t i = 0; i < sizeof stops / sizeof stops[0]; i++) {
+        const char * t = stops[i].text, * end = NULL;
+        enum tri_js_scan r = tri_js_value_scan(t, t + strlen(t), &end);
+        CHECK(r == stops[i].want && end == t + stops[i].stop, "scan %s: %d at %td", t, (int) r, end - t);
+    }
     tri_gbuf u = { 0 };
     const char * esc = "\"a\\u00e9\\ud83d\\ude00\\n\\\\\"";
     tri_js_unescape((tri_js){ esc, strlen(esc) }, &u);
     CHECK(u.len == strlen("a\xC3\xA9\xF0\x9F\x98\x80\n\\") && memcmp(u.p, "a\xC3\xA9\xF0\x9F\x98\x80\n\\", u.len) == 0,
           "unescape: %s", u.p);
     tri_gbuf_free(&u);
+}
+
+/* ---- argument validation -------------------------------------------------------------------------- */
+
+static void test_validate(void) {
+    static const struct { const char * schema, * value; bool want; } cases[] = {
+        { "{\"type\": \"object\"}", "{}", true }, { "{\"type\": \"object\"}", "[]", false },
+        { "{\"type\": \"string\"}", "\"x\"", true }, { "{\"type\": \"string\"}", "1", false },
+        { "{\"type\": \"integer\"}", "3", true }, { "{\"type\": \"integer\"}", "3.0", true },
+        { "{\"type\": \"integer\"}", "-2e2", true }, { "{\"type\": \"integer\"}", "3.5", false },
+        { "{\"type\": \"number\"}", "-0.5E-3", true }, { "{\"type\": \"number\"}", "\"1\"", false },
+        { "{\"type\": \"boolean\"}", "false", true }, { "{\"type\": \"boolean\"}", "null", false },
+        { "{\"type\": \"null\"}", "null", true }, { "{\"type\": \"array\"}", "{}", false },
+        { "{\"type\": [\"string\", \"null\"]}", "null", true }, { "{\"type\": [\"string\", \"null\"]}", "0", false },
+        { "{\"enum\": [\"C\", \"F\"]}", "\"F\"", true }, { "{\"enum\": [\"C\", \"F\"]}", "\"K\"", false },
+        { "{\"enum\": [\"\\u00e9\"]}", "\"\xC3\xA9\"", true }, { "{\"enum\": [1, [2]]}", "1.0", true },
+        { "{\"enum\": [1, [2]]}", "[2]", true }, { "{\"enum\": [1, [2]]}", "[2, 2]", false },
+        { "{\"const\": {\"a\": 1, \"b\": [true]}}", "{\"b\": [true], \"a\": 1}", true },
+        { "{\"const\": {\"a\": 1, \"b\": [true]}}", "{\"a\": 1}", false },
+        { "{\"properties\": {\"a\": {\"type\": \"string\"}}}", "{\"a\": \"x\", \"b\": 2}", true },
+        { "{\"properties\": {\"a\": {\"type\": \"string\"}}}", "{\"a\": 1}", false },
+        { "{\"properties\": {\"a\": {}}, \"additionalProperties\": false}", "{\"a\": 1}", true },
+        { "{\"properties\": {\"a\": {}}, \"additionalProperties\": false}", "{\"a\": 1, \"b\": 2}", false },
+        { "{\"additionalProperties\": {\"type\": \"number\"}}", "{\"x\": 1, \"y\": \"2\"}", false },
+        { "{\"required\": [\"a\", \"b\"]}", "{\"a\": 1, \"b\": 2}", true },
+        { "{\"required\": [\"a\", \"b\"]}", "{\"a\": 1}", false },
+        { "{\"items\": {\"type\": \"integer\"}, \"minItems\": 1, \"maxItems\": 2}", "[1, 2]", true },
+        { "{\"items\": {\"type\": \"integer\"}, \"minItems\": 1, \"maxItems\": 2}", "[1, \"2\"]", false },
+        { "{\"items\": {\"type\": \"integer\"}, \"minItems\": 1, \"maxItems\": 2}", "[]", false },
+        { "{\"items\": {\"type\": \"integer\"}, \"minItems\": 1, \"maxItems\": 2}", "[1, 2, 3]", false },
+        { "{\"minLength\": 2, \"maxLength\": 3}", "\"\xE4\xB8\xAD\xE6\x96\x87\"", true },
+        { "{\"minLength\": 2, \"maxLength\": 3}", "\"abcd\"", false }, { "{\"minLength\": 2}", "\"a\"", false },
+        { "{\"minimum\": 0, \"maximum\": 10}", "10", true }, { "{\"minimum\": 0, \"maximum\": 10}", "-1", false },
+        { "{\"exclusiveMinimum\": 0}", "0", false }, { "{\"exclusiveMaximum\": 1}", "0.5", true },
+        { "{\"anyOf\": [{\"type\": \"string\"}, {\"type\": \"integer\"}]}", "2", true },
+        { "{\"anyOf\": [{\"type\": \"string\"}, {\"type\": \"integer\"}]}", "[]", false },
+        { "{\"oneOf\": [{\"type\": \"number\"}, {\"type\": \"integer\"}]}", "2", false },
+        { "{\"oneOf\": [{\"type\": \"number\"}, {\"type\": \"integer\"}]}", "2.5", true },
+        { "{\"allOf\": [{\"minimum\": 1}, {\"maximum\": 3}]}", "4", false },
+        { "{\"not\": {\"type\": \"null\"}}", "null", false }, { "{\"not\": {\"type\": \"null\"}}", "0", true },
+        { "{\"pattern\": \"^a\", \"format\": \"email\", \"$ref\": \"#/x\"}", "\"zzz\"", true },
+        { "true", "[1]", true }, { "false", "1", false },
+        { "{\"type\": \"object\", \"properties\": {\"loc\": {\"type\": \"object\", \"properties\": {\"lat\": "
+          "{\"type\": \"number\"}}, \"required\": [\"lat\"]}}}", "{\"loc\": {\"lat\": \"north\"}}", false },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tri_js s, v;
+        CHECK(tri_js_parse((tri_js){ cases[i].schema, strlen(cases[i].schema) }, &s) &&
+              tri_js_parse((tri_js){ cases[i].value, strlen(cases[i].value) }, &v), "case %zu is not JSON", i);
+        CHECK(tri_js_valid(v, s) == cases[i].want, "%s against %s: want %d", cases[i].value, cases[i].schema,
+              cases[i].want);
+    }
 }
 
 /* ---- rendering ------------------------------------------------------------------------------------ */
@@ -323,26 +394,35 @@ static void parsed_free(struct parsed * p) {
 static void test_parser_random(void) {
     static const char * frags[] = { "<tool_call>", "</tool_call>", "<tool_", "_call>", "<", "{", "}", "\"name\"",
                                     ":", "\"calc\"", "\"nope\"", "\"arguments\"", "{\"expr\": \"1\"}", ",", " ",
-                                    "\n", "hello", "é", "中文", "\\", "\"", "[", "]", "tool_call", "</", "null" };
+                                    "\n", "hello", "é", "中文", "\\", "\"", "[", "]", "tool_call", "</", "null",
+                                    "```", "```json\n", "<|python_tag|>", "[TOOL_CALLS]", ";", "\n  ", "`",
+                                    "{\"name\": \"clock\", \"arguments\": {}}", "{\"name\": \"calc\", \"arguments\": {",
+                                    "{\"name\": \"calc\", \"parameters\": {\"expr\": 2}}", "<|python", "[TOOL_",
+                                    "<tool_call>{\"name\": \"clock\", \"arguments\": {}}</tool_call>" };
+    const size_t n_frags = sizeof frags / sizeof frags[0];
     struct triattn_tool_options o;
     triattn_tool_options_init(&o);
     o.tools = k_tools;
-    for (int it = 0; it < 400; it++) {
+    int with_calls[2] = { 0, 0 };  /* texts that held calls, lenient and strict: the calls path is exercised */
+    for (int it = 0; it < 800; it++) {
         tri_gbuf t = { 0 };
-        for (int i = (int) tu_below(24); i > 0; i--) tri_gbuf_str(&t, frags[tu_below(26)]);
-        const char * tmpl = tu_below(2) ? k_chatml : k_llama3;
-        o.tool_choice     = tu_below(4) == 0 ? "\"required\"" : NULL;
+        for (int i = (int) tu_below(24); i > 0; i--) tri_gbuf_str(&t, frags[tu_below(n_frags)]);
+        const char * tmpl   = tu_below(2) ? k_chatml : k_llama3;
+        o.tool_choice       = tu_below(4) == 0 ? "\"required\"" : NULL;
+        o.strict_tool_calls = tu_below(2);
+        o.parallel_tool_calls = tu_below(4) != 0;
         struct parsed a, b;
         parse_all(tmpl, &o, t.p ? t.p : "", t.len, false, &a);
         parse_all(tmpl, &o, t.p ? t.p : "", t.len, true, &b);
         /* pieces split content deltas differently: compare the content and the calls */
         CHECK(a.n_calls == b.n_calls, "split changed the calls: %d vs %d for %s", a.n_calls, b.n_calls, t.p);
         CHECK(a.content.len == b.content.len && (a.content.len == 0 || memcmp(a.content.p, b.content.p, a.content.len) == 0),
-              "split changed the content for %s", t.p);
+              "split changed the content for %s: '%s' vs '%s'", t.p, a.content.p, b.content.p);
         if (a.n_calls == 0) {
             CHECK(a.content.len == t.len && (t.len == 0 || memcmp(a.content.p, t.p, t.len) == 0),
                   "content lost without calls: '%s' -> '%s'", t.p, a.content.p);
         }
+        with_calls[o.strict_tool_calls] += a.n_calls > 0 && !o.tool_choice;
         tri_js v, calls;
         CHECK(tri_js_parse((tri_js){ a.message.p, a.message.len }, &v), "message is not JSON: %s", a.message.p);
         CHECK(tri_js_get(v, "tool_calls", &calls) == (a.n_calls > 0), "tool_calls presence: %s", a.message.p);
@@ -350,6 +430,10 @@ static void test_parser_random(void) {
         parsed_free(&b);
         tri_gbuf_free(&t);
     }
+    CHECK(with_calls[0] > 20 && with_calls[1] > 5, "random texts with calls: %d lenient, %d strict", with_calls[0],
+          with_calls[1]);
+    o.strict_tool_calls   = false;
+    o.parallel_tool_calls = true;
 }
 
 static void test_parser_calls(void) {
@@ -411,12 +495,208 @@ static void test_parser_calls(void) {
     parsed_free(&p);
 }
 
+/* ---- call shapes ---------------------------------------------------------------------------------- */
+
+#define CALC(e)   "{\"name\": \"calc\", \"arguments\": {\"expr\": \"" e "\"}}"
+#define L3CALC(e) "{\"name\": \"calc\", \"parameters\": {\"expr\": \"" e "\"}}"
+#define CLOCK     "{\"name\": \"clock\", \"arguments\": {}}"
+
+/* Replies in the shapes models write, each parsed without and with strict_tool_calls: the calls expected, the
+ * content when there are calls (NULL: null), and the first call's arguments as written. With no calls the
+ * content must be the text, byte for byte. */
+static const struct shape {
+    const char * text;
+    bool         llama3;          /* the Llama 3 template, else ChatML */
+    int          lenient, strict; /* calls expected */
+    const char * content;
+    const char * args;
+} k_shapes[] = {
+    /* the formats' own syntax */
+    { "<tool_call>\n" CALC("1") "\n</tool_call>", false, 1, 1, NULL, "{\"expr\": \"1\"}" },
+    { " " L3CALC("2"), true, 1, 1, NULL, "{\"expr\": \"2\"}" },
+    /* fenced */
+    { "```json\n" CALC("3") "\n```", false, 1, 0, NULL, "{\"expr\": \"3\"}" },
+    { "```\n" CLOCK "\n```", false, 1, 0, NULL, "{}" },
+    { "```JSON\n[" CALC("4") ", " CLOCK "]\n```", false, 2, 0, NULL, "{\"expr\": \"4\"}" },
+    { "```json\n" CALC("5") "\n" CLOCK "\n```", false, 2, 0, NULL, "{\"expr\": \"5\"}" },
+    { "Sure, let me check.\n```json\n" CALC("6") "\n```\nDone.", false, 1, 0, "Sure, let me check.\n\nDone.",
+      "{\"expr\": \"6\"}" },
+    { "```json\n{\"name\": \"calc\", \"arguments\": \"{\\\"expr\\\": \\\"7\\\"}\"}\n```", false, 1, 0, NULL,
+      "{\"expr\": \"7\"}" },
+    { "```json\n" CALC("8"), false, 1, 0, NULL, "{\"expr\": \"8\"}" },  /* the fence never closed */
+    /* bare */
+    { CALC("9"), false, 1, 0, NULL, "{\"expr\": \"9\"}" },
+    { "\n  " CALC("10") "\n", false, 1, 0, NULL, "{\"expr\": \"10\"}" },
+    { "[" CALC("11") ", " CLOCK "]", false, 2, 0, NULL, "{\"expr\": \"11\"}" },
+    { L3CALC("12"), false, 1, 0, NULL, "{\"expr\": \"12\"}" },
+    { CALC("13") "; " CLOCK, false, 2, 0, NULL, "{\"expr\": \"13\"}" },
+    { CALC("14") "\n\n" CLOCK, false, 2, 0, NULL, "{\"expr\": \"14\"}" },
+    { "Let me look.\n" CALC("15"), false, 1, 0, "Let me look.\n", "{\"expr\": \"15\"}" },
+    { CALC("16") "\nThat is the call.", false, 1, 0, "\nThat is the call.", "{\"expr\": \"16\"}" },
+    { "[" CLOCK "]", true, 1, 0, NULL, "{}" },
+    { "I will call it.\n" L3CALC("17"), true, 1, 0, "I will call it.\n", "{\"expr\": \"17\"}" },
+    /* tagged */
+    { "<|python_tag|>" L3CALC("18"), false, 1, 0, NULL, "{\"expr\": \"18\"}" },
+    { "Calling now: <|python_tag|>" CLOCK, false, 1, 0, "Calling now: ", "{}" },
+    { "<|python_tag|>{\"name\": \"calc\", \"parameters\": {\"expr\": 19}}", false, 1, 0, NULL, "{\"expr\": 19}" },
+    { "[TOOL_CALLS] [" CLOCK "]", false, 1, 0, NULL, "{}" },
+    { "[TOOL_CALLS]" CALC("20"), true, 1, 0, NULL, "{\"expr\": \"20\"}" },
+    { "<tool_call>" CALC("21") "</tool_call>", true, 1, 0, NULL, "{\"expr\": \"21\"}" },
+    { "<tool_call>[" CALC("22") ", " CLOCK "]</tool_call>", false, 2, 0, NULL, "{\"expr\": \"22\"}" },
+    /* near misses: content */
+    { "```json\n{\"name\": \"joke\", \"arguments\": {\"text\": \"x\"}}\n```", false, 0, 0, NULL, NULL },
+    { "{\"name\": \"calc\", \"arguments\": {\"expr\": 5}}", false, 0, 0, NULL, NULL },
+    { "```json\n{\"name\": \"calc\", \"arguments\": {}}\n```", false, 0, 0, NULL, NULL },
+    { "{\"name\": \"calc\", \"arguments\": \"not json\"}", false, 0, 0, NULL, NULL },
+    { "{\"name\": [\"calc\"], \"arguments\": {\"expr\": \"1\"}}", false, 0, 0, NULL, NULL },
+    { "The call would be " CALC("1") " in JSON.", false, 0, 0, NULL, NULL },
+    { "Use `" CALC("1") "` to call it.", false, 0, 0, NULL, NULL },
+    { "Result:\n{\"expr\": \"1\"}\nok", false, 0, 0, NULL, NULL },
+    { "```python\nprint(" CALC("1") ")\n```", false, 0, 0, NULL, NULL },
+    { "```python\n" CALC("1") "\n```", false, 0, 0, NULL, NULL },
+    { "``` json\n" CALC("1") "\n```", false, 0, 0, NULL, NULL },
+    { "```json\n" CALC("1") "\nmore\n```", false, 0, 0, NULL, NULL },
+    { "```json\n{\"name\": \"calc\", \"arguments\": {\"expr\"", false, 0, 0, NULL, NULL },
+    { "[1, 2, 3]\n[link](http://x)\n{{x}}\n[]\n{}\n", false, 0, 0, NULL, NULL },
+    { "[" CALC("1") ", {\"name\": \"joke\", \"arguments\": {}}]", false, 0, 0, NULL, NULL },
+    { "{\"a\": [\n" CALC("1") "\n]}", false, 0, 0, NULL, NULL },
+    { "[TOOL_CALLS] hello", false, 0, 0, NULL, NULL },
+    { "<|python_tag|>print(1)", true, 0, 0, NULL, NULL },
+    { "<tool_call>\n[1, 2]\n</tool_call>", false, 0, 0, NULL, NULL },
+    { "<tool_call>" CALC("1") " trailing</tool_call>", false, 0, 0, NULL, NULL },
+    { "The answer is {x}.", true, 0, 0, NULL, NULL },
+};
+
+/* The first call's "arguments" in a parsed message, unescaped. */
+static bool first_args(const tri_gbuf * message, tri_gbuf * out) {
+    tri_js msg, calls, c0, f, args;
+    tri_js_iter it;
+    if (!tri_js_parse((tri_js){ message->p, message->len }, &msg) || !tri_js_get(msg, "tool_calls", &calls)) {
+        return false;
+    }
+    it = tri_js_iter_of(calls);
+    if (!tri_js_next(&it, NULL, &c0) || !tri_js_get(c0, "function", &f) || !tri_js_get(f, "arguments", &args)) {
+        return false;
+    }
+    tri_js_unescape(args, out);
+    return true;
+}
+
+static void test_parser_shapes(void) {
+    struct triattn_tool_options o;
+    triattn_tool_options_init(&o);
+    o.tools = k_tools;
+    for (size_t i = 0; i < sizeof k_shapes / sizeof k_shapes[0]; i++) {
+        const struct shape * c = &k_shapes[i];
+        for (int strict = 0; strict <= 1; strict++) {
+            o.strict_tool_calls = strict;
+            const int    want   = strict ? c->strict : c->lenient;
+            const char * tmpl   = c->llama3 ? k_llama3 : k_chatml;
+            struct parsed whole, split;
+            parse_all(tmpl, &o, c->text, strlen(c->text), false, &whole);
+            CHECK(whole.n_calls == want, "case %zu strict=%d: %d calls, want %d: %s -> %s", i, strict, whole.n_calls,
+                  want, c->text, whole.message.p);
+            const char * content = want ? c->content : c->text;
+            size_t       n       = content ? strlen(content) : 0;
+            CHECK(whole.content.len == n && (n == 0 || memcmp(whole.content.p, content, n) == 0),
+                  "case %zu strict=%d content: '%.*s', want '%s'", i, strict, (int) whole.content.len,
+                  whole.content.p ? whole.content.p : "", content ? content : "(null)");
+            CHECK((strstr(whole.message.p, "\"content\":null") != NULL) == (want > 0 && !content),
+                  "case %zu strict=%d message: %s", i, strict, whole.message.p);
+            tri_gbuf a = { 0 };
+            if (want > 0) {
+                CHECK(first_args(&whole.message, &a) && a.len == strlen(c->args) && memcmp(a.p, c->args, a.len) == 0,
+                      "case %zu strict=%d arguments: %s", i, strict, whole.message.p);
+            }
+            tri_gbuf_free(&a);
+            for (int r = 0; r < 8; r++) {  /* token-sized pieces say the same */
+                parse_all(tmpl, &o, c->text, strlen(c->text), true, &split);
+                CHECK(split.n_calls == whole.n_calls && split.content.len == whole.content.len &&
+                      (n == 0 || memcmp(split.content.p, whole.content.p, n) == 0),
+                      "case %zu strict=%d: pieces changed the reply: %s", i, strict, split.message.p);
+                parsed_free(&split);
+            }
+            parsed_free(&whole);
+        }
+    }
+}
+
+/* Streaming: content that cannot be part of a call is released before the reply ends, and nothing of a call
+ * has been released as content. */
+static void test_parser_streaming(void) {
+    struct triattn_tool_options o;
+    triattn_tool_options_init(&o);
+    o.tools = k_tools;
+    static const struct { const char * text, * released; } cases[] = {
+        { "Hello there.\nHow are you?", "Hello there.\nHow are you?" },
+        { "Sure.\n```json\n" CALC("1") "\n```", "Sure.\n" },
+        { "Sure.\n" CALC("1"), "Sure.\n" },
+        { "Sure.\n" CALC("1") "\n", "Sure.\n" },   /* a ';' may still follow the call */
+        { "Sure.\n```python\nx = 1\n", "Sure.\n```python\nx = 1\n" },
+        { "```python\n" CALC("1") "\n", "```python\n" CALC("1") "\n" },
+        { "See {\"a\": 1} and [2].", "See {\"a\": 1} and [2]." },
+        { "Almost <tool_", "Almost " },
+        { "{\"name\": \"calc\", \"arguments\": {\"expr\": 5}}\nok", "{\"name\": \"calc\", \"arguments\": {\"expr\": 5}}\nok" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        triattn_tool_parser * p = NULL;
+        char err[256];
+        CHECK(tri_tool_parser_create(k_chatml, NULL, &o, &p, err, sizeof err) == TRIATTN_OK, "parser: %s", err);
+        const char * d;
+        size_t       dn;
+        tri_gbuf     got = { 0 };
+        for (const char * t = cases[i].text; *t; t++) {
+            CHECK(triattn_tool_parser_feed(p, t, 1, false, &d, &dn) == TRIATTN_OK, "feed");
+            tri_js arr, delta, c;
+            tri_js_parse((tri_js){ d, dn }, &arr);
+            tri_js_iter it = tri_js_iter_of(arr);
+            while (tri_js_next(&it, NULL, &delta)) {
+                if (tri_js_get(delta, "content", &c)) tri_js_unescape(c, &got);
+            }
+        }
+        size_t n = strlen(cases[i].released);
+        CHECK(got.len == n && (n == 0 || memcmp(got.p, cases[i].released, n) == 0), "case %zu released '%.*s', want '%s'",
+              i, (int) got.len, got.p ? got.p : "", cases[i].released);
+        tri_gbuf_free(&got);
+        triattn_tool_parser_free(p);
+    }
+}
+
+/* A candidate longer than the parser holds (16 KiB) is text, however it arrives. */
+static void test_parser_long(void) {
+    struct triattn_tool_options o;
+    triattn_tool_options_init(&o);
+    o.tools = k_tools;
+    for (int call = 0; call <= 1; call++) {
+        tri_gbuf t = { 0 };
+        tri_gbuf_str(&t, call ? "{\"name\": \"calc\", \"arguments\": {\"expr\": \"" : "{\"data\": \"");
+        for (int i = 0; i < 20000; i++) tri_gbuf_str(&t, i % 61 ? "x" : " ");
+        tri_gbuf_str(&t, call ? "\"}}\n" CALC("1") : "\"}\nok");
+        struct parsed whole, split;
+        parse_all(k_chatml, &o, t.p, t.len, false, &whole);
+        parse_all(k_chatml, &o, t.p, t.len, true, &split);
+        size_t skip = call ? t.len - strlen(CALC("1")) : t.len;  /* the short call after it still counts */
+        CHECK(whole.n_calls == call && split.n_calls == call, "long candidate %d: %d / %d calls", call, whole.n_calls,
+              split.n_calls);
+        CHECK(whole.content.len == skip && split.content.len == skip && memcmp(whole.content.p, t.p, skip) == 0 &&
+              memcmp(split.content.p, t.p, skip) == 0, "long candidate %d: content %zu / %zu of %zu", call,
+              whole.content.len, split.content.len, skip);
+        parsed_free(&whole);
+        parsed_free(&split);
+        tri_gbuf_free(&t);
+    }
+}
+
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     test_json_scanner();
+    test_validate();
     test_render();
     test_schema();
     test_parser_random();
     test_parser_calls();
+    test_parser_shapes();
+    test_parser_streaming();
+    test_parser_long();
     return tu_finish();
 }

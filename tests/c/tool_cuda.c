@@ -97,351 +97,537 @@ static void *random_weights(int ti, int64_t ne0, int64_t rows, float * wf, size_
 
 /* ---- parity ----------------------------------------------------------------------------------- */
 
+/* Activation type id (qchunk.h) of a weight type's products, 0 for float weights. */
+static int act_type_of(enum tri_type t) {
+    return tri_cuda_mm_act_type((int) t);
+}
+
+/* Device 8-bit activation buffers for rows x ld values. */
+static tri_cuda_q8 q8_new(int rows, int64_t ld, int type) {
+    tri_cuda_q8 q = { 0 };
+    q.qs = dnew((size_t) rows * ld);
+    q.meta = dnew(sizeof(tri_cuda_q8_meta) * rows * (ld / 32));
+    q.ld = ld;
+    q.type = type;
+    return q;
+}
+static void q8_free(tri_cuda_q8 * q) {
+    tri_cuda_free(q->qs);
+    tri_cuda_free(q->meta);
+}
+
+/* The CPU's product of a weight row and an activation row: the activation converted to the weight's vec_dot type
+ * by the reference quantizer, then the reference vec_dot. */
+static float cpu_product(enum tri_type t, const void * wrow, const float * x, int64_t n, void * scratch) {
+    const tri_type_traits * tt = tri_type_traits_get(t);
+    const tri_type_traits * vt = tri_type_traits_get(tt->vec_dot_type);
+    vt->from_float(x, scratch, n);
+    float s = 0.0f;
+    tt->vec_dot_ref((int) n, &s, wrow, scratch);
+    return s;
+}
+
+/* Dequantization, embedding rows, the matrix-vector kernels (8-bit activations from act_prep, several jobs, bias,
+ * accumulation) against the CPU's own products, and the tensor-core kernel against float64 on fp16-rounded inputs. */
 static void parity_dequant_matmul(void) {
     for (int ti = 0; ti < N_TYPES; ti++) {
-        const char * name = tri_type_traits_get(TYPES[ti].type)->name;
-        const int64_t qk = tri_type_traits_get(TYPES[ti].type)->blck_size;
+        const enum tri_type t = TYPES[ti].type;
+        const char * name = tri_type_traits_get(t)->name;
+        const int64_t qk = tri_type_traits_get(t)->blck_size;
         const int64_t unit = qk > 32 ? 256 : 32;
-        const int64_t ne0 = unit * tu_int(1, 1024 / unit + 1), ne1 = tu_int(1, 300);
-        float * wf = hnew(sizeof(float) * ne0 * ne1);
-        size_t wbytes;
-        void * wq = random_weights(ti, ne0, ne1, wf, &wbytes);
-        void * dw = dnew(wbytes);
-        up(dw, wq, wbytes);
-
-        /* dequantize */
-        float * dq = dnew(sizeof(float) * ne0 * ne1);
-        float * got = hnew(sizeof(float) * ne0 * ne1);
-        CU(tri_cuda_dequantize(TYPES[ti].type, dw, ne0, ne1, dq, NULL));
-        down(got, dq, sizeof(float) * ne0 * ne1);
-        double err = 0.0, scale = 1e-30;
-        for (int64_t i = 0; i < ne0 * ne1; i++) {
-            err = fmax(err, fabs((double) got[i] - wf[i]));
-            scale = fmax(scale, fabs(wf[i]));
+        const int64_t ne0 = unit * tu_int(1, 2048 / unit + 1);
+        const int n_jobs = (int) tu_int(1, 3);
+        int64_t ne1[3];
+        float * wf[3];
+        void * wq[3], * dw[3];
+        size_t wbytes[3];
+        for (int j = 0; j < n_jobs; j++) {
+            ne1[j] = tu_int(1, 300);
+            wf[j] = hnew(sizeof(float) * ne0 * ne1[j]);
+            wq[j] = random_weights(ti, ne0, ne1[j], wf[j], &wbytes[j]);
+            dw[j] = dnew(wbytes[j]);
+            up(dw[j], wq[j], wbytes[j]);
         }
-        char detail[96];
-        snprintf(detail, sizeof detail, "%s %lldx%lld", name, (long long) ne1, (long long) ne0);
-        report("dequantize", detail, err / scale, 1e-6);
-
-        /* matmul: vector kernel (<= 8 tokens) and tiled kernel, and the embedding lookup */
-        for (int pass = 0; pass < 2; pass++) {
-            const int n_tok = pass == 0 ? (int) tu_int(1, 8) : (int) tu_int(9, 150);
-            const int64_t ldx = ne0 + tu_int(0, 3), ldy = ne1 + tu_int(0, 3);
-            float * x = hnew(sizeof(float) * n_tok * ldx);
-            float * y = hnew(sizeof(float) * n_tok * ldy);
-            fill_normal(x, (size_t) n_tok * ldx, 1.0);
-            float * dx = dnew(sizeof(float) * n_tok * ldx);
-            float * dy = dnew(sizeof(float) * n_tok * ldy);
-            up(dx, x, sizeof(float) * n_tok * ldx);
-            if (pass == 0) {
-                CU(tri_cuda_matmul_vec(TYPES[ti].type, dw, ne0, ne1, dx, ldx, n_tok, dy, ldy, NULL));
-            } else {
-                CU(tri_cuda_matmul_tiled(TYPES[ti].type, dw, ne0, ne1, dx, ldx, n_tok, dy, ldy, NULL));
+        char detail[128];
+        /* dequantize: the CPU dequantizer's values bit for bit */
+        {
+            float * dq = dnew(sizeof(float) * ne0 * ne1[0]);
+            float * got = hnew(sizeof(float) * ne0 * ne1[0]);
+            CU(tri_cuda_dequantize(t, dw[0], ne0, ne1[0], dq, NULL));
+            down(got, dq, sizeof(float) * ne0 * ne1[0]);
+            long bad = 0;
+            for (int64_t i = 0; i < ne0 * ne1[0]; i++) {
+                bad += memcmp(&got[i], &wf[0][i], sizeof(float)) != 0;
             }
-            down(y, dy, sizeof(float) * n_tok * ldy);
-            double worst = 0.0;
-            for (int t = 0; t < n_tok; t++) {
-                for (int64_t r = 0; r < ne1; r++) {
-                    double ref = 0.0, mag = 1e-30;
-                    for (int64_t i = 0; i < ne0; i++) {
-                        ref += (double) wf[r * ne0 + i] * x[t * ldx + i];
-                        mag += fabs((double) wf[r * ne0 + i] * x[t * ldx + i]);
-                    }
-                    worst = fmax(worst, fabs(y[t * ldy + r] - ref) / mag);
-                }
-            }
-            snprintf(detail, sizeof detail, "%s %lldx%lld, %d tokens", name, (long long) ne1, (long long) ne0, n_tok);
-            report(pass == 0 ? "matmul_vec" : "matmul_tiled", detail, worst, 1e-5);
-            tri_cuda_free(dx);
-            tri_cuda_free(dy);
-            free(x);
-            free(y);
+            snprintf(detail, sizeof detail, "%s %lldx%lld", name, (long long) ne1[0], (long long) ne0);
+            report("dequantize", detail, (double) bad, 0.0);
+            tri_cuda_free(dq);
+            free(got);
         }
+        /* embedding rows */
         {
             const int n_tok = (int) tu_int(1, 20);
             int32_t * ids = hnew(sizeof(int32_t) * n_tok);
-            for (int t = 0; t < n_tok; t++) {
-                ids[t] = (int32_t) tu_below((uint64_t) ne1);
+            for (int i = 0; i < n_tok; i++) {
+                ids[i] = (int32_t) tu_below((uint64_t) ne1[0]);
             }
             int32_t * dids = dnew(sizeof(int32_t) * n_tok);
-            float * dout = dnew(sizeof(float) * n_tok * ne0);
-            float * out = hnew(sizeof(float) * n_tok * ne0);
+            float * dout = dnew(sizeof(float) * n_tok * ne0), * out = hnew(sizeof(float) * n_tok * ne0);
             up(dids, ids, sizeof(int32_t) * n_tok);
-            CU(tri_cuda_get_rows(TYPES[ti].type, dw, ne0, dids, n_tok, dout, NULL));
+            CU(tri_cuda_get_rows(t, dw[0], ne0, dids, n_tok, dout, NULL));
             down(out, dout, sizeof(float) * n_tok * ne0);
-            double e = 0.0;
-            for (int t = 0; t < n_tok; t++) {
-                for (int64_t i = 0; i < ne0; i++) {
-                    e = fmax(e, fabs((double) out[t * ne0 + i] - wf[ids[t] * ne0 + i]) / scale);
-                }
+            long bad = 0;
+            for (int i = 0; i < n_tok; i++) {
+                bad += memcmp(out + (size_t) i * ne0, wf[0] + (size_t) ids[i] * ne0, sizeof(float) * ne0) != 0;
             }
             snprintf(detail, sizeof detail, "%s, %d rows", name, n_tok);
-            report("get_rows", detail, e, 1e-6);
+            report("get_rows", detail, (double) bad, 0.0);
             tri_cuda_free(dids);
             tri_cuda_free(dout);
             free(ids);
             free(out);
         }
-        tri_cuda_free(dw);
-        tri_cuda_free(dq);
-        free(wq);
-        free(wf);
-        free(got);
+        /* products: pass 0 matrix-vector (<= 8 tokens), pass 1 tensor cores */
+        for (int pass = 0; pass < 2; pass++) {
+            const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK) : (int) tu_int(1, 300);
+            const int bn = tu_below(2) ? 128 : 64;
+            const int64_t ldx = ne0 + 4 * tu_int(0, 3);
+            const bool accumulate = tu_below(2) == 0;
+            float * x = hnew(sizeof(float) * n_tok * ldx);
+            fill_normal(x, (size_t) n_tok * ldx, 1.0);
+            float * dx = dnew(sizeof(float) * n_tok * ldx);
+            up(dx, x, sizeof(float) * n_tok * ldx);
+            tri_cuda_mm_job jobs[3];
+            float * y0[3], * bias[3], * dbias[3];
+            for (int j = 0; j < n_jobs; j++) {
+                const int64_t ldy = ne1[j] + tu_int(0, 3);
+                y0[j] = hnew(sizeof(float) * n_tok * ldy);
+                fill_normal(y0[j], (size_t) n_tok * ldy, 1.0);
+                bias[j] = NULL;
+                dbias[j] = NULL;
+                if (tu_below(2)) {
+                    bias[j] = hnew(sizeof(float) * ne1[j]);
+                    fill_normal(bias[j], (size_t) ne1[j], 1.0);
+                    dbias[j] = dnew(sizeof(float) * ne1[j]);
+                    up(dbias[j], bias[j], sizeof(float) * ne1[j]);
+                }
+                float * dy = dnew(sizeof(float) * n_tok * ldy);
+                up(dy, y0[j], sizeof(float) * n_tok * ldy);
+                jobs[j] = (tri_cuda_mm_job) { dw[j], ne1[j], dy, ldy, dbias[j] };
+            }
+            const int at = act_type_of(t);
+            tri_cuda_q8 q8 = { 0 };
+            if (pass == 0) {
+                if (at) {
+                    q8 = q8_new(n_tok, ldx + (32 - ldx % 32) % 32, at);
+                    CU(tri_cuda_act_prep(dx, ldx, NULL, false, NULL, 0.0f, n_tok, (int) ne0, NULL, 0, &q8, 1, NULL));
+                }
+                CU(tri_cuda_mm_vec(t, ne0, jobs, n_jobs, dx, ldx, at ? &q8 : NULL, n_tok, accumulate, NULL));
+            } else {
+                CU(tri_cuda_mm_tc_bn(t, ne0, jobs, n_jobs, dx, ldx, n_tok, accumulate, bn, NULL));
+            }
+            double worst = 0.0;
+            void * scratch = hnew((size_t) ne0 * 4 + 1024);
+            const size_t rb = tri_row_size(t, ne0);
+            for (int j = 0; j < n_jobs; j++) {
+                float * y = hnew(sizeof(float) * n_tok * jobs[j].ldy);
+                down(y, jobs[j].y, sizeof(float) * n_tok * jobs[j].ldy);
+                for (int tk = 0; tk < n_tok; tk++) {
+                    for (int64_t r = 0; r < ne1[j]; r++) {
+                        double ref = 0.0, mag = 1e-30;
+                        if (pass == 0 && at) { /* the CPU's product: same integers, float order aside */
+                            ref = cpu_product(t, (const char *) wq[j] + r * rb, x + tk * ldx, ne0, scratch);
+                            for (int64_t i = 0; i < ne0; i++) {
+                                mag += fabs((double) wf[j][r * ne0 + i] * x[tk * ldx + i]);
+                            }
+                        } else { /* float64 over the rounded inputs the kernel multiplies */
+                            for (int64_t i = 0; i < ne0; i++) {
+                                float w = wf[j][r * ne0 + i], xv = x[tk * ldx + i];
+                                if (pass == 1 || t == TRI_TYPE_F16) {
+                                    xv = tri_fp16_to_fp32(tri_fp32_to_fp16(xv));
+                                }
+                                if (pass == 1) {
+                                    w = tri_fp16_to_fp32(tri_fp32_to_fp16(w));
+                                }
+                                ref += (double) w * xv;
+                                mag += fabs((double) w * xv);
+                            }
+                        }
+                        const double base = (accumulate ? y0[j][tk * jobs[j].ldy + r] : 0.0) + (bias[j] ? bias[j][r] : 0.0);
+                        worst = fmax(worst, fabs(y[tk * jobs[j].ldy + r] - base - ref) / mag);
+                    }
+                }
+                /* padding columns of y stay untouched */
+                for (int tk = 0; tk < n_tok; tk++) {
+                    for (int64_t r = ne1[j]; r < jobs[j].ldy; r++) {
+                        worst = fmax(worst, y[tk * jobs[j].ldy + r] != y0[j][tk * jobs[j].ldy + r] ? 1.0 : 0.0);
+                    }
+                }
+                free(y);
+            }
+            snprintf(detail, sizeof detail, "%s %d jobs x %lld, %d tokens%s%s", name, n_jobs, (long long) ne0, n_tok,
+                     accumulate ? ", accumulate" : "", pass == 0 ? "" : bn == 128 ? ", tile 128" : ", tile 64");
+            report(pass == 0 ? "mm_vec" : "mm_tc", detail, worst, pass == 0 ? 2e-5 : 1e-5);
+            for (int j = 0; j < n_jobs; j++) {
+                tri_cuda_free(jobs[j].y);
+                tri_cuda_free(dbias[j]);
+                free(y0[j]);
+                free(bias[j]);
+            }
+            if (q8.qs) {
+                q8_free(&q8);
+            }
+            tri_cuda_free(dx);
+            free(x);
+            free(scratch);
+        }
+        for (int j = 0; j < n_jobs; j++) {
+            tri_cuda_free(dw[j]);
+            free(wq[j]);
+            free(wf[j]);
+        }
     }
 }
 
-static void parity_small_ops(void) {
-    char detail[96];
-    /* RMSNorm, with and without weights, strided rows */
-    for (int pass = 0; pass < 2; pass++) {
-        const int rows = (int) tu_int(1, 40), n = (int) tu_int(1, 2000);
-        const int64_t ld = n + tu_int(0, 5);
-        float * x = hnew(sizeof(float) * rows * ld), * w = hnew(sizeof(float) * n), * y = hnew(sizeof(float) * rows * ld);
-        fill_normal(x, (size_t) rows * ld, 2.0);
-        fill_normal(w, n, 1.0);
-        float * dx = dnew(sizeof(float) * rows * ld), * dw = dnew(sizeof(float) * n);
-        up(dx, x, sizeof(float) * rows * ld);
-        up(dw, w, sizeof(float) * n);
-        CU(tri_cuda_rmsnorm(dx, pass ? dw : NULL, dx, rows, n, ld, 1e-5f, NULL));
-        down(y, dx, sizeof(float) * rows * ld);
-        double e = 0.0;
-        float * ref = hnew(sizeof(float) * n);
-        for (int r = 0; r < rows; r++) {
-            tri_rmsnorm(x + r * ld, pass ? w : NULL, ref, n, 1e-5f);
-            for (int i = 0; i < n; i++) {
-                e = fmax(e, fabs((double) y[r * ld + i] - ref[i]) / (fabs(ref[i]) + 1e-3));
-            }
-        }
-        snprintf(detail, sizeof detail, "%d rows of %d, %s", rows, n, pass ? "weighted" : "no weight");
-        report("rmsnorm", detail, e, 2e-6);
-        tri_cuda_free(dx);
-        tri_cuda_free(dw);
-        free(x);
-        free(w);
-        free(y);
-        free(ref);
-    }
-    /* RoPE in both pairings, rope_dim <= head_dim */
-    for (int pairing = 0; pairing < 2; pairing++) {
-        const int n_tok = (int) tu_int(1, 20), heads = (int) tu_int(1, 9), hd = 2 * (int) tu_int(1, 64);
-        const int rd = 2 * (int) tu_int(1, hd / 2);
-        const size_t nx = (size_t) n_tok * heads * hd;
-        float * x = hnew(sizeof(float) * nx), * y = hnew(sizeof(float) * nx), * cs = hnew(sizeof(float) * n_tok * rd);
-        fill_normal(x, nx, 1.0);
-        for (int t = 0; t < n_tok; t++) {
-            for (int f = 0; f < rd / 2; f++) {
-                const double th = tu_uniform() * 1e4;
-                cs[t * rd + 2 * f] = (float) cos(th);
-                cs[t * rd + 2 * f + 1] = (float) sin(th);
-            }
-        }
-        float * dx = dnew(sizeof(float) * nx), * dcs = dnew(sizeof(float) * n_tok * rd);
-        up(dx, x, sizeof(float) * nx);
-        up(dcs, cs, sizeof(float) * n_tok * rd);
-        CU(tri_cuda_rope(dx, n_tok, heads, hd, rd, dcs, pairing, NULL));
-        down(y, dx, sizeof(float) * nx);
-        for (int t = 0; t < n_tok; t++) {
-            tri_rope(x + (size_t) t * heads * hd, heads, hd, rd, cs + t * rd,
-                     pairing ? TRI_ROPE_HALF : TRI_ROPE_ADJACENT);
-        }
-        double e = 0.0;
-        for (size_t i = 0; i < nx; i++) {
-            e = fmax(e, fabs((double) y[i] - x[i]));
-        }
-        snprintf(detail, sizeof detail, "%s, %d heads x %d (rope %d)", pairing ? "half" : "adjacent", heads, hd, rd);
-        report("rope", detail, e, 1e-6);
-        tri_cuda_free(dx);
-        tri_cuda_free(dcs);
-        free(x);
-        free(y);
-        free(cs);
-    }
-    /* softmax vs double */
-    {
-        const int rows = (int) tu_int(1, 30), n = (int) tu_int(1, 5000);
-        float * x = hnew(sizeof(float) * rows * n), * y = hnew(sizeof(float) * rows * n);
-        fill_normal(x, (size_t) rows * n, 4.0);
-        float * dx = dnew(sizeof(float) * rows * n);
-        up(dx, x, sizeof(float) * rows * n);
-        CU(tri_cuda_softmax(dx, rows, n, n, NULL));
-        down(y, dx, sizeof(float) * rows * n);
-        double e = 0.0;
-        for (int r = 0; r < rows; r++) {
-            double mx = -INFINITY, sum = 0.0;
-            for (int j = 0; j < n; j++) {
-                mx = fmax(mx, x[r * n + j]);
-            }
-            for (int j = 0; j < n; j++) {
-                sum += exp(x[r * n + j] - mx);
-            }
-            for (int j = 0; j < n; j++) {
-                e = fmax(e, fabs(y[r * n + j] - exp(x[r * n + j] - mx) / sum));
-            }
-        }
-        snprintf(detail, sizeof detail, "%d rows of %d", rows, n);
-        report("softmax", detail, e, 1e-6);
-        tri_cuda_free(dx);
-        free(x);
-        free(y);
-    }
-    /* SwiGLU, residual add, bias add */
-    {
-        const int n_tok = (int) tu_int(1, 16);
-        const int64_t n = tu_int(1, 5000), tot = n_tok * n;
-        float * g = hnew(sizeof(float) * tot), * u = hnew(sizeof(float) * tot), * b = hnew(sizeof(float) * n);
-        float * y = hnew(sizeof(float) * tot);
-        fill_normal(g, tot, 3.0);
-        fill_normal(u, tot, 1.0);
-        fill_normal(b, n, 1.0);
-        float * dg = dnew(sizeof(float) * tot), * du = dnew(sizeof(float) * tot), * db = dnew(sizeof(float) * n);
-        up(dg, g, sizeof(float) * tot);
-        up(du, u, sizeof(float) * tot);
-        up(db, b, sizeof(float) * n);
-        CU(tri_cuda_swiglu(dg, du, tot, NULL));
-        CU(tri_cuda_add(dg, du, tot, NULL));
-        CU(tri_cuda_add_bias(dg, db, n_tok, n, NULL));
-        down(y, dg, sizeof(float) * tot);
-        tri_silu_mul(g, u, (int) tot);
-        double e = 0.0;
-        for (int64_t i = 0; i < tot; i++) {
-            const double ref = (double) (g[i] + u[i]) + b[i % n];
-            e = fmax(e, fabs(y[i] - ref) / (fabs(ref) + 1.0));
-        }
-        snprintf(detail, sizeof detail, "%d x %lld", n_tok, (long long) n);
-        report("swiglu+add+bias", detail, e, 1e-6);
-        tri_cuda_free(dg);
-        tri_cuda_free(du);
-        tri_cuda_free(db);
-        free(g);
-        free(u);
-        free(b);
-        free(y);
-    }
-}
-
-/* KV append, attention over positions (decode and prefill, several splits), compaction. */
-static void parity_kv_attention(void) {
+/* act_prep: RMSNorm / SwiGLU / plain rows as floats and as 8-bit codes equal to the reference quantizers' bytes. */
+static void parity_act_prep(void) {
     char detail[128];
-    const int L = (int) tu_int(1, 3), Hkv = (int) tu_int(1, 4), G = (int) tu_int(1, 4), H = Hkv * G;
-    const int D = 2 * (int) tu_int(4, 80), cap = (int) tu_int(16, 900);
+    static const int acts[3] = { TRI_TYPE_Q8_0, TRI_TYPE_Q8_1, TRI_TYPE_Q8_K };
+    for (int pass = 0; pass < 3; pass++) { /* 0 norm, 1 swiglu, 2 plain */
+        const int rows = (int) tu_int(1, 12), n = 256 * (int) tu_int(1, 12);
+        const int64_t ld = n + 4 * tu_int(0, 4);
+        float * x = hnew(sizeof(float) * rows * ld), * u = hnew(sizeof(float) * rows * ld), * w = hnew(sizeof(float) * n);
+        fill_normal(x, (size_t) rows * ld, 2.0);
+        fill_normal(u, (size_t) rows * ld, 1.0);
+        fill_normal(w, (size_t) n, 1.0);
+        float * dx = dnew(sizeof(float) * rows * ld), * du = dnew(sizeof(float) * rows * ld);
+        float * dwn = dnew(sizeof(float) * n), * df = dnew(sizeof(float) * rows * n);
+        up(dx, x, sizeof(float) * rows * ld);
+        up(du, u, sizeof(float) * rows * ld);
+        up(dwn, w, sizeof(float) * n);
+        const int a0 = acts[tu_below(3)], a1 = acts[tu_below(3)];
+        tri_cuda_q8 q8[2] = { q8_new(rows, n, a0), q8_new(rows, n, a1) };
+        const bool weighted = tu_below(2) == 0;
+        CU(tri_cuda_act_prep(dx, ld, pass == 1 ? du : NULL, pass == 0, weighted ? dwn : NULL, 1e-5f, rows, n, df, n, q8,
+                             2, NULL));
+        float * f = hnew(sizeof(float) * rows * n), * ref = hnew(sizeof(float) * n);
+        down(f, df, sizeof(float) * rows * n);
+        double e = 0.0;
+        long bad = 0;
+        int8_t * gq = hnew((size_t) n);
+        tri_cuda_q8_meta * gm = hnew(sizeof(tri_cuda_q8_meta) * n / 32);
+        void * blocks = hnew((size_t) n * 2);
+        for (int r = 0; r < rows; r++) {
+            const float * xr = x + r * ld;
+            if (pass == 0) {
+                tri_rmsnorm(xr, weighted ? w : NULL, ref, n, 1e-5f);
+            } else if (pass == 1) {
+                memcpy(ref, xr, sizeof(float) * n);
+                tri_silu_mul(ref, u + r * ld, n);
+            } else {
+                memcpy(ref, xr, sizeof(float) * n);
+            }
+            for (int i = 0; i < n; i++) {
+                e = fmax(e, fabs((double) f[r * n + i] - ref[i]) / (fabs(ref[i]) + 1e-3));
+            }
+            /* codes and scales of each output against the reference quantizer applied to the device's floats */
+            for (int o = 0; o < 2; o++) {
+                const tri_type_traits * vt = tri_type_traits_get((enum tri_type) q8[o].type);
+                vt->from_float(f + r * n, blocks, n);
+                down(gq, q8[o].qs + (size_t) r * n, (size_t) n);
+                down(gm, q8[o].meta + (size_t) r * (n / 32), sizeof(tri_cuda_q8_meta) * n / 32);
+                for (int c = 0; c < n / 32; c++) {
+                    const int8_t * qs;
+                    float d, sv = 0.0f;
+                    if (q8[o].type == TRI_TYPE_Q8_K) {
+                        const tri_block_q8_K * b = (const tri_block_q8_K *) blocks + c / 8;
+                        qs = b->qs + 32 * (c % 8);
+                        d = b->d;
+                    } else if (q8[o].type == TRI_TYPE_Q8_1) {
+                        qs = ((const tri_block_q8_1 *) blocks)[c].qs;
+                        d = tri_fp16_to_fp32(((const tri_block_q8_1 *) blocks)[c].d);
+                        sv = tri_fp16_to_fp32(((const tri_block_q8_1 *) blocks)[c].s);
+                    } else {
+                        qs = ((const tri_block_q8_0 *) blocks)[c].qs;
+                        d = tri_fp16_to_fp32(((const tri_block_q8_0 *) blocks)[c].d);
+                    }
+                    int s0 = 0, s1 = 0;
+                    for (int i = 0; i < 16; i++) {
+                        s0 += qs[i];
+                        s1 += qs[16 + i];
+                    }
+                    bad += memcmp(gq + 32 * c, qs, 32) != 0 || memcmp(&gm[c].d, &d, sizeof d) != 0 ||
+                           memcmp(&gm[c].s, &sv, sizeof sv) != 0 || gm[c].sum[0] != s0 || gm[c].sum[1] != s1;
+                }
+            }
+        }
+        snprintf(detail, sizeof detail, "%s, %d rows of %d", pass == 0 ? (weighted ? "rmsnorm" : "rmsnorm, no weight")
+                 : pass == 1 ? "swiglu" : "plain", rows, n);
+        report("act_prep", detail, e, pass == 1 ? 2e-6 : 2e-6);
+        /* rmsnorm and silu differ from the CPU's by float rounding, so codes can differ only where the device's
+         * floats do: compare them with the reference quantizer on the device's own floats */
+        report("act_prep_q8", detail, (double) bad, 0.0);
+        q8_free(&q8[0]);
+        q8_free(&q8[1]);
+        tri_cuda_free(dx);
+        tri_cuda_free(du);
+        tri_cuda_free(dwn);
+        tri_cuda_free(df);
+        free(x);
+        free(u);
+        free(w);
+        free(f);
+        free(ref);
+        free(gq);
+        free(gm);
+        free(blocks);
+    }
+}
+
+/* A test cache of one session: L layers x Hkv heads x cap slots, on the device and mirrored on the host. */
+typedef struct test_cache {
+    int L, Hkv, cap, D;
+    tri_fp16 * K, * V, * hK, * hV;
+    int32_t * pos, * live, * hpos, * hlive;
+} test_cache;
+
+static test_cache cache_new(int L, int Hkv, int cap, int D) {
+    test_cache c = { L, Hkv, cap, D, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL };
     const size_t slots = (size_t) L * Hkv * cap;
-    tri_fp16 * K = dnew(slots * D * 2), * V = dnew(slots * D * 2);
-    int32_t * pos = dnew(slots * 4), * live = dnew((size_t) L * Hkv * 4);
-    CU(tri_cuda_memset(live, 0, (size_t) L * Hkv * 4, NULL));
-    int32_t * hlive = calloc((size_t) L * Hkv, 4);
-    tri_fp16 * hK = hnew(slots * D * 2), * hV = hnew(slots * D * 2);
-    int32_t * hpos = hnew(slots * 4);
-    /* Append chunks at increasing (gapped) positions, as after compactions. */
-    int32_t p = (int32_t) tu_int(0, 1000);
-    const int n_chunks = (int) tu_int(1, 4);
-    for (int c = 0; c < n_chunks; c++) {
-        const int room = cap - hlive[0];
-        if (room <= 0) {
+    c.K = dnew(slots * D * 2);
+    c.V = dnew(slots * D * 2);
+    c.pos = dnew(slots * 4);
+    c.live = dnew((size_t) L * Hkv * 4);
+    CU(tri_cuda_memset(c.live, 0, (size_t) L * Hkv * 4, NULL));
+    c.hK = hnew(slots * D * 2);
+    c.hV = hnew(slots * D * 2);
+    c.hpos = hnew(slots * 4);
+    c.hlive = calloc((size_t) L * Hkv, 4);
+    return c;
+}
+static void cache_free(test_cache * c) {
+    tri_cuda_free(c->K);
+    tri_cuda_free(c->V);
+    tri_cuda_free(c->pos);
+    tri_cuda_free(c->live);
+    free(c->hK);
+    free(c->hV);
+    free(c->hpos);
+    free(c->hlive);
+}
+
+/* float64 attention of query q (D values) at position p over the visible slots of (il, h) of a test cache. */
+static void ref_attention(const test_cache * c, int il, int h, const float * q, double * sc, double * out) {
+    const size_t lh = (size_t) il * c->Hkv + h;
+    const int D = c->D;
+    int nv = 0;
+    (void) nv;
+    double mx = -INFINITY, sum = 0.0;
+    const int n = c->hlive[lh];
+    for (int j = 0; j < n; j++) {
+        double dot = 0.0;
+        for (int d = 0; d < D; d++) {
+            dot += (double) q[d] * tri_fp16_to_fp32(c->hK[(lh * c->cap + j) * D + d]);
+        }
+        sc[j] = dot / sqrt((double) D);
+        mx = fmax(mx, sc[j]);
+    }
+    for (int j = 0; j < n; j++) {
+        sum += exp(sc[j] - mx);
+    }
+    for (int d = 0; d < D; d++) {
+        double o = 0.0;
+        for (int j = 0; j < n; j++) {
+            o += exp(sc[j] - mx) / sum * tri_fp16_to_fp32(c->hV[(lh * c->cap + j) * D + d]);
+        }
+        out[d] = o;
+    }
+}
+
+/* A forward step's K/V work and attention over two sessions: qkv_post (q/k norms, RoPE in both pairings, append
+ * at each session's own slots), attention of every row over its own cache (several splits), the live-count bump,
+ * and compaction. Session A takes a chunk of n tokens, session B one token (as in a batched decode). */
+static void parity_kv_attention(void) {
+    char detail[160];
+    const int L = (int) tu_int(1, 3), Hkv = (int) tu_int(1, 4), G = (int) tu_int(1, 10), H = Hkv * G;
+    const int D = 16 * (int) tu_int(1, 8), R = 2 * (int) tu_int(1, D / 2), pairing = (int) tu_below(2);
+    test_cache cs[2] = { cache_new(L, Hkv, (int) tu_int(16, 700), D), cache_new(L, Hkv, (int) tu_int(16, 300), D) };
+    int32_t past[2] = { (int32_t) tu_int(0, 1000), (int32_t) tu_int(0, 5000) };
+    const bool norms = tu_below(2) == 0;
+    float * qn = hnew(sizeof(float) * D), * kn = hnew(sizeof(float) * D);
+    fill_normal(qn, D, 1.0);
+    fill_normal(kn, D, 1.0);
+    float * dqn = dnew(sizeof(float) * D), * dkn = dnew(sizeof(float) * D);
+    up(dqn, qn, sizeof(float) * D);
+    up(dkn, kn, sizeof(float) * D);
+    const tri_cuda_heads hd = { H, Hkv, D, R, pairing, 1e-6f };
+    double worst_q = 0.0, worst_att = 0.0;
+    long bad = 0;
+    const int n_steps = (int) tu_int(1, 4);
+    int steps_run = 0;
+    for (int step = 0; step < n_steps; step++) {
+        const int nA = (int) tu_int(1, TRI_MIN(cs[0].cap - cs[0].hlive[0], 150));
+        if (cs[0].cap - cs[0].hlive[0] < 1 || cs[1].cap - cs[1].hlive[0] < 1 || nA < 1) {
             break;
         }
-        const int n = (int) tu_int(1, TRI_MIN(room, 200));
-        float * k = hnew(sizeof(float) * n * Hkv * D), * v = hnew(sizeof(float) * n * Hkv * D);
+        steps_run++;
+        const int n = nA + 1; /* rows: A's chunk, then B's token */
+        tri_cuda_row rows[151 + 1];
+        float * q = hnew(sizeof(float) * n * H * D), * k = hnew(sizeof(float) * n * Hkv * D);
+        float * v = hnew(sizeof(float) * n * Hkv * D), * cst = hnew(sizeof(float) * n * R);
+        fill_normal(q, (size_t) n * H * D, 1.0);
         fill_normal(k, (size_t) n * Hkv * D, 1.0);
         fill_normal(v, (size_t) n * Hkv * D, 1.0);
-        float * dk = dnew(sizeof(float) * n * Hkv * D), * dv = dnew(sizeof(float) * n * Hkv * D);
+        for (int r = 0; r < n; r++) {
+            const int sess = r < nA ? 0 : 1, rank = r < nA ? r : 0;
+            const int32_t position = past[sess] + rank;
+            for (int f = 0; f < R / 2; f++) {
+                const double th = position * pow(10000.0, -2.0 * f / R);
+                cst[r * R + 2 * f] = (float) cos(th);
+                cst[r * R + 2 * f + 1] = (float) sin(th);
+            }
+            const test_cache * c = &cs[sess];
+            rows[r] = (tri_cuda_row) { c->K, c->V, c->pos, c->live, c->cap, position, rank, sess == 0 ? nA : 1 };
+        }
+        float * dq = dnew(sizeof(float) * n * H * D), * dk = dnew(sizeof(float) * n * Hkv * D);
+        float * dv = dnew(sizeof(float) * n * Hkv * D), * dcs = dnew(sizeof(float) * n * R);
+        tri_cuda_row * drows = dnew(sizeof(tri_cuda_row) * n);
+        up(dq, q, sizeof(float) * n * H * D);
         up(dk, k, sizeof(float) * n * Hkv * D);
         up(dv, v, sizeof(float) * n * Hkv * D);
-        for (int il = 0; il < L; il++) {
-            CU(tri_cuda_kv_append(K, V, pos, live, il, Hkv, cap, D, dk, dv, n, p, NULL));
+        up(dcs, cst, sizeof(float) * n * R);
+        up(drows, rows, sizeof(tri_cuda_row) * n);
+        /* host reference of qkv_post: norms, rope (the CPU's functions), F16 append */
+        for (int r = 0; r < n; r++) {
+            float * qr = q + (size_t) r * H * D, * kr = k + (size_t) r * Hkv * D;
+            if (norms) {
+                for (int h = 0; h < H; h++) {
+                    tri_rmsnorm(qr + h * D, qn, qr + h * D, D, 1e-6f);
+                }
+                for (int h = 0; h < Hkv; h++) {
+                    tri_rmsnorm(kr + h * D, kn, kr + h * D, D, 1e-6f);
+                }
+            }
+            tri_rope(qr, H, D, R, cst + r * R, pairing ? TRI_ROPE_HALF : TRI_ROPE_ADJACENT);
+            tri_rope(kr, Hkv, D, R, cst + r * R, pairing ? TRI_ROPE_HALF : TRI_ROPE_ADJACENT);
+        }
+        float * gq = hnew(sizeof(float) * n * H * D), * gout = hnew(sizeof(float) * n * H * D);
+        const int il = (int) tu_below((uint64_t) L);
+        const int parts = (int) tu_int(1, 9);
+        float * dpart = dnew(sizeof(float) * n * H * parts * (D + 2)), * dout = dnew(sizeof(float) * n * H * D);
+        CU(tri_cuda_qkv_post(dq, dk, dv, norms ? dqn : NULL, norms ? dkn : NULL, dcs, drows, n, il, &hd, L, NULL));
+        CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, dpart, dout, NULL));
+        down(gq, dq, sizeof(float) * n * H * D);
+        down(gout, dout, sizeof(float) * n * H * D);
+        for (size_t i = 0; i < (size_t) n * H * D; i++) {
+            worst_q = fmax(worst_q, fabs((double) gq[i] - q[i]) / (fabs(q[i]) + 1e-2));
+        }
+        /* host cache append at layer il, then float64 attention of every row over its prefix */
+        for (int r = 0; r < n; r++) {
+            test_cache * c = &cs[r < nA ? 0 : 1];
             for (int h = 0; h < Hkv; h++) {
                 const size_t lh = (size_t) il * Hkv + h;
-                for (int t = 0; t < n; t++) {
-                    const int slot = hlive[lh] + t;
-                    for (int d = 0; d < D; d++) {
-                        hK[(lh * cap + slot) * D + d] = tri_fp32_to_fp16(k[((size_t) t * Hkv + h) * D + d]);
-                        hV[(lh * cap + slot) * D + d] = tri_fp32_to_fp16(v[((size_t) t * Hkv + h) * D + d]);
-                    }
-                    hpos[lh * cap + slot] = p + t;
-                }
-            }
-        }
-        /* attention of the chunk's tokens over what is visible to each, at layer L-1, before the bump */
-        const int il = L - 1, parts = (int) tu_int(1, 9);
-        float * q = hnew(sizeof(float) * n * H * D), * out = hnew(sizeof(float) * n * H * D);
-        fill_normal(q, (size_t) n * H * D, 1.0);
-        float * dq = dnew(sizeof(float) * n * H * D), * dout = dnew(sizeof(float) * n * H * D);
-        float * dpart = dnew(sizeof(float) * n * H * parts * (D + 2));
-        up(dq, q, sizeof(float) * n * H * D);
-        const size_t lh0 = (size_t) il * Hkv;
-        CU(tri_cuda_attention(dq, K + lh0 * cap * D, V + lh0 * cap * D, pos + lh0 * cap, live + lh0, n, cap, H, Hkv, D, n,
-                              p, parts, dpart, dout, NULL));
-        down(out, dout, sizeof(float) * n * H * D);
-        double e = 0.0;
-        double * sc = calloc((size_t) cap, sizeof(double));
-        for (int t = 0; t < n; t++) {
-            for (int hq = 0; hq < H; hq++) {
-                const size_t lh = lh0 + hq / G;
-                const int nv = hlive[lh] + t + 1; /* positions increase: the visible ones are a prefix */
-                double mx = -INFINITY, sum = 0.0;
-                const float * qq = q + ((size_t) t * H + hq) * D;
-                for (int j = 0; j < nv; j++) {
-                    double dot = 0.0;
-                    for (int d = 0; d < D; d++) {
-                        dot += (double) qq[d] * tri_fp16_to_fp32(hK[(lh * cap + j) * D + d]);
-                    }
-                    sc[j] = dot / sqrt((double) D);
-                    mx = fmax(mx, sc[j]);
-                }
-                for (int j = 0; j < nv; j++) {
-                    sum += exp(sc[j] - mx);
-                }
+                const int slot = c->hlive[lh] + rows[r].rank;
                 for (int d = 0; d < D; d++) {
-                    double o = 0.0;
-                    for (int j = 0; j < nv; j++) {
-                        o += exp(sc[j] - mx) / sum * tri_fp16_to_fp32(hV[(lh * cap + j) * D + d]);
-                    }
-                    e = fmax(e, fabs(out[((size_t) t * H + hq) * D + d] - o));
+                    c->hK[(lh * c->cap + slot) * D + d] = tri_fp32_to_fp16(k[((size_t) r * Hkv + h) * D + d]);
+                    c->hV[(lh * c->cap + slot) * D + d] = tri_fp32_to_fp16(v[((size_t) r * Hkv + h) * D + d]);
+                }
+                c->hpos[lh * c->cap + slot] = rows[r].position;
+            }
+        }
+        double * sc = hnew(sizeof(double) * 1024), * o = hnew(sizeof(double) * D);
+        for (int r = 0; r < n; r++) {
+            test_cache * c = &cs[r < nA ? 0 : 1];
+            for (int hq = 0; hq < H; hq++) {
+                const size_t lh = (size_t) il * Hkv + hq / G;
+                const int saved = c->hlive[lh];
+                c->hlive[lh] += rows[r].rank + 1; /* visible: what was there, and the chunk up to this row */
+                ref_attention(c, il, hq / G, q + ((size_t) r * H + hq) * D, sc, o);
+                c->hlive[lh] = saved;
+                for (int d = 0; d < D; d++) {
+                    worst_att = fmax(worst_att, fabs(gout[((size_t) r * H + hq) * D + d] - o[d]));
                 }
             }
         }
-        snprintf(detail, sizeof detail, "%d tokens after %d, %d/%d heads, D %d, %d splits", n, hlive[lh0], H, Hkv, D,
-                 parts);
-        report("attention", detail, e, 2e-5);
-        free(sc);
-        CU(tri_cuda_kv_bump(live, L * Hkv, n, NULL));
-        for (int i = 0; i < L * Hkv; i++) {
-            hlive[i] += n;
+        /* the other layers append nothing in this test: only il's counts move */
+        CU(tri_cuda_kv_bump(drows, n, L * Hkv, NULL));
+        for (int s2 = 0; s2 < 2; s2++) {
+            for (int i = 0; i < L * Hkv; i++) {
+                cs[s2].hlive[i] += s2 == 0 ? nA : 1;
+            }
         }
-        p += n + (int32_t) tu_int(0, 50);
+        /* layers other than il got no rows: give them the same contents so the mirror stays exact */
+        for (int s2 = 0; s2 < 2; s2++) {
+            test_cache * c = &cs[s2];
+            const size_t sl = (size_t) c->cap * D;
+            for (int l = 0; l < L; l++) {
+                if (l == il) {
+                    continue;
+                }
+                for (int h = 0; h < Hkv; h++) {
+                    const size_t dst = (size_t) l * Hkv + h, src = (size_t) il * Hkv + h;
+                    memcpy(c->hK + dst * sl, c->hK + src * sl, sl * 2);
+                    memcpy(c->hV + dst * sl, c->hV + src * sl, sl * 2);
+                    memcpy(c->hpos + dst * c->cap, c->hpos + src * c->cap, (size_t) c->cap * 4);
+                }
+            }
+            up(c->K, c->hK, (size_t) L * Hkv * sl * 2);
+            up(c->V, c->hV, (size_t) L * Hkv * sl * 2);
+            up(c->pos, c->hpos, (size_t) L * Hkv * c->cap * 4);
+        }
+        past[0] += nA + (int32_t) tu_int(0, 50);
+        past[1] += 1 + (int32_t) tu_int(0, 50);
+        tri_cuda_free(dq);
         tri_cuda_free(dk);
         tri_cuda_free(dv);
-        tri_cuda_free(dq);
-        tri_cuda_free(dout);
+        tri_cuda_free(dcs);
+        tri_cuda_free(drows);
         tri_cuda_free(dpart);
+        tri_cuda_free(dout);
+        free(q);
         free(k);
         free(v);
-        free(q);
-        free(out);
+        free(cst);
+        free(gq);
+        free(gout);
+        free(sc);
+        free(o);
     }
-    /* the appended cache equals the host's F16 conversion, bit for bit */
-    tri_fp16 * gK = hnew(slots * D * 2);
-    int32_t * gpos = hnew(slots * 4), * glive = hnew((size_t) L * Hkv * 4);
-    down(gK, K, slots * D * 2);
-    down(gpos, pos, slots * 4);
-    down(glive, live, (size_t) L * Hkv * 4);
-    long bad = 0;
-    for (size_t lh = 0; lh < (size_t) L * Hkv; lh++) {
-        bad += glive[lh] != hlive[lh];
-        for (int j = 0; j < hlive[lh]; j++) {
-            bad += gpos[lh * cap + j] != hpos[lh * cap + j];
-            bad += memcmp(gK + (lh * cap + j) * D, hK + (lh * cap + j) * D, (size_t) D * 2) != 0;
+    /* the device cache equals the host's F16 conversions, bit for bit */
+    for (int s2 = 0; s2 < 2; s2++) {
+        test_cache * c = &cs[s2];
+        const size_t slots = (size_t) L * Hkv * c->cap;
+        tri_fp16 * gK = hnew(slots * D * 2);
+        int32_t * gpos = hnew(slots * 4), * glive = hnew((size_t) L * Hkv * 4);
+        down(gK, c->K, slots * D * 2);
+        down(gpos, c->pos, slots * 4);
+        down(glive, c->live, (size_t) L * Hkv * 4);
+        for (size_t lh = 0; lh < (size_t) L * Hkv; lh++) {
+            bad += glive[lh] != c->hlive[lh];
+            for (int j = 0; j < c->hlive[lh]; j++) {
+                bad += gpos[lh * c->cap + j] != c->hpos[lh * c->cap + j];
+                bad += memcmp(gK + (lh * c->cap + j) * D, c->hK + (lh * c->cap + j) * D, (size_t) D * 2) != 0;
+            }
         }
+        free(gK);
+        free(gpos);
+        free(glive);
     }
-    snprintf(detail, sizeof detail, "%d layers x %d KV heads, %d live", L, Hkv, hlive[0]);
+    snprintf(detail, sizeof detail, "%d steps, %d layers, %d/%d heads, D %d, rope %d %s%s", steps_run, L, H, Hkv, D, R,
+             pairing ? "half" : "adjacent", norms ? ", q/k norms" : "");
+    report("qkv_post", detail, worst_q, 2e-5);
+    report("attention", detail, worst_att, 2e-5);
     report("kv_append", detail, (double) bad, 0.0);
 
     /* compaction: random increasing keep lists, one (layer, KV head) left untouched */
+    test_cache * c = &cs[0];
+    const size_t slots = (size_t) L * Hkv * c->cap;
     int32_t * keep = hnew(slots * 4), * nkeep = hnew((size_t) L * Hkv * 4);
     for (size_t lh = 0; lh < (size_t) L * Hkv; lh++) {
         int32_t nk = 0;
-        for (int j = 0; j < hlive[lh]; j++) {
+        for (int j = 0; j < c->hlive[lh]; j++) {
             if (tu_below(3) != 0) {
-                keep[lh * cap + nk++] = j;
+                keep[lh * c->cap + nk++] = j;
             }
         }
         nkeep[lh] = (lh == 0 && L * Hkv > 1) ? -1 : nk;
@@ -449,40 +635,39 @@ static void parity_kv_attention(void) {
     int32_t * dkeep = dnew(slots * 4), * dnkeep = dnew((size_t) L * Hkv * 4);
     up(dkeep, keep, slots * 4);
     up(dnkeep, nkeep, (size_t) L * Hkv * 4);
-    CU(tri_cuda_kv_gather(K, V, pos, live, dkeep, dnkeep, L * Hkv, cap, D, NULL));
-    tri_fp16 * gV = hnew(slots * D * 2);
-    down(gK, K, slots * D * 2);
-    down(gV, V, slots * D * 2);
-    down(gpos, pos, slots * 4);
-    down(glive, live, (size_t) L * Hkv * 4);
+    CU(tri_cuda_kv_gather(c->K, c->V, c->pos, c->live, dkeep, dnkeep, L * Hkv, c->cap, D, NULL));
+    tri_fp16 * gK = hnew(slots * D * 2), * gV = hnew(slots * D * 2);
+    int32_t * gpos = hnew(slots * 4), * glive = hnew((size_t) L * Hkv * 4);
+    down(gK, c->K, slots * D * 2);
+    down(gV, c->V, slots * D * 2);
+    down(gpos, c->pos, slots * 4);
+    down(glive, c->live, (size_t) L * Hkv * 4);
     bad = 0;
     for (size_t lh = 0; lh < (size_t) L * Hkv; lh++) {
-        const int32_t nk = nkeep[lh] < 0 ? hlive[lh] : nkeep[lh];
+        const int32_t nk = nkeep[lh] < 0 ? c->hlive[lh] : nkeep[lh];
         bad += glive[lh] != nk;
         for (int r = 0; r < nk; r++) {
-            const int src = nkeep[lh] < 0 ? r : keep[lh * cap + r];
-            bad += gpos[lh * cap + r] != hpos[lh * cap + src];
-            bad += memcmp(gK + (lh * cap + r) * D, hK + (lh * cap + src) * D, (size_t) D * 2) != 0;
-            bad += memcmp(gV + (lh * cap + r) * D, hV + (lh * cap + src) * D, (size_t) D * 2) != 0;
+            const int src = nkeep[lh] < 0 ? r : keep[lh * c->cap + r];
+            bad += gpos[lh * c->cap + r] != c->hpos[lh * c->cap + src];
+            bad += memcmp(gK + (lh * c->cap + r) * D, c->hK + (lh * c->cap + src) * D, (size_t) D * 2) != 0;
+            bad += memcmp(gV + (lh * c->cap + r) * D, c->hV + (lh * c->cap + src) * D, (size_t) D * 2) != 0;
         }
     }
     report("kv_gather", detail, (double) bad, 0.0);
-    tri_cuda_free(K);
-    tri_cuda_free(V);
-    tri_cuda_free(pos);
-    tri_cuda_free(live);
     tri_cuda_free(dkeep);
     tri_cuda_free(dnkeep);
-    free(hlive);
-    free(hK);
-    free(hV);
-    free(hpos);
+    tri_cuda_free(dqn);
+    tri_cuda_free(dkn);
+    free(keep);
+    free(nkeep);
     free(gK);
     free(gV);
     free(gpos);
     free(glive);
-    free(keep);
-    free(nkeep);
+    free(qn);
+    free(kn);
+    cache_free(&cs[0]);
+    cache_free(&cs[1]);
 }
 
 /* The round's steps: fused scores, z-score, GQA max, layer mean, top-k (with forced ties). */
@@ -670,99 +855,149 @@ static int cmp_d(const void * a, const void * b) {
     return x < y ? -1 : x > y;
 }
 
-/* Median over reps of (10 launches + sync) / 10. */
-#define BENCH(name, shape, call)                                                                   \
+/* Median over reps of (20 launches + sync) / 20; prints the op, shape, microseconds and, when bytes > 0, the
+ * bytes moved per microsecond as GB/s (flops > 0: TFLOP/s). */
+#define BENCH(name, shape, bytes, flops, call)                                                     \
     do {                                                                                           \
         double t_[64];                                                                             \
         CU(call);                                                                                  \
         CU(tri_cuda_sync(NULL));                                                                   \
         for (int r_ = 0; r_ < reps; r_++) {                                                        \
             const double t0_ = now_us();                                                           \
-            for (int i_ = 0; i_ < 10; i_++) {                                                      \
+            for (int i_ = 0; i_ < 20; i_++) {                                                      \
                 CU(call);                                                                          \
             }                                                                                      \
             CU(tri_cuda_sync(NULL));                                                               \
-            t_[r_] = (now_us() - t0_) / 10.0;                                                      \
+            t_[r_] = (now_us() - t0_) / 20.0;                                                      \
         }                                                                                          \
         qsort(t_, (size_t) reps, sizeof(double), cmp_d);                                           \
-        printf("{\"op\": \"%s\", \"shape\": \"%s\", \"us\": %.2f}\n", name, shape, t_[reps / 2]); \
+        const double us_ = t_[reps / 2];                                                           \
+        printf("{\"op\": \"%s\", \"shape\": \"%s\", \"us\": %.2f, \"gb_s\": %.1f, \"tflop_s\": %.2f}\n", name, \
+               shape, us_, (bytes) > 0 ? (double) (bytes) / us_ / 1e3 : 0.0,                        \
+               (flops) > 0 ? (double) (flops) / us_ / 1e6 : 0.0);                                   \
     } while (0)
+
+static int type_index(enum tri_type t) {
+    for (int i = 0; i < N_TYPES; i++) {
+        if (TYPES[i].type == t) {
+            return i;
+        }
+    }
+    return 0;
+}
 
 static int bench(int reps) {
     reps = TRI_MAX(1, TRI_MIN(reps, 64));
-    /* SmolLM2-135M shapes: n_embd 576, n_ff 1536, 9/3 heads of 64, 30 layers, vocab 49152, budget 2048 + 128. */
-    const int64_t E = 576, FF = 1536, V = 49152;
-    const int H = 9, Hkv = 3, D = 64, L = 30, cap = 2176;
-    char shape[96];
-    for (int ti = 0; ti < N_TYPES; ti++) {
-        const enum tri_type t = TYPES[ti].type;
-        if (t != TRI_TYPE_Q4_1 && t != TRI_TYPE_Q8_0 && t != TRI_TYPE_Q4_K && t != TRI_TYPE_F16) {
-            continue;
-        }
-        const int64_t ne0 = t == TRI_TYPE_Q4_K ? 1536 : E, ne1 = t == TRI_TYPE_Q4_K ? 576 : FF;
-        float * wf = hnew(sizeof(float) * ne0 * ne1);
-        size_t wb;
-        void * wq = random_weights(ti, ne0, ne1, wf, &wb);
-        void * dw = dnew(wb);
-        up(dw, wq, wb);
-        float * dx = dnew(sizeof(float) * 512 * ne0), * dy = dnew(sizeof(float) * 512 * ne1);
-        CU(tri_cuda_memset(dx, 0, sizeof(float) * 512 * ne0, NULL));
+    char shape[128];
+    /* products at the shapes of a 1.1B Llama (n_embd 2048, n_ff 8192) and one large matrix for bandwidth */
+    static const enum tri_type types[] = { TRI_TYPE_Q4_K, TRI_TYPE_Q6_K, TRI_TYPE_Q5_0, TRI_TYPE_Q8_0, TRI_TYPE_Q4_1,
+                                           TRI_TYPE_F16 };
+    static const int64_t shapes[][2] = { { 2048, 2048 }, { 2048, 8192 }, { 8192, 2048 }, { 8192, 8192 } };
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const enum tri_type t = types[ti];
         const char * tn = tri_type_traits_get(t)->name;
-        snprintf(shape, sizeof shape, "%s %lldx%lld, 1 token", tn, (long long) ne1, (long long) ne0);
-        BENCH("matmul_vec", shape, tri_cuda_matmul(t, dw, ne0, ne1, dx, ne0, 1, dy, ne1, NULL));
-        snprintf(shape, sizeof shape, "%s %lldx%lld, 512 tokens", tn, (long long) ne1, (long long) ne0);
-        BENCH("matmul_tiled", shape, tri_cuda_matmul(t, dw, ne0, ne1, dx, ne0, 512, dy, ne1, NULL));
-        tri_cuda_free(dw);
-        tri_cuda_free(dx);
-        tri_cuda_free(dy);
-        free(wq);
-        free(wf);
-    }
-    {   /* logits: tied Q8_0 embedding as output, one token */
-        float * wf = hnew(sizeof(float) * E * 4096);
-        size_t wb;
-        void * wq = random_weights(7, E, 4096, wf, &wb); /* 4096 rows, timed x12 for the full vocab */
-        void * dw = dnew(wb);
-        up(dw, wq, wb);
-        float * dx = dnew(sizeof(float) * E), * dy = dnew(sizeof(float) * 4096);
-        CU(tri_cuda_memset(dx, 0, sizeof(float) * E, NULL));
-        snprintf(shape, sizeof shape, "Q8_0 4096x%lld (x%lld for the vocab), 1 token", (long long) E, (long long) V / 4096);
-        BENCH("matmul_vec", shape, tri_cuda_matmul(TRI_TYPE_Q8_0, dw, E, 4096, dx, E, 1, dy, 4096, NULL));
-        tri_cuda_free(dw);
-        tri_cuda_free(dx);
-        tri_cuda_free(dy);
-        free(wq);
-        free(wf);
-    }
-    /* one layer's KV cache, full of slots; attention of one decode token and of a 512-token chunk */
-    const size_t slots = (size_t) L * Hkv * cap;
-    void * K = dnew(slots * D * 2), * Vv = dnew(slots * D * 2);
-    int32_t * pos = dnew(slots * 4), * live = dnew((size_t) L * Hkv * 4);
-    {
-        int32_t * hp = hnew(slots * 4), * hl = hnew((size_t) L * Hkv * 4);
-        for (size_t i = 0; i < slots; i++) {
-            hp[i] = (int32_t) (i % cap);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int64_t ne0 = shapes[si][0], ne1 = shapes[si][1];
+            if (t != TRI_TYPE_Q4_K && si != 3) {
+                continue; /* other types: the bandwidth shape only */
+            }
+            float * wf = hnew(sizeof(float) * ne0 * ne1);
+            size_t wb;
+            void * wq = random_weights(type_index(t), ne0, ne1, wf, &wb);
+            void * dw = dnew(wb);
+            up(dw, wq, wb);
+            float * x = hnew(sizeof(float) * 512 * ne0);
+            fill_normal(x, (size_t) 512 * ne0, 1.0);
+            float * dx = dnew(sizeof(float) * 512 * ne0), * dy = dnew(sizeof(float) * 512 * ne1);
+            up(dx, x, sizeof(float) * 512 * ne0);
+            const int at = act_type_of(t);
+            tri_cuda_q8 q8 = at ? q8_new(8, ne0, at) : (tri_cuda_q8) { 0 };
+            if (at) {
+                CU(tri_cuda_act_prep(dx, ne0, NULL, false, NULL, 0.0f, 8, (int) ne0, NULL, 0, &q8, 1, NULL));
+            }
+            tri_cuda_mm_job job = { dw, ne1, dy, ne1, NULL };
+            for (int nt = 1; nt <= 8; nt *= 8) {
+                snprintf(shape, sizeof shape, "%s %lldx%lld, %d token%s", tn, (long long) ne1, (long long) ne0, nt,
+                         nt > 1 ? "s" : "");
+                BENCH("mm_vec", shape, (double) wb, 0.0,
+                      tri_cuda_mm_vec(t, ne0, &job, 1, dx, ne0, at ? &q8 : NULL, nt, false, NULL));
+            }
+            for (int bn = 64; bn <= 128; bn *= 2) {
+                snprintf(shape, sizeof shape, "%s %lldx%lld, 512 tokens, tile %d", tn, (long long) ne1, (long long) ne0, bn);
+                BENCH("mm_tc", shape, 0.0, 2.0 * ne0 * ne1 * 512,
+                      tri_cuda_mm_tc_bn(t, ne0, &job, 1, dx, ne0, 512, false, bn, NULL));
+            }
+            if (at) {
+                snprintf(shape, sizeof shape, "%lld values, 1 row, rmsnorm + %s", (long long) ne0,
+                         at == TRI_TYPE_Q8_K ? "Q8_K" : at == TRI_TYPE_Q8_1 ? "Q8_1" : "Q8_0");
+                BENCH("act_prep", shape, 0.0, 0.0,
+                      tri_cuda_act_prep(dx, ne0, NULL, true, NULL, 1e-5f, 1, (int) ne0, NULL, 0, &q8, 1, NULL));
+                q8_free(&q8);
+            }
+            tri_cuda_free(dw);
+            tri_cuda_free(dx);
+            tri_cuda_free(dy);
+            free(wq);
+            free(wf);
+            free(x);
         }
-        for (int i = 0; i < L * Hkv; i++) {
-            hl[i] = cap - 512;
-        }
-        up(pos, hp, slots * 4);
-        up(live, hl, (size_t) L * Hkv * 4);
-        free(hp);
-        free(hl);
     }
-    CU(tri_cuda_memset(K, 0, slots * D * 2, NULL));
-    CU(tri_cuda_memset(Vv, 0, slots * D * 2, NULL));
-    float * q = dnew(sizeof(float) * 512 * H * D), * out = dnew(sizeof(float) * 512 * H * D);
-    float * part = dnew(sizeof(float) * 512 * H * 64 * (D + 2));
-    CU(tri_cuda_memset(q, 0, sizeof(float) * 512 * H * D, NULL));
-    snprintf(shape, sizeof shape, "1 token over %d slots, 9/3 heads, D 64, 17 splits", cap - 511);
-    BENCH("attention", shape, tri_cuda_attention(q, K, Vv, pos, live, 1, cap, H, Hkv, D, 1, cap - 512, 17, part, out, NULL));
-    snprintf(shape, sizeof shape, "512 tokens over <= %d slots, 1 split", cap);
-    BENCH("attention", shape, tri_cuda_attention(q, K, Vv, pos, live, 512, cap, H, Hkv, D, 512, cap - 512, 1, part, out, NULL));
-    /* a TriAttention round's device steps over 30 layers x 3 KV heads of 2176 slots (2044 candidates) */
+    /* attention of one layer: 32/8 heads of 64, one decode row over 2176 and 16384 slots, and a 512-row chunk */
     {
+        const int H = 32, Hkv = 8, D = 64, L = 1;
+        static const int caps[] = { 2176, 16384 };
+        for (int ci = 0; ci < 2; ci++) {
+            const int cap = caps[ci];
+            test_cache c = cache_new(L, Hkv, cap, D);
+            const size_t slots = (size_t) L * Hkv * cap;
+            for (size_t i = 0; i < slots * D; i++) {
+                c.hK[i] = tri_fp32_to_fp16((float) tu_normal());
+            }
+            for (size_t i = 0; i < slots; i++) {
+                c.hpos[i] = (int32_t) (i % cap);
+            }
+            for (int i = 0; i < L * Hkv; i++) {
+                c.hlive[i] = cap - 512;
+            }
+            up(c.K, c.hK, slots * D * 2);
+            up(c.V, c.hK, slots * D * 2);
+            up(c.pos, c.hpos, slots * 4);
+            up(c.live, c.hlive, (size_t) L * Hkv * 4);
+            tri_cuda_row * rows = hnew(sizeof(tri_cuda_row) * 512);
+            for (int r = 0; r < 512; r++) {
+                rows[r] = (tri_cuda_row) { c.K, c.V, c.pos, c.live, cap, cap - 512 + r, r, 512 };
+            }
+            tri_cuda_row * drows = dnew(sizeof(tri_cuda_row) * 512);
+            up(drows, rows, sizeof(tri_cuda_row) * 512);
+            float * q = dnew(sizeof(float) * 512 * H * D), * out = dnew(sizeof(float) * 512 * H * D);
+            float * part = dnew(sizeof(float) * 512 * H * 64 * (D + 2));
+            CU(tri_cuda_memset(q, 0, sizeof(float) * 512 * H * D, NULL));
+            const double kv_bytes = (double) (cap - 511) * Hkv * D * 2 * 2;
+            rows[0] = (tri_cuda_row) { c.K, c.V, c.pos, c.live, cap, cap - 512, 0, 1 };
+            up(drows, rows, sizeof(tri_cuda_row));
+            const int parts = TRI_MIN(64, (cap + 127) / 128);
+            snprintf(shape, sizeof shape, "1 row over %d slots, 32/8 heads, D 64, %d parts", cap - 511, parts);
+            BENCH("attention", shape, kv_bytes, 0.0,
+                  tri_cuda_attention(q, drows, 1, 0, H, Hkv, D, 0.125f, parts, part, out, NULL));
+            rows[0] = (tri_cuda_row) { c.K, c.V, c.pos, c.live, cap, cap - 512, 0, 512 };
+            up(drows, rows, sizeof(tri_cuda_row));
+            snprintf(shape, sizeof shape, "512 rows over <= %d slots, 1 part", cap);
+            BENCH("attention", shape, 0.0, 4.0 * 512 * H * D * (cap - 256.0),
+                  tri_cuda_attention(q, drows, 512, 0, H, Hkv, D, 0.125f, 1, part, out, NULL));
+            tri_cuda_free(drows);
+            tri_cuda_free(q);
+            tri_cuda_free(out);
+            tri_cuda_free(part);
+            free(rows);
+            cache_free(&c);
+        }
+    }
+    /* a TriAttention round's device steps over 16 layers x 8 KV heads of 2176 slots (2044 candidates) */
+    {
+        const int L = 16, H = 32, Hkv = 8, D = 64, cap = 2176;
         const size_t LK = (size_t) L * Hkv, LH = (size_t) L * H;
+        void * K = dnew(LK * cap * D * 2);
+        CU(tri_cuda_memset(K, 0x3c, LK * cap * D * 2, NULL));
         int32_t * h = hnew(sizeof(int32_t) * 4 * LK);
         for (size_t i = 0; i < LK; i++) {
             h[i] = 4;
@@ -777,12 +1012,13 @@ static int bench(int reps) {
         uint8_t * mk = dnew(LK * cap);
         CU(tri_cuda_memset(w, 0, sizeof(float) * LH * D, NULL));
         snprintf(shape, sizeof shape, "%d layers x %d heads x %d candidates", L, H, cap - 132);
-        BENCH("triattn_score", shape, tri_cuda_triattn_score(K, w, w, dl, dl + LK, L, H, Hkv, D, D, 0, cap, cap - 132, sc, NULL));
-        BENCH("triattn_zscore", shape, tri_cuda_triattn_zscore(sc, dl, dl + LK, L, H, Hkv, cap, NULL));
-        BENCH("triattn_gqa_max", shape, tri_cuda_triattn_gqa_max(sc, dl, dl + LK, L, H, Hkv, cap, cap - 132, agg, NULL));
-        BENCH("triattn_layer_mean", shape, tri_cuda_triattn_layer_mean(agg, dl, dl + LK, L, Hkv, cap, cap - 132, 0, mean, NULL));
+        BENCH("triattn_score", shape, 0.0, 0.0, tri_cuda_triattn_score(K, w, w, dl, dl + LK, L, H, Hkv, D, D, 0, cap, cap - 132, sc, NULL));
+        BENCH("triattn_zscore", shape, 0.0, 0.0, tri_cuda_triattn_zscore(sc, dl, dl + LK, L, H, Hkv, cap, NULL));
+        BENCH("triattn_gqa_max", shape, 0.0, 0.0, tri_cuda_triattn_gqa_max(sc, dl, dl + LK, L, H, Hkv, cap, cap - 132, agg, NULL));
+        BENCH("triattn_layer_mean", shape, 0.0, 0.0, tri_cuda_triattn_layer_mean(agg, dl, dl + LK, L, Hkv, cap, cap - 132, 0, mean, NULL));
         snprintf(shape, sizeof shape, "%d KV heads, keep %d of %d", Hkv, 2048 - 132, cap - 132);
-        BENCH("topk", shape, tri_cuda_topk(mean, dl + 2 * LK, dl + 3 * LK, Hkv, cap, mk, NULL));
+        BENCH("topk", shape, 0.0, 0.0, tri_cuda_topk(mean, dl + 2 * LK, dl + 3 * LK, Hkv, cap, mk, NULL));
+        tri_cuda_free(K);
         tri_cuda_free(dl);
         tri_cuda_free(w);
         tri_cuda_free(sc);
@@ -791,13 +1027,6 @@ static int bench(int reps) {
         tri_cuda_free(mk);
         free(h);
     }
-    tri_cuda_free(K);
-    tri_cuda_free(Vv);
-    tri_cuda_free(pos);
-    tri_cuda_free(live);
-    tri_cuda_free(q);
-    tri_cuda_free(out);
-    tri_cuda_free(part);
     return 0;
 }
 
@@ -829,7 +1058,7 @@ int main(int argc, char ** argv) {
     }
     tu_seed_init("TRI_TEST_SEED");
     parity_dequant_matmul();
-    parity_small_ops();
+    parity_act_prep();
     for (int i = 0; i < 3; i++) {
         parity_kv_attention();
         parity_triattention();

@@ -2,6 +2,7 @@
  * speed at several KV depths (like llama-bench). Built only on the public header include/triattn.h. */
 #define _POSIX_C_SOURCE 200809L
 #include "triattn.h"
+#include "../common/model_files.h"
 
 #include <errno.h>
 #include <math.h>
@@ -33,7 +34,10 @@ struct cli_args {
     const char * system;
     const char * chat_format;
     const char * calibration;
+    char         sidecar[4096]; /* the centres loaded: --calibration, a sidecar found by name, or "" */
+    char         default_model[4096];
     int32_t      n_gpu_layers; /* -ngl: 0 = CPU, -1 = the whole model on the GPU */
+    uint64_t     gpu_mem_limit; /* --gpu-mem-limit bytes, 0 = none */
     const char * stop[CLI_MAX_STOP];
     int32_t      n_stop;
     bool         chat, ignore_eos, verbose, bench, json, no_display_prompt;
@@ -47,14 +51,18 @@ struct cli_args {
 
 static void usage(FILE * f) {
     fprintf(f,
-        "usage: %s -m MODEL.gguf [-p PROMPT | -f FILE] [options]       generate text\n"
-        "       %s -m MODEL.gguf --bench [-p 512] [-n 128] [-d 0,1024,4096] [-r 3] [options]\n"
+        "usage: %s [-m MODEL.gguf] [-p PROMPT | -f FILE] [options]       generate text\n"
+        "       %s [-m MODEL.gguf] --bench [-p 512] [-n 128] [-d 0,1024,4096] [-r 3] [options]\n"
         "\n"
         "model and prompt:\n"
-        "  -m, --model FILE        GGUF model to load (required)\n"
+        "  -m, --model FILE        GGUF model to load (default: the default model, " MODEL_FILES_DEFAULT_NAME ",\n"
+        "                          in pytriattn's cache: $PYTRIATTN_CACHE or ~/.cache/pytriattn; `pytriattn\n"
+        "                          fetch` downloads it)\n"
         "  -p, --prompt TEXT       prompt text (with --bench: prompt lengths to time, comma list; default 512)\n"
         "  -f, --file FILE         read the prompt from FILE\n"
-        "  --calibration FILE      sidecar GGUF with triattention.* query centres (default: none)\n"
+        "  --calibration FILE      sidecar GGUF with triattention.* query centres (default: MODEL.tri-stats.gguf\n"
+        "                          beside the model or in the installed package's data folder, when there is one;\n"
+        "                          the default model's ships there)\n"
         "\n"
         "generation:\n"
         "  -n, --n-predict N       tokens to generate; -1 = until the context is full (default 256;\n"
@@ -80,6 +88,8 @@ static void usage(FILE * f) {
         "  -c, --ctx-size N        context length in tokens; 0 = the model's (default 0)\n"
         "  -b, --batch-size N      tokens per forward chunk during prefill (default 512)\n"
         "  -ngl, --n-gpu-layers N  layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)\n"
+        "  --gpu-mem-limit SIZE    device memory the weights and sessions may use, e.g. 24GiB (default: what the\n"
+        "                          device has free); a session that does not fit is refused with what it needs\n"
         "\n"
         "KV cache:\n"
         "  --kv-policy NAME        auto, full, triattention, ... (default auto: triattention when the model\n"
@@ -92,10 +102,13 @@ static void usage(FILE * f) {
         "                          then ,trig=X ,norm=X ,agg=max ,look=N|all ,lookw=X (see docs/triattention-engine.md)\n"
         "\n"
         "benchmark (--bench):\n"
-        "  -d, --depth LIST        KV depths at which decoding is timed (default 0)\n"
+        "  -d, --depth LIST        KV depths at which prefill (ppP @ dD) and decoding (tgN @ dD) are timed\n"
+        "                          (default 0). Each depth is prefilled once and its state restored for every\n"
+        "                          repetition and test (policies full and triattention)\n"
         "  -np, --parallel LIST    sessions decoding together, each at the depth, one forward step per token\n"
         "                          for all of them (continuous batching); t/s counts every session's tokens\n"
-        "                          (default 1)\n"
+        "                          (default 1). 'fit': as many sessions as the memory takes (at most 64), e.g.\n"
+        "                          with --gpu-mem-limit\n"
         "  -r, --repetitions N     runs per test; median, min and max are reported (default 3)\n"
         "  --json                  print JSON instead of a markdown table\n"
         "\n"
@@ -200,7 +213,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             "-m", "--model", "-p", "--prompt", "-f", "--file", "-n", "--n-predict", "-d", "--depth", "-np", "--parallel", "--system",
             "--chat-format", "--calibration", "--kv-policy", "--stop", "--temp", "--top-p", "--min-p",
             "--repeat-penalty", "--top-k", "--repeat-last-n", "--seed", "-t", "--threads", "-c", "--ctx-size", "-b",
-            "--batch-size", "-ngl", "--n-gpu-layers", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "--kv-mode", "-r", "--repetitions",
+            "--batch-size", "-ngl", "--n-gpu-layers", "--gpu-mem-limit", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "--kv-mode", "-r", "--repetitions",
         };
         bool known = false;
         for (size_t k = 0; k < sizeof value_opts / sizeof value_opts[0]; k++) {
@@ -243,6 +256,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         else if (!strcmp(o, "-c") || !strcmp(o, "--ctx-size"))   { ok = parse_long(v, 0, INT32_MAX, &l); a->sp.n_ctx = (int32_t) l; }
         else if (!strcmp(o, "-b") || !strcmp(o, "--batch-size")) { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.n_batch = (int32_t) l; }
         else if (!strcmp(o, "-ngl") || !strcmp(o, "--n-gpu-layers")) { ok = parse_long(v, -1, INT32_MAX, &l); a->n_gpu_layers = (int32_t) l; }
+        else if (!strcmp(o, "--gpu-mem-limit")) ok = triattn_parse_bytes(v, &a->gpu_mem_limit);
         else if (!strcmp(o, "--kv-budget"))       { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_budget = (int32_t) l; }
         else if (!strcmp(o, "--kv-interval"))     { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_interval = (int32_t) l; }
         else if (!strcmp(o, "--kv-window"))       { ok = parse_long(v, -1, INT32_MAX, &l); a->sp.kv_window = (int32_t) l; }
@@ -255,7 +269,12 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         i++;
     }
     if (!a->model) {
-        return usage_error("no model given (-m FILE)%s%s", "", "");
+        if (!model_files_default_model(a->default_model, sizeof a->default_model) ||
+            access(a->default_model, R_OK) != 0) {
+            return usage_error("no model given (-m FILE), and the default model is not at %s%s (`pytriattn fetch` "
+                               "downloads it)", a->default_model[0] ? a->default_model : "$HOME/.cache/pytriattn", "");
+        }
+        a->model = a->default_model;
     }
     if (!a->bench) {
         if (a->prompt && a->prompt_file) return usage_error("use -p or -f, not both%s%s", "", "");
@@ -325,7 +344,8 @@ static void print_model_info(const triattn_model * model, const struct cli_args 
     fprintf(stderr, "model: %s (%s), %.1f M params, %.1f MiB, %d layers, %d/%d heads, head_dim %d, n_ctx_train %d, "
                     "calibration: %s\n",
             mi.name[0] ? mi.name : a->model, mi.arch, (double) mi.n_params / 1e6, (double) mi.n_bytes / (1 << 20),
-            mi.n_layer, mi.n_head, mi.n_head_kv, mi.head_dim, mi.n_ctx_train, mi.has_calibration ? "yes" : "no");
+            mi.n_layer, mi.n_head, mi.n_head_kv, mi.head_dim, mi.n_ctx_train,
+            a->sidecar[0] ? a->sidecar : mi.has_calibration ? "embedded" : "none");
 }
 
 static void print_kv_stats(const triattn_session * s) {
@@ -461,6 +481,9 @@ static int run_generate(triattn_model * model, triattn_session * s, const struct
 struct bench_row {
     char     test[64];
     int32_t  n_prompt, n_gen, depth, parallel;
+    int32_t  depth_prefills;  /* times the depth was prefilled for this row; the other repetitions restored it */
+    double   round_ms;        /* KV-policy rounds during the timed parts: their time, and their number */
+    int64_t  rounds;
     double   tps[1000];
     int      n;
     double   median, min, max;
@@ -523,18 +546,116 @@ static double timed_decode(triattn_session * s, const triattn_token * toks, int3
     return now_ms() - t0;
 }
 
-/* n_par sessions each filled to depth, then n_gen forward steps of all of them together; tokens/s counts
- * every session's tokens. Returns 0, or 1 on error. */
-static int bench_parallel(triattn_session ** ss, int32_t n_par, int32_t depth, int32_t n_gen, int reps,
+/* The context at one KV depth: prefilled once with random tokens and saved to a file, then restored before
+ * every repetition of every test at that depth, as llama-bench restores its state instead of prefilling
+ * again. A session that cannot be saved (a policy or backend without session files) is prefilled again
+ * for each repetition. */
+struct bench_depth {
+    int32_t depth;
+    char    path[4096];  /* the state file; "" when none could be created */
+    bool    tried, saved;
+};
+
+/* A fresh temporary file for the depth states ("" when none can be made: every repetition prefills). */
+static void bench_state_file(char * out, size_t n) {
+    const char * dir = getenv("TMPDIR");
+    snprintf(out, n, "%s/triattn-bench-XXXXXX", dir && *dir ? dir : "/tmp");
+    int fd = mkstemp(out);
+    if (fd < 0) {
+        out[0] = '\0';
+        return;
+    }
+    close(fd);
+}
+
+/* Brings s to d->depth tokens of context: the saved state when there is one, else a prefill (saved for the
+ * next repetitions the first time). Counts prefills in *n_prefills. Returns 0, or 1 on error. */
+static int depth_enter(triattn_session * s, struct bench_depth * d, triattn_token * toks, const triattn_token * cand,
+                       int32_t n_cand, int32_t * n_prefills, bool verbose) {
+    if (d->saved) {
+        return triattn_session_load(s, d->path) == TRIATTN_OK ? 0 : 1;
+    }
+    triattn_session_reset(s);
+    if (d->depth == 0) {
+        return 0;
+    }
+    fill_random(toks, d->depth, cand, n_cand);
+    double ms = timed_decode(s, toks, d->depth);
+    if (ms < 0 || g_interrupted) {
+        return 1;
+    }
+    (*n_prefills)++;
+    if (d->tried || !d->path[0]) {
+        return 0;
+    }
+    d->tried = true;
+    double t0 = now_ms();
+    enum triattn_status st = triattn_session_save(s, d->path);
+    d->saved = st == TRIATTN_OK;
+    if (!d->saved && st != TRIATTN_ERR_UNSUPPORTED) {
+        fprintf(stderr, "%s: warning: cannot save the depth-%d state (%s): every repetition prefills it\n", g_prog,
+                d->depth, triattn_session_last_error(s));
+    } else if (verbose) {
+        fprintf(stderr, "depth %d: prefilled in %.2f s; %s (%.0f ms)\n", d->depth, ms / 1e3,
+                d->saved ? "state saved, restored for every repetition" : "this session cannot be saved: "
+                "prefilled for every repetition", now_ms() - t0);
+    }
+    return 0;
+}
+
+static void row_kv(struct bench_row * r, const triattn_session * s, int32_t n_sessions) {
+    struct triattn_kv_stats kv;
+    triattn_session_kv_stats(s, &kv);
+    r->kv_bytes    = kv.kv_bytes * (uint64_t) n_sessions;
+    r->kv_live_max = kv.live_max;
+}
+
+/* One row on one session: reps x (the context at the depth, then n_prompt tokens in one prefill, or n_gen
+ * one-token steps), only the latter timed. Returns 0, or 1 on error (the session's last error says why). */
+static int bench_single(triattn_session * s, struct bench_depth * d, int32_t n_prompt, int32_t n_gen, int reps,
+                        triattn_token * toks, const triattn_token * cand, int32_t n_cand, bool verbose,
+                        struct bench_row * r) {
+    for (int rep = 0; rep < reps && (n_prompt > 0 || n_gen > 0); rep++) {
+        if (depth_enter(s, d, toks, cand, n_cand, &r->depth_prefills, verbose)) {
+            return 1;
+        }
+        double ms = 0;
+        struct triattn_kv_stats kv0, kv1;
+        triattn_session_kv_stats(s, &kv0);
+        if (n_prompt > 0) {
+            fill_random(toks, n_prompt, cand, n_cand);
+            ms = timed_decode(s, toks, n_prompt);
+        } else {
+            const double t0 = now_ms();
+            bool         ok = true;
+            for (int32_t k = 0; k < n_gen && ok; k++) {
+                triattn_token t = cand[bench_rand() % (uint32_t) n_cand];
+                ok = triattn_session_decode(s, &t, 1, false) == TRIATTN_OK && !g_interrupted;
+            }
+            ms = ok ? now_ms() - t0 : -1.0;
+        }
+        if (ms < 0 || g_interrupted) {
+            return 1;
+        }
+        triattn_session_kv_stats(s, &kv1);
+        r->round_ms += kv1.score_ms - kv0.score_ms;
+        r->rounds += kv1.n_compressions - kv0.n_compressions;
+        r->tps[r->n++] = (n_prompt > 0 ? n_prompt : n_gen) / (ms / 1e3);
+        row_kv(r, s, 1);
+    }
+    return 0;
+}
+
+/* n_par sessions each at the depth, then n_gen forward steps of all of them together; tokens/s counts
+ * every session's tokens. Returns 0, or 1 on error (printed). */
+static int bench_parallel(triattn_session ** ss, int32_t n_par, struct bench_depth * d, int32_t n_gen, int reps,
                           triattn_token * toks, const int32_t * ones, const triattn_token * cand, int32_t n_cand,
-                          struct bench_row * r) {
+                          bool verbose, struct bench_row * r) {
     char err[1024] = "";
-    snprintf(r->test, sizeof r->test, "tg%d @ d%d x%d", n_gen, depth, n_par);
+    snprintf(r->test, sizeof r->test, "tg%d @ d%d x%d", n_gen, d->depth, n_par);
     for (int rep = 0; rep < reps && n_gen > 0; rep++) {
         for (int k = 0; k < n_par; k++) {
-            triattn_session_reset(ss[k]);
-            fill_random(toks, depth, cand, n_cand);
-            if (depth > 0 && timed_decode(ss[k], toks, depth) < 0) {
+            if (depth_enter(ss[k], d, toks, cand, n_cand, &r->depth_prefills, verbose)) {
                 fprintf(stderr, "%s: error: %s\n", g_prog, triattn_session_last_error(ss[k]));
                 return 1;
             }
@@ -548,10 +669,7 @@ static int bench_parallel(triattn_session ** ss, int32_t n_par, int32_t depth, i
             }
         }
         r->tps[r->n++] = (double) n_par * n_gen / ((now_ms() - t0) / 1e3);
-        struct triattn_kv_stats kv;
-        triattn_session_kv_stats(ss[0], &kv);
-        r->kv_bytes    = kv.kv_bytes * (uint64_t) n_par;
-        r->kv_live_max = kv.live_max;
+        row_kv(r, ss[0], n_par);
     }
     return 0;
 }
@@ -566,6 +684,8 @@ static void json_string(const char * s) {
     putchar('"');
 }
 
+/* Rows in order: ppP from an empty context for each -p; then per depth D of -d: ppP @ dD (D > 0) for each
+ * -p, and tgN @ dD (xK with -np) for each -n and -np. */
 static int run_bench(triattn_model * model, const struct cli_args * a, struct triattn_session_params sp) {
     int32_t pl[CLI_MAX_LIST], nl[CLI_MAX_LIST], dl[CLI_MAX_LIST], ql[CLI_MAX_LIST];
     int     np = 1, nn = 1, nd = 1, nq = 1;
@@ -576,16 +696,21 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     if (a->prompt && !parse_list(a->prompt, 0, 1 << 24, pl, &np)) return usage_error("invalid -p list '%s'%s", a->prompt, "");
     if (a->n_predict && !parse_list(a->n_predict, 0, 1 << 24, nl, &nn)) return usage_error("invalid -n list '%s'%s", a->n_predict, "");
     if (a->depths && !parse_list(a->depths, 0, 1 << 24, dl, &nd)) return usage_error("invalid -d list '%s'%s", a->depths, "");
-    if (a->parallel && !parse_list(a->parallel, 1, 64, ql, &nq)) return usage_error("invalid -np list '%s' (1..64)%s", a->parallel, "");
+    /* -np fit: as many sessions as the model's memory takes (up to 64), found by creating them */
+    const bool fit = a->parallel && !strcmp(a->parallel, "fit");
+    if (fit) ql[0] = 64;
+    else if (a->parallel && !parse_list(a->parallel, 1, 64, ql, &nq)) return usage_error("invalid -np list '%s' (1..64 or fit)%s", a->parallel, "");
     int32_t max_par = 1;
     for (int q = 0; q < nq; q++) max_par = ql[q] > max_par ? ql[q] : max_par;
 
     int32_t need = 1, max_fill = 1;
-    for (int i = 0; i < np; i++) { need = pl[i] > need ? pl[i] : need; max_fill = pl[i] > max_fill ? pl[i] : max_fill; }
+    for (int i = 0; i < np; i++) max_fill = pl[i] > max_fill ? pl[i] : max_fill;
     for (int j = 0; j < nd; j++) {
         max_fill = dl[j] > max_fill ? dl[j] : max_fill;
+        for (int i = 0; i < np; i++) need = dl[j] + pl[i] > need ? dl[j] + pl[i] : need;
         for (int i = 0; i < nn; i++) need = dl[j] + nl[i] > need ? dl[j] + nl[i] : need;
     }
+    for (int i = 0; i < np; i++) need = pl[i] > need ? pl[i] : need;
     if (sp.n_ctx < need) {
         sp.n_ctx = need;  /* the depths and lengths must fit */
     }
@@ -599,7 +724,7 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     int32_t         n_cand = 0;
     triattn_token * cand   = bench_candidates(model, &n_cand);
     triattn_token * toks   = malloc(sizeof(triattn_token) * (size_t) (max_fill > max_par ? max_fill : max_par));
-    int             n_rows = np + nn * nd * nq;
+    int             n_rows = np + nd * (np + nn * nq);
     struct bench_row * rows = calloc((size_t) n_rows, sizeof *rows);
     /* sessions decoding together (-np): ss[0] is s */
     triattn_session ** ss = calloc((size_t) max_par, sizeof *ss);
@@ -614,6 +739,11 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     for (int q = 0; q < max_par; q++) ones[q] = 1;
     for (int q = 1; q < max_par; q++) {
         st = triattn_session_create(model, &sp, &ss[q], err, sizeof err);
+        if (st == TRIATTN_ERR_OOM && fit) {
+            fprintf(stderr, "%s: -np fit: %d sessions fit; session %d: %s\n", g_prog, q, q + 1, err);
+            max_par = ql[0] = q;
+            break;
+        }
         if (st != TRIATTN_OK) {
             fprintf(stderr, "%s: error: cannot create session %d of %d (%s): %s\n", g_prog, q + 1, max_par,
                     triattn_status_name(st), err);
@@ -630,55 +760,42 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     timed_decode(s, toks, 16 < max_fill ? 16 : max_fill);
     triattn_session_reset(s);
 
+    struct bench_depth d = { 0 };
+    bench_state_file(d.path, sizeof d.path);
     int rc = 0, r_i = 0;
     for (int i = 0; i < np && rc == 0; i++) {
         struct bench_row * r = &rows[r_i++];
         r->n_prompt = pl[i];
         snprintf(r->test, sizeof r->test, "pp%d", pl[i]);
-        for (int rep = 0; rep < a->repetitions && pl[i] > 0; rep++) {
-            triattn_session_reset(s);
-            fill_random(toks, pl[i], cand, n_cand);
-            double ms = timed_decode(s, toks, pl[i]);
-            if (ms < 0 || g_interrupted) { rc = 1; break; }
-            r->tps[r->n++] = pl[i] / (ms / 1e3);
-            struct triattn_kv_stats kv;
-            triattn_session_kv_stats(s, &kv);
-            r->kv_bytes    = kv.kv_bytes;
-            r->kv_live_max = kv.live_max;
-        }
+        rc = bench_single(s, &d, pl[i], 0, a->repetitions, toks, cand, n_cand, a->verbose, r);
     }
     for (int j = 0; j < nd && rc == 0; j++) {
-        for (int i = 0; i < nn && rc == 0; i++) {
-          for (int q = 0; q < nq && rc == 0; q++) {
+        d.depth = dl[j];
+        d.tried = d.saved = false;
+        for (int i = 0; i < np && rc == 0 && dl[j] > 0; i++) {
             struct bench_row * r = &rows[r_i++];
-            r->n_gen = nl[i];
-            r->depth = dl[j];
-            r->parallel = ql[q];
-            if (ql[q] > 1) {
-                rc = bench_parallel(ss, ql[q], dl[j], nl[i], a->repetitions, toks, ones, cand, n_cand, r);
-                continue;
-            }
-            snprintf(r->test, sizeof r->test, "tg%d @ d%d", nl[i], dl[j]);
-            for (int rep = 0; rep < a->repetitions && nl[i] > 0; rep++) {
-                triattn_session_reset(s);
-                if (dl[j] > 0) {
-                    fill_random(toks, dl[j], cand, n_cand);
-                    if (timed_decode(s, toks, dl[j]) < 0) { rc = 1; break; }
-                }
-                double t0 = now_ms();
-                for (int32_t k = 0; k < nl[i] && rc == 0; k++) {
-                    triattn_token t = cand[bench_rand() % (uint32_t) n_cand];
-                    if (triattn_session_decode(s, &t, 1, false) != TRIATTN_OK || g_interrupted) rc = 1;
-                }
-                if (rc) break;
-                r->tps[r->n++] = nl[i] / ((now_ms() - t0) / 1e3);
-                struct triattn_kv_stats kv;
-                triattn_session_kv_stats(s, &kv);
-                r->kv_bytes    = kv.kv_bytes;
-                r->kv_live_max = kv.live_max;
-            }
-          }
+            r->n_prompt = pl[i];
+            r->depth    = dl[j];
+            snprintf(r->test, sizeof r->test, "pp%d @ d%d", pl[i], dl[j]);
+            rc = bench_single(s, &d, pl[i], 0, a->repetitions, toks, cand, n_cand, a->verbose, r);
         }
+        for (int i = 0; i < nn && rc == 0; i++) {
+            for (int q = 0; q < nq && rc == 0; q++) {
+                struct bench_row * r = &rows[r_i++];
+                r->n_gen    = nl[i];
+                r->depth    = dl[j];
+                r->parallel = ql[q];
+                if (ql[q] > 1) {
+                    rc = bench_parallel(ss, ql[q], &d, nl[i], a->repetitions, toks, ones, cand, n_cand, a->verbose, r);
+                    continue;
+                }
+                snprintf(r->test, sizeof r->test, "tg%d @ d%d", nl[i], dl[j]);
+                rc = bench_single(s, &d, 0, nl[i], a->repetitions, toks, cand, n_cand, a->verbose, r);
+            }
+        }
+    }
+    if (d.path[0]) {
+        unlink(d.path);
     }
     if (rc) {
         fprintf(stderr, "%s: error: benchmark %s: %s\n", g_prog, g_interrupted ? "interrupted" : "failed",
@@ -691,6 +808,8 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     triattn_session_kv_stats(s, &kv);
     const char * name = mi.name[0] ? mi.name : a->model;
     long threads = sp.n_threads > 0 ? sp.n_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t gpu_used = 0, gpu_limit = 0; /* device memory with every session of the run alive */
+    triattn_model_gpu_memory(model, &gpu_used, &gpu_limit);
     if (a->json) {
         printf("[\n");
         bool first = true;
@@ -706,9 +825,12 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
             json_string(kv.policy);
             printf(", \"kv_budget\": %d, \"threads\": %ld, \"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, "
                    "\"depth\": %d, \"parallel\": %d, \"reps\": %d, \"tps_median\": %.3f, \"tps_min\": %.3f, \"tps_max\": %.3f, "
-                   "\"kv_bytes\": %llu, \"kv_live_max\": %d, \"samples_tps\": [",
+                   "\"kv_bytes\": %llu, \"kv_live_max\": %d, \"depth_prefills\": %d, \"model_bytes\": %llu, "
+                   "\"gpu_mem_used\": %llu, \"gpu_mem_limit\": %llu, \"round_ms\": %.3f, \"samples_tps\": [",
                    sp.kv_budget, threads, r->test, r->n_prompt, r->n_gen, r->depth, r->parallel > 0 ? r->parallel : 1, r->n, r->median, r->min, r->max,
-                   (unsigned long long) r->kv_bytes, r->kv_live_max);
+                   (unsigned long long) r->kv_bytes, r->kv_live_max, r->depth_prefills, (unsigned long long) mi.n_bytes,
+                   (unsigned long long) gpu_used, (unsigned long long) gpu_limit,
+                   r->rounds > 0 ? r->round_ms / (double) r->rounds : 0.0);
             for (int q = 0; q < r->n; q++) printf("%s%.3f", q ? ", " : "", r->tps[q]);
             printf("]}");
             first = false;
@@ -751,19 +873,25 @@ int main(int argc, char ** argv) {
     }
     signal(SIGINT, on_sigint);
 
-    struct triattn_model_params mp;
-    triattn_model_params_init(&mp);
-    mp.calibration_path = a.calibration;
-    mp.n_gpu_layers = a.n_gpu_layers;
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "%s: ", g_prog);
     triattn_model * model = NULL;
     char err[1024];
-    enum triattn_status st = triattn_model_load(a.model, &mp, &model, err, sizeof err);
+    struct triattn_model_params mp;
+    triattn_model_params_init(&mp);
+    mp.n_gpu_layers  = a.n_gpu_layers;
+    mp.gpu_mem_limit = a.gpu_mem_limit;
+    enum triattn_status st = model_files_load(prefix, a.model, a.calibration, &mp, &model, a.sidecar,
+                                              sizeof a.sidecar);
     if (st != TRIATTN_OK) {
-        fprintf(stderr, "%s: error: cannot load model (%s): %s\n", g_prog, triattn_status_name(st), err);
         return 1;
     }
     if (a.verbose) {
         print_model_info(model, &a);
+    }
+    if (model_files_centres_missing(prefix, model, a.model, a.sp.kv_policy)) {
+        triattn_model_free(model);
+        return 1;
     }
     int rc;
     if (a.bench) {

@@ -328,8 +328,9 @@ static bool chat_prompt(ctx * x, const json_value * body, struct gen_req * g) {
     struct tool_err e = { .status = 400 };
     const char * fmt = x->srv->o.chat_format;
     const triattn_model * m = x->srv->model;
-    if (api_tools_parse(body, &g->tools, &e) && api_tools_prompt(m, fmt, body, &g->tools, &g->prompt, &e) &&
-        api_tools_constrain(m, fmt, &g->tools, &g->gp, &e) && api_tools_parser(m, fmt, &g->tools, &e))
+    if (api_tools_parse(body, x->srv->o.strict_tool_calls, &g->tools, &e) &&
+        api_tools_prompt(m, fmt, body, &g->tools, &g->prompt, &e) && api_tools_constrain(m, fmt, &g->tools, &g->gp, &e) &&
+        api_tools_parser(m, fmt, &g->tools, &e))
         return true;
     x->param = e.param;
     reply_error(x, e.status, e.status >= 500 ? NULL : "invalid_request", "%s", e.msg);

@@ -45,10 +45,11 @@ static uint64_t random_seed(void) {
     return s;
 }
 
-bool api_tools_parse(const json_value * body, struct tool_req * t, struct tool_err * e) {
+bool api_tools_parse(const json_value * body, bool strict, struct tool_req * t, struct tool_err * e) {
     memset(t, 0, sizeof *t);
     triattn_tool_options_init(&t->opts);
     t->opts.id_seed = random_seed();
+    t->opts.strict_tool_calls = strict;
     const json_value * tools = json_get(body, "tools"), * choice = json_get(body, "tool_choice");
     const json_value * par = json_get(body, "parallel_tool_calls");
     if (tools && tools->type != JSON_NULL) {

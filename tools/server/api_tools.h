@@ -24,8 +24,9 @@ struct tool_err {
     int          status;
 };
 
-/* Reads tools, tool_choice and parallel_tool_calls from a chat request body. */
-bool api_tools_parse(const json_value * body, struct tool_req * t, struct tool_err * e);
+/* Reads tools, tool_choice and parallel_tool_calls from a chat request body; strict: read calls only in the chat
+ * format's own syntax (--strict-tool-calls). */
+bool api_tools_parse(const json_value * body, bool strict, struct tool_req * t, struct tool_err * e);
 
 /* Renders "messages" (including assistant tool_calls and role "tool" turns) with the request's tools into
  * *prompt (malloc'd). */

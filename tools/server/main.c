@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "../common/model_files.h"
 
 static struct server g_srv;
 
@@ -29,7 +30,7 @@ static void on_signal(int sig) { (void)sig; g_srv.stop = 1; }
 
 static void usage(FILE * f) {
     fprintf(f,
-        "usage: triattn-server -m MODEL.gguf [options]\n"
+        "usage: triattn-server [-m MODEL.gguf] [options]\n"
         "\n"
         "An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions (stream and not), /v1/models,\n"
         "/health, /tokenize, /detokenize, /metrics (Prometheus), /slots.\n"
@@ -55,11 +56,17 @@ static void usage(FILE * f) {
         "  --alias NAME         model name reported by the API (default: the file name)\n"
         "\n"
         "model and sessions:\n"
-        "  -m, --model PATH     GGUF model file (required)\n"
+        "  -m, --model PATH     GGUF model file (default: the default model, " MODEL_FILES_DEFAULT_NAME ",\n"
+        "                       in pytriattn's cache: $PYTRIATTN_CACHE or ~/.cache/pytriattn; `pytriattn fetch`)\n"
         "  -c, --ctx-size N     context per slot in tokens (default 4096)\n"
         "  -t, --threads N      CPU threads running each forward step (default: all cores)\n"
         "  -ngl, --n-gpu-layers N  layers on the GPU: 0 = none (default), -1 = all (CUDA builds; else the CPU)\n"
+        "  --gpu-mem-limit SIZE device memory the weights and every slot may use, e.g. 24GiB (default: what the\n"
+        "                       device has free); slots that do not fit are refused at startup with what they need\n"
         "  --chat-format NAME   chatml, llama3, llama2, mistral, gemma, qwen, deepseek-r1 (default: from the model)\n"
+        "  --strict-tool-calls  read tool calls only in the chat format's own syntax (<tool_call> tags, Llama 3's\n"
+        "                       JSON reply). Default: also the shapes small models write for declared tools\n"
+        "                       (```json fences, bare JSON calls, <|python_tag|>, [TOOL_CALLS])\n"
         "\n"
         "KV cache (TriAttention):\n"
         "  --kv-policy NAME     full, triattention, or a baseline: streaming, random, h2o, snapkv, rkv\n"
@@ -71,7 +78,9 @@ static void usage(FILE * f) {
         "  --kv-sink N          leading tokens never evicted (default 4)\n"
         "  --kv-mode MODE       triattention score options: per_head (default), per_layer_per_head, global, then\n"
         "                       ,trig=X ,norm=X ,agg=max ,look=N|all ,lookw=X (see docs/triattention-engine.md)\n"
-        "  --calibration PATH   sidecar GGUF with triattention.* query centres\n"
+        "  --calibration PATH   sidecar GGUF with triattention.* query centres (default: MODEL.tri-stats.gguf\n"
+        "                       beside the model or in the installed package's data folder, when there is one;\n"
+        "                       the default model's ships there)\n"
         "\n"
         "prompt cache:\n"
         "  --slot-save-path DIR directory for POST /slots/{id}?action=save|restore {\"filename\": NAME} (off by default).\n"
@@ -83,6 +92,7 @@ static void usage(FILE * f) {
 
 /* -ngl / --n-gpu-layers: 0 = CPU, -1 = the whole model on the GPU (CUDA builds; else the CPU with a warning). */
 static long g_n_gpu_layers = 0;
+static uint64_t g_gpu_mem_limit = 0; /* --gpu-mem-limit: device bytes of the weights and every slot; 0 = none */
 
 /* The API key from a file: its content up to trailing whitespace (at most 4 KiB). NULL after a message. */
 static const char * read_key_file(const char * path) {
@@ -131,6 +141,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         const char * a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
         if (!strcmp(a, "--cors")) { o->cors = true; continue; }
+        if (!strcmp(a, "--strict-tool-calls")) { o->strict_tool_calls = true; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return -1; }
         const char * v = argv[++i];
         long n = 0;
@@ -155,6 +166,13 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         INTOPT("-ngl", -1, 1 << 20, g_n_gpu_layers)
         INTOPT("--n-gpu-layers", -1, 1 << 20, g_n_gpu_layers)
 #undef INTOPT
+        if (!strcmp(a, "--gpu-mem-limit")) {
+            if (!triattn_parse_bytes(v, &g_gpu_mem_limit)) {
+                fprintf(stderr, "error: --gpu-mem-limit needs a byte size such as 24GiB or 512M, got '%s'\n", v);
+                return -1;
+            }
+            continue;
+        }
         if (!strcmp(a, "--host")) { o->host = v; continue; }
         if (!strcmp(a, "--api-key")) { o->api_key = v; continue; }
         if (!strcmp(a, "--api-key-file")) { if (!(o->api_key = read_key_file(v))) return -1; continue; }
@@ -168,7 +186,15 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         fprintf(stderr, "error: unknown option %s (see --help)\n", a);
         return -1;
     }
-    if (!o->model_path) { fprintf(stderr, "error: -m MODEL.gguf is required (see --help)\n"); return -1; }
+    if (!o->model_path) {
+        static char def[4096];
+        if (!model_files_default_model(def, sizeof def) || access(def, R_OK) != 0) {
+            fprintf(stderr, "error: no model given (-m MODEL.gguf), and the default model is not at %s (`pytriattn "
+                    "fetch` downloads it; see --help)\n", def[0] ? def : "$HOME/.cache/pytriattn");
+            return -1;
+        }
+        o->model_path = def;
+    }
     if (!o->api_key) {
         const char * env = getenv("TRIATTN_API_KEY");
         if (env && *env) o->api_key = env;
@@ -324,16 +350,20 @@ int main(int argc, char ** argv) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    char err[512];
+    char err[512], sidecar[4096];
     struct triattn_model_params mp;
     triattn_model_params_init(&mp);
-    mp.calibration_path = srv->o.calibration;
-    mp.n_gpu_layers = (int32_t) g_n_gpu_layers;
-    if (triattn_model_load(srv->o.model_path, &mp, &srv->model, err, sizeof err) != TRIATTN_OK) {
-        fprintf(stderr, "error: %s\n", err);
+    mp.n_gpu_layers  = (int32_t) g_n_gpu_layers;
+    mp.gpu_mem_limit = g_gpu_mem_limit;
+    if (model_files_load("", srv->o.model_path, srv->o.calibration, &mp, &srv->model, sidecar,
+                         sizeof sidecar) != TRIATTN_OK) {
         return 1;
     }
     triattn_model_get_info(srv->model, &srv->info);
+    if (model_files_centres_missing("", srv->model, srv->o.model_path, srv->o.kv_policy)) {
+        triattn_model_free(srv->model);
+        return 1;
+    }
 
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int total = srv->o.threads > 0 ? srv->o.threads : (int)(cores > 0 ? cores : 1);
@@ -358,9 +388,10 @@ int main(int argc, char ** argv) {
     if (lfd < 0) { slots_free(&srv->pool); triattn_model_free(srv->model); return 1; }
     srv->started = time(NULL);
     warn_if_open(lfd, srv->o.api_key);
-    fprintf(stderr, "triattn-server %s: model %s (%s, %lld params), %d slots x %d threads, n_ctx %d, kv %s\n",
-            triattn_version(), srv->o.alias, srv->info.arch, (long long)srv->info.n_params, srv->o.parallel,
-            sp.n_threads, triattn_session_n_ctx(srv->pool.slots[0].session), srv->pool.slots[0].kv.policy);
+    fprintf(stderr, "triattn-server %s: model %s (%s, %lld params), %d slots x %d threads, n_ctx %d, kv %s, "
+            "query centres: %s\n", triattn_version(), srv->o.alias, srv->info.arch, (long long)srv->info.n_params,
+            srv->o.parallel, sp.n_threads, triattn_session_n_ctx(srv->pool.slots[0].session),
+            srv->pool.slots[0].kv.policy, sidecar[0] ? sidecar : srv->info.has_calibration ? "embedded" : "none");
     printf("listening on http://%s:%d\n", srv->o.host, port);
     fflush(stdout);
 

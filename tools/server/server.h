@@ -27,6 +27,7 @@ struct server_opts {
     int          prefill_chunk;
     const char * calibration;
     const char * chat_format;
+    bool         strict_tool_calls;  /* tool calls only in the chat format's own syntax */
     const char * model_path;
     const char * alias;
     int          max_conns;

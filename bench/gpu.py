@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""The GPU benchmark in one run: random-weight models of real shapes written on the spot, then `triattn-cli --bench`
+on the device for the table of docs/results.md "GPU".
+
+  python bench/gpu.py --cli build/cuda/triattn-cli --out bench/out/gpu      # everything (about 6 minutes on an H200)
+  python bench/gpu.py --cli ... --only 1b                                    # the 1.1B-shaped model only
+  python bench/gpu.py --smoke --cli build/ctest/triattn-cli                  # a tiny model on whatever device (CI)
+
+Models (random Q4_K blocks with set scales, output Q6_K, tokenizer of byte tokens and padding, synthetic
+TriAttention centres: the weights carry no language, so this measures speed and memory, not quality):
+  1b   Llama-shaped 1.1B: n_embd 2048, 32 / 8 heads of 64, 16 layers, n_ff 8192, vocab 32000
+  32b  Qwen2.5-32B-shaped: n_embd 5120, 40 / 8 heads of 128, 64 layers, n_ff 27648, vocab 152064
+
+Runs (each a triattn-cli process; JSON rows collected):
+  32b under a 24 GiB device-memory cap, full and triattention (budget 2048): as many sessions as fit (-np fit) at
+      32K and at 64K context, tg32 each (full attention: refused); the 64K sessions decode to their n_ctx.
+  1b: pp512 (also at depth) and tg64 at depths 0, 4096, 16384, 32768, full and triattention (budget 2048); tg32 at
+      depth 4096 with 1, 8 and 16 sessions decoding together (-np), full and triattention.
+Prints a markdown table and writes results.json (and the raw outputs) to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SHAPES = {
+    "1b": dict(arch="llama", n_embd=2048, n_head=32, n_head_kv=8, head_dim=64, n_layer=16, n_ff=8192,
+               n_vocab=32000, rope_base=10000.0),
+    "32b": dict(arch="qwen2", n_embd=5120, n_head=40, n_head_kv=8, head_dim=128, n_layer=64, n_ff=27648,
+                n_vocab=152064, rope_base=1000000.0),
+    "smoke": dict(arch="llama", n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_layer=2, n_ff=512,
+                  n_vocab=512, rope_base=10000.0),
+}
+
+# GGUF value types and ggml tensor types used here
+T_U32, T_F32, T_STR, T_ARR, T_I32 = 4, 6, 8, 9, 5
+Q4_K, Q6_K, F32 = 12, 14, 0
+BLOCK = {Q4_K: (256, 144), Q6_K: (256, 210), F32: (1, 4)}
+
+
+def _s(x: str) -> bytes:
+    b = x.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def _kv(key: str, t: int, v) -> bytes:
+    out = _s(key) + struct.pack("<I", t)
+    if t == T_STR:
+        return out + _s(v)
+    if t == T_U32:
+        return out + struct.pack("<I", v)
+    if t == T_F32:
+        return out + struct.pack("<f", v)
+    et, vals = v
+    out += struct.pack("<IQ", et, len(vals))
+    if et == T_STR:
+        return out + b"".join(_s(x) for x in vals)
+    return out + np.asarray(vals, dtype="<f4" if et == T_F32 else "<i4").tobytes()
+
+
+def _byte_chars() -> list[str]:
+    """The 256 byte-level BPE characters (GPT-2's mapping: printable bytes as themselves, the rest from U+0100)."""
+    keep = set(range(0x21, 0x7f)) | set(range(0xa1, 0xad)) | set(range(0xae, 0x100))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def _pool(qtype: int, n_in: int, n_blocks: int, rng) -> np.ndarray:
+    """Random blocks of qtype whose values have about std 1/sqrt(n_in) and mean 0 (scales set per block type)."""
+    bs, ts = BLOCK[qtype]
+    blocks = np.frombuffer(rng.bytes(n_blocks * ts), dtype=np.uint8).reshape(n_blocks, ts).copy()
+    if qtype == Q4_K:   # d * sc * q - dmin * mn, sc, mn in 0..63, q in 0..15
+        d = 1.0 / (np.sqrt(n_in) * 300.0)
+        blocks[:, 0:2] = np.frombuffer(np.float16(d).tobytes(), np.uint8)
+        blocks[:, 2:4] = np.frombuffer(np.float16(7.5 * d).tobytes(), np.uint8)
+    else:               # Q6_K: d * sc * (q - 32), sc int8
+        blocks[:, 208:210] = np.frombuffer(np.float16(1.0 / (np.sqrt(n_in) * 1400.0)).tobytes(), np.uint8)
+    return blocks.reshape(-1)
+
+
+def write_model(path: Path, shape: dict, seed: int = 0) -> Path:
+    """A loadable GGUF of the shape with random Q4_K weights (output Q6_K) and synthetic centres, written fast:
+    one pool of random blocks per scale, reused (the bytes' provenance does not matter to a speed test)."""
+    rng = np.random.default_rng(seed)
+    a, E, H, Hkv, D = shape["arch"], shape["n_embd"], shape["n_head"], shape["n_head_kv"], shape["head_dim"]
+    L, FF, V = shape["n_layer"], shape["n_ff"], shape["n_vocab"]
+    F = D // 2
+    tokens = _byte_chars() + ["\u0120t", "<|endoftext|>"]
+    tokens += [f"[PAD{i}]" for i in range(V - len(tokens))]
+    types = [1] * 257 + [3] + [5] * (V - 258)
+    c_re = rng.normal(0.0, 1.0, L * H * F).astype(np.float32)
+    c_im = rng.normal(0.0, 1.0, L * H * F).astype(np.float32)
+    kvs = [
+        _kv("general.architecture", T_STR, a), _kv("general.name", T_STR, f"random-{a}-{L}x{E}"),
+        _kv(f"{a}.context_length", T_U32, 131072), _kv(f"{a}.embedding_length", T_U32, E),
+        _kv(f"{a}.block_count", T_U32, L), _kv(f"{a}.feed_forward_length", T_U32, FF),
+        _kv(f"{a}.attention.head_count", T_U32, H), _kv(f"{a}.attention.head_count_kv", T_U32, Hkv),
+        _kv(f"{a}.rope.dimension_count", T_U32, D), _kv(f"{a}.rope.freq_base", T_F32, shape["rope_base"]),
+        _kv(f"{a}.attention.layer_norm_rms_epsilon", T_F32, 1e-6),
+        _kv("tokenizer.ggml.model", T_STR, "gpt2"), _kv("tokenizer.ggml.pre", T_STR, "default"),
+        _kv("tokenizer.ggml.tokens", T_ARR, (T_STR, tokens)), _kv("tokenizer.ggml.token_type", T_ARR, (T_I32, types)),
+        _kv("tokenizer.ggml.merges", T_ARR, (T_STR, ["\u0120 t"])),
+        _kv("tokenizer.ggml.bos_token_id", T_U32, 257), _kv("tokenizer.ggml.eos_token_id", T_U32, 257),
+        # synthetic centres: enough for the triattention policy to run its rounds at full cost
+        _kv("triattention.format_version", T_U32, 1), _kv("triattention.architecture", T_STR, a),
+        _kv("triattention.n_layer", T_U32, L), _kv("triattention.n_head", T_U32, H),
+        _kv("triattention.n_head_kv", T_U32, Hkv), _kv("triattention.rope_dim", T_U32, D),
+        _kv("triattention.freq_count", T_U32, F),
+        _kv("triattention.rope_pairing", T_STR, "adjacent" if a == "llama" else "half"),
+        _kv("triattention.rope_freq_base", T_F32, shape["rope_base"]),
+        _kv("triattention.q_center_re", T_ARR, (T_F32, c_re)), _kv("triattention.q_center_im", T_ARR, (T_F32, c_im)),
+        _kv("triattention.q_abs_mean", T_ARR, (T_F32, np.hypot(c_re, c_im) + 0.5)),
+    ]
+    tensors = [("token_embd.weight", Q4_K, (E, V)), ("output_norm.weight", F32, (E,)),
+               ("output.weight", Q6_K, (E, V))]
+    for i in range(L):
+        p = f"blk.{i}."
+        tensors += [(p + "attn_norm.weight", F32, (E,)), (p + "attn_q.weight", Q4_K, (E, H * D)),
+                    (p + "attn_k.weight", Q4_K, (E, Hkv * D)), (p + "attn_v.weight", Q4_K, (E, Hkv * D))]
+        if a == "qwen2":
+            tensors += [(p + "attn_q.bias", F32, (H * D,)), (p + "attn_k.bias", F32, (Hkv * D,)),
+                        (p + "attn_v.bias", F32, (Hkv * D,))]
+        tensors += [(p + "attn_output.weight", Q4_K, (H * D, E)), (p + "ffn_norm.weight", F32, (E,)),
+                    (p + "ffn_gate.weight", Q4_K, (E, FF)), (p + "ffn_up.weight", Q4_K, (E, FF)),
+                    (p + "ffn_down.weight", Q4_K, (FF, E))]
+    align = 32
+    infos, sizes, off = [], [], 0
+    for name, t, dims in tensors:
+        n = int(np.prod(dims))
+        bs, ts = BLOCK[t]
+        nbytes = n // bs * ts
+        infos.append(_s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+                     + struct.pack("<IQ", t, off))
+        sizes.append(nbytes)
+        off += nbytes + (-nbytes) % align
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs))
+    meta = head + b"".join(kvs) + b"".join(infos)
+    pools = {}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(meta + b"\0" * ((-len(meta)) % align))
+        for (name, t, dims), nbytes in zip(tensors, sizes):
+            if t == F32:
+                data = np.ones(dims, dtype="<f4").tobytes() if "norm" in name else \
+                    rng.normal(0.0, 0.1, dims).astype("<f4").tobytes()
+                f.write(data)
+            else:
+                key = (t, dims[0])
+                if key not in pools:
+                    bs, ts = BLOCK[t]
+                    pools[key] = _pool(t, dims[0], min(1 << 20, nbytes // ts), rng)
+                pool = pools[key]
+                left = nbytes
+                while left > 0:
+                    k = min(left, pool.size)
+                    f.write(pool[:k].data)
+                    left -= k
+            f.write(b"\0" * ((-nbytes) % align))
+    tmp.replace(path)
+    return path
+
+
+def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float) -> tuple[list[dict], str, int]:
+    """triattn-cli --bench --json with args; (rows, stderr, exit code)."""
+    cmd = [str(cli), "-m", str(model), "--bench", "--json", *args]
+    print("$", " ".join(cmd[1:]), file=log, flush=True)
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  timed out after {timeout:.0f} s", file=log, flush=True)
+        return [], "timed out", 124
+    print(p.stdout, p.stderr[-4000:], f"  ({time.time() - t0:.1f} s, exit {p.returncode})", sep="\n", file=log,
+          flush=True)
+    try:
+        rows = json.loads(p.stdout) if p.stdout.strip() else []
+    except json.JSONDecodeError:
+        rows = []
+    return rows, p.stderr, p.returncode
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cli", type=Path, default=ROOT / "build" / "cuda" / "triattn-cli", help="triattn-cli to run")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "gpu", help="results folder")
+    ap.add_argument("--models", type=Path, default=None, help="where the random models go (default: --out)")
+    ap.add_argument("--only", choices=["1b", "32b"], default=None, help="one model only")
+    ap.add_argument("--smoke", action="store_true", help="a tiny model, tiny runs: checks the script (CPU is fine)")
+    ap.add_argument("--mem-limit", default="24GiB", help="device-memory cap of the 32b runs (default 24GiB)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds one triattn-cli run may take (default 600)")
+    ap.add_argument("--write-only", choices=["1b", "32b"], default=None, help="write that model into --models, nothing else")
+    ap.add_argument("--short", action="store_true", help="fewer depths and repetitions (a device-time budget)")
+    ap.add_argument("--plot", type=Path, nargs=2, metavar=("RESULTS", "PNG"), default=None,
+                    help="draw t/s against depth and against sessions from a results.json; nothing else")
+    args = ap.parse_args(argv)
+    if args.plot:
+        plot(json.loads(args.plot[0].read_text()), args.plot[1])
+        return 0
+    if not args.cli.is_file():
+        print(f"gpu.py: {args.cli} not found (build with -DTRIATTN_CUDA=ON, or pass --cli)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = args.models or args.out
+    models.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "gpu_bench.log", "a")
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {}}
+
+    def record(name: str, model: Path, extra: list[str], timeout: float | None = None) -> list[dict]:
+        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(timeout or args.timeout, args.timeout))
+        results["runs"][name] = {"args": extra, "rows": rows, "exit": rc, "stderr_tail": err[-1500:]}
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        return rows
+
+    def model_of(key: str) -> Path:
+        path = models / f"random-{key}.gguf"
+        if not path.is_file():
+            t0 = time.time()
+            write_model(path, SHAPES[key])
+            results[f"write_{key}_s"] = round(time.time() - t0, 1)
+            print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.1f} s", file=log,
+                  flush=True)
+        results[f"bytes_{key}"] = path.stat().st_size
+        return path
+
+    if args.write_only:
+        model_of(args.write_only)
+        return 0
+    if args.smoke:
+        m = model_of("smoke")
+        for pol in ("full", "triattention"):
+            record(f"smoke_{pol}", m, ["-p", "64", "-n", "8", "-d", "0,96", "-r", "1", "-c", "256",
+                                       "--kv-policy", pol, "--kv-budget", "64", "--kv-interval", "16"])
+        record("smoke_np", m, ["-p", "0", "-n", "4", "-d", "32", "-np", "1,3", "-r", "1", "-c", "256"])
+    if not args.smoke and args.only in (None, "32b"):
+        # full attention: the 64K session is refused under the cap; TriAttention: as many sessions as fit, at 32K
+        # and at 64K context (the 64K ones decode past position 65280 to the end of their n_ctx)
+        m = model_of("32b")
+        cap = ["--gpu-mem-limit", args.mem_limit]
+        record("32b_full", m, [*cap, "-p", "0", "-n", "32", "-d", "32768,65280", "-np", "fit", "-r", "1",
+                               "-c", "65536", "--kv-policy", "full"], timeout=120)
+        record("32b_triattention", m, [*cap, "-p", "0", "-n", "32", "-d", "32768,65280", "-np", "fit", "-r", "1",
+                                       "-c", "65536", "--kv-policy", "triattention", "--kv-budget", "2048"])
+    if not args.smoke and args.only in (None, "1b"):
+        m = model_of("1b")
+        reps = "2" if args.short else "3"
+        depths = {"full": "0,16384" if args.short else "0,4096,16384,32768", "triattention": "0,16384,32768"
+                  if args.short else "0,4096,16384,32768"}
+        for pol in ("full", "triattention"):
+            record(f"1b_{pol}", m, ["-p", "512", "-n", "64", "-d", depths[pol], "-r", reps, "-c", "33024",
+                                    "--kv-policy", pol, "--kv-budget", "2048"])
+        for pol in ("full", "triattention"):
+            record(f"1b_np_{pol}", m, ["-p", "0", "-n", "32", "-d", "4096", "-np", "16" if args.short else "1,8,16",
+                                       "-r", "2", "-c", "4224", "--kv-policy", pol, "--kv-budget", "2048"])
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+    return 0
+
+
+def plot(results: dict, png: Path) -> None:
+    """Decode t/s against KV depth (one session) and aggregate t/s against sessions, full vs triattention."""
+    sys.path.insert(0, str(ROOT / "python"))
+    from pytriattn._plot import grid, line_chart, write_png
+
+    depth, sess = {}, {}
+    for key, run in results["runs"].items():
+        if not key.startswith("1b_"):
+            continue
+        for r in run["rows"]:
+            if r["n_gen"] <= 0:
+                continue
+            name = r["policy"].upper()
+            if "_np_" in key:
+                sess.setdefault(name, {})[r.get("parallel", 1)] = r["tps_median"]
+            else:
+                depth.setdefault(name, {})[r["depth"]] = r["tps_median"]
+    as_series = lambda d: {k: (sorted(v), [v[x] for x in sorted(v)]) for k, v in d.items()}  # noqa: E731
+    a = line_chart(as_series(depth), title="1.1B Q4_K on H200: decode, one session", xlabel="KV depth (tokens)",
+                   ylabel="tokens/s")
+    b = line_chart(as_series(sess), title="decode at depth 4096, sessions together", xlabel="sessions",
+                   ylabel="tokens/s (all sessions)")
+    write_png(png, grid([a, b], cols=2))
+
+
+def markdown(results: dict) -> str:
+    lines = ["| run | test | policy | sessions | t/s (median) | weights read (GB/s) | KV bytes |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, run in results["runs"].items():
+        if not run["rows"]:
+            why = run["stderr_tail"].strip().splitlines()[-1:] or [f"exit {run['exit']}"]
+            lines.append(f"| {name} | — | — | — | refused or failed: {why[0][:160]} | — | — |")
+        for r in run["rows"]:
+            # decode steps read every weight once for all the sessions of the step
+            steps = r["tps_median"] / r.get("parallel", 1) if r["n_gen"] > 0 else 0.0
+            bw = f"{r['model_bytes'] * steps / 1e9:.0f}" if steps and r.get("model_bytes") else "—"
+            lines.append(f"| {name} | {r['test']} | {r['policy']} | {r.get('parallel', 1)} | {r['tps_median']:.1f} | "
+                         f"{bw} | {r.get('kv_bytes', 0) / 2**20:.1f} MiB |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

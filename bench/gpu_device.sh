@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every GPU check in one run, for a machine with a CUDA device and no network: the CUDA tests (tests/test_cuda.py,
+# the real-weights ones from the cut default model in $PYTRIATTN_CACHE), the per-op micro-benchmark and the
+# benchmark table (bench/gpu.py). Logs and JSON go to $OUT (default bench/out/gpu).
+#
+#   bash bench/gpu_device.sh [tests|bench|all|final] [gpu.py options...]
+#
+# final: for a short device budget: the 32b model is written while the GPU tests run, then the 32b runs, then a
+# shorter 1b table (--short).
+#
+# Environment: TRIATTN_CUDA_BUILD_DIR = a folder with libtriattn.so, tool_cuda and triattn-cli built with
+# -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ wheels (cffi, pycparser, gguf) are
+# installed into /tmp/site when present; PYTRIATTN_CACHE should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf
+# (written by tests/test_cuda.py's cut_model fixture where the default model is cached).
+set -u
+cd "$(dirname "$0")/.."
+what=${1:-all}
+shift || true
+OUT=${OUT:-bench/out/gpu}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+BUILD=${TRIATTN_CUDA_BUILD_DIR:-build/cuda90}
+if [ ! -x "$BUILD/tool_cuda" ]; then
+    t0=$SECONDS
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRIATTN_BUILD_TESTS=ON -DTRIATTN_CUDA=ON \
+        -DTRIATTN_CUDA_ARCHS=90 >/dev/null && cmake --build "$BUILD" -j "$(nproc)" >"$OUT/build.log" 2>&1 \
+        || { tail -30 "$OUT/build.log"; exit 1; }
+    echo "built $BUILD in $((SECONDS - t0)) s"
+fi
+export TRIATTN_CUDA_BUILD_DIR=$BUILD PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >"$OUT/device.txt" 2>&1
+if [ "$what" = final ]; then
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --write-only 32b --out "$OUT" --models /tmp/gpu-models --cli "$BUILD/triattn-cli" &
+    writer=$!
+fi
+if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
+    t0=$SECONDS
+    # the CPU-build tests and the benchmark test are left to CI and to the line after
+    PYTHONUNBUFFERED=1 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -s -rf tests/test_cuda.py -p no:cacheprovider \
+        -k "${TEST_SELECT:-not cpu_build_gpu_request and not mem_limit_parse and not script_smoke and not test_cuda_bench}" \
+        >"$OUT/test_cuda.log" 2>&1
+    tail -25 "$OUT/test_cuda.log"
+    echo "tests: $((SECONDS - t0)) s"
+    if [ "$what" != final ]; then
+        timeout 120 "$BUILD/tool_cuda" bench 7 >"$OUT/tool_cuda_bench.jsonl" 2>&1
+        echo "tool_cuda bench: exit $?"
+    fi
+fi
+if [ "$what" = final ]; then
+    wait "$writer"
+    t0=$SECONDS
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models /tmp/gpu-models --short "$@"
+    echo "bench: $((SECONDS - t0)) s"
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+    t0=$SECONDS
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models /tmp/gpu-models "$@"
+    echo "bench: $((SECONDS - t0)) s"
+fi

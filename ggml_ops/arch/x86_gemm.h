@@ -586,8 +586,21 @@ TRI_INLINE void tri_gemm_panels(int n, const uint8_t * W, size_t rs, int64_t nro
 
 /* ---- decode: one row at a time, its blocks read in order, eight of them in the vector lanes ---- */
 
-/* fp16 at byte off of 8 blocks bsz apart from p, as floats (lanes >= k: 0); built in registers (small
- * stores then a wide reload would stall on store forwarding). */
+/* The 32-bit values at the start of 4 blocks bsz apart from p (lanes >= k: 0), built with register inserts:
+ * small stores then a wide reload would stall on store forwarding. */
+TRI_INLINE uint32_t tri_ld_u32(const uint8_t * p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+TRI_INLINE __m128i tri_u32x4(const uint8_t * p, size_t bsz, int k) {
+    __m128i v = _mm_cvtsi32_si128(k > 0 ? (int) tri_ld_u32(p) : 0);
+    v = _mm_insert_epi32(v, k > 1 ? (int) tri_ld_u32(p + 1 * bsz) : 0, 1);
+    v = _mm_insert_epi32(v, k > 2 ? (int) tri_ld_u32(p + 2 * bsz) : 0, 2);
+    return _mm_insert_epi32(v, k > 3 ? (int) tri_ld_u32(p + 3 * bsz) : 0, 3);
+}
+
+/* fp16 at byte off of 8 blocks bsz apart from p, as floats (lanes >= k: 0). */
 TRI_INLINE __m256 tri_block_h8(const uint8_t * p, size_t bsz, size_t off, int k) {
     uint16_t h[8];
     for (int i = 0; i < 8; i++) {
@@ -602,14 +615,7 @@ TRI_INLINE __m256 tri_block_h8(const uint8_t * p, size_t bsz, size_t off, int k)
 
 /* The fp16 pair (d, m) at the start of 8 blocks bsz apart from p, as floats (lanes >= k: 0). */
 TRI_INLINE void tri_block_2h8(const uint8_t * p, size_t bsz, int k, __m256 * d, __m256 * m) {
-    int32_t w[8];
-    for (int i = 0; i < 8; i++) {
-        w[i] = 0;
-        if (i < k) {
-            memcpy(&w[i], p + (size_t) i * bsz, 4);
-        }
-    }
-    const __m256i v = _mm256_setr_epi32(w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]);
+    const __m256i v = _mm256_set_m128i(tri_u32x4(p + 4 * bsz, bsz, k - 4), tri_u32x4(p, bsz, k));
     /* per 128-bit lane: its four d halves, then its four m halves; then both lanes' d, both lanes' m */
     const __m256i sh = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
                                                                 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
@@ -644,9 +650,32 @@ TRI_INLINE void tri_gemv32_dots(const uint8_t * blk0, const uint8_t * x, int b0,
     }
 }
 
+/* Blocks b0 .. b0 + k - 1 (5 <= k <= 8) of a row into the partial sums sp (and tp for the m terms). */
+TRI_INLINE void tri_gemv32_group(const uint8_t * blk0, const uint8_t * x, int b0, int k, size_t bsz, size_t xbs,
+                                 size_t xq, size_t qs, int qh, int off, bool q8, int off_m, const float * xd,
+                                 const float * xs, const int32_t * xsum, __m256 * sp, __m256 * tp) {
+    __m256i p[8];
+    tri_gemv32_dots(blk0, x, b0, 8, k, bsz, xbs, xq, qs, qh, q8, p);
+    __m256i is = tri_reduce8(p);
+    if (off) {
+        const __m256i sums = _mm256_castps_si256(tri_load8_k((const float *) (xsum + b0), k));
+        is = _mm256_sub_epi32(is, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
+    }
+    __m256 dw, mw;
+    if (off_m >= 0) {
+        tri_block_2h8(blk0, bsz, k, &dw, &mw); /* m follows d in Q4_1 and Q5_1 */
+    } else {
+        dw = tri_block_h8(blk0, bsz, 0, k);
+    }
+    *sp = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, tri_load8_k(xd + b0, k)), *sp);
+    if (off_m >= 0) {
+        *tp = _mm256_fmadd_ps(mw, tri_load8_k(xs + b0, k), *tp);
+    }
+}
+
 /* 32-value types against an x row of Q8_0 (or Q8_1 when off_m >= 0) blocks. off: the code offset (8, 16,
- * 0), applied through the x row's block sums; q8: Q8_0 weights (signed values, no codes). A last group of
- * at most 4 blocks uses the low half of the partial sums only. */
+ * 0), applied through the x row's block sums; q8: Q8_0 weights (signed values, no codes). Whole groups of 8
+ * blocks run without lane checks; a last group of at most 4 blocks uses the low half of the partial sums. */
 TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
                            size_t bsz, size_t qs, int qh, int off, bool q8, int off_m) {
     const int    nb  = n / 32;
@@ -660,26 +689,14 @@ TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, c
         const uint8_t * row = W + (size_t) r * rs;
         __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
         int b0 = 0;
-        for (; b0 + 4 < nb; b0 += 8) {
-            const int k = nb - b0 < 8 ? nb - b0 : 8;
-            const uint8_t * blk0 = row + (size_t) b0 * bsz;
-            __m256i p[8];
-            tri_gemv32_dots(blk0, x, b0, 8, k, bsz, xbs, xq, qs, qh, q8, p);
-            __m256i is = tri_reduce8(p);
-            if (off) {
-                const __m256i sums = _mm256_castps_si256(tri_load8_k((const float *) (xsum + b0), k));
-                is = _mm256_sub_epi32(is, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
-            }
-            __m256 dw, mw;
-            if (off_m >= 0) {
-                tri_block_2h8(blk0, bsz, k, &dw, &mw); /* m follows d in Q4_1 and Q5_1 */
-            } else {
-                dw = tri_block_h8(blk0, bsz, 0, k);
-            }
-            sp = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, tri_load8_k(xd + b0, k)), sp);
-            if (off_m >= 0) {
-                tp = _mm256_fmadd_ps(mw, tri_load8_k(xs + b0, k), tp);
-            }
+        for (; b0 + 8 <= nb; b0 += 8) {
+            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, 8, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs, xsum,
+                             &sp, &tp);
+        }
+        if (nb - b0 > 4) {
+            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, nb - b0, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs,
+                             xsum, &sp, &tp);
+            b0 = nb;
         }
         if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
             const int k = nb - b0;

@@ -1,7 +1,8 @@
 /* Quant formats and matmul kernels: every SIMD vec_dot against the scalar reference, quantize round
  * trips against an error budget per bit width, fast activation quantizers against the references,
  * the matrix kernels of every ISA against the reference and each other, fp16 conversions against the hardware, row sizes.
- * Random inputs, fresh seed each run (TRI_SEED=<n> to replay). `test_quants --bench` times vec_dot. */
+ * Random inputs, fresh seed each run (TRI_SEED=<n> to replay). `test_quants --bench [n_tok [n_in n_out]]` times
+ * vec_dot and the matrix kernels. */
 #include "arch/kernels.h"
 #include "matmul.h"
 #include "quants.h"
@@ -528,9 +529,14 @@ int main(int argc, char ** argv) {
         static const enum tri_type mm[] = { TRI_TYPE_Q4_0, TRI_TYPE_Q4_1, TRI_TYPE_Q5_0, TRI_TYPE_Q5_1, TRI_TYPE_Q8_0,
                                             TRI_TYPE_Q2_K, TRI_TYPE_Q3_K, TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K };
         const int n_tok = argc > 2 ? atoi(argv[2]) : 128;
+        const int n_in  = argc > 3 ? atoi(argv[3]) : 1536; /* a multiple of 32; K types need 256 */
+        const int n_out = argc > 4 ? atoi(argv[4]) : 1536;
         for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++) {
-            bench_matmul(mm[i], 1536, 1536, 1);
-            bench_matmul(mm[i], 1536, 1536, n_tok);
+            if (n_in <= 0 || n_out <= 0 || n_in % tri_type_traits_get(mm[i])->blck_size != 0) {
+                continue;
+            }
+            bench_matmul(mm[i], n_in, n_out, 1);
+            bench_matmul(mm[i], n_in, n_out, n_tok);
         }
         return 0;
     }

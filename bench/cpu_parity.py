@@ -12,12 +12,16 @@ to mostly Q5_0 and Q8_0 (the mix llama.cpp's converter gives small Qwen2.5 model
 the cache, never to the repository. --triattention adds tg128@8192 of the default model with a
 TriAttention budget of 1024 and its shipped centres, against llama.cpp's full cache.
 
-llama-bench (and llama-quantize): --llama-bench PATH, $LLAMA_BENCH, or built once from the
-llama-cpp-python 0.3.36 source package into a clean -O3 Release tree in the cache (~10 min on 2 cores).
+llama-bench (and llama-quantize): --llama-bench PATH, $LLAMA_BENCH, or the clean -O3 Release tree in the cache
+(~/.cache/pytriattn/llamacpp-O3), built once from the llama-cpp-python 0.3.36 source package when missing
+(~10 min on 2 cores). A llama-bench from a tree with -O0 parts (bench/parity.py's) or a non-Release build is
+refused. A model is a name (as `pytriattn fetch`) or a GGUF path; the JSON (every sample) goes to
+bench/results/cpu_parity-COMMIT.json unless --json says otherwise.
 
     python bench/cpu_parity.py                 # 3 models x pp512, pp4096, tg128@0, tg128@4096, tg128@8192
     python bench/cpu_parity.py --quick         # pp512 and tg128@0, one round
     python bench/cpu_parity.py --mix --triattention --json parity.json
+    python bench/cpu_parity.py --models smollm2-135m,~/.cache/pytriattn/qwen2.5-coder-1.5b-q5_0-q8_0-mix.gguf
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import llamacpp  # noqa: E402
 from llamacpp import log  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASE_CACHE = llamacpp.CACHE_ROOT / "llamacpp-0.3.36-release"
+RELEASE_CACHE = llamacpp.CACHE_ROOT / "llamacpp-O3"
 TESTS = ["pp512", "pp4096", "tg128@0", "tg128@4096", "tg128@8192"]
 QUICK_TESTS = ["pp512", "tg128@0"]
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-1.5b"]
@@ -64,8 +68,24 @@ def llama_tools(args) -> tuple[Path, Path | None]:
         q = exe.parent / "llama-quantize"
         return exe, q if q.exists() else None
     targets = ("llama-bench", "llama-quantize")
-    build = llamacpp.build(llamacpp.source(RELEASE_CACHE), RELEASE_CACHE / "build", targets, args.jobs)
-    return build / "bin" / "llama-bench", build / "bin" / "llama-quantize"
+    src = llamacpp.source(RELEASE_CACHE)
+    for build in (RELEASE_CACHE / "build", src / "build"):  # ours, or a Release tree built inside the sources
+        if (build / "bin" / "llama-bench").is_file():
+            break
+    else:
+        build = llamacpp.build(src, RELEASE_CACHE / "build", targets, args.jobs)
+    q = build / "bin" / "llama-quantize"
+    return build / "bin" / "llama-bench", q if q.exists() else None
+
+
+def check_speed_reference(exe: Path) -> None:
+    try:
+        from pytriattn.bench import unoptimized_build
+    except ImportError:
+        return
+    why = unoptimized_build(exe)
+    if why:
+        raise SystemExit(f"{exe} is no speed reference ({why}): use a clean -O3 Release llama.cpp tree")
 
 
 def find_cli(explicit) -> Path:
@@ -177,7 +197,7 @@ def main() -> int:
     ap.add_argument("--llama-args", default="", help="extra llama-bench arguments, e.g. '-fa on'")
     ap.add_argument("--cli", default=None, help="triattn-cli (default $TRIATTN_CLI_BIN, the installed one)")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2, help="build jobs")
-    ap.add_argument("--json", default=None, help="also write every sample to this file")
+    ap.add_argument("--json", default=None, help="every sample to this file (default bench/results/cpu_parity-COMMIT.json)")
     args = ap.parse_args()
 
     tests = args.tests.split(",") if args.tests else QUICK_TESTS if args.quick else TESTS
@@ -186,8 +206,13 @@ def main() -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     names = args.models.split(",") if args.models else MODELS + ([MIX_NAME] if args.mix else [])
     exe, quantize = llama_tools(args)
+    check_speed_reference(exe)
     cli = find_cli(args.cli)
-    files = {nm: Path(nm) if nm.endswith(".gguf") else model_file(nm, quantize, args.jobs) for nm in names}
+    files = {nm: Path(nm).expanduser() if nm.endswith(".gguf") else model_file(nm, quantize, args.jobs)
+             for nm in names}
+    for nm, f in files.items():
+        if not f.is_file():
+            raise SystemExit(f"{nm}: no such file {f}")
     jobs = [(nm, t, ["--kv-policy", "full"]) for nm in names for t in tests]
     centres = shipped_centres()
     if args.triattention and centres and "smollm2-135m" in files:
@@ -215,7 +240,7 @@ def main() -> int:
           f"-t {args.threads}, {rounds} round(s), median of per-round ratios (t/s medians in brackets)")
     print(f"machine: {machine()}\n")
     shown = list(dict.fromkeys(t for _, t, _ in jobs))
-    print("| test | " + " | ".join(names) + " |")
+    print("| test | " + " | ".join(Path(nm).stem if nm.endswith(".gguf") else nm for nm in names) + " |")
     print("|---|" + "---|" * len(names))
     for t in shown:
         cells = []
@@ -228,12 +253,14 @@ def main() -> int:
             cells.append(f"**{ratio:.2f}x** ({statistics.median(b for _, b in s):.1f} / "
                          f"{statistics.median(a for a, _ in s):.1f})")
         print(f"| {t} | " + " | ".join(cells) + " |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "commit": commit(), "llama_cpp": build, "machine": machine(), "threads": args.threads,
-            "llama_args": extra, "rounds": rounds,
-            "samples": [{"model": nm, "file": str(files[nm]), "test": t, "llama_tps": a, "pytriattn_tps": b}
-                        for (nm, t), s in samples.items() for a, b in s]}, indent=1))
+    out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"cpu_parity-{commit()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "commit": commit(), "llama_cpp": build, "machine": machine(), "threads": args.threads,
+        "llama_args": extra, "rounds": rounds,
+        "samples": [{"model": nm, "file": str(files[nm]), "test": t, "llama_tps": a, "pytriattn_tps": b}
+                    for (nm, t), s in samples.items() for a, b in s]}, indent=1))
+    log(f"samples written to {out}")
     return 0
 
 

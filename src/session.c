@@ -32,6 +32,8 @@ void triattn_session_params_init(struct triattn_session_params * p) {
     p->kv_window   = -1;
     p->kv_sink     = 4;
     p->kv_mode     = NULL;
+    p->kv_recall   = 0;
+    p->kv_recall_max_mib = 0;
 }
 
 static int tri_default_threads(void) {
@@ -71,6 +73,13 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     if (p->kv_window < -1) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_window must be >= 0 (or -1 for the default), got %d",
                         p->kv_window);
+    }
+    if (p->kv_recall < 0 || p->kv_recall_max_mib < 0) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_recall and kv_recall_max_mib must be >= 0, got %d and %d",
+                        p->kv_recall, p->kv_recall_max_mib);
+    }
+    if (p->kv_recall > 0 && m->backend) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "kv_recall is not supported with n_gpu_layers != 0");
     }
     const char * name = p->kv_policy;
     if (!name || strcmp(name, "auto") == 0) {
@@ -175,6 +184,9 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
         st = ops->init(&s->policy, &s->kv, err, err_size);
     }
     if (st == TRIATTN_OK && !s->backend) {
+        st = tri_session_recall_init(s, err, err_size);
+    }
+    if (st == TRIATTN_OK && !s->backend) {
         st = tri_forward_init(&s->fwd, m, &s->kv, s->tp, p.n_batch, err, err_size);
     }
     if (st == TRIATTN_OK) {
@@ -241,6 +253,11 @@ void triattn_session_reset(triattn_session * s) {
     s->policy.n_prompt = 0;
     s->last_compress_pos = -1;
     s->reuse_ok = true;
+    s->recall_at = -1;
+    s->recall_pos = -1;
+    s->n_recalls = 0;
+    s->n_recalled = 0;
+    s->recall_ms = 0.0;
 }
 
 int32_t triattn_session_n_ctx(const triattn_session * s) {
@@ -291,6 +308,10 @@ enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming)
     if (st != TRIATTN_OK) {
         return tri_session_fail(s, st, "KV policy '%s': %s", s->policy.ops->name, msg);
     }
+    if (s->kv.t2 && tri_kv_tier2_take_failure(s->kv.t2)) {
+        return tri_session_fail(s, TRIATTN_ERR_OOM, "KV policy '%s': tier 2 is out of memory (evicted rows were "
+                                "dropped)", s->policy.ops->name);
+    }
     tri_kv_cache_live_range(&s->kv, &lo, &hi);
     if (hi + incoming > s->kv.capacity) {
         return tri_session_fail(s, TRIATTN_ERR_CONTEXT, "KV cache full: %d live slots + %d new tokens > capacity %d",
@@ -306,6 +327,9 @@ static enum triattn_status tri_session_run(triattn_session * s, const triattn_to
         /* logits_all takes one chunk (room is made for all of it at once); otherwise chunks stop where the
          * policy's trigger fires, so the compression schedule does not depend on how tokens are split. */
         n = logits_all ? n_tokens : TRI_MIN(tri_session_chunk_room(s), n_tokens - i);
+        if (!logits_all) {
+            n = tri_session_recall_cut(s, tokens + i, n); /* a recall point ends the chunk */
+        }
         const bool last = i + n == n_tokens;
         const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
         const triattn_token * chunk = tokens + i;
@@ -332,7 +356,9 @@ enum triattn_status tri_session_lookahead(triattn_session * s, const triattn_tok
     }
     const int64_t n_compressions = s->policy.n_compressions, n_evicted = s->policy.n_evicted;
     s->n_past = n - tail;
+    s->recall_off = true;
     enum triattn_status st = tri_session_run(s, tokens + (n - tail), tail, false, false);
+    s->recall_off = false;
     if (st == TRIATTN_OK) {
         ops->lookahead_capture(&s->policy, &s->kv);
     }
@@ -416,6 +442,14 @@ void triattn_session_kv_stats(const triattn_session * s, struct triattn_kv_stats
     out->n_evicted      = s->policy.n_evicted;
     out->score_ms       = s->policy.score_ms;
     snprintf(out->policy, sizeof out->policy, "%s", s->policy_name);
+    if (s->kv.t2) {
+        out->t2_rows    = tri_kv_tier2_rows(s->kv.t2);
+        out->t2_bytes   = tri_kv_tier2_bytes(s->kv.t2);
+        out->t2_dropped = tri_kv_tier2_dropped(s->kv.t2);
+    }
+    out->n_recalls  = s->n_recalls;
+    out->n_recalled = s->n_recalled;
+    out->recall_ms  = s->recall_ms;
 }
 
 enum triattn_status triattn_session_kv_positions(const triattn_session * s, int32_t layer, int32_t kv_head,

@@ -48,64 +48,23 @@ typedef struct tri_rc {
 
 /* ---- phase A: scores ---------------------------------------------------------------------------- */
 
-size_t tri_kv_recall_scratch(const tri_kv_cache * c, int G) {
+size_t tri_kv_recall_scratch(const tri_kv_cache * c, int G, size_t n_rows) {
     const size_t W = TRI_RECALL_QUERIES, D = (size_t) c->head_dim;
-    /* q [W][G][D], qpos [W], m, l, lse [W][G], s [G][B], K block [B][D] halves, positions [B], exclusions [B] */
-    return W * G * D + W + 3 * W * G + (size_t) G * TRI_RC_BLOCK + (TRI_RC_BLOCK * D + 1) / 2 + 2 * TRI_RC_BLOCK;
+    /* q [W][G][D], qpos [W], logits [W][G][n_rows], usable [n_rows] bytes, K block [B][D] halves, positions [B] */
+    return W * G * D + W + W * G * n_rows + (n_rows + 3) / 4 + (TRI_RC_BLOCK * D + 1) / 2 + TRI_RC_BLOCK + 16;
 }
 
-typedef struct tri_rc_q {
-    tri_attn_kernels kr;
-    int     D, G, nq;
-    float   scale;
-    float * q;       /* [nq][G][D] */
-    int32_t * qpos;  /* [nq] */
-    float * m, * l, * lse;  /* [nq][G] */
-    float * s;       /* [G][TRI_RC_BLOCK] */
-} tri_rc_q;
-
-static inline bool tri_rc_masked(const tri_rc_q * a, const int32_t * pos, const uint8_t * excl, int j, int t) {
-    return (excl && excl[j]) || pos[j] > a->qpos[t];
-}
-
-/* One block of n rows (F16 K, positions, optional exclusions). final = false: accumulates the log-sum-exp of
- * every (query, head); true: out[j] = max over them of the row's probability (-inf for a row no query sees). */
-static void tri_rc_block(tri_rc_q * a, const tri_fp16 * K, const int32_t * pos, const uint8_t * excl, int n,
-                         bool final, float * out) {
-    const int G = a->G, D = a->D;
-    if (final) {
-        for (int j = 0; j < n; j++) {
-            out[j] = -INFINITY;
-        }
-    }
-    for (int t = 0; t < a->nq; t++) {
-        a->kr.scores(D, G, a->q + (size_t) t * G * D, K, n, a->scale, a->s, n);
-        for (int g = 0; g < G; g++) {
-            float * row = a->s + (size_t) g * n;
-            const int tg = t * G + g;
-            float bm = -INFINITY;
-            for (int j = 0; j < n; j++) {
-                if (tri_rc_masked(a, pos, excl, j, t)) {
-                    row[j] = -INFINITY;
-                } else {
-                    bm = row[j] > bm ? row[j] : bm;
-                }
-            }
-            if (bm == -INFINITY) {
-                continue;
-            }
-            if (!final) {
-                const float mx = bm > a->m[tg] ? bm : a->m[tg];
-                const float sum = a->kr.exp_sum(row, n, mx);
-                a->l[tg] = a->l[tg] * expf(a->m[tg] - mx) + sum;
-                a->m[tg] = mx;
-            } else {
-                a->kr.exp_sum(row, n, a->lse[tg]);
-                for (int j = 0; j < n; j++) {
-                    if (!tri_rc_masked(a, pos, excl, j, t) && row[j] > out[j]) {
-                        out[j] = row[j];
-                    }
-                }
+/* Logits of every (query, head) for n_b rows (F16 K, positions) into lg's columns j0..: rows a query cannot
+ * see (after its own position) are -inf. */
+static void tri_rc_logits(const tri_attn_kernels * kr, int D, int G, int nq, const float * q, const int32_t * qpos,
+                          float scale, const tri_fp16 * K, const int32_t * pos, int n_b, float * lg, size_t n,
+                          size_t j0) {
+    for (int t = 0; t < nq; t++) {
+        float * s = lg + (size_t) t * G * n + j0;
+        kr->scores(D, G, q + (size_t) t * G * D, K, n_b, scale, s, (int) n);
+        for (int j = 0; j < n_b; j++) {
+            for (int g = 0; pos[j] > qpos[t] && g < G; g++) {
+                s[(size_t) g * n + j] = -INFINITY;
             }
         }
     }
@@ -114,63 +73,74 @@ static void tri_rc_block(tri_rc_q * a, const tri_fp16 * K, const int32_t * pos, 
 int tri_kv_recall_scores(const tri_kv_cache * c, int il, int h, int G, float scale, float * out, float * scratch) {
     const int D = c->head_dim;
     const size_t W = TRI_RECALL_QUERIES;
-    tri_rc_q a = { .kr = tri_attn_kernels_get(TRI_ISA_COUNT), .D = D, .G = G, .scale = scale };
-    a.q    = scratch;
-    a.qpos = (int32_t *) (a.q + W * G * D);
-    a.m    = (float *) (a.qpos + W);
-    a.l    = a.m + W * G;
-    a.lse  = a.l + W * G;
-    a.s    = a.lse + W * G;
-    tri_fp16 * kb  = (tri_fp16 *) (a.s + (size_t) G * TRI_RC_BLOCK);
-    int32_t *  pb  = (int32_t *) (a.s + (size_t) G * TRI_RC_BLOCK + (TRI_RC_BLOCK * (size_t) D + 1) / 2);
-    uint8_t *  xb  = (uint8_t *) (pb + TRI_RC_BLOCK);
-
+    const tri_attn_kernels kr = tri_attn_kernels_get(TRI_ISA_COUNT);
     const int32_t live = c->n_live[tri_kv_index(c, il, h)];
     const tri_t2_head * th = tri_kv_tier2_head(c->t2, il, h);
-    const size_t n_t2 = (size_t) th->n_pages * TRI_T2_PAGE_ROWS;
+    const size_t n = (size_t) live + (size_t) th->n_pages * TRI_T2_PAGE_ROWS;   /* slots of both tiers */
+    float * q = scratch;                                      /* [nq][G][D] */
+    int32_t * qpos = (int32_t *) (q + W * G * D);             /* [nq] */
+    float * lg = (float *) (qpos + W);                        /* [nq][G][n] logits */
+    uint8_t * use = (uint8_t *) (lg + W * G * n);             /* [n] the row takes part */
+    tri_fp16 * kb = (tri_fp16 *) (lg + W * G * n + (n + 3) / 4);
+    int32_t * pb = (int32_t *) (lg + W * G * n + (n + 3) / 4 + (TRI_RC_BLOCK * (size_t) D + 1) / 2);
     const int64_t count = c->q_cap > 0 ? c->q_count[il] : 0;
-    a.nq = (int) TRI_MIN(TRI_MIN((int64_t) W, count), (int64_t) c->q_cap);
-    for (size_t i = 0; i < (size_t) live + n_t2; i++) {
+    const int nq = (int) TRI_MIN(TRI_MIN((int64_t) W, count), (int64_t) c->q_cap);
+    for (size_t i = 0; i < n; i++) {
         out[i] = -INFINITY;
     }
-    if (a.nq <= 0) {
+    if (nq <= 0) {
         return 0;
     }
     const size_t row = (size_t) G * D;
-    for (int t = 0; t < a.nq; t++) {
-        const size_t e = (size_t) il * c->q_cap + (size_t) ((count - a.nq + t) % c->q_cap);
-        memcpy(a.q + t * row, c->q + e * c->q_dim + (size_t) h * row, sizeof(float) * row);
-        a.qpos[t] = c->q_pos[e];
+    for (int t = 0; t < nq; t++) {
+        const size_t e = (size_t) il * c->q_cap + (size_t) ((count - nq + t) % c->q_cap);
+        memcpy(q + t * row, c->q + e * c->q_dim + (size_t) h * row, sizeof(float) * row);
+        qpos[t] = c->q_pos[e];
     }
-    for (size_t i = 0; i < W * G; i++) {
-        a.m[i] = -INFINITY;
-        a.l[i] = 0.0f;
-    }
-    const tri_fp16 * K1 = tri_kv_k(c, il, h);
     const int32_t * pos1 = tri_kv_pos(c, il, h);
-    for (int pass = 0; pass < 2; pass++) {
-        const bool final = pass == 1;
-        for (int32_t j0 = 0; j0 < live; j0 += TRI_RC_BLOCK) {
-            const int n = (int) TRI_MIN(TRI_RC_BLOCK, live - j0);
-            tri_rc_block(&a, K1 + (size_t) j0 * D, pos1 + j0, NULL, n, final, out + j0);
+    for (int32_t j0 = 0; j0 < live; j0 += TRI_RC_BLOCK) {
+        const int nb = (int) TRI_MIN(TRI_RC_BLOCK, live - j0);
+        tri_rc_logits(&kr, D, G, nq, q, qpos, scale, tri_kv_k(c, il, h) + (size_t) j0 * D, pos1 + j0, nb, lg, n,
+                      (size_t) j0);
+        memset(use + j0, 1, (size_t) nb);
+    }
+    for (int32_t pi = 0; pi < th->n_pages; pi++) {
+        const tri_t2_page * pg = th->pages[pi];
+        const size_t j0 = (size_t) live + (size_t) pi * TRI_T2_PAGE_ROWS;
+        tri_kv_tier2_page_f16(pg, D, 0, pg->n, kb, NULL);
+        for (int32_t j = 0; j < pg->n; j++) {
+            pb[j] = pg->base + pg->off[j];
         }
-        for (int32_t pi = 0; pi < th->n_pages; pi++) {
-            const tri_t2_page * pg = th->pages[pi];
-            tri_kv_tier2_page_f16(pg, D, 0, pg->n, kb, NULL);
-            for (int32_t j = 0; j < pg->n; j++) {
-                pb[j] = pg->base + pg->off[j];
-                const int32_t at = tri_kv_count_below(pos1, live, pb[j]); /* a row also in the cache counts once */
-                xb[j] = at < live && pos1[at] == pb[j];
-            }
-            tri_rc_block(&a, kb, pb, xb, pg->n, final, out + live + (size_t) pi * TRI_T2_PAGE_ROWS);
-        }
-        if (!final) {
-            for (size_t i = 0; i < (size_t) a.nq * G; i++) {
-                a.lse[i] = a.l[i] > 0.0f ? a.m[i] + logf(a.l[i]) : INFINITY;
+        tri_rc_logits(&kr, D, G, nq, q, qpos, scale, kb, pb, pg->n, lg, n, j0);
+        /* unused slots, and rows the cache holds too (recalled before: they count once), take no part */
+        for (int32_t j = 0; j < TRI_T2_PAGE_ROWS; j++) {
+            const int32_t at = j < pg->n ? tri_kv_count_below(pos1, live, pb[j]) : live;
+            use[j0 + j] = j < pg->n && !(at < live && pos1[at] == pb[j]);
+            for (size_t tg = 0; !use[j0 + j] && tg < (size_t) nq * G; tg++) {
+                lg[tg * n + j0 + j] = -INFINITY;
             }
         }
     }
-    return a.nq;
+    /* softmax of each (query, head) over the rows it sees; a row's score is its largest probability */
+    for (size_t tg = 0; tg < (size_t) nq * G; tg++) {
+        float * s = lg + tg * n;
+        float mx = -INFINITY;
+        for (size_t j = 0; j < n; j++) {
+            mx = s[j] > mx ? s[j] : mx;
+        }
+        if (mx == -INFINITY) {
+            continue;
+        }
+        const float inv = 1.0f / kr.exp_sum(s, (int) n, mx);
+        for (size_t j = 0; j < n; j++) {
+            const float p = s[j] * inv;
+            out[j] = p > out[j] ? p : out[j];
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        out[i] = use[i] ? out[i] : -INFINITY;
+    }
+    return nq;
 }
 
 static void tri_rc_score_worker(void * arg, int ith, int nth) {
@@ -412,7 +382,7 @@ enum triattn_status tri_kv_recall(tri_kv_cache * c, const tri_kv_policy * p, int
         n_scores += (size_t) c->n_live[i] + (size_t) t2;
     }
     const int nth = tp ? tri_threadpool_size(tp) : 1;
-    r.floats_a = tri_kv_recall_scratch(c, G);
+    r.floats_a = tri_kv_recall_scratch(c, G, (size_t) r.cap + (size_t) r.max_t2);
     r.per_thread = TRI_MAX(sizeof(float) * r.floats_a, tri_rc_scratch_b(&r));
     r.per_thread = (r.per_thread + 63) & ~(size_t) 63;
     const size_t bytes = sizeof(int32_t) * 3 * LK + sizeof(size_t) * LK + sizeof(float) * n_scores +

@@ -18,14 +18,15 @@
 #include <stdint.h>
 
 #define TRI_RECALL_QUERIES 32   /* the question: the last queries of every layer */
+#define TRI_RECALL_REPLAY  32   /* tokens decoded again after a recall (src/session_recall.c) */
 #define TRI_RECALL_BACK    16   /* a row takes the score of rows up to this many positions before it */
 #define TRI_RECALL_FWD     4    /* ... and after it */
 
 /* Scores [0, n_live) then [0, n_pages * TRI_T2_PAGE_ROWS) of one (layer, KV head), as above before the group max
- * and the pooling (-inf: a tier-2 slot unused or holding a row that is in the cache); nq = queries used. Exposed
- * for the tests; scratch is tri_kv_recall_scratch(c) floats. */
+ * and the pooling (-inf: a tier-2 slot unused or holding a row that is in the cache); returns the queries used.
+ * Exposed for the tests; scratch is tri_kv_recall_scratch(c, G, n_live + n_pages * TRI_T2_PAGE_ROWS) floats. */
 int tri_kv_recall_scores(const tri_kv_cache * c, int il, int h, int G, float scale, float * out, float * scratch);
-size_t tri_kv_recall_scratch(const tri_kv_cache * c, int G);
+size_t tri_kv_recall_scratch(const tri_kv_cache * c, int G, size_t n_rows);
 
 /* Recalls up to `rows` rows per (layer, KV head) into the cache c of policy p (sharing p->share, candidates of
  * tri_kv_plan with the recent window `window`; G query heads per KV head, attention scale), on the threads tp. *recalled = rows brought back over all

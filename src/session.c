@@ -348,6 +348,25 @@ static enum triattn_status tri_session_run(triattn_session * s, const triattn_to
     return TRIATTN_OK;
 }
 
+enum triattn_status tri_session_replay(triattn_session * s, int32_t n) {
+    triattn_token toks[64];
+    if (n <= 0 || n > 64 || n > s->n_past) {
+        return n == 0 ? TRIATTN_OK : tri_session_fail(s, TRIATTN_ERR_INTERNAL, "replay of %d tokens", n);
+    }
+    const int32_t start = s->n_past - n;
+    memcpy(toks, s->hist + start, sizeof(triattn_token) * (size_t) n);
+    tri_kv_cache * c = &s->kv;
+    for (int i = 0; i < c->n_layer * c->n_head_kv; i++) { /* positions are increasing: the last slots go */
+        c->n_live[i] = tri_kv_count_below(tri_kv_pos(c, i / c->n_head_kv, i % c->n_head_kv), c->n_live[i], start);
+    }
+    s->n_past = start;
+    const bool off = s->recall_off;
+    s->recall_off = true;
+    const enum triattn_status st = tri_session_run(s, toks, n, false, false);
+    s->recall_off = off;
+    return st;
+}
+
 enum triattn_status tri_session_lookahead(triattn_session * s, const triattn_token * tokens, int32_t n) {
     const tri_kv_policy_ops * ops = s->policy.ops;
     const int32_t tail = ops->lookahead_tokens && !s->backend ? ops->lookahead_tokens(&s->policy, n) : 0;

@@ -115,9 +115,12 @@ bool tri_session_recall_on(const triattn_session * s);
 int32_t tri_session_recall_cut(const triattn_session * s, const triattn_token * toks, int32_t n);
 /* True when a recall is due at n_past (after a step). */
 bool tri_session_recall_due(const triattn_session * s);
-/* Runs a recall now, then (unless mode is TRI_LOGITS_ALL or nothing came back) decodes the last token again with
- * logits for mode, so that it sees the recalled rows. */
+/* Runs a recall now, then (unless mode is TRI_LOGITS_ALL or nothing came back) decodes the last TRI_RECALL_REPLAY
+ * tokens again, so that they see the recalled rows. */
 enum triattn_status tri_session_recall(triattn_session * s, enum tri_logits_mode mode);
+/* Drops the last n (<= 64) tokens from the cache and decodes them again (no recall, not accepted by the sampler
+ * twice); the last one's logits are kept. */
+enum triattn_status tri_session_replay(triattn_session * s, int32_t n);
 
 void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_token * const * toks,
                       const int32_t * counts, enum triattn_status * status);

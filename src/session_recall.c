@@ -5,8 +5,9 @@
  * chat template's end of a user turn and start of the reply); a chat prompt ends with the marker, so both rules
  * meet there, and when the same conversation is prefilled in one request the marker inside it recalls where each
  * earlier turn did. The queries that score tier 2 include the prompt's last token (the one whose logits give the
- * first reply token, and often the most telling: "... the number is"); that token is then decoded again, so its
- * logits and its own K/V see what came back. */
+ * first reply token, and often the most telling: "... the number is"). The last TRI_RECALL_REPLAY tokens are then
+ * decoded again: their K/V were computed while what came back was missing, and the answer is often read through
+ * them (the question's words attend to the matching words of the text, the last token to the question's words). */
 #include "common.h"
 #include "kv_recall.h"
 #include "kv_select.h"
@@ -134,21 +135,18 @@ enum triattn_status tri_session_recall(triattn_session * s, enum tri_logits_mode
     if (mode == TRI_LOGITS_ALL || rows == 0) {
         return TRIATTN_OK; /* logits of every token were asked for (they stay as computed), or nothing changed */
     }
-    /* The last token again: its slot is the newest of every (layer, KV head) (the recent window is kept). */
-    const int32_t last = s->n_past - 1;
+    /* the tokens to decode again: the newest ones that every (layer, KV head) still holds (a policy with a recent
+     * window shorter than TRI_RECALL_REPLAY may have evicted some) */
+    int32_t k = (int32_t) TRI_MIN((int64_t) TRI_RECALL_REPLAY, (int64_t) s->n_past);
     for (int i = 0; i < s->kv.n_layer * s->kv.n_head_kv; i++) {
-        int32_t * live = &s->kv.n_live[i];
-        if (*live > 0 && tri_kv_pos(&s->kv, i / s->kv.n_head_kv, i % s->kv.n_head_kv)[*live - 1] == last) {
-            (*live)--;
+        const int32_t live = s->kv.n_live[i], * pos = tri_kv_pos(&s->kv, i / s->kv.n_head_kv, i % s->kv.n_head_kv);
+        int32_t run = 0;
+        while (run < k && run < live && pos[live - 1 - run] == s->n_past - 1 - run) {
+            run++;
         }
+        k = run;
     }
-    s->n_past = last;
-    const triattn_token tok = s->hist[last];
-    const triattn_token * toks = &tok;
-    const int32_t one = 1;
-    tri_step(&s, &toks, &one, 1, mode, false, &st);
-    s->n_logits = s->fwd.n_logits;
-    return st;
+    return tri_session_replay(s, k);
 }
 
 enum triattn_status triattn_session_kv_recall(triattn_session * s) {

@@ -360,7 +360,7 @@ int main(void) {
         test_generate_batch(m, "triattention", 48, 16, 0);
         printf("generate_next_batch triattention: %.1f s\n", now_s() - t);
         t = now_s();
-        test_generate_batch(m, "triattention", 6, 4, 4);
+        test_generate_batch(m, "triattention", 10, 4, 8);
         printf("generate_next_batch triattention + recall: %.1f s\n", now_s() - t);
         t = now_s();
         test_kv_budget(m);

@@ -380,7 +380,7 @@ static void test_recall_scores(void) {
             tri_kv_push_query(c, il, q, 300 - nq + t);
         }
     }
-    float * scratch = malloc(sizeof(float) * tri_kv_recall_scratch(c, G));
+    float * scratch = malloc(sizeof(float) * tri_kv_recall_scratch(c, G, 48 + 2 * TRI_T2_PAGE_ROWS));
     const double scale = 1.0 / sqrt((double) D);
     int bad = 0, finite = 0;
     for (int il = 0; il < L; il++) {

@@ -249,6 +249,9 @@ def run(a) -> int:
 
     data = Data(wheel_path(Path(a.data_dir).expanduser()))
     model = a.model or str(ensure_default_model())
+    if not a.model and not a.calibration:
+        from pytriattn.llama import default_calibration
+        a.calibration = str(default_calibration())   # the centres shipped for the default model
     mname = Path(model).name
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

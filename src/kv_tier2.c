@@ -12,10 +12,15 @@
 #define TRI_T2_BACK 32768
 
 void tri_t2_quantize_row(const tri_fp16 * x, int D, int8_t * q, tri_fp16 * scale) {
+    float xf[256];
+    const bool held = D <= 256;   /* rows of up to 256 are converted once */
     float amax = 0.0f;
     for (int d = 0; d < D; d++) {
-        const float a = fabsf(tri_fp16_to_fp32(x[d]));
-        amax = a > amax ? a : amax; /* NaN never compares greater: a NaN element quantises to 0 */
+        const float a = tri_fp16_to_fp32(x[d]);
+        if (held) {
+            xf[d] = a;
+        }
+        amax = fabsf(a) > amax ? fabsf(a) : amax; /* NaN never compares greater: a NaN element quantises to 0 */
     }
     tri_fp16 s16 = tri_fp32_to_fp16(amax / 127.0f);
     if (tri_fp16_to_fp32(s16) * 127.0f < amax && s16 < 0x7bff) {
@@ -28,11 +33,12 @@ void tri_t2_quantize_row(const tri_fp16 * x, int D, int8_t * q, tri_fp16 * scale
         memset(q, 0, (size_t) D);
         return;
     }
-    const float inv = 1.0f / s;
+    const float inv = 1.0f / s, magic = 12582912.0f; /* 1.5 * 2^23: v + magic - magic rounds to nearest even */
     for (int d = 0; d < D; d++) {
-        float v = nearbyintf(tri_fp16_to_fp32(x[d]) * inv);
+        const float y = (held ? xf[d] : tri_fp16_to_fp32(x[d])) * inv;
+        float v = y == y ? (y + magic) - magic : 0.0f;
         v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-        q[d] = (int8_t) (v == v ? v : 0.0f);
+        q[d] = (int8_t) v;
     }
 }
 

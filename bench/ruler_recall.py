@@ -335,7 +335,7 @@ def report(a) -> int:
                 rt, rlo, rhi = ratio_ci(x, y)
                 pair = f"{w} / {l} | {mcnemar_exact(w, l):.3g} | {fmt(rt)} [{fmt(rlo)}, {fmt(rhi)}]"
             else:
-                pair = "| |"
+                pair = " | | "
             lines.append(f"| {method} | {hits} / {len(cs)} | {hits / max(len(cs), 1):.2f} [{lo:.2f}, {hi:.2f}] | "
                          f"{mean:.2f} | {pair} |")
     print("\n".join(lines))
@@ -349,17 +349,30 @@ def fmt(x: float) -> str:
 
 
 def plot(cells, path: str) -> None:
+    """Accuracy against context per (task, budget); a (task, budget) measured at one context only: accuracy against
+    needle depth (five bins) instead."""
     from pytriattn._plot import grid, line_chart, write_png
 
     images = []
     for (model, task, budget) in sorted({(m, t, b) for (m, t, c, b) in cells}):
+        ctxs = sorted({c for (m, t, c, b) in cells if (m, t, b) == (model, task, budget)})
         series = defaultdict(lambda: ([], []))
-        for ctx in sorted({c for (m, t, c, b) in cells if (m, t, b) == (model, task, budget)}):
-            for method, cs in cells[(model, task, ctx, budget)].items():
-                series[method][0].append(ctx)
-                series[method][1].append(np.mean([r["score"] for r in cs.values()]))
-        images.append(line_chart(dict(series), title=f"{task} budget {budget}", xlabel="context tokens",
-                                 ylabel="accuracy", logx=True))
+        if len(ctxs) > 1:
+            for ctx in ctxs:
+                for method, cs in cells[(model, task, ctx, budget)].items():
+                    series[method][0].append(ctx)
+                    series[method][1].append(np.mean([r["score"] for r in cs.values()]))
+            images.append(line_chart(dict(series), title=f"{task} budget {budget}", xlabel="context tokens",
+                                     ylabel="accuracy", logx=True))
+            continue
+        for method, cs in cells[(model, task, ctxs[0], budget)].items():
+            for b in range(5):
+                sel = [r["score"] for r in cs.values() if b / 5 <= r["depth"] < (b + 1) / 5]
+                if sel:
+                    series[method][0].append((b + 0.5) / 5)
+                    series[method][1].append(float(np.mean(sel)))
+        images.append(line_chart(dict(series), title=f"{task} {ctxs[0]} tokens budget {budget}",
+                                 xlabel="needle depth", ylabel="accuracy"))
     write_png(path, grid(images, cols=2))
     print(f"wrote {path}")
 

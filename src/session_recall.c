@@ -116,7 +116,8 @@ enum triattn_status tri_session_recall(triattn_session * s, enum tri_logits_mode
     const double t0 = tri_time_ms();
     char msg[512] = "";
     int64_t rows = 0;
-    st = tri_kv_recall(&s->kv, &s->policy, hp->n_head / hp->n_head_kv, hp->attn_scale, s->params.kv_recall,
+    st = tri_kv_recall(&s->kv, &s->policy, hp->n_head / hp->n_head_kv, hp->attn_scale,
+                       TRI_MIN(s->params.kv_recall, s->kv.capacity), /* no more than the cache holds */
                        TRI_MAX(pw, TRI_RECALL_QUERIES), s->tp, &rows, msg, sizeof msg);
     s->recall_ms += tri_time_ms() - t0;
     s->n_recalls++;

@@ -299,14 +299,18 @@ def plot(results: dict, png: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| run | test | policy | sessions | t/s (median) | KV bytes |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    lines = ["| run | test | policy | sessions | t/s (median) | weights read (GB/s) | KV bytes |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for name, run in results["runs"].items():
         if not run["rows"]:
             why = run["stderr_tail"].strip().splitlines()[-1:] or [f"exit {run['exit']}"]
-            lines.append(f"| {name} | — | — | — | refused or failed: {why[0][:160]} | — |")
+            lines.append(f"| {name} | — | — | — | refused or failed: {why[0][:160]} | — | — |")
         for r in run["rows"]:
+            # decode steps read every weight once for all the sessions of the step
+            steps = r["tps_median"] / r.get("parallel", 1) if r["n_gen"] > 0 else 0.0
+            bw = f"{r['model_bytes'] * steps / 1e9:.0f}" if steps and r.get("model_bytes") else "—"
             lines.append(f"| {name} | {r['test']} | {r['policy']} | {r.get('parallel', 1)} | {r['tps_median']:.1f} | "
-                         f"{r.get('kv_bytes', 0) / 2**20:.1f} MiB |")
+                         f"{bw} | {r.get('kv_bytes', 0) / 2**20:.1f} MiB |")
     return "\n".join(lines)
 
 

@@ -27,11 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    return x - (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))
+from pytriattn.policy_check import mean_kl, tail_logprobs
 
 
 def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: int, threads: int,
@@ -55,27 +51,7 @@ def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: 
         kw["kv_recall"] = kv_recall
     llm = Llama(model, **kw)
     try:
-        first_logit = n - 1 - tail  # first predicting position whose distribution is kept
-        out = np.empty((tail, llm.n_vocab()), dtype=np.float32)
-        a = 0
-        if prompt:
-            llm.decode(toks[:first_logit])
-            if kv_recall:  # the prompt has been read: recall, as a generation would
-                llm.kv_recall()
-            a = first_logit
-        while a < n - 1:
-            st = llm.kv_stats()
-            room = interval if budget is None else budget + interval - st["live_max"]
-            b = 1 if a == 0 else min(n - 1, a + max(1, min(interval, room)))
-            if b > first_logit:
-                lo = max(a, first_logit)
-                if lo > a:
-                    llm.decode(toks[a:lo])
-                out[lo - first_logit:b - first_logit] = _log_softmax(llm.eval(toks[lo:b]))
-            else:
-                llm.decode(toks[a:b])
-            a = b
-        return out, llm.kv_stats()
+        return tail_logprobs(llm, toks, tail, interval, budget, prompt, recall=bool(kv_recall)), llm.kv_stats()
     finally:
         llm.close()
 
@@ -151,14 +127,13 @@ def main(argv=None) -> int:
     f_nll = -full[rows, nxt]
     print(f"full: ppl {np.exp(f_nll.mean()):.4f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     results = [("full", None, {"ppl": float(np.exp(f_nll.mean())), "kl": 0.0, "delta_nll": 0.0, "top1_agree": 1.0})]
-    pf = np.exp(full.astype(np.float64))
     for policy in policies:
         for budget in budgets:
             t0 = time.time()
             lp, kv = policy_lp(policy, budget)
             nll = -lp[rows, nxt]
             m = {"ppl": float(np.exp(nll.mean())),
-                 "kl": float((pf * (full.astype(np.float64) - lp)).sum(axis=1).mean()),
+                 "kl": mean_kl(full, lp),
                  "delta_nll": float(nll.mean() - f_nll.mean()),
                  "top1_agree": float((lp.argmax(axis=1) == full.argmax(axis=1)).mean()),
                  "kv_bytes": kv["kv_bytes"], "n_compressions": kv["n_compressions"]}

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "python"))  # an installed pytriattn comes first
-from pytriattn.eval import wilson  # noqa: E402
+from pytriattn.eval import mcnemar_p as mcnemar_exact, wilson  # noqa: E402
 
 
 def case_id(r: dict) -> tuple:
@@ -40,16 +40,6 @@ def load(paths) -> dict:
                 r = json.loads(line)
                 cells[(r["task"], r["context"], r["budget"])][r["method"]][case_id(r)] = r
     return cells
-
-
-def mcnemar_exact(wins: int, losses: int) -> float:
-    """Two-sided exact sign test on the discordant pairs."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
-    return min(1.0, 2.0 * tail)
 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 20000, seed: int = 0) -> tuple[float, float, float]:

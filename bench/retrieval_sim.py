@@ -44,7 +44,6 @@ Variant suites (--suite, comma list):
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 from pathlib import Path
@@ -392,9 +391,7 @@ def chat_centres(setup, out: Path, n_tokens: int, seed: int = 0) -> dict:
     model's own sampled answer (temperature 0.8), rendered with the model's chat template."""
     from pytriattn import calibrate as cal
     rng = np.random.default_rng(seed)
-    texts = {"kjv": ev.haystack_text("kjv")}
-    with gzip.open("/usr/share/doc/jargon-text/jargon.txt.gz", "rt", encoding="utf-8", errors="replace") as f:
-        texts["jargon"] = f.read()
+    texts = {name: ev.haystack_text(name) for name in ("kjv", "jargon")}
     llm = setup.llama("full", 2048, 2048 + 8)
     try:
         parts, total, k = [], 0, 0

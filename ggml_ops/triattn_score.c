@@ -46,17 +46,22 @@ tri_triattn_score_fn tri_triattn_score_get(enum tri_isa isa) {
     }
 }
 
-void tri_triattn_phase(int F, const double * omega, double t0, double * a_re, double * a_im) {
+void tri_triattn_phase_n(int F, const double * omega, double t0, int n_offsets, double * a_re, double * a_im) {
+    const int M = n_offsets < 1 ? 1 : n_offsets > TRI_TRIATTN_N_OFFSETS ? TRI_TRIATTN_N_OFFSETS : n_offsets;
     for (int f = 0; f < F; f++) {
         double re = 0.0, im = 0.0;
-        for (int m = 0; m < TRI_TRIATTN_N_OFFSETS; m++) {
+        for (int m = 0; m < M; m++) {
             const double ang = omega[f] * (t0 + (double) (1 << m));
             re += cos(ang);
             im += sin(ang);
         }
-        a_re[f] = re / TRI_TRIATTN_N_OFFSETS;
-        a_im[f] = im / TRI_TRIATTN_N_OFFSETS;
+        a_re[f] = re / M;
+        a_im[f] = im / M;
     }
+}
+
+void tri_triattn_phase(int F, const double * omega, double t0, double * a_re, double * a_im) {
+    tri_triattn_phase_n(F, omega, t0, TRI_TRIATTN_N_OFFSETS, a_re, a_im);
 }
 
 void tri_triattn_query(int rope_dim, enum tri_rope_pairing pairing, const float * re, const float * im,

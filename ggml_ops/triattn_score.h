@@ -38,6 +38,8 @@ tri_triattn_score_fn tri_triattn_score_get(enum tri_isa isa);
 /* Mean phase of the future queries, per pair: a_f = (1/M) sum_m e^{i omega_f (t0 + o_m)}, in double
  * (the angles reach ~1e5 rad). omega = angle per position of each pair (freq factors and scaling applied). */
 void tri_triattn_phase(int F, const double * omega, double t0, double * a_re, double * a_im);
+/* The same over the first n_offsets offsets 2^0 .. 2^(n_offsets - 1) (1..TRI_TRIATTN_N_OFFSETS). */
+void tri_triattn_phase_n(int F, const double * omega, double t0, int n_offsets, double * a_re, double * a_im);
 
 /* Builds one head's synthetic query w[rope_dim] and norm weights cw[rope_dim] from its centre
  * (q̄ = re + i im, E|q| = abs_mean, each F values), the phase of the round and s^2. */

@@ -218,6 +218,25 @@ enum triattn_status tri_centres_load(const struct triattn_model * m, const tri_g
         tri_centres_free(c);
         return tri_fail(err, n, TRIATTN_ERR_FORMAT, "%s: %s", what, msg);
     }
+    tri_gguf_str ap = { 0 };
+    if (tri_gguf_get_str(g, "triattention.auto_policy", true, &ap, msg, sizeof msg) != TRIATTN_OK) {
+        tri_centres_free(c);
+        return tri_fail(err, n, TRIATTN_ERR_FORMAT, "%s: %s", what, msg);
+    }
+    if (ap.ptr) {
+        static const char * const allowed[] = { "triattention", "streaming", "snapkv" };
+        bool ok = false;
+        for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++) {
+            ok = ok || (ap.len == strlen(allowed[i]) && memcmp(ap.ptr, allowed[i], ap.len) == 0);
+        }
+        if (!ok) {
+            tri_centres_free(c);
+            return tri_fail(err, n, TRIATTN_ERR_FORMAT, "%s: triattention.auto_policy = '%.*s' (expected triattention, "
+                            "streaming or snapkv)", what, (int) TRI_MIN(ap.len, 32), ap.ptr);
+        }
+        memcpy(c->auto_policy, ap.ptr, ap.len);
+        c->auto_policy[ap.len] = '\0';
+    }
     tri_gguf_str fp = { 0 };
     if (tri_gguf_get_str(g, "triattention.model_fingerprint", true, &fp, msg, sizeof msg) == TRIATTN_OK && fp.ptr &&
         (fp.len != strlen(m->fingerprint) || memcmp(fp.ptr, m->fingerprint, fp.len) != 0)) {

@@ -36,6 +36,7 @@ typedef struct tri_centres {
     float *  q_im;      /* [L][H][F] Im q̄ */
     float *  q_abs;     /* [L][H][F] E|q| */
     uint64_t n_tokens;  /* triattention.calib.n_tokens (0 when absent) */
+    char     auto_policy[16]; /* triattention.auto_policy: what kv_policy "auto" uses ("" = triattention) */
 } tri_centres;
 
 void tri_centres_free(tri_centres * c);

@@ -1,6 +1,7 @@
 /* Candidate ranges and keep lists shared by the compressing KV policies (docs/triattention-engine.md). */
 #include "kv_select.h"
 #include "common.h"
+#include "triattn_score.h"
 
 #include <errno.h>
 #include <math.h>
@@ -117,7 +118,7 @@ static bool tri_ta_number(const char * s, size_t len, float lo, float hi, float 
 
 enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * err, size_t n) {
     *o = (tri_ta_opts) { .mode = TRI_TA_PER_HEAD, .trig = 1.0f, .norm = 1.0f, .layer_max = false, .look = 0,
-                         .lookw = 1.0f };
+                         .lookw = 1.0f, .n_offsets = TRI_TRIATTN_N_OFFSETS };
     if (!s) {
         return TRIATTN_OK;
     }
@@ -157,13 +158,17 @@ enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * er
                 }
             } else if (kl == 5 && strncmp(p, "lookw", 5) == 0) {
                 ok = tri_ta_number(v, vl, 0.0f, 1e3f, &o->lookw);
+            } else if (kl == 6 && strncmp(p, "offmax", 6) == 0) {
+                float t = 0.0f;
+                ok = tri_ta_number(v, vl, 1.0f, 65536.0f, &t) && t == floorf(t) && ((int32_t) t & ((int32_t) t - 1)) == 0;
+                o->n_offsets = ok ? 1 + (int32_t) log2f(t) : o->n_offsets;
             }
         }
         if (!ok) {
             return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED,
                             "kv_mode '%s': cannot read '%.*s' (expected MODE[,key=value]...: MODE per_head, "
                             "per_layer_per_head or global; keys trig=X, norm=X (0..1000), agg=mean|max, look=N (0 or >= %d "
-                            "tokens) or look=all, lookw=X (0..1000))",
+                            "tokens) or look=all, lookw=X (0..1000), offmax=N (a power of two 1..65536))",
                             s, (int) len, p, TRI_SNAPKV_WINDOW);
         }
         if (!end) {

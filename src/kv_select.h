@@ -45,13 +45,16 @@ enum tri_ta_mode { TRI_TA_PER_HEAD = 0, TRI_TA_PER_LAYER_PER_HEAD = 1, TRI_TA_GL
  *               (all: the whole prompt) to learn the queries of its last TRI_SNAPKV_WINDOW tokens, then
  *               prefilled again with every round adding lookw x the z-scored attention those queries give each
  *               candidate (default 0 = off)
- *   lookw=X weight of that term (default 1) */
+ *   lookw=X weight of that term (default 1)
+ *   offmax=N  largest future offset of the phase average, a power of two 1..65536 (default 65536: offsets
+ *             2^0..2^16) */
 typedef struct tri_ta_opts {
     enum tri_ta_mode mode;
     float trig, norm;
     bool  layer_max;
     int32_t look;      /* tail tokens of the first pass; 0 = off, INT32_MAX = the whole prompt */
     float lookw;
+    int32_t n_offsets; /* offsets 2^0 .. 2^(n_offsets - 1) averaged over (default TRI_TRIATTN_N_OFFSETS) */
 } tri_ta_opts;
 
 /* Parses kv_mode (NULL = defaults). TRIATTN_ERR_UNSUPPORTED with a message naming the bad part. */

@@ -386,7 +386,7 @@ static enum triattn_status tri_ta_compress(tri_kv_policy * p, tri_kv_cache * c, 
 
     /* Synthetic queries of the round at the absolute position of the next token. */
     const tri_centres * ce = p->model->centres;
-    tri_triattn_phase(st->F, st->omega, (double) next_pos, st->a_re, st->a_im);
+    tri_triattn_phase_n(st->F, st->omega, (double) next_pos, st->opts.n_offsets, st->a_re, st->a_im);
     for (size_t r = 0; r < (size_t) st->L * st->H; r++) {
         const size_t o = r * st->F;
         float * w = st->w + r * st->D, * cw = st->cw + r * st->D;

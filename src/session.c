@@ -6,6 +6,7 @@
 #include "grammar_mask.h"
 #include "kv_select.h"
 #include "model.h"
+#include "triattn_score.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,7 +84,12 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     }
     const char * name = p->kv_policy;
     if (!name || strcmp(name, "auto") == 0) {
-        name = m->centres ? "triattention" : "full";
+        name = !m->centres ? "full" : m->centres->auto_policy[0] ? m->centres->auto_policy : "triattention";
+        if (m->centres && strcmp(name, "triattention") != 0) {
+            tri_log(TRIATTN_LOG_INFO, "kv_policy auto: %s (the calibration's policy check found it closer to full "
+                                      "attention than triattention on this model; kv_policy 'triattention' overrides)",
+                    name);
+        }
         if (!m->centres) {
             tri_log(TRIATTN_LOG_INFO, "kv_policy auto: the model has no TriAttention centres, using full attention "
                                       "(calibrate with `pytriattn calibrate model.gguf -o model.tri.gguf`)");
@@ -167,7 +173,11 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
     const int32_t capacity = TRI_MIN(ops->capacity(&s->policy.cfg), p.n_ctx);
 
     s->backend = m->backend;
-    if (s->backend) {
+    tri_ta_opts opts;
+    if (s->backend && strcmp(ops->name, "triattention") == 0 &&
+        tri_ta_parse_mode(s->mode_name, &opts, NULL, 0) == TRIATTN_OK && opts.n_offsets != TRI_TRIATTN_N_OFFSETS) {
+        st = tri_fail(err, err_size, TRIATTN_ERR_UNSUPPORTED, "kv_mode offmax= runs on the CPU only");
+    } else if (s->backend) {
         st = s->backend->session_init(s, err, err_size); /* device cache + host mirror of s->kv */
     } else {
         st = tri_session_kv_init(s, capacity, err, err_size);

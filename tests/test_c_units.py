@@ -44,6 +44,7 @@ def test_c_unit_tests_release(c_build_dir, default_model):
     assert re.search(r"100% tests passed", p.stdout), p.stdout[-2000:]
 
 
+@pytest.mark.long
 @pytest.mark.timeout(3000)
 def test_c_unit_tests_sanitized():
     """ASan + UBSan (RelWithDebInfo) build of the same tests; leak checking where the sandbox allows it."""

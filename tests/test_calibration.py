@@ -73,7 +73,7 @@ def embedded(default_model, text_file):
 def sidecar(default_model, text_file):
     out = text_file.parent / "model.tri-stats.gguf"
     p = run("calibrate", default_model, "--text", text_file, "--tokens", N_TOK, "--window", 700, "--sidecar",
-            "-o", out, "-q")
+            "-o", out, "-q", "--no-policy-check")  # the embedded fixture runs the check
     assert p.returncode == 0, p.stderr
     assert "wrote sidecar" in p.stdout
     return out
@@ -157,8 +157,13 @@ def test_sidecar_has_no_tensors_and_same_statistics(sidecar, embedded):
     e = gguf.GGUFReader(str(embedded[0]))
     assert len(r.tensors) == 0
     assert _kv(r, "general.type") == "triattention-calibration"
+    checked = ("triattention.auto_policy", "triattention.check.")  # only the embedded fixture runs the check
     assert sorted(k for k in r.fields if k.startswith("triattention.")) == \
-        sorted(k for k in e.fields if k.startswith("triattention."))
+        sorted(k for k in e.fields if k.startswith("triattention.") and not k.startswith(checked))
+    assert _kv(e, "triattention.auto_policy") in ("triattention", "streaming", "snapkv")
+    kl = _arr(e, "triattention.check.kl")
+    assert kl.size == 6 and np.all(np.isfinite(kl)) and np.all(kl > 0)
+    assert _kv(e, "triattention.auto_policy") == embedded[1]["policy_check"]["auto_policy"]
     for k in TRI_ARRAYS:  # re-calibrating on the same text gives the same numbers
         np.testing.assert_array_equal(_arr(r, k), _arr(e, k))
     assert sidecar.stat().st_size < 200_000

@@ -3,8 +3,12 @@ runs of every command with a tiny sweep (CSV/JSON columns, resume, valid PNGs)."
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import os
 import random
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -191,26 +195,88 @@ def test_wilson_interval():
     assert hi4 - lo4 < hi - lo, _msg("more cases must narrow the interval")
 
 
-@pytest.mark.parametrize("task", ["needle", "kvrecall"])
-def test_needle_prompt_places_the_needle(setup, task):
-    """Every haystack: the prompt has the asked context length, the recorded span decodes to the needle (or the
-    asked fact) and sits at the asked depth of the haystack."""
+def _check_needle_prompt(llm, task: str, haystack: str, text_cache: dict) -> None:
+    """One case on one haystack: the prompt has the asked context length, the recorded span decodes to the
+    needle (or the asked fact) and sits at the asked depth of the haystack."""
+    ctx = RNG.choice([600, 800, 1000])
+    case = ev.needle_cases(task, [ctx], [RNG.random()], [RNG.randint(0, 999)], [haystack])[0]
+    toks, (a, b) = ev.needle_prompt(llm, case, text_cache)
+    assert len(toks) == ctx, _msg(f"{haystack}: {len(toks)} tokens for {ctx}")
+    text = llm.detokenize(toks[a:b]).decode("utf-8", "replace")
+    assert str(case["value"]) in text, _msg(f"{haystack}: span {a}:{b} is {text!r}")
+    if task == "kvrecall":
+        assert case["names"][0] in text and len(case["names"]) == 4
+        assert all(str(v) in llm.detokenize(toks).decode("utf-8", "replace") for v in case["values"])
+    assert abs(a / ctx - case["depth"]) < 0.12, _msg(f"{haystack}: needle at {a / ctx:.2f}, asked {case['depth']:.2f}")
+
+
+@pytest.fixture(scope="module")
+def needle_llm(setup):
     llm = setup.llama("full", 512, 1200)
-    try:
-        ctx = RNG.choice([600, 800, 1000])
-        cases = ev.needle_cases(task, [ctx], [RNG.random()], [RNG.randint(0, 999)], list(ev.NEEDLE_HAYSTACKS))
-        for hay in ev.NEEDLE_HAYSTACKS:
-            case = {**cases[0], "haystack": hay}
-            toks, (a, b) = ev.needle_prompt(llm, case, {})
-            assert len(toks) == ctx, _msg(f"{hay}: {len(toks)} tokens for {ctx}")
-            text = llm.detokenize(toks[a:b]).decode("utf-8", "replace")
-            assert str(case["value"]) in text, _msg(f"{hay}: span {a}:{b} is {text!r}")
-            if task == "kvrecall":
-                assert case["names"][0] in text and len(case["names"]) == 4
-                assert all(str(v) in llm.detokenize(toks).decode("utf-8", "replace") for v in case["values"])
-            assert abs(a / ctx - case["depth"]) < 0.12, _msg(f"{hay}: needle at {a / ctx:.2f}, asked {case['depth']:.2f}")
-    finally:
-        llm.close()
+    yield llm
+    llm.close()
+
+
+@pytest.mark.parametrize("task", ["needle", "kvrecall"])
+def test_needle_prompt_places_the_needle(needle_llm, text, task):
+    """The package's own sources (the `code` haystack) and prose the test supplies."""
+    cache = {"docs": text}
+    for hay in ("code", "docs"):
+        _check_needle_prompt(needle_llm, task, hay, cache)
+
+
+def _need_debian_text(present: bool, why: str) -> None:
+    """Skips where the Debian package is not installed; fails under CI, which installs it (.ci/run)."""
+    if not present:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (CI installs it: .ci/run)")
+        pytest.skip(why)
+
+
+def test_kjv_text(needle_llm):
+    """Debian's `bible` program: the whole King James Bible without verse labels, as `eval ppl --kjv`, the
+    passkey filler and the `kjv` needle haystack read it."""
+    _need_debian_text(shutil.which("bible") is not None, f"`bible` not found: {ev.KJV_HINT}")
+    dataset, t = ev.load_text(None, kjv=True)
+    assert dataset == "kjv" and len(t) > 3_000_000, len(t)
+    assert "In the beginning God created the heaven and the earth" in t[:300], t[:300]
+    assert "Amen" in t[-300:], t[-300:]
+    labelled = [ln for ln in t[:200_000].splitlines() if re.match(r"[1-3]?\s?[A-Za-z]+\s?\d+:\d+", ln)]
+    assert not labelled, labelled[:3]
+    fill = ev.kjv_filler()
+    assert fill.endswith(" ") and " ".join(fill.split()) in " ".join(t.split())
+    _check_needle_prompt(needle_llm, "needle", "kjv", {})
+
+
+def test_jargon_haystack(needle_llm):
+    """The Jargon File from Debian's jargon-text as the `jargon` needle haystack."""
+    _need_debian_text(ev.JARGON_PATH.is_file(), f"{ev.JARGON_PATH} not found: {ev.JARGON_HINT}")
+    t = ev.haystack_text("jargon")
+    assert len(t) > 500_000 and "hacker" in t, len(t)
+    _check_needle_prompt(needle_llm, "kvrecall", "jargon", {})
+
+
+def test_missing_text_names_the_package(tmp_path, monkeypatch):
+    """Without the Debian text each reader fails with an error naming the package to install; with a stand-in
+    (a `bible` that prints labelled verses, a gzipped file) it reads that."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(ev, "JARGON_PATH", tmp_path / "jargon.txt.gz")
+    with pytest.raises(TriattnError, match="bible-kjv bible-kjv-text"):
+        ev.kjv_text()
+    with pytest.raises(TriattnError, match="jargon-text"):
+        ev.haystack_text("jargon")
+    verses = [f"Verse {RNG.randint(0, 10**6)} of the stand-in text." for _ in range(4000)]
+    listing = tmp_path / "verses.txt"
+    listing.write_text("".join(f"Gen{i // 50 + 1}:{i % 50 + 1} {v}\n" for i, v in enumerate(verses)))
+    script = f"#!{sys.executable}\nimport sys\nsys.stdout.write(open({str(listing)!r}).read())\n"
+    (bin_dir / "bible").write_text(script)
+    (bin_dir / "bible").chmod(0o755)
+    assert ev.kjv_text() == "".join(v + "\n" for v in verses)
+    with gzip.open(ev.JARGON_PATH, "wt", encoding="utf-8") as f:
+        f.write("\n".join(verses))
+    assert ev.haystack_text("jargon") == "\n".join(verses)
 
 
 def test_eval_needle_cli(tmp_path):
@@ -220,7 +286,7 @@ def test_eval_needle_cli(tmp_path):
     out = tmp_path / "nd"
     seed = RNG.randint(0, 999)
     args = ["eval", "needle", "--contexts", "400", "--budgets", "128", "--policies", "full,streaming",
-            "--depths", "0.15", "--seeds", seed, "--haystacks", RNG.choice(ev.NEEDLE_HAYSTACKS), "-o", out, "-q"]
+            "--depths", "0.15", "--seeds", seed, "--haystacks", "code", "-o", out, "-q"]
     run_cli(*args)
     rows = read_rows(out)
     for key in (("full", "400"), ("streaming", "128")):

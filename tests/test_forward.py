@@ -254,7 +254,9 @@ def _engine_greedy(llm, ids, n_new):
     return gen, np.array(rows)
 
 
-@pytest.mark.parametrize("prompt", [CHAT, REAL_PROMPTS[1], COUNTING], ids=["chat", "code", "counting"])
+@pytest.mark.parametrize("prompt", [pytest.param(CHAT, marks=pytest.mark.long),
+                                    pytest.param(REAL_PROMPTS[1], marks=pytest.mark.long), COUNTING],
+                         ids=["chat", "code", "counting"])
 def test_real_model_greedy_32(real, prompt):
     ref, emu, llm = real
     ids = llm.tokenize(prompt, True, True)

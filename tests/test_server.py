@@ -254,6 +254,7 @@ def test_keep_alive_and_pipelining(srv):
     assert out.count(b"HTTP/1.1 200") == 4
 
 
+@pytest.mark.long
 def test_request_parser_fuzz(srv):
     """Random mutations of valid requests: each gets a response or a closed connection, never a hang."""
     base = [b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

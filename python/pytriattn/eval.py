@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -532,6 +533,7 @@ def eval_passkey(setup: Setup, results: Results, policies, budgets, lengths, dep
 
 NEEDLE_HAYSTACKS = ("kjv", "jargon", "code")
 JARGON_HINT = "the Jargon File (public domain) comes from Debian: apt-get install -y jargon-text"
+JARGON_PATH = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
 # (name, needle line, question); {v} is the 5-digit value. Each needle stands on its own line.
 NEEDLE_PHRASINGS = (
     ("passkey", "\nThe pass key is {v}. Remember it. {v} is the pass key.\n",
@@ -560,16 +562,24 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return float(max(0.0, mid - half)), float(min(1.0, mid + half))
 
 
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar test: p-value of b vs c discordant pairs under Binomial(b + c, 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
 def haystack_text(name: str) -> str:
     """Real text for a haystack: KJV verses, the Jargon File (Debian jargon-text), or this package's C sources."""
     if name == "kjv":
         return kjv_text()
     if name == "jargon":
         import gzip
-        path = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
-        if not path.is_file():
-            raise TriattnError(ERR_IO, f"{path} is missing; {JARGON_HINT}")
-        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        if not JARGON_PATH.is_file():
+            raise TriattnError(ERR_IO, f"{JARGON_PATH} is missing; {JARGON_HINT}")
+        with gzip.open(JARGON_PATH, "rt", encoding="utf-8", errors="replace") as f:
             return f.read()
     if name == "code":
         roots = [Path(__file__).resolve().parents[2] / "src", Path(__file__).resolve().parent]

@@ -684,6 +684,29 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
 }
 
 /* kv_mode strings: defaults, each option, and malformed ones refused with a message. */
+/* The mean phase over the first M offsets against the sum written out. */
+static void test_phase_offsets(void) {
+    const int F = 5;
+    double omega[5], re[5], im[5];
+    for (int f = 0; f < F; f++) omega[f] = pow(10.0, -4.0 * tu_uniform());
+    const double t0 = (double) tu_int(0, 100000);
+    for (int M = 1; M <= TRI_TRIATTN_N_OFFSETS; M++) {
+        tri_triattn_phase_n(F, omega, t0, M, re, im);
+        for (int f = 0; f < F; f++) {
+            double sr = 0, si = 0;
+            for (int m = 0; m < M; m++) {
+                sr += cos(omega[f] * (t0 + ldexp(1.0, m)));
+                si += sin(omega[f] * (t0 + ldexp(1.0, m)));
+            }
+            CHECK(fabs(re[f] - sr / M) < 1e-12 && fabs(im[f] - si / M) < 1e-12, "phase over %d offsets, pair %d", M, f);
+        }
+    }
+    double re17[5], im17[5];
+    tri_triattn_phase(F, omega, t0, re17, im17);
+    tri_triattn_phase_n(F, omega, t0, TRI_TRIATTN_N_OFFSETS, re, im);
+    for (int f = 0; f < F; f++) CHECK(re[f] == re17[f] && im[f] == im17[f], "phase = phase_n over 17 offsets");
+}
+
 static void test_parse_mode(void) {
     tri_ta_opts o;
     char err[256];
@@ -700,11 +723,17 @@ static void test_parse_mode(void) {
           "%s: %s", buf, err);
     CHECK(tri_ta_parse_mode("per_layer_per_head,agg=mean", &o, err, sizeof err) == TRIATTN_OK &&
               o.mode == TRI_TA_PER_LAYER_PER_HEAD && !o.layer_max, "per_layer_per_head,agg=mean");
+    CHECK(tri_ta_parse_mode(NULL, &o, err, sizeof err) == TRIATTN_OK && o.n_offsets == TRI_TRIATTN_N_OFFSETS,
+          "default offsets");
+    const int lg = tu_int(0, 16);
+    snprintf(buf, sizeof buf, "per_head,offmax=%d", 1 << lg);
+    CHECK(tri_ta_parse_mode(buf, &o, err, sizeof err) == TRIATTN_OK && o.n_offsets == lg + 1, "%s: %s", buf, err);
     const char * bad[] = { "", "per_heads", "per_head,", "per_head,trig", "per_head,trig=", "per_head,trig=x",
                            "per_head,trig=-1", "per_head,trig=nan", "per_head,agg=min", "per_head,foo=1",
                            "per_head,trig=0,norm=0", "per_head,,agg=max", "per_head,obs=1", "per_head,norm=1e9",
                            "per_head,look=4", "per_head,look=-8", "per_head,look=12.5", "per_head,look=any",
-                           "per_head,lookw=-1", "per_head,look" };
+                           "per_head,lookw=-1", "per_head,look", "per_head,offmax=0", "per_head,offmax=3",
+                           "per_head,offmax=131072", "per_head,offmax=12.5", "per_head,offmax=" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
         CHECK(tri_ta_parse_mode(bad[i], &o, err, sizeof err) == TRIATTN_ERR_UNSUPPORTED && strstr(err, "kv_mode"),
@@ -946,6 +975,7 @@ int main(void) {
     test_policy_synthetic("per_head", TRI_ROPE_ADJACENT, 0, 40, 4, -1);     /* default window 128 > budget: clamped */
     test_policy_synthetic("global", TRI_ROPE_ADJACENT, 0, 3, 4, 16);        /* budget <= sink: guard */
     test_parse_mode();
+    test_phase_offsets();
     {   /* score variants of kv_mode: weights of the two terms, layer max */
         char v[96];
         snprintf(v, sizeof v, "per_head,trig=%g,norm=%g", (double) tu_int(0, 300) / 100.0, (double) tu_int(1, 300) / 100.0);

@@ -74,14 +74,15 @@ def fillers(data: Data, seed: int, n: int, words: int = 250) -> list[str]:
     return out
 
 
-def start_server(model: str | None, cfg: str, budget: int, recall: int, threads: int, state_dir: str) -> Server:
+def start_server(model: str | None, cfg: str, budget: int, recall: int, threads: int, state_dir: str,
+                 calibration: str | None = None) -> Server:
     policy, _, extra = cfg.partition("+")
     args = ["--parallel", "1", "--ctx-size", "16384", "--threads", str(threads), "--slot-save-path", state_dir,
             "--kv-policy", policy]
     if model:
         args = ["-m", model] + args
-    elif policy == "triattention":
-        args += ["--calibration", str(SIDECAR)]
+    if policy == "triattention" and (calibration or not model):
+        args += ["--calibration", calibration or str(SIDECAR)]
     if policy != "full":
         args += ["--kv-budget", str(budget)]
     if extra == "recall":
@@ -106,7 +107,7 @@ def run(a) -> int:
                 continue
             f = facts(seed)
             with tempfile.TemporaryDirectory() as state_dir:
-                srv = start_server(a.model, cfg, a.budget, a.recall, a.threads, state_dir)
+                srv = start_server(a.model, cfg, a.budget, a.recall, a.threads, state_dir, a.calibration)
                 try:
                     client = openai.OpenAI(base_url=f"http://{srv.host}:{srv.port}/v1", api_key="unused",
                                            timeout=3600, max_retries=0)
@@ -169,6 +170,8 @@ def report(a) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", default=None, help="GGUF (default: the default model with its centres)")
+    ap.add_argument("--calibration", default=None, help="sidecar with TriAttention centres for --model (default: "
+                    "one found beside the model by name)")
     ap.add_argument("--policies", default="full,triattention,triattention+recall")
     ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--recall", type=int, default=256)

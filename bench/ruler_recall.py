@@ -217,6 +217,21 @@ def build(llm, task: str, ctx: int, seed: int, depth: float, data: Data) -> tupl
     return best[0], answers, best[1]
 
 
+def spread_order(n: int) -> list[int]:
+    """0..n-1 ordered by the van der Corput sequence (0, 1/2, 1/4, 3/4, ...): each case index is taken when the
+    sequence first comes nearest to it."""
+    order, left, k = [], set(range(n)), 0
+    while left:
+        v, f, x = 0.0, 0.5, k
+        while x:
+            v, x, f = v + f * (x & 1), x >> 1, f / 2
+        i = min(left, key=lambda j: (abs((j + 0.5) / n - v), j))
+        order.append(i)
+        left.discard(i)
+        k += 1
+    return order
+
+
 def score(task: str, out: str, answers: list[str]) -> float:
     low = out.lower()
     if task == "niah_multivalue":
@@ -267,8 +282,10 @@ def run(a) -> int:
     methods = [m for m in a.methods.split(",") if m]
     depths = [(i + 0.5) / a.cases for i in range(a.cases)]
     probe = open_llama(model, "full", 0, 64, 0, 1, None)
-    # cases outermost, so that every finished case has been run by every method (paired comparisons)
-    for i, depth in enumerate(depths):
+    # cases outermost, so that every finished case has been run by every method (paired comparisons), in an
+    # order whose every prefix spreads over the depths: a run stopped early is not biased towards shallow needles
+    for i in spread_order(a.cases):
+        depth = depths[i]
         seed = a.seed + i
         for task in tasks:
             for ctx in contexts:

@@ -10,7 +10,8 @@ plus the policy's KV bytes.
 
 With --prompt the text before the tail is one decode call (a long prompt, as a document or a conversation
 is sent), then the tail is teacher-forced the same way: the setting where kv_mode look= (question-aware
-prefill) acts; --kv-mode sets triattention's kv_mode (the label becomes triattention/MODE).
+prefill) acts; --kv-mode sets triattention's kv_mode (the label becomes triattention/MODE); --kv-recall R adds a
+recall from tier 2 once the prompt is read (label POLICY+recallR).
 
     python bench/kl_tail.py -m gemma-3-270m-q4_k_m.gguf --calibration gemma3.tri-stats.gguf \
         --context 4096 --tail 512 --budgets 512,1024 --policies triattention,snapkv -o bench/results/kl_gemma3.csv
@@ -31,7 +32,7 @@ from pytriattn.policy_check import mean_kl, tail_logprobs
 
 def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: int, threads: int,
         calibration: str | None, prompt: bool = False, kv_mode: str | None = None,
-        kv_window: int | None = None) -> tuple[np.ndarray, dict]:
+        kv_window: int | None = None, kv_recall: int = 0) -> tuple[np.ndarray, dict]:
     """Log-probs (tail, V) of the last `tail` predicting positions (distributions of toks[n-tail..n-1]'s
     successors: positions n-tail-1 .. n-2), and the final KV stats."""
     from pytriattn import Llama
@@ -46,9 +47,11 @@ def run(model: str, toks, tail: int, policy: str, budget: int | None, interval: 
         kw["kv_mode"] = kv_mode
     if kv_window is not None:
         kw["kv_window"] = kv_window
+    if kv_recall:
+        kw["kv_recall"] = kv_recall
     llm = Llama(model, **kw)
     try:
-        return tail_logprobs(llm, toks, tail, interval, budget, prompt), llm.kv_stats()
+        return tail_logprobs(llm, toks, tail, interval, budget, prompt, recall=bool(kv_recall)), llm.kv_stats()
     finally:
         llm.close()
 
@@ -70,6 +73,8 @@ def main(argv=None) -> int:
                     "and reuse them (so configurations can run as separate processes)")
     ap.add_argument("--prompt", action="store_true", help="decode the text before the tail as one call (a prompt)")
     ap.add_argument("--kv-mode", default=None, help="kv_mode of triattention (e.g. per_head,look=256,lookw=3)")
+    ap.add_argument("--kv-recall", type=int, default=0, help="kv_recall of every policy; with --prompt a recall "
+                    "runs once the prompt is read (label +recallN)")
     ap.add_argument("--kv-window", type=int, default=None,
                     help="protected recent window of every policy (default: each policy's own)")
     ap.add_argument("--no-full", action="store_true", help="only compute and keep the policies' log-probs "
@@ -89,7 +94,8 @@ def main(argv=None) -> int:
     rows = np.arange(a.tail)
     def label(policy: str) -> str:
         name = f"{policy}/{a.kv_mode}" if policy == "triattention" and a.kv_mode else policy
-        return name if a.kv_window is None else f"{name}/w{a.kv_window}"
+        name = name if a.kv_window is None else f"{name}/w{a.kv_window}"
+        return name + (f"+recall{a.kv_recall}" if a.kv_recall else "")
 
     def policy_lp(policy: str, budget: int):
         tag = label(policy).replace("/", "_").replace(",", "_").replace("=", "") + ("-prompt" if a.prompt else "")
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
             return np.load(path), json.loads(Path(str(path) + ".json").read_text())
         lp, kv = run(a.model, toks, a.tail, policy, budget, a.kv_interval, a.threads,
                      a.calibration if policy == "triattention" else None, a.prompt,
-                     a.kv_mode if policy == "triattention" else None, a.kv_window)
+                     a.kv_mode if policy == "triattention" else None, a.kv_window, a.kv_recall)
         if path is not None:
             np.save(path, lp)
             Path(str(path) + ".json").write_text(json.dumps(kv))

@@ -76,7 +76,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or function signature in this header changes. */
-#define TRIATTN_ABI_VERSION 5
+#define TRIATTN_ABI_VERSION 6
 
 enum triattn_status {
     TRIATTN_OK              = 0,
@@ -245,6 +245,13 @@ struct triattn_session_params {
     int32_t      kv_window;    /* most recent tokens never evicted; -1 = policy default */
     int32_t      kv_sink;      /* leading tokens never evicted (default 4) */
     const char * kv_mode;      /* TriAttention selection mode: "per_head" (default), "per_layer_per_head", "global" */
+    /* Recall (tier 2): with kv_recall = R > 0 every row an evicting policy drops is kept in host memory at 8 bits
+     * instead, and when a prompt has been read (before its last token is decoded; in a chat, after each user
+     * turn's end) the last queries bring back up to R of those rows per (layer, KV head) in place of the
+     * cache's least attended ones: the cache stays within its budget. 0 = off (default). CPU sessions only:
+     * TRIATTN_ERR_UNSUPPORTED with a GPU backend (n_gpu_layers != 0). */
+    int32_t      kv_recall;
+    int32_t      kv_recall_max_mib; /* tier-2 memory cap in MiB, oldest pages dropped beyond it; 0 = no cap */
 };
 TRIATTN_API void triattn_session_params_init(struct triattn_session_params * p);
 
@@ -290,8 +297,18 @@ struct triattn_kv_stats {
     int64_t  n_evicted;       /* tokens evicted so far, summed over KV heads and divided by their count */
     double   score_ms;        /* time spent choosing what to evict */
     char     policy[32];      /* resolved policy name */
+    int64_t  t2_rows;         /* rows held in tier 2, over all (layer, KV head) (kv_recall > 0) */
+    uint64_t t2_bytes;        /* bytes allocated for tier 2 */
+    int64_t  t2_dropped;      /* tier-2 rows dropped by kv_recall_max_mib */
+    int64_t  n_recalls;       /* recalls run */
+    int64_t  n_recalled;      /* rows brought back by them, over all (layer, KV head) */
+    double   recall_ms;       /* time spent in recalls */
 };
 TRIATTN_API void triattn_session_kv_stats(const triattn_session * s, struct triattn_kv_stats * out);
+
+/* Runs a recall now (see triattn_session_params.kv_recall) with the queries of the last tokens decoded; the
+ * library does this by itself when a prompt has been read. TRIATTN_ERR_INVALID_ARG when kv_recall is 0. */
+TRIATTN_API enum triattn_status triattn_session_kv_recall(triattn_session * s);
 
 /* Original (absolute) positions held by one (layer, KV head) of the cache, in slot order (increasing).
  * *n_out = live slots (see "Buffers" above). Returns TRIATTN_ERR_INVALID_ARG when layer or kv_head is

@@ -18,6 +18,7 @@
 static bool tri_batch_joinable(const triattn_session * lead, const triattn_session * s, const triattn_token * toks,
                                int32_t n, int32_t rows) {
     if (s->model != lead->model || s->calib || s->backend != lead->backend || n > tri_session_chunk_room(s) ||
+        tri_session_recall_cut(s, toks, n) < n ||
         rows + n > lead->fwd.n_batch || (int64_t) s->n_past + n > s->params.n_ctx) {
         return false;
     }
@@ -104,7 +105,15 @@ enum triattn_status tri_step(triattn_session * const * ss, const triattn_token *
         tri_session_record(s, in_toks[j], in_counts[j]);
         s->n_past += in_counts[j];
     }
-    return TRIATTN_OK;
+    /* A recall point reached by this step (chunks end at one): the question's queries are in the ring. */
+    enum triattn_status first = TRIATTN_OK;
+    for (int32_t j = 0; j < m; j++) {
+        if (tri_session_recall_due(in[j])) {
+            status[idx[j]] = tri_session_recall(in[j], mode);
+            first = first == TRIATTN_OK ? status[idx[j]] : first;
+        }
+    }
+    return first;
 }
 
 void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_token * const * toks,

@@ -142,6 +142,7 @@ static enum triattn_status tri_gen_begin(triattn_session * s, const char * promp
     }
     s->gen.prefill_chunk = p->prefill_chunk;
     s->gen.n_logprobs = p->logprobs;
+    s->recall_at = n > keep ? s->n_past + (n - keep) : -1; /* a recall once the prompt is read */
     if (n == 0 && !triattn_session_logits(s, -1)) {
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "generate: empty prompt and nothing decoded yet");
     }
@@ -403,6 +404,7 @@ enum triattn_status triattn_generate_next_batch(triattn_session * const * sessio
             triattn_session * s = ss[i];
             if (counts[i] > 0 && s->gen.prompt_off < s->gen.prompt_len) {
                 counts[i] = TRI_MAX(0, TRI_MIN(counts[i], TRI_MIN(tri_session_chunk_room(s), room)));
+                counts[i] = tri_session_recall_cut(s, toks[i], counts[i]);
                 room -= counts[i];
             }
         }

@@ -32,6 +32,7 @@ typedef struct tri_bl_state {
     uint64_t seed;              /* random: resolved seed */
     uint64_t round;             /* random: rounds since the cache was last cleared */
     uint64_t epoch;             /* cache epoch the per-slot state belongs to */
+    uint64_t moved;             /* the cache's rearrangement count the per-slot state belongs to */
     int32_t * lo, * hi, * k;    /* [LK] candidate range and slots to keep of the round */
     float *   acc;              /* h2o: [LK][cap] attention received by each slot so far */
     int32_t * acc_n;            /* h2o: [LK] leading slots whose accumulator is valid */
@@ -448,6 +449,12 @@ static enum triattn_status tri_bl_compress(tri_kv_policy * p, tri_kv_cache * c, 
         if (st->kind == TRI_BL_H2O) {
             memset(st->acc_n, 0, sizeof(int32_t) * st->LK);
             memset(st->q_done, 0, sizeof(int64_t) * st->L);
+        }
+    }
+    if (c->moved != st->moved) { /* slots were rearranged (a recall): the accumulators no longer match them */
+        st->moved = c->moved;
+        if (st->kind == TRI_BL_H2O) {
+            memset(st->acc_n, 0, sizeof(int32_t) * st->LK);
         }
     }
     int64_t evicted = 0;

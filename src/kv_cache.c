@@ -107,7 +107,33 @@ enum triattn_status tri_kv_cache_uniform_layout(tri_kv_cache * c, char * err, si
     return TRIATTN_OK;
 }
 
+enum triattn_status tri_kv_cache_enable_tier2(tri_kv_cache * c, int32_t n_ctx, uint64_t max_bytes, char * err,
+                                              size_t n) {
+    if (c->t2) {
+        return TRIATTN_OK;
+    }
+    int32_t managed = 0;
+    for (int il = 0; il < c->n_layer; il++) {
+        managed += tri_kv_windowed(c, il) ? 0 : c->n_head_kv;
+    }
+    c->t2 = calloc(1, sizeof *c->t2);
+    if (!c->t2) {
+        return tri_fail(err, n, TRIATTN_ERR_OOM, "out of memory");
+    }
+    const enum triattn_status st =
+        tri_kv_tier2_init(c->t2, c->n_layer, c->n_head_kv, c->head_dim, n_ctx, max_bytes, managed, err, n);
+    if (st != TRIATTN_OK) {
+        free(c->t2);
+        c->t2 = NULL;
+    }
+    return st;
+}
+
 void tri_kv_cache_free(tri_kv_cache * c) {
+    if (c->t2) {
+        tri_kv_tier2_free(c->t2);
+        free(c->t2);
+    }
     free(c->q);
     free(c->q_pos);
     free(c->q_count);
@@ -125,6 +151,9 @@ void tri_kv_cache_clear(tri_kv_cache * c) {
     memset(c->n_live, 0, (size_t) c->n_layer * c->n_head_kv * sizeof(int32_t));
     if (c->q_count) {
         memset(c->q_count, 0, (size_t) c->n_layer * sizeof(int64_t));
+    }
+    if (c->t2) {
+        tri_kv_tier2_clear(c->t2);
     }
     c->epoch++;
 }
@@ -210,6 +239,15 @@ void tri_kv_compact(tri_kv_cache * c, int il, int h, const int32_t * keep, int32
     tri_fp16 * v = tri_kv_v(c, il, h);
     int32_t * pos = tri_kv_pos(c, il, h);
     int32_t * live = &c->n_live[tri_kv_index(c, il, h)];
+    if (c->t2) { /* the rows not in keep move to tier 2 before kept rows overwrite them */
+        for (int32_t j = 0, i = 0; j < *live; j++) {
+            if (i < n_keep && keep[i] == j) {
+                i++;
+            } else {
+                tri_kv_tier2_append(c->t2, il, h, pos[j], k + (size_t) j * D, v + (size_t) j * D);
+            }
+        }
+    }
     for (int32_t i = 0; i < n_keep; i++) {
         const int32_t j = keep[i];
         if (j != i) {

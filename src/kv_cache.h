@@ -8,6 +8,7 @@
 #define TRI_KV_CACHE_H
 
 #include "fp16.h"
+#include "kv_tier2.h"
 #include "threadpool.h"
 #include "triattn.h"
 
@@ -40,6 +41,11 @@ typedef struct tri_kv_cache {
     int32_t *  q_pos;      /* [n_layer][q_cap] absolute position of each entry */
     int64_t *  q_count;    /* [n_layer] queries pushed since the cache was cleared */
     uint64_t   epoch;      /* incremented by every tri_kv_cache_clear: policies with per-slot state see a reset */
+    uint64_t   moved;      /* incremented when slots are rearranged outside the policy (a recall): per-slot state
+                            * of the policy no longer matches the slots */
+
+    /* Tier 2 (kv_tier2.h): evicted rows kept for recall; NULL = evicted rows are dropped. Owned by the cache. */
+    tri_kv_tier2 * t2;
 } tri_kv_cache;
 
 /* Bytes needed for a cache of this geometry (0 on overflow). */
@@ -52,10 +58,13 @@ enum triattn_status tri_kv_cache_init(tri_kv_cache * c, int32_t n_layer, int32_t
 enum triattn_status tri_kv_cache_init_layers(tri_kv_cache * c, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
                                              const int32_t * layer_cap, const int32_t * window, char * err, size_t n);
 void tri_kv_cache_free(tri_kv_cache * c);
+/* Gives the cache a tier 2 (kv_tier2.h) for positions < n_ctx, capped at max_bytes (0 = no cap). */
+enum triattn_status tri_kv_cache_enable_tier2(tri_kv_cache * c, int32_t n_ctx, uint64_t max_bytes, char * err,
+                                              size_t n);
 /* Gives a cache whose k/v/pos live elsewhere (a device backend's host mirror) the per-layer layout of
  * n_layer layers of c->capacity slots without windows. */
 enum triattn_status tri_kv_cache_uniform_layout(tri_kv_cache * c, char * err, size_t n);
-/* Empties every (layer, KV head). */
+/* Empties every (layer, KV head), tier 2 included. */
 void tri_kv_cache_clear(tri_kv_cache * c);
 
 static inline size_t tri_kv_index(const tri_kv_cache * c, int il, int h) {
@@ -91,7 +100,8 @@ void tri_kv_push_query(tri_kv_cache * c, int il, const float * q, int32_t pos);
 void tri_kv_cache_live_range(const tri_kv_cache * c, int32_t * lo, int32_t * hi);
 
 /* Keeps only the slots keep[0..n_keep) (strictly increasing slot indices) of (il, h), moving K, V and
- * positions down so live slots stay contiguous and in order. Evicted slots are poisoned with NaN (position
+ * positions down so live slots stay contiguous and in order; with a tier 2 the evicted rows move there first.
+ * Evicted slots are poisoned with NaN (position
  * INT32_MIN) when c->poison is set (debug and sanitizer builds, or TRIATTN_KV_POISON=1 at cache creation),
  * so a kernel that reads them fails loudly. */
 void tri_kv_compact(tri_kv_cache * c, int il, int h, const int32_t * keep, int32_t n_keep);
@@ -110,6 +120,10 @@ typedef struct tri_kv_policy_cfg {
 
 typedef struct tri_kv_policy tri_kv_policy;
 struct triattn_model;
+
+/* Which (layer, KV head) pairs a policy keeps identical token sets in: none (each its own), the layers of each KV
+ * head (triattention per_head), or all of them (triattention global). A recall keeps the same sharing. */
+enum tri_kv_share { TRI_KV_SHARE_NONE = 0, TRI_KV_SHARE_LAYERS = 1, TRI_KV_SHARE_ALL = 2 };
 
 typedef struct tri_kv_policy_ops {
     const char * name;
@@ -149,6 +163,7 @@ struct tri_kv_policy {
     const struct triattn_model * model;  /* set by the session before init */
     tri_threadpool *          tp;        /* the session's threads, for scoring */
     int32_t                   n_prompt;  /* tokens of the first decode call after create/reset */
+    enum tri_kv_share         share;     /* set by init: which pairs hold the same tokens */
     void *                    state;     /* the policy's own scratch (init/free) */
 };
 

@@ -173,6 +173,8 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
         return os;
     }
     st->mode = st->opts.mode;
+    p->share = st->mode == TRI_TA_PER_HEAD ? TRI_KV_SHARE_LAYERS : st->mode == TRI_TA_GLOBAL ? TRI_KV_SHARE_ALL
+                                                                                            : TRI_KV_SHARE_NONE;
     st->score = tri_triattn_score_get(TRI_ISA_COUNT);
 
     const size_t LH = (size_t) st->L * st->H, LK = (size_t) st->L * st->Hkv, cap = (size_t) st->cap;

@@ -33,6 +33,8 @@ void triattn_session_params_init(struct triattn_session_params * p) {
     p->kv_window   = -1;
     p->kv_sink     = 4;
     p->kv_mode     = NULL;
+    p->kv_recall   = 0;
+    p->kv_recall_max_mib = 0;
 }
 
 static int tri_default_threads(void) {
@@ -72,6 +74,13 @@ static enum triattn_status tri_session_resolve(const triattn_model * m, struct t
     if (p->kv_window < -1) {
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_window must be >= 0 (or -1 for the default), got %d",
                         p->kv_window);
+    }
+    if (p->kv_recall < 0 || p->kv_recall_max_mib < 0) {
+        return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "kv_recall and kv_recall_max_mib must be >= 0, got %d and %d",
+                        p->kv_recall, p->kv_recall_max_mib);
+    }
+    if (p->kv_recall > 0 && m->backend) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "kv_recall is not supported with n_gpu_layers != 0");
     }
     const char * name = p->kv_policy;
     if (!name || strcmp(name, "auto") == 0) {
@@ -185,6 +194,9 @@ enum triattn_status triattn_session_create(const triattn_model * m, const struct
         st = ops->init(&s->policy, &s->kv, err, err_size);
     }
     if (st == TRIATTN_OK && !s->backend) {
+        st = tri_session_recall_init(s, err, err_size);
+    }
+    if (st == TRIATTN_OK && !s->backend) {
         st = tri_forward_init(&s->fwd, m, &s->kv, s->tp, p.n_batch, err, err_size);
     }
     if (st == TRIATTN_OK) {
@@ -251,6 +263,11 @@ void triattn_session_reset(triattn_session * s) {
     s->policy.n_prompt = 0;
     s->last_compress_pos = -1;
     s->reuse_ok = true;
+    s->recall_at = -1;
+    s->recall_pos = -1;
+    s->n_recalls = 0;
+    s->n_recalled = 0;
+    s->recall_ms = 0.0;
 }
 
 int32_t triattn_session_n_ctx(const triattn_session * s) {
@@ -301,6 +318,10 @@ enum triattn_status tri_session_make_room(triattn_session * s, int32_t incoming)
     if (st != TRIATTN_OK) {
         return tri_session_fail(s, st, "KV policy '%s': %s", s->policy.ops->name, msg);
     }
+    if (s->kv.t2 && tri_kv_tier2_take_failure(s->kv.t2)) {
+        return tri_session_fail(s, TRIATTN_ERR_OOM, "KV policy '%s': tier 2 is out of memory (evicted rows were "
+                                "dropped)", s->policy.ops->name);
+    }
     tri_kv_cache_live_range(&s->kv, &lo, &hi);
     if (hi + incoming > s->kv.capacity) {
         return tri_session_fail(s, TRIATTN_ERR_CONTEXT, "KV cache full: %d live slots + %d new tokens > capacity %d",
@@ -316,6 +337,9 @@ static enum triattn_status tri_session_run(triattn_session * s, const triattn_to
         /* logits_all takes one chunk (room is made for all of it at once); otherwise chunks stop where the
          * policy's trigger fires, so the compression schedule does not depend on how tokens are split. */
         n = logits_all ? n_tokens : TRI_MIN(tri_session_chunk_room(s), n_tokens - i);
+        if (!logits_all) {
+            n = tri_session_recall_cut(s, tokens + i, n); /* a recall point ends the chunk */
+        }
         const bool last = i + n == n_tokens;
         const enum tri_logits_mode mode = !last ? TRI_LOGITS_NONE : logits_all ? TRI_LOGITS_ALL : TRI_LOGITS_LAST;
         const triattn_token * chunk = tokens + i;
@@ -334,6 +358,25 @@ static enum triattn_status tri_session_run(triattn_session * s, const triattn_to
     return TRIATTN_OK;
 }
 
+enum triattn_status tri_session_replay(triattn_session * s, int32_t n) {
+    triattn_token toks[64];
+    if (n <= 0 || n > 64 || n > s->n_past) {
+        return n == 0 ? TRIATTN_OK : tri_session_fail(s, TRIATTN_ERR_INTERNAL, "replay of %d tokens", n);
+    }
+    const int32_t start = s->n_past - n;
+    memcpy(toks, s->hist + start, sizeof(triattn_token) * (size_t) n);
+    tri_kv_cache * c = &s->kv;
+    for (int i = 0; i < c->n_layer * c->n_head_kv; i++) { /* positions are increasing: the last slots go */
+        c->n_live[i] = tri_kv_count_below(tri_kv_pos(c, i / c->n_head_kv, i % c->n_head_kv), c->n_live[i], start);
+    }
+    s->n_past = start;
+    const bool off = s->recall_off;
+    s->recall_off = true;
+    const enum triattn_status st = tri_session_run(s, toks, n, false, false);
+    s->recall_off = off;
+    return st;
+}
+
 enum triattn_status tri_session_lookahead(triattn_session * s, const triattn_token * tokens, int32_t n) {
     const tri_kv_policy_ops * ops = s->policy.ops;
     const int32_t tail = ops->lookahead_tokens && !s->backend ? ops->lookahead_tokens(&s->policy, n) : 0;
@@ -342,7 +385,9 @@ enum triattn_status tri_session_lookahead(triattn_session * s, const triattn_tok
     }
     const int64_t n_compressions = s->policy.n_compressions, n_evicted = s->policy.n_evicted;
     s->n_past = n - tail;
+    s->recall_off = true;
     enum triattn_status st = tri_session_run(s, tokens + (n - tail), tail, false, false);
+    s->recall_off = false;
     if (st == TRIATTN_OK) {
         ops->lookahead_capture(&s->policy, &s->kv);
     }
@@ -426,6 +471,14 @@ void triattn_session_kv_stats(const triattn_session * s, struct triattn_kv_stats
     out->n_evicted      = s->policy.n_evicted;
     out->score_ms       = s->policy.score_ms;
     snprintf(out->policy, sizeof out->policy, "%s", s->policy_name);
+    if (s->kv.t2) {
+        out->t2_rows    = tri_kv_tier2_rows(s->kv.t2);
+        out->t2_bytes   = tri_kv_tier2_bytes(s->kv.t2);
+        out->t2_dropped = tri_kv_tier2_dropped(s->kv.t2);
+    }
+    out->n_recalls  = s->n_recalls;
+    out->n_recalled = s->n_recalled;
+    out->recall_ms  = s->recall_ms;
 }
 
 enum triattn_status triattn_session_kv_positions(const triattn_session * s, int32_t layer, int32_t kv_head,

@@ -34,6 +34,16 @@ struct triattn_session {
     bool             reuse_ok;           /* false once the cache no longer follows from hist alone (budget
                                             changed mid-stream): the next reuse starts over */
 
+    /* recall from tier 2 (src/session_recall.c; tier 2 itself is kv.t2) */
+    triattn_token    recall_marker[16];  /* a recall runs after these tokens (the chat template's end of a user turn
+                                            and start of the reply) */
+    int32_t          n_recall_marker;    /* 0 = no marker */
+    int32_t          recall_at;          /* a recall runs once n_past reaches it (a prompt's end), -1 = none */
+    int32_t          recall_pos;         /* n_past at the last recall, -1 = none */
+    bool             recall_off;         /* no recall (the look= first pass) */
+    int64_t          n_recalls, n_recalled;
+    double           recall_ms;
+
     /* generation in progress (triattn_generate_begin / _next) */
     struct {
         bool             active;
@@ -96,6 +106,21 @@ bool tri_session_truncate(triattn_session * s, int32_t n);
  * out->n_cached tokens are kept, the caller decodes the rest. */
 enum triattn_status tri_session_reuse(triattn_session * s, const triattn_token * tokens, int32_t n,
                                       struct triattn_reuse_info * out);
+
+/* Recall (src/session_recall.c). init: tier 2, the query ring and the marker when kv_recall > 0 (at creation). */
+enum triattn_status tri_session_recall_init(triattn_session * s, char * err, size_t n);
+/* True when s has a tier 2 and recalls are not suspended. */
+bool tri_session_recall_on(const triattn_session * s);
+/* How many of toks[0..n) the next chunk may take so that it ends at the first recall point among them. */
+int32_t tri_session_recall_cut(const triattn_session * s, const triattn_token * toks, int32_t n);
+/* True when a recall is due at n_past (after a step). */
+bool tri_session_recall_due(const triattn_session * s);
+/* Runs a recall now, then (unless mode is TRI_LOGITS_ALL or nothing came back) decodes the last TRI_RECALL_REPLAY
+ * tokens again, so that they see the recalled rows. */
+enum triattn_status tri_session_recall(triattn_session * s, enum tri_logits_mode mode);
+/* Drops the last n (<= 64) tokens from the cache and decodes them again (no recall, not accepted by the sampler
+ * twice); the last one's logits are kept. */
+enum triattn_status tri_session_replay(triattn_session * s, int32_t n);
 
 void tri_batch_decode(triattn_session * const * ss, int32_t n, const triattn_token * const * toks,
                       const int32_t * counts, enum triattn_status * status);

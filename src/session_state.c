@@ -8,22 +8,29 @@
  *   body    i32 tokens[n_past], i32 n_live[n_layer * n_head_kv],
  *           per (layer, KV head): i32 pos[n_live], f16 K[n_live][head_dim], f16 V[n_live][head_dim],
  *           f32 logits[n_vocab] when n_logits = 1,
- *           u32 n_policy, the policy's own state[n_policy] (version 2; the question-aware queries)
+ *           u32 n_policy, the policy's own state[n_policy] (version 2; the question-aware queries),
+ *           u32 tier2 (version 3; 1 when the session keeps a tier 2, kv_recall > 0), and then
+ *             i32 recall_pos, i64 n_recalls, n_recalled,
+ *             i32 nq, q_dim, per layer: i32 pos[nq], f32 q[nq][q_dim] (the last queries, which the next recall reads),
+ *             per (layer, KV head): i64 n_dropped, i32 n_rows,
+ *             n_rows x (i32 pos, f16 k_scale, f16 v_scale, i8 K[head_dim], i8 V[head_dim]) in tier-2 order
  *   footer  u64 FNV-1a 64 of every byte before it
- * Version 1 files (no policy state) still load. */
+ * Version 1 and 2 files (no policy state, no tier 2) still load. */
 #include "backend.h"
 #include "common.h"
+#include "kv_recall.h"
 #include "model.h"
 #include "session.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #define TRI_STATE_MAGIC   "TRIATTNS"
-#define TRI_STATE_VERSION 2u
+#define TRI_STATE_VERSION 3u
 
 typedef struct tri_state_header {
     char     magic[8];
@@ -115,6 +122,65 @@ static void tri_state_put_header(tri_writer * w, const tri_state_header * h) {
     tri_put_i64(w, h->n_evicted);
 }
 
+/* Row bytes of tier 2 in a state file. */
+static size_t tri_state_t2_row(int32_t head_dim) {
+    return 4 + 2 + 2 + 2 * (size_t) head_dim;
+}
+
+/* Queries of the ring a recall reads: the last min(TRI_RECALL_QUERIES, held) of every layer. */
+static int32_t tri_state_ring_n(const tri_kv_cache * c) {
+    int64_t n = c->q_cap > 0 ? TRI_MIN((int64_t) TRI_RECALL_QUERIES, (int64_t) c->q_cap) : 0;
+    for (int il = 0; il < c->n_layer && n > 0; il++) {
+        n = TRI_MIN(n, c->q_count[il]);
+    }
+    return (int32_t) n;
+}
+
+/* Ring entry of the t-th of the last nq queries of layer il. */
+static size_t tri_state_ring_at(const tri_kv_cache * c, int il, int32_t nq, int32_t t) {
+    return (size_t) il * c->q_cap + (size_t) ((c->q_count[il] - nq + t) % c->q_cap);
+}
+
+static void tri_state_put_tier2(tri_writer * w, const triattn_session * s) {
+    const tri_kv_tier2 * t = s->kv.t2;
+    const uint32_t flag = t ? 1u : 0u;
+    tri_put(w, &flag, sizeof flag);
+    if (!t) {
+        return;
+    }
+    tri_put_i32(w, s->recall_pos);
+    tri_put_i64(w, s->n_recalls);
+    tri_put_i64(w, s->n_recalled);
+    const tri_kv_cache * c = &s->kv;
+    const int32_t nq = tri_state_ring_n(c);
+    tri_put_i32(w, nq);
+    tri_put_i32(w, c->q_dim);
+    for (int il = 0; il < c->n_layer; il++) {
+        for (int32_t t = 0; t < nq; t++) {
+            tri_put_i32(w, c->q_pos[tri_state_ring_at(c, il, nq, t)]);
+        }
+        for (int32_t t = 0; t < nq; t++) {
+            tri_put(w, c->q + tri_state_ring_at(c, il, nq, t) * c->q_dim, sizeof(float) * (size_t) c->q_dim);
+        }
+    }
+    const int D = t->head_dim;
+    for (int i = 0; i < t->n_layer * t->n_head_kv; i++) {
+        const tri_t2_head * th = &t->heads[i];
+        tri_put_i64(w, th->n_dropped);
+        tri_put_i32(w, (int32_t) th->n_rows);
+        for (int32_t p = 0; p < th->n_pages; p++) {
+            const tri_t2_page * pg = th->pages[p];
+            for (int32_t j = 0; j < pg->n; j++) {
+                tri_put_i32(w, pg->base + pg->off[j]);
+                tri_put(w, &pg->ks[j], 2);
+                tri_put(w, &pg->vs[j], 2);
+                tri_put(w, tri_t2_page_k(pg, j, D), (size_t) D);
+                tri_put(w, tri_t2_page_v(pg, j, D), (size_t) D);
+            }
+        }
+    }
+}
+
 enum triattn_status triattn_session_save(triattn_session * s, const char * path) {
     if (!s) {
         return TRIATTN_ERR_INVALID_ARG;
@@ -187,6 +253,7 @@ enum triattn_status triattn_session_save(triattn_session * s, const char * path)
     tri_put(&w, &pol_n32, sizeof pol_n32);
     tri_put(&w, pol, pol_n);
     free(pol);
+    tri_state_put_tier2(&w, s);
     const uint64_t sum = w.hash;
     tri_put(&w, &sum, sizeof sum);
     const bool ok = w.ok && fclose(w.f) == 0;
@@ -290,6 +357,105 @@ static enum triattn_status tri_state_check_header(triattn_session * s, const tri
     return TRIATTN_OK;
 }
 
+static bool tri_f16_ok(const unsigned char * p) {
+    tri_fp16 x;
+    memcpy(&x, p, 2);
+    const float f = tri_fp16_to_fp32(x);
+    return isfinite(f) && f >= 0.0f;
+}
+
+/* The tier-2 section: present only when this session keeps a tier 2 too; per (layer, KV head) rows of distinct
+ * positions below n_past with finite, non-negative scales. */
+static enum triattn_status tri_state_check_tier2(triattn_session * s, tri_reader * r, const tri_state_header * h,
+                                                 const char * path) {
+    uint32_t flag;
+    if (!tri_get(r, &flag, sizeof flag) || flag > 1) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (tier 2)", path);
+    }
+    if (!flag) {
+        return TRIATTN_OK;
+    }
+    const tri_kv_cache * c = &s->kv;
+    const void * head;
+    if (!tri_take(r, 4 + 8 + 8, &head)) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (tier 2)", path);
+    }
+    int32_t recall_pos;
+    int64_t counts[2];
+    memcpy(&recall_pos, head, 4);
+    memcpy(counts, (const char *) head + 4, 16);
+    if (recall_pos < -1 || recall_pos > h->n_past || counts[0] < 0 || counts[1] < 0) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s': inconsistent recall counters", path);
+    }
+    int32_t ring[2];
+    const void * qs;
+    if (!tri_get(r, ring, sizeof ring) || ring[0] < 0 || ring[0] > TRI_RECALL_QUERIES || ring[1] < 0 ||
+        ring[1] > (1 << 20) || (c->t2 && ring[0] > 0 && ring[1] != c->q_dim) ||
+        !tri_take(r, (size_t) c->n_layer * ring[0] * (4 + 4 * (size_t) ring[1]), &qs)) {
+        return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated or inconsistent (queries)", path);
+    }
+    for (size_t i = 0; i < (size_t) c->n_layer * ring[0]; i++) {
+        const char * l = (const char *) qs + i / ring[0] * (size_t) ring[0] * (4 + 4 * (size_t) ring[1]);
+        int32_t qp;
+        memcpy(&qp, l + 4 * (i % ring[0]), 4);
+        if (qp < 0 || qp >= h->n_past) {
+            return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s': a query of position %d", path, qp);
+        }
+    }
+    for (size_t i = 0; i < (size_t) c->n_layer * ring[0] * ring[1]; i++) {
+        const size_t per = (size_t) ring[0] * ring[1], il = i / per;
+        float v;
+        memcpy(&v, (const char *) qs + il * (size_t) ring[0] * (4 + 4 * (size_t) ring[1]) + 4 * (size_t) ring[0] +
+                       4 * (i % per), 4);
+        if (!isfinite(v)) {
+            return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s': a query value is not finite", path);
+        }
+    }
+    const size_t row = tri_state_t2_row(c->head_dim);
+    uint64_t * seen = calloc(((size_t) h->n_past + 64) / 64, sizeof(uint64_t));
+    if (!seen) {
+        return tri_session_fail(s, TRIATTN_ERR_OOM, "session_load: out of memory");
+    }
+    enum triattn_status st = TRIATTN_OK;
+    for (int i = 0; i < c->n_layer * c->n_head_kv && st == TRIATTN_OK; i++) {
+        int64_t dropped;
+        int32_t n_rows;
+        const void * rows;
+        if (!tri_get(r, &dropped, 8) || !tri_get(r, &n_rows, 4) || n_rows < 0 || n_rows > h->n_past ||
+            dropped < 0 || !tri_take(r, row * (size_t) n_rows, &rows)) {
+            st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated or inconsistent (tier 2 of "
+                                  "layer %d, KV head %d)", path, i / c->n_head_kv, i % c->n_head_kv);
+            break;
+        }
+        const unsigned char * p = rows;
+        for (int32_t j = 0; j < n_rows && st == TRIATTN_OK; j++, p += row) {
+            int32_t pos;
+            memcpy(&pos, p, 4);
+            const bool dup = pos >= 0 && pos < h->n_past && ((seen[pos >> 6] >> (pos & 63)) & 1u);
+            if (pos < 0 || pos >= h->n_past || dup || !tri_f16_ok(p + 4) || !tri_f16_ok(p + 6)) {
+                st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s': tier-2 row %d of (layer %d, KV head "
+                                      "%d) is invalid (position %d)", path, j, i / c->n_head_kv, i % c->n_head_kv, pos);
+            } else {
+                seen[pos >> 6] |= 1ull << (pos & 63);
+            }
+        }
+        p = rows;
+        for (int32_t j = 0; j < n_rows; j++, p += row) { /* clear for the next (layer, KV head) */
+            int32_t pos;
+            memcpy(&pos, p, 4);
+            if (pos >= 0 && pos < h->n_past) {
+                seen[pos >> 6] &= ~(1ull << (pos & 63));
+            }
+        }
+        if (st == TRIATTN_OK && n_rows > 0 && !c->t2) {
+            st = tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "session_load: '%s' holds tier-2 rows (saved with "
+                                  "kv_recall > 0); this session has kv_recall 0", path);
+        }
+    }
+    free(seen);
+    return st;
+}
+
 /* The body against the header: token ids in range, live counts within the session's slots, positions strictly
  * increasing below n_past, exact size. */
 static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader * r, const tri_state_header * h,
@@ -352,11 +518,69 @@ static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader 
                                     pol_n, s->policy_name, s->mode_name);
         }
     }
+    if (h->version >= 3) {
+        const enum triattn_status st = tri_state_check_tier2(s, r, h, path);
+        if (st != TRIATTN_OK) {
+            return st;
+        }
+    }
     if (r->off != r->n) {
         return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has %zu bytes after the state", path,
                                 r->n - r->off);
     }
     return TRIATTN_OK;
+}
+
+/* Refills tier 2 from a validated section (a session without one reads past rows-free sections); false on OOM. */
+static bool tri_state_apply_tier2(triattn_session * s, tri_reader * r) {
+    tri_kv_cache * c = &s->kv;
+    int32_t recall_pos = -1;
+    int64_t n_recalls = 0, n_recalled = 0;
+    tri_get(r, &recall_pos, 4);
+    tri_get(r, &n_recalls, 8);
+    tri_get(r, &n_recalled, 8);
+    s->recall_pos = recall_pos;
+    s->n_recalls = n_recalls;
+    s->n_recalled = n_recalled;
+    int32_t ring[2] = { 0, 0 };
+    const void * qs = NULL;
+    tri_get(r, ring, sizeof ring);
+    tri_take(r, (size_t) c->n_layer * ring[0] * (4 + 4 * (size_t) ring[1]), &qs);
+    for (int il = 0; c->t2 && il < c->n_layer && ring[0] <= c->q_cap; il++) {
+        const char * l = (const char *) qs + (size_t) il * ring[0] * (4 + 4 * (size_t) ring[1]);
+        for (int32_t t = 0; t < ring[0]; t++) {
+            int32_t qp;
+            memcpy(&qp, l + 4 * (size_t) t, 4);
+            tri_kv_push_query(c, il, (const float *) (l + 4 * (size_t) ring[0]) + (size_t) t * ring[1], qp);
+        }
+    }
+    const int D = c->head_dim;
+    const size_t row = tri_state_t2_row(D);
+    for (int i = 0; i < c->n_layer * c->n_head_kv; i++) {
+        int64_t dropped = 0;
+        int32_t n_rows = 0;
+        const void * rows = NULL;
+        tri_get(r, &dropped, 8);
+        tri_get(r, &n_rows, 4);
+        tri_take(r, row * (size_t) n_rows, &rows);
+        if (!c->t2) {
+            continue; /* n_rows is 0 (checked) */
+        }
+        const unsigned char * p = rows;
+        for (int32_t j = 0; j < n_rows; j++, p += row) {
+            int32_t pos;
+            tri_fp16 ks, vs;
+            memcpy(&pos, p, 4);
+            memcpy(&ks, p + 4, 2);
+            memcpy(&vs, p + 6, 2);
+            if (!tri_kv_tier2_append_q(c->t2, i / c->n_head_kv, i % c->n_head_kv, pos, (const int8_t *) p + 8, ks,
+                                       (const int8_t *) p + 8 + D, vs)) {
+                return false;
+            }
+        }
+        c->t2->heads[i].n_dropped += dropped;
+    }
+    return true;
 }
 
 /* Copies a validated state into the session (a GPU session's K and V go to the device). */
@@ -399,6 +623,11 @@ static enum triattn_status tri_state_apply(triattn_session * s, tri_reader * r, 
     if (h->version >= 2 && tri_get(r, &pol_n, sizeof pol_n) && tri_take(r, pol_n, &pol) && s->policy.ops->state_load) {
         s->policy.ops->state_load(&s->policy, c, pol, pol_n, false); /* checked by tri_state_check_body */
     }
+    uint32_t t2 = 0;
+    if (h->version >= 3 && tri_get(r, &t2, sizeof t2) && t2 && !tri_state_apply_tier2(s, r)) {
+        triattn_session_reset(s);
+        return tri_session_fail(s, TRIATTN_ERR_OOM, "session_load: out of memory for tier 2");
+    }
     for (int32_t i = 0; i < h->n_past; i++) {
         tri_sampler_accept(s->sampler, s->hist[i]);
     }
@@ -438,7 +667,10 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     const uint64_t max = TRI_STATE_HEADER_BYTES + 4ull * s->params.n_ctx + 4ull * c->n_layer * c->n_head_kv +
                          (uint64_t) c->n_layer * c->n_head_kv * c->cap_max * (4ull + 4ull * c->head_dim) +
                          4ull * s->model->hp.n_vocab + 4 +
-                         (s->policy.ops->state_max ? s->policy.ops->state_max(&s->policy) : 0) + 8;
+                         (s->policy.ops->state_max ? s->policy.ops->state_max(&s->policy) : 0) + 8 +
+                         4 + 20 + 8 + (uint64_t) c->n_layer * TRI_RECALL_QUERIES * (4 + 4ull * s->model->hp.n_head * c->head_dim) +
+                         12ull * c->n_layer * c->n_head_kv +
+                         (uint64_t) c->n_layer * c->n_head_kv * s->params.n_ctx * tri_state_t2_row(c->head_dim);
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         fclose(f);

@@ -516,6 +516,24 @@ def test_cuda_memory_limit(cuda_build, cuda_device, cut_model):
     assert res["full_error"][0] == 5 and "weights need" in res["full_error"][1], res
 
 
+RECALL = r"""
+import json, sys
+from pytriattn import Llama, TriattnError
+out = {}
+try:
+    Llama(sys.argv[1], n_gpu_layers=-1, n_ctx=1024, kv_policy="streaming", kv_budget=64, kv_recall=8).close()
+except TriattnError as e:
+    out["error"] = [e.code, e.message]
+print(json.dumps(out))
+"""
+
+
+def test_cuda_refuses_recall(cuda_build, cuda_device, cut_model):
+    res, _ = _run_py(cuda_build / "libtriattn.so", RECALL, cut_model)
+    assert res.get("error", [0])[0] == 3, res                          # TRIATTN_ERR_UNSUPPORTED
+    assert "kv_recall is not supported with n_gpu_layers != 0" in res["error"][1], res
+
+
 def test_gpu_mem_limit_parse(c_build_dir, tmp_path):
     code = r"""
 import json

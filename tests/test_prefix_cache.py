@@ -1,5 +1,6 @@
 """Prefix reuse and saved state: the Python Llama continuing a chat from its cache equals a fresh session given
-the whole conversation (logits bit for bit, full and a compressing TriAttention cache), save_state/load_state;
+the whole conversation (logits bit for bit, full and a compressing TriAttention cache, with and without recall
+from tier 2), save_state/load_state;
 the server's slot cache (longest common prefix, cache_prompt: false, /slots) and slot save/restore into a fresh
 server, with truncated and bit-flipped files refused."""
 from __future__ import annotations
@@ -43,9 +44,9 @@ def _chat(llm, messages, **kw):
     return llm.create_chat_completion(messages, max_tokens=kw.pop("max_tokens", 24), temperature=0, **kw)
 
 
-@pytest.mark.parametrize("policy", ["full", "triattention"])
-def test_chat_continuation_equals_one_request(default_model, policy):
-    llm = _llama(default_model, policy)
+@pytest.mark.parametrize("policy,recall", [("full", 0), ("triattention", 0), ("triattention", 16)])
+def test_chat_continuation_equals_one_request(default_model, policy, recall):
+    llm = _llama(default_model, policy, kv_recall=recall)
     msgs = [{"role": "user", "content": _sentences(4)}]
     r1 = _chat(llm, msgs)
     assert r1["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
@@ -63,14 +64,18 @@ def test_chat_continuation_equals_one_request(default_model, policy):
         assert 0 < cached <= held and cached > r1["usage"]["prompt_tokens"], (cached, held, r1["usage"])
     if policy == "triattention":
         assert llm.kv_stats()["n_compressions"] > 0
+    if recall:  # a recall after each turn's prompt; the one request recalls at the same places
+        assert llm.kv_stats()["n_recalls"] >= 2 and llm.kv_stats()["t2_rows"] > 0, llm.kv_stats()
 
-    fresh = _llama(default_model, policy)
+    fresh = _llama(default_model, policy, kv_recall=recall)
     fresh.cache_prompt = False
     f2 = _chat(fresh, msgs)
     assert f2["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert f2["choices"][0]["message"]["content"] == r2["choices"][0]["message"]["content"]
     assert llm.session_tokens() == fresh.session_tokens()
     assert np.array_equal(llm.kv_positions(), fresh.kv_positions())
+    a, b = llm.kv_stats(), fresh.kv_stats()
+    assert [a[k] for k in ("t2_rows", "n_recalls", "n_recalled")] == [b[k] for k in ("t2_rows", "n_recalls", "n_recalled")]
     probe = [RNG.randrange(1000, llm.n_vocab())]
     assert np.array_equal(llm.eval(probe), fresh.eval(probe)), "logits differ after the continued turn"
     llm.close()
@@ -90,19 +95,22 @@ def test_completion_rollback_and_restart(default_model):
     assert other["usage"]["prompt_tokens_details"]["cached_tokens"] <= 1
 
 
-@pytest.mark.parametrize("policy", ["full", "triattention"])
-def test_save_and_load_state(default_model, policy, tmp_path):
-    llm = _llama(default_model, policy)
+@pytest.mark.parametrize("policy,recall", [("full", 0), ("triattention", 0), ("triattention", 16)])
+def test_save_and_load_state(default_model, policy, recall, tmp_path):
+    llm = _llama(default_model, policy, kv_recall=recall)
     msgs = [{"role": "user", "content": _sentences(8)}]
     r1 = _chat(llm, msgs, max_tokens=40)
     path = tmp_path / "s.state"
     llm.save_state(path)
+    llm_t2_rows = llm.kv_stats()["t2_rows"]
+    assert (llm_t2_rows > 0) == (recall > 0)
     msgs += [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
              {"role": "user", "content": _sentences(2)}]
     want = _chat(llm, msgs)
 
-    other = _llama(default_model, policy)
+    other = _llama(default_model, policy, kv_recall=recall)
     other.load_state(path)
+    assert other.kv_stats()["t2_rows"] == llm_t2_rows
     got = _chat(other, msgs)
     assert got["usage"]["prompt_tokens_details"]["cached_tokens"] == want["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert got["choices"][0]["message"]["content"] == want["choices"][0]["message"]["content"]
@@ -120,6 +128,11 @@ def test_save_and_load_state(default_model, policy, tmp_path):
     foreign = _llama(default_model, "triattention" if policy == "full" else "full")
     with pytest.raises(TriattnError, match="session_load"):
         foreign.load_state(path)
+    if recall:  # tier-2 rows need a session that keeps a tier 2
+        plain = _llama(default_model, policy)
+        with pytest.raises(TriattnError, match="kv_recall"):
+            plain.load_state(path)
+        plain.close()
     for x in (llm, other, foreign):
         x.close()
 
@@ -242,22 +255,24 @@ def _fnv1a64(data: bytes) -> int:
     return h
 
 
-def test_version_1_state_loads(default_model, tmp_path):
-    """Files of format version 1 (no policy-state section) still load: the same file rewritten as version 1
-    gives the same continuation."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_state_versions_load(default_model, tmp_path, version):
+    """Files of format version 1 (no policy-state section) and 2 (no tier-2 section) still load: the same file
+    rewritten as such gives the same continuation."""
     llm = _llama(default_model, "full")
     prompt = llm.tokenize(_sentences(3))
     llm.decode(prompt)
     path = tmp_path / "s.state"
     llm.save_state(path)
     raw = path.read_bytes()
-    assert raw[:8] == b"TRIATTNS" and int.from_bytes(raw[8:12], "little") == 2
-    assert raw[-12:-8] == b"\0\0\0\0"            # a full cache keeps no policy state: n_policy = 0
-    body = raw[:8] + (1).to_bytes(4, "little") + raw[12:-12]
-    v1 = tmp_path / "v1.state"
-    v1.write_bytes(body + _fnv1a64(body).to_bytes(8, "little"))
+    assert raw[:8] == b"TRIATTNS" and int.from_bytes(raw[8:12], "little") == 3
+    # a full cache keeps no policy state (n_policy = 0) and no tier 2 (flag 0)
+    assert raw[-16:-8] == b"\0" * 8
+    body = raw[:8] + version.to_bytes(4, "little") + raw[12:-16 if version == 1 else -12]
+    old = tmp_path / "old.state"
+    old.write_bytes(body + _fnv1a64(body).to_bytes(8, "little"))
     other = _llama(default_model, "full")
-    other.load_state(v1)
+    other.load_state(old)
     assert other.session_tokens() == llm.session_tokens()
     assert np.array_equal(other.last_logits(), llm.last_logits())
     for x in (llm, other):

@@ -30,6 +30,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-sink", type=int, default=4, help="leading tokens never evicted (default 4)")
     g.add_argument("--kv-mode", default=None, help="per_head (default), per_layer_per_head or global, optionally "
                    "with options: per_head,agg=max,trig=0.5 (docs/triattention-engine.md)")
+    g.add_argument("--kv-recall", type=int, default=0, help="keep evicted rows in a second tier and bring back up "
+                   "to N per layer/KV head that the prompt's last queries attend to (default 0 = off)")
+    g.add_argument("--kv-recall-max-mib", type=int, default=0, help="cap of that tier in MiB (default 0 = no cap)")
     g.add_argument("--calibration", default=None, help="sidecar GGUF with triattention.* centres")
 
 
@@ -54,6 +57,7 @@ def _open_llama(args):
                  chat_format=args.chat_format, kv_policy=args.kv_policy, kv_budget=args.kv_budget,
                  kv_interval=args.kv_interval, kv_window=args.kv_window, kv_sink=args.kv_sink,
                  kv_mode=args.kv_mode, calibration=args.calibration, verbose=getattr(args, "verbose", False),
+                 kv_recall=args.kv_recall, kv_recall_max_mib=args.kv_recall_max_mib,
                  n_gpu_layers=getattr(args, "n_gpu_layers", 0))
 
 

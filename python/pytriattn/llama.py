@@ -85,7 +85,10 @@ class Llama:
 
     KV cache: ``kv_policy=None`` ("auto") uses TriAttention when the model carries calibration centres,
     otherwise ``"full"``; ``kv_budget``/``kv_interval``/``kv_window``/``kv_sink``/``kv_mode`` configure
-    eviction; ``calibration`` names a sidecar GGUF with ``triattention.*`` centres. With ``model_path=None``
+    eviction; ``calibration`` names a sidecar GGUF with ``triattention.*`` centres. ``kv_recall=R`` (default 0,
+    off) keeps every evicted row in a second tier in host memory (8-bit) and, once a prompt has been read,
+    brings back up to R of them per (layer, KV head) that its last queries attend to, in place of the cache's
+    least attended rows (the cache stays within its budget); ``kv_recall_max_mib`` caps that tier (0 = no cap). With ``model_path=None``
     (the default model) the sidecar shipped in the package is used unless ``calibration`` is given.
 
     GPU: ``n_gpu_layers=-1`` runs the whole model, its KV cache and the TriAttention rounds on one CUDA device
@@ -106,7 +109,8 @@ class Llama:
                  kv_interval: int = 128, kv_window: int | None = None, kv_sink: int = 4,
                  kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
                  use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0,
-                 gpu_mem_limit: int | str | None = None, strict_tool_calls: bool = False):
+                 gpu_mem_limit: int | str | None = None, strict_tool_calls: bool = False,
+                 kv_recall: int = 0, kv_recall_max_mib: int = 0):
         self._session = None
         self._model = None
         self._gen_id = 0
@@ -119,6 +123,8 @@ class Llama:
         kv_interval = _int_arg("kv_interval", kv_interval, 1)
         kv_window = -1 if kv_window is None else _int_arg("kv_window", kv_window, -1)
         kv_sink = _int_arg("kv_sink", kv_sink, 0)
+        kv_recall = _int_arg("kv_recall", kv_recall, 0)
+        kv_recall_max_mib = _int_arg("kv_recall_max_mib", kv_recall_max_mib, 0)
         n_gpu_layers = _int_arg("n_gpu_layers", n_gpu_layers, -1)
         seed = _seed_arg(seed)
         for name, v in (("kv_policy", kv_policy), ("kv_mode", kv_mode), ("chat_format", chat_format)):
@@ -167,6 +173,7 @@ class Llama:
         if kv_mode is not None:
             sp.kv_mode = self._cstr(kv_mode)
         sp.kv_budget, sp.kv_interval, sp.kv_window, sp.kv_sink = kv_budget, kv_interval, kv_window, kv_sink
+        sp.kv_recall, sp.kv_recall_max_mib = kv_recall, kv_recall_max_mib
         sout = ffi.new("triattn_session **")
         st = lib.triattn_session_create(self._model, sp, sout, err, len(err))
         if st != 0:
@@ -382,7 +389,14 @@ class Llama:
             "kv_bytes": int(st.kv_bytes), "kv_bytes_live": int(st.kv_bytes_live),
             "n_compressions": int(st.n_compressions), "n_evicted": int(st.n_evicted),
             "score_ms": float(st.score_ms), "policy": ffi.string(st.policy).decode(),
+            "t2_rows": int(st.t2_rows), "t2_bytes": int(st.t2_bytes), "t2_dropped": int(st.t2_dropped),
+            "n_recalls": int(st.n_recalls), "n_recalled": int(st.n_recalled), "recall_ms": float(st.recall_ms),
         }
+
+    def kv_recall(self) -> None:
+        """Recalls from the second tier now, with the queries of the last tokens decoded (the library does this
+        by itself when a prompt has been read); needs ``kv_recall > 0``."""
+        self._check_s(self._lib.triattn_session_kv_recall(self._s()))
 
     def kv_positions(self):
         """Original (absolute) positions held by every (layer, KV head) of the cache: int32 array

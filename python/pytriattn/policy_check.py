@@ -26,10 +26,12 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))
 
 
-def tail_logprobs(llm, toks, tail: int, interval: int, budget: int | None, prompt: bool = False) -> np.ndarray:
+def tail_logprobs(llm, toks, tail: int, interval: int, budget: int | None, prompt: bool = False,
+                  recall: bool = False) -> np.ndarray:
     """Log-probs (tail, V) of the successors of the last `tail` predicting positions of toks, teacher-forced
     through llm (its policy) with calls ending where the live slots reach budget + interval (budget None:
-    calls of `interval` tokens). prompt: the text before the tail is one decode call."""
+    calls of `interval` tokens). prompt: the text before the tail is one decode call; recall: then recall from
+    tier 2, as a generation does once its prompt has been read."""
     n = len(toks)
     first = n - 1 - tail
     out = np.empty((tail, llm.n_vocab()), dtype=np.float32)
@@ -37,6 +39,8 @@ def tail_logprobs(llm, toks, tail: int, interval: int, budget: int | None, promp
     a = 0
     if prompt:
         llm.decode(toks[:first])
+        if recall:
+            llm.kv_recall()
         a = first
     while a < n - 1:
         st = llm.kv_stats()

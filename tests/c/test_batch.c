@@ -1,10 +1,12 @@
 /* test_batch.c - several sessions in one forward step: triattn_batch_decode and triattn_generate_next_batch
  * give exactly what each session computes alone (logits bit for bit, KV positions, generated text), with
- * full attention and with a compressing TriAttention cache; logprobs; per-session KV budgets.
+ * full attention and with a compressing TriAttention cache (also with recalls from tier 2 at chat markers inside
+ * the prompts); logprobs; per-session KV budgets.
  * Needs the real model (TRI_DEFAULT_MODEL). Random prompts, fresh seed each run (TRI_TEST_SEED reproduces). */
 #include "triattn.h"
 #include "calibration.h"
 #include "model.h"
+#include "session.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -44,15 +46,25 @@ static bool same_positions(const triattn_session * a, const triattn_session * b)
 
 /* NS sessions alone vs the same sessions advanced together: staggered prompts fed in chunks of `chunk` tokens
  * alongside other sessions' one-token decodes, then greedy decoding of all of them in one step each. */
-static void test_batch_decode(triattn_model * m, const char * policy, int budget, int interval, int chunk) {
+static void test_batch_decode(triattn_model * m, const char * policy, int budget, int interval, int chunk, int recall) {
     triattn_token prompt[NS][MAXP];
     int np[NS];
+    triattn_session * probe = tu_session_recall(m, policy, NULL, -1, budget, interval, 2048, 0, recall);
+    if (!probe) {
+        return;
+    }
+    const int nm = probe->n_recall_marker;
+    CHECK(recall == 0 || nm > 0, "no recall marker");
     for (int i = 0; i < NS; i++) {
-        np[i] = (int) tu_int(20, MAXP);
+        np[i] = (int) tu_int(20 + nm, MAXP);
         for (int t = 0; t < np[i]; t++) {
             prompt[i][t] = (triattn_token) tu_int(1000, g_info.n_vocab - 1);
         }
+        for (int k = 0; recall > 0 && k < 2; k++) { /* recalls where the chat marker ends, mid-chunk or not */
+            memcpy(prompt[i] + tu_int(0, np[i] - nm), probe->recall_marker, sizeof(triattn_token) * (size_t) nm);
+        }
     }
+    triattn_session_free(probe);
     const int n_steps = 40;
     const size_t V = (size_t) g_info.n_vocab;
     /* reference: each session alone, prompt in one call, then greedy one token at a time */
@@ -60,7 +72,7 @@ static void test_batch_decode(triattn_model * m, const char * policy, int budget
     int32_t ref_past[NS];
     triattn_session * alone[NS];
     for (int i = 0; i < NS; i++) {
-        alone[i] = tu_session(m, policy, budget, interval, 2048, 0);
+        alone[i] = tu_session_recall(m, policy, NULL, -1, budget, interval, 2048, 0, recall);
         if (!alone[i]) {
             return;
         }
@@ -81,7 +93,7 @@ static void test_batch_decode(triattn_model * m, const char * policy, int budget
     int fed[NS] = { 0 }, steps_done[NS] = { 0 };
     triattn_token next[NS];
     for (int i = 0; i < NS; i++) {
-        ss[i] = tu_session(m, policy, budget, interval, 2048, 0);
+        ss[i] = tu_session_recall(m, policy, NULL, -1, budget, interval, 2048, 0, recall);
         if (!ss[i]) {
             return;
         }
@@ -147,9 +159,12 @@ static void test_batch_decode(triattn_model * m, const char * policy, int budget
         triattn_session_kv_stats(ss[i], &b);
         CHECK(triattn_session_n_past(ss[i]) == ref_past[i], "%s: session %d n_past %d vs %d", policy, i,
               triattn_session_n_past(ss[i]), ref_past[i]);
-        CHECK(a.n_compressions == b.n_compressions && same_positions(alone[i], ss[i]),
-              "%s: session %d: KV differs (compressions %lld vs %lld)", policy, i, (long long) a.n_compressions,
-              (long long) b.n_compressions);
+        CHECK(a.n_compressions == b.n_compressions && same_positions(alone[i], ss[i]) && a.n_recalls == b.n_recalls &&
+                  a.n_recalled == b.n_recalled && a.t2_rows == b.t2_rows,
+              "%s: session %d: KV differs (compressions %lld vs %lld, recalls %lld vs %lld)", policy, i,
+              (long long) a.n_compressions, (long long) b.n_compressions, (long long) a.n_recalls,
+              (long long) b.n_recalls);
+        CHECK(recall == 0 || a.n_recalls > 0, "%s: session %d: no recall", policy, i);
         if (strcmp(policy, "full") != 0 && b.n_past > budget + interval) {
             CHECK(b.n_compressions > 0, "%s: session %d never compressed (n_past %lld)", policy, i, (long long) b.n_past);
         }
@@ -167,15 +182,16 @@ static const char * k_prompts[NS] = {
 };
 
 /* Generation step by step alone vs NS sessions through triattn_generate_next_batch: same texts. */
-static void test_generate_batch(triattn_model * m, const char * policy, int budget, int interval) {
+static void test_generate_batch(triattn_model * m, const char * policy, int budget, int interval, int recall) {
     struct triattn_generate_params gp;
     triattn_generate_params_init(&gp);
     gp.max_tokens = 48;
     gp.ignore_eos = true;
     gp.sampling.temperature = 0.0f;
     char want[NS][4096], got[NS][4096];
+    int64_t rows = 0;
     for (int i = 0; i < NS; i++) {
-        triattn_session * s = tu_session(m, policy, budget, interval, 2048, 0);
+        triattn_session * s = tu_session_recall(m, policy, NULL, -1, budget, interval, 2048, 0, recall);
         if (!s) {
             return;
         }
@@ -194,7 +210,7 @@ static void test_generate_batch(triattn_model * m, const char * policy, int budg
     }
     triattn_session * ss[NS];
     for (int i = 0; i < NS; i++) {
-        ss[i] = tu_session(m, policy, budget, interval, 2048, 0);
+        ss[i] = tu_session_recall(m, policy, NULL, -1, budget, interval, 2048, 0, recall);
         if (!ss[i]) {
             return;
         }
@@ -223,8 +239,13 @@ static void test_generate_batch(triattn_model * m, const char * policy, int budg
         triattn_generate_get_result(ss[i], &r);
         CHECK(r.n_generated == 48 && r.stop_reason == TRIATTN_STOP_LENGTH, "%s: %d generated, stop %d", policy,
               r.n_generated, r.stop_reason);
+        struct triattn_kv_stats st;
+        triattn_session_kv_stats(ss[i], &st);
+        CHECK(recall == 0 || st.n_recalls == 1, "%s: prompt %d: %lld recalls", policy, i, (long long) st.n_recalls);
+        rows += st.n_recalled;
         triattn_session_free(ss[i]);
     }
+    CHECK(recall == 0 || rows > 0, "%s: no row recalled", policy);
 }
 
 /* Logprobs: the sampled token's log-probability and the top list agree with a double log-softmax. */
@@ -326,21 +347,27 @@ int main(void) {
     }
     triattn_model_get_info(m, &g_info);
     double t = now_s();
-    test_batch_decode(m, "full", 2048, 128, (int) tu_int(5, 64));
+    test_batch_decode(m, "full", 2048, 128, (int) tu_int(5, 64), 0);
     printf("batch_decode full: %.1f s\n", now_s() - t);
     if (tu_inject_random_centres(m)) {
         t = now_s();
-        test_batch_decode(m, "triattention", 64, 16, 16);
+        test_batch_decode(m, "triattention", 64, 16, 16, 0);
         printf("batch_decode triattention: %.1f s\n", now_s() - t);
         t = now_s();
-        test_generate_batch(m, "triattention", 48, 16);
+        test_batch_decode(m, "triattention", 32, 8, (int) tu_int(5, 40), 8);
+        printf("batch_decode triattention + recall: %.1f s\n", now_s() - t);
+        t = now_s();
+        test_generate_batch(m, "triattention", 48, 16, 0);
         printf("generate_next_batch triattention: %.1f s\n", now_s() - t);
+        t = now_s();
+        test_generate_batch(m, "triattention", 10, 4, 8);
+        printf("generate_next_batch triattention + recall: %.1f s\n", now_s() - t);
         t = now_s();
         test_kv_budget(m);
         printf("kv_budget: %.1f s\n", now_s() - t);
     }
     t = now_s();
-    test_generate_batch(m, "full", 2048, 128);
+    test_generate_batch(m, "full", 2048, 128, 0);
     printf("generate_next_batch full: %.1f s\n", now_s() - t);
     t = now_s();
     test_logprobs(m);

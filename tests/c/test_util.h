@@ -184,10 +184,13 @@ static inline triattn_model * tu_load_default_model(const char * what) {
 /* A CPU session of m with the given KV policy, budget and interval (n_batch 0: the default). A failed check,
  * NULL, when the session cannot be created. */
 /* kv_mode NULL and window -1: the defaults. */
-static inline triattn_session * tu_session_mode(triattn_model * m, const char * policy, const char * kv_mode,
-                                                int window, int budget, int interval, int n_ctx, int n_batch) {
+/* kv_recall > 0: with a second tier of that many recalled rows. */
+static inline triattn_session * tu_session_recall(triattn_model * m, const char * policy, const char * kv_mode,
+                                                  int window, int budget, int interval, int n_ctx, int n_batch,
+                                                  int kv_recall) {
     struct triattn_session_params sp;
     triattn_session_params_init(&sp);
+    sp.kv_recall = kv_recall;
     if (kv_mode) {
         sp.kv_mode = kv_mode;
     }
@@ -207,6 +210,11 @@ static inline triattn_session * tu_session_mode(triattn_model * m, const char * 
         return NULL;
     }
     return s;
+}
+
+static inline triattn_session * tu_session_mode(triattn_model * m, const char * policy, const char * kv_mode,
+                                                int window, int budget, int interval, int n_ctx, int n_batch) {
+    return tu_session_recall(m, policy, kv_mode, window, budget, interval, n_ctx, n_batch, 0);
 }
 
 static inline triattn_session * tu_session(triattn_model * m, const char * policy, int budget, int interval,

@@ -100,6 +100,9 @@ static void usage(FILE * f) {
         "  --kv-sink N             leading tokens never evicted (default 4)\n"
         "  --kv-mode MODE          triattention score options: per_head (default), per_layer_per_head, global,\n"
         "                          then ,trig=X ,norm=X ,agg=max ,look=N|all ,lookw=X (see docs/triattention-engine.md)\n"
+        "  --kv-recall N           keep evicted rows in a second tier (host memory, 8-bit) and bring back up to N\n"
+        "                          per layer/KV head that a prompt's last queries attend to (default 0 = off)\n"
+        "  --kv-recall-max-mib N   cap of that tier in MiB, oldest pages dropped beyond it (default 0 = no cap)\n"
         "\n"
         "benchmark (--bench):\n"
         "  -d, --depth LIST        KV depths at which prefill (ppP @ dD) and decoding (tgN @ dD) are timed\n"
@@ -214,6 +217,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             "--chat-format", "--calibration", "--kv-policy", "--stop", "--temp", "--top-p", "--min-p",
             "--repeat-penalty", "--top-k", "--repeat-last-n", "--seed", "-t", "--threads", "-c", "--ctx-size", "-b",
             "--batch-size", "-ngl", "--n-gpu-layers", "--gpu-mem-limit", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "--kv-mode", "-r", "--repetitions",
+            "--kv-recall", "--kv-recall-max-mib",
         };
         bool known = false;
         for (size_t k = 0; k < sizeof value_opts / sizeof value_opts[0]; k++) {
@@ -260,6 +264,8 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
         else if (!strcmp(o, "--kv-budget"))       { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_budget = (int32_t) l; }
         else if (!strcmp(o, "--kv-interval"))     { ok = parse_long(v, 1, INT32_MAX, &l); a->sp.kv_interval = (int32_t) l; }
         else if (!strcmp(o, "--kv-window"))       { ok = parse_long(v, -1, INT32_MAX, &l); a->sp.kv_window = (int32_t) l; }
+        else if (!strcmp(o, "--kv-recall"))       { ok = parse_long(v, 0, INT32_MAX, &l); a->sp.kv_recall = (int32_t) l; }
+        else if (!strcmp(o, "--kv-recall-max-mib")) { ok = parse_long(v, 0, INT32_MAX, &l); a->sp.kv_recall_max_mib = (int32_t) l; }
         else if (!strcmp(o, "--kv-sink"))         { ok = parse_long(v, 0, INT32_MAX, &l); a->sp.kv_sink = (int32_t) l; }
         else if (!strcmp(o, "-r") || !strcmp(o, "--repetitions")) { ok = parse_long(v, 1, 1000, &l); a->repetitions = (int32_t) l; }
         else return usage_error("unknown option '%s'%s", o, "");

@@ -78,6 +78,10 @@ static void usage(FILE * f) {
         "  --kv-sink N          leading tokens never evicted (default 4)\n"
         "  --kv-mode MODE       triattention score options: per_head (default), per_layer_per_head, global, then\n"
         "                       ,trig=X ,norm=X ,agg=max ,look=N|all ,lookw=X (see docs/triattention-engine.md)\n"
+        "  --kv-recall N        keep evicted rows in a second tier (host memory, 8-bit) and, once a prompt is\n"
+        "                       read, bring back up to N per layer/KV head that its last queries attend to\n"
+        "                       (default 0 = off)\n"
+        "  --kv-recall-max-mib N  cap of that tier per slot in MiB, oldest pages dropped (default 0 = no cap)\n"
         "  --calibration PATH   sidecar GGUF with triattention.* query centres (default: MODEL.tri-stats.gguf\n"
         "                       beside the model or in the installed package's data folder, when there is one;\n"
         "                       the default model's ships there)\n"
@@ -162,6 +166,8 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         INTOPT("--kv-interval", 1, 1 << 24, o->kv_interval)
         INTOPT("--kv-window", -1, 1 << 24, o->kv_window)
         INTOPT("--kv-sink", 0, 1 << 24, o->kv_sink)
+        INTOPT("--kv-recall", 0, 1 << 24, o->kv_recall)
+        INTOPT("--kv-recall-max-mib", 0, 1 << 30, o->kv_recall_max_mib)
         INTOPT("--prefill-chunk", 1, 65536, o->prefill_chunk)
         INTOPT("-ngl", -1, 1 << 20, g_n_gpu_layers)
         INTOPT("--n-gpu-layers", -1, 1 << 20, g_n_gpu_layers)
@@ -377,6 +383,8 @@ int main(int argc, char ** argv) {
     sp.kv_interval = srv->o.kv_interval;
     sp.kv_window = srv->o.kv_window;
     sp.kv_sink = srv->o.kv_sink;
+    sp.kv_recall = srv->o.kv_recall;
+    sp.kv_recall_max_mib = srv->o.kv_recall_max_mib;
     if (slots_init(&srv->pool, srv->model, srv->o.parallel, &sp, srv->o.prefill_chunk, &srv->stop, err, sizeof err) != TRIATTN_OK) {
         fprintf(stderr, "error: creating %d sessions: %s\n", srv->o.parallel, err);
         triattn_model_free(srv->model);

@@ -24,6 +24,7 @@ struct server_opts {
     const char * kv_policy;
     const char * kv_mode;     /* NULL = the library's default */
     int          kv_budget, kv_interval, kv_window, kv_sink;
+    int          kv_recall, kv_recall_max_mib;  /* tier 2 (0 = off) */
     int          prefill_chunk;
     const char * calibration;
     const char * chat_format;

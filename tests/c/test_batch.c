@@ -178,7 +178,8 @@ static const char * k_prompts[NS] = {
     "The lighthouse keeper climbed the spiral stairs every evening and",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "In the beginning God created the heaven and the earth. And the earth was",
-    "A recipe for bread: flour, water, salt and yeast. First,",
+    /* the end asks for what the start said: with a tiny budget, recall has rows worth bringing back */
+    "Remember: the boat is called Marigold. The weather was fine and the sea calm all day. The boat is called",
 };
 
 /* Generation step by step alone vs NS sessions through triattn_generate_next_batch: same texts. */

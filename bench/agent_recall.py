@@ -93,6 +93,10 @@ def start_server(model: str | None, cfg: str, budget: int, recall: int, threads:
 def run(a) -> int:
     import openai
 
+    for cfg in a.policies.split(","):
+        if cfg.partition("+")[0] not in ("full", "triattention"):
+            raise SystemExit(f"{cfg}: the turn-20 questions restore a saved slot, and only full and triattention "
+                             "sessions can be saved")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()

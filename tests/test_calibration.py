@@ -188,9 +188,10 @@ def test_written_values_equal_calib_get(default_model, text_file, tmp_path, info
 
 
 def test_calibrated_files_load_with_triattention(embedded, sidecar, default_model):
-    with Llama(embedded[0], n_ctx=256) as llm:
+    with Llama(embedded[0], n_ctx=256) as llm:  # auto: what the file's policy check chose
         assert llm.model_info["has_calibration"] is True
-        assert llm.kv_stats()["policy"] == "triattention"
+        check = embedded[1]["policy_check"]
+        assert llm.kv_stats()["policy"] == (check["auto_policy"] if check else "triattention"), check
     with Llama(default_model, n_ctx=256, calibration=sidecar) as llm:
         assert llm.model_info["has_calibration"] is True
         assert llm.kv_stats()["policy"] == "triattention"

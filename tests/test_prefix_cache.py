@@ -112,7 +112,10 @@ def test_save_and_load_state(default_model, policy, recall, tmp_path):
     other.load_state(path)
     assert other.kv_stats()["t2_rows"] == llm_t2_rows
     got = _chat(other, msgs)
-    assert got["usage"]["prompt_tokens_details"]["cached_tokens"] == want["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    cached = want["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert got["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
+    # as in the continuation test: a re-rendered reply that tokenizes differently restarts a compressed session
+    assert cached > 0 or (policy == "triattention" and llm.last_result["reuse"] == "restart"), llm.last_result
     assert got["choices"][0]["message"]["content"] == want["choices"][0]["message"]["content"]
 
     raw = path.read_bytes()

@@ -462,6 +462,19 @@ enum triattn_status tri_chat_apply_tools(const char * tmpl, const char * format,
 
 /* ---- forced calls --------------------------------------------------------------------------------- */
 
+/* True when constrained sampling can hold arguments to this parameters schema. */
+static bool grammar_can_enforce(tri_js params) {
+    char * text = malloc(params.n + 1);
+    if (!text) {
+        return false;
+    }
+    memcpy(text, params.p, params.n);
+    text[params.n] = '\0';
+    const bool ok = triattn_json_schema_check(text, NULL, 0) == TRIATTN_OK;
+    free(text);
+    return ok;
+}
+
 enum triattn_status tri_tool_call_schema(const char * tmpl, const char * format,
                                          const struct triattn_tool_options * opts, char * buf, size_t capacity,
                                          size_t * n_out, char * err, size_t err_size) {
@@ -479,29 +492,41 @@ enum triattn_status tri_tool_call_schema(const char * tmpl, const char * format,
     if (st != TRIATTN_OK || !tri_tools_forced(&t)) {
         return st;
     }
-    tri_gbuf b = { 0 };
-    tri_gbuf_str(&b, "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"enum\":[");
-    tri_js params;
+    /* one call object per allowed tool; several tools make a union told apart by the name */
+    size_t first = 0, count = t.n_tools;
     if (t.choice == TRI_TOOL_NAMED) {
-        tri_gbuf_put(&b, t.named.p, t.named.n);
-        params = tool_params(&t, (size_t) tool_index(&t, t.named));
-    } else {
-        params = tool_params(&t, 0);
-        for (size_t i = 0; i < t.n_tools; i++) {
-            tri_js name = tool_name(&t, i), p = tool_params(&t, i);
-            if (i) {
-                tri_gbuf_str(&b, ",");
-            }
-            tri_gbuf_put(&b, name.p, name.n);
-            if (p.n != params.n || memcmp(p.p, params.p, p.n) != 0) {
-                params = (tri_js){ "{\"type\":\"object\"}", 17 };
-            }
-        }
+        first = (size_t) tool_index(&t, t.named);
+        count = 1;
     }
-    tri_gbuf_str(&b, t.syntax == TRI_TOOLS_LLAMA3 ? "]},\"parameters\":" : "]},\"arguments\":");
-    tri_gbuf_put(&b, params.p, params.n);
-    tri_gbuf_str(&b, t.syntax == TRI_TOOLS_LLAMA3 ? "},\"required\":[\"name\",\"parameters\"]}"
-                                                  : "},\"required\":[\"name\",\"arguments\"]}");
+    tri_gbuf b = { 0 };
+    if (count > 1) {
+        tri_gbuf_str(&b, "{\"anyOf\":[");
+    }
+    for (size_t i = first; i < first + count; i++) {
+        const tri_js name = tool_name(&t, i);
+        bool repeated = false; /* a name declared twice calls the first declaration, as tool_index does */
+        for (size_t j = first; j < i && !repeated; j++) {
+            const tri_js other = tool_name(&t, j);
+            repeated = other.n == name.n && memcmp(other.p, name.p, name.n) == 0;
+        }
+        if (repeated) {
+            continue;
+        }
+        tri_js params = tool_params(&t, i);
+        if (!grammar_can_enforce(params)) {
+            params = (tri_js){ "{\"type\":\"object\"}", 17 }; /* the parser still checks the arguments */
+        }
+        tri_gbuf_str(&b, i > first ? ",{" : "{");
+        tri_gbuf_str(&b, "\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"enum\":[");
+        tri_gbuf_put(&b, name.p, name.n);
+        tri_gbuf_str(&b, t.syntax == TRI_TOOLS_LLAMA3 ? "]},\"parameters\":" : "]},\"arguments\":");
+        tri_gbuf_put(&b, params.p, params.n);
+        tri_gbuf_str(&b, t.syntax == TRI_TOOLS_LLAMA3 ? "},\"required\":[\"name\",\"parameters\"]}"
+                                                      : "},\"required\":[\"name\",\"arguments\"]}");
+    }
+    if (count > 1) {
+        tri_gbuf_str(&b, "]}");
+    }
     if (b.oom) {
         tri_gbuf_free(&b);
         return tri_fail(err, err_size, TRIATTN_ERR_OOM, "tools: out of memory");

@@ -6,6 +6,8 @@
  *   NUM   a number; it ends at the first byte that cannot extend it, which is then fed to the parent;
  *   LIT   one of a sorted set of literal texts (enum/const values, true/false, null, named keys), tracked as the
  *         range [b, c) of literals sharing the a bytes read so far; like NUM it may end implicitly.
+ * An anyOf union is an object frame whose first key is the discriminator; its value switches the frame to the
+ * alternative object it selects.
  * A finished frame is popped and its parent advanced. Rules that avoid dead ends: ',' in an object only while a
  * key is still available, '}' only once every required key is present, ',' in an array only below maxItems,
  * ']' only from minItems; a closing quote only from minLength, string content only below maxLength; containers
@@ -119,6 +121,13 @@ static void finish(const tri_schema * s, tri_gstate * g) {
             p->d = -1;
             p->b = s->nodes[p->node].additional;
         } else {
+            const tri_schema_node * nd = &s->nodes[p->node];
+            if (nd->n_alts > 0) { /* a union's discriminator value: continue as the alternative it selects */
+                const tri_gframe * v = &g->f[g->depth];
+                const int32_t i = nd->alts + v->b - s->nodes[s->prop_node[nd->props]].lits.first;
+                p->node = s->alt_node[i];
+                p->seen = 1ull << s->alt_key[i];
+            }
             p->st = O_NEXT;
             p->flags = 0;
         }

@@ -425,6 +425,14 @@ static bool sort_lits(compiler * c, int32_t first, int32_t n, int32_t * perm, co
     return true;
 }
 
+static bool is_annotation(const char * key) {
+    static const char * ann[] = { "title", "description", "$schema", "$id", "$comment", "default", "examples" };
+    for (size_t k = 0; k < sizeof ann / sizeof ann[0]; k++) {
+        if (strcmp(key, ann[k]) == 0) return true;
+    }
+    return false;
+}
+
 static uint32_t jv_types(const jv * v) {
     switch (v->type) {
     case JV_NULL: return TRI_T_NULL;
@@ -624,6 +632,167 @@ static bool compile_object(compiler * c, const jv * o, int32_t id, int depth) {
     return true;
 }
 
+/* The key index of the literal text (t, n) among node nd's keys, or -1. */
+static int32_t key_index(const tri_schema * s, const tri_schema_node * nd, const char * t, int32_t n) {
+    for (int32_t k = 0; k < nd->keys.count; k++) {
+        const int32_t l = nd->keys.first + k;
+        if (s->lit_len[l] == n && memcmp(s->lits[l], t, (size_t) n) == 0) return k;
+    }
+    return -1;
+}
+
+/* A discriminator of the compiled alternatives: a key that each of them requires with literal values; -1 when
+ * there is none. Returns the key index in alternative 0. */
+static int32_t find_discriminator(const tri_schema * s, const int32_t * alt, size_t n) {
+    const tri_schema_node * a0 = &s->nodes[alt[0]];
+    for (int32_t k = 0; k < a0->keys.count; k++) {
+        const char * t = s->lits[a0->keys.first + k];
+        const int32_t tn = s->lit_len[a0->keys.first + k];
+        bool ok = true;
+        for (size_t i = 0; i < n && ok; i++) {
+            const tri_schema_node * a = &s->nodes[alt[i]];
+            const int32_t ki = key_index(s, a, t, tn);
+            ok = ki >= 0 && (a->required >> ki & 1) && s->nodes[s->prop_node[a->props + ki]].lits.count > 0;
+        }
+        if (ok) return k;
+    }
+    return -1;
+}
+
+static int32_t union_refused(compiler * c, const char * why) {
+    c->st = tri_fail(c->err, c->err_size, TRIATTN_ERR_UNSUPPORTED,
+                     "json_schema: unsupported keyword 'anyOf' at %s (%s; anyOf is supported as a union of object "
+                     "schemas that all require one property with const or enum values no two of them share)",
+                     c->path, why);
+    return -1;
+}
+
+/* anyOf as a discriminated union (see json_schema.h): a node whose only key is the discriminator, whose value
+ * node holds every alternative's values, each mapped to its alternative. */
+static int32_t compile_union(compiler * c, const jv * v, int depth) {
+    for (size_t i = 0; i < v->n; i++) {
+        if (strcmp(v->keys[i], "anyOf") != 0 && !is_annotation(v->keys[i])) {
+            return union_refused(c, "other keywords beside it");
+        }
+    }
+    const jv * any = jv_get(v, "anyOf");
+    if (any->type != JV_ARR || any->n == 0) {
+        return cfail(c, TRIATTN_ERR_INVALID_ARG, "%s", "'anyOf' must be a non-empty array");
+    }
+    if (any->n > TRI_SCHEMA_MAX_PROPS) return union_refused(c, "more than 64 alternatives");
+    int32_t alt[TRI_SCHEMA_MAX_PROPS];
+    for (size_t i = 0; i < any->n; i++) {
+        char suffix[32];
+        snprintf(suffix, sizeof suffix, ".anyOf[%zu]", i);
+        alt[i] = compile_at(c, &any->items[i], depth + 1, suffix);
+        if (alt[i] < 0) return -1;
+        const tri_schema_node * a = &c->s->nodes[alt[i]];
+        if (a->types != TRI_T_OBJ || a->lits.count > 0 || a->n_alts > 0) {
+            return union_refused(c, "an alternative is not an object schema");
+        }
+    }
+    const int32_t dk = find_discriminator(c->s, alt, any->n);
+    if (dk < 0) return union_refused(c, "no property that every alternative requires with const or enum values");
+    tri_schema * s = c->s;
+    const tri_schema_node * a0 = &s->nodes[alt[0]];
+    const char * dtext = s->lits[a0->keys.first + dk];
+    const int32_t dlen = s->lit_len[a0->keys.first + dk];
+    /* the value node: every alternative's literals, remembering whose each is */
+    const int32_t val = new_node(c);
+    if (val < 0) return -1;
+    const int32_t first = s->n_lits;
+    int32_t n_vals = 0;
+    uint32_t types = 0;
+    int32_t * owner = NULL; /* per value: alternative, discriminator key index */
+    for (size_t i = 0; i < any->n && c->st == TRIATTN_OK; i++) {
+        const tri_schema_node * a = &s->nodes[alt[i]];
+        const int32_t ki = key_index(s, a, dtext, dlen);
+        const tri_schema_node * vn = &s->nodes[s->prop_node[a->props + ki]];
+        types |= vn->types;
+        const int32_t vfirst = vn->lits.first, vcount = vn->lits.count;
+        for (int32_t l = 0; l < vcount && c->st == TRIATTN_OK; l++) {
+            int32_t * o = realloc(owner, (size_t) (n_vals + 1) * 2 * sizeof *o);
+            if (!o) {
+                cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+                break;
+            }
+            owner = o;
+            owner[2 * n_vals] = (int32_t) i;
+            owner[2 * n_vals + 1] = ki;
+            char * t = malloc((size_t) s->lit_len[vfirst + l] + 1);
+            if (!t) {
+                cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+                break;
+            }
+            memcpy(t, s->lits[vfirst + l], (size_t) s->lit_len[vfirst + l] + 1);
+            if (add_lit(c, t, (size_t) s->lit_len[vfirst + l])) n_vals++;
+        }
+    }
+    int32_t * perm = c->st == TRIATTN_OK ? malloc((size_t) n_vals * sizeof *perm) : NULL;
+    if (c->st == TRIATTN_OK && !perm) cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+    for (int32_t i = 0; perm && i < n_vals; i++) perm[i] = i;
+    if (perm && !sort_lits(c, first, n_vals, perm, "literal")) {
+        c->st = TRIATTN_OK; /* the union's own message replaces sort_lits' */
+        free(perm);
+        free(owner);
+        return union_refused(c, "two alternatives share a discriminator value");
+    }
+    if (perm && s->n_alts + n_vals > s->cap_alts) {
+        const int32_t cap = TRI_MAX(s->cap_alts * 2, s->n_alts + n_vals + 16);
+        int32_t * an = realloc(s->alt_node, (size_t) cap * sizeof *an);
+        if (an) s->alt_node = an;
+        int32_t * ak = realloc(s->alt_key, (size_t) cap * sizeof *ak);
+        if (ak) s->alt_key = ak;
+        if (an && ak) {
+            s->cap_alts = cap;
+        } else {
+            cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+        }
+    }
+    if (c->st != TRIATTN_OK) {
+        free(perm);
+        free(owner);
+        return -1;
+    }
+    const int32_t alts = s->n_alts;
+    for (int32_t i = 0; i < n_vals; i++) {
+        s->alt_node[alts + i] = alt[owner[2 * perm[i]]];
+        s->alt_key[alts + i] = owner[2 * perm[i] + 1];
+    }
+    s->n_alts += n_vals;
+    free(perm);
+    free(owner);
+    s->nodes[val].types = types;
+    s->nodes[val].lits.first = first;
+    s->nodes[val].lits.count = n_vals;
+    /* the union node: one required key, the discriminator */
+    const int32_t id = new_node(c);
+    if (id < 0) return -1;
+    if (s->n_props + 1 > s->cap_props) {
+        const int32_t cap = TRI_MAX(s->cap_props * 2, s->n_props + 16);
+        int32_t * p = realloc(s->prop_node, (size_t) cap * sizeof *p);
+        if (!p) return cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+        s->prop_node = p;
+        s->cap_props = cap;
+    }
+    char * key = malloc((size_t) dlen + 1);
+    if (!key) return cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+    memcpy(key, dtext, (size_t) dlen + 1);
+    const int32_t kfirst = s->n_lits;
+    if (!add_lit(c, key, (size_t) dlen)) return -1;
+    tri_schema_node * n = &s->nodes[id];
+    n->types = TRI_T_OBJ;
+    n->keys.first = kfirst;
+    n->keys.count = 1;
+    n->props = s->n_props;
+    n->additional = -1;
+    n->required = 1;
+    n->alts = alts;
+    n->n_alts = n_vals;
+    s->prop_node[s->n_props++] = val;
+    return id;
+}
+
 static int32_t compile_node(compiler * c, const jv * v, int depth) {
     if (depth > TRI_SCHEMA_MAX_DEPTH - 3) {
         return cfail(c, TRIATTN_ERR_UNSUPPORTED, "%s", "schema nested too deeply");
@@ -634,13 +803,15 @@ static int32_t compile_node(compiler * c, const jv * v, int depth) {
     if (v->type != JV_OBJ) {
         return cfail(c, TRIATTN_ERR_INVALID_ARG, "%s", "a schema must be an object or a boolean");
     }
+    if (jv_get(v, "anyOf")) {
+        return compile_union(c, v, depth);
+    }
     static const char * known[] = {
         "type", "properties", "required", "additionalProperties", "items", "enum", "const", "minLength",
-        "maxLength", "minItems", "maxItems", "title", "description", "$schema", "$id", "$comment", "default",
-        "examples",
+        "maxLength", "minItems", "maxItems",
     };
     for (size_t i = 0; i < v->n; i++) {
-        bool ok = false;
+        bool ok = is_annotation(v->keys[i]);
         for (size_t k = 0; k < sizeof known / sizeof known[0] && !ok; k++) {
             ok = strcmp(v->keys[i], known[k]) == 0;
         }
@@ -679,6 +850,8 @@ void tri_schema_free(tri_schema * s) {
     free(s->lit_len);
     free(s->nodes);
     free(s->prop_node);
+    free(s->alt_node);
+    free(s->alt_key);
     free(s);
 }
 

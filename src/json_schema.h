@@ -1,8 +1,11 @@
 /* A JSON Schema subset compiled into the node table that the grammar matcher (src/grammar.h) walks.
  *
  * Supported keywords: type (a name or a list of names), properties, required, additionalProperties (bool or
- * schema), items, enum, const, minLength, maxLength, minItems, maxItems; the annotations title, description,
- * $schema, $id, $comment, default, examples are ignored. Any other keyword is refused with
+ * schema), items, enum, const, minLength, maxLength, minItems, maxItems, and anyOf in one form: a union of
+ * object schemas told apart by a discriminator, a property that every alternative requires with const or enum
+ * values that no two alternatives share (the first such property in byte order of its quoted name when several
+ * qualify; the shape of a call to one of several tools). The annotations title,
+ * description, $schema, $id, $comment, default, examples are ignored. Any other keyword is refused with
  * TRIATTN_ERR_UNSUPPORTED and a message such as "json_schema: unsupported keyword 'pattern' at $.properties.x".
  *
  * Generation policy (documented in README "Constrained output"):
@@ -12,6 +15,7 @@
  *     what the schema accepts); additionalProperties true or a schema allows other keys; a required key
  *     missing from properties takes any value (refused when additionalProperties is false);
  *   - enum / const values are generated as their compact serialisation;
+ *   - a union's discriminator is generated first, and the rest follows the alternative it selects;
  *   - strings hold at most maxLength code points, TRI_SCHEMA_MAX_STRING when unset; numbers at most 20
  *     integer digits, 20 fraction digits and 2 exponent digits; nesting at most TRI_SCHEMA_MAX_DEPTH. */
 #ifndef TRI_JSON_SCHEMA_H
@@ -52,6 +56,11 @@ typedef struct tri_schema_node {
     int32_t    props;        /* index into tri_schema.prop_node / prop_required */
     int32_t    additional;   /* node of other keys' values, -1 = no other keys */
     uint64_t   required;     /* bit i: key i is required */
+    /* anyOf unions: the node is an object whose one key is the discriminator, and whose value (literal i of the
+     * value node) selects alternative alt_node[alts + i]; the frame then continues as that object, with its key
+     * alt_key[alts + i] seen */
+    int32_t    alts;
+    int32_t    n_alts;       /* 0: not a union */
 } tri_schema_node;
 
 typedef struct tri_schema {
@@ -65,6 +74,9 @@ typedef struct tri_schema {
     int32_t           n_lits, cap_lits;
     int32_t *         prop_node;
     int32_t           n_props, cap_props;
+    int32_t *         alt_node;   /* unions: alternative node and its discriminator key index, per value */
+    int32_t *         alt_key;
+    int32_t           n_alts, cap_alts;
 } tri_schema;
 
 /* Compiles schema text. Errors: TRIATTN_ERR_INVALID_ARG (malformed JSON or a keyword with a bad value, with

@@ -25,7 +25,7 @@ SIDECAR = Path(__file__).resolve().parents[1] / "python" / "pytriattn" / "data" 
 TOOLS = [
     {"type": "function", "function": {
         "name": "calculator", "description": "Evaluate an arithmetic expression such as 12*(3+4).",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string", "maxLength": 40}},
                        "required": ["expression"]}}},
     {"type": "function", "function": {
         "name": "read_file", "description": "Return the text of a file by name.",
@@ -545,7 +545,8 @@ def _agent_loop(client):
     n_calls = n_results = 0
     for turn, (choice, stream) in enumerate(PLAN):
         tool_choice = {"type": "function", "function": choice} if isinstance(choice, dict) else choice
-        kw = dict(model="smol", messages=msgs, tools=TOOLS, max_tokens=48, temperature=0.7, seed=turn)
+        # 64 tokens hold any forced call: the longest is calculator's, whose expression has at most 40 characters
+        kw = dict(model="smol", messages=msgs, tools=TOOLS, max_tokens=64, temperature=0.7, seed=turn)
         if tool_choice is not None:
             kw["tool_choice"] = tool_choice
         if stream:

@@ -28,6 +28,15 @@ static int accepts(const tri_schema * s, const char * doc, size_t n) {
     return tri_gstate_complete(s, &g);
 }
 
+#define TOOL_CALL(name, args) \
+    "{\"type\":\"object\",\"properties\":{\"name\":{\"enum\":[\"" name "\"]},\"arguments\":" args "}," \
+    "\"required\":[\"name\",\"arguments\"]}"
+#define TOOLS_UNION                                                                                            \
+    "{\"anyOf\":[" TOOL_CALL("add", "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"number\"},"                 \
+                             "\"y\":{\"type\":\"number\"}},\"required\":[\"x\",\"y\"]}") ","                        \
+        TOOL_CALL("neg", "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}},\"required\":[\"x\"]}") \
+        "," TOOL_CALL("now", "{\"type\":\"object\",\"properties\":{}}") "]}"
+
 static void test_hand_cases(void) {
     static const struct { const char * schema, * doc; int ok; } cases[] = {
         { "{\"type\":\"object\"}", "{}", 1 },
@@ -86,7 +95,16 @@ static void test_hand_cases(void) {
           "\"properties\":{\"x\":{\"type\":\"number\"},\"y\":{\"type\":\"number\"}},\"required\":[\"x\",\"y\"]}},"
           "\"required\":[\"name\",\"arguments\"]}", "{\"name\": \"add\", \"arguments\": {\"x\": 1, \"y\": 2.5}}", 1 },
         { "{\"type\":\"object\",\"properties\":{\"name\":{\"enum\":[\"add\",\"mul\"]}},\"required\":[\"name\"]}",
-          "{\"name\":\"sub\"}", 0 },
+          "{\"name\":\"sub\"}", 0 },        /* a call to one of several tools: anyOf told apart by the name, which comes first */
+        { TOOLS_UNION, "{\"name\":\"add\",\"arguments\":{\"x\":1,\"y\":2}}", 1 },
+        { TOOLS_UNION, "{\"name\": \"neg\", \"arguments\": {\"x\": -1}}", 1 },
+        { TOOLS_UNION, "{\"name\":\"now\",\"arguments\":{}}", 1 },
+        { TOOLS_UNION, "{\"name\":\"neg\",\"arguments\":{\"x\":1,\"y\":2}}", 0 },
+        { TOOLS_UNION, "{\"name\":\"add\",\"arguments\":{\"x\":1}}", 0 },
+        { TOOLS_UNION, "{\"name\":\"add\"}", 0 },
+        { TOOLS_UNION, "{\"arguments\":{\"x\":1},\"name\":\"neg\"}", 0 },
+        { TOOLS_UNION, "{\"name\":\"ad\",\"arguments\":{}}", 0 },
+        { TOOLS_UNION, "{\"name\":\"now\",\"arguments\":{},\"name\":\"now\"}", 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tri_schema * s = compile(cases[i].schema);
@@ -102,6 +120,18 @@ static void test_errors(void) {
         { "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"string\",\"pattern\":\"a+\"}}}", TRIATTN_ERR_UNSUPPORTED,
           "json_schema: unsupported keyword 'pattern' at $.properties.x" },
         { "{\"anyOf\":[{}]}", TRIATTN_ERR_UNSUPPORTED, "unsupported keyword 'anyOf' at $" },
+        { "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"const\":1}},\"required\":[\"t\"]}],"
+          "\"type\":\"object\"}", TRIATTN_ERR_UNSUPPORTED, "other keywords beside it" },
+        { "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"const\":1}},\"required\":[\"t\"]},"
+          "{\"type\":\"object\",\"properties\":{\"t\":{\"type\":\"integer\"}},\"required\":[\"t\"]}]}",
+          TRIATTN_ERR_UNSUPPORTED, "no property that every alternative requires" },
+        { "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"enum\":[1,2]}},\"required\":[\"t\"]},"
+          "{\"type\":\"object\",\"properties\":{\"t\":{\"const\":2}},\"required\":[\"t\"]}]}",
+          TRIATTN_ERR_UNSUPPORTED, "share a discriminator value" },
+        { "{\"anyOf\":{}}", TRIATTN_ERR_INVALID_ARG, "non-empty array" },
+        { "{\"properties\":{\"p\":{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"const\":1}},"
+          "\"required\":[\"t\"],\"pattern\":\"x\"}]}}}", TRIATTN_ERR_UNSUPPORTED,
+          "unsupported keyword 'pattern' at $.properties.p.anyOf[0]" },
         { "{\"items\":{\"$ref\":\"#\"}}", TRIATTN_ERR_UNSUPPORTED, "unsupported keyword '$ref' at $.items" },
         { "{\"type\":\"strin\"}", TRIATTN_ERR_INVALID_ARG, "'type' must name JSON types" },
         { "{\"type\":", TRIATTN_ERR_INVALID_ARG, "at byte" },
@@ -146,7 +176,7 @@ static void put_sep(text * t, const char * sep) {
 
 /* Writes a random schema into sch and a random document it accepts into doc. */
 static void random_pair(text * sch, text * doc, int depth) {
-    int kind = (int) tu_below(depth > 2 ? 6 : 9);
+    int kind = (int) tu_below(depth > 2 ? 6 : 10);
     char num[64];
     switch (kind) {
     case 0: {
@@ -229,6 +259,32 @@ static void random_pair(text * sch, text * doc, int depth) {
             put(doc, "7");
         }
         put(doc, "}");
+        break;
+    }
+    case 9: { /* anyOf told apart by the required key "t"; the document picks one alternative and leads with it */
+        static const char * tags[] = { "\"a\"", "\"ab\"", "1", "12", "null", "true" };
+        int n = (int) tu_int(1, 4), pick = (int) tu_below((uint64_t) n);
+        put(sch, "{\"anyOf\":[");
+        for (int i = 0; i < n; i++) {
+            snprintf(num, sizeof num, "%s{\"type\":\"object\",\"properties\":{\"t\":{\"const\":%s},\"v%d\":", i ? "," : "",
+                     tags[i], i);
+            put(sch, num);
+            text val = { .n = 0 };
+            val.b[0] = '\0';
+            random_pair(sch, &val, depth + 1);
+            snprintf(num, sizeof num, "},\"required\":[\"t\",\"v%d\"]}", i);
+            put(sch, num);
+            if (i == pick) {
+                put(doc, "{\"t\":");
+                put(doc, tags[i]);
+                put_sep(doc, ",");
+                snprintf(num, sizeof num, "\"v%d\":", i);
+                put_sep(doc, num);
+                put(doc, val.b);
+                put(doc, "}");
+            }
+        }
+        put(sch, "]}");
         break;
     }
     default: { /* array */

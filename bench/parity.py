@@ -5,8 +5,8 @@ into a cache folder (CPU only, -DGGML_NATIVE=ON, only llama-perplexity, llama-to
 graph-building code of libllama and common is compiled at -O0 to save most of the build time: the
 numerics all run in ggml, which keeps -O3), plus bench/parity_top2.c against its llama.h. Not part of CI.
 That build is for numerics only: never take a speed figure from it (its graph building runs unoptimized).
-Speed comparisons build a clean -O3 llama.cpp tree of their own, and `pytriattn bench --llama-bench`
-refuses a llama-bench from a tree with -O0 parts.
+Speed comparisons build a clean -O3 llama.cpp tree of their own (bench/cpu_parity.py), and
+`pytriattn bench --llama-bench` refuses a llama-bench from a tree with -O0 parts.
 
 Perplexity (the rule of llama-perplexity, replicated exactly for the engine): the text is tokenized once
 with the vocabulary's BOS rule; chunk i is tokens[i·n_ctx, (i+1)·n_ctx), its first token replaced by BOS
@@ -32,22 +32,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llamacpp  # noqa: E402
+from llamacpp import log, run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-SDIST = "llama-cpp-python==0.3.36"
-SDIST_DIR = "llama_cpp_python-0.3.36"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pytriattn" / "llamacpp-0.3.36"
+DEFAULT_CACHE = llamacpp.CACHE_ROOT / "llamacpp-0.3.36"
 TARGETS = ("llama-perplexity", "llama-tokenize")
 O0_MARK = "# pytriattn parity build: graph-building code at -O0"
 
@@ -61,15 +60,6 @@ TEXT_PROMPTS = [
 ]
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    log("$ " + " ".join(str(c) for c in cmd))
-    return subprocess.run([str(c) for c in cmd], check=True, **kw)
-
-
 # ---- building llama.cpp ------------------------------------------------------------------------------------
 
 def build_llamacpp(cache: Path, jobs: int) -> Path:
@@ -77,17 +67,7 @@ def build_llamacpp(cache: Path, jobs: int) -> Path:
 
     NUMERICS ONLY: libllama and common are compiled at -O0 here (the O0_MARK lines below). Nothing may take
     speed from this build; a speed comparison builds its own clean -O3 tree (docs/measure.md)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    src = cache / SDIST_DIR / "vendor" / "llama.cpp"
-    if not src.is_dir():
-        tgz = next(cache.glob(f"{SDIST_DIR}.tar.gz"), None)
-        if tgz is None:
-            # only this package from source; its build requirements may come as wheels
-            run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
-                 SDIST, "-d", cache])
-            tgz = next(cache.glob(f"{SDIST_DIR}.tar.gz"))
-        with tarfile.open(tgz) as tf:
-            tf.extractall(cache, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(cache)
+    src = llamacpp.source(cache)
     for sub, target in (("src", "llama"), ("common", "${TARGET}")):
         cm = src / sub / "CMakeLists.txt"
         text = cm.read_text()
@@ -99,13 +79,7 @@ def build_llamacpp(cache: Path, jobs: int) -> Path:
     (build / "NUMERICS-ONLY-O0.txt").write_text(
         "bench/parity.py built this llama.cpp tree with libllama and common at -O0 to compare numerics.\n"
         "Never take speed from it: build a clean -O3 tree for benchmarks.\n")
-    if not (build / "CMakeCache.txt").exists():
-        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        run(["cmake", "-S", src, "-B", build, *gen, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-             "-DLLAMA_CURL=OFF", "-DGGML_CUDA=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-             "-DBUILD_SHARED_LIBS=ON"])
-    run(["cmake", "--build", build, "-j", str(jobs), "--target", "llama", *TARGETS])
-    return build
+    return llamacpp.build(src, build, ("llama", *TARGETS), jobs)
 
 
 def build_parity_tool(build: Path, dest: Path) -> Path:

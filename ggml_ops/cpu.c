@@ -140,7 +140,8 @@ static void tri_ops_init_once(void) {
         const tri_isa_kernels * k = &g_ops.kernels[i];
         for (int t = 0; t < TRI_TYPE_COUNT; t++) {
             if (k->vec_dot[t])  g_ops.active.vec_dot[t]  = k->vec_dot[t];
-            if (k->vec_dot4[t]) g_ops.active.vec_dot4[t] = k->vec_dot4[t];
+            if (k->gemv[t])     g_ops.active.gemv[t]     = k->gemv[t];
+            if (k->gemm[t])     g_ops.active.gemm[t]     = k->gemm[t];
             if (k->quantize[t]) g_ops.active.quantize[t] = k->quantize[t];
         }
     }
@@ -191,4 +192,12 @@ const char * tri_cpu_features(void) {
 const tri_isa_kernels * tri_kernels_active(void) {
     tri_ops_init();
     return &g_ops.active;
+}
+
+const tri_isa_kernels * tri_kernels_for_isa(enum tri_isa isa) {
+    tri_ops_init();
+    if ((int)isa < 0 || isa > g_ops.isa) {
+        return NULL;
+    }
+    return &g_ops.kernels[isa];
 }

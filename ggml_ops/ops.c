@@ -2,6 +2,7 @@
 #include "arch/ops_kernels.h"
 
 #include <math.h>
+#include <string.h>
 
 void tri_rmsnorm(const float * x, const float * w, float * y, int n, float eps) {
     double ss = 0.0;
@@ -50,34 +51,57 @@ void tri_gelu_mul(float * g, const float * u, int n) {
     }
 }
 
-void tri_attn_scores_ref(int D, int G, const float * q, const tri_fp16 * K, int n, float scale, float * s, int ls) {
+void tri_attn_scores_q_ref(int D, int nq, const float * const * q, const tri_fp16 * K, int n, float scale,
+                           float * const * s) {
     for (int j = 0; j < n; j++) {
         const tri_fp16 * k = K + (int64_t) j * D;
-        for (int g = 0; g < G; g++) {
-            const float * qg = q + (int64_t) g * D;
+        for (int g = 0; g < nq; g++) {
             float acc = 0.0f;
             for (int d = 0; d < D; d++) {
-                acc += qg[d] * tri_fp16_to_fp32(k[d]);
+                acc += q[g][d] * tri_fp16_to_fp32(k[d]);
             }
-            s[(int64_t) g * ls + j] = acc * scale;
+            s[g][j] = acc * scale;
         }
     }
 }
 
-void tri_attn_accum_ref(int D, int G, const float * p, int lp, const tri_fp16 * V, int n, float * acc) {
+void tri_attn_accum_q_ref(int D, int nq, const float * const * p, const tri_fp16 * V, int n, float * const * acc) {
     for (int j = 0; j < n; j++) {
         const tri_fp16 * v = V + (int64_t) j * D;
-        for (int g = 0; g < G; g++) {
-            const float w = p[(int64_t) g * lp + j];
+        for (int g = 0; g < nq; g++) {
+            const float w = p[g][j];
             if (w == 0.0f) {
                 continue;
             }
-            float * a = acc + (int64_t) g * D;
             for (int d = 0; d < D; d++) {
-                a[d] += w * tri_fp16_to_fp32(v[d]);
+                acc[g][d] += w * tri_fp16_to_fp32(v[d]);
             }
         }
     }
+}
+
+void tri_attn_scores_ref(int D, int G, const float * q, const tri_fp16 * K, int n, float scale, float * s, int ls) {
+    for (int g = 0; g < G; g++) {
+        const float * qg = q + (int64_t) g * D;
+        float *       sg = s + (int64_t) g * ls;
+        tri_attn_scores_q_ref(D, 1, &qg, K, n, scale, &sg);
+    }
+}
+
+void tri_attn_accum_ref(int D, int G, const float * p, int lp, const tri_fp16 * V, int n, float * acc) {
+    for (int g = 0; g < G; g++) {
+        const float * pg = p + (int64_t) g * lp;
+        float *       ag = acc + (int64_t) g * D;
+        tri_attn_accum_q_ref(D, 1, &pg, V, n, &ag);
+    }
+}
+
+float tri_max_ref(const float * s, int n) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        mx = s[j] > mx ? s[j] : mx;
+    }
+    return mx;
 }
 
 float tri_exp_sum_ref(float * s, int n, float max) {
@@ -96,27 +120,42 @@ void tri_f32_to_f16_row(const float * x, tri_fp16 * y, int n) {
 }
 
 tri_attn_kernels tri_attn_kernels_get(enum tri_isa isa) {
-    tri_attn_kernels k = { tri_attn_scores_ref, tri_attn_accum_ref, tri_exp_sum_ref };
+    tri_attn_kernels k = { tri_attn_scores_ref, tri_attn_accum_ref, tri_exp_sum_ref, tri_attn_scores_q_ref,
+                           tri_attn_accum_q_ref, tri_max_ref };
     if (isa == TRI_ISA_COUNT) {
         isa = tri_cpu_isa();
     }
-    switch (isa) {
-        case TRI_ISA_SCALAR:
-            return k;
-        case TRI_ISA_AVX512: /* the AVX2 kernels are the fastest we have for this shape */
-        case TRI_ISA_AVX2:
-            if (tri_cpu_isa() < TRI_ISA_AVX2) {
-                break;
-            }
-            k.scores = tri_attn_scores_avx2;
-            k.accum  = tri_attn_accum_avx2;
-            k.exp_sum = tri_exp_sum_avx2;
-            return k;
-        default:
-            break;
+    if (isa == TRI_ISA_SCALAR) {
+        return k;
     }
-    k.scores  = NULL;
-    k.accum   = NULL;
-    k.exp_sum = NULL;
+    if ((int) isa < 0 || isa >= TRI_ISA_COUNT || tri_cpu_isa() < isa) {
+        memset(&k, 0, sizeof k);
+        return k;
+    }
+    k.exp_sum = tri_exp_sum_avx2;
+    k.max     = tri_max_avx2;
+    if (isa == TRI_ISA_AVX512) { /* 32 registers: more queries share each K/V vector */
+        k.scores   = tri_attn_scores_avx512;
+        k.accum    = tri_attn_accum_avx512;
+        k.scores_q = tri_attn_scores_q_avx512;
+        k.accum_q  = tri_attn_accum_q_avx512;
+    } else {
+        k.scores   = tri_attn_scores_avx2;
+        k.accum    = tri_attn_accum_avx2;
+        k.scores_q = tri_attn_scores_q_avx2;
+        k.accum_q  = tri_attn_accum_q_avx2;
+    }
+    return k;
+}
+
+tri_act_kernels tri_act_kernels_get(enum tri_isa isa) {
+    tri_act_kernels k = { tri_silu_mul, tri_gelu_mul };
+    if (isa == TRI_ISA_COUNT) {
+        isa = tri_cpu_isa();
+    }
+    if (isa >= TRI_ISA_AVX2 && isa < TRI_ISA_COUNT && tri_cpu_isa() >= TRI_ISA_AVX2) {
+        k.silu_mul = tri_silu_mul_avx2;
+        k.gelu_mul = tri_gelu_mul_avx2;
+    }
     return k;
 }

@@ -12,6 +12,7 @@ typedef struct tri_forward {
     tri_kv_cache *   kv;
     tri_threadpool * tp;
     tri_attn_kernels attn;
+    tri_act_kernels  act;
     struct tri_calib * calib;  /* pre-RoPE query statistics accumulator while calibrating, else NULL */
 
     int32_t  n_batch;
@@ -35,8 +36,11 @@ typedef struct tri_forward {
     float *  rope_cs_swa; /* same with the sliding-window layers' frequencies; NULL when the model has none */
     void *   xq;        /* activations converted to the weights' vec_dot types: 3 x [n_batch][row] */
     size_t   xq_stride; /* bytes of one converted buffer region */
-    float *  att_s;     /* per thread: [G][attention chunk] scores */
-    float *  att_part;  /* chunk partials: decode [n_head_kv][chunks][G][head_dim + 2], prefill per thread */
+    void *   mm_scratch;        /* per thread: repacked weight rows of the prefill matrix kernels */
+    size_t   mm_scratch_stride; /* bytes per thread */
+    float *  att_s;     /* per thread: attention scores, chunk partials and running states (tri_att_scratch_floats) */
+    float *  att_part;  /* decode chunk partials: [n_head_kv][chunks][G][head_dim + 2] */
+    int32_t * att_blk;  /* [n_batch + 1] prefill: first row of each block of rows attending together */
     float *  logits;    /* [n_batch][n_vocab] */
     int32_t  n_logits;  /* rows of logits computed by the last chunk */
     void *   mem;

@@ -15,7 +15,8 @@ The real default model (30 layers, Q4_1) is compared on fixed prompts. Its natur
 near ties (top-1 leads by 0.003 at some greedy steps), which no 8-bit-activation engine can be expected
 to break the same way as float64, so there the top-1 must match unless the reference ranks the engine's
 choice within REAL_TIE_TOL of its own top-1. Greedy continuations are checked step by step against the
-reference fed the engine's own tokens; the counting prompt, which has no near ties, must match exactly.
+reference fed the engine's own tokens, their rms error on the reference's own continuation; the counting
+prompt, which has no near ties, must match exactly.
 Per-position cosine >= 0.999 is not attainable there: reference.Q8Emulation (a faithful 8-bit-activation
 engine: Q8 activations, f16 KV) reaches only 0.987 at its worst positions (rows whose logits are centred
 near 0), mean ~0.999. So the real model needs REAL_MIN_COS at every position, REAL_MEAN_COS on average,
@@ -118,15 +119,15 @@ def _check(ref_rows, eng_rows, name, what, tie_tol=0.0, min_cos=MIN_COS, emu=Non
     return ties
 
 
-def _check_real(ref_rows, eng_rows, emu_rows, what):
-    """Real model: near-tie-tolerant top-1, per-position and mean cosine, and an rms error no larger
+def _check_real(ref_rows, eng_rows, emu_rows, what, rms=True):
+    """Real model: near-tie-tolerant top-1, per-position and mean cosine, and (rms) an rms error no larger
     than REAL_ERR_RATIO times that of the emulated 8-bit engine on the same tokens."""
     ties = _check(ref_rows, eng_rows, "default model", what, tie_tol=REAL_TIE_TOL, min_cos=REAL_MIN_COS)
     cos = cosine_rows(ref_rows, eng_rows)
     assert cos.mean() >= REAL_MEAN_COS, f"{what}: mean cosine {cos.mean():.6f} < {REAL_MEAN_COS}"
     err = float(np.sqrt(np.mean((eng_rows - ref_rows) ** 2)))
     err_emu = float(np.sqrt(np.mean((emu_rows - ref_rows) ** 2)))
-    assert err <= REAL_ERR_RATIO * err_emu, (
+    assert not rms or err <= REAL_ERR_RATIO * err_emu, (
         f"{what}: rms logit error {err:.4f} > {REAL_ERR_RATIO} x emulated 8-bit engine's {err_emu:.4f}")
     return ties, f"cosine min {cos.min():.6f} mean {cos.mean():.6f}, rms error {err:.4f} (emulated {err_emu:.4f})"
 
@@ -265,8 +266,18 @@ def test_real_model_greedy_32(real, prompt):
     # near tie of it, and the logits along the way must agree.
     span = slice(len(ids) - 1, len(ids) - 1 + 32)
     ties, stats = _check_real(ref.logits(ids + gen)[span], rows, emu.logits(ids + gen)[span],
-                              f"greedy after {prompt!r}")
+                              f"greedy after {prompt!r}", rms=False)
+    # The rms error against the emulation's is taken on the reference's own greedy tokens, the same for
+    # every engine: after a near-tie branch each engine would be scored on different text, and two
+    # correct float engines differ here by about as much as either differs from float64 (8-bit rounding
+    # of activations turns one-ulp differences into 1/127 steps). Batched evaluation gives the same bits
+    # as the step-by-step decoding above.
     ref_gen = ref.greedy(ids, 32)
+    llm.reset()
+    on_ref = llm.eval(ids + ref_gen)[span]
+    _, rms_stats = _check_real(ref.logits(ids + ref_gen)[span], on_ref, emu.logits(ids + ref_gen)[span],
+                               f"reference's greedy after {prompt!r}")
+    stats += f"; on the reference's tokens {rms_stats}"
     n_same = next((i for i, (a, b) in enumerate(zip(gen, ref_gen)) if a != b), 32)
     print(f"{prompt!r}: engine {gen}\n  identical to the reference for {n_same}/32 tokens, near ties {ties}, "
           f"{stats}")

@@ -1,19 +1,38 @@
 /* Internal: the SIMD kernels of each instruction set, gathered into one table per ISA.
  * cpu.c fills the tables once (tri_ops_init) and picks the best one the CPU and OS support;
- * matmul.c reads the active table for the multi-token kernels and the fast activation quantizers. */
+ * matmul.c reads the active table for the matrix kernels and the fast activation quantizers. */
 #ifndef TRI_ARCH_KERNELS_H
 #define TRI_ARCH_KERNELS_H
 
 #include "../types.h"
 
-/* s[t * ls] = dot(x, y + t * by) for t in 0..3: one weight row against four activation rows, so the
- * weight block is unpacked once per four tokens (prefill). */
-typedef void (*tri_vec_dot4_fn)(int n, float * restrict s, int64_t ls, const void * restrict x,
-                                const void * restrict y, size_t by);
+/* Activation rows of the integer matrix kernels ("x rows"): the vec_dot_type blocks (Q8_0, Q8_1 or Q8_K,
+ * bytes as the reference quantizer writes them), then what the prefill tiles read per token: the codes
+ * plus 128 as unsigned bytes, the block scales as floats, and per type the sums they need. Offsets in
+ * bytes from the start of a row; 0 where a part is absent. */
+typedef struct tri_xrow_layout {
+    size_t xu;    /* n bytes: code + 128 */
+    size_t d;     /* n / block floats: block scales */
+    size_t s;     /* Q8_1: n / 32 floats, the blocks' s */
+    size_t bs16;  /* Q8_K: n / 16 int16, the blocks' bsums */
+    size_t bs32;  /* Q8_K: n / 32 int16, sums of 32 codes */
+    size_t sum;   /* Q8_0, Q8_1: n / 32 int32, the blocks' sums of codes */
+    size_t size;  /* row stride (a multiple of 64); 0 when vdt has no x rows */
+} tri_xrow_layout;
+
+tri_xrow_layout tri_xrow_layout_of(enum tri_type vdt, int64_t n);
+
+/* Decode: y[r] = dot(row r of W, x) for r in [0, nrows); W rows of n values (stride rs), x one x row. */
+typedef void (*tri_gemv_fn)(int n, const void * W, size_t rs, int64_t nrows, const void * x, float * y);
+/* Prefill: y[t * ldy + r] for r in [0, nrows), t in [0, n_tok); x rows at stride xs. scratch holds
+ * tri_matmul_scratch_size(n) bytes (the repacked rows). Same results as the gemv, bit for bit. */
+typedef void (*tri_gemm_fn)(int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs,
+                            int64_t n_tok, float * y, int64_t ldy, void * scratch);
 
 typedef struct tri_isa_kernels {
     tri_vec_dot_fn    vec_dot[TRI_TYPE_COUNT];   /* weight type -> dot with its vec_dot_type; NULL if none */
-    tri_vec_dot4_fn   vec_dot4[TRI_TYPE_COUNT];  /* optional 1 x 4 micro-kernel */
+    tri_gemv_fn       gemv[TRI_TYPE_COUNT];      /* integer matrix kernels (both or neither); they read x rows */
+    tri_gemm_fn       gemm[TRI_TYPE_COUNT];
     tri_from_float_fn quantize[TRI_TYPE_COUNT];  /* activation quantizer per vec_dot_type (same bytes as the reference) */
 } tri_isa_kernels;
 
@@ -23,5 +42,7 @@ void tri_register_avx512(tri_isa_kernels * k);
 
 /* The table of the ISA chosen for this CPU (scalar entries where the ISA has no kernel). */
 const tri_isa_kernels * tri_kernels_active(void);
+/* The table of one ISA (NULL when the CPU lacks it), for tests. */
+const tri_isa_kernels * tri_kernels_for_isa(enum tri_isa isa);
 
 #endif

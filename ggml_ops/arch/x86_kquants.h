@@ -3,7 +3,10 @@
  *     static inline __m256i tri_kq_dot(__m256i acc, __m256i q, __m256i y, __m256i sc16);
  * returning acc + sum over pairs of (q * y) * sc16 (q: unsigned codes, y: int8, sc16: int16 scales
  * per 8-lane half), so each ISA uses its best multiply-accumulate.
- * All weight codes are kept unsigned; offsets (Q3_K's -4, Q6_K's -32) and mins go through Q8_K's bsums. */
+ * All weight codes are kept unsigned; offsets (Q3_K's -4, Q6_K's -32) and mins go through Q8_K's bsums.
+ * Per super-block, tri_<type>_sb returns the scaled dot of the codes and, in *msum, the sum of mins
+ * (Q2_K, Q4_K, Q5_K) or of scales (Q3_K, Q6_K) times the bsums, both as 8 int32 partial sums; the
+ * vec_dots and the decode matrix kernels (x86_gemm.h) are built on them. */
 #ifndef TRI_X86_KQUANTS_H
 #define TRI_X86_KQUANTS_H
 
@@ -15,176 +18,195 @@ static inline __m256i tri_sc2(int a, int b) {
     return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
 }
 
-static void tri_vec_dot_q2_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const tri_block_q2_K * x = vx;
-    const tri_block_q8_K * y = vy;
-    const __m256i m3 = _mm256_set1_epi8(3);
-    __m256 acc  = _mm256_setzero_ps();
-    float  accm = 0.0f;
-    for (int b = 0; b < n / TRI_QK_K; b++) {
-        const float d    = y[b].d * tri_h2f(x[b].d);
-        const float dmin = y[b].d * tri_h2f(x[b].dmin);
-        const uint8_t * sc = x[b].scales;
-        int msum = 0;
-        for (int g = 0; g < 16; g++) {
-            msum += (sc[g] >> 4) * y[b].bsums[g];
-        }
-        __m256i sumi = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i qq = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i q  = _mm256_and_si256(_mm256_srli_epi16(qq, 2 * k), m3);
-                const __m256i yy = _mm256_loadu_si256((const __m256i *)(y[b].qs + 128 * h + 32 * k));
-                const int     g  = 8 * h + 2 * k;
-                sumi = tri_kq_dot(sumi, q, yy, tri_sc2(sc[g] & 15, sc[g + 1] & 15));
-            }
-        }
-        acc   = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        accm += dmin * (float)msum;
-    }
-    *s = tri_hsum_ps(acc) - accm;
+/* 16 int16 bsums of a Q8_K block times 16 int16 factors, as 8 partial sums. */
+static inline __m256i tri_bsums_dot(const tri_block_q8_K * y, __m256i f16) {
+    return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), f16);
 }
 
-static void tri_vec_dot_q3_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const tri_block_q3_K * x = vx;
-    const tri_block_q8_K * y = vy;
+static inline __m256i tri_q2_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+    const tri_block_q2_K * x = (const tri_block_q2_K *)xb;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const uint8_t * sc = x->scales;
+    const __m128i mins = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)sc), 4), _mm_set1_epi8(15));
+    *msum = tri_bsums_dot(y, _mm256_cvtepu8_epi16(mins));
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i qq = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            const __m256i q  = _mm256_and_si256(_mm256_srli_epi16(qq, 2 * k), m3);
+            const __m256i yy = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k));
+            const int     g  = 8 * h + 2 * k;
+            sumi = tri_kq_dot(sumi, q, yy, tri_sc2(sc[g] & 15, sc[g + 1] & 15));
+        }
+    }
+    return sumi;
+}
+
+/* The 16 signed 6-bit scales of a Q3_K block (tri_q3_K_scales) with word operations: scale j has low 4
+ * bits from nibble j / 8 of byte j % 8 and high 2 bits from crumb j / 4 of byte 8 + j % 4. */
+static inline __m128i tri_q3_K_scales_v(const uint8_t * s) {
+    uint64_t a;
+    uint32_t h;
+    memcpy(&a, s, 8);
+    memcpy(&h, s + 8, 4);
+    const uint64_t n4 = 0x0f0f0f0f0f0f0f0fULL;
+    const uint32_t c2 = 0x03030303u;
+    const uint64_t hi0 = (uint64_t)(h & c2) | ((uint64_t)((h >> 2) & c2) << 32);
+    const uint64_t hi1 = (uint64_t)((h >> 4) & c2) | ((uint64_t)((h >> 6) & c2) << 32);
+    const __m128i v = _mm_set_epi64x((long long)(((a >> 4) & n4) | (hi1 << 4)), (long long)((a & n4) | (hi0 << 4)));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
+static inline __m256i tri_q3_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+    const tri_block_q3_K * x = (const tri_block_q3_K *)xb;
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i c4 = _mm256_set1_epi8(4);
-    __m256 acc  = _mm256_setzero_ps();
-    float  accm = 0.0f;
-    for (int b = 0; b < n / TRI_QK_K; b++) {
-        const float d = y[b].d * tri_h2f(x[b].d);
-        int8_t sc[16];
-        tri_q3_K_scales(x[b].scales, sc);
-        int msum = 0;
-        for (int g = 0; g < 16; g++) {
-            msum += sc[g] * y[b].bsums[g];
+    const __m128i scv = tri_q3_K_scales_v(x->scales);
+    int8_t sc[16];
+    _mm_storeu_si128((__m128i *)sc, scv);
+    *msum = tri_bsums_dot(y, _mm256_cvtepi8_epi16(scv));
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i qq = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            const __m256i bm = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+            const __m256i hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bm), bm), c4);
+            const __m256i q  = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qq, 2 * k), m3), hb);
+            const __m256i yy = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k));
+            const int     g  = 8 * h + 2 * k;
+            sumi = tri_kq_dot(sumi, q, yy, tri_sc2(sc[g], sc[g + 1]));
         }
-        const __m256i hm = _mm256_loadu_si256((const __m256i *)x[b].hmask);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i qq = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i bm = _mm256_set1_epi8((char)(1 << (4 * h + k)));
-                const __m256i hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bm), bm), c4);
-                const __m256i q  = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qq, 2 * k), m3), hb);
-                const __m256i yy = _mm256_loadu_si256((const __m256i *)(y[b].qs + 128 * h + 32 * k));
-                const int     g  = 8 * h + 2 * k;
-                sumi = tri_kq_dot(sumi, q, yy, tri_sc2(sc[g], sc[g + 1]));
-            }
-        }
-        acc   = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        accm += d * (float)(4 * msum); /* codes were q + 4 */
     }
-    *s = tri_hsum_ps(acc) - accm;
+    return sumi; /* codes were q + 4: the true dot is sum - 4 * msum */
 }
 
-static void tri_vec_dot_q4_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const tri_block_q4_K * x = vx;
-    const tri_block_q8_K * y = vy;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc  = _mm256_setzero_ps();
-    float  accm = 0.0f;
-    for (int b = 0; b < n / TRI_QK_K; b++) {
-        const float d    = y[b].d * tri_h2f(x[b].d);
-        const float dmin = y[b].d * tri_h2f(x[b].dmin);
-        uint8_t sc[8], mn[8];
-        int msum = 0;
-        for (int j = 0; j < 8; j++) {
-            tri_get_scale_min_k4(j, x[b].scales, &sc[j], &mn[j]);
-            msum += mn[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
-        }
-        __m256i sumi = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            const __m256i qq = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
-            const __m256i lo = _mm256_and_si256(qq, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4);
-            const __m256i y0 = _mm256_loadu_si256((const __m256i *)(y[b].qs + 64 * c));
-            const __m256i y1 = _mm256_loadu_si256((const __m256i *)(y[b].qs + 64 * c + 32));
-            sumi = tri_kq_dot(sumi, lo, y0, _mm256_set1_epi16(sc[2 * c]));
-            sumi = tri_kq_dot(sumi, hi, y1, _mm256_set1_epi16(sc[2 * c + 1]));
-        }
-        acc   = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        accm += dmin * (float)msum;
-    }
-    *s = tri_hsum_ps(acc) - accm;
+/* The 8 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K/Q5_K scales[12] array, as
+ * tri_get_scale_min_k4 reads them, with word operations: 32-bit word w of scales holds bytes 4w..4w+3. */
+static inline __m128i tri_k4_scales(const uint8_t * scales) {
+    uint32_t w[3], o[4];
+    memcpy(w, scales, 12);
+    const uint32_t lo6 = 0x3f3f3f3fu, lo4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
+    o[0] = w[0] & lo6;                                          /* scales 0..3: bytes 0..3, low 6 bits */
+    o[1] = (w[2] & lo4) | (((w[0] >> 6) & lo2) << 4);           /* scales 4..7 */
+    o[2] = w[1] & lo6;                                          /* mins 0..3: bytes 4..7 */
+    o[3] = ((w[2] >> 4) & lo4) | (((w[1] >> 6) & lo2) << 4);    /* mins 4..7 */
+    return _mm_loadu_si128((const __m128i *)o);
 }
 
-static void tri_vec_dot_q5_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const tri_block_q5_K * x = vx;
-    const tri_block_q8_K * y = vy;
+/* Q4_K and Q5_K share the scale layout; qh (Q5_K) adds a fifth bit, NULL for Q4_K. */
+static inline __m256i tri_k4_sb(const uint8_t * scales, const uint8_t * qs, const uint8_t * qhp,
+                                const tri_block_q8_K * y, __m256i * msum) {
     const __m256i m4  = _mm256_set1_epi8(0x0F);
     const __m256i c16 = _mm256_set1_epi8(16);
-    __m256 acc  = _mm256_setzero_ps();
-    float  accm = 0.0f;
-    for (int b = 0; b < n / TRI_QK_K; b++) {
-        const float d    = y[b].d * tri_h2f(x[b].d);
-        const float dmin = y[b].d * tri_h2f(x[b].dmin);
-        uint8_t sc[8], mn[8];
-        int msum = 0;
-        for (int j = 0; j < 8; j++) {
-            tri_get_scale_min_k4(j, x[b].scales, &sc[j], &mn[j]);
-            msum += mn[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
-        }
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)x[b].qh);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            const __m256i qq  = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
+    const __m128i sm  = tri_k4_scales(scales);
+    uint8_t sc[16];
+    _mm_storeu_si128((__m128i *)sc, sm);
+    const __m128i mn = _mm_unpackhi_epi8(sm, sm); /* min j twice, matching bsums 2j and 2j + 1 */
+    *msum = tri_bsums_dot(y, _mm256_cvtepu8_epi16(mn));
+    const __m256i qh = qhp ? _mm256_loadu_si256((const __m256i *)qhp) : _mm256_setzero_si256();
+    __m256i sumi = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i qq = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(qq, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qq, 4), m4);
+        if (qhp) {
             const __m256i bm0 = _mm256_set1_epi8((char)(1 << (2 * c)));
             const __m256i bm1 = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
-            const __m256i h0  = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bm0), bm0), c16);
-            const __m256i h1  = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bm1), bm1), c16);
-            const __m256i lo  = _mm256_or_si256(_mm256_and_si256(qq, m4), h0);
-            const __m256i hi  = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qq, 4), m4), h1);
-            const __m256i y0  = _mm256_loadu_si256((const __m256i *)(y[b].qs + 64 * c));
-            const __m256i y1  = _mm256_loadu_si256((const __m256i *)(y[b].qs + 64 * c + 32));
-            sumi = tri_kq_dot(sumi, lo, y0, _mm256_set1_epi16(sc[2 * c]));
-            sumi = tri_kq_dot(sumi, hi, y1, _mm256_set1_epi16(sc[2 * c + 1]));
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bm0), bm0), c16));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bm1), bm1), c16));
         }
-        acc   = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        accm += dmin * (float)msum;
+        const __m256i y0 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c));
+        const __m256i y1 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c + 32));
+        sumi = tri_kq_dot(sumi, lo, y0, _mm256_set1_epi16(sc[2 * c]));
+        sumi = tri_kq_dot(sumi, hi, y1, _mm256_set1_epi16(sc[2 * c + 1]));
     }
-    *s = tri_hsum_ps(acc) - accm;
+    return sumi;
 }
 
-static void tri_vec_dot_q6_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const tri_block_q6_K * x = vx;
-    const tri_block_q8_K * y = vy;
+static inline __m256i tri_q4_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+    const tri_block_q4_K * x = (const tri_block_q4_K *)xb;
+    return tri_k4_sb(x->scales, x->qs, NULL, y, msum);
+}
+
+static inline __m256i tri_q5_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+    const tri_block_q5_K * x = (const tri_block_q5_K *)xb;
+    return tri_k4_sb(x->scales, x->qs, x->qh, y, msum);
+}
+
+static inline __m256i tri_q6_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+    const tri_block_q6_K * x = (const tri_block_q6_K *)xb;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i m3 = _mm256_set1_epi8(3);
+    const int8_t * sc = x->scales;
+    *msum = tri_bsums_dot(y, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)));
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+        const __m256i hh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+        const int8_t * s8 = sc + 8 * h;
+        const int8_t * yq = y->qs + 128 * h;
+        const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(hh, m3), 4));
+        const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 2), m3), 4));
+        const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 4), m3), 4));
+        const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m3), 4));
+        sumi = tri_kq_dot(sumi, q0, _mm256_loadu_si256((const __m256i *)(yq)), tri_sc2(s8[0], s8[1]));
+        sumi = tri_kq_dot(sumi, q1, _mm256_loadu_si256((const __m256i *)(yq + 32)), tri_sc2(s8[2], s8[3]));
+        sumi = tri_kq_dot(sumi, q2, _mm256_loadu_si256((const __m256i *)(yq + 64)), tri_sc2(s8[4], s8[5]));
+        sumi = tri_kq_dot(sumi, q3, _mm256_loadu_si256((const __m256i *)(yq + 96)), tri_sc2(s8[6], s8[7]));
+    }
+    return sumi; /* codes were q + 32: the true dot is sum - 32 * msum */
+}
+
+/* One vec_dot per type from its super-block helper: moff is the code offset (offset types subtract
+ * d * moff * msum), has_min says msum holds mins (subtract dmin * msum). */
+static inline float tri_kq_vec_dot(int n, const void * vx, const tri_block_q8_K * y, size_t bsz,
+                                   __m256i (*sbdot)(const uint8_t *, const tri_block_q8_K *, __m256i *),
+                                   int moff, size_t off_d, int off_dmin) {
+    const uint8_t * x = vx;
     __m256 acc  = _mm256_setzero_ps();
     float  accm = 0.0f;
     for (int b = 0; b < n / TRI_QK_K; b++) {
-        const float    d  = y[b].d * tri_h2f(x[b].d);
-        const int8_t * sc = x[b].scales;
-        int msum = 0;
-        for (int g = 0; g < 16; g++) {
-            msum += sc[g] * y[b].bsums[g];
+        const uint8_t * xb = x + (size_t)b * bsz;
+        tri_fp16 hd;
+        memcpy(&hd, xb + off_d, 2);
+        const float d = y[b].d * tri_h2f(hd);
+        __m256i mv;
+        const __m256i sumi = sbdot(xb, &y[b], &mv);
+        const int msum = tri_hsum_epi32(mv);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        if (off_dmin >= 0) {
+            memcpy(&hd, xb + off_dmin, 2);
+            accm += y[b].d * tri_h2f(hd) * (float)msum;
+        } else {
+            accm += d * (float)(moff * msum);
         }
-        __m256i sumi = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x[b].ql + 64 * h));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x[b].ql + 64 * h + 32));
-            const __m256i hh = _mm256_loadu_si256((const __m256i *)(x[b].qh + 32 * h));
-            const int8_t * s8 = sc + 8 * h;
-            const int8_t * yq = y[b].qs + 128 * h;
-            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(hh, m3), 4));
-            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 2), m3), 4));
-            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 4), m3), 4));
-            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m3), 4));
-            sumi = tri_kq_dot(sumi, q0, _mm256_loadu_si256((const __m256i *)(yq)), tri_sc2(s8[0], s8[1]));
-            sumi = tri_kq_dot(sumi, q1, _mm256_loadu_si256((const __m256i *)(yq + 32)), tri_sc2(s8[2], s8[3]));
-            sumi = tri_kq_dot(sumi, q2, _mm256_loadu_si256((const __m256i *)(yq + 64)), tri_sc2(s8[4], s8[5]));
-            sumi = tri_kq_dot(sumi, q3, _mm256_loadu_si256((const __m256i *)(yq + 96)), tri_sc2(s8[6], s8[7]));
-        }
-        acc   = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        accm += d * (float)(32 * msum); /* codes were q + 32 */
     }
-    *s = tri_hsum_ps(acc) - accm;
+    return tri_hsum_ps(acc) - accm;
+}
+
+static void tri_vec_dot_q2_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
+    *s = tri_kq_vec_dot(n, vx, vy, sizeof(tri_block_q2_K), tri_q2_K_sb, 0, offsetof(tri_block_q2_K, d),
+                        offsetof(tri_block_q2_K, dmin));
+}
+static void tri_vec_dot_q3_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
+    *s = tri_kq_vec_dot(n, vx, vy, sizeof(tri_block_q3_K), tri_q3_K_sb, 4, offsetof(tri_block_q3_K, d), -1);
+}
+static void tri_vec_dot_q4_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
+    *s = tri_kq_vec_dot(n, vx, vy, sizeof(tri_block_q4_K), tri_q4_K_sb, 0, offsetof(tri_block_q4_K, d),
+                        offsetof(tri_block_q4_K, dmin));
+}
+static void tri_vec_dot_q5_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
+    *s = tri_kq_vec_dot(n, vx, vy, sizeof(tri_block_q5_K), tri_q5_K_sb, 0, offsetof(tri_block_q5_K, d),
+                        offsetof(tri_block_q5_K, dmin));
+}
+static void tri_vec_dot_q6_K_x86(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
+    *s = tri_kq_vec_dot(n, vx, vy, sizeof(tri_block_q6_K), tri_q6_K_sb, 32, offsetof(tri_block_q6_K, d), -1);
 }
 
 #endif

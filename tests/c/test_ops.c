@@ -78,6 +78,87 @@ static void test_attn_kernels(void) {
     }
 }
 
+/* The pointer-array kernels of every ISA: against the scalar reference; and bit for bit equal whatever
+ * other queries share the call, wherever the keys start and end, and across ISAs (decode hands one token's
+ * heads, prefill several tokens', over a wider key range with zero weights outside each query's keys). */
+static void test_attn_query_kernels(void) {
+    for (int iter = 0; iter < 12; iter++) {
+        const int D = iter % 4 == 3 ? 8 * (1 + (int) (tu_uniform() * 8)) + 5 : 64 * (1 + (int) (tu_uniform() * 4));
+        const int nq = 1 + (int) (tu_uniform() * 23);
+        const int n = 1 + (int) (tu_uniform() * 256);
+        const int a = (int) (tu_uniform() * n), b = a + 1 + (int) (tu_uniform() * (n - a)); /* query 0 keeps [a, b) */
+        float * q = malloc(sizeof(float) * nq * D);
+        tri_fp16 * K = malloc(sizeof(tri_fp16) * n * D), * V = malloc(sizeof(tri_fp16) * n * D);
+        float * s = malloc(sizeof(float) * nq * n), * s1 = malloc(sizeof(float) * n);
+        float * acc = calloc((size_t) nq * D, sizeof(float)), * acc1 = malloc(sizeof(float) * D);
+        float * w = malloc(sizeof(float) * nq * n), * first_acc = malloc(sizeof(float) * nq * D);
+        const float * qp[64];
+        float * sp[64], * ap[64];
+        for (int i = 0; i < nq * D; i++) q[i] = (float) tu_symmetric();
+        for (int i = 0; i < n * D; i++) {
+            K[i] = tri_fp32_to_fp16((float) tu_symmetric());
+            V[i] = tri_fp32_to_fp16((float) tu_symmetric());
+        }
+        for (int i = 0; i < nq; i++) {
+            qp[i] = q + (size_t) i * D;
+            sp[i] = s + (size_t) i * n;
+            ap[i] = acc + (size_t) i * D;
+        }
+        /* weights: query 0 only on [a, b) (zeros elsewhere), the others everywhere */
+        for (int i = 0; i < nq * n; i++) w[i] = (float) tu_uniform();
+        for (int j = 0; j < n; j++) {
+            if (j < a || j >= b) w[j] = 0.0f;
+        }
+        const float scale = 1.0f / sqrtf((float) D);
+        int isas = 0, bad_ref = 0, bad_same = 0, bad_isa = 0;
+        for (int isa = TRI_ISA_SCALAR; isa < TRI_ISA_COUNT; isa++) {
+            tri_attn_kernels k = tri_attn_kernels_get((enum tri_isa) isa);
+            if (!k.scores_q) {
+                continue;
+            }
+            k.scores_q(D, nq, qp, K, n, scale, sp);
+            for (int i = 0; i < nq; i++) {
+                for (int j = 0; j < n; j++) {
+                    double ref = 0.0;
+                    for (int d = 0; d < D; d++) ref += (double) q[i * D + d] * tri_fp16_to_fp32(K[j * D + d]);
+                    bad_ref += !(fabs(ref * scale - s[i * n + j]) < 1e-4);
+                }
+            }
+            /* query 0 alone over its keys [a, b) */
+            const float * q0 = q;
+            float * s1p = s1;
+            k.scores_q(D, 1, &q0, K + (size_t) a * D, b - a, scale, &s1p);
+            bad_same += memcmp(s1, s + a, sizeof(float) * (b - a)) != 0;
+            memcpy(s, w, sizeof(float) * nq * n);
+            memset(acc, 0, sizeof(float) * nq * D);
+            k.accum_q(D, nq, (const float * const *) sp, V, n, ap);
+            for (int i = 0; i < nq; i++) {
+                for (int d = 0; d < D; d++) {
+                    double ref = 0.0;
+                    for (int j = 0; j < n; j++) ref += (double) s[i * n + j] * tri_fp16_to_fp32(V[j * D + d]);
+                    bad_ref += !(fabs(ref - acc[i * D + d]) < 1e-4 * (1.0 + fabs(ref)));
+                }
+            }
+            memset(acc1, 0, sizeof(float) * D);
+            const float * p0 = s + a;
+            k.accum_q(D, 1, &p0, V + (size_t) a * D, b - a, &acc1);
+            bad_same += memcmp(acc1, acc, sizeof(float) * D) != 0;
+            if (isa > TRI_ISA_AVX2 && isas > 0) { /* SIMD ISAs agree bit for bit */
+                bad_isa += memcmp(first_acc, acc, sizeof(float) * nq * D) != 0;
+            }
+            if (isa >= TRI_ISA_AVX2) {
+                memcpy(first_acc, acc, sizeof(float) * nq * D);
+                isas++;
+            }
+        }
+        CHECK(bad_ref == 0, "query kernels D=%d nq=%d n=%d: %d results off the reference", D, nq, n, bad_ref);
+        CHECK(bad_same == 0, "query kernels D=%d nq=%d n=%d [%d,%d): a query alone differs from in a batch (%d)", D, nq,
+              n, a, b, bad_same);
+        CHECK(bad_isa == 0, "query kernels D=%d nq=%d n=%d: ISAs differ", D, nq, n);
+        free(q); free(K); free(V); free(s); free(s1); free(acc); free(acc1); free(w); free(first_acc);
+    }
+}
+
 static void test_rope(void) {
     const int D = 64, F = D / 2, H = 3;
     float x[3 * 64], y[3 * 64], cs[64];
@@ -187,22 +268,42 @@ static void test_kv_compact(void) {
     tri_kv_cache_free(&c);
 }
 
-static void test_gelu_mul(void) {
+/* silu_mul and gelu_mul of every ISA against double references; and each element's result independent
+ * of its position and of n (the forward pass splits the rows across threads). */
+static void test_act_mul(void) {
     const int n = 1 + (int) (tu_uniform() * 500);
     float * g = malloc(sizeof(float) * n), * u = malloc(sizeof(float) * n), * g0 = malloc(sizeof(float) * n);
-    for (int i = 0; i < n; i++) {
-        g[i] = g0[i] = (float) tu_symmetric() * 6.0f;
-        u[i] = (float) tu_symmetric() * 3.0f;
+    float * h = malloc(sizeof(float) * n);
+    for (int isa = TRI_ISA_SCALAR; isa < TRI_ISA_COUNT; isa++) {
+        if (isa > (int) tri_cpu_isa()) {
+            continue;
+        }
+        const tri_act_kernels k = tri_act_kernels_get((enum tri_isa) isa);
+        for (int which = 0; which < 2; which++) {
+            for (int i = 0; i < n; i++) {
+                g[i] = g0[i] = (float) tu_symmetric() * (i % 7 == 0 ? 60.0f : 6.0f);
+                u[i] = (float) tu_symmetric() * 3.0f;
+            }
+            (which ? k.gelu_mul : k.silu_mul)(g, u, n);
+            double err = 0.0;
+            for (int i = 0; i < n; i++) {
+                const double x = g0[i];
+                const double act = which ? 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)))
+                                         : x / (1.0 + exp(-x));
+                err = fmax(err, fabs(act * u[i] - g[i]) / (1.0 + fabs(act * u[i])));
+            }
+            CHECK(err < 1e-5, "isa %d %s_mul n=%d rel err %g", isa, which ? "gelu" : "silu", n, err);
+            /* the same values from an odd offset, one short piece at a time */
+            const int off = 1 + (int) (tu_uniform() * 7);
+            memcpy(h, g0, sizeof(float) * n);
+            for (int i = off; i < n; i += 13) {
+                (which ? k.gelu_mul : k.silu_mul)(h + i, u + i, n - i < 13 ? n - i : 13);
+            }
+            CHECK(memcmp(h + off, g + off, sizeof(float) * (n - (off < n ? off : n))) == 0 || off >= n,
+                  "isa %d %s_mul depends on the position of an element", isa, which ? "gelu" : "silu");
+        }
     }
-    tri_gelu_mul(g, u, n);
-    double err = 0.0;
-    for (int i = 0; i < n; i++) {
-        const double x = g0[i];
-        const double want = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * u[i];
-        err = fmax(err, fabs(want - g[i]) / (1.0 + fabs(want)));
-    }
-    CHECK(err < 1e-5, "gelu_mul n=%d err %g", n, err);
-    free(g); free(u); free(g0);
+    free(g); free(u); free(g0); free(h);
 }
 
 /* Per-layer capacities: layers do not overlap, bytes add up, a windowed layer drops what left its window. */
@@ -258,11 +359,12 @@ int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     tri_ops_init();
     test_attn_kernels();
+    test_attn_query_kernels();
+    test_act_mul();
     test_rope();
     test_rmsnorm();
     test_threadpool();
     test_kv_compact();
-    test_gelu_mul();
     test_kv_layers_and_window();
     return tu_finish();
 }

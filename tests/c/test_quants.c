@@ -1,7 +1,8 @@
 /* Quant formats and matmul kernels: every SIMD vec_dot against the scalar reference, quantize round
  * trips against an error budget per bit width, fast activation quantizers against the references,
- * tri_matmul_rows against a naive loop, fp16 conversions against the hardware, row sizes.
- * Random inputs, fresh seed each run (TRI_SEED=<n> to replay). `test_quants --bench` times vec_dot. */
+ * the matrix kernels of every ISA against the reference and each other, fp16 conversions against the hardware, row sizes.
+ * Random inputs, fresh seed each run (TRI_SEED=<n> to replay). `test_quants --bench [n_tok [n_in n_out]]` times
+ * vec_dot and the matrix kernels. */
 #include "arch/kernels.h"
 #include "matmul.h"
 #include "quants.h"
@@ -177,78 +178,172 @@ static void test_round_trip(void) {
     free(x); free(r); free(q);
 }
 
-/* tri_quantize_rows (fast kernels) must write exactly what the reference quantizers write,
- * including exact rounding ties (x*id = k + 0.5). */
+/* tri_quantize_rows (fast kernels) must write exactly what the reference quantizers write, including
+ * exact rounding ties (x*id = k + 0.5), at the start of each row; the rest of an x row is the codes + 128
+ * and the block scales (and sums) the prefill kernels read, checked here against the blocks. */
 static void test_quantize_rows(void) {
     static const enum tri_type vdts[] = { TRI_TYPE_Q8_0, TRI_TYPE_Q8_1, TRI_TYPE_Q8_K, TRI_TYPE_F16, TRI_TYPE_BF16, TRI_TYPE_F32 };
     const int n = 1536, rows = 5;
     float * x = malloc((size_t)rows * n * sizeof(float));
     char *  a = malloc((size_t)rows * n * 4);
     char *  b = malloc((size_t)rows * n * 4);
+    float * fa = malloc(n * sizeof(float));
+    float * fb = malloc(n * sizeof(float));
     for (size_t v = 0; v < sizeof vdts / sizeof vdts[0]; v++) {
         const tri_type_traits * tt = tri_type_traits_get(vdts[v]);
-        const size_t rs = tri_row_size(vdts[v], n);
+        const size_t bs = tri_row_size(vdts[v], n), xs = tri_matmul_xrow_size(vdts[v], n);
+        const tri_xrow_layout L = tri_xrow_layout_of(vdts[v], n);
+        CHECK(xs >= bs && (xs == bs || xs == L.size), "%s: x row stride %zu", tt->name, xs);
         rnd_floats(x, (int64_t)rows * n, 2.0f);
         /* row 1: amax = 127 in each 256 values, so d = 1 and halves are exact ties */
         for (int i = 0; i < n; i++) {
             x[n + i] = (i % 32 == 0) ? 127.0f : (float)((int)(tu_u64() % 200) - 100) + 0.5f;
         }
-        memset(a, 0x5a, (size_t)rows * rs);
-        memset(b, 0x5a, (size_t)rows * rs);
+        memset(a, 0x5a, (size_t)rows * xs);
+        memset(b, 0x5a, (size_t)rows * xs);
         tri_quantize_rows(x, n, a, vdts[v], n, 1, rows);
+        int bad = 0, bad_x = 0;
         for (int t = 1; t < rows; t++) {
-            tt->from_float(x + (size_t)t * n, b + (size_t)t * rs, n);
+            const char * ra = a + (size_t)t * xs;
+            tt->from_float(x + (size_t)t * n, b + (size_t)t * xs, n);
+            bad += memcmp(ra, b + (size_t)t * xs, bs) != 0;
+            if (xs == bs) {
+                continue;
+            }
+            /* extras: codes + 128 and scales rebuild the dequantized row; sums match the codes */
+            tt->to_float(ra, fa, n);
+            const int bl = vdts[v] == TRI_TYPE_Q8_K ? 256 : 32;
+            for (int i = 0; i < n; i++) {
+                const float d = ((const float *)(ra + L.d))[i / bl];
+                fb[i] = d * (float)((int)(uint8_t)ra[L.xu + i] - 128);
+                bad_x += fa[i] != fb[i];
+            }
+            for (int j = 0; j < n / 32; j++) {
+                int sum = 0;
+                for (int i = 0; i < 32; i++) {
+                    sum += (int)(uint8_t)ra[L.xu + 32 * j + i] - 128;
+                }
+                if (vdts[v] == TRI_TYPE_Q8_1) {
+                    tri_fp16 hs;
+                    memcpy(&hs, ra + (size_t)j * sizeof(tri_block_q8_1) + 2, 2);
+                    bad_x += ((const float *)(ra + L.s))[j] != tri_fp16_to_fp32(hs);
+                } else if (vdts[v] == TRI_TYPE_Q8_K) {
+                    const int16_t * b16 = (const int16_t *)(ra + L.bs16);
+                    bad_x += ((const int16_t *)(ra + L.bs32))[j] != sum || b16[2 * j] + b16[2 * j + 1] != sum;
+                }
+            }
         }
-        CHECK(memcmp(a, b, (size_t)rows * rs) == 0, "tri_quantize_rows %s differs from the reference", tt->name);
+        CHECK(bad == 0, "tri_quantize_rows %s differs from the reference in %d rows", tt->name, bad);
+        CHECK(bad_x == 0, "tri_quantize_rows %s: %d x row extras disagree with the blocks", tt->name, bad_x);
     }
-    free(x); free(a); free(b);
+    free(x); free(a); free(b); free(fa); free(fb);
 }
 
+/* The integer matrix kernels of every ISA: the decode kernel (gemv) against the scalar reference; the
+ * prefill kernel (gemm, repacked panels) bit for bit against the decode kernel, over row counts that end
+ * mid-panel and token counts that end mid-tile; tri_matmul_rows (threads' row ranges, any n_tok) bit for
+ * bit against both, leaving rows outside its range untouched. */
 static void test_matmul(void) {
-    static const enum tri_type types[] = { TRI_TYPE_Q4_1, TRI_TYPE_Q8_0, TRI_TYPE_Q4_0, TRI_TYPE_Q5_1,
-                                           TRI_TYPE_Q4_K, TRI_TYPE_Q6_K, TRI_TYPE_F16, TRI_TYPE_F32 };
+    static const enum tri_type types[] = { TRI_TYPE_Q4_0, TRI_TYPE_Q4_1, TRI_TYPE_Q5_0, TRI_TYPE_Q5_1, TRI_TYPE_Q8_0,
+                                           TRI_TYPE_Q2_K, TRI_TYPE_Q3_K, TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K,
+                                           TRI_TYPE_F16, TRI_TYPE_F32 };
     static const int toks[] = { 1, 3, 4, 9, 70 };
-    const int rows = 45, r0 = 3, r1 = 43, ldy = 50;
+    const int rows = 45, r0 = 3, r1 = 43, ldy = 50, max_tok = 70;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const enum tri_type t = types[ti];
         const tri_type_traits * tt = tri_type_traits_get(t);
-        const int n = tt->blck_size == 256 ? 512 : 576;
-        const size_t rs = tri_row_size(t, n), xs = tri_row_size(tt->vec_dot_type, n);
-        char *  W   = malloc(rows * rs);
-        float * tmp = malloc((size_t)70 * n * sizeof(float));
-        float * bx  = malloc(n * sizeof(float));
-        float * by  = malloc(n * sizeof(float));
+        /* every count of blocks mod 8 over the runs (the decode kernels group 8 blocks or super-blocks) */
+        const int n = tt->blck_size == 256 ? 256 * (1 + (int)(tu_u64() % 12)) : 32 * (1 + (int)(tu_u64() % 64));
+        const size_t rs = tri_row_size(t, n), xs = tri_matmul_xrow_size(tt->vec_dot_type, n);
+        char *  W       = malloc(rows * rs);
+        float * tmp     = malloc((size_t)max_tok * n * sizeof(float));
+        float * bx      = malloc(n * sizeof(float));
+        float * by      = malloc(n * sizeof(float));
+        char *  xq      = malloc((size_t)max_tok * xs);
+        float * ref     = malloc((size_t)max_tok * ldy * sizeof(float));
+        float * yv      = malloc((size_t)max_tok * ldy * sizeof(float));
+        void *  scratch = malloc(tri_matmul_scratch_size(n));
         for (int r = 0; r < rows; r++) {
             make_weight_row(t, n, W + r * rs, tmp, r % 2);
         }
-        for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
-            const int nt = toks[k];
-            char *  xq = malloc(nt * xs);
-            float * yv = malloc((size_t)nt * ldy * sizeof(float));
-            rnd_floats(tmp, (int64_t)nt * n, 1.0f);
-            tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, nt);
-            for (int i = 0; i < nt * ldy; i++) {
-                yv[i] = NAN; /* poison: entries outside [r0, r1) must stay untouched */
+        rnd_floats(tmp, (int64_t)max_tok * n, 1.0f);
+        tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, max_tok);
+        float * first   = malloc((size_t)max_tok * ldy * sizeof(float));
+        int bad_ref = 0, bad_gemm = 0, bad_mm = 0, bad_isa = 0, isas = 0;
+        double worst = 0.0;
+        for (int isa = TRI_ISA_AVX2; isa <= (int)tri_cpu_isa(); isa++) {
+            const tri_isa_kernels * k = tri_kernels_for_isa((enum tri_isa)isa);
+            if (!k || !k->gemv[t]) {
+                continue;
             }
-            tri_matmul_rows(W, t, n, r0, r1, xq, nt, yv, ldy);
-            int bad = 0;
+            isas++;
+            CHECK(k->gemm[t] != NULL, "%s %s: gemv without gemm", tt->name, k_isa_names[isa]);
+            /* decode kernel, one token at a time, rows [r0, r1) */
+            for (int tk = 0; tk < max_tok; tk++) {
+                k->gemv[t](n, W + r0 * rs, rs, r1 - r0, xq + (size_t)tk * xs, ref + tk * ldy + r0);
+                for (int r = r0; r < r1; r++) {
+                    float want;
+                    tt->vec_dot_ref(n, &want, W + r * rs, xq + (size_t)tk * xs);
+                    const double S = abs_dot_scale(t, tt->vec_dot_type, n, W + r * rs, xq + (size_t)tk * xs, bx, by);
+                    const double err = fabs((double)ref[tk * ldy + r] - (double)want) / S;
+                    worst = err > worst ? err : worst;
+                    bad_ref += !(err <= tolerance(t));
+                }
+            }
+            /* every ISA gives the same bits (exact integer sums, the same float operations) */
+            for (int tk = 0; tk < max_tok && isas > 1; tk++) {
+                bad_isa += memcmp(first + tk * ldy + r0, ref + tk * ldy + r0, sizeof(float) * (r1 - r0)) != 0;
+            }
+            memcpy(first, ref, (size_t)max_tok * ldy * sizeof(float));
+            /* prefill kernel: every token count, bit-identical */
+            for (size_t k2 = 0; k2 < sizeof toks / sizeof toks[0]; k2++) {
+                const int nt = toks[k2];
+                for (int i = 0; i < nt * ldy; i++) {
+                    yv[i] = NAN;
+                }
+                k->gemm[t](n, W + r0 * rs, rs, r1 - r0, xq, xs, nt, yv + r0, ldy, scratch);
+                for (int tk = 0; tk < nt; tk++) {
+                    for (int r = 0; r < ldy; r++) {
+                        const float got = yv[tk * ldy + r];
+                        bad_gemm += r < r0 || r >= r1 ? !isnan(got) : memcmp(&got, &ref[tk * ldy + r], 4) != 0;
+                    }
+                }
+            }
+        }
+        /* tri_matmul_rows with the active kernels: split rows as threads do, with and without scratch */
+        for (size_t k2 = 0; k2 < sizeof toks / sizeof toks[0]; k2++) {
+            const int nt = toks[k2];
+            for (int i = 0; i < nt * ldy; i++) {
+                yv[i] = NAN;
+            }
+            const int mid = r0 + 1 + (int)(tu_u64() % (uint64_t)(r1 - r0 - 1));
+            tri_matmul_rows(W, t, n, r0, mid, xq, nt, yv, ldy, scratch);
+            tri_matmul_rows(W, t, n, mid, r1, xq, nt, yv, ldy, k2 % 2 ? NULL : scratch);
             for (int tk = 0; tk < nt; tk++) {
                 for (int r = 0; r < ldy; r++) {
                     const float got = yv[tk * ldy + r];
                     if (r < r0 || r >= r1) {
-                        bad += !isnan(got);
-                        continue;
+                        bad_mm += !isnan(got);
+                    } else if (isas > 0) {
+                        bad_mm += memcmp(&got, &ref[tk * ldy + r], 4) != 0; /* best ISA's gemv ran last */
+                    } else {
+                        float want;
+                        tt->vec_dot_ref(n, &want, W + r * rs, xq + (size_t)tk * xs);
+                        const double S = abs_dot_scale(t, tt->vec_dot_type, n, W + r * rs, xq + (size_t)tk * xs, bx, by);
+                        bad_mm += !(fabs((double)got - (double)want) <= tolerance(t) * S);
                     }
-                    float ref;
-                    tt->vec_dot_ref(n, &ref, W + r * rs, xq + tk * xs);
-                    const double S = abs_dot_scale(t, tt->vec_dot_type, n, W + r * rs, xq + tk * xs, bx, by);
-                    bad += !(fabs((double)got - (double)ref) <= tolerance(t) * S);
                 }
             }
-            CHECK(bad == 0, "tri_matmul_rows %s n_tok=%d: %d wrong entries", tt->name, nt, bad);
-            free(xq); free(yv);
         }
-        free(W); free(tmp); free(bx); free(by);
+        printf("matmul %-5s n=%-4d: %d ISA(s), worst gemv error %.2e of sum|xy|\n", tt->name, n, isas, worst);
+        CHECK(bad_ref == 0, "%s n=%d: %d gemv results off the reference", tt->name, n, bad_ref);
+        CHECK(bad_gemm == 0, "%s n=%d: %d gemm results differ from the gemv (or wrote outside their rows)", tt->name, n,
+              bad_gemm);
+        CHECK(bad_mm == 0, "tri_matmul_rows %s n=%d: %d wrong entries", tt->name, n, bad_mm);
+        CHECK(bad_isa == 0, "%s n=%d: %d tokens differ between ISAs", tt->name, n, bad_isa);
+        CHECK(tt->is_quantized == (isas > 0) || tri_cpu_isa() == TRI_ISA_SCALAR,
+              "%s: quantized types have matrix kernels on SIMD CPUs", tt->name);
+        free(W); free(tmp); free(bx); free(by); free(xq); free(ref); free(yv); free(scratch); free(first);
     }
 }
 
@@ -374,41 +469,49 @@ static void bench_one(enum tri_type t, int n) {
 
 static void bench_matmul(enum tri_type t, int n_in, int n_out, int n_tok) {
     const tri_type_traits * tt = tri_type_traits_get(t);
-    const size_t rs = tri_row_size(t, n_in), xs = tri_row_size(tt->vec_dot_type, n_in);
+    const size_t rs = tri_row_size(t, n_in), xs = tri_matmul_xrow_size(tt->vec_dot_type, n_in);
     char *  W  = malloc((size_t)n_out * rs);
     float * x  = malloc((size_t)n_tok * n_in * sizeof(float));
     char *  xq = malloc((size_t)n_tok * xs);
     float * y  = malloc((size_t)n_tok * n_out * sizeof(float));
+    void *  sc = malloc(tri_matmul_scratch_size(n_in));
     for (int r = 0; r < n_out; r++) {
         make_weight_row(t, n_in, W + (size_t)r * rs, x, false);
     }
     rnd_floats(x, (int64_t)n_tok * n_in, 1.0f);
     tri_quantize_rows(x, n_in, xq, tt->vec_dot_type, n_in, 0, n_tok);
-    /* tiled tri_matmul_rows vs a plain loop of the best vec_dot */
+    /* prefill kernel vs the decode kernel once per token vs a plain loop of the best vec_dot */
     const tri_vec_dot_fn dot = tri_kernels_active()->vec_dot[t];
-    double best = 1e30, plain = 1e30;
+    double best = 1e30, dec = 1e30, plain = 1e30;
+    const int inner = n_tok < 16 ? 200 : 1; /* one-token calls are short: time many */
     for (int rep = 0; rep < 5; rep++) {
         double t0 = now_s();
-        tri_matmul_rows(W, t, n_in, 0, n_out, xq, n_tok, y, n_out);
-        double dt = now_s() - t0;
+        for (int i = 0; i < inner; i++) {
+            tri_matmul_rows(W, t, n_in, 0, n_out, xq, n_tok, y, n_out, sc);
+        }
+        double dt = (now_s() - t0) / inner;
         best = dt < best ? dt : best;
         t0 = now_s();
-        for (int tk = 0; tk < n_tok; tk++) {
-            for (int r = 0; r < n_out; r++) {
-                dot(n_in, &y[(size_t)tk * n_out + r], W + (size_t)r * rs, xq + (size_t)tk * xs);
+        for (int i = 0; i < inner; i++) {
+            tri_matmul_rows(W, t, n_in, 0, n_out, xq, n_tok, y, n_out, NULL);
+        }
+        dt = (now_s() - t0) / inner;
+        dec = dt < dec ? dt : dec;
+        t0 = now_s();
+        for (int i = 0; i < inner; i++) {
+            for (int tk = 0; tk < n_tok; tk++) {
+                for (int r = 0; r < n_out; r++) {
+                    dot(n_in, &y[(size_t)tk * n_out + r], W + (size_t)r * rs, xq + (size_t)tk * xs);
+                }
             }
         }
-        dt = now_s() - t0;
+        dt = (now_s() - t0) / inner;
         plain = dt < plain ? dt : plain;
     }
-    printf("bench matmul %-5s %dx%d x %d tokens: %.2f ms (%.1f GMAC/s, 1 thread); plain vec_dot loop %.2f ms\n",
-           tt->name, n_out, n_in, n_tok, best * 1e3, (double)n_out * n_in * n_tok / best * 1e-9, plain * 1e3);
-    double tq = now_s();
-    tri_quantize_rows(x, n_in, xq, tt->vec_dot_type, n_in, 0, n_tok);
-    tq = now_s() - tq;
-    printf("bench quantize_rows -> %-5s %d x %d: %.3f ms\n", tri_type_traits_get(tt->vec_dot_type)->name, n_tok, n_in,
-           tq * 1e3);
-    free(W); free(x); free(xq); free(y);
+    printf("bench matmul %-5s %5dx%-5d x %3d tok: %8.3f ms (%5.1f GMAC/s, 1 thread); one-token kernel %8.3f ms; "
+           "vec_dot loop %8.3f ms\n", tt->name, n_out, n_in, n_tok, best * 1e3, (double)n_out * n_in * n_tok / best * 1e-9,
+           dec * 1e3, plain * 1e3);
+    free(W); free(x); free(xq); free(y); free(sc);
 }
 
 int main(int argc, char ** argv) {
@@ -423,11 +526,18 @@ int main(int argc, char ** argv) {
         bench_one(TRI_TYPE_Q4_K, 512);
         bench_one(TRI_TYPE_Q4_K, 1536);
         bench_one(TRI_TYPE_Q6_K, 1536);
-        bench_matmul(TRI_TYPE_Q4_1, 576, 1536, 1);
-        bench_matmul(TRI_TYPE_Q4_1, 576, 1536, 512);
-        bench_matmul(TRI_TYPE_Q4_1, 1536, 576, 512);
-        bench_matmul(TRI_TYPE_Q8_0, 576, 4096, 512);
-        bench_matmul(TRI_TYPE_Q4_K, 512, 1536, 512);
+        static const enum tri_type mm[] = { TRI_TYPE_Q4_0, TRI_TYPE_Q4_1, TRI_TYPE_Q5_0, TRI_TYPE_Q5_1, TRI_TYPE_Q8_0,
+                                            TRI_TYPE_Q2_K, TRI_TYPE_Q3_K, TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K };
+        const int n_tok = argc > 2 ? atoi(argv[2]) : 128;
+        const int n_in  = argc > 3 ? atoi(argv[3]) : 1536; /* a multiple of 32; K types need 256 */
+        const int n_out = argc > 4 ? atoi(argv[4]) : 1536;
+        for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++) {
+            if (n_in <= 0 || n_out <= 0 || n_in % tri_type_traits_get(mm[i])->blck_size != 0) {
+                continue;
+            }
+            bench_matmul(mm[i], n_in, n_out, 1);
+            bench_matmul(mm[i], n_in, n_out, n_tok);
+        }
         return 0;
     }
 

@@ -105,17 +105,18 @@ int main(int argc, char ** argv) {
         float * x = read_all(argv[5], &nx);
         const enum tri_type wt = type_id(tt);
         const size_t rs = tri_row_size(wt, n_in);
-        const size_t xs = tri_row_size(tt->vec_dot_type, n_in);
+        const size_t xs = tri_matmul_xrow_size(tt->vec_dot_type, n_in);
         if (!x || n_in <= 0 || rs == 0 || !tt->vec_dot || nin % rs || nx % (n_in * sizeof(float))) {
             return fail("bad matmul inputs", NULL);
         }
         const int64_t rows = (int64_t)(nin / rs), ntok = (int64_t)(nx / (n_in * sizeof(float)));
         void *  xq = malloc((size_t)ntok * xs + 1);
+        void *  sc = malloc(tri_matmul_scratch_size(n_in));
         float * y  = malloc((size_t)(ntok * rows) * sizeof(float) + 1);
         tri_quantize_rows(x, n_in, xq, tt->vec_dot_type, n_in, 0, ntok);
-        tri_matmul_rows(in, wt, n_in, 0, rows, xq, ntok, y, rows);
+        tri_matmul_rows(in, wt, n_in, 0, rows, xq, ntok, y, rows, sc);
         rc = write_all(argv[6], y, (size_t)(ntok * rows) * sizeof(float)) ? fail("cannot write", argv[6]) : 0;
-        free(xq); free(y); free(x);
+        free(xq); free(y); free(x); free(sc);
     } else {
         rc = fail("unknown command", argv[1]);
     }

@@ -10,17 +10,49 @@
 static inline __m256i tri_kq_dot(__m256i acc, __m256i q, __m256i y, __m256i sc16) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), sc16));
 }
-#include "../x86_kquants.h"
 
 /* Sum of u8 x s8 products in 8 int32 lanes (pairs of maddubs never saturate for our code ranges). */
 static inline __m256i tri_dot_u8s8(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-/* Signed x signed via |x| and sign(y, x) (needs x, y != -128, which our quantizers guarantee). */
+/* Signed x signed via |x| and sign(y, x) (needs y != -128, which our quantizers guarantee; x = -128
+ * works: |x| reads as 128 unsigned). */
 static inline __m256i tri_dot_s8s8(__m256i x, __m256i y) {
     return tri_dot_u8s8(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
 }
+
+/* Primitives of the matrix kernels (x86_gemm.h). maddubs saturates int16 pairs, so activation bytes
+ * (up to 255) meet only weights up to 64 in size; Q8_0 weights go through the signed form. */
+static inline __m256i tri_dp_us(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_add_epi32(acc, tri_dot_u8s8(u, s));
+}
+static inline __m256i tri_dp_ss(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, tri_dot_s8s8(a, b));
+}
+static inline __m256i tri_dp_xw(__m256i acc, __m256i xu, __m256i w) {
+    return tri_dp_ss(acc, w, _mm256_xor_si256(xu, _mm256_set1_epi8((char) 0x80)));
+}
+static inline __m256i tri_dp_i16(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
+/* Sub-block scales: pairs of int16 products times the int16 scale in one madd. */
+static inline __m256i tri_kscale_prep(__m256i sc16) {
+    return sc16;
+}
+static inline void tri_kpart_acc(__m256i * part, __m256i * isum, __m256i xu, __m256i w, __m256i sc16) {
+    *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(_mm256_maddubs_epi16(xu, w), sc16));
+}
+static inline void tri_kpart_end(__m256i * isum, __m256i part, __m256i sc) {
+}
+static inline __m256i tri_qh16(const uint8_t * qh) {
+    return _mm256_and_si256(tri_bits_to_bytes(qh), _mm256_set1_epi8(16));
+}
+#define TRI_GEMM_T32  4
+#define TRI_GEMM_NP32 1
+#define TRI_GEMM_TK   4
+#define TRI_GEMM_NPK  1
+#include "../x86_gemm.h"
 
 /* ---- 32-value blocks ---- */
 
@@ -66,32 +98,6 @@ static void tri_vec_dot_q4_1_avx2(int n, float * restrict s, const void * restri
         tri_q4_1_block(&x[b], &y[b], tri_unpack_nibbles(x[b].qs), &acc0, &accm);
     }
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1)) + tri_lane1(accm);
-}
-
-/* 1 x 4: each weight block is unpacked once and meets four activation rows. Sums in exactly the order of
- * tri_vec_dot_q4_1_avx2 (even blocks, odd blocks, then both), so batched and one-token results are equal. */
-static void tri_vec_dot4_q4_1_avx2(int n, float * restrict s, int64_t ls, const void * restrict vx,
-                                   const void * restrict vy, size_t by) {
-    const tri_block_q4_1 * x = vx;
-    const tri_block_q8_1 * y[4];
-    __m256 a[2][4];
-    __m128 m[4];
-    for (int t = 0; t < 4; t++) {
-        y[t] = (const tri_block_q8_1 *)((const char *)vy + t * by);
-        a[0][t] = a[1][t] = _mm256_setzero_ps();
-        m[t] = _mm_setzero_ps();
-    }
-    const int nb = n / TRI_QK4_1;
-    for (int b = 0; b < nb; b++) {
-        const int par = (b & 1) && b < (nb & ~1); /* a trailing odd block goes to the even sum */
-        const __m256i q = tri_unpack_nibbles(x[b].qs);
-        for (int t = 0; t < 4; t++) {
-            tri_q4_1_block(&x[b], &y[t][b], q, &a[par][t], &m[t]);
-        }
-    }
-    for (int t = 0; t < 4; t++) {
-        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t])) + tri_lane1(m[t]);
-    }
 }
 
 static void tri_vec_dot_q5_0_avx2(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
@@ -147,28 +153,6 @@ static void tri_vec_dot_q8_0_avx2(int n, float * restrict s, const void * restri
         tri_q8_0_block(&x[b], &y[b], &acc0);
     }
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1));
-}
-
-/* Same summation order as tri_vec_dot_q8_0_avx2. */
-static void tri_vec_dot4_q8_0_avx2(int n, float * restrict s, int64_t ls, const void * restrict vx,
-                                   const void * restrict vy, size_t by) {
-    const tri_block_q8_0 * x = vx;
-    const tri_block_q8_0 * y[4];
-    __m256 a[2][4];
-    for (int t = 0; t < 4; t++) {
-        y[t] = (const tri_block_q8_0 *)((const char *)vy + t * by);
-        a[0][t] = a[1][t] = _mm256_setzero_ps();
-    }
-    const int nb = n / TRI_QK8_0;
-    for (int b = 0; b < nb; b++) {
-        const int par = (b & 1) && b < (nb & ~1);
-        for (int t = 0; t < 4; t++) {
-            tri_q8_0_block(&x[b], &y[t][b], &a[par][t]);
-        }
-    }
-    for (int t = 0; t < 4; t++) {
-        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t]));
-    }
 }
 
 /* ---- float types (n need not be a multiple of the vector width) ---- */
@@ -307,8 +291,7 @@ void tri_register_avx2(tri_isa_kernels * k) {
     k->vec_dot[TRI_TYPE_Q5_K] = tri_vec_dot_q5_K_x86;
     k->vec_dot[TRI_TYPE_Q6_K] = tri_vec_dot_q6_K_x86;
 
-    k->vec_dot4[TRI_TYPE_Q4_1] = tri_vec_dot4_q4_1_avx2;
-    k->vec_dot4[TRI_TYPE_Q8_0] = tri_vec_dot4_q8_0_avx2;
+    tri_gemm_register(k);
 
     k->quantize[TRI_TYPE_Q8_0] = tri_quantize_q8_0_avx2;
     k->quantize[TRI_TYPE_Q8_1] = tri_quantize_q8_1_avx2;

@@ -48,35 +48,6 @@ static void tri_vec_dot_q4_1_avx512(int n, float * restrict s, const void * rest
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1)) + tri_lane1(accm);
 }
 
-/* Same summation order as tri_vec_dot_q4_1_avx512, so batched and one-token results are equal. */
-static void tri_vec_dot4_q4_1_avx512(int n, float * restrict s, int64_t ls, const void * restrict vx,
-                                      const void * restrict vy, size_t by) {
-    const tri_block_q4_1 * x = vx;
-    const tri_block_q8_1 * y[4];
-    __m256 a[2][4];
-    __m128 m[4];
-    for (int t = 0; t < 4; t++) {
-        y[t] = (const tri_block_q8_1 *)((const char *)vy + t * by);
-        a[0][t] = a[1][t] = _mm256_setzero_ps();
-        m[t] = _mm_setzero_ps();
-    }
-    const int nb = n / TRI_QK4_1;
-    for (int b = 0; b < nb; b++) {
-        const int par = (b & 1) && b < (nb & ~1); /* a trailing odd block goes to the even sum */
-        const __m256i q  = tri_unpack_nibbles(x[b].qs);
-        const __m128  dx = tri_load_2h(&x[b].d);
-        for (int t = 0; t < 4; t++) {
-            const __m128  dd = _mm_mul_ps(dx, tri_load_2h(&y[t][b].d));
-            const __m256i p  = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)y[t][b].qs));
-            a[par][t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(p), a[par][t]);
-            m[t] = _mm_add_ps(m[t], dd);
-        }
-    }
-    for (int t = 0; t < 4; t++) {
-        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t])) + tri_lane1(m[t]);
-    }
-}
-
 /* ---- Q8_0 x Q8_0: signed x signed as |x| (u8) x (y with x's sign) ---- */
 
 static inline __m256i tri_dot_s8s8_vnni(__m256i x, __m256i y) {
@@ -103,31 +74,6 @@ static void tri_vec_dot_q8_0_avx512(int n, float * restrict s, const void * rest
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(tri_h2f(x[b].d) * tri_h2f(y[b].d)), _mm256_cvtepi32_ps(p), acc0);
     }
     *s = tri_hsum_ps(_mm256_add_ps(acc0, acc1));
-}
-
-/* Same summation order as tri_vec_dot_q8_0_avx512. */
-static void tri_vec_dot4_q8_0_avx512(int n, float * restrict s, int64_t ls, const void * restrict vx,
-                                      const void * restrict vy, size_t by) {
-    const tri_block_q8_0 * x = vx;
-    const tri_block_q8_0 * y[4];
-    __m256 a[2][4];
-    for (int t = 0; t < 4; t++) {
-        y[t] = (const tri_block_q8_0 *)((const char *)vy + t * by);
-        a[0][t] = a[1][t] = _mm256_setzero_ps();
-    }
-    const int nb = n / TRI_QK8_0;
-    for (int b = 0; b < nb; b++) {
-        const int par = (b & 1) && b < (nb & ~1);
-        const __m256i xx = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        const float   dx = tri_h2f(x[b].d);
-        for (int t = 0; t < 4; t++) {
-            const __m256i p = tri_dot_s8s8_vnni(xx, _mm256_loadu_si256((const __m256i *)y[t][b].qs));
-            a[par][t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * tri_h2f(y[t][b].d)), _mm256_cvtepi32_ps(p), a[par][t]);
-        }
-    }
-    for (int t = 0; t < 4; t++) {
-        s[t * ls] = tri_hsum_ps(_mm256_add_ps(a[0][t], a[1][t]));
-    }
 }
 
 /* ---- Q4_0, Q5_0, Q5_1: one block per 256-bit VNNI step ---- */
@@ -179,6 +125,39 @@ static void tri_vec_dot_q5_1_avx512(int n, float * restrict s, const void * rest
     }
     *s = tri_hsum_ps(acc) + tri_lane1(accm);
 }
+
+/* ---- matrix kernels (x86_gemm.h): VNNI dot products ---- */
+
+static inline __m256i tri_dp_us(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(acc, u, s);
+}
+static inline __m256i tri_dp_ss(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(a), _mm256_sign_epi8(b, a));
+}
+static inline __m256i tri_dp_xw(__m256i acc, __m256i xu, __m256i w) {
+    return _mm256_dpbusd_epi32(acc, xu, w);
+}
+static inline __m256i tri_dp_i16(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_dpwssd_epi32(acc, a, b);
+}
+/* Sub-block scales: one int32 multiply per sub-block and token, after plain byte dot products. */
+static inline __m256i tri_kscale_prep(__m256i sc16) {
+    return _mm256_srai_epi32(sc16, 16);
+}
+static inline void tri_kpart_acc(__m256i * part, __m256i * isum, __m256i xu, __m256i w, __m256i sc) {
+    *part = _mm256_dpbusd_epi32(*part, xu, w);
+}
+static inline void tri_kpart_end(__m256i * isum, __m256i part, __m256i sc) {
+    *isum = _mm256_add_epi32(*isum, _mm256_mullo_epi32(part, sc));
+}
+static inline __m256i tri_qh16(const uint8_t * qh) {
+    return tri_qh_to_16(qh);
+}
+#define TRI_GEMM_T32  6
+#define TRI_GEMM_NP32 2
+#define TRI_GEMM_TK   4
+#define TRI_GEMM_NPK  2
+#include "../x86_gemm.h"
 
 /* ---- float types ---- */
 
@@ -257,7 +236,5 @@ void tri_register_avx512(tri_isa_kernels * k) {
     k->vec_dot[TRI_TYPE_Q4_K] = tri_vec_dot_q4_K_x86;
     k->vec_dot[TRI_TYPE_Q5_K] = tri_vec_dot_q5_K_x86;
     k->vec_dot[TRI_TYPE_Q6_K] = tri_vec_dot_q6_K_x86;
-
-    k->vec_dot4[TRI_TYPE_Q4_1] = tri_vec_dot4_q4_1_avx512;
-    k->vec_dot4[TRI_TYPE_Q8_0] = tri_vec_dot4_q8_0_avx512;
+    tri_gemm_register(k);
 }

@@ -1,0 +1,830 @@
+/* Integer matrix kernels over 256-bit vectors, shared by the AVX2 and AVX-512 files (each compiles them
+ * for its own ISA). Two shapes, one arithmetic:
+ *
+ * - gemv (decode): 8 weight rows against one activation row, straight from the GGUF blocks;
+ * - gemm (prefill): 8 or 16 rows repacked once into panels, then met by every token, T at a time.
+ *
+ * Both compute, for every (row, token) and every block (32 values) or super-block (256 values), the
+ * exact integer dot product of the codes, then the same float operations in the same order:
+ *     32-value types: s[b % 8] = fma(float(isum_b), d_w * d_x, s[b % 8]) over blocks b in order, and
+ *       for Q4_1, Q5_1 t[b % 8] = fma(m_w, s_x, t[b % 8]) (s_x: the Q8_1 block's s); the result is
+ *       tree(s) + tree(t), tree(v) = ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))
+ *     K types: per super-block b, s[b % 8] = fma(float(isum_b), d_w * d_x, s[b % 8]), then for Q2_K,
+ *       Q4_K, Q5_K s[b % 8] = s[b % 8] - float(msum_b) * (dmin_w * d_x) (msum: mins x sums of codes);
+ *       the result is tree(s)
+ * So a token's result does not depend on how tokens were batched, which rows a thread got, or which shape
+ * ran. Decode streams one row at a time and reduces eight blocks at once (lanes = blocks) into s; the
+ * prefill tiles (lanes = rows) walk the blocks of one residue class mod 8 after the other.
+ *
+ * The including file defines, for its ISA (all exact integer arithmetic):
+ *     tri_dp_us(acc, u, s)   acc + sums of 4 products u8 x s8 per 32-bit lane (callers keep each product
+ *                            pair below 2^15: u <= 255 with |s| <= 64, or u <= 128)
+ *     tri_dp_ss(acc, a, b)   acc + sums of 4 products s8 x s8 (a, b != -128)
+ *     tri_dp_xw(acc, xu, w)  acc + sums of 4 products of bytes xu and int8 weights w of any size, either
+ *                            reading xu as unsigned or as xu - 128: a panel's correction is computed with
+ *                            the same function, so both give the true dot product
+ *     tri_dp_i16(acc, a, b)  acc + sums of 2 products s16 x s16 per lane
+ *     tri_kscale_prep(v), tri_kpart_acc(&part, &isum, xu, w, sc), tri_kpart_end(&isum, part, sc):
+ *                            isum += scale x (dot of a sub-block), with v the panel's int16 scale pairs
+ *     tri_qh16(qh)           32 bits -> 32 bytes, 16 where the bit is set
+ *     TRI_GEMM_T32, TRI_GEMM_NP32, TRI_GEMM_TK, TRI_GEMM_NPK: tokens x panels of the prefill tiles. */
+#ifndef TRI_X86_GEMM_H
+#define TRI_X86_GEMM_H
+
+#include "../quants.h"
+#include "avx2/simd_avx2.h"
+#include "kernels.h"
+#include "x86_kquants.h"
+
+#include <math.h>
+#include <stddef.h>
+
+#define TRI_INLINE static inline __attribute__((always_inline))
+
+/* ---- panels ----
+ * A panel holds 8 weight rows as int8 values, four consecutive values of one row per 32-bit lane:
+ * vector g of a 32-value chunk holds values 4g..4g+3 of rows 0..7. Per block (32-value types):
+ *     [0, 256)     8 vectors of values
+ *     [256, 288)   int32 x 8: minus each row's dot with activation bytes all 0x80 (see tri_dp_xw)
+ *     [288, 320)   float x 8: d          [320, 352) float x 8: m (Q4_1, Q5_1)
+ * Per super-block (K types; S = 8 or 16 sub-blocks of 256 / S values):
+ *     [0, 2048)    64 vectors of values (chunk c of 32 values at 256 c)
+ *     [2048, 2560) per sub-block j: each row's int16 scale, twice per lane
+ *     [2560, 2592) int32 x 8: the negated correction, as above, scales applied
+ *     [2592, 2624) float x 8: d          [2624, 2656) float x 8: dmin
+ *     [2656, 2912) per pair of sub-blocks k: int16 (min 2k, min 2k+1) of each row */
+#define TRI_PAN32_BLOCK 352
+#define TRI_PANK_BLOCK  2912
+#define TRI_PANK_SC     2048
+#define TRI_PANK_CORR   2560
+#define TRI_PANK_D      2592
+#define TRI_PANK_DMIN   2624
+#define TRI_PANK_MINS   2656
+
+/* 8 x 8 int32 transpose: lane g of v[r] -> lane r of v[g]. */
+TRI_INLINE void tri_transpose8(__m256i v[8]) {
+    __m256i a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i]     = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+        a[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        b[i]     = _mm256_unpacklo_epi64(a[i], a[i + 2]);
+        b[i + 1] = _mm256_unpackhi_epi64(a[i], a[i + 2]);
+        b[i + 2] = _mm256_unpacklo_epi64(a[i + 1], a[i + 3]);
+        b[i + 3] = _mm256_unpackhi_epi64(a[i + 1], a[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i]     = _mm256_permute2x128_si256(b[i], b[i + 4], 0x20);
+        v[i + 4] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x31);
+    }
+}
+
+/* Lane r = sum of the 8 lanes of p[r]. */
+TRI_INLINE __m256i tri_reduce8(const __m256i p[8]) {
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* Stores lanes [0, n) of v at y (n <= 8). */
+TRI_INLINE void tri_store_rows(float * y, __m256 v, int n) {
+    if (n >= 8) {
+        _mm256_storeu_ps(y, v);
+        return;
+    }
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    for (int i = 0; i < n; i++) {
+        y[i] = t[i];
+    }
+}
+
+TRI_INLINE __m256i tri_bcast32(const uint8_t * p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* ---- weight codes per type ----
+ * tri_codes_*: the unsigned codes of a 32-value block (decode); tri_vals_*: int8 values of chunk c
+ * (32 values) of a block, before any sub-block scale (prefill panels). */
+
+TRI_INLINE __m256i tri_codes_q4(const uint8_t * b, size_t qs) {
+    return tri_unpack_nibbles(b + qs);
+}
+TRI_INLINE __m256i tri_codes_q5(const uint8_t * b, size_t qs, size_t qh) {
+    return _mm256_or_si256(tri_unpack_nibbles(b + qs), tri_qh16(b + qh));
+}
+TRI_INLINE __m256i tri_vals_q4_0(const uint8_t * b, int c) {
+    return _mm256_sub_epi8(tri_codes_q4(b, offsetof(tri_block_q4_0, qs)), _mm256_set1_epi8(8));
+}
+TRI_INLINE __m256i tri_vals_q4_1(const uint8_t * b, int c) {
+    return tri_codes_q4(b, offsetof(tri_block_q4_1, qs));
+}
+TRI_INLINE __m256i tri_vals_q5_0(const uint8_t * b, int c) {
+    return _mm256_sub_epi8(tri_codes_q5(b, offsetof(tri_block_q5_0, qs), offsetof(tri_block_q5_0, qh)),
+                           _mm256_set1_epi8(16));
+}
+TRI_INLINE __m256i tri_vals_q5_1(const uint8_t * b, int c) {
+    return tri_codes_q5(b, offsetof(tri_block_q5_1, qs), offsetof(tri_block_q5_1, qh));
+}
+TRI_INLINE __m256i tri_vals_q8_0(const uint8_t * b, int c) {
+    return _mm256_loadu_si256((const __m256i *) (b + offsetof(tri_block_q8_0, qs)));
+}
+
+/* Bytes whose bit `bit` is set -> v, others 0. */
+TRI_INLINE __m256i tri_bit_bytes(const uint8_t * p, int bit, int v) {
+    const __m256i m = _mm256_set1_epi8((char) (1 << bit));
+    const __m256i x = _mm256_loadu_si256((const __m256i *) p);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(x, m), m), _mm256_set1_epi8((char) v));
+}
+TRI_INLINE __m256i tri_crumbs(const uint8_t * p, int k) { /* (p[l] >> 2k) & 3 */
+    return _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *) p), 2 * k), _mm256_set1_epi8(3));
+}
+TRI_INLINE __m256i tri_nibbles(const uint8_t * p, int hi) { /* (p[l] >> 4 hi) & 15 */
+    return _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *) p), 4 * hi), _mm256_set1_epi8(15));
+}
+TRI_INLINE __m256i tri_vals_q2_K(const uint8_t * b, int c) {
+    return tri_crumbs(((const tri_block_q2_K *) b)->qs + 32 * (c / 4), c % 4);
+}
+TRI_INLINE __m256i tri_vals_q3_K(const uint8_t * b, int c) {
+    const tri_block_q3_K * x = (const tri_block_q3_K *) b;
+    const __m256i q = _mm256_or_si256(tri_crumbs(x->qs + 32 * (c / 4), c % 4), tri_bit_bytes(x->hmask, c, 4));
+    return _mm256_sub_epi8(q, _mm256_set1_epi8(4));
+}
+TRI_INLINE __m256i tri_vals_q4_K(const uint8_t * b, int c) {
+    return tri_nibbles(((const tri_block_q4_K *) b)->qs + 32 * (c / 2), c % 2);
+}
+TRI_INLINE __m256i tri_vals_q5_K(const uint8_t * b, int c) {
+    const tri_block_q5_K * x = (const tri_block_q5_K *) b;
+    return _mm256_or_si256(tri_nibbles(x->qs + 32 * (c / 2), c % 2), tri_bit_bytes(x->qh, c, 16));
+}
+TRI_INLINE __m256i tri_vals_q6_K(const uint8_t * b, int c) {
+    const tri_block_q6_K * x = (const tri_block_q6_K *) b;
+    const int h = c / 4, k = c % 4;
+    const __m256i lo = tri_nibbles(x->ql + 64 * h + 32 * (k % 2), k / 2);
+    const __m256i hi = _mm256_slli_epi16(tri_crumbs(x->qh + 32 * h, k), 4);
+    return _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
+}
+
+/* Sub-block scales and mins of one K block. */
+TRI_INLINE void tri_kscales_q2_K(const uint8_t * b, int sc[16], int mn[16]) {
+    const tri_block_q2_K * x = (const tri_block_q2_K *) b;
+    for (int j = 0; j < 16; j++) {
+        sc[j] = x->scales[j] & 15;
+        mn[j] = x->scales[j] >> 4;
+    }
+}
+TRI_INLINE void tri_kscales_q3_K(const uint8_t * b, int sc[16], int mn[16]) {
+    int8_t s[16];
+    tri_q3_K_scales(((const tri_block_q3_K *) b)->scales, s);
+    for (int j = 0; j < 16; j++) {
+        sc[j] = s[j];
+        mn[j] = 0;
+    }
+}
+TRI_INLINE void tri_kscales_k4(const uint8_t * scales, int sc[16], int mn[16]) {
+    for (int j = 0; j < 8; j++) {
+        uint8_t s, m;
+        tri_get_scale_min_k4(j, scales, &s, &m);
+        sc[j] = s;
+        mn[j] = m;
+    }
+}
+TRI_INLINE void tri_kscales_q4_K(const uint8_t * b, int sc[16], int mn[16]) {
+    tri_kscales_k4(((const tri_block_q4_K *) b)->scales, sc, mn);
+}
+TRI_INLINE void tri_kscales_q5_K(const uint8_t * b, int sc[16], int mn[16]) {
+    tri_kscales_k4(((const tri_block_q5_K *) b)->scales, sc, mn);
+}
+TRI_INLINE void tri_kscales_q6_K(const uint8_t * b, int sc[16], int mn[16]) {
+    for (int j = 0; j < 16; j++) {
+        sc[j] = ((const tri_block_q6_K *) b)->scales[j];
+        mn[j] = 0;
+    }
+}
+
+typedef __m256i (*tri_vals_fn)(const uint8_t * block, int chunk);
+typedef void (*tri_kscales_fn)(const uint8_t * block, int sc[16], int mn[16]);
+
+/* ---- panels: repacking ---- */
+
+/* Values of chunk c of 8 rows (rows >= nrows read as 0), transposed and stored at dst. */
+TRI_INLINE void tri_pack_chunk(const uint8_t * const rp[8], int nrows, tri_vals_fn vals, int c, uint8_t * dst) {
+    __m256i v[8];
+    for (int r = 0; r < 8; r++) {
+        v[r] = r < nrows ? vals(rp[r], c) : _mm256_setzero_si256();
+    }
+    tri_transpose8(v);
+    for (int g = 0; g < 8; g++) {
+        _mm256_storeu_si256((__m256i *) (dst + 32 * g), v[g]);
+    }
+}
+
+/* Panel of rows [0, nrows) (nrows <= 8, stride rs) of a 32-value type with block size bsz. */
+TRI_INLINE void tri_pack32(const uint8_t * W, size_t rs, int nrows, int nb, size_t bsz, tri_vals_fn vals,
+                           bool wide, int off_m, uint8_t * pan) {
+    const __m256i x80 = _mm256_set1_epi8((char) 0x80);
+    for (int b = 0; b < nb; b++) {
+        uint8_t * pb = pan + (size_t) b * TRI_PAN32_BLOCK;
+        const uint8_t * rp[8];
+        for (int r = 0; r < 8; r++) {
+            rp[r] = W + (size_t) (r < nrows ? r : 0) * rs + (size_t) b * bsz;
+        }
+        tri_pack_chunk(rp, nrows, vals, 0, pb);
+        __m256i corr = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *) (pb + 32 * g));
+            corr = wide ? tri_dp_xw(corr, x80, w) : tri_dp_us(corr, x80, w);
+        }
+        _mm256_storeu_si256((__m256i *) (pb + 256), _mm256_sub_epi32(_mm256_setzero_si256(), corr));
+        float d[8], m[8];
+        for (int r = 0; r < 8; r++) {
+            tri_fp16 h;
+            memcpy(&h, rp[r], 2);
+            d[r] = r < nrows ? tri_h2f(h) : 0.0f;
+            if (off_m >= 0) {
+                memcpy(&h, rp[r] + off_m, 2);
+                m[r] = r < nrows ? tri_h2f(h) : 0.0f;
+            }
+        }
+        _mm256_storeu_ps((float *) (pb + 288), _mm256_loadu_ps(d));
+        if (off_m >= 0) {
+            _mm256_storeu_ps((float *) (pb + 320), _mm256_loadu_ps(m));
+        }
+    }
+}
+
+/* Panel of a K type: S sub-blocks, d at byte off_d of a block, dmin at off_dmin (< 0: none). */
+TRI_INLINE void tri_packK(const uint8_t * W, size_t rs, int nrows, int nsb, size_t bsz, tri_vals_fn vals,
+                          tri_kscales_fn kscales, int S, size_t off_d, int off_dmin, uint8_t * pan) {
+    const int G = 64 / S;
+    const __m256i x80 = _mm256_set1_epi8((char) 0x80);
+    for (int sb = 0; sb < nsb; sb++) {
+        uint8_t * pb = pan + (size_t) sb * TRI_PANK_BLOCK;
+        const uint8_t * rp[8];
+        for (int r = 0; r < 8; r++) {
+            rp[r] = W + (size_t) (r < nrows ? r : 0) * rs + (size_t) sb * bsz;
+        }
+        for (int c = 0; c < 8; c++) {
+            tri_pack_chunk(rp, nrows, vals, c, pb + 256 * c);
+        }
+        uint32_t sc16[16][8], mn16[8][8];
+        float d[8], dmin[8];
+        for (int r = 0; r < 8; r++) {
+            int sc[16] = { 0 }, mn[16] = { 0 };
+            tri_fp16 h = 0, hm = 0;
+            if (r < nrows) {
+                kscales(rp[r], sc, mn);
+                memcpy(&h, rp[r] + off_d, 2);
+                if (off_dmin >= 0) {
+                    memcpy(&hm, rp[r] + off_dmin, 2);
+                }
+            }
+            for (int j = 0; j < S; j++) {
+                sc16[j][r] = ((uint32_t) sc[j] & 0xFFFF) | ((uint32_t) sc[j] << 16);
+            }
+            for (int k = 0; k < S / 2; k++) {
+                mn16[k][r] = ((uint32_t) mn[2 * k] & 0xFFFF) | ((uint32_t) mn[2 * k + 1] << 16);
+            }
+            d[r]    = tri_h2f(h);
+            dmin[r] = tri_h2f(hm);
+        }
+        memcpy(pb + TRI_PANK_SC, sc16, (size_t) S * 32);
+        memcpy(pb + TRI_PANK_MINS, mn16, (size_t) S / 2 * 32);
+        memcpy(pb + TRI_PANK_D, d, 32);
+        memcpy(pb + TRI_PANK_DMIN, dmin, 32);
+        __m256i isum = _mm256_setzero_si256();
+        for (int j = 0; j < S; j++) {
+            const __m256i sc = tri_kscale_prep(_mm256_loadu_si256((const __m256i *) (pb + TRI_PANK_SC + 32 * j)));
+            __m256i part = _mm256_setzero_si256();
+            for (int g = 0; g < G; g++) {
+                tri_kpart_acc(&part, &isum, x80, _mm256_loadu_si256((const __m256i *) (pb + 32 * (j * G + g))), sc);
+            }
+            tri_kpart_end(&isum, part, sc);
+        }
+        _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_CORR), _mm256_sub_epi32(_mm256_setzero_si256(), isum));
+    }
+}
+
+/* ---- activation rows (tri_xrow_layout): per token the Q8 blocks, then xu, d, s / bs16 / bs32 ---- */
+
+typedef struct {
+    const uint8_t * xu[16];  /* codes + 128 */
+    const float *   d[16];   /* block scales */
+    const float *   s[16];   /* Q8_1: the blocks' s */
+    const int16_t * bs16[16];/* Q8_K: sums of 16 codes */
+    const int16_t * bs32[16];/* Q8_K: sums of 32 codes */
+} tri_xtile;
+
+/* ---- prefill tiles ---- */
+
+#define TRI_GEMM_TMAX (TRI_GEMM_T32 > TRI_GEMM_TK ? TRI_GEMM_T32 : TRI_GEMM_TK)
+
+TRI_INLINE void tri_acc_zero(__m256 acc[2][TRI_GEMM_TMAX], int NP, int T) {
+    for (int p = 0; p < NP; p++) {
+        for (int t = 0; t < T; t++) {
+            acc[p][t] = _mm256_setzero_ps();
+        }
+    }
+}
+
+TRI_INLINE void tri_acc_copy(__m256 dst[2][TRI_GEMM_TMAX], __m256 src[2][TRI_GEMM_TMAX], int NP, int T) {
+    for (int p = 0; p < NP; p++) {
+        for (int t = 0; t < T; t++) {
+            dst[p][t] = src[p][t];
+        }
+    }
+}
+
+/* Token t's results (the first nrows of 8 NP rows) to yt[t]. */
+TRI_INLINE void tri_acc_store(__m256 acc[2][TRI_GEMM_TMAX], int NP, int T, float * const * yt, int nrows) {
+    for (int p = 0; p < NP; p++) {
+        for (int t = 0; t < T; t++) {
+            tri_store_rows(yt[t] + 8 * p, acc[p][t], nrows - 8 * p);
+        }
+    }
+}
+
+/* One block b of 32-value types into acc (NP panels x T tokens). */
+TRI_INLINE void tri_tile32_block(const uint8_t * pan, size_t pstride, int NP, int T, int b, bool wide,
+                                 const tri_xtile * xt, __m256 acc[2][TRI_GEMM_TMAX]) {
+    const uint8_t * pb = pan + (size_t) b * TRI_PAN32_BLOCK;
+    __m256i s[2][TRI_GEMM_T32];
+    for (int p = 0; p < NP; p++) {
+        const __m256i nc = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 256));
+        for (int t = 0; t < T; t++) {
+            s[p][t] = nc;
+        }
+    }
+    for (int g = 0; g < 8; g++) {
+        __m256i w[2];
+        for (int p = 0; p < NP; p++) {
+            w[p] = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 32 * g));
+        }
+        for (int t = 0; t < T; t++) {
+            const __m256i xb = tri_bcast32(xt->xu[t] + 32 * b + 4 * g);
+            for (int p = 0; p < NP; p++) {
+                s[p][t] = wide ? tri_dp_xw(s[p][t], xb, w[p]) : tri_dp_us(s[p][t], xb, w[p]);
+            }
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        const __m256 dw = _mm256_loadu_ps((const float *) (pb + p * pstride + 288));
+        for (int t = 0; t < T; t++) {
+            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xt->d[t][b]));
+            acc[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[p][t]), dd, acc[p][t]);
+        }
+    }
+}
+
+/* tree(v) of eight partial sums, for NP x T vectors at once (v[j] = partial sum j). */
+TRI_INLINE void tri_acc_tree(__m256 v[8][2][TRI_GEMM_TMAX], int NP, int T, __m256 out[2][TRI_GEMM_TMAX]) {
+    for (int p = 0; p < NP; p++) {
+        for (int t = 0; t < T; t++) {
+            const __m256 a0 = _mm256_add_ps(v[0][p][t], v[4][p][t]), a1 = _mm256_add_ps(v[1][p][t], v[5][p][t]);
+            const __m256 a2 = _mm256_add_ps(v[2][p][t], v[6][p][t]), a3 = _mm256_add_ps(v[3][p][t], v[7][p][t]);
+            out[p][t] = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+        }
+    }
+}
+
+/* 32-value types: NP panels (8 rows each, pstride bytes apart) x T tokens over nb blocks; token t's 8 NP
+ * results go to yt[t] (the first nrows of them). */
+TRI_INLINE void tri_tile32(const uint8_t * pan, size_t pstride, int NP, int T, int nb, bool wide, bool has_m,
+                           const tri_xtile * xt, float * const * yt, int nrows) {
+    __m256 part[8][2][TRI_GEMM_TMAX], res[2][TRI_GEMM_TMAX];
+    for (int j = 0; j < 8; j++) {
+        __m256 acc[2][TRI_GEMM_TMAX]; /* in registers while the residue class runs */
+        tri_acc_zero(acc, NP, T);
+        for (int b = j; b < nb; b += 8) {
+            tri_tile32_block(pan, pstride, NP, T, b, wide, xt, acc);
+        }
+        tri_acc_copy(part[j], acc, NP, T);
+    }
+    tri_acc_tree(part, NP, T, res);
+    if (has_m) {
+        __m256 mres[2][TRI_GEMM_TMAX];
+        for (int j = 0; j < 8; j++) {
+            __m256 acc[2][TRI_GEMM_TMAX];
+            tri_acc_zero(acc, NP, T);
+            for (int b = j; b < nb; b += 8) {
+                const uint8_t * pb = pan + (size_t) b * TRI_PAN32_BLOCK;
+                for (int p = 0; p < NP; p++) {
+                    const __m256 mw = _mm256_loadu_ps((const float *) (pb + p * pstride + 320));
+                    for (int t = 0; t < T; t++) {
+                        acc[p][t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xt->s[t][b]), acc[p][t]);
+                    }
+                }
+            }
+            tri_acc_copy(part[j], acc, NP, T);
+        }
+        tri_acc_tree(part, NP, T, mres);
+        for (int p = 0; p < NP; p++) {
+            for (int t = 0; t < T; t++) {
+                res[p][t] = _mm256_add_ps(res[p][t], mres[p][t]);
+            }
+        }
+    }
+    tri_acc_store(res, NP, T, yt, nrows);
+}
+
+/* One super-block sb of a K type into acc (NP panels x T tokens); S sub-blocks of 256 / S values. */
+TRI_INLINE void tri_tileK_sb(const uint8_t * pan, size_t pstride, int NP, int T, int sb, int S, bool has_min,
+                             const tri_xtile * xt, __m256 acc[2][TRI_GEMM_TMAX]) {
+    const int G = 64 / S; /* 4-value groups per sub-block */
+    const uint8_t * pb = pan + (size_t) sb * TRI_PANK_BLOCK;
+    __m256i isum[2][TRI_GEMM_TK];
+    for (int p = 0; p < NP; p++) {
+        const __m256i nc = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_CORR));
+        for (int t = 0; t < T; t++) {
+            isum[p][t] = nc;
+        }
+    }
+    for (int j = 0; j < S; j++) {
+        __m256i sc[2];
+        __m256i part[2][TRI_GEMM_TK];
+        for (int p = 0; p < NP; p++) {
+            sc[p] = tri_kscale_prep(_mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_SC + 32 * j)));
+            for (int t = 0; t < T; t++) {
+                part[p][t] = _mm256_setzero_si256();
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            const int v = j * G + g; /* vector index in the super-block */
+            __m256i w[2];
+            for (int p = 0; p < NP; p++) {
+                w[p] = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + 32 * v));
+            }
+            for (int t = 0; t < T; t++) {
+                const __m256i xb = tri_bcast32(xt->xu[t] + 256 * sb + 4 * v);
+                for (int p = 0; p < NP; p++) {
+                    tri_kpart_acc(&part[p][t], &isum[p][t], xb, w[p], sc[p]);
+                }
+            }
+        }
+        for (int p = 0; p < NP; p++) {
+            for (int t = 0; t < T; t++) {
+                tri_kpart_end(&isum[p][t], part[p][t], sc[p]);
+            }
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        const __m256 dw = _mm256_loadu_ps((const float *) (pb + p * pstride + TRI_PANK_D));
+        for (int t = 0; t < T; t++) {
+            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xt->d[t][sb]));
+            acc[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[p][t]), dd, acc[p][t]);
+        }
+        if (!has_min) {
+            continue;
+        }
+        const __m256 dm = _mm256_loadu_ps((const float *) (pb + p * pstride + TRI_PANK_DMIN));
+        for (int t = 0; t < T; t++) {
+            /* pairs of code sums matching the panel's pairs of mins */
+            const uint8_t * bp = S == 8 ? (const uint8_t *) (xt->bs32[t] + 8 * sb)
+                                        : (const uint8_t *) (xt->bs16[t] + 16 * sb);
+            __m256i ms = _mm256_setzero_si256();
+            for (int k = 0; k < S / 2; k++) {
+                const __m256i mn = _mm256_loadu_si256((const __m256i *) (pb + p * pstride + TRI_PANK_MINS + 32 * k));
+                ms = tri_dp_i16(ms, mn, tri_bcast32(bp + 4 * k));
+            }
+            const __m256 dd = _mm256_mul_ps(dm, _mm256_set1_ps(xt->d[t][sb]));
+            acc[p][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), dd, acc[p][t]);
+        }
+    }
+}
+
+/* K types: S sub-blocks per super-block, nsb super-blocks, one residue class mod 8 after the other. */
+TRI_INLINE void tri_tileK(const uint8_t * pan, size_t pstride, int NP, int T, int nsb, int S, bool has_min,
+                          const tri_xtile * xt, float * const * yt, int nrows) {
+    __m256 part[8][2][TRI_GEMM_TMAX], res[2][TRI_GEMM_TMAX];
+    for (int j = 0; j < 8; j++) {
+        __m256 acc[2][TRI_GEMM_TMAX];
+        tri_acc_zero(acc, NP, T);
+        for (int sb = j; sb < nsb; sb += 8) {
+            tri_tileK_sb(pan, pstride, NP, T, sb, S, has_min, xt, acc);
+        }
+        tri_acc_copy(part[j], acc, NP, T);
+    }
+    tri_acc_tree(part, NP, T, res);
+    tri_acc_store(res, NP, T, yt, nrows);
+}
+
+/* ---- prefill drivers: panels of up to 8 NP rows, then all tokens T at a time ---- */
+
+/* Token tile starting at t0 (T slots; slots past n_tok repeat the last token and write to `spare`). */
+TRI_INLINE void tri_xtile_at(tri_xtile * xt, float ** yt, const uint8_t * x, size_t xs, const tri_xrow_layout * L,
+                             int64_t t0, int64_t n_tok, int T, float * y, int64_t ldy, float * spare) {
+    for (int t = 0; t < T; t++) {
+        const int64_t tk = t0 + t < n_tok ? t0 + t : n_tok - 1;
+        const uint8_t * row = x + (size_t) tk * xs;
+        xt->xu[t]   = row + L->xu;
+        xt->d[t]    = (const float *) (row + L->d);
+        xt->s[t]    = (const float *) (row + L->s);
+        xt->bs16[t] = (const int16_t *) (row + L->bs16);
+        xt->bs32[t] = (const int16_t *) (row + L->bs32);
+        yt[t] = t0 + t < n_tok ? y + tk * ldy : spare;
+    }
+}
+
+/* A weight type as the prefill driver sees it. */
+typedef struct {
+    enum tri_type  vdt;      /* activation type */
+    size_t         bsz;      /* bytes per block */
+    int            S;        /* K types: sub-blocks per super-block; 0: 32-value types */
+    tri_vals_fn    vals;
+    tri_kscales_fn kscales;  /* K types */
+    bool           wide;     /* 32-value types: int8 weights of any size (Q8_0) */
+    int            off_m;    /* 32-value types: byte offset of m in a block, -1: none */
+    size_t         off_d;    /* K types: byte offsets of d and dmin (-1: none) */
+    int            off_dmin;
+} tri_wtype;
+
+TRI_INLINE void tri_tile(const tri_wtype * D, const uint8_t * pan, size_t ps, int NP, int n, const tri_xtile * xt,
+                         float * const * yt, int nrows) {
+    if (D->S) {
+        tri_tileK(pan, ps, NP, TRI_GEMM_TK, n / 256, D->S, D->off_dmin >= 0, xt, yt, nrows);
+    } else {
+        tri_tile32(pan, ps, NP, TRI_GEMM_T32, n / 32, D->wide, D->off_m >= 0, xt, yt, nrows);
+    }
+}
+
+/* Rows in groups of 8 NP: repacked into NP panels, then met by all tokens, T at a time. */
+TRI_INLINE void tri_gemm_panels(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs,
+                                int64_t n_tok, float * y, int64_t ldy, uint8_t * scratch, tri_wtype D) {
+    const int    NP = D.S ? TRI_GEMM_NPK : TRI_GEMM_NP32;
+    const int    T  = D.S ? TRI_GEMM_TK : TRI_GEMM_T32;
+    const size_t ps = D.S ? (size_t) (n / 256) * TRI_PANK_BLOCK : (size_t) (n / 32) * TRI_PAN32_BLOCK;
+    const tri_xrow_layout L = tri_xrow_layout_of(D.vdt, n);
+    float spare[16];
+    for (int64_t r0 = 0; r0 < nrows; r0 += 8 * NP) {
+        const int nr = (int) (nrows - r0 < 8 * NP ? nrows - r0 : 8 * NP);
+        const int np = (nr + 7) / 8;
+        for (int p = 0; p < np; p++) {
+            const uint8_t * Wp = W + (size_t) (r0 + 8 * p) * rs;
+            const int       k  = nr - 8 * p < 8 ? nr - 8 * p : 8;
+            if (D.S) {
+                tri_packK(Wp, rs, k, n / 256, D.bsz, D.vals, D.kscales, D.S, D.off_d, D.off_dmin, scratch + p * ps);
+            } else {
+                tri_pack32(Wp, rs, k, n / 32, D.bsz, D.vals, D.wide, D.off_m, scratch + p * ps);
+            }
+        }
+        for (int64_t t0 = 0; t0 < n_tok; t0 += T) {
+            tri_xtile xt;
+            float *   yt[TRI_GEMM_TMAX];
+            tri_xtile_at(&xt, yt, x, xs, &L, t0, n_tok, T, y + r0, ldy, spare);
+            if (np == NP) {
+                tri_tile(&D, scratch, ps, NP, n, &xt, yt, nr);
+            } else {
+                tri_tile(&D, scratch, ps, 1, n, &xt, yt, nr);
+            }
+        }
+    }
+}
+
+/* ---- decode: one row at a time, its blocks read in order, eight of them in the vector lanes ---- */
+
+/* The 32-bit values at the start of 4 blocks bsz apart from p (lanes >= k: 0), built with register inserts:
+ * small stores then a wide reload would stall on store forwarding. */
+TRI_INLINE uint32_t tri_ld_u32(const uint8_t * p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+TRI_INLINE __m128i tri_u32x4(const uint8_t * p, size_t bsz, int k) {
+    __m128i v = _mm_cvtsi32_si128(k > 0 ? (int) tri_ld_u32(p) : 0);
+    v = _mm_insert_epi32(v, k > 1 ? (int) tri_ld_u32(p + 1 * bsz) : 0, 1);
+    v = _mm_insert_epi32(v, k > 2 ? (int) tri_ld_u32(p + 2 * bsz) : 0, 2);
+    return _mm_insert_epi32(v, k > 3 ? (int) tri_ld_u32(p + 3 * bsz) : 0, 3);
+}
+
+/* fp16 at byte off of 8 blocks bsz apart from p, as floats (lanes >= k: 0). */
+TRI_INLINE __m256 tri_block_h8(const uint8_t * p, size_t bsz, size_t off, int k) {
+    uint16_t h[8];
+    for (int i = 0; i < 8; i++) {
+        h[i] = 0;
+        if (i < k) {
+            memcpy(&h[i], p + (size_t) i * bsz + off, 2);
+        }
+    }
+    return _mm256_cvtph_ps(_mm_setr_epi16((short) h[0], (short) h[1], (short) h[2], (short) h[3], (short) h[4],
+                                          (short) h[5], (short) h[6], (short) h[7]));
+}
+
+/* The fp16 pair (d, m) at the start of 8 blocks bsz apart from p, as floats (lanes >= k: 0). */
+TRI_INLINE void tri_block_2h8(const uint8_t * p, size_t bsz, int k, __m256 * d, __m256 * m) {
+    const __m256i v = _mm256_set_m128i(tri_u32x4(p + 4 * bsz, bsz, k - 4), tri_u32x4(p, bsz, k));
+    /* per 128-bit lane: its four d halves, then its four m halves; then both lanes' d, both lanes' m */
+    const __m256i sh = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    const __m256i dm = _mm256_permute4x64_epi64(sh, 0xD8);
+    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+    *m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
+}
+
+/* 8 floats from p, lanes >= k: 0 (the floats past an x row's array are other data). */
+TRI_INLINE __m256 tri_load8_k(const float * p, int k) {
+    if (k >= 8) {
+        return _mm256_loadu_ps(p);
+    }
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(k), idx));
+}
+
+/* Exact integer dots of blocks b0 .. b0 + L - 1 of a row (those >= k read as 0), as L int32 lanes in p. */
+TRI_INLINE void tri_gemv32_dots(const uint8_t * blk0, const uint8_t * x, int b0, int L, int k, size_t bsz, size_t xbs,
+                                size_t xq, size_t qs, int qh, bool q8, __m256i * p) {
+    for (int i = 0; i < L; i++) {
+        const uint8_t * blk = blk0 + (size_t) i * bsz;
+        const __m256i yv = _mm256_loadu_si256((const __m256i *) (x + (size_t) (b0 + i) * xbs + xq));
+        if (i >= k) {
+            p[i] = _mm256_setzero_si256();
+        } else if (q8) {
+            p[i] = tri_dp_ss(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *) (blk + qs)), yv);
+        } else {
+            p[i] = tri_dp_us(_mm256_setzero_si256(), qh >= 0 ? tri_codes_q5(blk, qs, (size_t) qh)
+                                                             : tri_codes_q4(blk, qs), yv);
+        }
+    }
+}
+
+/* Blocks b0 .. b0 + k - 1 (5 <= k <= 8) of a row into the partial sums sp (and tp for the m terms). */
+TRI_INLINE void tri_gemv32_group(const uint8_t * blk0, const uint8_t * x, int b0, int k, size_t bsz, size_t xbs,
+                                 size_t xq, size_t qs, int qh, int off, bool q8, int off_m, const float * xd,
+                                 const float * xs, const int32_t * xsum, __m256 * sp, __m256 * tp) {
+    __m256i p[8];
+    tri_gemv32_dots(blk0, x, b0, 8, k, bsz, xbs, xq, qs, qh, q8, p);
+    __m256i is = tri_reduce8(p);
+    if (off) {
+        const __m256i sums = _mm256_castps_si256(tri_load8_k((const float *) (xsum + b0), k));
+        is = _mm256_sub_epi32(is, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
+    }
+    __m256 dw, mw;
+    if (off_m >= 0) {
+        tri_block_2h8(blk0, bsz, k, &dw, &mw); /* m follows d in Q4_1 and Q5_1 */
+    } else {
+        dw = tri_block_h8(blk0, bsz, 0, k);
+    }
+    *sp = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, tri_load8_k(xd + b0, k)), *sp);
+    if (off_m >= 0) {
+        *tp = _mm256_fmadd_ps(mw, tri_load8_k(xs + b0, k), *tp);
+    }
+}
+
+/* 32-value types against an x row of Q8_0 (or Q8_1 when off_m >= 0) blocks. off: the code offset (8, 16,
+ * 0), applied through the x row's block sums; q8: Q8_0 weights (signed values, no codes). Whole groups of 8
+ * blocks run without lane checks; a last group of at most 4 blocks uses the low half of the partial sums. */
+TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
+                           size_t bsz, size_t qs, int qh, int off, bool q8, int off_m) {
+    const int    nb  = n / 32;
+    const size_t xbs = off_m >= 0 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
+    const size_t xq  = off_m >= 0 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
+    const tri_xrow_layout L = tri_xrow_layout_of(off_m >= 0 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
+    const float *   xd   = (const float *) (x + L.d);
+    const float *   xs   = (const float *) (x + L.s);
+    const int32_t * xsum = (const int32_t *) (x + L.sum);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t * row = W + (size_t) r * rs;
+        __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
+        int b0 = 0;
+        for (; b0 + 8 <= nb; b0 += 8) {
+            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, 8, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs, xsum,
+                             &sp, &tp);
+        }
+        if (nb - b0 > 4) {
+            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, nb - b0, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs,
+                             xsum, &sp, &tp);
+            b0 = nb;
+        }
+        if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
+            const int k = nb - b0;
+            const uint8_t * blk0 = row + (size_t) b0 * bsz;
+            __m256i p[4];
+            tri_gemv32_dots(blk0, x, b0, 4, k, bsz, xbs, xq, qs, qh, q8, p);
+            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
+            if (off) {
+                const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (xsum + b0), lanes));
+                is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
+            }
+            __m128 dw, mw = _mm_setzero_ps();
+            if (off_m >= 0) {
+                __m256 d8, m8;
+                tri_block_2h8(blk0, bsz, k, &d8, &m8);
+                dw = _mm256_castps256_ps128(d8);
+                mw = _mm256_castps256_ps128(m8);
+            } else {
+                dw = _mm256_castps256_ps128(tri_block_h8(blk0, bsz, 0, k));
+            }
+            const __m128 dd = _mm_mul_ps(dw, _mm_maskload_ps(xd + b0, lanes));
+            const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(sp));
+            sp = _mm256_insertf128_ps(sp, s4, 0);
+            if (off_m >= 0) {
+                const __m128 t4 = _mm_fmadd_ps(mw, _mm_maskload_ps(xs + b0, lanes), _mm256_castps256_ps128(tp));
+                tp = _mm256_insertf128_ps(tp, t4, 0);
+            }
+        }
+        y[r] = off_m >= 0 ? tri_hsum_ps(sp) + tri_hsum_ps(tp) : tri_hsum_ps(sp);
+    }
+}
+
+/* K types against Q8_K blocks: sbdot(row block, x block, &msum) returns the scaled code dot and msum,
+ * the sum of mins (Q2_K, Q4_K, Q5_K) or of scales (Q3_K, Q6_K) times bsums, each as 8 partial lanes;
+ * isum = dot - moff * msum (moff: the code offset of Q3_K and Q6_K); types with mins subtract
+ * msum * dmin * d_x. */
+typedef __m256i (*tri_ksb_fn)(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum);
+
+TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
+                          size_t bsz, tri_ksb_fn sbdot, int moff, size_t off_d, int off_dmin) {
+    const int nsb = n / 256;
+    const tri_block_q8_K * xk = (const tri_block_q8_K *) x;
+    const float * xd = (const float *) (x + tri_xrow_layout_of(TRI_TYPE_Q8_K, n).d);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t * row = W + (size_t) r * rs;
+        __m256 acc = _mm256_setzero_ps();
+        for (int s0 = 0; s0 < nsb; s0 += 8) {
+            const int k = nsb - s0 < 8 ? nsb - s0 : 8;
+            const uint8_t * blk0 = row + (size_t) s0 * bsz;
+            __m256i p[8], m[8];
+            for (int i = 0; i < 8; i++) {
+                if (i < k) {
+                    p[i] = sbdot(blk0 + (size_t) i * bsz, &xk[s0 + i], &m[i]);
+                } else {
+                    p[i] = m[i] = _mm256_setzero_si256();
+                }
+            }
+            const __m256i ms = tri_reduce8(m);
+            __m256i is = tri_reduce8(p);
+            if (moff) {
+                is = _mm256_sub_epi32(is, _mm256_mullo_epi32(ms, _mm256_set1_epi32(moff)));
+            }
+            const __m256 dy = tri_load8_k(xd + s0, k);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(tri_block_h8(blk0, bsz, off_d, k), dy), acc);
+            if (off_dmin >= 0) {
+                const __m256 dd = _mm256_mul_ps(tri_block_h8(blk0, bsz, (size_t) off_dmin, k), dy);
+                acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), dd, acc);
+            }
+        }
+        y[r] = tri_hsum_ps(acc);
+    }
+}
+
+/* ---- the kernels of each type ---- */
+
+#define TRI_GEMV_ARGS int n, const void * W, size_t rs, int64_t nrows, const void * x, float * y
+#define TRI_GEMM_ARGS int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs, int64_t n_tok, \
+                      float * y, int64_t ldy, void * scratch
+
+/* tri_gemv_<t> and tri_gemm_<t> of a 32-value type: its activation type, the byte offset of qh (-1: none),
+ * the code offset, whether the weights are Q8_0's int8 values, the byte offset of m (-1: none). */
+#define TRI_MM32(t, vdt, qh, off, q8, off_m)                                                                         \
+    static void tri_gemv_##t(TRI_GEMV_ARGS) {                                                                        \
+        tri_gemv32(n, W, rs, nrows, x, y, sizeof(tri_block_##t), offsetof(tri_block_##t, qs), qh, off, q8, off_m);   \
+    }                                                                                                                \
+    static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
+        tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
+                        (tri_wtype){ vdt, sizeof(tri_block_##t), 0, tri_vals_##t, NULL, q8, off_m, 0, -1 });           \
+    }
+
+/* The same for a K type: S sub-blocks, the code offset, the byte offset of dmin (-1: none). */
+#define TRI_MMK(t, S, moff, off_dmin)                                                                                \
+    static void tri_gemv_##t(TRI_GEMV_ARGS) {                                                                        \
+        tri_gemvK(n, W, rs, nrows, x, y, sizeof(tri_block_##t), tri_##t##_sb, moff, offsetof(tri_block_##t, d),      \
+                  off_dmin);                                                                                         \
+    }                                                                                                                \
+    static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
+        tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
+                        (tri_wtype){ TRI_TYPE_Q8_K, sizeof(tri_block_##t), S, tri_vals_##t, tri_kscales_##t, false, -1, \
+                                     offsetof(tri_block_##t, d), off_dmin });                                        \
+    }
+
+TRI_MM32(q4_0, TRI_TYPE_Q8_0, -1, 8, false, -1)
+TRI_MM32(q4_1, TRI_TYPE_Q8_1, -1, 0, false, offsetof(tri_block_q4_1, m))
+TRI_MM32(q5_0, TRI_TYPE_Q8_0, offsetof(tri_block_q5_0, qh), 16, false, -1)
+TRI_MM32(q5_1, TRI_TYPE_Q8_1, offsetof(tri_block_q5_1, qh), 0, false, offsetof(tri_block_q5_1, m))
+TRI_MM32(q8_0, TRI_TYPE_Q8_0, -1, 0, true, -1)
+TRI_MMK(q2_K, 16, 0, offsetof(tri_block_q2_K, dmin))
+TRI_MMK(q3_K, 16, 4, -1)
+TRI_MMK(q4_K, 8, 0, offsetof(tri_block_q4_K, dmin))
+TRI_MMK(q5_K, 8, 0, offsetof(tri_block_q5_K, dmin))
+TRI_MMK(q6_K, 16, 32, -1)
+
+/* Fills the matrix kernels of every quantized weight type into an ISA's table. */
+static void tri_gemm_register(tri_isa_kernels * k) {
+    static const struct { enum tri_type t; tri_gemv_fn v; tri_gemm_fn m; } list[] = {
+        { TRI_TYPE_Q4_0, tri_gemv_q4_0, tri_gemm_q4_0 }, { TRI_TYPE_Q4_1, tri_gemv_q4_1, tri_gemm_q4_1 },
+        { TRI_TYPE_Q5_0, tri_gemv_q5_0, tri_gemm_q5_0 }, { TRI_TYPE_Q5_1, tri_gemv_q5_1, tri_gemm_q5_1 },
+        { TRI_TYPE_Q8_0, tri_gemv_q8_0, tri_gemm_q8_0 }, { TRI_TYPE_Q2_K, tri_gemv_q2_K, tri_gemm_q2_K },
+        { TRI_TYPE_Q3_K, tri_gemv_q3_K, tri_gemm_q3_K }, { TRI_TYPE_Q4_K, tri_gemv_q4_K, tri_gemm_q4_K },
+        { TRI_TYPE_Q5_K, tri_gemv_q5_K, tri_gemm_q5_K }, { TRI_TYPE_Q6_K, tri_gemv_q6_K, tri_gemm_q6_K },
+    };
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
+        k->gemv[list[i].t] = list[i].v;
+        k->gemm[list[i].t] = list[i].m;
+    }
+}
+
+#endif

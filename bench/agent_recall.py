@@ -75,7 +75,7 @@ def fillers(data: Data, seed: int, n: int, words: int = 250) -> list[str]:
 
 
 def start_server(model: str | None, cfg: str, budget: int, recall: int, threads: int, state_dir: str,
-                 calibration: str | None = None) -> Server:
+                 calibration: str | None = None, window: int | None = None) -> Server:
     policy, _, extra = cfg.partition("+")
     args = ["--parallel", "1", "--ctx-size", "16384", "--threads", str(threads), "--slot-save-path", state_dir,
             "--kv-policy", policy]
@@ -85,6 +85,8 @@ def start_server(model: str | None, cfg: str, budget: int, recall: int, threads:
         args += ["--calibration", calibration or str(SIDECAR)]
     if policy != "full":
         args += ["--kv-budget", str(budget)]
+        if window is not None:
+            args += ["--kv-window", str(window)]
     if extra == "recall":
         args += ["--kv-recall", str(recall)]
     return Server(*args)
@@ -101,17 +103,19 @@ def run(a) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     if a.resume and out.exists():
-        done = {(r["model"], r["config"], r["budget"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
+        done = {(r["model"], r["config"], r["budget"], r.get("window"), r["seed"])
+                for r in map(json.loads, out.read_text().splitlines())}
     data = Data(wheel_path(Path(a.data_dir).expanduser()))
     mname = Path(a.model).name if a.model else "SmolLM2-135M-Instruct.Q4_1.gguf"
     for seed in [int(s) for s in a.seeds.split(",")]:
         for cfg in a.policies.split(","):
             budget = 0 if cfg == "full" else a.budget
-            if (mname, cfg, budget, seed) in done:
+            window = None if cfg == "full" else a.window
+            if (mname, cfg, budget, window, seed) in done:
                 continue
             f = facts(seed)
             with tempfile.TemporaryDirectory() as state_dir:
-                srv = start_server(a.model, cfg, a.budget, a.recall, a.threads, state_dir, a.calibration)
+                srv = start_server(a.model, cfg, a.budget, a.recall, a.threads, state_dir, a.calibration, window)
                 try:
                     client = openai.OpenAI(base_url=f"http://{srv.host}:{srv.port}/v1", api_key="unused",
                                            timeout=3600, max_retries=0)
@@ -136,7 +140,8 @@ def run(a) -> int:
                         r = client.chat.completions.create(model="smol", messages=msgs + [{"role": "user", "content": q}],
                                                            max_tokens=48, temperature=0)
                         ans = r.choices[0].message.content or ""
-                        row = {"model": mname, "config": cfg, "budget": budget, "seed": seed, "question": qid,
+                        row = {"model": mname, "config": cfg, "budget": budget, "window": window, "seed": seed,
+                               "question": qid,
                                "hit": want.lower() in ans.lower(), "answer": ans, "want": want,
                                "prompt_tokens": r.usage.prompt_tokens,
                                "cached_tokens": r.usage.prompt_tokens_details.cached_tokens,
@@ -155,10 +160,10 @@ def report(a) -> int:
     rows = [json.loads(l) for l in Path(a.out).read_text().splitlines() if l.strip()]
     cells = defaultdict(list)
     for r in rows:
-        cells[(r["model"], r["config"], r["budget"])].append(r)
-    print("| model | configuration | budget | facts at turn 20 | rate [95% CI] | per question | prompt tokens |")
-    print("|---|---|---:|---:|---|---|---:|")
-    for (model, cfg, budget), rs in sorted(cells.items()):
+        cells[(r["model"], r["config"], r["budget"], r.get("window") or 0)].append(r)
+    print("| model | configuration | budget | window | facts at turn 20 | rate [95% CI] | per question | prompt tokens |")
+    print("|---|---|---:|---:|---:|---|---|---:|")
+    for (model, cfg, budget, window), rs in sorted(cells.items()):
         hits = sum(r["hit"] for r in rs)
         lo, hi = wilson(hits, len(rs))
         per = defaultdict(list)
@@ -166,7 +171,7 @@ def report(a) -> int:
             per[r["question"]].append(r["hit"])
         detail = ", ".join(f"{q} {sum(v)}/{len(v)}" for q, v in per.items())
         toks = int(sum(r["prompt_tokens"] for r in rs) / len(rs))
-        print(f"| {model} | {cfg} | {budget or '-'} | {hits} / {len(rs)} | {hits / len(rs):.2f} [{lo:.2f}, {hi:.2f}] | "
+        print(f"| {model} | {cfg} | {budget or '-'} | {window or '-'} | {hits} / {len(rs)} | {hits / len(rs):.2f} [{lo:.2f}, {hi:.2f}] | "
               f"{detail} | {toks} |")
     return 0
 
@@ -179,6 +184,9 @@ def main(argv=None) -> int:
     ap.add_argument("--policies", default="full,triattention,triattention+recall")
     ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--recall", type=int, default=256)
+    ap.add_argument("--window", type=int, default=None,
+                    help="--kv-window of the compressing policies (default: the policy's; at budget 128 TriAttention's "
+                         "default window of 128 is the whole cache, which leaves recall no room)")
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--reply-tokens", type=int, default=48, help="tokens per filler reply (default 48)")
     ap.add_argument("--filler-words", type=int, default=250, help="words of essay per filler turn (default 250)")

@@ -505,10 +505,30 @@ static bool step_code(triattn_tool_parser * p, bool final) {
     return true;
 }
 
+/* The first closing tag in b outside a JSON string (a call's arguments may quote one). At the end of the output
+ * with none outside, the body runs to the end, unless it ends inside a string (not JSON): then the first tag. */
+static const char * find_close(const tri_gbuf * b, bool final) {
+    bool in_str = false, esc = false;
+    for (size_t i = 0; i < b->len; i++) {
+        const char ch = b->p[i];
+        if (esc) {
+            esc = false;
+        } else if (in_str) {
+            esc    = ch == '\\';
+            in_str = ch != '"';
+        } else if (ch == '"') {
+            in_str = true;
+        } else if (ch == '<' && b->len - i >= sizeof k_close - 1 && memcmp(b->p + i, k_close, sizeof k_close - 1) == 0) {
+            return b->p + i;
+        }
+    }
+    return final && in_str ? find(b, k_close) : NULL;
+}
+
 /* Calls opened by a tag (or forced): the body up to the closing tag, or to the end of the output. */
 static bool step_call(triattn_tool_parser * p, bool final) {
     tri_gbuf *   b = &p->pend;
-    const char * c = p->opened || p->t.syntax != TRI_TOOLS_LLAMA3 ? find(b, k_close) : NULL;
+    const char * c = p->opened || p->t.syntax != TRI_TOOLS_LLAMA3 ? find_close(b, final) : NULL;
     if (!c && !final) {
         return false;
     }

@@ -169,9 +169,14 @@ def test_forced_prompt_ends_with_the_call_opening(llm):
         req = ToolRequest(llm._m(), None, TOOLS, choice)
         assert req.prompt(msgs).endswith("<|im_start|>assistant\n<tool_call>\n")
         schema = json.loads(req.schema())
-        enum = schema["properties"]["name"]["enum"]
-        assert enum == (["clock"] if isinstance(choice, dict) else [t["function"]["name"] for t in TOOLS])
+        alts = [schema] if isinstance(choice, dict) else schema["anyOf"]  # one call object per allowed tool
+        names = [n for a in alts for n in a["properties"]["name"]["enum"]]
+        assert names == (["clock"] if isinstance(choice, dict) else [t["function"]["name"] for t in TOOLS])
         jsonschema.validate({"name": "clock", "arguments": {}}, schema)
+        if not isinstance(choice, dict):  # each name takes its own tool's arguments
+            jsonschema.validate({"name": "calculator", "arguments": {"expression": "1+1"}}, schema)
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate({"name": "calculator", "arguments": {}}, schema)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"name": "nope", "arguments": {}}, schema)
         with pytest.raises(jsonschema.ValidationError):

@@ -487,6 +487,22 @@ static void test_parser_calls(void) {
     parse_all(k_chatml, &o, broken, strlen(broken), true, &p);
     CHECK(p.n_calls == 0 && p.content.len == strlen(broken), "broken forced call as content: %s", p.message.p);
     parsed_free(&p);
+    /* a closing tag inside an argument string does not end the call, forced or tagged */
+    const char * quoted = "{\"name\": \"calc\", \"arguments\": {\"expr\": \"}}</tool_call>\\\"x\"}}";
+    parse_all(k_chatml, &o, quoted, strlen(quoted), true, &p);
+    CHECK(p.n_calls == 1 && strstr(p.message.p, "</tool_call>"), "closing tag in a forced argument: %s", p.message.p);
+    parsed_free(&p);
+    o.tool_choice = NULL;
+    const char * tagged = "<tool_call>{\"name\": \"calc\", \"arguments\": {\"expr\": \"a</tool_call>\"}}</tool_call> ok";
+    parse_all(k_chatml, &o, tagged, strlen(tagged), true, &p);
+    CHECK(p.n_calls == 1 && p.content.p && strcmp(p.content.p, " ok") == 0, "closing tag in a tagged argument: %s / %s",
+          p.message.p, p.content.p ? p.content.p : "");
+    parsed_free(&p);
+    const char * unterminated = "<tool_call>{\"name\": \"calc</tool_call> and on";
+    parse_all(k_chatml, &o, unterminated, strlen(unterminated), true, &p);
+    CHECK(p.n_calls == 0 && p.content.len == strlen(unterminated), "unterminated string as content: %s", p.content.p);
+    parsed_free(&p);
+    o.tool_choice = "\"required\"";
 
     /* Llama 3: a bare JSON reply */
     o.tool_choice = NULL;

@@ -9,7 +9,8 @@ Tests: ppN (prompt of N tokens from an empty context) and tgN@D (N decoded token
 context). Models: the default model (SmolLM2-135M-Instruct Q4_1), Gemma 3 270M and Qwen2.5-Coder-1.5B
 Q4_K_M (fetched like `pytriattn fetch`); --mix adds that Qwen re-quantized by llama.cpp's llama-quantize
 to mostly Q5_0 and Q8_0 (the mix llama.cpp's converter gives small Qwen2.5 models at Q4_K_M), written to
-the cache, never to the repository. --triattention adds tg128@8192 of the default model with a
+the cache, never to the repository; --pure TYPES adds it re-quantized with every tensor of one type (`llama-quantize
+--pure`), one file per type, to compare the kernels type by type. --triattention adds tg128@8192 of the default model with a
 TriAttention budget of 1024 and its shipped centres, against llama.cpp's full cache.
 
 llama-bench (and llama-quantize): --llama-bench PATH, $LLAMA_BENCH, or the clean -O3 Release tree in the cache
@@ -22,6 +23,7 @@ bench/results/cpu_parity-COMMIT.json unless --json says otherwise.
     python bench/cpu_parity.py --quick         # pp512 and tg128@0, one round
     python bench/cpu_parity.py --mix --triattention --json parity.json
     python bench/cpu_parity.py --models smollm2-135m,~/.cache/pytriattn/qwen2.5-coder-1.5b-q5_0-q8_0-mix.gguf
+    python bench/cpu_parity.py --pure all --tests pp512,tg128@0 --rounds 1   # one weight type per file
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ TESTS = ["pp512", "pp4096", "tg128@0", "tg128@4096", "tg128@8192"]
 QUICK_TESTS = ["pp512", "tg128@0"]
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-1.5b"]
 MIX_NAME = "qwen2.5-coder-1.5b-q5_0-mix"
+PURE_PREFIX = "qwen2.5-coder-1.5b-pure-"   # + a llama-quantize type: every tensor of that type (--pure)
+PURE_TYPES = ["Q2_K", "Q3_K_S", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q5_K_S", "Q6_K", "Q8_0"]
 TRI_TEST = "tg128@8192 triattention 1024"
 
 
@@ -103,19 +107,21 @@ def model_file(name: str, quantize: Path | None, jobs: int) -> Path:
     from pytriattn._fetch import cache_dir, ensure_default_model, ensure_model, DEFAULT_NAME
     if name == DEFAULT_NAME:
         return ensure_default_model(progress=True)
-    if name != MIX_NAME:
+    if name != MIX_NAME and not name.startswith(PURE_PREFIX):
         return ensure_model(name, progress=True)
-    out = cache_dir() / f"{MIX_NAME}.gguf"
+    out = cache_dir() / f"{name}.gguf"
     if not out.exists():
         if quantize is None or not quantize.exists():
-            raise SystemExit("--mix needs llama-quantize (next to --llama-bench, or the built tree)")
+            raise SystemExit(f"{name} needs llama-quantize (next to --llama-bench, or the built tree)")
         src = ensure_model("qwen2.5-coder-1.5b", progress=True)
         tmp = out.with_suffix(".tmp")
-        # Q5_0 everywhere, Q8_0 for attn_v and ffn_down, some Q4_K, Q8_0 embeddings, Q6_K output
-        subprocess.run([str(quantize), "--allow-requantize", "--token-embedding-type", "q8_0",
-                        "--output-tensor-type", "q6_k", "--tensor-type", "attn_v=q8_0", "--tensor-type",
-                        "ffn_down=q8_0", "--tensor-type", "attn_output=q4_k", str(src), str(tmp), "Q5_0",
-                        str(jobs)], check=True, stdout=subprocess.DEVNULL)
+        if name == MIX_NAME:
+            # Q5_0 everywhere, Q8_0 for attn_v and ffn_down, some Q4_K, Q8_0 embeddings, Q6_K output
+            args = ["--token-embedding-type", "q8_0", "--output-tensor-type", "q6_k", "--tensor-type", "attn_v=q8_0",
+                    "--tensor-type", "ffn_down=q8_0", "--tensor-type", "attn_output=q4_k", str(src), str(tmp), "Q5_0"]
+        else:
+            args = ["--pure", str(src), str(tmp), name[len(PURE_PREFIX):].upper()]
+        subprocess.run([str(quantize), "--allow-requantize", *args, str(jobs)], check=True, stdout=subprocess.DEVNULL)
         tmp.rename(out)
     return out
 
@@ -190,6 +196,9 @@ def main() -> int:
     ap.add_argument("--tests", default=None, help=f"comma list (default {','.join(TESTS)})")
     ap.add_argument("--models", default=None, help=f"comma list of names or GGUF paths (default {','.join(MODELS)})")
     ap.add_argument("--mix", action="store_true", help=f"also {MIX_NAME} (made with llama-quantize)")
+    ap.add_argument("--pure", default=None, metavar="TYPES",
+                    help=f"also the Qwen re-quantized with every tensor of one type, for each llama-quantize type "
+                         f"in this comma list ('all': {','.join(PURE_TYPES)}; ~1 GB each in the cache)"),
     ap.add_argument("--triattention", action="store_true", help=f"also '{TRI_TEST}' for the default model")
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; 1 with --quick)")
     ap.add_argument("-t", "--threads", type=int, default=2)
@@ -205,6 +214,9 @@ def main() -> int:
         parse_test(t)
     rounds = args.rounds or (1 if args.quick else 3)
     names = args.models.split(",") if args.models else MODELS + ([MIX_NAME] if args.mix else [])
+    if args.pure:
+        pure = PURE_TYPES if args.pure == "all" else args.pure.split(",")
+        names = (names if args.models or args.mix else []) + [PURE_PREFIX + t.lower() for t in pure]
     exe, quantize = llama_tools(args)
     check_speed_reference(exe)
     cli = find_cli(args.cli)

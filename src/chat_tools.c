@@ -6,6 +6,7 @@
 
 #include "chat.h"
 #include "common.h"
+#include "json_schema.h"
 #include "model.h"
 #include "vocab.h"
 
@@ -464,14 +465,9 @@ enum triattn_status tri_chat_apply_tools(const char * tmpl, const char * format,
 
 /* True when constrained sampling can hold arguments to this parameters schema. */
 static bool grammar_can_enforce(tri_js params) {
-    char * text = malloc(params.n + 1);
-    if (!text) {
-        return false;
-    }
-    memcpy(text, params.p, params.n);
-    text[params.n] = '\0';
-    const bool ok = triattn_json_schema_check(text, NULL, 0) == TRIATTN_OK;
-    free(text);
+    tri_schema * s = NULL;
+    const bool ok = tri_schema_compile(params.p, params.n, &s, NULL, 0) == TRIATTN_OK;
+    tri_schema_free(s);
     return ok;
 }
 

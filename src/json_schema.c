@@ -398,6 +398,33 @@ static bool add_lit(compiler * c, char * text, size_t len) {
     return true;
 }
 
+/* add_lit of a copy of text[0..len). */
+static bool add_lit_copy(compiler * c, const char * text, size_t len) {
+    char * t = malloc(len + 1);
+    if (!t) {
+        cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+        return false;
+    }
+    memcpy(t, text, len);
+    t[len] = '\0';
+    return add_lit(c, t, len);
+}
+
+/* Room for n more entries of prop_node. */
+static bool reserve_props(compiler * c, int32_t n) {
+    tri_schema * s = c->s;
+    if (s->n_props + n <= s->cap_props) return true;
+    const int32_t cap = TRI_MAX(s->cap_props * 2, s->n_props + n + 16);
+    int32_t * p = realloc(s->prop_node, (size_t) cap * sizeof *p);
+    if (!p) {
+        cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+        return false;
+    }
+    s->prop_node = p;
+    s->cap_props = cap;
+    return true;
+}
+
 static int lit_cmp(const char * a, int32_t na, const char * b, int32_t nb) {
     int r = memcmp(a, b, (size_t) TRI_MIN(na, nb));
     return r ? r : (na > nb) - (na < nb);
@@ -598,17 +625,8 @@ static bool compile_object(compiler * c, const jv * o, int32_t id, int depth) {
         if (!add_lit(c, b.p, b.len)) return false;
     }
     if (!sort_lits(c, first, n_keys, perm, "property")) return false;
+    if (!reserve_props(c, n_keys)) return false;
     tri_schema * s = c->s;
-    if (s->n_props + n_keys > s->cap_props) {
-        int32_t cap = TRI_MAX(s->cap_props * 2, s->n_props + n_keys + 16);
-        int32_t * p = realloc(s->prop_node, (size_t) cap * sizeof *p);
-        if (!p) {
-            cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-            return false;
-        }
-        s->prop_node = p;
-        s->cap_props = cap;
-    }
     tri_schema_node * n = &s->nodes[id];
     n->keys.first = first;
     n->keys.count = n_keys;
@@ -659,6 +677,23 @@ static int32_t find_discriminator(const tri_schema * s, const int32_t * alt, siz
     return -1;
 }
 
+/* Room for n more entries of alt_node / alt_key. */
+static bool reserve_alts(compiler * c, int32_t n) {
+    tri_schema * s = c->s;
+    if (s->n_alts + n <= s->cap_alts) return true;
+    const int32_t cap = TRI_MAX(s->cap_alts * 2, s->n_alts + n + 16);
+    int32_t * an = realloc(s->alt_node, (size_t) cap * sizeof *an);
+    if (an) s->alt_node = an;
+    int32_t * ak = an ? realloc(s->alt_key, (size_t) cap * sizeof *ak) : NULL;
+    if (ak) s->alt_key = ak;
+    if (!an || !ak) {
+        cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
+        return false;
+    }
+    s->cap_alts = cap;
+    return true;
+}
+
 static int32_t union_refused(compiler * c, const char * why) {
     c->st = tri_fail(c->err, c->err_size, TRIATTN_ERR_UNSUPPORTED,
                      "json_schema: unsupported keyword 'anyOf' at %s (%s; anyOf is supported as a union of object "
@@ -697,89 +732,57 @@ static int32_t compile_union(compiler * c, const jv * v, int depth) {
     const tri_schema_node * a0 = &s->nodes[alt[0]];
     const char * dtext = s->lits[a0->keys.first + dk];
     const int32_t dlen = s->lit_len[a0->keys.first + dk];
-    /* the value node: every alternative's literals, remembering whose each is */
-    const int32_t val = new_node(c);
-    if (val < 0) return -1;
-    const int32_t first = s->n_lits;
+    /* the value node: every alternative's literals; owner[i] = (alternative, its discriminator key index) of
+     * value i, perm follows the values through the sort */
     int32_t n_vals = 0;
     uint32_t types = 0;
-    int32_t * owner = NULL; /* per value: alternative, discriminator key index */
-    for (size_t i = 0; i < any->n && c->st == TRIATTN_OK; i++) {
+    for (size_t i = 0; i < any->n; i++) {
+        const tri_schema_node * a = &s->nodes[alt[i]];
+        const tri_schema_node * vn = &s->nodes[s->prop_node[a->props + key_index(s, a, dtext, dlen)]];
+        n_vals += vn->lits.count;
+        types |= vn->types;
+    }
+    const int32_t val = new_node(c);
+    int32_t * owner = malloc((size_t) n_vals * 3 * sizeof *owner);
+    if (val < 0 || !owner || !reserve_alts(c, n_vals)) {
+        free(owner);
+        return val < 0 || !owner ? cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory") : -1;
+    }
+    int32_t * perm = owner + 2 * n_vals;
+    const int32_t first = s->n_lits;
+    for (size_t i = 0, k = 0; i < any->n; i++) {
         const tri_schema_node * a = &s->nodes[alt[i]];
         const int32_t ki = key_index(s, a, dtext, dlen);
-        const tri_schema_node * vn = &s->nodes[s->prop_node[a->props + ki]];
-        types |= vn->types;
-        const int32_t vfirst = vn->lits.first, vcount = vn->lits.count;
-        for (int32_t l = 0; l < vcount && c->st == TRIATTN_OK; l++) {
-            int32_t * o = realloc(owner, (size_t) (n_vals + 1) * 2 * sizeof *o);
-            if (!o) {
-                cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-                break;
+        const tri_litset vl = s->nodes[s->prop_node[a->props + ki]].lits;
+        for (int32_t l = 0; l < vl.count; l++, k++) {
+            if (!add_lit_copy(c, s->lits[vl.first + l], (size_t) s->lit_len[vl.first + l])) {
+                free(owner);
+                return -1;
             }
-            owner = o;
-            owner[2 * n_vals] = (int32_t) i;
-            owner[2 * n_vals + 1] = ki;
-            char * t = malloc((size_t) s->lit_len[vfirst + l] + 1);
-            if (!t) {
-                cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-                break;
-            }
-            memcpy(t, s->lits[vfirst + l], (size_t) s->lit_len[vfirst + l] + 1);
-            if (add_lit(c, t, (size_t) s->lit_len[vfirst + l])) n_vals++;
+            owner[2 * k] = alt[i];
+            owner[2 * k + 1] = ki;
+            perm[k] = (int32_t) k;
         }
     }
-    int32_t * perm = c->st == TRIATTN_OK ? malloc((size_t) n_vals * sizeof *perm) : NULL;
-    if (c->st == TRIATTN_OK && !perm) cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-    for (int32_t i = 0; perm && i < n_vals; i++) perm[i] = i;
-    if (perm && !sort_lits(c, first, n_vals, perm, "literal")) {
-        c->st = TRIATTN_OK; /* the union's own message replaces sort_lits' */
-        free(perm);
+    if (!sort_lits(c, first, n_vals, perm, "literal")) {
         free(owner);
+        c->st = TRIATTN_OK; /* the union's own message replaces sort_lits' */
         return union_refused(c, "two alternatives share a discriminator value");
     }
-    if (perm && s->n_alts + n_vals > s->cap_alts) {
-        const int32_t cap = TRI_MAX(s->cap_alts * 2, s->n_alts + n_vals + 16);
-        int32_t * an = realloc(s->alt_node, (size_t) cap * sizeof *an);
-        if (an) s->alt_node = an;
-        int32_t * ak = realloc(s->alt_key, (size_t) cap * sizeof *ak);
-        if (ak) s->alt_key = ak;
-        if (an && ak) {
-            s->cap_alts = cap;
-        } else {
-            cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-        }
-    }
-    if (c->st != TRIATTN_OK) {
-        free(perm);
-        free(owner);
-        return -1;
-    }
     const int32_t alts = s->n_alts;
-    for (int32_t i = 0; i < n_vals; i++) {
-        s->alt_node[alts + i] = alt[owner[2 * perm[i]]];
-        s->alt_key[alts + i] = owner[2 * perm[i] + 1];
+    for (int32_t k = 0; k < n_vals; k++) {
+        s->alt_node[alts + k] = owner[2 * perm[k]];
+        s->alt_key[alts + k] = owner[2 * perm[k] + 1];
     }
     s->n_alts += n_vals;
-    free(perm);
     free(owner);
     s->nodes[val].types = types;
     s->nodes[val].lits.first = first;
     s->nodes[val].lits.count = n_vals;
     /* the union node: one required key, the discriminator */
     const int32_t id = new_node(c);
-    if (id < 0) return -1;
-    if (s->n_props + 1 > s->cap_props) {
-        const int32_t cap = TRI_MAX(s->cap_props * 2, s->n_props + 16);
-        int32_t * p = realloc(s->prop_node, (size_t) cap * sizeof *p);
-        if (!p) return cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-        s->prop_node = p;
-        s->cap_props = cap;
-    }
-    char * key = malloc((size_t) dlen + 1);
-    if (!key) return cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-    memcpy(key, dtext, (size_t) dlen + 1);
     const int32_t kfirst = s->n_lits;
-    if (!add_lit(c, key, (size_t) dlen)) return -1;
+    if (id < 0 || !reserve_props(c, 1) || !add_lit_copy(c, dtext, (size_t) dlen)) return -1;
     tri_schema_node * n = &s->nodes[id];
     n->types = TRI_T_OBJ;
     n->keys.first = kfirst;
@@ -861,11 +864,7 @@ static int32_t literal_node(compiler * c, const char * const * texts, int32_t n)
     if (id < 0) return -1;
     int32_t first = c->s->n_lits;
     for (int32_t i = 0; i < n; i++) {
-        const size_t n_t = strlen(texts[i]);
-        char * t = malloc(n_t + 1);
-        if (t) memcpy(t, texts[i], n_t + 1);
-        if (!t) return cfail(c, TRIATTN_ERR_OOM, "%s", "out of memory");
-        if (!add_lit(c, t, strlen(t))) return -1;
+        if (!add_lit_copy(c, texts[i], strlen(texts[i]))) return -1;
     }
     c->s->nodes[id].lits.first = first;
     c->s->nodes[id].lits.count = n;

@@ -1,4 +1,4 @@
-/* Tier 2 of the KV cache (kv_tier2.h): 8-bit pages of evicted rows per (layer, KV head). */
+/* Tier 2 of the KV cache (kv_tier2.h): pages of evicted rows per (layer, KV head), K at 8 bits and V at 7. */
 #include "kv_tier2.h"
 #include "common.h"
 
@@ -11,7 +11,7 @@
 #define TRI_T2_SPAN 65535
 #define TRI_T2_BACK 32768
 
-void tri_t2_quantize_row(const tri_fp16 * x, int D, int8_t * q, tri_fp16 * scale) {
+void tri_t2_quantize_row(const tri_fp16 * x, int D, int qmax, int8_t * q, tri_fp16 * scale) {
     float xf[256];
     const bool held = D <= 256;   /* rows of up to 256 are converted once */
     float amax = 0.0f;
@@ -22,9 +22,10 @@ void tri_t2_quantize_row(const tri_fp16 * x, int D, int8_t * q, tri_fp16 * scale
         }
         amax = fabsf(a) > amax ? fabsf(a) : amax; /* NaN never compares greater: a NaN element quantises to 0 */
     }
-    tri_fp16 s16 = tri_fp32_to_fp16(amax / 127.0f);
-    if (tri_fp16_to_fp32(s16) * 127.0f < amax && s16 < 0x7bff) {
-        s16++; /* rounded up, so every |x| / scale <= 127 (the next half of a positive half is one bit up) */
+    const float qm = (float) qmax;
+    tri_fp16 s16 = tri_fp32_to_fp16(amax / qm);
+    if (tri_fp16_to_fp32(s16) * qm < amax && s16 < 0x7bff) {
+        s16++; /* rounded up, so every |x| / scale <= qmax (the next half of a positive half is one bit up) */
     }
     const float s = tri_fp16_to_fp32(s16);
     *scale = s16;
@@ -37,7 +38,7 @@ void tri_t2_quantize_row(const tri_fp16 * x, int D, int8_t * q, tri_fp16 * scale
     for (int d = 0; d < D; d++) {
         const float y = (held ? xf[d] : tri_fp16_to_fp32(x[d])) * inv;
         float v = y == y ? (y + magic) - magic : 0.0f;
-        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+        v = v > qm ? qm : v < -qm ? -qm : v;
         q[d] = (int8_t) v;
     }
 }
@@ -49,6 +50,41 @@ void tri_t2_dequantize_row(const int8_t * q, tri_fp16 scale, int D, tri_fp16 * o
     }
 }
 
+void tri_t2_pack7(const int8_t * q, int D, uint8_t * out) {
+    uint32_t acc = 0;
+    int      nb  = 0;
+    for (int d = 0; d < D; d++) {
+        acc |= (uint32_t) ((uint8_t) q[d] & 0x7fu) << nb;
+        nb += 7;
+        for (; nb >= 8; nb -= 8, acc >>= 8) {
+            *out++ = (uint8_t) acc;
+        }
+    }
+    if (nb > 0) {
+        *out = (uint8_t) acc;
+    }
+}
+
+void tri_t2_unpack7(const uint8_t * in, int D, int8_t * q) {
+    uint32_t acc = 0;
+    int      nb  = 0;
+    for (int d = 0; d < D; d++) {
+        for (; nb < 7; nb += 8) {
+            acc |= (uint32_t) *in++ << nb;
+        }
+        const int c = (int) (acc & 0x7fu);
+        q[d] = (int8_t) (c >= 64 ? c - 128 : c);
+        acc >>= 7;
+        nb -= 7;
+    }
+}
+
+void tri_t2_pack_v(const tri_fp16 * x, int D, uint8_t * out, tri_fp16 * scale) {
+    int8_t q[TRI_T2_MAX_DIM];
+    tri_t2_quantize_row(x, D, TRI_T2_VMAX, q, scale);
+    tri_t2_pack7(q, D, out);
+}
+
 enum triattn_status tri_kv_tier2_init(tri_kv_tier2 * t, int32_t n_layer, int32_t n_head_kv, int32_t head_dim,
                                       int32_t n_ctx, uint64_t max_bytes, int32_t n_managed, char * err, size_t n) {
     memset(t, 0, sizeof *t);
@@ -56,12 +92,16 @@ enum triattn_status tri_kv_tier2_init(tri_kv_tier2 * t, int32_t n_layer, int32_t
         return tri_fail(err, n, TRIATTN_ERR_INVALID_ARG, "tier 2: bad geometry (%d layers, %d KV heads, dim %d, n_ctx %d)",
                         n_layer, n_head_kv, head_dim, n_ctx);
     }
+    if (head_dim > TRI_T2_MAX_DIM) {
+        return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "tier 2 (kv_recall): head_dim %d is above the %d it supports",
+                        head_dim, TRI_T2_MAX_DIM);
+    }
     const size_t LK = (size_t) n_layer * n_head_kv, words = ((size_t) n_ctx + 63) / 64;
     t->n_layer    = n_layer;
     t->n_head_kv  = n_head_kv;
     t->head_dim   = head_dim;
     t->n_ctx      = n_ctx;
-    t->page_bytes = sizeof(tri_t2_page) + 2u * TRI_T2_PAGE_ROWS * (size_t) head_dim;
+    t->page_bytes = sizeof(tri_t2_page) + TRI_T2_PAGE_ROWS * ((size_t) head_dim + tri_t2_vbytes(head_dim));
     if (max_bytes > 0) {
         const uint64_t per = max_bytes / ((uint64_t) t->page_bytes * (uint64_t) TRI_MAX(n_managed, 1));
         t->max_pages = (int32_t) TRI_MIN(TRI_MAX(per, 1), (uint64_t) INT32_MAX);
@@ -172,13 +212,13 @@ void tri_kv_tier2_append(tri_kv_tier2 * t, int il, int h, int32_t pos, const tri
     tri_t2_page * pg = tri_t2_slot(t, il, h, pos, &j);
     if (pg) {
         const int D = t->head_dim;
-        tri_t2_quantize_row(k, D, (int8_t *) tri_t2_page_k(pg, j, D), &pg->ks[j]);
-        tri_t2_quantize_row(v, D, (int8_t *) tri_t2_page_v(pg, j, D), &pg->vs[j]);
+        tri_t2_quantize_row(k, D, TRI_T2_KMAX, (int8_t *) tri_t2_page_k(pg, j, D), &pg->ks[j]);
+        tri_t2_pack_v(v, D, (uint8_t *) tri_t2_page_v(pg, j, D), &pg->vs[j]);
     }
 }
 
 bool tri_kv_tier2_append_q(tri_kv_tier2 * t, int il, int h, int32_t pos, const int8_t * k, tri_fp16 ks,
-                           const int8_t * v, tri_fp16 vs) {
+                           const uint8_t * v, tri_fp16 vs) {
     int32_t j;
     tri_t2_page * pg = tri_t2_slot(t, il, h, pos, &j);
     if (!pg) {
@@ -186,7 +226,7 @@ bool tri_kv_tier2_append_q(tri_kv_tier2 * t, int il, int h, int32_t pos, const i
     }
     const int D = t->head_dim;
     memcpy((int8_t *) tri_t2_page_k(pg, j, D), k, (size_t) D);
-    memcpy((int8_t *) tri_t2_page_v(pg, j, D), v, (size_t) D);
+    memcpy((uint8_t *) tri_t2_page_v(pg, j, D), v, tri_t2_vbytes(D));
     pg->ks[j] = ks;
     pg->vs[j] = vs;
     return true;
@@ -196,7 +236,9 @@ void tri_kv_tier2_page_f16(const tri_t2_page * pg, int D, int32_t j0, int32_t n,
     for (int32_t j = 0; j < n; j++) {
         tri_t2_dequantize_row(tri_t2_page_k(pg, j0 + j, D), pg->ks[j0 + j], D, k + (size_t) j * D);
         if (v) {
-            tri_t2_dequantize_row(tri_t2_page_v(pg, j0 + j, D), pg->vs[j0 + j], D, v + (size_t) j * D);
+            int8_t q[TRI_T2_MAX_DIM];
+            tri_t2_unpack7(tri_t2_page_v(pg, j0 + j, D), D, q);
+            tri_t2_dequantize_row(q, pg->vs[j0 + j], D, v + (size_t) j * D);
         }
     }
 }

@@ -13,9 +13,10 @@
  *             i32 recall_pos, i64 n_recalls, n_recalled,
  *             i32 nq, q_dim, per layer: i32 pos[nq], f32 q[nq][q_dim] (the last queries, which the next recall reads),
  *             per (layer, KV head): i64 n_dropped, i32 n_rows,
- *             n_rows x (i32 pos, f16 k_scale, f16 v_scale, i8 K[head_dim], i8 V[head_dim]) in tier-2 order
+ *             n_rows x (i32 pos, f16 k_scale, f16 v_scale, i8 K[head_dim], u8 V[ceil(7 head_dim / 8)]) in
+ *             tier-2 order (V as tier 2 packs it; version 3 had i8 V[head_dim])
  *   footer  u64 FNV-1a 64 of every byte before it
- * Version 1 and 2 files (no policy state, no tier 2) still load. */
+ * Files of versions 1 to 3 still load (a version-3 tier 2 is converted to 7-bit V). */
 #include "backend.h"
 #include "common.h"
 #include "kv_recall.h"
@@ -30,7 +31,7 @@
 #include <sys/stat.h>
 
 #define TRI_STATE_MAGIC   "TRIATTNS"
-#define TRI_STATE_VERSION 3u
+#define TRI_STATE_VERSION 4u
 
 typedef struct tri_state_header {
     char     magic[8];
@@ -122,9 +123,9 @@ static void tri_state_put_header(tri_writer * w, const tri_state_header * h) {
     tri_put_i64(w, h->n_evicted);
 }
 
-/* Row bytes of tier 2 in a state file. */
-static size_t tri_state_t2_row(int32_t head_dim) {
-    return 4 + 2 + 2 + 2 * (size_t) head_dim;
+/* Row bytes of tier 2 in a state file of a version. */
+static size_t tri_state_t2_row(int32_t head_dim, uint32_t version) {
+    return 4 + 2 + 2 + (size_t) head_dim + (version >= 4 ? tri_t2_vbytes(head_dim) : (size_t) head_dim);
 }
 
 /* Queries of the ring a recall reads: the last min(TRI_RECALL_QUERIES, held) of every layer. */
@@ -175,7 +176,7 @@ static void tri_state_put_tier2(tri_writer * w, const triattn_session * s) {
                 tri_put(w, &pg->ks[j], 2);
                 tri_put(w, &pg->vs[j], 2);
                 tri_put(w, tri_t2_page_k(pg, j, D), (size_t) D);
-                tri_put(w, tri_t2_page_v(pg, j, D), (size_t) D);
+                tri_put(w, tri_t2_page_v(pg, j, D), tri_t2_vbytes(D));
             }
         }
     }
@@ -411,7 +412,7 @@ static enum triattn_status tri_state_check_tier2(triattn_session * s, tri_reader
             return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s': a query value is not finite", path);
         }
     }
-    const size_t row = tri_state_t2_row(c->head_dim);
+    const size_t row = tri_state_t2_row(c->head_dim, h->version);
     uint64_t * seen = calloc(((size_t) h->n_past + 64) / 64, sizeof(uint64_t));
     if (!seen) {
         return tri_session_fail(s, TRIATTN_ERR_OOM, "session_load: out of memory");
@@ -532,7 +533,7 @@ static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader 
 }
 
 /* Refills tier 2 from a validated section (a session without one reads past rows-free sections); false on OOM. */
-static bool tri_state_apply_tier2(triattn_session * s, tri_reader * r) {
+static bool tri_state_apply_tier2(triattn_session * s, tri_reader * r, uint32_t version) {
     tri_kv_cache * c = &s->kv;
     int32_t recall_pos = -1;
     int64_t n_recalls = 0, n_recalled = 0;
@@ -555,7 +556,7 @@ static bool tri_state_apply_tier2(triattn_session * s, tri_reader * r) {
         }
     }
     const int D = c->head_dim;
-    const size_t row = tri_state_t2_row(D);
+    const size_t row = tri_state_t2_row(D, version);
     for (int i = 0; i < c->n_layer * c->n_head_kv; i++) {
         int64_t dropped = 0;
         int32_t n_rows = 0;
@@ -573,8 +574,16 @@ static bool tri_state_apply_tier2(triattn_session * s, tri_reader * r) {
             memcpy(&pos, p, 4);
             memcpy(&ks, p + 4, 2);
             memcpy(&vs, p + 6, 2);
+            const uint8_t * v = p + 8 + D;
+            uint8_t v7[TRI_T2_MAX_DIM];
+            if (version < 4) { /* 8-bit V of a version-3 file */
+                tri_fp16 x[TRI_T2_MAX_DIM];
+                tri_t2_dequantize_row((const int8_t *) v, vs, D, x);
+                tri_t2_pack_v(x, D, v7, &vs);
+                v = v7;
+            }
             if (!tri_kv_tier2_append_q(c->t2, i / c->n_head_kv, i % c->n_head_kv, pos, (const int8_t *) p + 8, ks,
-                                       (const int8_t *) p + 8 + D, vs)) {
+                                       v, vs)) {
                 return false;
             }
         }
@@ -624,7 +633,7 @@ static enum triattn_status tri_state_apply(triattn_session * s, tri_reader * r, 
         s->policy.ops->state_load(&s->policy, c, pol, pol_n, false); /* checked by tri_state_check_body */
     }
     uint32_t t2 = 0;
-    if (h->version >= 3 && tri_get(r, &t2, sizeof t2) && t2 && !tri_state_apply_tier2(s, r)) {
+    if (h->version >= 3 && tri_get(r, &t2, sizeof t2) && t2 && !tri_state_apply_tier2(s, r, h->version)) {
         triattn_session_reset(s);
         return tri_session_fail(s, TRIATTN_ERR_OOM, "session_load: out of memory for tier 2");
     }
@@ -670,7 +679,7 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
                          (s->policy.ops->state_max ? s->policy.ops->state_max(&s->policy) : 0) + 8 +
                          4 + 20 + 8 + (uint64_t) c->n_layer * TRI_RECALL_QUERIES * (4 + 4ull * s->model->hp.n_head * c->head_dim) +
                          12ull * c->n_layer * c->n_head_kv +
-                         (uint64_t) c->n_layer * c->n_head_kv * s->params.n_ctx * tri_state_t2_row(c->head_dim);
+                         (uint64_t) c->n_layer * c->n_head_kv * s->params.n_ctx * tri_state_t2_row(c->head_dim, 3);
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         fclose(f);

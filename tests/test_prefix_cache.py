@@ -268,7 +268,7 @@ def test_older_state_versions_load(default_model, tmp_path, version):
     path = tmp_path / "s.state"
     llm.save_state(path)
     raw = path.read_bytes()
-    assert raw[:8] == b"TRIATTNS" and int.from_bytes(raw[8:12], "little") == 3
+    assert raw[:8] == b"TRIATTNS" and int.from_bytes(raw[8:12], "little") == 4
     # a full cache keeps no policy state (n_policy = 0) and no tier 2 (flag 0)
     assert raw[-16:-8] == b"\0" * 8
     body = raw[:8] + version.to_bytes(4, "little") + raw[12:-16 if version == 1 else -12]
@@ -278,5 +278,77 @@ def test_older_state_versions_load(default_model, tmp_path, version):
     other.load_state(old)
     assert other.session_tokens() == llm.session_tokens()
     assert np.array_equal(other.last_logits(), llm.last_logits())
+    for x in (llm, other):
+        x.close()
+
+
+def _state_tier2(raw: bytes):
+    """Offsets of a state file's tier-2 rows: (row offset, head_dim, version) of every row, walking the layout of
+    src/session_state.c."""
+    version = int.from_bytes(raw[8:12], "little")
+    hdr = np.frombuffer(raw[212:264], dtype="<i4")
+    n_layer, n_head_kv, d, n_vocab, n_past, n_logits = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[12]
+    lk, o = int(n_layer * n_head_kv), 280 + 4 * int(n_past)
+    n_live = np.frombuffer(raw[o:o + 4 * lk], dtype="<i4")
+    o += 4 * lk + int(n_live.sum()) * (4 + 4 * int(d)) + 4 * int(n_vocab) * int(n_logits)
+    o += 4 + int.from_bytes(raw[o:o + 4], "little")            # the policy's state
+    assert int.from_bytes(raw[o:o + 4], "little") == 1           # a tier 2
+    o += 4 + 4 + 16
+    nq, q_dim = np.frombuffer(raw[o:o + 8], dtype="<i4")
+    o += 8 + int(n_layer) * int(nq) * (4 + 4 * int(q_dim))
+    vb = (7 * int(d) + 7) // 8 if version >= 4 else int(d)
+    rows = []
+    for _ in range(lk):
+        n_rows = int.from_bytes(raw[o + 8:o + 12], "little")
+        o += 12
+        rows += [o + j * (8 + int(d) + vb) for j in range(n_rows)]
+        o += n_rows * (8 + int(d) + vb)
+    assert o == len(raw) - 8
+    return rows, int(d), version
+
+
+def _unpack7(b: bytes, d: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(b, dtype=np.uint8), bitorder="little")[:7 * d].reshape(d, 7)
+    c = (bits.astype(np.int32) << np.arange(7)).sum(axis=1)
+    return np.where(c >= 64, c - 128, c)
+
+
+def test_version3_tier2_loads(default_model, tmp_path):
+    """A version-3 file kept V at 8 bits: it loads, its V rows become the 7-bit rows of today within the
+    quantisation step, positions and K unchanged."""
+    llm = _llama(default_model, "triattention", kv_recall=16)
+    _chat(llm, [{"role": "user", "content": _sentences(8)}], max_tokens=8)
+    path = tmp_path / "s.state"
+    llm.save_state(path)
+    raw = path.read_bytes()
+    rows, d, version = _state_tier2(raw)
+    assert version == 4 and len(rows) == llm.kv_stats()["t2_rows"] > 0
+    # the same file as version 3: each V as its int8 codes (the 7-bit codes, |q| <= 63 <= 127) with the same scale
+    vb, parts, last = (7 * d + 7) // 8, [raw[:8], (3).to_bytes(4, "little")], 12
+    for o in rows:
+        codes = _unpack7(raw[o + 8 + d:o + 8 + d + vb], d).astype(np.int8)
+        parts += [raw[last:o + 8 + d], codes.tobytes()]
+        last = o + 8 + d + vb
+    body = b"".join(parts) + raw[last:-8]
+    old = tmp_path / "v3.state"
+    old.write_bytes(body + _fnv1a64(body).to_bytes(8, "little"))
+    assert _state_tier2(old.read_bytes())[2] == 3
+
+    other = _llama(default_model, "triattention", kv_recall=16)
+    other.load_state(old)
+    assert other.kv_stats()["t2_rows"] == len(rows) and other.session_tokens() == llm.session_tokens()
+    again = tmp_path / "again.state"
+    other.save_state(again)
+    new = again.read_bytes()
+    rows2, _, version2 = _state_tier2(new)
+    assert version2 == 4 and len(rows2) == len(rows)
+    worst = 0.0
+    for o, o2 in zip(rows, rows2):
+        assert raw[o:o + 6] == new[o2:o2 + 6] and raw[o + 8:o + 8 + d] == new[o2 + 8:o2 + 8 + d]   # position, K
+        vs, vs2 = (np.frombuffer(x, dtype="<f2").astype(np.float64)[0] for x in (raw[o + 6:o + 8], new[o2 + 6:o2 + 8]))
+        a = _unpack7(raw[o + 8 + d:o + 8 + d + vb], d) * vs
+        b = _unpack7(new[o2 + 8 + d:o2 + 8 + d + vb], d) * vs2
+        worst = max(worst, float(np.max(np.abs(a - b) - (0.5 * vs2 + np.abs(a) * 2 ** -10))))
+    assert worst <= 1e-7, worst
     for x in (llm, other):
         x.close()

@@ -21,12 +21,12 @@
 
 #include "test_util.h"
 
-/* ---- 8-bit rows ------------------------------------------------------------------------------------ */
+/* ---- 8-bit K and 7-bit V rows ------------------------------------------------------------------------ */
 
 static void test_quantize(void) {
     int bad = 0;
-    for (int it = 0; it < 400; it++) {
-        const int D = (int) tu_int(1, 256);
+    for (int it = 0; it < 800; it++) {
+        const int D = (int) tu_int(1, 256), qmax = it & 1 ? TRI_T2_VMAX : TRI_T2_KMAX;
         const double scale = exp(tu_uniform() * 14.0 - 9.0);
         tri_fp16 x[256], y[256];
         int8_t q[256];
@@ -36,14 +36,14 @@ static void test_quantize(void) {
             x[d] = tri_fp32_to_fp16(it % 97 == 0 ? 0.0f : (float) (scale * tu_normal()));
             amax = fmax(amax, fabs(tri_fp16_to_fp32(x[d])));
         }
-        tri_t2_quantize_row(x, D, q, &s16);
+        tri_t2_quantize_row(x, D, qmax, q, &s16);
         tri_t2_dequantize_row(q, s16, D, y);
         const double s = tri_fp16_to_fp32(s16);
-        /* oracle: the smallest F16 value >= amax / 127 (a scan of the positive halves), then round(x / s) */
+        /* oracle: the smallest F16 value >= amax / qmax (a scan of the positive halves), then round(x / s) */
         double want_s = 0.0;
         for (uint32_t hb = 0; hb < 0x7c00; hb++) {
             const double hv = tri_fp16_to_fp32((tri_fp16) hb);
-            if (hv * 127.0 >= amax * (1.0 - 1e-7)) {
+            if (hv * qmax >= amax * (1.0 - 1e-7)) {
                 want_s = hv;
                 break;
             }
@@ -58,7 +58,7 @@ static void test_quantize(void) {
         CHECK(s == want_s, "scale %.9g, want %.9g (amax %g)", s, want_s, amax);
         for (int d = 0; d < D; d++) {
             const double v = tri_fp16_to_fp32(x[d]) / s;
-            const double r = fmin(127.0, fmax(-127.0, nearbyint(v)));
+            const double r = fmin(qmax, fmax(-qmax, nearbyint(v)));
             const bool tie = fabs(fabs(v - trunc(v)) - 0.5) < 1e-5;
             const double err = fabs(tri_fp16_to_fp32(y[d]) - tri_fp16_to_fp32(x[d]));
             const bool b = (q[d] != (int8_t) r && !(tie && abs(q[d] - (int) r) <= 1)) ||
@@ -72,7 +72,50 @@ static void test_quantize(void) {
     CHECK(bad == 0, "%d quantised values off the oracle or outside the error bound", bad);
 }
 
+/* 7-bit packing against a bit-by-bit oracle: code d occupies bits [7d, 7d + 7) of the row, low bit first. */
+static void test_pack7(void) {
+    int bad = 0;
+    for (int it = 0; it < 300; it++) {
+        const int D = (int) tu_int(1, TRI_T2_MAX_DIM);
+        int8_t q[TRI_T2_MAX_DIM], back[TRI_T2_MAX_DIM];
+        uint8_t packed[TRI_T2_MAX_DIM + 1];
+        const size_t nb = tri_t2_vbytes(D);
+        for (int d = 0; d < D; d++) {
+            q[d] = (int8_t) ((int) tu_int(0, 127) - 64);
+        }
+        memset(packed, 0xa5, sizeof packed);
+        tri_t2_pack7(q, D, packed);
+        bad += nb != ((size_t) D * 7 + 7) / 8 || packed[nb] != 0xa5; /* nothing written past the row */
+        for (int d = 0; d < D; d++) {
+            int c = 0;
+            for (int b = 0; b < 7; b++) {
+                const int bit = 7 * d + b;
+                c |= ((packed[bit / 8] >> (bit % 8)) & 1) << b;
+            }
+            bad += c != (q[d] & 0x7f);
+        }
+        tri_t2_unpack7(packed, D, back);
+        bad += memcmp(q, back, (size_t) D) != 0;
+    }
+    CHECK(bad == 0, "7-bit packing: %d mismatches", bad);
+}
+
 /* ---- the pages --------------------------------------------------------------------------------------- */
+
+/* A page row at head_dim >= 64 costs at most half of full attention's F16 K and V row; too wide a head is refused. */
+static void test_tier2_row_bytes(void) {
+    char err[256];
+    for (int D = 48; D <= TRI_T2_MAX_DIM; D += 16) {
+        tri_kv_tier2 t;
+        CHECK(tri_kv_tier2_init(&t, 1, 1, D, 1024, 0, 1, err, sizeof err) == TRIATTN_OK, "init D %d: %s", D, err);
+        const double per_row = (double) t.page_bytes / TRI_T2_PAGE_ROWS;
+        CHECK(D < 64 || per_row <= 2.0 * D, "head_dim %d: %.2f bytes a row, half of F16 K and V is %d", D, per_row, 2 * D);
+        tri_kv_tier2_free(&t);
+    }
+    tri_kv_tier2 t;
+    CHECK(tri_kv_tier2_init(&t, 1, 1, TRI_T2_MAX_DIM + 8, 1024, 0, 1, err, sizeof err) == TRIATTN_ERR_UNSUPPORTED &&
+          strstr(err, "head_dim"), "a head_dim above the limit: %s", err);
+}
 
 static void rand_row(tri_fp16 * x, int D, double scale) {
     for (int d = 0; d < D; d++) {
@@ -98,7 +141,7 @@ static void test_tier2_store(void) {
     tri_kv_tier2 t;
     CHECK(tri_kv_tier2_init(&t, 2, 2, D, NCTX, 0, 4, err, sizeof err) == TRIATTN_OK, "init: %s", err);
     static int32_t want[N], got[N];
-    static tri_fp16 kw[N][D];
+    static tri_fp16 kw[N][D], vw[N][D];
     int32_t nw = 0, p = 0;
     for (int i = 0; i < N; i++) {
         /* mostly increasing, some older rows later (swapped out by a recall), a jump past 16-bit offsets,
@@ -120,6 +163,7 @@ static void test_tier2_store(void) {
         tri_kv_tier2_append(&t, 1, 1, pos, k, v);
         if (!held) {
             memcpy(kw[nw], k, sizeof k);
+            memcpy(vw[nw], v, sizeof v);
             want[nw++] = pos;
         }
     }
@@ -127,17 +171,26 @@ static void test_tier2_store(void) {
     CHECK(ng == nw && memcmp(got, want, sizeof(int32_t) * (size_t) nw) == 0, "tier-2 order: %d rows, want %d", ng, nw);
     CHECK(tri_kv_tier2_rows(&t) == nw && tri_kv_tier2_dropped(&t) == 0, "rows %lld, dropped %lld",
           (long long) tri_kv_tier2_rows(&t), (long long) tri_kv_tier2_dropped(&t));
-    /* rows read back within the quantisation bound, the bitmap exactly the held positions */
+    /* rows read back within the quantisation bound (the scales from each row's own max), the bitmap exactly the
+     * held positions */
     const tri_t2_head * th = tri_kv_tier2_head(&t, 1, 1);
     int bad = 0, r = 0;
     for (int32_t pg = 0; pg < th->n_pages; pg++) {
-        tri_fp16 k[TRI_T2_PAGE_ROWS * D];
-        tri_kv_tier2_page_f16(th->pages[pg], D, 0, th->pages[pg]->n, k, NULL);
+        tri_fp16 k[TRI_T2_PAGE_ROWS * D], v[TRI_T2_PAGE_ROWS * D];
+        tri_kv_tier2_page_f16(th->pages[pg], D, 0, th->pages[pg]->n, k, v);
         for (int32_t j = 0; j < th->pages[pg]->n; j++, r++) {
+            float kmax = 0.0f, vmax = 0.0f;
             for (int d = 0; d < D; d++) {
-                const float x = tri_fp16_to_fp32(kw[r][d]);
-                bad += fabsf(tri_fp16_to_fp32(k[j * D + d]) - x) >
-                       tri_fp16_to_fp32(th->pages[pg]->ks[j]) * 0.5f * 1.001f + fabsf(x) * 0x1p-10f + 1e-7f;
+                kmax = fmaxf(kmax, fabsf(tri_fp16_to_fp32(kw[r][d])));
+                vmax = fmaxf(vmax, fabsf(tri_fp16_to_fp32(vw[r][d])));
+            }
+            const float ks = tri_fp16_to_fp32(th->pages[pg]->ks[j]), vs = tri_fp16_to_fp32(th->pages[pg]->vs[j]);
+            bad += ks < kmax / TRI_T2_KMAX || ks > kmax / TRI_T2_KMAX * 1.001f || vs < vmax / TRI_T2_VMAX ||
+                   vs > vmax / TRI_T2_VMAX * 1.001f;
+            for (int d = 0; d < D; d++) {
+                const float x = tri_fp16_to_fp32(kw[r][d]), y = tri_fp16_to_fp32(vw[r][d]);
+                bad += fabsf(tri_fp16_to_fp32(k[j * D + d]) - x) > ks * 0.5f * 1.001f + fabsf(x) * 0x1p-10f + 1e-7f;
+                bad += fabsf(tri_fp16_to_fp32(v[j * D + d]) - y) > vs * 0.5f * 1.001f + fabsf(y) * 0x1p-10f + 1e-7f;
             }
         }
     }
@@ -149,7 +202,7 @@ static void test_tier2_store(void) {
     CHECK(set == nw, "bitmap holds %d positions, want %d", set, nw);
     CHECK(tri_kv_tier2_head(&t, 0, 0)->n_rows == 0, "another head got rows");
     const uint64_t bytes = tri_kv_tier2_bytes(&t);
-    CHECK(bytes >= (uint64_t) nw * (2 * D + 6) && bytes < (uint64_t) th->n_pages * t.page_bytes + 4 * (NCTX / 8) + 4096,
+    CHECK(bytes >= (uint64_t) nw * (D + tri_t2_vbytes(D) + 6) && bytes < (uint64_t) th->n_pages * t.page_bytes + 4 * (NCTX / 8) + 4096,
           "bytes %llu for %d rows in %d pages", (unsigned long long) bytes, nw, th->n_pages);
     tri_kv_tier2_clear(&t);
     CHECK(tri_kv_tier2_rows(&t) == 0 && !tri_kv_tier2_has(th, want[0]), "clear left rows");
@@ -718,6 +771,8 @@ static void test_sessions(triattn_model * m) {
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     test_quantize();
+    test_pack7();
+    test_tier2_row_bytes();
     test_tier2_store();
     test_compact_to_tier2();
     for (int i = 0; i < 4; i++) {

@@ -355,10 +355,38 @@ def report(a) -> int:
                 pair = " | | "
             lines.append(f"| {method} | {hits} / {len(cs)} | {hits / max(len(cs), 1):.2f} [{lo:.2f}, {hi:.2f}] | "
                          f"{mean:.2f} | {pair} |")
-    print("\n".join(lines))
+    print("\n".join(matrix(cells) if a.matrix else lines))
     if a.plot:
         plot(cells, a.plot)
     return 0
+
+
+def matrix(cells) -> list[str]:
+    """One table per model: hits per (task, context) and method@budget, over the cases every method ran at every
+    budget of that (task, context) (paired)."""
+    out = []
+    for model in sorted({k[0] for k in cells}):
+        keys = [k for k in cells if k[0] == model]
+        budgets = sorted({k[3] for k in keys})
+        methods = sorted({m for k in keys for m in cells[k] if m != "full"},
+                         key=lambda m: ("streaming" in m, "snapkv" in m, "+recall" in m, m))
+        cols = ["full"] + [f"{m}@{b}" for b in budgets for m in methods]
+        out += [f"\n{model}: hits / paired cases\n", "| task | context | cases | " + " | ".join(cols) + " |",
+                "|---|---:|---:|" + "---:|" * len(cols)]
+        for task, ctx in sorted({(k[1], k[2]) for k in keys}):
+            by_b = {b: cells.get((model, task, ctx, b), {}) for b in budgets}
+            common = None
+            for b in budgets:
+                for m in ["full"] + methods:
+                    cs = set(by_b[b].get(m, {}))
+                    common = cs if common is None else common & cs
+            common = sorted(common or ())
+            vals = [str(sum(by_b[budgets[0]]["full"][c]["hit"] for c in common)) if common else "–"]
+            for b in budgets:
+                for m in methods:
+                    vals.append(str(sum(by_b[b][m][c]["hit"] for c in common)) if common else "–")
+            out.append(f"| {task} | {ctx} | {len(common)} | " + " | ".join(vals) + " |")
+    return out
 
 
 def fmt(x: float) -> str:
@@ -413,6 +441,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="summarise --out instead of running")
     ap.add_argument("--reference", default="streaming", help="method of the paired comparisons")
     ap.add_argument("--model-filter", default=None, help="--report: only models whose file name contains this")
+    ap.add_argument("--matrix", action="store_true", help="--report: one compact table per model (paired cases)")
     ap.add_argument("--plot", default=None, help="--report: PNG of accuracy against context per task and budget")
     a = ap.parse_args(argv)
     return report(a) if a.report else run(a)

@@ -237,6 +237,17 @@ enum triattn_status tri_centres_load(const struct triattn_model * m, const tri_g
         memcpy(c->auto_policy, ap.ptr, ap.len);
         c->auto_policy[ap.len] = '\0';
     }
+    uint32_t offmax = 0;
+    msg[0] = '\0';
+    if (tri_gguf_get_u32(g, "triattention.offmax", true, &offmax, msg, sizeof msg) != TRIATTN_OK ||
+        (offmax != 0 && (offmax > 65536 || (offmax & (offmax - 1)) != 0))) {
+        tri_centres_free(c);
+        return tri_fail(err, n, TRIATTN_ERR_FORMAT, "%s: triattention.offmax must be a power of two 1..65536 (%s)", what,
+                        msg[0] ? msg : "got another value");
+    }
+    for (uint32_t o = offmax; o > 0; o >>= 1) {
+        c->n_offsets++;
+    }
     tri_gguf_str fp = { 0 };
     if (tri_gguf_get_str(g, "triattention.model_fingerprint", true, &fp, msg, sizeof msg) == TRIATTN_OK && fp.ptr &&
         (fp.len != strlen(m->fingerprint) || memcmp(fp.ptr, m->fingerprint, fp.len) != 0)) {

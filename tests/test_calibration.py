@@ -157,12 +157,19 @@ def test_sidecar_has_no_tensors_and_same_statistics(sidecar, embedded):
     e = gguf.GGUFReader(str(embedded[0]))
     assert len(r.tensors) == 0
     assert _kv(r, "general.type") == "triattention-calibration"
-    checked = ("triattention.auto_policy", "triattention.check.")  # only the embedded fixture runs the check
+    # only the embedded fixture runs the check (and may write the horizon it chose)
+    checked = ("triattention.auto_policy", "triattention.check.", "triattention.offmax")
     assert sorted(k for k in r.fields if k.startswith("triattention.")) == \
         sorted(k for k in e.fields if k.startswith("triattention.") and not k.startswith(checked))
     assert _kv(e, "triattention.auto_policy") in ("triattention", "streaming", "snapkv")
     kl = _arr(e, "triattention.check.kl")
-    assert kl.size == 6 and np.all(np.isfinite(kl)) and np.all(kl > 0)
+    assert kl.size == 8 and np.all(np.isfinite(kl)) and np.all(kl > 0)   # 4 policies (TriAttention at 2 horizons) x 2
+    pols = [str(x) for x in e.fields["triattention.check.policies"].contents()]
+    assert pols == ["triattention", "streaming", "snapkv", "triattention,offmax=128"]
+    short = kl[6:].mean() < kl[:2].mean()
+    assert ("triattention.offmax" in e.fields) == short
+    if short:
+        assert _kv(e, "triattention.offmax") == 128
     assert _kv(e, "triattention.auto_policy") == embedded[1]["policy_check"]["auto_policy"]
     for k in TRI_ARRAYS:  # re-calibrating on the same text gives the same numbers
         np.testing.assert_array_equal(_arr(r, k), _arr(e, k))

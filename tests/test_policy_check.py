@@ -16,8 +16,9 @@ from pytriattn import policy_check as pc
 from pytriattn._errors import TriattnError
 
 
-def _sidecar(tmp_path: Path, model: Path, auto: str) -> Path:
-    """The shipped centres of the default model, rewritten with triattention.auto_policy = auto."""
+def _sidecar(tmp_path: Path, model: Path, auto: str, offmax: int | None = None) -> Path:
+    """The shipped centres of the default model, rewritten with triattention.auto_policy = auto (and
+    triattention.offmax when given)."""
     from gguf import GGUFReader
 
     from pytriattn import Llama
@@ -31,7 +32,9 @@ def _sidecar(tmp_path: Path, model: Path, auto: str) -> Path:
     kvs = cal.triattention_kvs(info, {**arr, "n_tokens": 1000}, "test", info["fingerprint"])
     kvs += pc.check_kvs({"auto_policy": auto, "context": 2048, "budgets": [256, 512],
                          "policies": list(pc.CANDIDATES), "kl": [0.3, 0.2, 0.1, 0.05, 0.2, 0.1]})
-    path = tmp_path / f"{auto}.tri-stats.gguf"
+    if offmax is not None:
+        kvs += [("triattention.offmax", cal.T_U32, offmax)]
+    path = tmp_path / f"{auto}-{offmax}.tri-stats.gguf"
     cal.write_sidecar(path, kvs, src=model)
     return path
 
@@ -60,6 +63,42 @@ def test_auto_policy_value_is_checked(tmp_path, default_model):
     path = _sidecar(tmp_path, default_model, "h2o_typo")
     with pytest.raises(TriattnError, match="triattention.auto_policy"):
         Llama(default_model, n_ctx=256, calibration=path)
+
+
+def test_offmax_key_sets_the_horizon(tmp_path, default_model):
+    """triattention.offmax is the score's default horizon: a session with it compresses exactly as kv_mode
+    per_head,offmax=N with the plain centres, a kv_mode offmax= overrides it, a bad value is refused, and
+    `pytriattn info` says so."""
+    from pytriattn import Llama
+
+    plain, short = _sidecar(tmp_path, default_model, "triattention"), _sidecar(tmp_path, default_model,
+                                                                            "triattention", 128)
+    with Llama(default_model, n_ctx=64, kv_policy="full") as llm:
+        toks = llm.tokenize(" ".join(f"Line {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i * 7 % 13} "
+                                     "stones." for i in range(60)))[:600]
+
+    def run(calibration, mode=None):
+        kw = {"kv_mode": mode} if mode else {}
+        with Llama(default_model, n_ctx=1024, n_threads=2, kv_policy="triattention", kv_budget=64, kv_interval=32,
+                   kv_window=8, calibration=calibration, **kw) as llm:
+            llm.decode(toks[:-1])
+            logits = llm.eval(toks[-1:])[-1]
+            return logits, llm.kv_positions()
+
+    a, pa = run(short)
+    b, pb = run(plain, "per_head,offmax=128")
+    c, pc_ = run(plain)
+    d, pd = run(short, "per_head,offmax=65536")
+    assert np.array_equal(a, b) and np.array_equal(pa, pb)
+    assert np.array_equal(c, d) and np.array_equal(pc_, pd)
+    assert not np.array_equal(pa, pc_)            # the horizon changes what is kept
+    bad = _sidecar(tmp_path, default_model, "triattention", 100)
+    with pytest.raises(TriattnError, match="triattention.offmax"):
+        Llama(default_model, n_ctx=256, calibration=bad)
+    out = subprocess.run([sys.executable, "-m", "pytriattn", "info", str(default_model), "--calibration", str(short)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "future offsets up to 128" in out.stdout
 
 
 def _kl_cells(model, calibration, toks, budgets, tail, policies):

@@ -92,7 +92,8 @@ def gguf_summary(path: str | os.PathLike) -> dict:
                                  else get("triattention.model_fingerprint") == fp)}
     from .policy_check import describe
     calib["auto"] = describe({k: _value(f) for k, f in md.items()
-                              if k == "triattention.auto_policy" or k.startswith("triattention.check.")})
+                              if k in ("triattention.auto_policy", "triattention.offmax")
+                              or k.startswith("triattention.check.")})
 
     return {
         "file": str(path),

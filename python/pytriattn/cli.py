@@ -282,7 +282,9 @@ def _cmd_calibrate(args) -> int:
         print(f"wrote {kind} {s['output']}: {s['n_tokens']} tokens from {s['source']}, "
               f"{s['tokens_per_s']:.0f} tok/s, mean concentration {s['mean_concentration']:.3f}")
         if s["policy_check"]:
-            print(f"policy check: kv_policy auto = {s['policy_check']['auto_policy']}")
+            pc = s["policy_check"]
+            horizon = f"; triattention's offsets up to {pc['offmax']}" if pc.get("offmax") else ""
+            print(f"policy check: kv_policy auto = {pc['auto_policy']}{horizon}")
         elif not args.no_policy_check:
             print("no policy check: fewer than 512 tokens of text follow the calibrated ones (kv_policy auto = "
                   "triattention)")

@@ -5,10 +5,14 @@ the calibrated ones, 4,096 by default: the shortest context of the quality table
 MIN_CONTEXT follow) is teacher-forced with `pytriattn eval ppl`'s schedule (the
 first token alone, then calls that end exactly where the live slots reach budget + interval, so each round
 happens where token-by-token decoding would do it) under full attention, `triattention`, `streaming` and
-`snapkv` at budgets of 1/8 and 1/4 of the check context. KL(full || policy) is averaged over the last
-`tail` predicted positions. The policy with the lowest mean KL over the budgets (triattention on a tie)
-becomes `triattention.auto_policy`: what kv_policy "auto" uses for this model. Results are written next to
-it (`triattention.check.*`, docs/gguf-keys.md) so `pytriattn info` can say why.
+`snapkv` at budgets of 1/8 and 1/4 of the check context. TriAttention runs twice: with its default
+future-distance average (offsets 2^0..2^16) and with the offsets bounded at the compression interval (the
+score is recomputed every interval; on RoPE bases of 10^6 the long offsets average the distance-dependent
+part away). KL(full || policy) is averaged over the last `tail` predicted positions. The better TriAttention
+horizon is kept (`triattention.offmax` when it is the short one: the score's default for this model); the
+policy with the lowest mean KL over the budgets (triattention on a tie) becomes `triattention.auto_policy`:
+what kv_policy "auto" uses for this model. Results are written next to it (`triattention.check.*`,
+docs/gguf-keys.md) so `pytriattn info` can say why.
 """
 from __future__ import annotations
 
@@ -80,23 +84,30 @@ def run_check(model, calibration, toks, interval: int = 128, threads: int | None
     kw = dict(n_ctx=n + 8, n_batch=interval, n_threads=threads, kv_interval=interval)
     with Llama(model, kv_policy="full", **kw) as llm:
         full = tail_logprobs(llm, toks, tail, interval, None)
+    short = f"offmax={interval}" if 1 <= interval <= 65536 and interval & (interval - 1) == 0 else None
+    runs = [(p, None) for p in CANDIDATES] + ([("triattention", short)] if short else [])
+    labels = [p if mode is None else f"{p},{mode}" for p, mode in runs]
     kl = {}
-    for pol in CANDIDATES:
+    for (pol, mode), label in zip(runs, labels):
         for b in budgets:
-            with Llama(model, kv_policy=pol, kv_budget=b, calibration=calibration, **kw) as llm:
-                kl[(pol, b)] = mean_kl(full, tail_logprobs(llm, toks, tail, interval, b))
+            extra = {"kv_mode": f"per_head,{mode}"} if mode else {}
+            with Llama(model, kv_policy=pol, kv_budget=b, calibration=calibration, **extra, **kw) as llm:
+                kl[(label, b)] = mean_kl(full, tail_logprobs(llm, toks, tail, interval, b))
             if progress:
                 import sys
-                print(f"pytriattn: policy check, {pol} at budget {b}: KL {kl[(pol, b)]:.4f}", file=sys.stderr)
-    means = {p: sum(kl[(p, b)] for b in budgets) / len(budgets) for p in CANDIDATES}
+                print(f"pytriattn: policy check, {label} at budget {b}: KL {kl[(label, b)]:.4f}", file=sys.stderr)
+    means = {p: sum(kl[(p, b)] for b in budgets) / len(budgets) for p in labels}
+    ta = min((p for p in labels if p.startswith("triattention")), key=lambda p: (means[p], p != "triattention"))
+    means["triattention"] = means[ta]
     best = min(CANDIDATES, key=lambda p: (means[p], p != "triattention"))
-    return {"auto_policy": best, "context": n, "tail": tail, "budgets": budgets, "policies": list(CANDIDATES),
-            "kl": [kl[(p, b)] for p in CANDIDATES for b in budgets]}
+    return {"auto_policy": best, "offmax": interval if ta != "triattention" else None, "context": n, "tail": tail,
+            "budgets": budgets, "policies": labels, "kl": [kl[(p, b)] for p in labels for b in budgets]}
 
 
 def check_kvs(check: dict) -> list[tuple[str, object, object]]:
     from .calibrate import T_ARR, T_F32, T_STR, T_U32
-    return [
+    horizon = [("triattention.offmax", T_U32, int(check["offmax"]))] if check.get("offmax") else []
+    return horizon + [
         ("triattention.auto_policy", T_STR, check["auto_policy"]),
         ("triattention.check.context", T_U32, int(check["context"])),
         ("triattention.check.budgets", (T_ARR, T_U32), [int(b) for b in check["budgets"]]),
@@ -119,4 +130,6 @@ def describe(md: dict) -> str | None:
         detail = (f" (policy check, KL(full || policy) at {md.get('triattention.check.context')} tokens, budgets "
                   f"{' / '.join(str(int(b)) for b in budgets)}: {'; '.join(parts)})")
     why = "" if pol == "triattention" else ", falling back from triattention"
-    return f"kv_policy auto = {pol}{why}{detail}"
+    off = md.get("triattention.offmax")
+    horizon = f"; triattention's future offsets up to {int(off)} (the check's choice)" if off is not None else ""
+    return f"kv_policy auto = {pol}{why}{horizon}{detail}"

@@ -9,9 +9,10 @@ happens where token-by-token decoding would do it) under full attention, `triatt
 future-distance average (offsets 2^0..2^16) and with the offsets bounded at the compression interval (the
 score is recomputed every interval; on RoPE bases of 10^6 the long offsets average the distance-dependent
 part away). KL(full || policy) is averaged over the last `tail` predicted positions. The better TriAttention
-horizon is kept (`triattention.offmax` when it is the short one: the score's default for this model); the
-policy with the lowest mean KL over the budgets (triattention on a tie) becomes `triattention.auto_policy`:
-what kv_policy "auto" uses for this model. Results are written next to it (`triattention.check.*`,
+horizon is kept (`triattention.offmax` when it is the short one: the score's default for this model).
+TriAttention becomes `triattention.auto_policy`, what kv_policy "auto" uses for this model, when its KL is no
+higher than every other candidate's at every budget; otherwise the other candidate with the lowest mean KL over
+the budgets does. Results are written next to it (`triattention.check.*`,
 docs/gguf-keys.md) so `pytriattn info` can say why.
 """
 from __future__ import annotations
@@ -98,8 +99,11 @@ def run_check(model, calibration, toks, interval: int = 128, threads: int | None
                 print(f"pytriattn: policy check, {label} at budget {b}: KL {kl[(label, b)]:.4f}", file=sys.stderr)
     means = {p: sum(kl[(p, b)] for b in budgets) / len(budgets) for p in labels}
     ta = min((p for p in labels if p.startswith("triattention")), key=lambda p: (means[p], p != "triattention"))
-    means["triattention"] = means[ta]
-    best = min(CANDIDATES, key=lambda p: (means[p], p != "triattention"))
+    # the rule auto must keep: triattention only where it is at least as close as every baseline at every budget;
+    # otherwise the baseline with the lowest mean
+    baselines = [p for p in CANDIDATES if p != "triattention"]
+    wins = all(kl[(ta, b)] <= kl[(p, b)] for p in baselines for b in budgets)
+    best = "triattention" if wins else min(baselines, key=lambda p: means[p])
     return {"auto_policy": best, "offmax": interval if ta != "triattention" else None, "context": n, "tail": tail,
             "budgets": budgets, "policies": labels, "kl": [kl[(p, b)] for p in labels for b in budgets]}
 

@@ -45,8 +45,7 @@ enum triattn_status tri_cu_compress(triattn_session * s, int32_t next_pos, char 
     }
     /* Synthetic queries of the round at the absolute position of the next token (host, double). */
     const tri_centres * ce = s->model->centres;
-    tri_triattn_phase_n(c->F, c->omega, (double) next_pos, ce->n_offsets > 0 ? ce->n_offsets : TRI_TRIATTN_N_OFFSETS,
-                        c->a_re, c->a_im);
+    tri_triattn_phase_n(c->F, c->omega, (double) next_pos, ce->n_offsets, c->a_re, c->a_im);
     for (int r = 0; r < LH; r++) {
         const size_t o = (size_t) r * c->F;
         tri_triattn_query(c->R, s->model->hp.rope_pairing, ce->q_re + o, ce->q_im + o, ce->q_abs + o, c->a_re, c->a_im,

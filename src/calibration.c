@@ -4,6 +4,7 @@
 #include "common.h"
 #include "model.h"
 #include "session.h"
+#include "triattn_score.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -92,6 +93,7 @@ static tri_centres * tri_centres_alloc(int32_t L, int32_t H, int32_t F) {
     c->n_layer = L;
     c->n_head = H;
     c->freq_count = F;
+    c->n_offsets = TRI_TRIATTN_N_OFFSETS;
     c->q_re  = malloc(n * sizeof(float));
     c->q_im  = malloc(n * sizeof(float));
     c->q_abs = malloc(n * sizeof(float));
@@ -245,8 +247,8 @@ enum triattn_status tri_centres_load(const struct triattn_model * m, const tri_g
         return tri_fail(err, n, TRIATTN_ERR_FORMAT, "%s: triattention.offmax must be a power of two 1..65536 (%s)", what,
                         msg[0] ? msg : "got another value");
     }
-    for (uint32_t o = offmax; o > 0; o >>= 1) {
-        c->n_offsets++;
+    if (offmax) {
+        c->n_offsets = 1 + __builtin_ctz(offmax);
     }
     tri_gguf_str fp = { 0 };
     if (tri_gguf_get_str(g, "triattention.model_fingerprint", true, &fp, msg, sizeof msg) == TRIATTN_OK && fp.ptr &&

@@ -37,8 +37,8 @@ typedef struct tri_centres {
     float *  q_abs;     /* [L][H][F] E|q| */
     uint64_t n_tokens;  /* triattention.calib.n_tokens (0 when absent) */
     char     auto_policy[16]; /* triattention.auto_policy: what kv_policy "auto" uses ("" = triattention) */
-    int32_t  n_offsets; /* triattention.offmax as the count of offsets 2^0..2^(n-1) the score averages over
-                         * (0 = absent: the default); a kv_mode with offmax= overrides it */
+    int32_t  n_offsets; /* offsets 2^0..2^(n-1) the score averages over: from triattention.offmax, else
+                         * TRI_TRIATTN_N_OFFSETS; a kv_mode with offmax= overrides it */
 } tri_centres;
 
 void tri_centres_free(tri_centres * c);

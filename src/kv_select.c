@@ -162,6 +162,7 @@ enum triattn_status tri_ta_parse_mode(const char * s, tri_ta_opts * o, char * er
                 float t = 0.0f;
                 ok = tri_ta_number(v, vl, 1.0f, 65536.0f, &t) && t == floorf(t) && ((int32_t) t & ((int32_t) t - 1)) == 0;
                 o->n_offsets = ok ? 1 + (int32_t) log2f(t) : o->n_offsets;
+                o->offmax_set = ok;
             }
         }
         if (!ok) {

@@ -55,6 +55,7 @@ typedef struct tri_ta_opts {
     int32_t look;      /* tail tokens of the first pass; 0 = off, INT32_MAX = the whole prompt */
     float lookw;
     int32_t n_offsets; /* offsets 2^0 .. 2^(n_offsets - 1) averaged over (default TRI_TRIATTN_N_OFFSETS) */
+    bool    offmax_set; /* offmax= was given (else the centres' horizon applies) */
 } tri_ta_opts;
 
 /* Parses kv_mode (NULL = defaults). TRIATTN_ERR_UNSUPPORTED with a message naming the bad part. */

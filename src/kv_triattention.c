@@ -172,8 +172,8 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     if (os != TRIATTN_OK) {
         return os;
     }
-    if (m->centres->n_offsets > 0 && !(p->cfg.mode && strstr(p->cfg.mode, "offmax="))) {
-        st->opts.n_offsets = m->centres->n_offsets; /* the horizon the calibration's policy check chose */
+    if (!st->opts.offmax_set) {
+        st->opts.n_offsets = m->centres->n_offsets; /* the calibration's horizon, or the default */
     }
     st->mode = st->opts.mode;
     p->share = st->mode == TRI_TA_PER_HEAD ? TRI_KV_SHARE_LAYERS : st->mode == TRI_TA_GLOBAL ? TRI_KV_SHARE_ALL

@@ -94,6 +94,36 @@ def test_summary_pairs_by_problem():
     assert lo < rows["full"]["accuracy"] < hi
 
 
+def test_report_keeps_complete_problems(tmp_path, capsys):
+    """A run stopped part way: only problems with every cell count, so the cells hold the same problems."""
+    cells = [("full", 0), ("triattention", 128), ("streaming", 128), ("triattention", 256)]
+    recs, complete, capped = [], set(), {}
+    for ds in ("a", "b"):
+        for i in range(RNG.randint(5, 30)):
+            have = cells if RNG.random() < 0.7 else RNG.sample(cells, RNG.randint(1, len(cells) - 1))
+            if len(have) == len(cells):
+                complete.add((ds, i))
+            for m, b in have:
+                stop = "length" if RNG.random() < 0.3 else "eog"
+                if len(have) == len(cells):
+                    capped.setdefault((ds, m, b), []).append(stop == "length")
+                recs.append({"dataset": ds, "id": i, "method": m, "budget": b, "correct": RNG.random() < 0.5,
+                             "generated_tokens": RNG.randint(1, 768), "stop": stop, "compressions": int(b > 0),
+                             "kv_bytes_peak": 100})
+    kept, dropped = er.complete_only(recs)
+    assert {(r["dataset"], r["id"]) for r in kept} == complete, _msg("")
+    assert dropped == len({(r["dataset"], r["id"]) for r in recs}) - len(complete)
+    for row in er.summary(kept):
+        flags = capped[(row["dataset"], row["method"], row["budget"])]
+        assert row["n"] == len(flags) and row["share_at_cap"] == pytest.approx(sum(flags) / len(flags)), _msg("")
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert er.report(path) == 0
+    text = capsys.readouterr().out
+    assert (f"{dropped} problem(s) without every configuration" in text) == (dropped > 0)
+    assert "at the cap" in text
+
+
 def _problems(tmp_path, n):
     path = tmp_path / "probs.jsonl"
     with open(path, "w") as f:

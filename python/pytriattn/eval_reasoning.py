@@ -480,7 +480,10 @@ def main_reasoning(args) -> int:
 
 def report(path) -> int:
     """Prints the summary table of a records file and writes its plot beside it (OUT.png)."""
-    recs = read_records(path)
+    recs, dropped = complete_only(read_records(path))
+    if dropped:
+        print(f"{dropped} problem(s) without every configuration finished are left out, so every cell holds the "
+              "same problems.\n")
     print(summary_markdown(recs))
     lines = []
     for ds in sorted({r["dataset"] for r in recs}):
@@ -504,9 +507,23 @@ def report(path) -> int:
 
 # ---- report -------------------------------------------------------------------------------------------
 
+def complete_only(recs: list[dict]) -> tuple[list[dict], int]:
+    """The records of the problems that have a record in every (method, budget) cell of their data set, and
+    how many problems were left out (a run stopped part way)."""
+    cells: dict[str, set] = {}
+    have: dict[tuple, set] = {}
+    for r in recs:
+        cell = (r["method"], int(r["budget"]))
+        cells.setdefault(r["dataset"], set()).add(cell)
+        have.setdefault((r["dataset"], int(r["id"])), set()).add(cell)
+    keep = {k for k, c in have.items() if c == cells[k[0]]}
+    return [r for r in recs if (r["dataset"], int(r["id"])) in keep], len(have) - len(keep)
+
+
 def summary(recs: list[dict]) -> list[dict]:
     """Per (dataset, method, budget): n, correct, accuracy with its Wilson 95% interval, mean generated
-    tokens, share of generations longer than the budget, share compressed, mean peak KV bytes, and the exact
+    tokens, share of generations longer than the budget, share stopped by the token cap (max_tokens), share
+    compressed, mean peak KV bytes, and the exact
     McNemar p-value against full attention on the problems both have."""
     cells: dict[tuple, dict] = {}
     for r in recs:
@@ -520,6 +537,7 @@ def summary(recs: list[dict]) -> list[dict]:
                "ci_lo": lo, "ci_hi": hi,
                "mean_generated": sum(r["generated_tokens"] for r in rs) / n,
                "share_over_budget": (sum(r["generated_tokens"] > b for r in rs) / n) if b else float("nan"),
+               "share_at_cap": sum(r.get("stop") == "length" for r in rs) / n,
                "share_compressed": sum(r["compressions"] > 0 for r in rs) / n,
                "kv_bytes_peak": sum(r["kv_bytes_peak"] for r in rs) / n}
         full = cells.get((ds, "full", 0))
@@ -545,14 +563,15 @@ def paired(recs: list[dict], ds: str, a: tuple, b: tuple) -> dict:
 def summary_markdown(recs: list[dict]) -> str:
     rows = summary(recs)
     lines = ["| data set | method | budget | n | accuracy (95% CI) | vs full: lost / gained, McNemar p | "
-             "mean generated | > budget | compressed | peak KV MiB |",
-             "|---|---|---:|---:|---|---|---:|---:|---:|---:|"]
+             "mean generated | > budget | at the cap | compressed | peak KV MiB |",
+             "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         vs = (f"{r['full_only']} / {r['policy_only']}, p = {r['p_vs_full']:.2g}" if "p_vs_full" in r else "")
         over = "" if r["budget"] == 0 else f"{100 * r['share_over_budget']:.0f}%"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['budget'] or '-'} | {r['n']} | "
                      f"{100 * r['accuracy']:.1f}% ({100 * r['ci_lo']:.1f}–{100 * r['ci_hi']:.1f}) | {vs} | "
-                     f"{r['mean_generated']:.0f} | {over} | {100 * r['share_compressed']:.0f}% | "
+                     f"{r['mean_generated']:.0f} | {over} | {100 * r['share_at_cap']:.0f}% | "
+                     f"{100 * r['share_compressed']:.0f}% | "
                      f"{r['kv_bytes_peak'] / 2**20:.1f} |")
     return "\n".join(lines)
 

@@ -108,7 +108,8 @@ def test_report_keeps_complete_problems(tmp_path, capsys):
                 if len(have) == len(cells):
                     capped.setdefault((ds, m, b), []).append(stop == "length")
                 recs.append({"dataset": ds, "id": i, "method": m, "budget": b, "correct": RNG.random() < 0.5,
-                             "generated_tokens": RNG.randint(1, 768), "stop": stop, "compressions": int(b > 0),
+                             "generated_tokens": RNG.randint(1, 768), "prompt_tokens": 60 + i, "stop": stop,
+                             "compressions": int(b > 0),
                              "kv_bytes_peak": 100})
     kept, dropped = er.complete_only(recs)
     assert {(r["dataset"], r["id"]) for r in kept} == complete, _msg("")
@@ -122,6 +123,26 @@ def test_report_keeps_complete_problems(tmp_path, capsys):
     text = capsys.readouterr().out
     assert (f"{dropped} problem(s) without every configuration" in text) == (dropped > 0)
     assert "at the cap" in text
+    assert "prompt < median" in text
+
+
+def test_accuracy_by_prompt_length():
+    """Split at the median of full attention's prompt counts, against a count written out per problem."""
+    recs, plen = [], {}
+    for i in range(RNG.randint(10, 40)):
+        plen[i] = RNG.randint(40, 200)
+        for m, b in (("full", 0), ("triattention", 128)):
+            recs.append({"dataset": "d", "id": i, "method": m, "budget": b, "correct": RNG.random() < 0.5,
+                         "prompt_tokens": plen[i] if m == "full" else 0})
+    med = sorted(plen.values())[len(plen) // 2]
+    for row in er.by_prompt_length(recs):
+        mine = [r for r in recs if r["method"] == row["method"]]
+        short = [r["correct"] for r in mine if plen[r["id"]] < med]
+        long_ = [r["correct"] for r in mine if plen[r["id"]] >= med]
+        assert row["median_prompt"] == med and (row["n_short"], row["n_long"]) == (len(short), len(long_))
+        assert row["acc_long"] == pytest.approx(sum(long_) / len(long_)), _msg("")
+        if short:
+            assert row["acc_short"] == pytest.approx(sum(short) / len(short)), _msg("")
 
 
 def _problems(tmp_path, n):

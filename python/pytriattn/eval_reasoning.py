@@ -499,6 +499,13 @@ def report(path) -> int:
         print("\n| data set | budget | pair | n | only the first / only the second right | McNemar p |\n"
               "|---|---:|---|---:|---|---:|")
         print("\n".join(lines))
+    rows = by_prompt_length(recs)
+    if rows:
+        print("\n| data set | method | budget | prompt < median: n, accuracy | prompt ≥ median: n, accuracy |\n"
+              "|---|---|---:|---|---|")
+        for r in rows:
+            print(f"| {r['dataset']} (median {r['median_prompt']}) | {r['method']} | {r['budget'] or '-'} | "
+                  f"{r['n_short']}, {100 * r['acc_short']:.1f}% | {r['n_long']}, {100 * r['acc_long']:.1f}% |")
     png = plot_accuracy(recs, Path(path).with_suffix(".png"))
     if png:
         print(f"plot: {png}")
@@ -558,6 +565,28 @@ def paired(recs: list[dict], ds: str, a: tuple, b: tuple) -> dict:
     x = sum(ca[i] and not cb[i] for i in common)
     y = sum(cb[i] and not ca[i] for i in common)
     return {"n": len(common), "a_only": x, "b_only": y, "p": mcnemar_p(x, y)}
+
+
+def by_prompt_length(recs: list[dict]) -> list[dict]:
+    """Accuracy per (dataset, method, budget) on the problems whose prompt is shorter than the data set's median
+    prompt (full attention's count) and on the rest: how much of a budget the question itself takes."""
+    prompt = {(r["dataset"], int(r["id"])): int(r["prompt_tokens"]) for r in recs if r["method"] == "full"}
+    out = []
+    for ds in sorted({k[0] for k in prompt}):
+        lens = sorted(v for k, v in prompt.items() if k[0] == ds)
+        med = lens[len(lens) // 2]
+        cells: dict[tuple, list] = {}
+        for r in recs:
+            key = (r["dataset"], int(r["id"]))
+            if r["dataset"] == ds and key in prompt:
+                cells.setdefault((r["method"], int(r["budget"])), []).append((prompt[key] < med, bool(r["correct"])))
+        for (m, b), v in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            short = [c for s, c in v if s]
+            long_ = [c for s, c in v if not s]
+            out.append({"dataset": ds, "method": m, "budget": b, "median_prompt": med,
+                        "n_short": len(short), "acc_short": sum(short) / len(short) if short else float("nan"),
+                        "n_long": len(long_), "acc_long": sum(long_) / len(long_) if long_ else float("nan")})
+    return out
 
 
 def summary_markdown(recs: list[dict]) -> str:

@@ -530,8 +530,8 @@ def complete_only(recs: list[dict]) -> tuple[list[dict], int]:
 def summary(recs: list[dict]) -> list[dict]:
     """Per (dataset, method, budget): n, correct, accuracy with its Wilson 95% interval, mean generated
     tokens, share of generations longer than the budget, share stopped by the token cap (max_tokens), share
-    compressed, mean peak KV bytes, and the exact
-    McNemar p-value against full attention on the problems both have."""
+    compressed, mean peak KV bytes, and the exact McNemar p-value against full attention on the problems both
+    have."""
     cells: dict[tuple, dict] = {}
     for r in recs:
         cells.setdefault((r["dataset"], r["method"], int(r["budget"])), {})[int(r["id"])] = r
@@ -571,21 +571,23 @@ def by_prompt_length(recs: list[dict]) -> list[dict]:
     """Accuracy per (dataset, method, budget) on the problems whose prompt is shorter than the data set's median
     prompt (full attention's count) and on the rest: how much of a budget the question itself takes."""
     prompt = {(r["dataset"], int(r["id"])): int(r["prompt_tokens"]) for r in recs if r["method"] == "full"}
-    out = []
-    for ds in sorted({k[0] for k in prompt}):
+    median = {}
+    for ds in {k[0] for k in prompt}:
         lens = sorted(v for k, v in prompt.items() if k[0] == ds)
-        med = lens[len(lens) // 2]
-        cells: dict[tuple, list] = {}
-        for r in recs:
-            key = (r["dataset"], int(r["id"]))
-            if r["dataset"] == ds and key in prompt:
-                cells.setdefault((r["method"], int(r["budget"])), []).append((prompt[key] < med, bool(r["correct"])))
-        for (m, b), v in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            short = [c for s, c in v if s]
-            long_ = [c for s, c in v if not s]
-            out.append({"dataset": ds, "method": m, "budget": b, "median_prompt": med,
-                        "n_short": len(short), "acc_short": sum(short) / len(short) if short else float("nan"),
-                        "n_long": len(long_), "acc_long": sum(long_) / len(long_) if long_ else float("nan")})
+        median[ds] = lens[len(lens) // 2]
+    cells: dict[tuple, list] = {}
+    for r in recs:
+        key = (r["dataset"], int(r["id"]))
+        if key in prompt:
+            cells.setdefault((r["dataset"], int(r["budget"]), r["method"]), []).append(
+                (prompt[key] < median[key[0]], bool(r["correct"])))
+    out = []
+    for (ds, b, m), v in sorted(cells.items()):
+        short = [c for s, c in v if s]
+        long_ = [c for s, c in v if not s]
+        out.append({"dataset": ds, "method": m, "budget": b, "median_prompt": median[ds],
+                    "n_short": len(short), "acc_short": sum(short) / len(short) if short else float("nan"),
+                    "n_long": len(long_), "acc_long": sum(long_) / len(long_) if long_ else float("nan")})
     return out
 
 

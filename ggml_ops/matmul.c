@@ -7,10 +7,15 @@
 
 #include <string.h>
 
-/* Below this many tokens the decode kernel runs once per token: repacking rows into panels costs about
- * as much as meeting a few tokens. */
-#ifndef TRI_GEMM_MIN_TOK
-#define TRI_GEMM_MIN_TOK 4
+/* From this many tokens on, rows are repacked into panels (the prefill kernel); below, the decode kernel
+ * reads each row once for all tokens. K types unpack a super-block once for every token, so panels pay
+ * off later for them (crossovers measured on Zen 4: 1536 x 8960 matrices, and batched decode steps of
+ * Qwen2.5-1.5B Q4_K_M and SmolLM2-135M Q4_1). */
+#ifndef TRI_GEMM_MIN_TOK_32
+#define TRI_GEMM_MIN_TOK_32 4
+#endif
+#ifndef TRI_GEMM_MIN_TOK_K
+#define TRI_GEMM_MIN_TOK_K 10
 #endif
 
 /* Tile of the vec_dot fallback: TRI_MM_ROWS weight rows stay in cache while they meet TRI_MM_TOKS tokens. */
@@ -130,12 +135,11 @@ void tri_matmul_rows(const void * W, enum tri_type wtype, int64_t n_in, int64_t 
     const int               n  = (int) n_in;
 
     if (k->gemv[wtype]) {
-        if (n_tok >= TRI_GEMM_MIN_TOK && scratch) {
+        const int64_t min_tok = tt->blck_size == TRI_QK_K ? TRI_GEMM_MIN_TOK_K : TRI_GEMM_MIN_TOK_32;
+        if (n_tok >= min_tok && scratch) {
             k->gemm[wtype](n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy, scratch);
         } else {
-            for (int64_t t = 0; t < n_tok; t++) {
-                k->gemv[wtype](n, w + r0 * rs, rs, r1 - r0, x + t * xs, y + t * ldy + r0);
-            }
+            k->gemv[wtype](n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy);
         }
         return;
     }

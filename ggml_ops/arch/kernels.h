@@ -22,8 +22,11 @@ typedef struct tri_xrow_layout {
 
 tri_xrow_layout tri_xrow_layout_of(enum tri_type vdt, int64_t n);
 
-/* Decode: y[r] = dot(row r of W, x) for r in [0, nrows); W rows of n values (stride rs), x one x row. */
-typedef void (*tri_gemv_fn)(int n, const void * W, size_t rs, int64_t nrows, const void * x, float * y);
+/* Decode: y[t * ldy + r] = dot(row r of W, x row t) for r in [0, nrows), t in [0, n_tok); W rows of n values
+ * (stride rs), x rows at stride xs. Each row is read once for all tokens and no rows are repacked; a token's
+ * results do not depend on the others (n_tok 1 gives the same bits). */
+typedef void (*tri_gemv_fn)(int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs,
+                            int64_t n_tok, float * y, int64_t ldy);
 /* Prefill: y[t * ldy + r] for r in [0, nrows), t in [0, n_tok); x rows at stride xs. scratch holds
  * tri_matmul_scratch_size(n) bytes (the repacked rows). Same results as the gemv, bit for bit. */
 typedef void (*tri_gemm_fn)(int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs,

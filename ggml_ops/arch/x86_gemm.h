@@ -676,105 +676,158 @@ TRI_INLINE void tri_gemv32_group(const uint8_t * blk0, const uint8_t * x, int b0
 /* 32-value types against an x row of Q8_0 (or Q8_1 when off_m >= 0) blocks. off: the code offset (8, 16,
  * 0), applied through the x row's block sums; q8: Q8_0 weights (signed values, no codes). Whole groups of 8
  * blocks run without lane checks; a last group of at most 4 blocks uses the low half of the partial sums. */
-TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
-                           size_t bsz, size_t qs, int qh, int off, bool q8, int off_m) {
+TRI_INLINE float tri_gemv32_row(int n, const uint8_t * row, const uint8_t * x, const tri_xrow_layout * L, size_t bsz,
+                                size_t qs, int qh, int off, bool q8, int off_m) {
     const int    nb  = n / 32;
     const size_t xbs = off_m >= 0 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
     const size_t xq  = off_m >= 0 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
+    const float *   xd   = (const float *) (x + L->d);
+    const float *   xs   = (const float *) (x + L->s);
+    const int32_t * xsum = (const int32_t *) (x + L->sum);
+    __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
+    int b0 = 0;
+    for (; b0 + 8 <= nb; b0 += 8) {
+        tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, 8, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs, xsum,
+                         &sp, &tp);
+    }
+    if (nb - b0 > 4) {
+        tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, nb - b0, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs,
+                         xsum, &sp, &tp);
+        b0 = nb;
+    }
+    if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
+        const int k = nb - b0;
+        const uint8_t * blk0 = row + (size_t) b0 * bsz;
+        __m256i p[4];
+        tri_gemv32_dots(blk0, x, b0, 4, k, bsz, xbs, xq, qs, qh, q8, p);
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
+        if (off) {
+            const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (xsum + b0), lanes));
+            is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
+        }
+        __m128 dw, mw = _mm_setzero_ps();
+        if (off_m >= 0) {
+            __m256 d8, m8;
+            tri_block_2h8(blk0, bsz, k, &d8, &m8);
+            dw = _mm256_castps256_ps128(d8);
+            mw = _mm256_castps256_ps128(m8);
+        } else {
+            dw = _mm256_castps256_ps128(tri_block_h8(blk0, bsz, 0, k));
+        }
+        const __m128 dd = _mm_mul_ps(dw, _mm_maskload_ps(xd + b0, lanes));
+        const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(sp));
+        sp = _mm256_insertf128_ps(sp, s4, 0);
+        if (off_m >= 0) {
+            const __m128 t4 = _mm_fmadd_ps(mw, _mm_maskload_ps(xs + b0, lanes), _mm256_castps256_ps128(tp));
+            tp = _mm256_insertf128_ps(tp, t4, 0);
+        }
+    }
+    return off_m >= 0 ? tri_hsum_ps(sp) + tri_hsum_ps(tp) : tri_hsum_ps(sp);
+}
+
+/* Rows of a 32-value type against n_tok x rows (stride xs): each row, still in cache, meets every token. */
+TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs,
+                           int64_t n_tok, float * y, int64_t ldy, size_t bsz, size_t qs, int qh, int off, bool q8,
+                           int off_m) {
     const tri_xrow_layout L = tri_xrow_layout_of(off_m >= 0 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
-    const float *   xd   = (const float *) (x + L.d);
-    const float *   xs   = (const float *) (x + L.s);
-    const int32_t * xsum = (const int32_t *) (x + L.sum);
     for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t * row = W + (size_t) r * rs;
-        __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
-        int b0 = 0;
-        for (; b0 + 8 <= nb; b0 += 8) {
-            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, 8, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs, xsum,
-                             &sp, &tp);
+        for (int64_t t = 0; t < n_tok; t++) {
+            y[t * ldy + r] = tri_gemv32_row(n, W + (size_t) r * rs, x + (size_t) t * xs, &L, bsz, qs, qh, off, q8,
+                                            off_m);
         }
-        if (nb - b0 > 4) {
-            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, nb - b0, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs,
-                             xsum, &sp, &tp);
-            b0 = nb;
-        }
-        if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
-            const int k = nb - b0;
-            const uint8_t * blk0 = row + (size_t) b0 * bsz;
-            __m256i p[4];
-            tri_gemv32_dots(blk0, x, b0, 4, k, bsz, xbs, xq, qs, qh, q8, p);
-            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-            __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-            const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
-            if (off) {
-                const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (xsum + b0), lanes));
-                is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
-            }
-            __m128 dw, mw = _mm_setzero_ps();
-            if (off_m >= 0) {
-                __m256 d8, m8;
-                tri_block_2h8(blk0, bsz, k, &d8, &m8);
-                dw = _mm256_castps256_ps128(d8);
-                mw = _mm256_castps256_ps128(m8);
-            } else {
-                dw = _mm256_castps256_ps128(tri_block_h8(blk0, bsz, 0, k));
-            }
-            const __m128 dd = _mm_mul_ps(dw, _mm_maskload_ps(xd + b0, lanes));
-            const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(sp));
-            sp = _mm256_insertf128_ps(sp, s4, 0);
-            if (off_m >= 0) {
-                const __m128 t4 = _mm_fmadd_ps(mw, _mm_maskload_ps(xs + b0, lanes), _mm256_castps256_ps128(tp));
-                tp = _mm256_insertf128_ps(tp, t4, 0);
-            }
-        }
-        y[r] = off_m >= 0 ? tri_hsum_ps(sp) + tri_hsum_ps(tp) : tri_hsum_ps(sp);
     }
 }
 
-/* K types against Q8_K blocks: sbdot(row block, x block, &msum) returns the scaled code dot and msum,
- * the sum of mins (Q2_K, Q4_K, Q5_K) or of scales (Q3_K, Q6_K) times bsums, each as 8 partial lanes;
- * isum = dot - moff * msum (moff: the code offset of Q3_K and Q6_K); types with mins subtract
- * msum * dmin * d_x. */
+/* K types against Q8_K x rows: unpack(block, &u) unpacks a super-block once for all tokens (tri_ksb_dot
+ * gives each token's scaled code dot and msum, the sum of mins (Q2_K, Q4_K, Q5_K) or of scales (Q3_K, Q6_K)
+ * times bsums); isum = dot - moff * msum (moff: the code offset of Q3_K and Q6_K); types with mins
+ * subtract msum * dmin * d_x. Super-blocks go 8 at a time into the lanes, for T tokens (1 to 8) at once. */
+typedef void (*tri_kunpack_fn)(const uint8_t * xb, tri_ksb * u);
 typedef __m256i (*tri_ksb_fn)(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum);
 
-TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
-                          size_t bsz, tri_ksb_fn sbdot, int moff, size_t off_d, int off_dmin) {
-    const int nsb = n / 256;
-    const tri_block_q8_K * xk = (const tri_block_q8_K *) x;
-    const float * xd = (const float *) (x + tri_xrow_layout_of(TRI_TYPE_Q8_K, n).d);
+#define TRI_GEMV_TK 8
+
+/* Rows [0, nrows) against T tokens (constant T: the loops unroll). */
+TRI_INLINE void tri_gemvK_T(int nsb, const uint8_t * W, size_t rs, int64_t nrows, size_t bsz, const uint8_t * x,
+                            size_t xs, int T, size_t xd_off, float * y, int64_t ldy, tri_kunpack_fn unpack,
+                            tri_ksb_fn sbdot, int moff, size_t off_d, int off_dmin) {
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t * row = W + (size_t) r * rs;
-        __m256 acc = _mm256_setzero_ps();
+        __m256 acc[TRI_GEMV_TK];
+        for (int t = 0; t < T; t++) {
+            acc[t] = _mm256_setzero_ps();
+        }
         for (int s0 = 0; s0 < nsb; s0 += 8) {
             const int k = nsb - s0 < 8 ? nsb - s0 : 8;
             const uint8_t * blk0 = row + (size_t) s0 * bsz;
-            __m256i p[8], m[8];
+            __m256i p[TRI_GEMV_TK][8], m[TRI_GEMV_TK][8];
             for (int i = 0; i < 8; i++) {
-                if (i < k) {
-                    p[i] = sbdot(blk0 + (size_t) i * bsz, &xk[s0 + i], &m[i]);
+                if (i < k && T == 1) { /* each chunk consumed as it is made */
+                    p[0][i] = sbdot(blk0 + (size_t) i * bsz, (const tri_block_q8_K *) x + s0 + i, &m[0][i]);
+                } else if (i < k) {
+                    tri_ksb u;
+                    unpack(blk0 + (size_t) i * bsz, &u);
+                    for (int t = 0; t < T; t++) {
+                        const tri_block_q8_K * xk = (const tri_block_q8_K *) (x + (size_t) t * xs);
+                        p[t][i] = tri_ksb_dot(&u, &xk[s0 + i], &m[t][i]);
+                    }
                 } else {
-                    p[i] = m[i] = _mm256_setzero_si256();
+                    for (int t = 0; t < T; t++) {
+                        p[t][i] = m[t][i] = _mm256_setzero_si256();
+                    }
                 }
             }
-            const __m256i ms = tri_reduce8(m);
-            __m256i is = tri_reduce8(p);
-            if (moff) {
-                is = _mm256_sub_epi32(is, _mm256_mullo_epi32(ms, _mm256_set1_epi32(moff)));
-            }
-            const __m256 dy = tri_load8_k(xd + s0, k);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(tri_block_h8(blk0, bsz, off_d, k), dy), acc);
-            if (off_dmin >= 0) {
-                const __m256 dd = _mm256_mul_ps(tri_block_h8(blk0, bsz, (size_t) off_dmin, k), dy);
-                acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), dd, acc);
+            const __m256 hd = tri_block_h8(blk0, bsz, off_d, k);
+            const __m256 hm = off_dmin >= 0 ? tri_block_h8(blk0, bsz, (size_t) off_dmin, k) : _mm256_setzero_ps();
+            for (int t = 0; t < T; t++) {
+                const __m256i ms = tri_reduce8(m[t]);
+                __m256i is = tri_reduce8(p[t]);
+                if (moff) {
+                    is = _mm256_sub_epi32(is, _mm256_mullo_epi32(ms, _mm256_set1_epi32(moff)));
+                }
+                const __m256 dy = tri_load8_k((const float *) (x + (size_t) t * xs + xd_off) + s0, k);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(hd, dy), acc[t]);
+                if (off_dmin >= 0) {
+                    acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(hm, dy), acc[t]);
+                }
             }
         }
-        y[r] = tri_hsum_ps(acc);
+        for (int t = 0; t < T; t++) {
+            y[t * ldy + r] = tri_hsum_ps(acc[t]);
+        }
+    }
+}
+
+/* Tokens TRI_GEMV_TK at a time; below that many tokens each row is read once. */
+TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs,
+                          int64_t n_tok, float * y, int64_t ldy, size_t bsz, tri_kunpack_fn unpack, tri_ksb_fn sbdot,
+                          int moff, size_t off_d, int off_dmin) {
+    const int    nsb = n / 256;
+    const size_t xd  = tri_xrow_layout_of(TRI_TYPE_Q8_K, n).d;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {
+        const uint8_t * xt = x + (size_t) t0 * xs;
+        float *         yt = y + t0 * ldy;
+#define TRI_GEMVK_T(T) tri_gemvK_T(nsb, W, rs, nrows, bsz, xt, xs, T, xd, yt, ldy, unpack, sbdot, moff, off_d, off_dmin)
+        switch (n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK) {
+        case 1: TRI_GEMVK_T(1); break;
+        case 2: TRI_GEMVK_T(2); break;
+        case 3: TRI_GEMVK_T(3); break;
+        case 4: TRI_GEMVK_T(4); break;
+        case 5: TRI_GEMVK_T(5); break;
+        case 6: TRI_GEMVK_T(6); break;
+        case 7: TRI_GEMVK_T(7); break;
+        default: TRI_GEMVK_T(8); break;
+        }
+#undef TRI_GEMVK_T
     }
 }
 
 /* ---- the kernels of each type ---- */
 
-#define TRI_GEMV_ARGS int n, const void * W, size_t rs, int64_t nrows, const void * x, float * y
+#define TRI_GEMV_ARGS int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs, int64_t n_tok, \
+                      float * y, int64_t ldy
 #define TRI_GEMM_ARGS int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs, int64_t n_tok, \
                       float * y, int64_t ldy, void * scratch
 
@@ -782,7 +835,8 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
  * the code offset, whether the weights are Q8_0's int8 values, the byte offset of m (-1: none). */
 #define TRI_MM32(t, vdt, qh, off, q8, off_m)                                                                         \
     static void tri_gemv_##t(TRI_GEMV_ARGS) {                                                                        \
-        tri_gemv32(n, W, rs, nrows, x, y, sizeof(tri_block_##t), offsetof(tri_block_##t, qs), qh, off, q8, off_m);   \
+        tri_gemv32(n, W, rs, nrows, x, xs, n_tok, y, ldy, sizeof(tri_block_##t), offsetof(tri_block_##t, qs), qh,    \
+                   off, q8, off_m);                                                                                  \
     }                                                                                                                \
     static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
@@ -792,8 +846,8 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
 /* The same for a K type: S sub-blocks, the code offset, the byte offset of dmin (-1: none). */
 #define TRI_MMK(t, S, moff, off_dmin)                                                                                \
     static void tri_gemv_##t(TRI_GEMV_ARGS) {                                                                        \
-        tri_gemvK(n, W, rs, nrows, x, y, sizeof(tri_block_##t), tri_##t##_sb, moff, offsetof(tri_block_##t, d),      \
-                  off_dmin);                                                                                         \
+        tri_gemvK(n, W, rs, nrows, x, xs, n_tok, y, ldy, sizeof(tri_block_##t), tri_##t##_unpack, tri_##t##_sb, moff,\
+                  offsetof(tri_block_##t, d), off_dmin);                                                             \
     }                                                                                                                \
     static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \

@@ -4,9 +4,10 @@
  * returning acc + sum over pairs of (q * y) * sc16 (q: unsigned codes, y: int8, sc16: int16 scales
  * per 8-lane half), so each ISA uses its best multiply-accumulate.
  * All weight codes are kept unsigned; offsets (Q3_K's -4, Q6_K's -32) and mins go through Q8_K's bsums.
- * Per super-block, tri_<type>_sb returns the scaled dot of the codes and, in *msum, the sum of mins
- * (Q2_K, Q4_K, Q5_K) or of scales (Q3_K, Q6_K) times the bsums, both as 8 int32 partial sums; the
- * vec_dots and the decode matrix kernels (x86_gemm.h) are built on them. */
+ * Per super-block, tri_<type>_unpack spreads the codes and scales into a tri_ksb once; tri_ksb_dot then
+ * gives, per Q8_K block, the scaled dot of the codes and, in *msum, the sum of mins (Q2_K, Q4_K, Q5_K) or
+ * of scales (Q3_K, Q6_K) times the bsums, both as 8 int32 partial sums. The vec_dots (tri_<type>_sb: one
+ * unpack, one dot) and the decode matrix kernels (x86_gemm.h: one unpack, a dot per token) use them. */
 #ifndef TRI_X86_KQUANTS_H
 #define TRI_X86_KQUANTS_H
 
@@ -23,23 +24,58 @@ static inline __m256i tri_bsums_dot(const tri_block_q8_K * y, __m256i f16) {
     return _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y->bsums), f16);
 }
 
-static inline __m256i tri_q2_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+/* Each type's tri_<type>_chunks(block, &mf, emit, ctx) decodes one super-block and calls emit(ctx, c, q, sc)
+ * for its 8 chunks in order: chunk c holds the unsigned codes of values 32c .. 32c + 31 (met by Q8_K codes
+ * 32c .. 32c + 31) and sc their int16 scales; mf gets the 16 int16 factors of the Q8_K bsums (mins, or
+ * scales for the offset types). Inlined with a constant emit, each chunk is consumed where it is made. */
+typedef void (*tri_kemit_fn)(void * ctx, int c, __m256i q, __m256i sc);
+
+/* One token: the scaled code dot, accumulated chunk by chunk. */
+typedef struct {
+    const tri_block_q8_K * y;
+    __m256i                sumi;
+} tri_kdot_ctx;
+
+static inline void tri_kemit_dot(void * ctx, int c, __m256i q, __m256i sc) {
+    tri_kdot_ctx * k = ctx;
+    k->sumi = tri_kq_dot(k->sumi, q, _mm256_loadu_si256((const __m256i *)(k->y->qs + 32 * c)), sc);
+}
+
+/* Several tokens: the chunks kept, then met by each token with tri_ksb_dot. */
+typedef struct {
+    __m256i q[8];
+    __m256i sc[8];
+    __m256i mf;
+} tri_ksb;
+
+static inline void tri_kemit_keep(void * ctx, int c, __m256i q, __m256i sc) {
+    tri_ksb * u = ctx;
+    u->q[c]  = q;
+    u->sc[c] = sc;
+}
+
+static inline __m256i tri_ksb_dot(const tri_ksb * u, const tri_block_q8_K * y, __m256i * msum) {
+    *msum = tri_bsums_dot(y, u->mf);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        sumi = tri_kq_dot(sumi, u->q[c], _mm256_loadu_si256((const __m256i *)(y->qs + 32 * c)), u->sc[c]);
+    }
+    return sumi;
+}
+
+static inline void tri_q2_K_chunks(const uint8_t * xb, __m256i * mf, tri_kemit_fn emit, void * ctx) {
     const tri_block_q2_K * x = (const tri_block_q2_K *)xb;
     const __m256i m3 = _mm256_set1_epi8(3);
     const uint8_t * sc = x->scales;
     const __m128i mins = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)sc), 4), _mm_set1_epi8(15));
-    *msum = tri_bsums_dot(y, _mm256_cvtepu8_epi16(mins));
-    __m256i sumi = _mm256_setzero_si256();
+    *mf = _mm256_cvtepu8_epi16(mins);
     for (int h = 0; h < 2; h++) {
         const __m256i qq = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
         for (int k = 0; k < 4; k++) {
-            const __m256i q  = _mm256_and_si256(_mm256_srli_epi16(qq, 2 * k), m3);
-            const __m256i yy = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k));
-            const int     g  = 8 * h + 2 * k;
-            sumi = tri_kq_dot(sumi, q, yy, tri_sc2(sc[g] & 15, sc[g + 1] & 15));
+            const int g = 8 * h + 2 * k;
+            emit(ctx, 4 * h + k, _mm256_and_si256(_mm256_srli_epi16(qq, 2 * k), m3), tri_sc2(sc[g] & 15, sc[g + 1] & 15));
         }
     }
-    return sumi;
 }
 
 /* The 16 signed 6-bit scales of a Q3_K block (tri_q3_K_scales) with word operations: scale j has low 4
@@ -57,28 +93,26 @@ static inline __m128i tri_q3_K_scales_v(const uint8_t * s) {
     return _mm_sub_epi8(v, _mm_set1_epi8(32));
 }
 
-static inline __m256i tri_q3_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+/* Codes are q + 4: the true dot is sum - 4 * msum. */
+static inline void tri_q3_K_chunks(const uint8_t * xb, __m256i * mf, tri_kemit_fn emit, void * ctx) {
     const tri_block_q3_K * x = (const tri_block_q3_K *)xb;
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i c4 = _mm256_set1_epi8(4);
     const __m128i scv = tri_q3_K_scales_v(x->scales);
     int8_t sc[16];
     _mm_storeu_si128((__m128i *)sc, scv);
-    *msum = tri_bsums_dot(y, _mm256_cvtepi8_epi16(scv));
+    *mf = _mm256_cvtepi8_epi16(scv);
     const __m256i hm = _mm256_loadu_si256((const __m256i *)x->hmask);
-    __m256i sumi = _mm256_setzero_si256();
     for (int h = 0; h < 2; h++) {
         const __m256i qq = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
         for (int k = 0; k < 4; k++) {
             const __m256i bm = _mm256_set1_epi8((char)(1 << (4 * h + k)));
             const __m256i hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bm), bm), c4);
             const __m256i q  = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qq, 2 * k), m3), hb);
-            const __m256i yy = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k));
             const int     g  = 8 * h + 2 * k;
-            sumi = tri_kq_dot(sumi, q, yy, tri_sc2(sc[g], sc[g + 1]));
+            emit(ctx, 4 * h + k, q, tri_sc2(sc[g], sc[g + 1]));
         }
     }
-    return sumi; /* codes were q + 4: the true dot is sum - 4 * msum */
 }
 
 /* The 8 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K/Q5_K scales[12] array, as
@@ -95,17 +129,15 @@ static inline __m128i tri_k4_scales(const uint8_t * scales) {
 }
 
 /* Q4_K and Q5_K share the scale layout; qh (Q5_K) adds a fifth bit, NULL for Q4_K. */
-static inline __m256i tri_k4_sb(const uint8_t * scales, const uint8_t * qs, const uint8_t * qhp,
-                                const tri_block_q8_K * y, __m256i * msum) {
+static inline void tri_k4_chunks(const uint8_t * scales, const uint8_t * qs, const uint8_t * qhp, __m256i * mf,
+                                 tri_kemit_fn emit, void * ctx) {
     const __m256i m4  = _mm256_set1_epi8(0x0F);
     const __m256i c16 = _mm256_set1_epi8(16);
     const __m128i sm  = tri_k4_scales(scales);
     uint8_t sc[16];
     _mm_storeu_si128((__m128i *)sc, sm);
-    const __m128i mn = _mm_unpackhi_epi8(sm, sm); /* min j twice, matching bsums 2j and 2j + 1 */
-    *msum = tri_bsums_dot(y, _mm256_cvtepu8_epi16(mn));
+    *mf = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm)); /* min j twice, matching bsums 2j and 2j + 1 */
     const __m256i qh = qhp ? _mm256_loadu_si256((const __m256i *)qhp) : _mm256_setzero_si256();
-    __m256i sumi = _mm256_setzero_si256();
     for (int c = 0; c < 4; c++) {
         const __m256i qq = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
         __m256i lo = _mm256_and_si256(qq, m4);
@@ -116,37 +148,33 @@ static inline __m256i tri_k4_sb(const uint8_t * scales, const uint8_t * qs, cons
             lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bm0), bm0), c16));
             hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bm1), bm1), c16));
         }
-        const __m256i y0 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c));
-        const __m256i y1 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c + 32));
-        sumi = tri_kq_dot(sumi, lo, y0, _mm256_set1_epi16(sc[2 * c]));
-        sumi = tri_kq_dot(sumi, hi, y1, _mm256_set1_epi16(sc[2 * c + 1]));
+        emit(ctx, 2 * c, lo, _mm256_set1_epi16(sc[2 * c]));
+        emit(ctx, 2 * c + 1, hi, _mm256_set1_epi16(sc[2 * c + 1]));
     }
-    return sumi;
 }
 
-static inline __m256i tri_q4_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+static inline void tri_q4_K_chunks(const uint8_t * xb, __m256i * mf, tri_kemit_fn emit, void * ctx) {
     const tri_block_q4_K * x = (const tri_block_q4_K *)xb;
-    return tri_k4_sb(x->scales, x->qs, NULL, y, msum);
+    tri_k4_chunks(x->scales, x->qs, NULL, mf, emit, ctx);
 }
 
-static inline __m256i tri_q5_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+static inline void tri_q5_K_chunks(const uint8_t * xb, __m256i * mf, tri_kemit_fn emit, void * ctx) {
     const tri_block_q5_K * x = (const tri_block_q5_K *)xb;
-    return tri_k4_sb(x->scales, x->qs, x->qh, y, msum);
+    tri_k4_chunks(x->scales, x->qs, x->qh, mf, emit, ctx);
 }
 
-static inline __m256i tri_q6_K_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {
+/* Codes are q + 32: the true dot is sum - 32 * msum. */
+static inline void tri_q6_K_chunks(const uint8_t * xb, __m256i * mf, tri_kemit_fn emit, void * ctx) {
     const tri_block_q6_K * x = (const tri_block_q6_K *)xb;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i m3 = _mm256_set1_epi8(3);
     const int8_t * sc = x->scales;
-    *msum = tri_bsums_dot(y, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)));
-    __m256i sumi = _mm256_setzero_si256();
+    *mf = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
     for (int h = 0; h < 2; h++) {
         const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
         const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
         const __m256i hh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
         const int8_t * s8 = sc + 8 * h;
-        const int8_t * yq = y->qs + 128 * h;
         const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
                                            _mm256_slli_epi16(_mm256_and_si256(hh, m3), 4));
         const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
@@ -155,13 +183,31 @@ static inline __m256i tri_q6_K_sb(const uint8_t * xb, const tri_block_q8_K * y, 
                                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 4), m3), 4));
         const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hh, 6), m3), 4));
-        sumi = tri_kq_dot(sumi, q0, _mm256_loadu_si256((const __m256i *)(yq)), tri_sc2(s8[0], s8[1]));
-        sumi = tri_kq_dot(sumi, q1, _mm256_loadu_si256((const __m256i *)(yq + 32)), tri_sc2(s8[2], s8[3]));
-        sumi = tri_kq_dot(sumi, q2, _mm256_loadu_si256((const __m256i *)(yq + 64)), tri_sc2(s8[4], s8[5]));
-        sumi = tri_kq_dot(sumi, q3, _mm256_loadu_si256((const __m256i *)(yq + 96)), tri_sc2(s8[6], s8[7]));
+        emit(ctx, 4 * h + 0, q0, tri_sc2(s8[0], s8[1]));
+        emit(ctx, 4 * h + 1, q1, tri_sc2(s8[2], s8[3]));
+        emit(ctx, 4 * h + 2, q2, tri_sc2(s8[4], s8[5]));
+        emit(ctx, 4 * h + 3, q3, tri_sc2(s8[6], s8[7]));
     }
-    return sumi; /* codes were q + 32: the true dot is sum - 32 * msum */
 }
+
+/* Per type: tri_<type>_sb (one token: the scaled code dot and *msum, each chunk consumed as it is made) and
+ * tri_<type>_unpack (the chunks kept in a tri_ksb for several tokens). */
+#define TRI_KSB(t)                                                                                              \
+    static inline __m256i tri_##t##_sb(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum) {         \
+        tri_kdot_ctx k = { y, _mm256_setzero_si256() };                                                         \
+        __m256i      mf;                                                                                        \
+        tri_##t##_chunks(xb, &mf, tri_kemit_dot, &k);                                                           \
+        *msum = tri_bsums_dot(y, mf);                                                                           \
+        return k.sumi;                                                                                          \
+    }                                                                                                           \
+    static inline void tri_##t##_unpack(const uint8_t * xb, tri_ksb * u) {                                      \
+        tri_##t##_chunks(xb, &u->mf, tri_kemit_keep, u);                                                        \
+    }
+TRI_KSB(q2_K)
+TRI_KSB(q3_K)
+TRI_KSB(q4_K)
+TRI_KSB(q5_K)
+TRI_KSB(q6_K)
 
 /* One vec_dot per type from its super-block helper: moff is the code offset (offset types subtract
  * d * moff * msum), has_min says msum holds mins (subtract dmin * msum). */

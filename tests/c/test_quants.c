@@ -240,7 +240,8 @@ static void test_quantize_rows(void) {
 }
 
 /* The integer matrix kernels of every ISA: the decode kernel (gemv) against the scalar reference; the
- * prefill kernel (gemm, repacked panels) bit for bit against the decode kernel, over row counts that end
+ * prefill kernel (gemm, repacked panels) and the decode kernel over several tokens at once bit for bit
+ * against the decode kernel one token at a time, over row counts that end
  * mid-panel and token counts that end mid-tile; tri_matmul_rows (threads' row ranges, any n_tok) bit for
  * bit against both, leaving rows outside its range untouched. */
 static void test_matmul(void) {
@@ -269,7 +270,7 @@ static void test_matmul(void) {
         rnd_floats(tmp, (int64_t)max_tok * n, 1.0f);
         tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, max_tok);
         float * first   = malloc((size_t)max_tok * ldy * sizeof(float));
-        int bad_ref = 0, bad_gemm = 0, bad_mm = 0, bad_isa = 0, isas = 0;
+        int bad_ref = 0, bad_gemm = 0, bad_gemvn = 0, bad_mm = 0, bad_isa = 0, isas = 0;
         double worst = 0.0;
         for (int isa = TRI_ISA_AVX2; isa <= (int)tri_cpu_isa(); isa++) {
             const tri_isa_kernels * k = tri_kernels_for_isa((enum tri_isa)isa);
@@ -280,7 +281,7 @@ static void test_matmul(void) {
             CHECK(k->gemm[t] != NULL, "%s %s: gemv without gemm", tt->name, k_isa_names[isa]);
             /* decode kernel, one token at a time, rows [r0, r1) */
             for (int tk = 0; tk < max_tok; tk++) {
-                k->gemv[t](n, W + r0 * rs, rs, r1 - r0, xq + (size_t)tk * xs, ref + tk * ldy + r0);
+                k->gemv[t](n, W + r0 * rs, rs, r1 - r0, xq + (size_t)tk * xs, xs, 1, ref + tk * ldy + r0, ldy);
                 for (int r = r0; r < r1; r++) {
                     float want;
                     tt->vec_dot_ref(n, &want, W + r * rs, xq + (size_t)tk * xs);
@@ -306,6 +307,17 @@ static void test_matmul(void) {
                     for (int r = 0; r < ldy; r++) {
                         const float got = yv[tk * ldy + r];
                         bad_gemm += r < r0 || r >= r1 ? !isnan(got) : memcmp(&got, &ref[tk * ldy + r], 4) != 0;
+                    }
+                }
+                /* the decode kernel with all nt tokens at once */
+                for (int i = 0; i < nt * ldy; i++) {
+                    yv[i] = NAN;
+                }
+                k->gemv[t](n, W + r0 * rs, rs, r1 - r0, xq, xs, nt, yv + r0, ldy);
+                for (int tk = 0; tk < nt; tk++) {
+                    for (int r = 0; r < ldy; r++) {
+                        const float got = yv[tk * ldy + r];
+                        bad_gemvn += r < r0 || r >= r1 ? !isnan(got) : memcmp(&got, &ref[tk * ldy + r], 4) != 0;
                     }
                 }
             }
@@ -339,6 +351,8 @@ static void test_matmul(void) {
         CHECK(bad_ref == 0, "%s n=%d: %d gemv results off the reference", tt->name, n, bad_ref);
         CHECK(bad_gemm == 0, "%s n=%d: %d gemm results differ from the gemv (or wrote outside their rows)", tt->name, n,
               bad_gemm);
+        CHECK(bad_gemvn == 0, "%s n=%d: %d results of the gemv over several tokens differ from one token at a time",
+              tt->name, n, bad_gemvn);
         CHECK(bad_mm == 0, "tri_matmul_rows %s n=%d: %d wrong entries", tt->name, n, bad_mm);
         CHECK(bad_isa == 0, "%s n=%d: %d tokens differ between ISAs", tt->name, n, bad_isa);
         CHECK(tt->is_quantized == (isas > 0) || tri_cpu_isa() == TRI_ISA_SCALAR,

@@ -676,67 +676,67 @@ TRI_INLINE void tri_gemv32_group(const uint8_t * blk0, const uint8_t * x, int b0
 /* 32-value types against an x row of Q8_0 (or Q8_1 when off_m >= 0) blocks. off: the code offset (8, 16,
  * 0), applied through the x row's block sums; q8: Q8_0 weights (signed values, no codes). Whole groups of 8
  * blocks run without lane checks; a last group of at most 4 blocks uses the low half of the partial sums. */
-TRI_INLINE float tri_gemv32_row(int n, const uint8_t * row, const uint8_t * x, const tri_xrow_layout * L, size_t bsz,
-                                size_t qs, int qh, int off, bool q8, int off_m) {
+TRI_INLINE void tri_gemv32_tok(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
+                               size_t bsz, size_t qs, int qh, int off, bool q8, int off_m) {
     const int    nb  = n / 32;
     const size_t xbs = off_m >= 0 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
     const size_t xq  = off_m >= 0 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
-    const float *   xd   = (const float *) (x + L->d);
-    const float *   xs   = (const float *) (x + L->s);
-    const int32_t * xsum = (const int32_t *) (x + L->sum);
-    __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
-    int b0 = 0;
-    for (; b0 + 8 <= nb; b0 += 8) {
-        tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, 8, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs, xsum,
-                         &sp, &tp);
-    }
-    if (nb - b0 > 4) {
-        tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, nb - b0, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs,
-                         xsum, &sp, &tp);
-        b0 = nb;
-    }
-    if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
-        const int k = nb - b0;
-        const uint8_t * blk0 = row + (size_t) b0 * bsz;
-        __m256i p[4];
-        tri_gemv32_dots(blk0, x, b0, 4, k, bsz, xbs, xq, qs, qh, q8, p);
-        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
-        if (off) {
-            const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (xsum + b0), lanes));
-            is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
+    const tri_xrow_layout L = tri_xrow_layout_of(off_m >= 0 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
+    const float *   xd   = (const float *) (x + L.d);
+    const float *   xs   = (const float *) (x + L.s);
+    const int32_t * xsum = (const int32_t *) (x + L.sum);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t * row = W + (size_t) r * rs;
+        __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
+        int b0 = 0;
+        for (; b0 + 8 <= nb; b0 += 8) {
+            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, 8, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs, xsum,
+                             &sp, &tp);
         }
-        __m128 dw, mw = _mm_setzero_ps();
-        if (off_m >= 0) {
-            __m256 d8, m8;
-            tri_block_2h8(blk0, bsz, k, &d8, &m8);
-            dw = _mm256_castps256_ps128(d8);
-            mw = _mm256_castps256_ps128(m8);
-        } else {
-            dw = _mm256_castps256_ps128(tri_block_h8(blk0, bsz, 0, k));
+        if (nb - b0 > 4) {
+            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, nb - b0, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs,
+                             xsum, &sp, &tp);
+            b0 = nb;
         }
-        const __m128 dd = _mm_mul_ps(dw, _mm_maskload_ps(xd + b0, lanes));
-        const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(sp));
-        sp = _mm256_insertf128_ps(sp, s4, 0);
-        if (off_m >= 0) {
-            const __m128 t4 = _mm_fmadd_ps(mw, _mm_maskload_ps(xs + b0, lanes), _mm256_castps256_ps128(tp));
-            tp = _mm256_insertf128_ps(tp, t4, 0);
+        if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
+            const int k = nb - b0;
+            const uint8_t * blk0 = row + (size_t) b0 * bsz;
+            __m256i p[4];
+            tri_gemv32_dots(blk0, x, b0, 4, k, bsz, xbs, xq, qs, qh, q8, p);
+            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
+            if (off) {
+                const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (xsum + b0), lanes));
+                is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
+            }
+            __m128 dw, mw = _mm_setzero_ps();
+            if (off_m >= 0) {
+                __m256 d8, m8;
+                tri_block_2h8(blk0, bsz, k, &d8, &m8);
+                dw = _mm256_castps256_ps128(d8);
+                mw = _mm256_castps256_ps128(m8);
+            } else {
+                dw = _mm256_castps256_ps128(tri_block_h8(blk0, bsz, 0, k));
+            }
+            const __m128 dd = _mm_mul_ps(dw, _mm_maskload_ps(xd + b0, lanes));
+            const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(sp));
+            sp = _mm256_insertf128_ps(sp, s4, 0);
+            if (off_m >= 0) {
+                const __m128 t4 = _mm_fmadd_ps(mw, _mm_maskload_ps(xs + b0, lanes), _mm256_castps256_ps128(tp));
+                tp = _mm256_insertf128_ps(tp, t4, 0);
+            }
         }
+        y[r] = off_m >= 0 ? tri_hsum_ps(sp) + tri_hsum_ps(tp) : tri_hsum_ps(sp);
     }
-    return off_m >= 0 ? tri_hsum_ps(sp) + tri_hsum_ps(tp) : tri_hsum_ps(sp);
 }
 
-/* Rows of a 32-value type against n_tok x rows (stride xs): each row, still in cache, meets every token. */
+/* Several tokens: one pass over the rows per token. */
 TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs,
                            int64_t n_tok, float * y, int64_t ldy, size_t bsz, size_t qs, int qh, int off, bool q8,
                            int off_m) {
-    const tri_xrow_layout L = tri_xrow_layout_of(off_m >= 0 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
-    for (int64_t r = 0; r < nrows; r++) {
-        for (int64_t t = 0; t < n_tok; t++) {
-            y[t * ldy + r] = tri_gemv32_row(n, W + (size_t) r * rs, x + (size_t) t * xs, &L, bsz, qs, qh, off, q8,
-                                            off_m);
-        }
+    for (int64_t t = 0; t < n_tok; t++) {
+        tri_gemv32_tok(n, W, rs, nrows, x + (size_t) t * xs, y + t * ldy, bsz, qs, qh, off, q8, off_m);
     }
 }
 

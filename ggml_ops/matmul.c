@@ -8,11 +8,11 @@
 #include <string.h>
 
 /* From this many tokens on, rows are repacked into panels (the prefill kernel); below, the decode kernel
- * reads each row once for all tokens. K types unpack a super-block once for every token, so panels pay
- * off later for them (crossovers measured on Zen 4: 1536 x 8960 matrices, and batched decode steps of
- * Qwen2.5-1.5B Q4_K_M and SmolLM2-135M Q4_1). */
+ * unpacks each group of blocks once and meets it with every token. Unpacking a K super-block costs more
+ * than a 32-value block, so panels pay off later for K types (crossovers measured on Zen 4 with 576 x 1536,
+ * 640 x 2048 and 1536 x 8960 matrices). */
 #ifndef TRI_GEMM_MIN_TOK_32
-#define TRI_GEMM_MIN_TOK_32 4
+#define TRI_GEMM_MIN_TOK_32 5
 #endif
 #ifndef TRI_GEMM_MIN_TOK_K
 #define TRI_GEMM_MIN_TOK_K 10

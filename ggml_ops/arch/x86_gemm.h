@@ -633,110 +633,147 @@ TRI_INLINE __m256 tri_load8_k(const float * p, int k) {
     return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(k), idx));
 }
 
-/* Exact integer dots of blocks b0 .. b0 + L - 1 of a row (those >= k read as 0), as L int32 lanes in p. */
-TRI_INLINE void tri_gemv32_dots(const uint8_t * blk0, const uint8_t * x, int b0, int L, int k, size_t bsz, size_t xbs,
-                                size_t xq, size_t qs, int qh, bool q8, __m256i * p) {
-    for (int i = 0; i < L; i++) {
-        const uint8_t * blk = blk0 + (size_t) i * bsz;
-        const __m256i yv = _mm256_loadu_si256((const __m256i *) (x + (size_t) (b0 + i) * xbs + xq));
-        if (i >= k) {
-            p[i] = _mm256_setzero_si256();
-        } else if (q8) {
-            p[i] = tri_dp_ss(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *) (blk + qs)), yv);
-        } else {
-            p[i] = tri_dp_us(_mm256_setzero_si256(), qh >= 0 ? tri_codes_q5(blk, qs, (size_t) qh)
-                                                             : tri_codes_q4(blk, qs), yv);
+/* Tokens met at once by the decode kernels; CALL(T) with T constant for a count of 1 to TRI_GEMV_TK. */
+#define TRI_GEMV_TK 8
+#define TRI_GEMV_BY_T(count, CALL)                                                                                   \
+    switch (count) {                                                                                                 \
+    case 1: CALL(1); break;                                                                                          \
+    case 2: CALL(2); break;                                                                                          \
+    case 3: CALL(3); break;                                                                                          \
+    case 4: CALL(4); break;                                                                                          \
+    case 5: CALL(5); break;                                                                                          \
+    case 6: CALL(6); break;                                                                                          \
+    case 7: CALL(7); break;                                                                                          \
+    default: CALL(8); break;                                                                                         \
+    }
+
+/* The weights of a 32-value block as the dot products take them: unsigned codes, or Q8_0's int8 values. */
+TRI_INLINE __m256i tri_gemv32_w(const uint8_t * blk, size_t qs, int qh, bool q8) {
+    if (q8) {
+        return _mm256_loadu_si256((const __m256i *) (blk + qs));
+    }
+    return qh >= 0 ? tri_codes_q5(blk, qs, (size_t) qh) : tri_codes_q4(blk, qs);
+}
+
+TRI_INLINE __m256i tri_gemv32_dot(__m256i w, __m256i yv, bool q8) {
+    return q8 ? tri_dp_ss(_mm256_setzero_si256(), w, yv) : tri_dp_us(_mm256_setzero_si256(), w, yv);
+}
+
+/* One token's x row as the 32-value kernels read it. */
+typedef struct {
+    const uint8_t * q;     /* the Q8_0 / Q8_1 blocks */
+    const float *   d;
+    const float *   s;
+    const int32_t * sum;
+} tri_x32;
+
+/* Exact integer dots p of blocks b0 .. b0 + k - 1 of a row (unpacked into w) into the partial sums sp
+ * (and tp for the m terms): lanes 0..7 when k > 4, lanes 0..3 when k <= 4. dw, mw: the blocks' d and m. */
+TRI_INLINE void tri_gemv32_fin(const __m256i * p, int b0, int k, int off, int off_m, __m256 dw, __m256 mw,
+                               const tri_x32 * X, __m256 * sp, __m256 * tp) {
+    if (k > 4) {
+        __m256i is = tri_reduce8(p);
+        if (off) {
+            const __m256i sums = _mm256_castps_si256(tri_load8_k((const float *) (X->sum + b0), k));
+            is = _mm256_sub_epi32(is, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
         }
+        *sp = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, tri_load8_k(X->d + b0, k)), *sp);
+        if (off_m >= 0) {
+            *tp = _mm256_fmadd_ps(mw, tri_load8_k(X->s + b0, k), *tp);
+        }
+        return;
+    }
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
+    if (off) {
+        const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (X->sum + b0), lanes));
+        is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
+    }
+    const __m128 dd = _mm_mul_ps(_mm256_castps256_ps128(dw), _mm_maskload_ps(X->d + b0, lanes));
+    const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(*sp));
+    *sp = _mm256_insertf128_ps(*sp, s4, 0);
+    if (off_m >= 0) {
+        const __m128 t4 = _mm_fmadd_ps(_mm256_castps256_ps128(mw), _mm_maskload_ps(X->s + b0, lanes),
+                                       _mm256_castps256_ps128(*tp));
+        *tp = _mm256_insertf128_ps(*tp, t4, 0);
     }
 }
 
-/* Blocks b0 .. b0 + k - 1 (5 <= k <= 8) of a row into the partial sums sp (and tp for the m terms). */
-TRI_INLINE void tri_gemv32_group(const uint8_t * blk0, const uint8_t * x, int b0, int k, size_t bsz, size_t xbs,
-                                 size_t xq, size_t qs, int qh, int off, bool q8, int off_m, const float * xd,
-                                 const float * xs, const int32_t * xsum, __m256 * sp, __m256 * tp) {
-    __m256i p[8];
-    tri_gemv32_dots(blk0, x, b0, 8, k, bsz, xbs, xq, qs, qh, q8, p);
-    __m256i is = tri_reduce8(p);
-    if (off) {
-        const __m256i sums = _mm256_castps_si256(tri_load8_k((const float *) (xsum + b0), k));
-        is = _mm256_sub_epi32(is, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
+/* Blocks b0 .. b0 + k - 1 of a row (G = 8 lanes, or 4 when k <= 4), unpacked once, against T tokens. */
+TRI_INLINE void tri_gemv32_grp(const uint8_t * row, int b0, int k, int G, int T, const tri_x32 * X, __m256 * sp,
+                               __m256 * tp, size_t bsz, size_t xbs, size_t qs, int qh, int off, bool q8, int off_m) {
+    const uint8_t * blk0 = row + (size_t) b0 * bsz;
+    __m256i w[8], p[8];
+    for (int i = 0; i < G; i++) {
+        w[i] = i < k ? tri_gemv32_w(blk0 + (size_t) i * bsz, qs, qh, q8) : _mm256_setzero_si256();
+        if (T == 1) { /* each block consumed as it is unpacked */
+            const __m256i yv = _mm256_loadu_si256((const __m256i *) (X[0].q + (size_t) (b0 + i) * xbs));
+            p[i] = i < k ? tri_gemv32_dot(w[i], yv, q8) : _mm256_setzero_si256();
+        }
     }
-    __m256 dw, mw;
+    __m256 dw, mw = _mm256_setzero_ps();
     if (off_m >= 0) {
         tri_block_2h8(blk0, bsz, k, &dw, &mw); /* m follows d in Q4_1 and Q5_1 */
     } else {
         dw = tri_block_h8(blk0, bsz, 0, k);
     }
-    *sp = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, tri_load8_k(xd + b0, k)), *sp);
-    if (off_m >= 0) {
-        *tp = _mm256_fmadd_ps(mw, tri_load8_k(xs + b0, k), *tp);
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < G && T > 1; i++) {
+            const __m256i yv = _mm256_loadu_si256((const __m256i *) (X[t].q + (size_t) (b0 + i) * xbs));
+            p[i] = i < k ? tri_gemv32_dot(w[i], yv, q8) : _mm256_setzero_si256();
+        }
+        tri_gemv32_fin(p, b0, k, off, off_m, dw, mw, &X[t], &sp[t], &tp[t]);
     }
 }
 
-/* 32-value types against an x row of Q8_0 (or Q8_1 when off_m >= 0) blocks. off: the code offset (8, 16,
- * 0), applied through the x row's block sums; q8: Q8_0 weights (signed values, no codes). Whole groups of 8
- * blocks run without lane checks; a last group of at most 4 blocks uses the low half of the partial sums. */
-TRI_INLINE void tri_gemv32_tok(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, float * y,
-                               size_t bsz, size_t qs, int qh, int off, bool q8, int off_m) {
+/* 32-value types against x rows of Q8_0 (or Q8_1 when off_m >= 0) blocks, T tokens (constant: the loops
+ * unroll) at once: each group of blocks is unpacked once and met by every token. off: the code offset (8,
+ * 16, 0), applied through the x rows' block sums; q8: Q8_0 weights (signed values, no codes). Groups of 8
+ * blocks, then a group of 5 to 7, then one of at most 4 (the low half of the partial sums). */
+TRI_INLINE void tri_gemv32_T(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs, int T,
+                             float * y, int64_t ldy, size_t bsz, size_t qs, int qh, int off, bool q8, int off_m) {
     const int    nb  = n / 32;
     const size_t xbs = off_m >= 0 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
     const size_t xq  = off_m >= 0 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
     const tri_xrow_layout L = tri_xrow_layout_of(off_m >= 0 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
-    const float *   xd   = (const float *) (x + L.d);
-    const float *   xs   = (const float *) (x + L.s);
-    const int32_t * xsum = (const int32_t *) (x + L.sum);
+    tri_x32 X[TRI_GEMV_TK];
+    for (int t = 0; t < T; t++) {
+        const uint8_t * xt = x + (size_t) t * xs;
+        X[t] = (tri_x32){ xt + xq, (const float *) (xt + L.d), (const float *) (xt + L.s),
+                          (const int32_t *) (xt + L.sum) };
+    }
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t * row = W + (size_t) r * rs;
-        __m256 sp = _mm256_setzero_ps(), tp = _mm256_setzero_ps();
+        __m256 sp[TRI_GEMV_TK], tp[TRI_GEMV_TK];
+        for (int t = 0; t < T; t++) {
+            sp[t] = tp[t] = _mm256_setzero_ps();
+        }
         int b0 = 0;
         for (; b0 + 8 <= nb; b0 += 8) {
-            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, 8, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs, xsum,
-                             &sp, &tp);
+            tri_gemv32_grp(row, b0, 8, 8, T, X, sp, tp, bsz, xbs, qs, qh, off, q8, off_m);
         }
         if (nb - b0 > 4) {
-            tri_gemv32_group(row + (size_t) b0 * bsz, x, b0, nb - b0, bsz, xbs, xq, qs, qh, off, q8, off_m, xd, xs,
-                             xsum, &sp, &tp);
-            b0 = nb;
+            tri_gemv32_grp(row, b0, nb - b0, 8, T, X, sp, tp, bsz, xbs, qs, qh, off, q8, off_m);
+        } else if (nb > b0) {
+            tri_gemv32_grp(row, b0, nb - b0, 4, T, X, sp, tp, bsz, xbs, qs, qh, off, q8, off_m);
         }
-        if (b0 < nb) { /* 1 to 4 blocks left: lanes 0..3 */
-            const int k = nb - b0;
-            const uint8_t * blk0 = row + (size_t) b0 * bsz;
-            __m256i p[4];
-            tri_gemv32_dots(blk0, x, b0, 4, k, bsz, xbs, xq, qs, qh, q8, p);
-            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-            __m128i is = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-            const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(k), _mm_setr_epi32(0, 1, 2, 3));
-            if (off) {
-                const __m128i sums = _mm_castps_si128(_mm_maskload_ps((const float *) (xsum + b0), lanes));
-                is = _mm_sub_epi32(is, _mm_mullo_epi32(sums, _mm_set1_epi32(off)));
-            }
-            __m128 dw, mw = _mm_setzero_ps();
-            if (off_m >= 0) {
-                __m256 d8, m8;
-                tri_block_2h8(blk0, bsz, k, &d8, &m8);
-                dw = _mm256_castps256_ps128(d8);
-                mw = _mm256_castps256_ps128(m8);
-            } else {
-                dw = _mm256_castps256_ps128(tri_block_h8(blk0, bsz, 0, k));
-            }
-            const __m128 dd = _mm_mul_ps(dw, _mm_maskload_ps(xd + b0, lanes));
-            const __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(is), dd, _mm256_castps256_ps128(sp));
-            sp = _mm256_insertf128_ps(sp, s4, 0);
-            if (off_m >= 0) {
-                const __m128 t4 = _mm_fmadd_ps(mw, _mm_maskload_ps(xs + b0, lanes), _mm256_castps256_ps128(tp));
-                tp = _mm256_insertf128_ps(tp, t4, 0);
-            }
+        for (int t = 0; t < T; t++) {
+            y[t * ldy + r] = off_m >= 0 ? tri_hsum_ps(sp[t]) + tri_hsum_ps(tp[t]) : tri_hsum_ps(sp[t]);
         }
-        y[r] = off_m >= 0 ? tri_hsum_ps(sp) + tri_hsum_ps(tp) : tri_hsum_ps(sp);
     }
 }
 
-/* Several tokens: one pass over the rows per token. */
+/* Tokens TRI_GEMV_TK at a time; below that many tokens each row is read once. */
 TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs,
                            int64_t n_tok, float * y, int64_t ldy, size_t bsz, size_t qs, int qh, int off, bool q8,
                            int off_m) {
-    for (int64_t t = 0; t < n_tok; t++) {
-        tri_gemv32_tok(n, W, rs, nrows, x + (size_t) t * xs, y + t * ldy, bsz, qs, qh, off, q8, off_m);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {
+        const uint8_t * xt = x + (size_t) t0 * xs;
+        float *         yt = y + t0 * ldy;
+#define TRI_GEMV32_T(T) tri_gemv32_T(n, W, rs, nrows, xt, xs, T, yt, ldy, bsz, qs, qh, off, q8, off_m)
+        TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMV32_T);
+#undef TRI_GEMV32_T
     }
 }
 
@@ -747,7 +784,6 @@ TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, c
 typedef void (*tri_kunpack_fn)(const uint8_t * xb, tri_ksb * u);
 typedef __m256i (*tri_ksb_fn)(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum);
 
-#define TRI_GEMV_TK 8
 
 /* Rows [0, nrows) against T tokens (constant T: the loops unroll). */
 TRI_INLINE void tri_gemvK_T(int nsb, const uint8_t * W, size_t rs, int64_t nrows, size_t bsz, const uint8_t * x,
@@ -810,16 +846,7 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
         const uint8_t * xt = x + (size_t) t0 * xs;
         float *         yt = y + t0 * ldy;
 #define TRI_GEMVK_T(T) tri_gemvK_T(nsb, W, rs, nrows, bsz, xt, xs, T, xd, yt, ldy, unpack, sbdot, moff, off_d, off_dmin)
-        switch (n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK) {
-        case 1: TRI_GEMVK_T(1); break;
-        case 2: TRI_GEMVK_T(2); break;
-        case 3: TRI_GEMVK_T(3); break;
-        case 4: TRI_GEMVK_T(4); break;
-        case 5: TRI_GEMVK_T(5); break;
-        case 6: TRI_GEMVK_T(6); break;
-        case 7: TRI_GEMVK_T(7); break;
-        default: TRI_GEMVK_T(8); break;
-        }
+        TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMVK_T);
 #undef TRI_GEMVK_T
     }
 }

@@ -8,15 +8,25 @@
 #include <string.h>
 
 /* From this many tokens on, rows are repacked into panels (the prefill kernel); below, the decode kernel
- * unpacks each group of blocks once and meets it with every token. Unpacking a K super-block costs more
- * than a 32-value block, so panels pay off later for K types (crossovers measured on Zen 4 with 576 x 1536,
- * 640 x 2048 and 1536 x 8960 matrices). */
+ * unpacks each group of blocks once and meets it with every token (at most 9 at once pay off). Unpacking
+ * costs least for Q4_0 / Q4_1 and most for K super-blocks; the crossovers were measured on Zen 4 in batched
+ * decode steps of SmolLM2-135M Q4_1, Gemma 3 270M (Q5_0), Qwen2.5-1.5B Q4_K_M and its Q5_0/Q8_0 mix. */
+#ifndef TRI_GEMM_MIN_TOK_Q4
+#define TRI_GEMM_MIN_TOK_Q4 9
+#endif
 #ifndef TRI_GEMM_MIN_TOK_32
-#define TRI_GEMM_MIN_TOK_32 5
+#define TRI_GEMM_MIN_TOK_32 7
 #endif
 #ifndef TRI_GEMM_MIN_TOK_K
 #define TRI_GEMM_MIN_TOK_K 10
 #endif
+
+static int64_t tri_gemm_min_tok(enum tri_type t, const tri_type_traits * tt) {
+    if (tt->blck_size == TRI_QK_K) {
+        return TRI_GEMM_MIN_TOK_K;
+    }
+    return t == TRI_TYPE_Q4_0 || t == TRI_TYPE_Q4_1 ? TRI_GEMM_MIN_TOK_Q4 : TRI_GEMM_MIN_TOK_32;
+}
 
 /* Tile of the vec_dot fallback: TRI_MM_ROWS weight rows stay in cache while they meet TRI_MM_TOKS tokens. */
 #define TRI_MM_ROWS 16
@@ -135,8 +145,7 @@ void tri_matmul_rows(const void * W, enum tri_type wtype, int64_t n_in, int64_t 
     const int               n  = (int) n_in;
 
     if (k->gemv[wtype]) {
-        const int64_t min_tok = tt->blck_size == TRI_QK_K ? TRI_GEMM_MIN_TOK_K : TRI_GEMM_MIN_TOK_32;
-        if (n_tok >= min_tok && scratch) {
+        if (n_tok >= tri_gemm_min_tok(wtype, tt) && scratch) {
             k->gemm[wtype](n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy, scratch);
         } else {
             k->gemv[wtype](n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy);

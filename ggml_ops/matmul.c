@@ -8,7 +8,7 @@
 #include <string.h>
 
 /* From this many tokens on, rows are repacked into panels (the prefill kernel); below, the decode kernel
- * unpacks each group of blocks once and meets it with every token (at most 9 at once pay off). Unpacking
+ * unpacks each group of blocks once and meets it with every token, up to 8 per pass. Unpacking
  * costs least for Q4_0 / Q4_1 and most for K super-blocks; the crossovers were measured on Zen 4 in batched
  * decode steps of SmolLM2-135M Q4_1, Gemma 3 270M (Q5_0), Qwen2.5-1.5B Q4_K_M and its Q5_0/Q8_0 mix. */
 #ifndef TRI_GEMM_MIN_TOK_Q4

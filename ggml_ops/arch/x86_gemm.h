@@ -655,10 +655,6 @@ TRI_INLINE __m256i tri_gemv32_w(const uint8_t * blk, size_t qs, int qh, bool q8)
     return qh >= 0 ? tri_codes_q5(blk, qs, (size_t) qh) : tri_codes_q4(blk, qs);
 }
 
-TRI_INLINE __m256i tri_gemv32_dot(__m256i w, __m256i yv, bool q8) {
-    return q8 ? tri_dp_ss(_mm256_setzero_si256(), w, yv) : tri_dp_us(_mm256_setzero_si256(), w, yv);
-}
-
 /* One token's x row as the 32-value kernels read it. */
 typedef struct {
     const uint8_t * q;     /* the Q8_0 / Q8_1 blocks */
@@ -666,6 +662,15 @@ typedef struct {
     const float *   s;
     const int32_t * sum;
 } tri_x32;
+
+/* The exact integer dot of block weights w with block b of a token's x row (0 for a lane past the row). */
+TRI_INLINE __m256i tri_gemv32_dot(__m256i w, const tri_x32 * X, int b, size_t xbs, bool q8, bool live) {
+    if (!live) {
+        return _mm256_setzero_si256();
+    }
+    const __m256i yv = _mm256_loadu_si256((const __m256i *) (X->q + (size_t) b * xbs));
+    return q8 ? tri_dp_ss(_mm256_setzero_si256(), w, yv) : tri_dp_us(_mm256_setzero_si256(), w, yv);
+}
 
 /* Exact integer dots p of blocks b0 .. b0 + k - 1 of a row (unpacked into w) into the partial sums sp
  * (and tp for the m terms): lanes 0..7 when k > 4, lanes 0..3 when k <= 4. dw, mw: the blocks' d and m. */
@@ -708,8 +713,7 @@ TRI_INLINE void tri_gemv32_grp(const uint8_t * row, int b0, int k, int G, int T,
     for (int i = 0; i < G; i++) {
         w[i] = i < k ? tri_gemv32_w(blk0 + (size_t) i * bsz, qs, qh, q8) : _mm256_setzero_si256();
         if (T == 1) { /* each block consumed as it is unpacked */
-            const __m256i yv = _mm256_loadu_si256((const __m256i *) (X[0].q + (size_t) (b0 + i) * xbs));
-            p[i] = i < k ? tri_gemv32_dot(w[i], yv, q8) : _mm256_setzero_si256();
+            p[i] = tri_gemv32_dot(w[i], &X[0], b0 + i, xbs, q8, i < k);
         }
     }
     __m256 dw, mw = _mm256_setzero_ps();
@@ -719,9 +723,10 @@ TRI_INLINE void tri_gemv32_grp(const uint8_t * row, int b0, int k, int G, int T,
         dw = tri_block_h8(blk0, bsz, 0, k);
     }
     for (int t = 0; t < T; t++) {
-        for (int i = 0; i < G && T > 1; i++) {
-            const __m256i yv = _mm256_loadu_si256((const __m256i *) (X[t].q + (size_t) (b0 + i) * xbs));
-            p[i] = i < k ? tri_gemv32_dot(w[i], yv, q8) : _mm256_setzero_si256();
+        if (T > 1) {
+            for (int i = 0; i < G; i++) {
+                p[i] = tri_gemv32_dot(w[i], &X[t], b0 + i, xbs, q8, i < k);
+            }
         }
         tri_gemv32_fin(p, b0, k, off, off_m, dw, mw, &X[t], &sp[t], &tp[t]);
     }
@@ -783,7 +788,6 @@ TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, c
  * subtract msum * dmin * d_x. Super-blocks go 8 at a time into the lanes, for T tokens (1 to 8) at once. */
 typedef void (*tri_kunpack_fn)(const uint8_t * xb, tri_ksb * u);
 typedef __m256i (*tri_ksb_fn)(const uint8_t * xb, const tri_block_q8_K * y, __m256i * msum);
-
 
 /* Rows [0, nrows) against T tokens (constant T: the loops unroll). */
 TRI_INLINE void tri_gemvK_T(int nsb, const uint8_t * W, size_t rs, int64_t nrows, size_t bsz, const uint8_t * x,

@@ -571,10 +571,10 @@ def by_prompt_length(recs: list[dict]) -> list[dict]:
     """Accuracy per (dataset, method, budget) on the problems whose prompt is shorter than the data set's median
     prompt (full attention's count) and on the rest: how much of a budget the question itself takes."""
     prompt = {(r["dataset"], int(r["id"])): int(r["prompt_tokens"]) for r in recs if r["method"] == "full"}
-    median = {}
-    for ds in {k[0] for k in prompt}:
-        lens = sorted(v for k, v in prompt.items() if k[0] == ds)
-        median[ds] = lens[len(lens) // 2]
+    lens: dict[str, list] = {}
+    for (ds, _), n in prompt.items():
+        lens.setdefault(ds, []).append(n)
+    median = {ds: sorted(v)[len(v) // 2] for ds, v in lens.items()}
     cells: dict[tuple, list] = {}
     for r in recs:
         key = (r["dataset"], int(r["id"]))

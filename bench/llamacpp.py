@@ -42,12 +42,29 @@ def source(cache: Path) -> Path:
     return src
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def build(src: Path, build_dir: Path, targets, jobs: int) -> Path:
-    """CPU-only Release build (-O3, -march=native) of the given targets (incremental); returns build_dir."""
+    """CPU-only Release build (-O3, -march=native) of the given targets (incremental); returns build_dir.
+    On CPUs with AMX, llama.cpp 0c1e570's AMX matrix kernels stop with an illegal instruction (seen on a
+    2-core Xeon VM: `tilezero` in its Q4_1 prompt kernel), so they are compiled out (-mno-amx-*)."""
     if not (build_dir / "CMakeCache.txt").exists():
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+        extra = []
+        if "amx_tile" in _cpu_flags():
+            flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+            extra = [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
+            log(f"llama.cpp: AMX compiled out ({flags})")
         run(["cmake", "-S", src, "-B", build_dir, *gen, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
              "-DLLAMA_CURL=OFF", "-DGGML_CUDA=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-             "-DBUILD_SHARED_LIBS=ON"])
+             "-DBUILD_SHARED_LIBS=ON", *extra])
     run(["cmake", "--build", build_dir, "-j", str(jobs), "--target", *targets])
     return build_dir

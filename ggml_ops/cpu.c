@@ -142,6 +142,8 @@ static void tri_ops_init_once(void) {
             if (k->vec_dot[t])  g_ops.active.vec_dot[t]  = k->vec_dot[t];
             if (k->gemv[t])     g_ops.active.gemv[t]     = k->gemv[t];
             if (k->gemm[t])     g_ops.active.gemm[t]     = k->gemm[t];
+            if (k->gemv_x8[t])  g_ops.active.gemv_x8[t]  = k->gemv_x8[t];
+            if (k->gemm_x8[t])  g_ops.active.gemm_x8[t]  = k->gemm_x8[t];
             if (k->quantize[t]) g_ops.active.quantize[t] = k->quantize[t];
         }
     }

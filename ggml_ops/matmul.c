@@ -33,6 +33,7 @@ static int64_t tri_gemm_min_tok(enum tri_type t, const tri_type_traits * tt) {
 #define TRI_MM_TOKS 64
 
 static inline int64_t tri_min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t tri_max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 static size_t tri_align(size_t n, size_t a) {
     return (n + a - 1) / a * a;
@@ -131,7 +132,42 @@ static void tri_fill_xrow(enum tri_type vdt, int64_t n, uint8_t * row, const tri
     }
 }
 
-void tri_matmul_rows(const void * W, enum tri_type wtype, int64_t n_in, int64_t r0, int64_t r1,
+bool tri_matmul_x8_ok(enum tri_type wtype, int64_t n_in, int64_t n_rows) {
+    return (int) wtype >= 0 && (int) wtype < TRI_TYPE_COUNT && tri_kernels_active()->gemv_x8[wtype] &&
+           tri_x8_supported(wtype, n_in, n_rows) && n_in <= INT32_MAX;
+}
+
+/* Rows [r0, r1) of an x8 matrix: whole groups straight into y; a group cut by r0 or r1 (a thread's share
+ * that starts or ends inside it) into a small buffer, 8 tokens at a time, then its wanted rows copied. */
+static void tri_matmul_x8(const tri_isa_kernels * k, const char * w, enum tri_type wtype, int n, size_t rs,
+                          int64_t r0, int64_t r1, const char * x, size_t xs, int64_t n_tok, float * y, int64_t ldy,
+                          void * scratch) {
+    const bool gemm = n_tok >= tri_gemm_min_tok(wtype, tri_type_traits_get(wtype)) && scratch;
+    const int64_t a0 = (r0 + 7) / 8 * 8, a1 = r1 / 8 * 8;
+    if (a0 < a1) {
+        if (gemm) {
+            k->gemm_x8[wtype](n, w + a0 * rs, rs, a1 - a0, x, xs, n_tok, y + a0, ldy, scratch);
+        } else {
+            k->gemv_x8[wtype](n, w + a0 * rs, rs, a1 - a0, x, xs, n_tok, y + a0, ldy);
+        }
+    }
+    for (int64_t g = r0 / 8 * 8; g < r1; g += 8) {
+        const int64_t lo = tri_max_i64(g, r0), hi = tri_min_i64(g + 8, r1);
+        if (lo == g && hi == g + 8) {
+            continue; /* a whole group, done above */
+        }
+        float tmp[8 * 8];
+        for (int64_t t0 = 0; t0 < n_tok; t0 += 8) {
+            const int64_t nt = tri_min_i64(8, n_tok - t0);
+            k->gemv_x8[wtype](n, w + g * rs, rs, 8, x + t0 * xs, xs, nt, tmp, 8);
+            for (int64_t t = 0; t < nt; t++) {
+                memcpy(&y[(t0 + t) * ldy + lo], &tmp[t * 8 + (lo - g)], sizeof(float) * (size_t) (hi - lo));
+            }
+        }
+    }
+}
+
+void tri_matmul_rows(const void * W, enum tri_type wtype, enum tri_wlayout layout, int64_t n_in, int64_t r0, int64_t r1,
                      const void * xq, int64_t n_tok, float * y, int64_t ldy, void * scratch) {
     const tri_type_traits * tt = tri_type_traits_get(wtype);
     if (!tt || !tt->vec_dot || r1 <= r0 || n_tok <= 0 || tri_row_size(wtype, n_in) == 0) {
@@ -144,6 +180,12 @@ void tri_matmul_rows(const void * W, enum tri_type wtype, int64_t n_in, int64_t 
     const char *            x  = xq;
     const int               n  = (int) n_in;
 
+    if (layout == TRI_WLAYOUT_X8) {
+        if (k->gemv_x8[wtype]) {
+            tri_matmul_x8(k, w, wtype, n, rs, r0, r1, x, xs, n_tok, y, ldy, scratch);
+        }
+        return;
+    }
     if (k->gemv[wtype]) {
         if (n_tok >= tri_gemm_min_tok(wtype, tt) && scratch) {
             k->gemm[wtype](n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy, scratch);

@@ -144,6 +144,9 @@ static inline void tri_get_scale_min_k4(int j, const uint8_t * q, uint8_t * sc, 
     }
 }
 
+/* Packs eight 6-bit scales and mins into the 12-byte layout tri_get_scale_min_k4 reads (its inverse). */
+void tri_pack_scale_min_k4(const uint8_t * sc, const uint8_t * mn, uint8_t * out);
+
 /* 16 signed 6-bit scales (-32..31) of a Q3_K block. */
 static inline void tri_q3_K_scales(const uint8_t * s, int8_t out[16]) {
     for (int j = 0; j < 16; j++) {

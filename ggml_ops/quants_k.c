@@ -173,8 +173,7 @@ static void tri_k_asym(const float * x, int nsub, int sublen, int qmax, int smax
     *dmin_out = dmin;
 }
 
-/* Packs eight 6-bit scales and mins into the 12-byte layout that tri_get_scale_min_k4 reads. */
-static void tri_pack_scale_min_k4(const uint8_t * sc, const uint8_t * mn, uint8_t * out) {
+void tri_pack_scale_min_k4(const uint8_t * sc, const uint8_t * mn, uint8_t * out) {
     memset(out, 0, TRI_K_SCALE_SIZE);
     for (int j = 0; j < 4; j++) {
         out[j]     = (uint8_t)(sc[j] & 63);

@@ -139,7 +139,7 @@ static void tri_mm_worker(void * arg, int ith, int nth) {
         const tri_tensor * W = t->jobs[j].W;
         const int64_t lo = TRI_MAX(r0, base), hi = TRI_MIN(r1, base + W->ne1);
         if (lo < hi) {
-            tri_matmul_rows(W->data, W->type, W->ne0, lo - base, hi - base, t->jobs[j].xq, t->n_tok, t->jobs[j].out,
+            tri_matmul_rows(W->data, W->type, W->layout, W->ne0, lo - base, hi - base, t->jobs[j].xq, t->n_tok, t->jobs[j].out,
                             W->ne1, t->scratch ? (char *) t->scratch + (size_t) ith * t->scratch_stride : NULL);
         }
         base += W->ne1;

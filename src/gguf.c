@@ -636,6 +636,20 @@ enum triattn_status tri_gguf_open_buffer(const void * buf, size_t size, tri_gguf
     return finish_open(gi, out, err, err_size);
 }
 
+bool tri_gguf_make_writable(tri_gguf * g, const void * p, size_t n) {
+    const uint8_t * b = p;
+    if (!g || !g->map || b < g->base || n > g->size || (size_t) (b - g->base) > g->size - n) {
+        return false;
+    }
+    if (g->map_kind != 1) {
+        return g->map_kind == 2;
+    }
+    const long      pg = sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = (uintptr_t) b / (uintptr_t) pg * (uintptr_t) pg;
+    const uintptr_t hi = (uintptr_t) b + n;
+    return mprotect((void *) lo, hi - lo, PROT_READ | PROT_WRITE) == 0;
+}
+
 enum triattn_status tri_gguf_open_file(const char * path, bool use_mmap, tri_gguf ** out, char * err, size_t err_size) {
     if (out) {
         *out = NULL;

@@ -77,6 +77,9 @@ enum triattn_status tri_gguf_open_file(const char * path, bool use_mmap, tri_ggu
 /* Parses a caller buffer (not copied: it must outlive the tri_gguf). Same checks as above. */
 enum triattn_status tri_gguf_open_buffer(const void * buf, size_t size, tri_gguf ** out, char * err, size_t err_size);
 void tri_gguf_close(tri_gguf * g);
+/* Lets the caller rewrite n bytes of tensor data at p in this process only (a mapped file is private: the
+ * file is never changed). False for a caller buffer, or when the pages cannot be made writable. */
+bool tri_gguf_make_writable(tri_gguf * g, const void * p, size_t n);
 
 const tri_gguf_kv *     tri_gguf_find(const tri_gguf * g, const char * key);
 const tri_gguf_tensor * tri_gguf_find_tensor(const tri_gguf * g, const char * name);

@@ -4,6 +4,7 @@
 #include "calibration.h"
 #include "common.h"
 #include "grammar_mask.h"
+#include "matmul.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -51,8 +52,9 @@ enum triattn_status tri_model_tensor(struct triattn_model * m, tri_tensor * t, c
     } else if (gt->type != TRI_TYPE_F32) {
         return tri_fail(err, n, TRIATTN_ERR_UNSUPPORTED, "vector tensor '%s' has type %s, expected F32", name, tt->name);
     }
-    t->data = gt->data;
-    t->type = gt->type;
+    t->data   = gt->data;
+    t->layout = TRI_WLAYOUT_ROWS;
+    t->type   = gt->type;
     t->ne0  = ne0;
     t->ne1  = ne1;
     t->name = gt->name;
@@ -284,6 +286,45 @@ void triattn_model_params_init(struct triattn_model_params * p) {
     p->use_mmap = true;
 }
 
+/* On the CPU, matrices the decode kernels read faster as groups of 8 rows are repacked in place (repack.h):
+ * the same bytes, so memory does not grow. The output matrix keeps the GGUF layout when it is the token
+ * embeddings (tied), which are read by rows. TRIATTN_REPACK=0 turns this off. */
+static void tri_model_repack(triattn_model * m) {
+    const char * env = getenv("TRIATTN_REPACK");
+    if (m->backend || (env && strcmp(env, "0") == 0)) {
+        return;
+    }
+    const int n_per_layer = 7;
+    int    n_done  = 0;
+    size_t n_bytes = 0;
+    for (int i = 0; i <= m->hp.n_layer * n_per_layer; i++) {
+        tri_tensor * t;
+        if (i == m->hp.n_layer * n_per_layer) {
+            t = &m->w.output;
+            if (t->data == m->w.tok_embd.data) {
+                continue;
+            }
+        } else {
+            tri_layer * L = &m->w.layers[i / n_per_layer];
+            tri_tensor * list[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
+            t = list[i % n_per_layer];
+        }
+        if (!t->data || t->layout != TRI_WLAYOUT_ROWS || !tri_matmul_x8_ok(t->type, t->ne0, t->ne1)) {
+            continue;
+        }
+        const size_t bytes = tri_row_size(t->type, t->ne0) * (size_t) t->ne1;
+        if (tri_gguf_make_writable(m->gguf, t->data, bytes) && tri_x8_repack(t->type, (void *) t->data, t->ne0, t->ne1)) {
+            t->layout = TRI_WLAYOUT_X8;
+            n_done++;
+            n_bytes += bytes;
+        }
+    }
+    if (n_done > 0) {
+        tri_log(TRIATTN_LOG_INFO, "repacked %d weight matrices (%.1f MiB) into groups of 8 rows for the CPU kernels",
+                n_done, (double) n_bytes / (1024.0 * 1024.0));
+    }
+}
+
 /* n_gpu_layers: CPU, or the weights uploaded once to a GPU backend; the model is freed on failure. */
 static enum triattn_status tri_model_attach_backend(triattn_model ** out, const struct triattn_model_params * p,
                                                     char * err, size_t err_size) {
@@ -291,7 +332,9 @@ static enum triattn_status tri_model_attach_backend(triattn_model ** out, const 
     if (st != TRIATTN_OK) {
         triattn_model_free(*out);
         *out = NULL;
+        return st;
     }
+    tri_model_repack(*out);
     return st;
 }
 

@@ -5,6 +5,7 @@
 
 #include "gguf.h"
 #include "ops.h"
+#include "repack.h"
 #include "triattn.h"
 #include "vocab.h"
 
@@ -17,6 +18,7 @@ typedef struct tri_tensor {
     int64_t       ne0;   /* inner dimension (inputs) */
     int64_t       ne1;   /* rows (outputs) */
     const char *  name;
+    enum tri_wlayout layout; /* matrices on the CPU: the GGUF's rows, or repacked in place at load (repack.h) */
 } tri_tensor;
 
 typedef struct tri_hparams {

@@ -8,6 +8,8 @@ the float64 formula does with the global RoPE base.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,46 @@ def test_gemma3_greedy_counting(gemma3_model, Llama):
         assert out.startswith(" 6, 7, 8"), repr(out)
     finally:
         llm.close()
+
+
+def _x8_matrices(path):
+    """Matrices of the file the CPU repacks: Q4_K, Q5_K or Q6_K weights of the layers (and an untied output)
+    with a row count that is a multiple of 8."""
+    import gguf
+    r = gguf.GGUFReader(str(path))
+    kinds = {gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q5_K, gguf.GGMLQuantizationType.Q6_K}
+    names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    return sum(1 for t in r.tensors
+               if t.tensor_type in kinds and int(t.shape[1]) % 8 == 0
+               and (t.name == "output.weight" or (t.name.startswith("blk.") and t.name.split(".")[2] in names)))
+
+
+def test_gemma3_repacked_weights_give_the_same_bits(gemma3_model, Llama, monkeypatch, capsys):
+    """Its Q4_K and Q6_K matrices are repacked at load into groups of 8 rows for the CPU kernels: the logits
+    of a prompt (prefill kernels) and of greedy steps after it (decode kernels) equal, bit for bit, those
+    computed from the GGUF layout (TRIATTN_REPACK=0)."""
+    rng = np.random.default_rng()
+    text = " ".join(str(int(x)) for x in rng.integers(0, 10**6, 80))
+    out = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("TRIATTN_REPACK", mode)
+        llm = Llama(str(gemma3_model), n_ctx=256, n_threads=N_THREADS, kv_policy="full", verbose=True)
+        try:
+            toks = llm.tokenize(text.encode())[:150]
+            rows = [_last_logits(llm, toks)]
+            for _ in range(6):
+                rows.append(_last_logits(llm, [int(np.argmax(rows[-1]))]))
+            out[mode] = np.stack(rows)
+        finally:
+            llm.close()
+        log = capsys.readouterr().err
+        m = re.search(r"repacked (\d+) weight matrices", log)
+        if mode == "1":
+            assert m and int(m.group(1)) == _x8_matrices(gemma3_model) > 0, log[-2000:]
+        else:
+            assert m is None, log[-2000:]
+    assert np.isfinite(out["1"]).all()
+    assert np.array_equal(out["1"], out["0"])
 
 
 def test_gemma3_window_bounded_and_batching_invariant(gemma3_model, Llama):

@@ -36,6 +36,8 @@ typedef struct tri_isa_kernels {
     tri_vec_dot_fn    vec_dot[TRI_TYPE_COUNT];   /* weight type -> dot with its vec_dot_type; NULL if none */
     tri_gemv_fn       gemv[TRI_TYPE_COUNT];      /* integer matrix kernels (both or neither); they read x rows */
     tri_gemm_fn       gemm[TRI_TYPE_COUNT];
+    tri_gemv_fn       gemv_x8[TRI_TYPE_COUNT];   /* the same for weights in the x8 layout (repack.h): rows in */
+    tri_gemm_fn       gemm_x8[TRI_TYPE_COUNT];   /* whole groups of 8, W at a group's first row */
     tri_from_float_fn quantize[TRI_TYPE_COUNT];  /* activation quantizer per vec_dot_type (same bytes as the reference) */
 } tri_isa_kernels;
 

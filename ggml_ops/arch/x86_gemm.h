@@ -34,6 +34,7 @@
 #include "../quants.h"
 #include "avx2/simd_avx2.h"
 #include "kernels.h"
+#include "../repack.h"
 #include "x86_kquants.h"
 
 #include <math.h>
@@ -258,10 +259,24 @@ TRI_INLINE void tri_pack32(const uint8_t * W, size_t rs, int nrows, int nb, size
 }
 
 /* Panel of a K type: S sub-blocks, d at byte off_d of a block, dmin at off_dmin (< 0: none). */
-TRI_INLINE void tri_packK(const uint8_t * W, size_t rs, int nrows, int nsb, size_t bsz, tri_vals_fn vals,
-                          tri_kscales_fn kscales, int S, size_t off_d, int off_dmin, uint8_t * pan) {
+/* The negated correction of a K panel block whose values and scales are in place. */
+TRI_INLINE void tri_packK_corr(uint8_t * pb, int S) {
     const int G = 64 / S;
     const __m256i x80 = _mm256_set1_epi8((char) 0x80);
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < S; j++) {
+        const __m256i sc = tri_kscale_prep(_mm256_loadu_si256((const __m256i *) (pb + TRI_PANK_SC + 32 * j)));
+        __m256i part = _mm256_setzero_si256();
+        for (int g = 0; g < G; g++) {
+            tri_kpart_acc(&part, &isum, x80, _mm256_loadu_si256((const __m256i *) (pb + 32 * (j * G + g))), sc);
+        }
+        tri_kpart_end(&isum, part, sc);
+    }
+    _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_CORR), _mm256_sub_epi32(_mm256_setzero_si256(), isum));
+}
+
+TRI_INLINE void tri_packK(const uint8_t * W, size_t rs, int nrows, int nsb, size_t bsz, tri_vals_fn vals,
+                          tri_kscales_fn kscales, int S, size_t off_d, int off_dmin, uint8_t * pan) {
     for (int sb = 0; sb < nsb; sb++) {
         uint8_t * pb = pan + (size_t) sb * TRI_PANK_BLOCK;
         const uint8_t * rp[8];
@@ -296,16 +311,121 @@ TRI_INLINE void tri_packK(const uint8_t * W, size_t rs, int nrows, int nsb, size
         memcpy(pb + TRI_PANK_MINS, mn16, (size_t) S / 2 * 32);
         memcpy(pb + TRI_PANK_D, d, 32);
         memcpy(pb + TRI_PANK_DMIN, dmin, 32);
-        __m256i isum = _mm256_setzero_si256();
-        for (int j = 0; j < S; j++) {
-            const __m256i sc = tri_kscale_prep(_mm256_loadu_si256((const __m256i *) (pb + TRI_PANK_SC + 32 * j)));
-            __m256i part = _mm256_setzero_si256();
-            for (int g = 0; g < G; g++) {
-                tri_kpart_acc(&part, &isum, x80, _mm256_loadu_si256((const __m256i *) (pb + 32 * (j * G + g))), sc);
+        tri_packK_corr(pb, S);
+    }
+}
+
+/* The 128 six-bit values of a Q4_K or Q5_K x8 group (v: 8j + r scales, 64 + 16p + 2r + e mins). */
+TRI_INLINE void tri_x8_q4_K_values(const uint8_t * g, uint8_t v[128]) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const __m256i n0 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q4K_SLO));
+    const __m256i n1 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q4K_SLO + 32));
+    const __m256i h  = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q4K_SHI));
+    const __m256i lo[4] = { _mm256_and_si256(n0, m4), _mm256_and_si256(n1, m4),
+                            _mm256_and_si256(_mm256_srli_epi16(n0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(n1, 4), m4) };
+    for (int q = 0; q < 4; q++) {
+        const __m256i hq = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * q), m3), 4);
+        _mm256_storeu_si256((__m256i *) (v + 32 * q), _mm256_or_si256(lo[q], hq));
+    }
+}
+
+/* Codes (0..63) of word k of half h of a Q6_K x8 group for the 8 rows: q[u] holds values 128h + 32u + 4k
+ * .. + 3 of each row (sub-block 8h + 2u + k / 4). */
+TRI_INLINE void tri_x8_q6_K_codes(const uint8_t * g, int h, int k, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QL + 512 * h + 32 * k));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QL + 512 * h + 256 + 32 * k));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QH + 256 * h + 32 * k));
+    const __m256i lo[4] = { _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4) };
+    for (int u = 0; u < 4; u++) {
+        q[u] = _mm256_or_si256(lo[u], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * u), m3), 4));
+    }
+}
+
+/* A Q6_K x8 group's scales of sub-blocks 2p, 2p + 1 (p < 8) as int16 scale pairs per row lane (pair[p]) and
+ * as each scale twice per lane (sc16[j], the panels' form). */
+TRI_INLINE void tri_x8_q6_K_scales(const uint8_t * g, __m256i pair[8], __m256i sc16[16]) {
+    const __m256i lo16 = _mm256_set1_epi32(0xFFFF);
+    for (int p = 0; p < 8; p++) {
+        const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (g + TRI_X8_Q6K_SC + 16 * p)));
+        pair[p]         = v;
+        sc16[2 * p]     = _mm256_or_si256(_mm256_and_si256(v, lo16), _mm256_slli_epi32(v, 16));
+        sc16[2 * p + 1] = _mm256_or_si256(_mm256_srli_epi32(v, 16), _mm256_andnot_si256(lo16, v));
+    }
+}
+
+/* Panel of one Q6_K x8 group: codes minus 32 as the values, 4 per row per lane already. */
+TRI_INLINE void tri_packX8_q6_K(const uint8_t * W, int nsb, uint8_t * pan) {
+    const __m256i c32 = _mm256_set1_epi8(32);
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t * gb = W + (size_t) sb * TRI_X8_Q6K_GROUP;
+        uint8_t *       pb = pan + (size_t) sb * TRI_PANK_BLOCK;
+        for (int h = 0; h < 2; h++) {
+            for (int k = 0; k < 8; k++) {
+                __m256i q[4];
+                tri_x8_q6_K_codes(gb, h, k, q);
+                for (int u = 0; u < 4; u++) {
+                    _mm256_storeu_si256((__m256i *) (pb + 256 * (4 * h + u) + 32 * k), _mm256_sub_epi8(q[u], c32));
+                }
             }
-            tri_kpart_end(&isum, part, sc);
         }
-        _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_CORR), _mm256_sub_epi32(_mm256_setzero_si256(), isum));
+        __m256i pair[8], sc16[16];
+        tri_x8_q6_K_scales(gb, pair, sc16);
+        for (int j = 0; j < 16; j++) {
+            _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_SC + 32 * j), sc16[j]);
+        }
+        for (int p = 0; p < 8; p++) {
+            _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_MINS + 32 * p), _mm256_setzero_si256());
+        }
+        _mm256_storeu_ps((float *) (pb + TRI_PANK_D), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) gb)));
+        _mm256_storeu_ps((float *) (pb + TRI_PANK_DMIN), _mm256_setzero_ps());
+        tri_packK_corr(pb, 16);
+    }
+}
+
+/* Codes of word k of chunk c of a Q4_K (q5 false) or Q5_K x8 group for the 8 rows: lo holds values
+ * 64c + 4k .. + 3 of each row (sub-block 2c), hi values 64c + 32 + 4k .. + 3 (sub-block 2c + 1). */
+TRI_INLINE void tri_x8_k4_codes(const uint8_t * g, int c, int k, bool q5, __m256i * lo, __m256i * hi) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i q  = _mm256_loadu_si256((const __m256i *) (g + (q5 ? TRI_X8_Q5K_QS : TRI_X8_Q4K_QS) + 32 * (8 * c + k)));
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if (q5) {
+        const __m256i m1 = _mm256_set1_epi8(1);
+        const __m256i h  = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q5K_QH + 32 * k));
+        *lo = _mm256_or_si256(*lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * c), m1), 4));
+        *hi = _mm256_or_si256(*hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * c + 1), m1), 4));
+    }
+}
+
+/* Panel of one Q4_K or Q5_K x8 group (W at its first row): the codes are already 4 per row per lane. */
+TRI_INLINE void tri_packX8_k4(const uint8_t * W, int nsb, bool q5, uint8_t * pan) {
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t * gb = W + (size_t) sb * (q5 ? TRI_X8_Q5K_GROUP : TRI_X8_Q4K_GROUP);
+        uint8_t *       pb = pan + (size_t) sb * TRI_PANK_BLOCK;
+        for (int c = 0; c < 4; c++) {
+            for (int k = 0; k < 8; k++) {
+                __m256i lo, hi;
+                tri_x8_k4_codes(gb, c, k, q5, &lo, &hi);
+                _mm256_storeu_si256((__m256i *) (pb + 256 * (2 * c) + 32 * k), lo);
+                _mm256_storeu_si256((__m256i *) (pb + 256 * (2 * c + 1) + 32 * k), hi);
+            }
+        }
+        uint8_t v[128];
+        tri_x8_q4_K_values(gb, v);
+        for (int j = 0; j < 8; j++) {
+            const __m256i s32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (v + 8 * j)));
+            _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_SC + 32 * j), _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16)));
+        }
+        for (int p = 0; p < 4; p++) {
+            _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_MINS + 32 * p),
+                                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (v + 64 + 16 * p))));
+        }
+        _mm256_storeu_ps((float *) (pb + TRI_PANK_D), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) gb)));
+        _mm256_storeu_ps((float *) (pb + TRI_PANK_DMIN),
+                         _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gb + TRI_X8_Q4K_DMIN))));
+        tri_packK_corr(pb, 8);
     }
 }
 
@@ -540,6 +660,7 @@ typedef struct {
     int            off_m;    /* 32-value types: byte offset of m in a block, -1: none */
     size_t         off_d;    /* K types: byte offsets of d and dmin (-1: none) */
     int            off_dmin;
+    enum tri_type  x8;       /* K types: the weight type when W is in the x8 layout (repack.h), else TRI_TYPE_COUNT */
 } tri_wtype;
 
 TRI_INLINE void tri_tile(const tri_wtype * D, const uint8_t * pan, size_t ps, int NP, int n, const tri_xtile * xt,
@@ -565,7 +686,11 @@ TRI_INLINE void tri_gemm_panels(int n, const uint8_t * W, size_t rs, int64_t nro
         for (int p = 0; p < np; p++) {
             const uint8_t * Wp = W + (size_t) (r0 + 8 * p) * rs;
             const int       k  = nr - 8 * p < 8 ? nr - 8 * p : 8;
-            if (D.S) {
+            if (D.x8 == TRI_TYPE_Q4_K || D.x8 == TRI_TYPE_Q5_K) {
+                tri_packX8_k4(Wp, n / 256, D.x8 == TRI_TYPE_Q5_K, scratch + p * ps);
+            } else if (D.x8 == TRI_TYPE_Q6_K) {
+                tri_packX8_q6_K(Wp, n / 256, scratch + p * ps);
+            } else if (D.S) {
                 tri_packK(Wp, rs, k, n / 256, D.bsz, D.vals, D.kscales, D.S, D.off_d, D.off_dmin, scratch + p * ps);
             } else {
                 tri_pack32(Wp, rs, k, n / 32, D.bsz, D.vals, D.wide, D.off_m, scratch + p * ps);
@@ -855,6 +980,155 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
     }
 }
 
+/* ---- decode of x8 matrices (repack.h): one group of 8 rows at a time, the rows in the vector lanes ----
+ * Per super-block the same exact integer sums as the other shapes, then s[b % 8] as in the panels (lanes =
+ * rows), so results equal the GGUF layout's bit for bit. */
+
+/* Rows r0 .. r0 + 7 of T tokens: tree(v) of each token's eight partial sums (lanes = rows). */
+TRI_INLINE void tri_x8_store(__m256 acc[TRI_GEMV_TK][8], int T, float * y, int64_t ldy, int64_t r0) {
+    for (int t = 0; t < T; t++) {
+        const __m256 a0 = _mm256_add_ps(acc[t][0], acc[t][4]), a1 = _mm256_add_ps(acc[t][1], acc[t][5]);
+        const __m256 a2 = _mm256_add_ps(acc[t][2], acc[t][6]), a3 = _mm256_add_ps(acc[t][3], acc[t][7]);
+        _mm256_storeu_ps(y + t * ldy + r0, _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3)));
+    }
+}
+
+/* One super-block s of a group (grp: its first row) against T tokens: acc[t][s % 8] += the rows' results. */
+TRI_INLINE void tri_x8sb_k4(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
+                            __m256 acc[TRI_GEMV_TK][8], bool q5) {
+    const uint8_t * gb = grp + (size_t) s * (q5 ? TRI_X8_Q5K_GROUP : TRI_X8_Q4K_GROUP);
+    uint8_t v[128];
+    tri_x8_q4_K_values(gb, v);
+    __m256i sc[8];
+    for (int j = 0; j < 8; j++) {
+        const __m256i s32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (v + 8 * j)));
+        sc[j] = tri_kscale_prep(_mm256_or_si256(s32, _mm256_slli_epi32(s32, 16)));
+    }
+    __m256i isum[TRI_GEMV_TK];
+    for (int t = 0; t < T; t++) {
+        isum[t] = _mm256_setzero_si256();
+    }
+    for (int c = 0; c < 4; c++) {
+        __m256i plo[TRI_GEMV_TK], phi[TRI_GEMV_TK];
+        for (int t = 0; t < T; t++) {
+            plo[t] = phi[t] = _mm256_setzero_si256();
+        }
+        for (int k = 0; k < 8; k++) {
+            __m256i qlo, qhi;
+            tri_x8_k4_codes(gb, c, k, q5, &qlo, &qhi);
+            for (int t = 0; t < T; t++) {
+                const uint8_t * yq = (const uint8_t *) ((const tri_block_q8_K *) (x + (size_t) t * xs))[s].qs;
+                tri_kpart_acc(&plo[t], &isum[t], qlo, tri_bcast32(yq + 64 * c + 4 * k), sc[2 * c]);
+                tri_kpart_acc(&phi[t], &isum[t], qhi, tri_bcast32(yq + 64 * c + 32 + 4 * k), sc[2 * c + 1]);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            tri_kpart_end(&isum[t], plo[t], sc[2 * c]);
+            tri_kpart_end(&isum[t], phi[t], sc[2 * c + 1]);
+        }
+    }
+    __m256i mn[4];
+    for (int p = 0; p < 4; p++) {
+        mn[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (v + 64 + 16 * p)));
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) gb));
+    const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gb + TRI_X8_Q4K_DMIN)));
+    for (int t = 0; t < T; t++) {
+        const uint8_t * xt = x + (size_t) t * xs;
+        const uint8_t * bs = xt + L->bs32 + 16 * (size_t) s; /* the 8 int16 sums of 32 codes */
+        __m256i ms = _mm256_setzero_si256();
+        for (int p = 0; p < 4; p++) {
+            ms = tri_dp_i16(ms, mn[p], tri_bcast32(bs + 4 * p));
+        }
+        const __m256 dx = _mm256_set1_ps(((const float *) (xt + L->d))[s]);
+        acc[t][s % 8] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, dx), acc[t][s % 8]);
+        acc[t][s % 8] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dm, dx), acc[t][s % 8]);
+    }
+}
+
+TRI_INLINE void tri_x8sb_q4_K(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
+                              __m256 acc[TRI_GEMV_TK][8]) {
+    tri_x8sb_k4(grp, s, x, xs, T, L, acc, false);
+}
+
+TRI_INLINE void tri_x8sb_q5_K(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
+                              __m256 acc[TRI_GEMV_TK][8]) {
+    tri_x8sb_k4(grp, s, x, xs, T, L, acc, true);
+}
+
+TRI_INLINE void tri_x8sb_q6_K(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
+                              __m256 acc[TRI_GEMV_TK][8]) {
+    const uint8_t * gb = grp + (size_t) s * TRI_X8_Q6K_GROUP;
+    __m256i pair[8], sc[16];
+    tri_x8_q6_K_scales(gb, pair, sc);
+    for (int j = 0; j < 16; j++) {
+        sc[j] = tri_kscale_prep(sc[j]);
+    }
+    __m256i isum[TRI_GEMV_TK];
+    for (int t = 0; t < T; t++) {
+        isum[t] = _mm256_setzero_si256();
+    }
+    for (int h = 0; h < 2; h++) {
+        for (int kk = 0; kk < 2; kk++) { /* words 4kk .. 4kk + 3: sub-blocks 8h + 2u + kk */
+            __m256i part[4][TRI_GEMV_TK];
+            for (int u = 0; u < 4; u++) {
+                for (int t = 0; t < T; t++) {
+                    part[u][t] = _mm256_setzero_si256();
+                }
+            }
+            for (int k = 4 * kk; k < 4 * kk + 4; k++) {
+                __m256i q[4];
+                tri_x8_q6_K_codes(gb, h, k, q);
+                for (int t = 0; t < T; t++) {
+                    const uint8_t * yq =
+                        (const uint8_t *) ((const tri_block_q8_K *) (x + (size_t) t * xs))[s].qs + 128 * h + 4 * k;
+                    for (int u = 0; u < 4; u++) {
+                        tri_kpart_acc(&part[u][t], &isum[t], q[u], tri_bcast32(yq + 32 * u), sc[8 * h + 2 * u + kk]);
+                    }
+                }
+            }
+            for (int u = 0; u < 4; u++) {
+                for (int t = 0; t < T; t++) {
+                    tri_kpart_end(&isum[t], part[u][t], sc[8 * h + 2 * u + kk]);
+                }
+            }
+        }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) gb));
+    for (int t = 0; t < T; t++) {
+        const uint8_t * xt = x + (size_t) t * xs;
+        const uint8_t * bs = xt + L->bs16 + 32 * (size_t) s; /* the 16 int16 sums of 16 codes */
+        __m256i ms = _mm256_setzero_si256();
+        for (int p = 0; p < 8; p++) {
+            ms = tri_dp_i16(ms, pair[p], tri_bcast32(bs + 4 * p));
+        }
+        const __m256i is = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(ms, 5)); /* codes are q + 32 */
+        const __m256  dx = _mm256_set1_ps(((const float *) (xt + L->d))[s]);
+        acc[t][s % 8] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, dx), acc[t][s % 8]);
+    }
+}
+
+typedef void (*tri_x8sb_fn)(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
+                            __m256 acc[TRI_GEMV_TK][8]);
+
+/* Groups [0, nrows / 8) against T tokens (constant T), super-block by super-block. */
+TRI_INLINE void tri_gemvX8_T(int nsb, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs, int T,
+                             const tri_xrow_layout * L, float * y, int64_t ldy, tri_x8sb_fn sb) {
+    for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
+        __m256 acc[TRI_GEMV_TK][8];
+        for (int t = 0; t < T; t++) {
+            for (int j = 0; j < 8; j++) {
+                acc[t][j] = _mm256_setzero_ps();
+            }
+        }
+        for (int s = 0; s < nsb; s++) {
+            sb(W + (size_t) r0 * rs, s, x, xs, T, L, acc);
+        }
+        tri_x8_store(acc, T, y, ldy, r0);
+    }
+}
+
+
 /* ---- the kernels of each type ---- */
 
 #define TRI_GEMV_ARGS int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs, int64_t n_tok, \
@@ -871,7 +1145,8 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
     }                                                                                                                \
     static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
-                        (tri_wtype){ vdt, sizeof(tri_block_##t), 0, tri_vals_##t, NULL, q8, off_m, 0, -1 });           \
+                        (tri_wtype){ vdt, sizeof(tri_block_##t), 0, tri_vals_##t, NULL, q8, off_m, 0, -1,           \
+                                     TRI_TYPE_COUNT });                                                              \
     }
 
 /* The same for a K type: S sub-blocks, the code offset, the byte offset of dmin (-1: none). */
@@ -883,7 +1158,25 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
     static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
                         (tri_wtype){ TRI_TYPE_Q8_K, sizeof(tri_block_##t), S, tri_vals_##t, tri_kscales_##t, false, -1, \
-                                     offsetof(tri_block_##t, d), off_dmin });                                        \
+                                     offsetof(tri_block_##t, d), off_dmin, TRI_TYPE_COUNT });                        \
+    }
+
+/* tri_gemvX8_<t> and tri_gemmX8_<t>: the type id, S sub-blocks, the byte offset of dmin (-1: none). */
+#define TRI_GEMVX8_T(T) tri_gemvX8_T(n / 256, W, rs, nrows, xt, xs, T, &L, yt, ldy, x8sb)
+#define TRI_MMX8(t, T_ID, S, off_dmin)                                                                       \
+    static void tri_gemvX8_##t(TRI_GEMV_ARGS) {                                                                      \
+        const tri_xrow_layout L    = tri_xrow_layout_of(TRI_TYPE_Q8_K, n);                                          \
+        const tri_x8sb_fn     x8sb = tri_x8sb_##t;                                                                   \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {                                                        \
+            const uint8_t * xt = (const uint8_t *) x + (size_t) t0 * xs;                                             \
+            float *         yt = y + t0 * ldy;                                                                       \
+            TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMVX8_T);               \
+        }                                                                                                            \
+    }                                                                                                                \
+    static void tri_gemmX8_##t(TRI_GEMM_ARGS) {                                                                      \
+        tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
+                        (tri_wtype){ TRI_TYPE_Q8_K, sizeof(tri_block_##t), S, tri_vals_##t, tri_kscales_##t, false, -1, \
+                                     offsetof(tri_block_##t, d), off_dmin, T_ID });                                  \
     }
 
 TRI_MM32(q4_0, TRI_TYPE_Q8_0, -1, 8, false, -1)
@@ -896,6 +1189,9 @@ TRI_MMK(q3_K, 16, 4, -1)
 TRI_MMK(q4_K, 8, 0, offsetof(tri_block_q4_K, dmin))
 TRI_MMK(q5_K, 8, 0, offsetof(tri_block_q5_K, dmin))
 TRI_MMK(q6_K, 16, 32, -1)
+TRI_MMX8(q4_K, TRI_TYPE_Q4_K, 8, offsetof(tri_block_q4_K, dmin))
+TRI_MMX8(q5_K, TRI_TYPE_Q5_K, 8, offsetof(tri_block_q5_K, dmin))
+TRI_MMX8(q6_K, TRI_TYPE_Q6_K, 16, -1)
 
 /* Fills the matrix kernels of every quantized weight type into an ISA's table. */
 static void tri_gemm_register(tri_isa_kernels * k) {
@@ -910,6 +1206,12 @@ static void tri_gemm_register(tri_isa_kernels * k) {
         k->gemv[list[i].t] = list[i].v;
         k->gemm[list[i].t] = list[i].m;
     }
+    k->gemv_x8[TRI_TYPE_Q4_K] = tri_gemvX8_q4_K;
+    k->gemm_x8[TRI_TYPE_Q4_K] = tri_gemmX8_q4_K;
+    k->gemv_x8[TRI_TYPE_Q5_K] = tri_gemvX8_q5_K;
+    k->gemm_x8[TRI_TYPE_Q5_K] = tri_gemmX8_q5_K;
+    k->gemv_x8[TRI_TYPE_Q6_K] = tri_gemvX8_q6_K;
+    k->gemm_x8[TRI_TYPE_Q6_K] = tri_gemmX8_q6_K;
 }
 
 #endif

@@ -6,6 +6,7 @@
 #include "arch/kernels.h"
 #include "matmul.h"
 #include "quants.h"
+#include "repack.h"
 #include "types.h"
 
 #include <immintrin.h>
@@ -329,8 +330,8 @@ static void test_matmul(void) {
                 yv[i] = NAN;
             }
             const int mid = r0 + 1 + (int)(tu_u64() % (uint64_t)(r1 - r0 - 1));
-            tri_matmul_rows(W, t, n, r0, mid, xq, nt, yv, ldy, scratch);
-            tri_matmul_rows(W, t, n, mid, r1, xq, nt, yv, ldy, k2 % 2 ? NULL : scratch);
+            tri_matmul_rows(W, t, TRI_WLAYOUT_ROWS, n, r0, mid, xq, nt, yv, ldy, scratch);
+            tri_matmul_rows(W, t, TRI_WLAYOUT_ROWS, n, mid, r1, xq, nt, yv, ldy, k2 % 2 ? NULL : scratch);
             for (int tk = 0; tk < nt; tk++) {
                 for (int r = 0; r < ldy; r++) {
                     const float got = yv[tk * ldy + r];
@@ -358,6 +359,107 @@ static void test_matmul(void) {
         CHECK(tt->is_quantized == (isas > 0) || tri_cpu_isa() == TRI_ISA_SCALAR,
               "%s: quantized types have matrix kernels on SIMD CPUs", tt->name);
         free(W); free(tmp); free(bx); free(by); free(xq); free(ref); free(yv); free(scratch); free(first);
+    }
+}
+
+/* Matrices repacked into groups of 8 rows (repack.h): the repacking is undone exactly, and every ISA's x8
+ * kernels (decode over 1..70 tokens, prefill panels) and tri_matmul_rows over cut groups give the GGUF
+ * layout's decode results bit for bit, leaving rows outside their range untouched. */
+static void test_matmul_x8(void) {
+    static const enum tri_type types[] = { TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K };
+    static const int toks[] = { 1, 2, 3, 4, 5, 7, 8, 9, 70 };
+    const int rows = 48, ldy = 50, max_tok = 70;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const enum tri_type t = types[ti];
+        const tri_type_traits * tt = tri_type_traits_get(t);
+        const int n = 256 * (1 + (int)(tu_u64() % 12));
+        const size_t rs = tri_row_size(t, n), xs = tri_matmul_xrow_size(tt->vec_dot_type, n);
+        char *  W   = malloc(rows * rs);
+        char *  Wx  = malloc(rows * rs);
+        char *  ub  = malloc(8 * tt->type_size);
+        float * tmp = malloc((size_t)max_tok * n * sizeof(float));
+        char *  xq  = malloc((size_t)max_tok * xs);
+        float * ref = malloc((size_t)max_tok * ldy * sizeof(float));
+        float * yv  = malloc((size_t)max_tok * ldy * sizeof(float));
+        void *  scratch = malloc(tri_matmul_scratch_size(n));
+        for (int r = 0; r < rows; r++) {
+            make_weight_row(t, n, W + r * rs, tmp, r % 2);
+        }
+        rnd_floats(tmp, (int64_t)max_tok * n, 1.0f);
+        tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, max_tok);
+        memcpy(Wx, W, rows * rs);
+        CHECK(!tri_x8_repack(t, Wx, n, rows - 3) && memcmp(Wx, W, rows * rs) == 0,
+              "x8 %s: rows not a multiple of 8 were repacked", tt->name);
+        CHECK(!tri_x8_repack(TRI_TYPE_Q8_0, Wx, n, rows) && memcmp(Wx, W, rows * rs) == 0,
+              "x8: a type without the layout was repacked");
+        CHECK(tri_x8_repack(t, Wx, n, rows), "x8 %s n=%d: repack failed", tt->name, n);
+        CHECK(memcmp(Wx, W, rows * rs) != 0, "x8 %s: repacking changed nothing", tt->name);
+        int bad_unpack = 0;
+        for (int g = 0; g < rows; g += 8) {
+            for (int s = 0; s < n / 256; s++) {
+                tri_x8_unpack_sb(t, Wx + g * rs, s, ub);
+                for (int r = 0; r < 8; r++) {
+                    bad_unpack += memcmp(ub + r * tt->type_size, W + (g + r) * rs + s * tt->type_size, tt->type_size) != 0;
+                }
+            }
+        }
+        CHECK(bad_unpack == 0, "x8 %s n=%d: %d blocks not restored by the unpacking", tt->name, n, bad_unpack);
+        int bad = 0, isas = 0;
+        for (int isa = TRI_ISA_AVX2; isa <= (int)tri_cpu_isa(); isa++) {
+            const tri_isa_kernels * k = tri_kernels_for_isa((enum tri_isa)isa);
+            if (!k || !k->gemv_x8[t]) {
+                continue;
+            }
+            isas++;
+            CHECK(k->gemm_x8[t] != NULL, "%s %s: x8 gemv without gemm", tt->name, k_isa_names[isa]);
+            for (int tk = 0; tk < max_tok; tk++) {
+                k->gemv[t](n, W, rs, rows, xq + (size_t)tk * xs, xs, 1, ref + tk * ldy, ldy);
+            }
+            for (size_t k2 = 0; k2 < sizeof toks / sizeof toks[0]; k2++) {
+                const int nt = toks[k2];
+                for (int pass = 0; pass < 2; pass++) {
+                    for (int i = 0; i < nt * ldy; i++) {
+                        yv[i] = NAN;
+                    }
+                    if (pass == 0) {
+                        k->gemv_x8[t](n, Wx + 8 * rs, rs, rows - 16, xq, xs, nt, yv + 8, ldy);
+                    } else {
+                        k->gemm_x8[t](n, Wx + 8 * rs, rs, rows - 16, xq, xs, nt, yv + 8, ldy, scratch);
+                    }
+                    for (int tk = 0; tk < nt; tk++) {
+                        for (int r = 0; r < ldy; r++) {
+                            const float got = yv[tk * ldy + r];
+                            bad += r < 8 || r >= rows - 8 ? !isnan(got) : memcmp(&got, &ref[tk * ldy + r], 4) != 0;
+                        }
+                    }
+                }
+            }
+        }
+        CHECK(bad == 0, "x8 %s n=%d: %d results of the x8 kernels differ from the GGUF layout's", tt->name, n, bad);
+        int bad_mm = 0;
+        if (tri_matmul_x8_ok(t, n, rows)) {
+            for (size_t k2 = 0; k2 < sizeof toks / sizeof toks[0]; k2++) {
+                const int nt = toks[k2];
+                const int r0 = (int)(tu_u64() % 12), r1 = rows - (int)(tu_u64() % 12);
+                const int mid = r0 + 1 + (int)(tu_u64() % (uint64_t)(r1 - r0 - 1));
+                for (int i = 0; i < nt * ldy; i++) {
+                    yv[i] = NAN;
+                }
+                tri_matmul_rows(Wx, t, TRI_WLAYOUT_X8, n, r0, mid, xq, nt, yv, ldy, k2 % 2 ? NULL : scratch);
+                tri_matmul_rows(Wx, t, TRI_WLAYOUT_X8, n, mid, r1, xq, nt, yv, ldy, scratch);
+                for (int tk = 0; tk < nt; tk++) {
+                    for (int r = 0; r < ldy; r++) {
+                        const float got = yv[tk * ldy + r];
+                        bad_mm += r < r0 || r >= r1 ? !isnan(got) : memcmp(&got, &ref[tk * ldy + r], 4) != 0;
+                    }
+                }
+            }
+        }
+        printf("matmul x8 %-5s n=%-4d: %d ISA(s)%s\n", tt->name, n, isas,
+               tri_matmul_x8_ok(t, n, rows) ? "" : ", not used by the active kernels");
+        CHECK(bad_mm == 0, "tri_matmul_rows x8 %s n=%d: %d wrong entries", tt->name, n, bad_mm);
+        CHECK(tri_matmul_x8_ok(t, n, rows) == (isas > 0), "x8 %s: tri_matmul_x8_ok disagrees with the kernels", tt->name);
+        free(W); free(Wx); free(ub); free(tmp); free(xq); free(ref); free(yv); free(scratch);
     }
 }
 
@@ -501,13 +603,13 @@ static void bench_matmul(enum tri_type t, int n_in, int n_out, int n_tok) {
     for (int rep = 0; rep < 5; rep++) {
         double t0 = now_s();
         for (int i = 0; i < inner; i++) {
-            tri_matmul_rows(W, t, n_in, 0, n_out, xq, n_tok, y, n_out, sc);
+            tri_matmul_rows(W, t, TRI_WLAYOUT_ROWS, n_in, 0, n_out, xq, n_tok, y, n_out, sc);
         }
         double dt = (now_s() - t0) / inner;
         best = dt < best ? dt : best;
         t0 = now_s();
         for (int i = 0; i < inner; i++) {
-            tri_matmul_rows(W, t, n_in, 0, n_out, xq, n_tok, y, n_out, NULL);
+            tri_matmul_rows(W, t, TRI_WLAYOUT_ROWS, n_in, 0, n_out, xq, n_tok, y, n_out, NULL);
         }
         dt = (now_s() - t0) / inner;
         dec = dt < dec ? dt : dec;
@@ -561,5 +663,6 @@ int main(int argc, char ** argv) {
     test_round_trip();
     test_quantize_rows();
     test_matmul();
+    test_matmul_x8();
     return tu_finish();
 }

@@ -114,7 +114,7 @@ int main(int argc, char ** argv) {
         void *  sc = malloc(tri_matmul_scratch_size(n_in));
         float * y  = malloc((size_t)(ntok * rows) * sizeof(float) + 1);
         tri_quantize_rows(x, n_in, xq, tt->vec_dot_type, n_in, 0, ntok);
-        tri_matmul_rows(in, wt, n_in, 0, rows, xq, ntok, y, rows, sc);
+        tri_matmul_rows(in, wt, TRI_WLAYOUT_ROWS, n_in, 0, rows, xq, ntok, y, rows, sc);
         rc = write_all(argv[6], y, (size_t)(ntok * rows) * sizeof(float)) ? fail("cannot write", argv[6]) : 0;
         free(xq); free(y); free(x); free(sc);
     } else {

@@ -1,0 +1,175 @@
+/* In-place repacking of weight matrices into the x8 layout (repack.h), and its inverse per super-block. */
+#include "repack.h"
+
+#include "quants.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool tri_x8_supported(enum tri_type type, int64_t n_in, int64_t n_rows) {
+    return (type == TRI_TYPE_Q4_K || type == TRI_TYPE_Q5_K || type == TRI_TYPE_Q6_K) && n_in > 0 &&
+           n_in % TRI_QK_K == 0 && n_rows > 0 && n_rows % 8 == 0;
+}
+
+static size_t tri_x8_group_size(enum tri_type type) {
+    return type == TRI_TYPE_Q6_K ? TRI_X8_Q6K_GROUP : type == TRI_TYPE_Q5_K ? TRI_X8_Q5K_GROUP : TRI_X8_Q4K_GROUP;
+}
+
+/* Q4_K and Q5_K share d, dmin and the 12 scale bytes at the start of a block; qs (and Q5_K's qh) follow. */
+typedef struct {
+    size_t qs, qh;       /* offsets in a block (qh: Q5_K only) */
+    size_t x8_qs, x8_qh; /* offsets in a group */
+    bool   q5;
+} tri_k4_parts;
+
+static tri_k4_parts tri_k4_parts_of(enum tri_type type) {
+    if (type == TRI_TYPE_Q5_K) {
+        return (tri_k4_parts){ offsetof(tri_block_q5_K, qs), offsetof(tri_block_q5_K, qh), TRI_X8_Q5K_QS, TRI_X8_Q5K_QH,
+                               true };
+    }
+    return (tri_k4_parts){ offsetof(tri_block_q4_K, qs), 0, TRI_X8_Q4K_QS, 0, false };
+}
+
+/* Copies the 4-byte words of a code array between 8 blocks and a group: word k of row r at x8 + 32k + 4r
+ * (n words per row); to_group says which way. */
+static void tri_x8_words(uint8_t * x8, uint8_t * const blk[8], size_t off, int n, bool to_group) {
+    for (int k = 0; k < n; k++) {
+        for (int r = 0; r < 8; r++) {
+            if (to_group) {
+                memcpy(x8 + 32 * k + 4 * r, blk[r] + off + 4 * k, 4);
+            } else {
+                memcpy(blk[r] + off + 4 * k, x8 + 32 * k + 4 * r, 4);
+            }
+        }
+    }
+}
+
+static void tri_x8_pack_sb_k4(enum tri_type type, uint8_t * const blk[8], uint8_t * g) {
+    const tri_k4_parts P = tri_k4_parts_of(type);
+    uint8_t v[128];
+    for (int r = 0; r < 8; r++) {
+        memcpy(g + 2 * r, blk[r], 2);
+        memcpy(g + TRI_X8_Q4K_DMIN + 2 * r, blk[r] + 2, 2);
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, mn;
+            tri_get_scale_min_k4(j, blk[r] + 4, &sc, &mn);
+            v[8 * j + r]                         = sc;
+            v[64 + 16 * (j / 2) + 2 * r + j % 2] = mn;
+        }
+    }
+    for (int i = 0; i < 64; i++) {
+        g[TRI_X8_Q4K_SLO + i] = (uint8_t) ((v[i] & 15) | ((v[i + 64] & 15) << 4));
+    }
+    for (int i = 0; i < 32; i++) {
+        uint8_t h = 0;
+        for (int q = 0; q < 4; q++) {
+            h |= (uint8_t) ((v[i + 32 * q] >> 4) << (2 * q));
+        }
+        g[TRI_X8_Q4K_SHI + i] = h;
+    }
+    tri_x8_words(g + P.x8_qs, blk, P.qs, 32, true);
+    if (P.q5) {
+        tri_x8_words(g + P.x8_qh, blk, P.qh, 8, true);
+    }
+}
+
+static void tri_x8_unpack_sb_k4(enum tri_type type, const uint8_t * g, uint8_t * const blk[8]) {
+    const tri_k4_parts P = tri_k4_parts_of(type);
+    uint8_t v[128];
+    for (int i = 0; i < 64; i++) {
+        v[i]      = g[TRI_X8_Q4K_SLO + i] & 15;
+        v[i + 64] = g[TRI_X8_Q4K_SLO + i] >> 4;
+    }
+    for (int i = 0; i < 32; i++) {
+        for (int q = 0; q < 4; q++) {
+            v[i + 32 * q] |= (uint8_t) (((g[TRI_X8_Q4K_SHI + i] >> (2 * q)) & 3) << 4);
+        }
+    }
+    for (int r = 0; r < 8; r++) {
+        memcpy(blk[r], g + 2 * r, 2);
+        memcpy(blk[r] + 2, g + TRI_X8_Q4K_DMIN + 2 * r, 2);
+        uint8_t sc[8], mn[8];
+        for (int j = 0; j < 8; j++) {
+            sc[j] = v[8 * j + r];
+            mn[j] = v[64 + 16 * (j / 2) + 2 * r + j % 2];
+        }
+        tri_pack_scale_min_k4(sc, mn, blk[r] + 4);
+    }
+    tri_x8_words((uint8_t *) g + P.x8_qs, blk, P.qs, 32, false);
+    if (P.q5) {
+        tri_x8_words((uint8_t *) g + P.x8_qh, blk, P.qh, 8, false);
+    }
+}
+
+/* Q6_K: d, the scales in pairs, then ql and qh word by word (repack.h). */
+static void tri_x8_sb_q6_K(uint8_t * g, uint8_t * const blk[8], bool to_group) {
+    for (int r = 0; r < 8; r++) {
+        tri_block_q6_K * b = (tri_block_q6_K *) blk[r];
+        for (int j = 0; j < 16; j++) {
+            uint8_t * gs = g + TRI_X8_Q6K_SC + 16 * (j / 2) + 2 * r + j % 2;
+            if (to_group) {
+                *gs = (uint8_t) b->scales[j];
+            } else {
+                b->scales[j] = (int8_t) *gs;
+            }
+        }
+        if (to_group) {
+            memcpy(g + 2 * r, &b->d, 2);
+        } else {
+            memcpy(&b->d, g + 2 * r, 2);
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        for (int u = 0; u < 2; u++) {
+            tri_x8_words(g + TRI_X8_Q6K_QL + 512 * h + 256 * u, blk, offsetof(tri_block_q6_K, ql) + 64 * h + 32 * u, 8,
+                         to_group);
+        }
+        tri_x8_words(g + TRI_X8_Q6K_QH + 256 * h, blk, offsetof(tri_block_q6_K, qh) + 32 * h, 8, to_group);
+    }
+}
+
+void tri_x8_unpack_sb(enum tri_type type, const void * group, int s, void * out) {
+    const uint8_t * g   = (const uint8_t *) group + (size_t) s * tri_x8_group_size(type);
+    const size_t    bsz = tri_type_traits_get(type)->type_size;
+    uint8_t *       blk[8];
+    for (int r = 0; r < 8; r++) {
+        blk[r] = (uint8_t *) out + (size_t) r * bsz;
+    }
+    if (type == TRI_TYPE_Q6_K) {
+        tri_x8_sb_q6_K((uint8_t *) g, blk, false);
+    } else {
+        tri_x8_unpack_sb_k4(type, g, blk);
+    }
+}
+
+bool tri_x8_repack(enum tri_type type, void * data, int64_t n_in, int64_t n_rows) {
+    if (!tri_x8_supported(type, n_in, n_rows)) {
+        return false;
+    }
+    const int64_t nsb = n_in / TRI_QK_K;
+    const size_t  bsz = tri_type_traits_get(type)->type_size;
+    const size_t  rs  = (size_t) nsb * bsz;
+    const size_t  gsz = tri_x8_group_size(type);
+    uint8_t * rows = malloc(8 * rs); /* one group's rows, read from while the group is rewritten */
+    if (!rows) {
+        return false;
+    }
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 8) {
+        uint8_t * grp = (uint8_t *) data + (size_t) r0 * rs;
+        memcpy(rows, grp, 8 * rs);
+        for (int64_t s = 0; s < nsb; s++) {
+            uint8_t * blk[8];
+            for (int r = 0; r < 8; r++) {
+                blk[r] = rows + (size_t) r * rs + (size_t) s * bsz;
+            }
+            if (type == TRI_TYPE_Q6_K) {
+                tri_x8_sb_q6_K(grp + (size_t) s * gsz, blk, true);
+            } else {
+                tri_x8_pack_sb_k4(type, blk, grp + (size_t) s * gsz);
+            }
+        }
+    }
+    free(rows);
+    return true;
+}

@@ -7,13 +7,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-bool tri_x8_supported(enum tri_type type, int64_t n_in, int64_t n_rows) {
-    return (type == TRI_TYPE_Q4_K || type == TRI_TYPE_Q5_K || type == TRI_TYPE_Q6_K) && n_in > 0 &&
-           n_in % TRI_QK_K == 0 && n_rows > 0 && n_rows % 8 == 0;
+static bool tri_x8_is_k(enum tri_type type) {
+    return type == TRI_TYPE_Q4_K || type == TRI_TYPE_Q5_K || type == TRI_TYPE_Q6_K;
 }
 
+bool tri_x8_supported(enum tri_type type, int64_t n_in, int64_t n_rows) {
+    const int64_t blk = tri_x8_is_k(type) ? TRI_QK_K : 32;
+    return (tri_x8_is_k(type) || tri_x8_parts32_of(type).unit > 0) && n_in > 0 && n_in % blk == 0 && n_rows > 0 &&
+           n_rows % 8 == 0;
+}
+
+/* Bytes of the group of one super-block (K types) or block (32-value types). */
 static size_t tri_x8_group_size(enum tri_type type) {
-    return type == TRI_TYPE_Q6_K ? TRI_X8_Q6K_GROUP : type == TRI_TYPE_Q5_K ? TRI_X8_Q5K_GROUP : TRI_X8_Q4K_GROUP;
+    switch (type) {
+    case TRI_TYPE_Q6_K: return TRI_X8_Q6K_GROUP;
+    case TRI_TYPE_Q5_K: return TRI_X8_Q5K_GROUP;
+    case TRI_TYPE_Q4_K: return TRI_X8_Q4K_GROUP;
+    default: return tri_x8_parts32_of(type).unit;
+    }
 }
 
 /* Q4_K and Q5_K share d, dmin and the 12 scale bytes at the start of a block; qs (and Q5_K's qh) follow. */
@@ -29,6 +40,11 @@ static tri_k4_parts tri_k4_parts_of(enum tri_type type) {
                                true };
     }
     return (tri_k4_parts){ offsetof(tri_block_q4_K, qs), 0, TRI_X8_Q4K_QS, 0, false };
+}
+
+/* Copies n bytes between a group and a block. */
+static void tri_x8_field(uint8_t * in_group, uint8_t * in_block, size_t n, bool to_group) {
+    memcpy(to_group ? in_group : in_block, to_group ? in_block : in_group, n);
 }
 
 /* Copies the 4-byte words of a code array between 8 blocks and a group: word k of row r at x8 + 32k + 4r
@@ -105,20 +121,11 @@ static void tri_x8_unpack_sb_k4(enum tri_type type, const uint8_t * g, uint8_t *
 /* Q6_K: d, the scales in pairs, then ql and qh word by word (repack.h). */
 static void tri_x8_sb_q6_K(uint8_t * g, uint8_t * const blk[8], bool to_group) {
     for (int r = 0; r < 8; r++) {
-        tri_block_q6_K * b = (tri_block_q6_K *) blk[r];
         for (int j = 0; j < 16; j++) {
-            uint8_t * gs = g + TRI_X8_Q6K_SC + 16 * (j / 2) + 2 * r + j % 2;
-            if (to_group) {
-                *gs = (uint8_t) b->scales[j];
-            } else {
-                b->scales[j] = (int8_t) *gs;
-            }
+            tri_x8_field(g + TRI_X8_Q6K_SC + 16 * (j / 2) + 2 * r + j % 2, blk[r] + offsetof(tri_block_q6_K, scales) + j,
+                         1, to_group);
         }
-        if (to_group) {
-            memcpy(g + 2 * r, &b->d, 2);
-        } else {
-            memcpy(&b->d, g + 2 * r, 2);
-        }
+        tri_x8_field(g + 2 * r, blk[r] + offsetof(tri_block_q6_K, d), 2, to_group);
     }
     for (int h = 0; h < 2; h++) {
         for (int u = 0; u < 2; u++) {
@@ -127,6 +134,24 @@ static void tri_x8_sb_q6_K(uint8_t * g, uint8_t * const blk[8], bool to_group) {
         }
         tri_x8_words(g + TRI_X8_Q6K_QH + 256 * h, blk, offsetof(tri_block_q6_K, qh) + 32 * h, 8, to_group);
     }
+}
+
+/* A 32-value type: d, m and qh of each row side by side, then qs word by word (repack.h). In a block, d is
+ * followed by m (when present), qh (when present) and qs. */
+static void tri_x8_sb_32(enum tri_type type, uint8_t * g, uint8_t * const blk[8], bool to_group) {
+    const tri_x8_parts32 P   = tri_x8_parts32_of(type);
+    const size_t         bqh = P.m >= 0 ? 4 : 2;
+    const size_t         bqs = bqh + (P.qh >= 0 ? 4 : 0);
+    for (int r = 0; r < 8; r++) {
+        tri_x8_field(g + 2 * r, blk[r], 2, to_group);
+        if (P.m >= 0) {
+            tri_x8_field(g + P.m + 2 * r, blk[r] + 2, 2, to_group);
+        }
+        if (P.qh >= 0) {
+            tri_x8_field(g + P.qh + 4 * r, blk[r] + bqh, 4, to_group);
+        }
+    }
+    tri_x8_words(g + P.qs, blk, bqs, P.words, to_group);
 }
 
 void tri_x8_unpack_sb(enum tri_type type, const void * group, int s, void * out) {
@@ -138,8 +163,22 @@ void tri_x8_unpack_sb(enum tri_type type, const void * group, int s, void * out)
     }
     if (type == TRI_TYPE_Q6_K) {
         tri_x8_sb_q6_K((uint8_t *) g, blk, false);
-    } else {
+    } else if (tri_x8_is_k(type)) {
         tri_x8_unpack_sb_k4(type, g, blk);
+    } else {
+        tri_x8_sb_32(type, (uint8_t *) g, blk, false);
+    }
+}
+
+void tri_x8_row_to_float(enum tri_type type, const void * data, int64_t n_in, int64_t row, float * out) {
+    const tri_type_traits * tt  = tri_type_traits_get(type);
+    const size_t            rs  = tri_row_size(type, n_in);
+    const int64_t           nb  = n_in / tt->blck_size;
+    const uint8_t *         grp = (const uint8_t *) data + (size_t) (row / 8) * 8 * rs;
+    uint8_t blocks[8 * sizeof(tri_block_q6_K)];
+    for (int64_t b = 0; b < nb; b++) {
+        tri_x8_unpack_sb(type, grp, (int) b, blocks);
+        tt->to_float(blocks + (size_t) (row % 8) * tt->type_size, out + b * tt->blck_size, tt->blck_size);
     }
 }
 
@@ -147,7 +186,7 @@ bool tri_x8_repack(enum tri_type type, void * data, int64_t n_in, int64_t n_rows
     if (!tri_x8_supported(type, n_in, n_rows)) {
         return false;
     }
-    const int64_t nsb = n_in / TRI_QK_K;
+    const int64_t nsb = n_in / tri_type_traits_get(type)->blck_size;
     const size_t  bsz = tri_type_traits_get(type)->type_size;
     const size_t  rs  = (size_t) nsb * bsz;
     const size_t  gsz = tri_x8_group_size(type);
@@ -165,8 +204,10 @@ bool tri_x8_repack(enum tri_type type, void * data, int64_t n_in, int64_t n_rows
             }
             if (type == TRI_TYPE_Q6_K) {
                 tri_x8_sb_q6_K(grp + (size_t) s * gsz, blk, true);
-            } else {
+            } else if (tri_x8_is_k(type)) {
                 tri_x8_pack_sb_k4(type, blk, grp + (size_t) s * gsz);
+            } else {
+                tri_x8_sb_32(type, grp + (size_t) s * gsz, blk, true);
             }
         }
     }

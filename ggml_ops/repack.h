@@ -43,6 +43,28 @@ enum tri_wlayout {
 #define TRI_X8_Q6K_QL     144
 #define TRI_X8_Q6K_QH     1168
 
+/* 32-value types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) x8: one unit of 8 blocks per block b (8 x the block size):
+ *     d of rows 0..7 (fp16), then m (Q4_1, Q5_1), then qh (Q5_0, Q5_1: 4 bytes per row), then the codes:
+ *     word k of row r, the row's qs bytes 4k .. 4k + 3, at 32k + 4r (nibble types, k < 4: low nibbles are
+ *     values 4k .. 4k + 3, high nibbles values 16 + 4k .. 16 + 4k + 3; Q8_0, k < 8: values 4k .. 4k + 3). */
+typedef struct {
+    size_t unit;      /* bytes per unit */
+    int    m, qh, qs; /* offsets in a unit; -1: none */
+    int    words;     /* 4-byte words of qs per row */
+} tri_x8_parts32;
+
+/* The unit layout of a 32-value type (unit 0 for a type without the layout). */
+static inline tri_x8_parts32 tri_x8_parts32_of(enum tri_type type) {
+    switch (type) {
+    case TRI_TYPE_Q4_0: return (tri_x8_parts32){ 144, -1, -1, 16, 4 };
+    case TRI_TYPE_Q4_1: return (tri_x8_parts32){ 160, 16, -1, 32, 4 };
+    case TRI_TYPE_Q5_0: return (tri_x8_parts32){ 176, -1, 16, 48, 4 };
+    case TRI_TYPE_Q5_1: return (tri_x8_parts32){ 192, 16, 32, 64, 4 };
+    case TRI_TYPE_Q8_0: return (tri_x8_parts32){ 272, -1, -1, 16, 8 };
+    default: return (tri_x8_parts32){ 0, -1, -1, -1, 0 };
+    }
+}
+
 /* Whether a matrix of this type and shape can be repacked to x8 (rows a multiple of 8). */
 bool tri_x8_supported(enum tri_type type, int64_t n_in, int64_t n_rows);
 
@@ -50,8 +72,11 @@ bool tri_x8_supported(enum tri_type type, int64_t n_in, int64_t n_rows);
  * tri_x8_supported is false or a buffer of 8 rows cannot be allocated. */
 bool tri_x8_repack(enum tri_type type, void * data, int64_t n_in, int64_t n_rows);
 
-/* Writes super-block s of the 8 rows of one x8 group (group points at the group's first row) as 8 blocks
- * in GGUF order, 8 consecutive blocks at out. */
+/* Row `row` of an x8 matrix of n_in values as floats (the token-embedding lookup of a tied output matrix). */
+void tri_x8_row_to_float(enum tri_type type, const void * data, int64_t n_in, int64_t row, float * out);
+
+/* Writes super-block (or block, for 32-value types) s of the 8 rows of one x8 group (group points at the
+ * group's first row) as 8 blocks in GGUF order, 8 consecutive blocks at out. */
 void tri_x8_unpack_sb(enum tri_type type, const void * group, int s, void * out);
 
 #endif

@@ -629,7 +629,11 @@ void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_t
     const size_t erow = tri_row_size(m->w.tok_embd.type, hp->n_embd);
     for (int t = 0; t < n_tok; t++) {
         float * x = f->x + (int64_t) t * hp->n_embd;
-        et->to_float((const char *) m->w.tok_embd.data + (size_t) tokens[t] * erow, x, hp->n_embd);
+        if (m->w.tok_embd.layout == TRI_WLAYOUT_X8) { /* tied to the output matrix, repacked for it */
+            tri_x8_row_to_float(m->w.tok_embd.type, m->w.tok_embd.data, hp->n_embd, tokens[t], x);
+        } else {
+            et->to_float((const char *) m->w.tok_embd.data + (size_t) tokens[t] * erow, x, hp->n_embd);
+        }
         if (hp->embd_scale != 1.0f) {
             for (int i = 0; i < hp->n_embd; i++) {
                 x[i] *= hp->embd_scale;

@@ -287,8 +287,8 @@ void triattn_model_params_init(struct triattn_model_params * p) {
 }
 
 /* On the CPU, matrices the decode kernels read faster as groups of 8 rows are repacked in place (repack.h):
- * the same bytes, so memory does not grow. The output matrix keeps the GGUF layout when it is the token
- * embeddings (tied), which are read by rows. TRIATTN_REPACK=0 turns this off. */
+ * the same bytes, so memory does not grow. When the output matrix is the token embeddings (tied), both
+ * take the new layout and the embedding lookup reads rows from it. TRIATTN_REPACK=0 turns this off. */
 static void tri_model_repack(triattn_model * m) {
     const char * env = getenv("TRIATTN_REPACK");
     if (m->backend || (env && strcmp(env, "0") == 0)) {
@@ -301,9 +301,6 @@ static void tri_model_repack(triattn_model * m) {
         tri_tensor * t;
         if (i == m->hp.n_layer * n_per_layer) {
             t = &m->w.output;
-            if (t->data == m->w.tok_embd.data) {
-                continue;
-            }
         } else {
             tri_layer * L = &m->w.layers[i / n_per_layer];
             tri_tensor * list[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
@@ -315,6 +312,9 @@ static void tri_model_repack(triattn_model * m) {
         const size_t bytes = tri_row_size(t->type, t->ne0) * (size_t) t->ne1;
         if (tri_gguf_make_writable(m->gguf, t->data, bytes) && tri_x8_repack(t->type, (void *) t->data, t->ne0, t->ne1)) {
             t->layout = TRI_WLAYOUT_X8;
+            if (t->data == m->w.tok_embd.data) {
+                m->w.tok_embd.layout = TRI_WLAYOUT_X8;
+            }
             n_done++;
             n_bytes += bytes;
         }

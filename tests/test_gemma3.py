@@ -48,21 +48,23 @@ def test_gemma3_greedy_counting(gemma3_model, Llama):
 
 
 def _x8_matrices(path):
-    """Matrices of the file the CPU repacks: Q4_K, Q5_K or Q6_K weights of the layers (and an untied output)
-    with a row count that is a multiple of 8."""
+    """Matrices of the file the CPU repacks: layer and output weights of a type with an x8 layout and a row
+    count that is a multiple of 8 (the token embeddings when the output is tied to them)."""
     import gguf
-    r = gguf.GGUFReader(str(path))
-    kinds = {gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q5_K, gguf.GGMLQuantizationType.Q6_K}
+    Q = gguf.GGMLQuantizationType
+    kinds = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K}
     names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-    return sum(1 for t in r.tensors
-               if t.tensor_type in kinds and int(t.shape[1]) % 8 == 0
-               and (t.name == "output.weight" or (t.name.startswith("blk.") and t.name.split(".")[2] in names)))
+    tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    out = tensors.get("output.weight", tensors["token_embd.weight"])
+    mats = [t for name, t in tensors.items() if name.startswith("blk.") and name.split(".")[2] in names] + [out]
+    return sum(1 for t in mats if t.tensor_type in kinds and int(t.shape[1]) % 8 == 0)
 
 
 def test_gemma3_repacked_weights_give_the_same_bits(gemma3_model, Llama, monkeypatch, capsys):
-    """Its Q4_K and Q6_K matrices are repacked at load into groups of 8 rows for the CPU kernels: the logits
-    of a prompt (prefill kernels) and of greedy steps after it (decode kernels) equal, bit for bit, those
-    computed from the GGUF layout (TRIATTN_REPACK=0)."""
+    """Its matrices (Q4_K, Q6_K, Q5_0, Q8_0 and the Q8_0 output tied to the token embeddings) are repacked at load into groups of 8 rows for the
+    CPU kernels: the logits of a prompt (prefill kernels) and of greedy steps after it (decode kernels, the
+    embedding lookup from the repacked output) equal, bit for bit, those from the GGUF layout
+    (TRIATTN_REPACK=0)."""
     rng = np.random.default_rng()
     text = " ".join(str(int(x)) for x in rng.integers(0, 10**6, 80))
     out = {}

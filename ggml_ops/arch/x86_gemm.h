@@ -224,10 +224,20 @@ TRI_INLINE void tri_pack_chunk(const uint8_t * const rp[8], int nrows, tri_vals_
     }
 }
 
+/* The negated correction of a 32-value panel block whose values are in place. */
+TRI_INLINE void tri_pack32_corr(uint8_t * pb, bool wide) {
+    const __m256i x80 = _mm256_set1_epi8((char) 0x80);
+    __m256i corr = _mm256_setzero_si256();
+    for (int g = 0; g < 8; g++) {
+        const __m256i w = _mm256_loadu_si256((const __m256i *) (pb + 32 * g));
+        corr = wide ? tri_dp_xw(corr, x80, w) : tri_dp_us(corr, x80, w);
+    }
+    _mm256_storeu_si256((__m256i *) (pb + 256), _mm256_sub_epi32(_mm256_setzero_si256(), corr));
+}
+
 /* Panel of rows [0, nrows) (nrows <= 8, stride rs) of a 32-value type with block size bsz. */
 TRI_INLINE void tri_pack32(const uint8_t * W, size_t rs, int nrows, int nb, size_t bsz, tri_vals_fn vals,
                            bool wide, int off_m, uint8_t * pan) {
-    const __m256i x80 = _mm256_set1_epi8((char) 0x80);
     for (int b = 0; b < nb; b++) {
         uint8_t * pb = pan + (size_t) b * TRI_PAN32_BLOCK;
         const uint8_t * rp[8];
@@ -235,12 +245,7 @@ TRI_INLINE void tri_pack32(const uint8_t * W, size_t rs, int nrows, int nb, size
             rp[r] = W + (size_t) (r < nrows ? r : 0) * rs + (size_t) b * bsz;
         }
         tri_pack_chunk(rp, nrows, vals, 0, pb);
-        __m256i corr = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *) (pb + 32 * g));
-            corr = wide ? tri_dp_xw(corr, x80, w) : tri_dp_us(corr, x80, w);
-        }
-        _mm256_storeu_si256((__m256i *) (pb + 256), _mm256_sub_epi32(_mm256_setzero_si256(), corr));
+        tri_pack32_corr(pb, wide);
         float d[8], m[8];
         for (int r = 0; r < 8; r++) {
             tri_fp16 h;
@@ -426,6 +431,52 @@ TRI_INLINE void tri_packX8_k4(const uint8_t * W, int nsb, bool q5, uint8_t * pan
         _mm256_storeu_ps((float *) (pb + TRI_PANK_DMIN),
                          _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gb + TRI_X8_Q4K_DMIN))));
         tri_packK_corr(pb, 8);
+    }
+}
+
+/* Codes of word k of a 32-value x8 unit u for the 8 rows: lo holds values 4k .. 4k + 3 of each row, hi
+ * values 16 + 4k .. 16 + 4k + 3; with qh, the fifth bit (bit i of the row's 32-bit qh for value i) as 16. */
+TRI_INLINE void tri_x8_32_codes(const uint8_t * u, const tri_x8_parts32 * P, int k, __m256i * lo, __m256i * hi) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i q  = _mm256_loadu_si256((const __m256i *) (u + P->qs + 32 * k));
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if (P->qh >= 0) {
+        /* every byte of a row's lane takes qh byte k / 2 (lo) or 2 + k / 2 (hi), then tests its own bit */
+        const __m256i h    = _mm256_loadu_si256((const __m256i *) (u + P->qh));
+        const __m256i base = _mm256_setr_epi32(0, 0x04040404, 0x08080808, 0x0C0C0C0C, 0, 0x04040404, 0x08080808,
+                                               0x0C0C0C0C);
+        const __m256i bits = _mm256_set1_epi32((int) (0x08040201u << (4 * (k % 2))));
+        const __m256i c16  = _mm256_set1_epi8(16);
+        const __m256i blo  = _mm256_shuffle_epi8(h, _mm256_add_epi8(base, _mm256_set1_epi8((char) (k / 2))));
+        const __m256i bhi  = _mm256_shuffle_epi8(h, _mm256_add_epi8(base, _mm256_set1_epi8((char) (2 + k / 2))));
+        *lo = _mm256_or_si256(*lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(blo, bits), bits), c16));
+        *hi = _mm256_or_si256(*hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bhi, bits), bits), c16));
+    }
+}
+
+/* Panels of one 32-value x8 group (W at its first row), nb blocks; off: the code offset the panel values drop. */
+TRI_INLINE void tri_packX8_32(const uint8_t * W, int nb, enum tri_type type, int off, uint8_t * pan) {
+    const tri_x8_parts32 P  = tri_x8_parts32_of(type);
+    const __m256i        vo = _mm256_set1_epi8((char) off);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t * u  = W + (size_t) b * P.unit;
+        uint8_t *       pb = pan + (size_t) b * TRI_PAN32_BLOCK;
+        if (P.words == 8) { /* Q8_0: the values themselves */
+            memcpy(pb, u + P.qs, 256);
+        } else {
+            for (int k = 0; k < 4; k++) {
+                __m256i lo, hi;
+                tri_x8_32_codes(u, &P, k, &lo, &hi);
+                _mm256_storeu_si256((__m256i *) (pb + 32 * k), _mm256_sub_epi8(lo, vo));
+                _mm256_storeu_si256((__m256i *) (pb + 32 * (4 + k)), _mm256_sub_epi8(hi, vo));
+            }
+        }
+        tri_pack32_corr(pb, P.words == 8);
+        _mm256_storeu_ps((float *) (pb + 288), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) u)));
+        if (P.m >= 0) {
+            _mm256_storeu_ps((float *) (pb + 320), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (u + P.m))));
+        }
     }
 }
 
@@ -660,7 +711,8 @@ typedef struct {
     int            off_m;    /* 32-value types: byte offset of m in a block, -1: none */
     size_t         off_d;    /* K types: byte offsets of d and dmin (-1: none) */
     int            off_dmin;
-    enum tri_type  x8;       /* K types: the weight type when W is in the x8 layout (repack.h), else TRI_TYPE_COUNT */
+    enum tri_type  x8;       /* the weight type when W is in the x8 layout (repack.h), else TRI_TYPE_COUNT */
+    int            off32;    /* 32-value x8 types: the code offset (8, 16, 0) */
 } tri_wtype;
 
 TRI_INLINE void tri_tile(const tri_wtype * D, const uint8_t * pan, size_t ps, int NP, int n, const tri_xtile * xt,
@@ -690,6 +742,8 @@ TRI_INLINE void tri_gemm_panels(int n, const uint8_t * W, size_t rs, int64_t nro
                 tri_packX8_k4(Wp, n / 256, D.x8 == TRI_TYPE_Q5_K, scratch + p * ps);
             } else if (D.x8 == TRI_TYPE_Q6_K) {
                 tri_packX8_q6_K(Wp, n / 256, scratch + p * ps);
+            } else if (D.x8 != TRI_TYPE_COUNT && !D.S) {
+                tri_packX8_32(Wp, n / 32, D.x8, D.off32, scratch + p * ps);
             } else if (D.S) {
                 tri_packK(Wp, rs, k, n / 256, D.bsz, D.vals, D.kscales, D.S, D.off_d, D.off_dmin, scratch + p * ps);
             } else {
@@ -984,12 +1038,17 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
  * Per super-block the same exact integer sums as the other shapes, then s[b % 8] as in the panels (lanes =
  * rows), so results equal the GGUF layout's bit for bit. */
 
+/* tree(v) of eight partial sums, lane by lane. */
+TRI_INLINE __m256 tri_x8_tree(const __m256 v[8]) {
+    const __m256 a0 = _mm256_add_ps(v[0], v[4]), a1 = _mm256_add_ps(v[1], v[5]);
+    const __m256 a2 = _mm256_add_ps(v[2], v[6]), a3 = _mm256_add_ps(v[3], v[7]);
+    return _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+}
+
 /* Rows r0 .. r0 + 7 of T tokens: tree(v) of each token's eight partial sums (lanes = rows). */
 TRI_INLINE void tri_x8_store(__m256 acc[TRI_GEMV_TK][8], int T, float * y, int64_t ldy, int64_t r0) {
     for (int t = 0; t < T; t++) {
-        const __m256 a0 = _mm256_add_ps(acc[t][0], acc[t][4]), a1 = _mm256_add_ps(acc[t][1], acc[t][5]);
-        const __m256 a2 = _mm256_add_ps(acc[t][2], acc[t][6]), a3 = _mm256_add_ps(acc[t][3], acc[t][7]);
-        _mm256_storeu_ps(y + t * ldy + r0, _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3)));
+        _mm256_storeu_ps(y + t * ldy + r0, tri_x8_tree(acc[t]));
     }
 }
 
@@ -1129,6 +1188,74 @@ TRI_INLINE void tri_gemvX8_T(int nsb, const uint8_t * W, size_t rs, int64_t nrow
 }
 
 
+/* 32-value types in x8 against T tokens (constant T): per block b, each row's exact integer dot, then
+ * s[b % 8] and (Q4_1, Q5_1) t[b % 8] as in the other shapes; off: the code offset, applied through the x
+ * rows' block sums. */
+TRI_INLINE void tri_gemvX8_32_T(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs, int T,
+                                float * y, int64_t ldy, enum tri_type type, int off) {
+    const tri_x8_parts32  P    = tri_x8_parts32_of(type);
+    const bool            q81  = P.m >= 0;
+    const int             nb   = n / 32;
+    const size_t          xbs  = q81 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
+    const size_t          xq   = q81 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
+    const tri_xrow_layout L    = tri_xrow_layout_of(q81 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
+    const __m256i         voff = _mm256_set1_epi32(off);
+    tri_x32 X[TRI_GEMV_TK];
+    for (int t = 0; t < T; t++) {
+        const uint8_t * xt = x + (size_t) t * xs;
+        X[t] = (tri_x32){ xt + xq, (const float *) (xt + L.d), (const float *) (xt + L.s),
+                          (const int32_t *) (xt + L.sum) };
+    }
+    for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
+        const uint8_t * grp = W + (size_t) r0 * rs;
+        __m256 sp[TRI_GEMV_TK][8], tp[TRI_GEMV_TK][8];
+        for (int t = 0; t < T; t++) {
+            for (int j = 0; j < 8; j++) {
+                sp[t][j] = tp[t][j] = _mm256_setzero_ps();
+            }
+        }
+        for (int b = 0; b < nb; b++) {
+            const uint8_t * u = grp + (size_t) b * P.unit;
+            __m256i isum[TRI_GEMV_TK];
+            for (int t = 0; t < T; t++) {
+                isum[t] = _mm256_setzero_si256();
+            }
+            for (int k = 0; k < 4 && P.words == 4; k++) {
+                __m256i lo, hi;
+                tri_x8_32_codes(u, &P, k, &lo, &hi);
+                for (int t = 0; t < T; t++) {
+                    const uint8_t * yq = X[t].q + (size_t) b * xbs;
+                    isum[t] = tri_dp_us(isum[t], lo, tri_bcast32(yq + 4 * k));
+                    isum[t] = tri_dp_us(isum[t], hi, tri_bcast32(yq + 16 + 4 * k));
+                }
+            }
+            for (int k = 0; k < 8 && P.words == 8; k++) { /* Q8_0: signed values */
+                const __m256i w = _mm256_loadu_si256((const __m256i *) (u + P.qs + 32 * k));
+                for (int t = 0; t < T; t++) {
+                    isum[t] = tri_dp_ss(isum[t], w, tri_bcast32(X[t].q + (size_t) b * xbs + 4 * k));
+                }
+            }
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) u));
+            const __m256 mw = q81 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (u + P.m))) : _mm256_setzero_ps();
+            for (int t = 0; t < T; t++) {
+                __m256i is = isum[t];
+                if (off) {
+                    is = _mm256_sub_epi32(is, _mm256_mullo_epi32(_mm256_set1_epi32(X[t].sum[b]), voff));
+                }
+                sp[t][b % 8] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, _mm256_set1_ps(X[t].d[b])),
+                                               sp[t][b % 8]);
+                if (q81) {
+                    tp[t][b % 8] = _mm256_fmadd_ps(mw, _mm256_set1_ps(X[t].s[b]), tp[t][b % 8]);
+                }
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            const __m256 v = tri_x8_tree(sp[t]);
+            _mm256_storeu_ps(y + t * ldy + r0, q81 ? _mm256_add_ps(v, tri_x8_tree(tp[t])) : v);
+        }
+    }
+}
+
 /* ---- the kernels of each type ---- */
 
 #define TRI_GEMV_ARGS int n, const void * W, size_t rs, int64_t nrows, const void * x, size_t xs, int64_t n_tok, \
@@ -1146,7 +1273,7 @@ TRI_INLINE void tri_gemvX8_T(int nsb, const uint8_t * W, size_t rs, int64_t nrow
     static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
                         (tri_wtype){ vdt, sizeof(tri_block_##t), 0, tri_vals_##t, NULL, q8, off_m, 0, -1,           \
-                                     TRI_TYPE_COUNT });                                                              \
+                                     TRI_TYPE_COUNT, 0 });                                                           \
     }
 
 /* The same for a K type: S sub-blocks, the code offset, the byte offset of dmin (-1: none). */
@@ -1158,7 +1285,7 @@ TRI_INLINE void tri_gemvX8_T(int nsb, const uint8_t * W, size_t rs, int64_t nrow
     static void tri_gemm_##t(TRI_GEMM_ARGS) {                                                                        \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
                         (tri_wtype){ TRI_TYPE_Q8_K, sizeof(tri_block_##t), S, tri_vals_##t, tri_kscales_##t, false, -1, \
-                                     offsetof(tri_block_##t, d), off_dmin, TRI_TYPE_COUNT });                        \
+                                     offsetof(tri_block_##t, d), off_dmin, TRI_TYPE_COUNT, 0 });                     \
     }
 
 /* tri_gemvX8_<t> and tri_gemmX8_<t>: the type id, S sub-blocks, the byte offset of dmin (-1: none). */
@@ -1176,8 +1303,26 @@ TRI_INLINE void tri_gemvX8_T(int nsb, const uint8_t * W, size_t rs, int64_t nrow
     static void tri_gemmX8_##t(TRI_GEMM_ARGS) {                                                                      \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
                         (tri_wtype){ TRI_TYPE_Q8_K, sizeof(tri_block_##t), S, tri_vals_##t, tri_kscales_##t, false, -1, \
-                                     offsetof(tri_block_##t, d), off_dmin, T_ID });                                  \
+                                     offsetof(tri_block_##t, d), off_dmin, T_ID, 0 });                               \
     }
+
+/* tri_gemvX8_<t> and tri_gemmX8_<t> of a 32-value type: its id, activation type, code offset, byte offset of m. */
+#define TRI_MMX8_32(t, T_ID, vdt, off, off_m)                                                                        \
+    static void tri_gemvX8_##t(TRI_GEMV_ARGS) {                                                                      \
+        const enum tri_type x8t = T_ID;                                                                              \
+        const int           x8o = off;                                                                               \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {                                                        \
+            const uint8_t * xt = (const uint8_t *) x + (size_t) t0 * xs;                                             \
+            float *         yt = y + t0 * ldy;                                                                       \
+            TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMVX8_32_T);            \
+        }                                                                                                            \
+    }                                                                                                                \
+    static void tri_gemmX8_##t(TRI_GEMM_ARGS) {                                                                      \
+        tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
+                        (tri_wtype){ vdt, sizeof(tri_block_##t), 0, tri_vals_##t, NULL, T_ID == TRI_TYPE_Q8_0, off_m, 0,\
+                                     -1, T_ID, off });                                                               \
+    }
+#define TRI_GEMVX8_32_T(T) tri_gemvX8_32_T(n, W, rs, nrows, xt, xs, T, yt, ldy, x8t, x8o)
 
 TRI_MM32(q4_0, TRI_TYPE_Q8_0, -1, 8, false, -1)
 TRI_MM32(q4_1, TRI_TYPE_Q8_1, -1, 0, false, offsetof(tri_block_q4_1, m))
@@ -1192,6 +1337,11 @@ TRI_MMK(q6_K, 16, 32, -1)
 TRI_MMX8(q4_K, TRI_TYPE_Q4_K, 8, offsetof(tri_block_q4_K, dmin))
 TRI_MMX8(q5_K, TRI_TYPE_Q5_K, 8, offsetof(tri_block_q5_K, dmin))
 TRI_MMX8(q6_K, TRI_TYPE_Q6_K, 16, -1)
+TRI_MMX8_32(q4_0, TRI_TYPE_Q4_0, TRI_TYPE_Q8_0, 8, -1)
+TRI_MMX8_32(q4_1, TRI_TYPE_Q4_1, TRI_TYPE_Q8_1, 0, offsetof(tri_block_q4_1, m))
+TRI_MMX8_32(q5_0, TRI_TYPE_Q5_0, TRI_TYPE_Q8_0, 16, -1)
+TRI_MMX8_32(q5_1, TRI_TYPE_Q5_1, TRI_TYPE_Q8_1, 0, offsetof(tri_block_q5_1, m))
+TRI_MMX8_32(q8_0, TRI_TYPE_Q8_0, TRI_TYPE_Q8_0, 0, -1)
 
 /* Fills the matrix kernels of every quantized weight type into an ISA's table. */
 static void tri_gemm_register(tri_isa_kernels * k) {
@@ -1210,6 +1360,16 @@ static void tri_gemm_register(tri_isa_kernels * k) {
     k->gemm_x8[TRI_TYPE_Q4_K] = tri_gemmX8_q4_K;
     k->gemv_x8[TRI_TYPE_Q5_K] = tri_gemvX8_q5_K;
     k->gemm_x8[TRI_TYPE_Q5_K] = tri_gemmX8_q5_K;
+    k->gemv_x8[TRI_TYPE_Q4_0] = tri_gemvX8_q4_0;
+    k->gemm_x8[TRI_TYPE_Q4_0] = tri_gemmX8_q4_0;
+    k->gemv_x8[TRI_TYPE_Q4_1] = tri_gemvX8_q4_1;
+    k->gemm_x8[TRI_TYPE_Q4_1] = tri_gemmX8_q4_1;
+    k->gemv_x8[TRI_TYPE_Q5_0] = tri_gemvX8_q5_0;
+    k->gemm_x8[TRI_TYPE_Q5_0] = tri_gemmX8_q5_0;
+    k->gemv_x8[TRI_TYPE_Q5_1] = tri_gemvX8_q5_1;
+    k->gemm_x8[TRI_TYPE_Q5_1] = tri_gemmX8_q5_1;
+    k->gemv_x8[TRI_TYPE_Q8_0] = tri_gemvX8_q8_0;
+    k->gemm_x8[TRI_TYPE_Q8_0] = tri_gemmX8_q8_0;
     k->gemv_x8[TRI_TYPE_Q6_K] = tri_gemvX8_q6_K;
     k->gemm_x8[TRI_TYPE_Q6_K] = tri_gemmX8_q6_K;
 }

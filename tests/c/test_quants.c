@@ -366,13 +366,14 @@ static void test_matmul(void) {
  * kernels (decode over 1..70 tokens, prefill panels) and tri_matmul_rows over cut groups give the GGUF
  * layout's decode results bit for bit, leaving rows outside their range untouched. */
 static void test_matmul_x8(void) {
-    static const enum tri_type types[] = { TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K };
+    static const enum tri_type types[] = { TRI_TYPE_Q4_0, TRI_TYPE_Q4_1, TRI_TYPE_Q5_0, TRI_TYPE_Q5_1,
+                                           TRI_TYPE_Q8_0, TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K };
     static const int toks[] = { 1, 2, 3, 4, 5, 7, 8, 9, 70 };
     const int rows = 48, ldy = 50, max_tok = 70;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const enum tri_type t = types[ti];
         const tri_type_traits * tt = tri_type_traits_get(t);
-        const int n = 256 * (1 + (int)(tu_u64() % 12));
+        const int n = tt->blck_size == 256 ? 256 * (1 + (int)(tu_u64() % 12)) : 32 * (1 + (int)(tu_u64() % 64));
         const size_t rs = tri_row_size(t, n), xs = tri_matmul_xrow_size(tt->vec_dot_type, n);
         char *  W   = malloc(rows * rs);
         char *  Wx  = malloc(rows * rs);
@@ -390,13 +391,13 @@ static void test_matmul_x8(void) {
         memcpy(Wx, W, rows * rs);
         CHECK(!tri_x8_repack(t, Wx, n, rows - 3) && memcmp(Wx, W, rows * rs) == 0,
               "x8 %s: rows not a multiple of 8 were repacked", tt->name);
-        CHECK(!tri_x8_repack(TRI_TYPE_Q8_0, Wx, n, rows) && memcmp(Wx, W, rows * rs) == 0,
+        CHECK(!tri_x8_repack(TRI_TYPE_F16, Wx, n, rows) && memcmp(Wx, W, rows * rs) == 0,
               "x8: a type without the layout was repacked");
         CHECK(tri_x8_repack(t, Wx, n, rows), "x8 %s n=%d: repack failed", tt->name, n);
         CHECK(memcmp(Wx, W, rows * rs) != 0, "x8 %s: repacking changed nothing", tt->name);
         int bad_unpack = 0;
         for (int g = 0; g < rows; g += 8) {
-            for (int s = 0; s < n / 256; s++) {
+            for (int s = 0; s < n / tt->blck_size; s++) {
                 tri_x8_unpack_sb(t, Wx + g * rs, s, ub);
                 for (int r = 0; r < 8; r++) {
                     bad_unpack += memcmp(ub + r * tt->type_size, W + (g + r) * rs + s * tt->type_size, tt->type_size) != 0;
@@ -404,6 +405,14 @@ static void test_matmul_x8(void) {
             }
         }
         CHECK(bad_unpack == 0, "x8 %s n=%d: %d blocks not restored by the unpacking", tt->name, n, bad_unpack);
+        /* rows read back as floats (the embedding lookup of a tied output matrix) */
+        int bad_rows = 0;
+        for (int r = 0; r < rows; r++) {
+            tt->to_float(W + r * rs, tmp, n);
+            tri_x8_row_to_float(t, Wx, n, r, tmp + n);
+            bad_rows += memcmp(tmp, tmp + n, sizeof(float) * n) != 0;
+        }
+        CHECK(bad_rows == 0, "x8 %s n=%d: %d rows read back wrong", tt->name, n, bad_rows);
         int bad = 0, isas = 0;
         for (int isa = TRI_ISA_AVX2; isa <= (int)tri_cpu_isa(); isa++) {
             const tri_isa_kernels * k = tri_kernels_for_isa((enum tri_isa)isa);

@@ -137,19 +137,26 @@ bool tri_matmul_x8_ok(enum tri_type wtype, int64_t n_in, int64_t n_rows) {
            tri_x8_supported(wtype, n_in, n_rows) && n_in <= INT32_MAX;
 }
 
+/* Rows [r0, r1) with a matrix kernel pair: the prefill kernel from gemm_tok tokens on (when there is
+ * scratch), the decode kernel below. */
+static void tri_matmul_pair(tri_gemv_fn gemv, tri_gemm_fn gemm, int64_t gemm_tok, int n, const char * w, size_t rs,
+                            int64_t r0, int64_t r1, const char * x, size_t xs, int64_t n_tok, float * y, int64_t ldy,
+                            void * scratch) {
+    if (n_tok >= gemm_tok && scratch) {
+        gemm(n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy, scratch);
+    } else {
+        gemv(n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy);
+    }
+}
+
 /* Rows [r0, r1) of an x8 matrix: whole groups straight into y; a group cut by r0 or r1 (a thread's share
  * that starts or ends inside it) into a small buffer, 8 tokens at a time, then its wanted rows copied. */
-static void tri_matmul_x8(const tri_isa_kernels * k, const char * w, enum tri_type wtype, int n, size_t rs,
-                          int64_t r0, int64_t r1, const char * x, size_t xs, int64_t n_tok, float * y, int64_t ldy,
-                          void * scratch) {
-    const bool gemm = n_tok >= tri_gemm_min_tok(wtype, tri_type_traits_get(wtype)) && scratch;
+static void tri_matmul_x8(const tri_isa_kernels * k, const char * w, enum tri_type wtype, int64_t gemm_tok, int n,
+                          size_t rs, int64_t r0, int64_t r1, const char * x, size_t xs, int64_t n_tok, float * y,
+                          int64_t ldy, void * scratch) {
     const int64_t a0 = (r0 + 7) / 8 * 8, a1 = r1 / 8 * 8;
     if (a0 < a1) {
-        if (gemm) {
-            k->gemm_x8[wtype](n, w + a0 * rs, rs, a1 - a0, x, xs, n_tok, y + a0, ldy, scratch);
-        } else {
-            k->gemv_x8[wtype](n, w + a0 * rs, rs, a1 - a0, x, xs, n_tok, y + a0, ldy);
-        }
+        tri_matmul_pair(k->gemv_x8[wtype], k->gemm_x8[wtype], gemm_tok, n, w, rs, a0, a1, x, xs, n_tok, y, ldy, scratch);
     }
     for (int64_t g = r0 / 8 * 8; g < r1; g += 8) {
         const int64_t lo = tri_max_i64(g, r0), hi = tri_min_i64(g + 8, r1);
@@ -182,16 +189,13 @@ void tri_matmul_rows(const void * W, enum tri_type wtype, enum tri_wlayout layou
 
     if (layout == TRI_WLAYOUT_X8) {
         if (k->gemv_x8[wtype]) {
-            tri_matmul_x8(k, w, wtype, n, rs, r0, r1, x, xs, n_tok, y, ldy, scratch);
+            tri_matmul_x8(k, w, wtype, tri_gemm_min_tok(wtype, tt), n, rs, r0, r1, x, xs, n_tok, y, ldy, scratch);
         }
         return;
     }
     if (k->gemv[wtype]) {
-        if (n_tok >= tri_gemm_min_tok(wtype, tt) && scratch) {
-            k->gemm[wtype](n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy, scratch);
-        } else {
-            k->gemv[wtype](n, w + r0 * rs, rs, r1 - r0, x, xs, n_tok, y + r0, ldy);
-        }
+        tri_matmul_pair(k->gemv[wtype], k->gemm[wtype], tri_gemm_min_tok(wtype, tt), n, w, rs, r0, r1, x, xs, n_tok, y,
+                        ldy, scratch);
         return;
     }
     const tri_vec_dot_fn dot = k->vec_dot[wtype];

@@ -90,7 +90,7 @@ static void tri_x8_pack_sb_k4(enum tri_type type, uint8_t * const blk[8], uint8_
     }
 }
 
-static void tri_x8_unpack_sb_k4(enum tri_type type, const uint8_t * g, uint8_t * const blk[8]) {
+static void tri_x8_unpack_sb_k4(enum tri_type type, uint8_t * g, uint8_t * const blk[8]) {
     const tri_k4_parts P = tri_k4_parts_of(type);
     uint8_t v[128];
     for (int i = 0; i < 64; i++) {
@@ -112,9 +112,9 @@ static void tri_x8_unpack_sb_k4(enum tri_type type, const uint8_t * g, uint8_t *
         }
         tri_pack_scale_min_k4(sc, mn, blk[r] + 4);
     }
-    tri_x8_words((uint8_t *) g + P.x8_qs, blk, P.qs, 32, false);
+    tri_x8_words(g + P.x8_qs, blk, P.qs, 32, false);
     if (P.q5) {
-        tri_x8_words((uint8_t *) g + P.x8_qh, blk, P.qh, 8, false);
+        tri_x8_words(g + P.x8_qh, blk, P.qh, 8, false);
     }
 }
 
@@ -154,20 +154,26 @@ static void tri_x8_sb_32(enum tri_type type, uint8_t * g, uint8_t * const blk[8]
     tri_x8_words(g + P.qs, blk, bqs, P.words, to_group);
 }
 
-void tri_x8_unpack_sb(enum tri_type type, const void * group, int s, void * out) {
-    const uint8_t * g   = (const uint8_t *) group + (size_t) s * tri_x8_group_size(type);
-    const size_t    bsz = tri_type_traits_get(type)->type_size;
-    uint8_t *       blk[8];
-    for (int r = 0; r < 8; r++) {
-        blk[r] = (uint8_t *) out + (size_t) r * bsz;
-    }
+/* One group g <-> the 8 blocks blk of its super-block (K types) or block; to_group says which way. */
+static void tri_x8_sb(enum tri_type type, uint8_t * g, uint8_t * const blk[8], bool to_group) {
     if (type == TRI_TYPE_Q6_K) {
-        tri_x8_sb_q6_K((uint8_t *) g, blk, false);
+        tri_x8_sb_q6_K(g, blk, to_group);
+    } else if (tri_x8_is_k(type) && to_group) {
+        tri_x8_pack_sb_k4(type, blk, g);
     } else if (tri_x8_is_k(type)) {
         tri_x8_unpack_sb_k4(type, g, blk);
     } else {
-        tri_x8_sb_32(type, (uint8_t *) g, blk, false);
+        tri_x8_sb_32(type, g, blk, to_group);
     }
+}
+
+void tri_x8_unpack_sb(enum tri_type type, const void * group, int s, void * out) {
+    const size_t bsz = tri_type_traits_get(type)->type_size;
+    uint8_t *    blk[8];
+    for (int r = 0; r < 8; r++) {
+        blk[r] = (uint8_t *) out + (size_t) r * bsz;
+    }
+    tri_x8_sb(type, (uint8_t *) group + (size_t) s * tri_x8_group_size(type), blk, false);
 }
 
 void tri_x8_row_to_float(enum tri_type type, const void * data, int64_t n_in, int64_t row, float * out) {
@@ -186,8 +192,9 @@ bool tri_x8_repack(enum tri_type type, void * data, int64_t n_in, int64_t n_rows
     if (!tri_x8_supported(type, n_in, n_rows)) {
         return false;
     }
-    const int64_t nsb = n_in / tri_type_traits_get(type)->blck_size;
-    const size_t  bsz = tri_type_traits_get(type)->type_size;
+    const tri_type_traits * tt = tri_type_traits_get(type);
+    const int64_t nsb = n_in / tt->blck_size;
+    const size_t  bsz = tt->type_size;
     const size_t  rs  = (size_t) nsb * bsz;
     const size_t  gsz = tri_x8_group_size(type);
     uint8_t * rows = malloc(8 * rs); /* one group's rows, read from while the group is rewritten */
@@ -202,13 +209,7 @@ bool tri_x8_repack(enum tri_type type, void * data, int64_t n_in, int64_t n_rows
             for (int r = 0; r < 8; r++) {
                 blk[r] = rows + (size_t) r * rs + (size_t) s * bsz;
             }
-            if (type == TRI_TYPE_Q6_K) {
-                tri_x8_sb_q6_K(grp + (size_t) s * gsz, blk, true);
-            } else if (tri_x8_is_k(type)) {
-                tri_x8_pack_sb_k4(type, blk, grp + (size_t) s * gsz);
-            } else {
-                tri_x8_sb_32(type, grp + (size_t) s * gsz, blk, true);
-            }
+            tri_x8_sb(type, grp + (size_t) s * gsz, blk, true);
         }
     }
     free(rows);

@@ -289,36 +289,38 @@ void triattn_model_params_init(struct triattn_model_params * p) {
 /* On the CPU, matrices the decode kernels read faster as groups of 8 rows are repacked in place (repack.h):
  * the same bytes, so memory does not grow. When the output matrix is the token embeddings (tied), both
  * take the new layout and the embedding lookup reads rows from it. TRIATTN_REPACK=0 turns this off. */
+/* Repacks one matrix when the kernels read its type and shape as x8; adds it to the counts. */
+static void tri_tensor_repack(triattn_model * m, tri_tensor * t, int * n_done, size_t * n_bytes) {
+    if (!t->data || t->layout != TRI_WLAYOUT_ROWS || !tri_matmul_x8_ok(t->type, t->ne0, t->ne1)) {
+        return;
+    }
+    const size_t bytes = tri_row_size(t->type, t->ne0) * (size_t) t->ne1;
+    if (!tri_gguf_make_writable(m->gguf, t->data, bytes) || !tri_x8_repack(t->type, (void *) t->data, t->ne0, t->ne1)) {
+        return;
+    }
+    t->layout = TRI_WLAYOUT_X8;
+    if (t->data == m->w.tok_embd.data) {
+        m->w.tok_embd.layout = TRI_WLAYOUT_X8;
+    }
+    (*n_done)++;
+    *n_bytes += bytes;
+}
+
 static void tri_model_repack(triattn_model * m) {
     const char * env = getenv("TRIATTN_REPACK");
     if (m->backend || (env && strcmp(env, "0") == 0)) {
         return;
     }
-    const int n_per_layer = 7;
     int    n_done  = 0;
     size_t n_bytes = 0;
-    for (int i = 0; i <= m->hp.n_layer * n_per_layer; i++) {
-        tri_tensor * t;
-        if (i == m->hp.n_layer * n_per_layer) {
-            t = &m->w.output;
-        } else {
-            tri_layer * L = &m->w.layers[i / n_per_layer];
-            tri_tensor * list[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
-            t = list[i % n_per_layer];
-        }
-        if (!t->data || t->layout != TRI_WLAYOUT_ROWS || !tri_matmul_x8_ok(t->type, t->ne0, t->ne1)) {
-            continue;
-        }
-        const size_t bytes = tri_row_size(t->type, t->ne0) * (size_t) t->ne1;
-        if (tri_gguf_make_writable(m->gguf, t->data, bytes) && tri_x8_repack(t->type, (void *) t->data, t->ne0, t->ne1)) {
-            t->layout = TRI_WLAYOUT_X8;
-            if (t->data == m->w.tok_embd.data) {
-                m->w.tok_embd.layout = TRI_WLAYOUT_X8;
-            }
-            n_done++;
-            n_bytes += bytes;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        tri_layer *  L       = &m->w.layers[il];
+        tri_tensor * mats[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
+        for (int i = 0; i < 7; i++) {
+            tri_tensor_repack(m, mats[i], &n_done, &n_bytes);
         }
     }
+    tri_tensor_repack(m, &m->w.output, &n_done, &n_bytes);
     if (n_done > 0) {
         tri_log(TRIATTN_LOG_INFO, "repacked %d weight matrices (%.1f MiB) into groups of 8 rows for the CPU kernels",
                 n_done, (double) n_bytes / (1024.0 * 1024.0));

@@ -826,6 +826,15 @@ TRI_INLINE __m256 tri_load8_k(const float * p, int k) {
     default: CALL(8); break;                                                                                         \
     }
 
+/* The decode passes over n_tok tokens, TRI_GEMV_TK at a time: CALL(T) with xt, yt the pass's first x row and
+ * output (x, xs, y, ldy, n_tok from the caller). */
+#define TRI_GEMV_PASSES(CALL)                                                                                        \
+    for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {                                                            \
+        const uint8_t * xt = (const uint8_t *) x + (size_t) t0 * xs;                                                 \
+        float *         yt = y + t0 * ldy;                                                                           \
+        TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, CALL);                          \
+    }
+
 /* The weights of a 32-value block as the dot products take them: unsigned codes, or Q8_0's int8 values. */
 TRI_INLINE __m256i tri_gemv32_w(const uint8_t * blk, size_t qs, int qh, bool q8) {
     if (q8) {
@@ -952,13 +961,9 @@ TRI_INLINE void tri_gemv32_T(int n, const uint8_t * W, size_t rs, int64_t nrows,
 TRI_INLINE void tri_gemv32(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs,
                            int64_t n_tok, float * y, int64_t ldy, size_t bsz, size_t qs, int qh, int off, bool q8,
                            int off_m) {
-    for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {
-        const uint8_t * xt = x + (size_t) t0 * xs;
-        float *         yt = y + t0 * ldy;
 #define TRI_GEMV32_T(T) tri_gemv32_T(n, W, rs, nrows, xt, xs, T, yt, ldy, bsz, qs, qh, off, q8, off_m)
-        TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMV32_T);
+    TRI_GEMV_PASSES(TRI_GEMV32_T)
 #undef TRI_GEMV32_T
-    }
 }
 
 /* K types against Q8_K x rows: unpack(block, &u) unpacks a super-block once for all tokens (tri_ksb_dot
@@ -1025,13 +1030,9 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
                           int moff, size_t off_d, int off_dmin) {
     const int    nsb = n / 256;
     const size_t xd  = tri_xrow_layout_of(TRI_TYPE_Q8_K, n).d;
-    for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {
-        const uint8_t * xt = x + (size_t) t0 * xs;
-        float *         yt = y + t0 * ldy;
 #define TRI_GEMVK_T(T) tri_gemvK_T(nsb, W, rs, nrows, bsz, xt, xs, T, xd, yt, ldy, unpack, sbdot, moff, off_d, off_dmin)
-        TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMVK_T);
+    TRI_GEMV_PASSES(TRI_GEMVK_T)
 #undef TRI_GEMVK_T
-    }
 }
 
 /* ---- decode of x8 matrices (repack.h): one group of 8 rows at a time, the rows in the vector lanes ----
@@ -1294,11 +1295,7 @@ TRI_INLINE void tri_gemvX8_32_T(int n, const uint8_t * W, size_t rs, int64_t nro
     static void tri_gemvX8_##t(TRI_GEMV_ARGS) {                                                                      \
         const tri_xrow_layout L    = tri_xrow_layout_of(TRI_TYPE_Q8_K, n);                                          \
         const tri_x8sb_fn     x8sb = tri_x8sb_##t;                                                                   \
-        for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {                                                        \
-            const uint8_t * xt = (const uint8_t *) x + (size_t) t0 * xs;                                             \
-            float *         yt = y + t0 * ldy;                                                                       \
-            TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMVX8_T);               \
-        }                                                                                                            \
+        TRI_GEMV_PASSES(TRI_GEMVX8_T)                                                                                \
     }                                                                                                                \
     static void tri_gemmX8_##t(TRI_GEMM_ARGS) {                                                                      \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \
@@ -1311,11 +1308,7 @@ TRI_INLINE void tri_gemvX8_32_T(int n, const uint8_t * W, size_t rs, int64_t nro
     static void tri_gemvX8_##t(TRI_GEMV_ARGS) {                                                                      \
         const enum tri_type x8t = T_ID;                                                                              \
         const int           x8o = off;                                                                               \
-        for (int64_t t0 = 0; t0 < n_tok; t0 += TRI_GEMV_TK) {                                                        \
-            const uint8_t * xt = (const uint8_t *) x + (size_t) t0 * xs;                                             \
-            float *         yt = y + t0 * ldy;                                                                       \
-            TRI_GEMV_BY_T(n_tok - t0 < TRI_GEMV_TK ? (int) (n_tok - t0) : TRI_GEMV_TK, TRI_GEMVX8_32_T);            \
-        }                                                                                                            \
+        TRI_GEMV_PASSES(TRI_GEMVX8_32_T)                                                                             \
     }                                                                                                                \
     static void tri_gemmX8_##t(TRI_GEMM_ARGS) {                                                                      \
         tri_gemm_panels(n, W, rs, nrows, x, xs, n_tok, y, ldy, scratch,                                            \

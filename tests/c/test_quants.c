@@ -240,6 +240,18 @@ static void test_quantize_rows(void) {
     free(x); free(a); free(b); free(fa); free(fb);
 }
 
+/* rows weight rows of n values (alternately random bytes and quantized floats) into W, and max_tok x rows of
+ * random activations into xq; tmp holds max_tok * n floats. */
+static void make_mm_inputs(enum tri_type t, int n, int rows, int max_tok, char * W, char * xq, float * tmp) {
+    const tri_type_traits * tt = tri_type_traits_get(t);
+    const size_t rs = tri_row_size(t, n);
+    for (int r = 0; r < rows; r++) {
+        make_weight_row(t, n, W + r * rs, tmp, r % 2);
+    }
+    rnd_floats(tmp, (int64_t)max_tok * n, 1.0f);
+    tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, max_tok);
+}
+
 /* The integer matrix kernels of every ISA: the decode kernel (gemv) against the scalar reference; the
  * prefill kernel (gemm, repacked panels) and the decode kernel over several tokens at once bit for bit
  * against the decode kernel one token at a time, over row counts that end
@@ -265,11 +277,7 @@ static void test_matmul(void) {
         float * ref     = malloc((size_t)max_tok * ldy * sizeof(float));
         float * yv      = malloc((size_t)max_tok * ldy * sizeof(float));
         void *  scratch = malloc(tri_matmul_scratch_size(n));
-        for (int r = 0; r < rows; r++) {
-            make_weight_row(t, n, W + r * rs, tmp, r % 2);
-        }
-        rnd_floats(tmp, (int64_t)max_tok * n, 1.0f);
-        tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, max_tok);
+        make_mm_inputs(t, n, rows, max_tok, W, xq, tmp);
         float * first   = malloc((size_t)max_tok * ldy * sizeof(float));
         int bad_ref = 0, bad_gemm = 0, bad_gemvn = 0, bad_mm = 0, bad_isa = 0, isas = 0;
         double worst = 0.0;
@@ -383,11 +391,7 @@ static void test_matmul_x8(void) {
         float * ref = malloc((size_t)max_tok * ldy * sizeof(float));
         float * yv  = malloc((size_t)max_tok * ldy * sizeof(float));
         void *  scratch = malloc(tri_matmul_scratch_size(n));
-        for (int r = 0; r < rows; r++) {
-            make_weight_row(t, n, W + r * rs, tmp, r % 2);
-        }
-        rnd_floats(tmp, (int64_t)max_tok * n, 1.0f);
-        tri_quantize_rows(tmp, n, xq, tt->vec_dot_type, n, 0, max_tok);
+        make_mm_inputs(t, n, rows, max_tok, W, xq, tmp);
         memcpy(Wx, W, rows * rs);
         CHECK(!tri_x8_repack(t, Wx, n, rows - 3) && memcmp(Wx, W, rows * rs) == 0,
               "x8 %s: rows not a multiple of 8 were repacked", tt->name);

@@ -11,7 +11,9 @@ Q4_K_M (fetched like `pytriattn fetch`); --mix adds that Qwen re-quantized by ll
 to mostly Q5_0 and Q8_0 (the mix llama.cpp's converter gives small Qwen2.5 models at Q4_K_M), written to
 the cache, never to the repository; --pure TYPES adds it re-quantized with every tensor of one type (`llama-quantize
 --pure`), one file per type, to compare the kernels type by type. --triattention adds tg128@8192 of the default model with a
-TriAttention budget of 1024 and its shipped centres, against llama.cpp's full cache.
+TriAttention budget of 1024 and its shipped centres, against llama.cpp's full cache. --base-cli PATH adds a
+second triattn-cli (an earlier build) to every round, in rotating order with the other two, and a column of
+new / base ratios: a before/after comparison of the engine measured in the same run as llama.cpp.
 
 llama-bench (and llama-quantize): --llama-bench PATH, $LLAMA_BENCH, or the clean -O3 Release tree in the cache
 (~/.cache/pytriattn/llamacpp-O3), built once from the llama-cpp-python 0.3.36 source package when missing
@@ -24,6 +26,7 @@ bench/results/cpu_parity-COMMIT.json unless --json says otherwise.
     python bench/cpu_parity.py --mix --triattention --json parity.json
     python bench/cpu_parity.py --models smollm2-135m,~/.cache/pytriattn/qwen2.5-coder-1.5b-q5_0-q8_0-mix.gguf
     python bench/cpu_parity.py --pure all --tests pp512,tg128@0 --rounds 1   # one weight type per file
+    python bench/cpu_parity.py --pure Q3_K_S --tests tg128@0 --cli build/triattn-cli --base-cli old/triattn-cli
 """
 from __future__ import annotations
 
@@ -205,6 +208,7 @@ def main() -> int:
     ap.add_argument("--llama-bench", default=None, help="llama-bench binary (default $LLAMA_BENCH, else built)")
     ap.add_argument("--llama-args", default="", help="extra llama-bench arguments, e.g. '-fa on'")
     ap.add_argument("--cli", default=None, help="triattn-cli (default $TRIATTN_CLI_BIN, the installed one)")
+    ap.add_argument("--base-cli", default=None, help="an earlier triattn-cli to compare --cli with, in the same rounds")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2, help="build jobs")
     ap.add_argument("--json", default=None, help="every sample to this file (default bench/results/cpu_parity-COMMIT.json)")
     args = ap.parse_args()
@@ -231,25 +235,33 @@ def main() -> int:
         jobs.append(("smollm2-135m", TRI_TEST, ["--kv-policy", "triattention", "--kv-budget", "1024",
                                                 "--calibration", str(centres)]))
     extra = args.llama_args.split()
-    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    base = Path(args.base_cli).expanduser() if args.base_cli else None
+    if base and not base.is_file():
+        raise SystemExit(f"--base-cli: no such file {base}")
+    runners = [lambda nm, lt, pol: llama_tps(exe, files[nm], lt, args.threads, extra),
+               lambda nm, lt, pol: (cli_tps(cli, files[nm], lt, args.threads, pol), None)]
+    if base:
+        runners.append(lambda nm, lt, pol: (cli_tps(base, files[nm], lt, args.threads, pol), None))
+    samples: dict[tuple[str, str], list[tuple[float, ...]]] = {}
     build = "?"
     t_start = time.time()
     for rnd in range(rounds):
         for i, (nm, test, policy) in enumerate(jobs):
             ltest = test.split()[0]
-            order = (0, 1) if (rnd + i) % 2 == 0 else (1, 0)
-            got = [0.0, 0.0]
-            for who in order:
-                if who == 0:
-                    got[0], build = llama_tps(exe, files[nm], ltest, args.threads, extra)
-                else:
-                    got[1] = cli_tps(cli, files[nm], ltest, args.threads, policy)
-            samples.setdefault((nm, test), []).append((got[0], got[1]))
+            got = [0.0] * len(runners)
+            for k in range(len(runners)):  # rotating order: each program goes first as often as the others
+                who = (rnd + i + k) % len(runners)
+                got[who], b = runners[who](nm, ltest, policy)
+                build = b or build
+            samples.setdefault((nm, test), []).append(tuple(got))
+            vs_base = f", base {got[2]:.2f} t/s, new / base {got[1] / got[2]:.2f}" if base else ""
             log(f"round {rnd + 1}/{rounds} {nm} {test}: llama.cpp {got[0]:.2f} t/s, pytriattn {got[1]:.2f} t/s, "
-                f"ratio {got[1] / got[0]:.2f}  ({time.time() - t_start:.0f} s)")
+                f"ratio {got[1] / got[0]:.2f}{vs_base}  ({time.time() - t_start:.0f} s)")
 
     print(f"pytriattn {commit()} vs llama.cpp {build} (llama-bench {' '.join(extra) or 'defaults'}), "
           f"-t {args.threads}, {rounds} round(s), median of per-round ratios (t/s medians in brackets)")
+    if base:
+        print(f"second line of each cell: new / base, base = {base}")
     print(f"machine: {machine()}\n")
     shown = list(dict.fromkeys(t for _, t, _ in jobs))
     print("| test | " + " | ".join(Path(nm).stem if nm.endswith(".gguf") else nm for nm in names) + " |")
@@ -261,17 +273,22 @@ def main() -> int:
             if not s:
                 cells.append("")
                 continue
-            ratio = statistics.median(b / a for a, b in s)
-            cells.append(f"**{ratio:.2f}x** ({statistics.median(b for _, b in s):.1f} / "
-                         f"{statistics.median(a for a, _ in s):.1f})")
+            ratio = statistics.median(g[1] / g[0] for g in s)
+            cell = (f"**{ratio:.2f}x** ({statistics.median(g[1] for g in s):.1f} / "
+                    f"{statistics.median(g[0] for g in s):.1f})")
+            if base:
+                cell += (f"<br>new / base {statistics.median(g[1] / g[2] for g in s):.2f}x "
+                         f"({statistics.median(g[2] for g in s):.1f})")
+            cells.append(cell)
         print(f"| {t} | " + " | ".join(cells) + " |")
     out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"cpu_parity-{commit()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "commit": commit(), "llama_cpp": build, "machine": machine(), "threads": args.threads,
+        "commit": commit(), "cli": str(cli), "base_cli": str(base) if base else None, "llama_cpp": build, "machine": machine(), "threads": args.threads,
         "llama_args": extra, "rounds": rounds,
-        "samples": [{"model": nm, "file": str(files[nm]), "test": t, "llama_tps": a, "pytriattn_tps": b}
-                    for (nm, t), s in samples.items() for a, b in s]}, indent=1))
+        "samples": [{"model": nm, "file": str(files[nm]), "test": t, "llama_tps": g[0], "pytriattn_tps": g[1],
+                     **({"base_tps": g[2]} if base else {})}
+                    for (nm, t), s in samples.items() for g in s]}, indent=1))
     log(f"samples written to {out}")
     return 0
 

@@ -44,7 +44,10 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
     if (tid == 0) {
         const int live = min(row.n_live[lh] + row.n_new, row.cap);
         const int n_valid = tri_cu_upper_bound(row.pos + lh * row.cap, live, row.position);
-        const int chunk = (n_valid + a.parts - 1) / a.parts;
+        /* whole tiles per part: a short cache fills the first parts and leaves the rest empty, whatever the
+         * part count the step was recorded with (it follows the cache capacity) */
+        const int per = (n_valid + a.parts - 1) / a.parts;
+        const int chunk = (per + TRI_ATT_TILE - 1) / TRI_ATT_TILE * TRI_ATT_TILE;
         range[0] = min(p * chunk, n_valid);
         range[1] = min((p + 1) * chunk, n_valid);
     }
@@ -58,6 +61,14 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
     }
     __syncthreads();
     const int j0 = range[0], j1 = range[1];
+    if (j0 >= j1) { /* an empty part: the merge skips it by its sum l = 0 */
+        if (tid < Gb) {
+            float * out = a.part + (((size_t) r * a.H + h * G + g0 + tid) * a.parts + p) * (D + 2);
+            out[D] = -INFINITY;
+            out[D + 1] = 0.0f;
+        }
+        return;
+    }
     /* V accumulators: thread (column pair cp, slot group sg) */
     const int cols = D / 2, groups = TRI_ATT_THREADS / cols;
     const int cp = tid % cols, sg = tid / cols;

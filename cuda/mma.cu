@@ -229,18 +229,29 @@ extern "C" enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tr
     return TRIATTN_OK;
 }
 
-/* Token tile of the product: 128 from 128 tokens on, 64 for shorter inputs; $TRIATTN_CUDA_TC_BN = 64 or 128
- * forces one (benchmarks). */
-static int tri_cu_tc_bn(int n_tok) {
+/* Token tile of the product for inputs of 128 tokens and more. On the H200 (tool_cuda bench, 512 tokens,
+ * bench/results/gpu_h200_ops.jsonl) 64-token tiles ran faster for the 4- and 5-bit types (Q4_K 8192x8192: 103
+ * against 81 TFLOP/s; Q4_1 113 / 86; Q5_0 81 / 73), 128-token tiles for Q6_K (64 / 55), F16 (55 / 44) and
+ * Q8_0 (65 / 64). Types not measured follow the 4-bit ones. */
+static int tri_cu_tc_bn_long(int type) {
+    switch (type) {
+        case TRI_TC_F32: case TRI_TC_F16: case TRI_TC_BF16: case TRI_QC_Q8_0: case TRI_QC_Q6_K: return 128;
+        default: return 64;
+    }
+}
+
+/* Token tile: 64 below 128 tokens, else by type (above); $TRIATTN_CUDA_TC_BN = 64 or 128 forces one
+ * (benchmarks). */
+static int tri_cu_tc_bn(int type, int n_tok) {
     static int forced = -1;
     if (forced < 0) {
         const char * e = getenv("TRIATTN_CUDA_TC_BN");
         forced = e && (atoi(e) == 64 || atoi(e) == 128) ? atoi(e) : 0;
     }
-    return forced ? forced : n_tok >= 128 ? 128 : 64;
+    return forced ? forced : n_tok >= 128 ? tri_cu_tc_bn_long(type) : 64;
 }
 
 extern "C" enum triattn_status tri_cuda_mm_tc(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
                                               const float * xf, int64_t ldx, int n_tok, bool accumulate, void * stream) {
-    return tri_cuda_mm_tc_bn(type, ne0, jobs, n_jobs, xf, ldx, n_tok, accumulate, tri_cu_tc_bn(n_tok), stream);
+    return tri_cuda_mm_tc_bn(type, ne0, jobs, n_jobs, xf, ldx, n_tok, accumulate, tri_cu_tc_bn(type, n_tok), stream);
 }

@@ -8,7 +8,8 @@
 #include <string.h>
 
 static bool tri_x8_is_k(enum tri_type type) {
-    return type == TRI_TYPE_Q4_K || type == TRI_TYPE_Q5_K || type == TRI_TYPE_Q6_K;
+    return type == TRI_TYPE_Q2_K || type == TRI_TYPE_Q3_K || type == TRI_TYPE_Q4_K || type == TRI_TYPE_Q5_K ||
+           type == TRI_TYPE_Q6_K;
 }
 
 bool tri_x8_supported(enum tri_type type, int64_t n_in, int64_t n_rows) {
@@ -20,6 +21,8 @@ bool tri_x8_supported(enum tri_type type, int64_t n_in, int64_t n_rows) {
 /* Bytes of the group of one super-block (K types) or block (32-value types). */
 static size_t tri_x8_group_size(enum tri_type type) {
     switch (type) {
+    case TRI_TYPE_Q2_K: return TRI_X8_Q2K_GROUP;
+    case TRI_TYPE_Q3_K: return TRI_X8_Q3K_GROUP;
     case TRI_TYPE_Q6_K: return TRI_X8_Q6K_GROUP;
     case TRI_TYPE_Q5_K: return TRI_X8_Q5K_GROUP;
     case TRI_TYPE_Q4_K: return TRI_X8_Q4K_GROUP;
@@ -61,6 +64,33 @@ static void tri_x8_words(uint8_t * x8, uint8_t * const blk[8], size_t off, int n
     }
 }
 
+/* 128 six-bit values v as 64 bytes of low nibbles at lo (byte i: v[i] in bits 0-3, v[i + 64] in bits 4-7) and
+ * 32 bytes of high bits at lo + 64 (byte i: bits 2q, 2q + 1 of v[i + 32q]). */
+static void tri_x8_put6(uint8_t * lo, const uint8_t v[128]) {
+    for (int i = 0; i < 64; i++) {
+        lo[i] = (uint8_t) ((v[i] & 15) | ((v[i + 64] & 15) << 4));
+    }
+    for (int i = 0; i < 32; i++) {
+        uint8_t h = 0;
+        for (int q = 0; q < 4; q++) {
+            h |= (uint8_t) ((v[i + 32 * q] >> 4) << (2 * q));
+        }
+        lo[64 + i] = h;
+    }
+}
+
+static void tri_x8_get6(const uint8_t * lo, uint8_t v[128]) {
+    for (int i = 0; i < 64; i++) {
+        v[i]      = lo[i] & 15;
+        v[i + 64] = lo[i] >> 4;
+    }
+    for (int i = 0; i < 32; i++) {
+        for (int q = 0; q < 4; q++) {
+            v[i + 32 * q] |= (uint8_t) (((lo[64 + i] >> (2 * q)) & 3) << 4);
+        }
+    }
+}
+
 static void tri_x8_pack_sb_k4(enum tri_type type, uint8_t * const blk[8], uint8_t * g) {
     const tri_k4_parts P = tri_k4_parts_of(type);
     uint8_t v[128];
@@ -74,16 +104,7 @@ static void tri_x8_pack_sb_k4(enum tri_type type, uint8_t * const blk[8], uint8_
             v[64 + 16 * (j / 2) + 2 * r + j % 2] = mn;
         }
     }
-    for (int i = 0; i < 64; i++) {
-        g[TRI_X8_Q4K_SLO + i] = (uint8_t) ((v[i] & 15) | ((v[i + 64] & 15) << 4));
-    }
-    for (int i = 0; i < 32; i++) {
-        uint8_t h = 0;
-        for (int q = 0; q < 4; q++) {
-            h |= (uint8_t) ((v[i + 32 * q] >> 4) << (2 * q));
-        }
-        g[TRI_X8_Q4K_SHI + i] = h;
-    }
+    tri_x8_put6(g + TRI_X8_Q4K_SLO, v);
     tri_x8_words(g + P.x8_qs, blk, P.qs, 32, true);
     if (P.q5) {
         tri_x8_words(g + P.x8_qh, blk, P.qh, 8, true);
@@ -93,15 +114,7 @@ static void tri_x8_pack_sb_k4(enum tri_type type, uint8_t * const blk[8], uint8_
 static void tri_x8_unpack_sb_k4(enum tri_type type, uint8_t * g, uint8_t * const blk[8]) {
     const tri_k4_parts P = tri_k4_parts_of(type);
     uint8_t v[128];
-    for (int i = 0; i < 64; i++) {
-        v[i]      = g[TRI_X8_Q4K_SLO + i] & 15;
-        v[i + 64] = g[TRI_X8_Q4K_SLO + i] >> 4;
-    }
-    for (int i = 0; i < 32; i++) {
-        for (int q = 0; q < 4; q++) {
-            v[i + 32 * q] |= (uint8_t) (((g[TRI_X8_Q4K_SHI + i] >> (2 * q)) & 3) << 4);
-        }
-    }
+    tri_x8_get6(g + TRI_X8_Q4K_SLO, v);
     for (int r = 0; r < 8; r++) {
         memcpy(blk[r], g + 2 * r, 2);
         memcpy(blk[r] + 2, g + TRI_X8_Q4K_DMIN + 2 * r, 2);
@@ -115,6 +128,54 @@ static void tri_x8_unpack_sb_k4(enum tri_type type, uint8_t * g, uint8_t * const
     tri_x8_words(g + P.x8_qs, blk, P.qs, 32, false);
     if (P.q5) {
         tri_x8_words(g + P.x8_qh, blk, P.qh, 8, false);
+    }
+}
+
+/* Q2_K: d, dmin, the scales bytes in pairs, then qs word by word (repack.h). */
+static void tri_x8_sb_q2_K(uint8_t * g, uint8_t * const blk[8], bool to_group) {
+    for (int r = 0; r < 8; r++) {
+        tri_x8_field(g + 2 * r, blk[r] + offsetof(tri_block_q2_K, d), 2, to_group);
+        tri_x8_field(g + TRI_X8_Q2K_DMIN + 2 * r, blk[r] + offsetof(tri_block_q2_K, dmin), 2, to_group);
+        for (int j = 0; j < 16; j++) {
+            tri_x8_field(g + TRI_X8_Q2K_SC + 16 * (j / 2) + 2 * r + j % 2, blk[r] + offsetof(tri_block_q2_K, scales) + j,
+                         1, to_group);
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        tri_x8_words(g + TRI_X8_Q2K_QS + 256 * h, blk, offsetof(tri_block_q2_K, qs) + 32 * h, 8, to_group);
+    }
+}
+
+/* Q3_K: d, the scales as six-bit values (scale + 32) in pairs, hmask and qs word by word (repack.h). */
+static void tri_x8_sb_q3_K(uint8_t * g, uint8_t * const blk[8], bool to_group) {
+    uint8_t v[128];
+    if (!to_group) {
+        tri_x8_get6(g + TRI_X8_Q3K_SLO, v);
+    }
+    for (int r = 0; r < 8; r++) {
+        tri_x8_field(g + 2 * r, blk[r] + offsetof(tri_block_q3_K, d), 2, to_group);
+        uint8_t * scales = blk[r] + offsetof(tri_block_q3_K, scales);
+        if (to_group) {
+            int8_t sc[16];
+            tri_q3_K_scales(scales, sc);
+            for (int j = 0; j < 16; j++) {
+                v[16 * (j / 2) + 2 * r + j % 2] = (uint8_t) (sc[j] + 32);
+            }
+        } else {
+            memset(scales, 0, 12);
+            for (int j = 0; j < 16; j++) {
+                const uint8_t s6 = v[16 * (j / 2) + 2 * r + j % 2];
+                scales[j % 8]     |= (uint8_t) ((s6 & 15) << (4 * (j / 8)));
+                scales[8 + j % 4] |= (uint8_t) ((s6 >> 4) << (2 * (j / 4)));
+            }
+        }
+    }
+    if (to_group) {
+        tri_x8_put6(g + TRI_X8_Q3K_SLO, v);
+    }
+    tri_x8_words(g + TRI_X8_Q3K_HM, blk, offsetof(tri_block_q3_K, hmask), 8, to_group);
+    for (int h = 0; h < 2; h++) {
+        tri_x8_words(g + TRI_X8_Q3K_QS + 256 * h, blk, offsetof(tri_block_q3_K, qs) + 32 * h, 8, to_group);
     }
 }
 
@@ -158,6 +219,10 @@ static void tri_x8_sb_32(enum tri_type type, uint8_t * g, uint8_t * const blk[8]
 static void tri_x8_sb(enum tri_type type, uint8_t * g, uint8_t * const blk[8], bool to_group) {
     if (type == TRI_TYPE_Q6_K) {
         tri_x8_sb_q6_K(g, blk, to_group);
+    } else if (type == TRI_TYPE_Q2_K) {
+        tri_x8_sb_q2_K(g, blk, to_group);
+    } else if (type == TRI_TYPE_Q3_K) {
+        tri_x8_sb_q3_K(g, blk, to_group);
     } else if (tri_x8_is_k(type) && to_group) {
         tri_x8_pack_sb_k4(type, blk, g);
     } else if (tri_x8_is_k(type)) {

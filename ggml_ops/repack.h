@@ -43,6 +43,27 @@ enum tri_wlayout {
 #define TRI_X8_Q6K_QL     144
 #define TRI_X8_Q6K_QH     1168
 
+/* Q2_K x8: groups of 672 bytes per super-block:
+ *     [0, 16)       d of rows 0..7 (fp16)          [16, 32)  dmin of rows 0..7 (fp16)
+ *     [32, 160)     scales: byte 16p + 2r + e is the scales byte (scale | min << 4) of sub-block 2p + e of row r
+ *     [160, 672)    qs: for half h (0..1), word k (0..7), row r: the row's qs bytes 32h + 4k .. + 3, at
+ *                   160 + 256h + 32k + 4r (crumb u of byte l: value 128h + 32u + l) */
+#define TRI_X8_Q2K_GROUP  672
+#define TRI_X8_Q2K_DMIN   16
+#define TRI_X8_Q2K_SC     32
+#define TRI_X8_Q2K_QS     160
+
+/* Q3_K x8: groups of 880 bytes per super-block:
+ *     [0, 16)       d of rows 0..7 (fp16)
+ *     [16, 112)     the 128 six-bit values v = scale + 32 in Q4_K's encoding ([16, 80) low 4 bits, [80, 112)
+ *                   high 2 bits); v = 16p + 2r + e is the scale of sub-block 2p + e of row r
+ *     [112, 368)    hmask: for word k (0..7), row r: the row's hmask bytes 4k .. 4k + 3, at 112 + 32k + 4r
+ *     [368, 880)    qs as Q2_K's (the third bit of value 128h + 32u + l is bit 4h + u of hmask byte l) */
+#define TRI_X8_Q3K_GROUP  880
+#define TRI_X8_Q3K_SLO    16
+#define TRI_X8_Q3K_HM     112
+#define TRI_X8_Q3K_QS     368
+
 /* 32-value types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) x8: one unit of 8 blocks per block b (8 x the block size):
  *     d of rows 0..7 (fp16), then m (Q4_1, Q5_1), then qh (Q5_0, Q5_1: 4 bytes per row), then the codes:
  *     word k of row r, the row's qs bytes 4k .. 4k + 3, at 32k + 4r (nibble types, k < 4: low nibbles are

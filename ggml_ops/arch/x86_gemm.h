@@ -320,71 +320,116 @@ TRI_INLINE void tri_packK(const uint8_t * W, size_t rs, int nrows, int nsb, size
     }
 }
 
-/* The 128 six-bit values of a Q4_K or Q5_K x8 group (v: 8j + r scales, 64 + 16p + 2r + e mins). */
-TRI_INLINE void tri_x8_q4_K_values(const uint8_t * g, uint8_t v[128]) {
+/* The 128 six-bit values stored as low nibbles at lo and high bits at lo + 64 (repack.c): Q4_K / Q5_K x8
+ * groups' scales and mins (v: 8j + r scales, 64 + 16p + 2r + e mins), Q3_K's scales + 32 (v: 16p + 2r + e). */
+TRI_INLINE void tri_x8_values6(const uint8_t * lo, uint8_t v[128]) {
     const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
-    const __m256i n0 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q4K_SLO));
-    const __m256i n1 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q4K_SLO + 32));
-    const __m256i h  = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q4K_SHI));
-    const __m256i lo[4] = { _mm256_and_si256(n0, m4), _mm256_and_si256(n1, m4),
+    const __m256i n0 = _mm256_loadu_si256((const __m256i *) lo);
+    const __m256i n1 = _mm256_loadu_si256((const __m256i *) (lo + 32));
+    const __m256i h  = _mm256_loadu_si256((const __m256i *) (lo + 64));
+    const __m256i l4[4] = { _mm256_and_si256(n0, m4), _mm256_and_si256(n1, m4),
                             _mm256_and_si256(_mm256_srli_epi16(n0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(n1, 4), m4) };
     for (int q = 0; q < 4; q++) {
         const __m256i hq = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * q), m3), 4);
-        _mm256_storeu_si256((__m256i *) (v + 32 * q), _mm256_or_si256(lo[q], hq));
+        _mm256_storeu_si256((__m256i *) (v + 32 * q), _mm256_or_si256(l4[q], hq));
     }
 }
 
-/* Codes (0..63) of word k of half h of a Q6_K x8 group for the 8 rows: q[u] holds values 128h + 32u + 4k
- * .. + 3 of each row (sub-block 8h + 2u + k / 4). */
-TRI_INLINE void tri_x8_q6_K_codes(const uint8_t * g, int h, int k, __m256i q[4]) {
+/* ---- x8 groups of the types with 16 sub-blocks (Q2_K, Q3_K, Q6_K) ---- */
+
+/* Codes of word k of half h of a group for the 8 rows: q[u] holds values 128h + 32u + 4k .. + 3 of each row
+ * (sub-block 8h + 2u + k / 4), unsigned (Q3_K: q + 4, Q6_K: q + 32). */
+TRI_INLINE void tri_x8_k16_codes(const uint8_t * g, enum tri_type type, int h, int k, __m256i q[4]) {
     const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
-    const __m256i l0 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QL + 512 * h + 32 * k));
-    const __m256i l1 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QL + 512 * h + 256 + 32 * k));
-    const __m256i hb = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QH + 256 * h + 32 * k));
-    const __m256i lo[4] = { _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-                            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4) };
+    if (type == TRI_TYPE_Q6_K) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QL + 512 * h + 32 * k));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QL + 512 * h + 256 + 32 * k));
+        const __m256i hb = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q6K_QH + 256 * h + 32 * k));
+        const __m256i lo[4] = { _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4) };
+        for (int u = 0; u < 4; u++) {
+            q[u] = _mm256_or_si256(lo[u], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * u), m3), 4));
+        }
+        return;
+    }
+    const int     qs = type == TRI_TYPE_Q3_K ? TRI_X8_Q3K_QS : TRI_X8_Q2K_QS;
+    const __m256i qq = _mm256_loadu_si256((const __m256i *) (g + qs + 256 * h + 32 * k));
     for (int u = 0; u < 4; u++) {
-        q[u] = _mm256_or_si256(lo[u], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * u), m3), 4));
+        q[u] = _mm256_and_si256(_mm256_srli_epi16(qq, 2 * u), m3);
+    }
+    if (type == TRI_TYPE_Q3_K) {
+        const __m256i m1 = _mm256_set1_epi8(1);
+        const __m256i hm = _mm256_loadu_si256((const __m256i *) (g + TRI_X8_Q3K_HM + 32 * k));
+        for (int u = 0; u < 4; u++) {
+            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + u), m1);
+            q[u] = _mm256_or_si256(q[u], _mm256_slli_epi16(hb, 2));
+        }
     }
 }
 
-/* A Q6_K x8 group's scales of sub-blocks 2p, 2p + 1 (p < 8) as int16 scale pairs per row lane (pair[p]) and
- * as each scale twice per lane (sc16[j], the panels' form). */
-TRI_INLINE void tri_x8_q6_K_scales(const uint8_t * g, __m256i pair[8], __m256i sc16[16]) {
+/* A group's sub-block scales and the factors of the activation sums: mf[p] holds, per row lane, the int16
+ * pair (sub-block 2p, 2p + 1) of mins (Q2_K) or scales (Q3_K, Q6_K); sc16[j] each row's scale of sub-block
+ * j twice per lane (the panels' form). */
+TRI_INLINE void tri_x8_k16_scales(const uint8_t * g, enum tri_type type, __m256i mf[8], __m256i sc16[16]) {
     const __m256i lo16 = _mm256_set1_epi32(0xFFFF);
+    uint8_t v[128];
+    if (type == TRI_TYPE_Q3_K) {
+        tri_x8_values6(g + TRI_X8_Q3K_SLO, v);
+    }
     for (int p = 0; p < 8; p++) {
-        const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (g + TRI_X8_Q6K_SC + 16 * p)));
-        pair[p]         = v;
-        sc16[2 * p]     = _mm256_or_si256(_mm256_and_si256(v, lo16), _mm256_slli_epi32(v, 16));
-        sc16[2 * p + 1] = _mm256_or_si256(_mm256_srli_epi32(v, 16), _mm256_andnot_si256(lo16, v));
+        __m256i sp;
+        if (type == TRI_TYPE_Q2_K) {
+            const __m128i b = _mm_loadu_si128((const __m128i *) (g + TRI_X8_Q2K_SC + 16 * p));
+            sp    = _mm256_cvtepu8_epi16(_mm_and_si128(b, _mm_set1_epi8(15)));
+            mf[p] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15)));
+        } else if (type == TRI_TYPE_Q3_K) {
+            const __m128i b = _mm_sub_epi8(_mm_loadu_si128((const __m128i *) (v + 16 * p)), _mm_set1_epi8(32));
+            sp = mf[p] = _mm256_cvtepi8_epi16(b);
+        } else {
+            sp = mf[p] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (g + TRI_X8_Q6K_SC + 16 * p)));
+        }
+        sc16[2 * p]     = _mm256_or_si256(_mm256_and_si256(sp, lo16), _mm256_slli_epi32(sp, 16));
+        sc16[2 * p + 1] = _mm256_or_si256(_mm256_srli_epi32(sp, 16), _mm256_andnot_si256(lo16, sp));
     }
 }
 
-/* Panel of one Q6_K x8 group: codes minus 32 as the values, 4 per row per lane already. */
-TRI_INLINE void tri_packX8_q6_K(const uint8_t * W, int nsb, uint8_t * pan) {
-    const __m256i c32 = _mm256_set1_epi8(32);
+/* The code offset of a type with 16 sub-blocks (Q3_K 4, Q6_K 32) and its group size. */
+TRI_INLINE int tri_x8_k16_off(enum tri_type type) {
+    return type == TRI_TYPE_Q6_K ? 32 : type == TRI_TYPE_Q3_K ? 4 : 0;
+}
+TRI_INLINE size_t tri_x8_k16_group(enum tri_type type) {
+    return type == TRI_TYPE_Q6_K ? TRI_X8_Q6K_GROUP : type == TRI_TYPE_Q3_K ? TRI_X8_Q3K_GROUP : TRI_X8_Q2K_GROUP;
+}
+
+/* Panel of one Q2_K, Q3_K or Q6_K x8 group: codes minus the offset as the values, 4 per row per lane already. */
+TRI_INLINE void tri_packX8_k16(const uint8_t * W, int nsb, enum tri_type type, uint8_t * pan) {
+    const __m256i off = _mm256_set1_epi8((char) tri_x8_k16_off(type));
     for (int sb = 0; sb < nsb; sb++) {
-        const uint8_t * gb = W + (size_t) sb * TRI_X8_Q6K_GROUP;
+        const uint8_t * gb = W + (size_t) sb * tri_x8_k16_group(type);
         uint8_t *       pb = pan + (size_t) sb * TRI_PANK_BLOCK;
         for (int h = 0; h < 2; h++) {
             for (int k = 0; k < 8; k++) {
                 __m256i q[4];
-                tri_x8_q6_K_codes(gb, h, k, q);
+                tri_x8_k16_codes(gb, type, h, k, q);
                 for (int u = 0; u < 4; u++) {
-                    _mm256_storeu_si256((__m256i *) (pb + 256 * (4 * h + u) + 32 * k), _mm256_sub_epi8(q[u], c32));
+                    _mm256_storeu_si256((__m256i *) (pb + 256 * (4 * h + u) + 32 * k), _mm256_sub_epi8(q[u], off));
                 }
             }
         }
-        __m256i pair[8], sc16[16];
-        tri_x8_q6_K_scales(gb, pair, sc16);
+        __m256i mf[8], sc16[16];
+        tri_x8_k16_scales(gb, type, mf, sc16);
         for (int j = 0; j < 16; j++) {
             _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_SC + 32 * j), sc16[j]);
         }
+        const bool q2 = type == TRI_TYPE_Q2_K;
         for (int p = 0; p < 8; p++) {
-            _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_MINS + 32 * p), _mm256_setzero_si256());
+            _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_MINS + 32 * p), q2 ? mf[p] : _mm256_setzero_si256());
         }
         _mm256_storeu_ps((float *) (pb + TRI_PANK_D), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) gb)));
-        _mm256_storeu_ps((float *) (pb + TRI_PANK_DMIN), _mm256_setzero_ps());
+        _mm256_storeu_ps((float *) (pb + TRI_PANK_DMIN),
+                         q2 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gb + TRI_X8_Q2K_DMIN)))
+                            : _mm256_setzero_ps());
         tri_packK_corr(pb, 16);
     }
 }
@@ -418,7 +463,7 @@ TRI_INLINE void tri_packX8_k4(const uint8_t * W, int nsb, bool q5, uint8_t * pan
             }
         }
         uint8_t v[128];
-        tri_x8_q4_K_values(gb, v);
+        tri_x8_values6(gb + TRI_X8_Q4K_SLO, v);
         for (int j = 0; j < 8; j++) {
             const __m256i s32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (v + 8 * j)));
             _mm256_storeu_si256((__m256i *) (pb + TRI_PANK_SC + 32 * j), _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16)));
@@ -740,8 +785,8 @@ TRI_INLINE void tri_gemm_panels(int n, const uint8_t * W, size_t rs, int64_t nro
             const int       k  = nr - 8 * p < 8 ? nr - 8 * p : 8;
             if (D.x8 == TRI_TYPE_Q4_K || D.x8 == TRI_TYPE_Q5_K) {
                 tri_packX8_k4(Wp, n / 256, D.x8 == TRI_TYPE_Q5_K, scratch + p * ps);
-            } else if (D.x8 == TRI_TYPE_Q6_K) {
-                tri_packX8_q6_K(Wp, n / 256, scratch + p * ps);
+            } else if (D.x8 == TRI_TYPE_Q2_K || D.x8 == TRI_TYPE_Q3_K || D.x8 == TRI_TYPE_Q6_K) {
+                tri_packX8_k16(Wp, n / 256, D.x8, scratch + p * ps);
             } else if (D.x8 != TRI_TYPE_COUNT && !D.S) {
                 tri_packX8_32(Wp, n / 32, D.x8, D.off32, scratch + p * ps);
             } else if (D.S) {
@@ -1035,227 +1080,7 @@ TRI_INLINE void tri_gemvK(int n, const uint8_t * W, size_t rs, int64_t nrows, co
 #undef TRI_GEMVK_T
 }
 
-/* ---- decode of x8 matrices (repack.h): one group of 8 rows at a time, the rows in the vector lanes ----
- * Per super-block the same exact integer sums as the other shapes, then s[b % 8] as in the panels (lanes =
- * rows), so results equal the GGUF layout's bit for bit. */
-
-/* tree(v) of eight partial sums, lane by lane. */
-TRI_INLINE __m256 tri_x8_tree(const __m256 v[8]) {
-    const __m256 a0 = _mm256_add_ps(v[0], v[4]), a1 = _mm256_add_ps(v[1], v[5]);
-    const __m256 a2 = _mm256_add_ps(v[2], v[6]), a3 = _mm256_add_ps(v[3], v[7]);
-    return _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
-}
-
-/* Rows r0 .. r0 + 7 of T tokens: tree(v) of each token's eight partial sums (lanes = rows). */
-TRI_INLINE void tri_x8_store(__m256 acc[TRI_GEMV_TK][8], int T, float * y, int64_t ldy, int64_t r0) {
-    for (int t = 0; t < T; t++) {
-        _mm256_storeu_ps(y + t * ldy + r0, tri_x8_tree(acc[t]));
-    }
-}
-
-/* One super-block s of a group (grp: its first row) against T tokens: acc[t][s % 8] += the rows' results. */
-TRI_INLINE void tri_x8sb_k4(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
-                            __m256 acc[TRI_GEMV_TK][8], bool q5) {
-    const uint8_t * gb = grp + (size_t) s * (q5 ? TRI_X8_Q5K_GROUP : TRI_X8_Q4K_GROUP);
-    uint8_t v[128];
-    tri_x8_q4_K_values(gb, v);
-    __m256i sc[8];
-    for (int j = 0; j < 8; j++) {
-        const __m256i s32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (v + 8 * j)));
-        sc[j] = tri_kscale_prep(_mm256_or_si256(s32, _mm256_slli_epi32(s32, 16)));
-    }
-    __m256i isum[TRI_GEMV_TK];
-    for (int t = 0; t < T; t++) {
-        isum[t] = _mm256_setzero_si256();
-    }
-    for (int c = 0; c < 4; c++) {
-        __m256i plo[TRI_GEMV_TK], phi[TRI_GEMV_TK];
-        for (int t = 0; t < T; t++) {
-            plo[t] = phi[t] = _mm256_setzero_si256();
-        }
-        for (int k = 0; k < 8; k++) {
-            __m256i qlo, qhi;
-            tri_x8_k4_codes(gb, c, k, q5, &qlo, &qhi);
-            for (int t = 0; t < T; t++) {
-                const uint8_t * yq = (const uint8_t *) ((const tri_block_q8_K *) (x + (size_t) t * xs))[s].qs;
-                tri_kpart_acc(&plo[t], &isum[t], qlo, tri_bcast32(yq + 64 * c + 4 * k), sc[2 * c]);
-                tri_kpart_acc(&phi[t], &isum[t], qhi, tri_bcast32(yq + 64 * c + 32 + 4 * k), sc[2 * c + 1]);
-            }
-        }
-        for (int t = 0; t < T; t++) {
-            tri_kpart_end(&isum[t], plo[t], sc[2 * c]);
-            tri_kpart_end(&isum[t], phi[t], sc[2 * c + 1]);
-        }
-    }
-    __m256i mn[4];
-    for (int p = 0; p < 4; p++) {
-        mn[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (v + 64 + 16 * p)));
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) gb));
-    const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (gb + TRI_X8_Q4K_DMIN)));
-    for (int t = 0; t < T; t++) {
-        const uint8_t * xt = x + (size_t) t * xs;
-        const uint8_t * bs = xt + L->bs32 + 16 * (size_t) s; /* the 8 int16 sums of 32 codes */
-        __m256i ms = _mm256_setzero_si256();
-        for (int p = 0; p < 4; p++) {
-            ms = tri_dp_i16(ms, mn[p], tri_bcast32(bs + 4 * p));
-        }
-        const __m256 dx = _mm256_set1_ps(((const float *) (xt + L->d))[s]);
-        acc[t][s % 8] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, dx), acc[t][s % 8]);
-        acc[t][s % 8] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dm, dx), acc[t][s % 8]);
-    }
-}
-
-TRI_INLINE void tri_x8sb_q4_K(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
-                              __m256 acc[TRI_GEMV_TK][8]) {
-    tri_x8sb_k4(grp, s, x, xs, T, L, acc, false);
-}
-
-TRI_INLINE void tri_x8sb_q5_K(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
-                              __m256 acc[TRI_GEMV_TK][8]) {
-    tri_x8sb_k4(grp, s, x, xs, T, L, acc, true);
-}
-
-TRI_INLINE void tri_x8sb_q6_K(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
-                              __m256 acc[TRI_GEMV_TK][8]) {
-    const uint8_t * gb = grp + (size_t) s * TRI_X8_Q6K_GROUP;
-    __m256i pair[8], sc[16];
-    tri_x8_q6_K_scales(gb, pair, sc);
-    for (int j = 0; j < 16; j++) {
-        sc[j] = tri_kscale_prep(sc[j]);
-    }
-    __m256i isum[TRI_GEMV_TK];
-    for (int t = 0; t < T; t++) {
-        isum[t] = _mm256_setzero_si256();
-    }
-    for (int h = 0; h < 2; h++) {
-        for (int kk = 0; kk < 2; kk++) { /* words 4kk .. 4kk + 3: sub-blocks 8h + 2u + kk */
-            __m256i part[4][TRI_GEMV_TK];
-            for (int u = 0; u < 4; u++) {
-                for (int t = 0; t < T; t++) {
-                    part[u][t] = _mm256_setzero_si256();
-                }
-            }
-            for (int k = 4 * kk; k < 4 * kk + 4; k++) {
-                __m256i q[4];
-                tri_x8_q6_K_codes(gb, h, k, q);
-                for (int t = 0; t < T; t++) {
-                    const uint8_t * yq =
-                        (const uint8_t *) ((const tri_block_q8_K *) (x + (size_t) t * xs))[s].qs + 128 * h + 4 * k;
-                    for (int u = 0; u < 4; u++) {
-                        tri_kpart_acc(&part[u][t], &isum[t], q[u], tri_bcast32(yq + 32 * u), sc[8 * h + 2 * u + kk]);
-                    }
-                }
-            }
-            for (int u = 0; u < 4; u++) {
-                for (int t = 0; t < T; t++) {
-                    tri_kpart_end(&isum[t], part[u][t], sc[8 * h + 2 * u + kk]);
-                }
-            }
-        }
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) gb));
-    for (int t = 0; t < T; t++) {
-        const uint8_t * xt = x + (size_t) t * xs;
-        const uint8_t * bs = xt + L->bs16 + 32 * (size_t) s; /* the 16 int16 sums of 16 codes */
-        __m256i ms = _mm256_setzero_si256();
-        for (int p = 0; p < 8; p++) {
-            ms = tri_dp_i16(ms, pair[p], tri_bcast32(bs + 4 * p));
-        }
-        const __m256i is = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(ms, 5)); /* codes are q + 32 */
-        const __m256  dx = _mm256_set1_ps(((const float *) (xt + L->d))[s]);
-        acc[t][s % 8] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, dx), acc[t][s % 8]);
-    }
-}
-
-typedef void (*tri_x8sb_fn)(const uint8_t * grp, int s, const uint8_t * x, size_t xs, int T, const tri_xrow_layout * L,
-                            __m256 acc[TRI_GEMV_TK][8]);
-
-/* Groups [0, nrows / 8) against T tokens (constant T), super-block by super-block. */
-TRI_INLINE void tri_gemvX8_T(int nsb, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs, int T,
-                             const tri_xrow_layout * L, float * y, int64_t ldy, tri_x8sb_fn sb) {
-    for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
-        __m256 acc[TRI_GEMV_TK][8];
-        for (int t = 0; t < T; t++) {
-            for (int j = 0; j < 8; j++) {
-                acc[t][j] = _mm256_setzero_ps();
-            }
-        }
-        for (int s = 0; s < nsb; s++) {
-            sb(W + (size_t) r0 * rs, s, x, xs, T, L, acc);
-        }
-        tri_x8_store(acc, T, y, ldy, r0);
-    }
-}
-
-
-/* 32-value types in x8 against T tokens (constant T): per block b, each row's exact integer dot, then
- * s[b % 8] and (Q4_1, Q5_1) t[b % 8] as in the other shapes; off: the code offset, applied through the x
- * rows' block sums. */
-TRI_INLINE void tri_gemvX8_32_T(int n, const uint8_t * W, size_t rs, int64_t nrows, const uint8_t * x, size_t xs, int T,
-                                float * y, int64_t ldy, enum tri_type type, int off) {
-    const tri_x8_parts32  P    = tri_x8_parts32_of(type);
-    const bool            q81  = P.m >= 0;
-    const int             nb   = n / 32;
-    const size_t          xbs  = q81 ? sizeof(tri_block_q8_1) : sizeof(tri_block_q8_0);
-    const size_t          xq   = q81 ? offsetof(tri_block_q8_1, qs) : offsetof(tri_block_q8_0, qs);
-    const tri_xrow_layout L    = tri_xrow_layout_of(q81 ? TRI_TYPE_Q8_1 : TRI_TYPE_Q8_0, n);
-    const __m256i         voff = _mm256_set1_epi32(off);
-    tri_x32 X[TRI_GEMV_TK];
-    for (int t = 0; t < T; t++) {
-        const uint8_t * xt = x + (size_t) t * xs;
-        X[t] = (tri_x32){ xt + xq, (const float *) (xt + L.d), (const float *) (xt + L.s),
-                          (const int32_t *) (xt + L.sum) };
-    }
-    for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
-        const uint8_t * grp = W + (size_t) r0 * rs;
-        __m256 sp[TRI_GEMV_TK][8], tp[TRI_GEMV_TK][8];
-        for (int t = 0; t < T; t++) {
-            for (int j = 0; j < 8; j++) {
-                sp[t][j] = tp[t][j] = _mm256_setzero_ps();
-            }
-        }
-        for (int b = 0; b < nb; b++) {
-            const uint8_t * u = grp + (size_t) b * P.unit;
-            __m256i isum[TRI_GEMV_TK];
-            for (int t = 0; t < T; t++) {
-                isum[t] = _mm256_setzero_si256();
-            }
-            for (int k = 0; k < 4 && P.words == 4; k++) {
-                __m256i lo, hi;
-                tri_x8_32_codes(u, &P, k, &lo, &hi);
-                for (int t = 0; t < T; t++) {
-                    const uint8_t * yq = X[t].q + (size_t) b * xbs;
-                    isum[t] = tri_dp_us(isum[t], lo, tri_bcast32(yq + 4 * k));
-                    isum[t] = tri_dp_us(isum[t], hi, tri_bcast32(yq + 16 + 4 * k));
-                }
-            }
-            for (int k = 0; k < 8 && P.words == 8; k++) { /* Q8_0: signed values */
-                const __m256i w = _mm256_loadu_si256((const __m256i *) (u + P.qs + 32 * k));
-                for (int t = 0; t < T; t++) {
-                    isum[t] = tri_dp_ss(isum[t], w, tri_bcast32(X[t].q + (size_t) b * xbs + 4 * k));
-                }
-            }
-            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) u));
-            const __m256 mw = q81 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (u + P.m))) : _mm256_setzero_ps();
-            for (int t = 0; t < T; t++) {
-                __m256i is = isum[t];
-                if (off) {
-                    is = _mm256_sub_epi32(is, _mm256_mullo_epi32(_mm256_set1_epi32(X[t].sum[b]), voff));
-                }
-                sp[t][b % 8] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, _mm256_set1_ps(X[t].d[b])),
-                                               sp[t][b % 8]);
-                if (q81) {
-                    tp[t][b % 8] = _mm256_fmadd_ps(mw, _mm256_set1_ps(X[t].s[b]), tp[t][b % 8]);
-                }
-            }
-        }
-        for (int t = 0; t < T; t++) {
-            const __m256 v = tri_x8_tree(sp[t]);
-            _mm256_storeu_ps(y + t * ldy + r0, q81 ? _mm256_add_ps(v, tri_x8_tree(tp[t])) : v);
-        }
-    }
-}
+#include "x86_gemv_x8.h"
 
 /* ---- the kernels of each type ---- */
 
@@ -1327,6 +1152,8 @@ TRI_MMK(q3_K, 16, 4, -1)
 TRI_MMK(q4_K, 8, 0, offsetof(tri_block_q4_K, dmin))
 TRI_MMK(q5_K, 8, 0, offsetof(tri_block_q5_K, dmin))
 TRI_MMK(q6_K, 16, 32, -1)
+TRI_MMX8(q2_K, TRI_TYPE_Q2_K, 16, offsetof(tri_block_q2_K, dmin))
+TRI_MMX8(q3_K, TRI_TYPE_Q3_K, 16, -1)
 TRI_MMX8(q4_K, TRI_TYPE_Q4_K, 8, offsetof(tri_block_q4_K, dmin))
 TRI_MMX8(q5_K, TRI_TYPE_Q5_K, 8, offsetof(tri_block_q5_K, dmin))
 TRI_MMX8(q6_K, TRI_TYPE_Q6_K, 16, -1)
@@ -1349,6 +1176,10 @@ static void tri_gemm_register(tri_isa_kernels * k) {
         k->gemv[list[i].t] = list[i].v;
         k->gemm[list[i].t] = list[i].m;
     }
+    k->gemv_x8[TRI_TYPE_Q2_K] = tri_gemvX8_q2_K;
+    k->gemm_x8[TRI_TYPE_Q2_K] = tri_gemmX8_q2_K;
+    k->gemv_x8[TRI_TYPE_Q3_K] = tri_gemvX8_q3_K;
+    k->gemm_x8[TRI_TYPE_Q3_K] = tri_gemmX8_q3_K;
     k->gemv_x8[TRI_TYPE_Q4_K] = tri_gemvX8_q4_K;
     k->gemm_x8[TRI_TYPE_Q4_K] = tri_gemmX8_q4_K;
     k->gemv_x8[TRI_TYPE_Q5_K] = tri_gemvX8_q5_K;

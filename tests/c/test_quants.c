@@ -375,7 +375,8 @@ static void test_matmul(void) {
  * layout's decode results bit for bit, leaving rows outside their range untouched. */
 static void test_matmul_x8(void) {
     static const enum tri_type types[] = { TRI_TYPE_Q4_0, TRI_TYPE_Q4_1, TRI_TYPE_Q5_0, TRI_TYPE_Q5_1,
-                                           TRI_TYPE_Q8_0, TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K };
+                                           TRI_TYPE_Q8_0, TRI_TYPE_Q2_K, TRI_TYPE_Q3_K, TRI_TYPE_Q4_K,
+                                           TRI_TYPE_Q5_K, TRI_TYPE_Q6_K };
     static const int toks[] = { 1, 2, 3, 4, 5, 7, 8, 9, 70 };
     const int rows = 48, ldy = 50, max_tok = 70;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {

@@ -745,6 +745,16 @@ TRI_INLINE void tri_xtile_at(tri_xtile * xt, float ** yt, const uint8_t * x, siz
     }
 }
 
+/* The including file may set TRI_TILE_ZMM for 512-bit tiles (avx512/tile_zmm.h). */
+#ifdef TRI_TILE_ZMM
+#  include "avx512/tile_zmm.h"
+#  define TRI_TILEK  tri_tileK_wide
+#  define TRI_TILE32 tri_tile32_wide
+#else
+#  define TRI_TILEK  tri_tileK
+#  define TRI_TILE32 tri_tile32
+#endif
+
 /* A weight type as the prefill driver sees it. */
 typedef struct {
     enum tri_type  vdt;      /* activation type */
@@ -763,9 +773,9 @@ typedef struct {
 TRI_INLINE void tri_tile(const tri_wtype * D, const uint8_t * pan, size_t ps, int NP, int n, const tri_xtile * xt,
                          float * const * yt, int nrows) {
     if (D->S) {
-        tri_tileK(pan, ps, NP, TRI_GEMM_TK, n / 256, D->S, D->off_dmin >= 0, xt, yt, nrows);
+        TRI_TILEK(pan, ps, NP, TRI_GEMM_TK, n / 256, D->S, D->off_dmin >= 0, xt, yt, nrows);
     } else {
-        tri_tile32(pan, ps, NP, TRI_GEMM_T32, n / 32, D->wide, D->off_m >= 0, xt, yt, nrows);
+        TRI_TILE32(pan, ps, NP, TRI_GEMM_T32, n / 32, D->wide, D->off_m >= 0, xt, yt, nrows);
     }
 }
 

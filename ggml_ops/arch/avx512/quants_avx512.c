@@ -1,7 +1,8 @@
-/* AVX-512 (F/BW/VL/DQ + VNNI) kernels. The integer dots use VNNI on 256-bit vectors (vpdpbusd,
- * vpdpwssd): measured on Zen 4, two blocks per 512-bit register were slower than one block per 256-bit
- * step (the extra lane shuffles and scale broadcasts cost more than the wider multiply saves).
- * Float types use 512-bit FMAs. Activation quantizers are not repeated here: the AVX2 ones are used. */
+/* AVX-512 (F/BW/VL/DQ + VNNI) kernels. The vec_dots and decode kernels use VNNI on 256-bit vectors
+ * (vpdpbusd, vpdpwssd): measured on Zen 4, two blocks per 512-bit register were slower than one block per
+ * 256-bit step (the extra lane shuffles and scale broadcasts cost more than the wider multiply saves). The
+ * prefill tiles need no shuffles for it and hold two panels per 512-bit register (tile_zmm.h). Float types
+ * use 512-bit FMAs. Activation quantizers are not repeated here: the AVX2 ones are used. */
 #pragma GCC optimize("fp-contract=off")
 
 #include "../../quants.h"
@@ -157,6 +158,7 @@ static inline __m256i tri_qh16(const uint8_t * qh) {
 #define TRI_GEMM_NP32 2
 #define TRI_GEMM_TK   4
 #define TRI_GEMM_NPK  2
+#define TRI_TILE_ZMM  1
 #include "../x86_gemm.h"
 
 /* ---- float types ---- */

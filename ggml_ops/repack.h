@@ -22,7 +22,6 @@ enum tri_wlayout {
 #define TRI_X8_Q4K_GROUP  1152
 #define TRI_X8_Q4K_DMIN   16
 #define TRI_X8_Q4K_SLO    32
-#define TRI_X8_Q4K_SHI    96
 #define TRI_X8_Q4K_QS     128
 
 /* Q5_K x8: groups of 1408 bytes, [0, 128) as Q4_K's, then

@@ -42,6 +42,10 @@
 
 #define TRI_INLINE static inline __attribute__((always_inline))
 
+/* tree(v) of eight partial sums v(0) .. v(7) with the vector add ADD: the summation order every kernel keeps, so
+ * results do not depend on the register width. */
+#define TRI_TREE8(ADD, v) ADD(ADD(ADD(v(0), v(4)), ADD(v(2), v(6))), ADD(ADD(v(1), v(5)), ADD(v(3), v(7))))
+
 /* ---- panels ----
  * A panel holds 8 weight rows as int8 values, four consecutive values of one row per 32-bit lane:
  * vector g of a 32-value chunk holds values 4g..4g+3 of rows 0..7. Per block (32-value types):
@@ -600,9 +604,9 @@ TRI_INLINE void tri_tile32_block(const uint8_t * pan, size_t pstride, int NP, in
 TRI_INLINE void tri_acc_tree(__m256 v[8][2][TRI_GEMM_TMAX], int NP, int T, __m256 out[2][TRI_GEMM_TMAX]) {
     for (int p = 0; p < NP; p++) {
         for (int t = 0; t < T; t++) {
-            const __m256 a0 = _mm256_add_ps(v[0][p][t], v[4][p][t]), a1 = _mm256_add_ps(v[1][p][t], v[5][p][t]);
-            const __m256 a2 = _mm256_add_ps(v[2][p][t], v[6][p][t]), a3 = _mm256_add_ps(v[3][p][t], v[7][p][t]);
-            out[p][t] = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+#define TRI_V(j) v[j][p][t]
+            out[p][t] = TRI_TREE8(_mm256_add_ps, TRI_V);
+#undef TRI_V
         }
     }
 }

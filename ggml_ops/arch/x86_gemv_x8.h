@@ -8,9 +8,9 @@
 
 /* tree(v) of eight partial sums, lane by lane. */
 TRI_INLINE __m256 tri_x8_tree(const __m256 v[8]) {
-    const __m256 a0 = _mm256_add_ps(v[0], v[4]), a1 = _mm256_add_ps(v[1], v[5]);
-    const __m256 a2 = _mm256_add_ps(v[2], v[6]), a3 = _mm256_add_ps(v[3], v[7]);
-    return _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+#define TRI_V(j) v[j]
+    return TRI_TREE8(_mm256_add_ps, TRI_V);
+#undef TRI_V
 }
 
 /* Rows r0 .. r0 + 7 of T tokens: tree(v) of each token's eight partial sums (lanes = rows). */

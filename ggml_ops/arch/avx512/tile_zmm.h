@@ -25,9 +25,9 @@ TRI_INLINE __m512i tri_zmm_bcast32(const uint8_t * p) {
 /* tree(v) of eight partial sums per lane, for T tokens. */
 TRI_INLINE void tri_zmm_tree(__m512 v[8][TRI_GEMM_TMAX], int T, __m512 out[TRI_GEMM_TMAX]) {
     for (int t = 0; t < T; t++) {
-        const __m512 a0 = _mm512_add_ps(v[0][t], v[4][t]), a1 = _mm512_add_ps(v[1][t], v[5][t]);
-        const __m512 a2 = _mm512_add_ps(v[2][t], v[6][t]), a3 = _mm512_add_ps(v[3][t], v[7][t]);
-        out[t] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+#define TRI_V(j) v[j][t]
+        out[t] = TRI_TREE8(_mm512_add_ps, TRI_V);
+#undef TRI_V
     }
 }
 
@@ -172,6 +172,8 @@ TRI_INLINE void tri_tileK2(const uint8_t * pan, size_t pstride, int T, int nsb, 
 }
 
 /* The tiles the prefill driver runs: two panels on 512-bit vectors, a lone panel on 256-bit ones. */
+/* Two panels take the 512-bit tile. It ignores `wide`: here tri_dp_us and tri_dp_xw are both vpdpbusd, whose four
+ * products per lane are summed in 32 bits whatever the weights' size. */
 TRI_INLINE void tri_tile32_wide(const uint8_t * pan, size_t pstride, int NP, int T, int nb, bool wide, bool has_m,
                                 const tri_xtile * xt, float * const * yt, int nrows) {
     if (NP == 2) {

@@ -176,13 +176,14 @@ def write_model(path: Path, shape: dict, seed: int = 0) -> Path:
     return path
 
 
-def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float) -> tuple[list[dict], str, int]:
-    """triattn-cli --bench --json with args; (rows, stderr, exit code)."""
+def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float,
+            env: dict | None = None) -> tuple[list[dict], str, int]:
+    """triattn-cli --bench --json with args (and extra environment variables); (rows, stderr, exit code)."""
     cmd = [str(cli), "-m", str(model), "--bench", "--json", *args]
-    print("$", " ".join(cmd[1:]), file=log, flush=True)
+    print("$", *(f"{k}={v}" for k, v in (env or {}).items()), " ".join(cmd[1:]), file=log, flush=True)
     t0 = time.time()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         print(f"  timed out after {timeout:.0f} s", file=log, flush=True)
         return [], "timed out", 124
@@ -221,9 +222,11 @@ def main(argv=None) -> int:
     log = open(args.out / "gpu_bench.log", "a")
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {}}
 
-    def record(name: str, model: Path, extra: list[str], timeout: float | None = None) -> list[dict]:
-        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(timeout or args.timeout, args.timeout))
-        results["runs"][name] = {"args": extra, "rows": rows, "exit": rc, "stderr_tail": err[-1500:]}
+    def record(name: str, model: Path, extra: list[str], timeout: float | None = None,
+               env: dict | None = None) -> list[dict]:
+        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(timeout or args.timeout, args.timeout),
+                                env)
+        results["runs"][name] = {"args": extra, "env": env or {}, "rows": rows, "exit": rc, "stderr_tail": err[-1500:]}
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         return rows
 
@@ -264,9 +267,15 @@ def main(argv=None) -> int:
         for pol in ("full", "triattention"):
             record(f"1b_{pol}", m, ["-p", "512", "-n", "64", "-d", depths[pol], "-r", reps, "-c", "33024",
                                     "--kv-policy", pol, "--kv-budget", "2048"])
+        np_args = ["-p", "0", "-n", "32", "-d", "4096", "-r", "2", "-c", "4224", "--kv-budget", "2048"]
         for pol in ("full", "triattention"):
-            record(f"1b_np_{pol}", m, ["-p", "0", "-n", "32", "-d", "4096", "-np", "16" if args.short else "1,8,16",
-                                       "-r", "2", "-c", "4224", "--kv-policy", pol, "--kv-budget", "2048"])
+            record(f"1b_np_{pol}", m, [*np_args, "-np", "8,16" if args.short else "1,8,16", "--kv-policy", pol])
+        # the same steps with 8-bit matrix-vector products only (8 rows a launch), and with integer tensor cores
+        # from 2 rows: which kernel serves a batch best
+        record("1b_np_triattention_mv", m, [*np_args, "-np", "8,16", "--kv-policy", "triattention"],
+               env={"TRIATTN_CUDA_MQ_MIN": "33"})
+        record("1b_np_triattention_mq2", m, [*np_args, "-np", "2,4,8", "--kv-policy", "triattention"],
+               env={"TRIATTN_CUDA_MQ_MIN": "2"})
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))
@@ -280,8 +289,8 @@ def plot(results: dict, png: Path) -> None:
 
     depth, sess = {}, {}
     for key, run in results["runs"].items():
-        if not key.startswith("1b_"):
-            continue
+        if not key.startswith("1b_") or run.get("env"):
+            continue  # the kernel-choice variants stay out of the plot
         for r in run["rows"]:
             if r["n_gen"] <= 0:
                 continue

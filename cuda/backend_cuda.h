@@ -17,7 +17,9 @@
 #define TRI_CU_ACT_SLOTS  3    /* 8-bit activation buffers (distinct activation types one input may need) */
 #define TRI_CU_ATT_PARTS  128  /* most slot ranges (split-K parts) of one (row, KV head) */
 #define TRI_CU_ATT_SLOTS  64   /* slots per part a decode step aims at: one tile of the attention kernel */
-#define TRI_CU_VEC_ROWS   32   /* steps of up to this many rows use the matrix-vector kernels (8 rows a launch) */
+#define TRI_CU_VEC_ROWS   32   /* steps of up to this many rows use 8-bit activations (matrix-vector kernels, 8 rows a
+                                  launch, or from mq_min rows the integer tensor cores), longer ones fp16 tensor cores */
+#define TRI_CU_MQ_MIN     9    /* default mq_min (TRIATTN_CUDA_MQ_MIN) */
 #define TRI_CU_PART_ROWS  1024 /* (row, part) pairs of split-K scratch a step may use, at least */
 #define TRI_CU_LOGIT_ROWS 32   /* rows of logits computed per output product (more rows: in pieces) */
 
@@ -111,6 +113,8 @@ typedef struct tri_cu_session {
     tri_cu_graph graphs[TRI_CU_VEC_ROWS + 1];
     uint32_t   graphs_version;    /* the workspace version the graphs were recorded against */
     bool       use_graphs;
+    int32_t    mq_min;            /* steps of at least this many rows (<= TRI_CU_VEC_ROWS) multiply quantized weights
+                                     on integer tensor cores, shorter ones with matrix-vector kernels */
 } tri_cu_session;
 
 /* forward_cuda.c */

@@ -5,7 +5,8 @@
  * quantization of its output (act.cuh), Q/K/V products (one launch per weight type, biases fused), q/k norms + RoPE
  * + K/V append (one launch), split-K attention, the output projection accumulated into the residual, RMSNorm, gate
  * and up, SwiGLU fused with quantization, the down projection accumulated into the residual. Steps of up to
- * TRI_CU_VEC_ROWS rows use the integer matrix-vector kernels, longer ones the tensor cores. Decode steps (every
+ * TRI_CU_VEC_ROWS rows multiply 8-bit activations, with the integer matrix-vector kernels (8 rows a launch) or, from
+ * mq_min rows, on integer tensor cores (each weight read once); longer steps use fp16 tensor cores. Decode steps (every
  * session one token) are recorded once per row count as a CUDA graph and replayed: the inputs that change (token
  * ids, RoPE table, row descriptors) travel in page-locked buffers the graph copies from. */
 #include "backend_cuda.h"
@@ -31,6 +32,8 @@ typedef struct tri_cu_job {
     float *          y;
     const tri_cu_w * bias;
 } tri_cu_job;
+
+_Static_assert(TRI_CU_VEC_ROWS <= TRI_CUDA_MQ_TOK, "a step's 8-bit rows fit one integer tensor-core launch");
 
 /* Rows [r0, r0 + n) of a q8 buffer. */
 static tri_cuda_q8 tri_cu_q8_rows(tri_cuda_q8 q, int r0) {
@@ -106,6 +109,10 @@ static enum triattn_status tri_cu_linear(tri_cu_step * t, int n, const float * i
         int slot = 0;
         while (at && act_types[slot] != at) {
             slot++;
+        }
+        if (at && n >= c->mq_min) { /* every weight byte once for all rows */
+            TRI_CU_TRY(tri_cuda_mm_q(type, ne0, mj, nj, &q8[slot], n, accumulate, sm));
+            continue;
         }
         for (int r0 = 0; r0 < n; r0 += TRI_CUDA_MV_TOK) {
             const int nr = TRI_MIN(TRI_CUDA_MV_TOK, n - r0);

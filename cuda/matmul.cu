@@ -1,9 +1,16 @@
-/* Matrix-vector products (see matmul.cuh): one warp per output row, each lane a 32-value chunk at a time. */
+/* Matrix-vector products (see matmul.cuh): one warp per output row, each lane a 32-value chunk at a time; and
+ * integer tensor-core products for small batches (qtile.h): a block per 16 rows, its warps splitting the input. */
 #include "common.cuh"
 #include "matmul.cuh"
 #include "qchunk.h"
+#include "qtile.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "the integer tensor-core products need sm_80 or newer (TRIATTN_CUDA_ARCHS)"
+#endif
 
 #define TRI_MV_WARPS 4 /* rows per block */
+#define TRI_MQ_WARPS 8 /* warps per 16 rows of the tensor-core kernel */
 
 enum { TRI_CU_F32 = 0, TRI_CU_F16 = 1, TRI_CU_BF16 = 30 };
 
@@ -104,6 +111,95 @@ __global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvq_kernel(const tr
         if (r0 + rr < a.total_rows) {
             tri_cu_mv_store<NT>(a, job[rr], lr[rr], acc[rr]);
         }
+    }
+}
+
+/* c (16 x 8 sums) = a (16 x 16 codes) x b (16 x 8 codes), qtile.h's fragments. */
+__device__ __forceinline__ void tri_cu_imma16(uint32_t a0, uint32_t a1, uint32_t b0, int32_t * c) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%7, %7, %7, %7};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+}
+/* The same over 32 codes. */
+__device__ __forceinline__ void tri_cu_imma32(const uint32_t * a, const uint32_t * b, int32_t * c) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %10, %10, %10};"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
+}
+
+/* Quantized weights x 8-bit activations for up to 8 NTILE tokens on integer tensor cores (qtile.h). Block: rows
+ * 16 b .. 16 b + 15; warp w takes the scale groups (K-quant super-blocks, else blocks) w, w + 8, ... of the input,
+ * and the warps' partial results are summed in shared memory. Each weight byte is read once for all tokens. */
+template <int T, int NTILE>
+__global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri_cu_mm_args a, int n_tok) {
+    __shared__ float red[TRI_MQ_WARPS][16][8 * NTILE + 1];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int64_t r0 = (int64_t) blockIdx.x * 16;
+    const int kind = tri_qc_kind(T), G = tri_qc_block_values(T) / 32; /* chunks per scale group */
+    const tri_cuda_q8 q8 = a.q8;
+    const int64_t ngrp = a.ne0 / 32 / G;
+    const size_t rb = (size_t) (a.ne0 / tri_qc_block_values(T)) * tri_qc_block_bytes(T);
+    const uint8_t * row[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int64_t r = r0 + g + 8 * h;
+        r = r < a.total_rows ? r : r0; /* a missing row repeats the tile's first, unwritten */
+        const tri_cuda_mm_job job = tri_cu_job_of(a, &r);
+        row[h] = (const uint8_t *) job.W + (size_t) r * rb;
+    }
+    float acc[NTILE][4] = {};
+    for (int64_t gi = warp; gi < ngrp; gi += TRI_MQ_WARPS) {
+        int32_t isum[NTILE][4] = {}, msum[NTILE][4] = {};
+        tri_qc_chunk ch[2];
+        tri_cuda_q8_meta m[NTILE][2];
+#pragma unroll 2
+        for (int j = 0; j < G; j++) {
+            const int64_t c = gi * G + j;
+            uint32_t w[4];
+            tri_qt_load_w(T, row[0], row[1], c, lane, ch, w);
+#pragma unroll
+            for (int nt = 0; nt < NTILE; nt++) {
+                uint32_t x[2];
+                tri_qt_load_x(&q8, 8 * nt, n_tok, c, lane, x, m[nt]);
+                int32_t c0[4], c1[4] = { 0, 0, 0, 0 };
+                if (tri_qt_split(T)) {
+                    tri_cu_imma16(w[0], w[1], x[0], c0);
+                    tri_cu_imma16(w[2], w[3], x[1], c1);
+                } else {
+                    tri_cu_imma32(w, x, c0);
+                }
+                tri_qt_acc(ch, c0, c1, m[nt], isum[nt], msum[nt]);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NTILE; nt++) {
+            tri_qt_finish(kind, ch, m[nt], isum[nt], msum[nt], acc[nt]);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NTILE; nt++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            red[warp][g + 8 * (i / 2)][8 * nt + 2 * t + i % 2] = acc[nt][i];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 16 * 8 * NTILE; e += 32 * TRI_MQ_WARPS) {
+        const int rr = e / (8 * NTILE), tk = e % (8 * NTILE);
+        int64_t r = r0 + rr;
+        if (r >= a.total_rows || tk >= n_tok) {
+            continue;
+        }
+        float s = 0.0f;
+#pragma unroll
+        for (int ww = 0; ww < TRI_MQ_WARPS; ww++) {
+            s += red[ww][rr][tk];
+        }
+        const tri_cuda_mm_job job = tri_cu_job_of(a, &r);
+        float * y = job.y + (size_t) tk * job.ldy + r;
+        const float v = job.bias ? s + job.bias[r] : s;
+        *y = a.accumulate ? *y + v : v;
     }
 }
 
@@ -209,6 +305,35 @@ static void tri_cu_mm_vec_launch(int type, const tri_cu_mm_args & a, cudaStream_
 #undef TRI_CU_CASE
         default: break;
     }
+}
+
+extern "C" enum triattn_status tri_cuda_mm_q(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
+                                             const tri_cuda_q8 * q8, int n_tok, bool accumulate, void * stream) {
+    tri_cu_mm_args a;
+    TRI_CUDA_REQUIRE(tri_cu_mm_args_make(type, ne0, jobs, n_jobs, NULL, 0, n_tok, accumulate, &a));
+    const int act = tri_cuda_mm_act_type(type);
+    TRI_CUDA_REQUIRE(act && n_tok <= TRI_CUDA_MQ_TOK && (a.total_rows + 15) / 16 <= 0x7fffffff);
+    TRI_CUDA_REQUIRE(q8 && q8->type == act && q8->ld >= ne0 && q8->ld % 32 == 0);
+    a.q8 = *q8;
+    const unsigned grid = tri_cu_blocks(a.total_rows, 16);
+    cudaStream_t s = TRI_CU_STREAM(stream);
+    const int ntile = (n_tok + 7) / 8;
+    switch (type) {
+#define TRI_CU_CASE(T)                                                                                  \
+    case T:                                                                                             \
+        switch (ntile) {                                                                                \
+            case 1: tri_cu_mmq_kernel<T, 1><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;        \
+            case 2: tri_cu_mmq_kernel<T, 2><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;        \
+            case 3: tri_cu_mmq_kernel<T, 3><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;        \
+            default: tri_cu_mmq_kernel<T, 4><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;       \
+        }                                                                                               \
+        break;
+        TRI_CU_QTYPES(TRI_CU_CASE)
+#undef TRI_CU_CASE
+        default: break;
+    }
+    TRI_CUDA_LAUNCHED();
+    return TRIATTN_OK;
 }
 
 extern "C" enum triattn_status tri_cuda_mm_vec(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,

@@ -147,21 +147,24 @@ TRI_QC_FN int tri_qc_act_type(int type) {
     return kind == TRI_QC_MIN ? TRI_QC_ACT_Q8_1 : kind == TRI_QC_SYM ? TRI_QC_ACT_Q8_0 : TRI_QC_ACT_Q8_K;
 }
 
-/* ---- chunk unpacking: chunk c of a row starting at `row` ---- */
+/* ---- chunk unpacking: chunk c of a row starting at `row` ----
+ * All 8 code words (k0 = 0, ks = 1), or only words k0, k0 + ks, ... (ks = 2 or 4, a constant): word k0 + i ks goes
+ * to q[i], so a tensor-core lane that holds words t and t + 4 of a chunk unpacks just those two into q[0], q[1]. */
 
 /* Nibbles of qs[0..16): values 0..15 low, 16..31 high (Q4_0, Q4_1, Q5_0, Q5_1); a4: qs is 4-byte aligned. */
-TRI_QC_FN void tri_qc_nibbles32(const uint8_t * qs, bool a4, tri_qc_chunk * ch) {
-    for (int k = 0; k < 4; k++) {
-        const uint32_t w = tri_qc_word(qs + 4 * k, a4);
-        ch->q[k]     = (int32_t) (w & 0x0F0F0F0Fu);
-        ch->q[4 + k] = (int32_t) ((w >> 4) & 0x0F0F0F0Fu);
+TRI_QC_FN void tri_qc_nibbles32(const uint8_t * qs, bool a4, int k0, int ks, tri_qc_chunk * ch) {
+    for (int i = 0; i < 4 / ks; i++) {
+        const uint32_t w = tri_qc_word(qs + 4 * (k0 + i * ks), a4);
+        ch->q[i]          = (int32_t) (w & 0x0F0F0F0Fu);
+        ch->q[4 / ks + i] = (int32_t) ((w >> 4) & 0x0F0F0F0Fu);
     }
 }
 /* The fifth bit of Q5_0 / Q5_1: bit l of qh (little-endian) is value l's. */
-TRI_QC_FN void tri_qc_fifth_bit(uint32_t qh, tri_qc_chunk * ch) {
-    for (int k = 0; k < 4; k++) {
-        ch->q[k]     |= tri_qc_bit4(qh >> (4 * k));
-        ch->q[4 + k] |= tri_qc_bit4(qh >> (16 + 4 * k));
+TRI_QC_FN void tri_qc_fifth_bit(uint32_t qh, int k0, int ks, tri_qc_chunk * ch) {
+    for (int i = 0; i < 4 / ks; i++) {
+        const int k = k0 + i * ks;
+        ch->q[i]          |= tri_qc_bit4(qh >> (4 * k));
+        ch->q[4 / ks + i] |= tri_qc_bit4(qh >> (16 + 4 * k));
     }
 }
 /* 6-bit scale and min of sub-block j of a Q4_K / Q5_K scales[12] array. */
@@ -175,7 +178,7 @@ TRI_QC_FN void tri_qc_scale_min_k4(int j, const uint8_t * q, int32_t * sc, int32
     }
 }
 
-TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chunk * ch) {
+TRI_QC_FN void tri_qc_prep_words(int type, const uint8_t * row, int64_t c, int k0, int ks, tri_qc_chunk * ch) {
     ch->off = 0;
     ch->m = 0.0f;
     ch->sc[0] = ch->sc[1] = 1;
@@ -185,26 +188,26 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
         ch->d = tri_qc_f16(b);
         switch (type) {
             case TRI_QC_Q4_0: /* d @0, qs[16] @2: d * (q - 8) */
-                tri_qc_nibbles32(b + 2, false, ch);
+                tri_qc_nibbles32(b + 2, false, k0, ks, ch);
                 ch->off = 8;
                 break;
             case TRI_QC_Q4_1: /* d @0, m @2, qs[16] @4: d * q + m */
-                tri_qc_nibbles32(b + 4, true, ch);
+                tri_qc_nibbles32(b + 4, true, k0, ks, ch);
                 ch->m = tri_qc_f16(b + 2);
                 break;
             case TRI_QC_Q5_0: /* d @0, qh[4] @2, qs[16] @6: d * (q - 16) */
-                tri_qc_nibbles32(b + 6, false, ch);
-                tri_qc_fifth_bit(tri_qc_u32(b + 2), ch);
+                tri_qc_nibbles32(b + 6, false, k0, ks, ch);
+                tri_qc_fifth_bit(tri_qc_u32(b + 2), k0, ks, ch);
                 ch->off = 16;
                 break;
             case TRI_QC_Q5_1: /* d @0, m @2, qh[4] @4, qs[16] @8: d * q + m */
-                tri_qc_nibbles32(b + 8, true, ch);
-                tri_qc_fifth_bit(tri_qc_word(b + 4, true), ch);
+                tri_qc_nibbles32(b + 8, true, k0, ks, ch);
+                tri_qc_fifth_bit(tri_qc_word(b + 4, true), k0, ks, ch);
                 ch->m = tri_qc_f16(b + 2);
                 break;
             default: /* Q8_0: d @0, qs[32] @2 */
-                for (int k = 0; k < 8; k++) {
-                    ch->q[k] = (int32_t) tri_qc_u32(b + 2 + 4 * k);
+                for (int i = 0; i < 8 / ks; i++) {
+                    ch->q[i] = (int32_t) tri_qc_u32(b + 2 + 4 * (k0 + i * ks));
                 }
                 break;
         }
@@ -215,8 +218,9 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
     switch (type) {
         case TRI_QC_Q2_K: { /* scales[16] @0, qs[64] @16, d @80, dmin @82 */
             const int h = j / 4, sh = 2 * (j % 4);
-            for (int k = 0; k < 8; k++) {
-                ch->q[k] = (int32_t) ((tri_qc_word(b + 16 + 32 * h + 4 * k, true) >> sh) & 0x03030303u);
+            for (int i = 0; i < 8 / ks; i++) {
+                const int k = k0 + i * ks;
+                ch->q[i] = (int32_t) ((tri_qc_word(b + 16 + 32 * h + 4 * k, true) >> sh) & 0x03030303u);
             }
             for (int g = 0; g < 2; g++) {
                 ch->sc[g] = b[2 * j + g] & 15;
@@ -228,10 +232,11 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
         }
         case TRI_QC_Q3_K: { /* hmask[32] @0, qs[64] @32, scales[12] @96, d @108: d * sc * (q2 - 4 * !hbit) */
             const int h = j / 4, sh = 2 * (j % 4);
-            for (int k = 0; k < 8; k++) {
+            for (int i = 0; i < 8 / ks; i++) {
+                const int k = k0 + i * ks;
                 const uint32_t q2 = (tri_qc_u32(b + 32 + 32 * h + 4 * k) >> sh) & 0x03030303u;
                 const uint32_t hb = (tri_qc_u32(b + 4 * k) >> j) & 0x01010101u;
-                ch->q[k] = (int32_t) (q2 | (hb << 2));
+                ch->q[i] = (int32_t) (q2 | (hb << 2));
             }
             for (int g = 0; g < 2; g++) {
                 const int s = 2 * j + g;
@@ -247,15 +252,23 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
         case TRI_QC_Q5_K: { /* d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48 */
             /* super-blocks of 144 / 176 bytes keep qs (and qh) 16-byte aligned */
             uint32_t w[8], hw[8];
-            tri_qc_words32(b + (type == TRI_QC_Q4_K ? 16 : 48) + 32 * (j / 2), w);
-            const int sh = 4 * (j % 2);
-            if (type == TRI_QC_Q5_K) {
-                tri_qc_words32(b + 16, hw);
-            }
-            for (int k = 0; k < 8; k++) {
-                ch->q[k] = (int32_t) ((w[k] >> sh) & 0x0F0F0F0Fu);
+            const uint8_t * qs = b + (type == TRI_QC_Q4_K ? 16 : 48) + 32 * (j / 2);
+            if (ks == 1) {
+                tri_qc_words32(qs, w);
                 if (type == TRI_QC_Q5_K) {
-                    ch->q[k] |= (int32_t) (((hw[k] >> j) & 0x01010101u) << 4);
+                    tri_qc_words32(b + 16, hw);
+                }
+            } else {
+                for (int i = 0; i < 8 / ks; i++) {
+                    w[i] = tri_qc_word(qs + 4 * (k0 + i * ks), true);
+                    hw[i] = type == TRI_QC_Q5_K ? tri_qc_word(b + 16 + 4 * (k0 + i * ks), true) : 0;
+                }
+            }
+            const int sh = 4 * (j % 2);
+            for (int i = 0; i < 8 / ks; i++) {
+                ch->q[i] = (int32_t) ((w[i] >> sh) & 0x0F0F0F0Fu);
+                if (type == TRI_QC_Q5_K) {
+                    ch->q[i] |= (int32_t) (((hw[i] >> j) & 0x01010101u) << 4);
                 }
             }
             tri_qc_scale_min_k4(j, b + 4, &ch->sc[0], &ch->mn[0]);
@@ -269,10 +282,11 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
             const int h = j / 4, r = j % 4;
             const uint8_t * ql = b + 64 * h + 32 * (r % 2);
             const uint8_t * qh = b + 128 + 32 * h;
-            for (int k = 0; k < 8; k++) {
+            for (int i = 0; i < 8 / ks; i++) {
+                const int k = k0 + i * ks;
                 const uint32_t lo = (tri_qc_u32(ql + 4 * k) >> (4 * (r / 2))) & 0x0F0F0F0Fu;
                 const uint32_t hi = (tri_qc_u32(qh + 4 * k) >> (2 * r)) & 0x03030303u;
-                ch->q[k] = (int32_t) (lo | (hi << 4));
+                ch->q[i] = (int32_t) (lo | (hi << 4));
             }
             ch->sc[0] = (int8_t) b[192 + 2 * j];
             ch->sc[1] = (int8_t) b[192 + 2 * j + 1];
@@ -281,6 +295,11 @@ TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chun
             break;
         }
     }
+}
+
+/* All 32 codes of chunk c. */
+TRI_QC_FN void tri_qc_prep(int type, const uint8_t * row, int64_t c, tri_qc_chunk * ch) {
+    tri_qc_prep_words(type, row, c, 0, 1, ch);
 }
 
 /* ---- products ---- */
@@ -293,26 +312,34 @@ typedef struct tri_qc_act {
     int32_t         sum[2];
 } tri_qc_act;
 
+/* The integer part of a chunk's product from its code sums s0 (values 0..15) and s1 (16..31) against activation
+ * codes whose sums are sum[0], sum[1]: isum += sc0 (s0 - off sum0) + sc1 (s1 - off sum1) (sc = 1 for the 32-value
+ * types), msum += mn0 sum0 + mn1 sum1. Where sc0 = sc1 (all but Q2_K, Q3_K, Q6_K), s0 may carry the whole sum and
+ * s1 = 0. A K-quant super-block's chunks add into one isum and msum, as the CPU's reference does. */
+TRI_QC_FN void tri_qc_isum(const tri_qc_chunk * ch, int32_t s0, int32_t s1, const int32_t * sum, int32_t * isum,
+                           int32_t * msum) {
+    *isum += ch->sc[0] * (s0 - ch->off * sum[0]) + ch->sc[1] * (s1 - ch->off * sum[1]);
+    *msum += ch->mn[0] * sum[0] + ch->mn[1] * sum[1];
+}
+/* The float of one block's (or super-block's) sums: the CPU reference's formula of `kind`; d, m: the weights' scale
+ * and min (dmin), dx, sx: the activations' scale and Q8_1 sum term. */
+TRI_QC_FN float tri_qc_finish(int kind, float d, float m, float dx, float sx, int32_t isum, int32_t msum) {
+    const float r = d * dx * (float) isum;
+    if (kind == TRI_QC_MIN) {
+        return r + m * sx;
+    }
+    return kind == TRI_QC_K ? r - dx * m * (float) msum : r;
+}
+
 /* Chunk x activations, the CPU reference's formula of `kind` for this chunk's share. */
 TRI_QC_FN float tri_qc_dot(int kind, const tri_qc_chunk * ch, const tri_qc_act * a) {
-    int32_t s0 = 0, s1 = 0;
+    int32_t s0 = 0, s1 = 0, isum = 0, msum = 0;
     for (int k = 0; k < 4; k++) {
         s0 = tri_qc_dp4a(ch->q[k], a->q[k], s0);
         s1 = tri_qc_dp4a(ch->q[4 + k], a->q[4 + k], s1);
     }
-    s0 -= ch->off * a->sum[0];
-    s1 -= ch->off * a->sum[1];
-    if (kind == TRI_QC_SYM || kind == TRI_QC_MIN) {
-        const float r = ch->d * a->d * (float) (s0 + s1);
-        return kind == TRI_QC_MIN ? r + ch->m * a->s : r;
-    }
-    const int32_t isum = ch->sc[0] * s0 + ch->sc[1] * s1;
-    const float r = a->d * ch->d * (float) isum;
-    if (kind == TRI_QC_K_SYM) {
-        return r;
-    }
-    const int32_t msum = ch->mn[0] * a->sum[0] + ch->mn[1] * a->sum[1];
-    return r - a->d * ch->m * (float) msum;
+    tri_qc_isum(ch, s0, s1, a->sum, &isum, &msum);
+    return tri_qc_finish(kind, ch->d, ch->m, a->d, a->s, isum, msum);
 }
 
 /* Value i (0..31) of a chunk, as the CPU's dequantizer computes it. */

@@ -1,9 +1,12 @@
 /* The CUDA kernels' quantized arithmetic (cuda/qchunk.h), compiled for the host and checked against the ggml_ops
  * reference without a GPU: chunk values equal the CPU dequantizer bit for bit, the activation quantizer equals the
  * reference Q8_0 / Q8_1 / Q8_K quantizers byte for byte, and a row's chunk dot products sum the same integers as
- * the reference vec_dot (only the float accumulation order differs). Random blocks (random bytes with sane fp16
+ * the reference vec_dot (only the float accumulation order differs); a warp of the integer tensor-core kernel
+ * (qtile.h's lane functions around an mma emulated from PTX's fragment layout) gives the reference vec_dot of
+ * every row and token. Random blocks (random bytes with sane fp16
  * scales, and quantized random floats), fresh each run; TRI_TEST_SEED replays. */
 #include "qchunk.h"
+#include "qtile.h"
 #include "quants.h"
 #include "types.h"
 
@@ -19,6 +22,8 @@ static const enum tri_type k_types[] = {
     TRI_TYPE_Q2_K, TRI_TYPE_Q3_K, TRI_TYPE_Q4_K, TRI_TYPE_Q5_K, TRI_TYPE_Q6_K,
 };
 #define N_TYPES (int) (sizeof k_types / sizeof k_types[0])
+
+#define TRI_QT_TEST_TOK 32 /* tokens of the integer tensor-core kernel (matmul.cuh: TRI_CUDA_MQ_TOK) */
 
 static void rnd_floats(float * x, int64_t n, float scale) {
     for (int64_t i = 0; i < n; i++) {
@@ -195,11 +200,154 @@ static void test_type(enum tri_type t) {
     free(want);
 }
 
+/* mma.m16n8k32 (k = 32) or m16n8k16 (k = 16) over the 32 lanes' fragments: a[l][0..k/8), b[l][0..k/16). */
+static void emulate_mma(int k, uint32_t a[32][4], uint32_t b[32][2], int32_t c[32][4]) {
+    int8_t A[16][32], B[32][8];
+    for (int l = 0; l < 32; l++) {
+        const int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; i++) {
+            A[g][4 * t + i]     = (int8_t) (a[l][0] >> (8 * i));
+            A[g + 8][4 * t + i] = (int8_t) (a[l][1] >> (8 * i));
+            B[4 * t + i][g]     = (int8_t) (b[l][0] >> (8 * i));
+            if (k == 32) {
+                A[g][16 + 4 * t + i]     = (int8_t) (a[l][2] >> (8 * i));
+                A[g + 8][16 + 4 * t + i] = (int8_t) (a[l][3] >> (8 * i));
+                B[16 + 4 * t + i][g]     = (int8_t) (b[l][1] >> (8 * i));
+            }
+        }
+    }
+    for (int l = 0; l < 32; l++) {
+        for (int i = 0; i < 4; i++) {
+            const int r = l / 4 + 8 * (i / 2), n = 2 * (l % 4) + i % 2;
+            int32_t sum = 0;
+            for (int kk = 0; kk < k; kk++) {
+                sum += A[r][kk] * B[kk][n];
+            }
+            c[l][i] = sum;
+        }
+    }
+}
+
+/* 16 rows x n_tok tokens as one warp of the tensor-core kernel computes them (all scale groups in order). */
+static void warp_product(int type, const uint8_t * W, size_t rb, int64_t n, const tri_cuda_q8 * q8, int n_tok,
+                         float out[16][32]) {
+    const int kind = tri_qc_kind(type), G = tri_qc_block_values(type) / 32, ntile = (n_tok + 7) / 8;
+    static float acc[32][4][4];
+    static int32_t isum[32][4][4], msum[32][4][4];
+    memset(acc, 0, sizeof acc);
+    memset(isum, 0, sizeof isum);
+    memset(msum, 0, sizeof msum);
+    tri_qc_chunk ch[32][2];
+    tri_cuda_q8_meta m[32][4][2];
+    for (int64_t gi = 0; gi < n / 32 / G; gi++) {
+        for (int j = 0; j < G; j++) {
+            const int64_t c = gi * G + j;
+            uint32_t w[32][4];
+            for (int l = 0; l < 32; l++) {
+                tri_qt_load_w(type, W + (size_t) (l / 4) * rb, W + (size_t) (l / 4 + 8) * rb, c, l, ch[l], w[l]);
+            }
+            for (int nt = 0; nt < ntile; nt++) {
+                uint32_t x[32][2], a16[32][4], b16[32][2];
+                int32_t c0[32][4], c1[32][4];
+                for (int l = 0; l < 32; l++) {
+                    tri_qt_load_x(q8, 8 * nt, n_tok, c, l, x[l], m[l][nt]);
+                }
+                if (tri_qt_split(type)) {
+                    for (int h = 0; h < 2; h++) {
+                        for (int l = 0; l < 32; l++) {
+                            a16[l][0] = w[l][2 * h];
+                            a16[l][1] = w[l][2 * h + 1];
+                            b16[l][0] = x[l][h];
+                        }
+                        emulate_mma(16, a16, b16, h == 0 ? c0 : c1);
+                    }
+                } else {
+                    emulate_mma(32, w, x, c0);
+                    memset(c1, 0, sizeof c1);
+                }
+                for (int l = 0; l < 32; l++) {
+                    tri_qt_acc(ch[l], c0[l], c1[l], m[l][nt], isum[l][nt], msum[l][nt]);
+                }
+            }
+        }
+        for (int l = 0; l < 32; l++) {
+            for (int nt = 0; nt < ntile; nt++) {
+                tri_qt_finish(kind, ch[l], m[l][nt], isum[l][nt], msum[l][nt], acc[l][nt]);
+            }
+        }
+    }
+    for (int l = 0; l < 32; l++) {
+        for (int nt = 0; nt < ntile; nt++) {
+            for (int i = 0; i < 4; i++) {
+                out[l / 4 + 8 * (i / 2)][8 * nt + 2 * (l % 4) + i % 2] = acc[l][nt][i];
+            }
+        }
+    }
+}
+
+/* The tensor-core warp against the reference vec_dot for every row and token. */
+static void test_tile(enum tri_type t) {
+    const tri_type_traits * tt = tri_type_traits_get(t);
+    const tri_type_traits * vt = tri_type_traits_get(tt->vec_dot_type);
+    const int type = (int) t, at = tri_qc_act_type(type);
+    const bool k_quant = tt->blck_size == 256;
+    const int64_t n = k_quant ? 256 * tu_int(1, 6) : 32 * tu_int(1, 40);
+    const int n_tok = (int) tu_int(1, TRI_QT_TEST_TOK);
+    const size_t rb = tri_row_size(t, n), yb = tri_row_size(tt->vec_dot_type, n);
+    uint8_t * W = malloc(16 * rb), * Y = malloc((size_t) n_tok * yb);
+    float * tmp = malloc(sizeof(float) * (size_t) n);
+    act_row * ar = malloc(sizeof *ar);
+    tri_cuda_q8 q8 = { malloc((size_t) n_tok * (size_t) n), malloc(sizeof(tri_cuda_q8_meta) * (size_t) n_tok * (n / 32)),
+                       n, at };
+    for (int r = 0; r < 16; r++) {
+        make_row(t, (int) n, W + r * rb, tmp, r % 2 == 1);
+    }
+    for (int k = 0; k < n_tok; k++) {
+        rnd_floats(tmp, n, 0.5f + 2.0f * (float) tu_uniform_open());
+        vt->from_float(tmp, Y + k * yb, n);
+        quantize_act(at, tmp, (int) n, ar);
+        memcpy(q8.qs + (size_t) k * n, ar->qs, (size_t) n);
+        for (int c = 0; c < n / 32; c++) {
+            q8.meta[(size_t) k * (n / 32) + c] = (tri_cuda_q8_meta) {
+                ar->d[c], at == TRI_QC_ACT_Q8_1 ? ar->s[c] : 0.0f, { ar->sum[2 * c], ar->sum[2 * c + 1] } };
+        }
+    }
+    static float out[16][32];
+    warp_product(type, W, rb, n, &q8, n_tok, out);
+    double worst = 0.0;
+    for (int r = 0; r < 16; r++) {
+        tt->to_float(W + r * rb, tmp, n);
+        for (int k = 0; k < n_tok; k++) {
+            float ref = NAN;
+            tt->vec_dot_ref((int) n, &ref, W + r * rb, Y + k * yb);
+            double mag = 1e-30;
+            for (int64_t i = 0; i < n; i++) {
+                mag += fabs((double) tmp[i] * q8.meta[(size_t) k * (n / 32) + i / 32].d * q8.qs[(size_t) k * n + i]);
+            }
+            worst = fmax(worst, fabs((double) out[r][k] - ref) / mag);
+        }
+    }
+    CHECK(worst < 2e-5, "%s: tensor-core warp (%lld values, %d tokens) vs vec_dot_ref: relative error %.3g", tt->name,
+          (long long) n, n_tok, worst);
+    printf("  %-5s tensor-core warp, %lld values x %d tokens: error %.2g\n", tt->name, (long long) n, n_tok, worst);
+    free(W);
+    free(Y);
+    free(tmp);
+    free(ar);
+    free(q8.qs);
+    free(q8.meta);
+}
+
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     tri_ops_init();
     for (int i = 0; i < N_TYPES; i++) {
         test_type(k_types[i]);
+    }
+    for (int rep = 0; rep < 3; rep++) {
+        for (int i = 0; i < N_TYPES; i++) {
+            test_tile(k_types[i]);
+        }
     }
     /* The host dp4a: signed bytes, all four lanes. */
     for (int i = 0; i < 1000; i++) {

@@ -187,9 +187,14 @@ static void parity_dequant_matmul(void) {
             free(ids);
             free(out);
         }
-        /* products: pass 0 matrix-vector (<= 8 tokens), pass 1 tensor cores */
-        for (int pass = 0; pass < 2; pass++) {
-            const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK) : (int) tu_int(1, 300);
+        /* products: pass 0 matrix-vector (<= 8 tokens), pass 1 fp16 tensor cores, pass 2 integer tensor cores */
+        for (int pass = 0; pass < 3; pass++) {
+            if (pass == 2 && !act_type_of(t)) {
+                continue; /* float weights have no integer products */
+            }
+            const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK)
+                            : pass == 1 ? (int) tu_int(1, 300)
+                                        : (int) tu_int(1, TRI_CUDA_MQ_TOK);
             const int bn = tu_below(2) ? 128 : 64;
             const int64_t ldx = ne0 + 4 * tu_int(0, 3);
             const bool accumulate = tu_below(2) == 0;
@@ -217,12 +222,16 @@ static void parity_dequant_matmul(void) {
             }
             const int at = act_type_of(t);
             tri_cuda_q8 q8 = { 0 };
-            if (pass == 0) {
+            if (pass != 1) {
                 if (at) {
                     q8 = q8_new(n_tok, ldx + (32 - ldx % 32) % 32, at);
                     CU(tri_cuda_act_prep(dx, ldx, NULL, false, NULL, 0.0f, n_tok, (int) ne0, NULL, 0, &q8, 1, NULL));
                 }
-                CU(tri_cuda_mm_vec(t, ne0, jobs, n_jobs, dx, ldx, at ? &q8 : NULL, n_tok, accumulate, NULL));
+                if (pass == 0) {
+                    CU(tri_cuda_mm_vec(t, ne0, jobs, n_jobs, dx, ldx, at ? &q8 : NULL, n_tok, accumulate, NULL));
+                } else {
+                    CU(tri_cuda_mm_q(t, ne0, jobs, n_jobs, &q8, n_tok, accumulate, NULL));
+                }
             } else {
                 CU(tri_cuda_mm_tc_bn(t, ne0, jobs, n_jobs, dx, ldx, n_tok, accumulate, bn, NULL));
             }
@@ -235,7 +244,7 @@ static void parity_dequant_matmul(void) {
                 for (int tk = 0; tk < n_tok; tk++) {
                     for (int64_t r = 0; r < ne1[j]; r++) {
                         double ref = 0.0, mag = 1e-30;
-                        if (pass == 0 && at) { /* the CPU's product: same integers, float order aside */
+                        if (pass != 1 && at) { /* the CPU's product: same integers, float order aside */
                             ref = cpu_product(t, (const char *) wq[j] + r * rb, x + tk * ldx, ne0, scratch);
                             for (int64_t i = 0; i < ne0; i++) {
                                 mag += fabs((double) wf[j][r * ne0 + i] * x[tk * ldx + i]);
@@ -267,7 +276,7 @@ static void parity_dequant_matmul(void) {
             }
             snprintf(detail, sizeof detail, "%s %d jobs x %lld, %d tokens%s%s", name, n_jobs, (long long) ne0, n_tok,
                      accumulate ? ", accumulate" : "", pass == 0 ? "" : bn == 128 ? ", tile 128" : ", tile 64");
-            report(pass == 0 ? "mm_vec" : "mm_tc", detail, worst, pass == 0 ? 2e-5 : 1e-5);
+            report(pass == 0 ? "mm_vec" : pass == 1 ? "mm_tc" : "mm_q", detail, worst, pass == 1 ? 1e-5 : 2e-5);
             for (int j = 0; j < n_jobs; j++) {
                 tri_cuda_free(jobs[j].y);
                 tri_cuda_free(dbias[j]);
@@ -911,16 +920,21 @@ static int bench(int reps) {
             float * dx = dnew(sizeof(float) * 512 * ne0), * dy = dnew(sizeof(float) * 512 * ne1);
             up(dx, x, sizeof(float) * 512 * ne0);
             const int at = act_type_of(t);
-            tri_cuda_q8 q8 = at ? q8_new(8, ne0, at) : (tri_cuda_q8) { 0 };
+            tri_cuda_q8 q8 = at ? q8_new(TRI_CUDA_MQ_TOK, ne0, at) : (tri_cuda_q8) { 0 };
             if (at) {
-                CU(tri_cuda_act_prep(dx, ne0, NULL, false, NULL, 0.0f, 8, (int) ne0, NULL, 0, &q8, 1, NULL));
+                CU(tri_cuda_act_prep(dx, ne0, NULL, false, NULL, 0.0f, TRI_CUDA_MQ_TOK, (int) ne0, NULL, 0, &q8, 1,
+                                     NULL));
             }
             tri_cuda_mm_job job = { dw, ne1, dy, ne1, NULL };
-            for (int nt = 1; nt <= 8; nt *= 8) {
+            for (int nt = 1; nt <= 8; nt = nt == 1 ? 4 : 2 * nt) {
                 snprintf(shape, sizeof shape, "%s %lldx%lld, %d token%s", tn, (long long) ne1, (long long) ne0, nt,
                          nt > 1 ? "s" : "");
                 BENCH("mm_vec", shape, (double) wb, 0.0,
                       tri_cuda_mm_vec(t, ne0, &job, 1, dx, ne0, at ? &q8 : NULL, nt, false, NULL));
+            }
+            for (int nt = 4; at && nt <= TRI_CUDA_MQ_TOK; nt *= 2) { /* integer tensor cores for small batches */
+                snprintf(shape, sizeof shape, "%s %lldx%lld, %d tokens", tn, (long long) ne1, (long long) ne0, nt);
+                BENCH("mm_q", shape, (double) wb, 0.0, tri_cuda_mm_q(t, ne0, &job, 1, &q8, nt, false, NULL));
             }
             for (int bn = 64; bn <= 128; bn *= 2) {
                 snprintf(shape, sizeof shape, "%s %lldx%lld, 512 tokens, tile %d", tn, (long long) ne1, (long long) ne0, bn);

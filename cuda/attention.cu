@@ -6,20 +6,6 @@
 #define TRI_ATT_TILE    64
 #define TRI_ATT_GMAX    8   /* query heads per block */
 
-/* Number of slots in pos[0..n) with position <= p. */
-__device__ static int tri_cu_upper_bound(const int32_t * pos, int n, int32_t p) {
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        const int mid = lo + (hi - lo) / 2;
-        if (pos[mid] <= p) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return lo;
-}
-
 struct tri_cu_att_args {
     const float *        q;
     const tri_cuda_row * rows;
@@ -42,8 +28,9 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
     const __half * K = (const __half *) row.K + lh * row.cap * D;
     const __half * V = (const __half *) row.V + lh * row.cap * D;
     if (tid == 0) {
-        const int live = min(row.n_live[lh] + row.n_new, row.cap);
-        const int n_valid = tri_cu_upper_bound(row.pos + lh * row.cap, live, row.position);
+        /* the slots at positions <= the row's: every slot live before the step (all at earlier positions) and
+         * the step's own rows up to this one, which the step appends in order (kv.cu) */
+        const int n_valid = min(row.n_live[lh] + row.rank + 1, row.cap);
         /* whole tiles per part: a short cache fills the first parts and leaves the rest empty, whatever the
          * part count the step was recorded with (it follows the cache capacity) */
         const int per = (n_valid + a.parts - 1) / a.parts;

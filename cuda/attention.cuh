@@ -1,7 +1,8 @@
 /* Attention over the device KV cache for the rows of a forward step, each row over its own session's cache
  * (kv.cuh): for query head g (KV head h = g / G), softmax(q k^T * scale) v over the slots of (layer, h) whose
- * position is <= the row's (live positions increase with the slot, so the visible slots are a prefix found by
- * binary search). A block takes the G query heads of one KV head (up to 8 at a time), so K and V are read once
+ * position is <= the row's: the slots live before the step (all at earlier positions) and the step's rows of its
+ * session up to this one (appended in rank order), a prefix of n_live + rank + 1 slots known without reading the
+ * positions. A block takes the G query heads of one KV head (up to 8 at a time), so K and V are read once
  * for the group, and one of `parts` slot ranges (split-K, flash-decoding): one decode token still fills the
  * GPU. The partials are merged in range order by a second kernel. */
 #ifndef TRI_CUDA_ATTENTION_CUH

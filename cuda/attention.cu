@@ -5,6 +5,7 @@
 #define TRI_ATT_THREADS 128
 #define TRI_ATT_TILE    64
 #define TRI_ATT_GMAX    8   /* query heads per block */
+#define TRI_ATT_MERGE   64  /* threads of the merge */
 
 struct tri_cu_att_args {
     const float *        q;
@@ -179,31 +180,59 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
     }
 }
 
-/* grid.x = n_rows * n_head: merges the parts in order; empty parts (l = 0) are skipped. */
-__global__ void tri_cu_att_merge_kernel(const float * part, int parts, int D, float * out) {
+/* grid.x = n_rows * n_head, TRI_ATT_MERGE threads: merges the parts in order, skipping empty ones (sum l = 0, their
+ * accumulators unwritten). The threads read the parts' (m, l) side by side; the sums over parts stay in part order
+ * and stop after the last non-empty part (whole-tile ranges leave the empty ones at the end). */
+__global__ void __launch_bounds__(TRI_ATT_MERGE) tri_cu_att_merge_kernel(const float * part, int parts, int D,
+                                                                          float * out) {
+    __shared__ float wp[TRI_CUDA_ATT_MAX_PARTS];
+    __shared__ float red_m[TRI_ATT_MERGE / 32];
+    __shared__ int red_n[TRI_ATT_MERGE / 32];
     const size_t row = blockIdx.x;
     const float * pr = part + row * parts * (D + 2);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float mx = -INFINITY;
-    for (int p = 0; p < parts; p++) {
+    int used = 0; /* 1 + the last non-empty part */
+    for (int p = tid; p < parts; p += TRI_ATT_MERGE) {
         const float * pp = pr + (size_t) p * (D + 2);
         if (pp[D + 1] > 0.0f) {
             mx = fmaxf(mx, pp[D]);
+            used = p + 1;
         }
     }
-    float total = 0.0f;
-    for (int p = 0; p < parts; p++) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        used = max(used, __shfl_xor_sync(0xffffffffu, used, o));
+    }
+    if (lane == 0) {
+        red_m[warp] = mx;
+        red_n[warp] = used;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < TRI_ATT_MERGE / 32; w++) {
+        mx = fmaxf(mx, red_m[w]);
+        used = max(used, red_n[w]);
+    }
+    /* each part's weight exp(m - max), -1 for an empty part */
+    for (int p = tid; p < used; p += TRI_ATT_MERGE) {
         const float * pp = pr + (size_t) p * (D + 2);
-        if (pp[D + 1] > 0.0f) {
-            total += expf(pp[D] - mx) * pp[D + 1];
+        wp[p] = pp[D + 1] > 0.0f ? expf(pp[D] - mx) : -1.0f;
+    }
+    __syncthreads();
+    float total = 0.0f;
+    for (int p = 0; p < used; p++) {
+        if (wp[p] >= 0.0f) {
+            total += wp[p] * pr[(size_t) p * (D + 2) + D + 1];
         }
     }
     const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    for (int d = tid; d < D; d += TRI_ATT_MERGE) {
         float o = 0.0f;
-        for (int p = 0; p < parts; p++) {
-            const float * pp = pr + (size_t) p * (D + 2);
-            if (pp[D + 1] > 0.0f) {
-                o += expf(pp[D] - mx) * pp[d];
+        for (int p = 0; p < used; p++) {
+            if (wp[p] >= 0.0f) {
+                o += wp[p] * pr[(size_t) p * (D + 2) + d];
             }
         }
         out[row * D + d] = o * inv;
@@ -214,7 +243,8 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
                                                   int n_head, int n_head_kv, int D, float scale, int parts,
                                                   float * part, float * out, void * stream) {
     TRI_CUDA_REQUIRE(n_rows > 0 && n_rows <= 65535 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 &&
-                     D >= 16 && D <= TRI_CUDA_ATT_MAX_D && D % 16 == 0 && parts > 0 && il >= 0);
+                     D >= 16 && D <= TRI_CUDA_ATT_MAX_D && D % 16 == 0 && parts > 0 && parts <= TRI_CUDA_ATT_MAX_PARTS &&
+                     il >= 0);
     tri_cu_att_args a;
     a.q = q;
     a.rows = rows;
@@ -230,7 +260,7 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
     const dim3 grid((unsigned) parts, (unsigned) (n_head_kv * a.head_groups), (unsigned) n_rows);
     tri_cu_att_partial_kernel<<<grid, TRI_ATT_THREADS, 0, TRI_CU_STREAM(stream)>>>(a);
     TRI_CUDA_LAUNCHED();
-    tri_cu_att_merge_kernel<<<(unsigned) n_rows * n_head, 64, 0, TRI_CU_STREAM(stream)>>>(part, parts, D, out);
+    tri_cu_att_merge_kernel<<<(unsigned) n_rows * n_head, TRI_ATT_MERGE, 0, TRI_CU_STREAM(stream)>>>(part, parts, D, out);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -18,6 +18,7 @@ extern "C" {
 #endif
 
 #define TRI_CUDA_ATT_MAX_D 256 /* largest head_dim the kernels take */
+#define TRI_CUDA_ATT_MAX_PARTS 128 /* most slot ranges (split-K parts) per row and head */
 
 /* q: [n_rows][n_head][D] post-RoPE; rows: the step's rows (their K/V already appended); out: [n_rows][n_head][D].
  * part: scratch of n_rows * n_head * parts * (D + 2) floats. */

@@ -15,7 +15,6 @@
 #define TRI_CU_DEVICE     0    /* the one device a model uses */
 #define TRI_CU_ALIGN      256  /* bytes: every device / pinned sub-buffer starts on this boundary */
 #define TRI_CU_ACT_SLOTS  3    /* 8-bit activation buffers (distinct activation types one input may need) */
-#define TRI_CU_ATT_PARTS  128  /* most slot ranges (split-K parts) of one (row, KV head) */
 #define TRI_CU_ATT_SLOTS  64   /* slots per part a decode step aims at: one tile of the attention kernel */
 #define TRI_CU_VEC_ROWS   32   /* steps of up to this many rows use 8-bit activations (matrix-vector kernels, 8 rows a
                                   launch, or from mq_min rows the integer tensor cores), longer ones fp16 tensor cores */

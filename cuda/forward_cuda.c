@@ -235,7 +235,7 @@ static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, i
     const int groups = (c->H / c->Hkv + 7) / 8;
     int parts = (8 * sms + n * c->Hkv * groups - 1) / (n * c->Hkv * groups);
     parts = TRI_MIN(parts, (max_cap + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS);
-    parts = TRI_MIN(parts, TRI_CU_ATT_PARTS);
+    parts = TRI_MIN(parts, TRI_CUDA_ATT_MAX_PARTS);
     parts = TRI_MIN(parts, ws->part_rows / n);
     return TRI_MAX(parts, 1);
 }

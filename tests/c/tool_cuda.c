@@ -522,7 +522,8 @@ static void parity_kv_attention(void) {
         }
         float * gq = hnew(sizeof(float) * n * H * D), * gout = hnew(sizeof(float) * n * H * D);
         const int il = (int) tu_below((uint64_t) L);
-        const int parts = (int) tu_int(1, 9);
+        /* a few parts, or many (more than a merge thread each, most of them empty) */
+        const int parts = tu_below(4) == 0 ? (int) tu_int(65, TRI_CUDA_ATT_MAX_PARTS) : (int) tu_int(1, 9);
         float * dpart = dnew(sizeof(float) * n * H * parts * (D + 2)), * dout = dnew(sizeof(float) * n * H * D);
         CU(tri_cuda_qkv_post(dq, dk, dv, norms ? dqn : NULL, norms ? dkn : NULL, dcs, drows, n, il, &hd, L, NULL));
         CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, dpart, dout, NULL));

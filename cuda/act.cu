@@ -32,6 +32,7 @@ __device__ __forceinline__ float tri_cu_act_value(const tri_cu_act_args & a, con
 /* grid: x = slice of TRI_ACT_SLICE values, y = row. Each block sums the row's squares itself (RMSNorm), then writes
  * and quantizes its slice: a warp takes 256 values at a time, 8 per lane; blocks of 32 are 4 lanes, of 256 the warp. */
 __global__ void __launch_bounds__(TRI_ACT_THREADS) tri_cu_act_kernel(tri_cu_act_args a) {
+    tri_cu_pdl_enter();
     __shared__ double sh[33];
     const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int i0 = blockIdx.x * TRI_ACT_SLICE, i1 = min(a.n, i0 + TRI_ACT_SLICE);
@@ -121,7 +122,7 @@ extern "C" enum triattn_status tri_cuda_act_prep(const float * x, int64_t ldx, c
     }
     TRI_CUDA_REQUIRE(n_rows <= 65535);
     const dim3 grid(tri_cu_blocks(n, TRI_ACT_SLICE), (unsigned) n_rows);
-    tri_cu_act_kernel<<<grid, TRI_ACT_THREADS, 0, TRI_CU_STREAM(stream)>>>(a);
+    (void) tri_cu_launch(tri_cu_act_kernel, grid, TRI_ACT_THREADS, TRI_CU_STREAM(stream), a);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -17,6 +17,7 @@ struct tri_cu_att_args {
 
 /* grid: x = part, y = KV head * head_groups + group, z = row. Partial of query head g: acc[D], m, l. */
 __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(const tri_cu_att_args a) {
+    tri_cu_pdl_enter();
     __shared__ float qs[TRI_ATT_GMAX][TRI_CUDA_ATT_MAX_D];
     __shared__ float s[TRI_ATT_GMAX][TRI_ATT_TILE];
     __shared__ float m_run[TRI_ATT_GMAX], l_run[TRI_ATT_GMAX], corr[TRI_ATT_GMAX];
@@ -185,6 +186,7 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
  * and stop after the last non-empty part (whole-tile ranges leave the empty ones at the end). */
 __global__ void __launch_bounds__(TRI_ATT_MERGE) tri_cu_att_merge_kernel(const float * part, int parts, int D,
                                                                           float * out) {
+    tri_cu_pdl_enter();
     __shared__ float wp[TRI_CUDA_ATT_MAX_PARTS];
     __shared__ float red_m[TRI_ATT_MERGE / 32];
     __shared__ int red_n[TRI_ATT_MERGE / 32];
@@ -258,9 +260,10 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
     a.scale = scale;
     TRI_CUDA_REQUIRE((int64_t) n_head_kv * a.head_groups <= 65535);
     const dim3 grid((unsigned) parts, (unsigned) (n_head_kv * a.head_groups), (unsigned) n_rows);
-    tri_cu_att_partial_kernel<<<grid, TRI_ATT_THREADS, 0, TRI_CU_STREAM(stream)>>>(a);
+    (void) tri_cu_launch(tri_cu_att_partial_kernel, grid, TRI_ATT_THREADS, TRI_CU_STREAM(stream), a);
     TRI_CUDA_LAUNCHED();
-    tri_cu_att_merge_kernel<<<(unsigned) n_rows * n_head, TRI_ATT_MERGE, 0, TRI_CU_STREAM(stream)>>>(part, parts, D, out);
+    (void) tri_cu_launch(tri_cu_att_merge_kernel, (unsigned) n_rows * n_head, TRI_ATT_MERGE, TRI_CU_STREAM(stream),
+                          (const float *) part, parts, D, out);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -3,6 +3,7 @@
 #include "common.cuh"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static __thread char tri_cuda_msg[512];
@@ -115,6 +116,23 @@ extern "C" enum triattn_status tri_cuda_sync(tri_cuda_stream s) {
 extern "C" enum triattn_status tri_cuda_mem_info(size_t * free_bytes, size_t * total_bytes) {
     TRI_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
     return TRIATTN_OK;
+}
+
+extern "C" bool tri_cuda_pdl(void) {
+    static const bool on = [] {
+        const char * env = getenv("TRIATTN_CUDA_PDL");
+        int dev = 0, major = 0;
+        if (env && strcmp(env, "0") == 0) {
+            return false;
+        }
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+            (void) cudaGetLastError();
+            return false;
+        }
+        return major >= 9;
+    }();
+    return on;
 }
 
 extern "C" int tri_cuda_sm_count(void) {

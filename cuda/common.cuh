@@ -35,6 +35,37 @@ extern "C" enum triattn_status tri_cuda_fail(cudaError_t e, const char * what, c
 
 #define TRI_CU_STREAM(s) ((cudaStream_t) (s))
 
+/* Programmatic dependent launch (compute capability 9.0 and newer): a kernel launched with TRI_CU_LAUNCH may be
+ * scheduled while the kernel before it in the stream still runs, so a decode step's hundreds of small kernels do not
+ * each wait out a launch. Such a kernel calls tri_cu_pdl_enter() first: it waits until the kernel before has
+ * finished and its writes are visible, then lets the next kernel be scheduled in turn. Elsewhere (an older device,
+ * TRIATTN_CUDA_PDL=0) launches are plain and both instructions do nothing. */
+__device__ __forceinline__ void tri_cu_pdl_enter(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Whether TRI_CU_LAUNCH asks for programmatic dependent launches (decided once per process). */
+extern "C" bool tri_cuda_pdl(void);
+
+/* Launches a kernel that starts with tri_cu_pdl_enter() (no dynamic shared memory); a failure also shows in
+ * TRI_CUDA_LAUNCHED(), as with <<<...>>>. */
+template <typename... P, typename... A>
+static inline cudaError_t tri_cu_launch(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t s, A... args) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = tri_cuda_pdl() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 static inline unsigned tri_cu_blocks(int64_t n, int per_block) {
     return (unsigned) ((n + per_block - 1) / per_block);
 }

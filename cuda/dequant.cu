@@ -30,6 +30,7 @@ __device__ static void tri_cu_row_to_float(int type, const uint8_t * W, int64_t 
 }
 
 __global__ void tri_cu_get_rows_kernel(int type, const uint8_t * W, int64_t ne0, const int32_t * ids, float * out) {
+    tri_cu_pdl_enter();
     tri_cu_row_to_float(type, W, ne0, ids[blockIdx.x], out + (size_t) blockIdx.x * ne0);
 }
 
@@ -45,7 +46,8 @@ static bool tri_cu_rows_ok(int type, int64_t ne0) {
 extern "C" enum triattn_status tri_cuda_get_rows(int type, const void * W, int64_t ne0, const int32_t * ids, int n_tok,
                                                  float * out, void * stream) {
     TRI_CUDA_REQUIRE(tri_cu_rows_ok(type, ne0) && n_tok > 0);
-    tri_cu_get_rows_kernel<<<n_tok, 128, 0, TRI_CU_STREAM(stream)>>>(type, (const uint8_t *) W, ne0, ids, out);
+    (void) tri_cu_launch(tri_cu_get_rows_kernel, n_tok, 128, TRI_CU_STREAM(stream), type, (const uint8_t *) W, ne0, ids,
+                          out);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -37,6 +37,7 @@ __device__ static void tri_cu_head_post(const float * x, const float * nw, const
 __global__ void __launch_bounds__(32)
 tri_cu_qkv_post_kernel(float * q, const float * k, const float * v, const float * q_norm, const float * k_norm,
                        const float * cs, const tri_cuda_row * rows, int il, tri_cuda_heads hd) {
+    tri_cu_pdl_enter();
     __shared__ float b[TRI_CUDA_ATT_MAX_D];
     const int r = blockIdx.y, hh = blockIdx.x, lane = threadIdx.x;
     const int D = hd.head_dim, H = hd.n_head, Hkv = hd.n_head_kv;
@@ -75,6 +76,7 @@ tri_cu_qkv_post_kernel(float * q, const float * k, const float * v, const float 
 }
 
 __global__ void tri_cu_kv_bump_kernel(const tri_cuda_row * rows, int n_lk) {
+    tri_cu_pdl_enter();
     const tri_cuda_row row = rows[blockIdx.x];
     if (row.rank != row.n_new - 1) {
         return; /* one row per session bumps */
@@ -93,14 +95,15 @@ extern "C" enum triattn_status tri_cuda_qkv_post(float * q, const float * k, con
                      hd->rope_dim <= hd->head_dim && (hd->pairing == 0 || hd->pairing == 1) && il >= 0 && il < n_layer);
     TRI_CUDA_REQUIRE(n_rows <= 65535);
     const dim3 grid((unsigned) (hd->n_head + 2 * hd->n_head_kv), (unsigned) n_rows);
-    tri_cu_qkv_post_kernel<<<grid, 32, 0, TRI_CU_STREAM(stream)>>>(q, k, v, q_norm, k_norm, cs, rows, il, *hd);
+    (void) tri_cu_launch(tri_cu_qkv_post_kernel, grid, 32, TRI_CU_STREAM(stream), q, k, v, q_norm, k_norm, cs, rows, il,
+                          *hd);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }
 
 extern "C" enum triattn_status tri_cuda_kv_bump(const tri_cuda_row * rows, int n_rows, int n_lk, void * stream) {
     TRI_CUDA_REQUIRE(n_rows > 0 && n_lk > 0);
-    tri_cu_kv_bump_kernel<<<n_rows, 256, 0, TRI_CU_STREAM(stream)>>>(rows, n_lk);
+    (void) tri_cu_launch(tri_cu_kv_bump_kernel, n_rows, 256, TRI_CU_STREAM(stream), rows, n_lk);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -56,6 +56,7 @@ __device__ __forceinline__ void tri_cu_mv_store(const tri_cu_mm_args & a, const 
  * activation load serves R rows (R = 2 from 4 tokens on, where the loads of activations dominate). */
 template <int T, int NT, int R>
 __global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvq_kernel(const tri_cu_mm_args a) {
+    tri_cu_pdl_enter();
     const int64_t r0 = ((int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5)) * R;
     if (r0 >= a.total_rows) {
         return;
@@ -133,6 +134,7 @@ __device__ __forceinline__ void tri_cu_imma32(const uint32_t * a, const uint32_t
  * and the warps' partial results are summed in shared memory. Each weight byte is read once for all tokens. */
 template <int T, int NTILE>
 __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri_cu_mm_args a, int n_tok) {
+    tri_cu_pdl_enter();
     __shared__ float red[TRI_MQ_WARPS][16][8 * NTILE + 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int64_t r0 = (int64_t) blockIdx.x * 16;
@@ -217,6 +219,7 @@ template <> __device__ __forceinline__ float tri_cu_wf<TRI_CU_BF16>(const void *
 
 template <int T, int NT>
 __global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvf_kernel(const tri_cu_mm_args a) {
+    tri_cu_pdl_enter();
     int64_t r = (int64_t) blockIdx.x * TRI_MV_WARPS + (threadIdx.x >> 5);
     if (r >= a.total_rows) {
         return;
@@ -297,10 +300,10 @@ static void tri_cu_mm_vec_launch(int type, const tri_cu_mm_args & a, cudaStream_
     constexpr int R = NT >= 4 ? 2 : 1;
     const unsigned grid = tri_cu_blocks(a.total_rows, TRI_MV_WARPS * (type == 0 || type == 1 || type == 30 ? 1 : R));
     switch (type) {
-#define TRI_CU_CASE(T) case T: tri_cu_mmvq_kernel<T, NT, R><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;
+#define TRI_CU_CASE(T) case T: (void) tri_cu_launch(tri_cu_mmvq_kernel<T, NT, R>, grid, 32 * TRI_MV_WARPS, s, a); break;
         TRI_CU_QTYPES(TRI_CU_CASE)
 #undef TRI_CU_CASE
-#define TRI_CU_CASE(T) case T: tri_cu_mmvf_kernel<T, NT><<<grid, 32 * TRI_MV_WARPS, 0, s>>>(a); break;
+#define TRI_CU_CASE(T) case T: (void) tri_cu_launch(tri_cu_mmvf_kernel<T, NT>, grid, 32 * TRI_MV_WARPS, s, a); break;
         TRI_CU_FTYPES(TRI_CU_CASE)
 #undef TRI_CU_CASE
         default: break;
@@ -322,10 +325,10 @@ extern "C" enum triattn_status tri_cuda_mm_q(int type, int64_t ne0, const tri_cu
 #define TRI_CU_CASE(T)                                                                                  \
     case T:                                                                                             \
         switch (ntile) {                                                                                \
-            case 1: tri_cu_mmq_kernel<T, 1><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;        \
-            case 2: tri_cu_mmq_kernel<T, 2><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;        \
-            case 3: tri_cu_mmq_kernel<T, 3><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;        \
-            default: tri_cu_mmq_kernel<T, 4><<<grid, 32 * TRI_MQ_WARPS, 0, s>>>(a, n_tok); break;       \
+            case 1: (void) tri_cu_launch(tri_cu_mmq_kernel<T, 1>, grid, 32 * TRI_MQ_WARPS, s, a, n_tok); break; \
+            case 2: (void) tri_cu_launch(tri_cu_mmq_kernel<T, 2>, grid, 32 * TRI_MQ_WARPS, s, a, n_tok); break; \
+            case 3: (void) tri_cu_launch(tri_cu_mmq_kernel<T, 3>, grid, 32 * TRI_MQ_WARPS, s, a, n_tok); break; \
+            default: (void) tri_cu_launch(tri_cu_mmq_kernel<T, 4>, grid, 32 * TRI_MQ_WARPS, s, a, n_tok); break; \
         }                                                                                               \
         break;
         TRI_CU_QTYPES(TRI_CU_CASE)

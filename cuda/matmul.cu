@@ -150,6 +150,11 @@ __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri
         const tri_cuda_mm_job job = tri_cu_job_of(a, &r);
         row[h] = (const uint8_t *) job.W + (size_t) r * rb;
     }
+    tri_qt_xlane xl[NTILE];
+#pragma unroll
+    for (int nt = 0; nt < NTILE; nt++) {
+        xl[nt] = tri_qt_xlane_make(&q8, 8 * nt, n_tok, lane);
+    }
     float acc[NTILE][4] = {};
     for (int64_t gi = warp; gi < ngrp; gi += TRI_MQ_WARPS) {
         int32_t isum[NTILE][4] = {}, msum[NTILE][4] = {};
@@ -163,7 +168,7 @@ __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri
 #pragma unroll
             for (int nt = 0; nt < NTILE; nt++) {
                 uint32_t x[2];
-                tri_qt_load_x(&q8, 8 * nt, n_tok, c, lane, x, m[nt]);
+                tri_qt_load_x(&xl[nt], c, x, m[nt]);
                 int32_t c0[4], c1[4] = { 0, 0, 0, 0 };
                 if (tri_qt_split(T)) {
                     tri_cu_imma16(w[0], w[1], x[0], c0);

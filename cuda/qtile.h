@@ -53,21 +53,34 @@ TRI_QC_FN tri_cuda_q8_meta tri_qt_meta(const tri_cuda_q8_meta * p) {
 #endif
 }
 
-/* Lane's activation words of chunk c for the token tile starting at tok0 (b), and the metadata of its result
- * tokens tok0 + 2 t, tok0 + 2 t + 1 (m); tokens at or past n_tok read as zeros. */
-TRI_QC_FN void tri_qt_load_x(const tri_cuda_q8 * q8, int tok0, int n_tok, int64_t c, int lane, uint32_t * b,
-                             tri_cuda_q8_meta * m) {
+/* A lane's activations for the token tile starting at tok0: its B token's codes (tok0 + g) and its result tokens'
+ * metadata (tok0 + 2 t, tok0 + 2 t + 1), NULL for tokens at or past n_tok (they read as zeros). */
+typedef struct tri_qt_xlane {
+    const uint8_t *          b;
+    const tri_cuda_q8_meta * m[2];
+} tri_qt_xlane;
+
+TRI_QC_FN tri_qt_xlane tri_qt_xlane_make(const tri_cuda_q8 * q8, int tok0, int n_tok, int lane) {
     const int g = lane >> 2, t = lane & 3;
-    b[0] = b[1] = 0;
-    if (tok0 + g < n_tok) {
-        const uint8_t * x = (const uint8_t *) q8->qs + (size_t) (tok0 + g) * q8->ld + 32 * c + 4 * t;
-        b[0] = tri_qc_word(x, true);
-        b[1] = tri_qc_word(x + 16, true);
-    }
+    tri_qt_xlane x;
+    x.b = tok0 + g < n_tok ? (const uint8_t *) q8->qs + (size_t) (tok0 + g) * q8->ld + 4 * t : NULL;
     for (int e = 0; e < 2; e++) {
         const int tok = tok0 + 2 * t + e;
+        x.m[e] = tok < n_tok ? q8->meta + (size_t) tok * (q8->ld / 32) : NULL;
+    }
+    return x;
+}
+
+/* The lane's activation words of chunk c (b) and its result tokens' metadata (m). */
+TRI_QC_FN void tri_qt_load_x(const tri_qt_xlane * x, int64_t c, uint32_t * b, tri_cuda_q8_meta * m) {
+    b[0] = b[1] = 0;
+    if (x->b) {
+        b[0] = tri_qc_word(x->b + 32 * c, true);
+        b[1] = tri_qc_word(x->b + 32 * c + 16, true);
+    }
+    for (int e = 0; e < 2; e++) {
         const tri_cuda_q8_meta zero = { 0.0f, 0.0f, { 0, 0 } };
-        m[e] = tok < n_tok ? tri_qt_meta(q8->meta + (size_t) tok * (q8->ld / 32) + c) : zero;
+        m[e] = x->m[e] ? tri_qt_meta(x->m[e] + c) : zero;
     }
 }
 

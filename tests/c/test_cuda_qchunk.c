@@ -250,7 +250,8 @@ static void warp_product(int type, const uint8_t * W, size_t rb, int64_t n, cons
                 uint32_t x[32][2], a16[32][4], b16[32][2];
                 int32_t c0[32][4], c1[32][4];
                 for (int l = 0; l < 32; l++) {
-                    tri_qt_load_x(q8, 8 * nt, n_tok, c, l, x[l], m[l][nt]);
+                    const tri_qt_xlane xl = tri_qt_xlane_make(q8, 8 * nt, n_tok, l);
+                    tri_qt_load_x(&xl, c, x[l], m[l][nt]);
                 }
                 if (tri_qt_split(type)) {
                     for (int h = 0; h < 2; h++) {

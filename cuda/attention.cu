@@ -6,6 +6,7 @@
 #define TRI_ATT_TILE    64
 #define TRI_ATT_GMAX    8   /* query heads per block */
 #define TRI_ATT_MERGE   64  /* threads of the merge */
+#define TRI_ATT_LOADS   8   /* global loads a thread issues before it uses the first */
 
 struct tri_cu_att_args {
     const float *        q;
@@ -78,24 +79,36 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
             }
             if (jj < nt) {
                 const int4 * kr = (const int4 *) (K + (size_t) (jt + jj) * D);
-                for (int d8 = 0; d8 < D / 8; d8++) {
-                    const int4 raw = kr[d8];
-                    const __half2 * kh = (const __half2 *) &raw;
-                    float kf[8];
+                /* the key's 16-byte pieces in batches of TRI_ATT_LOADS, all loads of a batch issued before use */
+                for (int d0 = 0; d0 < D / 8; d0 += TRI_ATT_LOADS) {
+                    int4 raw[TRI_ATT_LOADS];
 #pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const float2 f = __half22float2(kh[i]);
-                        kf[2 * i] = f.x;
-                        kf[2 * i + 1] = f.y;
+                    for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                        raw[u] = d0 + u < D / 8 ? kr[d0 + u] : make_int4(0, 0, 0, 0);
                     }
 #pragma unroll
-                    for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
-                        const int g = gp + 2 * i;
-                        if (g < Gb) {
-                            const float * qg = &qs[g][8 * d8];
+                    for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                        const int d8 = d0 + u;
+                        if (d8 >= D / 8) {
+                            break;
+                        }
+                        const __half2 * kh = (const __half2 *) &raw[u];
+                        float kf[8];
 #pragma unroll
-                            for (int e = 0; e < 8; e++) {
-                                sc[i] += qg[e] * kf[e];
+                        for (int i = 0; i < 4; i++) {
+                            const float2 f = __half22float2(kh[i]);
+                            kf[2 * i] = f.x;
+                            kf[2 * i + 1] = f.y;
+                        }
+#pragma unroll
+                        for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                            const int g = gp + 2 * i;
+                            if (g < Gb) {
+                                const float * qg = &qs[g][8 * d8];
+#pragma unroll
+                                for (int e = 0; e < 8; e++) {
+                                    sc[i] += qg[e] * kf[e];
+                                }
                             }
                         }
                     }
@@ -139,14 +152,27 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
                 acc[g][1] *= corr[g];
             }
         }
-        for (int jj = sg; jj < nt; jj += groups) {
-            const float2 vv = __half22float2(((const __half2 *) (V + (size_t) (jt + jj) * D))[cp]);
+        for (int j0 = sg; j0 < nt; j0 += TRI_ATT_LOADS * groups) { /* TRI_ATT_LOADS slots' values loaded at once */
+            float2 vv[TRI_ATT_LOADS];
 #pragma unroll
-            for (int g = 0; g < TRI_ATT_GMAX; g++) {
-                if (g < Gb) {
-                    const float w = s[g][jj];
-                    acc[g][0] += w * vv.x;
-                    acc[g][1] += w * vv.y;
+            for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                const int jj = j0 + u * groups;
+                const __half2 * vr = (const __half2 *) (V + (size_t) (jt + jj) * D);
+                vv[u] = jj < nt ? __half22float2(vr[cp]) : make_float2(0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                const int jj = j0 + u * groups;
+                if (jj >= nt) {
+                    break;
+                }
+#pragma unroll
+                for (int g = 0; g < TRI_ATT_GMAX; g++) {
+                    if (g < Gb) {
+                        const float w = s[g][jj];
+                        acc[g][0] += w * vv[u].x;
+                        acc[g][1] += w * vv[u].y;
+                    }
                 }
             }
         }

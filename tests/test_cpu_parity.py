@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from stand_ins import write_program
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("TRI_TEST_SEED", time.time_ns() & 0xFFFFFFFF))
 rng = random.Random(SEED)
@@ -36,9 +38,7 @@ else:
 
 
 def _fake(path: Path, name: str, log: Path, speed: dict) -> Path:
-    path.write_text(FAKE.format(py=sys.executable, log=str(log), name=name, speed=speed))
-    path.chmod(0o755)
-    return path
+    return write_program(path, FAKE.format(py="{py}", log=str(log), name=name, speed=speed))
 
 
 def test_base_cli_adds_a_same_run_before_after_column(tmp_path):

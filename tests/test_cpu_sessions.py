@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from stand_ins import write_program
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("TRI_TEST_SEED", time.time_ns() & 0xFFFFFFFF))
 rng = random.Random(SEED)
@@ -41,9 +43,7 @@ else:
 
 
 def _fake(path: Path, name: str, log: Path, speeds: list) -> Path:
-    path.write_text(FAKE.format(py=sys.executable, log=str(log), name=name, speeds=speeds))
-    path.chmod(0o755)
-    return path
+    return write_program(path, FAKE.format(py="{py}", log=str(log), name=name, speeds=speeds))
 
 
 def test_sessions_table_ratios_rotation_and_record(tmp_path):

@@ -373,9 +373,10 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     c->window = s->policy.cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : s->policy.cfg.window;
     const char * graphs_env = getenv("TRIATTN_CUDA_GRAPHS");
     c->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0);
-    const char * mq_env = getenv("TRIATTN_CUDA_MQ_MIN");
-    c->mq_min = mq_env && *mq_env ? (int32_t) strtol(mq_env, NULL, 10) : TRI_CU_MQ_MIN;
-    c->mq_min = c->mq_min < 1 ? 1 : c->mq_min;
+    const char * mq_env = getenv("TRIATTN_CUDA_MQ_MIN"); /* a row count; anything else keeps the default */
+    char * mq_end = NULL;
+    const long mq = mq_env ? strtol(mq_env, &mq_end, 10) : 0;
+    c->mq_min = mq_env && mq_end != mq_env && *mq_end == '\0' && mq >= 1 && mq <= 1000 ? (int32_t) mq : TRI_CU_MQ_MIN;
 
     /* Host mirror of the cache: positions and live counts only. */
     const size_t LK = (size_t) c->L * c->Hkv, LH = (size_t) c->L * c->H, slots = LK * cap;

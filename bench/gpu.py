@@ -276,13 +276,13 @@ def main(argv=None) -> int:
                env={"TRIATTN_CUDA_PDL": "0"})
         np_args = ["-p", "0", "-n", "32", "-d", "4096", "-r", "2", "-c", "4224", "--kv-budget", "2048"]
         for pol in ("full", "triattention"):
-            record(f"1b_np_{pol}", m, [*np_args, "-np", "8,16" if args.short else "1,8,16", "--kv-policy", pol])
+            record(f"1b_np_{pol}", m, [*np_args, "-np", "16" if args.short else "1,8,16", "--kv-policy", pol])
         # the same steps with 8-bit matrix-vector products only (8 rows a launch), and with integer tensor cores
         # from 2 rows: which kernel serves a batch best
-        record("1b_np_triattention_mv", m, [*np_args, "-np", "8,16", "--kv-policy", "triattention"],
-               env={"TRIATTN_CUDA_MQ_MIN": "33"})
-        record("1b_np_triattention_mq2", m, [*np_args, "-np", "2,4,8", "--kv-policy", "triattention"],
-               env={"TRIATTN_CUDA_MQ_MIN": "2"})
+        record("1b_np_triattention_mv", m, [*np_args, "-np", "16" if args.short else "8,16", "--kv-policy",
+                                            "triattention"], env={"TRIATTN_CUDA_MQ_MIN": "33"})
+        record("1b_np_triattention_mq2", m, [*np_args, "-np", "4,8" if args.short else "2,4,8", "--kv-policy",
+                                             "triattention"], env={"TRIATTN_CUDA_MQ_MIN": "2"})
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))

@@ -74,15 +74,19 @@ def llama_tools(args) -> tuple[Path, Path | None]:
         exe = Path(exe)
         q = exe.parent / "llama-quantize"
         return exe, q if q.exists() else None
-    targets = ("llama-bench", "llama-quantize")
-    src = llamacpp.source(RELEASE_CACHE)
-    for build in (RELEASE_CACHE / "build", src / "build"):  # ours, or a Release tree built inside the sources
-        if (build / "bin" / "llama-bench").is_file():
-            break
-    else:
-        build = llamacpp.build(src, RELEASE_CACHE / "build", targets, args.jobs)
+    build = release_build(("llama-bench", "llama-quantize"), args.jobs)
     q = build / "bin" / "llama-quantize"
     return build / "bin" / "llama-bench", q if q.exists() else None
+
+
+def release_build(targets: tuple[str, ...], jobs: int) -> Path:
+    """The clean -O3 Release llama.cpp tree holding bin/targets[0]: ours in the cache, or one built inside the
+    sources; built (all targets) into the cache when neither has it."""
+    src = llamacpp.source(RELEASE_CACHE)
+    for build in (RELEASE_CACHE / "build", src / "build"):
+        if (build / "bin" / targets[0]).is_file():
+            return build
+    return llamacpp.build(src, RELEASE_CACHE / "build", targets, jobs)
 
 
 def check_speed_reference(exe: Path) -> None:
@@ -141,12 +145,18 @@ def shipped_centres() -> Path | None:
         return None
 
 
-def run_json(cmd: list[str]) -> list[dict]:
+def run_out(cmd: list[str]) -> str:
+    """A program's standard output; a failure ends the script with its exit code and the end of its stderr."""
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {p.returncode}): {p.stderr.strip()[-800:]}")
-    start = p.stdout.find("[")
-    return json.loads(p.stdout[start:]) if start >= 0 else []
+    return p.stdout
+
+
+def run_json(cmd: list[str]) -> list[dict]:
+    out = run_out(cmd)
+    start = out.find("[")
+    return json.loads(out[start:]) if start >= 0 else []
 
 
 def llama_tps(exe: Path, model: Path, test: str, threads: int, extra: list[str]) -> tuple[float, str]:

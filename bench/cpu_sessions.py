@@ -22,14 +22,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_parity  # noqa: E402
-import llamacpp  # noqa: E402
 from llamacpp import log  # noqa: E402
 
 TOOL = "llama-batched-bench"
@@ -39,26 +37,16 @@ def batched_bench(explicit: str | None, jobs: int) -> Path:
     exe = explicit or os.environ.get("LLAMA_BATCHED_BENCH")
     if exe:
         return Path(exe).expanduser()
-    src = llamacpp.source(cpu_parity.RELEASE_CACHE)
-    for build in (cpu_parity.RELEASE_CACHE / "build", src / "build"):
-        if (build / "bin" / TOOL).is_file():
-            return build / "bin" / TOOL
-    return llamacpp.build(src, cpu_parity.RELEASE_CACHE / "build", (TOOL,), jobs) / "bin" / TOOL
-
-
-def run_out(cmd: list[str]) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {p.returncode}): {p.stderr.strip()[-800:]}")
-    return p.stdout
+    return cpu_parity.release_build((TOOL,), jobs) / "bin" / TOOL
 
 
 def llama_rates(exe: Path, model: Path, depth: int, gen: int, sessions: list[int], threads: int,
                 extra: list[str]) -> dict[int, float]:
     """Aggregate decode t/s per session count (speed_tg of each JSONL row)."""
     ctx = max(sessions) * (depth + gen) + 256
-    out = run_out([str(exe), "-m", str(model), "-c", str(ctx), "-npp", str(depth), "-ntg", str(gen),
-                   "-npl", ",".join(map(str, sessions)), "-t", str(threads), "--output-format", "jsonl", *extra])
+    out = cpu_parity.run_out([str(exe), "-m", str(model), "-c", str(ctx), "-npp", str(depth), "-ntg", str(gen),
+                              "-npl", ",".join(map(str, sessions)), "-t", str(threads), "--output-format", "jsonl",
+                              *extra])
     got = {}
     for line in out.splitlines():
         if line.startswith("{"):

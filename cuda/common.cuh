@@ -35,7 +35,7 @@ extern "C" enum triattn_status tri_cuda_fail(cudaError_t e, const char * what, c
 
 #define TRI_CU_STREAM(s) ((cudaStream_t) (s))
 
-/* Programmatic dependent launch (compute capability 9.0 and newer): a kernel launched with TRI_CU_LAUNCH may be
+/* Programmatic dependent launch (compute capability 9.0 and newer): a kernel launched with tri_cu_launch may be
  * scheduled while the kernel before it in the stream still runs, so a decode step's hundreds of small kernels do not
  * each wait out a launch. Such a kernel calls tri_cu_pdl_enter() first: it waits until the kernel before has
  * finished and its writes are visible, then lets the next kernel be scheduled in turn. Elsewhere (an older device,
@@ -47,7 +47,7 @@ __device__ __forceinline__ void tri_cu_pdl_enter(void) {
 #endif
 }
 
-/* Whether TRI_CU_LAUNCH asks for programmatic dependent launches (decided once per process). */
+/* Whether tri_cu_launch asks for programmatic dependent launches (decided once per process). */
 extern "C" bool tri_cuda_pdl(void);
 
 /* Launches a kernel that starts with tri_cu_pdl_enter() (no dynamic shared memory); a failure also shows in

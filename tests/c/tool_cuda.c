@@ -275,7 +275,7 @@ static void parity_dequant_matmul(void) {
                 free(y);
             }
             snprintf(detail, sizeof detail, "%s %d jobs x %lld, %d tokens%s%s", name, n_jobs, (long long) ne0, n_tok,
-                     accumulate ? ", accumulate" : "", pass == 0 ? "" : bn == 128 ? ", tile 128" : ", tile 64");
+                     accumulate ? ", accumulate" : "", pass != 1 ? "" : bn == 128 ? ", tile 128" : ", tile 64");
             report(pass == 0 ? "mm_vec" : pass == 1 ? "mm_tc" : "mm_q", detail, worst, pass == 1 ? 1e-5 : 2e-5);
             for (int j = 0; j < n_jobs; j++) {
                 tri_cuda_free(jobs[j].y);

@@ -171,9 +171,9 @@ TRI_INLINE void tri_tileK2(const uint8_t * pan, size_t pstride, int T, int nsb, 
     tri_zmm_store(res, T, yt, nrows);
 }
 
-/* The tiles the prefill driver runs: two panels on 512-bit vectors, a lone panel on 256-bit ones. */
-/* Two panels take the 512-bit tile. It ignores `wide`: here tri_dp_us and tri_dp_xw are both vpdpbusd, whose four
- * products per lane are summed in 32 bits whatever the weights' size. */
+/* The tiles the prefill driver runs: two panels on 512-bit vectors, a lone panel on 256-bit ones. The 512-bit
+ * tile ignores `wide`: here tri_dp_us and tri_dp_xw are both vpdpbusd, whose four products per lane are summed in
+ * 32 bits whatever the weights' size. */
 TRI_INLINE void tri_tile32_wide(const uint8_t * pan, size_t pstride, int NP, int T, int nb, bool wide, bool has_m,
                                 const tri_xtile * xt, float * const * yt, int nrows) {
     if (NP == 2) {

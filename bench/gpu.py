@@ -16,9 +16,10 @@ Runs (each a triattn-cli process; JSON rows collected):
       32K and at 64K context, tg32 each (full attention: refused); the 64K sessions decode to their n_ctx.
   1b: pp512 (also at depth) and tg64 at depths 0, 4096, 16384, 32768, full and triattention (budget 2048); tg32 at
       depth 4096 with 1, 8 and 16 sessions decoding together (-np), full and triattention; then the kernel
-      choices measured in the same run (environment variables of the CUDA backend, docs/cuda.md): tg64 at depth 0
-      with plain launches (TRIATTN_CUDA_PDL=0), and the sessions rows with matrix-vector products only
-      (TRIATTN_CUDA_MQ_MIN=33) and with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2).
+      choices measured in the same run (environment variables of the CUDA backend, docs/cuda.md): pp512 at depth 0
+      and 16384 with the fp32 attention kernel (TRIATTN_CUDA_ATT_MMA_MIN=0), tg64 at depth 0 with plain launches
+      (TRIATTN_CUDA_PDL=0), and the sessions rows with matrix-vector products only (TRIATTN_CUDA_MQ_MIN=33) and
+      with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2).
 Prints a markdown table and writes results.json (and the raw outputs) to --out.
 """
 from __future__ import annotations
@@ -270,6 +271,9 @@ def main(argv=None) -> int:
         for pol in ("full", "triattention"):
             record(f"1b_{pol}", m, ["-p", "512", "-n", "64", "-d", depths[pol], "-r", reps, "-c", "33024",
                                     "--kv-policy", pol, "--kv-budget", "2048"])
+        # prefill with the fp32 attention kernel instead of the tensor-core one, against the rows above
+        record("1b_full_att32", m, ["-p", "512", "-n", "0", "-d", "0,16384", "-r", reps, "-c", "33024",
+                                    "--kv-policy", "full"], env={"TRIATTN_CUDA_ATT_MMA_MIN": "0"})
         # one-session decode at depth 0 with plain launches (no programmatic dependent launch), against the rows above
         record("1b_triattention_nopdl", m, ["-p", "0", "-n", "64", "-d", "0", "-r", reps, "-c", "33024",
                                             "--kv-policy", "triattention", "--kv-budget", "2048"],

@@ -1,12 +1,14 @@
 /* Split attention (see attention.cuh): partial (max, sum, weighted V) per slot range, then an in-order merge. */
+#include "atile.h"
 #include "attention.cuh"
 #include "common.cuh"
 
 #define TRI_ATT_THREADS 128
-#define TRI_ATT_TILE    64
+#define TRI_ATT_TILE    TRI_AT_SLOTS
 #define TRI_ATT_GMAX    8   /* query heads per block */
 #define TRI_ATT_MERGE   64  /* threads of the merge */
 #define TRI_ATT_LOADS   8   /* global loads a thread issues before it uses the first */
+#define TRI_ATT_MMA_WARPS 4 /* warps of the tensor-core kernel, 16 query rows each */
 
 struct tri_cu_att_args {
     const float *        q;
@@ -36,10 +38,7 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
         const int n_valid = min(row.n_live[lh] + row.rank + 1, row.cap);
         /* whole tiles per part: a short cache fills the first parts and leaves the rest empty, whatever the
          * part count the step was recorded with (it follows the cache capacity) */
-        const int per = (n_valid + a.parts - 1) / a.parts;
-        const int chunk = (per + TRI_ATT_TILE - 1) / TRI_ATT_TILE * TRI_ATT_TILE;
-        range[0] = min(p * chunk, n_valid);
-        range[1] = min((p + 1) * chunk, n_valid);
+        tri_at_range(n_valid, a.parts, p, &range[0], &range[1]);
     }
     for (int e = tid; e < Gb * D; e += TRI_ATT_THREADS) {
         const int g = e / D, d = e % D;
@@ -207,6 +206,113 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
     }
 }
 
+/* c (16 x 8, fp32) += a (16 x 16) b (16 x 8), fp16 inputs in atile.h's fragments. */
+__device__ __forceinline__ void tri_cu_hmma16(float * c, const uint32_t * a, const uint32_t * b) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* One session's chunk of rows on tensor cores (atile.h). The chunk's (token, query head) pairs of KV head h,
+ * token-major, are the block's "flat rows": 16 per warp, TRI_ATT_MMA_WARPS warps. The block reads each K/V tile
+ * once into shared memory for all of them and takes the slots of part p up to the last flat row's limit; every
+ * row masks the slots past its own (n_live + rank + 1). grid: x = part, y = KV head, z = block of flat rows. */
+template <int D>
+__global__ void __launch_bounds__(TRI_ATT_MMA_WARPS * 32) tri_cu_att_mma_kernel(const tri_cu_att_args a, int n_rows) {
+    tri_cu_pdl_enter();
+    __shared__ __align__(16) uint16_t Ks[TRI_AT_SLOTS * TRI_AT_KLD(D)];
+    __shared__ __align__(16) uint16_t Vt[D * TRI_AT_VLD];
+    constexpr int FB = TRI_ATT_MMA_WARPS * TRI_AT_ROWS; /* flat rows per block */
+    const int p = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int G = a.H / a.Hkv, nf = n_rows * G, f0 = blockIdx.z * FB, fw = f0 + warp * TRI_AT_ROWS;
+    const tri_cuda_row first = a.rows[f0 / G];
+    const size_t lh = (size_t) a.il * a.Hkv + h;
+    const int live = first.n_live[lh], cap = first.cap;
+    const __half * K = (const __half *) first.K + lh * cap * D;
+    const __half * V = (const __half *) first.V + lh * cap * D;
+    int j0, j1;
+    tri_at_range(min(live + a.rows[(min(f0 + FB, nf) - 1) / G].rank + 1, cap), a.parts, p, &j0, &j1);
+    /* the lane's rows g and g + 8 of the warp's 16: query, visible slots of this part, output */
+    const float * qr[2] = { NULL, NULL };
+    float * outp[2] = { NULL, NULL };
+    int lim[2] = { 0, 0 };
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int f = fw + (lane >> 2) + 8 * r;
+        if (f < nf) {
+            const int t = f / G, hq = h * G + f % G;
+            qr[r] = a.q + ((size_t) t * a.H + hq) * D;
+            lim[r] = min(min(live + a.rows[t].rank + 1, cap), j1);
+            outp[r] = a.part + (((size_t) t * a.H + hq) * a.parts + p) * (D + 2);
+        }
+    }
+    /* the warp's last row sees the most slots */
+    const int fl = min(fw + TRI_AT_ROWS, nf) - 1;
+    const int wlim = fl >= fw ? min(min(live + a.rows[fl / G].rank + 1, cap), j1) : 0;
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        tri_at_q_frag(qr[0], qr[1], ks, lane, a.scale, qa[ks]);
+    }
+    tri_at_run run = { { -INFINITY, -INFINITY }, { 0.0f, 0.0f } };
+    float o[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    }
+    for (int jt = j0; jt < j1; jt += TRI_AT_SLOTS) {
+        __syncthreads(); /* the last tile's readers are done */
+        tri_at_load((const uint16_t *) K, (const uint16_t *) V, jt, min(TRI_AT_SLOTS, j1 - jt), D, tid,
+                    TRI_ATT_MMA_WARPS * 32, Ks, Vt);
+        __syncthreads();
+        if (jt >= wlim) { /* none of the warp's rows sees these slots (uniform over the warp) */
+            continue;
+        }
+        float s[TRI_AT_SLOTS / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TRI_AT_SLOTS / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        }
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+#pragma unroll
+            for (int nt = 0; nt < TRI_AT_SLOTS / 8; nt++) {
+                uint32_t b[2];
+                tri_at_k_frag(Ks, D, nt, ks, lane, b);
+                tri_cu_hmma16(s[nt], qa[ks], b);
+            }
+        }
+        float mx[2], corr[2];
+        tri_at_mask_max(s, jt, lim, lane, mx);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        }
+        uint32_t pf[TRI_AT_SLOTS / 16][4];
+        tri_at_softmax(s, mx, &run, corr, pf);
+        tri_at_rescale(o, D / 8, corr);
+#pragma unroll
+        for (int kk = 0; kk < TRI_AT_SLOTS / 16; kk++) {
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                uint32_t b[2];
+                tri_at_v_frag(Vt, dt, kk, lane, b);
+                tri_cu_hmma16(o[dt], pf[kk], b);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        run.l[r] += __shfl_xor_sync(0xffffffffu, run.l[r], 1);
+        run.l[r] += __shfl_xor_sync(0xffffffffu, run.l[r], 2);
+        if (outp[r]) {
+            tri_at_store(outp[r], o, D, r, &run, lane);
+        }
+    }
+}
+
 /* grid.x = n_rows * n_head, TRI_ATT_MERGE threads: merges the parts in order, skipping empty ones (sum l = 0, their
  * accumulators unwritten). The threads read the parts' (m, l) side by side; the sums over parts stay in part order
  * and stop after the last non-empty part (whole-tile ranges leave the empty ones at the end). */
@@ -269,7 +375,7 @@ __global__ void __launch_bounds__(TRI_ATT_MERGE) tri_cu_att_merge_kernel(const f
 
 extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * rows, int n_rows, int il,
                                                   int n_head, int n_head_kv, int D, float scale, int parts,
-                                                  float * part, float * out, void * stream) {
+                                                  bool chunk, float * part, float * out, void * stream) {
     TRI_CUDA_REQUIRE(n_rows > 0 && n_rows <= 65535 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 &&
                      D >= 16 && D <= TRI_CUDA_ATT_MAX_D && D % 16 == 0 && parts > 0 && parts <= TRI_CUDA_ATT_MAX_PARTS &&
                      il >= 0);
@@ -284,9 +390,18 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
     a.parts = parts;
     a.head_groups = (n_head / n_head_kv + TRI_ATT_GMAX - 1) / TRI_ATT_GMAX;
     a.scale = scale;
-    TRI_CUDA_REQUIRE((int64_t) n_head_kv * a.head_groups <= 65535);
-    const dim3 grid((unsigned) parts, (unsigned) (n_head_kv * a.head_groups), (unsigned) n_rows);
-    (void) tri_cu_launch(tri_cu_att_partial_kernel, grid, TRI_ATT_THREADS, TRI_CU_STREAM(stream), a);
+    if (chunk && (D == 64 || D == 128)) {
+        const int64_t blocks = ((int64_t) n_rows * (n_head / n_head_kv) + TRI_ATT_MMA_WARPS * TRI_AT_ROWS - 1) /
+                               (TRI_ATT_MMA_WARPS * TRI_AT_ROWS);
+        TRI_CUDA_REQUIRE(blocks <= 65535 && n_head_kv <= 65535);
+        const dim3 grid((unsigned) parts, (unsigned) n_head_kv, (unsigned) blocks);
+        (void) tri_cu_launch(D == 64 ? tri_cu_att_mma_kernel<64> : tri_cu_att_mma_kernel<128>, grid,
+                             TRI_ATT_MMA_WARPS * 32, TRI_CU_STREAM(stream), a, n_rows);
+    } else {
+        TRI_CUDA_REQUIRE((int64_t) n_head_kv * a.head_groups <= 65535);
+        const dim3 grid((unsigned) parts, (unsigned) (n_head_kv * a.head_groups), (unsigned) n_rows);
+        (void) tri_cu_launch(tri_cu_att_partial_kernel, grid, TRI_ATT_THREADS, TRI_CU_STREAM(stream), a);
+    }
     TRI_CUDA_LAUNCHED();
     (void) tri_cu_launch(tri_cu_att_merge_kernel, (unsigned) n_rows * n_head, TRI_ATT_MERGE, TRI_CU_STREAM(stream),
                           (const float *) part, parts, D, out);

@@ -4,13 +4,16 @@
  * session up to this one (appended in rank order), a prefix of n_live + rank + 1 slots known without reading the
  * positions. A block takes the G query heads of one KV head (up to 8 at a time), so K and V are read once
  * for the group, and one of `parts` slot ranges (split-K, flash-decoding): one decode token still fills the
- * GPU. The partials are merged in range order by a second kernel. */
+ * GPU. A chunk of one session's rows (prefill) goes to tensor cores instead: a block takes 64 of its (token, query
+ * head) pairs of one KV head and reads each K/V tile once for all of them. The partials are merged in range order
+ * by a second kernel. */
 #ifndef TRI_CUDA_ATTENTION_CUH
 #define TRI_CUDA_ATTENTION_CUH
 
 #include "kv.cuh"
 #include "triattn.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -21,10 +24,12 @@ extern "C" {
 #define TRI_CUDA_ATT_MAX_PARTS 128 /* most slot ranges (split-K parts) per row and head */
 
 /* q: [n_rows][n_head][D] post-RoPE; rows: the step's rows (their K/V already appended); out: [n_rows][n_head][D].
- * part: scratch of n_rows * n_head * parts * (D + 2) floats. */
+ * part: scratch of n_rows * n_head * parts * (D + 2) floats. chunk: the rows are one session's consecutive rows
+ * in rank order; then for head_dim 64 and 128 a tensor-core kernel (atile.h) takes them, with Q and the softmax
+ * weights rounded to fp16 (the other kernel keeps both in fp32). */
 enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * rows, int n_rows, int il, int n_head,
-                                       int n_head_kv, int D, float scale, int parts, float * part, float * out,
-                                       void * stream);
+                                       int n_head_kv, int D, float scale, int parts, bool chunk, float * part,
+                                       float * out, void * stream);
 
 #ifdef __cplusplus
 }

@@ -317,6 +317,14 @@ static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, s
                                 : "use kv_policy triattention (--kv-policy triattention) or a smaller n_ctx (-c)");
 }
 
+/* A row count in [lo, hi] from the environment; unset or anything else: def. */
+static int32_t tri_cu_env_rows(const char * name, long lo, long hi, int32_t def) {
+    const char * v = getenv(name);
+    char * end = NULL;
+    const long x = v ? strtol(v, &end, 10) : 0;
+    return v && end != v && *end == '\0' && x >= lo && x <= hi ? (int32_t) x : def;
+}
+
 static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, size_t en) {
     const struct triattn_model * m = s->model;
     const tri_hparams * hp = &m->hp;
@@ -373,10 +381,11 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     c->window = s->policy.cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : s->policy.cfg.window;
     const char * graphs_env = getenv("TRIATTN_CUDA_GRAPHS");
     c->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0);
-    const char * mq_env = getenv("TRIATTN_CUDA_MQ_MIN"); /* a row count; anything else keeps the default */
-    char * mq_end = NULL;
-    const long mq = mq_env ? strtol(mq_env, &mq_end, 10) : 0;
-    c->mq_min = mq_env && mq_end != mq_env && *mq_end == '\0' && mq >= 1 && mq <= 1000 ? (int32_t) mq : TRI_CU_MQ_MIN;
+    c->mq_min = tri_cu_env_rows("TRIATTN_CUDA_MQ_MIN", 1, 1000, TRI_CU_MQ_MIN);
+    c->att_mma_min = tri_cu_env_rows("TRIATTN_CUDA_ATT_MMA_MIN", 0, 1000000, TRI_CU_ATT_MMA_MIN);
+    if (c->att_mma_min == 0) { /* never */
+        c->att_mma_min = INT32_MAX;
+    }
 
     /* Host mirror of the cache: positions and live counts only. */
     const size_t LK = (size_t) c->L * c->Hkv, LH = (size_t) c->L * c->H, slots = LK * cap;

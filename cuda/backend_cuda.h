@@ -19,6 +19,7 @@
 #define TRI_CU_VEC_ROWS   32   /* steps of up to this many rows use 8-bit activations (matrix-vector kernels, 8 rows a
                                   launch, or from mq_min rows the integer tensor cores), longer ones fp16 tensor cores */
 #define TRI_CU_MQ_MIN     9    /* default mq_min (TRIATTN_CUDA_MQ_MIN) */
+#define TRI_CU_ATT_MMA_MIN 16  /* default att_mma_min (TRIATTN_CUDA_ATT_MMA_MIN) */
 #define TRI_CU_PART_ROWS  1024 /* (row, part) pairs of split-K scratch a step may use, at least */
 #define TRI_CU_LOGIT_ROWS 32   /* rows of logits computed per output product (more rows: in pieces) */
 
@@ -114,6 +115,7 @@ typedef struct tri_cu_session {
     bool       use_graphs;
     int32_t    mq_min;            /* steps of at least this many rows (<= TRI_CU_VEC_ROWS) multiply quantized weights
                                      on integer tensor cores, shorter ones with matrix-vector kernels */
+    int32_t    att_mma_min;       /* one session's steps of at least this many rows attend on tensor cores */
 } tri_cu_session;
 
 /* forward_cuda.c */

@@ -3,8 +3,9 @@
  * A step runs on the lead session's buffers and stream; each row carries its own session's cache (tri_cuda_row),
  * so N sessions decoding one token each read every weight once. Per layer: RMSNorm fused with the 8-bit
  * quantization of its output (act.cuh), Q/K/V products (one launch per weight type, biases fused), q/k norms + RoPE
- * + K/V append (one launch), split-K attention, the output projection accumulated into the residual, RMSNorm, gate
- * and up, SwiGLU fused with quantization, the down projection accumulated into the residual. Steps of up to
+ * + K/V append (one launch), split-K attention (from att_mma_min rows of one session on tensor cores), the output
+ * projection accumulated into the residual, RMSNorm, gate and up, SwiGLU fused with quantization, the down
+ * projection accumulated into the residual. Steps of up to
  * TRI_CU_VEC_ROWS rows multiply 8-bit activations, with the integer matrix-vector kernels (8 rows a launch) or, from
  * mq_min rows, on integer tensor cores (each weight read once); longer steps use fp16 tensor cores. Decode steps (every
  * session one token) are recorded once per row count as a CUDA graph and replayed: the inputs that change (token
@@ -24,6 +25,7 @@ typedef struct tri_cu_step {
     int                          n;   /* rows */
     int                          first_logit, n_logits;
     int                          parts;
+    bool                         chunk; /* one session's rows: attention on tensor cores */
 } tri_cu_step;
 
 /* One product of a linear: weight, output rows (stride = weight rows), optional bias. */
@@ -148,8 +150,8 @@ static enum triattn_status tri_cu_layer_run(tri_cu_step * t, int il) {
     const tri_cuda_heads heads = { hp->n_head, hp->n_head_kv, hp->head_dim, hp->rope_dim,
                                    hp->rope_pairing == TRI_ROPE_ADJACENT ? 0 : 1, hp->norm_eps };
     TRI_CU_TRY(tri_cuda_qkv_post(w->q, w->k, w->v, Lw->q_norm.d, Lw->k_norm.d, w->cs, w->row, n, il, &heads, c->L, sm));
-    TRI_CU_TRY(tri_cuda_attention(w->q, w->row, n, il, c->H, c->Hkv, c->D, hp->attn_scale, t->parts, w->part, w->att,
-                                  sm));
+    TRI_CU_TRY(tri_cuda_attention(w->q, w->row, n, il, c->H, c->Hkv, c->D, hp->attn_scale, t->parts, t->chunk, w->part,
+                                  w->att, sm));
     const tri_cu_job out = { &Lw->wo, w->x, NULL };
     TRI_CU_TRY(tri_cu_linear(t, n, w->att, c->q_dim, NULL, false, NULL, NULL, c->q_dim, &out, 1, true));
     const tri_cu_job ffn[2] = { { &Lw->ffn_gate, w->gate, NULL }, { &Lw->ffn_up, w->up, NULL } };
@@ -228,12 +230,14 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
     return tri_cu_enqueue(t);
 }
 
-/* Split-K parts: enough (row, KV head, part) blocks to fill the device, never ranges much under
- * TRI_CU_ATT_SLOTS slots, within the scratch. */
-static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t max_cap) {
+/* Split-K parts: enough blocks to fill the device, never ranges much under TRI_CU_ATT_SLOTS slots, within the
+ * scratch. A block takes (row, KV head, up to 8 query heads, part), or on tensor cores (chunk) 64 (row, query head)
+ * pairs of a KV head and a part. */
+static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t max_cap, bool chunk) {
     const int sms = TRI_MAX(tri_cuda_sm_count(), 1);
     const int groups = (c->H / c->Hkv + 7) / 8;
-    int parts = (8 * sms + n * c->Hkv * groups - 1) / (n * c->Hkv * groups);
+    const int per_part = chunk ? (n * (c->H / c->Hkv) + 63) / 64 * c->Hkv : n * c->Hkv * groups; /* blocks */
+    int parts = (8 * sms + per_part - 1) / per_part;
     parts = TRI_MIN(parts, (max_cap + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS);
     parts = TRI_MIN(parts, TRI_CUDA_ATT_MAX_PARTS);
     parts = TRI_MIN(parts, ws->part_rows / n);
@@ -289,7 +293,9 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     }
     tri_cu_model * cm = m->backend_state;
     pthread_mutex_lock(&cm->lock); /* one step at a time on the model's workspace */
-    tri_cu_step t = { .c = c, .m = m, .cm = cm, .ws = &cm->ws, .n = n, .parts = tri_cu_parts(c, &cm->ws, n, max_cap) };
+    const bool chunk = n_sess == 1 && n >= c->att_mma_min;
+    tri_cu_step t = { .c = c, .m = m, .cm = cm, .ws = &cm->ws, .n = n, .chunk = chunk,
+                      .parts = tri_cu_parts(c, &cm->ws, n, max_cap, chunk) };
     if (mode == TRI_LOGITS_ALL) {
         t.first_logit = 0;
         t.n_logits = n;

@@ -209,9 +209,9 @@ def test_cuda_op_parity(cuda_build, cuda_device):
     print(p.stdout)
     assert p.returncode == 0 and re.search(r"^\d+ passed, 0 failed$", p.stdout, re.M), p.stdout + p.stderr
     ops = {json.loads(line)["op"] for line in p.stdout.splitlines() if line.startswith("{")}
-    for op in ("dequantize", "mm_vec", "mm_tc", "get_rows", "act_prep", "act_prep_q8", "qkv_post", "attention",
-               "kv_append", "kv_gather", "triattn_score", "triattn_zscore", "triattn_gqa_max", "triattn_layer_mean",
-               "topk"):
+    for op in ("dequantize", "mm_vec", "mm_q", "mm_tc", "get_rows", "act_prep", "act_prep_q8", "qkv_post", "attention",
+               "attention_chunk", "kv_append", "kv_gather", "triattn_score", "triattn_zscore", "triattn_gqa_max",
+               "triattn_layer_mean", "topk"):
         assert op in ops, f"{op} was not checked"
 
 

@@ -459,7 +459,9 @@ static void ref_attention(const test_cache * c, int il, int h, const float * q, 
 static void parity_kv_attention(void) {
     char detail[160];
     const int L = (int) tu_int(1, 3), Hkv = (int) tu_int(1, 4), G = (int) tu_int(1, 10), H = Hkv * G;
-    const int D = 16 * (int) tu_int(1, 8), R = 2 * (int) tu_int(1, D / 2), pairing = (int) tu_below(2);
+    /* head_dim: any multiple of 16, or one the tensor-core kernel takes (64, 128) */
+    const int D = tu_below(2) ? 16 * (int) tu_int(1, 8) : 64 * (int) tu_int(1, 2);
+    const int R = 2 * (int) tu_int(1, D / 2), pairing = (int) tu_below(2);
     test_cache cs[2] = { cache_new(L, Hkv, (int) tu_int(16, 700), D), cache_new(L, Hkv, (int) tu_int(16, 300), D) };
     int32_t past[2] = { (int32_t) tu_int(0, 1000), (int32_t) tu_int(0, 5000) };
     const bool norms = tu_below(2) == 0;
@@ -470,7 +472,7 @@ static void parity_kv_attention(void) {
     up(dqn, qn, sizeof(float) * D);
     up(dkn, kn, sizeof(float) * D);
     const tri_cuda_heads hd = { H, Hkv, D, R, pairing, 1e-6f };
-    double worst_q = 0.0, worst_att = 0.0;
+    double worst_q = 0.0, worst_att = 0.0, worst_mma = 0.0;
     long bad = 0;
     const int n_steps = (int) tu_int(1, 4);
     int steps_run = 0;
@@ -526,9 +528,13 @@ static void parity_kv_attention(void) {
         const int parts = tu_below(4) == 0 ? (int) tu_int(65, TRI_CUDA_ATT_MAX_PARTS) : (int) tu_int(1, 9);
         float * dpart = dnew(sizeof(float) * n * H * parts * (D + 2)), * dout = dnew(sizeof(float) * n * H * D);
         CU(tri_cuda_qkv_post(dq, dk, dv, norms ? dqn : NULL, norms ? dkn : NULL, dcs, drows, n, il, &hd, L, NULL));
-        CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, dpart, dout, NULL));
+        CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, false, dpart, dout, NULL));
         down(gq, dq, sizeof(float) * n * H * D);
         down(gout, dout, sizeof(float) * n * H * D);
+        /* session A's chunk alone, as one session's rows (tensor cores for D 64 and 128) */
+        CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, true, dpart, dout, NULL));
+        float * gmma = hnew(sizeof(float) * nA * H * D);
+        down(gmma, dout, sizeof(float) * nA * H * D);
         for (size_t i = 0; i < (size_t) n * H * D; i++) {
             worst_q = fmax(worst_q, fabs((double) gq[i] - q[i]) / (fabs(q[i]) + 1e-2));
         }
@@ -556,6 +562,9 @@ static void parity_kv_attention(void) {
                 c->hlive[lh] = saved;
                 for (int d = 0; d < D; d++) {
                     worst_att = fmax(worst_att, fabs(gout[((size_t) r * H + hq) * D + d] - o[d]));
+                    if (r < nA) {
+                        worst_mma = fmax(worst_mma, fabs(gmma[((size_t) r * H + hq) * D + d] - o[d]));
+                    }
                 }
             }
         }
@@ -600,6 +609,7 @@ static void parity_kv_attention(void) {
         free(cst);
         free(gq);
         free(gout);
+        free(gmma);
         free(sc);
         free(o);
     }
@@ -627,6 +637,8 @@ static void parity_kv_attention(void) {
              pairing ? "half" : "adjacent", norms ? ", q/k norms" : "");
     report("qkv_post", detail, worst_q, 2e-5);
     report("attention", detail, worst_att, 2e-5);
+    /* Q and the weights in fp16: errors up to a few 1e-3 on values ~N(0, 1) (tests/c/test_cuda_atile.c) */
+    report("attention_chunk", detail, worst_mma, 6e-3);
     report("kv_append", detail, (double) bad, 0.0);
 
     /* compaction: random increasing keep lists, one (layer, KV head) left untouched */
@@ -993,12 +1005,16 @@ static int bench(int reps) {
             const int parts = TRI_MIN(64, (cap + 127) / 128);
             snprintf(shape, sizeof shape, "1 row over %d slots, 32/8 heads, D 64, %d parts", cap - 511, parts);
             BENCH("attention", shape, kv_bytes, 0.0,
-                  tri_cuda_attention(q, drows, 1, 0, H, Hkv, D, 0.125f, parts, part, out, NULL));
+                  tri_cuda_attention(q, drows, 1, 0, H, Hkv, D, 0.125f, parts, false, part, out, NULL));
             rows[0] = (tri_cuda_row) { c.K, c.V, c.pos, c.live, cap, cap - 512, 0, 512 };
             up(drows, rows, sizeof(tri_cuda_row));
-            snprintf(shape, sizeof shape, "512 rows over <= %d slots, 1 part", cap);
-            BENCH("attention", shape, 0.0, 4.0 * 512 * H * D * (cap - 256.0),
-                  tri_cuda_attention(q, drows, 512, 0, H, Hkv, D, 0.125f, 1, part, out, NULL));
+            for (int pc = 0; pc < 3; pc++) { /* the fp32 kernel, then tensor cores with 1 and 2 parts */
+                const int np = pc == 2 ? 2 : 1;
+                snprintf(shape, sizeof shape, "512 rows over <= %d slots, %d part%s%s", cap, np, np > 1 ? "s" : "",
+                         pc ? ", tensor cores" : "");
+                BENCH("attention", shape, 0.0, 4.0 * 512 * H * D * (cap - 256.0),
+                      tri_cuda_attention(q, drows, 512, 0, H, Hkv, D, 0.125f, np, pc > 0, part, out, NULL));
+            }
             tri_cuda_free(drows);
             tri_cuda_free(q);
             tri_cuda_free(out);

@@ -74,11 +74,14 @@ typedef struct tri_cu_model {
 
 enum tri_cu_mode { TRI_CU_PER_HEAD = 0, TRI_CU_PER_LAYER_PER_HEAD = 1, TRI_CU_GLOBAL = 2 };
 
-/* Decode graphs: one per row count 1..TRI_CU_VEC_ROWS (a step of that many sessions of one token each), recorded
- * on first use. */
+/* Decode graphs: one per shape, a row count 1..TRI_CU_VEC_ROWS (a step of that many sessions of one token each) and
+ * the attention's part count, recorded on first use; a session keeps the TRI_CU_GRAPHS it used last. */
+#define TRI_CU_GRAPHS 16
 typedef struct tri_cu_graph {
-    void * exec;
-    bool   failed;  /* recording failed once: run that shape without a graph */
+    void *   exec;
+    int32_t  n, parts;  /* the shape; n = 0: an empty entry */
+    uint64_t used;      /* the session's step count at its last use */
+    bool     failed;    /* recording failed once: run that shape without a graph */
 } tri_cu_graph;
 
 typedef struct tri_cu_session {
@@ -110,7 +113,8 @@ typedef struct tri_cu_session {
     tri_fp16 * h_rows_kv;         /* [cap][D] staging of kv_keys */
     double *   omega, * a_re, * a_im; /* [F] */
 
-    tri_cu_graph graphs[TRI_CU_VEC_ROWS + 1];
+    tri_cu_graph graphs[TRI_CU_GRAPHS];
+    uint64_t   graph_clock;
     uint32_t   graphs_version;    /* the workspace version the graphs were recorded against */
     bool       use_graphs;
     int32_t    mq_min;            /* steps of at least this many rows (<= TRI_CU_VEC_ROWS) multiply quantized weights

@@ -8,8 +8,8 @@
  * projection accumulated into the residual. Steps of up to
  * TRI_CU_VEC_ROWS rows multiply 8-bit activations, with the integer matrix-vector kernels (8 rows a launch) or, from
  * mq_min rows, on integer tensor cores (each weight read once); longer steps use fp16 tensor cores. Decode steps (every
- * session one token) are recorded once per row count as a CUDA graph and replayed: the inputs that change (token
- * ids, RoPE table, row descriptors) travel in page-locked buffers the graph copies from. */
+ * session one token) are recorded once per shape (row count, attention parts) as a CUDA graph and replayed: the
+ * inputs that change (token ids, RoPE table, row descriptors) travel in page-locked buffers the graph copies from. */
 #include "backend_cuda.h"
 #include "common.h"
 #include "model.h"
@@ -193,11 +193,28 @@ fail:
 }
 
 void tri_cu_graphs_free(tri_cu_session * c) {
-    for (int i = 0; i <= TRI_CU_VEC_ROWS; i++) {
+    for (int i = 0; i < TRI_CU_GRAPHS; i++) {
         tri_cuda_graph_destroy(c->graphs[i].exec);
-        c->graphs[i].exec = NULL;
-        c->graphs[i].failed = false;
+        c->graphs[i] = (tri_cu_graph) { 0 };
     }
+}
+
+/* The graph entry of a shape: the one recorded for it, else the least recently used (emptied) for a new recording. */
+static tri_cu_graph * tri_cu_graph_of(tri_cu_session * c, int n, int parts) {
+    tri_cu_graph * lru = &c->graphs[0];
+    for (int i = 0; i < TRI_CU_GRAPHS; i++) {
+        tri_cu_graph * g = &c->graphs[i];
+        if (g->n == n && g->parts == parts) {
+            g->used = ++c->graph_clock;
+            return g;
+        }
+        if (g->used < lru->used) {
+            lru = g;
+        }
+    }
+    tri_cuda_graph_destroy(lru->exec);
+    *lru = (tri_cu_graph) { .n = n, .parts = parts, .used = ++c->graph_clock };
+    return lru;
 }
 
 /* Runs the step: replays (recording it first) the graph of a decode shape, else launches directly. */
@@ -207,7 +224,8 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
         tri_cu_graphs_free(c);
         c->graphs_version = t->ws->version;
     }
-    tri_cu_graph * g = decode_shape && c->use_graphs && t->n <= TRI_CU_VEC_ROWS ? &c->graphs[t->n] : NULL;
+    tri_cu_graph * g = decode_shape && c->use_graphs && t->n <= TRI_CU_VEC_ROWS ? tri_cu_graph_of(c, t->n, t->parts)
+                                                                                 : NULL;
     if (g && !g->failed && !g->exec) {
         enum triattn_status st = tri_cuda_graph_begin(c->stream);
         const enum triattn_status qst = st == TRIATTN_OK ? tri_cu_enqueue(t) : st;
@@ -230,15 +248,22 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
     return tri_cu_enqueue(t);
 }
 
-/* Split-K parts: enough blocks to fill the device, never ranges much under TRI_CU_ATT_SLOTS slots, within the
- * scratch. A block takes (row, KV head, up to 8 query heads, part), or on tensor cores (chunk) 64 (row, query head)
- * pairs of a KV head and a part. */
-static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t max_cap, bool chunk) {
+/* Split-K parts: enough blocks to fill the device, never ranges much under TRI_CU_ATT_SLOTS of the step's `slots`
+ * (the most any row sees), within the scratch. A block takes (row, KV head, up to 8 query heads, part), or on tensor
+ * cores (chunk) 64 (row, query head) pairs of a KV head and a part. The count follows the live slots, not the
+ * cache's capacity (a short context in a large cache launches few blocks), on a coarse scale: every count up to 8,
+ * then four steps per doubling, so that a decode reaching deep contexts records few graphs. */
+static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t slots, bool chunk) {
     const int sms = TRI_MAX(tri_cuda_sm_count(), 1);
     const int groups = (c->H / c->Hkv + 7) / 8;
     const int per_part = chunk ? (n * (c->H / c->Hkv) + 63) / 64 * c->Hkv : n * c->Hkv * groups; /* blocks */
     int parts = (8 * sms + per_part - 1) / per_part;
-    parts = TRI_MIN(parts, (max_cap + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS);
+    parts = TRI_MAX(TRI_MIN(parts, (slots + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS), 1);
+    int step = 1;
+    while (step * 8 < parts) {
+        step *= 2;
+    }
+    parts = (parts + step - 1) / step * step;
     parts = TRI_MIN(parts, TRI_CUDA_ATT_MAX_PARTS);
     parts = TRI_MIN(parts, ws->part_rows / n);
     return TRI_MAX(parts, 1);
@@ -253,7 +278,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     const tri_hparams * hp = &m->hp;
     int n = 0;
     bool one_each = true;
-    int32_t max_cap = 0;
+    int32_t max_slots = 0; /* the most slots a row of the step sees */
     for (int i = 0; i < n_sess; i++) {
         ss[i]->fwd.n_logits = 0;
         if (ss[i]->fwd.calib) {
@@ -268,7 +293,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
         }
         n += counts[i];
         one_each = one_each && counts[i] == 1;
-        max_cap = TRI_MAX(max_cap, ss[i]->kv.capacity);
+        max_slots = TRI_MAX(max_slots, live_hi + counts[i]);
     }
     if (n > c->n_batch || (n_sess > 1 && (!one_each || mode == TRI_LOGITS_ALL))) {
         return tri_fail(err, en, TRIATTN_ERR_INTERNAL, "forward step: %d rows of %d sessions (n_batch %d): several "
@@ -295,7 +320,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     pthread_mutex_lock(&cm->lock); /* one step at a time on the model's workspace */
     const bool chunk = n_sess == 1 && n >= c->att_mma_min;
     tri_cu_step t = { .c = c, .m = m, .cm = cm, .ws = &cm->ws, .n = n, .chunk = chunk,
-                      .parts = tri_cu_parts(c, &cm->ws, n, max_cap, chunk) };
+                      .parts = tri_cu_parts(c, &cm->ws, n, max_slots, chunk) };
     if (mode == TRI_LOGITS_ALL) {
         t.first_logit = 0;
         t.n_logits = n;

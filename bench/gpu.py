@@ -19,7 +19,8 @@ Runs (each a triattn-cli process; JSON rows collected):
       choices measured in the same run (environment variables of the CUDA backend, docs/cuda.md): pp512 at depth 0
       and 16384 with the fp32 attention kernel (TRIATTN_CUDA_ATT_MMA_MIN=0), tg64 at depth 0 with plain launches
       (TRIATTN_CUDA_PDL=0), and the sessions rows with matrix-vector products only (TRIATTN_CUDA_MQ_MIN=33) and
-      with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2).
+      with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device milliseconds
+      per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0 and at depth 16384.
 Prints a markdown table and writes results.json (and the raw outputs) to --out.
 """
 from __future__ import annotations
@@ -200,6 +201,43 @@ def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float,
     return rows, p.stderr, p.returncode
 
 
+def profiles(stderr: str) -> list[dict]:
+    """The CUDA backend's per-phase sums (TRIATTN_CUDA_PROFILE=1), one dict per session, from the log lines."""
+    out = []
+    for line in stderr.splitlines():
+        _, sep, tail = line.partition("CUDA profile: ")
+        if sep:
+            try:
+                out.append(json.loads(tail)["cuda_profile"])
+            except (json.JSONDecodeError, KeyError):
+                pass
+    return out
+
+
+def profile_table(results: dict) -> str:
+    """Device milliseconds per step row by phase, summed over a run's sessions: where a step's time goes."""
+    lines = []
+    for name, run in results["runs"].items():
+        sums: dict = {}
+        for prof in run.get("profile") or []:
+            for kind, d in prof.items():
+                acc = sums.setdefault(kind, {})
+                for k, v in d.items():
+                    acc[k] = acc.get(k, 0) + v
+        for kind, d in sums.items():
+            if not d.get("rows"):
+                continue
+            phases = [k[:-3] for k in d if k.endswith("_ms") and k != "wall_ms"]
+            if not lines:
+                lines = [f"| run | steps | rows | {' | '.join(phases)} | device sum | host wall |",
+                         "| --- | ---: | ---: |" + " ---: |" * (len(phases) + 2)]
+            dev = sum(d[p + "_ms"] for p in phases)
+            cells = " | ".join(f"{d[p + '_ms'] / d['steps']:.3f}" for p in phases)
+            lines.append(f"| {name} {kind} | {d['steps']} | {d['rows']} | {cells} | {dev / d['steps']:.3f} | "
+                         f"{d['wall_ms'] / d['steps']:.3f} |")
+    return "\n".join(["ms per step by phase (TRIATTN_CUDA_PROFILE=1):", *lines]) if lines else ""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cli", type=Path, default=ROOT / "build" / "cuda" / "triattn-cli", help="triattn-cli to run")
@@ -230,7 +268,8 @@ def main(argv=None) -> int:
                env: dict | None = None) -> list[dict]:
         rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(timeout or args.timeout, args.timeout),
                                 env)
-        results["runs"][name] = {"args": extra, "env": env or {}, "rows": rows, "exit": rc, "stderr_tail": err[-1500:]}
+        results["runs"][name] = {"args": extra, "env": env or {}, "rows": rows, "exit": rc, "stderr_tail": err[-1500:],
+                                 "profile": profiles(err)}
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         return rows
 
@@ -274,6 +313,12 @@ def main(argv=None) -> int:
         # prefill with the fp32 attention kernel instead of the tensor-core one, against the rows above
         record("1b_full_att32", m, ["-p", "512", "-n", "0", "-d", "0,16384", "-r", reps, "-c", "33024",
                                     "--kv-policy", "full"], env={"TRIATTN_CUDA_ATT_MMA_MIN": "0"})
+        # where a step's time goes: device time per phase (events between phases, no graphs), prefill and decode
+        prof = {"TRIATTN_CUDA_PROFILE": "1"}
+        record("1b_profile_d0", m, ["-p", "512", "-n", "64", "-d", "0", "-r", "1", "-c", "33024", "--kv-policy",
+                                    "triattention", "--kv-budget", "2048"], env=prof)
+        record("1b_profile_d16384", m, ["-p", "0", "-n", "64", "-d", "16384", "-r", "1", "-c", "33024", "--kv-policy",
+                                        "full"], env=prof)
         # one-session decode at depth 0 with plain launches (no programmatic dependent launch), against the rows above
         record("1b_triattention_nopdl", m, ["-p", "0", "-n", "64", "-d", "0", "-r", reps, "-c", "33024",
                                             "--kv-policy", "triattention", "--kv-budget", "2048"],
@@ -290,6 +335,7 @@ def main(argv=None) -> int:
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))
+    print(profile_table(results))
     return 0
 
 

@@ -48,7 +48,7 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
         t0=$SECONDS
         timeout 120 "$BUILD/tool_cuda" bench 7 >"$OUT/tool_cuda_bench.jsonl" 2>&1
         echo "tool_cuda bench: exit $?, $((SECONDS - t0)) s"
-        grep -E '"(mm_vec|mm_q)"' "$OUT/tool_cuda_bench.jsonl" | head -40
+        grep -E '"(mm_vec|mm_q|attention)"' "$OUT/tool_cuda_bench.jsonl" | head -50
     fi
 fi
 if [ "$what" = final ]; then

@@ -215,6 +215,7 @@ static void tri_cu_session_free(triattn_session * s) {
             (void) tri_cuda_sync(c->stream);
         }
         tri_cu_graphs_free(c);
+        tri_cu_prof_free(c->prof);
         tri_cuda_free(c->dmem);
         tri_cuda_host_free(c->hmem);
         tri_cuda_stream_destroy(c->stream);
@@ -380,7 +381,8 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
                                                      : TRI_CU_PER_HEAD;
     c->window = s->policy.cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : s->policy.cfg.window;
     const char * graphs_env = getenv("TRIATTN_CUDA_GRAPHS");
-    c->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0);
+    c->prof = tri_cu_prof_new(c->L);
+    c->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0) && !c->prof; /* profiled steps run plainly */
     c->mq_min = tri_cu_env_rows("TRIATTN_CUDA_MQ_MIN", 1, 1000, TRI_CU_MQ_MIN);
     c->att_mma_min = tri_cu_env_rows("TRIATTN_CUDA_ATT_MMA_MIN", 0, 1000000, TRI_CU_ATT_MMA_MIN);
     if (c->att_mma_min == 0) { /* never */

@@ -84,6 +84,25 @@ typedef struct tri_cu_graph {
     bool     failed;    /* recording failed once: run that shape without a graph */
 } tri_cu_graph;
 
+/* profile_cuda.c: device time per phase of the forward steps (TRIATTN_CUDA_PROFILE=1). */
+enum { TRI_CU_PH_INPUT, TRI_CU_PH_QKV, TRI_CU_PH_KV, TRI_CU_PH_ATT, TRI_CU_PH_OUT, TRI_CU_PH_FFN, TRI_CU_PH_DOWN,
+       TRI_CU_PH_LOGITS, TRI_CU_PH_N };
+typedef struct tri_cu_prof {
+    void **  ev;      /* [cap] events */
+    int8_t * ph;      /* [cap] the phase event i closes */
+    int      cap, n;  /* events, and those recorded in this step */
+    double   ms[2][TRI_CU_PH_N], wall_ms[2]; /* [decode, chunk] */
+    int64_t  steps[2], rows[2];
+} tri_cu_prof;
+/* NULL unless TRIATTN_CUDA_PROFILE=1 (or when events cannot be made). */
+tri_cu_prof * tri_cu_prof_new(int n_layer);
+/* Step start; then a mark after each phase; after the step's sync, its sums. All no-ops on NULL. */
+void tri_cu_prof_begin(tri_cu_prof * p, void * stream);
+void tri_cu_prof_mark(tri_cu_prof * p, int phase, void * stream);
+void tri_cu_prof_step(tri_cu_prof * p, bool decode, int rows, double wall_ms);
+/* Logs the sums (one JSON line) and frees. */
+void tri_cu_prof_free(tri_cu_prof * p);
+
 typedef struct tri_cu_session {
     tri_cuda_stream stream;
     int32_t L, H, Hkv, D, R, F, cap, n_batch, n_vocab, n_embd, n_ff, q_dim, kv_dim, max_in;
@@ -120,6 +139,7 @@ typedef struct tri_cu_session {
     int32_t    mq_min;            /* steps of at least this many rows (<= TRI_CU_VEC_ROWS) multiply quantized weights
                                      on integer tensor cores, shorter ones with matrix-vector kernels */
     int32_t    att_mma_min;       /* one session's steps of at least this many rows attend on tensor cores */
+    tri_cu_prof * prof;           /* NULL unless profiling */
 } tri_cu_session;
 
 /* forward_cuda.c */

@@ -171,3 +171,26 @@ extern "C" void tri_cuda_graph_destroy(void * exec) {
         (void) cudaGraphExecDestroy((cudaGraphExec_t) exec);
     }
 }
+
+extern "C" enum triattn_status tri_cuda_event_create(void ** ev) {
+    cudaEvent_t e = NULL;
+    TRI_CUDA_CHECK(cudaEventCreate(&e));
+    *ev = e;
+    return TRIATTN_OK;
+}
+
+extern "C" enum triattn_status tri_cuda_event_record(void * ev, tri_cuda_stream s) {
+    TRI_CUDA_CHECK(cudaEventRecord((cudaEvent_t) ev, TRI_CU_STREAM(s)));
+    return TRIATTN_OK;
+}
+
+extern "C" enum triattn_status tri_cuda_event_ms(void * from, void * to, float * ms) {
+    TRI_CUDA_CHECK(cudaEventElapsedTime(ms, (cudaEvent_t) from, (cudaEvent_t) to));
+    return TRIATTN_OK;
+}
+
+extern "C" void tri_cuda_event_destroy(void * ev) {
+    if (ev) {
+        (void) cudaEventDestroy((cudaEvent_t) ev);
+    }
+}

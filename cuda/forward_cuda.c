@@ -147,17 +147,23 @@ static enum triattn_status tri_cu_layer_run(tri_cu_step * t, int il) {
     const tri_cu_job qkv[3] = { { &Lw->wq, w->q, Lw->bq.d ? &Lw->bq : NULL }, { &Lw->wk, w->k, Lw->bk.d ? &Lw->bk : NULL },
                                 { &Lw->wv, w->v, Lw->bv.d ? &Lw->bv : NULL } };
     TRI_CU_TRY(tri_cu_linear(t, n, w->x, c->n_embd, NULL, true, &Lw->attn_norm, w->xn, c->n_embd, qkv, 3, false));
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_QKV, sm);
     const tri_cuda_heads heads = { hp->n_head, hp->n_head_kv, hp->head_dim, hp->rope_dim,
                                    hp->rope_pairing == TRI_ROPE_ADJACENT ? 0 : 1, hp->norm_eps };
     TRI_CU_TRY(tri_cuda_qkv_post(w->q, w->k, w->v, Lw->q_norm.d, Lw->k_norm.d, w->cs, w->row, n, il, &heads, c->L, sm));
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_KV, sm);
     TRI_CU_TRY(tri_cuda_attention(w->q, w->row, n, il, c->H, c->Hkv, c->D, hp->attn_scale, t->parts, t->chunk, w->part,
                                   w->att, sm));
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_ATT, sm);
     const tri_cu_job out = { &Lw->wo, w->x, NULL };
     TRI_CU_TRY(tri_cu_linear(t, n, w->att, c->q_dim, NULL, false, NULL, NULL, c->q_dim, &out, 1, true));
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_OUT, sm);
     const tri_cu_job ffn[2] = { { &Lw->ffn_gate, w->gate, NULL }, { &Lw->ffn_up, w->up, NULL } };
     TRI_CU_TRY(tri_cu_linear(t, n, w->x, c->n_embd, NULL, true, &Lw->ffn_norm, w->xn, c->n_embd, ffn, 2, false));
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_FFN, sm);
     const tri_cu_job down = { &Lw->ffn_down, w->x, NULL };
     TRI_CU_TRY(tri_cu_linear(t, n, w->gate, c->n_ff, w->up, false, NULL, w->hid, c->n_ff, &down, 1, true));
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_DOWN, sm);
     return TRIATTN_OK;
 fail:
     return st;
@@ -170,10 +176,12 @@ static enum triattn_status tri_cu_enqueue(tri_cu_step * t) {
     const int n = t->n;
     void * sm = c->stream;
     enum triattn_status st;
+    tri_cu_prof_begin(c->prof, sm);
     TRI_CU_TRY(tri_cuda_h2d(w->tok, c->h_tok, sizeof(int32_t) * (size_t) n, sm));
     TRI_CU_TRY(tri_cuda_h2d(w->cs, c->h_cs, sizeof(float) * (size_t) n * c->R, sm));
     TRI_CU_TRY(tri_cuda_h2d(w->row, c->h_rows, sizeof(tri_cuda_row) * (size_t) n, sm));
     TRI_CU_TRY(tri_cuda_get_rows(t->cm->tok_embd.type, t->cm->tok_embd.d, c->n_embd, w->tok, n, w->x, sm));
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_INPUT, sm);
     for (int il = 0; il < c->L; il++) {
         TRI_CU_TRY(tri_cu_layer_run(t, il));
     }
@@ -187,6 +195,7 @@ static enum triattn_status tri_cu_enqueue(tri_cu_step * t) {
         TRI_CU_TRY(tri_cuda_d2h(c->h_logits + (size_t) r0 * c->n_vocab, w->logits,
                                 sizeof(float) * (size_t) nr * c->n_vocab, sm));
     }
+    tri_cu_prof_mark(c->prof, TRI_CU_PH_LOGITS, sm); /* with the live-count bump */
     return TRIATTN_OK;
 fail:
     return st;
@@ -328,12 +337,16 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
         t.first_logit = n_sess > 1 ? 0 : n - 1; /* several sessions: one row each */
         t.n_logits = n_sess > 1 ? n : 1;
     }
+    const double t0 = c->prof ? tri_time_ms() : 0.0;
     enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
     if (st == TRIATTN_OK) {
         st = tri_cu_run(&t, one_each && mode == TRI_LOGITS_LAST);
     }
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);
+    }
+    if (st == TRIATTN_OK) {
+        tri_cu_prof_step(c->prof, one_each, n, c->prof ? tri_time_ms() - t0 : 0.0);
     }
     pthread_mutex_unlock(&cm->lock);
     if (st != TRIATTN_OK) {

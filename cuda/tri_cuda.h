@@ -49,6 +49,13 @@ enum triattn_status tri_cuda_graph_end(tri_cuda_stream s, void ** exec);
 enum triattn_status tri_cuda_graph_launch(void * exec, tri_cuda_stream s);
 void tri_cuda_graph_destroy(void * exec);
 
+/* Timing events: record marks the point the stream has reached; ms is the device time between two recorded events
+ * of a finished stream. */
+enum triattn_status tri_cuda_event_create(void ** ev);
+enum triattn_status tri_cuda_event_record(void * ev, tri_cuda_stream s);
+enum triattn_status tri_cuda_event_ms(void * from, void * to, float * ms);
+void tri_cuda_event_destroy(void * ev);
+
 #ifdef __cplusplus
 }
 #endif

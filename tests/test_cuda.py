@@ -160,6 +160,24 @@ def test_gpu_bench_script_smoke(c_build_dir, tmp_path):
 
 # ---- with nvcc: the CUDA build ------------------------------------------------------------------------------
 
+def test_gpu_bench_profile_table():
+    """bench/gpu.py's reading of the CUDA profile log lines: one dict per session, milliseconds per step summed over
+    a run's sessions."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu
+
+    line = ('triattn warning: CUDA profile: {"cuda_profile": {"decode": {"steps": %d, "rows": %d, "wall_ms": %s, '
+            '"attention_ms": %s, "down_ms": %s}, "chunk": {"steps": 0, "rows": 0, "wall_ms": 0.0, '
+            '"attention_ms": 0.0, "down_ms": 0.0}}}')
+    stderr = "\n".join(["other log", line % (4, 8, 10.0, 2.0, 6.0), line % (6, 12, 20.0, 3.0, 9.0), "CUDA profile: {"])
+    profs = gpu.profiles(stderr)
+    assert len(profs) == 2 and profs[1]["decode"]["steps"] == 6
+    table = gpu.profile_table({"runs": {"r": {"profile": profs}, "other": {}}})
+    # 10 steps: attention 5.0 ms and down 15.0 ms in all, device 20 of 30 ms wall
+    assert "| r decode | 10 | 20 | 0.500 | 1.500 | 2.000 | 3.000 |" in table, table
+    assert "chunk" not in table
+
+
 def test_cuda_build_compiles_for_sm80_and_sm90(cuda_build):
     lib = cuda_build / "libtriattn.so"
     assert lib.is_file() and (cuda_build / "tool_cuda").is_file()
@@ -549,6 +567,29 @@ print(json.dumps(res))
     assert res == {"24GiB": 24 << 30, "24G": 24 << 30, "512M": 512 << 20, "512MB": 512 << 20, "1.5G": 3 << 29,
                    "1048576": 1048576, "7B": 7, "2T": 2 << 40, "1KiB": 1024, "24Gx": None, "": None, "-1G": None,
                    "G": None, " 1G": None}
+
+
+def test_cuda_profile(cuda_build, cuda_device, tmp_path):
+    """TRIATTN_CUDA_PROFILE=1: every prefill and decode step's phases are timed on the device and logged once per
+    session; the phases' device time fits in the steps' host wall time."""
+    model = _tiny(tmp_path, "llama", "Q4_K")
+    p = subprocess.run([str(cuda_build / "triattn-cli"), "-m", str(model), "--bench", "--json", "-ngl", "-1", "-p", "32",
+                        "-n", "8", "-d", "0", "-r", "1", "-c", "256"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, TRIATTN_CUDA_PROFILE="1"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu
+
+    profs = gpu.profiles(p.stderr)
+    assert profs, p.stderr
+    steps = {k: sum(pr[k]["steps"] for pr in profs) for k in ("decode", "chunk")}
+    assert steps["decode"] >= 8 and steps["chunk"] >= 1, profs
+    for pr in profs:
+        for kind, d in pr.items():
+            phases = [v for k, v in d.items() if k.endswith("_ms") and k != "wall_ms"]
+            assert all(v >= 0 for v in phases) and sum(phases) <= d["wall_ms"] * 1.05 + 0.5, (kind, d)
+            if d["steps"]:
+                assert d["attention_ms"] > 0 and d["qkv_ms"] > 0, (kind, d)
 
 
 def test_cuda_bench(cuda_build, cuda_device):

@@ -947,7 +947,8 @@ static int bench(int reps) {
             }
             for (int nt = 4; at && nt <= TRI_CUDA_MQ_TOK; nt *= 2) { /* integer tensor cores for small batches */
                 snprintf(shape, sizeof shape, "%s %lldx%lld, %d tokens", tn, (long long) ne1, (long long) ne0, nt);
-                BENCH("mm_q", shape, (double) wb, 0.0, tri_cuda_mm_q(t, ne0, &job, 1, &q8, nt, false, NULL));
+                BENCH("mm_q", shape, (double) wb, 2.0 * ne0 * ne1 * nt,
+                      tri_cuda_mm_q(t, ne0, &job, 1, &q8, nt, false, NULL));
             }
             for (int bn = 64; bn <= 128; bn *= 2) {
                 snprintf(shape, sizeof shape, "%s %lldx%lld, 512 tokens, tile %d", tn, (long long) ne1, (long long) ne0, bn);

@@ -17,7 +17,8 @@ Runs (each a triattn-cli process; JSON rows collected):
   1b: pp512 (also at depth) and tg64 at depths 0, 4096, 16384, 32768, full and triattention (budget 2048); tg32 at
       depth 4096 with 1, 8 and 16 sessions decoding together (-np), full and triattention; then the kernel
       choices measured in the same run (environment variables of the CUDA backend, docs/cuda.md): pp512 at depth 0
-      and 16384 with the fp32 attention kernel (TRIATTN_CUDA_ATT_MMA_MIN=0), tg64 at depth 0 with plain launches
+      and 16384 with the fp32 attention kernel (TRIATTN_CUDA_ATT_MMA_MIN=0), pp512 with the products on integer
+      tensor cores (TRIATTN_CUDA_MQ_MAX=4096), tg64 at depth 0 with plain launches
       (TRIATTN_CUDA_PDL=0), and the sessions rows with matrix-vector products only (TRIATTN_CUDA_MQ_MIN=33) and
       with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device milliseconds
       per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0 and at depth 16384.
@@ -310,9 +311,12 @@ def main(argv=None) -> int:
         for pol in ("full", "triattention"):
             record(f"1b_{pol}", m, ["-p", "512", "-n", "64", "-d", depths[pol], "-r", reps, "-c", "33024",
                                     "--kv-policy", pol, "--kv-budget", "2048"])
-        # prefill with the fp32 attention kernel instead of the tensor-core one, against the rows above
+        # prefill with the fp32 attention kernel instead of the tensor-core one, and with the products on integer
+        # tensor cores (8-bit activations) instead of fp16 tiles, against the rows above
         record("1b_full_att32", m, ["-p", "512", "-n", "0", "-d", "0,16384", "-r", reps, "-c", "33024",
                                     "--kv-policy", "full"], env={"TRIATTN_CUDA_ATT_MMA_MIN": "0"})
+        record("1b_full_mq", m, ["-p", "512", "-n", "0", "-d", "0", "-r", reps, "-c", "33024", "--kv-policy", "full"],
+               env={"TRIATTN_CUDA_MQ_MAX": "4096"})
         # where a step's time goes: device time per phase (events between phases, no graphs), prefill and decode
         prof = {"TRIATTN_CUDA_PROFILE": "1"}
         record("1b_profile_d0", m, ["-p", "512", "-n", "64", "-d", "0", "-r", "1", "-c", "33024", "--kv-policy",

@@ -237,9 +237,24 @@ static int32_t tri_cu_max_in(const tri_hparams * hp) {
     return TRI_MAX(TRI_MAX(hp->n_embd, hp->n_ff), hp->n_head * hp->head_dim);
 }
 
+/* A row count in [lo, hi] from the environment; unset or anything else: def. */
+static int32_t tri_cu_env_rows(const char * name, long lo, long hi, int32_t def) {
+    const char * v = getenv(name);
+    char * end = NULL;
+    const long x = v ? strtol(v, &end, 10) : 0;
+    return v && end != v && *end == '\0' && x >= lo && x <= hi ? (int32_t) x : def;
+}
+
+/* Steps of up to this many rows multiply quantized weights with 8-bit activations (TRIATTN_CUDA_MQ_MAX; past
+ * TRI_CU_VEC_ROWS rows on integer tensor cores), longer ones on fp16 tensor cores. */
+static int32_t tri_cu_mq_max(void) {
+    return tri_cu_env_rows("TRIATTN_CUDA_MQ_MAX", TRI_CU_VEC_ROWS, 65535, TRI_CU_VEC_ROWS);
+}
+
 /* The step workspace's parts for `rows` rows (tri_cu_ws). */
 static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws * ws, tri_cu_part * parts) {
-    const size_t nr = (size_t) rows, mv = TRI_CU_VEC_ROWS, mi = (size_t) tri_cu_max_in(hp);
+    const size_t nr = (size_t) rows, mi = (size_t) tri_cu_max_in(hp);
+    const size_t mv = (size_t) TRI_MAX(TRI_CU_VEC_ROWS, TRI_MIN(rows, tri_cu_mq_max())); /* 8-bit activation rows */
     const size_t q_dim = (size_t) hp->n_head * hp->head_dim, kv_dim = (size_t) hp->n_head_kv * hp->head_dim;
     ws->part_rows = TRI_MAX(rows, TRI_CU_PART_ROWS);
     size_t n = 0;
@@ -318,14 +333,6 @@ static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, s
                                 : "use kv_policy triattention (--kv-policy triattention) or a smaller n_ctx (-c)");
 }
 
-/* A row count in [lo, hi] from the environment; unset or anything else: def. */
-static int32_t tri_cu_env_rows(const char * name, long lo, long hi, int32_t def) {
-    const char * v = getenv(name);
-    char * end = NULL;
-    const long x = v ? strtol(v, &end, 10) : 0;
-    return v && end != v && *end == '\0' && x >= lo && x <= hi ? (int32_t) x : def;
-}
-
 static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, size_t en) {
     const struct triattn_model * m = s->model;
     const tri_hparams * hp = &m->hp;
@@ -384,6 +391,7 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     c->prof = tri_cu_prof_new(c->L);
     c->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0) && !c->prof; /* profiled steps run plainly */
     c->mq_min = tri_cu_env_rows("TRIATTN_CUDA_MQ_MIN", 1, 1000, TRI_CU_MQ_MIN);
+    c->mq_max = tri_cu_mq_max();
     c->att_mma_min = tri_cu_env_rows("TRIATTN_CUDA_ATT_MMA_MIN", 0, 1000000, TRI_CU_ATT_MMA_MIN);
     if (c->att_mma_min == 0) { /* never */
         c->att_mma_min = INT32_MAX;

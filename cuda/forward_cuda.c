@@ -1,15 +1,16 @@
 /* The forward step on the device over the rows of one or more sessions of a model (llama, qwen2, qwen3 layers).
  *
- * A step runs on the lead session's buffers and stream; each row carries its own session's cache (tri_cuda_row),
- * so N sessions decoding one token each read every weight once. Per layer: RMSNorm fused with the 8-bit
- * quantization of its output (act.cuh), Q/K/V products (one launch per weight type, biases fused), q/k norms + RoPE
- * + K/V append (one launch), split-K attention (from att_mma_min rows of one session on tensor cores), the output
- * projection accumulated into the residual, RMSNorm, gate and up, SwiGLU fused with quantization, the down
- * projection accumulated into the residual. Steps of up to
- * TRI_CU_VEC_ROWS rows multiply 8-bit activations, with the integer matrix-vector kernels (8 rows a launch) or, from
- * mq_min rows, on integer tensor cores (each weight read once); longer steps use fp16 tensor cores. Decode steps (every
- * session one token) are recorded once per shape (row count, attention parts) as a CUDA graph and replayed: the
- * inputs that change (token ids, RoPE table, row descriptors) travel in page-locked buffers the graph copies from. */
+ * A step runs on the lead session's buffers and stream; each row carries its own session's cache (tri_cuda_row), so
+ * N sessions decoding one token each read every weight once. Per layer: RMSNorm fused with the 8-bit quantization of
+ * its output (act.cuh), Q/K/V products (one launch per weight type, biases fused), q/k norms + RoPE + K/V append
+ * (one launch), split-K attention (from att_mma_min rows of one session on tensor cores), the output projection
+ * accumulated into the residual, RMSNorm, gate and up, SwiGLU fused with quantization, the down projection
+ * accumulated into the residual. Steps of up to TRI_CU_VEC_ROWS rows multiply 8-bit activations, with the integer
+ * matrix-vector kernels (8 rows a launch) or, from mq_min rows, on integer tensor cores (each weight read once);
+ * longer steps use fp16 tensor cores, or up to mq_max rows (TRIATTN_CUDA_MQ_MAX; off by default) integer tensor
+ * cores again. Decode steps (every session one token) are recorded once per shape (row count, attention parts) as a
+ * CUDA graph and replayed: the inputs that change (token ids, RoPE table, row descriptors) travel in page-locked
+ * buffers the graph copies from. */
 #include "backend_cuda.h"
 #include "common.h"
 #include "model.h"
@@ -51,11 +52,12 @@ static enum triattn_status tri_cu_linear(tri_cu_step * t, int n, const float * i
                                          const tri_cu_job * jobs, int n_jobs, bool accumulate) {
     tri_cu_session * c = t->c;
     void * sm = c->stream;
-    const bool vec = n <= TRI_CU_VEC_ROWS;
+    const bool vec = n <= TRI_CU_VEC_ROWS;  /* matrix-vector kernels possible */
+    const bool q8 = vec || n <= c->mq_max; /* quantized weights read 8-bit activations */
     const bool transform = norm || up;
     /* what the products read */
     int act_types[TRI_CU_ACT_SLOTS], n_act = 0;
-    bool need_float = !vec;
+    bool need_float = !q8;
     for (int j = 0; j < n_jobs; j++) {
         const int at = tri_cuda_mm_act_type(jobs[j].w->type);
         if (!at) {
@@ -66,14 +68,14 @@ static enum triattn_status tri_cu_linear(tri_cu_step * t, int n, const float * i
         while (k < n_act && act_types[k] != at) {
             k++;
         }
-        if (k == n_act && vec) {
+        if (k == n_act && q8) {
             act_types[n_act++] = at; /* at most 3 activation types exist */
         }
     }
-    tri_cuda_q8 q8[TRI_CU_ACT_SLOTS];
+    tri_cuda_q8 acts[TRI_CU_ACT_SLOTS];
     for (int k = 0; k < n_act; k++) {
-        q8[k] = t->ws->q8[k];
-        q8[k].type = act_types[k];
+        acts[k] = t->ws->q8[k];
+        acts[k].type = act_types[k];
     }
     const float * xf = transform ? fbuf : in;
     const int64_t ldx = transform ? ne0 : ld_in;
@@ -81,10 +83,10 @@ static enum triattn_status tri_cu_linear(tri_cu_step * t, int n, const float * i
     enum triattn_status st = TRIATTN_OK;
     if (transform || n_act > 0) {
         TRI_CU_TRY(tri_cuda_act_prep(in, ld_in, up, norm, norm_w ? norm_w->d : NULL, eps, n, (int) ne0,
-                                     transform && need_float ? fbuf : NULL, ne0, q8, TRI_MIN(n_act, 2), sm));
+                                     transform && need_float ? fbuf : NULL, ne0, acts, TRI_MIN(n_act, 2), sm));
         if (n_act > 2) {
             TRI_CU_TRY(tri_cuda_act_prep(in, ld_in, up, norm, norm_w ? norm_w->d : NULL, eps, n, (int) ne0, NULL, ne0,
-                                         q8 + 2, 1, sm));
+                                         acts + 2, 1, sm));
         }
     }
     /* one launch per weight type (jobs of a type keep their order) */
@@ -103,17 +105,17 @@ static enum triattn_status tri_cu_linear(tri_cu_step * t, int n, const float * i
                 done[i] = true;
             }
         }
-        if (!vec) {
+        const int at = tri_cuda_mm_act_type(type);
+        if (!q8 || (!at && !vec)) {
             TRI_CU_TRY(tri_cuda_mm_tc(type, ne0, mj, nj, xf, ldx, n, accumulate, sm));
             continue;
         }
-        const int at = tri_cuda_mm_act_type(type);
         int slot = 0;
         while (at && act_types[slot] != at) {
             slot++;
         }
-        if (at && n >= c->mq_min) { /* every weight byte once for all rows */
-            TRI_CU_TRY(tri_cuda_mm_q(type, ne0, mj, nj, &q8[slot], n, accumulate, sm));
+        if (at && (n >= c->mq_min || !vec)) { /* every weight byte once per 32 rows */
+            TRI_CU_TRY(tri_cuda_mm_q(type, ne0, mj, nj, &acts[slot], n, accumulate, sm));
             continue;
         }
         for (int r0 = 0; r0 < n; r0 += TRI_CUDA_MV_TOK) {
@@ -125,7 +127,7 @@ static enum triattn_status tri_cu_linear(tri_cu_step * t, int n, const float * i
             }
             tri_cuda_q8 qr;
             if (at) {
-                qr = tri_cu_q8_rows(q8[slot], r0);
+                qr = tri_cu_q8_rows(acts[slot], r0);
             }
             TRI_CU_TRY(tri_cuda_mm_vec(type, ne0, g, nj, xf ? xf + (size_t) r0 * ldx : NULL, ldx, at ? &qr : NULL, nr,
                                        accumulate, sm));

@@ -138,6 +138,7 @@ __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri
     __shared__ float red[TRI_MQ_WARPS][16][8 * NTILE + 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int64_t r0 = (int64_t) blockIdx.x * 16;
+    const int tb = blockIdx.y * 8 * NTILE; /* the block's first token */
     const int kind = tri_qc_kind(T), G = tri_qc_block_values(T) / 32; /* chunks per scale group */
     const tri_cuda_q8 q8 = a.q8;
     const int64_t ngrp = a.ne0 / 32 / G;
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri
     tri_qt_xlane xl[NTILE];
 #pragma unroll
     for (int nt = 0; nt < NTILE; nt++) {
-        xl[nt] = tri_qt_xlane_make(&q8, 8 * nt, n_tok, lane);
+        xl[nt] = tri_qt_xlane_make(&q8, tb + 8 * nt, n_tok, lane);
     }
     float acc[NTILE][4] = {};
     for (int64_t gi = warp; gi < ngrp; gi += TRI_MQ_WARPS) {
@@ -193,7 +194,7 @@ __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri
     }
     __syncthreads();
     for (int e = threadIdx.x; e < 16 * 8 * NTILE; e += 32 * TRI_MQ_WARPS) {
-        const int rr = e / (8 * NTILE), tk = e % (8 * NTILE);
+        const int rr = e / (8 * NTILE), tk = tb + e % (8 * NTILE);
         int64_t r = r0 + rr;
         if (r >= a.total_rows || tk >= n_tok) {
             continue;
@@ -320,10 +321,11 @@ extern "C" enum triattn_status tri_cuda_mm_q(int type, int64_t ne0, const tri_cu
     tri_cu_mm_args a;
     TRI_CUDA_REQUIRE(tri_cu_mm_args_make(type, ne0, jobs, n_jobs, NULL, 0, n_tok, accumulate, &a));
     const int act = tri_cuda_mm_act_type(type);
-    TRI_CUDA_REQUIRE(act && n_tok <= TRI_CUDA_MQ_TOK && (a.total_rows + 15) / 16 <= 0x7fffffff);
+    TRI_CUDA_REQUIRE(act && n_tok <= 65535 * TRI_CUDA_MQ_TOK && (a.total_rows + 15) / 16 <= 0x7fffffff);
     TRI_CUDA_REQUIRE(q8 && q8->type == act && q8->ld >= ne0 && q8->ld % 32 == 0);
     a.q8 = *q8;
-    const unsigned grid = tri_cu_blocks(a.total_rows, 16);
+    /* blocks of 16 rows by up to TRI_CUDA_MQ_TOK tokens */
+    const dim3 grid(tri_cu_blocks(a.total_rows, 16), tri_cu_blocks(n_tok, TRI_CUDA_MQ_TOK));
     cudaStream_t s = TRI_CU_STREAM(stream);
     const int ntile = (n_tok + 7) / 8;
     switch (type) {

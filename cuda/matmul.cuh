@@ -21,7 +21,7 @@ extern "C" {
 
 #define TRI_CUDA_MM_JOBS 3  /* weights one launch takes */
 #define TRI_CUDA_MV_TOK  8  /* most tokens of the matrix-vector kernels */
-#define TRI_CUDA_MQ_TOK  32 /* most tokens of the integer tensor-core kernel */
+#define TRI_CUDA_MQ_TOK  32 /* tokens of a block of the integer tensor-core kernel */
 
 typedef struct tri_cuda_mm_job {
     const void *  W;     /* ne1 rows of ne0 values of the launch's type */
@@ -41,8 +41,8 @@ int tri_cuda_mm_act_type(int type);
  * types xf (stride ldx). accumulate: y += product instead of y = product. */
 enum triattn_status tri_cuda_mm_vec(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
                                     int64_t ldx, const tri_cuda_q8 * q8, int n_tok, bool accumulate, void * stream);
-/* Quantized weights x q8 (of tri_cuda_mm_act_type) on integer tensor cores, 1 <= n_tok <= TRI_CUDA_MQ_TOK: every
- * weight byte read once for all tokens. */
+/* Quantized weights x q8 (of tri_cuda_mm_act_type) on integer tensor cores, any n_tok >= 1 in blocks of
+ * TRI_CUDA_MQ_TOK tokens: every weight byte read once per block of tokens. */
 enum triattn_status tri_cuda_mm_q(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
                                   const tri_cuda_q8 * q8, int n_tok, bool accumulate, void * stream);
 /* Tensor-core products for any n_tok from float activations xf (stride ldx, 16-byte aligned rows). */

@@ -74,9 +74,10 @@ def cuda_device(cuda_build) -> dict:
     return info
 
 
-def _run_py(lib: Path, code: str, *args, timeout: int = 600) -> tuple[dict, str]:
-    """Runs code in a fresh interpreter on library lib; returns (its last stdout line as JSON, stderr)."""
-    env = dict(os.environ, PYTRIATTN_LIB=str(lib), TRI_TEST_SEED=str(SEED))
+def _run_py(lib: Path, code: str, *args, timeout: int = 600, env: dict | None = None) -> tuple[dict, str]:
+    """Runs code in a fresh interpreter on library lib (extra environment variables: env); returns (its last stdout
+    line as JSON, stderr)."""
+    env = dict(os.environ, **(env or {}), PYTRIATTN_LIB=str(lib), TRI_TEST_SEED=str(SEED))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
                        timeout=timeout)
@@ -253,6 +254,20 @@ def test_cuda_greedy_matches_cpu_tiny(cuda_build, cuda_device, tmp_path, arch, w
     print(f"{arch}-{wtype}: top-1 agreement {agree:.3f}, rows cosine {_cos(cpu['rows'], gpu['rows']):.7f}")
     assert not big_gaps, f"seed {SEED}: the GPU's choice differs where the CPU's top-2 gap is {big_gaps}"
     assert _cos(cpu["rows"], gpu["rows"]) > 0.9995, f"seed {SEED}"
+
+
+@pytest.mark.parametrize("arch,wtype", [("qwen2", "Q4_K"), ("llama", "Q6_K"), ("qwen3", "Q5_0")])
+def test_cuda_prefill_on_integer_tensor_cores(cuda_build, cuda_device, tmp_path, arch, wtype):
+    """TRIATTN_CUDA_MQ_MAX: a 40-token prompt multiplied with 8-bit activations on integer tensor cores (two blocks
+    of tokens) instead of fp16 tiles gives the CPU's logits (the same integer sums; the attention still rounds Q to
+    fp16), and the same greedy choices."""
+    model = _tiny(tmp_path, arch, wtype)
+    res, _ = _run_py(cuda_build / "libtriattn.so", GREEDY, model, -1, 8, SEED, env={"TRIATTN_CUDA_MQ_MAX": "4096"})
+    cpu, gpu = res["cpu"], res["req"]
+    assert gpu["backend"] == "cuda"
+    assert _cos(cpu["prefill"], gpu["prefill"]) > 0.9995, f"seed {SEED}"
+    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=0.5)
+    assert not big_gaps, f"seed {SEED}: the GPU's choice differs where the CPU's top-2 gap is {big_gaps}"
 
 
 # Real weights without a download on the device: the default model cut to its first layers (real tensors, its

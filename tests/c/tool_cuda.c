@@ -194,7 +194,7 @@ static void parity_dequant_matmul(void) {
             }
             const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK)
                             : pass == 1 ? (int) tu_int(1, 300)
-                                        : (int) tu_int(1, TRI_CUDA_MQ_TOK);
+                                        : (int) (tu_below(3) ? tu_int(1, TRI_CUDA_MQ_TOK) : tu_int(33, 150));
             const int bn = tu_below(2) ? 128 : 64;
             const int64_t ldx = ne0 + 4 * tu_int(0, 3);
             const bool accumulate = tu_below(2) == 0;
@@ -933,10 +933,9 @@ static int bench(int reps) {
             float * dx = dnew(sizeof(float) * 512 * ne0), * dy = dnew(sizeof(float) * 512 * ne1);
             up(dx, x, sizeof(float) * 512 * ne0);
             const int at = act_type_of(t);
-            tri_cuda_q8 q8 = at ? q8_new(TRI_CUDA_MQ_TOK, ne0, at) : (tri_cuda_q8) { 0 };
+            tri_cuda_q8 q8 = at ? q8_new(512, ne0, at) : (tri_cuda_q8) { 0 };
             if (at) {
-                CU(tri_cuda_act_prep(dx, ne0, NULL, false, NULL, 0.0f, TRI_CUDA_MQ_TOK, (int) ne0, NULL, 0, &q8, 1,
-                                     NULL));
+                CU(tri_cuda_act_prep(dx, ne0, NULL, false, NULL, 0.0f, 512, (int) ne0, NULL, 0, &q8, 1, NULL));
             }
             tri_cuda_mm_job job = { dw, ne1, dy, ne1, NULL };
             for (int nt = 1; nt <= 8; nt = nt == 1 ? 4 : 2 * nt) {
@@ -945,7 +944,7 @@ static int bench(int reps) {
                 BENCH("mm_vec", shape, (double) wb, 0.0,
                       tri_cuda_mm_vec(t, ne0, &job, 1, dx, ne0, at ? &q8 : NULL, nt, false, NULL));
             }
-            for (int nt = 4; at && nt <= TRI_CUDA_MQ_TOK; nt *= 2) { /* integer tensor cores for small batches */
+            for (int nt = 4; at && nt <= 512; nt = nt == TRI_CUDA_MQ_TOK ? 512 : 2 * nt) { /* integer tensor cores */
                 snprintf(shape, sizeof shape, "%s %lldx%lld, %d tokens", tn, (long long) ne1, (long long) ne0, nt);
                 BENCH("mm_q", shape, (double) wb, 2.0 * ne0 * ne1 * nt,
                       tri_cuda_mm_q(t, ne0, &job, 1, &q8, nt, false, NULL));

@@ -21,7 +21,8 @@ Runs (each a triattn-cli process; JSON rows collected):
       tensor cores (TRIATTN_CUDA_MQ_MAX=4096), tg64 at depth 0 with plain launches
       (TRIATTN_CUDA_PDL=0), and the sessions rows with matrix-vector products only (TRIATTN_CUDA_MQ_MIN=33) and
       with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device milliseconds
-      per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0 and at depth 16384.
+      per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0, at depth 16384, and for 16
+      sessions at depth 4096.
 Prints a markdown table and writes results.json (and the raw outputs) to --out.
 """
 from __future__ import annotations
@@ -323,6 +324,8 @@ def main(argv=None) -> int:
                                     "triattention", "--kv-budget", "2048"], env=prof)
         record("1b_profile_d16384", m, ["-p", "0", "-n", "64", "-d", "16384", "-r", "1", "-c", "33024", "--kv-policy",
                                         "full"], env=prof)
+        record("1b_profile_np16", m, ["-p", "0", "-n", "32", "-d", "4096", "-np", "16", "-r", "1", "-c", "4224",
+                                      "--kv-policy", "triattention", "--kv-budget", "2048"], env=prof)
         # one-session decode at depth 0 with plain launches (no programmatic dependent launch), against the rows above
         record("1b_triattention_nopdl", m, ["-p", "0", "-n", "64", "-d", "0", "-r", reps, "-c", "33024",
                                             "--kv-policy", "triattention", "--kv-budget", "2048"],

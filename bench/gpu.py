@@ -296,13 +296,16 @@ def main(argv=None) -> int:
                                        "--kv-policy", pol, "--kv-budget", "64", "--kv-interval", "16"])
         record("smoke_np", m, ["-p", "0", "-n", "4", "-d", "32", "-np", "1,3", "-r", "1", "-c", "256"])
     if not args.smoke and args.only in (None, "32b"):
-        # full attention: the 64K session is refused under the cap; TriAttention: as many sessions as fit, at 32K
-        # and at 64K context (the 64K ones decode past position 65280 to the end of their n_ctx)
+        # full attention: as many sessions as fit at 32K context (n_ctx 32800), then a 64K session (refused under the
+        # cap); TriAttention: as many sessions as fit, at 32K and at 64K context (the 64K ones decode from position
+        # 65504 to the end of their n_ctx, 65536)
         m = model_of("32b")
         cap = ["--gpu-mem-limit", args.mem_limit]
-        record("32b_full", m, [*cap, "-p", "0", "-n", "32", "-d", "32768,65280", "-np", "fit", "-r", "1",
-                               "-c", "65536", "--kv-policy", "full"], timeout=120)
-        record("32b_triattention", m, [*cap, "-p", "0", "-n", "32", "-d", "32768,65280", "-np", "fit", "-r", "1",
+        record("32b_full", m, [*cap, "-p", "0", "-n", "32", "-d", "32768", "-np", "fit", "-r", "1", "-c", "32800",
+                               "--kv-policy", "full"], timeout=120)
+        record("32b_full_64k", m, [*cap, "-p", "0", "-n", "32", "-d", "65504", "-np", "fit", "-r", "1", "-c", "65536",
+                                   "--kv-policy", "full"], timeout=120)
+        record("32b_triattention", m, [*cap, "-p", "0", "-n", "32", "-d", "32768,65504", "-np", "fit", "-r", "1",
                                        "-c", "65536", "--kv-policy", "triattention", "--kv-budget", "2048"])
     if not args.smoke and args.only in (None, "1b"):
         m = model_of("1b")

@@ -6,7 +6,8 @@
 #   bash bench/gpu_device.sh [tests|bench|all|final] [gpu.py options...]
 #
 # final: for a short device budget: the 32b model is written while the GPU tests run, then the 32b runs, then a
-# shorter 1b table (--short).
+# shorter 1b table (--short). tests also writes the 32b model while the tests run, so that a device budget of two
+# calls can run `tests`, then `bench --short` on the same machine (the models stay in $MODELS, inside the tree).
 #
 # Environment: TRIATTN_CUDA_BUILD_DIR = a folder with libtriattn.so, tool_cuda and triattn-cli built with
 # -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ wheels (cffi, pycparser, gguf) are
@@ -17,7 +18,8 @@ cd "$(dirname "$0")/.."
 what=${1:-all}
 shift || true
 OUT=${OUT:-bench/out/gpu}
-mkdir -p "$OUT"
+MODELS=${MODELS:-bench/out/gpu-models}  # not under $OUT: the 32b model is 17 GiB
+mkdir -p "$OUT" "$MODELS"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -32,8 +34,10 @@ if [ ! -x "$BUILD/tool_cuda" ]; then
 fi
 export TRIATTN_CUDA_BUILD_DIR=$BUILD PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >"$OUT/device.txt" 2>&1
-if [ "$what" = final ]; then
-    PYTHONUNBUFFERED=1 python3 bench/gpu.py --write-only 32b --out "$OUT" --models /tmp/gpu-models --cli "$BUILD/triattn-cli" &
+writer=
+if [ "$what" = final ] || [ "$what" = tests ]; then
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --write-only 32b --out "$OUT/write" --models "$MODELS" \
+        --cli "$BUILD/triattn-cli" &
     writer=$!
 fi
 if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
@@ -51,14 +55,18 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
         grep -E '"(mm_vec|mm_q|attention)"' "$OUT/tool_cuda_bench.jsonl" | head -50
     fi
 fi
-if [ "$what" = final ]; then
-    wait "$writer"
+if [ -n "$writer" ]; then
     t0=$SECONDS
-    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models /tmp/gpu-models --short "$@"
+    wait "$writer"
+    echo "32b model written (waited $((SECONDS - t0)) s more): $(ls -la "$MODELS" | tail -n +2 | wc -l) file(s) in $MODELS"
+fi
+if [ "$what" = final ]; then
+    t0=$SECONDS
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models "$MODELS" --short "$@"
     echo "bench: $((SECONDS - t0)) s"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     t0=$SECONDS
-    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models /tmp/gpu-models "$@"
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models "$MODELS" "$@"
     echo "bench: $((SECONDS - t0)) s"
 fi

@@ -10,13 +10,99 @@
 #define TRI_ATT_LOADS   8   /* global loads a thread issues before it uses the first */
 #define TRI_ATT_MMA_WARPS 4 /* warps of the tensor-core kernel, 16 query rows each */
 
+static_assert(TRI_CUDA_ATT_TICKETS(TRI_ATT_GMAX + 1, 1) == 2, "a part counter per group of TRI_ATT_GMAX heads");
+
 struct tri_cu_att_args {
     const float *        q;
     const tri_cuda_row * rows;
     float *              part;
+    float *              out;
+    int *                tickets;
     int                  il, H, Hkv, D, parts, head_groups;
     float                scale;
 };
+
+/* Threads tid < nth of the block merge the parts pr[parts][D + 2] of one (row, head) into out[D] in part order,
+ * skipping empty ones (sum l = 0, accumulators unwritten); the sums stop after the last non-empty part (whole-tile
+ * ranges leave the empty ones at the end). The parts are read from L2 (ld.global.cg): other blocks of the same
+ * kernel may have written them. sh: parts + 2 nth / 32 words of shared memory. Every thread of the block calls it. */
+__device__ void tri_cu_att_merge_one(const float * pr, int parts, int D, float * out, int tid, int nth, float * sh) {
+    float * wp = sh, * red_m = sh + parts;
+    int * red_n = (int *) (red_m + nth / 32);
+    const int lane = tid & 31, warp = tid >> 5;
+    __syncthreads(); /* sh is free */
+    float mx = -INFINITY;
+    int used = 0; /* 1 + the last non-empty part */
+    for (int p = tid; p < parts; p += nth) {
+        const float * pp = pr + (size_t) p * (D + 2);
+        if (__ldcg(pp + D + 1) > 0.0f) {
+            mx = fmaxf(mx, __ldcg(pp + D));
+            used = p + 1;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        used = max(used, __shfl_xor_sync(0xffffffffu, used, o));
+    }
+    if (lane == 0) {
+        red_m[warp] = mx;
+        red_n[warp] = used;
+    }
+    __syncthreads();
+    for (int w = 0; w < nth / 32; w++) {
+        mx = fmaxf(mx, red_m[w]);
+        used = max(used, red_n[w]);
+    }
+    /* each part's weight exp(m - max), -1 for an empty part */
+    for (int p = tid; p < used; p += nth) {
+        const float * pp = pr + (size_t) p * (D + 2);
+        wp[p] = __ldcg(pp + D + 1) > 0.0f ? expf(__ldcg(pp + D) - mx) : -1.0f;
+    }
+    __syncthreads();
+    float total = 0.0f;
+    for (int p = 0; p < used; p++) {
+        if (wp[p] >= 0.0f) {
+            total += wp[p] * __ldcg(pr + (size_t) p * (D + 2) + D + 1);
+        }
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    for (int d = tid; d < D; d += nth) {
+        float o = 0.0f;
+        for (int p = 0; p < used; p++) {
+            if (wp[p] >= 0.0f) {
+                o += wp[p] * __ldcg(pr + (size_t) p * (D + 2) + d);
+            }
+        }
+        out[d] = o * inv;
+    }
+    __syncthreads(); /* sh may be reused */
+}
+
+/* After a block stored its part: the block storing the last of the parts counted in tickets[i] merges the parts of
+ * query heads hq0 .. hq0 + nh - 1 of row r into a.out and sets the count back to 0 for the next launch. sh: scratch
+ * as tri_cu_att_merge_one's, for blockDim.x threads. Every thread of the block calls it. */
+__device__ void tri_cu_att_last_merges(const tri_cu_att_args & a, size_t i, int r, int hq0, int nh, float * sh) {
+    __shared__ int last;
+    __threadfence(); /* this block's part is visible device-wide before its ticket */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(a.tickets + i, 1) == a.parts - 1;
+        if (last) {
+            atomicExch(a.tickets + i, 0);
+        }
+    }
+    __syncthreads();
+    if (!last) {
+        return;
+    }
+    __threadfence();
+    for (int g = 0; g < nh; g++) {
+        const size_t row = (size_t) r * a.H + hq0 + g;
+        tri_cu_att_merge_one(a.part + row * a.parts * (a.D + 2), a.parts, a.D, a.out + row * a.D, threadIdx.x,
+                             blockDim.x, sh);
+    }
+}
 
 /* grid: x = part, y = KV head * head_groups + group, z = row. Partial of query head g: acc[D], m, l. */
 __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(const tri_cu_att_args a) {
@@ -56,154 +142,156 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
             out[D] = -INFINITY;
             out[D + 1] = 0.0f;
         }
-        return;
-    }
-    /* V accumulators: thread (column pair cp, slot group sg) */
-    const int cols = D / 2, groups = TRI_ATT_THREADS / cols;
-    const int cp = tid % cols, sg = tid / cols;
-    float acc[TRI_ATT_GMAX][2];
+    } else {
+        /* V accumulators: thread (column pair cp, slot group sg) */
+        const int cols = D / 2, groups = TRI_ATT_THREADS / cols;
+        const int cp = tid % cols, sg = tid / cols;
+        float acc[TRI_ATT_GMAX][2];
 #pragma unroll
-    for (int g = 0; g < TRI_ATT_GMAX; g++) {
-        acc[g][0] = acc[g][1] = 0.0f;
-    }
-    for (int jt = j0; jt < j1; jt += TRI_ATT_TILE) {
-        const int nt = min(TRI_ATT_TILE, j1 - jt);
-        /* scores: thread (slot jj, heads of parity gp) */
-        {
-            const int jj = tid % TRI_ATT_TILE, gp = tid / TRI_ATT_TILE;
-            float sc[TRI_ATT_GMAX / 2];
+        for (int g = 0; g < TRI_ATT_GMAX; g++) {
+            acc[g][0] = acc[g][1] = 0.0f;
+        }
+        for (int jt = j0; jt < j1; jt += TRI_ATT_TILE) {
+            const int nt = min(TRI_ATT_TILE, j1 - jt);
+            /* scores: thread (slot jj, heads of parity gp) */
+            {
+                const int jj = tid % TRI_ATT_TILE, gp = tid / TRI_ATT_TILE;
+                float sc[TRI_ATT_GMAX / 2];
 #pragma unroll
-            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
-                sc[i] = 0.0f;
-            }
-            if (jj < nt) {
-                const int4 * kr = (const int4 *) (K + (size_t) (jt + jj) * D);
-                /* the key's 16-byte pieces in batches of TRI_ATT_LOADS, all loads of a batch issued before use */
-                for (int d0 = 0; d0 < D / 8; d0 += TRI_ATT_LOADS) {
-                    int4 raw[TRI_ATT_LOADS];
+                for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                    sc[i] = 0.0f;
+                }
+                if (jj < nt) {
+                    const int4 * kr = (const int4 *) (K + (size_t) (jt + jj) * D);
+                    /* the key's 16-byte pieces in batches of TRI_ATT_LOADS, all loads of a batch issued before use */
+                    for (int d0 = 0; d0 < D / 8; d0 += TRI_ATT_LOADS) {
+                        int4 raw[TRI_ATT_LOADS];
 #pragma unroll
-                    for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                        raw[u] = d0 + u < D / 8 ? kr[d0 + u] : make_int4(0, 0, 0, 0);
-                    }
-#pragma unroll
-                    for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                        const int d8 = d0 + u;
-                        if (d8 >= D / 8) {
-                            break;
-                        }
-                        const __half2 * kh = (const __half2 *) &raw[u];
-                        float kf[8];
-#pragma unroll
-                        for (int i = 0; i < 4; i++) {
-                            const float2 f = __half22float2(kh[i]);
-                            kf[2 * i] = f.x;
-                            kf[2 * i + 1] = f.y;
+                        for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                            raw[u] = d0 + u < D / 8 ? kr[d0 + u] : make_int4(0, 0, 0, 0);
                         }
 #pragma unroll
-                        for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
-                            const int g = gp + 2 * i;
-                            if (g < Gb) {
-                                const float * qg = &qs[g][8 * d8];
+                        for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                            const int d8 = d0 + u;
+                            if (d8 >= D / 8) {
+                                break;
+                            }
+                            const __half2 * kh = (const __half2 *) &raw[u];
+                            float kf[8];
 #pragma unroll
-                                for (int e = 0; e < 8; e++) {
-                                    sc[i] += qg[e] * kf[e];
+                            for (int i = 0; i < 4; i++) {
+                                const float2 f = __half22float2(kh[i]);
+                                kf[2 * i] = f.x;
+                                kf[2 * i + 1] = f.y;
+                            }
+#pragma unroll
+                            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                                const int g = gp + 2 * i;
+                                if (g < Gb) {
+                                    const float * qg = &qs[g][8 * d8];
+#pragma unroll
+                                    for (int e = 0; e < 8; e++) {
+                                        sc[i] += qg[e] * kf[e];
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
 #pragma unroll
-            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
-                const int g = gp + 2 * i;
-                if (g < Gb) {
-                    s[g][jj] = jj < nt ? sc[i] : -INFINITY;
-                }
-            }
-        }
-        __syncthreads();
-        /* online softmax: warp w updates heads w, w + 4 */
-        for (int g = warp; g < Gb; g += TRI_ATT_THREADS / 32) {
-            const float a0 = s[g][lane], a1 = s[g][lane + 32];
-            float mx = fmaxf(a0, a1);
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            }
-            const float m_new = fmaxf(m_run[g], mx);
-            const float e0 = expf(a0 - m_new), e1 = expf(a1 - m_new);
-            s[g][lane] = e0;
-            s[g][lane + 32] = e1;
-            const float sum = tri_cu_warp_sum(e0 + e1);
-            if (lane == 0) {
-                const float c = expf(m_run[g] - m_new); /* 0 on the first tile */
-                corr[g] = c;
-                l_run[g] = l_run[g] * c + sum;
-                m_run[g] = m_new;
-            }
-        }
-        __syncthreads();
-        /* weighted V */
-#pragma unroll
-        for (int g = 0; g < TRI_ATT_GMAX; g++) {
-            if (g < Gb) {
-                acc[g][0] *= corr[g];
-                acc[g][1] *= corr[g];
-            }
-        }
-        for (int j0 = sg; j0 < nt; j0 += TRI_ATT_LOADS * groups) { /* TRI_ATT_LOADS slots' values loaded at once */
-            float2 vv[TRI_ATT_LOADS];
-#pragma unroll
-            for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                const int jj = j0 + u * groups;
-                const __half2 * vr = (const __half2 *) (V + (size_t) (jt + jj) * D);
-                vv[u] = jj < nt ? __half22float2(vr[cp]) : make_float2(0.0f, 0.0f);
-            }
-#pragma unroll
-            for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                const int jj = j0 + u * groups;
-                if (jj >= nt) {
-                    break;
-                }
-#pragma unroll
-                for (int g = 0; g < TRI_ATT_GMAX; g++) {
+                for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                    const int g = gp + 2 * i;
                     if (g < Gb) {
-                        const float w = s[g][jj];
-                        acc[g][0] += w * vv[u].x;
-                        acc[g][1] += w * vv[u].y;
+                        s[g][jj] = jj < nt ? sc[i] : -INFINITY;
                     }
                 }
             }
+            __syncthreads();
+            /* online softmax: warp w updates heads w, w + 4 */
+            for (int g = warp; g < Gb; g += TRI_ATT_THREADS / 32) {
+                const float a0 = s[g][lane], a1 = s[g][lane + 32];
+                float mx = fmaxf(a0, a1);
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) {
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                }
+                const float m_new = fmaxf(m_run[g], mx);
+                const float e0 = expf(a0 - m_new), e1 = expf(a1 - m_new);
+                s[g][lane] = e0;
+                s[g][lane + 32] = e1;
+                const float sum = tri_cu_warp_sum(e0 + e1);
+                if (lane == 0) {
+                    const float c = expf(m_run[g] - m_new); /* 0 on the first tile */
+                    corr[g] = c;
+                    l_run[g] = l_run[g] * c + sum;
+                    m_run[g] = m_new;
+                }
+            }
+            __syncthreads();
+            /* weighted V */
+#pragma unroll
+            for (int g = 0; g < TRI_ATT_GMAX; g++) {
+                if (g < Gb) {
+                    acc[g][0] *= corr[g];
+                    acc[g][1] *= corr[g];
+                }
+            }
+            for (int j0 = sg; j0 < nt; j0 += TRI_ATT_LOADS * groups) { /* TRI_ATT_LOADS slots' values loaded at once */
+                float2 vv[TRI_ATT_LOADS];
+#pragma unroll
+                for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                    const int jj = j0 + u * groups;
+                    const __half2 * vr = (const __half2 *) (V + (size_t) (jt + jj) * D);
+                    vv[u] = jj < nt ? __half22float2(vr[cp]) : make_float2(0.0f, 0.0f);
+                }
+#pragma unroll
+                for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                    const int jj = j0 + u * groups;
+                    if (jj >= nt) {
+                        break;
+                    }
+#pragma unroll
+                    for (int g = 0; g < TRI_ATT_GMAX; g++) {
+                        if (g < Gb) {
+                            const float w = s[g][jj];
+                            acc[g][0] += w * vv[u].x;
+                            acc[g][1] += w * vv[u].y;
+                        }
+                    }
+                }
+            }
+            __syncthreads(); /* s is rewritten by the next tile */
         }
-        __syncthreads(); /* s is rewritten by the next tile */
-    }
-    /* combine the slot groups through shared memory (qs is free now) */
-    float * red = &qs[0][0]; /* [groups][Gb][D] <= TRI_ATT_GMAX * MAX_D floats */
-    for (int k = 1; k < groups; k++) {
-        if (sg == k) {
+        /* combine the slot groups through shared memory (qs is free now) */
+        float * red = &qs[0][0]; /* [groups][Gb][D] <= TRI_ATT_GMAX * MAX_D floats */
+        for (int k = 1; k < groups; k++) {
+            if (sg == k) {
+                for (int g = 0; g < Gb; g++) {
+                    red[((k - 1) * Gb + g) * D + 2 * cp] = acc[g][0];
+                    red[((k - 1) * Gb + g) * D + 2 * cp + 1] = acc[g][1];
+                }
+            }
+        }
+        __syncthreads();
+        if (sg == 0) {
             for (int g = 0; g < Gb; g++) {
-                red[((k - 1) * Gb + g) * D + 2 * cp] = acc[g][0];
-                red[((k - 1) * Gb + g) * D + 2 * cp + 1] = acc[g][1];
+                float o0 = acc[g][0], o1 = acc[g][1];
+                for (int k = 1; k < groups; k++) {
+                    o0 += red[((k - 1) * Gb + g) * D + 2 * cp];
+                    o1 += red[((k - 1) * Gb + g) * D + 2 * cp + 1];
+                }
+                float * out = a.part + (((size_t) r * a.H + h * G + g0 + g) * a.parts + p) * (D + 2);
+                out[2 * cp] = o0;
+                out[2 * cp + 1] = o1;
+                if (cp == 0) {
+                    out[D] = m_run[g];
+                    out[D + 1] = l_run[g];
+                }
             }
         }
     }
-    __syncthreads();
-    if (sg == 0) {
-        for (int g = 0; g < Gb; g++) {
-            float o0 = acc[g][0], o1 = acc[g][1];
-            for (int k = 1; k < groups; k++) {
-                o0 += red[((k - 1) * Gb + g) * D + 2 * cp];
-                o1 += red[((k - 1) * Gb + g) * D + 2 * cp + 1];
-            }
-            float * out = a.part + (((size_t) r * a.H + h * G + g0 + g) * a.parts + p) * (D + 2);
-            out[2 * cp] = o0;
-            out[2 * cp + 1] = o1;
-            if (cp == 0) {
-                out[D] = m_run[g];
-                out[D + 1] = l_run[g];
-            }
-        }
-    }
+    /* the last of the row's parts to finish merges them */
+    tri_cu_att_last_merges(a, (size_t) r * gridDim.y + blockIdx.y, r, h * G + g0, Gb, &qs[0][0]);
 }
 
 /* c (16 x 8, fp32) += a (16 x 16) b (16 x 8), fp16 inputs in atile.h's fragments. */
@@ -313,69 +401,19 @@ __global__ void __launch_bounds__(TRI_ATT_MMA_WARPS * 32) tri_cu_att_mma_kernel(
     }
 }
 
-/* grid.x = n_rows * n_head, TRI_ATT_MERGE threads: merges the parts in order, skipping empty ones (sum l = 0, their
- * accumulators unwritten). The threads read the parts' (m, l) side by side; the sums over parts stay in part order
- * and stop after the last non-empty part (whole-tile ranges leave the empty ones at the end). */
+/* grid.x = n_rows * n_head, TRI_ATT_MERGE threads: merges the parts of one (row, head) (the tensor-core kernel's). */
 __global__ void __launch_bounds__(TRI_ATT_MERGE) tri_cu_att_merge_kernel(const float * part, int parts, int D,
                                                                           float * out) {
     tri_cu_pdl_enter();
-    __shared__ float wp[TRI_CUDA_ATT_MAX_PARTS];
-    __shared__ float red_m[TRI_ATT_MERGE / 32];
-    __shared__ int red_n[TRI_ATT_MERGE / 32];
+    __shared__ float sh[TRI_CUDA_ATT_MAX_PARTS + 2 * TRI_ATT_MERGE / 32];
     const size_t row = blockIdx.x;
-    const float * pr = part + row * parts * (D + 2);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    float mx = -INFINITY;
-    int used = 0; /* 1 + the last non-empty part */
-    for (int p = tid; p < parts; p += TRI_ATT_MERGE) {
-        const float * pp = pr + (size_t) p * (D + 2);
-        if (pp[D + 1] > 0.0f) {
-            mx = fmaxf(mx, pp[D]);
-            used = p + 1;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        used = max(used, __shfl_xor_sync(0xffffffffu, used, o));
-    }
-    if (lane == 0) {
-        red_m[warp] = mx;
-        red_n[warp] = used;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int w = 0; w < TRI_ATT_MERGE / 32; w++) {
-        mx = fmaxf(mx, red_m[w]);
-        used = max(used, red_n[w]);
-    }
-    /* each part's weight exp(m - max), -1 for an empty part */
-    for (int p = tid; p < used; p += TRI_ATT_MERGE) {
-        const float * pp = pr + (size_t) p * (D + 2);
-        wp[p] = pp[D + 1] > 0.0f ? expf(pp[D] - mx) : -1.0f;
-    }
-    __syncthreads();
-    float total = 0.0f;
-    for (int p = 0; p < used; p++) {
-        if (wp[p] >= 0.0f) {
-            total += wp[p] * pr[(size_t) p * (D + 2) + D + 1];
-        }
-    }
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    for (int d = tid; d < D; d += TRI_ATT_MERGE) {
-        float o = 0.0f;
-        for (int p = 0; p < used; p++) {
-            if (wp[p] >= 0.0f) {
-                o += wp[p] * pr[(size_t) p * (D + 2) + d];
-            }
-        }
-        out[row * D + d] = o * inv;
-    }
+    tri_cu_att_merge_one(part + row * parts * (D + 2), parts, D, out + row * D, threadIdx.x, TRI_ATT_MERGE, sh);
 }
 
 extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * rows, int n_rows, int il,
                                                   int n_head, int n_head_kv, int D, float scale, int parts,
-                                                  bool chunk, float * part, float * out, void * stream) {
+                                                  bool chunk, float * part, int * tickets, float * out,
+                                                  void * stream) {
     TRI_CUDA_REQUIRE(n_rows > 0 && n_rows <= 65535 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 &&
                      D >= 16 && D <= TRI_CUDA_ATT_MAX_D && D % 16 == 0 && parts > 0 && parts <= TRI_CUDA_ATT_MAX_PARTS &&
                      il >= 0);
@@ -383,6 +421,8 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
     a.q = q;
     a.rows = rows;
     a.part = part;
+    a.out = out;
+    a.tickets = tickets;
     a.il = il;
     a.H = n_head;
     a.Hkv = n_head_kv;
@@ -397,14 +437,14 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
         const dim3 grid((unsigned) parts, (unsigned) n_head_kv, (unsigned) blocks);
         (void) tri_cu_launch(D == 64 ? tri_cu_att_mma_kernel<64> : tri_cu_att_mma_kernel<128>, grid,
                              TRI_ATT_MMA_WARPS * 32, TRI_CU_STREAM(stream), a, n_rows);
-    } else {
-        TRI_CUDA_REQUIRE((int64_t) n_head_kv * a.head_groups <= 65535);
+        TRI_CUDA_LAUNCHED();
+        (void) tri_cu_launch(tri_cu_att_merge_kernel, (unsigned) n_rows * n_head, TRI_ATT_MERGE,
+                             TRI_CU_STREAM(stream), (const float *) part, parts, D, out);
+    } else { /* the last block of each (row, KV head, group) merges: one launch */
+        TRI_CUDA_REQUIRE(tickets && (int64_t) n_head_kv * a.head_groups <= 65535);
         const dim3 grid((unsigned) parts, (unsigned) (n_head_kv * a.head_groups), (unsigned) n_rows);
         (void) tri_cu_launch(tri_cu_att_partial_kernel, grid, TRI_ATT_THREADS, TRI_CU_STREAM(stream), a);
     }
-    TRI_CUDA_LAUNCHED();
-    (void) tri_cu_launch(tri_cu_att_merge_kernel, (unsigned) n_rows * n_head, TRI_ATT_MERGE, TRI_CU_STREAM(stream),
-                          (const float *) part, parts, D, out);
     TRI_CUDA_LAUNCHED();
     return TRIATTN_OK;
 }

@@ -4,9 +4,9 @@
  * session up to this one (appended in rank order), a prefix of n_live + rank + 1 slots known without reading the
  * positions. A block takes the G query heads of one KV head (up to 8 at a time), so K and V are read once
  * for the group, and one of `parts` slot ranges (split-K, flash-decoding): one decode token still fills the
- * GPU. A chunk of one session's rows (prefill) goes to tensor cores instead: a block takes 64 of its (token, query
- * head) pairs of one KV head and reads each K/V tile once for all of them. The partials are merged in range order
- * by a second kernel. */
+ * GPU; the block that finishes a row's last part merges the parts in range order. A chunk of one session's rows
+ * (prefill) goes to tensor cores instead: a block takes 64 of its (token, query head) pairs of one KV head and reads
+ * each K/V tile once for all of them; a second kernel merges its parts. */
 #ifndef TRI_CUDA_ATTENTION_CUH
 #define TRI_CUDA_ATTENTION_CUH
 
@@ -22,14 +22,17 @@ extern "C" {
 
 #define TRI_CUDA_ATT_MAX_D 256 /* largest head_dim the kernels take */
 #define TRI_CUDA_ATT_MAX_PARTS 128 /* most slot ranges (split-K parts) per row and head */
+/* Part counters per row: one per KV head and group of up to 8 of its query heads. */
+#define TRI_CUDA_ATT_TICKETS(n_head, n_head_kv) ((n_head_kv) * (((n_head) / (n_head_kv) + 7) / 8))
 
 /* q: [n_rows][n_head][D] post-RoPE; rows: the step's rows (their K/V already appended); out: [n_rows][n_head][D].
- * part: scratch of n_rows * n_head * parts * (D + 2) floats. chunk: the rows are one session's consecutive rows
- * in rank order; then for head_dim 64 and 128 a tensor-core kernel (atile.h) takes them, with Q and the softmax
- * weights rounded to fp16 (the other kernel keeps both in fp32). */
+ * part: scratch of n_rows * n_head * parts * (D + 2) floats. tickets: n_rows * TRI_CUDA_ATT_TICKETS(n_head,
+ * n_head_kv) ints, zero before and after (the fp32 kernel counts finished parts there). chunk: the rows are one
+ * session's consecutive rows in rank order; then for head_dim 64 and 128 a tensor-core kernel (atile.h) takes them,
+ * with Q and the softmax weights rounded to fp16 (the other kernel keeps both in fp32). */
 enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * rows, int n_rows, int il, int n_head,
                                        int n_head_kv, int D, float scale, int parts, bool chunk, float * part,
-                                       float * out, void * stream);
+                                       int * tickets, float * out, void * stream);
 
 #ifdef __cplusplus
 }

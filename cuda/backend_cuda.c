@@ -272,6 +272,7 @@ static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws *
     TRI_CU_PART(ws->up, nr * hp->n_ff * sizeof(float));
     TRI_CU_PART(ws->hid, nr * hp->n_ff * sizeof(float));
     TRI_CU_PART(ws->part, (size_t) ws->part_rows * hp->n_head * (hp->head_dim + 2) * sizeof(float));
+    TRI_CU_PART(ws->tickets, nr * TRI_CUDA_ATT_TICKETS(hp->n_head, hp->n_head_kv) * sizeof(int32_t));
     TRI_CU_PART(ws->logits, (size_t) TRI_CU_LOGIT_ROWS * hp->n_vocab * sizeof(float));
     for (int i = 0; i < TRI_CU_ACT_SLOTS; i++) {
         TRI_CU_PART(ws->q8[i].qs, mv * mi);
@@ -286,7 +287,7 @@ static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws *
  * n_batch rows, or says why they do not fit. */
 static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, size_t kv_bytes, char * err, size_t en) {
     tri_cu_model * cm = s->model->backend_state;
-    tri_cu_part parts[16 + 2 * TRI_CU_ACT_SLOTS];
+    tri_cu_part parts[20 + 2 * TRI_CU_ACT_SLOTS];
     tri_cu_ws grown = { 0 };
     const int32_t rows = s->params.n_batch;
     const size_t n_parts = tri_cu_ws_layout(&s->model->hp, rows, &grown, parts);
@@ -297,6 +298,14 @@ static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, s
     enum triattn_status st = need <= avail ? TRIATTN_OK : TRIATTN_ERR_OOM;
     if (st == TRIATTN_OK && ws_bytes) { /* no step is in flight while the lock is held */
         st = tri_cu_carve(parts, n_parts, true, &grown.mem);
+        if (st == TRIATTN_OK) {
+            const size_t tb = (size_t) rows * TRI_CUDA_ATT_TICKETS(s->model->hp.n_head, s->model->hp.n_head_kv) * 4;
+            st = tri_cuda_memset(grown.tickets, 0, tb, NULL);
+            st = st == TRIATTN_OK ? tri_cuda_sync(NULL) : st;
+            if (st != TRIATTN_OK) {
+                tri_cuda_free(grown.mem);
+            }
+        }
         if (st == TRIATTN_OK) {
             tri_cuda_free(cm->ws.mem);
             cm->used -= cm->ws.bytes;

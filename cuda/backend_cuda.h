@@ -56,6 +56,7 @@ typedef struct tri_cu_ws {
     tri_cuda_row * row;           /* [rows] */
     float *   x, * xn, * q, * k, * v, * att, * gate, * up, * hid;
     float *   part;               /* [part_rows][n_head][head_dim + 2] */
+    int32_t * tickets;            /* [rows][TRI_CUDA_ATT_TICKETS]: attention's part counters, zero between steps */
     float *   logits;             /* [TRI_CU_LOGIT_ROWS][n_vocab] */
     tri_cuda_q8 q8[TRI_CU_ACT_SLOTS]; /* [TRI_CU_VEC_ROWS][max_in] each */
 } tri_cu_ws;

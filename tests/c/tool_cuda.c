@@ -527,14 +527,27 @@ static void parity_kv_attention(void) {
         /* a few parts, or many (more than a merge thread each, most of them empty) */
         const int parts = tu_below(4) == 0 ? (int) tu_int(65, TRI_CUDA_ATT_MAX_PARTS) : (int) tu_int(1, 9);
         float * dpart = dnew(sizeof(float) * n * H * parts * (D + 2)), * dout = dnew(sizeof(float) * n * H * D);
+        const size_t nt = (size_t) n * TRI_CUDA_ATT_TICKETS(H, Hkv);
+        int * dtickets = dnew(sizeof(int) * nt);
+        CU(tri_cuda_memset(dtickets, 0, sizeof(int) * nt, NULL));
         CU(tri_cuda_qkv_post(dq, dk, dv, norms ? dqn : NULL, norms ? dkn : NULL, dcs, drows, n, il, &hd, L, NULL));
-        CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, false, dpart, dout, NULL));
+        CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, false, dpart, dtickets,
+                              dout, NULL));
         down(gq, dq, sizeof(float) * n * H * D);
         down(gout, dout, sizeof(float) * n * H * D);
         /* session A's chunk alone, as one session's rows (tensor cores for D 64 and 128) */
-        CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, true, dpart, dout, NULL));
+        CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, true, dpart, dtickets,
+                              dout, NULL));
         float * gmma = hnew(sizeof(float) * nA * H * D);
         down(gmma, dout, sizeof(float) * nA * H * D);
+        /* the part counters are back to zero for the next launch */
+        int * gt = hnew(sizeof(int) * nt);
+        down(gt, dtickets, sizeof(int) * nt);
+        for (size_t i = 0; i < nt; i++) {
+            worst_att = gt[i] != 0 ? INFINITY : worst_att;
+        }
+        free(gt);
+        tri_cuda_free(dtickets);
         for (size_t i = 0; i < (size_t) n * H * D; i++) {
             worst_q = fmax(worst_q, fabs((double) gq[i] - q[i]) / (fabs(q[i]) + 1e-2));
         }
@@ -998,6 +1011,8 @@ static int bench(int reps) {
             up(drows, rows, sizeof(tri_cuda_row) * 512);
             float * q = dnew(sizeof(float) * 512 * H * D), * out = dnew(sizeof(float) * 512 * H * D);
             float * part = dnew(sizeof(float) * 512 * H * 64 * (D + 2));
+            int * tickets = dnew(sizeof(int) * 512 * TRI_CUDA_ATT_TICKETS(H, Hkv));
+            CU(tri_cuda_memset(tickets, 0, sizeof(int) * 512 * TRI_CUDA_ATT_TICKETS(H, Hkv), NULL));
             CU(tri_cuda_memset(q, 0, sizeof(float) * 512 * H * D, NULL));
             const double kv_bytes = (double) (cap - 511) * Hkv * D * 2 * 2;
             rows[0] = (tri_cuda_row) { c.K, c.V, c.pos, c.live, cap, cap - 512, 0, 1 };
@@ -1005,7 +1020,7 @@ static int bench(int reps) {
             const int parts = TRI_MIN(64, (cap + 127) / 128);
             snprintf(shape, sizeof shape, "1 row over %d slots, 32/8 heads, D 64, %d parts", cap - 511, parts);
             BENCH("attention", shape, kv_bytes, 0.0,
-                  tri_cuda_attention(q, drows, 1, 0, H, Hkv, D, 0.125f, parts, false, part, out, NULL));
+                  tri_cuda_attention(q, drows, 1, 0, H, Hkv, D, 0.125f, parts, false, part, tickets, out, NULL));
             rows[0] = (tri_cuda_row) { c.K, c.V, c.pos, c.live, cap, cap - 512, 0, 512 };
             up(drows, rows, sizeof(tri_cuda_row));
             for (int pc = 0; pc < 3; pc++) { /* the fp32 kernel, then tensor cores with 1 and 2 parts */
@@ -1013,12 +1028,14 @@ static int bench(int reps) {
                 snprintf(shape, sizeof shape, "512 rows over <= %d slots, %d part%s%s", cap, np, np > 1 ? "s" : "",
                          pc ? ", tensor cores" : "");
                 BENCH("attention", shape, 0.0, 4.0 * 512 * H * D * (cap - 256.0),
-                      tri_cuda_attention(q, drows, 512, 0, H, Hkv, D, 0.125f, np, pc > 0, part, out, NULL));
+                      tri_cuda_attention(q, drows, 512, 0, H, Hkv, D, 0.125f, np, pc > 0, part, tickets, out,
+                                         NULL));
             }
             tri_cuda_free(drows);
             tri_cuda_free(q);
             tri_cuda_free(out);
             tri_cuda_free(part);
+            tri_cuda_free(tickets);
             free(rows);
             cache_free(&c);
         }

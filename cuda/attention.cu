@@ -290,8 +290,9 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
             }
         }
     }
-    /* the last of the row's parts to finish merges them */
-    tri_cu_att_last_merges(a, (size_t) r * gridDim.y + blockIdx.y, r, h * G + g0, Gb, &qs[0][0]);
+    if (a.tickets) { /* the last of the row's parts to finish merges them */
+        tri_cu_att_last_merges(a, (size_t) r * gridDim.y + blockIdx.y, r, h * G + g0, Gb, &qs[0][0]);
+    }
 }
 
 /* c (16 x 8, fp32) += a (16 x 16) b (16 x 8), fp16 inputs in atile.h's fragments. */
@@ -430,21 +431,24 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
     a.parts = parts;
     a.head_groups = (n_head / n_head_kv + TRI_ATT_GMAX - 1) / TRI_ATT_GMAX;
     a.scale = scale;
-    if (chunk && (D == 64 || D == 128)) {
+    const bool mma = chunk && (D == 64 || D == 128);
+    if (mma) {
         const int64_t blocks = ((int64_t) n_rows * (n_head / n_head_kv) + TRI_ATT_MMA_WARPS * TRI_AT_ROWS - 1) /
                                (TRI_ATT_MMA_WARPS * TRI_AT_ROWS);
         TRI_CUDA_REQUIRE(blocks <= 65535 && n_head_kv <= 65535);
         const dim3 grid((unsigned) parts, (unsigned) n_head_kv, (unsigned) blocks);
         (void) tri_cu_launch(D == 64 ? tri_cu_att_mma_kernel<64> : tri_cu_att_mma_kernel<128>, grid,
                              TRI_ATT_MMA_WARPS * 32, TRI_CU_STREAM(stream), a, n_rows);
-        TRI_CUDA_LAUNCHED();
-        (void) tri_cu_launch(tri_cu_att_merge_kernel, (unsigned) n_rows * n_head, TRI_ATT_MERGE,
-                             TRI_CU_STREAM(stream), (const float *) part, parts, D, out);
-    } else { /* the last block of each (row, KV head, group) merges: one launch */
-        TRI_CUDA_REQUIRE(tickets && (int64_t) n_head_kv * a.head_groups <= 65535);
+    } else { /* with tickets the last block of each (row, KV head, group) merges: one launch */
+        TRI_CUDA_REQUIRE((int64_t) n_head_kv * a.head_groups <= 65535);
         const dim3 grid((unsigned) parts, (unsigned) (n_head_kv * a.head_groups), (unsigned) n_rows);
         (void) tri_cu_launch(tri_cu_att_partial_kernel, grid, TRI_ATT_THREADS, TRI_CU_STREAM(stream), a);
     }
     TRI_CUDA_LAUNCHED();
+    if (mma || !tickets) {
+        (void) tri_cu_launch(tri_cu_att_merge_kernel, (unsigned) n_rows * n_head, TRI_ATT_MERGE,
+                             TRI_CU_STREAM(stream), (const float *) part, parts, D, out);
+        TRI_CUDA_LAUNCHED();
+    }
     return TRIATTN_OK;
 }

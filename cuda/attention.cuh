@@ -27,7 +27,8 @@ extern "C" {
 
 /* q: [n_rows][n_head][D] post-RoPE; rows: the step's rows (their K/V already appended); out: [n_rows][n_head][D].
  * part: scratch of n_rows * n_head * parts * (D + 2) floats. tickets: n_rows * TRI_CUDA_ATT_TICKETS(n_head,
- * n_head_kv) ints, zero before and after (the fp32 kernel counts finished parts there). chunk: the rows are one
+ * n_head_kv) ints, zero before and after (the fp32 kernel counts finished parts there and merges in the same
+ * launch), or NULL (a second kernel merges). chunk: the rows are one
  * session's consecutive rows in rank order; then for head_dim 64 and 128 a tensor-core kernel (atile.h) takes them,
  * with Q and the softmax weights rounded to fp16 (the other kernel keeps both in fp32). */
 enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * rows, int n_rows, int il, int n_head,

@@ -405,6 +405,8 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     if (c->att_mma_min == 0) { /* never */
         c->att_mma_min = INT32_MAX;
     }
+    const char * fused_env = getenv("TRIATTN_CUDA_ATT_FUSED");
+    c->att_fused = !(fused_env && strcmp(fused_env, "0") == 0);
 
     /* Host mirror of the cache: positions and live counts only. */
     const size_t LK = (size_t) c->L * c->Hkv, LH = (size_t) c->L * c->H, slots = LK * cap;

@@ -141,6 +141,7 @@ typedef struct tri_cu_session {
                                      on integer tensor cores, shorter ones with matrix-vector kernels */
     int32_t    mq_max;            /* steps of up to this many rows (>= TRI_CU_VEC_ROWS) use 8-bit activations */
     int32_t    att_mma_min;       /* one session's steps of at least this many rows attend on tensor cores */
+    bool       att_fused;         /* decode attention merges its parts in the same launch */
     tri_cu_prof * prof;           /* NULL unless profiling */
 } tri_cu_session;
 

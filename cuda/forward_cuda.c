@@ -155,7 +155,7 @@ static enum triattn_status tri_cu_layer_run(tri_cu_step * t, int il) {
     TRI_CU_TRY(tri_cuda_qkv_post(w->q, w->k, w->v, Lw->q_norm.d, Lw->k_norm.d, w->cs, w->row, n, il, &heads, c->L, sm));
     tri_cu_prof_mark(c->prof, TRI_CU_PH_KV, sm);
     TRI_CU_TRY(tri_cuda_attention(w->q, w->row, n, il, c->H, c->Hkv, c->D, hp->attn_scale, t->parts, t->chunk, w->part,
-                                  w->tickets, w->att, sm));
+                                  c->att_fused ? w->tickets : NULL, w->att, sm));
     tri_cu_prof_mark(c->prof, TRI_CU_PH_ATT, sm);
     const tri_cu_job out = { &Lw->wo, w->x, NULL };
     TRI_CU_TRY(tri_cu_linear(t, n, w->att, c->q_dim, NULL, false, NULL, NULL, c->q_dim, &out, 1, true));

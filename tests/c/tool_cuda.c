@@ -531,8 +531,9 @@ static void parity_kv_attention(void) {
         int * dtickets = dnew(sizeof(int) * nt);
         CU(tri_cuda_memset(dtickets, 0, sizeof(int) * nt, NULL));
         CU(tri_cuda_qkv_post(dq, dk, dv, norms ? dqn : NULL, norms ? dkn : NULL, dcs, drows, n, il, &hd, L, NULL));
-        CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, false, dpart, dtickets,
-                              dout, NULL));
+        const bool fused = tu_below(4) != 0; /* the merge in the same launch, or a second kernel's */
+        CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, false, dpart,
+                              fused ? dtickets : NULL, dout, NULL));
         down(gq, dq, sizeof(float) * n * H * D);
         down(gout, dout, sizeof(float) * n * H * D);
         /* session A's chunk alone, as one session's rows (tensor cores for D 64 and 128) */

@@ -15,14 +15,14 @@ Runs (each a triattn-cli process; JSON rows collected):
   32b under a 24 GiB device-memory cap, full and triattention (budget 2048): as many sessions as fit (-np fit) at
       32K and at 64K context, tg32 each (full attention: refused); the 64K sessions decode to their n_ctx.
   1b: pp512 (also at depth) and tg64 at depths 0, 4096, 16384, 32768, full and triattention (budget 2048); tg32 at
-      depth 4096 with 1, 8 and 16 sessions decoding together (-np), full and triattention; then the kernel
-      choices measured in the same run (environment variables of the CUDA backend, docs/cuda.md): pp512 at depth 0
-      and 16384 with the fp32 attention kernel (TRIATTN_CUDA_ATT_MMA_MIN=0), pp512 with the products on integer
-      tensor cores (TRIATTN_CUDA_MQ_MAX=4096), tg64 at depth 0 with plain launches
-      (TRIATTN_CUDA_PDL=0), and the sessions rows with matrix-vector products only (TRIATTN_CUDA_MQ_MIN=33) and
-      with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device milliseconds
-      per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0, at depth 16384, and for 16
-      sessions at depth 4096.
+      depth 4096 with 1, 8 and 16 sessions decoding together (-np), full and triattention; then the kernel choices
+      measured in the same run (environment variables of the CUDA backend, docs/cuda.md): pp512 at depth 0 and 16384
+      with the fp32 attention kernel (TRIATTN_CUDA_ATT_MMA_MIN=0), pp512 with the products on integer tensor cores
+      (TRIATTN_CUDA_MQ_MAX=4096), tg64 at depth 0 with plain launches (TRIATTN_CUDA_PDL=0), tg64 at depth 0 and
+      32768 with decode attention merged by a second kernel (TRIATTN_CUDA_ATT_FUSED=0), and the sessions rows with
+      matrix-vector products only (TRIATTN_CUDA_MQ_MIN=33) and with integer tensor cores from 2 sessions
+      (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device milliseconds per phase of the prefill and decode
+      steps (TRIATTN_CUDA_PROFILE=1) at depth 0, at depth 16384, and for 16 sessions at depth 4096.
 Prints a markdown table and writes results.json (and the raw outputs) to --out.
 """
 from __future__ import annotations
@@ -333,6 +333,10 @@ def main(argv=None) -> int:
         record("1b_triattention_nopdl", m, ["-p", "0", "-n", "64", "-d", "0", "-r", reps, "-c", "33024",
                                             "--kv-policy", "triattention", "--kv-budget", "2048"],
                env={"TRIATTN_CUDA_PDL": "0"})
+        # decode attention merging its parts in a second kernel, at depth 0 and 32768
+        record("1b_triattention_unfused", m, ["-p", "0", "-n", "64", "-d", "0,32768", "-r", reps, "-c", "33024",
+                                              "--kv-policy", "triattention", "--kv-budget", "2048"],
+               env={"TRIATTN_CUDA_ATT_FUSED": "0"})
         np_args = ["-p", "0", "-n", "32", "-d", "4096", "-r", "2", "-c", "4224", "--kv-budget", "2048"]
         for pol in ("full", "triattention"):
             record(f"1b_np_{pol}", m, [*np_args, "-np", "16" if args.short else "1,8,16", "--kv-policy", pol])

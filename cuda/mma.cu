@@ -10,6 +10,7 @@
 
 #include <mma.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define TRI_TC_BM      128
 #define TRI_TC_BK      64
@@ -28,7 +29,13 @@ struct tri_cu_tc_args {
     int64_t         ldx;
     int             n_tok;
     bool            accumulate;
+    bool            prefetch; /* ask L1 for the next step's bytes before the current step's products */
 };
+
+/* Asks L1 for the 128-byte line holding p (a hint: nothing waits for it). */
+__device__ __forceinline__ void tri_cu_prefetch_l1(const void * p) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
 
 /* 32 weights of chunk c of a row as floats (the CPU dequantizer's values). */
 template <int T>
@@ -133,6 +140,21 @@ __global__ void __launch_bounds__(TRI_TC_THREADS) tri_cu_tc_kernel(const tri_cu_
             }
         }
         __syncthreads();
+        if (a.prefetch && k0 + TRI_TC_BK < a.ne0) { /* the next step's weight block and activations */
+            const int64_t cn = (k0 + TRI_TC_BK) / 32 + wc;
+            if (r < job.ne1 && cn < nch) { /* the chunk's block (a K-quant super-block spans 2 lines) */
+                const bool flt = T == TRI_TC_F32 || T == TRI_TC_F16 || T == TRI_TC_BF16;
+                const size_t span = T == TRI_TC_F32 ? 128 : flt ? 64 : (size_t) tri_qc_block_bytes(T);
+                const size_t off = flt ? (size_t) cn * span : (size_t) (cn * 32 / tri_qc_block_values(T)) * span;
+                tri_cu_prefetch_l1(wrow + off);
+                tri_cu_prefetch_l1(wrow + off + span - 1);
+            }
+            if (t < a.n_tok && k0 + TRI_TC_BK + XV * (xp + 1) <= a.ne0) { /* within the row */
+                const float * x = xrow + k0 + TRI_TC_BK + XV * xp;
+                tri_cu_prefetch_l1(x);
+                tri_cu_prefetch_l1(x + XV - 1);
+            }
+        }
 #pragma unroll
         for (int kk = 0; kk < TRI_TC_BK; kk += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
@@ -191,6 +213,17 @@ __global__ void __launch_bounds__(TRI_TC_THREADS) tri_cu_tc_kernel(const tri_cu_
     X(TRI_QC_Q2_K) X(TRI_QC_Q3_K) X(TRI_QC_Q4_K) X(TRI_QC_Q5_K) X(TRI_QC_Q6_K) X(TRI_TC_F32) X(TRI_TC_F16)    \
     X(TRI_TC_BF16)
 
+/* $TRIATTN_CUDA_TC_PREFETCH=1: each step of the tensor-core products asks L1 for the next step's bytes before it
+ * multiplies (off by default until measured on a device; bench/gpu.py times both). */
+static bool tri_cu_tc_prefetch(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char * e = getenv("TRIATTN_CUDA_TC_PREFETCH");
+        on = e && strcmp(e, "1") == 0;
+    }
+    return on == 1;
+}
+
 extern "C" enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
                                                  const float * xf, int64_t ldx, int n_tok, bool accumulate, int bn,
                                                  void * stream) {
@@ -206,6 +239,7 @@ extern "C" enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tr
     a.ldx = ldx;
     a.n_tok = n_tok;
     a.accumulate = accumulate;
+    a.prefetch = tri_cu_tc_prefetch();
     int64_t tiles = 0;
     for (int j = 0; j < n_jobs; j++) {
         TRI_CUDA_REQUIRE(jobs[j].W && jobs[j].y && jobs[j].ne1 > 0 && jobs[j].ldy >= jobs[j].ne1);

@@ -1106,6 +1106,10 @@ int main(int argc, char ** argv) {
         return bench(argc > 2 ? atoi(argv[2]) : 9);
     }
     tu_seed_init("TRI_TEST_SEED");
+    if (!getenv("TRIATTN_CUDA_TC_PREFETCH") && tu_below(2)) { /* the products' prefetch hints (read once) */
+        setenv("TRIATTN_CUDA_TC_PREFETCH", "1", 1);
+    }
+    printf("tensor-core prefetch: %s\n", getenv("TRIATTN_CUDA_TC_PREFETCH") ? getenv("TRIATTN_CUDA_TC_PREFETCH") : "0");
     parity_dequant_matmul();
     parity_act_prep();
     for (int i = 0; i < 3; i++) {

@@ -18,12 +18,13 @@ Runs (each a triattn-cli process; JSON rows collected):
       depth 4096 with 1, 8 and 16 sessions decoding together (-np), full and triattention; then the kernel choices
       measured in the same run (environment variables of the CUDA backend, docs/cuda.md): pp512 at depth 0 and 16384
       with the fp32 attention kernel (TRIATTN_CUDA_ATT_MMA_MIN=0), pp512 with the products on integer tensor cores
-      (TRIATTN_CUDA_MQ_MAX=4096) and with L1 prefetch hints in the fp16 products (TRIATTN_CUDA_TC_PREFETCH=1), tg64
-      at depth 0 with plain launches (TRIATTN_CUDA_PDL=0), tg64 at depth 0 and 32768 with decode attention merged by
-      a second kernel (TRIATTN_CUDA_ATT_FUSED=0), and the sessions rows with matrix-vector products only
-      (TRIATTN_CUDA_MQ_MIN=33) and with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the
-      time goes: device milliseconds per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0,
-      at depth 16384, and for 16 sessions at depth 4096.
+      (TRIATTN_CUDA_MQ_MAX=4096) with L1 prefetch hints in the fp16 products (TRIATTN_CUDA_TC_PREFETCH=1) and with
+      smaller token tiles where a product has few blocks (TRIATTN_CUDA_TC_FILL=1), tg64 at depth 0 with plain
+      launches (TRIATTN_CUDA_PDL=0), tg64 at depth 0 and 32768 with decode attention merged by a second kernel
+      (TRIATTN_CUDA_ATT_FUSED=0), and the sessions rows with matrix-vector products only (TRIATTN_CUDA_MQ_MIN=33)
+      and with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device
+      milliseconds per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0, at depth 16384,
+      and for 16 sessions at depth 4096.
 Prints a markdown table and writes results.json (and the raw outputs) to --out.
 """
 from __future__ import annotations
@@ -324,6 +325,8 @@ def main(argv=None) -> int:
                env={"TRIATTN_CUDA_MQ_MAX": "4096"})
         record("1b_full_tcpf", m, ["-p", "512", "-n", "0", "-d", "0", "-r", reps, "-c", "33024", "--kv-policy",
                                    "full"], env={"TRIATTN_CUDA_TC_PREFETCH": "1"})
+        record("1b_full_tcfill", m, ["-p", "512", "-n", "0", "-d", "0", "-r", reps, "-c", "33024", "--kv-policy",
+                                     "full"], env={"TRIATTN_CUDA_TC_FILL": "1"})
         # where a step's time goes: device time per phase (events between phases, no graphs), prefill and decode
         prof = {"TRIATTN_CUDA_PROFILE": "1"}
         record("1b_profile_d0", m, ["-p", "512", "-n", "64", "-d", "0", "-r", "1", "-c", "33024", "--kv-policy",

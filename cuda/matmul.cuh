@@ -48,7 +48,7 @@ enum triattn_status tri_cuda_mm_q(int type, int64_t ne0, const tri_cuda_mm_job *
 /* Tensor-core products for any n_tok from float activations xf (stride ldx, 16-byte aligned rows). */
 enum triattn_status tri_cuda_mm_tc(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
                                    int64_t ldx, int n_tok, bool accumulate, void * stream);
-/* The same with the token tile chosen: bn = 64 or 128 (tests, benchmarks). */
+/* The same with the token tile chosen: bn = 32, 64 or 128 (tests, benchmarks). */
 enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
                                       const float * xf, int64_t ldx, int n_tok, bool accumulate, int bn, void * stream);
 

@@ -7,6 +7,7 @@
 #include "common.cuh"
 #include "matmul.cuh"
 #include "qchunk.h"
+#include "tri_cuda.h"
 
 #include <mma.h>
 #include <stdlib.h>
@@ -66,18 +67,18 @@ __host__ __device__ __forceinline__ size_t tri_cu_tc_row_bytes(int64_t ne0) {
          : (size_t) (ne0 / tri_qc_block_values(T)) * tri_qc_block_bytes(T);
 }
 
-/* BN tokens per tile (64 or 128): 8 warps as 4 (rows) x 2 (tokens), each 32 rows x BN/2 tokens. */
+/* BN tokens per tile (32, 64 or 128): 8 warps as 4 (rows) x 2 (tokens), each 32 rows x BN/2 tokens. */
 template <int T, int BN>
 __global__ void __launch_bounds__(TRI_TC_THREADS) tri_cu_tc_kernel(const tri_cu_tc_args a) {
     using namespace nvcuda;
     constexpr int NF = BN / 32;                     /* 16-token fragments per warp */
     constexpr int XV = TRI_TC_BK * BN / TRI_TC_THREADS; /* token-tile values each thread loads per step */
     constexpr size_t TILES = (size_t) (TRI_TC_BM + BN) * TRI_TC_WLD * sizeof(__half);
-    constexpr size_t STAGE = (size_t) 64 * TRI_TC_CLD * sizeof(float);
+    constexpr size_t STAGE = (size_t) (BN / 2) * TRI_TC_CLD * sizeof(float);
     __shared__ __align__(128) unsigned char smem[TILES > STAGE ? TILES : STAGE];
     __half * ws = (__half *) smem;                  /* [BM][WLD] */
     __half * xs = ws + TRI_TC_BM * TRI_TC_WLD;      /* [BN][WLD] */
-    float *  cs = (float *) smem;                   /* [64][CLD]: one half of the token tile, after the main loop */
+    float *  cs = (float *) smem;                   /* [BN / 2][CLD]: one half of the token tile, after the main loop */
 
     /* job and row tile of this block */
     int tile = blockIdx.x, j = 0;
@@ -128,12 +129,12 @@ __global__ void __launch_bounds__(TRI_TC_THREADS) tri_cu_tc_kernel(const tri_cu_
             }
         }
 #pragma unroll
-        for (int part = 0; part < XV / 16; part++) { /* 16 values (ne0 is a multiple of 32) at a time */
-            const int64_t e = k0 + XV * xp + 16 * part;
-            __half2 * dst = (__half2 *) (xs + xt * TRI_TC_WLD + XV * xp + 16 * part);
+        for (int part = 0; part < XV / 8; part++) { /* 8 values (ne0 is a multiple of 32) at a time */
+            const int64_t e = k0 + XV * xp + 8 * part;
+            __half2 * dst = (__half2 *) (xs + xt * TRI_TC_WLD + XV * xp + 8 * part);
             const bool live = t < a.n_tok && e < a.ne0;
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < 2; i++) {
                 const float4 f = live ? *(const float4 *) (xrow + e + 4 * i) : make_float4(0.f, 0.f, 0.f, 0.f);
                 dst[2 * i] = __floats2half2_rn(f.x, f.y);
                 dst[2 * i + 1] = __floats2half2_rn(f.z, f.w);
@@ -231,7 +232,8 @@ extern "C" enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tr
                      n_jobs <= TRI_CUDA_MM_JOBS && n_tok > 0 && xf && ldx >= ne0 && ldx % 4 == 0 &&
                      (type == TRI_TC_F32 || type == TRI_TC_F16 || type == TRI_TC_BF16 ||
                       ne0 % tri_qc_block_values(type) == 0));
-    TRI_CUDA_REQUIRE(((uintptr_t) xf & 15) == 0 && (bn == 64 || bn == 128) && (n_tok + bn - 1) / bn <= 65535);
+    TRI_CUDA_REQUIRE(((uintptr_t) xf & 15) == 0 && (bn == 32 || bn == 64 || bn == 128) &&
+                     (n_tok + bn - 1) / bn <= 65535);
     tri_cu_tc_args a = {};
     a.n_jobs = n_jobs;
     a.ne0 = ne0;
@@ -253,7 +255,8 @@ extern "C" enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tr
     switch (type) {
 #define TRI_CU_CASE(T) case T: \
         if (bn == 128) tri_cu_tc_kernel<T, 128><<<grid, TRI_TC_THREADS, 0, s>>>(a); \
-        else tri_cu_tc_kernel<T, 64><<<grid, TRI_TC_THREADS, 0, s>>>(a); \
+        else if (bn == 64) tri_cu_tc_kernel<T, 64><<<grid, TRI_TC_THREADS, 0, s>>>(a); \
+        else tri_cu_tc_kernel<T, 32><<<grid, TRI_TC_THREADS, 0, s>>>(a); \
         break;
         TRI_TC_TYPES(TRI_CU_CASE)
 #undef TRI_CU_CASE
@@ -274,18 +277,35 @@ static int tri_cu_tc_bn_long(int type) {
     }
 }
 
-/* Token tile: 64 below 128 tokens, else by type (above); $TRIATTN_CUDA_TC_BN = 64 or 128 forces one
- * (benchmarks). */
-static int tri_cu_tc_bn(int type, int n_tok) {
-    static int forced = -1;
+/* Token tile: 64 below 128 tokens, else by type (above); $TRIATTN_CUDA_TC_BN = 32, 64 or 128 forces one
+ * (benchmarks). $TRIATTN_CUDA_TC_FILL=1 (off until measured on a device): halves the tile, down to 32 tokens,
+ * while the launch has fewer than two blocks per multiprocessor (a 2048-row product of 512 tokens has 128 blocks
+ * of 64 tokens). */
+static int tri_cu_tc_bn(int type, int n_tok, int64_t row_tiles) {
+    static int forced = -1, fill = -1;
     if (forced < 0) {
         const char * e = getenv("TRIATTN_CUDA_TC_BN");
-        forced = e && (atoi(e) == 64 || atoi(e) == 128) ? atoi(e) : 0;
+        forced = e && (atoi(e) == 32 || atoi(e) == 64 || atoi(e) == 128) ? atoi(e) : 0;
+        const char * f = getenv("TRIATTN_CUDA_TC_FILL");
+        fill = f && strcmp(f, "1") == 0;
     }
-    return forced ? forced : n_tok >= 128 ? tri_cu_tc_bn_long(type) : 64;
+    if (forced) {
+        return forced;
+    }
+    int bn = n_tok >= 128 ? tri_cu_tc_bn_long(type) : 64;
+    const int64_t want = 2 * (int64_t) tri_cuda_sm_count();
+    while (fill && bn > 32 && row_tiles * ((n_tok + bn - 1) / bn) < want) {
+        bn /= 2;
+    }
+    return bn;
 }
 
 extern "C" enum triattn_status tri_cuda_mm_tc(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
                                               const float * xf, int64_t ldx, int n_tok, bool accumulate, void * stream) {
-    return tri_cuda_mm_tc_bn(type, ne0, jobs, n_jobs, xf, ldx, n_tok, accumulate, tri_cu_tc_bn(type, n_tok), stream);
+    int64_t row_tiles = 0;
+    for (int j = 0; j < n_jobs && j < TRI_CUDA_MM_JOBS; j++) {
+        row_tiles += (jobs[j].ne1 + TRI_TC_BM - 1) / TRI_TC_BM;
+    }
+    return tri_cuda_mm_tc_bn(type, ne0, jobs, n_jobs, xf, ldx, n_tok, accumulate,
+                             tri_cu_tc_bn(type, n_tok, row_tiles), stream);
 }

@@ -195,7 +195,7 @@ static void parity_dequant_matmul(void) {
             const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK)
                             : pass == 1 ? (int) tu_int(1, 300)
                                         : (int) (tu_below(3) ? tu_int(1, TRI_CUDA_MQ_TOK) : tu_int(33, 150));
-            const int bn = tu_below(2) ? 128 : 64;
+            const int bn = 32 << tu_below(3);
             const int64_t ldx = ne0 + 4 * tu_int(0, 3);
             const bool accumulate = tu_below(2) == 0;
             float * x = hnew(sizeof(float) * n_tok * ldx);
@@ -274,8 +274,12 @@ static void parity_dequant_matmul(void) {
                 }
                 free(y);
             }
+            char tile[16] = "";
+            if (pass == 1) {
+                snprintf(tile, sizeof tile, ", tile %d", bn);
+            }
             snprintf(detail, sizeof detail, "%s %d jobs x %lld, %d tokens%s%s", name, n_jobs, (long long) ne0, n_tok,
-                     accumulate ? ", accumulate" : "", pass != 1 ? "" : bn == 128 ? ", tile 128" : ", tile 64");
+                     accumulate ? ", accumulate" : "", tile);
             report(pass == 0 ? "mm_vec" : pass == 1 ? "mm_tc" : "mm_q", detail, worst, pass == 1 ? 1e-5 : 2e-5);
             for (int j = 0; j < n_jobs; j++) {
                 tri_cuda_free(jobs[j].y);
@@ -963,7 +967,7 @@ static int bench(int reps) {
                 BENCH("mm_q", shape, (double) wb, 2.0 * ne0 * ne1 * nt,
                       tri_cuda_mm_q(t, ne0, &job, 1, &q8, nt, false, NULL));
             }
-            for (int bn = 64; bn <= 128; bn *= 2) {
+            for (int bn = 32; bn <= 128; bn *= 2) {
                 snprintf(shape, sizeof shape, "%s %lldx%lld, 512 tokens, tile %d", tn, (long long) ne1, (long long) ne0, bn);
                 BENCH("mm_tc", shape, 0.0, 2.0 * ne0 * ne1 * 512,
                       tri_cuda_mm_tc_bn(t, ne0, &job, 1, dx, ne0, 512, false, bn, NULL));

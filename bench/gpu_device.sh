@@ -58,7 +58,7 @@ fi
 if [ -n "$writer" ]; then
     t0=$SECONDS
     wait "$writer"
-    echo "32b model written (waited $((SECONDS - t0)) s more): $(ls -la "$MODELS" | tail -n +2 | wc -l) file(s) in $MODELS"
+    echo "32b model written (waited $((SECONDS - t0)) s more): $(ls "$MODELS" | wc -l) file(s) in $MODELS"
 fi
 if [ "$what" = final ]; then
     t0=$SECONDS

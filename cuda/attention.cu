@@ -11,6 +11,7 @@
 #define TRI_ATT_MMA_WARPS 4 /* warps of the tensor-core kernel, 16 query rows each */
 
 static_assert(TRI_CUDA_ATT_TICKETS(TRI_ATT_GMAX + 1, 1) == 2, "a part counter per group of TRI_ATT_GMAX heads");
+static_assert(TRI_ATT_MMA_WARPS * TRI_AT_ROWS == TRI_CUDA_ATT_CHUNK_ROWS, "flat rows of a tensor-core block");
 
 struct tri_cu_att_args {
     const float *        q;
@@ -123,7 +124,7 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
          * the step's own rows up to this one, which the step appends in order (kv.cu) */
         const int n_valid = min(row.n_live[lh] + row.rank + 1, row.cap);
         /* whole tiles per part: a short cache fills the first parts and leaves the rest empty, whatever the
-         * part count the step was recorded with (it follows the cache capacity) */
+         * part count the step was recorded with */
         tri_at_range(n_valid, a.parts, p, &range[0], &range[1]);
     }
     for (int e = tid; e < Gb * D; e += TRI_ATT_THREADS) {
@@ -135,158 +136,151 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
         l_run[tid] = 0.0f;
     }
     __syncthreads();
+    /* an empty part (j0 >= j1) runs no tile and stores m = -inf, l = 0: the merge skips it */
     const int j0 = range[0], j1 = range[1];
-    if (j0 >= j1) { /* an empty part: the merge skips it by its sum l = 0 */
-        if (tid < Gb) {
-            float * out = a.part + (((size_t) r * a.H + h * G + g0 + tid) * a.parts + p) * (D + 2);
-            out[D] = -INFINITY;
-            out[D + 1] = 0.0f;
-        }
-    } else {
-        /* V accumulators: thread (column pair cp, slot group sg) */
-        const int cols = D / 2, groups = TRI_ATT_THREADS / cols;
-        const int cp = tid % cols, sg = tid / cols;
-        float acc[TRI_ATT_GMAX][2];
+    /* V accumulators: thread (column pair cp, slot group sg) */
+    const int cols = D / 2, groups = TRI_ATT_THREADS / cols;
+    const int cp = tid % cols, sg = tid / cols;
+    float acc[TRI_ATT_GMAX][2];
 #pragma unroll
-        for (int g = 0; g < TRI_ATT_GMAX; g++) {
-            acc[g][0] = acc[g][1] = 0.0f;
-        }
-        for (int jt = j0; jt < j1; jt += TRI_ATT_TILE) {
-            const int nt = min(TRI_ATT_TILE, j1 - jt);
-            /* scores: thread (slot jj, heads of parity gp) */
-            {
-                const int jj = tid % TRI_ATT_TILE, gp = tid / TRI_ATT_TILE;
-                float sc[TRI_ATT_GMAX / 2];
+    for (int g = 0; g < TRI_ATT_GMAX; g++) {
+        acc[g][0] = acc[g][1] = 0.0f;
+    }
+    for (int jt = j0; jt < j1; jt += TRI_ATT_TILE) {
+        const int nt = min(TRI_ATT_TILE, j1 - jt);
+        /* scores: thread (slot jj, heads of parity gp) */
+        {
+            const int jj = tid % TRI_ATT_TILE, gp = tid / TRI_ATT_TILE;
+            float sc[TRI_ATT_GMAX / 2];
 #pragma unroll
-                for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
-                    sc[i] = 0.0f;
-                }
-                if (jj < nt) {
-                    const int4 * kr = (const int4 *) (K + (size_t) (jt + jj) * D);
-                    /* the key's 16-byte pieces in batches of TRI_ATT_LOADS, all loads of a batch issued before use */
-                    for (int d0 = 0; d0 < D / 8; d0 += TRI_ATT_LOADS) {
-                        int4 raw[TRI_ATT_LOADS];
+            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                sc[i] = 0.0f;
+            }
+            if (jj < nt) {
+                const int4 * kr = (const int4 *) (K + (size_t) (jt + jj) * D);
+                /* the key's 16-byte pieces in batches of TRI_ATT_LOADS, all loads of a batch issued before use */
+                for (int d0 = 0; d0 < D / 8; d0 += TRI_ATT_LOADS) {
+                    int4 raw[TRI_ATT_LOADS];
 #pragma unroll
-                        for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                            raw[u] = d0 + u < D / 8 ? kr[d0 + u] : make_int4(0, 0, 0, 0);
+                    for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                        raw[u] = d0 + u < D / 8 ? kr[d0 + u] : make_int4(0, 0, 0, 0);
+                    }
+#pragma unroll
+                    for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                        const int d8 = d0 + u;
+                        if (d8 >= D / 8) {
+                            break;
+                        }
+                        const __half2 * kh = (const __half2 *) &raw[u];
+                        float kf[8];
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            const float2 f = __half22float2(kh[i]);
+                            kf[2 * i] = f.x;
+                            kf[2 * i + 1] = f.y;
                         }
 #pragma unroll
-                        for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                            const int d8 = d0 + u;
-                            if (d8 >= D / 8) {
-                                break;
-                            }
-                            const __half2 * kh = (const __half2 *) &raw[u];
-                            float kf[8];
+                        for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                            const int g = gp + 2 * i;
+                            if (g < Gb) {
+                                const float * qg = &qs[g][8 * d8];
 #pragma unroll
-                            for (int i = 0; i < 4; i++) {
-                                const float2 f = __half22float2(kh[i]);
-                                kf[2 * i] = f.x;
-                                kf[2 * i + 1] = f.y;
-                            }
-#pragma unroll
-                            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
-                                const int g = gp + 2 * i;
-                                if (g < Gb) {
-                                    const float * qg = &qs[g][8 * d8];
-#pragma unroll
-                                    for (int e = 0; e < 8; e++) {
-                                        sc[i] += qg[e] * kf[e];
-                                    }
+                                for (int e = 0; e < 8; e++) {
+                                    sc[i] += qg[e] * kf[e];
                                 }
                             }
                         }
                     }
                 }
-#pragma unroll
-                for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
-                    const int g = gp + 2 * i;
-                    if (g < Gb) {
-                        s[g][jj] = jj < nt ? sc[i] : -INFINITY;
-                    }
-                }
             }
-            __syncthreads();
-            /* online softmax: warp w updates heads w, w + 4 */
-            for (int g = warp; g < Gb; g += TRI_ATT_THREADS / 32) {
-                const float a0 = s[g][lane], a1 = s[g][lane + 32];
-                float mx = fmaxf(a0, a1);
 #pragma unroll
-                for (int o = 16; o > 0; o >>= 1) {
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-                }
-                const float m_new = fmaxf(m_run[g], mx);
-                const float e0 = expf(a0 - m_new), e1 = expf(a1 - m_new);
-                s[g][lane] = e0;
-                s[g][lane + 32] = e1;
-                const float sum = tri_cu_warp_sum(e0 + e1);
-                if (lane == 0) {
-                    const float c = expf(m_run[g] - m_new); /* 0 on the first tile */
-                    corr[g] = c;
-                    l_run[g] = l_run[g] * c + sum;
-                    m_run[g] = m_new;
-                }
-            }
-            __syncthreads();
-            /* weighted V */
-#pragma unroll
-            for (int g = 0; g < TRI_ATT_GMAX; g++) {
+            for (int i = 0; i < TRI_ATT_GMAX / 2; i++) {
+                const int g = gp + 2 * i;
                 if (g < Gb) {
-                    acc[g][0] *= corr[g];
-                    acc[g][1] *= corr[g];
-                }
-            }
-            for (int j0 = sg; j0 < nt; j0 += TRI_ATT_LOADS * groups) { /* TRI_ATT_LOADS slots' values loaded at once */
-                float2 vv[TRI_ATT_LOADS];
-#pragma unroll
-                for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                    const int jj = j0 + u * groups;
-                    const __half2 * vr = (const __half2 *) (V + (size_t) (jt + jj) * D);
-                    vv[u] = jj < nt ? __half22float2(vr[cp]) : make_float2(0.0f, 0.0f);
-                }
-#pragma unroll
-                for (int u = 0; u < TRI_ATT_LOADS; u++) {
-                    const int jj = j0 + u * groups;
-                    if (jj >= nt) {
-                        break;
-                    }
-#pragma unroll
-                    for (int g = 0; g < TRI_ATT_GMAX; g++) {
-                        if (g < Gb) {
-                            const float w = s[g][jj];
-                            acc[g][0] += w * vv[u].x;
-                            acc[g][1] += w * vv[u].y;
-                        }
-                    }
-                }
-            }
-            __syncthreads(); /* s is rewritten by the next tile */
-        }
-        /* combine the slot groups through shared memory (qs is free now) */
-        float * red = &qs[0][0]; /* [groups][Gb][D] <= TRI_ATT_GMAX * MAX_D floats */
-        for (int k = 1; k < groups; k++) {
-            if (sg == k) {
-                for (int g = 0; g < Gb; g++) {
-                    red[((k - 1) * Gb + g) * D + 2 * cp] = acc[g][0];
-                    red[((k - 1) * Gb + g) * D + 2 * cp + 1] = acc[g][1];
+                    s[g][jj] = jj < nt ? sc[i] : -INFINITY;
                 }
             }
         }
         __syncthreads();
-        if (sg == 0) {
+        /* online softmax: warp w updates heads w, w + 4 */
+        for (int g = warp; g < Gb; g += TRI_ATT_THREADS / 32) {
+            const float a0 = s[g][lane], a1 = s[g][lane + 32];
+            float mx = fmaxf(a0, a1);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            }
+            const float m_new = fmaxf(m_run[g], mx);
+            const float e0 = expf(a0 - m_new), e1 = expf(a1 - m_new);
+            s[g][lane] = e0;
+            s[g][lane + 32] = e1;
+            const float sum = tri_cu_warp_sum(e0 + e1);
+            if (lane == 0) {
+                const float c = expf(m_run[g] - m_new); /* 0 on the first tile */
+                corr[g] = c;
+                l_run[g] = l_run[g] * c + sum;
+                m_run[g] = m_new;
+            }
+        }
+        __syncthreads();
+        /* weighted V */
+#pragma unroll
+        for (int g = 0; g < TRI_ATT_GMAX; g++) {
+            if (g < Gb) {
+                acc[g][0] *= corr[g];
+                acc[g][1] *= corr[g];
+            }
+        }
+        for (int jb = sg; jb < nt; jb += TRI_ATT_LOADS * groups) { /* TRI_ATT_LOADS slots' values loaded at once */
+            float2 vv[TRI_ATT_LOADS];
+#pragma unroll
+            for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                const int jj = jb + u * groups;
+                const __half2 * vr = (const __half2 *) (V + (size_t) (jt + jj) * D);
+                vv[u] = jj < nt ? __half22float2(vr[cp]) : make_float2(0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int u = 0; u < TRI_ATT_LOADS; u++) {
+                const int jj = jb + u * groups;
+                if (jj >= nt) {
+                    break;
+                }
+#pragma unroll
+                for (int g = 0; g < TRI_ATT_GMAX; g++) {
+                    if (g < Gb) {
+                        const float w = s[g][jj];
+                        acc[g][0] += w * vv[u].x;
+                        acc[g][1] += w * vv[u].y;
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* s is rewritten by the next tile */
+    }
+    /* combine the slot groups through shared memory (qs is free now) */
+    float * red = &qs[0][0]; /* [groups][Gb][D] <= TRI_ATT_GMAX * MAX_D floats */
+    for (int k = 1; k < groups; k++) {
+        if (sg == k) {
             for (int g = 0; g < Gb; g++) {
-                float o0 = acc[g][0], o1 = acc[g][1];
-                for (int k = 1; k < groups; k++) {
-                    o0 += red[((k - 1) * Gb + g) * D + 2 * cp];
-                    o1 += red[((k - 1) * Gb + g) * D + 2 * cp + 1];
-                }
-                float * out = a.part + (((size_t) r * a.H + h * G + g0 + g) * a.parts + p) * (D + 2);
-                out[2 * cp] = o0;
-                out[2 * cp + 1] = o1;
-                if (cp == 0) {
-                    out[D] = m_run[g];
-                    out[D + 1] = l_run[g];
-                }
+                red[((k - 1) * Gb + g) * D + 2 * cp] = acc[g][0];
+                red[((k - 1) * Gb + g) * D + 2 * cp + 1] = acc[g][1];
+            }
+        }
+    }
+    __syncthreads();
+    if (sg == 0) {
+        for (int g = 0; g < Gb; g++) {
+            float o0 = acc[g][0], o1 = acc[g][1];
+            for (int k = 1; k < groups; k++) {
+                o0 += red[((k - 1) * Gb + g) * D + 2 * cp];
+                o1 += red[((k - 1) * Gb + g) * D + 2 * cp + 1];
+            }
+            float * out = a.part + (((size_t) r * a.H + h * G + g0 + g) * a.parts + p) * (D + 2);
+            out[2 * cp] = o0;
+            out[2 * cp + 1] = o1;
+            if (cp == 0) {
+                out[D] = m_run[g];
+                out[D + 1] = l_run[g];
             }
         }
     }
@@ -312,7 +306,7 @@ __global__ void __launch_bounds__(TRI_ATT_MMA_WARPS * 32) tri_cu_att_mma_kernel(
     tri_cu_pdl_enter();
     __shared__ __align__(16) uint16_t Ks[TRI_AT_SLOTS * TRI_AT_KLD(D)];
     __shared__ __align__(16) uint16_t Vt[D * TRI_AT_VLD];
-    constexpr int FB = TRI_ATT_MMA_WARPS * TRI_AT_ROWS; /* flat rows per block */
+    constexpr int FB = TRI_CUDA_ATT_CHUNK_ROWS; /* flat rows per block */
     const int p = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int G = a.H / a.Hkv, nf = n_rows * G, f0 = blockIdx.z * FB, fw = f0 + warp * TRI_AT_ROWS;
     const tri_cuda_row first = a.rows[f0 / G];
@@ -433,8 +427,8 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
     a.scale = scale;
     const bool mma = chunk && (D == 64 || D == 128);
     if (mma) {
-        const int64_t blocks = ((int64_t) n_rows * (n_head / n_head_kv) + TRI_ATT_MMA_WARPS * TRI_AT_ROWS - 1) /
-                               (TRI_ATT_MMA_WARPS * TRI_AT_ROWS);
+        const int64_t blocks = ((int64_t) n_rows * (n_head / n_head_kv) + TRI_CUDA_ATT_CHUNK_ROWS - 1) /
+                               TRI_CUDA_ATT_CHUNK_ROWS;
         TRI_CUDA_REQUIRE(blocks <= 65535 && n_head_kv <= 65535);
         const dim3 grid((unsigned) parts, (unsigned) n_head_kv, (unsigned) blocks);
         (void) tri_cu_launch(D == 64 ? tri_cu_att_mma_kernel<64> : tri_cu_att_mma_kernel<128>, grid,

@@ -251,6 +251,11 @@ static int32_t tri_cu_mq_max(void) {
     return tri_cu_env_rows("TRIATTN_CUDA_MQ_MAX", TRI_CU_VEC_ROWS, 65535, TRI_CU_VEC_ROWS);
 }
 
+/* Bytes of the attention's part counters for `rows` rows (zeroed when the workspace is carved). */
+static size_t tri_cu_tickets_bytes(const tri_hparams * hp, int32_t rows) {
+    return (size_t) rows * TRI_CUDA_ATT_TICKETS(hp->n_head, hp->n_head_kv) * sizeof(int32_t);
+}
+
 /* The step workspace's parts for `rows` rows (tri_cu_ws). */
 static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws * ws, tri_cu_part * parts) {
     const size_t nr = (size_t) rows, mi = (size_t) tri_cu_max_in(hp);
@@ -272,7 +277,7 @@ static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws *
     TRI_CU_PART(ws->up, nr * hp->n_ff * sizeof(float));
     TRI_CU_PART(ws->hid, nr * hp->n_ff * sizeof(float));
     TRI_CU_PART(ws->part, (size_t) ws->part_rows * hp->n_head * (hp->head_dim + 2) * sizeof(float));
-    TRI_CU_PART(ws->tickets, nr * TRI_CUDA_ATT_TICKETS(hp->n_head, hp->n_head_kv) * sizeof(int32_t));
+    TRI_CU_PART(ws->tickets, tri_cu_tickets_bytes(hp, rows));
     TRI_CU_PART(ws->logits, (size_t) TRI_CU_LOGIT_ROWS * hp->n_vocab * sizeof(float));
     for (int i = 0; i < TRI_CU_ACT_SLOTS; i++) {
         TRI_CU_PART(ws->q8[i].qs, mv * mi);
@@ -299,8 +304,7 @@ static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, s
     if (st == TRIATTN_OK && ws_bytes) { /* no step is in flight while the lock is held */
         st = tri_cu_carve(parts, n_parts, true, &grown.mem);
         if (st == TRIATTN_OK) {
-            const size_t tb = (size_t) rows * TRI_CUDA_ATT_TICKETS(s->model->hp.n_head, s->model->hp.n_head_kv) * 4;
-            st = tri_cuda_memset(grown.tickets, 0, tb, NULL);
+            st = tri_cuda_memset(grown.tickets, 0, tri_cu_tickets_bytes(&s->model->hp, rows), NULL);
             st = st == TRIATTN_OK ? tri_cuda_sync(NULL) : st;
             if (st != TRIATTN_OK) {
                 tri_cuda_free(grown.mem);
@@ -396,17 +400,15 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
             : opts.mode == TRI_TA_GLOBAL             ? TRI_CU_GLOBAL
                                                      : TRI_CU_PER_HEAD;
     c->window = s->policy.cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : s->policy.cfg.window;
-    const char * graphs_env = getenv("TRIATTN_CUDA_GRAPHS");
     c->prof = tri_cu_prof_new(c->L);
-    c->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0) && !c->prof; /* profiled steps run plainly */
+    c->use_graphs = tri_cuda_env_flag("TRIATTN_CUDA_GRAPHS", true) && !c->prof; /* profiled steps run plainly */
     c->mq_min = tri_cu_env_rows("TRIATTN_CUDA_MQ_MIN", 1, 1000, TRI_CU_MQ_MIN);
     c->mq_max = tri_cu_mq_max();
     c->att_mma_min = tri_cu_env_rows("TRIATTN_CUDA_ATT_MMA_MIN", 0, 1000000, TRI_CU_ATT_MMA_MIN);
     if (c->att_mma_min == 0) { /* never */
         c->att_mma_min = INT32_MAX;
     }
-    const char * fused_env = getenv("TRIATTN_CUDA_ATT_FUSED");
-    c->att_fused = !(fused_env && strcmp(fused_env, "0") == 0);
+    c->att_fused = tri_cuda_env_flag("TRIATTN_CUDA_ATT_FUSED", true);
 
     /* Host mirror of the cache: positions and live counts only. */
     const size_t LK = (size_t) c->L * c->Hkv, LH = (size_t) c->L * c->H, slots = LK * cap;

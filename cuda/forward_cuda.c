@@ -36,8 +36,6 @@ typedef struct tri_cu_job {
     const tri_cu_w * bias;
 } tri_cu_job;
 
-_Static_assert(TRI_CU_VEC_ROWS <= TRI_CUDA_MQ_TOK, "a step's 8-bit rows fit one integer tensor-core launch");
-
 /* Rows [r0, r0 + n) of a q8 buffer. */
 static tri_cuda_q8 tri_cu_q8_rows(tri_cuda_q8 q, int r0) {
     q.qs   += (size_t) r0 * q.ld;
@@ -267,7 +265,8 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
 static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, int32_t slots, bool chunk) {
     const int sms = TRI_MAX(tri_cuda_sm_count(), 1);
     const int groups = (c->H / c->Hkv + 7) / 8;
-    const int per_part = chunk ? (n * (c->H / c->Hkv) + 63) / 64 * c->Hkv : n * c->Hkv * groups; /* blocks */
+    const int chunk_blocks = (n * (c->H / c->Hkv) + TRI_CUDA_ATT_CHUNK_ROWS - 1) / TRI_CUDA_ATT_CHUNK_ROWS;
+    const int per_part = chunk ? chunk_blocks * c->Hkv : n * c->Hkv * groups; /* blocks */
     int parts = (8 * sms + per_part - 1) / per_part;
     parts = TRI_MAX(TRI_MIN(parts, (slots + TRI_CU_ATT_SLOTS - 1) / TRI_CU_ATT_SLOTS), 1);
     int step = 1;

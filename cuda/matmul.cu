@@ -129,9 +129,10 @@ __device__ __forceinline__ void tri_cu_imma32(const uint32_t * a, const uint32_t
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
 }
 
-/* Quantized weights x 8-bit activations for up to 8 NTILE tokens on integer tensor cores (qtile.h). Block: rows
- * 16 b .. 16 b + 15; warp w takes the scale groups (K-quant super-blocks, else blocks) w, w + 8, ... of the input,
- * and the warps' partial results are summed in shared memory. Each weight byte is read once for all tokens. */
+/* Quantized weights x 8-bit activations for up to 8 NTILE tokens on integer tensor cores (qtile.h). Block (x, y):
+ * rows 16 x .. 16 x + 15, tokens 8 NTILE y ..; warp w takes the scale groups (K-quant super-blocks, else blocks) w,
+ * w + 8, ... of the input, and the warps' partial results are summed in shared memory. Each weight byte is read
+ * once for the block's tokens. */
 template <int T, int NTILE>
 __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri_cu_mm_args a, int n_tok) {
     tri_cu_pdl_enter();

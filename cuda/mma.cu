@@ -11,7 +11,6 @@
 
 #include <mma.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define TRI_TC_BM      128
 #define TRI_TC_BK      64
@@ -219,8 +218,7 @@ __global__ void __launch_bounds__(TRI_TC_THREADS) tri_cu_tc_kernel(const tri_cu_
 static bool tri_cu_tc_prefetch(void) {
     static int on = -1;
     if (on < 0) {
-        const char * e = getenv("TRIATTN_CUDA_TC_PREFETCH");
-        on = e && strcmp(e, "1") == 0;
+        on = tri_cuda_env_flag("TRIATTN_CUDA_TC_PREFETCH", false);
     }
     return on == 1;
 }
@@ -286,15 +284,14 @@ static int tri_cu_tc_bn(int type, int n_tok, int64_t row_tiles) {
     if (forced < 0) {
         const char * e = getenv("TRIATTN_CUDA_TC_BN");
         forced = e && (atoi(e) == 32 || atoi(e) == 64 || atoi(e) == 128) ? atoi(e) : 0;
-        const char * f = getenv("TRIATTN_CUDA_TC_FILL");
-        fill = f && strcmp(f, "1") == 0;
+        fill = tri_cuda_env_flag("TRIATTN_CUDA_TC_FILL", false);
     }
     if (forced) {
         return forced;
     }
     int bn = n_tok >= 128 ? tri_cu_tc_bn_long(type) : 64;
-    const int64_t want = 2 * (int64_t) tri_cuda_sm_count();
-    while (fill && bn > 32 && row_tiles * ((n_tok + bn - 1) / bn) < want) {
+    const int64_t want = fill ? 2 * (int64_t) tri_cuda_sm_count() : 0; /* device query only when asked */
+    while (bn > 32 && row_tiles * ((n_tok + bn - 1) / bn) < want) {
         bn /= 2;
     }
     return bn;

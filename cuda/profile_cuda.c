@@ -9,14 +9,12 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 static const char * const k_phase_names[TRI_CU_PH_N] = { "input", "qkv", "kv", "attention", "out", "ffn_up", "down",
                                                          "logits" };
 
 tri_cu_prof * tri_cu_prof_new(int n_layer) {
-    const char * env = getenv("TRIATTN_CUDA_PROFILE");
-    if (!env || strcmp(env, "1") != 0) {
+    if (!tri_cuda_env_flag("TRIATTN_CUDA_PROFILE", false)) {
         return NULL;
     }
     tri_cu_prof * p = calloc(1, sizeof *p);

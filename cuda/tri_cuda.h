@@ -39,6 +39,9 @@ void tri_cuda_stream_destroy(tri_cuda_stream s);
 enum triattn_status tri_cuda_sync(tri_cuda_stream s);
 /* Free and total bytes of the current device. */
 enum triattn_status tri_cuda_mem_info(size_t * free_bytes, size_t * total_bytes);
+/* A switch from the environment: def, unless the variable is "0" (turning a default-on switch off) or "1"
+ * (turning a default-off switch on). */
+bool tri_cuda_env_flag(const char * name, bool def);
 /* Multiprocessors of the current device (0 when unknown). */
 int tri_cuda_sm_count(void);
 

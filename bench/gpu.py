@@ -266,7 +266,10 @@ def main(argv=None) -> int:
     models = args.models or args.out
     models.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "gpu_bench.log", "a")
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {}}
+    # the backend's switches this whole run had (e.g. a fallback gpu_device.sh set after a failed device test)
+    base_env = {k: v for k, v in sorted(os.environ.items())
+                if k.startswith("TRIATTN_CUDA_") and k != "TRIATTN_CUDA_BUILD_DIR"}
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "env": base_env, "runs": {}}
 
     def record(name: str, model: Path, extra: list[str], timeout: float | None = None,
                env: dict | None = None) -> list[dict]:
@@ -354,6 +357,8 @@ def main(argv=None) -> int:
                                              "triattention"], env={"TRIATTN_CUDA_MQ_MIN": "2"})
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    if base_env:
+        print("every run with " + " ".join(f"{k}={v}" for k, v in base_env.items()))
     print(markdown(results))
     print(profile_table(results))
     return 0

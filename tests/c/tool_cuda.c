@@ -98,6 +98,16 @@ static void *random_weights(int ti, int64_t ne0, int64_t rows, float * wf, size_
 /* ---- parity ----------------------------------------------------------------------------------- */
 
 /* Activation type id (qchunk.h) of a weight type's products, 0 for float weights. */
+/* Parity checks the kernels the engine runs under this environment: a switch set in it (docs/cuda.md) pins the
+ * variant it names instead of a random draw. */
+static bool env_set(const char * name) {
+    return getenv(name) != NULL;
+}
+
+static bool env_rows_at_least(const char * name, int rows) {
+    return env_set(name) && atoi(getenv(name)) >= rows;
+}
+
 static int act_type_of(enum tri_type t) {
     return tri_cuda_mm_act_type((int) t);
 }
@@ -191,6 +201,10 @@ static void parity_dequant_matmul(void) {
         for (int pass = 0; pass < 3; pass++) {
             if (pass == 2 && !act_type_of(t)) {
                 continue; /* float weights have no integer products */
+            }
+            if (pass == 2 && env_rows_at_least("TRIATTN_CUDA_MQ_MIN", TRI_CUDA_MQ_TOK + 1) &&
+                !env_rows_at_least("TRIATTN_CUDA_MQ_MAX", TRI_CUDA_MQ_TOK + 1)) {
+                continue; /* the engine runs no integer tensor-core product */
             }
             const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK)
                             : pass == 1 ? (int) tu_int(1, 300)
@@ -535,13 +549,17 @@ static void parity_kv_attention(void) {
         int * dtickets = dnew(sizeof(int) * nt);
         CU(tri_cuda_memset(dtickets, 0, sizeof(int) * nt, NULL));
         CU(tri_cuda_qkv_post(dq, dk, dv, norms ? dqn : NULL, norms ? dkn : NULL, dcs, drows, n, il, &hd, L, NULL));
-        const bool fused = tu_below(4) != 0; /* the merge in the same launch, or a second kernel's */
+        /* the merge in the same launch, or a second kernel's */
+        const bool fused = env_set("TRIATTN_CUDA_ATT_FUSED") ? tri_cuda_env_flag("TRIATTN_CUDA_ATT_FUSED", true)
+                                                             : tu_below(4) != 0;
         CU(tri_cuda_attention(dq, drows, n, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, false, dpart,
                               fused ? dtickets : NULL, dout, NULL));
         down(gq, dq, sizeof(float) * n * H * D);
         down(gout, dout, sizeof(float) * n * H * D);
-        /* session A's chunk alone, as one session's rows (tensor cores for D 64 and 128) */
-        CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, true, dpart, dtickets,
+        /* session A's chunk alone, as one session's rows (tensor cores for D 64 and 128, unless
+         * TRIATTN_CUDA_ATT_MMA_MIN=0 turns them off) */
+        const bool mma = !(env_set("TRIATTN_CUDA_ATT_MMA_MIN") && atoi(getenv("TRIATTN_CUDA_ATT_MMA_MIN")) == 0);
+        CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, mma, dpart, dtickets,
                               dout, NULL));
         float * gmma = hnew(sizeof(float) * nA * H * D);
         down(gmma, dout, sizeof(float) * nA * H * D);
@@ -1114,6 +1132,13 @@ int main(int argc, char ** argv) {
         setenv("TRIATTN_CUDA_TC_PREFETCH", "1", 1);
     }
     printf("tensor-core prefetch: %s\n", getenv("TRIATTN_CUDA_TC_PREFETCH") ? getenv("TRIATTN_CUDA_TC_PREFETCH") : "0");
+    static const char * const pinned[] = { "TRIATTN_CUDA_ATT_FUSED", "TRIATTN_CUDA_ATT_MMA_MIN", "TRIATTN_CUDA_MQ_MIN",
+                                           "TRIATTN_CUDA_MQ_MAX" };
+    for (size_t i = 0; i < sizeof(pinned) / sizeof(pinned[0]); i++) {
+        if (env_set(pinned[i])) {
+            printf("pinned by the environment: %s=%s\n", pinned[i], getenv(pinned[i]));
+        }
+    }
     parity_dequant_matmul();
     parity_act_prep();
     for (int i = 0; i < 3; i++) {

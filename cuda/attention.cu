@@ -12,6 +12,8 @@
 
 static_assert(TRI_CUDA_ATT_TICKETS(TRI_ATT_GMAX + 1, 1) == 2, "a part counter per group of TRI_ATT_GMAX heads");
 static_assert(TRI_ATT_MMA_WARPS * TRI_AT_ROWS == TRI_CUDA_ATT_CHUNK_ROWS, "flat rows of a tensor-core block");
+static_assert(TRI_ATT_GMAX * (TRI_CUDA_ATT_MAX_PARTS + 2) <= TRI_ATT_GMAX * TRI_CUDA_ATT_MAX_D,
+              "the partial kernel's query rows hold a merge's scratch");
 
 struct tri_cu_att_args {
     const float *        q;
@@ -23,66 +25,80 @@ struct tri_cu_att_args {
     float                scale;
 };
 
-/* Threads tid < nth of the block merge the parts pr[parts][D + 2] of one (row, head) into out[D] in part order,
- * skipping empty ones (sum l = 0, accumulators unwritten); the sums stop after the last non-empty part (whole-tile
- * ranges leave the empty ones at the end). The parts are read from L2 (ld.global.cg): other blocks of the same
- * kernel may have written them. sh: parts + 2 nth / 32 words of shared memory. Every thread of the block calls it. */
-__device__ void tri_cu_att_merge_one(const float * pr, int parts, int D, float * out, int tid, int nth, float * sh) {
-    float * wp = sh, * red_m = sh + parts;
-    int * red_n = (int *) (red_m + nth / 32);
+/* Threads tid < nth of the block merge, for each of nh query heads g, the parts pr + g * hs [parts][D + 2] into
+ * out + g * D in part order, skipping empty parts (sum l = 0); the sums stop after the last non-empty one (whole-tile
+ * ranges leave the empty ones at the end). A warp takes a head's (m, l) pairs, a lane up to TRI_ATT_PARTS_LANE of
+ * them, all loaded at once; then threads take (head, column) pairs. The parts are read from L2 (ld.global.cg): other
+ * blocks of the same kernel may have written them. sh: nh * (parts + 2) words of shared memory. Every thread of the
+ * block calls it. */
+#define TRI_ATT_PARTS_LANE (TRI_CUDA_ATT_MAX_PARTS / 32)
+static_assert(TRI_CUDA_ATT_MAX_PARTS % 32 == 0, "whole warps of parts");
+__device__ void tri_cu_att_merge(const float * pr, size_t hs, int nh, int parts, int D, float * out, int tid, int nth,
+                                 float * sh) {
+    float * w = sh;                  /* [nh][parts]: exp(m_p - max) of a part, -1 for an empty one */
+    float * inv = sh + nh * parts;   /* [nh]: 1 / the sum of the weighted l */
+    int * used = (int *) (inv + nh); /* [nh]: 1 + the last non-empty part */
     const int lane = tid & 31, warp = tid >> 5;
     __syncthreads(); /* sh is free */
-    float mx = -INFINITY;
-    int used = 0; /* 1 + the last non-empty part */
-    for (int p = tid; p < parts; p += nth) {
-        const float * pp = pr + (size_t) p * (D + 2);
-        if (__ldcg(pp + D + 1) > 0.0f) {
-            mx = fmaxf(mx, __ldcg(pp + D));
-            used = p + 1;
-        }
-    }
+    for (int g = warp; g < nh; g += nth / 32) {
+        const float * pg = pr + g * hs;
+        float m[TRI_ATT_PARTS_LANE], l[TRI_ATT_PARTS_LANE];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        used = max(used, __shfl_xor_sync(0xffffffffu, used, o));
-    }
-    if (lane == 0) {
-        red_m[warp] = mx;
-        red_n[warp] = used;
-    }
-    __syncthreads();
-    for (int w = 0; w < nth / 32; w++) {
-        mx = fmaxf(mx, red_m[w]);
-        used = max(used, red_n[w]);
-    }
-    /* each part's weight exp(m - max), -1 for an empty part */
-    for (int p = tid; p < used; p += nth) {
-        const float * pp = pr + (size_t) p * (D + 2);
-        wp[p] = __ldcg(pp + D + 1) > 0.0f ? expf(__ldcg(pp + D) - mx) : -1.0f;
-    }
-    __syncthreads();
-    float total = 0.0f;
-    for (int p = 0; p < used; p++) {
-        if (wp[p] >= 0.0f) {
-            total += wp[p] * __ldcg(pr + (size_t) p * (D + 2) + D + 1);
+        for (int i = 0; i < TRI_ATT_PARTS_LANE; i++) {
+            const int p = lane + 32 * i;
+            m[i] = p < parts ? __ldcg(pg + (size_t) p * (D + 2) + D) : -INFINITY;
+            l[i] = p < parts ? __ldcg(pg + (size_t) p * (D + 2) + D + 1) : 0.0f;
         }
-    }
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    for (int d = tid; d < D; d += nth) {
-        float o = 0.0f;
-        for (int p = 0; p < used; p++) {
-            if (wp[p] >= 0.0f) {
-                o += wp[p] * __ldcg(pr + (size_t) p * (D + 2) + d);
+        float mx = -INFINITY;
+        int u = 0;
+#pragma unroll
+        for (int i = 0; i < TRI_ATT_PARTS_LANE; i++) {
+            if (l[i] > 0.0f) {
+                mx = fmaxf(mx, m[i]);
+                u = lane + 32 * i + 1;
             }
         }
-        out[d] = o * inv;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            u = max(u, __shfl_xor_sync(0xffffffffu, u, o));
+        }
+        float t = 0.0f;
+#pragma unroll
+        for (int i = 0; i < TRI_ATT_PARTS_LANE; i++) {
+            const int p = lane + 32 * i;
+            if (p < u) {
+                const float e = l[i] > 0.0f ? expf(m[i] - mx) : -1.0f;
+                w[g * parts + p] = e;
+                t += e > 0.0f ? e * l[i] : 0.0f;
+            }
+        }
+        t = tri_cu_warp_sum(t);
+        if (lane == 0) {
+            inv[g] = t > 0.0f ? 1.0f / t : 0.0f;
+            used[g] = u;
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < nh * D; e += nth) {
+        const int g = e / D, d = e - g * D, u = used[g];
+        const float * pg = pr + g * hs + d;
+        const float * wg = w + g * parts;
+        float o = 0.0f;
+#pragma unroll 4
+        for (int p = 0; p < u; p++) {
+            if (wg[p] >= 0.0f) {
+                o += wg[p] * __ldcg(pg + (size_t) p * (D + 2));
+            }
+        }
+        out[(size_t) g * D + d] = o * inv[g];
     }
     __syncthreads(); /* sh may be reused */
 }
 
 /* After a block stored its part: the block storing the last of the parts counted in tickets[i] merges the parts of
- * query heads hq0 .. hq0 + nh - 1 of row r into a.out and sets the count back to 0 for the next launch. sh: scratch
- * as tri_cu_att_merge_one's, for blockDim.x threads. Every thread of the block calls it. */
+ * query heads hq0 .. hq0 + nh - 1 of row r into a.out and sets the count back to 0 for the next launch. sh: nh *
+ * (a.parts + 2) words (tri_cu_att_merge). Every thread of the block calls it. */
 __device__ void tri_cu_att_last_merges(const tri_cu_att_args & a, size_t i, int r, int hq0, int nh, float * sh) {
     __shared__ int last;
     __threadfence(); /* this block's part is visible device-wide before its ticket */
@@ -98,11 +114,8 @@ __device__ void tri_cu_att_last_merges(const tri_cu_att_args & a, size_t i, int 
         return;
     }
     __threadfence();
-    for (int g = 0; g < nh; g++) {
-        const size_t row = (size_t) r * a.H + hq0 + g;
-        tri_cu_att_merge_one(a.part + row * a.parts * (a.D + 2), a.parts, a.D, a.out + row * a.D, threadIdx.x,
-                             blockDim.x, sh);
-    }
+    const size_t row = (size_t) r * a.H + hq0, hs = (size_t) a.parts * (a.D + 2);
+    tri_cu_att_merge(a.part + row * hs, hs, nh, a.parts, a.D, a.out + row * a.D, threadIdx.x, blockDim.x, sh);
 }
 
 /* grid: x = part, y = KV head * head_groups + group, z = row. Partial of query head g: acc[D], m, l. */
@@ -400,9 +413,9 @@ __global__ void __launch_bounds__(TRI_ATT_MMA_WARPS * 32) tri_cu_att_mma_kernel(
 __global__ void __launch_bounds__(TRI_ATT_MERGE) tri_cu_att_merge_kernel(const float * part, int parts, int D,
                                                                           float * out) {
     tri_cu_pdl_enter();
-    __shared__ float sh[TRI_CUDA_ATT_MAX_PARTS + 2 * TRI_ATT_MERGE / 32];
+    __shared__ float sh[TRI_CUDA_ATT_MAX_PARTS + 2];
     const size_t row = blockIdx.x;
-    tri_cu_att_merge_one(part + row * parts * (D + 2), parts, D, out + row * D, threadIdx.x, TRI_ATT_MERGE, sh);
+    tri_cu_att_merge(part + row * parts * (D + 2), 0, 1, parts, D, out + row * D, threadIdx.x, TRI_ATT_MERGE, sh);
 }
 
 extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * rows, int n_rows, int il,

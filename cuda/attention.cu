@@ -12,6 +12,8 @@
 
 static_assert(TRI_CUDA_ATT_TICKETS(TRI_ATT_GMAX + 1, 1) == 2, "a part counter per group of TRI_ATT_GMAX heads");
 static_assert(TRI_ATT_MMA_WARPS * TRI_AT_ROWS == TRI_CUDA_ATT_CHUNK_ROWS, "flat rows of a tensor-core block");
+static_assert(TRI_ATT_TILE == 64 && TRI_ATT_THREADS == 2 * TRI_ATT_TILE && TRI_CUDA_ATT_MAX_D <= TRI_ATT_THREADS * 2,
+              "the fp32 kernel: a thread per (slot, head parity), two slots a lane in the softmax, a column pair each");
 static_assert(TRI_ATT_GMAX * (TRI_CUDA_ATT_MAX_PARTS + 2) <= TRI_ATT_GMAX * TRI_CUDA_ATT_MAX_D,
               "the partial kernel's query rows hold a merge's scratch");
 
@@ -244,7 +246,8 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
                 acc[g][1] *= corr[g];
             }
         }
-        for (int jb = sg; jb < nt; jb += TRI_ATT_LOADS * groups) { /* TRI_ATT_LOADS slots' values loaded at once */
+        /* TRI_ATT_LOADS slots' values loaded at once; threads past the last slot group idle */
+        for (int jb = sg < groups ? sg : nt; jb < nt; jb += TRI_ATT_LOADS * groups) {
             float2 vv[TRI_ATT_LOADS];
 #pragma unroll
             for (int u = 0; u < TRI_ATT_LOADS; u++) {
@@ -438,7 +441,7 @@ extern "C" enum triattn_status tri_cuda_attention(const float * q, const tri_cud
     a.parts = parts;
     a.head_groups = (n_head / n_head_kv + TRI_ATT_GMAX - 1) / TRI_ATT_GMAX;
     a.scale = scale;
-    const bool mma = chunk && (D == 64 || D == 128);
+    const bool mma = chunk && TRI_CUDA_ATT_MMA_D(D);
     if (mma) {
         const int64_t blocks = ((int64_t) n_rows * (n_head / n_head_kv) + TRI_CUDA_ATT_CHUNK_ROWS - 1) /
                                TRI_CUDA_ATT_CHUNK_ROWS;

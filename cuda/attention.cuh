@@ -23,6 +23,7 @@ extern "C" {
 #define TRI_CUDA_ATT_MAX_D 256 /* largest head_dim the kernels take */
 #define TRI_CUDA_ATT_MAX_PARTS 128 /* most slot ranges (split-K parts) per row and head */
 #define TRI_CUDA_ATT_CHUNK_ROWS 64 /* (token, query head) pairs a block of the tensor-core kernel takes */
+#define TRI_CUDA_ATT_MMA_D(D) ((D) == 64 || (D) == 128) /* head dims of the tensor-core kernel */
 /* Part counters per row: one per KV head and group of up to 8 of its query heads. */
 #define TRI_CUDA_ATT_TICKETS(n_head, n_head_kv) ((n_head_kv) * (((n_head) / (n_head_kv) + 7) / 8))
 

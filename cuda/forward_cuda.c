@@ -328,7 +328,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     }
     tri_cu_model * cm = m->backend_state;
     pthread_mutex_lock(&cm->lock); /* one step at a time on the model's workspace */
-    const bool chunk = n_sess == 1 && n >= c->att_mma_min;
+    const bool chunk = n_sess == 1 && n >= c->att_mma_min && TRI_CUDA_ATT_MMA_D(c->D);
     tri_cu_step t = { .c = c, .m = m, .cm = cm, .ws = &cm->ws, .n = n, .chunk = chunk,
                       .parts = tri_cu_parts(c, &cm->ws, n, max_slots, chunk) };
     if (mode == TRI_LOGITS_ALL) {

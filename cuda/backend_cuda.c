@@ -252,7 +252,7 @@ static int32_t tri_cu_mq_max(void) {
 }
 
 /* Bytes of the attention's part counters for `rows` rows (zeroed when the workspace is carved). */
-static size_t tri_cu_tickets_bytes(const tri_hparams * hp, int32_t rows) {
+size_t tri_cu_tickets_bytes(const tri_hparams * hp, int32_t rows) {
     return (size_t) rows * TRI_CUDA_ATT_TICKETS(hp->n_head, hp->n_head_kv) * sizeof(int32_t);
 }
 
@@ -262,6 +262,7 @@ static size_t tri_cu_ws_layout(const tri_hparams * hp, int32_t rows, tri_cu_ws *
     const size_t mv = (size_t) TRI_MAX(TRI_CU_VEC_ROWS, TRI_MIN(rows, tri_cu_mq_max())); /* 8-bit activation rows */
     const size_t q_dim = (size_t) hp->n_head * hp->head_dim, kv_dim = (size_t) hp->n_head_kv * hp->head_dim;
     ws->part_rows = TRI_MAX(rows, TRI_CU_PART_ROWS);
+    ws->q8_rows = (int32_t) mv;
     size_t n = 0;
 #define TRI_CU_PART(ptr, bytes) parts[n++] = (tri_cu_part) { (void **) &(ptr), (bytes) }
     TRI_CU_PART(ws->tok, nr * sizeof(int32_t));

@@ -58,7 +58,8 @@ typedef struct tri_cu_ws {
     float *   part;               /* [part_rows][n_head][head_dim + 2] */
     int32_t * tickets;            /* [rows][TRI_CUDA_ATT_TICKETS]: attention's part counters, zero between steps */
     float *   logits;             /* [TRI_CU_LOGIT_ROWS][n_vocab] */
-    tri_cuda_q8 q8[TRI_CU_ACT_SLOTS]; /* [TRI_CU_VEC_ROWS][max_in] each */
+    tri_cuda_q8 q8[TRI_CU_ACT_SLOTS]; /* [q8_rows][max_in] each */
+    int32_t     q8_rows;              /* rows of 8-bit activations (TRI_CU_VEC_ROWS, or up to TRIATTN_CUDA_MQ_MAX) */
 } tri_cu_ws;
 
 typedef struct tri_cu_model {
@@ -145,6 +146,8 @@ typedef struct tri_cu_session {
     tri_cu_prof * prof;           /* NULL unless profiling */
 } tri_cu_session;
 
+/* backend_cuda.c: bytes of the attention's part counters of a workspace of `rows` rows */
+size_t tri_cu_tickets_bytes(const tri_hparams * hp, int32_t rows);
 /* forward_cuda.c */
 enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_token * const * toks,
                                    const int32_t * counts, int32_t n_sess, enum tri_logits_mode mode, char * err,

@@ -16,6 +16,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct tri_cu_step {
@@ -51,7 +52,7 @@ static enum triattn_status tri_cu_linear(tri_cu_step * t, int n, const float * i
     tri_cu_session * c = t->c;
     void * sm = c->stream;
     const bool vec = n <= TRI_CU_VEC_ROWS;  /* matrix-vector kernels possible */
-    const bool q8 = vec || n <= c->mq_max; /* quantized weights read 8-bit activations */
+    const bool q8 = vec || n <= TRI_MIN(c->mq_max, t->ws->q8_rows); /* quantized weights read 8-bit activations */
     const bool transform = norm || up;
     /* what the products read */
     int act_types[TRI_CU_ACT_SLOTS], n_act = 0;
@@ -279,6 +280,22 @@ static int tri_cu_parts(const tri_cu_session * c, const tri_cu_ws * ws, int n, i
     return TRI_MAX(parts, 1);
 }
 
+/* After a failed step, before the model's lock is released: waits for what the step queued (the workspace is the
+ * next step's), sets the part counters back to zero and the device's live counts back to the host mirror's (the
+ * step may have bumped them). why receives the failure's message first. */
+static void tri_cu_step_abort(const tri_cu_step * t, triattn_session * const * ss, int32_t n_sess, char * why,
+                              size_t wn) {
+    snprintf(why, wn, "%s", tri_cuda_last_error());
+    tri_cu_session * c = t->c;
+    (void) tri_cuda_sync(c->stream);
+    (void) tri_cuda_memset(t->ws->tickets, 0, tri_cu_tickets_bytes(&t->m->hp, t->ws->rows), c->stream);
+    for (int i = 0; i < n_sess; i++) {
+        const tri_cu_session * si = ss[i]->backend_state;
+        (void) tri_cuda_h2d(si->n_live, ss[i]->kv.n_live, sizeof(int32_t) * (size_t) c->L * c->Hkv, c->stream);
+    }
+    (void) tri_cuda_sync(c->stream);
+}
+
 enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_token * const * toks,
                                    const int32_t * counts, int32_t n_sess, enum tri_logits_mode mode, char * err,
                                    size_t en) {
@@ -346,12 +363,15 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);
     }
+    char why[256] = "";
     if (st == TRIATTN_OK) {
         tri_cu_prof_step(c->prof, one_each, n, c->prof ? tri_time_ms() - t0 : 0.0);
+    } else {
+        tri_cu_step_abort(&t, ss, n_sess, why, sizeof why);
     }
     pthread_mutex_unlock(&cm->lock);
     if (st != TRIATTN_OK) {
-        goto fail;
+        return tri_fail(err, en, st, "%s (the session's cache may be inconsistent: reset it)", why);
     }
 
     /* each session: its logits rows, and the host mirror follows the device (positions appended to every
@@ -371,6 +391,4 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
         }
     }
     return TRIATTN_OK;
-fail:
-    return tri_fail(err, en, st, "%s (the session's cache may be inconsistent: reset it)", tri_cuda_last_error());
 }

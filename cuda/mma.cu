@@ -216,11 +216,8 @@ __global__ void __launch_bounds__(TRI_TC_THREADS) tri_cu_tc_kernel(const tri_cu_
 /* $TRIATTN_CUDA_TC_PREFETCH=1: each step of the tensor-core products asks L1 for the next step's bytes before it
  * multiplies (off by default until measured on a device; bench/gpu.py times both). */
 static bool tri_cu_tc_prefetch(void) {
-    static int on = -1;
-    if (on < 0) {
-        on = tri_cuda_env_flag("TRIATTN_CUDA_TC_PREFETCH", false);
-    }
-    return on == 1;
+    static const bool on = tri_cuda_env_flag("TRIATTN_CUDA_TC_PREFETCH", false); /* read once, thread-safe */
+    return on;
 }
 
 extern "C" enum triattn_status tri_cuda_mm_tc_bn(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs,
@@ -280,12 +277,11 @@ static int tri_cu_tc_bn_long(int type) {
  * while the launch has fewer than two blocks per multiprocessor (a 2048-row product of 512 tokens has 128 blocks
  * of 64 tokens). */
 static int tri_cu_tc_bn(int type, int n_tok, int64_t row_tiles) {
-    static int forced = -1, fill = -1;
-    if (forced < 0) {
+    static const int forced = [] { /* read once, thread-safe */
         const char * e = getenv("TRIATTN_CUDA_TC_BN");
-        forced = e && (atoi(e) == 32 || atoi(e) == 64 || atoi(e) == 128) ? atoi(e) : 0;
-        fill = tri_cuda_env_flag("TRIATTN_CUDA_TC_FILL", false);
-    }
+        return e && (atoi(e) == 32 || atoi(e) == 64 || atoi(e) == 128) ? atoi(e) : 0;
+    }();
+    static const bool fill = tri_cuda_env_flag("TRIATTN_CUDA_TC_FILL", false);
     if (forced) {
         return forced;
     }

@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri
     }
     __syncthreads();
     for (int e = threadIdx.x; e < 16 * 8 * NTILE; e += 32 * TRI_MQ_WARPS) {
-        const int rr = e / (8 * NTILE), tk = tb + e % (8 * NTILE);
+        const int rr = e / (8 * NTILE), col = e % (8 * NTILE), tk = tb + col; /* the block's column, the token */
         int64_t r = r0 + rr;
         if (r >= a.total_rows || tk >= n_tok) {
             continue;
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(32 * TRI_MQ_WARPS) tri_cu_mmq_kernel(const tri
         float s = 0.0f;
 #pragma unroll
         for (int ww = 0; ww < TRI_MQ_WARPS; ww++) {
-            s += red[ww][rr][tk];
+            s += red[ww][rr][col];
         }
         const tri_cuda_mm_job job = tri_cu_job_of(a, &r);
         float * y = job.y + (size_t) tk * job.ldy + r;

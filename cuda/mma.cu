@@ -32,6 +32,15 @@ struct tri_cu_tc_args {
     bool            prefetch; /* ask L1 for the next step's bytes before the current step's products */
 };
 
+/* Two activations as fp16, saturated to fp16's largest finite value (a SwiGLU output past 65504 would be inf and
+ * make the sums NaN); NaN stays NaN. */
+__device__ __forceinline__ __half2 tri_cu_h2_sat(float a, float b) {
+    const float m = 65504.0f;
+    a = a != a ? a : fminf(fmaxf(a, -m), m);
+    b = b != b ? b : fminf(fmaxf(b, -m), m);
+    return __floats2half2_rn(a, b);
+}
+
 /* Asks L1 for the 128-byte line holding p (a hint: nothing waits for it). */
 __device__ __forceinline__ void tri_cu_prefetch_l1(const void * p) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
@@ -135,8 +144,8 @@ __global__ void __launch_bounds__(TRI_TC_THREADS) tri_cu_tc_kernel(const tri_cu_
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const float4 f = live ? *(const float4 *) (xrow + e + 4 * i) : make_float4(0.f, 0.f, 0.f, 0.f);
-                dst[2 * i] = __floats2half2_rn(f.x, f.y);
-                dst[2 * i + 1] = __floats2half2_rn(f.z, f.w);
+                dst[2 * i] = tri_cu_h2_sat(f.x, f.y);
+                dst[2 * i + 1] = tri_cu_h2_sat(f.z, f.w);
             }
         }
         __syncthreads();

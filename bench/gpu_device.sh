@@ -9,6 +9,8 @@
 # shorter 1b table (--short). tests also writes the 32b model while the tests run, so that a device budget of two
 # calls can run `tests`, then `bench --short` on the same machine (the models stay in $MODELS, inside the tree).
 #
+# CALL_BUDGET=S: the seconds this call may take (the device tool's timeout): the fallback search and the per-op
+# benchmark shorten or skip to end in time, so the logs come back whole.
 # Environment: TRIATTN_CUDA_BUILD_DIR = a folder with libtriattn.so, tool_cuda and triattn-cli built with
 # -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ wheels (cffi, pycparser, gguf) are
 # installed into /tmp/site when present; PYTRIATTN_CACHE should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf
@@ -24,6 +26,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+left() {  # seconds left of CALL_BUDGET, less a margin for the lines after
+    echo $(( ${CALL_BUDGET:-100000} - SECONDS - 15 ))
+}
 STATE=${STATE:-bench/out/gpu-state}  # kept between calls on one machine, like $MODELS
 mkdir -p "$STATE"
 
@@ -38,7 +43,9 @@ find_fallback() {
     all="$all TRIATTN_CUDA_TC_PREFETCH=0 TRIATTN_CUDA_TC_FILL=0"
     sets=("$all" "TRIATTN_CUDA_ATT_MMA_MIN=0" "TRIATTN_CUDA_ATT_FUSED=0" "TRIATTN_CUDA_MQ_MIN=33" "TRIATTN_CUDA_PDL=0"
           "TRIATTN_CUDA_GRAPHS=0")
-    t_end=$((SECONDS + ${FALLBACK_TIMEOUT:-120}))
+    local budget=${FALLBACK_TIMEOUT:-120}
+    [ "$(left)" -lt "$budget" ] && budget=$(left)
+    t_end=$((SECONDS + budget))
     for set in "${sets[@]}"; do
         [ "$SECONDS" -lt "$t_end" ] || break
         # shellcheck disable=SC2086
@@ -73,16 +80,20 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
     t0=$SECONDS
     rm -f "$STATE/fallback.env"
     # the CPU-build tests and the benchmark test are left to CI and to the line after
-    PYTHONUNBUFFERED=1 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -s -rf tests/test_cuda.py -p no:cacheprovider \
+    tt=${TEST_TIMEOUT:-300}
+    [ "$(left)" -lt "$tt" ] && tt=$(left)
+    PYTHONUNBUFFERED=1 timeout "$tt" python3 -m pytest -q -s -rf tests/test_cuda.py -p no:cacheprovider \
         -k "${TEST_SELECT:-not cpu_build_gpu_request and not mem_limit_parse and not script_smoke and not test_cuda_bench}" \
         >"$OUT/test_cuda.log" 2>&1
     rc=$?
     tail -25 "$OUT/test_cuda.log"
     echo "tests: exit $rc, $((SECONDS - t0)) s"
     [ "$rc" != 0 ] && find_fallback
-    if [ "$what" != final ]; then  # per-op timings (final: left out, for the device budget)
+    opt=120
+    [ "$(left)" -lt "$opt" ] && opt=$(left)
+    if [ "$what" != final ] && [ "$opt" -gt 20 ]; then  # per-op timings (final: left out, for the device budget)
         t0=$SECONDS
-        timeout 120 "$BUILD/tool_cuda" bench 7 >"$OUT/tool_cuda_bench.jsonl" 2>&1
+        timeout "$opt" "$BUILD/tool_cuda" bench 7 >"$OUT/tool_cuda_bench.jsonl" 2>&1
         echo "tool_cuda bench: exit $?, $((SECONDS - t0)) s"
         grep -E '"(mm_vec|mm_q|attention)"' "$OUT/tool_cuda_bench.jsonl" | head -50
     fi

@@ -252,10 +252,14 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-limit", default="24GiB", help="device-memory cap of the 32b runs (default 24GiB)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds one triattn-cli run may take (default 600)")
     ap.add_argument("--write-only", choices=["1b", "32b"], default=None, help="write that model into --models, nothing else")
-    ap.add_argument("--short", action="store_true", help="fewer depths and repetitions (a device-time budget)")
+    ap.add_argument("--short", action="store_true",
+                    help="fewer depths and repetitions, the 1b table before the 32b runs (a device-time budget)")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds from the start after which no run starts; a run's timeout ends by then (0: none)")
     ap.add_argument("--plot", type=Path, nargs=2, metavar=("RESULTS", "PNG"), default=None,
                     help="draw t/s against depth and against sessions from a results.json; nothing else")
     args = ap.parse_args(argv)
+    t_start = time.time()
     if args.plot:
         plot(json.loads(args.plot[0].read_text()), args.plot[1])
         return 0
@@ -273,8 +277,16 @@ def main(argv=None) -> int:
 
     def record(name: str, model: Path, extra: list[str], timeout: float | None = None,
                env: dict | None = None) -> list[dict]:
-        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(timeout or args.timeout, args.timeout),
-                                env)
+        limit = min(timeout or args.timeout, args.timeout)
+        if args.deadline:
+            left = args.deadline - (time.time() - t_start)
+            if left < 30:
+                results["runs"][name] = {"args": extra, "env": env or {}, "rows": [], "exit": -1,
+                                         "stderr_tail": f"skipped: {left:.0f} s left before --deadline", "profile": []}
+                (args.out / "results.json").write_text(json.dumps(results, indent=1))
+                return []
+            limit = min(limit, left)
+        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, limit, env)
         results["runs"][name] = {"args": extra, "env": env or {}, "rows": rows, "exit": rc, "stderr_tail": err[-1500:],
                                  "profile": profiles(err)}
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
@@ -300,7 +312,8 @@ def main(argv=None) -> int:
             record(f"smoke_{pol}", m, ["-p", "64", "-n", "8", "-d", "0,96", "-r", "1", "-c", "256",
                                        "--kv-policy", pol, "--kv-budget", "64", "--kv-interval", "16"])
         record("smoke_np", m, ["-p", "0", "-n", "4", "-d", "32", "-np", "1,3", "-r", "1", "-c", "256"])
-    if not args.smoke and args.only in (None, "32b"):
+
+    def run_32b() -> None:
         # full attention: as many sessions as fit at 32K context (n_ctx 32800), then a 64K session (refused under the
         # cap); TriAttention: as many sessions as fit, at 32K and at 64K context (the 64K ones decode from position
         # 65504 to the end of their n_ctx, 65536)
@@ -312,7 +325,8 @@ def main(argv=None) -> int:
                                    "--kv-policy", "full"], timeout=120)
         record("32b_triattention", m, [*cap, "-p", "0", "-n", "32", "-d", "32768,65504", "-np", "fit", "-r", "1",
                                        "-c", "65536", "--kv-policy", "triattention", "--kv-budget", "2048"])
-    if not args.smoke and args.only in (None, "1b"):
+
+    def run_1b() -> None:
         m = model_of("1b")
         reps = "2" if args.short else "3"
         depths = {"full": "0,16384" if args.short else "0,4096,16384,32768", "triattention": "0,16384,32768"
@@ -355,6 +369,13 @@ def main(argv=None) -> int:
                                             "triattention"], env={"TRIATTN_CUDA_MQ_MIN": "33"})
         record("1b_np_triattention_mq2", m, [*np_args, "-np", "4,8" if args.short else "2,4,8", "--kv-policy",
                                              "triattention"], env={"TRIATTN_CUDA_MQ_MIN": "2"})
+
+    if not args.smoke:
+        # --short (a device budget): the 1b table first, the one to compare with earlier runs
+        order = {"1b": run_1b, "32b": run_32b}
+        for key in (["1b", "32b"] if args.short else ["32b", "1b"]):
+            if args.only in (None, key):
+                order[key]()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     if base_env:

@@ -13,8 +13,9 @@
 # benchmark shorten or skip to end in time, so the logs come back whole.
 # Environment: TRIATTN_CUDA_BUILD_DIR = a folder with libtriattn.so, tool_cuda and triattn-cli built with
 # -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ wheels (cffi, pycparser, gguf) are
-# installed into /tmp/site when present; PYTRIATTN_CACHE should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf
-# (written by tests/test_cuda.py's cut_model fixture where the default model is cached).
+# installed into /tmp/site when present; PYTRIATTN_CACHE (default: .cache/pytriattn in the tree when there, a path
+# the device call carries) should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf (written by tests/test_cuda.py's
+# cut_model fixture where the default model is cached). TRI_TEST_SEED is drawn once, so reruns repeat the draws.
 set -u
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -37,17 +38,18 @@ mkdir -p "$STATE"
 # to $STATE/fallback.env, which later bench runs on this machine use (and bench/gpu.py records in results.json).
 find_fallback() {
     local failed t_end sets set
-    failed=$(grep -oE '^FAILED tests/test_cuda\.py::[^ ]+' "$OUT/test_cuda.log" | sed 's/^FAILED //' | sort -u)
-    [ -n "$failed" ] || { echo "fallback: no FAILED lines to rerun"; return; }
+    failed=$(grep -oE '^(FAILED|ERROR) tests/test_cuda\.py::[^ ]+' "$OUT/test_cuda.log" | sed -E 's/^(FAILED|ERROR) //' |
+             sort -u)
+    [ -n "$failed" ] || { echo "fallback: no FAILED or ERROR lines to rerun"; return; }
     local all="TRIATTN_CUDA_ATT_MMA_MIN=0 TRIATTN_CUDA_ATT_FUSED=0 TRIATTN_CUDA_MQ_MIN=33 TRIATTN_CUDA_PDL=0"
-    all="$all TRIATTN_CUDA_TC_PREFETCH=0 TRIATTN_CUDA_TC_FILL=0"
+    all="$all TRIATTN_CUDA_TC_PREFETCH=0 TRIATTN_CUDA_TC_FILL=0 TRIATTN_CUDA_GRAPHS=0"
     sets=("$all" "TRIATTN_CUDA_ATT_MMA_MIN=0" "TRIATTN_CUDA_ATT_FUSED=0" "TRIATTN_CUDA_MQ_MIN=33" "TRIATTN_CUDA_PDL=0"
           "TRIATTN_CUDA_GRAPHS=0")
     local budget=${FALLBACK_TIMEOUT:-120}
     [ "$(left)" -lt "$budget" ] && budget=$(left)
     t_end=$((SECONDS + budget))
     for set in "${sets[@]}"; do
-        [ "$SECONDS" -lt "$t_end" ] || break
+        [ $((t_end - SECONDS)) -ge 10 ] || { echo "fallback: out of time"; break; }
         # shellcheck disable=SC2086
         if env $set timeout $((t_end - SECONDS)) python3 -m pytest -q -x -p no:cacheprovider $failed \
                 >>"$OUT/fallback.log" 2>&1; then
@@ -69,6 +71,19 @@ if [ ! -x "$BUILD/tool_cuda" ]; then
     echo "built $BUILD in $((SECONDS - t0)) s"
 fi
 export TRIATTN_CUDA_BUILD_DIR=$BUILD PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+# no network on the device: nothing may try to download; the tests' random draws are the same in their reruns
+export PIP_NO_INDEX=1 TRI_TEST_SEED=${TRI_TEST_SEED:-$((RANDOM * 32768 + RANDOM))}
+[ -z "${PYTRIATTN_CACHE:-}" ] && [ -d .cache/pytriattn ] && export PYTRIATTN_CACHE=$PWD/.cache/pytriattn
+echo "seed $TRI_TEST_SEED; model cache ${PYTRIATTN_CACHE:-(default)}; $(df -h --output=avail . | tail -1) free"
+python3 -c 'import numpy' 2>/dev/null || { echo "numpy is missing: bench/gpu.py and the tests need it"; exit 1; }
+if [ "$what" != bench ]; then
+    python3 -c 'import cffi, pycparser, gguf' 2>/dev/null \
+        || { echo "cffi, pycparser or gguf is missing (wheels in .whl/): the tests cannot run"; exit 1; }
+    python3 -c 'import sys; sys.path.insert(0, "python")
+from pytriattn._fetch import cache_dir
+sys.exit(0 if (cache_dir() / "SmolLM2-135M-Instruct.Q4_1.first3.gguf").is_file() else 1)' \
+        || echo "warning: no cut model in the model cache: the real-weights tests will error (no download here)"
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >"$OUT/device.txt" 2>&1
 writer=
 if [ "$what" = final ] || [ "$what" = tests ]; then
@@ -83,7 +98,7 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
     tt=${TEST_TIMEOUT:-300}
     [ "$(left)" -lt "$tt" ] && tt=$(left)
     PYTHONUNBUFFERED=1 timeout "$tt" python3 -m pytest -q -s -rf tests/test_cuda.py -p no:cacheprovider \
-        -k "${TEST_SELECT:-not cpu_build_gpu_request and not mem_limit_parse and not script_smoke and not test_cuda_bench}" \
+        -k "${TEST_SELECT:-not cpu_build_gpu_request and not mem_limit_parse and not script_smoke and not test_cuda_bench and not sm80_and_sm90}" \
         >"$OUT/test_cuda.log" 2>&1
     rc=$?
     tail -25 "$OUT/test_cuda.log"
@@ -100,8 +115,11 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
 fi
 if [ -n "$writer" ]; then
     t0=$SECONDS
-    wait "$writer"
-    echo "32b model written (waited $((SECONDS - t0)) s more): $(ls "$MODELS" | wc -l) file(s) in $MODELS"
+    if wait "$writer" && [ -s "$MODELS/random-32b.gguf" ]; then
+        echo "32b model written (waited $((SECONDS - t0)) s more): $(du -h "$MODELS/random-32b.gguf" | cut -f1)"
+    else
+        echo "writing the 32b model failed: see $OUT/write/gpu_bench.log"
+    fi
 fi
 if [ "$what" != tests ] && [ -s "$STATE/fallback.env" ]; then
     set -a
@@ -111,11 +129,13 @@ if [ "$what" != tests ] && [ -s "$STATE/fallback.env" ]; then
 fi
 if [ "$what" = final ]; then
     t0=$SECONDS
-    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models "$MODELS" --short "$@"
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models "$MODELS" --short \
+        ${CALL_BUDGET:+--deadline "$(left)"} "$@"
     echo "bench: $((SECONDS - t0)) s"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     t0=$SECONDS
-    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models "$MODELS" "$@"
+    PYTHONUNBUFFERED=1 python3 bench/gpu.py --cli "$BUILD/triattn-cli" --out "$OUT" --models "$MODELS" \
+        ${CALL_BUDGET:+--deadline "$(left)"} "$@"
     echo "bench: $((SECONDS - t0)) s"
 fi

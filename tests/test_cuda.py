@@ -228,7 +228,10 @@ def test_cuda_op_parity(cuda_build, cuda_device):
     print(p.stdout)
     assert p.returncode == 0 and re.search(r"^\d+ passed, 0 failed$", p.stdout, re.M), p.stdout + p.stderr
     ops = {json.loads(line)["op"] for line in p.stdout.splitlines() if line.startswith("{")}
-    for op in ("dequantize", "mm_vec", "mm_q", "mm_tc", "get_rows", "act_prep", "act_prep_q8", "qkv_post", "attention",
+    # TRIATTN_CUDA_MQ_MIN=33 (with MQ_MAX at most 32) leaves the engine no integer tensor-core product to check
+    rows = lambda name: int(os.environ.get(name, "0")) if os.environ.get(name, "").isdigit() else 0  # noqa: E731
+    mq = not (rows("TRIATTN_CUDA_MQ_MIN") > 32 and rows("TRIATTN_CUDA_MQ_MAX") <= 32)
+    for op in ("dequantize", "mm_vec", *(["mm_q"] if mq else []), "mm_tc", "get_rows", "act_prep", "act_prep_q8", "qkv_post", "attention",
                "attention_chunk", "kv_append", "kv_gather", "triattn_score", "triattn_zscore", "triattn_gqa_max",
                "triattn_layer_mean", "topk"):
         assert op in ops, f"{op} was not checked"
@@ -365,12 +368,13 @@ def test_cuda_real_weights(cuda_build, cuda_device, cut_model, policy):
 
 # N sessions of one model decoding together on the device (one step, every weight read once) against each session
 # decoded alone, and against the CPU; the same steps with CUDA graphs off (TRIATTN_CUDA_GRAPHS=0) give the same
-# logits bit for bit.
+# logits bit for bit. The logits rows of the batched run go to an .npy file (sessions x steps x vocab).
 BATCH = r"""
 import json, os, sys
 import numpy as np
 from pytriattn import _lib
 path, ngl, n_sess, n_gen, policy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rows_out = sys.argv[6]
 ffi, lib = _lib.load()
 err = ffi.new("char[]", 1024)
 mp = ffi.new("struct triattn_model_params *")
@@ -395,7 +399,7 @@ def session():
     return o[0]
 rng = np.random.default_rng(int(os.environ.get("TRI_TEST_SEED", "1")))
 prompts = [rng.integers(0, V, size=int(rng.integers(45, 70))).tolist() for _ in range(n_sess)]
-forced = json.loads(sys.argv[6]) if len(sys.argv) > 6 else None  # tokens to feed instead of the greedy ones
+forced = json.loads(sys.argv[7]) if len(sys.argv) > 7 else None  # tokens to feed instead of the greedy ones
 def logits(s):
     p = lib.triattn_session_logits(s, -1)
     return np.frombuffer(ffi.buffer(p, 4 * V), dtype=np.float32).copy()
@@ -427,30 +431,37 @@ def run(batched):
     return rows, toks, stats
 rb, tb, sb = run(True)
 ra, ta, sa = run(False)
-diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(rb, ra))
-print(json.dumps({"tokens_batched": tb, "tokens_alone": ta, "max_diff": diff, "compressions": sb,
-                  "rows": [np.asarray(r).tolist() for r in rb]}))
+rb, ra = np.asarray(rb), np.asarray(ra)
+np.save(rows_out, rb)
+# batched against alone: the step's row count picks the products' kernels (one row: matrix-vector; 9-32 rows:
+# integer tensor cores) and the attention's split, so the sums may differ in their last bits and grow over the steps
+top1 = float((rb.argmax(-1) == ra.argmax(-1)).mean())
+a64, b64 = ra.astype(np.float64).ravel(), rb.astype(np.float64).ravel()
+cos = float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-30))
+print(json.dumps({"tokens_batched": tb, "tokens_alone": ta, "max_diff": float(np.abs(rb - ra).max()),
+                  "top1_batched_alone": top1, "cos_batched_alone": cos, "compressions": sb}))
 """
 
 
 @pytest.mark.parametrize("policy", ["full", "triattention"])
-def test_cuda_batched_decode(cuda_build, cuda_device, cut_model, policy):
+def test_cuda_batched_decode(cuda_build, cuda_device, cut_model, policy, tmp_path):
+    import numpy as np
+
     lib = cuda_build / "libtriattn.so"
-    cpu, _ = _run_py(lib, BATCH, cut_model, 0, 11, 40, policy)
+    cpu, _ = _run_py(lib, BATCH, cut_model, 0, 11, 40, policy, tmp_path / "cpu.npy")
     forced = json.dumps(cpu["tokens_batched"])  # the GPU runs are fed the CPU's greedy text
-    gpu, _ = _run_py(lib, BATCH, cut_model, -1, 11, 40, policy, forced)
-    assert gpu["max_diff"] < 1e-3, gpu["max_diff"]  # batched = alone on the device
+    gpu, _ = _run_py(lib, BATCH, cut_model, -1, 11, 40, policy, tmp_path / "gpu.npy", forced)
+    print(f"batched vs alone on the device ({policy}): top-1 {gpu['top1_batched_alone']:.3f}, cosine "
+          f"{gpu['cos_batched_alone']:.6f}, largest logit difference {gpu['max_diff']:.3g}")
+    assert cpu["max_diff"] == 0.0  # on the CPU a batched step equals one-session steps bit for bit
+    assert gpu["cos_batched_alone"] > 0.999 and gpu["top1_batched_alone"] >= 0.95, gpu
     if policy == "triattention":
         assert min(gpu["compressions"]) >= 2
-    agree = [_agreement(c, g, 0.5) for c, g in zip(cpu["rows"], gpu["rows"])]
+    c_rows, g_rows = np.load(tmp_path / "cpu.npy"), np.load(tmp_path / "gpu.npy")
+    agree = [_agreement(c, g, 0.5) for c, g in zip(c_rows, g_rows)]
     assert all(a >= 0.9 and not gaps for a, gaps in agree), agree
-    env_graphs_off = dict(os.environ, TRIATTN_CUDA_GRAPHS="0")
-    p = subprocess.run([sys.executable, "-c", BATCH, str(cut_model), "-1", "11", "40", policy, forced], capture_output=True,
-                       text=True, timeout=600, env=dict(env_graphs_off, PYTRIATTN_LIB=str(lib), TRI_TEST_SEED=str(SEED),
-                       PYTHONPATH=str(ROOT / "python")))
-    assert p.returncode == 0, p.stderr
-    nog = json.loads(p.stdout.strip().splitlines()[-1])
-    assert nog["rows"] == gpu["rows"], "CUDA graphs changed the logits"
+    _run_py(lib, BATCH, cut_model, -1, 11, 40, policy, tmp_path / "nog.npy", forced, env={"TRIATTN_CUDA_GRAPHS": "0"})
+    assert np.array_equal(np.load(tmp_path / "nog.npy"), g_rows), "CUDA graphs changed the logits"
 
 
 # Saved sessions and prefix reuse on the device: a GPU session's state reloads into a fresh GPU session bit for bit

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Prepares, on a machine with network, what a GPU machine without one needs for bench/gpu_device.sh: the Python
+# wheels its image lacks (cffi, pycparser, gguf) in .whl/, and the default model cut to its first 3 layers in
+# .cache/pytriattn/ (the real-weights tests), both ignored by git and carried with the device call. Prints the calls.
+#
+#   bash bench/gpu_prepare.sh
+set -eu
+cd "$(dirname "$0")/.."
+grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+mkdir -p .whl
+for pkg in cffi pycparser gguf; do
+    ver=$(python3 -c "import importlib.metadata as m; print(m.version('$pkg'))")
+    ls .whl/"$pkg"-"$ver"-*.whl >/dev/null 2>&1 && continue
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "$pkg==$ver"
+done
+# the cut model, written where the tests' fixture writes it, then copied into the tree
+PYTHONPATH=python:tests python3 - <<'EOF'
+import shutil
+from pathlib import Path
+
+from pytriattn._fetch import cache_dir, default_model_path, ensure_default_model
+from pytriattn.llama import default_calibration
+from tinymodels import cut_model
+
+name = "SmolLM2-135M-Instruct.Q4_1.first3.gguf"
+src = cache_dir() / name
+if not src.is_file():
+    model = default_model_path() if default_model_path().is_file() else ensure_default_model()
+    cut_model(model, src, 3, calibration=default_calibration())
+dst = Path(".cache/pytriattn") / name
+dst.parent.mkdir(parents=True, exist_ok=True)
+if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+    shutil.copyfile(src, dst)
+print(f"{dst}: {dst.stat().st_size / 2**20:.1f} MiB")
+EOF
+ls -la .whl
+echo "tree to carry: $(du -sh --exclude=.git --exclude=build --exclude=bench/out . | cut -f1) (limit 64 MiB)"
+cat <<'EOF'
+device calls (carry [".whl", ".cache"]) on one warm machine, within about 15 minutes of device time, start included:
+  CALL_BUDGET=370 TEST_TIMEOUT=260 bash bench/gpu_device.sh tests      (timeout_s 380)
+  CALL_BUDGET=<device time left - 30> bash bench/gpu_device.sh bench --short   (timeout_s: CALL_BUDGET + 10)
+EOF

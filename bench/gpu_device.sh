@@ -97,7 +97,10 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
     # the CPU-build tests and the benchmark test are left to CI and to the line after
     tt=${TEST_TIMEOUT:-300}
     [ "$(left)" -lt "$tt" ] && tt=$(left)
-    PYTHONUNBUFFERED=1 timeout "$tt" python3 -m pytest -q -s -rf tests/test_cuda.py -p no:cacheprovider \
+    # several test processes share the device where pytest-xdist is there (the GPU image has it): TEST_JOBS=1 for one
+    jobs=()
+    python3 -c 'import xdist' 2>/dev/null && [ "${TEST_JOBS:-4}" -gt 1 ] && jobs=(-n "${TEST_JOBS:-4}")
+    PYTHONUNBUFFERED=1 timeout "$tt" python3 -m pytest -q -s -rf "${jobs[@]}" tests/test_cuda.py -p no:cacheprovider \
         -k "${TEST_SELECT:-not cpu_build_gpu_request and not mem_limit_parse and not script_smoke and not test_cuda_bench and not sm80_and_sm90}" \
         >"$OUT/test_cuda.log" 2>&1
     rc=$?

@@ -211,6 +211,7 @@ static enum triattn_status tri_cu_carve(tri_cu_part * parts, size_t n_parts, boo
 static void tri_cu_session_free(triattn_session * s) {
     tri_cu_session * c = s->backend_state;
     if (c) {
+        (void) tri_cuda_set_device(TRI_CU_DEVICE); /* the caller's thread may have another device current */
         if (c->stream) {
             (void) tri_cuda_sync(c->stream);
         }
@@ -508,7 +509,10 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
 
 static void tri_cu_reset(triattn_session * s) {
     tri_cu_session * c = s->backend_state;
-    enum triattn_status st = tri_cuda_memset(c->n_live, 0, (size_t) c->L * c->Hkv * sizeof(int32_t), c->stream);
+    enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
+    if (st == TRIATTN_OK) {
+        st = tri_cuda_memset(c->n_live, 0, (size_t) c->L * c->Hkv * sizeof(int32_t), c->stream);
+    }
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);
     }
@@ -526,8 +530,10 @@ static enum triattn_status tri_cu_kv_keys(const triattn_session * s, int layer, 
         return TRIATTN_OK;
     }
     const size_t lh = (size_t) layer * c->Hkv + kv_head, n = (size_t) rows * c->D;
-    enum triattn_status st = tri_cuda_d2h(c->h_rows_kv, (const tri_fp16 *) c->K + lh * c->cap * c->D,
-                                          n * sizeof(tri_fp16), c->stream);
+    enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
+    if (st == TRIATTN_OK) {
+        st = tri_cuda_d2h(c->h_rows_kv, (const tri_fp16 *) c->K + lh * c->cap * c->D, n * sizeof(tri_fp16), c->stream);
+    }
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);
     }
@@ -546,20 +552,15 @@ static enum triattn_status tri_cu_kv_copy(triattn_session * s, int i, tri_fp16 *
     const size_t row0 = (size_t) i * c->cap, n = (size_t) s->kv.n_live[i];
     const size_t bytes = n * (size_t) c->D * sizeof(tri_fp16);
     tri_fp16 * K = (tri_fp16 *) c->K + row0 * c->D, * V = (tri_fp16 *) c->V + row0 * c->D;
-    enum triattn_status st;
-    if (to_device) {
-        st = tri_cuda_h2d(K, k, bytes, c->stream);
-        if (st == TRIATTN_OK) {
-            st = tri_cuda_h2d(V, v, bytes, c->stream);
-        }
-        if (st == TRIATTN_OK) {
-            st = tri_cuda_h2d(c->pos + row0, s->kv.pos + row0, n * sizeof(int32_t), c->stream);
-        }
-    } else {
-        st = tri_cuda_d2h(k, K, bytes, c->stream);
-        if (st == TRIATTN_OK) {
-            st = tri_cuda_d2h(v, V, bytes, c->stream);
-        }
+    enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
+    if (st == TRIATTN_OK) {
+        st = to_device ? tri_cuda_h2d(K, k, bytes, c->stream) : tri_cuda_d2h(k, K, bytes, c->stream);
+    }
+    if (st == TRIATTN_OK) {
+        st = to_device ? tri_cuda_h2d(V, v, bytes, c->stream) : tri_cuda_d2h(v, V, bytes, c->stream);
+    }
+    if (st == TRIATTN_OK && to_device) {
+        st = tri_cuda_h2d(c->pos + row0, s->kv.pos + row0, n * sizeof(int32_t), c->stream);
     }
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream); /* pageable host memory: the copies are done on return */
@@ -572,7 +573,10 @@ static enum triattn_status tri_cu_kv_copy(triattn_session * s, int i, tri_fp16 *
 
 static enum triattn_status tri_cu_kv_set_live(triattn_session * s) {
     tri_cu_session * c = s->backend_state;
-    enum triattn_status st = tri_cuda_h2d(c->n_live, s->kv.n_live, sizeof(int32_t) * (size_t) c->L * c->Hkv, c->stream);
+    enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
+    if (st == TRIATTN_OK) {
+        st = tri_cuda_h2d(c->n_live, s->kv.n_live, sizeof(int32_t) * (size_t) c->L * c->Hkv, c->stream);
+    }
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);
     }

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -191,18 +192,25 @@ def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float,
     cmd = [str(cli), "-m", str(model), "--bench", "--json", *args]
     print("$", *(f"{k}={v}" for k, v in (env or {}).items()), " ".join(cmd[1:]), file=log, flush=True)
     t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, **(env or {})})
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        print(f"  timed out after {timeout:.0f} s", file=log, flush=True)
-        return [], "timed out", 124
-    print(p.stdout, p.stderr[-4000:], f"  ({time.time() - t0:.1f} s, exit {p.returncode})", sep="\n", file=log,
-          flush=True)
+        # an interrupted benchmark still prints the rows it finished; then the process goes
+        p.send_signal(signal.SIGINT)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        err = f"{err}\ntimed out after {timeout:.0f} s"
+    print(out, err[-4000:], f"  ({time.time() - t0:.1f} s, exit {p.returncode})", sep="\n", file=log, flush=True)
     try:
-        rows = json.loads(p.stdout) if p.stdout.strip() else []
+        rows = json.loads(out) if out.strip() else []
     except json.JSONDecodeError:
         rows = []
-    return rows, p.stderr, p.returncode
+    return rows, err, p.returncode
 
 
 def profiles(stderr: str) -> list[dict]:
@@ -275,17 +283,22 @@ def main(argv=None) -> int:
                 if k.startswith("TRIATTN_CUDA_") and k != "TRIATTN_CUDA_BUILD_DIR"}
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "env": base_env, "runs": {}}
 
+    grace = 35  # seconds an interrupted run may take to print its rows and end (run_cli)
+
+    def out_of_time() -> bool:
+        return bool(args.deadline) and args.deadline - (time.time() - t_start) < grace + 10
+
     def record(name: str, model: Path, extra: list[str], timeout: float | None = None,
                env: dict | None = None) -> list[dict]:
         limit = min(timeout or args.timeout, args.timeout)
         if args.deadline:
             left = args.deadline - (time.time() - t_start)
-            if left < 30:
+            if out_of_time():
                 results["runs"][name] = {"args": extra, "env": env or {}, "rows": [], "exit": -1,
                                          "stderr_tail": f"skipped: {left:.0f} s left before --deadline", "profile": []}
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
                 return []
-            limit = min(limit, left)
+            limit = min(limit, left - grace)
         rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, limit, env)
         results["runs"][name] = {"args": extra, "env": env or {}, "rows": rows, "exit": rc, "stderr_tail": err[-1500:],
                                  "profile": profiles(err)}
@@ -317,6 +330,8 @@ def main(argv=None) -> int:
         # full attention: as many sessions as fit at 32K context (n_ctx 32800), then a 64K session (refused under the
         # cap); TriAttention: as many sessions as fit, at 32K and at 64K context (the 64K ones decode from position
         # 65504 to the end of their n_ctx, 65536)
+        if out_of_time():  # not even the model's writing
+            return
         m = model_of("32b")
         cap = ["--gpu-mem-limit", args.mem_limit]
         record("32b_full", m, [*cap, "-p", "0", "-n", "32", "-d", "32768", "-np", "fit", "-r", "1", "-c", "32800",
@@ -327,6 +342,8 @@ def main(argv=None) -> int:
                                        "-c", "65536", "--kv-policy", "triattention", "--kv-budget", "2048"])
 
     def run_1b() -> None:
+        if out_of_time():
+            return
         m = model_of("1b")
         reps = "2" if args.short else "3"
         depths = {"full": "0,16384" if args.short else "0,4096,16384,32768", "triattention": "0,16384,32768"

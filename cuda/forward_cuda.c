@@ -239,6 +239,8 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
     if (g && !g->failed && !g->exec) {
         enum triattn_status st = tri_cuda_graph_begin(c->stream);
         const enum triattn_status qst = st == TRIATTN_OK ? tri_cu_enqueue(t) : st;
+        char why[256]; /* the first failure's message */
+        snprintf(why, sizeof why, "%s", tri_cuda_last_error());
         void * exec = NULL;
         if (st == TRIATTN_OK) {
             st = tri_cuda_graph_end(c->stream, &exec); /* ends the capture even after a failed enqueue */
@@ -247,7 +249,7 @@ static enum triattn_status tri_cu_run(tri_cu_step * t, bool decode_shape) {
             tri_cuda_graph_destroy(exec);
             g->failed = true;
             tri_log(TRIATTN_LOG_WARN, "CUDA backend: recording the %d-row decode step as a graph failed (%s); running "
-                    "it without one", t->n, tri_cuda_last_error());
+                    "it without one", t->n, qst != TRIATTN_OK ? why : tri_cuda_last_error());
         } else {
             g->exec = exec;
         }

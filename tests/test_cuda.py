@@ -231,9 +231,9 @@ def test_cuda_op_parity(cuda_build, cuda_device):
     # TRIATTN_CUDA_MQ_MIN=33 (with MQ_MAX at most 32) leaves the engine no integer tensor-core product to check
     rows = lambda name: int(os.environ.get(name, "0")) if os.environ.get(name, "").isdigit() else 0  # noqa: E731
     mq = not (rows("TRIATTN_CUDA_MQ_MIN") > 32 and rows("TRIATTN_CUDA_MQ_MAX") <= 32)
-    for op in ("dequantize", "mm_vec", *(["mm_q"] if mq else []), "mm_tc", "get_rows", "act_prep", "act_prep_q8", "qkv_post", "attention",
-               "attention_chunk", "kv_append", "kv_gather", "triattn_score", "triattn_zscore", "triattn_gqa_max",
-               "triattn_layer_mean", "topk"):
+    for op in ("dequantize", "mm_vec", *(["mm_q"] if mq else []), "mm_tc", "get_rows", "act_prep", "act_prep_q8",
+               "qkv_post", "attention", "attention_chunk", "kv_append", "kv_gather", "triattn_score", "triattn_zscore",
+               "triattn_gqa_max", "triattn_layer_mean", "topk"):
         assert op in ops, f"{op} was not checked"
 
 

@@ -97,7 +97,6 @@ static void *random_weights(int ti, int64_t ne0, int64_t rows, float * wf, size_
 
 /* ---- parity ----------------------------------------------------------------------------------- */
 
-/* Activation type id (qchunk.h) of a weight type's products, 0 for float weights. */
 /* Parity checks the kernels the engine runs under this environment: a switch set in it (docs/cuda.md) pins the
  * variant it names instead of a random draw. */
 static bool env_set(const char * name) {
@@ -108,6 +107,7 @@ static bool env_rows_at_least(const char * name, int rows) {
     return env_set(name) && atoi(getenv(name)) >= rows;
 }
 
+/* Activation type id (qchunk.h) of a weight type's products, 0 for float weights. */
 static int act_type_of(enum tri_type t) {
     return tri_cuda_mm_act_type((int) t);
 }

@@ -1,4 +1,5 @@
 /* Split attention (see attention.cuh): partial (max, sum, weighted V) per slot range, then an in-order merge. */
+#include "amerge.h"
 #include "atile.h"
 #include "attention.cuh"
 #include "common.cuh"
@@ -28,54 +29,26 @@ struct tri_cu_att_args {
 };
 
 /* Threads tid < nth of the block merge, for each of nh query heads g, the parts pr + g * hs [parts][D + 2] into
- * out + g * D in part order, skipping empty parts (sum l = 0); the sums stop after the last non-empty one (whole-tile
- * ranges leave the empty ones at the end). A warp takes a head's (m, l) pairs, a lane up to TRI_ATT_PARTS_LANE of
- * them, all loaded at once; then threads take (head, column) pairs. The parts are read from L2 (ld.global.cg): other
- * blocks of the same kernel may have written them. sh: nh * (parts + 2) words of shared memory. Every thread of the
- * block calls it. */
-#define TRI_ATT_PARTS_LANE (TRI_CUDA_ATT_MAX_PARTS / 32)
-static_assert(TRI_CUDA_ATT_MAX_PARTS % 32 == 0, "whole warps of parts");
+ * out + g * D (amerge.h): a warp per head for the weights, then a thread per (head, column). sh: nh * (parts + 2)
+ * words of shared memory. Every thread of the block calls it. */
+static_assert(TRI_CUDA_ATT_MAX_PARTS <= 32 * TRI_AM_PARTS_LANE, "a warp holds a head's parts");
 __device__ void tri_cu_att_merge(const float * pr, size_t hs, int nh, int parts, int D, float * out, int tid, int nth,
                                  float * sh) {
-    float * w = sh;                  /* [nh][parts]: exp(m_p - max) of a part, -1 for an empty one */
-    float * inv = sh + nh * parts;   /* [nh]: 1 / the sum of the weighted l */
+    float * w = sh;                  /* [nh][parts] */
+    float * inv = sh + nh * parts;   /* [nh]: 1 / the weighted sum of l */
     int * used = (int *) (inv + nh); /* [nh]: 1 + the last non-empty part */
     const int lane = tid & 31, warp = tid >> 5;
     __syncthreads(); /* sh is free */
     for (int g = warp; g < nh; g += nth / 32) {
-        const float * pg = pr + g * hs;
-        float m[TRI_ATT_PARTS_LANE], l[TRI_ATT_PARTS_LANE];
-#pragma unroll
-        for (int i = 0; i < TRI_ATT_PARTS_LANE; i++) {
-            const int p = lane + 32 * i;
-            m[i] = p < parts ? __ldcg(pg + (size_t) p * (D + 2) + D) : -INFINITY;
-            l[i] = p < parts ? __ldcg(pg + (size_t) p * (D + 2) + D + 1) : 0.0f;
-        }
-        float mx = -INFINITY;
-        int u = 0;
-#pragma unroll
-        for (int i = 0; i < TRI_ATT_PARTS_LANE; i++) {
-            if (l[i] > 0.0f) {
-                mx = fmaxf(mx, m[i]);
-                u = lane + 32 * i + 1;
-            }
-        }
+        float m[TRI_AM_PARTS_LANE], l[TRI_AM_PARTS_LANE], mx;
+        int u;
+        tri_am_lane_parts(pr + g * hs, parts, D, lane, m, l, &mx, &u);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
             u = max(u, __shfl_xor_sync(0xffffffffu, u, o));
         }
-        float t = 0.0f;
-#pragma unroll
-        for (int i = 0; i < TRI_ATT_PARTS_LANE; i++) {
-            const int p = lane + 32 * i;
-            if (p < u) {
-                const float e = l[i] > 0.0f ? expf(m[i] - mx) : -1.0f;
-                w[g * parts + p] = e;
-                t += e > 0.0f ? e * l[i] : 0.0f;
-            }
-        }
-        t = tri_cu_warp_sum(t);
+        const float t = tri_cu_warp_sum(tri_am_lane_weights(m, l, mx, u, lane, w + g * parts));
         if (lane == 0) {
             inv[g] = t > 0.0f ? 1.0f / t : 0.0f;
             used[g] = u;
@@ -83,17 +56,8 @@ __device__ void tri_cu_att_merge(const float * pr, size_t hs, int nh, int parts,
     }
     __syncthreads();
     for (int e = tid; e < nh * D; e += nth) {
-        const int g = e / D, d = e - g * D, u = used[g];
-        const float * pg = pr + g * hs + d;
-        const float * wg = w + g * parts;
-        float o = 0.0f;
-#pragma unroll 4
-        for (int p = 0; p < u; p++) {
-            if (wg[p] >= 0.0f) {
-                o += wg[p] * __ldcg(pg + (size_t) p * (D + 2));
-            }
-        }
-        out[(size_t) g * D + d] = o * inv[g];
+        const int g = e / D, d = e - g * D;
+        out[(size_t) g * D + d] = tri_am_column(pr + g * hs + d, w + g * parts, used[g], D, inv[g]);
     }
     __syncthreads(); /* sh may be reused */
 }

@@ -1,9 +1,11 @@
 /* The CUDA tensor-core attention (cuda/atile.h), compiled for the host: blocks of the kernel (cuda/attention.cu,
  * tri_cu_att_mma_kernel) run as their warps' 32 lanes calling atile.h's functions around an mma emulated from PTX's
  * m16n8k16 fp16 fragment layout, the four-lane reductions taken across the emulated lanes, over a random chunk of
- * one session's rows split into random parts; the parts merged as the merge kernel does are checked against float64
- * attention of every (token, query head) over its visible slots. Slots past the visible ones hold NaN and inf: a
- * tile must neither read nor weigh them. Random shapes, fresh each run; TRI_TEST_SEED replays. */
+ * one session's rows split into random parts; the parts merged as the merge kernel does (amerge.h, its lanes
+ * emulated) are checked against float64 attention of every (token, query head) over its visible slots; and the
+ * merge alone over up to 128 parts. Slots past the visible ones hold NaN and inf: a tile must neither read nor
+ * weigh them. Random shapes, fresh each run; TRI_TEST_SEED replays. */
+#include "amerge.h"
 #include "atile.h"
 #include "fp16.h"
 
@@ -181,6 +183,30 @@ static void run_block(const chunk * c, int p, int h, int z, uint16_t * Ks, uint1
 }
 
 /* One random chunk: every block of the kernel's grid, the parts merged, against float64. */
+/* The merge kernel's warp over one head's parts (pr: [parts][D + 2]) into out[D]: its 32 lanes call amerge.h's
+ * functions, the warp's max / last-part / sum reductions taken across the emulated lanes. */
+static void merge_head(const float * pr, int parts, int D, float * out) {
+    float m[32][TRI_AM_PARTS_LANE], l[32][TRI_AM_PARTS_LANE], lmx[32], w[32 * TRI_AM_PARTS_LANE];
+    int llast[32];
+    float mx = -INFINITY, t = 0.0f;
+    int used = 0;
+    for (int lane = 0; lane < 32; lane++) {
+        tri_am_lane_parts(pr, parts, D, lane, m[lane], l[lane], &lmx[lane], &llast[lane]);
+        mx = fmaxf(mx, lmx[lane]);
+        used = llast[lane] > used ? llast[lane] : used;
+    }
+    for (int p = 0; p < 32 * TRI_AM_PARTS_LANE; p++) {
+        w[p] = NAN; /* unwritten weights must not be read */
+    }
+    for (int lane = 0; lane < 32; lane++) {
+        t += tri_am_lane_weights(m[lane], l[lane], mx, used, lane, w);
+    }
+    const float inv = t > 0.0f ? 1.0f / t : 0.0f;
+    for (int d = 0; d < D; d++) {
+        out[d] = tri_am_column(pr + d, w, used, D, inv);
+    }
+}
+
 static void test_chunk(void) {
     chunk c;
     c.D = tu_below(2) ? 64 : 128;
@@ -256,32 +282,19 @@ static void test_chunk(void) {
             for (int j = 0; j < nv; j++) {
                 sum += exp(sc[j] - mx);
             }
-            /* the merge kernel's combination of the parts */
+            /* the parts merged as the merge kernel does (amerge.h) */
             const float * pr = part + ((size_t) t * H + hq) * c.parts * (D + 2);
-            double pm = -INFINITY, total = 0.0;
             for (int p = 0; p < c.parts; p++) {
                 unwritten += isnan(pr[p * (D + 2) + D]) || isnan(pr[p * (D + 2) + D + 1]);
-                if (pr[p * (D + 2) + D + 1] > 0.0f) {
-                    pm = fmax(pm, pr[p * (D + 2) + D]);
-                }
             }
-            for (int p = 0; p < c.parts; p++) {
-                if (pr[p * (D + 2) + D + 1] > 0.0f) {
-                    total += exp(pr[p * (D + 2) + D] - pm) * pr[p * (D + 2) + D + 1];
-                }
-            }
+            float got[DMAX];
+            merge_head(pr, c.parts, D, got);
             for (int d = 0; d < D; d++) {
-                double want = 0.0, got = 0.0;
+                double want = 0.0;
                 for (int j = 0; j < nv; j++) {
                     want += exp(sc[j] - mx) / sum * tri_fp16_to_fp32(V[((size_t) h * c.cap + j) * D + d]);
                 }
-                for (int p = 0; p < c.parts; p++) {
-                    if (pr[p * (D + 2) + D + 1] > 0.0f) {
-                        got += exp(pr[p * (D + 2) + D] - pm) * pr[p * (D + 2) + d];
-                    }
-                }
-                got /= total;
-                worst = isnan(got) ? INFINITY : fmax(worst, fabs(got - want));
+                worst = isnan(got[d]) ? INFINITY : fmax(worst, fabs(got[d] - want));
             }
         }
     }
@@ -299,10 +312,89 @@ static void test_chunk(void) {
     free(sc);
 }
 
+/* The merge alone, as the decode kernel's parts leave it: random scores and values over nv slots split into whole
+ * 64-slot ranges (tri_at_range: up to 128 parts, the trailing ones empty, their accumulators garbage) or, a third of
+ * the time, at random cuts (empty parts anywhere), each part's (acc, m, l) in float, merged (amerge.h) against
+ * float64 softmax attention over all the slots. */
+static void test_merge(void) {
+    const int D = 16 * (int) tu_int(1, 16), nv = (int) tu_int(1, 5000);
+    const int parts = tu_below(3) == 0 ? (int) tu_int(1, 8) : (int) tu_int(9, 32 * TRI_AM_PARTS_LANE);
+    double * sc = malloc(sizeof(double) * nv), * v = malloc(sizeof(double) * nv * D);
+    float * pr = malloc(sizeof(float) * parts * (D + 2)), out[256];
+    const double spread = tu_below(2) ? 1.0 : 8.0; /* flat or peaked weights */
+    double mx = -INFINITY, sum = 0.0;
+    for (int j = 0; j < nv; j++) {
+        sc[j] = spread * tu_normal();
+        mx = fmax(mx, sc[j]);
+        for (int d = 0; d < D; d++) {
+            v[(size_t) j * D + d] = tu_normal();
+        }
+    }
+    for (int j = 0; j < nv; j++) {
+        sum += exp(sc[j] - mx);
+    }
+    int * cut = malloc(sizeof(int) * (parts + 1)); /* part p: slots cut[p] .. cut[p + 1] - 1 */
+    const bool random_cuts = tu_below(3) == 0;
+    for (int p = 0; p <= parts; p++) {
+        int j0, j1;
+        tri_at_range(nv, parts, p < parts ? p : parts - 1, &j0, &j1);
+        cut[p] = random_cuts ? (int) tu_int(0, nv) : p < parts ? j0 : j1;
+    }
+    if (random_cuts) { /* sorted, from 0 to nv */
+        cut[0] = 0;
+        cut[parts] = nv;
+        for (int i = 1; i < parts; i++) {
+            for (int k = i; k > 1 && cut[k - 1] > cut[k]; k--) {
+                const int x = cut[k];
+                cut[k] = cut[k - 1];
+                cut[k - 1] = x;
+            }
+        }
+    }
+    for (int p = 0; p < parts; p++) {
+        const int j0 = cut[p], j1 = cut[p + 1];
+        float * pp = pr + (size_t) p * (D + 2);
+        float pm = -INFINITY, pl = 0.0f;
+        for (int j = j0; j < j1; j++) {
+            pm = fmaxf(pm, (float) sc[j]);
+        }
+        for (int d = 0; d < D; d++) {
+            pp[d] = j0 < j1 ? 0.0f : NAN; /* an empty part's accumulators are never read */
+        }
+        for (int j = j0; j < j1; j++) {
+            const float e = expf((float) sc[j] - pm);
+            pl += e;
+            for (int d = 0; d < D; d++) {
+                pp[d] += e * (float) v[(size_t) j * D + d];
+            }
+        }
+        pp[D] = pm;
+        pp[D + 1] = pl;
+    }
+    merge_head(pr, parts, D, out);
+    double worst = 0.0;
+    for (int d = 0; d < D; d++) {
+        double want = 0.0;
+        for (int j = 0; j < nv; j++) {
+            want += exp(sc[j] - mx) / sum * v[(size_t) j * D + d];
+        }
+        worst = isnan(out[d]) ? INFINITY : fmax(worst, fabs(out[d] - want));
+    }
+    CHECK(worst < 1e-4, "merge of %d parts over %d slots (%s), D %d: error %.3g", parts, nv,
+          random_cuts ? "random cuts" : "whole tiles", D, worst);
+    free(cut);
+    free(sc);
+    free(v);
+    free(pr);
+}
+
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     for (int rep = 0; rep < 12; rep++) {
         test_chunk();
+    }
+    for (int rep = 0; rep < 200; rep++) {
+        test_merge();
     }
     /* the fp16 pairs: round to nearest even, low half first */
     for (int i = 0; i < 1000; i++) {

@@ -291,6 +291,17 @@ def main(argv=None) -> int:
     def record(name: str, model: Path, extra: list[str], timeout: float | None = None,
                env: dict | None = None) -> list[dict]:
         limit = min(timeout or args.timeout, args.timeout)
+        # a variant whose switch the whole run's environment (a failed device test's fallback) sets otherwise, or
+        # whose kernels it turns off (TRIATTN_CUDA_MQ_MIN=33: no integer tensor-core products, whatever MQ_MAX says)
+        clash = [f"{k}={base_env[k]}" for k, v in (env or {}).items() if base_env.get(k, v) != v]
+        if "TRIATTN_CUDA_MQ_MAX" in (env or {}) and "TRIATTN_CUDA_MQ_MIN" in base_env:
+            clash.append(f"TRIATTN_CUDA_MQ_MIN={base_env['TRIATTN_CUDA_MQ_MIN']}")
+        if clash:
+            results["runs"][name] = {"args": extra, "env": env or {}, "rows": [], "exit": -1,
+                                     "stderr_tail": f"skipped: the run's environment sets {' '.join(clash)}",
+                                     "profile": []}
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            return []
         if args.deadline:
             left = args.deadline - (time.time() - t_start)
             if out_of_time():

@@ -27,15 +27,17 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-left() {  # seconds left of CALL_BUDGET, less a margin for the lines after
-    echo $(( ${CALL_BUDGET:-100000} - SECONDS - 15 ))
+left() {  # seconds left of CALL_BUDGET, less a margin for the lines after (at least 1: 0 means no limit to timeout)
+    local s=$(( ${CALL_BUDGET:-100000} - SECONDS - 15 ))
+    echo $(( s > 1 ? s : 1 ))
 }
 STATE=${STATE:-bench/out/gpu-state}  # kept between calls on one machine, like $MODELS
 mkdir -p "$STATE"
 
 # After failed device tests: which of the backend's newer kernel choices, turned off, makes the failed tests pass
-# (all of them off first, then one at a time while FALLBACK_TIMEOUT seconds last). The first set that passes goes
-# to $STATE/fallback.env, which later bench runs on this machine use (and bench/gpu.py records in results.json).
+# (all of them off first, then one at a time while FALLBACK_TIMEOUT seconds last). The set kept, a single switch when
+# one suffices, else all of them, goes to $STATE/fallback.env, which later bench runs on this machine use (and
+# bench/gpu.py records in results.json).
 find_fallback() {
     local failed t_end sets set
     failed=$(grep -oE '^(FAILED|ERROR) tests/test_cuda\.py::[^ ]+' "$OUT/test_cuda.log" |
@@ -44,7 +46,7 @@ find_fallback() {
     local all="TRIATTN_CUDA_ATT_MMA_MIN=0 TRIATTN_CUDA_ATT_FUSED=0 TRIATTN_CUDA_MQ_MIN=33 TRIATTN_CUDA_PDL=0"
     all="$all TRIATTN_CUDA_TC_PREFETCH=0 TRIATTN_CUDA_TC_FILL=0 TRIATTN_CUDA_GRAPHS=0"
     sets=("$all" "TRIATTN_CUDA_ATT_MMA_MIN=0" "TRIATTN_CUDA_ATT_FUSED=0" "TRIATTN_CUDA_MQ_MIN=33" "TRIATTN_CUDA_PDL=0"
-          "TRIATTN_CUDA_GRAPHS=0")
+          "TRIATTN_CUDA_GRAPHS=0" "TRIATTN_CUDA_TC_PREFETCH=0")
     local budget=${FALLBACK_TIMEOUT:-120}
     [ "$(left)" -lt "$budget" ] && budget=$(left)
     t_end=$((SECONDS + budget))
@@ -102,7 +104,7 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
     # left to CI: the CPU-build tests, the benchmark script's, and the sm_80 + sm_90 build's (this one is sm_90)
     sel="not cpu_build_gpu_request and not mem_limit_parse and not script_smoke and not test_cuda_bench"
     sel="$sel and not sm80_and_sm90"
-    PYTHONUNBUFFERED=1 timeout "$tt" python3 -m pytest -q -s -rf "${jobs[@]}" tests/test_cuda.py -p no:cacheprovider \
+    PYTHONUNBUFFERED=1 timeout "$tt" python3 -m pytest -q -s -rfE "${jobs[@]}" tests/test_cuda.py -p no:cacheprovider \
         -k "${TEST_SELECT:-$sel}" >"$OUT/test_cuda.log" 2>&1
     rc=$?
     tail -25 "$OUT/test_cuda.log"
@@ -119,6 +121,10 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
 fi
 if [ -n "$writer" ]; then
     t0=$SECONDS
+    while kill -0 "$writer" 2>/dev/null && [ "$(left)" -gt 1 ]; do
+        sleep 2
+    done
+    kill -0 "$writer" 2>/dev/null && { kill "$writer"; echo "the 32b writer stopped: out of time"; }
     if wait "$writer" && [ -s "$MODELS/random-32b.gguf" ]; then
         echo "32b model written (waited $((SECONDS - t0)) s more): $(du -h "$MODELS/random-32b.gguf" | cut -f1)"
     else

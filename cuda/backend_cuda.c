@@ -60,6 +60,7 @@ static void tri_cu_model_free(void * state) {
     if (!cm) {
         return;
     }
+    (void) tri_cuda_set_device(TRI_CU_DEVICE); /* the caller's thread may have another device current */
     tri_cuda_free(cm->mem);
     tri_cuda_free(cm->ws.mem);
     pthread_mutex_destroy(&cm->lock);

@@ -9,6 +9,7 @@ gguf.quants.dequantize, so no quantizer accuracy is assumed anywhere.
 """
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -277,7 +278,7 @@ def cut_model(src, dst, n_layer: int, calibration=None) -> Path:
     head = b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(kvs))
     meta = head + b"".join(kvs) + b"".join(infos)
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # several test processes may write it at once
     with open(tmp, "wb") as out:
         out.write(meta + b"\0" * ((-len(meta)) % align))
         for b in blobs:

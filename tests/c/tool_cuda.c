@@ -559,8 +559,8 @@ static void parity_kv_attention(void) {
         /* session A's chunk alone, as one session's rows (tensor cores for D 64 and 128, unless
          * TRIATTN_CUDA_ATT_MMA_MIN=0 turns them off) */
         const bool mma = !(env_set("TRIATTN_CUDA_ATT_MMA_MIN") && atoi(getenv("TRIATTN_CUDA_ATT_MMA_MIN")) == 0);
-        CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, mma, dpart, dtickets,
-                              dout, NULL));
+        CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, mma, dpart,
+                              fused ? dtickets : NULL, dout, NULL));
         float * gmma = hnew(sizeof(float) * nA * H * D);
         down(gmma, dout, sizeof(float) * nA * H * D);
         /* the part counters are back to zero for the next launch */

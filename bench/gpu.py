@@ -296,21 +296,13 @@ def main(argv=None) -> int:
         clash = [f"{k}={base_env[k]}" for k, v in (env or {}).items() if base_env.get(k, v) != v]
         if "TRIATTN_CUDA_MQ_MAX" in (env or {}) and "TRIATTN_CUDA_MQ_MIN" in base_env:
             clash.append(f"TRIATTN_CUDA_MQ_MIN={base_env['TRIATTN_CUDA_MQ_MIN']}")
+        left = args.deadline - (time.time() - t_start) if args.deadline else limit + grace
         if clash:
-            results["runs"][name] = {"args": extra, "env": env or {}, "rows": [], "exit": -1,
-                                     "stderr_tail": f"skipped: the run's environment sets {' '.join(clash)}",
-                                     "profile": []}
-            (args.out / "results.json").write_text(json.dumps(results, indent=1))
-            return []
-        if args.deadline:
-            left = args.deadline - (time.time() - t_start)
-            if out_of_time():
-                results["runs"][name] = {"args": extra, "env": env or {}, "rows": [], "exit": -1,
-                                         "stderr_tail": f"skipped: {left:.0f} s left before --deadline", "profile": []}
-                (args.out / "results.json").write_text(json.dumps(results, indent=1))
-                return []
-            limit = min(limit, left - grace)
-        rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, limit, env)
+            rows, err, rc = [], f"skipped: the run's environment sets {' '.join(clash)}", -1
+        elif out_of_time():
+            rows, err, rc = [], f"skipped: {left:.0f} s left before --deadline", -1
+        else:
+            rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(limit, left - grace), env)
         results["runs"][name] = {"args": extra, "env": env or {}, "rows": rows, "exit": rc, "stderr_tail": err[-1500:],
                                  "profile": profiles(err)}
         (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -31,6 +31,11 @@ left() {  # seconds left of CALL_BUDGET, less a margin for the lines after (at l
     local s=$(( ${CALL_BUDGET:-100000} - SECONDS - 15 ))
     echo $(( s > 1 ? s : 1 ))
 }
+within() {  # $1 seconds, or fewer if CALL_BUDGET has fewer left
+    local l
+    l=$(left)
+    echo $(( $1 < l ? $1 : l ))
+}
 STATE=${STATE:-bench/out/gpu-state}  # kept between calls on one machine, like $MODELS
 mkdir -p "$STATE"
 
@@ -47,9 +52,7 @@ find_fallback() {
     all="$all TRIATTN_CUDA_TC_PREFETCH=0 TRIATTN_CUDA_TC_FILL=0 TRIATTN_CUDA_GRAPHS=0"
     sets=("$all" "TRIATTN_CUDA_ATT_MMA_MIN=0" "TRIATTN_CUDA_ATT_FUSED=0" "TRIATTN_CUDA_MQ_MIN=33" "TRIATTN_CUDA_PDL=0"
           "TRIATTN_CUDA_GRAPHS=0" "TRIATTN_CUDA_TC_PREFETCH=0")
-    local budget=${FALLBACK_TIMEOUT:-120}
-    [ "$(left)" -lt "$budget" ] && budget=$(left)
-    t_end=$((SECONDS + budget))
+    t_end=$((SECONDS + $(within "${FALLBACK_TIMEOUT:-120}")))
     for set in "${sets[@]}"; do
         [ $((t_end - SECONDS)) -ge 10 ] || { echo "fallback: out of time"; break; }
         # shellcheck disable=SC2086
@@ -96,8 +99,7 @@ fi
 if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
     t0=$SECONDS
     rm -f "$STATE/fallback.env"
-    tt=${TEST_TIMEOUT:-300}
-    [ "$(left)" -lt "$tt" ] && tt=$(left)
+    tt=$(within "${TEST_TIMEOUT:-300}")
     # several test processes share the device where pytest-xdist is there (the GPU image has it): TEST_JOBS=1 for one
     jobs=()
     python3 -c 'import xdist' 2>/dev/null && [ "${TEST_JOBS:-4}" -gt 1 ] && jobs=(-n "${TEST_JOBS:-4}")
@@ -110,8 +112,7 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
     tail -25 "$OUT/test_cuda.log"
     echo "tests: exit $rc, $((SECONDS - t0)) s"
     [ "$rc" != 0 ] && find_fallback
-    opt=120
-    [ "$(left)" -lt "$opt" ] && opt=$(left)
+    opt=$(within 120)
     if [ "$what" != final ] && [ "$opt" -gt 20 ]; then  # per-op timings (final: left out, for the device budget)
         t0=$SECONDS
         timeout "$opt" "$BUILD/tool_cuda" bench 7 >"$OUT/tool_cuda_bench.jsonl" 2>&1

@@ -247,10 +247,17 @@ static int32_t tri_cu_env_rows(const char * name, long lo, long hi, int32_t def)
     return v && end != v && *end == '\0' && x >= lo && x <= hi ? (int32_t) x : def;
 }
 
-/* Steps of up to this many rows multiply quantized weights with 8-bit activations (TRIATTN_CUDA_MQ_MAX; past
- * TRI_CU_VEC_ROWS rows on integer tensor cores), longer ones on fp16 tensor cores. */
-static int32_t tri_cu_mq_max(void) {
+int32_t tri_cu_mq_min(void) {
+    return tri_cu_env_rows("TRIATTN_CUDA_MQ_MIN", 1, 1000, TRI_CU_MQ_MIN);
+}
+
+int32_t tri_cu_mq_max(void) {
     return tri_cu_env_rows("TRIATTN_CUDA_MQ_MAX", TRI_CU_VEC_ROWS, 65535, TRI_CU_VEC_ROWS);
+}
+
+int32_t tri_cu_att_mma_min(void) {
+    const int32_t n = tri_cu_env_rows("TRIATTN_CUDA_ATT_MMA_MIN", 0, 1000000, TRI_CU_ATT_MMA_MIN);
+    return n == 0 ? INT32_MAX : n; /* 0: never */
 }
 
 /* Bytes of the attention's part counters for `rows` rows (zeroed when the workspace is carved). */
@@ -405,12 +412,9 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
     c->window = s->policy.cfg.window < 0 ? TRI_KV_DEFAULT_WINDOW : s->policy.cfg.window;
     c->prof = tri_cu_prof_new(c->L);
     c->use_graphs = tri_cuda_env_flag("TRIATTN_CUDA_GRAPHS", true) && !c->prof; /* profiled steps run plainly */
-    c->mq_min = tri_cu_env_rows("TRIATTN_CUDA_MQ_MIN", 1, 1000, TRI_CU_MQ_MIN);
+    c->mq_min = tri_cu_mq_min();
     c->mq_max = tri_cu_mq_max();
-    c->att_mma_min = tri_cu_env_rows("TRIATTN_CUDA_ATT_MMA_MIN", 0, 1000000, TRI_CU_ATT_MMA_MIN);
-    if (c->att_mma_min == 0) { /* never */
-        c->att_mma_min = INT32_MAX;
-    }
+    c->att_mma_min = tri_cu_att_mma_min();
     c->att_fused = tri_cuda_env_flag("TRIATTN_CUDA_ATT_FUSED", true);
 
     /* Host mirror of the cache: positions and live counts only. */

@@ -148,6 +148,13 @@ typedef struct tri_cu_session {
 
 /* backend_cuda.c: bytes of the attention's part counters of a workspace of `rows` rows */
 size_t tri_cu_tickets_bytes(const tri_hparams * hp, int32_t rows);
+/* The kernel choices' row counts from the environment (docs/cuda.md), read when a session or workspace is made:
+ * integer tensor cores from mq_min rows (TRIATTN_CUDA_MQ_MIN), 8-bit activations up to mq_max rows (past
+ * TRI_CU_VEC_ROWS on integer tensor cores, TRIATTN_CUDA_MQ_MAX), a session's chunks of att_mma_min rows and more
+ * attend on tensor cores (TRIATTN_CUDA_ATT_MMA_MIN; INT32_MAX: never). */
+int32_t tri_cu_mq_min(void);
+int32_t tri_cu_mq_max(void);
+int32_t tri_cu_att_mma_min(void);
 /* forward_cuda.c */
 enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_token * const * toks,
                                    const int32_t * counts, int32_t n_sess, enum tri_logits_mode mode, char * err,

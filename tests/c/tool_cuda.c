@@ -8,6 +8,7 @@
  * parity and bench need a device: without one they print the reason and exit 2. Seed: TRI_TEST_SEED. */
 #include "triattn.h"
 
+#include "backend_cuda.h"
 #include "calibration.h"
 #include "common.h"
 #include "ops.h"
@@ -98,13 +99,9 @@ static void *random_weights(int ti, int64_t ne0, int64_t rows, float * wf, size_
 /* ---- parity ----------------------------------------------------------------------------------- */
 
 /* Parity checks the kernels the engine runs under this environment: a switch set in it (docs/cuda.md) pins the
- * variant it names instead of a random draw. */
+ * variant it names instead of a random draw, read as the engine reads it (backend_cuda.h). */
 static bool env_set(const char * name) {
     return getenv(name) != NULL;
-}
-
-static bool env_rows_at_least(const char * name, int rows) {
-    return env_set(name) && atoi(getenv(name)) >= rows;
 }
 
 /* Activation type id (qchunk.h) of a weight type's products, 0 for float weights. */
@@ -202,8 +199,7 @@ static void parity_dequant_matmul(void) {
             if (pass == 2 && !act_type_of(t)) {
                 continue; /* float weights have no integer products */
             }
-            if (pass == 2 && env_rows_at_least("TRIATTN_CUDA_MQ_MIN", TRI_CUDA_MQ_TOK + 1) &&
-                !env_rows_at_least("TRIATTN_CUDA_MQ_MAX", TRI_CUDA_MQ_TOK + 1)) {
+            if (pass == 2 && tri_cu_mq_min() > TRI_CU_VEC_ROWS && tri_cu_mq_max() <= TRI_CU_VEC_ROWS) {
                 continue; /* the engine runs no integer tensor-core product */
             }
             const int n_tok = pass == 0 ? (int) tu_int(1, TRI_CUDA_MV_TOK)
@@ -558,7 +554,7 @@ static void parity_kv_attention(void) {
         down(gout, dout, sizeof(float) * n * H * D);
         /* session A's chunk alone, as one session's rows (tensor cores for D 64 and 128, unless
          * TRIATTN_CUDA_ATT_MMA_MIN=0 turns them off) */
-        const bool mma = !(env_set("TRIATTN_CUDA_ATT_MMA_MIN") && atoi(getenv("TRIATTN_CUDA_ATT_MMA_MIN")) == 0);
+        const bool mma = tri_cu_att_mma_min() != INT32_MAX;
         CU(tri_cuda_attention(dq, drows, nA, il, H, Hkv, D, 1.0f / sqrtf((float) D), parts, mma, dpart,
                               fused ? dtickets : NULL, dout, NULL));
         float * gmma = hnew(sizeof(float) * nA * H * D);

@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     # the backend's switches this whole run had (e.g. a fallback gpu_device.sh set after a failed device test)
     base_env = {k: v for k, v in sorted(os.environ.items())
                 if k.startswith("TRIATTN_CUDA_") and k != "TRIATTN_CUDA_BUILD_DIR"}
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "env": base_env, "runs": {}}
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(), "env": base_env,
+                     "runs": {}}
 
     grace = 35  # seconds an interrupted run may take to print its rows and end (run_cli)
 
@@ -398,11 +399,22 @@ def main(argv=None) -> int:
                 order[key]()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"device: {results['device'] or 'no GPU found by nvidia-smi'}")
     if base_env:
         print("every run with " + " ".join(f"{k}={v}" for k, v in base_env.items()))
     print(markdown(results))
     print(profile_table(results))
     return 0
+
+
+def device_name() -> str:
+    """The first GPU's name as nvidia-smi reports it ("" without one): the plots and tables say which card ran."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
 
 
 def plot(results: dict, png: Path) -> None:
@@ -423,7 +435,8 @@ def plot(results: dict, png: Path) -> None:
             else:
                 depth.setdefault(name, {})[r["depth"]] = r["tps_median"]
     as_series = lambda d: {k: (sorted(v), [v[x] for x in sorted(v)]) for k, v in d.items()}  # noqa: E731
-    a = line_chart(as_series(depth), title="1.1B Q4_K on H200: decode, one session", xlabel="KV depth (tokens)",
+    card = results.get("device") or "H200"  # results written before the field: the H200 run
+    a = line_chart(as_series(depth), title=f"1.1B Q4_K on {card}: decode, one session", xlabel="KV depth (tokens)",
                    ylabel="tokens/s")
     b = line_chart(as_series(sess), title="decode at depth 4096, sessions together", xlabel="sessions",
                    ylabel="tokens/s (all sessions)")

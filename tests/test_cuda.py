@@ -1,11 +1,13 @@
 """The CUDA backend (docs/cuda.md).
 
-Always: the n_gpu_layers contract of a build without CUDA (CPU with a warning, partial offload refused).
-With nvcc: the CUDA build in build/cuda (sm_80 + sm_90; .ci/run builds it first, here it is only brought up to
-date), its shape (static CUDA runtime, nothing but triattn_* exported), and the CPU fallback of that build when
-no device is present. With a device: op-by-op parity against the CPU reference (tool_cuda parity), greedy text
-of every weight type on tiny random models equal to the CPU's, the default model with full attention and with
-TriAttention rounds on the device, and a per-op micro-benchmark. GPU tests skip with "no CUDA device".
+Always: the n_gpu_layers contract of a build without CUDA (CPU with a warning, partial offload refused), and the
+backend's scenarios below on its host emulation (the "emu" variants: build/cuda-emu, tests/c/cuda_emu.c), which
+exercise everything of the backend but its kernels. With nvcc: the CUDA build in build/cuda (sm_80 + sm_90; .ci/run
+builds it first, here it is only brought up to date), its shape (static CUDA runtime, nothing but triattn_*
+exported), and the CPU fallback of that build when no device is present. With a device (the "gpu" variants):
+op-by-op parity against the CPU reference (tool_cuda parity), greedy text of every weight type on tiny random
+models equal to the CPU's, the default model with full attention and with TriAttention rounds on the device, and a
+per-op micro-benchmark. GPU tests skip with "no CUDA device".
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from tinymodels import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_BUILD = ROOT / "build" / "cuda"
+EMU_BUILD = ROOT / "build" / "cuda-emu"
 CUDA_ARCHS = "80;90"
 
 SEED = int(os.environ.get("TRI_TEST_SEED", time.time_ns() % 2**31))
@@ -72,6 +75,21 @@ def cuda_device(cuda_build) -> dict:
     if info["devices"] <= 0:
         pytest.skip(f"no CUDA device ({info['reason']})")
     return info
+
+
+@pytest.fixture(scope="session", params=["gpu", "emu"])
+def backend_build(request) -> Path:
+    """The build the backend tests run on: "gpu", the CUDA build on a device (skips without one); "emu", the same
+    backend's host code over tests/c/cuda_emu.c (a host emulation of the launchers, built with
+    -DTRIATTN_CUDA_EMU=ON, no nvcc): every scenario below exercises the host side of the backend (uploads, row
+    descriptors, graphs, batching, rounds, state, memory cap) on any machine. The kernels are checked only on a
+    device."""
+    if request.param == "gpu":
+        request.getfixturevalue("cuda_device")
+        return request.getfixturevalue("cuda_build")
+    from conftest import _cmake_build
+
+    return _cmake_build(EMU_BUILD, "-DTRIATTN_CUDA_EMU=ON")
 
 
 def _run_py(lib: Path, code: str, *args, timeout: int = 600, env: dict | None = None) -> tuple[dict, str]:
@@ -222,9 +240,9 @@ def test_cuda_build_gpu_request(cuda_build, tmp_path):
 
 # ---- with a device ------------------------------------------------------------------------------------------
 
-def test_cuda_op_parity(cuda_build, cuda_device):
+def test_cuda_op_parity(backend_build):
     env = dict(os.environ, TRI_TEST_SEED=str(SEED))
-    p = subprocess.run([str(cuda_build / "tool_cuda"), "parity"], capture_output=True, text=True, timeout=600, env=env)
+    p = subprocess.run([str(backend_build / "tool_cuda"), "parity"], capture_output=True, text=True, timeout=600, env=env)
     print(p.stdout)
     assert p.returncode == 0 and re.search(r"^\d+ passed, 0 failed$", p.stdout, re.M), p.stdout + p.stderr
     ops = {json.loads(line)["op"] for line in p.stdout.splitlines() if line.startswith("{")}
@@ -244,32 +262,40 @@ E2E_CASES = [
 ]
 
 
+def _tie_margin(build: Path) -> float:
+    """The CPU's top-2 logit gap below which a tiny random model's greedy choice may differ. The host emulation sums
+    in another order than the CPU's SIMD kernels (attention in double, products row by row): on these random
+    low-bit models that moves logits by up to ~1 (worst flipped gaps over 30 seeds: Q2_K 0.83, Q3_K 1.08, Q4_0
+    0.16), while the rows' cosine stays above 0.9996, so its near-ties are wider."""
+    return 2.0 if build.name == EMU_BUILD.name else 0.5
+
+
 @pytest.mark.parametrize("arch,wtype", E2E_CASES, ids=[f"{a}-{w}" for a, w in E2E_CASES])
-def test_cuda_greedy_matches_cpu_tiny(cuda_build, cuda_device, tmp_path, arch, wtype):
+def test_cuda_greedy_matches_cpu_tiny(backend_build, tmp_path, arch, wtype):
     """The GPU's next-token choice on the CPU's greedy text equals the CPU's at every step, except where the CPU's
     own top two logits nearly tie (the two differ by rounding: fp16 tensor-core prefill, float summation order)."""
     model = _tiny(tmp_path, arch, wtype, tied=wtype in ("Q8_0", "Q6_K"), rope_freqs=wtype == "Q4_K")
-    res, _ = _run_py(cuda_build / "libtriattn.so", GREEDY, model, -1, 24, SEED)
+    res, _ = _run_py(backend_build / "libtriattn.so", GREEDY, model, -1, 24, SEED)
     cpu, gpu = res["cpu"], res["req"]
     assert gpu["backend"] == "cuda"
     assert _cos(cpu["prefill"], gpu["prefill"]) > 0.9995, f"seed {SEED}"
-    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=0.5)
+    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=_tie_margin(backend_build))
     print(f"{arch}-{wtype}: top-1 agreement {agree:.3f}, rows cosine {_cos(cpu['rows'], gpu['rows']):.7f}")
     assert not big_gaps, f"seed {SEED}: the GPU's choice differs where the CPU's top-2 gap is {big_gaps}"
     assert _cos(cpu["rows"], gpu["rows"]) > 0.9995, f"seed {SEED}"
 
 
 @pytest.mark.parametrize("arch,wtype", [("qwen2", "Q4_K"), ("llama", "Q6_K"), ("qwen3", "Q5_0")])
-def test_cuda_prefill_on_integer_tensor_cores(cuda_build, cuda_device, tmp_path, arch, wtype):
+def test_cuda_prefill_on_integer_tensor_cores(backend_build, tmp_path, arch, wtype):
     """TRIATTN_CUDA_MQ_MAX: a 40-token prompt multiplied with 8-bit activations on integer tensor cores (two blocks
     of tokens) instead of fp16 tiles gives the CPU's logits (the same integer sums; the attention still rounds Q to
     fp16), and the same greedy choices."""
     model = _tiny(tmp_path, arch, wtype)
-    res, _ = _run_py(cuda_build / "libtriattn.so", GREEDY, model, -1, 8, SEED, env={"TRIATTN_CUDA_MQ_MAX": "4096"})
+    res, _ = _run_py(backend_build / "libtriattn.so", GREEDY, model, -1, 8, SEED, env={"TRIATTN_CUDA_MQ_MAX": "4096"})
     cpu, gpu = res["cpu"], res["req"]
     assert gpu["backend"] == "cuda"
     assert _cos(cpu["prefill"], gpu["prefill"]) > 0.9995, f"seed {SEED}"
-    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=0.5)
+    agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=_tie_margin(backend_build))
     assert not big_gaps, f"seed {SEED}: the GPU's choice differs where the CPU's top-2 gap is {big_gaps}"
 
 
@@ -344,8 +370,8 @@ def _agreement(cpu_rows, gpu_rows, margin: float) -> tuple[float, list[float]]:
 
 
 @pytest.mark.parametrize("policy", ["full", "triattention"])
-def test_cuda_real_weights(cuda_build, cuda_device, cut_model, policy):
-    res, _ = _run_py(cuda_build / "libtriattn.so", REAL_E2E, cut_model, policy, 80)
+def test_cuda_real_weights(backend_build, cut_model, policy):
+    res, _ = _run_py(backend_build / "libtriattn.so", REAL_E2E, cut_model, policy, 80)
     cpu, gpu = res["cpu"], res["gpu"]
     assert gpu["backend"] == "cuda"
     agree, big_gaps = _agreement(cpu["rows"], gpu["rows"], margin=0.5)
@@ -444,10 +470,10 @@ print(json.dumps({"tokens_batched": tb, "tokens_alone": ta, "max_diff": float(np
 
 
 @pytest.mark.parametrize("policy", ["full", "triattention"])
-def test_cuda_batched_decode(cuda_build, cuda_device, cut_model, policy, tmp_path):
+def test_cuda_batched_decode(backend_build, cut_model, policy, tmp_path):
     import numpy as np
 
-    lib = cuda_build / "libtriattn.so"
+    lib = backend_build / "libtriattn.so"
     cpu, _ = _run_py(lib, BATCH, cut_model, 0, 11, 40, policy, tmp_path / "cpu.npy")
     forced = json.dumps(cpu["tokens_batched"])  # the GPU runs are fed the CPU's greedy text
     gpu, _ = _run_py(lib, BATCH, cut_model, -1, 11, 40, policy, tmp_path / "gpu.npy", forced)
@@ -514,8 +540,8 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("policy", ["full", "triattention"])
-def test_cuda_save_restore_and_rollback(cuda_build, cuda_device, cut_model, tmp_path, policy):
-    res, _ = _run_py(cuda_build / "libtriattn.so", STATE, cut_model, tmp_path / "s.state", policy)
+def test_cuda_save_restore_and_rollback(backend_build, cut_model, tmp_path, policy):
+    res, _ = _run_py(backend_build / "libtriattn.so", STATE, cut_model, tmp_path / "s.state", policy)
     assert res["gpu_gpu_equal"], res
     assert res["gpu_cpu_cos"] > 0.999 and res["cpu_gpu_cos"] > 0.999, res
     if policy == "full":
@@ -548,8 +574,8 @@ print(json.dumps(out))
 """
 
 
-def test_cuda_memory_limit(cuda_build, cuda_device, cut_model):
-    lib = cuda_build / "libtriattn.so"
+def test_cuda_memory_limit(backend_build, cut_model):
+    lib = backend_build / "libtriattn.so"
     # 3 layers x 3 KV heads x 64 dims x 2 bytes x (K, V) = 2.25 KiB per token: full attention at 8192 needs 18 MiB
     res, _ = _run_py(lib, MEMCAP, cut_model, "60MiB")
     assert "full_error" in res and res["full_error"][0] == 5, res     # TRIATTN_ERR_OOM
@@ -572,8 +598,8 @@ print(json.dumps(out))
 """
 
 
-def test_cuda_refuses_recall(cuda_build, cuda_device, cut_model):
-    res, _ = _run_py(cuda_build / "libtriattn.so", RECALL, cut_model)
+def test_cuda_refuses_recall(backend_build, cut_model):
+    res, _ = _run_py(backend_build / "libtriattn.so", RECALL, cut_model)
     assert res.get("error", [0])[0] == 3, res                          # TRIATTN_ERR_UNSUPPORTED
     assert "kv_recall is not supported with n_gpu_layers != 0" in res["error"][1], res
 
@@ -595,11 +621,11 @@ print(json.dumps(res))
                    "G": None, " 1G": None}
 
 
-def test_cuda_profile(cuda_build, cuda_device, tmp_path):
+def test_cuda_profile(backend_build, tmp_path):
     """TRIATTN_CUDA_PROFILE=1: every prefill and decode step's phases are timed on the device and logged once per
     session; the phases' device time fits in the steps' host wall time."""
     model = _tiny(tmp_path, "llama", "Q4_K")
-    p = subprocess.run([str(cuda_build / "triattn-cli"), "-m", str(model), "--bench", "--json", "-ngl", "-1", "-p", "32",
+    p = subprocess.run([str(backend_build / "triattn-cli"), "-m", str(model), "--bench", "--json", "-ngl", "-1", "-p", "32",
                         "-n", "8", "-d", "0", "-r", "1", "-c", "256"], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, TRIATTN_CUDA_PROFILE="1"))
     assert p.returncode == 0, p.stdout + p.stderr

@@ -24,8 +24,18 @@ static size_t tri_cu_tensor_bytes(const tri_tensor * t) {
     return tri_row_size(t->type, t->ne0) * (size_t) t->ne1;
 }
 
-static double tri_gib(uint64_t bytes) {
-    return (double) bytes / 1073741824.0;
+/* A byte count for messages: "5.12 GiB", or "40.0 MiB" under 1 GiB. */
+typedef struct tri_cu_size {
+    char s[24];
+} tri_cu_size;
+static tri_cu_size tri_cu_size_of(uint64_t bytes) {
+    tri_cu_size z;
+    if (bytes >= ((uint64_t) 1 << 30)) {
+        snprintf(z.s, sizeof z.s, "%.2f GiB", (double) bytes / 1073741824.0);
+    } else {
+        snprintf(z.s, sizeof z.s, "%.1f MiB", (double) bytes / 1048576.0);
+    }
+    return z;
 }
 
 /* The model's tensors in a fixed order, paired with their device views. */
@@ -135,8 +145,8 @@ static enum triattn_status tri_cu_model_upload(const struct triattn_model * m, u
         st = tri_cuda_set_device(TRI_CU_DEVICE);
     }
     if (st == TRIATTN_OK && total > tri_cu_available(cm)) {
-        st = tri_fail(err, n, TRIATTN_ERR_OOM, "CUDA backend: the weights need %.2f GiB of device memory, %.2f GiB %s",
-                      tri_gib(total), tri_gib(tri_cu_available(cm)),
+        st = tri_fail(err, n, TRIATTN_ERR_OOM, "CUDA backend: the weights need %s of device memory, %s %s",
+                      tri_cu_size_of(total).s, tri_cu_size_of(tri_cu_available(cm)).s,
                       cm->limit ? "is the gpu_mem_limit (--gpu-mem-limit)" : "are free on the device");
         have_msg = true;
     }
@@ -344,14 +354,14 @@ static enum triattn_status tri_cu_reserve(triattn_session * s, uint64_t bytes, s
     const bool compressing = s->kv.capacity < s->params.n_ctx;
     char where[96];
     if (cm->limit) {
-        snprintf(where, sizeof where, "left under the %.1f GiB gpu_mem_limit", tri_gib(cm->limit));
+        snprintf(where, sizeof where, "left under the %s gpu_mem_limit", tri_cu_size_of(cm->limit).s);
     } else {
         snprintf(where, sizeof where, "free on the device");
     }
     return tri_fail(err, en, TRIATTN_ERR_OOM,
-                    "KV cache for n_ctx %d (%d slots per layer and KV head) needs %.2f GiB, the session %.2f GiB in "
-                    "all; %.2f GiB %s: %s", s->params.n_ctx, s->kv.capacity, tri_gib(kv_bytes), tri_gib(need),
-                    tri_gib(avail), where,
+                    "KV cache for n_ctx %d (%d slots per layer and KV head) needs %s, the session %s in all; %s %s: "
+                    "%s", s->params.n_ctx, s->kv.capacity, tri_cu_size_of(kv_bytes).s, tri_cu_size_of(need).s,
+                    tri_cu_size_of(avail).s, where,
                     compressing ? "use a smaller kv_budget (--kv-budget) or n_batch (-b)"
                                 : "use kv_policy triattention (--kv-policy triattention) or a smaller n_ctx (-c)");
 }

@@ -654,3 +654,41 @@ def test_cuda_bench(cuda_build, cuda_device):
         print(f"  {r['op']:<20} {r['shape']:<56} {r['us']:9.2f} us {extra}")
     assert {r["op"] for r in rows} >= {"mm_vec", "mm_tc", "act_prep", "attention", "triattn_score", "topk"}
     assert all(r["us"] > 0 for r in rows)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(2400)
+def test_cuda_emu_sanitized(cut_model, tmp_path):
+    """The backend's host code under ASan + UBSan, on the host emulation: a prompt with TriAttention rounds on the
+    device, sessions decoding together from a saved and restored depth (full and TriAttention), and the memory cap's
+    refusal, each without a sanitizer report (leaks included where the sandbox lets LeakSanitizer run)."""
+    from conftest import _cmake_build
+    from test_c_units import LSAN_BROKEN
+
+    build = _cmake_build(ROOT / "build" / "cuda-emu-asan", "-DTRIATTN_CUDA_EMU=ON", "-DTRIATTN_SANITIZE=ON",
+                         "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DTRIATTN_BUILD_TESTS=OFF")
+    cli = [str(build / "triattn-cli"), "-m", str(cut_model), "-ngl", "-1"]
+    ta = ["--kv-policy", "triattention", "--kv-budget", "64", "--kv-interval", "16"]
+    runs = [
+        ("prompt, TriAttention rounds", [*cli, "-c", "512", "-p", "The old lighthouse keeper said", "-n", "60", *ta], 0),
+        ("sessions together, TriAttention", [*cli, "--bench", "-p", "32", "-n", "24", "-d", "0,200", "-np", "1,4",
+                                             "-r", "2", "-c", "512", *ta], 0),
+        ("sessions together, full", [*cli, "--bench", "-p", "0", "-n", "16", "-d", "100", "-np", "3", "-r", "2",
+                                     "-c", "512", "--kv-policy", "full"], 0),
+        ("memory cap", [*cli, "-c", "32768", "--gpu-mem-limit", "40MiB", "--kv-policy", "full", "-p", "Hi", "-n", "1"],
+         None),
+    ]
+    env = {**os.environ, "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+           "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1", "TMPDIR": str(tmp_path)}
+    for what, cmd, want in runs:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
+        if any(s in p.stderr for s in LSAN_BROKEN):  # LeakSanitizer cannot run under this sandbox's ptrace rules
+            env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1"
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
+        reports = re.findall(r"^(?:==\d+==ERROR: \w+Sanitizer.*|\S+:\d+:\d+: runtime error: .*|SUMMARY: .*)$",
+                             p.stderr, re.M)
+        assert not reports, f"{what}: {reports}\n{p.stderr[-6000:]}"
+        if want is None:
+            assert p.returncode != 0 and "gpu_mem_limit" in p.stderr, f"{what}: {p.returncode}\n{p.stderr[-3000:]}"
+        else:
+            assert p.returncode == want, f"{what}: exit {p.returncode}\n{p.stderr[-3000:]}"

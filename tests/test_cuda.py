@@ -644,6 +644,62 @@ def test_cuda_profile(backend_build, tmp_path):
                 assert d["attention_ms"] > 0 and d["qkv_ms"] > 0, (kind, d)
 
 
+SERVER_PROMPTS = ["The old lighthouse keeper said that", "A recipe for bread starts with", "In the year 1900 the city of",
+                  "The three rules of the game are"]
+
+
+@pytest.mark.parametrize("policy", ["full", "triattention"])
+def test_cuda_server_slots_decode_together(backend_build, cut_model, policy):
+    """triattn-server -ngl -1 --parallel 4: four requests at once decode in shared forward steps (the engine's
+    slot steps outnumber its steps), each slot with its own cache (TriAttention: compressed per slot, budget 64),
+    through the openai client. On the host emulation a row's sums do not depend on its step's other rows, so the
+    texts equal the same requests made one at a time; on a device the kernels differ with the row count, so only
+    their lengths are compared there."""
+    openai = pytest.importorskip("openai")
+    kv = ["--kv-policy", policy] + (["--kv-budget", "64", "--kv-interval", "16"] if policy == "triattention" else [])
+    proc = subprocess.Popen([str(backend_build / "triattn-server"), "-m", str(cut_model), "-ngl", "-1", "--port", "0",
+                             "--parallel", "4", "--ctx-size", "512", "--alias", "cut", *kv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://"), f"server did not start: {line!r} {proc.stderr.read()}"
+        base = line.strip().rsplit(" ", 1)[-1]
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=300, max_retries=0)
+
+        def complete(prompt: str):
+            return client.completions.create(model="cut", prompt=prompt, max_tokens=96, temperature=0)
+
+        def metric(name: str) -> float:
+            import urllib.request
+            text = urllib.request.urlopen(base + "/metrics", timeout=30).read().decode()
+            return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + " ") or
+                       x.startswith(name + "{"))
+
+        import concurrent.futures as cf
+        steps0, slot0 = metric("triattn_engine_steps_total"), metric("triattn_engine_slot_steps_total")
+        with cf.ThreadPoolExecutor(4) as ex:
+            together = list(ex.map(complete, SERVER_PROMPTS))
+        steps, slot_steps = metric("triattn_engine_steps_total") - steps0, metric("triattn_engine_slot_steps_total") - slot0
+        alone = [complete(pr) for pr in SERVER_PROMPTS]
+        for t, a in zip(together, alone):
+            assert t.usage.completion_tokens > 0 and a.usage.completion_tokens > 0, (t.usage, a.usage)
+            if backend_build.name == EMU_BUILD.name:
+                assert t.choices[0].text == a.choices[0].text, (t.choices[0].text, a.choices[0].text)
+        compressions = metric("triattn_kv_compressions_total")
+        print(f"{policy}: {slot_steps:.0f} slot steps in {steps:.0f} engine steps with 4 requests at once, "
+              f"{compressions:.0f} compressions")
+        assert slot_steps >= 1.5 * steps > 0, (slot_steps, steps)
+        assert (compressions > 0) == (policy == "triattention"), compressions  # 96 tokens pass budget + interval
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+
+
 def test_cuda_bench(cuda_build, cuda_device):
     p = subprocess.run([str(cuda_build / "tool_cuda"), "bench", "7"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -242,7 +242,8 @@ def test_cuda_build_gpu_request(cuda_build, tmp_path):
 
 def test_cuda_op_parity(backend_build):
     env = dict(os.environ, TRI_TEST_SEED=str(SEED))
-    p = subprocess.run([str(backend_build / "tool_cuda"), "parity"], capture_output=True, text=True, timeout=600, env=env)
+    p = subprocess.run([str(backend_build / "tool_cuda"), "parity"], capture_output=True, text=True, timeout=600,
+                       env=env)
     print(p.stdout)
     assert p.returncode == 0 and re.search(r"^\d+ passed, 0 failed$", p.stdout, re.M), p.stdout + p.stderr
     ops = {json.loads(line)["op"] for line in p.stdout.splitlines() if line.startswith("{")}
@@ -291,7 +292,8 @@ def test_cuda_prefill_on_integer_tensor_cores(backend_build, tmp_path, arch, wty
     of tokens) instead of fp16 tiles gives the CPU's logits (the same integer sums; the attention still rounds Q to
     fp16), and the same greedy choices."""
     model = _tiny(tmp_path, arch, wtype)
-    res, _ = _run_py(backend_build / "libtriattn.so", GREEDY, model, -1, 8, SEED, env={"TRIATTN_CUDA_MQ_MAX": "4096"})
+    res, _ = _run_py(backend_build / "libtriattn.so", GREEDY, model, -1, 8, SEED,
+                     env={"TRIATTN_CUDA_MQ_MAX": "4096"})
     cpu, gpu = res["cpu"], res["req"]
     assert gpu["backend"] == "cuda"
     assert _cos(cpu["prefill"], gpu["prefill"]) > 0.9995, f"seed {SEED}"
@@ -481,6 +483,8 @@ def test_cuda_batched_decode(backend_build, cut_model, policy, tmp_path):
           f"{gpu['cos_batched_alone']:.6f}, largest logit difference {gpu['max_diff']:.3g}")
     assert cpu["max_diff"] == 0.0  # on the CPU a batched step equals one-session steps bit for bit
     assert gpu["cos_batched_alone"] > 0.999 and gpu["top1_batched_alone"] >= 0.95, gpu
+    if backend_build.name == EMU_BUILD.name:  # emulated, a row's sums do not depend on the step's other rows
+        assert gpu["max_diff"] == 0.0, gpu["max_diff"]
     if policy == "triattention":
         assert min(gpu["compressions"]) >= 2
     c_rows, g_rows = np.load(tmp_path / "cpu.npy"), np.load(tmp_path / "gpu.npy")
@@ -625,9 +629,9 @@ def test_cuda_profile(backend_build, tmp_path):
     """TRIATTN_CUDA_PROFILE=1: every prefill and decode step's phases are timed on the device and logged once per
     session; the phases' device time fits in the steps' host wall time."""
     model = _tiny(tmp_path, "llama", "Q4_K")
-    p = subprocess.run([str(backend_build / "triattn-cli"), "-m", str(model), "--bench", "--json", "-ngl", "-1", "-p", "32",
-                        "-n", "8", "-d", "0", "-r", "1", "-c", "256"], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, TRIATTN_CUDA_PROFILE="1"))
+    p = subprocess.run([str(backend_build / "triattn-cli"), "-m", str(model), "--bench", "--json", "-ngl", "-1",
+                        "-p", "32", "-n", "8", "-d", "0", "-r", "1", "-c", "256"], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, TRIATTN_CUDA_PROFILE="1"))
     assert p.returncode == 0, p.stdout + p.stderr
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu
@@ -644,8 +648,8 @@ def test_cuda_profile(backend_build, tmp_path):
                 assert d["attention_ms"] > 0 and d["qkv_ms"] > 0, (kind, d)
 
 
-SERVER_PROMPTS = ["The old lighthouse keeper said that", "A recipe for bread starts with", "In the year 1900 the city of",
-                  "The three rules of the game are"]
+SERVER_PROMPTS = ["The old lighthouse keeper said that", "A recipe for bread starts with",
+                  "In the year 1900 the city of", "The three rules of the game are"]
 
 
 @pytest.mark.parametrize("policy", ["full", "triattention"])
@@ -679,7 +683,8 @@ def test_cuda_server_slots_decode_together(backend_build, cut_model, policy):
         steps0, slot0 = metric("triattn_engine_steps_total"), metric("triattn_engine_slot_steps_total")
         with cf.ThreadPoolExecutor(4) as ex:
             together = list(ex.map(complete, SERVER_PROMPTS))
-        steps, slot_steps = metric("triattn_engine_steps_total") - steps0, metric("triattn_engine_slot_steps_total") - slot0
+        steps = metric("triattn_engine_steps_total") - steps0
+        slot_steps = metric("triattn_engine_slot_steps_total") - slot0
         alone = [complete(pr) for pr in SERVER_PROMPTS]
         for t, a in zip(together, alone):
             assert t.usage.completion_tokens > 0 and a.usage.completion_tokens > 0, (t.usage, a.usage)
@@ -726,7 +731,8 @@ def test_cuda_emu_sanitized(cut_model, tmp_path):
     cli = [str(build / "triattn-cli"), "-m", str(cut_model), "-ngl", "-1"]
     ta = ["--kv-policy", "triattention", "--kv-budget", "64", "--kv-interval", "16"]
     runs = [
-        ("prompt, TriAttention rounds", [*cli, "-c", "512", "-p", "The old lighthouse keeper said", "-n", "60", *ta], 0),
+        ("prompt, TriAttention rounds", [*cli, "-c", "512", "-p", "The old lighthouse keeper said", "-n", "60", *ta],
+         0),
         ("sessions together, TriAttention", [*cli, "--bench", "-p", "32", "-n", "24", "-d", "0,200", "-np", "1,4",
                                              "-r", "2", "-c", "512", *ta], 0),
         ("sessions together, full", [*cli, "--bench", "-p", "0", "-n", "16", "-d", "100", "-np", "3", "-r", "2",

@@ -153,6 +153,24 @@ static enum triattn_status emu_submit(tri_cuda_stream s, emu_fn fn, const void *
 }
 #define EMU_SUBMIT(s, fn, a) (sizeof(a) <= EMU_ARGS ? emu_submit((s), (fn), &(a), sizeof(a)) : emu_fail("arguments"))
 
+/* TRIATTN_CUDA_EMU_NOOP=1: kernels do nothing (copies, events and live counts still run; top-k keeps each group's
+ * first k), so that a benchmark on this build times the host side of the backend alone: what a step costs the CPU
+ * besides the device's work. Outputs are then meaningless. */
+static pthread_once_t emu_noop_once = PTHREAD_ONCE_INIT;
+static bool           emu_noop_on;
+static void emu_noop_init(void) {
+    const char * v = getenv("TRIATTN_CUDA_EMU_NOOP");
+    emu_noop_on = v && strcmp(v, "1") == 0;
+}
+static bool emu_noop(void) {
+    pthread_once(&emu_noop_once, emu_noop_init);
+    return emu_noop_on;
+}
+static void emu_skip(const void * args) {
+    (void) args;
+}
+#define EMU_KERNEL(s, fn, a) EMU_SUBMIT((s), emu_noop() ? emu_skip : (fn), (a))
+
 enum triattn_status tri_cuda_stream_create(tri_cuda_stream * s) {
     *s = calloc(1, sizeof(emu_stream));
     return *s ? TRIATTN_OK : (emu_fail("out of host memory"), TRIATTN_ERR_OOM);
@@ -327,13 +345,13 @@ enum triattn_status tri_cuda_get_rows(int type, const void * W, int64_t ne0, con
                                       float * out, void * stream) {
     EMU_REQUIRE(tri_cuda_type_supported(type) && ne0 > 0 && ne0 % 32 == 0 && n_tok > 0 && W && ids && out);
     const emu_rows a = { type, ne0, W, ids, n_tok, 0, out };
-    return EMU_SUBMIT(stream, emu_rows_run, a);
+    return EMU_KERNEL(stream, emu_rows_run, a);
 }
 enum triattn_status tri_cuda_dequantize(int type, const void * W, int64_t ne0, int64_t n_rows, float * out,
                                         void * stream) {
     EMU_REQUIRE(tri_cuda_type_supported(type) && ne0 > 0 && ne0 % 32 == 0 && n_rows > 0 && W && out);
     const emu_rows a = { type, ne0, W, NULL, 0, n_rows, out };
-    return EMU_SUBMIT(stream, emu_rows_run, a);
+    return EMU_KERNEL(stream, emu_rows_run, a);
 }
 
 /* ---- activations ---- */
@@ -414,7 +432,7 @@ enum triattn_status tri_cuda_act_prep(const float * x, int64_t ldx, const float 
                     (q8[i].type == TRI_QC_ACT_Q8_0 || q8[i].type == TRI_QC_ACT_Q8_1 || q8[i].type == TRI_QC_ACT_Q8_K));
         a.q8[i] = q8[i];
     }
-    return EMU_SUBMIT(stream, emu_act_run, a);
+    return EMU_KERNEL(stream, emu_act_run, a);
 }
 
 /* ---- products ---- */
@@ -612,7 +630,7 @@ static enum triattn_status emu_mm_submit(int type, int64_t ne0, const tri_cuda_m
         EMU_REQUIRE(jobs[j].W && jobs[j].y && jobs[j].ne1 > 0 && jobs[j].ldy >= jobs[j].ne1);
         a.jobs[j] = jobs[j];
     }
-    return EMU_SUBMIT(stream, emu_mm_run, a);
+    return EMU_KERNEL(stream, emu_mm_run, a);
 }
 
 enum triattn_status tri_cuda_mm_vec(int type, int64_t ne0, const tri_cuda_mm_job * jobs, int n_jobs, const float * xf,
@@ -704,7 +722,7 @@ enum triattn_status tri_cuda_qkv_post(float * q, const float * k, const float * 
                 hd->head_dim <= TRI_CUDA_ATT_MAX_D && hd->rope_dim > 0 && hd->rope_dim % 2 == 0 &&
                 hd->rope_dim <= hd->head_dim && (hd->pairing == 0 || hd->pairing == 1) && il >= 0 && il < n_layer);
     const emu_qkv a = { q, k, v, q_norm, k_norm, cs, rows, n_rows, il, *hd };
-    return EMU_SUBMIT(stream, emu_qkv_run, a);
+    return EMU_KERNEL(stream, emu_qkv_run, a);
 }
 
 typedef struct {
@@ -754,7 +772,7 @@ enum triattn_status tri_cuda_attention(const float * q, const tri_cuda_row * row
                 D <= TRI_CUDA_ATT_MAX_D && D % 16 == 0 && parts > 0 && parts <= TRI_CUDA_ATT_MAX_PARTS && il >= 0 &&
                 part && q && rows && out);
     const emu_att a = { q, rows, n_rows, il, n_head, n_head_kv, D, scale, tickets, out };
-    return EMU_SUBMIT(stream, emu_att_run, a);
+    return EMU_KERNEL(stream, emu_att_run, a);
 }
 
 typedef struct {
@@ -806,7 +824,7 @@ enum triattn_status tri_cuda_kv_gather(void * K, void * V, int32_t * pos, int32_
                                        const int32_t * n_keep, int n_lh, int cap, int D, void * stream) {
     EMU_REQUIRE(n_lh > 0 && cap > 0 && D > 0 && K && V && pos && n_live && keep && n_keep);
     const emu_gather a = { K, V, pos, n_live, keep, n_keep, n_lh, cap, D };
-    return EMU_SUBMIT(stream, emu_gather_run, a);
+    return EMU_KERNEL(stream, emu_gather_run, a);
 }
 
 /* ---- the TriAttention round's scoring and selection ---- */
@@ -877,7 +895,7 @@ static enum triattn_status emu_ta_submit(emu_ta a, void * stream) {
     EMU_REQUIRE(a.L > 0 && a.H > 0 && a.Hkv > 0 && a.H % a.Hkv == 0 && a.cap > 0 && a.lo && a.hi && a.scores);
     EMU_REQUIRE(a.op != EMU_TA_SCORE || (a.rope_dim > 0 && a.rope_dim % 2 == 0 && a.rope_dim <= a.D && a.max_n >= 0 &&
                                          a.max_n <= a.cap));
-    return EMU_SUBMIT(stream, emu_ta_run, a);
+    return EMU_KERNEL(stream, emu_ta_run, a);
 }
 enum triattn_status tri_cuda_triattn_score(const void * K, const float * w, const float * cw, const int32_t * lo,
                                            const int32_t * hi, int L, int H, int Hkv, int D, int rope_dim, int pairing,
@@ -915,7 +933,10 @@ static void emu_topk_run(const void * p) {
     }
     for (int g = 0; g < a->n_groups; g++) {
         const int n = a->n_of[g];
-        if (n > 0) {
+        for (int j = 0; emu_noop() && j < n; j++) {
+            a->marks[(size_t) g * a->stride + j] = j < a->k_of[g];
+        }
+        if (n > 0 && !emu_noop()) {
             tri_triattn_topk(a->scores + (size_t) g * a->stride, n, a->k_of[g], sel, a->marks + (size_t) g * a->stride);
         }
     }

@@ -1,12 +1,11 @@
 /* The CUDA runtime and launchers of cuda/tri_cuda.h emulated on the host, so that the backend's host code (the C
  * files of cuda/: model upload, sessions, the batched forward step, graphs, TriAttention rounds, save/restore, the
- * memory cap) runs
- * and is tested where there is no GPU (a build with -DTRIATTN_CUDA_EMU=ON). Device memory is host memory, copies
- * are memcpy, and each launcher computes what its header promises, on the host, in the plainest way: products
- * with the CPU's integer sums (cuda/qchunk.h), exact softmax attention, the CPU policy's own z-score and top-k. It
- * checks the launchers' arguments as the kernels do. It says nothing about the kernels themselves (tool_cuda
- * parity does, on a device). A graph records the calls queued between begin and end and replays them. Streams run
- * their work at once: every stream is always synchronized. */
+ * memory cap) runs and is tested where there is no GPU (a build with -DTRIATTN_CUDA_EMU=ON). Device memory is host
+ * memory, copies are memcpy, and each launcher computes what its header promises, on the host, in the plainest way:
+ * products with the CPU's integer sums (cuda/qchunk.h), exact softmax attention, the CPU policy's own z-score and
+ * top-k. It checks the launchers' arguments as the kernels do. It says nothing about the kernels themselves
+ * (tool_cuda parity does, on a device). A graph records the calls queued between begin and end and replays them.
+ * Streams run their work at once: every stream is always synchronized. */
 #include "calibration.h"
 #include "fp16.h"
 #include "qchunk.h"
@@ -48,21 +47,24 @@ static size_t emu_total(void) {
 
 enum triattn_status tri_cuda_malloc(void ** p, size_t bytes) {
     *p = NULL;
-    pthread_mutex_lock(&emu_lock);
+    pthread_mutex_lock(&emu_lock); /* the bytes are counted before the allocation, as a device would */
     const bool fits = bytes <= emu_total() - emu_used;
+    if (fits) {
+        emu_used += bytes;
+    }
     pthread_mutex_unlock(&emu_lock);
     if (!fits) {
         return emu_fail("out of memory"), TRIATTN_ERR_OOM;
     }
     unsigned char * b = malloc(bytes + 64);
     if (!b) {
+        pthread_mutex_lock(&emu_lock);
+        emu_used -= bytes;
+        pthread_mutex_unlock(&emu_lock);
         return emu_fail("out of host memory"), TRIATTN_ERR_OOM;
     }
     memcpy(b, &bytes, sizeof bytes);
     memset(b + 64, 0xA5, bytes); /* what cudaMalloc returns is not zeroed either */
-    pthread_mutex_lock(&emu_lock);
-    emu_used += bytes;
-    pthread_mutex_unlock(&emu_lock);
     *p = b + 64;
     return TRIATTN_OK;
 }

@@ -92,6 +92,10 @@ def backend_build(request) -> Path:
     return _cmake_build(EMU_BUILD, "-DTRIATTN_CUDA_EMU=ON")
 
 
+def _emulated(build: Path) -> bool:
+    return build.name == EMU_BUILD.name
+
+
 def _run_py(lib: Path, code: str, *args, timeout: int = 600, env: dict | None = None) -> tuple[dict, str]:
     """Runs code in a fresh interpreter on library lib (extra environment variables: env); returns (its last stdout
     line as JSON, stderr)."""
@@ -268,7 +272,7 @@ def _tie_margin(build: Path) -> float:
     in another order than the CPU's SIMD kernels (attention in double, products row by row): on these random
     low-bit models that moves logits by up to ~1 (worst flipped gaps over 30 seeds: Q2_K 0.83, Q3_K 1.08, Q4_0
     0.16), while the rows' cosine stays above 0.9996, so its near-ties are wider."""
-    return 2.0 if build.name == EMU_BUILD.name else 0.5
+    return 2.0 if _emulated(build) else 0.5
 
 
 @pytest.mark.parametrize("arch,wtype", E2E_CASES, ids=[f"{a}-{w}" for a, w in E2E_CASES])
@@ -483,7 +487,7 @@ def test_cuda_batched_decode(backend_build, cut_model, policy, tmp_path):
           f"{gpu['cos_batched_alone']:.6f}, largest logit difference {gpu['max_diff']:.3g}")
     assert cpu["max_diff"] == 0.0  # on the CPU a batched step equals one-session steps bit for bit
     assert gpu["cos_batched_alone"] > 0.999 and gpu["top1_batched_alone"] >= 0.95, gpu
-    if backend_build.name == EMU_BUILD.name:  # emulated, a row's sums do not depend on the step's other rows
+    if _emulated(backend_build):  # a row's sums do not depend on the step's other rows
         assert gpu["max_diff"] == 0.0, gpu["max_diff"]
     if policy == "triattention":
         assert min(gpu["compressions"]) >= 2
@@ -660,26 +664,24 @@ def test_cuda_server_slots_decode_together(backend_build, cut_model, policy):
     texts equal the same requests made one at a time; on a device the kernels differ with the row count, so only
     their lengths are compared there."""
     openai = pytest.importorskip("openai")
+    import concurrent.futures as cf
+
+    from test_server import Server
+
     kv = ["--kv-policy", policy] + (["--kv-budget", "64", "--kv-interval", "16"] if policy == "triattention" else [])
-    proc = subprocess.Popen([str(backend_build / "triattn-server"), "-m", str(cut_model), "-ngl", "-1", "--port", "0",
-                             "--parallel", "4", "--ctx-size", "512", "--alias", "cut", *kv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    srv = Server(backend_build / "triattn-server", cut_model, "-ngl", "-1", *kv)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("listening on http://"), f"server did not start: {line!r} {proc.stderr.read()}"
-        base = line.strip().rsplit(" ", 1)[-1]
-        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=300, max_retries=0)
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", timeout=300, max_retries=0)
 
         def complete(prompt: str):
-            return client.completions.create(model="cut", prompt=prompt, max_tokens=96, temperature=0)
+            return client.completions.create(model="smol", prompt=prompt, max_tokens=96, temperature=0)
 
         def metric(name: str) -> float:
-            import urllib.request
-            text = urllib.request.urlopen(base + "/metrics", timeout=30).read().decode()
-            return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + " ") or
-                       x.startswith(name + "{"))
+            st, raw = srv.request("GET", "/metrics", timeout=30)
+            assert st == 200, st
+            return sum(float(x.split()[-1]) for x in raw.decode().splitlines()
+                       if x.startswith(name + " ") or x.startswith(name + "{"))
 
-        import concurrent.futures as cf
         steps0, slot0 = metric("triattn_engine_steps_total"), metric("triattn_engine_slot_steps_total")
         with cf.ThreadPoolExecutor(4) as ex:
             together = list(ex.map(complete, SERVER_PROMPTS))
@@ -688,7 +690,7 @@ def test_cuda_server_slots_decode_together(backend_build, cut_model, policy):
         alone = [complete(pr) for pr in SERVER_PROMPTS]
         for t, a in zip(together, alone):
             assert t.usage.completion_tokens > 0 and a.usage.completion_tokens > 0, (t.usage, a.usage)
-            if backend_build.name == EMU_BUILD.name:
+            if _emulated(backend_build):
                 assert t.choices[0].text == a.choices[0].text, (t.choices[0].text, a.choices[0].text)
         compressions = metric("triattn_kv_compressions_total")
         print(f"{policy}: {slot_steps:.0f} slot steps in {steps:.0f} engine steps with 4 requests at once, "
@@ -696,13 +698,8 @@ def test_cuda_server_slots_decode_together(backend_build, cut_model, policy):
         assert slot_steps >= 1.5 * steps > 0, (slot_steps, steps)
         assert (compressions > 0) == (policy == "triattention"), compressions  # 96 tokens pass budget + interval
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+        srv.close()
+    assert srv.proc.returncode == 0, srv.proc.stderr.read()[-3000:]
 
 
 def test_cuda_bench(cuda_build, cuda_device):

@@ -2,14 +2,18 @@
  * files of cuda/: model upload, sessions, the batched forward step, graphs, TriAttention rounds, save/restore, the
  * memory cap) runs and is tested where there is no GPU (a build with -DTRIATTN_CUDA_EMU=ON). Device memory is host
  * memory, copies are memcpy, and each launcher computes what its header promises, on the host, in the plainest way:
- * products with the CPU's integer sums (cuda/qchunk.h), exact softmax attention, the CPU policy's own z-score and
- * top-k. It checks the launchers' arguments as the kernels do. It says nothing about the kernels themselves
- * (tool_cuda parity does, on a device). A graph records the calls queued between begin and end and replays them.
- * Streams run their work at once: every stream is always synchronized. */
+ * the CPU's own ops where they exist (dequantizers, RMSNorm, RoPE, SwiGLU, the TriAttention scorer, z-score and
+ * top-k), products with the CPU's integer sums (cuda/qchunk.h), exact softmax attention. It checks the launchers'
+ * arguments as the kernels do. It says nothing about the kernels themselves (tool_cuda parity does, on a device). A
+ * graph records the calls queued between begin and end and replays them. Streams run their work at once: every
+ * stream is always synchronized. */
 #include "calibration.h"
 #include "fp16.h"
+#include "ops.h"
 #include "qchunk.h"
 #include "tri_cuda.h"
+#include "triattn_score.h"
+#include "types.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -287,42 +291,15 @@ void tri_cuda_event_destroy(void * ev) { free(ev); }
 
 /* ---- weights ---- */
 
-enum { EMU_F32 = 0, EMU_F16 = 1, EMU_BF16 = 30 };
 
 bool tri_cuda_type_supported(int type) {
-    return tri_qc_block_bytes(type) > 0 || type == EMU_F32 || type == EMU_F16 || type == EMU_BF16;
+    return tri_qc_block_bytes(type) > 0 || type == TRI_TYPE_F32 || type == TRI_TYPE_F16 || type == TRI_TYPE_BF16;
 }
 int tri_cuda_mm_act_type(int type) { return tri_qc_block_bytes(type) > 0 ? tri_qc_act_type(type) : 0; }
 
-static size_t emu_row_bytes(int type, int64_t ne0) {
-    if (tri_qc_block_bytes(type) > 0) {
-        return (size_t) (ne0 / tri_qc_block_values(type)) * (size_t) tri_qc_block_bytes(type);
-    }
-    return (size_t) ne0 * (type == EMU_F32 ? 4 : 2);
-}
-
 /* Row values as the CPU's dequantizer computes them. */
 static void emu_row_values(int type, const uint8_t * row, int64_t ne0, float * out) {
-    if (type == EMU_F32) {
-        memcpy(out, row, sizeof(float) * (size_t) ne0);
-        return;
-    }
-    if (type == EMU_F16 || type == EMU_BF16) {
-        for (int64_t i = 0; i < ne0; i++) {
-            uint16_t h;
-            memcpy(&h, row + 2 * i, 2);
-            out[i] = type == EMU_F16 ? tri_fp16_to_fp32(h) : tri_bf16_to_fp32(h);
-        }
-        return;
-    }
-    const int kind = tri_qc_kind(type);
-    for (int64_t c = 0; c < ne0 / 32; c++) {
-        tri_qc_chunk ch;
-        tri_qc_prep(type, row, c, &ch);
-        for (int i = 0; i < 32; i++) {
-            out[32 * c + i] = tri_qc_value(kind, &ch, i);
-        }
-    }
+    tri_type_traits_get((enum tri_type) type)->to_float(row, out, ne0);
 }
 
 typedef struct {
@@ -336,7 +313,7 @@ typedef struct {
 } emu_rows;
 static void emu_rows_run(const void * p) {
     const emu_rows * a = p;
-    const size_t rb = emu_row_bytes(a->type, a->ne0);
+    const size_t rb = tri_row_size((enum tri_type) a->type, a->ne0);
     const int64_t n = a->ids ? a->n_tok : a->n_rows;
     for (int64_t t = 0; t < n; t++) {
         const int64_t r = a->ids ? a->ids[t] : t;
@@ -375,21 +352,12 @@ static void emu_act_run(const void * p) {
     }
     for (int r = 0; r < a->n_rows; r++) {
         const float * xr = a->x + (size_t) r * a->ldx;
-        float rs = 1.0f;
-        if (a->norm) { /* squares summed in double, as ggml_ops' tri_rmsnorm */
-            double ss = 0.0;
-            for (int i = 0; i < a->n; i++) {
-                ss += (double) xr[i] * xr[i];
-            }
-            rs = (float) (1.0 / sqrt(ss / a->n + a->eps));
-        }
-        for (int i = 0; i < a->n; i++) {
-            if (a->norm) {
-                v[i] = a->norm_w ? xr[i] * rs * a->norm_w[i] : xr[i] * rs;
-            } else if (a->u) {
-                v[i] = xr[i] / (1.0f + expf(-xr[i])) * a->u[(size_t) r * a->ldx + i];
-            } else {
-                v[i] = xr[i];
+        if (a->norm) {
+            tri_rmsnorm(xr, a->norm_w, v, a->n, a->eps);
+        } else {
+            memcpy(v, xr, sizeof(float) * (size_t) a->n);
+            if (a->u) {
+                tri_silu_mul(v, a->u + (size_t) r * a->ldx, a->n);
             }
         }
         if (a->f) {
@@ -504,7 +472,7 @@ static emu_wcache * emu_wcache_make(int type, const void * W, int64_t ne0, int64
     if (!e) {
         return NULL;
     }
-    const size_t rb = emu_row_bytes(type, ne0), nc = (size_t) (ne0 / 32), n = (size_t) (ne0 * ne1);
+    const size_t rb = tri_row_size((enum tri_type) type, ne0), nc = (size_t) (ne0 / 32), n = (size_t) (ne0 * ne1);
     *e = (emu_wcache) { W, rb * (size_t) ne1, type, form, ne0, NULL, NULL, NULL, NULL };
     if (form == 0) {
         e->codes = malloc(n);
@@ -539,7 +507,7 @@ static const emu_wcache * emu_weights(int type, const void * W, int64_t ne0, int
     pthread_mutex_lock(&emu_lock);
     emu_wcache * e = emu_wc;
     while (e && !(e->W == W && e->type == type && e->form == form && e->ne0 == ne0 &&
-                  e->bytes >= emu_row_bytes(type, ne0) * (size_t) ne1)) {
+                  e->bytes >= tri_row_size((enum tri_type) type, ne0) * (size_t) ne1)) {
         e = e->next;
     }
     if (!e && (e = emu_wcache_make(type, W, ne0, ne1, form))) {
@@ -620,7 +588,7 @@ static enum triattn_status emu_mm_submit(int type, int64_t ne0, const tri_cuda_m
                                          bool accumulate, bool tc, void * stream) {
     EMU_REQUIRE(tri_cuda_type_supported(type) && ne0 > 0 && ne0 % 32 == 0 && n_jobs >= 1 &&
                 n_jobs <= TRI_CUDA_MM_JOBS && n_tok > 0);
-    emu_mm a = { type, ne0, { { 0 } }, n_jobs, n_tok, xf, ldx, q8 != NULL, accumulate, tc, tc || type == EMU_F16,
+    emu_mm a = { type, ne0, { { 0 } }, n_jobs, n_tok, xf, ldx, q8 != NULL, accumulate, tc, tc || type == TRI_TYPE_F16,
                  { 0 } };
     if (q8) {
         EMU_REQUIRE(q8->type == tri_cuda_mm_act_type(type) && q8->ld >= ne0 && q8->ld % 32 == 0);
@@ -667,26 +635,14 @@ typedef struct {
     tri_cuda_heads hd;
 } emu_qkv;
 
-/* RMSNorm (squares in double) and RoPE of one head into b. */
+/* RMSNorm and RoPE of one head into b, with the CPU's own ops. */
 static void emu_head_post(const float * x, const float * nw, const float * cs, const tri_cuda_heads * hd, float * b) {
-    const int D = hd->head_dim, F = hd->rope_dim / 2;
-    float r = 1.0f;
     if (nw) {
-        double ss = 0.0;
-        for (int d = 0; d < D; d++) {
-            ss += (double) x[d] * x[d];
-        }
-        r = (float) (1.0 / sqrt(ss / D + hd->eps));
+        tri_rmsnorm(x, nw, b, hd->head_dim, hd->eps);
+    } else {
+        memcpy(b, x, sizeof(float) * (size_t) hd->head_dim);
     }
-    for (int d = 0; d < D; d++) {
-        b[d] = nw ? x[d] * r * nw[d] : x[d];
-    }
-    for (int f = 0; f < F; f++) {
-        const int i0 = hd->pairing == 0 ? 2 * f : f, i1 = hd->pairing == 0 ? 2 * f + 1 : f + F;
-        const float x0 = b[i0], x1 = b[i1];
-        b[i0] = x0 * cs[2 * f] - x1 * cs[2 * f + 1];
-        b[i1] = x0 * cs[2 * f + 1] + x1 * cs[2 * f];
-    }
+    tri_rope(b, 1, hd->head_dim, hd->rope_dim, cs, (enum tri_rope_pairing) hd->pairing);
 }
 
 static void emu_qkv_run(const void * p) {
@@ -842,7 +798,7 @@ typedef struct {
 enum { EMU_TA_SCORE, EMU_TA_ZSCORE, EMU_TA_GQA, EMU_TA_MEAN };
 static void emu_ta_run(const void * p) {
     const emu_ta * a = p;
-    const int G = a->H / a->Hkv, F = a->rope_dim / 2;
+    const int G = a->H / a->Hkv;
     if (a->op == EMU_TA_MEAN) {
         const int groups = a->global ? 1 : a->Hkv;
         for (int gi = 0; gi < groups; gi++) {
@@ -868,18 +824,11 @@ static void emu_ta_run(const void * p) {
                 if (n > 0) {
                     tri_triattn_zscore(s, n);
                 }
-            } else if (a->op == EMU_TA_SCORE) {
-                const float * w = a->w + (size_t) row * a->D, * cw = a->cw + (size_t) row * a->D;
-                for (int j = 0; j < n; j++) {
-                    const tri_fp16 * k = (const tri_fp16 *) a->K + ((size_t) lh * a->cap + a->lo[lh] + j) * a->D;
-                    float acc = 0.0f;
-                    for (int f = 0; f < F; f++) {
-                        const int i0 = a->pairing == 0 ? 2 * f : f, i1 = a->pairing == 0 ? 2 * f + 1 : f + F;
-                        const float ka = tri_fp16_to_fp32(k[i0]), kb = tri_fp16_to_fp32(k[i1]);
-                        acc += w[i0] * ka + w[i1] * kb + (cw[i0] + cw[i1]) * sqrtf(ka * ka + kb * kb);
-                    }
-                    s[j] = acc;
-                }
+            } else if (a->op == EMU_TA_SCORE) { /* the CPU's scorer, one query head at a time */
+                tri_triattn_score_ref(a->D, a->rope_dim, (enum tri_rope_pairing) a->pairing, 1,
+                                      a->w + (size_t) row * a->D, a->cw + (size_t) row * a->D,
+                                      (const tri_fp16 *) a->K + ((size_t) lh * a->cap + a->lo[lh]) * a->D, n, s,
+                                      a->cap);
             } else if (hq % G == 0) { /* GQA max over the KV head's query heads, NaN never replacing */
                 for (int j = 0; j < n; j++) {
                     float m = s[j];

@@ -63,8 +63,8 @@ def test_same_seed_same_text(llm):
 def test_streamed_pieces_join_to_the_text(llm):
     p, seed = _prompt(), rng.randrange(2**31)
     for temp in (0.0, 0.9):
-        full = llm.generate(p, max_tokens=48, temperature=temp, seed=seed)
-        pieces = list(llm.generate(p, max_tokens=48, temperature=temp, seed=seed, stream=True))
+        full = llm.generate(p, max_tokens=48, temperature=temp, seed=seed, ignore_eos=True)
+        pieces = list(llm.generate(p, max_tokens=48, temperature=temp, seed=seed, ignore_eos=True, stream=True))
         assert len(pieces) > 1 and all(isinstance(x, str) and x for x in pieces)
         assert "".join(pieces) == full, f"seed {SEED}"
 

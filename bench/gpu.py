@@ -13,7 +13,8 @@ TriAttention centres: the weights carry no language, so this measures speed and 
 
 Runs (each a triattn-cli process; JSON rows collected):
   32b under a 24 GiB device-memory cap, full and triattention (budget 2048): as many sessions as fit (-np fit) at
-      32K and at 64K context, tg32 each (full attention: refused); the 64K sessions decode to their n_ctx.
+      16K, 32K and 64K context, tg32 each (full attention: refused at 32K and 64K); the 64K sessions decode to
+      their n_ctx.
   1b: pp512 (also at depth) and tg64 at depths 0, 4096, 16384, 32768, full and triattention (budget 2048); tg32 at
       depth 4096 with 1, 8 and 16 sessions decoding together (-np), full and triattention; then the kernel choices
       measured in the same run (environment variables of the CUDA backend, docs/cuda.md): pp512 at depth 0 and 16384
@@ -332,8 +333,8 @@ def main(argv=None) -> int:
 
     def run_32b() -> None:
         # full attention: as many sessions as fit at 32K context (n_ctx 32800), then a 64K session (refused under the
-        # cap); TriAttention: as many sessions as fit, at 32K and at 64K context (the 64K ones decode from position
-        # 65504 to the end of their n_ctx, 65536)
+        # cap), and at 16K, the longest context where one fits; TriAttention: as many sessions as fit, at 16K, 32K and
+        # 64K context (the 64K ones decode from position 65504 to the end of their n_ctx, 65536)
         if out_of_time():  # not even the model's writing
             return
         m = model_of("32b")
@@ -342,8 +343,10 @@ def main(argv=None) -> int:
                                "--kv-policy", "full"], timeout=120)
         record("32b_full_64k", m, [*cap, "-p", "0", "-n", "32", "-d", "65504", "-np", "fit", "-r", "1", "-c", "65536",
                                    "--kv-policy", "full"], timeout=120)
-        record("32b_triattention", m, [*cap, "-p", "0", "-n", "32", "-d", "32768,65504", "-np", "fit", "-r", "1",
-                                       "-c", "65536", "--kv-policy", "triattention", "--kv-budget", "2048"])
+        record("32b_full_16k", m, [*cap, "-p", "0", "-n", "32", "-d", "16384", "-np", "fit", "-r", "1", "-c", "16416",
+                                   "--kv-policy", "full"], timeout=180)
+        record("32b_triattention", m, [*cap, "-p", "0", "-n", "32", "-d", "16384,32768,65504", "-np", "fit", "-r",
+                                       "1", "-c", "65536", "--kv-policy", "triattention", "--kv-budget", "2048"])
 
     def run_1b() -> None:
         if out_of_time():

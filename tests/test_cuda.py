@@ -594,6 +594,62 @@ def test_cuda_memory_limit(backend_build, cut_model):
     assert res["full_error"][0] == 5 and "weights need" in res["full_error"][1], res
 
 
+def _max_rss_kib(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, int]:
+    """Runs cmd in a fresh interpreter's child and returns (its result, its peak resident set in KiB)."""
+    code = ("import json, resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "print(json.dumps([p.returncode, p.stdout, p.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+    w = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, timeout=600, env=env)
+    assert w.returncode == 0, w.stderr
+    rc, out, err, rss = json.loads(w.stdout)
+    return subprocess.CompletedProcess(cmd, rc, out, err), rss
+
+
+def test_emulated_plan_costs_no_device_memory(tmp_path):
+    """TRIATTN_CUDA_EMU_NOOP=2 runs a model's plan on the emulation without its arithmetic or its device bytes (how a
+    model larger than this machine's memory, e.g. bench/gpu.py's 32B-shaped one, checks its memory cap and the
+    sessions that fit): under a cap, full attention is refused with the clear error, -np fit starts as many
+    TriAttention sessions as the cap's arithmetic allows (the same number as the plain emulation, NOOP=1), and the
+    process's resident memory is smaller than the plain emulation's by about the weights' size."""
+    from conftest import _cmake_build
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu
+
+    build = _cmake_build(EMU_BUILD, "-DTRIATTN_CUDA_EMU=ON")
+    rng = random.Random(SEED)
+    E, L = rng.choice([(1024, 8), (1536, 6)])
+    shape = dict(arch="llama", n_embd=E, n_head=E // 64, n_head_kv=4, head_dim=64, n_layer=L, n_ff=4 * E,
+                 n_vocab=32000, rope_base=10000.0)
+    model = gpu.write_model(tmp_path / "m.gguf", shape, seed=SEED)
+    weights = model.stat().st_size
+    # KV per token: L layers x 4 heads x 64 x (K, V) x 2 bytes; the cap leaves room for a few compressed sessions
+    kv_token = L * 4 * 64 * 2 * 2
+    budget = rng.choice([512, 1024])
+    cap = weights + 6 * (budget + 64) * kv_token + (64 << 20)
+    cli = [str(build / "triattn-cli"), "-m", str(model), "--bench", "--json", "-ngl", "-1", "-p", "0", "-n", "4",
+           "-r", "1", "--gpu-mem-limit", str(cap), "-np", "fit"]
+    env = dict(os.environ, TRIATTN_CUDA_EMU_NOOP="2", TRIATTN_CUDA_EMU_GIB="64")
+    full, _ = _max_rss_kib([*cli, "-c", "32768", "-d", "256", "--kv-policy", "full"], env)
+    assert full.returncode != 0, full.stdout
+    assert "KV cache for n_ctx 32768" in full.stderr and "--kv-policy triattention" in full.stderr, full.stderr
+    tri_args = [*cli, "-c", "32768", "-d", "2048", "--kv-policy", "triattention", "--kv-budget", str(budget),
+                "--kv-interval", "64"]
+    tri, rss = _max_rss_kib(tri_args, env)
+    assert tri.returncode == 0, tri.stderr
+    m = re.search(r"-np fit: (\d+) sessions? fits?; session (\d+): .* the session ([\d.]+) MiB in all; ([\d.]+) MiB left",
+                  tri.stderr)
+    assert m, tri.stderr
+    n_fit, per_session, left = int(m[1]), float(m[3]), float(m[4])
+    assert int(m[2]) == n_fit + 1 and left < per_session and n_fit >= 3, tri.stderr
+    rows = json.loads(tri.stdout)
+    assert rows and rows[-1]["parallel"] == n_fit, rows
+    plain, rss_plain = _max_rss_kib(tri_args, dict(env, TRIATTN_CUDA_EMU_NOOP="1"))
+    assert plain.returncode == 0 and f"-np fit: {n_fit} sessions fit;" in plain.stderr, plain.stderr
+    # the plain emulation holds the weights in host memory; the plan does not
+    assert (rss_plain - rss) * 1024 > 0.8 * weights, (rss, rss_plain, weights)
+
+
 RECALL = r"""
 import json, sys
 from pytriattn import Llama, TriattnError

@@ -42,6 +42,7 @@ const char * tri_cuda_last_error(void) { return emu_err; }
 static pthread_mutex_t emu_lock = PTHREAD_MUTEX_INITIALIZER;
 static size_t          emu_used;
 static void            emu_weights_forget(const void * p, size_t bytes);
+static bool            emu_lazy(void);
 
 static size_t emu_total(void) {
     const char * v = getenv("TRIATTN_CUDA_EMU_GIB");
@@ -68,7 +69,9 @@ enum triattn_status tri_cuda_malloc(void ** p, size_t bytes) {
         return emu_fail("out of host memory"), TRIATTN_ERR_OOM;
     }
     memcpy(b, &bytes, sizeof bytes);
-    memset(b + 64, 0xA5, bytes); /* what cudaMalloc returns is not zeroed either */
+    if (!emu_lazy()) {
+        memset(b + 64, 0xA5, bytes); /* what cudaMalloc returns is not zeroed either */
+    }
     *p = b + 64;
     return TRIATTN_OK;
 }
@@ -161,17 +164,23 @@ static enum triattn_status emu_submit(tri_cuda_stream s, emu_fn fn, const void *
 
 /* TRIATTN_CUDA_EMU_NOOP=1: kernels do nothing (copies, events and live counts still run; top-k keeps each group's
  * first k), so that a benchmark on this build times the host side of the backend alone: what a step costs the CPU
- * besides the device's work. Outputs are then meaningless. */
+ * besides the device's work. TRIATTN_CUDA_EMU_NOOP=2 also skips the memsets and copies to the device of more than
+ * 64 KiB (weights, caches; the small control arrays still arrive) and leaves new device memory untouched, so that
+ * device memory costs next to no host memory: a model larger than the host's memory runs its plan (sizes, the
+ * memory cap, refusals, the sessions that fit) without its arithmetic. Outputs are then meaningless. */
 static pthread_once_t emu_noop_once = PTHREAD_ONCE_INIT;
-static bool           emu_noop_on;
+static int            emu_noop_level;
 static void emu_noop_init(void) {
     const char * v = getenv("TRIATTN_CUDA_EMU_NOOP");
-    emu_noop_on = v && strcmp(v, "1") == 0;
+    emu_noop_level = v && (strcmp(v, "1") == 0 || strcmp(v, "2") == 0) ? v[0] - '0' : 0;
 }
-static bool emu_noop(void) {
+static int emu_noop_at(void) {
     pthread_once(&emu_noop_once, emu_noop_init);
-    return emu_noop_on;
+    return emu_noop_level;
 }
+static bool emu_noop(void) { return emu_noop_at() > 0; }
+static bool emu_lazy(void) { return emu_noop_at() > 1; }
+static size_t emu_lazy_n(size_t bytes) { return emu_lazy() && bytes > ((size_t) 64 << 10) ? 0 : bytes; }
 static void emu_skip(const void * args) {
     (void) args;
 }
@@ -256,16 +265,16 @@ static void emu_copy_run(const void * p) {
 }
 enum triattn_status tri_cuda_memset(void * p, int value, size_t bytes, tri_cuda_stream s) {
     EMU_REQUIRE(p || !bytes);
-    const emu_copy a = { p, NULL, bytes, value & 0xff };
+    const emu_copy a = { p, NULL, emu_lazy_n(bytes), value & 0xff };
     return EMU_SUBMIT(s, emu_copy_run, a);
 }
-enum triattn_status tri_cuda_h2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s) {
+enum triattn_status tri_cuda_d2h(void * dst, const void * src, size_t bytes, tri_cuda_stream s) {
     EMU_REQUIRE((dst && src) || !bytes);
     const emu_copy a = { dst, src, bytes, -1 };
     return EMU_SUBMIT(s, emu_copy_run, a);
 }
-enum triattn_status tri_cuda_d2h(void * dst, const void * src, size_t bytes, tri_cuda_stream s) {
-    return tri_cuda_h2d(dst, src, bytes, s);
+enum triattn_status tri_cuda_h2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s) {
+    return tri_cuda_d2h(dst, src, emu_lazy_n(bytes), s);
 }
 
 static void emu_event_run(const void * p) {

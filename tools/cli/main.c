@@ -746,7 +746,8 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     for (int q = 1; q < max_par; q++) {
         st = triattn_session_create(model, &sp, &ss[q], err, sizeof err);
         if (st == TRIATTN_ERR_OOM && fit) {
-            fprintf(stderr, "%s: -np fit: %d sessions fit; session %d: %s\n", g_prog, q, q + 1, err);
+            fprintf(stderr, "%s: -np fit: %d %s; session %d: %s\n", g_prog, q, q == 1 ? "session fits" : "sessions fit",
+                    q + 1, err);
             max_par = ql[0] = q;
             break;
         }

@@ -26,7 +26,8 @@ Runs (each a triattn-cli process; JSON rows collected):
       and with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device
       milliseconds per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0, at depth 16384,
       and for 16 sessions at depth 4096.
-Prints a markdown table and writes results.json (and the raw outputs) to --out.
+Prints a markdown table, the targets' ratios (each of two medians of this run) and the profile table, and writes
+results.json (and the raw outputs) to --out.
 """
 from __future__ import annotations
 
@@ -332,9 +333,9 @@ def main(argv=None) -> int:
         record("smoke_np", m, ["-p", "0", "-n", "4", "-d", "32", "-np", "1,3", "-r", "1", "-c", "256"])
 
     def run_32b() -> None:
-        # full attention: as many sessions as fit at 32K context (n_ctx 32800), then a 64K session (refused under the
-        # cap), and at 16K, the longest context where one fits; TriAttention: as many sessions as fit, at 16K, 32K and
-        # 64K context (the 64K ones decode from position 65504 to the end of their n_ctx, 65536)
+        # full attention: as many sessions as fit at 32K context (n_ctx 32800), then a 64K session (both refused under
+        # the cap); TriAttention: as many sessions as fit, at 16K, 32K and 64K context (the 64K ones decode from
+        # position 65504 to the end of their n_ctx, 65536); last, full attention at 16K, where one session fits
         if out_of_time():  # not even the model's writing
             return
         m = model_of("32b")
@@ -343,10 +344,10 @@ def main(argv=None) -> int:
                                "--kv-policy", "full"], timeout=120)
         record("32b_full_64k", m, [*cap, "-p", "0", "-n", "32", "-d", "65504", "-np", "fit", "-r", "1", "-c", "65536",
                                    "--kv-policy", "full"], timeout=120)
-        record("32b_full_16k", m, [*cap, "-p", "0", "-n", "32", "-d", "16384", "-np", "fit", "-r", "1", "-c", "16416",
-                                   "--kv-policy", "full"], timeout=180)
         record("32b_triattention", m, [*cap, "-p", "0", "-n", "32", "-d", "16384,32768,65504", "-np", "fit", "-r",
                                        "1", "-c", "65536", "--kv-policy", "triattention", "--kv-budget", "2048"])
+        record("32b_full_16k", m, [*cap, "-p", "0", "-n", "32", "-d", "16384", "-np", "fit", "-r", "1", "-c", "16416",
+                                   "--kv-policy", "full"], timeout=180)
 
     def run_1b() -> None:
         if out_of_time():
@@ -406,6 +407,7 @@ def main(argv=None) -> int:
     if base_env:
         print("every run with " + " ".join(f"{k}={v}" for k, v in base_env.items()))
     print(markdown(results))
+    print(ratios(results))
     print(profile_table(results))
     return 0
 
@@ -459,6 +461,35 @@ def markdown(results: dict) -> str:
             bw = f"{r['model_bytes'] * steps / 1e9:.0f}" if steps and r.get("model_bytes") else "—"
             lines.append(f"| {name} | {r['test']} | {r['policy']} | {r.get('parallel', 1)} | {r['tps_median']:.1f} | "
                          f"{bw} | {r.get('kv_bytes', 0) / 2**20:.1f} MiB |")
+    return "\n".join(lines)
+
+
+def _sessions(n: int) -> str:
+    return f"{n} session" + ("" if n == 1 else "s")
+
+
+def ratios(results: dict) -> str:
+    """The targets' ratios from rows of this run: each a quotient of two measured medians (absent rows: left out)."""
+    def tps(name: str, test: str) -> tuple[float, int] | None:
+        for r in results["runs"].get(name, {}).get("rows", []):
+            if r["test"] == test or r["test"].startswith(test + " x"):
+                return r["tps_median"], r.get("parallel", 1)
+        return None
+
+    pairs = [("1b pp512: triattention / full", ("1b_triattention", "pp512"), ("1b_full", "pp512")),
+             ("1b tg64, triattention: depth 32768 / depth 0", ("1b_triattention", "tg64 @ d32768"),
+              ("1b_triattention", "tg64 @ d0")),
+             ("1b tg32 @ 4096, 16 sessions: triattention / full", ("1b_np_triattention", "tg32 @ d4096 x16"),
+              ("1b_np_full", "tg32 @ d4096 x16")),
+             ("32b at 16K under the cap, all sessions that fit: triattention / full", ("32b_triattention",
+                                                                                       "tg32 @ d16384"),
+              ("32b_full_16k", "tg32 @ d16384"))]
+    lines = []
+    for what, a, b in pairs:
+        x, y = tps(*a), tps(*b)
+        if x and y and y[0] > 0:
+            lines.append(f"- {what}: {x[0]:.1f} t/s ({_sessions(x[1])}) / {y[0]:.1f} t/s ({_sessions(y[1])}) = "
+                         f"{x[0] / y[0]:.2f}x")
     return "\n".join(lines)
 
 

@@ -181,6 +181,28 @@ def test_gpu_bench_script_smoke(c_build_dir, tmp_path):
     assert "| smoke_triattention | pp64 | triattention |" in p.stdout
 
 
+def test_gpu_bench_ratios():
+    """bench/gpu.py's target ratios: quotients of the medians of this run's rows, found by run and test (the sessions'
+    count suffix included); a pair with a missing row is left out."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu
+
+    rng = random.Random(SEED)
+    a, b, c, d = (round(rng.uniform(100, 5000), 1) for _ in range(4))
+
+    def row(test, tps, par=1):
+        return {"test": test, "tps_median": tps, "parallel": par}
+
+    res = {"runs": {"1b_triattention": {"rows": [row("pp512", a), row("pp512 @ d16384", 1.0), row("tg64 @ d0", b)]},
+                    "1b_full": {"rows": [row("pp512 @ d16384", 2.0), row("pp512", c)]},
+                    "32b_triattention": {"rows": [row("tg32 @ d16384 x11", d, 11)]},
+                    "32b_full_16k": {"rows": [row("tg32 @ d16384", b)]}, "32b_full": {"rows": []}}}
+    out = gpu.ratios(res).splitlines()
+    assert out == [f"- 1b pp512: triattention / full: {a:.1f} t/s (1 session) / {c:.1f} t/s (1 session) = {a / c:.2f}x",
+                   f"- 32b at 16K under the cap, all sessions that fit: triattention / full: {d:.1f} t/s (11 sessions)"
+                   f" / {b:.1f} t/s (1 session) = {d / b:.2f}x"], out
+
+
 # ---- with nvcc: the CUDA build ------------------------------------------------------------------------------
 
 def test_gpu_bench_profile_table():

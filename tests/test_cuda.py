@@ -620,7 +620,8 @@ def _max_rss_kib(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
     """Runs cmd in a fresh interpreter's child and returns (its result, its peak resident set in KiB)."""
     code = ("import json, resource, subprocess, sys\n"
             "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-            "print(json.dumps([p.returncode, p.stdout, p.stderr, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))")
+            "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+            "print(json.dumps([p.returncode, p.stdout, p.stderr, rss]))")
     w = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, timeout=600, env=env)
     assert w.returncode == 0, w.stderr
     rc, out, err, rss = json.loads(w.stdout)
@@ -659,8 +660,8 @@ def test_emulated_plan_costs_no_device_memory(tmp_path):
                 "--kv-interval", "64"]
     tri, rss = _max_rss_kib(tri_args, env)
     assert tri.returncode == 0, tri.stderr
-    m = re.search(r"-np fit: (\d+) sessions? fits?; session (\d+): .* the session ([\d.]+) MiB in all; ([\d.]+) MiB left",
-                  tri.stderr)
+    m = re.search(r"-np fit: (\d+) sessions? fits?; session (\d+): .* the session ([\d.]+) MiB in all; "
+                  r"([\d.]+) MiB left", tri.stderr)
     assert m, tri.stderr
     n_fit, per_session, left = int(m[1]), float(m[3]), float(m[4])
     assert int(m[2]) == n_fit + 1 and left < per_session and n_fit >= 3, tri.stderr

@@ -249,6 +249,11 @@ static int32_t tri_cu_max_in(const tri_hparams * hp) {
     return TRI_MAX(TRI_MAX(hp->n_embd, hp->n_ff), hp->n_head * hp->head_dim);
 }
 
+bool tri_cuda_env_flag(const char * name, bool def) {
+    const char * v = getenv(name);
+    return v && strcmp(v, def ? "0" : "1") == 0 ? !def : def;
+}
+
 /* A row count in [lo, hi] from the environment; unset or anything else: def. */
 static int32_t tri_cu_env_rows(const char * name, long lo, long hi, int32_t def) {
     const char * v = getenv(name);

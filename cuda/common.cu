@@ -118,11 +118,6 @@ extern "C" enum triattn_status tri_cuda_mem_info(size_t * free_bytes, size_t * t
     return TRIATTN_OK;
 }
 
-extern "C" bool tri_cuda_env_flag(const char * name, bool def) {
-    const char * v = getenv(name);
-    return v && strcmp(v, def ? "0" : "1") == 0 ? !def : def;
-}
-
 extern "C" bool tri_cuda_pdl(void) {
     static const bool on = [] {
         int dev = 0, major = 0;

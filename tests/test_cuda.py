@@ -87,6 +87,10 @@ def backend_build(request) -> Path:
     if request.param == "gpu":
         request.getfixturevalue("cuda_device")
         return request.getfixturevalue("cuda_build")
+    return _emu_build()
+
+
+def _emu_build() -> Path:
     from conftest import _cmake_build
 
     return _cmake_build(EMU_BUILD, "-DTRIATTN_CUDA_EMU=ON")
@@ -634,12 +638,10 @@ def test_emulated_plan_costs_no_device_memory(tmp_path):
     sessions that fit): under a cap, full attention is refused with the clear error, -np fit starts as many
     TriAttention sessions as the cap's arithmetic allows (the same number as the plain emulation, NOOP=1), and the
     process's resident memory is smaller than the plain emulation's by about the weights' size."""
-    from conftest import _cmake_build
-
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu
 
-    build = _cmake_build(EMU_BUILD, "-DTRIATTN_CUDA_EMU=ON")
+    build = _emu_build()
     rng = random.Random(SEED)
     E, L = rng.choice([(1024, 8), (1536, 6)])
     shape = dict(arch="llama", n_embd=E, n_head=E // 64, n_head_kv=4, head_dim=64, n_layer=L, n_ff=4 * E,
@@ -745,7 +747,7 @@ def test_cuda_server_slots_decode_together(backend_build, cut_model, policy):
     openai = pytest.importorskip("openai")
     import concurrent.futures as cf
 
-    from test_server import Server
+    from test_server import Server, _metric
 
     kv = ["--kv-policy", policy] + (["--kv-budget", "64", "--kv-interval", "16"] if policy == "triattention" else [])
     srv = Server(backend_build / "triattn-server", cut_model, "-ngl", "-1", *kv)
@@ -755,23 +757,17 @@ def test_cuda_server_slots_decode_together(backend_build, cut_model, policy):
         def complete(prompt: str):
             return client.completions.create(model="smol", prompt=prompt, max_tokens=96, temperature=0)
 
-        def metric(name: str) -> float:
-            st, raw = srv.request("GET", "/metrics", timeout=30)
-            assert st == 200, st
-            return sum(float(x.split()[-1]) for x in raw.decode().splitlines()
-                       if x.startswith(name + " ") or x.startswith(name + "{"))
-
-        steps0, slot0 = metric("triattn_engine_steps_total"), metric("triattn_engine_slot_steps_total")
+        steps0, slot0 = _metric(srv, "triattn_engine_steps_total"), _metric(srv, "triattn_engine_slot_steps_total")
         with cf.ThreadPoolExecutor(4) as ex:
             together = list(ex.map(complete, SERVER_PROMPTS))
-        steps = metric("triattn_engine_steps_total") - steps0
-        slot_steps = metric("triattn_engine_slot_steps_total") - slot0
+        steps = _metric(srv, "triattn_engine_steps_total") - steps0
+        slot_steps = _metric(srv, "triattn_engine_slot_steps_total") - slot0
         alone = [complete(pr) for pr in SERVER_PROMPTS]
         for t, a in zip(together, alone):
             assert t.usage.completion_tokens > 0 and a.usage.completion_tokens > 0, (t.usage, a.usage)
             if _emulated(backend_build):
                 assert t.choices[0].text == a.choices[0].text, (t.choices[0].text, a.choices[0].text)
-        compressions = metric("triattn_kv_compressions_total")
+        compressions = _metric(srv, "triattn_kv_compressions_total")
         print(f"{policy}: {slot_steps:.0f} slot steps in {steps:.0f} engine steps with 4 requests at once, "
               f"{compressions:.0f} compressions")
         assert slot_steps >= 1.5 * steps > 0, (slot_steps, steps)

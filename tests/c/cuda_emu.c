@@ -11,6 +11,7 @@
 #include "fp16.h"
 #include "ops.h"
 #include "qchunk.h"
+#include "quants.h"
 #include "tri_cuda.h"
 #include "triattn_score.h"
 #include "types.h"
@@ -116,10 +117,6 @@ enum triattn_status tri_cuda_device_name(int dev, char * buf, size_t n) {
     return TRIATTN_OK;
 }
 int tri_cuda_sm_count(void) { return 132; }
-bool tri_cuda_env_flag(const char * name, bool def) {
-    const char * v = getenv(name);
-    return v && strcmp(v, def ? "0" : "1") == 0 ? !def : def;
-}
 
 /* ---- streams and graphs: a call runs at once, or is recorded while its stream captures ---- */
 
@@ -540,21 +537,6 @@ static void emu_weights_forget(const void * p, size_t bytes) {
     }
 }
 
-/* Sum of w[i] x[i], i < n, in 8 float lanes. */
-static float emu_dot_f32(const float * w, const float * x, int64_t n) {
-    float l[8] = { 0 };
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        for (int k = 0; k < 8; k++) {
-            l[k] += w[i + k] * x[i + k];
-        }
-    }
-    for (; i < n; i++) {
-        l[0] += w[i] * x[i];
-    }
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
 static void emu_mm_run(const void * p) {
     const emu_mm * a = p;
     const int64_t ne0 = a->ne0;
@@ -578,9 +560,13 @@ static void emu_mm_run(const void * p) {
         }
         for (int64_t r = 0; r < jb->ne1; r++) {
             for (int t = 0; t < a->n_tok; t++) {
-                float y = a->q8_on ? emu_dot_q8(a->type, wc->ch + (size_t) r * (ne0 / 32), wc->codes + (size_t) r * ne0,
-                                                ne0, &a->q8, t)
-                                   : emu_dot_f32(wc->vals + (size_t) r * ne0, xs + (size_t) t * ne0, ne0);
+                float y;
+                if (a->q8_on) {
+                    y = emu_dot_q8(a->type, wc->ch + (size_t) r * (ne0 / 32), wc->codes + (size_t) r * ne0, ne0, &a->q8,
+                                   t);
+                } else { /* the CPU's reference dot */
+                    tri_vec_dot_f32_ref((int) ne0, &y, wc->vals + (size_t) r * ne0, xs + (size_t) t * ne0);
+                }
                 if (jb->bias) {
                     y += jb->bias[r];
                 }
@@ -893,11 +879,13 @@ static void emu_topk_run(const void * p) {
     }
     for (int g = 0; g < a->n_groups; g++) {
         const int n = a->n_of[g];
-        for (int j = 0; emu_noop() && j < n; j++) {
-            a->marks[(size_t) g * a->stride + j] = j < a->k_of[g];
-        }
-        if (n > 0 && !emu_noop()) {
-            tri_triattn_topk(a->scores + (size_t) g * a->stride, n, a->k_of[g], sel, a->marks + (size_t) g * a->stride);
+        uint8_t * marks = a->marks + (size_t) g * a->stride;
+        if (emu_noop()) { /* each group's first k */
+            for (int j = 0; j < n; j++) {
+                marks[j] = j < a->k_of[g];
+            }
+        } else if (n > 0) {
+            tri_triattn_topk(a->scores + (size_t) g * a->stride, n, a->k_of[g], sel, marks);
         }
     }
     free(sel);

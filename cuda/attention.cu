@@ -3,6 +3,7 @@
 #include "atile.h"
 #include "attention.cuh"
 #include "common.cuh"
+#include "ptx.cuh"
 
 #define TRI_ATT_THREADS 128
 #define TRI_ATT_TILE    TRI_AT_SLOTS
@@ -267,14 +268,6 @@ __global__ void __launch_bounds__(TRI_ATT_THREADS) tri_cu_att_partial_kernel(con
     if (a.tickets) { /* the last of the row's parts to finish merges them */
         tri_cu_att_last_merges(a, (size_t) r * gridDim.y + blockIdx.y, r, h * G + g0, Gb, &qs[0][0]);
     }
-}
-
-/* c (16 x 8, fp32) += a (16 x 16) b (16 x 8), fp16 inputs in atile.h's fragments. */
-__device__ __forceinline__ void tri_cu_hmma16(float * c, const uint32_t * a, const uint32_t * b) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 /* One session's chunk of rows on tensor cores (atile.h). The chunk's (token, query head) pairs of KV head h,

@@ -1,6 +1,7 @@
 /* Matrix-vector products (see matmul.cuh): one warp per output row, each lane a 32-value chunk at a time; and
  * integer tensor-core products for small batches (qtile.h): a block per 16 rows, its warps splitting the input. */
 #include "common.cuh"
+#include "ptx.cuh"
 #include "matmul.cuh"
 #include "qchunk.h"
 #include "qtile.h"
@@ -113,20 +114,6 @@ __global__ void __launch_bounds__(32 * TRI_MV_WARPS) tri_cu_mmvq_kernel(const tr
             tri_cu_mv_store<NT>(a, job[rr], lr[rr], acc[rr]);
         }
     }
-}
-
-/* c (16 x 8 sums) = a (16 x 16 codes) x b (16 x 8 codes), qtile.h's fragments. */
-__device__ __forceinline__ void tri_cu_imma16(uint32_t a0, uint32_t a1, uint32_t b0, int32_t * c) {
-    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%7, %7, %7, %7};"
-        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-        : "r"(a0), "r"(a1), "r"(b0), "r"(0));
-}
-/* The same over 32 codes. */
-__device__ __forceinline__ void tri_cu_imma32(const uint32_t * a, const uint32_t * b, int32_t * c) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%10, %10, %10, %10};"
-        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
 }
 
 /* Quantized weights x 8-bit activations for up to 8 NTILE tokens on integer tensor cores (qtile.h). Block (x, y):

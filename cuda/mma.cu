@@ -5,6 +5,7 @@
  * accumulators). The tile of outputs goes through shared memory so rows are written coalesced, with bias and
  * accumulation. A tile never straddles two jobs: blocks are numbered job by job. */
 #include "common.cuh"
+#include "ptx.cuh"
 #include "matmul.cuh"
 #include "qchunk.h"
 #include "tri_cuda.h"
@@ -39,11 +40,6 @@ __device__ __forceinline__ __half2 tri_cu_h2_sat(float a, float b) {
     a = a != a ? a : fminf(fmaxf(a, -m), m);
     b = b != b ? b : fminf(fmaxf(b, -m), m);
     return __floats2half2_rn(a, b);
-}
-
-/* Asks L1 for the 128-byte line holding p (a hint: nothing waits for it). */
-__device__ __forceinline__ void tri_cu_prefetch_l1(const void * p) {
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }
 
 /* 32 weights of chunk c of a row as floats (the CPU dequantizer's values). */

@@ -85,7 +85,10 @@ static triattn_session * one_shot(triattn_model * m, const char * policy, int bu
  * divergence: cut back (full; triattention after its last round) or restart (triattention before it). */
 static void test_reuse(triattn_model * m, const char * policy, int budget, int interval) {
     static triattn_token conv[MAXT];
-    const int n1 = (int) tu_int(30, 120), ng = (int) tu_int(5, 40), n2 = (int) tu_int(20, 150);
+    const int n1 = (int) tu_int(30, 120), ng = (int) tu_int(5, 40);
+    /* a compressing policy's conversation outgrows budget + interval, so that its cache compresses */
+    const int fill = strcmp(policy, "full") != 0 ? budget + interval + 1 - (n1 + ng) : 0;
+    const int n2 = (int) tu_int(fill > 20 ? fill : 20, 150);
     random_tokens(conv, n1);
     triattn_session * a = session_of(m, policy, budget, interval);
     if (!a) {

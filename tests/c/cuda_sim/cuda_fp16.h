@@ -14,14 +14,8 @@ struct alignas(4) __half2 {
 
 static inline float __half2float(__half h) { return tri_fp16_to_fp32(h.x); }
 static inline __half __float2half_rn(float f) { return __half{ tri_fp32_to_fp16(f) }; }
-static inline __half __float2half(float f) { return __float2half_rn(f); }
 static inline __half __ushort_as_half(unsigned short u) { return __half{ u }; }
-static inline unsigned short __half_as_ushort(__half h) { return h.x; }
 static inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{ __float2half_rn(lo), __float2half_rn(hi) }; }
-static inline __half2 __float2half2_rn(float f) { return __floats2half2_rn(f, f); }
-static inline __half2 __halves2half2(__half lo, __half hi) { return __half2{ lo, hi }; }
-static inline float __low2float(__half2 h) { return __half2float(h.x); }
-static inline float __high2float(__half2 h) { return __half2float(h.y); }
 static inline float2 __half22float2(__half2 h) { return float2{ __half2float(h.x), __half2float(h.y) }; }
 
 #endif

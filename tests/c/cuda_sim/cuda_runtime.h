@@ -64,7 +64,6 @@ typedef struct tri_sim_event *      cudaEvent_t;
 
 const char * cudaGetErrorString(cudaError_t e);
 cudaError_t cudaGetLastError(void);
-cudaError_t cudaPeekAtLastError(void);
 cudaError_t cudaGetDeviceCount(int * n);
 cudaError_t cudaSetDevice(int dev);
 cudaError_t cudaGetDevice(int * dev);

@@ -358,10 +358,6 @@ cudaError_t cudaGetLastError(void) {
     return e;
 }
 
-cudaError_t cudaPeekAtLastError(void) {
-    return last_error;
-}
-
 cudaError_t cudaGetDeviceCount(int * n) {
     *n = 1;
     return cudaSuccess;

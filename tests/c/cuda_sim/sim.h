@@ -29,7 +29,6 @@
 /* translate.py turns each __shared__ declaration into a static (one block runs at a time: the block's copy) and a
  * call of tri_sim_shared_fresh. */
 #define __shared__          static
-#define __noinline__        __attribute__((noinline))
 
 struct uint3 {
     unsigned x, y, z;
@@ -39,7 +38,6 @@ struct dim3 {
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct alignas(8) int2 { int x, y; };
-struct alignas(8) uint2 { unsigned x, y; };
 struct alignas(16) int4 { int x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(8) float2 { float x, y; };
@@ -91,7 +89,6 @@ static inline int tri_sim_buf(void) {
 static inline void __syncthreads(void) { tri_sim_barrier_block(); }
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { (void) mask; tri_sim_barrier_warp(); }
 static inline void __threadfence(void) {}
-static inline void __threadfence_block(void) {}
 
 /* Every lane publishes v, then reads lane src's value. */
 template <typename T> static inline T tri_sim_shfl(T v, int src) {
@@ -115,37 +112,10 @@ template <typename T> static inline T __shfl_sync(unsigned mask, T v, int src, i
     (void) mask;
     return tri_sim_shfl(v, (tri_sim_cur->lane & ~(width - 1)) | (src & (width - 1)));
 }
-template <typename T> static inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32) {
-    (void) mask;
-    const int lane = tri_sim_cur->lane, in = lane & (width - 1);
-    return tri_sim_shfl(v, in + (int) d < width ? lane + (int) d : lane);
-}
-template <typename T> static inline T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
-    (void) mask;
-    const int lane = tri_sim_cur->lane, in = lane & (width - 1);
-    return tri_sim_shfl(v, in >= (int) d ? lane - (int) d : lane);
-}
-static inline unsigned __ballot_sync(unsigned mask, int p) {
-    (void) mask;
-    const int b = tri_sim_buf();
-    tri_sim_cur->slot[b] = p != 0;
-    tri_sim_barrier_warp();
-    unsigned r = 0;
-    for (int l = 0; l < 32; l++) {
-        const tri_sim_thread * t = tri_sim_lane(l);
-        r |= (t && t->slot[b]) ? 1u << l : 0u;
-    }
-    return r;
-}
-
 /* ---- atomics: fibers switch only at barriers, so a plain update is atomic ---- */
 
 template <typename T> static inline T atomicAdd(T * p, T v) { const T o = *p; *p = o + v; return o; }
-template <typename T> static inline T atomicSub(T * p, T v) { const T o = *p; *p = o - v; return o; }
 template <typename T> static inline T atomicExch(T * p, T v) { const T o = *p; *p = v; return o; }
-template <typename T> static inline T atomicMax(T * p, T v) { const T o = *p; *p = o > v ? o : v; return o; }
-template <typename T> static inline T atomicMin(T * p, T v) { const T o = *p; *p = o < v ? o : v; return o; }
-template <typename T> static inline T atomicCAS(T * p, T c, T v) { const T o = *p; *p = o == c ? v : o; return o; }
 
 /* ---- arithmetic and loads ---- */
 
@@ -159,29 +129,16 @@ static inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
-static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 static inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 #define __expf(x) expf(x)
-#define __logf(x) logf(x)
-static inline float __fdividef(float a, float b) { return a / b; }
-static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
-static inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
 static inline int __dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; i++) {
         c += (int) (int8_t) (uint8_t) ((unsigned) a >> (8 * i)) * (int) (int8_t) (uint8_t) ((unsigned) b >> (8 * i));
     }
     return c;
 }
-static inline int __popc(unsigned x) { return __builtin_popcount(x); }
-static inline int __clz(int x) { return x ? __builtin_clz((unsigned) x) : 32; }
-static inline int __ffs(int x) { return __builtin_ffs(x); }
 template <typename T> static inline T __ldg(const T * p) { return *p; }
 template <typename T> static inline T __ldcg(const T * p) { return *p; }
-template <typename T> static inline T __ldcs(const T * p) { return *p; }
-template <typename T> static inline T __ldlu(const T * p) { return *p; }
-template <typename T> static inline void __stcs(T * p, T v) { *p = v; }
-template <typename T> static inline void __stcg(T * p, T v) { *p = v; }
 
 /* ---- launches ---- */
 

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ptx_mma.h"
 #include "test_util.h"
 
 #define WARPS 4                /* warps of the kernel's block (attention.cu: TRI_ATT_MMA_WARPS) */
@@ -21,37 +22,15 @@
 #define NT (TRI_AT_SLOTS / 8)  /* n-tiles of a score tile */
 #define DMAX 128
 
-static float half_lo(uint32_t w) {
-    return tri_fp16_to_fp32((tri_fp16) (w & 0xffffu));
-}
-static float half_hi(uint32_t w) {
-    return tri_fp16_to_fp32((tri_fp16) (w >> 16));
-}
-
 /* c[l] += A B over the warp's fragments (PTX m16n8k16, fp16 inputs, fp32 accumulators). */
 static void emulate_hmma(uint32_t a[32][4], uint32_t b[32][2], float * c[32]) {
-    float A[16][16], B[16][8];
+    const uint32_t * fa[32], * fb[32];
     for (int l = 0; l < 32; l++) {
-        const int g = l / 4, t = l % 4;
-        for (int i = 0; i < 4; i++) {
-            const int r = g + 8 * (i % 2), k = 2 * t + 8 * (i / 2);
-            A[r][k] = half_lo(a[l][i]);
-            A[r][k + 1] = half_hi(a[l][i]);
-        }
-        for (int i = 0; i < 2; i++) {
-            B[2 * t + 8 * i][g] = half_lo(b[l][i]);
-            B[2 * t + 8 * i + 1][g] = half_hi(b[l][i]);
-        }
+        fa[l] = a[l];
+        fb[l] = b[l];
     }
     for (int l = 0; l < 32; l++) {
-        for (int i = 0; i < 4; i++) {
-            const int r = l / 4 + 8 * (i / 2), n = 2 * (l % 4) + i % 2;
-            double sum = c[l][i];
-            for (int k = 0; k < 16; k++) {
-                sum += (double) A[r][k] * B[k][n];
-            }
-            c[l][i] = (float) sum;
-        }
+        tri_ptx_hmma_lane(fa, fb, l, c[l]);
     }
 }
 

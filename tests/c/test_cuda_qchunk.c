@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ptx_mma.h"
 #include "test_util.h"
 
 static const enum tri_type k_types[] = {
@@ -202,29 +203,13 @@ static void test_type(enum tri_type t) {
 
 /* mma.m16n8k32 (k = 32) or m16n8k16 (k = 16) over the 32 lanes' fragments: a[l][0..k/8), b[l][0..k/16). */
 static void emulate_mma(int k, uint32_t a[32][4], uint32_t b[32][2], int32_t c[32][4]) {
-    int8_t A[16][32], B[32][8];
+    const uint32_t * fa[32], * fb[32];
     for (int l = 0; l < 32; l++) {
-        const int g = l / 4, t = l % 4;
-        for (int i = 0; i < 4; i++) {
-            A[g][4 * t + i]     = (int8_t) (a[l][0] >> (8 * i));
-            A[g + 8][4 * t + i] = (int8_t) (a[l][1] >> (8 * i));
-            B[4 * t + i][g]     = (int8_t) (b[l][0] >> (8 * i));
-            if (k == 32) {
-                A[g][16 + 4 * t + i]     = (int8_t) (a[l][2] >> (8 * i));
-                A[g + 8][16 + 4 * t + i] = (int8_t) (a[l][3] >> (8 * i));
-                B[16 + 4 * t + i][g]     = (int8_t) (b[l][1] >> (8 * i));
-            }
-        }
+        fa[l] = a[l];
+        fb[l] = b[l];
     }
     for (int l = 0; l < 32; l++) {
-        for (int i = 0; i < 4; i++) {
-            const int r = l / 4 + 8 * (i / 2), n = 2 * (l % 4) + i % 2;
-            int32_t sum = 0;
-            for (int kk = 0; kk < k; kk++) {
-                sum += A[r][kk] * B[kk][n];
-            }
-            c[l][i] = sum;
-        }
+        tri_ptx_imma_lane(k, fa, fb, l, c[l]);
     }
 }
 

@@ -20,6 +20,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "../ptx_mma.h"
+
 #define __global__
 #define __device__
 #define __host__
@@ -131,12 +133,7 @@ static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f
 static inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 #define __expf(x) expf(x)
-static inline int __dp4a(int a, int b, int c) {
-    for (int i = 0; i < 4; i++) {
-        c += (int) (int8_t) (uint8_t) ((unsigned) a >> (8 * i)) * (int) (int8_t) (uint8_t) ((unsigned) b >> (8 * i));
-    }
-    return c;
-}
+static inline int __dp4a(int a, int b, int c) { return tri_ptx_dp4a((uint32_t) a, (uint32_t) b, c); }
 template <typename T> static inline T __ldg(const T * p) { return *p; }
 template <typename T> static inline T __ldcg(const T * p) { return *p; }
 

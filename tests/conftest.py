@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cmake_build(build_dir: Path, *extra: str) -> Path:
-    """Configure and build the C project with its tests into build_dir (incremental)."""
+def _cmake_build(build_dir: Path, *extra: str, targets: tuple[str, ...] = ()) -> Path:
+    """Configure and build the C project with its tests into build_dir (incremental); only targets if given."""
     build_dir.mkdir(parents=True, exist_ok=True)
     gen = ["-G", "Ninja"] if _have("ninja") else []
     subprocess.run(
@@ -20,8 +21,14 @@ def _cmake_build(build_dir: Path, *extra: str) -> Path:
          "-DCMAKE_BUILD_TYPE=Release", "-DTRIATTN_BUILD_TESTS=ON", *extra],
         check=True, stdout=subprocess.DEVNULL)
     jobs = str(os.cpu_count() or 2)
-    subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+    subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs, *(["--target", *targets] if targets else [])],
+                   check=True)
     return build_dir
+
+
+def sanitizer_reports(text: str) -> list[str]:
+    """The ASan / UBSan report lines in a program's output."""
+    return re.findall(r"^(?:==\d+==ERROR: \w+Sanitizer.*|\S+:\d+:\d+: runtime error: .*|SUMMARY: .*)$", text, re.M)
 
 
 def _have(prog: str) -> bool:

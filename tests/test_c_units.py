@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, _cmake_build
+from conftest import ROOT, _cmake_build, sanitizer_reports
 
 LSAN_BROKEN = ("LeakSanitizer has encountered a fatal error", "LeakSanitizer does not work under ptrace")
 
@@ -27,8 +27,7 @@ def _ctest(build: Path, env: dict | None = None, timeout: int = 1500) -> subproc
 def _failure_report(p: subprocess.CompletedProcess, what: str) -> str:
     out = p.stdout + p.stderr
     failed = re.findall(r"\d+ - (\S+) \(([^)]*)\)", out)
-    sanitizer = re.findall(r"^(?:==\d+==ERROR: \w+Sanitizer.*|\S+:\d+:\d+: runtime error: .*|SUMMARY: .*)$",
-                           out, re.M)
+    sanitizer = sanitizer_reports(out)
     head = f"{what}: ctest exit {p.returncode}; failed: {failed or '?'}"
     if sanitizer:
         head += "\nsanitizer reports:\n  " + "\n  ".join(sanitizer[:20])

@@ -849,7 +849,7 @@ def test_cuda_emu_sanitized(cut_model, tmp_path):
     """The backend's host code under ASan + UBSan, on the host emulation: a prompt with TriAttention rounds on the
     device, sessions decoding together from a saved and restored depth (full and TriAttention), and the memory cap's
     refusal, each without a sanitizer report (leaks included where the sandbox lets LeakSanitizer run)."""
-    from conftest import _cmake_build
+    from conftest import _cmake_build, sanitizer_reports
     from test_c_units import LSAN_BROKEN
 
     build = _cmake_build(ROOT / "build" / "cuda-emu-asan", "-DTRIATTN_CUDA_EMU=ON", "-DTRIATTN_SANITIZE=ON",
@@ -873,8 +873,7 @@ def test_cuda_emu_sanitized(cut_model, tmp_path):
         if any(s in p.stderr for s in LSAN_BROKEN):  # LeakSanitizer cannot run under this sandbox's ptrace rules
             env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1"
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
-        reports = re.findall(r"^(?:==\d+==ERROR: \w+Sanitizer.*|\S+:\d+:\d+: runtime error: .*|SUMMARY: .*)$",
-                             p.stderr, re.M)
+        reports = sanitizer_reports(p.stderr)
         assert not reports, f"{what}: {reports}\n{p.stderr[-6000:]}"
         if want is None:
             assert p.returncode != 0 and "gpu_mem_limit" in p.stderr, f"{what}: {p.returncode}\n{p.stderr[-3000:]}"
@@ -888,13 +887,10 @@ def test_cuda_sim_sanitized(cut_model, tmp_path):
     """The kernels under ASan + UBSan, on the host simulator: every op of tool_cuda parity, and a prompt of the cut
     default model with TriAttention rounds on the device, without a sanitizer report (a kernel reading or writing
     past its device buffers, or a misaligned vector load, is reported where a GPU would read garbage or fault)."""
-    build = ROOT / "build" / "cuda-sim-asan"
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-                    "-DTRIATTN_CUDA_SIM=ON", "-DTRIATTN_SANITIZE=ON", "-DTRIATTN_BUILD_TESTS=ON"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "tool_cuda",
-                    "triattn-cli"], check=True, stdout=subprocess.DEVNULL)
+    from conftest import _cmake_build, sanitizer_reports
+
+    build = _cmake_build(ROOT / "build" / "cuda-sim-asan", "-DTRIATTN_CUDA_SIM=ON", "-DTRIATTN_SANITIZE=ON",
+                         "-DCMAKE_BUILD_TYPE=RelWithDebInfo", targets=("tool_cuda", "triattn-cli"))
     prompt = " ".join(["The old lighthouse keeper counted the ships that passed his rock each night."] * 8)
     runs = [
         ("tool_cuda parity", [str(build / "tool_cuda"), "parity"]),
@@ -906,8 +902,7 @@ def test_cuda_sim_sanitized(cut_model, tmp_path):
            "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1", "TMPDIR": str(tmp_path)}
     for what, cmd in runs:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, stdin=subprocess.DEVNULL)
-        reports = re.findall(r"^(?:==\d+==ERROR: \w+Sanitizer.*|\S+:\d+:\d+: runtime error: .*|SUMMARY: .*)$",
-                             p.stderr, re.M)
+        reports = sanitizer_reports(p.stderr)
         assert not reports, f"seed {SEED}, {what}: {reports}\n{p.stderr[-6000:]}"
         assert p.returncode == 0, f"seed {SEED}, {what}: exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
         assert "cuda-sim:" not in p.stderr, f"seed {SEED}, {what}: {p.stderr[-3000:]}"

@@ -10,24 +10,17 @@ typedef enum cudaError {
     cudaErrorMemoryAllocation        = 2,
     cudaErrorInvalidConfiguration    = 9,
     cudaErrorInsufficientDriver      = 35,
-    cudaErrorNoDevice                = 100,
-    cudaErrorInvalidResourceHandle   = 400,
     cudaErrorStreamCaptureUnsupported = 900,
     cudaErrorLaunchFailure           = 719,
 } cudaError_t;
 
-typedef enum cudaMemcpyKind {
-    cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3,
-    cudaMemcpyDefault = 4,
-} cudaMemcpyKind;
+typedef enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 } cudaMemcpyKind;
 
 typedef enum cudaDeviceAttr {
-    cudaDevAttrMultiProcessorCount = 16, cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76,
+    cudaDevAttrMultiProcessorCount = 16, cudaDevAttrComputeCapabilityMajor = 75,
 } cudaDeviceAttr;
 
-typedef enum cudaStreamCaptureMode {
-    cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2,
-} cudaStreamCaptureMode;
+typedef enum cudaStreamCaptureMode { cudaStreamCaptureModeThreadLocal = 1 } cudaStreamCaptureMode;
 
 typedef enum cudaLaunchAttributeID {
     cudaLaunchAttributeProgrammaticStreamSerialization = 5,

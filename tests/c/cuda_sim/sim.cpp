@@ -345,7 +345,6 @@ const char * cudaGetErrorString(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorLaunchFailure: return fault.empty() ? "unspecified launch failure" : fault.c_str();
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     default: return "simulator error";
     }
 }

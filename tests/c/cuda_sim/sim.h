@@ -57,7 +57,7 @@ struct tri_sim_thread {
     int      state;       /* tri_sim_state */
     uint64_t gen_warp;    /* warp barriers passed: its parity picks the exchange buffer */
     uint64_t slot[2];     /* a shuffle's value */
-    uint32_t regs[2][8];  /* an mma's fragment */
+    uint32_t regs[2][6];  /* an mma's fragment: A's registers 0..3, B's 4..5 */
 };
 
 extern tri_sim_thread * tri_sim_cur;
@@ -132,7 +132,6 @@ static inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
-#define __expf(x) expf(x)
 static inline int __dp4a(int a, int b, int c) { return tri_ptx_dp4a((uint32_t) a, (uint32_t) b, c); }
 template <typename T> static inline T __ldg(const T * p) { return *p; }
 template <typename T> static inline T __ldcg(const T * p) { return *p; }
@@ -158,7 +157,7 @@ static inline int tri_sim_launch_kernel(void (*k)(P...), dim3 grid, dim3 block, 
 }
 
 /* kernel<<<grid, block, smem, stream>>>(args) is rewritten as tri_sim_launch(kernel, grid, block, smem,
- * stream)(args) (tests/c/cuda_sim/translate.cmake). */
+ * stream)(args) (translate.py). */
 template <typename F> struct tri_sim_launcher {
     F            k;
     dim3         grid, block;

@@ -15,11 +15,18 @@ static bool is_number(tri_js v) { return v.n > 0 && (v.p[0] == '-' || (v.p[0] >=
 
 /* A valid JSON number's value (its text is at most a few hundred bytes in practice; longer ones are cut). */
 static double number_of(tri_js v) {
-    char b[128];
-    size_t n = TRI_MIN(v.n, sizeof b - 1);
-    memcpy(b, v.p, n);
-    b[n] = '\0';
-    return strtod(b, NULL);
+    char   b[128];
+    char * t = v.n < sizeof b ? b : malloc(v.n + 1);  /* the whole text: a long one cut short reads as another value */
+    if (!t) {
+        return NAN;
+    }
+    memcpy(t, v.p, v.n);
+    t[v.n] = '\0';
+    const double x = strtod(t, NULL);
+    if (t != b) {
+        free(t);
+    }
+    return x;
 }
 
 /* Whole numbers (1, -3, 2.0, 1e3) are JSON Schema integers. */
@@ -43,11 +50,24 @@ static bool type_is(tri_js v, tri_js name) {
 }
 
 /* Member `key` (a JSON string as written) of obj. */
+/* Member of obj whose key equals the JSON string key once both are unescaped (the last duplicate wins; keys may
+ * hold \u0000). */
 static bool get_member(tri_js obj, tri_js key, tri_js * value) {
-    tri_gbuf k = { 0 };
-    tri_js_unescape(key, &k);
-    bool found = !k.oom && tri_js_get(obj, k.p ? k.p : "", value);
-    tri_gbuf_free(&k);
+    tri_gbuf    want = { 0 }, have = { 0 };
+    tri_js_iter it = tri_js_iter_of(obj);
+    tri_js      k, v;
+    bool        found = false;
+    tri_js_unescape(key, &want);
+    while (!want.oom && tri_js_next(&it, &k, &v)) {
+        have.len = 0;
+        tri_js_unescape(k, &have);
+        if (!have.oom && have.len == want.len && (want.len == 0 || memcmp(have.p, want.p, want.len) == 0)) {
+            *value = v;
+            found  = true;
+        }
+    }
+    tri_gbuf_free(&want);
+    tri_gbuf_free(&have);
     return found;
 }
 
@@ -81,12 +101,12 @@ bool tri_js_equal(tri_js a, tri_js b) {
     if (ca != '{' && ca != '[') {
         return a.n == b.n && memcmp(a.p, b.p, a.n) == 0;  /* true, false, null */
     }
-    if (count_items(a) != count_items(b)) {
-        return false;
-    }
     tri_js_iter ia = tri_js_iter_of(a), ib = tri_js_iter_of(b);
-    tri_js      ka, va, vb;
+    tri_js      ka, kb, va, vb;
     if (ca == '[') {
+        if (count_items(a) != count_items(b)) {
+            return false;
+        }
         while (tri_js_next(&ia, NULL, &va) && tri_js_next(&ib, NULL, &vb)) {
             if (!tri_js_equal(va, vb)) {
                 return false;
@@ -94,8 +114,14 @@ bool tri_js_equal(tri_js a, tri_js b) {
         }
         return true;
     }
-    while (tri_js_next(&ia, &ka, &va)) {  /* same member count: every key of a in b with an equal value */
-        if (!get_member(b, ka, &vb) || !tri_js_equal(va, vb)) {
+    /* the same keys with equal values, a key's value being its last duplicate's on either side */
+    while (tri_js_next(&ia, &ka, &va)) {
+        if (!get_member(a, ka, &va) || !get_member(b, ka, &vb) || !tri_js_equal(va, vb)) {
+            return false;
+        }
+    }
+    while (tri_js_next(&ib, &kb, &vb)) {
+        if (!get_member(a, kb, &va)) {
             return false;
         }
     }

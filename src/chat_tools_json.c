@@ -2,6 +2,7 @@
  * string escaping and Python-json.dumps-style re-spacing (what chat templates'
  * `tojson` writes). */
 #include "chat_tools.h"
+#include "unicode.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -311,24 +312,6 @@ bool tri_js_get(tri_js obj, const char * key, tri_js * value) {
     return found;
 }
 
-/* Appends the UTF-8 encoding of code point cp. */
-static void put_utf8(tri_gbuf * b, uint32_t cp) {
-    char   u[4];
-    size_t n;
-    if (cp < 0x80) {
-        u[0] = (char) cp, n = 1;
-    } else if (cp < 0x800) {
-        u[0] = (char) (0xC0 | (cp >> 6)), u[1] = (char) (0x80 | (cp & 0x3F)), n = 2;
-    } else if (cp < 0x10000) {
-        u[0] = (char) (0xE0 | (cp >> 12)), u[1] = (char) (0x80 | ((cp >> 6) & 0x3F));
-        u[2] = (char) (0x80 | (cp & 0x3F)), n = 3;
-    } else {
-        u[0] = (char) (0xF0 | (cp >> 18)), u[1] = (char) (0x80 | ((cp >> 12) & 0x3F));
-        u[2] = (char) (0x80 | ((cp >> 6) & 0x3F)), u[3] = (char) (0x80 | (cp & 0x3F)), n = 4;
-    }
-    tri_gbuf_put(b, u, n);
-}
-
 static uint32_t hex4(const char * p) {
     return (uint32_t) (hexval(p[0]) << 12 | hexval(p[1]) << 8 | hexval(p[2]) << 4 | hexval(p[3]));
 }
@@ -360,7 +343,9 @@ void tri_js_unescape(tri_js str, tri_gbuf * out) {
                 p += 6;
             }
         }
-        put_utf8(out, cp >= 0xD800 && cp < 0xE000 ? 0xFFFD : cp);  /* a lone surrogate */
+        uint8_t u[4];
+        const int n = tri_utf8_encode(cp >= 0xD800 && cp < 0xE000 ? 0xFFFD : cp, u);  /* a lone surrogate: U+FFFD */
+        tri_gbuf_put(out, (const char *) u, (size_t) n);
     }
 }
 

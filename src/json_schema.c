@@ -3,6 +3,7 @@
 #include "json_schema.h"
 
 #include "common.h"
+#include "unicode.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -66,23 +67,6 @@ static int hexval(char c) {
     return -1;
 }
 
-static void put_utf8(tri_gbuf * b, uint32_t cp) {
-    char u[4];
-    size_t n;
-    if (cp < 0x80) {
-        u[0] = (char) cp; n = 1;
-    } else if (cp < 0x800) {
-        u[0] = (char) (0xC0 | (cp >> 6)); u[1] = (char) (0x80 | (cp & 63)); n = 2;
-    } else if (cp < 0x10000) {
-        u[0] = (char) (0xE0 | (cp >> 12)); u[1] = (char) (0x80 | ((cp >> 6) & 63)); u[2] = (char) (0x80 | (cp & 63));
-        n = 3;
-    } else {
-        u[0] = (char) (0xF0 | (cp >> 18)); u[1] = (char) (0x80 | ((cp >> 12) & 63));
-        u[2] = (char) (0x80 | ((cp >> 6) & 63)); u[3] = (char) (0x80 | (cp & 63)); n = 4;
-    }
-    tri_gbuf_put(b, u, n);
-}
-
 /* Reads the 4 hex digits after "\u". */
 static bool jr_hex4(jreader * r, uint32_t * cp) {
     if (r->end - r->p < 4) {
@@ -114,6 +98,16 @@ static bool jr_string(jreader * r, tri_gbuf * b) {
         }
         if (c < 0x20) {
             return jr_fail(r, "control character in string");
+        }
+        if (c >= 0x80) {  /* raw UTF-8: whole, valid sequences only, so literals generate valid text */
+            size_t len;
+            if (tri_utf8_decode((const uint8_t *) r->p - 1, (size_t) (r->end - r->p) + 1, &len) == TRI_CP_INVALID) {
+                r->p--;
+                return jr_fail(r, "invalid UTF-8 in string");
+            }
+            tri_gbuf_put(b, r->p - 1, len);
+            r->p += len - 1;
+            continue;
         }
         if (c != '\\') {
             tri_gbuf_put(b, (const char *) &c, 1);
@@ -153,7 +147,8 @@ static bool jr_string(jreader * r, tri_gbuf * b) {
         } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
             return jr_fail(r, "lone surrogate");
         }
-        put_utf8(b, cp);
+        uint8_t u[4];
+        tri_gbuf_put(b, (const char *) u, (size_t) tri_utf8_encode(cp, u));
     }
 }
 

@@ -170,6 +170,13 @@ static void test_validate(void) {
         { "{\"enum\": [1, [2]]}", "[2]", true }, { "{\"enum\": [1, [2]]}", "[2, 2]", false },
         { "{\"const\": {\"a\": 1, \"b\": [true]}}", "{\"b\": [true], \"a\": 1}", true },
         { "{\"const\": {\"a\": 1, \"b\": [true]}}", "{\"a\": 1}", false },
+        /* duplicate keys: the last one counts, on either side */
+        { "{\"const\": {\"a\": 1, \"a\": 2}}", "{\"a\": 1, \"a\": 2}", true },
+        { "{\"const\": {\"a\": 2}}", "{\"a\": 1, \"a\": 2}", true },
+        { "{\"const\": {\"a\": 1, \"a\": 2}}", "{\"a\": 2, \"b\": 3}", false },
+        { "{\"const\": {\"a\": 2, \"b\": 3}}", "{\"a\": 1, \"a\": 2}", false },
+        { "{\"const\": {\"a\\u0000b\": 1}}", "{\"a\\u0000b\": 1}", true },
+        { "{\"const\": {\"a\\u0000b\": 1}}", "{\"a\\u0000c\": 1}", false },
         { "{\"properties\": {\"a\": {\"type\": \"string\"}}}", "{\"a\": \"x\", \"b\": 2}", true },
         { "{\"properties\": {\"a\": {\"type\": \"string\"}}}", "{\"a\": 1}", false },
         { "{\"properties\": {\"a\": {}}, \"additionalProperties\": false}", "{\"a\": 1}", true },
@@ -203,6 +210,15 @@ static void test_validate(void) {
         CHECK(tri_js_valid(v, s) == cases[i].want, "%s against %s: want %d", cases[i].value, cases[i].schema,
               cases[i].want);
     }
+    /* a number written with 200 digits is read whole: 1e199 is over a maximum of 1e150 */
+    char big[201];
+    big[0] = '1';
+    memset(big + 1, '0', 199);
+    big[200] = '\0';
+    tri_js s, v;
+    const char * max = "{\"maximum\": 1e150}";
+    CHECK(tri_js_parse((tri_js){ max, strlen(max) }, &s) && tri_js_parse((tri_js){ big, 200 }, &v) &&
+          !tri_js_valid(v, s), "a 200-digit 1e199 passes maximum 1e150");
 }
 
 /* ---- rendering ------------------------------------------------------------------------------------ */

@@ -140,6 +140,10 @@ static void test_errors(void) {
           "required property 'b'" },
         { "{\"type\":\"integer\",\"enum\":[\"a\"]}", TRIATTN_ERR_INVALID_ARG, "enum/const" },
         { "false", TRIATTN_ERR_UNSUPPORTED, "matches nothing" },
+        /* invalid UTF-8 in a literal would be generated as is */
+        { "{\"const\":\"\xff\"}", TRIATTN_ERR_INVALID_ARG, "invalid UTF-8 in string at byte 10" },
+        { "{\"enum\":[\"a\xc0\x80\"]}", TRIATTN_ERR_INVALID_ARG, "invalid UTF-8 in string" },
+        { "{\"properties\":{\"\xed\xa0\x80\":{}}}", TRIATTN_ERR_INVALID_ARG, "invalid UTF-8 in string" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tri_schema * s = NULL;

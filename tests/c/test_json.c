@@ -169,6 +169,18 @@ static void test_serializer(void) {
     jb_reset(&b);
     jb_num(&b, NAN);
     CHECK(strcmp(b.data, "null") == 0, "NaN -> null");
+    /* negative zero keeps its sign through a round trip ("-0" would read back as the integer 0) */
+    json_value * z = json_parse("[-0.0e+1]", 9, NULL, NULL, 0);
+    jb_reset(&b);
+    if (z) jb_value(&b, z);
+    CHECK(z && strcmp(b.data, "[-0.0]") == 0, "-0.0 serialises as %s", b.data);
+    json_free(z);
+    char err[128] = "";
+    CHECK(!json_parse("[1.0e400]", 9, NULL, err, sizeof err) && strstr(err, "number out of range at byte 1"),
+          "a number past double's range is refused: %s", err);
+    z = json_parse("-1e-400", 7, NULL, NULL, 0);
+    CHECK(z && z->num == 0, "a number below double's range reads as 0");
+    json_free(z);
     jb_free(&b);
     CHECK(json_utf8_valid("\xf0\x9f\x98\x80", 4) && !json_utf8_valid("\xf0\x9f\x98", 3), "utf8_valid");
 }

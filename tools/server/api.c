@@ -552,7 +552,8 @@ static void handle_generate(ctx * x, bool chat) {
         if (g.stream && alive && g.tools.parser && out.len > had) {
             alive = send_tool_deltas(&g, x, &ev, out.data + had, out.len - had, false, &first);
         } else if (g.stream && alive && (out.len > had || n_lps > had_lp)) {
-            alive = send_event(&g, x, &ev, out.data + had, out.len - had, NULL, first, lps + lp_sent, n_lps - lp_sent);
+            alive = send_event(&g, x, &ev, out.data + had, out.len - had, NULL, first,
+                               lps ? lps + lp_sent : NULL, n_lps - lp_sent);
             first = false;
             lp_sent = n_lps;
         }

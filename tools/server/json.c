@@ -196,6 +196,12 @@ static void parse_number(parser * p, json_value * v) {
     buf[n] = 0;
     v->type = JSON_NUMBER;
     v->num = strtod(buf, NULL);
+    if (isinf(v->num)) {  /* past double's range: refused, as serialising it back could not keep its value */
+        if (buf != tmp) free(buf);
+        p->pos = st;
+        fail(p, "number out of range");
+        return;
+    }
     if (integral && n <= 19) {
         long long x = strtoll(buf, NULL, 10);
         v->is_int = true;
@@ -410,6 +416,7 @@ void jb_int(jbuf * b, int64_t v) {
 
 void jb_num(jbuf * b, double v) {
     if (!isfinite(v)) { jb_raw(b, "null", 4); return; }
+    if (v == 0 && signbit(v)) { jb_raw(b, "-0.0", 4); return; }  /* "-0" would read back as the integer 0 */
     char t[40];
     int n = snprintf(t, sizeof t, "%.17g", v);
     jb_raw(b, t, (size_t)n);

@@ -37,6 +37,9 @@ def _failure_report(p: subprocess.CompletedProcess, what: str) -> str:
 def test_c_unit_tests_release(c_build_dir, default_model):
     names = _registered_tests(c_build_dir)
     assert names, "no C unit tests are registered with ctest (tests/c/test_*.c)"
+    # each fuzz target replays its corpus (tests/fuzz/corpus/<name>) as a ctest
+    targets = sorted(p.stem for p in (ROOT / "tests" / "fuzz").glob("fuzz_*.c"))
+    assert targets and set(targets) <= set(names), f"fuzz targets without a ctest: {set(targets) - set(names)}"
     # The Release run also exercises the C tests' real-model parts (TriAttention end to end).
     p = _ctest(c_build_dir, env={**os.environ, "TRI_DEFAULT_MODEL": str(default_model)})
     assert p.returncode == 0, _failure_report(p, "Release build")
@@ -45,7 +48,7 @@ def test_c_unit_tests_release(c_build_dir, default_model):
 
 @pytest.mark.long
 @pytest.mark.timeout(3000)
-def test_c_unit_tests_sanitized():
+def test_c_unit_tests_sanitized(default_model):
     """ASan + UBSan (RelWithDebInfo) build of the same tests; leak checking where the sandbox allows it."""
     build = _cmake_build(ROOT / "build" / "asan", "-DTRIATTN_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
     assert _registered_tests(build), "no C unit tests are registered with ctest"
@@ -60,3 +63,10 @@ def test_c_unit_tests_sanitized():
         base["ASAN_OPTIONS"] = base["ASAN_OPTIONS"].replace("detect_leaks=1", "detect_leaks=0")
         p = _ctest(build, env=base, timeout=2800)
     assert p.returncode == 0, _failure_report(p, "ASan+UBSan build" + note)
+    # the tokenizer's fuzz corpus needs the real model, which the ctest run above leaves out
+    p = subprocess.run([str(build / "fuzz_tokenize"), str(ROOT / "tests" / "fuzz" / "corpus" / "tokenize")],
+                       env={**base, "TRI_DEFAULT_MODEL": str(default_model)}, capture_output=True, text=True,
+                       timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "inputs replayed" in out and "skip" not in out, (
+        "fuzz_tokenize under ASan+UBSan:\n" + "\n".join(sanitizer_reports(out)[:20]) + "\n" + out[-4000:])

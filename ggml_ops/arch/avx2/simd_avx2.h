@@ -70,10 +70,12 @@ static inline __m256i tri_quant32(const float * x, __m256 id, int * sum_lo, int 
     const __m256i i1 = tri_roundf_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8), id));
     const __m256i i2 = tri_roundf_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 16), id));
     const __m256i i3 = tri_roundf_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 24), id));
-    *sum_lo = tri_hsum_epi32(_mm256_add_epi32(i0, i1));
-    *sum_hi = tri_hsum_epi32(_mm256_add_epi32(i2, i3));
     const __m256i a = _mm256_packs_epi32(i0, i1);
     const __m256i b = _mm256_packs_epi32(i2, i3);
+    /* sums of the saturated values: equal to the plain sums for finite x, bounded when x holds NaN or inf */
+    const __m256i ones = _mm256_set1_epi16(1);
+    *sum_lo = tri_hsum_epi32(_mm256_madd_epi16(a, ones));
+    *sum_hi = tri_hsum_epi32(_mm256_madd_epi16(b, ones));
     const __m256i c = _mm256_packs_epi16(a, b);
     return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }

@@ -64,7 +64,7 @@ def test_c_unit_tests_sanitized(default_model):
         p = _ctest(build, env=base, timeout=2800)
     assert p.returncode == 0, _failure_report(p, "ASan+UBSan build" + note)
     # the tokenizer's fuzz corpus needs the real model, which the ctest run above leaves out
-    p = subprocess.run([str(build / "fuzz_tokenize"), str(ROOT / "tests" / "fuzz" / "corpus" / "tokenize")],
+    p = subprocess.run([str(build / "fuzz_tokenize"), str(ROOT / "tests" / "fuzz" / "corpus" / "tokenize.b64")],
                        env={**base, "TRI_DEFAULT_MODEL": str(default_model)}, capture_output=True, text=True,
                        timeout=600)
     out = p.stdout + p.stderr

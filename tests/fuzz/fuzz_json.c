@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FUZZ_CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); abort(); } } while (0)
+#include "fuzz.h"
 
 static void strings_valid(const json_value * v) {
     switch (v->type) {

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FUZZ_CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); abort(); } } while (0)
+#include "fuzz.h"
 
 static bool same_state(const tri_gstate * a, const tri_gstate * b) {
     return a->depth == b->depth && memcmp(a->f, b->f, (size_t) a->depth * sizeof a->f[0]) == 0;

@@ -16,7 +16,7 @@
 
 #include "server.h"
 
-#define FUZZ_CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); abort(); } } while (0)
+#include "fuzz.h"
 
 static struct server g_srv;
 static const char * const PATHS[] = { "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize",

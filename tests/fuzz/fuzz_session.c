@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define FUZZ_CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); abort(); } } while (0)
+#include "fuzz.h"
 
 enum { N_KINDS = 4, N_CTX = 48 };
 

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FUZZ_CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); abort(); } } while (0)
+#include "fuzz.h"
 
 static triattn_model * model;
 static bool lost[256];  /* bytes no token of the vocabulary can spell (dropped, as llama.cpp and HF drop them) */

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FUZZ_CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); abort(); } } while (0)
+#include "fuzz.h"
 
 static const char * const formats[] = { "chatml", "llama3", "qwen", "mistral", "gemma", "llama2", "deepseek-r1", NULL };
 static const char * const choices[] = { NULL, "\"none\"", "\"required\"", "\"auto\"" };

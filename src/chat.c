@@ -5,6 +5,7 @@
 #include "chat.h"
 
 #include "common.h"
+#include "unicode.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -71,26 +72,6 @@ static const char * sv_rfind(tri_sv hay, const char * needle) {
     return NULL;
 }
 
-/* Length of the code point starting at s (1 for invalid bytes); *cp receives its value. */
-static size_t utf8_decode(const unsigned char * s, size_t n, uint32_t * cp) {
-    unsigned c = s[0];
-    size_t   len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (len <= 1 || len > n) {
-        *cp = len == 1 ? c : 0xFFFD;
-        return 1;
-    }
-    uint32_t v = c & (0x7F >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) {
-            *cp = 0xFFFD;
-            return 1;
-        }
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    *cp = v;
-    return len;
-}
-
 /* Python's str.isspace(), which Jinja's trim filter and str.strip() use. */
 static bool py_isspace(uint32_t c) {
     return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
@@ -103,8 +84,8 @@ static tri_sv sv_lstrip(tri_sv s) {
     const unsigned char * p = (const unsigned char *) s.p;
     size_t b = 0;
     while (b < s.n) {
-        uint32_t cp;
-        size_t   k = utf8_decode(p + b, s.n - b, &cp);
+        size_t         k;
+        const uint32_t cp = tri_utf8_decode(p + b, s.n - b, &k);
         if (!py_isspace(cp)) {
             break;
         }
@@ -121,8 +102,8 @@ static tri_sv sv_rstrip(tri_sv s) {
         while (st > 0 && (p[st] & 0xC0) == 0x80 && e - st < 4) {
             st--;
         }
-        uint32_t cp;
-        size_t   k = utf8_decode(p + st, e - st, &cp);
+        size_t         k;
+        const uint32_t cp = tri_utf8_decode(p + st, e - st, &k);
         if (st + k != e || !py_isspace(cp)) {
             break;
         }

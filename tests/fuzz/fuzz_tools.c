@@ -23,15 +23,6 @@ static json_value * parse_json(const char * s, size_t n, const char * what) {
     return v;
 }
 
-/* s[0..n) and a NUL (the input is not NUL-terminated: no strndup, which may read on under ASan's strict checks). */
-static char * text_copy(const char * s, size_t n) {
-    char * t = malloc(n + 1);
-    FUZZ_CHECK(t, "out of memory");
-    memcpy(t, s, n);
-    t[n] = '\0';
-    return t;
-}
-
 static bool declared(const json_value * tools, const json_value * name) {
     if (!tools || tools->type != JSON_ARRAY || !name || name->type != JSON_STRING) return false;
     for (size_t i = 0; i < tools->n; i++) {
@@ -51,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     size_t n = size - 1;
     const char * nul = memchr(text, '\0', n);
     if (!nul) return 0;
-    char * tools = text_copy(text, (size_t) (nul - text));
+    char * tools = fuzz_text(text, (size_t) (nul - text));
     const char * out = nul + 1;
     const size_t out_len = n - (size_t) (nul - text) - 1;
 
@@ -113,7 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     msgs[0].role = "user";
     msgs[0].content = "What is the weather?";
     msgs[1].role = "assistant";
-    char * reply = text_copy(out, out_len);
+    char * reply = fuzz_text(out, out_len);
     msgs[1].content = reply;
     size_t need = 0;
     static char buf[1 << 16];

@@ -247,6 +247,7 @@ static bool take_calls(triattn_tool_parser * p, tri_js body, int flags) {
     scratch.p   = malloc(body.n + 1);
     scratch.cap = scratch.p ? body.n + 1 : 0;
     scratch.oom = !scratch.p;
+    p->calls.oom = p->calls.oom || scratch.oom;  /* the feed fails with TRIATTN_ERR_OOM, not reads calls as text */
     const char * s = body.p, * e = body.p + body.n;
     bool ok = !scratch.oom;
     while (ok) {

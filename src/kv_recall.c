@@ -392,10 +392,11 @@ enum triattn_status tri_kv_recall(tri_kv_cache * c, const tri_kv_policy * p, int
         return tri_fail(err, en, TRIATTN_ERR_OOM, "recall: cannot allocate %.1f MiB of scratch", bytes / 1048576.0);
     }
     char * q = mem;
+    /* 8-byte members first, then 4-byte ones, then bytes: each aligned whatever the counts */
     r.scratch = q;                     q += r.per_thread * nth;
-    r.scores = (float *) q;            q += sizeof(float) * n_scores;
     r.off = (size_t *) q;              q += sizeof(size_t) * LK;
     r.g_recalled = (int64_t *) q;      q += sizeof(int64_t) * LK;
+    r.scores = (float *) q;            q += sizeof(float) * n_scores;
     r.lo = (int32_t *) q;              q += sizeof(int32_t) * LK;
     r.hi = (int32_t *) q;              q += sizeof(int32_t) * LK;
     r.k = (int32_t *) q;               q += sizeof(int32_t) * LK;

@@ -134,7 +134,9 @@ void tri_kv_tier2_clear(tri_kv_tier2 * t) {
         memset(th, 0, sizeof *th);
         th->has = has;
     }
-    memset(t->bits, 0, LK * (((size_t) t->n_ctx + 63) / 64) * sizeof(uint64_t));
+    if (t->bits) {  /* (absent when its allocation failed) */
+        memset(t->bits, 0, LK * (((size_t) t->n_ctx + 63) / 64) * sizeof(uint64_t));
+    }
 }
 
 void tri_kv_tier2_free(tri_kv_tier2 * t) {

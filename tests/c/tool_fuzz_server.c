@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "../../tools/server/server.h"
+#include "server_test.h"
 #include "test_util.h"
 
 /* ---- per-worker PRNG (test_util's is global) ---- */
@@ -307,13 +308,8 @@ int main(int argc, char ** argv) {
 
     struct server * srv = &g_srv;
     struct server_opts * o = &srv->o;
-    o->host = "127.0.0.1";
-    o->max_body = 65536;
+    srv_test_opts(o, model_path, "smol", 192);
     o->timeout_s = 1;
-    o->parallel = 2;
-    o->ctx_size = 192;
-    o->model_path = model_path;
-    o->alias = "smol";
     o->max_conns = 256;
     o->max_held_bytes = 1 << 20;
     o->cors = true;
@@ -324,19 +320,11 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "error: %s\n", err);
         return 2;
     }
-    triattn_model_get_info(srv->model, &srv->info);
-    struct triattn_session_params sp;
-    triattn_session_params_init(&sp);
-    sp.n_ctx = o->ctx_size;
-    sp.n_threads = 1;
-    o->kv_budget = sp.kv_budget;
-    o->kv_interval = sp.kv_interval;
-    if (slots_init(&srv->pool, srv->model, o->parallel, &sp, 64, &srv->stop, err, sizeof err) != TRIATTN_OK) {
+    if (srv_test_start(srv, err, sizeof err) != TRIATTN_OK) {
         fprintf(stderr, "error: %s\n", err);
         triattn_model_free(srv->model);
         return 2;
     }
-    srv->started = time(NULL);
 
     struct worker * ws = calloc((size_t)workers, sizeof *ws);
     pthread_t * th = calloc((size_t)workers, sizeof *th);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "server_test.h"
 
 #include "fuzz.h"
 
@@ -24,31 +25,13 @@ static const char * const PATHS[] = { "/v1/chat/completions", "/v1/completions",
 
 int LLVMFuzzerInitialize(int * argc, char *** argv) {
     struct server_opts * o = &g_srv.o;
-    o->host = "127.0.0.1";
-    o->max_body = 1 << 16;
-    o->timeout_s = 5;
-    o->parallel = 2;
-    o->ctx_size = 96;
-    o->model_path = TRI_FUZZ_DIR "/corpus/gguf/llama-tri.gguf";
-    o->alias = "tiny";
-    o->max_conns = 16;
-    o->max_held_bytes = 1 << 22;
+    srv_test_opts(o, TRI_FUZZ_DIR "/corpus/gguf/llama-tri.gguf", "tiny", 96);
     o->kv_policy = "triattention";
     o->kv_budget = 16;
     o->kv_interval = 8;
     char err[512];
     FUZZ_CHECK(triattn_model_load(o->model_path, NULL, &g_srv.model, err, sizeof err) == TRIATTN_OK, "load: %s", err);
-    triattn_model_get_info(g_srv.model, &g_srv.info);
-    struct triattn_session_params sp;
-    triattn_session_params_init(&sp);
-    sp.n_ctx = o->ctx_size;
-    sp.n_threads = 1;
-    sp.kv_policy = o->kv_policy;
-    sp.kv_budget = o->kv_budget;
-    sp.kv_interval = o->kv_interval;
-    FUZZ_CHECK(slots_init(&g_srv.pool, g_srv.model, o->parallel, &sp, 64, &g_srv.stop, err, sizeof err) == TRIATTN_OK,
-               "slots: %s", err);
-    g_srv.started = time(NULL);
+    FUZZ_CHECK(srv_test_start(&g_srv, err, sizeof err) == TRIATTN_OK, "slots: %s", err);
     return 0;
 }
 

@@ -17,6 +17,8 @@
 #include "server.h"
 
 #define MAX_STOP 16
+/* The error body when memory runs out (built without allocating). */
+#define OOM_BODY "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}"
 
 /* One request being answered: the connection, the parsed request, the response status for the log. */
 typedef struct {
@@ -42,8 +44,7 @@ static void reply(ctx * x, int status, const char * type, const char * body, siz
 }
 
 static void reply_json(ctx * x, int status, jbuf * b) {
-    if (b->oom) { static const char m[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}";
-                  reply(x, 500, "application/json", m, sizeof m - 1); return; }
+    if (b->oom) { reply(x, 500, "application/json", OOM_BODY, sizeof OOM_BODY - 1); return; }
     reply(x, status, "application/json", b->data, b->len);
 }
 
@@ -80,6 +81,7 @@ static bool parse_body(ctx * x, json_value ** out) {
     struct json_limits lim = { .max_depth = 64, .max_nodes = 1 << 18 };
     lim.max_bytes = 16 * x->req->body_len + 65536;   /* request memory: a small multiple of its size */
     json_value * v = json_parse(x->req->body ? x->req->body : "", x->req->body_len, &lim, err, sizeof err);
+    if (!v && strncmp(err, JSON_ERR_OOM, sizeof JSON_ERR_OOM - 1) == 0) { reply_error(x, 500, NULL, "out of memory"); return false; }
     if (!v && strstr(err, JSON_ERR_BUDGET)) { reply_error(x, 413, "request_too_complex", "the JSON body has too many values for its size: %s", err); return false; }
     if (!v) { reply_error(x, 400, "invalid_json", "invalid JSON body: %s", err); return false; }
     if (v->type != JSON_OBJECT) { json_free(v); reply_error(x, 400, "invalid_json", "the body must be a JSON object"); return false; }
@@ -233,9 +235,33 @@ static void logprobs_json(struct gen_req * g, ctx * x, jbuf * b, const struct jo
     jb_cstr(b, "]}");
 }
 
+/* Sends the event built in b; false when the connection is gone. An event that ran out of memory is not sent and
+ * sets *oom (the stream then ends with an error event). */
+static bool emit(ctx * x, jbuf * b, bool * oom) {
+    if (b->oom) { *oom = true; return true; }
+    x->bytes += b->len;
+    return http_stream_chunk(x->c, b->data, b->len);
+}
+
+/* A failure after the stream began: an event with the error object, then the stream's end. */
+static void send_stream_error(ctx * x, const char * code, const char * msg) {
+    static const char oom[] = "data: " OOM_BODY "\n\n";
+    jbuf b;
+    jb_init(&b);
+    jb_cstr(&b, "data: {\"error\":{\"message\":");
+    jb_qcstr(&b, msg);
+    jb_cstr(&b, ",\"type\":\"server_error\",\"param\":null,\"code\":");
+    jb_qcstr(&b, code);
+    jb_cstr(&b, "}}\n\n");
+    const bool sent = b.oom ? http_stream_chunk(x->c, oom, sizeof oom - 1) : http_stream_chunk(x->c, b.data, b.len);
+    x->bytes += b.oom ? sizeof oom - 1 : b.len;
+    if (sent) http_stream_end(x->c);
+    jb_free(&b);
+}
+
 /* An SSE event with one piece (text != NULL) or the final finish_reason. */
 static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text, size_t len, const char * finish,
-                       bool first, const struct job_logprob * lps, size_t n_lps) {
+                       bool first, const struct job_logprob * lps, size_t n_lps, bool * oom) {
     jb_reset(b);
     jb_cstr(b, "data: ");
     chunk_head(g, x, b);
@@ -254,22 +280,21 @@ static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text,
     jb_cstr(b, ",\"finish_reason\":");
     if (finish) jb_qcstr(b, finish); else jb_cstr(b, "null");
     jb_cstr(b, "}]}\n\n");
-    if (b->oom) return false;
-    x->bytes += b->len;
-    return http_stream_chunk(x->c, b->data, b->len);
+    return emit(x, b, oom);
 }
 
 /* The chat deltas the tool parser releases for text (final: the end of generation), one event each. */
 static bool send_tool_deltas(struct gen_req * g, ctx * x, jbuf * b, const char * text, size_t len, bool final,
-                             bool * first) {
+                             bool * first, bool * oom) {
     const char * d = NULL;
     size_t dn = 0;
-    if (triattn_tool_parser_feed(g->tools.parser, text, len, final, &d, &dn) != TRIATTN_OK) return false;
+    if (triattn_tool_parser_feed(g->tools.parser, text, len, final, &d, &dn) != TRIATTN_OK) { *oom = true; return true; }
     struct json_limits lim = { .max_depth = 64, .max_nodes = 1 << 20 };
     char err[160];
     json_value * arr = json_parse(d, dn, &lim, err, sizeof err);
-    bool ok = arr && arr->type == JSON_ARRAY;
-    for (size_t k = 0; ok && k < arr->n; k++) {
+    if (!arr) { *oom = true; return true; }   /* the parser's deltas are JSON: only memory can fail */
+    bool ok = arr->type == JSON_ARRAY;
+    for (size_t k = 0; ok && !*oom && k < arr->n; k++) {
         jb_reset(b);
         jb_cstr(b, "data: ");
         chunk_head(g, x, b);
@@ -281,11 +306,10 @@ static bool send_tool_deltas(struct gen_req * g, ctx * x, jbuf * b, const char *
         jb_value(&item, &arr->items[k]);
         if (item.len > 2) jb_raw(b, item.data + 1, item.len - 1);   /* the delta's members and its '}' */
         else jb_cstr(b, "}");
-        ok = !item.oom;
+        if (item.oom) b->oom = true;
         jb_free(&item);
         jb_cstr(b, ",\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-        ok = ok && !b->oom && http_stream_chunk(x->c, b->data, b->len);
-        x->bytes += b->len;
+        ok = emit(x, b, oom);
     }
     json_free(arr);
     return ok;
@@ -302,16 +326,14 @@ static bool stream_options(ctx * x, const json_value * body, struct gen_req * g)
 
 /* The last chunk of a stream with stream_options.include_usage: no choices, the usage. */
 static bool send_usage(struct gen_req * g, ctx * x, jbuf * b, const struct triattn_generate_result * res,
-                       int32_t n_cached) {
+                       int32_t n_cached, bool * oom) {
     jb_reset(b);
     jb_cstr(b, "data: ");
     chunk_head(g, x, b);
     jb_printf(b, ",\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
               "\"prompt_tokens_details\":{\"cached_tokens\":%d}}}\n\n",
               res->n_prompt_tokens, res->n_generated, res->n_prompt_tokens + res->n_generated, n_cached);
-    if (b->oom) return false;
-    x->bytes += b->len;
-    return http_stream_chunk(x->c, b->data, b->len);
+    return emit(x, b, oom);
 }
 
 static const char * reuse_name(enum triattn_reuse_kind k) {
@@ -535,6 +557,7 @@ static void handle_generate(ctx * x, bool chat) {
         }
         size_t had = out.len, had_lp = n_lps;
         if (j->len > out.len) jb_raw(&out, j->text + out.len, j->len - out.len);
+        if (out.oom) oom = true;
         if (j->n_lp > n_lps) {
             if (j->n_lp > cap_lps) {
                 size_t cap = j->n_lp * 2;
@@ -550,10 +573,10 @@ static void handle_generate(ctx * x, bool chat) {
         }
         started = true;
         if (g.stream && alive && g.tools.parser && out.len > had) {
-            alive = send_tool_deltas(&g, x, &ev, out.data + had, out.len - had, false, &first);
+            alive = send_tool_deltas(&g, x, &ev, out.data + had, out.len - had, false, &first, &oom);
         } else if (g.stream && alive && (out.len > had || n_lps > had_lp)) {
             alive = send_event(&g, x, &ev, out.data + had, out.len - had, NULL, first,
-                               lps ? lps + lp_sent : NULL, n_lps - lp_sent);
+                               lps ? lps + lp_sent : NULL, n_lps - lp_sent, &oom);
             first = false;
             lp_sent = n_lps;
         }
@@ -577,10 +600,11 @@ static void handle_generate(ctx * x, bool chat) {
 
     const char * finish = finish_name(res.stop_reason);
     bool tools_ok = false;   /* the non-streamed reply went through the tool parser */
-    if (g.tools.parser && st == TRIATTN_OK && started && !g.stream && alive) {
+    if (g.tools.parser && st == TRIATTN_OK && started && !g.stream && alive && !oom) {
         const char * d;
         size_t dn;
         tools_ok = triattn_tool_parser_feed(g.tools.parser, out.data ? out.data : "", out.len, true, &d, &dn) == TRIATTN_OK;
+        oom = !tools_ok;   /* (its only failure) */
     }
     if (!started) {
         if (st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */
@@ -593,20 +617,25 @@ static void handle_generate(ctx * x, bool chat) {
                         triattn_session_n_ctx(sl->session), err_copy);
         else
             reply_error(x, http_status ? http_status : 500, triattn_status_name(st), "%s", err_copy);
+    } else if (oom && !g.stream) {
+        reply_error(x, 500, NULL, "out of memory");
     } else if (st != TRIATTN_OK && !g.stream) {
         reply_error(x, 500, triattn_status_name(st), "generation failed: %s", err_copy);
     } else if (g.stream) {
-        if (alive && !srv->stop && st == TRIATTN_OK) {
-            if (g.tools.parser) alive = send_tool_deltas(&g, x, &ev, NULL, 0, true, &first);
+        const bool keep = x->req->keep_alive;
+        x->req->keep_alive = false;  /* unless the stream ends whole below */
+        if (alive && !srv->stop && st == TRIATTN_OK && !oom) {
+            if (g.tools.parser) alive = send_tool_deltas(&g, x, &ev, NULL, 0, true, &first, &oom);
             if (triattn_tool_parser_n_calls(g.tools.parser) > 0) finish = "tool_calls";
-            if (alive && g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true, NULL, 0);
-            if (alive) alive = send_event(&g, x, &ev, NULL, 0, finish, false, NULL, 0);
-            if (alive && g.include_usage) alive = send_usage(&g, x, &ev, &res, reuse.n_cached);
-            if (alive) { alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
-            if (alive) http_stream_end(x->c);
-        } else {
-            x->req->keep_alive = false;  /* the stream was cut: close the connection */
+            if (alive && !oom && g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true, NULL, 0, &oom);
+            if (alive && !oom) alive = send_event(&g, x, &ev, NULL, 0, finish, false, NULL, 0, &oom);
+            if (alive && !oom && g.include_usage) alive = send_usage(&g, x, &ev, &res, reuse.n_cached, &oom);
+            if (alive && !oom) { alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
+            if (alive && !oom) { http_stream_end(x->c); x->req->keep_alive = keep; }
         }
+        /* a generation that failed after the stream began ends it with an error event */
+        if (alive && !srv->stop && (st != TRIATTN_OK || oom))
+            send_stream_error(x, oom ? "server_error" : triattn_status_name(st), oom ? "out of memory" : err_copy);
     } else if (alive) {
         jbuf b;
         jb_init(&b);
@@ -980,9 +1009,18 @@ static void reply_and_close(struct server * srv, struct http_conn * c, int statu
     http_drain(c);
 }
 
+/* No memory for a connection's state: a 503 written whole, without reading the request, and the connection closed. */
+static void refuse_without_memory(int fd) {
+    char m[384];
+    const int n = snprintf(m, sizeof m, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                           "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" OOM_BODY, sizeof OOM_BODY - 1);
+    if (send(fd, m, (size_t) n, MSG_NOSIGNAL | MSG_DONTWAIT) == n) shutdown(fd, SHUT_WR);
+    close(fd);
+}
+
 void api_serve_connection(struct server * srv, int fd) {
     struct http_conn * c = malloc(sizeof *c);
-    if (!c) { close(fd); return; }
+    if (!c) { refuse_without_memory(fd); return; }
     http_conn_init(c, fd);
     struct timeval tv = { .tv_sec = srv->o.timeout_s, .tv_usec = 0 };
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* a client that stops reading cannot pin us */
@@ -1019,7 +1057,7 @@ void api_serve_connection(struct server * srv, int fd) {
 
 void api_serve_reserved(struct server * srv, int fd, int busy_status) {
     struct http_conn * c = malloc(sizeof *c);
-    if (!c) { close(fd); return; }
+    if (!c) { refuse_without_memory(fd); return; }
     http_conn_init(c, fd);
     struct timeval tv = { .tv_sec = 2, .tv_usec = 0 };
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);

@@ -115,7 +115,7 @@ static char * parse_string(parser * p, size_t * out_len) {
     if (end >= p->len) { fail(p, "unterminated string"); return NULL; }
     if (!charge(p, end - start + 1)) return NULL;
     char * out = malloc(end - start + 1);
-    if (!out) { fail(p, "out of memory"); return NULL; }
+    if (!out) { fail(p, JSON_ERR_OOM); return NULL; }
     size_t n = 0;
     for (;;) {
         if (p->pos >= p->len) { fail(p, "unterminated string"); break; }
@@ -191,7 +191,7 @@ static void parse_number(parser * p, json_value * v) {
     char tmp[64];
     size_t n = p->pos - st;
     char * buf = n < sizeof tmp ? tmp : malloc(n + 1);
-    if (!buf) { fail(p, "out of memory"); return; }
+    if (!buf) { fail(p, JSON_ERR_OOM); return; }
     memcpy(buf, s + st, n);
     buf[n] = 0;
     v->type = JSON_NUMBER;
@@ -219,14 +219,14 @@ static bool push(parser * p, json_value * v, size_t * cap) {
         if (!charge(p, (nc - *cap) * (sizeof *v->items + (v->type == JSON_OBJECT ? sizeof(char *) + sizeof(size_t) : 0))))
             return false;
         json_value * it = realloc(v->items, nc * sizeof *it);
-        if (!it) { fail(p, "out of memory"); return false; }
+        if (!it) { fail(p, JSON_ERR_OOM); return false; }
         v->items = it;
         if (v->type == JSON_OBJECT) {
             char ** k = realloc(v->keys, nc * sizeof *k);
-            if (!k) { fail(p, "out of memory"); return false; }
+            if (!k) { fail(p, JSON_ERR_OOM); return false; }
             v->keys = k;
             size_t * kl = realloc(v->key_lens, nc * sizeof *kl);
-            if (!kl) { fail(p, "out of memory"); return false; }
+            if (!kl) { fail(p, JSON_ERR_OOM); return false; }
             v->key_lens = kl;
         }
         *cap = nc;
@@ -325,7 +325,7 @@ json_value * json_parse(const char * text, size_t len, const struct json_limits 
     p.lim.max_bytes = lim ? lim->max_bytes : 0;
     if (err && err_size) err[0] = 0;
     json_value * root = calloc(1, sizeof *root);
-    if (!root) { fail(&p, "out of memory"); return NULL; }
+    if (!root) { fail(&p, JSON_ERR_OOM); return NULL; }
     parse_value(&p, root, 0);
     if (!p.failed) {
         skip_ws(&p);

@@ -41,6 +41,7 @@ struct json_limits {
 };
 
 #define JSON_ERR_BUDGET "over the memory budget"
+#define JSON_ERR_OOM    "out of memory"  /* an allocation failed: the server's fault, not the document's */
 
 /* Parses text[0..len). Returns the root or NULL with a message in err (includes the byte offset). */
 json_value * json_parse(const char * text, size_t len, const struct json_limits * lim, char * err, size_t err_size);

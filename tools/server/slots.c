@@ -84,18 +84,12 @@ static void slot_snapshot_locked(struct slot * sl) {
 static void * engine_main(void * arg) {
     struct slot_pool * p = arg;
     const int n = p->n;
-    struct slot ** starting = calloc((size_t)n, sizeof *starting);
-    struct slot ** active = calloc((size_t)n, sizeof *active);
-    triattn_session ** ss = calloc((size_t)n, sizeof *ss);
-    const char ** text = calloc((size_t)n, sizeof *text);
-    size_t * len = calloc((size_t)n, sizeof *len);
-    bool * done = calloc((size_t)n, sizeof *done);
-    enum triattn_status * st = calloc((size_t)n, sizeof *st);
-    if (!starting || !active || !ss || !text || !len || !done || !st) {
-        fprintf(stderr, "error: out of memory starting the engine thread\n");
-        *p->stop = 1;
-        goto out;
-    }
+    struct slot ** starting = p->step.starting, ** active = p->step.active;
+    triattn_session ** ss = p->step.ss;
+    const char ** text = p->step.text;
+    size_t * len = p->step.len;
+    bool * done = p->step.done;
+    enum triattn_status * st = p->step.st;
     for (;;) {
         int n_start = 0, n_active = 0;
         pthread_mutex_lock(&p->mu);
@@ -184,7 +178,6 @@ static void * engine_main(void * arg) {
         }
         pthread_mutex_unlock(&p->mu);
     }
-out:
     /* shutdown: every job still running ends now */
     pthread_mutex_lock(&p->mu);
     p->engine_done = true;
@@ -196,7 +189,6 @@ out:
         }
     }
     pthread_mutex_unlock(&p->mu);
-    free(starting); free(active); free(ss); free(text); free(len); free(done); free(st);
     return NULL;
 }
 
@@ -211,7 +203,19 @@ enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model
     pthread_cond_init(&p->engine_cv, NULL);
     p->stop = stop;
     p->slots = calloc((size_t)n, sizeof *p->slots);
-    if (!p->slots) { snprintf(err, err_size, "out of memory for %d slots", n); return TRIATTN_ERR_OOM; }
+    p->step.starting = calloc((size_t)n, sizeof *p->step.starting);
+    p->step.active = calloc((size_t)n, sizeof *p->step.active);
+    p->step.ss = calloc((size_t)n, sizeof *p->step.ss);
+    p->step.text = calloc((size_t)n, sizeof *p->step.text);
+    p->step.len = calloc((size_t)n, sizeof *p->step.len);
+    p->step.done = calloc((size_t)n, sizeof *p->step.done);
+    p->step.st = calloc((size_t)n, sizeof *p->step.st);
+    if (!p->slots || !p->step.starting || !p->step.active || !p->step.ss || !p->step.text || !p->step.len ||
+        !p->step.done || !p->step.st) {
+        slots_free(p);
+        snprintf(err, err_size, "out of memory for %d slots", n);
+        return TRIATTN_ERR_OOM;
+    }
     for (int k = 0; k < n; k++) {
         enum triattn_status st = triattn_session_create(model, sp, &p->slots[k].session, err, err_size);
         if (st != TRIATTN_OK) { p->n = k; slots_free(p); return st; }
@@ -251,6 +255,9 @@ void slots_free(struct slot_pool * p) {
     }
     free(p->slots);
     p->slots = NULL;
+    free(p->step.starting); free(p->step.active); free(p->step.ss); free(p->step.text); free(p->step.len);
+    free(p->step.done); free(p->step.st);
+    memset(&p->step, 0, sizeof p->step);
     free(p->left);
     p->left = NULL;
     p->n_left = p->cap_left = 0;

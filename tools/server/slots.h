@@ -87,6 +87,14 @@ struct slot_pool {
     uint64_t *      left;          /* tickets of waiters that left the queue (skipped when served) */
     uint64_t        n_released;    /* slots given back so far */
     int             n_left, cap_left;
+    struct {                       /* the engine thread's step, n of each (allocated with the pool) */
+        struct slot **        starting, ** active;
+        triattn_session **    ss;
+        const char **         text;
+        size_t *              len;
+        bool *                done;
+        enum triattn_status * st;
+    } step;
 };
 
 /* Creates n sessions with params sp and starts the engine thread (stops when *stop becomes non-zero).

@@ -306,6 +306,100 @@ done:
     return st;
 }
 
+/* Every other KV policy generating past a few compressions, and full attention. */
+static enum triattn_status sc_policies(void * ctx, af_result * out, char * err, size_t err_size) {
+    const struct sess_ctx * c = ctx;
+    static const char * const policies[] = { "streaming", "random", "h2o", "snapkv", "rkv", "snapkv_prompt", "full" };
+    enum triattn_status st = TRIATTN_OK;
+    for (size_t i = 0; i < sizeof policies / sizeof *policies; i++) {
+        struct triattn_session_params sp;
+        sess_params(c, &sp);
+        sp.kv_policy = policies[i];
+        struct triattn_generate_params gp;
+        greedy(&gp, 24);
+        triattn_session * s = NULL;
+        AF_TRY(triattn_session_create(c->m, &sp, &s, err, err_size));
+        st = triattn_generate(s, k_prompt, &gp, on_piece, out, NULL);
+        if (st != TRIATTN_OK) sess_fail(s, st, policies[i], err, err_size);
+        triattn_session_free(s);
+        if (st != TRIATTN_OK) break;
+        res_put(out, "|", 1);
+    }
+done:
+    return st;
+}
+
+/* Prefix reuse over three turns (continue, then a rollback to a shorter shared prefix), and calibration. */
+static enum triattn_status sc_reuse_calib(void * ctx, af_result * out, char * err, size_t err_size) {
+    const struct sess_ctx * c = ctx;
+    enum triattn_status     st = TRIATTN_OK;
+    triattn_session *       s = NULL;
+    struct triattn_session_params sp;
+    sess_params(c, &sp);
+    sp.kv_policy = "full";
+    struct triattn_generate_params gp;
+    greedy(&gp, 12);
+    AF_TRY(triattn_session_create(c->m, &sp, &s, err, err_size));
+    AF_TRY_S(s, triattn_session_calib_begin(s), "calib_begin");
+    const char * turns[3] = { "And God said, Let there be light", "And God said, Let there be light: and there was",
+                              "And God saw" };
+    for (int t = 0; t < 3; t++) {
+        AF_TRY_S(s, triattn_generate_cached(s, turns[t], &gp, on_piece, out, NULL), "generate_cached");
+        struct triattn_reuse_info ri;
+        triattn_generate_get_reuse(s, &ri);
+        char line[64];
+        snprintf(line, sizeof line, "|kept %d|", ri.n_cached);
+        res_put(out, line, strlen(line));
+    }
+    struct triattn_model_info mi;
+    triattn_model_get_info(c->m, &mi);
+    static float re[1 << 16];
+    const size_t n = (size_t) mi.n_layer * mi.n_head * mi.freq_count;
+    uint64_t     n_tok = 0;
+    if (n > sizeof re / sizeof *re) {
+        snprintf(err, err_size, "the test's buffer holds %zu of %zu statistics", sizeof re / sizeof *re, n);
+        st = TRIATTN_ERR_INVALID_ARG;
+        goto done;
+    }
+    AF_TRY_S(s, triattn_session_calib_get(s, re, NULL, NULL, n, &n_tok), "calib_get");
+    triattn_session_calib_end(s);
+    char line[64];
+    snprintf(line, sizeof line, "calibrated on %llu tokens, %a", (unsigned long long) n_tok, re[n / 2]);
+    res_put(out, line, strlen(line));
+done:
+    triattn_session_free(s);
+    return st;
+}
+
+/* The other tokenizers and chat formats: Qwen2 (byte-level BPE) and Gemma 3 (SentencePiece), loaded read. */
+static enum triattn_status sc_tokenizers(void * ctx, af_result * out, char * err, size_t err_size) {
+    (void) ctx;
+    static const char * const files[] = { TRI_SOURCE_DIR "/tests/fuzz/corpus/gguf/qwen2_Q4_0.gguf",
+                                          TRI_SOURCE_DIR "/tests/fuzz/corpus/gguf/gemma3_Q4_0.gguf" };
+    enum triattn_status st = TRIATTN_OK;
+    for (int f = 0; f < 2; f++) {
+        struct triattn_model_params mp;
+        triattn_model_params_init(&mp);
+        mp.use_mmap = false;
+        triattn_model * m = NULL;
+        AF_TRY(triattn_model_load(files[f], &mp, &m, err, err_size));
+        triattn_token toks[512];
+        int32_t       n = 0, len = 0;
+        char          text[2048];
+        size_t        chat_len = 0;
+        st = triattn_tokenize(m, "Héllo wörld, 1234 <tag> \u00e9t\xc3\xa9 \xf0\x9f\xa6\x99 end", -1, true, true, toks, 512, &n);
+        if (st == TRIATTN_OK) st = triattn_detokenize(m, toks, n, true, text, 1024, &len);
+        struct triattn_chat_message msg[2] = { { "user", "Hello" }, { "assistant", "Hi there" } };
+        if (st == TRIATTN_OK) st = triattn_chat_apply(m, f ? "gemma" : "qwen", msg, 2, true, text + len, 1024, &chat_len);
+        if (st != TRIATTN_OK) snprintf(err, err_size, "%s: tokenize/detokenize/chat: %s", files[f], triattn_status_name(st));
+        else res_put(out, text, strlen(text));
+        triattn_model_free(m);
+        if (st != TRIATTN_OK) break;
+    }
+done:
+    return st;
+}
+
 /* ---- the server ---------------------------------------------------------------------------------- */
 
 static void * serve(void * arg) {
@@ -538,6 +632,9 @@ int main(void) {
     c.recall = 0;
     sweep("batch", sc_batch, &c, NULL);
     sweep("constrained and tools", sc_constrained, &c, NULL);
+    sweep("other policies", sc_policies, &c, NULL);
+    sweep("prefix reuse and calibration", sc_reuse_calib, &c, NULL);
+    sweep("other tokenizers", sc_tokenizers, NULL, NULL);
 
     static struct server srv;
     srv_test_opts(&srv.o, MODEL, "tiny", 128);

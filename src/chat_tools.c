@@ -64,16 +64,12 @@ static tri_js tool_params(const struct tri_tools * t, size_t i) {
 }
 
 static long tool_index(const struct tri_tools * t, tri_js name) {
-    tri_gbuf b = { 0 };
-    tri_js_unescape(name, &b);
-    long found = -1;
-    for (size_t i = 0; i < t->n_tools && found < 0 && !b.oom; i++) {
-        if (tri_js_str_eq(tool_name(t, i), b.p ? b.p : "")) {
-            found = (long) i;
+    for (size_t i = 0; i < t->n_tools; i++) {
+        if (tri_js_str_same(tool_name(t, i), name)) {
+            return (long) i;
         }
     }
-    tri_gbuf_free(&b);
-    return found;
+    return -1;
 }
 
 long tri_tools_find(const struct tri_tools * t, tri_js name) { return tool_index(t, name); }
@@ -222,7 +218,9 @@ static void put_arguments(tri_gbuf * o, tri_js args) {
     tri_gbuf raw = { 0 };
     tri_js_unescape(args, &raw);
     tri_js v;
-    if (raw.len > 0 && !raw.oom && tri_js_parse((tri_js){ raw.p, raw.len }, &v)) {
+    if (raw.oom) {
+        o->oom = true;  /* the rendering fails for want of memory, not prints the string instead */
+    } else if (raw.len > 0 && tri_js_parse((tri_js){ raw.p, raw.len }, &v)) {
         tri_js_dump(o, v, 0);
     } else {
         tri_gbuf_put(o, args.p, args.n);

@@ -36,6 +36,10 @@ bool        tri_js_next(tri_js_iter * it, tri_js * key, tri_js * value);
 bool tri_js_get(tri_js obj, const char * key, tri_js * value);
 /* A valid JSON string equals s once unescaped. */
 bool tri_js_str_eq(tri_js str, const char * s);
+/* Two valid JSON strings are equal once unescaped. Neither allocates. */
+bool tri_js_str_same(tri_js a, tri_js b);
+/* Code points of a valid JSON string once unescaped (no allocation). */
+size_t tri_js_str_chars(tri_js str);
 /* Appends a valid JSON string's unescaped UTF-8. */
 void tri_js_unescape(tri_js str, tri_gbuf * out);
 /* Re-spaces a valid value as Python's json.dumps does: ", " and ": " (indent 0), or indent spaces. */

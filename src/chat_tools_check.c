@@ -53,21 +53,15 @@ static bool type_is(tri_js v, tri_js name) {
 /* Member of obj whose key equals the JSON string key once both are unescaped (the last duplicate wins; keys may
  * hold \u0000). */
 static bool get_member(tri_js obj, tri_js key, tri_js * value) {
-    tri_gbuf    want = { 0 }, have = { 0 };
     tri_js_iter it = tri_js_iter_of(obj);
     tri_js      k, v;
     bool        found = false;
-    tri_js_unescape(key, &want);
-    while (!want.oom && tri_js_next(&it, &k, &v)) {
-        have.len = 0;
-        tri_js_unescape(k, &have);
-        if (!have.oom && have.len == want.len && (want.len == 0 || memcmp(have.p, want.p, want.len) == 0)) {
+    while (tri_js_next(&it, &k, &v)) {
+        if (tri_js_str_same(k, key)) {
             *value = v;
             found  = true;
         }
     }
-    tri_gbuf_free(&want);
-    tri_gbuf_free(&have);
     return found;
 }
 
@@ -90,13 +84,7 @@ bool tri_js_equal(tri_js a, tri_js b) {
         return false;
     }
     if (ca == '"') {
-        tri_gbuf ua = { 0 }, ub = { 0 };
-        tri_js_unescape(a, &ua);
-        tri_js_unescape(b, &ub);
-        bool eq = !ua.oom && !ub.oom && ua.len == ub.len && (ua.len == 0 || memcmp(ua.p, ub.p, ua.len) == 0);
-        tri_gbuf_free(&ua);
-        tri_gbuf_free(&ub);
-        return eq;
+        return tri_js_str_same(a, b);
     }
     if (ca != '{' && ca != '[') {
         return a.n == b.n && memcmp(a.p, b.p, a.n) == 0;  /* true, false, null */
@@ -128,17 +116,6 @@ bool tri_js_equal(tri_js a, tri_js b) {
     return true;
 }
 
-/* Code points of a valid JSON string. */
-static size_t string_length(tri_js s) {
-    tri_gbuf u = { 0 };
-    tri_js_unescape(s, &u);
-    size_t n = 0;
-    for (size_t i = 0; i < u.len; i++) {
-        n += ((unsigned char) u.p[i] & 0xC0) != 0x80;
-    }
-    tri_gbuf_free(&u);
-    return n;
-}
 
 /* The number in member key of schema, or false when there is none. */
 static bool limit(tri_js schema, const char * key, double * x) {
@@ -255,7 +232,7 @@ bool tri_js_valid(tri_js v, tri_js schema) {
     switch (v.p[0]) {
         case '{': return valid_object(v, schema);
         case '[': return valid_array(v, schema);
-        case '"': return in_bounds(schema, "minLength", "maxLength", (double) string_length(v));
+        case '"': return in_bounds(schema, "minLength", "maxLength", (double) tri_js_str_chars(v));
         default:  return !is_number(v) || valid_number(v, schema);
     }
 }

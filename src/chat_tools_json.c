@@ -316,52 +316,124 @@ static uint32_t hex4(const char * p) {
     return (uint32_t) (hexval(p[0]) << 12 | hexval(p[1]) << 8 | hexval(p[2]) << 4 | hexval(p[3]));
 }
 
-void tri_js_unescape(tri_js str, tri_gbuf * out) {
-    const char * p = str.p + 1, * e = str.p + str.n - 1;  /* inside the quotes */
-    while (p < e) {
-        if (*p != '\\') {
-            const char * s = p;
-            while (p < e && *p != '\\') {
-                p++;
-            }
-            tri_gbuf_put(out, s, (size_t) (p - s));
-            continue;
-        }
-        char x = p[1];
-        if (x != 'u') {
-            char c = x == 'n' ? '\n' : x == 't' ? '\t' : x == 'r' ? '\r' : x == 'b' ? '\b' : x == 'f' ? '\f' : x;
-            tri_gbuf_put(out, &c, 1);
-            p += 2;
-            continue;
-        }
-        uint32_t cp = hex4(p + 2);
-        p += 6;
-        if (cp >= 0xD800 && cp < 0xDC00 && e - p >= 6 && p[0] == '\\' && p[1] == 'u') {
-            uint32_t lo = hex4(p + 2);
-            if (lo >= 0xDC00 && lo < 0xE000) {
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                p += 6;
-            }
-        }
-        uint8_t u[4];
-        const int n = tri_utf8_encode(cp >= 0xD800 && cp < 0xE000 ? 0xFFFD : cp, u);  /* a lone surrogate: U+FFFD */
-        tri_gbuf_put(out, (const char *) u, (size_t) n);
+/* A JSON string token read back unescaped, piece by piece: a run of plain bytes (pointing into the token) or one
+ * escape's UTF-8 bytes (in buf). */
+typedef struct {
+    const char * p, * e;  /* inside the quotes: what is left */
+    const char * s;       /* the current piece: n bytes */
+    size_t       n;
+    uint8_t      buf[4];
+} tri_js_reader;
+
+static void js_reader_init(tri_js_reader * r, tri_js str) {
+    r->p = str.p + 1;
+    r->e = str.p + str.n - 1;
+    r->n = 0;
+}
+
+/* Makes the next piece current when the last is used up; false at the end of the string. */
+static bool js_reader_fill(tri_js_reader * r) {
+    if (r->n > 0 || r->p >= r->e) {
+        return r->n > 0;
     }
+    const char * p = r->p;
+    if (*p != '\\') {
+        r->s = p;
+        while (p < r->e && *p != '\\') {
+            p++;
+        }
+        r->n = (size_t) (p - r->s);
+        r->p = p;
+        return true;
+    }
+    char x = p[1];
+    if (x != 'u') {
+        r->buf[0] = (uint8_t) (x == 'n' ? '\n' : x == 't' ? '\t' : x == 'r' ? '\r' : x == 'b' ? '\b' : x == 'f' ? '\f' : x);
+        r->s = (const char *) r->buf;
+        r->n = 1;
+        r->p = p + 2;
+        return true;
+    }
+    uint32_t cp = hex4(p + 2);
+    p += 6;
+    if (cp >= 0xD800 && cp < 0xDC00 && r->e - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+        uint32_t lo = hex4(p + 2);
+        if (lo >= 0xDC00 && lo < 0xE000) {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            p += 6;
+        }
+    }
+    r->n = (size_t) tri_utf8_encode(cp >= 0xD800 && cp < 0xE000 ? 0xFFFD : cp, r->buf);  /* a lone surrogate: U+FFFD */
+    r->s = (const char *) r->buf;
+    r->p = p;
+    return true;
+}
+
+/* Takes k bytes of the current piece. */
+static void js_reader_take(tri_js_reader * r, size_t k) {
+    r->s += k;
+    r->n -= k;
+}
+
+void tri_js_unescape(tri_js str, tri_gbuf * out) {
+    tri_js_reader r;
+    js_reader_init(&r, str);
+    while (js_reader_fill(&r)) {
+        tri_gbuf_put(out, r.s, r.n);
+        js_reader_take(&r, r.n);
+    }
+}
+
+bool tri_js_str_same(tri_js a, tri_js b) {
+    if (a.n < 2 || a.p[0] != '"' || b.n < 2 || b.p[0] != '"') {
+        return false;
+    }
+    tri_js_reader ra, rb;
+    js_reader_init(&ra, a);
+    js_reader_init(&rb, b);
+    for (;;) {
+        const bool ha = js_reader_fill(&ra), hb = js_reader_fill(&rb);
+        if (!ha || !hb) {
+            return ha == hb;
+        }
+        const size_t k = TRI_MIN(ra.n, rb.n);
+        if (memcmp(ra.s, rb.s, k) != 0) {
+            return false;
+        }
+        js_reader_take(&ra, k);
+        js_reader_take(&rb, k);
+    }
+}
+
+size_t tri_js_str_chars(tri_js str) {
+    tri_js_reader r;
+    size_t        n = 0;
+    js_reader_init(&r, str);
+    while (js_reader_fill(&r)) {
+        for (size_t i = 0; i < r.n; i++) {
+            n += ((unsigned char) r.s[i] & 0xC0) != 0x80;
+        }
+        js_reader_take(&r, r.n);
+    }
+    return n;
 }
 
 bool tri_js_str_eq(tri_js str, const char * s) {
     if (str.n < 2 || str.p[0] != '"') {
         return false;
     }
-    size_t m = strlen(s);
-    if (!memchr(str.p, '\\', str.n)) {
-        return str.n - 2 == m && memcmp(str.p + 1, s, m) == 0;
+    size_t        m = strlen(s);
+    tri_js_reader r;
+    js_reader_init(&r, str);
+    while (js_reader_fill(&r)) {
+        if (r.n > m || memcmp(r.s, s, r.n) != 0) {
+            return false;
+        }
+        s += r.n;
+        m -= r.n;
+        js_reader_take(&r, r.n);
     }
-    tri_gbuf b = { 0 };
-    tri_js_unescape(str, &b);
-    bool eq = !b.oom && b.len == m && (m == 0 || memcmp(b.p, s, m) == 0);
-    tri_gbuf_free(&b);
-    return eq;
+    return m == 0;
 }
 
 /* ---- re-spacing like Python's json.dumps ---------------------------------------------------------- */

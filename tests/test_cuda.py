@@ -686,6 +686,22 @@ def _max_rss_kib(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
     return subprocess.CompletedProcess(cmd, rc, out, err), rss
 
 
+def test_cuda_emu_allocation_failures():
+    """Allocation failures on the backend's host side: tests/c/test_alloc_fail on the host emulation, where device
+    memory, streams, graphs and the emulated kernels' scratch are host allocations, so its CUDA scenario (the model
+    uploaded, TriAttention rounds on the device, state saved and loaded, sessions decoding together, the memory cap)
+    fails each of them in turn besides the CPU scenarios: every run ends with a status and a message, or with the
+    undisturbed results."""
+    build = _emu_build()
+    p = subprocess.run([str(build / "test_alloc_fail")], capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, TRI_TEST_SEED=str(SEED)), stdin=subprocess.DEVNULL)
+    fails = [line for line in p.stdout.splitlines() + p.stderr.splitlines() if line.startswith("FAIL")]
+    assert p.returncode == 0 and not fails, f"seed {SEED}\n" + "\n".join(fails[:10]) + "\n" + p.stdout[-3000:]
+    cuda = re.search(r"^cuda backend: (\d+) allocation sites, (\d+) failures injected", p.stdout, re.M)
+    assert cuda and int(cuda.group(2)) >= int(cuda.group(1)) > 20, p.stdout[-3000:]
+    print(p.stdout)
+
+
 def test_emulated_plan_costs_no_device_memory(tmp_path):
     """TRIATTN_CUDA_EMU_NOOP=2 runs a model's plan on the emulation without its arithmetic or its device bytes (how a
     model larger than this machine's memory, e.g. bench/gpu.py's 32B-shaped one, checks its memory cap and the

@@ -18,6 +18,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,20 @@ static enum triattn_status emu_fail(const char * what) {
     } while (0)
 
 const char * tri_cuda_last_error(void) { return emu_err; }
+
+/* A device's memory running out is cudaErrorMemoryAllocation: the emulation's host memory running out is the same. */
+static enum triattn_status emu_oom(const char * what) {
+    emu_fail(what);
+    return TRIATTN_ERR_OOM;
+}
+
+/* An emulated kernel that could not get its host scratch did not run: the error is sticky, as a device's is after a
+ * faulting kernel, and the launch that ran it (or the graph, or the next synchronization) reports it. */
+static atomic_bool emu_kernel_failed;
+static void        emu_kernel_fail(void) { atomic_store(&emu_kernel_failed, true); }
+static enum triattn_status emu_kernel_status(void) {
+    return atomic_exchange(&emu_kernel_failed, false) ? emu_oom("out of host memory in an emulated kernel") : TRIATTN_OK;
+}
 
 /* ---- memory: a size header before each block, so that free memory can be reported ---- */
 
@@ -139,7 +154,7 @@ static enum triattn_status emu_submit(tri_cuda_stream s, emu_fn fn, const void *
     emu_stream * st = s;
     if (!st || !st->capturing) {
         fn(args);
-        return TRIATTN_OK;
+        return emu_kernel_status();
     }
     emu_list * l = &st->rec;
     if (l->n == l->cap) {
@@ -147,7 +162,7 @@ static enum triattn_status emu_submit(tri_cuda_stream s, emu_fn fn, const void *
         emu_call * c = realloc(l->calls, sizeof *c * (size_t) cap);
         if (!c) {
             st->failed = true;
-            return emu_fail("out of host memory recording a graph");
+            return emu_oom("out of host memory recording a graph");
         }
         l->calls = c;
         l->cap = cap;
@@ -195,7 +210,7 @@ void tri_cuda_stream_destroy(tri_cuda_stream s) {
 }
 enum triattn_status tri_cuda_sync(tri_cuda_stream s) {
     const emu_stream * st = s;
-    return st && st->capturing ? emu_fail("synchronizing a capturing stream") : TRIATTN_OK;
+    return st && st->capturing ? emu_fail("synchronizing a capturing stream") : emu_kernel_status();
 }
 
 enum triattn_status tri_cuda_graph_begin(tri_cuda_stream s) {
@@ -220,7 +235,7 @@ enum triattn_status tri_cuda_graph_end(tri_cuda_stream s, void ** exec) {
     }
     emu_list * g = calloc(1, sizeof *g);
     if (!g) {
-        return emu_fail("out of host memory");
+        return emu_oom("out of host memory");
     }
     *g = st->rec;
     st->rec = (emu_list) { 0 };
@@ -235,7 +250,7 @@ enum triattn_status tri_cuda_graph_launch(void * exec, tri_cuda_stream s) {
     for (int i = 0; i < g->n; i++) {
         g->calls[i].fn(g->calls[i].args);
     }
-    return TRIATTN_OK;
+    return emu_kernel_status();
 }
 void tri_cuda_graph_destroy(void * exec) {
     if (exec) {
@@ -354,6 +369,7 @@ static void emu_act_run(const void * p) {
     const emu_act * a = p;
     float * v = malloc(sizeof(float) * (size_t) a->n);
     if (!v) {
+        emu_kernel_fail();
         return;
     }
     for (int r = 0; r < a->n_rows; r++) {
@@ -543,6 +559,7 @@ static void emu_mm_run(const void * p) {
     float * xs = NULL; /* the float activations, rounded to fp16 where the launcher rounds them */
     if (!a->q8_on) {
         if (!(xs = malloc(sizeof(float) * (size_t) (ne0 * a->n_tok)))) {
+            emu_kernel_fail();
             return;
         }
         for (int t = 0; t < a->n_tok; t++) {
@@ -556,6 +573,7 @@ static void emu_mm_run(const void * p) {
         const tri_cuda_mm_job * jb = &a->jobs[j];
         const emu_wcache * wc = emu_weights(a->type, jb->W, ne0, jb->ne1, a->q8_on ? 0 : a->round_w ? 2 : 1);
         if (!wc) {
+            emu_kernel_fail();
             break;
         }
         for (int64_t r = 0; r < jb->ne1; r++) {
@@ -875,6 +893,7 @@ static void emu_topk_run(const void * p) {
     const emu_topk * a = p;
     tri_triattn_cand * sel = malloc(sizeof *sel * (size_t) a->stride);
     if (!sel) {
+        emu_kernel_fail();
         return;
     }
     for (int g = 0; g < a->n_groups; g++) {

@@ -400,6 +400,58 @@ done:
     return st;
 }
 
+/* The CUDA backend (on a device, or its host emulation): the model uploaded, a TriAttention session generating with
+ * its rounds on the device, its state saved and loaded into a second, the two decoding together, and a session over
+ * the memory cap refused. */
+static enum triattn_status sc_gpu(void * ctx, af_result * out, char * err, size_t err_size) {
+    (void) ctx;
+    enum triattn_status st = TRIATTN_OK;
+    triattn_session *   ss[2] = { NULL, NULL };
+    struct sess_ctx     c = { .state_path = ((const struct sess_ctx *) ctx)->state_path };
+    struct triattn_model_params mp;
+    triattn_model_params_init(&mp);
+    mp.n_gpu_layers = -1;
+    mp.gpu_mem_limit = 16ull << 20;
+    AF_TRY(triattn_model_load(MODEL, &mp, &c.m, err, err_size));
+    struct triattn_session_params sp;
+    sess_params(&c, &sp);
+    struct triattn_generate_params gp;
+    greedy(&gp, 24);
+    AF_TRY(triattn_session_create(c.m, &sp, &ss[0], err, err_size));
+    if (strcmp(triattn_backend_name(ss[0]), "cuda") != 0) {
+        snprintf(err, err_size, "the session runs on '%s'", triattn_backend_name(ss[0]));
+        st = TRIATTN_ERR_INTERNAL;
+        goto done;
+    }
+    AF_TRY_S(ss[0], triattn_generate(ss[0], k_prompt, &gp, on_piece, out, NULL), "generate");
+    AF_TRY_S(ss[0], triattn_session_save(ss[0], c.state_path), "save");
+    AF_TRY(triattn_session_create(c.m, &sp, &ss[1], err, err_size));
+    AF_TRY_S(ss[1], triattn_session_load(ss[1], c.state_path), "load");
+    const triattn_token toks[2] = { 42, 42 };
+    const int32_t       counts[2] = { 1, 1 };
+    AF_TRY(triattn_batch_decode(ss, 2, toks, counts, err, err_size));
+    const float * a = triattn_session_logits(ss[0], -1), * b = triattn_session_logits(ss[1], -1);
+    int32_t       best[2] = { 0, 0 };
+    for (int32_t i = 1; i < triattn_vocab_size(c.m); i++) {
+        best[0] = a[i] > a[best[0]] ? i : best[0];
+        best[1] = b[i] > b[best[1]] ? i : best[1];
+    }
+    triattn_session_free(ss[1]);
+    ss[1] = NULL;
+    sp.kv_policy = "full";
+    sp.n_ctx = 1 << 20;
+    char msg[512] = "";
+    const enum triattn_status capped = triattn_session_create(c.m, &sp, &ss[1], msg, sizeof msg);
+    char line[128];
+    snprintf(line, sizeof line, "|next %d %d|over the cap: %s", best[0], best[1], triattn_status_name(capped));
+    res_put(out, line, strlen(line));
+done:
+    triattn_session_free(ss[0]);
+    triattn_session_free(ss[1]);
+    triattn_model_free(c.m);
+    return st;
+}
+
 /* ---- the server ---------------------------------------------------------------------------------- */
 
 static void * serve(void * arg) {
@@ -501,7 +553,7 @@ static enum triattn_status sc_server(void * ctx, af_result * out, char * err, si
 /* ---- the sweep ----------------------------------------------------------------------------------- */
 
 /* Runs f once recording its allocation sites and results, then once per (site, call) with that call failing:
- * at each site its first call, its last and a random one between. Returns the number of failures injected. */
+ * at each site its first call, its last and up to three random ones between. Returns the number of failures injected. */
 static int sweep(const char * name, af_scenario f, void * ctx, bool (*server_ok)(void *)) {
     static af_result ref, got;
     char             err[1024] = "";
@@ -520,9 +572,16 @@ static int sweep(const char * name, af_scenario f, void * ctx, bool (*server_ok)
     int injected = 0, refused = 0, absorbed = 0;
     for (int i = 0; i < n_sites; i++) {
         const long calls = g_site_calls[i];
-        long       nths[3] = { 0, calls - 1, calls > 2 ? 1 + (long) tu_below((uint64_t) calls - 2) : 0 };
-        for (int k = 0; k < 3; k++) {
-            if ((k == 1 && nths[1] == 0) || (k == 2 && (nths[2] == 0 || nths[2] == nths[1]))) continue;
+        /* the first call, the last, and up to three distinct ones between */
+        long nths[5] = { 0, calls - 1, 0, 0, 0 };
+        int  n_nth = calls > 1 ? 2 : 1;
+        for (int k = 0; k < 3 && calls > 2; k++) {
+            const long x = 1 + (long) tu_below((uint64_t) calls - 2);
+            bool       seen = false;
+            for (int j = 0; j < n_nth; j++) seen = seen || nths[j] == x;
+            if (!seen) nths[n_nth++] = x;
+        }
+        for (int k = 0; k < n_nth; k++) {
             memset(&got, 0, sizeof got);
             err[0] = '\0';
             arm(g_sites[i], nths[k]);
@@ -635,6 +694,11 @@ int main(void) {
     sweep("other policies", sc_policies, &c, NULL);
     sweep("prefix reuse and calibration", sc_reuse_calib, &c, NULL);
     sweep("other tokenizers", sc_tokenizers, NULL, NULL);
+    if (triattn_cuda_available()) {
+        sweep("cuda backend", sc_gpu, &c, NULL);
+    } else {
+        printf("cuda backend: not built or no device (the CUDA-emulation build runs it)\n");
+    }
 
     static struct server srv;
     srv_test_opts(&srv.o, MODEL, "tiny", 128);

@@ -153,6 +153,55 @@ static void test_json_scanner(void) {
     tri_gbuf_free(&u);
 }
 
+/* A random JSON string token (with its quotes) into buf from pieces of text, each written one of its ways. */
+static size_t random_js_string(char * buf, size_t cap, int n_pieces) {
+    static const char * const ways[][3] = {
+        { "a", "\\u0061", "a" },          { "\xC3\xA9", "\\u00e9", "\\u00E9" }, { "\\n", "\\u000a", "\\u000A" },
+        { "\\\"", "\\u0022", "\\\"" },     { "\\\\", "\\u005c", "\\\\" },
+        { "\xF0\x9F\x98\x80", "\\ud83d\\ude00", "\\uD83D\\uDE00" },  { "\\u0000", "\\u0000", "\\u0000" },
+        { "/", "\\/", "/" },              { "\\ud800", "\\ufffd", "\xEF\xBF\xBD" }, { "x", "x", "\\u0078" },
+    };
+    size_t n = 0;
+    buf[n++] = '"';
+    for (int i = 0; i < n_pieces; i++) {
+        const char * w = ways[tu_below(sizeof ways / sizeof ways[0])][tu_below(3)];
+        const size_t m = strlen(w);
+        if (n + m + 2 > cap) break;
+        memcpy(buf + n, w, m);
+        n += m;
+    }
+    buf[n++] = '"';
+    buf[n] = '\0';
+    return n;
+}
+
+/* The allocation-free string comparisons (tool names, keys, enum values) against unescaping into a buffer. */
+static void test_string_compare(void) {
+    int same = 0;
+    for (int it = 0; it < 20000; it++) {
+        char a[256], b[256];
+        const tri_js ja = { a, random_js_string(a, sizeof a, (int) tu_below(6)) };
+        const tri_js jb = { b, random_js_string(b, sizeof b, (int) tu_below(6)) };
+        CHECK(tri_js_parse(ja, &(tri_js){ 0 }) && tri_js_parse(jb, &(tri_js){ 0 }), "not JSON: %s / %s", a, b);
+        tri_gbuf ua = { 0 }, ub = { 0 };
+        tri_js_unescape(ja, &ua);
+        tri_js_unescape(jb, &ub);
+        const bool want = ua.len == ub.len && (ua.len == 0 || memcmp(ua.p, ub.p, ua.len) == 0);
+        same += want;
+        CHECK(tri_js_str_same(ja, jb) == want && tri_js_str_same(jb, ja) == want, "same(%s, %s) != %d", a, b, want);
+        size_t chars = 0;
+        for (size_t i = 0; i < ua.len; i++) chars += ((unsigned char) ua.p[i] & 0xC0) != 0x80;
+        CHECK(tri_js_str_chars(ja) == chars, "chars(%s) = %zu, want %zu", a, tri_js_str_chars(ja), chars);
+        if (!ua.len || !memchr(ua.p, '\0', ua.len)) {
+            CHECK(tri_js_str_eq(ja, ua.p ? ua.p : ""), "str_eq(%s) with its own text", a);
+            CHECK(tri_js_str_eq(jb, ua.p ? ua.p : "") == want, "str_eq(%s, text of %s) != %d", b, a, want);
+        }
+        tri_gbuf_free(&ua);
+        tri_gbuf_free(&ub);
+    }
+    CHECK(same > 500, "only %d equal pairs drawn", same);
+}
+
 /* ---- argument validation -------------------------------------------------------------------------- */
 
 static void test_validate(void) {
@@ -733,6 +782,7 @@ static void test_parser_long(void) {
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     test_json_scanner();
+    test_string_compare();
     test_validate();
     test_render();
     test_schema();

@@ -863,13 +863,14 @@ def test_cuda_bench(cuda_build, cuda_device):
 @pytest.mark.timeout(2400)
 def test_cuda_emu_sanitized(cut_model, tmp_path):
     """The backend's host code under ASan + UBSan, on the host emulation: a prompt with TriAttention rounds on the
-    device, sessions decoding together from a saved and restored depth (full and TriAttention), and the memory cap's
-    refusal, each without a sanitizer report (leaks included where the sandbox lets LeakSanitizer run)."""
+    device, sessions decoding together from a saved and restored depth (full and TriAttention), the memory cap's
+    refusal, and every allocation of test_alloc_fail's scenarios failing in turn (the CUDA one included), each
+    without a sanitizer report (leaks included where the sandbox lets LeakSanitizer run)."""
     from conftest import _cmake_build, sanitizer_reports
     from test_c_units import LSAN_BROKEN
 
     build = _cmake_build(ROOT / "build" / "cuda-emu-asan", "-DTRIATTN_CUDA_EMU=ON", "-DTRIATTN_SANITIZE=ON",
-                         "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DTRIATTN_BUILD_TESTS=OFF")
+                         "-DCMAKE_BUILD_TYPE=RelWithDebInfo", targets=("triattn-cli", "test_alloc_fail"))
     cli = [str(build / "triattn-cli"), "-m", str(cut_model), "-ngl", "-1"]
     ta = ["--kv-policy", "triattention", "--kv-budget", "64", "--kv-interval", "16"]
     runs = [
@@ -881,9 +882,10 @@ def test_cuda_emu_sanitized(cut_model, tmp_path):
                                      "-c", "512", "--kv-policy", "full"], 0),
         ("memory cap", [*cli, "-c", "32768", "--gpu-mem-limit", "40MiB", "--kv-policy", "full", "-p", "Hi", "-n", "1"],
          None),
+        ("allocation failures", [str(build / "test_alloc_fail")], 0),
     ]
     env = {**os.environ, "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-           "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1", "TMPDIR": str(tmp_path)}
+           "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1", "TMPDIR": str(tmp_path), "TRI_TEST_SEED": str(SEED)}
     for what, cmd, want in runs:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
         if any(s in p.stderr for s in LSAN_BROKEN):  # LeakSanitizer cannot run under this sandbox's ptrace rules
@@ -894,7 +896,7 @@ def test_cuda_emu_sanitized(cut_model, tmp_path):
         if want is None:
             assert p.returncode != 0 and "gpu_mem_limit" in p.stderr, f"{what}: {p.returncode}\n{p.stderr[-3000:]}"
         else:
-            assert p.returncode == want, f"{what}: exit {p.returncode}\n{p.stderr[-3000:]}"
+            assert p.returncode == want, f"{what}: exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
 
 
 @pytest.mark.long

@@ -637,8 +637,16 @@ enum triattn_status triattn_tool_parser_feed(triattn_tool_parser * p, const char
     tri_gbuf_str(&p->deltas, "[");
     if (!p->finished) {
         tri_gbuf_put(&p->pend, text, len);
-        if (p->pend.len == 0) {
+        const bool empty = p->pend.len == 0;
+        if (empty) {
             tri_gbuf_put(&p->pend, " ", 1);  /* keeps pend allocated so its text is never NULL */
+        }
+        if (p->pend.oom) {  /* the text could not be held: nothing is parsed, the feed fails */
+            *deltas     = "[]";
+            *deltas_len = 2;
+            return TRIATTN_ERR_OOM;
+        }
+        if (empty) {
             p->pend.len = 0;
             p->pend.p[0] = '\0';
         }

@@ -3,6 +3,7 @@
  * or success with the results of an undisturbed run (under ASan + UBSan: no leak, no invalid access). Also: a
  * session's decode steps allocate nothing. The allocator is interposed at link time (-Wl,--wrap=malloc,...; see
  * CMakeLists.txt), so the calls of libtriattn's and the server's objects come here with their call sites.
+ * TRI_AF_VERBOSE=1 names each injection (site offset for addr2line, call) before it runs.
  * Scenarios run on the tiny calibrated model of the fuzz corpus. Random later calls, fresh seed each run
  * (TRI_TEST_SEED reproduces one). */
 #define _GNU_SOURCE
@@ -568,7 +569,8 @@ static int sweep(const char * name, af_scenario f, void * ctx, bool (*server_ok)
     atomic_store(&g_record, false);
     CHECK(st == TRIATTN_OK, "%s: the undisturbed run fails: %s", name, err);
     if (st != TRIATTN_OK) return 0;
-    const int n_sites = g_n_sites;
+    const int  n_sites = g_n_sites;
+    const bool verbose = getenv("TRI_AF_VERBOSE") != NULL;  /* each injection named before it runs */
     int injected = 0, refused = 0, absorbed = 0;
     for (int i = 0; i < n_sites; i++) {
         const long calls = g_site_calls[i];
@@ -584,6 +586,7 @@ static int sweep(const char * name, af_scenario f, void * ctx, bool (*server_ok)
         for (int k = 0; k < n_nth; k++) {
             memset(&got, 0, sizeof got);
             err[0] = '\0';
+            if (verbose) fprintf(stderr, "%s: failing site 0x%lx call %ld\n", name, site_off(g_sites[i]), nths[k]);
             arm(g_sites[i], nths[k]);
             st = f(ctx, &got, err, sizeof err);
             const bool fired = atomic_load(&g_fired);

@@ -405,7 +405,6 @@ done:
  * its rounds on the device, its state saved and loaded into a second, the two decoding together, and a session over
  * the memory cap refused. */
 static enum triattn_status sc_gpu(void * ctx, af_result * out, char * err, size_t err_size) {
-    (void) ctx;
     enum triattn_status st = TRIATTN_OK;
     triattn_session *   ss[2] = { NULL, NULL };
     struct sess_ctx     c = { .state_path = ((const struct sess_ctx *) ctx)->state_path };

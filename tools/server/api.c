@@ -49,6 +49,19 @@ static void reply_json(ctx * x, int status, jbuf * b) {
 }
 
 /* {"error": {"message", "type", "param", "code"}}; param is x->param (the offending request field) or null. */
+/* {"error": {"message", "type", "param", "code"}} into b; param and code may be NULL (null). */
+static void error_object(jbuf * b, const char * msg, const char * type, const char * param, const char * code) {
+    jb_cstr(b, "{\"error\":{\"message\":");
+    jb_qcstr(b, msg);
+    jb_cstr(b, ",\"type\":");
+    jb_qcstr(b, type);
+    jb_cstr(b, ",\"param\":");
+    if (param) jb_qcstr(b, param); else jb_cstr(b, "null");
+    jb_cstr(b, ",\"code\":");
+    if (code) jb_qcstr(b, code); else jb_cstr(b, "null");
+    jb_cstr(b, "}}");
+}
+
 static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) __attribute__((format(printf, 4, 5)));
 static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) {
     char msg[512];
@@ -60,15 +73,7 @@ static void reply_error(ctx * x, int status, const char * code, const char * fmt
                       : status >= 500 ? "server_error" : "invalid_request_error";
     jbuf b;
     jb_init(&b);
-    jb_cstr(&b, "{\"error\":{\"message\":");
-    jb_qcstr(&b, msg);
-    jb_cstr(&b, ",\"type\":");
-    jb_qcstr(&b, type);
-    jb_cstr(&b, ",\"param\":");
-    if (x->param) jb_qcstr(&b, x->param); else jb_cstr(&b, "null");
-    jb_cstr(&b, ",\"code\":");
-    if (code) jb_qcstr(&b, code); else jb_cstr(&b, "null");
-    jb_cstr(&b, "}}");
+    error_object(&b, msg, type, x->param, code);
     reply_json(x, status, &b);
     jb_free(&b);
     atomic_fetch_add(&x->srv->requests_failed, 1);
@@ -248,11 +253,9 @@ static void send_stream_error(ctx * x, const char * code, const char * msg) {
     static const char oom[] = "data: " OOM_BODY "\n\n";
     jbuf b;
     jb_init(&b);
-    jb_cstr(&b, "data: {\"error\":{\"message\":");
-    jb_qcstr(&b, msg);
-    jb_cstr(&b, ",\"type\":\"server_error\",\"param\":null,\"code\":");
-    jb_qcstr(&b, code);
-    jb_cstr(&b, "}}\n\n");
+    jb_cstr(&b, "data: ");
+    error_object(&b, msg, "server_error", NULL, code);
+    jb_cstr(&b, "\n\n");
     const bool sent = b.oom ? http_stream_chunk(x->c, oom, sizeof oom - 1) : http_stream_chunk(x->c, b.data, b.len);
     x->bytes += b.oom ? sizeof oom - 1 : b.len;
     if (sent) http_stream_end(x->c);

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, _cmake_build, sanitizer_reports
+from conftest import ROOT, _cmake_build, _have, sanitizer_reports
+from pytriattn.llama import default_calibration
 
 LSAN_BROKEN = ("LeakSanitizer has encountered a fatal error", "LeakSanitizer does not work under ptrace")
 
@@ -70,3 +71,59 @@ def test_c_unit_tests_sanitized(default_model):
     out = p.stdout + p.stderr
     assert p.returncode == 0 and "inputs replayed" in out and "skip" not in out, (
         "fuzz_tokenize under ASan+UBSan:\n" + "\n".join(sanitizer_reports(out)[:20]) + "\n" + out[-4000:])
+
+
+AARCH64_TOOLS = ("aarch64-linux-gnu-gcc", "qemu-aarch64")
+AARCH64_RUN = ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu")  # as cmake/aarch64-linux-gnu.cmake runs the tests
+# Minutes each under qemu, and nothing ARM-specific in them: every allocation failed in turn, the emulated CUDA tiles.
+AARCH64_SLOW = ("test_alloc_fail", "test_cuda_atile")
+
+
+def _elf_machine(path: Path) -> int:
+    """e_machine of an ELF file (183: AArch64, 62: x86-64)."""
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    return int.from_bytes(head[18:20], "little")
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1800)
+def test_c_unit_tests_aarch64(default_model):
+    """The library, the CLI and the C unit tests cross-compiled for 64-bit ARM Linux (GCC, Release) and run under
+    qemu-user: the portable kernels, parsers and char-signedness-sensitive code off x86 (ARM's char is unsigned).
+    The unit tests without the real model (their model parts skip: minutes under emulation), then TriAttention end
+    to end through the CLI on the default model."""
+    missing = [t for t in AARCH64_TOOLS if not _have(t)]
+    if missing:
+        why = f"{', '.join(missing)} not found (Debian: gcc-aarch64-linux-gnu, qemu-user)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI installs them (.ci/run)")
+        pytest.skip(why)
+    build = ROOT / "build" / "aarch64"
+    names_all = _registered_tests(_cmake_build(
+        build, f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'aarch64-linux-gnu.cmake'}", targets=("triattn-cli",)))
+    names = [n for n in names_all if n not in AARCH64_SLOW]
+    assert "test_quants" in names and "test_ops" in names, names_all
+    _cmake_build(build, targets=tuple(sorted(set(names))))
+    assert _elf_machine(build / "test_quants") == 183, "the cross build did not produce AArch64 binaries"
+
+    env = {k: v for k, v in os.environ.items() if k != "TRI_DEFAULT_MODEL"}
+    p = subprocess.run(["ctest", "--output-on-failure", "--timeout", "600", "-j", str(os.cpu_count() or 2),
+                        "-R", "^(" + "|".join(names) + ")$"], cwd=build, env=env, capture_output=True, text=True,
+                       timeout=1500)
+    assert p.returncode == 0, _failure_report(p, "AArch64 build under qemu-user")
+    assert re.search(rf"100% tests passed(, 0 tests failed)? out of {len(names)}\b", p.stdout), p.stdout[-3000:]
+
+    # TriAttention end to end: a 49-token prompt into a budget of 24 slots, a round every 8 tokens, during the
+    # prefill and the decode.
+    prompt = ("Paris is the capital and largest city of France. The city stands on the Seine, in the north of the "
+              "country, at the heart of the Ile-de-France region. Question: what is the capital of France? Answer:")
+    p = subprocess.run([*AARCH64_RUN, str(build / "triattn-cli"), "-m", str(default_model), "-p", prompt, "-n", "24", "--temp", "0",
+                        "--ignore-eos", "--kv-policy", "triattention", "--kv-budget", "24", "--kv-interval", "8",
+                        "--kv-window", "8",
+                        "--calibration", str(default_calibration())],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Paris" in p.stdout, p.stdout
+    rounds = re.search(r"(\d+) compressions, (\d+) evicted", p.stderr)
+    assert rounds and int(rounds[1]) > 0 and int(rounds[2]) > 0, p.stderr[-2000:]

@@ -262,9 +262,9 @@ static void ref_snapkv(int D, int G, const float * q, int nq, const tri_fp16 * K
             for (int g = 0; g < G; g++) {
                 double dot = 0;
                 for (int d = 0; d < D; d++) dot += (double) q[((size_t) t * G + g) * D + d] * f16d(K[(size_t) j * D + d]);
-                lg[j] = fmax(lg[j], dot / sqrt((double) D));
+                lg[j] = tu_max(lg[j], dot / sqrt((double) D));
             }
-            mx = fmax(mx, lg[j]);
+            mx = tu_max(mx, lg[j]);
         }
         for (int j = 0; j < m; j++) sum += exp(lg[j] - mx);
         for (int j = 0; j < m; j++) mean[j] += exp(lg[j] - mx) / sum / nq;
@@ -272,7 +272,7 @@ static void ref_snapkv(int D, int G, const float * q, int nq, const tri_fp16 * K
     for (int j = 0; j < m; j++) {
         out[j] = -INFINITY;
         for (int d = -3; d <= 3; d++) {
-            if (j + d >= 0 && j + d < m) out[j] = fmax(out[j], mean[j + d]);
+            if (j + d >= 0 && j + d < m) out[j] = tu_max(out[j], mean[j + d]);
         }
     }
     free(mean); free(lg);
@@ -301,7 +301,7 @@ static void ref_redundancy(int D, const tri_fp16 * K, int n, double * out) {
     for (int j = 0; j < n; j++) {
         out[j] = 0;
         for (int i = 0; i < n; i++) out[j] += cs[(size_t) i * n + j] / n;
-        mx = fmax(mx, out[j]);
+        mx = tu_max(mx, out[j]);
     }
     for (int j = 0; j < n; j++) sum += exp(out[j] - mx);
     for (int j = 0; j < n; j++) out[j] = exp(out[j] - mx) / sum;
@@ -346,12 +346,12 @@ static void test_oracle_scores(void) {
         tri_snapkv_scores(k, D, G, q, nq, K, n, out, scratch);
         ref_snapkv(D, G, q, nq, K, n, ref);
         double err = 0, mx = 0;
-        for (int j = 0; j < n - nq; j++) { err = fmax(err, fabs(out[j] - ref[j])); mx = fmax(mx, ref[j]); }
+        for (int j = 0; j < n - nq; j++) { err = tu_max(err, fabs(out[j] - ref[j])); mx = tu_max(mx, ref[j]); }
         CHECK(err <= 1e-5 * mx + 1e-9, "snapkv scores (D %d G %d n %d w %d): max error %.3g of %.3g", D, G, n, nq, err, mx);
         tri_rkv_redundancy(k, D, K, n, out, scratch);
         ref_redundancy(D, K, n, ref);
         err = 0; mx = 0;
-        for (int j = 0; j < n; j++) { err = fmax(err, fabs(out[j] - ref[j])); mx = fmax(mx, ref[j]); }
+        for (int j = 0; j < n; j++) { err = tu_max(err, fabs(out[j] - ref[j])); mx = tu_max(mx, ref[j]); }
         CHECK(err <= 1e-5 * mx, "rkv redundancy (D %d n %d): max error %.3g of %.3g", D, n, err, mx);
         free(K); free(q); free(out); free(scratch); free(ref);
     }
@@ -370,7 +370,7 @@ static int check_topk(const fx * f, const snap * s, int i, int lo, int hi, int k
         int above = 0;
         for (int x = 0; x < n; x++) above += score[x] > score[j] || (score[x] == score[j] && x > j);
         want[j] = above < k;
-        if (want[j]) cut_in = fmin(cut_in, score[j]); else cut_out = fmax(cut_out, score[j]);
+        if (want[j]) cut_in = fmin(cut_in, score[j]); else cut_out = tu_max(cut_out, score[j]);
     }
     for (int j = 0; j < n; j++) {
         const bool got = kept(f, il, h, s->pos[(size_t) i * f->c.capacity + lo + j]);
@@ -439,7 +439,7 @@ static void test_oracle_policy(const char * name) {
                         double dot = 0;
                         for (int d = 0; d < D; d++) dot += (double) qq[g * D + d] * f16d(K[(size_t) j * D + d]);
                         lg[j] = dot / sqrt((double) D);
-                        mx = fmax(mx, lg[j]);
+                        mx = tu_max(mx, lg[j]);
                     }
                     for (int j = 0; j < nv; j++) sum += exp(lg[j] - mx);
                     for (int j = 0; j < nv; j++) a[j] += exp(lg[j] - mx) / sum;

@@ -281,7 +281,7 @@ static void test_logprobs(triattn_model * m) {
         }
         double mx = -INFINITY, sum = 0.0;
         for (size_t v = 0; v < V; v++) {
-            mx = fmax(mx, logits[v]);
+            mx = tu_max(mx, logits[v]);
         }
         for (size_t v = 0; v < V; v++) {
             sum += exp(logits[v] - mx);

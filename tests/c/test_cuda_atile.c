@@ -256,7 +256,7 @@ static void test_chunk(void) {
                     dot += (double) qr[d] * tri_fp16_to_fp32(K[((size_t) h * c.cap + j) * D + d]);
                 }
                 sc[j] = dot * c.scale;
-                mx = fmax(mx, sc[j]);
+                mx = tu_max(mx, sc[j]);
             }
             for (int j = 0; j < nv; j++) {
                 sum += exp(sc[j] - mx);
@@ -273,7 +273,7 @@ static void test_chunk(void) {
                 for (int j = 0; j < nv; j++) {
                     want += exp(sc[j] - mx) / sum * tri_fp16_to_fp32(V[((size_t) h * c.cap + j) * D + d]);
                 }
-                worst = isnan(got[d]) ? INFINITY : fmax(worst, fabs(got[d] - want));
+                worst = isnan(got[d]) ? INFINITY : tu_max(worst, fabs(got[d] - want));
             }
         }
     }
@@ -304,7 +304,7 @@ static void test_merge(void) {
     double mx = -INFINITY, sum = 0.0;
     for (int j = 0; j < nv; j++) {
         sc[j] = spread * tu_normal();
-        mx = fmax(mx, sc[j]);
+        mx = tu_max(mx, sc[j]);
         for (int d = 0; d < D; d++) {
             v[(size_t) j * D + d] = tu_normal();
         }
@@ -357,7 +357,7 @@ static void test_merge(void) {
         for (int j = 0; j < nv; j++) {
             want += exp(sc[j] - mx) / sum * v[(size_t) j * D + d];
         }
-        worst = isnan(out[d]) ? INFINITY : fmax(worst, fabs(out[d] - want));
+        worst = isnan(out[d]) ? INFINITY : tu_max(worst, fabs(out[d] - want));
     }
     CHECK(worst < 1e-4, "merge of %d parts over %d slots (%s), D %d: error %.3g", parts, nv,
           random_cuts ? "random cuts" : "whole tiles", D, worst);

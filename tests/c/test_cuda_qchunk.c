@@ -185,7 +185,7 @@ static void test_type(enum tri_type t) {
                     mag += fabs((double) tri_qc_value(kind, &ch, i) * mine->d[c] * mine->qs[32 * c + i]);
                 }
             }
-            worst = fmax(worst, fabs(acc - ref) / mag);
+            worst = tu_max(worst, fabs(acc - ref) / mag);
         }
     }
     CHECK(value_bad == 0, "%s: %d chunk values differ from the CPU dequantizer", tt->name, value_bad);
@@ -310,7 +310,7 @@ static void test_tile(enum tri_type t) {
             for (int64_t i = 0; i < n; i++) {
                 mag += fabs((double) tmp[i] * q8.meta[(size_t) k * (n / 32) + i / 32].d * q8.qs[(size_t) k * n + i]);
             }
-            worst = fmax(worst, fabs((double) out[r][k] - ref) / mag);
+            worst = tu_max(worst, fabs((double) out[r][k] - ref) / mag);
         }
     }
     CHECK(worst < 2e-5, "%s: tensor-core warp (%lld values, %d tokens) vs vec_dot_ref: relative error %.3g", tt->name,

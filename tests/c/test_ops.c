@@ -42,7 +42,7 @@ static void test_attn_kernels(void) {
                     double ref = 0.0;
                     for (int d = 0; d < D; d++) ref += (double) q[g * D + d] * tri_fp16_to_fp32(K[j * D + d]);
                     ref *= scale;
-                    max_err = fmax(max_err, fabs(ref - s[g * n + j]));
+                    max_err = tu_max(max_err, fabs(ref - s[g * n + j]));
                 }
             }
             CHECK(max_err < 1e-4, "isa %d scores D=%d G=%d n=%d err %g", isa, D, G, n, max_err);
@@ -54,7 +54,7 @@ static void test_attn_kernels(void) {
                 for (int d = 0; d < D; d++) {
                     double ref = 0.0;
                     for (int j = 0; j < n; j++) ref += (double) p[g * n + j] * tri_fp16_to_fp32(V[j * D + d]);
-                    max_err = fmax(max_err, fabs(ref - acc[g * D + d]) / (1.0 + fabs(ref)));
+                    max_err = tu_max(max_err, fabs(ref - acc[g * D + d]) / (1.0 + fabs(ref)));
                 }
             }
             CHECK(max_err < 1e-4, "isa %d accum D=%d G=%d n=%d err %g", isa, D, G, n, max_err);
@@ -70,7 +70,7 @@ static void test_attn_kernels(void) {
             for (int j = 0; j < n; j++) {
                 const double e = exp((double) p[j] - mx);
                 ref_sum += e;
-                rel = fmax(rel, fabs(e - s[j]) / (e + 1e-30));
+                rel = tu_max(rel, fabs(e - s[j]) / (e + 1e-30));
             }
             CHECK(rel < 1e-5 && fabs(ref_sum - sum) / ref_sum < 1e-5, "isa %d exp_sum n=%d rel %g", isa, n, rel);
             free(q); free(K); free(V); free(s); free(p); free(acc);
@@ -180,7 +180,7 @@ static void test_rope(void) {
                 /* complex multiply (x_a + i x_b) * e^{i ang} */
                 const double re = x[h * D + a] * cos(ang[f]) - x[h * D + b] * sin(ang[f]);
                 const double im = x[h * D + a] * sin(ang[f]) + x[h * D + b] * cos(ang[f]);
-                err = fmax(err, fabs(re - y[h * D + a]) + fabs(im - y[h * D + b]));
+                err = tu_max(err, fabs(re - y[h * D + a]) + fabs(im - y[h * D + b]));
             }
         }
         CHECK(err < 1e-5, "rope pairing %d err %g", pairing, err);
@@ -199,7 +199,7 @@ static void test_rmsnorm(void) {
     tri_rmsnorm(x, w, y, n, 1e-5f);
     const double r = 1.0 / sqrt(ss / n + 1e-5);
     double err = 0.0;
-    for (int i = 0; i < n; i++) err = fmax(err, fabs(x[i] * r * w[i] - y[i]));
+    for (int i = 0; i < n; i++) err = tu_max(err, fabs(x[i] * r * w[i] - y[i]));
     CHECK(err < 1e-5, "rmsnorm n=%d err %g", n, err);
     free(x); free(w); free(y);
 }
@@ -290,7 +290,7 @@ static void test_act_mul(void) {
                 const double x = g0[i];
                 const double act = which ? 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)))
                                          : x / (1.0 + exp(-x));
-                err = fmax(err, fabs(act * u[i] - g[i]) / (1.0 + fabs(act * u[i])));
+                err = tu_max(err, fabs(act * u[i] - g[i]) / (1.0 + fabs(act * u[i])));
             }
             CHECK(err < 1e-5, "isa %d %s_mul n=%d rel err %g", isa, which ? "gelu" : "silu", n, err);
             /* the same values from an odd offset, one short piece at a time */

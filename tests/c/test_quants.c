@@ -9,7 +9,9 @@
 #include "repack.h"
 #include "types.h"
 
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#  include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -501,16 +503,48 @@ static void test_row_sizes(void) {
     CHECK(tri_row_size((enum tri_type)5, 32) == 0, "row size of an unknown type");
 }
 
+/* The hardware's half conversions, the oracle for the portable ones: F16C on x86-64, the FCVT of __fp16 on
+ * AArch64; none elsewhere. */
+#if defined(__x86_64__) || defined(_M_X64)
+static bool hw_fp16(void) {
+    return tri_cpu_isa() >= TRI_ISA_AVX2;
+}
 __attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) {
     return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
 }
 __attribute__((target("f16c"))) static float hw_f16_to_f32(uint16_t h) {
     return _cvtsh_ss(h);
 }
+#elif defined(__aarch64__)
+static bool hw_fp16(void) {
+    return true;
+}
+static uint16_t hw_f32_to_f16(float f) {
+    const __fp16 h = (__fp16)f;
+    uint16_t     u;
+    memcpy(&u, &h, 2);
+    return u;
+}
+static float hw_f16_to_f32(uint16_t u) {
+    __fp16 h;
+    memcpy(&h, &u, 2);
+    return (float)h;
+}
+#else
+static bool hw_fp16(void) {
+    return false;
+}
+static uint16_t hw_f32_to_f16(float f) {
+    return tri_fp32_to_fp16(f);
+}
+static float hw_f16_to_f32(uint16_t h) {
+    return tri_fp16_to_fp32((tri_fp16)h);
+}
+#endif
 
 static void test_fp16(void) {
     int bad = 0;
-    const bool hw = tri_cpu_isa() >= TRI_ISA_AVX2;
+    const bool hw = hw_fp16();
     for (uint32_t h = 0; h < 65536; h++) {
         const float f = tri_fp16_to_fp32((tri_fp16)h);
         const bool nan = ((h >> 10) & 0x1f) == 0x1f && (h & 0x3ff);

@@ -34,7 +34,7 @@ static void test_quantize(void) {
         double amax = 0.0;
         for (int d = 0; d < D; d++) {
             x[d] = tri_fp32_to_fp16(it % 97 == 0 ? 0.0f : (float) (scale * tu_normal()));
-            amax = fmax(amax, fabs(tri_fp16_to_fp32(x[d])));
+            amax = tu_max(amax, fabs(tri_fp16_to_fp32(x[d])));
         }
         tri_t2_quantize_row(x, D, qmax, q, &s16);
         tri_t2_dequantize_row(q, s16, D, y);
@@ -58,7 +58,7 @@ static void test_quantize(void) {
         CHECK(s == want_s, "scale %.9g, want %.9g (amax %g)", s, want_s, amax);
         for (int d = 0; d < D; d++) {
             const double v = tri_fp16_to_fp32(x[d]) / s;
-            const double r = fmin(qmax, fmax(-qmax, nearbyint(v)));
+            const double r = fmin(qmax, tu_max(-qmax, nearbyint(v)));
             const bool tie = fabs(fabs(v - trunc(v)) - 0.5) < 1e-5;
             const double err = fabs(tri_fp16_to_fp32(y[d]) - tri_fp16_to_fp32(x[d]));
             const bool b = (q[d] != (int8_t) r && !(tie && abs(q[d] - (int) r) <= 1)) ||
@@ -347,7 +347,7 @@ static void oracle_scores(const tri_kv_cache * c, int il, int h, int G, double s
                         a += (double) q[d] * K[(size_t) j * D + d];
                     }
                     lg[j] = a * scale;
-                    mx = fmax(mx, lg[j]);
+                    mx = tu_max(mx, lg[j]);
                 }
             }
             for (int32_t j = 0; j < n; j++) {
@@ -355,7 +355,7 @@ static void oracle_scores(const tri_kv_cache * c, int il, int h, int G, double s
             }
             for (int32_t j = 0; j < n; j++) {
                 if (lg[j] > -INFINITY) {
-                    out[j] = fmax(out[j], exp(lg[j] - mx) / sum);
+                    out[j] = tu_max(out[j], exp(lg[j] - mx) / sum);
                 }
             }
         }
@@ -536,7 +536,7 @@ static void test_recall_swaps(enum tri_kv_share share) {
             g[j] = -INFINITY;
             for (int m = 0; m < LK; m++) {
                 const bool member = share == TRI_KV_SHARE_ALL || (share == TRI_KV_SHARE_LAYERS && m % HKV == i % HKV) || m == i;
-                g[j] = member ? fmax(g[j], sc[m][j]) : g[j];
+                g[j] = member ? tu_max(g[j], sc[m][j]) : g[j];
             }
         }
         /* R best tier-2 slots (descending) and R worst candidates [SINK, LIVE - WIN) (ascending) */

@@ -35,7 +35,7 @@ static double ref_score(int F, const double * omega, const double * qre, const d
             const double ph = atan2(qim[f] * kre[f] - qre[f] * kim[f], qre[f] * kre[f] + qim[f] * kim[f]);
             trig += qa * ka * cos(omega[f] * (t0 - p + offs[m]) + ph);
         }
-        acc = max_mode ? fmax(acc, trig) : acc + trig / M;
+        acc = max_mode ? tu_max(acc, trig) : acc + trig / M;
     }
     acc *= g_w_trig;
     for (int f = 0; f < F; f++) {
@@ -203,9 +203,9 @@ static void test_fused_random(void) {
             double err = 0;
             for (int i = 0; i < G * n; i++) {
                 const double e = fabs(s[i] - ref[i]) / (scale[i] + 1e-3);
-                err = isnan(s[i]) ? INFINITY : fmax(err, e);
+                err = isnan(s[i]) ? INFINITY : tu_max(err, e);
             }
-            worst[isa] = fmax(worst[isa], err);
+            worst[isa] = tu_max(worst[isa], err);
             /* relative to sum_f E|q| |k|: float products and sums of ~64 terms */
             CHECK(err < 2e-5, "fused score isa %d pairing %d D %d R %d G %d n %d: rel err %.3g", isa, pr, D, R, G, n, err);
         }
@@ -519,8 +519,8 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
                     mean += sc[j] / nc;
                 }
                 for (int j = 0; j < nc; j++) var += (sc[j] - mean) * (sc[j] - mean) / nc;
-                const double sd = fmax(sqrt(var), 1e-6);
-                for (int j = 0; j < nc; j++) a[j] = fmax(a[j], (sc[j] - mean) / sd);
+                const double sd = tu_max(sqrt(var), 1e-6);
+                for (int j = 0; j < nc; j++) a[j] = tu_max(a[j], (sc[j] - mean) / sd);
                 free(sc);
             }
             if (qlook && nc > 0) {
@@ -536,9 +536,9 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
                             const float * q = qlook + ((size_t) il * W + t) * H * D + (size_t) (h * G + g) * D;
                             double dot = 0;
                             for (int d = 0; d < D; d++) dot += (double) q[d] * tri_fp16_to_fp32(tri_kv_k(&c, il, h)[(size_t) (lo + j) * D + d]);
-                            lg[j] = fmax(lg[j], dot / sqrt((double) D));
+                            lg[j] = tu_max(lg[j], dot / sqrt((double) D));
                         }
-                        mx = fmax(mx, lg[j]);
+                        mx = tu_max(mx, lg[j]);
                     }
                     for (int j = 0; j < nc; j++) sum += exp(lg[j] - mx);
                     for (int j = 0; j < nc; j++) sig[j] += exp(lg[j] - mx) / sum / W;
@@ -546,11 +546,11 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
                 double mean = 0, var = 0;
                 for (int j = 0; j < nc; j++) {
                     pool[j] = -INFINITY;
-                    for (int i = j - 3; i <= j + 3; i++) if (i >= 0 && i < nc) pool[j] = fmax(pool[j], sig[i]);
+                    for (int i = j - 3; i <= j + 3; i++) if (i >= 0 && i < nc) pool[j] = tu_max(pool[j], sig[i]);
                     mean += pool[j] / nc;
                 }
                 for (int j = 0; j < nc; j++) var += (pool[j] - mean) * (pool[j] - mean) / nc;
-                const double sd = fmax(sqrt(var), 1e-6);
+                const double sd = tu_max(sqrt(var), 1e-6);
                 for (int j = 0; j < nc; j++) a[j] += opts.lookw * (pool[j] - mean) / sd;
                 free(sig); free(lg); free(pool);
             }
@@ -570,7 +570,7 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
                 for (int i = 0; i < L * Hkv; i++) {
                     if (global || i % Hkv == grp) {
                         const double v = agg[(size_t) i * (nc + 1) + j];
-                        s = opts.layer_max ? fmax(s, v) : s + v;
+                        s = opts.layer_max ? tu_max(s, v) : s + v;
                         cnt++;
                     }
                 }
@@ -591,7 +591,7 @@ static void test_policy_synthetic(const char * mode, enum tri_rope_pairing pr, i
         for (int j = 0; j < nc; j++) {
             int above = 0;
             for (int i = 0; i < nc; i++) above += red[i] > red[j] || (red[i] == red[j] && i > j);
-            if (above < k) cut_in = fmin(cut_in, red[j]); else cut_out = fmax(cut_out, red[j]);
+            if (above < k) cut_in = fmin(cut_in, red[j]); else cut_out = tu_max(cut_out, red[j]);
         }
         for (int j = 0; j < nc; j++) {
             const bool near = fabs(red[j] - cut_in) < 1e-4 || fabs(red[j] - cut_out) < 1e-4;
@@ -764,7 +764,7 @@ static void test_calib_accumulate(void) {
                 }
                 for (int l = 0; l < 2; l++) {
                     const size_t i = ((size_t) l * H + h) * F + f;
-                    err = fmax(err, fabs(c->sum_re[i] - sr) + fabs(c->sum_im[i] - si) + fabs(c->sum_abs[i] - sa));
+                    err = tu_max(err, fabs(c->sum_re[i] - sr) + fabs(c->sum_im[i] - si) + fabs(c->sum_abs[i] - sa));
                 }
             }
         }

@@ -85,6 +85,13 @@ static inline double tu_uniform(void) { return (double) (tu_u64() >> 11) * 0x1.0
 static inline double tu_uniform_open(void) { return ((double) (tu_u64() >> 11) + 0.5) * 0x1.0p-53; }
 /* Uniform double in [-1, 1). */
 static inline double tu_symmetric(void) { return tu_uniform() * 2.0 - 1.0; }
+
+/* The larger of a and b for maxima of errors and values; a NaN in either wins, so a NaN error fails the check
+ * that follows it (fmax would drop the NaN). */
+static inline double tu_max(double a, double b) {
+    if (a != a) return a;
+    return b != b || b > a ? b : a;
+}
 /* Uniform float in [lo, hi). */
 static inline float tu_uniformf(float lo, float hi) { return lo + (hi - lo) * (float) tu_uniform(); }
 /* Standard normal (Box-Muller). */

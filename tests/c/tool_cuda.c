@@ -273,13 +273,13 @@ static void parity_dequant_matmul(void) {
                             }
                         }
                         const double base = (accumulate ? y0[j][tk * jobs[j].ldy + r] : 0.0) + (bias[j] ? bias[j][r] : 0.0);
-                        worst = fmax(worst, fabs(y[tk * jobs[j].ldy + r] - base - ref) / mag);
+                        worst = tu_max(worst, fabs(y[tk * jobs[j].ldy + r] - base - ref) / mag);
                     }
                 }
                 /* padding columns of y stay untouched */
                 for (int tk = 0; tk < n_tok; tk++) {
                     for (int64_t r = ne1[j]; r < jobs[j].ldy; r++) {
-                        worst = fmax(worst, y[tk * jobs[j].ldy + r] != y0[j][tk * jobs[j].ldy + r] ? 1.0 : 0.0);
+                        worst = tu_max(worst, y[tk * jobs[j].ldy + r] != y0[j][tk * jobs[j].ldy + r] ? 1.0 : 0.0);
                     }
                 }
                 free(y);
@@ -351,7 +351,7 @@ static void parity_act_prep(void) {
                 memcpy(ref, xr, sizeof(float) * n);
             }
             for (int i = 0; i < n; i++) {
-                e = fmax(e, fabs((double) f[r * n + i] - ref[i]) / (fabs(ref[i]) + 1e-3));
+                e = tu_max(e, fabs((double) f[r * n + i] - ref[i]) / (fabs(ref[i]) + 1e-3));
             }
             /* codes and scales of each output against the reference quantizer applied to the device's floats */
             for (int o = 0; o < 2; o++) {
@@ -453,7 +453,7 @@ static void ref_attention(const test_cache * c, int il, int h, const float * q, 
             dot += (double) q[d] * tri_fp16_to_fp32(c->hK[(lh * c->cap + j) * D + d]);
         }
         sc[j] = dot / sqrt((double) D);
-        mx = fmax(mx, sc[j]);
+        mx = tu_max(mx, sc[j]);
     }
     for (int j = 0; j < n; j++) {
         sum += exp(sc[j] - mx);
@@ -568,7 +568,7 @@ static void parity_kv_attention(void) {
         free(gt);
         tri_cuda_free(dtickets);
         for (size_t i = 0; i < (size_t) n * H * D; i++) {
-            worst_q = fmax(worst_q, fabs((double) gq[i] - q[i]) / (fabs(q[i]) + 1e-2));
+            worst_q = tu_max(worst_q, fabs((double) gq[i] - q[i]) / (fabs(q[i]) + 1e-2));
         }
         /* host cache append at layer il, then float64 attention of every row over its prefix */
         for (int r = 0; r < n; r++) {
@@ -593,9 +593,9 @@ static void parity_kv_attention(void) {
                 ref_attention(c, il, hq / G, q + ((size_t) r * H + hq) * D, sc, o);
                 c->hlive[lh] = saved;
                 for (int d = 0; d < D; d++) {
-                    worst_att = fmax(worst_att, fabs(gout[((size_t) r * H + hq) * D + d] - o[d]));
+                    worst_att = tu_max(worst_att, fabs(gout[((size_t) r * H + hq) * D + d] - o[d]));
                     if (r < nA) {
-                        worst_mma = fmax(worst_mma, fabs(gmma[((size_t) r * H + hq) * D + d] - o[d]));
+                        worst_mma = tu_max(worst_mma, fabs(gmma[((size_t) r * H + hq) * D + d] - o[d]));
                     }
                 }
             }
@@ -779,7 +779,7 @@ static void parity_triattention(void) {
             for (int g = 0; g < G; g++) {
                 for (int j = 0; j < n; j++) {
                     const double r = ref[(row0 + g) * cap + j];
-                    e = fmax(e, fabs(sc[(row0 + g) * cap + j] - r) / (fabs(r) + 1.0));
+                    e = tu_max(e, fabs(sc[(row0 + g) * cap + j] - r) / (fabs(r) + 1.0));
                 }
             }
         }
@@ -805,7 +805,7 @@ static void parity_triattention(void) {
         for (int g = 0; g < G; g++) {
             tri_triattn_zscore(ref + (row0 + g) * cap, n);
             for (int j = 0; j < n; j++) {
-                ez = fmax(ez, fabs(sc[(row0 + g) * cap + j] - ref[(row0 + g) * cap + j]));
+                ez = tu_max(ez, fabs(sc[(row0 + g) * cap + j] - ref[(row0 + g) * cap + j]));
             }
         }
         for (int j = 0; j < n; j++) {
@@ -815,7 +815,7 @@ static void parity_triattention(void) {
                 a = v > a ? v : a;
             }
             agg[i * cap + j] = a;
-            ea = fmax(ea, fabs(gagg[i * cap + j] - a));
+            ea = tu_max(ea, fabs(gagg[i * cap + j] - a));
         }
     }
     for (int h = 0; h < Hkv; h++) {
@@ -826,7 +826,7 @@ static void parity_triattention(void) {
                 acc += agg[((size_t) l * Hkv + h) * cap + j];
             }
             mean[(size_t) h * cap + j] = acc * (1.0f / (float) L);
-            em = fmax(em, fabs(gmean[(size_t) h * cap + j] - mean[(size_t) h * cap + j]));
+            em = tu_max(em, fabs(gmean[(size_t) h * cap + j] - mean[(size_t) h * cap + j]));
         }
     }
     report("triattn_zscore", detail, ez, 2e-5);

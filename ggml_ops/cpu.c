@@ -14,6 +14,32 @@
 #else
 #  define TRI_X86 0
 #endif
+#if defined(__aarch64__)
+#  define TRI_ARM64 1
+#  if defined(__linux__)
+#    include <sys/auxv.h>
+#    ifndef HWCAP_ASIMD
+#      define HWCAP_ASIMD (1UL << 1)
+#    endif
+#    ifndef HWCAP_ASIMDDP
+#      define HWCAP_ASIMDDP (1UL << 20)
+#    endif
+#  endif
+#else
+#  define TRI_ARM64 0
+#endif
+
+/* The ISAs of this architecture from the lowest; each one's CPUs have the ones before it. */
+#if TRI_X86
+static const enum tri_isa k_isa_chain[] = { TRI_ISA_SCALAR, TRI_ISA_AVX2, TRI_ISA_AVX512 };
+#elif TRI_ARM64
+static const enum tri_isa k_isa_chain[] = { TRI_ISA_SCALAR, TRI_ISA_NEON };
+#else
+static const enum tri_isa k_isa_chain[] = { TRI_ISA_SCALAR };
+#endif
+#define TRI_ISA_CHAIN_LEN (int)(sizeof k_isa_chain / sizeof k_isa_chain[0])
+
+static const char * const k_isa_names[TRI_ISA_COUNT] = { "scalar", "avx2", "avx512", "neon" };
 
 /* Reference table: layout facts, scalar kernels, reference quantizers. vec_dot is filled at init. */
 static const tri_type_traits k_ref_traits[TRI_TYPE_COUNT] = {
@@ -52,6 +78,7 @@ static const tri_type_traits k_ref_traits[TRI_TYPE_COUNT] = {
 static struct {
     pthread_once_t  once;
     enum tri_isa    isa;                         /* best usable ISA (after the TRIATTN_ISA cap) */
+    bool            usable[TRI_ISA_COUNT];       /* the ISAs of k_isa_chain up to isa */
     char            features[128];
     tri_type_traits traits[TRI_TYPE_COUNT];
     tri_isa_kernels kernels[TRI_ISA_COUNT];      /* [ISA] -> kernels; scalar = references */
@@ -61,6 +88,7 @@ static struct {
 typedef struct {
     bool avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512dq, avx512vnni;
     bool os_ymm, os_zmm;
+    bool neon, dotprod;
 } tri_cpu_flags;
 
 static tri_cpu_flags tri_detect(void) {
@@ -91,6 +119,12 @@ static tri_cpu_flags tri_detect(void) {
         f.avx512vl   = (b >> 31) & 1;
         f.avx512vnni = (c >> 11) & 1;
     }
+#elif TRI_ARM64 && defined(__linux__)
+    const unsigned long hw = getauxval(AT_HWCAP);
+    f.neon    = (hw & HWCAP_ASIMD) != 0;
+    f.dotprod = f.neon && (hw & HWCAP_ASIMDDP) != 0;
+#elif TRI_ARM64
+    f.neon = true; /* Advanced SIMD is part of every AArch64 ABI; the dot product is only known on Linux */
 #endif
     return f;
 }
@@ -100,23 +134,34 @@ static void tri_ops_init_once(void) {
     const bool has_avx2   = f.os_ymm && f.avx2 && f.fma && f.f16c;
     const bool has_avx512 = has_avx2 && f.os_zmm && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq &&
                             f.avx512vnni;
-    enum tri_isa isa = has_avx512 ? TRI_ISA_AVX512 : has_avx2 ? TRI_ISA_AVX2 : TRI_ISA_SCALAR;
+    bool has[TRI_ISA_COUNT] = { [TRI_ISA_SCALAR] = true, [TRI_ISA_AVX2] = has_avx2, [TRI_ISA_AVX512] = has_avx512,
+                                [TRI_ISA_NEON] = f.neon };
 
-    /* TRIATTN_ISA=scalar|avx2|avx512 caps the choice (benchmarks, debugging); it never raises it. */
-    const char * cap = getenv("TRIATTN_ISA");
-    if (cap) {
-        enum tri_isa want = strcmp(cap, "scalar") == 0 ? TRI_ISA_SCALAR
-                          : strcmp(cap, "avx2") == 0   ? TRI_ISA_AVX2
-                                                       : TRI_ISA_AVX512;
-        isa = want < isa ? want : isa;
+    /* TRIATTN_ISA=<name> (scalar, avx2, avx512, neon) caps the choice to that ISA of this architecture
+     * (benchmarks, debugging); it never raises it, and another architecture's name leaves it alone. */
+    int top = 0;
+    while (top + 1 < TRI_ISA_CHAIN_LEN && has[k_isa_chain[top + 1]]) {
+        top++;
     }
+    const char * cap = getenv("TRIATTN_ISA");
+    for (int i = 0; cap && i < TRI_ISA_CHAIN_LEN; i++) {
+        if (strcmp(cap, k_isa_names[k_isa_chain[i]]) == 0) {
+            top = i < top ? i : top;
+        }
+    }
+    const enum tri_isa isa = k_isa_chain[top];
     g_ops.isa = isa;
+    memset(g_ops.usable, 0, sizeof g_ops.usable);
+    for (int i = 0; i <= top; i++) {
+        g_ops.usable[k_isa_chain[i]] = true;
+    }
+    const bool dotprod = f.dotprod && g_ops.usable[TRI_ISA_NEON];
 
-    snprintf(g_ops.features, sizeof g_ops.features, "%s%s%s%s%s%s%s%s",
+    snprintf(g_ops.features, sizeof g_ops.features, "%s%s%s%s%s%s%s%s%s[%s%s]",
              f.avx2 && f.os_ymm ? "AVX2 " : "", f.fma ? "FMA " : "", f.f16c ? "F16C " : "",
              f.avx512f && f.os_zmm ? "AVX512F " : "", f.avx512bw ? "AVX512BW " : "",
-             f.avx512vl ? "AVX512VL " : "", f.avx512vnni ? "VNNI " : "",
-             isa == TRI_ISA_AVX512 ? "[avx512]" : isa == TRI_ISA_AVX2 ? "[avx2]" : "[scalar]");
+             f.avx512vl ? "AVX512VL " : "", f.avx512vnni ? "VNNI " : "", f.neon ? "NEON " : "",
+             f.dotprod ? "DOTPROD " : "", k_isa_names[isa], dotprod ? "+dotprod" : "");
 
     memset(g_ops.kernels, 0, sizeof g_ops.kernels);
     for (int t = 0; t < TRI_TYPE_COUNT; t++) {
@@ -132,12 +177,17 @@ static void tri_ops_init_once(void) {
     /* Registering is just filling tables; the kernels run only when the CPU has the ISA. */
     tri_register_avx2(&g_ops.kernels[TRI_ISA_AVX2]);
     tri_register_avx512(&g_ops.kernels[TRI_ISA_AVX512]);
+#elif TRI_ARM64
+    tri_register_neon(&g_ops.kernels[TRI_ISA_NEON]);
+    if (dotprod) {
+        tri_register_neon_dotprod(&g_ops.kernels[TRI_ISA_NEON]);
+    }
 #endif
 
-    /* Active table: for each entry the best ISA <= isa that has it. */
+    /* Active table: for each entry the best usable ISA of this architecture that has it. */
     g_ops.active = g_ops.kernels[TRI_ISA_SCALAR];
-    for (int i = 1; i <= (int)isa; i++) {
-        const tri_isa_kernels * k = &g_ops.kernels[i];
+    for (int i = 1; i <= top; i++) {
+        const tri_isa_kernels * k = &g_ops.kernels[k_isa_chain[i]];
         for (int t = 0; t < TRI_TYPE_COUNT; t++) {
             if (k->vec_dot[t])  g_ops.active.vec_dot[t]  = k->vec_dot[t];
             if (k->gemv[t])     g_ops.active.gemv[t]     = k->gemv[t];
@@ -175,7 +225,7 @@ size_t tri_row_size(enum tri_type type, int64_t n) {
 
 tri_vec_dot_fn tri_vec_dot_for_isa(enum tri_type type, enum tri_isa isa) {
     tri_ops_init();
-    if ((int)type < 0 || (int)type >= TRI_TYPE_COUNT || (int)isa < 0 || isa > g_ops.isa) {
+    if ((int)type < 0 || (int)type >= TRI_TYPE_COUNT || !tri_cpu_has_isa(isa)) {
         return NULL;
     }
     return g_ops.kernels[isa].vec_dot[type];
@@ -184,6 +234,11 @@ tri_vec_dot_fn tri_vec_dot_for_isa(enum tri_type type, enum tri_isa isa) {
 enum tri_isa tri_cpu_isa(void) {
     tri_ops_init();
     return g_ops.isa;
+}
+
+bool tri_cpu_has_isa(enum tri_isa isa) {
+    tri_ops_init();
+    return (int)isa >= 0 && (int)isa < TRI_ISA_COUNT && g_ops.usable[isa];
 }
 
 const char * tri_cpu_features(void) {
@@ -197,9 +252,5 @@ const tri_isa_kernels * tri_kernels_active(void) {
 }
 
 const tri_isa_kernels * tri_kernels_for_isa(enum tri_isa isa) {
-    tri_ops_init();
-    if ((int)isa < 0 || isa > g_ops.isa) {
-        return NULL;
-    }
-    return &g_ops.kernels[isa];
+    return tri_cpu_has_isa(isa) ? &g_ops.kernels[isa] : NULL;
 }

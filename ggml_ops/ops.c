@@ -125,11 +125,11 @@ tri_attn_kernels tri_attn_kernels_get(enum tri_isa isa) {
     if (isa == TRI_ISA_COUNT) {
         isa = tri_cpu_isa();
     }
-    if (isa == TRI_ISA_SCALAR) {
+    if (!tri_cpu_has_isa(isa)) {
+        memset(&k, 0, sizeof k);
         return k;
     }
-    if ((int) isa < 0 || isa >= TRI_ISA_COUNT || tri_cpu_isa() < isa) {
-        memset(&k, 0, sizeof k);
+    if (isa != TRI_ISA_AVX2 && isa != TRI_ISA_AVX512) { /* scalar; no NEON attention kernels yet */
         return k;
     }
     k.exp_sum = tri_exp_sum_avx2;
@@ -153,7 +153,7 @@ tri_act_kernels tri_act_kernels_get(enum tri_isa isa) {
     if (isa == TRI_ISA_COUNT) {
         isa = tri_cpu_isa();
     }
-    if (isa >= TRI_ISA_AVX2 && isa < TRI_ISA_COUNT && tri_cpu_isa() >= TRI_ISA_AVX2) {
+    if ((isa == TRI_ISA_AVX2 || isa == TRI_ISA_AVX512) && tri_cpu_has_isa(isa)) {
         k.silu_mul = tri_silu_mul_avx2;
         k.gelu_mul = tri_gelu_mul_avx2;
     }

@@ -56,7 +56,8 @@ typedef struct tri_attn_kernels {
 /* Queries one contiguous scores/accum call hands to the pointer kernels at a time. */
 #define TRI_ATT_MAXQ 64
 
-/* Kernels for an ISA (NULL members when unavailable); TRI_ISA_COUNT selects the best for this CPU. */
+/* Kernels for an ISA (NULL members when the CPU lacks it, the scalar ones where the ISA has none);
+ * TRI_ISA_COUNT selects the best for this CPU. */
 tri_attn_kernels tri_attn_kernels_get(enum tri_isa isa);
 
 /* Scalar references. */

@@ -39,8 +39,10 @@ tri_triattn_score_fn tri_triattn_score_get(enum tri_isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
         case TRI_ISA_AVX512: /* the AVX2 kernel serves this shape well; no separate AVX-512 version */
         case TRI_ISA_AVX2:
-            return tri_cpu_isa() >= TRI_ISA_AVX2 ? tri_triattn_score_avx2 : NULL;
+            return tri_cpu_has_isa(isa) ? tri_triattn_score_avx2 : NULL;
 #endif
+        case TRI_ISA_NEON: /* no NEON version yet */
+            return tri_cpu_has_isa(isa) ? tri_triattn_score_ref : NULL;
         default:
             return NULL;
     }

@@ -25,12 +25,14 @@ enum tri_type {
     TRI_TYPE_COUNT = 40, /* upper bound of the id space we index by */
 };
 
-/* Instruction sets a kernel may be written for. */
+/* Instruction sets a kernel may be written for. The order ranks ISAs of one architecture only (x86: AVX2 <
+ * AVX512); ask tri_cpu_has_isa whether one may run rather than comparing with tri_cpu_isa(). */
 enum tri_isa {
     TRI_ISA_SCALAR = 0,
-    TRI_ISA_AVX2   = 1, /* AVX2 + FMA + F16C */
-    TRI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ (+ VNNI where the kernel uses it) */
-    TRI_ISA_COUNT  = 3,
+    TRI_ISA_AVX2   = 1, /* x86-64: AVX2 + FMA + F16C */
+    TRI_ISA_AVX512 = 2, /* x86-64: AVX-512 F/BW/VL/DQ (+ VNNI where the kernel uses it) */
+    TRI_ISA_NEON   = 3, /* AArch64: Advanced SIMD (+ the dot product instructions where the CPU has them) */
+    TRI_ISA_COUNT  = 4,
 };
 
 /* Dequantize k values (k a multiple of the block size) from x into y. */
@@ -61,8 +63,10 @@ size_t tri_row_size(enum tri_type type, int64_t n);
 /* The vec_dot of one ISA for a type, or NULL when that ISA has no kernel for it or the CPU lacks it.
  * Lets tests compare every SIMD kernel with the scalar reference. */
 tri_vec_dot_fn tri_vec_dot_for_isa(enum tri_type type, enum tri_isa isa);
-/* Best ISA available on this CPU. */
+/* Best ISA available on this CPU (after the TRIATTN_ISA cap). */
 enum tri_isa tri_cpu_isa(void);
+/* Whether kernels of the ISA may run: the CPU has it and TRIATTN_ISA does not cap it away. Scalar: always. */
+bool tri_cpu_has_isa(enum tri_isa isa);
 /* Human-readable list of the CPU features in use, e.g. "AVX2 FMA F16C AVX512 VNNI". Static string. */
 const char * tri_cpu_features(void);
 

@@ -44,6 +44,10 @@ typedef struct tri_isa_kernels {
 /* Each ISA file fills in the entries it implements (the table starts zeroed). */
 void tri_register_avx2(tri_isa_kernels * k);
 void tri_register_avx512(tri_isa_kernels * k);
+/* AArch64: the ARMv8.0 Advanced SIMD kernels; then, on CPUs with the dot product instructions (HWCAP_ASIMDDP),
+ * tri_register_neon_dotprod replaces the integer ones by versions built on SDOT (same results, bit for bit). */
+void tri_register_neon(tri_isa_kernels * k);
+void tri_register_neon_dotprod(tri_isa_kernels * k);
 
 /* The table of the ISA chosen for this CPU (scalar entries where the ISA has no kernel). */
 const tri_isa_kernels * tri_kernels_active(void);

@@ -32,7 +32,40 @@ static const enum tri_type k_weight_types[] = {
 };
 #define N_WEIGHT_TYPES (int)(sizeof k_weight_types / sizeof k_weight_types[0])
 
-static const char * k_isa_names[TRI_ISA_COUNT] = { "scalar", "avx2", "avx512" };
+static const char * k_isa_names[TRI_ISA_COUNT] = { "scalar", "avx2", "avx512", "neon" };
+
+/* A SIMD ISA this CPU may run (ISAs of other architectures never are). */
+static bool simd_isa(int isa) {
+    return isa != TRI_ISA_SCALAR && tri_cpu_has_isa((enum tri_isa)isa);
+}
+
+/* The SIMD kernel tables under test: every ISA this CPU may run; on AArch64 with the dot product
+ * instructions also the ARMv8.0 NEON kernels they replace, which must give the same bits. */
+typedef struct {
+    const char *            name;
+    const tri_isa_kernels * k;
+    int                     twin;  /* index of the table that must agree bit for bit on integer types; -1: none */
+} simd_table;
+
+static int simd_tables(simd_table * out) {
+    int n = 0;
+    for (int isa = 0; isa < TRI_ISA_COUNT; isa++) {
+        if (simd_isa(isa)) {
+            out[n++] = (simd_table){ k_isa_names[isa], tri_kernels_for_isa((enum tri_isa)isa), -1 };
+        }
+    }
+#if defined(__aarch64__)
+    static tri_isa_kernels v80;
+    if (simd_isa(TRI_ISA_NEON) && strstr(tri_cpu_features(), "+dotprod")) {
+        memset(&v80, 0, sizeof v80);
+        tri_register_neon(&v80);
+        out[n - 1].name = "neon+dotprod";
+        out[n] = (simd_table){ "neon-armv8.0", &v80, n - 1 };
+        n++;
+    }
+#endif
+    return n;
+}
 
 /* Byte offsets of the fp16 scale fields inside one block (-1: none), to make random blocks sane. */
 static void scale_offsets(enum tri_type t, int * o0, int * o1) {
@@ -101,14 +134,20 @@ static void test_vec_dot(void) {
     float * by  = malloc(4096 * sizeof(float));
     void *  w   = malloc(4096 * 4 + 64);
     void *  y   = malloc(4096 * 4 + 64);
-    const enum tri_isa best = tri_cpu_isa();
+    simd_table tabs[TRI_ISA_COUNT + 1];
+    const int  ntabs = simd_tables(tabs);
+    printf("vec_dot: SIMD kernel tables");
+    for (int i = 0; i < ntabs; i++) {
+        printf(" %s", tabs[i].name);
+    }
+    printf("%s\n", ntabs ? "" : " (none)");
     for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
         const enum tri_type t = k_weight_types[ti];
         const tri_type_traits * tt = tri_type_traits_get(t);
         const tri_type_traits * vt = tri_type_traits_get(tt->vec_dot_type);
         const int * sizes = tt->blck_size == 256 ? sizesK : tt->blck_size == 32 ? sizes32 : sizesF;
         const int nsizes  = tt->blck_size == 256 ? 4 : 6;
-        int checked = 0;
+        int checked = 0, bad_twin = 0;
         double worst = 0.0;
         for (int si = 0; si < nsizes; si++) {
             const int n = sizes[si];
@@ -120,34 +159,50 @@ static void test_vec_dot(void) {
                 tt->vec_dot_ref(n, &ref, w, y);
                 const double S = abs_dot_scale(t, tt->vec_dot_type, n, w, y, bx, by);
                 CHECK(S > 0.0 && isfinite(ref), "%s n=%d: degenerate data (S=%g ref=%g)", tt->name, n, S, ref);
-                for (int isa = TRI_ISA_AVX2; isa <= (int)best; isa++) {
-                    tri_vec_dot_fn f = tri_vec_dot_for_isa(t, (enum tri_isa)isa);
+                float got[TRI_ISA_COUNT + 1];
+                for (int i = 0; i < ntabs; i++) {
+                    tri_vec_dot_fn f = tabs[i].k->vec_dot[t];
+                    got[i] = NAN;
                     if (!f) {
                         continue;
                     }
-                    float got = NAN;
-                    f(n, &got, w, y);
-                    const double err = fabs((double)got - (double)ref) / S;
+                    f(n, &got[i], w, y);
+                    const double err = fabs((double)got[i] - (double)ref) / S;
                     worst = err > worst ? err : worst;
                     CHECK(err <= tolerance(t), "%s %s n=%d rep=%d: got %.9g ref %.9g (err %.3g of sum|xy|=%g)",
-                          tt->name, k_isa_names[isa], n, rep, got, ref, err, S);
+                          tt->name, tabs[i].name, n, rep, got[i], ref, err, S);
                     checked++;
+                    if (tabs[i].twin >= 0 && tt->is_quantized) {
+                        bad_twin += memcmp(&got[i], &got[tabs[i].twin], sizeof(float)) != 0;
+                    }
                 }
             }
         }
         printf("vec_dot %-5s: %3d SIMD checks, worst error %.2e of sum|xy|\n", tt->name, checked, worst);
+        CHECK(bad_twin == 0, "%s: %d results of the ARMv8.0 and dot product NEON kernels differ", tt->name, bad_twin);
     }
-    /* every ISA the CPU has must provide every weight type */
-    for (int isa = TRI_ISA_AVX2; isa <= (int)best; isa++) {
+    /* every SIMD table must provide every weight type (NEON: the K-quants are still to come) */
+    for (int i = 0; i < ntabs; i++) {
         for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
-            CHECK(tri_vec_dot_for_isa(k_weight_types[ti], (enum tri_isa)isa) != NULL, "%s has no %s kernel",
-                  k_isa_names[isa], tri_type_traits_get(k_weight_types[ti])->name);
+            const bool pending = strncmp(tabs[i].name, "neon", 4) == 0 && tri_type_traits_get(k_weight_types[ti])->blck_size == TRI_QK_K;
+            CHECK(pending || tabs[i].k->vec_dot[k_weight_types[ti]] != NULL, "%s has no %s kernel", tabs[i].name,
+                  tri_type_traits_get(k_weight_types[ti])->name);
         }
     }
-    /* the ISA table must refuse an ISA above the CPU's */
-    if (best < TRI_ISA_AVX512) {
-        CHECK(tri_vec_dot_for_isa(TRI_TYPE_Q4_1, TRI_ISA_AVX512) == NULL, "kernel offered for missing ISA");
+    /* ISAs the CPU lacks (those of other architectures included) offer no kernels */
+    for (int isa = 0; isa < TRI_ISA_COUNT; isa++) {
+        if (!tri_cpu_has_isa((enum tri_isa)isa)) {
+            CHECK(tri_vec_dot_for_isa(TRI_TYPE_Q4_1, (enum tri_isa)isa) == NULL &&
+                  tri_kernels_for_isa((enum tri_isa)isa) == NULL, "kernels offered for the missing ISA %s",
+                  k_isa_names[isa]);
+        }
     }
+    CHECK(tri_cpu_has_isa(TRI_ISA_SCALAR) && tri_cpu_has_isa(tri_cpu_isa()), "the best ISA is not usable");
+#if defined(__x86_64__) || defined(_M_X64)
+    CHECK(!tri_cpu_has_isa(TRI_ISA_NEON), "NEON offered on x86");
+#elif defined(__aarch64__)
+    CHECK(!tri_cpu_has_isa(TRI_ISA_AVX2) && !tri_cpu_has_isa(TRI_ISA_AVX512), "x86 ISAs offered on AArch64");
+#endif
     free(tmp); free(bx); free(by); free(w); free(y);
 }
 
@@ -283,8 +338,8 @@ static void test_matmul(void) {
         float * first   = malloc((size_t)max_tok * ldy * sizeof(float));
         int bad_ref = 0, bad_gemm = 0, bad_gemvn = 0, bad_mm = 0, bad_isa = 0, isas = 0;
         double worst = 0.0;
-        for (int isa = TRI_ISA_AVX2; isa <= (int)tri_cpu_isa(); isa++) {
-            const tri_isa_kernels * k = tri_kernels_for_isa((enum tri_isa)isa);
+        for (int isa = 0; isa < TRI_ISA_COUNT; isa++) {
+            const tri_isa_kernels * k = simd_isa(isa) ? tri_kernels_for_isa((enum tri_isa)isa) : NULL;
             if (!k || !k->gemv[t]) {
                 continue;
             }
@@ -366,8 +421,8 @@ static void test_matmul(void) {
               tt->name, n, bad_gemvn);
         CHECK(bad_mm == 0, "tri_matmul_rows %s n=%d: %d wrong entries", tt->name, n, bad_mm);
         CHECK(bad_isa == 0, "%s n=%d: %d tokens differ between ISAs", tt->name, n, bad_isa);
-        CHECK(tt->is_quantized == (isas > 0) || tri_cpu_isa() == TRI_ISA_SCALAR,
-              "%s: quantized types have matrix kernels on SIMD CPUs", tt->name);
+        CHECK(tt->is_quantized == (isas > 0) || !tri_cpu_has_isa(TRI_ISA_AVX2),
+              "%s: quantized types have matrix kernels on x86 SIMD CPUs", tt->name);
         free(W); free(tmp); free(bx); free(by); free(xq); free(ref); free(yv); free(scratch); free(first);
     }
 }
@@ -421,8 +476,8 @@ static void test_matmul_x8(void) {
         }
         CHECK(bad_rows == 0, "x8 %s n=%d: %d rows read back wrong", tt->name, n, bad_rows);
         int bad = 0, isas = 0;
-        for (int isa = TRI_ISA_AVX2; isa <= (int)tri_cpu_isa(); isa++) {
-            const tri_isa_kernels * k = tri_kernels_for_isa((enum tri_isa)isa);
+        for (int isa = 0; isa < TRI_ISA_COUNT; isa++) {
+            const tri_isa_kernels * k = simd_isa(isa) ? tri_kernels_for_isa((enum tri_isa)isa) : NULL;
             if (!k || !k->gemv_x8[t]) {
                 continue;
             }
@@ -507,7 +562,7 @@ static void test_row_sizes(void) {
  * AArch64; none elsewhere. */
 #if defined(__x86_64__) || defined(_M_X64)
 static bool hw_fp16(void) {
-    return tri_cpu_isa() >= TRI_ISA_AVX2;
+    return tri_cpu_has_isa(TRI_ISA_AVX2);
 }
 __attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) {
     return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
@@ -597,7 +652,7 @@ static void bench_one(enum tri_type t, int n) {
     }
     rnd_floats(tmp, n, 1.0f);
     tt->from_float(tmp, xq, n);
-    for (int isa = 0; isa <= (int)tri_cpu_isa(); isa++) {
+    for (int isa = 0; isa < TRI_ISA_COUNT; isa++) {
         tri_vec_dot_fn f = tri_vec_dot_for_isa(t, (enum tri_isa)isa);
         if (!f) continue;
         float  sink = 0.0f, s;

@@ -181,11 +181,10 @@ static void test_vec_dot(void) {
         printf("vec_dot %-5s: %3d SIMD checks, worst error %.2e of sum|xy|\n", tt->name, checked, worst);
         CHECK(bad_twin == 0, "%s: %d results of the ARMv8.0 and dot product NEON kernels differ", tt->name, bad_twin);
     }
-    /* every SIMD table must provide every weight type (NEON: the K-quants are still to come) */
+    /* every SIMD table must provide every weight type */
     for (int i = 0; i < ntabs; i++) {
         for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
-            const bool pending = strncmp(tabs[i].name, "neon", 4) == 0 && tri_type_traits_get(k_weight_types[ti])->blck_size == TRI_QK_K;
-            CHECK(pending || tabs[i].k->vec_dot[k_weight_types[ti]] != NULL, "%s has no %s kernel", tabs[i].name,
+            CHECK(tabs[i].k->vec_dot[k_weight_types[ti]] != NULL, "%s has no %s kernel", tabs[i].name,
                   tri_type_traits_get(k_weight_types[ti])->name);
         }
     }

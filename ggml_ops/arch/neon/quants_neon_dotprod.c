@@ -22,4 +22,9 @@ void tri_register_neon_dotprod(tri_isa_kernels * k) {
     k->vec_dot[TRI_TYPE_Q5_0] = tri_vec_dot_q5_0_neon_dotprod;
     k->vec_dot[TRI_TYPE_Q5_1] = tri_vec_dot_q5_1_neon_dotprod;
     k->vec_dot[TRI_TYPE_Q8_0] = tri_vec_dot_q8_0_neon_dotprod;
+    k->vec_dot[TRI_TYPE_Q2_K] = tri_vec_dot_q2_K_neon_dotprod;
+    k->vec_dot[TRI_TYPE_Q3_K] = tri_vec_dot_q3_K_neon_dotprod;
+    k->vec_dot[TRI_TYPE_Q4_K] = tri_vec_dot_q4_K_neon_dotprod;
+    k->vec_dot[TRI_TYPE_Q5_K] = tri_vec_dot_q5_K_neon_dotprod;
+    k->vec_dot[TRI_TYPE_Q6_K] = tri_vec_dot_q6_K_neon_dotprod;
 }

@@ -114,6 +114,17 @@ def test_c_unit_tests_aarch64(default_model):
     assert p.returncode == 0, _failure_report(p, "AArch64 build under qemu-user")
     assert re.search(rf"100% tests passed(, 0 tests failed)? out of {len(names)}\b", p.stdout), p.stdout[-3000:]
 
+    # The kernels each CPU gets: ARMv8.0 NEON (Cortex-A53), NEON with the dot product instructions (qemu's max,
+    # where test_quants also checks the ARMv8.0 kernels against them), and the scalar ones when capped.
+    runs = (("cortex-a53", None, "[neon]"), ("max", None, "[neon+dotprod]"), ("max", "scalar", "[scalar]"))
+    for cpu, cap, want in runs:
+        run_env = {**env, "QEMU_CPU": cpu}
+        if cap:
+            run_env["TRIATTN_ISA"] = cap
+        p = subprocess.run([*AARCH64_RUN, str(build / "test_quants")], env=run_env, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0 and want in p.stdout.splitlines()[0], (cpu, cap, p.stdout[-3000:] + p.stderr[-2000:])
+
     # TriAttention end to end: a 49-token prompt into a budget of 24 slots, a round every 8 tokens, during the
     # prefill and the decode.
     prompt = ("Paris is the capital and largest city of France. The city stands on the Seine, in the north of the "

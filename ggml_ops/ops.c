@@ -129,7 +129,15 @@ tri_attn_kernels tri_attn_kernels_get(enum tri_isa isa) {
         memset(&k, 0, sizeof k);
         return k;
     }
-    if (isa != TRI_ISA_AVX2 && isa != TRI_ISA_AVX512) { /* scalar; no NEON attention kernels yet */
+    if (isa == TRI_ISA_NEON) { /* the softmax's exp_sum stays scalar */
+        k.scores   = tri_attn_scores_neon;
+        k.accum    = tri_attn_accum_neon;
+        k.scores_q = tri_attn_scores_q_neon;
+        k.accum_q  = tri_attn_accum_q_neon;
+        k.max      = tri_max_neon;
+        return k;
+    }
+    if (isa != TRI_ISA_AVX2 && isa != TRI_ISA_AVX512) {
         return k;
     }
     k.exp_sum = tri_exp_sum_avx2;

@@ -34,4 +34,19 @@ static const tri_act_mul_fn       tri_silu_mul_avx2        = 0;
 static const tri_act_mul_fn       tri_gelu_mul_avx2        = 0;
 #endif
 
+#if defined(__aarch64__)
+void tri_attn_scores_neon(int D, int G, const float * q, const tri_fp16 * K, int n, float scale, float * s, int ls);
+void tri_attn_accum_neon(int D, int G, const float * p, int lp, const tri_fp16 * V, int n, float * acc);
+void tri_attn_scores_q_neon(int D, int nq, const float * const * q, const tri_fp16 * K, int n, float scale,
+                            float * const * s);
+void tri_attn_accum_q_neon(int D, int nq, const float * const * p, const tri_fp16 * V, int n, float * const * acc);
+float tri_max_neon(const float * s, int n);
+#else
+static const tri_attn_scores_fn   tri_attn_scores_neon   = 0;
+static const tri_attn_accum_fn    tri_attn_accum_neon    = 0;
+static const tri_attn_scores_q_fn tri_attn_scores_q_neon = 0;
+static const tri_attn_accum_q_fn  tri_attn_accum_q_neon  = 0;
+static const tri_max_fn           tri_max_neon           = 0;
+#endif
+
 #endif

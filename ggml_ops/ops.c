@@ -129,11 +129,12 @@ tri_attn_kernels tri_attn_kernels_get(enum tri_isa isa) {
         memset(&k, 0, sizeof k);
         return k;
     }
-    if (isa == TRI_ISA_NEON) { /* the softmax's exp_sum stays scalar */
+    if (isa == TRI_ISA_NEON) {
         k.scores   = tri_attn_scores_neon;
         k.accum    = tri_attn_accum_neon;
         k.scores_q = tri_attn_scores_q_neon;
         k.accum_q  = tri_attn_accum_q_neon;
+        k.exp_sum  = tri_exp_sum_neon;
         k.max      = tri_max_neon;
         return k;
     }
@@ -164,6 +165,9 @@ tri_act_kernels tri_act_kernels_get(enum tri_isa isa) {
     if ((isa == TRI_ISA_AVX2 || isa == TRI_ISA_AVX512) && tri_cpu_has_isa(isa)) {
         k.silu_mul = tri_silu_mul_avx2;
         k.gelu_mul = tri_gelu_mul_avx2;
+    } else if (isa == TRI_ISA_NEON && tri_cpu_has_isa(isa)) {
+        k.silu_mul = tri_silu_mul_neon;
+        k.gelu_mul = tri_gelu_mul_neon;
     }
     return k;
 }

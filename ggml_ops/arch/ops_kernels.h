@@ -41,12 +41,18 @@ void tri_attn_scores_q_neon(int D, int nq, const float * const * q, const tri_fp
                             float * const * s);
 void tri_attn_accum_q_neon(int D, int nq, const float * const * p, const tri_fp16 * V, int n, float * const * acc);
 float tri_max_neon(const float * s, int n);
+float tri_exp_sum_neon(float * s, int n, float max);
+void tri_silu_mul_neon(float * g, const float * u, int n);
+void tri_gelu_mul_neon(float * g, const float * u, int n);
 #else
 static const tri_attn_scores_fn   tri_attn_scores_neon   = 0;
 static const tri_attn_accum_fn    tri_attn_accum_neon    = 0;
 static const tri_attn_scores_q_fn tri_attn_scores_q_neon = 0;
 static const tri_attn_accum_q_fn  tri_attn_accum_q_neon  = 0;
 static const tri_max_fn           tri_max_neon           = 0;
+static const tri_exp_sum_fn       tri_exp_sum_neon       = 0;
+static const tri_act_mul_fn       tri_silu_mul_neon      = 0;
+static const tri_act_mul_fn       tri_gelu_mul_neon      = 0;
 #endif
 
 #endif

@@ -41,8 +41,10 @@ tri_triattn_score_fn tri_triattn_score_get(enum tri_isa isa) {
         case TRI_ISA_AVX2:
             return tri_cpu_has_isa(isa) ? tri_triattn_score_avx2 : NULL;
 #endif
-        case TRI_ISA_NEON: /* no NEON version yet */
-            return tri_cpu_has_isa(isa) ? tri_triattn_score_ref : NULL;
+#if defined(__aarch64__)
+        case TRI_ISA_NEON:
+            return tri_cpu_has_isa(isa) ? tri_triattn_score_neon : NULL;
+#endif
         default:
             return NULL;
     }

@@ -31,6 +31,11 @@ void tri_triattn_score_ref(int D, int rope_dim, enum tri_rope_pairing pairing, i
 void tri_triattn_score_avx2(int D, int rope_dim, enum tri_rope_pairing pairing, int G, const float * w,
                             const float * cw, const tri_fp16 * K, int n, float * s, int ls);
 #endif
+#if defined(__aarch64__)
+/* Advanced SIMD (arch/neon/triattn_score_neon.c): any shape. */
+void tri_triattn_score_neon(int D, int rope_dim, enum tri_rope_pairing pairing, int G, const float * w,
+                            const float * cw, const tri_fp16 * K, int n, float * s, int ls);
+#endif
 
 /* The kernel of an ISA (NULL when the CPU lacks it); TRI_ISA_COUNT selects the best for this CPU. */
 tri_triattn_score_fn tri_triattn_score_get(enum tri_isa isa);

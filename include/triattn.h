@@ -102,7 +102,8 @@ TRIATTN_API uint32_t     triattn_abi_version(void);
 TRIATTN_API const char * triattn_version(void);
 /* Short static name of a status code, e.g. "TRIATTN_ERR_FORMAT". */
 TRIATTN_API const char * triattn_status_name(enum triattn_status status);
-/* The CPU kernels selected at run time, e.g. "x86_64 AVX2 FMA F16C AVX512 VNNI". Static string. */
+/* The CPU features and the kernels selected at run time, e.g. "AVX2 FMA F16C [avx2]" or
+ * "NEON DOTPROD [neon+dotprod]". Static string. */
 TRIATTN_API const char * triattn_system_info(void);
 
 enum triattn_log_level {

@@ -13,19 +13,11 @@
 #endif
 
 #include <arm_neon.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <string.h>
 
 #include "../../quants.h"
-
-/* Lane k: the total of pk. */
-static inline int32x4_t TRI_NEON_FN(tri_tot4)(int32x4_t p0, int32x4_t p1, int32x4_t p2, int32x4_t p3) {
-    return vpaddq_s32(vpaddq_s32(p0, p1), vpaddq_s32(p2, p3));
-}
-
-/* Four halves as floats (exact, as tri_fp16_to_fp32). */
-static inline float32x4_t TRI_NEON_FN(tri_h4)(tri_fp16 a, tri_fp16 b, tri_fp16 c, tri_fp16 d) {
-    const uint16_t h[4] = { a, b, c, d };
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
-}
 
 /* The fifth bits of a Q5 block as 0x10 bytes: lanes 0-15 from qh bits 0-15, lanes 16-31 (hi) from 16-31. */
 static inline void TRI_NEON_FN(tri_q5_hbits)(const uint8_t * qh, uint8x16_t * lo, uint8x16_t * hi) {
@@ -38,173 +30,118 @@ static inline void TRI_NEON_FN(tri_q5_hbits)(const uint8_t * qh, uint8x16_t * lo
 
 /* ---- 32-value blocks ---- */
 
-static inline int32x4_t TRI_NEON_FN(tri_q4_0_blk)(const tri_block_q4_0 * x, const tri_block_q8_0 * y) {
-    const uint8x16_t q = vld1q_u8(x->qs);
-    const int8x16_t  e = vdupq_n_s8(8);
-    const int8x16_t  l = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15))), e);
-    const int8x16_t  h = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), e);
-    return tri_dot_i8(tri_dot_i8(vdupq_n_s32(0), l, vld1q_s8(y->qs)), h, vld1q_s8(y->qs + 16));
+/* The blocks' halves read by byte offset: d first in every block, then m (Q4_1, Q5_1) or s (Q8_1). */
+_Static_assert(offsetof(tri_block_q4_0, d) == 0 && offsetof(tri_block_q4_1, d) == 0 &&
+               offsetof(tri_block_q5_0, d) == 0 && offsetof(tri_block_q5_1, d) == 0 &&
+               offsetof(tri_block_q8_0, d) == 0 && offsetof(tri_block_q8_1, d) == 0, "d first");
+_Static_assert(offsetof(tri_block_q4_1, m) == 2 && offsetof(tri_block_q5_1, m) == 2 &&
+               offsetof(tri_block_q8_1, s) == 2, "m and s second");
+
+static inline float TRI_NEON_FN(tri_half_at)(const uint8_t * p) {
+    tri_fp16 h;
+    memcpy(&h, p, sizeof h);
+    return tri_fp16_to_fp32(h);
 }
 
-static void TRI_NEON_FN(tri_vec_dot_q4_0)(int n, float * restrict s, const void * restrict vx,
-                                          const void * restrict vy) {
-    const tri_block_q4_0 * x = vx;
-    const tri_block_q8_0 * y = vy;
-    const int   nb  = n / TRI_QK8_0;
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    int         b   = 0;
-    for (; b + 4 <= nb; b += 4) {
-        const int32x4_t   t  = TRI_NEON_FN(tri_tot4)(TRI_NEON_FN(tri_q4_0_blk)(x + b, y + b),
-                                                     TRI_NEON_FN(tri_q4_0_blk)(x + b + 1, y + b + 1),
-                                                     TRI_NEON_FN(tri_q4_0_blk)(x + b + 2, y + b + 2),
-                                                     TRI_NEON_FN(tri_q4_0_blk)(x + b + 3, y + b + 3));
-        const float32x4_t dx = TRI_NEON_FN(tri_h4)(x[b].d, x[b + 1].d, x[b + 2].d, x[b + 3].d);
-        const float32x4_t dy = TRI_NEON_FN(tri_h4)(y[b].d, y[b + 1].d, y[b + 2].d, y[b + 3].d);
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(t), vmulq_f32(dx, dy));
+/* The halves at byte p, p + stride, p + 2 stride, p + 3 stride as floats (exact). */
+static inline float32x4_t TRI_NEON_FN(tri_h4)(const uint8_t * p, size_t stride) {
+    uint16_t h[4];
+    for (int i = 0; i < 4; i++) {
+        memcpy(&h[i], p + i * stride, sizeof h[i]);
     }
-    float sum = vaddvq_f32(acc);
-    for (; b < nb; b++) {
-        const int t = vaddvq_s32(TRI_NEON_FN(tri_q4_0_blk)(x + b, y + b));
-        sum += tri_fp16_to_fp32(x[b].d) * tri_fp16_to_fp32(y[b].d) * (float)t;
-    }
-    *s = sum;
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
 }
 
-static inline int32x4_t TRI_NEON_FN(tri_q4_1_blk)(const tri_block_q4_1 * x, const tri_block_q8_1 * y) {
-    const uint8x16_t q = vld1q_u8(x->qs);
-    const int8x16_t  l = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15)));
-    const int8x16_t  h = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
-    return tri_dot_i8(tri_dot_i8(vdupq_n_s32(0), l, vld1q_s8(y->qs)), h, vld1q_s8(y->qs + 16));
-}
-
-/* sum of d_x d_y sum(q_x q_y) + m_x s_y over the blocks */
-static void TRI_NEON_FN(tri_vec_dot_q4_1)(int n, float * restrict s, const void * restrict vx,
-                                          const void * restrict vy) {
-    const tri_block_q4_1 * x = vx;
-    const tri_block_q8_1 * y = vy;
-    const int   nb  = n / TRI_QK8_1;
+/* sum over nb blocks of d_x d_y t (t: a block's integer dot, the lane total of blk), plus m_x s_y when mins:
+ * four blocks a step, their four totals the lanes of one vector against their four scales. bx, by: block
+ * sizes in bytes. */
+static inline __attribute__((always_inline)) float TRI_NEON_FN(tri_dot_blocks)(
+    int nb, const uint8_t * x, size_t bx, const uint8_t * y, size_t by, bool mins,
+    int32x4_t (*blk)(const void *, const void *)) {
     float32x4_t acc = vdupq_n_f32(0.0f), accm = vdupq_n_f32(0.0f);
     int         b   = 0;
     for (; b + 4 <= nb; b += 4) {
-        const int32x4_t   t  = TRI_NEON_FN(tri_tot4)(TRI_NEON_FN(tri_q4_1_blk)(x + b, y + b),
-                                                     TRI_NEON_FN(tri_q4_1_blk)(x + b + 1, y + b + 1),
-                                                     TRI_NEON_FN(tri_q4_1_blk)(x + b + 2, y + b + 2),
-                                                     TRI_NEON_FN(tri_q4_1_blk)(x + b + 3, y + b + 3));
-        const float32x4_t dx = TRI_NEON_FN(tri_h4)(x[b].d, x[b + 1].d, x[b + 2].d, x[b + 3].d);
-        const float32x4_t dy = TRI_NEON_FN(tri_h4)(y[b].d, y[b + 1].d, y[b + 2].d, y[b + 3].d);
-        const float32x4_t mx = TRI_NEON_FN(tri_h4)(x[b].m, x[b + 1].m, x[b + 2].m, x[b + 3].m);
-        const float32x4_t sy = TRI_NEON_FN(tri_h4)(y[b].s, y[b + 1].s, y[b + 2].s, y[b + 3].s);
-        acc  = vfmaq_f32(acc, vcvtq_f32_s32(t), vmulq_f32(dx, dy));
-        accm = vfmaq_f32(accm, mx, sy);
+        const uint8_t * xb = x + b * bx;
+        const uint8_t * yb = y + b * by;
+        const int32x4_t t  = vpaddq_s32(vpaddq_s32(blk(xb, yb), blk(xb + bx, yb + by)),
+                                        vpaddq_s32(blk(xb + 2 * bx, yb + 2 * by), blk(xb + 3 * bx, yb + 3 * by)));
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(t), vmulq_f32(TRI_NEON_FN(tri_h4)(xb, bx), TRI_NEON_FN(tri_h4)(yb, by)));
+        if (mins) {
+            accm = vfmaq_f32(accm, TRI_NEON_FN(tri_h4)(xb + 2, bx), TRI_NEON_FN(tri_h4)(yb + 2, by));
+        }
     }
-    float sum = vaddvq_f32(vaddq_f32(acc, accm));
+    float sum = mins ? vaddvq_f32(vaddq_f32(acc, accm)) : vaddvq_f32(acc);
     for (; b < nb; b++) {
-        const int t = vaddvq_s32(TRI_NEON_FN(tri_q4_1_blk)(x + b, y + b));
-        sum += tri_fp16_to_fp32(x[b].d) * tri_fp16_to_fp32(y[b].d) * (float)t
-             + tri_fp16_to_fp32(x[b].m) * tri_fp16_to_fp32(y[b].s);
+        const uint8_t * xb = x + b * bx;
+        const uint8_t * yb = y + b * by;
+        const float     v  = TRI_NEON_FN(tri_half_at)(xb) * TRI_NEON_FN(tri_half_at)(yb) *
+                             (float)vaddvq_s32(blk(xb, yb));
+        sum += mins ? v + TRI_NEON_FN(tri_half_at)(xb + 2) * TRI_NEON_FN(tri_half_at)(yb + 2) : v;
     }
-    *s = sum;
+    return sum;
 }
 
-static inline int32x4_t TRI_NEON_FN(tri_q5_0_blk)(const tri_block_q5_0 * x, const tri_block_q8_0 * y) {
-    uint8x16_t hl, hh;
+/* One block's 32 codes (two vectors of 16) against the activations' 32 */
+static inline int32x4_t TRI_NEON_FN(tri_blk32)(int8x16_t l, int8x16_t h, const int8_t * y) {
+    return tri_dot_i8(tri_dot_i8(vdupq_n_s32(0), l, vld1q_s8(y)), h, vld1q_s8(y + 16));
+}
+
+static inline int32x4_t TRI_NEON_FN(tri_q4_0_blk)(const void * vx, const void * vy) {
+    const tri_block_q4_0 * x = vx;
+    const uint8x16_t       q = vld1q_u8(x->qs);
+    const int8x16_t        e = vdupq_n_s8(8);
+    const int8x16_t        l = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15))), e);
+    const int8x16_t        h = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), e);
+    return TRI_NEON_FN(tri_blk32)(l, h, ((const tri_block_q8_0 *)vy)->qs);
+}
+
+static inline int32x4_t TRI_NEON_FN(tri_q4_1_blk)(const void * vx, const void * vy) {
+    const tri_block_q4_1 * x = vx;
+    const uint8x16_t       q = vld1q_u8(x->qs);
+    const int8x16_t        l = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15)));
+    const int8x16_t        h = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
+    return TRI_NEON_FN(tri_blk32)(l, h, ((const tri_block_q8_1 *)vy)->qs);
+}
+
+static inline int32x4_t TRI_NEON_FN(tri_q5_0_blk)(const void * vx, const void * vy) {
+    const tri_block_q5_0 * x = vx;
+    uint8x16_t             hl, hh;
     TRI_NEON_FN(tri_q5_hbits)(x->qh, &hl, &hh);
     const uint8x16_t q = vld1q_u8(x->qs);
     const int8x16_t  e = vdupq_n_s8(16);
     const int8x16_t  l = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q, vdupq_n_u8(15)), hl)), e);
     const int8x16_t  h = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q, 4), hh)), e);
-    return tri_dot_i8(tri_dot_i8(vdupq_n_s32(0), l, vld1q_s8(y->qs)), h, vld1q_s8(y->qs + 16));
+    return TRI_NEON_FN(tri_blk32)(l, h, ((const tri_block_q8_0 *)vy)->qs);
 }
 
-static void TRI_NEON_FN(tri_vec_dot_q5_0)(int n, float * restrict s, const void * restrict vx,
-                                          const void * restrict vy) {
-    const tri_block_q5_0 * x = vx;
-    const tri_block_q8_0 * y = vy;
-    const int   nb  = n / TRI_QK8_0;
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    int         b   = 0;
-    for (; b + 4 <= nb; b += 4) {
-        const int32x4_t   t  = TRI_NEON_FN(tri_tot4)(TRI_NEON_FN(tri_q5_0_blk)(x + b, y + b),
-                                                     TRI_NEON_FN(tri_q5_0_blk)(x + b + 1, y + b + 1),
-                                                     TRI_NEON_FN(tri_q5_0_blk)(x + b + 2, y + b + 2),
-                                                     TRI_NEON_FN(tri_q5_0_blk)(x + b + 3, y + b + 3));
-        const float32x4_t dx = TRI_NEON_FN(tri_h4)(x[b].d, x[b + 1].d, x[b + 2].d, x[b + 3].d);
-        const float32x4_t dy = TRI_NEON_FN(tri_h4)(y[b].d, y[b + 1].d, y[b + 2].d, y[b + 3].d);
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(t), vmulq_f32(dx, dy));
-    }
-    float sum = vaddvq_f32(acc);
-    for (; b < nb; b++) {
-        const int t = vaddvq_s32(TRI_NEON_FN(tri_q5_0_blk)(x + b, y + b));
-        sum += tri_fp16_to_fp32(x[b].d) * tri_fp16_to_fp32(y[b].d) * (float)t;
-    }
-    *s = sum;
-}
-
-static inline int32x4_t TRI_NEON_FN(tri_q5_1_blk)(const tri_block_q5_1 * x, const tri_block_q8_1 * y) {
-    uint8x16_t hl, hh;
+static inline int32x4_t TRI_NEON_FN(tri_q5_1_blk)(const void * vx, const void * vy) {
+    const tri_block_q5_1 * x = vx;
+    uint8x16_t             hl, hh;
     TRI_NEON_FN(tri_q5_hbits)(x->qh, &hl, &hh);
     const uint8x16_t q = vld1q_u8(x->qs);
     const int8x16_t  l = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q, vdupq_n_u8(15)), hl));
     const int8x16_t  h = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q, 4), hh));
-    return tri_dot_i8(tri_dot_i8(vdupq_n_s32(0), l, vld1q_s8(y->qs)), h, vld1q_s8(y->qs + 16));
+    return TRI_NEON_FN(tri_blk32)(l, h, ((const tri_block_q8_1 *)vy)->qs);
 }
 
-static void TRI_NEON_FN(tri_vec_dot_q5_1)(int n, float * restrict s, const void * restrict vx,
-                                          const void * restrict vy) {
-    const tri_block_q5_1 * x = vx;
-    const tri_block_q8_1 * y = vy;
-    const int   nb  = n / TRI_QK8_1;
-    float32x4_t acc = vdupq_n_f32(0.0f), accm = vdupq_n_f32(0.0f);
-    int         b   = 0;
-    for (; b + 4 <= nb; b += 4) {
-        const int32x4_t   t  = TRI_NEON_FN(tri_tot4)(TRI_NEON_FN(tri_q5_1_blk)(x + b, y + b),
-                                                     TRI_NEON_FN(tri_q5_1_blk)(x + b + 1, y + b + 1),
-                                                     TRI_NEON_FN(tri_q5_1_blk)(x + b + 2, y + b + 2),
-                                                     TRI_NEON_FN(tri_q5_1_blk)(x + b + 3, y + b + 3));
-        const float32x4_t dx = TRI_NEON_FN(tri_h4)(x[b].d, x[b + 1].d, x[b + 2].d, x[b + 3].d);
-        const float32x4_t dy = TRI_NEON_FN(tri_h4)(y[b].d, y[b + 1].d, y[b + 2].d, y[b + 3].d);
-        const float32x4_t mx = TRI_NEON_FN(tri_h4)(x[b].m, x[b + 1].m, x[b + 2].m, x[b + 3].m);
-        const float32x4_t sy = TRI_NEON_FN(tri_h4)(y[b].s, y[b + 1].s, y[b + 2].s, y[b + 3].s);
-        acc  = vfmaq_f32(acc, vcvtq_f32_s32(t), vmulq_f32(dx, dy));
-        accm = vfmaq_f32(accm, mx, sy);
-    }
-    float sum = vaddvq_f32(vaddq_f32(acc, accm));
-    for (; b < nb; b++) {
-        const int t = vaddvq_s32(TRI_NEON_FN(tri_q5_1_blk)(x + b, y + b));
-        sum += tri_fp16_to_fp32(x[b].d) * tri_fp16_to_fp32(y[b].d) * (float)t
-             + tri_fp16_to_fp32(x[b].m) * tri_fp16_to_fp32(y[b].s);
-    }
-    *s = sum;
-}
-
-static inline int32x4_t TRI_NEON_FN(tri_q8_0_blk)(const tri_block_q8_0 * x, const tri_block_q8_0 * y) {
-    return tri_dot_i8(tri_dot_i8(vdupq_n_s32(0), vld1q_s8(x->qs), vld1q_s8(y->qs)), vld1q_s8(x->qs + 16),
-                      vld1q_s8(y->qs + 16));
-}
-
-static void TRI_NEON_FN(tri_vec_dot_q8_0)(int n, float * restrict s, const void * restrict vx,
-                                          const void * restrict vy) {
+static inline int32x4_t TRI_NEON_FN(tri_q8_0_blk)(const void * vx, const void * vy) {
     const tri_block_q8_0 * x = vx;
-    const tri_block_q8_0 * y = vy;
-    const int   nb  = n / TRI_QK8_0;
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    int         b   = 0;
-    for (; b + 4 <= nb; b += 4) {
-        const int32x4_t   t  = TRI_NEON_FN(tri_tot4)(TRI_NEON_FN(tri_q8_0_blk)(x + b, y + b),
-                                                     TRI_NEON_FN(tri_q8_0_blk)(x + b + 1, y + b + 1),
-                                                     TRI_NEON_FN(tri_q8_0_blk)(x + b + 2, y + b + 2),
-                                                     TRI_NEON_FN(tri_q8_0_blk)(x + b + 3, y + b + 3));
-        const float32x4_t dx = TRI_NEON_FN(tri_h4)(x[b].d, x[b + 1].d, x[b + 2].d, x[b + 3].d);
-        const float32x4_t dy = TRI_NEON_FN(tri_h4)(y[b].d, y[b + 1].d, y[b + 2].d, y[b + 3].d);
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(t), vmulq_f32(dx, dy));
-    }
-    float sum = vaddvq_f32(acc);
-    for (; b < nb; b++) {
-        const int t = vaddvq_s32(TRI_NEON_FN(tri_q8_0_blk)(x + b, y + b));
-        sum += tri_fp16_to_fp32(x[b].d) * tri_fp16_to_fp32(y[b].d) * (float)t;
-    }
-    *s = sum;
+    return TRI_NEON_FN(tri_blk32)(vld1q_s8(x->qs), vld1q_s8(x->qs + 16), ((const tri_block_q8_0 *)vy)->qs);
 }
+
+/* Each type's vec_dot: its block kernel over the blocks, with the minimum term for the Q_1 pairs. */
+#define TRI_NEON_DOT_BLOCKS(type, xb, yb, mins)                                                                  \
+    static void TRI_NEON_FN(tri_vec_dot_##type)(int n, float * restrict s, const void * restrict vx,            \
+                                                const void * restrict vy) {                                      \
+        *s = TRI_NEON_FN(tri_dot_blocks)(n / TRI_QK8_0, vx, sizeof(xb), vy, sizeof(yb), mins,                           \
+                                         TRI_NEON_FN(tri_##type##_blk));                                         \
+    }
+TRI_NEON_DOT_BLOCKS(q4_0, tri_block_q4_0, tri_block_q8_0, false)
+TRI_NEON_DOT_BLOCKS(q4_1, tri_block_q4_1, tri_block_q8_1, true)
+TRI_NEON_DOT_BLOCKS(q5_0, tri_block_q5_0, tri_block_q8_0, false)
+TRI_NEON_DOT_BLOCKS(q5_1, tri_block_q5_1, tri_block_q8_1, true)
+TRI_NEON_DOT_BLOCKS(q8_0, tri_block_q8_0, tri_block_q8_0, false)
+#undef TRI_NEON_DOT_BLOCKS
 
 /* ---- K-quants against Q8_K: per super-block an exact integer sum (sub-block dots times their scales),
  * then the reference's float expression ---- */

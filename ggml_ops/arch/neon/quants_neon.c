@@ -21,75 +21,60 @@ static inline int32x4_t tri_dot_i8(int32x4_t acc, int8x16_t a, int8x16_t b) {
 
 /* ---- float dots (F32, F16, BF16 against F32): 16 products per step in four accumulators ---- */
 
-static inline float32x4_t tri_f16x4(const tri_fp16 * p) {
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+/* Four values from element i on, and one value, as floats (exact) */
+static inline float32x4_t tri_f32x4(const void * p, int i) {
+    return vld1q_f32((const float *)p + i);
+}
+static inline float32x4_t tri_f16x4(const void * p, int i) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const tri_fp16 *)p + i)));
+}
+static inline float32x4_t tri_bf16x4(const void * p, int i) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const tri_bf16 *)p + i), 16));
+}
+static inline float tri_f32x1(const void * p, int i) {
+    return ((const float *)p)[i];
+}
+static inline float tri_f16x1(const void * p, int i) {
+    return tri_fp16_to_fp32(((const tri_fp16 *)p)[i]);
+}
+static inline float tri_bf16x1(const void * p, int i) {
+    return tri_bf16_to_fp32(((const tri_bf16 *)p)[i]);
 }
 
-static inline float32x4_t tri_bf16x4(const tri_bf16 * p) {
-    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+/* dot(x, y) with x read by lx / sx and y by ly / sy (four values / one value at element i) */
+static inline __attribute__((always_inline)) float tri_fdot_neon(int n, const void * x, const void * y,
+                                                                   float32x4_t (*lx)(const void *, int),
+                                                                   float32x4_t (*ly)(const void *, int),
+                                                                   float (*sx)(const void *, int),
+                                                                   float (*sy)(const void *, int)) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, lx(x, i), ly(y, i));
+        a1 = vfmaq_f32(a1, lx(x, i + 4), ly(y, i + 4));
+        a2 = vfmaq_f32(a2, lx(x, i + 8), ly(y, i + 8));
+        a3 = vfmaq_f32(a3, lx(x, i + 12), ly(y, i + 12));
+    }
+    for (; i + 4 <= n; i += 4) {
+        a0 = vfmaq_f32(a0, lx(x, i), ly(y, i));
+    }
+    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) {
+        sum += sx(x, i) * sy(y, i);
+    }
+    return sum;
 }
 
 static void tri_vec_dot_f32_neon(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const float * x = vx;
-    const float * y = vy;
-    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = vfmaq_f32(a0, vld1q_f32(x + i), vld1q_f32(y + i));
-        a1 = vfmaq_f32(a1, vld1q_f32(x + i + 4), vld1q_f32(y + i + 4));
-        a2 = vfmaq_f32(a2, vld1q_f32(x + i + 8), vld1q_f32(y + i + 8));
-        a3 = vfmaq_f32(a3, vld1q_f32(x + i + 12), vld1q_f32(y + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) {
-        a0 = vfmaq_f32(a0, vld1q_f32(x + i), vld1q_f32(y + i));
-    }
-    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-    for (; i < n; i++) {
-        sum += x[i] * y[i];
-    }
-    *s = sum;
+    *s = tri_fdot_neon(n, vx, vy, tri_f32x4, tri_f32x4, tri_f32x1, tri_f32x1);
 }
 
 static void tri_vec_dot_f16_neon(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const tri_fp16 * x = vx;
-    const tri_fp16 * y = vy;
-    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = vfmaq_f32(a0, tri_f16x4(x + i), tri_f16x4(y + i));
-        a1 = vfmaq_f32(a1, tri_f16x4(x + i + 4), tri_f16x4(y + i + 4));
-        a2 = vfmaq_f32(a2, tri_f16x4(x + i + 8), tri_f16x4(y + i + 8));
-        a3 = vfmaq_f32(a3, tri_f16x4(x + i + 12), tri_f16x4(y + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) {
-        a0 = vfmaq_f32(a0, tri_f16x4(x + i), tri_f16x4(y + i));
-    }
-    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-    for (; i < n; i++) {
-        sum += tri_fp16_to_fp32(x[i]) * tri_fp16_to_fp32(y[i]);
-    }
-    *s = sum;
+    *s = tri_fdot_neon(n, vx, vy, tri_f16x4, tri_f16x4, tri_f16x1, tri_f16x1);
 }
 
 static void tri_vec_dot_bf16_neon(int n, float * restrict s, const void * restrict vx, const void * restrict vy) {
-    const tri_bf16 * x = vx;
-    const float *    y = vy;
-    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = vfmaq_f32(a0, tri_bf16x4(x + i), vld1q_f32(y + i));
-        a1 = vfmaq_f32(a1, tri_bf16x4(x + i + 4), vld1q_f32(y + i + 4));
-        a2 = vfmaq_f32(a2, tri_bf16x4(x + i + 8), vld1q_f32(y + i + 8));
-        a3 = vfmaq_f32(a3, tri_bf16x4(x + i + 12), vld1q_f32(y + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) {
-        a0 = vfmaq_f32(a0, tri_bf16x4(x + i), vld1q_f32(y + i));
-    }
-    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-    for (; i < n; i++) {
-        sum += tri_bf16_to_fp32(x[i]) * y[i];
-    }
-    *s = sum;
+    *s = tri_fdot_neon(n, vx, vy, tri_bf16x4, tri_f32x4, tri_bf16x1, tri_f32x1);
 }
 
 /* ---- activation quantizers: the references' arithmetic, lane by lane ---- */

@@ -81,7 +81,8 @@ AARCH64_SLOW = ("test_alloc_fail", "test_cuda_atile")
 
 def _elf_machine(path: Path) -> int:
     """e_machine of an ELF file (183: AArch64, 62: x86-64)."""
-    head = path.read_bytes()[:20]
+    with path.open("rb") as f:
+        head = f.read(20)
     assert head[:4] == b"\x7fELF", f"{path} is not an ELF file"
     return int.from_bytes(head[18:20], "little")
 

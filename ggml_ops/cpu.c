@@ -24,6 +24,8 @@
 #    ifndef HWCAP_ASIMDDP
 #      define HWCAP_ASIMDDP (1UL << 20)
 #    endif
+#  elif defined(__APPLE__)
+#    include <sys/sysctl.h>
 #  endif
 #else
 #  define TRI_ARM64 0
@@ -123,8 +125,13 @@ static tri_cpu_flags tri_detect(void) {
     const unsigned long hw = getauxval(AT_HWCAP);
     f.neon    = (hw & HWCAP_ASIMD) != 0;
     f.dotprod = f.neon && (hw & HWCAP_ASIMDDP) != 0;
+#elif TRI_ARM64 && defined(__APPLE__)
+    f.neon = true; /* Advanced SIMD is part of every AArch64 ABI; the OS names the optional features */
+    int    on  = 0;
+    size_t len = sizeof on;
+    f.dotprod = sysctlbyname("hw.optional.arm.FEAT_DotProd", &on, &len, NULL, 0) == 0 && on != 0;
 #elif TRI_ARM64
-    f.neon = true; /* Advanced SIMD is part of every AArch64 ABI; the dot product is only known on Linux */
+    f.neon = true; /* Advanced SIMD is part of every AArch64 ABI; the dot product is known on Linux and macOS */
 #endif
     return f;
 }
@@ -181,6 +188,7 @@ static void tri_ops_init_once(void) {
     tri_register_neon(&g_ops.kernels[TRI_ISA_NEON]);
     if (dotprod) {
         tri_register_neon_dotprod(&g_ops.kernels[TRI_ISA_NEON]);
+        tri_register_neon_x8(&g_ops.kernels[TRI_ISA_NEON]);
     }
 #endif
 

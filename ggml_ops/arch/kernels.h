@@ -48,6 +48,9 @@ void tri_register_avx512(tri_isa_kernels * k);
  * tri_register_neon_dotprod replaces the integer ones by versions built on SDOT (same results, bit for bit). */
 void tri_register_neon(tri_isa_kernels * k);
 void tri_register_neon_dotprod(tri_isa_kernels * k);
+/* AArch64 with the dot product instructions: the kernels over weights in the x8 layout (their results equal
+ * the dotprod vec_dot's, row by row, bit for bit). */
+void tri_register_neon_x8(tri_isa_kernels * k);
 
 /* The table of the ISA chosen for this CPU (scalar entries where the ISA has no kernel). */
 const tri_isa_kernels * tri_kernels_active(void);

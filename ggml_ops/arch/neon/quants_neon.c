@@ -1,5 +1,6 @@
 /* AArch64 Advanced SIMD (ARMv8.0) kernels: vec_dot for the weight types and the activation quantizers (the
- * same bytes as the scalar references). No integer matrix kernels: matmul.c runs the vec_dot row by row.
+ * same bytes as the scalar references). Matrix products run the vec_dot row by row, except, on CPUs with the
+ * dot product instructions, over matrices repacked to x8 (gemv_x8_dotprod.c).
  * fp-contract off: the quantizers must round x*id as the references do. */
 #pragma GCC optimize("fp-contract=off")
 

@@ -69,7 +69,7 @@ extern "C" {
 #  else
 #    define TRIATTN_API __declspec(dllimport)
 #  endif
-#elif defined(__GNUC__)
+#elif defined(__GNUC__) && !defined(_WIN32)
 #  define TRIATTN_API __attribute__((visibility("default")))
 #else
 #  define TRIATTN_API
@@ -89,6 +89,8 @@ enum triattn_status {
     TRIATTN_ERR_ABORTED     = 7,  /* a long operation was cancelled by the caller */
     TRIATTN_ERR_INTERNAL    = 8,  /* a bug: please report it with the message */
 };
+
+/* Paths (model files, sidecars, session files) are UTF-8 strings on every system, Windows included. */
 
 typedef int32_t triattn_token;
 typedef struct triattn_model   triattn_model;

@@ -10,7 +10,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__)
+#if defined(__MINGW32__)
+#  define TRI_PRINTF(a, b) __attribute__((format(gnu_printf, a, b))) /* with __USE_MINGW_ANSI_STDIO */
+#elif defined(__GNUC__)
 #  define TRI_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #  define TRI_PRINTF(a, b)

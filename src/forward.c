@@ -1,6 +1,7 @@
 #include "forward.h"
 #include "calibration.h"
 #include "common.h"
+#include "platform.h"
 #include "matmul.h"
 
 #include <math.h>
@@ -72,7 +73,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         total += tri_align64(parts[i].bytes);
     }
-    f->mem = aligned_alloc(64, total);
+    f->mem = tri_aligned_alloc(64, total);
     if (!f->mem) {
         return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate %.1f MiB of activation buffers (n_batch %d)",
                         total / 1048576.0, n_batch);
@@ -87,7 +88,7 @@ enum triattn_status tri_forward_init(tri_forward * f, const struct triattn_model
 }
 
 void tri_forward_free(tri_forward * f) {
-    free(f->mem);
+    tri_aligned_free(f->mem);
     memset(f, 0, sizeof *f);
 }
 

@@ -5,19 +5,15 @@
  *   n_kv x  { str key | u32 type | value }          str = u64 len + bytes; array = u32 type + u64 n + elems
  *   n_tensors x { str name | u32 n_dims | u64 ne[n_dims] | u32 ggml type | u64 offset }
  *   padding to general.alignment | tensor data (each tensor at an aligned offset from the section start) */
-#define _POSIX_C_SOURCE 200809L /* mmap, fstat, O_CLOEXEC */
-
 #include "gguf.h"
 
 #include "common.h"
+#include "platform.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define TRI_GGUF_MAGIC             0x46554747u /* "GGUF" read as a little-endian u32 */
@@ -644,10 +640,7 @@ bool tri_gguf_make_writable(tri_gguf * g, const void * p, size_t n) {
     if (g->map_kind != 1) {
         return g->map_kind == 2;
     }
-    const long      pg = sysconf(_SC_PAGESIZE);
-    const uintptr_t lo = (uintptr_t) b / (uintptr_t) pg * (uintptr_t) pg;
-    const uintptr_t hi = (uintptr_t) b + n;
-    return mprotect((void *) lo, hi - lo, PROT_READ | PROT_WRITE) == 0;
+    return tri_map_make_writable((void *) b, n);
 }
 
 enum triattn_status tri_gguf_open_file(const char * path, bool use_mmap, tri_gguf ** out, char * err, size_t err_size) {
@@ -657,33 +650,34 @@ enum triattn_status tri_gguf_open_file(const char * path, bool use_mmap, tri_ggu
     if (!path || !out) {
         return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "GGUF: NULL path or output");
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    uint64_t  fsize   = 0;
+    bool      regular = false;
+    const int fd      = tri_open_read(path, &fsize, &regular);
     if (fd < 0) {
         return tri_fail(err, err_size, TRIATTN_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (!regular) {
         close(fd);
         return tri_fail(err, err_size, TRIATTN_ERR_IO, "%s: not a regular file", path);
     }
-    if (sb.st_size < 24) {
+    if (fsize < 24) {
         close(fd);
-        return tri_fail(err, err_size, TRIATTN_ERR_FORMAT, "%s: file of %lld bytes is too small for a GGUF header",
-                        path, (long long) sb.st_size);
+        return tri_fail(err, err_size, TRIATTN_ERR_FORMAT, "%s: file of %llu bytes is too small for a GGUF header",
+                        path, (unsigned long long) fsize);
     }
-    if ((uint64_t) sb.st_size > SIZE_MAX) {
+    if (fsize > SIZE_MAX) {
         close(fd);
         return tri_fail(err, err_size, TRIATTN_ERR_IO, "%s: file too large to map", path);
     }
-    size_t size = (size_t) sb.st_size;
+    size_t size = (size_t) fsize;
     tri_gguf_impl * gi = calloc(1, sizeof *gi);
     if (!gi) {
         close(fd);
         return tri_fail(err, err_size, TRIATTN_ERR_OOM, "GGUF: out of memory");
     }
     if (use_mmap) {
-        void * m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
+        void * m = tri_map_file(fd, size);
+        if (!m) {
             int e = errno;
             close(fd);
             free(gi);
@@ -700,7 +694,8 @@ enum triattn_status tri_gguf_open_file(const char * path, bool use_mmap, tri_ggu
         }
         size_t got = 0;
         while (got < size) {
-            ssize_t r = read(fd, m + got, size - got);
+            const size_t want = size - got < (1u << 30) ? size - got : (1u << 30); /* read's count is 32-bit on Windows */
+            const long   r    = (long) read(fd, m + got, want);
             if (r < 0 && errno == EINTR) {
                 continue;
             }
@@ -740,7 +735,7 @@ void tri_gguf_close(tri_gguf * g) {
     free(gi->kv_hash);
     free(gi->tensor_hash);
     if (g->map_kind == 1) {
-        munmap(g->map, g->size);
+        tri_unmap_file(g->map, g->size);
     } else if (g->map_kind == 2) {
         free(g->map);
     }

@@ -9,6 +9,7 @@
  * All scratch is allocated once in init; rounds run over (layer, KV head) on the session's threads. */
 #include "calibration.h"
 #include "common.h"
+#include "platform.h"
 #include "kv_cache.h"
 #include "kv_select.h"
 #include "model.h"
@@ -179,7 +180,7 @@ void tri_rkv_redundancy(const tri_attn_kernels * kr, int D, const tri_fp16 * K, 
 static void tri_bl_free(tri_kv_policy * p) {
     tri_bl_state * st = p->state;
     if (st) {
-        free(st->mem);
+        tri_aligned_free(st->mem);
         free(st);
     }
     p->state = NULL;
@@ -285,7 +286,7 @@ static enum triattn_status tri_bl_init(tri_kv_policy * p, tri_kv_cache * c, enum
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         total += tri_bl_al(parts[i].bytes);
     }
-    st->mem = aligned_alloc(64, total);
+    st->mem = tri_aligned_alloc(64, total);
     if (!st->mem) {
         return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate %.1f MiB of '%s' scratch", total / 1048576.0,
                         p->ops->name);

@@ -6,6 +6,7 @@
  * kept for triattn_session_kv_scores. All scratch is allocated once in init. */
 #include "calibration.h"
 #include "common.h"
+#include "platform.h"
 #include "kv_cache.h"
 #include "kv_select.h"
 #include "model.h"
@@ -133,7 +134,7 @@ void tri_triattn_zscore(float * x, int32_t n) {
 static void tri_ta_free(tri_kv_policy * p) {
     tri_ta_state * st = p->state;
     if (st) {
-        free(st->mem);
+        tri_aligned_free(st->mem);
         free(st);
     }
     p->state = NULL;
@@ -219,7 +220,7 @@ static enum triattn_status tri_ta_init(tri_kv_policy * p, tri_kv_cache * c, char
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         total += tri_ta_al(parts[i].bytes);
     }
-    st->mem = aligned_alloc(64, total);
+    st->mem = tri_aligned_alloc(64, total);
     if (!st->mem) {
         return tri_fail(err, n, TRIATTN_ERR_OOM, "cannot allocate %.1f MiB of TriAttention scratch",
                         total / 1048576.0);

@@ -9,13 +9,13 @@
 #include "sampler.h"
 
 #include "common.h"
+#include "platform.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h> /* getpid */
 
 typedef struct tri_cand {
     float   logit;
@@ -67,13 +67,9 @@ static double rng_uniform(uint64_t * s) { return (double) (rng_next(s) >> 11) * 
 
 static uint64_t random_seed(void) {
     uint64_t seed = 0;
-    FILE * f = fopen("/dev/urandom", "rb");
-    if (f) {
-        if (fread(&seed, sizeof seed, 1, f) != 1) seed = 0;
-        fclose(f);
-    }
+    if (!tri_os_random(&seed, sizeof seed)) seed = 0;
     uint64_t t = (uint64_t) time(NULL) * 1000000007ull ^ (uint64_t) (tri_time_ms() * 1e6);
-    return seed ^ t ^ ((uint64_t) getpid() << 40) ^ (uint64_t) (uintptr_t) &seed;
+    return seed ^ t ^ (tri_process_id() << 40) ^ (uint64_t) (uintptr_t) &seed;
 }
 
 void tri_sampler_seed(tri_sampler * s, uint64_t seed) {

@@ -6,12 +6,12 @@
 #include "grammar_mask.h"
 #include "kv_select.h"
 #include "model.h"
+#include "platform.h"
 #include "triattn_score.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 enum triattn_status tri_session_fail(triattn_session * s, enum triattn_status status, const char * fmt, ...) {
     va_list ap;
@@ -38,8 +38,7 @@ void triattn_session_params_init(struct triattn_session_params * p) {
 }
 
 static int tri_default_threads(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int) TRI_MIN(n, 64) : 1;
+    return TRI_MIN(tri_cpu_count(), 64);
 }
 
 /* Validates the parameters and fills in defaults; the message names the first bad field. */

@@ -21,6 +21,7 @@
 #include "common.h"
 #include "kv_recall.h"
 #include "model.h"
+#include "platform.h"
 #include "session.h"
 
 #include <errno.h>
@@ -201,7 +202,7 @@ enum triattn_status triattn_session_save(triattn_session * s, const char * path)
         return tri_session_fail(s, TRIATTN_ERR_OOM, "session_save: out of memory");
     }
     snprintf(tmp, plen + 8, "%s.tmp", path);
-    tri_writer w = { fopen(tmp, "wb"), TRI_FNV_OFFSET, true };
+    tri_writer w = { tri_fopen(tmp, "wb"), TRI_FNV_OFFSET, true };
     if (!w.f) {
         st = tri_session_fail(s, TRIATTN_ERR_IO, "session_save: cannot create '%s': %s", tmp, strerror(errno));
         free(tmp);
@@ -258,7 +259,7 @@ enum triattn_status triattn_session_save(triattn_session * s, const char * path)
     const uint64_t sum = w.hash;
     tri_put(&w, &sum, sizeof sum);
     const bool ok = w.ok && fclose(w.f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
+    if (!ok || tri_rename_replace(tmp, path) != 0) {
         if (!w.ok) {
             fclose(w.f);
         }
@@ -667,7 +668,7 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     if (st != TRIATTN_OK) {
         return st;
     }
-    FILE * f = fopen(path, "rb");
+    FILE * f = tri_fopen(path, "rb");
     if (!f) {
         return tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot open '%s': %s", path, strerror(errno));
     }

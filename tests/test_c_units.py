@@ -147,3 +147,76 @@ def test_c_unit_tests_aarch64(default_model):
         assert rounds and int(rounds[1]) > 0 and int(rounds[2]) > 0, p.stderr[-2000:]
         outs[repack] = p.stdout
     assert outs["1"] == outs["0"], outs
+
+
+MINGW_TOOLS = ("x86_64-w64-mingw32-gcc-posix", "x86_64-w64-mingw32-objdump")
+
+
+def _wine() -> str | None:
+    """Wine's 64-bit loader (Debian's wine64 puts it outside PATH)."""
+    from shutil import which
+    for cand in ("wine64", "/usr/lib/wine/wine64", "wine"):
+        found = which(cand)
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1800)
+def test_c_unit_tests_windows(default_model, c_build_dir, tmp_path):
+    """The library (a DLL exporting exactly triattn.h's functions and needing no MinGW runtime DLL), the CLI and the C
+    unit tests cross-compiled for 64-bit Windows with MinGW-w64 (`cmake/x86_64-w64-mingw32.cmake`) and run under
+    Wine: every unit test, real-model parts included (session files saved over older ones, mapped GGUF files), then
+    a TriAttention generation through the CLI from a model under a non-ASCII path (the arguments reach the library as
+    UTF-8), with the same tokens as the native CLI's."""
+    wine = _wine()
+    missing = [t for t in MINGW_TOOLS if not _have(t)] + ([] if wine else ["wine64"])
+    if missing:
+        why = f"{', '.join(missing)} not found (Debian: gcc-mingw-w64-x86-64, wine64)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI installs them (.ci/run)")
+        pytest.skip(why)
+    build = _cmake_build(ROOT / "build" / "mingw",
+                         f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'x86_64-w64-mingw32.cmake'}")
+    names = _registered_tests(build)
+    assert "test_quants" in names and "test_session_state" in names, names
+
+    env = {**os.environ, "WINEPREFIX": str(build / "wineprefix"), "WINEDEBUG": "-all", "LC_ALL": "C.UTF-8",
+           "TRI_DEFAULT_MODEL": str(default_model)}
+    p = _ctest(build, env=env, timeout=1500)
+    assert p.returncode == 0, _failure_report(p, "Windows build under Wine")
+    assert re.search(rf"100% tests passed(, 0 tests failed)? out of {len(names)}\b", p.stdout), p.stdout[-3000:]
+    log = (build / "Testing" / "Temporary" / "LastTest.log").read_text(errors="replace")
+    assert "skip: real model" not in log and "real vocab:" in log, log[-3000:]
+
+    dll = subprocess.run(["x86_64-w64-mingw32-objdump", "-p", str(build / "libtriattn.dll")], capture_output=True,
+                         text=True, check=True).stdout
+    imports = {d.lower() for d in re.findall(r"DLL Name: (\S+)", dll)}
+    assert imports <= {"kernel32.dll", "msvcrt.dll"}, imports
+    exports = set(re.findall(r"^\s*\[\s*\d+\]\s+(\w+)\s*$", dll.split("[Ordinal/Name Pointer] Table", 1)[1], re.M))
+    header = (ROOT / "include" / "triattn.h").read_text()
+    api = set(re.findall(r"^TRIATTN_API\b[^;(]*?\b(triattn_\w+)\s*\(", header, re.M))
+    assert api and exports == api, (sorted(exports - api), sorted(api - exports))
+
+    folder = tmp_path / "modèles ü"
+    folder.mkdir()
+    model = folder / "m.gguf"
+    try:
+        os.link(default_model, model)
+    except OSError:
+        import shutil
+        shutil.copyfile(default_model, model)
+    prompt = ("Paris is the capital and largest city of France. The city stands on the Seine, in the north of the "
+              "country, at the heart of the Ile-de-France region. Question: what is the capital of France? Answer:")
+    args = ["-p", prompt, "-n", "24", "--temp", "0", "--ignore-eos", "--kv-policy", "triattention", "--kv-budget", "24",
+            "--kv-interval", "8", "--kv-window", "8", "--calibration", str(default_calibration()), "-v"]
+    win = subprocess.run([wine, str(build / "triattn-cli.exe"), "-m", str(model), *args], env=env,
+                         capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert win.returncode == 0, win.stderr[-3000:]
+    rounds = re.search(r"(\d+) compressions, (\d+) evicted", win.stderr)
+    assert rounds and int(rounds[1]) > 0 and int(rounds[2]) > 0, win.stderr[-2000:]
+    native = subprocess.run([str(c_build_dir / "triattn-cli"), "-m", str(default_model), *args], capture_output=True,
+                            text=True, timeout=600)
+    assert native.returncode == 0, native.stderr[-3000:]
+    assert "Paris" in native.stdout and win.stdout.replace("\r\n", "\n") == native.stdout, (win.stdout, native.stdout)

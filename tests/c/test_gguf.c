@@ -328,10 +328,11 @@ static void test_zero_tensors_and_files(void) {
 
     /* the same file through open_file, mapped and read */
     b = rand_file(3, 64, 3, kvs, &nkv, ts);
-    char path[] = "/tmp/test_gguf_XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0 && write(fd, b.p, b.n) == (ssize_t) b.n, "temp file");
-    if (fd >= 0) close(fd);
+    char path[512];
+    tu_tmp_file(path, sizeof path, "test_gguf.gguf");
+    FILE * tf = fopen(path, "wb");
+    CHECK(tf && fwrite(b.p, 1, b.n, tf) == b.n, "temp file %s", path);
+    if (tf) fclose(tf);
     for (int mm = 0; mm < 2; mm++) {
         tri_gguf * g = NULL;
         enum triattn_status st = tri_gguf_open_file(path, mm == 1, &g, err, sizeof err);
@@ -344,7 +345,7 @@ static void test_zero_tensors_and_files(void) {
             tri_gguf_close(g);
         }
     }
-    unlink(path);
+    remove(path);
     tri_gguf * g = (tri_gguf *) 1;
     CHECK(tri_gguf_open_file("/nonexistent/x.gguf", true, &g, err, sizeof err) == TRIATTN_ERR_IO && g == NULL,
           "missing file -> IO");

@@ -204,11 +204,11 @@ static void test_rmsnorm(void) {
     free(x); free(w); free(y);
 }
 
-static atomic_long tp_sum;
+static atomic_llong tp_sum; /* long is 32-bit on Windows */
 static void tp_job(void * arg, int ith, int nth) {
     long b, e;
     tri_split(*(long *) arg, ith, nth, &b, &e);
-    long s = 0;
+    long long s = 0;
     for (long i = b; i < e; i++) s += i;
     atomic_fetch_add(&tp_sum, s);
 }
@@ -221,8 +221,8 @@ static void test_threadpool(void) {
             long n = (long) (tu_uniform() * 100000);
             atomic_store(&tp_sum, 0);
             tri_threadpool_run(tp, tp_job, &n);
-            if (atomic_load(&tp_sum) != n * (n - 1) / 2) {
-                CHECK(0, "threadpool nt=%d n=%ld sum %ld", nt, n, (long) atomic_load(&tp_sum));
+            if (atomic_load(&tp_sum) != (long long) n * (n - 1) / 2) {
+                CHECK(0, "threadpool nt=%d n=%ld sum %lld", nt, n, (long long) atomic_load(&tp_sum));
                 break;
             }
         }

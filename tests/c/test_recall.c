@@ -720,8 +720,8 @@ static void test_sessions(triattn_model * m) {
           "one call and many calls: last logits differ");
 
     /* save, load into a fresh session, continue both: the same logits */
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/test_recall_%d.state", (int) getpid());
+    char path[512];
+    tu_tmp_file(path, sizeof path, "test_recall.state");
     CHECK(triattn_session_save(a, path) == TRIATTN_OK, "save: %s", triattn_session_last_error(a));
     triattn_session * c = tu_session_recall(m, "triattention", NULL, -1, BUDGET, INTERVAL, 2048, 0, R);
     triattn_session * off = tu_session_recall(m, "triattention", NULL, -1, BUDGET, INTERVAL, 2048, 0, 0);

@@ -331,8 +331,7 @@ int main(void) {
         return tu_finish();
     }
     triattn_model_get_info(m, &g_info);
-    snprintf(g_dir, sizeof g_dir, "/tmp/tri_state_XXXXXX");
-    if (!mkdtemp(g_dir)) {
+    if (!tu_mkdtemp(g_dir, sizeof g_dir, "tri_state_")) {
         CHECK(0, "mkdtemp");
         return tu_finish();
     }

@@ -84,15 +84,15 @@ static void test_compact_poison(bool poison) {
 static void test_env_switch(void) {
     tri_kv_cache c;
     char err[256];
-    unsetenv("TRIATTN_KV_POISON");
+    tu_setenv("TRIATTN_KV_POISON", NULL);
     tri_kv_cache_init(&c, 1, 1, 8, 4, err, sizeof err);
     CHECK(c.poison == k_debug, "default poison %d, want %d (debug or sanitizer build)", c.poison, k_debug);
     tri_kv_cache_free(&c);
-    setenv("TRIATTN_KV_POISON", "1", 1);
+    tu_setenv("TRIATTN_KV_POISON", "1");
     tri_kv_cache_init(&c, 1, 1, 8, 4, err, sizeof err);
     CHECK(c.poison, "TRIATTN_KV_POISON=1 must turn poisoning on");
     tri_kv_cache_free(&c);
-    unsetenv("TRIATTN_KV_POISON");
+    tu_setenv("TRIATTN_KV_POISON", NULL);
 }
 
 static const char * k_text =
@@ -144,12 +144,12 @@ static void test_real_model(void) {
     free(im);
     free(ab);
 
-    setenv("TRIATTN_KV_POISON", "1", 1);
+    tu_setenv("TRIATTN_KV_POISON", "1");
     sp.kv_policy = "triattention";
     sp.kv_budget = 128;
     sp.kv_interval = 32;
     st = triattn_session_create(m, &sp, &s, err, sizeof err);
-    unsetenv("TRIATTN_KV_POISON");
+    tu_setenv("TRIATTN_KV_POISON", NULL);
     CHECK(st == TRIATTN_OK, "triattention session: %s", err);
     if (st != TRIATTN_OK) {
         triattn_model_free(m);

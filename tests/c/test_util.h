@@ -20,6 +20,57 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(_WIN32)
+#  include <direct.h>
+#  include <io.h>
+#  include <process.h>
+#else
+#  include <unistd.h>
+#endif
+
+/* ---- the system: environment and temporary files (POSIX and Windows) ----------------------------- */
+
+#if defined(_WIN32)
+/* Sets (value NULL: removes) an environment variable of this process. */
+static inline void tu_setenv(const char * name, const char * value) {
+    _putenv_s(name, value ? value : "");
+}
+/* A new folder of the temporary files' folder: its path in out (n bytes), or false. */
+static inline int tu_mkdtemp(char * out, size_t n, const char * prefix) {
+    const char * t = getenv("TEMP");
+    for (int i = 0; i < 100; i++) {
+        snprintf(out, n, "%s\\%s%u_%d", t && *t ? t : ".", prefix, (unsigned) clock(), i);
+        if (_mkdir(out) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+#else
+static inline void tu_setenv(const char * name, const char * value) {
+    if (value) {
+        setenv(name, value, 1);
+    } else {
+        unsetenv(name);
+    }
+}
+static inline int tu_mkdtemp(char * out, size_t n, const char * prefix) {
+    const char * t = getenv("TMPDIR");
+    snprintf(out, n, "%s/%sXXXXXX", t && *t ? t : "/tmp", prefix);
+    return mkdtemp(out) != NULL;
+}
+#endif
+
+/* A path for a temporary file named after name and this process (the file is not created). */
+static inline void tu_tmp_file(char * out, size_t n, const char * name) {
+#if defined(_WIN32)
+    const char * t = getenv("TEMP");
+    snprintf(out, n, "%s\\%s_%d", t && *t ? t : ".", name, (int) _getpid());
+#else
+    const char * t = getenv("TMPDIR");
+    snprintf(out, n, "%s/%s_%d", t && *t ? t : "/tmp", name, (int) getpid());
+#endif
+}
 
 /* ---- PRNG ---------------------------------------------------------------------------------------- */
 

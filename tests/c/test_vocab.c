@@ -1,6 +1,7 @@
 /* Tokenizer unit tests: UTF-8 decode/encode, code point properties, and tokenize/detokenize on small
  * vocabularies written as GGUF in memory (byte-level BPE and SentencePiece-style), fuzzed with random and
- * invalid UTF-8. With TRIATTN_TEST_MODEL (or the cached default model) the real vocabulary is fuzzed too.
+ * invalid UTF-8. With TRI_DEFAULT_MODEL or TRIATTN_TEST_MODEL (or the cached default model) the real vocabulary is
+ * fuzzed too.
  * Random inputs are fresh each run: the seed is printed on failure (TEST_SEED=... replays it). */
 #include "common.h"
 #include "gguf.h"
@@ -520,8 +521,11 @@ static void test_spm_synthetic(void) {
 /* ---- the real default model, when present --------------------------------------------------------- */
 
 static void test_real_model(void) {
-    const char * path = getenv("TRIATTN_TEST_MODEL");
+    const char * path = getenv("TRI_DEFAULT_MODEL"); /* as the other C tests name it */
     char fallback[512];
+    if (!path) {
+        path = getenv("TRIATTN_TEST_MODEL");
+    }
     if (!path) {
         const char * home = getenv("HOME");
         snprintf(fallback, sizeof fallback, "%s/.cache/pytriattn/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");

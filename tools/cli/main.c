@@ -12,6 +12,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(_WIN32)
+#  define WIN32_LEAN_AND_MEAN
+#  include <windows.h>
+#  include <shellapi.h>
+#endif
 
 #define CLI_MAX_LIST 32
 #define CLI_MAX_STOP 16
@@ -295,6 +300,44 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
 }
 
 /* ---- shared helpers ------------------------------------------------------------------------------ */
+
+/* Online CPUs: the library's default thread count (all cores, at most 64). On Windows also: the arguments as
+ * UTF-8 (the library's paths are UTF-8; main's argv is in the ANSI code page) and UTF-8 console output. */
+#if defined(_WIN32)
+static void utf8_console_args(int * argc, char *** argv) {
+    SetConsoleOutputCP(CP_UTF8);
+    int        n = 0;
+    wchar_t ** w = CommandLineToArgvW(GetCommandLineW(), &n);
+    char **    a = w && n > 0 ? calloc((size_t) n + 1, sizeof *a) : NULL;
+    for (int i = 0; a && i < n; i++) {
+        const int k = WideCharToMultiByte(CP_UTF8, 0, w[i], -1, NULL, 0, NULL, NULL);
+        a[i] = k > 0 ? malloc((size_t) k) : NULL;
+        if (!a[i] || WideCharToMultiByte(CP_UTF8, 0, w[i], -1, a[i], k, NULL, NULL) != k) {
+            return; /* out of memory: keep the ANSI arguments */
+        }
+    }
+    if (a) {
+        *argc = n;
+        *argv = a;
+    }
+    LocalFree(w);
+}
+
+static long cpu_count(void) {
+    const long n = (long) GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
+    return n > 64 ? 64 : n;
+}
+#else
+static void utf8_console_args(int * argc, char *** argv) {
+    (void) argc;
+    (void) argv;
+}
+
+static long cpu_count(void) {
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 64 ? 64 : n;
+}
+#endif
 
 static double now_ms(void) {
     struct timespec ts;
@@ -814,7 +857,7 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     struct triattn_kv_stats kv;
     triattn_session_kv_stats(s, &kv);
     const char * name = mi.name[0] ? mi.name : a->model;
-    long threads = sp.n_threads > 0 ? sp.n_threads : sysconf(_SC_NPROCESSORS_ONLN);
+    long threads = sp.n_threads > 0 ? sp.n_threads : cpu_count();
     uint64_t gpu_used = 0, gpu_limit = 0; /* device memory with every session of the run alive */
     triattn_model_gpu_memory(model, &gpu_used, &gpu_limit);
     if (a->json) {
@@ -870,6 +913,7 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
 /* ---- main ---------------------------------------------------------------------------------------- */
 
 int main(int argc, char ** argv) {
+    utf8_console_args(&argc, &argv);
     struct cli_args a;
     int pr = parse_args(argc, argv, &a);
     if (pr != 0) {

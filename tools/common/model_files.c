@@ -8,8 +8,54 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(_WIN32)
+#  define WIN32_LEAN_AND_MEAN
+#  include <windows.h>
+#endif
 
 #define SIDECAR_SUFFIX ".tri-stats.gguf"
+
+#if defined(_WIN32)
+/* The last path separator of path ('/' or '\\'), or NULL. */
+static const char * last_sep(const char * path) {
+    const char * a = strrchr(path, '/');
+    const char * b = strrchr(path, '\\');
+    return !a ? b : !b ? a : a > b ? a : b;
+}
+
+/* The folder of the running program (no trailing separator). */
+static bool program_dir(char * out, size_t n) {
+    const DWORD k = GetModuleFileNameA(NULL, out, (DWORD) n);
+    if (k == 0 || k >= n) {
+        return false;
+    }
+    char * last = (char *) last_sep(out);
+    if (!last) {
+        return false;
+    }
+    *last = '\0';
+    return true;
+}
+#else
+static const char * last_sep(const char * path) {
+    return strrchr(path, '/');
+}
+
+/* The folder of the running program (no trailing slash), from /proc/self/exe. */
+static bool program_dir(char * out, size_t n) {
+    ssize_t k = readlink("/proc/self/exe", out, n - 1);
+    if (k <= 0 || (size_t) k >= n - 1) {
+        return false;
+    }
+    out[k]      = '\0';
+    char * last = strrchr(out, '/');
+    if (!last) {
+        return false;
+    }
+    *last = '\0';
+    return true;
+}
+#endif
 
 static bool is_file(const char * path) {
     struct stat st;
@@ -32,6 +78,9 @@ bool model_files_default_model(char * out, size_t n) {
         return join(out, n, xdg, "/pytriattn/", MODEL_FILES_DEFAULT_NAME);
     }
     const char * home = getenv("HOME");
+    if (!home || !*home) {
+        home = getenv("USERPROFILE"); /* Windows: the folder Python's ~ names */
+    }
     if (home && *home) {
         return join(out, n, home, "/.cache/pytriattn/", MODEL_FILES_DEFAULT_NAME);
     }
@@ -40,7 +89,7 @@ bool model_files_default_model(char * out, size_t n) {
 
 /* The sidecar's file name for a model path: its last component, ".gguf" replaced by SIDECAR_SUFFIX. */
 static bool sidecar_name(const char * model_path, char * out, size_t n) {
-    const char * base = strrchr(model_path, '/');
+    const char * base = last_sep(model_path);
     base              = base ? base + 1 : model_path;
     size_t len        = strlen(base);
     if (len > 5 && strcasecmp(base + len - 5, ".gguf") == 0) {
@@ -50,27 +99,12 @@ static bool sidecar_name(const char * model_path, char * out, size_t n) {
     return len > 0 && k >= 0 && (size_t) k < n;
 }
 
-/* The folder of the running program (no trailing slash), from /proc/self/exe. */
-static bool program_dir(char * out, size_t n) {
-    ssize_t k = readlink("/proc/self/exe", out, n - 1);
-    if (k <= 0 || (size_t) k >= n - 1) {
-        return false;
-    }
-    out[k]      = '\0';
-    char * last = strrchr(out, '/');
-    if (!last) {
-        return false;
-    }
-    *last = '\0';
-    return true;
-}
-
 bool model_files_find_sidecar(const char * model_path, char * out, size_t n) {
     char name[512], dir[4096];
     if (!model_path || !sidecar_name(model_path, name, sizeof name)) {
         return false;
     }
-    const char * slash = strrchr(model_path, '/');
+    const char * slash = last_sep(model_path);
     int          dlen  = slash ? (int) (slash - model_path) : 0;
     int          k     = snprintf(out, n, "%.*s%s%s", dlen, model_path, slash ? "/" : "", name);
     if (k >= 0 && (size_t) k < n && is_file(out)) {

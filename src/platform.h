@@ -40,8 +40,8 @@ FILE * tri_fopen(const char * path, const char * mode);
  * -1 with errno set. */
 int tri_rename_replace(const char * from, const char * to);
 
-/* A regular file opened for reading (UTF-8 path): its descriptor and size, or -1 with errno set (EISDIR-like
- * cases: errno 0 and *regular false). */
+/* Opens a file for reading (UTF-8 path): its descriptor, with *size and *regular (false when it is not a regular
+ * file or cannot be queried; the caller closes it), or -1 with errno set. */
 int tri_open_read(const char * path, uint64_t * size, bool * regular);
 
 /* The whole file of descriptor fd (size bytes) mapped read-only and private: written pages (after

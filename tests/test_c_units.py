@@ -169,7 +169,7 @@ def test_c_unit_tests_windows(default_model, c_build_dir, tmp_path):
     unit tests cross-compiled for 64-bit Windows with MinGW-w64 (`cmake/x86_64-w64-mingw32.cmake`) and run under
     Wine: every unit test, real-model parts included (session files saved over older ones, mapped GGUF files), then
     a TriAttention generation through the CLI from a model under a non-ASCII path (the arguments reach the library as
-    UTF-8), with the same tokens as the native CLI's."""
+    UTF-8, the query centres are found by name beside it), with the same tokens as the native CLI's."""
     wine = _wine()
     missing = [t for t in MINGW_TOOLS if not _have(t)] + ([] if wine else ["wine64"])
     if missing:
@@ -199,24 +199,27 @@ def test_c_unit_tests_windows(default_model, c_build_dir, tmp_path):
     api = set(re.findall(r"^TRIATTN_API\b[^;(]*?\b(triattn_\w+)\s*\(", header, re.M))
     assert api and exports == api, (sorted(exports - api), sorted(api - exports))
 
+    # the model and its query centres (found by name beside it) under a folder whose name is not ASCII
     folder = tmp_path / "modèles ü"
     folder.mkdir()
-    model = folder / "m.gguf"
-    try:
-        os.link(default_model, model)
-    except OSError:
-        import shutil
-        shutil.copyfile(default_model, model)
+    model, centres = folder / "m.gguf", folder / "m.tri-stats.gguf"
+    for src, dst in ((default_model, model), (default_calibration(), centres)):
+        try:
+            os.link(src, dst)
+        except OSError:
+            import shutil
+            shutil.copyfile(src, dst)
     prompt = ("Paris is the capital and largest city of France. The city stands on the Seine, in the north of the "
               "country, at the heart of the Ile-de-France region. Question: what is the capital of France? Answer:")
     args = ["-p", prompt, "-n", "24", "--temp", "0", "--ignore-eos", "--kv-policy", "triattention", "--kv-budget", "24",
-            "--kv-interval", "8", "--kv-window", "8", "--calibration", str(default_calibration()), "-v"]
+            "--kv-interval", "8", "--kv-window", "8", "-v"]
     win = subprocess.run([wine, str(build / "triattn-cli.exe"), "-m", str(model), *args], env=env,
                          capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert win.returncode == 0, win.stderr[-3000:]
+    assert f"calibration: {folder}/m.tri-stats.gguf" in win.stderr, win.stderr[-3000:]
     rounds = re.search(r"(\d+) compressions, (\d+) evicted", win.stderr)
     assert rounds and int(rounds[1]) > 0 and int(rounds[2]) > 0, win.stderr[-2000:]
-    native = subprocess.run([str(c_build_dir / "triattn-cli"), "-m", str(default_model), *args], capture_output=True,
-                            text=True, timeout=600)
+    native = subprocess.run([str(c_build_dir / "triattn-cli"), "-m", str(default_model), *args, "--calibration",
+                             str(default_calibration())], capture_output=True, text=True, timeout=600)
     assert native.returncode == 0, native.stderr[-3000:]
     assert "Paris" in native.stdout and win.stdout.replace("\r\n", "\n") == native.stdout, (win.stdout, native.stdout)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ._errors import ERR_INVALID_ARG, TriattnError
 
-_LIB_NAMES = ("libtriattn.so", "libtriattn.dylib", "triattn.dll")
+_LIB_NAMES = ("libtriattn.so", "libtriattn.dylib", "libtriattn.dll", "triattn.dll")  # Linux, macOS, MinGW, MSVC
 _lock = threading.Lock()
 _state: dict = {}
 

@@ -31,15 +31,20 @@
 /* ---- the system: environment and temporary files (POSIX and Windows) ----------------------------- */
 
 #if defined(_WIN32)
+static inline int tu_pid(void) { return _getpid(); }
+/* The folder of temporary files. */
+static inline const char * tu_tmp_root(void) {
+    const char * t = getenv("TEMP");
+    return t && *t ? t : ".";
+}
 /* Sets (value NULL: removes) an environment variable of this process. */
 static inline void tu_setenv(const char * name, const char * value) {
     _putenv_s(name, value ? value : "");
 }
-/* A new folder of the temporary files' folder: its path in out (n bytes), or false. */
+/* A new folder in the temporary files' folder: its path in out (n bytes), or false. */
 static inline int tu_mkdtemp(char * out, size_t n, const char * prefix) {
-    const char * t = getenv("TEMP");
     for (int i = 0; i < 100; i++) {
-        snprintf(out, n, "%s\\%s%u_%d", t && *t ? t : ".", prefix, (unsigned) clock(), i);
+        snprintf(out, n, "%s/%s%d_%d", tu_tmp_root(), prefix, tu_pid(), i);
         if (_mkdir(out) == 0) {
             return 1;
         }
@@ -47,6 +52,11 @@ static inline int tu_mkdtemp(char * out, size_t n, const char * prefix) {
     return 0;
 }
 #else
+static inline int tu_pid(void) { return (int) getpid(); }
+static inline const char * tu_tmp_root(void) {
+    const char * t = getenv("TMPDIR");
+    return t && *t ? t : "/tmp";
+}
 static inline void tu_setenv(const char * name, const char * value) {
     if (value) {
         setenv(name, value, 1);
@@ -55,21 +65,14 @@ static inline void tu_setenv(const char * name, const char * value) {
     }
 }
 static inline int tu_mkdtemp(char * out, size_t n, const char * prefix) {
-    const char * t = getenv("TMPDIR");
-    snprintf(out, n, "%s/%sXXXXXX", t && *t ? t : "/tmp", prefix);
+    snprintf(out, n, "%s/%sXXXXXX", tu_tmp_root(), prefix);
     return mkdtemp(out) != NULL;
 }
 #endif
 
 /* A path for a temporary file named after name and this process (the file is not created). */
 static inline void tu_tmp_file(char * out, size_t n, const char * name) {
-#if defined(_WIN32)
-    const char * t = getenv("TEMP");
-    snprintf(out, n, "%s\\%s_%d", t && *t ? t : ".", name, (int) _getpid());
-#else
-    const char * t = getenv("TMPDIR");
-    snprintf(out, n, "%s/%s_%d", t && *t ? t : "/tmp", name, (int) getpid());
-#endif
+    snprintf(out, n, "%s/%s_%d", tu_tmp_root(), name, tu_pid());
 }
 
 /* ---- PRNG ---------------------------------------------------------------------------------------- */

@@ -309,16 +309,20 @@ static void utf8_console_args(int * argc, char *** argv) {
     int        n = 0;
     wchar_t ** w = CommandLineToArgvW(GetCommandLineW(), &n);
     char **    a = w && n > 0 ? calloc((size_t) n + 1, sizeof *a) : NULL;
-    for (int i = 0; a && i < n; i++) {
+    bool       ok = a != NULL;
+    for (int i = 0; ok && i < n; i++) {
         const int k = WideCharToMultiByte(CP_UTF8, 0, w[i], -1, NULL, 0, NULL, NULL);
         a[i] = k > 0 ? malloc((size_t) k) : NULL;
-        if (!a[i] || WideCharToMultiByte(CP_UTF8, 0, w[i], -1, a[i], k, NULL, NULL) != k) {
-            return; /* out of memory: keep the ANSI arguments */
-        }
+        ok   = a[i] && WideCharToMultiByte(CP_UTF8, 0, w[i], -1, a[i], k, NULL, NULL) == k;
     }
-    if (a) {
+    if (ok) { /* the converted arguments live as long as the program */
         *argc = n;
         *argv = a;
+    } else if (a) { /* out of memory: keep the ANSI arguments */
+        for (int i = 0; i < n; i++) {
+            free(a[i]);
+        }
+        free(a);
     }
     LocalFree(w);
 }

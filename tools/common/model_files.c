@@ -15,6 +15,8 @@
 
 #define SIDECAR_SUFFIX ".tri-stats.gguf"
 
+/* The system's side, one definition per system: paths and environment values are UTF-8 strings (Windows keeps
+ * them as UTF-16, so they are converted there). */
 #if defined(_WIN32)
 /* The last path separator of path ('/' or '\\'), or NULL. */
 static const char * last_sep(const char * path) {
@@ -23,10 +25,32 @@ static const char * last_sep(const char * path) {
     return !a ? b : !b ? a : a > b ? a : b;
 }
 
+static bool utf8_of(const wchar_t * w, char * out, size_t n) {
+    return WideCharToMultiByte(CP_UTF8, 0, w, -1, out, (int) n, NULL, NULL) > 0;
+}
+
+/* The value of environment variable name (UTF-8, in buf), or NULL. */
+static const char * env_utf8(const char * name, char * buf, size_t n) {
+    wchar_t wname[64];
+    if (!MultiByteToWideChar(CP_UTF8, 0, name, -1, wname, 64)) {
+        return NULL;
+    }
+    const wchar_t * v = _wgetenv(wname);
+    return v && utf8_of(v, buf, n) ? buf : NULL;
+}
+
+static bool is_file(const char * path) {
+    wchar_t         w[4096];
+    struct _stat64 st;
+    return MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, w, 4096) > 0 && _wstat64(w, &st) == 0 &&
+           (st.st_mode & _S_IFMT) == _S_IFREG;
+}
+
 /* The folder of the running program (no trailing separator). */
 static bool program_dir(char * out, size_t n) {
-    const DWORD k = GetModuleFileNameA(NULL, out, (DWORD) n);
-    if (k == 0 || k >= n) {
+    wchar_t     w[4096];
+    const DWORD k = GetModuleFileNameW(NULL, w, 4096);
+    if (k == 0 || k >= 4096 || !utf8_of(w, out, n)) {
         return false;
     }
     char * last = (char *) last_sep(out);
@@ -39,6 +63,17 @@ static bool program_dir(char * out, size_t n) {
 #else
 static const char * last_sep(const char * path) {
     return strrchr(path, '/');
+}
+
+static const char * env_utf8(const char * name, char * buf, size_t n) {
+    (void) buf;
+    (void) n;
+    return getenv(name);
+}
+
+static bool is_file(const char * path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 /* The folder of the running program (no trailing slash), from /proc/self/exe. */
@@ -57,11 +92,6 @@ static bool program_dir(char * out, size_t n) {
 }
 #endif
 
-static bool is_file(const char * path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 /* snprintf that reports truncation as false. */
 static bool join(char * out, size_t n, const char * a, const char * b, const char * c) {
     int k = snprintf(out, n, "%s%s%s", a, b, c);
@@ -69,17 +99,18 @@ static bool join(char * out, size_t n, const char * a, const char * b, const cha
 }
 
 bool model_files_default_model(char * out, size_t n) {
-    const char * cache = getenv("PYTRIATTN_CACHE");
+    char         buf[4096];
+    const char * cache = env_utf8("PYTRIATTN_CACHE", buf, sizeof buf);
     if (cache && *cache) {
         return join(out, n, cache, "/", MODEL_FILES_DEFAULT_NAME);
     }
-    const char * xdg = getenv("XDG_CACHE_HOME");
+    const char * xdg = env_utf8("XDG_CACHE_HOME", buf, sizeof buf);
     if (xdg && *xdg) {
         return join(out, n, xdg, "/pytriattn/", MODEL_FILES_DEFAULT_NAME);
     }
-    const char * home = getenv("HOME");
+    const char * home = env_utf8("HOME", buf, sizeof buf);
     if (!home || !*home) {
-        home = getenv("USERPROFILE"); /* Windows: the folder Python's ~ names */
+        home = env_utf8("USERPROFILE", buf, sizeof buf); /* Windows: the folder Python's ~ names */
     }
     if (home && *home) {
         return join(out, n, home, "/.cache/pytriattn/", MODEL_FILES_DEFAULT_NAME);

@@ -169,7 +169,9 @@ def test_c_unit_tests_windows(default_model, c_build_dir, tmp_path):
     unit tests cross-compiled for 64-bit Windows with MinGW-w64 (`cmake/x86_64-w64-mingw32.cmake`) and run under
     Wine: every unit test, real-model parts included (session files saved over older ones, mapped GGUF files), then
     a TriAttention generation through the CLI from a model under a non-ASCII path (the arguments reach the library as
-    UTF-8, the query centres are found by name beside it), with the same tokens as the native CLI's."""
+    UTF-8, the query centres are found by name beside it), with the same tokens as the native CLI's; then
+    triattn-server.exe (Winsock) with the openai client: a chat answer streamed and not, clients vanishing mid-stream
+    (every slot freed), a half-closed client answered."""
     wine = _wine()
     missing = [t for t in MINGW_TOOLS if not _have(t)] + ([] if wine else ["wine64"])
     if missing:
@@ -223,3 +225,51 @@ def test_c_unit_tests_windows(default_model, c_build_dir, tmp_path):
                              str(default_calibration())], capture_output=True, text=True, timeout=600)
     assert native.returncode == 0, native.stderr[-3000:]
     assert "Paris" in native.stdout and win.stdout.replace("\r\n", "\n") == native.stdout, (win.stdout, native.stdout)
+
+    # triattn-server.exe under Wine (Winsock), driven by the openai client and raw sockets as on Linux
+    import json
+    import socket
+    import time
+
+    import openai
+    from test_server import Server
+
+    launcher = tmp_path / "triattn-server-wine"
+    launcher.write_text(f'#!/bin/sh\nexec "{wine}" "{build / "triattn-server.exe"}" "$@"\n')
+    launcher.chmod(0o755)
+    srv = Server(launcher, default_model, "--timeout", "3", env=env)
+    try:
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", timeout=120, max_retries=0)
+        assert srv.healthy() and [m.id for m in client.models.list().data] == ["smol"]
+        msgs = [{"role": "user", "content": "What is the largest ocean on Earth?"}]
+        whole = client.chat.completions.create(model="smol", messages=msgs, temperature=0, max_tokens=32)
+        text = whole.choices[0].message.content
+        streamed = client.chat.completions.create(model="smol", messages=msgs, temperature=0, max_tokens=32,
+                                                  stream=True)
+        assert "Pacific" in text and "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+        # clients that vanish mid-stream, more of them than --parallel 4: every slot comes back
+        body = json.dumps({"prompt": "Tell me a long story.", "max_tokens": 400, "stream": True, "temperature": 0,
+                           "ignore_eos": True}).encode()
+        for _ in range(5):
+            with socket.create_connection((srv.host, srv.port), timeout=30) as sock:
+                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        deadline, slots = time.time() + 30, []
+        while time.time() < deadline:
+            slots = json.loads(srv.request("GET", "/slots")[1])
+            if all(x["state"] == "idle" for x in slots):
+                break
+            time.sleep(0.2)
+        assert slots and all(x["state"] == "idle" for x in slots), slots
+        # a client that half-closes after its request still gets the answer
+        req = json.dumps({"prompt": "The sky is", "max_tokens": 2, "temperature": 0}).encode()
+        with socket.create_connection((srv.host, srv.port), timeout=60) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                         % len(req) + req)
+            sock.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := sock.recv(65536):
+                out += chunk
+        assert b"HTTP/1.1 200" in out and b'"completion_tokens":2' in out, out[:300]
+    finally:
+        srv.close()

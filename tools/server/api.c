@@ -1,19 +1,17 @@
 /* api.c - the OpenAI-compatible endpoints of triattn-server and the per-connection request loop. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "api_tools.h"
 #include "http.h"
 #include "json.h"
+#include "net.h"
 #include "server.h"
 
 #define MAX_STOP 16
@@ -62,7 +60,7 @@ static void error_object(jbuf * b, const char * msg, const char * type, const ch
     jb_cstr(b, "}}");
 }
 
-static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) __attribute__((format(printf, 4, 5)));
+static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) JSON_PRINTF(4, 5);
 static void reply_error(ctx * x, int status, const char * code, const char * fmt, ...) {
     char msg[512];
     va_list ap;
@@ -1017,16 +1015,15 @@ static void refuse_without_memory(int fd) {
     char m[384];
     const int n = snprintf(m, sizeof m, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                            "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" OOM_BODY, sizeof OOM_BODY - 1);
-    if (send(fd, m, (size_t) n, MSG_NOSIGNAL | MSG_DONTWAIT) == n) shutdown(fd, SHUT_WR);
-    close(fd);
+    if (net_send(fd, m, (size_t) n, true) == n) net_shutdown_write(fd);
+    net_close(fd);
 }
 
 void api_serve_connection(struct server * srv, int fd) {
     struct http_conn * c = malloc(sizeof *c);
     if (!c) { refuse_without_memory(fd); return; }
     http_conn_init(c, fd);
-    struct timeval tv = { .tv_sec = srv->o.timeout_s, .tv_usec = 0 };
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* a client that stops reading cannot pin us */
+    net_send_timeout(fd, srv->o.timeout_s);
     struct http_limits lim = { .max_body = srv->o.max_body, .timeout_s = srv->o.timeout_s, .stop = &srv->stop,
                                .held = &srv->held_bytes, .held_cap = srv->o.max_held_bytes };
     char peer[64] = "-";
@@ -1054,7 +1051,7 @@ void api_serve_connection(struct server * srv, int fd) {
         http_request_free(&req);
         if (!keep) break;
     }
-    close(fd);
+    net_close(fd);
     free(c);
 }
 
@@ -1062,8 +1059,7 @@ void api_serve_reserved(struct server * srv, int fd, int busy_status) {
     struct http_conn * c = malloc(sizeof *c);
     if (!c) { refuse_without_memory(fd); return; }
     http_conn_init(c, fd);
-    struct timeval tv = { .tv_sec = 2, .tv_usec = 0 };
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    net_send_timeout(fd, 2);
     /* no body is read here: only /health is served */
     struct http_limits lim = { .max_body = 0, .timeout_s = 2, .stop = &srv->stop };
     struct http_request req;
@@ -1081,7 +1077,7 @@ void api_serve_reserved(struct server * srv, int fd, int busy_status) {
     }
     atomic_fetch_add(&srv->requests_total, 1);
     http_request_free(&req);
-    shutdown(fd, SHUT_WR);
-    close(fd);
+    net_shutdown_write(fd);
+    net_close(fd);
     free(c);
 }

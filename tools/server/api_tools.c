@@ -1,18 +1,24 @@
 /* api_tools.c - tool calling on /v1/chat/completions: the request's tools and tool turns go to the library's
  * renderer (triattn_chat_apply_tools), a forced call gets its JSON Schema, and the reply is parsed back into
  * OpenAI tool_calls by triattn_tool_parser. */
-#define _GNU_SOURCE
+#if defined(_WIN32)
+#  define _CRT_RAND_S /* rand_s */
+#else
+#  define _GNU_SOURCE
+#endif
 #include "api_tools.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
+#if !defined(_WIN32)
+#  include <sys/random.h>
+#endif
 
 static bool fail(struct tool_err * e, int status, const char * param, const char * fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+    JSON_PRINTF(4, 5);
 static bool fail(struct tool_err * e, int status, const char * param, const char * fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -35,9 +41,23 @@ static char * to_text(const json_value * v) {
     return b.data;
 }
 
+/* 64 bits from the system's random source; false when it has none ready. */
+#if defined(_WIN32)
+static bool os_random64(uint64_t * s) {
+    unsigned int a, b;
+    if (rand_s(&a) != 0 || rand_s(&b) != 0) return false;
+    *s = (uint64_t) a << 32 | b;
+    return true;
+}
+#else
+static bool os_random64(uint64_t * s) {
+    return getrandom(s, sizeof *s, GRND_NONBLOCK) == (ssize_t) sizeof *s;
+}
+#endif
+
 static uint64_t random_seed(void) {
     uint64_t s = 0;
-    if (getrandom(&s, sizeof s, GRND_NONBLOCK) != (ssize_t) sizeof s) {
+    if (!os_random64(&s)) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         s = (uint64_t) ts.tv_sec * 1000000007u ^ (uint64_t) ts.tv_nsec ^ (uint64_t) (uintptr_t) &ts;

@@ -2,16 +2,15 @@
 #define _GNU_SOURCE
 #include "http.h"
 
+#include "net.h"
+
 #include <errno.h>
 #include <stdatomic.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 static double now_s(void) {
     struct timespec ts;
@@ -37,24 +36,27 @@ static int wait_readable(int fd, double deadline, const volatile int * stop) {
         double left = deadline - now_s();
         if (left <= 0) return 0;
         int ms = left > 0.2 ? 200 : (int)(left * 1000) + 1;
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        int r = poll(&p, 1, ms);
-        if (r > 0) return 1;
-        if (r < 0 && errno != EINTR) return 1;  /* let recv report the error */
+        if (net_wait_readable(fd, ms) > 0) return 1;  /* an error too: let recv report it */
     }
 }
 
 /* Reads some bytes; >0 count, 0 peer closed, -1 error, -2 timeout, -3 shutdown. */
-static ssize_t read_some(int fd, char * dst, size_t cap, double deadline, const volatile int * stop) {
+static long read_some(int fd, char * dst, size_t cap, double deadline, const volatile int * stop) {
     for (;;) {
         int w = wait_readable(fd, deadline, stop);
         if (w == 0) return -2;
         if (w < 0) return -3;
-        ssize_t n = recv(fd, dst, cap, 0);
-        if (n >= 0) return n;
-        if (errno == EINTR || errno == EAGAIN) continue;
-        return -1;
+        long n = net_recv(fd, dst, cap);
+        if (n != NET_RETRY) return n;
     }
+}
+
+/* The first CRLFCRLF in buf[0, n), or NULL (memmem is not everywhere). */
+static char * find_crlfcrlf(char * buf, size_t n) {
+    for (size_t i = 0; i + 4 <= n; i++) {
+        if (buf[i] == '\r' && !memcmp(buf + i, "\r\n\r\n", 4)) return buf + i;
+    }
+    return NULL;
 }
 
 static bool is_tchar(char ch) {
@@ -171,13 +173,13 @@ int http_read_request(struct http_conn * c, const struct http_limits * lim, stru
     size_t head_end = 0;
     for (;;) {
         c->buf[c->len] = 0;
-        /* a NUL byte in the head is invalid; memmem finds the terminator regardless */
-        char * t = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
+        /* a NUL byte in the head is invalid; the search finds the terminator regardless */
+        char * t = find_crlfcrlf(c->buf, c->len);
         /* lines end with CRLF: a bare LF is refused at once instead of waiting for a CRLFCRLF */
         if (bare_lf(c->buf, t ? (size_t)(t - c->buf) : c->len) < (t ? (size_t)(t - c->buf) : c->len)) return 400;
         if (t) { head_end = (size_t)(t - c->buf) + 4; break; }
         if (c->len >= HTTP_HEADER_BYTES) return 431;
-        ssize_t n = read_some(c->fd, c->buf + c->len, HTTP_HEADER_BYTES - c->len, deadline, lim->stop);
+        long n = read_some(c->fd, c->buf + c->len, HTTP_HEADER_BYTES - c->len, deadline, lim->stop);
         if (n == 0 || n == -3) return c->len == 0 || n == -3 ? HTTP_READ_CLOSED : HTTP_READ_ERROR;
         if (n == -2) return c->len > 0 || first ? 408 : HTTP_READ_TIMEOUT;
         if (n < 0) return HTTP_READ_ERROR;
@@ -238,7 +240,7 @@ int http_read_request(struct http_conn * c, const struct http_limits * lim, stru
     memmove(c->buf, c->buf + have, c->len - have);
     c->len -= have;
     while (have < clen) {
-        ssize_t n = read_some(c->fd, req->body + have, clen - have, deadline, lim->stop);
+        long n = read_some(c->fd, req->body + have, clen - have, deadline, lim->stop);
         if (n == -2) { http_request_free(req); return 408; }
         if (n <= 0) { http_request_free(req); return HTTP_READ_ERROR; }
         have += (size_t)n;
@@ -251,9 +253,9 @@ int http_read_request(struct http_conn * c, const struct http_limits * lim, stru
 bool http_send(struct http_conn * c, const void * data, size_t len) {
     const char * p = data;
     while (len && !c->broken) {
-        ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+        long n = net_send(c->fd, p, len, false);
+        if (n == NET_RETRY) continue;
         if (n < 0) {
-            if (errno == EINTR) continue;
             c->broken = true;  /* EPIPE, ECONNRESET, or the send timeout (EAGAIN) */
             break;
         }
@@ -328,30 +330,28 @@ bool http_stream_end(struct http_conn * c) { return c->raw_stream ? !c->broken :
 
 bool http_peer_gone(struct http_conn * c) {
     if (c->broken) return true;
-    struct pollfd p = { .fd = c->fd, .events = POLLRDHUP };
-    if (poll(&p, 1, 0) <= 0) return false;
-    if (p.revents & (POLLHUP | POLLERR)) { c->broken = true; return true; }
-    if (!(p.revents & POLLRDHUP) || c->probed) return false;
+    const enum net_peer st = net_peer_state(c->fd);
+    if (st == NET_PEER_GONE) { c->broken = true; return true; }
+    if (st != NET_PEER_FIN || c->probed) return false;
     /* A FIN: a half-close or a client that went away. Only a write tells them apart, and only an interim
      * response can be written before the answer (HTTP/1.1 clients skip it; HTTP/1.0 ones cannot). */
     if (c->responding || c->minor == 0) return false;
     c->probed = true;
     static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
     if (!http_send(c, probe, sizeof probe - 1)) return true;
-    struct pollfd q = { .fd = c->fd, .events = 0 };   /* wakes on a reset (POLLERR/POLLHUP) only */
-    if (poll(&q, 1, 20) > 0 && (q.revents & (POLLHUP | POLLERR))) { c->broken = true; return true; }
+    if (net_reset_within(c->fd, 20)) { c->broken = true; return true; }
     return false;
 }
 
 void http_drain(struct http_conn * c) {
-    shutdown(c->fd, SHUT_WR);
+    net_shutdown_write(c->fd);
     double end = now_s() + 1.0;
     if (c->deadline > now_s() && c->deadline < end) end = c->deadline;
     if (end < now_s() + 0.2) end = now_s() + 0.2;   /* a moment for the response to leave */
     char sink[4096];
     size_t total = 0;
     while (total < ((size_t)1 << 20)) {
-        ssize_t n = read_some(c->fd, sink, sizeof sink, end, NULL);
+        long n = read_some(c->fd, sink, sizeof sink, end, NULL);
         if (n <= 0) break;
         total += (size_t)n;
     }

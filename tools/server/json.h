@@ -69,7 +69,14 @@ void jb_str(jbuf * b, const char * s, size_t n);        /* quoted and escaped JS
 void jb_qcstr(jbuf * b, const char * s);                /* quoted, NUL-terminated */
 void jb_int(jbuf * b, int64_t v);
 void jb_num(jbuf * b, double v);                        /* NaN/inf become null */
-void jb_printf(jbuf * b, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
+/* printf-checked formats (MinGW: the C99 printf of __USE_MINGW_ANSI_STDIO) */
+#if defined(__MINGW32__)
+#  define JSON_PRINTF(a, b) __attribute__((format(gnu_printf, a, b)))
+#else
+#  define JSON_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#endif
+
+void jb_printf(jbuf * b, const char * fmt, ...) JSON_PRINTF(2, 3);
 /* Serializes a parsed value (compact). */
 void jb_value(jbuf * b, const json_value * v);
 

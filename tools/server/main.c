@@ -6,27 +6,47 @@
  * waiting in FIFO order while all are busy.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <malloc.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "net.h"
 #include "server.h"
 #include "../common/model_files.h"
 
 static struct server g_srv;
 
 static void on_signal(int sig) { (void)sig; g_srv.stop = 1; }
+
+/* The process's side, one definition per system: Ctrl-C (and SIGTERM) stop the server; the CPU count; how the C
+ * library's allocator is tuned. */
+#if defined(_WIN32)
+static void process_setup(void) {
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+}
+
+static long cpu_count(void) { return (long)GetActiveProcessorCount(ALL_PROCESSOR_GROUPS); }
+#else
+static void process_setup(void) {
+    /* Connection threads come and go: two malloc arenas keep their freed buffers reusable instead of
+     * spreading them over one arena per thread (RSS stays flat under load). */
+    mallopt(M_ARENA_MAX, 2);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static long cpu_count(void) { return sysconf(_SC_NPROCESSORS_ONLN); }
+#endif
 
 static void usage(FILE * f) {
     fprintf(f,
@@ -115,10 +135,10 @@ static const char * read_key_file(const char * path) {
     return key;
 }
 
-static bool parse_int(const char * s, long lo, long hi, long * out) {
+static bool parse_int(const char * s, long long lo, long long hi, long long * out) {
     char * e = NULL;
     errno = 0;
-    long v = strtol(s, &e, 10);
+    long long v = strtoll(s, &e, 10);
     if (errno || !e || *e || e == s || v < lo || v > hi) return false;
     *out = v;
     return true;
@@ -148,16 +168,16 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         if (!strcmp(a, "--strict-tool-calls")) { o->strict_tool_calls = true; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: unknown option or missing value: %s\n", a); return -1; }
         const char * v = argv[++i];
-        long n = 0;
+        long long n = 0; /* 64-bit on every system (long is 32-bit on Windows) */
 #define INTOPT(name, lo, hi, field) \
-        if (!strcmp(a, name)) { if (!parse_int(v, lo, hi, &n)) { fprintf(stderr, "error: %s needs an integer in [%ld, %ld]\n", a, (long)(lo), (long)(hi)); return -1; } field = n; continue; }
+        if (!strcmp(a, name)) { if (!parse_int(v, lo, hi, &n)) { fprintf(stderr, "error: %s needs an integer in [%lld, %lld]\n", a, (long long)(lo), (long long)(hi)); return -1; } field = n; continue; }
         INTOPT("--port", 0, 65535, o->port)
         INTOPT("--parallel", 1, 256, o->parallel)
         INTOPT("--max-body", 1, 1L << 30, o->max_body)
         INTOPT("--timeout", 1, 86400, o->timeout_s)
         INTOPT("--max-conns", 1, 100000, o->max_conns)
         INTOPT("--max-conns-per-ip", 0, 100000, o->max_conns_per_ip)
-        INTOPT("--max-queued-bytes", 1, 1L << 40, o->max_held_bytes)
+        INTOPT("--max-queued-bytes", 1, 1LL << 40, o->max_held_bytes)
         INTOPT("-c", 0, 1 << 24, o->ctx_size)
         INTOPT("--ctx-size", 0, 1 << 24, o->ctx_size)
         INTOPT("-t", 0, 4096, o->threads)
@@ -210,33 +230,6 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         o->alias = b ? b + 1 : o->model_path;
     }
     return 0;
-}
-
-static int open_listener(const char * host, int port, int * bound_port) {
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
-    struct addrinfo * res = NULL;
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", port);
-    int rc = getaddrinfo(host, ps, &hints, &res);
-    if (rc) { fprintf(stderr, "error: cannot resolve %s: %s\n", host, gai_strerror(rc)); return -1; }
-    int fd = -1;
-    for (struct addrinfo * ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) continue;
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 128) == 0) break;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) { fprintf(stderr, "error: cannot listen on %s:%d: %s\n", host, port, strerror(errno)); return -1; }
-    struct sockaddr_storage sa;
-    socklen_t sl = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &sl);
-    *bound_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
-                                                 : ((struct sockaddr_in *)&sa)->sin_port);
-    return fd;
 }
 
 /* ---- open connections per client address (--max-conns-per-ip) ---- */
@@ -311,16 +304,15 @@ static void refuse_now(int fd) {
     char busy[320];
     int n = snprintf(busy, sizeof busy, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s", sizeof body - 1, body);
-    ssize_t w = send(fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)w;
-    close(fd);
+    (void)net_send(fd, busy, (size_t)n, true);
+    net_close(fd);
 }
 
 /* Starts a detached thread running fn(ca); false (ca freed, fd closed) when it cannot. */
 static bool spawn(pthread_attr_t * attr, void * (*fn)(void *), struct conn_arg * ca) {
     pthread_t th;
     if (pthread_create(&th, attr, fn, ca) == 0) return true;
-    close(ca->fd);
+    net_close(ca->fd);
     free(ca);
     return false;
 }
@@ -345,16 +337,11 @@ int main(int argc, char ** argv) {
     int pa = parse_args(argc, argv, &srv->o);
     if (pa) return pa > 0 ? 0 : 2;
 
-    /* Connection threads come and go: two malloc arenas keep their freed buffers reusable instead of
-     * spreading them over one arena per thread (RSS stays flat under load). */
-    mallopt(M_ARENA_MAX, 2);
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    process_setup();
+    if (!net_init()) {
+        fprintf(stderr, "error: the socket layer did not start\n");
+        return 1;
+    }
 
     char err[512], sidecar[4096];
     struct triattn_model_params mp;
@@ -371,7 +358,7 @@ int main(int argc, char ** argv) {
         return 1;
     }
 
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long cores = cpu_count();
     int total = srv->o.threads > 0 ? srv->o.threads : (int)(cores > 0 ? cores : 1);
     struct triattn_session_params sp;
     triattn_session_params_init(&sp);
@@ -392,7 +379,7 @@ int main(int argc, char ** argv) {
     }
 
     int port = 0;
-    int lfd = open_listener(srv->o.host, srv->o.port, &port);
+    int lfd = net_listen(srv->o.host, srv->o.port, &port);
     if (lfd < 0) { slots_free(&srv->pool); triattn_model_free(srv->model); return 1; }
     srv->started = time(NULL);
     warn_if_open(lfd, srv->o.api_key);
@@ -408,11 +395,9 @@ int main(int argc, char ** argv) {
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 1 << 20);
     while (!srv->stop) {
-        struct pollfd p = { .fd = lfd, .events = POLLIN };
-        if (poll(&p, 1, 200) <= 0) continue;
+        if (net_wait_readable(lfd, 200) <= 0) continue;
         struct sockaddr_storage peer;
-        socklen_t pl = sizeof peer;
-        int fd = accept4(lfd, (struct sockaddr *)&peer, &pl, SOCK_CLOEXEC);
+        int fd = net_accept(lfd, &peer);
         if (fd < 0) continue;
         struct conn_arg * ca = malloc(sizeof *ca);
         if (!ca) { refuse_now(fd); continue; }
@@ -442,7 +427,7 @@ int main(int argc, char ** argv) {
         }
     }
     pthread_attr_destroy(&attr);
-    close(lfd);
+    net_close(lfd);
     fprintf(stderr, "shutting down: waiting for %d connection(s)\n", atomic_load(&srv->active_conns));
     /* connections notice the stop flag within ~200 ms; generations stop at the next token */
     for (int k = 0; k < 100 && atomic_load(&srv->active_conns) > 0; k++) usleep(50 * 1000);

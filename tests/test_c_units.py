@@ -153,11 +153,11 @@ MINGW_TOOLS = ("x86_64-w64-mingw32-gcc-posix", "x86_64-w64-mingw32-objdump")
 
 
 def _wine() -> str | None:
-    """Wine's 64-bit loader (Debian's wine64 puts it outside PATH)."""
+    """Wine's 64-bit loader (Debian's wine64 puts it outside PATH), with its wineserver beside it."""
     from shutil import which
     for cand in ("wine64", "/usr/lib/wine/wine64", "wine"):
         found = which(cand)
-        if found:
+        if found and Path(found).with_name("wineserver").exists():
             return found
     return None
 
@@ -186,6 +186,10 @@ def test_c_unit_tests_windows(default_model, c_build_dir, tmp_path):
 
     env = {**os.environ, "WINEPREFIX": str(build / "wineprefix"), "WINEDEBUG": "-all", "LC_ALL": "C.UTF-8",
            "TRI_DEFAULT_MODEL": str(default_model)}
+    # the prefix is made once, before the tests run in parallel (Wine processes starting together on a new prefix
+    # race for its server)
+    subprocess.run([wine, "wineboot", "--init"], env=env, capture_output=True, timeout=300, check=True)
+    subprocess.run([str(Path(wine).with_name("wineserver")), "-w"], env=env, capture_output=True, timeout=300)
     p = _ctest(build, env=env, timeout=1500)
     assert p.returncode == 0, _failure_report(p, "Windows build under Wine")
     assert re.search(rf"100% tests passed(, 0 tests failed)? out of {len(names)}\b", p.stdout), p.stdout[-3000:]

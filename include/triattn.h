@@ -274,6 +274,8 @@ TRIATTN_API void triattn_session_reset(triattn_session * s);
 TRIATTN_API const char * triattn_backend_name(const triattn_session * s);
 /* The session's n_ctx (after resolving 0). */
 TRIATTN_API int32_t triattn_session_n_ctx(const triattn_session * s);
+/* The session's worker thread count (after resolving 0 to the CPU cores, at most 64). */
+TRIATTN_API int32_t triattn_session_n_threads(const triattn_session * s);
 /* Number of tokens processed so far = the absolute position of the next token. */
 TRIATTN_API int32_t triattn_session_n_past(const triattn_session * s);
 
@@ -288,6 +290,25 @@ TRIATTN_API enum triattn_status triattn_session_decode(triattn_session * s, cons
 /* Logits (n_vocab floats) of token i of the last decode call; i = -1 is the last token. NULL when i is
  * out of range or no logits were requested for it. Valid until the next decode. */
 TRIATTN_API const float * triattn_session_logits(const triattn_session * s, int32_t i);
+
+/* How triattn_session_embed turns the tokens' hidden states into embeddings. */
+enum triattn_pooling {
+    TRIATTN_POOLING_MEAN = 0, /* one vector: the mean over the tokens */
+    TRIATTN_POOLING_LAST = 1, /* one vector: the last token's (decoder embedding models) */
+    TRIATTN_POOLING_NONE = 2, /* one vector per token */
+};
+
+/* Embeddings of n_tokens tokens: the model's final normalised hidden states (n_embd floats per token, the
+ * input of the output matrix) over a forward pass that starts at position 0 under the session's KV policy
+ * (a compressing policy evicts while it reads, as in prefill), pooled, then scaled to unit L2 norm when
+ * normalize is set. out receives n_embd floats (MEAN, LAST) or n_tokens x n_embd (NONE); n_out is its size
+ * in floats. The session forgets every token before and after (as triattn_session_reset).
+ * Returns TRIATTN_ERR_INVALID_ARG (no tokens, token out of range, unknown pooling, out too small, a calibrating
+ * session), TRIATTN_ERR_CONTEXT (n_tokens > n_ctx), TRIATTN_ERR_UNSUPPORTED (a GPU session: embeddings run on
+ * the CPU), TRIATTN_ERR_OOM. */
+TRIATTN_API enum triattn_status triattn_session_embed(triattn_session * s, const triattn_token * tokens,
+                                                      int32_t n_tokens, enum triattn_pooling pooling, bool normalize,
+                                                      float * out, int64_t n_out);
 
 struct triattn_kv_stats {
     int64_t  n_past;          /* tokens processed */

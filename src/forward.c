@@ -650,7 +650,7 @@ void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_t
         m->arch->build_layer(f, il);
     }
 
-    /* Final norm and logits for the rows the caller wants. */
+    /* Final norm and logits (or, hidden_only, the normed rows in xn) for the rows the caller wants. */
     f->n_logits = 0;
     if (n_logits == 0) {
         return;
@@ -660,7 +660,9 @@ void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_t
         tri_rmsnorm(f->x + (int64_t) r * hp->n_embd, m->w.output_norm.data, f->xn + (int64_t) i * hp->n_embd,
                     hp->n_embd, hp->norm_eps);
     }
-    tri_mm_job job = { &m->w.output, f->logits, NULL };
-    tri_matmuls(f, &job, 1, f->xn, hp->n_embd, n_logits);
+    if (!f->hidden_only) {
+        tri_mm_job job = { &m->w.output, f->logits, NULL };
+        tri_matmuls(f, &job, 1, f->xn, hp->n_embd, n_logits);
+    }
     f->n_logits = n_logits;
 }

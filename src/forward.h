@@ -43,6 +43,7 @@ typedef struct tri_forward {
     int32_t * att_blk;  /* [n_batch + 1] prefill: first row of each block of rows attending together */
     float *  logits;    /* [n_batch][n_vocab] */
     int32_t  n_logits;  /* rows of logits computed by the last chunk */
+    bool     hidden_only; /* steps stop at the final norm: xn holds the logit rows' hidden states, no logits */
     void *   mem;
     size_t   mem_bytes;
 } tri_forward;

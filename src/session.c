@@ -273,6 +273,10 @@ int32_t triattn_session_n_ctx(const triattn_session * s) {
     return s->params.n_ctx;
 }
 
+int32_t triattn_session_n_threads(const triattn_session * s) {
+    return s->params.n_threads;
+}
+
 int32_t triattn_session_n_past(const triattn_session * s) {
     return s->n_past;
 }

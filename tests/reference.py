@@ -247,6 +247,10 @@ class Reference:
 
     # ---- public
 
+    def hidden(self, tokens) -> np.ndarray:
+        """Final normed hidden states (n, n_embd) of tokens from position 0."""
+        return self._hidden(tokens, _Cache(self.hp.n_layer))
+
     def pick_prompt(self, n: int, rng: np.random.Generator, min_margin: float, rel_margin: float = 0.0,
                     max_tries: int = 500) -> list[int]:
         """n random token ids such that at every position the top-1 logit leads the runner-up by at

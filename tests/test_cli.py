@@ -22,12 +22,12 @@ def run(*args, input=None, timeout=300, env=None):
                           text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("sub", [None, "generate", "chat", "fetch", "info"])
+@pytest.mark.parametrize("sub", [None, "generate", "chat", "embed", "fetch", "info"])
 def test_help_everywhere(sub):
     p = run(*([sub] if sub else []), "--help")
     assert p.returncode == 0 and "usage: pytriattn" in p.stdout
     if sub is None:
-        for s in ("generate", "chat", "fetch", "info"):
+        for s in ("generate", "chat", "embed", "fetch", "info"):
             assert s in p.stdout
     if sub in ("generate", "chat"):
         assert "--kv-budget" in p.stdout and "--temp" in p.stdout and "--model" in p.stdout
@@ -360,3 +360,25 @@ def test_bench_refuses_an_unoptimized_llamacpp_build(tmp_path):
     (build / "NUMERICS-ONLY-O0.txt").unlink()
     cache.write_text(f"CMAKE_BUILD_TYPE:STRING={rng.choice(['Debug', ''])}\nCMAKE_HOME_DIRECTORY:INTERNAL={src}\n")
     assert "CMAKE_BUILD_TYPE" in unoptimized_build(exe)
+
+
+def test_embed_command(default_model):
+    """`pytriattn embed` prints one JSON line per text, the vectors Llama.embed gives; stdin lines work too."""
+    from pytriattn import Llama
+    texts = random.sample(["Water boils at one hundred degrees.", "The quick brown fox", "def add(a, b):",
+                           "Paris is the capital of France."], 2)
+    p = run("embed", *texts, "-m", default_model, "-t", 2)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    with Llama(str(default_model), n_threads=2) as llm:
+        want = llm.embed(texts)
+        last = llm.embed(texts[1], pooling="last", normalize=False)
+    assert [r["text"] for r in rows] == texts
+    for r, w in zip(rows, want):
+        assert max(abs(a - b) for a, b in zip(r["embedding"], w)) < 1e-6
+    p = run("embed", "--pooling", "last", "--no-normalize", "-m", default_model, "-t", 2, input=f"\n{texts[1]}\n\n")
+    assert p.returncode == 0, p.stderr
+    (row,) = [json.loads(line) for line in p.stdout.splitlines()]
+    assert max(abs(a - b) for a, b in zip(row["embedding"], last)) < 1e-6
+    p = run("embed", "-m", default_model, input="")
+    assert p.returncode == 2 and "no text" in p.stderr

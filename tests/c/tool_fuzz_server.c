@@ -65,7 +65,7 @@ static void body_template(rng_t * r, buf_t * b, const char ** path, bool * strea
     const char * prompt = PROMPTS[below(r, sizeof PROMPTS / sizeof PROMPTS[0])];
     char t[256];
     *stream = below(r, 2);
-    switch (below(r, 6)) {
+    switch (below(r, 7)) {
     case 0: case 1:
         *path = below(r, 4) ? "/v1/completions" : "/completions";
         const bool list = below(r, 4) == 0;   /* "prompt": ["..."] */
@@ -100,6 +100,14 @@ static void body_template(rng_t * r, buf_t * b, const char ** path, bool * strea
     case 4:
         *path = "/tokenize";
         snprintf(t, sizeof t, "{\"content\":\"%s\",\"add_special\":%s}", prompt, below(r, 2) ? "true" : "false");
+        puts_(b, t);
+        break;
+    case 5:
+        *path = below(r, 4) ? "/v1/embeddings" : "/embeddings";
+        if (below(r, 2)) snprintf(t, sizeof t, "{\"model\":\"smol\",\"input\":[\"%s\",\"%s\"],\"encoding_format\":\"%s\"}",
+                                  prompt, PROMPTS[below(r, sizeof PROMPTS / sizeof PROMPTS[0])], below(r, 2) ? "float" : "base64");
+        else snprintf(t, sizeof t, "{\"input\":[%zu,%zu,%zu],\"pooling\":\"%s\",\"normalize\":%s}", below(r, 50000),
+                      below(r, 50000), below(r, 50000), below(r, 2) ? "mean" : "last", below(r, 2) ? "true" : "false");
         puts_(b, t);
         break;
     default:

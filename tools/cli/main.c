@@ -327,20 +327,12 @@ static void utf8_console_args(int * argc, char *** argv) {
     LocalFree(w);
 }
 
-static long cpu_count(void) {
-    const long n = (long) GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
-    return n > 64 ? 64 : n;
-}
 #else
 static void utf8_console_args(int * argc, char *** argv) {
     (void) argc;
     (void) argv;
 }
 
-static long cpu_count(void) {
-    const long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 64 ? 64 : n;
-}
 #endif
 
 static double now_ms(void) {
@@ -861,7 +853,7 @@ static int run_bench(triattn_model * model, const struct cli_args * a, struct tr
     struct triattn_kv_stats kv;
     triattn_session_kv_stats(s, &kv);
     const char * name = mi.name[0] ? mi.name : a->model;
-    long threads = sp.n_threads > 0 ? sp.n_threads : cpu_count();
+    long threads = triattn_session_n_threads(s);
     uint64_t gpu_used = 0, gpu_limit = 0; /* device memory with every session of the run alive */
     triattn_model_gpu_memory(model, &gpu_used, &gpu_limit);
     if (a->json) {

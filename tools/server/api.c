@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "api_embed.h"
 #include "api_tools.h"
 #include "http.h"
 #include "json.h"
@@ -370,6 +371,19 @@ static bool model_known(const struct server * srv, const char * name) {
     return n > 5 && strcmp(base + n - 5, ".gguf") == 0 && strlen(name) == n - 5 && strncmp(name, base, n - 5) == 0;
 }
 
+/* The request's "model", when given, must name the served model (404 otherwise). */
+static bool check_model(ctx * x, const json_value * body) {
+    const json_value * m = json_get(body, "model");
+    x->param = "model";
+    if (!is_null(m) && m->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'model' must be a string"); return false; }
+    if (!is_null(m) && (strlen(m->str) != m->len || !model_known(x->srv, m->str))) {   /* no embedded NUL */
+        reply_error(x, 404, "model_not_found", "the model '%s' does not exist (this server has '%s')", m->str, x->srv->o.alias);
+        return false;
+    }
+    return true;
+}
+
+
 /* response_format: {"type": "text"}, {"type": "json_object"} (any object, or "schema" as llama-cpp-python
  * takes it) or {"type": "json_schema", "json_schema": {"schema": ...}} -> g->json_schema, checked here so that
  * an unsupported keyword is a 400 naming it. */
@@ -451,13 +465,7 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     if (!get_bool(x, body, "ignore_eos", &g->gp.ignore_eos)) return false;   /* extension */
     g->cache_prompt = true;
     if (!get_bool(x, body, "cache_prompt", &g->cache_prompt)) return false;   /* extension (llama-server's) */
-    const json_value * m = json_get(body, "model");
-    x->param = "model";
-    if (!is_null(m) && m->type != JSON_STRING) { reply_error(x, 400, "invalid_type", "'model' must be a string"); return false; }
-    if (!is_null(m) && (strlen(m->str) != m->len || !model_known(x->srv, m->str))) {   /* no embedded NUL */
-        reply_error(x, 404, "model_not_found", "the model '%s' does not exist (this server has '%s')", m->str, x->srv->o.alias);
-        return false;
-    }
+    if (!check_model(x, body)) return false;
     int64_t kvb = 0;
     if (!get_int(x, body, "kv_budget", 1, INT32_MAX, &kvb, &present)) return false;   /* extension */
     if (present) {
@@ -678,6 +686,54 @@ static void handle_generate(ctx * x, bool chat) {
 }
 
 /* ---- small endpoints ---- */
+
+/* POST /v1/embeddings: a free slot's session embeds the inputs (it forgets its cached prompt) while the engine
+ * steps the other slots. */
+static void handle_embeddings(ctx * x) {
+    struct server * srv = x->srv;
+    struct slot_pool * pool = &srv->pool;
+    json_value * body = NULL;
+    if (!parse_body(x, &body)) return;
+    struct embed_req r;
+    struct tool_err e;
+    if (!check_model(x, body)) { json_free(body); return; }
+    if (!api_embed_parse(srv->model, triattn_session_n_ctx(pool->slots[0].session), body, &r, &e)) {
+        x->param = e.param;
+        reply_error(x, e.status, e.status == 400 ? "invalid_value" : NULL, "%s", e.msg);
+        api_embed_free(&r);
+        json_free(body);
+        return;
+    }
+    json_free(body);
+    bool left = false;
+    struct slot * sl = slots_acquire_unless(pool, NULL, 0, conn_gone, x->c, &left);
+    if (!sl) {
+        if (left) { x->req->keep_alive = false; x->status = 499; }
+        else reply_error(x, 503, "shutting_down", "the server is shutting down");
+        api_embed_free(&r);
+        return;
+    }
+    jbuf b;
+    jb_init(&b);
+    char err[512];
+    const enum triattn_status st = api_embed_run(sl->session, srv->info.n_embd, &r, srv->o.alias, &b, err, sizeof err);
+    pthread_mutex_lock(&pool->mu);
+    triattn_session_kv_stats(sl->session, &sl->kv);
+    sl->n_prompt = 0;
+    sl->n_generated = 0;
+    pthread_mutex_unlock(&pool->mu);
+    slots_release(pool, sl);
+    x->param = NULL;
+    if (st == TRIATTN_OK) {
+        atomic_fetch_add(&srv->prompt_tokens, r.n_tokens);
+        reply_json(x, 200, &b);
+    } else {
+        reply_error(x, st == TRIATTN_ERR_UNSUPPORTED ? 501 : st == TRIATTN_ERR_OOM ? 500 : 400, triattn_status_name(st),
+                    "%s", err);
+    }
+    jb_free(&b);
+    api_embed_free(&r);
+}
 
 static void handle_tokenize(ctx * x) {
     json_value * body = NULL;
@@ -946,6 +1002,7 @@ static void route(ctx * x) {
         { "/health", "GET", 0 }, { "/v1/health", "GET", 0 }, { "/v1/models", "GET", 1 }, { "/models", "GET", 1 },
         { "/v1/completions", "POST", 2 }, { "/completions", "POST", 2 },
         { "/v1/chat/completions", "POST", 3 }, { "/chat/completions", "POST", 3 },
+        { "/v1/embeddings", "POST", 8 }, { "/embeddings", "POST", 8 },
         { "/tokenize", "POST", 4 }, { "/detokenize", "POST", 5 }, { "/metrics", "GET", 6 }, { "/slots", "GET", 7 },
     };
     int found = -1;
@@ -990,6 +1047,7 @@ static void route(ctx * x) {
     case 5: handle_detokenize(x); break;
     case 6: handle_metrics(x); break;
     case 7: handle_slots(x); break;
+    case 8: handle_embeddings(x); break;
     }
 }
 

@@ -24,6 +24,9 @@ struct tool_err {
     int          status;
 };
 
+/* Fills e (message from fmt, the parameter, the HTTP status) and returns false. */
+bool tool_err_set(struct tool_err * e, int status, const char * param, const char * fmt, ...) JSON_PRINTF(4, 5);
+
 /* Reads tools, tool_choice and parallel_tool_calls from a chat request body; strict: read calls only in the chat
  * format's own syntax (--strict-tool-calls). */
 bool api_tools_parse(const json_value * body, bool strict, struct tool_req * t, struct tool_err * e);

@@ -24,7 +24,7 @@ static struct server g_srv;
 
 static void on_signal(int sig) { (void)sig; g_srv.stop = 1; }
 
-/* The process's side, one definition per system: Ctrl-C (and SIGTERM) stop the server; the CPU count; how the C
+/* The process's side, one definition per system: Ctrl-C (and SIGTERM) stop the server; how the C
  * library's allocator is tuned. */
 #if defined(_WIN32)
 static void process_setup(void) {
@@ -32,7 +32,6 @@ static void process_setup(void) {
     signal(SIGTERM, on_signal);
 }
 
-static long cpu_count(void) { return (long)GetActiveProcessorCount(ALL_PROCESSOR_GROUPS); }
 #else
 static void process_setup(void) {
     /* Connection threads come and go: two malloc arenas keep their freed buffers reusable instead of
@@ -45,15 +44,14 @@ static void process_setup(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-static long cpu_count(void) { return sysconf(_SC_NPROCESSORS_ONLN); }
 #endif
 
 static void usage(FILE * f) {
     fprintf(f,
         "usage: triattn-server [-m MODEL.gguf] [options]\n"
         "\n"
-        "An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions (stream and not), /v1/models,\n"
-        "/health, /tokenize, /detokenize, /metrics (Prometheus), /slots.\n"
+        "An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions (stream and not), /v1/embeddings\n"
+        "(CPU), /v1/models, /health, /tokenize, /detokenize, /metrics (Prometheus), /slots.\n"
         "\n"
         "server:\n"
         "  --host ADDR          address to listen on (default 127.0.0.1)\n"
@@ -180,8 +178,8 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         INTOPT("--max-queued-bytes", 1, 1LL << 40, o->max_held_bytes)
         INTOPT("-c", 0, 1 << 24, o->ctx_size)
         INTOPT("--ctx-size", 0, 1 << 24, o->ctx_size)
-        INTOPT("-t", 0, 4096, o->threads)
-        INTOPT("--threads", 0, 4096, o->threads)
+        INTOPT("-t", 0, 1024, o->threads)
+        INTOPT("--threads", 0, 1024, o->threads)
         INTOPT("--kv-budget", 1, 1 << 24, o->kv_budget)
         INTOPT("--kv-interval", 1, 1 << 24, o->kv_interval)
         INTOPT("--kv-window", -1, 1 << 24, o->kv_window)
@@ -358,12 +356,10 @@ int main(int argc, char ** argv) {
         return 1;
     }
 
-    long cores = cpu_count();
-    int total = srv->o.threads > 0 ? srv->o.threads : (int)(cores > 0 ? cores : 1);
     struct triattn_session_params sp;
     triattn_session_params_init(&sp);
     sp.n_ctx = srv->o.ctx_size;
-    sp.n_threads = total;  /* one forward step at a time runs every slot's tokens */
+    sp.n_threads = srv->o.threads;  /* 0 = every core: one forward step at a time runs every slot's tokens */
     sp.kv_policy = srv->o.kv_policy;
     sp.kv_mode = srv->o.kv_mode;
     sp.kv_budget = srv->o.kv_budget;
@@ -385,7 +381,7 @@ int main(int argc, char ** argv) {
     warn_if_open(lfd, srv->o.api_key);
     fprintf(stderr, "triattn-server %s: model %s (%s, %lld params), %d slots x %d threads, n_ctx %d, kv %s, "
             "query centres: %s\n", triattn_version(), srv->o.alias, srv->info.arch, (long long)srv->info.n_params,
-            srv->o.parallel, sp.n_threads, triattn_session_n_ctx(srv->pool.slots[0].session),
+            srv->o.parallel, triattn_session_n_threads(srv->pool.slots[0].session), triattn_session_n_ctx(srv->pool.slots[0].session),
             srv->pool.slots[0].kv.policy, sidecar[0] ? sidecar : srv->info.has_calibration ? "embedded" : "none");
     printf("listening on http://%s:%d\n", srv->o.host, port);
     fflush(stdout);

@@ -81,7 +81,7 @@ void net_send_timeout(int fd, int seconds) {
 int net_wait_readable(int fd, int ms) {
     WSAPOLLFD p = { .fd = (SOCKET)fd, .events = POLLRDNORM };
     int r = WSAPoll(&p, 1, ms);
-    return r > 0 ? 1 : r == 0 ? 0 : 1; /* an error: let recv report it */
+    return r != 0; /* readable, or an error for recv to report */
 }
 
 long net_recv(int fd, void * buf, size_t n) {

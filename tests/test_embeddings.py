@@ -149,6 +149,8 @@ def test_errors(llm):
     from pytriattn import TriattnError
     with pytest.raises(TriattnError, match="pooling"):
         llm.embed("x", pooling="max")
+    with pytest.raises(TriattnError, match="pooling"):
+        llm.create_embedding("x", pooling="max")
     with pytest.raises(TriattnError, match="empty"):
         llm.embed([])
     with pytest.raises(TriattnError, match="at least one token"):

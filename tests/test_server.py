@@ -532,3 +532,27 @@ def test_embeddings_while_generating(srv, client):
 def test_embeddings_bad_requests(srv, body, status):
     assert _err(srv, "POST", "/v1/embeddings", body) == status
     assert srv.healthy()
+
+
+def test_embeddings_with_compressing_slots(server_bin, model_path, sidecar):
+    """On TriAttention slots an embedding evicts as a prefill does, at the server's budget even when the slot's last
+    request lowered its own: the vector is the one Llama.embed gives with the same policy."""
+    import numpy as np
+    from pytriattn import Llama
+    s = Server(server_bin, model_path, "--calibration", str(sidecar), "--kv-policy", "triattention",
+               "--kv-budget", "64", "--kv-interval", "16", "--parallel", "1")
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", timeout=120, max_retries=0)
+        prompt = " ".join(RNG.sample(PROMPTS, len(PROMPTS))) * 6
+        c.completions.create(model="smol", prompt=prompt, max_tokens=4, temperature=0, extra_body={"kv_budget": 16})
+        got = c.embeddings.create(model="smol", input=prompt).data[0].embedding
+        with Llama(str(model_path), n_ctx=1024, n_threads=2, kv_policy="triattention", kv_budget=64, kv_interval=16,
+                   calibration=str(sidecar)) as llm:
+            assert len(llm.tokenize(prompt)) > 64 + 16
+            want = llm.embed(prompt)
+        with Llama(str(model_path), n_ctx=1024, n_threads=2, kv_policy="full") as llm:
+            full = llm.embed(prompt)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert float(np.dot(got, full)) < 1 - 1e-6   # tokens were evicted
+    finally:
+        s.close()

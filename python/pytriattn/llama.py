@@ -401,13 +401,14 @@ class Llama:
         length when ``normalize``. A string or one list of ids gives one result, a list of them a list of results.
         Text gets the model's BOS. Inputs longer than n_ctx are refused unless ``truncate`` keeps their first n_ctx
         tokens. The session forgets its tokens (as ``reset``). Runs on the CPU."""
-        if pooling not in self._POOLING:
-            raise TriattnError(ERR_INVALID_ARG, f"embed: pooling must be one of {sorted(self._POOLING)}, got {pooling!r}")
         lists, single = self._embed_inputs(input)
         results = [self._embed_tokens(t, pooling, normalize, truncate) for t in lists]
         return results[0] if single else results
 
     def _embed_tokens(self, toks: list[int], pooling: str, normalize: bool, truncate: bool):
+        if pooling not in self._POOLING:
+            raise TriattnError(ERR_INVALID_ARG, f"embed: pooling must be one of {sorted(self._POOLING)}, "
+                               f"got {pooling!r}")
         ffi, lib, s = self._ffi, self._lib, self._s()
         self._gen_id += 1
         if truncate:

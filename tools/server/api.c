@@ -383,7 +383,6 @@ static bool check_model(ctx * x, const json_value * body) {
     return true;
 }
 
-
 /* response_format: {"type": "text"}, {"type": "json_object"} (any object, or "schema" as llama-cpp-python
  * takes it) or {"type": "json_schema", "json_schema": {"schema": ...}} -> g->json_schema, checked here so that
  * an unsupported keyword is a 400 naming it. */
@@ -715,8 +714,11 @@ static void handle_embeddings(ctx * x) {
     }
     jbuf b;
     jb_init(&b);
-    char err[512];
-    const enum triattn_status st = api_embed_run(sl->session, srv->info.n_embd, &r, srv->o.alias, &b, err, sizeof err);
+    char err[512] = "";
+    /* the server's budget, whatever the slot's last request asked for */
+    enum triattn_status st = pool->compressing ? triattn_session_set_kv_budget(sl->session, pool->kv_budget) : TRIATTN_OK;
+    if (st == TRIATTN_OK) st = api_embed_run(sl->session, srv->info.n_embd, &r, srv->o.alias, &b, err, sizeof err);
+    else snprintf(err, sizeof err, "%s", triattn_session_last_error(sl->session));
     pthread_mutex_lock(&pool->mu);
     triattn_session_kv_stats(sl->session, &sl->kv);
     sl->n_prompt = 0;

@@ -185,6 +185,7 @@ class Llama:
         self._session = ffi.gc(sout[0], lib.triattn_session_free)
         self.backend = ffi.string(lib.triattn_backend_name(self._session)).decode()
         self._n_vocab = int(lib.triattn_vocab_size(self._model))
+        self._n_embd = int(self.model_info["n_embd"])
         self._metadata = None
         # Reused per call: no allocation per token in the generation loop.
         self._text_p = ffi.new("const char **")
@@ -413,7 +414,7 @@ class Llama:
         self._gen_id += 1
         if truncate:
             toks = toks[:self.n_ctx()]
-        n_embd = self.model_info["n_embd"]
+        n_embd = self._n_embd
         n_vec = len(toks) if pooling == "none" else 1
         arr = ffi.new("triattn_token[]", toks) if toks else ffi.NULL
         out = ffi.new("float[]", max(n_vec, 1) * n_embd)

@@ -326,13 +326,11 @@ static void utf8_console_args(int * argc, char *** argv) {
     }
     LocalFree(w);
 }
-
 #else
 static void utf8_console_args(int * argc, char *** argv) {
     (void) argc;
     (void) argv;
 }
-
 #endif
 
 static double now_ms(void) {

@@ -696,7 +696,8 @@ static void handle_embeddings(ctx * x) {
     struct embed_req r;
     struct tool_err e;
     if (!check_model(x, body)) { json_free(body); return; }
-    if (!api_embed_parse(srv->model, triattn_session_n_ctx(pool->slots[0].session), body, &r, &e)) {
+    if (!api_embed_parse(srv->model, srv->info.n_embd, triattn_session_n_ctx(pool->slots[0].session), body, &r,
+                         &e)) {
         x->param = e.param;
         reply_error(x, e.status, e.status == 400 ? "invalid_value" : NULL, "%s", e.msg);
         api_embed_free(&r);

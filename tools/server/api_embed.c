@@ -50,8 +50,8 @@ static bool parse_input(const triattn_model * model, int32_t n_ctx, const json_v
     return true;
 }
 
-bool api_embed_parse(const triattn_model * model, int32_t n_ctx, const json_value * body, struct embed_req * r,
-                     struct tool_err * e) {
+bool api_embed_parse(const triattn_model * model, int32_t n_embd, int32_t n_ctx, const json_value * body,
+                     struct embed_req * r, struct tool_err * e) {
     memset(r, 0, sizeof *r);
     r->normalize = true;
     r->pooling = TRIATTN_POOLING_MEAN;
@@ -74,10 +74,8 @@ bool api_embed_parse(const triattn_model * model, int32_t n_ctx, const json_valu
         r->base64 = strcmp(f->str, "base64") == 0;
     }
     const json_value * d = json_get(body, "dimensions");
-    struct triattn_model_info info;
-    triattn_model_get_info(model, &info);
-    if (d && d->type != JSON_NULL && (d->type != JSON_NUMBER || !d->is_int || d->i != info.n_embd)) {
-        return tool_err_set(e, 400, "dimensions", "'dimensions' must be the model's %d", info.n_embd);
+    if (d && d->type != JSON_NULL && (d->type != JSON_NUMBER || !d->is_int || d->i != n_embd)) {
+        return tool_err_set(e, 400, "dimensions", "'dimensions' must be the model's %d", n_embd);
     }
     const json_value * p = json_get(body, "pooling");
     if (p && p->type != JSON_NULL) {

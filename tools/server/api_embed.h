@@ -23,11 +23,11 @@ struct embed_req {
 
 /* Reads input (a string, an array of strings, an array of token ids or an array of those), encoding_format,
  * dimensions and the extensions from the body; strings are tokenized with the model's BOS, special-token text read
- * as text. Inputs longer than n_ctx are refused. */
-bool api_embed_parse(const triattn_model * model, int32_t n_ctx, const json_value * body, struct embed_req * r,
-                     struct tool_err * e);
-/* Embeds every input on session s (which forgets its tokens; n_embd: the model's) and writes the OpenAI response into b. On failure the
- * status, with the session's message in err. */
+ * as text. Inputs longer than n_ctx are refused; dimensions, when given, must be n_embd (the model's). */
+bool api_embed_parse(const triattn_model * model, int32_t n_embd, int32_t n_ctx, const json_value * body,
+                     struct embed_req * r, struct tool_err * e);
+/* Embeds every input on session s (which forgets its tokens; n_embd: the model's) and writes the OpenAI response
+ * into b. On failure the status, with the session's message in err. */
 enum triattn_status api_embed_run(triattn_session * s, int32_t n_embd, const struct embed_req * r,
                                   const char * model_name, jbuf * b, char * err, size_t err_size);
 void api_embed_free(struct embed_req * r);

@@ -31,7 +31,6 @@ static void process_setup(void) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 }
-
 #else
 static void process_setup(void) {
     /* Connection threads come and go: two malloc arenas keep their freed buffers reusable instead of
@@ -43,7 +42,6 @@ static void process_setup(void) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 }
-
 #endif
 
 static void usage(FILE * f) {

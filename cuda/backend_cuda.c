@@ -471,7 +471,7 @@ static enum triattn_status tri_cu_session_init(triattn_session * s, char * err, 
         { (void **) &c->h_tok,    nb * sizeof(int32_t) },
         { (void **) &c->h_cs,     nb * c->R * sizeof(float) },
         { (void **) &c->h_rows,   nb * sizeof(tri_cuda_row) },
-        { (void **) &c->h_logits, nb * c->n_vocab * sizeof(float) },
+        { (void **) &c->h_logits, nb * TRI_MAX(c->n_vocab, c->n_embd) * sizeof(float) }, /* or hidden rows */
         { (void **) &c->h_w,      rs * LH * D * sizeof(float) },
         { (void **) &c->h_cw,     rs * LH * D * sizeof(float) },
         { (void **) &c->h_lohi,   rs * 2 * LK * sizeof(int32_t) },

@@ -27,7 +27,8 @@ typedef struct tri_cu_step {
     int                          n;   /* rows */
     int                          first_logit, n_logits;
     int                          parts;
-    bool                         chunk; /* one session's rows: attention on tensor cores */
+    bool                         chunk;  /* one session's rows: attention on tensor cores */
+    bool                         hidden; /* the logit rows' final normed states come back instead of logits */
 } tri_cu_step;
 
 /* One product of a linear: weight, output rows (stride = weight rows), optional bias. */
@@ -187,8 +188,14 @@ static enum triattn_status tri_cu_enqueue(tri_cu_step * t) {
         TRI_CU_TRY(tri_cu_layer_run(t, il));
     }
     TRI_CU_TRY(tri_cuda_kv_bump(w->row, n, c->L * c->Hkv, sm));
+    if (t->hidden && t->n_logits > 0) { /* the rows after the output norm, into the page-locked logit rows */
+        TRI_CU_TRY(tri_cuda_act_prep(w->x + (size_t) t->first_logit * c->n_embd, c->n_embd, NULL, true,
+                                     t->cm->output_norm.d, t->m->hp.norm_eps, t->n_logits, c->n_embd, w->xn,
+                                     c->n_embd, NULL, 0, sm));
+        TRI_CU_TRY(tri_cuda_d2h(c->h_logits, w->xn, sizeof(float) * (size_t) t->n_logits * c->n_embd, sm));
+    }
     /* logits in pieces of TRI_CU_LOGIT_ROWS rows, each copied back to the session's page-locked rows */
-    for (int r0 = 0; r0 < t->n_logits; r0 += TRI_CU_LOGIT_ROWS) {
+    for (int r0 = 0; r0 < t->n_logits && !t->hidden; r0 += TRI_CU_LOGIT_ROWS) {
         const int nr = TRI_MIN(TRI_CU_LOGIT_ROWS, t->n_logits - r0);
         const tri_cu_job out = { &t->cm->output, w->logits, NULL };
         TRI_CU_TRY(tri_cu_linear(t, nr, w->x + (size_t) (t->first_logit + r0) * c->n_embd, c->n_embd, NULL, true,
@@ -349,6 +356,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
     pthread_mutex_lock(&cm->lock); /* one step at a time on the model's workspace */
     const bool chunk = n_sess == 1 && n >= c->att_mma_min && TRI_CUDA_ATT_MMA_D(c->D);
     tri_cu_step t = { .c = c, .m = m, .cm = cm, .ws = &cm->ws, .n = n, .chunk = chunk,
+                      .hidden = n_sess == 1 && lead->fwd.hidden_only,
                       .parts = tri_cu_parts(c, &cm->ws, n, max_slots, chunk) };
     if (mode == TRI_LOGITS_ALL) {
         t.first_logit = 0;
@@ -384,6 +392,7 @@ enum triattn_status tri_cu_forward(triattn_session * const * ss, const triattn_t
             memcpy(s->fwd.logits, c->h_logits + (size_t) i * c->n_vocab, sizeof(float) * (size_t) c->n_vocab);
         }
         s->fwd.n_logits = n_sess > 1 ? (t.n_logits > 0) : t.n_logits;
+        s->fwd.hidden = t.hidden ? c->h_logits : NULL;
         for (int lk = 0; lk < c->L * c->Hkv; lk++) {
             int32_t * pos = s->kv.pos + (size_t) lk * s->kv.capacity;
             for (int j = 0; j < counts[i]; j++) {

@@ -304,8 +304,8 @@ enum triattn_pooling {
  * normalize is set. out receives n_embd floats (MEAN, LAST) or n_tokens x n_embd (NONE); n_out is its size
  * in floats. The session forgets every token before and after (as triattn_session_reset).
  * Returns TRIATTN_ERR_INVALID_ARG (no tokens, token out of range, unknown pooling, out too small, a calibrating
- * session), TRIATTN_ERR_CONTEXT (n_tokens > n_ctx), TRIATTN_ERR_UNSUPPORTED (a GPU session: embeddings run on
- * the CPU), TRIATTN_ERR_OOM. */
+ * session), TRIATTN_ERR_CONTEXT (n_tokens > n_ctx), TRIATTN_ERR_OOM, or a backend's error (a GPU session runs
+ * the pass on its device). */
 TRIATTN_API enum triattn_status triattn_session_embed(triattn_session * s, const triattn_token * tokens,
                                                       int32_t n_tokens, enum triattn_pooling pooling, bool normalize,
                                                       float * out, int64_t n_out);

@@ -47,10 +47,6 @@ static enum triattn_status tri_embd_check(triattn_session * s, const triattn_tok
         return tri_session_fail(s, TRIATTN_ERR_CONTEXT, "embed: %d tokens exceed n_ctx %d", n_tokens,
                                 s->params.n_ctx);
     }
-    if (s->backend) {
-        return tri_session_fail(s, TRIATTN_ERR_UNSUPPORTED, "embed: embeddings run on the CPU; this session's forward "
-                                "pass is on %s (load the model with n_gpu_layers 0)", s->backend->name);
-    }
     if (s->calib) {
         return tri_session_fail(s, TRIATTN_ERR_INVALID_ARG, "embed: the session is collecting query statistics");
     }
@@ -82,7 +78,7 @@ enum triattn_status triattn_session_embed(triattn_session * s, const triattn_tok
         const triattn_token * chunk = tokens + i;
         tri_step(&s, &chunk, &n, 1, TRI_LOGITS_ALL, false, &st);
         for (int32_t r = 0; r < n && st == TRIATTN_OK; r++) {
-            const float * h = s->fwd.xn + (int64_t) r * E;
+            const float * h = s->fwd.hidden + (int64_t) r * E;
             if (pooling == TRIATTN_POOLING_NONE) {
                 memcpy(out + (int64_t) (i + r) * E, h, sizeof(float) * (size_t) E);
             } else if (pooling == TRIATTN_POOLING_LAST && i + r == n_tokens - 1) {

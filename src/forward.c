@@ -660,6 +660,7 @@ void tri_forward_rows(tri_forward * f, const triattn_token * tokens, int32_t n_t
         tri_rmsnorm(f->x + (int64_t) r * hp->n_embd, m->w.output_norm.data, f->xn + (int64_t) i * hp->n_embd,
                     hp->n_embd, hp->norm_eps);
     }
+    f->hidden = f->xn;
     if (!f->hidden_only) {
         tri_mm_job job = { &m->w.output, f->logits, NULL };
         tri_matmuls(f, &job, 1, f->xn, hp->n_embd, n_logits);

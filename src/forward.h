@@ -43,7 +43,8 @@ typedef struct tri_forward {
     int32_t * att_blk;  /* [n_batch + 1] prefill: first row of each block of rows attending together */
     float *  logits;    /* [n_batch][n_vocab] */
     int32_t  n_logits;  /* rows of logits computed by the last chunk */
-    bool     hidden_only; /* steps stop at the final norm: xn holds the logit rows' hidden states, no logits */
+    bool     hidden_only; /* steps stop at the final norm: hidden holds the logit rows' states, no logits */
+    const float * hidden; /* [n_logits][n_embd] after a hidden_only step (the CPU's xn, a backend's host rows) */
     void *   mem;
     size_t   mem_bytes;
 } tri_forward;

@@ -570,7 +570,11 @@ def _batched_decode(backend_build, cut_model, policy, tmp_path):
     if policy == "triattention":
         assert min(gpu["compressions"]) >= 2
     c_rows, g_rows = np.load(tmp_path / "cpu.npy"), np.load(tmp_path / "gpu.npy")
-    agree = [_agreement(c, g, 0.5) for c, g in zip(c_rows, g_rows)]
+    # the kernels' near-ties are _tie_margin's (on these rows the logits of a CPU and a simulator row differ by up
+    # to ~0.8 before the caches' evictions part; a flip at a gap of 0.53 was seen); the emulation's are narrower on
+    # real weights
+    margin = 0.5 if _emulated(backend_build) else _tie_margin(backend_build)
+    agree = [_agreement(c, g, margin) for c, g in zip(c_rows, g_rows)]
     assert all(a >= 0.9 and not gaps for a, gaps in agree), agree
     if backend_build != SIM_BUILD:  # replaying recorded launches is the host side's (emulation) and the device's
         _run_py(lib, BATCH, cut_model, -1, 11, 40, policy, tmp_path / "nog.npy", forced,
@@ -766,25 +770,60 @@ def test_cuda_refuses_recall(backend_build, cut_model):
 EMBED = r"""
 import json, sys
 from pytriattn import Llama, TriattnError
+texts = ["The capital of France is Paris.", "A cat sat on the mat and looked at the rain for a long while.",
+         "Quantized weights are read once per step."]
+long_text = " ".join(["The quick brown fox jumps over the lazy dog while the farmer counts his sheep."] * 8)
 out = {}
-with Llama(sys.argv[1], n_gpu_layers=-1, n_ctx=256, kv_policy="full") as llm:
-    out["backend"] = llm.backend
-    try:
-        llm.embed("embeddings run on the CPU")
-    except TriattnError as e:
-        out["error"] = [e.code, e.message]
-    out["n_past"] = llm.n_past()
-    out["text"] = llm.generate("The capital of France is", max_tokens=4, temperature=0.0)
+def run(ngl, policy, **kw):
+    r = {}
+    with Llama(sys.argv[1], n_gpu_layers=ngl, n_ctx=256, n_batch=32, kv_policy=policy, **kw) as llm:
+        r["backend"] = llm.backend
+        r["greedy"] = llm.generate("The capital of France is", max_tokens=6, temperature=0.0)
+        r["mean"] = llm.embed(texts)
+        r["last"] = llm.embed(texts[1], pooling="last", normalize=False)
+        toks = llm.tokenize(long_text)
+        r["n_long"] = len(toks)
+        r["rows"] = llm.embed(toks, pooling="none", normalize=False)
+        try:
+            llm.embed(list(range(1, 300)))
+        except TriattnError as e:
+            r["error"] = [e.code, e.message]
+        r["n_past"] = llm.n_past()
+        r["greedy_after"] = llm.generate("The capital of France is", max_tokens=6, temperature=0.0)
+    return r
+for ngl in (0, -1):
+    out[str(ngl)] = {"full": run(ngl, "full"), "ta": run(ngl, "triattention", kv_budget=48, kv_interval=16)}
 print(json.dumps(out))
 """
 
 
-def test_cuda_refuses_embeddings(backend_build, cut_model):
-    """A GPU session's embed is refused with what to do, and the session still generates."""
+def test_cuda_embeddings(backend_build, cut_model):
+    """A GPU session embeds as a CPU session does: the output norm's rows copied back instead of the logits, in
+    prefill chunks (n_batch 32 under an 86-token input), with full attention and with TriAttention evicting while it
+    reads; errors as on the CPU; the session forgets the input and generates as before."""
+    import numpy as np
     res, _ = _run_py(backend_build / "libtriattn.so", EMBED, cut_model)
-    assert res["backend"] == "cuda" and res.get("error", [0])[0] == 3, res   # TRIATTN_ERR_UNSUPPORTED
-    assert "embeddings run on the CPU" in res["error"][1] and "n_gpu_layers 0" in res["error"][1], res
-    assert res["n_past"] == 0 and res["text"], res
+    cpu, gpu = res["0"], res["-1"]
+    for policy in ("full", "ta"):
+        c, g = cpu[policy], gpu[policy]
+        assert c["backend"] == "cpu" and g["backend"] == "cuda", res
+        assert g["n_long"] > 48 + 16 + 8 and g["n_past"] == 0 and g["greedy_after"] == g["greedy"], g
+        assert g["error"][0] == 6 and "exceed n_ctx" in g["error"][1], g   # TRIATTN_ERR_CONTEXT
+        cm, gm = np.array(c["mean"]), np.array(g["mean"])
+        assert np.allclose(np.linalg.norm(gm, axis=1), 1.0, atol=1e-5)
+        cos_mean = (cm * gm).sum(1)
+        cl, gl = np.array(c["last"]), np.array(g["last"])
+        cos_last = float(cl @ gl / np.linalg.norm(cl) / np.linalg.norm(gl))
+        cr, gr = np.array(c["rows"]), np.array(g["rows"])
+        assert cr.shape == gr.shape == (g["n_long"], 576)
+        cos_rows = (cr * gr).sum(1) / np.linalg.norm(cr, axis=1) / np.linalg.norm(gr, axis=1)
+        print(f"{policy}: cosine GPU/CPU mean-pooled min {cos_mean.min():.6f}, last {cos_last:.6f}, rows min "
+              f"{cos_rows.min():.6f} median {np.median(cos_rows):.6f}")
+        assert cos_mean.min() > 0.999 and cos_last > 0.998, (cos_mean, cos_last)
+        assert np.median(cos_rows) > 0.999 and cos_rows.min() > 0.99, cos_rows
+    # TriAttention evicted on the device: its rows past budget + interval are not full attention's
+    ta, full = np.array(gpu["ta"]["rows"]), np.array(gpu["full"]["rows"])
+    assert np.allclose(ta[:48], full[:48], atol=1e-4) and not np.allclose(ta, full, atol=1e-4)
 
 
 def test_gpu_mem_limit_parse(c_build_dir, tmp_path):
@@ -841,6 +880,8 @@ def test_cuda_server_slots_decode_together(host_backend_build, cut_model, policy
     openai = pytest.importorskip("openai")
     import concurrent.futures as cf
 
+    import numpy as np
+
     from test_server import Server, _metric
 
     kv = ["--kv-policy", policy] + (["--kv-budget", "64", "--kv-interval", "16"] if policy == "triattention" else [])
@@ -866,6 +907,13 @@ def test_cuda_server_slots_decode_together(host_backend_build, cut_model, policy
               f"{compressions:.0f} compressions")
         assert slot_steps >= 1.5 * steps > 0, (slot_steps, steps)
         assert (compressions > 0) == (policy == "triattention"), compressions  # 96 tokens pass budget + interval
+        # embeddings on the device: the CPU's vectors (this process's library) to fp16-attention rounding
+        from pytriattn import Llama
+        emb = client.embeddings.create(model="smol", input=SERVER_PROMPTS[:2])
+        with Llama(str(cut_model), n_ctx=256, kv_policy="full") as cpu:
+            want = np.array(cpu.embed(SERVER_PROMPTS[:2]))
+        got = np.array([d.embedding for d in emb.data])
+        assert got.shape == want.shape and (got * want).sum(1).min() > 0.999, (got * want).sum(1)
     finally:
         srv.close()
     assert srv.proc.returncode == 0, srv.proc.stderr.read()[-3000:]

@@ -383,9 +383,18 @@ struct triattn_sampler_params {
     float    frequency_penalty;  /* 0: off */
     float    presence_penalty;   /* 0: off */
     uint64_t seed;               /* 0xFFFFFFFFFFFFFFFF: keep the session's RNG stream (default) */
+    /* logit bias: n_logit_bias pairs (logit_bias_tokens[i], logit_bias[i]), each bias added to its token's logit
+     * before every other step (penalties, greedy and the truncations see the biased logits; logprobs report the
+     * model's own). -INFINITY bans a token; a token listed twice gets both. At most n_vocab pairs, copied by
+     * triattn_session_set_sampler (default none). */
+    const triattn_token * logit_bias_tokens;
+    const float *         logit_bias;
+    int32_t               n_logit_bias;
 };
 TRIATTN_API void triattn_sampler_params_init(struct triattn_sampler_params * p);
-/* Sets the session's sampler (and reseeds its RNG when p->seed is not the "keep" value). */
+/* Sets the session's sampler (and reseeds its RNG when p->seed is not the "keep" value). Returns
+ * TRIATTN_ERR_INVALID_ARG naming the field for a value out of range (a NaN, top_p <= 0, a bias token outside
+ * [0, n_vocab), a bias that is NaN or +inf, ...). */
 TRIATTN_API enum triattn_status triattn_session_set_sampler(triattn_session * s, const struct triattn_sampler_params * p);
 /* Samples the next token from the last logits with the session's sampler. Does not decode it. */
 TRIATTN_API enum triattn_status triattn_session_sample(triattn_session * s, triattn_token * out);

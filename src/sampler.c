@@ -2,7 +2,7 @@
  *   penalties (repeat, frequency, presence over the last repeat_last_n accepted tokens)
  *   -> temperature <= 0: argmax (ties -> lowest id)
  *   -> top_k -> top_p -> min_p (these three on temperature-1 probabilities) -> temperature -> softmax -> draw.
- * NaN logits are never chosen; -inf logits only by greedy when nothing else is left. All scratch is
+ * A logit bias, when set, is added before the penalties. NaN logits are never chosen; -inf logits only by greedy when nothing else is left. All scratch is
  * allocated in tri_sampler_create; sampling does not allocate. RNG: xoshiro256** seeded by splitmix64.
  * Parameter conventions: top_k <= 0 or >= n_vocab is off; top_p >= 1 is off (top_p must be > 0);
  * min_p <= 0 is off (must be <= 1); repeat_last_n = -1 means the whole history ring, 0 disables penalties. */
@@ -36,6 +36,8 @@ struct tri_sampler {
     tri_cand *      cand;       /* [n_vocab] candidates */
     tri_cand *      tmp;        /* [n_vocab] radix sort scratch */
     float *         probs;      /* [n_vocab] unnormalised probabilities of the kept candidates */
+    int32_t *       bias_id;    /* [n_vocab] the logit bias: tokens ... */
+    float *         bias;       /* [n_vocab] ... and what is added to their logits (p.n_logit_bias pairs) */
     uint32_t *      hist_radix; /* [3 * 2048] radix sort histograms */
 };
 
@@ -90,6 +92,9 @@ void triattn_sampler_params_init(struct triattn_sampler_params * p) {
     p->frequency_penalty = 0.0f;
     p->presence_penalty = 0.0f;
     p->seed = UINT64_MAX; /* keep the RNG stream */
+    p->logit_bias_tokens = NULL;
+    p->logit_bias = NULL;
+    p->n_logit_bias = 0;
 }
 
 tri_sampler * tri_sampler_create(int32_t n_vocab, int32_t history_cap, uint64_t seed) {
@@ -105,7 +110,10 @@ tri_sampler * tri_sampler_create(int32_t n_vocab, int32_t history_cap, uint64_t 
     s->tmp = malloc((size_t) n_vocab * sizeof *s->tmp);
     s->probs = malloc((size_t) n_vocab * sizeof *s->probs);
     s->hist_radix = malloc(3 * 2048 * sizeof *s->hist_radix);
-    if (!s->hist || !s->counts || !s->work || !s->cand || !s->tmp || !s->probs || !s->hist_radix) {
+    s->bias_id = malloc((size_t) n_vocab * sizeof *s->bias_id);
+    s->bias = malloc((size_t) n_vocab * sizeof *s->bias);
+    if (!s->hist || !s->counts || !s->work || !s->cand || !s->tmp || !s->probs || !s->hist_radix || !s->bias_id ||
+        !s->bias) {
         tri_sampler_free(s);
         return NULL;
     }
@@ -123,7 +131,34 @@ void tri_sampler_free(tri_sampler * s) {
     free(s->tmp);
     free(s->probs);
     free(s->hist_radix);
+    free(s->bias_id);
+    free(s->bias);
     free(s);
+}
+
+static enum triattn_status check_bias(const tri_sampler * s, const struct triattn_sampler_params * p, char * err,
+                                      size_t err_size) {
+    if (p->n_logit_bias < 0 || p->n_logit_bias > s->n_vocab) {
+        return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "sampler: logit bias: n_logit_bias %d must be in [0, %d]",
+                        (int) p->n_logit_bias, (int) s->n_vocab);
+    }
+    if (p->n_logit_bias > 0 && (!p->logit_bias_tokens || !p->logit_bias)) {
+        return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "sampler: logit bias arrays are NULL");
+    }
+    for (int32_t i = 0; i < p->n_logit_bias; i++) {
+        const triattn_token t = p->logit_bias_tokens[i];
+        const float b = p->logit_bias[i];
+        if (t < 0 || t >= s->n_vocab) {
+            return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG,
+                            "sampler: logit bias token %d (pair %d) is out of range [0, %d)", (int) t, (int) i,
+                            (int) s->n_vocab);
+        }
+        if (isnan(b) || b == INFINITY) {
+            return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG,
+                            "sampler: logit bias %g of token %d must be finite or -inf", (double) b, (int) t);
+        }
+    }
+    return TRIATTN_OK;
 }
 
 enum triattn_status tri_sampler_set_params(tri_sampler * s, const struct triattn_sampler_params * p, char * err,
@@ -154,7 +189,15 @@ enum triattn_status tri_sampler_set_params(tri_sampler * s, const struct triattn
         return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "sampler: repeat_last_n %d must be >= -1",
                         (int) p->repeat_last_n);
     }
+    const enum triattn_status st = check_bias(s, p, err, err_size);
+    if (st != TRIATTN_OK) return st;
     s->p = *p;
+    if (p->n_logit_bias > 0) {
+        memcpy(s->bias_id, p->logit_bias_tokens, (size_t) p->n_logit_bias * sizeof *s->bias_id);
+        memcpy(s->bias, p->logit_bias, (size_t) p->n_logit_bias * sizeof *s->bias);
+    }
+    s->p.logit_bias_tokens = NULL; /* the caller's arrays are not kept */
+    s->p.logit_bias = NULL;
     if (p->seed != UINT64_MAX) tri_sampler_seed(s, p->seed);
     return TRIATTN_OK;
 }
@@ -174,15 +217,18 @@ void tri_sampler_reset(tri_sampler * s) {
 
 /* ---- steps -------------------------------------------------------------------------------------- */
 
-/* Copies logits to s->work and applies the penalties over the last repeat_last_n tokens.
- * Returns the logits to use (the input when no penalty applies). */
-static const float * apply_penalties(tri_sampler * s, const float * logits) {
+/* Copies logits to s->work, adds the logit bias and applies the penalties over the last repeat_last_n tokens.
+ * Returns the logits to use (the input when neither applies). */
+static const float * adjust_logits(tri_sampler * s, const float * logits) {
     const struct triattn_sampler_params * p = &s->p;
     int32_t n = p->repeat_last_n < 0 ? s->hist_len : TRI_MIN(p->repeat_last_n, s->hist_len);
-    if (n == 0 || (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f)) {
+    if (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f) n = 0;
+    if (n == 0 && p->n_logit_bias == 0) {
         return logits;
     }
     memcpy(s->work, logits, (size_t) s->n_vocab * sizeof *s->work);
+    for (int32_t i = 0; i < p->n_logit_bias; i++) s->work[s->bias_id[i]] += s->bias[i];
+    if (n == 0) return s->work;
     /* the window is the n most recent entries of the ring */
     int32_t start = (s->hist_head - n + s->hist_cap) % s->hist_cap;
     for (int32_t i = 0; i < n; i++) s->counts[s->hist[(start + i) % s->hist_cap]]++;
@@ -393,7 +439,7 @@ static int32_t argmax(const float * L, int32_t nv) {
 triattn_token tri_sampler_sample(tri_sampler * s, const float * logits) {
     if (!s || !logits) return -1;
     const struct triattn_sampler_params * p = &s->p;
-    const float * L = apply_penalties(s, logits);
+    const float * L = adjust_logits(s, logits);
     const int32_t nv = s->n_vocab;
     if (p->temperature <= 0.0f) return argmax(L, nv);
 

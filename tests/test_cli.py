@@ -126,6 +126,20 @@ def test_generate_errors(tmp_path, default_model):
     assert p.returncode == 1 and "kv_budget" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_generate_logit_bias(default_model):
+    """--logit-bias ID=BIAS (repeatable; a token given twice gets both): +100 makes the token every greedy
+    choice; a malformed pair is a usage error."""
+    from pytriattn import Llama
+    with Llama(str(default_model), n_ctx=64) as llm:
+        boost = llm.tokenize(rng.choice([" banana", " river", " purple", " castle"]), add_bos=False)[0]
+        want = llm.detokenize([boost] * 3).decode()
+    p = run("generate", "-m", default_model, "--raw", "--temp", "0", "-n", "3", "--logit-bias", f"{boost}=60",
+            "--logit-bias", f"{boost}=40", "The capital of France is")
+    assert p.returncode == 0 and p.stdout == want + "\n", (p.stdout, want, p.stderr)
+    p = run("generate", "-m", default_model, "--logit-bias", "12:5", "hi")
+    assert p.returncode == 2 and "TOKEN_ID=BIAS" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
 def test_chat_keeps_history_and_resets(default_model):
     script = "My name is Zorblax.\nWhat is my name?\n/reset\nWhat is my name?\n"
     p = run("chat", "-m", default_model, "--temp", "0", "-n", "40", input=script)
@@ -280,6 +294,29 @@ def test_triattn_cli_default_model_from_the_cache(cli, default_model, tmp_path):
     assert p.returncode == 2 and str(empty / default_model.name) in p.stderr and "pytriattn fetch" in p.stderr
     p = _triattn(cli, "-p", "hi", env={"PYTRIATTN_CACHE": "", "XDG_CACHE_HOME": str(empty)})
     assert p.returncode == 2 and str(empty / "pytriattn" / default_model.name) in p.stderr, p.stderr
+
+
+def test_triattn_cli_logit_bias(cli, default_model):
+    """-l ID+X / ID-X / ID=X: +100 on a random word's token makes it every greedy choice, -inf on the greedy
+    choice changes the text; malformed pairs are usage errors, an id past the vocabulary the library's error."""
+    from pytriattn import Llama
+    prompt = rng.choice(["The capital of France is", "Water boils at", "My favourite animal is the"])
+    with Llama(str(default_model), n_ctx=64) as llm:
+        boost = llm.tokenize(rng.choice([" banana", " river", " purple", " castle"]), add_bos=False)[0]
+        want = llm.detokenize([boost] * 3).decode()
+        first = int(llm.eval(llm.tokenize(prompt))[-1].argmax())
+    gen = ["-m", default_model, "-p", prompt, "-n", 3, "--temp", 0]
+    for pair in (f"{boost}+100", f"{boost}=100", f"{boost}+60"):
+        p = _triattn(cli, *gen, "-l", pair, "-l", f"{boost}+40" if pair.endswith("60") else f"{boost}+0")
+        assert p.returncode == 0 and p.stdout.strip() == want.strip(), (pair, p.stdout, want, p.stderr[-500:])
+    plain = _triattn(cli, *gen).stdout
+    banned = _triattn(cli, *gen, "-l", f"{first}-inf").stdout
+    assert plain and banned and banned != plain, (plain, banned)
+    for bad in ("12:3", "x+1", "12+", "12+nan", "12+inf", "-3+1"):
+        p = _triattn(cli, *gen, "-l", bad)
+        assert p.returncode == 2 and "-l" in p.stderr, (bad, p.stderr)
+    p = _triattn(cli, *gen, "-l", "99999999+1")
+    assert p.returncode == 1 and "out of range" in p.stderr, p.stderr
 
 
 # ---- triattn-cli --bench: prefill at depth, each depth prefilled once -----------------------------------

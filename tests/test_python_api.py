@@ -273,6 +273,13 @@ def test_context_too_large_for_memory(default_model):
     assert "n_ctx" in e.value.message or "memory" in e.value.message.lower(), e.value.message
 
 
+def test_llama_cpp_python_switches(default_model):
+    """Llama(path, embedding=True, logits_all=True), as llama-cpp-python code writes it, embeds and evaluates."""
+    with Llama(default_model, n_ctx=64, embedding=True, logits_all=True) as m:
+        assert len(m.embed("hello")) == m.model_info["n_embd"]
+        assert m.eval(m.tokenize("hello there")).shape[0] == len(m.tokenize("hello there"))
+
+
 def test_bad_call_arguments(llm):
     with pytest.raises(TriattnError):
         llm.generate("x", max_tokens=4, temperature="hot")
@@ -284,6 +291,112 @@ def test_bad_call_arguments(llm):
         llm.create_chat_completion(["not a dict"])
     # The session still works afterwards.
     assert llm.generate(_prompt(), max_tokens=3, temperature=0)
+
+
+BIAS_WORDS = [" banana", " river", " purple", " engine", " castle", " seven", " window", " garden"]
+
+
+def test_logit_bias(llm):
+    """logit_bias shifts tokens' logits before sampling: banning the greedy choice gives the runner-up, a +100
+    bias makes a token the greedy choice at every step (completions and chat, OpenAI's string keys), sampled
+    draws never return a banned token, the next call without a bias is unaffected, and bad biases raise."""
+    prompt = _prompt()
+    llm.reset()
+    row = llm.eval(llm.tokenize(prompt))[-1]
+    order = np.argsort(-row, kind="stable")
+    first, second, third = (int(t) for t in order[:3])
+    piece = lambda *ids: llm.detokenize(list(ids)).decode("utf-8", "replace")  # noqa: E731
+    plain = llm.generate(prompt, max_tokens=1, temperature=0)
+    assert plain == piece(first)
+    assert llm.generate(prompt, max_tokens=1, temperature=0, logit_bias={first: float("-inf")}) == piece(second)
+    out = llm.create_completion(prompt, max_tokens=1, temperature=0, logit_bias={str(first): -100})
+    assert out["choices"][0]["text"] == piece(second)
+    assert llm.generate(prompt, max_tokens=1, temperature=0) == plain   # the bias was this call's only
+    seeds = [rng.randrange(2**31) for _ in range(12)]
+    drawn = {llm.generate(prompt, max_tokens=1, temperature=1.5, top_k=2, top_p=1.0, min_p=0.0, seed=sd,
+                          logit_bias={first: float("-inf")}) for sd in seeds}
+    assert drawn <= {piece(second), piece(third)}, (drawn, piece(second), piece(third))
+
+    boost = llm.tokenize(rng.choice(BIAS_WORDS), add_bos=False)[0]
+    assert llm.generate(prompt, max_tokens=3, temperature=0, logit_bias={boost: 100.0}) == piece(boost, boost, boost)
+    msgs = [{"role": "user", "content": prompt}]
+    chat = llm.create_chat_completion(msgs, max_tokens=3, temperature=0, logit_bias={str(boost): 100})
+    assert chat["choices"][0]["message"]["content"] == piece(boost, boost, boost).strip() or \
+        chat["choices"][0]["message"]["content"] == piece(boost, boost, boost)
+
+    for bad, what in [({llm.n_vocab(): 1.0}, "out of range"), ({-1: 1.0}, "out of range"), ({"x1": 1}, "token id"),
+                      ({1: float("nan")}, "logit bias"), ({1: float("inf")}, "logit bias"), ({1: "big"}, "number"),
+                      ([1, 2], "dict")]:
+        with pytest.raises(TriattnError) as e:
+            llm.generate(prompt, max_tokens=2, temperature=0, logit_bias=bad)
+        assert e.value.code == ERR_INVALID_ARG and what in e.value.message, (bad, e.value.message)
+    assert llm.generate(prompt, max_tokens=1, temperature=0) == plain
+
+
+def _log_softmax(row) -> np.ndarray:
+    r = row.astype(np.float64)
+    return r - (r.max() + np.log(np.exp(r - r.max()).sum()))
+
+
+def test_logprobs(llm):
+    """logprobs in OpenAI's shapes, computed by the model (the float64 log-softmax of eval's logits): completions
+    {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, chat {"content": [...]}, the stream's chunks
+    carrying the same entries, the model's own values under a logit_bias, and bad values refused."""
+    prompt = _prompt()
+    k = rng.randint(1, 5)
+    n = rng.randint(3, 8)
+    out = llm(prompt, max_tokens=n, temperature=0, logprobs=k)   # __call__ is create_completion
+    ch = out["choices"][0]
+    lp = ch["logprobs"]
+    assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    assert len(lp["tokens"]) == out["usage"]["completion_tokens"] == n and ch["finish_reason"] == "length"
+    if not any("\ufffd" in t for t in lp["tokens"]):   # no character split across tokens
+        assert "".join(lp["tokens"]) == ch["text"]
+        assert lp["text_offset"] == [len("".join(lp["tokens"][:i])) for i in range(n)]
+    for t, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert len(top) <= k and v <= 0 and top[t] == v == max(top.values())   # greedy: the top alternative
+    llm.reset()
+    ref = _log_softmax(llm.eval(llm.tokenize(prompt))[-1])
+    first = int(ref.argmax())
+    assert lp["tokens"][0] == llm.detokenize([first]).decode()
+    assert lp["token_logprobs"][0] == pytest.approx(ref[first], abs=2e-4)
+    alts = sorted(ref, reverse=True)[:k]
+    assert sorted(lp["top_logprobs"][0].values(), reverse=True) == pytest.approx(alts[:len(lp["top_logprobs"][0])],
+                                                                               abs=2e-4)
+    # the stream's chunks carry the same entries, each with the text it released
+    chunks = list(llm.create_completion(prompt, max_tokens=n, temperature=0, logprobs=k, stream=True))
+    streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["logprobs"]]
+    assert sum((c["tokens"] for c in streamed), []) == lp["tokens"]
+    assert sum((c["token_logprobs"] for c in streamed), []) == lp["token_logprobs"]
+    assert sum((c["text_offset"] for c in streamed), []) == lp["text_offset"]
+    # echo: offsets count from the prompt's end
+    echoed = llm(prompt, max_tokens=2, temperature=0, logprobs=0, echo=True)["choices"][0]
+    assert echoed["logprobs"]["text_offset"][0] == len(prompt) and echoed["logprobs"]["top_logprobs"][0] == {}
+    # chat
+    msgs = [{"role": "user", "content": prompt}]
+    r = llm.create_chat_completion(msgs, max_tokens=n, temperature=0, logprobs=True, top_logprobs=k)
+    content = r["choices"][0]["logprobs"]["content"]
+    assert len(content) == r["usage"]["completion_tokens"]
+    for c in content:
+        assert bytes(c["bytes"]).decode("utf-8", "replace") == c["token"] and len(c["top_logprobs"]) == k
+        assert c["top_logprobs"][0]["logprob"] == c["logprob"] and c["top_logprobs"][0]["token"] == c["token"]
+        tops = [t["logprob"] for t in c["top_logprobs"]]
+        assert tops == sorted(tops, reverse=True)
+    plain = llm.create_chat_completion(msgs, max_tokens=2, temperature=0, logprobs=True)["choices"][0]
+    assert all(c["top_logprobs"] == [] for c in plain["logprobs"]["content"])
+    assert llm.create_chat_completion(msgs, max_tokens=2, temperature=0)["choices"][0]["logprobs"] is None
+    assert llm(prompt, max_tokens=2, temperature=0)["choices"][0]["logprobs"] is None
+    # a logit_bias choice keeps the model's logprob, below its favourite's
+    boost = llm.tokenize(rng.choice(BIAS_WORDS), add_bos=False)[0]
+    b = llm(prompt, max_tokens=1, temperature=0, logprobs=1, logit_bias={boost: 100})["choices"][0]["logprobs"]
+    assert b["tokens"][0] == llm.detokenize([boost]).decode() and b["token_logprobs"][0] == pytest.approx(ref[boost],
+                                                                                                           abs=2e-4)
+    for call, what in [(lambda: llm(prompt, logprobs=21), "logprobs"), (lambda: llm(prompt, logprobs=-1), "logprobs"),
+                       (lambda: llm.create_chat_completion(msgs, top_logprobs=2), "top_logprobs needs"),
+                       (lambda: llm.create_chat_completion(msgs, logprobs=True, top_logprobs=99), "top_logprobs")]:
+        with pytest.raises(TriattnError) as e:
+            call()
+        assert what in e.value.message, e.value.message
 
 
 def test_prompt_longer_than_context(default_model):

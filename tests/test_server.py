@@ -410,6 +410,33 @@ def test_logprobs_bad_values(srv):
     assert st == 400
 
 
+def test_logit_bias(srv, client):
+    """logit_bias (OpenAI's {"token id": bias}): +100 makes a token the greedy choice at every step in completions
+    and chat, the logprobs stay the model's own, the next request is unaffected, and bad maps are 400s."""
+    word = RNG.choice([" banana", " river", " purple", " engine", " castle", " window"])
+    st, raw = srv.request("POST", "/tokenize", {"content": word})
+    boost = json.loads(raw)["tokens"][-1]
+    st, raw = srv.request("POST", "/detokenize", {"tokens": [boost] * 3})
+    want = json.loads(raw)["content"]
+    prompt = RNG.choice(PROMPTS)
+    plain = _complete(client, prompt, max_tokens=3, temperature=0)
+    r = _complete(client, prompt, max_tokens=3, temperature=0, logit_bias={str(boost): 100}, logprobs=1)
+    assert r.choices[0].text == want, (r.choices[0].text, want)
+    lp = r.choices[0].logprobs
+    # the model's own logprobs: the boosted token is not its first choice at every step
+    assert all(t <= max(top.values()) + 1e-6 for t, top in zip(lp.token_logprobs, lp.top_logprobs))
+    assert any(t < max(top.values()) - 1e-3 for t, top in zip(lp.token_logprobs, lp.top_logprobs)), lp
+    c = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": prompt}], max_tokens=3,
+                                       temperature=0, logit_bias={str(boost): 100})
+    assert c.choices[0].message.content.strip() == want.strip()
+    assert _complete(client, prompt, max_tokens=3, temperature=0).choices[0].text == plain.choices[0].text
+    for lb in ([1, 2], {"abc": 1}, {"-1": 1}, {"1.5": 1}, {"99999999": 1}, {"1": 101}, {"1": "x"}, {"": 1},
+               "1:2"):
+        st, raw = srv.request("POST", "/v1/completions", {"prompt": "x", "logit_bias": lb})
+        assert st == 400 and json.loads(raw)["error"]["param"] == "logit_bias", (lb, st, raw)
+    assert srv.healthy()
+
+
 @pytest.fixture(scope="module")
 def sidecar():
     p = Path(__file__).resolve().parents[1] / "python" / "pytriattn" / "data" / "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"

@@ -48,6 +48,18 @@ def _add_sampling_args(p: argparse.ArgumentParser, default_temp: float) -> None:
     g.add_argument("--repeat-penalty", type=float, default=1.0, help="default 1.0 (off)")
     g.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--logit-bias", action="append", default=None, type=_bias_pair, metavar="ID=BIAS",
+                   help="add BIAS to token ID's logit before sampling (repeatable; ID=-inf bans the token)")
+
+
+def _bias_pair(text: str) -> tuple[int, float]:
+    tok, sep, bias = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(tok), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKEN_ID=BIAS (e.g. 13=-inf), got {text!r}") from None
 
 
 def _open_llama(args):
@@ -64,7 +76,16 @@ def _open_llama(args):
 def _sampling(args) -> dict:
     return dict(max_tokens=None if args.max_tokens < 0 else args.max_tokens, temperature=args.temperature,
                 top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                stop=args.stop, seed=args.seed)
+                stop=args.stop, seed=args.seed, logit_bias=_bias_dict(args.logit_bias))
+
+
+def _bias_dict(pairs) -> dict | None:
+    if not pairs:
+        return None
+    out: dict[int, float] = {}
+    for tok, bias in pairs:  # a token given twice gets both
+        out[tok] = out.get(tok, 0.0) + bias
+    return out
 
 
 def _write(text: str) -> None:

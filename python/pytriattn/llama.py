@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import _lib, _tools
+from . import _lib, _logprobs, _tools
 from ._errors import ERR_INVALID_ARG, ERR_OOM, ERR_UNSUPPORTED, TriattnError
 
 _SEED_RANDOM = 0xFFFFFFFFFFFFFFFF
@@ -48,6 +48,26 @@ def _float_arg(name: str, value) -> float:
     if f != f:
         raise TriattnError(ERR_INVALID_ARG, f"{name} must not be NaN")
     return f
+
+
+def _logit_bias_arg(bias) -> list[tuple[int, float]]:
+    """{token id (int or decimal string, as in the OpenAI API): bias} as (id, bias) pairs; ids and values are
+    checked by the library (in range, not NaN or +inf)."""
+    if bias is None:
+        return []
+    if not isinstance(bias, dict):
+        raise TriattnError(ERR_INVALID_ARG, f"logit_bias must be a dict of token id -> bias, got {bias!r}")
+    pairs = []
+    for k, v in bias.items():
+        try:
+            tok = int(k) if isinstance(k, str) else _int_arg("logit_bias token id", k, -(2**31))
+        except ValueError:
+            raise TriattnError(ERR_INVALID_ARG, f"logit_bias keys must be token ids, got {k!r}") from None
+        try:
+            pairs.append((tok, float(v)))
+        except (TypeError, ValueError):
+            raise TriattnError(ERR_INVALID_ARG, f"logit_bias[{k!r}] must be a number, got {v!r}") from None
+    return pairs
 
 
 def _seed_arg(seed) -> int:
@@ -110,7 +130,10 @@ class Llama:
                  kv_mode: str | None = None, calibration: str | os.PathLike | None = None,
                  use_mmap: bool = True, verbose: bool = False, n_gpu_layers: int = 0,
                  gpu_mem_limit: int | str | None = None, strict_tool_calls: bool = False,
-                 kv_recall: int = 0, kv_recall_max_mib: int = 0):
+                 kv_recall: int = 0, kv_recall_max_mib: int = 0, embedding: bool = True,
+                 logits_all: bool = True):
+        # embedding / logits_all: llama-cpp-python's switches; embed() and eval()'s every row are always on here
+        del embedding, logits_all
         self._session = None
         self._model = None
         self._gen_id = 0
@@ -567,7 +590,8 @@ class Llama:
     # ---- generation -----------------------------------------------------------------------------
 
     def _gen_params(self, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
-                    frequency_penalty, presence_penalty, ignore_eos, add_special, json_schema=None):
+                    frequency_penalty, presence_penalty, ignore_eos, add_special, json_schema=None,
+                    logit_bias=None, logprobs=0):
         ffi, lib = self._ffi, self._lib
         gp = ffi.new("struct triattn_generate_params *")
         lib.triattn_generate_params_init(gp)
@@ -583,8 +607,14 @@ class Llama:
         if sp.repeat_penalty <= 0:
             raise TriattnError(ERR_INVALID_ARG, f"repeat_penalty must be > 0, got {repeat_penalty}")
         sp.seed = _seed_arg(seed)
+        bias = _logit_bias_arg(logit_bias)
+        if bias:
+            ids = ffi.new("triattn_token[]", [t for t, _ in bias])
+            vals = ffi.new("float[]", [b for _, b in bias])
+            sp.logit_bias_tokens, sp.logit_bias, sp.n_logit_bias = ids, vals, len(bias)
         gp.ignore_eos = bool(ignore_eos)
         gp.add_special = bool(add_special)
+        gp.logprobs = logprobs
         if isinstance(stop, str):
             stop = [stop]
         stop = [s for s in (stop or []) if s]
@@ -594,11 +624,15 @@ class Llama:
         if json_schema is not None:
             keep.append(ffi.new("char[]", json_schema.encode("utf-8")))
             gp.json_schema = keep[-1]
+        if bias:
+            keep += [ids, vals]
         return gp, (keep, arr)
 
-    def _stream(self, prompt: str | bytes, gp, keep, result: dict, cached: bool = False) -> Iterator[str]:
+    def _stream(self, prompt: str | bytes, gp, keep, result: dict, cached: bool = False,
+                lps: list | None = None) -> Iterator[str]:
         """Begins generation now (errors raise here) and returns an iterator over text pieces. cached: the
-        prompt is the whole context and the longest reusable prefix of the session's tokens is kept."""
+        prompt is the whole context and the longest reusable prefix of the session's tokens is kept. lps (with
+        gp.logprobs > 0) receives each sampled token's _logprobs.Entry as generation goes."""
         ffi, lib, s = self._ffi, self._lib, self._s()
         data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
         if cached:
@@ -613,12 +647,17 @@ class Llama:
 
         def pieces() -> Iterator[str]:
             text_p, len_p, done_p = self._text_p, self._len_p, self._done_p
+            lp = ffi.new("struct triattn_token_logprobs *") if lps is not None else None
             pending = b""
+            released = 0  # characters yielded so far
             while True:
                 if self._gen_id != gen_id or self._session is None:
                     raise TriattnError(ERR_INVALID_ARG, "generation was interrupted by another call on this Llama")
                 self._check_s(lib.triattn_generate_next(s, text_p, len_p, done_p))
                 done = bool(done_p[0])
+                if lp is not None and lib.triattn_generate_last_logprobs(s, lp) == 0:
+                    tops = [(int(lp.top_tokens[i]), float(lp.top_logprobs[i])) for i in range(lp.n_top)]
+                    lps.append((int(lp.token), float(lp.logprob), tops, released))
                 if len_p[0]:
                     pending += ffi.unpack(text_p[0], len_p[0])
                     try:
@@ -626,6 +665,7 @@ class Llama:
                     except UnicodeDecodeError:  # the library sends whole characters; be safe anyway
                         text = ""
                     if text:
+                        released += len(text)
                         yield text
                 if done:
                     break
@@ -644,28 +684,39 @@ class Llama:
                  top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  stop: str | Sequence[str] | None = None, seed: int | None = None, stream: bool = False,
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
-                 add_special: bool = True):
+                 add_special: bool = True, logit_bias: dict | None = None):
         """Completes `prompt` (raw text, from an empty context). Returns the text, or with stream=True an
-        iterator of text pieces. temperature <= 0 is greedy; max_tokens=None runs until n_ctx."""
+        iterator of text pieces. temperature <= 0 is greedy; max_tokens=None runs until n_ctx. logit_bias
+        ({token id: bias}, as in the OpenAI API) is added to those tokens' logits before sampling (greedy
+        included); float("-inf") bans a token."""
         gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
-                                    frequency_penalty, presence_penalty, ignore_eos, add_special)
+                                    frequency_penalty, presence_penalty, ignore_eos, add_special,
+                                    logit_bias=logit_bias)
         self.last_result = {}
         it = self._stream(prompt, gp, keep, self.last_result)
         return it if stream else "".join(it)
 
     # ---- OpenAI-shaped API ----------------------------------------------------------------------
 
+    def __call__(self, prompt: str, **kwargs):
+        """llm(prompt, ...) is create_completion(prompt, ...), as in llama-cpp-python."""
+        return self.create_completion(prompt, **kwargs)
+
     def create_completion(self, prompt: str, max_tokens: int | None = 512, temperature: float = 0.8,
                           top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                           repeat_penalty: float = 1.0, stop: str | Sequence[str] | None = None,
                           seed: int | None = None, stream: bool = False, frequency_penalty: float = 0.0,
                           presence_penalty: float = 0.0, echo: bool = False, response_format: dict | None = None,
-                          **_ignored):
+                          logit_bias: dict | None = None, logprobs: int | None = None, **_ignored):
         """OpenAI text_completion dict, or an iterator of chunks with stream=True. response_format constrains
-        the output as in create_chat_completion."""
+        the output and logit_bias shifts tokens' logits as in create_chat_completion. logprobs=k (0 to 20):
+        each generated token's log-probability under the model and its k most likely alternatives, in
+        choices[0]["logprobs"] ({"tokens", "token_logprobs", "top_logprobs", "text_offset"})."""
+        k = None if logprobs is None else _int_arg("logprobs", logprobs, 0, self._lib.TRIATTN_MAX_TOP_LOGPROBS)
         return self._completion(prompt, "cmpl", max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
                                 stop, seed, stream, frequency_penalty, presence_penalty, echo, chat=False,
-                                json_schema=response_format_schema(response_format))
+                                json_schema=response_format_schema(response_format), logit_bias=logit_bias,
+                                top_logprobs=k)
 
     def create_chat_completion(self, messages: Sequence[dict], max_tokens: int | None = 512,
                                temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
@@ -674,7 +725,8 @@ class Llama:
                                stream: bool = False, frequency_penalty: float = 0.0,
                                presence_penalty: float = 0.0, tools: Sequence[dict] | None = None,
                                tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
-                               response_format: dict | None = None, **_ignored):
+                               response_format: dict | None = None, logit_bias: dict | None = None,
+                               logprobs: bool = False, top_logprobs: int | None = None, **_ignored):
         """OpenAI chat.completion dict (the prompt rendered with the model's chat template), or an
         iterator of chat.completion.chunk dicts with stream=True.
 
@@ -690,7 +742,20 @@ class Llama:
         response_format (as in llama-cpp-python and OpenAI): {"type": "json_object"} for any JSON object,
         {"type": "json_object", "schema": {...}} or {"type": "json_schema", "json_schema": {"schema": {...}}}
         for output matching a JSON Schema; sampling is constrained so the content is such a document (README,
-        "Constrained output"). A tool_choice that forces a call takes precedence over response_format."""
+        "Constrained output"). A tool_choice that forces a call takes precedence over response_format.
+
+        logit_bias ({token id: bias}, ids as ints or decimal strings as in the OpenAI API) is added to those
+        tokens' logits before sampling, greedy included (-100 all but bans a token, float("-inf") bans it).
+
+        logprobs=True: each generated token's log-probability under the model (before logit_bias and
+        penalties) in choices[0]["logprobs"]["content"], with its top_logprobs (0 to 20) most likely
+        alternatives."""
+        if top_logprobs is not None and not logprobs:
+            raise TriattnError(ERR_INVALID_ARG, "top_logprobs needs logprobs=True")
+        k = None
+        if logprobs:
+            k = 0 if top_logprobs is None else _int_arg("top_logprobs", top_logprobs, 0,
+                                                        self._lib.TRIATTN_MAX_TOP_LOGPROBS)
         json_schema = response_format_schema(response_format)
         req = None
         if _tools.wants_tools(messages, tools, tool_choice):
@@ -701,19 +766,32 @@ class Llama:
             prompt = self.apply_chat_template(messages)
         return self._completion(prompt, "chatcmpl", max_tokens, temperature, top_p, top_k, min_p,
                                 repeat_penalty, stop, seed, stream, frequency_penalty, presence_penalty,
-                                False, chat=True, tools=req, json_schema=json_schema)
+                                False, chat=True, tools=req, json_schema=json_schema, logit_bias=logit_bias,
+                                top_logprobs=k)
 
     def _completion(self, prompt, kind, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
                     stop, seed, stream, frequency_penalty, presence_penalty, echo, chat, tools=None,
-                    json_schema=None):
+                    json_schema=None, logit_bias=None, top_logprobs=None):
+        """top_logprobs: None, no logprobs; k >= 0, every token's log-probability and k alternatives."""
         add_special = not (chat and self._starts_with_bos_text(prompt))
         gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop, seed,
-                                    frequency_penalty, presence_penalty, False, add_special, json_schema)
+                                    frequency_penalty, presence_penalty, False, add_special, json_schema,
+                                    logit_bias, 0 if top_logprobs is None else max(top_logprobs, 1))
         if tools is not None:
             tools.constrain(gp, keep[0])
         result: dict = {}
         self.last_result = result
-        pieces = self._stream(prompt, gp, keep, result, cached=self.cache_prompt)
+        lps: list | None = None if top_logprobs is None else []
+        pieces = self._stream(prompt, gp, keep, result, cached=self.cache_prompt, lps=lps)
+        base = len(prompt) if echo else 0
+
+        def logprobs(entries):
+            if lps is None:
+                return None
+            if chat:
+                return _logprobs.chat(self._piece, entries, top_logprobs)
+            return _logprobs.completion(self._piece, entries, top_logprobs, base)
+
         ident = f"{kind}-{uuid.uuid4().hex}"
         created = int(time.time())
         head = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
@@ -727,34 +805,45 @@ class Llama:
         if stream and tools is not None:
             return self._tool_chunks(tools, pieces, head, result, usage)
         if stream:
-            return self._chunks(pieces, head, result, chat, usage, prompt if echo else "")
+            return self._chunks(pieces, head, result, chat, usage, prompt if echo else "",
+                                lps if lps is not None else [], logprobs)
         text = (prompt if echo else "") + "".join(pieces)
         if tools is not None:
             message, called = _tools.reply_message(tools, text)
             finish = "tool_calls" if called else result.get("finish_reason")
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "message": message, "logprobs": logprobs(lps), "finish_reason": finish}
         elif chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs(lps),
                       "finish_reason": result.get("finish_reason")}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": result.get("finish_reason")}
+            choice = {"index": 0, "text": text, "logprobs": logprobs(lps),
+                      "finish_reason": result.get("finish_reason")}
         return {**head, "choices": [choice], "usage": usage()}
 
-    @staticmethod
-    def _chunks(pieces, head, result, chat, usage, echo_text):
-        obj = "chat.completion.chunk" if chat else "text_completion"
+    def _piece(self, token: int) -> bytes:
+        """A token's text as bytes (special tokens empty), as the logprobs objects name tokens."""
+        return self.detokenize([token])
 
-        def chunk(delta_or_text, finish):
+    @staticmethod
+    def _chunks(pieces, head, result, chat, usage, echo_text, lps, logprobs):
+        """Chunks of a stream; each carries the logprobs of the tokens sampled since the previous one."""
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        seen = 0
+
+        def chunk(delta_or_text, finish, with_logprobs=True):
+            nonlocal seen
+            lp = logprobs(lps[seen:]) if with_logprobs and (finish is None or len(lps) > seen) else None
+            seen = len(lps)
             if chat:
-                c = {"index": 0, "delta": delta_or_text, "logprobs": None, "finish_reason": finish}
+                c = {"index": 0, "delta": delta_or_text, "logprobs": lp, "finish_reason": finish}
             else:
-                c = {"index": 0, "text": delta_or_text, "logprobs": None, "finish_reason": finish}
+                c = {"index": 0, "text": delta_or_text, "logprobs": lp, "finish_reason": finish}
             return {**head, "object": obj, "choices": [c]}
 
         if chat:
-            yield chunk({"role": "assistant"}, None)
+            yield chunk({"role": "assistant"}, None, False)
         elif echo_text:
-            yield chunk(echo_text, None)
+            yield chunk(echo_text, None, False)
         for piece in pieces:
             yield chunk({"content": piece} if chat else piece, None)
         last = chunk({} if chat else "", result.get("finish_reason"))

@@ -1,6 +1,7 @@
 /* Sampler tests: greedy = argmax, top_k=1 = greedy, seeding, empirical distributions against a reference
  * computed here in double (chi-square), truncation never picks an excluded token, penalties pinned by
- * greedy probes, parameter validation, and the time per sample on a 49k vocabulary. Random inputs. */
+ * greedy probes, the logit bias, parameter validation, and the time per sample on a 49k vocabulary.
+ * Random inputs. */
 #include "sampler.h"
 
 #include "common.h"
@@ -20,7 +21,12 @@ static void rand_logits(float * l, int n, float scale) {
 }
 
 static struct triattn_sampler_params params(float temp, int32_t top_k, float top_p, float min_p) {
-    struct triattn_sampler_params p = { temp, top_k, top_p, min_p, 1.0f, 64, 0.0f, 0.0f, UINT64_MAX };
+    struct triattn_sampler_params p;
+    triattn_sampler_params_init(&p);
+    p.temperature = temp;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
     return p;
 }
 
@@ -142,13 +148,43 @@ static void test_seeding(void) {
     tri_sampler_free(a); tri_sampler_free(b); tri_sampler_free(c); tri_sampler_free(r1); tri_sampler_free(r2);
 }
 
+/* Chi-square of D draws of s from logits l against the reference over ref (l itself, or l with the bias the
+ * sampler adds): cells expecting fewer than 5 draws are pooled into one (the chi-square law holds only for cells
+ * that are not small: one draw where 0.05 were expected alone adds 19). *excluded_hit counts drawn tokens the
+ * reference excludes; *df gets the degrees of freedom. */
+static double draw_chi2(tri_sampler * s, const float * l, const float * ref, int n, struct triattn_sampler_params p,
+                        int draws, int * excluded_hit, int * df) {
+    enum { NMAX = 64 };
+    double prob[NMAX];
+    int order[NMAX];
+    long cnt[NMAX] = { 0 };
+    reference(ref, n, p, prob, order);
+    for (int d = 0; d < draws; d++) {
+        triattn_token t = tri_sampler_sample(s, l);
+        if (t >= 0 && t < n) cnt[t]++;
+    }
+    double chi = 0, pool_e = 0;
+    long pool_n = 0;
+    *df = -1;
+    *excluded_hit = 0;
+    for (int i = 0; i < n; i++) {
+        if (prob[i] == 0) { *excluded_hit += cnt[i] != 0; continue; }
+        double e = prob[i] * draws;
+        if (e < 5.0) { pool_e += e; pool_n += cnt[i]; continue; }
+        chi += (cnt[i] - e) * (cnt[i] - e) / e;
+        (*df)++;
+    }
+    if (pool_e > 0) {
+        chi += (pool_n - pool_e) * (pool_n - pool_e) / pool_e;
+        (*df)++;
+    }
+    return chi;
+}
+
 /* Chi-square of draws against the reference; df <= 31, bound 80 (p ~ 1e-6 at df 31) fails a wrong sampler. */
 static void test_distribution(void) {
     enum { N = 32, D = 200000 };
     float l[N];
-    double prob[N];
-    int order[N];
-    long cnt[N];
     tri_sampler * s = tri_sampler_create(N, 16, tu_u64());
     for (int rep = 0; rep < 6; rep++) {
         rand_logits(l, N, 1.5f);
@@ -158,28 +194,8 @@ static void test_distribution(void) {
         if (rep == 4) p.min_p = tu_uniformf(0.05f, 0.3f);
         if (rep == 5) { p.top_k = 20; p.top_p = 0.8f; p.min_p = 0.02f; }
         set(s, p);
-        reference(l, N, p, prob, order);
-        memset(cnt, 0, sizeof cnt);
-        for (int d = 0; d < D; d++) {
-            triattn_token t = tri_sampler_sample(s, l);
-            if (t >= 0 && t < N) cnt[t]++;
-        }
-        /* cells expecting fewer than 5 draws are pooled into one: the chi-square law holds only for cells
-           that are not small (one draw where 0.05 were expected alone adds 19) */
-        double chi = 0, pool_e = 0;
-        long pool_n = 0;
-        int df = -1, excluded_hit = 0;
-        for (int i = 0; i < N; i++) {
-            if (prob[i] == 0) { excluded_hit += cnt[i] != 0; continue; }
-            double e = prob[i] * D;
-            if (e < 5.0) { pool_e += e; pool_n += cnt[i]; continue; }
-            chi += (cnt[i] - e) * (cnt[i] - e) / e;
-            df++;
-        }
-        if (pool_e > 0) {
-            chi += (pool_n - pool_e) * (pool_n - pool_e) / pool_e;
-            df++;
-        }
+        int excluded_hit, df;
+        const double chi = draw_chi2(s, l, l, N, p, D, &excluded_hit, &df);
         CHECK(excluded_hit == 0, "rep %d: excluded token drawn", rep);
         CHECK(chi < 80.0, "rep %d (T %.2f k %d p %.2f min_p %.2f): chi2 %.1f with df %d", rep, p.temperature,
               p.top_k, p.top_p, p.min_p, chi, df);
@@ -281,6 +297,80 @@ static void test_penalties(void) {
     }
 }
 
+/* The logit bias: greedy picks the argmax of the biased logits (duplicates add, -inf bans), the draws follow the
+ * reference over the biased logits, penalties apply after the bias, the caller's arrays are copied, and parameters
+ * without a bias clear it. */
+static void test_logit_bias(void) {
+    enum { N = 5000, K = 64, M = 32, D = 200000 };
+    static float l[N], lb[N];
+    triattn_token ids[K + 1];
+    float bias[K + 1];
+    tri_sampler * s = tri_sampler_create(N, 16, tu_u64());
+    for (int rep = 0; rep < 40; rep++) {
+        rand_logits(l, N, 2.0f);
+        memcpy(lb, l, sizeof l);
+        int k = 1 + (int) (tu_u64() % K);
+        for (int i = 0; i < k; i++) {
+            ids[i] = i > 0 && tu_u64() % 4 == 0 ? ids[tu_u64() % i] : (triattn_token) (tu_u64() % N); /* repeats */
+            bias[i] = tu_uniformf(-5.0f, 8.0f);
+            lb[ids[i]] += bias[i];
+        }
+        if (rep % 5 == 0) { /* one more pair bans the biased argmax */
+            ids[k] = (triattn_token) argmax(lb, N);
+            bias[k] = -INFINITY;
+            lb[ids[k++]] = -INFINITY;
+        }
+        struct triattn_sampler_params p = params(0.0f, 40, 0.95f, 0.05f);
+        p.logit_bias_tokens = ids; p.logit_bias = bias; p.n_logit_bias = k;
+        set(s, p);
+        for (int i = 0; i < k; i++) { ids[i] = -7; bias[i] = NAN; } /* the sampler holds its own copy */
+        CHECK(tri_sampler_sample(s, l) == argmax(lb, N), "rep %d: greedy over the biased logits", rep);
+    }
+    set(s, params(0.0f, 40, 0.95f, 0.05f)); /* no bias: plain argmax again */
+    rand_logits(l, N, 2.0f);
+    CHECK(tri_sampler_sample(s, l) == argmax(l, N), "parameters without a bias clear it");
+    tri_sampler_free(s);
+
+    /* draws: chi-square against the reference distribution of the biased logits (as in test_distribution) */
+    float lm[M], lmb[M];
+    s = tri_sampler_create(M, 16, tu_u64());
+    rand_logits(lm, M, 1.5f);
+    memcpy(lmb, lm, sizeof lm);
+    for (int i = 0; i < 8; i++) {
+        ids[i] = (triattn_token) (tu_u64() % M);
+        bias[i] = i == 0 ? -INFINITY : tu_uniformf(-2.0f, 3.0f);
+        lmb[ids[i]] += bias[i];
+    }
+    struct triattn_sampler_params p = params(tu_uniformf(0.6f, 1.5f), 0, 0.9f, 0.0f);
+    p.logit_bias_tokens = ids; p.logit_bias = bias; p.n_logit_bias = 8;
+    set(s, p);
+    int excluded_hit, df;
+    const double chi = draw_chi2(s, lm, lmb, M, p, D, &excluded_hit, &df);
+    CHECK(excluded_hit == 0, "a banned or truncated token was drawn");
+    CHECK(chi < 80.0, "biased draws: chi2 %.1f with df %d", chi, df);
+    tri_sampler_free(s);
+
+    /* the bias comes before the penalties: token 3, logit 3 + bias 1, once in the window, repeat penalty 2 -> 2 */
+    float h[64];
+    s = tri_sampler_create(64, 8, 1);
+    p = params(0.0f, 0, 1.0f, 0.0f);
+    p.repeat_penalty = 2.0f;
+    ids[0] = 3; bias[0] = 1.0f;
+    p.logit_bias_tokens = ids; p.logit_bias = bias; p.n_logit_bias = 1;
+    set(s, p);
+    tri_sampler_accept(s, 3);
+    for (int i = 0; i < 64; i++) h[i] = -1000.0f;
+    h[3] = 3.0f;
+    CHECK(probe(s, h, 64, 3, 50, 2.0f), "bias then repeat penalty: (3 + 1) / 2");
+    tri_sampler_free(s);
+
+    /* a sampler without a history ring takes a bias */
+    s = tri_sampler_create(64, 0, 1);
+    set(s, p);
+    CHECK(probe(s, h, 64, 3, 50, 4.0f), "bias, no history");
+    tri_sampler_free(s);
+}
+
 static void test_validation(void) {
     tri_sampler * s = tri_sampler_create(100, 8, 1);
     char err[256];
@@ -306,6 +396,25 @@ static void test_validation(void) {
         enum triattn_status st = tri_sampler_set_params(s, &p, err, sizeof err);
         CHECK(st == TRIATTN_ERR_INVALID_ARG && strstr(err, cases[i].field), "invalid %s: status %d '%s'",
               cases[i].field, st, err);
+    }
+    triattn_token ids[2] = { 5, 7 };
+    float bias[2] = { 1.0f, -2.0f };
+    for (int which = 0; which < 6; which++) {
+        p = good;
+        p.logit_bias_tokens = ids; p.logit_bias = bias; p.n_logit_bias = 2;
+        triattn_token bad_ids[2] = { 5, which == 3 ? 100 : -1 };
+        float bad_bias[2] = { 1.0f, which == 4 ? NAN : INFINITY };
+        switch (which) {
+            case 0: p.n_logit_bias = -1; break;
+            case 1: p.n_logit_bias = 101; break;
+            case 2: p.logit_bias = NULL; break;
+            case 3: p.logit_bias_tokens = bad_ids; break;
+            case 4: case 5: p.logit_bias = bad_bias; break;
+        }
+        err[0] = '\0';
+        enum triattn_status st = tri_sampler_set_params(s, &p, err, sizeof err);
+        CHECK(st == TRIATTN_ERR_INVALID_ARG && strstr(err, "logit bias"), "invalid logit bias %d: status %d '%s'",
+              which, st, err);
     }
     p = good;
     p.top_p = 1.5f; /* >= 1 is "off" */
@@ -347,6 +456,7 @@ int main(void) {
     test_distribution();
     test_truncation_sets();
     test_penalties();
+    test_logit_bias();
     test_validation();
     test_speed();
     return tu_finish();

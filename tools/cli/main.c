@@ -20,6 +20,7 @@
 
 #define CLI_MAX_LIST 32
 #define CLI_MAX_STOP 16
+#define CLI_MAX_BIAS 64
 
 static const char * g_prog = "triattn-cli";
 static volatile sig_atomic_t g_interrupted = 0;
@@ -45,6 +46,8 @@ struct cli_args {
     uint64_t     gpu_mem_limit; /* --gpu-mem-limit bytes, 0 = none */
     const char * stop[CLI_MAX_STOP];
     int32_t      n_stop;
+    triattn_token bias_ids[CLI_MAX_BIAS]; /* -l: logit bias pairs */
+    float        bias[CLI_MAX_BIAS];
     bool         chat, ignore_eos, verbose, bench, json, no_display_prompt;
     int32_t      repetitions;
     struct triattn_session_params  sp;
@@ -81,6 +84,8 @@ static void usage(FILE * f) {
         "  --seed N                random seed (default: random)\n"
         "  --ignore-eos            keep generating past end-of-generation tokens\n"
         "  --stop TEXT             stop when TEXT is generated (repeatable, up to %d)\n"
+        "  -l, --logit-bias ID+X   add X to token ID's logit before sampling (ID-X subtracts, 13-inf bans\n"
+        "                          token 13, 13=-2.5 works too; repeatable, up to %d)\n"
         "\n"
         "chat:\n"
         "  --chat                  wrap the prompt as a user message with the model's chat template\n"
@@ -125,7 +130,7 @@ static void usage(FILE * f) {
         "  -h, --help              show this help\n"
         "\n"
         "The generated text streams to stdout; statistics go to stderr. Exit status: 0 ok, 1 error, 2 usage.\n",
-        g_prog, g_prog, CLI_MAX_STOP);
+        g_prog, g_prog, CLI_MAX_STOP, CLI_MAX_BIAS);
 }
 
 static int usage_error(const char * fmt, const char * a, const char * b) {
@@ -146,6 +151,25 @@ static bool parse_long(const char * s, long lo, long hi, long * out) {
         return false;
     }
     *out = v;
+    return true;
+}
+
+/* A logit bias pair: ID+X, ID-X (X may be inf: -inf bans) or ID=X. The token's range is the library's check. */
+static bool parse_bias(const char * s, triattn_token * id, float * bias) {
+    char * end = NULL;
+    errno = 0;
+    const long t = strtol(s, &end, 10);
+    if (errno != 0 || end == s || t < 0 || t > INT32_MAX || (*end != '+' && *end != '-' && *end != '=')) {
+        return false;
+    }
+    const char * num = *end == '=' ? end + 1 : end;
+    char * rest = NULL;
+    const float b = strtof(num, &rest);
+    if (rest == num || *rest != '\0' || isnan(b) || b == INFINITY) {
+        return false;
+    }
+    *id = (triattn_token) t;
+    *bias = b;
     return true;
 }
 
@@ -222,7 +246,7 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             "--chat-format", "--calibration", "--kv-policy", "--stop", "--temp", "--top-p", "--min-p",
             "--repeat-penalty", "--top-k", "--repeat-last-n", "--seed", "-t", "--threads", "-c", "--ctx-size", "-b",
             "--batch-size", "-ngl", "--n-gpu-layers", "--gpu-mem-limit", "--kv-budget", "--kv-interval", "--kv-window", "--kv-sink", "--kv-mode", "-r", "--repetitions",
-            "--kv-recall", "--kv-recall-max-mib",
+            "--kv-recall", "--kv-recall-max-mib", "-l", "--logit-bias",
         };
         bool known = false;
         for (size_t k = 0; k < sizeof value_opts / sizeof value_opts[0]; k++) {
@@ -253,6 +277,13 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             if (a->n_stop >= CLI_MAX_STOP) return usage_error("too many %s options%s", o, "");
             if (!*v) return usage_error("%s needs a non-empty text%s", o, "");
             a->stop[a->n_stop++] = v;
+        }
+        else if (!strcmp(o, "-l") || !strcmp(o, "--logit-bias")) {
+            if (a->sampling.n_logit_bias >= CLI_MAX_BIAS) return usage_error("too many %s options%s", o, "");
+            ok = parse_bias(v, &a->bias_ids[a->sampling.n_logit_bias], &a->bias[a->sampling.n_logit_bias]);
+            a->sampling.n_logit_bias += ok;
+            a->sampling.logit_bias_tokens = a->bias_ids;
+            a->sampling.logit_bias = a->bias;
         }
         else if (!strcmp(o, "--temp"))            { ok = parse_float(v, &x); a->sampling.temperature = x; }
         else if (!strcmp(o, "--top-p"))           { ok = parse_float(v, &x) && x >= 0; a->sampling.top_p = x; }

@@ -143,7 +143,46 @@ struct gen_req {
     bool   include_usage;      /* stream_options.include_usage: a last chunk with the usage */
     char * owned;              /* the stop strings' copies (gen_detach), malloc'd */
     char * json_schema;        /* malloc'd: response_format's schema, NULL = plain text */
+    triattn_token * bias_ids;  /* malloc'd: logit_bias's tokens and values (gp.sampling points at them) */
+    float * bias;
 };
+
+static void gen_free(struct gen_req * g) {
+    free(g->prompt);
+    free(g->owned);
+    api_tools_free(&g->tools);
+    free(g->json_schema);
+    free(g->bias_ids);
+    free(g->bias);
+}
+
+/* logit_bias: {"token id": bias in [-100, 100], ...}, added to those tokens' logits before sampling. */
+static bool parse_logit_bias(ctx * x, const json_value * body, struct gen_req * g) {
+    const json_value * lb = json_get(body, "logit_bias");
+    x->param = "logit_bias";
+    if (is_null(lb)) return true;
+    const int32_t n_vocab = x->srv->info.n_vocab;
+    if (lb->type != JSON_OBJECT) { reply_error(x, 400, "invalid_type", "'logit_bias' must be an object of token id -> bias"); return false; }
+    if (lb->n > (size_t)n_vocab) { reply_error(x, 400, "invalid_value", "'logit_bias' has %zu entries; the vocabulary has %d tokens", lb->n, n_vocab); return false; }
+    if (lb->n == 0) return true;
+    g->bias_ids = malloc(lb->n * sizeof *g->bias_ids);
+    g->bias = malloc(lb->n * sizeof *g->bias);
+    if (!g->bias_ids || !g->bias) { reply_error(x, 500, NULL, "out of memory"); return false; }
+    for (size_t k = 0; k < lb->n; k++) {
+        const char * key = lb->keys[k];
+        char * end = NULL;
+        const long long id = key[0] >= '0' && key[0] <= '9' && lb->key_lens[k] <= 10 ? strtoll(key, &end, 10) : -1;
+        if (id < 0 || !end || end != key + lb->key_lens[k] || id >= n_vocab) { reply_error(x, 400, "invalid_value", "'logit_bias' key '%.32s' is not a token id in [0, %d)", key, n_vocab); return false; }
+        const json_value * v = &lb->items[k];
+        if (v->type != JSON_NUMBER || !(v->num >= -100 && v->num <= 100)) { reply_error(x, 400, "invalid_value", "'logit_bias' value of token %lld must be a number in [-100, 100]", id); return false; }
+        g->bias_ids[k] = (triattn_token)id;
+        g->bias[k] = (float)v->num;
+    }
+    g->gp.sampling.logit_bias_tokens = g->bias_ids;
+    g->gp.sampling.logit_bias = g->bias;
+    g->gp.sampling.n_logit_bias = (int32_t)lb->n;
+    return true;
+}
 
 /* Makes g independent of the parse tree and the request body (copies what points into them) and frees the
  * body, so a request waiting for a slot holds its prompt and little else. */
@@ -459,6 +498,7 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     if (present) sp->top_k = (int32_t)v;
     if (!get_int(x, body, "seed", INT64_MIN, INT64_MAX, &v, &present)) return false;
     if (present) sp->seed = (uint64_t)v == UINT64_MAX ? 0 : (uint64_t)v;
+    if (!parse_logit_bias(x, body, g)) return false;
     if (!get_bool(x, body, "stream", &g->stream)) return false;
     if (!stream_options(x, body, g)) return false;
     if (!get_bool(x, body, "ignore_eos", &g->gp.ignore_eos)) return false;   /* extension */
@@ -518,9 +558,9 @@ static void handle_generate(ctx * x, bool chat) {
     g.chat = chat;
     g.created = (long long)time(NULL);
     snprintf(g.id, sizeof g.id, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)atomic_fetch_add(&srv->id_counter, 1));
-    if (!gen_parse(x, body, &g)) { free(g.prompt); api_tools_free(&g.tools); free(g.json_schema); json_free(body); return; }
+    if (!gen_parse(x, body, &g)) { gen_free(&g); json_free(body); return; }
     /* from here on the request lives in g: the parse tree and the body are freed before the queue */
-    if (!gen_detach(x, &g)) { free(g.prompt); api_tools_free(&g.tools); free(g.json_schema); json_free(body); return; }
+    if (!gen_detach(x, &g)) { gen_free(&g); json_free(body); return; }
     json_free(body);
     body = NULL;
 
@@ -534,10 +574,10 @@ static void handle_generate(ctx * x, bool chat) {
     if (!sl && left) {
         x->req->keep_alive = false;
         x->status = 499;
-        free(g.prompt); free(g.owned); api_tools_free(&g.tools); free(g.json_schema);
+        gen_free(&g);
         return;
     }
-    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(g.prompt); free(g.owned); api_tools_free(&g.tools); free(g.json_schema); return; }
+    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); gen_free(&g); return; }
     sl->job.prompt = g.prompt;
     sl->job.gp = g.gp;
     sl->job.kv_budget = g.kv_budget;
@@ -677,10 +717,7 @@ static void handle_generate(ctx * x, bool chat) {
     free(lps);
     jb_free(&out);
     jb_free(&ev);
-    free(g.prompt);
-    api_tools_free(&g.tools);
-    free(g.owned);
-    free(g.json_schema);
+    gen_free(&g);
     json_free(body);
 }
 

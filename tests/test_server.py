@@ -437,6 +437,19 @@ def test_logit_bias(srv, client):
     assert srv.healthy()
 
 
+def test_completion_echo(client):
+    """echo: the prompt comes back before the completion, whole or as the stream's first chunk, and logprobs'
+    text_offset counts from the prompt's end."""
+    prompt = RNG.choice(PROMPTS) + " " + str(RNG.randint(0, 10**6))
+    plain = _complete(client, prompt, max_tokens=5, temperature=0).choices[0].text
+    r = _complete(client, prompt, max_tokens=5, temperature=0, echo=True, logprobs=1)
+    assert r.choices[0].text == prompt + plain
+    assert r.choices[0].logprobs.text_offset[0] == len(prompt.encode())
+    chunks = list(_complete(client, prompt, max_tokens=5, temperature=0, echo=True, stream=True))
+    assert chunks[0].choices[0].text == prompt and "".join(c.choices[0].text for c in chunks) == prompt + plain
+    assert _complete(client, prompt, max_tokens=5, temperature=0, echo=False).choices[0].text == plain
+
+
 @pytest.fixture(scope="module")
 def sidecar():
     p = Path(__file__).resolve().parents[1] / "python" / "pytriattn" / "data" / "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"

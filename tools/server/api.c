@@ -130,6 +130,7 @@ static bool get_bool(ctx * x, const json_value * o, const char * key, bool * out
 
 struct gen_req {
     bool   chat, stream;
+    size_t echo_len;           /* completions' echo: the prompt's bytes before the text (0 = no echo) */
     int    top_logprobs;       /* alternatives per token in the response; -1 = no logprobs */
     int32_t kv_budget;         /* 0 = the server's */
     bool   cache_prompt;       /* reuse the longest cached prefix (default true) */
@@ -274,7 +275,7 @@ static void logprobs_json(struct gen_req * g, ctx * x, jbuf * b, const struct jo
         jb_cstr(b, "}");
     }
     jb_cstr(b, "],\"text_offset\":[");
-    for (size_t k = 0; k < n; k++) jb_printf(b, "%s%zu", k ? "," : "", lps[k].text_offset);
+    for (size_t k = 0; k < n; k++) jb_printf(b, "%s%zu", k ? "," : "", g->echo_len + lps[k].text_offset);
     jb_cstr(b, "]}");
 }
 
@@ -480,6 +481,9 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
         if (!p || p->type != JSON_STRING) { x->param = "prompt"; reply_error(x, 400, "invalid_type", "'prompt' must be a string"); return false; }
         g->prompt = strdup(p->str);
         if (!g->prompt) { reply_error(x, 500, NULL, "out of memory"); return false; }
+        bool echo = false;
+        if (!get_bool(x, body, "echo", &echo)) return false;
+        g->echo_len = echo ? strlen(g->prompt) : 0;
     }
     int64_t v = 0;
     bool present = false;
@@ -618,6 +622,7 @@ static void handle_generate(ctx * x, bool chat) {
         if (g.stream && !started && alive) {
             alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
             x->status = 200;
+            if (alive && g.echo_len) alive = send_event(&g, x, &ev, g.prompt, g.echo_len, NULL, false, NULL, 0, &oom);
         }
         started = true;
         if (g.stream && alive && g.tools.parser && out.len > had) {
@@ -653,6 +658,13 @@ static void handle_generate(ctx * x, bool chat) {
         size_t dn;
         tools_ok = triattn_tool_parser_feed(g.tools.parser, out.data ? out.data : "", out.len, true, &d, &dn) == TRIATTN_OK;
         oom = !tools_ok;   /* (its only failure) */
+    }
+    if (g.echo_len && !g.stream && started && st == TRIATTN_OK && !oom) {   /* echo: the prompt, then the text */
+        jb_reset(&ev);
+        jb_raw(&ev, g.prompt, g.echo_len);
+        jb_raw(&ev, out.data ? out.data : "", out.len);
+        if (ev.oom) oom = true;
+        else { const jbuf t = out; out = ev; ev = t; }
     }
     if (!started) {
         if (st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */

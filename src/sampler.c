@@ -1,8 +1,9 @@
 /* Token sampler, in llama.cpp's usual chain order:
- *   penalties (repeat, frequency, presence over the last repeat_last_n accepted tokens)
+ *   logit bias (the caller's (token, bias) pairs added)
+ *   -> penalties (repeat, frequency, presence over the last repeat_last_n accepted tokens)
  *   -> temperature <= 0: argmax (ties -> lowest id)
  *   -> top_k -> top_p -> min_p (these three on temperature-1 probabilities) -> temperature -> softmax -> draw.
- * A logit bias, when set, is added before the penalties. NaN logits are never chosen; -inf logits only by greedy when nothing else is left. All scratch is
+ * NaN logits are never chosen; -inf logits only by greedy when nothing else is left. All scratch is
  * allocated in tri_sampler_create; sampling does not allocate. RNG: xoshiro256** seeded by splitmix64.
  * Parameter conventions: top_k <= 0 or >= n_vocab is off; top_p >= 1 is off (top_p must be > 0);
  * min_p <= 0 is off (must be <= 1); repeat_last_n = -1 means the whole history ring, 0 disables penalties. */
@@ -139,8 +140,9 @@ void tri_sampler_free(tri_sampler * s) {
 static enum triattn_status check_bias(const tri_sampler * s, const struct triattn_sampler_params * p, char * err,
                                       size_t err_size) {
     if (p->n_logit_bias < 0 || p->n_logit_bias > s->n_vocab) {
-        return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "sampler: logit bias: n_logit_bias %d must be in [0, %d]",
-                        (int) p->n_logit_bias, (int) s->n_vocab);
+        return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG,
+                        "sampler: logit bias: n_logit_bias %d must be in [0, %d]", (int) p->n_logit_bias,
+                        (int) s->n_vocab);
     }
     if (p->n_logit_bias > 0 && (!p->logit_bias_tokens || !p->logit_bias)) {
         return tri_fail(err, err_size, TRIATTN_ERR_INVALID_ARG, "sampler: logit bias arrays are NULL");

@@ -384,6 +384,11 @@ def test_logprobs(llm):
         assert tops == sorted(tops, reverse=True)
     plain = llm.create_chat_completion(msgs, max_tokens=2, temperature=0, logprobs=True)["choices"][0]
     assert all(c["top_logprobs"] == [] for c in plain["logprobs"]["content"])
+    # a reply that ends itself: one entry per generated token, the end-of-generation token not among them
+    short = llm.create_chat_completion([{"role": "user", "content": "Say hi."}], max_tokens=200, temperature=0,
+                                       logprobs=True)
+    assert short["choices"][0]["finish_reason"] == "stop"
+    assert len(short["choices"][0]["logprobs"]["content"]) == short["usage"]["completion_tokens"]
     assert llm.create_chat_completion(msgs, max_tokens=2, temperature=0)["choices"][0]["logprobs"] is None
     assert llm(prompt, max_tokens=2, temperature=0)["choices"][0]["logprobs"] is None
     # a logit_bias choice keeps the model's logprob, below its favourite's

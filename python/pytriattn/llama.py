@@ -648,16 +648,21 @@ class Llama:
         def pieces() -> Iterator[str]:
             text_p, len_p, done_p = self._text_p, self._len_p, self._done_p
             lp = ffi.new("struct triattn_token_logprobs *") if lps is not None else None
+            res = ffi.new("struct triattn_generate_result *")
             pending = b""
             released = 0  # characters yielded so far
+            n_gen = 0     # tokens generated so far (an end-of-generation token that stops the run is not one)
             while True:
                 if self._gen_id != gen_id or self._session is None:
                     raise TriattnError(ERR_INVALID_ARG, "generation was interrupted by another call on this Llama")
                 self._check_s(lib.triattn_generate_next(s, text_p, len_p, done_p))
                 done = bool(done_p[0])
-                if lp is not None and lib.triattn_generate_last_logprobs(s, lp) == 0:
-                    tops = [(int(lp.top_tokens[i]), float(lp.top_logprobs[i])) for i in range(lp.n_top)]
-                    lps.append((int(lp.token), float(lp.logprob), tops, released))
+                if lp is not None:
+                    lib.triattn_generate_get_result(s, res)
+                    if res.n_generated > n_gen and lib.triattn_generate_last_logprobs(s, lp) == 0:
+                        tops = [(int(lp.top_tokens[i]), float(lp.top_logprobs[i])) for i in range(lp.n_top)]
+                        lps.append((int(lp.token), float(lp.logprob), tops, released))
+                    n_gen = res.n_generated
                 if len_p[0]:
                     pending += ffi.unpack(text_p[0], len_p[0])
                     try:

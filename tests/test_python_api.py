@@ -14,6 +14,7 @@ import pytest
 
 from pytriattn import Llama, TriattnError
 from pytriattn._errors import ERR_FORMAT, ERR_INVALID_ARG, ERR_IO
+from pytriattn.policy_check import log_softmax
 
 SEED = int(time.time_ns()) & 0xFFFFFFFF
 rng = random.Random(SEED)
@@ -333,11 +334,6 @@ def test_logit_bias(llm):
     assert llm.generate(prompt, max_tokens=1, temperature=0) == plain
 
 
-def _log_softmax(row) -> np.ndarray:
-    r = row.astype(np.float64)
-    return r - (r.max() + np.log(np.exp(r - r.max()).sum()))
-
-
 def test_logprobs(llm):
     """logprobs in OpenAI's shapes, computed by the model (the float64 log-softmax of eval's logits): completions
     {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, chat {"content": [...]}, the stream's chunks
@@ -357,7 +353,7 @@ def test_logprobs(llm):
     for t, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
         assert len(top) <= k and v <= 0 and top[t] == v == max(top.values())   # greedy: the top alternative
     llm.reset()
-    ref = _log_softmax(llm.eval(llm.tokenize(prompt))[-1])
+    ref = log_softmax(llm.eval(llm.tokenize(prompt))[-1:])[0]
     first = int(ref.argmax())
     assert lp["tokens"][0] == llm.detokenize([first]).decode()
     assert lp["token_logprobs"][0] == pytest.approx(ref[first], abs=2e-4)

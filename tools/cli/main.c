@@ -227,6 +227,8 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
     memset(a, 0, sizeof *a);
     triattn_session_params_init(&a->sp);
     triattn_sampler_params_init(&a->sampling);
+    a->sampling.logit_bias_tokens = a->bias_ids; /* -l fills them; n_logit_bias counts */
+    a->sampling.logit_bias = a->bias;
     a->repetitions = 3;
     for (int i = 1; i < argc; i++) {
         const char * o = argv[i];
@@ -282,8 +284,6 @@ static int parse_args(int argc, char ** argv, struct cli_args * a) {
             if (a->sampling.n_logit_bias >= CLI_MAX_BIAS) return usage_error("too many %s options%s", o, "");
             ok = parse_bias(v, &a->bias_ids[a->sampling.n_logit_bias], &a->bias[a->sampling.n_logit_bias]);
             a->sampling.n_logit_bias += ok;
-            a->sampling.logit_bias_tokens = a->bias_ids;
-            a->sampling.logit_bias = a->bias;
         }
         else if (!strcmp(o, "--temp"))            { ok = parse_float(v, &x); a->sampling.temperature = x; }
         else if (!strcmp(o, "--top-p"))           { ok = parse_float(v, &x) && x >= 0; a->sampling.top_p = x; }

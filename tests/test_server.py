@@ -191,7 +191,9 @@ def _err(srv, method, path, body, headers=None):
     (b'{"prompt": "hi", "max_tokens": "4"}', 400),
     (b'{"prompt": "hi", "max_tokens": -3}', 400),        # negative
     (b'{"prompt": "hi", "max_tokens": 2.5}', 400),
-    (b'{"prompt": "hi", "n": 2}', 400),
+    (b'{"prompt": "hi", "n": 17}', 400),
+    (b'{"prompt": "hi", "n": 0}', 400),
+    (b'{"prompt": "hi", "n": "2"}', 400),
     (b'{"prompt": "hi", "temperature": "hot"}', 400),
     (b'{"prompt": "hi", "stop": [1]}', 400),
     (b'{"prompt": "\xff\xfe hi"}', 400),                 # invalid UTF-8
@@ -450,6 +452,44 @@ def test_completion_echo(client):
     assert _complete(client, prompt, max_tokens=5, temperature=0, echo=False).choices[0].text == plain
 
 
+def test_n_choices(srv, client):
+    """n: several choices of one prompt, streamed or whole; with a seed, choice k samples as a lone request with
+    seed + k; the usage counts the prompt once and the tokens of every choice."""
+    prompt = RNG.choice(PROMPTS) + " " + str(RNG.randint(0, 10**6))
+    seed, n = RNG.randint(1, 2**31), RNG.randint(2, 4)
+    kw = dict(temperature=1.5, top_p=1.0, max_tokens=8)
+    r = _complete(client, prompt, n=n, seed=seed, logprobs=1, **kw)
+    assert [c.index for c in r.choices] == list(range(n))
+    solo = [_complete(client, prompt, seed=seed + k, **kw).choices[0].text for k in range(n)]
+    assert [c.text for c in r.choices] == solo
+    assert len(set(solo)) > 1, "the choices are all the same"
+    st, raw = srv.request("POST", "/tokenize", {"content": prompt})
+    assert r.usage.prompt_tokens == len(json.loads(raw)["tokens"])
+    assert r.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in r.choices)
+    # streamed: the same texts, each choice's own finish event, then the usage
+    chunks = list(_complete(client, prompt, n=n, seed=seed, stream=True, stream_options={"include_usage": True}, **kw))
+    texts, finishes = [""] * n, [0] * n
+    for ch in chunks:
+        for c in ch.choices:
+            texts[c.index] += c.text
+            finishes[c.index] += c.finish_reason is not None
+    assert texts == solo and finishes == [1] * n
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    # chat, greedy: every choice is the lone greedy reply; each streamed choice starts with the role
+    msgs = [{"role": "user", "content": RNG.choice(PROMPTS)}]
+    one = client.chat.completions.create(model="smol", messages=msgs, max_tokens=6, temperature=0)
+    two = client.chat.completions.create(model="smol", messages=msgs, max_tokens=6, temperature=0, n=2)
+    assert [c.message.content for c in two.choices] == [one.choices[0].message.content] * 2
+    deltas = [[], []]
+    for ch in client.chat.completions.create(model="smol", messages=msgs, max_tokens=6, temperature=0, n=2, stream=True):
+        for c in ch.choices:
+            deltas[c.index].append(c.delta)
+    assert all(d[0].role == "assistant" for d in deltas)
+    assert ["".join(x.content or "" for x in d) for d in deltas] == [one.choices[0].message.content] * 2
+    st, raw = srv.request("POST", "/v1/completions", {"prompt": "x", "n": 17})
+    assert st == 400 and json.loads(raw)["error"]["param"] == "n"
+
+
 @pytest.fixture(scope="module")
 def sidecar():
     p = Path(__file__).resolve().parents[1] / "python" / "pytriattn" / "data" / "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
@@ -472,6 +512,12 @@ def test_per_request_kv_budget(server_bin, model_path, sidecar, srv):
             assert used and any(x["kv"]["live_max"] <= budget + 32 and x["kv"]["n_compressions"] > 0 for x in used), slots
         st, raw = s.request("POST", "/v1/completions", {"prompt": "x", "kv_budget": 10**6})
         assert st == 400 and b"kv_budget" in raw
+        # n choices of a prompt the cache compressed: each after the first starts over, as a lone request would
+        seed = RNG.randint(1, 2**31)
+        kw = dict(model="smol", prompt=prompt, max_tokens=40, temperature=1.2, extra_body={"kv_budget": 64})
+        r = c.completions.create(n=3, seed=seed, **kw)
+        assert [ch.text for ch in r.choices] == [c.completions.create(seed=seed + k, **kw).choices[0].text
+                                                 for k in range(3)]
     finally:
         s.close()
     # a full-attention server has no budget to lower

@@ -496,12 +496,14 @@ def _check_choice(choice, forced):
     return calls
 
 
-def _collect_stream(stream):
-    """Assembles a streamed reply the way OpenAI clients do; returns (choice-like dict, usage)."""
+def _collect_stream(stream, index=0):
+    """Assembles choice `index` of a streamed reply the way OpenAI clients do; returns (choice-like dict, usage)."""
     content, calls, finish, usage, first = "", {}, None, None, True
     for chunk in stream:
         if not chunk.choices:
             usage = chunk.usage
+            continue
+        if chunk.choices[0].index != index:
             continue
         ch = chunk.choices[0]
         if first:
@@ -697,6 +699,25 @@ def test_tool_turns_and_deltas_over_http(srv):
     none = client.chat.completions.create(model="smol", messages=msgs, tools=TOOLS, tool_choice="none",
                                           max_tokens=8, temperature=0)
     assert none.choices[0].finish_reason in ("stop", "length") and not none.choices[0].message.tool_calls
+
+
+def test_n_choices_with_tools(srv):
+    """n with tools: every choice is parsed on its own (its own calls, ids unique across choices), whole or
+    streamed."""
+    client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", timeout=120, max_retries=0)
+    msgs = [{"role": "user", "content": "What time is it?"}]
+    forced = {"type": "function", "function": {"name": "clock"}}
+    kw = dict(model="smol", messages=msgs, tools=TOOLS, tool_choice=forced, max_tokens=48, temperature=0.8,
+              seed=random.randint(0, 2**31), n=2)
+    r = client.chat.completions.create(**kw)
+    assert [c.index for c in r.choices] == [0, 1]
+    calls = [_check_choice(c, "clock") for c in r.choices]
+    ids = [c["id"] for cs in calls for c in cs]
+    assert len(set(ids)) == len(ids), ids
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    for k in range(2):
+        reply, _ = _collect_stream(chunks, k)
+        assert _check_choice(reply, "clock")
 
 
 def test_include_usage_on_completions(srv):

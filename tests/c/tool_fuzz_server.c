@@ -78,6 +78,7 @@ static void body_template(rng_t * r, buf_t * b, const char ** path, bool * strea
         if (below(r, 4) == 0) { snprintf(t, sizeof t, ",\"seed\":%zu,\"top_k\":%zu,\"top_p\":0.9", below(r, 1000), below(r, 50)); puts_(b, t); }
         if (below(r, 6) == 0) puts_(b, ",\"ignore_eos\":true,\"presence_penalty\":0.5,\"min_p\":0.05");
         if (below(r, 5) == 0) puts_(b, ",\"echo\":true");
+        if (below(r, 5) == 0) { snprintf(t, sizeof t, ",\"n\":%zu", below(r, 19)); puts_(b, t); }   /* 0 and > 16: 400 */
         if (below(r, 4) == 0) {   /* ids past the vocabulary (49152) and values past +-100 now and then */
             snprintf(t, sizeof t, ",\"logit_bias\":{\"%zu\":%d,\"%zu\":-100}", below(r, 50000), (int)below(r, 230) - 115,
                      below(r, 50000));
@@ -100,6 +101,7 @@ static void body_template(rng_t * r, buf_t * b, const char ** path, bool * strea
         snprintf(t, sizeof t, "],\"max_tokens\":%zu,\"stream\":%s", 1 + below(r, 3), *stream ? "true" : "false");
         puts_(b, t);
         if (below(r, 3) == 0) { snprintf(t, sizeof t, ",\"logprobs\":true,\"top_logprobs\":%zu", below(r, 3)); puts_(b, t); }
+        if (below(r, 5) == 0) { snprintf(t, sizeof t, ",\"n\":%zu", 1 + below(r, 3)); puts_(b, t); }
         puts_(b, "}");
         break;
     }

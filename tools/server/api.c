@@ -16,6 +16,7 @@
 #include "server.h"
 
 #define MAX_STOP 16
+#define MAX_CHOICES 16
 /* The error body when memory runs out (built without allocating). */
 #define OOM_BODY "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}"
 
@@ -130,6 +131,8 @@ static bool get_bool(ctx * x, const json_value * o, const char * key, bool * out
 
 struct gen_req {
     bool   chat, stream;
+    int    n_choices;          /* "n": choices generated one after another in the request's slot */
+    int    index;              /* the choice being generated (its events' "index") */
     size_t echo_len;           /* completions' echo: the prompt's bytes before the text (0 = no echo) */
     int    top_logprobs;       /* alternatives per token in the response; -1 = no logprobs */
     int32_t kv_budget;         /* 0 = the server's */
@@ -307,7 +310,7 @@ static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text,
     jb_reset(b);
     jb_cstr(b, "data: ");
     chunk_head(g, x, b);
-    jb_cstr(b, ",\"choices\":[{\"index\":0,");
+    jb_printf(b, ",\"choices\":[{\"index\":%d,", g->index);
     if (g->chat) {
         jb_cstr(b, "\"delta\":{");
         if (first) jb_cstr(b, "\"role\":\"assistant\"");
@@ -340,7 +343,7 @@ static bool send_tool_deltas(struct gen_req * g, ctx * x, jbuf * b, const char *
         jb_reset(b);
         jb_cstr(b, "data: ");
         chunk_head(g, x, b);
-        jb_cstr(b, ",\"choices\":[{\"index\":0,\"delta\":{");
+        jb_printf(b, ",\"choices\":[{\"index\":%d,\"delta\":{", g->index);
         if (*first) jb_cstr(b, "\"role\":\"assistant\",");
         *first = false;
         jbuf item;
@@ -367,14 +370,14 @@ static bool stream_options(ctx * x, const json_value * body, struct gen_req * g)
 }
 
 /* The last chunk of a stream with stream_options.include_usage: no choices, the usage. */
-static bool send_usage(struct gen_req * g, ctx * x, jbuf * b, const struct triattn_generate_result * res,
-                       int32_t n_cached, bool * oom) {
+static bool send_usage(struct gen_req * g, ctx * x, jbuf * b, int32_t n_prompt, int32_t n_gen, int32_t n_cached,
+                       bool * oom) {
     jb_reset(b);
     jb_cstr(b, "data: ");
     chunk_head(g, x, b);
     jb_printf(b, ",\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
               "\"prompt_tokens_details\":{\"cached_tokens\":%d}}}\n\n",
-              res->n_prompt_tokens, res->n_generated, res->n_prompt_tokens + res->n_generated, n_cached);
+              n_prompt, n_gen, n_prompt + n_gen, n_cached);
     return emit(x, b, oom);
 }
 
@@ -487,7 +490,9 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     }
     int64_t v = 0;
     bool present = false;
-    if (!get_int(x, body, "n", 1, 1, &v, NULL)) return false;
+    g->n_choices = 1;
+    if (!get_int(x, body, "n", 1, MAX_CHOICES, &v, &present)) return false;
+    if (present) g->n_choices = (int)v;
     int64_t max_tok = g->chat ? -1 : 16;
     if (!get_int(x, body, "max_tokens", 1, 1 << 30, &max_tok, NULL)) return false;
     if (g->chat && !get_int(x, body, "max_completion_tokens", 1, 1 << 30, &max_tok, NULL)) return false;
@@ -552,6 +557,180 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     return true;
 }
 
+/* One of the request's n choices, as the slot's job generated it. */
+struct gen_choice {
+    jbuf   out;                       /* the text (non-streamed: with the echoed prompt in front) */
+    struct job_logprob * lps;         /* copies of the job's, for the response */
+    size_t n_lps, cap_lps;
+    bool   begun;                     /* the job started: its prompt was accepted */
+    enum triattn_status st;
+    int    http_status;
+    char   err[512];
+    struct triattn_generate_result res;
+    struct triattn_reuse_info reuse;
+    const char * finish;
+    char * msg;                       /* a non-streamed reply with tools: the parsed message (malloc'd JSON) */
+    size_t msg_len;
+};
+
+/* What the choices of one request share: the stream's state and the scratch event. */
+struct gen_run {
+    jbuf ev;
+    bool alive;                       /* the client is still there */
+    bool started;                     /* the response (or the stream) has begun */
+    bool oom;
+};
+
+/* Copies the job's new text and logprobs into ch (pool lock held). */
+static void choice_take_locked(const struct slot_job * j, struct gen_choice * ch, struct gen_run * r) {
+    if (j->len > ch->out.len) jb_raw(&ch->out, j->text + ch->out.len, j->len - ch->out.len);
+    if (ch->out.oom) r->oom = true;
+    if (j->n_lp <= ch->n_lps) return;
+    if (j->n_lp > ch->cap_lps) {
+        size_t cap = j->n_lp * 2;
+        struct job_logprob * t = realloc(ch->lps, cap * sizeof *t);
+        if (!t) { r->oom = true; return; }
+        ch->lps = t;
+        ch->cap_lps = cap;
+    }
+    memcpy(ch->lps + ch->n_lps, j->lps + ch->n_lps, (j->n_lp - ch->n_lps) * sizeof *ch->lps);
+    ch->n_lps = j->n_lp;
+}
+
+/* Follows the slot's submitted job to its end as choice g->index: streams its text as it comes, then its finish
+ * event; a non-streamed reply keeps the text (and the tool parser's message) in ch. */
+static void gen_run_choice(ctx * x, struct gen_req * g, struct slot * sl, struct gen_choice * ch, struct gen_run * r) {
+    struct server * srv = x->srv;
+    struct slot_pool * pool = &srv->pool;
+    size_t lp_sent = 0;
+    bool first = true;   /* chat: the choice's first delta carries the role */
+    pthread_mutex_lock(&pool->mu);
+    for (;;) {
+        const enum job_state state = slots_wait_locked(pool, sl, ch->out.len, ch->n_lps, 100);
+        const struct slot_job * j = &sl->job;
+        if (!j->begun) {
+            if (state == JOB_DONE) break;   /* failed to start (or shutdown): an error reply */
+            if (srv->stop) slots_cancel_locked(pool, sl);
+            continue;
+        }
+        const size_t had = ch->out.len, had_lp = ch->n_lps;
+        choice_take_locked(j, ch, r);
+        pthread_mutex_unlock(&pool->mu);
+        if (g->stream && !r->started && r->alive) {
+            r->alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
+            x->status = 200;
+        }
+        r->started = true;
+        if (g->stream && !ch->begun && r->alive && g->echo_len)
+            r->alive = send_event(g, x, &r->ev, g->prompt, g->echo_len, NULL, false, NULL, 0, &r->oom);
+        ch->begun = true;
+        if (g->stream && r->alive && g->tools.parser && ch->out.len > had) {
+            r->alive = send_tool_deltas(g, x, &r->ev, ch->out.data + had, ch->out.len - had, false, &first, &r->oom);
+        } else if (g->stream && r->alive && (ch->out.len > had || ch->n_lps > had_lp)) {
+            r->alive = send_event(g, x, &r->ev, ch->out.data + had, ch->out.len - had, NULL, first,
+                                  ch->lps ? ch->lps + lp_sent : NULL, ch->n_lps - lp_sent, &r->oom);
+            first = false;
+            lp_sent = ch->n_lps;
+        }
+        /* a vanished client (or shutdown) frees the slot at once */
+        if (r->alive && http_peer_gone(x->c)) r->alive = false;
+        if (!r->alive || srv->stop || r->oom) slots_cancel(pool, sl);
+        pthread_mutex_lock(&pool->mu);
+        if (state == JOB_DONE) break;
+    }
+    ch->st = sl->job.status;
+    ch->http_status = sl->job.http_status;
+    snprintf(ch->err, sizeof ch->err, "%s", sl->job.error);
+    ch->res = sl->job.result;
+    ch->reuse = sl->job.reuse;
+    pthread_mutex_unlock(&pool->mu);
+
+    ch->finish = finish_name(ch->res.stop_reason);
+    if (!ch->begun || ch->st != TRIATTN_OK || r->oom || !r->alive || srv->stop) return;
+    if (g->tools.parser && g->stream) {
+        r->alive = send_tool_deltas(g, x, &r->ev, NULL, 0, true, &first, &r->oom);
+    } else if (g->tools.parser) {
+        const char * d;
+        size_t dn, n = 0;
+        if (triattn_tool_parser_feed(g->tools.parser, ch->out.data ? ch->out.data : "", ch->out.len, true, &d, &dn) !=
+            TRIATTN_OK) { r->oom = true; return; }   /* (its only failure) */
+        const char * msg = triattn_tool_parser_message(g->tools.parser, &n);
+        if (msg && n >= 2 && !(ch->msg = malloc(n))) { r->oom = true; return; }
+        if (ch->msg) { memcpy(ch->msg, msg, n); ch->msg_len = n; }
+    }
+    if (triattn_tool_parser_n_calls(g->tools.parser) > 0) ch->finish = "tool_calls";
+    if (g->stream) {
+        if (r->alive && !r->oom && g->chat && first) r->alive = send_event(g, x, &r->ev, "", 0, NULL, true, NULL, 0, &r->oom);
+        if (r->alive && !r->oom) r->alive = send_event(g, x, &r->ev, NULL, 0, ch->finish, false, NULL, 0, &r->oom);
+    } else if (g->echo_len) {   /* echo: the prompt, then the text */
+        jb_reset(&r->ev);
+        jb_raw(&r->ev, g->prompt, g->echo_len);
+        jb_raw(&r->ev, ch->out.data ? ch->out.data : "", ch->out.len);
+        if (r->ev.oom) r->oom = true;
+        else { const jbuf t = ch->out; ch->out = r->ev; r->ev = t; }
+    }
+}
+
+/* Readies the held slot for choice c > 0: the same prompt (taken from the slot's cache), a fresh tool parser, the
+ * next seed when the request set one (so the choices differ), then submits it. False when memory ran out. */
+static bool gen_next_choice(ctx * x, struct gen_req * g, struct slot * sl, int c) {
+    if (g->tools.parser) {
+        triattn_tool_parser_free(g->tools.parser);
+        g->tools.parser = NULL;
+        g->tools.opts.id_seed++;   /* the calls' ids differ between choices */
+        struct tool_err e;
+        if (!api_tools_parser(x->srv->model, x->srv->o.chat_format, &g->tools, &e)) return false;
+    }
+    struct triattn_generate_params gp = g->gp;
+    if (gp.sampling.seed != UINT64_MAX) gp.sampling.seed += (uint64_t)c;
+    if (gp.sampling.seed == UINT64_MAX) gp.sampling.seed = 0;
+    sl->job.gp = gp;
+    sl->job.cache_prompt = true;   /* the prompt the last choice prefilled */
+    g->index = c;
+    slots_submit(&x->srv->pool, sl);
+    return true;
+}
+
+/* The non-streamed reply: every choice, the usage (the prompt once, the tokens of all choices) and the timings. */
+static void reply_choices(ctx * x, struct gen_req * g, struct gen_choice * ch, int n) {
+    struct server * srv = x->srv;
+    jbuf b;
+    jb_init(&b);
+    jb_cstr(&b, "{\"id\":");
+    jb_qcstr(&b, g->id);
+    jb_cstr(&b, g->chat ? ",\"object\":\"chat.completion\"" : ",\"object\":\"text_completion\"");
+    jb_printf(&b, ",\"created\":%lld,\"model\":", g->created);
+    jb_qcstr(&b, srv->o.alias);
+    jb_cstr(&b, ",\"choices\":[");
+    int32_t n_gen = 0;
+    double prompt_ms = 0, decode_ms = 0;
+    for (int c = 0; c < n; c++) {
+        const struct gen_choice * h = &ch[c];
+        const char * text = h->out.data ? h->out.data : "";
+        jb_printf(&b, "%s{\"index\":%d,", c ? "," : "", c);
+        if (h->msg) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\","); jb_raw(&b, h->msg + 1, h->msg_len - 1); }
+        else if (g->chat) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":"); jb_str(&b, text, h->out.len); jb_cstr(&b, "}"); }
+        else { jb_cstr(&b, "\"text\":"); jb_str(&b, text, h->out.len); }
+        jb_cstr(&b, ",\"logprobs\":");
+        logprobs_json(g, x, &b, h->lps, h->n_lps);
+        jb_cstr(&b, ",\"finish_reason\":");
+        jb_qcstr(&b, h->finish);
+        jb_cstr(&b, "}");
+        n_gen += h->res.n_generated;
+        prompt_ms += h->res.prompt_ms;
+        decode_ms += h->res.decode_ms;
+    }
+    const struct triattn_generate_result * res = &ch[0].res;
+    const struct triattn_reuse_info * reuse = &ch[0].reuse;
+    jb_printf(&b, "],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
+              "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
+              res->n_prompt_tokens, n_gen, res->n_prompt_tokens + n_gen, reuse->n_cached);
+    jb_printf(&b, ",\"timings\":{\"prompt_ms\":%.3f,\"decode_ms\":%.3f,\"cache_n\":%d,\"prompt_n\":%d,\"cache\":\"%s\"}}",
+              prompt_ms, decode_ms, reuse->n_cached, res->n_prompt_tokens - reuse->n_cached, reuse_name(reuse->kind));
+    reply_json(x, 200, &b);
+    jb_free(&b);
+}
+
 static void handle_generate(ctx * x, bool chat) {
     struct server * srv = x->srv;
     struct slot_pool * pool = &srv->pool;
@@ -566,7 +745,8 @@ static void handle_generate(ctx * x, bool chat) {
     /* from here on the request lives in g: the parse tree and the body are freed before the queue */
     if (!gen_detach(x, &g)) { gen_free(&g); json_free(body); return; }
     json_free(body);
-    body = NULL;
+    struct gen_choice * ch = calloc((size_t)g.n_choices, sizeof *ch);
+    if (!ch) { reply_error(x, 500, NULL, "out of memory"); gen_free(&g); return; }
 
     /* a client that goes away while queued leaves the queue: no slot, no tokenization, no prefill */
     bool left = false;
@@ -578,10 +758,11 @@ static void handle_generate(ctx * x, bool chat) {
     if (!sl && left) {
         x->req->keep_alive = false;
         x->status = 499;
+        free(ch);
         gen_free(&g);
         return;
     }
-    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); gen_free(&g); return; }
+    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(ch); gen_free(&g); return; }
     sl->job.prompt = g.prompt;
     sl->job.gp = g.gp;
     sl->job.kv_budget = g.kv_budget;
@@ -590,147 +771,76 @@ static void handle_generate(ctx * x, bool chat) {
     sl->job.cache_prompt = g.cache_prompt;
     slots_submit(pool, sl);
 
-    jbuf out, ev;
-    jb_init(&out);
-    jb_init(&ev);
-    struct job_logprob * lps = NULL;   /* copies of the job's, for the response */
-    size_t n_lps = 0, cap_lps = 0, lp_sent = 0;
-    bool alive = true, first = true, started = false, oom = false;
-    double t0 = mono_ms();
-    enum job_state state;
-    pthread_mutex_lock(&pool->mu);
-    for (;;) {
-        state = slots_wait_locked(pool, sl, out.len, n_lps, 100);
-        const struct slot_job * j = &sl->job;
-        if (!j->begun) {
-            if (state == JOB_DONE) break;   /* failed to start (or shutdown): an error reply */
-            if (srv->stop) slots_cancel_locked(pool, sl);
-            continue;
-        }
-        size_t had = out.len, had_lp = n_lps;
-        if (j->len > out.len) jb_raw(&out, j->text + out.len, j->len - out.len);
-        if (out.oom) oom = true;
-        if (j->n_lp > n_lps) {
-            if (j->n_lp > cap_lps) {
-                size_t cap = j->n_lp * 2;
-                struct job_logprob * t = realloc(lps, cap * sizeof *t);
-                if (t) { lps = t; cap_lps = cap; } else oom = true;
-            }
-            if (!oom) { memcpy(lps + n_lps, j->lps + n_lps, (j->n_lp - n_lps) * sizeof *lps); n_lps = j->n_lp; }
-        }
-        pthread_mutex_unlock(&pool->mu);
-        if (g.stream && !started && alive) {
-            alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
-            x->status = 200;
-            if (alive && g.echo_len) alive = send_event(&g, x, &ev, g.prompt, g.echo_len, NULL, false, NULL, 0, &oom);
-        }
-        started = true;
-        if (g.stream && alive && g.tools.parser && out.len > had) {
-            alive = send_tool_deltas(&g, x, &ev, out.data + had, out.len - had, false, &first, &oom);
-        } else if (g.stream && alive && (out.len > had || n_lps > had_lp)) {
-            alive = send_event(&g, x, &ev, out.data + had, out.len - had, NULL, first,
-                               lps ? lps + lp_sent : NULL, n_lps - lp_sent, &oom);
-            first = false;
-            lp_sent = n_lps;
-        }
-        /* a vanished client (or shutdown) frees the slot at once */
-        if (alive && http_peer_gone(x->c)) alive = false;
-        if (!alive || srv->stop || oom) slots_cancel(pool, sl);
-        pthread_mutex_lock(&pool->mu);
-        if (state == JOB_DONE) break;
+    /* the choices one after another in this slot: after the first, the prompt comes from the slot's cache */
+    struct gen_run r = { .alive = true };
+    jb_init(&r.ev);
+    for (int c = 0; c < g.n_choices; c++) jb_init(&ch[c].out);
+    const double t0 = mono_ms();
+    int n_run = 0, bad = -1;   /* choices run; the first that failed, if any */
+    for (int c = 0; c < g.n_choices; c++) {
+        if (c > 0 && !gen_next_choice(x, &g, sl, c)) { r.oom = true; break; }
+        gen_run_choice(x, &g, sl, &ch[c], &r);
+        n_run = c + 1;
+        if (!ch[c].begun || ch[c].st != TRIATTN_OK) { bad = c; break; }
+        if (!r.alive || r.oom || srv->stop) break;
     }
-    const enum triattn_status st = sl->job.status;
-    const int http_status = sl->job.http_status;
-    char err_copy[512];
-    snprintf(err_copy, sizeof err_copy, "%s", sl->job.error);
-    struct triattn_generate_result res = sl->job.result;
-    const struct triattn_reuse_info reuse = sl->job.reuse;
-    pthread_mutex_unlock(&pool->mu);
     slots_release(pool, sl);
-    atomic_fetch_add(&srv->prompt_tokens, res.n_prompt_tokens);
-    atomic_fetch_add(&srv->tokens_generated, res.n_generated);
+    for (int c = 0; c < n_run; c++) {
+        atomic_fetch_add(&srv->prompt_tokens, ch[c].res.n_prompt_tokens - (c ? ch[c].reuse.n_cached : 0));
+        atomic_fetch_add(&srv->tokens_generated, ch[c].res.n_generated);
+    }
     atomic_fetch_add(&srv->decode_us_total, (long long)((mono_ms() - t0) * 1e3));
 
-    const char * finish = finish_name(res.stop_reason);
-    bool tools_ok = false;   /* the non-streamed reply went through the tool parser */
-    if (g.tools.parser && st == TRIATTN_OK && started && !g.stream && alive && !oom) {
-        const char * d;
-        size_t dn;
-        tools_ok = triattn_tool_parser_feed(g.tools.parser, out.data ? out.data : "", out.len, true, &d, &dn) == TRIATTN_OK;
-        oom = !tools_ok;   /* (its only failure) */
-    }
-    if (g.echo_len && !g.stream && started && st == TRIATTN_OK && !oom) {   /* echo: the prompt, then the text */
-        jb_reset(&ev);
-        jb_raw(&ev, g.prompt, g.echo_len);
-        jb_raw(&ev, out.data ? out.data : "", out.len);
-        if (ev.oom) oom = true;
-        else { const jbuf t = out; out = ev; ev = t; }
-    }
-    if (!started) {
-        if (st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */
+    const struct gen_choice * f = bad >= 0 ? &ch[bad] : &ch[0];
+    if (!r.started) {
+        if (f->st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */
             x->req->keep_alive = false;
             x->status = 499;
-        } else if (st == TRIATTN_OK)
+        } else if (f->st == TRIATTN_OK)
             reply_error(x, 503, "shutting_down", "the server is shutting down");
-        else if (st == TRIATTN_ERR_CONTEXT)
+        else if (f->st == TRIATTN_ERR_CONTEXT)
             reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",
-                        triattn_session_n_ctx(sl->session), err_copy);
+                        triattn_session_n_ctx(sl->session), f->err);
         else
-            reply_error(x, http_status ? http_status : 500, triattn_status_name(st), "%s", err_copy);
-    } else if (oom && !g.stream) {
-        reply_error(x, 500, NULL, "out of memory");
-    } else if (st != TRIATTN_OK && !g.stream) {
-        reply_error(x, 500, triattn_status_name(st), "generation failed: %s", err_copy);
+            reply_error(x, f->http_status ? f->http_status : 500, triattn_status_name(f->st), "%s", f->err);
     } else if (g.stream) {
         const bool keep = x->req->keep_alive;
+        const bool whole = bad < 0 && n_run == g.n_choices;
         x->req->keep_alive = false;  /* unless the stream ends whole below */
-        if (alive && !srv->stop && st == TRIATTN_OK && !oom) {
-            if (g.tools.parser) alive = send_tool_deltas(&g, x, &ev, NULL, 0, true, &first, &oom);
-            if (triattn_tool_parser_n_calls(g.tools.parser) > 0) finish = "tool_calls";
-            if (alive && !oom && g.chat && first) alive = send_event(&g, x, &ev, "", 0, NULL, true, NULL, 0, &oom);
-            if (alive && !oom) alive = send_event(&g, x, &ev, NULL, 0, finish, false, NULL, 0, &oom);
-            if (alive && !oom && g.include_usage) alive = send_usage(&g, x, &ev, &res, reuse.n_cached, &oom);
-            if (alive && !oom) { alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
-            if (alive && !oom) { http_stream_end(x->c); x->req->keep_alive = keep; }
+        if (r.alive && !srv->stop && whole && !r.oom) {
+            if (g.include_usage) {
+                int32_t n_gen = 0;
+                for (int c = 0; c < n_run; c++) n_gen += ch[c].res.n_generated;
+                r.alive = send_usage(&g, x, &r.ev, ch[0].res.n_prompt_tokens, n_gen, ch[0].reuse.n_cached, &r.oom);
+            }
+            if (r.alive && !r.oom) { r.alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
+            if (r.alive && !r.oom) { http_stream_end(x->c); x->req->keep_alive = keep; }
         }
         /* a generation that failed after the stream began ends it with an error event */
-        if (alive && !srv->stop && (st != TRIATTN_OK || oom))
-            send_stream_error(x, oom ? "server_error" : triattn_status_name(st), oom ? "out of memory" : err_copy);
-    } else if (alive) {
-        jbuf b;
-        jb_init(&b);
-        jb_cstr(&b, "{\"id\":");
-        jb_qcstr(&b, g.id);
-        jb_cstr(&b, g.chat ? ",\"object\":\"chat.completion\"" : ",\"object\":\"text_completion\"");
-        jb_printf(&b, ",\"created\":%lld,\"model\":", g.created);
-        jb_qcstr(&b, srv->o.alias);
-        jb_cstr(&b, ",\"choices\":[{\"index\":0,");
-        size_t msg_len = 0;
-        const char * msg = tools_ok ? triattn_tool_parser_message(g.tools.parser, &msg_len) : NULL;
-        if (tools_ok && triattn_tool_parser_n_calls(g.tools.parser) > 0) finish = "tool_calls";
-        if (msg) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\","); jb_raw(&b, msg + 1, msg_len - 1); }
-        else if (g.chat) { jb_cstr(&b, "\"message\":{\"role\":\"assistant\",\"content\":"); jb_str(&b, out.data ? out.data : "", out.len); jb_cstr(&b, "}"); }
-        else { jb_cstr(&b, "\"text\":"); jb_str(&b, out.data ? out.data : "", out.len); }
-        jb_cstr(&b, ",\"logprobs\":");
-        logprobs_json(&g, x, &b, lps, n_lps);
-        jb_cstr(&b, ",\"finish_reason\":");
-        jb_qcstr(&b, finish);
-        jb_printf(&b, "}],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
-                  "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
-                  res.n_prompt_tokens, res.n_generated, res.n_prompt_tokens + res.n_generated, reuse.n_cached);
-        jb_printf(&b, ",\"timings\":{\"prompt_ms\":%.3f,\"decode_ms\":%.3f,\"cache_n\":%d,\"prompt_n\":%d,\"cache\":\"%s\"}}",
-                  res.prompt_ms, res.decode_ms, reuse.n_cached, res.n_prompt_tokens - reuse.n_cached, reuse_name(reuse.kind));
-        reply_json(x, 200, &b);
-        jb_free(&b);
+        if (r.alive && !srv->stop && !x->c->broken && (!whole || r.oom)) {
+            const char * msg = r.oom ? "out of memory" : f->st != TRIATTN_OK ? f->err : "the server is shutting down";
+            send_stream_error(x, r.oom ? "server_error" : triattn_status_name(f->st), msg);
+        }
+    } else if (r.oom) {
+        reply_error(x, 500, NULL, "out of memory");
+    } else if (bad >= 0 && ch[bad].st != TRIATTN_OK) {
+        reply_error(x, 500, triattn_status_name(f->st), "generation failed: %s", f->err);
+    } else if (r.alive && bad < 0 && n_run == g.n_choices) {
+        reply_choices(x, &g, ch, n_run);
+    } else if (r.alive && !x->c->broken) {
+        reply_error(x, 503, "shutting_down", "the server is shutting down");
     } else {
         x->req->keep_alive = false;
         x->status = 499;  /* client closed the request (nginx's convention, log only) */
     }
-    free(lps);
-    jb_free(&out);
-    jb_free(&ev);
+    for (int c = 0; c < g.n_choices; c++) {
+        jb_free(&ch[c].out);
+        free(ch[c].lps);
+        free(ch[c].msg);
+    }
+    free(ch);
+    jb_free(&r.ev);
     gen_free(&g);
-    json_free(body);
 }
 
 /* ---- small endpoints ---- */

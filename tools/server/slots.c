@@ -67,6 +67,20 @@ static void job_start(struct slot_pool * p, struct slot * sl) {
     }
 }
 
+/* Forgets what the engine wrote for the slot's last job (text, logprobs, status, result). */
+static void job_clear_output(struct slot_job * j) {
+    j->len = 0;
+    if (j->text) j->text[0] = '\0';
+    j->n_lp = 0;
+    j->status = TRIATTN_OK;
+    j->http_status = 0;
+    j->error[0] = '\0';
+    j->cancel = false;
+    j->begun = false;
+    memset(&j->result, 0, sizeof j->result);
+    memset(&j->reuse, 0, sizeof j->reuse);
+}
+
 /* A job whose client went away before it started ends unstarted (no tokenization, no prefill). */
 static bool job_client_gone(struct slot * sl) {
     struct slot_job * j = &sl->job;
@@ -333,20 +347,11 @@ struct slot * slots_acquire_unless(struct slot_pool * p, const triattn_token * t
         got->n_prompt = got->n_generated = 0;
         struct slot_job * j = &got->job;
         j->state = JOB_IDLE;
-        j->len = 0;
-        if (j->text) j->text[0] = '\0';
-        j->n_lp = 0;
-        j->status = TRIATTN_OK;
-        j->http_status = 0;
-        j->error[0] = '\0';
-        j->cancel = false;
-        j->begun = false;
+        job_clear_output(j);
         j->kv_budget = 0;
         j->client_gone = NULL;
         j->client = NULL;
         j->cache_prompt = false;
-        memset(&j->result, 0, sizeof j->result);
-        memset(&j->reuse, 0, sizeof j->reuse);
     }
     /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */
     serve_next_locked(p);
@@ -357,6 +362,7 @@ struct slot * slots_acquire_unless(struct slot_pool * p, const triattn_token * t
 
 void slots_submit(struct slot_pool * p, struct slot * s) {
     pthread_mutex_lock(&p->mu);
+    job_clear_output(&s->job);
     s->job.state = p->engine_done ? JOB_DONE : JOB_QUEUED;
     if (p->engine_done) s->job.result.stop_reason = TRIATTN_STOP_CALLBACK;
     pthread_cond_signal(&p->engine_cv);

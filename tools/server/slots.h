@@ -125,7 +125,8 @@ triattn_token * slot_cache_tokenize(const triattn_model * model, const char * pr
  * Returns the status; err holds the message. */
 enum triattn_status slot_cache_file(struct slot_pool * p, int id, const char * path, bool save, char * err,
                                     size_t err_size);
-/* Hands the slot's job (prompt, gp, kv_budget filled in) to the engine. */
+/* Hands the slot's job (prompt, gp, kv_budget filled in) to the engine; its output fields start empty, so a
+ * request may submit again to the slot it holds once the last job is done. */
 void slots_submit(struct slot_pool * p, struct slot * s);
 /* Waits up to timeout_ms for the job to have more than `have` bytes of text or to end; returns its state.
  * Call with the pool lock held (pthread_mutex_lock(&p->mu)). */

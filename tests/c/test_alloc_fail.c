@@ -502,7 +502,7 @@ static void http_post(struct server * srv, const char * path, const char * body,
 
 static const char * k_chat_body =
     "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Say something.\"}],\"max_tokens\":12,"
-    "\"temperature\":0,\"stream\":%s}";
+    "\"temperature\":0,\"n\":2,\"stream\":%s}";
 
 /* A chat completion, streamed or not: any answer is HTTP with a status line, a failure is a 5xx with an error
  * object; the results compared are the undisturbed run's body. */

@@ -7,6 +7,7 @@
   python bench/server_load.py lockout --clients 256      # slow-drain clients; /health must stay 200
   python bench/server_load.py vanished --clients 60      # 1-token latency behind vanished queued clients
   python bench/server_load.py memory --clients 64        # peak RSS under 64 concurrent ~512 KB requests
+  python bench/server_load.py choices -n 4               # n choices in one request against n requests
 
 Each starts the server binary (TRIATTN_SERVER_BIN, else build/triattn-server, else the wheel's) on a free
 loopback port with the default model, prints a summary and writes JSON next to it (bench/out/).
@@ -19,6 +20,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -480,6 +482,48 @@ def bench(a) -> dict:
     return res
 
 
+# ---- n choices ------------------------------------------------------------------------------------
+
+def choices(a) -> dict:
+    """One request with n choices against n requests in a row and n concurrent ones, per (prompt, max_tokens) case,
+    on a server with --parallel n (the choices may run side by side) and on one with --parallel 1 (they follow one
+    another in one slot). Every request has a KJV passage of its own, so no cache helps; medians of --repeat."""
+    cases = [tuple(int(v) for v in c.split(":")) for c in a.cases.split(",")]
+    per_case = a.repeat * (1 + 2 * a.n)
+    texts = iter(_kjv(max(c for c, _ in cases), 2 * len(cases) * per_case))
+    rows = []
+    for parallel in (a.n, 1):
+        srv = Server("--parallel", str(parallel), "--ctx-size", str(a.ctx), "-t", str(a.threads))
+        srv.post("/v1/completions", {"prompt": "warm up", "max_tokens": 4})
+        for chars, max_tokens in cases:
+            base = {"model": "smol", "max_tokens": max_tokens, "temperature": 0.8, "ignore_eos": True}
+            times = {"n": [], "in_a_row": [], "concurrent": []}
+            for rep in range(a.repeat):
+                t0 = time.perf_counter()
+                st, js = srv.post("/v1/completions", {**base, "prompt": next(texts)[:chars], "n": a.n, "seed": rep})
+                times["n"].append(time.perf_counter() - t0)
+                assert st == 200 and len(js["choices"]) == a.n, (st, js)
+                n_prompt = js["usage"]["prompt_tokens"]
+                if parallel == 1:
+                    continue
+                prompts = [next(texts)[:chars] for _ in range(2 * a.n)]
+                t0 = time.perf_counter()
+                for k in range(a.n):
+                    srv.post("/v1/completions", {**base, "prompt": prompts[k], "seed": k})
+                times["in_a_row"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                with cf.ThreadPoolExecutor(a.n) as ex:
+                    list(ex.map(lambda k: srv.post("/v1/completions", {**base, "seed": k, "prompt": prompts[a.n + k]}),
+                                range(a.n)))
+                times["concurrent"].append(time.perf_counter() - t0)
+            row = {"parallel": parallel, "n": a.n, "prompt_tokens": n_prompt, "max_tokens": max_tokens,
+                   **{f"{k}_s": round(statistics.median(v), 3) for k, v in times.items() if v}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        srv.close()
+    return {"threads": a.threads, "repeat": a.repeat, "rows": rows}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -512,9 +556,16 @@ def main(argv=None) -> int:
     b.add_argument("--ctx", type=int, default=8192)
     b.add_argument("--seq-len", type=int, default=8192)
     b.add_argument("-t", "--threads", type=int, default=2)
+    ch = sub.add_parser("choices", help="one request with n choices against n requests, in a row and at once")
+    ch.add_argument("-n", type=int, default=4, help="choices per request (default 4)")
+    ch.add_argument("--cases", default="600:64,2400:32,2400:110,2400:160,2400:300",
+                    help="PROMPT_CHARS:MAX_TOKENS,... (default 600:64,2400:32,2400:110,2400:160,2400:300)")
+    ch.add_argument("--repeat", type=int, default=3)
+    ch.add_argument("--ctx", type=int, default=4096)
+    ch.add_argument("-t", "--threads", type=int, default=2)
     a = ap.parse_args(argv)
     res = {"fuzz": fuzz, "soak": soak, "bench": bench, "lockout": lockout, "vanished": vanished,
-           "memory": memory}[a.cmd](a)
+           "memory": memory, "choices": choices}[a.cmd](a)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"server_{a.cmd}.json"
     path.write_text(json.dumps(res, indent=1))

@@ -644,6 +644,11 @@ TRIATTN_API enum triattn_status triattn_session_save(triattn_session * s, const 
  * (not a session file, truncated, checksum mismatch, inconsistent contents), TRIATTN_ERR_INVALID_ARG (another
  * model, policy or geometry); the message says what and the session is left unchanged. */
 TRIATTN_API enum triattn_status triattn_session_load(triattn_session * s, const char * path);
+/* Makes dst hold what src holds (as a save of src loaded into dst, without a file): the same token history,
+ * cache, schedule and last logits, so both decode on from there alike. Both sessions of the same model and of
+ * compatible policies (as for triattn_session_load); src is unchanged, dst is unchanged on failure (the message
+ * is dst's). Not while either session is being decoded on another thread. */
+TRIATTN_API enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session * src);
 
 /* ---- constrained output ----------------------------------------------------------------------- */
 

@@ -59,17 +59,39 @@ static uint64_t tri_fnv1a(uint64_t h, const void * data, size_t n) {
 
 /* ---- writing ------------------------------------------------------------------------------------- */
 
+/* Writes to a file, or (f NULL) appends to a growing buffer. */
 typedef struct tri_writer {
-    FILE *   f;
-    uint64_t hash;
-    bool     ok;
+    FILE *          f;
+    uint64_t        hash;
+    bool            ok;
+    unsigned char * mem;
+    size_t          len, cap;
 } tri_writer;
 
 static void tri_put(tri_writer * w, const void * data, size_t n) {
-    if (w->ok && n > 0) {
-        w->hash = tri_fnv1a(w->hash, data, n);
-        w->ok = fwrite(data, 1, n, w->f) == n;
+    if (!w->ok || n == 0) {
+        return;
     }
+    w->hash = tri_fnv1a(w->hash, data, n);
+    if (w->f) {
+        w->ok = fwrite(data, 1, n, w->f) == n;
+        return;
+    }
+    if (n > w->cap - w->len) {
+        size_t cap = w->cap ? w->cap : 1 << 16;
+        while (cap - w->len < n) {
+            cap *= 2;
+        }
+        unsigned char * m = realloc(w->mem, cap);
+        if (!m) {
+            w->ok = false;
+            return;
+        }
+        w->mem = m;
+        w->cap = cap;
+    }
+    memcpy(w->mem + w->len, data, n);
+    w->len += n;
 }
 static void tri_put_i32(tri_writer * w, int32_t v) { tri_put(w, &v, sizeof v); }
 static void tri_put_i64(tri_writer * w, int64_t v) { tri_put(w, &v, sizeof v); }
@@ -183,6 +205,58 @@ static void tri_state_put_tier2(tri_writer * w, const triattn_session * s) {
     }
 }
 
+/* The whole state, checksum last, into w. A GPU session's K and V come through one staging buffer, a (layer, KV
+ * head) at a time; a failed copy from the device is its status (w->ok false: the writing failed). */
+static enum triattn_status tri_state_write(triattn_session * s, tri_writer * w) {
+    tri_state_header h;
+    tri_state_header_of(s, &h);
+    tri_state_put_header(w, &h);
+    const tri_kv_cache * c = &s->kv;
+    const int LK = c->n_layer * c->n_head_kv;
+    tri_put(w, s->hist, sizeof(int32_t) * (size_t) s->n_past);
+    tri_put(w, c->n_live, sizeof(int32_t) * (size_t) LK);
+    tri_fp16 * stage = s->backend ? malloc(2 * sizeof(tri_fp16) * (size_t) c->cap_max * c->head_dim) : NULL;
+    if (s->backend && !stage) {
+        w->ok = false;
+    }
+    for (int i = 0; i < LK && w->ok; i++) {
+        const int il = i / c->n_head_kv, hd = i % c->n_head_kv;
+        const size_t live = (size_t) c->n_live[i];
+        const tri_fp16 * k = stage ? stage : tri_kv_k(c, il, hd);
+        const tri_fp16 * v = stage ? stage + live * c->head_dim : tri_kv_v(c, il, hd);
+        if (stage) {
+            const enum triattn_status st = s->backend->kv_copy(s, i, stage, stage + live * c->head_dim, false);
+            if (st != TRIATTN_OK) {
+                free(stage);
+                return st;
+            }
+        }
+        tri_put(w, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
+        tri_put(w, k, sizeof(tri_fp16) * live * c->head_dim);
+        tri_put(w, v, sizeof(tri_fp16) * live * c->head_dim);
+    }
+    free(stage);
+    if (h.n_logits) {
+        tri_put(w, triattn_session_logits(s, -1), sizeof(float) * (size_t) h.n_vocab);
+    }
+    const tri_kv_policy_ops * ops = s->policy.ops;
+    const size_t pol_n = ops->state_save ? ops->state_save(&s->policy, c, NULL) : 0;
+    void * pol = pol_n ? malloc(pol_n) : NULL;
+    if (pol_n && !pol) {
+        w->ok = false;
+    } else if (pol_n) {
+        ops->state_save(&s->policy, c, pol);
+    }
+    const uint32_t pol_n32 = (uint32_t) pol_n;
+    tri_put(w, &pol_n32, sizeof pol_n32);
+    tri_put(w, pol, pol_n);
+    free(pol);
+    tri_state_put_tier2(w, s);
+    const uint64_t sum = w->hash;
+    tri_put(w, &sum, sizeof sum);
+    return TRIATTN_OK;
+}
+
 enum triattn_status triattn_session_save(triattn_session * s, const char * path) {
     if (!s) {
         return TRIATTN_ERR_INVALID_ARG;
@@ -202,62 +276,19 @@ enum triattn_status triattn_session_save(triattn_session * s, const char * path)
         return tri_session_fail(s, TRIATTN_ERR_OOM, "session_save: out of memory");
     }
     snprintf(tmp, plen + 8, "%s.tmp", path);
-    tri_writer w = { tri_fopen(tmp, "wb"), TRI_FNV_OFFSET, true };
+    tri_writer w = { .f = tri_fopen(tmp, "wb"), .hash = TRI_FNV_OFFSET, .ok = true };
     if (!w.f) {
         st = tri_session_fail(s, TRIATTN_ERR_IO, "session_save: cannot create '%s': %s", tmp, strerror(errno));
         free(tmp);
         return st;
     }
-    tri_state_header h;
-    tri_state_header_of(s, &h);
-    tri_state_put_header(&w, &h);
-    const tri_kv_cache * c = &s->kv;
-    const int LK = c->n_layer * c->n_head_kv;
-    tri_put(&w, s->hist, sizeof(int32_t) * (size_t) s->n_past);
-    tri_put(&w, c->n_live, sizeof(int32_t) * (size_t) LK);
-    /* a GPU session's K and V come through one staging buffer, a (layer, KV head) at a time */
-    tri_fp16 * stage = s->backend ? malloc(2 * sizeof(tri_fp16) * (size_t) c->cap_max * c->head_dim) : NULL;
-    if (s->backend && !stage) {
-        w.ok = false;
+    st = tri_state_write(s, &w);
+    if (st != TRIATTN_OK) {
+        fclose(w.f);
+        remove(tmp);
+        free(tmp);
+        return st;
     }
-    for (int i = 0; i < LK && w.ok; i++) {
-        const int il = i / c->n_head_kv, hd = i % c->n_head_kv;
-        const size_t live = (size_t) c->n_live[i];
-        const tri_fp16 * k = stage ? stage : tri_kv_k(c, il, hd);
-        const tri_fp16 * v = stage ? stage + live * c->head_dim : tri_kv_v(c, il, hd);
-        if (stage) {
-            st = s->backend->kv_copy(s, i, stage, stage + live * c->head_dim, false);
-            if (st != TRIATTN_OK) {
-                fclose(w.f);
-                remove(tmp);
-                free(tmp);
-                free(stage);
-                return st;
-            }
-        }
-        tri_put(&w, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
-        tri_put(&w, k, sizeof(tri_fp16) * live * c->head_dim);
-        tri_put(&w, v, sizeof(tri_fp16) * live * c->head_dim);
-    }
-    free(stage);
-    if (h.n_logits) {
-        tri_put(&w, triattn_session_logits(s, -1), sizeof(float) * (size_t) h.n_vocab);
-    }
-    const tri_kv_policy_ops * ops = s->policy.ops;
-    const size_t pol_n = ops->state_save ? ops->state_save(&s->policy, c, NULL) : 0;
-    void * pol = pol_n ? malloc(pol_n) : NULL;
-    if (pol_n && !pol) {
-        w.ok = false;
-    } else if (pol_n) {
-        ops->state_save(&s->policy, c, pol);
-    }
-    const uint32_t pol_n32 = (uint32_t) pol_n;
-    tri_put(&w, &pol_n32, sizeof pol_n32);
-    tri_put(&w, pol, pol_n);
-    free(pol);
-    tri_state_put_tier2(&w, s);
-    const uint64_t sum = w.hash;
-    tri_put(&w, &sum, sizeof sum);
     const bool ok = w.ok && fclose(w.f) == 0;
     if (!ok || tri_rename_replace(tmp, path) != 0) {
         if (!w.ok) {
@@ -656,6 +687,9 @@ static enum triattn_status tri_state_apply(triattn_session * s, tri_reader * r, 
     return TRIATTN_OK;
 }
 
+static enum triattn_status tri_state_read(triattn_session * s, const unsigned char * buf, size_t size,
+                                          const char * path);
+
 enum triattn_status triattn_session_load(triattn_session * s, const char * path) {
     if (!s) {
         return TRIATTN_ERR_INVALID_ARG;
@@ -702,13 +736,25 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     }
     const bool read_ok = fread(buf, 1, (size_t) size, f) == (size_t) size;
     fclose(f);
-    tri_reader r = { buf, (size_t) size - 8, 0 };
+    if (!read_ok) {
+        st = tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot read '%s'", path);
+    } else {
+        st = tri_state_read(s, buf, (size_t) size, path);
+    }
+    free(buf);
+    return st;
+}
+
+/* Validates the state in buf[0..size) (checksum last) against session s, then adopts it; s is unchanged on
+ * failure. path names the source in messages. */
+static enum triattn_status tri_state_read(triattn_session * s, const unsigned char * buf, size_t size,
+                                          const char * path) {
+    enum triattn_status st;
+    tri_reader r = { buf, size - 8, 0 };
     tri_state_header h;
     uint64_t sum;
     memcpy(&sum, buf + size - 8, 8);
-    if (!read_ok) {
-        st = tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot read '%s'", path);
-    } else if (!tri_state_get_header(&r, &h) || memcmp(h.magic, TRI_STATE_MAGIC, 8) != 0) {
+    if (!tri_state_get_header(&r, &h) || memcmp(h.magic, TRI_STATE_MAGIC, 8) != 0) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is not a pytriattn session file", path);
     } else if (h.version < 1 || h.version > TRI_STATE_VERSION) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has format version %u, this library reads 1..%u",
@@ -722,6 +768,37 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
         r.off = TRI_STATE_HEADER_BYTES;
         st = tri_state_apply(s, &r, &h);
     }
-    free(buf);
+    return st;
+}
+
+enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session * src) {
+    if (!dst || !src) {
+        return TRIATTN_ERR_INVALID_ARG;
+    }
+    dst->last_error[0] = '\0';
+    if (dst == src) {
+        return TRIATTN_OK;
+    }
+    char msg[sizeof dst->last_error];
+    enum triattn_status st = tri_state_supported(dst, "session_copy");
+    if (st == TRIATTN_OK && (st = tri_state_supported(src, "session_copy")) != TRIATTN_OK) {
+        snprintf(msg, sizeof msg, "%s", src->last_error);
+        return tri_session_fail(dst, st, "%s", msg);
+    }
+    if (st != TRIATTN_OK) {
+        return st;
+    }
+    tri_writer w = { .hash = TRI_FNV_OFFSET, .ok = true };
+    st = tri_state_write(src, &w);
+    if (st != TRIATTN_OK) {
+        snprintf(msg, sizeof msg, "%s", src->last_error);
+        st = tri_session_fail(dst, st, "session_copy: %s", msg);
+    } else if (!w.ok) {
+        st = tri_session_fail(dst, TRIATTN_ERR_OOM, "session_copy: out of memory for the state of %d tokens",
+                              src->n_past);
+    } else {
+        st = tri_state_read(dst, w.mem, w.len, "the session copied");
+    }
+    free(w.mem);
     return st;
 }

@@ -902,6 +902,11 @@ def test_cuda_server_slots_decode_together(host_backend_build, cut_model, policy
             assert t.usage.completion_tokens > 0 and a.usage.completion_tokens > 0, (t.usage, a.usage)
             if _emulated(host_backend_build):
                 assert t.choices[0].text == a.choices[0].text, (t.choices[0].text, a.choices[0].text)
+        # n choices: the other slots start from copies of the first slot's device cache (triattn_session_copy)
+        two = client.completions.create(model="smol", prompt=SERVER_PROMPTS[0], max_tokens=96, temperature=0, n=3)
+        assert [c.index for c in two.choices] == [0, 1, 2] and all(c.text for c in two.choices), two
+        if _emulated(host_backend_build):
+            assert [c.text for c in two.choices] == [alone[0].choices[0].text] * 3, two
         compressions = _metric(srv, "triattn_kv_compressions_total")
         print(f"{policy}: {slot_steps:.0f} slot steps in {steps:.0f} engine steps with 4 requests at once, "
               f"{compressions:.0f} compressions")

@@ -305,9 +305,9 @@ def test_slow_loris_is_cut(srv):
 
 
 def test_disconnect_mid_stream_frees_slot(srv, client):
-    body = json.dumps({"prompt": "Tell me a long story.", "max_tokens": 400, "stream": True, "temperature": 0,
-                       "ignore_eos": True}).encode()
-    for _ in range(4):   # more than --parallel would block if slots leaked
+    base = {"prompt": "Tell me a long story.", "max_tokens": 400, "stream": True, "temperature": 0, "ignore_eos": True}
+    for k in range(4):   # more than --parallel would block if slots leaked (the n=3 streams hold three each)
+        body = json.dumps({**base, "n": 3} if k % 2 else base).encode()
         s = socket.create_connection((srv.host, srv.port), timeout=30)
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         assert s.recv(64).startswith(b"HTTP/1.1 200")
@@ -458,8 +458,16 @@ def test_n_choices(srv, client):
     prompt = RNG.choice(PROMPTS) + " " + str(RNG.randint(0, 10**6))
     seed, n = RNG.randint(1, 2**31), RNG.randint(2, 4)
     kw = dict(temperature=1.5, top_p=1.0, max_tokens=8)
+    before = [x["n_requests"] for x in json.loads(srv.request("GET", "/slots")[1])]
+    processed = _metric(srv, "triattn_prompt_tokens_total")
     r = _complete(client, prompt, n=n, seed=seed, logprobs=1, **kw)
+    after = [x["n_requests"] for x in json.loads(srv.request("GET", "/slots")[1])]
+    processed = _metric(srv, "triattn_prompt_tokens_total") - processed
     assert [c.index for c in r.choices] == list(range(n))
+    # an idle server runs the choices side by side, one slot each, the others from copies of the first's cache:
+    # the prompt is prefilled once (each copy decodes its last token again)
+    assert sum(a > b for a, b in zip(after, before)) == n, (before, after)
+    assert processed <= r.usage.prompt_tokens + 2 * (n - 1), (processed, r.usage.prompt_tokens)
     solo = [_complete(client, prompt, seed=seed + k, **kw).choices[0].text for k in range(n)]
     assert [c.text for c in r.choices] == solo
     assert len(set(solo)) > 1, "the choices are all the same"

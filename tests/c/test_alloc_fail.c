@@ -536,16 +536,23 @@ static enum triattn_status sc_server(void * ctx, af_result * out, char * err, si
             snprintf(err, err_size, "a 200 stream without [DONE]: %.200s", a.text);
             return TRIATTN_ERR_INTERNAL;
         }
-        /* the generated text (however the stream's events cut it), not ids and timings */
+        /* the generated text of each choice (however the stream's events cut and interleave it), not ids and
+         * timings: the content that follows each "index" */
         const char * key = "\"content\":\"";
-        for (const char * q = strstr(a.text, key); q; q = strstr(q, key)) {
-            q += strlen(key);
-            const char * e = q;
-            while (*e && *e != '"') e += e[0] == '\\' && e[1] ? 2 : 1;
-            res_put(out, q, (size_t) (e - q));
-            q = e;
+        for (int choice = 0; choice < 2; choice++) {
+            char idx[32];
+            snprintf(idx, sizeof idx, "\"index\":%d,", choice);
+            for (const char * q = strstr(a.text, idx); q; q = strstr(q + 1, idx)) {
+                const char * next = strstr(q + 1, "\"index\":");
+                const char * c = strstr(q, key);
+                if (!c || (next && c > next)) continue;
+                c += strlen(key);
+                const char * e = c;
+                while (*e && *e != '"') e += e[0] == '\\' && e[1] ? 2 : 1;
+                res_put(out, c, (size_t) (e - c));
+            }
+            res_put(out, "|", 1);
         }
-        res_put(out, "|", 1);
     }
     return TRIATTN_OK;
 }

@@ -324,6 +324,49 @@ static void test_save_load(triattn_model * m, const char * policy, const char * 
     remove(bad);
 }
 
+/* triattn_session_copy: the copy equals the source and both decode on alike; the source is unchanged; a copy
+ * across policies is refused and leaves the target as it was. */
+static void test_copy(triattn_model * m, const char * policy, const char * mode, int budget, int interval,
+                      const char * other) {
+    static triattn_token t[MAXT], own[64];
+    static float before[65536];
+    const int n = (int) tu_int(strcmp(policy, "full") == 0 ? 50 : budget + interval + 10, MAXT - 60);
+    random_tokens(t, n);
+    random_tokens(own, 64);
+    triattn_session * a = session_mode(m, policy, mode, budget, interval);
+    triattn_session * c = session_mode(m, policy, mode, budget, interval);
+    triattn_session * o = session_of(m, other, budget, interval);
+    if (!a || !c || !o) {
+        CHECK(0, "%s: sessions", policy);
+        return;
+    }
+    decode_split(a, t, n);
+    decode_split(c, own, 64);
+    decode_split(o, t, 20);
+    memcpy(before, triattn_session_logits(c, -1), sizeof(float) * (size_t) g_info.n_vocab);
+    CHECK(triattn_session_copy(c, o) == TRIATTN_ERR_INVALID_ARG && strstr(triattn_session_last_error(c), other),
+          "%s: a '%s' session was copied in: %s", policy, other, triattn_session_last_error(c));
+    CHECK(triattn_session_n_past(c) == 64 &&
+              memcmp(before, triattn_session_logits(c, -1), sizeof(float) * (size_t) g_info.n_vocab) == 0,
+          "%s: a refused copy changed the session", policy);
+    memcpy(before, triattn_session_logits(a, -1), sizeof(float) * (size_t) g_info.n_vocab);
+    CHECK(triattn_session_copy(c, a) == TRIATTN_OK, "%s: copy: %s", policy, triattn_session_last_error(c));
+    CHECK(triattn_session_copy(a, a) == TRIATTN_OK && triattn_session_n_past(a) == n &&
+              memcmp(before, triattn_session_logits(a, -1), sizeof(float) * (size_t) g_info.n_vocab) == 0,
+          "%s: the source changed", policy);
+    CHECK(same_state(a, c), "%s: the copy differs", policy);
+    for (int i = 0; i < 40; i++) {
+        triattn_token ta = tu_argmax(triattn_session_logits(a, -1), g_info.n_vocab);
+        triattn_token tc = tu_argmax(triattn_session_logits(c, -1), g_info.n_vocab);
+        triattn_session_decode(a, &ta, 1, false);
+        triattn_session_decode(c, &tc, 1, false);
+    }
+    CHECK(same_state(a, c), "%s: the copy decodes on differently", policy);
+    triattn_session_free(a);
+    triattn_session_free(c);
+    triattn_session_free(o);
+}
+
 int main(void) {
     tu_seed_init("TRI_TEST_SEED");
     triattn_model * m = tu_load_default_model("session state");
@@ -341,8 +384,11 @@ int main(void) {
         test_rollback_rounds(m, 64, 16);
         test_save_load(m, "triattention", NULL, 64, 16, "full");
         test_save_load(m, "triattention", "per_head,look=48,lookw=16", 64, 16, "full");
+        test_copy(m, "triattention", NULL, 64, 16, "full");
+        test_copy(m, "triattention", "per_head,look=48,lookw=16", 64, 16, "full");
     }
     test_save_load(m, "full", NULL, 2048, 128, "triattention");
+    test_copy(m, "full", NULL, 2048, 128, "triattention");
     rmdir(g_dir);
     triattn_model_free(m);
     return tu_finish();

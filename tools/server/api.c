@@ -329,11 +329,11 @@ static bool send_event(struct gen_req * g, ctx * x, jbuf * b, const char * text,
 }
 
 /* The chat deltas the tool parser releases for text (final: the end of generation), one event each. */
-static bool send_tool_deltas(struct gen_req * g, ctx * x, jbuf * b, const char * text, size_t len, bool final,
-                             bool * first, bool * oom) {
+static bool send_tool_deltas(struct gen_req * g, ctx * x, jbuf * b, triattn_tool_parser * parser, const char * text,
+                             size_t len, bool final, bool * first, bool * oom) {
     const char * d = NULL;
     size_t dn = 0;
-    if (triattn_tool_parser_feed(g->tools.parser, text, len, final, &d, &dn) != TRIATTN_OK) { *oom = true; return true; }
+    if (triattn_tool_parser_feed(parser, text, len, final, &d, &dn) != TRIATTN_OK) { *oom = true; return true; }
     struct json_limits lim = { .max_depth = 64, .max_nodes = 1 << 20 };
     char err[160];
     json_value * arr = json_parse(d, dn, &lim, err, sizeof err);
@@ -557,11 +557,13 @@ static bool gen_parse(ctx * x, const json_value * body, struct gen_req * g) {
     return true;
 }
 
-/* One of the request's n choices, as the slot's job generated it. */
+/* One of the request's n choices, as a slot's job generated it. */
 struct gen_choice {
     jbuf   out;                       /* the text (non-streamed: with the echoed prompt in front) */
     struct job_logprob * lps;         /* copies of the job's, for the response */
     size_t n_lps, cap_lps;
+    size_t lp_sent;                   /* streamed so far */
+    bool   first;                     /* streamed chat: the next delta is the choice's first (it carries the role) */
     bool   begun;                     /* the job started: its prompt was accepted */
     enum triattn_status st;
     int    http_status;
@@ -569,13 +571,29 @@ struct gen_choice {
     struct triattn_generate_result res;
     struct triattn_reuse_info reuse;
     const char * finish;
+    triattn_tool_parser * parser;     /* requests with tools: this choice's (the first choice's is g->tools') */
     char * msg;                       /* a non-streamed reply with tools: the parsed message (malloc'd JSON) */
     size_t msg_len;
 };
 
-/* What the choices of one request share: the stream's state and the scratch event. */
+/* A slot the request holds and the choice it is generating (-1: none). */
+struct gen_lane {
+    struct slot * sl;
+    int    choice;
+    size_t had, had_lp;               /* the choice's text and logprobs before the last take */
+    bool   news, ended, begun;        /* as the last take found the job */
+    bool   waiting;                   /* not started yet: it starts from a copy of the first lane's prefilled cache */
+};
+
+/* What the choices of one request share. */
 struct gen_run {
-    jbuf ev;
+    jbuf ev;                          /* scratch event */
+    struct gen_choice * ch;
+    struct gen_lane lanes[MAX_CHOICES];
+    int  n_lanes;
+    int  next;                        /* the next choice to start */
+    int  bad;                         /* the first choice that failed, or -1 */
+    bool forkable;                    /* the first lane's cache holds the prompt: the waiting lanes can start */
     bool alive;                       /* the client is still there */
     bool started;                     /* the response (or the stream) has begun */
     bool oom;
@@ -597,70 +615,126 @@ static void choice_take_locked(const struct slot_job * j, struct gen_choice * ch
     ch->n_lps = j->n_lp;
 }
 
-/* Follows the slot's submitted job to its end as choice g->index: streams its text as it comes, then its finish
- * event; a non-streamed reply keeps the text (and the tool parser's message) in ch. */
-static void gen_run_choice(ctx * x, struct gen_req * g, struct slot * sl, struct gen_choice * ch, struct gen_run * r) {
-    struct server * srv = x->srv;
-    struct slot_pool * pool = &srv->pool;
-    size_t lp_sent = 0;
-    bool first = true;   /* chat: the choice's first delta carries the role */
-    pthread_mutex_lock(&pool->mu);
-    for (;;) {
-        const enum job_state state = slots_wait_locked(pool, sl, ch->out.len, ch->n_lps, 100);
-        const struct slot_job * j = &sl->job;
-        if (!j->begun) {
-            if (state == JOB_DONE) break;   /* failed to start (or shutdown): an error reply */
-            if (srv->stop) slots_cancel_locked(pool, sl);
+/* Starts choice c on lane l: the request's prompt and parameters, the seed + c when the request set one (so the
+ * choices differ), its own tool parser. A lane's later choices take the prompt from its cache. False when memory
+ * ran out. */
+static bool gen_start_choice(ctx * x, struct gen_req * g, struct gen_run * r, struct gen_lane * l, int c,
+                             struct slot * fork) {
+    struct gen_choice * ch = &r->ch[c];
+    ch->parser = g->tools.parser;
+    if (c > 0 && g->tools.parser) {
+        struct tool_req t = g->tools;   /* the same options, another parser and call ids */
+        t.parser = NULL;
+        t.opts.id_seed += (uint64_t)c;
+        struct tool_err e;
+        if (!api_tools_parser(x->srv->model, x->srv->o.chat_format, &t, &e)) return false;
+        ch->parser = t.parser;
+    }
+    ch->first = true;
+    struct slot_job * j = &l->sl->job;
+    j->prompt = g->prompt;
+    j->gp = g->gp;
+    if (j->gp.sampling.seed != UINT64_MAX) j->gp.sampling.seed += (uint64_t)c;
+    if (j->gp.sampling.seed == UINT64_MAX) j->gp.sampling.seed = 0;
+    j->kv_budget = g->kv_budget;
+    j->client_gone = conn_gone;   /* the engine checks once more before it starts the job */
+    j->client = x->c;
+    j->cache_prompt = c >= r->n_lanes || g->cache_prompt || fork;
+    j->fork_from = fork;
+    l->choice = c;
+    l->waiting = false;
+    l->had = l->had_lp = 0;
+    l->news = l->ended = false;
+    g->index = c;
+    slots_submit(&x->srv->pool, l->sl);
+    return true;
+}
+
+/* Takes the lanes' news (pool lock held); true when there is any, false when none (then *running says whether a
+ * job is still under way). */
+static bool gen_take_locked(ctx * x, struct gen_run * r, bool * running) {
+    bool any = false;
+    *running = false;
+    const struct gen_lane * first = &r->lanes[0];
+    if (!r->forkable && first->choice == 0 && r->n_lanes > 1 &&
+        (first->sl->job.result.n_generated > 0 || first->sl->job.state == JOB_DONE)) {
+        r->forkable = any = true;   /* its prompt is prefilled (its first token sampled) */
+    }
+    for (int k = 0; k < r->n_lanes; k++) {
+        struct gen_lane * l = &r->lanes[k];
+        if (l->choice < 0) continue;
+        const struct slot_job * j = &l->sl->job;
+        struct gen_choice * ch = &r->ch[l->choice];
+        l->ended = j->state == JOB_DONE;
+        l->begun = j->begun;
+        l->news = false;
+        l->had = ch->out.len;
+        l->had_lp = ch->n_lps;
+        if (!j->begun && !l->ended) {
+            *running = true;
+            if (x->srv->stop) slots_cancel_locked(&x->srv->pool, l->sl);
             continue;
         }
-        const size_t had = ch->out.len, had_lp = ch->n_lps;
-        choice_take_locked(j, ch, r);
-        pthread_mutex_unlock(&pool->mu);
-        if (g->stream && !r->started && r->alive) {
-            r->alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
-            x->status = 200;
+        if (j->begun) choice_take_locked(j, ch, r);
+        l->news = l->ended || (j->begun && !ch->begun) || ch->out.len > l->had || ch->n_lps > l->had_lp;
+        if (l->ended) {
+            ch->st = j->status;
+            ch->http_status = j->http_status;
+            snprintf(ch->err, sizeof ch->err, "%s", j->error);
+            ch->res = j->result;
+            ch->reuse = j->reuse;
         }
-        r->started = true;
-        if (g->stream && !ch->begun && r->alive && g->echo_len)
-            r->alive = send_event(g, x, &r->ev, g->prompt, g->echo_len, NULL, false, NULL, 0, &r->oom);
-        ch->begun = true;
-        if (g->stream && r->alive && g->tools.parser && ch->out.len > had) {
-            r->alive = send_tool_deltas(g, x, &r->ev, ch->out.data + had, ch->out.len - had, false, &first, &r->oom);
-        } else if (g->stream && r->alive && (ch->out.len > had || ch->n_lps > had_lp)) {
-            r->alive = send_event(g, x, &r->ev, ch->out.data + had, ch->out.len - had, NULL, first,
-                                  ch->lps ? ch->lps + lp_sent : NULL, ch->n_lps - lp_sent, &r->oom);
-            first = false;
-            lp_sent = ch->n_lps;
-        }
-        /* a vanished client (or shutdown) frees the slot at once */
-        if (r->alive && http_peer_gone(x->c)) r->alive = false;
-        if (!r->alive || srv->stop || r->oom) slots_cancel(pool, sl);
-        pthread_mutex_lock(&pool->mu);
-        if (state == JOB_DONE) break;
+        any |= l->news;
+        *running |= !l->ended;
     }
-    ch->st = sl->job.status;
-    ch->http_status = sl->job.http_status;
-    snprintf(ch->err, sizeof ch->err, "%s", sl->job.error);
-    ch->res = sl->job.result;
-    ch->reuse = sl->job.reuse;
-    pthread_mutex_unlock(&pool->mu);
+    return any;
+}
 
+/* Streams lane l's new text (and begins the response with its first). */
+static void gen_emit(ctx * x, struct gen_req * g, struct gen_run * r, struct gen_lane * l) {
+    struct gen_choice * ch = &r->ch[l->choice];
+    if (!l->news || !l->begun) return;
+    g->index = l->choice;
+    if (g->stream && !r->started && r->alive) {
+        r->alive = http_stream_begin(x->c, 200, "text/event-stream", x->cors, x->req->keep_alive);
+        x->status = 200;
+    }
+    r->started = true;
+    if (g->stream && !ch->begun && r->alive && g->echo_len)
+        r->alive = send_event(g, x, &r->ev, g->prompt, g->echo_len, NULL, false, NULL, 0, &r->oom);
+    ch->begun = true;
+    if (g->stream && r->alive && ch->parser && ch->out.len > l->had) {
+        r->alive = send_tool_deltas(g, x, &r->ev, ch->parser, ch->out.data + l->had, ch->out.len - l->had, false,
+                                    &ch->first, &r->oom);
+    } else if (g->stream && r->alive && (ch->out.len > l->had || ch->n_lps > l->had_lp)) {
+        r->alive = send_event(g, x, &r->ev, ch->out.data + l->had, ch->out.len - l->had, NULL, ch->first,
+                              ch->lps ? ch->lps + ch->lp_sent : NULL, ch->n_lps - ch->lp_sent, &r->oom);
+        ch->first = false;
+        ch->lp_sent = ch->n_lps;
+    }
+}
+
+/* Lane l's job ended: its finish event (streamed) or its whole text and tool message (kept for the reply). */
+static void gen_finish(ctx * x, struct gen_req * g, struct gen_run * r, struct gen_lane * l) {
+    struct gen_choice * ch = &r->ch[l->choice];
+    g->index = l->choice;
     ch->finish = finish_name(ch->res.stop_reason);
-    if (!ch->begun || ch->st != TRIATTN_OK || r->oom || !r->alive || srv->stop) return;
-    if (g->tools.parser && g->stream) {
-        r->alive = send_tool_deltas(g, x, &r->ev, NULL, 0, true, &first, &r->oom);
-    } else if (g->tools.parser) {
+    if (!ch->begun || ch->st != TRIATTN_OK) { if (r->bad < 0) r->bad = l->choice; return; }
+    if (r->oom || !r->alive || x->srv->stop) return;
+    if (ch->parser && g->stream) {
+        r->alive = send_tool_deltas(g, x, &r->ev, ch->parser, NULL, 0, true, &ch->first, &r->oom);
+    } else if (ch->parser) {
         const char * d;
         size_t dn, n = 0;
-        if (triattn_tool_parser_feed(g->tools.parser, ch->out.data ? ch->out.data : "", ch->out.len, true, &d, &dn) !=
+        if (triattn_tool_parser_feed(ch->parser, ch->out.data ? ch->out.data : "", ch->out.len, true, &d, &dn) !=
             TRIATTN_OK) { r->oom = true; return; }   /* (its only failure) */
-        const char * msg = triattn_tool_parser_message(g->tools.parser, &n);
+        const char * msg = triattn_tool_parser_message(ch->parser, &n);
         if (msg && n >= 2 && !(ch->msg = malloc(n))) { r->oom = true; return; }
         if (ch->msg) { memcpy(ch->msg, msg, n); ch->msg_len = n; }
     }
-    if (triattn_tool_parser_n_calls(g->tools.parser) > 0) ch->finish = "tool_calls";
+    if (triattn_tool_parser_n_calls(ch->parser) > 0) ch->finish = "tool_calls";
     if (g->stream) {
-        if (r->alive && !r->oom && g->chat && first) r->alive = send_event(g, x, &r->ev, "", 0, NULL, true, NULL, 0, &r->oom);
+        if (r->alive && !r->oom && g->chat && ch->first) r->alive = send_event(g, x, &r->ev, "", 0, NULL, true, NULL, 0, &r->oom);
         if (r->alive && !r->oom) r->alive = send_event(g, x, &r->ev, NULL, 0, ch->finish, false, NULL, 0, &r->oom);
     } else if (g->echo_len) {   /* echo: the prompt, then the text */
         jb_reset(&r->ev);
@@ -671,24 +745,49 @@ static void gen_run_choice(ctx * x, struct gen_req * g, struct slot * sl, struct
     }
 }
 
-/* Readies the held slot for choice c > 0: the same prompt (taken from the slot's cache), a fresh tool parser, the
- * next seed when the request set one (so the choices differ), then submits it. False when memory ran out. */
-static bool gen_next_choice(ctx * x, struct gen_req * g, struct slot * sl, int c) {
-    if (g->tools.parser) {
-        triattn_tool_parser_free(g->tools.parser);
-        g->tools.parser = NULL;
-        g->tools.opts.id_seed++;   /* the calls' ids differ between choices */
-        struct tool_err e;
-        if (!api_tools_parser(x->srv->model, x->srv->o.chat_format, &g->tools, &e)) return false;
+/* Runs every choice on the lanes held (a lane starts its next choice when its last one ends), streaming as the text
+ * comes; stops starting choices after a failure, an error or the client's departure, and cancels the rest. */
+static void gen_run_choices(ctx * x, struct gen_req * g, struct gen_run * r) {
+    struct server * srv = x->srv;
+    struct slot_pool * pool = &srv->pool;
+    /* the first lane prefills the prompt; the others start from copies of its cache once it has */
+    for (int k = 1; k < r->n_lanes; k++) r->lanes[k].waiting = true;
+    if (!gen_start_choice(x, g, r, &r->lanes[0], r->next++, NULL)) r->oom = true;
+    pthread_mutex_lock(&pool->mu);
+    for (;;) {
+        bool running = false;
+        if (!gen_take_locked(x, r, &running)) {
+            if (!running) break;
+            slots_sleep_locked(pool, r->lanes[0].sl, 100);   /* the other lanes wake it too */
+            continue;
+        }
+        pthread_mutex_unlock(&pool->mu);
+        const bool go = r->bad < 0 && r->alive && !r->oom && !srv->stop;
+        for (int k = 1; k < r->n_lanes && r->forkable; k++) {
+            struct gen_lane * l = &r->lanes[k];
+            if (l->waiting && go && r->next < g->n_choices &&
+                !gen_start_choice(x, g, r, l, r->next++, r->lanes[0].sl))
+                r->oom = true;
+            l->waiting = false;
+        }
+        for (int k = 0; k < r->n_lanes; k++) {
+            struct gen_lane * l = &r->lanes[k];
+            if (l->choice < 0 || !l->news) continue;
+            gen_emit(x, g, r, l);
+            if (!l->ended) continue;
+            gen_finish(x, g, r, l);
+            l->choice = -1;
+            if (r->bad < 0 && r->alive && !r->oom && !srv->stop && r->next < g->n_choices &&
+                !gen_start_choice(x, g, r, l, r->next++, NULL))
+                r->oom = true;
+        }
+        /* a vanished client (or shutdown, or a failed choice) frees the slots at once */
+        if (r->alive && http_peer_gone(x->c)) r->alive = false;
+        if (!r->alive || srv->stop || r->oom || r->bad >= 0)
+            for (int k = 0; k < r->n_lanes; k++) if (r->lanes[k].choice >= 0) slots_cancel(pool, r->lanes[k].sl);
+        pthread_mutex_lock(&pool->mu);
     }
-    struct triattn_generate_params gp = g->gp;
-    if (gp.sampling.seed != UINT64_MAX) gp.sampling.seed += (uint64_t)c;
-    if (gp.sampling.seed == UINT64_MAX) gp.sampling.seed = 0;
-    sl->job.gp = gp;
-    sl->job.cache_prompt = true;   /* the prompt the last choice prefilled */
-    g->index = c;
-    slots_submit(&x->srv->pool, sl);
-    return true;
+    pthread_mutex_unlock(&pool->mu);
 }
 
 /* The non-streamed reply: every choice, the usage (the prompt once, the tokens of all choices) and the timings. */
@@ -731,6 +830,56 @@ static void reply_choices(ctx * x, struct gen_req * g, struct gen_choice * ch, i
     jb_free(&b);
 }
 
+/* Answers the request once its choices ran: the error, the end of the stream, or the whole reply. */
+static void gen_reply(ctx * x, struct gen_req * g, struct gen_run * r, int32_t n_ctx) {
+    struct server * srv = x->srv;
+    const struct gen_choice * f = &r->ch[r->bad >= 0 ? r->bad : 0];
+    const bool whole = r->bad < 0 && !r->oom && r->next == g->n_choices && !srv->stop &&
+                       !x->c->broken;   /* every choice ran to its end */
+    if (!r->started) {
+        if (f->st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */
+            x->req->keep_alive = false;
+            x->status = 499;
+        } else if (r->oom)
+            reply_error(x, 500, NULL, "out of memory");
+        else if (f->st == TRIATTN_OK)
+            reply_error(x, 503, "shutting_down", "the server is shutting down");
+        else if (f->st == TRIATTN_ERR_CONTEXT)
+            reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",
+                        n_ctx, f->err);
+        else
+            reply_error(x, f->http_status ? f->http_status : 500, triattn_status_name(f->st), "%s", f->err);
+    } else if (g->stream) {
+        const bool keep = x->req->keep_alive;
+        x->req->keep_alive = false;  /* unless the stream ends whole below */
+        if (r->alive && whole) {
+            if (g->include_usage) {
+                int32_t n_gen = 0;
+                for (int c = 0; c < g->n_choices; c++) n_gen += r->ch[c].res.n_generated;
+                r->alive = send_usage(g, x, &r->ev, r->ch[0].res.n_prompt_tokens, n_gen, r->ch[0].reuse.n_cached, &r->oom);
+            }
+            if (r->alive && !r->oom) { r->alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
+            if (r->alive && !r->oom) { http_stream_end(x->c); x->req->keep_alive = keep; }
+        }
+        /* a generation that failed after the stream began ends it with an error event */
+        if (r->alive && !srv->stop && !x->c->broken && (!whole || r->oom)) {
+            const char * msg = r->oom ? "out of memory" : f->st != TRIATTN_OK ? f->err : "the server is shutting down";
+            send_stream_error(x, r->oom ? "server_error" : triattn_status_name(f->st), msg);
+        }
+    } else if (r->oom) {
+        reply_error(x, 500, NULL, "out of memory");
+    } else if (f->st != TRIATTN_OK) {
+        reply_error(x, 500, triattn_status_name(f->st), "generation failed: %s", f->err);
+    } else if (r->alive && whole) {
+        reply_choices(x, g, r->ch, g->n_choices);
+    } else if (r->alive && !x->c->broken) {
+        reply_error(x, 503, "shutting_down", "the server is shutting down");
+    } else {
+        x->req->keep_alive = false;
+        x->status = 499;  /* client closed the request (nginx's convention, log only) */
+    }
+}
+
 static void handle_generate(ctx * x, bool chat) {
     struct server * srv = x->srv;
     struct slot_pool * pool = &srv->pool;
@@ -745,8 +894,11 @@ static void handle_generate(ctx * x, bool chat) {
     /* from here on the request lives in g: the parse tree and the body are freed before the queue */
     if (!gen_detach(x, &g)) { gen_free(&g); json_free(body); return; }
     json_free(body);
-    struct gen_choice * ch = calloc((size_t)g.n_choices, sizeof *ch);
-    if (!ch) { reply_error(x, 500, NULL, "out of memory"); gen_free(&g); return; }
+    struct gen_run r = { .alive = true, .bad = -1 };
+    r.ch = calloc((size_t)g.n_choices, sizeof *r.ch);
+    if (!r.ch) { reply_error(x, 500, NULL, "out of memory"); gen_free(&g); return; }
+    for (int c = 0; c < g.n_choices; c++) jb_init(&r.ch[c].out);
+    jb_init(&r.ev);
 
     /* a client that goes away while queued leaves the queue: no slot, no tokenization, no prefill */
     bool left = false;
@@ -755,90 +907,38 @@ static void handle_generate(ctx * x, bool chat) {
     triattn_token * toks = g.cache_prompt ? slot_cache_tokenize(srv->model, g.prompt, g.gp.add_special, g.gp.parse_special, &n_toks) : NULL;
     struct slot * sl = slots_acquire_unless(pool, toks, toks ? n_toks : 0, conn_gone, x->c, &left);
     free(toks);
+    if (sl) r.lanes[r.n_lanes++] = (struct gen_lane){ .sl = sl, .choice = -1 };
+    /* n choices: more slots when they are free now and nobody queues for them (they decode side by side); past
+     * those the choices follow one another, each after the first from its slot's cache */
+    while (sl && r.n_lanes < g.n_choices) {
+        struct slot * more = slots_take_free(pool, NULL, 0, &sl->cv);   /* the least recently used */
+        if (!more) break;
+        r.lanes[r.n_lanes++] = (struct gen_lane){ .sl = more, .choice = -1 };
+    }
     if (!sl && left) {
         x->req->keep_alive = false;
         x->status = 499;
-        free(ch);
-        gen_free(&g);
-        return;
-    }
-    if (!sl) { reply_error(x, 503, "shutting_down", "the server is shutting down"); free(ch); gen_free(&g); return; }
-    sl->job.prompt = g.prompt;
-    sl->job.gp = g.gp;
-    sl->job.kv_budget = g.kv_budget;
-    sl->job.client_gone = conn_gone;   /* the engine checks once more before it starts the job */
-    sl->job.client = x->c;
-    sl->job.cache_prompt = g.cache_prompt;
-    slots_submit(pool, sl);
-
-    /* the choices one after another in this slot: after the first, the prompt comes from the slot's cache */
-    struct gen_run r = { .alive = true };
-    jb_init(&r.ev);
-    for (int c = 0; c < g.n_choices; c++) jb_init(&ch[c].out);
-    const double t0 = mono_ms();
-    int n_run = 0, bad = -1;   /* choices run; the first that failed, if any */
-    for (int c = 0; c < g.n_choices; c++) {
-        if (c > 0 && !gen_next_choice(x, &g, sl, c)) { r.oom = true; break; }
-        gen_run_choice(x, &g, sl, &ch[c], &r);
-        n_run = c + 1;
-        if (!ch[c].begun || ch[c].st != TRIATTN_OK) { bad = c; break; }
-        if (!r.alive || r.oom || srv->stop) break;
-    }
-    slots_release(pool, sl);
-    for (int c = 0; c < n_run; c++) {
-        atomic_fetch_add(&srv->prompt_tokens, ch[c].res.n_prompt_tokens - (c ? ch[c].reuse.n_cached : 0));
-        atomic_fetch_add(&srv->tokens_generated, ch[c].res.n_generated);
-    }
-    atomic_fetch_add(&srv->decode_us_total, (long long)((mono_ms() - t0) * 1e3));
-
-    const struct gen_choice * f = bad >= 0 ? &ch[bad] : &ch[0];
-    if (!r.started) {
-        if (f->st == TRIATTN_OK && x->c->broken) {   /* dropped by the engine: the client went away */
-            x->req->keep_alive = false;
-            x->status = 499;
-        } else if (f->st == TRIATTN_OK)
-            reply_error(x, 503, "shutting_down", "the server is shutting down");
-        else if (f->st == TRIATTN_ERR_CONTEXT)
-            reply_error(x, 400, "context_length_exceeded", "the prompt does not fit in the context of %d tokens: %s",
-                        triattn_session_n_ctx(sl->session), f->err);
-        else
-            reply_error(x, f->http_status ? f->http_status : 500, triattn_status_name(f->st), "%s", f->err);
-    } else if (g.stream) {
-        const bool keep = x->req->keep_alive;
-        const bool whole = bad < 0 && n_run == g.n_choices;
-        x->req->keep_alive = false;  /* unless the stream ends whole below */
-        if (r.alive && !srv->stop && whole && !r.oom) {
-            if (g.include_usage) {
-                int32_t n_gen = 0;
-                for (int c = 0; c < n_run; c++) n_gen += ch[c].res.n_generated;
-                r.alive = send_usage(&g, x, &r.ev, ch[0].res.n_prompt_tokens, n_gen, ch[0].reuse.n_cached, &r.oom);
-            }
-            if (r.alive && !r.oom) { r.alive = http_stream_chunk(x->c, "data: [DONE]\n\n", 14); x->bytes += 14; }
-            if (r.alive && !r.oom) { http_stream_end(x->c); x->req->keep_alive = keep; }
-        }
-        /* a generation that failed after the stream began ends it with an error event */
-        if (r.alive && !srv->stop && !x->c->broken && (!whole || r.oom)) {
-            const char * msg = r.oom ? "out of memory" : f->st != TRIATTN_OK ? f->err : "the server is shutting down";
-            send_stream_error(x, r.oom ? "server_error" : triattn_status_name(f->st), msg);
-        }
-    } else if (r.oom) {
-        reply_error(x, 500, NULL, "out of memory");
-    } else if (bad >= 0 && ch[bad].st != TRIATTN_OK) {
-        reply_error(x, 500, triattn_status_name(f->st), "generation failed: %s", f->err);
-    } else if (r.alive && bad < 0 && n_run == g.n_choices) {
-        reply_choices(x, &g, ch, n_run);
-    } else if (r.alive && !x->c->broken) {
+    } else if (!sl) {
         reply_error(x, 503, "shutting_down", "the server is shutting down");
     } else {
-        x->req->keep_alive = false;
-        x->status = 499;  /* client closed the request (nginx's convention, log only) */
+        const double t0 = mono_ms();
+        gen_run_choices(x, &g, &r);
+        const int32_t n_ctx = triattn_session_n_ctx(sl->session);
+        for (int k = r.n_lanes - 1; k >= 0; k--) slots_release(pool, r.lanes[k].sl);
+        for (int c = 0; c < r.next; c++) {
+            atomic_fetch_add(&srv->prompt_tokens, r.ch[c].res.n_prompt_tokens - (c ? r.ch[c].reuse.n_cached : 0));
+            atomic_fetch_add(&srv->tokens_generated, r.ch[c].res.n_generated);
+        }
+        atomic_fetch_add(&srv->decode_us_total, (long long)((mono_ms() - t0) * 1e3));
+        gen_reply(x, &g, &r, n_ctx);
     }
     for (int c = 0; c < g.n_choices; c++) {
-        jb_free(&ch[c].out);
-        free(ch[c].lps);
-        free(ch[c].msg);
+        jb_free(&r.ch[c].out);
+        free(r.ch[c].lps);
+        free(r.ch[c].msg);
+        if (r.ch[c].parser != g.tools.parser) triattn_tool_parser_free(r.ch[c].parser);
     }
-    free(ch);
+    free(r.ch);
     jb_free(&r.ev);
     gen_free(&g);
 }

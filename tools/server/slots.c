@@ -50,6 +50,8 @@ static void job_start(struct slot_pool * p, struct slot * sl) {
     struct slot_job * j = &sl->job;
     triattn_session * s = sl->session;
     if (!j->cache_prompt) triattn_session_reset(s);
+    /* (a failed copy leaves the session as it was: the prompt is then prefilled here) */
+    if (j->cache_prompt && j->fork_from) (void)triattn_session_copy(s, j->fork_from->session);
     enum triattn_status st = TRIATTN_OK;
     if (p->compressing) {
         st = triattn_session_set_kv_budget(s, j->kv_budget > 0 ? j->kv_budget : p->kv_budget);
@@ -65,6 +67,12 @@ static void job_start(struct slot_pool * p, struct slot * sl) {
         snprintf(j->error, sizeof j->error, "%s", triattn_session_last_error(s));
         triattn_generate_get_result(s, &j->result);
     }
+}
+
+/* Wakes the request that follows the slot (and the one whose other slot it is working for). */
+static void slot_signal(struct slot * sl) {
+    pthread_cond_broadcast(&sl->cv);
+    if (sl->wake) pthread_cond_broadcast(sl->wake);
 }
 
 /* Forgets what the engine wrote for the slot's last job (text, logprobs, status, result). */
@@ -113,7 +121,7 @@ static void * engine_main(void * arg) {
                 if (sl->job.state == JOB_QUEUED && sl->job.cancel) {
                     sl->job.result.stop_reason = TRIATTN_STOP_CALLBACK;   /* dropped before any work */
                     sl->job.state = JOB_DONE;
-                    pthread_cond_broadcast(&sl->cv);
+                    slot_signal(sl);
                 } else if (sl->job.state == JOB_QUEUED) {
                     sl->job.state = JOB_RUNNING;
                     starting[n_start++] = sl;
@@ -121,7 +129,7 @@ static void * engine_main(void * arg) {
                     sl->job.result.stop_reason = TRIATTN_STOP_CALLBACK;
                     sl->job.state = JOB_DONE;
                     slot_snapshot_locked(sl);
-                    pthread_cond_broadcast(&sl->cv);
+                    slot_signal(sl);
                 } else if (sl->job.state == JOB_RUNNING) {
                     active[n_active++] = sl;
                 }
@@ -147,7 +155,7 @@ static void * engine_main(void * arg) {
                 if (starting[k]->job.status != TRIATTN_OK || starting[k]->job.result.stop_reason == TRIATTN_STOP_CALLBACK)
                     starting[k]->job.state = JOB_DONE;
                 else starting[k]->job.begun = true;
-                pthread_cond_broadcast(&starting[k]->cv);
+                slot_signal(starting[k]);
             }
             pthread_mutex_unlock(&p->mu);
         }
@@ -188,7 +196,7 @@ static void * engine_main(void * arg) {
             } else if ((j->result.n_generated & 15) == 0) {
                 slot_snapshot_locked(sl);
             }
-            if (!ok || done[k] || len[k]) pthread_cond_broadcast(&sl->cv);
+            if (!ok || done[k] || len[k]) slot_signal(sl);
         }
         pthread_mutex_unlock(&p->mu);
     }
@@ -199,7 +207,7 @@ static void * engine_main(void * arg) {
         if (p->slots[k].job.state == JOB_QUEUED || p->slots[k].job.state == JOB_RUNNING) {
             p->slots[k].job.state = JOB_DONE;
             p->slots[k].job.result.stop_reason = TRIATTN_STOP_CALLBACK;
-            pthread_cond_broadcast(&p->slots[k].cv);
+            slot_signal(&p->slots[k]);
         }
     }
     pthread_mutex_unlock(&p->mu);
@@ -299,6 +307,41 @@ static bool client_gone_locked(struct slot_pool * p, bool (*gone)(void *), void 
     return g;
 }
 
+/* Marks a free slot as the caller's, its job empty. */
+static void slot_take_locked(struct slot_pool * p, struct slot * got) {
+    got->busy = true;
+    got->n_requests++;
+    got->last_used = ++p->n_acquired;
+    got->n_prompt = got->n_generated = 0;
+    got->wake = NULL;
+    struct slot_job * j = &got->job;
+    j->state = JOB_IDLE;
+    job_clear_output(j);
+    j->kv_budget = 0;
+    j->client_gone = NULL;
+    j->client = NULL;
+    j->cache_prompt = false;
+    j->fork_from = NULL;
+}
+
+struct slot * slots_take_free(struct slot_pool * p, const triattn_token * tokens, int32_t n, pthread_cond_t * wake) {
+    pthread_mutex_lock(&p->mu);
+    struct slot * got = NULL;
+    if (!*p->stop && p->n_waiting == 0) got = slot_cache_pick_locked(p, tokens, n);
+    if (got) {
+        slot_take_locked(p, got);
+        got->wake = wake;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return got;
+}
+
+void slots_sleep_locked(struct slot_pool * p, struct slot * s, int timeout_ms) {
+    struct timespec ts;
+    deadline_in(&ts, timeout_ms);
+    pthread_cond_timedwait(&s->cv, &p->mu, &ts);
+}
+
 struct slot * slots_acquire(struct slot_pool * p) { return slots_acquire_unless(p, NULL, 0, NULL, NULL, NULL); }
 
 struct slot * slots_acquire_unless(struct slot_pool * p, const triattn_token * tokens, int32_t n, bool (*gone)(void *),
@@ -340,19 +383,7 @@ struct slot * slots_acquire_unless(struct slot_pool * p, const triattn_token * t
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }
     p->n_waiting--;
-    if (got) {
-        got->busy = true;
-        got->n_requests++;
-        got->last_used = ++p->n_acquired;
-        got->n_prompt = got->n_generated = 0;
-        struct slot_job * j = &got->job;
-        j->state = JOB_IDLE;
-        job_clear_output(j);
-        j->kv_budget = 0;
-        j->client_gone = NULL;
-        j->client = NULL;
-        j->cache_prompt = false;
-    }
+    if (got) slot_take_locked(p, got);
     /* the next ticket may take another free slot; a skipped ticket (shutdown) must not block the queue */
     serve_next_locked(p);
     pthread_cond_broadcast(&p->cv);
@@ -400,6 +431,7 @@ void slots_release(struct slot_pool * p, struct slot * s) {
     }
     s->job.state = JOB_IDLE;
     s->busy = false;
+    s->wake = NULL;
     p->n_released++;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);

@@ -31,6 +31,8 @@ struct slot_job {
     struct triattn_generate_params gp;
     int32_t      kv_budget;       /* 0 = the server's */
     bool         cache_prompt;    /* continue from the slot's cache when the prompt starts with its tokens */
+    struct slot * fork_from;      /* with cache_prompt: first copy this slot's session (one the request holds too,
+                                   * whose cache holds the prompt), so only a cut back remains */
     /* written by the engine, read by the request (pool lock) */
     enum job_state state;
     bool         begun;           /* the prompt was accepted: the response can start */
@@ -56,6 +58,7 @@ struct slot {
     triattn_session * session;
     bool              busy;
     pthread_cond_t    cv;          /* the engine signals new text or the end of the job */
+    pthread_cond_t *  wake;        /* signalled with cv: the held slot's, when a request holds several */
     struct slot_job   job;
     /* snapshot for /slots and /metrics */
     struct triattn_kv_stats kv;
@@ -111,6 +114,13 @@ struct slot * slots_acquire(struct slot_pool * p);
  * while waiting and once more before a slot is taken; gone is called without the pool lock. */
 struct slot * slots_acquire_unless(struct slot_pool * p, const triattn_token * tokens, int32_t n, bool (*gone)(void *),
                                    void * arg, bool * left);
+
+/* For a request that holds a slot and wants more (its n choices): a free slot now, without waiting, and only while
+ * no request is queued; chosen as slots_acquire_unless chooses. The engine signals wake whenever it signals the
+ * slot. NULL when none is free. */
+struct slot * slots_take_free(struct slot_pool * p, const triattn_token * tokens, int32_t n, pthread_cond_t * wake);
+/* Waits on slot s's signal (and so on the slots that wake it) for at most timeout_ms. Pool lock held. */
+void slots_sleep_locked(struct slot_pool * p, struct slot * s, int timeout_ms);
 
 /* ---- slot cache (slot_cache.c) ---- */
 

@@ -797,7 +797,12 @@ enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session 
         st = tri_session_fail(dst, TRIATTN_ERR_OOM, "session_copy: out of memory for the state of %d tokens",
                               src->n_past);
     } else {
-        st = tri_state_read(dst, w.mem, w.len, "the session copied");
+        st = tri_state_read(dst, w.mem, w.len, "the source");
+        const char * load = "session_load: ";
+        if (st != TRIATTN_OK && strncmp(dst->last_error, load, strlen(load)) == 0) {   /* the reader's words */
+            snprintf(msg, sizeof msg, "session_copy: %s", dst->last_error + strlen(load));
+            snprintf(dst->last_error, sizeof dst->last_error, "%s", msg);
+        }
     }
     free(w.mem);
     return st;

@@ -111,7 +111,12 @@ def test_save_and_load_state(default_model, policy, recall, tmp_path):
     other = _llama(default_model, policy, kv_recall=recall)
     other.load_state(path)
     assert other.kv_stats()["t2_rows"] == llm_t2_rows
+    # a copy of the loaded session (no file) continues as it does
+    twin = _llama(default_model, policy, kv_recall=recall)
+    twin.copy_state_from(other)
+    assert twin.session_tokens() == other.session_tokens() and twin.kv_stats()["t2_rows"] == llm_t2_rows
     got = _chat(other, msgs)
+    assert _chat(twin, msgs)["choices"] == got["choices"]
     cached = want["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert got["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
     # as in the continuation test: a re-rendered reply that tokenizes differently restarts a compressed session
@@ -131,12 +136,18 @@ def test_save_and_load_state(default_model, policy, recall, tmp_path):
     foreign = _llama(default_model, "triattention" if policy == "full" else "full")
     with pytest.raises(TriattnError, match="session_load"):
         foreign.load_state(path)
+    before = foreign.session_tokens()
+    with pytest.raises(TriattnError, match="session_copy"):
+        foreign.copy_state_from(other)
+    with pytest.raises(TypeError):
+        foreign.copy_state_from(path)
+    assert foreign.session_tokens() == before
     if recall:  # tier-2 rows need a session that keeps a tier 2
         plain = _llama(default_model, policy)
         with pytest.raises(TriattnError, match="kv_recall"):
             plain.load_state(path)
         plain.close()
-    for x in (llm, other, foreign):
+    for x in (llm, other, twin, foreign):
         x.close()
 
 

@@ -901,6 +901,15 @@ class Llama:
         self._gen_id += 1
         self._check_s(self._lib.triattn_session_load(self._s(), os.fsencode(path)))
 
+    def copy_state_from(self, other: "Llama") -> None:
+        """Makes this session hold what other's holds (tokens, KV cache, policy state), as save_state followed by
+        load_state without a file, so both continue alike from there. Same model and KV policy; otherwise
+        TriattnError, and this session stays as it was."""
+        if not isinstance(other, Llama):
+            raise TypeError(f"copy_state_from takes a Llama, not {type(other).__name__}")
+        self._gen_id += 1
+        self._check_s(self._lib.triattn_session_copy(self._s(), other._s()))
+
     # ---- chat templates -------------------------------------------------------------------------
 
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:

@@ -762,14 +762,6 @@ static void gen_run_choices(ctx * x, struct gen_req * g, struct gen_run * r) {
             continue;
         }
         pthread_mutex_unlock(&pool->mu);
-        const bool go = r->bad < 0 && r->alive && !r->oom && !srv->stop;
-        for (int k = 1; k < r->n_lanes && r->forkable; k++) {
-            struct gen_lane * l = &r->lanes[k];
-            if (l->waiting && go && r->next < g->n_choices &&
-                !gen_start_choice(x, g, r, l, r->next++, r->lanes[0].sl))
-                r->oom = true;
-            l->waiting = false;
-        }
         for (int k = 0; k < r->n_lanes; k++) {
             struct gen_lane * l = &r->lanes[k];
             if (l->choice < 0 || !l->news) continue;
@@ -780,6 +772,13 @@ static void gen_run_choices(ctx * x, struct gen_req * g, struct gen_run * r) {
             if (r->bad < 0 && r->alive && !r->oom && !srv->stop && r->next < g->n_choices &&
                 !gen_start_choice(x, g, r, l, r->next++, NULL))
                 r->oom = true;
+        }
+        for (int k = 1; k < r->n_lanes && r->forkable; k++) {
+            struct gen_lane * l = &r->lanes[k];
+            if (l->waiting && r->bad < 0 && r->alive && !r->oom && !srv->stop && r->next < g->n_choices &&
+                !gen_start_choice(x, g, r, l, r->next++, r->lanes[0].sl))
+                r->oom = true;
+            l->waiting = false;
         }
         /* a vanished client (or shutdown, or a failed choice) frees the slots at once */
         if (r->alive && http_peer_gone(x->c)) r->alive = false;

@@ -70,6 +70,16 @@ static bool same_state(const triattn_session * a, const triattn_session * b) {
     return true;
 }
 
+/* n greedy steps on each of a and c. */
+static void decode_greedy_both(triattn_session * a, triattn_session * c, int n) {
+    for (int i = 0; i < n; i++) {
+        triattn_token ta = tu_argmax(triattn_session_logits(a, -1), g_info.n_vocab);
+        triattn_token tc = tu_argmax(triattn_session_logits(c, -1), g_info.n_vocab);
+        triattn_session_decode(a, &ta, 1, false);
+        triattn_session_decode(c, &tc, 1, false);
+    }
+}
+
 /* A fresh session given t[0..n) in one call. */
 static triattn_session * one_shot(triattn_model * m, const char * policy, int budget, int interval,
                                   const triattn_token * t, int n) {
@@ -301,12 +311,7 @@ static void test_save_load(triattn_model * m, const char * policy, const char * 
 
     CHECK(triattn_session_load(c, path) == TRIATTN_OK, "%s: load: %s", policy, triattn_session_last_error(c));
     CHECK(same_state(a, c), "%s: loaded state differs", policy);
-    for (int i = 0; i < 40; i++) {
-        triattn_token ta = tu_argmax(triattn_session_logits(a, -1), g_info.n_vocab);
-        triattn_token tc = tu_argmax(triattn_session_logits(c, -1), g_info.n_vocab);
-        triattn_session_decode(a, &ta, 1, false);
-        triattn_session_decode(c, &tc, 1, false);
-    }
+    decode_greedy_both(a, c, 40);
     CHECK(same_state(a, c), "%s: continuation after load differs", policy);
     struct triattn_reuse_info ri;
     static triattn_token held[MAXT];
@@ -355,12 +360,7 @@ static void test_copy(triattn_model * m, const char * policy, const char * mode,
               memcmp(before, triattn_session_logits(a, -1), sizeof(float) * (size_t) g_info.n_vocab) == 0,
           "%s: the source changed", policy);
     CHECK(same_state(a, c), "%s: the copy differs", policy);
-    for (int i = 0; i < 40; i++) {
-        triattn_token ta = tu_argmax(triattn_session_logits(a, -1), g_info.n_vocab);
-        triattn_token tc = tu_argmax(triattn_session_logits(c, -1), g_info.n_vocab);
-        triattn_session_decode(a, &ta, 1, false);
-        triattn_session_decode(c, &tc, 1, false);
-    }
+    decode_greedy_both(a, c, 40);
     CHECK(same_state(a, c), "%s: the copy decodes on differently", policy);
     triattn_session_free(a);
     triattn_session_free(c);

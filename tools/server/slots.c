@@ -401,11 +401,7 @@ void slots_submit(struct slot_pool * p, struct slot * s) {
 }
 
 enum job_state slots_wait_locked(struct slot_pool * p, struct slot * s, size_t have, size_t have_lp, int timeout_ms) {
-    if (s->job.state != JOB_DONE && s->job.len <= have && s->job.n_lp <= have_lp) {
-        struct timespec ts;
-        deadline_in(&ts, timeout_ms);
-        pthread_cond_timedwait(&s->cv, &p->mu, &ts);
-    }
+    if (s->job.state != JOB_DONE && s->job.len <= have && s->job.n_lp <= have_lp) slots_sleep_locked(p, s, timeout_ms);
     return s->job.state;
 }
 

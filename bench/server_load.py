@@ -8,6 +8,7 @@
   python bench/server_load.py vanished --clients 60      # 1-token latency behind vanished queued clients
   python bench/server_load.py memory --clients 64        # peak RSS under 64 concurrent ~512 KB requests
   python bench/server_load.py choices -n 4               # n choices in one request against n requests
+  python bench/server_load.py shared --requests 8        # requests sharing a long prompt start, --prefix-share on/off
 
 Each starts the server binary (TRIATTN_SERVER_BIN, else build/triattn-server, else the wheel's) on a free
 loopback port with the default model, prints a summary and writes JSON next to it (bench/out/).
@@ -524,6 +525,80 @@ def choices(a) -> dict:
     return {"threads": a.threads, "repeat": a.repeat, "rows": rows}
 
 
+# ---- shared prompt starts ---------------------------------------------------------------------------
+
+def _first_token_stream(srv: Server, body: dict) -> tuple[float, dict]:
+    """Streams a completion; returns the seconds to its first text and the usage chunk."""
+    import http.client
+    c = http.client.HTTPConnection(srv.host, srv.port, timeout=600)
+    t0 = time.perf_counter()
+    first, usage = None, {}
+    try:
+        c.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True,
+                  "stream_options": {"include_usage": True}}).encode(), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200, r.read()
+        for line in r:
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            ev = json.loads(line[6:])
+            if first is None and any(ch.get("text") for ch in ev.get("choices", [])):
+                first = time.perf_counter() - t0
+            if ev.get("usage"):
+                usage = ev["usage"]
+    finally:
+        c.close()
+    return first if first is not None else float("nan"), usage
+
+
+def shared(a) -> dict:
+    """Requests that start with the same document (a system prompt, a shared file) and end with their own question,
+    on servers with --prefix-share on and off: all sent at once, and one every --gap seconds (each arriving while
+    the earlier ones run). Per request the time to its first token (streamed) and the prompt tokens prefilled; the
+    wall time of all. Every round has a document of its own (KJV text), so no earlier cache helps; medians of the
+    rounds' figures over --repeat rounds."""
+    policies = a.policies.split(",")
+    rounds = len(policies) * 2 * 2 * a.repeat
+    docs = iter(_kjv(a.doc_chars, rounds + 1))
+    questions = [q[:a.question_chars] for q in _kjv(a.question_chars, 50 * a.requests)[::50]]
+    rows = []
+    for policy in policies:
+        for share in (a.share, 0):
+            extra = ["--parallel", str(a.parallel), "--ctx-size", str(a.ctx), "-t", str(a.threads),
+                     "--kv-policy", policy, "--prefix-share", str(share)]
+            if policy != "full":
+                extra += ["--calibration", str(SIDECAR), "--kv-budget", str(a.budget)]
+            srv = Server(*extra)
+            srv.post("/v1/completions", {"prompt": "warm up", "max_tokens": 4})
+            for pattern in ("burst", "staggered"):
+                per = {"ttft_median_s": [], "ttft_max_s": [], "wall_s": [], "prefilled": [], "prompt_tokens": []}
+                for rep in range(a.repeat):
+                    doc = next(docs)
+                    bodies = [{"model": "smol", "prompt": f"{doc}\n\nQuestion: {q}\nAnswer:", "max_tokens": a.tokens,
+                               "temperature": 0, "ignore_eos": True} for q in questions]
+                    t0 = time.perf_counter()
+
+                    def one(k):
+                        if pattern == "staggered":
+                            time.sleep(max(0.0, t0 + k * a.gap - time.perf_counter()))
+                        return _first_token_stream(srv, bodies[k])
+                    with cf.ThreadPoolExecutor(a.requests) as ex:
+                        outs = list(ex.map(one, range(a.requests)))
+                    per["wall_s"].append(time.perf_counter() - t0)
+                    ttft = [t for t, _ in outs]
+                    per["ttft_median_s"].append(statistics.median(ttft))
+                    per["ttft_max_s"].append(max(ttft))
+                    per["prefilled"].append(sum(u["prompt_tokens"] - u["prompt_tokens_details"]["cached_tokens"]
+                                                for _, u in outs))
+                    per["prompt_tokens"].append(statistics.median(u["prompt_tokens"] for _, u in outs))
+                row = {"policy": policy, "prefix_share": share, "pattern": pattern, "requests": a.requests,
+                       "parallel": a.parallel, **{k: round(statistics.median(v), 3) for k, v in per.items()}}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            srv.close()
+    return {"threads": a.threads, "repeat": a.repeat, "gap_s": a.gap, "max_tokens": a.tokens, "rows": rows}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -563,9 +638,23 @@ def main(argv=None) -> int:
     ch.add_argument("--repeat", type=int, default=3)
     ch.add_argument("--ctx", type=int, default=4096)
     ch.add_argument("-t", "--threads", type=int, default=2)
+    sh = sub.add_parser("shared", help="requests sharing a long prompt start, with --prefix-share on and off")
+    sh.add_argument("--requests", type=int, default=8)
+    sh.add_argument("--parallel", type=int, default=4)
+    sh.add_argument("--doc-chars", type=int, default=6000, help="characters of the shared document (default 6000, "
+                    "about 1.5K tokens)")
+    sh.add_argument("--question-chars", type=int, default=120)
+    sh.add_argument("--tokens", type=int, default=32, help="tokens generated per request (default 32)")
+    sh.add_argument("--gap", type=float, default=0.5, help="seconds between arrivals, staggered (default 0.5)")
+    sh.add_argument("--share", type=int, default=64, help="--prefix-share of the 'on' server (default 64)")
+    sh.add_argument("--policies", default="full,triattention")
+    sh.add_argument("--budget", type=int, default=2048)
+    sh.add_argument("--repeat", type=int, default=3)
+    sh.add_argument("--ctx", type=int, default=4096)
+    sh.add_argument("-t", "--threads", type=int, default=2)
     a = ap.parse_args(argv)
     res = {"fuzz": fuzz, "soak": soak, "bench": bench, "lockout": lockout, "vanished": vanished,
-           "memory": memory, "choices": choices}[a.cmd](a)
+           "memory": memory, "choices": choices, "shared": shared}[a.cmd](a)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"server_{a.cmd}.json"
     path.write_text(json.dumps(res, indent=1))

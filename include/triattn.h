@@ -616,6 +616,9 @@ struct triattn_reuse_info {
  * session's tokens and their last logits are current. TRIATTN_ERR_INVALID_ARG for n <= 0 or NULL pointers. */
 TRIATTN_API enum triattn_status triattn_session_reuse_prefix(triattn_session * s, const triattn_token * tokens,
                                                              int32_t n, struct triattn_reuse_info * out);
+/* How many of tokens[0..n) triattn_session_reuse_prefix would take from the session's cache now (its n_cached),
+ * without changing the session: 0 when it would start over, or for bad arguments. */
+TRIATTN_API int32_t triattn_session_reusable(const triattn_session * s, const triattn_token * tokens, int32_t n);
 /* The tokens the session holds (n_past of them, position order). *n_out = n_past (see "Buffers" above). */
 TRIATTN_API enum triattn_status triattn_session_tokens(const triattn_session * s, triattn_token * out,
                                                        int32_t capacity, int32_t * n_out);

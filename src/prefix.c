@@ -64,8 +64,10 @@ bool tri_session_truncate(triattn_session * s, int32_t n) {
     return true;
 }
 
-enum triattn_status tri_session_reuse(triattn_session * s, const triattn_token * tokens, int32_t n,
-                                      struct triattn_reuse_info * out) {
+/* What tri_session_reuse does with tokens[0..n), without doing it: the kind, and for a ROLLBACK the position the
+ * cache is cut back to (n_cached). */
+static void tri_reuse_plan(const triattn_session * s, const triattn_token * tokens, int32_t n,
+                           struct triattn_reuse_info * out) {
     memset(out, 0, sizeof *out);
     const int32_t held = s->n_past;
     int32_t common = 0;
@@ -78,24 +80,39 @@ enum triattn_status tri_session_reuse(triattn_session * s, const triattn_token *
     out->n_common = common;
     if (held == 0) {
         out->kind = TRIATTN_REUSE_FRESH;
-        return TRIATTN_OK;
-    }
-    if (common == held && (common < n || s->n_logits > 0)) {
+    } else if (common == held && (common < n || s->n_logits > 0)) {
         /* The prompt extends (or equals, with the last token's logits at hand) what the session holds. */
         out->kind = TRIATTN_REUSE_CONTINUE;
         out->n_cached = common;
-        return TRIATTN_OK;
-    }
-    /* Cut back to the divergence, keeping at least one prompt token to decode for fresh logits. */
-    const int32_t at = TRI_MIN(common, n - 1);
-    if (at > 0 && tri_session_truncate(s, at)) {
+    } else if (TRI_MIN(common, n - 1) > 0 && tri_prefix_cuttable(s, TRI_MIN(common, n - 1))) {
+        /* Cut back to the divergence, keeping at least one prompt token to decode for fresh logits. */
         out->kind = TRIATTN_REUSE_ROLLBACK;
-        out->n_cached = at;
-        return TRIATTN_OK;
+        out->n_cached = TRI_MIN(common, n - 1);
+    } else {
+        out->kind = TRIATTN_REUSE_RESTART;
     }
-    triattn_session_reset(s);
-    out->kind = TRIATTN_REUSE_RESTART;
+}
+
+enum triattn_status tri_session_reuse(triattn_session * s, const triattn_token * tokens, int32_t n,
+                                      struct triattn_reuse_info * out) {
+    tri_reuse_plan(s, tokens, n, out);
+    if (out->kind == TRIATTN_REUSE_ROLLBACK && !tri_session_truncate(s, out->n_cached)) {
+        out->kind = TRIATTN_REUSE_RESTART; /* the device cache could not follow */
+        out->n_cached = 0;
+    }
+    if (out->kind == TRIATTN_REUSE_RESTART) {
+        triattn_session_reset(s);
+    }
     return TRIATTN_OK;
+}
+
+int32_t triattn_session_reusable(const triattn_session * s, const triattn_token * tokens, int32_t n) {
+    if (!s || !tokens || n <= 0) {
+        return 0;
+    }
+    struct triattn_reuse_info info;
+    tri_reuse_plan(s, tokens, n, &info);
+    return info.n_cached;
 }
 
 enum triattn_status triattn_session_reuse_prefix(triattn_session * s, const triattn_token * tokens, int32_t n,

@@ -59,7 +59,7 @@ static uint64_t tri_fnv1a(uint64_t h, const void * data, size_t n) {
 
 /* ---- writing ------------------------------------------------------------------------------------- */
 
-/* Writes to a file, or (f NULL) appends to a growing buffer. */
+/* Writes to a file (checksummed), or (f NULL) appends to a growing buffer (a copy in memory: no checksum). */
 typedef struct tri_writer {
     FILE *          f;
     uint64_t        hash;
@@ -72,8 +72,8 @@ static void tri_put(tri_writer * w, const void * data, size_t n) {
     if (!w->ok || n == 0) {
         return;
     }
-    w->hash = tri_fnv1a(w->hash, data, n);
     if (w->f) {
+        w->hash = tri_fnv1a(w->hash, data, n);
         w->ok = fwrite(data, 1, n, w->f) == n;
         return;
     }
@@ -688,7 +688,7 @@ static enum triattn_status tri_state_apply(triattn_session * s, tri_reader * r, 
 }
 
 static enum triattn_status tri_state_read(triattn_session * s, const unsigned char * buf, size_t size,
-                                          const char * path);
+                                          const char * path, bool check_sum);
 
 enum triattn_status triattn_session_load(triattn_session * s, const char * path) {
     if (!s) {
@@ -739,16 +739,16 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     if (!read_ok) {
         st = tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot read '%s'", path);
     } else {
-        st = tri_state_read(s, buf, (size_t) size, path);
+        st = tri_state_read(s, buf, (size_t) size, path, true);
     }
     free(buf);
     return st;
 }
 
-/* Validates the state in buf[0..size) (checksum last) against session s, then adopts it; s is unchanged on
- * failure. path names the source in messages. */
+/* Validates the state in buf[0..size) (checksum last, compared when check_sum: a file) against session s, then
+ * adopts it; s is unchanged on failure. path names the source in messages. */
 static enum triattn_status tri_state_read(triattn_session * s, const unsigned char * buf, size_t size,
-                                          const char * path) {
+                                          const char * path, bool check_sum) {
     enum triattn_status st;
     tri_reader r = { buf, size - 8, 0 };
     tri_state_header h;
@@ -759,7 +759,7 @@ static enum triattn_status tri_state_read(triattn_session * s, const unsigned ch
     } else if (h.version < 1 || h.version > TRI_STATE_VERSION) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has format version %u, this library reads 1..%u",
                               path, h.version, TRI_STATE_VERSION);
-    } else if (tri_fnv1a(TRI_FNV_OFFSET, buf, (size_t) size - 8) != sum) {
+    } else if (check_sum && tri_fnv1a(TRI_FNV_OFFSET, buf, (size_t) size - 8) != sum) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT,
                               "session_load: '%s' is corrupt or truncated (checksum mismatch over %llu bytes)", path,
                               (unsigned long long) (size - 8));
@@ -789,6 +789,14 @@ enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session 
         return st;
     }
     tri_writer w = { .hash = TRI_FNV_OFFSET, .ok = true };
+    /* The buffer sized for the cache at once (the rest grows it): one pass over the bytes, not a doubling's */
+    const tri_kv_cache * c = &src->kv;
+    size_t est = ((size_t) 1 << 16) + sizeof(int32_t) * (size_t) src->n_past + sizeof(float) * (size_t) src->model->hp.n_vocab;
+    for (int i = 0; i < c->n_layer * c->n_head_kv; i++) {
+        est += (size_t) c->n_live[i] * (sizeof(int32_t) + 2 * sizeof(tri_fp16) * (size_t) c->head_dim) + sizeof(int32_t);
+    }
+    w.mem = malloc(est);
+    w.cap = w.mem ? est : 0;
     st = tri_state_write(src, &w);
     if (st != TRIATTN_OK) {
         snprintf(msg, sizeof msg, "%s", src->last_error);
@@ -797,7 +805,7 @@ enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session 
         st = tri_session_fail(dst, TRIATTN_ERR_OOM, "session_copy: out of memory for the state of %d tokens",
                               src->n_past);
     } else {
-        st = tri_state_read(dst, w.mem, w.len, "the source");
+        st = tri_state_read(dst, w.mem, w.len, "the source", false);
         const char * load = "session_load: ";
         if (st != TRIATTN_OK && strncmp(dst->last_error, load, strlen(load)) == 0) {   /* the reader's words */
             snprintf(msg, sizeof msg, "session_copy: %s", dst->last_error + strlen(load));

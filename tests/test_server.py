@@ -498,6 +498,70 @@ def test_n_choices(srv, client):
     assert st == 400 and json.loads(raw)["error"]["param"] == "n"
 
 
+WORDS = ("river mountain lantern copper whisper orchard harbor meadow ember quartz violet thunder cedar falcon "
+         "marble saffron glacier pepper canyon willow").split()
+
+
+def _notes(n_words):
+    """A fresh shared start for several prompts (a system prompt, a document)."""
+    return "Background notes: " + " ".join(RNG.choice(WORDS) for _ in range(n_words)) + ".\n"
+
+
+def _gen(s, prompt, **kw):
+    st, raw = s.request("POST", "/v1/completions", {"prompt": prompt, "max_tokens": 6, "temperature": 0, **kw},
+                        timeout=120)
+    assert st == 200, raw
+    return json.loads(raw)
+
+
+def test_prefix_shared_between_slots(server_bin, model_path):
+    """A prompt whose start another slot holds (busy or idle) starts from a copy of that slot's cache, and one whose
+    start another slot is prefilling waits for it and copies it: the shared part is prefilled once, and every reply
+    equals the one prefilled from scratch ("cache_prompt": false). --prefix-share 0 turns it off."""
+    s = Server(server_bin, model_path, "--parallel", "3", "--ctx-size", "1024")
+    try:
+        notes = _notes(RNG.randint(120, 220))
+        prompts = [notes + f"Question {k}: {RNG.choice(PROMPTS)}" for k in range(3)]
+        n_notes = len(json.loads(s.request("POST", "/tokenize", {"content": notes})[1])["tokens"])
+        assert n_notes > 150
+        # three at once on empty slots: one prefills the notes, the others wait for them and copy them
+        with cf.ThreadPoolExecutor(3) as ex:
+            burst = list(ex.map(lambda p: _gen(s, p), prompts))
+        filled = sum(r["timings"]["prompt_n"] for r in burst)
+        assert filled < n_notes + 3 * 40, [r["timings"] for r in burst]
+        shared = [r for r in burst if "cache_from_slot" in r["timings"]]
+        assert len(shared) >= 2 and all(r["timings"]["cache_shared_n"] >= n_notes - 2 for r in shared), burst
+        assert _metric(s, "triattn_prefix_shares_total") == len(shared)
+        assert _metric(s, "triattn_prefix_shared_tokens_total") == sum(r["timings"]["cache_shared_n"] for r in shared)
+        # from a busy slot: a long stream holds the new notes; a request with the same notes copies its cache
+        notes2 = _notes(RNG.randint(120, 220))
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", timeout=120, max_retries=0)
+        stream = c.completions.create(model="smol", prompt=notes2 + "Tell me a long story.", max_tokens=300,
+                                      temperature=0, stream=True, extra_body={"ignore_eos": True})
+        next(iter(stream))
+        busy = [x["id"] for x in json.loads(s.request("GET", "/slots")[1]) if x["state"] == "busy"]
+        late_prompt = notes2 + "Question: " + RNG.choice(PROMPTS)
+        late = _gen(s, late_prompt)
+        assert late["timings"].get("cache_from_slot") in busy and late["timings"]["prompt_n"] < 40, late["timings"]
+        assert json.loads(s.request("GET", "/slots")[1])[busy[0]]["state"] == "busy"   # it is still generating
+        stream.close()
+        # the same replies as from scratch
+        for p, r in zip(prompts + [late_prompt], burst + [late]):
+            assert _gen(s, p, cache_prompt=False)["choices"][0]["text"] == r["choices"][0]["text"]
+    finally:
+        s.close()
+    s = Server(server_bin, model_path, "--parallel", "2", "--ctx-size", "1024", "--prefix-share", "0")
+    try:
+        with cf.ThreadPoolExecutor(2) as ex:
+            off = list(ex.map(lambda p: _gen(s, p), prompts[:2]))
+        assert all("cache_from_slot" not in r["timings"] for r in off)
+        assert sum(r["timings"]["prompt_n"] for r in off) > 2 * n_notes
+        assert [r["choices"][0]["text"] for r in off] == [r["choices"][0]["text"] for r in burst[:2]]
+        assert _metric(s, "triattn_prefix_shares_total") == 0
+    finally:
+        s.close()
+
+
 @pytest.fixture(scope="module")
 def sidecar():
     p = Path(__file__).resolve().parents[1] / "python" / "pytriattn" / "data" / "SmolLM2-135M-Instruct.Q4_1.tri-stats.gguf"
@@ -531,6 +595,32 @@ def test_per_request_kv_budget(server_bin, model_path, sidecar, srv):
     # a full-attention server has no budget to lower
     st, raw = srv.request("POST", "/v1/completions", {"prompt": "x", "kv_budget": 64})
     assert st == 400 and b"kv_budget" in raw
+
+
+def test_prefix_shared_with_triattention(server_bin, model_path, sidecar):
+    """TriAttention slots share a start their caches hold uncompressed, only between equal budgets; a start that a
+    compression round ran after is not shared (its cache cannot be cut back to it). Replies equal the ones
+    prefilled from scratch."""
+    s = Server(server_bin, model_path, "--calibration", str(sidecar), "--kv-policy", "triattention",
+               "--kv-budget", "512", "--kv-interval", "64", "--parallel", "3", "--ctx-size", "1024")
+    try:
+        notes = _notes(RNG.randint(120, 200))
+        prompts = [notes + f"Question {k}: {RNG.choice(PROMPTS)}" for k in range(3)]
+        with cf.ThreadPoolExecutor(3) as ex:
+            burst = list(ex.map(lambda p: _gen(s, p), prompts))
+        assert sum("cache_from_slot" in r["timings"] for r in burst) >= 2, [r["timings"] for r in burst]
+        # another budget: the caches under 512 are not copied
+        other = _gen(s, notes + "Question: " + RNG.choice(PROMPTS), kv_budget=300)
+        assert "cache_from_slot" not in other["timings"]
+        # budget 64: every cache holding the notes was compressed after them
+        small = [_gen(s, notes + f"Note {k}.", kv_budget=64) for k in range(2)]
+        assert all("cache_from_slot" not in r["timings"] for r in small)
+        assert all(r["usage"]["prompt_tokens"] > 128 for r in small)
+        for p, r, kw in [(p, r, {}) for p, r in zip(prompts, burst)] + [
+                (notes + f"Note {k}.", small[k], {"kv_budget": 64}) for k in range(2)]:
+            assert _gen(s, p, cache_prompt=False, **kw)["choices"][0]["text"] == r["choices"][0]["text"]
+    finally:
+        s.close()
 
 
 def test_default_model_and_its_centres_without_m(server_bin, model_path, sidecar, tmp_path):

@@ -19,6 +19,7 @@ static inline void srv_test_opts(struct server_opts * o, const char * model_path
     o->alias = alias;
     o->max_conns = 16;
     o->max_held_bytes = 1 << 22;
+    o->prefix_share = 8;   /* small prompts share prefixes too */
 }
 
 /* Starts srv's slot pool (srv->model loaded) from its options: one thread a slot, prompts prefilled 64 tokens a
@@ -37,7 +38,7 @@ static inline enum triattn_status srv_test_start(struct server * srv, char * err
     triattn_model_get_info(srv->model, &srv->info);
     srv->stop = 0;
     srv->started = time(NULL);
-    return slots_init(&srv->pool, srv->model, o->parallel, &sp, 64, &srv->stop, err, err_size);
+    return slots_init(&srv->pool, srv->model, o->parallel, &sp, 64, o->prefix_share, &srv->stop, err, err_size);
 }
 
 #endif

@@ -80,6 +80,27 @@ static void decode_greedy_both(triattn_session * a, triattn_session * c, int n) 
     }
 }
 
+/* triattn_session_reuse_prefix, after triattn_session_reusable has foretold its n_cached without changing the
+ * session (its tokens and KV positions). */
+static enum triattn_status reuse_checked(triattn_session * s, const triattn_token * t, int n,
+                                         struct triattn_reuse_info * ri) {
+    static triattn_token before[MAXPOS + 8], after[MAXPOS + 8];
+    static int32_t pos_before[MAXPOS], pos_after[MAXPOS];
+    int32_t nb = 0, na = 0, pb = 0, pa = 0;
+    triattn_session_tokens(s, before, MAXPOS + 8, &nb);
+    triattn_session_kv_positions(s, 0, 0, pos_before, MAXPOS, &pb);
+    const int32_t foretold = triattn_session_reusable(s, t, n);
+    triattn_session_tokens(s, after, MAXPOS + 8, &na);
+    triattn_session_kv_positions(s, 0, 0, pos_after, MAXPOS, &pa);
+    CHECK(na == nb && memcmp(before, after, sizeof(triattn_token) * (size_t) na) == 0 && pa == pb &&
+              memcmp(pos_before, pos_after, sizeof(int32_t) * (size_t) pa) == 0,
+          "reusable changed the session (%d -> %d tokens, %d -> %d slots)", nb, na, pb, pa);
+    const enum triattn_status st = triattn_session_reuse_prefix(s, t, n, ri);
+    CHECK(st != TRIATTN_OK || ri->n_cached == foretold, "reusable foretold %d cached tokens, reuse_prefix kept %d (kind %d)",
+          foretold, ri->n_cached, ri->kind);
+    return st;
+}
+
 /* A fresh session given t[0..n) in one call. */
 static triattn_session * one_shot(triattn_model * m, const char * policy, int budget, int interval,
                                   const triattn_token * t, int n) {
@@ -105,7 +126,7 @@ static void test_reuse(triattn_model * m, const char * policy, int budget, int i
         return;
     }
     struct triattn_reuse_info ri;
-    CHECK(triattn_session_reuse_prefix(a, conv, n1, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_FRESH &&
+    CHECK(reuse_checked(a, conv, n1, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_FRESH &&
               ri.n_cached == 0, "%s: first prompt: kind %d, cached %d", policy, ri.kind, ri.n_cached);
     decode_split(a, conv, n1);
     int n = n1;
@@ -118,7 +139,7 @@ static void test_reuse(triattn_model * m, const char * policy, int budget, int i
     }
     random_tokens(conv + n, n2);
     const int total = n + n2;
-    CHECK(triattn_session_reuse_prefix(a, conv, total, &ri) == TRIATTN_OK, "%s: reuse", policy);
+    CHECK(reuse_checked(a, conv, total, &ri) == TRIATTN_OK, "%s: reuse", policy);
     CHECK(ri.kind == TRIATTN_REUSE_CONTINUE && ri.n_cached == n - 1 && ri.n_common == n - 1,
           "%s: turn 2: kind %d, cached %d (want continue, %d)", policy, ri.kind, ri.n_cached, n - 1);
     decode_split(a, conv + ri.n_cached, total - ri.n_cached);
@@ -136,7 +157,7 @@ static void test_reuse(triattn_model * m, const char * policy, int budget, int i
               memcmp(held, conv, sizeof(triattn_token) * (size_t) total) == 0, "%s: token history", policy);
 
     /* The same prompt again: the last logits are current, nothing to decode. */
-    CHECK(triattn_session_reuse_prefix(a, conv, total, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_CONTINUE &&
+    CHECK(reuse_checked(a, conv, total, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_CONTINUE &&
               ri.n_cached == total && same_state(a, b), "%s: same prompt again: kind %d cached %d", policy, ri.kind,
           ri.n_cached);
 
@@ -147,7 +168,7 @@ static void test_reuse(triattn_model * m, const char * policy, int budget, int i
     const int n3 = (int) tu_int(1, 60);
     random_tokens(alt + d, n3);
     alt[d] = conv[d] == 1000 ? 1001 : 1000;
-    CHECK(triattn_session_reuse_prefix(a, alt, d + n3, &ri) == TRIATTN_OK, "%s: reuse after divergence", policy);
+    CHECK(reuse_checked(a, alt, d + n3, &ri) == TRIATTN_OK, "%s: reuse after divergence", policy);
     /* Rounds run when live slots reach budget + interval: at budget + interval, then every interval. */
     const int trigger = budget + interval;
     const int last_round = strcmp(policy, "full") == 0 || total < trigger ? -1
@@ -169,7 +190,7 @@ static void test_reuse(triattn_model * m, const char * policy, int budget, int i
     /* A changed KV budget: the cache no longer follows from the tokens alone. */
     if (strcmp(policy, "full") != 0) {
         CHECK(triattn_session_set_kv_budget(a, budget - 8) == TRIATTN_OK, "set_kv_budget");
-        CHECK(triattn_session_reuse_prefix(a, alt, d + n3, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_RESTART,
+        CHECK(reuse_checked(a, alt, d + n3, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_RESTART,
               "%s: budget changed: kind %d", policy, ri.kind);
     }
     triattn_session_free(a);
@@ -194,7 +215,7 @@ static void test_rollback_rounds(triattn_model * m, int budget, int interval) {
     memcpy(alt, t, sizeof(triattn_token) * (size_t) n);
     const int after = (int) tu_int(round, n - 1);
     alt[after] = t[after] == 1000 ? 1001 : 1000;
-    CHECK(triattn_session_reuse_prefix(a, alt, n, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_ROLLBACK &&
+    CHECK(reuse_checked(a, alt, n, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_ROLLBACK &&
               ri.n_cached == after, "divergence at %d after the round at %d: kind %d cached %d", after, round, ri.kind,
           ri.n_cached);
     decode_split(a, alt + after, n - after);
@@ -202,7 +223,7 @@ static void test_rollback_rounds(triattn_model * m, int budget, int interval) {
     CHECK(same_state(a, b), "rollback to %d after the round at %d differs from one request", after, round);
     const int before = (int) tu_int(1, round - 1);
     alt[before] = t[before] == 1000 ? 1001 : 1000;
-    CHECK(triattn_session_reuse_prefix(a, alt, n, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_RESTART,
+    CHECK(reuse_checked(a, alt, n, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_RESTART,
           "divergence at %d before the round at %d: kind %d", before, round, ri.kind);
     triattn_session_free(a);
     triattn_session_free(b);
@@ -318,7 +339,7 @@ static void test_save_load(triattn_model * m, const char * policy, const char * 
     int32_t nh = 0;
     triattn_session_tokens(c, held, MAXT, &nh);
     held[nh] = 1234;
-    CHECK(triattn_session_reuse_prefix(c, held, nh + 1, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_CONTINUE &&
+    CHECK(reuse_checked(c, held, nh + 1, &ri) == TRIATTN_OK && ri.kind == TRIATTN_REUSE_CONTINUE &&
               ri.n_cached == nh, "%s: prefix reuse after load: kind %d", policy, ri.kind);
     free(img);
     triattn_session_free(a);

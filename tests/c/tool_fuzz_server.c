@@ -354,7 +354,8 @@ int main(int argc, char ** argv) {
     }
     for (int k = 0; k < workers; k++) pthread_join(th[k], NULL);
     srv->stop = 1;
-    slots_free(&srv->pool);
+    slots_free(&srv->pool);   /* (the engine has stopped: its counters stay) */
+    const long long shares = srv->pool.n_shares, shared = srv->pool.shared_tokens;
     triattn_model_free(srv->model);
     free(ws);
     free(th);
@@ -367,6 +368,7 @@ int main(int argc, char ** argv) {
            atomic_load(&g_st.status[5]), atomic_load(&g_st.status[0]), atomic_load(&g_st.gen_ok),
            atomic_load(&g_st.stream_ok), atomic_load(&g_st.half_closed), atomic_load(&g_st.cut),
            atomic_load(&g_st.vanished));
+    printf("prompts started from another slot's cache: %lld (%lld tokens)\n", shares, shared);
     printf("%ld passed, %ld failed\n", atomic_load(&g_st.conns) - v, v);
     if (v) printf("seed %llu (rerun with --seed)\n", (unsigned long long)seed);
     return v ? 1 : 0;

@@ -137,6 +137,8 @@ struct gen_req {
     int    top_logprobs;       /* alternatives per token in the response; -1 = no logprobs */
     int32_t kv_budget;         /* 0 = the server's */
     bool   cache_prompt;       /* reuse the longest cached prefix (default true) */
+    const triattn_token * toks; /* with cache_prompt: the prompt's tokens, while the request holds its slots */
+    int32_t n_toks;
     char * prompt;             /* malloc'd */
     const char * stop[MAX_STOP];
     int    n_stop;
@@ -570,6 +572,8 @@ struct gen_choice {
     char   err[512];
     struct triattn_generate_result res;
     struct triattn_reuse_info reuse;
+    int    shared_from;               /* the slot whose cache was copied for the prompt, or -1 */
+    int32_t n_shared;                 /* prompt tokens that copy gave */
     const char * finish;
     triattn_tool_parser * parser;     /* requests with tools: this choice's (the first choice's is g->tools') */
     char * msg;                       /* a non-streamed reply with tools: the parsed message (malloc'd JSON) */
@@ -641,6 +645,8 @@ static bool gen_start_choice(ctx * x, struct gen_req * g, struct gen_run * r, st
     j->client = x->c;
     j->cache_prompt = c >= r->n_lanes || g->cache_prompt || fork;
     j->fork_from = fork;
+    j->tokens = g->toks;
+    j->n_tokens = g->n_toks;
     l->choice = c;
     l->waiting = false;
     l->had = l->had_lp = 0;
@@ -683,6 +689,8 @@ static bool gen_take_locked(ctx * x, struct gen_run * r, bool * running) {
             snprintf(ch->err, sizeof ch->err, "%s", j->error);
             ch->res = j->result;
             ch->reuse = j->reuse;
+            ch->shared_from = j->shared_from;
+            ch->n_shared = j->n_shared;
         }
         any |= l->news;
         *running |= !l->ended;
@@ -823,8 +831,12 @@ static void reply_choices(ctx * x, struct gen_req * g, struct gen_choice * ch, i
     jb_printf(&b, "],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
               "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
               res->n_prompt_tokens, n_gen, res->n_prompt_tokens + n_gen, reuse->n_cached);
-    jb_printf(&b, ",\"timings\":{\"prompt_ms\":%.3f,\"decode_ms\":%.3f,\"cache_n\":%d,\"prompt_n\":%d,\"cache\":\"%s\"}}",
+    jb_printf(&b, ",\"timings\":{\"prompt_ms\":%.3f,\"decode_ms\":%.3f,\"cache_n\":%d,\"prompt_n\":%d,\"cache\":\"%s\"",
               prompt_ms, decode_ms, reuse->n_cached, res->n_prompt_tokens - reuse->n_cached, reuse_name(reuse->kind));
+    if (ch[0].shared_from >= 0) {
+        jb_printf(&b, ",\"cache_from_slot\":%d,\"cache_shared_n\":%d", ch[0].shared_from, ch[0].n_shared);
+    }
+    jb_cstr(&b, "}}");
     reply_json(x, 200, &b);
     jb_free(&b);
 }
@@ -896,7 +908,7 @@ static void handle_generate(ctx * x, bool chat) {
     struct gen_run r = { .alive = true, .bad = -1 };
     r.ch = calloc((size_t)g.n_choices, sizeof *r.ch);
     if (!r.ch) { reply_error(x, 500, NULL, "out of memory"); gen_free(&g); return; }
-    for (int c = 0; c < g.n_choices; c++) jb_init(&r.ch[c].out);
+    for (int c = 0; c < g.n_choices; c++) { jb_init(&r.ch[c].out); r.ch[c].shared_from = -1; }
     jb_init(&r.ev);
 
     /* a client that goes away while queued leaves the queue: no slot, no tokenization, no prefill */
@@ -905,7 +917,8 @@ static void handle_generate(ctx * x, bool chat) {
     int32_t n_toks = 0;
     triattn_token * toks = g.cache_prompt ? slot_cache_tokenize(srv->model, g.prompt, g.gp.add_special, g.gp.parse_special, &n_toks) : NULL;
     struct slot * sl = slots_acquire_unless(pool, toks, toks ? n_toks : 0, conn_gone, x->c, &left);
-    free(toks);
+    g.toks = toks;   /* kept for the engine (prefix sharing) until the slots are released */
+    g.n_toks = toks ? n_toks : 0;
     if (sl) r.lanes[r.n_lanes++] = (struct gen_lane){ .sl = sl, .choice = -1 };
     /* n choices: more slots when they are free now and nobody queues for them (they decode side by side); past
      * those the choices follow one another, each after the first from its slot's cache */
@@ -924,6 +937,7 @@ static void handle_generate(ctx * x, bool chat) {
         gen_run_choices(x, &g, &r);
         const int32_t n_ctx = triattn_session_n_ctx(sl->session);
         for (int k = r.n_lanes - 1; k >= 0; k--) slots_release(pool, r.lanes[k].sl);
+        g.toks = NULL;
         for (int c = 0; c < r.next; c++) {
             atomic_fetch_add(&srv->prompt_tokens, r.ch[c].res.n_prompt_tokens - (c ? r.ch[c].reuse.n_cached : 0));
             atomic_fetch_add(&srv->tokens_generated, r.ch[c].res.n_generated);
@@ -939,6 +953,7 @@ static void handle_generate(ctx * x, bool chat) {
     }
     free(r.ch);
     jb_free(&r.ev);
+    free(toks);
     gen_free(&g);
 }
 
@@ -1206,7 +1221,7 @@ static void handle_metrics(ctx * x) {
         compr += p->slots[k].kv.n_compressions;
     }
     waiting = p->n_waiting;
-    const long long steps = p->n_steps, rows = p->rows_total;
+    const long long steps = p->n_steps, rows = p->rows_total, shares = p->n_shares, shared = p->shared_tokens;
     pthread_mutex_unlock(&p->mu);
     long long gen = atomic_load(&srv->tokens_generated), us = atomic_load(&srv->decode_us_total);
     jbuf b;
@@ -1219,6 +1234,10 @@ static void handle_metrics(ctx * x) {
               "triattn_tokens_generated_total %lld\n", gen);
     jb_printf(&b, "# HELP triattn_prompt_tokens_total Prompt tokens processed.\n# TYPE triattn_prompt_tokens_total counter\n"
               "triattn_prompt_tokens_total %lld\n", (long long)atomic_load(&srv->prompt_tokens));
+    jb_printf(&b, "# HELP triattn_prefix_shares_total Requests started from a copy of another slot's cache.\n"
+              "# TYPE triattn_prefix_shares_total counter\ntriattn_prefix_shares_total %lld\n", shares);
+    jb_printf(&b, "# HELP triattn_prefix_shared_tokens_total Prompt tokens taken from those copies, not prefilled.\n"
+              "# TYPE triattn_prefix_shared_tokens_total counter\ntriattn_prefix_shared_tokens_total %lld\n", shared);
     jb_printf(&b, "# HELP triattn_tokens_per_second Generated tokens per second of generation time, per slot.\n"
               "# TYPE triattn_tokens_per_second gauge\ntriattn_tokens_per_second %.3f\n", us > 0 ? gen * 1e6 / (double)us : 0.0);
     jb_printf(&b, "# HELP triattn_slots_busy Slots generating now.\n# TYPE triattn_slots_busy gauge\ntriattn_slots_busy %d\n", busy);

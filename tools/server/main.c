@@ -106,6 +106,10 @@ static void usage(FILE * f) {
         "  --slot-save-path DIR directory for POST /slots/{id}?action=save|restore {\"filename\": NAME} (off by default).\n"
         "                       Requests go to the idle slot sharing the longest prefix with their prompt and only\n"
         "                       the rest is prefilled (\"cache_prompt\": false opts out)\n"
+        "  --prefix-share N     a request starts from a copy of another slot's cache (busy or idle) when that holds\n"
+        "                       at least N more of its prompt's tokens than its own slot, e.g. a shared system\n"
+        "                       prompt; a request whose prompt another slot is prefilling waits for that part and\n"
+        "                       copies it (default 64; 0 = off)\n"
         "\n"
         "  -h, --help           this help\n");
 }
@@ -157,6 +161,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
     o->max_conns = 256;
     o->max_held_bytes = 64LL << 20;
     o->prefill_chunk = 128;
+    o->prefix_share = 64;
     for (int i = 1; i < argc; i++) {
         const char * a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
@@ -185,6 +190,7 @@ static int parse_args(int argc, char ** argv, struct server_opts * o) {
         INTOPT("--kv-recall", 0, 1 << 24, o->kv_recall)
         INTOPT("--kv-recall-max-mib", 0, 1 << 30, o->kv_recall_max_mib)
         INTOPT("--prefill-chunk", 1, 65536, o->prefill_chunk)
+        INTOPT("--prefix-share", 0, 1 << 24, o->prefix_share)
         INTOPT("-ngl", -1, 1 << 20, g_n_gpu_layers)
         INTOPT("--n-gpu-layers", -1, 1 << 20, g_n_gpu_layers)
 #undef INTOPT
@@ -366,7 +372,7 @@ int main(int argc, char ** argv) {
     sp.kv_sink = srv->o.kv_sink;
     sp.kv_recall = srv->o.kv_recall;
     sp.kv_recall_max_mib = srv->o.kv_recall_max_mib;
-    if (slots_init(&srv->pool, srv->model, srv->o.parallel, &sp, srv->o.prefill_chunk, &srv->stop, err, sizeof err) != TRIATTN_OK) {
+    if (slots_init(&srv->pool, srv->model, srv->o.parallel, &sp, srv->o.prefill_chunk, srv->o.prefix_share, &srv->stop, err, sizeof err) != TRIATTN_OK) {
         fprintf(stderr, "error: creating %d sessions: %s\n", srv->o.parallel, err);
         triattn_model_free(srv->model);
         return 1;

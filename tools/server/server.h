@@ -26,6 +26,7 @@ struct server_opts {
     int          kv_budget, kv_interval, kv_window, kv_sink;
     int          kv_recall, kv_recall_max_mib;  /* tier 2 (0 = off) */
     int          prefill_chunk;
+    int          prefix_share;    /* --prefix-share: tokens a copy of another slot's cache must add (0 = off) */
     const char * calibration;
     const char * chat_format;
     bool         strict_tool_calls;  /* tool calls only in the chat format's own syntax */

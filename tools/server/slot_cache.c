@@ -32,7 +32,7 @@ struct slot * slot_cache_pick_locked(struct slot_pool * p, const triattn_token *
     }
     for (int k = 0; k < p->n; k++) {
         struct slot * s = &p->slots[k];
-        if (s->busy) continue;
+        if (s->busy || s->pinned) continue;
         int32_t len = buf ? common_prefix(s->session, tokens, n, buf, cap) : 0;
         /* A match that would throw away most of a slot's cache (say a shared system prompt only) counts as none,
          * so a conversation keeps its slot while other prompts go to the least recently used one. */
@@ -73,7 +73,7 @@ enum triattn_status slot_cache_file(struct slot_pool * p, int id, const char * p
     }
     struct slot * s = &p->slots[id];
     pthread_mutex_lock(&p->mu);
-    while (s->busy && !*p->stop) {
+    while ((s->busy || s->pinned) && !*p->stop) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200 * 1000000L;

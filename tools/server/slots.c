@@ -45,6 +45,75 @@ static bool job_add_logprob(struct slot_job * j, const struct triattn_token_logp
     return true;
 }
 
+static int32_t job_budget(const struct slot_pool * p, const struct slot_job * j) {
+    return j->kv_budget > 0 ? j->kv_budget : p->kv_budget;
+}
+
+/* ---- prefix sharing: a job starts from a copy of another slot's cache that holds more of its prompt ---- */
+
+static bool share_applies(const struct slot_pool * p, const struct slot_job * j) {
+    return p->share_min > 0 && j->cache_prompt && !j->fork_from && j->tokens && j->n_tokens > 0;
+}
+
+/* The prompt tokens job j's own slot would keep: none when the job changes a compressing cache's budget. */
+static int32_t share_have(const struct slot_pool * p, const struct slot * own) {
+    if (p->compressing && own->kv_budget != job_budget(p, &own->job)) return 0;
+    return triattn_session_reusable(own->session, own->job.tokens, own->job.n_tokens);
+}
+
+/* Whether the engine may read slot s's session between steps: a free slot, or one whose job has begun or ended.
+ * A slot held without a running job (a job not started yet, embeddings, a slot file) is its request's. */
+static bool share_readable_locked(const struct slot * s) {
+    return !s->busy || s->job.state == JOB_DONE || (s->job.state == JOB_RUNNING && s->job.begun);
+}
+
+/* Whether queued job j of slot own waits: another slot is prefilling a prompt that shares at least share_min more
+ * tokens with j's than own's cache gives (have) and has not got that far yet; j then starts from a copy of it
+ * instead of prefilling the same tokens beside it. Prompts long enough to be compressed while prefilled are not
+ * waited for (their cache would not cut back to the shared part). */
+static bool share_wait_locked(const struct slot_pool * p, const struct slot * own, int32_t have) {
+    const struct slot_job * j = &own->job;
+    for (int k = 0; k < p->n; k++) {
+        const struct slot * s = &p->slots[k];
+        const struct slot_job * o = &s->job;
+        if (s == own || o->state != JOB_RUNNING || o->cancel || !o->cache_prompt || !o->tokens ||
+            o->result.n_generated > 0) continue;
+        if (p->compressing && (job_budget(p, o) != job_budget(p, j) || o->n_tokens > job_budget(p, o))) continue;
+        int32_t c = 0;
+        while (c < o->n_tokens && c < j->n_tokens - 1 && o->tokens[c] == j->tokens[c]) c++;
+        if (c - have < p->share_min) continue;
+        if (o->begun && triattn_session_n_past(s->session) >= c) continue;   /* far enough: copied at once */
+        return true;
+    }
+    return false;
+}
+
+/* For job j of slot own about to start: the readable slot whose cache gives the most of its prompt, when that is
+ * at least share_min tokens more than own's (have): j copies it first (pinned meanwhile). A copy takes the whole
+ * cache, at a small fraction of the time prefilling takes per token, so the gain must also be at least 1/16 of the
+ * live slots copied. */
+static void share_pick_locked(struct slot_pool * p, struct slot * own, int32_t have) {
+    struct slot_job * j = &own->job;
+    struct slot * best = NULL;
+    int32_t best_n = have + p->share_min - 1;
+    for (int k = 0; k < p->n; k++) {
+        struct slot * s = &p->slots[k];
+        if (s == own || !share_readable_locked(s) || (p->compressing && s->kv_budget != job_budget(p, j))) continue;
+        const int32_t n = triattn_session_reusable(s->session, j->tokens, j->n_tokens);
+        if (n <= best_n) continue;
+        struct triattn_kv_stats kv;
+        triattn_session_kv_stats(s->session, &kv);
+        if (16 * (int64_t)(n - have) < kv.live_max) continue;
+        best = s;
+        best_n = n;
+    }
+    if (!best) return;
+    j->fork_from = best;
+    j->shared_from = best->id;
+    j->n_shared = have;   /* until the job has started: then what the copy gave beyond it */
+    best->pinned++;
+}
+
 /* Starts a submitted job on its session (engine thread, no lock held). */
 static void job_start(struct slot_pool * p, struct slot * sl) {
     struct slot_job * j = &sl->job;
@@ -54,7 +123,8 @@ static void job_start(struct slot_pool * p, struct slot * sl) {
     if (j->cache_prompt && j->fork_from) (void)triattn_session_copy(s, j->fork_from->session);
     enum triattn_status st = TRIATTN_OK;
     if (p->compressing) {
-        st = triattn_session_set_kv_budget(s, j->kv_budget > 0 ? j->kv_budget : p->kv_budget);
+        st = triattn_session_set_kv_budget(s, job_budget(p, j));
+        if (st == TRIATTN_OK) sl->kv_budget = job_budget(p, j);
     }
     j->gp.prefill_chunk = p->prefill_chunk;
     if (st == TRIATTN_OK) {
@@ -85,6 +155,8 @@ static void job_clear_output(struct slot_job * j) {
     j->error[0] = '\0';
     j->cancel = false;
     j->begun = false;
+    j->shared_from = -1;
+    j->n_shared = 0;
     memset(&j->result, 0, sizeof j->result);
     memset(&j->reuse, 0, sizeof j->reuse);
 }
@@ -123,7 +195,11 @@ static void * engine_main(void * arg) {
                     sl->job.state = JOB_DONE;
                     slot_signal(sl);
                 } else if (sl->job.state == JOB_QUEUED) {
+                    const bool share = share_applies(p, &sl->job);
+                    const int32_t have = share ? share_have(p, sl) : 0;
+                    if (share && share_wait_locked(p, sl, have)) continue;
                     sl->job.state = JOB_RUNNING;
+                    if (share) share_pick_locked(p, sl, have);
                     starting[n_start++] = sl;
                 } else if (sl->job.state == JOB_RUNNING && sl->job.cancel) {
                     sl->job.result.stop_reason = TRIATTN_STOP_CALLBACK;
@@ -152,6 +228,14 @@ static void * engine_main(void * arg) {
         if (n_start) {
             pthread_mutex_lock(&p->mu);
             for (int k = 0; k < n_start; k++) {
+                struct slot_job * j = &starting[k]->job;
+                if (j->shared_from >= 0) {
+                    if (--p->slots[j->shared_from].pinned == 0) pthread_cond_broadcast(&p->cv);
+                    j->n_shared = j->reuse.n_cached > j->n_shared ? j->reuse.n_cached - j->n_shared : 0;
+                    p->n_shares += j->n_shared > 0;
+                    p->shared_tokens += j->n_shared;
+                    if (j->n_shared == 0) j->shared_from = -1;   /* the copy failed, or gave nothing */
+                }
                 if (starting[k]->job.status != TRIATTN_OK || starting[k]->job.result.stop_reason == TRIATTN_STOP_CALLBACK)
                     starting[k]->job.state = JOB_DONE;
                 else starting[k]->job.begun = true;
@@ -217,7 +301,8 @@ static void * engine_main(void * arg) {
 /* ---- pool ---- */
 
 enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model, int n,
-                               const struct triattn_session_params * sp, int32_t prefill_chunk, volatile int * stop,
+                               const struct triattn_session_params * sp, int32_t prefill_chunk, int32_t share_min,
+                               volatile int * stop,
                                char * err, size_t err_size) {
     memset(p, 0, sizeof *p);
     pthread_mutex_init(&p->mu, NULL);
@@ -247,9 +332,11 @@ enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model
         p->n = k + 1;
     }
     p->kv_budget = sp->kv_budget;
+    for (int k = 0; k < n; k++) p->slots[k].kv_budget = sp->kv_budget;
     p->compressing = p->slots[0].kv.capacity < triattn_session_n_ctx(p->slots[0].session);
     /* A compressing cache takes at most kv_interval tokens between rounds. */
     p->prefill_chunk = prefill_chunk;
+    p->share_min = share_min;
     if (p->compressing && p->prefill_chunk > sp->kv_interval) p->prefill_chunk = sp->kv_interval;
     if (pthread_create(&p->engine, NULL, engine_main, p) != 0) {
         snprintf(err, err_size, "cannot start the engine thread: %s", strerror(errno));
@@ -322,6 +409,8 @@ static void slot_take_locked(struct slot_pool * p, struct slot * got) {
     j->client = NULL;
     j->cache_prompt = false;
     j->fork_from = NULL;
+    j->tokens = NULL;
+    j->n_tokens = 0;
 }
 
 struct slot * slots_take_free(struct slot_pool * p, const triattn_token * tokens, int32_t n, pthread_cond_t * wake) {

@@ -33,6 +33,10 @@ struct slot_job {
     bool         cache_prompt;    /* continue from the slot's cache when the prompt starts with its tokens */
     struct slot * fork_from;      /* with cache_prompt: first copy this slot's session (one the request holds too,
                                    * whose cache holds the prompt), so only a cut back remains */
+    const triattn_token * tokens; /* with cache_prompt (optional): the prompt as the job will tokenize it, kept by the
+                                   * request until it releases the slot; the engine then starts the job from a copy
+                                   * of another slot's cache that holds more of it (the pool's share_min) */
+    int32_t      n_tokens;
     /* written by the engine, read by the request (pool lock) */
     enum job_state state;
     bool         begun;           /* the prompt was accepted: the response can start */
@@ -45,6 +49,8 @@ struct slot_job {
     char         error[512];
     struct triattn_generate_result result;
     struct triattn_reuse_info reuse;  /* prompt tokens taken from the slot's cache */
+    int          shared_from;     /* the slot whose cache the engine copied for this job, or -1 */
+    int32_t      n_shared;        /* prompt tokens that copy gave beyond what the slot's own cache held */
     /* set by the request: stop generating (client gone, shutdown) */
     bool         cancel;
     /* set by the request (optional): the engine asks client_gone(client) before starting the job, and drops
@@ -66,6 +72,8 @@ struct slot {
     int32_t           n_prompt;      /* current/last request */
     int32_t           n_generated;
     uint64_t          last_used;     /* acquisition order, for least-recently-used ties */
+    int32_t           kv_budget;     /* the budget its session decodes under now (compressing policies) */
+    int               pinned;        /* the engine copies this slot's session now: nobody takes the slot meanwhile */
 };
 
 struct slot_pool {
@@ -79,6 +87,10 @@ struct slot_pool {
     int             n_waiting;
     int32_t         prefill_chunk; /* prompt tokens a slot prefills per engine step */
     int32_t         kv_budget;     /* the server's default budget (compressing policies) */
+    int32_t         share_min;     /* a job starts from a copy of another slot's cache when that holds at least this
+                                    * many more of its prompt's tokens than its own slot (0: never) */
+    int64_t         n_shares;      /* such copies so far */
+    int64_t         shared_tokens; /* prompt tokens they gave (not prefilled) */
     bool            compressing;   /* the sessions' policy evicts (per-request kv_budget is allowed) */
     int64_t         n_steps;       /* engine steps so far */
     int64_t         rows_total;    /* slots advanced, summed over steps (mean batch = rows / steps) */
@@ -100,10 +112,11 @@ struct slot_pool {
     } step;
 };
 
-/* Creates n sessions with params sp and starts the engine thread (stops when *stop becomes non-zero).
- * Returns TRIATTN_OK or the error (message in err). */
+/* Creates n sessions with params sp and starts the engine thread (stops when *stop becomes non-zero); share_min:
+ * see slot_pool. Returns TRIATTN_OK or the error (message in err). */
 enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model, int n,
-                               const struct triattn_session_params * sp, int32_t prefill_chunk, volatile int * stop,
+                               const struct triattn_session_params * sp, int32_t prefill_chunk, int32_t share_min,
+                               volatile int * stop,
                                char * err, size_t err_size);
 /* Stops the engine and frees the sessions (after every request has released its slot). */
 void slots_free(struct slot_pool * p);
@@ -126,7 +139,7 @@ void slots_sleep_locked(struct slot_pool * p, struct slot * s, int timeout_ms);
 
 /* The free slot for a prompt of tokens[0..n): the longest common prefix with its session's tokens among slots
  * that keep at least half of their tokens that way; ties and no such slot: the least recently used. Call with
- * the pool lock held; NULL when every slot is busy. */
+ * the pool lock held; NULL when every slot is busy (or pinned: being copied). */
 struct slot * slot_cache_pick_locked(struct slot_pool * p, const triattn_token * tokens, int32_t n);
 /* Tokenizes prompt as the generation will (add_special / parse_special) into a malloc'd array; NULL on failure. */
 triattn_token * slot_cache_tokenize(const triattn_model * model, const char * prompt, bool add_special,

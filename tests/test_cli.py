@@ -119,6 +119,37 @@ def test_generate_stdin_json_and_raw(default_model):
     assert v.returncode == 0 and "tok/s" in v.stderr
 
 
+def test_generate_file_of_prompts(tmp_path, default_model):
+    """generate --file: every non-empty line is a prompt, completed together; one JSON line per prompt, in order,
+    equal to generate's own answer for that prompt (greedy; with --seed S and a temperature, prompt k samples as
+    generate --seed S+k does)."""
+    prompts = rng.sample(["The capital of France is", "Water boils at", "The largest planet is", "Name a colour.",
+                          "What is 2+2?", "Say hello in French."], rng.randint(3, 5))
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(prompts[:2]) + "\n\n" + "\n".join(prompts[2:]) + "\n", encoding="utf-8")
+    n = rng.randint(4, 12)
+    p = run("generate", "-m", default_model, "-n", n, "-f", f, "--parallel", rng.randint(1, 3))
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["index"] for r in rows] == list(range(len(prompts))) and [r["prompt"] for r in rows] == prompts
+    assert f"{len(prompts)}/{len(prompts)} prompts done" in p.stderr
+    k = rng.randrange(len(prompts))
+    assert run("generate", "-m", default_model, "-n", n, prompts[k]).stdout == rows[k]["text"] + "\n"
+    assert all(0 < r["completion_tokens"] <= n and r["finish_reason"] in ("stop", "length") for r in rows)
+    seed = rng.randrange(1000)
+    q = run("generate", "-m", default_model, "--raw", "-n", n, "--temp", "1.0", "--seed", seed, "-f", "-", "-q",
+            input="\n".join(prompts) + "\n")
+    assert q.returncode == 0 and q.stderr == "", q.stderr
+    k = rng.randrange(len(prompts))
+    lone = run("generate", "-m", default_model, "--raw", "-n", n, "--temp", "1.0", "--seed", seed + k, prompts[k])
+    assert json.loads(q.stdout.splitlines()[k])["text"] + "\n" == lone.stdout
+    p = run("generate", "-m", default_model, "-f", tmp_path / "missing.txt")
+    assert p.returncode == 2 and "missing.txt" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "empty.txt").write_text("\n\n")
+    p = run("generate", "-m", default_model, "-f", tmp_path / "empty.txt")
+    assert p.returncode == 2 and "no prompts" in p.stderr
+
+
 def test_generate_errors(tmp_path, default_model):
     p = run("generate", "-m", tmp_path / "nope.gguf", "hi")
     assert p.returncode == 1 and "nope.gguf" in p.stderr and "Traceback" not in p.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pytriattn import Llama, TriattnError
+from pytriattn.llama import default_calibration
 from pytriattn._errors import ERR_FORMAT, ERR_INVALID_ARG, ERR_IO
 from pytriattn.policy_check import log_softmax
 
@@ -407,6 +408,52 @@ def test_prompt_longer_than_context(default_model):
             m.generate(" ".join(["word"] * rng.randint(100, 300)), max_tokens=4)
         assert e.value.code in (6, 4)
         assert m.generate(_prompt(), max_tokens=3, temperature=0)  # usable afterwards
+
+
+def test_generate_batch_equals_one_at_a_time(llm, default_model):
+    """generate_batch: prompt k gets generate(prompt, seed=seed + k)'s text bit for bit, however many run at once
+    (more prompts than sessions: finished sessions take the next), with stop strings, greedy and sampled, full
+    attention and TriAttention rounds; the Llama's own session is left as it was."""
+    prompts = [rng.choice(PROMPTS) + " " + _random_text(rng.randint(0, 40)) for _ in range(rng.randint(5, 9))]
+    seed, n_par = rng.randrange(2**31), rng.randint(2, 4)
+    kw = dict(max_tokens=rng.randint(8, 24), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    llm.generate(PROMPTS[0], max_tokens=3, temperature=0)
+    held = llm.session_tokens()
+    got = llm.generate_batch(prompts, seed=seed, n_parallel=n_par, **kw)
+    assert llm.session_tokens() == held
+    batch_results = llm.last_batch_results
+    want, lone = [], []
+    for k, p in enumerate(prompts):
+        want.append(llm.generate(p, seed=seed + k, **kw))
+        lone.append({key: llm.last_result[key] for key in batch_results[k]})
+    assert got == want, f"seed {SEED}/{seed}"
+    assert len(set(got)) > 1
+    assert batch_results == lone
+    stop = rng.choice([".", ",", " the", "\n"])
+    greedy = llm.generate_batch(prompts, max_tokens=30, temperature=0, stop=stop)
+    assert greedy == [llm.generate(p, max_tokens=30, temperature=0, stop=stop) for p in prompts]
+    assert not any(stop in t for t in greedy)
+    # TriAttention with a small budget: every session runs its own compression rounds inside the shared steps
+    with Llama(default_model, n_ctx=1024, kv_policy="triattention", kv_budget=64, kv_interval=16,
+               calibration=default_calibration()) as tri:
+        long = [p + " " + _random_text(rng.randint(150, 300)) for p in prompts[:3]]
+        got = tri.generate_batch(long, seed=seed, max_tokens=24, temperature=0.7)
+        assert got == [tri.generate(p, seed=seed + k, max_tokens=24, temperature=0.7) for k, p in enumerate(long)]
+        assert all(r["prompt_tokens"] > 80 for r in tri.last_batch_results)
+    assert llm.generate_batch([]) == []
+
+
+def test_generate_batch_bad_arguments(llm):
+    with pytest.raises(TriattnError, match="list of strings"):
+        llm.generate_batch("one prompt")
+    with pytest.raises(TriattnError, match=r"prompts\[1\]"):
+        llm.generate_batch(["a", 2])
+    with pytest.raises(TriattnError, match="n_parallel"):
+        llm.generate_batch(["a"], n_parallel=0)
+    with pytest.raises(TriattnError, match=r"prompts\[1\]"):   # longer than the context
+        llm.generate_batch(["a", " ".join(["word"] * 3000)], max_tokens=2)
+    assert llm.generate_batch(["a", "b"], max_tokens=2, temperature=0) == [
+        llm.generate(p, max_tokens=2, temperature=0) for p in ("a", "b")]
 
 
 def test_close_twice_and_use_after_close(default_model):

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from ._errors import TriattnError
 
@@ -106,7 +107,47 @@ def _report_speed(llm) -> None:
 
 # ---- generate ---------------------------------------------------------------------------------------
 
+def _cmd_generate_batch(args) -> int:
+    """--file FILE: a prompt per line, completed together; one JSON object per prompt, in order, on stdout."""
+    try:
+        src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    except OSError as e:
+        print(f"pytriattn generate: --file {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    with src:
+        lines = [line.rstrip("\r\n") for line in src]
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        print(f"pytriattn generate: --file {args.file}: no prompts (one per line)", file=sys.stderr)
+        return 2
+    with _open_llama(args) as llm:
+        has_template = llm.metadata.get("tokenizer.chat_template") is not None
+        use_chat = not args.raw and (has_template or args.system or args.chat_format)
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        texts = [llm.apply_chat_template(system + [{"role": "user", "content": p}]) if use_chat else p
+                 for p in prompts]
+        add_special = not (use_chat and llm._starts_with_bos_text(texts[0]))
+        done = [0]
+        t0 = time.perf_counter()
+
+        def progress(k, text):
+            done[0] += 1
+            if not args.quiet:
+                print(f"\r{done[0]}/{len(prompts)} prompts done ({time.perf_counter() - t0:.1f} s)", end="",
+                      file=sys.stderr, flush=True)
+
+        out = llm.generate_batch(texts, n_parallel=args.parallel, add_special=add_special, on_done=progress,
+                                 **_sampling(args))
+        if not args.quiet:
+            print(file=sys.stderr)
+        for k, (p, text, r) in enumerate(zip(prompts, out, llm.last_batch_results)):
+            print(json.dumps({"index": k, "prompt": p, "text": text, **r}, ensure_ascii=False))
+    return 0
+
+
 def _cmd_generate(args) -> int:
+    if args.file is not None:
+        return _cmd_generate_batch(args)
     prompt = args.prompt
     if prompt is None or prompt == "-":
         if sys.stdin is None or (sys.stdin.isatty() and prompt is None):
@@ -542,11 +583,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="store_true", help="print versions and the CPU kernels in use")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="complete one prompt, streaming the answer",
+    p = sub.add_parser("generate", help="complete one prompt, streaming the answer (or a file of prompts)",
                        description="Complete one prompt (argument, or stdin when absent or '-'), streaming the "
                        "text. Instruct models get their chat template unless --raw. Greedy unless --temp > 0.")
     p.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
     p.add_argument("--raw", action="store_true", help="no chat template: plain text completion")
+    p.add_argument("-f", "--file", default=None, metavar="FILE", help="complete every line of FILE ('-' = stdin) as "
+                   "its own prompt, several at once in one batched decode; prints one JSON object per prompt "
+                   "(index, prompt, text, token counts, finish reason), in order; with --seed S prompt k uses S + k")
+    p.add_argument("--parallel", type=int, default=None, metavar="N", help="with --file: prompts decoded at once "
+                   "(default 8)")
+    p.add_argument("-q", "--quiet", action="store_true", help="with --file: no progress on stderr")
     p.add_argument("--system", default=None, help="system message (chat template)")
     p.add_argument("--json", action="store_true", help="print one OpenAI-shaped JSON object, no streaming")
     p.add_argument("-v", "--verbose", action="store_true", help="library log and tokens/s on stderr")

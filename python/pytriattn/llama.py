@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 import uuid
@@ -188,24 +189,14 @@ class Llama:
                                f"`pytriattn calibrate MODEL --self-generate --sidecar -o FILE` (or --text TEXT.txt), "
                                f"or load a model calibrated with `pytriattn calibrate`")
 
-        sp = ffi.new("struct triattn_session_params *")
-        lib.triattn_session_params_init(sp)
-        sp.n_ctx, sp.n_batch, sp.n_threads, sp.seed = n_ctx, n_batch, n_threads, seed
-        if kv_policy is not None:
-            sp.kv_policy = self._cstr(kv_policy)
-        if kv_mode is not None:
-            sp.kv_mode = self._cstr(kv_mode)
-        sp.kv_budget, sp.kv_interval, sp.kv_window, sp.kv_sink = kv_budget, kv_interval, kv_window, kv_sink
-        sp.kv_recall, sp.kv_recall_max_mib = kv_recall, kv_recall_max_mib
-        sout = ffi.new("triattn_session **")
-        st = lib.triattn_session_create(self._model, sp, sout, err, len(err))
-        if st != 0:
-            msg = ffi.string(err).decode("utf-8", "replace") or "cannot create session"
-            if st == ERR_OOM:
-                msg += f" (n_ctx={n_ctx or 'model default'}, kv_policy={kv_policy or 'auto'}: use a smaller n_ctx)"
+        self._sp = dict(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, seed=seed, kv_policy=kv_policy,
+                        kv_mode=kv_mode, kv_budget=kv_budget, kv_interval=kv_interval, kv_window=kv_window,
+                        kv_sink=kv_sink, kv_recall=kv_recall, kv_recall_max_mib=kv_recall_max_mib)
+        try:
+            self._session = self._new_session()
+        except TriattnError:
             self.close()
-            _lib.check(st, msg)
-        self._session = ffi.gc(sout[0], lib.triattn_session_free)
+            raise
         self.backend = ffi.string(lib.triattn_backend_name(self._session)).decode()
         self._n_vocab = int(lib.triattn_vocab_size(self._model))
         self._n_embd = int(self.model_info["n_embd"])
@@ -214,6 +205,31 @@ class Llama:
         self._text_p = ffi.new("const char **")
         self._len_p = ffi.new("size_t *")
         self._done_p = ffi.new("bool *")
+
+    def _new_session(self, seed: int | None = None):
+        """A session over this model with this Llama's session parameters (seed: another seed)."""
+        ffi, lib, p = self._ffi, self._lib, self._sp
+        sp = ffi.new("struct triattn_session_params *")
+        lib.triattn_session_params_init(sp)
+        sp.n_ctx, sp.n_batch, sp.n_threads = p["n_ctx"], p["n_batch"], p["n_threads"]
+        sp.seed = p["seed"] if seed is None else seed
+        if p["kv_policy"] is not None:
+            sp.kv_policy = self._cstr(p["kv_policy"])
+        if p["kv_mode"] is not None:
+            sp.kv_mode = self._cstr(p["kv_mode"])
+        sp.kv_budget, sp.kv_interval, sp.kv_window, sp.kv_sink = (p["kv_budget"], p["kv_interval"], p["kv_window"],
+                                                                  p["kv_sink"])
+        sp.kv_recall, sp.kv_recall_max_mib = p["kv_recall"], p["kv_recall_max_mib"]
+        err = ffi.new("char[]", 1024)
+        sout = ffi.new("triattn_session **")
+        st = lib.triattn_session_create(self._m(), sp, sout, err, len(err))
+        if st != 0:
+            msg = ffi.string(err).decode("utf-8", "replace") or "cannot create session"
+            if st == ERR_OOM:
+                msg += (f" (n_ctx={p['n_ctx'] or 'model default'}, kv_policy={p['kv_policy'] or 'auto'}: use a "
+                        f"smaller n_ctx)")
+            _lib.check(st, msg)
+        return ffi.gc(sout[0], lib.triattn_session_free)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -700,6 +716,95 @@ class Llama:
         self.last_result = {}
         it = self._stream(prompt, gp, keep, self.last_result)
         return it if stream else "".join(it)
+
+    def generate_batch(self, prompts: Sequence[str], max_tokens: int | None = 512, temperature: float = 0.8,
+                       top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                       stop: str | Sequence[str] | None = None, seed: int | None = None,
+                       frequency_penalty: float = 0.0, presence_penalty: float = 0.0, ignore_eos: bool = False,
+                       add_special: bool = True, logit_bias: dict | None = None,
+                       n_parallel: int | None = None, on_done=None) -> list[str]:
+        """Completes every prompt (raw text, each from an empty context) and returns the texts in order.
+
+        Up to ``n_parallel`` prompts (default ``min(len(prompts), 8)``) run at once, each in a session of its own
+        over this model with this Llama's n_ctx and KV policy (this Llama's own session is left as it is); they
+        decode together, every forward step multiplying each weight matrix once for all of them, new prompts
+        prefilled in chunks between those steps, and a session whose prompt has finished takes the next one.
+        Prompt k samples with ``seed + k``: it gets the text ``generate(prompts[k], seed=seed + k)`` gets (on
+        the CPU bit for bit); ``seed=None`` draws the seed at random. The other arguments are generate()'s, for
+        every prompt. ``on_done(k, text)``, when given, is called as prompt k finishes (in finishing order).
+        ``last_batch_results`` then holds, per prompt, its token counts and finish reason. The extra sessions are
+        freed before it returns."""
+        if isinstance(prompts, (str, bytes)):
+            raise TriattnError(ERR_INVALID_ARG, "prompts must be a list of strings (one prompt: use generate())")
+        prompts = list(prompts)
+        for k, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TriattnError(ERR_INVALID_ARG, f"prompts[{k}] must be a string, got {type(p).__name__}")
+        n_par = min(len(prompts), 8) if n_parallel is None else _int_arg("n_parallel", n_parallel, 1, 1024)
+        base = random.getrandbits(62) if seed is None else _int_arg("seed", seed, 0, 2**63 - 1)
+        self._m()
+        ffi, lib = self._ffi, self._lib
+        self.last_batch_results = [None] * len(prompts)
+        out: list[bytearray] = [bytearray() for _ in prompts]
+        n_par = min(n_par, len(prompts))
+        sessions = [self._new_session(seed=(base + k) % 2**63) for k in range(n_par)]
+        free = list(sessions)
+        live: list[tuple[int, object]] = []  # (prompt index, session)
+        arr_s = ffi.new("triattn_session *[]", max(1, n_par))
+        arr_t = ffi.new("const char *[]", max(1, n_par))
+        arr_l = ffi.new("size_t[]", max(1, n_par))
+        arr_d = ffi.new("bool[]", max(1, n_par))
+        arr_st = ffi.new("enum triattn_status[]", max(1, n_par))
+        res = ffi.new("struct triattn_generate_result *")
+        nxt = 0
+
+        def fail(k, s, st):
+            msg = ffi.string(lib.triattn_session_last_error(s)).decode("utf-8", "replace")
+            _lib.check(st, f"prompts[{k}]: {msg}" if msg else f"prompts[{k}]")
+
+        try:
+            while True:
+                while free and nxt < len(prompts):
+                    s = free.pop()
+                    gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop,
+                                                (base + nxt) % 2**63, frequency_penalty, presence_penalty,
+                                                ignore_eos, add_special, logit_bias=logit_bias)
+                    lib.triattn_session_reset(s)
+                    st = lib.triattn_generate_begin(s, prompts[nxt].encode("utf-8"), gp)
+                    del keep  # the library copied the stop strings
+                    if st != 0:
+                        fail(nxt, s, st)
+                    live.append((nxt, s))
+                    nxt += 1
+                if not live:
+                    break
+                for i, (_, s) in enumerate(live):
+                    arr_s[i] = s
+                st = lib.triattn_generate_next_batch(arr_s, len(live), arr_t, arr_l, arr_d, arr_st)
+                if st != 0:
+                    fail(live[0][0], live[0][1], st)
+                still = []
+                for i, (k, s) in enumerate(live):
+                    if arr_st[i] != 0:
+                        fail(k, s, arr_st[i])
+                    if arr_l[i]:
+                        out[k] += ffi.unpack(arr_t[i], arr_l[i])
+                    if not arr_d[i]:
+                        still.append((k, s))
+                        continue
+                    lib.triattn_generate_get_result(s, res)
+                    self.last_batch_results[k] = dict(
+                        prompt_tokens=int(res.n_prompt_tokens), completion_tokens=int(res.n_generated),
+                        stop_reason=_STOP_NAMES.get(int(res.stop_reason), str(int(res.stop_reason))),
+                        finish_reason=_FINISH.get(int(res.stop_reason), "stop"))
+                    free.append(s)
+                    if on_done is not None:
+                        on_done(k, out[k].decode("utf-8", "replace"))
+                live = still
+        finally:
+            for s in sessions:
+                ffi.release(s)
+        return [b.decode("utf-8", "replace") for b in out]
 
     # ---- OpenAI-shaped API ----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 """Llama.generate_batch against generate() one prompt after another, on the same prompts and seeds.
 
   python bench/python_batch.py --prompts 8 --tokens 64 --parallel 1,2,4,8
+  python bench/python_batch.py --start-chars 4000     # every prompt starts with the same 4,000 characters
 
 Every run completes the same prompts (short story openings, `ignore_eos`, temperature 1.0, prompt k with seed
 + k); the texts of every batched run are checked equal to the one-at-a-time texts. Prints a markdown table and
@@ -32,11 +33,15 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-policy", default=None)
     ap.add_argument("-c", "--ctx", type=int, default=2048)
     ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--start-chars", type=int, default=0, help="a start every prompt shares: this many characters "
+                    "of the repository's README.md (default 0)")
     a = ap.parse_args(argv)
     sys.path.append(str(ROOT / "python"))  # an installed pytriattn comes first
     from pytriattn import Llama
 
-    prompts = [OPENINGS[k % len(OPENINGS)] + ("" if k < len(OPENINGS) else f" ({k})") for k in range(a.prompts)]
+    start = (ROOT / "README.md").read_text(encoding="utf-8")[:a.start_chars] + "\n\n" if a.start_chars else ""
+    prompts = [start + OPENINGS[k % len(OPENINGS)] + ("" if k < len(OPENINGS) else f" ({k})")
+               for k in range(a.prompts)]
     kw = dict(max_tokens=a.tokens, temperature=1.0, ignore_eos=True)
     rows = []
     with Llama(a.model, n_ctx=a.ctx, n_threads=a.threads, kv_policy=a.kv_policy) as llm:
@@ -68,7 +73,7 @@ def main(argv=None) -> int:
         print(f"| {r['mode']} | {r['n_parallel']} | {r['wall_s']} | {r['tok_s']} | {r['speedup']}x |")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    res = {"prompts": a.prompts, "tokens": a.tokens, "threads": a.threads, "repeat": a.repeat,
+    res = {"prompts": a.prompts, "tokens": a.tokens, "start_chars": a.start_chars, "threads": a.threads, "repeat": a.repeat,
            "kv_policy": a.kv_policy or "auto", "generated_tokens": gen, "rows": rows}
     (out / "python_batch.json").write_text(json.dumps(res, indent=1))
     print(f"wrote {out / 'python_batch.json'}", file=sys.stderr)

@@ -425,21 +425,31 @@ def test_generate_batch_equals_one_at_a_time(llm, default_model):
     want, lone = [], []
     for k, p in enumerate(prompts):
         want.append(llm.generate(p, seed=seed + k, **kw))
-        lone.append({key: llm.last_result[key] for key in batch_results[k]})
+        lone.append({key: llm.last_result[key] for key in ("prompt_tokens", "completion_tokens", "stop_reason",
+                                                            "finish_reason")})
     assert got == want, f"seed {SEED}/{seed}"
     assert len(set(got)) > 1
-    assert batch_results == lone
+    assert [{key: r[key] for key in lone[0]} for r in batch_results] == lone
     stop = rng.choice([".", ",", " the", "\n"])
     greedy = llm.generate_batch(prompts, max_tokens=30, temperature=0, stop=stop)
     assert greedy == [llm.generate(p, max_tokens=30, temperature=0, stop=stop) for p in prompts]
     assert not any(stop in t for t in greedy)
-    # TriAttention with a small budget: every session runs its own compression rounds inside the shared steps
+    # a start every prompt shares is prefilled once and copied: the same texts, its tokens cached everywhere
+    start = _random_text(rng.randint(300, 600))
+    n_start = len(llm.tokenize(start))
+    shared = [start + p for p in prompts]
+    got = llm.generate_batch(shared, seed=seed, n_parallel=n_par, **kw)
+    assert got == [llm.generate(p, seed=seed + k, **kw) for k, p in enumerate(shared)], f"seed {SEED}/{seed}"
+    assert all(r["cached_tokens"] >= n_start - 8 for r in llm.last_batch_results), llm.last_batch_results
+    # TriAttention with a small budget: every session runs its own compression rounds inside the shared steps,
+    # and the shared start itself is compressed before the copies
     with Llama(default_model, n_ctx=1024, kv_policy="triattention", kv_budget=64, kv_interval=16,
                calibration=default_calibration()) as tri:
-        long = [p + " " + _random_text(rng.randint(150, 300)) for p in prompts[:3]]
-        got = tri.generate_batch(long, seed=seed, max_tokens=24, temperature=0.7)
-        assert got == [tri.generate(p, seed=seed + k, max_tokens=24, temperature=0.7) for k, p in enumerate(long)]
-        assert all(r["prompt_tokens"] > 80 for r in tri.last_batch_results)
+        for long in ([p + " " + _random_text(rng.randint(150, 300)) for p in prompts[:3]], shared[:3]):
+            got = tri.generate_batch(long, seed=seed, max_tokens=24, temperature=0.7)
+            assert got == [tri.generate(p, seed=seed + k, max_tokens=24, temperature=0.7) for k, p in enumerate(long)]
+            assert all(r["prompt_tokens"] > 80 for r in tri.last_batch_results)
+        assert all(r["cached_tokens"] >= n_start - 8 for r in tri.last_batch_results), tri.last_batch_results
     assert llm.generate_batch([]) == []
 
 

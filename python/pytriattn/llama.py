@@ -729,10 +729,14 @@ class Llama:
         over this model with this Llama's n_ctx and KV policy (this Llama's own session is left as it is); they
         decode together, every forward step multiplying each weight matrix once for all of them, new prompts
         prefilled in chunks between those steps, and a session whose prompt has finished takes the next one.
+        A start that every prompt shares (a few-shot preamble, a document) of at least 64 tokens is prefilled
+        once, and the sessions start from copies of that cache; each prompt then continues from its session's
+        cache as far as it can (``triattn_generate_begin_cached``: the same logits as a fresh prefill).
         Prompt k samples with ``seed + k``: it gets the text ``generate(prompts[k], seed=seed + k)`` gets (on
         the CPU bit for bit); ``seed=None`` draws the seed at random. The other arguments are generate()'s, for
         every prompt. ``on_done(k, text)``, when given, is called as prompt k finishes (in finishing order).
-        ``last_batch_results`` then holds, per prompt, its token counts and finish reason. The extra sessions are
+        ``last_batch_results`` then holds, per prompt, its token counts (``cached_tokens``: prompt tokens taken from
+        a cache) and finish reason. The extra sessions are
         freed before it returns."""
         if isinstance(prompts, (str, bytes)):
             raise TriattnError(ERR_INVALID_ARG, "prompts must be a list of strings (one prompt: use generate())")
@@ -762,15 +766,16 @@ class Llama:
             msg = ffi.string(lib.triattn_session_last_error(s)).decode("utf-8", "replace")
             _lib.check(st, f"prompts[{k}]: {msg}" if msg else f"prompts[{k}]")
 
+        reuse = ffi.new("struct triattn_reuse_info *")
         try:
+            self._prefill_shared_start(prompts, sessions, add_special, fail)
             while True:
                 while free and nxt < len(prompts):
                     s = free.pop()
                     gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop,
                                                 (base + nxt) % 2**63, frequency_penalty, presence_penalty,
                                                 ignore_eos, add_special, logit_bias=logit_bias)
-                    lib.triattn_session_reset(s)
-                    st = lib.triattn_generate_begin(s, prompts[nxt].encode("utf-8"), gp)
+                    st = lib.triattn_generate_begin_cached(s, prompts[nxt].encode("utf-8"), gp)
                     del keep  # the library copied the stop strings
                     if st != 0:
                         fail(nxt, s, st)
@@ -793,8 +798,10 @@ class Llama:
                         still.append((k, s))
                         continue
                     lib.triattn_generate_get_result(s, res)
+                    lib.triattn_generate_get_reuse(s, reuse)
                     self.last_batch_results[k] = dict(
                         prompt_tokens=int(res.n_prompt_tokens), completion_tokens=int(res.n_generated),
+                        cached_tokens=int(reuse.n_cached),
                         stop_reason=_STOP_NAMES.get(int(res.stop_reason), str(int(res.stop_reason))),
                         finish_reason=_FINISH.get(int(res.stop_reason), "stop"))
                     free.append(s)
@@ -805,6 +812,30 @@ class Llama:
             for s in sessions:
                 ffi.release(s)
         return [b.decode("utf-8", "replace") for b in out]
+
+    def _prefill_shared_start(self, prompts, sessions, add_special, fail) -> None:
+        """With several sessions: the start all prompts share, when 64 tokens or more (one token of the shortest
+        left to decode), decoded once in the first session and copied into the others."""
+        if len(sessions) < 2:
+            return
+        ffi, lib = self._ffi, self._lib
+        toks = [self.tokenize(p, add_bos=add_special, special=True) for p in prompts]
+        first = toks[0]
+        shared = min(len(t) for t in toks) - 1
+        for t in toks[1:]:
+            k = 0
+            while k < shared and t[k] == first[k]:
+                k += 1
+            shared = k
+        if shared < 64:
+            return
+        st = lib.triattn_session_decode(sessions[0], ffi.new("triattn_token[]", first[:shared]), shared, False)
+        if st != 0:
+            fail(0, sessions[0], st)
+        for s in sessions[1:]:
+            st = lib.triattn_session_copy(s, sessions[0])
+            if st != 0:
+                fail(0, s, st)
 
     # ---- OpenAI-shaped API ----------------------------------------------------------------------
 

@@ -826,6 +826,44 @@ def test_cuda_embeddings(backend_build, cut_model):
     assert np.allclose(ta[:48], full[:48], atol=1e-4) and not np.allclose(ta, full, atol=1e-4)
 
 
+BATCH = r"""
+import json, sys
+from pytriattn import Llama
+start = " ".join(["The harbour master wrote down every ship that came in, its cargo and its crew."] * 6) + " "
+prompts = [start + q for q in ("The first ship carried", "On Monday the weather", "The crew of the last ship",
+                               "At noon the harbour", "Later that week")]
+apart = ["The old lighthouse keeper said that", "A recipe for bread starts with", "In the year 1900 the city of"]
+out = {}
+for policy, kw in (("full", {}), ("triattention", {"kv_budget": 48, "kv_interval": 16})):
+    with Llama(sys.argv[1], n_gpu_layers=-1, n_ctx=512, kv_policy=policy, **kw) as llm:
+        r = {"backend": llm.backend, "n_start": len(llm.tokenize(start))}
+        r["apart"] = llm.generate_batch(apart, max_tokens=24, temperature=0, seed=5, n_parallel=3)
+        r["apart_alone"] = [llm.generate(p, max_tokens=24, temperature=0) for p in apart]
+        r["shared"] = llm.generate_batch(prompts, max_tokens=24, temperature=0, n_parallel=3)
+        r["results"] = llm.last_batch_results
+        out[policy] = r
+print(json.dumps(out))
+"""
+
+
+def test_cuda_generate_batch(host_backend_build, cut_model):
+    """Llama.generate_batch on GPU sessions. Three prompts on three sessions decode together: on the host emulation
+    (a row's sums do not depend on its step's other rows) their texts equal those of generate() one prompt at a
+    time; on a device the kernels differ with a step's row count, so only that they ran is checked there. Then five
+    prompts on three sessions: their shared start (about 110 tokens; with TriAttention at budget 48 compressed while
+    it is read) is prefilled once and copied between device caches, and every prompt continues from its session's
+    cache (a prompt read in two pieces on the GPU equals one read whole only to rounding, so the counts are checked:
+    the start cached in every prompt)."""
+    res, _ = _run_py(host_backend_build / "libtriattn.so", BATCH, cut_model)
+    for policy, r in res.items():
+        assert r["backend"] == "cuda", r
+        assert all(r["apart"]) and all(r["shared"]), r
+        if _emulated(host_backend_build):
+            assert r["apart"] == r["apart_alone"], (policy, r["apart"], r["apart_alone"])
+        assert r["n_start"] > 100 and all(x["cached_tokens"] >= r["n_start"] - 4 for x in r["results"]), r["results"]
+        assert all(0 < x["completion_tokens"] <= 24 for x in r["results"]), r["results"]
+
+
 def test_gpu_mem_limit_parse(c_build_dir, tmp_path):
     code = r"""
 import json

@@ -768,10 +768,17 @@ class Llama:
 
         reuse = ffi.new("struct triattn_reuse_info *")
         try:
-            self._prefill_shared_start(prompts, sessions, add_special, fail)
+            start, n_start, toks = self._prefill_shared_start(prompts, sessions, add_special, fail)
+            if start is not None:
+                sessions.append(start)   # freed with the others
             while True:
                 while free and nxt < len(prompts):
                     s = free.pop()
+                    if start is not None and lib.triattn_session_reusable(
+                            s, ffi.new("triattn_token[]", toks[nxt]), len(toks[nxt])) < n_start:
+                        st = lib.triattn_session_copy(s, start)
+                        if st != 0:
+                            fail(nxt, s, st)
                     gp, keep = self._gen_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, stop,
                                                 (base + nxt) % 2**63, frequency_penalty, presence_penalty,
                                                 ignore_eos, add_special, logit_bias=logit_bias)
@@ -813,11 +820,13 @@ class Llama:
                 ffi.release(s)
         return [b.decode("utf-8", "replace") for b in out]
 
-    def _prefill_shared_start(self, prompts, sessions, add_special, fail) -> None:
+    def _prefill_shared_start(self, prompts, sessions, add_special, fail):
         """With several sessions: the start all prompts share, when 64 tokens or more (one token of the shortest
-        left to decode), decoded once in the first session and copied into the others."""
+        left to decode), decoded once and copied into every session. With more prompts than sessions it is decoded
+        in a session of its own, kept to start the later prompts from when a session's cache can no longer be cut
+        back to it (a compressed one). Returns (that session or None, its token count, the prompts' tokens)."""
         if len(sessions) < 2:
-            return
+            return None, 0, None
         ffi, lib = self._ffi, self._lib
         toks = [self.tokenize(p, add_bos=add_special, special=True) for p in prompts]
         first = toks[0]
@@ -828,14 +837,17 @@ class Llama:
                 k += 1
             shared = k
         if shared < 64:
-            return
-        st = lib.triattn_session_decode(sessions[0], ffi.new("triattn_token[]", first[:shared]), shared, False)
+            return None, 0, None
+        keep = self._new_session() if len(prompts) > len(sessions) else None
+        src = keep if keep is not None else sessions[0]
+        st = lib.triattn_session_decode(src, ffi.new("triattn_token[]", first[:shared]), shared, False)
         if st != 0:
-            fail(0, sessions[0], st)
-        for s in sessions[1:]:
-            st = lib.triattn_session_copy(s, sessions[0])
+            fail(0, src, st)
+        for s in sessions:
+            st = lib.triattn_session_copy(s, src) if s is not src else 0
             if st != 0:
                 fail(0, s, st)
+        return keep, shared, toks
 
     # ---- OpenAI-shaped API ----------------------------------------------------------------------
 

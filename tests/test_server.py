@@ -520,7 +520,7 @@ def test_prefix_shared_between_slots(server_bin, model_path):
     equals the one prefilled from scratch ("cache_prompt": false). --prefix-share 0 turns it off."""
     s = Server(server_bin, model_path, "--parallel", "3", "--ctx-size", "1024")
     try:
-        notes = _notes(RNG.randint(120, 220))
+        notes = _notes(RNG.randint(160, 240))
         prompts = [notes + f"Question {k}: {RNG.choice(PROMPTS)}" for k in range(3)]
         n_notes = len(json.loads(s.request("POST", "/tokenize", {"content": notes})[1])["tokens"])
         assert n_notes > 150
@@ -534,7 +534,7 @@ def test_prefix_shared_between_slots(server_bin, model_path):
         assert _metric(s, "triattn_prefix_shares_total") == len(shared)
         assert _metric(s, "triattn_prefix_shared_tokens_total") == sum(r["timings"]["cache_shared_n"] for r in shared)
         # from a busy slot: a long stream holds the new notes; a request with the same notes copies its cache
-        notes2 = _notes(RNG.randint(120, 220))
+        notes2 = _notes(RNG.randint(160, 240))
         c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", timeout=120, max_retries=0)
         stream = c.completions.create(model="smol", prompt=notes2 + "Tell me a long story.", max_tokens=300,
                                       temperature=0, stream=True, extra_body={"ignore_eos": True})

@@ -791,9 +791,11 @@ enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session 
     tri_writer w = { .hash = TRI_FNV_OFFSET, .ok = true };
     /* The buffer sized for the cache at once (the rest grows it): one pass over the bytes, not a doubling's */
     const tri_kv_cache * c = &src->kv;
-    size_t est = ((size_t) 1 << 16) + sizeof(int32_t) * (size_t) src->n_past + sizeof(float) * (size_t) src->model->hp.n_vocab;
+    const size_t per_slot = sizeof(int32_t) + 2 * sizeof(tri_fp16) * (size_t) c->head_dim;
+    size_t est = ((size_t) 1 << 16) + sizeof(int32_t) * (size_t) src->n_past +
+                 sizeof(float) * (size_t) src->model->hp.n_vocab;
     for (int i = 0; i < c->n_layer * c->n_head_kv; i++) {
-        est += (size_t) c->n_live[i] * (sizeof(int32_t) + 2 * sizeof(tri_fp16) * (size_t) c->head_dim) + sizeof(int32_t);
+        est += (size_t) c->n_live[i] * per_slot + sizeof(int32_t);
     }
     w.mem = malloc(est);
     w.cap = w.mem ? est : 0;

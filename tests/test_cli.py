@@ -143,6 +143,8 @@ def test_generate_file_of_prompts(tmp_path, default_model):
     k = rng.randrange(len(prompts))
     lone = run("generate", "-m", default_model, "--raw", "-n", n, "--temp", "1.0", "--seed", seed + k, prompts[k])
     assert json.loads(q.stdout.splitlines()[k])["text"] + "\n" == lone.stdout
+    p = run("generate", "-m", default_model, "-f", f, "a prompt too")
+    assert p.returncode == 2 and "not both" in p.stderr
     p = run("generate", "-m", default_model, "-f", tmp_path / "missing.txt")
     assert p.returncode == 2 and "missing.txt" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "empty.txt").write_text("\n\n")

@@ -109,6 +109,9 @@ def _report_speed(llm) -> None:
 
 def _cmd_generate_batch(args) -> int:
     """--file FILE: a prompt per line, completed together; one JSON object per prompt, in order, on stdout."""
+    if args.prompt is not None:
+        print("pytriattn generate: give a prompt or --file, not both", file=sys.stderr)
+        return 2
     try:
         src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
     except OSError as e:

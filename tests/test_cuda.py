@@ -826,7 +826,7 @@ def test_cuda_embeddings(backend_build, cut_model):
     assert np.allclose(ta[:48], full[:48], atol=1e-4) and not np.allclose(ta, full, atol=1e-4)
 
 
-BATCH = r"""
+GENERATE_BATCH = r"""
 import json, sys
 from pytriattn import Llama
 start = " ".join(["The harbour master wrote down every ship that came in, its cargo and its crew."] * 6) + " "
@@ -854,7 +854,7 @@ def test_cuda_generate_batch(host_backend_build, cut_model):
     it is read) is prefilled once and copied between device caches, and every prompt continues from its session's
     cache (a prompt read in two pieces on the GPU equals one read whole only to rounding, so the counts are checked:
     the start cached in every prompt)."""
-    res, _ = _run_py(host_backend_build / "libtriattn.so", BATCH, cut_model)
+    res, _ = _run_py(host_backend_build / "libtriattn.so", GENERATE_BATCH, cut_model)
     for policy, r in res.items():
         assert r["backend"] == "cuda", r
         assert all(r["apart"]) and all(r["shared"]), r

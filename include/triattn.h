@@ -511,6 +511,8 @@ TRIATTN_API enum triattn_status triattn_generate_next_batch(triattn_session * co
  * sets it per request). budget + kv_interval must fit the slots allocated at creation.
  * TRIATTN_ERR_INVALID_ARG otherwise, or for the `full` policy (no budget). */
 TRIATTN_API enum triattn_status triattn_session_set_kv_budget(triattn_session * s, int32_t budget);
+/* The KV budget the session decodes under now (a compressing policy's; for `full`, its configured value). */
+TRIATTN_API int32_t triattn_session_kv_budget(const triattn_session * s);
 
 /* ---- tool calls ------------------------------------------------------------------------------- */
 

@@ -208,6 +208,10 @@ enum triattn_status triattn_batch_decode(triattn_session * const * sessions, int
     return TRIATTN_OK;
 }
 
+int32_t triattn_session_kv_budget(const triattn_session * s) {
+    return s ? s->policy.cfg.budget : 0;
+}
+
 enum triattn_status triattn_session_set_kv_budget(triattn_session * s, int32_t budget) {
     if (!s) {
         return TRIATTN_ERR_INVALID_ARG;

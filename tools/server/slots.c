@@ -57,7 +57,7 @@ static bool share_applies(const struct slot_pool * p, const struct slot_job * j)
 
 /* The prompt tokens job j's own slot would keep: none when the job changes a compressing cache's budget. */
 static int32_t share_have(const struct slot_pool * p, const struct slot * own) {
-    if (p->compressing && own->kv_budget != job_budget(p, &own->job)) return 0;
+    if (p->compressing && triattn_session_kv_budget(own->session) != job_budget(p, &own->job)) return 0;
     return triattn_session_reusable(own->session, own->job.tokens, own->job.n_tokens);
 }
 
@@ -98,7 +98,8 @@ static void share_pick_locked(struct slot_pool * p, struct slot * own, int32_t h
     int32_t best_n = have + p->share_min - 1;
     for (int k = 0; k < p->n; k++) {
         struct slot * s = &p->slots[k];
-        if (s == own || !share_readable_locked(s) || (p->compressing && s->kv_budget != job_budget(p, j))) continue;
+        if (s == own || !share_readable_locked(s) ||
+            (p->compressing && triattn_session_kv_budget(s->session) != job_budget(p, j))) continue;
         const int32_t n = triattn_session_reusable(s->session, j->tokens, j->n_tokens);
         if (n <= best_n) continue;
         struct triattn_kv_stats kv;
@@ -124,7 +125,6 @@ static void job_start(struct slot_pool * p, struct slot * sl) {
     enum triattn_status st = TRIATTN_OK;
     if (p->compressing) {
         st = triattn_session_set_kv_budget(s, job_budget(p, j));
-        if (st == TRIATTN_OK) sl->kv_budget = job_budget(p, j);
     }
     j->gp.prefill_chunk = p->prefill_chunk;
     if (st == TRIATTN_OK) {
@@ -332,7 +332,6 @@ enum triattn_status slots_init(struct slot_pool * p, const triattn_model * model
         p->n = k + 1;
     }
     p->kv_budget = sp->kv_budget;
-    for (int k = 0; k < n; k++) p->slots[k].kv_budget = sp->kv_budget;
     p->compressing = p->slots[0].kv.capacity < triattn_session_n_ctx(p->slots[0].session);
     /* A compressing cache takes at most kv_interval tokens between rounds. */
     p->prefill_chunk = prefill_chunk;

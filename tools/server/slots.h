@@ -72,7 +72,6 @@ struct slot {
     int32_t           n_prompt;      /* current/last request */
     int32_t           n_generated;
     uint64_t          last_used;     /* acquisition order, for least-recently-used ties */
-    int32_t           kv_budget;     /* the budget its session decodes under now (compressing policies) */
     int               pinned;        /* the engine copies this slot's session now: nobody takes the slot meanwhile */
 };
 

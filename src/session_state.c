@@ -59,13 +59,25 @@ static uint64_t tri_fnv1a(uint64_t h, const void * data, size_t n) {
 
 /* ---- writing ------------------------------------------------------------------------------------- */
 
-/* Writes to a file (checksummed), or (f NULL) appends to a growing buffer (a copy in memory: no checksum). */
+/* A piece of a state in memory: the bytes at p, or (p NULL) at offset off of the writer's buffer. */
+typedef struct tri_state_seg {
+    const unsigned char * p;
+    size_t                off, n;
+} tri_state_seg;
+
+#define TRI_STATE_SEGS_MAX(LK) (3 * (LK) + 1) /* a copy's pieces: 2 LK named blobs, the buffer's runs around them */
+
+/* Writes to a file (checksummed), or (f NULL) appends to a growing buffer (a copy in memory: no checksum). A copy
+ * with seg names the source's K and V (tri_put_ref) instead of copying them: the state is then seg[0..n_seg), the
+ * runs of the buffer between the named blobs. */
 typedef struct tri_writer {
     FILE *          f;
     uint64_t        hash;
     bool            ok;
     unsigned char * mem;
     size_t          len, cap;
+    tri_state_seg * seg;
+    int             n_seg, seg_cap;
 } tri_writer;
 
 static void tri_put(tri_writer * w, const void * data, size_t n) {
@@ -76,6 +88,17 @@ static void tri_put(tri_writer * w, const void * data, size_t n) {
         w->hash = tri_fnv1a(w->hash, data, n);
         w->ok = fwrite(data, 1, n, w->f) == n;
         return;
+    }
+    if (w->seg) { /* the buffer's run goes on, or starts after a named blob */
+        tri_state_seg * last = w->n_seg ? &w->seg[w->n_seg - 1] : NULL;
+        if (last && !last->p) {
+            last->n += n;
+        } else if (w->n_seg < w->seg_cap) {
+            w->seg[w->n_seg++] = (tri_state_seg) { NULL, w->len, n };
+        } else {
+            w->ok = false;
+            return;
+        }
     }
     if (n > w->cap - w->len) {
         size_t cap = w->cap ? w->cap : 1 << 16;
@@ -92,6 +115,16 @@ static void tri_put(tri_writer * w, const void * data, size_t n) {
     }
     memcpy(w->mem + w->len, data, n);
     w->len += n;
+}
+/* n bytes that stay where they are until the copy is read: named, not copied, where the writer keeps pieces. */
+static void tri_put_ref(tri_writer * w, const void * data, size_t n) {
+    if (!w->seg || !w->ok || n == 0) {
+        tri_put(w, data, n);
+    } else if (w->n_seg < w->seg_cap) {
+        w->seg[w->n_seg++] = (tri_state_seg) { data, 0, n };
+    } else {
+        w->ok = false;
+    }
 }
 static void tri_put_i32(tri_writer * w, int32_t v) { tri_put(w, &v, sizeof v); }
 static void tri_put_i64(tri_writer * w, int64_t v) { tri_put(w, &v, sizeof v); }
@@ -232,8 +265,13 @@ static enum triattn_status tri_state_write(triattn_session * s, tri_writer * w) 
             }
         }
         tri_put(w, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
-        tri_put(w, k, sizeof(tri_fp16) * live * c->head_dim);
-        tri_put(w, v, sizeof(tri_fp16) * live * c->head_dim);
+        if (stage) { /* the staging buffer is the next head's */
+            tri_put(w, k, sizeof(tri_fp16) * live * c->head_dim);
+            tri_put(w, v, sizeof(tri_fp16) * live * c->head_dim);
+        } else {
+            tri_put_ref(w, k, sizeof(tri_fp16) * live * c->head_dim);
+            tri_put_ref(w, v, sizeof(tri_fp16) * live * c->head_dim);
+        }
     }
     free(stage);
     if (h.n_logits) {
@@ -303,17 +341,37 @@ enum triattn_status triattn_session_save(triattn_session * s, const char * path)
 
 /* ---- reading ------------------------------------------------------------------------------------- */
 
+/* Reads a state from its pieces in order (one for a file); n bytes in all, the checksum after them left out. */
 typedef struct tri_reader {
-    const unsigned char * p;
+    const tri_state_seg * seg;
+    int                   n_seg, si; /* the piece read now, */
+    size_t                so;        /* at this offset */
     size_t                n, off;
 } tri_reader;
 
-/* Points *out at the next n bytes; false when the file ends first. */
+static tri_reader tri_reader_of(const tri_state_seg * seg, int n_seg, size_t n) {
+    return (tri_reader) { .seg = seg, .n_seg = n_seg, .n = n };
+}
+
+/* Points *out at the next n bytes (contiguous: within one piece); false when the state ends first, or when they
+ * would span two pieces (the writer's pieces are what the reader takes, so only a malformed state does). */
 static bool tri_take(tri_reader * r, size_t n, const void ** out) {
     if (n > r->n - r->off) {
         return false;
     }
-    *out = r->p + r->off;
+    while (r->si < r->n_seg && r->so == r->seg[r->si].n) {
+        r->si++;
+        r->so = 0;
+    }
+    if (r->si == r->n_seg) { /* n == 0 at the end */
+        *out = r->seg[r->n_seg - 1].p + r->seg[r->n_seg - 1].n;
+        return true;
+    }
+    if (n > r->seg[r->si].n - r->so) {
+        return false;
+    }
+    *out = r->seg[r->si].p + r->so;
+    r->so += n;
     r->off += n;
     return true;
 }
@@ -516,9 +574,10 @@ static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader 
                                     "session_load: '%s': (layer %d, KV head %d) has %d live slots (capacity %d, %d tokens)",
                                     path, i / c->n_head_kv, i % c->n_head_kv, live, cap, h->n_past);
         }
-        const void * pos_p, * kv_p;
+        const void * pos_p, * k_p, * v_p;
         if (!tri_take(r, sizeof(int32_t) * (size_t) live, &pos_p) ||
-            !tri_take(r, 2 * sizeof(tri_fp16) * (size_t) live * c->head_dim, &kv_p)) {
+            !tri_take(r, sizeof(tri_fp16) * (size_t) live * c->head_dim, &k_p) ||
+            !tri_take(r, sizeof(tri_fp16) * (size_t) live * c->head_dim, &v_p)) {
             return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (KV of layer %d, head %d)",
                                     path, i / c->n_head_kv, i % c->n_head_kv);
         }
@@ -687,8 +746,8 @@ static enum triattn_status tri_state_apply(triattn_session * s, tri_reader * r, 
     return TRIATTN_OK;
 }
 
-static enum triattn_status tri_state_read(triattn_session * s, const unsigned char * buf, size_t size,
-                                          const char * path, bool check_sum);
+static enum triattn_status tri_state_read(triattn_session * s, tri_state_seg * seg, int n_seg, const char * path,
+                                          bool check_sum);
 
 enum triattn_status triattn_session_load(triattn_session * s, const char * path) {
     if (!s) {
@@ -739,33 +798,41 @@ enum triattn_status triattn_session_load(triattn_session * s, const char * path)
     if (!read_ok) {
         st = tri_session_fail(s, TRIATTN_ERR_IO, "session_load: cannot read '%s'", path);
     } else {
-        st = tri_state_read(s, buf, (size_t) size, path, true);
+        tri_state_seg whole = { buf, 0, (size_t) size };
+        st = tri_state_read(s, &whole, 1, path, true);
     }
     free(buf);
     return st;
 }
 
-/* Validates the state in buf[0..size) (checksum last, compared when check_sum: a file) against session s, then
- * adopts it; s is unchanged on failure. path names the source in messages. */
-static enum triattn_status tri_state_read(triattn_session * s, const unsigned char * buf, size_t size,
-                                          const char * path, bool check_sum) {
+/* Validates the state in pieces seg[0..n_seg) (checksum last, in the last piece; compared when check_sum: a file,
+ * one piece) against session s, then adopts it; s is unchanged on failure. path names the source in messages. */
+static enum triattn_status tri_state_read(triattn_session * s, tri_state_seg * seg, int n_seg, const char * path,
+                                          bool check_sum) {
     enum triattn_status st;
-    tri_reader r = { buf, size - 8, 0 };
-    tri_state_header h;
+    size_t size = 0;
+    for (int i = 0; i < n_seg; i++) {
+        size += seg[i].n;
+    }
+    tri_state_seg * last = &seg[n_seg - 1]; /* at least the 8 bytes of the checksum (the callers' sizes) */
     uint64_t sum;
-    memcpy(&sum, buf + size - 8, 8);
+    memcpy(&sum, last->p + last->n - 8, 8);
+    last->n -= 8;
+    tri_reader r = tri_reader_of(seg, n_seg, size - 8);
+    tri_state_header h;
     if (!tri_state_get_header(&r, &h) || memcmp(h.magic, TRI_STATE_MAGIC, 8) != 0) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is not a pytriattn session file", path);
     } else if (h.version < 1 || h.version > TRI_STATE_VERSION) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has format version %u, this library reads 1..%u",
                               path, h.version, TRI_STATE_VERSION);
-    } else if (check_sum && tri_fnv1a(TRI_FNV_OFFSET, buf, (size_t) size - 8) != sum) {
+    } else if (check_sum && (n_seg != 1 || tri_fnv1a(TRI_FNV_OFFSET, seg[0].p, size - 8) != sum)) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT,
                               "session_load: '%s' is corrupt or truncated (checksum mismatch over %llu bytes)", path,
                               (unsigned long long) (size - 8));
     } else if ((st = tri_state_check_header(s, &h, path)) == TRIATTN_OK &&
                (st = tri_state_check_body(s, &r, &h, path)) == TRIATTN_OK) {
-        r.off = TRI_STATE_HEADER_BYTES;
+        r = tri_reader_of(seg, n_seg, size - 8);
+        tri_state_get_header(&r, &h);
         st = tri_state_apply(s, &r, &h);
     }
     return st;
@@ -788,17 +855,21 @@ enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session 
     if (st != TRIATTN_OK) {
         return st;
     }
-    tri_writer w = { .hash = TRI_FNV_OFFSET, .ok = true };
-    /* The buffer sized for the cache at once (the rest grows it): one pass over the bytes, not a doubling's */
+    /* A CPU source's K and V are read where they are (named pieces); the buffer takes the rest, sized at once (a
+     * GPU source's cache too: it comes through a staging buffer) */
     const tri_kv_cache * c = &src->kv;
-    const size_t per_slot = sizeof(int32_t) + 2 * sizeof(tri_fp16) * (size_t) c->head_dim;
+    const int LK = c->n_layer * c->n_head_kv;
+    tri_writer w = { .hash = TRI_FNV_OFFSET, .ok = true, .seg_cap = TRI_STATE_SEGS_MAX(LK),
+                     .seg = malloc(sizeof(tri_state_seg) * TRI_STATE_SEGS_MAX(LK)) };
+    const size_t per_slot = sizeof(int32_t) + (src->backend ? 2 * sizeof(tri_fp16) * (size_t) c->head_dim : 0);
     size_t est = ((size_t) 1 << 16) + sizeof(int32_t) * (size_t) src->n_past +
                  sizeof(float) * (size_t) src->model->hp.n_vocab;
-    for (int i = 0; i < c->n_layer * c->n_head_kv; i++) {
+    for (int i = 0; i < LK; i++) {
         est += (size_t) c->n_live[i] * per_slot + sizeof(int32_t);
     }
-    w.mem = malloc(est);
+    w.mem = w.seg ? malloc(est) : NULL;
     w.cap = w.mem ? est : 0;
+    w.ok = w.mem != NULL;
     st = tri_state_write(src, &w);
     if (st != TRIATTN_OK) {
         snprintf(msg, sizeof msg, "%s", src->last_error);
@@ -807,13 +878,19 @@ enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session 
         st = tri_session_fail(dst, TRIATTN_ERR_OOM, "session_copy: out of memory for the state of %d tokens",
                               src->n_past);
     } else {
-        st = tri_state_read(dst, w.mem, w.len, "the source", false);
+        for (int i = 0; i < w.n_seg; i++) { /* the buffer's runs: where it ended up */
+            if (!w.seg[i].p) {
+                w.seg[i].p = w.mem + w.seg[i].off;
+            }
+        }
+        st = tri_state_read(dst, w.seg, w.n_seg, "the source", false);
         const char * load = "session_load: ";
         if (st != TRIATTN_OK && strncmp(dst->last_error, load, strlen(load)) == 0) {   /* the reader's words */
             snprintf(msg, sizeof msg, "session_copy: %s", dst->last_error + strlen(load));
             snprintf(dst->last_error, sizeof dst->last_error, "%s", msg);
         }
     }
+    free(w.seg);
     free(w.mem);
     return st;
 }

@@ -26,6 +26,8 @@ Runs (each a triattn-cli process; JSON rows collected):
       and with integer tensor cores from 2 sessions (TRIATTN_CUDA_MQ_MIN=2); and where the time goes: device
       milliseconds per phase of the prefill and decode steps (TRIATTN_CUDA_PROFILE=1) at depth 0, at depth 16384,
       and for 16 sessions at depth 4096.
+  llama.cpp on the same 1b file, when --peer holds its CUDA build (python bench/llamacpp.py cuda --out .peer):
+      llama-bench -ngl 99 -fa 1 -p 512 -n 64 at the same depths, llama-batched-bench -npp 4096 -ntg 32 -npl 1,8,16.
 Prints a markdown table, the targets' ratios (each of two medians of this run) and the profile table, and writes
 results.json (and the raw outputs) to --out.
 """
@@ -35,6 +37,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -188,18 +191,19 @@ def write_model(path: Path, shape: dict, seed: int = 0) -> Path:
     return path
 
 
-def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float,
-            env: dict | None = None) -> tuple[list[dict], str, int]:
-    """triattn-cli --bench --json with args (and extra environment variables); (rows, stderr, exit code)."""
-    cmd = [str(cli), "-m", str(model), "--bench", "--json", *args]
-    print("$", *(f"{k}={v}" for k, v in (env or {}).items()), " ".join(cmd[1:]), file=log, flush=True)
+def run_program(cmd: list[str], log, timeout: float, env: dict | None = None) -> tuple[str, str, int]:
+    """A benchmark program's (stdout, stderr, exit code); past timeout it is interrupted (SIGINT) and given 30 s to
+    print what it finished."""
+    print("$", *(f"{k}={v}" for k, v in (env or {}).items()), " ".join(cmd), file=log, flush=True)
     t0 = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **(env or {})})
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **(env or {})})
+    except OSError as e:
+        return "", f"{cmd[0]}: {e}", -1
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # an interrupted benchmark still prints the rows it finished; then the process goes
         p.send_signal(signal.SIGINT)
         try:
             out, err = p.communicate(timeout=30)
@@ -208,11 +212,61 @@ def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float,
             out, err = p.communicate()
         err = f"{err}\ntimed out after {timeout:.0f} s"
     print(out, err[-4000:], f"  ({time.time() - t0:.1f} s, exit {p.returncode})", sep="\n", file=log, flush=True)
+    return out, err, p.returncode
+
+
+def run_cli(cli: Path, model: Path, args: list[str], log, timeout: float,
+            env: dict | None = None) -> tuple[list[dict], str, int]:
+    """triattn-cli --bench --json with args (and extra environment variables); (rows, stderr, exit code). An
+    interrupted benchmark still prints the rows it finished."""
+    out, err, rc = run_program([str(cli), "-m", str(model), "--bench", "--json", *args], log, timeout, env)
     try:
         rows = json.loads(out) if out.strip() else []
     except json.JSONDecodeError:
         rows = []
-    return rows, err, p.returncode
+    return rows, err, rc
+
+
+def peer_env(peer: Path) -> dict:
+    """LD_LIBRARY_PATH for llama.cpp's programs in peer (bench/llamacpp.py cuda): their folder, then the first
+    folder holding cuBLAS of this machine (CUBLAS_DIR, CUDA's lib64, or an nvidia-cublas Python package)."""
+    dirs = [os.environ.get("CUBLAS_DIR", ""), "/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+    for base in sys.path:
+        dirs += [str(d) for d in sorted(Path(base or ".").glob("nvidia/cu*/lib"))] + [f"{base}/nvidia/cublas/lib"]
+    blas = next((d for d in dirs if d and any(Path(d).glob("libcublas.so.*"))), None)
+    path = [str(peer.resolve())] + ([blas] if blas else []) + [os.environ.get("LD_LIBRARY_PATH", "")]
+    return {"LD_LIBRARY_PATH": ":".join(x for x in path if x)}
+
+
+def peer_rows(out: str, batched: bool, model_bytes: int) -> list[dict]:
+    """llama-bench's JSON (-o json) or llama-batched-bench's JSON lines as rows shaped like triattn-cli's, named
+    like them (pp512, pp512 @ d4096, tg64 @ d4096, tg32 @ d4096 x16), policy "llama.cpp". The objects are read one
+    by one, so an interrupted run's finished tests count."""
+    objs, dec = [], json.JSONDecoder()
+    i = out.find("{")
+    while i >= 0:
+        try:
+            obj, end = dec.raw_decode(out, i)
+        except json.JSONDecodeError:
+            break
+        objs.append(obj)
+        i = out.find("{", end)
+    rows = []
+    for r in objs:
+        if batched:
+            n = int(r["pl"])
+            rows.append({"test": f"tg{r['tg']} @ d{r['pp']}" + (f" x{n}" if n > 1 else ""), "n_prompt": 0,
+                         "n_gen": int(r["tg"]), "depth": int(r["pp"]), "parallel": n,
+                         "tps_median": float(r["speed_tg"]), "samples_tps": [float(r["speed_tg"])]})
+            continue
+        p, n, d = int(r["n_prompt"]), int(r["n_gen"]), int(r["n_depth"])
+        ts = [float(x) for x in r.get("samples_ts") or [r["avg_ts"]]]
+        rows.append({"test": (f"pp{p}" + (f" @ d{d}" if d else "")) if p else f"tg{n} @ d{d}", "n_prompt": p,
+                     "n_gen": n, "depth": d, "parallel": 1, "tps_median": statistics.median(ts), "samples_tps": ts,
+                     "build_commit": r.get("build_commit", "")})
+    for r in rows:
+        r.update(policy="llama.cpp", model_bytes=model_bytes)
+    return rows
 
 
 def profiles(stderr: str) -> list[dict]:
@@ -266,6 +320,10 @@ def main(argv=None) -> int:
                     help="fewer depths and repetitions, the 1b table before the 32b runs (a device-time budget)")
     ap.add_argument("--deadline", type=float, default=0,
                     help="seconds from the start after which no run starts; a run's timeout ends by then (0: none)")
+    ap.add_argument("--peer", type=Path, default=ROOT / ".peer",
+                    help="folder with llama.cpp's llama-bench and llama-batched-bench built with CUDA (python "
+                         "bench/llamacpp.py cuda): run on the 1b model after the engine's 1b runs (default: .peer, "
+                         "when there)")
     ap.add_argument("--plot", type=Path, nargs=2, metavar=("RESULTS", "PNG"), default=None,
                     help="draw t/s against depth and against sessions from a results.json; nothing else")
     args = ap.parse_args(argv)
@@ -395,9 +453,48 @@ def main(argv=None) -> int:
         record("1b_np_triattention_mq2", m, [*np_args, "-np", "4,8" if args.short else "2,4,8", "--kv-policy",
                                              "triattention"], env={"TRIATTN_CUDA_MQ_MIN": "2"})
 
-    if not args.smoke:
+    def run_peer(key: str, p: int, n: int, depths: str, reps: int, npp: int, ntg: int, npl: list[int]) -> None:
+        # llama.cpp on the same file in the same run: llama-bench's prompt and decode rows at the engine's depths,
+        # llama-batched-bench's sessions (each its own prompt of npp tokens), flash attention on, all layers on the GPU
+        if not all((args.peer / t).is_file() for t in ("llama-bench", "llama-batched-bench", "BUILD.txt")) or \
+                not results["device"] or out_of_time():
+            return  # no CUDA build of llama.cpp, or no GPU for it (it would run on the CPU)
+        sys.path.insert(0, str(ROOT / "bench"))
+        import llamacpp
+
+        peer = llamacpp.unpack(args.peer, models / "llamacpp-cuda")  # beside the models: not carried, not returned
+        exe = {t: peer / t for t in ("llama-bench", "llama-batched-bench")}
+        env = peer_env(peer)
+        m = model_of(key)
+        cmds = {f"{key}_llamacpp": [str(exe["llama-bench"]), "-m", str(m), "-ngl", "99", "-fa", "1", "-p", str(p),
+                                    "-n", str(n), "-d", depths, "-r", str(reps), "-o", "json"],
+                f"{key}_np_llamacpp": [str(exe["llama-batched-bench"]), "-m", str(m), "-ngl", "99", "-fa", "on", "-c",
+                                       str(max(npl) * (npp + ntg) + 256), "-npp", str(npp), "-ntg", str(ntg), "-npl",
+                                       ",".join(map(str, npl)), "--output-format", "jsonl"]}
+        for name, cmd in cmds.items():
+            left = args.deadline - (time.time() - t_start) if args.deadline else args.timeout + grace
+            if out_of_time():
+                rows, err, rc = [], f"skipped: {left:.0f} s left before --deadline", -1
+            else:
+                out, err, rc = run_program(cmd, log, min(args.timeout, left - grace), env)
+                try:
+                    rows = peer_rows(out, "batched" in Path(cmd[0]).name, results[f"bytes_{key}"])
+                except (json.JSONDecodeError, KeyError, ValueError) as e:
+                    rows, err = [], f"{err}\nunreadable output: {e}"
+            results["runs"][name] = {"args": cmd[1:], "env": {}, "rows": rows, "exit": rc,
+                                     "stderr_tail": err[-1500:], "profile": []}
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+    if args.smoke:
+        run_peer("smoke", 64, 8, "0,96", 1, 32, 4, [1, 3])
+    else:
         # --short (a device budget): the 1b table first, the one to compare with earlier runs
-        order = {"1b": run_1b, "32b": run_32b}
+        def run_1b_and_peer() -> None:
+            run_1b()
+            run_peer("1b", 512, 64, "0,16384,32768" if args.short else "0,4096,16384,32768", 2 if args.short else 3,
+                     4096, 32, [16] if args.short else [1, 8, 16])
+
+        order = {"1b": run_1b_and_peer, "32b": run_32b}
         for key in (["1b", "32b"] if args.short else ["32b", "1b"]):
             if args.only in (None, key):
                 order[key]()
@@ -459,8 +556,9 @@ def markdown(results: dict) -> str:
             # decode steps read every weight once for all the sessions of the step
             steps = r["tps_median"] / r.get("parallel", 1) if r["n_gen"] > 0 else 0.0
             bw = f"{r['model_bytes'] * steps / 1e9:.0f}" if steps and r.get("model_bytes") else "—"
+            kv = f"{r['kv_bytes'] / 2**20:.1f} MiB" if "kv_bytes" in r else "—"  # llama.cpp's rows: not reported
             lines.append(f"| {name} | {r['test']} | {r['policy']} | {r.get('parallel', 1)} | {r['tps_median']:.1f} | "
-                         f"{bw} | {r.get('kv_bytes', 0) / 2**20:.1f} MiB |")
+                         f"{bw} | {kv} |")
     return "\n".join(lines)
 
 
@@ -481,6 +579,13 @@ def ratios(results: dict) -> str:
               ("1b_triattention", "tg64 @ d0")),
              ("1b tg32 @ 4096, 16 sessions: triattention / full", ("1b_np_triattention", "tg32 @ d4096 x16"),
               ("1b_np_full", "tg32 @ d4096 x16")),
+             ("1b pp512: full / llama.cpp", ("1b_full", "pp512"), ("1b_llamacpp", "pp512")),
+             ("1b tg64 @ d0: full / llama.cpp", ("1b_full", "tg64 @ d0"), ("1b_llamacpp", "tg64 @ d0")),
+             ("1b tg64 @ d0: triattention / llama.cpp", ("1b_triattention", "tg64 @ d0"), ("1b_llamacpp", "tg64 @ d0")),
+             ("1b tg64 @ d16384: triattention / llama.cpp", ("1b_triattention", "tg64 @ d16384"),
+              ("1b_llamacpp", "tg64 @ d16384")),
+             ("1b tg32 @ 4096, 16 sessions: triattention / llama.cpp", ("1b_np_triattention", "tg32 @ d4096 x16"),
+              ("1b_np_llamacpp", "tg32 @ d4096 x16")),
              ("32b at 16K under the cap, all sessions that fit: triattention / full", ("32b_triattention",
                                                                                        "tg32 @ d16384"),
               ("32b_full_16k", "tg32 @ d16384"))]

@@ -16,6 +16,8 @@
 # installed into /tmp/site when present; PYTRIATTN_CACHE (default: .cache/pytriattn in the tree when there, a path
 # the device call carries) should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf (written by tests/test_cuda.py's
 # cut_model fixture where the default model is cached). TRI_TEST_SEED is drawn once, so reruns repeat the draws.
+# .peer/ (bash bench/gpu_prepare.sh --peer), when carried: llama.cpp's CUDA build, which bench/gpu.py runs on the
+# same model right after the engine's 1b rows (unpacked into $MODELS/llamacpp-cuda).
 # A dry run without a GPU, on the backend over its host emulation with no-op kernels (docs/cuda.md): the steps and
 # their plans, no speeds: TRIATTN_CUDA_EMU_NOOP=2 TRIATTN_CUDA_EMU_GIB=80 TRIATTN_CUDA_BUILD_DIR=build/cuda-emu
 # bash bench/gpu_device.sh bench --short (the tests step: TRIATTN_CUDA_BUILD_DIR=build/cuda-emu alone).

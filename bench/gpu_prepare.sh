@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Prepares, on a machine with network, what a GPU machine without one needs for bench/gpu_device.sh: the Python
 # wheels its image lacks (cffi, pycparser, gguf) in .whl/, and the default model cut to its first 3 layers in
-# .cache/pytriattn/ (the real-weights tests), both ignored by git and carried with the device call. Prints the calls.
+# .cache/pytriattn/ (the real-weights tests), both ignored by git and carried with the device call; with --peer
+# also llama.cpp's llama-bench and llama-batched-bench built with CUDA for sm_90 in .peer/ (bench/llamacpp.py cuda:
+# about 35 minutes on 2 cores, once), which bench/gpu.py runs on the same model in the same run. Prints the calls.
 #
-#   bash bench/gpu_prepare.sh
+#   bash bench/gpu_prepare.sh [--peer]
 set -eu
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+for d in /.whl/ /.peer/; do
+    grep -qx "$d" .git/info/exclude 2>/dev/null || echo "$d" >>.git/info/exclude
+done
+if [ "${1:-}" = --peer ]; then
+    python3 bench/llamacpp.py cuda --archs 90 --out .peer
+fi
 mkdir -p .whl
 for pkg in cffi pycparser gguf; do
     ver=$(python3 -c "import importlib.metadata as m; print(m.version('$pkg'))")
@@ -36,9 +43,14 @@ if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
 print(f"{dst}: {dst.stat().st_size / 2**20:.1f} MiB")
 EOF
 ls -la .whl
-echo "tree to carry: $(du -sh --exclude=.git --exclude=build --exclude=bench/out . | cut -f1) (limit 64 MiB)"
-cat <<'EOF'
-device calls (carry [".whl", ".cache"]) on one warm machine, within about 15 minutes of device time, start included:
-  CALL_BUDGET=370 TEST_TIMEOUT=260 bash bench/gpu_device.sh tests      (timeout_s 380)
-  CALL_BUDGET=<device time left - 30> bash bench/gpu_device.sh bench --short   (timeout_s: CALL_BUDGET + 10)
+tree=$(du -sm --exclude=.git --exclude=build --exclude=bench/out --exclude=.cache --exclude=.peer . | cut -f1)
+echo "tree ${tree} MiB, .cache $(du -sm .cache | cut -f1) MiB (the tests call), .peer $(du -sm .peer 2>/dev/null |
+    cut -f1) MiB (the bench call; limit 64 MiB a call)"
+bench_carry='".whl"'
+[ -x .peer/llama-bench ] && bench_carry='".whl", ".peer"'
+cat <<EOF
+device calls on one warm machine, within about 15 minutes of device time, start included:
+  CALL_BUDGET=370 TEST_TIMEOUT=260 bash bench/gpu_device.sh tests      (carry [".whl", ".cache"], timeout_s 380)
+  CALL_BUDGET=<device time left - 30> bash bench/gpu_device.sh bench --short   (carry [$bench_carry],
+      timeout_s: CALL_BUDGET + 10)
 EOF

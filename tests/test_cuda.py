@@ -196,8 +196,8 @@ def test_gpu_bench_script_smoke(c_build_dir, tmp_path):
     """bench/gpu.py end to end on a tiny model (the CPU runs it where no GPU is present): the model writer makes a
     loadable file and every run of the smoke table yields rows."""
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--cli",
-                        str(c_build_dir / "triattn-cli"), "--out", str(tmp_path)], capture_output=True, text=True,
-                       timeout=600)
+                        str(c_build_dir / "triattn-cli"), "--out", str(tmp_path), "--peer", str(tmp_path / "no-peer")],
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["runs"]) == {"smoke_full", "smoke_triattention", "smoke_np"}
@@ -228,6 +228,49 @@ def test_gpu_bench_ratios():
     assert out == [f"- 1b pp512: triattention / full: {a:.1f} t/s (1 session) / {c:.1f} t/s (1 session) = {a / c:.2f}x",
                    f"- 32b at 16K under the cap, all sessions that fit: triattention / full: {d:.1f} t/s (11 sessions)"
                    f" / {b:.1f} t/s (1 session) = {d / b:.2f}x"], out
+
+
+def test_gpu_bench_peer_rows():
+    """bench/gpu.py reads llama.cpp's llama-bench JSON and llama-batched-bench JSON lines (as those programs print
+    them) into rows named like the engine's, an interrupted llama-bench's finished tests included, and prints the
+    ratios to them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu
+
+    rng = random.Random(SEED)
+    ts = {(p, n, d): [round(rng.uniform(100, 30000), 3) for _ in range(3)]
+          for p, n, d in ((512, 0, 0), (0, 64, 0), (512, 0, 16384), (0, 64, 16384))}
+    tests = []
+    for (p, n, d), samples in ts.items():
+        fields = {"build_commit": "0c1e570", "model_filename": "random-1b.gguf", "n_gpu_layers": 99,
+                  "flash_attn": True, "n_prompt": p, "n_gen": n, "n_depth": d, "avg_ts": sum(samples) / 3}
+        body = "".join(f'    "{k}": {json.dumps(v)},\n' for k, v in fields.items())
+        tests.append("  {\n" + body + '    "samples_ns": [ 1, 2, 3 ],\n'
+                     f'    "samples_ts": [ {", ".join(map(str, samples))} ]\n  }}')
+    out = "[\n" + ",\n".join(tests) + "\n]\n"
+    size = rng.randrange(1 << 20, 1 << 30)
+    rows = gpu.peer_rows(out, False, size)
+    assert [r["test"] for r in rows] == ["pp512", "tg64 @ d0", "pp512 @ d16384", "tg64 @ d16384"], rows
+    for r, samples in zip(rows, ts.values()):
+        assert r["tps_median"] == sorted(samples)[1] and r["policy"] == "llama.cpp" and r["model_bytes"] == size
+    assert len(gpu.peer_rows(out[:out.rindex(",\n  {")], False, size)) == 3  # stopped during its last test
+    speeds = {pl: round(rng.uniform(100, 5000), 6) for pl in (1, 8, 16)}
+    line = ('{"n_kv_max": 66304, "n_batch": 2048, "n_ubatch": 512, "flash_attn": 1, "is_pp_shared": 0, "n_gpu_layers": '
+            '99, "n_threads": 16, "n_threads_batch": 16, "pp": 4096, "tg": 32, "pl": %d, "n_kv": %d, "t_pp": 1.5, '
+            '"speed_pp": 2730.0, "t_tg": 0.5, "speed_tg": %f, "t": 2.0, "speed": 100.0}')
+    out = "main: n_kv_max = 66304\n" + "\n".join(line % (pl, pl * 4128, v) for pl, v in speeds.items()) + "\n"
+    brows = gpu.peer_rows(out, True, size)
+    assert [(r["test"], r["parallel"]) for r in brows] == [("tg32 @ d4096", 1), ("tg32 @ d4096 x8", 8),
+                                                            ("tg32 @ d4096 x16", 16)], brows
+    assert [r["tps_median"] for r in brows] == pytest.approx(list(speeds.values()))
+    tri = round(rng.uniform(100, 5000), 1)
+    res = {"runs": {"1b_llamacpp": {"rows": rows}, "1b_np_llamacpp": {"rows": brows},
+                    "1b_np_triattention": {"rows": [{"test": "tg32 @ d4096 x16", "tps_median": tri, "parallel": 16,
+                                                            "n_gen": 32, "policy": "triattention"}]}}}
+    want = tri / speeds[16]
+    assert (f"- 1b tg32 @ 4096, 16 sessions: triattention / llama.cpp: {tri:.1f} t/s (16 sessions) / "
+            f"{speeds[16]:.1f} t/s (16 sessions) = {want:.2f}x") in gpu.ratios(res).splitlines()
+    assert "| 1b_np_llamacpp | tg32 @ d4096 x16 | llama.cpp | 16 |" in gpu.markdown(res)
 
 
 # ---- with nvcc: the CUDA build ------------------------------------------------------------------------------

@@ -350,7 +350,9 @@ def main(argv=None) -> int:
         return bool(args.deadline) and args.deadline - (time.time() - t_start) < grace + 10
 
     def record(name: str, model: Path, extra: list[str], timeout: float | None = None,
-               env: dict | None = None) -> list[dict]:
+               env: dict | None = None, run=None) -> list[dict]:
+        """triattn-cli -m model -ngl -1 extra, or run(seconds) -> (rows, stderr, exit code) for another program
+        (extra: its arguments), within the deadline; its rows, also written to results.json under name."""
         limit = min(timeout or args.timeout, args.timeout)
         # a variant whose switch the whole run's environment (a failed device test's fallback) sets otherwise, or
         # whose kernels it turns off (TRIATTN_CUDA_MQ_MIN=33: no integer tensor-core products, whatever MQ_MAX says)
@@ -362,6 +364,8 @@ def main(argv=None) -> int:
             rows, err, rc = [], f"skipped: the run's environment sets {' '.join(clash)}", -1
         elif out_of_time():
             rows, err, rc = [], f"skipped: {left:.0f} s left before --deadline", -1
+        elif run:
+            rows, err, rc = run(min(limit, left - grace))
         else:
             rows, err, rc = run_cli(args.cli, model, ["-ngl", "-1", *extra], log, min(limit, left - grace), env)
         results["runs"][name] = {"args": extra, "env": env or {}, "rows": rows, "exit": rc, "stderr_tail": err[-1500:],
@@ -471,19 +475,16 @@ def main(argv=None) -> int:
                 f"{key}_np_llamacpp": [str(exe["llama-batched-bench"]), "-m", str(m), "-ngl", "99", "-fa", "on", "-c",
                                        str(max(npl) * (npp + ntg) + 256), "-npp", str(npp), "-ntg", str(ntg), "-npl",
                                        ",".join(map(str, npl)), "--output-format", "jsonl"]}
+
+        def peer_run(cmd: list[str], seconds: float) -> tuple[list[dict], str, int]:
+            out, err, rc = run_program(cmd, log, seconds, env)
+            try:
+                return peer_rows(out, "batched" in Path(cmd[0]).name, results[f"bytes_{key}"]), err, rc
+            except (json.JSONDecodeError, KeyError, ValueError) as e:
+                return [], f"{err}\nunreadable output: {e}", rc
+
         for name, cmd in cmds.items():
-            left = args.deadline - (time.time() - t_start) if args.deadline else args.timeout + grace
-            if out_of_time():
-                rows, err, rc = [], f"skipped: {left:.0f} s left before --deadline", -1
-            else:
-                out, err, rc = run_program(cmd, log, min(args.timeout, left - grace), env)
-                try:
-                    rows = peer_rows(out, "batched" in Path(cmd[0]).name, results[f"bytes_{key}"])
-                except (json.JSONDecodeError, KeyError, ValueError) as e:
-                    rows, err = [], f"{err}\nunreadable output: {e}"
-            results["runs"][name] = {"args": cmd[1:], "env": {}, "rows": rows, "exit": rc,
-                                     "stderr_tail": err[-1500:], "profile": []}
-            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            record(name, m, cmd[1:], run=lambda seconds, cmd=cmd: peer_run(cmd, seconds))
 
     if args.smoke:
         run_peer("smoke", 64, 8, "0,96", 1, 32, 4, [1, 3])

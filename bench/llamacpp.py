@@ -198,25 +198,16 @@ def pack(bin_dir: Path, cuda_lib: Path, out: Path, what: str) -> Path:
 
 
 def unpack(peer: Path, dest: Path) -> Path:
-    """pack's folder made runnable in dest (its NAME.xz files unpacked, the rest copied; once, until peer changes);
-    returns dest. The packed folder stays as it travels."""
+    """pack's folder made runnable in dest (emptied first): its NAME.xz files unpacked, the rest copied; returns
+    dest. The packed folder stays as it travels."""
     import lzma
-    stamp = dest / "BUILD.txt"
-    if stamp.is_file() and stamp.read_bytes() == (peer / "BUILD.txt").read_bytes() and \
-            stamp.stat().st_mtime >= max(f.stat().st_mtime for f in peer.iterdir()):
-        return dest
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for f in sorted(peer.iterdir()):
-        if f.name == "BUILD.txt":
-            continue
-        if f.suffix == ".xz":
-            with lzma.open(f) as z, open(dest / f.stem, "wb") as o:
-                shutil.copyfileobj(z, o, 1 << 20)
-        else:
-            shutil.copyfile(f, dest / f.name)
-        (dest / f.name.removesuffix(".xz")).chmod(0o755)
-    shutil.copyfile(peer / "BUILD.txt", stamp)  # last: a whole unpacking
+    for f in peer.iterdir():
+        name = f.name.removesuffix(".xz")
+        with (lzma.open(f) if f.suffix == ".xz" else open(f, "rb")) as src, open(dest / name, "wb") as o:
+            shutil.copyfileobj(src, o, 1 << 20)
+        (dest / name).chmod(0o755)
     return dest
 
 

@@ -820,7 +820,9 @@ static enum triattn_status tri_state_read(triattn_session * s, tri_state_seg * s
     last->n -= 8;
     tri_reader r = tri_reader_of(seg, n_seg, size - 8);
     tri_state_header h;
-    if (!tri_state_get_header(&r, &h) || memcmp(h.magic, TRI_STATE_MAGIC, 8) != 0) {
+    const bool header = tri_state_get_header(&r, &h);
+    const tri_reader body = r; /* the checks read on from here, then the copy does */
+    if (!header || memcmp(h.magic, TRI_STATE_MAGIC, 8) != 0) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is not a pytriattn session file", path);
     } else if (h.version < 1 || h.version > TRI_STATE_VERSION) {
         st = tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' has format version %u, this library reads 1..%u",
@@ -831,8 +833,7 @@ static enum triattn_status tri_state_read(triattn_session * s, tri_state_seg * s
                               (unsigned long long) (size - 8));
     } else if ((st = tri_state_check_header(s, &h, path)) == TRIATTN_OK &&
                (st = tri_state_check_body(s, &r, &h, path)) == TRIATTN_OK) {
-        r = tri_reader_of(seg, n_seg, size - 8);
-        tri_state_get_header(&r, &h);
+        r = body;
         st = tri_state_apply(s, &r, &h);
     }
     return st;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one run, for a machine with a CUDA device and no network: the CUDA tests (tests/test_cuda.py,
-# the real-weights ones from the cut default model in $PYTRIATTN_CACHE), the per-op micro-benchmark and the
-# benchmark table (bench/gpu.py). Logs and JSON go to $OUT (default bench/out/gpu).
+# the real-weights ones from the cut default model in $PYTRIATTN_CACHE), the per-op micro-benchmark, session copies
+# (bench/session_copy.py) and the benchmark table (bench/gpu.py). Logs and JSON go to $OUT (default bench/out/gpu).
 #
 #   bash bench/gpu_device.sh [tests|bench|all|final] [gpu.py options...]
 #
@@ -125,6 +125,16 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
         echo "tool_cuda bench: exit $?, $((SECONDS - t0)) s"
         grep -E '"(mm_vec|mm_q|attention)"' "$OUT/tool_cuda_bench.jsonl" | head -50
     fi
+    # session copies on the cut model: GPU to GPU (on the device) and GPU to CPU (through the host)
+    cut=$(python3 -c 'import sys; sys.path.insert(0, "python")
+from pytriattn._fetch import cache_dir
+print(cache_dir() / "SmolLM2-135M-Instruct.Q4_1.first3.gguf")')
+    for to in gpu cpu; do
+        [ -f "$cut" ] && [ "$(left)" -gt 30 ] || break
+        PYTRIATTN_LIB=$BUILD/libtriattn.so timeout "$(within 40)" python3 bench/session_copy.py -m "$cut" --ngl -1 \
+            --tokens 2000,6000 --out "$OUT/session_copy_$to.json" $([ $to = cpu ] && echo --to-cpu) 2>&1 | tail -2 |
+            sed "s/^/session copy to $to: /"
+    done
 fi
 if [ -n "$writer" ]; then
     t0=$SECONDS

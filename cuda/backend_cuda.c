@@ -567,26 +567,46 @@ static enum triattn_status tri_cu_kv_keys(const triattn_session * s, int layer, 
     return TRIATTN_OK;
 }
 
-static enum triattn_status tri_cu_kv_copy(triattn_session * s, int i, tri_fp16 * k, tri_fp16 * v, bool to_device) {
+static enum triattn_status tri_cu_kv_copy(triattn_session * s, int i, tri_fp16 * k, tri_fp16 * v,
+                                          enum tri_kv_copy_dir dir) {
     tri_cu_session * c = s->backend_state;
     const size_t row0 = (size_t) i * c->cap, n = (size_t) s->kv.n_live[i];
     const size_t bytes = n * (size_t) c->D * sizeof(tri_fp16);
     tri_fp16 * K = (tri_fp16 *) c->K + row0 * c->D, * V = (tri_fp16 *) c->V + row0 * c->D;
     enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
     if (st == TRIATTN_OK) {
-        st = to_device ? tri_cuda_h2d(K, k, bytes, c->stream) : tri_cuda_d2h(k, K, bytes, c->stream);
+        st = dir == TRI_KV_TO_HOST ? tri_cuda_d2h(k, K, bytes, c->stream)
+           : dir == TRI_KV_TO_DEVICE ? tri_cuda_h2d(K, k, bytes, c->stream) : tri_cuda_d2d(K, k, bytes, c->stream);
     }
     if (st == TRIATTN_OK) {
-        st = to_device ? tri_cuda_h2d(V, v, bytes, c->stream) : tri_cuda_d2h(v, V, bytes, c->stream);
+        st = dir == TRI_KV_TO_HOST ? tri_cuda_d2h(v, V, bytes, c->stream)
+           : dir == TRI_KV_TO_DEVICE ? tri_cuda_h2d(V, v, bytes, c->stream) : tri_cuda_d2d(V, v, bytes, c->stream);
     }
-    if (st == TRIATTN_OK && to_device) {
+    if (st == TRIATTN_OK && dir != TRI_KV_TO_HOST) {
         st = tri_cuda_h2d(c->pos + row0, s->kv.pos + row0, n * sizeof(int32_t), c->stream);
     }
-    if (st == TRIATTN_OK) {
-        st = tri_cuda_sync(c->stream); /* pageable host memory: the copies are done on return */
+    /* pageable host memory: those copies are done on return; a copy on the device is, at kv_set_live's wait */
+    if (st == TRIATTN_OK && dir != TRI_KV_ON_DEVICE) {
+        st = tri_cuda_sync(c->stream);
     }
     if (st != TRIATTN_OK) {
+        (void) tri_cuda_sync(c->stream); /* nothing left reading the source's rows */
         return tri_session_fail(s, st, "CUDA backend: copying the KV cache: %s", tri_cuda_last_error());
+    }
+    return TRIATTN_OK;
+}
+
+static enum triattn_status tri_cu_kv_rows(triattn_session * s, int i, const tri_fp16 ** k, const tri_fp16 ** v) {
+    tri_cu_session * c = s->backend_state;
+    const size_t row0 = (size_t) i * c->cap;
+    *k = (const tri_fp16 *) c->K + row0 * c->D;
+    *v = (const tri_fp16 *) c->V + row0 * c->D;
+    enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
+    if (st == TRIATTN_OK) {
+        st = tri_cuda_sync(c->stream);
+    }
+    if (st != TRIATTN_OK) {
+        return tri_session_fail(s, st, "CUDA backend: waiting for the KV cache: %s", tri_cuda_last_error());
     }
     return TRIATTN_OK;
 }
@@ -631,5 +651,6 @@ const tri_backend_ops tri_backend_cuda = {
     .compress      = tri_cu_compress,
     .kv_keys       = tri_cu_kv_keys,
     .kv_copy       = tri_cu_kv_copy,
+    .kv_rows       = tri_cu_kv_rows,
     .kv_set_live   = tri_cu_kv_set_live,
 };

@@ -93,6 +93,13 @@ extern "C" enum triattn_status tri_cuda_d2h(void * dst, const void * src, size_t
     return TRIATTN_OK;
 }
 
+extern "C" enum triattn_status tri_cuda_d2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s) {
+    if (bytes) {
+        TRI_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, TRI_CU_STREAM(s)));
+    }
+    return TRIATTN_OK;
+}
+
 extern "C" enum triattn_status tri_cuda_stream_create(tri_cuda_stream * s) {
     cudaStream_t st = NULL;
     *s = NULL;

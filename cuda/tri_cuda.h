@@ -33,6 +33,7 @@ void tri_cuda_host_free(void * p);
 enum triattn_status tri_cuda_memset(void * p, int value, size_t bytes, tri_cuda_stream s);
 enum triattn_status tri_cuda_h2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s);
 enum triattn_status tri_cuda_d2h(void * dst, const void * src, size_t bytes, tri_cuda_stream s);
+enum triattn_status tri_cuda_d2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s);
 enum triattn_status tri_cuda_stream_create(tri_cuda_stream * s);
 void tri_cuda_stream_destroy(tri_cuda_stream s);
 /* Waits for the stream and reports any error of the work queued on it. */

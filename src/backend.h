@@ -18,6 +18,9 @@
 
 struct triattn_model;
 
+/* Where kv_copy moves a head's live K and V rows. */
+enum tri_kv_copy_dir { TRI_KV_TO_HOST, TRI_KV_TO_DEVICE, TRI_KV_ON_DEVICE };
+
 typedef struct tri_backend_ops {
     const char * name;
     /* Usable devices (0 = none); why (may be NULL) receives the reason when there are none. */
@@ -49,8 +52,12 @@ typedef struct tri_backend_ops {
     /* Reads min(live, rows) K rows of (layer, KV head) back as float. */
     enum triattn_status (*kv_keys)(const triattn_session * s, int layer, int kv_head, float * out, int32_t rows);
     /* Copies the s->kv.n_live[i] live slots of (layer, KV head) i (row-major F16, head_dim each) from the device into
-     * k and v, or (to_device) from k and v to the device together with their positions from the host mirror. */
-    enum triattn_status (*kv_copy)(triattn_session * s, int i, tri_fp16 * k, tri_fp16 * v, bool to_device);
+     * k and v (TRI_KV_TO_HOST), or to the device together with their positions from the host mirror: from host
+     * memory (TRI_KV_TO_DEVICE) or from another session's rows on the same device (TRI_KV_ON_DEVICE, kv_rows). */
+    enum triattn_status (*kv_copy)(triattn_session * s, int i, tri_fp16 * k, tri_fp16 * v, enum tri_kv_copy_dir dir);
+    /* Device addresses of the live K and V rows of (layer, KV head) i, for another session of the same backend to
+     * copy (kv_copy's TRI_KV_ON_DEVICE); the session's queued work is done on return. */
+    enum triattn_status (*kv_rows)(triattn_session * s, int i, const tri_fp16 ** k, const tri_fp16 ** v);
     /* Makes the device's live counts those of the host mirror (after the host cut slots off the end, or loaded). */
     enum triattn_status (*kv_set_live)(triattn_session * s);
 } tri_backend_ops;

@@ -59,21 +59,23 @@ static uint64_t tri_fnv1a(uint64_t h, const void * data, size_t n) {
 
 /* ---- writing ------------------------------------------------------------------------------------- */
 
-/* A piece of a state in memory: the bytes at p, or (p NULL) at offset off of the writer's buffer. */
+/* A piece of a state in memory: the bytes at p, or (p NULL) at offset off of the writer's buffer; device: p is a
+ * device address (a GPU source's K or V rows, copied on the device into a GPU destination; never read here). */
 typedef struct tri_state_seg {
     const unsigned char * p;
     size_t                off, n;
+    bool                  device;
 } tri_state_seg;
 
 #define TRI_STATE_SEGS_MAX(LK) (3 * (LK) + 1) /* a copy's pieces: 2 LK named blobs, the buffer's runs around them */
 
 /* Writes to a file (checksummed), or (f NULL) appends to a growing buffer (a copy in memory: no checksum). A copy
  * with seg names the source's K and V (tri_put_ref) instead of copying them: the state is then seg[0..n_seg), the
- * runs of the buffer between the named blobs. */
+ * runs of the buffer between the named blobs; with device set too, a GPU source names its device rows. */
 typedef struct tri_writer {
     FILE *          f;
     uint64_t        hash;
-    bool            ok;
+    bool            ok, device;
     unsigned char * mem;
     size_t          len, cap;
     tri_state_seg * seg;
@@ -94,7 +96,7 @@ static void tri_put(tri_writer * w, const void * data, size_t n) {
         if (last && !last->p) {
             last->n += n;
         } else if (w->n_seg < w->seg_cap) {
-            w->seg[w->n_seg++] = (tri_state_seg) { NULL, w->len, n };
+            w->seg[w->n_seg++] = (tri_state_seg) { NULL, w->len, n, false };
         } else {
             w->ok = false;
             return;
@@ -116,12 +118,13 @@ static void tri_put(tri_writer * w, const void * data, size_t n) {
     memcpy(w->mem + w->len, data, n);
     w->len += n;
 }
-/* n bytes that stay where they are until the copy is read: named, not copied, where the writer keeps pieces. */
-static void tri_put_ref(tri_writer * w, const void * data, size_t n) {
+/* n bytes that stay where they are until the copy is read: named, not copied, where the writer keeps pieces (on the
+ * device: named only). */
+static void tri_put_ref(tri_writer * w, const void * data, size_t n, bool device) {
     if (!w->seg || !w->ok || n == 0) {
-        tri_put(w, data, n);
+        tri_put(w, data, device ? 0 : n);
     } else if (w->n_seg < w->seg_cap) {
-        w->seg[w->n_seg++] = (tri_state_seg) { data, 0, n };
+        w->seg[w->n_seg++] = (tri_state_seg) { data, 0, n, device };
     } else {
         w->ok = false;
     }
@@ -239,7 +242,8 @@ static void tri_state_put_tier2(tri_writer * w, const triattn_session * s) {
 }
 
 /* The whole state, checksum last, into w. A GPU session's K and V come through one staging buffer, a (layer, KV
- * head) at a time; a failed copy from the device is its status (w->ok false: the writing failed). */
+ * head) at a time, or (w->device) are named where they are on the device; a failed copy from the device is its
+ * status (w->ok false: the writing failed). */
 static enum triattn_status tri_state_write(triattn_session * s, tri_writer * w) {
     tri_state_header h;
     tri_state_header_of(s, &h);
@@ -248,29 +252,35 @@ static enum triattn_status tri_state_write(triattn_session * s, tri_writer * w) 
     const int LK = c->n_layer * c->n_head_kv;
     tri_put(w, s->hist, sizeof(int32_t) * (size_t) s->n_past);
     tri_put(w, c->n_live, sizeof(int32_t) * (size_t) LK);
-    tri_fp16 * stage = s->backend ? malloc(2 * sizeof(tri_fp16) * (size_t) c->cap_max * c->head_dim) : NULL;
-    if (s->backend && !stage) {
+    const bool staged = s->backend && !w->device;
+    tri_fp16 * stage = staged ? malloc(2 * sizeof(tri_fp16) * (size_t) c->cap_max * c->head_dim) : NULL;
+    if (staged && !stage) {
         w->ok = false;
     }
     for (int i = 0; i < LK && w->ok; i++) {
         const int il = i / c->n_head_kv, hd = i % c->n_head_kv;
         const size_t live = (size_t) c->n_live[i];
-        const tri_fp16 * k = stage ? stage : tri_kv_k(c, il, hd);
-        const tri_fp16 * v = stage ? stage + live * c->head_dim : tri_kv_v(c, il, hd);
+        const tri_fp16 * k = stage, * v = stage ? stage + live * c->head_dim : NULL;
+        enum triattn_status st = TRIATTN_OK;
         if (stage) {
-            const enum triattn_status st = s->backend->kv_copy(s, i, stage, stage + live * c->head_dim, false);
-            if (st != TRIATTN_OK) {
-                free(stage);
-                return st;
-            }
+            st = s->backend->kv_copy(s, i, stage, stage + live * c->head_dim, TRI_KV_TO_HOST);
+        } else if (w->device) {
+            st = s->backend->kv_rows(s, i, &k, &v);
+        } else {
+            k = tri_kv_k(c, il, hd);
+            v = tri_kv_v(c, il, hd);
+        }
+        if (st != TRIATTN_OK) {
+            free(stage);
+            return st;
         }
         tri_put(w, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
         if (stage) { /* the staging buffer is the next head's */
             tri_put(w, k, sizeof(tri_fp16) * live * c->head_dim);
             tri_put(w, v, sizeof(tri_fp16) * live * c->head_dim);
         } else {
-            tri_put_ref(w, k, sizeof(tri_fp16) * live * c->head_dim);
-            tri_put_ref(w, v, sizeof(tri_fp16) * live * c->head_dim);
+            tri_put_ref(w, k, sizeof(tri_fp16) * live * c->head_dim, w->device);
+            tri_put_ref(w, v, sizeof(tri_fp16) * live * c->head_dim, w->device);
         }
     }
     free(stage);
@@ -354,8 +364,9 @@ static tri_reader tri_reader_of(const tri_state_seg * seg, int n_seg, size_t n) 
 }
 
 /* Points *out at the next n bytes (contiguous: within one piece); false when the state ends first, or when they
- * would span two pieces (the writer's pieces are what the reader takes, so only a malformed state does). */
-static bool tri_take(tri_reader * r, size_t n, const void ** out) {
+ * would span two pieces (the writer's pieces are what the reader takes, so only a malformed state does). A piece on
+ * the device is taken only where device is given (*device says so); host code never reads it. */
+static bool tri_take_at(tri_reader * r, size_t n, const void ** out, bool * device) {
     if (n > r->n - r->off) {
         return false;
     }
@@ -363,17 +374,29 @@ static bool tri_take(tri_reader * r, size_t n, const void ** out) {
         r->si++;
         r->so = 0;
     }
-    if (r->si == r->n_seg) { /* n == 0 at the end */
-        *out = r->seg[r->n_seg - 1].p + r->seg[r->n_seg - 1].n;
+    if (device) {
+        *device = false;
+    }
+    if (r->si == r->n_seg || n == 0) { /* nothing to read: an address all the same (memcpy's of 0 bytes) */
+        static const unsigned char none;
+        *out = &none;
         return true;
     }
-    if (n > r->seg[r->si].n - r->so) {
+    const tri_state_seg * g = &r->seg[r->si];
+    if (n > g->n - r->so || (g->device && !device)) {
         return false;
     }
-    *out = r->seg[r->si].p + r->so;
+    if (device) {
+        *device = g->device;
+    }
+    *out = g->p + r->so;
     r->so += n;
     r->off += n;
     return true;
+}
+
+static bool tri_take(tri_reader * r, size_t n, const void ** out) {
+    return tri_take_at(r, n, out, NULL);
 }
 
 static bool tri_get(tri_reader * r, void * dst, size_t n) {
@@ -575,9 +598,11 @@ static enum triattn_status tri_state_check_body(triattn_session * s, tri_reader 
                                     path, i / c->n_head_kv, i % c->n_head_kv, live, cap, h->n_past);
         }
         const void * pos_p, * k_p, * v_p;
+        bool k_dev, v_dev; /* rows on the device reach only a session of the same backend (triattn_session_copy) */
         if (!tri_take(r, sizeof(int32_t) * (size_t) live, &pos_p) ||
-            !tri_take(r, sizeof(tri_fp16) * (size_t) live * c->head_dim, &k_p) ||
-            !tri_take(r, sizeof(tri_fp16) * (size_t) live * c->head_dim, &v_p)) {
+            !tri_take_at(r, sizeof(tri_fp16) * (size_t) live * c->head_dim, &k_p, &k_dev) ||
+            !tri_take_at(r, sizeof(tri_fp16) * (size_t) live * c->head_dim, &v_p, &v_dev) ||
+            ((k_dev || v_dev) && !s->backend)) {
             return tri_session_fail(s, TRIATTN_ERR_FORMAT, "session_load: '%s' is truncated (KV of layer %d, head %d)",
                                     path, i / c->n_head_kv, i % c->n_head_kv);
         }
@@ -696,9 +721,11 @@ static enum triattn_status tri_state_apply(triattn_session * s, tri_reader * r, 
         tri_get(r, tri_kv_pos(c, il, hd), sizeof(int32_t) * live);
         if (s->backend) {
             const void * k = NULL, * v = NULL;
-            tri_take(r, sizeof(tri_fp16) * n, &k); /* sizes checked by tri_state_check_body */
-            tri_take(r, sizeof(tri_fp16) * n, &v);
-            const enum triattn_status st = s->backend->kv_copy(s, i, (tri_fp16 *) k, (tri_fp16 *) v, true);
+            bool dev = false;
+            tri_take_at(r, sizeof(tri_fp16) * n, &k, &dev); /* sizes checked by tri_state_check_body */
+            tri_take_at(r, sizeof(tri_fp16) * n, &v, &dev);
+            const enum triattn_status st = s->backend->kv_copy(s, i, (tri_fp16 *) k, (tri_fp16 *) v,
+                                                               dev ? TRI_KV_ON_DEVICE : TRI_KV_TO_DEVICE);
             if (st != TRIATTN_OK) {
                 triattn_session_reset(s);
                 return st;
@@ -856,13 +883,16 @@ enum triattn_status triattn_session_copy(triattn_session * dst, triattn_session 
     if (st != TRIATTN_OK) {
         return st;
     }
-    /* A CPU source's K and V are read where they are (named pieces); the buffer takes the rest, sized at once (a
-     * GPU source's cache too: it comes through a staging buffer) */
+    /* A CPU source's K and V are read where they are (named pieces), a GPU source's too when the destination is on
+     * the same device (copied there, device to device); the buffer takes the rest, sized at once (and a GPU
+     * source's cache for a CPU destination: it comes through a staging buffer) */
     const tri_kv_cache * c = &src->kv;
     const int LK = c->n_layer * c->n_head_kv;
-    tri_writer w = { .hash = TRI_FNV_OFFSET, .ok = true, .seg_cap = TRI_STATE_SEGS_MAX(LK),
+    const bool device = src->backend && dst->backend == src->backend && src->backend->kv_rows;
+    tri_writer w = { .hash = TRI_FNV_OFFSET, .ok = true, .device = device, .seg_cap = TRI_STATE_SEGS_MAX(LK),
                      .seg = malloc(sizeof(tri_state_seg) * TRI_STATE_SEGS_MAX(LK)) };
-    const size_t per_slot = sizeof(int32_t) + (src->backend ? 2 * sizeof(tri_fp16) * (size_t) c->head_dim : 0);
+    const bool staged = src->backend && !device;
+    const size_t per_slot = sizeof(int32_t) + (staged ? 2 * sizeof(tri_fp16) * (size_t) c->head_dim : 0);
     size_t est = ((size_t) 1 << 16) + sizeof(int32_t) * (size_t) src->n_past +
                  sizeof(float) * (size_t) src->model->hp.n_vocab;
     for (int i = 0; i < LK; i++) {

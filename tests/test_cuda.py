@@ -626,7 +626,8 @@ def _batched_decode(backend_build, cut_model, policy, tmp_path):
 
 
 # Saved sessions and prefix reuse on the device: a GPU session's state reloads into a fresh GPU session bit for bit
-# and into a CPU session, a CPU session's state into a GPU session; a diverging prompt rolls the device cache back.
+# and into a CPU session, a CPU session's state into a GPU session; a GPU session copies into another GPU session
+# (device to device) bit for bit and into a CPU session; a diverging prompt rolls the device cache back.
 STATE = r"""
 import json, sys
 import numpy as np
@@ -648,6 +649,15 @@ out = {"n_past": a.n_past()}
 b = open_(-1)
 b.load_state(state)
 out["gpu_gpu_equal"] = bool(np.array_equal(la, b.eval(nxt)))
+# copies: GPU to GPU on the device, GPU to CPU through the host; both decode on as the source does
+e, h = open_(-1), open_(0)
+e.copy_state_from(b)
+h.copy_state_from(b)
+one = [toks[2]]
+lb = b.eval(one)
+out["copy_gpu_gpu_equal"] = bool(np.array_equal(lb, e.eval(one)))
+lh = h.eval(one)
+out["copy_gpu_cpu_cos"] = float((lb * lh).sum() / np.linalg.norm(lb) / np.linalg.norm(lh))
 c = open_(0)
 c.load_state(state)
 lc = c.eval(nxt)
@@ -677,7 +687,8 @@ print(json.dumps(out))
 @pytest.mark.parametrize("policy", ["full", "triattention"])
 def test_cuda_save_restore_and_rollback(backend_build, cut_model, tmp_path, policy):
     res, _ = _run_py(backend_build / "libtriattn.so", STATE, cut_model, tmp_path / "s.state", policy)
-    assert res["gpu_gpu_equal"], res
+    assert res["gpu_gpu_equal"] and res["copy_gpu_gpu_equal"], res
+    assert res["copy_gpu_cpu_cos"] > 0.999, res
     assert res["gpu_cpu_cos"] > 0.999 and res["cpu_gpu_cos"] > 0.999, res
     if policy == "full":
         assert res["reuse"] == "rollback", res

@@ -288,6 +288,9 @@ enum triattn_status tri_cuda_d2h(void * dst, const void * src, size_t bytes, tri
 enum triattn_status tri_cuda_h2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s) {
     return tri_cuda_d2h(dst, src, emu_lazy_n(bytes), s);
 }
+enum triattn_status tri_cuda_d2d(void * dst, const void * src, size_t bytes, tri_cuda_stream s) {
+    return tri_cuda_d2h(dst, src, emu_lazy_n(bytes), s);
+}
 
 static void emu_event_run(const void * p) {
     struct timespec t;

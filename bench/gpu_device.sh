@@ -108,10 +108,10 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
     # several test processes share the device where pytest-xdist is there (the GPU image has it): TEST_JOBS=1 for one
     jobs=()
     python3 -c 'import xdist' 2>/dev/null && [ "${TEST_JOBS:-4}" -gt 1 ] && jobs=(-n "${TEST_JOBS:-4}")
-    # left to CI: the CPU-build tests, the benchmark script's, the sm_80 + sm_90 build's (this one is sm_90) and the
-    # host emulation's (the "emu" variants)
-    sel="not cpu_build_gpu_request and not mem_limit_parse and not script_smoke and not test_cuda_bench"
-    sel="$sel and not sm80_and_sm90 and not emu"
+    # left to CI: the CPU-build tests, the benchmark script's, the sm_80 + sm_90 build's (this one is sm_90), the
+    # host emulation's and the kernel simulator's (the "emu" and "sim" variants: host work, minutes of it)
+    sel="not cpu_build_gpu_request and not mem_limit_parse and not test_gpu_bench and not test_cuda_bench"
+    sel="$sel and not sm80_and_sm90 and not emu and not sim"
     PYTHONUNBUFFERED=1 timeout "$tt" python3 -m pytest -q -s -rfE "${jobs[@]}" tests/test_cuda.py -p no:cacheprovider \
         -k "${TEST_SELECT:-$sel}" >"$OUT/test_cuda.log" 2>&1
     rc=$?

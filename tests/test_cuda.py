@@ -962,6 +962,14 @@ SERVER_PROMPTS = ["The old lighthouse keeper said that", "A recipe for bread sta
                   "In the year 1900 the city of", "The three rules of the game are"]
 
 
+CPU_EMBED = r"""
+import json, sys
+from pytriattn import Llama
+with Llama(sys.argv[1], n_gpu_layers=0, n_ctx=256, kv_policy="full") as cpu:
+    print(json.dumps(cpu.embed(json.loads(sys.argv[2]))))
+"""
+
+
 @pytest.mark.parametrize("policy", ["full", "triattention"])
 def test_cuda_server_slots_decode_together(host_backend_build, cut_model, policy):
     """triattn-server -ngl -1 --parallel 4: four requests at once decode in shared forward steps (the engine's
@@ -1004,11 +1012,10 @@ def test_cuda_server_slots_decode_together(host_backend_build, cut_model, policy
               f"{compressions:.0f} compressions")
         assert slot_steps >= 1.5 * steps > 0, (slot_steps, steps)
         assert (compressions > 0) == (policy == "triattention"), compressions  # 96 tokens pass budget + interval
-        # embeddings on the device: the CPU's vectors (this process's library) to fp16-attention rounding
-        from pytriattn import Llama
+        # embeddings on the device: the CPU's vectors (the same library, n_gpu_layers 0) to fp16-attention rounding
         emb = client.embeddings.create(model="smol", input=SERVER_PROMPTS[:2])
-        with Llama(str(cut_model), n_ctx=256, kv_policy="full") as cpu:
-            want = np.array(cpu.embed(SERVER_PROMPTS[:2]))
+        res, _ = _run_py(host_backend_build / "libtriattn.so", CPU_EMBED, cut_model, json.dumps(SERVER_PROMPTS[:2]))
+        want = np.array(res)
         got = np.array([d.embedding for d in emb.data])
         assert got.shape == want.shape and (got * want).sum(1).min() > 0.999, (got * want).sum(1)
     finally:

@@ -12,7 +12,7 @@
 # CALL_BUDGET=S: the seconds this call may take (the device tool's timeout): the fallback search and the per-op
 # benchmark shorten or skip to end in time, so the logs come back whole.
 # Environment: TRIATTN_CUDA_BUILD_DIR = a folder with libtriattn.so, tool_cuda and triattn-cli built with
-# -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ wheels (cffi, pycparser, gguf) are
+# -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ and .whl-test/ wheels (cffi, pycparser, gguf; openai and its needs) are
 # installed into /tmp/site when present; PYTRIATTN_CACHE (default: .cache/pytriattn in the tree when there, a path
 # the device call carries) should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf (written by tests/test_cuda.py's
 # cut_model fixture where the default model is cached). TRI_TEST_SEED is drawn once, so reruns repeat the draws.
@@ -28,8 +28,10 @@ shift || true
 OUT=${OUT:-bench/out/gpu}
 MODELS=${MODELS:-bench/out/gpu-models}  # not under $OUT: the 32b model is 17 GiB
 mkdir -p "$OUT" "$MODELS"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+wheels=$(ls .whl/*.whl .whl-test/*.whl 2>/dev/null)
+if [ -n "$wheels" ]; then
+    # shellcheck disable=SC2086
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 left() {  # seconds left of CALL_BUDGET, less a margin for the lines after (at least 1: 0 means no limit to timeout)
@@ -132,8 +134,8 @@ print(cache_dir() / "SmolLM2-135M-Instruct.Q4_1.first3.gguf")')
     for to in gpu cpu; do
         [ -f "$cut" ] && [ "$(left)" -gt 30 ] || break
         PYTRIATTN_LIB=$BUILD/libtriattn.so timeout "$(within 40)" python3 bench/session_copy.py -m "$cut" --ngl -1 \
-            --tokens 2000,6000 --out "$OUT/session_copy_$to.json" $([ $to = cpu ] && echo --to-cpu) 2>&1 | tail -2 |
-            sed "s/^/session copy to $to: /"
+            --tokens 2000,6000 --out "$OUT/session_copy_$to.json" $([ $to = cpu ] && echo --to-cpu) \
+            2>>"$OUT/session_copy.log" | sed "s/^/session copy to $to: /"
     done
 fi
 if [ -n "$writer" ]; then

@@ -12,10 +12,10 @@
 # CALL_BUDGET=S: the seconds this call may take (the device tool's timeout): the fallback search and the per-op
 # benchmark shorten or skip to end in time, so the logs come back whole.
 # Environment: TRIATTN_CUDA_BUILD_DIR = a folder with libtriattn.so, tool_cuda and triattn-cli built with
-# -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ and .whl-test/ wheels (cffi, pycparser, gguf; openai and its needs) are
-# installed into /tmp/site when present; PYTRIATTN_CACHE (default: .cache/pytriattn in the tree when there, a path
-# the device call carries) should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf (written by tests/test_cuda.py's
-# cut_model fixture where the default model is cached). TRI_TEST_SEED is drawn once, so reruns repeat the draws.
+# -DTRIATTN_CUDA=ON (else this script builds build/cuda90 for sm_90); .whl/ and .whl-test/ wheels (cffi, pycparser,
+# gguf; openai and its needs) are installed into /tmp/site when present; PYTRIATTN_CACHE (default: .cache/pytriattn
+# in the tree when there, a path the device call carries) should hold SmolLM2-135M-Instruct.Q4_1.first3.gguf
+# (written by tests/test_cuda.py's cut_model fixture where the default model is cached). TRI_TEST_SEED is drawn once, so reruns repeat the draws.
 # .peer/ (bash bench/gpu_prepare.sh --peer), when carried: llama.cpp's CUDA build, which bench/gpu.py runs on the
 # same model right after the engine's 1b rows (unpacked into $MODELS/llamacpp-cuda).
 # A dry run without a GPU, on the backend over its host emulation with no-op kernels (docs/cuda.md): the steps and
@@ -91,10 +91,12 @@ python3 -c 'import numpy' 2>/dev/null || { echo "numpy is missing: bench/gpu.py 
 if [ "$what" != bench ]; then
     python3 -c 'import cffi, pycparser, gguf' 2>/dev/null \
         || { echo "cffi, pycparser or gguf is missing (wheels in .whl/): the tests cannot run"; exit 1; }
-    python3 -c 'import sys; sys.path.insert(0, "python")
+fi
+cut=$(python3 -c 'import sys; sys.path.insert(0, "python")
 from pytriattn._fetch import cache_dir
-sys.exit(0 if (cache_dir() / "SmolLM2-135M-Instruct.Q4_1.first3.gguf").is_file() else 1)' \
-        || echo "warning: no cut model in the model cache: the real-weights tests will error (no download here)"
+print(cache_dir() / "SmolLM2-135M-Instruct.Q4_1.first3.gguf")')
+if [ "$what" != bench ] && [ ! -f "$cut" ]; then
+    echo "warning: no cut model in the model cache: the real-weights tests will error (no download here)"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >"$OUT/device.txt" 2>&1
 writer=
@@ -128,9 +130,6 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = final ]; then
         grep -E '"(mm_vec|mm_q|attention)"' "$OUT/tool_cuda_bench.jsonl" | head -50
     fi
     # session copies on the cut model: GPU to GPU (on the device) and GPU to CPU (through the host)
-    cut=$(python3 -c 'import sys; sys.path.insert(0, "python")
-from pytriattn._fetch import cache_dir
-print(cache_dir() / "SmolLM2-135M-Instruct.Q4_1.first3.gguf")')
     for to in gpu cpu; do
         [ -f "$cut" ] && [ "$(left)" -gt 30 ] || break
         PYTRIATTN_LIB=$BUILD/libtriattn.so timeout "$(within 40)" python3 bench/session_copy.py -m "$cut" --ngl -1 \

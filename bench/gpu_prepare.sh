@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares, on a machine with network, what a GPU machine without one needs for bench/gpu_device.sh: the Python
-# wheels its image lacks (cffi, pycparser, gguf in .whl/; the openai client and its needs in .whl-test/), and the default model cut to its first 3 layers in
-# .cache/pytriattn/ (the real-weights tests), both ignored by git and carried with the device call; with --peer
+# wheels its image lacks (cffi, pycparser, gguf in .whl/; the openai client and its needs in .whl-test/), and the
+# default model cut to its first 3 layers in .cache/pytriattn/ (the real-weights tests), all ignored by git and
+# carried with the device calls; with --peer
 # also llama.cpp's llama-bench and llama-batched-bench built with CUDA for sm_90 in .peer/ (bench/llamacpp.py cuda:
 # about 35 minutes on 2 cores, once), which bench/gpu.py runs on the same model in the same run. Prints the calls.
 #
@@ -61,7 +62,8 @@ bench_carry='".whl"'
 [ -x .peer/llama-bench ] && bench_carry='".whl", ".peer"'
 cat <<EOF
 device calls on one warm machine, within about 15 minutes of device time, start included:
-  CALL_BUDGET=370 TEST_TIMEOUT=260 bash bench/gpu_device.sh tests   (carry [".whl", ".whl-test", ".cache"], timeout_s 380)
+  CALL_BUDGET=370 TEST_TIMEOUT=260 bash bench/gpu_device.sh tests
+      (carry [".whl", ".whl-test", ".cache"], timeout_s 380)
   CALL_BUDGET=<device time left - 30> bash bench/gpu_device.sh bench --short   (carry [$bench_carry],
       timeout_s: CALL_BUDGET + 10)
 EOF

@@ -57,8 +57,7 @@ def main(argv=None) -> int:
                          "prefill_s": round(prefill, 2)})
             print(json.dumps(rows[-1]), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"threads": a.threads, "ngl": a.ngl, "to_cpu": a.to_cpu,
-                                                       "rows": rows}, indent=1))
+    a.out.write_text(json.dumps({"threads": a.threads, "ngl": a.ngl, "to_cpu": a.to_cpu, "rows": rows}, indent=1))
     return 0
 
 

@@ -544,15 +544,32 @@ static void tri_cu_reset(triattn_session * s) {
 
 /* ---- read-back and the table ------------------------------------------------------------------- */
 
+/* Device K and V rows of (layer, KV head) i. */
+static void tri_cu_head_rows(const tri_cu_session * c, int i, tri_fp16 ** k, tri_fp16 ** v) {
+    const size_t row0 = (size_t) i * c->cap;
+    *k = (tri_fp16 *) c->K + row0 * c->D;
+    *v = (tri_fp16 *) c->V + row0 * c->D;
+}
+
+/* bytes between a head's device rows dev and other (host memory, or another session's device rows) in direction dir. */
+static enum triattn_status tri_cu_move(enum tri_kv_copy_dir dir, tri_fp16 * dev, tri_fp16 * other, size_t bytes,
+                                       tri_cuda_stream s) {
+    return dir == TRI_KV_TO_HOST     ? tri_cuda_d2h(other, dev, bytes, s)
+         : dir == TRI_KV_TO_DEVICE   ? tri_cuda_h2d(dev, other, bytes, s)
+                                     : tri_cuda_d2d(dev, other, bytes, s);
+}
+
 static enum triattn_status tri_cu_kv_keys(const triattn_session * s, int layer, int kv_head, float * out, int32_t rows) {
     tri_cu_session * c = s->backend_state;
     if (rows <= 0) {
         return TRIATTN_OK;
     }
-    const size_t lh = (size_t) layer * c->Hkv + kv_head, n = (size_t) rows * c->D;
+    const size_t n = (size_t) rows * c->D;
+    tri_fp16 * K, * V;
+    tri_cu_head_rows(c, layer * c->Hkv + kv_head, &K, &V);
     enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
     if (st == TRIATTN_OK) {
-        st = tri_cuda_d2h(c->h_rows_kv, (const tri_fp16 *) c->K + lh * c->cap * c->D, n * sizeof(tri_fp16), c->stream);
+        st = tri_cuda_d2h(c->h_rows_kv, K, n * sizeof(tri_fp16), c->stream);
     }
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);
@@ -572,15 +589,14 @@ static enum triattn_status tri_cu_kv_copy(triattn_session * s, int i, tri_fp16 *
     tri_cu_session * c = s->backend_state;
     const size_t row0 = (size_t) i * c->cap, n = (size_t) s->kv.n_live[i];
     const size_t bytes = n * (size_t) c->D * sizeof(tri_fp16);
-    tri_fp16 * K = (tri_fp16 *) c->K + row0 * c->D, * V = (tri_fp16 *) c->V + row0 * c->D;
+    tri_fp16 * K, * V;
+    tri_cu_head_rows(c, i, &K, &V);
     enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
     if (st == TRIATTN_OK) {
-        st = dir == TRI_KV_TO_HOST ? tri_cuda_d2h(k, K, bytes, c->stream)
-           : dir == TRI_KV_TO_DEVICE ? tri_cuda_h2d(K, k, bytes, c->stream) : tri_cuda_d2d(K, k, bytes, c->stream);
+        st = tri_cu_move(dir, K, k, bytes, c->stream);
     }
     if (st == TRIATTN_OK) {
-        st = dir == TRI_KV_TO_HOST ? tri_cuda_d2h(v, V, bytes, c->stream)
-           : dir == TRI_KV_TO_DEVICE ? tri_cuda_h2d(V, v, bytes, c->stream) : tri_cuda_d2d(V, v, bytes, c->stream);
+        st = tri_cu_move(dir, V, v, bytes, c->stream);
     }
     if (st == TRIATTN_OK && dir != TRI_KV_TO_HOST) {
         st = tri_cuda_h2d(c->pos + row0, s->kv.pos + row0, n * sizeof(int32_t), c->stream);
@@ -598,9 +614,10 @@ static enum triattn_status tri_cu_kv_copy(triattn_session * s, int i, tri_fp16 *
 
 static enum triattn_status tri_cu_kv_rows(triattn_session * s, int i, const tri_fp16 ** k, const tri_fp16 ** v) {
     tri_cu_session * c = s->backend_state;
-    const size_t row0 = (size_t) i * c->cap;
-    *k = (const tri_fp16 *) c->K + row0 * c->D;
-    *v = (const tri_fp16 *) c->V + row0 * c->D;
+    tri_fp16 * K, * V;
+    tri_cu_head_rows(c, i, &K, &V);
+    *k = K;
+    *v = V;
     enum triattn_status st = tri_cuda_set_device(TRI_CU_DEVICE);
     if (st == TRIATTN_OK) {
         st = tri_cuda_sync(c->stream);

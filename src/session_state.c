@@ -121,8 +121,8 @@ static void tri_put(tri_writer * w, const void * data, size_t n) {
 /* n bytes that stay where they are until the copy is read: named, not copied, where the writer keeps pieces (on the
  * device: named only). */
 static void tri_put_ref(tri_writer * w, const void * data, size_t n, bool device) {
-    if (!w->seg || !w->ok || n == 0) {
-        tri_put(w, data, device ? 0 : n);
+    if (!w->seg || !w->ok || n == 0) { /* a file (never device rows), a failed writing or nothing */
+        tri_put(w, data, n);
     } else if (w->n_seg < w->seg_cap) {
         w->seg[w->n_seg++] = (tri_state_seg) { data, 0, n, device };
     } else {
